@@ -1,0 +1,333 @@
+"""The deciding step: schedule(snapshot, now) -> Plan. Pure: no I/O, no clock, no randomness
+of its own (names come from the `new_suffix` argument), so it is tested in milliseconds.
+
+Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
+feasibility (which Ready nodes have room) -> ranking (spread, then least allocated) -> plan.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from corral.names import placement_key
+from corral.specs import Deployment
+from corral.state import DeploymentStatus, Node, Placement, ReplicaState
+from corral_scheduler.snapshot import PlacedReplica, Snapshot
+
+MAX_REPLICA_NAME = 63
+SUFFIX_LENGTH = 5
+
+
+@dataclass(frozen=True)
+class Stop:
+    key: str
+    revision: int
+    deployment: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanEvent:
+    deployment: str
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class Plan:
+    place: list[Placement] = field(default_factory=list)
+    stop: list[Stop] = field(default_factory=list)
+    statuses: list[DeploymentStatus] = field(default_factory=list)
+    forget_statuses: list[str] = field(default_factory=list)
+    events: list[PlanEvent] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.place or self.stop or self.statuses or self.forget_statuses)
+
+
+@dataclass
+class _Usage:
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    pods: int = 0
+
+
+def schedule(
+    snapshot: Snapshot,
+    now: float,
+    *,
+    wall_time: float,
+    new_suffix: Callable[[], str],
+) -> Plan:
+    """Decide what to place and stop so that every Deployment converges on its spec.
+
+    `now` is the monotonic clock that node liveness is measured with; `wall_time`
+    only stamps records.
+    """
+    plan = Plan()
+    ready_nodes = {name for name in snapshot.nodes if snapshot.node_ready(name, now)}
+    usage: dict[str, _Usage] = {name: _Usage() for name in ready_nodes}
+    by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}
+    taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
+
+    for key, placed in sorted(snapshot.placements.items()):
+        placement = placed.placement
+        if placement.deployment not in snapshot.deployments:
+            plan.stop.append(Stop(key, placed.revision, placement.deployment, "deployment deleted"))
+        elif placement.node not in ready_nodes:
+            reason = f"node {placement.node} is not ready"
+            plan.stop.append(Stop(key, placed.revision, placement.deployment, reason))
+        else:
+            node_usage = usage[placement.node]
+            node_usage.cpu_millis += placement.cpu_millis
+            node_usage.memory_bytes += placement.memory_bytes
+            node_usage.pods += 1
+            by_deployment.setdefault(placement.deployment, []).append((key, placed))
+
+    for name, deployment in sorted(snapshot.deployments.items()):
+        _reconcile_deployment(
+            snapshot,
+            deployment,
+            by_deployment.get(name, []),
+            ready_nodes,
+            usage,
+            taken_names,
+            plan,
+            wall_time,
+            new_suffix,
+        )
+
+    for name in sorted(snapshot.statuses):
+        if name not in snapshot.deployments:
+            plan.forget_statuses.append(name)
+    _summarise_stops(plan)
+    return plan
+
+
+def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
+    status = snapshot.replica_statuses.get(key)
+    return (
+        status is not None
+        and status.state == ReplicaState.RUNNING
+        and status.template_hash == template_hash
+    )
+
+
+def _reconcile_deployment(
+    snapshot: Snapshot,
+    deployment: Deployment,
+    live: list[tuple[str, PlacedReplica]],
+    ready_nodes: set[str],
+    usage: dict[str, _Usage],
+    taken_names: set[str],
+    plan: Plan,
+    wall_time: float,
+    new_suffix: Callable[[], str],
+) -> None:
+    name = deployment.metadata.name
+    template = deployment.spec.template
+    template_hash = template.template_hash()
+    want = deployment.spec.replicas
+    current = [(k, p) for k, p in live if p.placement.template_hash == template_hash]
+    old = [(k, p) for k, p in live if p.placement.template_hash != template_hash]
+
+    def ready(entries: list[tuple[str, PlacedReplica]]) -> list[tuple[str, PlacedReplica]]:
+        return [(k, p) for k, p in entries if _is_ready(snapshot, k, p.placement.template_hash)]
+
+    stops: list[tuple[str, PlacedReplica, str]] = []
+    if old:
+        # Rolling update: surge new replicas, retire old ones as the new become ready.
+        max_surge = max(1, math.ceil(want * 0.25))
+        max_unavailable = math.floor(want * 0.25)
+        to_place = max(0, min(want - len(current), want + max_surge - len(live)))
+        ready_old = ready(old)
+        unready_old = [entry for entry in old if entry not in ready_old]
+        available = len(ready(current)) + len(ready_old)
+        stoppable = max(0, available - (want - max_unavailable))
+        stops += [(k, p, "replaced by a new template") for k, p in unready_old]
+        stops += [(k, p, "replaced by a new template") for k, p in ready_old[:stoppable]]
+    else:
+        to_place = max(0, want - len(current))
+    excess = len(current) - want
+    if excess > 0:
+        stops += [(k, p, "scaled down") for k, p in _victims(snapshot, current, excess)]
+
+    for key, placed, reason in stops:
+        plan.stop.append(Stop(key, placed.revision, name, reason))
+        node_usage = usage[placed.placement.node]
+        node_usage.cpu_millis -= placed.placement.cpu_millis
+        node_usage.memory_bytes -= placed.placement.memory_bytes
+        node_usage.pods -= 1
+    stopped = {key for key, _, _ in stops}
+
+    cpu = template.resources.requests.cpu_millis
+    memory = template.resources.requests.memory_bytes
+    spread = Counter(p.placement.node for k, p in live if k not in stopped)
+    placed_now: list[Placement] = []
+    pending_reason = ""
+    for _ in range(to_place):
+        node, why_not = _best_node(snapshot, ready_nodes, usage, spread, cpu, memory)
+        if node is None:
+            pending_reason = why_not
+            break
+        replica = _new_replica_name(name, taken_names, new_suffix)
+        placement = Placement(
+            replica=replica,
+            deployment=name,
+            node=node,
+            template=template,
+            template_hash=template_hash,
+            generation=deployment.metadata.generation,
+            cpu_millis=cpu,
+            memory_bytes=memory,
+            created_at=wall_time,
+        )
+        placed_now.append(placement)
+        node_usage = usage[node]
+        node_usage.cpu_millis += cpu
+        node_usage.memory_bytes += memory
+        node_usage.pods += 1
+        spread[node] += 1
+    plan.place += placed_now
+
+    kept = [(k, p) for k, p in live if k not in stopped]
+    pending = to_place - len(placed_now)
+    status = DeploymentStatus(
+        name=name,
+        observed_generation=deployment.metadata.generation,
+        replicas=want,
+        placed=len(kept) + len(placed_now),
+        ready=len(ready(kept)),
+        updated=len([1 for _, p in kept if p.placement.template_hash == template_hash])
+        + len(placed_now),
+        pending=pending,
+        pending_reason=pending_reason if pending else "",
+        updated_at=wall_time,
+    )
+    stored = snapshot.statuses.get(name)
+    if stored is None or _differs(stored[0], status):
+        plan.statuses.append(status)
+        if pending and (stored is None or stored[0].pending_reason != status.pending_reason):
+            plan.events.append(
+                PlanEvent(
+                    name,
+                    "FailedScheduling",
+                    f"{pending} replica(s) pending: {pending_reason}",
+                    warning=True,
+                )
+            )
+    if placed_now:
+        counts = Counter(p.node for p in placed_now)
+        where = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
+        plan.events.append(
+            PlanEvent(name, "Scheduled", f"placed {len(placed_now)} replica(s) ({where})")
+        )
+
+
+def _differs(stored: DeploymentStatus, fresh: DeploymentStatus) -> bool:
+    return msgspec.structs.replace(stored, updated_at=0.0) != msgspec.structs.replace(
+        fresh, updated_at=0.0
+    )
+
+
+def _victims(
+    snapshot: Snapshot, entries: list[tuple[str, PlacedReplica]], count: int
+) -> list[tuple[str, PlacedReplica]]:
+    """Which replicas to stop when scaling down: not ready ones first (newest first), then
+    one at a time from the node that has the most of them, so the rest stay spread,
+    taking that node's newest. O(n log n), for scale-downs of thousands."""
+
+    def newest_first(entry: tuple[str, PlacedReplica]) -> tuple[float, str]:
+        return (-entry[1].placement.created_at, entry[0])
+
+    def ready(entry: tuple[str, PlacedReplica]) -> bool:
+        return _is_ready(snapshot, entry[0], entry[1].placement.template_hash)
+
+    chosen = sorted((e for e in entries if not ready(e)), key=newest_first)[:count]
+    per_node: dict[str, list[tuple[str, PlacedReplica]]] = {}
+    for entry in sorted((e for e in entries if ready(e)), key=newest_first, reverse=True):
+        per_node.setdefault(entry[1].placement.node, []).append(entry)  # newest last
+    crowded = [(-len(group), node) for node, group in per_node.items()]
+    heapq.heapify(crowded)
+    while len(chosen) < count and crowded:
+        size, node = heapq.heappop(crowded)
+        chosen.append(per_node[node].pop())
+        if size + 1 < 0:
+            heapq.heappush(crowded, (size + 1, node))
+    return chosen
+
+
+def _best_node(
+    snapshot: Snapshot,
+    ready_nodes: set[str],
+    usage: dict[str, _Usage],
+    spread: Counter[str],
+    cpu: int,
+    memory: int,
+) -> tuple[str | None, str]:
+    """The feasible node that spreads this Deployment best and is least allocated,
+    or None and the reason no node fits (as Kubernetes words it)."""
+    reasons: Counter[str] = Counter()
+    best: tuple[tuple[int, float, str], str] | None = None
+    for name, node in snapshot.nodes.items():
+        if name not in ready_nodes:
+            reasons["node(s) not ready"] += 1
+            continue
+        node_usage = usage[name]
+        misfit = _misfit(node, node_usage, cpu, memory)
+        if misfit:
+            reasons[misfit] += 1
+            continue
+        capacity = node.capacity
+        load = (node_usage.cpu_millis + cpu) / max(capacity.cpu_millis, 1) + (
+            node_usage.memory_bytes + memory
+        ) / max(capacity.memory_bytes, 1)
+        rank = (spread[name], load, name)
+        if best is None or rank < best[0]:
+            best = (rank, name)
+    if best is not None:
+        return best[1], ""
+    total = len(snapshot.nodes)
+    if total == 0:
+        return None, "no nodes are registered"
+    detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return None, f"0/{total} nodes are available: {detail}"
+
+
+def _misfit(node: Node, node_usage: _Usage, cpu: int, memory: int) -> str:
+    capacity = node.capacity
+    if node_usage.pods + 1 > capacity.pods:
+        return "Too many replicas"
+    if node_usage.cpu_millis + cpu > capacity.cpu_millis:
+        return "Insufficient cpu"
+    if node_usage.memory_bytes + memory > capacity.memory_bytes:
+        return "Insufficient memory"
+    return ""
+
+
+def _new_replica_name(deployment: str, taken: set[str], new_suffix: Callable[[], str]) -> str:
+    stem = deployment[: MAX_REPLICA_NAME - SUFFIX_LENGTH - 1].rstrip("-")
+    while True:
+        name = f"{stem}-{new_suffix()}"
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+def _summarise_stops(plan: Plan) -> None:
+    reasons = Counter((stop.deployment, stop.reason) for stop in plan.stop)
+    for (deployment, reason), count in sorted(reasons.items()):
+        plan.events.append(
+            PlanEvent(deployment, "Stopped", f"stopped {count} replica(s): {reason}")
+        )
+
+
+def placement_keys(plan: Plan) -> list[str]:
+    return [placement_key(p.node, p.replica) for p in plan.place]

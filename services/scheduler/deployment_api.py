@@ -1,0 +1,156 @@
+"""The scheduler's answers to apply, scale and delete of a Deployment.
+
+Each validates the payload whole, then writes the desired state with
+compare-and-set, retrying on a conflict. Nothing is written for bad input.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgspec
+
+from corral.bus import SpecHandler
+from corral.codec import InvalidPayload, decode, decode_payload, encode
+from corral.events import Reply
+from corral.kv import Bucket, Conflict
+from corral.specs import DeleteRequest, Deployment, ScaleRequest
+
+KIND = "Deployment"
+CAS_ATTEMPTS = 10
+
+
+class DeploymentAPI:
+    def __init__(self, deployments: Bucket) -> None:
+        self.deployments = deployments
+
+    def handlers(self) -> dict[str, SpecHandler]:
+        return {"apply": self.apply, "scale": self.scale, "delete": self.delete}
+
+    async def apply(self, raw: bytes) -> Reply:
+        try:
+            wanted = decode_payload(raw, Deployment)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+        name = wanted.metadata.name
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self.deployments.get(name)
+            try:
+                if entry is None or entry.value is None:
+                    stored = self._new(wanted)
+                    revision = await self.deployments.create(name, encode(stored))
+                    return Reply(ok=True, kind=KIND, name=name, revision=revision, generation=1)
+                current = decode(entry.value, Deployment)
+                if (current.spec, current.metadata.labels) == (wanted.spec, wanted.metadata.labels):
+                    return Reply(
+                        ok=True,
+                        kind=KIND,
+                        name=name,
+                        revision=entry.revision,
+                        generation=current.metadata.generation,
+                        unchanged=True,
+                    )
+                stored = msgspec.structs.replace(
+                    wanted,
+                    metadata=msgspec.structs.replace(
+                        current.metadata,
+                        labels=wanted.metadata.labels,
+                        generation=current.metadata.generation + 1,
+                    ),
+                )
+                revision = await self.deployments.update(name, encode(stored), entry.revision)
+                return Reply(
+                    ok=True,
+                    kind=KIND,
+                    name=name,
+                    revision=revision,
+                    generation=stored.metadata.generation,
+                )
+            except Conflict:
+                continue
+        return _busy(name)
+
+    async def scale(self, raw: bytes) -> Reply:
+        try:
+            request = decode_payload(raw, ScaleRequest)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self.deployments.get(request.name)
+            if entry is None or entry.value is None:
+                return _not_found(request.name)
+            current = decode(entry.value, Deployment)
+            if current.spec.replicas == request.replicas:
+                return Reply(
+                    ok=True,
+                    kind=KIND,
+                    name=request.name,
+                    revision=entry.revision,
+                    generation=current.metadata.generation,
+                    unchanged=True,
+                )
+            scaled = msgspec.structs.replace(
+                current,
+                spec=msgspec.structs.replace(current.spec, replicas=request.replicas),
+                metadata=msgspec.structs.replace(
+                    current.metadata, generation=current.metadata.generation + 1
+                ),
+            )
+            try:
+                revision = await self.deployments.update(
+                    request.name, encode(scaled), entry.revision
+                )
+            except Conflict:
+                continue
+            return Reply(
+                ok=True,
+                kind=KIND,
+                name=request.name,
+                revision=revision,
+                generation=scaled.metadata.generation,
+            )
+        return _busy(request.name)
+
+    async def delete(self, raw: bytes) -> Reply:
+        try:
+            request = decode_payload(raw, DeleteRequest)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self.deployments.get(request.name)
+            if entry is None or entry.value is None:
+                return _not_found(request.name)
+            try:
+                await self.deployments.delete(request.name, revision=entry.revision)
+            except Conflict:
+                continue
+            return Reply(ok=True, kind=KIND, name=request.name, revision=entry.revision)
+        return _busy(request.name)
+
+    @staticmethod
+    def _new(wanted: Deployment) -> Deployment:
+        return msgspec.structs.replace(
+            wanted,
+            metadata=msgspec.structs.replace(
+                wanted.metadata,
+                generation=1,
+                uid=str(uuid.uuid4()),
+                creation_timestamp=time.time(),
+            ),
+        )
+
+
+def _not_found(name: str) -> Reply:
+    return Reply(
+        ok=False, kind=KIND, name=name, error=f"deployment {name!r} not found", field="name"
+    )
+
+
+def _busy(name: str) -> Reply:
+    return Reply(
+        ok=False,
+        kind=KIND,
+        name=name,
+        error=f"deployment {name!r} kept changing under {CAS_ATTEMPTS} attempts; try again",
+    )

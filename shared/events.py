@@ -1,0 +1,34 @@
+"""Messages that are not specs: replies to requests, and events.
+
+Every state transition worth telling is an Event on corral.events.<kind>.<name>,
+kept in the CORRAL_EVENTS stream (`corral events`, `corral describe`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+    """The answer to a request on corral.api.<kind>.<verb>."""
+
+    ok: bool
+    kind: str = ""
+    name: str = ""
+    revision: int = 0  # the KV revision the owner stored
+    generation: int = 0
+    unchanged: bool = False  # the stored spec was already this one
+    error: str = ""
+    field: str = ""  # the offending field, as a dotted path, when one is known
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    time: float
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str  # CamelCase, e.g. ScalingReplicaSet, Scheduled, Started, BackOff
+    object_kind: str
+    object_name: str
+    message: str
+    source: str  # the service (and node) that saw it

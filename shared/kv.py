@@ -1,0 +1,248 @@
+"""Key-value buckets with compare-and-set, and typed mirrors fed by watches.
+
+`Bucket` is the small interface the controllers write through; `NatsBucket` is
+JetStream KV behind it and `MemoryBucket` the in-memory fake for unit tests.
+Every write that matters is conditional on the revision last read (ARCHITECTURE
+rule 3): a `Conflict` means re-read and retry, never overwrite.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from corral.codec import decode, encode
+from nats.js import errors as js_errors
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Conflict(Exception):
+    """The key's revision is not the one the write expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes | None  # None: deleted
+    revision: int
+
+
+class Bucket(Protocol):
+    name: str
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def create(self, key: str, value: bytes) -> int: ...
+
+    async def update(self, key: str, value: bytes, revision: int) -> int: ...
+
+    async def put(self, key: str, value: bytes) -> int: ...
+
+    async def delete(self, key: str, revision: int | None = None) -> None: ...
+
+    def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        """Current entries, then None once they are all delivered, then every change."""
+        ...
+
+
+class NatsBucket:
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            entry = await self._kv.get(key)
+        except js_errors.KeyNotFoundError:
+            return None
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            revision: int = await self._kv.create(key, value)
+        except js_errors.KeyWrongLastSequenceError as error:
+            raise Conflict(f"{self.name}/{key} exists") from error
+        return revision
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        if revision <= 0:  # nats-py treats last=0 as create; never let that slip through
+            raise ValueError("update needs the revision last read; use create for a new key")
+        try:
+            new_revision: int = await self._kv.update(key, value, last=revision)
+        except js_errors.KeyWrongLastSequenceError as error:
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
+        return new_revision
+
+    async def put(self, key: str, value: bytes) -> int:
+        revision: int = await self._kv.put(key, value)
+        return revision
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self._kv.delete(key, last=revision)
+        except js_errors.APIError as error:
+            if error.err_code in (10071, 10164):
+                raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
+            raise
+
+    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        watcher = await self._kv.watch(prefix)
+        try:
+            async for item in watcher:
+                if item is None:
+                    yield None
+                    continue
+                deleted = item.operation in (KV_DEL, KV_PURGE)
+                yield Entry(item.key, None if deleted else (item.value or b""), item.revision or 0)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+                except Exception:  # the connection may already be gone
+                    log.debug("watcher stop failed", exc_info=True)
+
+
+def _matches(prefix: str, key: str) -> bool:
+    if prefix == ">":
+        return True
+    if prefix.endswith(".>"):
+        return key.startswith(prefix[:-1])
+    return key == prefix
+
+
+class MemoryBucket:
+    """An in-memory Bucket with the same revision semantics, for unit tests."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.revision = 0
+        self.items: dict[str, Entry] = {}
+        self._watchers: list[tuple[str, MemoryObjectSendStream[Entry | None]]] = []
+
+    def _write(self, key: str, value: bytes | None) -> int:
+        self.revision += 1
+        entry = Entry(key, value, self.revision)
+        if value is None:
+            self.items.pop(key, None)
+        else:
+            self.items[key] = entry
+        for prefix, stream in list(self._watchers):
+            if _matches(prefix, key):
+                try:
+                    stream.send_nowait(entry)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._watchers.remove((prefix, stream))
+        return self.revision
+
+    async def get(self, key: str) -> Entry | None:
+        return self.items.get(key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key in self.items:
+            raise Conflict(f"{self.name}/{key} exists")
+        return self._write(key, value)
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        current = self.items.get(key)
+        if current is None or current.revision != revision:
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}")
+        return self._write(key, value)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return self._write(key, value)
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        current = self.items.get(key)
+        if revision is not None and (current is None or current.revision != revision):
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}")
+        self._write(key, None)
+
+    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        send, receive = anyio.create_memory_object_stream[Entry | None](10_000)
+        for entry in sorted(self.items.values(), key=lambda e: e.revision):
+            if _matches(prefix, entry.key):
+                send.send_nowait(entry)
+        send.send_nowait(None)
+        self._watchers.append((prefix, send))
+        async with receive:
+            async for item in receive:
+                yield item
+
+
+class Mirror(Generic[T]):
+    """A typed, always-current copy of (part of) a bucket, kept by a watch.
+
+    Values that do not decode are logged and left out: a bad record never stops
+    the service that reads it. `on_change` is called after every change with
+    the key, so a controller can mark it dirty.
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        kind: type[T],
+        prefix: str = ">",
+        on_change: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.kind = kind
+        self.prefix = prefix
+        self.on_change = on_change
+        self.items: dict[str, tuple[T, int]] = {}
+        # The newest revision applied per key, deletes included: an entry older than it
+        # (a watch catching up with a write this process already applied) is ignored.
+        self._applied: dict[str, int] = {}
+
+    def values(self) -> list[T]:
+        return [value for value, _ in self.items.values()]
+
+    def get(self, key: str) -> T | None:
+        found = self.items.get(key)
+        return None if found is None else found[0]
+
+    def revision(self, key: str) -> int | None:
+        found = self.items.get(key)
+        return None if found is None else found[1]
+
+    def apply(self, entry: Entry) -> None:
+        if entry.revision < self._applied.get(entry.key, 0):
+            return
+        self._applied[entry.key] = entry.revision
+        if entry.value is None:
+            self.items.pop(entry.key, None)
+        else:
+            try:
+                self.items[entry.key] = (decode(entry.value, self.kind), entry.revision)
+            except msgspec.DecodeError as error:
+                log.warning("ignoring %s/%s: %s", self.bucket.name, entry.key, error)
+                self.items.pop(entry.key, None)
+        if self.on_change is not None:
+            self.on_change(entry.key)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the bucket forever; reports started once the current entries are in."""
+        started = False
+        async for entry in self.bucket.watch(self.prefix):
+            if entry is None:
+                if not started:
+                    started = True
+                    task_status.started()
+                continue
+            self.apply(entry)
+
+
+async def write_record(bucket: Bucket, key: str, value: Any, revision: int | None) -> int:
+    """Create the key when revision is None, else compare-and-set on that revision."""
+    raw = encode(value)
+    if revision is None:
+        return await bucket.create(key, raw)
+    return await bucket.update(key, raw, revision)

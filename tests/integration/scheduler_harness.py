@@ -1,0 +1,76 @@
+"""Running the scheduler in-process against the test's nats-server, and helpers to
+play a node agent (register nodes, heartbeat) through the real buckets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+from nats.aio.client import Client as NATS
+
+from corral import names
+from corral.codec import decode, encode
+from corral.events import Reply
+from corral.kv import NatsBucket, write_record
+from corral.service import ServiceContext, run_service
+from corral.state import Node, NodeCapacity, Placement
+from corral_scheduler.main import build_parser, run
+from tests.waiting import eventually  # noqa: F401  (re-exported for the scheduler tests)
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def running_scheduler(nats_url: str) -> AsyncIterator[ServiceContext]:
+    args = build_parser().parse_args(["--nats", nats_url, "--metrics-port", "0"])
+    async with anyio.create_task_group() as tg:
+        ctx: ServiceContext = await tg.start(run_service, "scheduler", run, args)
+        try:
+            yield ctx
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:
+    msg = await nc.request(names.api_subject(kind, verb), payload, timeout=5)
+    return decode(msg.data, Reply)
+
+
+async def register_node(
+    nodes: NatsBucket, name: str, *, cpu: int = 4000, memory: int = 8 * 2**30, pods: int = 110
+) -> int:
+    node = Node(
+        name=name,
+        capacity=NodeCapacity(cpu_millis=cpu, memory_bytes=memory, pods=pods),
+        runtime="hollow",
+        heartbeat_at=time.time(),
+    )
+    entry = await nodes.get(name)
+    return await write_record(nodes, name, node, None if entry is None else entry.revision)
+
+
+async def placements(bucket: NatsBucket) -> dict[str, Placement]:
+    found: dict[str, Placement] = {}
+    async for entry in bucket.watch():
+        if entry is None:
+            break
+        if entry.value is not None:
+            found[entry.key] = decode(entry.value, Placement)
+    return found
+
+
+def deployment_json(
+    name: str, replicas: int, image: str = "corral-test/busybox:1", **extra: object
+) -> bytes:
+    template: dict[str, object] = {"image": image, **extra}
+    return encode(
+        {
+            "apiVersion": "corral/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "template": template},
+        }
+    )

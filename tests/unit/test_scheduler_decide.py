@@ -1,0 +1,217 @@
+"""The pure deciding step: schedule(snapshot, now) -> Plan, with no I/O."""
+
+from __future__ import annotations
+
+import itertools
+
+from corral.names import placement_key
+from corral.specs import (
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    ObjectMeta,
+    ResourceList,
+    Resources,
+)
+from corral.state import (
+    DeploymentStatus,
+    Node,
+    NodeCapacity,
+    Placement,
+    ReplicaState,
+    ReplicaStatus,
+)
+from corral_scheduler.decide import Plan, schedule
+from corral_scheduler.snapshot import PlacedReplica, Snapshot
+
+NOW = 1000.0
+GiB = 2**30
+
+
+def deployment(
+    name: str, replicas: int, image: str = "app:1", cpu: str | None = None
+) -> Deployment:
+    resources = Resources(requests=ResourceList(cpu=cpu)) if cpu else Resources()
+    return Deployment(
+        metadata=ObjectMeta(name=name, generation=1),
+        spec=DeploymentSpec(
+            replicas=replicas, template=ContainerTemplate(image=image, resources=resources)
+        ),
+    )
+
+
+def node(name: str, cpu: int = 4000, memory: int = 8 * GiB, pods: int = 110) -> Node:
+    return Node(name=name, capacity=NodeCapacity(cpu_millis=cpu, memory_bytes=memory, pods=pods))
+
+
+def suffixes() -> itertools.count[int]:
+    return itertools.count()
+
+
+def decide(snapshot: Snapshot, now: float = NOW) -> Plan:
+    counter = itertools.count()
+    return schedule(snapshot, now, wall_time=5.0, new_suffix=lambda: f"{next(counter):05d}")
+
+
+def cluster(
+    deployments: list[Deployment],
+    nodes: list[Node],
+    placed: list[Placement] = (),  # type: ignore[assignment]
+    running: set[str] = frozenset(),  # type: ignore[assignment]
+    silent: set[str] = frozenset(),  # type: ignore[assignment]
+) -> Snapshot:
+    placements = {
+        placement_key(p.node, p.replica): PlacedReplica(revision=i + 1, placement=p)
+        for i, p in enumerate(placed)
+    }
+    statuses = {
+        key: ReplicaStatus(
+            replica=p.placement.replica,
+            deployment=p.placement.deployment,
+            node=p.placement.node,
+            state=ReplicaState.RUNNING,
+            template_hash=p.placement.template_hash,
+        )
+        for key, p in placements.items()
+        if p.placement.replica in running
+    }
+    return Snapshot(
+        deployments={d.metadata.name: d for d in deployments},
+        nodes={n.name: n for n in nodes},
+        node_last_seen={n.name: (NOW - 60 if n.name in silent else NOW - 1) for n in nodes},
+        placements=placements,
+        replica_statuses=statuses,
+    )
+
+
+def placed_on(plan: Plan) -> list[str]:
+    return sorted(p.node for p in plan.place)
+
+
+def as_placed(d: Deployment, node_name: str, replica: str, created_at: float = 1.0) -> Placement:
+    template = d.spec.template
+    return Placement(
+        replica=replica,
+        deployment=d.metadata.name,
+        node=node_name,
+        template=template,
+        template_hash=template.template_hash(),
+        generation=d.metadata.generation,
+        cpu_millis=template.resources.requests.cpu_millis,
+        memory_bytes=template.resources.requests.memory_bytes,
+        created_at=created_at,
+    )
+
+
+def test_places_every_replica_and_spreads_them() -> None:
+    plan = decide(cluster([deployment("web", 4)], [node("a"), node("b")]))
+    assert placed_on(plan) == ["a", "a", "b", "b"]
+    assert [p.replica for p in plan.place] == [f"web-0000{i}" for i in range(4)]
+    (status,) = plan.statuses
+    assert (status.replicas, status.placed, status.ready, status.pending) == (4, 4, 0, 0)
+
+
+def test_nothing_to_do_when_converged() -> None:
+    web = deployment("web", 2)
+    snapshot = cluster(
+        [web], [node("a")], [as_placed(web, "a", "web-1"), as_placed(web, "a", "web-2")]
+    )
+    first = decide(snapshot)
+    assert not first.place and not first.stop
+    stored = {"web": (first.statuses[0], 7)}
+    again = decide(Snapshot(**{**snapshot.__dict__, "statuses": stored}))
+    assert again.is_empty()
+
+
+def test_replicas_that_fit_nowhere_stay_pending_with_the_reason() -> None:
+    plan = decide(
+        cluster([deployment("big", 3, cpu="1500m")], [node("a", cpu=2000), node("b", cpu=1000)])
+    )
+    assert placed_on(plan) == ["a"]
+    (status,) = plan.statuses
+    assert status.pending == 2
+    assert status.pending_reason == "0/2 nodes are available: 2 Insufficient cpu"
+    assert any(e.reason == "FailedScheduling" for e in plan.events)
+
+
+def test_no_nodes_means_pending() -> None:
+    plan = decide(cluster([deployment("web", 1)], []))
+    assert plan.statuses[0].pending_reason == "no nodes are registered"
+
+
+def test_silent_nodes_get_nothing_and_lose_their_replicas() -> None:
+    web = deployment("web", 2)
+    snapshot = cluster(
+        [web],
+        [node("a"), node("dead")],
+        [as_placed(web, "dead", "web-1"), as_placed(web, "a", "web-2")],
+        silent={"dead"},
+    )
+    plan = decide(snapshot)
+    assert [s.key for s in plan.stop] == ["dead.web-1"]
+    assert "not ready" in plan.stop[0].reason
+    assert placed_on(plan) == ["a"]
+
+
+def test_pods_capacity_is_respected() -> None:
+    plan = decide(cluster([deployment("web", 5)], [node("a", pods=2), node("b", pods=1)]))
+    assert placed_on(plan) == ["a", "a", "b"]
+    assert plan.statuses[0].pending == 2
+    assert "Too many replicas" in plan.statuses[0].pending_reason
+
+
+def test_scale_down_stops_unready_then_crowded_then_newest() -> None:
+    web = deployment("web", 2)
+    placed = [
+        as_placed(web, "a", "web-1", created_at=1),
+        as_placed(web, "a", "web-2", created_at=2),
+        as_placed(web, "b", "web-3", created_at=3),
+        as_placed(web, "b", "web-4", created_at=4),
+    ]
+    plan = decide(
+        cluster([web], [node("a"), node("b")], placed, running={"web-1", "web-2", "web-3"})
+    )
+    assert not plan.place
+    assert sorted(s.key for s in plan.stop) == ["a.web-2", "b.web-4"]
+
+
+def test_deleted_deployment_stops_all_and_forgets_status() -> None:
+    web = deployment("web", 1)
+    snapshot = cluster([], [node("a")], [as_placed(web, "a", "web-1")])
+    snapshot = Snapshot(
+        **{**snapshot.__dict__, "statuses": {"web": (DeploymentStatus(name="web"), 3)}}
+    )
+    plan = decide(snapshot)
+    assert [s.key for s in plan.stop] == ["a.web-1"]
+    assert plan.forget_statuses == ["web"]
+
+
+def test_new_template_rolls_out_with_surge_and_keeps_old_until_new_are_ready() -> None:
+    old = deployment("web", 2, image="app:1")
+    new = deployment("web", 2, image="app:2")
+    placed = [as_placed(old, "a", "web-1"), as_placed(old, "b", "web-2")]
+    plan = decide(cluster([new], [node("a"), node("b")], placed, running={"web-1", "web-2"}))
+    # maxSurge 1, maxUnavailable 0 for 2 replicas: one new, no old stopped yet
+    assert len(plan.place) == 1 and plan.place[0].template.image == "app:2"
+    assert not plan.stop
+    # once the new one runs, one old one goes
+    placed.append(plan.place[0])
+    plan2 = decide(
+        cluster(
+            [new], [node("a"), node("b")], placed, running={"web-1", "web-2", plan.place[0].replica}
+        )
+    )
+    assert len(plan2.stop) == 1 and plan2.stop[0].reason == "replaced by a new template"
+
+
+def test_replica_names_never_collide() -> None:
+    web = deployment("web", 2)
+    existing = as_placed(web, "a", "web-00000")
+    plan = decide(cluster([web], [node("a")], [existing]))
+    assert [p.replica for p in plan.place] == ["web-00001"]
+
+
+def test_long_names_are_cut_to_a_dns_label() -> None:
+    name = "a" * 63
+    plan = decide(cluster([deployment(name, 1)], [node("n")]))
+    assert len(plan.place[0].replica) <= 63
