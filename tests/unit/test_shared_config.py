@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.config import DEFAULT_NATS_URL, resolve_nats_url
+
+
+def test_flag_then_env_then_file_then_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("CORRAL_CONFIG", str(config))
+    monkeypatch.delenv("CORRAL_NATS_URL", raising=False)
+    assert resolve_nats_url() == DEFAULT_NATS_URL
+    config.write_text('nats_url = "nats://10.0.0.1:4222"\n')
+    assert resolve_nats_url() == "nats://10.0.0.1:4222"
+    monkeypatch.setenv("CORRAL_NATS_URL", "nats://env:4222")
+    assert resolve_nats_url() == "nats://env:4222"
+    assert resolve_nats_url("nats://flag:4222") == "nats://flag:4222"
+
+
+def test_a_broken_config_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("nats_url = [\n")
+    monkeypatch.setenv("CORRAL_CONFIG", str(config))
+    monkeypatch.delenv("CORRAL_NATS_URL", raising=False)
+    with pytest.raises(ValueError, match=r"config\.toml: not valid TOML"):
+        resolve_nats_url()
