@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import anyio
 import nats
 from anyio.abc import TaskStatus
-from corral import names
-from corral.codec import encode
-from corral.events import Event, Reply
-from corral.kv import NatsBucket
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
+
+from corral import names
+from corral.codec import encode
+from corral.events import Event, Reply
+from corral.kv import NatsBucket
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
+
 from corral.names import MAX_SPEC_BYTES
 
 T = TypeVar("T")

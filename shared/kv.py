@@ -17,9 +17,10 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
-from corral.codec import decode, encode
 from nats.js import errors as js_errors
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from corral.codec import decode, encode
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

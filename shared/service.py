@@ -16,12 +16,13 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
 from corral.bus import EventPublisher, connect, ensure_streams, open_buckets
 from corral.config import resolve_nats_url
 from corral.http_endpoint import serve_http
 from corral.kv import NatsBucket
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import re
 from typing import Annotated, Literal
 
 import msgspec
+
 from corral.quantity import cpu_millis, memory_bytes
 
 API_VERSION = "corral/v1"

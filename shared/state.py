@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 
 import msgspec
+
 from corral.specs import ContainerTemplate
 
 

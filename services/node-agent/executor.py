@@ -1,0 +1,235 @@
+"""Carries out the diff's actions against the runtime, and records what came of them.
+
+Every outcome lands in the replica's track (phase, message, back-off); nothing
+raises out of `execute`, so a failing engine never stops the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import anyio
+
+from corral import names
+from corral.state import Placement, ReplicaState
+from corral_node_agent import metrics
+from corral_node_agent.backoff import ReplicaTrack, after_failure, after_start
+from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, StartContainer
+from corral_node_agent.runtime import (
+    ContainerSpec,
+    ImagePullFailed,
+    Runtime,
+    RuntimeFailure,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    async def emit(
+        self,
+        object_kind: str,
+        object_name: str,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+    ) -> None: ...
+
+
+def container_name(replica: str) -> str:
+    return f"corral-{replica}"
+
+
+def container_spec(placement: Placement) -> ContainerSpec:
+    template = placement.template
+    return ContainerSpec(
+        name=container_name(placement.replica),
+        image=template.image,
+        command=template.command,
+        args=template.args,
+        env=dict(template.env),
+        labels={
+            names.LABEL_MANAGED: "true",
+            names.LABEL_NODE: placement.node,
+            names.LABEL_DEPLOYMENT: placement.deployment,
+            names.LABEL_REPLICA: placement.replica,
+            names.LABEL_TEMPLATE_HASH: placement.template_hash,
+        },
+        cpu_millis=template.resources.limits.cpu_millis,
+        memory_bytes=template.resources.limits.memory_bytes,
+    )
+
+
+@dataclass
+class _Pull:
+    done: anyio.Event
+    error: str | None = None
+
+
+class ImagePuller:
+    """Pulls images, one pull per image at a time: concurrent askers share its outcome."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._pulls: dict[str, _Pull] = {}
+
+    async def pull(self, image: str) -> None:
+        pending = self._pulls.get(image)
+        if pending is not None:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise ImagePullFailed(pending.error)
+            return
+        pending = self._pulls[image] = _Pull(anyio.Event())
+        try:
+            await self.runtime.pull_image(image)
+        except BaseException as error:
+            pending.error = str(error) or type(error).__name__
+            metrics.IMAGE_PULLS.labels(result="failure").inc()
+            raise
+        else:
+            metrics.IMAGE_PULLS.labels(result="success").inc()
+        finally:
+            pending.done.set()
+            del self._pulls[image]
+
+
+class Executor:
+    def __init__(
+        self,
+        runtime: Runtime,
+        events: EventSink,
+        tracks: dict[str, ReplicaTrack],
+        *,
+        on_progress: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        max_parallel: int = 8,
+    ) -> None:
+        self.runtime = runtime
+        self.events = events
+        self.tracks = tracks  # shared with the agent, changed in place
+        self.on_progress = on_progress
+        self.clock = clock
+        self.limiter = anyio.CapacityLimiter(max_parallel)
+        self.puller = ImagePuller(runtime)
+
+    def _track(self, replica: str) -> ReplicaTrack:
+        return self.tracks.get(replica, ReplicaTrack())
+
+    def _set(self, replica: str, track: ReplicaTrack) -> None:
+        self.tracks[replica] = track
+
+    async def execute(self, action: Action) -> None:
+        """Do one action; failures are recorded on the replica, never raised."""
+        try:
+            async with self.limiter:
+                match action:
+                    case CreateContainer():
+                        await self._create(action)
+                    case StartContainer():
+                        await self._start(action.placement, action.container_id, action.restart)
+                    case RemoveContainers():
+                        await self._remove(action)
+        except Exception as error:  # a bug or a surprise from the engine: retry later
+            log.exception("action %s failed", type(action).__name__)
+            await self._failed(action.replica, None, ReplicaState.FAILED, str(error))
+
+    async def _failed(
+        self,
+        replica: str,
+        placement: Placement | None,
+        phase: ReplicaState,
+        message: str,
+        reason: str = "Failed",
+    ) -> None:
+        before = self._track(replica)
+        self._set(replica, after_failure(before, phase, message, self.clock()))
+        if placement is not None and (before.phase, before.message) != (phase, message):
+            await self.events.emit(
+                "deployment",
+                placement.deployment,
+                reason,
+                f"{placement.replica} on {placement.node}: {message}",
+                warning=True,
+            )
+
+    async def _create(self, action: CreateContainer) -> None:
+        placement = action.placement
+        replica = action.replica
+        image = placement.template.image
+        if not await self.runtime.has_image(image):
+            self._set(
+                replica,
+                replace(
+                    self._track(replica), phase=ReplicaState.PULLING, message=f"pulling {image}"
+                ),
+            )
+            self.on_progress()
+            await self.events.emit(
+                "deployment", placement.deployment, "Pulling", f"pulling image {image}"
+            )
+            try:
+                await self.puller.pull(image)
+            except ImagePullFailed as error:
+                await self._failed(
+                    replica,
+                    placement,
+                    ReplicaState.IMAGE_PULL_BACKOFF,
+                    f"pulling {image} failed: {error}",
+                )
+                return
+            await self.events.emit(
+                "deployment", placement.deployment, "Pulled", f"pulled image {image}"
+            )
+        self._set(replica, replace(self._track(replica), phase=ReplicaState.CREATING, message=""))
+        try:
+            container_id = await self.runtime.create_container(container_spec(placement))
+        except RuntimeFailure as error:
+            await self._failed(replica, placement, ReplicaState.FAILED, f"create: {error}")
+            return
+        self._set(replica, replace(self._track(replica), container_id=container_id))
+        await self._start(placement, container_id, restart=False)
+
+    async def _start(self, placement: Placement, container_id: str, restart: bool) -> None:
+        replica = placement.replica
+        try:
+            await self.runtime.start_container(container_id)
+        except RuntimeFailure as error:
+            await self._failed(replica, placement, ReplicaState.FAILED, f"start: {error}")
+            return
+        track = self._track(replica)
+        self._set(replica, after_start(track, container_id))
+        metrics.CONTAINER_STARTS.inc()
+        if restart:
+            metrics.CONTAINER_RESTARTS.inc()
+            await self.events.emit(
+                "deployment",
+                placement.deployment,
+                "BackOff",
+                f"restarted {replica} on {placement.node} after exit code {track.exit_code} "
+                f"(restart {track.restarts})",
+                warning=True,
+            )
+        else:
+            await self.events.emit(
+                "deployment",
+                placement.deployment,
+                "Started",
+                f"started {replica} on {placement.node} ({container_id[:12]})",
+            )
+
+    async def _remove(self, action: RemoveContainers) -> None:
+        if action.deployment:
+            await self.events.emit(
+                "deployment",
+                action.deployment,
+                "Killing",
+                f"removing {action.replica}: {action.reason}",
+            )
+        for container_id in action.container_ids:
+            await self.runtime.remove_container(container_id)

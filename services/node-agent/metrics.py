@@ -1,0 +1,20 @@
+"""The agent's Prometheus metrics (module-level: shared by every agent in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONTAINER_STARTS = Counter(
+    "corral_container_starts_total",
+    "Containers started by the node agent (first starts and restarts)",
+)
+CONTAINER_RESTARTS = Counter(
+    "corral_container_restarts_total", "Containers restarted after they exited or vanished"
+)
+REPLICAS_RUNNING = Gauge("corral_replicas_running", "Placed replicas whose container runs")
+IMAGE_PULLS = Counter("corral_image_pulls_total", "Image pulls by result", ["result"])
+RECONCILE_SECONDS = Histogram(
+    "corral_agent_reconcile_seconds",
+    "Duration of one reconcile pass of the node agent",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

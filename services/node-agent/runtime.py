@@ -1,0 +1,130 @@
+"""The container runtime interface the agent talks through, and its vocabulary.
+
+Two implementations: `DockerRuntime` (a real engine, through aiodocker) and
+`HollowRuntime` (simulated containers in memory). Nothing above this interface
+knows which one it talks to (ARCHITECTURE rule 7).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+
+class RuntimeFailure(Exception):
+    """The engine refused or failed an operation; the message says why."""
+
+
+class EngineUnavailable(RuntimeFailure):
+    """The engine cannot be reached at all."""
+
+
+class ImageMissing(RuntimeFailure):
+    """The image is not in the engine's store (pull it first)."""
+
+
+class ImagePullFailed(RuntimeFailure):
+    """The image could not be pulled."""
+
+
+class ContainerGone(RuntimeFailure):
+    """The container does not exist (any more)."""
+
+
+class ContainerState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    DEAD = "dead"
+    OTHER = "other"  # paused, restarting, removing: the agent leaves it alone
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    cpu_millis: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """What to create: everything the engine needs for one replica's container."""
+
+    name: str
+    image: str
+    command: list[str] | None = None  # the entrypoint
+    args: list[str] | None = None  # the cmd
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_millis: int = 0  # limit; 0: none
+    memory_bytes: int = 0  # limit; 0: none
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedContainer:
+    """One container of this node as the engine reports it."""
+
+    id: str
+    name: str
+    replica: str
+    deployment: str
+    template_hash: str
+    state: ContainerState
+    exit_code: int | None = None
+    started_at: float | None = None  # wall clock, seconds
+    finished_at: float | None = None
+    error: str = ""
+
+
+# Called with the replica name (or "" when unknown) whenever a container of the
+# node changes behind the agent's back (died, removed, started).
+ChangeCallback = Callable[[str], None]
+
+
+class Runtime(Protocol):
+    name: str  # "docker" or "hollow": reported in the Node record
+
+    async def ping(self) -> None:
+        """Returns when the engine answers; raises EngineUnavailable otherwise."""
+        ...
+
+    async def info(self) -> EngineInfo: ...
+
+    async def list_containers(self, node: str) -> list[ObservedContainer]:
+        """Every corral container labelled with this node, running or not."""
+        ...
+
+    async def has_image(self, image: str) -> bool: ...
+
+    async def pull_image(self, image: str) -> None:
+        """Raises ImagePullFailed with the engine's message."""
+        ...
+
+    async def create_container(self, spec: ContainerSpec) -> str:
+        """Returns the new container's id; raises ImageMissing or RuntimeFailure."""
+        ...
+
+    async def start_container(self, container_id: str) -> None: ...
+
+    async def remove_container(self, container_id: str) -> None:
+        """Kill and remove; a container already gone is not an error."""
+        ...
+
+    async def watch(
+        self,
+        node: str,
+        on_change: ChangeCallback,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call on_change for every change to this node's containers until cancelled.
+
+        Reports started once subscribed; raises EngineUnavailable when the stream breaks.
+        """
+        ...
+
+    async def close(self) -> None: ...

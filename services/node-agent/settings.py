@@ -1,0 +1,45 @@
+"""Turning the agent's flags into AgentSettings: node name, labels, capacity."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+
+from corral.quantity import cpu_millis, memory_bytes
+from corral_node_agent.agent import AgentSettings
+
+
+def dns_label(text: str) -> str:
+    """Lowercase, invalid characters to '-', trimmed to 63: 'My_Host.local' -> 'my-host-local'."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "node"
+
+
+def default_node_name() -> str:
+    return dns_label(socket.gethostname())
+
+
+def parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--label {pair!r}: expected key=value")
+        labels[key] = value
+    return labels
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    cpu = cpu_millis(args.cpu) if args.cpu is not None else None
+    memory = memory_bytes(args.memory) if args.memory is not None else None
+    return AgentSettings(
+        node_name=dns_label(args.node_name) if args.node_name else default_node_name(),
+        labels=parse_labels(args.label),
+        cpu_millis=cpu,
+        memory_bytes=memory,
+        pods=args.pods,
+        heartbeat_seconds=args.heartbeat_seconds,
+        resync_seconds=args.resync_seconds,
+        max_parallel=args.max_parallel,
+    )

@@ -1,0 +1,248 @@
+"""The whole agent against the hollow runtime and in-memory buckets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from corral import names
+from corral.codec import decode, encode
+from corral.kv import MemoryBucket
+from corral.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral_node_agent.agent import AgentSettings, NodeAgent
+from corral_node_agent.hollow_runtime import HollowRuntime
+from tests.unit.agent_helpers import NODE, placement
+
+IMAGE = "corral-test/busybox:1"
+
+
+@dataclass
+class RecordedEvents:
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def emit(
+        self,
+        object_kind: str,
+        object_name: str,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+    ) -> None:
+        self.seen.append((object_name, reason, message))
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.seen]
+
+
+@dataclass
+class World:
+    runtime: HollowRuntime
+    placements: MemoryBucket
+    nodes: MemoryBucket
+    statuses: MemoryBucket
+    events: RecordedEvents
+    health: dict[str, bool]
+
+    def agent(self, **settings: object) -> NodeAgent:
+        return NodeAgent(
+            AgentSettings(node_name=NODE, heartbeat_seconds=0.1, **settings),  # type: ignore[arg-type]
+            self.runtime,
+            placements=self.placements,
+            nodes=self.nodes,
+            statuses=self.statuses,
+            events=self.events,
+            health=self.health,
+        )
+
+    async def place(self, p: Placement) -> None:
+        await self.placements.put(names.placement_key(p.node, p.replica), encode(p))
+
+    async def unplace(self, replica: str) -> None:
+        await self.placements.delete(names.placement_key(NODE, replica))
+
+    def status(self, replica: str) -> ReplicaStatus | None:
+        entry = self.statuses.items.get(names.placement_key(NODE, replica))
+        return None if entry is None or entry.value is None else decode(entry.value, ReplicaStatus)
+
+    def node(self) -> Node | None:
+        entry = self.nodes.items.get(NODE)
+        return None if entry is None or entry.value is None else decode(entry.value, Node)
+
+
+@pytest.fixture
+def world() -> World:
+    return World(
+        runtime=HollowRuntime(images={IMAGE}),
+        placements=MemoryBucket("placements"),
+        nodes=MemoryBucket("nodes"),
+        statuses=MemoryBucket("statuses"),
+        events=RecordedEvents(),
+        health={},
+    )
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def agent_running(world: World) -> AsyncIterator[NodeAgent]:
+    """An agent in this task (fixtures set up and tear down in different tasks)."""
+    async with anyio.create_task_group() as tg:
+        agent = world.agent()
+        await tg.start(agent.run)
+        yield agent
+        tg.cancel_scope.cancel()
+
+
+def state_of(world: World, replica: str) -> ReplicaState | None:
+    status = world.status(replica)
+    return None if status is None else status.state
+
+
+async def test_registers_and_heartbeats(world: World) -> None:
+    async with agent_running(world):
+        await eventually(lambda: world.node() is not None and world.node().ready)  # type: ignore[union-attr]
+        node = world.node()
+        assert node is not None
+        assert node.runtime == "hollow"
+        assert node.capacity.cpu_millis == 4000
+        first = node.heartbeat_at
+        await eventually(lambda: world.node().heartbeat_at > first)  # type: ignore[union-attr]
+        assert world.health["engine"] is True
+
+
+async def test_runs_a_placement_and_reports_running(world: World) -> None:
+    async with agent_running(world):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        (container,) = world.runtime.running(NODE)
+        assert container.spec.name == "corral-web-a1"
+        assert container.spec.labels[names.LABEL_REPLICA] == "web-a1"
+        assert container.spec.labels[names.LABEL_NODE] == NODE
+        status = world.status("web-a1")
+        assert status is not None and status.container_id == container.id
+        assert "Started" in world.events.reasons()
+
+
+async def test_unplaced_replica_goes_with_its_status(world: World) -> None:
+    async with agent_running(world):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await world.unplace("web-a1")
+        await eventually(lambda: not world.runtime.containers and world.status("web-a1") is None)
+
+
+async def test_a_crash_restarts_at_once_then_backs_off(world: World) -> None:
+    async with agent_running(world):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: len(world.runtime.running(NODE)) == 1)
+        (container,) = world.runtime.running(NODE)
+        world.runtime.crash(container.id, exit_code=7)
+        await eventually(lambda: world.runtime.starts == 2)
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        world.runtime.crash(container.id, exit_code=7)
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.CRASH_LOOP)
+        status = world.status("web-a1")
+        assert status is not None and status.exit_code == 7 and status.restarts == 1
+        await eventually(lambda: world.runtime.starts == 3, within=3)  # after one second
+        await eventually(lambda: (world.status("web-a1") or status).restarts == 2)
+
+
+async def test_a_container_removed_behind_its_back_is_recreated(world: World) -> None:
+    async with agent_running(world):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: len(world.runtime.running(NODE)) == 1)
+        (container,) = world.runtime.running(NODE)
+        world.runtime.remove_behind_back(container.id)
+        await eventually(lambda: len(world.runtime.running(NODE)) == 1)
+        assert world.runtime.running(NODE)[0].id != container.id
+        assert world.runtime.creates == 2
+
+
+async def test_a_missing_image_is_pulled_once(world: World) -> None:
+    async with agent_running(world):
+        world.runtime.pull_seconds = 0.2
+        for index in range(4):
+            await world.place(placement(f"web-{index}", "example/app:2"))
+        await eventually(lambda: state_of(world, "web-0") == ReplicaState.PULLING)
+        await eventually(lambda: len(world.runtime.running(NODE)) == 4)
+        assert world.runtime.pulls == ["example/app:2"]
+        assert world.events.reasons().count("Pulled") == 4 or "Pulled" in world.events.reasons()
+
+
+async def test_an_unpullable_image_backs_off_and_the_agent_lives(world: World) -> None:
+    async with agent_running(world):
+        world.runtime.unpullable_images.add("nope/missing:1")
+        await world.place(placement("web-a1", "nope/missing:1"))
+        await world.place(placement("web-b2"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.IMAGE_PULL_BACKOFF)
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+        status = world.status("web-a1")
+        assert status is not None and "repository does not exist" in status.message
+        await eventually(lambda: len(world.runtime.pulls) >= 2, within=3)  # retried
+        assert "Failed" in world.events.reasons()
+
+
+async def test_a_create_error_is_failed_and_retried(world: World) -> None:
+    async with agent_running(world):
+        world.runtime.images.add("bad/config:1")
+        world.runtime.failing_images["bad/config:1"] = "invalid mount config"
+        await world.place(placement("web-a1", "bad/config:1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.FAILED)
+        status = world.status("web-a1")
+        assert status is not None and "invalid mount config" in status.message
+        del world.runtime.failing_images["bad/config:1"]
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING, within=4)
+
+
+async def test_a_restart_adopts_and_fences(world: World) -> None:
+    await world.place(placement("web-a1"))
+    await world.place(placement("web-b2"))
+    async with anyio.create_task_group() as tg:
+        agent = world.agent()
+        await tg.start(agent.run)
+        await eventually(lambda: len(world.runtime.running(NODE)) == 2)
+        tg.cancel_scope.cancel()
+    before = {c.spec.labels[names.LABEL_REPLICA]: c.id for c in world.runtime.running(NODE)}
+    assert len(before) == 2  # stopping the agent leaves its containers running
+
+    # While it was down: web-b2 moved away, web-c3 arrived.
+    await world.unplace("web-b2")
+    await world.place(placement("web-c3"))
+    async with anyio.create_task_group() as tg:
+        agent = world.agent()
+        await tg.start(agent.run)
+        # Fencing is done by the time the agent reports started.
+        replicas = {c.spec.labels[names.LABEL_REPLICA] for c in world.runtime.containers.values()}
+        assert "web-b2" not in replicas
+        await eventually(lambda: len(world.runtime.running(NODE)) == 2)
+        after = {c.spec.labels[names.LABEL_REPLICA]: c.id for c in world.runtime.running(NODE)}
+        assert after["web-a1"] == before["web-a1"]
+        assert set(after) == {"web-a1", "web-c3"}
+        await eventually(lambda: world.status("web-b2") is None)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_engine_outage_makes_the_node_not_ready(world: World) -> None:
+    async with agent_running(world):
+        await eventually(lambda: bool(world.node() and world.node().ready))  # type: ignore[union-attr]
+        world.runtime.set_available(False)
+        await eventually(lambda: world.node() is not None and not world.node().ready)  # type: ignore[union-attr]
+        node = world.node()
+        assert node is not None and "unreachable" in node.message
+        assert world.health["engine"] is False
+        await world.place(placement("web-a1"))
+        world.runtime.set_available(True)
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await eventually(lambda: bool(world.node() and world.node().ready))  # type: ignore[union-attr]
