@@ -1,0 +1,98 @@
+"""How fast the scheduler decides: schedule(snapshot) on large clusters, pure and in memory.
+
+    .venv/bin/python bench/bench_schedule.py [--nodes 1000] [--replicas 10000]
+
+Prints the time of one deciding pass for: placing every replica from scratch,
+a pass with nothing to do (the steady state, run every second), and re-placing
+the replicas of one lost node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+from corral.names import placement_key
+from corral.specs import (
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    ObjectMeta,
+    ResourceList,
+    Resources,
+)
+from corral.state import Node, NodeCapacity
+from corral_scheduler.decide import schedule
+from corral_scheduler.snapshot import PlacedReplica, Snapshot
+
+NOW = 10_000.0
+
+
+def build(nodes: int, replicas: int, deployments: int) -> Snapshot:
+    per = replicas // deployments
+    template = ContainerTemplate(
+        image="corral-test/busybox:1",
+        resources=Resources(requests=ResourceList(cpu="10m", memory="16Mi")),
+    )
+    return Snapshot(
+        deployments={
+            f"app-{i}": Deployment(
+                metadata=ObjectMeta(name=f"app-{i}", generation=1),
+                spec=DeploymentSpec(replicas=per, template=template),
+            )
+            for i in range(deployments)
+        },
+        nodes={
+            f"node-{i}": Node(
+                name=f"node-{i}",
+                capacity=NodeCapacity(cpu_millis=8000, memory_bytes=32 * 2**30, pods=110),
+            )
+            for i in range(nodes)
+        },
+        node_last_seen={f"node-{i}": NOW for i in range(nodes)},
+    )
+
+
+def timed(snapshot: Snapshot, now: float = NOW) -> tuple[float, object]:
+    counter = itertools.count()
+    started = time.perf_counter()
+    plan = schedule(snapshot, now, wall_time=0.0, new_suffix=lambda: f"{next(counter):05d}")
+    return time.perf_counter() - started, plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--replicas", type=int, default=10_000)
+    parser.add_argument("--deployments", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    empty = build(args.nodes, args.replicas, args.deployments)
+    runs = [timed(empty) for _ in range(args.repeat)]
+    seconds = statistics.median(r[0] for r in runs)
+    plan = runs[0][1]
+    placed = plan.place  # type: ignore[attr-defined]
+    print(f"cluster: {args.nodes} nodes, {args.deployments} deployments, {args.replicas} replicas")
+    print(f"place all from scratch : {seconds * 1000:8.1f} ms  ({len(placed)} placements)")
+
+    placements = {
+        placement_key(p.node, p.replica): PlacedReplica(revision=i + 1, placement=p)
+        for i, p in enumerate(placed)
+    }
+    statuses = {s.name: (s, 1) for s in plan.statuses}  # type: ignore[attr-defined]
+    steady = Snapshot(**{**empty.__dict__, "placements": placements, "statuses": statuses})
+    steady_runs = [timed(steady)[0] for _ in range(args.repeat)]
+    print(f"steady state (no-op)   : {statistics.median(steady_runs) * 1000:8.1f} ms")
+
+    lost = dict(steady.node_last_seen, **{"node-0": NOW - 60})
+    node_loss = Snapshot(**{**steady.__dict__, "node_last_seen": lost})
+    loss_seconds, loss_plan = timed(node_loss)
+    moved = len(loss_plan.place)  # type: ignore[attr-defined]
+    print(f"one node lost          : {loss_seconds * 1000:8.1f} ms  ({moved} replicas re-placed)")
+
+
+if __name__ == "__main__":
+    main()
