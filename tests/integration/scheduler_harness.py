@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import anyio
+import msgspec
 from nats.aio.client import Client as NATS
 
 from corral import names
@@ -58,7 +59,10 @@ async def placements(bucket: NatsBucket) -> dict[str, Placement]:
         if entry is None:
             break
         if entry.value is not None:
-            found[entry.key] = decode(entry.value, Placement)
+            try:
+                found[entry.key] = decode(entry.value, Placement)
+            except msgspec.DecodeError:
+                continue
     return found
 
 
