@@ -212,9 +212,9 @@ async def consume_spec_stream(
     while True:
         try:
             batch: list[Msg] = await subscription.fetch(batch=32, timeout=5)
-        except nats.errors.TimeoutError:
-            continue
-        except (nats.errors.ConnectionClosedError, js_errors.APIError, nats.errors.Error):
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue  # nothing new within the fetch's wait
+        except Exception:  # a disconnect, a JetStream hiccup: never die of it
             log.warning("fetching specs failed; retrying", exc_info=True)
             await anyio.sleep(1)
             continue
