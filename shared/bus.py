@@ -58,7 +58,7 @@ async def _log_nats_error(error: Exception) -> None:
 
 
 async def _log_disconnect() -> None:
-    log.warning("NATS: disconnected; reconnecting")
+    log.info("NATS: disconnected")
 
 
 async def _log_reconnect() -> None:

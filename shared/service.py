@@ -96,10 +96,12 @@ async def run_service(
             task_status.started(ctx)
     finally:
         with anyio.CancelScope(shield=True):
+            # Every subsystem is cancelled by now, so there is nothing left to drain
+            # (and a watch whose reader is gone would hold a drain until its timeout).
             try:
-                await nc.drain()
+                await nc.close()
             except Exception:
-                log.debug("drain failed", exc_info=True)
+                log.debug("close failed", exc_info=True)
 
 
 async def _until_signal(scope: anyio.CancelScope) -> None:

@@ -1,0 +1,89 @@
+"""A cluster grows by adding nodes: the scheduler and several node agents (hollow
+runtime, so no Docker) on one real nats-server, each a service of its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from corral import names
+from corral.codec import decode
+from corral.kv import NatsBucket
+from corral.service import ServiceContext, run_service
+from corral.state import ReplicaState, ReplicaStatus
+from corral_node_agent.main import build_parser, run
+from tests.integration.scheduler_harness import (
+    deployment_json,
+    placements,
+    request,
+    running_scheduler,
+)
+from tests.waiting import eventually
+
+
+@asynccontextmanager
+async def hollow_agent(nats_url: str, node: str) -> AsyncIterator[ServiceContext]:
+    args = build_parser().parse_args(
+        [
+            "--nats",
+            nats_url,
+            "--metrics-port",
+            "-1",
+            "--runtime",
+            "hollow",
+            "--node-name",
+            node,
+            "--cpu",
+            "2",
+            "--memory",
+            "4Gi",
+            "--heartbeat-seconds",
+            "0.5",
+        ]
+    )
+    async with anyio.create_task_group() as tg:
+        ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
+        try:
+            yield ctx
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def running_on(buckets: dict[str, NatsBucket]) -> dict[str, str]:
+    """replica -> node, for placed replicas whose agent reports them Running."""
+    placed = await placements(buckets[names.PLACEMENTS_BUCKET])
+    found: dict[str, str] = {}
+    async for entry in buckets[names.REPLICA_STATUS_BUCKET].watch():
+        if entry is None:
+            break
+        if entry.value is not None and entry.key in placed:
+            status = decode(entry.value, ReplicaStatus)
+            if status.state == ReplicaState.RUNNING:
+                found[status.replica] = status.node
+    return found
+
+
+async def test_added_node_takes_new_replicas_and_a_lost_node_is_replaced(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with running_scheduler(nats_url) as scheduler, hollow_agent(nats_url, "node-1"):
+        assert (await request(scheduler.nc, "deployment", "apply", deployment_json("web", 4))).ok
+        await eventually(lambda: running_on(buckets), lambda r: len(r) == 4)
+
+        async with hollow_agent(nats_url, "node-2"):
+            # a node joins: scaling up spreads onto it, nothing else is configured
+            scale = b'{"name": "web", "replicas": 8}'
+            assert (await request(scheduler.nc, "deployment", "scale", scale)).ok
+            spread = await eventually(lambda: running_on(buckets), lambda r: len(r) == 8)
+            assert sorted(spread.values()).count("node-2") == 4
+
+        # node-2's agent is gone: after the grace period its replicas move to node-1
+        moved = await eventually(
+            lambda: placements(buckets[names.PLACEMENTS_BUCKET]),
+            lambda p: len(p) == 8 and all(x.node == "node-1" for x in p.values()),
+            within=30,
+        )
+        assert len(moved) == 8
+        await eventually(lambda: running_on(buckets), lambda r: len(r) == 8, within=15)
