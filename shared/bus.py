@@ -198,15 +198,15 @@ async def consume_spec_stream(
 ) -> None:
     """Apply what was published on corral.spec.<kind>.<verb>, even while this owner was down.
 
-    A rejected spec is acknowledged (retrying cannot fix it) and told as a
-    Warning event on corral.events.rejected.<kind>. An internal failure is
-    not acknowledged, so JetStream delivers the spec again.
+    Specs are applied one at a time, in order. A rejected spec is acknowledged
+    (retrying cannot fix it) and told as a Warning event on
+    corral.events.rejected.<kind>. An internal failure is retried in place.
     """
     subscription = await js.pull_subscribe(
         f"{names.SPEC_PREFIX}.{kind.lower()}.>",
         durable=durable,
         stream=names.SPEC_STREAM,
-        config=js_api.ConsumerConfig(ack_wait=30, max_deliver=20),
+        config=js_api.ConsumerConfig(ack_wait=30, max_ack_pending=64),
     )
     task_status.started()
     while True:
@@ -219,18 +219,34 @@ async def consume_spec_stream(
             await anyio.sleep(1)
             continue
         for msg in batch:
-            verb = msg.subject.rsplit(".", 1)[-1]
-            handler = handlers.get(verb)
-            if handler is None:
-                reply = Reply(ok=False, kind=kind, error=f"unknown verb {verb!r} for {kind}")
-            else:
-                reply = await _answer(handler, msg.data, msg.subject)
-            if reply.error.startswith("internal error"):
-                await _quietly(msg.nak(delay=1))
-                continue
+            reply = await _apply_in_order(msg, kind, handlers, events)
             if not reply.ok:
                 await events.emit(kind, reply.name, "Rejected", reply.error, warning=True)
             await _quietly(msg.ack())
+
+
+async def _apply_in_order(
+    msg: Msg, kind: str, handlers: dict[str, SpecHandler], events: EventPublisher
+) -> Reply:
+    """Apply one durable spec, retrying it in place while the failure is internal (KV
+    unavailable...), so that a later spec never overtakes it. Bad input is final."""
+    verb = msg.subject.rsplit(".", 1)[-1]
+    handler = handlers.get(verb)
+    if handler is None:
+        return Reply(ok=False, kind=kind, error=f"unknown verb {verb!r} for {kind}")
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        reply = await _answer(handler, msg.data, msg.subject)
+        if not reply.error.startswith("internal error"):
+            return reply
+        if attempt == 5:
+            await events.emit(
+                kind, reply.name, "Retrying", f"{msg.subject}: {reply.error}", warning=True
+            )
+        await _quietly(msg.in_progress())  # keep JetStream from delivering it again meanwhile
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

@@ -18,7 +18,8 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from nats.js import errors as js_errors
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.api import Header
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from corral.codec import decode, encode
 
@@ -48,7 +49,9 @@ class Bucket(Protocol):
 
     async def put(self, key: str, value: bytes) -> int: ...
 
-    async def delete(self, key: str, revision: int | None = None) -> None: ...
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        """Delete; conditional on `revision` when given. Returns the delete marker's revision."""
+        ...
 
     def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
         """Current entries, then None once they are all delivered, then every change."""
@@ -87,9 +90,15 @@ class NatsBucket:
         revision: int = await self._kv.put(key, value)
         return revision
 
-    async def delete(self, key: str, revision: int | None = None) -> None:
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        # As nats-py's KeyValue.delete, but returning the marker's sequence (its revision),
+        # which a Mirror needs to apply its own delete at the right place.
+        headers = {KV_OP: KV_DEL}
+        if revision:
+            headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
         try:
-            await self._kv.delete(key, last=revision)
+            ack = await self._kv._js.publish(f"{self._kv._pre}{key}", headers=headers)
+            return int(ack.seq)
         except js_errors.APIError as error:
             if error.err_code in (10071, 10164):
                 raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
@@ -161,11 +170,11 @@ class MemoryBucket:
     async def put(self, key: str, value: bytes) -> int:
         return self._write(key, value)
 
-    async def delete(self, key: str, revision: int | None = None) -> None:
+    async def delete(self, key: str, revision: int | None = None) -> int:
         current = self.items.get(key)
         if revision is not None and (current is None or current.revision != revision):
             raise Conflict(f"{self.name}/{key} changed since revision {revision}")
-        self._write(key, None)
+        return self._write(key, None)
 
     async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
         send, receive = anyio.create_memory_object_stream[Entry | None](10_000)
@@ -182,9 +191,11 @@ class MemoryBucket:
 class Mirror(Generic[T]):
     """A typed, always-current copy of (part of) a bucket, kept by a watch.
 
-    Values that do not decode are logged and left out: a bad record never stops
-    the service that reads it. `on_change` is called after every change with
-    the key, so a controller can mark it dirty.
+    A value that does not decode (corrupt, or written by a newer corral) is logged
+    and its key put in `unreadable`: it is neither a value nor a deletion, and
+    controllers leave what depends on it alone rather than act on a guess. A bad
+    record never stops the service that reads it. `on_change` is called after
+    every change with the key, so a controller can mark it dirty.
     """
 
     def __init__(
@@ -199,6 +210,7 @@ class Mirror(Generic[T]):
         self.prefix = prefix
         self.on_change = on_change
         self.items: dict[str, tuple[T, int]] = {}
+        self.unreadable: set[str] = set()
         # The newest revision applied per key, deletes included: an entry older than it
         # (a watch catching up with a write this process already applied) is ignored.
         self._applied: dict[str, int] = {}
@@ -214,18 +226,25 @@ class Mirror(Generic[T]):
         found = self.items.get(key)
         return None if found is None else found[1]
 
-    def apply(self, entry: Entry) -> None:
+    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
+        """Apply a change: from the watch, or a write this process just made."""
         if entry.revision < self._applied.get(entry.key, 0):
             return
-        self._applied[entry.key] = entry.revision
+        if from_watch and entry.value is None:
+            # The watch is in order: nothing older of this key can follow its deletion.
+            self._applied.pop(entry.key, None)
+        else:
+            self._applied[entry.key] = entry.revision
+        self.unreadable.discard(entry.key)
         if entry.value is None:
             self.items.pop(entry.key, None)
         else:
             try:
                 self.items[entry.key] = (decode(entry.value, self.kind), entry.revision)
             except msgspec.DecodeError as error:
-                log.warning("ignoring %s/%s: %s", self.bucket.name, entry.key, error)
+                log.warning("cannot read %s/%s: %s", self.bucket.name, entry.key, error)
                 self.items.pop(entry.key, None)
+                self.unreadable.add(entry.key)
         if self.on_change is not None:
             self.on_change(entry.key)
 
@@ -238,7 +257,7 @@ class Mirror(Generic[T]):
                     started = True
                     task_status.started()
                 continue
-            self.apply(entry)
+            self.apply(entry, from_watch=True)
 
 
 async def write_record(bucket: Bucket, key: str, value: Any, revision: int | None) -> int:

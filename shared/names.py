@@ -27,6 +27,8 @@ DEPLOYMENT_STATUS_BUCKET: Final = "corral_deployment_status"  # key: name -> Dep
 NODES_BUCKET: Final = "corral_nodes"  # key: node -> Node (its node agent)
 PLACEMENTS_BUCKET: Final = "corral_placements"  # key: node.replica -> Placement (scheduler)
 REPLICA_STATUS_BUCKET: Final = "corral_replica_status"  # key: node.replica -> ReplicaStatus (agent)
+# Liveness of control-plane services: each writes and watches its own keys here.
+LEASES_BUCKET: Final = "corral_leases"
 
 ALL_BUCKETS: Final = (
     DEPLOYMENTS_BUCKET,
@@ -34,6 +36,7 @@ ALL_BUCKETS: Final = (
     NODES_BUCKET,
     PLACEMENTS_BUCKET,
     REPLICA_STATUS_BUCKET,
+    LEASES_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")

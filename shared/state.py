@@ -39,6 +39,9 @@ class Node(_Record, frozen=True, kw_only=True):
     agent_started_at: float = 0.0
     heartbeat_at: float = 0.0  # the agent's clock; liveness uses the observer's clock
     version: str = ""
+    # A random id per agent process: two agents that claim the same node name are
+    # told apart, and the second refuses to run rather than run every replica twice.
+    agent_id: str = ""
 
 
 class Placement(_Record, frozen=True, kw_only=True):

@@ -21,6 +21,7 @@ class CreateContainer:
 
     replica: str
     placement: Placement
+    restart: bool = False  # the replica's container vanished: its new one counts as a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +124,10 @@ def plan_actions(
             if now < track.not_before:
                 wake(track.not_before)
             else:
-                if track.container_id:  # it had a container, which vanished: a restart
-                    track = replace(track, restarts=track.restarts + 1, container_id="")
-                actions.append(CreateContainer(replica, placement))
+                # It had a container, which vanished: the new one's start is a restart
+                # (counted by the executor once that start happens).
+                vanished = bool(track.container_id)
+                actions.append(CreateContainer(replica, placement, restart=vanished))
         elif keep.state == ContainerState.RUNNING:
             track = replace(track, container_id=keep.id, phase=None, message="")
         elif keep.state == ContainerState.CREATED:
@@ -142,7 +144,6 @@ def plan_actions(
             if now < track.not_before:
                 wake(track.not_before)
             else:
-                track = replace(track, restarts=track.restarts + 1)
                 actions.append(StartContainer(replica, placement, keep.id, restart=True))
         new_tracks[replica] = track
     return Plan(actions=actions, tracks=new_tracks, kept=kept, wake_at=wake_at)

@@ -22,6 +22,7 @@ from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, St
 from corral_node_agent.runtime import (
     ContainerSpec,
     ImagePullFailed,
+    NameConflict,
     Runtime,
     RuntimeFailure,
 )
@@ -41,14 +42,15 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-def container_name(replica: str) -> str:
-    return f"corral-{replica}"
+def container_name(node: str, replica: str) -> str:
+    """corral-<node>-<replica>: nodes sharing one engine never claim the same name."""
+    return f"corral-{node}-{replica}"
 
 
 def container_spec(placement: Placement) -> ContainerSpec:
     template = placement.template
     return ContainerSpec(
-        name=container_name(placement.replica),
+        name=container_name(placement.node, placement.replica),
         image=template.image,
         command=template.command,
         args=template.args,
@@ -72,10 +74,15 @@ class _Pull:
 
 
 class ImagePuller:
-    """Pulls images, one pull per image at a time: concurrent askers share its outcome."""
+    """Pulls images, one pull per image at a time: concurrent askers share its outcome.
 
-    def __init__(self, runtime: Runtime) -> None:
+    Pulls have their own limiter: a long pull never holds a slot that removals
+    and restarts of other replicas wait for.
+    """
+
+    def __init__(self, runtime: Runtime, max_parallel: int = 4) -> None:
         self.runtime = runtime
+        self.limiter = anyio.CapacityLimiter(max_parallel)
         self._pulls: dict[str, _Pull] = {}
 
     async def pull(self, image: str) -> None:
@@ -87,7 +94,8 @@ class ImagePuller:
             return
         pending = self._pulls[image] = _Pull(anyio.Event())
         try:
-            await self.runtime.pull_image(image)
+            async with self.limiter:
+                await self.runtime.pull_image(image)
         except BaseException as error:
             pending.error = str(error) or type(error).__name__
             metrics.IMAGE_PULLS.labels(result="failure").inc()
@@ -109,6 +117,7 @@ class Executor:
         on_progress: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         max_parallel: int = 8,
+        max_pulls: int = 4,
     ) -> None:
         self.runtime = runtime
         self.events = events
@@ -116,7 +125,7 @@ class Executor:
         self.on_progress = on_progress
         self.clock = clock
         self.limiter = anyio.CapacityLimiter(max_parallel)
-        self.puller = ImagePuller(runtime)
+        self.puller = ImagePuller(runtime, max_pulls)
 
     def _track(self, replica: str) -> ReplicaTrack:
         return self.tracks.get(replica, ReplicaTrack())
@@ -124,20 +133,32 @@ class Executor:
     def _set(self, replica: str, track: ReplicaTrack) -> None:
         self.tracks[replica] = track
 
-    async def execute(self, action: Action) -> None:
-        """Do one action; failures are recorded on the replica, never raised."""
+    async def execute(self, action: Action) -> bool:
+        """Do one action; True when it succeeded. Failures are recorded on the replica,
+        never raised."""
         try:
-            async with self.limiter:
-                match action:
-                    case CreateContainer():
-                        await self._create(action)
-                    case StartContainer():
-                        await self._start(action.placement, action.container_id, action.restart)
-                    case RemoveContainers():
+            match action:
+                case CreateContainer():
+                    if not await self._image_ready(action):  # pulls wait outside self.limiter
+                        return False
+                    async with self.limiter:
+                        return await self._create(action)
+                case StartContainer():
+                    async with self.limiter:
+                        return await self._start(
+                            action.placement, action.container_id, action.restart
+                        )
+                case RemoveContainers():
+                    async with self.limiter:
                         await self._remove(action)
-        except Exception as error:  # a bug or a surprise from the engine: retry later
+                    return True
+        except RuntimeFailure as error:  # the engine failed: retry later
+            log.warning("%s of %s failed: %s", type(action).__name__, action.replica, error)
+            await self._failed(action.replica, None, ReplicaState.FAILED, str(error))
+        except Exception as error:  # a bug or a surprise: retry later
             log.exception("action %s failed", type(action).__name__)
             await self._failed(action.replica, None, ReplicaState.FAILED, str(error))
+        return False
 
     async def _failed(
         self,
@@ -158,7 +179,8 @@ class Executor:
                 warning=True,
             )
 
-    async def _create(self, action: CreateContainer) -> None:
+    async def _image_ready(self, action: CreateContainer) -> bool:
+        """Pull the image when it is missing; False (recorded on the replica) when that fails."""
         placement = action.placement
         replica = action.replica
         image = placement.template.image
@@ -182,28 +204,56 @@ class Executor:
                     ReplicaState.IMAGE_PULL_BACKOFF,
                     f"pulling {image} failed: {error}",
                 )
-                return
+                return False
             await self.events.emit(
                 "deployment", placement.deployment, "Pulled", f"pulled image {image}"
             )
+        return True
+
+    async def _create(self, action: CreateContainer) -> bool:
+        placement = action.placement
+        replica = action.replica
         self._set(replica, replace(self._track(replica), phase=ReplicaState.CREATING, message=""))
         try:
-            container_id = await self.runtime.create_container(container_spec(placement))
+            container_id = await self._create_container(placement)
         except RuntimeFailure as error:
             await self._failed(replica, placement, ReplicaState.FAILED, f"create: {error}")
-            return
+            return False
         self._set(replica, replace(self._track(replica), container_id=container_id))
-        await self._start(placement, container_id, restart=False)
+        return await self._start(placement, container_id, restart=action.restart)
 
-    async def _start(self, placement: Placement, container_id: str, restart: bool) -> None:
+    async def _create_container(self, placement: Placement) -> str:
+        """Create; a leftover corral container of another node holding the name is removed."""
+        spec = container_spec(placement)
+        try:
+            return await self.runtime.create_container(spec)
+        except NameConflict:
+            holder = await self.runtime.find_container(spec.name)
+            if holder is not None and not (holder.managed and holder.node != placement.node):
+                raise  # ours (the next pass adopts it) or not corral's: never touched
+            if holder is not None:
+                log.warning(
+                    "removing %s (%s), left by node %r, which holds the name %s",
+                    holder.id[:12],
+                    holder.replica,
+                    holder.node,
+                    spec.name,
+                )
+                await self.runtime.remove_container(holder.id)
+            return await self.runtime.create_container(spec)
+
+    async def _start(self, placement: Placement, container_id: str, restart: bool) -> bool:
         replica = placement.replica
         try:
             await self.runtime.start_container(container_id)
         except RuntimeFailure as error:
             await self._failed(replica, placement, ReplicaState.FAILED, f"start: {error}")
-            return
+            return False
         track = self._track(replica)
+        if restart:  # counted when a start happens, never for a failed attempt
+            track = replace(track, restarts=track.restarts + 1)
         self._set(replica, after_start(track, container_id))
+        track = self._track(replica)
         metrics.CONTAINER_STARTS.inc()
         if restart:
             metrics.CONTAINER_RESTARTS.inc()
@@ -222,6 +272,7 @@ class Executor:
                 "Started",
                 f"started {replica} on {placement.node} ({container_id[:12]})",
             )
+        return True
 
     async def _remove(self, action: RemoveContainers) -> None:
         if action.deployment:

@@ -25,6 +25,7 @@ from corral_node_agent.runtime import (
     EngineUnavailable,
     ImageMissing,
     ImagePullFailed,
+    NameConflict,
     ObservedContainer,
     RuntimeFailure,
 )
@@ -44,6 +45,23 @@ class HollowContainer:
     finished_at: float | None = None
 
 
+def _observed(container: HollowContainer) -> ObservedContainer:
+    labels = container.spec.labels
+    return ObservedContainer(
+        id=container.id,
+        name=container.spec.name,
+        replica=labels.get(names.LABEL_REPLICA, ""),
+        deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
+        template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
+        state=container.state,
+        exit_code=container.exit_code,
+        started_at=container.started_at,
+        finished_at=container.finished_at,
+        node=labels.get(names.LABEL_NODE, ""),
+        managed=labels.get(names.LABEL_MANAGED) == "true",
+    )
+
+
 @dataclass
 class HollowRuntime:
     cpu_millis: int = HOLLOW_DEFAULT_CPU_MILLIS
@@ -59,6 +77,7 @@ class HollowRuntime:
     # What the agent asked for, for tests to count.
     pulls: list[str] = field(default_factory=list)
     creates: int = 0
+    lists: int = 0
     starts: int = 0
     removes: int = 0
     _watchers: list[tuple[str, ChangeCallback]] = field(default_factory=list)
@@ -91,25 +110,21 @@ class HollowRuntime:
 
     async def list_containers(self, node: str) -> list[ObservedContainer]:
         self._check()
+        self.lists += 1
         found = []
         for container in self.containers.values():
             labels = container.spec.labels
             if labels.get(names.LABEL_NODE) != node or labels.get(names.LABEL_MANAGED) != "true":
                 continue
-            found.append(
-                ObservedContainer(
-                    id=container.id,
-                    name=container.spec.name,
-                    replica=labels.get(names.LABEL_REPLICA, ""),
-                    deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
-                    template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
-                    state=container.state,
-                    exit_code=container.exit_code,
-                    started_at=container.started_at,
-                    finished_at=container.finished_at,
-                )
-            )
+            found.append(_observed(container))
         return found
+
+    async def find_container(self, name: str) -> ObservedContainer | None:
+        self._check()
+        for container in self.containers.values():
+            if name in (container.spec.name, container.id):
+                return _observed(container)
+        return None
 
     async def has_image(self, image: str) -> bool:
         self._check()
@@ -131,7 +146,7 @@ class HollowRuntime:
         if spec.image in self.failing_images:
             raise RuntimeFailure(self.failing_images[spec.image])
         if any(c.spec.name == spec.name for c in self.containers.values()):
-            raise RuntimeFailure(f'Conflict. The container name "/{spec.name}" is already in use')
+            raise NameConflict(f'Conflict. The container name "/{spec.name}" is already in use')
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
         self.containers[container.id] = container
         self.creates += 1

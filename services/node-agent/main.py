@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import anyio
 from anyio.abc import TaskStatus
 
 from corral import names
 from corral.service import ServiceContext, base_parser, service_main
-from corral_node_agent.agent import NodeAgent
+from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.docker_runtime import DockerRuntime
 from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_CPU_MILLIS,
@@ -18,6 +19,8 @@ from corral_node_agent.hollow_runtime import (
 )
 from corral_node_agent.runtime import Runtime
 from corral_node_agent.settings import settings_from_args
+
+log = logging.getLogger(__name__)
 
 SERVICE = "node-agent"
 DEFAULT_METRICS_PORT = 9102
@@ -68,9 +71,14 @@ async def run(
         statuses=ctx.buckets[names.REPLICA_STATUS_BUCKET],
         events=ctx.events,
         health=ctx.health,
+        is_connected=lambda: bool(ctx.nc.is_connected),
     )
     ctx.health["engine"] = False
-    await agent.run(task_status=task_status)
+    try:
+        await agent.run(task_status=task_status)
+    except NodeNameTaken as error:
+        log.error("refusing to start: %s", error)
+        raise  # the service exits non-zero
 
 
 def main() -> None:

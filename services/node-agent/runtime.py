@@ -36,6 +36,10 @@ class ContainerGone(RuntimeFailure):
     """The container does not exist (any more)."""
 
 
+class NameConflict(RuntimeFailure):
+    """A container of that name exists already (the engine's 409 on create)."""
+
+
 class ContainerState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
@@ -78,6 +82,8 @@ class ObservedContainer:
     started_at: float | None = None  # wall clock, seconds
     finished_at: float | None = None
     error: str = ""
+    node: str = ""  # its io.corral.node label
+    managed: bool = True  # it carries io.corral.managed=true
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the
@@ -105,7 +111,11 @@ class Runtime(Protocol):
         ...
 
     async def create_container(self, spec: ContainerSpec) -> str:
-        """Returns the new container's id; raises ImageMissing or RuntimeFailure."""
+        """Returns the new container's id; raises ImageMissing, NameConflict or RuntimeFailure."""
+        ...
+
+    async def find_container(self, name: str) -> ObservedContainer | None:
+        """The container of that name or id, corral's or not; None when there is none."""
         ...
 
     async def start_container(self, container_id: str) -> None: ...

@@ -33,6 +33,7 @@ class StatusBook:
 
     async def load(self) -> None:
         """Read the statuses already stored for this node (an earlier run of the agent)."""
+        self.written.clear()
         with anyio.fail_after(_LOAD_TIMEOUT):
             async for entry in self.bucket.watch(f"{self.node}.>"):
                 if entry is None:
@@ -75,8 +76,10 @@ class StatusBook:
         return False
 
     async def delete(self, replica: str) -> None:
+        """Delete the stored status. It is forgotten only once the delete succeeded:
+        when NATS fails, the next pass tries again."""
         key = self.key(replica)
-        known = self.written.pop(key, None)
+        known = self.written.get(key)
         revision = None if known is None else known[1]
         try:
             await self.bucket.delete(key, revision)
@@ -87,3 +90,7 @@ class StatusBook:
                     await self.bucket.delete(key, entry.revision)
                 except Conflict:
                     log.warning("status %s changed while deleting; next pass retries", key)
+                    if known is not None:
+                        self.written[key] = (known[0], entry.revision)
+                    return
+        self.written.pop(key, None)

@@ -48,10 +48,10 @@ class PlanApplier:
                 tg.start_soon(self._stop, stop, committed)
             for placement in plan.place:
                 tg.start_soon(self._place, placement, committed)
-            for status in plan.statuses:
-                tg.start_soon(self._write_status, status, committed)
-            for name in plan.forget_statuses:
-                tg.start_soon(self._forget_status, name, committed)
+            for status, revision in plan.statuses:
+                tg.start_soon(self._write_status, status, revision, committed)
+            for name, revision in plan.forget_statuses:
+                tg.start_soon(self._forget_status, name, revision, committed)
         return committed
 
     async def _place(self, placement: Placement, committed: Committed) -> None:
@@ -69,16 +69,17 @@ class PlanApplier:
     async def _stop(self, stop: Stop, committed: Committed) -> None:
         async with self._limiter:
             try:
-                await self.placements.bucket.delete(stop.key, revision=stop.revision)
+                marker = await self.placements.bucket.delete(stop.key, revision=stop.revision)
             except Conflict:
                 committed.conflicts += 1
                 return
-        self.placements.apply(Entry(stop.key, None, stop.revision + 1))
+        self.placements.apply(Entry(stop.key, None, marker))
         committed.stopped.append(stop)
 
-    async def _write_status(self, status: DeploymentStatus, committed: Committed) -> None:
+    async def _write_status(
+        self, status: DeploymentStatus, revision: int | None, committed: Committed
+    ) -> None:
         raw = encode(status)
-        revision = self.statuses.revision(status.name)
         async with self._limiter:
             try:
                 if revision is None:
@@ -90,12 +91,11 @@ class PlanApplier:
                 return
         self.statuses.apply(Entry(status.name, raw, new_revision))
 
-    async def _forget_status(self, name: str, committed: Committed) -> None:
-        revision = self.statuses.revision(name)
+    async def _forget_status(self, name: str, revision: int, committed: Committed) -> None:
         async with self._limiter:
             try:
-                await self.statuses.bucket.delete(name, revision=revision)
+                marker = await self.statuses.bucket.delete(name, revision=revision)
             except Conflict:
                 committed.conflicts += 1
                 return
-        self.statuses.apply(Entry(name, None, (revision or 0) + 1))
+        self.statuses.apply(Entry(name, None, marker))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,8 +44,9 @@ class PlanEvent:
 class Plan:
     place: list[Placement] = field(default_factory=list)
     stop: list[Stop] = field(default_factory=list)
-    statuses: list[DeploymentStatus] = field(default_factory=list)
-    forget_statuses: list[str] = field(default_factory=list)
+    # Each with the revision it was decided on (None: create), for compare-and-set.
+    statuses: list[tuple[DeploymentStatus, int | None]] = field(default_factory=list)
+    forget_statuses: list[tuple[str, int]] = field(default_factory=list)
     events: list[PlanEvent] = field(default_factory=list)
 
     def is_empty(self) -> bool:
@@ -72,23 +73,22 @@ def schedule(
     only stamps records.
     """
     plan = Plan()
-    ready_nodes = {name for name in snapshot.nodes if snapshot.node_ready(name, now)}
-    usage: dict[str, _Usage] = {name: _Usage() for name in ready_nodes}
+    ready_nodes = {name for name in snapshot.nodes if snapshot.schedulable(name, now)}
+    usage: defaultdict[str, _Usage] = defaultdict(_Usage)
     by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}
     taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
 
     for key, placed in sorted(snapshot.placements.items()):
         placement = placed.placement
-        if placement.deployment not in snapshot.deployments:
+        if placement.deployment in snapshot.unreadable_deployments:
+            _count(usage[placement.node], placement, +1)  # left alone, but it takes room
+        elif placement.deployment not in snapshot.deployments:
             plan.stop.append(Stop(key, placed.revision, placement.deployment, "deployment deleted"))
-        elif placement.node not in ready_nodes:
+        elif snapshot.lost(placement.node, now):
             reason = f"node {placement.node} is not ready"
             plan.stop.append(Stop(key, placed.revision, placement.deployment, reason))
         else:
-            node_usage = usage[placement.node]
-            node_usage.cpu_millis += placement.cpu_millis
-            node_usage.memory_bytes += placement.memory_bytes
-            node_usage.pods += 1
+            _count(usage[placement.node], placement, +1)
             by_deployment.setdefault(placement.deployment, []).append((key, placed))
 
     for name, deployment in sorted(snapshot.deployments.items()):
@@ -104,11 +104,17 @@ def schedule(
             new_suffix,
         )
 
-    for name in sorted(snapshot.statuses):
-        if name not in snapshot.deployments:
-            plan.forget_statuses.append(name)
+    for name, (_, revision) in sorted(snapshot.statuses.items()):
+        if name not in snapshot.deployments and name not in snapshot.unreadable_deployments:
+            plan.forget_statuses.append((name, revision))
     _summarise_stops(plan)
     return plan
+
+
+def _count(node_usage: _Usage, placement: Placement, sign: int) -> None:
+    node_usage.cpu_millis += sign * placement.cpu_millis
+    node_usage.memory_bytes += sign * placement.memory_bytes
+    node_usage.pods += sign
 
 
 def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
@@ -125,7 +131,7 @@ def _reconcile_deployment(
     deployment: Deployment,
     live: list[tuple[str, PlacedReplica]],
     ready_nodes: set[str],
-    usage: dict[str, _Usage],
+    usage: defaultdict[str, _Usage],
     taken_names: set[str],
     plan: Plan,
     wall_time: float,
@@ -161,10 +167,7 @@ def _reconcile_deployment(
 
     for key, placed, reason in stops:
         plan.stop.append(Stop(key, placed.revision, name, reason))
-        node_usage = usage[placed.placement.node]
-        node_usage.cpu_millis -= placed.placement.cpu_millis
-        node_usage.memory_bytes -= placed.placement.memory_bytes
-        node_usage.pods -= 1
+        _count(usage[placed.placement.node], placed.placement, -1)
     stopped = {key for key, _, _ in stops}
 
     cpu = template.resources.requests.cpu_millis
@@ -210,7 +213,7 @@ def _reconcile_deployment(
     )
     stored = snapshot.statuses.get(name)
     if stored is None or _differs(stored[0], status):
-        plan.statuses.append(status)
+        plan.statuses.append((status, None if stored is None else stored[1]))
         if pending and (stored is None or stored[0].pending_reason != status.pending_reason):
             plan.events.append(
                 PlanEvent(
@@ -272,7 +275,7 @@ class _NodePicker:
         self,
         snapshot: Snapshot,
         ready_nodes: set[str],
-        usage: dict[str, _Usage],
+        usage: defaultdict[str, _Usage],
         spread: Counter[str],
         cpu: int,
         memory: int,

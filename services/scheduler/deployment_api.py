@@ -41,7 +41,19 @@ class DeploymentAPI:
                     stored = self._new(wanted)
                     revision = await self.deployments.create(name, encode(stored))
                     return Reply(ok=True, kind=KIND, name=name, revision=revision, generation=1)
-                current = decode(entry.value, Deployment)
+                current = _readable(entry.value)
+                if current is None:
+                    # What is stored cannot be read (corrupt, or from a newer corral):
+                    # a whole new spec replaces it, at the next generation.
+                    replaced = self._new(wanted, generation=_stored_generation(entry.value) + 1)
+                    revision = await self.deployments.update(name, encode(replaced), entry.revision)
+                    return Reply(
+                        ok=True,
+                        kind=KIND,
+                        name=name,
+                        revision=revision,
+                        generation=replaced.metadata.generation,
+                    )
                 if (current.spec, current.metadata.labels) == (wanted.spec, wanted.metadata.labels):
                     return Reply(
                         ok=True,
@@ -80,7 +92,15 @@ class DeploymentAPI:
             entry = await self.deployments.get(request.name)
             if entry is None or entry.value is None:
                 return _not_found(request.name)
-            current = decode(entry.value, Deployment)
+            current = _readable(entry.value)
+            if current is None:
+                return Reply(
+                    ok=False,
+                    kind=KIND,
+                    name=request.name,
+                    error=f"the stored deployment {request.name!r} cannot be read; "
+                    "apply a whole spec to replace it",
+                )
             if current.spec.replicas == request.replicas:
                 return Reply(
                     ok=True,
@@ -129,16 +149,33 @@ class DeploymentAPI:
         return _busy(request.name)
 
     @staticmethod
-    def _new(wanted: Deployment) -> Deployment:
+    def _new(wanted: Deployment, generation: int = 1) -> Deployment:
         return msgspec.structs.replace(
             wanted,
             metadata=msgspec.structs.replace(
                 wanted.metadata,
-                generation=1,
+                generation=generation,
                 uid=str(uuid.uuid4()),
                 creation_timestamp=time.time(),
             ),
         )
+
+
+def _readable(raw: bytes) -> Deployment | None:
+    try:
+        return decode(raw, Deployment)
+    except msgspec.DecodeError:
+        return None
+
+
+def _stored_generation(raw: bytes) -> int:
+    """The generation of a record that does not decode as a Deployment, if it has one."""
+    try:
+        document = msgspec.json.decode(raw)
+        generation = document["metadata"]["generation"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return 0
+    return generation if isinstance(generation, int) and generation >= 0 else 0
 
 
 def _not_found(name: str) -> Reply:

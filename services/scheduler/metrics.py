@@ -25,3 +25,7 @@ STOPS = Counter("corral_stops_total", "Replicas stopped", ["reason"])
 CONFLICTS = Counter("corral_plan_conflicts_total", "Writes skipped on a revision conflict")
 NODES_READY = Gauge("corral_nodes_ready", "Nodes that are Ready")
 NODES = Gauge("corral_nodes", "Nodes registered")
+VIEW_FRESH = Gauge(
+    "corral_scheduler_view_fresh",
+    "1 while the scheduler's own echo through KV is on time (its view of the cluster is current)",
+)

@@ -5,22 +5,40 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import REGISTRY
 
 from corral import names
 from corral.codec import decode, encode
 from corral.kv import NatsBucket
 from corral.specs import ContainerTemplate, ResourceList, Resources
 from corral.state import Placement, ReplicaState, ReplicaStatus
-from tests.e2e.conftest import AgentFactory
+from tests.e2e.conftest import AgentFactory, remove_node_containers
 
 pytestmark = pytest.mark.docker
 
 SLEEP = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+def unique(prefix: str) -> str:
+    """A replica name of this test alone: web-3f9a1c."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _pass_count() -> float:
+    """Reconcile passes run by the agents of this process (the histogram's count)."""
+    return float(REGISTRY.get_sample_value("corral_agent_reconcile_seconds_count") or 0.0)
+
+
+async def passes_after(count: int = 2, within: float = 20.0) -> None:
+    """Wait until `count` more passes completed: all but the first began after now."""
+    target = _pass_count() + count
+    await eventually(lambda: _pass_count() >= target, within=within)
 
 
 def docker(*args: str) -> str:
@@ -113,19 +131,20 @@ async def test_runs_placements_with_labels_and_limits(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
     resources = Resources(limits=ResourceList(cpu="250m", memory="64Mi"))
+    web = unique("web")
     placement = make_placement(
-        node_name, "web-a1", test_image, resources=resources, env={"GREETING": "hi"}
+        node_name, web, test_image, resources=resources, env={"GREETING": "hi"}
     )
     async with agent_running():
         await place(buckets, placement)
-        await eventually(state_is(buckets, node_name, "web-a1", ReplicaState.RUNNING))
+        await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
         (container,) = containers_of(node_name)
-        assert container["Name"] == "/corral-web-a1"
+        assert container["Name"] == f"/corral-{node_name}-{web}"
         labels = container["Config"]["Labels"]
         assert labels[names.LABEL_MANAGED] == "true"
         assert labels[names.LABEL_NODE] == node_name
         assert labels[names.LABEL_DEPLOYMENT] == "web"
-        assert labels[names.LABEL_REPLICA] == "web-a1"
+        assert labels[names.LABEL_REPLICA] == web
         assert labels[names.LABEL_TEMPLATE_HASH] == placement.template_hash
         host = container["HostConfig"]
         assert host["NanoCpus"] == 250_000_000
@@ -133,7 +152,7 @@ async def test_runs_placements_with_labels_and_limits(
         assert host["RestartPolicy"]["Name"] in ("no", "")
         assert container["Config"]["Entrypoint"] == SLEEP[:2]
         assert "GREETING=hi" in container["Config"]["Env"]
-        status = await status_of(buckets, node_name, "web-a1")
+        status = await status_of(buckets, node_name, web)
         assert status is not None and status.container_id == container["Id"]
         assert status.started_at is not None
 
@@ -141,20 +160,20 @@ async def test_runs_placements_with_labels_and_limits(
 async def test_killed_is_restarted_and_removed_is_recreated(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
+    web = unique("web")
     async with agent_running():
-        await place(buckets, make_placement(node_name, "web-a1", test_image))
-        await eventually(lambda: "web-a1" in running_ids(node_name))
-        first = running_ids(node_name)["web-a1"]
+        await place(buckets, make_placement(node_name, web, test_image))
+        await eventually(lambda: web in running_ids(node_name))
+        first = running_ids(node_name)[web]
 
         docker("kill", first)
-        # Engine events wake the agent: well before its 10 s resync.
-        await eventually(lambda: running_ids(node_name).get("web-a1") == first, within=5)
-        await eventually(lambda: _restarts_at_least(buckets, node_name, "web-a1", 1), within=5)
+        # The agent saw it exit and started it again (its restart count grew); engine
+        # events wake the agent well before its 10 s resync.
+        await eventually(lambda: _restarts_at_least(buckets, node_name, web, 1), within=5)
+        await eventually(lambda: running_ids(node_name).get(web) == first, within=5)
 
         docker("rm", "-f", first)
-        await eventually(
-            lambda: running_ids(node_name).get("web-a1") not in (None, first), within=5
-        )
+        await eventually(lambda: running_ids(node_name).get(web) not in (None, first), within=5)
         assert len(containers_of(node_name)) == 1
 
 
@@ -168,12 +187,13 @@ async def _restarts_at_least(
 async def test_restart_adopts_and_removes_orphans(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
-    for replica in ("web-a1", "web-b2"):
+    web_a, web_b = unique("web"), unique("web")
+    for replica in (web_a, web_b):
         await place(buckets, make_placement(node_name, replica, test_image))
     async with agent_running():
         await eventually(lambda: len(running_ids(node_name)) == 2)
     before = running_ids(node_name)
-    assert set(before) == {"web-a1", "web-b2"}  # the agent's stop leaves them running
+    assert set(before) == {web_a, web_b}  # the agent's stop leaves them running
 
     # While no agent runs: a labelled container of a replica placed nowhere appears.
     orphan = docker(
@@ -194,11 +214,13 @@ async def test_restart_adopts_and_removes_orphans(
         "3600",
     ).strip()
 
-    async with agent_running():
+    async with agent_running("--resync-seconds", "0.2"):
         # Fencing comes first: the orphan is gone once the agent reports started.
         ids = {c["Id"] for c in containers_of(node_name)}
         assert orphan not in ids
-        await anyio.sleep(1)  # give a wrong agent time to create duplicates
+        # Two more complete passes (the second began after this point): a wrong
+        # agent would have created its duplicates by now.
+        await passes_after(2)
         after = running_ids(node_name)
         assert after == before
         assert len(containers_of(node_name)) == 2
@@ -207,16 +229,17 @@ async def test_restart_adopts_and_removes_orphans(
 async def test_deleted_placement_removes_its_container(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
+    web_a, web_b = unique("web"), unique("web")
     async with agent_running():
-        await place(buckets, make_placement(node_name, "web-a1", test_image))
-        await place(buckets, make_placement(node_name, "web-b2", test_image))
+        await place(buckets, make_placement(node_name, web_a, test_image))
+        await place(buckets, make_placement(node_name, web_b, test_image))
         await eventually(lambda: len(running_ids(node_name)) == 2)
-        await buckets[names.PLACEMENTS_BUCKET].delete(names.placement_key(node_name, "web-b2"))
-        await eventually(lambda: set(running_ids(node_name)) == {"web-a1"})
+        await buckets[names.PLACEMENTS_BUCKET].delete(names.placement_key(node_name, web_b))
+        await eventually(lambda: set(running_ids(node_name)) == {web_a})
         await eventually(lambda: len(containers_of(node_name)) == 1)
 
         async def status_gone() -> bool:
-            return await status_of(buckets, node_name, "web-b2") is None
+            return await status_of(buckets, node_name, web_b) is None
 
         await eventually(status_gone)
 
@@ -225,12 +248,39 @@ async def test_missing_image_is_image_pull_backoff(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
     missing = "127.0.0.1:1/corral-missing/nothing:1"  # a registry nobody serves
+    bad, web = unique("bad"), unique("web")
     async with agent_running():
-        await place(buckets, make_placement(node_name, "bad-a1", missing))
-        await eventually(state_is(buckets, node_name, "bad-a1", ReplicaState.IMAGE_PULL_BACKOFF))
-        status = await status_of(buckets, node_name, "bad-a1")
+        await place(buckets, make_placement(node_name, bad, missing))
+        await eventually(state_is(buckets, node_name, bad, ReplicaState.IMAGE_PULL_BACKOFF))
+        status = await status_of(buckets, node_name, bad)
         assert status is not None and status.message
         # The agent lives on and runs what it can.
-        await place(buckets, make_placement(node_name, "web-b2", test_image))
-        await eventually(state_is(buckets, node_name, "web-b2", ReplicaState.RUNNING))
-        assert "bad-a1" not in running_ids(node_name)
+        await place(buckets, make_placement(node_name, web, test_image))
+        await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
+        assert bad not in running_ids(node_name)
+
+
+async def test_a_leftover_of_another_node_holding_the_name_is_replaced(
+    buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
+) -> None:
+    web = unique("web")
+    other = f"{node_name}-gone"
+    leftover = docker(
+        "create",
+        "--name",
+        f"corral-{node_name}-{web}",
+        "--label",
+        f"{names.LABEL_MANAGED}=true",
+        "--label",
+        f"{names.LABEL_NODE}={other}",
+        test_image,
+        "sleep",
+        "3600",
+    ).strip()
+    try:
+        async with agent_running():
+            await place(buckets, make_placement(node_name, web, test_image))
+            await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
+            assert leftover not in docker("ps", "-aq", "--no-trunc").split()
+    finally:
+        remove_node_containers(other)

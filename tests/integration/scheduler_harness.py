@@ -4,7 +4,7 @@ play a node agent (register nodes, heartbeat) through the real buckets."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -25,14 +25,29 @@ T = TypeVar("T")
 
 
 @asynccontextmanager
-async def running_scheduler(nats_url: str) -> AsyncIterator[ServiceContext]:
+async def running_scheduler(
+    nats_url: str, *, nodes: Mapping[str, Mapping[str, int]] | None = None
+) -> AsyncIterator[ServiceContext]:
+    """The scheduler in-process; `nodes` (name -> register_node capacities) heartbeat
+    meanwhile, as their agents would."""
     args = build_parser().parse_args(["--nats", nats_url, "--metrics-port", "0"])
     async with anyio.create_task_group() as tg:
         ctx: ServiceContext = await tg.start(run_service, "scheduler", run, args)
+        for name, capacity in (nodes or {}).items():
+            tg.start_soon(heartbeat, ctx.buckets[names.NODES_BUCKET], name, capacity)
         try:
             yield ctx
         finally:
             tg.cancel_scope.cancel()
+
+
+async def heartbeat(nodes: NatsBucket, name: str, capacity: Mapping[str, int]) -> None:
+    while True:
+        try:
+            await register_node(nodes, name, **capacity)
+        except Exception:  # NATS away (a test may stop it): an agent keeps trying
+            pass
+        await anyio.sleep(0.5)
 
 
 async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:

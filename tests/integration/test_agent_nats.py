@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 
@@ -121,3 +123,34 @@ async def test_hollow_agent_over_nats(nats_url: str, buckets: dict[str, NatsBuck
 async def _ready(node: Callable[[], Awaitable[Node | None]]) -> bool:
     found = await node()
     return found is not None and found.ready
+
+
+async def test_a_second_agent_of_the_same_name_refuses_to_start(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    nodes = buckets[names.NODES_BUCKET]
+
+    async def registered() -> bool:
+        return await _ready(lambda: _node(nodes))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_service, "node-agent", run, agent_args(nats_url))
+        await eventually(registered)
+        command = [
+            str(Path(sys.executable).parent / "corral-node-agent"),
+            *("--nats", nats_url, "--metrics-port", "0", "--runtime", "hollow"),
+            *("--node-name", NODE),
+        ]
+        done = await anyio.run_process(command, check=False)
+        stderr = done.stderr.decode()
+        assert done.returncode != 0
+        assert f"node {NODE!r} is already run by another node agent" in stderr
+        assert "--node-name" in stderr
+        first = await _node(nodes)
+        assert first is not None and first.ready  # the first agent's record is untouched
+        tg.cancel_scope.cancel()
+
+
+async def _node(nodes: NatsBucket) -> Node | None:
+    entry = await nodes.get(NODE)
+    return None if entry is None else decode(entry.value or b"", Node)

@@ -124,3 +124,22 @@ async def test_unknown_verb_gets_a_clear_error(nats_url: str) -> None:
     async with running_scheduler(nats_url) as ctx:
         reply = await request(ctx.nc, "deployment", "explode", GOOD)
         assert not reply.ok and "unknown verb 'explode'" in reply.error
+
+
+async def test_an_unreadable_stored_deployment_can_be_replaced_but_not_scaled(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    stored = buckets[names.DEPLOYMENTS_BUCKET]
+    await stored.put(
+        "web", b'{"kind": "Deployment", "metadata": {"generation": 4}, "futureField": 1}'
+    )
+    async with running_scheduler(nats_url) as ctx:
+        scaled = await request(
+            ctx.nc, "deployment", "scale", encode({"name": "web", "replicas": 3})
+        )
+        assert not scaled.ok and "cannot be read" in scaled.error
+        replaced = await request(ctx.nc, "deployment", "apply", GOOD)
+        assert replaced.ok and replaced.generation == 5
+        entry = await stored.get("web")
+        assert entry is not None and entry.value is not None
+        assert decode(entry.value, Deployment).spec.replicas == 2

@@ -3,6 +3,7 @@ is down, scheduler restarts, and nodes that fall silent."""
 
 from __future__ import annotations
 
+import aiohttp
 import anyio
 
 from corral import names
@@ -11,6 +12,8 @@ from corral.codec import decode, encode
 from corral.events import Event
 from corral.kv import NatsBucket
 from corral.state import DeploymentStatus
+from corral_scheduler.snapshot import NODE_GRACE_SECONDS
+from tests.conftest import NatsServer
 from tests.integration.scheduler_harness import (
     deployment_json,
     eventually,
@@ -24,7 +27,6 @@ from tests.integration.scheduler_harness import (
 async def test_spec_published_while_scheduler_is_down_is_applied_when_it_starts(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
-    await register_node(buckets[names.NODES_BUCKET], "node-a")
     nc = await connect(nats_url, "publisher")
     try:
         js = nc.jetstream()
@@ -32,7 +34,7 @@ async def test_spec_published_while_scheduler_is_down_is_applied_when_it_starts(
         await js.publish(names.spec_subject("deployment", "apply"), deployment_json("late", 3))
         await js.publish(names.spec_subject("deployment", "apply"), b"{broken")
         rejected = await js.subscribe(f"{names.EVENTS_PREFIX}.rejected.>", ordered_consumer=True)
-        async with running_scheduler(nats_url):
+        async with running_scheduler(nats_url, nodes={"node-a": {}}):
             found = await eventually(
                 lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 3
             )
@@ -47,13 +49,12 @@ async def test_spec_published_while_scheduler_is_down_is_applied_when_it_starts(
 async def test_restarted_scheduler_converges_without_duplicates(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
-    await register_node(buckets[names.NODES_BUCKET], "node-a")
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"node-a": {}}) as ctx:
         assert (await request(ctx.nc, "deployment", "apply", deployment_json("web", 5))).ok
         first = await eventually(
             lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 5
         )
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"node-a": {}}) as ctx:
         # scale while the new scheduler works from a fresh view
         scale = encode({"name": "web", "replicas": 6})
         assert (await request(ctx.nc, "deployment", "scale", scale)).ok
@@ -67,8 +68,8 @@ async def test_replicas_of_a_silent_node_move_to_a_ready_one(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
     nodes = buckets[names.NODES_BUCKET]
-    await register_node(nodes, "node-a")
     async with running_scheduler(nats_url) as ctx:
+        await register_node(nodes, "node-a")  # once: then it falls silent
         assert (await request(ctx.nc, "deployment", "apply", deployment_json("web", 2))).ok
         await eventually(
             lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 2
@@ -94,9 +95,8 @@ async def test_replicas_of_a_silent_node_move_to_a_ready_one(
 async def test_status_reports_pending_with_the_reason(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
-    await register_node(buckets[names.NODES_BUCKET], "small", cpu=1000)
     big = deployment_json("big", 2, resources={"requests": {"cpu": "800m"}})
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"small": {"cpu": 1000}}) as ctx:
         assert (await request(ctx.nc, "deployment", "apply", big)).ok
 
         async def status() -> DeploymentStatus | None:
@@ -111,3 +111,36 @@ async def test_status_reports_pending_with_the_reason(
         assert found is not None
         assert found.pending_reason == "0/1 nodes are available: 1 Insufficient cpu"
         assert found.placed == 1
+
+
+async def test_a_nats_outage_longer_than_the_grace_period_evicts_nothing(
+    nats_server: NatsServer, buckets: dict[str, NatsBucket]
+) -> None:
+    steady = {"steady-1": {}, "steady-2": {}}
+    async with running_scheduler(nats_server.url, nodes=steady) as ctx:
+        assert (await request(ctx.nc, "deployment", "apply", deployment_json("web", 4))).ok
+        before = await eventually(
+            lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 4
+        )
+        port = ctx.http_port or 0
+        nats_server.stop()
+        # The outage itself: every node falls silent for longer than the grace period.
+        await anyio.sleep(NODE_GRACE_SECONDS + 3)
+        nats_server.start()
+        await eventually(
+            lambda: scrape(port), lambda m: "corral_scheduler_view_fresh 1.0" in m, within=60
+        )
+        # the nodes' heartbeats resume; give the scheduler a grace period's worth of passes
+        await anyio.sleep(NODE_GRACE_SECONDS + 2)
+        after = await placements(buckets[names.PLACEMENTS_BUCKET])
+        assert set(after) == set(before)
+        # (metrics are per process: other tests' nodes may have been lost before)
+        assert 'corral_stops_total{reason="node steady-' not in await scrape(port)
+
+
+async def scrape(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        return await response.text()

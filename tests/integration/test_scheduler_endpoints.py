@@ -9,7 +9,6 @@ from corral.kv import NatsBucket
 from tests.integration.scheduler_harness import (
     deployment_json,
     placements,
-    register_node,
     request,
     running_scheduler,
 )
@@ -25,8 +24,7 @@ async def fetch(port: int, path: str) -> tuple[int, str]:
 
 
 async def test_metrics_and_health(nats_url: str, buckets: dict[str, NatsBucket]) -> None:
-    await register_node(buckets[names.NODES_BUCKET], "node-a")
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"node-a": {}}) as ctx:
         assert ctx.http_port
         status, body = await fetch(ctx.http_port, "/healthz")
         assert status == 200 and "nats=ok" in body
@@ -49,8 +47,7 @@ async def test_unreadable_records_are_skipped_and_the_scheduler_keeps_working(
 ) -> None:
     for bucket in buckets.values():
         await bucket.put("garbage", b"\x00not a record")
-    await register_node(buckets[names.NODES_BUCKET], "node-a")
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"node-a": {}}) as ctx:
         assert (await request(ctx.nc, "deployment", "apply", deployment_json("web", 2))).ok
         await eventually(
             lambda: placements(buckets[names.PLACEMENTS_BUCKET]),

@@ -8,7 +8,6 @@ from tests.integration.scheduler_harness import (
     deployment_json,
     eventually,
     placements,
-    register_node,
     request,
     running_scheduler,
 )
@@ -17,9 +16,7 @@ from tests.integration.scheduler_harness import (
 async def test_apply_places_replicas_spread_over_ready_nodes(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
-    await register_node(buckets[names.NODES_BUCKET], "node-a")
-    await register_node(buckets[names.NODES_BUCKET], "node-b")
-    async with running_scheduler(nats_url) as ctx:
+    async with running_scheduler(nats_url, nodes={"node-a": {}, "node-b": {}}) as ctx:
         reply = await request(ctx.nc, "deployment", "apply", deployment_json("web", 4))
         assert reply.ok, reply
         assert reply.generation == 1 and reply.revision > 0

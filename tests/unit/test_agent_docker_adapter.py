@@ -26,7 +26,7 @@ def test_docker_times() -> None:
 def test_create_body_has_labels_limits_and_no_restart_policy() -> None:
     p = placement("web-a1", args=["sleep", "60"])
     spec = container_spec(p)
-    assert spec.name == "corral-web-a1"
+    assert spec.name == "corral-node-a-web-a1"
     body = container_config(spec)
     assert body["Image"] == "corral-test/busybox:1"
     assert body["Cmd"] == ["sleep", "60"]

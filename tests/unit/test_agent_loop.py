@@ -127,7 +127,7 @@ async def test_runs_a_placement_and_reports_running(world: World) -> None:
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         (container,) = world.runtime.running(NODE)
-        assert container.spec.name == "corral-web-a1"
+        assert container.spec.name == "corral-node-a-web-a1"
         assert container.spec.labels[names.LABEL_REPLICA] == "web-a1"
         assert container.spec.labels[names.LABEL_NODE] == NODE
         status = world.status("web-a1")

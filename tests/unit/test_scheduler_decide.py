@@ -22,7 +22,12 @@ from corral.state import (
     ReplicaStatus,
 )
 from corral_scheduler.decide import Plan, schedule
-from corral_scheduler.snapshot import PlacedReplica, Snapshot
+from corral_scheduler.snapshot import (
+    NODE_GRACE_SECONDS,
+    NOT_READY_EVICTION_SECONDS,
+    PlacedReplica,
+    Snapshot,
+)
 
 NOW = 1000.0
 GiB = 2**30
@@ -107,7 +112,7 @@ def test_places_every_replica_and_spreads_them() -> None:
     plan = decide(cluster([deployment("web", 4)], [node("a"), node("b")]))
     assert placed_on(plan) == ["a", "a", "b", "b"]
     assert [p.replica for p in plan.place] == [f"web-0000{i}" for i in range(4)]
-    (status,) = plan.statuses
+    ((status, _),) = plan.statuses
     assert (status.replicas, status.placed, status.ready, status.pending) == (4, 4, 0, 0)
 
 
@@ -118,7 +123,7 @@ def test_nothing_to_do_when_converged() -> None:
     )
     first = decide(snapshot)
     assert not first.place and not first.stop
-    stored = {"web": (first.statuses[0], 7)}
+    stored = {"web": (first.statuses[0][0], 7)}
     again = decide(Snapshot(**{**snapshot.__dict__, "statuses": stored}))
     assert again.is_empty()
 
@@ -128,7 +133,7 @@ def test_replicas_that_fit_nowhere_stay_pending_with_the_reason() -> None:
         cluster([deployment("big", 3, cpu="1500m")], [node("a", cpu=2000), node("b", cpu=1000)])
     )
     assert placed_on(plan) == ["a"]
-    (status,) = plan.statuses
+    ((status, _),) = plan.statuses
     assert status.pending == 2
     assert status.pending_reason == "0/2 nodes are available: 2 Insufficient cpu"
     assert any(e.reason == "FailedScheduling" for e in plan.events)
@@ -136,7 +141,7 @@ def test_replicas_that_fit_nowhere_stay_pending_with_the_reason() -> None:
 
 def test_no_nodes_means_pending() -> None:
     plan = decide(cluster([deployment("web", 1)], []))
-    assert plan.statuses[0].pending_reason == "no nodes are registered"
+    assert plan.statuses[0][0].pending_reason == "no nodes are registered"
 
 
 def test_silent_nodes_get_nothing_and_lose_their_replicas() -> None:
@@ -156,8 +161,8 @@ def test_silent_nodes_get_nothing_and_lose_their_replicas() -> None:
 def test_pods_capacity_is_respected() -> None:
     plan = decide(cluster([deployment("web", 5)], [node("a", pods=2), node("b", pods=1)]))
     assert placed_on(plan) == ["a", "a", "b"]
-    assert plan.statuses[0].pending == 2
-    assert "Too many replicas" in plan.statuses[0].pending_reason
+    assert plan.statuses[0][0].pending == 2
+    assert "Too many replicas" in plan.statuses[0][0].pending_reason
 
 
 def test_scale_down_stops_unready_then_crowded_then_newest() -> None:
@@ -183,7 +188,7 @@ def test_deleted_deployment_stops_all_and_forgets_status() -> None:
     )
     plan = decide(snapshot)
     assert [s.key for s in plan.stop] == ["a.web-1"]
-    assert plan.forget_statuses == ["web"]
+    assert plan.forget_statuses == [("web", 3)]
 
 
 def test_new_template_rolls_out_with_surge_and_keeps_old_until_new_are_ready() -> None:
@@ -215,3 +220,52 @@ def test_long_names_are_cut_to_a_dns_label() -> None:
     name = "a" * 63
     plan = decide(cluster([deployment(name, 1)], [node("n")]))
     assert len(plan.place[0].replica) <= 63
+
+
+def test_a_stale_view_of_nats_evicts_nothing() -> None:
+    web = deployment("web", 1)
+    snapshot = cluster([web], [node("a")], [as_placed(web, "a", "web-1")], silent={"a"})
+    stale = Snapshot(**{**snapshot.__dict__, "feed_fresh_since": None})
+    assert not decide(stale).stop
+    # once the view is fresh again, the node gets a whole grace period from then
+    fresh_now = Snapshot(**{**snapshot.__dict__, "feed_fresh_since": NOW - 1})
+    assert not decide(fresh_now).stop
+    assert decide(fresh_now, now=NOW + NODE_GRACE_SECONDS).stop
+
+
+def test_nodes_not_heard_from_since_the_scheduler_started_get_nothing_new() -> None:
+    snapshot = cluster([deployment("web", 1)], [node("a")])
+    unheard = Snapshot(**{**snapshot.__dict__, "node_last_seen": {}})
+    plan = decide(unheard)
+    assert not plan.place
+    assert "not ready" in plan.statuses[0][0].pending_reason
+
+
+def test_a_node_whose_engine_is_down_keeps_its_replicas_for_a_while() -> None:
+    web = deployment("web", 1)
+    sick = Node(name="a", capacity=NodeCapacity(cpu_millis=4000, memory_bytes=GiB), ready=False)
+    snapshot = cluster([web], [sick, node("b")], [as_placed(web, "a", "web-1")])
+    since = Snapshot(**{**snapshot.__dict__, "node_not_ready_since": {"a": NOW - 5}})
+    assert not decide(since).stop
+    assert not decide(since).place  # nothing new goes there either: b would take new ones
+    # still heartbeating, still not ready: after the eviction grace its replicas move
+    later_now = NOW - 5 + NOT_READY_EVICTION_SECONDS + 1
+    heartbeating = {"a": later_now - 1, "b": later_now - 1}
+    later = decide(Snapshot(**{**since.__dict__, "node_last_seen": heartbeating}), now=later_now)
+    assert [s.key for s in later.stop] == ["a.web-1"]
+    assert "not ready" in later.stop[0].reason
+    assert [p.node for p in later.place] == ["b"]
+
+
+def test_replicas_of_an_unreadable_deployment_are_left_alone() -> None:
+    web = deployment("web", 1)
+    snapshot = cluster([], [node("a", pods=1)], [as_placed(web, "a", "web-1")])
+    unreadable = Snapshot(
+        **{
+            **snapshot.__dict__,
+            "unreadable_deployments": frozenset({"web"}),
+            "statuses": {"web": (DeploymentStatus(name="web"), 4)},
+        }
+    )
+    plan = decide(unreadable)
+    assert not plan.stop and not plan.forget_statuses

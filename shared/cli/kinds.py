@@ -1,0 +1,37 @@
+"""The names the read commands accept: singular, plural and short, like kubectl."""
+
+from __future__ import annotations
+
+import click
+
+DEPLOYMENTS = "deployments"
+REPLICAS = "replicas"
+NODES = "nodes"
+
+_READ_KINDS = {
+    DEPLOYMENTS: ("deployment", "deployments", "deploy"),
+    REPLICAS: ("replica", "replicas", "pod", "pods", "po"),
+    NODES: ("node", "nodes", "no"),
+}
+SINGULAR = {DEPLOYMENTS: "deployment", REPLICAS: "replica", NODES: "node"}
+
+
+def read_kind(text: str) -> str:
+    """'deploy' -> 'deployments'; raises click.BadParameter naming the kinds."""
+    wanted = text.lower()
+    for kind, spellings in _READ_KINDS.items():
+        if wanted in spellings:
+            return kind
+    known = ", ".join(_READ_KINDS)
+    raise click.BadParameter(f"unknown kind {text!r}: corral shows {known}", param_hint="KIND")
+
+
+def split_kind_name(kind: str, name: str | None) -> tuple[str, str | None]:
+    """Accept both `deployment my-app` and `deployment/my-app`."""
+    if "/" in kind:
+        if name is not None:
+            raise click.UsageError(f"give either {kind!r} or a NAME, not both")
+        kind, _, name = kind.partition("/")
+        if not name:
+            raise click.BadParameter(f"{kind}/ has no name after the slash", param_hint="KIND")
+    return kind, name

@@ -1,0 +1,55 @@
+"""`corral`: the command line. A client like any other: requests to the owners,
+reads from KV and the events stream (see corral.client)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from corral.cli.read_commands import describe, events, get, schema
+from corral.cli.runner import DEFAULT_TIMEOUT, Settings
+from corral.cli.write_commands import apply, create, delete, scale
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    help="NATS URL (default: $CORRAL_NATS_URL, else the config file, else nats://127.0.0.1:4222).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for NATS and for an owner's answer.",
+)
+@click.pass_context
+def cli(ctx: click.Context, nats_url: str | None, timeout: float) -> None:
+    """corral: a container orchestrator on NATS."""
+    ctx.obj = Settings(nats_url, timeout)
+
+
+for command in (create, apply, scale, delete, get, describe, events, schema):
+    cli.add_command(command)
+
+try:
+    from corral.cli.local_commands import down, up
+except ImportError:  # pragma: no cover - only while `corral up` is being written
+    pass
+else:
+    cli.add_command(up)
+    cli.add_command(down)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="corral")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

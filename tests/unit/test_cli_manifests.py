@@ -1,0 +1,73 @@
+"""Manifests: YAML documents to validated specs, or an error naming the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.cli.manifests import load_manifests
+from corral.client import API_KINDS, CorralError
+from corral.specs import Deployment
+
+GOOD = """\
+apiVersion: corral/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  template:
+    image: nginx:1.27
+"""
+
+
+def test_one_document() -> None:
+    [manifest] = load_manifests(GOOD, "web.yaml")
+    assert manifest.kind is API_KINDS["Deployment"]
+    assert manifest.name == "web" and manifest.where == "web.yaml"
+    assert isinstance(manifest.spec, Deployment) and manifest.spec.spec.replicas == 3
+
+
+def test_several_documents_and_empty_ones() -> None:
+    text = "---\n" + GOOD + "---\n---\n" + GOOD.replace("name: web", "name: api")
+    manifests = load_manifests(text, "all.yaml")
+    assert [m.name for m in manifests] == ["web", "api"]
+    assert manifests[1].where == "all.yaml (document 2)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: [oops\n", "web.yaml: not valid YAML"),
+        ("", "no manifest in it"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("metadata: {name: x}\n", "missing `kind`: corral knows Deployment"),
+        (GOOD.replace("Deployment", "Service"), "unknown kind 'Service': corral knows Deployment"),
+        (GOOD.replace("replicas: 3", "replicas: three"), "at `spec.replicas`: Expected `int`"),
+        (GOOD.replace("replicas: 3", "replicas: -1"), "at `spec.replicas`"),
+        (GOOD.replace("image: nginx:1.27", "imag: nginx"), "unknown field `imag`"),
+        (GOOD.replace("  template:\n    image: nginx:1.27\n", ""), "`spec.template`"),
+        (GOOD.replace("name: web", "name: Web"), "not a DNS label"),
+        (GOOD.replace("corral/v1", "apps/v1"), "`apiVersion`"),
+        (GOOD.replace("name: web", "name: web\n  created: 2024-01-01"), "unknown field"),
+    ],
+)
+def test_bad_manifests(text: str, message: str) -> None:
+    with pytest.raises(CorralError, match=None) as raised:
+        load_manifests(text, "web.yaml")
+    assert message in str(raised.value), str(raised.value)
+
+
+def test_the_document_is_named_in_a_stream() -> None:
+    text = GOOD + "---\n" + GOOD.replace("replicas: 3", "replicas: x")
+    with pytest.raises(CorralError, match=r"web.yaml \(document 2\)"):
+        load_manifests(text, "web.yaml")
+
+
+def test_examples_are_valid() -> None:
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    files = sorted(examples.glob("*.yaml"))
+    assert files, "examples/ holds manifests"
+    for path in files:
+        assert load_manifests(path.read_text(), path.name)
