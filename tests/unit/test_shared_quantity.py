@@ -31,3 +31,4 @@ def test_bad_quantities_name_the_problem(text: str) -> None:
 def test_formatting() -> None:
     assert format_cpu(2000) == "2" and format_cpu(250) == "250m"
     assert format_memory(64 * 2**20) == "64Mi" and format_memory(2**30) == "1Gi"
+    assert format_memory(24684084 * 1024) == "23.5Gi" and format_memory(1536) == "1536"
