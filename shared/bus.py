@@ -4,6 +4,7 @@ needs, events, and serving a kind's spec subjects (request/reply and durable).""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ async def _log_reconnect() -> None:
     log.info("NATS: reconnected")
 
 
+def kv_replicas() -> int:
+    """How many NATS servers keep each bucket and stream: $CORRAL_KV_REPLICAS (1 to 5),
+    3 on a 3-server cluster (R3), 1 on a single server (the default)."""
+    raw = os.environ.get("CORRAL_KV_REPLICAS", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 5:
+        raise ValueError(f"CORRAL_KV_REPLICAS must be a whole number from 1 to 5, not {raw!r}")
+    return int(raw)
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create the streams corral needs; creating an existing one with the same config is a no-op."""
     await _ensure_stream(
@@ -76,6 +86,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             max_age=7 * 24 * 3600,
             max_msg_size=names.MAX_SPEC_BYTES * 2,  # larger ones are rejected at the server
             storage=js_api.StorageType.FILE,
+            num_replicas=kv_replicas(),
         ),
     )
     await _ensure_stream(
@@ -87,6 +98,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             max_age=24 * 3600,
             max_msgs_per_subject=100,
             storage=js_api.StorageType.FILE,
+            num_replicas=kv_replicas(),
         ),
     )
 
@@ -107,7 +119,7 @@ async def open_buckets(js: JetStreamContext) -> dict[str, NatsBucket]:
             kv = await js.key_value(bucket)
         except js_errors.BucketNotFoundError:
             kv = await js.create_key_value(
-                bucket=bucket, history=5, storage=js_api.StorageType.FILE
+                bucket=bucket, history=5, storage=js_api.StorageType.FILE, replicas=kv_replicas()
             )
         buckets[bucket] = NatsBucket(kv, bucket)
     return buckets

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.bus import kv_replicas
 from corral.config import DEFAULT_NATS_URL, resolve_nats_url
 
 
@@ -28,3 +29,13 @@ def test_a_broken_config_file_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("CORRAL_NATS_URL", raising=False)
     with pytest.raises(ValueError, match=r"config\.toml: not valid TOML"):
         resolve_nats_url()
+
+
+def test_kv_replicas_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CORRAL_KV_REPLICAS", raising=False)
+    assert kv_replicas() == 1
+    monkeypatch.setenv("CORRAL_KV_REPLICAS", "3")
+    assert kv_replicas() == 3
+    monkeypatch.setenv("CORRAL_KV_REPLICAS", "three")
+    with pytest.raises(ValueError, match="CORRAL_KV_REPLICAS must be a whole number"):
+        kv_replicas()
