@@ -24,7 +24,7 @@ from corral.specs import (
     Resources,
 )
 from corral.state import Node, NodeCapacity
-from corral_scheduler.decide import schedule
+from corral_scheduler.decide import Plan, schedule
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 
 NOW = 10_000.0
@@ -55,7 +55,7 @@ def build(nodes: int, replicas: int, deployments: int) -> Snapshot:
     )
 
 
-def timed(snapshot: Snapshot, now: float = NOW) -> tuple[float, object]:
+def timed(snapshot: Snapshot, now: float = NOW) -> tuple[float, Plan]:
     counter = itertools.count()
     started = time.perf_counter()
     plan = schedule(snapshot, now, wall_time=0.0, new_suffix=lambda: f"{next(counter):05d}")
@@ -74,7 +74,7 @@ def main() -> None:
     runs = [timed(empty) for _ in range(args.repeat)]
     seconds = statistics.median(r[0] for r in runs)
     plan = runs[0][1]
-    placed = plan.place  # type: ignore[attr-defined]
+    placed = plan.place
     print(f"cluster: {args.nodes} nodes, {args.deployments} deployments, {args.replicas} replicas")
     print(f"place all from scratch : {seconds * 1000:8.1f} ms  ({len(placed)} placements)")
 
@@ -82,7 +82,7 @@ def main() -> None:
         placement_key(p.node, p.replica): PlacedReplica(revision=i + 1, placement=p)
         for i, p in enumerate(placed)
     }
-    statuses = {s.name: (s, 1) for s in plan.statuses}  # type: ignore[attr-defined]
+    statuses = {status.name: (status, 1) for status, _ in plan.statuses}
     steady = Snapshot(**{**empty.__dict__, "placements": placements, "statuses": statuses})
     steady_runs = [timed(steady)[0] for _ in range(args.repeat)]
     print(f"steady state (no-op)   : {statistics.median(steady_runs) * 1000:8.1f} ms")
@@ -90,7 +90,7 @@ def main() -> None:
     lost = dict(steady.node_last_seen, **{"node-0": NOW - 60})
     node_loss = Snapshot(**{**steady.__dict__, "node_last_seen": lost})
     loss_seconds, loss_plan = timed(node_loss)
-    moved = len(loss_plan.place)  # type: ignore[attr-defined]
+    moved = len(loss_plan.place)
     print(f"one node lost          : {loss_seconds * 1000:8.1f} ms  ({moved} replicas re-placed)")
 
 

@@ -77,6 +77,8 @@ def schedule(
     usage: defaultdict[str, _Usage] = defaultdict(_Usage)
     by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}
     taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
+    placement_nodes = {placed.placement.node for placed in snapshot.placements.values()}
+    lost_nodes = {name for name in placement_nodes if snapshot.lost(name, now)}
 
     for key, placed in sorted(snapshot.placements.items()):
         placement = placed.placement
@@ -84,7 +86,7 @@ def schedule(
             _count(usage[placement.node], placement, +1)  # left alone, but it takes room
         elif placement.deployment not in snapshot.deployments:
             plan.stop.append(Stop(key, placed.revision, placement.deployment, "deployment deleted"))
-        elif snapshot.lost(placement.node, now):
+        elif placement.node in lost_nodes:
             reason = f"node {placement.node} is not ready"
             plan.stop.append(Stop(key, placed.revision, placement.deployment, reason))
         else:
