@@ -193,7 +193,7 @@ async def serve_spec_requests(
             else:
                 reply = await _answer(handler, msg.data, msg.subject)
             if msg.reply:
-                await msg.respond(encode(reply))
+                await _quietly(msg.respond(encode(reply)))
     finally:
         with anyio.CancelScope(shield=True):
             await _quietly(subscription.unsubscribe())

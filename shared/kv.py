@@ -121,8 +121,11 @@ class NatsBucket:
                     value = None if deleted else (item.value or b"")
                     yield Entry(item.key, value, item.revision or 0)
                 elif not current_done and subscription is not None:
-                    info = await subscription.consumer_info()
-                    delivered = info.delivered.consumer_seq or 0
+                    try:
+                        info = await subscription.consumer_info()
+                        delivered = info.delivered.consumer_seq or 0
+                    except Exception:  # no answer: take nats-py's word for it
+                        delivered = read
                 if not current_done and delivered is not None and read >= delivered:
                     current_done = True
                     yield None
@@ -262,15 +265,43 @@ class Mirror(Generic[T]):
             self.on_change(entry.key)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow the bucket forever; reports started once the current entries are in."""
+        """Follow the bucket forever; reports started once the current entries are in.
+
+        A watch that fails or ends is started again (with back-off); the keys its
+        fresh replay no longer has were deleted meanwhile, and are dropped.
+        """
         started = False
-        async for entry in self.bucket.watch(self.prefix):
-            if entry is None:
-                if not started:
-                    started = True
-                    task_status.started()
-                continue
-            self.apply(entry, from_watch=True)
+        delay = 0.5
+        while True:
+            replayed: set[str] | None = set()
+            try:
+                async for entry in self.bucket.watch(self.prefix):
+                    if entry is None:
+                        if replayed is not None:
+                            self._drop_all_but(replayed)
+                            replayed = None
+                            delay = 0.5
+                        if not started:
+                            started = True
+                            task_status.started()
+                        continue
+                    if replayed is not None:
+                        replayed.add(entry.key)
+                    self.apply(entry, from_watch=True)
+                log.warning("watch of %s/%s ended; watching again", self.bucket.name, self.prefix)
+            except Exception as error:  # NATS away, a consumer lost: never stop following
+                log.warning(
+                    "watch of %s/%s failed (%s); watching again",
+                    self.bucket.name,
+                    self.prefix,
+                    error,
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _drop_all_but(self, keys: set[str]) -> None:
+        for key in (set(self.items) | self.unreadable) - keys:
+            self.apply(Entry(key, None, self._applied.get(key, 0)))
 
 
 async def write_record(bucket: Bucket, key: str, value: Any, revision: int | None) -> int:

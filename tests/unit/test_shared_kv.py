@@ -9,6 +9,7 @@ import pytest
 from corral.codec import encode
 from corral.kv import Conflict, Entry, MemoryBucket, Mirror, write_record
 from corral.state import NodeCapacity
+from tests.waiting import eventually
 
 
 async def test_compare_and_set() -> None:
@@ -59,3 +60,37 @@ def test_mirror_ignores_entries_older_than_what_it_applied() -> None:
     mirror.apply(Entry("k", None, 11))
     mirror.apply(Entry("k", older, 10))
     assert mirror.get("k") is None
+
+
+class FlakyBucket(MemoryBucket):
+    """A bucket whose first watch breaks after replaying, like a lost consumer."""
+
+    def __init__(self) -> None:
+        super().__init__("flaky")
+        self.watches = 0
+
+    async def watch(self, prefix: str = ">"):  # type: ignore[no-untyped-def]
+        self.watches += 1
+        broken = self.watches == 1
+        async for entry in super().watch(prefix):
+            yield entry
+            if broken and entry is None:
+                raise ConnectionError("consumer lost")
+
+
+async def test_mirror_watches_again_after_a_failure_and_drops_what_was_deleted() -> None:
+    bucket = FlakyBucket()
+    await write_record(bucket, "kept", NodeCapacity(cpu_millis=1, memory_bytes=1), None)
+    await write_record(bucket, "gone", NodeCapacity(cpu_millis=2, memory_bytes=2), None)
+    mirror = Mirror(bucket, NodeCapacity)
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        assert set(mirror.items) == {"kept", "gone"}
+        # deleted while the mirror's watch is down: the next replay no longer has it
+        await bucket.delete("gone")
+
+        async def state() -> tuple[int, set[str]]:
+            return bucket.watches, set(mirror.items)
+
+        await eventually(state, lambda s: s == (2, {"kept"}), within=5)
+        tg.cancel_scope.cancel()
