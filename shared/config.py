@@ -20,13 +20,29 @@ def config_path() -> Path:
     return Path.home() / ".config" / "corral" / "config.toml"
 
 
+_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
+def checked_url(url: str, where: str) -> str:
+    """A NATS URL, or several comma-separated (a cluster); raises ValueError naming `where`."""
+    for part in url.split(","):
+        if not part.strip().startswith(_SCHEMES):
+            raise ValueError(
+                f"{where}: {part.strip()!r} is not a NATS URL (expected nats://host:port, "
+                "or tls://, ws://, wss://; several separated by commas)"
+            )
+    return url
+
+
 def resolve_nats_url(flag: str | None = None) -> str:
     if flag:
-        return flag
+        return checked_url(flag, "--nats")
     from_env = os.environ.get(ENV_NATS_URL)
     if from_env:
-        return from_env
+        return checked_url(from_env, f"${ENV_NATS_URL}")
     path = config_path()
+    if os.environ.get(ENV_CONFIG) and not path.is_file():
+        raise ValueError(f"${ENV_CONFIG} names {path}, which is not a file")
     if path.is_file():
         with path.open("rb") as handle:
             try:
@@ -37,5 +53,5 @@ def resolve_nats_url(flag: str | None = None) -> str:
         if url is not None:
             if not isinstance(url, str) or not url:
                 raise ValueError(f"{path}: `nats_url` must be a non-empty string")
-            return url
+            return checked_url(url, f"{path}: `nats_url`")
     return DEFAULT_NATS_URL

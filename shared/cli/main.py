@@ -21,7 +21,7 @@ from corral.cli.write_commands import apply, create, delete, scale
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for NATS and for an owner's answer.",

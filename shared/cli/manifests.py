@@ -16,6 +16,23 @@ import yaml
 from corral.client import API_KINDS, ApiKind, CorralError, find_kind
 from corral.codec import InvalidPayload, decode_payload
 
+# A manifest file larger than this is refused before it is parsed (a spec is at most
+# 64 KiB on the wire; a file may hold several documents and comments).
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few hundred bytes of nested aliases expand
+    to gigabytes (a "billion laughs"), and manifests have no need of them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not supported in manifests", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -28,7 +45,7 @@ class Manifest:
 def load_manifests(text: str, source: str) -> list[Manifest]:
     """Every document of a YAML stream, validated; raises CorralError naming the problem."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        documents = [doc for doc in yaml.load_all(text, Loader=_NoAliasLoader) if doc is not None]
     except yaml.YAMLError as error:
         raise CorralError(f"{source}: not valid YAML: {error}") from None
     if not documents:

@@ -35,12 +35,20 @@ def parse_resource_list(text: str | None, option: str) -> dict[str, str]:
     return resources
 
 
-def parse_env(items: Iterable[str]) -> dict[str, str]:
-    """['A=1', 'B=x=y'] -> {'A': '1', 'B': 'x=y'}."""
-    env: dict[str, str] = {}
+def parse_pairs(items: Iterable[str], option: str) -> dict[str, str]:
+    """['A=1', 'B=x=y'] -> {'A': '1', 'B': 'x=y'}; an item without '=' or a name is refused."""
+    pairs: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--env")
-        env[key] = value
-    return env
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+def parse_env(items: Iterable[str]) -> dict[str, str]:
+    return parse_pairs(items, "--env")
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    return parse_pairs(items, "--label")

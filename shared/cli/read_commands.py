@@ -40,9 +40,10 @@ from corral.cli.views import (
     replica_object,
     replica_row,
 )
-from corral.client import CorralClient, CorralError, to_builtins
+from corral.client import CorralClient, CorralError, find_kind, to_builtins
 from corral.events import Event
 from corral.schema import PUBLIC_PAYLOADS, find_payload, schema_of
+from corral.specs import check_dns_label
 
 _NEEDS: dict[str, tuple[str, ...]] = {
     DEPLOYMENTS: ("deployments", "statuses"),
@@ -194,10 +195,39 @@ def _follow_line(event: Event, output: str) -> str:
     return f"{when}  {event.type:<8} {event.reason:<20} {object_:<30} {event.message}"
 
 
+# Events are told about the API kinds, nodes, and rejected specs (corral.events.rejected.<kind>).
+_EVENT_KINDS = ("node", "rejected")
+
+
+def _event_object(for_object: str) -> tuple[str, str | None]:
+    """'deployment/my-app' -> ('deployment', 'my-app'); 'deploy' -> ('deployment', None)."""
+    kind_text, slash, name = for_object.partition("/")
+    if kind_text.lower() in _EVENT_KINDS:
+        kind = kind_text.lower()
+    else:
+        try:
+            kind = find_kind(kind_text).subject_kind
+        except CorralError as error:
+            raise click.BadParameter(f"{error}, node or rejected", param_hint="--for") from None
+    if not slash:
+        return kind, None
+    try:
+        check_dns_label("name", name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from None
+    return kind, name
+
+
 @click.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they come.")
 @click.option("--for", "for_object", metavar="KIND[/NAME]", help="Only this object (or kind).")
-@click.option("--limit", type=int, default=50, show_default=True, help="How many past events.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="How many past events.",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
 @click.pass_context
 def events(
@@ -207,8 +237,7 @@ def events(
     kind: str | None = None
     name: str | None = None
     if for_object:
-        kind, _, rest = for_object.partition("/")
-        name = rest or None
+        kind, name = _event_object(for_object)
     if follow and output == "yaml":
         raise click.UsageError("--follow prints a table or JSON lines; -o yaml does not stream")
 

@@ -14,8 +14,8 @@ import click
 import msgspec
 
 from corral.cli.kinds import split_kind_name
-from corral.cli.manifests import Manifest, load_manifests
-from corral.cli.options import parse_env, parse_resource_list
+from corral.cli.manifests import MAX_MANIFEST_BYTES, Manifest, load_manifests
+from corral.cli.options import parse_env, parse_labels, parse_resource_list
 from corral.cli.runner import run_with_client, settings_of
 from corral.client import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
 from corral.codec import InvalidPayload, decode_payload
@@ -98,9 +98,7 @@ def create_deployment(
         template["resources"] = resources
     metadata: dict[str, Any] = {"name": name}
     if labels:
-        metadata["labels"] = {
-            key: value for key, _, value in (item.partition("=") for item in labels)
-        }
+        metadata["labels"] = parse_labels(labels)
     manifest = {
         "apiVersion": API_VERSION,
         "kind": "Deployment",
@@ -130,15 +128,20 @@ def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
     """Every document of every file ('-' is stdin), all validated before anything is sent."""
     manifests: list[Manifest] = []
     for file_name in files:
-        if file_name == "-":
-            text, source = sys.stdin.read(), "<stdin>"
-        else:
-            path = Path(file_name)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise click.ClickException(f"cannot read {file_name}: {error}") from None
-            source = file_name
+        source = "<stdin>" if file_name == "-" else file_name
+        try:
+            if file_name == "-":
+                raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+            else:
+                with Path(file_name).open("rb") as handle:
+                    raw = handle.read(MAX_MANIFEST_BYTES + 1)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise click.ClickException(
+                    f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes for a manifest"
+                )
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise click.ClickException(f"cannot read {source}: {error}") from None
         try:
             manifests += load_manifests(text, source)
         except CorralError as error:
@@ -232,11 +235,16 @@ def delete(
         (api_kind, name, _validated({"name": name}, DeleteRequest)) for api_kind, name in targets
     ]
 
-    async def send(client: CorralClient) -> None:
-        for api_kind, name, raw in requests:
+    async def send(client: CorralClient) -> list[str]:
+        refused: list[str] = []
+        for api_kind, name, raw in requests:  # each one is tried, as kubectl does
             reply = await client.request(api_kind, "delete", raw)
-            if not reply.ok:
-                raise CorralError(reply.error)
-            click.echo(f"{api_kind.subject_kind}/{name} deleted")
+            if reply.ok:
+                click.echo(f"{api_kind.subject_kind}/{name} deleted")
+            else:
+                refused.append(reply.error)
+        return refused
 
-    run_with_client(settings_of(ctx), send)
+    refused = run_with_client(settings_of(ctx), send)
+    if refused:
+        raise click.ClickException("; ".join(refused))

@@ -71,3 +71,11 @@ def test_examples_are_valid() -> None:
     assert files, "examples/ holds manifests"
     for path in files:
         assert load_manifests(path.read_text(), path.name)
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+    )
+    with pytest.raises(CorralError, match=r"YAML aliases \(\*name\) are not supported"):
+        load_manifests(bomb, "bomb.yaml")

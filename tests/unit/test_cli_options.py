@@ -108,6 +108,7 @@ def test_create_deployment_builds_the_spec(fake: FakeClient) -> None:
         (["--image=busybox", "--requests", "cpu=lots"], "not a CPU quantity"),
         (["--image=busybox", "--requests", "cpu=2", "--limits", "cpu=1"], "larger than"),
         (["--image=busybox", "--env", "1BAD=x"], "not a valid environment variable name"),
+        (["--image=busybox", "--label", "noequals"], "'noequals' is not NAME=VALUE"),
         ([], "Missing option '--image'"),
     ],
 )
@@ -134,3 +135,30 @@ def test_usage_errors(fake: FakeClient) -> None:
     assert CliRunner().invoke(cli, ["apply"]).exit_code == 2
     both = CliRunner().invoke(cli, ["delete", "deployment", "x", "-f", "-"], input="")
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["events", "--for", "gadget"], "unknown kind 'gadget'"),
+        (["events", "--for", "deployment/a b"], "not a DNS label"),
+        (["events", "--for", ">"], "unknown kind '>'"),
+        (["events", "--limit", "-5"], "-5 is not in the range"),
+        (["--timeout", "0", "get", "nodes"], "0.0 is not in the range"),
+        (["--nats", "foo://bar", "get", "nodes"], "'foo://bar' is not a NATS URL"),
+    ],
+)
+def test_bad_options_are_refused_before_connecting(
+    fake: FakeClient, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_an_oversized_manifest_is_refused_without_reading_it_all(fake: FakeClient) -> None:
+    endless = "a: b\n" * (300 * 1024)  # 1.5 MiB
+    result = CliRunner().invoke(cli, ["apply", "-f", "-"], input=endless)
+    assert result.exit_code != 0
+    assert "<stdin>: larger than the limit of 1048576 bytes" in result.stderr
+    assert fake.sent == []
