@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -50,6 +51,21 @@ async def running_containers(node: str, deployment: str) -> list[str]:
     return done.stdout.decode().split()
 
 
+async def scrape(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        return await response.text()
+
+
+def counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the metrics")
+
+
 async def get_json(nats_url: str, *args: str) -> Any:
     return json.loads((await corral(nats_url, "get", *args, "-o", "json")).stdout)
 
@@ -57,7 +73,8 @@ async def get_json(nats_url: str, *args: str) -> Any:
 async def test_create_scale_heal_and_delete_a_deployment(
     nats_url: str, node_name: str, test_image: str, agent_running: AgentFactory
 ) -> None:
-    async with running_scheduler(nats_url), agent_running():
+    async with running_scheduler(nats_url), agent_running() as agent:
+        starts_before = counter(await scrape(agent.http_port or 0), "corral_container_starts_total")
         created = await corral(
             nats_url,
             "create",
@@ -103,6 +120,18 @@ async def test_create_scale_heal_and_delete_a_deployment(
 
         replicas = (await corral(nats_url, "get", "replicas")).stdout
         assert replicas.count("Running") == 2
+
+        # the agent's own account of it, as Prometheus scrapes it
+        metrics = await scrape(agent.http_port or 0)
+        # (counters are per process: earlier tests' starts are in them, hence the difference)
+        assert counter(metrics, "corral_container_starts_total") - starts_before >= 6  # 3+2+1
+        for name in (
+            "corral_container_restarts_total",
+            "corral_replicas_running",
+            "corral_image_pulls_total",
+            "corral_agent_reconcile_seconds_bucket",
+        ):
+            assert name in metrics
 
         await corral(nats_url, "delete", "deployment", "web")
         await eventually(
