@@ -32,7 +32,7 @@ class DeploymentAPI:
         try:
             wanted = decode_payload(raw, Deployment)
         except InvalidPayload as error:
-            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+            return _invalid(error)
         name = wanted.metadata.name
         for _ in range(CAS_ATTEMPTS):
             entry = await self.deployments.get(name)
@@ -40,28 +40,17 @@ class DeploymentAPI:
                 if entry is None or entry.value is None:
                     stored = self._new(wanted)
                     revision = await self.deployments.create(name, encode(stored))
-                    return Reply(ok=True, kind=KIND, name=name, revision=revision, generation=1)
+                    return _accepted(name, revision, 1)
                 current = _readable(entry.value)
                 if current is None:
                     # What is stored cannot be read (corrupt, or from a newer corral):
                     # a whole new spec replaces it, at the next generation.
                     replaced = self._new(wanted, generation=_stored_generation(entry.value) + 1)
                     revision = await self.deployments.update(name, encode(replaced), entry.revision)
-                    return Reply(
-                        ok=True,
-                        kind=KIND,
-                        name=name,
-                        revision=revision,
-                        generation=replaced.metadata.generation,
-                    )
+                    return _accepted(name, revision, replaced.metadata.generation)
                 if (current.spec, current.metadata.labels) == (wanted.spec, wanted.metadata.labels):
-                    return Reply(
-                        ok=True,
-                        kind=KIND,
-                        name=name,
-                        revision=entry.revision,
-                        generation=current.metadata.generation,
-                        unchanged=True,
+                    return _accepted(
+                        name, entry.revision, current.metadata.generation, unchanged=True
                     )
                 stored = msgspec.structs.replace(
                     wanted,
@@ -72,13 +61,7 @@ class DeploymentAPI:
                     ),
                 )
                 revision = await self.deployments.update(name, encode(stored), entry.revision)
-                return Reply(
-                    ok=True,
-                    kind=KIND,
-                    name=name,
-                    revision=revision,
-                    generation=stored.metadata.generation,
-                )
+                return _accepted(name, revision, stored.metadata.generation)
             except Conflict:
                 continue
         return _busy(name)
@@ -87,7 +70,7 @@ class DeploymentAPI:
         try:
             request = decode_payload(raw, ScaleRequest)
         except InvalidPayload as error:
-            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+            return _invalid(error)
         for _ in range(CAS_ATTEMPTS):
             entry = await self.deployments.get(request.name)
             if entry is None or entry.value is None:
@@ -102,13 +85,8 @@ class DeploymentAPI:
                     "apply a whole spec to replace it",
                 )
             if current.spec.replicas == request.replicas:
-                return Reply(
-                    ok=True,
-                    kind=KIND,
-                    name=request.name,
-                    revision=entry.revision,
-                    generation=current.metadata.generation,
-                    unchanged=True,
+                return _accepted(
+                    request.name, entry.revision, current.metadata.generation, unchanged=True
                 )
             scaled = msgspec.structs.replace(
                 current,
@@ -123,20 +101,14 @@ class DeploymentAPI:
                 )
             except Conflict:
                 continue
-            return Reply(
-                ok=True,
-                kind=KIND,
-                name=request.name,
-                revision=revision,
-                generation=scaled.metadata.generation,
-            )
+            return _accepted(request.name, revision, scaled.metadata.generation)
         return _busy(request.name)
 
     async def delete(self, raw: bytes) -> Reply:
         try:
             request = decode_payload(raw, DeleteRequest)
         except InvalidPayload as error:
-            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+            return _invalid(error)
         for _ in range(CAS_ATTEMPTS):
             entry = await self.deployments.get(request.name)
             if entry is None or entry.value is None:
@@ -159,6 +131,21 @@ class DeploymentAPI:
                 creation_timestamp=time.time(),
             ),
         )
+
+
+def _accepted(name: str, revision: int, generation: int, *, unchanged: bool = False) -> Reply:
+    return Reply(
+        ok=True,
+        kind=KIND,
+        name=name,
+        revision=revision,
+        generation=generation,
+        unchanged=unchanged,
+    )
+
+
+def _invalid(error: InvalidPayload) -> Reply:
+    return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
 
 
 def _readable(raw: bytes) -> Deployment | None:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import anyio
 import pytest
 
 from corral import names
-from corral.service import ServiceContext, run_service
-from corral_node_agent.main import build_parser, run
+from corral.service import ServiceContext
+from tests.agents import running_agent
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("CORRAL_TEST_IMAGE", "corral-test/busybox:1")
@@ -107,26 +106,8 @@ def agent_running(nats_url: str, node_name: str) -> AgentFactory:
     test's own task; leaving it stops the agent (its containers keep running).
     """
 
-    @asynccontextmanager
-    async def running(*extra: str) -> AsyncIterator[ServiceContext]:
-        args = build_parser().parse_args(
-            [
-                "--nats",
-                nats_url,
-                "--metrics-port",
-                "0",
-                "--runtime",
-                "docker",
-                "--node-name",
-                node_name,
-                "--heartbeat-seconds",
-                "0.5",
-                *extra,
-            ]
-        )
-        async with anyio.create_task_group() as tg:
-            ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
-            yield ctx
-            tg.cancel_scope.cancel()
+    def running(*extra: str) -> AbstractAsyncContextManager[ServiceContext]:
+        flags = ("--runtime", "docker", "--heartbeat-seconds", "0.5", *extra)
+        return running_agent(nats_url, node_name, *flags)
 
     return running

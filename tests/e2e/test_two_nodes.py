@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from corral import names
-from corral.service import ServiceContext, run_service
-from corral_node_agent.main import build_parser, run
+from tests.agents import running_agent
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.second_engine import second_engine
 from tests.e2e.test_deployment_lifecycle import corral
@@ -32,30 +30,6 @@ def second_host(test_image: str) -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="corral-n2-", dir="/tmp"))
     with second_engine(root, test_image) as host:
         yield host
-
-
-@asynccontextmanager
-async def agent_on(nats_url: str, node: str, docker_host: str) -> AsyncIterator[ServiceContext]:
-    args = build_parser().parse_args(
-        [
-            "--nats",
-            nats_url,
-            "--metrics-port",
-            "-1",
-            "--node-name",
-            node,
-            "--docker-host",
-            docker_host,
-            "--heartbeat-seconds",
-            "0.5",
-        ]
-    )
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
 
 
 async def running(docker_host: str | None, deployment: str) -> list[str]:
@@ -82,7 +56,8 @@ async def test_replicas_spread_over_two_engines_and_leave_a_dead_node(
 ) -> None:
     second_node = f"e2e-n2-{uuid.uuid4().hex[:8]}"
     async with running_scheduler(nats_url), agent_running():
-        async with agent_on(nats_url, second_node, second_host):
+        flags = ("--docker-host", second_host, "--heartbeat-seconds", "0.5")
+        async with running_agent(nats_url, second_node, *flags):
             await corral(
                 nats_url,
                 "create",

@@ -3,17 +3,14 @@ runtime, so no Docker) on one real nats-server, each a service of its own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import anyio
+from contextlib import AbstractAsyncContextManager
 
 from corral import names
 from corral.codec import decode
 from corral.kv import NatsBucket
-from corral.service import ServiceContext, run_service
+from corral.service import ServiceContext
 from corral.state import ReplicaState, ReplicaStatus
-from corral_node_agent.main import build_parser, run
+from tests.agents import running_agent
 from tests.integration.scheduler_harness import (
     deployment_json,
     placements,
@@ -23,32 +20,9 @@ from tests.integration.scheduler_harness import (
 from tests.waiting import eventually
 
 
-@asynccontextmanager
-async def hollow_agent(nats_url: str, node: str) -> AsyncIterator[ServiceContext]:
-    args = build_parser().parse_args(
-        [
-            "--nats",
-            nats_url,
-            "--metrics-port",
-            "-1",
-            "--runtime",
-            "hollow",
-            "--node-name",
-            node,
-            "--cpu",
-            "2",
-            "--memory",
-            "4Gi",
-            "--heartbeat-seconds",
-            "0.5",
-        ]
-    )
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
+def hollow_agent(nats_url: str, node: str) -> AbstractAsyncContextManager[ServiceContext]:
+    flags = ("--runtime", "hollow", "--cpu", "2", "--memory", "4Gi", "--heartbeat-seconds", "0.5")
+    return running_agent(nats_url, node, *flags)
 
 
 async def running_on(buckets: dict[str, NatsBucket]) -> dict[str, str]:

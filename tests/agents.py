@@ -1,0 +1,26 @@
+"""Running a node agent in-process, for the tests of every folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from corral.service import ServiceContext, run_service
+from corral_node_agent.main import build_parser, run
+
+
+@asynccontextmanager
+async def running_agent(nats_url: str, node: str, *flags: str) -> AsyncIterator[ServiceContext]:
+    """The node agent of `node` (flags as on its command line); leaving stops it and
+    leaves its containers running, as a stopped agent does."""
+    args = build_parser().parse_args(
+        ["--nats", nats_url, "--metrics-port", "0", "--node-name", node, *flags]
+    )
+    async with anyio.create_task_group() as tg:
+        ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
+        try:
+            yield ctx
+        finally:
+            tg.cancel_scope.cancel()
