@@ -58,6 +58,9 @@ class AgentSettings:
     max_parallel: int = 8
     max_pulls: int = 4  # image pulls at once (apart from the container operations)
     fence_grace_seconds: float = 10.0  # cut off from NATS longer than this: fence again
+    # Who writes this node's record: random per process unless given (--agent-id), so a
+    # supervisor restarting its own agent is recognised, and any other agent is refused.
+    agent_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 class NodeAgent:
@@ -80,7 +83,7 @@ class NodeAgent:
         self.clock = clock
         self.health = health if health is not None else {}
         self.is_connected = is_connected  # the NATS connection's state, when known
-        self.agent_id = secrets.token_hex(8)
+        self.agent_id = settings.agent_id
         self._placements_bucket = placements
         self.placements: Mirror[Placement] = self._new_mirror()
         self.statuses = StatusBook(statuses, self.node, clock)

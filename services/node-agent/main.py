@@ -18,7 +18,7 @@ from corral_node_agent.hollow_runtime import (
     HollowRuntime,
 )
 from corral_node_agent.runtime import Runtime
-from corral_node_agent.settings import settings_from_args
+from corral_node_agent.settings import ENV_AGENT_ID, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="a node label (repeatable)",
+    )
+    parser.add_argument(
+        "--agent-id",
+        help=f"this agent's id in the Node record; keep it across restarts so a restarted "
+        f"agent recognises its own record (default: ${ENV_AGENT_ID}, else random)",
     )
     parser.add_argument("--runtime", choices=("docker", "hollow"), default="docker")
     parser.add_argument(

@@ -1,9 +1,11 @@
 """Registers this node and keeps its Node record fresh (the heartbeat).
 
-Every agent process has a random `agent_id`, written in the record. An agent
-refuses to start when the record of its name carries another agent's id and a
-fresh heartbeat, and stops writing (it is "displaced") when a conflicting
-write turns out to come from another agent: two agents never run one node.
+Every agent has an `agent_id`, written in the record: random per process, or
+given (`--agent-id`) by a supervisor that keeps it across restarts, so a restarted
+agent recognises its own record and fresh heartbeat. An agent refuses to start
+when the record of its name carries another agent's id and a fresh heartbeat,
+and stops writing (it is "displaced") when a conflicting write turns out to come
+from another agent: two agents never run one node.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ class NodeRecord:
         """Read the stored record; raise NodeNameTaken when another live agent owns it."""
         entry = await self.bucket.get(self.node.name)
         stored = _stored_node(entry)
-        if stored is not None and stored.agent_id and stored.agent_id != self.node.agent_id:
+        if stored is not None and stored.agent_id and stored.agent_id == self.node.agent_id:
+            log.info("node %s: the stored record is this agent's own (a restart)", self.node.name)
+        elif stored is not None and stored.agent_id:
             age = self.clock() - stored.heartbeat_at
             if age < FRESH_SECONDS:
                 raise NodeNameTaken(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import secrets
 import socket
 
 from corral.quantity import cpu_millis, memory_bytes
@@ -30,6 +32,18 @@ def parse_labels(pairs: list[str] | None) -> dict[str, str]:
     return labels
 
 
+ENV_AGENT_ID = "CORRAL_AGENT_ID"
+
+
+def agent_id_from_args(args: argparse.Namespace) -> str:
+    """--agent-id, else $CORRAL_AGENT_ID, else a random id for this process.
+
+    A supervisor that restarts the agent passes the same id each time, so the new
+    process recognises the Node record (and fresh heartbeat) as its own."""
+    given = (getattr(args, "agent_id", None) or os.environ.get(ENV_AGENT_ID) or "").strip()
+    return given or secrets.token_hex(8)
+
+
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     cpu = cpu_millis(args.cpu) if args.cpu is not None else None
     memory = memory_bytes(args.memory) if args.memory is not None else None
@@ -42,4 +56,5 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         heartbeat_seconds=args.heartbeat_seconds,
         resync_seconds=args.resync_seconds,
         max_parallel=args.max_parallel,
+        agent_id=agent_id_from_args(args),
     )

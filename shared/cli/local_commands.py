@@ -31,10 +31,12 @@ _data_dir_option = click.option(
 @click.command()
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; `corral down` stops.")
 @_data_dir_option
-@click.option("--nats-port", type=int, default=DEFAULT_NATS_PORT, show_default=True)
+@click.option(
+    "--nats-port", type=click.IntRange(1, 65535), default=DEFAULT_NATS_PORT, show_default=True
+)
 @click.option(
     "--metrics-base-port",
-    type=int,
+    type=click.IntRange(1, 65532),
     default=DEFAULT_METRICS_BASE_PORT,
     show_default=True,
     help="scheduler on it, node-agent +1, netmgr +2, volmgr +3.",
@@ -48,7 +50,12 @@ _data_dir_option = click.option(
     help="The node agent's container runtime (hollow: simulated containers).",
 )
 @click.option("--docker-host", default=None, help="The Docker engine (default: the local one).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 def up(
     detach: bool,
     data_dir: Path | None,
@@ -62,7 +69,9 @@ def up(
     """Run corral here: nats-server with JetStream, the scheduler, a node agent, netmgr, volmgr.
 
     In the foreground, Ctrl-C stops everything. With -d it runs in the background
-    and returns once every service answers /healthz.
+    and returns once every service answers /healthz. A start that fails (a port
+    taken, a service that keeps exiting or never answers) stops what it started
+    and exits 1.
     """
     options = UpOptions(
         data_dir=Layout.at(data_dir or default_data_dir()).data_dir,

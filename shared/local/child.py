@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import Process, TaskStatus
@@ -23,6 +24,7 @@ from corral.local.plan import ChildSpec
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
+STARTUP_EXITS = 3  # exits before the child was ever healthy: it cannot start, give up
 
 
 @dataclass
@@ -50,6 +52,16 @@ class ChildState:
     pid: int | None = None
     restarts: int = 0
     last_exit: int | None = None
+    healthy: bool = False  # set by the supervisor once it answered (/healthz, JetStream)
+    gave_up: bool = False  # it kept exiting before it was ever healthy; not restarted
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, or "" when there is none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _note(spec: ChildSpec, line: str) -> None:
@@ -85,9 +97,15 @@ async def supervise_child(
     *,
     backoff: Backoff | None = None,
     stop_timeout: float = STOP_TIMEOUT,
+    startup_exits: int = STARTUP_EXITS,
+    on_give_up: Callable[[ChildState], None] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the child until cancelled; reports started once the first process is spawned."""
+    """Run the child until cancelled; reports started once the first process is spawned.
+
+    A child that exited `startup_exits` times and was never healthy is not restarted:
+    on_give_up(state) is called and this returns (the supervisor then stops the rest).
+    """
     spec = state.spec
     backoff = backoff or Backoff()
     started = False
@@ -119,6 +137,17 @@ async def supervise_child(
         state.last_exit = code
         state.restarts += 1
         on_change()
+        if not state.healthy and state.restarts >= startup_exits:
+            message = (
+                f"{spec.name} exited with code {code}, {state.restarts} times without ever "
+                "becoming healthy; giving up"
+            )
+            log.error("%s (log %s)", message, spec.log)
+            _note(spec, message)
+            state.gave_up = True
+            if on_give_up is not None:
+                on_give_up(state)
+            return
         message = f"{spec.name} exited with code {code}; restarting in {delay:.1f} s"
         log.warning("%s (restart %d, log %s)", message, state.restarts, spec.log)
         _note(spec, message)

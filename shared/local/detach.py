@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.local.layout import Layout
-from corral.local.plan import UpOptions
+from corral.local.plan import UpOptions, port_problem
 from corral.local.processes import ProcessRef, stop_processes
 from corral.local.state_file import (
     SupervisorRecord,
@@ -22,7 +22,13 @@ from corral.local.state_file import (
     remove_files,
     running_supervisor,
 )
-from corral.local.supervisor import HEALTH_TIMEOUT, stop_leftovers
+from corral.local.supervisor import (
+    HEALTH_TIMEOUT,
+    CannotStart,
+    create_layout,
+    read_failure,
+    stop_leftovers,
+)
 
 SUPERVISOR_STOP_TIMEOUT = 30.0
 
@@ -92,17 +98,44 @@ def _spawn_detached(command: list[str], log: Path) -> int:
             pass
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
+def _log_tail(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last lines of path, of what was written after offset `since`."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
+        with path.open("rb") as handle:
+            handle.seek(since)
+            text = handle.read().decode(errors="replace")
+    except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _failed(layout: Layout, pid: int, since: int) -> DetachFailed:
+    """Why the detached supervisor `pid` died: its own word (with the failing child's log
+    tail) when it gave one, else the end of what it wrote to corral.log."""
+    log = layout.supervisor_log
+    reason = read_failure(layout, pid)
+    if reason is not None:
+        return DetachFailed(f"corral up failed: {reason}\n(supervisor log {log})")
+    return DetachFailed(f"corral up failed (log {log}):\n{_log_tail(log, since=since)}")
 
 
 def start_detached(options: UpOptions, timeout: float = HEALTH_TIMEOUT + 40) -> SupervisorRecord:
     """Start the supervisor detached and wait until it reports every service healthy."""
     layout = options.layout
-    layout.create()
+    problem = port_problem(options)
+    if problem is not None:
+        raise DetachFailed(problem)
+    try:
+        create_layout(layout)
+    except CannotStart as error:
+        raise DetachFailed(str(error)) from None
     running = running_supervisor(layout)
     if running is not None:
         raise DetachFailed(
@@ -110,6 +143,7 @@ def start_detached(options: UpOptions, timeout: float = HEALTH_TIMEOUT + 40) -> 
             "`corral down` stops it"
         )
     log = layout.supervisor_log
+    since = _log_size(log)
     pid = _spawn_detached(supervisor_command(options), log)
     supervisor = None
     deadline = time.monotonic() + timeout
@@ -119,12 +153,12 @@ def start_detached(options: UpOptions, timeout: float = HEALTH_TIMEOUT + 40) -> 
         if record is not None and record.pid == pid and record.ready:
             return record
         if supervisor is None or not supervisor.alive():
-            raise DetachFailed(f"corral up failed (log {log}):\n{_log_tail(log)}")
+            raise _failed(layout, pid, since)
         time.sleep(0.1)
     stop(layout)
     raise DetachFailed(
         f"corral did not become healthy within {timeout:.0f} s; stopped it (log {log}):\n"
-        + _log_tail(log)
+        + _log_tail(log, since=since)
     )
 
 

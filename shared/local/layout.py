@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,35 @@ class Layout:
     def state_file(self) -> Path:
         return self.data_dir / "corral.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """flock()ed by the supervisor for its whole life: one supervisor per data dir."""
+        return self.data_dir / "corral.lock"
+
+    @property
+    def failure_file(self) -> Path:
+        """Why the last supervisor failed to start (its pid, then the message): `up -d` shows it."""
+        return self.data_dir / "corral.failed"
+
+    @property
+    def agent_id_file(self) -> Path:
+        """The local node agent's id, kept so a restarted agent recognises its own record."""
+        return self.data_dir / "agent-id"
+
     def create(self) -> None:
         self.nats_store.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+
+    def agent_id(self) -> str:
+        """The node agent's id for this data dir: read, or made and stored on first use."""
+        try:
+            stored = self.agent_id_file.read_text().strip()
+        except FileNotFoundError:
+            stored = ""
+        if stored:
+            return stored
+        made = secrets.token_hex(8)
+        scratch = self.agent_id_file.with_name(f".agent-id.{os.getpid()}")
+        scratch.write_text(f"{made}\n")
+        scratch.replace(self.agent_id_file)
+        return made

@@ -91,7 +91,8 @@ def nats_child(options: UpOptions) -> ChildSpec:
     )
 
 
-def service_children(options: UpOptions) -> list[ChildSpec]:
+def service_children(options: UpOptions, *, agent_id: str | None = None) -> list[ChildSpec]:
+    """The services' commands; agent_id (one per data dir) stays the node agent's id."""
     layout = options.layout
     children = []
     for service in SERVICES:
@@ -112,6 +113,8 @@ def service_children(options: UpOptions) -> list[ChildSpec]:
             command += ["--runtime", options.runtime]
             if options.docker_host:
                 command += ["--docker-host", options.docker_host]
+            if agent_id:
+                command += ["--agent-id", agent_id]
         base = f"http://{HOST}:{port}"
         children.append(
             ChildSpec(
@@ -125,11 +128,33 @@ def service_children(options: UpOptions) -> list[ChildSpec]:
     return children
 
 
+def wanted_ports(options: UpOptions) -> dict[str, int]:
+    """Each process' port: nats-server's, then each service's metrics port."""
+    return {"nats": options.nats_port, **{s: options.metrics_port(s) for s in SERVICES}}
+
+
+def port_problem(options: UpOptions) -> str | None:
+    """Why these ports can never work (out of range, or one port for two processes), or None."""
+    ports = wanted_ports(options)
+    out_of_range = [f"{name} {port}" for name, port in ports.items() if not 0 < port < 65536]
+    if out_of_range:
+        return f"port(s) out of range 1-65535: {', '.join(out_of_range)}"
+    owners: dict[int, list[str]] = {}
+    for name, port in ports.items():
+        owners.setdefault(port, []).append(name)
+    shared = [f"{port} ({' and '.join(names)})" for port, names in owners.items() if len(names) > 1]
+    if shared:
+        return (
+            f"port(s) wanted twice: {', '.join(shared)}; the services use --metrics-base-port "
+            "to +3, so keep --nats-port outside that range"
+        )
+    return None
+
+
 def busy_ports(options: UpOptions) -> list[int]:
     """The ports `corral up` needs that something else already listens on."""
-    wanted = [options.nats_port, *(options.metrics_port(s) for s in SERVICES)]
     busy = []
-    for port in wanted:
+    for port in wanted_ports(options).values():
         with socket.socket() as sock:
             try:
                 sock.bind((HOST, port))

@@ -1,0 +1,60 @@
+"""The node agent's id: given by --agent-id or $CORRAL_AGENT_ID (a supervisor keeps it
+across restarts), so a restarted agent recognises its own Node record, while a
+different agent of the same name is still refused."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from corral.codec import decode, encode
+from corral.kv import MemoryBucket
+from corral.state import Node, NodeCapacity
+from corral_node_agent.main import build_parser
+from corral_node_agent.node_record import NodeNameTaken, NodeRecord
+from corral_node_agent.settings import ENV_AGENT_ID, agent_id_from_args
+
+NODE = "node-a"
+
+
+def node(agent_id: str, heartbeat_at: float = 0.0) -> Node:
+    return Node(
+        name=NODE,
+        capacity=NodeCapacity(cpu_millis=1000, memory_bytes=2**30),
+        agent_id=agent_id,
+        heartbeat_at=heartbeat_at,
+    )
+
+
+async def test_a_restarted_agent_with_the_same_id_takes_its_own_fresh_record() -> None:
+    bucket = MemoryBucket("nodes")
+    await bucket.put(NODE, encode(node("kept-id", heartbeat_at=time.time() - 1)))
+    record = NodeRecord(bucket, node("kept-id"))
+    await record.write()  # claims, then writes: no NodeNameTaken
+    entry = await bucket.get(NODE)
+    assert entry is not None and entry.value is not None
+    stored = decode(entry.value, Node)
+    assert stored.agent_id == "kept-id"
+    assert record.last_written is not None and record.displaced_by is None
+
+
+async def test_a_different_agent_with_a_fresh_record_is_still_refused() -> None:
+    bucket = MemoryBucket("nodes")
+    await bucket.put(NODE, encode(node("the-other", heartbeat_at=time.time() - 1)))
+    record = NodeRecord(bucket, node("kept-id"))
+    with pytest.raises(NodeNameTaken, match="the-other"):
+        await record.claim()
+
+
+def test_agent_id_comes_from_the_flag_then_the_environment_then_chance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parser = build_parser()
+    monkeypatch.setenv(ENV_AGENT_ID, "from-env")
+    assert agent_id_from_args(parser.parse_args(["--agent-id", "from-flag"])) == "from-flag"
+    assert agent_id_from_args(parser.parse_args([])) == "from-env"
+    monkeypatch.delenv(ENV_AGENT_ID)
+    first = agent_id_from_args(parser.parse_args([]))
+    second = agent_id_from_args(parser.parse_args([]))
+    assert first and second and first != second
