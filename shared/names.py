@@ -29,6 +29,10 @@ PLACEMENTS_BUCKET: Final = "corral_placements"  # key: node.replica -> Placement
 REPLICA_STATUS_BUCKET: Final = "corral_replica_status"  # key: node.replica -> ReplicaStatus (agent)
 # Liveness of control-plane services: each writes and watches its own keys here.
 LEASES_BUCKET: Final = "corral_leases"
+# The cluster's identity (key CLUSTER_KEY -> Cluster), made once when the state is first
+# created; everything corral makes in an engine carries its id (LABEL_CLUSTER).
+CLUSTER_BUCKET: Final = "corral_cluster"
+CLUSTER_KEY: Final = "identity"
 
 ALL_BUCKETS: Final = (
     DEPLOYMENTS_BUCKET,
@@ -37,6 +41,7 @@ ALL_BUCKETS: Final = (
     PLACEMENTS_BUCKET,
     REPLICA_STATUS_BUCKET,
     LEASES_BUCKET,
+    CLUSTER_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")
@@ -46,10 +51,20 @@ MAX_SPEC_BYTES: Final = 64 * 1024
 
 # Labels on everything corral creates in a container engine.
 LABEL_MANAGED: Final = "io.corral.managed"
+LABEL_CLUSTER: Final = "io.corral.cluster"  # the id of the cluster that made it
 LABEL_NODE: Final = "io.corral.node"
 LABEL_DEPLOYMENT: Final = "io.corral.deployment"
 LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
+
+
+# Requests to one node agent (operator decisions): corral.node.<node>.<verb>.
+NODE_PREFIX: Final = "corral.node"
+NODE_VERBS: Final = ("adopt", "reset")
+
+
+def node_subject(node: str, verb: str) -> str:
+    return f"{NODE_PREFIX}.{node}.{verb}"
 
 
 def api_subject(kind: str, verb: str) -> str:

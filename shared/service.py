@@ -19,10 +19,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from corral import names
 from corral.bus import EventPublisher, connect, ensure_streams, open_buckets
+from corral.cluster import ensure_cluster_identity
 from corral.config import resolve_nats_url
 from corral.http_endpoint import serve_http
 from corral.kv import NatsBucket
+from corral.state import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class ServiceContext:
     buckets: dict[str, NatsBucket]
     events: EventPublisher
     task_group: TaskGroup
+    cluster: Cluster
     http_port: int | None = None
     # Named checks that /healthz reports; all must be True for a 200.
     health: dict[str, bool] = field(default_factory=dict)
@@ -78,6 +82,7 @@ async def run_service(
         js = nc.jetstream()
         await ensure_streams(js)
         buckets = await open_buckets(js)
+        cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,
@@ -86,6 +91,7 @@ async def run_service(
                 buckets=buckets,
                 events=EventPublisher(nc, source=service),
                 task_group=tg,
+                cluster=cluster,
             )
             if args.metrics_port is not None and args.metrics_port >= 0:
                 ctx.http_port = await tg.start(

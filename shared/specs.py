@@ -140,6 +140,11 @@ class ContainerTemplate(_Public, frozen=True):
 class DeploymentSpec(_Public, frozen=True, kw_only=True):
     replicas: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)] = 1
     template: ContainerTemplate
+    # When a node is lost: "Fast" places replacements after R (a cut-off node may run
+    # its copies until it stops them at F, so two copies can overlap for F - R);
+    # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off
+    # node's own stop), or until an operator releases the node. See docs/time-budget.md.
+    replacement: Literal["Fast", "AfterStop"] = "Fast"
 
 
 class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Deployment"):

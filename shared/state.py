@@ -21,6 +21,24 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """Base of stored records: immutable, camelCase JSON, tolerant of newer fields."""
 
 
+class Cluster(_Record, frozen=True, kw_only=True):
+    """The cluster's identity, made once when its state is first created (corral.cluster)."""
+
+    id: str
+    created_at: float = 0.0
+
+
+class OrphanReplica(_Record, frozen=True, kw_only=True):
+    """A container on a node that an earlier cluster made and an operator adopted
+    (`corral node adopt`): kept, and placed again when a Deployment of its name and
+    template claims it."""
+
+    deployment: str
+    replica: str
+    template_hash: str
+    running: bool = False
+
+
 class NodeCapacity(_Record, frozen=True, kw_only=True):
     cpu_millis: int
     memory_bytes: int
@@ -42,6 +60,17 @@ class Node(_Record, frozen=True, kw_only=True):
     # A random id per agent process: two agents that claim the same node name are
     # told apart, and the second refuses to run rather than run every replica twice.
     agent_id: str = ""
+    # The container engine's own id: one engine serves one node; an agent displaced by
+    # an agent on the same engine hands over, one on another engine removes its copies.
+    engine_id: str = ""
+    # The agent's safety mode (corral_node_agent.safety.Mode): Active, Syncing, Held, ...
+    mode: str = ""
+    # Containers of another corral cluster on this node's engine: never touched.
+    foreign_containers: int = 0
+    # Containers of an adopted earlier cluster that no placement claims yet.
+    orphans: list[OrphanReplica] = []
+    # Containers the agent must remove and could not (retried with back-off).
+    failing_removals: int = 0
 
 
 class Placement(_Record, frozen=True, kw_only=True):

@@ -1,0 +1,71 @@
+"""The written time budget that decides liveness: one home for every number.
+
+Each side measures on its own clock; no rule here compares two hosts' clocks.
+
+    t = 0        an agent's last write that NATS acknowledged (then it is cut off)
+    t = R        the scheduler, which no longer sees the node's record change,
+                 judges the node lost and places its replicas elsewhere
+                 (default, stateless Deployments: duplicates last at most F - R)
+    t = F        the cut-off agent removes its replicas itself
+    t = F + STOP they are gone (every engine call is bounded by STOP)
+    t = R'       a Deployment that must never run twice ("AfterStop") is only now
+                 replaced, unless the node came back first, or an operator
+                 released the node (`corral node release NODE`)
+
+    WORST_FAILOVER  <  F      a NATS failover never makes a healthy agent stop work
+    R               <  F      replacements come before the old copies go (availability)
+    F + STOP + MARGIN  <=  R'  "never two copies"
+
+docs/time-budget.md explains each number and how it was measured.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# How often an agent writes its node record (its heartbeat). Each write that NATS
+# acknowledges resets the agent's cut-off clock.
+HEARTBEAT_SECONDS: Final = 1.0
+
+# The longest NATS failover measured on a 3-server cluster (the connected server
+# killed, a Raft election, the client on another server): what F must exceed.
+WORST_FAILOVER_SECONDS: Final = 6.0
+
+# R: a node whose record has not changed for this long (on the scheduler's clock,
+# while its view is fresh) is lost, and its replicas are placed elsewhere.
+NODE_LOST_SECONDS: Final = 5.0
+
+# F: an agent cut off this long (from its last acknowledged write) removes its replicas.
+CUT_OFF_STOP_SECONDS: Final = 15.0
+
+# STOP: the longest a container removal may take before the engine counts as down.
+STOP_SECONDS: Final = 10.0
+
+MARGIN_SECONDS: Final = 5.0
+
+# R': when replicas of a Deployment that must never run twice are replaced.
+NODE_LOST_AFTER_STOP_SECONDS: Final = CUT_OFF_STOP_SECONDS + STOP_SECONDS + MARGIN_SECONDS
+
+# A node that heartbeats but reports its engine down gets nothing new at once, but
+# keeps its replicas this long (an engine restart should not reshuffle a cluster).
+ENGINE_DOWN_EVICTION_SECONDS: Final = 30.0
+
+# A node record not rewritten for this long on the reader's clock is NotReady
+# (`corral get nodes`), and a new agent may take the node's name over.
+NODE_STALE_SECONDS: Final = NODE_LOST_SECONDS
+
+# The NATS client pings its server this often and gives up on the connection after
+# this many unanswered pings: a dead (half-open) connection is noticed in seconds.
+NATS_PING_SECONDS: Final = 2.0
+NATS_MAX_OUTSTANDING_PINGS: Final = 2
+
+
+def check() -> None:
+    """The budget's own rules; a test calls this so that no edit can break them."""
+    assert WORST_FAILOVER_SECONDS < CUT_OFF_STOP_SECONDS, "a failover would stop healthy agents"
+    assert NODE_LOST_SECONDS < CUT_OFF_STOP_SECONDS, "replacements would come after the stop"
+    assert NODE_LOST_SECONDS > 3 * HEARTBEAT_SECONDS, "one late heartbeat would lose a node"
+    assert CUT_OFF_STOP_SECONDS + STOP_SECONDS + MARGIN_SECONDS <= NODE_LOST_AFTER_STOP_SECONDS, (
+        "a never-two-copies Deployment could run twice"
+    )
+    assert NATS_PING_SECONDS * (NATS_MAX_OUTSTANDING_PINGS + 1) < CUT_OFF_STOP_SECONDS
