@@ -170,3 +170,33 @@ class DeleteRequest(_Public, frozen=True):
 
     def __post_init__(self) -> None:
         check_dns_label("name", self.name)
+
+
+class NodeReleaseRequest(_Public, frozen=True):
+    """An operator's word that a node is gone for good (`corral node release NODE`):
+    the scheduler replaces its replicas at once, "AfterStop" Deployments included,
+    and forgets the node. Answered by the scheduler on corral.api.node.release."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        check_dns_label("name", self.name)
+
+
+class NodeDecision(_Public, frozen=True):
+    """An operator's decision about containers of another cluster on one node, sent to
+    its agent on corral.node.<node>.adopt or .reset (`corral node adopt|reset NODE`).
+
+    adopt: the agent accepts the store's cluster; containers of `clusterId` (default:
+    the cluster the agent recorded before) become orphans it keeps until a Deployment
+    of their name and template claims them. reset: the agent accepts the store's
+    cluster and removes the containers of `clusterId` on its node.
+    """
+
+    node: str
+    cluster_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_dns_label("node", self.node)
+        if self.cluster_id and not re.fullmatch(r"[0-9a-f]{16}", self.cluster_id):
+            raise ValueError(f"`clusterId` {self.cluster_id!r} is not a cluster id (16 hex digits)")
