@@ -22,6 +22,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, renam
     unchanged: bool = False  # the stored spec was already this one
     error: str = ""
     field: str = ""  # the offending field, as a dotted path, when one is known
+    message: str = ""  # what was done, in words, when a success needs telling
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
