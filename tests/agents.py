@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,13 +15,17 @@ from corral_node_agent.main import build_parser, run
 @asynccontextmanager
 async def running_agent(nats_url: str, node: str, *flags: str) -> AsyncIterator[ServiceContext]:
     """The node agent of `node` (flags as on its command line); leaving stops it and
-    leaves its containers running, as a stopped agent does."""
-    args = build_parser().parse_args(
-        ["--nats", nats_url, "--metrics-port", "0", "--node-name", node, *flags]
-    )
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
+    leaves its containers running, as a stopped agent does. Without --state-dir it
+    records its cluster in a temporary folder (each test's NATS is a new cluster)."""
+    with tempfile.TemporaryDirectory(prefix="corral-agent-") as state_dir:
+        if "--state-dir" not in flags:
+            flags = (*flags, "--state-dir", state_dir)
+        args = build_parser().parse_args(
+            ["--nats", nats_url, "--metrics-port", "0", "--node-name", node, *flags]
+        )
+        async with anyio.create_task_group() as tg:
+            ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
+            try:
+                yield ctx
+            finally:
+                tg.cancel_scope.cancel()

@@ -1,17 +1,18 @@
 """The node agent: one per node. Registers the node, heartbeats, and keeps the
 engine's containers matching the placements of this node.
 
-The loop (level-triggered): list the node's containers, diff them against the
-placements (corral_node_agent.diff), hand the actions to the executor, write
-the statuses that changed. A pass runs when a placement changes, when the
-engine reports a container event, when an action ends or a back-off expires,
-and at least every `resync_seconds`.
+The loop (level-triggered): list the engine's corral containers, sort out whose
+they are (corral_node_agent.ownership), diff this node's own against the
+placements (corral_node_agent.diff), hand the actions to the executor, write the
+statuses that changed. A pass runs when a placement changes, when the engine
+reports a container event, when an action ends or a back-off expires, and at
+least every `resync_seconds`.
 
-Fencing: the agent acts on placements only while "fenced": its placements
-watch delivered a current snapshot and every container no longer placed here
-is removed. It starts unfenced, and becomes unfenced again when it loses NATS
-(or its heartbeats fail) for longer than `fence_grace_seconds`; then it only
-removes, until a new watch delivered its snapshot and the removals succeeded.
+What a pass may do is decided by one pure state machine (corral_node_agent.safety,
+docs/safety.md) from what the agent observes: is the store the cluster this node
+belongs to, when did NATS last acknowledge a write, are the placements current,
+did another agent take the node over. The guard loop below feeds it and acts on
+its transitions; the pass only asks `permissions(mode)`.
 """
 
 from __future__ import annotations
@@ -21,20 +22,47 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup, TaskStatus
+from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
 
-from corral import __version__, names
+from corral import __version__, names, time_budget
+from corral.cluster import UnreadableIdentity, read_cluster_identity
+from corral.codec import InvalidPayload, decode, decode_payload
+from corral.events import Reply
 from corral.kv import Bucket, Mirror
-from corral.state import Node, NodeCapacity, Placement
+from corral.specs import NodeDecision
+from corral.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
-from corral_node_agent.diff import Action, RemoveContainers, group_by_replica, plan_actions
+from corral_node_agent.diff import (
+    Action,
+    Plan,
+    RemoveContainers,
+    group_by_replica,
+    plan_actions,
+    remove_all,
+)
 from corral_node_agent.executor import EventSink, Executor
-from corral_node_agent.node_record import NodeNameTaken, NodeRecord
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
+from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover, record_changes_within
+from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.replica_status import replica_status
 from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
+from corral_node_agent.safety import (
+    Budget,
+    Displacement,
+    Identity,
+    Mode,
+    Observation,
+    decide_mode,
+    needs_new_watch,
+    permissions,
+)
 from corral_node_agent.status_book import StatusBook
 
 log = logging.getLogger(__name__)
@@ -42,6 +70,7 @@ log = logging.getLogger(__name__)
 _ENGINE_RETRY_SECONDS = 1.0
 _NATS_RETRY_SECONDS = (0.5, 10.0)  # first and longest wait between startup retries
 _WATCH_START_SECONDS = 10.0
+_MAX_ORPHANS_REPORTED = 100
 
 __all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
 
@@ -53,11 +82,17 @@ class AgentSettings:
     cpu_millis: int | None = None  # None: what the engine reports
     memory_bytes: int | None = None
     pods: int = 110
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = time_budget.HEARTBEAT_SECONDS
     resync_seconds: float = 10.0
     max_parallel: int = 8
     max_pulls: int = 4  # image pulls at once (apart from the container operations)
-    fence_grace_seconds: float = 10.0  # cut off from NATS longer than this: fence again
+    # When to stop starting things, and when to stop the replicas, once cut off (F).
+    budget: Budget = field(default_factory=Budget)
+    # Another agent's record that does not change for this long: that agent is gone.
+    alive_window: float = time_budget.NODE_STALE_SECONDS
+    identity_check_seconds: float = 5.0
+    # Where the agent records the cluster this node belongs to; None: in memory only.
+    state_dir: Path | None = None
     # Who writes this node's record: random per process unless given (--agent-id), so a
     # supervisor restarting its own agent is recognised, and any other agent is refused.
     agent_id: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -72,20 +107,25 @@ class NodeAgent:
         placements: Bucket,
         nodes: Bucket,
         statuses: Bucket,
+        cluster: Bucket,
         events: EventSink,
         health: dict[str, bool] | None = None,
         clock: Callable[[], float] = time.time,
-        is_connected: Callable[[], bool] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
         self.runtime = runtime
         self.clock = clock
+        self.monotonic = monotonic
+        self.events = events
         self.health = health if health is not None else {}
-        self.is_connected = is_connected  # the NATS connection's state, when known
         self.agent_id = settings.agent_id
         self._placements_bucket = placements
-        self.placements: Mirror[Placement] = self._new_mirror()
+        self._nodes_bucket = nodes
+        self._cluster_bucket = cluster
+        self.local = LocalRecordFile(settings.state_dir)
+        self.placements: Mirror[Placement] = Mirror(placements, Placement)
         self.statuses = StatusBook(statuses, self.node, clock)
         self.record = NodeRecord(
             nodes,
@@ -103,8 +143,11 @@ class NodeAgent:
                 agent_started_at=clock(),
                 version=__version__,
                 agent_id=self.agent_id,
+                mode=Mode.STARTING.value,
             ),
             clock,
+            monotonic,
+            settings.alive_window,
         )
         self.record.on_displaced = self._displaced
         self.tracks: dict[str, ReplicaTrack] = {}
@@ -117,18 +160,26 @@ class NodeAgent:
             max_parallel=settings.max_parallel,
             max_pulls=settings.max_pulls,
         )
+        # What the safety state machine is fed (see _observe).
+        self.started_at = monotonic()
+        self.identity = Identity.UNKNOWN
+        self.identity_problem = ""  # why the store is not recognised, in words
+        self.cluster_id = ""  # the cluster this node belongs to (its local record)
+        self.adopted: frozenset[str] = frozenset()
+        self.placements_current = False
+        self.displacement = Displacement.NONE
+        self.mode = Mode.STARTING
         self.engine_ok = False
+        self._engine_message = "starting"
+        self.engine_id = ""
         self.capacity_known = False
         self.passes = 0  # passes completed (tests wait on it)
-        # Fenced: the placements are current and what is not placed here is removed;
-        # only then are containers created or started.
-        self.fenced = False
-        self.cut_off = False  # lost NATS past the grace: a new watch is due
-        self.displaced = False  # another agent took this node's record over
         self.watches = 0  # placements watches started
-        self._lost_since: float | None = None
+        self.removal_failures = 0
+        self._fence_pending = True  # the first ACTIVE pass removes before it creates
+        self._renamed_checked = False
         self._watch_scope: anyio.CancelScope | None = None
-        self._watch_broken = False
+        self._watching = False
         self._running = 0  # this agent's share of the replicas_running gauge
         self._in_flight: set[str] = set()
         self._settled: dict[str, int] = {}  # replica -> sequence number when its action ended
@@ -152,27 +203,26 @@ class NodeAgent:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Raises NodeNameTaken when another live agent runs this node's name."""
         self._wakeup = anyio.Event()
+        self._load_local_record()
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                # Before anything touches a container: is this node name ours?
-                await self._retrying("reading the node record", self.record.claim)
-                self.health["node_name"] = True
-                await self._retrying("watching the placements", self._watch_placements)
-                await self._retrying("reading the stored statuses", self.statuses.load)
-                self._seed_tracks()
-                # Adoption and fencing before anything else: the first pass removes
-                # what is no longer placed here before it creates anything.
-                try:
-                    await self.reconcile_once()
-                except Exception:  # the loop below tries again
-                    log.exception("first reconcile pass of %s failed", self.node)
-                await tg.start(
-                    self.record.heartbeat, self.settings.heartbeat_seconds, self._check_engine
-                )
-                tg.start_soon(self._follow_engine_events)
+                # The guard and the passes run from the start: a restarted agent that
+                # cannot reach NATS still stops its replicas at F (docs/safety.md).
+                tg.start_soon(self._guard)
                 tg.start_soon(self._reconcile_forever)
-                tg.start_soon(self._watch_connection)
+                await self._first_engine_look()
+                tg.start_soon(self._watch_engine)
+                tg.start_soon(self._follow_engine_events)
+                await self._retrying("checking the cluster identity", self._check_identity)
+                try:
+                    await self._retrying("reading the node record", self.record.claim)
+                except NodeNameTaken as error:
+                    await self._refused(error)
+                    raise
+                self.health["node_name"] = True
+                await tg.start(self.record.heartbeat, self.settings.heartbeat_seconds)
+                tg.start_soon(self._check_identity_forever)
                 task_status.started()
         finally:
             metrics.REPLICAS_RUNNING.dec(self._running)
@@ -197,29 +247,231 @@ class NodeAgent:
             await anyio.sleep(delay)
             delay = min(longest, delay * 2)
 
-    # The placements watch (restarted after a partition).
+    # The cluster this node belongs to.
 
-    def _new_mirror(self) -> Mirror[Placement]:
-        return Mirror(
-            self._placements_bucket,
-            Placement,
-            prefix=f"{self.node}.>",
-            on_change=lambda _key: self.poke(),
+    def _load_local_record(self) -> None:
+        try:
+            record = self.local.load()
+        except UnreadableLocalRecord as error:
+            self._set_identity(Identity.UNREADABLE, f"the local record is unreadable: {error}")
+            return
+        if record is not None:
+            self.cluster_id = record.cluster_id
+            self.adopted = frozenset(record.adopted)
+            self.executor.cluster_id = record.cluster_id
+
+    async def _check_identity(self) -> None:
+        """Compare the store's cluster id with the one this node recorded. The first
+        identity this node ever reads becomes its own."""
+        try:
+            stored = await read_cluster_identity(self._cluster_bucket)
+        except UnreadableIdentity as error:
+            self._set_identity(Identity.UNREADABLE, str(error))
+            return
+        except Exception as error:
+            if _store_missing(error):
+                self._set_identity(Identity.LOST, f"the state store answers without it: {error}")
+                return
+            raise  # a timeout or a disconnect: nothing learnt
+        try:
+            local = self.local.load()
+        except UnreadableLocalRecord as error:
+            self._set_identity(Identity.UNREADABLE, f"the local record is unreadable: {error}")
+            return
+        if stored is None:
+            self._set_identity(Identity.LOST, "the state store has no cluster identity")
+        elif local is None:
+            self.local.save(LocalRecord(node=self.node, cluster_id=stored.id))
+            self._adopt_record(LocalRecord(node=self.node, cluster_id=stored.id))
+            log.info("node %s belongs to cluster %s from now on", self.node, stored.id)
+            self._set_identity(Identity.RECOGNISED, "")
+        elif local.cluster_id == stored.id:
+            self._adopt_record(local)
+            self._set_identity(Identity.RECOGNISED, "")
+        else:
+            self._set_identity(
+                Identity.MISMATCH,
+                f"the state store is cluster {stored.id}, but this node belongs to cluster "
+                f"{local.cluster_id}: its containers are left alone until an operator runs "
+                f"`corral node adopt {self.node}` or `corral node reset {self.node}`",
+            )
+
+    def _adopt_record(self, record: LocalRecord) -> None:
+        self.cluster_id = record.cluster_id
+        self.adopted = frozenset(record.adopted)
+        self.executor.cluster_id = record.cluster_id
+
+    def _set_identity(self, identity: Identity, problem: str) -> None:
+        if (identity, problem) != (self.identity, self.identity_problem) and problem:
+            log.error("node %s: %s", self.node, problem)
+        self.identity, self.identity_problem = identity, problem
+
+    async def _check_identity_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.identity_check_seconds)
+            try:
+                await self._check_identity()
+            except Exception as error:  # timeouts: the cut-off clock speaks for them
+                log.debug("identity check of %s failed: %s", self.node, error)
+
+    # The guard: feeds the safety state machine and acts on its transitions.
+
+    def _observe(self) -> Observation:
+        return Observation(
+            now=self.monotonic(),
+            started_at=self.started_at,
+            last_ack=self.record.last_acked,
+            identity=self.identity,
+            placements_current=self.placements_current,
+            displacement=self.displacement,
         )
 
-    async def _watch_placements(self) -> None:
-        """Start a new placements watch; returns once its snapshot is in, then uses it."""
-        assert self._task_group is not None
-        mirror = self._new_mirror()
-        with anyio.fail_after(_WATCH_START_SECONDS):
-            scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
-        old, self._watch_scope = self._watch_scope, scope
-        self.placements = mirror
-        self._watch_broken = False
-        self.watches += 1
-        if old is not None:
-            old.cancel()
+    async def _guard(self) -> None:
+        budget = self.settings.budget
+        interval = max(0.02, min(0.25, budget.isolated_after / 4))
+        while True:
+            mode = decide_mode(self._observe(), budget)
+            if mode != self.mode:
+                await self._enter(mode)
+            if mode == Mode.SYNCING and not self._watching:
+                self._watching = True
+                assert self._task_group is not None
+                self._task_group.start_soon(self._watch_placements)
+            await anyio.sleep(interval)
+
+    async def _enter(self, mode: Mode) -> None:
+        before, self.mode = self.mode, mode
+        if needs_new_watch(mode):
+            self._stop_watch()
+        message = self._mode_message(mode)
+        level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
+        log.log(
+            level, "node %s: %s -> %s%s", self.node, before, mode, f": {message}" * bool(message)
+        )
+        self.health["safety"] = mode in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING)
+        self.record.update(mode=mode.value)
+        self._report_readiness()
+        if mode not in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING) or before in (
+            Mode.ISOLATED,
+            Mode.STOPPING,
+            Mode.HELD,
+        ):
+            await self.events.emit(
+                "node",
+                self.node,
+                mode.value,
+                message or f"{before} -> {mode}",
+                warning=mode not in (Mode.ACTIVE, Mode.SYNCING),
+            )
         self.poke()
+
+    def _mode_message(self, mode: Mode) -> str:
+        budget = self.settings.budget
+        match mode:
+            case Mode.HELD:
+                return self.identity_problem
+            case Mode.ISOLATED:
+                return (
+                    f"no write acknowledged by NATS for over {budget.isolated_after:g}s: "
+                    f"starting nothing; replicas stop at {budget.stop_after:g}s"
+                )
+            case Mode.STOPPING:
+                return (
+                    f"cut off from NATS for over {budget.stop_after:g}s: removing this "
+                    "node's replicas (the scheduler has placed them elsewhere)"
+                )
+            case Mode.HANDED_OVER:
+                return "another node agent on this engine runs this node now: touching nothing"
+            case Mode.RETIRED:
+                return (
+                    "another node agent on another engine runs this node now: removing "
+                    "this engine's copies of its replicas"
+                )
+        return ""
+
+    def _report_readiness(self) -> None:
+        """Ready (the scheduler places replicas here): the engine answers and the agent
+        acts on current placements."""
+        if not self.engine_ok:
+            self.record.update(ready=False, message=self._engine_message)
+            return
+        message = self._mode_message(self.mode)
+        if self.mode in (Mode.STARTING, Mode.SYNCING):
+            message = "reading its placements"
+        self.record.update(ready=self.mode == Mode.ACTIVE, message=message)
+
+    def _displaced(self, takeover: Takeover) -> None:
+        log.error(
+            "another node agent (agent %s, %s engine) now writes the record of node %s: "
+            "this agent (agent %s) stops acting on its placements",
+            takeover.agent_id,
+            "the same" if takeover.same_engine else "another",
+            self.node,
+            self.agent_id,
+        )
+        self.displacement = (
+            Displacement.SAME_ENGINE if takeover.same_engine else Displacement.OTHER_ENGINE
+        )
+        self.placements_current = False
+        self.health["node_name"] = False
+        self.poke()
+
+    async def _refused(self, error: NodeNameTaken) -> None:
+        """Refused at start: another live agent runs this name. On another engine, this
+        engine's containers of the node are copies of what it runs: remove them."""
+        self.health["node_name"] = False
+        if error.same_engine or not self.cluster_id or self.identity != Identity.RECOGNISED:
+            return
+        try:
+            own = self._ownership(await self.runtime.list_containers(), {}).own
+            for container in own:
+                await self.runtime.remove_container(container.id)
+            if own:
+                log.warning(
+                    "node %s runs on another engine: removed this engine's %d copies",
+                    self.node,
+                    len(own),
+                )
+        except RuntimeFailure as failure:
+            log.error("removing this engine's copies of node %s failed: %s", self.node, failure)
+
+    # The placements watch, started afresh after every isolation.
+
+    def _stop_watch(self) -> None:
+        self.placements_current = False
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+            self._watch_scope = None
+
+    async def _watch_placements(self) -> None:
+        """Check the identity, watch, read the statuses, check the identity again; only
+        then are the placements current (a store swapped meanwhile is never acted on)."""
+        assert self._task_group is not None
+        try:
+            await self._check_identity()
+            if self.identity != Identity.RECOGNISED:
+                return
+            mirror = Mirror(self._placements_bucket, Placement, on_change=lambda _k: self.poke())
+            with anyio.fail_after(_WATCH_START_SECONDS):
+                scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
+                await self.statuses.load()
+            await self._check_identity()
+            if self.identity != Identity.RECOGNISED or self.mode != Mode.SYNCING:
+                scope.cancel()
+                return
+            self._stop_watch()
+            self._watch_scope = scope
+            self.placements = mirror
+            self._seed_tracks()
+            self.watches += 1
+            self._fence_pending = True
+            self.placements_current = True
+            self.poke()
+        except Exception as error:
+            log.info("watching the placements of %s failed: %s", self.node, error)
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+        finally:
+            self._watching = False
 
     async def _follow(
         self,
@@ -227,80 +479,100 @@ class NodeAgent:
         *,
         task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Feed `mirror` from one watch. A watch that fails or ends is never resumed
+        here: the placements are no longer current, and the guard starts a new one."""
         started = False
         with anyio.CancelScope() as scope:
             try:
-                async with anyio.create_task_group() as tg:
-                    await tg.start(mirror.run)
-                    started = True
-                    task_status.started(scope)
-            except Exception:
+                async for entry in self._placements_bucket.watch(f"{self.node}.>"):
+                    if entry is None:
+                        if not started:
+                            started = True
+                            task_status.started(scope)
+                        continue
+                    mirror.apply(entry, from_watch=True)
+            except Exception as error:
                 if not started:
                     raise
-                log.warning("placements watch of %s broke", self.node, exc_info=True)
-                if mirror is self.placements:
-                    self._watch_broken = True
-
-    async def _watch_connection(self) -> None:
-        """Unfence after losing NATS past the grace; watch again once it is back."""
-        grace = self.settings.fence_grace_seconds
-        interval = min(0.5, max(0.05, grace / 4))
-        while True:
-            await anyio.sleep(interval)
-            if self.displaced:
-                continue
-            now = self.clock()
-            connected = self.is_connected() if self.is_connected is not None else True
-            beat = self.record.last_written
-            beating = beat is not None and now - beat <= max(
-                grace, 2 * self.settings.heartbeat_seconds
-            )
-            if not (connected and beating) or self._watch_broken:
-                if self._lost_since is None:
-                    self._lost_since = now
-                if (now - self._lost_since > grace or self._watch_broken) and not self.cut_off:
-                    log.warning(
-                        "node %s cut off from NATS for over %gs: only removing until "
-                        "its placements are current again",
-                        self.node,
-                        grace,
-                    )
-                    self.cut_off = True
-                    self.fenced = False
-                if not self._watch_broken:
-                    continue
-            if self.cut_off:
-                try:
-                    await self._watch_placements()
-                except Exception as error:
-                    log.info("watching the placements of %s again failed: %s", self.node, error)
-                    continue
-                log.info("node %s is back: placements current, fencing", self.node)
-                self.cut_off = False
-            self._lost_since = None
-
-    def _displaced(self, other: str) -> None:
-        log.error(
-            "another node agent (agent %s) now writes the record of node %s: this agent "
-            "(agent %s) stops acting on its placements; give one of them another --node-name",
-            other,
-            self.node,
-            self.agent_id,
-        )
-        self.displaced = True
-        self.fenced = False
-        self.health["node_name"] = False
+                log.warning("placements watch of %s broke: %s", self.node, error)
+            if not started:
+                raise RuntimeError("the placements watch ended before its snapshot")
+            if mirror is self.placements:
+                self.placements_current = False
 
     def _seed_tracks(self) -> None:
         """Carry restart counts over from the statuses an earlier run wrote."""
         for replica in self.statuses.replicas():
             status = self.statuses.get(replica)
-            if status is not None:
+            if status is not None and replica not in self.tracks:
                 self.tracks[replica] = ReplicaTrack(
                     restarts=status.restarts,
                     exit_code=status.exit_code,
                     container_id=status.container_id,
                 )
+
+    # The engine.
+
+    async def _first_engine_look(self) -> None:
+        """The engine's id and capacity before the node is claimed (bounded: an engine
+        that does not answer is down, and the node starts without them)."""
+        with anyio.move_on_after(max(2.0, self.settings.heartbeat_seconds * 2)):
+            await self._check_engine()
+
+    async def _watch_engine(self) -> None:
+        """Engine health beside the heartbeat, never in its way."""
+        while True:
+            await anyio.sleep(self.settings.heartbeat_seconds)
+            await self._check_engine()
+
+    async def _check_engine(self) -> None:
+        try:
+            await self.runtime.ping()
+            if not self.capacity_known:
+                info = await self.runtime.info()
+                self.engine_id = info.engine_id
+                self.record.update(
+                    capacity=NodeCapacity(
+                        cpu_millis=self.settings.cpu_millis or info.cpu_millis,
+                        memory_bytes=self.settings.memory_bytes or info.memory_bytes,
+                        pods=self.settings.pods,
+                    ),
+                    engine_id=info.engine_id,
+                )
+                self.capacity_known = True
+        except RuntimeFailure as error:
+            self._engine_down(str(error))
+            return
+        if not self.engine_ok:
+            self.poke()
+        self._engine_up()
+
+    def _engine_down(self, message: str) -> None:
+        if self.engine_ok or self.health.get("engine") is not False:
+            log.warning("engine of %s unreachable: %s", self.node, message)
+        self.engine_ok = False
+        self.health["engine"] = False
+        self._engine_message = f"container engine unreachable: {message}"
+        self._report_readiness()
+
+    def _engine_up(self) -> None:
+        self.engine_ok = True
+        self.health["engine"] = True
+        self._engine_message = ""
+        self._report_readiness()
+
+    async def _follow_engine_events(self) -> None:
+        while True:
+            try:
+                await self.runtime.watch(self.node, self._on_engine_change)
+            except RuntimeFailure as error:
+                log.info("engine events of %s interrupted: %s", self.node, error)
+            except Exception:
+                log.warning("engine events of %s failed", self.node, exc_info=True)
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+            self.poke()  # events may have been missed meanwhile
+
+    # Passes.
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -319,121 +591,140 @@ class NodeAgent:
                 log.exception("reconcile pass of %s failed", self.node)
                 await anyio.sleep(_ENGINE_RETRY_SECONDS)
 
-    async def _follow_engine_events(self) -> None:
-        while True:
-            try:
-                await self.runtime.watch(self.node, self._on_engine_change)
-            except RuntimeFailure as error:
-                log.info("engine events of %s interrupted: %s", self.node, error)
-            except Exception:
-                log.warning("engine events of %s failed", self.node, exc_info=True)
-            await anyio.sleep(_ENGINE_RETRY_SECONDS)
-            self.poke()  # events may have been missed meanwhile
-
-    async def _check_engine(self) -> None:
-        """Before each heartbeat: can the engine be reached, and what is its capacity?"""
-        try:
-            await self.runtime.ping()
-            if not self.capacity_known:
-                info = await self.runtime.info()
-                self.record.update(
-                    capacity=NodeCapacity(
-                        cpu_millis=self.settings.cpu_millis or info.cpu_millis,
-                        memory_bytes=self.settings.memory_bytes or info.memory_bytes,
-                        pods=self.settings.pods,
-                    )
-                )
-                self.capacity_known = True
-        except RuntimeFailure as error:
-            self._engine_down(str(error))
-            return
-        if not self.engine_ok:
-            self.poke()
-        self._engine_up()
-
-    def _engine_down(self, message: str) -> None:
-        if self.engine_ok or self.health.get("engine") is not False:
-            log.warning("engine of %s unreachable: %s", self.node, message)
-        self.engine_ok = False
-        self.health["engine"] = False
-        self.record.update(ready=False, message=f"container engine unreachable: {message}")
-
-    def _engine_up(self) -> None:
-        self.engine_ok = True
-        self.health["engine"] = True
-        self.record.update(ready=True, message="")
-
-    # One pass.
-
     def _busy(self, listed_at: int) -> set[str]:
         for replica in [r for r, at in self._settled.items() if at <= listed_at]:
             del self._settled[replica]
         return self._in_flight | set(self._settled)
 
+    def _ownership(
+        self, containers: list[ObservedContainer], placements: dict[str, Placement]
+    ) -> Ownership:
+        return classify(
+            containers,
+            node=self.node,
+            cluster_id=self.cluster_id,
+            adopted=self.adopted,
+            placements=placements,
+        )
+
     async def reconcile_once(self) -> None:
-        if self.displaced:  # another agent runs this node now
-            return
         with metrics.RECONCILE_SECONDS.time():
-            self._sequence += 1
-            listed_at = self._sequence
-            try:
-                containers = await self.runtime.list_containers(self.node)
-            except RuntimeFailure as error:
-                self._engine_down(str(error))
-                return
-            self._engine_up()
-            now = self.clock()
-            mirror = self.placements
-            snapshot_current = not self.cut_off
-            # A placement that does not decode is neither placed nor deleted: its
-            # replica is left alone (never removed, restarted, or given a status).
-            unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
-            held = self._busy(listed_at) | unreadable
-            placements = {p.replica: p for p in mirror.values() if p.node == self.node}
-            plan = plan_actions(placements, containers, self.tracks, held, now)
-            kept_tracks = {r: t for r, t in self.tracks.items() if r in unreadable}
-            self.tracks.clear()
-            self.tracks.update(kept_tracks)
-            self.tracks.update(plan.tracks)
-            self._wake_at = plan.wake_at
-            actions: list[Action] = plan.actions
-            if not self.fenced:
-                # Fencing: remove what is no longer placed here before anything else,
-                # and act on placements only once they are current and that succeeded.
-                removals = [a for a in actions if isinstance(a, RemoveContainers)]
-                results: list[bool] = []
-
-                async def remove(removal: RemoveContainers) -> None:
-                    results.append(await self.executor.execute(removal))
-
-                async with anyio.create_task_group() as tg:
-                    for removal in removals:
-                        tg.start_soon(remove, removal)
-                if all(results) and snapshot_current and mirror is self.placements:
-                    self.fenced = not self.cut_off and not self.displaced
-                actions = (
-                    []
-                    if not self.fenced
-                    else [a for a in actions if not isinstance(a, RemoveContainers)]
-                )
-                if not self.fenced:
-                    retry_at = now + _ENGINE_RETRY_SECONDS
-                    self._wake_at = (
-                        retry_at if plan.wake_at is None else min(plan.wake_at, retry_at)
-                    )
-            for action in actions:
-                self._dispatch(action)
-
-            running = sum(
-                1
-                for kept in plan.kept.values()
-                if kept is not None and kept.state == ContainerState.RUNNING
-            )
-            metrics.REPLICAS_RUNNING.inc(running - self._running)
-            self._running = running
-            with_containers = set(group_by_replica(containers))
-            await self._write_statuses(placements, plan.kept, with_containers, held, now)
+            await self._reconcile()
             self.passes += 1
+
+    async def _reconcile(self) -> None:
+        mode = self.mode
+        allowed = permissions(mode)
+        self._sequence += 1
+        listed_at = self._sequence
+        try:
+            containers = await self.runtime.list_containers()
+        except RuntimeFailure as error:
+            self._engine_down(str(error))
+            return
+        self._engine_up()
+        now = self.clock()
+        mirror = self.placements
+        placements = (
+            {p.replica: p for p in mirror.values() if p.node == self.node} if allowed.create else {}
+        )
+        owned = self._ownership(containers, placements)
+        self._report_containers(owned)
+        if allowed.remove_all:
+            plan = remove_all(
+                owned.own, self.tracks, self._busy(listed_at), f"node {mode.lower()}", now
+            )
+            self._keep_tracks(plan, set())
+            for action in plan.actions:
+                self._dispatch(action)
+            self._count_running({})
+            return
+        if not allowed.create:
+            return
+        if not self._renamed_checked:
+            self._renamed_checked = True
+            await self._remove_renamed_leftovers(owned.other_nodes)
+        # A placement that does not decode is neither placed nor deleted: its
+        # replica is left alone (never removed, restarted, or given a status).
+        unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
+        held = self._busy(listed_at) | unreadable
+        plan = plan_actions(placements, owned.own, self.tracks, held, now)
+        self._keep_tracks(plan, unreadable)
+        actions: list[Action] = plan.actions
+        if self._fence_pending:
+            # Fencing: what is no longer placed here goes before anything is created.
+            # A removal that fails is retried on its back-off and reported; it never
+            # stops the node (the diff never replaces a replica whose old container
+            # may still run).
+            removals = [a for a in actions if isinstance(a, RemoveContainers)]
+            async with anyio.create_task_group() as tg:
+                for removal in removals:
+                    tg.start_soon(self._execute_now, removal)
+            actions = [a for a in actions if not isinstance(a, RemoveContainers)]
+            self._fence_pending = False
+        for action in actions:
+            self._dispatch(action)
+        self._count_running(plan.kept)
+        with_containers = set(group_by_replica(owned.own))
+        await self._write_statuses(placements, plan.kept, with_containers, held, now)
+
+    def _keep_tracks(self, plan: Plan, unreadable: set[str]) -> None:
+        kept_tracks = {r: t for r, t in self.tracks.items() if r in unreadable}
+        self.tracks.clear()
+        self.tracks.update(kept_tracks)
+        self.tracks.update(plan.tracks)
+        self._wake_at = plan.wake_at
+        self.removal_failures = sum(1 for track in plan.tracks.values() if track.removal_failures)
+        self.record.update(failing_removals=self.removal_failures)
+
+    def _count_running(self, kept: dict[str, ObservedContainer | None]) -> None:
+        running = sum(
+            1
+            for container in kept.values()
+            if container and container.state == ContainerState.RUNNING
+        )
+        metrics.REPLICAS_RUNNING.inc(running - self._running)
+        self._running = running
+
+    def _report_containers(self, owned: Ownership) -> None:
+        orphans = [
+            OrphanReplica(
+                deployment=c.deployment,
+                replica=c.replica,
+                template_hash=c.template_hash,
+                running=c.state == ContainerState.RUNNING,
+            )
+            for c in sorted(owned.orphans, key=lambda c: c.replica)[:_MAX_ORPHANS_REPORTED]
+        ]
+        self.record.update(foreign_containers=len(owned.foreign), orphans=orphans)
+
+    async def _remove_renamed_leftovers(self, others: list[ObservedContainer]) -> None:
+        """Containers of this cluster on this engine under another node's name: that
+        node ran on this engine before (it was renamed, or released). Its replicas are
+        placed elsewhere by now, so its leftovers go, unless its agent is alive or it
+        is a node of another engine sharing this one."""
+        if not self.engine_id:
+            return
+        for other, group in group_by_node(others).items():
+            try:
+                entry = await self._nodes_bucket.get(other)
+                stored = _decoded_node(entry)
+                if stored is not None and stored.engine_id != self.engine_id:
+                    continue
+                if stored is not None and entry is not None:
+                    if await record_changes_within(
+                        self._nodes_bucket, other, entry.revision, self.settings.alive_window
+                    ):
+                        continue
+                log.warning(
+                    "removing %d containers of node %s, which ran on this engine before",
+                    len(group),
+                    other,
+                )
+                for container in group:
+                    await self.runtime.remove_container(container.id)
+            except Exception as error:
+                log.warning("leftovers of node %s not removed: %s", other, error)
 
     def _dispatch(self, action: Action) -> None:
         assert self._task_group is not None
@@ -444,10 +735,20 @@ class NodeAgent:
         try:
             await self.executor.execute(action)
         finally:
-            self._in_flight.discard(action.replica)
-            self._sequence += 1
-            self._settled[action.replica] = self._sequence
-            self.poke()
+            self._settled_now(action.replica)
+
+    async def _execute_now(self, action: Action) -> None:
+        self._in_flight.add(action.replica)
+        try:
+            await self.executor.execute(action)
+        finally:
+            self._settled_now(action.replica)
+
+    def _settled_now(self, replica: str) -> None:
+        self._in_flight.discard(replica)
+        self._sequence += 1
+        self._settled[replica] = self._sequence
+        self.poke()
 
     async def _write_statuses(
         self,
@@ -469,3 +770,101 @@ class NodeAgent:
                         await self.statuses.delete(replica)
         except Exception:  # NATS trouble: the next pass writes what is still due
             log.warning("writing statuses of %s failed", self.node, exc_info=True)
+
+    # Operator decisions (corral node adopt|reset).
+
+    async def decide(self, verb: str, raw: bytes) -> Reply:
+        """Adopt or reset the containers of another cluster on this node; never raises."""
+        try:
+            decision = decode_payload(raw, NodeDecision)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind="Node", error=error.message, field=error.field)
+        if decision.node != self.node:
+            return self._refuse(f"this is the agent of node {self.node!r}, not {decision.node!r}")
+        if verb not in names.NODE_VERBS:
+            return self._refuse(f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}")
+        try:
+            stored = await read_cluster_identity(self._cluster_bucket)
+            local = self.local.load()
+        except Exception as error:
+            return self._refuse(f"cannot read the cluster identities: {error}")
+        if stored is None:
+            return self._refuse("the state store has no cluster identity yet; try again")
+        old = decision.cluster_id or (
+            local.cluster_id if local is not None and local.cluster_id != stored.id else ""
+        )
+        if not old:
+            return self._refuse(
+                f"node {self.node} already belongs to the store's cluster {stored.id}: "
+                "name the other cluster with --cluster-id"
+            )
+        if old == stored.id:
+            return self._refuse(f"cluster {old} is the store's own cluster: nothing to {verb}")
+        adopted = set(local.adopted if local is not None else ())
+        if verb == "adopt":
+            adopted.add(old)
+            message = (
+                f"containers of cluster {old} on node {self.node} are kept as orphans until a "
+                "Deployment of their name and template claims them"
+            )
+        else:
+            removed, failures = await self._remove_cluster(old)
+            if failures:
+                return self._refuse(
+                    f"removed {removed} containers of cluster {old}; {len(failures)} could not "
+                    f"be removed ({'; '.join(failures[:3])}): run reset again"
+                )
+            adopted.discard(old)
+            message = f"removed {removed} containers of cluster {old} from node {self.node}"
+        record = LocalRecord(node=self.node, cluster_id=stored.id, adopted=sorted(adopted))
+        self.local.save(record)
+        self._adopt_record(record)
+        self._set_identity(Identity.RECOGNISED, "")
+        await self.events.emit("node", self.node, verb.capitalize(), message, warning=True)
+        self.poke()
+        return Reply(ok=True, kind="Node", name=self.node, message=message)
+
+    def _refuse(self, error: str) -> Reply:
+        return Reply(ok=False, kind="Node", name=self.node, error=error)
+
+    async def _remove_cluster(self, cluster_id: str) -> tuple[int, list[str]]:
+        removed, failures = 0, []
+        try:
+            containers = await self.runtime.list_containers()
+        except RuntimeFailure as error:
+            return 0, [str(error)]
+        for container in containers:
+            if (
+                container.managed
+                and container.cluster == cluster_id
+                and container.node == self.node
+            ):
+                try:
+                    await self.runtime.remove_container(container.id)
+                    removed += 1
+                except RuntimeFailure as error:
+                    failures.append(f"{container.id[:12]}: {error}")
+        return removed, failures
+
+
+def group_by_node(containers: list[ObservedContainer]) -> dict[str, list[ObservedContainer]]:
+    groups: dict[str, list[ObservedContainer]] = {}
+    for container in containers:
+        groups.setdefault(container.node, []).append(container)
+    return groups
+
+
+def _decoded_node(entry: object) -> Node | None:
+    value = getattr(entry, "value", None)
+    if value is None:
+        return None
+    try:
+        return decode(value, Node)
+    except msgspec.DecodeError:
+        return None
+
+
+def _store_missing(error: Exception) -> bool:
+    """The store answered that the bucket is not there (wiped), as opposed to a
+    timeout or a lost connection, which say nothing about the store."""
+    return isinstance(error, NotFoundError | NoRespondersError)

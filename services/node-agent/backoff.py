@@ -34,6 +34,10 @@ class ReplicaTrack:
     exit_code: int | None = None  # of the last exit
     seen_exit: tuple[str, float | None] | None = None  # (container id, finished_at) counted
     container_id: str = ""  # the container last seen or created for it
+    # Removals that failed in a row, and when the next may be tried (apart from the
+    # restart back-off: a crash-looping replica that is unplaced goes at once).
+    removal_failures: int = 0
+    removal_not_before: float = 0.0
 
 
 def after_failure(
@@ -46,6 +50,17 @@ def after_failure(
         failures=failures,
         not_before=now + max(1.0, backoff_delay(failures)),
         phase=phase,
+        message=message,
+    )
+
+
+def after_removal_failure(track: ReplicaTrack, message: str, now: float) -> ReplicaTrack:
+    """A removal failed: report it, and retry on its own back-off."""
+    failures = track.removal_failures + 1
+    return replace(
+        track,
+        removal_failures=failures,
+        removal_not_before=now + max(1.0, backoff_delay(failures)),
         message=message,
     )
 

@@ -67,6 +67,32 @@ def group_by_replica(
     return groups
 
 
+def remove_all(
+    containers: Iterable[ObservedContainer],
+    tracks: Mapping[str, ReplicaTrack],
+    busy: frozenset[str] | set[str],
+    reason: str,
+    now: float,
+) -> Plan:
+    """Remove every container given (a node stopping its replicas), each replica on
+    its own back-off when its removal keeps failing."""
+    actions: list[Action] = []
+    new_tracks: dict[str, ReplicaTrack] = {}
+    wake_at: float | None = None
+    for replica, group in sorted(group_by_replica(containers).items()):
+        if replica in busy:
+            continue
+        track = tracks.get(replica, ReplicaTrack())
+        new_tracks[replica] = track
+        if now < track.removal_not_before:
+            at = track.removal_not_before
+            wake_at = at if wake_at is None else min(wake_at, at)
+            continue
+        ids = tuple(c.id for c in group)
+        actions.append(RemoveContainers(replica, group[0].deployment, ids, reason))
+    return Plan(actions=actions, tracks=new_tracks, wake_at=wake_at)
+
+
 def plan_actions(
     placements: Mapping[str, Placement],
     containers: Iterable[ObservedContainer],
@@ -90,14 +116,19 @@ def plan_actions(
         group = groups.get(replica, [])
         if placement is None:
             if group and replica not in busy:
-                actions.append(
-                    RemoveContainers(
-                        replica,
-                        group[0].deployment,
-                        tuple(c.id for c in group),
-                        "not placed on this node",
+                track = tracks.get(replica, ReplicaTrack())
+                new_tracks[replica] = track  # a failing removal keeps its back-off
+                if now < track.removal_not_before:
+                    wake(track.removal_not_before)
+                else:
+                    actions.append(
+                        RemoveContainers(
+                            replica,
+                            group[0].deployment,
+                            tuple(c.id for c in group),
+                            "not placed on this node",
+                        )
                     )
-                )
             continue
         track = tracks.get(replica, ReplicaTrack())
         current = sorted(
@@ -112,9 +143,13 @@ def plan_actions(
             continue
         stale = [c for c in group if c.template_hash != placement.template_hash]
         if stale or len(current) > 1:
+            # Nothing new for this replica while an old container of it may still run.
             reason = "another template is placed" if stale else "duplicate container"
             ids = tuple(c.id for c in stale) + tuple(c.id for c in current[1:])
-            actions.append(RemoveContainers(replica, placement.deployment, ids, reason))
+            if now < track.removal_not_before:
+                wake(track.removal_not_before)
+            else:
+                actions.append(RemoveContainers(replica, placement.deployment, ids, reason))
             if keep is None:
                 track = replace(track, container_id="")
             new_tracks[replica] = track

@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
-from corral import names
+from corral import names, time_budget
 from corral_node_agent.runtime import (
     ChangeCallback,
     ContainerGone,
@@ -102,6 +102,7 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         error=str(state.get("Error") or ""),
         node=labels.get(names.LABEL_NODE, ""),
         managed=labels.get(names.LABEL_MANAGED) == "true",
+        cluster=labels.get(names.LABEL_CLUSTER, ""),
     )
 
 
@@ -180,12 +181,13 @@ class DockerRuntime:
         return EngineInfo(
             cpu_millis=int(info.get("NCPU", 0)) * 1000,
             memory_bytes=int(info.get("MemTotal", 0)),
+            engine_id=str(info.get("ID") or ""),
         )
 
-    async def list_containers(self, node: str) -> list[ObservedContainer]:
+    async def list_containers(self) -> list[ObservedContainer]:
         """The list call gives each container's state; only containers that are new,
         whose state changed, or that an engine event named are inspected again."""
-        filters = {"label": [f"{names.LABEL_MANAGED}=true", f"{names.LABEL_NODE}={node}"]}
+        filters = {"label": [f"{names.LABEL_MANAGED}=true"]}
         with self._call("list containers"):
             listed = await self._docker._query_json(
                 "containers/json", params={"all": "1", "filters": json.dumps(filters)}
@@ -286,7 +288,7 @@ class DockerRuntime:
 
     async def remove_container(self, container_id: str) -> None:
         self.forget(container_id)
-        with self._call("remove"):
+        with _engine_call("remove", min(self.call_seconds, time_budget.STOP_SECONDS)):
             try:
                 await self._docker.containers.container(container_id).delete(force=True)
             except aiodocker.DockerError as error:

@@ -17,7 +17,12 @@ import anyio
 from corral import names
 from corral.state import Placement, ReplicaState
 from corral_node_agent import metrics
-from corral_node_agent.backoff import ReplicaTrack, after_failure, after_start
+from corral_node_agent.backoff import (
+    ReplicaTrack,
+    after_failure,
+    after_removal_failure,
+    after_start,
+)
 from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, StartContainer
 from corral_node_agent.runtime import (
     ContainerSpec,
@@ -42,21 +47,23 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-def container_name(node: str, replica: str) -> str:
-    """corral-<node>-<replica>: nodes sharing one engine never claim the same name."""
-    return f"corral-{node}-{replica}"
+def container_name(cluster_id: str, node: str, replica: str) -> str:
+    """corral_<node>_<replica>_<cluster>: node and replica names are DNS labels, which
+    never hold '_', so two (cluster, node, replica) never get the same name."""
+    return f"corral_{node}_{replica}_{cluster_id}"
 
 
-def container_spec(placement: Placement) -> ContainerSpec:
+def container_spec(placement: Placement, cluster_id: str) -> ContainerSpec:
     template = placement.template
     return ContainerSpec(
-        name=container_name(placement.node, placement.replica),
+        name=container_name(cluster_id, placement.node, placement.replica),
         image=template.image,
         command=template.command,
         args=template.args,
         env=dict(template.env),
         labels={
             names.LABEL_MANAGED: "true",
+            names.LABEL_CLUSTER: cluster_id,
             names.LABEL_NODE: placement.node,
             names.LABEL_DEPLOYMENT: placement.deployment,
             names.LABEL_REPLICA: placement.replica,
@@ -118,8 +125,12 @@ class Executor:
         clock: Callable[[], float] = time.time,
         max_parallel: int = 8,
         max_pulls: int = 4,
+        cluster_id: str = "",
     ) -> None:
         self.runtime = runtime
+        # The cluster whose id new containers carry (the agent changes it when an
+        # operator adopts or resets: corral_node_agent.local_record).
+        self.cluster_id = cluster_id
         self.events = events
         self.tracks = tracks  # shared with the agent, changed in place
         self.on_progress = on_progress
@@ -151,9 +162,20 @@ class Executor:
                 case RemoveContainers():
                     async with self.limiter:
                         await self._remove(action)
+                    track = self._track(action.replica)
+                    self._set(
+                        action.replica, replace(track, removal_failures=0, removal_not_before=0.0)
+                    )
                     return True
         except RuntimeFailure as error:  # the engine failed: retry later
             log.warning("%s of %s failed: %s", type(action).__name__, action.replica, error)
+            if isinstance(action, RemoveContainers):
+                message = f"removing {action.replica}: {error}"
+                self._set(
+                    action.replica,
+                    after_removal_failure(self._track(action.replica), message, self.clock()),
+                )
+                return False
             await self._failed(action.replica, None, ReplicaState.FAILED, str(error))
         except Exception as error:  # a bug or a surprise: retry later
             log.exception("action %s failed", type(action).__name__)
@@ -223,24 +245,28 @@ class Executor:
         return await self._start(placement, container_id, restart=action.restart)
 
     async def _create_container(self, placement: Placement) -> str:
-        """Create; a leftover corral container of another node holding the name is removed."""
-        spec = container_spec(placement)
+        """Create. A name conflict never removes the holder: when it is this node's own
+        container the next pass adopts it; anything else is left alone and reported."""
+        spec = container_spec(placement, self.cluster_id)
         try:
             return await self.runtime.create_container(spec)
         except NameConflict:
             holder = await self.runtime.find_container(spec.name)
-            if holder is not None and not (holder.managed and holder.node != placement.node):
-                raise  # ours (the next pass adopts it) or not corral's: never touched
-            if holder is not None:
-                log.warning(
-                    "removing %s (%s), left by node %r, which holds the name %s",
-                    holder.id[:12],
-                    holder.replica,
-                    holder.node,
-                    spec.name,
-                )
-                await self.runtime.remove_container(holder.id)
-            return await self.runtime.create_container(spec)
+            if holder is None or (
+                holder.managed
+                and holder.cluster == self.cluster_id
+                and holder.node == placement.node
+            ):
+                raise  # ours: the next pass lists and adopts it
+            owner = (
+                f"cluster {holder.cluster or 'unknown'}, node {holder.node or 'unknown'}"
+                if holder.managed
+                else "not corral's"
+            )
+            raise RuntimeFailure(
+                f"the name {spec.name} is held by container {holder.id[:12]} ({owner}); "
+                "corral never removes a container that is not its own"
+            ) from None
 
     async def _start(self, placement: Placement, container_id: str, restart: bool) -> bool:
         replica = placement.replica

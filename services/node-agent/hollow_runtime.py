@@ -3,12 +3,13 @@
 For scale tests (thousands of fake nodes in one process, like Kubernetes'
 kubemark) and as the fake engine of unit tests. Faults are injected with
 `crash`, `remove_behind_back`, `unpullable_images`, `exit_on_start`,
-`failing_images` and `available`.
+`failing_images`, `unremovable` and `available`.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from dataclasses import dataclass, field, replace
 
@@ -59,6 +60,7 @@ def _observed(container: HollowContainer) -> ObservedContainer:
         finished_at=container.finished_at,
         node=labels.get(names.LABEL_NODE, ""),
         managed=labels.get(names.LABEL_MANAGED) == "true",
+        cluster=labels.get(names.LABEL_CLUSTER, ""),
     )
 
 
@@ -71,8 +73,10 @@ class HollowRuntime:
     failing_images: dict[str, str] = field(default_factory=dict)  # create fails: message
     exit_on_start: dict[str, int] = field(default_factory=dict)  # exit at once with code
     pull_seconds: float = 0.0
+    unremovable: set[str] = field(default_factory=set)  # container ids whose removal fails
     available: bool = True
     name: str = "hollow"
+    engine_id: str = field(default_factory=lambda: f"hollow-{secrets.token_hex(6)}")
     containers: dict[str, HollowContainer] = field(default_factory=dict)
     # What the agent asked for, for tests to count.
     pulls: list[str] = field(default_factory=list)
@@ -80,6 +84,7 @@ class HollowRuntime:
     lists: int = 0
     starts: int = 0
     removes: int = 0
+    operations: list[str] = field(default_factory=list)  # "create <replica>", "remove <replica>"
     _watchers: list[tuple[str, ChangeCallback]] = field(default_factory=list)
     _outage: anyio.Event | None = None
 
@@ -106,18 +111,18 @@ class HollowRuntime:
 
     async def info(self) -> EngineInfo:
         self._check()
-        return EngineInfo(cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes)
+        return EngineInfo(
+            cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes, engine_id=self.engine_id
+        )
 
-    async def list_containers(self, node: str) -> list[ObservedContainer]:
+    async def list_containers(self) -> list[ObservedContainer]:
         self._check()
         self.lists += 1
-        found = []
-        for container in self.containers.values():
-            labels = container.spec.labels
-            if labels.get(names.LABEL_NODE) != node or labels.get(names.LABEL_MANAGED) != "true":
-                continue
-            found.append(_observed(container))
-        return found
+        return [
+            _observed(container)
+            for container in self.containers.values()
+            if container.spec.labels.get(names.LABEL_MANAGED) == "true"
+        ]
 
     async def find_container(self, name: str) -> ObservedContainer | None:
         self._check()
@@ -150,6 +155,7 @@ class HollowRuntime:
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
         self.containers[container.id] = container
         self.creates += 1
+        self.operations.append(f"create {spec.labels.get(names.LABEL_REPLICA, spec.name)}")
         return container.id
 
     async def start_container(self, container_id: str) -> None:
@@ -171,8 +177,13 @@ class HollowRuntime:
 
     async def remove_container(self, container_id: str) -> None:
         self._check()
-        if self.containers.pop(container_id, None) is not None:
+        if container_id in self.unremovable:
+            raise RuntimeFailure(f"could not kill container {container_id}: permission denied")
+        removed = self.containers.pop(container_id, None)
+        if removed is not None:
             self.removes += 1
+            replica = removed.spec.labels.get(names.LABEL_REPLICA, removed.spec.name)
+            self.operations.append(f"remove {replica}")
 
     async def watch(
         self,

@@ -2,33 +2,48 @@
 
 Every agent has an `agent_id`, written in the record: random per process, or
 given (`--agent-id`) by a supervisor that keeps it across restarts, so a restarted
-agent recognises its own record and fresh heartbeat. An agent refuses to start
-when the record of its name carries another agent's id and a fresh heartbeat,
-and stops writing (it is "displaced") when a conflicting write turns out to come
-from another agent: two agents never run one node.
+agent recognises its own record. Whether another agent is alive is judged by
+watching its record change on this agent's own clock, never by comparing the
+other host's `heartbeat_at` with ours.
+
+The heartbeat only writes: it never waits on the container engine (engine health
+is reported beside it, by the agent). `last_acked` (monotonic) is the moment of
+the last write NATS acknowledged: the agent's cut-off clock (docs/time-budget.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from corral import time_budget
 from corral.codec import decode
 from corral.kv import Bucket, Conflict, Entry, write_record
-from corral.state import Node, NodeCapacity
+from corral.state import Node
 
 log = logging.getLogger(__name__)
-
-FRESH_SECONDS = 10.0  # a heartbeat younger than this: its agent is alive
 
 
 class NodeNameTaken(Exception):
     """Another live agent runs a node of this name."""
+
+    def __init__(self, message: str, *, same_engine: bool) -> None:
+        super().__init__(message)
+        self.same_engine = same_engine
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """Another agent wrote this node's record: who, and is it on this node's engine?"""
+
+    agent_id: str
+    same_engine: bool
 
 
 def _stored_node(entry: Entry | None) -> Node | None:
@@ -40,6 +55,23 @@ def _stored_node(entry: Entry | None) -> Node | None:
         return None
 
 
+async def record_changes_within(bucket: Bucket, key: str, revision: int, window: float) -> bool:
+    """Does the record at `key` get rewritten (by its live writer) within `window` seconds?"""
+    step = max(0.05, window / 20)
+    with anyio.move_on_after(window):
+        while True:
+            await anyio.sleep(step)
+            entry = await bucket.get(key)
+            if entry is None or entry.revision != revision:
+                return entry is not None and entry.value is not None
+    return False
+
+
+def same_engine(ours: str, theirs: str) -> bool:
+    """Unknown engine ids count as the same engine: then nothing is removed."""
+    return not ours or not theirs or ours == theirs
+
+
 class NodeRecord:
     """The Node record this agent owns, written compare-and-set on every heartbeat."""
 
@@ -48,33 +80,24 @@ class NodeRecord:
         bucket: Bucket,
         node: Node,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        alive_window: float = time_budget.NODE_STALE_SECONDS,
     ) -> None:
         self.bucket = bucket
         self.node = node
         self.clock = clock
+        self.monotonic = monotonic
+        self.alive_window = alive_window
         self.revision: int | None = None
         self.loaded = False
-        self.last_written: float | None = None  # clock() of the last write that succeeded
-        self.displaced_by: str | None = None  # the agent_id that took the record over
-        self.on_displaced: Callable[[str], None] = lambda _other: None
+        self.last_acked: float | None = None  # monotonic() of the last write NATS acknowledged
+        self.displaced_by: Takeover | None = None
+        self.on_displaced: Callable[[Takeover], None] = lambda _takeover: None
 
-    def update(
-        self,
-        *,
-        ready: bool | None = None,
-        message: str | None = None,
-        capacity: NodeCapacity | None = None,
-    ) -> None:
-        """Change what the next heartbeat reports."""
-        changes: dict[str, object] = {}
-        if ready is not None:
-            changes["ready"] = ready
-        if message is not None:
-            changes["message"] = message
-        if capacity is not None:
-            changes["capacity"] = capacity
+    def update(self, **changes: object) -> None:
+        """Change what the next heartbeat reports (fields of Node)."""
         if changes:
-            self.node = _replace(self.node, **changes)
+            self.node = msgspec.structs.replace(self.node, **changes)
 
     async def claim(self) -> None:
         """Read the stored record; raise NodeNameTaken when another live agent owns it."""
@@ -82,20 +105,24 @@ class NodeRecord:
         stored = _stored_node(entry)
         if stored is not None and stored.agent_id and stored.agent_id == self.node.agent_id:
             log.info("node %s: the stored record is this agent's own (a restart)", self.node.name)
-        elif stored is not None and stored.agent_id:
-            age = self.clock() - stored.heartbeat_at
-            if age < FRESH_SECONDS:
+        elif stored is not None and stored.agent_id and entry is not None:
+            if await record_changes_within(
+                self.bucket, self.node.name, entry.revision, self.alive_window
+            ):
                 raise NodeNameTaken(
                     f"node {self.node.name!r} is already run by another node agent "
-                    f"(agent {stored.agent_id}, heartbeat {max(age, 0.0):.1f}s ago); "
-                    f"stop it, or give this agent another name with --node-name"
+                    f"(agent {stored.agent_id}, whose record changed within "
+                    f"{self.alive_window:g}s); stop it, or give this agent another name "
+                    "with --node-name",
+                    same_engine=same_engine(self.node.engine_id, stored.engine_id),
                 )
             log.info(
-                "taking node %s over from agent %s (silent for %.0fs)",
+                "taking node %s over from agent %s (its record did not change for %gs)",
                 self.node.name,
                 stored.agent_id,
-                age,
+                self.alive_window,
             )
+            entry = await self.bucket.get(self.node.name)
         self.revision = None if entry is None or entry.value is None else entry.revision
         self.loaded = True
 
@@ -104,20 +131,22 @@ class NodeRecord:
             return  # another agent owns the record now: never overwrite it
         if not self.loaded:
             await self.claim()
-        record = _replace(self.node, heartbeat_at=self.clock())
+        record = msgspec.structs.replace(self.node, heartbeat_at=self.clock())
         for _ in range(3):
             try:
                 self.revision = await write_record(
                     self.bucket, self.node.name, record, self.revision
                 )
-                self.last_written = self.clock()
+                self.last_acked = self.monotonic()
                 return
             except Conflict:
                 entry = await self.bucket.get(self.node.name)  # re-read, then retry
                 stored = _stored_node(entry)
                 if stored is not None and stored.agent_id not in ("", self.node.agent_id):
-                    self.displaced_by = stored.agent_id
-                    self.on_displaced(stored.agent_id)
+                    self.displaced_by = Takeover(
+                        stored.agent_id, same_engine(self.node.engine_id, stored.engine_id)
+                    )
+                    self.on_displaced(self.displaced_by)
                     return
                 self.revision = None if entry is None or entry.value is None else entry.revision
         log.warning("node record %s kept conflicting; next heartbeat retries", self.node.name)
@@ -126,33 +155,27 @@ class NodeRecord:
         """On a clean stop: clear agent_id, so a successor of this name starts at once."""
         if self.displaced_by is not None or self.revision is None:
             return
-        record = _replace(self.node, agent_id="", ready=False, message="node agent stopped")
+        record = msgspec.structs.replace(
+            self.node, agent_id="", ready=False, message="node agent stopped"
+        )
         try:
             self.revision = await write_record(self.bucket, self.node.name, record, self.revision)
-        except Exception as error:  # Conflict or NATS gone: a successor waits out the 10 s
+        except Exception as error:  # Conflict or NATS gone: a successor waits out the window
             log.info("releasing node record %s failed: %s", self.node.name, error)
 
     async def heartbeat(
-        self,
-        interval: float,
-        before_write: Callable[[], Awaitable[None]] | None = None,
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, interval: float, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write the record now, then every `interval` seconds, until cancelled."""
+        """Write the record now, then every `interval` seconds, until cancelled. Each
+        write is bounded by the interval, so a hung connection never delays the next."""
         started = False
         while True:
             try:
-                if before_write is not None:
-                    await before_write()
-                await self.write()
-            except Exception:
-                log.warning("heartbeat of %s failed", self.node.name, exc_info=True)
+                with anyio.fail_after(max(interval * 2, 1.0)):
+                    await self.write()
+            except Exception as error:
+                log.debug("heartbeat of %s failed: %s", self.node.name, error)
             if not started:
                 started = True
                 task_status.started()
             await anyio.sleep(interval)
-
-
-def _replace(node: Node, **changes: object) -> Node:
-    return msgspec.structs.replace(node, **changes)

@@ -52,6 +52,7 @@ class ContainerState(enum.StrEnum):
 class EngineInfo:
     cpu_millis: int
     memory_bytes: int
+    engine_id: str = ""  # the engine's own id: one engine serves one node
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class ObservedContainer:
     error: str = ""
     node: str = ""  # its io.corral.node label
     managed: bool = True  # it carries io.corral.managed=true
+    cluster: str = ""  # its io.corral.cluster label: the cluster that made it
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the
@@ -100,8 +102,9 @@ class Runtime(Protocol):
 
     async def info(self) -> EngineInfo: ...
 
-    async def list_containers(self, node: str) -> list[ObservedContainer]:
-        """Every corral container labelled with this node, running or not."""
+    async def list_containers(self) -> list[ObservedContainer]:
+        """Every container on the engine labelled io.corral.managed=true, of any
+        cluster and node, running or not (corral_node_agent.ownership sorts them)."""
         ...
 
     async def has_image(self, image: str) -> bool: ...
@@ -121,7 +124,8 @@ class Runtime(Protocol):
     async def start_container(self, container_id: str) -> None: ...
 
     async def remove_container(self, container_id: str) -> None:
-        """Kill and remove; a container already gone is not an error."""
+        """Kill and remove, within time_budget.STOP_SECONDS; a container already gone
+        is not an error."""
         ...
 
     async def watch(

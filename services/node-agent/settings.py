@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+from pathlib import Path
 
 from corral.quantity import cpu_millis, memory_bytes
 from corral_node_agent.agent import AgentSettings
@@ -33,6 +34,15 @@ def parse_labels(pairs: list[str] | None) -> dict[str, str]:
 
 
 ENV_AGENT_ID = "CORRAL_AGENT_ID"
+ENV_STATE_DIR = "CORRAL_AGENT_STATE_DIR"
+
+
+def state_dir_from_args(args: argparse.Namespace, node: str) -> Path:
+    """--state-dir, else $CORRAL_AGENT_STATE_DIR, else ~/.local/state/corral/node-agent/<node>."""
+    given = getattr(args, "state_dir", None) or os.environ.get(ENV_STATE_DIR)
+    if given:
+        return Path(given)
+    return Path.home() / ".local" / "state" / "corral" / "node-agent" / node
 
 
 def agent_id_from_args(args: argparse.Namespace) -> str:
@@ -47,8 +57,10 @@ def agent_id_from_args(args: argparse.Namespace) -> str:
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     cpu = cpu_millis(args.cpu) if args.cpu is not None else None
     memory = memory_bytes(args.memory) if args.memory is not None else None
+    node = dns_label(args.node_name) if args.node_name else default_node_name()
     return AgentSettings(
-        node_name=dns_label(args.node_name) if args.node_name else default_node_name(),
+        node_name=node,
+        state_dir=state_dir_from_args(args, node),
         labels=parse_labels(args.label),
         cpu_millis=cpu,
         memory_bytes=memory,

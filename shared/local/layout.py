@@ -64,6 +64,11 @@ class Layout:
         """The local node agent's id, kept so a restarted agent recognises its own record."""
         return self.data_dir / "agent-id"
 
+    @property
+    def agent_state_dir(self) -> Path:
+        """Where the local node agent records the cluster its node belongs to."""
+        return self.data_dir / "node-agent"
+
     def create(self) -> None:
         self.nats_store.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)

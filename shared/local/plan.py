@@ -111,6 +111,7 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
         if service == "node-agent":
             command += ["--node-name", options.node_name or local_node_name()]
             command += ["--runtime", options.runtime]
+            command += ["--state-dir", str(layout.agent_state_dir)]
             if options.docker_host:
                 command += ["--docker-host", options.docker_host]
             if agent_id:

@@ -21,11 +21,13 @@ from corral_node_agent.main import build_parser, run
 NODE = "hollow-it-1"
 
 
-def agent_args(nats_url: str) -> argparse.Namespace:
+def agent_args(nats_url: str, state_dir: Path) -> argparse.Namespace:
     return build_parser().parse_args(
         [
             "--nats",
             nats_url,
+            "--state-dir",
+            str(state_dir),
             "--metrics-port",
             "0",
             "--runtime",
@@ -64,7 +66,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
         await anyio.sleep(0.05)
 
 
-async def test_hollow_agent_over_nats(nats_url: str, buckets: dict[str, NatsBucket]) -> None:
+async def test_hollow_agent_over_nats(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
+) -> None:
     nodes = buckets[names.NODES_BUCKET]
     placements = buckets[names.PLACEMENTS_BUCKET]
     statuses = buckets[names.REPLICA_STATUS_BUCKET]
@@ -82,7 +86,7 @@ async def test_hollow_agent_over_nats(nats_url: str, buckets: dict[str, NatsBuck
         return found is not None and found.state == state
 
     async with anyio.create_task_group() as tg:
-        await tg.start(run_service, "node-agent", run, agent_args(nats_url))
+        await tg.start(run_service, "node-agent", run, agent_args(nats_url, tmp_path))
 
         # Registered, with the flags' capacity and labels, and heartbeating.
         await eventually(lambda: _ready(node))
@@ -126,7 +130,7 @@ async def _ready(node: Callable[[], Awaitable[Node | None]]) -> bool:
 
 
 async def test_a_second_agent_of_the_same_name_refuses_to_start(
-    nats_url: str, buckets: dict[str, NatsBucket]
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
 ) -> None:
     nodes = buckets[names.NODES_BUCKET]
 
@@ -134,12 +138,12 @@ async def test_a_second_agent_of_the_same_name_refuses_to_start(
         return await _ready(lambda: _node(nodes))
 
     async with anyio.create_task_group() as tg:
-        await tg.start(run_service, "node-agent", run, agent_args(nats_url))
+        await tg.start(run_service, "node-agent", run, agent_args(nats_url, tmp_path))
         await eventually(registered)
         command = [
             str(Path(sys.executable).parent / "corral-node-agent"),
             *("--nats", nats_url, "--metrics-port", "0", "--runtime", "hollow"),
-            *("--node-name", NODE),
+            *("--node-name", NODE, "--state-dir", str(tmp_path / "second")),
         ]
         done = await anyio.run_process(command, check=False)
         stderr = done.stderr.decode()

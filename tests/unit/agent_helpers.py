@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from corral import names
+from corral.codec import encode
+from corral.kv import MemoryBucket
 from corral.specs import ContainerTemplate
-from corral.state import Placement
+from corral.state import Cluster, Placement
+from corral_node_agent.agent import AgentSettings
 from corral_node_agent.runtime import ContainerState, ObservedContainer
+from corral_node_agent.safety import Budget
 
 NODE = "node-a"
+CLUSTER_ID = "c1c1c1c1c1c1c1c1"
+
+
+def fast_settings(**settings: Any) -> AgentSettings:
+    """Agent settings on a time budget scaled down for unit tests."""
+    values: dict[str, Any] = {
+        "node_name": NODE,
+        "heartbeat_seconds": 0.05,
+        "alive_window": 0.3,
+        "identity_check_seconds": 0.2,
+        "budget": Budget(isolated_after=0.3, stop_after=1.0),
+    }
+    values.update(settings)
+    return AgentSettings(**values)
+
+
+def cluster_bucket(cluster_id: str = CLUSTER_ID) -> MemoryBucket:
+    """A cluster bucket holding the identity of cluster `cluster_id`."""
+    bucket = MemoryBucket("cluster")
+    bucket._write(names.CLUSTER_KEY, encode(Cluster(id=cluster_id)))
+    return bucket
 
 
 def placement(
@@ -37,6 +65,8 @@ def container(
     exit_code: int | None = None,
     started_at: float | None = 100.0,
     finished_at: float | None = None,
+    cluster: str = CLUSTER_ID,
+    node: str = NODE,
 ) -> ObservedContainer:
     return ObservedContainer(
         id=container_id or f"id-{replica}",
@@ -50,4 +80,6 @@ def container(
         exit_code=exit_code,
         started_at=started_at,
         finished_at=finished_at,
+        cluster=cluster,
+        node=node,
     )

@@ -37,7 +37,22 @@ def test_an_unplaced_container_is_removed() -> None:
     assert plan.actions == [
         RemoveContainers("old-x1", "web", ("id-old-x1",), "not placed on this node")
     ]
-    assert plan.tracks == {}
+    assert plan.kept == {}  # tracked only for the back-off of its removal
+
+
+def test_a_failing_removal_is_retried_on_its_back_off_not_at_every_pass() -> None:
+    failed = ReplicaTrack(removal_failures=2, removal_not_before=NOW + 2)
+    plan = plan_actions({}, [container("old-x1")], {"old-x1": failed}, set(), NOW)
+    assert plan.actions == [] and plan.wake_at == NOW + 2
+    assert plan.tracks["old-x1"] == failed
+    later = plan_actions({}, [container("old-x1")], {"old-x1": failed}, set(), NOW + 2)
+    assert [type(a) for a in later.actions] == [RemoveContainers]
+
+
+def test_a_crash_loop_back_off_never_delays_the_removal_of_an_unplaced_replica() -> None:
+    crashing = ReplicaTrack(failures=6, not_before=NOW + 60)
+    plan = plan_actions({}, [container("old-x1")], {"old-x1": crashing}, set(), NOW)
+    assert [type(a) for a in plan.actions] == [RemoveContainers]
 
 
 def test_a_container_of_another_template_is_removed_before_a_new_one_is_created() -> None:

@@ -13,7 +13,7 @@ from corral_node_agent.docker_runtime import (
 )
 from corral_node_agent.executor import container_spec
 from corral_node_agent.runtime import ContainerState
-from tests.unit.agent_helpers import placement
+from tests.unit.agent_helpers import CLUSTER_ID, placement
 
 
 def test_docker_times() -> None:
@@ -25,8 +25,8 @@ def test_docker_times() -> None:
 
 def test_create_body_has_labels_limits_and_no_restart_policy() -> None:
     p = placement("web-a1", args=["sleep", "60"])
-    spec = container_spec(p)
-    assert spec.name == "corral-node-a-web-a1"
+    spec = container_spec(p, CLUSTER_ID)
+    assert spec.name == f"corral_node-a_web-a1_{CLUSTER_ID}"
     body = container_config(spec)
     assert body["Image"] == "corral-test/busybox:1"
     assert body["Cmd"] == ["sleep", "60"]
@@ -34,6 +34,7 @@ def test_create_body_has_labels_limits_and_no_restart_policy() -> None:
     assert body["HostConfig"] == {"RestartPolicy": {"Name": "no"}}
     assert body["Labels"] == {
         names.LABEL_MANAGED: "true",
+        names.LABEL_CLUSTER: CLUSTER_ID,
         names.LABEL_NODE: "node-a",
         names.LABEL_DEPLOYMENT: "web",
         names.LABEL_REPLICA: "web-a1",
@@ -50,7 +51,7 @@ def test_limits_become_nano_cpus_and_memory() -> None:
     )
     p = placement("web-a1")
     p = msgspec.structs.replace(p, template=template)
-    body = container_config(container_spec(p))
+    body = container_config(container_spec(p, CLUSTER_ID))
     assert body["HostConfig"]["NanoCpus"] == 1_500_000_000
     assert body["HostConfig"]["Memory"] == 128 * 2**20
     assert body["Entrypoint"] == ["run"]

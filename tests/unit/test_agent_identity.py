@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import pytest
 
 from corral.codec import decode, encode
@@ -36,15 +37,35 @@ async def test_a_restarted_agent_with_the_same_id_takes_its_own_fresh_record() -
     assert entry is not None and entry.value is not None
     stored = decode(entry.value, Node)
     assert stored.agent_id == "kept-id"
-    assert record.last_written is not None and record.displaced_by is None
+    assert record.last_acked is not None and record.displaced_by is None
 
 
-async def test_a_different_agent_with_a_fresh_record_is_still_refused() -> None:
+async def test_a_different_agent_whose_record_keeps_changing_is_still_refused() -> None:
     bucket = MemoryBucket("nodes")
     await bucket.put(NODE, encode(node("the-other", heartbeat_at=time.time() - 1)))
-    record = NodeRecord(bucket, node("kept-id"))
-    with pytest.raises(NodeNameTaken, match="the-other"):
-        await record.claim()
+    record = NodeRecord(bucket, node("kept-id"), alive_window=0.5)
+
+    async def heartbeats() -> None:
+        while True:
+            await anyio.sleep(0.05)
+            await bucket.put(NODE, encode(node("the-other")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeats)
+        with pytest.raises(NodeNameTaken, match="the-other"):
+            await record.claim()
+        tg.cancel_scope.cancel()
+
+
+async def test_a_record_that_does_not_change_is_taken_over_whatever_its_clock_says() -> None:
+    bucket = MemoryBucket("nodes")
+    await bucket.put(NODE, encode(node("the-other", heartbeat_at=time.time() + 3600)))
+    record = NodeRecord(bucket, node("kept-id"), alive_window=0.3)
+    await record.claim()
+    await record.write()
+    entry = await bucket.get(NODE)
+    assert entry is not None and entry.value is not None
+    assert decode(entry.value, Node).agent_id == "kept-id"
 
 
 def test_agent_id_comes_from_the_flag_then_the_environment_then_chance(

@@ -14,9 +14,9 @@ from corral import names
 from corral.codec import decode, encode
 from corral.kv import MemoryBucket
 from corral.state import Node, Placement, ReplicaState, ReplicaStatus
-from corral_node_agent.agent import AgentSettings, NodeAgent
+from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
-from tests.unit.agent_helpers import NODE, placement
+from tests.unit.agent_helpers import NODE, cluster_bucket, fast_settings, placement
 
 IMAGE = "corral-test/busybox:1"
 
@@ -48,14 +48,16 @@ class World:
     statuses: MemoryBucket
     events: RecordedEvents
     health: dict[str, bool]
+    cluster: MemoryBucket = field(default_factory=cluster_bucket)
 
     def agent(self, **settings: object) -> NodeAgent:
         return NodeAgent(
-            AgentSettings(node_name=NODE, heartbeat_seconds=0.1, **settings),  # type: ignore[arg-type]
+            fast_settings(**settings),
             self.runtime,
             placements=self.placements,
             nodes=self.nodes,
             statuses=self.statuses,
+            cluster=self.cluster,
             events=self.events,
             health=self.health,
         )
@@ -127,7 +129,7 @@ async def test_runs_a_placement_and_reports_running(world: World) -> None:
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         (container,) = world.runtime.running(NODE)
-        assert container.spec.name == "corral-node-a-web-a1"
+        assert container.spec.name == "corral_node-a_web-a1_c1c1c1c1c1c1c1c1"
         assert container.spec.labels[names.LABEL_REPLICA] == "web-a1"
         assert container.spec.labels[names.LABEL_NODE] == NODE
         status = world.status("web-a1")
@@ -220,13 +222,13 @@ async def test_a_restart_adopts_and_fences(world: World) -> None:
     # While it was down: web-b2 moved away, web-c3 arrived.
     await world.unplace("web-b2")
     await world.place(placement("web-c3"))
+    world.runtime.operations.clear()
     async with anyio.create_task_group() as tg:
         agent = world.agent()
         await tg.start(agent.run)
-        # Fencing is done by the time the agent reports started.
-        replicas = {c.spec.labels[names.LABEL_REPLICA] for c in world.runtime.containers.values()}
-        assert "web-b2" not in replicas
-        await eventually(lambda: len(world.runtime.running(NODE)) == 2)
+        await eventually(lambda: state_of(world, "web-c3") == ReplicaState.RUNNING)
+        # Fencing: what is no longer placed here went before anything was created.
+        assert world.runtime.operations == ["remove web-b2", "create web-c3"]
         after = {c.spec.labels[names.LABEL_REPLICA]: c.id for c in world.runtime.running(NODE)}
         assert after["web-a1"] == before["web-a1"]
         assert set(after) == {"web-a1", "web-c3"}

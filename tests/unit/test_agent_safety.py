@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import pytest
@@ -16,10 +17,10 @@ from corral import names
 from corral.codec import encode
 from corral.kv import Entry, MemoryBucket
 from corral.state import Node, NodeCapacity, ReplicaState
-from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
+from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.diff import StartContainer
 from corral_node_agent.docker_runtime import DockerRuntime
-from corral_node_agent.executor import Executor
+from corral_node_agent.executor import Executor, container_name
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.runtime import (
     ContainerSpec,
@@ -27,8 +28,9 @@ from corral_node_agent.runtime import (
     ObservedContainer,
     RuntimeFailure,
 )
+from corral_node_agent.safety import Mode
 from corral_node_agent.status_book import StatusBook
-from tests.unit.agent_helpers import NODE, placement
+from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, fast_settings, placement
 from tests.unit.test_agent_loop import IMAGE, RecordedEvents, World, eventually, state_of
 
 
@@ -38,6 +40,7 @@ class FlakyBucket(MemoryBucket):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.failing_writes = False
+        self.failing_gets = False
         self.failing_deletes = 0
         self.failing_watches = 0
         self.watches = 0
@@ -45,6 +48,11 @@ class FlakyBucket(MemoryBucket):
     def _fail(self) -> None:
         if self.failing_writes:
             raise ConnectionError("nats: connection closed")
+
+    async def get(self, key: str) -> Entry | None:
+        if self.failing_gets:
+            raise TimeoutError("nats: timeout")
+        return await super().get(key)
 
     async def create(self, key: str, value: bytes) -> int:
         self._fail()
@@ -69,6 +77,13 @@ class FlakyBucket(MemoryBucket):
             yield item
 
 
+def flaky_cluster() -> FlakyBucket:
+    bucket = FlakyBucket("cluster")
+    bucket.items.update(cluster_bucket().items)
+    bucket.revision = 1
+    return bucket
+
+
 @dataclass
 class Rig:
     runtime: HollowRuntime = field(default_factory=lambda: HollowRuntime(images={IMAGE}))
@@ -78,18 +93,28 @@ class Rig:
     events: RecordedEvents = field(default_factory=RecordedEvents)
     health: dict[str, bool] = field(default_factory=dict)
 
+    cluster: FlakyBucket = field(default_factory=flaky_cluster)
+    state_dir: Path | None = None
+
     def world(self) -> World:
         return World(
-            self.runtime, self.placements, self.nodes, self.statuses, self.events, self.health
+            self.runtime,
+            self.placements,
+            self.nodes,
+            self.statuses,
+            self.events,
+            self.health,
+            self.cluster,
         )
 
     def agent(self, **settings: object) -> NodeAgent:
         return NodeAgent(
-            AgentSettings(node_name=NODE, heartbeat_seconds=0.05, **settings),  # type: ignore[arg-type]
+            fast_settings(state_dir=self.state_dir, **settings),
             self.runtime,
             placements=self.placements,
             nodes=self.nodes,
             statuses=self.statuses,
+            cluster=self.cluster,
             events=self.events,
             health=self.health,
         )
@@ -169,23 +194,34 @@ def raised(error: BaseException, kind: type[BaseException]) -> BaseException | N
     return None
 
 
+async def keep_writing(bucket: MemoryBucket, value: bytes, key: str = NODE) -> None:
+    """Another live agent: its record changes every 50 ms."""
+    while True:
+        await bucket.put(key, value)
+        await anyio.sleep(0.05)
+
+
 async def test_a_live_agent_of_the_same_name_makes_the_second_refuse() -> None:
     rig = Rig()
     await rig.placements.put(key("web-a1"), encode(placement("web-a1")))
-    await rig.nodes.put(NODE, other_agents_node(time.time() - 1))
+    # Its heartbeat_at lies (another host's clock, an hour behind): only changes count.
+    record = other_agents_node(time.time() - 3600)
     with pytest.raises(BaseException) as caught:
-        async with running(rig.agent()):
-            pass
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_writing, rig.nodes, record)
+            async with running(rig.agent()):
+                pass
     error = raised(caught.value, NodeNameTaken)
     assert error is not None, caught.value
     assert repr(NODE) in str(error) and "another node agent" in str(error)
     assert "--node-name" in str(error)
-    assert rig.runtime.creates == 0 and rig.runtime.lists == 0  # it touched nothing
+    assert rig.runtime.creates == 0 and rig.runtime.removes == 0  # it touched nothing
 
 
 async def test_a_silent_agent_of_the_same_name_is_taken_over() -> None:
     rig = Rig()
-    await rig.nodes.put(NODE, other_agents_node(time.time() - 60))
+    # Its heartbeat_at lies (another host's clock, an hour ahead): only changes count.
+    await rig.nodes.put(NODE, other_agents_node(time.time() + 3600))
     async with running(rig.agent()) as agent:
         world = rig.world()
         await eventually(
@@ -204,7 +240,7 @@ async def test_another_agent_taking_the_record_over_stops_this_one() -> None:
         assert world.node().agent_id == agent.agent_id  # type: ignore[union-attr]
         await rig.nodes.put(NODE, other_agents_node(time.time()))  # a second agent writes
         await eventually(lambda: rig.health.get("node_name") is False)
-        assert agent.displaced
+        await eventually(lambda: agent.mode == Mode.HANDED_OVER)
         await world.place(placement("web-a1"))
         await agent.reconcile_once()
         await agent.record.write()
@@ -232,11 +268,11 @@ async def test_startup_survives_nats_timeouts_and_a_failing_first_pass() -> None
     class StumblingRuntime(HollowRuntime):
         stumbles = 1
 
-        async def list_containers(self, node: str) -> list[ObservedContainer]:
+        async def list_containers(self) -> list[ObservedContainer]:
             if self.stumbles:
                 self.stumbles -= 1
                 raise ConnectionResetError("engine hiccup")
-            return await super().list_containers(node)
+            return await super().list_containers()
 
     rig.runtime = StumblingRuntime(images={IMAGE})
     world = rig.world()
@@ -249,7 +285,7 @@ async def test_startup_survives_nats_timeouts_and_a_failing_first_pass() -> None
 async def test_docker_runtime_turns_engine_trouble_into_its_own_errors() -> None:
     gone = DockerRuntime("unix:///nonexistent/docker.sock")
     try:
-        for call in (gone.ping(), gone.info(), gone.list_containers(NODE), gone.has_image("x")):
+        for call in (gone.ping(), gone.info(), gone.list_containers(), gone.has_image("x")):
             with pytest.raises(EngineUnavailable):
                 await call
         with pytest.raises(RuntimeFailure):
@@ -267,7 +303,7 @@ async def test_docker_runtime_turns_engine_trouble_into_its_own_errors() -> None
                 with pytest.raises(EngineUnavailable, match="no answer"):
                     await silent.ping()
                 with pytest.raises(EngineUnavailable):
-                    await silent.list_containers(NODE)
+                    await silent.list_containers()
         finally:
             await silent.close()
 
@@ -296,62 +332,78 @@ async def test_a_status_is_forgotten_only_after_its_delete_succeeded() -> None:
 # 5. Container names.
 
 
-async def test_a_leftover_of_another_node_holding_the_name_is_removed() -> None:
+async def test_a_container_of_another_cluster_holding_the_name_is_never_removed() -> None:
     rig = Rig()
     world = rig.world()
-    name = f"corral-{NODE}-web-a1"
-    leftover = await rig.runtime.create_container(
+    name = container_name(CLUSTER_ID, NODE, "web-a1")
+    holder = await rig.runtime.create_container(
         ContainerSpec(
             name=name,
             image=IMAGE,
-            labels={names.LABEL_MANAGED: "true", names.LABEL_NODE: "old-node"},
+            labels={
+                names.LABEL_MANAGED: "true",
+                names.LABEL_CLUSTER: "0123456789abcdef",
+                names.LABEL_NODE: NODE,
+            },
         )
-    )
-    async with running(rig.agent()):
-        await world.place(placement("web-a1"))
-        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
-    assert leftover not in rig.runtime.containers
-    (container,) = rig.runtime.running(NODE)
-    assert container.spec.name == name
-
-
-async def test_a_foreign_container_holding_the_name_is_never_removed() -> None:
-    rig = Rig()
-    world = rig.world()
-    foreign = await rig.runtime.create_container(
-        ContainerSpec(name=f"corral-{NODE}-web-a1", image=IMAGE)
     )
     async with running(rig.agent()):
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.FAILED)
         status = world.status("web-a1")
-        assert status is not None and "already in use" in status.message
+        assert status is not None and "held by container" in status.message
+        assert "cluster 0123456789abcdef" in status.message
+    assert holder in rig.runtime.containers
+
+
+async def test_a_container_not_of_corral_holding_the_name_is_never_removed() -> None:
+    rig = Rig()
+    world = rig.world()
+    foreign = await rig.runtime.create_container(
+        ContainerSpec(name=container_name(CLUSTER_ID, NODE, "web-a1"), image=IMAGE)
+    )
+    async with running(rig.agent()):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.FAILED)
+        status = world.status("web-a1")
+        assert status is not None and "not corral's" in status.message
     assert foreign in rig.runtime.containers
 
 
-# 6. Fencing after a partition.
+def test_container_names_of_different_nodes_and_replicas_never_collide() -> None:
+    # With '-' as the only separator, node "a-b" + replica "c-d" and node "a" +
+    # replica "b-c-d" were both corral-a-b-c-d.
+    assert container_name(CLUSTER_ID, "a-b", "c-d") != container_name(CLUSTER_ID, "a", "b-c-d")
+    assert container_name(CLUSTER_ID, "a", "b") != container_name("0123456789abcdef", "a", "b")
 
 
-async def test_after_a_partition_it_only_removes_until_its_placements_are_current() -> None:
+# 6. Cut off from NATS.
+
+
+async def test_cut_off_it_starts_nothing_then_stops_its_replicas_at_f_and_resumes() -> None:
     rig = Rig()
     world = rig.world()
-    async with running(rig.agent(fence_grace_seconds=0.3)) as agent:
+    async with running(rig.agent()) as agent:
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
-        assert agent.fenced and agent.watches == 1
+        assert agent.mode == Mode.ACTIVE and agent.watches == 1
         (first,) = rig.runtime.running(NODE)
 
         rig.nodes.failing_writes = True  # heartbeats fail: cut off from NATS
-        await eventually(lambda: agent.cut_off and not agent.fenced)
+        await eventually(lambda: agent.mode == Mode.ISOLATED)
         starts = rig.runtime.starts
         rig.runtime.crash(first.id)
         await world.place(placement("web-b2"))
         await passes_after(agent)
-        assert rig.runtime.starts == starts  # no restart while unfenced
+        assert rig.runtime.starts == starts  # no restart while isolated
         assert rig.runtime.creates == 1  # and no create
 
+        # Past F: the agent removes its replicas itself (the scheduler has replaced them).
+        await eventually(lambda: agent.mode == Mode.STOPPING)
+        await eventually(lambda: not rig.runtime.containers)
+
         rig.nodes.failing_writes = False  # back
-        await eventually(lambda: agent.fenced)
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
         assert agent.watches == 2  # a new watch delivered a new snapshot first
         await eventually(lambda: len(rig.runtime.running(NODE)) == 2)
 
@@ -390,7 +442,7 @@ async def test_a_failed_start_is_not_counted_as_a_restart() -> None:
     p = placement("web-a1")
     from corral_node_agent.executor import container_spec
 
-    container_id = await runtime.create_container(container_spec(p))
+    container_id = await runtime.create_container(container_spec(p, CLUSTER_ID))
     restart = StartContainer("web-a1", p, container_id, restart=True)
     assert await executor.execute(restart) is False
     assert executor._track("web-a1").restarts == 0

@@ -1,0 +1,303 @@
+"""Whose containers an agent may touch: cluster identity, a store it does not
+recognise, operator decisions, hung engines, failing removals, renamed, refused and
+displaced agents (docs/safety.md). Hollow runtime and in-memory buckets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from corral import names
+from corral.codec import encode
+from corral.specs import NodeDecision
+from corral.state import Node, NodeCapacity, ReplicaState
+from corral_node_agent.hollow_runtime import HollowRuntime
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile
+from corral_node_agent.node_record import NodeNameTaken
+from corral_node_agent.runtime import ContainerSpec
+from corral_node_agent.safety import Mode
+from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, placement
+from tests.unit.test_agent_loop import IMAGE, eventually, state_of
+from tests.unit.test_agent_safety import Rig, keep_writing, passes_after, raised, running
+
+OLD_CLUSTER = "0123456789abcdef"
+
+
+async def made_by(
+    runtime: HollowRuntime,
+    replica: str,
+    *,
+    cluster: str = CLUSTER_ID,
+    node: str = NODE,
+    deployment: str = "web",
+) -> str:
+    """A running container as an agent of `cluster` and `node` made it."""
+    p = placement(replica, deployment=deployment)
+    container_id = await runtime.create_container(
+        ContainerSpec(
+            name=f"made-{cluster}-{node}-{replica}",
+            image=IMAGE,
+            labels={
+                names.LABEL_MANAGED: "true",
+                names.LABEL_CLUSTER: cluster,
+                names.LABEL_NODE: node,
+                names.LABEL_DEPLOYMENT: deployment,
+                names.LABEL_REPLICA: replica,
+                names.LABEL_TEMPLATE_HASH: p.template_hash,
+            },
+        )
+    )
+    await runtime.start_container(container_id)
+    return container_id
+
+
+def belonging_to(tmp_path: Path, cluster_id: str) -> Path:
+    """A state dir whose local record says this node belongs to `cluster_id`."""
+    LocalRecordFile(tmp_path).save(LocalRecord(node=NODE, cluster_id=cluster_id))
+    return tmp_path
+
+
+def stored_node(rig: Rig) -> Node:
+    node = rig.world().node()
+    assert node is not None
+    return node
+
+
+# Cluster identity.
+
+
+async def test_containers_of_another_cluster_on_the_engine_are_left_alone_and_counted() -> None:
+    rig = Rig()
+    theirs = await made_by(rig.runtime, "web-zz", cluster=OLD_CLUSTER)
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        await passes_after(agent)
+        await eventually(lambda: stored_node(rig).foreign_containers == 1)
+    assert theirs in rig.runtime.containers and rig.runtime.removes == 0
+
+
+async def test_the_first_store_an_agent_reads_becomes_its_cluster(tmp_path: Path) -> None:
+    rig = Rig(state_dir=tmp_path)
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+    record = LocalRecordFile(tmp_path).load()
+    assert record is not None and record.cluster_id == CLUSTER_ID
+
+
+async def test_a_store_of_another_cluster_holds_the_agent_and_nothing_is_touched(
+    tmp_path: Path,
+) -> None:
+    # The store was lost and made anew: its cluster id is not the one this node recorded.
+    rig = Rig(state_dir=belonging_to(tmp_path, OLD_CLUSTER))
+    ours = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    await rig.world().place(placement("web-b2"))
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.HELD)
+        await passes_after(agent)
+        node = stored_node(rig)
+        assert node.mode == "Held" and not node.ready
+        assert "corral node adopt" in node.message and OLD_CLUSTER in node.message
+        assert "Held" in rig.events.reasons()
+    assert ours in rig.runtime.containers
+    assert rig.runtime.removes == 0 and rig.runtime.creates == 1  # only made_by's
+
+
+async def test_a_store_without_an_identity_holds_the_agent(tmp_path: Path) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, CLUSTER_ID))
+    ours = await made_by(rig.runtime, "web-a1")
+    await rig.cluster.delete(names.CLUSTER_KEY)  # purged: an empty store says "remove all"
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.HELD)
+        await passes_after(agent)
+        assert "no cluster identity" in stored_node(rig).message
+    assert ours in rig.runtime.containers and rig.runtime.removes == 0
+
+
+async def test_a_store_swapped_under_a_running_agent_holds_it(tmp_path: Path) -> None:
+    rig = Rig(state_dir=tmp_path)
+    world = rig.world()
+    await world.place(placement("web-a1"))
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        # The store is lost and made anew: a new identity, no placements.
+        await rig.cluster.put(
+            names.CLUSTER_KEY, cluster_bucket(OLD_CLUSTER).items[names.CLUSTER_KEY].value or b""
+        )
+        await eventually(lambda: agent.mode == Mode.HELD)
+        await world.unplace("web-a1")
+        await passes_after(agent)
+    assert len(rig.runtime.running(NODE)) == 1 and rig.runtime.removes == 0
+
+
+# Operator decisions.
+
+
+async def test_adopt_keeps_the_old_containers_as_orphans_until_a_placement_claims_them(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, OLD_CLUSTER))
+    world = rig.world()
+    kept = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.HELD)
+        reply = await agent.decide("adopt", encode(NodeDecision(node=NODE)))
+        assert reply.ok, reply.error
+        assert OLD_CLUSTER in reply.message and "orphans" in reply.message
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        await eventually(lambda: [o.replica for o in stored_node(rig).orphans] == ["web-a1"])
+        assert kept in rig.runtime.containers  # not placed, and still not removed
+
+        await world.place(placement("web-a1"))  # a Deployment claims it
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await eventually(lambda: stored_node(rig).orphans == [])
+        status = world.status("web-a1")
+        assert status is not None and status.container_id == kept  # the same container
+    record = LocalRecordFile(tmp_path).load()
+    assert record is not None and record.cluster_id == CLUSTER_ID
+    assert record.adopted == [OLD_CLUSTER]
+
+
+async def test_reset_removes_the_old_clusters_containers_and_resumes(tmp_path: Path) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, OLD_CLUSTER))
+    world = rig.world()
+    old = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    foreign = await made_by(rig.runtime, "web-zz", cluster="fedcba9876543210")
+    await world.place(placement("web-b2"))
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.HELD)
+        reply = await agent.decide("reset", encode(NodeDecision(node=NODE)))
+        assert reply.ok and "removed 1 containers" in reply.message
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+    assert old not in rig.runtime.containers and foreign in rig.runtime.containers
+
+
+@pytest.mark.parametrize(
+    ("verb", "payload", "error"),
+    [
+        ("adopt", b"{}", "node"),
+        ("adopt", b'{"node": "other-node"}', "not 'other-node'"),
+        ("adopt", b'{"node": "node-a", "clusterId": "nope"}', "clusterId"),
+        ("adopt", b"[[[", "invalid NodeDecision"),
+        ("eject", b'{"node": "node-a"}', "unknown decision"),
+        ("adopt", b'{"node": "node-a"}', "already belongs"),
+    ],
+)
+async def test_a_bad_decision_is_refused_and_changes_nothing(
+    verb: str, payload: bytes, error: str
+) -> None:
+    rig = Rig()
+    ours = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        reply = await agent.decide(verb, payload)
+        assert not reply.ok and error in reply.error
+    assert ours in rig.runtime.containers and agent.adopted == frozenset()
+
+
+# The engine and removals.
+
+
+async def test_heartbeats_never_wait_on_a_hanging_engine() -> None:
+    class HangingRuntime(HollowRuntime):
+        async def ping(self) -> None:
+            await anyio.sleep_forever()
+
+    rig = Rig(runtime=HangingRuntime(images={IMAGE}))
+    async with running(rig.agent()) as agent:
+        first = agent.record.revision or 0
+        await eventually(lambda: (agent.record.revision or 0) >= first + 5)
+        assert agent.mode != Mode.ISOLATED
+
+
+async def test_a_container_that_cannot_be_removed_does_not_stop_the_node() -> None:
+    rig = Rig()
+    world = rig.world()
+    stuck = await made_by(rig.runtime, "old-x1")
+    rig.runtime.unremovable.add(stuck)
+    await world.place(placement("web-a1"))
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await eventually(lambda: stored_node(rig).failing_removals == 1)
+        removes = rig.runtime.removes
+        await passes_after(agent, 3)
+        rig.runtime.unremovable.clear()
+        await eventually(lambda: stuck not in rig.runtime.containers)
+        await eventually(lambda: stored_node(rig).failing_removals == 0)
+    assert removes == 0
+
+
+# Renamed, refused and displaced agents.
+
+
+def node_record(agent_id: str, engine_id: str, name: str = NODE) -> bytes:
+    return encode(
+        Node(
+            name=name,
+            capacity=NodeCapacity(cpu_millis=1000, memory_bytes=2**30),
+            agent_id=agent_id,
+            engine_id=engine_id,
+        )
+    )
+
+
+async def test_leftovers_of_a_node_that_ran_on_this_engine_before_are_removed() -> None:
+    rig = Rig()
+    renamed = await made_by(rig.runtime, "web-r1", node="old-name")
+    await rig.nodes.put("old-name", node_record("gone", rig.runtime.engine_id, "old-name"))
+    elsewhere = await made_by(rig.runtime, "web-e1", node="shared-engine")
+    await rig.nodes.put("shared-engine", node_record("x", "another-engine", "shared-engine"))
+    alive = await made_by(rig.runtime, "web-l1", node="live-one")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            keep_writing,
+            rig.nodes,
+            node_record("live", rig.runtime.engine_id, "live-one"),
+            "live-one",
+        )
+        async with running(rig.agent()):
+            await eventually(lambda: renamed not in rig.runtime.containers)
+        tg.cancel_scope.cancel()
+    assert elsewhere in rig.runtime.containers and alive in rig.runtime.containers
+
+
+async def test_refused_by_a_live_agent_on_another_engine_it_removes_its_copies() -> None:
+    rig = Rig()
+    copy = await made_by(rig.runtime, "web-a1")
+    with pytest.raises(BaseException) as caught:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_writing, rig.nodes, node_record("other", "another-engine"))
+            async with running(rig.agent()):
+                pass
+    assert raised(caught.value, NodeNameTaken) is not None
+    assert copy not in rig.runtime.containers
+
+
+async def test_displaced_by_an_agent_on_another_engine_it_removes_its_copies() -> None:
+    rig = Rig()
+    world = rig.world()
+    await world.place(placement("web-a1"))
+    async with running(rig.agent()) as agent:
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await rig.nodes.put(NODE, node_record("other", "another-engine"))
+        await eventually(lambda: agent.mode == Mode.RETIRED)
+        await eventually(lambda: not rig.runtime.containers)
+
+
+async def test_a_restarted_agent_that_never_reaches_nats_stops_its_replicas_at_f(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, CLUSTER_ID))
+    ours = await made_by(rig.runtime, "web-a1")
+    foreign = await made_by(rig.runtime, "web-zz", cluster=OLD_CLUSTER)
+    rig.cluster.failing_gets = True  # every read and write times out
+    rig.nodes.failing_gets = True
+    rig.nodes.failing_writes = True
+    async with anyio.create_task_group() as tg:
+        agent = rig.agent()
+        tg.start_soon(agent.run)
+        await eventually(lambda: agent.mode == Mode.STOPPING)
+        await eventually(lambda: ours not in rig.runtime.containers)
+        tg.cancel_scope.cancel()
+    assert foreign in rig.runtime.containers
