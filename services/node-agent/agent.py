@@ -49,7 +49,7 @@ from corral_node_agent.diff import (
 )
 from corral_node_agent.executor import EventSink, Executor
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
-from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover, record_changes_within
+from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.replica_status import replica_status
 from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
@@ -91,6 +91,8 @@ class AgentSettings:
     # Another agent's record that does not change for this long: that agent is gone.
     alive_window: float = time_budget.NODE_STALE_SECONDS
     identity_check_seconds: float = 5.0
+    # Leftovers of another node on this engine go when its record is silent this long.
+    leftovers_after: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
     # Where the agent records the cluster this node belongs to; None: in memory only.
     state_dir: Path | None = None
     # Who writes this node's record: random per process unless given (--agent-id), so a
@@ -177,7 +179,7 @@ class NodeAgent:
         self.watches = 0  # placements watches started
         self.removal_failures = 0
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
-        self._renamed_checked = False
+        self._others_seen: dict[str, _Seen] = {}  # other nodes with containers on this engine
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
         self._running = 0  # this agent's share of the replicas_running gauge
@@ -641,9 +643,8 @@ class NodeAgent:
             return
         if not allowed.create:
             return
-        if not self._renamed_checked:
-            self._renamed_checked = True
-            await self._remove_renamed_leftovers(owned.other_nodes)
+        if owned.other_nodes:
+            await self._remove_leftovers_of_other_nodes(owned.other_nodes)
         # A placement that does not decode is neither placed nor deleted: its
         # replica is left alone (never removed, restarted, or given a status).
         unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
@@ -698,33 +699,44 @@ class NodeAgent:
         ]
         self.record.update(foreign_containers=len(owned.foreign), orphans=orphans)
 
-    async def _remove_renamed_leftovers(self, others: list[ObservedContainer]) -> None:
-        """Containers of this cluster on this engine under another node's name: that
-        node ran on this engine before (it was renamed, or released). Its replicas are
-        placed elsewhere by now, so its leftovers go, unless its agent is alive or it
-        is a node of another engine sharing this one."""
+    async def _remove_leftovers_of_other_nodes(self, others: list[ObservedContainer]) -> None:
+        """Containers of this cluster on this engine under another node's name: a node
+        that ran on this engine before (renamed, released, or gone). They are removed
+        when that node's record is gone (released), or has not changed for R' on this
+        agent's clock: by then its own agent, had it been alive but cut off, would have
+        stopped them itself at F, and the scheduler has replaced them. A node of
+        another engine sharing this one is left alone."""
         if not self.engine_id:
             return
-        for other, group in group_by_node(others).items():
+        now = self.monotonic()
+        groups = group_by_node(others)
+        for gone in set(self._others_seen) - set(groups):
+            del self._others_seen[gone]
+        for other, group in groups.items():
+            seen = self._others_seen.get(other)
+            if seen is not None and now - seen.looked_at < self.settings.heartbeat_seconds:
+                continue
             try:
                 entry = await self._nodes_bucket.get(other)
-                stored = _decoded_node(entry)
-                if stored is not None and stored.engine_id != self.engine_id:
-                    continue
-                if stored is not None and entry is not None:
-                    if await record_changes_within(
-                        self._nodes_bucket, other, entry.revision, self.settings.alive_window
-                    ):
-                        continue
-                log.warning(
-                    "removing %d containers of node %s, which ran on this engine before",
-                    len(group),
-                    other,
-                )
-                for container in group:
+            except Exception as error:  # NATS trouble: look again later
+                log.debug("reading node %s failed: %s", other, error)
+                continue
+            stored = _decoded_node(entry)
+            if stored is not None and stored.engine_id != self.engine_id:
+                continue
+            revision = 0 if entry is None or entry.value is None else entry.revision
+            if seen is None or seen.revision != revision:
+                seen = _Seen(revision=revision, since=now, looked_at=now)
+            self._others_seen[other] = _Seen(seen.revision, seen.since, now)
+            if revision and now - seen.since <= self.settings.leftovers_after:
+                continue
+            why = "was released" if not revision else "has been silent past R'"
+            log.warning("removing %d containers of node %s, which %s", len(group), other, why)
+            for container in group:
+                try:
                     await self.runtime.remove_container(container.id)
-            except Exception as error:
-                log.warning("leftovers of node %s not removed: %s", other, error)
+                except RuntimeFailure as error:
+                    log.warning("removing %s failed: %s", container.id[:12], error)
 
     def _dispatch(self, action: Action) -> None:
         assert self._task_group is not None
@@ -845,6 +857,13 @@ class NodeAgent:
                 except RuntimeFailure as error:
                     failures.append(f"{container.id[:12]}: {error}")
         return removed, failures
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    revision: int  # of that node's record (0: none)
+    since: float  # monotonic: when this agent first saw that revision
+    looked_at: float
 
 
 def group_by_node(containers: list[ObservedContainer]) -> dict[str, list[ObservedContainer]]:

@@ -23,6 +23,7 @@ def fast_settings(**settings: Any) -> AgentSettings:
         "node_name": NODE,
         "heartbeat_seconds": 0.05,
         "alive_window": 0.3,
+        "leftovers_after": 0.5,
         "identity_check_seconds": 0.2,
         "budget": Budget(isolated_after=0.3, stop_after=1.0),
     }
