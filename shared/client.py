@@ -30,10 +30,12 @@ from nats.js import errors as js_errors
 
 from corral import names
 from corral.codec import decode, encode
+from corral.config import nats_servers
 from corral.events import Event, Reply
 from corral.kv import NatsBucket
 from corral.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.time_budget import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_SECONDS
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -119,10 +121,14 @@ class CorralClient:
         nc = NATS()
         failure: BaseException | None = None
         try:
+            # Several addresses (a cluster) reach nats-py as a list, never comma-joined.
+            servers = nats_servers(url)
             with anyio.fail_after(timeout):
                 await nc.connect(
-                    url,
+                    servers=servers,
                     name=name,
+                    ping_interval=NATS_PING_SECONDS,  # type: ignore[arg-type]
+                    max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
                     connect_timeout=max(1, int(timeout)),
                     allow_reconnect=False,
                     # nats-py tries each server until it failed more than this many

@@ -23,6 +23,24 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, renam
     error: str = ""
     field: str = ""  # the offending field, as a dotted path, when one is known
     message: str = ""  # what was done, in words, when a success needs telling
+    # Why, in one word, when there is more to tell than ok (the REASON_* values below);
+    # a reason in RETRYABLE_REASONS means the same request may succeed later.
+    reason: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in RETRYABLE_REASONS
+
+
+# Reply.reason values.
+REASON_INVALID = "Invalid"  # the payload is wrong (`field` names where)
+REASON_NOT_FOUND = "NotFound"
+REASON_CONFLICT = "Conflict"  # a precondition (resourceVersion) did not hold
+REASON_SUPERSEDED = "Superseded"  # a durable spec older than what is stored: skipped (ok)
+REASON_BUSY = "Busy"  # the object kept changing under compare-and-set
+REASON_STORE_FULL = "StoreFull"  # a stream or bucket reached its size limit
+REASON_INTERNAL = "InternalError"  # the owner failed (NATS away, a bug): not the payload
+RETRYABLE_REASONS = frozenset({REASON_BUSY, REASON_STORE_FULL, REASON_INTERNAL})
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -20,7 +20,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from corral import names
-from corral.bus import EventPublisher, connect, ensure_streams, open_buckets
+from corral.bus import (
+    JS_API_TIMEOUT_SECONDS,
+    EventPublisher,
+    StoreSettings,
+    connect,
+    ensure_streams,
+    open_buckets,
+)
 from corral.cluster import ensure_cluster_identity
 from corral.config import resolve_nats_url
 from corral.http_endpoint import serve_http
@@ -28,6 +35,8 @@ from corral.kv import NatsBucket
 from corral.state import Cluster
 
 log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass
@@ -57,7 +66,13 @@ ServiceRun = Callable[..., Coroutine[Any, Any, None]]
 
 def base_parser(service: str, default_port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"corral-{service}")
-    parser.add_argument("--nats", help="NATS URL (default: $CORRAL_NATS_URL, config, local)")
+    parser.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="NATS URL; several comma-separated or the flag repeated for a cluster "
+        "(default: $CORRAL_NATS_URL, config, local)",
+    )
     parser.add_argument("--metrics-host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument(
         "--metrics-port",
@@ -79,9 +94,15 @@ async def run_service(
     """Connect, prepare streams and buckets, serve HTTP, then run the service until cancelled."""
     nc = await connect(resolve_nats_url(args.nats), name=f"corral-{service}")
     try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        buckets = await open_buckets(js)
+        # Making streams and buckets on a cluster can take a Raft election: a longer
+        # bound there; at run time a call stuck on a dead server fails within
+        # JS_API_TIMEOUT_SECONDS and is retried through another.
+        setup_js = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
+        settings = StoreSettings.from_env()
+        await ensure_streams(setup_js, settings)
+        await open_buckets(setup_js, settings)
+        js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
+        buckets = await open_buckets(js, settings)
         cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(

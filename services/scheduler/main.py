@@ -9,12 +9,20 @@ import anyio
 from anyio.abc import TaskStatus
 
 from corral import names
-from corral.bus import consume_spec_stream, serve_spec_requests
+from corral.bus import (
+    bucket_stream,
+    consume_spec_stream,
+    keep_leaders_elsewhere,
+    keep_purging_delete_markers,
+    serve_spec_requests,
+    spec_stream_position,
+)
 from corral.service import ServiceContext, base_parser, service_main
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
 
 DEFAULT_PORT = 9101
+DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +37,12 @@ async def run(
 ) -> None:
     loop = ControlLoop(dict(ctx.buckets), ctx.events)
     await ctx.task_group.start(loop.run)
-    handlers = DeploymentAPI(ctx.buckets[names.DEPLOYMENTS_BUCKET]).handlers()
+    leases = ctx.buckets[names.LEASES_BUCKET]
+    handlers = DeploymentAPI(
+        ctx.buckets[names.DEPLOYMENTS_BUCKET],
+        progress=leases,
+        spec_position=partial(spec_stream_position, ctx.js, KIND),
+    ).handlers()
     await ctx.task_group.start(
         partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
     )
@@ -40,7 +53,21 @@ async def run(
             KIND,
             handlers,
             ctx.events,
-            durable="scheduler-deployment",
+            durable=DURABLE,
+            progress=leases,
+        )
+    )
+    # Delete markers older than their retention go, so watches replay a bounded history.
+    ctx.task_group.start_soon(keep_purging_delete_markers, ctx.js)
+    # The Raft leaders of what the scheduler writes stay off the NATS server it is
+    # connected to: that server's death then costs a reconnect, not an election.
+    ctx.task_group.start_soon(
+        partial(
+            keep_leaders_elsewhere,
+            ctx.nc,
+            ctx.js,
+            [names.SPEC_STREAM, *(bucket_stream(bucket) for bucket in names.ALL_BUCKETS)],
+            [(names.SPEC_STREAM, DURABLE)],
         )
     )
     ctx.health["control_loop"] = True

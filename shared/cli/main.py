@@ -17,7 +17,9 @@ from corral.cli.write_commands import apply, create, delete, scale
     "--nats",
     "nats_url",
     metavar="URL",
-    help="NATS URL (default: $CORRAL_NATS_URL, else the config file, else nats://127.0.0.1:4222).",
+    multiple=True,
+    help="NATS URL; several comma-separated or --nats repeated for a cluster (default: "
+    "$CORRAL_NATS_URL, else the config file, else nats://127.0.0.1:4222).",
 )
 @click.option(
     "--timeout",
@@ -27,13 +29,18 @@ from corral.cli.write_commands import apply, create, delete, scale
     help="Seconds to wait for NATS and for an owner's answer.",
 )
 @click.pass_context
-def cli(ctx: click.Context, nats_url: str | None, timeout: float) -> None:
+def cli(ctx: click.Context, nats_url: tuple[str, ...], timeout: float) -> None:
     """corral: a container orchestrator on NATS."""
-    ctx.obj = Settings(nats_url, timeout)
+    # A repeated --nats is one list of servers; it travels comma-joined (corral.config).
+    ctx.obj = Settings(",".join(nats_url) or None, timeout)
 
 
 for command in (create, apply, scale, delete, get, describe, events, schema):
     cli.add_command(command)
+
+from corral.cli.node_commands import node  # noqa: E402
+
+cli.add_command(node)
 
 try:
     from corral.cli.local_commands import down, up

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import anyio
 import nats
 
+from corral.config import nats_servers
+
 
 class NatsServerNotFound(RuntimeError):
     pass
@@ -57,13 +59,22 @@ async def _listens(host: str, port: int) -> bool:
 
 
 async def jetstream_answers(url: str) -> bool:
-    """True when a client can connect and JetStream replies to an account-info request."""
-    address = urlsplit(url)
-    if not await _listens(address.hostname or "127.0.0.1", address.port or 4222):
+    """True when a client can connect and JetStream replies to an account-info request.
+    `url` may list several servers (comma-separated): any one of them will do."""
+    servers = nats_servers(url)
+    listening = False
+    for server in servers:
+        address = urlsplit(server)
+        if await _listens(address.hostname or "127.0.0.1", address.port or 4222):
+            listening = True
+            break
+    if not listening:
         return False
     try:
         with anyio.fail_after(3):
-            nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=_quiet)
+            nc = await nats.connect(
+                servers=servers, connect_timeout=1, allow_reconnect=False, error_cb=_quiet
+            )
     except Exception:
         return False
     try:

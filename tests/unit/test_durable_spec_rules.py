@@ -1,0 +1,129 @@
+"""The rules that keep durable specs from going backwards, on in-memory buckets:
+every stored Deployment records the stream sequence it came from, a request records
+the stream's newest sequence, and a request's delete is remembered until the stream
+has been applied past it."""
+
+from __future__ import annotations
+
+from corral.codec import decode, encode
+from corral.events import (
+    REASON_BUSY,
+    REASON_INTERNAL,
+    REASON_INVALID,
+    REASON_STORE_FULL,
+    REASON_SUPERSEDED,
+    Reply,
+)
+from corral.kv import MemoryBucket
+from corral.spec_progress import SpecProgress, advance, read_progress, remember_delete
+from corral.specs import Deployment
+from corral_scheduler.deployment_api import DeploymentAPI
+from tests.integration.scheduler_harness import deployment_json
+
+
+class Stream:
+    """The CORRAL_SPECS position a request-path write sees."""
+
+    def __init__(self) -> None:
+        self.newest = 0
+
+    async def position(self) -> int:
+        return self.newest
+
+
+def api() -> tuple[DeploymentAPI, MemoryBucket, MemoryBucket, Stream]:
+    deployments, leases, stream = MemoryBucket("deployments"), MemoryBucket("leases"), Stream()
+    return DeploymentAPI(deployments, leases, stream.position), deployments, leases, stream
+
+
+async def replicas(deployments: MemoryBucket, name: str = "web") -> int | None:
+    entry = await deployments.get(name)
+    return (
+        None
+        if entry is None or entry.value is None
+        else decode(entry.value, Deployment).spec.replicas
+    )
+
+
+async def test_a_request_write_records_the_streams_newest_sequence_so_older_specs_are_skipped() -> (
+    None
+):
+    handler, deployments, _, stream = api()
+    stream.newest = 7  # specs 1..7 were published before this request
+    assert (await handler.apply(deployment_json("web", 5))).ok
+    entry = await deployments.get("web")
+    assert entry is not None and entry.value is not None
+    assert decode(entry.value, Deployment).metadata.spec_sequence == 7
+    for verb, payload in (
+        (handler.apply, deployment_json("web", 2)),
+        (handler.scale, encode({"name": "web", "replicas": 1})),
+        (handler.delete, encode({"name": "web"})),
+    ):
+        reply = await verb(payload, 6)
+        assert reply.ok and reply.reason == REASON_SUPERSEDED and "sequence 7" in reply.message
+    assert await replicas(deployments) == 5
+    # A newer durable spec applies, and records its own sequence.
+    assert (await handler.scale(encode({"name": "web", "replicas": 3}), 9)).ok
+    assert await replicas(deployments) == 3
+    assert (await handler.apply(deployment_json("web", 4), 9)).reason == REASON_SUPERSEDED
+
+
+async def test_a_redelivered_spec_at_the_stored_sequence_is_not_applied_twice() -> None:
+    handler, deployments, _, _ = api()
+    assert (await handler.apply(deployment_json("web", 2), 4)).ok
+    assert (await handler.scale(encode({"name": "web", "replicas": 8}))).ok  # a request: position 0
+    again = await handler.apply(deployment_json("web", 2), 4)
+    assert again.reason == REASON_SUPERSEDED and await replicas(deployments) == 8
+
+
+async def test_a_request_delete_is_remembered_so_an_older_waiting_spec_cannot_bring_it_back() -> (
+    None
+):
+    handler, deployments, leases, stream = api()
+    assert (await handler.apply(deployment_json("web", 2), 3)).ok
+    await advance(leases, "Deployment", 3)
+    stream.newest = 5  # spec 4 and 5 (an apply of web) still wait in the stream
+    assert (await handler.delete(encode({"name": "web"}))).ok
+    progress, _ = await read_progress(leases, "Deployment")
+    assert progress == SpecProgress(applied=3, deleted={"web": 5})
+    skipped = await handler.apply(deployment_json("web", 2), 5)
+    assert skipped.reason == REASON_SUPERSEDED and "deleted since" in skipped.message
+    assert await replicas(deployments) is None
+    other = await handler.apply(deployment_json("api", 1), 4)  # another name is not held back
+    assert other.ok and other.generation == 1
+    # A spec published after the delete is newer: it creates the Deployment again.
+    assert (await handler.apply(deployment_json("web", 1), 6)).ok
+    # Once the stream is handled past the delete, the memory of it goes.
+    assert (await advance(leases, "Deployment", 6)).deleted == {}
+
+
+async def test_a_delete_needs_no_memory_when_the_stream_has_nothing_waiting() -> None:
+    handler, _, leases, stream = api()
+    stream.newest = 4
+    await advance(leases, "Deployment", 4)
+    assert (await handler.apply(deployment_json("web", 1))).ok
+    assert (await handler.delete(encode({"name": "web"}))).ok
+    assert (await read_progress(leases, "Deployment"))[0].deleted == {}
+
+
+async def test_progress_never_goes_back_and_remembers_only_deletes_it_does_not_cover() -> None:
+    leases = MemoryBucket()
+    assert (await advance(leases, "Deployment", 10)).applied == 10
+    assert (await advance(leases, "Deployment", 4)).applied == 10
+    await remember_delete(leases, "Deployment", "web", 9)  # covered already
+    assert (await read_progress(leases, "Deployment"))[0].deleted == {}
+    await remember_delete(leases, "Deployment", "web", 12)
+    progress = (await read_progress(leases, "Deployment"))[0]
+    assert progress.superseded_by("web", 12) == 12
+    assert progress.superseded_by("web", 13) == 0
+    assert progress.superseded_by("api", 11) == 0
+    assert progress.superseded_by("api", 10) == 10
+
+
+def test_only_passing_failures_are_retryable() -> None:
+    assert Reply(ok=False, reason=REASON_INTERNAL).retryable
+    assert Reply(ok=False, reason=REASON_BUSY).retryable
+    assert Reply(ok=False, reason=REASON_STORE_FULL).retryable
+    assert not Reply(ok=False, reason=REASON_INVALID).retryable
+    assert not Reply(ok=False, error="internal error: but no reason").retryable
+    assert not Reply(ok=True).retryable
