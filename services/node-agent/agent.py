@@ -25,17 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup, TaskStatus
-from nats.errors import NoRespondersError
-from nats.js.errors import NotFoundError
 
 from corral import __version__, names, time_budget
-from corral.cluster import UnreadableIdentity, read_cluster_identity
-from corral.codec import InvalidPayload, decode, decode_payload
 from corral.events import Reply
 from corral.kv import Bucket, Mirror
-from corral.specs import NodeDecision
 from corral.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
@@ -48,7 +42,9 @@ from corral_node_agent.diff import (
     remove_all,
 )
 from corral_node_agent.executor import EventSink, Executor
-from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
+from corral_node_agent.leftovers import LeftoverSweeper
+from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.membership import Membership
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.replica_status import replica_status
@@ -124,9 +120,15 @@ class NodeAgent:
         self.health = health if health is not None else {}
         self.agent_id = settings.agent_id
         self._placements_bucket = placements
-        self._nodes_bucket = nodes
-        self._cluster_bucket = cluster
-        self.local = LocalRecordFile(settings.state_dir)
+        self.membership = Membership(self.node, cluster, LocalRecordFile(settings.state_dir))
+        self.membership.on_change = self._membership_changed
+        self.leftovers = LeftoverSweeper(
+            nodes,
+            runtime,
+            silent_for=settings.leftovers_after,
+            look_every=settings.heartbeat_seconds,
+            monotonic=monotonic,
+        )
         self.placements: Mirror[Placement] = Mirror(placements, Placement)
         self.statuses = StatusBook(statuses, self.node, clock)
         self.record = NodeRecord(
@@ -164,10 +166,6 @@ class NodeAgent:
         )
         # What the safety state machine is fed (see _observe).
         self.started_at = monotonic()
-        self.identity = Identity.UNKNOWN
-        self.identity_problem = ""  # why the store is not recognised, in words
-        self.cluster_id = ""  # the cluster this node belongs to (its local record)
-        self.adopted: frozenset[str] = frozenset()
         self.placements_current = False
         self.displacement = Displacement.NONE
         self.mode = Mode.STARTING
@@ -179,7 +177,6 @@ class NodeAgent:
         self.watches = 0  # placements watches started
         self.removal_failures = 0
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
-        self._others_seen: dict[str, _Seen] = {}  # other nodes with containers on this engine
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
         self._running = 0  # this agent's share of the replicas_running gauge
@@ -205,7 +202,7 @@ class NodeAgent:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Raises NodeNameTaken when another live agent runs this node's name."""
         self._wakeup = anyio.Event()
-        self._load_local_record()
+        self.membership.load_local()
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
@@ -216,7 +213,7 @@ class NodeAgent:
                 await self._first_engine_look()
                 tg.start_soon(self._watch_engine)
                 tg.start_soon(self._follow_engine_events)
-                await self._retrying("checking the cluster identity", self._check_identity)
+                await self._retrying("checking the cluster identity", self.membership.check)
                 try:
                     await self._retrying("reading the node record", self.record.claim)
                 except NodeNameTaken as error:
@@ -251,68 +248,27 @@ class NodeAgent:
 
     # The cluster this node belongs to.
 
-    def _load_local_record(self) -> None:
-        try:
-            record = self.local.load()
-        except UnreadableLocalRecord as error:
-            self._set_identity(Identity.UNREADABLE, f"the local record is unreadable: {error}")
-            return
-        if record is not None:
-            self.cluster_id = record.cluster_id
-            self.adopted = frozenset(record.adopted)
-            self.executor.cluster_id = record.cluster_id
+    @property
+    def identity(self) -> Identity:
+        return self.membership.identity
 
-    async def _check_identity(self) -> None:
-        """Compare the store's cluster id with the one this node recorded. The first
-        identity this node ever reads becomes its own."""
-        try:
-            stored = await read_cluster_identity(self._cluster_bucket)
-        except UnreadableIdentity as error:
-            self._set_identity(Identity.UNREADABLE, str(error))
-            return
-        except Exception as error:
-            if _store_missing(error):
-                self._set_identity(Identity.LOST, f"the state store answers without it: {error}")
-                return
-            raise  # a timeout or a disconnect: nothing learnt
-        try:
-            local = self.local.load()
-        except UnreadableLocalRecord as error:
-            self._set_identity(Identity.UNREADABLE, f"the local record is unreadable: {error}")
-            return
-        if stored is None:
-            self._set_identity(Identity.LOST, "the state store has no cluster identity")
-        elif local is None:
-            self.local.save(LocalRecord(node=self.node, cluster_id=stored.id))
-            self._adopt_record(LocalRecord(node=self.node, cluster_id=stored.id))
-            log.info("node %s belongs to cluster %s from now on", self.node, stored.id)
-            self._set_identity(Identity.RECOGNISED, "")
-        elif local.cluster_id == stored.id:
-            self._adopt_record(local)
-            self._set_identity(Identity.RECOGNISED, "")
-        else:
-            self._set_identity(
-                Identity.MISMATCH,
-                f"the state store is cluster {stored.id}, but this node belongs to cluster "
-                f"{local.cluster_id}: its containers are left alone until an operator runs "
-                f"`corral node adopt {self.node}` or `corral node reset {self.node}`",
-            )
+    @property
+    def cluster_id(self) -> str:
+        return self.membership.cluster_id
 
-    def _adopt_record(self, record: LocalRecord) -> None:
-        self.cluster_id = record.cluster_id
-        self.adopted = frozenset(record.adopted)
-        self.executor.cluster_id = record.cluster_id
+    @property
+    def adopted(self) -> frozenset[str]:
+        return self.membership.adopted
 
-    def _set_identity(self, identity: Identity, problem: str) -> None:
-        if (identity, problem) != (self.identity, self.identity_problem) and problem:
-            log.error("node %s: %s", self.node, problem)
-        self.identity, self.identity_problem = identity, problem
+    def _membership_changed(self) -> None:
+        self.executor.cluster_id = self.membership.cluster_id
+        self.poke()
 
     async def _check_identity_forever(self) -> None:
         while True:
             await anyio.sleep(self.settings.identity_check_seconds)
             try:
-                await self._check_identity()
+                await self.membership.check()
             except Exception as error:  # timeouts: the cut-off clock speaks for them
                 log.debug("identity check of %s failed: %s", self.node, error)
 
@@ -371,7 +327,7 @@ class NodeAgent:
         budget = self.settings.budget
         match mode:
             case Mode.HELD:
-                return self.identity_problem
+                return self.membership.problem
             case Mode.ISOLATED:
                 return (
                     f"no write acknowledged by NATS for over {budget.isolated_after:g}s: "
@@ -450,14 +406,14 @@ class NodeAgent:
         then are the placements current (a store swapped meanwhile is never acted on)."""
         assert self._task_group is not None
         try:
-            await self._check_identity()
+            await self.membership.check()
             if self.identity != Identity.RECOGNISED:
                 return
             mirror = Mirror(self._placements_bucket, Placement, on_change=lambda _k: self.poke())
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
-            await self._check_identity()
+            await self.membership.check()
             if self.identity != Identity.RECOGNISED or self.mode != Mode.SYNCING:
                 scope.cancel()
                 return
@@ -644,7 +600,7 @@ class NodeAgent:
         if not allowed.create:
             return
         if owned.other_nodes:
-            await self._remove_leftovers_of_other_nodes(owned.other_nodes)
+            await self.leftovers.sweep(owned.other_nodes, self.engine_id)
         # A placement that does not decode is neither placed nor deleted: its
         # replica is left alone (never removed, restarted, or given a status).
         unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
@@ -699,45 +655,6 @@ class NodeAgent:
         ]
         self.record.update(foreign_containers=len(owned.foreign), orphans=orphans)
 
-    async def _remove_leftovers_of_other_nodes(self, others: list[ObservedContainer]) -> None:
-        """Containers of this cluster on this engine under another node's name: a node
-        that ran on this engine before (renamed, released, or gone). They are removed
-        when that node's record is gone (released), or has not changed for R' on this
-        agent's clock: by then its own agent, had it been alive but cut off, would have
-        stopped them itself at F, and the scheduler has replaced them. A node of
-        another engine sharing this one is left alone."""
-        if not self.engine_id:
-            return
-        now = self.monotonic()
-        groups = group_by_node(others)
-        for gone in set(self._others_seen) - set(groups):
-            del self._others_seen[gone]
-        for other, group in groups.items():
-            seen = self._others_seen.get(other)
-            if seen is not None and now - seen.looked_at < self.settings.heartbeat_seconds:
-                continue
-            try:
-                entry = await self._nodes_bucket.get(other)
-            except Exception as error:  # NATS trouble: look again later
-                log.debug("reading node %s failed: %s", other, error)
-                continue
-            stored = _decoded_node(entry)
-            if stored is not None and stored.engine_id != self.engine_id:
-                continue
-            revision = 0 if entry is None or entry.value is None else entry.revision
-            if seen is None or seen.revision != revision:
-                seen = _Seen(revision=revision, since=now, looked_at=now)
-            self._others_seen[other] = _Seen(seen.revision, seen.since, now)
-            if revision and now - seen.since <= self.settings.leftovers_after:
-                continue
-            why = "was released" if not revision else "has been silent past R'"
-            log.warning("removing %d containers of node %s, which %s", len(group), other, why)
-            for container in group:
-                try:
-                    await self.runtime.remove_container(container.id)
-                except RuntimeFailure as error:
-                    log.warning("removing %s failed: %s", container.id[:12], error)
-
     def _dispatch(self, action: Action) -> None:
         assert self._task_group is not None
         self._in_flight.add(action.replica)
@@ -787,57 +704,13 @@ class NodeAgent:
 
     async def decide(self, verb: str, raw: bytes) -> Reply:
         """Adopt or reset the containers of another cluster on this node; never raises."""
-        try:
-            decision = decode_payload(raw, NodeDecision)
-        except InvalidPayload as error:
-            return Reply(ok=False, kind="Node", error=error.message, field=error.field)
-        if decision.node != self.node:
-            return self._refuse(f"this is the agent of node {self.node!r}, not {decision.node!r}")
-        if verb not in names.NODE_VERBS:
-            return self._refuse(f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}")
-        try:
-            stored = await read_cluster_identity(self._cluster_bucket)
-            local = self.local.load()
-        except Exception as error:
-            return self._refuse(f"cannot read the cluster identities: {error}")
-        if stored is None:
-            return self._refuse("the state store has no cluster identity yet; try again")
-        old = decision.cluster_id or (
-            local.cluster_id if local is not None and local.cluster_id != stored.id else ""
-        )
-        if not old:
-            return self._refuse(
-                f"node {self.node} already belongs to the store's cluster {stored.id}: "
-                "name the other cluster with --cluster-id"
+        reply = await self.membership.decide(verb, raw, self._remove_cluster)
+        if reply.ok:
+            await self.events.emit(
+                "node", self.node, verb.capitalize(), reply.message, warning=True
             )
-        if old == stored.id:
-            return self._refuse(f"cluster {old} is the store's own cluster: nothing to {verb}")
-        adopted = set(local.adopted if local is not None else ())
-        if verb == "adopt":
-            adopted.add(old)
-            message = (
-                f"containers of cluster {old} on node {self.node} are kept as orphans until a "
-                "Deployment of their name and template claims them"
-            )
-        else:
-            removed, failures = await self._remove_cluster(old)
-            if failures:
-                return self._refuse(
-                    f"removed {removed} containers of cluster {old}; {len(failures)} could not "
-                    f"be removed ({'; '.join(failures[:3])}): run reset again"
-                )
-            adopted.discard(old)
-            message = f"removed {removed} containers of cluster {old} from node {self.node}"
-        record = LocalRecord(node=self.node, cluster_id=stored.id, adopted=sorted(adopted))
-        self.local.save(record)
-        self._adopt_record(record)
-        self._set_identity(Identity.RECOGNISED, "")
-        await self.events.emit("node", self.node, verb.capitalize(), message, warning=True)
-        self.poke()
-        return Reply(ok=True, kind="Node", name=self.node, message=message)
-
-    def _refuse(self, error: str) -> Reply:
-        return Reply(ok=False, kind="Node", name=self.node, error=error)
+            self.poke()
+        return reply
 
     async def _remove_cluster(self, cluster_id: str) -> tuple[int, list[str]]:
         removed, failures = 0, []
@@ -857,33 +730,3 @@ class NodeAgent:
                 except RuntimeFailure as error:
                     failures.append(f"{container.id[:12]}: {error}")
         return removed, failures
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    revision: int  # of that node's record (0: none)
-    since: float  # monotonic: when this agent first saw that revision
-    looked_at: float
-
-
-def group_by_node(containers: list[ObservedContainer]) -> dict[str, list[ObservedContainer]]:
-    groups: dict[str, list[ObservedContainer]] = {}
-    for container in containers:
-        groups.setdefault(container.node, []).append(container)
-    return groups
-
-
-def _decoded_node(entry: object) -> Node | None:
-    value = getattr(entry, "value", None)
-    if value is None:
-        return None
-    try:
-        return decode(value, Node)
-    except msgspec.DecodeError:
-        return None
-
-
-def _store_missing(error: Exception) -> bool:
-    """The store answered that the bucket is not there (wiped), as opposed to a
-    timeout or a lost connection, which say nothing about the store."""
-    return isinstance(error, NotFoundError | NoRespondersError)
