@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -29,7 +30,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from corral import __version__, names, time_budget
 from corral.events import Reply
-from corral.kv import Bucket, Mirror
+from corral.kv import Bucket, Mirror, echo_key, keep_echoing
 from corral.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
@@ -89,6 +90,8 @@ class AgentSettings:
     identity_check_seconds: float = 5.0
     # Leftovers of another node on this engine go when its record is silent this long.
     leftovers_after: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
+    # The placements watch counts as stalled when the agent's echo is this late.
+    stale_watch_after: float = 5 * time_budget.HEARTBEAT_SECONDS
     # Where the agent records the cluster this node belongs to; None: in memory only.
     state_dir: Path | None = None
     # Who writes this node's record: random per process unless given (--agent-id), so a
@@ -179,6 +182,9 @@ class NodeAgent:
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
+        self._watch_started = 0.0
+        # Written beside this node's placements and watched coming back (kv.echo_key).
+        self.echo_key = echo_key("agent", prefix=f"{self.node}.")
         self._running = 0  # this agent's share of the replicas_running gauge
         self._in_flight: set[str] = set()
         self._settled: dict[str, int] = {}  # replica -> sequence number when its action ended
@@ -221,6 +227,15 @@ class NodeAgent:
                     raise
                 self.health["node_name"] = True
                 await tg.start(self.record.heartbeat, self.settings.heartbeat_seconds)
+                tg.start_soon(
+                    partial(
+                        keep_echoing,
+                        self._placements_bucket,
+                        self.echo_key,
+                        interval=self.settings.heartbeat_seconds,
+                        wall_clock=self.clock,
+                    )
+                )
                 tg.start_soon(self._check_identity_forever)
                 task_status.started()
         finally:
@@ -295,7 +310,22 @@ class NodeAgent:
                 self._watching = True
                 assert self._task_group is not None
                 self._task_group.start_soon(self._watch_placements)
+            if mode == Mode.ACTIVE and self._watch_is_stale():
+                log.warning(
+                    "the placements watch of %s stopped delivering (its echo is late): "
+                    "reading the placements afresh",
+                    self.node,
+                )
+                self._stop_watch()
             await anyio.sleep(interval)
+
+    def _watch_is_stale(self) -> bool:
+        """The agent's own echo key, written beside its placements, did not come back
+        through the watch in time: the watch stalled while writes still succeed."""
+        now = self.monotonic()
+        age = self.placements.echo_age(self.echo_key, now)
+        since = now - self._watch_started if age is None else age
+        return since > self.settings.stale_watch_after
 
     async def _enter(self, mode: Mode) -> None:
         before, self.mode = self.mode, mode
@@ -409,7 +439,13 @@ class NodeAgent:
             await self.membership.check()
             if self.identity != Identity.RECOGNISED:
                 return
-            mirror = Mirror(self._placements_bucket, Placement, on_change=lambda _k: self.poke())
+            mirror = Mirror(
+                self._placements_bucket,
+                Placement,
+                on_change=lambda _k: self.poke(),
+                clock=self.monotonic,
+            )
+            started = self.monotonic()
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
@@ -422,6 +458,7 @@ class NodeAgent:
             self.placements = mirror
             self._seed_tracks()
             self.watches += 1
+            self._watch_started = started
             self._fence_pending = True
             self.placements_current = True
             self.poke()

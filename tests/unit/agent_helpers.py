@@ -24,6 +24,7 @@ def fast_settings(**settings: Any) -> AgentSettings:
         "heartbeat_seconds": 0.05,
         "alive_window": 0.3,
         "leftovers_after": 0.5,
+        "stale_watch_after": 1.0,
         "identity_check_seconds": 0.2,
         "budget": Budget(isolated_after=0.3, stop_after=1.0),
     }

@@ -41,6 +41,7 @@ class FlakyBucket(MemoryBucket):
         super().__init__(name)
         self.failing_writes = False
         self.failing_gets = False
+        self.stalled = False  # watches deliver their replay, then nothing
         self.failing_deletes = 0
         self.failing_watches = 0
         self.watches = 0
@@ -73,7 +74,11 @@ class FlakyBucket(MemoryBucket):
         if self.failing_watches:
             self.failing_watches -= 1
             raise TimeoutError("nats: timeout")
+        replayed = False
         async for item in super().watch(prefix):
+            if self.stalled and replayed:
+                await anyio.sleep_forever()  # connected, writes succeed, nothing arrives
+            replayed = replayed or item is None
             yield item
 
 
@@ -406,6 +411,18 @@ async def test_cut_off_it_starts_nothing_then_stops_its_replicas_at_f_and_resume
         await eventually(lambda: agent.mode == Mode.ACTIVE)
         assert agent.watches == 2  # a new watch delivered a new snapshot first
         await eventually(lambda: len(rig.runtime.running(NODE)) == 2)
+
+
+async def test_a_stalled_placements_watch_is_noticed_by_its_echo_and_read_afresh() -> None:
+    rig = Rig()
+    world = rig.world()
+    async with running(rig.agent()) as agent:
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        rig.placements.stalled = True  # heartbeats and echoes are written; none come back
+        await world.place(placement("web-b2"))
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+        assert agent.watches >= 2  # a new watch's replay brought web-b2
 
 
 # 7. Pulls.
