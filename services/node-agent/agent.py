@@ -237,6 +237,7 @@ class NodeAgent:
                     )
                 )
                 tg.start_soon(self._check_identity_forever)
+                await self._settled_at_start()
                 task_status.started()
         finally:
             metrics.REPLICAS_RUNNING.dec(self._running)
@@ -244,6 +245,19 @@ class NodeAgent:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self.record.release()
             await self.runtime.close()
+
+    async def _settled_at_start(self) -> None:
+        """Started means decided: active with its first fencing pass done and its
+        ready record written, or held, handed over or retired (bounded: a store that
+        does not answer leaves the agent starting, and it says so)."""
+        with anyio.move_on_after(_WATCH_START_SECONDS):
+            while self.mode in (Mode.STARTING, Mode.SYNCING) or (
+                self.mode == Mode.ACTIVE and (self._fence_pending or not self.passes)
+            ):
+                await anyio.sleep(0.02)
+            if self.mode == Mode.ACTIVE:
+                with anyio.fail_after(_WATCH_START_SECONDS):
+                    await self.record.write()
 
     async def _retrying(self, doing: str, step: Callable[[], Awaitable[object]]) -> None:
         """Run a startup step until it succeeds, backing off: a NATS hiccup is no crash."""
