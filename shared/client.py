@@ -32,18 +32,16 @@ from corral import names
 from corral.codec import decode, encode
 from corral.config import nats_servers
 from corral.events import Event, Reply
-from corral.kv import NatsBucket
+from corral.kv import NatsBucket, is_echo_key
 from corral.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.state import DeploymentStatus, Node, Placement, ReplicaStatus
-from corral.time_budget import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_SECONDS
+from corral.time_budget import NATS_MAX_OUTSTANDING_PINGS, NATS_PING_SECONDS, NODE_STALE_SECONDS
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 3.0
 DEFAULT_REQUEST_TIMEOUT: Final = 5.0
-# A node whose record has not changed for this long is NotReady (as the scheduler sees it).
-NODE_GRACE_SECONDS: Final = 10.0
 _NO_RESPONDER_RETRY: Final = 0.2
 
 
@@ -92,8 +90,13 @@ def find_kind(name: str) -> ApiKind:
 
 
 def node_is_ready(node: Node, now: float) -> bool:
-    """Ready: the agent says so and its heartbeat is within the grace period of `now`."""
-    return node.ready and now - node.heartbeat_at <= NODE_GRACE_SECONDS
+    """Ready, as well as a reader can tell: the agent says so and its last heartbeat
+    (`heartbeat_at`, the agent's wall clock) is within NODE_STALE_SECONDS of `now` (the
+    reader's wall clock). This compares two hosts' clocks, so it is only a display: the
+    scheduler judges liveness by its own clock, from when it saw the record change
+    (corral_scheduler.snapshot), and a heartbeat from the future (a clock ahead) counts
+    as fresh rather than hiding a live node."""
+    return node.ready and now - node.heartbeat_at <= NODE_STALE_SECONDS
 
 
 async def _ignore_error(_: Exception) -> None:
@@ -231,6 +234,8 @@ class CorralClient:
             async for entry in bucket.watch():
                 if entry is None:
                     break
+                if is_echo_key(entry.key):
+                    continue  # a service's proof that its watch is current, not a record
                 if entry.value is None:
                     records.pop(entry.key, None)
                     continue

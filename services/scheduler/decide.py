@@ -3,6 +3,11 @@ of its own (names come from the `new_suffix` argument), so it is tested in milli
 
 Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
 feasibility (which Ready nodes have room) -> ranking (spread, then least allocated) -> plan.
+
+Replicas on a lost node are stopped (and so replaced) by the rules of snapshot.py:
+after R for "Fast" Deployments, after R' for "AfterStop" ones, at once on a released
+node. New replicas first claim a node's orphans (containers of an adopted earlier
+cluster with the Deployment's name and current template), so they keep running.
 """
 
 from __future__ import annotations
@@ -10,15 +15,15 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from corral.names import placement_key
 from corral.specs import Deployment
-from corral.state import DeploymentStatus, Node, Placement, ReplicaState
-from corral_scheduler.snapshot import PlacedReplica, Snapshot
+from corral.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
+from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 
 MAX_REPLICA_NAME = 63
 SUFFIX_LENGTH = 5
@@ -29,7 +34,12 @@ class Stop:
     key: str
     revision: int
     deployment: str
-    reason: str
+    reason: str  # for people (events); may name a node
+    cause: str = ""  # a bounded label (metrics); the reason when empty
+
+    @property
+    def label(self) -> str:
+        return self.cause or self.reason
 
 
 @dataclass(frozen=True)
@@ -77,22 +87,31 @@ def schedule(
     usage: defaultdict[str, _Usage] = defaultdict(_Usage)
     by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}
     taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
-    placement_nodes = {placed.placement.node for placed in snapshot.placements.values()}
-    lost_nodes = {name for name in placement_nodes if snapshot.lost(name, now)}
+    losses: dict[tuple[str, bool], Loss | None] = {}  # (node, after_stop): once per pass
+
+    def loss(node: str, after_stop: bool) -> Loss | None:
+        if (node, after_stop) not in losses:
+            losses[node, after_stop] = snapshot.loss(node, now, after_stop=after_stop)
+        return losses[node, after_stop]
 
     for key, placed in sorted(snapshot.placements.items()):
         placement = placed.placement
+        deployment = snapshot.deployments.get(placement.deployment)
         if placement.deployment in snapshot.unreadable_deployments:
             _count(usage[placement.node], placement, +1)  # left alone, but it takes room
-        elif placement.deployment not in snapshot.deployments:
+            continue
+        if deployment is None:
             plan.stop.append(Stop(key, placed.revision, placement.deployment, "deployment deleted"))
-        elif placement.node in lost_nodes:
-            reason = f"node {placement.node} is not ready"
-            plan.stop.append(Stop(key, placed.revision, placement.deployment, reason))
+            continue
+        lost = loss(placement.node, deployment.spec.replacement == "AfterStop")
+        if lost is not None:
+            reason = _LOSS_REASONS[lost].format(node=placement.node)
+            plan.stop.append(Stop(key, placed.revision, placement.deployment, reason, lost.value))
         else:
             _count(usage[placement.node], placement, +1)
             by_deployment.setdefault(placement.deployment, []).append((key, placed))
 
+    orphans = _orphans_by_deployment(snapshot, ready_nodes)
     for name, deployment in sorted(snapshot.deployments.items()):
         _reconcile_deployment(
             snapshot,
@@ -104,6 +123,7 @@ def schedule(
             plan,
             wall_time,
             new_suffix,
+            orphans.get(name, []),
         )
 
     for name, (_, revision) in sorted(snapshot.statuses.items()):
@@ -111,6 +131,27 @@ def schedule(
             plan.forget_statuses.append((name, revision))
     _summarise_stops(plan)
     return plan
+
+
+_LOSS_REASONS = {
+    Loss.RELEASED: "node {node} was released by an operator",
+    Loss.SILENT: "node {node} is not ready (silent too long)",
+    Loss.ENGINE_DOWN: "node {node} is not ready (its engine is down)",
+}
+
+
+def _orphans_by_deployment(
+    snapshot: Snapshot, ready_nodes: set[str]
+) -> dict[str, list[tuple[str, OrphanReplica]]]:
+    """The orphans of schedulable nodes, per Deployment name: running ones first, then by
+    node and name (deterministic)."""
+    found: dict[str, list[tuple[str, OrphanReplica]]] = {}
+    for node_name in sorted(ready_nodes):
+        for orphan in snapshot.nodes[node_name].orphans:
+            found.setdefault(orphan.deployment, []).append((node_name, orphan))
+    for entries in found.values():
+        entries.sort(key=lambda entry: (not entry[1].running, entry[0], entry[1].replica))
+    return found
 
 
 def _count(node_usage: _Usage, placement: Placement, sign: int) -> None:
@@ -138,6 +179,7 @@ def _reconcile_deployment(
     plan: Plan,
     wall_time: float,
     new_suffix: Callable[[], str],
+    orphans: Sequence[tuple[str, OrphanReplica]] = (),
 ) -> None:
     name = deployment.metadata.name
     template = deployment.spec.template
@@ -175,28 +217,44 @@ def _reconcile_deployment(
     cpu = template.resources.requests.cpu_millis
     memory = template.resources.requests.memory_bytes
     spread = Counter(p.placement.node for k, p in live if k not in stopped)
-    placed_now: list[Placement] = []
+
+    def placement(replica: str, node: str) -> Placement:
+        return Placement(
+            replica=replica,
+            deployment=name,
+            node=node,
+            template=template,
+            template_hash=template_hash,
+            generation=deployment.metadata.generation,
+            cpu_millis=cpu,
+            memory_bytes=memory,
+            created_at=wall_time,
+        )
+
+    # Orphans first: placed where they run, under their own name, they are kept running.
+    adopted: list[Placement] = []
+    for where, orphan in orphans:
+        if len(adopted) == to_place:
+            break
+        if orphan.template_hash != template_hash or orphan.replica in taken_names:
+            continue
+        if _misfit(snapshot.nodes[where], usage[where], cpu, memory):
+            continue
+        taken_names.add(orphan.replica)
+        adopted.append(placement(orphan.replica, where))
+        _count(usage[where], adopted[-1], +1)
+        spread[where] += 1
+    placed_now: list[Placement] = list(adopted)
     pending_reason = ""
-    picker = _NodePicker(snapshot, ready_nodes, usage, spread, cpu, memory) if to_place else None
-    for _ in range(to_place):
+    remaining = to_place - len(adopted)
+    picker = _NodePicker(snapshot, ready_nodes, usage, spread, cpu, memory) if remaining else None
+    for _ in range(remaining):
         assert picker is not None
         node = picker.pick()
         if node is None:
             pending_reason = picker.why_none_fits()
             break
-        placed_now.append(
-            Placement(
-                replica=_new_replica_name(name, taken_names, new_suffix),
-                deployment=name,
-                node=node,
-                template=template,
-                template_hash=template_hash,
-                generation=deployment.metadata.generation,
-                cpu_millis=cpu,
-                memory_bytes=memory,
-                created_at=wall_time,
-            )
-        )
+        placed_now.append(placement(_new_replica_name(name, taken_names, new_suffix), node))
     plan.place += placed_now
 
     kept = [(k, p) for k, p in live if k not in stopped]
@@ -225,6 +283,12 @@ def _reconcile_deployment(
                     warning=True,
                 )
             )
+    if adopted:
+        counts = Counter(p.node for p in adopted)
+        where = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
+        plan.events.append(
+            PlanEvent(name, "Adopted", f"kept {len(adopted)} orphan replica(s) ({where})")
+        )
     if placed_now:
         counts = Counter(p.node for p in placed_now)
         where = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))

@@ -20,6 +20,8 @@ from corral.bus import (
 from corral.service import ServiceContext, base_parser, service_main
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
+from corral_scheduler.node_api import KIND as NODE_KIND
+from corral_scheduler.node_api import NodeAPI
 
 DEFAULT_PORT = 9101
 DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
@@ -45,6 +47,15 @@ async def run(
     ).handlers()
     await ctx.task_group.start(
         partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
+    )
+    await ctx.task_group.start(
+        partial(
+            serve_spec_requests,
+            ctx.nc,
+            NODE_KIND,
+            NodeAPI(loop, ctx.events).handlers(),
+            queue="scheduler",
+        )
     )
     await ctx.task_group.start(
         partial(

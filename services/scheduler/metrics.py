@@ -21,11 +21,20 @@ DECIDE_SECONDS = Histogram(
 )
 PLANS = Counter("corral_plans_total", "Plans committed (non-empty)")
 PLACEMENTS = Counter("corral_placements_total", "Replicas placed on a node")
+# reason: a bounded set (deployment deleted, scaled down, replaced by a new template,
+# node lost, node released, node engine down); never a node's or a Deployment's name.
 STOPS = Counter("corral_stops_total", "Replicas stopped", ["reason"])
 CONFLICTS = Counter("corral_plan_conflicts_total", "Writes skipped on a revision conflict")
 NODES_READY = Gauge("corral_nodes_ready", "Nodes that are Ready")
 NODES = Gauge("corral_nodes", "Nodes registered")
 VIEW_FRESH = Gauge(
     "corral_scheduler_view_fresh",
-    "1 while the scheduler's own echo through KV is on time (its view of the cluster is current)",
+    "1 while the scheduler's echoes come back through every watch liveness depends on "
+    "(nodes, placements, releases): its view of the cluster is current",
+)
+NODES_RELEASED = Gauge(
+    "corral_nodes_released", "Nodes an operator released whose replicas are still being moved"
+)
+ECHOES_COLLECTED = Counter(
+    "corral_echo_keys_collected_total", "Echo keys of gone owners deleted by the scheduler"
 )

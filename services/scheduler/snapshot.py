@@ -2,23 +2,46 @@
 
 Node liveness is judged by the scheduler's own clock (monotonic seconds), from
 when it saw each node's record change, and only while its own view of NATS is
-known to be fresh: a scheduler cut off from NATS sees every node fall silent at
-once, and must not evict them all for it.
+known to be fresh (every watch a judgement depends on proved current by its echo
+key, see control_loop.py): a scheduler cut off from NATS, or whose nodes watch
+stalled, sees every node fall silent at once, and must not evict them all for it.
+
+The rules follow from the time budget (corral.time_budget, docs/time-budget.md):
+
+    node silent (fresh view) for     "Fast" replicas        "AfterStop" replicas
+    <= R                             kept                   kept
+    R < silence <= R'                replaced               kept (its agent stops them at F)
+    > R'                             replaced               replaced
+    released by an operator          replaced at once       replaced at once
+    engine down (heartbeating) > E   replaced               kept (the copies may still run)
+
+R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS, E = ENGINE_DOWN_EVICTION_SECONDS.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from corral.specs import Deployment
 from corral.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.time_budget import (
+    ENGINE_DOWN_EVICTION_SECONDS,
+    NODE_LOST_AFTER_STOP_SECONDS,
+    NODE_LOST_SECONDS,
+)
 
-# A node whose record has not changed for this long is not Ready: nothing new goes
-# there, and its replicas are placed elsewhere.
-NODE_GRACE_SECONDS = 10.0
-# A node that heartbeats but reports its engine unreachable gets nothing new at once,
-# but keeps its replicas this long (an engine restart should not reshuffle a cluster).
-NOT_READY_EVICTION_SECONDS = 30.0
+# Agent safety modes (Node.mode) in which the agent starts nothing: no new replicas go
+# there. "Held" waits for an operator's decision (`corral node adopt|reset`).
+NO_NEW_REPLICAS_MODES = frozenset({"Held", "Isolated", "Stopping", "HandedOver", "Retired"})
+
+
+class Loss(enum.StrEnum):
+    """Why a node's replicas are placed elsewhere (a bounded set: metric labels)."""
+
+    RELEASED = "node released"
+    SILENT = "node lost"
+    ENGINE_DOWN = "node engine down"
 
 
 @dataclass(frozen=True)
@@ -42,27 +65,50 @@ class Snapshot:
     replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)  # same key
     # Keys whose records could not be read (corrupt, or from a newer corral): left alone.
     unreadable_deployments: frozenset[str] = frozenset()
+    # Nodes an operator released (`corral node release`): gone for good.
+    released: frozenset[str] = frozenset()
 
     def schedulable(self, name: str, now: float) -> bool:
-        """Ready for new replicas: reports ready, and heard from within the grace period."""
+        """Ready for new replicas: reports ready, heard from within R, not released, and
+        its agent is in a mode that starts replicas."""
         node = self.nodes.get(name)
         seen = self.node_last_seen.get(name)
         return (
             node is not None
             and node.ready
+            and node.mode not in NO_NEW_REPLICAS_MODES
+            and name not in self.released
             and seen is not None
-            and now - seen <= NODE_GRACE_SECONDS
+            and now - seen <= NODE_LOST_SECONDS
         )
 
-    def lost(self, name: str, now: float) -> bool:
-        """Its replicas must be placed elsewhere. Never while the scheduler's view is stale."""
+    def silence(self, name: str, now: float) -> float | None:
+        """How long the node has been silent, counted only while the view is fresh;
+        None while it is not (no judgement then)."""
         if self.feed_fresh_since is None:
-            return False
+            return None
         heard = max(self.node_last_seen.get(name, float("-inf")), self.feed_fresh_since)
-        if now - heard > NODE_GRACE_SECONDS:
-            return True
+        return now - heard
+
+    def loss(self, name: str, now: float, *, after_stop: bool = False) -> Loss | None:
+        """Why the node's replicas must be placed elsewhere now, or None to keep them.
+
+        `after_stop`: for a Deployment that must never run two copies ("AfterStop").
+        """
+        if name in self.released:
+            return Loss.RELEASED
+        silence = self.silence(name, now)
+        if silence is None:
+            return None
+        if silence > (NODE_LOST_AFTER_STOP_SECONDS if after_stop else NODE_LOST_SECONDS):
+            return Loss.SILENT
         node = self.nodes.get(name)
-        if node is not None and not node.ready:
+        if not after_stop and node is not None and not node.ready:
+            assert self.feed_fresh_since is not None
             since = max(self.node_not_ready_since.get(name, now), self.feed_fresh_since)
-            return now - since > NOT_READY_EVICTION_SECONDS
-        return False
+            if now - since > ENGINE_DOWN_EVICTION_SECONDS:
+                return Loss.ENGINE_DOWN
+        return None
+
+    def lost(self, name: str, now: float, *, after_stop: bool = False) -> bool:
+        return self.loss(name, now, after_stop=after_stop) is not None

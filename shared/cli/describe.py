@@ -134,8 +134,23 @@ def describe_node(view: ClusterView, name: str, events: list[Event], now: float)
                 f"{format_memory(memory)} allocated of {format_memory(node.capacity.memory_bytes)}",
             ),
             ("Pods", f"{pods} of {node.capacity.pods}"),
+            ("Mode", node.mode or NONE),
+            ("Engine", node.engine_id or NONE),
+            ("Foreign", _foreign(node.foreign_containers)),
+            ("Removals", _failing(node.failing_removals)),
         ]
     )
+    if node.orphans:
+        table = render_table(
+            ("DEPLOYMENT", "REPLICA", "TEMPLATE-HASH", "RUNNING"),
+            [
+                [orphan.deployment, orphan.replica, orphan.template_hash, _yes(orphan.running)]
+                for orphan in sorted(node.orphans, key=lambda o: (o.deployment, o.replica))
+            ],
+        )
+        lines += ["Orphans:", *("  " + line for line in table.splitlines())]
+    else:
+        lines.append("Orphans:      <none>")
     replicas = [line for line in replica_lines(view) if line.node == name]
     if replicas:
         table = render_table(
@@ -147,6 +162,22 @@ def describe_node(view: ClusterView, name: str, events: list[Event], now: float)
         lines.append("Replicas:     <none>")
     lines += events_table(events, now)
     return "\n".join(lines)
+
+
+def _foreign(count: int) -> str:
+    if not count:
+        return "0"
+    return f"{count} container(s) of another cluster on this engine (left alone)"
+
+
+def _failing(count: int) -> str:
+    if not count:
+        return "0 failing"
+    return f"{count} container(s) could not be removed (retried with back-off)"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def node_description(

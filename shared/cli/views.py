@@ -248,8 +248,18 @@ def allocations(placements: dict[str, Placement]) -> dict[str, Allocation]:
     return {node: Allocation(*total) for node, total in sums.items()}
 
 
+# Agent modes shown beside Ready/NotReady (as kubectl shows "Ready,SchedulingDisabled"):
+# every mode but the normal one.
+_QUIET_MODES = ("", "Active")
+
+
 def node_status(node: Node, now: float) -> str:
-    return "Ready" if node_is_ready(node, now) else "NotReady"
+    """Ready or NotReady (by the reader's clock: see node_is_ready), then the agent's
+    mode when it is not the normal one, e.g. "Ready,Held"."""
+    status = "Ready" if node_is_ready(node, now) else "NotReady"
+    if node.mode not in _QUIET_MODES:
+        status += f",{node.mode}"
+    return status
 
 
 def node_row(node: Node, allocated: Allocation, now: float, *, wide: bool) -> list[str]:

@@ -21,13 +21,9 @@ from corral.state import (
     ReplicaState,
     ReplicaStatus,
 )
+from corral.time_budget import ENGINE_DOWN_EVICTION_SECONDS, NODE_LOST_SECONDS
 from corral_scheduler.decide import Plan, schedule
-from corral_scheduler.snapshot import (
-    NODE_GRACE_SECONDS,
-    NOT_READY_EVICTION_SECONDS,
-    PlacedReplica,
-    Snapshot,
-)
+from corral_scheduler.snapshot import PlacedReplica, Snapshot
 
 NOW = 1000.0
 GiB = 2**30
@@ -230,7 +226,7 @@ def test_a_stale_view_of_nats_evicts_nothing() -> None:
     # once the view is fresh again, the node gets a whole grace period from then
     fresh_now = Snapshot(**{**snapshot.__dict__, "feed_fresh_since": NOW - 1})
     assert not decide(fresh_now).stop
-    assert decide(fresh_now, now=NOW + NODE_GRACE_SECONDS).stop
+    assert decide(fresh_now, now=NOW + NODE_LOST_SECONDS).stop
 
 
 def test_nodes_not_heard_from_since_the_scheduler_started_get_nothing_new() -> None:
@@ -249,7 +245,7 @@ def test_a_node_whose_engine_is_down_keeps_its_replicas_for_a_while() -> None:
     assert not decide(since).stop
     assert not decide(since).place  # nothing new goes there either: b would take new ones
     # still heartbeating, still not ready: after the eviction grace its replicas move
-    later_now = NOW - 5 + NOT_READY_EVICTION_SECONDS + 1
+    later_now = NOW - 5 + ENGINE_DOWN_EVICTION_SECONDS + 1
     heartbeating = {"a": later_now - 1, "b": later_now - 1}
     later = decide(Snapshot(**{**since.__dict__, "node_last_seen": heartbeating}), now=later_now)
     assert [s.key for s in later.stop] == ["a.web-1"]

@@ -3,13 +3,17 @@ follows a bucket, ignoring stale and undecodable entries."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import anyio
 import pytest
 
 from corral.codec import encode
-from corral.kv import Conflict, Entry, MemoryBucket, Mirror, write_record
+from corral.kv import Conflict, Entry, MemoryBucket, Mirror, echo_key, is_echo_key, write_record
 from corral.state import NodeCapacity
 from tests.waiting import eventually
+
+T = TypeVar("T")
 
 
 async def test_compare_and_set() -> None:
@@ -94,3 +98,135 @@ async def test_mirror_watches_again_after_a_failure_and_drops_what_was_deleted()
 
         await eventually(state, lambda s: s == (2, {"kept"}), within=5)
         tg.cancel_scope.cancel()
+
+
+# --- echo keys ------------------------------------------------------------------------
+
+
+def test_echo_keys_can_never_be_object_keys() -> None:
+    assert echo_key("scheduler-3f9a") == "_echo.scheduler-3f9a"
+    assert echo_key("agent_1", prefix="node-1.") == "node-1._echo.agent_1"
+    assert is_echo_key("_echo.scheduler-3f9a") and is_echo_key("node-1._echo.agent_1")
+    for key in ("web", "node-1.web-abcde", "_echo", "node-1._echo", "echo.x", "my_echo.x"):
+        assert not is_echo_key(key), key
+    with pytest.raises(ValueError, match="echo owner"):
+        echo_key("a.b")
+    with pytest.raises(ValueError, match="echo prefix"):
+        echo_key("a", prefix="node-1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_mirror_keeps_echo_keys_apart_and_times_them_on_its_own_clock() -> None:
+    bucket = MemoryBucket()
+    clock = Clock()
+    changed: list[str] = []
+    mirror = Mirror(bucket, float, on_change=changed.append, clock=clock)
+    key = echo_key("me")
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        assert mirror.echo_age(key) is None  # never seen: not fresh
+        await bucket.put(key, encode(1.0))
+        await bucket.put("record", encode(2.0))
+        await eventually(lambda: _async(set(mirror.items)), lambda s: s == {"record"})
+        assert changed == ["record"]  # an echo is never a change of a record
+        assert key in mirror.echoes and key not in mirror.items
+        clock.now = 107.5
+        assert mirror.echo_age(key) == 7.5
+        # a new revision (even of the same value) is a sign of life
+        await bucket.put(key, encode(1.0))
+        await eventually(lambda: _async(mirror.echo_age(key)), lambda age: age == 0.0)
+        clock.now = 110.0
+        await bucket.delete(key)
+        await eventually(lambda: _async(mirror.echo_age(key)), lambda age: age is None)
+        tg.cancel_scope.cancel()
+
+
+async def _async(value: T) -> T:
+    return value
+
+
+def test_a_replayed_echo_is_no_sign_of_life() -> None:
+    clock = Clock()
+    mirror = Mirror(MemoryBucket(), float, clock=clock)
+    key = echo_key("other")
+    mirror.apply(Entry(key, encode(1.0), 5), from_watch=True)
+    clock.now = 200.0
+    mirror.apply(Entry(key, encode(1.0), 5), from_watch=True)  # a watch restarted
+    assert mirror.echo_age(key) == 100.0
+    mirror.apply(Entry(key, encode(1.0), 9), from_watch=True)
+    assert mirror.echo_age(key) == 0.0
+
+
+# --- a broken watch is visible ------------------------------------------------------------
+
+
+async def test_a_reader_can_see_the_watch_break_and_come_back() -> None:
+    bucket = FlakyBucket()
+    await write_record(bucket, "kept", NodeCapacity(cpu_millis=1, memory_bytes=1), None)
+    errors: list[BaseException | None] = []
+    mirror = Mirror(bucket, NodeCapacity, on_broken=errors.append)
+    assert not mirror.current and not mirror.broken
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        # the first watch broke right after its replay; the mirror said so
+        await eventually(lambda: _async(mirror.failures), lambda n: n == 1, within=5)
+        assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
+        assert "consumer lost" in mirror.last_error
+        # then a second watch replays, and the mirror is current again
+        await eventually(
+            lambda: _async((mirror.current, mirror.broken)), lambda s: s == (True, False), within=5
+        )
+        tg.cancel_scope.cancel()
+
+
+# --- nothing is kept for keys that are gone ----------------------------------------------
+
+
+async def test_the_mirror_forgets_keys_deleted_while_its_watch_was_down() -> None:
+    bucket = FlakyBucket()
+    await write_record(bucket, "kept", NodeCapacity(cpu_millis=1, memory_bytes=1), None)
+    await write_record(bucket, "gone", NodeCapacity(cpu_millis=2, memory_bytes=2), None)
+    mirror = Mirror(bucket, NodeCapacity)
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        await bucket.delete("gone")  # someone else deletes it while the watch is down
+        await eventually(lambda: _async(mirror.current and mirror.failures == 1), bool)
+        tg.cancel_scope.cancel()
+    assert set(mirror.items) == {"kept"}
+    assert set(mirror._applied) == {"kept"}
+
+
+async def test_the_mirror_forgets_its_own_deletes_once_the_watch_has_passed_them() -> None:
+    bucket = FlakyBucket()
+    keys = [f"k{i}" for i in range(50)]
+    for key in [*keys, "kept"]:
+        await write_record(bucket, key, NodeCapacity(cpu_millis=1, memory_bytes=1), None)
+    mirror = Mirror(bucket, NodeCapacity)
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        # this process deletes them (as the scheduler stops placements) while the watch
+        # is down, so the watch never delivers those deletions
+        for key in keys:
+            marker = await bucket.delete(key)
+            mirror.apply(Entry(key, None, marker))
+        await eventually(lambda: _async(mirror.current and mirror.failures == 1), bool)
+        await bucket.put(echo_key("me"), encode(1.0))  # anything newer passes the watch on
+        await eventually(lambda: _async(set(mirror._applied)), lambda s: s == {"kept"})
+        tg.cancel_scope.cancel()
+    assert set(mirror.items) == {"kept"}
+
+
+async def test_an_own_write_made_during_a_replay_is_not_dropped_by_it() -> None:
+    mirror = Mirror(MemoryBucket(), NodeCapacity)
+    raw = encode(NodeCapacity(cpu_millis=1, memory_bytes=1))
+    mirror.apply(Entry("old", raw, 3), from_watch=True)
+    mirror.apply(Entry("mine", raw, 12))  # written by this process after the replay began
+    mirror._replayed({"other"}, newest=10)
+    assert set(mirror.items) == {"mine"}  # "old" was deleted meanwhile; "mine" will come

@@ -1,0 +1,79 @@
+"""The watches the scheduler judges liveness by, through a real nats-server: a watch
+that cannot tell where the current entries end starts again instead of handing over
+a partial snapshot, and echo keys never reach readers as records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from nats.js.client import JetStreamContext
+
+from corral import names
+from corral.client import CorralClient
+from corral.codec import encode
+from corral.kv import Entry, NatsBucket, WatchIncomplete, echo_key
+from tests.integration.scheduler_harness import register_node
+
+
+def failing_consumer_info(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """Make the watch's own consumer-info reads fail `failures` times (nats-py's first
+    read, inside KeyValue.watch, still works). Returns the count of calls."""
+    real = JetStreamContext.PushSubscription.consumer_info
+    calls = [0]
+
+    async def consumer_info(self: Any) -> Any:
+        calls[0] += 1
+        if 1 < calls[0] <= failures + 1:
+            raise TimeoutError("consumer info timed out")
+        return await real(self)
+
+    monkeypatch.setattr(JetStreamContext.PushSubscription, "consumer_info", consumer_info)
+    return calls
+
+
+async def read_snapshot(bucket: NatsBucket) -> list[Entry]:
+    found: list[Entry] = []
+    async for entry in bucket.watch():
+        if entry is None:
+            return found
+        found.append(entry)
+    raise AssertionError("the watch ended")
+
+
+async def test_a_watch_whose_end_of_snapshot_cannot_be_read_fails_instead_of_ending_early(
+    buckets: dict[str, NatsBucket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placements = buckets[names.PLACEMENTS_BUCKET]
+    for index in range(20):
+        await placements.put(f"node-a.web-{index:05d}", b"{}")
+    failing_consumer_info(monkeypatch, failures=100)
+    with pytest.raises(WatchIncomplete, match="current entries end is unknown"):
+        await read_snapshot(placements)
+
+
+async def test_a_watch_asks_the_consumer_again_after_one_failed_read(
+    buckets: dict[str, NatsBucket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    placements = buckets[names.PLACEMENTS_BUCKET]
+    for index in range(20):
+        await placements.put(f"node-a.web-{index:05d}", b"{}")
+    calls = failing_consumer_info(monkeypatch, failures=1)
+    found = await read_snapshot(placements)
+    assert len(found) == 20
+    assert calls[0] >= 3  # nats-py's read, the failed one, the retry
+
+
+async def test_readers_of_whole_buckets_never_see_echo_keys(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    nodes = buckets[names.NODES_BUCKET]
+    placements = buckets[names.PLACEMENTS_BUCKET]
+    await register_node(nodes, "node-a")
+    await nodes.put(echo_key("scheduler-1"), encode(1.0))
+    await placements.put(echo_key("agent-1", prefix="node-a."), encode(1.0))
+    async with await CorralClient.connect(nats_url) as client:
+        assert set(await client.nodes()) == {"node-a"}
+        assert await client.placements() == {}
+        raw = await client.read_bucket(names.NODES_BUCKET, object)  # decodes anything
+        assert set(raw) == {"node-a"}
