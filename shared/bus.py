@@ -437,9 +437,10 @@ async def keep_leaders_elsewhere(
     task_status.started()
     while True:
         await anyio.sleep(interval)
-        server = nc._server_info.get("server_name") if nc.is_connected else None
-        if not server:
-            continue
+        info = nc._server_info if nc.is_connected else {}
+        server = info.get("server_name")
+        if not server or not info.get("cluster"):
+            continue  # a single server: no other could lead
         for stream in streams:
             await _step_down_if_led_by(nc, js, server, stream, None)
         for stream, consumer in consumers:
