@@ -1,6 +1,7 @@
 """The JSON Schema of every public payload, generated from the msgspec Structs.
 
-What a client sends (Deployment, ScaleRequest, DeleteRequest), what it gets back
+What a client sends (Deployment, ScaleRequest, DeleteRequest, NodeReleaseRequest,
+NodeDecision), what it gets back
 (Reply), the events it may read (Event) and the records it may read from KV
 (Node, Placement, ReplicaStatus, DeploymentStatus). The generated files are
 committed under docs/schema/ (`python -m corral.schema docs/schema` rewrites them;
@@ -9,6 +10,7 @@ a unit test checks that they are current).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -17,13 +19,21 @@ from typing import Any, Final
 import msgspec
 
 from corral.events import Event, Reply
-from corral.specs import DeleteRequest, Deployment, ScaleRequest
+from corral.specs import (
+    DeleteRequest,
+    Deployment,
+    NodeDecision,
+    NodeReleaseRequest,
+    ScaleRequest,
+)
 from corral.state import DeploymentStatus, Node, Placement, ReplicaStatus
 
 PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "Deployment": Deployment,
     "ScaleRequest": ScaleRequest,
     "DeleteRequest": DeleteRequest,
+    "NodeReleaseRequest": NodeReleaseRequest,
+    "NodeDecision": NodeDecision,
     "Reply": Reply,
     "Event": Event,
     "Node": Node,
@@ -48,7 +58,22 @@ def schema_of(name: str) -> dict[str, Any]:
     payload = PUBLIC_PAYLOADS[name]
     schema: dict[str, Any] = {"$schema": _DIALECT, "$id": f"corral/v1/{name}.json"}
     schema.update(msgspec.json.schema(payload))
-    return schema
+    cleaned: dict[str, Any] = _clean_descriptions(schema)
+    return cleaned
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Descriptions come from docstrings: without their source indentation."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -19,11 +19,20 @@ from corral.codec import InvalidPayload, decode_payload
 # A manifest file larger than this is refused before it is parsed (a spec is at most
 # 64 KiB on the wire; a file may hold several documents and comments).
 MAX_MANIFEST_BYTES = 1024 * 1024
+# Mappings and lists nest at most this deep in a manifest (a Deployment needs 6). PyYAML
+# builds nested nodes by recursion: 3 KB of "[" would exhaust Python's stack.
+MAX_MANIFEST_DEPTH = 64
+# An integer in a manifest has at most this many characters (Python refuses to read
+# more than 4300 digits, and no field of a spec needs more than 20).
+MAX_INTEGER_CHARS = 64
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a few hundred bytes of nested aliases expand
-    to gigabytes (a "billion laughs"), and manifests have no need of them."""
+class _ManifestLoader(yaml.SafeLoader):
+    """YAML for manifests: no anchors and aliases (a few hundred bytes of nested aliases
+    expand to gigabytes, a "billion laughs", and manifests have no need of them), and
+    nesting bounded by MAX_MANIFEST_DEPTH, checked as each node is entered."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -31,7 +40,36 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases (*name) are not supported in manifests", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_MANIFEST_DEPTH and self.check_event(
+            yaml.SequenceStartEvent, yaml.MappingStartEvent
+        ):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"mappings and lists nest deeper than {MAX_MANIFEST_DEPTH} levels, "
+                "the limit for a manifest",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        if len(node.value) > MAX_INTEGER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"an integer of {len(node.value)} characters: "
+                f"at most {MAX_INTEGER_CHARS} in a manifest",
+                node.start_mark,
+            )
+        return super().construct_yaml_int(node)
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _ManifestLoader.construct_yaml_int)
 
 
 @dataclass(frozen=True)
@@ -45,8 +83,10 @@ class Manifest:
 def load_manifests(text: str, source: str) -> list[Manifest]:
     """Every document of a YAML stream, validated; raises CorralError naming the problem."""
     try:
-        documents = [doc for doc in yaml.load_all(text, Loader=_NoAliasLoader) if doc is not None]
+        documents = [doc for doc in yaml.load_all(text, Loader=_ManifestLoader) if doc is not None]
     except yaml.YAMLError as error:
+        raise CorralError(f"{source}: not valid YAML: {error}") from None
+    except ValueError as error:  # a value PyYAML recognised but could not build
         raise CorralError(f"{source}: not valid YAML: {error}") from None
     if not documents:
         raise CorralError(f"{source}: no manifest in it (expected a YAML document with a kind)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.cli.manifests import load_manifests
+from corral.cli.manifests import MAX_MANIFEST_DEPTH, load_manifests
 from corral.client import API_KINDS, CorralError
 from corral.specs import Deployment
 
@@ -79,3 +79,45 @@ def test_yaml_aliases_are_refused_before_they_can_expand() -> None:
     )
     with pytest.raises(CorralError, match=r"YAML aliases \(\*name\) are not supported"):
         load_manifests(bomb, "bomb.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 3000,  # 3 KB of "[": a RecursionError traceback before the limit
+        "{a: " * 3000,
+        "a:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 200)),
+        "- " * 1000 + "x\n",
+    ],
+    ids=["flow-lists", "flow-maps", "block-maps", "block-lists"],
+)
+def test_deep_nesting_is_refused_with_the_file_and_the_limit(text: str) -> None:
+    with pytest.raises(CorralError) as raised:
+        load_manifests(text, "deep.yaml")
+    assert str(raised.value).startswith("deep.yaml: not valid YAML: ")
+    assert f"deeper than {MAX_MANIFEST_DEPTH} levels" in str(raised.value)
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    # the document's mapping is one level, the lists the 63 others
+    nested = "[" * (MAX_MANIFEST_DEPTH - 1) + "]" * (MAX_MANIFEST_DEPTH - 1)
+    with pytest.raises(CorralError, match="unknown field `deep`"):
+        load_manifests(GOOD + f"deep: {nested}\n", "web.yaml")
+    with pytest.raises(CorralError, match="deeper than 64"):
+        load_manifests(GOOD + f"deep: [{nested}]\n", "web.yaml")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9" * 5000, "an integer of 5000 characters: at most 64"),
+        ("0x" + "f" * 5000, "an integer of 5002 characters"),
+        ("9" * 30, "Expected `int` <= 10000"),
+        ("2024-13-45", "month must be in 1..12"),
+    ],
+    ids=["5000-digits", "5000-hex-digits", "30-digits", "impossible-date"],
+)
+def test_values_yaml_cannot_build_are_errors_not_tracebacks(value: str, message: str) -> None:
+    with pytest.raises(CorralError) as raised:
+        load_manifests(GOOD.replace("replicas: 3", f"replicas: {value}"), "web.yaml")
+    assert str(raised.value).startswith("web.yaml: ") and message in str(raised.value)
