@@ -28,15 +28,16 @@ from typing import Final
 HEARTBEAT_SECONDS: Final = 1.0
 
 # The longest NATS failover measured on a 3-server cluster (the connected server
-# killed, a Raft election, the client on another server): what F must exceed.
-WORST_FAILOVER_SECONDS: Final = 6.0
+# killed while it led the node's bucket: a Raft election, the client on another
+# server): a write waited up to 10.5 s (bench/bench_failover.py). What F must exceed.
+WORST_FAILOVER_SECONDS: Final = 11.0
 
 # R: a node whose record has not changed for this long (on the scheduler's clock,
 # while its view is fresh) is lost, and its replicas are placed elsewhere.
 NODE_LOST_SECONDS: Final = 5.0
 
 # F: an agent cut off this long (from its last acknowledged write) removes its replicas.
-CUT_OFF_STOP_SECONDS: Final = 15.0
+CUT_OFF_STOP_SECONDS: Final = 20.0
 
 # STOP: the longest a container removal may take before the engine counts as down.
 STOP_SECONDS: Final = 10.0

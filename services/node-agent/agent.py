@@ -183,6 +183,7 @@ class NodeAgent:
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
         self._watch_started = 0.0
+        self._decided = anyio.Event()  # active and fenced, or held: run() reports started
         # Written beside this node's placements and watched coming back (kv.echo_key).
         self.echo_key = echo_key("agent", prefix=f"{self.node}.")
         self._running = 0  # this agent's share of the replicas_running gauge
@@ -251,10 +252,7 @@ class NodeAgent:
         ready record written, or held, handed over or retired (bounded: a store that
         does not answer leaves the agent starting, and it says so)."""
         with anyio.move_on_after(_WATCH_START_SECONDS):
-            while self.mode in (Mode.STARTING, Mode.SYNCING) or (
-                self.mode == Mode.ACTIVE and (self._fence_pending or not self.passes)
-            ):
-                await anyio.sleep(0.02)
+            await self._decided.wait()
             if self.mode == Mode.ACTIVE:
                 with anyio.fail_after(_WATCH_START_SECONDS):
                     await self.record.write()
@@ -351,6 +349,8 @@ class NodeAgent:
             level, "node %s: %s -> %s%s", self.node, before, mode, f": {message}" * bool(message)
         )
         self.health["safety"] = mode in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING)
+        if mode in (Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED):
+            self._decided.set()
         self.record.update(mode=mode.value)
         self._report_readiness()
         if mode not in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING) or before in (
@@ -456,6 +456,7 @@ class NodeAgent:
             mirror = Mirror(
                 self._placements_bucket,
                 Placement,
+                prefix=f"{self.node}.>",
                 on_change=lambda _k: self.poke(),
                 clock=self.monotonic,
             )
@@ -620,6 +621,8 @@ class NodeAgent:
         with metrics.RECONCILE_SECONDS.time():
             await self._reconcile()
             self.passes += 1
+        if self.mode == Mode.ACTIVE and not self._fence_pending:
+            self._decided.set()
 
     async def _reconcile(self) -> None:
         mode = self.mode

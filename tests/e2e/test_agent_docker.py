@@ -14,11 +14,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from corral import names
+from corral.cluster import read_cluster_identity
 from corral.codec import decode, encode
 from corral.kv import NatsBucket
 from corral.specs import ContainerTemplate, ResourceList, Resources
 from corral.state import Placement, ReplicaState, ReplicaStatus
-from tests.e2e.conftest import AgentFactory, remove_node_containers
+from tests.e2e.conftest import AgentFactory
 
 pytestmark = pytest.mark.docker
 
@@ -97,6 +98,13 @@ async def place(buckets: dict[str, NatsBucket], placement: Placement) -> None:
     await buckets[names.PLACEMENTS_BUCKET].put(key, encode(placement))
 
 
+async def cluster_id(buckets: dict[str, NatsBucket]) -> str:
+    """The id of the test's cluster (made when the first service joined it)."""
+    identity = await read_cluster_identity(buckets[names.CLUSTER_BUCKET])
+    assert identity is not None
+    return identity.id
+
+
 async def status_of(
     buckets: dict[str, NatsBucket], node: str, replica: str
 ) -> ReplicaStatus | None:
@@ -139,9 +147,11 @@ async def test_runs_placements_with_labels_and_limits(
         await place(buckets, placement)
         await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
         (container,) = containers_of(node_name)
-        assert container["Name"] == f"/corral-{node_name}-{web}"
+        cluster = await cluster_id(buckets)
+        assert container["Name"] == f"/corral_{node_name}_{web}_{cluster}"
         labels = container["Config"]["Labels"]
         assert labels[names.LABEL_MANAGED] == "true"
+        assert labels[names.LABEL_CLUSTER] == cluster
         assert labels[names.LABEL_NODE] == node_name
         assert labels[names.LABEL_DEPLOYMENT] == "web"
         assert labels[names.LABEL_REPLICA] == web
@@ -184,7 +194,7 @@ async def _restarts_at_least(
     return status is not None and status.restarts >= restarts
 
 
-async def test_restart_adopts_and_removes_orphans(
+async def test_restart_adopts_its_own_and_removes_what_is_no_longer_placed(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
     web_a, web_b = unique("web"), unique("web")
@@ -195,35 +205,32 @@ async def test_restart_adopts_and_removes_orphans(
     before = running_ids(node_name)
     assert set(before) == {web_a, web_b}  # the agent's stop leaves them running
 
-    # While no agent runs: a labelled container of a replica placed nowhere appears.
-    orphan = docker(
-        "run",
-        "-d",
-        "--name",
-        f"corral-orphan-{node_name}",
-        "--label",
-        f"{names.LABEL_MANAGED}=true",
-        "--label",
-        f"{names.LABEL_NODE}={node_name}",
-        "--label",
-        f"{names.LABEL_REPLICA}=orphan-x1",
-        "--label",
-        f"{names.LABEL_DEPLOYMENT}=web",
-        test_image,
-        "sleep",
-        "3600",
-    ).strip()
+    # While no agent runs: a container of this cluster and node, of a replica placed
+    # nowhere, appears; and one of another cluster, with the same node name.
+    def labelled(name: str, cluster: str) -> str:
+        return docker(
+            "run", "-d", "--name", name,
+            "--label", f"{names.LABEL_MANAGED}=true",
+            "--label", f"{names.LABEL_CLUSTER}={cluster}",
+            "--label", f"{names.LABEL_NODE}={node_name}",
+            "--label", f"{names.LABEL_REPLICA}=gone-x1",
+            "--label", f"{names.LABEL_DEPLOYMENT}=web",
+            test_image, "sleep", "3600",
+        ).strip()  # fmt: skip
+
+    unplaced = labelled(f"corral-unplaced-{node_name}", await cluster_id(buckets))
+    foreign = labelled(f"corral-foreign-{node_name}", "0123456789abcdef")
 
     async with agent_running("--resync-seconds", "0.2"):
-        # Fencing comes first: the orphan is gone once the agent reports started.
+        # Fencing comes first: the unplaced one is gone once the agent reports started.
         ids = {c["Id"] for c in containers_of(node_name)}
-        assert orphan not in ids
+        assert unplaced not in ids and foreign in ids
         # Two more complete passes (the second began after this point): a wrong
         # agent would have created its duplicates by now.
         await passes_after(2)
         after = running_ids(node_name)
-        assert after == before
-        assert len(containers_of(node_name)) == 2
+        assert after == {**before, "gone-x1": foreign}  # the other cluster's is untouched
+        assert len(containers_of(node_name)) == 3
 
 
 async def test_deleted_placement_removes_its_container(
@@ -260,27 +267,24 @@ async def test_missing_image_is_image_pull_backoff(
         assert bad not in running_ids(node_name)
 
 
-async def test_a_leftover_of_another_node_holding_the_name_is_replaced(
+async def test_a_container_of_another_cluster_holding_the_name_is_never_removed(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
     web = unique("web")
-    other = f"{node_name}-gone"
-    leftover = docker(
-        "create",
-        "--name",
-        f"corral-{node_name}-{web}",
-        "--label",
-        f"{names.LABEL_MANAGED}=true",
-        "--label",
-        f"{names.LABEL_NODE}={other}",
-        test_image,
-        "sleep",
-        "3600",
-    ).strip()
-    try:
-        async with agent_running():
+    async with agent_running():
+        cluster = await cluster_id(buckets)
+        holder = docker(
+            "create", "--name", f"corral_{node_name}_{web}_{cluster}",
+            "--label", f"{names.LABEL_MANAGED}=true",
+            "--label", f"{names.LABEL_CLUSTER}=0123456789abcdef",
+            "--label", f"{names.LABEL_NODE}={node_name}-elsewhere",
+            test_image, "sleep", "3600",
+        ).strip()  # fmt: skip
+        try:
             await place(buckets, make_placement(node_name, web, test_image))
-            await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
-            assert leftover not in docker("ps", "-aq", "--no-trunc").split()
-    finally:
-        remove_node_containers(other)
+            await eventually(state_is(buckets, node_name, web, ReplicaState.FAILED))
+            status = await status_of(buckets, node_name, web)
+            assert status is not None and "held by container" in status.message
+            assert holder in docker("ps", "-aq", "--no-trunc").split()
+        finally:
+            docker("rm", "-f", holder)
