@@ -348,7 +348,6 @@ class NodeAgent:
         log.log(
             level, "node %s: %s -> %s%s", self.node, before, mode, f": {message}" * bool(message)
         )
-        self.health["safety"] = mode in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING)
         if mode in (Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED):
             self._decided.set()
         self.record.update(mode=mode.value)

@@ -3,7 +3,9 @@ its own data and exec roots, its own socket and its own bridge."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -33,6 +35,7 @@ def second_engine(root: Path, image: str) -> Iterator[str]:
     if shutil.which("dockerd") is None or shutil.which("ip") is None:
         raise RuntimeError("dockerd and ip (iproute2) are needed for a second engine")
     _run("ip", "link", "del", BRIDGE, check=False)  # a leftover of an interrupted run
+    remove_rules_of(BRIDGE)
     _run("ip", "link", "add", "name", BRIDGE, "type", "bridge")
     process: subprocess.Popen[bytes] | None = None
     try:
@@ -100,4 +103,18 @@ def second_engine(root: Path, image: str) -> Iterator[str]:
                 process.kill()
                 process.wait(timeout=10)
         _run("ip", "link", "del", BRIDGE, check=False)
+        remove_rules_of(BRIDGE)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def remove_rules_of(bridge: str) -> None:
+    """dockerd leaves its packet-filter rules for the bridge behind when it stops:
+    delete exactly the rules that name this test's bridge or its subnet."""
+    subnet = str(ipaddress.ip_interface(BRIDGE_ADDRESS).network)
+    for table in ("filter", "nat"):
+        saved = subprocess.run(
+            ["iptables-save", "-t", table], capture_output=True, text=True, check=False
+        ).stdout
+        for line in saved.splitlines():
+            if line.startswith("-A ") and (bridge in line.split() or subnet in line.split()):
+                _run("iptables", "-t", table, "-D", *shlex.split(line[3:]), check=False)
