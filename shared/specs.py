@@ -157,21 +157,23 @@ class _Public(
     """
 
 
+# A precondition: the KV revision of the object the writer last saw; 0: none.
+ResourceVersion = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_COUNTER,
+        description="A precondition: the KV revision of the object the writer last saw; 0: none.",
+    ),
+]
+
+
 class ObjectMeta(_Public, frozen=True, kw_only=True):
     name: DnsLabel
     # Kubernetes' label syntax: [prefix/]name = value (see LABEL_KEY_PATTERN)
     labels: Labels = {}
     namespace: Literal["default"] = "default"
-    # A precondition: the KV revision of the object the writer last saw; 0: none.
-    resource_version: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0,
-            le=MAX_COUNTER,
-            description="A precondition: the KV revision of the object the writer last "
-            "saw; 0: none.",
-        ),
-    ] = 0
+    resource_version: ResourceVersion = 0
     # Set by the owner when it stores the object; ignored when a client sends them.
     generation: Counter = 0
     uid: Annotated[str, msgspec.Meta(pattern=_whole("[-A-Za-z0-9_.]*"), max_length=MAX_UID)] = ""
@@ -275,30 +277,12 @@ class ScaleRequest(_Public, frozen=True):
 
     name: DnsLabel
     replicas: Replicas
-    # A precondition: the KV revision of the object the writer last saw; 0: none.
-    resource_version: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0,
-            le=MAX_COUNTER,
-            description="A precondition: the KV revision of the object the writer last "
-            "saw; 0: none.",
-        ),
-    ] = 0
+    resource_version: ResourceVersion = 0
 
 
 class DeleteRequest(_Public, frozen=True):
     name: DnsLabel
-    # A precondition: the KV revision of the object the writer last saw; 0: none.
-    resource_version: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0,
-            le=MAX_COUNTER,
-            description="A precondition: the KV revision of the object the writer last "
-            "saw; 0: none.",
-        ),
-    ] = 0
+    resource_version: ResourceVersion = 0
 
 
 class NodeReleaseRequest(_Public, frozen=True):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +159,18 @@ async def wait_for_jetstream(cluster: NatsCluster, within: float = 30.0) -> None
         if time.monotonic() > deadline:
             raise RuntimeError(f"the NATS cluster had no JetStream leader within {within} s")
         await anyio.sleep(0.2)
+
+
+@asynccontextmanager
+async def running_nats_cluster(root: Path) -> AsyncIterator[NatsCluster]:
+    """Three nats-server processes under `root`, JetStream ready; stopped on exit."""
+    cluster = NatsCluster(root)
+    cluster.start()
+    try:
+        await wait_for_jetstream(cluster)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 async def _quiet(_: Exception) -> None:

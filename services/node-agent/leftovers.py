@@ -16,11 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
-
-from corral.codec import decode
-from corral.kv import Bucket, Entry
-from corral.state import Node
+from corral.kv import Bucket
+from corral_node_agent.node_record import stored_node
 from corral_node_agent.runtime import ObservedContainer, Runtime, RuntimeFailure
 
 log = logging.getLogger(__name__)
@@ -38,15 +35,6 @@ def group_by_node(containers: list[ObservedContainer]) -> dict[str, list[Observe
     for container in containers:
         groups.setdefault(container.node, []).append(container)
     return groups
-
-
-def _stored_node(entry: Entry | None) -> Node | None:
-    if entry is None or entry.value is None:
-        return None
-    try:
-        return decode(entry.value, Node)
-    except msgspec.DecodeError:
-        return None
 
 
 class LeftoverSweeper:
@@ -82,7 +70,7 @@ class LeftoverSweeper:
             except Exception as error:  # NATS trouble: look again later
                 log.debug("reading node %s failed: %s", other, error)
                 continue
-            stored = _stored_node(entry)
+            stored = stored_node(entry)
             if stored is not None and stored.engine_id != engine_id:
                 continue
             revision = 0 if entry is None or entry.value is None else entry.revision

@@ -46,7 +46,7 @@ class Takeover:
     same_engine: bool
 
 
-def _stored_node(entry: Entry | None) -> Node | None:
+def stored_node(entry: Entry | None) -> Node | None:
     if entry is None or entry.value is None:
         return None
     try:
@@ -102,7 +102,7 @@ class NodeRecord:
     async def claim(self) -> None:
         """Read the stored record; raise NodeNameTaken when another live agent owns it."""
         entry = await self.bucket.get(self.node.name)
-        stored = _stored_node(entry)
+        stored = stored_node(entry)
         if stored is not None and stored.agent_id and stored.agent_id == self.node.agent_id:
             log.info("node %s: the stored record is this agent's own (a restart)", self.node.name)
         elif stored is not None and stored.agent_id and entry is not None:
@@ -141,7 +141,7 @@ class NodeRecord:
                 return
             except Conflict:
                 entry = await self.bucket.get(self.node.name)  # re-read, then retry
-                stored = _stored_node(entry)
+                stored = stored_node(entry)
                 if stored is not None and stored.agent_id not in ("", self.node.agent_id):
                     self.displaced_by = Takeover(
                         stored.agent_id, same_engine(self.node.engine_id, stored.engine_id)

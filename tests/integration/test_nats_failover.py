@@ -17,7 +17,7 @@ from corral.bus import bucket_stream
 from corral.service import run_service
 from corral_scheduler.main import build_parser, run
 from tests.integration.scheduler_harness import running_scheduler
-from tests.nats_cluster import NatsCluster, measure_failover, wait_for_jetstream
+from tests.nats_cluster import NatsCluster, measure_failover, running_nats_cluster
 
 FAILOVER_GOAL_SECONDS = 5.0
 
@@ -25,13 +25,8 @@ FAILOVER_GOAL_SECONDS = 5.0
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NatsCluster]:
     monkeypatch.setenv("CORRAL_KV_REPLICAS", "3")
-    cluster = NatsCluster(tmp_path)
-    cluster.start()
-    try:
-        await wait_for_jetstream(cluster)
+    async with running_nats_cluster(tmp_path) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.timeout(90)

@@ -21,7 +21,7 @@ from corral.bus import (
 from corral.codec import encode
 from corral.events import REASON_STORE_FULL
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
-from tests.nats_cluster import NatsCluster, wait_for_jetstream
+from tests.nats_cluster import NatsCluster, running_nats_cluster
 from tests.waiting import eventually
 
 
@@ -109,13 +109,8 @@ async def test_delete_markers_are_purged_after_their_retention(
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path)
-    cluster.start()
-    try:
-        await wait_for_jetstream(cluster)
+    async with running_nats_cluster(tmp_path) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.timeout(90)
