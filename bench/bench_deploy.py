@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_deploy.py [--replicas 20] [--rounds 3] [--kills 3]
 
-Starts its own corral with `python -m corral.local up -d` (an embedded
+Starts its own corral with `python -m corral.client.local up -d` (an embedded
 nats-server on a free port, the real services as processes, the node agent on
 the local Docker engine), then measures:
 
@@ -36,14 +36,14 @@ from typing import Any
 import aiodocker
 import anyio
 
-from corral import names
-from corral.client import CorralClient
-from corral.kv import Mirror, NatsBucket
-from corral.local.layout import Layout
-from corral.local.processes import resident_memory_bytes
-from corral.local.state_file import SupervisorRecord, read_state
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import ReplicaState, ReplicaStatus
+from corral.client.api import CorralClient
+from corral.client.local.layout import Layout
+from corral.client.local.processes import resident_memory_bytes
+from corral.client.local.state_file import SupervisorRecord, read_state
+from corral.contract import names
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import ReplicaState, ReplicaStatus
+from corral.natsio.kv import Mirror, NatsBucket
 
 IMAGE = "corral-test/busybox:1"
 COMMAND = ["sleep", "3600"]
@@ -82,7 +82,14 @@ class LocalCorral:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def _run(self, *args: str) -> None:
-        command = [sys.executable, "-m", "corral.local", *args, "--data-dir", str(self.data_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "corral.client.local",
+            *args,
+            "--data-dir",
+            str(self.data_dir),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")

@@ -6,7 +6,7 @@ Each run starts a real 3-server NATS cluster on loopback (three nats-server
 processes, JetStream, random free ports), the scheduler in this process with every
 address (`--nats a,b,c`) and R3 buckets (CORRAL_KV_REPLICAS=3), waits until the
 Raft leaders of what the scheduler writes are off its server (its steady state:
-corral.bus.keep_leaders_elsewhere), then SIGKILLs the server the scheduler is
+corral.natsio.bus.keep_leaders_elsewhere), then SIGKILLs the server the scheduler is
 connected to and prints, from the kill:
   request: until an apply request (retried every 50 ms, as a client would) is answered ok
   durable: until a spec published on corral.spec.deployment.apply after the kill is stored
@@ -27,7 +27,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.nats_cluster
 
-from corral.service import ServiceContext, run_service
+from corral.natsio.service import ServiceContext, run_service
 from corral_scheduler.main import build_parser, run
 from tests.nats_cluster import (
     Failover,

@@ -14,8 +14,8 @@ import itertools
 import statistics
 import time
 
-from corral.names import placement_key
-from corral.specs import (
+from corral.contract.names import placement_key
+from corral.contract.specs import (
     ContainerTemplate,
     Deployment,
     DeploymentSpec,
@@ -23,7 +23,7 @@ from corral.specs import (
     ResourceList,
     Resources,
 )
-from corral.state import Node, NodeCapacity
+from corral.contract.state import Node, NodeCapacity
 from corral_scheduler.decide import Plan, schedule
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 

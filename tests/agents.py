@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from corral.service import ServiceContext, run_service
+from corral.natsio.service import ServiceContext, run_service
 from corral_node_agent.main import build_parser, run
 
 

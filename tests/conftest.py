@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.bus import connect, ensure_streams, open_buckets
-from corral.kv import NatsBucket
-from corral.local.nats_server import nats_server_command
+from corral.client.local.nats_server import nats_server_command
+from corral.natsio.bus import connect, ensure_streams, open_buckets
+from corral.natsio.kv import NatsBucket
 
 
 def free_port() -> int:

@@ -16,13 +16,13 @@ import anyio
 import nats
 from nats.js import JetStreamContext
 
-from corral import names
-from corral.bus import bucket_stream
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.local.nats_server import nats_server_binary
-from corral.service import ServiceContext
-from corral.specs import Deployment
+from corral.client.local.nats_server import nats_server_binary
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import Deployment
+from corral.natsio.bus import bucket_stream
+from corral.natsio.service import ServiceContext
 from corral_scheduler.main import DURABLE
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import names
-from corral.service import ServiceContext
+from corral.contract import names
+from corral.natsio.service import ServiceContext
 from tests.agents import running_agent
 
 REPO = Path(__file__).resolve().parents[2]

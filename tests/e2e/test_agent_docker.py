@@ -13,12 +13,12 @@ import anyio
 import pytest
 from prometheus_client import REGISTRY
 
-from corral import names
-from corral.cluster import read_cluster_identity
-from corral.codec import decode, encode
-from corral.kv import NatsBucket
-from corral.specs import ContainerTemplate, ResourceList, Resources
-from corral.state import Placement, ReplicaState, ReplicaStatus
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.specs import ContainerTemplate, ResourceList, Resources
+from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral.natsio.cluster import read_cluster_identity
+from corral.natsio.kv import NatsBucket
 from tests.e2e.conftest import AgentFactory
 
 pytestmark = pytest.mark.docker

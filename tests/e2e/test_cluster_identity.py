@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names
+from corral.contract import names
 from tests.agents import running_agent
 from tests.conftest import NatsServer
 from tests.e2e.test_deployment_lifecycle import corral

@@ -14,7 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
-from corral import names
+from corral.contract import names
 from tests.e2e.conftest import AgentFactory
 from tests.integration.scheduler_harness import running_scheduler
 from tests.waiting import eventually

@@ -3,7 +3,7 @@
 Node A's agent talks to NATS through a TCP proxy that the test cuts; node B's agent
 talks to NATS directly. One replica runs on A. At t = 0 the proxy cuts A off, either
 by closing its connections or by silently dropping its traffic (blackhole). Then,
-on the time budget (corral.time_budget, docs/time-budget.md):
+on the time budget (corral.contract.time_budget, docs/time-budget.md):
 
     Fast       the scheduler replaces the replica on B after R; A removes its copy
                itself at F; two copies overlap for at most F - R
@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names, time_budget
+from corral.contract import names, time_budget
 from tests.agents import running_agent
 from tests.conftest import NatsServer
 from tests.e2e.conftest import remove_node_containers

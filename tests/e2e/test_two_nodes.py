@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names
+from corral.contract import names
 from tests.agents import running_agent
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.second_engine import second_engine

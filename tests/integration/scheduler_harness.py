@@ -12,12 +12,12 @@ import anyio
 import msgspec
 from nats.aio.client import Client as NATS
 
-from corral import names
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.kv import NatsBucket, write_record
-from corral.service import ServiceContext, run_service
-from corral.state import Node, NodeCapacity, Placement
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.state import Node, NodeCapacity, Placement
+from corral.natsio.kv import NatsBucket, write_record
+from corral.natsio.service import ServiceContext, run_service
 from corral_scheduler.main import build_parser, run
 from tests.waiting import eventually  # noqa: F401  (re-exported for the scheduler tests)
 

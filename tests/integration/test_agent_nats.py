@@ -10,12 +10,12 @@ from pathlib import Path
 
 import anyio
 
-from corral import names
-from corral.codec import decode, encode
-from corral.kv import NatsBucket
-from corral.service import run_service
-from corral.specs import ContainerTemplate
-from corral.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.specs import ContainerTemplate
+from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.natsio.kv import NatsBucket
+from corral.natsio.service import run_service
 from corral_node_agent.main import build_parser, run
 
 NODE = "hollow-it-1"

@@ -9,9 +9,9 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from corral.cli.main import cli
-from corral.client import CorralClient, CorralError
-from corral.specs import DeleteRequest
+from corral.client.api import CorralClient, CorralError
+from corral.client.cli.main import cli
+from corral.contract.specs import DeleteRequest
 
 
 async def corral(*args: str) -> Result:

@@ -12,12 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from corral import names
-from corral.bus import EventPublisher, connect
-from corral.cli.main import cli
-from corral.kv import NatsBucket, write_record
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import (
+from corral.client.cli.main import cli
+from corral.contract import names
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import (
     DeploymentStatus,
     Node,
     NodeCapacity,
@@ -25,6 +23,8 @@ from corral.state import (
     ReplicaState,
     ReplicaStatus,
 )
+from corral.natsio.bus import EventPublisher, connect
+from corral.natsio.kv import NatsBucket, write_record
 
 
 async def corral(url: str, *args: str, stdin: str | None = None) -> Result:
@@ -248,7 +248,7 @@ async def test_missing_objects_and_empty_cluster(
 async def test_follow_events_streams_new_ones(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
-    from corral.client import CorralClient
+    from corral.client.api import CorralClient
 
     nc = await connect(nats_url, name="test-events")
     publisher = EventPublisher(nc, source="test")

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from corral import names
-from corral.bus import connect
-from corral.cli.main import cli
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.kv import NatsBucket
-from corral.service import ServiceContext
+from corral.client.cli.main import cli
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.natsio.bus import connect
+from corral.natsio.kv import NatsBucket
+from corral.natsio.service import ServiceContext
 from tests.integration.scheduler_harness import register_node, running_scheduler
 from tests.waiting import eventually
 
@@ -207,8 +207,8 @@ async def test_scale_and_delete_of_unknown_deployment(
 
 
 async def test_client_library_round_trip(nats_url: str, buckets: dict[str, NatsBucket]) -> None:
-    from corral.client import CorralClient, RequestRejected
-    from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+    from corral.client.api import CorralClient, RequestRejected
+    from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 
     spec = Deployment(
         metadata=ObjectMeta(name="lib"),

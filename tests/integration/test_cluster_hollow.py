@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 
-from corral import names
-from corral.codec import decode
-from corral.kv import NatsBucket
-from corral.service import ServiceContext
-from corral.state import ReplicaState, ReplicaStatus
+from corral.contract import names
+from corral.contract.codec import decode
+from corral.contract.state import ReplicaState, ReplicaStatus
+from corral.natsio.kv import NatsBucket
+from corral.natsio.service import ServiceContext
 from tests.agents import running_agent
 from tests.integration.scheduler_harness import (
     deployment_json,

@@ -11,8 +11,12 @@ import anyio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from corral import names
-from corral.bus import (
+from corral.client.api import CorralClient
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import REASON_CONFLICT, Event, Reply
+from corral.contract.specs import Deployment
+from corral.natsio.bus import (
     EventPublisher,
     RetryPolicy,
     StoreSettings,
@@ -21,12 +25,8 @@ from corral.bus import (
     ensure_streams,
     open_buckets,
 )
-from corral.client import CorralClient
-from corral.codec import decode, encode
-from corral.events import REASON_CONFLICT, Event, Reply
-from corral.kv import NatsBucket
-from corral.spec_progress import progress_key, read_progress
-from corral.specs import Deployment
+from corral.natsio.kv import NatsBucket
+from corral.natsio.spec_progress import progress_key, read_progress
 from corral_scheduler.main import DURABLE
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 from tests.waiting import eventually

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corral.local.nats_server import nats_server_binary
-from corral.local.plan import DEFAULT_METRICS_BASE_PORT, SERVICES
+from corral.client.local.nats_server import nats_server_binary
+from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, SERVICES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 EXPORTED_METRICS = {

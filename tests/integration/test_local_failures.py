@@ -12,10 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral.local import supervisor
-from corral.local.plan import ChildSpec, UpOptions, service_children
-from corral.local.processes import ProcessRef, start_time
-from corral.local.state_file import read_state
+from corral.client.local import supervisor
+from corral.client.local.plan import ChildSpec, UpOptions, service_children
+from corral.client.local.processes import ProcessRef, start_time
+from corral.client.local.state_file import read_state
 from tests.integration import test_local_up_down
 from tests.integration.test_local_up_down import (
     UP_TIMEOUT,

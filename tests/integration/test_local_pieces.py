@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from corral.local.child import Backoff
-from corral.local.plan import UpOptions, local_node_name, service_children
-from corral.local.processes import ProcessRef
+from corral.client.local.child import Backoff
+from corral.client.local.plan import UpOptions, local_node_name, service_children
+from corral.client.local.processes import ProcessRef
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:

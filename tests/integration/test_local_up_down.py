@@ -17,9 +17,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from corral.local.layout import Layout
-from corral.local.processes import ProcessRef, stop_processes
-from corral.local.state_file import SupervisorRecord, read_state
+from corral.client.local.layout import Layout
+from corral.client.local.processes import ProcessRef, stop_processes
+from corral.client.local.state_file import SupervisorRecord, read_state
 
 UP_TIMEOUT = 120
 
@@ -56,7 +56,7 @@ class LocalCorral:
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
 
     def command(self, verb: str, *extra: str) -> list[str]:
-        args = [sys.executable, "-m", "corral.local", verb, "--data-dir", str(self.data_dir)]
+        args = [sys.executable, "-m", "corral.client.local", verb, "--data-dir", str(self.data_dir)]
         if verb == "up":
             args += [
                 "--nats-port",

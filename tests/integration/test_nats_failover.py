@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names
-from corral.bus import bucket_stream
-from corral.service import run_service
+from corral.contract import names
+from corral.natsio.bus import bucket_stream
+from corral.natsio.service import run_service
 from corral_scheduler.main import build_parser, run
 from tests.integration.scheduler_harness import running_scheduler
 from tests.nats_cluster import NatsCluster, measure_failover, running_nats_cluster

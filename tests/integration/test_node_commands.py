@@ -11,16 +11,16 @@ import anyio
 from click.testing import CliRunner, Result
 from nats.aio.client import Client as NATS
 
-from corral import names
-from corral.bus import connect
-from corral.cli.main import cli
-from corral.client import CorralClient
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.kv import NatsBucket, echo_key, write_record
-from corral.specs import NodeDecision
-from corral.state import Node, NodeCapacity, OrphanReplica
-from corral.time_budget import NODE_LOST_SECONDS
+from corral.client.api import CorralClient
+from corral.client.cli.main import cli
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import NodeDecision
+from corral.contract.state import Node, NodeCapacity, OrphanReplica
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.bus import connect
+from corral.natsio.kv import NatsBucket, echo_key, write_record
 from tests.integration.scheduler_harness import (
     eventually,
     heartbeat,

@@ -13,10 +13,10 @@ from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral import names
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.specs import DeleteRequest, Deployment, ScaleRequest
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 from tests.unit.test_payload_properties import SEEDS, is_json_object, mutated, wire_names
 

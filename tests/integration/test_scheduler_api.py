@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from corral import names
-from corral.codec import decode, encode
-from corral.kv import NatsBucket
-from corral.specs import Deployment
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.specs import Deployment
+from corral.natsio.kv import NatsBucket
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 
 GOOD = deployment_json("web", 2)

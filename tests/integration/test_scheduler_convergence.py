@@ -6,13 +6,13 @@ from __future__ import annotations
 import aiohttp
 import anyio
 
-from corral import names
-from corral.bus import connect
-from corral.codec import decode, encode
-from corral.events import Event
-from corral.kv import NatsBucket
-from corral.state import DeploymentStatus
-from corral.time_budget import NODE_LOST_SECONDS
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Event
+from corral.contract.state import DeploymentStatus
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.bus import connect
+from corral.natsio.kv import NatsBucket
 from tests.conftest import NatsServer
 from tests.integration.scheduler_harness import (
     deployment_json,

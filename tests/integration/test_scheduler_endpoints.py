@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from corral import names
-from corral.kv import NatsBucket
+from corral.contract import names
+from corral.natsio.kv import NatsBucket
 from tests.integration.scheduler_harness import (
     deployment_json,
     placements,

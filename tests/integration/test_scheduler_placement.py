@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from corral import names
-from corral.kv import NatsBucket
+from corral.contract import names
+from corral.natsio.kv import NatsBucket
 from tests.integration.scheduler_harness import (
     deployment_json,
     eventually,

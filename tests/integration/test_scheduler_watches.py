@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from nats.js.client import JetStreamContext
 
-from corral import names
-from corral.client import CorralClient
-from corral.codec import encode
-from corral.kv import Entry, NatsBucket, WatchIncomplete, echo_key
+from corral.client.api import CorralClient
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.natsio.kv import Entry, NatsBucket, WatchIncomplete, echo_key
 from tests.integration.scheduler_harness import register_node
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from nats.js import errors as js_errors
 
-from corral import names
-from corral.bus import (
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.events import REASON_STORE_FULL
+from corral.natsio.bus import (
     StoreSettings,
     bucket_stream,
     connect,
     ensure_streams,
     open_buckets,
 )
-from corral.codec import encode
-from corral.events import REASON_STORE_FULL
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 from tests.nats_cluster import NatsCluster, running_nats_cluster
 from tests.waiting import eventually

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral import names
-from corral.codec import encode
-from corral.kv import MemoryBucket
-from corral.specs import ContainerTemplate
-from corral.state import Cluster, Placement
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.specs import ContainerTemplate
+from corral.contract.state import Cluster, Placement
+from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import AgentSettings
 from corral_node_agent.runtime import ContainerState, ObservedContainer
 from corral_node_agent.safety import Budget

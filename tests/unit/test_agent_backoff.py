@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from corral.state import ReplicaState
+from corral.contract.state import ReplicaState
 from corral_node_agent.backoff import (
     ReplicaTrack,
     after_exit,

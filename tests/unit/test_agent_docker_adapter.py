@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from corral import names
-from corral.specs import ContainerTemplate, ResourceList, Resources
+from corral.contract import names
+from corral.contract.specs import ContainerTemplate, ResourceList, Resources
 from corral_node_agent.docker_runtime import (
     container_config,
     observed_from_inspect,

@@ -9,9 +9,9 @@ import time
 import anyio
 import pytest
 
-from corral.codec import decode, encode
-from corral.kv import MemoryBucket
-from corral.state import Node, NodeCapacity
+from corral.contract.codec import decode, encode
+from corral.contract.state import Node, NodeCapacity
+from corral.natsio.kv import MemoryBucket
 from corral_node_agent.main import build_parser
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord
 from corral_node_agent.settings import ENV_AGENT_ID, agent_id_from_args

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from corral import names
-from corral.codec import decode, encode
-from corral.kv import MemoryBucket
-from corral.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
 from tests.unit.agent_helpers import NODE, cluster_bucket, fast_settings, placement

@@ -9,10 +9,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names
-from corral.codec import encode
-from corral.specs import NodeDecision
-from corral.state import Node, NodeCapacity, ReplicaState
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.specs import NodeDecision
+from corral.contract.state import Node, NodeCapacity, ReplicaState
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile
 from corral_node_agent.node_record import NodeNameTaken

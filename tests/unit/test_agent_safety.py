@@ -13,10 +13,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral import names
-from corral.codec import encode
-from corral.kv import Entry, MemoryBucket
-from corral.state import Node, NodeCapacity, ReplicaState
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.state import Node, NodeCapacity, ReplicaState
+from corral.natsio.kv import Entry, MemoryBucket
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.diff import StartContainer
 from corral_node_agent.docker_runtime import DockerRuntime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral import time_budget
+from corral.contract import time_budget
 from corral_node_agent.safety import (
     Budget,
     Displacement,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from corral.cli.manifests import MAX_MANIFEST_DEPTH, load_manifests
-from corral.client import API_KINDS, CorralError
-from corral.specs import Deployment
+from corral.client.api import API_KINDS, CorralError
+from corral.client.cli.manifests import MAX_MANIFEST_DEPTH, load_manifests
+from corral.contract.specs import Deployment
 
 GOOD = """\
 apiVersion: corral/v1

@@ -9,14 +9,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from corral.cli import write_commands
-from corral.cli.main import cli
-from corral.cli.options import parse_env, parse_resource_list
-from corral.cli.runner import Settings
-from corral.client import ApiKind
-from corral.codec import decode
-from corral.events import Reply
-from corral.specs import Deployment
+from corral.client.api import ApiKind
+from corral.client.cli import write_commands
+from corral.client.cli.main import cli
+from corral.client.cli.options import parse_env, parse_resource_list
+from corral.client.cli.runner import Settings
+from corral.contract.codec import decode
+from corral.contract.events import Reply
+from corral.contract.specs import Deployment
 
 
 def test_resource_list() -> None:

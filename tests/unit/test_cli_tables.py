@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.cli.tables import age_since, format_age, render_table
+from corral.client.cli.tables import age_since, format_age, render_table
 
 
 def test_columns_align_and_lines_have_no_trailing_blanks() -> None:

@@ -7,11 +7,11 @@ import json
 import msgspec
 import pytest
 
-from corral.cli.read_commands import render_get
-from corral.cli.views import ClusterView
-from corral.client import CorralError
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import DeploymentStatus, Node, NodeCapacity
+from corral.client.api import CorralError
+from corral.client.cli.read_commands import render_get
+from corral.client.cli.views import ClusterView
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import DeploymentStatus, Node, NodeCapacity
 
 NOW = 1_000_000.0
 

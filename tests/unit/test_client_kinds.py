@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from corral.client import API_KINDS, CorralError, find_kind, node_is_ready
-from corral.specs import Deployment
-from corral.state import Node, NodeCapacity
-from corral.time_budget import NODE_STALE_SECONDS
+from corral.client.api import API_KINDS, CorralError, find_kind, node_is_ready
+from corral.contract.specs import Deployment
+from corral.contract.state import Node, NodeCapacity
+from corral.contract.time_budget import NODE_STALE_SECONDS
 
 
 @pytest.mark.parametrize("spelling", ["Deployment", "deployment", "deployments", "deploy"])

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from corral.bus import StoreSettings
-from corral.cli import write_commands
-from corral.cli.main import cli
-from corral.cli.runner import Settings
-from corral.config import nats_servers, resolve_nats_url
-from corral.events import Reply
-from corral.local.plan import UpOptions, service_children
-from corral.service import base_parser
+from corral.client.cli import write_commands
+from corral.client.cli.main import cli
+from corral.client.cli.runner import Settings
+from corral.client.local.plan import UpOptions, service_children
+from corral.contract.events import Reply
+from corral.natsio.bus import StoreSettings
+from corral.natsio.config import nats_servers, resolve_nats_url
+from corral.natsio.service import base_parser
 
 A, B, C = "nats://nats-1:4222", "nats://nats-2:4222", "nats://nats-3:4222"
 

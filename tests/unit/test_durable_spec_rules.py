@@ -5,8 +5,8 @@ has been applied past it."""
 
 from __future__ import annotations
 
-from corral.codec import decode, encode
-from corral.events import (
+from corral.contract.codec import decode, encode
+from corral.contract.events import (
     REASON_BUSY,
     REASON_INTERNAL,
     REASON_INVALID,
@@ -14,9 +14,9 @@ from corral.events import (
     REASON_SUPERSEDED,
     Reply,
 )
-from corral.kv import MemoryBucket
-from corral.spec_progress import SpecProgress, advance, read_progress, remember_delete
-from corral.specs import Deployment
+from corral.contract.specs import Deployment
+from corral.natsio.kv import MemoryBucket
+from corral.natsio.spec_progress import SpecProgress, advance, read_progress, remember_delete
 from corral_scheduler.deployment_api import DeploymentAPI
 from tests.integration.scheduler_harness import deployment_json
 

@@ -14,15 +14,15 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from corral.cli.local_commands import local_cli
-from corral.local import supervisor
-from corral.local.child import Backoff, ChildState, supervise_child
-from corral.local.detach import DetachFailed, _failed, start_detached
-from corral.local.layout import Layout
-from corral.local.plan import ChildSpec, UpOptions, port_problem, service_children
-from corral.local.processes import ProcessRef
-from corral.local.state_file import ChildRecord, SupervisorRecord, write_state
-from corral.local.supervisor import CannotStart, create_layout, read_failure, take_lock
+from corral.client.cli.local_commands import local_cli
+from corral.client.local import supervisor
+from corral.client.local.child import Backoff, ChildState, supervise_child
+from corral.client.local.detach import DetachFailed, _failed, start_detached
+from corral.client.local.layout import Layout
+from corral.client.local.plan import ChildSpec, UpOptions, port_problem, service_children
+from corral.client.local.processes import ProcessRef
+from corral.client.local.state_file import ChildRecord, SupervisorRecord, write_state
+from corral.client.local.supervisor import CannotStart, create_layout, read_failure, take_lock
 
 
 def test_overlapping_ports_are_refused_at_once(tmp_path: Path) -> None:

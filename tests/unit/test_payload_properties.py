@@ -13,9 +13,9 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from corral.codec import InvalidPayload, decode_payload, encode
-from corral.quantity import format_cpu, format_memory
-from corral.specs import (
+from corral.contract.codec import InvalidPayload, decode_payload, encode
+from corral.contract.quantity import format_cpu, format_memory
+from corral.contract.specs import (
     DeleteRequest,
     Deployment,
     NodeDecision,

@@ -11,13 +11,13 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from corral import names
-from corral.codec import decode, encode
-from corral.events import Reply
-from corral.kv import MemoryBucket, echo_key, write_record
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import Node, NodeCapacity
-from corral.time_budget import NODE_LOST_AFTER_STOP_SECONDS, NODE_LOST_SECONDS
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import Node, NodeCapacity
+from corral.contract.time_budget import NODE_LOST_AFTER_STOP_SECONDS, NODE_LOST_SECONDS
+from corral.natsio.kv import MemoryBucket, echo_key, write_record
 from corral_scheduler import metrics
 from corral_scheduler.control_loop import ECHO_GC_SECONDS, ControlLoop
 from corral_scheduler.node_api import NodeAPI, NodeRelease, release_key

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from corral.names import placement_key
-from corral.specs import (
+from corral.contract.names import placement_key
+from corral.contract.specs import (
     ContainerTemplate,
     Deployment,
     DeploymentSpec,
@@ -13,7 +13,7 @@ from corral.specs import (
     ResourceList,
     Resources,
 )
-from corral.state import (
+from corral.contract.state import (
     DeploymentStatus,
     Node,
     NodeCapacity,
@@ -21,7 +21,7 @@ from corral.state import (
     ReplicaState,
     ReplicaStatus,
 )
-from corral.time_budget import ENGINE_DOWN_EVICTION_SECONDS, NODE_LOST_SECONDS
+from corral.contract.time_budget import ENGINE_DOWN_EVICTION_SECONDS, NODE_LOST_SECONDS
 from corral_scheduler.decide import Plan, schedule
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 

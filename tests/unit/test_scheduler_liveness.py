@@ -1,5 +1,5 @@
 """When a node's replicas are replaced: the time budget's rules in the pure deciding
-step (corral.time_budget; R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS)."""
+step (corral.contract.time_budget; R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Literal
 
 import pytest
 
-from corral.names import placement_key
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import Node, NodeCapacity, Placement
-from corral.time_budget import (
+from corral.contract.names import placement_key
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import Node, NodeCapacity, Placement
+from corral.contract.time_budget import (
     CUT_OFF_STOP_SECONDS,
     ENGINE_DOWN_EVICTION_SECONDS,
     NODE_LOST_AFTER_STOP_SECONDS,

@@ -8,9 +8,9 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
-from corral.names import placement_key
-from corral.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.state import Node, NodeCapacity, OrphanReplica, Placement
+from corral.contract.names import placement_key
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral_scheduler.decide import Plan, schedule
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 

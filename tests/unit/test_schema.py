@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from corral.cli.main import cli
-from corral.schema import PUBLIC_PAYLOADS, generated_files, schema_of
+from corral.client.cli.main import cli
+from corral.contract.schema import PUBLIC_PAYLOADS, generated_files, schema_of
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
@@ -16,9 +16,13 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 def test_committed_schemas_are_current() -> None:
     committed = {path.name: path.read_text(encoding="utf-8") for path in SCHEMA_DIR.glob("*.json")}
     generated = generated_files()
-    assert sorted(committed) == sorted(generated), "run: python -m corral.schema docs/schema"
+    assert sorted(committed) == sorted(generated), (
+        "run: python -m corral.contract.schema docs/schema"
+    )
     for name, text in generated.items():
-        assert committed[name] == text, f"{name} is stale: run python -m corral.schema docs/schema"
+        assert committed[name] == text, (
+            f"{name} is stale: run python -m corral.contract.schema docs/schema"
+        )
 
 
 def test_deployment_schema_describes_the_wire_format() -> None:

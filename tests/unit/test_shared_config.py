@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.bus import kv_replicas
-from corral.config import DEFAULT_NATS_URL, resolve_nats_url
+from corral.natsio.bus import kv_replicas
+from corral.natsio.config import DEFAULT_NATS_URL, resolve_nats_url
 
 
 def test_flag_then_env_then_file_then_default(

@@ -8,9 +8,17 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from corral.codec import encode
-from corral.kv import Conflict, Entry, MemoryBucket, Mirror, echo_key, is_echo_key, write_record
-from corral.state import NodeCapacity
+from corral.contract.codec import encode
+from corral.contract.state import NodeCapacity
+from corral.natsio.kv import (
+    Conflict,
+    Entry,
+    MemoryBucket,
+    Mirror,
+    echo_key,
+    is_echo_key,
+    write_record,
+)
 from tests.waiting import eventually
 
 T = TypeVar("T")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.quantity import (
+from corral.contract.quantity import (
     MAX_CPU_MILLIS,
     MAX_MEMORY_BYTES,
     MAX_QUANTITY_CHARS,

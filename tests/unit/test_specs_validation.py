@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.codec import InvalidPayload, decode, decode_payload, encode
-from corral.specs import (
+from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
+from corral.contract.specs import (
     MAX_ARG,
     MAX_ARGS,
     MAX_ENV,
@@ -21,7 +21,7 @@ from corral.specs import (
     ScaleRequest,
     check_dns_label,
 )
-from corral.state import Placement
+from corral.contract.state import Placement
 
 
 def deployment(

@@ -1,0 +1,786 @@
+"""The node agent: one per node. Registers the node, heartbeats, and keeps the
+engine's containers matching the placements of this node.
+
+The loop (level-triggered): list the engine's corral containers, sort out whose
+they are (corral_node_agent.ownership), diff this node's own against the
+placements (corral_node_agent.diff), hand the actions to the executor, write the
+statuses that changed. A pass runs when a placement changes, when the engine
+reports a container event, when an action ends or a back-off expires, and at
+least every `resync_seconds`.
+
+What a pass may do is decided by one pure state machine (corral_node_agent.safety,
+docs/safety.md) from what the agent observes: is the store the cluster this node
+belongs to, when did NATS last acknowledge a write, are the placements current,
+did another agent take the node over. The guard loop below feeds it and acts on
+its transitions; the pass only asks `permissions(mode)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from corral import __version__
+from corral.contract import names, time_budget
+from corral.contract.events import Reply
+from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
+from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
+from corral_node_agent import metrics
+from corral_node_agent.backoff import ReplicaTrack
+from corral_node_agent.diff import (
+    Action,
+    Plan,
+    RemoveContainers,
+    group_by_replica,
+    plan_actions,
+    remove_all,
+)
+from corral_node_agent.executor import EventSink, Executor
+from corral_node_agent.leftovers import LeftoverSweeper
+from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.membership import Membership
+from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
+from corral_node_agent.ownership import Ownership, classify
+from corral_node_agent.replica_status import replica_status
+from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
+from corral_node_agent.safety import (
+    Budget,
+    Displacement,
+    Identity,
+    Mode,
+    Observation,
+    decide_mode,
+    needs_new_watch,
+    permissions,
+)
+from corral_node_agent.status_book import StatusBook
+
+log = logging.getLogger(__name__)
+
+_ENGINE_RETRY_SECONDS = 1.0
+_NATS_RETRY_SECONDS = (0.5, 10.0)  # first and longest wait between startup retries
+_WATCH_START_SECONDS = 10.0
+_MAX_ORPHANS_REPORTED = 100
+
+__all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node_name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_millis: int | None = None  # None: what the engine reports
+    memory_bytes: int | None = None
+    pods: int = 110
+    heartbeat_seconds: float = time_budget.HEARTBEAT_SECONDS
+    resync_seconds: float = 10.0
+    max_parallel: int = 8
+    max_pulls: int = 4  # image pulls at once (apart from the container operations)
+    # When to stop starting things, and when to stop the replicas, once cut off (F).
+    budget: Budget = field(default_factory=Budget)
+    # Another agent's record that does not change for this long: that agent is gone.
+    alive_window: float = time_budget.NODE_STALE_SECONDS
+    identity_check_seconds: float = 5.0
+    # Leftovers of another node on this engine go when its record is silent this long.
+    leftovers_after: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
+    # The placements watch counts as stalled when the agent's echo is this late.
+    stale_watch_after: float = 5 * time_budget.HEARTBEAT_SECONDS
+    # Where the agent records the cluster this node belongs to; None: in memory only.
+    state_dir: Path | None = None
+    # Who writes this node's record: random per process unless given (--agent-id), so a
+    # supervisor restarting its own agent is recognised, and any other agent is refused.
+    agent_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        runtime: Runtime,
+        *,
+        placements: Bucket,
+        nodes: Bucket,
+        statuses: Bucket,
+        cluster: Bucket,
+        events: EventSink,
+        health: dict[str, bool] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.node = settings.node_name
+        self.runtime = runtime
+        self.clock = clock
+        self.monotonic = monotonic
+        self.events = events
+        self.health = health if health is not None else {}
+        self.agent_id = settings.agent_id
+        self._placements_bucket = placements
+        self.membership = Membership(self.node, cluster, LocalRecordFile(settings.state_dir))
+        self.membership.on_change = self._membership_changed
+        self.leftovers = LeftoverSweeper(
+            nodes,
+            runtime,
+            silent_for=settings.leftovers_after,
+            look_every=settings.heartbeat_seconds,
+            monotonic=monotonic,
+        )
+        self.placements: Mirror[Placement] = Mirror(placements, Placement)
+        self.statuses = StatusBook(statuses, self.node, clock)
+        self.record = NodeRecord(
+            nodes,
+            Node(
+                name=self.node,
+                labels=dict(settings.labels),
+                capacity=NodeCapacity(
+                    cpu_millis=settings.cpu_millis or 0,
+                    memory_bytes=settings.memory_bytes or 0,
+                    pods=settings.pods,
+                ),
+                runtime=runtime.name,
+                ready=False,
+                message="starting",
+                agent_started_at=clock(),
+                version=__version__,
+                agent_id=self.agent_id,
+                mode=Mode.STARTING.value,
+            ),
+            clock,
+            monotonic,
+            settings.alive_window,
+        )
+        self.record.on_displaced = self._displaced
+        self.tracks: dict[str, ReplicaTrack] = {}
+        self.executor = Executor(
+            runtime,
+            events,
+            self.tracks,
+            on_progress=self.poke,
+            clock=clock,
+            max_parallel=settings.max_parallel,
+            max_pulls=settings.max_pulls,
+        )
+        # What the safety state machine is fed (see _observe).
+        self.started_at = monotonic()
+        self.placements_current = False
+        self.displacement = Displacement.NONE
+        self.mode = Mode.STARTING
+        self.engine_ok = False
+        self._engine_message = "starting"
+        self.engine_id = ""
+        self.capacity_known = False
+        self.passes = 0  # passes completed (tests wait on it)
+        self.watches = 0  # placements watches started
+        self.removal_failures = 0
+        self._fence_pending = True  # the first ACTIVE pass removes before it creates
+        self._watch_scope: anyio.CancelScope | None = None
+        self._watching = False
+        self._watch_started = 0.0
+        self._decided = anyio.Event()  # active and fenced, or held: run() reports started
+        # Written beside this node's placements and watched coming back (kv.echo_key).
+        self.echo_key = echo_key("agent", prefix=f"{self.node}.")
+        self._running = 0  # this agent's share of the replicas_running gauge
+        self._in_flight: set[str] = set()
+        self._settled: dict[str, int] = {}  # replica -> sequence number when its action ended
+        self._sequence = 0
+        self._wakeup: anyio.Event | None = None
+        self._wake_at: float | None = None
+        self._task_group: TaskGroup | None = None
+
+    # Triggers.
+
+    def poke(self) -> None:
+        """Ask for a reconcile pass soon (cheap; many pokes make one pass)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _on_engine_change(self, replica: str) -> None:
+        self.poke()
+
+    # Running.
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Raises NodeNameTaken when another live agent runs this node's name."""
+        self._wakeup = anyio.Event()
+        self.membership.load_local()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                # The guard and the passes run from the start: a restarted agent that
+                # cannot reach NATS still stops its replicas at F (docs/safety.md).
+                tg.start_soon(self._guard)
+                tg.start_soon(self._reconcile_forever)
+                await self._first_engine_look()
+                tg.start_soon(self._watch_engine)
+                tg.start_soon(self._follow_engine_events)
+                await self._retrying("checking the cluster identity", self.membership.check)
+                try:
+                    await self._retrying("reading the node record", self.record.claim)
+                except NodeNameTaken as error:
+                    await self._refused(error)
+                    raise
+                self.health["node_name"] = True
+                await tg.start(self.record.heartbeat, self.settings.heartbeat_seconds)
+                tg.start_soon(
+                    partial(
+                        keep_echoing,
+                        self._placements_bucket,
+                        self.echo_key,
+                        interval=self.settings.heartbeat_seconds,
+                        wall_clock=self.clock,
+                    )
+                )
+                tg.start_soon(self._check_identity_forever)
+                await self._settled_at_start()
+                task_status.started()
+        finally:
+            metrics.REPLICAS_RUNNING.dec(self._running)
+            self._running = 0
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.record.release()
+            await self.runtime.close()
+
+    async def _settled_at_start(self) -> None:
+        """Started means decided: active with its first fencing pass done and its
+        ready record written, or held, handed over or retired (bounded: a store that
+        does not answer leaves the agent starting, and it says so)."""
+        with anyio.move_on_after(_WATCH_START_SECONDS):
+            await self._decided.wait()
+            if self.mode == Mode.ACTIVE:
+                with anyio.fail_after(_WATCH_START_SECONDS):
+                    await self.record.write()
+
+    async def _retrying(self, doing: str, step: Callable[[], Awaitable[object]]) -> None:
+        """Run a startup step until it succeeds, backing off: a NATS hiccup is no crash."""
+        delay, longest = _NATS_RETRY_SECONDS
+        while True:
+            try:
+                await step()
+                return
+            except NodeNameTaken:
+                raise
+            except Exception as error:  # TimeoutError, a dropped connection ...
+                log.warning(
+                    "%s for %s failed (%s); retrying in %gs", doing, self.node, error, delay
+                )
+            await anyio.sleep(delay)
+            delay = min(longest, delay * 2)
+
+    # The cluster this node belongs to.
+
+    @property
+    def identity(self) -> Identity:
+        return self.membership.identity
+
+    @property
+    def cluster_id(self) -> str:
+        return self.membership.cluster_id
+
+    @property
+    def adopted(self) -> frozenset[str]:
+        return self.membership.adopted
+
+    def _membership_changed(self) -> None:
+        self.executor.cluster_id = self.membership.cluster_id
+        self.poke()
+
+    async def _check_identity_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.identity_check_seconds)
+            try:
+                await self.membership.check()
+            except Exception as error:  # timeouts: the cut-off clock speaks for them
+                log.debug("identity check of %s failed: %s", self.node, error)
+
+    # The guard: feeds the safety state machine and acts on its transitions.
+
+    def _observe(self) -> Observation:
+        return Observation(
+            now=self.monotonic(),
+            started_at=self.started_at,
+            last_ack=self.record.last_acked,
+            identity=self.identity,
+            placements_current=self.placements_current,
+            displacement=self.displacement,
+        )
+
+    async def _guard(self) -> None:
+        budget = self.settings.budget
+        interval = max(0.02, min(0.25, budget.isolated_after / 4))
+        while True:
+            mode = decide_mode(self._observe(), budget)
+            if mode != self.mode:
+                await self._enter(mode)
+            if mode == Mode.SYNCING and not self._watching:
+                self._watching = True
+                assert self._task_group is not None
+                self._task_group.start_soon(self._watch_placements)
+            if mode == Mode.ACTIVE and self._watch_is_stale():
+                log.warning(
+                    "the placements watch of %s stopped delivering (its echo is late): "
+                    "reading the placements afresh",
+                    self.node,
+                )
+                self._stop_watch()
+            await anyio.sleep(interval)
+
+    def _watch_is_stale(self) -> bool:
+        """The agent's own echo key, written beside its placements, did not come back
+        through the watch in time: the watch stalled while writes still succeed."""
+        now = self.monotonic()
+        age = self.placements.echo_age(self.echo_key, now)
+        since = now - self._watch_started if age is None else age
+        return since > self.settings.stale_watch_after
+
+    async def _enter(self, mode: Mode) -> None:
+        before, self.mode = self.mode, mode
+        if needs_new_watch(mode):
+            self._stop_watch()
+        message = self._mode_message(mode)
+        level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
+        log.log(
+            level, "node %s: %s -> %s%s", self.node, before, mode, f": {message}" * bool(message)
+        )
+        if mode in (Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED):
+            self._decided.set()
+        self.record.update(mode=mode.value)
+        self._report_readiness()
+        if mode not in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING) or before in (
+            Mode.ISOLATED,
+            Mode.STOPPING,
+            Mode.HELD,
+        ):
+            await self.events.emit(
+                "node",
+                self.node,
+                mode.value,
+                message or f"{before} -> {mode}",
+                warning=mode not in (Mode.ACTIVE, Mode.SYNCING),
+            )
+        self.poke()
+
+    def _mode_message(self, mode: Mode) -> str:
+        budget = self.settings.budget
+        match mode:
+            case Mode.HELD:
+                return self.membership.problem
+            case Mode.ISOLATED:
+                return (
+                    f"no write acknowledged by NATS for over {budget.isolated_after:g}s: "
+                    f"starting nothing; replicas stop at {budget.stop_after:g}s"
+                )
+            case Mode.STOPPING:
+                return (
+                    f"cut off from NATS for over {budget.stop_after:g}s: removing this "
+                    "node's replicas (the scheduler has placed them elsewhere)"
+                )
+            case Mode.HANDED_OVER:
+                return "another node agent on this engine runs this node now: touching nothing"
+            case Mode.RETIRED:
+                return (
+                    "another node agent on another engine runs this node now: removing "
+                    "this engine's copies of its replicas"
+                )
+        return ""
+
+    def _report_readiness(self) -> None:
+        """Ready (the scheduler places replicas here): the engine answers and the agent
+        acts on current placements."""
+        if not self.engine_ok:
+            self.record.update(ready=False, message=self._engine_message)
+            return
+        message = self._mode_message(self.mode)
+        if self.mode in (Mode.STARTING, Mode.SYNCING):
+            message = "reading its placements"
+        self.record.update(ready=self.mode == Mode.ACTIVE, message=message)
+
+    def _displaced(self, takeover: Takeover) -> None:
+        log.error(
+            "another node agent (agent %s, %s engine) now writes the record of node %s: "
+            "this agent (agent %s) stops acting on its placements",
+            takeover.agent_id,
+            "the same" if takeover.same_engine else "another",
+            self.node,
+            self.agent_id,
+        )
+        self.displacement = (
+            Displacement.SAME_ENGINE if takeover.same_engine else Displacement.OTHER_ENGINE
+        )
+        self.placements_current = False
+        self.health["node_name"] = False
+        self.poke()
+
+    async def _refused(self, error: NodeNameTaken) -> None:
+        """Refused at start: another live agent runs this name. On another engine, this
+        engine's containers of the node are copies of what it runs: remove them."""
+        self.health["node_name"] = False
+        if error.same_engine or not self.cluster_id or self.identity != Identity.RECOGNISED:
+            return
+        try:
+            own = self._ownership(await self.runtime.list_containers(), {}).own
+            for container in own:
+                await self.runtime.remove_container(container.id)
+            if own:
+                log.warning(
+                    "node %s runs on another engine: removed this engine's %d copies",
+                    self.node,
+                    len(own),
+                )
+        except RuntimeFailure as failure:
+            log.error("removing this engine's copies of node %s failed: %s", self.node, failure)
+
+    # The placements watch, started afresh after every isolation.
+
+    def _stop_watch(self) -> None:
+        self.placements_current = False
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+            self._watch_scope = None
+
+    async def _watch_placements(self) -> None:
+        """Check the identity, watch, read the statuses, check the identity again; only
+        then are the placements current (a store swapped meanwhile is never acted on)."""
+        assert self._task_group is not None
+        try:
+            await self.membership.check()
+            if self.identity != Identity.RECOGNISED:
+                return
+            mirror = Mirror(
+                self._placements_bucket,
+                Placement,
+                prefix=f"{self.node}.>",
+                on_change=lambda _k: self.poke(),
+                clock=self.monotonic,
+            )
+            started = self.monotonic()
+            with anyio.fail_after(_WATCH_START_SECONDS):
+                scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
+                await self.statuses.load()
+            await self.membership.check()
+            if self.identity != Identity.RECOGNISED or self.mode != Mode.SYNCING:
+                scope.cancel()
+                return
+            self._stop_watch()
+            self._watch_scope = scope
+            self.placements = mirror
+            self._seed_tracks()
+            self.watches += 1
+            self._watch_started = started
+            self._fence_pending = True
+            self.placements_current = True
+            self.poke()
+        except Exception as error:
+            log.info("watching the placements of %s failed: %s", self.node, error)
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+        finally:
+            self._watching = False
+
+    async def _follow(
+        self,
+        mirror: Mirror[Placement],
+        *,
+        task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Feed `mirror` from one watch. A watch that fails or ends is never resumed
+        here: the placements are no longer current, and the guard starts a new one."""
+        started = False
+        with anyio.CancelScope() as scope:
+            try:
+                async for entry in self._placements_bucket.watch(f"{self.node}.>"):
+                    if entry is None:
+                        if not started:
+                            started = True
+                            task_status.started(scope)
+                        continue
+                    mirror.apply(entry, from_watch=True)
+            except Exception as error:
+                if not started:
+                    raise
+                log.warning("placements watch of %s broke: %s", self.node, error)
+            if not started:
+                raise RuntimeError("the placements watch ended before its snapshot")
+            if mirror is self.placements:
+                self.placements_current = False
+
+    def _seed_tracks(self) -> None:
+        """Carry restart counts over from the statuses an earlier run wrote."""
+        for replica in self.statuses.replicas():
+            status = self.statuses.get(replica)
+            if status is not None and replica not in self.tracks:
+                self.tracks[replica] = ReplicaTrack(
+                    restarts=status.restarts,
+                    exit_code=status.exit_code,
+                    container_id=status.container_id,
+                )
+
+    # The engine.
+
+    async def _first_engine_look(self) -> None:
+        """The engine's id and capacity before the node is claimed (bounded: an engine
+        that does not answer is down, and the node starts without them)."""
+        with anyio.move_on_after(max(2.0, self.settings.heartbeat_seconds * 2)):
+            await self._check_engine()
+
+    async def _watch_engine(self) -> None:
+        """Engine health beside the heartbeat, never in its way."""
+        while True:
+            await anyio.sleep(self.settings.heartbeat_seconds)
+            await self._check_engine()
+
+    async def _check_engine(self) -> None:
+        try:
+            await self.runtime.ping()
+            if not self.capacity_known:
+                info = await self.runtime.info()
+                self.engine_id = info.engine_id
+                self.record.update(
+                    capacity=NodeCapacity(
+                        cpu_millis=self.settings.cpu_millis or info.cpu_millis,
+                        memory_bytes=self.settings.memory_bytes or info.memory_bytes,
+                        pods=self.settings.pods,
+                    ),
+                    engine_id=info.engine_id,
+                )
+                self.capacity_known = True
+        except RuntimeFailure as error:
+            self._engine_down(str(error))
+            return
+        if not self.engine_ok:
+            self.poke()
+        self._engine_up()
+
+    def _engine_down(self, message: str) -> None:
+        if self.engine_ok or self.health.get("engine") is not False:
+            log.warning("engine of %s unreachable: %s", self.node, message)
+        self.engine_ok = False
+        self.health["engine"] = False
+        self._engine_message = f"container engine unreachable: {message}"
+        self._report_readiness()
+
+    def _engine_up(self) -> None:
+        self.engine_ok = True
+        self.health["engine"] = True
+        self._engine_message = ""
+        self._report_readiness()
+
+    async def _follow_engine_events(self) -> None:
+        while True:
+            try:
+                await self.runtime.watch(self.node, self._on_engine_change)
+            except RuntimeFailure as error:
+                log.info("engine events of %s interrupted: %s", self.node, error)
+            except Exception:
+                log.warning("engine events of %s failed", self.node, exc_info=True)
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+            self.poke()  # events may have been missed meanwhile
+
+    # Passes.
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            delay = self.settings.resync_seconds
+            if not self.engine_ok:
+                delay = min(delay, _ENGINE_RETRY_SECONDS)
+            if self._wake_at is not None:
+                delay = max(0.0, min(delay, self._wake_at - self.clock()))
+            assert self._wakeup is not None
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            try:
+                await self.reconcile_once()
+            except Exception:  # never die of one bad pass: the next one retries
+                log.exception("reconcile pass of %s failed", self.node)
+                await anyio.sleep(_ENGINE_RETRY_SECONDS)
+
+    def _busy(self, listed_at: int) -> set[str]:
+        for replica in [r for r, at in self._settled.items() if at <= listed_at]:
+            del self._settled[replica]
+        return self._in_flight | set(self._settled)
+
+    def _ownership(
+        self, containers: list[ObservedContainer], placements: dict[str, Placement]
+    ) -> Ownership:
+        return classify(
+            containers,
+            node=self.node,
+            cluster_id=self.cluster_id,
+            adopted=self.adopted,
+            placements=placements,
+        )
+
+    async def reconcile_once(self) -> None:
+        with metrics.RECONCILE_SECONDS.time():
+            await self._reconcile()
+            self.passes += 1
+        if self.mode == Mode.ACTIVE and not self._fence_pending:
+            self._decided.set()
+
+    async def _reconcile(self) -> None:
+        mode = self.mode
+        allowed = permissions(mode)
+        self._sequence += 1
+        listed_at = self._sequence
+        try:
+            containers = await self.runtime.list_containers()
+        except RuntimeFailure as error:
+            self._engine_down(str(error))
+            return
+        self._engine_up()
+        now = self.clock()
+        mirror = self.placements
+        placements = (
+            {p.replica: p for p in mirror.values() if p.node == self.node} if allowed.create else {}
+        )
+        owned = self._ownership(containers, placements)
+        self._report_containers(owned)
+        if allowed.remove_all:
+            plan = remove_all(
+                owned.own, self.tracks, self._busy(listed_at), f"node {mode.lower()}", now
+            )
+            self._keep_tracks(plan, set())
+            for action in plan.actions:
+                self._dispatch(action)
+            self._count_running({})
+            return
+        if not allowed.create:
+            return
+        if owned.other_nodes:
+            await self.leftovers.sweep(owned.other_nodes, self.engine_id)
+        # A placement that does not decode is neither placed nor deleted: its
+        # replica is left alone (never removed, restarted, or given a status).
+        unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
+        held = self._busy(listed_at) | unreadable
+        plan = plan_actions(placements, owned.own, self.tracks, held, now)
+        self._keep_tracks(plan, unreadable)
+        actions: list[Action] = plan.actions
+        if self._fence_pending:
+            # Fencing: what is no longer placed here goes before anything is created.
+            # A removal that fails is retried on its back-off and reported; it never
+            # stops the node (the diff never replaces a replica whose old container
+            # may still run).
+            removals = [a for a in actions if isinstance(a, RemoveContainers)]
+            async with anyio.create_task_group() as tg:
+                for removal in removals:
+                    tg.start_soon(self._execute_now, removal)
+            actions = [a for a in actions if not isinstance(a, RemoveContainers)]
+            self._fence_pending = False
+        for action in actions:
+            self._dispatch(action)
+        self._count_running(plan.kept)
+        with_containers = set(group_by_replica(owned.own))
+        await self._write_statuses(placements, plan.kept, with_containers, held, now)
+
+    def _keep_tracks(self, plan: Plan, unreadable: set[str]) -> None:
+        kept_tracks = {r: t for r, t in self.tracks.items() if r in unreadable}
+        self.tracks.clear()
+        self.tracks.update(kept_tracks)
+        self.tracks.update(plan.tracks)
+        self._wake_at = plan.wake_at
+        self.removal_failures = sum(1 for track in plan.tracks.values() if track.removal_failures)
+        self.record.update(failing_removals=self.removal_failures)
+
+    def _count_running(self, kept: dict[str, ObservedContainer | None]) -> None:
+        running = sum(
+            1
+            for container in kept.values()
+            if container and container.state == ContainerState.RUNNING
+        )
+        metrics.REPLICAS_RUNNING.inc(running - self._running)
+        self._running = running
+
+    def _report_containers(self, owned: Ownership) -> None:
+        orphans = [
+            OrphanReplica(
+                deployment=c.deployment,
+                replica=c.replica,
+                template_hash=c.template_hash,
+                running=c.state == ContainerState.RUNNING,
+            )
+            for c in sorted(owned.orphans, key=lambda c: c.replica)[:_MAX_ORPHANS_REPORTED]
+        ]
+        self.record.update(foreign_containers=len(owned.foreign), orphans=orphans)
+
+    def _dispatch(self, action: Action) -> None:
+        assert self._task_group is not None
+        self._in_flight.add(action.replica)
+        self._task_group.start_soon(self._execute, action)
+
+    async def _execute(self, action: Action) -> None:
+        try:
+            await self.executor.execute(action)
+        finally:
+            self._settled_now(action.replica)
+
+    async def _execute_now(self, action: Action) -> None:
+        self._in_flight.add(action.replica)
+        try:
+            await self.executor.execute(action)
+        finally:
+            self._settled_now(action.replica)
+
+    def _settled_now(self, replica: str) -> None:
+        self._in_flight.discard(replica)
+        self._sequence += 1
+        self._settled[replica] = self._sequence
+        self.poke()
+
+    async def _write_statuses(
+        self,
+        placements: dict[str, Placement],
+        kept: dict[str, ObservedContainer | None],
+        with_containers: set[str],
+        busy: set[str],
+        now: float,
+    ) -> None:
+        """Write the statuses that changed; delete those of replicas gone for good."""
+        try:
+            for replica, placement in placements.items():
+                track = self.tracks.get(replica, ReplicaTrack())
+                status = replica_status(placement, kept.get(replica), track, now)
+                await self.statuses.write(status)
+            for replica in self.statuses.replicas():
+                if replica not in placements and replica not in with_containers:
+                    if replica not in busy:
+                        await self.statuses.delete(replica)
+        except Exception:  # NATS trouble: the next pass writes what is still due
+            log.warning("writing statuses of %s failed", self.node, exc_info=True)
+
+    # Operator decisions (corral node adopt|reset).
+
+    async def decide(self, verb: str, raw: bytes) -> Reply:
+        """Adopt or reset the containers of another cluster on this node; never raises."""
+        reply = await self.membership.decide(verb, raw, self._remove_cluster)
+        if reply.ok:
+            await self.events.emit(
+                "node", self.node, verb.capitalize(), reply.message, warning=True
+            )
+            self.poke()
+        return reply
+
+    async def _remove_cluster(self, cluster_id: str) -> tuple[int, list[str]]:
+        removed, failures = 0, []
+        try:
+            containers = await self.runtime.list_containers()
+        except RuntimeFailure as error:
+            return 0, [str(error)]
+        for container in containers:
+            if (
+                container.managed
+                and container.cluster == cluster_id
+                and container.node == self.node
+            ):
+                try:
+                    await self.runtime.remove_container(container.id)
+                    removed += 1
+                except RuntimeFailure as error:
+                    failures.append(f"{container.id[:12]}: {error}")
+        return removed, failures

@@ -1,0 +1,342 @@
+"""The runtime on a real Docker engine, through aiodocker (a thin adapter)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiodocker
+import aiohttp
+import anyio
+from anyio.abc import TaskStatus
+
+from corral.contract import names, time_budget
+from corral_node_agent.runtime import (
+    ChangeCallback,
+    ContainerGone,
+    ContainerSpec,
+    ContainerState,
+    EngineInfo,
+    EngineUnavailable,
+    ImageMissing,
+    ImagePullFailed,
+    NameConflict,
+    ObservedContainer,
+    RuntimeFailure,
+)
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = 900  # aiodocker's status for "cannot connect"
+_WATCHED_EVENTS = ["die", "destroy", "start", "stop", "oom"]
+_INSPECT_LIMIT = 16
+CALL_SECONDS = 30.0  # the longest any engine call may take, pulls aside
+PULL_SECONDS = 300.0
+
+
+def parse_docker_time(text: str | None) -> float | None:
+    """'2024-05-01T10:00:00.123456789Z' -> epoch seconds; Docker's zero time -> None."""
+    if not text or text.startswith("0001-01-01"):
+        return None
+    body = text.rstrip("Z")
+    offset = "+00:00"
+    if "+" in body[10:] or body[10:].count("-"):
+        cut = max(body.rfind("+"), body.rfind("-"))
+        body, offset = body[:cut], body[cut:]
+    whole, _, fraction = body.partition(".")
+    fraction = (fraction + "000000")[:6]
+    try:
+        return datetime.fromisoformat(f"{whole}.{fraction}{offset}").timestamp()
+    except ValueError:
+        return None
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The Docker API body that creates spec's container. No restart policy: the agent restarts."""
+    host_config: dict[str, Any] = {"RestartPolicy": {"Name": "no"}}
+    if spec.cpu_millis:
+        host_config["NanoCpus"] = spec.cpu_millis * 1_000_000
+    if spec.memory_bytes:
+        host_config["Memory"] = spec.memory_bytes
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Labels": dict(spec.labels),
+        "HostConfig": host_config,
+    }
+    if spec.command is not None:
+        config["Entrypoint"] = spec.command
+    if spec.args is not None:
+        config["Cmd"] = spec.args
+    return config
+
+
+def _state(status: str) -> ContainerState:
+    try:
+        return ContainerState(status)
+    except ValueError:
+        return ContainerState.OTHER
+
+
+def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
+    labels: dict[str, str] = (data.get("Config") or {}).get("Labels") or {}
+    state: dict[str, Any] = data.get("State") or {}
+    status = _state(str(state.get("Status", "")))
+    return ObservedContainer(
+        id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        replica=labels.get(names.LABEL_REPLICA, ""),
+        deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
+        template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
+        state=status,
+        exit_code=int(state["ExitCode"])
+        if status in (ContainerState.EXITED, ContainerState.DEAD)
+        else None,
+        started_at=parse_docker_time(state.get("StartedAt")),
+        finished_at=parse_docker_time(state.get("FinishedAt")),
+        error=str(state.get("Error") or ""),
+        node=labels.get(names.LABEL_NODE, ""),
+        managed=labels.get(names.LABEL_MANAGED) == "true",
+        cluster=labels.get(names.LABEL_CLUSTER, ""),
+    )
+
+
+def _failure(error: aiodocker.DockerError, doing: str) -> RuntimeFailure:
+    if error.status == _UNREACHABLE:
+        return EngineUnavailable(f"{doing}: {error.message}")
+    if error.status == 404:
+        return ContainerGone(f"{doing}: {error.message}")
+    return RuntimeFailure(f"{doing}: {error.message}")
+
+
+@contextmanager
+def _engine_call(doing: str, seconds: float) -> Iterator[None]:
+    """Bound one engine call in time and turn whatever it raises into a RuntimeFailure.
+
+    DockerErrors that the caller wants to tell apart (404, 409) are caught inside
+    the block; what escapes it becomes EngineUnavailable or RuntimeFailure, so no
+    aiohttp, OS or timeout error ever reaches the agent's task groups.
+    """
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except aiodocker.DockerError as error:
+        raise _failure(error, doing) from None
+    except TimeoutError:  # asyncio.TimeoutError is the same class since 3.11
+        raise EngineUnavailable(f"{doing}: no answer within {seconds:g}s") from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise EngineUnavailable(f"{doing}: {error or type(error).__name__}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Inspected:
+    listed_state: str  # the State the list call gave when this was inspected
+    observed: ObservedContainer
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(
+        self,
+        docker_host: str | None = None,
+        *,
+        call_seconds: float = CALL_SECONDS,
+        pull_seconds: float = PULL_SECONDS,
+    ) -> None:
+        self._docker_host = docker_host
+        self._client: aiodocker.Docker | None = None
+        self.call_seconds = call_seconds
+        self.pull_seconds = pull_seconds
+        # Inspections by container id, reused while the list reports the same state
+        # and no engine event named the container since (see list_containers).
+        self._inspected: dict[str, _Inspected] = {}
+        self._changed: set[str] = set()
+        self.inspections = 0  # inspect calls made, for measurements and tests
+
+    @property
+    def _docker(self) -> aiodocker.Docker:
+        if self._client is None:  # created lazily: aiodocker needs a running loop
+            self._client = aiodocker.Docker(url=self._docker_host)
+        return self._client
+
+    def _call(self, doing: str) -> AbstractContextManager[None]:
+        return _engine_call(doing, self.call_seconds)
+
+    async def ping(self) -> None:
+        try:
+            with self._call("ping"):
+                await self._docker.version()
+        except ValueError as error:  # aiodocker: a malformed docker host
+            raise EngineUnavailable(f"ping: {error}") from None
+
+    async def info(self) -> EngineInfo:
+        with self._call("info"):
+            info = await self._docker.system.info()
+        return EngineInfo(
+            cpu_millis=int(info.get("NCPU", 0)) * 1000,
+            memory_bytes=int(info.get("MemTotal", 0)),
+            engine_id=str(info.get("ID") or ""),
+        )
+
+    async def list_containers(self) -> list[ObservedContainer]:
+        """The list call gives each container's state; only containers that are new,
+        whose state changed, or that an engine event named are inspected again."""
+        filters = {"label": [f"{names.LABEL_MANAGED}=true"]}
+        with self._call("list containers"):
+            listed = await self._docker._query_json(
+                "containers/json", params={"all": "1", "filters": json.dumps(filters)}
+            )
+        changed, self._changed = self._changed, set()
+        found: list[ObservedContainer] = []
+        fresh: dict[str, _Inspected] = {}
+        limiter = anyio.CapacityLimiter(_INSPECT_LIMIT)
+
+        async def inspect(container_id: str, listed_state: str) -> None:
+            async with limiter:
+                self.inspections += 1
+                with self._call("inspect"):
+                    try:
+                        data = await self._docker._query_json(f"containers/{container_id}/json")
+                    except aiodocker.DockerError as error:
+                        if error.status == 404:
+                            return  # removed since the listing
+                        raise
+            observed = observed_from_inspect(data)
+            fresh[container_id] = _Inspected(listed_state, observed)
+            found.append(observed)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for item in listed:
+                    container_id = str(item.get("Id", ""))
+                    listed_state = str(item.get("State", ""))
+                    known = self._inspected.get(container_id)
+                    if (
+                        known is not None
+                        and known.listed_state == listed_state
+                        and container_id not in changed
+                    ):
+                        fresh[container_id] = known
+                        found.append(known.observed)
+                    else:
+                        tg.start_soon(inspect, container_id, listed_state)
+        except BaseException:
+            self._changed |= changed  # look again next time
+            raise
+        self._inspected = fresh
+        return found
+
+    def forget(self, container_id: str) -> None:
+        """Inspect this container afresh next time (the agent just acted on it)."""
+        self._changed.add(container_id)
+
+    async def has_image(self, image: str) -> bool:
+        with self._call("inspect image"):
+            try:
+                await self._docker.images.inspect(image)
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return False
+                raise
+        return True
+
+    async def pull_image(self, image: str) -> None:
+        try:
+            with _engine_call(f"pull {image}", self.pull_seconds):
+                await self._docker.images.pull(image)
+        except RuntimeFailure as error:
+            if isinstance(error, EngineUnavailable):
+                raise
+            raise ImagePullFailed(str(error)) from None
+        if not await self.has_image(image):
+            raise ImagePullFailed(f"pull of {image} finished but the image is not there")
+
+    async def create_container(self, spec: ContainerSpec) -> str:
+        with self._call("create"):
+            try:
+                container = await self._docker.containers.create(
+                    container_config(spec), name=spec.name
+                )
+            except aiodocker.DockerError as error:
+                if error.status == 404 and "image" in error.message.lower():
+                    raise ImageMissing(error.message) from None
+                if error.status == 409:
+                    raise NameConflict(f"create: {error.message}") from None
+                raise
+        return str(container.id)
+
+    async def find_container(self, name: str) -> ObservedContainer | None:
+        with self._call("inspect"):
+            try:
+                data = await self._docker._query_json(f"containers/{name}/json")
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return None
+                raise
+        return observed_from_inspect(data)
+
+    async def start_container(self, container_id: str) -> None:
+        self.forget(container_id)
+        with self._call("start"):
+            await self._docker.containers.container(container_id).start()
+
+    async def remove_container(self, container_id: str) -> None:
+        self.forget(container_id)
+        with _engine_call("remove", min(self.call_seconds, time_budget.STOP_SECONDS)):
+            try:
+                await self._docker.containers.container(container_id).delete(force=True)
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return
+                if error.status == 409 and "in progress" in error.message:
+                    return  # another removal is already under way
+                raise
+
+    async def watch(
+        self,
+        node: str,
+        on_change: ChangeCallback,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        events = self._docker.events
+        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call] # the stream runs in our group
+        filters = {
+            "type": ["container"],
+            "label": [f"{names.LABEL_NODE}={node}"],
+            "event": _WATCHED_EVENTS,
+        }
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._stream_events, filters)
+            task_status.started()
+            while True:
+                event = await subscriber.get()
+                if event is None:
+                    raise EngineUnavailable("the engine's event stream ended")
+                actor = event.get("Actor") or {}
+                attributes = actor.get("Attributes") or {}
+                container_id = str(actor.get("ID") or event.get("id") or "")
+                if container_id:
+                    self._changed.add(container_id)
+                on_change(str(attributes.get(names.LABEL_REPLICA, "")))
+
+    async def _stream_events(self, filters: dict[str, list[str]]) -> None:
+        try:
+            await self._docker.events.run(filters=filters)
+        except Exception:  # the stream's own cleanup tells the subscriber it ended
+            log.warning("docker event stream failed", exc_info=True)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with anyio.CancelScope(shield=True):
+                try:
+                    await client.close()
+                except Exception:
+                    log.debug("closing the docker client failed", exc_info=True)

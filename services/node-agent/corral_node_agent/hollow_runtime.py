@@ -1,0 +1,230 @@
+"""Simulated containers in memory: they are created, start and "run" instantly.
+
+For scale tests (thousands of fake nodes in one process, like Kubernetes'
+kubemark) and as the fake engine of unit tests. Faults are injected with
+`crash`, `remove_behind_back`, `unpullable_images`, `exit_on_start`,
+`failing_images`, `unremovable` and `available`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+
+import anyio
+from anyio.abc import TaskStatus
+
+from corral.contract import names
+from corral_node_agent.runtime import (
+    ChangeCallback,
+    ContainerGone,
+    ContainerSpec,
+    ContainerState,
+    EngineInfo,
+    EngineUnavailable,
+    ImageMissing,
+    ImagePullFailed,
+    NameConflict,
+    ObservedContainer,
+    RuntimeFailure,
+)
+
+_ids = itertools.count(1)
+HOLLOW_DEFAULT_CPU_MILLIS = 4000
+HOLLOW_DEFAULT_MEMORY_BYTES = 8 * 2**30
+
+
+@dataclass
+class HollowContainer:
+    id: str
+    spec: ContainerSpec
+    state: ContainerState = ContainerState.CREATED
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def _observed(container: HollowContainer) -> ObservedContainer:
+    labels = container.spec.labels
+    return ObservedContainer(
+        id=container.id,
+        name=container.spec.name,
+        replica=labels.get(names.LABEL_REPLICA, ""),
+        deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
+        template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
+        state=container.state,
+        exit_code=container.exit_code,
+        started_at=container.started_at,
+        finished_at=container.finished_at,
+        node=labels.get(names.LABEL_NODE, ""),
+        managed=labels.get(names.LABEL_MANAGED) == "true",
+        cluster=labels.get(names.LABEL_CLUSTER, ""),
+    )
+
+
+@dataclass
+class HollowRuntime:
+    cpu_millis: int = HOLLOW_DEFAULT_CPU_MILLIS
+    memory_bytes: int = HOLLOW_DEFAULT_MEMORY_BYTES
+    images: set[str] = field(default_factory=set)  # present in the store
+    unpullable_images: set[str] = field(default_factory=set)  # pulls fail
+    failing_images: dict[str, str] = field(default_factory=dict)  # create fails: message
+    exit_on_start: dict[str, int] = field(default_factory=dict)  # exit at once with code
+    pull_seconds: float = 0.0
+    unremovable: set[str] = field(default_factory=set)  # container ids whose removal fails
+    available: bool = True
+    name: str = "hollow"
+    engine_id: str = field(default_factory=lambda: f"hollow-{secrets.token_hex(6)}")
+    containers: dict[str, HollowContainer] = field(default_factory=dict)
+    # What the agent asked for, for tests to count.
+    pulls: list[str] = field(default_factory=list)
+    creates: int = 0
+    lists: int = 0
+    starts: int = 0
+    removes: int = 0
+    operations: list[str] = field(default_factory=list)  # "create <replica>", "remove <replica>"
+    _watchers: list[tuple[str, ChangeCallback]] = field(default_factory=list)
+    _outage: anyio.Event | None = None
+
+    def set_available(self, available: bool) -> None:
+        """Simulate the engine going away (watches break) or coming back."""
+        self.available = available
+        if not available and self._outage is not None:
+            self._outage.set()
+            self._outage = None
+
+    def _check(self) -> None:
+        if not self.available:
+            raise EngineUnavailable("hollow engine is unavailable")
+
+    def _notify(self, container: HollowContainer) -> None:
+        node = container.spec.labels.get(names.LABEL_NODE, "")
+        replica = container.spec.labels.get(names.LABEL_REPLICA, "")
+        for watched_node, callback in list(self._watchers):
+            if watched_node == node:
+                callback(replica)
+
+    async def ping(self) -> None:
+        self._check()
+
+    async def info(self) -> EngineInfo:
+        self._check()
+        return EngineInfo(
+            cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes, engine_id=self.engine_id
+        )
+
+    async def list_containers(self) -> list[ObservedContainer]:
+        self._check()
+        self.lists += 1
+        return [
+            _observed(container)
+            for container in self.containers.values()
+            if container.spec.labels.get(names.LABEL_MANAGED) == "true"
+        ]
+
+    async def find_container(self, name: str) -> ObservedContainer | None:
+        self._check()
+        for container in self.containers.values():
+            if name in (container.spec.name, container.id):
+                return _observed(container)
+        return None
+
+    async def has_image(self, image: str) -> bool:
+        self._check()
+        return image in self.images
+
+    async def pull_image(self, image: str) -> None:
+        self._check()
+        self.pulls.append(image)
+        if self.pull_seconds:
+            await anyio.sleep(self.pull_seconds)
+        if image in self.unpullable_images:
+            raise ImagePullFailed(f"pull access denied for {image}, repository does not exist")
+        self.images.add(image)
+
+    async def create_container(self, spec: ContainerSpec) -> str:
+        self._check()
+        if spec.image not in self.images:
+            raise ImageMissing(f"No such image: {spec.image}")
+        if spec.image in self.failing_images:
+            raise RuntimeFailure(self.failing_images[spec.image])
+        if any(c.spec.name == spec.name for c in self.containers.values()):
+            raise NameConflict(f'Conflict. The container name "/{spec.name}" is already in use')
+        container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
+        self.containers[container.id] = container
+        self.creates += 1
+        self.operations.append(f"create {spec.labels.get(names.LABEL_REPLICA, spec.name)}")
+        return container.id
+
+    async def start_container(self, container_id: str) -> None:
+        self._check()
+        container = self.containers.get(container_id)
+        if container is None:
+            raise ContainerGone(f"No such container: {container_id}")
+        self.starts += 1
+        now = time.time()
+        container.state = ContainerState.RUNNING
+        container.started_at = now
+        container.exit_code = None
+        code = self.exit_on_start.get(container.spec.image)
+        if code is not None:
+            container.state = ContainerState.EXITED
+            container.exit_code = code
+            container.finished_at = now
+            self._notify(container)
+
+    async def remove_container(self, container_id: str) -> None:
+        self._check()
+        if container_id in self.unremovable:
+            raise RuntimeFailure(f"could not kill container {container_id}: permission denied")
+        removed = self.containers.pop(container_id, None)
+        if removed is not None:
+            self.removes += 1
+            replica = removed.spec.labels.get(names.LABEL_REPLICA, removed.spec.name)
+            self.operations.append(f"remove {replica}")
+
+    async def watch(
+        self,
+        node: str,
+        on_change: ChangeCallback,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._check()
+        watcher = (node, on_change)
+        self._watchers.append(watcher)
+        try:
+            if self._outage is None:
+                self._outage = anyio.Event()
+            outage = self._outage
+            task_status.started()
+            await outage.wait()
+            raise EngineUnavailable("hollow engine went away")
+        finally:
+            self._watchers.remove(watcher)
+
+    async def close(self) -> None:
+        return None
+
+    # Faults, as a test or a scale run injects them.
+
+    def crash(self, container_id: str, exit_code: int = 1) -> None:
+        container = self.containers[container_id]
+        container.state = ContainerState.EXITED
+        container.exit_code = exit_code
+        container.finished_at = time.time()
+        self._notify(container)
+
+    def remove_behind_back(self, container_id: str) -> None:
+        container = self.containers.pop(container_id)
+        self._notify(container)
+
+    def running(self, node: str | None = None) -> list[HollowContainer]:
+        return [
+            c
+            for c in self.containers.values()
+            if c.state == ContainerState.RUNNING
+            and (node is None or c.spec.labels.get(names.LABEL_NODE) == node)
+        ]

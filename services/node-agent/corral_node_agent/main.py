@@ -1,0 +1,137 @@
+"""corral-node-agent: the entry point and flags of the node agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+
+from corral.contract import names, time_budget
+from corral.contract.codec import encode
+from corral.contract.events import Reply
+from corral.natsio.service import ServiceContext, base_parser, service_main
+from corral_node_agent.agent import NodeAgent, NodeNameTaken
+from corral_node_agent.docker_runtime import DockerRuntime
+from corral_node_agent.hollow_runtime import (
+    HOLLOW_DEFAULT_CPU_MILLIS,
+    HOLLOW_DEFAULT_MEMORY_BYTES,
+    HollowRuntime,
+)
+from corral_node_agent.runtime import Runtime
+from corral_node_agent.settings import ENV_AGENT_ID, ENV_STATE_DIR, settings_from_args
+
+log = logging.getLogger(__name__)
+
+SERVICE = "node-agent"
+DEFAULT_METRICS_PORT = 9102
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser(SERVICE, DEFAULT_METRICS_PORT)
+    parser.add_argument("--node-name", help="this node's name (default: the hostname)")
+    parser.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a node label (repeatable)",
+    )
+    parser.add_argument(
+        "--agent-id",
+        help=f"this agent's id in the Node record; keep it across restarts so a restarted "
+        f"agent recognises its own record (default: ${ENV_AGENT_ID}, else random)",
+    )
+    parser.add_argument("--runtime", choices=("docker", "hollow"), default="docker")
+    parser.add_argument(
+        "--docker-host", help="the engine's address (default: $DOCKER_HOST, the local socket)"
+    )
+    parser.add_argument("--cpu", help="CPU capacity, e.g. 2 or 1500m (default: the engine's)")
+    parser.add_argument("--memory", help="memory capacity, e.g. 4Gi (default: the engine's)")
+    parser.add_argument("--pods", type=int, default=110, help="most replicas on this node")
+    parser.add_argument(
+        "--state-dir",
+        help="where the agent records the cluster this node belongs to "
+        f"(default: ${ENV_STATE_DIR}, else ~/.local/state/corral/node-agent/<node>)",
+    )
+    parser.add_argument("--heartbeat-seconds", type=float, default=time_budget.HEARTBEAT_SECONDS)
+    parser.add_argument("--resync-seconds", type=float, default=10.0)
+    parser.add_argument("--max-parallel", type=int, default=8, help="container operations at once")
+    return parser
+
+
+async def serve_node_decisions(
+    nc: NATS,
+    node: str,
+    decide: Callable[[str, bytes], Awaitable[Reply]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer an operator's decisions on corral.node.<node>.<verb> (adopt, reset)."""
+    subscription = await nc.subscribe(names.node_subject(node, "*"))
+    task_status.started()
+    try:
+        async for msg in subscription.messages:
+            verb = msg.subject.rsplit(".", 1)[-1]
+            try:
+                reply = await decide(verb, msg.data)
+            except Exception as error:  # a service never dies of a message
+                log.exception("decision %s failed", msg.subject)
+                reply = Reply(ok=False, kind="Node", name=node, error=f"internal error: {error}")
+            if msg.reply:
+                try:
+                    await msg.respond(encode(reply))
+                except Exception:
+                    log.debug("reply to %s failed", msg.subject, exc_info=True)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                await subscription.unsubscribe()
+            except Exception:
+                log.debug("unsubscribe failed", exc_info=True)
+
+
+def build_runtime(args: argparse.Namespace) -> Runtime:
+    if args.runtime == "hollow":
+        return HollowRuntime(
+            cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS, memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES
+        )
+    return DockerRuntime(args.docker_host)
+
+
+async def run(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    settings = settings_from_args(args)
+    agent = NodeAgent(
+        settings,
+        build_runtime(args),
+        placements=ctx.buckets[names.PLACEMENTS_BUCKET],
+        nodes=ctx.buckets[names.NODES_BUCKET],
+        statuses=ctx.buckets[names.REPLICA_STATUS_BUCKET],
+        cluster=ctx.buckets[names.CLUSTER_BUCKET],
+        events=ctx.events,
+        health=ctx.health,
+    )
+    ctx.health["engine"] = False
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve_node_decisions, ctx.nc, settings.node_name, agent.decide)
+            await tg.start(agent.run)
+            task_status.started()
+    except NodeNameTaken as error:
+        log.error("refusing to start: %s", error)
+        raise  # the service exits non-zero
+
+
+def main() -> None:
+    service_main(SERVICE, build_parser(), run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Which cluster this node belongs to, and an operator's decisions about others'
+containers on it (docs/safety.md).
+
+`Membership.check()` compares the store's cluster identity with the node's local
+record (corral_node_agent.local_record) and says what the safety state machine
+needs: recognised, mismatch, lost or unreadable, with the reason in words. The
+first identity a node ever reads becomes its own. `decide()` answers
+`corral node adopt|reset NODE`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
+
+from corral.contract import names
+from corral.contract.codec import InvalidPayload, decode_payload
+from corral.contract.events import Reply
+from corral.contract.specs import NodeDecision
+from corral.natsio.cluster import UnreadableIdentity, read_cluster_identity
+from corral.natsio.kv import Bucket
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
+from corral_node_agent.safety import Identity
+
+log = logging.getLogger(__name__)
+
+# Removes the containers of one cluster on this node: (removed, failures in words).
+RemoveCluster = Callable[[str], Awaitable[tuple[int, list[str]]]]
+
+
+def store_missing(error: Exception) -> bool:
+    """The store answered that the bucket is not there (wiped), as opposed to a
+    timeout or a lost connection, which say nothing about the store."""
+    return isinstance(error, NotFoundError | NoRespondersError)
+
+
+class Membership:
+    def __init__(self, node: str, cluster_bucket: Bucket, local: LocalRecordFile) -> None:
+        self.node = node
+        self.cluster_bucket = cluster_bucket
+        self.local = local
+        self.identity = Identity.UNKNOWN
+        self.problem = ""  # why the store is not recognised, in words
+        self.cluster_id = ""  # the cluster this node belongs to (its local record)
+        self.adopted: frozenset[str] = frozenset()
+        self.on_change: Callable[[], None] = lambda: None
+
+    def load_local(self) -> None:
+        """What the node recorded before, even when the store cannot be reached: a
+        cut-off agent stops the replicas of the cluster it belongs to."""
+        try:
+            record = self.local.load()
+        except UnreadableLocalRecord as error:
+            self._set(Identity.UNREADABLE, f"the local record is unreadable: {error}")
+            return
+        if record is not None:
+            self._accept(record)
+
+    async def check(self) -> None:
+        """Read the store's identity and compare. Raises on timeouts and disconnects
+        (nothing was learnt)."""
+        try:
+            stored = await read_cluster_identity(self.cluster_bucket)
+        except UnreadableIdentity as error:
+            self._set(Identity.UNREADABLE, str(error))
+            return
+        except Exception as error:
+            if store_missing(error):
+                self._set(Identity.LOST, f"the state store answers without it: {error}")
+                return
+            raise
+        try:
+            local = self.local.load()
+        except UnreadableLocalRecord as error:
+            self._set(Identity.UNREADABLE, f"the local record is unreadable: {error}")
+            return
+        if stored is None:
+            self._set(Identity.LOST, "the state store has no cluster identity")
+        elif local is None:
+            first = LocalRecord(node=self.node, cluster_id=stored.id)
+            self.local.save(first)
+            self._accept(first)
+            log.info("node %s belongs to cluster %s from now on", self.node, stored.id)
+            self._set(Identity.RECOGNISED, "")
+        elif local.cluster_id == stored.id:
+            self._accept(local)
+            self._set(Identity.RECOGNISED, "")
+        else:
+            self._set(
+                Identity.MISMATCH,
+                f"the state store is cluster {stored.id}, but this node belongs to cluster "
+                f"{local.cluster_id}: its containers are left alone until an operator runs "
+                f"`corral node adopt {self.node}` or `corral node reset {self.node}`",
+            )
+
+    def _accept(self, record: LocalRecord) -> None:
+        changed = (record.cluster_id, frozenset(record.adopted)) != (self.cluster_id, self.adopted)
+        self.cluster_id = record.cluster_id
+        self.adopted = frozenset(record.adopted)
+        if changed:
+            self.on_change()
+
+    def _set(self, identity: Identity, problem: str) -> None:
+        if (identity, problem) != (self.identity, self.problem) and problem:
+            log.error("node %s: %s", self.node, problem)
+        self.identity, self.problem = identity, problem
+
+    async def decide(self, verb: str, raw: bytes, remove_cluster: RemoveCluster) -> Reply:
+        """Adopt or reset the containers of another cluster on this node; never raises
+        for bad input (a Reply naming what is wrong, and nothing changed)."""
+        try:
+            decision = decode_payload(raw, NodeDecision)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind="Node", error=error.message, field=error.field)
+        if decision.node != self.node:
+            return self._refuse(f"this is the agent of node {self.node!r}, not {decision.node!r}")
+        if verb not in names.NODE_VERBS:
+            return self._refuse(f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}")
+        try:
+            stored = await read_cluster_identity(self.cluster_bucket)
+            local = self.local.load()
+        except Exception as error:
+            return self._refuse(f"cannot read the cluster identities: {error}")
+        if stored is None:
+            return self._refuse("the state store has no cluster identity yet; try again")
+        old = decision.cluster_id or (
+            local.cluster_id if local is not None and local.cluster_id != stored.id else ""
+        )
+        if not old:
+            return self._refuse(
+                f"node {self.node} already belongs to the store's cluster {stored.id}: "
+                "name the other cluster with --cluster-id"
+            )
+        if old == stored.id:
+            return self._refuse(f"cluster {old} is the store's own cluster: nothing to {verb}")
+        adopted = set(local.adopted if local is not None else ())
+        if verb == "adopt":
+            adopted.add(old)
+            message = (
+                f"containers of cluster {old} on node {self.node} are kept as orphans until a "
+                "Deployment of their name and template claims them"
+            )
+        else:
+            removed, failures = await remove_cluster(old)
+            if failures:
+                return self._refuse(
+                    f"removed {removed} containers of cluster {old}; {len(failures)} could not "
+                    f"be removed ({'; '.join(failures[:3])}): run reset again"
+                )
+            adopted.discard(old)
+            message = f"removed {removed} containers of cluster {old} from node {self.node}"
+        record = LocalRecord(node=self.node, cluster_id=stored.id, adopted=sorted(adopted))
+        self.local.save(record)
+        self._accept(record)
+        self._set(Identity.RECOGNISED, "")
+        return Reply(ok=True, kind="Node", name=self.node, message=message)
+
+    def _refuse(self, error: str) -> Reply:
+        return Reply(ok=False, kind="Node", name=self.node, error=error)

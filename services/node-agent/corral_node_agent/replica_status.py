@@ -1,0 +1,56 @@
+"""The pure mapping from what the agent sees of a replica to its ReplicaStatus."""
+
+from __future__ import annotations
+
+import msgspec
+
+from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral_node_agent.backoff import ReplicaTrack, backoff_delay
+from corral_node_agent.runtime import ContainerState, ObservedContainer
+
+
+def replica_status(
+    placement: Placement,
+    container: ObservedContainer | None,
+    track: ReplicaTrack,
+    now: float,
+) -> ReplicaStatus:
+    """The status as it should read now (updated_at is left 0: the writer stamps it)."""
+    state = ReplicaState.PENDING
+    message = ""
+    started_at: float | None = None
+    if container is not None and container.state == ContainerState.RUNNING:
+        state = ReplicaState.RUNNING
+        started_at = container.started_at
+    elif track.phase is not None:
+        state, message = track.phase, track.message
+    elif container is not None and container.state in (ContainerState.EXITED, ContainerState.DEAD):
+        if track.not_before > now and track.failures > 1:
+            state = ReplicaState.CRASH_LOOP
+            delay = backoff_delay(track.failures - 1)
+            message = f"back-off {delay:g}s restarting failed container"
+        else:
+            state = ReplicaState.EXITED
+        if container.error:
+            message = f"{message}: {container.error}" if message else container.error
+    elif container is not None:
+        state = ReplicaState.CREATING
+    return ReplicaStatus(
+        replica=placement.replica,
+        deployment=placement.deployment,
+        node=placement.node,
+        state=state,
+        template_hash=placement.template_hash,
+        container_id=container.id if container is not None else track.container_id,
+        exit_code=track.exit_code,
+        restarts=track.restarts,
+        message=message,
+        started_at=started_at,
+    )
+
+
+def same_status(a: ReplicaStatus | None, b: ReplicaStatus | None) -> bool:
+    """Equal but for the time stamp: no write is needed."""
+    if a is None or b is None:
+        return a is b
+    return msgspec.structs.replace(a, updated_at=0.0) == msgspec.structs.replace(b, updated_at=0.0)

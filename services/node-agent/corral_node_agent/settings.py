@@ -1,0 +1,72 @@
+"""Turning the agent's flags into AgentSettings: node name, labels, capacity."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+
+from corral.contract.quantity import cpu_millis, memory_bytes
+from corral_node_agent.agent import AgentSettings
+
+
+def dns_label(text: str) -> str:
+    """Lowercase, invalid characters to '-', trimmed to 63: 'My_Host.local' -> 'my-host-local'."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "node"
+
+
+def default_node_name() -> str:
+    return dns_label(socket.gethostname())
+
+
+def parse_labels(pairs: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--label {pair!r}: expected key=value")
+        labels[key] = value
+    return labels
+
+
+ENV_AGENT_ID = "CORRAL_AGENT_ID"
+ENV_STATE_DIR = "CORRAL_AGENT_STATE_DIR"
+
+
+def state_dir_from_args(args: argparse.Namespace, node: str) -> Path:
+    """--state-dir, else $CORRAL_AGENT_STATE_DIR, else ~/.local/state/corral/node-agent/<node>."""
+    given = getattr(args, "state_dir", None) or os.environ.get(ENV_STATE_DIR)
+    if given:
+        return Path(given)
+    return Path.home() / ".local" / "state" / "corral" / "node-agent" / node
+
+
+def agent_id_from_args(args: argparse.Namespace) -> str:
+    """--agent-id, else $CORRAL_AGENT_ID, else a random id for this process.
+
+    A supervisor that restarts the agent passes the same id each time, so the new
+    process recognises the Node record (and fresh heartbeat) as its own."""
+    given = (getattr(args, "agent_id", None) or os.environ.get(ENV_AGENT_ID) or "").strip()
+    return given or secrets.token_hex(8)
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    cpu = cpu_millis(args.cpu) if args.cpu is not None else None
+    memory = memory_bytes(args.memory) if args.memory is not None else None
+    node = dns_label(args.node_name) if args.node_name else default_node_name()
+    return AgentSettings(
+        node_name=node,
+        state_dir=state_dir_from_args(args, node),
+        labels=parse_labels(args.label),
+        cpu_millis=cpu,
+        memory_bytes=memory,
+        pods=args.pods,
+        heartbeat_seconds=args.heartbeat_seconds,
+        resync_seconds=args.resync_seconds,
+        max_parallel=args.max_parallel,
+        agent_id=agent_id_from_args(args),
+    )

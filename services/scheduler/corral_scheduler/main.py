@@ -1,0 +1,93 @@
+"""corral-scheduler: owns Deployments; places their replicas on Ready nodes."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import anyio
+from anyio.abc import TaskStatus
+
+from corral.contract import names
+from corral.natsio.bus import (
+    bucket_stream,
+    consume_spec_stream,
+    keep_leaders_elsewhere,
+    keep_purging_delete_markers,
+    serve_spec_requests,
+    spec_stream_position,
+)
+from corral.natsio.service import ServiceContext, base_parser, service_main
+from corral_scheduler.control_loop import ControlLoop
+from corral_scheduler.deployment_api import KIND, DeploymentAPI
+from corral_scheduler.node_api import KIND as NODE_KIND
+from corral_scheduler.node_api import NodeAPI
+
+DEFAULT_PORT = 9101
+DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return base_parser("scheduler", DEFAULT_PORT)
+
+
+async def run(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    loop = ControlLoop(dict(ctx.buckets), ctx.events)
+    await ctx.task_group.start(loop.run)
+    leases = ctx.buckets[names.LEASES_BUCKET]
+    handlers = DeploymentAPI(
+        ctx.buckets[names.DEPLOYMENTS_BUCKET],
+        progress=leases,
+        spec_position=partial(spec_stream_position, ctx.js, KIND),
+    ).handlers()
+    await ctx.task_group.start(
+        partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
+    )
+    await ctx.task_group.start(
+        partial(
+            serve_spec_requests,
+            ctx.nc,
+            NODE_KIND,
+            NodeAPI(loop, ctx.events).handlers(),
+            queue="scheduler",
+        )
+    )
+    await ctx.task_group.start(
+        partial(
+            consume_spec_stream,
+            ctx.js,
+            KIND,
+            handlers,
+            ctx.events,
+            durable=DURABLE,
+            progress=leases,
+        )
+    )
+    # Delete markers older than their retention go, so watches replay a bounded history.
+    ctx.task_group.start_soon(keep_purging_delete_markers, ctx.js)
+    # The Raft leaders of what the scheduler writes stay off the NATS server it is
+    # connected to: that server's death then costs a reconnect, not an election.
+    ctx.task_group.start_soon(
+        partial(
+            keep_leaders_elsewhere,
+            ctx.nc,
+            ctx.js,
+            [names.SPEC_STREAM, *(bucket_stream(bucket) for bucket in names.ALL_BUCKETS)],
+            [(names.SPEC_STREAM, DURABLE)],
+        )
+    )
+    ctx.health["control_loop"] = True
+    task_status.started()
+
+
+def main() -> None:
+    service_main("scheduler", build_parser(), run)
+
+
+if __name__ == "__main__":
+    main()

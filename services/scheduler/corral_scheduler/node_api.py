@@ -1,0 +1,117 @@
+"""The scheduler's answer to `corral node release NODE` (corral.api.node.release).
+
+A release is an operator's word that a node is gone for good. It is refused while
+the node is alive: its record changed within R (NODE_LOST_SECONDS) on the
+scheduler's own clock, or the scheduler cannot tell (its view of NATS is not
+fresh, or it has not watched for R yet). Otherwise:
+
+    1. the node's record is deleted (compare-and-set on the revision judged on),
+    2. a NodeRelease is stored at corral_leases["released.<node>"] (the scheduler
+       owns it), so the node's replicas are replaced at once, "AfterStop" ones
+       included, even by a scheduler that restarts meanwhile,
+    3. a "Released" event is told about the node.
+
+The release ends by itself: once the node has neither record nor placements the
+key is deleted, and a record written again under that name (an agent coming back
+starts afresh: nothing is placed on it, so it removes what it ran) ends it too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from corral.contract.codec import InvalidPayload, decode_payload, encode
+from corral.contract.events import Reply
+from corral.contract.specs import NodeReleaseRequest
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.bus import EventPublisher, SpecHandler
+from corral.natsio.kv import Conflict, Entry
+
+if TYPE_CHECKING:
+    from corral_scheduler.control_loop import ControlLoop
+
+KIND: Final = "Node"
+RELEASE_PREFIX: Final = "released."
+
+
+class NodeRelease(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An operator released this node (stored by the scheduler in corral_leases)."""
+
+    node: str
+    # The nodes bucket's revision of the record deleted by the release (0: none was
+    # there): a record of a newer revision means the node came back.
+    node_revision: int = 0
+    released_at: float = 0.0  # wall clock, for people
+
+
+def release_key(node: str) -> str:
+    return f"{RELEASE_PREFIX}{node}"
+
+
+class NodeAPI:
+    def __init__(self, loop: ControlLoop, events: EventPublisher | None) -> None:
+        self.loop = loop
+        self.events = events
+
+    def handlers(self) -> dict[str, SpecHandler]:
+        return {"release": self.release}
+
+    async def release(self, raw: bytes) -> Reply:
+        try:
+            request = decode_payload(raw, NodeReleaseRequest)
+        except InvalidPayload as error:
+            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+        name = request.name
+        loop = self.loop
+        now = loop.monotonic()
+        loop.update_feed(now)
+        known = name in loop.nodes.items or name in loop.nodes.unreadable
+        placed = sum(1 for p in loop.placements.values() if p.node == name)
+        if not known and not placed and release_key(name) not in loop.releases.items:
+            return _refused(name, f"node {name!r} not found: no record and no replicas")
+        silence = loop.silence(name, now)
+        if silence is None:
+            return _refused(
+                name,
+                f"cannot release node {name!r} now: the scheduler's view of NATS is not "
+                "current, so it cannot tell whether the node is alive; try again",
+            )
+        if silence <= NODE_LOST_SECONDS:
+            return _refused(
+                name,
+                f"node {name!r} is alive: the scheduler heard from it {max(silence, 0):.1f} s "
+                f"ago (a node is released only after {NODE_LOST_SECONDS:g} s of silence); "
+                "stop its node agent first",
+            )
+        marker = 0
+        if known:
+            judged = loop.nodes.revision(name)
+            entry = await loop.nodes.bucket.get(name)
+            if entry is not None and entry.value is not None:
+                if judged is not None and entry.revision != judged:
+                    return _refused(name, f"node {name!r} wrote its record just now: it is alive")
+                try:
+                    marker = await loop.nodes.bucket.delete(name, revision=entry.revision)
+                except Conflict:
+                    return _refused(name, f"node {name!r} wrote its record just now: it is alive")
+                loop.nodes.apply(Entry(name, None, marker))
+        record = NodeRelease(node=name, node_revision=marker, released_at=loop.wall_clock())
+        raw_record = encode(record)
+        revision = await loop.releases.bucket.put(release_key(name), raw_record)
+        loop.releases.apply(Entry(release_key(name), raw_record, revision))
+        loop.wake()
+        message = (
+            f"its {placed} replica(s) are placed elsewhere now and its record is deleted; "
+            "an agent that comes back under this name starts afresh"
+        )
+        if self.events is not None:
+            await self.events.emit(
+                "node", name, "Released", f"node {name} released by an operator: {message}"
+            )
+        return Reply(ok=True, kind=KIND, name=name, revision=revision, message=message)
+
+
+def _refused(name: str, error: str) -> Reply:
+    return Reply(ok=False, kind=KIND, name=name, error=error, field="name")

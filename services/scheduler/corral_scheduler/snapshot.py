@@ -1,0 +1,114 @@
+"""An immutable view of the cluster, the only input of the deciding step.
+
+Node liveness is judged by the scheduler's own clock (monotonic seconds), from
+when it saw each node's record change, and only while its own view of NATS is
+known to be fresh (every watch a judgement depends on proved current by its echo
+key, see control_loop.py): a scheduler cut off from NATS, or whose nodes watch
+stalled, sees every node fall silent at once, and must not evict them all for it.
+
+The rules follow from the time budget (corral.contract.time_budget, docs/time-budget.md):
+
+    node silent (fresh view) for     "Fast" replicas        "AfterStop" replicas
+    <= R                             kept                   kept
+    R < silence <= R'                replaced               kept (its agent stops them at F)
+    > R'                             replaced               replaced
+    released by an operator          replaced at once       replaced at once
+    engine down (heartbeating) > E   replaced               kept (the copies may still run)
+
+R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS, E = ENGINE_DOWN_EVICTION_SECONDS.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from corral.contract.specs import Deployment
+from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.time_budget import (
+    ENGINE_DOWN_EVICTION_SECONDS,
+    NODE_LOST_AFTER_STOP_SECONDS,
+    NODE_LOST_SECONDS,
+)
+
+# Agent safety modes (Node.mode) in which the agent starts nothing: no new replicas go
+# there. "Held" waits for an operator's decision (`corral node adopt|reset`).
+NO_NEW_REPLICAS_MODES = frozenset({"Held", "Isolated", "Stopping", "HandedOver", "Retired"})
+
+
+class Loss(enum.StrEnum):
+    """Why a node's replicas are placed elsewhere (a bounded set: metric labels)."""
+
+    RELEASED = "node released"
+    SILENT = "node lost"
+    ENGINE_DOWN = "node engine down"
+
+
+@dataclass(frozen=True)
+class PlacedReplica:
+    placement: Placement
+    revision: int  # the KV revision it was read at (for compare-and-set)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+    statuses: dict[str, tuple[DeploymentStatus, int]] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    # When the scheduler last saw each node's record change (absent: not since it started).
+    node_last_seen: dict[str, float] = field(default_factory=dict)
+    # Since when each node has reported ready=False.
+    node_not_ready_since: dict[str, float] = field(default_factory=dict)
+    # Since when the scheduler's own view of KV has been fresh without a gap; None: not now.
+    feed_fresh_since: float | None = 0.0
+    placements: dict[str, PlacedReplica] = field(default_factory=dict)  # key node.replica
+    replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)  # same key
+    # Keys whose records could not be read (corrupt, or from a newer corral): left alone.
+    unreadable_deployments: frozenset[str] = frozenset()
+    # Nodes an operator released (`corral node release`): gone for good.
+    released: frozenset[str] = frozenset()
+
+    def schedulable(self, name: str, now: float) -> bool:
+        """Ready for new replicas: reports ready, heard from within R, not released, and
+        its agent is in a mode that starts replicas."""
+        node = self.nodes.get(name)
+        seen = self.node_last_seen.get(name)
+        return (
+            node is not None
+            and node.ready
+            and node.mode not in NO_NEW_REPLICAS_MODES
+            and name not in self.released
+            and seen is not None
+            and now - seen <= NODE_LOST_SECONDS
+        )
+
+    def silence(self, name: str, now: float) -> float | None:
+        """How long the node has been silent, counted only while the view is fresh;
+        None while it is not (no judgement then)."""
+        if self.feed_fresh_since is None:
+            return None
+        heard = max(self.node_last_seen.get(name, float("-inf")), self.feed_fresh_since)
+        return now - heard
+
+    def loss(self, name: str, now: float, *, after_stop: bool = False) -> Loss | None:
+        """Why the node's replicas must be placed elsewhere now, or None to keep them.
+
+        `after_stop`: for a Deployment that must never run two copies ("AfterStop").
+        """
+        if name in self.released:
+            return Loss.RELEASED
+        silence = self.silence(name, now)
+        if silence is None:
+            return None
+        if silence > (NODE_LOST_AFTER_STOP_SECONDS if after_stop else NODE_LOST_SECONDS):
+            return Loss.SILENT
+        node = self.nodes.get(name)
+        if not after_stop and node is not None and not node.ready:
+            assert self.feed_fresh_since is not None
+            since = max(self.node_not_ready_since.get(name, now), self.feed_fresh_since)
+            if now - since > ENGINE_DOWN_EVICTION_SECONDS:
+                return Loss.ENGINE_DOWN
+        return None
+
+    def lost(self, name: str, now: float, *, after_stop: bool = False) -> bool:
+        return self.loss(name, now, after_stop=after_stop) is not None

@@ -1,0 +1,390 @@
+"""The client library: what `corral` (the CLI), the tests and the benchmark use.
+
+Writes are requests on corral.api.<kind>.<verb> answered by the kind's owner;
+reads come straight from the KV buckets and the events stream, as any NATS
+client could. Every wait on the outside world is bounded, and every failure a
+user can cause surfaces as a CorralError whose message says what to do.
+
+    async with await CorralClient.connect("nats://127.0.0.1:4222") as client:
+        reply = await client.apply(deployment)
+        for node in await client.nodes():
+            ...
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import anyio
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import api as js_api
+from nats.js import errors as js_errors
+
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Event, Reply
+from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
+from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.time_budget import (
+    NATS_MAX_OUTSTANDING_PINGS,
+    NATS_PING_SECONDS,
+    NODE_STALE_SECONDS,
+)
+from corral.natsio.config import nats_servers
+from corral.natsio.kv import NatsBucket, is_echo_key
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT: Final = 3.0
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+_NO_RESPONDER_RETRY: Final = 0.2
+
+
+class CorralError(Exception):
+    """A failure to tell the user as is: the message says what is wrong."""
+
+
+class RequestRejected(CorralError):
+    """The owner answered, and said no."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.error or "rejected")
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class ApiKind:
+    """A kind a client may declare: its payload type and the service that owns it."""
+
+    kind: str  # as in manifests: "Deployment"
+    spec_type: type[msgspec.Struct]
+    owner: str  # the service answering corral.api.<kind>.*
+    plural: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def subject_kind(self) -> str:
+        return self.kind.lower()
+
+
+# The kinds corral accepts in manifests and requests. A new kind is one line here.
+API_KINDS: Final[dict[str, ApiKind]] = {
+    kind.kind: kind
+    for kind in (ApiKind("Deployment", Deployment, "scheduler", "deployments", ("deploy",)),)
+}
+
+
+def find_kind(name: str) -> ApiKind:
+    """'Deployment', 'deployment', 'deployments', 'deploy' -> the Deployment ApiKind."""
+    wanted = name.lower()
+    for kind in API_KINDS.values():
+        if wanted in (kind.kind.lower(), kind.plural, *kind.aliases):
+            return kind
+    known = ", ".join(sorted(API_KINDS))
+    raise CorralError(f"unknown kind {name!r}: corral knows {known}")
+
+
+def node_is_ready(node: Node, now: float) -> bool:
+    """Ready, as well as a reader can tell: the agent says so and its last heartbeat
+    (`heartbeat_at`, the agent's wall clock) is within NODE_STALE_SECONDS of `now` (the
+    reader's wall clock). This compares two hosts' clocks, so it is only a display: the
+    scheduler judges liveness by its own clock, from when it saw the record change
+    (corral_scheduler.snapshot), and a heartbeat from the future (a clock ahead) counts
+    as fresh rather than hiding a live node."""
+    return node.ready and now - node.heartbeat_at <= NODE_STALE_SECONDS
+
+
+async def _ignore_error(_: Exception) -> None:
+    """nats-py's default error callback logs every failed attempt; the client reports instead."""
+
+
+class CorralClient:
+    def __init__(self, nc: NATS, url: str, *, request_timeout: float) -> None:
+        self.nc = nc
+        self.url = url
+        self.js = nc.jetstream()
+        self.request_timeout = request_timeout
+        self._buckets: dict[str, NatsBucket | None] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,  # noqa: ASYNC109 - a bound on connecting
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        name: str = "corral-cli",
+    ) -> CorralClient:
+        """Connect once, within `timeout` seconds, or raise CorralError (no retrying for ever)."""
+        nc = NATS()
+        failure: BaseException | None = None
+        try:
+            # Several addresses (a cluster) reach nats-py as a list, never comma-joined.
+            servers = nats_servers(url)
+            with anyio.fail_after(timeout):
+                await nc.connect(
+                    servers=servers,
+                    name=name,
+                    ping_interval=NATS_PING_SECONDS,  # type: ignore[arg-type]
+                    max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
+                    connect_timeout=max(1, int(timeout)),
+                    allow_reconnect=False,
+                    # nats-py tries each server until it failed more than this many
+                    # times (0 would mean for ever), pausing reconnect_time_wait between.
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                    error_cb=_ignore_error,
+                )
+        except Exception as error:  # OSError, TimeoutError, nats errors, a bad URL
+            failure = error
+        if failure is not None or not nc.is_connected:
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(nc)
+            detail = f" ({type(failure).__name__}: {failure})" if str(failure or "") else ""
+            raise CorralError(f"cannot reach NATS at {url}: is corral running? (corral up){detail}")
+        return cls(nc, url, request_timeout=request_timeout)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await _close_quietly(self.nc)
+
+    async def __aenter__(self) -> CorralClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- writes: requests answered by the kind's owner -------------------------------
+
+    async def request(self, kind: ApiKind, verb: str, payload: bytes) -> Reply:
+        """Send raw bytes on corral.api.<kind>.<verb>; return the Reply, ok or not."""
+        subject = names.api_subject(kind.subject_kind, verb)
+        timeout = self.request_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = await self.nc.request(subject, payload, timeout=remaining)
+            except nats.errors.NoRespondersError:
+                # Nobody subscribed (yet): an owner that is just starting gets its chance.
+                await anyio.sleep(min(_NO_RESPONDER_RETRY, max(0.0, deadline - time.monotonic())))
+                continue
+            except nats.errors.TimeoutError:
+                break
+            except nats.errors.Error as error:
+                raise CorralError(f"request on {subject} failed: {error}") from None
+            try:
+                return decode(msg.data, Reply)
+            except msgspec.DecodeError as error:
+                raise CorralError(f"the {kind.owner} answered on {subject} with {error}") from None
+        raise CorralError(
+            f"no {kind.owner} answered on {subject} within {timeout:g} s: is it running?"
+        )
+
+    async def _checked(self, kind: ApiKind, verb: str, payload: bytes) -> Reply:
+        reply = await self.request(kind, verb, payload)
+        if not reply.ok:
+            raise RequestRejected(reply)
+        return reply
+
+    async def apply(self, spec: msgspec.Struct) -> Reply:
+        """Create or update an object (Deployment, ...). Raises RequestRejected on a no."""
+        kind = find_kind(type(spec).__name__)
+        return await self._checked(kind, "apply", encode(spec))
+
+    async def scale(self, name: str, replicas: int, kind: str = "Deployment") -> Reply:
+        request = ScaleRequest(name=name, replicas=replicas)
+        return await self._checked(find_kind(kind), "scale", encode(request))
+
+    async def delete(self, kind: str, name: str) -> Reply:
+        return await self._checked(find_kind(kind), "delete", encode(DeleteRequest(name=name)))
+
+    # --- reads: straight from KV --------------------------------------------------
+
+    async def _bucket(self, name: str) -> NatsBucket | None:
+        if name not in self._buckets:
+            try:
+                kv = await self.js.key_value(name)
+            except js_errors.BucketNotFoundError:
+                return None  # nothing has run yet; not cached, it may appear
+            except (nats.errors.Error, js_errors.Error) as error:
+                raise CorralError(f"cannot read bucket {name} at {self.url}: {error}") from None
+            self._buckets[name] = NatsBucket(kv, name)
+        return self._buckets[name]
+
+    async def read_bucket(self, name: str, kind: type[T]) -> dict[str, tuple[T, int]]:
+        """Every current record of a bucket, by key, with its revision. Bad records are skipped."""
+        bucket = await self._bucket(name)
+        records: dict[str, tuple[T, int]] = {}
+        if bucket is None:
+            return records
+        with anyio.fail_after(self.request_timeout + 5):
+            async for entry in bucket.watch():
+                if entry is None:
+                    break
+                if is_echo_key(entry.key):
+                    continue  # a service's proof that its watch is current, not a record
+                if entry.value is None:
+                    records.pop(entry.key, None)
+                    continue
+                try:
+                    records[entry.key] = (decode(entry.value, kind), entry.revision)
+                except msgspec.DecodeError as error:
+                    log.warning("skipping %s/%s: %s", name, entry.key, error)
+        return records
+
+    async def _values(self, name: str, kind: type[T]) -> dict[str, T]:
+        return {key: value for key, (value, _) in (await self.read_bucket(name, kind)).items()}
+
+    async def deployments(self) -> dict[str, Deployment]:
+        return await self._values(names.DEPLOYMENTS_BUCKET, Deployment)
+
+    async def deployment(self, name: str) -> Deployment | None:
+        bucket = await self._bucket(names.DEPLOYMENTS_BUCKET)
+        entry = None if bucket is None else await bucket.get(name)
+        if entry is None or not entry.value:
+            return None
+        return decode(entry.value, Deployment)
+
+    async def deployment_statuses(self) -> dict[str, DeploymentStatus]:
+        return await self._values(names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus)
+
+    async def nodes(self) -> dict[str, Node]:
+        return await self._values(names.NODES_BUCKET, Node)
+
+    async def placements(self) -> dict[str, Placement]:
+        """By key <node>.<replica>."""
+        return await self._values(names.PLACEMENTS_BUCKET, Placement)
+
+    async def replica_statuses(self) -> dict[str, ReplicaStatus]:
+        """By key <node>.<replica>, the same key as the Placement."""
+        return await self._values(names.REPLICA_STATUS_BUCKET, ReplicaStatus)
+
+    # --- events: the CORRAL_EVENTS stream ----------------------------------------------
+
+    async def events(
+        self, kind: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[Event]:
+        """The last `limit` events, oldest first; of one kind, or of one object."""
+        found: collections.deque[Event] = collections.deque(maxlen=max(limit, 0) or None)
+        async for event in self._event_stream(kind, name, limit, follow=False):
+            found.append(event)
+        return list(found)
+
+    async def follow_events(
+        self, kind: str | None = None, name: str | None = None, limit: int = 10
+    ) -> AsyncIterator[Event]:
+        """The last `limit` events, then every new one as it comes, until cancelled."""
+        backlog: collections.deque[Event] = collections.deque(maxlen=max(limit, 0) or None)
+        caught_up = False
+        async for event in self._event_stream(kind, name, limit, follow=True):
+            if event is _CAUGHT_UP:
+                caught_up = True
+                for old in backlog:
+                    yield old
+                backlog.clear()
+            elif caught_up:
+                yield event
+            else:
+                backlog.append(event)
+
+    async def _event_stream(
+        self, kind: str | None, name: str | None, limit: int, *, follow: bool
+    ) -> AsyncIterator[Event]:
+        """Events matching, through an ordered consumer; with follow, _CAUGHT_UP marks the end
+        of the backlog and the stream goes on."""
+        subject = _events_filter(kind, name)
+        try:
+            info = await self.js.stream_info(names.EVENTS_STREAM)
+        except js_errors.NotFoundError:
+            if follow:
+                raise CorralError(
+                    f"no events stream {names.EVENTS_STREAM} at {self.url}: is corral running?"
+                ) from None
+            return
+        except (nats.errors.Error, js_errors.Error) as error:
+            raise CorralError(f"cannot read events at {self.url}: {error}") from None
+        config = js_api.ConsumerConfig(inactive_threshold=30.0)
+        deliver = js_api.DeliverPolicy.ALL
+        last_seq = info.state.last_seq
+        if subject == f"{names.EVENTS_PREFIX}.>" and limit > 0 and last_seq - limit + 1 > 1:
+            deliver = js_api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(info.state.first_seq, last_seq - limit + 1)
+        subscription = await self.js.subscribe(
+            subject,
+            stream=names.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=deliver,
+            config=config,
+        )
+        try:
+            consumer = await subscription.consumer_info()
+            pending = consumer.num_pending or 0
+            delivered = consumer.delivered.consumer_seq if consumer.delivered else 0
+            backlog_done = pending == 0 and not delivered
+            if backlog_done and follow:
+                yield _CAUGHT_UP
+            while not (backlog_done and not follow):
+                msg = await subscription.next_msg(timeout=None)
+                event = _decode_event(msg.data)
+                if event is not None:
+                    yield event
+                if not backlog_done and msg.metadata.num_pending == 0:
+                    backlog_done = True
+                    if follow:
+                        yield _CAUGHT_UP
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    log.debug("unsubscribe failed", exc_info=True)
+
+
+_CAUGHT_UP: Final = Event(
+    time=0.0, reason="", object_kind="", object_name="", message="", source=""
+)
+
+
+def _events_filter(kind: str | None, name: str | None) -> str:
+    if kind is None:
+        return f"{names.EVENTS_PREFIX}.>"
+    if name is None:
+        return f"{names.EVENTS_PREFIX}.{kind.lower()}.*"
+    return names.event_subject(kind, name)
+
+
+def _decode_event(raw: bytes) -> Event | None:
+    try:
+        return decode(raw, Event)
+    except msgspec.DecodeError:
+        log.warning("skipping an event that does not decode: %r", raw[:200])
+        return None
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except Exception:
+        log.debug("close failed", exc_info=True)
+
+
+def to_builtins(value: Any) -> Any:
+    """A Struct (or a structure of them) as plain JSON-able data, camelCase keys."""
+    return msgspec.to_builtins(value)

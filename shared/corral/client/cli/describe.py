@@ -1,0 +1,190 @@
+"""`corral describe`: one object in full, in the style of kubectl describe."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from typing import Any
+
+from corral.client.api import to_builtins
+from corral.client.cli.tables import NONE, age_since, render_table
+from corral.client.cli.views import (
+    Allocation,
+    ClusterView,
+    allocations,
+    deployment_object,
+    format_resources,
+    node_object,
+    node_status,
+    replica_lines,
+    replica_object,
+    replica_row,
+)
+from corral.contract.events import Event
+from corral.contract.quantity import format_cpu, format_memory
+
+
+def _when(timestamp: float, now: float) -> str:
+    if not timestamp:
+        return "<unknown>"
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return f"{moment.strftime('%Y-%m-%d %H:%M:%S UTC')} ({age_since(timestamp, now)} ago)"
+
+
+LABEL_WIDTH = 14  # "Replicas:" and the rest line up, as in kubectl describe
+
+
+def _fields(pairs: list[tuple[str, str]], indent: str = "") -> list[str]:
+    width = max(LABEL_WIDTH - len(indent), *(len(label) + 2 for label, _ in pairs))
+    return [f"{indent}{(label + ':').ljust(width)}{value}" for label, value in pairs]
+
+
+def _mapping(values: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(values.items())) or NONE
+
+
+def events_table(events: list[Event], now: float) -> list[str]:
+    if not events:
+        return ["Events:  <none>"]
+    rows = [
+        [event.type, event.reason, age_since(event.time, now), event.source, event.message]
+        for event in events
+    ]
+    table = render_table(("TYPE", "REASON", "AGE", "FROM", "MESSAGE"), rows)
+    return ["Events:", *("  " + line for line in table.splitlines())]
+
+
+def describe_deployment(view: ClusterView, name: str, events: list[Event], now: float) -> str:
+    deployment = view.deployments[name]
+    status = view.statuses.get(name)
+    meta = deployment.metadata
+    template = deployment.spec.template
+    lines = _fields(
+        [
+            ("Name", meta.name),
+            ("Namespace", meta.namespace),
+            ("Created", _when(meta.creation_timestamp, now)),
+            ("Labels", _mapping(meta.labels)),
+            ("Generation", str(meta.generation)),
+            ("UID", meta.uid or NONE),
+        ]
+    )
+    if status is None:
+        lines.append(f"Replicas:     {deployment.spec.replicas} desired | no status yet")
+    else:
+        lines.append(
+            f"Replicas:     {deployment.spec.replicas} desired | {status.placed} placed | "
+            f"{status.updated} up-to-date | {status.ready} ready | {status.pending} pending"
+        )
+        if status.pending:
+            lines.append(f"Pending:      {status.pending_reason or 'not placed yet'}")
+        lines.append(f"Observed:     generation {status.observed_generation}")
+    lines.append("Template:")
+    lines += _fields(
+        [
+            ("Image", template.image),
+            ("Command", shlex.join(template.command) if template.command else NONE),
+            ("Args", shlex.join(template.args) if template.args else NONE),
+            ("Env", _mapping(template.env)),
+            ("Requests", format_resources(template.resources.requests)),
+            ("Limits", format_resources(template.resources.limits)),
+            ("Hash", template.template_hash()),
+        ],
+        indent="  ",
+    )
+    replicas = replica_lines(view, name)
+    if replicas:
+        rows = [replica_row(line, now, wide=True) for line in replicas]
+        headers = ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE")
+        table = render_table((*headers, "IMAGE", "MESSAGE"), rows)
+        lines += ["Replicas:", *("  " + line for line in table.splitlines())]
+    else:
+        lines.append("Replicas:     <none>")
+    lines += events_table(events, now)
+    return "\n".join(lines)
+
+
+def deployment_description(view: ClusterView, name: str, events: list[Event]) -> dict[str, Any]:
+    """The same as data, for -o json / -o yaml."""
+    item = deployment_object(view.deployments[name], view.statuses.get(name))
+    item["replicas"] = [replica_object(line) for line in replica_lines(view, name)]
+    item["events"] = [to_builtins(event) for event in events]
+    return item
+
+
+def describe_node(view: ClusterView, name: str, events: list[Event], now: float) -> str:
+    node = view.nodes[name]
+    allocated = allocations(view.placements).get(name)
+    cpu = allocated.cpu_millis if allocated else 0
+    memory = allocated.memory_bytes if allocated else 0
+    pods = allocated.pods if allocated else 0
+    lines = _fields(
+        [
+            ("Name", node.name),
+            ("Status", node_status(node, now)),
+            ("Message", node.message or NONE),
+            ("Labels", _mapping(node.labels)),
+            ("Runtime", node.runtime),
+            ("Version", node.version or NONE),
+            ("Started", _when(node.agent_started_at, now)),
+            ("Heartbeat", _when(node.heartbeat_at, now)),
+            ("CPU", f"{format_cpu(cpu)} allocated of {format_cpu(node.capacity.cpu_millis)}"),
+            (
+                "Memory",
+                f"{format_memory(memory)} allocated of {format_memory(node.capacity.memory_bytes)}",
+            ),
+            ("Pods", f"{pods} of {node.capacity.pods}"),
+            ("Mode", node.mode or NONE),
+            ("Engine", node.engine_id or NONE),
+            ("Foreign", _foreign(node.foreign_containers)),
+            ("Removals", _failing(node.failing_removals)),
+        ]
+    )
+    if node.orphans:
+        table = render_table(
+            ("DEPLOYMENT", "REPLICA", "TEMPLATE-HASH", "RUNNING"),
+            [
+                [orphan.deployment, orphan.replica, orphan.template_hash, _yes(orphan.running)]
+                for orphan in sorted(node.orphans, key=lambda o: (o.deployment, o.replica))
+            ],
+        )
+        lines += ["Orphans:", *("  " + line for line in table.splitlines())]
+    else:
+        lines.append("Orphans:      <none>")
+    replicas = [line for line in replica_lines(view) if line.node == name]
+    if replicas:
+        table = render_table(
+            ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE"),
+            [replica_row(line, now, wide=False) for line in replicas],
+        )
+        lines += ["Replicas:", *("  " + line for line in table.splitlines())]
+    else:
+        lines.append("Replicas:     <none>")
+    lines += events_table(events, now)
+    return "\n".join(lines)
+
+
+def _foreign(count: int) -> str:
+    if not count:
+        return "0"
+    return f"{count} container(s) of another cluster on this engine (left alone)"
+
+
+def _failing(count: int) -> str:
+    if not count:
+        return "0 failing"
+    return f"{count} container(s) could not be removed (retried with back-off)"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def node_description(
+    view: ClusterView, name: str, events: list[Event], now: float
+) -> dict[str, Any]:
+    allocated = allocations(view.placements)
+    item = node_object(view.nodes[name], allocated.get(name, Allocation()), now)
+    item["replicas"] = [replica_object(line) for line in replica_lines(view) if line.node == name]
+    item["events"] = [to_builtins(event) for event in events]
+    return item

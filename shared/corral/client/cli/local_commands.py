@@ -1,0 +1,128 @@
+"""`corral up` and `corral down`: run corral on this machine (see corral.client.local).
+
+The CLI registers them with `cli.add_command(up)` and `cli.add_command(down)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+import click
+
+from corral.client.local.detach import DetachFailed, start_detached, stop
+from corral.client.local.layout import ENV_DATA_DIR, Layout, default_data_dir
+from corral.client.local.nats_server import NatsServerNotFound
+from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, DEFAULT_NATS_PORT, UpOptions
+from corral.client.local.state_file import SupervisorRecord
+from corral.client.local.summary import describe
+from corral.client.local.supervisor import CannotStart, run_supervisor
+
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Where state, logs and the pid file live (default ${ENV_DATA_DIR}, else ./.corral).",
+)
+
+
+@click.command()
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; `corral down` stops.")
+@_data_dir_option
+@click.option(
+    "--nats-port", type=click.IntRange(1, 65535), default=DEFAULT_NATS_PORT, show_default=True
+)
+@click.option(
+    "--metrics-base-port",
+    type=click.IntRange(1, 65532),
+    default=DEFAULT_METRICS_BASE_PORT,
+    show_default=True,
+    help="scheduler on it, node-agent +1, netmgr +2, volmgr +3.",
+)
+@click.option("--node-name", default="", help="The local node's name (default: the host name).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["docker", "hollow"]),
+    default="docker",
+    show_default=True,
+    help="The node agent's container runtime (hollow: simulated containers).",
+)
+@click.option("--docker-host", default=None, help="The Docker engine (default: the local one).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def up(
+    detach: bool,
+    data_dir: Path | None,
+    nats_port: int,
+    metrics_base_port: int,
+    node_name: str,
+    runtime: str,
+    docker_host: str | None,
+    log_level: str,
+) -> None:
+    """Run corral here: nats-server with JetStream, the scheduler, a node agent, netmgr, volmgr.
+
+    In the foreground, Ctrl-C stops everything. With -d it runs in the background
+    and returns once every service answers /healthz. A start that fails (a port
+    taken, a service that keeps exiting or never answers) stops what it started
+    and exits 1.
+    """
+    options = UpOptions(
+        data_dir=Layout.at(data_dir or default_data_dir()).data_dir,
+        nats_port=nats_port,
+        metrics_base_port=metrics_base_port,
+        node_name=node_name,
+        runtime=runtime,
+        docker_host=docker_host,
+        log_level=log_level.upper(),
+    )
+    if detach:
+        try:
+            record = start_detached(options)
+        except DetachFailed as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(describe(record, detached=True))
+        return
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s corral-up %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+    def on_ready(record: SupervisorRecord) -> None:
+        click.echo(describe(record, detached=False))
+
+    try:
+        anyio.run(lambda: run_supervisor(options, on_ready=on_ready))
+    except (CannotStart, NatsServerNotFound) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.command()
+@_data_dir_option
+def down(data_dir: Path | None) -> None:
+    """Stop what `corral up` started from this data dir."""
+    layout = Layout.at(data_dir or default_data_dir())
+    report = stop(layout)
+    if not report.was_running:
+        extra = f" (stopped leftovers: {', '.join(report.leftovers)})" if report.leftovers else ""
+        click.echo(f"corral is not running from {layout.data_dir}{extra}")
+        return
+    forced = f" (had to kill: {', '.join(report.killed)})" if report.killed else ""
+    click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}")
+
+
+@click.group()
+def local_cli() -> None:
+    """`python -m corral.client.local up|down`: the same commands without the rest of the CLI."""
+
+
+local_cli.add_command(up)
+local_cli.add_command(down)

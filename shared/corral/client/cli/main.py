@@ -1,0 +1,62 @@
+"""`corral`: the command line. A client like any other: requests to the owners,
+reads from KV and the events stream (see corral.client.api)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from corral.client.cli.read_commands import describe, events, get, schema
+from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
+from corral.client.cli.write_commands import apply, create, delete, scale
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    multiple=True,
+    help="NATS URL; several comma-separated or --nats repeated for a cluster (default: "
+    "$CORRAL_NATS_URL, else the config file, else nats://127.0.0.1:4222).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for NATS and for an owner's answer.",
+)
+@click.pass_context
+def cli(ctx: click.Context, nats_url: tuple[str, ...], timeout: float) -> None:
+    """corral: a container orchestrator on NATS."""
+    # A repeated --nats is one list of servers; it travels comma-joined (corral.natsio.config).
+    ctx.obj = Settings(",".join(nats_url) or None, timeout)
+
+
+for command in (create, apply, scale, delete, get, describe, events, schema):
+    cli.add_command(command)
+
+from corral.client.cli.node_commands import node  # noqa: E402
+
+cli.add_command(node)
+
+try:
+    from corral.client.cli.local_commands import down, up
+except ImportError:  # pragma: no cover - only while `corral up` is being written
+    pass
+else:
+    cli.add_command(up)
+    cli.add_command(down)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="corral")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The commands that only read: get, describe, events, schema.
+
+They read the KV buckets and the events stream directly; -o json / -o yaml give
+the same data for scripts, -o wide adds columns to get.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from corral.client.api import CorralClient, CorralError, find_kind, to_builtins
+from corral.client.cli.describe import (
+    deployment_description,
+    describe_deployment,
+    describe_node,
+    events_table,
+    node_description,
+)
+from corral.client.cli.kinds import (
+    DEPLOYMENTS,
+    NODES,
+    REPLICAS,
+    SINGULAR,
+    read_kind,
+    split_kind_name,
+)
+from corral.client.cli.output import as_list, dump
+from corral.client.cli.runner import run_with_client, settings_of
+from corral.client.cli.tables import age_since, render_table
+from corral.client.cli.views import (
+    NODE_HEADERS,
+    NODE_WIDE_HEADERS,
+    REPLICA_HEADERS,
+    REPLICA_WIDE_HEADERS,
+    Allocation,
+    ClusterView,
+    allocations,
+    deployment_object,
+    deployment_table,
+    node_object,
+    node_row,
+    read_cluster,
+    replica_lines,
+    replica_object,
+    replica_row,
+)
+from corral.contract.events import Event
+from corral.contract.schema import PUBLIC_PAYLOADS, find_payload, schema_of
+from corral.contract.specs import check_dns_label
+
+_NEEDS: dict[str, tuple[str, ...]] = {
+    DEPLOYMENTS: ("deployments", "statuses"),
+    REPLICAS: ("deployments", "statuses", "placements", "replica_statuses"),
+    NODES: ("nodes", "placements"),
+}
+
+
+def _not_found(kind: str, name: str) -> CorralError:
+    return CorralError(f"{SINGULAR[kind]} {name!r} not found")
+
+
+def render_get(view: ClusterView, kind: str, name: str | None, output: str, now: float) -> str:
+    """The text of `corral get KIND [NAME] -o OUTPUT` for one read of the cluster."""
+    wide = output == "wide"
+    machine = output in ("json", "yaml")
+    if kind == DEPLOYMENTS:
+        if name is not None and name not in view.deployments:
+            raise _not_found(kind, name)
+        if name is not None:
+            view = ClusterView(
+                deployments={name: view.deployments[name]},
+                statuses={k: v for k, v in view.statuses.items() if k == name},
+            )
+        if machine:
+            items = [
+                deployment_object(view.deployments[key], view.statuses.get(key))
+                for key in sorted(view.deployments)
+            ]
+            return dump(items[0] if name is not None else as_list(items), output)
+        headers, rows = deployment_table(view, now, wide=wide)
+        return render_table(headers, rows) if rows else "No deployments."
+    if kind == REPLICAS:
+        lines = replica_lines(view)
+        if name is not None:
+            lines = [line for line in lines if line.name == name]
+            if not lines:
+                raise _not_found(kind, name)
+        if machine:
+            items = [replica_object(line) for line in lines]
+            return dump(items[0] if name is not None else as_list(items), output)
+        if not lines:
+            return "No replicas."
+        headers = REPLICA_WIDE_HEADERS if wide else REPLICA_HEADERS
+        return render_table(headers, [replica_row(line, now, wide=wide) for line in lines])
+    nodes = view.nodes
+    if name is not None:
+        if name not in nodes:
+            raise _not_found(kind, name)
+        nodes = {name: nodes[name]}
+    allocated = allocations(view.placements)
+    if machine:
+        items = [
+            node_object(nodes[key], allocated.get(key, Allocation()), now) for key in sorted(nodes)
+        ]
+        return dump(items[0] if name is not None else as_list(items), output)
+    if not nodes:
+        return "No nodes."
+    rows = [
+        node_row(nodes[key], allocated.get(key, Allocation()), now, wide=wide)
+        for key in sorted(nodes)
+    ]
+    return render_table(NODE_WIDE_HEADERS if wide else NODE_HEADERS, rows)
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]), default="table"
+)
+@click.pass_context
+def get(ctx: click.Context, kind: str, name: str | None, output: str) -> None:
+    """List deployments, replicas or nodes (or show one by NAME)."""
+    kind, name = split_kind_name(kind, name)
+    read = read_kind(kind)
+
+    async def fetch(client: CorralClient) -> str:
+        view = await read_cluster(client, what=_NEEDS[read])
+        return render_get(view, read, name, output, time.time())
+
+    click.echo(run_with_client(settings_of(ctx), fetch))
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "--events",
+    "event_limit",
+    type=int,
+    default=20,
+    show_default=True,
+    help="How many recent events to show.",
+)
+@click.pass_context
+def describe(
+    ctx: click.Context, kind: str, name: str | None, output: str, event_limit: int
+) -> None:
+    """Show one deployment or node in full: spec, status, replicas, recent events."""
+    kind, name = split_kind_name(kind, name)
+    read = read_kind(kind)
+    if name is None:
+        raise click.UsageError(f"missing NAME: corral describe {SINGULAR[read]} NAME")
+    if read == REPLICAS:
+        raise click.BadParameter("describe shows deployments and nodes", param_hint="KIND")
+    target = name
+
+    async def fetch(client: CorralClient) -> str:
+        view = await read_cluster(client)
+        now = time.time()
+        if read == DEPLOYMENTS:
+            if target not in view.deployments:
+                raise _not_found(read, target)
+            events = await client.events("deployment", target, event_limit)
+            if output == "text":
+                return describe_deployment(view, target, events, now)
+            return dump(deployment_description(view, target, events), output)
+        if target not in view.nodes:
+            raise _not_found(read, target)
+        events = await client.events("node", target, event_limit)
+        if output == "text":
+            return describe_node(view, target, events, now)
+        return dump(node_description(view, target, events, now), output)
+
+    click.echo(run_with_client(settings_of(ctx), fetch))
+
+
+EVENT_HEADERS = ("AGE", "TYPE", "REASON", "OBJECT", "FROM", "MESSAGE")
+
+
+def event_row(event: Event, now: float) -> list[str]:
+    return [
+        age_since(event.time, now),
+        event.type,
+        event.reason,
+        f"{event.object_kind.lower()}/{event.object_name}",
+        event.source,
+        event.message,
+    ]
+
+
+def _follow_line(event: Event, output: str) -> str:
+    if output == "json":
+        return json.dumps(to_builtins(event))
+    when = time.strftime("%H:%M:%S", time.localtime(event.time))
+    object_ = f"{event.object_kind.lower()}/{event.object_name}"
+    return f"{when}  {event.type:<8} {event.reason:<20} {object_:<30} {event.message}"
+
+
+# Events are told about the API kinds, nodes, and rejected specs (corral.events.rejected.<kind>).
+_EVENT_KINDS = ("node", "rejected")
+
+
+def _event_object(for_object: str) -> tuple[str, str | None]:
+    """'deployment/my-app' -> ('deployment', 'my-app'); 'deploy' -> ('deployment', None)."""
+    kind_text, slash, name = for_object.partition("/")
+    if kind_text.lower() in _EVENT_KINDS:
+        kind = kind_text.lower()
+    else:
+        try:
+            kind = find_kind(kind_text).subject_kind
+        except CorralError as error:
+            raise click.BadParameter(f"{error}, node or rejected", param_hint="--for") from None
+    if not slash:
+        return kind, None
+    try:
+        check_dns_label("name", name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from None
+    return kind, name
+
+
+@click.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they come.")
+@click.option("--for", "for_object", metavar="KIND[/NAME]", help="Only this object (or kind).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="How many past events.",
+)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@click.pass_context
+def events(
+    ctx: click.Context, follow: bool, for_object: str | None, limit: int, output: str
+) -> None:
+    """Show recent events (corral.events.>), oldest first; --follow streams new ones."""
+    kind: str | None = None
+    name: str | None = None
+    if for_object:
+        kind, name = _event_object(for_object)
+    if follow and output == "yaml":
+        raise click.UsageError("--follow prints a table or JSON lines; -o yaml does not stream")
+
+    async def fetch(client: CorralClient) -> str:
+        if follow:
+            if output == "table":
+                click.echo(f"{'TIME':<9} {'TYPE':<8} {'REASON':<20} {'OBJECT':<30} MESSAGE")
+            async for event in client.follow_events(kind, name, limit):
+                click.echo(_follow_line(event, output))
+            return ""
+        found = await client.events(kind, name, limit)
+        if output != "table":
+            return dump(as_list([to_builtins(event) for event in found]), output)
+        if not found:
+            return "No events."
+        now = time.time()
+        return render_table(EVENT_HEADERS, [event_row(event, now) for event in found])
+
+    try:
+        text = run_with_client(settings_of(ctx), fetch)
+    except KeyboardInterrupt:  # the way to stop --follow
+        return
+    if text:
+        click.echo(text)
+
+
+@click.command()
+@click.argument("kind", required=False)
+def schema(kind: str | None) -> None:
+    """Print the JSON Schema of a public payload (all of them without KIND)."""
+    if kind is None:
+        everything: dict[str, Any] = {name: schema_of(name) for name in PUBLIC_PAYLOADS}
+        click.echo(json.dumps(everything, indent=2, sort_keys=True))
+        return
+    try:
+        name = find_payload(kind)
+    except KeyError:
+        known = ", ".join(PUBLIC_PAYLOADS)
+        raise click.ClickException(
+            f"unknown kind {kind!r}: corral's payloads are {known}"
+        ) from None
+    click.echo(json.dumps(schema_of(name), indent=2, sort_keys=True))
+
+
+__all__ = ["describe", "events", "events_table", "get", "schema"]

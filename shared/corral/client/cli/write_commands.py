@@ -1,0 +1,250 @@
+"""The commands that change the cluster: create, apply, scale, delete.
+
+Each validates locally with the decoder the owner uses (so a bad spec never
+leaves the machine), then sends a request to the owner and prints its Reply.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from corral.client.api import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
+from corral.client.cli.kinds import split_kind_name
+from corral.client.cli.manifests import MAX_MANIFEST_BYTES, Manifest, load_manifests
+from corral.client.cli.options import parse_env, parse_labels, parse_resource_list
+from corral.client.cli.runner import run_with_client, settings_of
+from corral.contract.codec import InvalidPayload, decode_payload
+from corral.contract.events import Reply
+from corral.contract.specs import API_VERSION, DeleteRequest, Deployment, ScaleRequest
+
+
+def _kind_arg(text: str) -> ApiKind:
+    try:
+        return find_kind(text)
+    except CorralError as error:
+        raise click.BadParameter(str(error), param_hint="KIND") from None
+
+
+def _validated(raw_object: dict[str, Any], kind: type[msgspec.Struct]) -> bytes:
+    """The JSON the owner will get, after decoding it exactly as the owner will."""
+    raw = msgspec.json.encode(raw_object)
+    try:
+        decode_payload(raw, kind)
+    except InvalidPayload as error:
+        raise click.ClickException(error.message) from None
+    return raw
+
+
+def applied_verb(reply: Reply) -> str:
+    if reply.unchanged:
+        return "unchanged"
+    return "created" if reply.generation == 1 else "configured"
+
+
+def _rejected(error: RequestRejected) -> click.ClickException:
+    reply = error.reply
+    where = (
+        f" (field `{reply.field}`)" if reply.field and f"`{reply.field}`" not in reply.error else ""
+    )
+    return click.ClickException(f"{reply.error}{where}")
+
+
+# --- create -------------------------------------------------------------------------
+
+
+@click.group()
+def create() -> None:
+    """Create an object from flags (see also: corral apply -f)."""
+
+
+@create.command("deployment")
+@click.argument("name")
+@click.option("--image", required=True, help="The container image, e.g. nginx:1.27.")
+@click.option("--replicas", type=int, default=1, show_default=True)
+@click.option("--requests", "requests_", metavar="LIST", help="e.g. cpu=100m,memory=64Mi")
+@click.option("--limits", metavar="LIST", help="e.g. cpu=500m,memory=128Mi")
+@click.option("--env", "-e", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
+@click.option("--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def create_deployment(
+    ctx: click.Context,
+    name: str,
+    image: str,
+    replicas: int,
+    requests_: str | None,
+    limits: str | None,
+    env: tuple[str, ...],
+    labels: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
+    """Run REPLICAS copies of IMAGE; `-- COMMAND ARGS...` replaces the image's entrypoint."""
+    template: dict[str, Any] = {"image": image}
+    if command:
+        template["command"] = list(command)
+    if env:
+        template["env"] = parse_env(env)
+    resources = {}
+    if requests_:
+        resources["requests"] = parse_resource_list(requests_, "--requests")
+    if limits:
+        resources["limits"] = parse_resource_list(limits, "--limits")
+    if resources:
+        template["resources"] = resources
+    metadata: dict[str, Any] = {"name": name}
+    if labels:
+        metadata["labels"] = parse_labels(labels)
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {"replicas": replicas, "template": template},
+    }
+    raw = _validated(manifest, Deployment)
+    kind = find_kind("Deployment")
+
+    async def send(client: CorralClient) -> Reply:
+        if await client.deployment(name) is not None:
+            raise CorralError(
+                f"deployment {name!r} already exists: change it with corral apply or corral scale"
+            )
+        return await client.request(kind, "apply", raw)
+
+    reply = run_with_client(settings_of(ctx), send)
+    if not reply.ok:
+        raise _rejected(RequestRejected(reply))
+    click.echo(f"deployment/{name} {applied_verb(reply)}")
+
+
+# --- apply ----------------------------------------------------------------------------
+
+
+def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
+    """Every document of every file ('-' is stdin), all validated before anything is sent."""
+    manifests: list[Manifest] = []
+    for file_name in files:
+        source = "<stdin>" if file_name == "-" else file_name
+        try:
+            if file_name == "-":
+                raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+            else:
+                with Path(file_name).open("rb") as handle:
+                    raw = handle.read(MAX_MANIFEST_BYTES + 1)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise click.ClickException(
+                    f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes for a manifest"
+                )
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise click.ClickException(f"cannot read {source}: {error}") from None
+        try:
+            manifests += load_manifests(text, source)
+        except CorralError as error:
+            raise click.ClickException(str(error)) from None
+    return manifests
+
+
+_file_option = click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    metavar="FILE",
+    help="A YAML manifest; '-' reads stdin. Repeatable; a file may hold several documents.",
+)
+
+
+@click.command()
+@_file_option
+@click.pass_context
+def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Create or update the objects of manifests (apiVersion/kind/metadata/spec)."""
+    if not files:
+        raise click.UsageError("give at least one manifest: corral apply -f FILE")
+    manifests = read_manifest_files(files)
+
+    async def send(client: CorralClient) -> None:
+        for manifest in manifests:
+            try:
+                reply = await client.apply(manifest.spec)
+            except RequestRejected as error:
+                raise CorralError(f"{manifest.where}: {error}") from None
+            click.echo(f"{manifest.kind.subject_kind}/{manifest.name} {applied_verb(reply)}")
+
+    run_with_client(settings_of(ctx), send)
+
+
+# --- scale ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("--replicas", type=int, required=True, help="The new replica count.")
+@click.pass_context
+def scale(ctx: click.Context, kind: str, name: str | None, replicas: int) -> None:
+    """Set the replica count: corral scale deployment NAME --replicas N."""
+    kind, name = split_kind_name(kind, name)
+    if name is None:
+        raise click.UsageError("missing NAME: corral scale deployment NAME --replicas N")
+    api_kind = _kind_arg(kind)
+    raw = _validated({"name": name, "replicas": replicas}, ScaleRequest)
+
+    async def send(client: CorralClient) -> Reply:
+        return await client.request(api_kind, "scale", raw)
+
+    reply = run_with_client(settings_of(ctx), send)
+    if not reply.ok:
+        raise _rejected(RequestRejected(reply))
+    click.echo(f"{api_kind.subject_kind}/{name} scaled")
+
+
+# --- delete ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@_file_option
+@click.pass_context
+def delete(
+    ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...]
+) -> None:
+    """Delete objects: corral delete deployment NAME..., or corral delete -f FILE."""
+    targets: list[tuple[ApiKind, str]] = []
+    if files:
+        if kind is not None:
+            raise click.UsageError("give either -f FILE or KIND NAME, not both")
+        targets = [(manifest.kind, manifest.name) for manifest in read_manifest_files(files)]
+    else:
+        if kind is None:
+            raise click.UsageError("missing KIND and NAME: corral delete deployment NAME")
+        if "/" in kind:
+            kind, first = split_kind_name(kind, None)
+            names = (first or "", *names)
+        if not names:
+            raise click.UsageError(f"missing NAME: corral delete {kind} NAME")
+        api_kind = _kind_arg(kind)
+        targets = [(api_kind, name) for name in names]
+    requests = [
+        (api_kind, name, _validated({"name": name}, DeleteRequest)) for api_kind, name in targets
+    ]
+
+    async def send(client: CorralClient) -> list[str]:
+        refused: list[str] = []
+        for api_kind, name, raw in requests:  # each one is tried, as kubectl does
+            reply = await client.request(api_kind, "delete", raw)
+            if reply.ok:
+                click.echo(f"{api_kind.subject_kind}/{name} deleted")
+            else:
+                refused.append(reply.error)
+        return refused
+
+    refused = run_with_client(settings_of(ctx), send)
+    if refused:
+        raise click.ClickException("; ".join(refused))

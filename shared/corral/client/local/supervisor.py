@@ -1,0 +1,294 @@
+"""The `corral up` supervisor: nats-server first, then the services; each kept running.
+
+Start: refuse ports that can never work; take the data dir's lock (one supervisor
+per data dir); refuse when a port is taken; stop the leftovers of a supervisor
+that died; start nats-server and wait until JetStream answers; start the services
+and wait until each /healthz answers 200. Then supervise until SIGINT/SIGTERM, and
+stop in order: services (SIGTERM, then SIGKILL after a timeout), then nats-server,
+so the services drain cleanly.
+
+A startup that cannot succeed fails with CannotStart after stopping in the same
+order: a child that keeps exiting before it was ever healthy (its log's end is in
+the message), or services without a healthy /healthz within HEALTH_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from corral.client.local.child import ChildState, log_tail, supervise_child
+from corral.client.local.health import wait_healthy
+from corral.client.local.layout import Layout
+from corral.client.local.nats_server import wait_for_jetstream
+from corral.client.local.plan import (
+    UpOptions,
+    busy_ports,
+    nats_child,
+    port_problem,
+    service_children,
+)
+from corral.client.local.processes import ProcessRef, start_time, stop_processes
+from corral.client.local.state_file import (
+    ChildRecord,
+    SupervisorRecord,
+    read_state,
+    remove_files,
+    running_supervisor,
+    write_pid,
+    write_state,
+)
+
+log = logging.getLogger(__name__)
+
+NATS_TIMEOUT = 30.0
+HEALTH_TIMEOUT = float(os.environ.get("CORRAL_UP_TIMEOUT", "90"))
+
+
+class CannotStart(RuntimeError):
+    """corral up cannot start here; the message says why and what to do."""
+
+
+def stop_leftovers(layout: Layout) -> list[str]:
+    """Stop the children of a supervisor of this data dir that died without stopping them."""
+    record = read_state(layout)
+    if record is None or record.ref().alive():
+        return []
+    refs = {child.name: child.ref() for child in record.children}
+    alive = {name: ref for name, ref in refs.items() if ref is not None and ref.alive()}
+    if alive:
+        log.warning("stopping leftovers of an earlier run: %s", ", ".join(sorted(alive)))
+        # Services first, nats-server last, so the services drain cleanly.
+        services = [ref for name, ref in alive.items() if name != "nats"]
+        if services:
+            stop_processes(services, timeout=10)
+        if "nats" in alive:
+            stop_processes([alive["nats"]], timeout=10)
+    remove_files(layout)
+    return sorted(alive)
+
+
+def _check_can_start(options: UpOptions) -> None:
+    layout = options.layout
+    running = running_supervisor(layout)
+    if running is not None:
+        raise CannotStart(
+            f"corral is already running from {layout.data_dir} (pid {running.pid}); "
+            "`corral down` stops it"
+        )
+    stop_leftovers(layout)
+    busy = busy_ports(options)
+    if busy:
+        raise CannotStart(
+            f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 already in use; "
+            "choose others with --nats-port / --metrics-base-port"
+        )
+
+
+def create_layout(layout: Layout) -> str:
+    """Create the data dir's folders and return the node agent's id (kept in the data dir)."""
+    try:
+        layout.create()
+        return layout.agent_id()
+    except OSError as error:
+        raise CannotStart(
+            f"cannot create data dir {layout.data_dir}: {error.strerror or error}"
+        ) from None
+
+
+def take_lock(layout: Layout) -> int:
+    """flock() the data dir's lock file; held (the fd kept open) for the supervisor's life."""
+    try:
+        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise CannotStart(f"cannot open {layout.lock_file}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CannotStart(
+            f"corral is already running from {layout.data_dir} "
+            f"(another supervisor holds {layout.lock_file}); `corral down` stops it"
+        ) from None
+    return fd
+
+
+def _record_failure(layout: Layout, message: str) -> None:
+    try:
+        layout.failure_file.write_text(f"{os.getpid()}\n{message}\n")
+    except OSError:
+        log.debug("could not write %s", layout.failure_file, exc_info=True)
+
+
+def read_failure(layout: Layout, pid: int) -> str | None:
+    """Why the supervisor `pid` failed to start, if it said so."""
+    try:
+        first, _, message = layout.failure_file.read_text(errors="replace").partition("\n")
+    except OSError:
+        return None
+    return message.rstrip("\n") if first.strip() == str(pid) else None
+
+
+def _with_tail(child: ChildState) -> str:
+    tail = log_tail(child.spec.log)
+    return f"--- end of {child.spec.log} ---\n{tail}" if tail else f"({child.spec.log} is empty)"
+
+
+async def _wait_all_healthy(children: list[ChildState], within: float) -> list[ChildState]:
+    """Wait for every /healthz concurrently; returns the children that did not answer in time."""
+    late: list[ChildState] = []
+
+    async def one(child: ChildState) -> None:
+        assert child.spec.health_url is not None
+        try:
+            with anyio.fail_after(within):
+                await wait_healthy(child.spec.health_url)
+            child.healthy = True
+        except TimeoutError:
+            late.append(child)
+
+    async with anyio.create_task_group() as group:
+        for child in children:
+            group.start_soon(one, child)
+    return sorted(late, key=lambda child: child.spec.name)
+
+
+async def run_supervisor(
+    options: UpOptions,
+    *,
+    on_ready: Callable[[SupervisorRecord], None] | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM; raises CannotStart when it cannot begin or start up."""
+    layout = options.layout
+    problem = port_problem(options)
+    if problem is not None:
+        raise CannotStart(problem)
+    agent_id = create_layout(layout)
+    lock = take_lock(layout)
+    try:
+        layout.failure_file.unlink(missing_ok=True)
+        try:
+            await _run_locked(options, agent_id, on_ready)
+        except CannotStart as error:
+            _record_failure(layout, str(error))
+            raise
+    finally:
+        os.close(lock)
+
+
+async def _run_locked(
+    options: UpOptions,
+    agent_id: str,
+    on_ready: Callable[[SupervisorRecord], None] | None,
+) -> None:
+    layout = options.layout
+    _check_can_start(options)
+
+    me = ProcessRef(os.getpid(), start_time(os.getpid()) or 0)
+    nats = ChildState(nats_child(options))
+    services = [ChildState(spec) for spec in service_children(options, agent_id=agent_id)]
+    record = SupervisorRecord(
+        pid=me.pid, started=me.started, data_dir=str(layout.data_dir), nats_url=options.nats_url
+    )
+
+    def save() -> None:
+        record.children = [
+            ChildRecord(
+                name=child.spec.name,
+                pid=child.pid,
+                started=None if child.pid is None else start_time(child.pid),
+                restarts=child.restarts,
+                log=str(child.spec.log),
+                metrics_url=child.spec.metrics_url,
+                health_url=child.spec.health_url,
+            )
+            for child in (nats, *services)
+        ]
+        write_state(layout, record)
+
+    stop = anyio.Event()
+    startup = anyio.CancelScope()
+    failures: list[str] = []
+
+    def fail(message: str) -> None:
+        """Startup cannot succeed: stop everything (in order), then raise CannotStart."""
+        if not failures:
+            log.error("%s", message)
+            failures.append(message)
+        stop.set()
+        startup.cancel()
+
+    def gave_up(child: ChildState) -> None:
+        fail(
+            f"{child.spec.name} exited {child.restarts} times (last code {child.last_exit}) "
+            f"before it was ever healthy; stopped corral\n{_with_tail(child)}"
+        )
+
+    async def stop_on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                log.info("received %s: stopping", signal.Signals(received).name)
+                stop.set()
+                startup.cancel()
+
+    async def supervise(
+        child: ChildState, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await supervise_child(child, save, on_give_up=gave_up, task_status=task_status)
+
+    write_pid(layout, me.pid)
+    save()
+    try:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(stop_on_signal)
+            async with anyio.create_task_group() as nats_group:
+                await nats_group.start(supervise, nats)
+                async with anyio.create_task_group() as services_group:
+                    with startup:
+                        try:
+                            with anyio.fail_after(NATS_TIMEOUT):
+                                await wait_for_jetstream(options.nats_url)
+                        except TimeoutError:
+                            fail(
+                                f"nats-server did not answer on {options.nats_url} within "
+                                f"{NATS_TIMEOUT:.0f} s; stopped corral\n{_with_tail(nats)}"
+                            )
+                        else:
+                            nats.healthy = True
+                            log.info("nats-server answers on %s", options.nats_url)
+                            for child in services:
+                                await services_group.start(supervise, child)
+                            late = await _wait_all_healthy(services, HEALTH_TIMEOUT)
+                            if late:
+                                fail(
+                                    f"no healthy /healthz within {HEALTH_TIMEOUT:.0f} s from: "
+                                    f"{', '.join(child.spec.name for child in late)}; "
+                                    "stopped corral\n"
+                                    + "\n".join(_with_tail(child) for child in late)
+                                )
+                            else:
+                                record.ready = True
+                                save()
+                                log.info("all services healthy")
+                                if on_ready is not None:
+                                    on_ready(record)
+                    await stop.wait()
+                    record.stopping = True
+                    save()
+                    log.info("stopping services")
+                    services_group.cancel_scope.cancel()
+                log.info("stopping nats-server")
+                nats_group.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
+    finally:
+        remove_files(layout)
+    if failures:
+        log.info("corral stopped after a failed start")
+        raise CannotStart(failures[0])
+    log.info("corral stopped")

@@ -1,0 +1,102 @@
+"""The JSON Schema of every public payload, generated from the msgspec Structs.
+
+What a client sends (Deployment, ScaleRequest, DeleteRequest, NodeReleaseRequest,
+NodeDecision), what it gets back
+(Reply), the events it may read (Event) and the records it may read from KV
+(Node, Placement, ReplicaStatus, DeploymentStatus). The generated files are
+committed under docs/schema/ (`python -m corral.contract.schema docs/schema` rewrites them;
+a unit test checks that they are current).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from corral.contract.events import Event, Reply
+from corral.contract.specs import (
+    DeleteRequest,
+    Deployment,
+    NodeDecision,
+    NodeReleaseRequest,
+    ScaleRequest,
+)
+from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+
+PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
+    "Deployment": Deployment,
+    "ScaleRequest": ScaleRequest,
+    "DeleteRequest": DeleteRequest,
+    "NodeReleaseRequest": NodeReleaseRequest,
+    "NodeDecision": NodeDecision,
+    "Reply": Reply,
+    "Event": Event,
+    "Node": Node,
+    "Placement": Placement,
+    "ReplicaStatus": ReplicaStatus,
+    "DeploymentStatus": DeploymentStatus,
+}
+
+_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+def find_payload(name: str) -> str:
+    """The canonical name of a payload, matched case-insensitively; KeyError when unknown."""
+    for known in PUBLIC_PAYLOADS:
+        if known.lower() == name.lower():
+            return known
+    raise KeyError(name)
+
+
+def schema_of(name: str) -> dict[str, Any]:
+    """One payload's schema, self-contained: its definitions under $defs."""
+    payload = PUBLIC_PAYLOADS[name]
+    schema: dict[str, Any] = {"$schema": _DIALECT, "$id": f"corral/v1/{name}.json"}
+    schema.update(msgspec.json.schema(payload))
+    cleaned: dict[str, Any] = _clean_descriptions(schema)
+    return cleaned
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Descriptions come from docstrings: without their source indentation."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
+
+
+def render(schema: dict[str, Any]) -> str:
+    """The exact text of a committed schema file."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def generated_files() -> dict[str, str]:
+    """File name -> contents, for every public payload."""
+    return {f"{name}.json": render(schema_of(name)) for name in PUBLIC_PAYLOADS}
+
+
+def write_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, text in generated_files().items():
+        path = folder / file_name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance command
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schema")
+    for path in write_files(target):
+        print(path)

@@ -1,0 +1,307 @@
+"""What a client declares: the public spec payloads, one home for each type.
+
+Every payload here travels as JSON on a public subject (see corral.contract.names), so any
+NATS client can drive corral. Field names are camelCase on the wire, as in
+Kubernetes manifests. Validation happens while decoding (corral.contract.codec): a
+payload that fails it is rejected whole, with an error that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from corral.contract.codec import described_pattern
+from corral.contract.quantity import (
+    CPU_PATTERN,
+    MAX_CPU_CORES,
+    MAX_MEMORY_BYTES,
+    MAX_QUANTITY_CHARS,
+    MEMORY_PATTERN,
+    check_cpu_limit,
+    check_memory_limit,
+    cpu_millis,
+    memory_bytes,
+)
+
+API_VERSION = "corral/v1"
+
+# The bounds of a spec. Most are msgspec.Meta constraints, so the JSON Schemas in
+# docs/schema/ carry them and the decoder enforces them, naming the field.
+MAX_REPLICAS: Final = 10_000
+MAX_LABELS: Final = 64
+MAX_LABEL_PREFIX: Final = 253  # a DNS subdomain
+MAX_LABEL_NAME: Final = 63
+MAX_LABEL_KEY: Final = MAX_LABEL_PREFIX + 1 + MAX_LABEL_NAME
+MAX_LABEL_VALUE: Final = 63
+MAX_ENV: Final = 256
+MAX_ENV_NAME: Final = 256
+MAX_ENV_VALUE: Final = 32 * 1024
+MAX_ARGS: Final = 256  # items of `command`, and of `args`
+MAX_ARG: Final = 4096  # characters of one item
+MAX_IMAGE_REFERENCE: Final = 255
+MAX_UID: Final = 64
+MAX_COUNTER: Final = 2**63 - 1  # generation, resourceVersion
+
+
+def _whole(regex: str) -> str:
+    """A pattern the whole string must match. msgspec searches with Python's `re`,
+    where `$` also matches before a final newline ("web\\n" would pass): the
+    lookahead refuses that, and means nothing in JSON Schema's ECMA-262 regexes,
+    where `$` is the end. Patterns use no \\d or \\w: those differ between the two."""
+    return f"^(?:{regex})$(?!\\n)"
+
+
+_DNS_LABEL_RE: Final = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN_RE: Final = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+# A label's name, or value when not empty (Kubernetes' "qualified name" part)
+_LABEL_NAME_RE: Final = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_LABEL_MEANING: Final = (
+    "not a DNS label: use at most 63 lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit"
+)
+DNS_LABEL_PATTERN: Final = described_pattern(_whole(_DNS_LABEL_RE), DNS_LABEL_MEANING)
+LABEL_KEY_PATTERN: Final = described_pattern(
+    _whole(rf"(?:(?=[^/]{{1,{MAX_LABEL_PREFIX}}}/){_DNS_SUBDOMAIN_RE}/)?{_LABEL_NAME_RE}"),
+    "not a label key: [prefix/]name, the name at most 63 letters, digits, '-', '_' "
+    "or '.', starting and ending with a letter or digit; the prefix a DNS subdomain "
+    "(lowercase, dot-separated) of at most 253 characters",
+)
+LABEL_VALUE_PATTERN: Final = described_pattern(
+    _whole(f"(?:{_LABEL_NAME_RE})?"),
+    "not a label value: empty, or at most 63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit",
+)
+ENV_NAME_PATTERN: Final = described_pattern(
+    _whole("[A-Za-z_][A-Za-z0-9_]*"),
+    "not a valid environment variable name (POSIX: letters, digits and '_', "
+    "not starting with a digit)",
+)
+NO_NUL_PATTERN: Final = described_pattern(
+    r"^[^\x00]*$", "contains a NUL character, which no process can receive"
+)
+# The grammar of github.com/distribution/reference, without the IPv6 host form.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+IMAGE_REFERENCE_PATTERN: Final = described_pattern(
+    _whole(
+        rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?"
+        rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+        r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+        r"(?:@sha256:[a-f0-9]{64})?"
+    ),
+    "not a valid image reference (expected [registry/]name[:tag][@sha256:digest], lowercase name)",
+)
+CLUSTER_ID_PATTERN: Final = described_pattern(
+    _whole("(?:[0-9a-f]{16})?"), "not a cluster id (16 hex digits)"
+)
+_CPU_TEXT_PATTERN: Final = described_pattern(
+    CPU_PATTERN, "not a CPU quantity (examples: 250m, 0.5, 2)"
+)
+_MEMORY_TEXT_PATTERN: Final = described_pattern(
+    MEMORY_PATTERN, "not a memory quantity (examples: 64Mi, 1Gi, 500M)"
+)
+
+DnsLabel = Annotated[str, msgspec.Meta(pattern=DNS_LABEL_PATTERN, max_length=63)]
+LabelKey = Annotated[str, msgspec.Meta(pattern=LABEL_KEY_PATTERN, max_length=MAX_LABEL_KEY)]
+LabelValue = Annotated[str, msgspec.Meta(pattern=LABEL_VALUE_PATTERN, max_length=MAX_LABEL_VALUE)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    msgspec.Meta(
+        max_length=MAX_LABELS,
+        description=f"Kubernetes label syntax: [prefix/]name -> value; at most {MAX_LABELS}",
+    ),
+]
+EnvName = Annotated[str, msgspec.Meta(pattern=ENV_NAME_PATTERN, max_length=MAX_ENV_NAME)]
+EnvValue = Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_ENV_VALUE)]
+Arg = Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_ARG)]
+Args = Annotated[list[Arg], msgspec.Meta(max_length=MAX_ARGS)]
+Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+Replicas = Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
+# A quantity: text with a unit, or a JSON number (cores; bytes). The bounds of the
+# value itself are checked by corral.contract.quantity (a unit multiplies the text's number).
+Cpu = (
+    Annotated[str, msgspec.Meta(pattern=_CPU_TEXT_PATTERN, max_length=MAX_QUANTITY_CHARS)]
+    | Annotated[int, msgspec.Meta(ge=0, le=MAX_CPU_CORES)]
+    | Annotated[float, msgspec.Meta(ge=0, le=MAX_CPU_CORES)]
+)
+Memory = (
+    Annotated[str, msgspec.Meta(pattern=_MEMORY_TEXT_PATTERN, max_length=MAX_QUANTITY_CHARS)]
+    | Annotated[int, msgspec.Meta(ge=0, le=MAX_MEMORY_BYTES)]
+    | Annotated[float, msgspec.Meta(ge=0, le=MAX_MEMORY_BYTES)]
+)
+
+
+def check_dns_label(field: str, value: str) -> None:
+    if len(value) > 63 or not re.fullmatch(_DNS_LABEL_RE, value):
+        raise ValueError(f"`{field}` {value!r} is {DNS_LABEL_MEANING}")
+
+
+class _Public(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    rename="camel",
+):
+    """Base of every public payload: immutable, camelCase on the wire, strict.
+
+    Defaults are omitted when encoding, so adding a field with a default later
+    changes neither the stored bytes nor a template's hash.
+    Validation errors raised in __post_init__ start with the offending field in
+    backquotes, relative to the struct; corral.contract.codec joins it to the path.
+    """
+
+
+# A precondition: the KV revision of the object the writer last saw; 0: none.
+ResourceVersion = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_COUNTER,
+        description="A precondition: the KV revision of the object the writer last saw; 0: none.",
+    ),
+]
+
+
+class ObjectMeta(_Public, frozen=True, kw_only=True):
+    name: DnsLabel
+    # Kubernetes' label syntax: [prefix/]name = value (see LABEL_KEY_PATTERN)
+    labels: Labels = {}
+    namespace: Literal["default"] = "default"
+    resource_version: ResourceVersion = 0
+    # Set by the owner when it stores the object; ignored when a client sends them.
+    generation: Counter = 0
+    uid: Annotated[str, msgspec.Meta(pattern=_whole("[-A-Za-z0-9_.]*"), max_length=MAX_UID)] = ""
+    creation_timestamp: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Set by the owner: the CORRAL_SPECS stream sequence this version came from (a
+    # request: the stream's last sequence when it was written). A durable spec at or
+    # below it is older, and never applied over it (docs/api.md, durable specs).
+    spec_sequence: Counter = 0
+
+
+class ResourceList(_Public, frozen=True):
+    """CPU: "250m", "0.5" or a number of cores; memory: "64Mi", "1G" or a number of
+    bytes. Bounded (corral.contract.quantity): CPU 0 to 1024 cores, memory 0 to 1Pi."""
+
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+
+    def __post_init__(self) -> None:
+        # The pattern admits the text; the bounds hold for its value (with its unit).
+        if self.cpu is not None:
+            try:
+                cpu_millis(self.cpu)
+            except ValueError as error:
+                raise ValueError(f"`cpu`: {error}") from None
+        if self.memory is not None:
+            try:
+                memory_bytes(self.memory)
+            except ValueError as error:
+                raise ValueError(f"`memory`: {error}") from None
+
+    @property
+    def cpu_millis(self) -> int:
+        return 0 if self.cpu is None else cpu_millis(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return 0 if self.memory is None else memory_bytes(self.memory)
+
+
+class Resources(_Public, frozen=True):
+    """requests: what the scheduler reserves on a node; limits: what the engine enforces.
+
+    A limit, when given, is at least 1m of CPU and 6Mi of memory (Docker refuses less)."""
+
+    requests: ResourceList = ResourceList()
+    limits: ResourceList = ResourceList()
+
+    def __post_init__(self) -> None:
+        if self.limits.cpu is not None:
+            try:
+                check_cpu_limit(self.limits.cpu_millis)
+            except ValueError as error:
+                raise ValueError(f"`limits.cpu`: {error}") from None
+        if self.limits.memory is not None:
+            try:
+                check_memory_limit(self.limits.memory_bytes)
+            except ValueError as error:
+                raise ValueError(f"`limits.memory`: {error}") from None
+        if self.limits.cpu_millis and self.requests.cpu_millis > self.limits.cpu_millis:
+            raise ValueError("`requests.cpu` is larger than `limits.cpu`")
+        if self.limits.memory_bytes and self.requests.memory_bytes > self.limits.memory_bytes:
+            raise ValueError("`requests.memory` is larger than `limits.memory`")
+
+
+class ContainerTemplate(_Public, frozen=True):
+    """The container every replica of a Deployment runs."""
+
+    image: Annotated[
+        str, msgspec.Meta(pattern=IMAGE_REFERENCE_PATTERN, max_length=MAX_IMAGE_REFERENCE)
+    ]
+    command: Args | None = None  # replaces the image's entrypoint
+    args: Args | None = None  # replaces the image's cmd
+    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=MAX_ENV)] = {}
+    resources: Resources = Resources()
+
+    def template_hash(self) -> str:
+        """A short stable digest: replicas whose hash differs run an older template."""
+        return hashlib.sha256(msgspec.json.encode(self)).hexdigest()[:10]
+
+
+class DeploymentSpec(_Public, frozen=True, kw_only=True):
+    replicas: Replicas = 1
+    template: ContainerTemplate
+    # When a node is lost: "Fast" places replacements after R (a cut-off node may run
+    # its copies until it stops them at F, so two copies can overlap for F - R);
+    # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off
+    # node's own stop), or until an operator releases the node. See docs/time-budget.md.
+    replacement: Literal["Fast", "AfterStop"] = "Fast"
+
+
+class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Deployment"):
+    """N replicas of one container template, kept at N by the scheduler."""
+
+    api_version: Literal["corral/v1"] = "corral/v1"
+    metadata: ObjectMeta
+    spec: DeploymentSpec
+
+
+class ScaleRequest(_Public, frozen=True):
+    """Set the replica count of an existing object, like Kubernetes' scale subresource."""
+
+    name: DnsLabel
+    replicas: Replicas
+    resource_version: ResourceVersion = 0
+
+
+class DeleteRequest(_Public, frozen=True):
+    name: DnsLabel
+    resource_version: ResourceVersion = 0
+
+
+class NodeReleaseRequest(_Public, frozen=True):
+    """An operator's word that a node is gone for good (`corral node release NODE`):
+    the scheduler replaces its replicas at once, "AfterStop" Deployments included,
+    and forgets the node. Answered by the scheduler on corral.api.node.release."""
+
+    name: DnsLabel
+
+
+class NodeDecision(_Public, frozen=True):
+    """An operator's decision about containers of another cluster on one node, sent to
+    its agent on corral.node.<node>.adopt or .reset (`corral node adopt|reset NODE`).
+
+    adopt: the agent accepts the store's cluster; containers of `clusterId` (default:
+    the cluster the agent recorded before) become orphans it keeps until a Deployment
+    of their name and template claims them. reset: the agent accepts the store's
+    cluster and removes the containers of `clusterId` on its node.
+    """
+
+    node: DnsLabel
+    cluster_id: Annotated[str, msgspec.Meta(pattern=CLUSTER_ID_PATTERN, max_length=16)] = ""

@@ -1,0 +1,129 @@
+"""What corral observes and decides: the records its services keep in KV.
+
+Each kind has one owner (ARCHITECTURE.md, rule 4):
+    Node              its node agent        corral_nodes[node]
+    Placement         the scheduler         corral_placements[node.replica]
+    ReplicaStatus     the node agent        corral_replica_status[node.replica]
+    DeploymentStatus  the scheduler         corral_deployment_status[name]
+New fields always get defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from corral.contract.specs import ContainerTemplate
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base of stored records: immutable, camelCase JSON, tolerant of newer fields."""
+
+
+class Cluster(_Record, frozen=True, kw_only=True):
+    """The cluster's identity, made once when its state is first created (corral.natsio.cluster)."""
+
+    id: str
+    created_at: float = 0.0
+
+
+class OrphanReplica(_Record, frozen=True, kw_only=True):
+    """A container on a node that an earlier cluster made and an operator adopted
+    (`corral node adopt`): kept, and placed again when a Deployment of its name and
+    template claims it."""
+
+    deployment: str
+    replica: str
+    template_hash: str
+    running: bool = False
+
+
+class NodeCapacity(_Record, frozen=True, kw_only=True):
+    cpu_millis: int
+    memory_bytes: int
+    pods: int = 110
+
+
+class Node(_Record, frozen=True, kw_only=True):
+    """A node agent and its container engine, as the agent reports it."""
+
+    name: str
+    labels: dict[str, str] = {}
+    capacity: NodeCapacity
+    runtime: str = "docker"  # "docker" or "hollow"
+    ready: bool = True  # the agent can reach its engine
+    message: str = ""
+    agent_started_at: float = 0.0
+    heartbeat_at: float = 0.0  # the agent's clock; liveness uses the observer's clock
+    version: str = ""
+    # A random id per agent process: two agents that claim the same node name are
+    # told apart, and the second refuses to run rather than run every replica twice.
+    agent_id: str = ""
+    # The container engine's own id: one engine serves one node; an agent displaced by
+    # an agent on the same engine hands over, one on another engine removes its copies.
+    engine_id: str = ""
+    # The agent's safety mode (corral_node_agent.safety.Mode): Active, Syncing, Held, ...
+    mode: str = ""
+    # Containers of another corral cluster on this node's engine: never touched.
+    foreign_containers: int = 0
+    # Containers of an adopted earlier cluster that no placement claims yet.
+    orphans: list[OrphanReplica] = []
+    # Containers the agent must remove and could not (retried with back-off).
+    failing_removals: int = 0
+
+
+class Placement(_Record, frozen=True, kw_only=True):
+    """The scheduler's decision: this replica runs on this node."""
+
+    replica: str
+    deployment: str
+    node: str
+    template: ContainerTemplate
+    template_hash: str
+    generation: int  # the Deployment's generation when it was placed (fencing)
+    cpu_millis: int = 0  # requests, reserved on the node
+    memory_bytes: int = 0
+    created_at: float = 0.0
+
+
+class ReplicaState(enum.StrEnum):
+    PENDING = "Pending"  # placed, the agent has not acted yet
+    PULLING = "Pulling"
+    CREATING = "ContainerCreating"
+    RUNNING = "Running"
+    EXITED = "Exited"  # exited; a restart follows after its back-off
+    CRASH_LOOP = "CrashLoopBackOff"
+    IMAGE_PULL_BACKOFF = "ImagePullBackOff"
+    FAILED = "Failed"  # the engine refused to create or start it
+    TERMINATING = "Terminating"
+
+
+class ReplicaStatus(_Record, frozen=True, kw_only=True):
+    """What a node agent observes of one replica's container."""
+
+    replica: str
+    deployment: str
+    node: str
+    state: ReplicaState
+    template_hash: str = ""
+    container_id: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    message: str = ""
+    started_at: float | None = None
+    updated_at: float = 0.0
+
+
+class DeploymentStatus(_Record, frozen=True, kw_only=True):
+    """The scheduler's summary of a Deployment, read by `corral get deployments`."""
+
+    name: str
+    observed_generation: int = 0
+    replicas: int = 0  # desired
+    placed: int = 0  # placements on live nodes
+    ready: int = 0  # placed and Running
+    updated: int = 0  # placed with the current template
+    pending: int = 0  # desired but placed nowhere
+    pending_reason: str = ""
+    updated_at: float = 0.0

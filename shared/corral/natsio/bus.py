@@ -1,0 +1,889 @@
+"""The NATS side of every service: connecting, the streams and buckets corral
+needs (their replicas, size limits and delete-marker purging), events, and serving
+a kind's spec subjects (request/reply, and durable through CORRAL_SPECS)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import msgspec
+import nats
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js import errors as js_errors
+
+from corral.contract import names, time_budget
+from corral.contract.codec import encode
+from corral.contract.events import (
+    REASON_INTERNAL,
+    REASON_INVALID,
+    REASON_STORE_FULL,
+    REASON_SUPERSEDED,
+    Event,
+    Reply,
+)
+from corral.natsio.config import nats_servers
+from corral.natsio.kv import Bucket, NatsBucket
+from corral.natsio.spec_progress import advance, read_progress
+
+log = logging.getLogger(__name__)
+
+# A handler gets the raw payload of one verb and returns the reply; it never raises
+# for bad input (that is a Reply with ok=False).
+SpecHandler = Callable[[bytes], Awaitable[Reply]]
+
+
+class DurableSpecHandler(Protocol):
+    """A handler of durable specs also gets the CORRAL_SPECS stream sequence the spec
+    came from (0 on the request path), so that it never applies an older spec over a
+    newer stored one."""
+
+    def __call__(self, raw: bytes, sequence: int = 0, /) -> Awaitable[Reply]: ...
+
+
+# Between two tries of the same server after a disconnect (nats-py tries the others
+# meanwhile), and the bound on one TCP connect: both well inside the failover goal.
+RECONNECT_WAIT_SECONDS = 0.25
+CONNECT_TIMEOUT_SECONDS = 1
+# The bound on one JetStream API call (nats-py's default is 5 s): a call that went to
+# a server that died meanwhile fails after this, and is retried through another.
+JS_API_TIMEOUT_SECONDS = 2.0
+
+
+async def connect(url: str | Sequence[str], name: str, *, startup_timeout: float = 60.0) -> NATS:
+    """Connect to any of the servers in `url` (one URL, several comma-separated, or a
+    list), retrying for `startup_timeout` at start (a service may start before NATS)
+    and for ever after a disconnect, through every server of the cluster.
+
+    The client pings its server every NATS_PING_SECONDS and drops a connection after
+    NATS_MAX_OUTSTANDING_PINGS unanswered pings, so a dead (half-open) connection is
+    noticed in seconds and the client moves to another server (docs/time-budget.md).
+    """
+    servers = nats_servers(url)
+    delay = 0.1
+    with anyio.fail_after(startup_timeout):
+        while True:
+            try:
+                return await nats.connect(
+                    servers=servers,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    ping_interval=time_budget.NATS_PING_SECONDS,
+                    max_outstanding_pings=time_budget.NATS_MAX_OUTSTANDING_PINGS,
+                    allow_reconnect=True,
+                    error_cb=_log_nats_error,
+                    disconnected_cb=_log_disconnect,
+                    reconnected_cb=_log_reconnect,
+                )
+            except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as error:
+                log.warning("NATS at %s not reachable (%s); retrying", ",".join(servers), error)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def _log_nats_error(error: Exception) -> None:
+    log.warning("NATS: %s", error or type(error).__name__)
+
+
+async def _log_disconnect() -> None:
+    log.info("NATS: disconnected")
+
+
+async def _log_reconnect() -> None:
+    log.info("NATS: reconnected")
+
+
+# --- storage settings -----------------------------------------------------------------
+
+MIB = 1024 * 1024
+DAY = 24 * 3600.0
+
+
+def _env_number(name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not minimum <= value <= maximum:  # NaN fails this too
+        raise ValueError(f"{name} must be a number from {minimum:g} to {maximum:g}, not {raw!r}")
+    return value
+
+
+def kv_replicas() -> int:
+    """How many NATS servers keep each bucket and stream: $CORRAL_KV_REPLICAS (1 to 5),
+    3 on a 3-server cluster (R3), 1 on a single server (the default)."""
+    raw = os.environ.get("CORRAL_KV_REPLICAS", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 5:
+        raise ValueError(f"CORRAL_KV_REPLICAS must be a whole number from 1 to 5, not {raw!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How corral's streams and buckets are kept (docs/api.md, "Limits and retention").
+
+    A setting is a floor, never a ceiling: a service never lowers the replicas or the
+    size limit of a stream or bucket that already has more (it logs the difference);
+    it raises them to its own setting.
+    """
+
+    replicas: int = 1  # CORRAL_KV_REPLICAS
+    bucket_max_bytes: int = 256 * MIB  # CORRAL_KV_MAX_BYTES, each bucket
+    specs_max_bytes: int = 256 * MIB  # CORRAL_SPECS_MAX_BYTES
+    events_max_bytes: int = 512 * MIB  # CORRAL_EVENTS_MAX_BYTES
+    specs_max_age: float = (
+        7 * DAY
+    )  # CORRAL_SPECS_MAX_AGE_SECONDS: an unapplied spec is kept this long
+    events_max_age: float = 1 * DAY
+    # CORRAL_KV_MARKER_RETENTION_SECONDS: a delete marker older than this is purged.
+    marker_retention: float = 1 * DAY
+
+    @property
+    def specs_expiry_margin(self) -> float:
+        """An unapplied spec older than specs_max_age minus this is warned about."""
+        return self.specs_max_age / 7
+
+    @property
+    def purge_interval(self) -> float:
+        return min(max(self.marker_retention / 4, 0.2), 600.0)
+
+    @classmethod
+    def from_env(cls) -> StoreSettings:
+        def size(name: str, default: int) -> int:
+            return int(_env_number(name, default, 1024, 2**50))
+
+        return cls(
+            replicas=kv_replicas(),
+            bucket_max_bytes=size("CORRAL_KV_MAX_BYTES", cls.bucket_max_bytes),
+            specs_max_bytes=size("CORRAL_SPECS_MAX_BYTES", cls.specs_max_bytes),
+            events_max_bytes=size("CORRAL_EVENTS_MAX_BYTES", cls.events_max_bytes),
+            specs_max_age=_env_number(
+                "CORRAL_SPECS_MAX_AGE_SECONDS", cls.specs_max_age, 1, 365 * DAY
+            ),
+            marker_retention=_env_number(
+                "CORRAL_KV_MARKER_RETENTION_SECONDS", cls.marker_retention, 0.1, 365 * DAY
+            ),
+        )
+
+
+def bucket_stream(bucket: str) -> str:
+    """The JetStream stream behind a KV bucket."""
+    return f"KV_{bucket}"
+
+
+async def ensure_streams(js: JetStreamContext, settings: StoreSettings | None = None) -> None:
+    """Create the streams corral needs, or bring existing ones to `settings`, never
+    lowering their replicas or size limit."""
+    settings = settings or StoreSettings.from_env()
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=names.SPEC_STREAM,
+            subjects=[f"{names.SPEC_PREFIX}.>"],
+            retention=js_api.RetentionPolicy.LIMITS,
+            max_age=settings.specs_max_age,
+            max_msg_size=names.MAX_SPEC_BYTES * 2,  # larger ones are rejected at the server
+            max_bytes=settings.specs_max_bytes,
+            # Full: new specs are refused (the publisher is told), never old unapplied
+            # ones dropped.
+            discard=js_api.DiscardPolicy.NEW,
+            allow_direct=True,  # the owner reads positions from any replica
+            storage=js_api.StorageType.FILE,
+            num_replicas=settings.replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=names.EVENTS_STREAM,
+            subjects=[f"{names.EVENTS_PREFIX}.>"],
+            retention=js_api.RetentionPolicy.LIMITS,
+            max_age=settings.events_max_age,
+            max_msgs_per_subject=100,
+            max_bytes=settings.events_max_bytes,
+            discard=js_api.DiscardPolicy.OLD,  # events are history: the oldest go first
+            storage=js_api.StorageType.FILE,
+            num_replicas=settings.replicas,
+        ),
+    )
+
+
+def _floor(name: str, what: str, stored: int | None, wanted: int, setting: str) -> int:
+    """The larger of a stored and a wanted setting (unset or -1 stored: unlimited,
+    which takes the wanted limit); logs when the stored one is kept."""
+    if stored is None or stored < 0:
+        return wanted
+    if stored > wanted:
+        log.warning(
+            "%s keeps %s %d: this service is set to %d (%s), and never lowers it",
+            name,
+            what,
+            stored,
+            wanted,
+            setting,
+        )
+        return stored
+    return wanted
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: js_api.StreamConfig) -> None:
+    name = wanted.name or ""
+    try:
+        info = await js.stream_info(name)
+    except js_errors.NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except js_errors.BadRequestError:
+            info = await js.stream_info(name)  # another service made it meanwhile
+    stored = info.config
+    replicas = _floor(
+        f"stream {name}",
+        "replicas",
+        stored.num_replicas,
+        wanted.num_replicas or 1,
+        "CORRAL_KV_REPLICAS",
+    )
+    max_bytes = _floor(
+        f"stream {name}",
+        "max_bytes",
+        stored.max_bytes,
+        wanted.max_bytes or -1,
+        "its _MAX_BYTES setting",
+    )
+    config = js_api.StreamConfig.from_response(wanted.as_dict())
+    config.num_replicas = replicas
+    config.max_bytes = max_bytes
+    if any(getattr(stored, f) != getattr(config, f) for f in _MANAGED_STREAM_FIELDS):
+        await js.update_stream(config)
+
+
+_MANAGED_STREAM_FIELDS = (
+    "subjects",
+    "max_age",
+    "max_msg_size",
+    "max_msgs_per_subject",
+    "max_bytes",
+    "discard",
+    "allow_direct",
+    "num_replicas",
+)
+
+
+async def open_buckets(
+    js: JetStreamContext, settings: StoreSettings | None = None
+) -> dict[str, NatsBucket]:
+    """Open every corral bucket by name, creating missing ones, and bring existing ones
+    up to `settings` (replicas, size limit), never lowering them."""
+    settings = settings or StoreSettings.from_env()
+    buckets: dict[str, NatsBucket] = {}
+    for bucket in names.ALL_BUCKETS:
+        try:
+            kv = await js.key_value(bucket)
+        except js_errors.BucketNotFoundError:
+            kv = await js.create_key_value(
+                bucket=bucket,
+                history=5,
+                storage=js_api.StorageType.FILE,
+                replicas=settings.replicas,
+                max_bytes=settings.bucket_max_bytes,
+            )
+        else:
+            await _raise_bucket(js, bucket, settings)
+        buckets[bucket] = NatsBucket(kv, bucket)
+    return buckets
+
+
+async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettings) -> None:
+    stream = bucket_stream(bucket)
+    config = (await js.stream_info(stream)).config
+    replicas = _floor(
+        f"bucket {bucket}", "replicas", config.num_replicas, settings.replicas, "CORRAL_KV_REPLICAS"
+    )
+    max_bytes = _floor(
+        f"bucket {bucket}",
+        "max_bytes",
+        config.max_bytes,
+        settings.bucket_max_bytes,
+        "CORRAL_KV_MAX_BYTES",
+    )
+    if (replicas, max_bytes) != (config.num_replicas, config.max_bytes):
+        log.info(
+            "bucket %s: replicas %s -> %d, max_bytes %s -> %d",
+            bucket,
+            config.num_replicas,
+            replicas,
+            config.max_bytes,
+            max_bytes,
+        )
+        config.num_replicas = replicas
+        config.max_bytes = max_bytes
+        await js.update_stream(config)
+
+
+# JetStream's answers when a stream or bucket (or the server's store) is full.
+_STORE_FULL_CODES = frozenset({10077, 10047, 10023})
+
+
+def is_store_full(error: BaseException) -> bool:
+    """The write failed because a stream or bucket reached its size limit."""
+    if not isinstance(error, js_errors.APIError):
+        return False
+    description = (error.description or "").lower()
+    return error.err_code in _STORE_FULL_CODES or "maximum bytes" in description
+
+
+def store_full_reply(error: BaseException) -> Reply:
+    detail = getattr(error, "description", "") or str(error)
+    return Reply(
+        ok=False,
+        reason=REASON_STORE_FULL,
+        error=(
+            f"corral's state store is full ({detail}); nothing was changed. Delete "
+            "objects no longer needed, or raise the limit (CORRAL_KV_MAX_BYTES; see "
+            "docs/api.md, limits)"
+        ),
+    )
+
+
+# --- delete markers -------------------------------------------------------------------
+
+
+async def purge_delete_markers(js: JetStreamContext, bucket: str, older_than: float) -> int:
+    """Purge the delete markers of `bucket` older than `older_than` seconds, with the
+    history before them; returns how many. A value written after a marker is kept
+    (the purge stops at the marker's sequence), so this never races a new write."""
+    kv = await js.key_value(bucket)
+    watcher = await kv.watchall(meta_only=True)
+    old: list[tuple[str, int]] = []
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break  # the current entries are in (nats-py may say so early: next time)
+            deleted = entry.operation in ("DEL", "PURGE")
+            created = entry.created
+            if deleted and isinstance(created, datetime.datetime) and entry.revision:
+                if (now - created).total_seconds() >= older_than:
+                    old.append((entry.key, entry.revision))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _quietly(watcher.stop())  # type: ignore[no-untyped-call]
+    for key, revision in old:
+        await js.purge_stream(
+            bucket_stream(bucket), subject=f"$KV.{bucket}.{key}", seq=revision + 1
+        )
+    return len(old)
+
+
+async def keep_purging_delete_markers(
+    js: JetStreamContext,
+    buckets: Sequence[str] = names.ALL_BUCKETS,
+    settings: StoreSettings | None = None,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Purge old delete markers of every bucket, for ever, so that a watch replays a
+    bounded history (run by the scheduler, the owner of most buckets)."""
+    settings = settings or StoreSettings.from_env()
+    task_status.started()
+    while True:
+        for bucket in buckets:
+            try:
+                purged = await purge_delete_markers(js, bucket, settings.marker_retention)
+                if purged:
+                    log.info("purged %d delete marker(s) from %s", purged, bucket)
+            except Exception:
+                log.warning("purging delete markers of %s failed", bucket, exc_info=True)
+        await anyio.sleep(settings.purge_interval)
+
+
+# --- failover -------------------------------------------------------------------------
+
+
+async def keep_leaders_elsewhere(
+    nc: NATS,
+    js: JetStreamContext,
+    streams: Sequence[str],
+    consumers: Sequence[tuple[str, str]] = (),
+    *,
+    interval: float = 2.0,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Ask the Raft leader of each of `streams` and `consumers` ((stream, durable)) to
+    step down while it is the server this client is connected to.
+
+    When that server dies, the client moves to another in well under a second, but a
+    Raft group whose leader died elects a new one only after nats-server's election
+    timeout (4 to 9 s, not configurable). With the leaders elsewhere, the death of
+    this client's server costs it only the reconnect (docs/time-budget.md).
+    """
+    task_status.started()
+    while True:
+        await anyio.sleep(interval)
+        info = nc._server_info if nc.is_connected else {}
+        server = info.get("server_name")
+        if not server or not info.get("cluster"):
+            continue  # a single server: no other could lead
+        for stream in streams:
+            await _step_down_if_led_by(nc, js, server, stream, None)
+        for stream, consumer in consumers:
+            await _step_down_if_led_by(nc, js, server, stream, consumer)
+
+
+async def _step_down_if_led_by(
+    nc: NATS, js: JetStreamContext, server: str, stream: str, consumer: str | None
+) -> None:
+    try:
+        if consumer is None:
+            cluster = (await js.stream_info(stream)).cluster
+            subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+        else:
+            cluster = (await js.consumer_info(stream, consumer)).cluster
+            subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
+        if cluster is None or cluster.leader != server:
+            return
+        if not any(peer.current for peer in cluster.replicas or []):
+            return  # no other replica could take over now
+        await nc.request(subject, b"", timeout=JS_API_TIMEOUT_SECONDS)
+        log.info(
+            "asked %s%s to move its leader off %s",
+            stream,
+            f"/{consumer}" if consumer else "",
+            server,
+        )
+    except Exception:
+        log.debug("leader check of %s failed", stream, exc_info=True)
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventPublisher:
+    """Publishes Events; a failure to publish one is logged, never raised."""
+
+    nc: NATS
+    source: str
+
+    async def emit(
+        self,
+        object_kind: str,
+        object_name: str,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+    ) -> None:
+        event = Event(
+            time=time.time(),
+            type="Warning" if warning else "Normal",
+            reason=reason,
+            object_kind=object_kind,
+            object_name=object_name,
+            message=message,
+            source=self.source,
+        )
+        # Events about the durable specs of a kind rather than one object (a spec
+        # whose name could not be read) go where rejections go.
+        subject = (
+            names.rejected_subject(object_kind)
+            if reason == "Rejected" or not object_name
+            else names.event_subject(object_kind, object_name)
+        )
+        try:
+            await self.nc.publish(subject, encode(event))
+        except Exception:
+            log.warning("could not publish event %s %s", reason, subject, exc_info=True)
+
+
+# --- serving specs --------------------------------------------------------------------
+
+
+async def _answer(handler: Callable[..., Awaitable[Reply]], subject: str, *args: object) -> Reply:
+    try:
+        return await handler(*args)
+    except Exception as error:  # a service never dies of a message
+        if is_store_full(error):
+            log.warning("handler for %s: store full (%s)", subject, error)
+            return store_full_reply(error)
+        log.exception("handler for %s failed", subject)
+        return Reply(
+            ok=False,
+            reason=REASON_INTERNAL,
+            error=f"internal error: {type(error).__name__}: {error}",
+        )
+
+
+MAX_CONCURRENT_REQUESTS = 16
+
+
+async def serve_spec_requests(
+    nc: NATS,
+    kind: str,
+    handlers: Mapping[str, SpecHandler],
+    *,
+    queue: str,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer requests on corral.api.<kind>.<verb>, in a queue group shared by replicas.
+
+    Requests are answered concurrently (up to MAX_CONCURRENT_REQUESTS; writes are
+    compare-and-set), so one stuck on a server that just died holds no other up.
+    """
+    subscription = await nc.subscribe(f"{names.API_PREFIX}.{kind.lower()}.*", queue=queue)
+    limiter = anyio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
+
+    async def answer(msg: Msg) -> None:
+        async with limiter:
+            verb = msg.subject.rsplit(".", 1)[-1]
+            handler = handlers.get(verb)
+            if handler is None:
+                reply = Reply(
+                    ok=False,
+                    kind=kind,
+                    reason=REASON_INVALID,
+                    error=f"unknown verb {verb!r} for {kind}: expected one of {sorted(handlers)}",
+                )
+            else:
+                reply = await _answer(handler, msg.subject, msg.data)
+            if msg.reply:
+                await _quietly(msg.respond(encode(reply)))
+
+    task_status.started()
+    try:
+        async with anyio.create_task_group() as tg:
+            async for msg in subscription.messages:
+                await limiter.acquire()  # back-pressure: wait for a free place first
+                limiter.release()
+                tg.start_soon(answer, msg)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _quietly(subscription.unsubscribe())
+
+
+async def spec_stream_position(js: JetStreamContext, kind: str) -> int:
+    """The CORRAL_SPECS sequence of the newest durable spec of `kind` (0: none), read
+    from any replica. A request-path write records it: every durable spec at or below
+    it was published before the write, so is older."""
+    try:
+        newest = await js.get_msg(
+            names.SPEC_STREAM, subject=f"{names.SPEC_PREFIX}.{kind.lower()}.>", direct=True
+        )
+    except js_errors.NotFoundError:
+        return 0
+    return newest.seq or 0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a durable spec that fails for a passing reason (Reply.retryable) is
+    retried in place before it is given up on: `attempts` tries, the waits between
+    doubling from `first_delay` to `max_delay`. The default spans about 23 s, longer
+    than the worst NATS failover."""
+
+    attempts: int = 8
+    first_delay: float = 0.5
+    max_delay: float = 5.0
+
+
+@dataclass
+class _SpecConsumer:
+    js: JetStreamContext
+    kind: str
+    handlers: Mapping[str, DurableSpecHandler]
+    events: EventPublisher
+    durable: str
+    progress: Bucket
+    retry: RetryPolicy
+    settings: StoreSettings
+    fetch_wait: float
+    expiry_check_every: float
+    applied: int = 0  # every spec at or below was handled (as stored in `progress`)
+    subscription: JetStreamContext.PullSubscription | None = None
+    _idle_checked_at: float = 0.0
+    _warned_expiring: int = 0
+
+    @property
+    def subject(self) -> str:
+        return f"{names.SPEC_PREFIX}.{self.kind.lower()}.>"
+
+    async def subscribe(self) -> None:
+        """Bind to the durable consumer, making it where it is missing: from the spec
+        after the last one handled, so nothing handled is replayed."""
+        stored, _ = await read_progress(self.progress, self.kind)
+        self.applied = max(self.applied, stored.applied)
+        config = js_api.ConsumerConfig(ack_wait=30, max_ack_pending=64)
+        try:
+            await self.js.consumer_info(names.SPEC_STREAM, self.durable)
+        except js_errors.NotFoundError:
+            if self.applied:
+                config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = self.applied + 1
+            log.info(
+                "making the durable consumer %s from stream sequence %d",
+                self.durable,
+                self.applied + 1,
+            )
+        if self.subscription is not None:
+            await _quietly(self.subscription.unsubscribe())
+        self.subscription = await self.js.pull_subscribe(
+            self.subject, durable=self.durable, stream=names.SPEC_STREAM, config=config
+        )
+
+    async def consumer_lost(self) -> bool:
+        try:
+            await self.js.consumer_info(names.SPEC_STREAM, self.durable)
+        except js_errors.NotFoundError:
+            return True
+        except Exception:
+            return False  # NATS away: not a lost consumer
+        return False
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            assert self.subscription is not None
+            try:
+                batch: list[Msg] = await self.subscription.fetch(batch=32, timeout=self.fetch_wait)
+            except (nats.errors.TimeoutError, TimeoutError):
+                await self._when_idle()
+                continue
+            except Exception as error:  # a disconnect, a JetStream hiccup, a lost consumer
+                if await self.consumer_lost():
+                    log.warning(
+                        "the durable consumer %s is gone; making it again after sequence %d",
+                        self.durable,
+                        self.applied,
+                    )
+                    await self.events.emit(
+                        self.kind,
+                        "",
+                        "ConsumerRecreated",
+                        f"the durable consumer {self.durable} was lost; made again from "
+                        f"stream sequence {self.applied + 1} (nothing applied is replayed)",
+                        warning=True,
+                    )
+                    try:
+                        await self.subscribe()
+                        delay = 0.5
+                        continue
+                    except Exception:
+                        log.warning("making the consumer failed; retrying", exc_info=True)
+                else:
+                    log.warning("fetching specs failed (%s); retrying", error)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.5
+            for msg in batch:
+                await self.handle(msg)
+
+    async def handle(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        if sequence <= self.applied:
+            log.debug("spec #%d was handled before; skipped", sequence)
+            await _quietly(msg.ack())
+            return
+        reply = await self.apply(msg, sequence)
+        if not reply.name:  # the handler failed before it said: tell it with the spec's name
+            reply = msgspec.structs.replace(reply, name=_spec_name(msg.data))
+        described = f"spec #{sequence} ({msg.subject})"
+        if reply.reason == REASON_SUPERSEDED:
+            await self.events.emit(
+                self.kind, reply.name, "Superseded", f"{described} skipped: {reply.message}"
+            )
+        elif not reply.ok and reply.retryable:
+            await self.events.emit(
+                self.kind,
+                reply.name,
+                "SpecFailed",
+                f"{described} given up after {self.retry.attempts} attempts: {reply.error} "
+                f"(it stays in {names.SPEC_STREAM}; publish it again to retry)",
+                warning=True,
+            )
+        elif not reply.ok:
+            await self.events.emit(
+                self.kind, reply.name, "Rejected", f"{described}: {reply.error}", warning=True
+            )
+        try:
+            self.applied = (await advance(self.progress, self.kind, sequence)).applied
+        except Exception:
+            # The stored objects' own sequences still keep a replay from going back.
+            log.warning("recording spec #%d as handled failed", sequence, exc_info=True)
+            self.applied = max(self.applied, sequence)
+        if not reply.ok and reply.retryable:
+            await _quietly(msg.term())  # never delivered again; kept in the stream
+        else:
+            await _quietly(msg.ack())
+
+    async def apply(self, msg: Msg, sequence: int) -> Reply:
+        """Apply one spec, retrying it in place (so that no later spec overtakes it)
+        while the failure may pass, at most retry.attempts times."""
+        verb = msg.subject.rsplit(".", 1)[-1]
+        handler = self.handlers.get(verb)
+        if handler is None:
+            return Reply(
+                ok=False,
+                kind=self.kind,
+                reason=REASON_INVALID,
+                error=f"unknown verb {verb!r} for {self.kind}",
+            )
+        delay = self.retry.first_delay
+        attempt = 0
+        while True:
+            attempt += 1
+            reply = await _answer(handler, msg.subject, msg.data, sequence)
+            if not reply.retryable or attempt >= self.retry.attempts:
+                return reply
+            if attempt == 3:
+                await self.events.emit(
+                    self.kind,
+                    reply.name,
+                    "Retrying",
+                    f"spec #{sequence} ({msg.subject}): {reply.error}",
+                    warning=True,
+                )
+            await _quietly(msg.in_progress())  # keep JetStream from delivering it again meanwhile
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.retry.max_delay)
+
+    async def _when_idle(self) -> None:
+        """Caught up: record the stream's newest spec of this kind as handled, so that
+        progress (and the deletes it remembers) keeps up with request-path writes."""
+        now = time.monotonic()
+        if now - self._idle_checked_at < 5 * self.fetch_wait:
+            return
+        self._idle_checked_at = now
+        try:
+            newest = await spec_stream_position(self.js, self.kind)
+            if newest <= self.applied:
+                return
+            info = await self.js.consumer_info(names.SPEC_STREAM, self.durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                self.applied = (await advance(self.progress, self.kind, newest)).applied
+        except Exception:
+            log.debug("idle progress check failed", exc_info=True)
+
+    async def watch_expiry(self) -> None:
+        """Warn (an event) when the oldest unapplied spec of this kind is about to
+        leave the stream unapplied (older than its max age minus a margin)."""
+        while True:
+            try:
+                await self._check_expiry()
+            except Exception:
+                log.debug("expiry check failed", exc_info=True)
+            await anyio.sleep(self.expiry_check_every)
+
+    async def _check_expiry(self) -> None:
+        try:
+            oldest = await self.js.get_msg(
+                names.SPEC_STREAM,
+                seq=self.applied + 1,
+                next=True,
+                subject=self.subject,
+                direct=True,
+            )
+        except js_errors.NotFoundError:
+            return
+        if oldest.time is None or oldest.seq is None or oldest.seq == self._warned_expiring:
+            return
+        age = time.time() - oldest.time.timestamp()
+        if age < self.settings.specs_max_age - self.settings.specs_expiry_margin:
+            return
+        self._warned_expiring = oldest.seq
+        left = max(0.0, self.settings.specs_max_age - age)
+        await self.events.emit(
+            self.kind,
+            "",
+            "SpecExpiring",
+            f"spec #{oldest.seq} ({oldest.subject}) is still unapplied after {age:.0f} s; "
+            f"{names.SPEC_STREAM} keeps specs {self.settings.specs_max_age:.0f} s, so it "
+            f"is dropped unapplied in {left:.0f} s unless the {self.kind} owner applies it",
+            warning=True,
+        )
+
+
+async def consume_spec_stream(
+    js: JetStreamContext,
+    kind: str,
+    handlers: Mapping[str, DurableSpecHandler],
+    events: EventPublisher,
+    *,
+    durable: str,
+    progress: Bucket,
+    retry: RetryPolicy = RetryPolicy(),
+    settings: StoreSettings | None = None,
+    fetch_wait: float = 1.0,
+    expiry_check_every: float = 60.0,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Apply what was published on corral.spec.<kind>.<verb>, even while this owner was down.
+
+    Specs are applied one at a time, in stream order, each handler given the spec's
+    stream sequence. A rejected spec is acknowledged (retrying cannot fix it) and told
+    as a Warning event on corral.events.rejected.<kind>. A passing failure is retried
+    in place per `retry`, then given up on: terminated (never redelivered, kept in the
+    stream) and told as a SpecFailed Warning naming its sequence. How far specs were
+    handled is kept in `progress` (corral.natsio.spec_progress): a redelivered spec is skipped,
+    and a lost durable consumer is made again after the last one handled.
+    """
+    consumer = _SpecConsumer(
+        js=js,
+        kind=kind,
+        handlers=handlers,
+        events=events,
+        durable=durable,
+        progress=progress,
+        retry=retry,
+        settings=settings or StoreSettings.from_env(),
+        fetch_wait=fetch_wait,
+        expiry_check_every=expiry_check_every,
+    )
+    await consumer.subscribe()
+    task_status.started()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.watch_expiry)
+        await consumer.run()
+
+
+def _spec_name(raw: bytes) -> str:
+    """The object name a spec payload names (metadata.name, or name), if it is a DNS
+    label; else "" (its events then go to corral.events.rejected.<kind>)."""
+    try:
+        document = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else document.get("name")
+    if isinstance(name, str) and _DNS_LABEL.fullmatch(name):
+        return name
+    return ""
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
+async def _quietly(operation: Awaitable[object]) -> None:
+    try:
+        await operation
+    except Exception:
+        log.debug("ignored failure", exc_info=True)

@@ -1,0 +1,517 @@
+"""Key-value buckets with compare-and-set, and typed mirrors fed by watches.
+
+`Bucket` is the small interface the controllers write through; `NatsBucket` is
+JetStream KV behind it and `MemoryBucket` the in-memory fake for unit tests.
+Every write that matters is conditional on the revision last read (ARCHITECTURE
+rule 3): a `Conflict` means re-read and retry, never overwrite.
+
+Echo keys prove that a watch is current. A reader that judges liveness from a
+watch (the scheduler from the nodes watch, a node agent from its placements
+watch) writes its own echo key into the watched bucket every second and sees it
+come back through that same watch:
+
+    key = echo_key("scheduler-3f9a", prefix="")      # "_echo.scheduler-3f9a"
+    mirror = Mirror(bucket, Node)                     # echo keys are never items
+    ...  await bucket.put(key, encode(time.time()))  # every second (see keep_echoing)
+    age = mirror.echo_age(key)                        # seconds since it last came back
+    fresh = age is not None and age <= 3 and not mirror.broken
+
+An echo key is `<prefix>_echo.<owner>`: object names are DNS labels, which never
+hold '_', so it can never be an object's key. Mirror keeps echo keys apart (never
+in `items`, never passed to `on_change`) and records, on its own clock, when a new
+revision of each arrived (`echoes`, `echo_age`). Readers of whole buckets skip them
+(`is_echo_key`). Owners may find their echo key deleted (the scheduler removes
+echo keys that stopped changing long ago): `put` writes it again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from nats.js import errors as js_errors
+from nats.js.api import Header
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+
+from corral.contract.codec import decode, encode
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Conflict(Exception):
+    """The key's revision is not the one the write expected."""
+
+
+class WatchIncomplete(Exception):
+    """A watch cannot tell where the bucket's current entries end: it must start again."""
+
+
+ECHO_SEGMENT: Final = "_echo"
+_ECHO_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+def echo_key(owner: str, prefix: str = "") -> str:
+    """The echo key of `owner` (letters, digits, '-' and '_') under `prefix` ("" or a
+    prefix ending in '.', such as "node-1." for a watch of "node-1.>")."""
+    if not _ECHO_OWNER.fullmatch(owner):
+        raise ValueError(f"echo owner {owner!r} must be 1-100 letters, digits, '-' or '_'")
+    if prefix and (not prefix.endswith(".") or ">" in prefix or "*" in prefix):
+        raise ValueError(f"echo prefix {prefix!r} must be empty or end with '.'")
+    return f"{prefix}{ECHO_SEGMENT}.{owner}"
+
+
+def is_echo_key(key: str) -> bool:
+    """True for a key made by echo_key: never an object's key."""
+    if ECHO_SEGMENT not in key:
+        return False
+    parts = key.split(".")
+    return len(parts) >= 2 and ECHO_SEGMENT in parts[:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class EchoSeen:
+    """The newest revision of an echo key a Mirror saw, and when (on the Mirror's clock)
+    that revision first arrived. A replay of the same revision does not refresh it."""
+
+    revision: int
+    seen_at: float
+    value: bytes
+
+
+async def keep_echoing(
+    bucket: Bucket,
+    key: str,
+    *,
+    interval: float = 1.0,
+    wall_clock: Callable[[], float] = time.time,
+) -> None:
+    """Write `key` (the owner's wall-clock time, for people reading the bucket) every
+    `interval` until cancelled, then delete it. Failures are logged and retried: a
+    write that does not arrive leaves the echo late, as it should."""
+    try:
+        while True:
+            try:
+                with anyio.fail_after(max(interval, 1.0) * 2):
+                    await bucket.put(key, encode(wall_clock()))
+            except Exception as error:
+                log.debug("echo %s/%s not written: %s", bucket.name, key, error)
+            await anyio.sleep(interval)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await bucket.delete(key)
+            except Exception:
+                log.debug("echo %s/%s not deleted", bucket.name, key, exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes | None  # None: deleted
+    revision: int
+
+
+class Bucket(Protocol):
+    name: str
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def create(self, key: str, value: bytes) -> int: ...
+
+    async def update(self, key: str, value: bytes, revision: int) -> int: ...
+
+    async def put(self, key: str, value: bytes) -> int: ...
+
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        """Delete; conditional on `revision` when given. Returns the delete marker's revision."""
+        ...
+
+    def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        """Current entries, then None once they are all delivered, then every change."""
+        ...
+
+
+class NatsBucket:
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            entry = await self._kv.get(key)
+        except js_errors.KeyNotFoundError:
+            return None
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            revision: int = await self._kv.create(key, value)
+        except js_errors.KeyWrongLastSequenceError as error:
+            raise Conflict(f"{self.name}/{key} exists") from error
+        return revision
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        if revision <= 0:  # nats-py treats last=0 as create; never let that slip through
+            raise ValueError("update needs the revision last read; use create for a new key")
+        try:
+            new_revision: int = await self._kv.update(key, value, last=revision)
+        except js_errors.KeyWrongLastSequenceError as error:
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
+        return new_revision
+
+    async def put(self, key: str, value: bytes) -> int:
+        revision: int = await self._kv.put(key, value)
+        return revision
+
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        # As nats-py's KeyValue.delete, but returning the marker's sequence (its revision),
+        # which a Mirror needs to apply its own delete at the right place.
+        headers = {KV_OP: KV_DEL}
+        if revision:
+            headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
+        try:
+            ack = await self._kv._js.publish(f"{self._kv._pre}{key}", headers=headers)
+            return int(ack.seq)
+        except js_errors.APIError as error:
+            if error.err_code in (10071, 10164):
+                raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
+            raise
+
+    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        # nats-py marks the end of the current entries when the consumer has nothing
+        # pending, which can come before entries the server already sent are read.
+        # So the end is where the count read reaches what the consumer had delivered.
+        # When the consumer's info cannot be read, the watch raises WatchIncomplete.
+        watcher = await self._kv.watch(prefix)
+        subscription = watcher._sub
+        read = 0
+        delivered: int | None = None  # messages the server had sent when it said "no more"
+        current_done = False
+        try:
+            async for item in watcher:
+                if item is not None:
+                    read += 1
+                    deleted = item.operation in (KV_DEL, KV_PURGE)
+                    value = None if deleted else (item.value or b"")
+                    yield Entry(item.key, value, item.revision or 0)
+                elif not current_done:
+                    # Never fall back on nats-py's early marker: a partial snapshot would
+                    # make its reader act on keys that only seem deleted.
+                    delivered = await self._delivered(subscription)
+                if not current_done and delivered is not None and read >= delivered:
+                    current_done = True
+                    yield None
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+                except Exception:  # the connection may already be gone
+                    log.debug("watcher stop failed", exc_info=True)
+
+    async def _delivered(self, subscription: Any) -> int:
+        """How many messages the watch's consumer has delivered, asked a few times."""
+        failure: BaseException | None = None
+        for attempt in range(CONSUMER_INFO_ATTEMPTS):
+            if attempt:
+                await anyio.sleep(0.1 * 2**attempt)
+            try:
+                if subscription is None:
+                    raise RuntimeError("the watch has no subscription")
+                with anyio.fail_after(CONSUMER_INFO_TIMEOUT):
+                    info = await subscription.consumer_info()
+                return int(info.delivered.consumer_seq or 0)
+            except Exception as error:
+                failure = error
+        raise WatchIncomplete(
+            f"watch of {self.name}: the consumer's info could not be read "
+            f"({type(failure).__name__}: {failure}); where the current entries end is unknown"
+        ) from failure
+
+
+# Reading a watch consumer's info: attempts, and the bound on each.
+CONSUMER_INFO_ATTEMPTS: Final = 3
+CONSUMER_INFO_TIMEOUT: Final = 2.0
+
+
+def _matches(prefix: str, key: str) -> bool:
+    if prefix == ">":
+        return True
+    if prefix.endswith(".>"):
+        return key.startswith(prefix[:-1])
+    return key == prefix
+
+
+class MemoryBucket:
+    """An in-memory Bucket with the same revision semantics, for unit tests."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.revision = 0
+        self.items: dict[str, Entry] = {}
+        self._watchers: list[tuple[str, MemoryObjectSendStream[Entry | None]]] = []
+
+    def _write(self, key: str, value: bytes | None) -> int:
+        self.revision += 1
+        entry = Entry(key, value, self.revision)
+        if value is None:
+            self.items.pop(key, None)
+        else:
+            self.items[key] = entry
+        for prefix, stream in list(self._watchers):
+            if _matches(prefix, key):
+                try:
+                    stream.send_nowait(entry)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._watchers.remove((prefix, stream))
+        return self.revision
+
+    async def get(self, key: str) -> Entry | None:
+        return self.items.get(key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key in self.items:
+            raise Conflict(f"{self.name}/{key} exists")
+        return self._write(key, value)
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        current = self.items.get(key)
+        if current is None or current.revision != revision:
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}")
+        return self._write(key, value)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return self._write(key, value)
+
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        current = self.items.get(key)
+        if revision is not None and (current is None or current.revision != revision):
+            raise Conflict(f"{self.name}/{key} changed since revision {revision}")
+        return self._write(key, None)
+
+    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        send, receive = anyio.create_memory_object_stream[Entry | None](10_000)
+        for entry in sorted(self.items.values(), key=lambda e: e.revision):
+            if _matches(prefix, entry.key):
+                send.send_nowait(entry)
+        send.send_nowait(None)
+        self._watchers.append((prefix, send))
+        async with receive:
+            async for item in receive:
+                yield item
+
+
+class Mirror(Generic[T]):
+    """A typed, always-current copy of (part of) a bucket, kept by a watch.
+
+    A value that does not decode (corrupt, or written by a newer corral) is logged
+    and its key put in `unreadable`: it is neither a value nor a deletion, and
+    controllers leave what depends on it alone rather than act on a guess. A bad
+    record never stops the service that reads it. `on_change` is called after
+    every change with the key, so a controller can mark it dirty.
+
+    Echo keys (see echo_key) are kept apart in `echoes`; `echo_age(key)` says how
+    long ago a new revision of one came back through the watch, on `clock`.
+
+    The watch never stops for good, but a reader can see it break: `current` is
+    True once the replay of the present watch is complete and until it fails;
+    `broken` is True from a failure (or an end) until a new watch's replay is
+    complete; `failures` counts them, `last_error` tells the last, and
+    `on_broken(error)` is called at each (error None: the watch ended).
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        kind: type[T],
+        prefix: str = ">",
+        on_change: Callable[[str], Any] | None = None,
+        *,
+        on_broken: Callable[[BaseException | None], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bucket = bucket
+        self.kind = kind
+        self.prefix = prefix
+        self.on_change = on_change
+        self.on_broken = on_broken
+        self.clock = clock
+        self.items: dict[str, tuple[T, int]] = {}
+        self.unreadable: set[str] = set()
+        self.echoes: dict[str, EchoSeen] = {}
+        self.current = False
+        self.broken = False
+        self.failures = 0
+        self.last_error = ""
+        # The newest revision applied per key, deletes included: an entry older than it
+        # (a watch catching up with a write this process already applied) is ignored.
+        # A delete this process applied itself stays here only until the watch has
+        # passed its revision; nothing older can come after that.
+        self._applied: dict[str, int] = {}
+        # Writes this process applied itself that the watch has not delivered yet, and
+        # a heap of them by revision, forgotten once the live watch has passed them.
+        self._unconfirmed: dict[str, int] = {}
+        self._own_writes: list[tuple[int, str]] = []
+        self._live = False  # the present watch's replay is complete
+        self._position = 0  # the newest revision the live watch delivered
+
+    def values(self) -> list[T]:
+        return [value for value, _ in self.items.values()]
+
+    def get(self, key: str) -> T | None:
+        found = self.items.get(key)
+        return None if found is None else found[0]
+
+    def revision(self, key: str) -> int | None:
+        found = self.items.get(key)
+        return None if found is None else found[1]
+
+    def echo_age(self, key: str, now: float | None = None) -> float | None:
+        """Seconds (on `clock`) since a new revision of echo `key` came back; None: never."""
+        seen = self.echoes.get(key)
+        if seen is None:
+            return None
+        return (self.clock() if now is None else now) - seen.seen_at
+
+    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
+        """Apply a change: from the watch, or a write this process just made."""
+        if is_echo_key(entry.key):
+            self._apply_echo(entry)
+            if from_watch and self._live:
+                self._passed(entry.revision)
+            return
+        if entry.revision < self._applied.get(entry.key, 0):
+            return
+        if from_watch:
+            if entry.revision >= self._unconfirmed.get(entry.key, entry.revision + 1):
+                del self._unconfirmed[entry.key]
+            if entry.value is None:
+                # The watch is in order: nothing older of this key can follow its deletion.
+                self._applied.pop(entry.key, None)
+            else:
+                self._applied[entry.key] = entry.revision
+        else:
+            self._applied[entry.key] = entry.revision
+            self._unconfirmed[entry.key] = entry.revision
+            heapq.heappush(self._own_writes, (entry.revision, entry.key))
+        self.unreadable.discard(entry.key)
+        if entry.value is None:
+            self.items.pop(entry.key, None)
+        else:
+            try:
+                self.items[entry.key] = (decode(entry.value, self.kind), entry.revision)
+            except msgspec.DecodeError as error:
+                log.warning("cannot read %s/%s: %s", self.bucket.name, entry.key, error)
+                self.items.pop(entry.key, None)
+                self.unreadable.add(entry.key)
+        if from_watch and self._live:
+            self._passed(entry.revision)
+        if self.on_change is not None:
+            self.on_change(entry.key)
+
+    def _apply_echo(self, entry: Entry) -> None:
+        known = self.echoes.get(entry.key)
+        if known is not None and entry.revision <= known.revision:
+            return  # a replay of what was seen, or older: not a sign of life
+        if entry.value is None:
+            self.echoes.pop(entry.key, None)
+        else:
+            self.echoes[entry.key] = EchoSeen(entry.revision, self.clock(), entry.value)
+
+    def _passed(self, revision: int) -> None:
+        """The watch has delivered everything up to `revision`: forget older own writes."""
+        self._position = max(self._position, revision)
+        while self._own_writes and self._own_writes[0][0] <= self._position:
+            written_at, key = heapq.heappop(self._own_writes)
+            if self._unconfirmed.get(key) == written_at:
+                del self._unconfirmed[key]
+            if (
+                self._applied.get(key) == written_at
+                and key not in self.items
+                and key not in self.unreadable
+            ):
+                del self._applied[key]  # an own delete: nothing older can come now
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the bucket forever; reports started once the current entries are in.
+
+        A watch that fails or ends is started again (with back-off); the keys its
+        fresh replay no longer has were deleted meanwhile, and are dropped.
+        """
+        started = False
+        delay = 0.5
+        while True:
+            replayed: set[str] | None = set()
+            newest = 0
+            self._live = False
+            failure: BaseException | None = None
+            try:
+                async for entry in self.bucket.watch(self.prefix):
+                    if entry is None:
+                        if replayed is not None:
+                            self._replayed(replayed, newest)
+                            replayed = None
+                            delay = 0.5
+                        if not started:
+                            started = True
+                            task_status.started()
+                        continue
+                    if replayed is not None:
+                        replayed.add(entry.key)
+                        newest = max(newest, entry.revision)
+                    self.apply(entry, from_watch=True)
+                log.warning("watch of %s/%s ended; watching again", self.bucket.name, self.prefix)
+            except Exception as error:  # NATS away, a consumer lost: never stop following
+                failure = error
+                log.warning(
+                    "watch of %s/%s failed (%s); watching again",
+                    self.bucket.name,
+                    self.prefix,
+                    error,
+                )
+            self._broke(failure)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _replayed(self, keys: set[str], newest: int) -> None:
+        """The watch's replay is complete: what it did not have was deleted meanwhile."""
+        for key in (set(self.items) | self.unreadable) - keys:
+            if self._unconfirmed.get(key, 0) > newest:
+                continue  # this process wrote it after the replay began: the watch will tell
+            self._unconfirmed.pop(key, None)
+            self.apply(Entry(key, None, self._applied.get(key, 0)), from_watch=True)
+        for key in set(self.echoes) - keys:
+            del self.echoes[key]
+        self._live = True
+        self._passed(newest)
+        self.current = True
+        self.broken = False
+
+    def _broke(self, failure: BaseException | None) -> None:
+        self.current = False
+        self.broken = True
+        self._live = False
+        self.failures += 1
+        self.last_error = "ended" if failure is None else f"{type(failure).__name__}: {failure}"
+        if self.on_broken is not None:
+            try:
+                self.on_broken(failure)
+            except Exception:
+                log.exception("on_broken of the watch of %s failed", self.bucket.name)
+
+
+async def write_record(bucket: Bucket, key: str, value: Any, revision: int | None) -> int:
+    """Create the key when revision is None, else compare-and-set on that revision."""
+    raw = encode(value)
+    if revision is None:
+        return await bucket.create(key, raw)
+    return await bucket.update(key, raw, revision)

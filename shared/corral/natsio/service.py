@@ -1,0 +1,168 @@
+"""What every corral service process shares: flags, logging, the NATS connection,
+buckets and streams, the HTTP endpoint, and a clean stop on SIGINT/SIGTERM.
+
+A service is an async function `run(ctx, args, task_status)` that starts its
+subsystems in ctx.task_group and reports started when it is serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from corral.contract import names
+from corral.contract.state import Cluster
+from corral.natsio.bus import (
+    JS_API_TIMEOUT_SECONDS,
+    EventPublisher,
+    StoreSettings,
+    connect,
+    ensure_streams,
+    open_buckets,
+)
+from corral.natsio.cluster import ensure_cluster_identity
+from corral.natsio.config import resolve_nats_url
+from corral.natsio.http_endpoint import serve_http
+from corral.natsio.kv import NatsBucket
+
+log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    nc: NATS
+    js: JetStreamContext
+    buckets: dict[str, NatsBucket]
+    events: EventPublisher
+    task_group: TaskGroup
+    cluster: Cluster
+    http_port: int | None = None
+    # Named checks that /healthz reports; all must be True for a 200.
+    health: dict[str, bool] = field(default_factory=dict)
+
+    def healthy(self) -> tuple[bool, str]:
+        checks = dict(self.health, nats=self.nc.is_connected)
+        detail = " ".join(
+            f"{name}={'ok' if ok else 'failing'}" for name, ok in sorted(checks.items())
+        )
+        return all(checks.values()), detail
+
+
+ServiceRun = Callable[..., Coroutine[Any, Any, None]]
+"""async def run(ctx: ServiceContext, args: argparse.Namespace, *, task_status: TaskStatus[None])"""
+
+
+def base_parser(service: str, default_port: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"corral-{service}")
+    parser.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="NATS URL; several comma-separated or the flag repeated for a cluster "
+        "(default: $CORRAL_NATS_URL, config, local)",
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="HTTP bind address")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=default_port,
+        help=f"HTTP port for /metrics and /healthz (default {default_port}; 0 picks a free one)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def run_service(
+    service: str,
+    run: ServiceRun,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[ServiceContext] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect, prepare streams and buckets, serve HTTP, then run the service until cancelled."""
+    nc = await connect(resolve_nats_url(args.nats), name=f"corral-{service}")
+    try:
+        # Making streams and buckets on a cluster can take a Raft election: a longer
+        # bound there; at run time a call stuck on a dead server fails within
+        # JS_API_TIMEOUT_SECONDS and is retried through another.
+        setup_js = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
+        settings = StoreSettings.from_env()
+        await ensure_streams(setup_js, settings)
+        await open_buckets(setup_js, settings)
+        js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
+        buckets = await open_buckets(js, settings)
+        cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
+        async with anyio.create_task_group() as tg:
+            ctx = ServiceContext(
+                name=service,
+                nc=nc,
+                js=js,
+                buckets=buckets,
+                events=EventPublisher(nc, source=service),
+                task_group=tg,
+                cluster=cluster,
+            )
+            if args.metrics_port is not None and args.metrics_port >= 0:
+                ctx.http_port = await tg.start(
+                    serve_http, args.metrics_host, args.metrics_port, ctx.healthy
+                )
+            await tg.start(run, ctx, args)
+            log.info("%s ready (metrics on %s)", service, ctx.http_port)
+            task_status.started(ctx)
+    finally:
+        with anyio.CancelScope(shield=True):
+            # Every subsystem is cancelled by now, so there is nothing left to drain
+            # (and a watch whose reader is gone would hold a drain until its timeout).
+            try:
+                await nc.close()
+            except Exception:
+                log.debug("close failed", exc_info=True)
+
+
+async def _until_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for received in signals:
+            log.info("received %s, stopping", signal.Signals(received).name)
+            scope.cancel()
+            return
+
+
+def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun) -> None:
+    """The console entry point of a service: parse flags, run until SIGINT/SIGTERM."""
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_until_signal, tg.cancel_scope)
+            await run_service(service, run, args)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+async def run_idle(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A service that has joined the cluster (NATS, streams, buckets, /metrics,
+    /healthz) and serves no subject yet: what netmgr and volmgr are until their
+    features land. It fakes nothing: a request to them gets "no responders"."""
+    task_status.started()

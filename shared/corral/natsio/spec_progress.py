@@ -1,0 +1,104 @@
+"""How far the durable specs of one kind were applied, kept in KV by the kind's owner.
+
+Stored at corral_leases["specs.<kind>"] (compare-and-set), it is what makes the
+CORRAL_SPECS stream safe to replay:
+
+- `applied`: every spec of this kind at or below this stream sequence was handled
+  (applied, rejected, skipped or given up on). A redelivered spec at or below it is
+  skipped, and a lost durable consumer is made again from `applied + 1`.
+- `deleted`: name -> the stream's last sequence when a request (not the stream)
+  deleted that object while older specs of the kind were still unapplied. A spec of
+  that name at or below it is older than the delete, and never brings the object
+  back. An entry goes once `applied` passes it (the progress rule then covers it).
+
+A stored object records its own sequence (ObjectMeta.spec_sequence) for the third
+rule: a spec at or below the stored object's sequence is older than what is stored.
+See docs/api.md, "Durable specs".
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from corral.contract.codec import decode, encode
+from corral.natsio.kv import Bucket, Conflict
+
+log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 10
+
+
+class SpecProgress(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    applied: int = 0
+    deleted: dict[str, int] = {}
+
+    def superseded_by(self, name: str, sequence: int) -> int:
+        """The newer sequence that makes the spec `sequence` of `name` old, or 0."""
+        if sequence <= self.applied:
+            return self.applied
+        deleted_at = self.deleted.get(name, 0)
+        return deleted_at if sequence <= deleted_at else 0
+
+
+def progress_key(kind: str) -> str:
+    return f"specs.{kind.lower()}"
+
+
+async def read_progress(bucket: Bucket, kind: str) -> tuple[SpecProgress, int | None]:
+    """The stored progress and its revision (None: none stored yet). An unreadable
+    record counts as none: the stored objects' own sequences still guard them."""
+    entry = await bucket.get(progress_key(kind))
+    if entry is None or entry.value is None:
+        return SpecProgress(), None
+    try:
+        return decode(entry.value, SpecProgress), entry.revision
+    except msgspec.DecodeError as error:
+        log.warning("cannot read %s/%s (%s); starting over", bucket.name, entry.key, error)
+        return SpecProgress(), entry.revision
+
+
+async def _write(bucket: Bucket, kind: str, progress: SpecProgress, revision: int | None) -> None:
+    key = progress_key(kind)
+    if revision is None:
+        await bucket.create(key, encode(progress))
+    else:
+        await bucket.update(key, encode(progress), revision)
+
+
+async def advance(bucket: Bucket, kind: str, sequence: int) -> SpecProgress:
+    """Record that every spec of `kind` up to `sequence` was handled (never lowers it),
+    and forget the deletes it now covers."""
+    for _ in range(CAS_ATTEMPTS):
+        progress, revision = await read_progress(bucket, kind)
+        if sequence <= progress.applied:
+            return progress
+        advanced = SpecProgress(
+            applied=sequence,
+            deleted={name: at for name, at in progress.deleted.items() if at > sequence},
+        )
+        try:
+            await _write(bucket, kind, advanced, revision)
+        except Conflict:
+            continue
+        return advanced
+    raise Conflict(f"{bucket.name}/{progress_key(kind)} kept changing")
+
+
+async def remember_delete(bucket: Bucket, kind: str, name: str, position: int) -> None:
+    """A request deleted `name` when the stream was at `position`: older specs of that
+    name still waiting in the stream must not bring it back."""
+    for _ in range(CAS_ATTEMPTS):
+        progress, revision = await read_progress(bucket, kind)
+        if position <= max(progress.applied, progress.deleted.get(name, 0)):
+            return  # every spec at or below `position` is already covered
+        remembered = SpecProgress(
+            applied=progress.applied, deleted={**progress.deleted, name: position}
+        )
+        try:
+            await _write(bucket, kind, remembered, revision)
+        except Conflict:
+            continue
+        return
+    raise Conflict(f"{bucket.name}/{progress_key(kind)} kept changing")
