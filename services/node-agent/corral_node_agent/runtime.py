@@ -2,7 +2,7 @@
 
 Two implementations: `DockerRuntime` (a real engine, through aiodocker) and
 `HollowRuntime` (simulated containers in memory). Nothing above this interface
-knows which one it talks to (ARCHITECTURE rule 7).
+knows which one it talks to (docs/architecture.md, the rules).
 """
 
 from __future__ import annotations

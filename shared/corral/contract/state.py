@@ -1,6 +1,6 @@
 """What corral observes and decides: the records its services keep in KV.
 
-Each kind has one owner (ARCHITECTURE.md, rule 4):
+Each kind has one owner (docs/architecture.md, the pieces and their owners):
     Node              its node agent        corral_nodes[node]
     Placement         the scheduler         corral_placements[node.replica]
     ReplicaStatus     the node agent        corral_replica_status[node.replica]

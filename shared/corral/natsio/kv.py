@@ -2,8 +2,8 @@
 
 `Bucket` is the small interface the controllers write through; `NatsBucket` is
 JetStream KV behind it and `MemoryBucket` the in-memory fake for unit tests.
-Every write that matters is conditional on the revision last read (ARCHITECTURE
-rule 3): a `Conflict` means re-read and retry, never overwrite.
+Every write that matters is conditional on the revision last read (compare-and-set,
+docs/architecture.md): a `Conflict` means re-read and retry, never overwrite.
 
 Echo keys prove that a watch is current. A reader that judges liveness from a
 watch (the scheduler from the nodes watch, a node agent from its placements
