@@ -157,6 +157,9 @@ def busy_ports(options: UpOptions) -> list[int]:
     busy = []
     for port in wanted_ports(options).values():
         with socket.socket() as sock:
+            # As the services and nats-server bind: a port whose only sockets are closed
+            # connections (TIME_WAIT, e.g. after a `corral down`) is free to them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((HOST, port))
             except OSError:
