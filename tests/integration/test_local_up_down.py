@@ -138,6 +138,12 @@ def test_up_starts_everything_healthy_and_down_stops_every_process(local: LocalC
         assert Path(child.log).exists()
         if child.health_url is not None:
             assert _status(child.health_url) == 200, child.name
+            # A service process loads no HTTP client or YAML library (corral.natsio.lean;
+            # hollow runtime here, so the node agent has no aiodocker either): none of
+            # their compiled extensions is mapped into it.
+            maps = Path(f"/proc/{ref.pid}/maps").read_text()
+            for library in ("/aiohttp/", "/multidict/", "/yarl/", "/yaml/"):
+                assert library not in maps, (child.name, library)
     assert (local.layout.nats_store / "jetstream").is_dir()
 
     refs = local.all_refs(record)

@@ -15,7 +15,6 @@ from corral.contract.codec import encode
 from corral.contract.events import Reply
 from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
-from corral_node_agent.docker_runtime import DockerRuntime
 from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_CPU_MILLIS,
     HOLLOW_DEFAULT_MEMORY_BYTES,
@@ -98,6 +97,9 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
         return HollowRuntime(
             cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS, memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES
         )
+    # Imported here: aiodocker (and aiohttp under it) only in an agent that drives Docker.
+    from corral_node_agent.docker_runtime import DockerRuntime
+
     return DockerRuntime(args.docker_host)
 
 

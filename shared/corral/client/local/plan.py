@@ -79,7 +79,7 @@ def service_command(service: str) -> list[str]:
     found = shutil.which(script)
     if found:
         return [found]
-    return [sys.executable, "-c", f"from {_MODULES[service]}.main import main; main()"]
+    return [sys.executable, "-m", _MODULES[service]]  # its __main__, as the script runs it
 
 
 def nats_child(options: UpOptions) -> ChildSpec:

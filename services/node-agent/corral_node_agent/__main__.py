@@ -1,0 +1,37 @@
+"""`corral-node-agent` (and `python -m corral_node_agent`): the process's entry point.
+
+It first decides what the process needs to load (corral.natsio.lean): aiohttp only
+for the Docker runtime (aiodocker's transport) or a ws:// NATS URL; then imports the
+agent and runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from corral.natsio.lean import prepare_imports
+
+
+def runtime_flag(argv: Sequence[str]) -> str:
+    """The --runtime the agent will run (its parser checks the value)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runtime", default="docker")
+    known, _ = parser.parse_known_args(list(argv))
+    return str(known.runtime)
+
+
+def prepare(argv: Sequence[str]) -> None:
+    prepare_imports(argv, needs_aiohttp=runtime_flag(argv) != "hollow")
+
+
+def main() -> None:
+    prepare(sys.argv[1:])
+    from corral_node_agent.main import main as run_agent  # after prepare(): see corral.natsio.lean
+
+    run_agent()
+
+
+if __name__ == "__main__":
+    main()
