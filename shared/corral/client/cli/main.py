@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from corral.client.cli.local_commands import down, up
+from corral.client.cli.node_commands import node
 from corral.client.cli.read_commands import describe, events, get, schema
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
 from corral.client.cli.write_commands import apply, create, delete, scale
@@ -38,17 +40,9 @@ def cli(ctx: click.Context, nats_url: tuple[str, ...], timeout: float) -> None:
 for command in (create, apply, scale, delete, get, describe, events, schema):
     cli.add_command(command)
 
-from corral.client.cli.node_commands import node  # noqa: E402
-
 cli.add_command(node)
-
-try:
-    from corral.client.cli.local_commands import down, up
-except ImportError:  # pragma: no cover - only while `corral up` is being written
-    pass
-else:
-    cli.add_command(up)
-    cli.add_command(down)
+cli.add_command(up)
+cli.add_command(down)
 
 
 def main() -> None:

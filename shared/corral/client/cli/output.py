@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
-
 API_VERSION = "corral/v1"
 
 
@@ -19,5 +17,7 @@ def dump(data: Any, output: str) -> str:
     if output == "json":
         return json.dumps(data, indent=2, sort_keys=False)
     if output == "yaml":
+        import yaml  # here: PyYAML only for -o yaml
+
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
     raise ValueError(f"unknown output format {output!r}")

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
 from corral.client.api import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
 from corral.client.cli.kinds import split_kind_name
-from corral.client.cli.manifests import MAX_MANIFEST_BYTES, Manifest, load_manifests
 from corral.client.cli.options import parse_env, parse_labels, parse_resource_list
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
 from corral.contract.specs import API_VERSION, DeleteRequest, Deployment, ScaleRequest
+
+if TYPE_CHECKING:
+    from corral.client.cli.manifests import Manifest
 
 
 def _kind_arg(text: str) -> ApiKind:
@@ -126,6 +128,9 @@ def create_deployment(
 
 def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
     """Every document of every file ('-' is stdin), all validated before anything is sent."""
+    # Imported here: PyYAML only for `corral apply`.
+    from corral.client.cli.manifests import MAX_MANIFEST_BYTES, load_manifests
+
     manifests: list[Manifest] = []
     for file_name in files:
         source = "<stdin>" if file_name == "-" else file_name
