@@ -28,7 +28,7 @@ from corral.bus import (
     ensure_streams,
     open_buckets,
 )
-from corral.cluster import ensure_cluster_identity
+from corral.cluster import StateStoreLost, UnreadableIdentity, ensure_cluster_identity
 from corral.config import resolve_nats_url
 from corral.http_endpoint import serve_http
 from corral.kv import NatsBucket
@@ -99,8 +99,10 @@ async def run_service(
         # JS_API_TIMEOUT_SECONDS and is retried through another.
         setup_js = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
         settings = StoreSettings.from_env()
-        await ensure_streams(setup_js, settings)
+        # Buckets first: a store that lost a bucket of its cluster is refused before
+        # anything is made (corral.bus.open_buckets).
         await open_buckets(setup_js, settings)
+        await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
         buckets = await open_buckets(js, settings)
         cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
@@ -153,7 +155,21 @@ def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun)
             await run_service(service, run, args)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except* (StateStoreLost, UnreadableIdentity) as refused:
+        # Not a crash: the store cannot be trusted; say why in one line, exit 1.
+        for error in _leaves(refused):
+            log.critical("%s refuses to start: %s", service, error)
+        raise SystemExit(1) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a (nested) exception group."""
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 async def run_idle(
