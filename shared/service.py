@@ -141,7 +141,19 @@ async def _until_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun) -> None:
+# Runs beside a service from the process's first moment, before NATS is reached:
+# async def alongside(args, started: anyio.Event) where `started` is set once the
+# service reports started (the node agent's offline stop, docs/safety.md).
+Alongside = Callable[[argparse.Namespace, anyio.Event], Coroutine[Any, Any, object]]
+
+
+def service_main(
+    service: str,
+    parser: argparse.ArgumentParser,
+    run: ServiceRun,
+    *,
+    alongside: Alongside | None = None,
+) -> None:
     """The console entry point of a service: parse flags, run until SIGINT/SIGTERM."""
     args = parser.parse_args()
     logging.basicConfig(
@@ -149,10 +161,18 @@ def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun)
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
 
+    async def serve(started: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_service, service, run, args)
+            started.set()
+
     async def main() -> None:
+        started = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_until_signal, tg.cancel_scope)
-            await run_service(service, run, args)
+            if alongside is not None:
+                tg.start_soon(alongside, args, started)
+            await serve(started)
             tg.cancel_scope.cancel()
 
     try:

@@ -100,8 +100,13 @@ async def serve_node_decisions(
 
 def build_runtime(args: argparse.Namespace) -> Runtime:
     if args.runtime == "hollow":
+        # A hollow engine lives and dies with its node: its id names the node, so a
+        # restarted agent of that node is recognised as running on the same engine.
+        node = settings_from_args(args).node_name
         return HollowRuntime(
-            cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS, memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES
+            cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS,
+            memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES,
+            engine_id=f"hollow-{node}",
         )
     return DockerRuntime(args.docker_host)
 
