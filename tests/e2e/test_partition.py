@@ -17,6 +17,8 @@ not from polling, and are printed as the timeline.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ import pytest
 
 from corral.contract import names, time_budget
 from tests.agents import running_agent
-from tests.conftest import NatsServer
+from tests.conftest import NatsServer, free_port
 from tests.e2e.conftest import remove_node_containers
 from tests.e2e.test_deployment_lifecycle import corral, running_containers
 from tests.integration.scheduler_harness import running_scheduler
@@ -178,3 +180,54 @@ async def test_a_cut_off_agent_stops_its_replica_at_f_and_it_is_replaced_on_budg
     else:
         assert b_started[0] >= R_AFTER_STOP - 0.5, timeline
         assert b_started[0] > a_died[0], "two copies ran at once"
+
+
+async def test_an_agent_process_started_without_nats_stops_its_replicas_at_f(
+    node_name: str, test_image: str, tmp_path: Path
+) -> None:
+    """A restarted agent during a partition: it never gets as far as NATS, and still
+    removes its node's replicas at F after its own start (another cluster's stay)."""
+    cluster, other = "c0ffee00c0ffee00", "0123456789abcdef"
+
+    def labelled(cluster_id: str) -> str:
+        done = subprocess.run(
+            [
+                "docker", "run", "-d",
+                "--label", f"{names.LABEL_MANAGED}=true",
+                "--label", f"{names.LABEL_CLUSTER}={cluster_id}",
+                "--label", f"{names.LABEL_NODE}={node_name}",
+                "--label", f"{names.LABEL_REPLICA}=web-{cluster_id[:4]}",
+                "--label", f"{names.LABEL_DEPLOYMENT}=web",
+                test_image, "sleep", "3600",
+            ],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    ours, theirs = labelled(cluster), labelled(other)
+    state = tmp_path / "agent"
+    state.mkdir()
+    (state / "cluster.json").write_text(f'{{"node":"{node_name}","clusterId":"{cluster}"}}')
+    nowhere = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    agent = await anyio.open_process(
+        [
+            str(Path(sys.executable).parent / "corral-node-agent"),
+            *("--nats", nowhere, "--runtime", "docker", "--node-name", node_name),
+            *("--state-dir", str(state), "--metrics-port", "0"),
+        ]
+    )
+    started = time.time()
+    try:
+        await eventually(
+            lambda: running_containers(node_name, "web"),
+            lambda ids: not any(ours.startswith(i) for i in ids),
+            within=F + SLACK,
+            interval=0.2,
+        )
+        stopped_after = time.time() - started
+    finally:
+        agent.terminate()
+        await agent.wait()
+    print(f"\nagent without NATS removed its replica {stopped_after:.2f}s after it started")
+    assert stopped_after >= F - 1.0  # not before F: NATS may just be failing over
+    assert any(theirs.startswith(i) for i in await running_containers(node_name, "web"))

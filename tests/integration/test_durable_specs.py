@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js import api as js_api
 
 from corral.client.api import CorralClient
 from corral.contract import names
@@ -26,7 +27,7 @@ from corral.natsio.bus import (
     open_buckets,
 )
 from corral.natsio.kv import NatsBucket
-from corral.natsio.spec_progress import progress_key, read_progress
+from corral.natsio.spec_progress import progress_key, read_progress, recorded_progress
 from corral_scheduler.main import DURABLE
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 from tests.waiting import eventually
@@ -105,10 +106,10 @@ async def test_a_replayed_older_spec_never_rolls_back_a_newer_request_write(
             await eventually(lambda: stored(buckets, "web"), lambda d: d is not None)
             newer = await request(ctx.nc, "deployment", "apply", deployment_json("web", 5))
             assert newer.ok and newer.generation == 2
-        # Lose everything that remembers how far the stream was applied: the durable
-        # consumer and the progress record. The next scheduler replays the stream.
+        # Lose the durable consumer and rewind the progress record to "nothing
+        # handled" (an old backup, say): the next scheduler replays the whole stream.
         await js.delete_consumer(names.SPEC_STREAM, DURABLE)
-        await buckets[names.LEASES_BUCKET].delete(progress_key("deployment"))
+        await buckets[names.LEASES_BUCKET].put(progress_key("deployment"), encode({"applied": 0}))
         await js.publish(APPLY, deployment_json("marker", 1))
         async with running_scheduler(nats_url):
             await eventually(lambda: stored(buckets, "marker"), lambda d: d is not None)
@@ -143,6 +144,63 @@ async def test_a_lost_consumer_is_made_again_without_bringing_back_a_deleted_dep
         assert consumer.config.opt_start_seq == deleted.seq + 1
         events = await events_of(nats_url)
         assert any(e.reason == "ConsumerRecreated" for e in events), events
+
+
+async def test_a_consumer_lost_with_its_progress_record_replays_nothing_and_says_so(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with publisher(nats_url) as (nc, js):
+        async with running_scheduler(nats_url):
+            applied = await js.publish(APPLY, deployment_json("old", 1))
+            await eventually(lambda: stored(buckets, "old"), lambda d: d is not None)
+            assert (await request(nc, "deployment", "delete", encode({"name": "old"}))).ok
+        # Lose both the consumer and the record of how far specs were applied.
+        await js.delete_consumer(names.SPEC_STREAM, DURABLE)
+        await buckets[names.LEASES_BUCKET].delete(progress_key("deployment"))
+        async with running_scheduler(nats_url):
+            consumer = await js.consumer_info(names.SPEC_STREAM, DURABLE)
+            assert consumer.config.deliver_policy == js_api.DeliverPolicy.NEW
+            found = await eventually(
+                lambda: events_of(nats_url),
+                lambda events: any(e.reason == "SpecsSkipped" for e in events),
+            )
+            skipped = next(e for e in found if e.reason == "SpecsSkipped")
+            assert skipped.type == "Warning"
+            assert "corral_leases/specs.deployment) is missing" in skipped.message
+            assert f"only new specs (after stream sequence {applied.seq})" in skipped.message
+            assert "could bring back deleted objects" in skipped.message
+            await js.publish(APPLY, deployment_json("fresh", 1))  # new specs still apply
+            await eventually(lambda: stored(buckets, "fresh"), lambda d: d is not None)
+            assert await stored(buckets, "old") is None  # not brought back by a replay
+            progress, _ = await read_progress(buckets[names.LEASES_BUCKET], "deployment")
+            assert progress.applied > applied.seq  # recorded again
+
+
+async def test_a_consumer_lost_while_its_progress_record_is_unreadable_starts_at_new_specs(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    leases = buckets[names.LEASES_BUCKET]
+    async with publisher(nats_url) as (_, js), running_scheduler(nats_url):
+        first = await js.publish(APPLY, deployment_json("first", 1))
+        await eventually(lambda: stored(buckets, "first"), lambda d: d is not None)
+        await eventually(
+            lambda: read_progress(leases, "deployment"),
+            lambda found: found[0].applied >= first.seq,
+        )
+        await leases.put(progress_key("deployment"), b"{garbled")
+        await js.delete_consumer(names.SPEC_STREAM, DURABLE)  # lost while running
+        found = await eventually(
+            lambda: events_of(nats_url),
+            lambda events: any(e.reason == "SpecsSkipped" for e in events),
+        )
+        skipped = next(e for e in found if e.reason == "SpecsSkipped")
+        assert "corral_leases/specs.deployment) cannot be read" in skipped.message
+        consumer = await js.consumer_info(names.SPEC_STREAM, DURABLE)
+        assert consumer.config.deliver_policy == js_api.DeliverPolicy.NEW
+        readable, recorded = await recorded_progress(leases, "deployment")
+        assert recorded and readable is not None and readable.applied >= first.seq
+        await js.publish(APPLY, deployment_json("later", 1))
+        await eventually(lambda: stored(buckets, "later"), lambda d: d is not None)
 
 
 async def test_a_spec_that_keeps_failing_is_given_up_on_kept_and_told_and_the_stream_goes_on(

@@ -75,8 +75,14 @@ async def test_release_is_refused_while_the_node_is_alive_and_replaces_at_once_a
         await anyio.sleep(NODE_LOST_SECONDS + 1.5)
         still = await placements(buckets[names.PLACEMENTS_BUCKET])
         assert [p.node for p in still.values()] == ["doomed"]
-        # ...but at once when an operator releases the node
-        released = await corral(nats_url, "node", "release", "doomed")
+        # ...and its release is refused: the replica may still run until R'...
+        early = await corral(nats_url, "node", "release", "doomed")
+        assert early.exit_code == 1
+        assert "node 'doomed' has replicas of AfterStop Deployments (db)" in early.stderr
+        assert "wait " in early.stderr and "corral node release doomed --force" in early.stderr
+        assert await nodes.get("doomed") is not None
+        # ...but it is replaced at once when the operator knows the containers are gone
+        released = await corral(nats_url, "node", "release", "doomed", "--force")
         assert released.exit_code == 0, released.output
         assert released.stdout.strip().startswith("node/doomed released")
         await eventually(

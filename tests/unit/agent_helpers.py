@@ -23,6 +23,7 @@ def fast_settings(**settings: Any) -> AgentSettings:
         "node_name": NODE,
         "heartbeat_seconds": 0.05,
         "alive_window": 0.3,
+        "takeover_window": 0.5,
         "leftovers_after": 0.5,
         "stale_watch_after": 1.0,
         "identity_check_seconds": 0.2,

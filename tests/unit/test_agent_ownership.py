@@ -4,6 +4,7 @@ displaced agents (docs/safety.md). Hollow runtime and in-memory buckets."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -13,9 +14,11 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.specs import NodeDecision
 from corral.contract.state import Node, NodeCapacity, ReplicaState
+from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile
 from corral_node_agent.node_record import NodeNameTaken
+from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import ContainerSpec
 from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, placement
@@ -111,7 +114,7 @@ async def test_a_store_without_an_identity_holds_the_agent(tmp_path: Path) -> No
     async with running(rig.agent()) as agent:
         await eventually(lambda: agent.mode == Mode.HELD)
         await passes_after(agent)
-        assert "no cluster identity" in stored_node(rig).message
+        await eventually(lambda: "no cluster identity" in stored_node(rig).message)
     assert ours in rig.runtime.containers and rig.runtime.removes == 0
 
 
@@ -182,6 +185,7 @@ async def test_reset_removes_the_old_clusters_containers_and_resumes(tmp_path: P
         ("adopt", b"[[[", "invalid NodeDecision"),
         ("eject", b'{"node": "node-a"}', "unknown decision"),
         ("adopt", b'{"node": "node-a"}', "already belongs"),
+        ("reset", b'{"node": "node-a", "clusterId": "0123456789abcdef"}', "never touches"),
     ],
 )
 async def test_a_bad_decision_is_refused_and_changes_nothing(
@@ -283,9 +287,11 @@ async def test_displaced_by_an_agent_on_another_engine_it_removes_its_copies() -
     await world.place(placement("web-a1"))
     async with running(rig.agent()) as agent:
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
-        await rig.nodes.put(NODE, node_record("other", "another-engine"))
-        await eventually(lambda: agent.mode == Mode.RETIRED)
-        await eventually(lambda: not rig.runtime.containers)
+        async with anyio.create_task_group() as tg:  # the other agent lives
+            tg.start_soon(keep_writing, rig.nodes, node_record("other", "another-engine"))
+            await eventually(lambda: agent.mode == Mode.RETIRED)
+            await eventually(lambda: not rig.runtime.containers)
+            tg.cancel_scope.cancel()
 
 
 async def test_a_restarted_agent_that_never_reaches_nats_stops_its_replicas_at_f(
@@ -304,3 +310,62 @@ async def test_a_restarted_agent_that_never_reaches_nats_stops_its_replicas_at_f
         await eventually(lambda: ours not in rig.runtime.containers)
         tg.cancel_scope.cancel()
     assert foreign in rig.runtime.containers
+
+
+async def claimed_after_adopt(rig: Rig, agent: NodeAgent, kept: str) -> None:
+    world = rig.world()
+    await eventually(lambda: agent.mode == Mode.HELD)
+    assert (await agent.decide("adopt", encode(NodeDecision(node=NODE)))).ok
+    await world.place(placement("web-a1"))
+    await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+    await eventually(lambda: kept in agent.membership.claimed)
+
+
+async def test_a_claimed_adopted_container_goes_when_it_is_unplaced(tmp_path: Path) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, OLD_CLUSTER))
+    kept = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    async with running(rig.agent()) as agent:
+        await claimed_after_adopt(rig, agent, kept)
+        await rig.world().unplace("web-a1")  # scaled down: no orphan again, gone
+        await eventually(lambda: kept not in rig.runtime.containers)
+
+
+async def test_a_claimed_adopted_container_is_stopped_at_f_like_any_own(tmp_path: Path) -> None:
+    rig = Rig(state_dir=belonging_to(tmp_path, OLD_CLUSTER))
+    kept = await made_by(rig.runtime, "web-a1", cluster=OLD_CLUSTER)
+    async with running(rig.agent()) as agent:
+        await claimed_after_adopt(rig, agent, kept)
+        rig.nodes.failing_writes = True
+        await eventually(lambda: agent.mode == Mode.STOPPING)
+        await eventually(lambda: kept not in rig.runtime.containers)
+    record = LocalRecordFile(tmp_path).load()
+    assert record is not None and record.claimed == [kept]
+
+
+async def test_an_agent_that_never_reaches_nats_stops_its_own_replicas_at_f(
+    tmp_path: Path,
+) -> None:
+    runtime = HollowRuntime(images={IMAGE})
+    ours = await made_by(runtime, "web-a1")
+    foreign = await made_by(runtime, "web-zz", cluster=OLD_CLUSTER)
+    local = LocalRecordFile(belonging_to(tmp_path, CLUSTER_ID))
+    never = anyio.Event()
+    removed = await stop_if_never_started(
+        runtime, local, NODE, never, stop_after=0.2, process_started=time.monotonic()
+    )
+    assert removed == 1
+    assert ours not in runtime.containers and foreign in runtime.containers
+
+
+async def test_an_agent_that_reached_nats_in_time_leaves_the_stopping_to_its_guard(
+    tmp_path: Path,
+) -> None:
+    runtime = HollowRuntime(images={IMAGE})
+    ours = await made_by(runtime, "web-a1")
+    started = anyio.Event()
+    started.set()
+    local = LocalRecordFile(belonging_to(tmp_path, CLUSTER_ID))
+    removed = await stop_if_never_started(
+        runtime, local, NODE, started, stop_after=0.2, process_started=time.monotonic()
+    )
+    assert removed == 0 and ours in runtime.containers

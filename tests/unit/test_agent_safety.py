@@ -28,7 +28,7 @@ from corral_node_agent.runtime import (
     ObservedContainer,
     RuntimeFailure,
 )
-from corral_node_agent.safety import Mode
+from corral_node_agent.safety import Displacement, Mode
 from corral_node_agent.status_book import StatusBook
 from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, fast_settings, placement
 from tests.unit.test_agent_loop import IMAGE, RecordedEvents, World, eventually, state_of
@@ -237,20 +237,36 @@ async def test_a_silent_agent_of_the_same_name_is_taken_over() -> None:
         assert rig.health["node_name"] is True
 
 
-async def test_another_agent_taking_the_record_over_stops_this_one() -> None:
+async def test_another_live_agent_taking_the_record_over_stops_this_one() -> None:
     rig = Rig()
     world = rig.world()
     async with running(rig.agent()) as agent:
         await eventually(lambda: world.node() is not None)
         assert world.node().agent_id == agent.agent_id  # type: ignore[union-attr]
-        await rig.nodes.put(NODE, other_agents_node(time.time()))  # a second agent writes
-        await eventually(lambda: rig.health.get("node_name") is False)
-        await eventually(lambda: agent.mode == Mode.HANDED_OVER)
+        async with anyio.create_task_group() as tg:  # a second agent writes, and lives
+            tg.start_soon(keep_writing, rig.nodes, other_agents_node(time.time()))
+            await eventually(lambda: rig.health.get("node_name") is False)
+            await eventually(lambda: agent.mode == Mode.HANDED_OVER)
+            tg.cancel_scope.cancel()
         await world.place(placement("web-a1"))
         await agent.reconcile_once()
         await agent.record.write()
         assert rig.runtime.creates == 0  # no longer acting on placements
         assert world.node().agent_id == "someone-else"  # type: ignore[union-attr] # not overwritten
+
+
+async def test_a_record_naming_another_agent_that_never_changes_is_taken_back() -> None:
+    # A store restored from a backup holds an older agent's id: nobody writes it.
+    rig = Rig()
+    world = rig.world()
+    async with running(rig.agent()) as agent:
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await rig.nodes.put(NODE, other_agents_node(time.time()))
+        await eventually(lambda: world.node().agent_id == agent.agent_id)  # type: ignore[union-attr]
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert agent.displacement == Displacement.NONE
+        assert rig.runtime.removes == 0 and len(rig.runtime.running(NODE)) == 1
 
 
 async def test_a_clean_stop_lets_a_successor_start_at_once() -> None:
@@ -423,6 +439,20 @@ async def test_a_stalled_placements_watch_is_noticed_by_its_echo_and_read_afresh
         await world.place(placement("web-b2"))
         await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
         assert agent.watches >= 2  # a new watch's replay brought web-b2
+
+
+async def test_a_create_decided_before_a_cut_off_never_happens_after_it() -> None:
+    rig = Rig()
+    world = rig.world()
+    rig.runtime.pull_seconds = 1.0  # the create waits on a pull, decided while Active
+    async with running(rig.agent()) as agent:
+        await world.place(placement("web-a1", "slow/image:1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.PULLING)
+        rig.nodes.failing_writes = True
+        await eventually(lambda: agent.mode == Mode.ISOLATED)
+        await eventually(lambda: "slow/image:1" in rig.runtime.images)
+        await passes_after(agent)
+        assert rig.runtime.creates == 0
 
 
 # 7. Pulls.

@@ -5,6 +5,9 @@ has been applied past it."""
 
 from __future__ import annotations
 
+import pytest
+from nats.js import api as js_api
+
 from corral.contract.codec import decode, encode
 from corral.contract.events import (
     REASON_BUSY,
@@ -15,8 +18,17 @@ from corral.contract.events import (
     Reply,
 )
 from corral.contract.specs import Deployment
+from corral.natsio.bus import consumer_start
 from corral.natsio.kv import MemoryBucket
-from corral.natsio.spec_progress import SpecProgress, advance, read_progress, remember_delete
+from corral.natsio.spec_progress import (
+    SpecProgress,
+    advance,
+    progress_key,
+    read_progress,
+    recorded_progress,
+    remember_delete,
+    start_progress,
+)
 from corral_scheduler.deployment_api import DeploymentAPI
 from tests.integration.scheduler_harness import deployment_json
 
@@ -97,6 +109,57 @@ async def test_a_request_delete_is_remembered_so_an_older_waiting_spec_cannot_br
     assert (await advance(leases, "Deployment", 6)).deleted == {}
 
 
+class FailingLeases(MemoryBucket):
+    """A progress bucket whose writes fail (NATS away), and a deployments bucket that
+    notes what the progress record held when each delete came."""
+
+    fail = True
+
+    async def create(self, key: str, value: bytes) -> int:
+        if self.fail:
+            raise ConnectionError("NATS is away")
+        return await super().create(key, value)
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        if self.fail:
+            raise ConnectionError("NATS is away")
+        return await super().update(key, value, revision)
+
+
+class WatchedDeployments(MemoryBucket):
+    def __init__(self, leases: MemoryBucket) -> None:
+        super().__init__("deployments")
+        self.leases = leases
+        self.remembered_at_delete: list[dict[str, int]] = []
+
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        progress, _ = await read_progress(self.leases, "Deployment")
+        self.remembered_at_delete.append(dict(progress.deleted))
+        return await super().delete(key, revision)
+
+
+async def test_a_request_delete_that_cannot_be_remembered_deletes_nothing_and_may_be_retried() -> (
+    None
+):
+    leases, stream = FailingLeases("leases"), Stream()
+    deployments = WatchedDeployments(leases)
+    handler = DeploymentAPI(deployments, leases, stream.position)
+    assert (await handler.apply(deployment_json("web", 2), 3)).ok
+    stream.newest = 5  # an older apply of web still waits in the stream
+    refused = await handler.delete(encode({"name": "web"}))
+    assert not refused.ok and refused.retryable and refused.reason == REASON_INTERNAL
+    assert "'web' was not deleted: the delete could not be recorded" in refused.error
+    assert "NATS is away" in refused.error and "try again" in refused.error
+    assert await replicas(deployments) == 2  # nothing deleted
+    assert deployments.remembered_at_delete == []
+    leases.fail = False  # the retry works, and the memory comes before the delete
+    assert (await handler.delete(encode({"name": "web"}))).ok
+    assert deployments.remembered_at_delete == [{"web": 5}]
+    assert await replicas(deployments) is None
+    skipped = await handler.apply(deployment_json("web", 2), 4)
+    assert skipped.reason == REASON_SUPERSEDED and await replicas(deployments) is None
+
+
 async def test_a_delete_needs_no_memory_when_the_stream_has_nothing_waiting() -> None:
     handler, _, leases, stream = api()
     stream.newest = 4
@@ -127,3 +190,56 @@ def test_only_passing_failures_are_retryable() -> None:
     assert not Reply(ok=False, reason=REASON_INVALID).retryable
     assert not Reply(ok=False, error="internal error: but no reason").retryable
     assert not Reply(ok=True).retryable
+
+
+# --- where a lost durable consumer starts ------------------------------------------------
+
+NEW, ALL, AFTER = (
+    js_api.DeliverPolicy.NEW,
+    js_api.DeliverPolicy.ALL,
+    js_api.DeliverPolicy.BY_START_SEQUENCE,
+)
+
+
+@pytest.mark.parametrize(
+    ("applied", "recorded", "lost", "objects_written", "policy", "after"),
+    [
+        # progress known: after the last spec handled, whatever else
+        (41, True, True, True, AFTER, 41),
+        (41, True, False, True, AFTER, 41),
+        (0, True, True, True, ALL, 0),  # recorded: nothing handled yet
+        # the kind's first start: every spec published before the owner first ran
+        (None, False, False, False, ALL, 0),
+        # progress unknown: only new specs, never a replay of old ones
+        (None, False, True, False, NEW, 0),  # lost while running, record missing
+        (None, False, False, True, NEW, 0),  # both gone at a restart: the owner ran before
+        (None, True, False, False, NEW, 0),  # the record cannot be read
+        (None, True, True, True, NEW, 0),
+    ],
+)
+def test_a_missing_consumer_replays_nothing_unless_it_knows_what_was_applied(
+    applied: int | None,
+    recorded: bool,
+    lost: bool,
+    objects_written: bool,
+    policy: js_api.DeliverPolicy,
+    after: int,
+) -> None:
+    start = consumer_start(applied, recorded=recorded, lost=lost, objects_written=objects_written)
+    assert (start.policy, start.after) == (policy, after)
+
+
+async def test_the_progress_record_is_made_with_the_consumer_and_an_unreadable_one_replaced() -> (
+    None
+):
+    leases = MemoryBucket()
+    assert await recorded_progress(leases, "Deployment") == (None, False)
+    assert await start_progress(leases, "Deployment", 0) == SpecProgress()
+    assert await recorded_progress(leases, "Deployment") == (SpecProgress(), True)
+    await leases.put(progress_key("Deployment"), b"{not json")
+    assert await recorded_progress(leases, "Deployment") == (None, True)
+    assert (await start_progress(leases, "Deployment", 17)).applied == 17
+    await remember_delete(leases, "Deployment", "web", 20)
+    kept = await start_progress(leases, "Deployment", 18)  # never lowers, keeps deletes
+    assert kept == SpecProgress(applied=18, deleted={"web": 20})
+    assert await start_progress(leases, "Deployment", 3) == kept

@@ -182,8 +182,9 @@ async def test_a_watch_restarting_is_no_sign_of_life_of_a_silent_node() -> None:
 # --- AfterStop and release -------------------------------------------------------------
 
 
-async def release(cluster: Cluster, node: str) -> Reply:
-    return await NodeAPI(cluster.loop, None).release(encode({"name": node}))
+async def release(cluster: Cluster, node: str, *, force: bool = False) -> Reply:
+    payload = {"name": node, "force": True} if force else {"name": node}
+    return await NodeAPI(cluster.loop, None).release(encode(payload))
 
 
 async def test_after_stop_replicas_wait_for_r_prime_unless_the_node_is_released() -> None:
@@ -193,7 +194,7 @@ async def test_after_stop_replicas_wait_for_r_prime_unless_the_node_is_released(
         await cluster.heartbeat("b")
         await cluster.tick(NODE_LOST_SECONDS + 2, beating=("b",))  # a falls silent
         assert cluster.placed_on() == ["a"]  # a Fast Deployment would have moved by now
-        reply = await release(cluster, "a")
+        reply = await release(cluster, "a", force=True)
         assert reply.ok, reply
         await cluster.tick(1, beating=("b",))
         assert cluster.placed_on() == ["b"]
@@ -209,6 +210,44 @@ async def test_after_stop_replicas_move_after_r_prime_of_silence() -> None:
         assert cluster.placed_on() == ["a"]
         await cluster.tick(3, beating=("b",))
         assert cluster.placed_on() == ["b"]
+
+
+async def test_a_node_whose_after_stop_replicas_may_still_run_is_released_only_with_force() -> None:
+    async with running() as cluster:
+        await cluster.apply("db", 1, replacement="AfterStop")
+        await cluster.apply("web", 1)  # Fast: never a reason to wait
+        await placed_and_running(cluster, "a")
+        await cluster.heartbeat("b")
+        await cluster.tick(NODE_LOST_SECONDS + 2, beating=("b",))  # a is silent R + 2
+        refused = await release(cluster, "a")
+        assert not refused.ok and refused.field == "force"
+        wait = int(NODE_LOST_AFTER_STOP_SECONDS - (NODE_LOST_SECONDS + 2))
+        assert refused.error.startswith(
+            "node 'a' has replicas of AfterStop Deployments (db) that may still run"
+        )
+        assert f"wait {wait} s more" in refused.error and "--force" in refused.error
+        assert await cluster.nodes.get("a") is not None and not cluster.loop.releases.items
+        assert sorted(p.deployment for p in cluster.loop.placements.values() if p.node == "a") == [
+            "db"
+        ]  # web has moved (Fast); db stays until R' or a forced release
+        assert (await release(cluster, "a", force=True)).ok
+        await cluster.tick(1, beating=("b",))
+        assert cluster.placed_on() == ["b", "b"]
+
+
+@pytest.mark.parametrize("replacement", ["Fast", "AfterStop"])
+async def test_a_node_is_released_without_force_when_no_after_stop_replica_can_run_there(
+    replacement: str,
+) -> None:
+    async with running() as cluster:
+        await cluster.apply("db", 1, replacement=replacement)
+        await placed_and_running(cluster, "a")
+        await cluster.heartbeat("b")
+        # Fast: released after R; AfterStop: after R', when its agent surely stopped them.
+        silent = NODE_LOST_SECONDS + 2 if replacement == "Fast" else NODE_LOST_AFTER_STOP_SECONDS
+        await cluster.tick(silent + 1, beating=("b",))
+        reply = await release(cluster, "a")
+        assert reply.ok, reply
 
 
 async def test_a_live_node_cannot_be_released() -> None:
@@ -242,7 +281,7 @@ async def test_a_release_ends_when_nothing_is_left_and_survives_until_then() -> 
         await placed_and_running(cluster, "a")
         await cluster.heartbeat("b")
         await cluster.tick(NODE_LOST_SECONDS + 2, beating=("b",))
-        assert (await release(cluster, "a")).ok
+        assert (await release(cluster, "a", force=True)).ok
         stored = await cluster.buckets[names.LEASES_BUCKET].get(release_key("a"))
         assert stored is not None and stored.value is not None
         assert decode(stored.value, NodeRelease).node == "a"

@@ -62,10 +62,12 @@ def snapshot(
     engine_down_for: float | None = None,
     released: bool = False,
     fresh: bool = True,
+    mode: str = "",
 ) -> Snapshot:
-    """db has its replica on node "old"; node "spare" is Ready and empty."""
+    """db has its replica on node "old" (its agent in `mode`, not ready for
+    `engine_down_for` seconds); node "spare" is Ready and empty."""
     d = deployment(replacement)
-    old = node("old", ready=engine_down_for is None)
+    old = node("old", ready=engine_down_for is None, mode=mode)
     return Snapshot(
         deployments={"db": d},
         nodes={"old": old, "spare": node("spare")},
@@ -96,6 +98,13 @@ TABLE = [
     ("Fast", {"engine_down_for": E + 1}, True, "node engine down"),
     ("AfterStop", {"engine_down_for": E + 1}, False, None),
     ("Fast", {"engine_down_for": E - 1}, False, None),
+    # Held: not ready on purpose (the store is not its own); it keeps every replica
+    # running, so they are never replaced for it, however long it waits ...
+    ("Fast", {"engine_down_for": E + 1, "mode": "Held"}, False, None),
+    ("Fast", {"engine_down_for": 100 * E, "mode": "Held"}, False, None),
+    ("AfterStop", {"engine_down_for": 100 * E, "mode": "Held"}, False, None),
+    # ... but a Held node that falls silent is lost like any other.
+    ("Fast", {"silent_for": R + 0.5, "engine_down_for": E + 1, "mode": "Held"}, True, "node lost"),
 ]
 
 

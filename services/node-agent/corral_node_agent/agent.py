@@ -17,6 +17,7 @@ its transitions; the pass only asks `permissions(mode)`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -88,6 +89,8 @@ class AgentSettings:
     budget: Budget = field(default_factory=Budget)
     # Another agent's record that does not change for this long: that agent is gone.
     alive_window: float = time_budget.NODE_STALE_SECONDS
+    # ... and for a record that names another (or an unknown) engine: past its own stop.
+    takeover_window: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
     identity_check_seconds: float = 5.0
     # Leftovers of another node on this engine go when its record is silent this long.
     leftovers_after: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
@@ -114,6 +117,7 @@ class NodeAgent:
         health: dict[str, bool] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        started_at: float | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -156,6 +160,7 @@ class NodeAgent:
             clock,
             monotonic,
             settings.alive_window,
+            settings.takeover_window,
         )
         self.record.on_displaced = self._displaced
         self.tracks: dict[str, ReplicaTrack] = {}
@@ -168,8 +173,11 @@ class NodeAgent:
             max_parallel=settings.max_parallel,
             max_pulls=settings.max_pulls,
         )
+        self.executor.may_start = self._may_start
         # What the safety state machine is fed (see _observe).
-        self.started_at = monotonic()
+        # The cut-off clock runs from here until the first acknowledged write (the
+        # process's start, when given: time spent reaching NATS counts too).
+        self.started_at = monotonic() if started_at is None else started_at
         self.placements_current = False
         self.displacement = Displacement.NONE
         self.mode = Mode.STARTING
@@ -186,7 +194,8 @@ class NodeAgent:
         self._watch_started = 0.0
         self._decided = anyio.Event()  # active and fenced, or held: run() reports started
         # Written beside this node's placements and watched coming back (kv.echo_key).
-        self.echo_key = echo_key("agent", prefix=f"{self.node}.")
+        owner = "agent-" + hashlib.sha256(self.agent_id.encode()).hexdigest()[:12]
+        self.echo_key = echo_key(owner, prefix=f"{self.node}.")
         self._running = 0  # this agent's share of the replicas_running gauge
         self._in_flight: set[str] = set()
         self._settled: dict[str, int] = {}  # replica -> sequence number when its action ended
@@ -287,6 +296,10 @@ class NodeAgent:
     @property
     def adopted(self) -> frozenset[str]:
         return self.membership.adopted
+
+    def _may_start(self) -> bool:
+        """Right before a create or start: still Active, with current placements."""
+        return self.mode == Mode.ACTIVE and self.placements_current
 
     def _membership_changed(self) -> None:
         self.executor.cluster_id = self.membership.cluster_id
@@ -615,6 +628,7 @@ class NodeAgent:
             cluster_id=self.cluster_id,
             adopted=self.adopted,
             placements=placements,
+            claimed=self.membership.claimed,
         )
 
     async def reconcile_once(self) -> None:
@@ -642,6 +656,9 @@ class NodeAgent:
         )
         owned = self._ownership(containers, placements)
         self._report_containers(owned)
+        if self.adopted and allowed.create:
+            adopted_own = {c.id for c in owned.own if c.cluster in self.adopted}
+            self.membership.note_claimed(adopted_own, {c.id for c in containers})
         if allowed.remove_all:
             plan = remove_all(
                 owned.own, self.tracks, self._busy(listed_at), f"node {mode.lower()}", now
@@ -741,16 +758,21 @@ class NodeAgent:
         busy: set[str],
         now: float,
     ) -> None:
-        """Write the statuses that changed; delete those of replicas gone for good."""
+        """Write the statuses that changed; delete those of replicas gone for good.
+        Bounded, and cut short when the agent leaves Active: a pass stuck on writes
+        to a NATS that went away must never delay the next decision (docs/safety.md)."""
         try:
-            for replica, placement in placements.items():
-                track = self.tracks.get(replica, ReplicaTrack())
-                status = replica_status(placement, kept.get(replica), track, now)
-                await self.statuses.write(status)
-            for replica in self.statuses.replicas():
-                if replica not in placements and replica not in with_containers:
-                    if replica not in busy:
-                        await self.statuses.delete(replica)
+            with anyio.move_on_after(time_budget.STOP_SECONDS):
+                for replica, placement in placements.items():
+                    if self.mode != Mode.ACTIVE:
+                        return
+                    track = self.tracks.get(replica, ReplicaTrack())
+                    status = replica_status(placement, kept.get(replica), track, now)
+                    await self.statuses.write(status)
+                for replica in self.statuses.replicas():
+                    if replica not in placements and replica not in with_containers:
+                        if replica not in busy and self.mode == Mode.ACTIVE:
+                            await self.statuses.delete(replica)
         except Exception:  # NATS trouble: the next pass writes what is still due
             log.warning("writing statuses of %s failed", self.node, exc_info=True)
 

@@ -188,7 +188,7 @@ class DockerRuntime:
         """The list call gives each container's state; only containers that are new,
         whose state changed, or that an engine event named are inspected again."""
         filters = {"label": [f"{names.LABEL_MANAGED}=true"]}
-        with self._call("list containers"):
+        with _engine_call("list containers", min(self.call_seconds, time_budget.STOP_SECONDS)):
             listed = await self._docker._query_json(
                 "containers/json", params={"all": "1", "filters": json.dumps(filters)}
             )

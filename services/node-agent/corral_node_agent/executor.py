@@ -90,6 +90,10 @@ class ImagePuller:
     def __init__(self, runtime: Runtime, max_parallel: int = 4) -> None:
         self.runtime = runtime
         self.limiter = anyio.CapacityLimiter(max_parallel)
+        self.removal_limiter = anyio.CapacityLimiter(max_parallel)
+        # Asked right before every create and start: the agent's mode may have changed
+        # since the pass that decided it (isolated, stopping, held ...).
+        self.may_start: Callable[[], bool] = lambda: True
         self._pulls: dict[str, _Pull] = {}
 
     async def pull(self, image: str) -> None:
@@ -136,6 +140,10 @@ class Executor:
         self.on_progress = on_progress
         self.clock = clock
         self.limiter = anyio.CapacityLimiter(max_parallel)
+        self.removal_limiter = anyio.CapacityLimiter(max_parallel)
+        # Asked right before every create and start: the agent's mode may have changed
+        # since the pass that decided it (isolated, stopping, held ...).
+        self.may_start: Callable[[], bool] = lambda: True
         self.puller = ImagePuller(runtime, max_pulls)
 
     def _track(self, replica: str) -> ReplicaTrack:
@@ -160,7 +168,7 @@ class Executor:
                             action.placement, action.container_id, action.restart
                         )
                 case RemoveContainers():
-                    async with self.limiter:
+                    async with self.removal_limiter:  # never waits behind creates
                         await self._remove(action)
                     track = self._track(action.replica)
                     self._set(
@@ -235,6 +243,8 @@ class Executor:
     async def _create(self, action: CreateContainer) -> bool:
         placement = action.placement
         replica = action.replica
+        if not self.may_start():
+            return False  # no longer allowed: the next pass decides again
         self._set(replica, replace(self._track(replica), phase=ReplicaState.CREATING, message=""))
         try:
             container_id = await self._create_container(placement)
@@ -270,6 +280,8 @@ class Executor:
 
     async def _start(self, placement: Placement, container_id: str, restart: bool) -> bool:
         replica = placement.replica
+        if not self.may_start():
+            return False  # no longer allowed: the next pass decides again
         try:
             await self.runtime.start_container(container_id)
         except RuntimeFailure as error:

@@ -2,9 +2,10 @@
 
 Containers of this cluster on this engine under another node's name belong to a
 node that ran on this engine before: renamed, released, or gone. They are removed
-when that node's record is gone (an operator released it), or when it has not
-changed for R' on this agent's clock: by then its own agent, had it been alive but
-cut off, would have stopped them itself at F, and the scheduler has replaced them.
+when that node's record has not changed (or has been absent: released, or a read
+that found nothing) for R' on this agent's clock: by then its own agent, had it
+been alive but cut off, would have stopped them itself at F, and the scheduler has
+replaced them. One read that finds no record is never enough.
 A node whose record names another engine (two nodes sharing one engine, as in
 tests) is left alone.
 """
@@ -76,9 +77,9 @@ class LeftoverSweeper:
             revision = 0 if entry is None or entry.value is None else entry.revision
             since = seen.since if seen is not None and seen.revision == revision else now
             self._seen[other] = _Seen(revision, since, now)
-            if revision and now - since <= self.silent_for:
+            if now - since <= self.silent_for:
                 continue
-            why = "was released" if not revision else f"has been silent for {self.silent_for:g}s"
+            why = f"has had no live record for {self.silent_for:g}s"
             log.warning("removing %d containers of node %s, which %s", len(group), other, why)
             for container in group:
                 try:

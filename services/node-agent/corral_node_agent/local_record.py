@@ -7,7 +7,9 @@ or the agent points at another cluster) is not this node's: the agent touches
 nothing until an operator decides (docs/safety.md).
 
 `adopted` lists earlier clusters whose containers on this node the operator
-adopted: they are kept (orphans) until a Deployment claims them.
+adopted: they are kept (orphans) until a Deployment claims them. `claimed` lists
+the ids of those a placement claimed: from then on they are this node's own for
+good (removed when unplaced, stopped when cut off), whatever their label says.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class LocalRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     node: str
     cluster_id: str
     adopted: list[str] = []
+    claimed: list[str] = []  # container ids of adopted clusters that placements claimed
 
 
 class LocalRecordFile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -20,12 +21,16 @@ from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_MEMORY_BYTES,
     HollowRuntime,
 )
+from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import Runtime
 from corral_node_agent.settings import ENV_AGENT_ID, ENV_STATE_DIR, settings_from_args
 
 log = logging.getLogger(__name__)
 
 SERVICE = "node-agent"
+# The agent's cut-off clock starts with the process, not once NATS answers.
+PROCESS_STARTED = time.monotonic()
 DEFAULT_METRICS_PORT = 9102
 
 
@@ -94,8 +99,13 @@ async def serve_node_decisions(
 
 def build_runtime(args: argparse.Namespace) -> Runtime:
     if args.runtime == "hollow":
+        # A hollow engine lives and dies with its node: its id names the node, so a
+        # restarted agent of that node is recognised as running on the same engine.
+        node = settings_from_args(args).node_name
         return HollowRuntime(
-            cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS, memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES
+            cpu_millis=HOLLOW_DEFAULT_CPU_MILLIS,
+            memory_bytes=HOLLOW_DEFAULT_MEMORY_BYTES,
+            engine_id=f"hollow-{node}",
         )
     # Imported here: aiodocker (and aiohttp under it) only in an agent that drives Docker.
     from corral_node_agent.docker_runtime import DockerRuntime
@@ -119,6 +129,7 @@ async def run(
         cluster=ctx.buckets[names.CLUSTER_BUCKET],
         events=ctx.events,
         health=ctx.health,
+        started_at=PROCESS_STARTED,
     )
     ctx.health["engine"] = False
     try:
@@ -131,8 +142,25 @@ async def run(
         raise  # the service exits non-zero
 
 
+async def stop_if_cut_off_at_start(args: argparse.Namespace, started: anyio.Event) -> None:
+    """Beside NATS setup: past F without the agent started, stop this node's replicas."""
+    settings = settings_from_args(args)
+    runtime = build_runtime(args)
+    try:
+        await stop_if_never_started(
+            runtime,
+            LocalRecordFile(settings.state_dir),
+            settings.node_name,
+            started,
+            stop_after=settings.budget.stop_after,
+            process_started=PROCESS_STARTED,
+        )
+    finally:
+        await runtime.close()
+
+
 def main() -> None:
-    service_main(SERVICE, build_parser(), run)
+    service_main(SERVICE, build_parser(), run, alongside=stop_if_cut_off_at_start)
 
 
 if __name__ == "__main__":

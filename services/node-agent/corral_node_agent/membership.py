@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import anyio
 from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError
 
@@ -26,6 +27,9 @@ from corral_node_agent.local_record import LocalRecord, LocalRecordFile, Unreada
 from corral_node_agent.safety import Identity
 
 log = logging.getLogger(__name__)
+
+LOST_READS = 3
+LOST_READ_SPACING = 0.5
 
 # Removes the containers of one cluster on this node: (removed, failures in words).
 RemoveCluster = Callable[[str], Awaitable[tuple[int, list[str]]]]
@@ -46,6 +50,7 @@ class Membership:
         self.problem = ""  # why the store is not recognised, in words
         self.cluster_id = ""  # the cluster this node belongs to (its local record)
         self.adopted: frozenset[str] = frozenset()
+        self.claimed: frozenset[str] = frozenset()
         self.on_change: Callable[[], None] = lambda: None
 
     def load_local(self) -> None:
@@ -61,25 +66,36 @@ class Membership:
 
     async def check(self) -> None:
         """Read the store's identity and compare. Raises on timeouts and disconnects
-        (nothing was learnt)."""
+        (nothing was learnt). A store that answers without an identity is believed
+        only when it says so LOST_READS times in a row (a clustered KV can answer
+        "not found" for a moment)."""
+        for attempt in range(LOST_READS):
+            if attempt:
+                await anyio.sleep(LOST_READ_SPACING)
+            lost = await self._check_once()
+            if not lost:
+                return
+        self._set(Identity.LOST, lost)
+
+    async def _check_once(self) -> str:
+        """One read; returns why the store seems lost ('' when it is not)."""
         try:
             stored = await read_cluster_identity(self.cluster_bucket)
         except UnreadableIdentity as error:
             self._set(Identity.UNREADABLE, str(error))
-            return
+            return ""
         except Exception as error:
             if store_missing(error):
-                self._set(Identity.LOST, f"the state store answers without it: {error}")
-                return
+                return f"the state store answers without it: {error}"
             raise
         try:
             local = self.local.load()
         except UnreadableLocalRecord as error:
             self._set(Identity.UNREADABLE, f"the local record is unreadable: {error}")
-            return
+            return ""
         if stored is None:
-            self._set(Identity.LOST, "the state store has no cluster identity")
-        elif local is None:
+            return "the state store has no cluster identity"
+        if local is None:
             first = LocalRecord(node=self.node, cluster_id=stored.id)
             self.local.save(first)
             self._accept(first)
@@ -95,13 +111,30 @@ class Membership:
                 f"{local.cluster_id}: its containers are left alone until an operator runs "
                 f"`corral node adopt {self.node}` or `corral node reset {self.node}`",
             )
+        return ""
 
     def _accept(self, record: LocalRecord) -> None:
         changed = (record.cluster_id, frozenset(record.adopted)) != (self.cluster_id, self.adopted)
         self.cluster_id = record.cluster_id
         self.adopted = frozenset(record.adopted)
+        self.claimed = frozenset(record.claimed)
         if changed:
             self.on_change()
+
+    def note_claimed(self, claimed: set[str], existing: set[str]) -> None:
+        """Containers of adopted clusters that placements claimed are own for good;
+        ids of containers that no longer exist are forgotten. Written only on change."""
+        wanted = (self.claimed | claimed) & existing
+        if wanted == self.claimed:
+            return
+        record = LocalRecord(
+            node=self.node,
+            cluster_id=self.cluster_id,
+            adopted=sorted(self.adopted),
+            claimed=sorted(wanted),
+        )
+        self.local.save(record)
+        self.claimed = frozenset(wanted)
 
     def _set(self, identity: Identity, problem: str) -> None:
         if (identity, problem) != (self.identity, self.problem) and problem:
@@ -126,17 +159,22 @@ class Membership:
             return self._refuse(f"cannot read the cluster identities: {error}")
         if stored is None:
             return self._refuse("the state store has no cluster identity yet; try again")
-        old = decision.cluster_id or (
-            local.cluster_id if local is not None and local.cluster_id != stored.id else ""
-        )
+        recorded = local.cluster_id if local is not None and local.cluster_id != stored.id else ""
+        adopted = set(local.adopted if local is not None else ())
+        old = decision.cluster_id or recorded
         if not old:
             return self._refuse(
                 f"node {self.node} already belongs to the store's cluster {stored.id}: "
-                "name the other cluster with --cluster-id"
+                "nothing to adopt or reset"
             )
         if old == stored.id:
             return self._refuse(f"cluster {old} is the store's own cluster: nothing to {verb}")
-        adopted = set(local.adopted if local is not None else ())
+        if old not in adopted | {recorded}:
+            # Another cluster may share this engine and node name: never touch it.
+            return self._refuse(
+                f"cluster {old} is neither the cluster node {self.node} belonged to nor one "
+                "it adopted: corral never touches another cluster's containers"
+            )
         if verb == "adopt":
             adopted.add(old)
             message = (
@@ -152,7 +190,10 @@ class Membership:
                 )
             adopted.discard(old)
             message = f"removed {removed} containers of cluster {old} from node {self.node}"
-        record = LocalRecord(node=self.node, cluster_id=stored.id, adopted=sorted(adopted))
+        kept = sorted(self.claimed) if verb == "adopt" else []
+        record = LocalRecord(
+            node=self.node, cluster_id=stored.id, adopted=sorted(adopted), claimed=kept
+        )
         self.local.save(record)
         self._accept(record)
         self._set(Identity.RECOGNISED, "")

@@ -46,6 +46,13 @@ class Takeover:
     same_engine: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Contest:
+    agent_id: str
+    revision: int  # of the record that named it
+    since: float  # monotonic
+
+
 def stored_node(entry: Entry | None) -> Node | None:
     if entry is None or entry.value is None:
         return None
@@ -82,12 +89,15 @@ class NodeRecord:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         alive_window: float = time_budget.NODE_STALE_SECONDS,
+        takeover_window: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS,
     ) -> None:
         self.bucket = bucket
         self.node = node
         self.clock = clock
         self.monotonic = monotonic
         self.alive_window = alive_window
+        self.takeover_window = takeover_window
+        self._contest: _Contest | None = None  # another agent's id seen in the record
         self.revision: int | None = None
         self.loaded = False
         self.last_acked: float | None = None  # monotonic() of the last write NATS acknowledged
@@ -99,20 +109,36 @@ class NodeRecord:
         if changes:
             self.node = msgspec.structs.replace(self.node, **changes)
 
+    def _is_mine(self, stored: Node) -> bool:
+        """My own record: my agent id, and (when both are known) my engine: the same
+        --agent-id given to agents on two hosts does not make them one agent."""
+        if not stored.agent_id or stored.agent_id != self.node.agent_id:
+            return False
+        return not (stored.engine_id and self.node.engine_id) or (
+            stored.engine_id == self.node.engine_id
+        )
+
+    def _liveness_window(self, stored: Node) -> float:
+        """How long another agent's record must stay unchanged before this one takes
+        the node over: on this very engine the containers are the same ones, so a few
+        heartbeats; from another (or an unknown) engine, R', past the other agent's
+        own stop (docs/time-budget.md)."""
+        ours, theirs = self.node.engine_id, stored.engine_id
+        return self.alive_window if ours and theirs and ours == theirs else self.takeover_window
+
     async def claim(self) -> None:
         """Read the stored record; raise NodeNameTaken when another live agent owns it."""
         entry = await self.bucket.get(self.node.name)
         stored = stored_node(entry)
-        if stored is not None and stored.agent_id and stored.agent_id == self.node.agent_id:
+        if stored is not None and self._is_mine(stored):
             log.info("node %s: the stored record is this agent's own (a restart)", self.node.name)
         elif stored is not None and stored.agent_id and entry is not None:
-            if await record_changes_within(
-                self.bucket, self.node.name, entry.revision, self.alive_window
-            ):
+            window = self._liveness_window(stored)
+            if await record_changes_within(self.bucket, self.node.name, entry.revision, window):
                 raise NodeNameTaken(
                     f"node {self.node.name!r} is already run by another node agent "
                     f"(agent {stored.agent_id}, whose record changed within "
-                    f"{self.alive_window:g}s); stop it, or give this agent another name "
+                    f"{window:g}s); stop it, or give this agent another name "
                     "with --node-name",
                     same_engine=same_engine(self.node.engine_id, stored.engine_id),
                 )
@@ -120,7 +146,7 @@ class NodeRecord:
                 "taking node %s over from agent %s (its record did not change for %gs)",
                 self.node.name,
                 stored.agent_id,
-                self.alive_window,
+                window,
             )
             entry = await self.bucket.get(self.node.name)
         self.revision = None if entry is None or entry.value is None else entry.revision
@@ -138,18 +164,44 @@ class NodeRecord:
                     self.bucket, self.node.name, record, self.revision
                 )
                 self.last_acked = self.monotonic()
+                self._contest = None
                 return
             except Conflict:
                 entry = await self.bucket.get(self.node.name)  # re-read, then retry
                 stored = stored_node(entry)
-                if stored is not None and stored.agent_id not in ("", self.node.agent_id):
-                    self.displaced_by = Takeover(
-                        stored.agent_id, same_engine(self.node.engine_id, stored.engine_id)
-                    )
-                    self.on_displaced(self.displaced_by)
-                    return
+                if stored is not None and stored.agent_id and not self._is_mine(stored):
+                    assert entry is not None
+                    if not self._contested(stored, entry.revision):
+                        return  # not proven alive yet: write nothing, look again next beat
                 self.revision = None if entry is None or entry.value is None else entry.revision
         log.warning("node record %s kept conflicting; next heartbeat retries", self.node.name)
+
+    def _contested(self, stored: Node, revision: int) -> bool:
+        """Another agent's id in this node's record. Displaced only once its record is
+        seen changing (that agent is alive); a record that stays as it is for the
+        liveness window (a store restored from a backup, a dead agent) is taken back.
+        Returns True when the record may be overwritten now."""
+        now = self.monotonic()
+        contest = self._contest
+        if contest is None or contest.agent_id != stored.agent_id:
+            self._contest = _Contest(stored.agent_id, revision, now)
+            return False
+        if revision != contest.revision:
+            self.displaced_by = Takeover(
+                stored.agent_id, same_engine(self.node.engine_id, stored.engine_id)
+            )
+            self.on_displaced(self.displaced_by)
+            return False
+        if now - contest.since <= self._liveness_window(stored):
+            return False
+        log.warning(
+            "node %s: the record names agent %s, which has not written it for %gs: taking it back",
+            self.node.name,
+            stored.agent_id,
+            now - contest.since,
+        )
+        self._contest = None
+        return True
 
     async def release(self) -> None:
         """On a clean stop: clear agent_id, so a successor of this name starts at once."""

@@ -5,7 +5,7 @@ An agent lists every container corral manages on its engine and sorts them:
     own          this cluster, this node: reconciled against the placements
     orphans      an adopted earlier cluster, this node, no placement claims them yet:
                  kept running and reported; a placement of the same replica and
-                 Deployment claims one (it becomes own)
+                 Deployment claims one, and it is own from then on (`claimed`)
     foreign      another cluster (or a corral without cluster ids): never touched
     other_nodes  this cluster, another node's name: left alone (a renamed node's
                  leftovers are handled at start, see agent.py)
@@ -35,6 +35,7 @@ def classify(
     cluster_id: str,
     adopted: Collection[str],
     placements: Mapping[str, Placement],
+    claimed: Collection[str] = frozenset(),
 ) -> Ownership:
     result = Ownership()
     for container in containers:
@@ -44,8 +45,9 @@ def classify(
             (result.own if container.node == node else result.other_nodes).append(container)
         elif container.cluster in adopted and container.cluster and container.node == node:
             placed = placements.get(container.replica)
-            claimed = placed is not None and placed.deployment == container.deployment
-            (result.own if claimed else result.orphans).append(container)
+            now_claimed = placed is not None and placed.deployment == container.deployment
+            mine = now_claimed or container.id in claimed
+            (result.own if mine else result.orphans).append(container)
         else:
             result.foreign.append(container)
     return result

@@ -45,22 +45,40 @@ def state_dir_from_args(args: argparse.Namespace, node: str) -> Path:
     return Path.home() / ".local" / "state" / "corral" / "node-agent" / node
 
 
-def agent_id_from_args(args: argparse.Namespace) -> str:
-    """--agent-id, else $CORRAL_AGENT_ID, else a random id for this process.
+def agent_id_from_args(args: argparse.Namespace, state_dir: Path | None = None) -> str:
+    """--agent-id, else $CORRAL_AGENT_ID, else the id kept in the state dir (made and
+    kept there on first use), else a random id for this process.
 
-    A supervisor that restarts the agent passes the same id each time, so the new
-    process recognises the Node record (and fresh heartbeat) as its own."""
+    A restarted agent then recognises the Node record as its own and goes on at
+    once, instead of waiting out another agent's silence while its node looks lost."""
     given = (getattr(args, "agent_id", None) or os.environ.get(ENV_AGENT_ID) or "").strip()
-    return given or secrets.token_hex(8)
+    if given:
+        return given
+    if state_dir is None:
+        return secrets.token_hex(8)
+    kept = state_dir / "agent-id"
+    try:
+        stored = kept.read_text().strip()
+    except FileNotFoundError:
+        stored = ""
+    if stored:
+        return stored
+    made = secrets.token_hex(8)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    scratch = kept.with_name(f".agent-id.{os.getpid()}")
+    scratch.write_text(f"{made}\n")
+    scratch.replace(kept)
+    return made
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     cpu = cpu_millis(args.cpu) if args.cpu is not None else None
     memory = memory_bytes(args.memory) if args.memory is not None else None
     node = dns_label(args.node_name) if args.node_name else default_node_name()
+    state_dir = state_dir_from_args(args, node)
     return AgentSettings(
         node_name=node,
-        state_dir=state_dir_from_args(args, node),
+        state_dir=state_dir,
         labels=parse_labels(args.label),
         cpu_millis=cpu,
         memory_bytes=memory,
@@ -68,5 +86,5 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         heartbeat_seconds=args.heartbeat_seconds,
         resync_seconds=args.resync_seconds,
         max_parallel=args.max_parallel,
-        agent_id=agent_id_from_args(args),
+        agent_id=agent_id_from_args(args, state_dir),
     )

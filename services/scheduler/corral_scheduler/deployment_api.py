@@ -10,7 +10,8 @@ Two more rules keep writes from going backwards (docs/api.md, "Durable specs"):
 - a durable spec (from the CORRAL_SPECS stream, `sequence` > 0) older than what is
   stored is skipped: every stored Deployment records the stream sequence it came
   from (metadata.specSequence; a request records the stream's newest sequence at
-  the time), and a request's delete is remembered in corral.natsio.spec_progress.
+  the time), and a request's delete is remembered in corral.natsio.spec_progress before
+  the object is deleted (when it cannot be, nothing is deleted: a retryable error).
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
 from corral.contract.events import (
     REASON_BUSY,
     REASON_CONFLICT,
+    REASON_INTERNAL,
     REASON_INVALID,
     REASON_NOT_FOUND,
     REASON_SUPERSEDED,
     Reply,
 )
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
-from corral.natsio.bus import DurableSpecHandler
+from corral.natsio.bus import DurableSpecHandler, is_store_full, store_full_reply
 from corral.natsio.kv import Bucket, Conflict, Entry
-from corral.natsio.spec_progress import read_progress, remember_delete
+from corral.natsio.spec_progress import progress_key, read_progress, remember_delete
 
 KIND = "Deployment"
 CAS_ATTEMPTS = 10
@@ -194,6 +197,7 @@ class DeploymentAPI:
         if skipped is not None:
             return skipped
         position = await self._position(sequence)
+        remembered = False
         for _ in range(CAS_ATTEMPTS):
             entry = await self.deployments.get(request.name)
             stale = _stale(request.name, request.resource_version, entry, "resourceVersion")
@@ -206,19 +210,44 @@ class DeploymentAPI:
                 older = _older_than_stored(request.name, sequence, current)
                 if older is not None:
                     return older
+            if not remembered and not sequence and self.progress is not None and position:
+                # A durable spec of this name still waiting in the stream is older than
+                # this delete: it must not bring the Deployment back. Remembered before
+                # the delete, and no delete without it.
+                failed = await self._remember_delete(request.name, position)
+                if failed is not None:
+                    return failed
+                remembered = True
             try:
                 await self.deployments.delete(request.name, revision=entry.revision)
             except Conflict:
                 continue
-            if not sequence and self.progress is not None and position:
-                # A durable spec of this name still waiting in the stream is older than
-                # this delete: it must not bring the Deployment back.
-                try:
-                    await remember_delete(self.progress, KIND, request.name, position)
-                except Exception:
-                    log.warning("could not remember the delete of %s", request.name, exc_info=True)
             return Reply(ok=True, kind=KIND, name=request.name, revision=entry.revision)
         return _busy(request.name)
+
+    async def _remember_delete(self, name: str, position: int) -> Reply | None:
+        """Remember a request's delete in the progress record; the retryable refusal
+        (nothing deleted) when that fails."""
+        assert self.progress is not None
+        try:
+            await remember_delete(self.progress, KIND, name, position)
+        except Exception as error:
+            log.warning("could not remember the delete of %s", name, exc_info=True)
+            if is_store_full(error):
+                return store_full_reply(error)
+            return Reply(
+                ok=False,
+                kind=KIND,
+                name=name,
+                reason=REASON_BUSY if isinstance(error, Conflict) else REASON_INTERNAL,
+                error=(
+                    f"deployment {name!r} was not deleted: the delete could not be recorded "
+                    f"in {self.progress.name}/{progress_key(KIND)} ({type(error).__name__}: "
+                    f"{error}), and without it an older spec still waiting in "
+                    f"{names.SPEC_STREAM} could bring the deployment back; try again"
+                ),
+            )
+        return None
 
     @staticmethod
     def _new(wanted: Deployment, position: int, generation: int = 1) -> Deployment:

@@ -45,6 +45,20 @@ async def run(
         progress=leases,
         spec_position=partial(spec_stream_position, ctx.js, KIND),
     ).handlers()
+    # The durable consumer first: a Deployment written by request before it exists
+    # would make a first start look like a consumer lost with its progress record.
+    await ctx.task_group.start(
+        partial(
+            consume_spec_stream,
+            ctx.js,
+            KIND,
+            handlers,
+            ctx.events,
+            durable=DURABLE,
+            progress=leases,
+            objects_bucket=names.DEPLOYMENTS_BUCKET,
+        )
+    )
     await ctx.task_group.start(
         partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
     )
@@ -55,17 +69,6 @@ async def run(
             NODE_KIND,
             NodeAPI(loop, ctx.events).handlers(),
             queue="scheduler",
-        )
-    )
-    await ctx.task_group.start(
-        partial(
-            consume_spec_stream,
-            ctx.js,
-            KIND,
-            handlers,
-            ctx.events,
-            durable=DURABLE,
-            progress=leases,
         )
     )
     # Delete markers older than their retention go, so watches replay a bounded history.

@@ -3,7 +3,12 @@
 A release is an operator's word that a node is gone for good. It is refused while
 the node is alive: its record changed within R (NODE_LOST_SECONDS) on the
 scheduler's own clock, or the scheduler cannot tell (its view of NATS is not
-fresh, or it has not watched for R yet). Otherwise:
+fresh, or it has not watched for R yet). It is refused too while the node has
+replicas of "AfterStop" Deployments and has been silent for less than R'
+(NODE_LOST_AFTER_STOP_SECONDS): an agent that is only cut off runs them until it
+stops them itself (at F + 2 STOP), so a replacement now would be a second copy;
+`force` (`--force`) is the operator's word that the node's containers are gone.
+Otherwise:
 
     1. the node's record is deleted (compare-and-set on the revision judged on),
     2. a NodeRelease is stored at corral_leases["released.<node>"] (the scheduler
@@ -18,6 +23,7 @@ starts afresh: nothing is placed on it, so it removes what it ran) ends it too.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -25,7 +31,12 @@ import msgspec
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import Reply
 from corral.contract.specs import NodeReleaseRequest
-from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.time_budget import (
+    CUT_OFF_STOP_SECONDS,
+    NODE_LOST_AFTER_STOP_SECONDS,
+    NODE_LOST_SECONDS,
+    STOP_SECONDS,
+)
 from corral.natsio.bus import EventPublisher, SpecHandler
 from corral.natsio.kv import Conflict, Entry
 
@@ -85,6 +96,10 @@ class NodeAPI:
                 f"ago (a node is released only after {NODE_LOST_SECONDS:g} s of silence); "
                 "stop its node agent first",
             )
+        if not request.force and silence < NODE_LOST_AFTER_STOP_SECONDS:
+            after_stop = self._after_stop_deployments(name)
+            if after_stop:
+                return _refused(name, _may_still_run(name, after_stop, silence), field="force")
         marker = 0
         if known:
             judged = loop.nodes.revision(name)
@@ -108,10 +123,41 @@ class NodeAPI:
         )
         if self.events is not None:
             await self.events.emit(
-                "node", name, "Released", f"node {name} released by an operator: {message}"
+                "node",
+                name,
+                "Released",
+                f"node {name} released by an operator{' (forced)' * request.force}: {message}",
             )
         return Reply(ok=True, kind=KIND, name=name, revision=revision, message=message)
 
+    def _after_stop_deployments(self, node: str) -> list[str]:
+        """The Deployments with replicas placed on `node` that must never run twice:
+        "AfterStop" ones, and those whose stored spec cannot be read (they may be)."""
+        deployments = self.loop.deployments
+        found = set()
+        for placement in self.loop.placements.values():
+            if placement.node != node:
+                continue
+            deployment = deployments.get(placement.deployment)
+            if placement.deployment in deployments.unreadable or (
+                deployment is not None and deployment.spec.replacement == "AfterStop"
+            ):
+                found.add(placement.deployment)
+        return sorted(found)
 
-def _refused(name: str, error: str) -> Reply:
-    return Reply(ok=False, kind=KIND, name=name, error=error, field="name")
+
+def _may_still_run(name: str, deployments: list[str], silence: float) -> str:
+    wait = math.ceil(NODE_LOST_AFTER_STOP_SECONDS - silence)
+    gone_by = CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS
+    return (
+        f"node {name!r} has replicas of AfterStop Deployments ({', '.join(deployments)}) "
+        f"that may still run: if its agent is only cut off, it removes them itself by "
+        f"{gone_by:g} s of silence, and they are replaced after "
+        f"{NODE_LOST_AFTER_STOP_SECONDS:g} s. It has been silent {max(silence, 0):.1f} s: "
+        f"wait {wait} s more, or release it with force (corral node release {name} "
+        "--force) if you know the node's containers are gone"
+    )
+
+
+def _refused(name: str, error: str, *, field: str = "name") -> Reply:
+    return Reply(ok=False, kind=KIND, name=name, error=error, field=field)

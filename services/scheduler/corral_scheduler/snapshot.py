@@ -14,6 +14,7 @@ The rules follow from the time budget (corral.contract.time_budget, docs/time-bu
     > R'                             replaced               replaced
     released by an operator          replaced at once       replaced at once
     engine down (heartbeating) > E   replaced               kept (the copies may still run)
+    not ready because Held           kept                   kept (its agent keeps them running)
 
 R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS, E = ENGINE_DOWN_EVICTION_SECONDS.
 """
@@ -34,6 +35,11 @@ from corral.contract.time_budget import (
 # Agent safety modes (Node.mode) in which the agent starts nothing: no new replicas go
 # there. "Held" waits for an operator's decision (`corral node adopt|reset`).
 NO_NEW_REPLICAS_MODES = frozenset({"Held", "Isolated", "Stopping", "HandedOver", "Retired"})
+# Modes in which the agent reports ready=False on purpose while it keeps every
+# replica running: not an engine that is down, so its replicas are never replaced
+# for it (they still run; a replacement would be a second copy for as long as the
+# operator takes to decide). Silence still counts.
+KEEPS_REPLICAS_MODES = frozenset({"Held"})
 
 
 class Loss(enum.StrEnum):
@@ -103,7 +109,12 @@ class Snapshot:
         if silence > (NODE_LOST_AFTER_STOP_SECONDS if after_stop else NODE_LOST_SECONDS):
             return Loss.SILENT
         node = self.nodes.get(name)
-        if not after_stop and node is not None and not node.ready:
+        if (
+            not after_stop
+            and node is not None
+            and not node.ready
+            and node.mode not in KEEPS_REPLICAS_MODES
+        ):
             assert self.feed_fresh_since is not None
             since = max(self.node_not_ready_since.get(name, now), self.feed_fresh_since)
             if now - since > ENGINE_DOWN_EVICTION_SECONDS:

@@ -288,9 +288,14 @@ class DeleteRequest(_Public, frozen=True):
 class NodeReleaseRequest(_Public, frozen=True):
     """An operator's word that a node is gone for good (`corral node release NODE`):
     the scheduler replaces its replicas at once, "AfterStop" Deployments included,
-    and forgets the node. Answered by the scheduler on corral.api.node.release."""
+    and forgets the node. Answered by the scheduler on corral.api.node.release.
+
+    A node with replicas of "AfterStop" Deployments is released only after R' of
+    silence (its agent, if merely cut off, may run them until then), unless `force`:
+    the operator knows the node's containers are gone (docs/safety.md)."""
 
     name: DnsLabel
+    force: bool = False
 
 
 class NodeDecision(_Public, frozen=True):

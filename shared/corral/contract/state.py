@@ -26,6 +26,10 @@ class Cluster(_Record, frozen=True, kw_only=True):
 
     id: str
     created_at: float = 0.0
+    # The buckets this cluster's state has (corral.natsio.cluster): one listed here and
+    # missing from the store was lost, and is never made again empty. Empty in an
+    # identity made before the list existed (corral.natsio.cluster.listed_buckets).
+    buckets: list[str] = []
 
 
 class OrphanReplica(_Record, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
+from nats.js.kv import KeyValue
 
 from corral.contract import names, time_budget
 from corral.contract.codec import encode
@@ -33,9 +34,10 @@ from corral.contract.events import (
     Event,
     Reply,
 )
+from corral.natsio.cluster import StateStoreLost, list_buckets, lost_buckets, read_cluster_identity
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import Bucket, NatsBucket
-from corral.natsio.spec_progress import advance, read_progress
+from corral.natsio.spec_progress import advance, progress_key, recorded_progress, start_progress
 
 log = logging.getLogger(__name__)
 
@@ -290,13 +292,37 @@ async def open_buckets(
     js: JetStreamContext, settings: StoreSettings | None = None
 ) -> dict[str, NatsBucket]:
     """Open every corral bucket by name, creating missing ones, and bring existing ones
-    up to `settings` (replicas, size limit), never lowering them."""
+    up to `settings` (replicas, size limit), never lowering them.
+
+    A missing bucket is made only when the cluster's state never had it: when the
+    store has a cluster identity (corral.natsio.cluster) that lists a missing bucket, that
+    bucket was lost, and this raises StateStoreLost before anything is made (an
+    empty placements or deployments bucket would remove every replica). A bucket
+    the identity does not list yet (one a newer corral added) is made, then listed.
+    A store without an identity (new, or wholly wiped) gets every bucket; the
+    identity is made after them (corral.natsio.cluster.ensure_cluster_identity).
+    """
     settings = settings or StoreSettings.from_env()
-    buckets: dict[str, NatsBucket] = {}
+    found: dict[str, KeyValue] = {}
+    missing: list[str] = []
     for bucket in names.ALL_BUCKETS:
         try:
-            kv = await js.key_value(bucket)
+            found[bucket] = await js.key_value(bucket)
         except js_errors.BucketNotFoundError:
+            missing.append(bucket)
+    identity = None
+    if names.CLUSTER_BUCKET in found:
+        cluster_bucket = NatsBucket(found[names.CLUSTER_BUCKET], names.CLUSTER_BUCKET)
+        identity = await read_cluster_identity(cluster_bucket)
+    if identity is not None:
+        lost = lost_buckets(identity, missing)
+        if lost:
+            raise StateStoreLost(identity.id, lost)
+    buckets: dict[str, NatsBucket] = {}
+    for bucket in names.ALL_BUCKETS:
+        kv = found.get(bucket)
+        if kv is None:
+            log.info("making bucket %s (not in the cluster's state yet)", bucket)
             kv = await js.create_key_value(
                 bucket=bucket,
                 history=5,
@@ -307,6 +333,10 @@ async def open_buckets(
         else:
             await _raise_bucket(js, bucket, settings)
         buckets[bucket] = NatsBucket(kv, bucket)
+    if identity is not None:
+        # Made first, listed after: a crash between the two leaves an unlisted
+        # bucket, listed at the next start.
+        await list_buckets(buckets[names.CLUSTER_BUCKET], names.ALL_BUCKETS)
     return buckets
 
 
@@ -603,6 +633,47 @@ class RetryPolicy:
     max_delay: float = 5.0
 
 
+@dataclass(frozen=True)
+class ConsumerStart:
+    """Where a durable consumer of specs that is missing is made to start."""
+
+    policy: js_api.DeliverPolicy
+    after: int = 0  # BY_START_SEQUENCE: the last spec handled
+
+    def describe(self) -> str:
+        if self.policy == js_api.DeliverPolicy.BY_START_SEQUENCE:
+            return f"from stream sequence {self.after + 1}"
+        if self.policy == js_api.DeliverPolicy.NEW:
+            return "delivering only new specs"
+        return "delivering every spec in the stream"
+
+
+def consumer_start(
+    applied: int | None, *, recorded: bool, lost: bool, objects_written: bool
+) -> ConsumerStart:
+    """Where a missing durable consumer of specs starts (docs/api.md, "Durable specs").
+
+    applied: the last spec handled, as the progress record says (None: the record is
+    missing or unreadable). recorded: a record is stored, readable or not. lost: the
+    consumer was seen gone while running. objects_written: the kind's objects bucket
+    was written before (its owner ran).
+
+    - known progress: after the last spec handled (everything when none was);
+    - the kind's first start (no record, not lost, no object ever written): every
+      spec in the stream, published before the owner first ran;
+    - otherwise progress is unknown (the record was lost with the consumer, or
+      cannot be read): only new specs. Replaying old ones could bring back deleted
+      objects; the caller warns that unapplied older ones, if any, are skipped.
+    """
+    if applied is not None:
+        if applied:
+            return ConsumerStart(js_api.DeliverPolicy.BY_START_SEQUENCE, applied)
+        return ConsumerStart(js_api.DeliverPolicy.ALL)
+    if not recorded and not lost and not objects_written:
+        return ConsumerStart(js_api.DeliverPolicy.ALL)
+    return ConsumerStart(js_api.DeliverPolicy.NEW)
+
+
 @dataclass
 class _SpecConsumer:
     js: JetStreamContext
@@ -615,6 +686,8 @@ class _SpecConsumer:
     settings: StoreSettings
     fetch_wait: float
     expiry_check_every: float
+    # The bucket of the kind's objects: written ever means the owner ran before.
+    objects_bucket: str | None = None
     applied: int = 0  # every spec at or below was handled (as stored in `progress`)
     subscription: JetStreamContext.PullSubscription | None = None
     _idle_checked_at: float = 0.0
@@ -624,28 +697,88 @@ class _SpecConsumer:
     def subject(self) -> str:
         return f"{names.SPEC_PREFIX}.{self.kind.lower()}.>"
 
-    async def subscribe(self) -> None:
-        """Bind to the durable consumer, making it where it is missing: from the spec
-        after the last one handled, so nothing handled is replayed."""
-        stored, _ = await read_progress(self.progress, self.kind)
-        self.applied = max(self.applied, stored.applied)
+    async def subscribe(self, *, lost: bool = False) -> None:
+        """Bind to the durable consumer, making it where it is missing (`lost`: it was
+        seen gone while running). Where it starts is consumer_start's rule: after the
+        last spec handled, so nothing handled is replayed; only new specs when how far
+        specs were handled is unknown; everything at the kind's first start."""
+        stored, recorded = await recorded_progress(self.progress, self.kind)
+        if stored is not None:
+            self.applied = max(self.applied, stored.applied)
         config = js_api.ConsumerConfig(ack_wait=30, max_ack_pending=64)
         try:
-            await self.js.consumer_info(names.SPEC_STREAM, self.durable)
-        except js_errors.NotFoundError:
-            if self.applied:
-                config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = self.applied + 1
-            log.info(
-                "making the durable consumer %s from stream sequence %d",
-                self.durable,
-                self.applied + 1,
+            bound: js_api.ConsumerInfo | None = await self.js.consumer_info(
+                names.SPEC_STREAM, self.durable
             )
+        except js_errors.NotFoundError:
+            bound = None
+        start: ConsumerStart | None = None
+        if bound is None:
+            written = False
+            if stored is None and not recorded and not lost:
+                written = await self._objects_written()
+            start = consumer_start(
+                None if stored is None else self.applied,
+                recorded=recorded,
+                lost=lost,
+                objects_written=written,
+            )
+            config.deliver_policy = start.policy
+            if start.policy == js_api.DeliverPolicy.BY_START_SEQUENCE:
+                config.opt_start_seq = start.after + 1
+            log.info("making the durable consumer %s: %s", self.durable, start.describe())
+            if start.policy == js_api.DeliverPolicy.ALL:
+                # Made with the consumer: from now on a missing record means a lost one.
+                await start_progress(self.progress, self.kind, 0)
         if self.subscription is not None:
             await _quietly(self.subscription.unsubscribe())
         self.subscription = await self.js.pull_subscribe(
             self.subject, durable=self.durable, stream=names.SPEC_STREAM, config=config
         )
+        if bound is not None:
+            if stored is None:  # a consumer that knows how far it got, without a record
+                floor = bound.ack_floor.stream_seq if bound.ack_floor else 0
+                self.applied = (await start_progress(self.progress, self.kind, floor)).applied
+            return
+        assert start is not None
+        if start.policy == js_api.DeliverPolicy.NEW:
+            await self._skipped_old_specs(recorded)
+        elif recorded or lost:
+            await self.events.emit(
+                self.kind,
+                "",
+                "ConsumerRecreated",
+                f"the durable consumer {self.durable} was lost; made again from "
+                f"stream sequence {self.applied + 1} (nothing applied is replayed)",
+                warning=True,
+            )
+
+    async def _objects_written(self) -> bool:
+        """Whether the kind's objects bucket was ever written (its stream's sequence
+        never goes back): the kind's owner ran before."""
+        if self.objects_bucket is None:
+            return False
+        info = await self.js.stream_info(bucket_stream(self.objects_bucket))
+        return bool(info.state.last_seq)
+
+    async def _skipped_old_specs(self, recorded: bool) -> None:
+        """The consumer was made delivering only new specs: record where they start,
+        and say that older ones (if any were unapplied) are skipped, and why."""
+        info = await self.js.consumer_info(names.SPEC_STREAM, self.durable)
+        boundary = info.delivered.stream_seq if info.delivered else 0
+        self.applied = (await start_progress(self.progress, self.kind, boundary)).applied
+        record = f"{self.progress.name}/{progress_key(self.kind)}"
+        why = "cannot be read" if recorded else "is missing"
+        message = (
+            f"the durable consumer {self.durable} was lost and the record of how far "
+            f"{self.kind} specs were applied ({record}) {why}: it was made again "
+            f"delivering only new specs (after stream sequence {boundary}). Older "
+            f"{self.kind} specs not applied yet, if any, are skipped: replaying them "
+            f"could bring back deleted objects or undo newer changes. Publish again any "
+            "you still want applied"
+        )
+        log.warning("%s", message)
+        await self.events.emit(self.kind, "", "SpecsSkipped", message, warning=True)
 
     async def consumer_lost(self) -> bool:
         try:
@@ -667,21 +800,9 @@ class _SpecConsumer:
                 continue
             except Exception as error:  # a disconnect, a JetStream hiccup, a lost consumer
                 if await self.consumer_lost():
-                    log.warning(
-                        "the durable consumer %s is gone; making it again after sequence %d",
-                        self.durable,
-                        self.applied,
-                    )
-                    await self.events.emit(
-                        self.kind,
-                        "",
-                        "ConsumerRecreated",
-                        f"the durable consumer {self.durable} was lost; made again from "
-                        f"stream sequence {self.applied + 1} (nothing applied is replayed)",
-                        warning=True,
-                    )
+                    log.warning("the durable consumer %s is gone; making it again", self.durable)
                     try:
-                        await self.subscribe()
+                        await self.subscribe(lost=True)
                         delay = 0.5
                         continue
                     except Exception:
@@ -832,6 +953,7 @@ async def consume_spec_stream(
     settings: StoreSettings | None = None,
     fetch_wait: float = 1.0,
     expiry_check_every: float = 60.0,
+    objects_bucket: str | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Apply what was published on corral.spec.<kind>.<verb>, even while this owner was down.
@@ -842,7 +964,11 @@ async def consume_spec_stream(
     in place per `retry`, then given up on: terminated (never redelivered, kept in the
     stream) and told as a SpecFailed Warning naming its sequence. How far specs were
     handled is kept in `progress` (corral.natsio.spec_progress): a redelivered spec is skipped,
-    and a lost durable consumer is made again after the last one handled.
+    and a lost durable consumer is made again after the last one handled, or, when
+    that is unknown, delivering only new specs (a SpecsSkipped Warning says so).
+    `objects_bucket` (the bucket the kind's objects are stored in) tells the kind's
+    first start (everything in the stream is delivered) from a consumer lost with
+    its record (the bucket was written before).
     """
     consumer = _SpecConsumer(
         js=js,
@@ -855,6 +981,7 @@ async def consume_spec_stream(
         settings=settings or StoreSettings.from_env(),
         fetch_wait=fetch_wait,
         expiry_check_every=expiry_check_every,
+        objects_bucket=objects_bucket,
     )
     await consumer.subscribe()
     task_status.started()

@@ -4,12 +4,19 @@ Every container (and later network and volume) corral makes carries it in the
 label io.corral.cluster, so that nothing ever acts on another cluster's objects,
 and a node agent can tell a state store it knows from one that was lost and made
 anew (docs/safety.md).
+
+The identity also lists the buckets the cluster's state has. A listed bucket that
+is missing was lost: corral never makes it again empty (an empty placements bucket
+would make every agent remove every replica), it refuses to start (StateStoreLost).
+A bucket a newer corral adds is made, then listed (compare-and-set).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -23,6 +30,78 @@ class UnreadableIdentity(Exception):
     """The stored identity does not decode: nothing may act until an operator looks."""
 
 
+# Every bucket existed when an identity without `buckets` was made (the corral of
+# that time made them all first): such an identity lists these.
+BUCKETS_BEFORE_THE_LIST: Final = (
+    "corral_deployments",
+    "corral_deployment_status",
+    "corral_nodes",
+    "corral_placements",
+    "corral_replica_status",
+    "corral_leases",
+    "corral_cluster",
+)
+
+CAS_ATTEMPTS = 10
+
+
+class StateStoreLost(Exception):
+    """Buckets the cluster's state has are missing from the store: corral refuses to
+    make them again empty."""
+
+    def __init__(self, cluster_id: str, lost: Sequence[str]) -> None:
+        self.cluster_id = cluster_id
+        self.lost = tuple(lost)
+        which = f"bucket {lost[0]}" if len(lost) == 1 else "buckets " + ", ".join(lost)
+        super().__init__(
+            f"the state store lost {which} of cluster {cluster_id}: corral will not "
+            "recreate it empty, which would remove every replica; restore it from a "
+            "backup, or start a new cluster with an empty store"
+        )
+
+
+def listed_buckets(identity: Cluster) -> tuple[str, ...]:
+    """The buckets the cluster's state has, as its identity lists them."""
+    return tuple(identity.buckets) if identity.buckets else BUCKETS_BEFORE_THE_LIST
+
+
+def lost_buckets(identity: Cluster, missing: Sequence[str]) -> list[str]:
+    """Which of the `missing` buckets the cluster had (lost), in the order given."""
+    listed = set(listed_buckets(identity))
+    return [bucket for bucket in missing if bucket in listed]
+
+
+async def list_buckets(bucket: Bucket, present: Sequence[str]) -> Cluster | None:
+    """Make the identity list `present` too (buckets made since it was made, or an
+    identity from before the list): compare-and-set, so two services starting at
+    once both end with every bucket listed. None: there is no identity (yet)."""
+    for _ in range(CAS_ATTEMPTS):
+        entry = await bucket.get(names.CLUSTER_KEY)
+        if entry is None or entry.value is None:
+            return None
+        identity = _decode(bucket, entry.value)
+        listed = listed_buckets(identity)
+        wanted = [*listed, *(name for name in present if name not in listed)]
+        if list(identity.buckets) == wanted:
+            return identity
+        extended = msgspec.structs.replace(identity, buckets=wanted)
+        try:
+            await bucket.update(names.CLUSTER_KEY, encode(extended), entry.revision)
+        except Conflict:
+            continue  # another service listed them meanwhile: read again
+        return extended
+    raise RuntimeError("the cluster identity kept changing while its buckets were listed")
+
+
+def _decode(bucket: Bucket, raw: bytes) -> Cluster:
+    try:
+        return decode(raw, Cluster)
+    except msgspec.DecodeError as error:
+        raise UnreadableIdentity(
+            f"{bucket.name}/{names.CLUSTER_KEY} cannot be read: {error}"
+        ) from None
+
+
 def new_cluster_id() -> str:
     return secrets.token_hex(8)
 
@@ -31,21 +110,18 @@ async def read_cluster_identity(bucket: Bucket) -> Cluster | None:
     entry = await bucket.get(names.CLUSTER_KEY)
     if entry is None or entry.value is None:
         return None
-    try:
-        return decode(entry.value, Cluster)
-    except msgspec.DecodeError as error:
-        raise UnreadableIdentity(
-            f"{bucket.name}/{names.CLUSTER_KEY} cannot be read: {error}"
-        ) from None
+    return _decode(bucket, entry.value)
 
 
 async def ensure_cluster_identity(bucket: Bucket) -> Cluster:
-    """The stored identity; made (compare-and-set create) when the state has none yet."""
+    """The stored identity; made (compare-and-set create) when the state has none yet,
+    listing every bucket of names.ALL_BUCKETS: call it after corral.natsio.bus.open_buckets
+    made them (buckets first, then the identity that says they exist)."""
     for _ in range(5):
         found = await read_cluster_identity(bucket)
         if found is not None:
             return found
-        made = Cluster(id=new_cluster_id(), created_at=time.time())
+        made = Cluster(id=new_cluster_id(), created_at=time.time(), buckets=list(names.ALL_BUCKETS))
         try:
             await bucket.create(names.CLUSTER_KEY, encode(made))
         except Conflict:

@@ -29,7 +29,7 @@ from corral.natsio.bus import (
     ensure_streams,
     open_buckets,
 )
-from corral.natsio.cluster import ensure_cluster_identity
+from corral.natsio.cluster import StateStoreLost, UnreadableIdentity, ensure_cluster_identity
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
@@ -99,8 +99,10 @@ async def run_service(
         # JS_API_TIMEOUT_SECONDS and is retried through another.
         setup_js = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
         settings = StoreSettings.from_env()
-        await ensure_streams(setup_js, settings)
+        # Buckets first: a store that lost a bucket of its cluster is refused before
+        # anything is made (corral.natsio.bus.open_buckets).
         await open_buckets(setup_js, settings)
+        await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
         buckets = await open_buckets(js, settings)
         cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
@@ -139,7 +141,19 @@ async def _until_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun) -> None:
+# Runs beside a service from the process's first moment, before NATS is reached:
+# async def alongside(args, started: anyio.Event) where `started` is set once the
+# service reports started (the node agent's offline stop, docs/safety.md).
+Alongside = Callable[[argparse.Namespace, anyio.Event], Coroutine[Any, Any, object]]
+
+
+def service_main(
+    service: str,
+    parser: argparse.ArgumentParser,
+    run: ServiceRun,
+    *,
+    alongside: Alongside | None = None,
+) -> None:
     """The console entry point of a service: parse flags, run until SIGINT/SIGTERM."""
     args = parser.parse_args()
     logging.basicConfig(
@@ -147,13 +161,35 @@ def service_main(service: str, parser: argparse.ArgumentParser, run: ServiceRun)
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
 
+    async def serve(started: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_service, service, run, args)
+            started.set()
+
     async def main() -> None:
+        started = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_until_signal, tg.cancel_scope)
-            await run_service(service, run, args)
+            if alongside is not None:
+                tg.start_soon(alongside, args, started)
+            await serve(started)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except* (StateStoreLost, UnreadableIdentity) as refused:
+        # Not a crash: the store cannot be trusted; say why in one line, exit 1.
+        for error in _leaves(refused):
+            log.critical("%s refuses to start: %s", service, error)
+        raise SystemExit(1) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a (nested) exception group."""
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 async def run_idle(

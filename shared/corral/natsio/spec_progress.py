@@ -5,7 +5,10 @@ CORRAL_SPECS stream safe to replay:
 
 - `applied`: every spec of this kind at or below this stream sequence was handled
   (applied, rejected, skipped or given up on). A redelivered spec at or below it is
-  skipped, and a lost durable consumer is made again from `applied + 1`.
+  skipped, and a lost durable consumer is made again from `applied + 1`. The record
+  is made with the durable consumer, so a lost consumer without it (missing or
+  unreadable) cannot know what was applied: it is made again delivering only new
+  specs, never replaying old ones (corral.natsio.bus).
 - `deleted`: name -> the stream's last sequence when a request (not the stream)
   deleted that object while older specs of the kind were still unapplied. A spec of
   that name at or below it is older than the delete, and never brings the object
@@ -59,6 +62,22 @@ async def read_progress(bucket: Bucket, kind: str) -> tuple[SpecProgress, int | 
         return SpecProgress(), entry.revision
 
 
+async def recorded_progress(bucket: Bucket, kind: str) -> tuple[SpecProgress | None, bool]:
+    """The stored progress (None: missing or unreadable), and whether a record is
+    stored at all (False: missing)."""
+    entry = await bucket.get(progress_key(kind))
+    if entry is None or entry.value is None:
+        return None, False
+    return _readable(entry.value), True
+
+
+def _readable(raw: bytes) -> SpecProgress | None:
+    try:
+        return decode(raw, SpecProgress)
+    except msgspec.DecodeError:
+        return None
+
+
 async def _write(bucket: Bucket, kind: str, progress: SpecProgress, revision: int | None) -> None:
     key = progress_key(kind)
     if revision is None:
@@ -102,3 +121,31 @@ async def remember_delete(bucket: Bucket, kind: str, name: str, position: int) -
             continue
         return
     raise Conflict(f"{bucket.name}/{progress_key(kind)} kept changing")
+
+
+async def start_progress(bucket: Bucket, kind: str, applied: int) -> SpecProgress:
+    """Make the record readable and at least at `applied`, when a durable consumer is
+    made (or bound without a record): a record missing later means it was lost.
+    A readable record keeps its deletes not covered by `applied`; an unreadable one
+    is replaced."""
+    key = progress_key(kind)
+    for _ in range(CAS_ATTEMPTS):
+        entry = await bucket.get(key)
+        stored = None if entry is None or entry.value is None else _readable(entry.value)
+        if stored is not None and stored.applied >= applied:
+            return stored
+        made = SpecProgress(
+            applied=applied,
+            deleted={}
+            if stored is None
+            else {name: at for name, at in stored.deleted.items() if at > applied},
+        )
+        try:
+            if entry is None or entry.value is None:
+                await bucket.create(key, encode(made))
+            else:
+                await bucket.update(key, encode(made), entry.revision)
+        except Conflict:
+            continue
+        return made
+    raise Conflict(f"{bucket.name}/{key} kept changing")

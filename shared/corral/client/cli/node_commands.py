@@ -1,9 +1,11 @@
 """`corral node`: an operator's decisions about one node.
 
-    corral node release NODE                  the node is gone for good: the scheduler
+    corral node release NODE [--force]        the node is gone for good: the scheduler
                                               replaces its replicas at once ("AfterStop"
                                               ones included) and forgets the node;
-                                              refused while the node is alive
+                                              refused while the node is alive, and while
+                                              AfterStop replicas may still run there
+                                              (silent less than R'), unless --force
     corral node adopt NODE [--cluster-id ID]  its agent accepts the cluster the state
                                               store now holds, and keeps the containers
                                               of the earlier cluster ID as orphans
@@ -28,6 +30,7 @@ from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode, decode_payload
 from corral.contract.events import Reply
 from corral.contract.specs import NodeDecision, NodeReleaseRequest
+from corral.contract.time_budget import NODE_LOST_AFTER_STOP_SECONDS
 
 # Not an API kind of manifests (nothing to apply): only the subject corral.api.node.*.
 NODE_API = ApiKind("Node", NodeReleaseRequest, "scheduler", "nodes")
@@ -57,12 +60,26 @@ def node() -> None:
     """Release a node that is gone, or decide about the containers on one."""
 
 
-@node.command("release")
+@node.command(
+    "release",
+    help="Tell the scheduler that node NAME is gone for good (refused while it is "
+    "alive).\n\nA node with replicas of AfterStop Deployments is released only once "
+    "it has been silent long enough that they cannot run any more (R', "
+    f"{NODE_LOST_AFTER_STOP_SECONDS:g} s), unless --force.",
+)
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="You know the node's containers are gone: release it even while replicas of "
+    "AfterStop Deployments could still run there (before R' of silence).",
+)
 @click.pass_context
-def release(ctx: click.Context, name: str) -> None:
-    """Tell the scheduler that node NAME is gone for good (refused while it is alive)."""
-    payload = _payload({"name": name}, NodeReleaseRequest)
+def release(ctx: click.Context, name: str, force: bool) -> None:
+    data: dict[str, Any] = {"name": name}
+    if force:
+        data["force"] = True
+    payload = _payload(data, NodeReleaseRequest)
 
     async def send(client: CorralClient) -> str:
         reply = await client.request(NODE_API, "release", payload)

@@ -1,0 +1,156 @@
+"""A store that lost one of its buckets is refused, never made again empty (an empty
+placements bucket would make every agent remove every replica): the cluster identity
+lists the buckets the cluster's state has. A new or wholly wiped store still starts,
+and a bucket a newer corral adds is made and listed, by two services at once too."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from nats.js import JetStreamContext
+from nats.js import errors as js_errors
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.state import Cluster
+from corral.natsio.bus import bucket_stream, connect, open_buckets
+from corral.natsio.cluster import StateStoreLost, read_cluster_identity
+from corral.natsio.kv import NatsBucket
+from corral.natsio.service import ServiceContext, run_idle, run_service
+
+PLACEMENTS_STREAM = bucket_stream(names.PLACEMENTS_BUCKET)
+
+
+def service_args(url: str) -> argparse.Namespace:
+    return argparse.Namespace(nats=[url], metrics_host="127.0.0.1", metrics_port=None)
+
+
+@asynccontextmanager
+async def service(url: str) -> AsyncIterator[ServiceContext]:
+    """A service joined to the cluster (what every corral service does at start)."""
+    async with anyio.create_task_group() as tg:
+        ctx: ServiceContext = await tg.start(
+            partial(run_service, "netmgr", run_idle, service_args(url))
+        )
+        try:
+            yield ctx
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await connect(url, name="test")
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+async def streams(js: JetStreamContext) -> set[str]:
+    return {info.config.name or "" for info in await js.streams_info()}
+
+
+async def identity_of(js: JetStreamContext) -> Cluster | None:
+    kv = await js.key_value(names.CLUSTER_BUCKET)
+    return await read_cluster_identity(NatsBucket(kv, names.CLUSTER_BUCKET))
+
+
+@pytest.mark.parametrize("made_by", ["this corral", "a corral before the bucket list"])
+async def test_a_service_refuses_a_store_that_lost_its_placements_and_makes_nothing(
+    nats_url: str, made_by: str
+) -> None:
+    async with service(nats_url) as first:
+        cluster = first.cluster
+    async with jetstream(nats_url) as js:
+        assert cluster.buckets == list(names.ALL_BUCKETS)
+        if made_by != "this corral":  # an identity without the list: every bucket existed
+            kv = await js.key_value(names.CLUSTER_BUCKET)
+            await kv.put(names.CLUSTER_KEY, encode(Cluster(id=cluster.id, created_at=1.0)))
+        await js.delete_stream(PLACEMENTS_STREAM)
+        before = await streams(js)
+
+        with pytest.raises(StateStoreLost) as refused:
+            await run_service("netmgr", run_idle, service_args(nats_url))
+        assert str(refused.value) == (
+            f"the state store lost bucket {names.PLACEMENTS_BUCKET} of cluster {cluster.id}: "
+            "corral will not recreate it empty, which would remove every replica; restore "
+            "it from a backup, or start a new cluster with an empty store"
+        )
+        assert await streams(js) == before  # nothing made: no empty placements bucket
+        with pytest.raises(js_errors.NotFoundError):
+            await js.stream_info(PLACEMENTS_STREAM)
+        identity = await identity_of(js)
+        assert identity is not None and identity.id == cluster.id
+
+
+async def test_the_service_process_says_which_buckets_were_lost_and_exits_1(
+    nats_url: str,
+) -> None:
+    async with service(nats_url) as first:
+        cluster = first.cluster
+    async with jetstream(nats_url) as js:
+        await js.delete_stream(PLACEMENTS_STREAM)
+        await js.delete_stream(bucket_stream(names.DEPLOYMENTS_BUCKET))
+    command = [str(Path(sys.executable).parent / "corral-netmgr"), "--nats", nats_url]
+    result = await anyio.to_thread.run_sync(
+        partial(subprocess.run, [*command, "--metrics-port", "-1"], capture_output=True, text=True)
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"netmgr refuses to start: the state store lost buckets {names.DEPLOYMENTS_BUCKET}, "
+        f"{names.PLACEMENTS_BUCKET} of cluster {cluster.id}: corral will not recreate it"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_new_and_a_wholly_wiped_store_start_with_a_new_identity_listing_every_bucket(
+    nats_url: str,
+) -> None:
+    async with service(nats_url) as first:
+        assert first.cluster.buckets == list(names.ALL_BUCKETS)
+    async with jetstream(nats_url) as js:
+        for bucket in names.ALL_BUCKETS:  # the whole store lost, identity included
+            await js.delete_stream(bucket_stream(bucket))
+    async with service(nats_url) as again:
+        assert again.cluster.id != first.cluster.id  # node agents then hold (safety.md)
+        assert again.cluster.buckets == list(names.ALL_BUCKETS)
+        assert set(again.buckets) == set(names.ALL_BUCKETS)
+
+
+async def test_a_bucket_the_identity_does_not_list_is_made_and_listed_by_two_services_at_once(
+    nats_url: str,
+) -> None:
+    async with service(nats_url) as first:
+        cluster = first.cluster
+    older = [bucket for bucket in names.ALL_BUCKETS if bucket != names.LEASES_BUCKET]
+    async with jetstream(nats_url) as js:
+        # The cluster was made by a corral that had no leases bucket yet.
+        kv = await js.key_value(names.CLUSTER_BUCKET)
+        await kv.put(names.CLUSTER_KEY, encode(Cluster(id=cluster.id, buckets=older)))
+        await js.delete_stream(bucket_stream(names.LEASES_BUCKET))
+        opened: list[dict[str, NatsBucket]] = []
+
+        async def open_once() -> None:
+            opened.append(await open_buckets(js))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(open_once)
+            tg.start_soon(open_once)
+        assert len(opened) == 2
+        assert (await js.stream_info(bucket_stream(names.LEASES_BUCKET))).config.name
+        identity = await identity_of(js)
+        assert identity is not None and identity.id == cluster.id
+        assert identity.buckets == [*older, names.LEASES_BUCKET]
+        # From now on the leases bucket is the cluster's: losing it is refused too.
+        await js.delete_stream(bucket_stream(names.LEASES_BUCKET))
+        with pytest.raises(StateStoreLost, match=f"lost bucket {names.LEASES_BUCKET} "):
+            await open_buckets(js)
