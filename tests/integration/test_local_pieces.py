@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from corral.client.local.child import Backoff
+from corral.client.local.child import RestartBackoff
 from corral.client.local.plan import UpOptions, local_node_name, service_children
 from corral.client.local.processes import ProcessRef
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:
-    backoff = Backoff(first=0.5, most=4, stable_after=30)
+    backoff = RestartBackoff(first=0.5, most=4, stable_after=30)
     delays = [backoff.after_exit(ran_for=1) for _ in range(6)]
     assert delays == [0.5, 1, 2, 4, 4, 4]
     assert backoff.after_exit(ran_for=60) == 0.5

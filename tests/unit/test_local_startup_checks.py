@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from corral.client.cli.local_commands import local_cli
 from corral.client.local import supervisor
-from corral.client.local.child import Backoff, ChildState, supervise_child
+from corral.client.local.child import ChildState, RestartBackoff, supervise_child
 from corral.client.local.detach import DetachFailed, _failed, start_detached
 from corral.client.local.layout import Layout
 from corral.client.local.plan import ChildSpec, UpOptions, port_problem, service_children
@@ -121,7 +121,7 @@ async def test_a_child_that_keeps_exiting_before_it_was_healthy_is_given_up(
         await supervise_child(
             state,
             lambda: None,
-            backoff=Backoff(first=0.01, most=0.05),
+            backoff=RestartBackoff(first=0.01, most=0.05),
             on_give_up=given_up.append,
         )
     assert given_up == [state] and state.gave_up

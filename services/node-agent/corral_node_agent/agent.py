@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from corral import __version__
 from corral.contract import names, time_budget
+from corral.contract.backoff import Backoff
 from corral.contract.events import Reply
 from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
@@ -269,7 +270,8 @@ class NodeAgent:
 
     async def _retrying(self, doing: str, step: Callable[[], Awaitable[object]]) -> None:
         """Run a startup step until it succeeds, backing off: a NATS hiccup is no crash."""
-        delay, longest = _NATS_RETRY_SECONDS
+        first, longest = _NATS_RETRY_SECONDS
+        delays = Backoff(first=first, most=longest)
         while True:
             try:
                 await step()
@@ -277,11 +279,11 @@ class NodeAgent:
             except NodeNameTaken:
                 raise
             except Exception as error:  # TimeoutError, a dropped connection ...
+                delay = delays.next()
                 log.warning(
                     "%s for %s failed (%s); retrying in %gs", doing, self.node, error, delay
                 )
-            await anyio.sleep(delay)
-            delay = min(longest, delay * 2)
+                await anyio.sleep(delay)
 
     # The cluster this node belongs to.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from corral.contract.backoff import Backoff
 from corral.contract.state import ReplicaState
 
 MAX_BACKOFF_SECONDS = 60.0
@@ -17,9 +18,7 @@ RESET_AFTER_RUNNING_SECONDS = 60.0
 
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after `failures` consecutive failures already seen: 0, 1, 2, 4 ... 60."""
-    if failures <= 0:
-        return 0.0
-    return min(MAX_BACKOFF_SECONDS, 2.0 ** (failures - 1))
+    return Backoff.after_failures(failures, first=1.0, most=MAX_BACKOFF_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

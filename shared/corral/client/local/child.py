@@ -13,13 +13,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from anyio.abc import Process, TaskStatus
 
 from corral.client.local.plan import ChildSpec
+from corral.contract.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +29,22 @@ STARTUP_EXITS = 3  # exits before the child was ever healthy: it cannot start, g
 
 
 @dataclass
-class Backoff:
-    """Doubling delays between restarts, back to the first after a long enough run."""
+class RestartBackoff:
+    """Doubling delays between restarts (corral.contract.backoff), back to the first
+    after a long enough run."""
 
     first: float = 0.5
     most: float = 30.0
     stable_after: float = 30.0  # a child that ran this long counts as healthy again
-    current: float = 0.0
+    delays: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delays = Backoff(first=self.first, most=self.most)
 
     def after_exit(self, ran_for: float) -> float:
-        if ran_for >= self.stable_after or self.current == 0.0:
-            self.current = self.first
-        else:
-            self.current = min(self.current * 2, self.most)
-        return self.current
+        if ran_for >= self.stable_after:
+            self.delays.reset()
+        return self.delays.next()
 
 
 @dataclass
@@ -95,7 +98,7 @@ async def supervise_child(
     state: ChildState,
     on_change: Callable[[], None],
     *,
-    backoff: Backoff | None = None,
+    backoff: RestartBackoff | None = None,
     stop_timeout: float = STOP_TIMEOUT,
     startup_exits: int = STARTUP_EXITS,
     on_give_up: Callable[[ChildState], None] | None = None,
@@ -107,7 +110,7 @@ async def supervise_child(
     on_give_up(state) is called and this returns (the supervisor then stops the rest).
     """
     spec = state.spec
-    backoff = backoff or Backoff()
+    backoff = backoff or RestartBackoff()
     started = False
     while True:
         with spec.log.open("ab") as output:
