@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from corral.client.local.child import ChildState, log_tail, supervise_child
 from corral.client.local.health import wait_healthy
@@ -187,18 +187,40 @@ async def _run_locked(
     agent_id: str,
     on_ready: Callable[[SupervisorRecord], None] | None,
 ) -> None:
-    layout = options.layout
     _check_can_start(options)
+    await Supervisor(options, agent_id, on_ready).run()
 
-    me = ProcessRef(os.getpid(), start_time(os.getpid()) or 0)
-    nats = ChildState(nats_child(options))
-    services = [ChildState(spec) for spec in service_children(options, agent_id=agent_id)]
-    record = SupervisorRecord(
-        pid=me.pid, started=me.started, data_dir=str(layout.data_dir), nats_url=options.nats_url
-    )
 
-    def save() -> None:
-        record.children = [
+class Supervisor:
+    """`corral up`'s process tree, in named steps: nats-server first; once JetStream
+    answers, the services; once every one is healthy, ready; on a signal (or a failed
+    start), the services stop, then nats-server. Each child is restarted with
+    back-off by supervise_child; the state file tells `corral down` and `status`."""
+
+    def __init__(
+        self,
+        options: UpOptions,
+        agent_id: str,
+        on_ready: Callable[[SupervisorRecord], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.layout = options.layout
+        self.on_ready = on_ready
+        self.me = ProcessRef(os.getpid(), start_time(os.getpid()) or 0)
+        self.nats = ChildState(nats_child(options))
+        self.services = [ChildState(spec) for spec in service_children(options, agent_id=agent_id)]
+        self.record = SupervisorRecord(
+            pid=self.me.pid,
+            started=self.me.started,
+            data_dir=str(self.layout.data_dir),
+            nats_url=options.nats_url,
+        )
+        self.stop = anyio.Event()
+        self.startup = anyio.CancelScope()
+        self.failures: list[str] = []
+
+    def save(self) -> None:
+        self.record.children = [
             ChildRecord(
                 name=child.spec.name,
                 pid=child.pid,
@@ -208,87 +230,90 @@ async def _run_locked(
                 metrics_url=child.spec.metrics_url,
                 health_url=child.spec.health_url,
             )
-            for child in (nats, *services)
+            for child in (self.nats, *self.services)
         ]
-        write_state(layout, record)
+        write_state(self.layout, self.record)
 
-    stop = anyio.Event()
-    startup = anyio.CancelScope()
-    failures: list[str] = []
-
-    def fail(message: str) -> None:
+    def fail(self, message: str) -> None:
         """Startup cannot succeed: stop everything (in order), then raise CannotStart."""
-        if not failures:
+        if not self.failures:
             log.error("%s", message)
-            failures.append(message)
-        stop.set()
-        startup.cancel()
+            self.failures.append(message)
+        self.stop.set()
+        self.startup.cancel()
 
-    def gave_up(child: ChildState) -> None:
-        fail(
+    def gave_up(self, child: ChildState) -> None:
+        self.fail(
             f"{child.spec.name} exited {child.restarts} times (last code {child.last_exit}) "
             f"before it was ever healthy; stopped corral\n{_with_tail(child)}"
         )
 
-    async def stop_on_signal() -> None:
+    async def stop_on_signal(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
                 log.info("received %s: stopping", signal.Signals(received).name)
-                stop.set()
-                startup.cancel()
+                self.stop.set()
+                self.startup.cancel()
 
     async def supervise(
-        child: ChildState, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self, child: ChildState, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        await supervise_child(child, save, on_give_up=gave_up, task_status=task_status)
+        await supervise_child(child, self.save, on_give_up=self.gave_up, task_status=task_status)
 
-    write_pid(layout, me.pid)
-    save()
-    try:
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(stop_on_signal)
-            async with anyio.create_task_group() as nats_group:
-                await nats_group.start(supervise, nats)
-                async with anyio.create_task_group() as services_group:
-                    with startup:
-                        try:
-                            with anyio.fail_after(NATS_TIMEOUT):
-                                await wait_for_jetstream(options.nats_url)
-                        except TimeoutError:
-                            fail(
-                                f"nats-server did not answer on {options.nats_url} within "
-                                f"{NATS_TIMEOUT:.0f} s; stopped corral\n{_with_tail(nats)}"
-                            )
-                        else:
-                            nats.healthy = True
-                            log.info("nats-server answers on %s", options.nats_url)
-                            for child in services:
-                                await services_group.start(supervise, child)
-                            late = await _wait_all_healthy(services, HEALTH_TIMEOUT)
-                            if late:
-                                fail(
-                                    f"no healthy /healthz within {HEALTH_TIMEOUT:.0f} s from: "
-                                    f"{', '.join(child.spec.name for child in late)}; "
-                                    "stopped corral\n"
-                                    + "\n".join(_with_tail(child) for child in late)
-                                )
-                            else:
-                                record.ready = True
-                                save()
-                                log.info("all services healthy")
-                                if on_ready is not None:
-                                    on_ready(record)
-                    await stop.wait()
-                    record.stopping = True
-                    save()
-                    log.info("stopping services")
-                    services_group.cancel_scope.cancel()
-                log.info("stopping nats-server")
-                nats_group.cancel_scope.cancel()
-            outer.cancel_scope.cancel()
-    finally:
-        remove_files(layout)
-    if failures:
-        log.info("corral stopped after a failed start")
-        raise CannotStart(failures[0])
-    log.info("corral stopped")
+    async def nats_answers(self) -> bool:
+        try:
+            with anyio.fail_after(NATS_TIMEOUT):
+                await wait_for_jetstream(self.options.nats_url)
+        except TimeoutError:
+            self.fail(
+                f"nats-server did not answer on {self.options.nats_url} within "
+                f"{NATS_TIMEOUT:.0f} s; stopped corral\n{_with_tail(self.nats)}"
+            )
+            return False
+        self.nats.healthy = True
+        log.info("nats-server answers on %s", self.options.nats_url)
+        return True
+
+    async def start_services(self, group: TaskGroup) -> None:
+        for child in self.services:
+            await group.start(self.supervise, child)
+        late = await _wait_all_healthy(self.services, HEALTH_TIMEOUT)
+        if late:
+            self.fail(
+                f"no healthy /healthz within {HEALTH_TIMEOUT:.0f} s from: "
+                f"{', '.join(child.spec.name for child in late)}; stopped corral\n"
+                + "\n".join(_with_tail(child) for child in late)
+            )
+            return
+        self.record.ready = True
+        self.save()
+        log.info("all services healthy")
+        if self.on_ready is not None:
+            self.on_ready(self.record)
+
+    async def run(self) -> None:
+        write_pid(self.layout, self.me.pid)
+        self.save()
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.stop_on_signal)
+                async with anyio.create_task_group() as nats_group:
+                    await nats_group.start(self.supervise, self.nats)
+                    async with anyio.create_task_group() as services_group:
+                        with self.startup:
+                            if await self.nats_answers():
+                                await self.start_services(services_group)
+                        await self.stop.wait()
+                        self.record.stopping = True
+                        self.save()
+                        log.info("stopping services")
+                        services_group.cancel_scope.cancel()
+                    log.info("stopping nats-server")
+                    nats_group.cancel_scope.cancel()
+                outer.cancel_scope.cancel()
+        finally:
+            remove_files(self.layout)
+        if self.failures:
+            log.info("corral stopped after a failed start")
+            raise CannotStart(self.failures[0])
+        log.info("corral stopped")
