@@ -189,9 +189,7 @@ class DockerRuntime:
         whose state changed, or that an engine event named are inspected again."""
         filters = {"label": [f"{names.LABEL_MANAGED}=true"]}
         with _engine_call("list containers", min(self.call_seconds, time_budget.STOP_SECONDS)):
-            listed = await self._docker._query_json(
-                "containers/json", params={"all": "1", "filters": json.dumps(filters)}
-            )
+            listed = await self._docker.containers.list(all="1", filters=json.dumps(filters))
         changed, self._changed = self._changed, set()
         found: list[ObservedContainer] = []
         fresh: dict[str, _Inspected] = {}
@@ -202,7 +200,7 @@ class DockerRuntime:
                 self.inspections += 1
                 with self._call("inspect"):
                     try:
-                        data = await self._docker._query_json(f"containers/{container_id}/json")
+                        data = await self._docker.containers.container(container_id).show()
                     except aiodocker.DockerError as error:
                         if error.status == 404:
                             return  # removed since the listing
@@ -214,8 +212,8 @@ class DockerRuntime:
         try:
             async with anyio.create_task_group() as tg:
                 for item in listed:
-                    container_id = str(item.get("Id", ""))
-                    listed_state = str(item.get("State", ""))
+                    container_id = str(item.id)
+                    listed_state = str(item["State"]) if "State" in item else ""
                     known = self._inspected.get(container_id)
                     if (
                         known is not None
@@ -274,7 +272,7 @@ class DockerRuntime:
     async def find_container(self, name: str) -> ObservedContainer | None:
         with self._call("inspect"):
             try:
-                data = await self._docker._query_json(f"containers/{name}/json")
+                data = await self._docker.containers.container(name).show()
             except aiodocker.DockerError as error:
                 if error.status == 404:
                     return None

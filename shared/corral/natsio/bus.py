@@ -34,6 +34,7 @@ from corral.contract.events import (
     Event,
     Reply,
 )
+from corral.natsio import nats_internals
 from corral.natsio.cluster import StateStoreLost, list_buckets, lost_buckets, read_cluster_identity
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import Bucket, NatsBucket
@@ -467,7 +468,7 @@ async def keep_leaders_elsewhere(
     task_status.started()
     while True:
         await anyio.sleep(interval)
-        info = nc._server_info if nc.is_connected else {}
+        info = nats_internals.server_info(nc) if nc.is_connected else {}
         server = info.get("server_name")
         if not server or not info.get("cluster"):
             continue  # a single server: no other could lead

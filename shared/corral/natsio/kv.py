@@ -43,6 +43,7 @@ from nats.js.api import Header
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from corral.contract.codec import decode, encode
+from corral.natsio import nats_internals
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ class NatsBucket:
         if revision:
             headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
         try:
-            ack = await self._kv._js.publish(f"{self._kv._pre}{key}", headers=headers)
+            js = nats_internals.key_value_jetstream(self._kv)
+            ack = await js.publish(nats_internals.key_value_subject(self._kv, key), headers=headers)
             return int(ack.seq)
         except js_errors.APIError as error:
             if error.err_code in (10071, 10164):
@@ -193,7 +195,7 @@ class NatsBucket:
         # So the end is where the count read reaches what the consumer had delivered.
         # When the consumer's info cannot be read, the watch raises WatchIncomplete.
         watcher = await self._kv.watch(prefix)
-        subscription = watcher._sub
+        subscription = nats_internals.watch_subscription(watcher)
         read = 0
         delivered: int | None = None  # messages the server had sent when it said "no more"
         current_done = False

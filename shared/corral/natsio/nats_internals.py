@@ -1,0 +1,75 @@
+"""Every private attribute of nats-py that corral reads, in one place.
+
+Checked against nats-py 2.16.0 (`CHECKED_VERSIONS`). nats-py has no public API for
+what these give, so corral reads them here and nowhere else:
+
+- `KeyValue._js`, `KeyValue._pre`: `KeyValue.delete` returns True, not the delete
+  marker's revision, which a Mirror needs to apply its own delete at the right place.
+  `NatsBucket.delete` publishes the marker itself, as `KeyValue.delete` does (on the
+  bucket's JetStream context, to `<_pre><key>`), and keeps the ack's sequence.
+- `KeyValue.KeyWatcher._sub`: the watch's ordered consumer. nats-py marks the end of
+  the current entries too early (see `NatsBucket.watch`); the consumer's info says
+  how many messages it had delivered, which is where they really end.
+- `Client._server_info`: the INFO the connected server sent (`server_name`,
+  `cluster`), for the Raft leader step-down; the client exposes only its version.
+
+`tests/unit/test_nats_internals.py` checks that the installed nats-py is a checked
+version and that these attributes are still there, with the types read here: an
+upgrade of nats-py fails that test, not production. After checking a new version's
+source (nats/js/kv.py, nats/aio/client.py), add it to `CHECKED_VERSIONS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+LIBRARY: Final = "nats-py"
+CHECKED_VERSIONS: Final = frozenset({"2.16.0"})
+
+
+class LibraryChanged(RuntimeError):
+    """A private attribute of the library is gone or holds something else."""
+
+
+def _changed(what: str, found: object) -> LibraryChanged:
+    return LibraryChanged(
+        f"{LIBRARY}: {what} is {type(found).__name__}, not what corral.natsio.nats_internals "
+        f"was checked against ({LIBRARY} {', '.join(sorted(CHECKED_VERSIONS))})"
+    )
+
+
+def key_value_jetstream(kv: KeyValue) -> JetStreamContext:
+    """The JetStream context the bucket publishes through (`KeyValue._js`)."""
+    js = getattr(kv, "_js", None)
+    if not isinstance(js, JetStreamContext):
+        raise _changed("KeyValue._js", js)
+    return js
+
+
+def key_value_subject(kv: KeyValue, key: str) -> str:
+    """The subject `key` is stored under (`KeyValue._pre` + key)."""
+    prefix = getattr(kv, "_pre", None)
+    if not isinstance(prefix, str):
+        raise _changed("KeyValue._pre", prefix)
+    return f"{prefix}{key}"
+
+
+def watch_subscription(watcher: KeyValue.KeyWatcher) -> JetStreamContext.PushSubscription | None:
+    """The watch's consumer subscription (`KeyWatcher._sub`); None before it is made."""
+    subscription = getattr(watcher, "_sub", None)
+    if subscription is not None and not isinstance(subscription, JetStreamContext.PushSubscription):
+        raise _changed("KeyWatcher._sub", subscription)
+    return subscription
+
+
+def server_info(nc: Client) -> Mapping[str, Any]:
+    """The INFO of the server the client is connected to (`Client._server_info`)."""
+    info = getattr(nc, "_server_info", None)
+    if not isinstance(info, dict):
+        raise _changed("Client._server_info", info)
+    return info

@@ -1,0 +1,72 @@
+"""The private attributes of nats-py that corral.natsio.nats_internals reads are still
+there, with the types it expects, in the installed nats-py: an upgrade fails here
+first, loudly, not in production."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from corral.natsio import nats_internals
+
+
+def _bucket(js: JetStreamContext) -> KeyValue:
+    return KeyValue(name="nodes", stream="KV_nodes", pre="$KV.nodes.", js=js, direct=False)
+
+
+def test_the_installed_nats_py_is_a_version_the_adapter_was_checked_against() -> None:
+    installed = version(nats_internals.LIBRARY)
+    assert installed in nats_internals.CHECKED_VERSIONS, (
+        f"nats-py {installed} is installed, but corral.natsio.nats_internals was checked "
+        f"against {sorted(nats_internals.CHECKED_VERSIONS)}: read nats/js/kv.py and "
+        "nats/aio/client.py of the new version, then add it to CHECKED_VERSIONS"
+    )
+
+
+def test_a_bucket_still_keeps_its_jetstream_context_and_subject_prefix() -> None:
+    js = Client().jetstream()
+    kv = _bucket(js)
+    assert nats_internals.key_value_jetstream(kv) is js
+    assert nats_internals.key_value_subject(kv, "node-1") == "$KV.nodes.node-1"
+
+
+def test_keyvalue_delete_still_publishes_its_marker_as_the_adapter_does() -> None:
+    # NatsBucket.delete repeats KeyValue.delete to keep the marker's revision.
+    source = inspect.getsource(KeyValue.delete)
+    assert 'await self._js.publish(f"{self._pre}{key}", headers=hdrs)' in source
+    assert "hdrs[KV_OP] = KV_DEL" in source
+    assert "EXPECTED_LAST_SUBJECT_SEQUENCE" in source
+    assert inspect.getsource(JetStreamContext.key_value).count("pre=KV_PRE_TEMPLATE") == 1
+
+
+def test_a_watcher_still_keeps_its_consumer_subscription() -> None:
+    watcher = KeyValue.KeyWatcher(_bucket(Client().jetstream()))
+    assert nats_internals.watch_subscription(watcher) is None  # until the watch subscribes
+    assert "watcher._sub = await self._js.subscribe(" in inspect.getsource(KeyValue.watch)
+    assert inspect.signature(JetStreamContext.subscribe).return_annotation in (
+        "PushSubscription",
+        JetStreamContext.PushSubscription,
+    )
+    assert inspect.iscoroutinefunction(JetStreamContext.PushSubscription.consumer_info)
+
+
+def test_a_client_still_keeps_the_servers_info_as_a_dict() -> None:
+    nc = Client()
+    assert nats_internals.server_info(nc) == {}
+    assert "self._server_info = srv_info" in inspect.getsource(Client)
+
+
+def test_an_attribute_that_changed_type_is_named_in_the_error() -> None:
+    watcher = KeyValue.KeyWatcher(_bucket(Client().jetstream()))
+    watcher._sub = object()
+    with pytest.raises(nats_internals.LibraryChanged, match=r"KeyWatcher\._sub"):
+        nats_internals.watch_subscription(watcher)
+    nc = Client()
+    del nc._server_info
+    with pytest.raises(nats_internals.LibraryChanged, match=r"Client\._server_info"):
+        nats_internals.server_info(nc)
