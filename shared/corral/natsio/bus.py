@@ -25,6 +25,7 @@ from nats.js import errors as js_errors
 from nats.js.kv import KeyValue
 
 from corral.contract import names, time_budget
+from corral.contract.backoff import Backoff
 from corral.contract.codec import encode
 from corral.contract.events import (
     REASON_INTERNAL,
@@ -74,7 +75,7 @@ async def connect(url: str | Sequence[str], name: str, *, startup_timeout: float
     noticed in seconds and the client moves to another server (docs/time-budget.md).
     """
     servers = nats_servers(url)
-    delay = 0.1
+    delays = Backoff(first=0.1, most=2.0)
     with anyio.fail_after(startup_timeout):
         while True:
             try:
@@ -93,8 +94,7 @@ async def connect(url: str | Sequence[str], name: str, *, startup_timeout: float
                 )
             except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as error:
                 log.warning("NATS at %s not reachable (%s); retrying", ",".join(servers), error)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await anyio.sleep(delays.next())
 
 
 async def _log_nats_error(error: Exception) -> None:
@@ -791,7 +791,7 @@ class _SpecConsumer:
         return False
 
     async def run(self) -> None:
-        delay = 0.5
+        delays = Backoff(first=0.5, most=5.0)
         while True:
             assert self.subscription is not None
             try:
@@ -804,16 +804,15 @@ class _SpecConsumer:
                     log.warning("the durable consumer %s is gone; making it again", self.durable)
                     try:
                         await self.subscribe(lost=True)
-                        delay = 0.5
+                        delays.reset()
                         continue
                     except Exception:
                         log.warning("making the consumer failed; retrying", exc_info=True)
                 else:
                     log.warning("fetching specs failed (%s); retrying", error)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await anyio.sleep(delays.next())
                 continue
-            delay = 0.5
+            delays.reset()
             for msg in batch:
                 await self.handle(msg)
 
@@ -867,7 +866,7 @@ class _SpecConsumer:
                 reason=REASON_INVALID,
                 error=f"unknown verb {verb!r} for {self.kind}",
             )
-        delay = self.retry.first_delay
+        delays = Backoff(first=self.retry.first_delay, most=self.retry.max_delay)
         attempt = 0
         while True:
             attempt += 1
@@ -883,8 +882,7 @@ class _SpecConsumer:
                     warning=True,
                 )
             await _quietly(msg.in_progress())  # keep JetStream from delivering it again meanwhile
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self.retry.max_delay)
+            await anyio.sleep(delays.next())
 
     async def _when_idle(self) -> None:
         """Caught up: record the stream's newest spec of this kind as handled, so that

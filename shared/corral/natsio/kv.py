@@ -42,6 +42,7 @@ from nats.js import errors as js_errors
 from nats.js.api import Header
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from corral.contract.backoff import Backoff
 from corral.contract.codec import decode, encode
 from corral.natsio import nats_internals
 
@@ -450,7 +451,7 @@ class Mirror(Generic[T]):
         fresh replay no longer has were deleted meanwhile, and are dropped.
         """
         started = False
-        delay = 0.5
+        delays = Backoff(first=0.5, most=5.0)
         while True:
             replayed: set[str] | None = set()
             newest = 0
@@ -462,7 +463,7 @@ class Mirror(Generic[T]):
                         if replayed is not None:
                             self._replayed(replayed, newest)
                             replayed = None
-                            delay = 0.5
+                            delays.reset()
                         if not started:
                             started = True
                             task_status.started()
@@ -481,8 +482,7 @@ class Mirror(Generic[T]):
                     error,
                 )
             self._broke(failure)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await anyio.sleep(delays.next())
 
     def _replayed(self, keys: set[str], newest: int) -> None:
         """The watch's replay is complete: what it did not have was deleted meanwhile."""
