@@ -3,6 +3,9 @@ of its own (names come from the `new_suffix` argument), so it is tested in milli
 
 Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
 feasibility (which Ready nodes have room) -> ranking (spread, then least allocated) -> plan.
+Per Deployment (`_reconcile_deployment`), in named steps: split its replicas by template
+and readiness (`_Replicas`), the rollout arithmetic on those counts (rollout.py, pure),
+what to stop (`_what_to_stop`), what to place (`_what_to_place`), the status (`_status`).
 
 Replicas on a lost node are stopped (and so replaced) by the rules of snapshot.py:
 after R for "Fast" Deployments, after R' for "AfterStop" ones, at once on a released
@@ -13,7 +16,6 @@ cluster with the Deployment's name and current template), so they keep running.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import msgspec
 from corral.contract.names import placement_key
 from corral.contract.specs import Deployment
 from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
+from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 
 MAX_REPLICA_NAME = 63
@@ -112,19 +115,10 @@ def schedule(
             by_deployment.setdefault(placement.deployment, []).append((key, placed))
 
     orphans = _orphans_by_deployment(snapshot, ready_nodes)
+    run = _Pass(snapshot, ready_nodes, usage, taken_names, wall_time, new_suffix)
     for name, deployment in sorted(snapshot.deployments.items()):
-        _reconcile_deployment(
-            snapshot,
-            deployment,
-            by_deployment.get(name, []),
-            ready_nodes,
-            usage,
-            taken_names,
-            plan,
-            wall_time,
-            new_suffix,
-            orphans.get(name, []),
-        )
+        live = by_deployment.get(name, [])
+        _reconcile_deployment(run, deployment, live, orphans.get(name, []), plan)
 
     for name, (_, revision) in sorted(snapshot.statuses.items()):
         if name not in snapshot.deployments and name not in snapshot.unreadable_deployments:
@@ -169,54 +163,139 @@ def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
     )
 
 
+@dataclass
+class _Pass:
+    """What one deciding pass shares across Deployments. Placing a replica counts it in
+    `usage` and `taken_names`, so the next Deployment sees the room it took."""
+
+    snapshot: Snapshot
+    ready_nodes: set[str]
+    usage: defaultdict[str, _Usage]
+    taken_names: set[str]
+    wall_time: float
+    new_suffix: Callable[[], str]
+
+
+@dataclass
+class _Replicas:
+    """One Deployment's live replicas (in key order): of the current template or old,
+    and which are Running (ready)."""
+
+    current: list[tuple[str, PlacedReplica]]
+    current_ready: int
+    old_ready: list[tuple[str, PlacedReplica]]
+    old_unready: list[tuple[str, PlacedReplica]]
+    ready_keys: set[str]
+
+    @classmethod
+    def split(
+        cls, snapshot: Snapshot, live: list[tuple[str, PlacedReplica]], template_hash: str
+    ) -> _Replicas:
+        replicas = cls(current=[], current_ready=0, old_ready=[], old_unready=[], ready_keys=set())
+        for entry in live:
+            key, placed = entry
+            ready = _is_ready(snapshot, key, placed.placement.template_hash)
+            if ready:
+                replicas.ready_keys.add(key)
+            if placed.placement.template_hash == template_hash:
+                replicas.current.append(entry)
+                replicas.current_ready += ready
+            elif ready:
+                replicas.old_ready.append(entry)
+            else:
+                replicas.old_unready.append(entry)
+        return replicas
+
+    def step(self, want: int) -> Step:
+        """The rollout arithmetic (rollout.py) on these counts, with today's settings."""
+        return rollout_step(
+            want,
+            resolve_bounds(want),
+            old=len(self.old_ready) + len(self.old_unready),
+            old_ready=len(self.old_ready),
+            new=len(self.current),
+            new_ready=self.current_ready,
+        )
+
+
+@dataclass
+class _Placed:
+    adopted: list[Placement]  # orphans kept where they run
+    new: list[Placement]  # adopted first, then new names on ranked nodes
+    pending: int
+    pending_reason: str
+
+
 def _reconcile_deployment(
-    snapshot: Snapshot,
+    run: _Pass,
     deployment: Deployment,
     live: list[tuple[str, PlacedReplica]],
-    ready_nodes: set[str],
-    usage: defaultdict[str, _Usage],
-    taken_names: set[str],
+    orphans: Sequence[tuple[str, OrphanReplica]],
     plan: Plan,
-    wall_time: float,
-    new_suffix: Callable[[], str],
-    orphans: Sequence[tuple[str, OrphanReplica]] = (),
 ) -> None:
+    """One Deployment's share of the plan: what to stop, what to place, its status."""
+    name = deployment.metadata.name
+    template_hash = deployment.spec.template.template_hash()
+    replicas = _Replicas.split(run.snapshot, live, template_hash)
+    step = replicas.step(deployment.spec.replicas)
+
+    stops = _what_to_stop(run.snapshot, replicas, step)
+    for key, victim, reason in stops:
+        plan.stop.append(Stop(key, victim.revision, name, reason))
+        _count(run.usage[victim.placement.node], victim.placement, -1)
+    stopped = {key for key, _, _ in stops}
+    kept = [(k, p) for k, p in live if k not in stopped] if stopped else live
+
+    placed = _what_to_place(run, deployment, template_hash, kept, step.place_new, orphans)
+    plan.place += placed.new
+
+    ready = len(replicas.ready_keys - stopped) if stopped else len(replicas.ready_keys)
+    updated = len(replicas.current) - step.stop_new + len(placed.new)
+    _status(run, deployment, len(kept), ready, updated, placed, plan)
+    if placed.adopted:
+        where = _per_node(placed.adopted)
+        message = f"kept {len(placed.adopted)} orphan replica(s) ({where})"
+        plan.events.append(PlanEvent(name, "Adopted", message))
+    if placed.new:
+        message = f"placed {len(placed.new)} replica(s) ({_per_node(placed.new)})"
+        plan.events.append(PlanEvent(name, "Scheduled", message))
+
+
+def _per_node(placements: list[Placement]) -> str:
+    counts = Counter(p.node for p in placements)
+    return ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
+
+
+def _what_to_stop(
+    snapshot: Snapshot, replicas: _Replicas, step: Step
+) -> list[tuple[str, PlacedReplica, str]]:
+    """The replicas to stop, with the reason: old ones that are not Running, then the
+    Running old ones the arithmetic lets go (in key order), then the current ones beyond
+    `replicas` (`_victims`)."""
+    replaced = "replaced by a new template"
+    stops = [(k, p, replaced) for k, p in replicas.old_unready]
+    stops += [(k, p, replaced) for k, p in replicas.old_ready[: step.stop_old_ready]]
+    if step.stop_new:
+        victims = _victims(snapshot, replicas.current, step.stop_new)
+        stops += [(k, p, "scaled down") for k, p in victims]
+    return stops
+
+
+def _what_to_place(
+    run: _Pass,
+    deployment: Deployment,
+    template_hash: str,
+    kept: list[tuple[str, PlacedReplica]],
+    count: int,
+    orphans: Sequence[tuple[str, OrphanReplica]],
+) -> _Placed:
+    """`count` new placements: the Deployment's orphans first (placed where they run,
+    under their own name, they are kept running), then new names on the ranked nodes."""
     name = deployment.metadata.name
     template = deployment.spec.template
-    template_hash = template.template_hash()
-    want = deployment.spec.replicas
-    current = [(k, p) for k, p in live if p.placement.template_hash == template_hash]
-    old = [(k, p) for k, p in live if p.placement.template_hash != template_hash]
-
-    def ready(entries: list[tuple[str, PlacedReplica]]) -> list[tuple[str, PlacedReplica]]:
-        return [(k, p) for k, p in entries if _is_ready(snapshot, k, p.placement.template_hash)]
-
-    stops: list[tuple[str, PlacedReplica, str]] = []
-    if old:
-        # Rolling update: surge new replicas, retire old ones as the new become ready.
-        max_surge = max(1, math.ceil(want * 0.25))
-        max_unavailable = math.floor(want * 0.25)
-        to_place = max(0, min(want - len(current), want + max_surge - len(live)))
-        ready_old = ready(old)
-        unready_old = [entry for entry in old if entry not in ready_old]
-        available = len(ready(current)) + len(ready_old)
-        stoppable = max(0, available - (want - max_unavailable))
-        stops += [(k, p, "replaced by a new template") for k, p in unready_old]
-        stops += [(k, p, "replaced by a new template") for k, p in ready_old[:stoppable]]
-    else:
-        to_place = max(0, want - len(current))
-    excess = len(current) - want
-    if excess > 0:
-        stops += [(k, p, "scaled down") for k, p in _victims(snapshot, current, excess)]
-
-    for key, placed, reason in stops:
-        plan.stop.append(Stop(key, placed.revision, name, reason))
-        _count(usage[placed.placement.node], placed.placement, -1)
-    stopped = {key for key, _, _ in stops}
-
     cpu = template.resources.requests.cpu_millis
     memory = template.resources.requests.memory_bytes
-    spread = Counter(p.placement.node for k, p in live if k not in stopped)
+    spread = Counter(p.placement.node for _, p in kept)
 
     def placement(replica: str, node: str) -> Placement:
         return Placement(
@@ -228,72 +307,73 @@ def _reconcile_deployment(
             generation=deployment.metadata.generation,
             cpu_millis=cpu,
             memory_bytes=memory,
-            created_at=wall_time,
+            created_at=run.wall_time,
         )
 
-    # Orphans first: placed where they run, under their own name, they are kept running.
     adopted: list[Placement] = []
     for where, orphan in orphans:
-        if len(adopted) == to_place:
+        if len(adopted) == count:
             break
-        if orphan.template_hash != template_hash or orphan.replica in taken_names:
+        if orphan.template_hash != template_hash or orphan.replica in run.taken_names:
             continue
-        if _misfit(snapshot.nodes[where], usage[where], cpu, memory):
+        if _misfit(run.snapshot.nodes[where], run.usage[where], cpu, memory):
             continue
-        taken_names.add(orphan.replica)
+        run.taken_names.add(orphan.replica)
         adopted.append(placement(orphan.replica, where))
-        _count(usage[where], adopted[-1], +1)
+        _count(run.usage[where], adopted[-1], +1)
         spread[where] += 1
     placed_now: list[Placement] = list(adopted)
     pending_reason = ""
-    remaining = to_place - len(adopted)
-    picker = _NodePicker(snapshot, ready_nodes, usage, spread, cpu, memory) if remaining else None
-    for _ in range(remaining):
-        assert picker is not None
-        node = picker.pick()
-        if node is None:
-            pending_reason = picker.why_none_fits()
-            break
-        placed_now.append(placement(_new_replica_name(name, taken_names, new_suffix), node))
-    plan.place += placed_now
+    remaining = count - len(adopted)
+    if remaining:
+        picker = _NodePicker(run.snapshot, run.ready_nodes, run.usage, spread, cpu, memory)
+        for _ in range(remaining):
+            node = picker.pick()
+            if node is None:
+                pending_reason = picker.why_none_fits()
+                break
+            replica = _new_replica_name(name, run.taken_names, run.new_suffix)
+            placed_now.append(placement(replica, node))
+    pending = count - len(placed_now)
+    return _Placed(adopted, placed_now, pending, pending_reason if pending else "")
 
-    kept = [(k, p) for k, p in live if k not in stopped]
-    pending = to_place - len(placed_now)
+
+def _status(
+    run: _Pass,
+    deployment: Deployment,
+    kept: int,
+    ready: int,
+    updated: int,
+    placed: _Placed,
+    plan: Plan,
+) -> None:
+    """The Deployment's status after this pass (`kept`: replicas not stopped, `ready` of
+    them Running, `updated`: of the current template, new ones included), written only
+    when it changed; a FailedScheduling event when the reason for pending ones is new."""
+    name = deployment.metadata.name
     status = DeploymentStatus(
         name=name,
         observed_generation=deployment.metadata.generation,
-        replicas=want,
-        placed=len(kept) + len(placed_now),
-        ready=len(ready(kept)),
-        updated=len([1 for _, p in kept if p.placement.template_hash == template_hash])
-        + len(placed_now),
-        pending=pending,
-        pending_reason=pending_reason if pending else "",
-        updated_at=wall_time,
+        replicas=deployment.spec.replicas,
+        placed=kept + len(placed.new),
+        ready=ready,
+        updated=updated,
+        pending=placed.pending,
+        pending_reason=placed.pending_reason,
+        updated_at=run.wall_time,
     )
-    stored = snapshot.statuses.get(name)
-    if stored is None or _differs(stored[0], status):
-        plan.statuses.append((status, None if stored is None else stored[1]))
-        if pending and (stored is None or stored[0].pending_reason != status.pending_reason):
-            plan.events.append(
-                PlanEvent(
-                    name,
-                    "FailedScheduling",
-                    f"{pending} replica(s) pending: {pending_reason}",
-                    warning=True,
-                )
+    stored = run.snapshot.statuses.get(name)
+    if stored is not None and not _differs(stored[0], status):
+        return
+    plan.statuses.append((status, None if stored is None else stored[1]))
+    if placed.pending and (stored is None or stored[0].pending_reason != status.pending_reason):
+        plan.events.append(
+            PlanEvent(
+                name,
+                "FailedScheduling",
+                f"{placed.pending} replica(s) pending: {placed.pending_reason}",
+                warning=True,
             )
-    if adopted:
-        counts = Counter(p.node for p in adopted)
-        where = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
-        plan.events.append(
-            PlanEvent(name, "Adopted", f"kept {len(adopted)} orphan replica(s) ({where})")
-        )
-    if placed_now:
-        counts = Counter(p.node for p in placed_now)
-        where = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
-        plan.events.append(
-            PlanEvent(name, "Scheduled", f"placed {len(placed_now)} replica(s) ({where})")
         )
 
 
