@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 
 from corral.contract import names, time_budget
 from corral.contract.codec import encode
-from corral.contract.events import Reply
+from corral.contract.events import REASON_INTERNAL, Reply
 from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.hollow_runtime import (
@@ -83,7 +83,13 @@ async def serve_node_decisions(
                 reply = await decide(verb, msg.data)
             except Exception as error:  # a service never dies of a message
                 log.exception("decision %s failed", msg.subject)
-                reply = Reply(ok=False, kind="Node", name=node, error=f"internal error: {error}")
+                reply = Reply(
+                    ok=False,
+                    kind="Node",
+                    name=node,
+                    reason=REASON_INTERNAL,
+                    error=f"internal error: {error}",
+                )
             if msg.reply:
                 try:
                     await msg.respond(encode(reply))

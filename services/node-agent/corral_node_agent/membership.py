@@ -19,7 +19,13 @@ from nats.js.errors import NotFoundError
 
 from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode_payload
-from corral.contract.events import Reply
+from corral.contract.events import (
+    REASON_BUSY,
+    REASON_CONFLICT,
+    REASON_INTERNAL,
+    REASON_INVALID,
+    Reply,
+)
 from corral.contract.specs import NodeDecision
 from corral.natsio.cluster import UnreadableIdentity, read_cluster_identity
 from corral.natsio.kv import Bucket
@@ -147,33 +153,50 @@ class Membership:
         try:
             decision = decode_payload(raw, NodeDecision)
         except InvalidPayload as error:
-            return Reply(ok=False, kind="Node", error=error.message, field=error.field)
+            return Reply(
+                ok=False, kind="Node", reason=REASON_INVALID, error=error.message, field=error.field
+            )
         if decision.node != self.node:
-            return self._refuse(f"this is the agent of node {self.node!r}, not {decision.node!r}")
+            return self._refuse(
+                f"this is the agent of node {self.node!r}, not {decision.node!r}",
+                REASON_INVALID,
+                field="node",
+            )
         if verb not in names.NODE_VERBS:
-            return self._refuse(f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}")
+            return self._refuse(
+                f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}", REASON_INVALID
+            )
         try:
             stored = await read_cluster_identity(self.cluster_bucket)
             local = self.local.load()
         except Exception as error:
-            return self._refuse(f"cannot read the cluster identities: {error}")
+            return self._refuse(f"cannot read the cluster identities: {error}", REASON_INTERNAL)
         if stored is None:
-            return self._refuse("the state store has no cluster identity yet; try again")
+            return self._refuse(
+                "the state store has no cluster identity yet; try again", REASON_BUSY
+            )
         recorded = local.cluster_id if local is not None and local.cluster_id != stored.id else ""
         adopted = set(local.adopted if local is not None else ())
         old = decision.cluster_id or recorded
         if not old:
             return self._refuse(
                 f"node {self.node} already belongs to the store's cluster {stored.id}: "
-                "nothing to adopt or reset"
+                "nothing to adopt or reset",
+                REASON_CONFLICT,
             )
         if old == stored.id:
-            return self._refuse(f"cluster {old} is the store's own cluster: nothing to {verb}")
+            return self._refuse(
+                f"cluster {old} is the store's own cluster: nothing to {verb}",
+                REASON_CONFLICT,
+                field="clusterId",
+            )
         if old not in adopted | {recorded}:
             # Another cluster may share this engine and node name: never touch it.
             return self._refuse(
                 f"cluster {old} is neither the cluster node {self.node} belonged to nor one "
-                "it adopted: corral never touches another cluster's containers"
+                "it adopted: corral never touches another cluster's containers",
+                REASON_CONFLICT,
+                field="clusterId",
             )
         if verb == "adopt":
             adopted.add(old)
@@ -186,7 +209,8 @@ class Membership:
             if failures:
                 return self._refuse(
                     f"removed {removed} containers of cluster {old}; {len(failures)} could not "
-                    f"be removed ({'; '.join(failures[:3])}): run reset again"
+                    f"be removed ({'; '.join(failures[:3])}): run reset again",
+                    REASON_INTERNAL,
                 )
             adopted.discard(old)
             message = f"removed {removed} containers of cluster {old} from node {self.node}"
@@ -199,5 +223,5 @@ class Membership:
         self._set(Identity.RECOGNISED, "")
         return Reply(ok=True, kind="Node", name=self.node, message=message)
 
-    def _refuse(self, error: str) -> Reply:
-        return Reply(ok=False, kind="Node", name=self.node, error=error)
+    def _refuse(self, error: str, reason: str, *, field: str = "") -> Reply:
+        return Reply(ok=False, kind="Node", name=self.node, reason=reason, error=error, field=field)

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
-from corral.contract.events import Reply
+from corral.contract.events import (
+    REASON_BUSY,
+    REASON_CONFLICT,
+    REASON_INVALID,
+    REASON_NOT_FOUND,
+    Reply,
+)
 from corral.contract.specs import NodeReleaseRequest
 from corral.contract.time_budget import (
     CUT_OFF_STOP_SECONDS,
@@ -73,7 +79,9 @@ class NodeAPI:
         try:
             request = decode_payload(raw, NodeReleaseRequest)
         except InvalidPayload as error:
-            return Reply(ok=False, kind=KIND, error=error.message, field=error.field)
+            return Reply(
+                ok=False, kind=KIND, reason=REASON_INVALID, error=error.message, field=error.field
+            )
         name = request.name
         loop = self.loop
         now = loop.monotonic()
@@ -81,13 +89,16 @@ class NodeAPI:
         known = name in loop.nodes.items or name in loop.nodes.unreadable
         placed = sum(1 for p in loop.placements.values() if p.node == name)
         if not known and not placed and release_key(name) not in loop.releases.items:
-            return _refused(name, f"node {name!r} not found: no record and no replicas")
+            return _refused(
+                name, f"node {name!r} not found: no record and no replicas", REASON_NOT_FOUND
+            )
         silence = loop.silence(name, now)
         if silence is None:
             return _refused(
                 name,
                 f"cannot release node {name!r} now: the scheduler's view of NATS is not "
                 "current, so it cannot tell whether the node is alive; try again",
+                REASON_BUSY,
             )
         if silence <= NODE_LOST_SECONDS:
             return _refused(
@@ -95,22 +106,25 @@ class NodeAPI:
                 f"node {name!r} is alive: the scheduler heard from it {max(silence, 0):.1f} s "
                 f"ago (a node is released only after {NODE_LOST_SECONDS:g} s of silence); "
                 "stop its node agent first",
+                REASON_CONFLICT,
             )
         if not request.force and silence < NODE_LOST_AFTER_STOP_SECONDS:
             after_stop = self._after_stop_deployments(name)
             if after_stop:
-                return _refused(name, _may_still_run(name, after_stop, silence), field="force")
+                return _refused(
+                    name, _may_still_run(name, after_stop, silence), REASON_CONFLICT, field="force"
+                )
         marker = 0
         if known:
             judged = loop.nodes.revision(name)
             entry = await loop.nodes.bucket.get(name)
             if entry is not None and entry.value is not None:
                 if judged is not None and entry.revision != judged:
-                    return _refused(name, f"node {name!r} wrote its record just now: it is alive")
+                    return _refused(name, _WROTE_JUST_NOW.format(name=name), REASON_CONFLICT)
                 try:
                     marker = await loop.nodes.bucket.delete(name, revision=entry.revision)
                 except Conflict:
-                    return _refused(name, f"node {name!r} wrote its record just now: it is alive")
+                    return _refused(name, _WROTE_JUST_NOW.format(name=name), REASON_CONFLICT)
                 loop.nodes.apply(Entry(name, None, marker))
         record = NodeRelease(node=name, node_revision=marker, released_at=loop.wall_clock())
         raw_record = encode(record)
@@ -159,5 +173,8 @@ def _may_still_run(name: str, deployments: list[str], silence: float) -> str:
     )
 
 
-def _refused(name: str, error: str, *, field: str = "name") -> Reply:
-    return Reply(ok=False, kind=KIND, name=name, error=error, field=field)
+_WROTE_JUST_NOW: Final = "node {name!r} wrote its record just now: it is alive"
+
+
+def _refused(name: str, error: str, reason: str, *, field: str = "name") -> Reply:
+    return Reply(ok=False, kind=KIND, name=name, reason=reason, error=error, field=field)

@@ -6,9 +6,13 @@ kept in the CORRAL_EVENTS stream (`corral events`, `corral describe`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
+
+# What a caller branches on: Reply.code, derived from `ok` and `reason` (docs/api.md,
+# "Reply codes"); the wire keeps `ok` and `reason` as they are.
+ReplyCode = Literal["ok", "invalid", "not_found", "conflict", "unavailable", "internal"]
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
@@ -31,16 +35,34 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, renam
     def retryable(self) -> bool:
         return self.reason in RETRYABLE_REASONS
 
+    @property
+    def code(self) -> ReplyCode:
+        """The outcome, typed: "ok" when ok (Superseded included); for a refusal, its
+        reason's code; "internal" when the reason is missing or unknown."""
+        if self.ok:
+            return "ok"
+        return REASON_CODES.get(self.reason, "internal")
+
 
 # Reply.reason values.
 REASON_INVALID = "Invalid"  # the payload is wrong (`field` names where)
 REASON_NOT_FOUND = "NotFound"
 REASON_CONFLICT = "Conflict"  # a precondition (resourceVersion) did not hold
 REASON_SUPERSEDED = "Superseded"  # a durable spec older than what is stored: skipped (ok)
-REASON_BUSY = "Busy"  # the object kept changing under compare-and-set
+REASON_BUSY = "Busy"  # the object kept changing under compare-and-set, or the owner's
+# view is not ready yet (it cannot tell now): the same request may succeed in a moment
 REASON_STORE_FULL = "StoreFull"  # a stream or bucket reached its size limit
 REASON_INTERNAL = "InternalError"  # the owner failed (NATS away, a bug): not the payload
 RETRYABLE_REASONS = frozenset({REASON_BUSY, REASON_STORE_FULL, REASON_INTERNAL})
+# A refusal's reason -> its code (Reply.code).
+REASON_CODES: Final[dict[str, ReplyCode]] = {
+    REASON_INVALID: "invalid",
+    REASON_NOT_FOUND: "not_found",
+    REASON_CONFLICT: "conflict",
+    REASON_BUSY: "unavailable",
+    REASON_STORE_FULL: "unavailable",
+    REASON_INTERNAL: "internal",
+}
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -58,8 +58,24 @@ def schema_of(name: str) -> dict[str, Any]:
     payload = PUBLIC_PAYLOADS[name]
     schema: dict[str, Any] = {"$schema": _DIALECT, "$id": f"corral/v1/{name}.json"}
     schema.update(msgspec.json.schema(payload))
+    _tag_optional(schema, payload)
     cleaned: dict[str, Any] = _clean_descriptions(schema)
     return cleaned
+
+
+def _tag_optional(schema: dict[str, Any], payload: type[msgspec.Struct]) -> None:
+    """The decoder reads a payload of one known type, where the tag field (a Deployment's
+    `kind`) may be left out; so the schema does not require it either (whatever the
+    decoder accepts, the schema accepts: tests/unit/test_schema_agreement.py)."""
+    tag_field = payload.__struct_config__.tag_field
+    definition = schema.get("$defs", {}).get(payload.__name__)
+    if tag_field is None or definition is None:
+        return
+    required = [field for field in definition.get("required", []) if field != tag_field]
+    if required:
+        definition["required"] = required
+    else:
+        definition.pop("required", None)
 
 
 def _clean_descriptions(node: Any) -> Any:
