@@ -97,3 +97,39 @@ async def test_a_slow_client_does_not_hold_up_others_and_is_dropped(
                     assert await slow.receive() == b""
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     pass  # dropped
+
+
+async def test_a_flood_of_idle_connections_never_stops_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_endpoint, "MAX_CONNECTIONS", 4)
+    registry = CollectorRegistry()
+    async with endpoint(Health(), registry) as port:
+        idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(12)]
+        try:
+            # Past the cap, new connections are closed at once; once the idle ones
+            # go, the endpoint answers again.
+            for stream in idle:
+                await stream.aclose()
+            status, _, _ = split(await exchange(port, get("/healthz")))
+            assert status == 200
+        finally:
+            for stream in idle:
+                await stream.aclose()
+
+
+async def test_an_accept_that_fails_is_retried_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anyio._backends import _asyncio as backend  # the listener class anyio serves with
+
+    failures = [OSError(24, "Too many open files") for _ in range(3)]
+    real_accept = backend.TCPSocketListener.accept
+
+    async def flaky_accept(self: backend.TCPSocketListener) -> anyio.abc.SocketStream:
+        if failures:
+            raise failures.pop()
+        return await real_accept(self)
+
+    monkeypatch.setattr(backend.TCPSocketListener, "accept", flaky_accept)
+    async with endpoint(Health(), CollectorRegistry()) as port:
+        status, _, _ = split(await exchange(port, get("/healthz")))
+    assert status == 200 and not failures

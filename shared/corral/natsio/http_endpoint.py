@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ HealthCheck = Callable[[], tuple[bool, str]]
 
 MAX_REQUEST_HEAD_BYTES = 8 * 1024
 REQUEST_TIMEOUT_SECONDS = 5.0
+MAX_CONNECTIONS = 64  # open at once; more are closed at once
+ACCEPT_RETRY_SECONDS = 0.1
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -113,10 +115,34 @@ async def serve_http(
 ) -> None:
     """Serve until cancelled; reports the bound port as started (useful with port 0)."""
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    async with listener:
+    async with listener, anyio.create_task_group() as tg:
         task_status.started(int(listener.extra(SocketAttribute.local_port)))
+        open_connections = 0
 
         async def handle(stream: SocketStream) -> None:
-            await _serve_one(stream, health, registry)
+            nonlocal open_connections
+            try:
+                await _serve_one(stream, health, registry)
+            finally:
+                open_connections -= 1
 
-        await listener.serve(handle)
+        async def accept_forever(one: SocketListener) -> None:
+            nonlocal open_connections
+            while True:
+                # An accept that fails (out of file descriptors, a reset in the queue)
+                # never ends the service: wait a moment and accept again.
+                try:
+                    stream = await one.accept()
+                except OSError as error:
+                    log.warning("HTTP endpoint: accept failed (%s); retrying", error)
+                    await anyio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                if open_connections >= MAX_CONNECTIONS:
+                    await stream.aclose()  # a flood of idle clients never holds the rest up
+                    continue
+                open_connections += 1
+                tg.start_soon(handle, stream)
+
+        for one in listener.listeners:
+            assert isinstance(one, SocketListener)  # what create_tcp_listener makes
+            tg.start_soon(accept_forever, one)
