@@ -37,4 +37,5 @@ class Backoff:
         0, first, first*factor, ... capped at `most` (for state kept as a count)."""
         if failures <= 0:
             return 0.0
-        return float(min(most, first * factor ** (failures - 1)))
+        # The exponent is capped: a count that grows for days never overflows.
+        return float(min(most, first * factor ** min(failures - 1, 64)))
