@@ -158,3 +158,20 @@ async def test_a_second_agent_of_the_same_name_refuses_to_start(
 async def _node(nodes: NatsBucket) -> Node | None:
     entry = await nodes.get(NODE)
     return None if entry is None else decode(entry.value or b"", Node)
+
+
+async def test_an_agent_whose_state_dir_cannot_be_written_refuses_at_once_and_says_why(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    command = [
+        str(Path(sys.executable).parent / "corral-node-agent"),
+        *("--nats", "nats://127.0.0.1:1", "--runtime", "hollow"),
+        *("--state-dir", str(blocker / "state"), "--metrics-port", "-1"),
+    ]
+    with anyio.fail_after(15):  # at once: not after NATS' connect timeout
+        done = await anyio.run_process(command, check=False)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1
+    assert "refuses to start: cannot write the state dir" in stderr and "Traceback" not in stderr

@@ -351,7 +351,7 @@ async def test_an_agent_that_never_reaches_nats_stops_its_own_replicas_at_f(
     local = LocalRecordFile(belonging_to(tmp_path, CLUSTER_ID))
     never = anyio.Event()
     removed = await stop_if_never_started(
-        runtime, local, NODE, never, stop_after=0.2, process_started=time.monotonic()
+        runtime, local, NODE, never, stop_after=0.2, counting_from=time.monotonic()
     )
     assert removed == 1
     assert ours not in runtime.containers and foreign in runtime.containers
@@ -366,6 +366,6 @@ async def test_an_agent_that_reached_nats_in_time_leaves_the_stopping_to_its_gua
     started.set()
     local = LocalRecordFile(belonging_to(tmp_path, CLUSTER_ID))
     removed = await stop_if_never_started(
-        runtime, local, NODE, started, stop_after=0.2, process_started=time.monotonic()
+        runtime, local, NODE, started, stop_after=0.2, counting_from=time.monotonic()
     )
     assert removed == 0 and ours in runtime.containers

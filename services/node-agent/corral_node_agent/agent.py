@@ -37,6 +37,7 @@ from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
+from corral_node_agent.cut_off_clock import LastAckFile
 from corral_node_agent.diff import (
     Action,
     Plan,
@@ -131,6 +132,8 @@ class NodeAgent:
         self._placements_bucket = placements
         self.membership = Membership(self.node, cluster, LocalRecordFile(settings.state_dir))
         self.membership.on_change = self._membership_changed
+        self.last_ack_file = LastAckFile(settings.state_dir)
+        self._noted_ack: float | None = None
         self.leftovers = LeftoverSweeper(
             nodes,
             runtime,
@@ -331,6 +334,10 @@ class NodeAgent:
         budget = self.settings.budget
         interval = max(0.02, min(0.25, budget.isolated_after / 4))
         while True:
+            acked = self.record.last_acked
+            if acked is not None and acked != self._noted_ack:
+                self._noted_ack = acked
+                self.last_ack_file.save(acked)  # a restarted agent counts on from here
             mode = decide_mode(self._observe(), budget)
             if mode != self.mode:
                 await self._enter(mode)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -14,8 +16,9 @@ from nats.aio.client import Client as NATS
 from corral.contract import names, time_budget
 from corral.contract.codec import encode
 from corral.contract.events import REASON_INTERNAL, Reply
-from corral.natsio.service import ServiceContext, base_parser, service_main
-from corral_node_agent.agent import NodeAgent, NodeNameTaken
+from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
+from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
+from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_CPU_MILLIS,
     HOLLOW_DEFAULT_MEMORY_BYTES,
@@ -119,6 +122,26 @@ def build_runtime(args: argparse.Namespace) -> Runtime:
     return DockerRuntime(args.docker_host)
 
 
+class StateDirUnwritable(RefusedToStart):
+    """The agent cannot keep its node's records: it refuses to run rather than guess."""
+
+
+def check_state_dir(state_dir: Path | None) -> None:
+    if state_dir is None:
+        return
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise StateDirUnwritable(
+            f"cannot write the state dir {state_dir} ({error}): give --state-dir a folder "
+            "this user may write (with systemd: StateDirectory=corral/node-agent and "
+            "--state-dir /var/lib/corral/node-agent)"
+        ) from None
+
+
 async def run(
     ctx: ServiceContext,
     args: argparse.Namespace,
@@ -135,7 +158,7 @@ async def run(
         cluster=ctx.buckets[names.CLUSTER_BUCKET],
         events=ctx.events,
         health=ctx.health,
-        started_at=PROCESS_STARTED,
+        started_at=counting_from(settings),
     )
     ctx.health["engine"] = False
     try:
@@ -148,9 +171,19 @@ async def run(
         raise  # the service exits non-zero
 
 
+def counting_from(settings: AgentSettings) -> float:
+    """Where this process's cut-off clock starts: the last acknowledged write of an
+    earlier agent process of this boot, or this process's start (cut_off_clock)."""
+    last = LastAckFile(settings.state_dir).load()
+    return cut_off_since(last, PROCESS_STARTED, settings.budget.stop_after)
+
+
 async def stop_if_cut_off_at_start(args: argparse.Namespace, started: anyio.Event) -> None:
-    """Beside NATS setup: past F without the agent started, stop this node's replicas."""
+    """From the process's first moment, beside NATS setup: the state dir must be
+    writable (else refuse at once); past F without the agent started, stop this
+    node's replicas."""
     settings = settings_from_args(args)
+    check_state_dir(settings.state_dir)
     runtime = build_runtime(args)
     try:
         await stop_if_never_started(
@@ -159,7 +192,7 @@ async def stop_if_cut_off_at_start(args: argparse.Namespace, started: anyio.Even
             settings.node_name,
             started,
             stop_after=settings.budget.stop_after,
-            process_started=PROCESS_STARTED,
+            counting_from=counting_from(settings),
         )
     finally:
         await runtime.close()

@@ -59,15 +59,18 @@ def agent_id_from_args(args: argparse.Namespace, state_dir: Path | None = None) 
     kept = state_dir / "agent-id"
     try:
         stored = kept.read_text().strip()
-    except FileNotFoundError:
+    except OSError:  # none yet, or an unusable state dir (reported by the agent)
         stored = ""
     if stored:
         return stored
     made = secrets.token_hex(8)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    scratch = kept.with_name(f".agent-id.{os.getpid()}")
-    scratch.write_text(f"{made}\n")
-    scratch.replace(kept)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        scratch = kept.with_name(f".agent-id.{os.getpid()}")
+        scratch.write_text(f"{made}\n")
+        scratch.replace(kept)
+    except OSError:
+        pass  # the agent reports an unwritable state dir itself (main.check_state_dir)
     return made
 
 

@@ -147,6 +147,10 @@ async def _until_signal(scope: anyio.CancelScope) -> None:
 Alongside = Callable[[argparse.Namespace, anyio.Event], Coroutine[Any, Any, object]]
 
 
+class RefusedToStart(Exception):
+    """A service that must not run as things are: it says why in one line, exits 1."""
+
+
 def service_main(
     service: str,
     parser: argparse.ArgumentParser,
@@ -177,8 +181,8 @@ def service_main(
 
     try:
         anyio.run(main)
-    except* (StateStoreLost, UnreadableIdentity) as refused:
-        # Not a crash: the store cannot be trusted; say why in one line, exit 1.
+    except* (StateStoreLost, UnreadableIdentity, RefusedToStart) as refused:
+        # Not a crash: the store (or the host) cannot be trusted; say why in one line.
         for error in _leaves(refused):
             log.critical("%s refuses to start: %s", service, error)
         raise SystemExit(1) from None
