@@ -8,10 +8,9 @@ agent and runs it.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from corral.natsio.lean import prepare_imports
+from corral.natsio.lean import prepare_imports, run_service_module
 
 
 def runtime_flag(argv: Sequence[str]) -> str:
@@ -27,10 +26,7 @@ def prepare(argv: Sequence[str]) -> None:
 
 
 def main() -> None:
-    prepare(sys.argv[1:])
-    from corral_node_agent.main import main as run_agent  # after prepare(): see corral.natsio.lean
-
-    run_agent()
+    run_service_module("corral_node_agent.main", prepare)  # imports it after prepare()
 
 
 if __name__ == "__main__":

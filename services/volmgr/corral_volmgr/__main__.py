@@ -6,10 +6,9 @@ for a ws:// NATS URL), and only then imports the service and runs it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-from corral.natsio.lean import prepare_imports
+from corral.natsio.lean import prepare_imports, run_service_module
 
 
 def prepare(argv: Sequence[str]) -> None:
@@ -17,10 +16,7 @@ def prepare(argv: Sequence[str]) -> None:
 
 
 def main() -> None:
-    prepare(sys.argv[1:])
-    from corral_volmgr.main import main as run_service  # after prepare(): see corral.natsio.lean
-
-    run_service()
+    run_service_module("corral_volmgr.main", prepare)  # imports it after prepare()
 
 
 if __name__ == "__main__":

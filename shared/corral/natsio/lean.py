@@ -23,8 +23,9 @@ This module imports nothing heavy: the standard library and corral.natsio.config
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from corral.natsio.config import nats_servers, resolve_nats_url
 
@@ -69,3 +70,10 @@ def prepare_imports(argv: Sequence[str], *, needs_aiohttp: bool = False) -> bool
     if needs_aiohttp or wants_websocket(argv):
         return False
     return leave_out_websocket_transport()
+
+
+def run_service_module(module: str, prepare: Callable[[Sequence[str]], object]) -> None:
+    """A service's console entry point: decide what the process loads (`prepare`, given
+    the command line), then import `module` and run its main()."""
+    prepare(sys.argv[1:])
+    importlib.import_module(module).main()
