@@ -27,7 +27,7 @@ def fast_settings(**settings: Any) -> AgentSettings:
         "leftovers_after": 0.5,
         "stale_watch_after": 1.0,
         "identity_check_seconds": 0.2,
-        "budget": Budget(isolated_after=0.3, stop_after=1.0),
+        "budget": Budget(isolated_after=0.3, stop_after=2.0),
     }
     values.update(settings)
     return AgentSettings(**values)

@@ -20,7 +20,7 @@ from corral_node_agent.local_record import LocalRecord, LocalRecordFile
 from corral_node_agent.node_record import NodeNameTaken
 from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import ContainerSpec
-from corral_node_agent.safety import Mode
+from corral_node_agent.safety import Budget, Mode
 from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, placement
 from tests.unit.test_agent_loop import IMAGE, eventually, state_of
 from tests.unit.test_agent_safety import Rig, keep_writing, passes_after, raised, running
@@ -111,7 +111,9 @@ async def test_a_store_without_an_identity_holds_the_agent(tmp_path: Path) -> No
     rig = Rig(state_dir=belonging_to(tmp_path, CLUSTER_ID))
     ours = await made_by(rig.runtime, "web-a1")
     await rig.cluster.delete(names.CLUSTER_KEY)  # purged: an empty store says "remove all"
-    async with running(rig.agent()) as agent:
+    # A lost identity is believed after three reads (about 1 s): F must be well above
+    # that, as the real one (20 s) is; the unit tests' 1 s is not.
+    async with running(rig.agent(budget=Budget(isolated_after=0.3, stop_after=5.0))) as agent:
         await eventually(lambda: agent.mode == Mode.HELD)
         await passes_after(agent)
         await eventually(lambda: "no cluster identity" in stored_node(rig).message)
