@@ -190,32 +190,41 @@ def container_at(document: Any, path: tuple[Any, ...]) -> Any:
     return document
 
 
+def edit_once(draw: st.DrawFn, document: Any, raws: list[bytes]) -> bool:
+    """One random edit of a JSON document in place: a field dropped, added, replaced,
+    renamed, or made hostile bytes (kept in `raws`, put in by _RAW after encoding).
+    False when the document has nothing left to edit."""
+    where = paths(document)
+    if not where:
+        return False
+    path = draw(st.sampled_from(where))
+    parent, last = container_at(document, path), path[-1]
+    operation = draw(st.sampled_from(["drop", "insert", "replace", "hostile", "text", "key"]))
+    if operation == "drop":
+        del parent[last]
+    elif operation == "insert" and isinstance(parent, dict):
+        parent[draw(weird_text)] = draw(json_values)
+    elif operation == "insert":
+        parent.insert(last, draw(json_values))
+    elif operation == "replace":
+        parent[last] = draw(json_values)
+    elif operation == "hostile":
+        raws.append(draw(st.sampled_from(HOSTILE)))
+        parent[last] = f"@@raw{len(raws) - 1}@@"
+    elif operation == "text":
+        parent[last] = draw(weird_text)
+    elif isinstance(parent, dict):  # "key": a new key for the same value
+        parent[draw(weird_text)] = parent.pop(last)
+    return True
+
+
 @st.composite
 def mutated(draw: st.DrawFn, kind: type[msgspec.Struct]) -> bytes:
     document = json.loads(json.dumps(SEEDS[kind]))
     raws: list[bytes] = []
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        where = paths(document)
-        path = draw(st.sampled_from(where)) if where else None
-        operation = draw(st.sampled_from(["drop", "insert", "replace", "hostile", "text", "key"]))
-        if path is None:
+        if not edit_once(draw, document, raws):
             break
-        parent, last = container_at(document, path), path[-1]
-        if operation == "drop":
-            del parent[last]
-        elif operation == "insert" and isinstance(parent, dict):
-            parent[draw(weird_text)] = draw(json_values)
-        elif operation == "insert":
-            parent.insert(last, draw(json_values))
-        elif operation == "replace":
-            parent[last] = draw(json_values)
-        elif operation == "hostile":
-            raws.append(draw(st.sampled_from(HOSTILE)))
-            parent[last] = f"@@raw{len(raws) - 1}@@"
-        elif operation == "text":
-            parent[last] = draw(weird_text)
-        elif isinstance(parent, dict):  # "key": a new key for the same value
-            parent[draw(weird_text)] = parent.pop(last)
     raw = json.dumps(document, ensure_ascii=draw(st.booleans())).encode()
     raw = _RAW.sub(lambda match: raws[int(match[1])], raw)
     cut = draw(st.sampled_from(["none", "none", "none", "truncate", "byte"]))

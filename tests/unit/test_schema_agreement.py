@@ -44,14 +44,12 @@ from corral.contract.state import (
     ReplicaStatus,
 )
 from tests.unit.test_payload_properties import (
-    HOSTILE,
     QUICK,
     SEEDS,
-    container_at,
     dns_label,
+    edit_once,
     json_values,
     mutated,
-    paths,
     valid_deployments,
     weird_text,
 )
@@ -215,27 +213,8 @@ def mutated_document(draw: st.DrawFn, kind: type[msgspec.Struct]) -> bytes:
     document = json.loads(json.dumps(DOCUMENTS[kind]))
     hostile: list[bytes] = []
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        where = paths(document)
-        if not where:
+        if not edit_once(draw, document, hostile):
             break
-        path = draw(st.sampled_from(where))
-        parent, last = container_at(document, path), path[-1]
-        operation = draw(st.sampled_from(["drop", "insert", "replace", "hostile", "text", "key"]))
-        if operation == "drop":
-            del parent[last]
-        elif operation == "insert" and isinstance(parent, dict):
-            parent[draw(weird_text)] = draw(json_values)
-        elif operation == "insert":
-            parent.insert(last, draw(json_values))
-        elif operation == "replace":
-            parent[last] = draw(json_values)
-        elif operation == "hostile":
-            hostile.append(draw(st.sampled_from(HOSTILE)))
-            parent[last] = f"@@raw{len(hostile) - 1}@@"
-        elif operation == "text":
-            parent[last] = draw(weird_text)
-        elif isinstance(parent, dict):
-            parent[draw(weird_text)] = parent.pop(last)
     raw = json.dumps(document, ensure_ascii=draw(st.booleans())).encode()
     return re.sub(rb'"@@raw(\d+)@@"', lambda match: hostile[int(match[1])], raw)
 
