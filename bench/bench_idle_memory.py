@@ -16,28 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _free_block(size: int) -> int:
-    for base in range(20000, 60000, 10):
-        if all(_free(port) for port in range(base, base + size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 
 
 def _field_mib(path: str, field: str) -> float | None:
@@ -68,7 +53,7 @@ def main() -> None:
 
     corral = str(Path(sys.executable).parent / "corral")
     data_dir = Path(tempfile.mkdtemp(prefix="corral-mem-"))
-    base = _free_block(5)
+    base = free_port_block(5)
     try:
         subprocess.run(
             [
