@@ -1,0 +1,285 @@
+"""A de-duplicating work queue of keys, as client-go's workqueue: the heart of a controller.
+
+    queue = WorkQueue("scheduler")
+    queue.add("default.web")            # from a watch callback: sync, O(1)
+    key = await queue.get()             # a worker takes it: no other worker gets it now
+    try: ...reconcile key...
+    finally: queue.done(key)
+
+The rules (docs/architecture.md, "The controller runtime"):
+
+- A key added while it waits is queued once: ten changes of one Deployment before a
+  worker gets to it are one reconcile.
+- A key added while a worker processes it is not handed to another worker; it is
+  queued again when `done(key)` is called, so the change is never lost and one key
+  is never processed by two workers at once.
+- `add_after(key, delay)` queues it once the delay has passed (the earliest of several
+  pending delays wins); `add_rate_limited(key)` does so after the key's next back-off
+  (corral.contract.backoff: first, first*factor, ... capped), and `forget(key)` resets
+  that back-off once the key succeeds.
+- `shut_down()` stops taking keys; workers get what is queued, then QueueShutDown.
+
+Delays are measured on `clock` (monotonic by default). A waiting `get` sleeps until the
+next delayed key is due, or until `wake()`: a test with a fake clock advances it and
+calls `wake()`.
+
+Metrics (Prometheus, labelled only by the queue's name, a constant chosen in code,
+never by a key): depth, delayed keys, adds, retries, the wait of the key at the head,
+the longest running key, and the time keys wait between add and get.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import anyio
+import anyio.lowlevel
+from prometheus_client import Counter, Gauge, Histogram
+
+from corral.contract.backoff import Backoff
+
+_NAME: Final = ["name"]
+DEPTH = Gauge("corral_workqueue_depth", "Keys queued and ready for a worker", _NAME)
+DELAYED = Gauge("corral_workqueue_delayed", "Keys waiting for a delay (back-off, requeue)", _NAME)
+ADDS = Counter("corral_workqueue_adds_total", "Keys added (before de-duplication)", _NAME)
+RETRIES = Counter("corral_workqueue_retries_total", "Keys requeued with back-off", _NAME)
+HEAD_AGE = Gauge(
+    "corral_workqueue_head_age_seconds",
+    "How long the key at the head of the queue has waited",
+    _NAME,
+)
+LONGEST_RUNNING = Gauge(
+    "corral_workqueue_longest_running_seconds",
+    "How long the key processed for the longest time so far has been processed",
+    _NAME,
+)
+QUEUE_SECONDS = Histogram(
+    "corral_workqueue_queue_seconds",
+    "From a key added (or due) to a worker taking it",
+    _NAME,
+    buckets=(0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# Keys the periodic tasks (resync, delayed promotion) handle between two checkpoints, so
+# 100,000 keys never hold the event loop in one go.
+CHECKPOINT_EVERY: Final = 1000
+
+
+class QueueShutDown(Exception):
+    """The queue was shut down and nothing is left in it."""
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        name: str,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not name:
+            raise ValueError("WorkQueue name must not be empty (it labels the metrics)")
+        self.name = name
+        # The back-off rule per key (its first, most and factor; the state is a count).
+        self.backoff = backoff if backoff is not None else Backoff(first=0.05, most=30.0)
+        self.clock = clock
+        self._queue: deque[str] = deque()  # ready keys in order; each at most once
+        self._dirty: dict[str, float] = {}  # keys to process -> since when they wait
+        self._processing: dict[str, float] = {}  # keys a worker has -> since when
+        self._failures: dict[str, int] = {}  # consecutive failures per key
+        self._due: dict[str, float] = {}  # delayed keys -> when they are due
+        self._timers: list[tuple[float, int, str]] = []  # heap of (due, order, key)
+        self._order = 0
+        self._getters: deque[anyio.Event] = deque()  # one Event per waiting get()
+        self._shut_down = False
+        self._adds = ADDS.labels(name)
+        self._retries = RETRIES.labels(name)
+        self._queue_seconds = QUEUE_SECONDS.labels(name)
+        DEPTH.labels(name).set_function(lambda: len(self._queue))
+        DELAYED.labels(name).set_function(lambda: len(self._due))
+        HEAD_AGE.labels(name).set_function(self.head_age)
+        LONGEST_RUNNING.labels(name).set_function(self.longest_running)
+
+    # --- state -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Keys queued and ready for a worker (not those being processed or delayed)."""
+        return len(self._queue)
+
+    def __contains__(self, key: object) -> bool:
+        """True while `key` waits to be processed (queued, or added during processing)."""
+        return key in self._dirty
+
+    def processing(self, key: str) -> bool:
+        return key in self._processing
+
+    def due_in(self, key: str) -> float | None:
+        """Seconds until a delayed `key` is due (0 when overdue); None: not delayed."""
+        due = self._due.get(key)
+        return None if due is None else max(0.0, due - self.clock())
+
+    def failures(self, key: str) -> int:
+        """Consecutive failures of `key` since it was last forgotten."""
+        return self._failures.get(key, 0)
+
+    def head_age(self) -> float:
+        """Seconds the key at the head of the queue has waited; 0 when empty."""
+        if not self._queue:
+            return 0.0
+        return max(0.0, self.clock() - self._dirty[self._queue[0]])
+
+    def longest_running(self) -> float:
+        """Seconds the key processed longest so far has been processed; 0 when none."""
+        if not self._processing:
+            return 0.0
+        return max(0.0, self.clock() - min(self._processing.values()))
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shut_down
+
+    # --- adding ----------------------------------------------------------------------
+
+    def add(self, key: str) -> None:
+        """Queue `key` now, once however often it is added before a worker takes it."""
+        if self._shut_down:
+            return
+        self._adds.inc()
+        if key in self._dirty:
+            return
+        self._dirty[key] = self.clock()
+        if key in self._processing:
+            return  # queued again by done(key)
+        self._queue.append(key)
+        self._notify()
+
+    def add_all(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.add(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        """Queue `key` once `delay` seconds have passed; at once when delay <= 0. Of several
+        pending delays of one key, the earliest counts."""
+        if self._shut_down:
+            return
+        if delay <= 0:
+            self.add(key)
+            return
+        due = self.clock() + delay
+        known = self._due.get(key)
+        if known is not None and known <= due:
+            return
+        self._due[key] = due
+        self._order += 1
+        heapq.heappush(self._timers, (due, self._order, key))
+        if self._timers[0][2] == key and self._timers[0][0] == due:
+            self.wake()  # sooner than what the getters sleep for
+
+    def add_rate_limited(self, key: str) -> float:
+        """Queue `key` after its next back-off (one more failure); returns the delay."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = Backoff.after_failures(
+            failures,
+            first=self.backoff.first,
+            most=self.backoff.most,
+            factor=self.backoff.factor,
+        )
+        self._retries.inc()
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        """`key` succeeded: its next failure waits the first back-off again."""
+        self._failures.pop(key, None)
+
+    # --- taking ----------------------------------------------------------------------
+
+    async def get(self) -> str:
+        """The next ready key, now marked as processing: call done(key) when finished.
+        Raises QueueShutDown once the queue is shut down and empty."""
+        while True:
+            self._promote_due()
+            if self._queue:
+                key = self._queue.popleft()
+                now = self.clock()
+                self._queue_seconds.observe(max(0.0, now - self._dirty.pop(key)))
+                self._processing[key] = now
+                if self._queue:
+                    self._notify()  # more ready: let the next getter go too
+                return key
+            if self._shut_down:
+                raise QueueShutDown(f"work queue {self.name} is shut down")
+            event = anyio.Event()
+            self._getters.append(event)
+            timeout = self._timers[0][0] - self.clock() if self._timers else None
+            try:
+                with anyio.move_on_after(timeout if timeout is None else max(timeout, 0.0)):
+                    await event.wait()
+            except BaseException:
+                if event.is_set():
+                    self._notify()  # woken, but leaving (cancelled): pass the turn on
+                else:
+                    self._getters.remove(event)
+                raise
+            if not event.is_set():
+                self._getters.remove(event)  # a delayed key is due: look again
+
+    def done(self, key: str) -> None:
+        """The worker finished `key`: if it was added meanwhile, it is queued again."""
+        if self._processing.pop(key, None) is None:
+            return  # not taken by get(): it may be queued already, never queue it twice
+        if key in self._dirty and not self._shut_down:
+            self._queue.append(key)
+            self._notify()
+
+    def shut_down(self) -> None:
+        """Take no more keys; delayed keys are dropped; waiting getters see the end once
+        what is queued has been taken."""
+        self._shut_down = True
+        self._due.clear()
+        self._timers.clear()
+        while self._getters:
+            self._getters.popleft().set()
+
+    def wake(self) -> None:
+        """Make every waiting get() look again (a fake clock was advanced, a timer added)."""
+        while self._getters:
+            self._getters.popleft().set()
+
+    # --- inside ----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        if self._getters:
+            self._getters.popleft().set()
+
+    def _promote_due(self) -> None:
+        if not self._timers:
+            return
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            due, _, key = heapq.heappop(self._timers)
+            if self._due.get(key) != due:
+                continue  # superseded by an earlier delay of the same key
+            del self._due[key]
+            if key in self._dirty:
+                continue
+            self._dirty[key] = due  # it has waited since it was due
+            if key not in self._processing:
+                self._queue.append(key)
+
+
+async def add_in_slices(queue: WorkQueue, keys: Iterable[str]) -> int:
+    """Add many keys, yielding to the event loop every CHECKPOINT_EVERY of them; returns
+    how many were added."""
+    count = 0
+    for key in keys:
+        queue.add(key)
+        count += 1
+        if count % CHECKPOINT_EVERY == 0:
+            await anyio.lowlevel.checkpoint()
+    return count
