@@ -14,7 +14,6 @@ import itertools
 import statistics
 import time
 
-from corral.contract.names import placement_key
 from corral.contract.specs import (
     ContainerTemplate,
     Deployment,
@@ -38,7 +37,7 @@ def build(nodes: int, replicas: int, deployments: int) -> Snapshot:
     )
     return Snapshot(
         deployments={
-            f"app-{i}": Deployment(
+            f"default.app-{i}": Deployment(
                 metadata=ObjectMeta(name=f"app-{i}", generation=1),
                 spec=DeploymentSpec(replicas=per, template=template),
             )
@@ -78,10 +77,7 @@ def main() -> None:
     print(f"cluster: {args.nodes} nodes, {args.deployments} deployments, {args.replicas} replicas")
     print(f"place all from scratch : {seconds * 1000:8.1f} ms  ({len(placed)} placements)")
 
-    placements = {
-        placement_key(p.node, p.replica): PlacedReplica(revision=i + 1, placement=p)
-        for i, p in enumerate(placed)
-    }
+    placements = {p.key: PlacedReplica(revision=i + 1, placement=p) for i, p in enumerate(placed)}
     statuses = {status.name: (status, 1) for status, _ in plan.statuses}
     steady = Snapshot(**{**empty.__dict__, "placements": placements, "statuses": statuses})
     steady_runs = [timed(steady)[0] for _ in range(args.repeat)]

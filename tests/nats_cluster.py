@@ -235,7 +235,7 @@ async def measure_failover(cluster: NatsCluster, scheduler: ServiceContext) -> F
         published_seconds = time.monotonic() - killed_at
         while True:
             try:
-                entry = await deployments.get("failover")
+                entry = await deployments.get("default.failover")
                 if entry.value and decode(entry.value, Deployment).spec.replicas == 3:
                     break
             except Exception:

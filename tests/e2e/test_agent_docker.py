@@ -94,7 +94,7 @@ def make_placement(
 
 
 async def place(buckets: dict[str, NatsBucket], placement: Placement) -> None:
-    key = names.placement_key(placement.node, placement.replica)
+    key = placement.key
     await buckets[names.PLACEMENTS_BUCKET].put(key, encode(placement))
 
 
@@ -108,7 +108,9 @@ async def cluster_id(buckets: dict[str, NatsBucket]) -> str:
 async def status_of(
     buckets: dict[str, NatsBucket], node: str, replica: str
 ) -> ReplicaStatus | None:
-    entry = await buckets[names.REPLICA_STATUS_BUCKET].get(names.placement_key(node, replica))
+    entry = await buckets[names.REPLICA_STATUS_BUCKET].get(
+        names.placement_key(node, "default", replica)
+    )
     return None if entry is None else decode(entry.value or b"", ReplicaStatus)
 
 
@@ -241,7 +243,9 @@ async def test_deleted_placement_removes_its_container(
         await place(buckets, make_placement(node_name, web_a, test_image))
         await place(buckets, make_placement(node_name, web_b, test_image))
         await eventually(lambda: len(running_ids(node_name)) == 2)
-        await buckets[names.PLACEMENTS_BUCKET].delete(names.placement_key(node_name, web_b))
+        await buckets[names.PLACEMENTS_BUCKET].delete(
+            names.placement_key(node_name, "default", web_b)
+        )
         await eventually(lambda: set(running_ids(node_name)) == {web_a})
         await eventually(lambda: len(containers_of(node_name)) == 1)
 

@@ -78,7 +78,7 @@ async def test_hollow_agent_over_nats(
         return None if entry is None else decode(entry.value or b"", Node)
 
     async def status(replica: str) -> ReplicaStatus | None:
-        entry = await statuses.get(names.placement_key(NODE, replica))
+        entry = await statuses.get(names.placement_key(NODE, "default", replica))
         return None if entry is None else decode(entry.value or b"", ReplicaStatus)
 
     async def state_is(replica: str, state: ReplicaState) -> bool:
@@ -107,14 +107,14 @@ async def test_hollow_agent_over_nats(
         # Placements written straight into the bucket run and report Running.
         for replica in ("web-a1", "web-b2"):
             p = placement(replica)
-            await placements.put(names.placement_key(NODE, replica), encode(p))
+            await placements.put(names.placement_key(NODE, "default", replica), encode(p))
         await eventually(lambda: state_is("web-a1", ReplicaState.RUNNING))
         await eventually(lambda: state_is("web-b2", ReplicaState.RUNNING))
         running = await status("web-a1")
         assert running is not None and running.container_id and running.started_at
 
         # A placement deleted: the replica goes, and so does its status.
-        await placements.delete(names.placement_key(NODE, "web-b2"))
+        await placements.delete(names.placement_key(NODE, "default", "web-b2"))
 
         async def status_gone() -> bool:
             return await status("web-b2") is None

@@ -49,10 +49,10 @@ async def seed(buckets: dict[str, NatsBucket], now: float) -> None:
         metadata=ObjectMeta(name="web", generation=2, uid="u-1", creation_timestamp=now - 300),
         spec=DeploymentSpec(replicas=3, template=tmpl),
     )
-    await write_record(buckets[names.DEPLOYMENTS_BUCKET], "web", web, None)
+    await write_record(buckets[names.DEPLOYMENTS_BUCKET], "default.web", web, None)
     await write_record(
         buckets[names.DEPLOYMENT_STATUS_BUCKET],
-        "web",
+        "default.web",
         DeploymentStatus(
             name="web",
             observed_generation=2,
@@ -79,7 +79,7 @@ async def seed(buckets: dict[str, NatsBucket], now: float) -> None:
             None,
         )
     for replica in ("web-a", "web-b"):
-        key = names.placement_key("n1", replica)
+        key = names.placement_key("n1", "default", replica)
         await write_record(
             buckets[names.PLACEMENTS_BUCKET],
             key,
@@ -98,7 +98,7 @@ async def seed(buckets: dict[str, NatsBucket], now: float) -> None:
         )
     await write_record(
         buckets[names.REPLICA_STATUS_BUCKET],
-        names.placement_key("n1", "web-a"),
+        names.placement_key("n1", "default", "web-a"),
         ReplicaStatus(
             replica="web-a",
             deployment="web",

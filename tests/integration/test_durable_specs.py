@@ -46,7 +46,7 @@ async def publisher(nats_url: str) -> AsyncIterator[tuple[NATS, JetStreamContext
 
 
 async def stored(buckets: dict[str, NatsBucket], name: str) -> Deployment | None:
-    entry = await buckets[names.DEPLOYMENTS_BUCKET].get(name)
+    entry = await buckets[names.DEPLOYMENTS_BUCKET].get(f"default.{name}")
     if entry is None or entry.value is None:
         return None
     return decode(entry.value, Deployment)

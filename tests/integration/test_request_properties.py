@@ -93,11 +93,11 @@ def test_generated_requests_each_get_a_reply_naming_a_field_and_the_scheduler_ke
             # still serving: a valid apply is accepted and stored as sent
             reply = portal.call(request, ctx.nc, "deployment", "apply", GOOD)
             assert reply.ok, reply
-            entry = portal.call(ctx.buckets[names.DEPLOYMENTS_BUCKET].get, "web")
+            entry = portal.call(ctx.buckets[names.DEPLOYMENTS_BUCKET].get, "default.web")
             assert entry is not None and entry.value is not None
             assert decode(entry.value, Deployment).spec.replicas == 2
             # every stored Deployment is one the API accepts
             for name in NAMES:
-                entry = portal.call(ctx.buckets[names.DEPLOYMENTS_BUCKET].get, name)
+                entry = portal.call(ctx.buckets[names.DEPLOYMENTS_BUCKET].get, f"default.{name}")
                 if entry is not None and entry.value is not None:
                     decode(entry.value, Deployment)

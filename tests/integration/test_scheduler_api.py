@@ -77,7 +77,7 @@ async def test_bad_input_is_rejected_whole_and_names_the_field(
         assert not reply.ok
         assert message in reply.error
         assert reply.field == field
-        assert await buckets[names.DEPLOYMENTS_BUCKET].get("web") is None
+        assert await buckets[names.DEPLOYMENTS_BUCKET].get("default.web") is None
         # still serving
         assert (await request(ctx.nc, "deployment", "apply", GOOD)).ok
 
@@ -92,7 +92,7 @@ async def test_apply_is_idempotent_and_bumps_generation_on_change(
         assert same.revision == first.revision and same.generation == 1
         changed = await request(ctx.nc, "deployment", "apply", deployment_json("web", 5))
         assert changed.ok and not changed.unchanged and changed.generation == 2
-        entry = await buckets[names.DEPLOYMENTS_BUCKET].get("web")
+        entry = await buckets[names.DEPLOYMENTS_BUCKET].get("default.web")
         assert entry is not None and entry.value is not None
         stored = decode(entry.value, Deployment)
         assert stored.spec.replicas == 5 and stored.metadata.uid
@@ -115,7 +115,7 @@ async def test_scale_and_delete(nats_url: str, buckets: dict[str, NatsBucket]) -
         assert not missing.ok and "not found" in missing.error
         deleted = await request(ctx.nc, "deployment", "delete", encode({"name": "web"}))
         assert deleted.ok
-        assert await buckets[names.DEPLOYMENTS_BUCKET].get("web") is None
+        assert await buckets[names.DEPLOYMENTS_BUCKET].get("default.web") is None
         again = await request(ctx.nc, "deployment", "delete", encode({"name": "web"}))
         assert not again.ok and "not found" in again.error
 
@@ -140,6 +140,6 @@ async def test_an_unreadable_stored_deployment_can_be_replaced_but_not_scaled(
         assert not scaled.ok and "cannot be read" in scaled.error
         replaced = await request(ctx.nc, "deployment", "apply", GOOD)
         assert replaced.ok and replaced.generation == 5
-        entry = await stored.get("web")
+        entry = await stored.get("default.web")  # moved to its key with the namespace
         assert entry is not None and entry.value is not None
         assert decode(entry.value, Deployment).spec.replicas == 2

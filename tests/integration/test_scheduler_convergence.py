@@ -100,7 +100,7 @@ async def test_status_reports_pending_with_the_reason(
         assert (await request(ctx.nc, "deployment", "apply", big)).ok
 
         async def status() -> DeploymentStatus | None:
-            entry = await buckets[names.DEPLOYMENT_STATUS_BUCKET].get("big")
+            entry = await buckets[names.DEPLOYMENT_STATUS_BUCKET].get("default.big")
             return (
                 None
                 if entry is None or entry.value is None

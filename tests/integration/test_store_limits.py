@@ -104,7 +104,7 @@ async def test_delete_markers_are_purged_after_their_retention(
             return set(info.state.subjects or {})
 
         left = await eventually(subjects, lambda found: not any("gone" in s for s in found))
-        assert f"$KV.{names.DEPLOYMENTS_BUCKET}.kept" in left  # a live key keeps its value
+        assert f"$KV.{names.DEPLOYMENTS_BUCKET}.default.kept" in left  # a live key keeps its value
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ def test_create_body_has_labels_limits_and_no_restart_policy() -> None:
         names.LABEL_CLUSTER: CLUSTER_ID,
         names.LABEL_NODE: "node-a",
         names.LABEL_DEPLOYMENT: "web",
+        names.LABEL_NAMESPACE: "default",
         names.LABEL_REPLICA: "web-a1",
         names.LABEL_TEMPLATE_HASH: p.template_hash,
     }

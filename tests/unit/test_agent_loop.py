@@ -33,6 +33,7 @@ class RecordedEvents:
         message: str,
         *,
         warning: bool = False,
+        namespace: str | None = None,
     ) -> None:
         self.seen.append((object_name, reason, message))
 
@@ -63,13 +64,13 @@ class World:
         )
 
     async def place(self, p: Placement) -> None:
-        await self.placements.put(names.placement_key(p.node, p.replica), encode(p))
+        await self.placements.put(p.key, encode(p))
 
     async def unplace(self, replica: str) -> None:
-        await self.placements.delete(names.placement_key(NODE, replica))
+        await self.placements.delete(names.placement_key(NODE, "default", replica))
 
     def status(self, replica: str) -> ReplicaStatus | None:
-        entry = self.statuses.items.get(names.placement_key(NODE, replica))
+        entry = self.statuses.items.get(names.placement_key(NODE, "default", replica))
         return None if entry is None or entry.value is None else decode(entry.value, ReplicaStatus)
 
     def node(self) -> Node | None:

@@ -143,7 +143,7 @@ async def passes_after(agent: NodeAgent, count: int = 2) -> None:
 
 
 def key(replica: str) -> str:
-    return names.placement_key(NODE, replica)
+    return names.placement_key(NODE, "default", replica)
 
 
 # 1. Unreadable placements.

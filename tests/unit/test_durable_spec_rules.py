@@ -49,7 +49,7 @@ def api() -> tuple[DeploymentAPI, MemoryBucket, MemoryBucket, Stream]:
 
 
 async def replicas(deployments: MemoryBucket, name: str = "web") -> int | None:
-    entry = await deployments.get(name)
+    entry = await deployments.get(f"default.{name}")
     return (
         None
         if entry is None or entry.value is None
@@ -63,7 +63,7 @@ async def test_a_request_write_records_the_streams_newest_sequence_so_older_spec
     handler, deployments, _, stream = api()
     stream.newest = 7  # specs 1..7 were published before this request
     assert (await handler.apply(deployment_json("web", 5))).ok
-    entry = await deployments.get("web")
+    entry = await deployments.get("default.web")
     assert entry is not None and entry.value is not None
     assert decode(entry.value, Deployment).metadata.spec_sequence == 7
     for verb, payload in (
@@ -97,7 +97,7 @@ async def test_a_request_delete_is_remembered_so_an_older_waiting_spec_cannot_br
     stream.newest = 5  # spec 4 and 5 (an apply of web) still wait in the stream
     assert (await handler.delete(encode({"name": "web"}))).ok
     progress, _ = await read_progress(leases, "Deployment")
-    assert progress == SpecProgress(applied=3, deleted={"web": 5})
+    assert progress == SpecProgress(applied=3, deleted={"default.web": 5})
     skipped = await handler.apply(deployment_json("web", 2), 5)
     assert skipped.reason == REASON_SUPERSEDED and "deleted since" in skipped.message
     assert await replicas(deployments) is None
@@ -154,7 +154,7 @@ async def test_a_request_delete_that_cannot_be_remembered_deletes_nothing_and_ma
     assert deployments.remembered_at_delete == []
     leases.fail = False  # the retry works, and the memory comes before the delete
     assert (await handler.delete(encode({"name": "web"}))).ok
-    assert deployments.remembered_at_delete == [{"web": 5}]
+    assert deployments.remembered_at_delete == [{"default.web": 5}]
     assert await replicas(deployments) is None
     skipped = await handler.apply(deployment_json("web", 2), 4)
     assert skipped.reason == REASON_SUPERSEDED and await replicas(deployments) is None

@@ -83,7 +83,7 @@ class Cluster:
                 replacement=replacement,  # type: ignore[arg-type]
             ),
         )
-        await self.buckets[names.DEPLOYMENTS_BUCKET].put(name, encode(deployment))
+        await self.buckets[names.DEPLOYMENTS_BUCKET].put(deployment.key, encode(deployment))
 
     async def echo(self) -> None:
         """Write the echoes and wait until those whose watch is not stalled are back."""
@@ -383,7 +383,7 @@ async def test_metric_labels_never_carry_node_names_and_deleted_deployments_lose
         assert "node lost" in reasons
         assert not any("node-with-a-name" in reason for reason in reasons)
         assert desired_series() == {"web": 1}
-        await cluster.buckets[names.DEPLOYMENTS_BUCKET].delete("web")
+        await cluster.buckets[names.DEPLOYMENTS_BUCKET].delete("default.web")
         await cluster.tick(2, beating=("spare",))
         assert desired_series() == {}
 

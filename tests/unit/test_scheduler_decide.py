@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-from corral.contract.names import placement_key
 from corral.contract.specs import (
     ContainerTemplate,
     Deployment,
@@ -61,10 +60,7 @@ def cluster(
     running: set[str] = frozenset(),  # type: ignore[assignment]
     silent: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Snapshot:
-    placements = {
-        placement_key(p.node, p.replica): PlacedReplica(revision=i + 1, placement=p)
-        for i, p in enumerate(placed)
-    }
+    placements = {p.key: PlacedReplica(revision=i + 1, placement=p) for i, p in enumerate(placed)}
     statuses = {
         key: ReplicaStatus(
             replica=p.placement.replica,
@@ -77,7 +73,7 @@ def cluster(
         if p.placement.replica in running
     }
     return Snapshot(
-        deployments={d.metadata.name: d for d in deployments},
+        deployments={d.key: d for d in deployments},
         nodes={n.name: n for n in nodes},
         node_last_seen={n.name: (NOW - 60 if n.name in silent else NOW - 1) for n in nodes},
         placements=placements,
@@ -119,7 +115,7 @@ def test_nothing_to_do_when_converged() -> None:
     )
     first = decide(snapshot)
     assert not first.place and not first.stop
-    stored = {"web": (first.statuses[0][0], 7)}
+    stored = {"default.web": (first.statuses[0][0], 7)}
     again = decide(Snapshot(**{**snapshot.__dict__, "statuses": stored}))
     assert again.is_empty()
 
@@ -149,7 +145,7 @@ def test_silent_nodes_get_nothing_and_lose_their_replicas() -> None:
         silent={"dead"},
     )
     plan = decide(snapshot)
-    assert [s.key for s in plan.stop] == ["dead.web-1"]
+    assert [s.key for s in plan.stop] == ["dead.default.web-1"]
     assert "not ready" in plan.stop[0].reason
     assert placed_on(plan) == ["a"]
 
@@ -173,7 +169,7 @@ def test_scale_down_stops_unready_then_crowded_then_newest() -> None:
         cluster([web], [node("a"), node("b")], placed, running={"web-1", "web-2", "web-3"})
     )
     assert not plan.place
-    assert sorted(s.key for s in plan.stop) == ["a.web-2", "b.web-4"]
+    assert sorted(s.key for s in plan.stop) == ["a.default.web-2", "b.default.web-4"]
 
 
 def test_deleted_deployment_stops_all_and_forgets_status() -> None:
@@ -183,7 +179,7 @@ def test_deleted_deployment_stops_all_and_forgets_status() -> None:
         **{**snapshot.__dict__, "statuses": {"web": (DeploymentStatus(name="web"), 3)}}
     )
     plan = decide(snapshot)
-    assert [s.key for s in plan.stop] == ["a.web-1"]
+    assert [s.key for s in plan.stop] == ["a.default.web-1"]
     assert plan.forget_statuses == [("web", 3)]
 
 
@@ -248,7 +244,7 @@ def test_a_node_whose_engine_is_down_keeps_its_replicas_for_a_while() -> None:
     later_now = NOW - 5 + ENGINE_DOWN_EVICTION_SECONDS + 1
     heartbeating = {"a": later_now - 1, "b": later_now - 1}
     later = decide(Snapshot(**{**since.__dict__, "node_last_seen": heartbeating}), now=later_now)
-    assert [s.key for s in later.stop] == ["a.web-1"]
+    assert [s.key for s in later.stop] == ["a.default.web-1"]
     assert "not ready" in later.stop[0].reason
     assert [p.node for p in later.place] == ["b"]
 
@@ -259,8 +255,8 @@ def test_replicas_of_an_unreadable_deployment_are_left_alone() -> None:
     unreadable = Snapshot(
         **{
             **snapshot.__dict__,
-            "unreadable_deployments": frozenset({"web"}),
-            "statuses": {"web": (DeploymentStatus(name="web"), 4)},
+            "unreadable_deployments": frozenset({"default.web"}),
+            "statuses": {"default.web": (DeploymentStatus(name="web"), 4)},
         }
     )
     plan = decide(unreadable)

@@ -69,12 +69,14 @@ def snapshot(
     d = deployment(replacement)
     old = node("old", ready=engine_down_for is None, mode=mode)
     return Snapshot(
-        deployments={"db": d},
+        deployments={d.key: d},
         nodes={"old": old, "spare": node("spare")},
         node_last_seen={"old": NOW - silent_for, "spare": NOW - 0.5},
         node_not_ready_since={} if engine_down_for is None else {"old": NOW - engine_down_for},
         feed_fresh_since=NOW - 1000 if fresh else None,
-        placements={placement_key("old", "db-aaaaa"): PlacedReplica(placed(d, "old"), revision=7)},
+        placements={
+            placement_key("old", "default", "db-aaaaa"): PlacedReplica(placed(d, "old"), revision=7)
+        },
         released=frozenset({"old"}) if released else frozenset(),
     )
 
@@ -114,7 +116,9 @@ def test_a_nodes_replicas_are_replaced_as_the_time_budget_says(
 ) -> None:
     plan = decide(snapshot(replacement, **state))  # type: ignore[arg-type]
     if replaced:
-        assert [(s.key, s.revision, s.cause) for s in plan.stop] == [("old.db-aaaaa", 7, cause)]
+        assert [(s.key, s.revision, s.cause) for s in plan.stop] == [
+            ("old.default.db-aaaaa", 7, cause)
+        ]
         assert [(p.node, p.deployment) for p in plan.place] == [("spare", "db")]
     else:
         assert not plan.stop and not plan.place

@@ -8,7 +8,6 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
-from corral.contract.names import placement_key
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
 from corral_scheduler.decide import Plan, schedule
@@ -43,13 +42,10 @@ def snapshot(
     deployments: list[Deployment], nodes: list[Node], placed: Sequence[Placement] = ()
 ) -> Snapshot:
     return Snapshot(
-        deployments={d.metadata.name: d for d in deployments},
+        deployments={d.key: d for d in deployments},
         nodes={n.name: n for n in nodes},
         node_last_seen={n.name: NOW - 1 for n in nodes},
-        placements={
-            placement_key(p.node, p.replica): PlacedReplica(p, revision=i + 1)
-            for i, p in enumerate(placed)
-        },
+        placements={p.key: PlacedReplica(p, revision=i + 1) for i, p in enumerate(placed)},
     )
 
 

@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import pytest
 
-from corral.contract.names import placement_key
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import Node, NodeCapacity, Placement, ReplicaState, ReplicaStatus
 from corral_scheduler.decide import Plan, schedule
@@ -217,7 +216,7 @@ def _situation(row: Row) -> Snapshot:
                 generation=1,
                 created_at=float(number),
             )
-            key = placement_key(placement.node, placement.replica)
+            key = placement.key
             placements[key] = PlacedReplica(revision=number + 1, placement=placement)
             if i < running:
                 statuses[key] = ReplicaStatus(
@@ -228,7 +227,7 @@ def _situation(row: Row) -> Snapshot:
                     template_hash=placement.template_hash,
                 )
     return Snapshot(
-        deployments={"web": _deployment(row.replicas, NEW_IMAGE)},
+        deployments={"default.web": _deployment(row.replicas, NEW_IMAGE)},
         nodes={n.name: n for n in nodes},
         node_last_seen={n.name: NOW - 1 for n in nodes},
         placements=placements,
@@ -251,10 +250,7 @@ def test_the_deciding_step_places_and_stops_as_the_table_says(row: Row) -> None:
     stopped = [snapshot.placements[stop.key] for stop in plan.stop]
     old_stopped = [s for s in stopped if s.placement.template_hash != new_hash]
     old_ready_stopped = [
-        s
-        for s in old_stopped
-        if snapshot.replica_statuses.get(placement_key(s.placement.node, s.placement.replica))
-        is not None
+        s for s in old_stopped if snapshot.replica_statuses.get(s.placement.key) is not None
     ]
     assert len(old_stopped) - len(old_ready_stopped) == row.stop_old_unready
     assert len(old_ready_stopped) == row.stop_old_ready

@@ -683,7 +683,7 @@ class NodeAgent:
             await self.leftovers.sweep(owned.other_nodes, self.engine_id)
         # A placement that does not decode is neither placed nor deleted: its
         # replica is left alone (never removed, restarted, or given a status).
-        unreadable = {names.split_placement_key(key)[1] for key in mirror.unreadable}
+        unreadable = {names.split_placement_key(key)[2] for key in mirror.unreadable}
         held = self._busy(listed_at) | unreadable
         plan = plan_actions(placements, owned.own, self.tracks, held, now)
         self._keep_tracks(plan, unreadable)
@@ -727,6 +727,7 @@ class NodeAgent:
         orphans = [
             OrphanReplica(
                 deployment=c.deployment,
+                namespace=c.namespace,
                 replica=c.replica,
                 template_hash=c.template_hash,
                 running=c.state == ContainerState.RUNNING,

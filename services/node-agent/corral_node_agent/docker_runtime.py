@@ -92,6 +92,7 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         name=str(data.get("Name", "")).lstrip("/"),
         replica=labels.get(names.LABEL_REPLICA, ""),
         deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
+        namespace=labels.get(names.LABEL_NAMESPACE, names.DEFAULT_NAMESPACE),
         template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
         state=status,
         exit_code=int(state["ExitCode"])

@@ -44,6 +44,7 @@ class EventSink(Protocol):
         message: str,
         *,
         warning: bool = False,
+        namespace: str | None = None,
     ) -> None: ...
 
 
@@ -66,6 +67,7 @@ def container_spec(placement: Placement, cluster_id: str) -> ContainerSpec:
             names.LABEL_CLUSTER: cluster_id,
             names.LABEL_NODE: placement.node,
             names.LABEL_DEPLOYMENT: placement.deployment,
+            names.LABEL_NAMESPACE: placement.namespace,
             names.LABEL_REPLICA: placement.replica,
             names.LABEL_TEMPLATE_HASH: placement.template_hash,
         },
@@ -207,6 +209,7 @@ class Executor:
                 reason,
                 f"{placement.replica} on {placement.node}: {message}",
                 warning=True,
+                namespace=placement.namespace,
             )
 
     async def _image_ready(self, action: CreateContainer) -> bool:
@@ -223,7 +226,11 @@ class Executor:
             )
             self.on_progress()
             await self.events.emit(
-                "deployment", placement.deployment, "Pulling", f"pulling image {image}"
+                "deployment",
+                placement.deployment,
+                "Pulling",
+                f"pulling image {image}",
+                namespace=placement.namespace,
             )
             try:
                 await self.puller.pull(image)
@@ -236,7 +243,11 @@ class Executor:
                 )
                 return False
             await self.events.emit(
-                "deployment", placement.deployment, "Pulled", f"pulled image {image}"
+                "deployment",
+                placement.deployment,
+                "Pulled",
+                f"pulled image {image}",
+                namespace=placement.namespace,
             )
         return True
 
@@ -302,6 +313,7 @@ class Executor:
                 f"restarted {replica} on {placement.node} after exit code {track.exit_code} "
                 f"(restart {track.restarts})",
                 warning=True,
+                namespace=placement.namespace,
             )
         else:
             await self.events.emit(
@@ -309,6 +321,7 @@ class Executor:
                 placement.deployment,
                 "Started",
                 f"started {replica} on {placement.node} ({container_id[:12]})",
+                namespace=placement.namespace,
             )
         return True
 

@@ -53,6 +53,7 @@ def _observed(container: HollowContainer) -> ObservedContainer:
         name=container.spec.name,
         replica=labels.get(names.LABEL_REPLICA, ""),
         deployment=labels.get(names.LABEL_DEPLOYMENT, ""),
+        namespace=labels.get(names.LABEL_NAMESPACE, names.DEFAULT_NAMESPACE),
         template_hash=labels.get(names.LABEL_TEMPLATE_HASH, ""),
         state=container.state,
         exit_code=container.exit_code,

@@ -15,6 +15,8 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from corral.contract.names import DEFAULT_NAMESPACE
+
 
 class RuntimeFailure(Exception):
     """The engine refused or failed an operation; the message says why."""
@@ -86,6 +88,7 @@ class ObservedContainer:
     node: str = ""  # its io.corral.node label
     managed: bool = True  # it carries io.corral.managed=true
     cluster: str = ""  # its io.corral.cluster label: the cluster that made it
+    namespace: str = DEFAULT_NAMESPACE  # its io.corral.namespace label (absent: default)
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the

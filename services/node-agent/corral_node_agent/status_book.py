@@ -20,7 +20,12 @@ _LOAD_TIMEOUT = 10.0
 
 
 class StatusBook:
-    """The statuses this agent last wrote (key -> (status, revision)); the agent owns them."""
+    """The statuses this agent last wrote (replica -> (status, revision)); the agent owns
+    them. Each is stored under its placement's key (names.placement_key: node, the
+    Deployment's namespace, replica); replica names are unique in the cluster.
+
+    Statuses stored before keys carried the namespace (<node>.<replica>) are moved to
+    their new key when loaded (`load`), compare-and-set, so nothing is lost."""
 
     def __init__(self, bucket: Bucket, node: str, clock: Callable[[], float] = time.time) -> None:
         self.bucket = bucket
@@ -28,14 +33,12 @@ class StatusBook:
         self.clock = clock
         self.written: dict[str, tuple[ReplicaStatus, int]] = {}
 
-    def key(self, replica: str) -> str:
-        return names.placement_key(self.node, replica)
-
     async def load(self) -> None:
         """Read the statuses already stored for this node (an earlier run of the agent)."""
         self.written.clear()
+        legacy: list[tuple[str, ReplicaStatus, int]] = []
         with anyio.fail_after(_LOAD_TIMEOUT):
-            async for entry in self.bucket.watch(f"{self.node}.>"):
+            async for entry in self.bucket.watch(names.placement_prefix(self.node)):
                 if entry is None:
                     break
                 if entry.value is None:
@@ -45,19 +48,34 @@ class StatusBook:
                 except msgspec.DecodeError:
                     log.warning("ignoring undecodable status %s", entry.key)
                     continue
-                self.written[entry.key] = (status, entry.revision)
+                if names.is_legacy_placement_key(entry.key):
+                    legacy.append((entry.key, status, entry.revision))
+                else:
+                    self.written[status.replica] = (status, entry.revision)
+        for key, status, revision in legacy:
+            await self._move(key, status, revision)
+
+    async def _move(self, old_key: str, status: ReplicaStatus, revision: int) -> None:
+        """Copy a status from its key of before namespaces to its key now, then delete
+        the old one (on its revision: a newer write there is left for the next load)."""
+        if status.replica not in self.written:
+            await self.write(msgspec.structs.replace(status, node=self.node))
+        try:
+            await self.bucket.delete(old_key, revision)
+        except Conflict:
+            log.warning("status %s changed while moving it; the next start moves it", old_key)
 
     def get(self, replica: str) -> ReplicaStatus | None:
-        found = self.written.get(self.key(replica))
+        found = self.written.get(replica)
         return None if found is None else found[0]
 
     def replicas(self) -> list[str]:
-        return [names.split_placement_key(key)[1] for key in self.written]
+        return list(self.written)
 
     async def write(self, status: ReplicaStatus) -> bool:
         """Store status unless it is already what is stored; True when written."""
-        key = self.key(status.replica)
-        known = self.written.get(key)
+        key = status.key
+        known = self.written.get(status.replica)
         if known is not None and same_status(known[0], status):
             return False
         stamped = msgspec.structs.replace(status, updated_at=self.clock())
@@ -69,18 +87,20 @@ class StatusBook:
                 entry = await self.bucket.get(key)  # re-read, then retry
                 revision = None if entry is None or entry.value is None else entry.revision
                 continue
-            self.written[key] = (stamped, new_revision)
+            self.written[status.replica] = (stamped, new_revision)
             return True
         log.warning("status %s kept conflicting; will retry next pass", key)
-        self.written.pop(key, None)
+        self.written.pop(status.replica, None)
         return False
 
     async def delete(self, replica: str) -> None:
         """Delete the stored status. It is forgotten only once the delete succeeded:
         when NATS fails, the next pass tries again."""
-        key = self.key(replica)
-        known = self.written.get(key)
-        revision = None if known is None else known[1]
+        known = self.written.get(replica)
+        if known is None:
+            return  # none stored that this agent knows of
+        key = known[0].key
+        revision = known[1]
         try:
             await self.bucket.delete(key, revision)
         except Conflict:  # re-read, then delete what is there now
@@ -90,7 +110,6 @@ class StatusBook:
                     await self.bucket.delete(key, entry.revision)
                 except Conflict:
                     log.warning("status %s changed while deleting; next pass retries", key)
-                    if known is not None:
-                        self.written[key] = (known[0], entry.revision)
+                    self.written[replica] = (known[0], entry.revision)
                     return
-        self.written.pop(key, None)
+        self.written.pop(replica, None)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import anyio
 
 from corral.contract.codec import encode
-from corral.contract.names import placement_key
 from corral.contract.state import DeploymentStatus, Placement
 from corral.natsio.kv import Conflict, Entry, Mirror
 from corral_scheduler.decide import Plan, Stop
@@ -55,7 +54,7 @@ class PlanApplier:
         return committed
 
     async def _place(self, placement: Placement, committed: Committed) -> None:
-        key = placement_key(placement.node, placement.replica)
+        key = placement.key
         raw = encode(placement)
         async with self._limiter:
             try:
@@ -83,19 +82,19 @@ class PlanApplier:
         async with self._limiter:
             try:
                 if revision is None:
-                    new_revision = await self.statuses.bucket.create(status.name, raw)
+                    new_revision = await self.statuses.bucket.create(status.key, raw)
                 else:
-                    new_revision = await self.statuses.bucket.update(status.name, raw, revision)
+                    new_revision = await self.statuses.bucket.update(status.key, raw, revision)
             except Conflict:
                 committed.conflicts += 1
                 return
-        self.statuses.apply(Entry(status.name, raw, new_revision))
+        self.statuses.apply(Entry(status.key, raw, new_revision))
 
-    async def _forget_status(self, name: str, revision: int, committed: Committed) -> None:
+    async def _forget_status(self, key: str, revision: int, committed: Committed) -> None:
         async with self._limiter:
             try:
-                marker = await self.statuses.bucket.delete(name, revision=revision)
+                marker = await self.statuses.bucket.delete(key, revision=revision)
             except Conflict:
                 committed.conflicts += 1
                 return
-        self.statuses.apply(Entry(name, None, marker))
+        self.statuses.apply(Entry(key, None, marker))

@@ -180,7 +180,7 @@ class ControlLoop:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            deployments={d.metadata.name: d for d in self.deployments.values()},
+            deployments={d.key: d for d in self.deployments.values()},
             statuses=dict(self.statuses.items),
             nodes={key: node for key, (node, _) in self.nodes.items.items()},
             node_last_seen=dict(self.node_last_seen),
@@ -263,12 +263,14 @@ class ControlLoop:
                 self._wake.set()  # decide again from fresher state
             if self.events is not None:
                 for event in plan.events:
+                    namespace, name = names.split_object_key(event.deployment)
                     await self.events.emit(
                         "deployment",
-                        event.deployment,
+                        name,
                         event.reason,
                         event.message,
                         warning=event.warning,
+                        namespace=namespace,
                     )
         done = self.monotonic()
         for since in self.changed_at.values():

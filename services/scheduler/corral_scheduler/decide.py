@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from corral.contract.names import placement_key
+from corral.contract.names import object_key
 from corral.contract.specs import Deployment
 from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
@@ -36,7 +36,7 @@ SUFFIX_LENGTH = 5
 class Stop:
     key: str
     revision: int
-    deployment: str
+    deployment: str  # its key: <namespace>.<name>
     reason: str  # for people (events); may name a node
     cause: str = ""  # a bounded label (metrics); the reason when empty
 
@@ -47,7 +47,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class PlanEvent:
-    deployment: str
+    deployment: str  # its key: <namespace>.<name>
     reason: str
     message: str
     warning: bool = False
@@ -88,7 +88,7 @@ def schedule(
     plan = Plan()
     ready_nodes = {name for name in snapshot.nodes if snapshot.schedulable(name, now)}
     usage: defaultdict[str, _Usage] = defaultdict(_Usage)
-    by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}
+    by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}  # by Deployment key
     taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
     losses: dict[tuple[str, bool], Loss | None] = {}  # (node, after_stop): once per pass
 
@@ -99,30 +99,31 @@ def schedule(
 
     for key, placed in sorted(snapshot.placements.items()):
         placement = placed.placement
-        deployment = snapshot.deployments.get(placement.deployment)
-        if placement.deployment in snapshot.unreadable_deployments:
+        owner = placement.deployment_key
+        deployment = snapshot.deployments.get(owner)
+        if owner in snapshot.unreadable_deployments:
             _count(usage[placement.node], placement, +1)  # left alone, but it takes room
             continue
         if deployment is None:
-            plan.stop.append(Stop(key, placed.revision, placement.deployment, "deployment deleted"))
+            plan.stop.append(Stop(key, placed.revision, owner, "deployment deleted"))
             continue
         lost = loss(placement.node, deployment.spec.replacement == "AfterStop")
         if lost is not None:
             reason = _LOSS_REASONS[lost].format(node=placement.node)
-            plan.stop.append(Stop(key, placed.revision, placement.deployment, reason, lost.value))
+            plan.stop.append(Stop(key, placed.revision, owner, reason, lost.value))
         else:
             _count(usage[placement.node], placement, +1)
-            by_deployment.setdefault(placement.deployment, []).append((key, placed))
+            by_deployment.setdefault(owner, []).append((key, placed))
 
     orphans = _orphans_by_deployment(snapshot, ready_nodes)
     run = _Pass(snapshot, ready_nodes, usage, taken_names, wall_time, new_suffix)
-    for name, deployment in sorted(snapshot.deployments.items()):
-        live = by_deployment.get(name, [])
-        _reconcile_deployment(run, deployment, live, orphans.get(name, []), plan)
+    for key, deployment in sorted(snapshot.deployments.items()):
+        live = by_deployment.get(key, [])
+        _reconcile_deployment(run, deployment, live, orphans.get(key, []), plan)
 
-    for name, (_, revision) in sorted(snapshot.statuses.items()):
-        if name not in snapshot.deployments and name not in snapshot.unreadable_deployments:
-            plan.forget_statuses.append((name, revision))
+    for key, (_, revision) in sorted(snapshot.statuses.items()):
+        if key not in snapshot.deployments and key not in snapshot.unreadable_deployments:
+            plan.forget_statuses.append((key, revision))
     _summarise_stops(plan)
     return plan
 
@@ -137,12 +138,13 @@ _LOSS_REASONS = {
 def _orphans_by_deployment(
     snapshot: Snapshot, ready_nodes: set[str]
 ) -> dict[str, list[tuple[str, OrphanReplica]]]:
-    """The orphans of schedulable nodes, per Deployment name: running ones first, then by
+    """The orphans of schedulable nodes, per Deployment key: running ones first, then by
     node and name (deterministic)."""
     found: dict[str, list[tuple[str, OrphanReplica]]] = {}
     for node_name in sorted(ready_nodes):
         for orphan in snapshot.nodes[node_name].orphans:
-            found.setdefault(orphan.deployment, []).append((node_name, orphan))
+            owner = object_key(orphan.namespace, orphan.deployment)
+            found.setdefault(owner, []).append((node_name, orphan))
     for entries in found.values():
         entries.sort(key=lambda entry: (not entry[1].running, entry[0], entry[1].replica))
     return found
@@ -234,7 +236,7 @@ def _reconcile_deployment(
     plan: Plan,
 ) -> None:
     """One Deployment's share of the plan: what to stop, what to place, its status."""
-    name = deployment.metadata.name
+    name = deployment.key
     template_hash = deployment.spec.template.template_hash()
     replicas = _Replicas.split(run.snapshot, live, template_hash)
     step = replicas.step(deployment.spec.replicas)
@@ -292,6 +294,7 @@ def _what_to_place(
     """`count` new placements: the Deployment's orphans first (placed where they run,
     under their own name, they are kept running), then new names on the ranked nodes."""
     name = deployment.metadata.name
+    namespace = deployment.metadata.namespace
     template = deployment.spec.template
     cpu = template.resources.requests.cpu_millis
     memory = template.resources.requests.memory_bytes
@@ -302,6 +305,7 @@ def _what_to_place(
             replica=replica,
             deployment=name,
             node=node,
+            namespace=namespace,
             template=template,
             template_hash=template_hash,
             generation=deployment.metadata.generation,
@@ -350,9 +354,10 @@ def _status(
     """The Deployment's status after this pass (`kept`: replicas not stopped, `ready` of
     them Running, `updated`: of the current template, new ones included), written only
     when it changed; a FailedScheduling event when the reason for pending ones is new."""
-    name = deployment.metadata.name
+    name = deployment.key
     status = DeploymentStatus(
-        name=name,
+        name=deployment.metadata.name,
+        namespace=deployment.metadata.namespace,
         observed_generation=deployment.metadata.generation,
         replicas=deployment.spec.replicas,
         placed=kept + len(placed.new),
@@ -507,4 +512,4 @@ def _summarise_stops(plan: Plan) -> None:
 
 
 def placement_keys(plan: Plan) -> list[str]:
-    return [placement_key(p.node, p.replica) for p in plan.place]
+    return [p.key for p in plan.place]

@@ -72,13 +72,13 @@ class DeploymentAPI:
         request the stream's newest (every durable spec up to it is older)."""
         return sequence if sequence else await self.spec_position()
 
-    async def _superseded(self, name: str, sequence: int) -> Reply | None:
+    async def _superseded(self, key: str, name: str, sequence: int) -> Reply | None:
         """A durable spec already covered by the progress record: handled before, or
-        older than a request's delete of the same name."""
+        older than a request's delete of the same object (`key`)."""
         if not sequence or self.progress is None:
             return None
         progress, _ = await read_progress(self.progress, KIND)
-        newer = progress.superseded_by(name, sequence)
+        newer = progress.superseded_by(key, sequence)
         if not newer:
             return None
         what = "handled before" if sequence <= progress.applied else "deleted since"
@@ -90,13 +90,14 @@ class DeploymentAPI:
         except InvalidPayload as error:
             return _invalid(error)
         name = wanted.metadata.name
-        skipped = await self._superseded(name, sequence)
+        key = wanted.key
+        skipped = await self._superseded(key, name, sequence)
         if skipped is not None:
             return skipped
         position = await self._position(sequence)
         precondition = wanted.metadata.resource_version
         for _ in range(CAS_ATTEMPTS):
-            entry = await self.deployments.get(name)
+            entry = await self.deployments.get(key)
             current = None if entry is None or entry.value is None else _readable(entry.value)
             older = None if current is None else _older_than_stored(name, sequence, current)
             if older is not None:
@@ -107,7 +108,7 @@ class DeploymentAPI:
             try:
                 if entry is None or entry.value is None:
                     stored = self._new(wanted, position)
-                    revision = await self.deployments.create(name, encode(stored))
+                    revision = await self.deployments.create(key, encode(stored))
                     return _accepted(name, revision, 1)
                 if current is None:
                     # What is stored cannot be read (corrupt, or from a newer corral):
@@ -115,7 +116,7 @@ class DeploymentAPI:
                     replaced = self._new(
                         wanted, position, generation=_stored_generation(entry.value) + 1
                     )
-                    revision = await self.deployments.update(name, encode(replaced), entry.revision)
+                    revision = await self.deployments.update(key, encode(replaced), entry.revision)
                     return _accepted(name, revision, replaced.metadata.generation)
                 if (current.spec, current.metadata.labels) == (wanted.spec, wanted.metadata.labels):
                     return _accepted(
@@ -131,7 +132,7 @@ class DeploymentAPI:
                         spec_sequence=max(position, current.metadata.spec_sequence),
                     ),
                 )
-                revision = await self.deployments.update(name, encode(stored), entry.revision)
+                revision = await self.deployments.update(key, encode(stored), entry.revision)
                 return _accepted(name, revision, stored.metadata.generation)
             except Conflict:
                 continue
@@ -142,12 +143,12 @@ class DeploymentAPI:
             request = decode_payload(raw, ScaleRequest)
         except InvalidPayload as error:
             return _invalid(error)
-        skipped = await self._superseded(request.name, sequence)
+        skipped = await self._superseded(request.key, request.name, sequence)
         if skipped is not None:
             return skipped
         position = await self._position(sequence)
         for _ in range(CAS_ATTEMPTS):
-            entry = await self.deployments.get(request.name)
+            entry = await self.deployments.get(request.key)
             stale = _stale(request.name, request.resource_version, entry, "resourceVersion")
             if stale is not None:
                 return stale
@@ -181,7 +182,7 @@ class DeploymentAPI:
             )
             try:
                 revision = await self.deployments.update(
-                    request.name, encode(scaled), entry.revision
+                    request.key, encode(scaled), entry.revision
                 )
             except Conflict:
                 continue
@@ -193,13 +194,13 @@ class DeploymentAPI:
             request = decode_payload(raw, DeleteRequest)
         except InvalidPayload as error:
             return _invalid(error)
-        skipped = await self._superseded(request.name, sequence)
+        skipped = await self._superseded(request.key, request.name, sequence)
         if skipped is not None:
             return skipped
         position = await self._position(sequence)
         remembered = False
         for _ in range(CAS_ATTEMPTS):
-            entry = await self.deployments.get(request.name)
+            entry = await self.deployments.get(request.key)
             stale = _stale(request.name, request.resource_version, entry, "resourceVersion")
             if stale is not None:
                 return stale
@@ -214,23 +215,23 @@ class DeploymentAPI:
                 # A durable spec of this name still waiting in the stream is older than
                 # this delete: it must not bring the Deployment back. Remembered before
                 # the delete, and no delete without it.
-                failed = await self._remember_delete(request.name, position)
+                failed = await self._remember_delete(request.key, request.name, position)
                 if failed is not None:
                     return failed
                 remembered = True
             try:
-                await self.deployments.delete(request.name, revision=entry.revision)
+                await self.deployments.delete(request.key, revision=entry.revision)
             except Conflict:
                 continue
             return Reply(ok=True, kind=KIND, name=request.name, revision=entry.revision)
         return _busy(request.name)
 
-    async def _remember_delete(self, name: str, position: int) -> Reply | None:
+    async def _remember_delete(self, key: str, name: str, position: int) -> Reply | None:
         """Remember a request's delete in the progress record; the retryable refusal
         (nothing deleted) when that fails."""
         assert self.progress is not None
         try:
-            await remember_delete(self.progress, KIND, name, position)
+            await remember_delete(self.progress, KIND, key, position)
         except Exception as error:
             log.warning("could not remember the delete of %s", name, exc_info=True)
             if is_store_full(error):

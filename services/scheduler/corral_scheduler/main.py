@@ -17,6 +17,7 @@ from corral.natsio.bus import (
     serve_spec_requests,
     spec_stream_position,
 )
+from corral.natsio.key_migration import SCHEDULER_BUCKETS, move_legacy_keys
 from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
@@ -37,6 +38,10 @@ async def run(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    # Records stored before keys carried the namespace move first, before any of
+    # them is acted on (corral.natsio.key_migration).
+    for bucket, form in SCHEDULER_BUCKETS.items():
+        await move_legacy_keys(ctx.buckets[bucket], form)
     loop = ControlLoop(dict(ctx.buckets), ctx.events)
     await ctx.task_group.start(loop.run)
     leases = ctx.buckets[names.LEASES_BUCKET]

@@ -152,8 +152,8 @@ class NodeAPI:
         for placement in self.loop.placements.values():
             if placement.node != node:
                 continue
-            deployment = deployments.get(placement.deployment)
-            if placement.deployment in deployments.unreadable or (
+            deployment = deployments.get(placement.deployment_key)
+            if placement.deployment_key in deployments.unreadable or (
                 deployment is not None and deployment.spec.replacement == "AfterStop"
             ):
                 found.add(placement.deployment)

@@ -252,28 +252,36 @@ class CorralClient:
     async def _values(self, name: str, kind: type[T]) -> dict[str, T]:
         return {key: value for key, (value, _) in (await self.read_bucket(name, kind)).items()}
 
-    async def deployments(self) -> dict[str, Deployment]:
-        return await self._values(names.DEPLOYMENTS_BUCKET, Deployment)
+    async def deployments(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Deployment]:
+        """The Deployments of one namespace, by name."""
+        stored = await self._values(names.DEPLOYMENTS_BUCKET, Deployment)
+        return {d.metadata.name: d for d in stored.values() if d.metadata.namespace == namespace}
 
-    async def deployment(self, name: str) -> Deployment | None:
+    async def deployment(
+        self, name: str, namespace: str = names.DEFAULT_NAMESPACE
+    ) -> Deployment | None:
         bucket = await self._bucket(names.DEPLOYMENTS_BUCKET)
-        entry = None if bucket is None else await bucket.get(name)
+        entry = None if bucket is None else await bucket.get(names.object_key(namespace, name))
         if entry is None or not entry.value:
             return None
         return decode(entry.value, Deployment)
 
-    async def deployment_statuses(self) -> dict[str, DeploymentStatus]:
-        return await self._values(names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus)
+    async def deployment_statuses(
+        self, namespace: str = names.DEFAULT_NAMESPACE
+    ) -> dict[str, DeploymentStatus]:
+        """The statuses of one namespace's Deployments, by name."""
+        stored = await self._values(names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus)
+        return {s.name: s for s in stored.values() if s.namespace == namespace}
 
     async def nodes(self) -> dict[str, Node]:
         return await self._values(names.NODES_BUCKET, Node)
 
     async def placements(self) -> dict[str, Placement]:
-        """By key <node>.<replica>."""
+        """By key <node>.<namespace>.<replica> (names.placement_key)."""
         return await self._values(names.PLACEMENTS_BUCKET, Placement)
 
     async def replica_statuses(self) -> dict[str, ReplicaStatus]:
-        """By key <node>.<replica>, the same key as the Placement."""
+        """By key <node>.<namespace>.<replica>, the same key as the Placement."""
         return await self._values(names.REPLICA_STATUS_BUCKET, ReplicaStatus)
 
     # --- events: the CORRAL_EVENTS stream ----------------------------------------------
@@ -365,9 +373,10 @@ _CAUGHT_UP: Final = Event(
 def _events_filter(kind: str | None, name: str | None) -> str:
     if kind is None:
         return f"{names.EVENTS_PREFIX}.>"
+    namespaced = kind.lower() in names.NAMESPACED_KINDS
     if name is None:
-        return f"{names.EVENTS_PREFIX}.{kind.lower()}.*"
-    return names.event_subject(kind, name)
+        return f"{names.EVENTS_PREFIX}.{kind.lower()}.{'>' if namespaced else '*'}"
+    return names.event_subject(kind, name, names.DEFAULT_NAMESPACE if namespaced else None)
 
 
 def _decode_event(raw: bytes) -> Event | None:

@@ -73,3 +73,4 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     object_name: str
     message: str
     source: str  # the service (and node) that saw it
+    object_namespace: str = ""  # a namespaced object's; "" for a node

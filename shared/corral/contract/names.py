@@ -8,6 +8,13 @@ Public subjects (what any client may publish, as JSON):
                                 shows up as an event on corral.events.rejected.<kind>
 
 <kind> is the lower-case kind (deployment, ...); <verb> is apply, delete or scale.
+
+Namespaced objects (Deployments today; Services and claims later) are keyed
+`<namespace>.<name>` in every bucket, and their replicas `<node>.<namespace>.<replica>`,
+so that a second namespace needs no migration. `default` is the only namespace
+for now. Keys written before namespaces (`<name>`, `<node>.<replica>`) are read as
+the default namespace's, and moved to the new form by their owner at start
+(corral.natsio.key_migration).
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ SPEC_STREAM: Final = "CORRAL_SPECS"
 EVENTS_STREAM: Final = "CORRAL_EVENTS"
 
 # JetStream KV buckets: the cluster's state (the role etcd plays in Kubernetes).
-DEPLOYMENTS_BUCKET: Final = "corral_deployments"  # key: name -> Deployment (scheduler)
-DEPLOYMENT_STATUS_BUCKET: Final = "corral_deployment_status"  # key: name -> DeploymentStatus
+# key: namespace.name -> Deployment (scheduler)
+DEPLOYMENTS_BUCKET: Final = "corral_deployments"
+# key: namespace.name -> DeploymentStatus (scheduler)
+DEPLOYMENT_STATUS_BUCKET: Final = "corral_deployment_status"
 NODES_BUCKET: Final = "corral_nodes"  # key: node -> Node (its node agent)
-PLACEMENTS_BUCKET: Final = "corral_placements"  # key: node.replica -> Placement (scheduler)
-REPLICA_STATUS_BUCKET: Final = "corral_replica_status"  # key: node.replica -> ReplicaStatus (agent)
+# key: node.namespace.replica -> Placement (scheduler)
+PLACEMENTS_BUCKET: Final = "corral_placements"
+# key: node.namespace.replica -> ReplicaStatus (the node's agent)
+REPLICA_STATUS_BUCKET: Final = "corral_replica_status"
 # Liveness of control-plane services: each writes and watches its own keys here.
 LEASES_BUCKET: Final = "corral_leases"
 # The cluster's identity (key CLUSTER_KEY -> Cluster), made once when the state is first
@@ -54,6 +65,7 @@ LABEL_MANAGED: Final = "io.corral.managed"
 LABEL_CLUSTER: Final = "io.corral.cluster"  # the id of the cluster that made it
 LABEL_NODE: Final = "io.corral.node"
 LABEL_DEPLOYMENT: Final = "io.corral.deployment"
+LABEL_NAMESPACE: Final = "io.corral.namespace"  # the Deployment's (absent: default)
 LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
 
@@ -75,9 +87,12 @@ def spec_subject(kind: str, verb: str) -> str:
     return f"{SPEC_PREFIX}.{kind.lower()}.{verb}"
 
 
-def event_subject(kind: str, name: str) -> str:
-    """Events about one object: corral.events.<kind>.<name>."""
-    return f"{EVENTS_PREFIX}.{kind.lower()}.{name}"
+def event_subject(kind: str, name: str, namespace: str | None = None) -> str:
+    """Events about one object: corral.events.<kind>.<namespace>.<name> for a namespaced
+    kind, corral.events.<kind>.<name> for a cluster-wide one (a node)."""
+    if namespace is None:
+        return f"{EVENTS_PREFIX}.{kind.lower()}.{name}"
+    return f"{EVENTS_PREFIX}.{kind.lower()}.{namespace}.{name}"
 
 
 def rejected_subject(kind: str) -> str:
@@ -85,10 +100,47 @@ def rejected_subject(kind: str) -> str:
     return f"{EVENTS_PREFIX}.rejected.{kind.lower()}"
 
 
-def placement_key(node: str, replica: str) -> str:
-    return f"{node}.{replica}"
+DEFAULT_NAMESPACE: Final = "default"
+# Kinds whose objects live in a namespace (lower-case, as in subjects).
+NAMESPACED_KINDS: Final = frozenset({"deployment"})
 
 
-def split_placement_key(key: str) -> tuple[str, str]:
+def object_key(namespace: str, name: str) -> str:
+    """The key of a namespaced object (a Deployment, its status): <namespace>.<name>."""
+    return f"{namespace}.{name}"
+
+
+def split_object_key(key: str) -> tuple[str, str]:
+    """(namespace, name) of an object key; a key from before namespaces is the default's."""
+    namespace, dot, name = key.partition(".")
+    return (namespace, name) if dot else (DEFAULT_NAMESPACE, key)
+
+
+def placement_key(node: str, namespace: str, replica: str) -> str:
+    """The key of a replica's placement and status: <node>.<namespace>.<replica>
+    (node first, so that an agent watches only its own: placement_prefix)."""
+    return f"{node}.{namespace}.{replica}"
+
+
+def placement_prefix(node: str) -> str:
+    """The KV watch filter of one node's placements and statuses."""
+    return f"{node}.>"
+
+
+def split_placement_key(key: str) -> tuple[str, str, str]:
+    """(node, namespace, replica) of a placement key; a key from before namespaces
+    (<node>.<replica>) is the default namespace's."""
+    parts = key.split(".", 2)
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
     node, _, replica = key.partition(".")
-    return node, replica
+    return node, DEFAULT_NAMESPACE, replica
+
+
+def is_legacy_object_key(key: str) -> bool:
+    """A key written before namespaces (to be moved by corral.natsio.key_migration)."""
+    return "." not in key
+
+
+def is_legacy_placement_key(key: str) -> bool:
+    return key.count(".") == 1

@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from corral.contract.codec import described_pattern
+from corral.contract.names import object_key
 from corral.contract.quantity import (
     CPU_PATTERN,
     MAX_CPU_CORES,
@@ -157,6 +158,11 @@ class _Public(
     """
 
 
+# The namespace of an object; "default" is the only one for now (keys carry it already:
+# corral.contract.names.object_key).
+Namespace = Literal["default"]
+
+
 # A precondition: the KV revision of the object the writer last saw; 0: none.
 ResourceVersion = Annotated[
     int,
@@ -172,7 +178,7 @@ class ObjectMeta(_Public, frozen=True, kw_only=True):
     name: DnsLabel
     # Kubernetes' label syntax: [prefix/]name = value (see LABEL_KEY_PATTERN)
     labels: Labels = {}
-    namespace: Literal["default"] = "default"
+    namespace: Namespace = "default"
     resource_version: ResourceVersion = 0
     # Set by the owner when it stores the object; ignored when a client sends them.
     generation: Counter = 0
@@ -271,18 +277,33 @@ class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Depl
     metadata: ObjectMeta
     spec: DeploymentSpec
 
+    @property
+    def key(self) -> str:
+        """Its key in KV: <namespace>.<name> (corral.contract.names.object_key)."""
+        return object_key(self.metadata.namespace, self.metadata.name)
+
 
 class ScaleRequest(_Public, frozen=True):
     """Set the replica count of an existing object, like Kubernetes' scale subresource."""
 
     name: DnsLabel
     replicas: Replicas
+    namespace: Namespace = "default"
     resource_version: ResourceVersion = 0
+
+    @property
+    def key(self) -> str:
+        return object_key(self.namespace, self.name)
 
 
 class DeleteRequest(_Public, frozen=True):
     name: DnsLabel
+    namespace: Namespace = "default"
     resource_version: ResourceVersion = 0
+
+    @property
+    def key(self) -> str:
+        return object_key(self.namespace, self.name)
 
 
 class NodeReleaseRequest(_Public, frozen=True):

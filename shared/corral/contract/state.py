@@ -14,6 +14,7 @@ import enum
 
 import msgspec
 
+from corral.contract.names import DEFAULT_NAMESPACE, object_key, placement_key
 from corral.contract.specs import ContainerTemplate
 
 
@@ -41,6 +42,7 @@ class OrphanReplica(_Record, frozen=True, kw_only=True):
     replica: str
     template_hash: str
     running: bool = False
+    namespace: str = DEFAULT_NAMESPACE  # the Deployment's (containers made before: default)
 
 
 class NodeCapacity(_Record, frozen=True, kw_only=True):
@@ -83,12 +85,21 @@ class Placement(_Record, frozen=True, kw_only=True):
     replica: str
     deployment: str
     node: str
+    namespace: str = DEFAULT_NAMESPACE  # the Deployment's
     template: ContainerTemplate
     template_hash: str
     generation: int  # the Deployment's generation when it was placed (fencing)
     cpu_millis: int = 0  # requests, reserved on the node
     memory_bytes: int = 0
     created_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return placement_key(self.node, self.namespace, self.replica)
+
+    @property
+    def deployment_key(self) -> str:
+        return object_key(self.namespace, self.deployment)
 
 
 class ReplicaState(enum.StrEnum):
@@ -109,6 +120,7 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     replica: str
     deployment: str
     node: str
+    namespace: str = DEFAULT_NAMESPACE  # the Deployment's
     state: ReplicaState
     template_hash: str = ""
     container_id: str = ""
@@ -118,11 +130,16 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     started_at: float | None = None
     updated_at: float = 0.0
 
+    @property
+    def key(self) -> str:
+        return placement_key(self.node, self.namespace, self.replica)
+
 
 class DeploymentStatus(_Record, frozen=True, kw_only=True):
     """The scheduler's summary of a Deployment, read by `corral get deployments`."""
 
     name: str
+    namespace: str = DEFAULT_NAMESPACE
     observed_generation: int = 0
     replicas: int = 0  # desired
     placed: int = 0  # placements on live nodes
@@ -131,3 +148,7 @@ class DeploymentStatus(_Record, frozen=True, kw_only=True):
     pending: int = 0  # desired but placed nowhere
     pending_reason: str = ""
     updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return object_key(self.namespace, self.name)

@@ -521,13 +521,19 @@ class EventPublisher:
         message: str,
         *,
         warning: bool = False,
+        namespace: str | None = None,
     ) -> None:
+        """`namespace`: the object's; for a namespaced kind (names.NAMESPACED_KINDS) the
+        default namespace when not given."""
+        if namespace is None and object_kind.lower() in names.NAMESPACED_KINDS and object_name:
+            namespace = names.DEFAULT_NAMESPACE
         event = Event(
             time=time.time(),
             type="Warning" if warning else "Normal",
             reason=reason,
             object_kind=object_kind,
             object_name=object_name,
+            object_namespace=namespace or "",
             message=message,
             source=self.source,
         )
@@ -536,7 +542,7 @@ class EventPublisher:
         subject = (
             names.rejected_subject(object_kind)
             if reason == "Rejected" or not object_name
-            else names.event_subject(object_kind, object_name)
+            else names.event_subject(object_kind, object_name, namespace)
         )
         try:
             await self.nc.publish(subject, encode(event))

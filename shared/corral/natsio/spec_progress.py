@@ -9,10 +9,12 @@ CORRAL_SPECS stream safe to replay:
   is made with the durable consumer, so a lost consumer without it (missing or
   unreadable) cannot know what was applied: it is made again delivering only new
   specs, never replaying old ones (corral.natsio.bus).
-- `deleted`: name -> the stream's last sequence when a request (not the stream)
-  deleted that object while older specs of the kind were still unapplied. A spec of
-  that name at or below it is older than the delete, and never brings the object
-  back. An entry goes once `applied` passes it (the progress rule then covers it).
+- `deleted`: object key (names.object_key: <namespace>.<name>; a bare name, written
+  before keys carried the namespace, is the default namespace's) -> the stream's last
+  sequence when a request (not the stream) deleted that object while older specs of
+  the kind were still unapplied. A spec of that object at or below it is older than
+  the delete, and never brings the object back. An entry goes once `applied` passes
+  it (the progress rule then covers it).
 
 A stored object records its own sequence (ObjectMeta.spec_sequence) for the third
 rule: a spec at or below the stored object's sequence is older than what is stored.
@@ -25,6 +27,7 @@ import logging
 
 import msgspec
 
+from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.natsio.kv import Bucket, Conflict
 
@@ -37,11 +40,14 @@ class SpecProgress(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     applied: int = 0
     deleted: dict[str, int] = {}
 
-    def superseded_by(self, name: str, sequence: int) -> int:
-        """The newer sequence that makes the spec `sequence` of `name` old, or 0."""
+    def superseded_by(self, key: str, sequence: int) -> int:
+        """The newer sequence that makes the spec `sequence` of the object `key` old, or 0."""
         if sequence <= self.applied:
             return self.applied
-        deleted_at = self.deleted.get(name, 0)
+        deleted_at = self.deleted.get(key, 0)
+        namespace, name = names.split_object_key(key)
+        if namespace == names.DEFAULT_NAMESPACE:
+            deleted_at = max(deleted_at, self.deleted.get(name, 0))
         return deleted_at if sequence <= deleted_at else 0
 
 
@@ -105,15 +111,15 @@ async def advance(bucket: Bucket, kind: str, sequence: int) -> SpecProgress:
     raise Conflict(f"{bucket.name}/{progress_key(kind)} kept changing")
 
 
-async def remember_delete(bucket: Bucket, kind: str, name: str, position: int) -> None:
-    """A request deleted `name` when the stream was at `position`: older specs of that
-    name still waiting in the stream must not bring it back."""
+async def remember_delete(bucket: Bucket, kind: str, key: str, position: int) -> None:
+    """A request deleted the object `key` when the stream was at `position`: older specs of that
+    object still waiting in the stream must not bring it back."""
     for _ in range(CAS_ATTEMPTS):
         progress, revision = await read_progress(bucket, kind)
-        if position <= max(progress.applied, progress.deleted.get(name, 0)):
+        if position <= max(progress.applied, progress.deleted.get(key, 0)):
             return  # every spec at or below `position` is already covered
         remembered = SpecProgress(
-            applied=progress.applied, deleted={**progress.deleted, name: position}
+            applied=progress.applied, deleted={**progress.deleted, key: position}
         )
         try:
             await _write(bucket, kind, remembered, revision)
