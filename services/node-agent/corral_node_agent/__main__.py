@@ -1,8 +1,9 @@
 """`corral-node-agent` (and `python -m corral_node_agent`): the process's entry point.
 
 It first decides what the process needs to load (corral.natsio.lean): aiohttp only
-for the Docker runtime (aiodocker's transport) or a ws:// NATS URL; then imports the
-agent and runs it.
+for the Docker runtime (aiodocker's transport) or a ws:// NATS URL, and for Docker
+imports aiodocker without importlib.metadata (it asks it only for its own version);
+then imports the agent and runs it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from corral.natsio.lean import prepare_imports, run_service_module
+from corral.natsio.lean import (
+    import_without_metadata,
+    leave_out_unused,
+    prepare_imports,
+    run_service_module,
+)
 
 
 def runtime_flag(argv: Sequence[str]) -> str:
@@ -22,7 +28,11 @@ def runtime_flag(argv: Sequence[str]) -> str:
 
 
 def prepare(argv: Sequence[str]) -> None:
-    prepare_imports(argv, needs_aiohttp=runtime_flag(argv) != "hollow")
+    leave_out_unused()  # before runtime_flag() parses the command line
+    docker = runtime_flag(argv) != "hollow"
+    prepare_imports(argv, needs_aiohttp=docker)
+    if docker:
+        import_without_metadata("aiodocker")
 
 
 def main() -> None:

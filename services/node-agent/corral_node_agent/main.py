@@ -19,11 +19,6 @@ from corral.contract.events import REASON_INTERNAL, Reply
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
-from corral_node_agent.hollow_runtime import (
-    HOLLOW_DEFAULT_CPU_MILLIS,
-    HOLLOW_DEFAULT_MEMORY_BYTES,
-    HollowRuntime,
-)
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import Runtime
@@ -108,6 +103,13 @@ async def serve_node_decisions(
 
 def build_runtime(args: argparse.Namespace) -> Runtime:
     if args.runtime == "hollow":
+        # Imported here, as aiodocker below: each runtime only in the agent that runs it.
+        from corral_node_agent.hollow_runtime import (
+            HOLLOW_DEFAULT_CPU_MILLIS,
+            HOLLOW_DEFAULT_MEMORY_BYTES,
+            HollowRuntime,
+        )
+
         # A hollow engine lives and dies with its node: its id names the node, so a
         # restarted agent of that node is recognised as running on the same engine.
         node = settings_from_args(args).node_name

@@ -11,7 +11,6 @@ takes `servers=[...]`, never one comma-joined URL.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,6 +75,8 @@ def resolve_nats_url(flag: str | Sequence[str] | None = None) -> str:
     if os.environ.get(ENV_CONFIG) and not path.is_file():
         raise ValueError(f"${ENV_CONFIG} names {path}, which is not a file")
     if path.is_file():
+        import tomllib  # only with a config file: a service started with --nats never needs it
+
         with path.open("rb") as handle:
             try:
                 settings = tomllib.load(handle)

@@ -10,12 +10,18 @@ large, not HTTP) is closed; it never reaches the service.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from anyio.streams.stapled import MultiListener
+from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,7 @@ HealthCheck = Callable[[], tuple[bool, str]]
 MAX_REQUEST_HEAD_BYTES = 8 * 1024
 REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 64  # open at once; more are closed at once
+LISTEN_BACKLOG = 128
 ACCEPT_RETRY_SECONDS = 0.1
 _REASONS = {
     200: "OK",
@@ -36,6 +43,69 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _TEXT = "text/plain; charset=utf-8"
+# prometheus_client's CONTENT_TYPE_LATEST: the text format that text_format() writes.
+CONTENT_TYPE_LATEST = "text/plain; version=1.0.0; charset=utf-8"
+# Counter-like samples the text format puts in a gauge family of their own.
+_OPENMETRICS_SUFFIXES = ("_created", "_gsum", "_gcount")
+# The text format's name for an OpenMetrics type (the rest keep theirs).
+_TEXT_TYPES = {
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+    "unknown": "untyped",
+}
+
+
+def _sample_line(sample: Sample) -> str:
+    labels = ""
+    if sample.labels:
+        pairs = ",".join(
+            f'{escape_label_name(name)}="{_escape_label_value(value)}"'
+            for name, value in sorted(sample.labels.items())
+        )
+        labels = f"{{{pairs}}}"
+    timestamp = ""
+    if sample.timestamp is not None:
+        timestamp = f" {int(float(sample.timestamp) * 1000):d}"  # milliseconds
+    value = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+    return f"{escape_metric_name(sample.name)}{labels} {value}{timestamp}\n"
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _help(name: str, documentation: str) -> str:
+    text = documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {escape_metric_name(name)} {text}\n"
+
+
+def text_format(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format: byte for byte what prometheus_client's
+    `generate_latest(registry)` writes (tests/unit/test_http_endpoint.py holds the two
+    side by side), without importing its exposition module and the HTTP servers and
+    clients that come with it (corral.natsio.lean)."""
+    output: list[str] = []
+    for metric in registry.collect():
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        name = name + "_info" if metric.type == "info" else name
+        kind = _TEXT_TYPES.get(metric.type, metric.type)
+        output.append(_help(name, metric.documentation))
+        output.append(f"# TYPE {escape_metric_name(name)} {kind}\n")
+        separate: dict[str, list[str]] = {}
+        for sample in metric.samples:
+            suffix = next(
+                (end for end in _OPENMETRICS_SUFFIXES if sample.name == metric.name + end), None
+            )
+            if suffix is None:
+                output.append(_sample_line(sample))
+            else:
+                separate.setdefault(suffix, []).append(_sample_line(sample))
+        for suffix, lines in sorted(separate.items()):
+            output.append(_help(metric.name + suffix, metric.documentation))
+            output.append(f"# TYPE {escape_metric_name(metric.name + suffix)} gauge\n")
+            output.extend(lines)
+    return "".join(output).encode("utf-8")
 
 
 class _BadRequest(Exception):
@@ -68,7 +138,7 @@ def respond(
     path = target.split("?", 1)[0]
     with_body = method == "GET"
     if path == "/metrics":
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry), with_body
+        return 200, CONTENT_TYPE_LATEST, text_format(registry), with_body
     if path == "/healthz":
         healthy, detail = health()
         return (200 if healthy else 503), _TEXT, f"{detail}\n".encode(), with_body
@@ -105,6 +175,28 @@ async def _serve_one(
         log.debug("HTTP connection dropped", exc_info=True)
 
 
+async def listen(host: str, port: int) -> MultiListener[SocketStream]:
+    """The endpoint's TCP listener. An IP address (what `corral up` passes) is bound
+    here; a host name goes through anyio, whose name lookup runs in a worker thread
+    that then stays in the process for good."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        return MultiListener([await SocketListener.from_socket(sock)])
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def serve_http(
     host: str,
     port: int,
@@ -114,7 +206,7 @@ async def serve_http(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the bound port as started (useful with port 0)."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    listener = await listen(host, port)
     async with listener, anyio.create_task_group() as tg:
         task_status.started(int(listener.extra(SocketAttribute.local_port)))
         open_connections = 0
@@ -144,5 +236,5 @@ async def serve_http(
                 tg.start_soon(handle, stream)
 
         for one in listener.listeners:
-            assert isinstance(one, SocketListener)  # what create_tcp_listener makes
+            assert isinstance(one, SocketListener)  # what listen() makes
             tg.start_soon(accept_forever, one)

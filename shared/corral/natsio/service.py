@@ -37,6 +37,8 @@ from corral.natsio.kv import NatsBucket
 log = logging.getLogger(__name__)
 
 SETUP_TIMEOUT_SECONDS = 15.0
+# How often a running service hands the C heap's free pages back (release_free_memory).
+MEMORY_RELEASE_INTERVAL_SECONDS = 300.0
 
 
 @dataclass
@@ -123,6 +125,7 @@ async def run_service(
             await tg.start(run, ctx, args)
             log.info("%s ready (metrics on %s)", service, ctx.http_port)
             task_status.started(ctx)
+            tg.start_soon(release_memory_now_and_then, MEMORY_RELEASE_INTERVAL_SECONDS)
     finally:
         with anyio.CancelScope(shield=True):
             # Every subsystem is cancelled by now, so there is nothing left to drain
@@ -131,6 +134,36 @@ async def run_service(
                 await nc.close()
             except Exception:
                 log.debug("close failed", exc_info=True)
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim).
+
+    glibc keeps the memory a process frees for its next allocations, and returns to
+    the system only what is free at the top of its heap. Start-up frees much in the
+    middle (the source of every module compiled, the set-up's replies), under objects
+    that live on, so a started service holds half a megabyte or more it no longer uses
+    until malloc_trim gives those pages back (docs/architecture.md, "Idle memory").
+    Returns False where there is no malloc_trim (a C library other than glibc).
+    """
+    import ctypes  # here: only a process that releases memory loads it
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
+async def release_memory_now_and_then(interval: float) -> None:
+    """Once the service has started: release the free heap start-up left, then again
+    every `interval` seconds (what bursts of work leave)."""
+    while True:
+        release_free_memory()
+        await anyio.sleep(interval)
 
 
 async def _until_signal(scope: anyio.CancelScope) -> None:
