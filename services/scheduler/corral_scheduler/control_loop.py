@@ -259,7 +259,7 @@ class ControlLoop:
             for stop in committed.stopped:
                 metrics.STOPS.labels(stop.label).inc()
             metrics.CONFLICTS.inc(committed.conflicts)
-            if committed.conflicts:
+            if committed.retry:
                 self._wake.set()  # decide again from fresher state
             if self.events is not None:
                 for event in plan.events:
