@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.specs import (
@@ -20,10 +22,18 @@ from corral.contract.specs import (
 from corral.contract.state import DeploymentStatus, Node, NodeCapacity, Placement
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.controller import Result
+from corral.natsio.kv import Bucket, MemoryBucket
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.decide import Usage, schedule_deployment
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
-from tests.unit.test_scheduler_control_loop import Cluster, placed_and_running, running
+from tests.unit.test_scheduler_control_loop import (
+    Clock,
+    Cluster,
+    _value,
+    placed_and_running,
+    running,
+)
+from tests.waiting import eventually
 
 
 def record_reconciles(loop: ControlLoop) -> list[str]:
@@ -184,3 +194,47 @@ def test_deciding_a_deleted_deployment_stops_its_placements_and_forgets_its_stat
         (placement.key, 3, "deployment deleted")
     ]
     assert plan.forget_statuses == [(web.key, 7)] and not plan.place
+
+
+class GatedBucket(MemoryBucket):
+    """Creates wait until `gate` is set: a commit in flight."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = anyio.Event()
+        self.waiting = 0
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().create(key, value)
+
+
+async def test_a_decision_made_while_another_commits_sees_the_room_it_took() -> None:
+    clock = Clock()
+    buckets: dict[str, Bucket] = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    placements = GatedBucket(names.PLACEMENTS_BUCKET)
+    buckets[names.PLACEMENTS_BUCKET] = placements
+    loop = ControlLoop(buckets, None, monotonic=clock, wall_clock=lambda: 1.0)
+    async with anyio.create_task_group() as tg:
+        await loop.start(tg, echoes=False)
+        node = Node(name="a", capacity=NodeCapacity(cpu_millis=4000, memory_bytes=2**33))
+        await buckets[names.NODES_BUCKET].put("a", encode(node))
+        for name in ("x", "y"):
+            deployment = _deployment(name, 1, cpu="3")
+            await buckets[names.DEPLOYMENTS_BUCKET].put(deployment.key, encode(deployment))
+        await eventually(lambda: _value(len(loop.deployments.items)), lambda n: n == 2)
+        await eventually(lambda: _value(loop.ready_nodes), lambda r: r == {"a"})
+        async with anyio.create_task_group() as workers:
+            workers.start_soon(loop.reconcile, "default.x")  # decides, then waits to commit
+            await eventually(lambda: _value(placements.waiting), lambda n: n == 1)
+            assert loop.usage["a"].cpu_millis == 3000  # reserved while in flight
+            await loop.reconcile("default.y")  # decided meanwhile: no room left on a
+            assert placements.waiting == 1
+            placements.gate.set()
+        assert [p.deployment for p in loop.placements.values()] == ["x"]
+        assert loop.usage == usage_rebuilt(loop) and not loop._reserved
+        await eventually(lambda: _value(loop.statuses.get("default.y")), lambda s: s is not None)
+        status = loop.statuses.get("default.y")
+        assert status is not None and status.pending == 1
+        tg.cancel_scope.cancel()

@@ -82,6 +82,10 @@ def random_suffix() -> str:
 
 # Every key is enqueued again this often: a safety net, nothing depends on it.
 RESYNC_SECONDS: Final = 30.0
+# Deployments decided and committed at once. More than one is safe (reservations,
+# below) but measured no faster on 2 cores: the event loop is the bottleneck, and
+# more writes in flight stall it longer (bench/bench_reconcile.py, bench/README.md).
+WORKERS: Final = 1
 # A Deployment whose plan conflicted is decided again after this long (fresher state).
 CONFLICT_RETRY_SECONDS: Final = 0.05
 
@@ -95,6 +99,7 @@ class ControlLoop:
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         resync_seconds: float = RESYNC_SECONDS,
+        workers: int = WORKERS,
     ) -> None:
         self.monotonic = monotonic
         self.wall_clock = wall_clock
@@ -115,7 +120,9 @@ class ControlLoop:
         self.controller = Controller(
             "scheduler",
             self.reconcile,
-            workers=1,  # one decision at a time: each sees the room the last one took
+            # Deciding is synchronous and counts what it places at once (reserved, below),
+            # so each decision sees the room the others took; their commits overlap.
+            workers=workers,
             resync_seconds=resync_seconds,
             resync_keys=self._every_key,
             clock=monotonic,
@@ -146,6 +153,10 @@ class ControlLoop:
         )
         self.usage: dict[str, Usage] = {}  # node -> what its placements reserve
         self.taken_names: dict[str, int] = {}  # replica name -> placements with it
+        # Placements decided but not committed yet, by key: counted in `usage` and
+        # `taken_names` from the decision on, so a decision made meanwhile (another
+        # worker) sees their room taken; the commit's own change is not counted again.
+        self._reserved: dict[str, Placement] = {}
         placement_changes.subscribe(self._count_placement)
         self.pending: set[str] = set()  # Deployments with replicas placed nowhere
         status_changes = ChangeFeed(self.statuses)
@@ -183,6 +194,13 @@ class ControlLoop:
         self.changed_at.setdefault(key, self.monotonic())
 
     def _count_placement(self, key: str, old: Placement | None, new: Placement | None) -> None:
+        if old is None and new is not None and self._reserved.pop(key, None) is not None:
+            return  # a reservation committed: counted since it was decided
+        self._count(old, new)
+        if old is not None and new is None and old.node in self.ready_nodes:
+            self.controller.enqueue_all(self.pending)  # room freed where replicas may go
+
+    def _count(self, old: Placement | None, new: Placement | None) -> None:
         if old is not None:
             usage = self.usage.get(old.node)
             if usage is not None:
@@ -202,8 +220,6 @@ class ControlLoop:
             usage.memory_bytes += new.memory_bytes
             usage.pods += 1
             self.taken_names[new.replica] = self.taken_names.get(new.replica, 0) + 1
-        if old is not None and new is None and old.node in self.ready_nodes:
-            self.controller.enqueue_all(self.pending)  # room freed where replicas may go
 
     def _status_changed(
         self, key: str, old: DeploymentStatus | None, new: DeploymentStatus | None
@@ -507,7 +523,15 @@ class ControlLoop:
         metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
         result: Result | None = None
         if not plan.is_empty():
-            committed = await self.applier.commit(plan)
+            for placement in plan.place:
+                self._reserved[placement.key] = placement
+                self._count(None, placement)
+            try:
+                committed = await self.applier.commit(plan)
+            finally:
+                for placement in plan.place:  # what did not commit frees its room again
+                    if self._reserved.pop(placement.key, None) is not None:
+                        self._count(placement, None)
             metrics.PLANS.inc()
             metrics.PLACEMENTS.inc(len(committed.placed))
             for stop in committed.stopped:
