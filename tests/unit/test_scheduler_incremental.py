@@ -8,9 +8,10 @@ import itertools
 from collections.abc import Awaitable, Callable
 
 import anyio
+import pytest
 
 from corral.contract import names
-from corral.contract.codec import encode
+from corral.contract.codec import decode, encode
 from corral.contract.specs import (
     ContainerTemplate,
     Deployment,
@@ -23,6 +24,7 @@ from corral.contract.state import DeploymentStatus, Node, NodeCapacity, Placemen
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.controller import Result
 from corral.natsio.kv import Bucket, MemoryBucket
+from corral_scheduler import control_loop
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.decide import Usage, schedule_deployment
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
@@ -238,3 +240,35 @@ async def test_a_decision_made_while_another_commits_sees_the_room_it_took() -> 
         status = loop.statuses.get("default.y")
         assert status is not None and status.pending == 1
         tg.cancel_scope.cancel()
+
+
+async def test_a_placement_that_conflicts_is_decided_again_and_placed_under_a_new_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    suffixes = iter(["aaaaa", "bbbbb", "ccccc"])
+    monkeypatch.setattr(control_loop, "random_suffix", lambda: next(suffixes))
+    async with running() as cluster:
+        await cluster.heartbeat("a")
+        await cluster.tick(1, beating=("a",))
+        web = _deployment("web", 1, cpu="1")
+        theirs = Placement(
+            replica="web-aaaaa",
+            deployment="other",
+            node="a",
+            template=web.spec.template,
+            template_hash="h",
+            generation=1,
+        )
+        cluster.placements.stalled = True  # written, but this scheduler does not see it
+        await cluster.placements.create(theirs.key, encode(theirs))
+        cluster.placements.stalled = False
+        await _apply(cluster, web)
+        await cluster.tick(1, beating=("a",))
+        assert placed_by(cluster, "web") == []  # its create conflicted...
+        assert cluster.loop.controller.queue.due_in(web.key) is not None  # ...decided again
+        await cluster.tick(1, beating=("a",))
+        assert [p.replica for p in cluster.loop.placements.values() if p.deployment == "web"] == [
+            "web-bbbbb"
+        ]
+        stored = await cluster.placements.get(theirs.key)
+        assert stored is not None and decode(stored.value or b"", Placement) == theirs

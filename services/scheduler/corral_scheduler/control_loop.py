@@ -458,11 +458,16 @@ class ControlLoop:
         return await self.drain()
 
     async def drain(self) -> int:
-        """Reconcile the keys queued now and those they queue, until none is ready."""
+        """Reconcile the keys queued now, those they queue and those due by now (a
+        requeue after a conflict, a back-off), until none is ready."""
         queue = self.controller.queue
         count = 0
-        while len(queue):
-            key = await queue.get()
+        while True:
+            key: str | None = None
+            with anyio.move_on_after(0):  # a key ready (or due by now), else stop
+                key = await queue.get()
+            if key is None:
+                break
             try:
                 await self.controller.process(key)
             finally:
