@@ -1,7 +1,24 @@
-"""The scheduler's control loop: mirrors of the cluster state in KV, and passes of
-snapshot -> schedule -> commit, run whenever something changed (and every second,
-so that a node that fell silent is noticed).
+"""The scheduler's control loop: mirrors of the cluster state in KV, and a controller
+(corral.natsio.controller) that decides ONE Deployment per reconcile, for the keys a
+change affects (docs/architecture.md, "The controller runtime"):
 
+- a Deployment change enqueues its key; a placement or replica-status change its
+  Deployment's; a status change of a Deployment that is gone, that key (to forget it);
+- a node's record changing shape (joined, left, capacity, readiness, orphans) or the
+  node judged lost / back / schedulable enqueues the Deployments with placements on it
+  (`deployments_by_node`, an incremental Index) and the owners of its orphans; a node
+  becoming schedulable, or a placement on one going (capacity freed), enqueues the
+  Deployments with pending replicas;
+- every RESYNC_SECONDS every key is enqueued again (a safety net: level-triggered).
+
+What a decision needs of the whole cluster is kept per change from the placements
+feed, never rebuilt: usage per node (cpu, memory, pods), the replica names taken, the
+placements of each Deployment (`placements_by_deployment`). The deciding step stays
+pure (decide.schedule_deployment); one worker decides and commits key after key, so
+every decision sees the room the previous one took.
+
+A tick every second (TICK_SECONDS) re-judges every node's liveness (O(nodes)) and
+enqueues the Deployments of those whose state changed, and does the housekeeping.
 Liveness is judged only on a fresh view. The loop writes an echo key (corral.natsio.kv
 echo_key) every second into every bucket a judgement depends on: corral_nodes
 (who is alive), corral_placements (what runs where) and corral_leases (the nodes
@@ -26,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -35,12 +53,13 @@ from corral.contract.specs import Deployment
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.bus import EventPublisher
+from corral.natsio.controller import ChangeFeed, Controller, Index, Result, owners
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
-from corral_scheduler.decide import Plan, schedule
+from corral_scheduler.decide import Plan, Usage, schedule_deployment
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
-from corral_scheduler.snapshot import PlacedReplica, Snapshot
+from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +80,16 @@ def random_suffix() -> str:
     return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
 
 
+# Every key is enqueued again this often: a safety net, nothing depends on it.
+RESYNC_SECONDS: Final = 30.0
+# Deployments decided and committed at once. More than one is safe (reservations,
+# below) but measured no faster on 2 cores: the event loop is the bottleneck, and
+# more writes in flight stall it longer (bench/bench_reconcile.py, bench/README.md).
+WORKERS: Final = 1
+# A Deployment whose plan conflicted is decided again after this long (fresher state).
+CONFLICT_RETRY_SECONDS: Final = 0.05
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -69,6 +98,8 @@ class ControlLoop:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        resync_seconds: float = RESYNC_SECONDS,
+        workers: int = WORKERS,
     ) -> None:
         self.monotonic = monotonic
         self.wall_clock = wall_clock
@@ -76,12 +107,26 @@ class ControlLoop:
         self.owner = f"scheduler-{uuid.uuid4().hex[:12]}"
         self.node_last_seen: dict[str, float] = {}
         self.node_not_ready_since: dict[str, float] = {}
+        self._nodes: dict[str, Node] = {}  # each node's record, as the mirror has it
         self._node_shapes: dict[str, Node] = {}  # each node's record without its heartbeat
         self._node_revisions: dict[str, int] = {}  # the record's revision last seen
+        # Each node's judged state: (schedulable, loss for Fast, loss for AfterStop).
+        self._node_states: dict[str, tuple[bool, Loss | None, Loss | None]] = {}
+        self.ready_nodes: set[str] = set()  # the schedulable nodes, as last judged
         self._nodes_replayed = False
         self.changed_at: dict[str, float] = {}
         self._wake = anyio.Event()
         self.feed_fresh_since: float | None = None
+        self.controller = Controller(
+            "scheduler",
+            self.reconcile,
+            # Deciding is synchronous and counts what it places at once (reserved, below),
+            # so each decision sees the room the others took; their commits overlap.
+            workers=workers,
+            resync_seconds=resync_seconds,
+            resync_keys=self._every_key,
+            clock=monotonic,
+        )
         self.deployments = Mirror(
             buckets[names.DEPLOYMENTS_BUCKET], Deployment, on_change=self._deployment_changed
         )
@@ -89,12 +134,8 @@ class ControlLoop:
         self.nodes = Mirror(
             buckets[names.NODES_BUCKET], Node, on_change=self._node_changed, clock=monotonic
         )
-        self.placements = Mirror(
-            buckets[names.PLACEMENTS_BUCKET], Placement, on_change=self._changed, clock=monotonic
-        )
-        self.replica_statuses = Mirror(
-            buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus, on_change=self._changed
-        )
+        self.placements = Mirror(buckets[names.PLACEMENTS_BUCKET], Placement, clock=monotonic)
+        self.replica_statuses = Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus)
         self.releases = Mirror(
             buckets[names.LEASES_BUCKET],
             NodeRelease,
@@ -102,6 +143,33 @@ class ControlLoop:
             on_change=self._changed,
             clock=monotonic,
         )
+        # The cluster-wide facts a decision needs, kept per change of one placement.
+        placement_changes = ChangeFeed(self.placements)
+        self.placements_by_deployment = Index(
+            placement_changes, by=lambda key, p: (p.deployment_key,)
+        )
+        self.deployments_by_node = Index(
+            placement_changes, by=lambda key, p: (p.node,), primary=lambda key, p: p.deployment_key
+        )
+        self.usage: dict[str, Usage] = {}  # node -> what its placements reserve
+        self.taken_names: dict[str, int] = {}  # replica name -> placements with it
+        # Placements decided but not committed yet, by key: counted in `usage` and
+        # `taken_names` from the decision on, so a decision made meanwhile (another
+        # worker) sees their room taken; the commit's own change is not counted again.
+        self._reserved: dict[str, Placement] = {}
+        placement_changes.subscribe(self._count_placement)
+        self.pending: set[str] = set()  # Deployments with replicas placed nowhere
+        status_changes = ChangeFeed(self.statuses)
+        status_changes.subscribe(self._status_changed)
+        # What enqueues which Deployments.
+        controller = self.controller
+        controller.watch(ChangeFeed(self.deployments))
+        controller.watch(placement_changes, owners(lambda key, p: p.deployment_key))
+        controller.watch(
+            ChangeFeed(self.replica_statuses),
+            owners(lambda key, s: names.object_key(s.namespace, s.deployment)),
+        )
+        controller.watch(status_changes, self._orphaned_status)
         # The watches liveness depends on, each with this scheduler's echo key in it.
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
             (self.nodes, echo_key(self.owner)),
@@ -109,13 +177,14 @@ class ControlLoop:
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
         self._collecting: dict[str, int] = {}  # echo key -> revision being deleted
-        self._exported: set[str] = set()  # Deployments with metric series
         self.applier = PlanApplier(self.placements, self.statuses)
-        self.passes = 0
+        self.passes = 0  # ticks
+        self.reconciles = 0
 
     # --- watching ---------------------------------------------------------------------
 
     def wake(self) -> None:
+        """Tick now (e.g. a node was released): its liveness is judged at once."""
         self._wake.set()
 
     def _changed(self, _key: str) -> None:
@@ -123,7 +192,69 @@ class ControlLoop:
 
     def _deployment_changed(self, key: str) -> None:
         self.changed_at.setdefault(key, self.monotonic())
-        self._wake.set()
+
+    def _count_placement(self, key: str, old: Placement | None, new: Placement | None) -> None:
+        if old is None and new is not None and self._reserved.pop(key, None) is not None:
+            return  # a reservation committed: counted since it was decided
+        self._count(old, new)
+        if old is not None and new is None and old.node in self.ready_nodes:
+            self.controller.enqueue_all(self.pending)  # room freed where replicas may go
+
+    def _count(self, old: Placement | None, new: Placement | None) -> None:
+        if old is not None:
+            usage = self.usage.get(old.node)
+            if usage is not None:
+                usage.cpu_millis -= old.cpu_millis
+                usage.memory_bytes -= old.memory_bytes
+                usage.pods -= 1
+                if usage.pods <= 0:
+                    del self.usage[old.node]
+            left = self.taken_names.get(old.replica, 0) - 1
+            if left > 0:
+                self.taken_names[old.replica] = left
+            else:
+                self.taken_names.pop(old.replica, None)
+        if new is not None:
+            usage = self.usage.setdefault(new.node, Usage())
+            usage.cpu_millis += new.cpu_millis
+            usage.memory_bytes += new.memory_bytes
+            usage.pods += 1
+            self.taken_names[new.replica] = self.taken_names.get(new.replica, 0) + 1
+
+    def _status_changed(
+        self, key: str, old: DeploymentStatus | None, new: DeploymentStatus | None
+    ) -> None:
+        if new is not None and new.pending > 0:
+            self.pending.add(key)
+        else:
+            self.pending.discard(key)
+        if new is not None:
+            metrics.REPLICAS_DESIRED.labels(new.name).set(new.replicas)
+            metrics.REPLICAS_READY.labels(new.name).set(new.ready)
+            metrics.REPLICAS_PENDING.labels(new.name).set(new.pending)
+        elif old is not None:  # a deleted Deployment's status is gone: so are its series
+            for gauge in (
+                metrics.REPLICAS_DESIRED,
+                metrics.REPLICAS_READY,
+                metrics.REPLICAS_PENDING,
+            ):
+                try:
+                    gauge.remove(old.name)
+                except KeyError:
+                    pass
+
+    def _orphaned_status(
+        self, key: str, old: DeploymentStatus | None, new: DeploymentStatus | None
+    ) -> tuple[str, ...]:
+        """A status whose Deployment is gone enqueues its key, to be forgotten (one of a
+        live Deployment is this scheduler's own write: nothing to decide)."""
+        return () if key in self.deployments.items else (key,)
+
+    def _every_key(self) -> set[str]:
+        keys = set(self.deployments.items) | set(self.deployments.unreadable)
+        keys |= set(self.statuses.items)
+        keys |= set(self.placements_by_deployment.values())
+        return keys
 
     def _node_changed(self, key: str) -> None:
         now = self.monotonic()
@@ -138,20 +269,80 @@ class ControlLoop:
         # replaying a record already seen: that is no sign of life).
         if self._nodes_replayed and changed:
             self.node_last_seen[key] = now
+        old = self._node_shapes.get(key)
         if node is None:
+            self._nodes.pop(key, None)
             self._node_shapes.pop(key, None)
             self.node_not_ready_since.pop(key, None)
-            self._wake.set()
-            return
-        if node.ready:
-            self.node_not_ready_since.pop(key, None)
         else:
-            self.node_not_ready_since.setdefault(key, now)
-        shape = msgspec.structs.replace(node, heartbeat_at=0.0)
-        if self._node_shapes.get(key) != shape:
-            # A node joined or changed; a mere heartbeat waits for the next tick.
+            self._nodes[key] = node
+            if node.ready:
+                self.node_not_ready_since.pop(key, None)
+            else:
+                self.node_not_ready_since.setdefault(key, now)
+            shape = msgspec.structs.replace(node, heartbeat_at=0.0)
+            if old == shape:
+                # A mere heartbeat: only its liveness may have changed.
+                self._judge_node(key, self._liveness_view(), now)
+                return
             self._node_shapes[key] = shape
-            self._wake.set()
+        # A node joined, left or changed: its Deployments, its orphans' owners, and (it
+        # may have room now) the pending ones decide again.
+        self.controller.enqueue_all(self.deployments_by_node.get(key))
+        for record in (old, node):
+            if record is not None:
+                self.controller.enqueue_all(
+                    names.object_key(o.namespace, o.deployment) for o in record.orphans
+                )
+        self.controller.enqueue_all(self.pending)
+        self._judge_node(key, self._liveness_view(), now)
+
+    def _liveness_view(self) -> Snapshot:
+        """What judging a node's liveness reads (the live books, not copies)."""
+        return Snapshot(
+            nodes=self._nodes,
+            node_last_seen=self.node_last_seen,
+            node_not_ready_since=self.node_not_ready_since,
+            feed_fresh_since=self.feed_fresh_since,
+            released=self.released(),
+        )
+
+    def _judge_node(self, name: str, view: Snapshot, now: float) -> None:
+        """Judge one node now; when its state changed, enqueue the Deployments it
+        affects (those placed there; when it became schedulable, the pending ones and
+        the owners of its orphans)."""
+        schedulable = view.schedulable(name, now)
+        state = (
+            schedulable,
+            view.loss(name, now, after_stop=False),
+            view.loss(name, now, after_stop=True),
+        )
+        known = self._node_states.get(name)
+        if known == state:
+            return
+        self._node_states[name] = state
+        if schedulable:
+            self.ready_nodes.add(name)
+        else:
+            self.ready_nodes.discard(name)
+        self.controller.enqueue_all(self.deployments_by_node.get(name))
+        if schedulable and (known is None or not known[0]):
+            self.controller.enqueue_all(self.pending)
+            node = self._nodes.get(name)
+            if node is not None:
+                self.controller.enqueue_all(
+                    names.object_key(o.namespace, o.deployment) for o in node.orphans
+                )
+
+    def judge_nodes(self, now: float) -> None:
+        """Judge every node's liveness now (O(nodes)): the tick."""
+        view = self._liveness_view()
+        known = set(self._nodes) | set(self.deployments_by_node.values()) | view.released
+        for name in known:
+            self._judge_node(name, view, now)
+        for name in [name for name in self._node_states if name not in known]:
+            del self._node_states[name]
+            self.ready_nodes.discard(name)
 
     def _late_watch(self, now: float) -> str | None:
         """Why the view is stale now (a watch broken, an echo late), or None: fresh."""
@@ -231,73 +422,175 @@ class ControlLoop:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             await self.start(tg)
+            await tg.start(self.controller.run)
             task_status.started()
             while True:
                 with anyio.move_on_after(TICK_SECONDS):
                     await self._wake.wait()
                 self._wake = anyio.Event()
                 try:
-                    await self.run_pass()
-                except Exception:  # a bad pass must not stop the scheduler
-                    log.exception("scheduling pass failed; retrying")
+                    await self.tick()
+                except Exception:  # a bad tick must not stop the scheduler
+                    log.exception("scheduler tick failed; retrying")
                     await anyio.sleep(TICK_SECONDS)
 
-    # --- one pass -----------------------------------------------------------------------
+    # --- the tick: liveness and housekeeping, O(nodes) ------------------------------------
 
-    async def run_pass(self) -> Plan:
+    async def tick(self) -> None:
         now = self.monotonic()
         fresh = self.update_feed(now)
         metrics.VIEW_FRESH.set(1 if fresh else 0)
-        snapshot = self.snapshot()
+        self.judge_nodes(now)
+        metrics.NODES.set(len(self._nodes))
+        metrics.NODES_READY.set(len(self.ready_nodes))
+        metrics.NODES_RELEASED.set(len(self.releases.items))
+        self.passes += 1
+        self._forget_nodes()
+        await self._settle_releases()
+        if fresh:
+            await self._collect_echoes(now)
+
+    async def run_pass(self) -> int:
+        """A tick, then reconcile every queued key (what the workers do when running);
+        returns how many reconciles ran. For tests and benchmarks that drive the loop
+        without its workers."""
+        await self.tick()
+        return await self.drain()
+
+    async def drain(self) -> int:
+        """Reconcile the keys queued now, those they queue and those due by now (a
+        requeue after a conflict, a back-off), until none is ready."""
+        queue = self.controller.queue
+        count = 0
+        while True:
+            key: str | None = None
+            with anyio.move_on_after(0):  # a key ready (or due by now), else stop
+                key = await queue.get()
+            if key is None:
+                break
+            try:
+                await self.controller.process(key)
+            finally:
+                queue.done(key)
+            count += 1
+            await anyio.lowlevel.checkpoint()
+        return count
+
+    # --- one key: decide one Deployment, commit its plan --------------------------------
+
+    def view_of(self, key: str) -> Snapshot:
+        """The part of the cluster deciding Deployment `key` reads: it, its status, its
+        placements and their replica statuses, and the nodes (the live books)."""
+        deployment = self.deployments.get(key)
+        status = self.statuses.items.get(key)
+        placements: dict[str, PlacedReplica] = {}
+        replica_statuses: dict[str, ReplicaStatus] = {}
+        for placement_key in self.placements_by_deployment.get(key):
+            found = self.placements.items.get(placement_key)
+            if found is None:
+                continue
+            placements[placement_key] = PlacedReplica(placement=found[0], revision=found[1])
+            replica_status = self.replica_statuses.get(placement_key)
+            if replica_status is not None:
+                replica_statuses[placement_key] = replica_status
+        return Snapshot(
+            deployments={} if deployment is None else {key: deployment},
+            statuses={} if status is None else {key: status},
+            nodes=self._nodes,
+            node_last_seen=self.node_last_seen,
+            node_not_ready_since=self.node_not_ready_since,
+            feed_fresh_since=self.feed_fresh_since,
+            placements=placements,
+            replica_statuses=replica_statuses,
+            unreadable_deployments=(
+                frozenset({key}) if key in self.deployments.unreadable else frozenset()
+            ),
+            released=self.released(),
+        )
+
+    async def reconcile(self, key: str) -> Result | None:
+        # A worker takes a ready key without awaiting: yield here, so that a resync of
+        # thousands of keys that decide nothing never holds the event loop (requests).
+        await anyio.lowlevel.checkpoint()
+        self.reconciles += 1
+        now = self.monotonic()
         started = time.perf_counter()
-        plan = schedule(snapshot, now, wall_time=self.wall_clock(), new_suffix=random_suffix)
+        plan = schedule_deployment(
+            self.view_of(key),
+            key,
+            now,
+            usage=self.usage,
+            taken_names=self.taken_names,
+            ready_nodes=self.ready_nodes,
+            wall_time=self.wall_clock(),
+            new_suffix=random_suffix,
+        )
         metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
+        result: Result | None = None
         if not plan.is_empty():
-            committed = await self.applier.commit(plan)
+            for placement in plan.place:
+                self._reserved[placement.key] = placement
+                self._count(None, placement)
+            try:
+                committed = await self.applier.commit(plan)
+            finally:
+                for placement in plan.place:  # what did not commit frees its room again
+                    if self._reserved.pop(placement.key, None) is not None:
+                        self._count(placement, None)
             metrics.PLANS.inc()
             metrics.PLACEMENTS.inc(len(committed.placed))
             for stop in committed.stopped:
                 metrics.STOPS.labels(stop.label).inc()
             metrics.CONFLICTS.inc(committed.conflicts)
-            if committed.conflicts:
-                self._wake.set()  # decide again from fresher state
-            if self.events is not None:
-                for event in plan.events:
-                    namespace, name = names.split_object_key(event.deployment)
-                    await self.events.emit(
-                        "deployment",
-                        name,
-                        event.reason,
-                        event.message,
-                        warning=event.warning,
-                        namespace=namespace,
-                    )
-        done = self.monotonic()
-        for since in self.changed_at.values():
-            metrics.SCHEDULING_LATENCY.observe(done - since)
-        self.changed_at.clear()
-        self.passes += 1
-        self._export(snapshot, now)
-        self._forget_nodes()
-        await self._settle_releases()
-        if fresh:
-            await self._collect_echoes(now)
-        return plan
+            await self._emit(plan)
+            if committed.errors:
+                raise committed.errors[0]  # retried with back-off
+            if committed.retry:
+                result = Result(requeue_after=CONFLICT_RETRY_SECONDS)  # from fresher state
+        since = self.changed_at.pop(key, None)
+        if since is not None:
+            metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
+        return result
+
+    async def _emit(self, plan: Plan) -> None:
+        if self.events is None:
+            return
+        for event in plan.events:
+            namespace, name = names.split_object_key(event.deployment)
+            await self.events.emit(
+                "deployment",
+                name,
+                event.reason,
+                event.message,
+                warning=event.warning,
+                namespace=namespace,
+            )
 
     def _forget_nodes(self) -> None:
         """Drop the liveness clocks of nodes with neither a record nor placements."""
-        keep = set(self.nodes.items) | set(self.nodes.unreadable)
-        keep |= {placement.node for placement in self.placements.values()}
-        for book in (self.node_last_seen, self.node_not_ready_since, self._node_shapes):
-            for node in [node for node in book if node not in keep]:
+        records = self.nodes.items
+        for book in (
+            self.node_last_seen,
+            self.node_not_ready_since,
+            self._node_shapes,
+            self._nodes,
+        ):
+            gone = [
+                node
+                for node in book
+                if node not in records
+                and node not in self.nodes.unreadable
+                and node not in self.deployments_by_node
+            ]
+            for node in gone:
                 del book[node]
-        for node in [node for node in self._node_revisions if node not in self.nodes.items]:
+        for node in [node for node in self._node_revisions if node not in records]:
             del self._node_revisions[node]
 
     async def _settle_releases(self) -> None:
         """End releases that are done (no record, no placements) or overtaken (the node
         wrote a new record since)."""
-        placed = {placement.node for placement in self.placements.values()}
+        placed = self.deployments_by_node
         for key, (release, revision) in list(self.releases.items.items()):
             record = self.nodes.revision(release.node)
             back = record is not None and record > release.node_revision
@@ -341,30 +634,6 @@ class ControlLoop:
                 log.info("deleted the echo key %s/%s of a gone owner", mirror.bucket.name, key)
         for key in [key for key in self._collecting if key not in seen_now]:
             del self._collecting[key]
-
-    def _export(self, snapshot: Snapshot, now: float) -> None:
-        live = set()
-        for status in self.statuses.values():
-            live.add(status.name)
-            metrics.REPLICAS_DESIRED.labels(status.name).set(status.replicas)
-            metrics.REPLICAS_READY.labels(status.name).set(status.ready)
-            metrics.REPLICAS_PENDING.labels(status.name).set(status.pending)
-        for gone in self._exported - live:  # drop the series of deleted Deployments
-            for gauge in (
-                metrics.REPLICAS_DESIRED,
-                metrics.REPLICAS_READY,
-                metrics.REPLICAS_PENDING,
-            ):
-                try:
-                    gauge.remove(gone)
-                except KeyError:
-                    pass
-        self._exported = live
-        metrics.NODES.set(len(snapshot.nodes))
-        metrics.NODES_READY.set(
-            sum(1 for name in snapshot.nodes if snapshot.schedulable(name, now))
-        )
-        metrics.NODES_RELEASED.set(len(snapshot.released))
 
 
 __all__ = ["ControlLoop", "random_suffix"]

@@ -1,6 +1,11 @@
 """The deciding step: schedule(snapshot, now) -> Plan. Pure: no I/O, no clock, no randomness
 of its own (names come from the `new_suffix` argument), so it is tested in milliseconds.
 
+Two entries: `schedule` decides the whole cluster in one pass (benchmarks, tests);
+`schedule_deployment` decides ONE Deployment from its own part of the view and the
+cluster-wide facts the caller keeps incrementally (per-node usage, replica names taken,
+schedulable nodes): the running scheduler's controller calls it per changed key.
+
 Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
 feasibility (which Ready nodes have room) -> ranking (spread, then least allocated) -> plan.
 Per Deployment (`_reconcile_deployment`), in named steps: split its replicas by template
@@ -17,8 +22,9 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -67,10 +73,32 @@ class Plan:
 
 
 @dataclass
-class _Usage:
+class Usage:
+    """What the placements on one node reserve."""
+
     cpu_millis: int = 0
     memory_bytes: int = 0
     pods: int = 0
+
+
+class _Names(Protocol):
+    def __contains__(self, name: object, /) -> bool: ...
+
+    def add(self, name: str, /) -> None: ...
+
+
+class _NamesTaken:
+    """Names taken cluster-wide (the caller's, read only) plus those this decision takes."""
+
+    def __init__(self, base: Container[str]) -> None:
+        self.base = base
+        self.added: set[str] = set()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.added or name in self.base
+
+    def add(self, name: str) -> None:
+        self.added.add(name)
 
 
 def schedule(
@@ -87,7 +115,7 @@ def schedule(
     """
     plan = Plan()
     ready_nodes = {name for name in snapshot.nodes if snapshot.schedulable(name, now)}
-    usage: defaultdict[str, _Usage] = defaultdict(_Usage)
+    usage: defaultdict[str, Usage] = defaultdict(Usage)
     by_deployment: dict[str, list[tuple[str, PlacedReplica]]] = {}  # by Deployment key
     taken_names = {placed.placement.replica for placed in snapshot.placements.values()}
     losses: dict[tuple[str, bool], Loss | None] = {}  # (node, after_stop): once per pass
@@ -128,6 +156,61 @@ def schedule(
     return plan
 
 
+def schedule_deployment(
+    view: Snapshot,
+    key: str,
+    now: float,
+    *,
+    usage: Mapping[str, Usage],
+    taken_names: Container[str],
+    ready_nodes: Set[str],
+    wall_time: float,
+    new_suffix: Callable[[], str],
+) -> Plan:
+    """Decide ONE Deployment (`key`): the same Plan `schedule` would make for it.
+
+    `view` holds the Deployment, its status, its placements and their replica statuses
+    (others in it are ignored), every node and the liveness facts; `usage` counts every
+    placement of the cluster per node, `taken_names` every replica name, `ready_nodes`
+    the schedulable nodes. None of them is changed: the room this decision takes is
+    counted on copies (O(nodes)), never O(placements of the cluster).
+    """
+    plan = Plan()
+    if key in view.unreadable_deployments:
+        return plan  # left alone: its placements keep running, its status stays
+    deployment = view.deployments.get(key)
+    after_stop = deployment is not None and deployment.spec.replacement == "AfterStop"
+    mine: defaultdict[str, Usage] = defaultdict(Usage)
+    for node_name, node_usage in usage.items():
+        mine[node_name] = Usage(node_usage.cpu_millis, node_usage.memory_bytes, node_usage.pods)
+    live: list[tuple[str, PlacedReplica]] = []
+    for placement_key, placed in sorted(view.placements.items()):
+        placement = placed.placement
+        if placement.deployment_key != key:
+            continue
+        if deployment is None:
+            plan.stop.append(Stop(placement_key, placed.revision, key, "deployment deleted"))
+            continue
+        lost = view.loss(placement.node, now, after_stop=after_stop)
+        if lost is not None:
+            reason = _LOSS_REASONS[lost].format(node=placement.node)
+            plan.stop.append(Stop(placement_key, placed.revision, key, reason, lost.value))
+            _count(mine[placement.node], placement, -1)  # as `schedule`: it takes no room
+        else:
+            live.append((placement_key, placed))
+    if deployment is not None:
+        ready = set(ready_nodes)
+        orphans = _orphans_by_deployment(view, ready).get(key, [])
+        run = _Pass(view, ready, mine, _NamesTaken(taken_names), wall_time, new_suffix)
+        _reconcile_deployment(run, deployment, live, orphans, plan)
+    else:
+        stored = view.statuses.get(key)
+        if stored is not None:
+            plan.forget_statuses.append((key, stored[1]))
+    _summarise_stops(plan)
+    return plan
+
+
 _LOSS_REASONS = {
     Loss.RELEASED: "node {node} was released by an operator",
     Loss.SILENT: "node {node} is not ready (silent too long)",
@@ -150,7 +233,7 @@ def _orphans_by_deployment(
     return found
 
 
-def _count(node_usage: _Usage, placement: Placement, sign: int) -> None:
+def _count(node_usage: Usage, placement: Placement, sign: int) -> None:
     node_usage.cpu_millis += sign * placement.cpu_millis
     node_usage.memory_bytes += sign * placement.memory_bytes
     node_usage.pods += sign
@@ -172,8 +255,8 @@ class _Pass:
 
     snapshot: Snapshot
     ready_nodes: set[str]
-    usage: defaultdict[str, _Usage]
-    taken_names: set[str]
+    usage: defaultdict[str, Usage]
+    taken_names: _Names
     wall_time: float
     new_suffix: Callable[[], str]
 
@@ -426,7 +509,7 @@ class _NodePicker:
         self,
         snapshot: Snapshot,
         ready_nodes: set[str],
-        usage: defaultdict[str, _Usage],
+        usage: defaultdict[str, Usage],
         spread: Counter[str],
         cpu: int,
         memory: int,
@@ -483,7 +566,7 @@ class _NodePicker:
         return f"0/{total} nodes are available: {detail}"
 
 
-def _misfit(node: Node, node_usage: _Usage, cpu: int, memory: int) -> str:
+def _misfit(node: Node, node_usage: Usage, cpu: int, memory: int) -> str:
     capacity = node.capacity
     if node_usage.pods + 1 > capacity.pods:
         return "Too many replicas"
@@ -494,7 +577,7 @@ def _misfit(node: Node, node_usage: _Usage, cpu: int, memory: int) -> str:
     return ""
 
 
-def _new_replica_name(deployment: str, taken: set[str], new_suffix: Callable[[], str]) -> str:
+def _new_replica_name(deployment: str, taken: _Names, new_suffix: Callable[[], str]) -> str:
     stem = deployment[: MAX_REPLICA_NAME - SUFFIX_LENGTH - 1].rstrip("-")
     while True:
         name = f"{stem}-{new_suffix()}"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import (
     REASON_BUSY,
@@ -87,7 +88,7 @@ class NodeAPI:
         now = loop.monotonic()
         loop.update_feed(now)
         known = name in loop.nodes.items or name in loop.nodes.unreadable
-        placed = sum(1 for p in loop.placements.values() if p.node == name)
+        placed = name in loop.deployments_by_node  # an index: never a scan of placements
         if not known and not placed and release_key(name) not in loop.releases.items:
             return _refused(
                 name, f"node {name!r} not found: no record and no replicas", REASON_NOT_FOUND
@@ -149,14 +150,12 @@ class NodeAPI:
         "AfterStop" ones, and those whose stored spec cannot be read (they may be)."""
         deployments = self.loop.deployments
         found = set()
-        for placement in self.loop.placements.values():
-            if placement.node != node:
-                continue
-            deployment = deployments.get(placement.deployment_key)
-            if placement.deployment_key in deployments.unreadable or (
+        for key in self.loop.deployments_by_node.get(node):
+            deployment = deployments.get(key)
+            if key in deployments.unreadable or (
                 deployment is not None and deployment.spec.replacement == "AfterStop"
             ):
-                found.add(placement.deployment)
+                found.add(names.split_object_key(key)[1])
         return sorted(found)
 
 

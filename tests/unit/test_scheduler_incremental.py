@@ -1,0 +1,274 @@
+"""The scheduler decides per Deployment: a change enqueues only the Deployments it
+affects, and the cluster-wide facts a decision needs (usage per node, replica names
+taken, placements per Deployment and per node) are kept per change, never rebuilt."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.specs import (
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    ObjectMeta,
+    ResourceList,
+    Resources,
+)
+from corral.contract.state import DeploymentStatus, Node, NodeCapacity, Placement
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.controller import Result
+from corral.natsio.kv import Bucket, MemoryBucket
+from corral_scheduler import control_loop
+from corral_scheduler.control_loop import ControlLoop
+from corral_scheduler.decide import Usage, schedule_deployment
+from corral_scheduler.snapshot import PlacedReplica, Snapshot
+from tests.unit.test_scheduler_control_loop import (
+    Clock,
+    Cluster,
+    _value,
+    placed_and_running,
+    running,
+)
+from tests.waiting import eventually
+
+
+def record_reconciles(loop: ControlLoop) -> list[str]:
+    """The keys the loop's controller reconciles from now on, in order."""
+    seen: list[str] = []
+    inner: Callable[[str], Awaitable[Result | None]] = loop.controller.reconcile
+
+    async def recording(key: str) -> Result | None:
+        seen.append(key)
+        return await inner(key)
+
+    loop.controller.reconcile = recording
+    return seen
+
+
+def usage_rebuilt(loop: ControlLoop) -> dict[str, Usage]:
+    usage: dict[str, Usage] = {}
+    for placement in loop.placements.values():
+        found = usage.setdefault(placement.node, Usage())
+        found.cpu_millis += placement.cpu_millis
+        found.memory_bytes += placement.memory_bytes
+        found.pods += 1
+    return usage
+
+
+def placed_by(cluster: Cluster, deployment: str) -> list[str]:
+    return sorted(p.node for p in cluster.loop.placements.values() if p.deployment == deployment)
+
+
+async def test_a_lost_node_gets_only_its_own_deployments_decided_again() -> None:
+    async with running() as cluster:
+        await _apply(cluster, _deployment("web", 1, cpu="1"))
+        await placed_and_running(cluster, "a", "b")
+        await _apply(cluster, _deployment("db", 1, cpu="1"))  # least allocated: b
+        await cluster.tick(1, beating=("a", "b"))
+        assert placed_by(cluster, "web") == ["a"] and placed_by(cluster, "db") == ["b"]
+        seen = record_reconciles(cluster.loop)
+        await cluster.tick(NODE_LOST_SECONDS + 2, beating=("b",))  # a falls silent
+        assert placed_by(cluster, "web") == ["b"]  # moved
+        assert set(seen) == {"default.web"}  # db, on a live node, was never decided again
+
+
+async def test_a_heartbeat_alone_decides_nothing() -> None:
+    async with running() as cluster:
+        await cluster.apply("web", 2)
+        await placed_and_running(cluster, "a", "b")
+        await cluster.tick(2, beating=("a", "b"))
+        seen = record_reconciles(cluster.loop)
+        await cluster.tick(5, beating=("a", "b"))
+        assert seen == []
+
+
+async def test_a_node_joining_decides_the_pending_deployments_and_not_the_converged_ones() -> None:
+    async with running() as cluster:
+        await cluster.apply("web", 1)
+        await placed_and_running(cluster, "a")
+        await _apply(cluster, _deployment("huge", 1, cpu="5"))  # fits nowhere: 4 cpus a node
+        await cluster.tick(1, beating=("a",))
+        assert cluster.loop.pending == {"default.huge"}
+        seen = record_reconciles(cluster.loop)
+        await cluster.heartbeat("c")
+        await cluster.tick(1, beating=("a", "c"))
+        assert "default.huge" in seen  # a new node may have room: pending ones look again
+        assert "default.web" not in seen  # converged, on no changed node
+
+
+async def _apply(cluster: Cluster, deployment: Deployment) -> None:
+    await cluster.buckets[names.DEPLOYMENTS_BUCKET].put(deployment.key, encode(deployment))
+
+
+async def test_usage_names_and_indexes_follow_every_placement_change() -> None:
+    async with running() as cluster:
+        await _apply(cluster, _deployment("web", 6, cpu="500m"))
+        await placed_and_running(cluster, "a", "b")
+        loop = cluster.loop
+        assert loop.usage == usage_rebuilt(loop)
+        assert loop.usage["a"].cpu_millis == 1500 and loop.usage["b"].pods == 3
+        assert set(loop.taken_names) == {p.replica for p in loop.placements.values()}
+        assert loop.placements_by_deployment.get("default.web") == set(loop.placements.items)
+        await _apply(cluster, _deployment("web", 2, cpu="500m"))  # scale down
+        await cluster.tick(1, beating=("a", "b"))
+        assert loop.usage == usage_rebuilt(loop)
+        assert sum(u.pods for u in loop.usage.values()) == 2
+        assert set(loop.taken_names) == {p.replica for p in loop.placements.values()}
+        await cluster.buckets[names.DEPLOYMENTS_BUCKET].delete("default.web")
+        await cluster.tick(1, beating=("a", "b"))
+        assert loop.usage == {} and loop.taken_names == {}
+        assert "a" not in loop.deployments_by_node and len(loop.placements_by_deployment) == 0
+
+
+def _deployment(name: str, replicas: int, cpu: str) -> Deployment:
+    return Deployment(
+        metadata=ObjectMeta(name=name, generation=1),
+        spec=DeploymentSpec(
+            replicas=replicas,
+            template=ContainerTemplate(
+                image="app:1", resources=Resources(requests=ResourceList(cpu=cpu))
+            ),
+        ),
+    )
+
+
+def test_deciding_one_deployment_respects_the_room_others_took_and_changes_no_shared_book() -> None:
+    web = _deployment("web", 2, "1")
+    nodes = {
+        name: Node(name=name, capacity=NodeCapacity(cpu_millis=2000, memory_bytes=2**33))
+        for name in ("a", "b")
+    }
+    usage = {"a": Usage(cpu_millis=2000, pods=2)}  # a is full of someone else's replicas
+    taken = {"web-00000"}
+    counter = itertools.count()
+    view = Snapshot(
+        deployments={web.key: web},
+        nodes=nodes,
+        node_last_seen={"a": 999.0, "b": 999.0},
+    )
+    plan = schedule_deployment(
+        view,
+        web.key,
+        1000.0,
+        usage=usage,
+        taken_names=taken,
+        ready_nodes={"a", "b"},
+        wall_time=1.0,
+        new_suffix=lambda: f"{next(counter):05d}",
+    )
+    assert [p.node for p in plan.place] == ["b", "b"]
+    assert [p.replica for p in plan.place] == ["web-00001", "web-00002"]  # 00000 was taken
+    assert usage == {"a": Usage(cpu_millis=2000, pods=2)} and taken == {"web-00000"}
+    assert plan.statuses[0][0].placed == 2 and plan.statuses[0][0].pending == 0
+
+
+def test_deciding_a_deleted_deployment_stops_its_placements_and_forgets_its_status() -> None:
+    web = _deployment("web", 1, "1")
+    placement = Placement(
+        replica="web-1",
+        deployment="web",
+        node="a",
+        template=web.spec.template,
+        template_hash=web.spec.template.template_hash(),
+        generation=1,
+    )
+    view = Snapshot(
+        statuses={web.key: (DeploymentStatus(name="web", replicas=1), 7)},
+        placements={placement.key: PlacedReplica(placement, 3)},
+    )
+    plan = schedule_deployment(
+        view,
+        web.key,
+        1000.0,
+        usage={},
+        taken_names=set(),
+        ready_nodes=set(),
+        wall_time=1.0,
+        new_suffix=lambda: "x",
+    )
+    assert [(s.key, s.revision, s.reason) for s in plan.stop] == [
+        (placement.key, 3, "deployment deleted")
+    ]
+    assert plan.forget_statuses == [(web.key, 7)] and not plan.place
+
+
+class GatedBucket(MemoryBucket):
+    """Creates wait until `gate` is set: a commit in flight."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = anyio.Event()
+        self.waiting = 0
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().create(key, value)
+
+
+async def test_a_decision_made_while_another_commits_sees_the_room_it_took() -> None:
+    clock = Clock()
+    buckets: dict[str, Bucket] = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    placements = GatedBucket(names.PLACEMENTS_BUCKET)
+    buckets[names.PLACEMENTS_BUCKET] = placements
+    loop = ControlLoop(buckets, None, monotonic=clock, wall_clock=lambda: 1.0)
+    async with anyio.create_task_group() as tg:
+        await loop.start(tg, echoes=False)
+        node = Node(name="a", capacity=NodeCapacity(cpu_millis=4000, memory_bytes=2**33))
+        await buckets[names.NODES_BUCKET].put("a", encode(node))
+        for name in ("x", "y"):
+            deployment = _deployment(name, 1, cpu="3")
+            await buckets[names.DEPLOYMENTS_BUCKET].put(deployment.key, encode(deployment))
+        await eventually(lambda: _value(len(loop.deployments.items)), lambda n: n == 2)
+        await eventually(lambda: _value(loop.ready_nodes), lambda r: r == {"a"})
+        async with anyio.create_task_group() as workers:
+            workers.start_soon(loop.reconcile, "default.x")  # decides, then waits to commit
+            await eventually(lambda: _value(placements.waiting), lambda n: n == 1)
+            assert loop.usage["a"].cpu_millis == 3000  # reserved while in flight
+            await loop.reconcile("default.y")  # decided meanwhile: no room left on a
+            assert placements.waiting == 1
+            placements.gate.set()
+        assert [p.deployment for p in loop.placements.values()] == ["x"]
+        assert loop.usage == usage_rebuilt(loop) and not loop._reserved
+        await eventually(lambda: _value(loop.statuses.get("default.y")), lambda s: s is not None)
+        status = loop.statuses.get("default.y")
+        assert status is not None and status.pending == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_placement_that_conflicts_is_decided_again_and_placed_under_a_new_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    suffixes = iter(["aaaaa", "bbbbb", "ccccc"])
+    monkeypatch.setattr(control_loop, "random_suffix", lambda: next(suffixes))
+    async with running() as cluster:
+        await cluster.heartbeat("a")
+        await cluster.tick(1, beating=("a",))
+        web = _deployment("web", 1, cpu="1")
+        theirs = Placement(
+            replica="web-aaaaa",
+            deployment="other",
+            node="a",
+            template=web.spec.template,
+            template_hash="h",
+            generation=1,
+        )
+        cluster.placements.stalled = True  # written, but this scheduler does not see it
+        await cluster.placements.create(theirs.key, encode(theirs))
+        cluster.placements.stalled = False
+        await _apply(cluster, web)
+        await cluster.tick(1, beating=("a",))
+        assert placed_by(cluster, "web") == []  # its create conflicted...
+        assert cluster.loop.controller.queue.due_in(web.key) is not None  # ...decided again
+        await cluster.tick(1, beating=("a",))
+        assert [p.replica for p in cluster.loop.placements.values() if p.deployment == "web"] == [
+            "web-bbbbb"
+        ]
+        stored = await cluster.placements.get(theirs.key)
+        assert stored is not None and decode(stored.value or b"", Placement) == theirs
