@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from corral.client.cli.main import cli
 from corral.contract import names
+from corral.contract.codec import decode, encode
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import (
     DeploymentStatus,
@@ -170,6 +171,30 @@ async def test_get_replicas_includes_pending(nats_url: str, buckets: dict[str, N
     assert single.exit_code == 0, single.output
     one = json.loads(single.stdout)
     assert one["status"]["state"] == "Running" and one["placement"]["node"] == "n1"
+
+
+async def test_get_replicas_of_one_node_reads_only_that_nodes_keys(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    await seed(buckets, time.time())
+    on_n2 = await corral(nats_url, "get", "replicas", "--node", "n2")
+    assert on_n2.exit_code == 0 and on_n2.stdout.strip() == "No replicas.", on_n2.output
+    entry = await buckets[names.PLACEMENTS_BUCKET].get(
+        names.placement_key("n1", "default", "web-b")
+    )
+    assert entry is not None and entry.value is not None
+    moved = decode(entry.value, Placement)
+    moved = msgspec.structs.replace(moved, node="n2", replica="web-z")
+    await buckets[names.PLACEMENTS_BUCKET].put(moved.key, encode(moved))
+    on_n1 = await corral(nats_url, "get", "replicas", "--node", "n1")
+    assert on_n1.exit_code == 0, on_n1.output
+    assert [row[0] for row in rows(on_n1.stdout)[1:]] == ["web-a", "web-b"]
+    on_n2 = await corral(nats_url, "get", "replicas", "--node", "n2")
+    assert [row[:3] for row in rows(on_n2.stdout)[1:]] == [["web-z", "web", "n2"]]
+    bad = await corral(nats_url, "get", "replicas", "--node", "N_1")
+    assert bad.exit_code != 0 and "--node" in bad.output and "N_1" in bad.output
+    misplaced = await corral(nats_url, "get", "nodes", "--node", "n1")
+    assert misplaced.exit_code != 0 and "get replicas" in misplaced.output
 
 
 async def test_get_nodes_ready_and_allocated(nats_url: str, buckets: dict[str, NatsBucket]) -> None:

@@ -228,14 +228,17 @@ class CorralClient:
             self._buckets[name] = NatsBucket(kv, name)
         return self._buckets[name]
 
-    async def read_bucket(self, name: str, kind: type[T]) -> dict[str, tuple[T, int]]:
-        """Every current record of a bucket, by key, with its revision. Bad records are skipped."""
+    async def read_bucket(
+        self, name: str, kind: type[T], prefix: str = ">"
+    ) -> dict[str, tuple[T, int]]:
+        """Every current record of a bucket (under `prefix`: a subject filter, read by
+        the server), by key, with its revision. Bad records are skipped."""
         bucket = await self._bucket(name)
         records: dict[str, tuple[T, int]] = {}
         if bucket is None:
             return records
         with anyio.fail_after(self.request_timeout + 5):
-            async for entry in bucket.watch():
+            async for entry in bucket.watch(prefix):
                 if entry is None:
                     break
                 if is_echo_key(entry.key):
@@ -249,8 +252,9 @@ class CorralClient:
                     log.warning("skipping %s/%s: %s", name, entry.key, error)
         return records
 
-    async def _values(self, name: str, kind: type[T]) -> dict[str, T]:
-        return {key: value for key, (value, _) in (await self.read_bucket(name, kind)).items()}
+    async def _values(self, name: str, kind: type[T], prefix: str = ">") -> dict[str, T]:
+        records = await self.read_bucket(name, kind, prefix)
+        return {key: value for key, (value, _) in records.items()}
 
     async def deployments(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Deployment]:
         """The Deployments of one namespace, by name."""
@@ -276,13 +280,16 @@ class CorralClient:
     async def nodes(self) -> dict[str, Node]:
         return await self._values(names.NODES_BUCKET, Node)
 
-    async def placements(self) -> dict[str, Placement]:
-        """By key <node>.<namespace>.<replica> (names.placement_key)."""
-        return await self._values(names.PLACEMENTS_BUCKET, Placement)
+    async def placements(self, node: str | None = None) -> dict[str, Placement]:
+        """By key <node>.<namespace>.<replica> (names.placement_key); of one node only
+        (a subject-filtered read: the server sends that node's records alone)."""
+        prefix = ">" if node is None else names.placement_prefix(node)
+        return await self._values(names.PLACEMENTS_BUCKET, Placement, prefix)
 
-    async def replica_statuses(self) -> dict[str, ReplicaStatus]:
+    async def replica_statuses(self, node: str | None = None) -> dict[str, ReplicaStatus]:
         """By key <node>.<namespace>.<replica>, the same key as the Placement."""
-        return await self._values(names.REPLICA_STATUS_BUCKET, ReplicaStatus)
+        prefix = ">" if node is None else names.placement_prefix(node)
+        return await self._values(names.REPLICA_STATUS_BUCKET, ReplicaStatus, prefix)
 
     # --- events: the CORRAL_EVENTS stream ----------------------------------------------
 

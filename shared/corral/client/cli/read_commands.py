@@ -63,7 +63,14 @@ def _not_found(kind: str, name: str) -> CorralError:
     return CorralError(f"{SINGULAR[kind]} {name!r} not found")
 
 
-def render_get(view: ClusterView, kind: str, name: str | None, output: str, now: float) -> str:
+def render_get(
+    view: ClusterView,
+    kind: str,
+    name: str | None,
+    output: str,
+    now: float,
+    node: str | None = None,
+) -> str:
     """The text of `corral get KIND [NAME] -o OUTPUT` for one read of the cluster."""
     wide = output == "wide"
     machine = output in ("json", "yaml")
@@ -85,6 +92,8 @@ def render_get(view: ClusterView, kind: str, name: str | None, output: str, now:
         return render_table(headers, rows) if rows else "No deployments."
     if kind == REPLICAS:
         lines = replica_lines(view)
+        if node is not None:  # pending replicas are on no node
+            lines = [line for line in lines if line.node == node]
         if name is not None:
             lines = [line for line in lines if line.name == name]
             if not lines:
@@ -122,15 +131,27 @@ def render_get(view: ClusterView, kind: str, name: str | None, output: str, now:
 @click.option(
     "-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]), default="table"
 )
+@click.option(
+    "--node",
+    metavar="NODE",
+    help="replicas: only those placed on NODE (read from that node's keys alone).",
+)
 @click.pass_context
-def get(ctx: click.Context, kind: str, name: str | None, output: str) -> None:
+def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str | None) -> None:
     """List deployments, replicas or nodes (or show one by NAME)."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
+    if node is not None:
+        if read != REPLICAS:
+            raise click.UsageError("--node applies to `get replicas` only")
+        try:
+            check_dns_label("node", node)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--node") from None
 
     async def fetch(client: CorralClient) -> str:
-        view = await read_cluster(client, what=_NEEDS[read])
-        return render_get(view, read, name, output, time.time())
+        view = await read_cluster(client, what=_NEEDS[read], node=node)
+        return render_get(view, read, name, output, time.time(), node)
 
     click.echo(run_with_client(settings_of(ctx), fetch))
 

@@ -28,8 +28,11 @@ class ClusterView:
     replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)
 
 
-async def read_cluster(client: CorralClient, *, what: tuple[str, ...] = ()) -> ClusterView:
-    """Read the buckets named in `what` (all when empty) concurrently."""
+async def read_cluster(
+    client: CorralClient, *, what: tuple[str, ...] = (), node: str | None = None
+) -> ClusterView:
+    """Read the buckets named in `what` (all when empty) concurrently; with `node`, the
+    placements and replica statuses of that node only."""
     view = ClusterView()
     wanted = set(what) or {"deployments", "statuses", "nodes", "placements", "replica_statuses"}
 
@@ -43,10 +46,10 @@ async def read_cluster(client: CorralClient, *, what: tuple[str, ...] = ()) -> C
         view.nodes = await client.nodes()
 
     async def placements() -> None:
-        view.placements = await client.placements()
+        view.placements = await client.placements(node)
 
     async def replica_statuses() -> None:
-        view.replica_statuses = await client.replica_statuses()
+        view.replica_statuses = await client.replica_statuses(node)
 
     readers = {
         "deployments": deployments,
