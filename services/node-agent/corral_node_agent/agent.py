@@ -190,6 +190,7 @@ class NodeAgent:
         self.engine_id = ""
         self.capacity_known = False
         self.passes = 0  # passes completed (tests wait on it)
+        self.guard_looks = 0  # decisions of the guard (tests count them)
         self.watches = 0  # placements watches started
         self.removal_failures = 0
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
@@ -206,6 +207,7 @@ class NodeAgent:
         self._sequence = 0
         self._wakeup: anyio.Event | None = None
         self._wake_at: float | None = None
+        self._guard_wakeup = anyio.Event()  # set by every change the guard must see at once
         self._task_group: TaskGroup | None = None
 
     # Triggers.
@@ -247,7 +249,7 @@ class NodeAgent:
                         keep_echoing,
                         self._placements_bucket,
                         self.echo_key,
-                        interval=self.settings.heartbeat_seconds,
+                        interval=self._echo_interval(),
                         wall_clock=self.clock,
                     )
                 )
@@ -308,6 +310,7 @@ class NodeAgent:
 
     def _membership_changed(self) -> None:
         self.executor.cluster_id = self.membership.cluster_id
+        self._wake_guard()
         self.poke()
 
     async def _check_identity_forever(self) -> None:
@@ -317,6 +320,7 @@ class NodeAgent:
                 await self.membership.check()
             except Exception as error:  # timeouts: the cut-off clock speaks for them
                 log.debug("identity check of %s failed: %s", self.node, error)
+            self._wake_guard()  # the identity may have changed: decide now
 
     # The guard: feeds the safety state machine and acts on its transitions.
 
@@ -330,10 +334,16 @@ class NodeAgent:
             displacement=self.displacement,
         )
 
+    def _wake_guard(self) -> None:
+        """Something the safety state machine is fed changed: decide now."""
+        self._guard_wakeup.set()
+
     async def _guard(self) -> None:
         budget = self.settings.budget
         interval = max(0.02, min(0.25, budget.isolated_after / 4))
         while True:
+            self._guard_wakeup = anyio.Event()
+            self.guard_looks += 1
             acked = self.record.last_acked
             if acked is not None and acked != self._noted_ack:
                 self._noted_ack = acked
@@ -352,7 +362,41 @@ class NodeAgent:
                     self.node,
                 )
                 self._stop_watch()
-            await anyio.sleep(interval)
+            with anyio.move_on_after(self._guard_sleep(mode, interval)):
+                await self._guard_wakeup.wait()
+
+    def _guard_sleep(self, mode: Mode, interval: float) -> float:
+        """How long the guard may sleep. While Active or Syncing (the steady state) it
+        sleeps until the first moment the mode could change with time alone: no write
+        acknowledged for `isolated_after` or F, the echo late (and, when the agent notes
+        its acknowledged writes on disk, one heartbeat, to note the next); everything
+        else it acts on wakes it (_wake_guard): the identity read, the watch current or
+        broken, a takeover. In the other modes it looks every `interval`, for the
+        acknowledged write that moves it on. So an idle agent decides about once per
+        `isolated_after` instead of four times a second, and each time limit is met on
+        time rather than up to one interval late."""
+        if mode not in (Mode.ACTIVE, Mode.SYNCING):
+            return interval
+        now = self.monotonic()
+        budget = self.settings.budget
+        acked = self.record.last_acked
+        since = acked if acked is not None else self.started_at
+        deadlines = [since + budget.isolated_after, since + budget.stop_after]
+        if mode == Mode.ACTIVE:
+            seen = self.placements.echoes.get(self.echo_key)
+            echoed = seen.seen_at if seen is not None else self._watch_started
+            deadlines.append(echoed + self.settings.stale_watch_after)
+        if self.last_ack_file.path is not None:
+            deadlines.append(now + self.settings.heartbeat_seconds)
+        # A little past the deadline: the state machine's limits are strict (">").
+        return max(0.02, min(deadlines) - now + 0.01)
+
+    def _echo_interval(self) -> float:
+        """How often the echo key is written: often enough that a current watch always
+        brings one back well within `stale_watch_after` (2.5 echoes per window), and no
+        more often than the heartbeat. With the defaults every 2 s (a KV write per node
+        every heartbeat before): an idle node's writes to say its watch is current."""
+        return max(self.settings.heartbeat_seconds, self.settings.stale_watch_after / 2.5)
 
     def _watch_is_stale(self) -> bool:
         """The agent's own echo key, written beside its placements, did not come back
@@ -438,6 +482,7 @@ class NodeAgent:
         )
         self.placements_current = False
         self.health["node_name"] = False
+        self._wake_guard()
         self.poke()
 
     async def _refused(self, error: NodeNameTaken) -> None:
@@ -478,7 +523,7 @@ class NodeAgent:
             mirror = Mirror(
                 self._placements_bucket,
                 Placement,
-                prefix=f"{self.node}.>",
+                prefix=names.placement_prefix(self.node),
                 on_change=lambda _k: self.poke(),
                 clock=self.monotonic,
             )
@@ -504,6 +549,7 @@ class NodeAgent:
             await anyio.sleep(_ENGINE_RETRY_SECONDS)
         finally:
             self._watching = False
+            self._wake_guard()  # Syncing goes on to Active, or starts another watch
 
     async def _follow(
         self,
@@ -516,7 +562,9 @@ class NodeAgent:
         started = False
         with anyio.CancelScope() as scope:
             try:
-                async for entry in self._placements_bucket.watch(f"{self.node}.>"):
+                # Only this node's placements: a subject-filtered watch (one consumer
+                # whose filter is the node's key prefix), never the whole bucket.
+                async for entry in self._placements_bucket.watch(names.placement_prefix(self.node)):
                     if entry is None:
                         if not started:
                             started = True
@@ -531,6 +579,7 @@ class NodeAgent:
                 raise RuntimeError("the placements watch ended before its snapshot")
             if mirror is self.placements:
                 self.placements_current = False
+                self._wake_guard()
 
     def _seed_tracks(self) -> None:
         """Carry restart counts over from the statuses an earlier run wrote."""

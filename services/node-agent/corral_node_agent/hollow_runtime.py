@@ -1,9 +1,12 @@
 """Simulated containers in memory: they are created, start and "run" instantly.
 
 For scale tests (thousands of fake nodes in one process, like Kubernetes'
-kubemark) and as the fake engine of unit tests. Faults are injected with
-`crash`, `remove_behind_back`, `unpullable_images`, `exit_on_start`,
-`failing_images`, `unremovable` and `available`.
+kubemark: corral_node_agent.hollow_cluster) and as the fake engine of unit tests.
+Faults are injected with `crash`, `remove_behind_back`, `unpullable_images`,
+`exit_on_start`, `failing_images`, `unremovable` and `available`. Engine latency
+is simulated with `pull_seconds`, `start_seconds` (a started container runs only
+after it: the start call takes that long, as a slow engine's would) and
+`remove_seconds`.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class HollowRuntime:
     failing_images: dict[str, str] = field(default_factory=dict)  # create fails: message
     exit_on_start: dict[str, int] = field(default_factory=dict)  # exit at once with code
     pull_seconds: float = 0.0
+    start_seconds: float = 0.0  # a start returns (the container running) after this
+    remove_seconds: float = 0.0  # a removal returns (the container gone) after this
     unremovable: set[str] = field(default_factory=set)  # container ids whose removal fails
     available: bool = True
     name: str = "hollow"
@@ -86,6 +91,8 @@ class HollowRuntime:
     starts: int = 0
     removes: int = 0
     operations: list[str] = field(default_factory=list)  # "create <replica>", "remove <replica>"
+    # Keep `pulls` and `operations` (tests count them); a long scale run turns it off.
+    record_operations: bool = True
     _watchers: list[tuple[str, ChangeCallback]] = field(default_factory=list)
     _outage: anyio.Event | None = None
 
@@ -138,7 +145,8 @@ class HollowRuntime:
 
     async def pull_image(self, image: str) -> None:
         self._check()
-        self.pulls.append(image)
+        if self.record_operations:
+            self.pulls.append(image)
         if self.pull_seconds:
             await anyio.sleep(self.pull_seconds)
         if image in self.unpullable_images:
@@ -156,7 +164,8 @@ class HollowRuntime:
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
         self.containers[container.id] = container
         self.creates += 1
-        self.operations.append(f"create {spec.labels.get(names.LABEL_REPLICA, spec.name)}")
+        if self.record_operations:
+            self.operations.append(f"create {spec.labels.get(names.LABEL_REPLICA, spec.name)}")
         return container.id
 
     async def start_container(self, container_id: str) -> None:
@@ -164,6 +173,11 @@ class HollowRuntime:
         container = self.containers.get(container_id)
         if container is None:
             raise ContainerGone(f"No such container: {container_id}")
+        if self.start_seconds:
+            await anyio.sleep(self.start_seconds)
+            self._check()
+            if self.containers.get(container_id) is not container:
+                raise ContainerGone(f"No such container: {container_id}")
         self.starts += 1
         now = time.time()
         container.state = ContainerState.RUNNING
@@ -180,11 +194,15 @@ class HollowRuntime:
         self._check()
         if container_id in self.unremovable:
             raise RuntimeFailure(f"could not kill container {container_id}: permission denied")
+        if self.remove_seconds and container_id in self.containers:
+            await anyio.sleep(self.remove_seconds)  # it runs until then, as a stopping one does
+            self._check()
         removed = self.containers.pop(container_id, None)
         if removed is not None:
             self.removes += 1
-            replica = removed.spec.labels.get(names.LABEL_REPLICA, removed.spec.name)
-            self.operations.append(f"remove {replica}")
+            if self.record_operations:
+                replica = removed.spec.labels.get(names.LABEL_REPLICA, removed.spec.name)
+                self.operations.append(f"remove {replica}")
 
     async def watch(
         self,
