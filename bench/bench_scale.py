@@ -1,0 +1,508 @@
+"""The control plane at scale, on a hollow cluster: many nodes, many replicas.
+
+    .venv/bin/python bench/bench_scale.py                       # small: 200 nodes, 5,000 replicas
+    .venv/bin/python bench/bench_scale.py --nodes 5000 --replicas 100000 --deployments 100
+
+Starts, on free loopback ports: a nats-server (JetStream, monitoring on), the
+scheduler, netmgr and volmgr (as `corral up` runs them: one process each), a hollow
+cluster of --nodes nodes in one process (`python -m corral_node_agent.hollow_cluster`:
+the real node agent on in-memory engines, containers Running --ready-after seconds
+after their start) and a second hollow cluster of one node, the victim. Then:
+
+1. applies --deployments Deployments (--replicas in all) by raw NATS requests and
+   measures placements committed per second (the scheduler's placed count) and the
+   time until all are Running (its ready count);
+2. meanwhile and afterwards sends `apply` requests of a probe Deployment (0
+   replicas, a new label each time: a real write) one after another: latency p50/p99
+   while placing and while steady;
+3. reads the scheduler's per-key reconcile cost from its /metrics while steady;
+4. measures NATS messages and bytes per second while steady, from nats-server's
+   /varz (and per node);
+5. kills the victim (SIGKILL: a node lost) and measures until its replicas run
+   elsewhere;
+6. reads each process's resident memory and CPU (percent of one core, per phase).
+
+It prints a table with the anchors and saves it (--out, default
+bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from bench_deploy import free_port_block  # the same free-port search as the deploy bench
+from nats.aio.client import Client as NATS
+
+from corral.client.local.nats_server import jetstream_answers, nats_server_command
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import (
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    ObjectMeta,
+    ResourceList,
+    Resources,
+)
+from corral.contract.state import DeploymentStatus
+from corral.natsio.bus import connect
+from corral.natsio.kv import NatsBucket, is_echo_key
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IMAGE = "corral-test/busybox:1"
+PROBE = "probe"
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    cpu_marks: dict[str, float] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_mib(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+
+class Cluster:
+    """The processes of one run; stopped (all of them) on exit."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        base = free_port_block(8)
+        self.nats_port, self.monitor_port = base, base + 1
+        self.metrics_ports = {"scheduler": base + 2, "netmgr": base + 3, "volmgr": base + 4}
+        self.url = f"nats://127.0.0.1:{self.nats_port}"
+        self.procs: dict[str, Proc] = {}
+
+    def start(self, name: str, command: list[str]) -> Proc:
+        log = open(self.workdir / f"{name}.log", "wb")  # kept open for the process
+        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = Proc(name, popen)
+        self.procs[name] = proc
+        return proc
+
+    async def start_control_plane(self) -> None:
+        store = self.workdir / "nats"
+        command = nats_server_command("127.0.0.1", self.nats_port, store)
+        self.start("nats-server", [*command, "-m", str(self.monitor_port)])
+        if await until(lambda: jetstream_answers(self.url), 30, every=0.2) is None:
+            raise RuntimeError("nats-server did not answer within 30 s")
+        for service, module in (
+            ("scheduler", "corral_scheduler"),
+            ("netmgr", "corral_netmgr"),
+            ("volmgr", "corral_volmgr"),
+        ):
+            port = str(self.metrics_ports[service])
+            self.start(
+                service,
+                [sys.executable, "-m", module, "--nats", self.url, "--metrics-port", port],
+            )
+
+    def start_hollow(self, name: str, nodes: int, prefix: str) -> Proc:
+        args = self.args
+        return self.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "corral_node_agent.hollow_cluster",
+                "--nats",
+                self.url,
+                "--nodes",
+                str(nodes),
+                "--name-prefix",
+                prefix,
+                "--pods",
+                str(args.pods),
+                "--ready-after",
+                str(args.ready_after),
+                "--report-seconds",
+                "0",
+            ],
+        )
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+    def mark_cpu(self, phase: str) -> None:
+        for proc in self.procs.values():
+            proc.cpu_marks[phase] = proc.cpu_seconds()
+
+    def varz(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/varz", timeout=5) as r:
+            document: dict[str, Any] = json.load(r)
+        return document
+
+    def metrics(self, service: str) -> str:
+        port = self.metrics_ports[service]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text: str = response.read().decode()
+        return text
+
+
+# --- reading the cluster ---------------------------------------------------------------
+
+
+async def bound(nc: NATS, name: str) -> NatsBucket:
+    """The bucket `name`, once the scheduler has made it (within 60 s)."""
+    js = nc.jetstream()
+    for _ in range(240):
+        try:
+            return NatsBucket(await js.key_value(name), name)
+        except Exception:
+            await anyio.sleep(0.25)
+    raise RuntimeError(f"no bucket {name} after 60 s: did the scheduler start?")
+
+
+async def count_keys(bucket: NatsBucket, prefix: str = ">") -> int:
+    count = 0
+    async for entry in bucket.watch(prefix):
+        if entry is None:
+            break
+        if entry.value is not None and not is_echo_key(entry.key):
+            count += 1
+    return count
+
+
+async def totals(statuses: NatsBucket) -> tuple[int, int]:
+    """(placed, ready) over every Deployment, as the scheduler's statuses say."""
+    placed = ready = 0
+    async for entry in statuses.watch():
+        if entry is None:
+            break
+        if entry.value is None or is_echo_key(entry.key):
+            continue
+        status = decode(entry.value, DeploymentStatus)
+        if status.name != PROBE:
+            placed += status.placed
+            ready += status.ready
+    return placed, ready
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], limit: float, every: float = 0.25
+) -> float | None:
+    """Seconds until check() holds, or None after `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if await check():
+            return time.monotonic() - started
+        await anyio.sleep(every)
+    return None
+
+
+def histogram_mean(text: str, metric: str) -> tuple[float, float]:
+    """(sum, count) of a histogram in a Prometheus text exposition."""
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{metric}_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{metric}_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+# --- the requests ----------------------------------------------------------------------
+
+
+def deployment(name: str, replicas: int, label: str = "") -> Deployment:
+    requests = ResourceList(cpu="10m", memory="16Mi")
+    return Deployment(
+        metadata=ObjectMeta(name=name, labels={"round": label} if label else {}),
+        spec=DeploymentSpec(
+            replicas=replicas,
+            template=ContainerTemplate(image=IMAGE, resources=Resources(requests=requests)),
+        ),
+    )
+
+
+async def apply(nc: NATS, spec: Deployment) -> Reply:
+    msg = await nc.request(names.api_subject("deployment", "apply"), encode(spec), timeout=30)
+    return decode(msg.data, Reply)
+
+
+@dataclass
+class Probe:
+    """apply requests one after another, until stopped; latencies in seconds."""
+
+    nc: NATS
+    latencies: list[float] = field(default_factory=list)
+    round: int = 0
+
+    async def run(self, every: float) -> None:
+        while True:
+            self.round += 1
+            started = time.perf_counter()
+            reply = await apply(self.nc, deployment(PROBE, 0, f"r{self.round}"))
+            self.latencies.append(time.perf_counter() - started)
+            if not reply.ok:
+                raise RuntimeError(f"probe apply refused: {reply.error}")
+            await anyio.sleep(every)
+
+    def take(self) -> list[float]:
+        taken, self.latencies = self.latencies, []
+        return taken
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- one run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, what: str, value: str, anchor: str = "") -> None:
+        self.rows.append((what, value, anchor))
+        print(f"  {what}: {value}", flush=True)
+
+    def table(self, title: str) -> str:
+        lines = [f"## {title}", "", "| measure | corral | goal / anchor |", "|---|---|---|"]
+        lines += [f"| {what} | {value} | {anchor} |" for what, value, anchor in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) -> None:
+    await cluster.start_control_plane()
+    nodes: int = args.nodes
+    cluster.start_hollow("hollow-cluster", nodes, "hollow-")
+    victim = cluster.start_hollow("victim", 1, "victim-")
+    nc = await connect(cluster.url, name="bench-scale")
+    try:
+        node_bucket = await bound(nc, names.NODES_BUCKET)
+        statuses = await bound(nc, names.DEPLOYMENT_STATUS_BUCKET)
+        placements = await bound(nc, names.PLACEMENTS_BUCKET)
+        started = time.monotonic()
+
+        async def all_nodes() -> bool:
+            return await count_keys(node_bucket) >= nodes + 1
+
+        joined = await until(all_nodes, args.timeout, every=1.0)
+        if joined is None:
+            raise RuntimeError(f"the {nodes + 1} hollow nodes did not register")
+        results.add("nodes registered", f"{nodes + 1} in {time.monotonic() - started:.1f} s")
+        await anyio.sleep(args.settle)  # every node heard from: schedulable
+        cluster.mark_cpu("placing")
+
+        probe = Probe(nc)
+        per: int = args.replicas // args.deployments
+        want: int = per * args.deployments
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe.run, args.probe_every)
+            began = time.monotonic()
+            for index in range(args.deployments):
+                reply = await apply(nc, deployment(f"app-{index}", per))
+                if not reply.ok:
+                    raise RuntimeError(f"apply app-{index} refused: {reply.error}")
+            last: tuple[int, int] = (0, 0)
+
+            async def placed_all() -> bool:
+                nonlocal last
+                last = await totals(statuses)
+                return last[0] >= want
+
+            placed = await until(placed_all, args.timeout, every=0.1)
+            placed_in = None if placed is None else time.monotonic() - began
+            busy = probe.take()
+
+            async def ready_all() -> bool:
+                nonlocal last
+                last = await totals(statuses)
+                return last[1] >= want
+
+            ready = await until(ready_all, args.timeout, every=0.25)
+            running_in = None if ready is None else time.monotonic() - began
+            cluster.mark_cpu("steady")
+            if placed_in is None or running_in is None:
+                raise RuntimeError(f"not converged in {args.timeout} s: placed/ready {last}")
+            rate = want / placed_in
+            results.add(
+                "placements committed per second",
+                f"{rate:,.0f}/s ({want:,} in {placed_in:.1f} s)",
+                "goal ≥ 5,000/s; kube-scheduler_perf 810 pods/s at 5,000 nodes; Nomad C1M 3,750/s",
+            )
+            results.add(
+                f"time to all {want:,} Running (from the first apply)", f"{running_in:.1f} s"
+            )
+            results.add(
+                "apply p50 / p99 while placing",
+                f"{percentile(busy, 0.5) * 1000:.1f} / {percentile(busy, 0.99) * 1000:.1f} ms"
+                f" ({len(busy)} requests)",
+                "goal p99 ≤ 20 ms; Kubernetes SLO p99 ≤ 1 s",
+            )
+
+            # steady state: probes go on; the control plane does nothing else
+            reconcile_before = histogram_mean(
+                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+            )
+            varz_before, varz_at = cluster.varz(), time.monotonic()
+            await anyio.sleep(args.steady)
+            varz_after, varz_end = cluster.varz(), time.monotonic()
+            reconcile_after = histogram_mean(
+                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+            )
+            cluster.mark_cpu("steady-end")
+            steady = probe.take()
+            tg.cancel_scope.cancel()
+        results.add(
+            "apply p50 / p99 while steady",
+            f"{percentile(steady, 0.5) * 1000:.1f} / {percentile(steady, 0.99) * 1000:.1f} ms"
+            f" ({len(steady)} requests)",
+            "goal p99 ≤ 20 ms",
+        )
+        spent = reconcile_after[0] - reconcile_before[0]
+        count = reconcile_after[1] - reconcile_before[1]
+        results.add(
+            "reconcile cost per change (steady)",
+            f"{spent / count * 1000:.2f} ms mean over {count:.0f} reconciles"
+            if count
+            else "no reconcile while steady",
+            "goal ≤ 20 ms",
+        )
+        seconds = varz_end - varz_at
+        per_node = nodes + 1
+        for key, label in (("in_msgs", "messages in"), ("out_msgs", "messages out")):
+            value = (varz_after[key] - varz_before[key]) / seconds
+            results.add(
+                f"NATS {label} per second (steady)",
+                f"{value:,.0f}/s ({value / per_node:.1f} per node)",
+            )
+        for key, label in (("in_bytes", "bytes in"), ("out_bytes", "bytes out")):
+            value = (varz_after[key] - varz_before[key]) / seconds
+            results.add(
+                f"NATS {label} per second (steady)",
+                f"{value / 1024:,.0f} KiB/s ({value / per_node:,.0f} B per node)",
+            )
+
+        # one node lost
+        on_victim = await count_keys(placements, names.placement_prefix("victim-1"))
+        victim.popen.kill()
+        victim.popen.wait()
+
+        async def replaced() -> bool:
+            if await count_keys(placements, names.placement_prefix("victim-1")):
+                return False
+            return (await totals(statuses))[1] >= want
+
+        back = await until(replaced, 120, every=0.25)
+        results.add(
+            f"one node lost ({on_victim} replicas): running elsewhere after",
+            "not within 120 s" if back is None else f"{back:.1f} s",
+            "goal ≤ 5 s (R = 5 s of silence is the budget's own share)",
+        )
+        for name, proc in cluster.procs.items():
+            if name == "victim":
+                continue
+            marks = proc.cpu_marks
+            converging = running_in or 0.0
+            placing = marks.get("steady", 0.0) - marks.get("placing", 0.0)
+            steady_cpu = marks.get("steady-end", 0.0) - marks.get("steady", 0.0)
+            results.add(
+                f"{name}: resident memory, CPU placing / steady",
+                f"{proc.rss_mib():.0f} MiB, {placing / max(converging, 1e-9) * 100:.0f}%"
+                f" / {steady_cpu / max(args.steady, 1e-9) * 100:.0f}% of a core",
+                "control plane + nats goal ≤ 400 MiB in all; k0s 2.3 GB at 100 nodes / 10,000 pods"
+                if name == "nats-server"
+                else "",
+            )
+        plane = sum(
+            proc.rss_mib()
+            for name, proc in cluster.procs.items()
+            if name in ("scheduler", "netmgr", "volmgr", "nats-server")
+        )
+        results.add("control plane + nats-server resident memory", f"{plane:.0f} MiB", "≤ 400 MiB")
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--replicas", type=int, default=5000)
+    parser.add_argument("--deployments", type=int, default=50)
+    parser.add_argument("--pods", type=int, default=110, help="pod slots per node")
+    parser.add_argument("--ready-after", type=float, default=0.5)
+    parser.add_argument("--probe-every", type=float, default=0.05, help="seconds between probes")
+    parser.add_argument("--steady", type=float, default=15.0, help="seconds of steady state")
+    parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.replicas < args.deployments:
+        parser.error("--replicas must be at least --deployments")
+    title = (
+        f"{args.nodes + 1:,} hollow nodes, {args.replicas:,} replicas in "
+        f"{args.deployments} Deployments ({os.cpu_count()} cores)"
+    )
+    print(title, flush=True)
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="corral-scale-") as work:
+        cluster = Cluster(args, Path(work))
+        try:
+            anyio.run(measure, cluster, args, results)
+        finally:
+            cluster.stop()
+            if any(
+                p.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
+                for p in cluster.procs.values()
+            ):
+                for name in cluster.procs:
+                    tail = (Path(work) / f"{name}.log").read_text(errors="replace")[-2000:]
+                    print(f"--- {name}.log (tail)\n{tail}", file=sys.stderr)
+    table = results.table(title)
+    out = args.out or Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    print()
+    print(table)
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The scale benchmark's small version, as a smoke test of the same code path: a
+hollow cluster of 200 nodes, 5,000 replicas, a node lost. No timing assertion: it
+checks that every step completes and the table is written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench" / "bench_scale.py"
+
+
+@pytest.mark.timeout(300)
+def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path: Path) -> None:
+    out = tmp_path / "scale.md"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--steady", "3", "--timeout", "200", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = out.read_text()
+    for row in (
+        "placements committed per second",
+        "time to all 5,000 Running",
+        "apply p50 / p99 while steady",
+        "running elsewhere after",
+        "control plane + nats-server resident memory",
+    ):
+        assert row in table, table
+    assert "not within" not in table, table
