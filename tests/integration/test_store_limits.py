@@ -14,12 +14,14 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import REASON_STORE_FULL
 from corral.natsio.bus import (
+    BUCKET_MAX_CONSUMERS,
     StoreSettings,
     bucket_stream,
     connect,
     ensure_streams,
     open_buckets,
 )
+from corral.natsio.kv import WATCH_INACTIVE_SECONDS
 from tests.integration.scheduler_harness import deployment_json, request, running_scheduler
 from tests.nats_cluster import NatsCluster, running_nats_cluster
 from tests.waiting import eventually
@@ -133,5 +135,37 @@ async def test_replicas_are_never_lowered_by_a_service_and_buckets_are_raised(
             assert (await js.stream_info(bucket_stream(bucket))).config.num_replicas == 3
         await open_buckets(js, StoreSettings(replicas=1))
         assert (await js.stream_info(bucket_stream(names.NODES_BUCKET))).config.num_replicas == 3
+    finally:
+        await nc.close()
+
+
+async def test_buckets_take_more_than_the_servers_default_of_1000_consumers(
+    nats_url: str,
+) -> None:
+    """Every node agent watches its own placements: a consumer each. A store made before
+    (max_consumers unset: the server's default caps it at 1,000) is raised too."""
+    nc = await connect(nats_url, "test")
+    try:
+        js = nc.jetstream()
+        await js.create_key_value(bucket=names.PLACEMENTS_BUCKET, history=5)
+        stream = bucket_stream(names.PLACEMENTS_BUCKET)
+        assert (await js.stream_info(stream)).config.max_consumers == -1
+        buckets = await open_buckets(js, StoreSettings())
+        for bucket in names.ALL_BUCKETS:
+            info = await js.stream_info(bucket_stream(bucket))
+            assert info.config.max_consumers == BUCKET_MAX_CONSUMERS, bucket
+        kv = await js.key_value(names.PLACEMENTS_BUCKET)
+        watchers = [await kv.watch(f"node-{n}.>") for n in range(1001)]
+        assert (await js.stream_info(stream)).state.consumer_count == 1001
+        for watcher in watchers:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        # A watch of corral's asks the server to drop its consumer soon after it stops.
+        deployments = bucket_stream(names.DEPLOYMENTS_BUCKET)
+        async for entry in buckets[names.DEPLOYMENTS_BUCKET].watch():
+            if entry is None:
+                consumers = await js.consumers_info(deployments)
+                thresholds = [c.config.inactive_threshold for c in consumers]
+                assert thresholds == [WATCH_INACTIVE_SECONDS]
+                break
     finally:
         await nc.close()

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import anyio
 import msgspec
@@ -331,14 +331,18 @@ async def open_buckets(
                 replicas=settings.replicas,
                 max_bytes=settings.bucket_max_bytes,
             )
-        else:
-            await _raise_bucket(js, bucket, settings)
+        await _raise_bucket(js, bucket, settings)
         buckets[bucket] = NatsBucket(kv, bucket)
     if identity is not None:
         # Made first, listed after: a crash between the two leaves an unlisted
         # bucket, listed at the next start.
         await list_buckets(buckets[names.CLUSTER_BUCKET], names.ALL_BUCKETS)
     return buckets
+
+
+# Consumers a bucket's stream may have at once (watches: one per node agent and
+# service, and short-lived reads); never lowered.
+BUCKET_MAX_CONSUMERS: Final = 100_000
 
 
 async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettings) -> None:
@@ -354,17 +358,27 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
         settings.bucket_max_bytes,
         "CORRAL_KV_MAX_BYTES",
     )
-    if (replicas, max_bytes) != (config.num_replicas, config.max_bytes):
+    # Unset (-1), the server's default caps a stream at 1,000 consumers: every node's
+    # agent watches its own placements (a consumer each), so a cluster would stop at
+    # about 1,000 nodes.
+    consumers = config.max_consumers
+    if consumers is None or consumers < 0 or consumers < BUCKET_MAX_CONSUMERS:
+        consumers = BUCKET_MAX_CONSUMERS
+    current = (config.num_replicas, config.max_bytes, config.max_consumers)
+    if (replicas, max_bytes, consumers) != current:
         log.info(
-            "bucket %s: replicas %s -> %d, max_bytes %s -> %d",
+            "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d",
             bucket,
             config.num_replicas,
             replicas,
             config.max_bytes,
             max_bytes,
+            config.max_consumers,
+            consumers,
         )
         config.num_replicas = replicas
         config.max_bytes = max_bytes
+        config.max_consumers = consumers
         await js.update_stream(config)
 
 

@@ -196,7 +196,7 @@ class NatsBucket:
         # pending, which can come before entries the server already sent are read.
         # So the end is where the count read reaches what the consumer had delivered.
         # When the consumer's info cannot be read, the watch raises WatchIncomplete.
-        watcher = await self._kv.watch(prefix)
+        watcher = await self._kv.watch(prefix, inactive_threshold=WATCH_INACTIVE_SECONDS)
         subscription = nats_internals.watch_subscription(watcher)
         read = 0
         delivered: int | None = None  # messages the server had sent when it said "no more"
@@ -241,6 +241,11 @@ class NatsBucket:
             f"({type(failure).__name__}: {failure}); where the current entries end is unknown"
         ) from failure
 
+
+# A watch's consumer on the server goes this long after its watch stopped (nats-py's
+# default is 5 minutes: at thousands of nodes, every one-shot read left a consumer
+# behind that long). A watch alive keeps its consumer: it has interest.
+WATCH_INACTIVE_SECONDS: Final = 15.0
 
 # Reading a watch consumer's info: attempts, and the bound on each.
 CONSUMER_INFO_ATTEMPTS: Final = 3
