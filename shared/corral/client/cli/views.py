@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 
 from corral.client.api import CorralClient, node_is_ready, to_builtins
 from corral.client.cli.tables import NONE, age_since
 from corral.contract.quantity import format_cpu, format_memory
 from corral.contract.specs import Deployment, ResourceList
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract.time_budget import HEARTBEAT_SECONDS
 
 PENDING_REPLICA = "<pending>"
 
@@ -28,6 +31,10 @@ class ClusterView:
     replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)
 
 
+# How long `get nodes` listens to the agents' heartbeats (one beat and a bit).
+HEARD_WINDOW_SECONDS = 1.5 * HEARTBEAT_SECONDS
+
+
 async def read_cluster(client: CorralClient, *, what: tuple[str, ...] = ()) -> ClusterView:
     """Read the buckets named in `what` (all when empty) concurrently."""
     view = ClusterView()
@@ -40,7 +47,17 @@ async def read_cluster(client: CorralClient, *, what: tuple[str, ...] = ()) -> C
         view.statuses = await client.deployment_statuses()
 
     async def nodes() -> None:
-        view.nodes = await client.nodes()
+        records = await client.nodes()
+        # Idle agents do not rewrite their records: a node heard heartbeating now is
+        # shown as heard now (its heartbeat_at on the reader's clock).
+        heard = await client.heard_nodes(set(records), HEARD_WINDOW_SECONDS)
+        now = time.time()
+        view.nodes = {
+            name: msgspec.structs.replace(node, heartbeat_at=max(node.heartbeat_at, now))
+            if name in heard
+            else node
+            for name, node in records.items()
+        }
 
     async def placements() -> None:
         view.placements = await client.placements()
