@@ -47,6 +47,7 @@ from corral_node_agent.diff import (
     remove_all,
 )
 from corral_node_agent.executor import EventSink, Executor
+from corral_node_agent.heartbeat_link import HeartbeatLink
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.membership import Membership
@@ -120,6 +121,7 @@ class NodeAgent:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         started_at: float | None = None,
+        heartbeats: HeartbeatLink | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -165,6 +167,7 @@ class NodeAgent:
             monotonic,
             settings.alive_window,
             settings.takeover_window,
+            link=heartbeats,
         )
         self.record.on_displaced = self._displaced
         self.tracks: dict[str, ReplicaTrack] = {}
@@ -440,7 +443,8 @@ class NodeAgent:
                 return self.membership.problem
             case Mode.ISOLATED:
                 return (
-                    f"no write acknowledged by NATS for over {budget.isolated_after:g}s: "
+                    f"no heartbeat heard by the schedulers (nor record write acknowledged "
+                    f"by NATS) for over {budget.isolated_after:g}s: "
                     f"starting nothing; replicas stop at {budget.stop_after:g}s"
                 )
             case Mode.STOPPING:

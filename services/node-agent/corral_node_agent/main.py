@@ -19,6 +19,7 @@ from corral.contract.events import REASON_INTERNAL, Reply
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
+from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import Runtime
@@ -161,6 +162,7 @@ async def run(
         events=ctx.events,
         health=ctx.health,
         started_at=counting_from(settings),
+        heartbeats=NatsHeartbeats(ctx.nc),
     )
     ctx.health["engine"] = False
     try:

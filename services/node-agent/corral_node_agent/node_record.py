@@ -1,14 +1,21 @@
-"""Registers this node and keeps its Node record fresh (the heartbeat).
+"""Registers this node, proves it alive (the heartbeat) and writes its Node record
+when the record's content changes.
 
 Every agent has an `agent_id`, written in the record: random per process, or
 given (`--agent-id`) by a supervisor that keeps it across restarts, so a restarted
 agent recognises its own record. Whether another agent is alive is judged by
-watching its record change on this agent's own clock, never by comparing the
-other host's `heartbeat_at` with ours.
+hearing its heartbeats, or watching its record change, on this agent's own clock,
+never by comparing the other host's `heartbeat_at` with ours.
 
-The heartbeat only writes: it never waits on the container engine (engine health
-is reported beside it, by the agent). `last_acked` (monotonic) is the moment of
-the last write NATS acknowledged: the agent's cut-off clock (docs/time-budget.md).
+Each heartbeat is a request on core NATS (corral_node_agent.heartbeat_link) that
+every scheduler acknowledges. When every judge alive answered, the agent is proven
+heard and writes nothing unless the record changed; otherwise (no scheduler, one
+that does not hear it, no link) it writes the record, which the judges see through
+their watch of the nodes bucket, as before. `last_acked` (monotonic) is the moment
+of the last proof: the sending of a beat every judge acknowledged, or a record
+write NATS acknowledged. It is the agent's cut-off clock (docs/time-budget.md).
+The heartbeat never waits on the container engine (engine health is reported
+beside it, by the agent).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from anyio.abc import TaskStatus
 
 from corral.contract import time_budget
 from corral.contract.codec import decode
+from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
 from corral.natsio.kv import Bucket, Conflict, Entry, write_record
+from corral_node_agent.heartbeat_link import HeartbeatLink, enough
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +99,14 @@ class NodeRecord:
         monotonic: Callable[[], float] = time.monotonic,
         alive_window: float = time_budget.NODE_STALE_SECONDS,
         takeover_window: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS,
+        link: HeartbeatLink | None = None,
     ) -> None:
         self.bucket = bucket
+        self.link = link
+        self.seq = 0  # heartbeats sent by this process
+        self.written: Node | None = None  # the content last written (heartbeat_at aside)
+        self.writes = 0  # record writes acknowledged (tests, benchmarks)
+        self._take_back = False  # the judges' acks say: write the record back now
         self.node = node
         self.clock = clock
         self.monotonic = monotonic
@@ -118,13 +133,15 @@ class NodeRecord:
             stored.engine_id == self.node.engine_id
         )
 
-    def _liveness_window(self, stored: Node) -> float:
-        """How long another agent's record must stay unchanged before this one takes
-        the node over: on this very engine the containers are the same ones, so a few
-        heartbeats; from another (or an unknown) engine, R', past the other agent's
-        own stop (docs/time-budget.md)."""
-        ours, theirs = self.node.engine_id, stored.engine_id
-        return self.alive_window if ours and theirs and ours == theirs else self.takeover_window
+    def _liveness_window(self, engine_id: str) -> float:
+        """How long another agent must stay silent (its record unchanged, its heartbeat
+        unheard) before this one takes the node over: on this very engine the
+        containers are the same ones, so a few heartbeats; from another (or an
+        unknown) engine, R', past the other agent's own stop (docs/time-budget.md)."""
+        ours = self.node.engine_id
+        return (
+            self.alive_window if ours and engine_id and ours == engine_id else self.takeover_window
+        )
 
     async def claim(self) -> None:
         """Read the stored record; raise NodeNameTaken when another live agent owns it."""
@@ -133,14 +150,16 @@ class NodeRecord:
         if stored is not None and self._is_mine(stored):
             log.info("node %s: the stored record is this agent's own (a restart)", self.node.name)
         elif stored is not None and stored.agent_id and entry is not None:
-            window = self._liveness_window(stored)
-            if await record_changes_within(self.bucket, self.node.name, entry.revision, window):
+            window = self._liveness_window(stored.engine_id)
+            alive = await self._another_alive(entry.revision, window)
+            if alive is not None:
+                engine_id, how = alive
                 raise NodeNameTaken(
                     f"node {self.node.name!r} is already run by another node agent "
-                    f"(agent {stored.agent_id}, whose record changed within "
+                    f"(agent {stored.agent_id}, whose {how} within "
                     f"{window:g}s); stop it, or give this agent another name "
                     "with --node-name",
-                    same_engine=same_engine(self.node.engine_id, stored.engine_id),
+                    same_engine=same_engine(self.node.engine_id, engine_id or stored.engine_id),
                 )
             log.info(
                 "taking node %s over from agent %s (its record did not change for %gs)",
@@ -152,18 +171,124 @@ class NodeRecord:
         self.revision = None if entry is None or entry.value is None else entry.revision
         self.loaded = True
 
+    async def _another_alive(self, revision: int, window: float) -> tuple[str, str] | None:
+        """Within `window`: another agent's heartbeat heard on this node's subject, or
+        the record rewritten. Returns (its engine id when known, how it showed)."""
+        found: tuple[str, str] | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def by_record() -> None:
+                nonlocal found
+                if await record_changes_within(self.bucket, self.node.name, revision, window):
+                    found = found or ("", "record changed")
+                    tg.cancel_scope.cancel()
+
+            async def by_heartbeat() -> None:
+                nonlocal found
+                assert self.link is not None
+                try:
+                    heard = await self.link.other_agent(self.node.name, self.node.agent_id, window)
+                except Exception as error:  # the record's changes still tell
+                    log.info("listening to the heartbeats of %s failed: %s", self.node.name, error)
+                    return
+                if heard is not None:
+                    found = found or (heard.engine_id, "heartbeat was heard")
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(by_record)
+            if self.link is not None:
+                tg.start_soon(by_heartbeat)
+        return found
+
+    async def beat(self, wait: float) -> None:
+        """One heartbeat: prove this agent alive to every judge (acks within `wait`)
+        and, beside it, write the record when its content changed (a hung write never
+        holds the heartbeat back); when not every judge answered, write the record
+        (the judges then see the write through their nodes watch)."""
+        if self.displaced_by is not None:
+            return  # another agent owns the node now: neither beat nor write
+        if not self.loaded:
+            await self.claim()
+        if self.link is None:
+            await self.write()
+            return
+        link = self.link
+        wrote = False
+        proven = False
+
+        async def write_change() -> None:
+            nonlocal wrote
+            try:
+                await self.write()
+                wrote = True
+            except Exception as error:  # the fallback below, or the next beat, retries
+                log.debug("writing the record of %s failed: %s", self.node.name, error)
+
+        async with anyio.create_task_group() as tg:
+            if self.node != self.written:
+                tg.start_soon(write_change)
+            self.seq += 1
+            sent = self.monotonic()
+            try:
+                acks = await link.beat(self._heartbeat(), wait)
+            except Exception as error:  # NATS trouble: the record write below decides
+                log.debug("heartbeat of %s not sent: %s", self.node.name, error)
+                acks = []
+            proven = self._judged(acks)
+            if proven and (self.last_acked is None or sent > self.last_acked):
+                # Proof counts from the sending: every judge heard it after that.
+                self.last_acked = sent
+        if proven or self.displaced_by is not None:
+            return
+        if self._take_back or not wrote:
+            self._take_back = False
+            await self.write()
+
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            node=self.node.name,
+            agent_id=self.node.agent_id,
+            engine_id=self.node.engine_id,
+            seq=self.seq,
+            ready=self.node.ready,
+            mode=self.node.mode,
+        )
+
+    def _judged(self, acks: list[HeartbeatAck]) -> bool:
+        """What the judges' acks say: True when every judge heard this agent and the
+        record is its own as they see it. An ack naming another agent in the record
+        is a contest (displaced when the judge also hears that agent, or sees its
+        record change; taken back after the liveness window)."""
+        if not enough(acks):
+            return False
+        others = [a for a in acks if a.record_agent_id and a.record_agent_id != self.node.agent_id]
+        if not others:
+            self._contest = None
+            return True
+        ack = max(others, key=lambda a: a.record_revision)
+        if ack.record_agent_live:
+            self._displace(ack.record_agent_id, ack.record_engine_id)
+            return False
+        if self._contested(ack.record_agent_id, ack.record_engine_id, ack.record_revision):
+            self.revision = ack.record_revision  # taken back by the write that follows
+            self._take_back = True
+        return False
+
     async def write(self) -> None:
         if self.displaced_by is not None:
             return  # another agent owns the record now: never overwrite it
         if not self.loaded:
             await self.claim()
-        record = msgspec.structs.replace(self.node, heartbeat_at=self.clock())
+        content = self.node
+        record = msgspec.structs.replace(content, heartbeat_at=self.clock())
         for _ in range(3):
             try:
                 self.revision = await write_record(
                     self.bucket, self.node.name, record, self.revision
                 )
                 self.last_acked = self.monotonic()
+                self.written = content
+                self.writes += 1
                 self._contest = None
                 return
             except Conflict:
@@ -171,33 +296,34 @@ class NodeRecord:
                 stored = stored_node(entry)
                 if stored is not None and stored.agent_id and not self._is_mine(stored):
                     assert entry is not None
-                    if not self._contested(stored, entry.revision):
+                    if not self._contested(stored.agent_id, stored.engine_id, entry.revision):
                         return  # not proven alive yet: write nothing, look again next beat
                 self.revision = None if entry is None or entry.value is None else entry.revision
         log.warning("node record %s kept conflicting; next heartbeat retries", self.node.name)
 
-    def _contested(self, stored: Node, revision: int) -> bool:
+    def _displace(self, agent_id: str, engine_id: str) -> None:
+        self.displaced_by = Takeover(agent_id, same_engine(self.node.engine_id, engine_id))
+        self.on_displaced(self.displaced_by)
+
+    def _contested(self, agent_id: str, engine_id: str, revision: int) -> bool:
         """Another agent's id in this node's record. Displaced only once its record is
         seen changing (that agent is alive); a record that stays as it is for the
         liveness window (a store restored from a backup, a dead agent) is taken back.
         Returns True when the record may be overwritten now."""
         now = self.monotonic()
         contest = self._contest
-        if contest is None or contest.agent_id != stored.agent_id:
-            self._contest = _Contest(stored.agent_id, revision, now)
+        if contest is None or contest.agent_id != agent_id:
+            self._contest = _Contest(agent_id, revision, now)
             return False
         if revision != contest.revision:
-            self.displaced_by = Takeover(
-                stored.agent_id, same_engine(self.node.engine_id, stored.engine_id)
-            )
-            self.on_displaced(self.displaced_by)
+            self._displace(agent_id, engine_id)
             return False
-        if now - contest.since <= self._liveness_window(stored):
+        if now - contest.since <= self._liveness_window(engine_id):
             return False
         log.warning(
             "node %s: the record names agent %s, which has not written it for %gs: taking it back",
             self.node.name,
-            stored.agent_id,
+            agent_id,
             now - contest.since,
         )
         self._contest = None
@@ -218,13 +344,14 @@ class NodeRecord:
     async def heartbeat(
         self, interval: float, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write the record now, then every `interval` seconds, until cancelled. Each
-        write is bounded by the interval, so a hung connection never delays the next."""
+        """Beat now, then every `interval` seconds, until cancelled. Each beat (its
+        acks, then a write when due) is bounded, so a hung connection never delays the
+        next."""
         started = False
         while True:
             try:
                 with anyio.fail_after(max(interval * 2, 1.0)):
-                    await self.write()
+                    await self.beat(wait=min(0.5, interval / 2))
             except Exception as error:
                 log.debug("heartbeat of %s failed: %s", self.node.name, error)
             if not started:

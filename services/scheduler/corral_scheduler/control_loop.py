@@ -26,6 +26,12 @@ an operator released). Each must come back through that bucket's own watch: whil
 any is late or its watch is broken, the view is stale and no node is judged lost,
 since a stalled nodes watch would otherwise make every node look silent.
 
+Nodes prove themselves alive by heartbeats on core NATS (corral_scheduler.heartbeats,
+docs/time-budget.md): a node is heard when a heartbeat of it arrives or its record
+changes (an agent not acknowledged by every judge writes its record instead). The
+heartbeat feed has its own echo and gap checks, and is part of the view: while it is
+stale, no node is judged lost either.
+
 The loop also forgets what no longer exists: the liveness clocks of nodes that have
 neither record nor placements, metric series of deleted Deployments, finished
 releases, and echo keys whose owner died (no new revision for ECHO_GC_SECONDS on
@@ -46,6 +52,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.client import Client as NATS
 
 from corral.contract import names
 from corral.contract.codec import encode
@@ -58,6 +65,7 @@ from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_ech
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
+from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 
@@ -71,6 +79,9 @@ ECHO_SECONDS: Final = 1.0
 ECHO_LATE_SECONDS: Final = 3.0
 # Echo keys of other owners that have not changed for this long are deleted.
 ECHO_GC_SECONDS: Final = 60.0
+# Another scheduler whose echo in corral_nodes came back within this long is a judge
+# every agent must be heard by (corral_scheduler.heartbeats).
+JUDGE_ALIVE_SECONDS: Final = 2 * ECHO_LATE_SECONDS
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes: no vowels, no look-alikes
 
 assert ECHO_SECONDS + ECHO_LATE_SECONDS < NODE_LOST_SECONDS, "a stalled watch would lose nodes"
@@ -100,6 +111,7 @@ class ControlLoop:
         wall_clock: Callable[[], float] = time.time,
         resync_seconds: float = RESYNC_SECONDS,
         workers: int = WORKERS,
+        nc: NATS | None = None,
     ) -> None:
         self.monotonic = monotonic
         self.wall_clock = wall_clock
@@ -178,6 +190,10 @@ class ControlLoop:
         ]
         self._collecting: dict[str, int] = {}  # echo key -> revision being deleted
         self.applier = PlanApplier(self.placements, self.statuses)
+        # Heartbeats on core NATS (None: judged from record changes only, as in tests
+        # that drive the loop without NATS).
+        self.nc = nc
+        self.heartbeats = None if nc is None else self.make_judge()
         self.passes = 0  # ticks
         self.reconciles = 0
 
@@ -297,6 +313,39 @@ class ControlLoop:
         self.controller.enqueue_all(self.pending)
         self._judge_node(key, self._liveness_view(), now)
 
+    def make_judge(self) -> HeartbeatJudge:
+        """The judge of heartbeats, wired to this loop's liveness books."""
+        return HeartbeatJudge(
+            self.owner,
+            on_heard=self._heard,
+            record_of=self._record_of,
+            judges=self.judges_alive,
+            may_ack=lambda: self.feed_fresh_since is not None,
+            monotonic=self.monotonic,
+        )
+
+    def _heard(self, node: str, now: float) -> None:
+        """A heartbeat of `node` arrived: it is alive now (judged again if that changes
+        anything)."""
+        self.node_last_seen[node] = now
+        self._judge_node(node, self._liveness_view(), now)
+
+    def _record_of(self, node: str) -> tuple[Node | None, int | None]:
+        return self._nodes.get(node), self._node_revisions.get(node)
+
+    def judges_alive(self) -> int:
+        """This scheduler and the others whose echo in corral_nodes came back lately:
+        an agent counts itself heard only when that many judges acknowledged it."""
+        now = self.monotonic()
+        others = sum(
+            1
+            for key, seen in self.nodes.echoes.items()
+            if key != echo_key(self.owner)
+            and key.rsplit(".", 1)[-1].startswith("scheduler-")
+            and now - seen.seen_at <= JUDGE_ALIVE_SECONDS
+        )
+        return 1 + others
+
     def _liveness_view(self) -> Snapshot:
         """What judging a node's liveness reads (the live books, not copies)."""
         return Snapshot(
@@ -353,6 +402,8 @@ class ControlLoop:
             age = mirror.echo_age(key, now)
             if age is None or age > ECHO_LATE_SECONDS:
                 return f"echo in {where} is late"
+        if self.heartbeats is not None:
+            return self.heartbeats.late(now)
         return None
 
     def update_feed(self, now: float) -> bool:
@@ -402,6 +453,10 @@ class ControlLoop:
 
     async def start(self, tg: TaskGroup, *, echoes: bool = True) -> None:
         """Start the watches (returning once each has replayed) and the echo writers."""
+        if self.heartbeats is not None and self.nc is not None:
+            # Heard before the view can be fresh: no node is judged on a feed not there.
+            await tg.start(self.heartbeats.run, self.nc)
+            tg.start_soon(self.heartbeats.keep_echoing, self.nc)
         await tg.start(self.nodes.run)
         self._nodes_replayed = True
         for mirror in (

@@ -42,7 +42,7 @@ async def run(
     # them is acted on (corral.natsio.key_migration).
     for bucket, form in SCHEDULER_BUCKETS.items():
         await move_legacy_keys(ctx.buckets[bucket], form)
-    loop = ControlLoop(dict(ctx.buckets), ctx.events)
+    loop = ControlLoop(dict(ctx.buckets), ctx.events, nc=ctx.nc)
     await ctx.task_group.start(loop.run)
     leases = ctx.buckets[names.LEASES_BUCKET]
     handlers = DeploymentAPI(

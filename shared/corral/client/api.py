@@ -95,11 +95,12 @@ def find_kind(name: str) -> ApiKind:
 
 def node_is_ready(node: Node, now: float) -> bool:
     """Ready, as well as a reader can tell: the agent says so and its last heartbeat
-    (`heartbeat_at`, the agent's wall clock) is within NODE_STALE_SECONDS of `now` (the
-    reader's wall clock). This compares two hosts' clocks, so it is only a display: the
-    scheduler judges liveness by its own clock, from when it saw the record change
-    (corral_scheduler.snapshot), and a heartbeat from the future (a clock ahead) counts
-    as fresh rather than hiding a live node."""
+    (`heartbeat_at`: the agent's wall clock at its last record write, or the reader's
+    own when the reader heard it heartbeat: corral.client.cli.views.read_cluster) is
+    within NODE_STALE_SECONDS of `now` (the reader's wall clock). This compares two
+    hosts' clocks, so it is only a display: the scheduler judges liveness by its own
+    clock, from the heartbeats it hears (corral_scheduler.snapshot), and a heartbeat
+    from the future (a clock ahead) counts as fresh rather than hiding a live node."""
     return node.ready and now - node.heartbeat_at <= NODE_STALE_SECONDS
 
 
@@ -279,6 +280,31 @@ class CorralClient:
 
     async def nodes(self) -> dict[str, Node]:
         return await self._values(names.NODES_BUCKET, Node)
+
+    async def heard_nodes(self, expected: set[str], window: float) -> set[str]:
+        """The nodes whose agents' heartbeats (core NATS, corral.heartbeat.<node>) this
+        client hears within `window`, returning early once every node of `expected` was
+        heard. An idle agent no longer rewrites its record to say it is alive
+        (docs/time-budget.md, "Liveness"), so this is what a reader knows of it now."""
+        heard: set[str] = set()
+        if not expected:
+            return heard
+        subscription = await self.nc.subscribe(names.heartbeat_subject("*"))
+        try:
+            with anyio.move_on_after(window):
+                async for msg in subscription.messages:
+                    node = msg.subject.rsplit(".", 1)[-1]
+                    if node != names.HEARTBEAT_ECHO:
+                        heard.add(node)
+                    if expected <= heard:
+                        break
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    pass
+        return heard
 
     async def placements(self, node: str | None = None) -> dict[str, Placement]:
         """By key <node>.<namespace>.<replica> (names.placement_key); of one node only

@@ -74,3 +74,32 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     message: str
     source: str  # the service (and node) that saw it
     object_namespace: str = ""  # a namespaced object's; "" for a node
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A node agent's proof of life on corral.heartbeat.<node>, every heartbeat (core
+    NATS, never stored; docs/time-budget.md). `seq` counts up by one per beat of one
+    agent process: a judge that sees it jump for many nodes at once lost messages."""
+
+    node: str
+    agent_id: str
+    engine_id: str = ""
+    seq: int = 0
+    ready: bool = False
+    mode: str = ""
+
+
+class HeartbeatAck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A judge's (scheduler's) answer to a Heartbeat: it heard it. `record_agent_id`
+    and `record_revision` are the node's stored record as this judge sees it;
+    `record_agent_live` says this judge also hears that agent heartbeat (a successor
+    that took the node over, not a stale record). `judges` is how many schedulers this
+    judge knows alive (itself included): an agent counts itself heard only when that
+    many answered."""
+
+    judge: str
+    record_agent_id: str = ""
+    record_revision: int = 0
+    record_engine_id: str = ""
+    record_agent_live: bool = False
+    judges: int = 1

@@ -79,6 +79,18 @@ def node_subject(node: str, verb: str) -> str:
     return f"{NODE_PREFIX}.{node}.{verb}"
 
 
+# Node liveness on core NATS (docs/time-budget.md): every agent requests on
+# corral.heartbeat.<node> every heartbeat; every scheduler hears all of them and
+# acknowledges. Not persisted. `HEARTBEAT_ECHO` is a scheduler's own echo through
+# the same subscription (node names are DNS labels: never "_echo").
+HEARTBEAT_PREFIX: Final = "corral.heartbeat"
+HEARTBEAT_ECHO: Final = "_echo"
+
+
+def heartbeat_subject(node: str) -> str:
+    return f"{HEARTBEAT_PREFIX}.{node}"
+
+
 def api_subject(kind: str, verb: str) -> str:
     return f"{API_PREFIX}.{kind.lower()}.{verb}"
 

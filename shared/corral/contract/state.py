@@ -61,7 +61,9 @@ class Node(_Record, frozen=True, kw_only=True):
     ready: bool = True  # the agent can reach its engine
     message: str = ""
     agent_started_at: float = 0.0
-    heartbeat_at: float = 0.0  # the agent's clock; liveness uses the observer's clock
+    # The agent's clock at the record's last write (written on change, or when not every
+    # scheduler acknowledged a heartbeat); liveness uses the observer's clock.
+    heartbeat_at: float = 0.0
     version: str = ""
     # A random id per agent process: two agents that claim the same node name are
     # told apart, and the second refuses to run rather than run every replica twice.

@@ -2,8 +2,10 @@
 
 Each side measures on its own clock; no rule here compares two hosts' clocks.
 
-    t = 0        an agent's last write that NATS acknowledged (then it is cut off)
-    t = R        the scheduler, which no longer sees the node's record change,
+    t = 0        an agent's last proof of being heard: a heartbeat every scheduler
+                 acknowledged, or a record write NATS acknowledged (then it is cut off)
+    t = R        the scheduler, which no longer hears the node's heartbeats nor sees
+                 its record change,
                  judges the node lost and places its replicas elsewhere
                  (default, stateless Deployments: duplicates last at most F - R)
     t = F        the cut-off agent removes its replicas itself
@@ -24,8 +26,9 @@ from __future__ import annotations
 
 from typing import Final
 
-# How often an agent writes its node record (its heartbeat). Each write that NATS
-# acknowledges resets the agent's cut-off clock.
+# How often an agent heartbeats: a core-NATS request every scheduler acknowledges, or
+# a write of its node record when not all of them did. Each proof of being heard
+# resets the agent's cut-off clock (docs/time-budget.md, "Liveness").
 HEARTBEAT_SECONDS: Final = 1.0
 
 # The longest NATS failover measured on a 3-server cluster (the connected server
@@ -33,11 +36,12 @@ HEARTBEAT_SECONDS: Final = 1.0
 # server): a write waited up to 10.5 s (bench/bench_failover.py). What F must exceed.
 WORST_FAILOVER_SECONDS: Final = 11.0
 
-# R: a node whose record has not changed for this long (on the scheduler's clock,
-# while its view is fresh) is lost, and its replicas are placed elsewhere.
+# R: a node not heard for this long (no heartbeat, no record change; on the
+# scheduler's clock, while its view is fresh) is lost, and its replicas are placed
+# elsewhere.
 NODE_LOST_SECONDS: Final = 5.0
 
-# F: an agent cut off this long (from its last acknowledged write) removes its replicas.
+# F: an agent cut off this long (from its last proof of being heard) removes its replicas.
 CUT_OFF_STOP_SECONDS: Final = 20.0
 
 # STOP: the longest listing the containers, or one container removal (a kill), may

@@ -97,7 +97,15 @@ async def connect(url: str | Sequence[str], name: str, *, startup_timeout: float
                 await anyio.sleep(delays.next())
 
 
+# Called with the subscription nats-py dropped messages of (a slow consumer): the
+# scheduler's heartbeat judge takes its view as stale then (corral_scheduler.heartbeats).
+SLOW_CONSUMER_HOOKS: list[Callable[[object], None]] = []
+
+
 async def _log_nats_error(error: Exception) -> None:
+    if isinstance(error, nats.errors.SlowConsumerError):
+        for hook in list(SLOW_CONSUMER_HOOKS):
+            hook(error.sub)
     log.warning("NATS: %s", error or type(error).__name__)
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 
 from corral.client.api import CorralClient, node_is_ready, to_builtins
 from corral.client.cli.tables import NONE, age_since
 from corral.contract.quantity import format_cpu, format_memory
 from corral.contract.specs import Deployment, ResourceList
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract.time_budget import HEARTBEAT_SECONDS
 
 PENDING_REPLICA = "<pending>"
 
@@ -26,6 +29,10 @@ class ClusterView:
     nodes: dict[str, Node] = field(default_factory=dict)
     placements: dict[str, Placement] = field(default_factory=dict)
     replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)
+
+
+# How long `get nodes` listens to the agents' heartbeats (one beat and a bit).
+HEARD_WINDOW_SECONDS = 1.5 * HEARTBEAT_SECONDS
 
 
 async def read_cluster(
@@ -43,7 +50,17 @@ async def read_cluster(
         view.statuses = await client.deployment_statuses()
 
     async def nodes() -> None:
-        view.nodes = await client.nodes()
+        records = await client.nodes()
+        # Idle agents do not rewrite their records: a node heard heartbeating now is
+        # shown as heard now (its heartbeat_at on the reader's clock).
+        heard = await client.heard_nodes(set(records), HEARD_WINDOW_SECONDS)
+        now = time.time()
+        view.nodes = {
+            name: msgspec.structs.replace(node, heartbeat_at=max(node.heartbeat_at, now))
+            if name in heard
+            else node
+            for name, node in records.items()
+        }
 
     async def placements() -> None:
         view.placements = await client.placements(node)

@@ -1,0 +1,111 @@
+"""The agent's proof of life on core NATS (docs/time-budget.md, "Liveness").
+
+Every heartbeat the agent requests on corral.heartbeat.<node>; every scheduler (a
+judge) hears it and answers with a HeartbeatAck. The agent counts itself heard, and
+its cut-off clock runs on, only when as many judges answered as the judges say are
+alive; otherwise it writes its Node record, which every judge sees through its own
+watch of the nodes bucket (the proof of life as before). Nothing here is stored.
+
+`HeartbeatLink` is what NodeRecord needs: send one heartbeat and collect the acks,
+and listen to a node's heartbeats for a while (is another agent of this name alive?).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import anyio
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.events import Heartbeat, HeartbeatAck
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatLink(Protocol):
+    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+        """Send `heartbeat`; the acks of distinct judges that came within `wait` (it
+        returns early once as many judges answered as the acks say exist)."""
+        ...
+
+    async def other_agent(self, node: str, agent_id: str, window: float) -> Heartbeat | None:
+        """A heartbeat of `node` from an agent other than `agent_id` within `window`."""
+        ...
+
+
+def enough(acks: list[HeartbeatAck]) -> bool:
+    """Heard by every judge alive (as the judges count them), and by at least one."""
+    return bool(acks) and len({ack.judge for ack in acks}) >= max(ack.judges for ack in acks)
+
+
+class NatsHeartbeats:
+    """HeartbeatLink over a nats-py connection: one reply subscription for all beats
+    (the reply subject carries the beat's sequence number)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._inbox = ""
+        self._waiting: dict[int, tuple[list[HeartbeatAck], anyio.Event]] = {}
+
+    async def _reply_to(self, seq: int) -> str:
+        if not self._inbox:
+            self._inbox = self.nc.new_inbox()
+            await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        return f"{self._inbox}.{seq}"
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            seq = int(msg.subject.rsplit(".", 1)[-1])
+            ack = msgspec.json.decode(msg.data, type=HeartbeatAck)
+        except (ValueError, msgspec.DecodeError):
+            log.debug("an unreadable heartbeat ack on %s", msg.subject)
+            return
+        waiting = self._waiting.get(seq)
+        if waiting is None:
+            return  # late: that beat is over
+        acks, done = waiting
+        if all(known.judge != ack.judge for known in acks):
+            acks.append(ack)
+        if enough(acks):
+            done.set()
+
+    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+        reply = await self._reply_to(heartbeat.seq)
+        acks: list[HeartbeatAck] = []
+        done = anyio.Event()
+        self._waiting[heartbeat.seq] = (acks, done)
+        try:
+            await self.nc.publish(
+                names.heartbeat_subject(heartbeat.node), encode(heartbeat), reply=reply
+            )
+            with anyio.move_on_after(wait):
+                await done.wait()
+        finally:
+            del self._waiting[heartbeat.seq]
+        return list(acks)
+
+    async def other_agent(self, node: str, agent_id: str, window: float) -> Heartbeat | None:
+        subscription = await self.nc.subscribe(
+            names.heartbeat_subject(node), pending_msgs_limit=1000
+        )
+        try:
+            with anyio.move_on_after(window):
+                async for msg in subscription.messages:
+                    try:
+                        heard = msgspec.json.decode(msg.data, type=Heartbeat)
+                    except msgspec.DecodeError:
+                        continue
+                    if heard.agent_id and heard.agent_id != agent_id:
+                        return heard
+            return None
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    log.debug("unsubscribe failed", exc_info=True)

@@ -1,0 +1,206 @@
+"""The scheduler as a judge of node heartbeats on core NATS (docs/time-budget.md).
+
+Every agent requests on corral.heartbeat.<node> every heartbeat; every scheduler
+subscribes to all of them (no queue group: each judge hears every node), notes when
+it heard each node on its own clock, and answers with a HeartbeatAck: the node's
+record as it sees it, and how many judges it knows alive, so an agent counts itself
+heard only when all of them answered (otherwise it writes its record, which every
+judge sees through its nodes watch).
+
+A judge that misses heartbeats must not take the silence for dead nodes. Its view of
+this feed is stale while:
+- its own echo (a heartbeat it publishes every ECHO_SECONDS through its server, heard
+  through the same subscription) is late;
+- the sequence numbers of many nodes jumped within a short while (messages were
+  dropped, e.g. a slow consumer), or nats-py reported this subscription a slow
+  consumer: then for GAP_STALE_SECONDS.
+The control loop judges no node lost while any of its feeds is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.events import Heartbeat, HeartbeatAck
+from corral.contract.state import Node
+from corral.natsio import bus
+
+log = logging.getLogger(__name__)
+
+ECHO_SECONDS: Final = 1.0
+ECHO_LATE_SECONDS: Final = 3.0
+# Sequence gaps of this share of the nodes heard (and at least GAP_MIN_NODES) within
+# GAP_WINDOW_SECONDS make the feed stale for GAP_STALE_SECONDS.
+GAP_WINDOW_SECONDS: Final = 2.0
+GAP_MIN_NODES: Final = 3
+GAP_SHARE: Final = 0.01
+GAP_STALE_SECONDS: Final = 3.0
+# The subscription buffers this much before nats-py drops (a slow consumer): 5,000
+# nodes beating every second fill it in minutes, not seconds.
+PENDING_MSGS: Final = 1_000_000
+PENDING_BYTES: Final = 512 * 1024 * 1024
+# An agent heard within this long is live (a successor that took a node over).
+AGENT_LIVE_SECONDS: Final = 3.0
+# What is forgotten of nodes not heard for this long.
+FORGET_SECONDS: Final = 120.0
+
+
+@dataclass(slots=True)
+class _Heard:
+    agent_id: str
+    seq: int
+    at: float
+
+
+class HeartbeatJudge:
+    def __init__(
+        self,
+        owner: str,
+        *,
+        on_heard: Callable[[str, float], None],
+        record_of: Callable[[str], tuple[Node | None, int | None]],
+        judges: Callable[[], int],
+        may_ack: Callable[[], bool],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.owner = owner
+        self.on_heard = on_heard
+        self.record_of = record_of
+        self.judges = judges
+        self.may_ack = may_ack
+        self.monotonic = monotonic
+        self.heard: dict[str, _Heard] = {}
+        self.agents_heard: dict[tuple[str, str], float] = {}  # (node, agent) -> when
+        self.echo_at: float | None = None
+        self.started_at = monotonic()
+        self._gaps: dict[str, float] = {}  # node -> when its seq last jumped
+        self.stale_until = float("-inf")
+        self.stale_reason = ""
+        self.received = 0
+        self.gaps_seen = 0
+        self._subscription: Subscription | None = None
+
+    # Judging (pure, on the judge's clock).
+
+    def receive(self, heartbeat: Heartbeat, now: float) -> HeartbeatAck | None:
+        """Note a node's heartbeat; the ack to send, or None (not allowed to vouch now)."""
+        if heartbeat.node == names.HEARTBEAT_ECHO:
+            if heartbeat.agent_id == self.owner:
+                self.echo_at = now
+            return None
+        self.received += 1
+        node = heartbeat.node
+        before = self.heard.get(node)
+        if before is not None and before.agent_id == heartbeat.agent_id:
+            if heartbeat.seq > before.seq + 1:
+                self._gap(node, now)
+        self.heard[node] = _Heard(heartbeat.agent_id, heartbeat.seq, now)
+        self.agents_heard[(node, heartbeat.agent_id)] = now
+        self.on_heard(node, now)
+        if not self.may_ack():
+            return None
+        record, revision = self.record_of(node)
+        agent = record.agent_id if record is not None else ""
+        live_at = self.agents_heard.get((node, agent)) if agent else None
+        return HeartbeatAck(
+            judge=self.owner,
+            record_agent_id=agent,
+            record_revision=revision or 0,
+            record_engine_id=record.engine_id if record is not None else "",
+            record_agent_live=live_at is not None and now - live_at <= AGENT_LIVE_SECONDS,
+            judges=self.judges(),
+        )
+
+    def _gap(self, node: str, now: float) -> None:
+        self.gaps_seen += 1
+        self._gaps[node] = now
+        for gone in [n for n, at in self._gaps.items() if now - at > GAP_WINDOW_SECONDS]:
+            del self._gaps[gone]
+        if len(self._gaps) >= max(GAP_MIN_NODES, GAP_SHARE * len(self.heard)):
+            self._stale(now, f"heartbeats of {len(self._gaps)} nodes were missed")
+
+    def slow_consumer(self, now: float) -> None:
+        self._stale(now, "the heartbeat subscription dropped messages (slow consumer)")
+
+    def _stale(self, now: float, reason: str) -> None:
+        if now >= self.stale_until:
+            log.warning("heartbeat feed stale: %s; no node is judged lost meanwhile", reason)
+        self.stale_until = now + GAP_STALE_SECONDS
+        self.stale_reason = reason
+
+    def late(self, now: float) -> str | None:
+        """Why this judge's view of the heartbeats is stale now, or None: fresh."""
+        if now < self.stale_until:
+            return self.stale_reason
+        if self.echo_at is None or now - self.echo_at > ECHO_LATE_SECONDS:
+            return "the heartbeat echo is late"
+        return None
+
+    def forget(self, now: float) -> None:
+        for node in [n for n, h in self.heard.items() if now - h.at > FORGET_SECONDS]:
+            del self.heard[node]
+        for key in [k for k, at in self.agents_heard.items() if now - at > FORGET_SECONDS]:
+            del self.agents_heard[key]
+
+    # On NATS.
+
+    async def run(
+        self, nc: NATS, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        subscription = await nc.subscribe(
+            names.heartbeat_subject("*"),
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
+        self._subscription = subscription
+        bus.SLOW_CONSUMER_HOOKS.append(self._on_slow_consumer)
+        task_status.started()
+        try:
+            async for msg in subscription.messages:
+                try:
+                    heartbeat = msgspec.json.decode(msg.data, type=Heartbeat)
+                except msgspec.DecodeError:
+                    log.debug("an unreadable heartbeat on %s", msg.subject)
+                    continue
+                ack = self.receive(heartbeat, self.monotonic())
+                if ack is not None and msg.reply:
+                    try:
+                        await nc.publish(msg.reply, encode(ack))
+                    except Exception:
+                        log.debug("ack to %s failed", msg.subject, exc_info=True)
+        finally:
+            bus.SLOW_CONSUMER_HOOKS.remove(self._on_slow_consumer)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    log.debug("unsubscribe failed", exc_info=True)
+
+    def _on_slow_consumer(self, subscription: Any) -> None:
+        if subscription is self._subscription:
+            self.slow_consumer(self.monotonic())
+
+    async def keep_echoing(self, nc: NATS) -> None:
+        """Publish this judge's echo every ECHO_SECONDS (it comes back through `run`)."""
+        seq = 0
+        while True:
+            seq += 1
+            echo = Heartbeat(node=names.HEARTBEAT_ECHO, agent_id=self.owner, seq=seq)
+            try:
+                await nc.publish(names.heartbeat_subject(names.HEARTBEAT_ECHO), encode(echo))
+            except Exception as error:  # late echoes make the view stale: that is the point
+                log.debug("heartbeat echo failed: %s", error)
+            self.forget(self.monotonic())
+            await anyio.sleep(ECHO_SECONDS)

@@ -1,0 +1,181 @@
+"""Node liveness off the store, through a real nats-server: an idle agent proves
+itself alive by heartbeats the scheduler acknowledges, and writes no record; a
+killed agent is judged lost within R (docs/time-budget.md, "Liveness")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from corral.client.api import CorralClient
+from corral.contract import names
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.bus import connect, ensure_streams, open_buckets
+from corral.natsio.cluster import ensure_cluster_identity
+from corral.natsio.kv import NatsBucket
+from corral_node_agent.agent import AgentSettings, NodeAgent
+from corral_node_agent.heartbeat_link import NatsHeartbeats
+from corral_node_agent.hollow_runtime import HollowRuntime
+from corral_node_agent.safety import Mode
+from corral_scheduler.control_loop import ControlLoop
+from tests.conftest import free_port
+from tests.integration.test_service_processes import console_script, healthz
+from tests.waiting import eventually
+
+
+class NoEvents:
+    async def emit(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+async def _value(value: object) -> object:
+    return value
+
+
+@asynccontextmanager
+async def agent_process(nats_url: str, node: str, state_dir: Path) -> AsyncIterator[int]:
+    """The pid of a started node agent process (hollow); killed after, if still there."""
+    port = free_port()
+    command = [console_script("corral-node-agent"), "--nats", nats_url, "--runtime", "hollow"]
+    command += ["--node-name", node, "--state-dir", str(state_dir), "--metrics-host"]
+    command += ["127.0.0.1", "--metrics-port", str(port), "--log-level", "WARNING"]
+    process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=None)
+    try:
+
+        async def status() -> int:
+            assert process.returncode is None, f"the agent exited with {process.returncode}"
+            return await anyio.to_thread.run_sync(healthz, port)
+
+        await eventually(status, lambda code: code == 200, within=20)
+        yield process.pid
+    finally:
+        with anyio.CancelScope(shield=True), anyio.fail_after(15):
+            if process.returncode is None:
+                try:
+                    process.kill()
+                except ProcessLookupError:
+                    pass
+            await process.wait()
+        await process.aclose()
+
+
+@asynccontextmanager
+async def scheduler_loop(nats_url: str) -> AsyncIterator[ControlLoop]:
+    nc = await connect(nats_url, name="test-scheduler")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        buckets = await open_buckets(js)
+        await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
+        loop = ControlLoop(dict(buckets), None, nc=nc)
+        async with anyio.create_task_group() as tg:
+            await tg.start(loop.run)
+            await eventually(lambda: _value(loop.feed_fresh_since), lambda at: at is not None)
+            yield loop
+            tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
+
+
+async def record_revision(nodes: NatsBucket, node: str) -> int:
+    entry = await nodes.get(node)
+    return 0 if entry is None else entry.revision
+
+
+async def test_the_schedulers_acks_drive_an_idle_agents_clock_and_no_record_is_written(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with scheduler_loop(nats_url) as loop:
+        nc = await connect(nats_url, name="test-agent")
+        try:
+            buckets = await open_buckets(nc.jetstream())
+            agent = NodeAgent(
+                AgentSettings(node_name="hb-1", state_dir=tmp_path / "agent"),
+                HollowRuntime(),
+                placements=buckets[names.PLACEMENTS_BUCKET],
+                nodes=buckets[names.NODES_BUCKET],
+                statuses=buckets[names.REPLICA_STATUS_BUCKET],
+                cluster=buckets[names.CLUSTER_BUCKET],
+                events=NoEvents(),  # type: ignore[arg-type]
+                heartbeats=NatsHeartbeats(nc),
+            )
+            nodes = buckets[names.NODES_BUCKET]
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.run)
+                assert agent.mode == Mode.ACTIVE
+                await eventually(lambda: _value("hb-1" in loop.ready_nodes), bool)
+                before = await record_revision(nodes, "hb-1")
+                writes, seq = agent.record.writes, agent.record.seq
+                acked = agent.record.last_acked
+                await eventually(lambda: _value(agent.record.seq), lambda s: s >= seq + 4)
+                assert await record_revision(nodes, "hb-1") == before  # idle: nothing written
+                assert agent.record.writes == writes
+                assert acked is not None and (agent.record.last_acked or 0) > acked  # the acks
+                assert agent.mode == Mode.ACTIVE
+                assert loop.silence("hb-1", loop.monotonic()) is not None
+                assert (loop.silence("hb-1", loop.monotonic()) or 99) < 2.0  # heard
+                # A reader (the CLI's `get nodes`) hears it too, record unchanged or not.
+                async with await CorralClient.connect(nats_url) as client:
+                    assert await client.heard_nodes({"hb-1", "gone"}, 1.5) == {"hb-1"}
+                tg.cancel_scope.cancel()
+        finally:
+            await nc.close()
+
+
+async def test_with_no_scheduler_to_hear_it_an_agent_proves_itself_alive_by_record_writes(
+    nats_url: str, tmp_path: Path
+) -> None:
+    nc = await connect(nats_url, name="test-agent")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        buckets = await open_buckets(js)
+        await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
+        agent = NodeAgent(
+            AgentSettings(node_name="hb-2", state_dir=tmp_path / "agent", heartbeat_seconds=0.2),
+            HollowRuntime(),
+            placements=buckets[names.PLACEMENTS_BUCKET],
+            nodes=buckets[names.NODES_BUCKET],
+            statuses=buckets[names.REPLICA_STATUS_BUCKET],
+            cluster=buckets[names.CLUSTER_BUCKET],
+            events=NoEvents(),  # type: ignore[arg-type]
+            heartbeats=NatsHeartbeats(nc),
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.run)
+            writes = agent.record.writes
+            await eventually(lambda: _value(agent.record.writes), lambda w: w >= writes + 5)
+            assert agent.mode == Mode.ACTIVE  # no judge, no stop: the writes are the proof
+            tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
+
+
+async def test_a_killed_agent_is_judged_lost_within_r(nats_url: str, tmp_path: Path) -> None:
+    async with scheduler_loop(nats_url) as loop:
+        nodes = loop.nodes
+        async with agent_process(nats_url, "hb-kill", tmp_path / "agent") as pid:
+            await eventually(lambda: _value("hb-kill" in loop.ready_nodes), bool, within=20)
+            judge = loop.heartbeats
+            assert judge is not None
+            seq = judge.heard["hb-kill"].seq
+            revision = nodes.revision("hb-kill")
+            await eventually(lambda: _value(judge.heard["hb-kill"].seq), lambda s: s >= seq + 3)
+            assert nodes.revision("hb-kill") == revision  # idle: heard, never rewritten
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+
+            async def lost() -> bool:
+                return loop.snapshot().lost("hb-kill", loop.monotonic())
+
+            await eventually(lost, bool, within=NODE_LOST_SECONDS + 3, interval=0.1)
+            took = time.monotonic() - killed
+            # Judged from its last heartbeat (up to 1 s before the kill), on a 1 s tick.
+            assert NODE_LOST_SECONDS - 1.5 <= took <= NODE_LOST_SECONDS + 1.5, took

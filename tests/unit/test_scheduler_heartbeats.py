@@ -1,0 +1,128 @@
+"""The scheduler judges liveness by heartbeats heard on core NATS, on its own clock,
+and takes a heartbeat feed that misses messages (a late echo, sequence gaps across
+many nodes, a slow consumer) as its own stale view, never as dead nodes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from corral.contract import names
+from corral.contract.events import Heartbeat, HeartbeatAck
+from corral.contract.time_budget import NODE_LOST_SECONDS
+from tests.unit.test_scheduler_control_loop import Cluster, _value
+from tests.waiting import eventually
+
+
+class HeardCluster(Cluster):
+    """A Cluster whose nodes beat on the judge instead of rewriting their records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judge = self.loop.make_judge()
+        self.loop.heartbeats = self.judge
+        self.seq: dict[str, int] = {}
+        self.acks: dict[str, HeartbeatAck | None] = {}
+
+    def beat(self, name: str, *, missed: int = 0) -> None:
+        """One heartbeat of `name` arrives; `missed` before it were dropped."""
+        seq = self.seq.get(name, 0) + 1 + missed
+        self.seq[name] = seq
+        heartbeat = Heartbeat(node=name, agent_id=f"agent-{name}", seq=seq)
+        self.acks[name] = self.judge.receive(heartbeat, self.clock.now)
+
+    def echo_back(self) -> None:
+        own = Heartbeat(node=names.HEARTBEAT_ECHO, agent_id=self.loop.owner, seq=1)
+        assert self.judge.receive(own, self.clock.now) is None
+
+    async def pass_seconds(
+        self,
+        seconds: float,
+        *,
+        beating: tuple[str, ...] = (),
+        gapped: tuple[str, ...] = (),
+        echo: bool = True,
+    ) -> None:
+        for _ in range(int(seconds)):
+            self.clock.now += 1
+            for name in beating:
+                self.beat(name)
+            for name in gapped:
+                self.beat(name, missed=1)
+            if echo:
+                self.echo_back()
+            await self.echo()
+            await self.loop.run_pass()
+
+
+@asynccontextmanager
+async def heard_cluster(replicas: int, *nodes: str) -> AsyncIterator[HeardCluster]:
+    """`nodes` registered once (a record each), then heard only by heartbeats; a
+    Deployment of `replicas` placed on them."""
+    cluster = HeardCluster()
+    async with anyio.create_task_group() as tg:
+        await cluster.loop.start(tg, echoes=False)
+        try:
+            for name in nodes:
+                await cluster.heartbeat(name)  # the record: written once
+            await cluster.apply("web", replicas)
+            await cluster.pass_seconds(1, beating=nodes)
+            await eventually(
+                lambda: _value(len(cluster.loop.placements.items)), lambda n: n == replicas
+            )
+            yield cluster
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_heartbeats_alone_keep_idle_nodes_alive_and_each_is_acknowledged() -> None:
+    async with heard_cluster(2, "a", "b") as cluster:
+        assert cluster.placed_on() == ["a", "b"]
+        revision = cluster.nodes.items["a"].revision
+        await cluster.pass_seconds(3 * NODE_LOST_SECONDS, beating=("a", "b"))
+        assert cluster.nodes.items["a"].revision == revision  # no record written meanwhile
+        assert cluster.placed_on() == ["a", "b"]  # heard: alive
+        ack = cluster.acks["a"]
+        assert ack is not None and ack.judge == cluster.loop.owner
+        assert ack.record_revision == revision and ack.judges == 1
+        await cluster.pass_seconds(NODE_LOST_SECONDS + 2, beating=("a",))  # b falls silent
+        assert cluster.placed_on() == ["a", "a"]
+
+
+async def test_while_its_own_heartbeat_echo_is_late_no_node_is_judged_lost_nor_acked() -> None:
+    async with heard_cluster(2, "a", "b") as cluster:
+        await cluster.pass_seconds(3 * NODE_LOST_SECONDS, echo=False)  # the feed stalled
+        assert cluster.loop.feed_fresh_since is None
+        assert cluster.placed_on() == ["a", "b"]
+        cluster.beat("a")
+        assert cluster.acks["a"] is None  # a stale judge vouches for nobody
+
+
+async def test_gaps_in_many_nodes_heartbeats_make_the_view_stale_not_silent_nodes_lost() -> None:
+    async with heard_cluster(4, "a", "b", "c", "d") as cluster:
+        assert cluster.placed_on() == ["a", "b", "c", "d"]
+        # Messages are dropped: a, b and c arrive with gaps, every one of d's is lost.
+        await cluster.pass_seconds(3 * NODE_LOST_SECONDS, gapped=("a", "b", "c"))
+        assert cluster.judge.late(cluster.clock.now) is not None
+        assert cluster.loop.feed_fresh_since is None
+        assert cluster.placed_on() == ["a", "b", "c", "d"]
+
+
+async def test_a_gap_in_one_nodes_heartbeats_is_no_reason_to_distrust_the_view() -> None:
+    async with heard_cluster(2, "a", "b") as cluster:
+        await cluster.pass_seconds(3, beating=("a",), gapped=("b",))
+        assert cluster.judge.late(cluster.clock.now) is None
+        assert cluster.loop.feed_fresh_since is not None
+
+
+async def test_a_slow_consumer_on_the_heartbeat_subscription_makes_the_view_stale() -> None:
+    async with heard_cluster(2, "a", "b") as cluster:
+        for _ in range(3 * int(NODE_LOST_SECONDS)):
+            cluster.judge.slow_consumer(cluster.clock.now)  # nats-py dropped messages
+            await cluster.pass_seconds(1, beating=("a",))
+        assert cluster.loop.feed_fresh_since is None
+        assert cluster.placed_on() == ["a", "b"]  # b's silence is not counted
+        await cluster.pass_seconds(NODE_LOST_SECONDS + 5, beating=("a",))
+        assert cluster.placed_on() == ["a", "a"]  # fresh again: b's silence now counts
