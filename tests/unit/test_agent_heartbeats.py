@@ -9,10 +9,12 @@ import time
 import anyio
 import pytest
 
+from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
-from corral.contract.state import ReplicaState
+from corral.contract.state import Node, NodeCapacity, ReplicaState
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
-from corral_node_agent.node_record import stored_node
+from corral_node_agent.heartbeat_link import is_other_agent
+from corral_node_agent.node_record import NodeRecord, stored_node
 from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import NODE, fast_settings, placement
 from tests.unit.test_agent_loop import eventually, state_of
@@ -56,7 +58,9 @@ class FakeJudges:
             for judge in self.answered_by
         ]
 
-    async def other_agent(self, node: str, agent_id: str, window: float) -> Heartbeat | None:
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
         if self.other is not None:
             return self.other
         await anyio.sleep(window)
@@ -180,3 +184,84 @@ async def test_a_name_whose_agent_heartbeats_is_refused_though_its_record_never_
     assert "heartbeat was heard" in str(error) and "--node-name" in str(error)
     assert rig.runtime.creates == 0 and rig.runtime.removes == 0
     assert stored_node(rig.nodes.items[NODE]).agent_id == "someone-else"  # type: ignore[union-attr]
+
+
+# --- the same agent id on two engines is two agents (docs/safety.md) -----------------
+
+
+class SameIdJudges:
+    """One judge that hears an agent "a" on engine E1 heartbeating node n1."""
+
+    def __init__(self, nodes: FlakyBucket) -> None:
+        self.nodes = nodes
+
+    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+        entry = self.nodes.items.get(heartbeat.node)
+        stored = stored_node(entry)
+        return [
+            HeartbeatAck(
+                judge="j1",
+                record_agent_id=stored.agent_id if stored else "",
+                record_revision=entry.revision if entry else 0,
+                record_engine_id=stored.engine_id if stored else "",
+                record_agent_live=True,
+                judges=1,
+            )
+        ]
+
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
+        heard = Heartbeat(node=node, agent_id="a", engine_id="E1", seq=1)
+        if is_other_agent(heard.agent_id, heard.engine_id, agent_id, engine_id):
+            return heard
+        await anyio.sleep(window)
+        return None
+
+
+def same_id_node(engine: str) -> Node:
+    capacity = NodeCapacity(cpu_millis=1000, memory_bytes=1 << 30)
+    return Node(name="n1", agent_id="a", engine_id=engine, ready=True, capacity=capacity)
+
+
+async def test_an_agent_with_the_same_id_on_another_engine_is_refused_while_the_first_beats() -> (
+    None
+):
+    nodes = FlakyBucket("nodes")
+    judges = SameIdJudges(nodes)
+    first = NodeRecord(nodes, same_id_node("E1"), link=judges, takeover_window=0.3)
+    await first.beat(0.1)
+    await first.beat(0.1)  # idle and proven: its record no longer changes
+    second = NodeRecord(nodes, same_id_node("E2"), link=judges, takeover_window=0.3)
+    with pytest.raises(NodeNameTaken):
+        await second.beat(0.1)
+
+
+async def test_an_agent_whose_record_names_its_id_on_another_engine_is_displaced() -> None:
+    """While this agent (a@E1) was cut off, a@E2 took the node over: the judges' acks
+    name a@E2, heard alive, so this one hands over instead of running on as owner."""
+    nodes = FlakyBucket("nodes")
+    judges = SameIdJudges(nodes)
+    first = NodeRecord(nodes, same_id_node("E1"), link=judges, takeover_window=0.3)
+    await first.beat(0.1)
+    await nodes.put("n1", encode(same_id_node("E2")))  # the successor's record
+    await first.beat(0.1)
+    assert first.displaced_by is not None
+    assert stored_node(nodes.items["n1"]).engine_id == "E2"  # type: ignore[union-attr]
+
+
+async def test_a_claim_whose_listen_fails_is_refused_not_taken_over() -> None:
+    """An idle agent proven by acks never rewrites its record: when the heartbeats
+    cannot be listened to, the claim cannot tell it is dead, so it is refused."""
+
+    class Deaf(SameIdJudges):
+        async def other_agent(
+            self, node: str, agent_id: str, engine_id: str, window: float
+        ) -> Heartbeat | None:
+            raise ConnectionError("no NATS")
+
+    nodes = FlakyBucket("nodes")
+    await nodes.put("n1", encode(same_id_node("E1")))
+    second = NodeRecord(nodes, same_id_node("E2"), link=Deaf(nodes), takeover_window=0.3)
+    with pytest.raises(NodeNameTaken, match="could not be listened to"):
+        await second.beat(0.1)

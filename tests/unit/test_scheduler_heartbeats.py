@@ -126,3 +126,14 @@ async def test_a_slow_consumer_on_the_heartbeat_subscription_makes_the_view_stal
         assert cluster.placed_on() == ["a", "b"]  # b's silence is not counted
         await cluster.pass_seconds(NODE_LOST_SECONDS + 5, beating=("a",))
         assert cluster.placed_on() == ["a", "a"]  # fresh again: b's silence now counts
+
+
+async def test_a_decision_between_ticks_judges_losses_on_the_views_freshness_now() -> None:
+    """Deployments are decided between the 1 s ticks too: a decision made after the
+    feed stalled (no tick noticed it yet) must not find a node lost."""
+    async with heard_cluster(2, "a", "b") as cluster:
+        assert cluster.loop.feed_fresh_since is not None
+        cluster.clock.now += NODE_LOST_SECONDS + 2  # no echo, no heartbeat, no tick
+        await cluster.loop.reconcile("default.web")
+        assert cluster.loop.feed_fresh_since is None
+        assert cluster.placed_on() == ["a", "b"]

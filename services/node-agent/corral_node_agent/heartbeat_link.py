@@ -33,9 +33,23 @@ class HeartbeatLink(Protocol):
         returns early once as many judges answered as the acks say exist)."""
         ...
 
-    async def other_agent(self, node: str, agent_id: str, window: float) -> Heartbeat | None:
-        """A heartbeat of `node` from an agent other than `agent_id` within `window`."""
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
+        """A heartbeat of `node` from another agent within `window`: another agent id,
+        or the same id from another known engine (is_other_agent)."""
         ...
+
+
+def is_other_agent(agent_id: str, engine_id: str, mine: str, my_engine: str) -> bool:
+    """Another agent than (mine, my_engine): another agent id, or the same id on another
+    engine when both engines are known (the same --agent-id given to agents on two
+    hosts does not make them one agent; docs/safety.md)."""
+    if not agent_id:
+        return False
+    if agent_id != mine:
+        return True
+    return bool(engine_id and my_engine and engine_id != my_engine)
 
 
 def enough(acks: list[HeartbeatAck]) -> bool:
@@ -89,7 +103,9 @@ class NatsHeartbeats:
             del self._waiting[heartbeat.seq]
         return list(acks)
 
-    async def other_agent(self, node: str, agent_id: str, window: float) -> Heartbeat | None:
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
         subscription = await self.nc.subscribe(
             names.heartbeat_subject(node), pending_msgs_limit=1000
         )
@@ -100,7 +116,7 @@ class NatsHeartbeats:
                         heard = msgspec.json.decode(msg.data, type=Heartbeat)
                     except msgspec.DecodeError:
                         continue
-                    if heard.agent_id and heard.agent_id != agent_id:
+                    if is_other_agent(heard.agent_id, heard.engine_id, agent_id, engine_id):
                         return heard
             return None
         finally:

@@ -34,7 +34,7 @@ from corral.contract.codec import decode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
 from corral.natsio.kv import Bucket, Conflict, Entry, write_record
-from corral_node_agent.heartbeat_link import HeartbeatLink, enough
+from corral_node_agent.heartbeat_link import HeartbeatLink, enough, is_other_agent
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,16 @@ class NodeRecord:
                 nonlocal found
                 assert self.link is not None
                 try:
-                    heard = await self.link.other_agent(self.node.name, self.node.agent_id, window)
-                except Exception as error:  # the record's changes still tell
+                    heard = await self.link.other_agent(
+                        self.node.name, self.node.agent_id, self.node.engine_id, window
+                    )
+                except Exception as error:
+                    # An idle agent proven by its acks never rewrites its record, so
+                    # the record alone cannot tell it is dead: a listen that failed
+                    # counts as "alive" (the claim is refused, and retried).
                     log.info("listening to the heartbeats of %s failed: %s", self.node.name, error)
+                    found = found or ("", f"heartbeats could not be listened to ({error})")
+                    tg.cancel_scope.cancel()
                     return
                 if heard is not None:
                     found = found or (heard.engine_id, "heartbeat was heard")
@@ -261,7 +268,10 @@ class NodeRecord:
         record change; taken back after the liveness window)."""
         if not enough(acks):
             return False
-        others = [a for a in acks if a.record_agent_id and a.record_agent_id != self.node.agent_id]
+        me, my_engine = self.node.agent_id, self.node.engine_id
+        others = [
+            a for a in acks if is_other_agent(a.record_agent_id, a.record_engine_id, me, my_engine)
+        ]
         if not others:
             self._contest = None
             return True

@@ -569,6 +569,9 @@ class ControlLoop:
         await anyio.lowlevel.checkpoint()
         self.reconciles += 1
         now = self.monotonic()
+        # Losses are judged in this decision: on the view's freshness as of now, not as
+        # of the last tick (a stall noticed late must not make a node look lost).
+        self.update_feed(now)
         started = time.perf_counter()
         plan = schedule_deployment(
             self.view_of(key),

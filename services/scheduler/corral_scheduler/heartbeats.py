@@ -82,7 +82,9 @@ class HeartbeatJudge:
         self.may_ack = may_ack
         self.monotonic = monotonic
         self.heard: dict[str, _Heard] = {}
-        self.agents_heard: dict[tuple[str, str], float] = {}  # (node, agent) -> when
+        # (node, agent, engine) -> when: the same agent id on two engines is two agents
+        self.agents_heard: dict[tuple[str, str, str], float] = {}
+        self.agent_ids_heard: dict[tuple[str, str], float] = {}  # (node, agent) -> when
         self.echo_at: float | None = None
         self.started_at = monotonic()
         self._gaps: dict[str, float] = {}  # node -> when its seq last jumped
@@ -107,13 +109,15 @@ class HeartbeatJudge:
             if heartbeat.seq > before.seq + 1:
                 self._gap(node, now)
         self.heard[node] = _Heard(heartbeat.agent_id, heartbeat.seq, now)
-        self.agents_heard[(node, heartbeat.agent_id)] = now
+        self.agents_heard[(node, heartbeat.agent_id, heartbeat.engine_id)] = now
+        self.agent_ids_heard[(node, heartbeat.agent_id)] = now
         self.on_heard(node, now)
         if not self.may_ack():
             return None
         record, revision = self.record_of(node)
         agent = record.agent_id if record is not None else ""
-        live_at = self.agents_heard.get((node, agent)) if agent else None
+        engine = record.engine_id if record is not None else ""
+        live_at = self._agent_heard(node, agent, engine) if agent else None
         return HeartbeatAck(
             judge=self.owner,
             record_agent_id=agent,
@@ -122,6 +126,13 @@ class HeartbeatJudge:
             record_agent_live=live_at is not None and now - live_at <= AGENT_LIVE_SECONDS,
             judges=self.judges(),
         )
+
+    def _agent_heard(self, node: str, agent: str, engine: str) -> float | None:
+        """When the agent named in a record was last heard: that agent on that engine
+        (any engine when the record names none)."""
+        if engine:
+            return self.agents_heard.get((node, agent, engine))
+        return self.agent_ids_heard.get((node, agent))
 
     def _gap(self, node: str, now: float) -> None:
         self.gaps_seen += 1
@@ -153,6 +164,8 @@ class HeartbeatJudge:
             del self.heard[node]
         for key in [k for k, at in self.agents_heard.items() if now - at > FORGET_SECONDS]:
             del self.agents_heard[key]
+        for pair in [k for k, at in self.agent_ids_heard.items() if now - at > FORGET_SECONDS]:
+            del self.agent_ids_heard[pair]
 
     # On NATS.
 

@@ -132,8 +132,10 @@ class NodeAPI:
         revision = await loop.releases.bucket.put(release_key(name), raw_record)
         loop.releases.apply(Entry(release_key(name), raw_record, revision))
         loop.wake()
+        usage = loop.usage.get(name)
+        count = 0 if usage is None else usage.pods
         message = (
-            f"its {placed} replica(s) are placed elsewhere now and its record is deleted; "
+            f"its {count} replica(s) are placed elsewhere now and its record is deleted; "
             "an agent that comes back under this name starts afresh"
         )
         if self.events is not None:
