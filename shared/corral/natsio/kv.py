@@ -244,8 +244,12 @@ class NatsBucket:
 
 # A watch's consumer on the server goes this long after its watch stopped (nats-py's
 # default is 5 minutes: at thousands of nodes, every one-shot read left a consumer
-# behind that long). A watch alive keeps its consumer: it has interest.
-WATCH_INACTIVE_SECONDS: Final = 15.0
+# behind that long). A watch alive keeps its consumer: it has interest. A client cut off
+# longer than this finds its consumer gone when it comes back, and nats-py makes it
+# again after its idle heartbeats are missed (about 20 s; measured): longer than every
+# window of the time budget (R' = 35 s), so a partition the budget plans for heals
+# without it.
+WATCH_INACTIVE_SECONDS: Final = 60.0
 
 # Reading a watch consumer's info: attempts, and the bound on each.
 CONSUMER_INFO_ATTEMPTS: Final = 3
