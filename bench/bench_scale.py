@@ -439,6 +439,11 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         for name, proc in cluster.procs.items():
             if name == "victim":
                 continue
+            if proc.popen.poll() is not None:
+                log = (cluster.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                print(f"--- {name} exited early ({proc.popen.returncode}):\n{log}", flush=True)
+                results.add(f"{name}", f"EXITED during the run (code {proc.popen.returncode})")
+                continue
             marks = proc.cpu_marks
             converging = running_in or 0.0
             placing = marks.get("steady", 0.0) - marks.get("placing", 0.0)

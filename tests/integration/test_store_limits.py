@@ -169,3 +169,36 @@ async def test_buckets_take_more_than_the_servers_default_of_1000_consumers(
                 break
     finally:
         await nc.close()
+
+
+async def test_services_starting_together_on_a_new_store_share_the_buckets_one_made(
+    nats_url: str,
+) -> None:
+    """Two services find a bucket missing at once; the first makes it (and raises its
+    limits), the second's create then meets a stream of another configuration: it opens
+    that bucket instead of failing its start."""
+    nc = await connect(nats_url, "test")
+    try:
+        js = nc.jetstream()
+        await open_buckets(js, StoreSettings())  # the first service: every bucket made
+
+        class LateLooker:
+            """The second service: it looked before the first made the buckets."""
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(js, name)
+
+            async def key_value(self, bucket: str) -> object:
+                if bucket not in self.seen:
+                    self.seen.add(bucket)
+                    raise js_errors.BucketNotFoundError
+                return await js.key_value(bucket)
+
+            seen: set[str] = set()
+
+        buckets = await open_buckets(LateLooker(), StoreSettings())  # type: ignore[arg-type]
+        assert set(buckets) == set(names.ALL_BUCKETS)
+        info = await js.stream_info(bucket_stream(names.PLACEMENTS_BUCKET))
+        assert info.config.max_consumers == BUCKET_MAX_CONSUMERS
+    finally:
+        await nc.close()

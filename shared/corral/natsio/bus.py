@@ -332,13 +332,20 @@ async def open_buckets(
         kv = found.get(bucket)
         if kv is None:
             log.info("making bucket %s (not in the cluster's state yet)", bucket)
-            kv = await js.create_key_value(
-                bucket=bucket,
-                history=5,
-                storage=js_api.StorageType.FILE,
-                replicas=settings.replicas,
-                max_bytes=settings.bucket_max_bytes,
-            )
+            try:
+                kv = await js.create_key_value(
+                    bucket=bucket,
+                    history=5,
+                    storage=js_api.StorageType.FILE,
+                    replicas=settings.replicas,
+                    max_bytes=settings.bucket_max_bytes,
+                )
+            except js_errors.BadRequestError as error:
+                if error.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                # Another service made it meanwhile (services start together on a new
+                # store), and raised its limits already: the same bucket, opened.
+                kv = await js.key_value(bucket)
         await _raise_bucket(js, bucket, settings)
         buckets[bucket] = NatsBucket(kv, bucket)
     if identity is not None:
@@ -347,6 +354,9 @@ async def open_buckets(
         await list_buckets(buckets[names.CLUSTER_BUCKET], names.ALL_BUCKETS)
     return buckets
 
+
+# JetStream's answer when a stream of that name exists with another configuration.
+_STREAM_NAME_IN_USE: Final = 10058
 
 # Consumers a bucket's stream may have at once (watches: one per node agent and
 # service, and short-lived reads); never lowered.
