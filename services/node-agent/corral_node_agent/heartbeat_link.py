@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
+from corral.natsio.bus import unsubscribe_quietly
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,4 @@ class NatsHeartbeats:
                         return heard
             return None
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await subscription.unsubscribe()
-                except Exception:
-                    log.debug("unsubscribe failed", exc_info=True)
+            await unsubscribe_quietly(subscription)

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from corral.contract import names, time_budget
 from corral.contract.codec import encode
 from corral.contract.events import REASON_INTERNAL, Reply
+from corral.natsio.bus import unsubscribe_quietly
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
@@ -95,11 +96,7 @@ async def serve_node_decisions(
                 except Exception:
                     log.debug("reply to %s failed", msg.subject, exc_info=True)
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                await subscription.unsubscribe()
-            except Exception:
-                log.debug("unsubscribe failed", exc_info=True)
+        await unsubscribe_quietly(subscription)
 
 
 def build_runtime(args: argparse.Namespace) -> Runtime:

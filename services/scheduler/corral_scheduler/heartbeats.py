@@ -195,11 +195,7 @@ class HeartbeatJudge:
                         log.debug("ack to %s failed", msg.subject, exc_info=True)
         finally:
             bus.SLOW_CONSUMER_HOOKS.remove(self._on_slow_consumer)
-            with anyio.CancelScope(shield=True):
-                try:
-                    await subscription.unsubscribe()
-                except Exception:
-                    log.debug("unsubscribe failed", exc_info=True)
+            await bus.unsubscribe_quietly(subscription)
 
     def _on_slow_consumer(self, subscription: Any) -> None:
         if subscription is self._subscription:

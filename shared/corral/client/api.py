@@ -38,6 +38,7 @@ from corral.contract.time_budget import (
     NATS_PING_SECONDS,
     NODE_STALE_SECONDS,
 )
+from corral.natsio.bus import unsubscribe_quietly
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import NatsBucket, is_echo_key
 
@@ -299,11 +300,7 @@ class CorralClient:
                     if expected <= heard:
                         break
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await subscription.unsubscribe()
-                except Exception:
-                    pass
+            await unsubscribe_quietly(subscription)
         return heard
 
     async def placements(self, node: str | None = None) -> dict[str, Placement]:
@@ -391,11 +388,7 @@ class CorralClient:
                     if follow:
                         yield _CAUGHT_UP
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await subscription.unsubscribe()
-                except Exception:
-                    log.debug("unsubscribe failed", exc_info=True)
+            await unsubscribe_quietly(subscription)
 
 
 _CAUGHT_UP: Final = Event(

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import msgspec
@@ -645,6 +645,16 @@ async def serve_spec_requests(
     finally:
         with anyio.CancelScope(shield=True):
             await _quietly(subscription.unsubscribe())
+
+
+async def unsubscribe_quietly(subscription: Any) -> None:
+    """End a subscription, shielded from cancellation (it runs in `finally` blocks); a
+    failure (the connection already gone) is logged, never raised."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await subscription.unsubscribe()
+        except Exception:
+            log.debug("unsubscribe failed", exc_info=True)
 
 
 async def spec_stream_position(js: JetStreamContext, kind: str) -> int:
