@@ -22,19 +22,14 @@ Everything it made is removed at the end.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from bench_deploy import free_port_block  # the same free-port search as the deploy bench
+from local_nats import local_nats
 
-from corral.client.local.nats_server import jetstream_answers, nats_server_command
 from corral.natsio.bus import connect
 from corral.natsio.kv import Create, NatsBucket, Update, write_many
 
@@ -156,25 +151,8 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=300, help="bytes per value")
     parser.add_argument("--out", type=Path, help="also save the table here")
     args = parser.parse_args()
-    store = Path(tempfile.mkdtemp(prefix="corral-bench-kv-"))
-    port = free_port_block(1)
-    url = f"nats://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        nats_server_command("127.0.0.1", port, store / "jetstream"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not anyio.run(jetstream_answers, url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("nats-server did not start")
-            time.sleep(0.1)
-        text = table(anyio.run(measure, url, args), args)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
+    with local_nats("corral-bench-kv-") as server:
+        text = table(anyio.run(measure, server.url, args), args)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")

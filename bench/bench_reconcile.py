@@ -28,11 +28,7 @@ scale by one), and the resync cost (after: reconciling every Deployment once).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,10 +37,9 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
-from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 from bench_kv_writes import StallMeter  # how late a task sleeping 1 ms wakes up
+from local_nats import local_nats
 
-from corral.client.local.nats_server import jetstream_answers, nats_server_command
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.specs import (
@@ -236,25 +231,8 @@ async def measure(url: str, mode: str, args: argparse.Namespace) -> Result:
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> Result:
-    store = Path(tempfile.mkdtemp(prefix="corral-bench-reconcile-"))
-    port = free_port_block(1)
-    url = f"nats://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        nats_server_command("127.0.0.1", port, store / "jetstream"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not anyio.run(jetstream_answers, url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("nats-server did not start")
-            time.sleep(0.1)
-        return anyio.run(measure, url, mode, args)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
+    with local_nats("corral-bench-reconcile-") as server:
+        return anyio.run(measure, server.url, mode, args)
 
 
 def table(results: list[Result], args: argparse.Namespace) -> str:

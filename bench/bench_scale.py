@@ -29,7 +29,6 @@ bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -40,10 +39,10 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
+from local_nats import LocalNats
 from nats.aio.client import Client as NATS
 
 from corral.client.local.nats_server import jetstream_answers, nats_server_command
@@ -168,10 +167,8 @@ class Cluster:
         for proc in self.procs.values():
             proc.cpu_marks[phase] = proc.cpu_seconds()
 
-    def varz(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/varz", timeout=5) as r:
-            document: dict[str, Any] = json.load(r)
-        return document
+    def varz(self) -> dict[str, int]:
+        return LocalNats(self.url, self.monitor_port).varz()
 
     def metrics(self, service: str) -> str:
         port = self.metrics_ports[service]

@@ -1,0 +1,56 @@
+"""A nats-server of a benchmark's own: JetStream on, free loopback ports, a temporary
+store; ready when it yields, stopped and its store removed after."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from bench_deploy import free_port_block  # the same free-port search as the deploy bench
+
+from corral.client.local.nats_server import jetstream_answers, nats_server_command
+
+
+@dataclass(frozen=True)
+class LocalNats:
+    url: str
+    monitor_port: int  # its HTTP monitoring port (-m)
+
+    def varz(self) -> dict[str, int]:
+        """The server's message and byte counters (/varz)."""
+        address = f"http://127.0.0.1:{self.monitor_port}/varz"
+        with urllib.request.urlopen(address, timeout=5) as answer:
+            document = json.loads(answer.read())
+        return {k: int(document[k]) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
+
+
+@contextmanager
+def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
+    """Start one (not from inside a running event loop: it waits with anyio.run)."""
+    store = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port_block(2)
+    url = f"nats://127.0.0.1:{port}"
+    command = nats_server_command("127.0.0.1", port, store / "jetstream")
+    server = subprocess.Popen(
+        [*command, "-m", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not anyio.run(jetstream_answers, url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("nats-server did not start within 15 s")
+            time.sleep(0.1)
+        yield LocalNats(url, port + 1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(store, ignore_errors=True)
