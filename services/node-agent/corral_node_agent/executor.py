@@ -203,14 +203,25 @@ class Executor:
         before = self._track(replica)
         self._set(replica, after_failure(before, phase, message, self.clock()))
         if placement is not None and (before.phase, before.message) != (phase, message):
-            await self.events.emit(
-                "deployment",
-                placement.deployment,
+            await self._about(
+                placement,
                 reason,
                 f"{placement.replica} on {placement.node}: {message}",
                 warning=True,
-                namespace=placement.namespace,
             )
+
+    async def _about(
+        self, placement: Placement, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """An event about the placement's Deployment."""
+        await self.events.emit(
+            "deployment",
+            placement.deployment,
+            reason,
+            message,
+            warning=warning,
+            namespace=placement.namespace,
+        )
 
     async def _image_ready(self, action: CreateContainer) -> bool:
         """Pull the image when it is missing; False (recorded on the replica) when that fails."""
@@ -225,12 +236,10 @@ class Executor:
                 ),
             )
             self.on_progress()
-            await self.events.emit(
-                "deployment",
-                placement.deployment,
+            await self._about(
+                placement,
                 "Pulling",
                 f"pulling image {image}",
-                namespace=placement.namespace,
             )
             try:
                 await self.puller.pull(image)
@@ -242,12 +251,10 @@ class Executor:
                     f"pulling {image} failed: {error}",
                 )
                 return False
-            await self.events.emit(
-                "deployment",
-                placement.deployment,
+            await self._about(
+                placement,
                 "Pulled",
                 f"pulled image {image}",
-                namespace=placement.namespace,
             )
         return True
 
@@ -306,22 +313,18 @@ class Executor:
         metrics.CONTAINER_STARTS.inc()
         if restart:
             metrics.CONTAINER_RESTARTS.inc()
-            await self.events.emit(
-                "deployment",
-                placement.deployment,
+            await self._about(
+                placement,
                 "BackOff",
                 f"restarted {replica} on {placement.node} after exit code {track.exit_code} "
                 f"(restart {track.restarts})",
                 warning=True,
-                namespace=placement.namespace,
             )
         else:
-            await self.events.emit(
-                "deployment",
-                placement.deployment,
+            await self._about(
+                placement,
                 "Started",
                 f"started {replica} on {placement.node} ({container_id[:12]})",
-                namespace=placement.namespace,
             )
         return True
 
