@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
+from corral.contract.network_specs import Network, Service
 from corral.contract.quantity import format_cpu, format_memory
 from corral.contract.specs import (
     DeleteRequest,
@@ -61,7 +62,30 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
                     "requests": {"cpu": "100m", "memory": "64Mi"},
                     "limits": {"cpu": 1, "memory": 134217728},
                 },
+                "labels": {"app": "web"},
+                "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+                "networks": ["default", "back-end"],
             },
+        },
+    },
+    Network: {
+        "apiVersion": "corral/v1",
+        "kind": "Network",
+        "metadata": {"name": "back-end", "labels": {"team": "a"}},
+        "spec": {"subnet": "10.50.0.0/16", "slicePrefix": 24},
+    },
+    Service: {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": "web"},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
+            ],
+            "network": "default",
         },
     },
     ScaleRequest: {"name": "web", "replicas": 3},

@@ -25,6 +25,14 @@ from jsonschema import Draft202012Validator
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_CONFLICT, Event, Reply
+from corral.contract.network_state import (
+    EndpointAddress,
+    EndpointPort,
+    Endpoints,
+    NetworkSlice,
+    NetworkStatus,
+    NodeNetwork,
+)
 from corral.contract.schema import PUBLIC_PAYLOADS
 from corral.contract.specs import (
     ContainerTemplate,
@@ -126,6 +134,22 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
     ),
     DeploymentStatus: DeploymentStatus(
         name="web", observed_generation=2, replicas=3, placed=3, ready=2, updated=3, pending=0
+    ),
+    NetworkStatus: NetworkStatus(
+        name="default", subnet="10.128.0.0/16", slice_prefix=24, extra_members=["10.129.0.2"]
+    ),
+    NetworkSlice: NetworkSlice(
+        network="default", node="node-1", subnet="10.128.1.0/24", gateway="10.128.1.1"
+    ),
+    Endpoints: Endpoints(
+        service="web",
+        cluster_ip="10.96.0.10",
+        network="default",
+        ports=[EndpointPort(port=80, target_port=8080, name="http")],
+        addresses=[EndpointAddress(ip="10.128.1.2", replica="web-abc", node="node-1")],
+    ),
+    NodeNetwork: NodeNetwork(
+        node="node-1", address="172.17.0.1", used_ranges=["172.17.0.0/16"], ready=True
     ),
 }
 DOCUMENTS: dict[type[msgspec.Struct], Any] = {

@@ -19,6 +19,7 @@ the default namespace's, and moved to the new form by their owner at start
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 API_PREFIX: Final = "corral.api"
@@ -44,6 +45,14 @@ LEASES_BUCKET: Final = "corral_leases"
 # created; everything corral makes in an engine carries its id (LABEL_CLUSTER).
 CLUSTER_BUCKET: Final = "corral_cluster"
 CLUSTER_KEY: Final = "identity"
+# Networking (netmgr; docs/networking.md).
+NETWORKS_BUCKET: Final = "corral_networks"  # key: network -> Network
+NETWORK_STATUS_BUCKET: Final = "corral_network_status"  # key: network -> NetworkStatus
+# key: network.node -> NetworkSlice (the cluster part)
+NETWORK_SLICES_BUCKET: Final = "corral_network_slices"
+SERVICES_BUCKET: Final = "corral_services"  # key: namespace.name -> Service
+ENDPOINTS_BUCKET: Final = "corral_endpoints"  # key: namespace.name -> Endpoints
+NODE_NETWORK_BUCKET: Final = "corral_node_network"  # key: node -> NodeNetwork (node part)
 
 ALL_BUCKETS: Final = (
     DEPLOYMENTS_BUCKET,
@@ -53,6 +62,12 @@ ALL_BUCKETS: Final = (
     REPLICA_STATUS_BUCKET,
     LEASES_BUCKET,
     CLUSTER_BUCKET,
+    NETWORKS_BUCKET,
+    NETWORK_STATUS_BUCKET,
+    NETWORK_SLICES_BUCKET,
+    SERVICES_BUCKET,
+    ENDPOINTS_BUCKET,
+    NODE_NETWORK_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")
@@ -68,6 +83,26 @@ LABEL_DEPLOYMENT: Final = "io.corral.deployment"
 LABEL_NAMESPACE: Final = "io.corral.namespace"  # the Deployment's (absent: default)
 LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
+LABEL_NETWORK: Final = "io.corral.network"  # on a Docker network: the corral network's name
+
+
+def docker_network_name(network: str, cluster_id: str) -> str:
+    """The Docker network of a corral network on a node's engine (one per engine)."""
+    return f"corral_{network}_{cluster_id}"
+
+
+def bridge_name(network: str, node: str, cluster_id: str) -> str:
+    """The Linux bridge of a corral network on one node: at most 15 characters (IFNAMSIZ),
+    distinct for two nodes of one host and for two clusters."""
+    digest = hashlib.sha256(f"{cluster_id}/{network}/{node}".encode()).hexdigest()
+    return f"crl{digest[:12]}"
+
+
+def chain_prefix(cluster_id: str, node: str) -> str:
+    """The prefix of the packet-filter chains one node's netmgr owns (iptables chain names
+    are at most 28 characters): two nodes on one host, or two clusters, never share one."""
+    digest = hashlib.sha256(f"{cluster_id}/{node}".encode()).hexdigest()
+    return f"CRL-{digest[:8]}"
 
 
 # Requests to one node agent (operator decisions): corral.node.<node>.<verb>.
@@ -114,7 +149,7 @@ def rejected_subject(kind: str) -> str:
 
 DEFAULT_NAMESPACE: Final = "default"
 # Kinds whose objects live in a namespace (lower-case, as in subjects).
-NAMESPACED_KINDS: Final = frozenset({"deployment"})
+NAMESPACED_KINDS: Final = frozenset({"deployment", "service"})
 
 
 def object_key(namespace: str, name: str) -> str:

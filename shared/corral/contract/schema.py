@@ -19,6 +19,8 @@ from typing import Any, Final
 import msgspec
 
 from corral.contract.events import Event, Reply
+from corral.contract.network_specs import Network, Service
+from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
 from corral.contract.specs import (
     DeleteRequest,
     Deployment,
@@ -40,6 +42,12 @@ PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "Placement": Placement,
     "ReplicaStatus": ReplicaStatus,
     "DeploymentStatus": DeploymentStatus,
+    "Network": Network,
+    "Service": Service,
+    "NetworkStatus": NetworkStatus,
+    "NetworkSlice": NetworkSlice,
+    "Endpoints": Endpoints,
+    "NodeNetwork": NodeNetwork,
 }
 
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"

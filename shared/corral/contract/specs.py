@@ -244,8 +244,45 @@ class Resources(_Public, frozen=True):
             raise ValueError("`requests.memory` is larger than `limits.memory`")
 
 
+# An IANA service name, as Kubernetes' named ports: at most 15 lowercase letters, digits
+# and '-', at least one letter, no '--', starting and ending with a letter or digit.
+PORT_NAME_PATTERN: Final = described_pattern(
+    _whole(r"(?=[-a-z0-9]*[a-z])(?!.*--)[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?"),
+    "not a port name: at most 15 lowercase letters, digits and '-', with at least one "
+    "letter, no '--', starting and ending with a letter or digit",
+)
+PortName = Annotated[str, msgspec.Meta(pattern=PORT_NAME_PATTERN, max_length=15)]
+PortNumber = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Protocol = Literal["TCP", "UDP"]
+MAX_PORTS: Final = 64
+MAX_NETWORKS: Final = 8
+
+
+class ContainerPort(_Public, frozen=True):
+    """A port the container listens on (Kubernetes' containerPort): Services target it
+    by number or by name."""
+
+    container_port: PortNumber
+    name: PortName | None = None
+    protocol: Protocol = "TCP"
+
+
+def check_unique(field: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"`{field}` names {value!r} twice")
+        seen.add(value)
+
+
 class ContainerTemplate(_Public, frozen=True):
-    """The container every replica of a Deployment runs."""
+    """The container every replica of a Deployment runs.
+
+    `labels` are the replicas' own labels, which Services select (a Pod template's
+    metadata.labels); a template without labels gives its replicas `app: <deployment>`
+    (corral.contract.specs.replica_labels). `networks`: the corral networks the replicas
+    join, the first being the one their default route and DNS go through; none: the
+    cluster's `default` network."""
 
     image: Annotated[
         str, msgspec.Meta(pattern=IMAGE_REFERENCE_PATTERN, max_length=MAX_IMAGE_REFERENCE)
@@ -254,10 +291,32 @@ class ContainerTemplate(_Public, frozen=True):
     args: Args | None = None  # replaces the image's cmd
     env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=MAX_ENV)] = {}
     resources: Resources = Resources()
+    labels: Labels = {}
+    ports: Annotated[list[ContainerPort], msgspec.Meta(max_length=MAX_PORTS)] = []
+    networks: Annotated[list[DnsLabel], msgspec.Meta(max_length=MAX_NETWORKS)] = []
+
+    def __post_init__(self) -> None:
+        check_unique("networks", self.networks)
+        check_unique("ports", [f"{p.container_port}/{p.protocol}" for p in self.ports])
+        check_unique("ports[].name", [p.name for p in self.ports if p.name])
 
     def template_hash(self) -> str:
         """A short stable digest: replicas whose hash differs run an older template."""
         return hashlib.sha256(msgspec.json.encode(self)).hexdigest()[:10]
+
+
+DEFAULT_NETWORK: Final = "default"
+
+
+def replica_labels(deployment: str, template: ContainerTemplate) -> dict[str, str]:
+    """The labels a Service's selector matches on a replica: the template's own, or
+    `app: <deployment>` when it has none (what `corral create deployment` sets)."""
+    return dict(template.labels) if template.labels else {"app": deployment}
+
+
+def replica_networks(template: ContainerTemplate) -> list[str]:
+    """The corral networks a replica joins, in order (the first carries its default route)."""
+    return list(template.networks) if template.networks else [DEFAULT_NETWORK]
 
 
 class DeploymentSpec(_Public, frozen=True, kw_only=True):

@@ -131,6 +131,11 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     message: str = ""
     started_at: float | None = None
     updated_at: float = 0.0
+    # The container's address on each corral network it is on (network -> IPv4).
+    ips: dict[str, str] = {}
+    # The ports the image declares (Dockerfile EXPOSE), as "8080/tcp": what
+    # `corral expose` falls back on when the template declares none.
+    image_ports: list[str] = []
 
     @property
     def key(self) -> str:

@@ -1,0 +1,99 @@
+"""What netmgr decides and observes: its records in KV (docs/networking.md).
+
+    NetworkStatus   netmgr (cluster part)   corral_network_status[network]
+    NetworkSlice    netmgr (cluster part)   corral_network_slices[network.node]
+    Endpoints       netmgr (cluster part)   corral_endpoints[namespace.service]
+    NodeNetwork     netmgr (node part)      corral_node_network[node]
+
+A Service's allocated cluster IP and node ports are written into its stored spec
+(as Kubernetes does), so `get` shows them and a re-apply keeps them.
+New fields always get defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from corral.contract.names import DEFAULT_NAMESPACE, object_key
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base of stored records: immutable, camelCase JSON, tolerant of newer fields."""
+
+
+class NetworkStatus(_Record, frozen=True, kw_only=True):
+    """A Network as netmgr made it: its range, and the addresses that may reach it
+    besides its own range (replicas on several networks, from their other networks)."""
+
+    name: str
+    subnet: str  # the whole range (the spec's, or the one netmgr picked)
+    slice_prefix: int
+    phase: str = "Ready"  # "Ready", or "Deleting" while its slices are removed
+    message: str = ""
+    # IPs on other networks of replicas that are also on this one (isolation admits them)
+    extra_members: list[str] = []
+    updated_at: float = 0.0
+
+
+class NetworkSlice(_Record, frozen=True, kw_only=True):
+    """One node's part of a Network: the subnet its Docker network uses there."""
+
+    network: str
+    node: str
+    subnet: str
+    gateway: str  # the first address: the node's bridge, and its DNS server there
+
+    @property
+    def key(self) -> str:
+        return f"{self.network}.{self.node}"
+
+
+class EndpointAddress(_Record, frozen=True, kw_only=True):
+    ip: str
+    replica: str
+    node: str
+    ready: bool = True
+
+
+class EndpointPort(_Record, frozen=True, kw_only=True):
+    """A Service port resolved against the replicas' template: `targetPort` is a number."""
+
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+    name: str = ""
+    node_port: int = 0
+
+
+class Endpoints(_Record, frozen=True, kw_only=True):
+    """A Service's ready replicas, with their IP on the Service's network, and what a
+    node needs to program its rules (so it reads one record per Service)."""
+
+    service: str
+    namespace: str = DEFAULT_NAMESPACE
+    cluster_ip: str = ""  # "None": headless
+    type: str = "ClusterIP"
+    network: str = ""
+    ports: list[EndpointPort] = []
+    addresses: list[EndpointAddress] = []
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return object_key(self.namespace, self.service)
+
+
+class NodeNetwork(_Record, frozen=True, kw_only=True):
+    """What a node's netmgr part reports: its address for other nodes' routes, the
+    ranges its host already uses (never allocated), and how far its rules are."""
+
+    node: str
+    address: str = ""  # other nodes route this node's slices via this address
+    host_id: str = ""  # nodes that share a host (one packet filter) have the same
+    used_ranges: list[str] = []  # the host's own networks and routes, not corral's
+    # The corral_endpoints bucket revision the node's rules include (every change at
+    # or below it is in force on this node).
+    endpoints_revision: int = 0
+    ready: bool = False
+    message: str = ""
+    updated_at: float = 0.0
