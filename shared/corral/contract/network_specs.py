@@ -110,7 +110,9 @@ class ServiceSpec(_Public, frozen=True, kw_only=True):
     selector: Annotated[Labels, msgspec.Meta(min_length=1)]
     ports: Annotated[list[ServicePort], msgspec.Meta(max_length=MAX_PORTS)] = []
     type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
-    cluster_ip: Annotated[str, msgspec.Meta(max_length=15)] = ""
+    cluster_ip: Annotated[str, msgspec.Meta(max_length=15)] = msgspec.field(
+        default="", name="clusterIP"
+    )
     network: DnsLabel | Literal[""] = ""
 
     def __post_init__(self) -> None:

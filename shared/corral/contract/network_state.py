@@ -71,7 +71,7 @@ class Endpoints(_Record, frozen=True, kw_only=True):
 
     service: str
     namespace: str = DEFAULT_NAMESPACE
-    cluster_ip: str = ""  # "None": headless
+    cluster_ip: str = msgspec.field(default="", name="clusterIP")  # "None": headless
     type: str = "ClusterIP"
     network: str = ""
     ports: list[EndpointPort] = []
