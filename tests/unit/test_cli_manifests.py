@@ -41,7 +41,10 @@ def test_several_documents_and_empty_ones() -> None:
         ("", "no manifest in it"),
         ("- a\n- b\n", "expected a mapping"),
         ("metadata: {name: x}\n", "missing `kind`: corral knows Deployment"),
-        (GOOD.replace("Deployment", "Service"), "unknown kind 'Service': corral knows Deployment"),
+        (
+            GOOD.replace("Deployment", "Gadget"),
+            "unknown kind 'Gadget': corral knows Deployment, Network, Service",
+        ),
         (GOOD.replace("replicas: 3", "replicas: three"), "at `spec.replicas`: Expected `int`"),
         (GOOD.replace("replicas: 3", "replicas: -1"), "at `spec.replicas`"),
         (GOOD.replace("image: nginx:1.27", "imag: nginx"), "unknown field `imag`"),

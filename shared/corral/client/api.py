@@ -31,6 +31,8 @@ from nats.js import errors as js_errors
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.events import Event, Reply
+from corral.contract.network_specs import Network, Service
+from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import (
@@ -80,7 +82,11 @@ class ApiKind:
 # The kinds corral accepts in manifests and requests. A new kind is one line here.
 API_KINDS: Final[dict[str, ApiKind]] = {
     kind.kind: kind
-    for kind in (ApiKind("Deployment", Deployment, "scheduler", "deployments", ("deploy",)),)
+    for kind in (
+        ApiKind("Deployment", Deployment, "scheduler", "deployments", ("deploy",)),
+        ApiKind("Network", Network, "netmgr", "networks", ("net",)),
+        ApiKind("Service", Service, "netmgr", "services", ("svc",)),
+    )
 }
 
 
@@ -313,6 +319,30 @@ class CorralClient:
         """By key <node>.<namespace>.<replica>, the same key as the Placement."""
         prefix = ">" if node is None else names.placement_prefix(node)
         return await self._values(names.REPLICA_STATUS_BUCKET, ReplicaStatus, prefix)
+
+    async def networks(self) -> dict[str, Network]:
+        """Every Network (cluster-wide), by name."""
+        stored = await self._values(names.NETWORKS_BUCKET, Network)
+        return {network.metadata.name: network for network in stored.values()}
+
+    async def network_statuses(self) -> dict[str, NetworkStatus]:
+        return await self._values(names.NETWORK_STATUS_BUCKET, NetworkStatus)
+
+    async def network_slices(self, network: str | None = None) -> list[NetworkSlice]:
+        """Each node's slice of every network (or of one: a subject-filtered read)."""
+        prefix = ">" if network is None else f"{network}.>"
+        stored = await self._values(names.NETWORK_SLICES_BUCKET, NetworkSlice, prefix)
+        return sorted(stored.values(), key=lambda s: (s.network, s.node))
+
+    async def services(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Service]:
+        """The Services of one namespace, by name."""
+        stored = await self._values(names.SERVICES_BUCKET, Service)
+        return {s.metadata.name: s for s in stored.values() if s.metadata.namespace == namespace}
+
+    async def endpoints(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Endpoints]:
+        """The Endpoints of one namespace's Services, by Service name."""
+        stored = await self._values(names.ENDPOINTS_BUCKET, Endpoints)
+        return {e.service: e for e in stored.values() if e.namespace == namespace}
 
     # --- events: the CORRAL_EVENTS stream ----------------------------------------------
 

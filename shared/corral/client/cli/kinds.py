@@ -7,13 +7,28 @@ import click
 DEPLOYMENTS = "deployments"
 REPLICAS = "replicas"
 NODES = "nodes"
+NETWORKS = "networks"
+SERVICES = "services"
+ENDPOINTS = "endpoints"
+# The kinds netmgr keeps (corral.client.cli.net_views shows them).
+NETWORKING = (NETWORKS, SERVICES, ENDPOINTS)
 
 _READ_KINDS = {
     DEPLOYMENTS: ("deployment", "deployments", "deploy"),
     REPLICAS: ("replica", "replicas", "pod", "pods", "po"),
     NODES: ("node", "nodes", "no"),
+    NETWORKS: ("network", "networks", "net"),
+    SERVICES: ("service", "services", "svc"),
+    ENDPOINTS: ("endpoints", "endpoint", "ep"),
 }
-SINGULAR = {DEPLOYMENTS: "deployment", REPLICAS: "replica", NODES: "node"}
+SINGULAR = {
+    DEPLOYMENTS: "deployment",
+    REPLICAS: "replica",
+    NODES: "node",
+    NETWORKS: "network",
+    SERVICES: "service",
+    ENDPOINTS: "endpoints",
+}
 
 
 def read_kind(text: str) -> str:

@@ -8,9 +8,11 @@ import sys
 import click
 
 from corral.client.cli.local_commands import down, up
+from corral.client.cli.network_commands import create_network, network
 from corral.client.cli.node_commands import node
 from corral.client.cli.read_commands import describe, events, get, schema
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
+from corral.client.cli.service_commands import create_service, expose
 from corral.client.cli.write_commands import apply, create, delete, scale
 
 
@@ -37,8 +39,11 @@ def cli(ctx: click.Context, nats_url: tuple[str, ...], timeout: float) -> None:
     ctx.obj = Settings(",".join(nats_url) or None, timeout)
 
 
-for command in (create, apply, scale, delete, get, describe, events, schema):
+for command in (create, apply, scale, delete, get, describe, events, schema, expose):
     cli.add_command(command)
+create.add_command(create_network)
+create.add_command(create_service)
+cli.add_command(network)
 
 cli.add_command(node)
 cli.add_command(up)

@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from corral.client.api import API_KINDS, ApiKind, CorralError, find_kind
+from corral.client.cli.foreign_fields import KUBERNETES_API_VERSION, drop_unsupported
 from corral.contract.codec import InvalidPayload, decode_payload
 
 # A manifest file larger than this is refused before it is parsed (a spec is at most
@@ -78,6 +79,9 @@ class Manifest:
     spec: msgspec.Struct
     name: str
     where: str  # "my-app.yaml" or "my-app.yaml (document 2)", for messages
+    # Fields of a plain Kubernetes document corral does not support, dropped (their
+    # dotted paths): the caller warns with them (corral.client.cli.foreign_fields).
+    dropped: tuple[str, ...] = ()
 
 
 def load_manifests(text: str, source: str) -> list[Manifest]:
@@ -110,6 +114,9 @@ def parse_document(document: Any, where: str) -> Manifest:
     if kind_name not in API_KINDS:
         raise CorralError(f"{where}: unknown kind {kind_name!r}: corral knows {known}")
     kind = find_kind(kind_name)
+    dropped: list[str] = []
+    if document.get("apiVersion") == KUBERNETES_API_VERSION and kind.kind == "Service":
+        dropped = drop_unsupported(document, kind.spec_type)
     try:
         raw = msgspec.json.encode(document)
     except (TypeError, msgspec.EncodeError) as error:
@@ -118,7 +125,7 @@ def parse_document(document: Any, where: str) -> Manifest:
         spec = decode_payload(raw, kind.spec_type)
     except InvalidPayload as error:
         raise CorralError(f"{where}: {error.message}") from None
-    return Manifest(kind=kind, spec=spec, name=_name_of(spec), where=where)
+    return Manifest(kind=kind, spec=spec, name=_name_of(spec), where=where, dropped=tuple(dropped))
 
 
 def _name_of(spec: msgspec.Struct) -> str:

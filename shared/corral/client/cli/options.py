@@ -52,3 +52,45 @@ def parse_env(items: Iterable[str]) -> dict[str, str]:
 
 def parse_labels(items: Iterable[str]) -> dict[str, str]:
     return parse_pairs(items, "--label")
+
+
+def _port_number(text: str, option: str, what: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise click.BadParameter(
+            f"{what} {text!r} is not a port number (1-65535)", param_hint=option
+        )
+    return int(text)
+
+
+def parse_container_port(text: str) -> dict[str, object]:
+    """kubectl's `create deployment --port`: '8080' or '53/udp' -> a template port."""
+    number, _, protocol = text.partition("/")
+    port: dict[str, object] = {"containerPort": _port_number(number, "--port", "port")}
+    if protocol:
+        if protocol.upper() not in ("TCP", "UDP"):
+            raise click.BadParameter(
+                f"protocol {protocol!r} in {text!r}: expected tcp or udp", param_hint="--port"
+            )
+        port["protocol"] = protocol.upper()
+    return port
+
+
+def parse_service_port(text: str) -> dict[str, object]:
+    """`create service --port [NAME=]PORT[:TARGET]`: '80:8080', 'web=80:http', '53'.
+    TARGET is the replicas' port, a number or the name of a template port."""
+    name, sep, rest = text.rpartition("=")
+    port_text, colon, target = rest.partition(":")
+    port: dict[str, object] = {"port": _port_number(port_text, "--port", "port")}
+    if sep:
+        if not name:
+            raise click.BadParameter(f"{text!r} has '=' but no NAME before it", param_hint="--port")
+        port["name"] = name
+    if colon:
+        if not target:
+            raise click.BadParameter(
+                f"{text!r} has ':' but no target port after it", param_hint="--port"
+            )
+        port["targetPort"] = (
+            _port_number(target, "--port", "target port") if target.isdigit() else target
+        )
+    return port

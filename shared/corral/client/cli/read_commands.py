@@ -22,11 +22,22 @@ from corral.client.cli.describe import (
 )
 from corral.client.cli.kinds import (
     DEPLOYMENTS,
+    NETWORKING,
+    NETWORKS,
     NODES,
     REPLICAS,
     SINGULAR,
     read_kind,
     split_kind_name,
+)
+from corral.client.cli.net_views import (
+    NET_NEEDS,
+    describe_network,
+    describe_service,
+    network_object,
+    read_net,
+    render_net_get,
+    service_description,
 )
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.runner import run_with_client, settings_of
@@ -138,7 +149,8 @@ def render_get(
 )
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str | None) -> None:
-    """List deployments, replicas or nodes (or show one by NAME)."""
+    """List deployments, replicas, nodes, networks, services or endpoints (or show one
+    by NAME)."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if node is not None:
@@ -148,6 +160,14 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
             check_dns_label("node", node)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--node") from None
+    if read in NETWORKING:
+
+        async def fetch_net(client: CorralClient) -> str:
+            view = await read_net(client, NET_NEEDS[read])
+            return render_net_get(view, read, name, output, time.time())
+
+        click.echo(run_with_client(settings_of(ctx), fetch_net))
+        return
 
     async def fetch(client: CorralClient) -> str:
         view = await read_cluster(client, what=_NEEDS[read], node=node)
@@ -172,14 +192,37 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
 def describe(
     ctx: click.Context, kind: str, name: str | None, output: str, event_limit: int
 ) -> None:
-    """Show one deployment or node in full: spec, status, replicas, recent events."""
+    """Show one deployment, node, service or network in full: spec, status, recent events."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if name is None:
         raise click.UsageError(f"missing NAME: corral describe {SINGULAR[read]} NAME")
-    if read == REPLICAS:
-        raise click.BadParameter("describe shows deployments and nodes", param_hint="KIND")
+    if read in (REPLICAS, "endpoints"):
+        raise click.BadParameter(
+            "describe shows deployments, nodes, services and networks", param_hint="KIND"
+        )
     target = name
+    if read in NETWORKING:
+
+        async def fetch_net(client: CorralClient) -> str:
+            view = await read_net(client, NET_NEEDS[read])
+            known = view.networks if read == NETWORKS else view.services
+            if target not in known:
+                raise _not_found(read, target)
+            events = await client.events(SINGULAR[read], target, event_limit)
+            now = time.time()
+            if read == NETWORKS:
+                if output == "text":
+                    return describe_network(view, target, events, now)
+                item = network_object(view, target)
+                item["events"] = [to_builtins(event) for event in events]
+                return dump(item, output)
+            if output == "text":
+                return describe_service(view, target, events, now)
+            return dump(service_description(view, target, events), output)
+
+        click.echo(run_with_client(settings_of(ctx), fetch_net))
+        return
 
     async def fetch(client: CorralClient) -> str:
         view = await read_cluster(client)

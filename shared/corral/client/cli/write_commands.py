@@ -15,7 +15,12 @@ import msgspec
 
 from corral.client.api import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
 from corral.client.cli.kinds import split_kind_name
-from corral.client.cli.options import parse_env, parse_labels, parse_resource_list
+from corral.client.cli.options import (
+    parse_container_port,
+    parse_env,
+    parse_labels,
+    parse_resource_list,
+)
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
@@ -72,6 +77,22 @@ def create() -> None:
 @click.option("--limits", metavar="LIST", help="e.g. cpu=500m,memory=128Mi")
 @click.option("--env", "-e", multiple=True, metavar="NAME=VALUE", help="Repeatable.")
 @click.option("--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="PORT[/PROTOCOL]",
+    help="A port the container listens on (kubectl's --port), e.g. 8080 or 53/udp; "
+    "corral expose uses it. Repeatable.",
+)
+@click.option(
+    "--network",
+    "networks",
+    multiple=True,
+    metavar="NETWORK",
+    help="A corral network the replicas join (the first carries their default route and "
+    "DNS). Repeatable; none: the network `default`.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def create_deployment(
@@ -83,10 +104,18 @@ def create_deployment(
     limits: str | None,
     env: tuple[str, ...],
     labels: tuple[str, ...],
+    ports: tuple[str, ...],
+    networks: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
-    """Run REPLICAS copies of IMAGE; `-- COMMAND ARGS...` replaces the image's entrypoint."""
+    """Run REPLICAS copies of IMAGE; `-- COMMAND ARGS...` replaces the image's entrypoint.
+
+    Its replicas are labelled app=NAME, which `corral expose deployment NAME` selects."""
     template: dict[str, Any] = {"image": image}
+    if ports:
+        template["ports"] = [parse_container_port(port) for port in ports]
+    if networks:
+        template["networks"] = list(networks)
     if command:
         template["command"] = list(command)
     if env:
@@ -172,6 +201,13 @@ def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
     if not files:
         raise click.UsageError("give at least one manifest: corral apply -f FILE")
     manifests = read_manifest_files(files)
+    for manifest in manifests:
+        if manifest.dropped:
+            click.echo(
+                f"warning: {manifest.where}: {manifest.kind.subject_kind}/{manifest.name}: "
+                f"dropped fields corral does not support: {', '.join(manifest.dropped)}",
+                err=True,
+            )
 
     async def send(client: CorralClient) -> None:
         for manifest in manifests:

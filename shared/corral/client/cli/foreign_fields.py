@@ -1,0 +1,70 @@
+"""Plain Kubernetes manifests (`apiVersion: v1`): the fields corral has no use for.
+
+A Kubernetes Service carries fields corral does not support (sessionAffinity,
+externalTrafficPolicy, status, metadata.annotations, ...). They are dropped before the
+document is decoded, and the caller warns with their paths: never silently. corral's own
+documents (`corral/v1`) stay strict: an unknown field there is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+KUBERNETES_API_VERSION: Final = "v1"
+# Of a Kubernetes object's metadata, what corral reads; the rest (annotations, uid,
+# resourceVersion as text, creationTimestamp as text, managedFields...) is the server's.
+_KUBERNETES_METADATA: Final = frozenset({"name", "namespace", "labels"})
+
+
+def drop_unsupported(document: dict[str, Any], spec_type: type[msgspec.Struct]) -> list[str]:
+    """Remove from `document` (in place) every field `spec_type` does not have, and
+    return their dotted paths (e.g. `spec.ports[0].appProtocol`), in document order."""
+    dropped: list[str] = []
+    info = msgspec.inspect.type_info(spec_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict):
+        for key in list(metadata):
+            if key not in _KUBERNETES_METADATA:
+                del metadata[key]
+                dropped.append(f"metadata.{key}")
+    for key in list(document):
+        if key in ("apiVersion", "kind", "metadata"):
+            continue
+        field = _field(info, key)
+        if field is None:
+            del document[key]
+            dropped.append(key)
+        else:
+            _walk(document[key], field, key, dropped)
+    return dropped
+
+
+def _field(info: msgspec.inspect.StructType, key: str) -> msgspec.inspect.Type | None:
+    for field in info.fields:
+        if field.encode_name == key:
+            return field.type
+    return None
+
+
+def _unwrap(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    while isinstance(kind, msgspec.inspect.Metadata):
+        kind = kind.type
+    return kind
+
+
+def _walk(value: Any, kind: msgspec.inspect.Type, path: str, dropped: list[str]) -> None:
+    kind = _unwrap(kind)
+    if isinstance(kind, msgspec.inspect.StructType) and isinstance(value, dict):
+        for key in list(value):
+            field = _field(kind, key) if isinstance(key, str) else None
+            if field is None:
+                del value[key]
+                dropped.append(f"{path}.{key}")
+            else:
+                _walk(value[key], field, f"{path}.{key}", dropped)
+    elif isinstance(kind, msgspec.inspect.ListType) and isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk(item, kind.item_type, f"{path}[{index}]", dropped)
