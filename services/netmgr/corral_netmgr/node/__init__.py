@@ -11,11 +11,24 @@ part's own flags.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import re
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
+from corral.contract.network_state import Endpoints
 from corral.natsio.service import RefusedToStart, ServiceContext
+
+if TYPE_CHECKING:
+    from corral_netmgr.node.docker_networks import DockerNetworks
+    from corral_netmgr.node.iptables import Iptables
+    from corral_netmgr.node.part import NodeSettings
+
+log = logging.getLogger(__name__)
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="this node's address other nodes route its slices via "
         "(default: the host's source address on its default route)",
+    )
+    group.add_argument(
+        "--dns-port",
+        type=int,
+        default=53,
+        help="the port of the DNS server on each slice's gateway (default 53; 0: none)",
+    )
+    group.add_argument(
+        "--node-resync-seconds",
+        type=float,
+        default=30.0,
+        help="how often every rule, route and Docker network is checked again (default 30)",
     )
     group.add_argument(
         "--remove-all",
@@ -42,5 +67,86 @@ async def run(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the node part of node `args.node` until cancelled (or, with --remove-all,
-    remove what it made and return)."""
-    raise RefusedToStart("the node part of netmgr is being built (issue 8)")
+    remove what it made and stop the process)."""
+    # Imported here: aiodocker (and aiohttp under it) only in a process that runs it.
+    import aiodocker
+
+    from corral_netmgr.node.docker_networks import DockerNetworks
+    from corral_netmgr.node.host import machine_id
+    from corral_netmgr.node.iptables import Iptables
+    from corral_netmgr.node.part import NodePart, NodeSettings
+
+    node = str(getattr(args, "node", "") or "")
+    if not DNS_LABEL.fullmatch(node):
+        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
+    settings = NodeSettings(
+        node=node,
+        cluster_id=ctx.cluster.id,
+        node_address=_address(getattr(args, "node_address", "")),
+        host_id=machine_id(),
+        resync_seconds=float(getattr(args, "node_resync_seconds", 30.0)),
+        dns_port=int(getattr(args, "dns_port", 53)),
+    )
+    docker = aiodocker.Docker(url=getattr(args, "docker_host", None))
+    try:
+        networks = DockerNetworks(docker, settings.cluster_id, node)
+        iptables = Iptables(settings.prefix)
+        if getattr(args, "remove_all", False):
+            part = NodePart(ctx.buckets, settings, networks, iptables)
+            task_status.started()
+            errors = await part.remove_all()
+            if errors:
+                raise RefusedToStart("--remove-all left some behind: " + "; ".join(errors))
+            log.info("removed node %s's rules, routes and Docker networks", node)
+            ctx.task_group.cancel_scope.cancel()
+            return
+        await _run_part(ctx, settings, networks, iptables, task_status)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await docker.close()
+
+
+async def _run_part(
+    ctx: ServiceContext,
+    settings: NodeSettings,
+    networks: DockerNetworks,
+    iptables: Iptables,
+    task_status: TaskStatus[None],
+) -> None:
+    from corral_netmgr.node.dns import DnsServer, ServiceDirectory, resolv_conf_upstreams
+    from corral_netmgr.node.part import NodePart
+
+    directory = ServiceDirectory()
+
+    def on_endpoints(key: str, endpoints: Endpoints | None) -> None:
+        if endpoints is None:
+            directory.remove(key)
+        else:
+            directory.put(endpoints)
+
+    dns = DnsServer(directory, resolv_conf_upstreams()) if settings.dns_port else None
+    part = NodePart(ctx.buckets, settings, networks, iptables, dns=dns, on_endpoints=on_endpoints)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(part.run)
+            ctx.health["node_part"] = True
+            log.info(
+                "node part of %s running (chains %s-*, address %s)",
+                settings.node,
+                settings.prefix,
+                settings.node_address or "from the default route",
+            )
+            task_status.started()
+    finally:
+        if dns is not None:
+            with anyio.CancelScope(shield=True):
+                await dns.close()
+
+
+def _address(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise RefusedToStart(f"--node-address {text!r} is not an IPv4 address") from None

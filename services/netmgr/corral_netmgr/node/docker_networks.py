@@ -1,0 +1,187 @@
+"""The node's Docker networks: one per NetworkSlice of this node (docs/networking.md,
+"Networks"), on the node's engine through aiodocker.
+
+    corral_<network>_<clusterid>   driver bridge, the slice's subnet and gateway,
+                                   bridge names.bridge_name(...), labels io.corral.*
+
+Only networks carrying this cluster's and this node's labels are ever removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+
+from corral.contract import names
+from corral.contract.network_state import NetworkSlice
+
+log = logging.getLogger(__name__)
+
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
+class NetworkInUse(Exception):
+    """A Docker network to remove still has containers: removed later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What the Docker network of one slice must be."""
+
+    name: str
+    subnet: str
+    gateway: str
+    bridge: str
+    labels: dict[str, str]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "Name": self.name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "IPAM": {
+                "Driver": "default",
+                "Config": [{"Subnet": self.subnet, "Gateway": self.gateway}],
+            },
+            "Options": {BRIDGE_NAME_OPTION: self.bridge},
+            "Labels": self.labels,
+        }
+
+
+def wanted(piece: NetworkSlice, cluster_id: str) -> Wanted:
+    return Wanted(
+        name=names.docker_network_name(piece.network, cluster_id),
+        subnet=piece.subnet,
+        gateway=piece.gateway,
+        bridge=names.bridge_name(piece.network, piece.node, cluster_id),
+        labels={
+            names.LABEL_MANAGED: "true",
+            names.LABEL_CLUSTER: cluster_id,
+            names.LABEL_NETWORK: piece.network,
+            names.LABEL_NODE: piece.node,
+        },
+    )
+
+
+def matches(shown: dict[str, Any], want: Wanted) -> bool:
+    """Whether an inspected Docker network is what `want` says (subnet, gateway,
+    bridge, labels)."""
+    configs = (shown.get("IPAM") or {}).get("Config") or []
+    ipam = [(c.get("Subnet"), c.get("Gateway")) for c in configs]
+    labels = shown.get("Labels") or {}
+    options = shown.get("Options") or {}
+    return (
+        shown.get("Driver") == "bridge"
+        and ipam == [(want.subnet, want.gateway)]
+        and options.get(BRIDGE_NAME_OPTION) == want.bridge
+        and all(labels.get(k) == v for k, v in want.labels.items())
+    )
+
+
+def subnets(shown: dict[str, Any]) -> list[str]:
+    configs = (shown.get("IPAM") or {}).get("Config") or []
+    return [str(c["Subnet"]) for c in configs if c.get("Subnet")]
+
+
+class DockerNetworks:
+    """The Docker side of one node part: its engine, its cluster and node."""
+
+    def __init__(self, docker: aiodocker.Docker, cluster_id: str, node: str) -> None:
+        self.docker = docker
+        self.cluster_id = cluster_id
+        self.node = node
+
+    def ours_filter(self) -> dict[str, list[str]]:
+        return {
+            "label": [
+                f"{names.LABEL_MANAGED}=true",
+                f"{names.LABEL_CLUSTER}={self.cluster_id}",
+                f"{names.LABEL_NODE}={self.node}",
+            ]
+        }
+
+    async def list_ours(self) -> dict[str, dict[str, Any]]:
+        """name -> summary of this cluster's and node's Docker networks on the engine."""
+        found = await self.docker.networks.list(filters=self.ours_filter())
+        return {str(n["Name"]): n for n in found}
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        return list(await self.docker.networks.list())
+
+    def not_ours(self, shown: dict[str, Any]) -> bool:
+        """A Docker network that is not corral's (any cluster's corral networks are)."""
+        labels = shown.get("Labels") or {}
+        return labels.get(names.LABEL_MANAGED) != "true"
+
+    async def inspect(self, name: str) -> dict[str, Any] | None:
+        try:
+            network = await self.docker.networks.get(name)
+            shown: dict[str, Any] = await network.show()
+        except aiodocker.DockerError as error:
+            if error.status == 404:
+                return None
+            raise
+        return shown
+
+    async def ensure(self, want: Wanted) -> bool:
+        """Make the Docker network `want` says; True when it was made (or remade)."""
+        shown = await self.inspect(want.name)
+        if shown is not None:
+            if matches(shown, want):
+                return False
+            labels = shown.get("Labels") or {}
+            if (
+                labels.get(names.LABEL_CLUSTER) != self.cluster_id
+                or labels.get(names.LABEL_NODE) != self.node
+            ):
+                raise RuntimeError(
+                    f"Docker network {want.name} exists and is not this node's "
+                    f"(labels {labels}); remove it by hand"
+                )
+            log.info(
+                "Docker network %s differs from its slice (%s): remaking it", want.name, want.subnet
+            )
+            await self.remove(want.name)
+        try:
+            await self.docker.networks.create(want.config())
+        except aiodocker.DockerError as error:
+            if error.status == 409 and await self.inspect(want.name) is not None:
+                return False  # made meanwhile (another start of this node part)
+            raise RuntimeError(
+                f"creating Docker network {want.name} ({want.subnet}): {error.message}"
+            ) from None
+        log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
+        return True
+
+    async def remove(self, name: str) -> None:
+        """Remove one of this node's Docker networks; NetworkInUse while containers use it."""
+        shown = await self.inspect(name)
+        if shown is None:
+            return
+        labels = shown.get("Labels") or {}
+        if (
+            labels.get(names.LABEL_CLUSTER) != self.cluster_id
+            or labels.get(names.LABEL_NODE) != self.node
+        ):
+            return  # never another's
+        users = sorted(
+            str(c.get("Name", cid)) for cid, c in (shown.get("Containers") or {}).items()
+        )
+        if users:
+            raise NetworkInUse(
+                f"Docker network {name} still has containers ({', '.join(users)}): "
+                "it is removed once they are gone"
+            )
+        try:
+            network = await self.docker.networks.get(name)
+            await network.delete()
+        except aiodocker.DockerError as error:
+            if error.status == 404:
+                return
+            if error.status in (403, 409) or "active endpoints" in error.message:
+                raise NetworkInUse(f"Docker network {name}: {error.message}") from None
+            raise
+        log.info("Docker network %s removed", name)

@@ -1,0 +1,159 @@
+"""What the node part reads of its host: addresses, routes, its host id; and running
+the host's tools (`ip`, `iptables`, `conntrack`).
+
+Reading only: the node's address comes from the routing table (the default route's
+source address), never from sending anything. The decisions on what was read are pure
+functions (`default_address`, `used_ranges`), tested on recorded `ip -j` output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+
+log = logging.getLogger(__name__)
+
+ROUTE_PROTOCOL: Final = (
+    182  # corral's routes (docs/networking.md; 186 is the kernel's BGP): only these go
+)
+MACHINE_ID: Final = Path("/etc/machine-id")
+COMMAND_TIMEOUT: Final = 30.0
+
+
+class CommandFailed(Exception):
+    """A host tool exited with an error: the command and what it said."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = True) -> Ran:
+    """Run a host tool; CommandFailed when it exits non-zero and `check`."""
+    try:
+        with anyio.fail_after(COMMAND_TIMEOUT):
+            done = await anyio.run_process(
+                list(argv),
+                input=None if stdin is None else stdin.encode(),
+                check=False,
+            )
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: not installed") from None
+    except TimeoutError:
+        raise CommandFailed(f"{' '.join(argv)}: no answer within {COMMAND_TIMEOUT:g} s") from None
+    ran = Ran(
+        done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+    if check and ran.code != 0:
+        said = (ran.stderr or ran.stdout).strip().splitlines()
+        raise CommandFailed(
+            f"`{' '.join(argv)}` exited {ran.code}: {said[-1] if said else 'no message'}"
+        )
+    return ran
+
+
+async def ip_json(*args: str) -> list[dict[str, Any]]:
+    """`ip -j <args>` parsed (a list of objects)."""
+    ran = await run(["ip", "-j", *args])
+    text = ran.stdout.strip()
+    if not text:
+        return []
+    found = json.loads(text)
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
+def machine_id(path: Path = MACHINE_ID) -> str:
+    """The host's id (/etc/machine-id): nodes on one host share it; "" when unreadable."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _ipv4_addresses(links: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
+    """(device, address, prefix length) of every IPv4 address in `ip -j addr` output."""
+    found: list[tuple[str, str, int]] = []
+    for link in links:
+        device = str(link.get("ifname", ""))
+        for info in link.get("addr_info") or []:
+            if info.get("family") == "inet" and info.get("local"):
+                found.append((device, str(info["local"]), int(info.get("prefixlen", 32))))
+    return found
+
+
+def default_address(routes: Iterable[Mapping[str, Any]], links: Iterable[Mapping[str, Any]]) -> str:
+    """The host's source address on its default route (`ip -j route`, `ip -j addr`):
+    the route's preferred source, else the address of its device whose network holds
+    the gateway, else the device's first address; "" without a default route."""
+    addresses = _ipv4_addresses(links)
+    for route in routes:
+        if route.get("dst") != "default":
+            continue
+        if route.get("prefsrc"):
+            return str(route["prefsrc"])
+        device = route.get("dev")
+        mine = [(address, length) for dev, address, length in addresses if dev == device]
+        gateway = route.get("gateway")
+        if gateway:
+            for address, length in mine:
+                network = ipaddress.IPv4Interface(f"{address}/{length}").network
+                if ipaddress.IPv4Address(gateway) in network:
+                    return address
+        if mine:
+            return mine[0][0]
+    return ""
+
+
+def _route_network(route: Mapping[str, Any]) -> ipaddress.IPv4Network | None:
+    dst = str(route.get("dst", ""))
+    if not dst or dst == "default":
+        return None
+    try:
+        return ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False)
+    except ValueError:
+        return None  # IPv6, or a type of route without a plain destination
+
+
+def used_ranges(
+    routes: Iterable[Mapping[str, Any]],
+    links: Iterable[Mapping[str, Any]],
+    docker_subnets: Iterable[str],
+    corral_devices: Iterable[str],
+) -> list[str]:
+    """The IPv4 ranges this host already uses and corral must not allocate: its
+    addresses' networks, its routes (not corral's: protocol 186, or on one of this
+    cluster's bridges) and the engine's Docker networks that are not corral's. Loopback
+    is left out; sorted, each once."""
+    skip = set(corral_devices)
+    found: set[ipaddress.IPv4Network] = set()
+    for device, address, length in _ipv4_addresses(links):
+        if device in skip:
+            continue
+        found.add(ipaddress.IPv4Interface(f"{address}/{length}").network)
+    for route in routes:
+        if route.get("dev") in skip or str(route.get("protocol", "")) in (
+            str(ROUTE_PROTOCOL),
+            "corral",
+        ):
+            continue
+        network = _route_network(route)
+        if network is not None:
+            found.add(network)
+    for subnet in docker_subnets:
+        try:
+            found.add(ipaddress.IPv4Network(subnet, strict=False))
+        except ValueError:
+            continue  # an IPv6 subnet
+    loopback = ipaddress.IPv4Network("127.0.0.0/8")
+    kept = [n for n in found if not n.subnet_of(loopback)]
+    return [str(n) for n in sorted(kept)]
