@@ -1,0 +1,187 @@
+"""netmgr's cluster part through a real nats-server: Networks and Services over
+request/reply and the durable stream, slices for the nodes that register, Endpoints
+that follow what the scheduler and the agents write, and one active instance."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from nats.aio.client import Client as NATS
+
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.network_specs import Network, Service
+from corral.contract.network_state import Endpoints, NetworkSlice
+from corral.natsio.kv import NatsBucket
+from corral.natsio.service import ServiceContext, run_service
+from corral_netmgr.lease import LEASE_KEY, LeaseRecord
+from corral_netmgr.main import build_parser, run
+from tests.unit.netmgr_helpers import network, node, placement, service, status, template
+from tests.waiting import eventually
+
+
+@asynccontextmanager
+async def running_netmgr(nats_url: str) -> AsyncIterator[ServiceContext]:
+    args = build_parser([]).parse_args(["--nats", nats_url, "--metrics-port", "0"])
+    async with anyio.create_task_group() as tg:
+        ctx: ServiceContext = await tg.start(run_service, "netmgr", run, args)
+        try:
+            yield ctx
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:
+    msg = await nc.request(names.api_subject(kind, verb), payload, timeout=5)
+    return decode(msg.data, Reply)
+
+
+async def record(bucket: NatsBucket, key: str, kind: type[Any]) -> Any:
+    entry = await bucket.get(key)
+    return None if entry is None or entry.value is None else decode(entry.value, kind)
+
+
+async def present(bucket: NatsBucket, key: str, kind: type[Any]) -> Any:
+    return await eventually(lambda: record(bucket, key, kind), lambda r: r is not None)
+
+
+async def absent(bucket: NatsBucket, key: str) -> None:
+    await eventually(lambda: bucket.get(key), lambda e: e is None or e.value is None)
+
+
+async def test_networks_are_made_and_deleted_over_requests_and_a_refusal_changes_nothing(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    networks = buckets[names.NETWORKS_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        default = await present(networks, "default", Network)
+        assert default.spec.subnet == "10.128.0.0/16"
+        made = await request(ctx.nc, "network", "apply", network("blue"))
+        assert made.ok and made.generation == 1
+        blue = await record(networks, "blue", Network)
+        assert blue.spec.subnet == "10.129.0.0/16"
+        overlapping = await request(
+            ctx.nc, "network", "apply", network("red", subnet="10.129.5.0/24")
+        )
+        assert not overlapping.ok and overlapping.field == "spec.subnet"
+        assert "network 'blue'" in overlapping.error
+        assert await networks.get("red") is None
+        refused = await request(ctx.nc, "network", "delete", encode({"name": "default"}))
+        assert not refused.ok and refused.field == "name"
+        deleted = await request(ctx.nc, "network", "delete", encode({"name": "blue"}))
+        assert deleted.ok
+        assert await networks.get("blue") is None
+        again = await request(ctx.nc, "network", "delete", encode({"name": "blue"}))
+        assert not again.ok and again.reason == "NotFound"
+
+
+async def test_durable_network_and_service_specs_are_applied(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with running_netmgr(nats_url) as ctx:
+        js = ctx.nc.jetstream()
+        await js.publish(names.spec_subject("network", "apply"), network("green"))
+        green = await present(buckets[names.NETWORKS_BUCKET], "green", Network)
+        assert green.spec.subnet and green.metadata.spec_sequence > 0
+        await js.publish(names.spec_subject("service", "apply"), service("web", network="green"))
+        web = await present(buckets[names.SERVICES_BUCKET], "default.web", Service)
+        assert web.spec.cluster_ip == "10.96.0.2"
+        await js.publish(names.spec_subject("service", "delete"), encode({"name": "web"}))
+        await absent(buckets[names.SERVICES_BUCKET], "default.web")
+        await js.publish(names.spec_subject("network", "delete"), encode({"name": "green"}))
+        await absent(buckets[names.NETWORKS_BUCKET], "green")
+
+
+async def test_services_get_addresses_and_refusals_change_nothing(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    services = buckets[names.SERVICES_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        await present(buckets[names.NETWORKS_BUCKET], "default", Network)
+        made = await request(ctx.nc, "service", "apply", service("web", type="NodePort"))
+        assert made.ok
+        web = await record(services, "default.web", Service)
+        assert web.spec.cluster_ip == "10.96.0.2" and web.spec.ports[0].node_port == 30000
+        taken = await request(
+            ctx.nc,
+            "service",
+            "apply",
+            service("api", type="NodePort", ports=[{"port": 80, "nodePort": 30000}]),
+        )
+        assert not taken.ok and taken.field == "spec.ports[0].nodePort"
+        unknown = await request(ctx.nc, "service", "apply", service("api", network="nowhere"))
+        assert not unknown.ok and unknown.field == "spec.network"
+        assert await services.get("default.api") is None
+        assert (await request(ctx.nc, "service", "delete", encode({"name": "web"}))).ok
+        await absent(buckets[names.ENDPOINTS_BUCKET], "default.web")
+
+
+async def test_slices_appear_for_the_nodes_that_register_and_go_with_them(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    nodes = buckets[names.NODES_BUCKET]
+    slices = buckets[names.NETWORK_SLICES_BUCKET]
+    async with running_netmgr(nats_url):
+        await nodes.put("n1", encode(node("n1")))
+        await nodes.put("n2", encode(node("n2")))
+        first = await present(slices, "default.n1", NetworkSlice)
+        second = await present(slices, "default.n2", NetworkSlice)
+        assert {first.subnet, second.subnet} == {"10.128.0.0/24", "10.128.1.0/24"}
+        assert first.gateway.endswith(".1")
+        await nodes.delete("n1")
+        await absent(slices, "default.n1")
+        assert await record(slices, "default.n2", NetworkSlice) == second
+
+
+async def test_endpoints_follow_the_placements_and_statuses_written(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    endpoints = buckets[names.ENDPOINTS_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        await buckets[names.NODES_BUCKET].put("n1", encode(node("n1")))
+        await present(buckets[names.NETWORKS_BUCKET], "default", Network)
+        applied = await request(
+            ctx.nc, "service", "apply", service("web", ports=[{"port": 80, "targetPort": "http"}])
+        )
+        assert applied.ok
+        empty = await present(endpoints, "default.web", Endpoints)
+        assert empty.addresses == [] and empty.cluster_ip == "10.96.0.2"
+        p = placement("web-a", "web", "n1", template(("http", 8080)))
+        await buckets[names.PLACEMENTS_BUCKET].put(p.key, encode(p))
+        await buckets[names.REPLICA_STATUS_BUCKET].put(
+            p.key, encode(status(p, {"default": "10.128.0.7"}))
+        )
+        ready = await eventually(
+            lambda: record(endpoints, "default.web", Endpoints), lambda e: bool(e.addresses)
+        )
+        assert [(a.ip, a.replica) for a in ready.addresses] == [("10.128.0.7", "web-a")]
+        assert ready.ports[0].target_port == 8080
+        await buckets[names.PLACEMENTS_BUCKET].delete(p.key)
+        await eventually(
+            lambda: record(endpoints, "default.web", Endpoints), lambda e: not e.addresses
+        )
+
+
+async def test_one_netmgr_is_active_and_another_takes_over_when_it_stops(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    networks = buckets[names.NETWORKS_BUCKET]
+    leases = buckets[names.LEASES_BUCKET]
+    async with running_netmgr(nats_url) as first:
+        holder = await record(leases, LEASE_KEY, LeaseRecord)
+        async with running_netmgr(nats_url):
+            # the second stands by (it tried once before it started): the lease is the
+            # first's, and the first answers
+            assert (await record(leases, LEASE_KEY, LeaseRecord)).holder == holder.holder
+            made = await request(first.nc, "network", "apply", network("blue"))
+            assert made.ok
+        made = await request(first.nc, "network", "apply", network("red"))
+        assert made.ok and await networks.get("red") is not None
+    # the first stops cleanly and hands the lease back: a new one is active at once
+    async with running_netmgr(nats_url) as ctx:
+        made = await request(ctx.nc, "network", "apply", network("green"))
+        assert made.ok

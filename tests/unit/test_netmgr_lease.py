@@ -1,0 +1,61 @@
+"""netmgr's lease (corral_netmgr.lease): one holder; a standby takes over only after the
+record stood still for the lease's length on its own clock; a holder whose record was
+taken stops."""
+
+from __future__ import annotations
+
+import anyio
+
+from corral.natsio.kv import MemoryBucket
+from corral_netmgr.lease import Lease
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_standby_takes_over_only_once_the_record_stood_still_for_the_lease() -> None:
+    bucket = MemoryBucket("leases")
+    clock = Clock()
+    holder = Lease(bucket, "a", lease_seconds=10, clock=clock)
+    standby = Lease(bucket, "b", lease_seconds=10, clock=clock)
+    assert await holder.try_acquire()
+    assert not await standby.try_acquire()
+    clock.now += 9
+    assert not await standby.try_acquire()
+    # the holder renews: the standby's wait starts again
+    assert await holder.try_acquire()
+    clock.now += 2
+    assert not await standby.try_acquire()
+    clock.now += 9
+    assert not await standby.try_acquire()
+    clock.now += 1.5
+    assert await standby.try_acquire() and standby.held
+
+
+async def test_a_holder_whose_record_was_taken_cancels_what_it_runs() -> None:
+    bucket = MemoryBucket("leases")
+    holder = Lease(bucket, "a", renew_seconds=0.01)
+    assert await holder.try_acquire()
+    entry = await bucket.get(holder.key)
+    assert entry is not None
+    await bucket.update(holder.key, b'{"holder":"b"}', entry.revision)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder.keep, tg.cancel_scope)
+            await anyio.sleep_forever()
+    assert not holder.held
+
+
+async def test_a_released_lease_is_taken_at_the_next_try() -> None:
+    bucket = MemoryBucket("leases")
+    holder = Lease(bucket, "a")
+    standby = Lease(bucket, "b")
+    assert await holder.try_acquire()
+    assert not await standby.try_acquire()
+    await holder.release()
+    assert await standby.try_acquire()
