@@ -51,6 +51,7 @@ from corral_node_agent.heartbeat_link import HeartbeatLink
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.membership import Membership
+from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.replica_status import replica_status
@@ -104,6 +105,9 @@ class AgentSettings:
     # Who writes this node's record: random per process unless given (--agent-id), so a
     # supervisor restarting its own agent is recognised, and any other agent is refused.
     agent_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    # Whether replicas join corral networks: on, off, or auto (on once the cluster has
+    # networks). corral_node_agent.networks_mode, docs/networking.md.
+    networks: NetworksMode = NetworksMode.AUTO
 
 
 class NodeAgent:
@@ -122,6 +126,7 @@ class NodeAgent:
         monotonic: Callable[[], float] = time.monotonic,
         started_at: float | None = None,
         heartbeats: HeartbeatLink | None = None,
+        networks: Bucket | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -181,6 +186,8 @@ class NodeAgent:
             max_pulls=settings.max_pulls,
         )
         self.executor.may_start = self._may_start
+        self.networks_choice = NetworksChoice(settings.networks, networks, self.node)
+        self.executor.uses_networks = self.networks_choice
         # What the safety state machine is fed (see _observe).
         # The cut-off clock runs from here until the first acknowledged write (the
         # process's start, when given: time spent reaching NATS counts too).

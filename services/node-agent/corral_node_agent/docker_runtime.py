@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 import anyio
+from aiodocker.networks import DockerNetwork
 from anyio.abc import TaskStatus
 
 from corral.contract import names, time_budget
@@ -26,6 +28,7 @@ from corral_node_agent.runtime import (
     ImageMissing,
     ImagePullFailed,
     NameConflict,
+    NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
 )
@@ -56,8 +59,49 @@ def parse_docker_time(text: str | None) -> float | None:
         return None
 
 
-def container_config(spec: ContainerSpec) -> dict[str, Any]:
-    """The Docker API body that creates spec's container. No restart policy: the agent restarts."""
+def docker_networks(spec: ContainerSpec) -> list[str]:
+    """The Docker networks of spec's corral networks on its cluster's engines, in order."""
+    cluster_id = spec.labels.get(names.LABEL_CLUSTER, "")
+    return [names.docker_network_name(network, cluster_id) for network in spec.networks]
+
+
+def corral_network_of(docker_network: str, cluster_id: str) -> str | None:
+    """names.docker_network_name backwards: the corral network of `cluster_id` that
+    `docker_network` stands for, or None (another cluster's, or not corral's). Corral
+    network names are DNS labels, which never hold '_'."""
+    prefix, suffix = "corral_", f"_{cluster_id}"
+    if not cluster_id or not docker_network.startswith(prefix):
+        return None
+    if not docker_network.endswith(suffix):
+        return None
+    network = docker_network[len(prefix) : -len(suffix)]
+    return network if network and "_" not in network else None
+
+
+def network_gateway(data: dict[str, Any]) -> str:
+    """The gateway of a Docker network (its inspect data): its IPAM config's, else the
+    first address of its subnet (what Docker gives a network made without one)."""
+    for config in (data.get("IPAM") or {}).get("Config") or []:
+        gateway = str(config.get("Gateway") or "")
+        if gateway:
+            return gateway.split("/")[0]
+        subnet = str(config.get("Subnet") or "")
+        if subnet:
+            try:
+                network = ipaddress.ip_network(subnet, strict=False)
+            except ValueError:
+                continue
+            if network.version == 4:
+                return str(network.network_address + 1)
+    return ""
+
+
+def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
+    """The Docker API body that creates spec's container. No restart policy: the agent restarts.
+
+    With networks, the container is made on the first one's Docker network (the others
+    are connected before it starts) and resolves through `gateway`, that network's
+    gateway on this engine, where netmgr's DNS answers (docs/networking.md)."""
     host_config: dict[str, Any] = {"RestartPolicy": {"Name": "no"}}
     if spec.cpu_millis:
         host_config["NanoCpus"] = spec.cpu_millis * 1_000_000
@@ -69,6 +113,14 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         "Labels": dict(spec.labels),
         "HostConfig": host_config,
     }
+    if spec.networks:
+        first = docker_networks(spec)[0]
+        host_config["NetworkMode"] = first
+        if gateway:
+            host_config["Dns"] = [gateway]
+        if spec.dns_search:
+            host_config["DnsSearch"] = list(spec.dns_search)
+        config["NetworkingConfig"] = {"EndpointsConfig": {first: {}}}
     if spec.command is not None:
         config["Entrypoint"] = spec.command
     if spec.args is not None:
@@ -104,7 +156,22 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         node=labels.get(names.LABEL_NODE, ""),
         managed=labels.get(names.LABEL_MANAGED) == "true",
         cluster=labels.get(names.LABEL_CLUSTER, ""),
+        ips=_ips(data, labels.get(names.LABEL_CLUSTER, "")),
+        image_ports=tuple(sorted((data.get("Config") or {}).get("ExposedPorts") or {})),
     )
+
+
+def _ips(data: dict[str, Any], cluster_id: str) -> dict[str, str]:
+    """network -> IPv4 of the container on each of its cluster's corral networks (from
+    NetworkSettings.Networks, keyed by Docker network name); none before it runs."""
+    found: dict[str, str] = {}
+    attached = (data.get("NetworkSettings") or {}).get("Networks") or {}
+    for docker_network, settings in attached.items():
+        network = corral_network_of(str(docker_network), cluster_id)
+        address = str((settings or {}).get("IPAddress") or "")
+        if network is not None and address:
+            found[network] = address
+    return found
 
 
 def _failure(error: aiodocker.DockerError, doing: str) -> RuntimeFailure:
@@ -256,19 +323,63 @@ class DockerRuntime:
         if not await self.has_image(image):
             raise ImagePullFailed(f"pull of {image} finished but the image is not there")
 
+    def _network(self, docker_network: str) -> DockerNetwork:
+        """A handle on a Docker network by name (no engine call)."""
+        return DockerNetwork(self._docker, docker_network)  # type: ignore[no-untyped-call] # aiodocker leaves it untyped
+
+    async def _network_gateway(self, network: str, docker_network: str) -> str:
+        """Inspect one Docker network; its gateway. NetworkMissing when it is not here."""
+        with self._call(f"inspect network {docker_network}"):
+            try:
+                shown = await self._network(docker_network).show()
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    raise NetworkMissing(network) from None
+                raise
+        return network_gateway(shown)
+
     async def create_container(self, spec: ContainerSpec) -> str:
+        """With networks: each must be on this engine (else NetworkMissing, before
+        anything is made); made on the first, connected to the others before its start."""
+        joined = list(zip(spec.networks, docker_networks(spec), strict=True))
+        gateways = [await self._network_gateway(*pair) for pair in joined]
+        gateway = gateways[0] if gateways else ""
         with self._call("create"):
             try:
                 container = await self._docker.containers.create(
-                    container_config(spec), name=spec.name
+                    container_config(spec, gateway), name=spec.name
                 )
             except aiodocker.DockerError as error:
                 if error.status == 404 and "image" in error.message.lower():
                     raise ImageMissing(error.message) from None
+                if error.status == 404 and "network" in error.message.lower():
+                    raise NetworkMissing(spec.networks[0], error.message) from None
                 if error.status == 409:
                     raise NameConflict(f"create: {error.message}") from None
                 raise
-        return str(container.id)
+        container_id = str(container.id)
+        try:
+            for network, docker_network in joined[1:]:
+                await self._connect(container_id, network, docker_network)
+        except BaseException:
+            # Never leave a container on some of its networks: the next pass would adopt
+            # and start it so. Removed, it is made again whole.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.remove_container(container_id)
+                except RuntimeFailure:
+                    log.warning("could not remove %s after a failed connect", container_id[:12])
+            raise
+        return container_id
+
+    async def _connect(self, container_id: str, network: str, docker_network: str) -> None:
+        with self._call(f"connect to {docker_network}"):
+            try:
+                await self._network(docker_network).connect({"Container": container_id})
+            except aiodocker.DockerError as error:
+                if error.status == 404 and "network" in error.message.lower():
+                    raise NetworkMissing(network, error.message) from None
+                raise
 
     async def find_container(self, name: str) -> ObservedContainer | None:
         with self._call("inspect"):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import anyio
 
 from corral.contract import names
+from corral.contract.network_specs import CLUSTER_DOMAIN
+from corral.contract.specs import replica_networks
 from corral.contract.state import Placement, ReplicaState
 from corral_node_agent import metrics
 from corral_node_agent.backoff import (
@@ -28,6 +30,7 @@ from corral_node_agent.runtime import (
     ContainerSpec,
     ImagePullFailed,
     NameConflict,
+    NetworkMissing,
     Runtime,
     RuntimeFailure,
 )
@@ -54,7 +57,16 @@ def container_name(cluster_id: str, node: str, replica: str) -> str:
     return f"corral_{node}_{replica}_{cluster_id}"
 
 
-def container_spec(placement: Placement, cluster_id: str) -> ContainerSpec:
+def dns_search(namespace: str) -> tuple[str, ...]:
+    """A replica's resolver search path, as a Pod's: its namespace's Services first."""
+    return (f"{namespace}.svc.{CLUSTER_DOMAIN}", f"svc.{CLUSTER_DOMAIN}", CLUSTER_DOMAIN)
+
+
+def container_spec(
+    placement: Placement, cluster_id: str, *, networks: bool = False
+) -> ContainerSpec:
+    """`networks`: the replica joins its template's corral networks (specs.replica_networks)
+    and resolves through netmgr's DNS; else it goes on the engine's default bridge."""
     template = placement.template
     return ContainerSpec(
         name=container_name(cluster_id, placement.node, placement.replica),
@@ -73,7 +85,13 @@ def container_spec(placement: Placement, cluster_id: str) -> ContainerSpec:
         },
         cpu_millis=template.resources.limits.cpu_millis,
         memory_bytes=template.resources.limits.memory_bytes,
+        networks=tuple(replica_networks(template)) if networks else (),
+        dns_search=dns_search(placement.namespace) if networks else (),
     )
+
+
+async def _networks_off() -> bool:
+    return False
 
 
 @dataclass
@@ -146,6 +164,9 @@ class Executor:
         # Asked right before every create and start: the agent's mode may have changed
         # since the pass that decided it (isolated, stopping, held ...).
         self.may_start: Callable[[], bool] = lambda: True
+        # Asked before every create: whether replicas join corral networks (the agent's
+        # --networks; corral_node_agent.agent). Off unless told: the engine's bridge.
+        self.uses_networks: Callable[[], Awaitable[bool]] = _networks_off
         self.puller = ImagePuller(runtime, max_pulls)
 
     def _track(self, replica: str) -> ReplicaTrack:
@@ -266,6 +287,16 @@ class Executor:
         self._set(replica, replace(self._track(replica), phase=ReplicaState.CREATING, message=""))
         try:
             container_id = await self._create_container(placement)
+        except NetworkMissing as error:
+            # netmgr has not made it here yet (or is not running): wait, never Failed.
+            await self._failed(
+                replica,
+                placement,
+                ReplicaState.CREATING,
+                f"waiting for network {error.network} on this node",
+                reason="NetworkNotReady",
+            )
+            return False
         except RuntimeFailure as error:
             await self._failed(replica, placement, ReplicaState.FAILED, f"create: {error}")
             return False
@@ -275,7 +306,7 @@ class Executor:
     async def _create_container(self, placement: Placement) -> str:
         """Create. A name conflict never removes the holder: when it is this node's own
         container the next pass adopts it; anything else is left alone and reported."""
-        spec = container_spec(placement, self.cluster_id)
+        spec = container_spec(placement, self.cluster_id, networks=await self.uses_networks())
         try:
             return await self.runtime.create_container(spec)
         except NameConflict:

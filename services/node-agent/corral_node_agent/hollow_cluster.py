@@ -72,6 +72,7 @@ from corral_node_agent.hollow_runtime import (
     HollowRuntime,
 )
 from corral_node_agent.main import serve_node_decisions
+from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.runtime import ContainerState
 from corral_node_agent.safety import Budget, Mode
 from corral_node_agent.settings import agent_id_from_args, dns_label, parse_labels
@@ -266,6 +267,9 @@ class HollowCluster:
             resync_seconds=settings.resync_seconds,
             max_parallel=settings.max_parallel,
             state_dir=state_dir,
+            # Hollow engines have every network: replicas report addresses on theirs
+            # (hollow_runtime.hollow_ip), for netmgr's endpoints at scale.
+            networks=NetworksMode.ON,
         )
         if settings.heartbeat_seconds > time_budget.HEARTBEAT_SECONDS:
             # Slower heartbeats (a cheaper run): the agent's own limits keep counting in

@@ -3,7 +3,8 @@
 For scale tests (thousands of fake nodes in one process, like Kubernetes'
 kubemark: corral_node_agent.hollow_cluster) and as the fake engine of unit tests.
 Faults are injected with `crash`, `remove_behind_back`, `unpullable_images`,
-`exit_on_start`, `failing_images`, `unremovable` and `available`. Engine latency
+`exit_on_start`, `failing_images`, `unremovable`, `missing_networks` and `available`.
+A running hollow replica reports an address on each of its networks (`hollow_ip`). Engine latency
 is simulated with `pull_seconds`, `start_seconds` (a started container runs only
 after it: the start call takes that long, as a slow engine's would) and
 `remove_seconds`.
@@ -11,6 +12,8 @@ after it: the start call takes that long, as a slow engine's would) and
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import itertools
 import secrets
 import time
@@ -20,6 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from corral.contract import names
+from corral.contract.network_specs import DEFAULT_NETWORK_POOL
 from corral_node_agent.runtime import (
     ChangeCallback,
     ContainerGone,
@@ -30,6 +34,7 @@ from corral_node_agent.runtime import (
     ImageMissing,
     ImagePullFailed,
     NameConflict,
+    NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
 )
@@ -49,8 +54,26 @@ class HollowContainer:
     finished_at: float | None = None
 
 
-def _observed(container: HollowContainer) -> ObservedContainer:
+HOLLOW_POOL = ipaddress.IPv4Network(DEFAULT_NETWORK_POOL)  # 10.128.0.0/9
+
+
+def hollow_ip(network: str, replica: str, cluster_id: str = "") -> str:
+    """A plausible address of a hollow replica on a corral network: deterministic per
+    (cluster, network, replica), inside netmgr's default pool, never a subnet's first
+    (gateway) or last address of a /24, so netmgr's endpoints can be exercised at scale
+    without Docker."""
+    digest = hashlib.sha256(f"{cluster_id}/{network}/{replica}".encode()).digest()
+    span = HOLLOW_POOL.num_addresses // 256  # the /24s of the pool
+    block = int.from_bytes(digest[:4], "big") % span
+    host = 2 + digest[4] % 253  # 2 .. 254
+    return str(HOLLOW_POOL.network_address + block * 256 + host)
+
+
+def _observed(container: HollowContainer, exposed: dict[str, list[str]]) -> ObservedContainer:
     labels = container.spec.labels
+    replica = labels.get(names.LABEL_REPLICA, "")
+    cluster_id = labels.get(names.LABEL_CLUSTER, "")
+    running = container.state == ContainerState.RUNNING
     return ObservedContainer(
         id=container.id,
         name=container.spec.name,
@@ -64,7 +87,11 @@ def _observed(container: HollowContainer) -> ObservedContainer:
         finished_at=container.finished_at,
         node=labels.get(names.LABEL_NODE, ""),
         managed=labels.get(names.LABEL_MANAGED) == "true",
-        cluster=labels.get(names.LABEL_CLUSTER, ""),
+        cluster=cluster_id,
+        ips={n: hollow_ip(n, replica, cluster_id) for n in container.spec.networks}
+        if running
+        else {},
+        image_ports=tuple(sorted(exposed.get(container.spec.image, []))),
     )
 
 
@@ -76,6 +103,9 @@ class HollowRuntime:
     unpullable_images: set[str] = field(default_factory=set)  # pulls fail
     failing_images: dict[str, str] = field(default_factory=dict)  # create fails: message
     exit_on_start: dict[str, int] = field(default_factory=dict)  # exit at once with code
+    # Corral networks not (yet) on this engine: a create joining one fails as Docker's would.
+    missing_networks: set[str] = field(default_factory=set)
+    exposed_ports: dict[str, list[str]] = field(default_factory=dict)  # image -> "80/tcp" ...
     pull_seconds: float = 0.0
     start_seconds: float = 0.0  # a start returns (the container running) after this
     remove_seconds: float = 0.0  # a removal returns (the container gone) after this
@@ -127,7 +157,7 @@ class HollowRuntime:
         self._check()
         self.lists += 1
         return [
-            _observed(container)
+            _observed(container, self.exposed_ports)
             for container in self.containers.values()
             if container.spec.labels.get(names.LABEL_MANAGED) == "true"
         ]
@@ -136,7 +166,7 @@ class HollowRuntime:
         self._check()
         for container in self.containers.values():
             if name in (container.spec.name, container.id):
-                return _observed(container)
+                return _observed(container, self.exposed_ports)
         return None
 
     async def has_image(self, image: str) -> bool:
@@ -159,6 +189,9 @@ class HollowRuntime:
             raise ImageMissing(f"No such image: {spec.image}")
         if spec.image in self.failing_images:
             raise RuntimeFailure(self.failing_images[spec.image])
+        for network in spec.networks:
+            if network in self.missing_networks:
+                raise NetworkMissing(network)
         if any(c.spec.name == spec.name for c in self.containers.values()):
             raise NameConflict(f'Conflict. The container name "/{spec.name}" is already in use')
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))

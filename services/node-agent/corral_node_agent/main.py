@@ -22,6 +22,7 @@ from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import Runtime
 from corral_node_agent.settings import ENV_AGENT_ID, ENV_STATE_DIR, settings_from_args
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-seconds", type=float, default=time_budget.HEARTBEAT_SECONDS)
     parser.add_argument("--resync-seconds", type=float, default=10.0)
     parser.add_argument("--max-parallel", type=int, default=8, help="container operations at once")
+    parser.add_argument(
+        "--networks",
+        choices=[mode.value for mode in NetworksMode],
+        default=NetworksMode.AUTO.value,
+        help="replicas join corral networks (made by netmgr): on; off (the engine's default "
+        "bridge); auto: on once the cluster has networks (docs/networking.md)",
+    )
     return parser
 
 
@@ -160,6 +168,7 @@ async def run(
         health=ctx.health,
         started_at=counting_from(settings),
         heartbeats=NatsHeartbeats(ctx.nc),
+        networks=ctx.buckets[names.NETWORKS_BUCKET],
     )
     ctx.health["engine"] = False
     try:

@@ -46,6 +46,9 @@ def replica_status(
         restarts=track.restarts,
         message=message,
         started_at=started_at,
+        # Addresses once Running (netmgr's endpoints take Running replicas only).
+        ips=dict(container.ips) if container is not None and state == ReplicaState.RUNNING else {},
+        image_ports=list(container.image_ports) if container is not None else [],
     )
 
 

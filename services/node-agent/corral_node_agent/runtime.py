@@ -8,7 +8,7 @@ knows which one it talks to (docs/architecture.md, the rules).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +32,15 @@ class ImageMissing(RuntimeFailure):
 
 class ImagePullFailed(RuntimeFailure):
     """The image could not be pulled."""
+
+
+class NetworkMissing(RuntimeFailure):
+    """A corral network's Docker network is not on this engine (yet): netmgr makes it."""
+
+    def __init__(self, network: str, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"network {network} is not on this engine{suffix}")
+        self.network = network
 
 
 class ContainerGone(RuntimeFailure):
@@ -69,6 +78,11 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     cpu_millis: int = 0  # limit; 0: none
     memory_bytes: int = 0  # limit; 0: none
+    # The corral networks to join, in order: the first carries the default route and
+    # the resolver (its gateway, where netmgr's DNS answers). Empty: the engine's own
+    # default bridge, as before networks existed (docs/networking.md).
+    networks: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()  # the resolver's search path (with networks only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,9 @@ class ObservedContainer:
     managed: bool = True  # it carries io.corral.managed=true
     cluster: str = ""  # its io.corral.cluster label: the cluster that made it
     namespace: str = DEFAULT_NAMESPACE  # its io.corral.namespace label (absent: default)
+    # Its address on each corral network it is on (network -> IPv4), once it has one.
+    ips: Mapping[str, str] = field(default_factory=dict)
+    image_ports: tuple[str, ...] = ()  # what its image exposes, as "8080/tcp"
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the

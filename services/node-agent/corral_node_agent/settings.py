@@ -11,6 +11,7 @@ from pathlib import Path
 
 from corral.contract.quantity import cpu_millis, memory_bytes
 from corral_node_agent.agent import AgentSettings
+from corral_node_agent.networks_mode import NetworksMode
 
 
 def dns_label(text: str) -> str:
@@ -90,4 +91,5 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         resync_seconds=args.resync_seconds,
         max_parallel=args.max_parallel,
         agent_id=agent_id_from_args(args, state_dir),
+        networks=NetworksMode(getattr(args, "networks", None) or NetworksMode.AUTO),
     )

@@ -4,6 +4,8 @@ change affects (docs/architecture.md, "The controller runtime"):
 
 - a Deployment change enqueues its key; a placement or replica-status change its
   Deployment's; a status change of a Deployment that is gone, that key (to forget it);
+- a Network record appearing (or going) enqueues the Deployments whose template names
+  it (`deployments_by_network`): one waiting for it is placed at once;
 - a node's record changing shape (joined, left, capacity, readiness, orphans) or the
   node judged lost / back / schedulable enqueues the Deployments with placements on it
   (`deployments_by_node`, an incremental Index) and the owners of its orphans; a node
@@ -56,11 +58,12 @@ from nats.aio.client import Client as NATS
 
 from corral.contract import names
 from corral.contract.codec import encode
+from corral.contract.network_specs import Network
 from corral.contract.specs import Deployment
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.bus import EventPublisher
-from corral.natsio.controller import ChangeFeed, Controller, Index, Result, owners
+from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
@@ -175,13 +178,22 @@ class ControlLoop:
         status_changes.subscribe(self._status_changed)
         # What enqueues which Deployments.
         controller = self.controller
-        controller.watch(ChangeFeed(self.deployments))
+        deployment_changes = ChangeFeed(self.deployments)
+        controller.watch(deployment_changes)
         controller.watch(placement_changes, owners(lambda key, p: p.deployment_key))
         controller.watch(
             ChangeFeed(self.replica_statuses),
             owners(lambda key, s: names.object_key(s.namespace, s.deployment)),
         )
         controller.watch(status_changes, self._orphaned_status)
+        # Networks (read only: netmgr owns them). A Deployment naming one that does not
+        # exist stays pending; the network's appearance decides again exactly the
+        # Deployments that name it.
+        self.networks = Mirror(buckets[names.NETWORKS_BUCKET], Network)
+        self.deployments_by_network = Index(
+            deployment_changes, by=lambda key, d: d.spec.template.networks
+        )
+        controller.watch(ChangeFeed(self.networks), indexed_under(self.deployments_by_network))
         # The watches liveness depends on, each with this scheduler's echo key in it.
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
             (self.nodes, echo_key(self.owner)),
@@ -417,6 +429,11 @@ class ControlLoop:
             log.warning("view of NATS is stale (%s); no node is judged lost meanwhile", late)
         return late is None
 
+    def network_names(self) -> frozenset[str]:
+        """The networks that exist: their records, readable or not (one that does not
+        decode exists all the same)."""
+        return frozenset(self.networks.items) | frozenset(self.networks.unreadable)
+
     def released(self) -> frozenset[str]:
         return frozenset(release.node for release in self.releases.values())
 
@@ -437,6 +454,7 @@ class ControlLoop:
             },
             unreadable_deployments=frozenset(self.deployments.unreadable),
             released=self.released(),
+            networks=self.network_names(),
         )
 
     def silence(self, node: str, now: float) -> float | None:
@@ -463,6 +481,7 @@ class ControlLoop:
             self.placements,
             self.replica_statuses,
             self.statuses,
+            self.networks,
             self.deployments,
             self.releases,
         ):
@@ -561,6 +580,7 @@ class ControlLoop:
                 frozenset({key}) if key in self.deployments.unreadable else frozenset()
             ),
             released=self.released(),
+            networks=self.network_names(),
         )
 
     async def reconcile(self, key: str) -> Result | None:

@@ -379,6 +379,10 @@ def _what_to_place(
     name = deployment.metadata.name
     namespace = deployment.metadata.namespace
     template = deployment.spec.template
+    missing = run.snapshot.missing_network(template)
+    if missing is not None and count:
+        # Nothing is placed until netmgr has the network: its appearance decides again.
+        return _Placed([], [], count, f"network {missing} does not exist")
     cpu = template.resources.requests.cpu_millis
     memory = template.resources.requests.memory_bytes
     spread = Counter(p.placement.node for _, p in kept)

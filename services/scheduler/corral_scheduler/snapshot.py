@@ -22,9 +22,10 @@ R = NODE_LOST_SECONDS, R' = NODE_LOST_AFTER_STOP_SECONDS, E = ENGINE_DOWN_EVICTI
 from __future__ import annotations
 
 import enum
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from corral.contract.specs import Deployment
+from corral.contract.specs import DEFAULT_NETWORK, ContainerTemplate, Deployment
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import (
     ENGINE_DOWN_EVICTION_SECONDS,
@@ -73,6 +74,16 @@ class Snapshot:
     unreadable_deployments: frozenset[str] = frozenset()
     # Nodes an operator released (`corral node release`): gone for good.
     released: frozenset[str] = frozenset()
+    # The corral networks that exist (records in corral_networks, which netmgr owns).
+    # `default` always counts as existing: netmgr makes it when it starts.
+    networks: AbstractSet[str] = frozenset()
+
+    def missing_network(self, template: ContainerTemplate) -> str | None:
+        """The first network `template` names that does not exist, or None."""
+        for network in template.networks:
+            if network != DEFAULT_NETWORK and network not in self.networks:
+                return network
+        return None
 
     def schedulable(self, name: str, now: float) -> bool:
         """Ready for new replicas: reports ready, heard from within R, not released, and

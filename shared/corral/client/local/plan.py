@@ -112,6 +112,7 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
             command += ["--node-name", options.node_name or local_node_name()]
             command += ["--runtime", options.runtime]
             command += ["--state-dir", str(layout.agent_state_dir)]
+            command += ["--networks", "on"]  # netmgr runs beside it (docs/networking.md)
             if options.docker_host:
                 command += ["--docker-host", options.docker_host]
             if agent_id:
