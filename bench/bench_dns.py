@@ -8,8 +8,9 @@ server's): the DNS server on 127.0.0.1 (a free port) with `--services` Services 
 namespaces (every 10th headless, with 3 endpoints), and a fake upstream resolver on
 127.0.0.1 that answers every A question at once. Then fires queries over UDP from this
 process, `--in-flight` at a time (each worker sends one, waits for its answer, sends the
-next), and prints per kind of query the answers/s and the latency (send to answer, as the
-client sees it) p50/p99/max:
+next), and prints per kind of query the answers/s, the latency (send to answer, as the
+client sees it) p50/p99/max, and the server process's CPU time per answer (user + system,
+from /proc: what the answers cost, whatever else the machine runs):
 
   A, clusterIP     <service>.<namespace>.svc.cluster.local.  (random Service)
   A, headless      <service>.<namespace>.svc.cluster.local.  (3 addresses)
@@ -106,6 +107,12 @@ def run_upstream(pipe: Connection) -> None:
     asyncio.run(main())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -155,6 +162,7 @@ class Result:
         self.lost = 0
         self.wrong = 0
         self.elapsed = 0.0
+        self.server_cpu = 0.0
 
     def line(self) -> str:
         lat = sorted(self.latencies)
@@ -163,13 +171,15 @@ class Result:
         p50 = statistics.median(lat) * 1000
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
         rate = len(lat) / self.elapsed
+        cpu = self.server_cpu / len(lat) * 1e6
         return (
             f"  {self.name:<16} {len(lat):>7,} {rate:>10,.0f} {p50:>8.3f} ms {p99:>8.3f} ms "
-            f"{lat[-1] * 1000:>8.2f} ms {self.lost:>5} {self.wrong:>6}"
+            f"{lat[-1] * 1000:>8.2f} ms {cpu:>7.0f} us {self.lost:>5} {self.wrong:>6}"
         )
 
 
 async def fire(
+    pid: int,
     client: Client,
     name: str,
     templates: list[bytes],
@@ -197,9 +207,11 @@ async def fire(
             if got_rcode != rcode or got_answers != answers:
                 result.wrong += 1
 
+    cpu = cpu_seconds(pid)
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     result.elapsed = time.perf_counter() - started
+    result.server_cpu = cpu_seconds(pid) - cpu
     return result
 
 
@@ -208,7 +220,7 @@ def pack(name: str) -> bytes:
     return packed
 
 
-async def measure(port: int, args: argparse.Namespace) -> list[Result]:
+async def measure(pid: int, port: int, args: argparse.Namespace) -> list[Result]:
     loop = asyncio.get_running_loop()
     transport, client = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
     services = args.services
@@ -226,13 +238,19 @@ async def measure(port: int, args: argparse.Namespace) -> list[Result]:
     missing = [pack(f"nope-{i}.ns-{i % NAMESPACES}.svc.cluster.local.") for i in range(1000)]
     outside = [pack(f"www-{i}.example.com.") for i in range(1000)]
     try:
-        await fire(client, "warmup", cluster, NOERROR, 1, WARMUP, args.in_flight)
+        await fire(pid, client, "warmup", cluster, NOERROR, 1, WARMUP, args.in_flight)
         return [
-            await fire(client, "A, clusterIP", cluster, NOERROR, 1, args.queries, args.in_flight),
-            await fire(client, "A, headless", headless, NOERROR, 3, args.queries, args.in_flight),
-            await fire(client, "A, bare name", bare, NOERROR, 1, args.queries, args.in_flight),
-            await fire(client, "NXDOMAIN", missing, NXDOMAIN, 0, args.queries, args.in_flight),
-            await fire(client, "forwarded", outside, NOERROR, 1, args.forwarded, args.in_flight),
+            await fire(
+                pid, client, "A, clusterIP", cluster, NOERROR, 1, args.queries, args.in_flight
+            ),
+            await fire(
+                pid, client, "A, headless", headless, NOERROR, 3, args.queries, args.in_flight
+            ),
+            await fire(pid, client, "A, bare name", bare, NOERROR, 1, args.queries, args.in_flight),
+            await fire(pid, client, "NXDOMAIN", missing, NXDOMAIN, 0, args.queries, args.in_flight),
+            await fire(
+                pid, client, "forwarded", outside, NOERROR, 1, args.forwarded, args.in_flight
+            ),
         ]
     finally:
         transport.close()
@@ -261,7 +279,7 @@ def main() -> None:
         port = server_pipe.recv()
         assert server.pid is not None
         rss_loaded = rss_mib(server.pid)
-        results = asyncio.run(measure(port, args))
+        results = asyncio.run(measure(server.pid, port, args))
         rss_after = rss_mib(server.pid)
     finally:
         for pipe, process in ((server_pipe, server), (upstream_pipe, upstream)):
@@ -273,7 +291,7 @@ def main() -> None:
         f"DNS server on 127.0.0.1, {args.services} Services ({args.services // 10} headless), "
         f"UDP, {args.in_flight} in flight, one client process; {os.cpu_count()} cores",
         f"  {'query':<16} {'answers':>7} {'answers/s':>10} {'p50':>11} {'p99':>11} "
-        f"{'max':>11} {'lost':>5} {'wrong':>6}",
+        f"{'max':>11} {'srv CPU/q':>10} {'lost':>5} {'wrong':>6}",
         *(result.line() for result in results),
         f"server resident memory (VmRSS): {rss_loaded:.1f} MiB with the Services loaded, "
         f"{rss_after:.1f} MiB after the run",

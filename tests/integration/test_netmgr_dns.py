@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral_netmgr.node.dns import BindError, DnsServer, resolv_conf_upstreams
 from corral_netmgr.node.dns_names import ServiceDirectory
+from tests.waiting import eventually
 
 SERVER_HOST = "127.0.0.2"
 UPSTREAM_HOST = "127.0.0.1"
@@ -159,6 +160,13 @@ class FakeUpstream(asyncio.DatagramProtocol):
             await self.tcp.wait_closed()
 
 
+def seen_by(fake: FakeUpstream) -> Callable[[], Awaitable[int]]:
+    async def probe() -> int:
+        return len(fake.seen)
+
+    return probe
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
     fake = await FakeUpstream().start()
@@ -246,7 +254,9 @@ async def test_a_headless_service_answers_every_ready_endpoint(server: DnsServer
 async def test_an_unknown_service_is_nxdomain_with_the_domains_soa(
     server: DnsServer, upstream: FakeUpstream
 ) -> None:
+    before = metric("corral_dns_queries_total", result="nxdomain")
     reply = await ask_udp(server.bound[0], DNSRecord.question("nope.default.svc.cluster.local"))
+    assert metric("corral_dns_queries_total", result="nxdomain") == before + 1
     assert reply.header.rcode == RCODE.NXDOMAIN
     assert reply.rr == []
     assert [(str(rr.rname), rr.rtype) for rr in reply.auth] == [("cluster.local.", QTYPE.SOA)]
@@ -327,6 +337,26 @@ async def test_servfail_when_no_upstream_answers(transport: str) -> None:
         assert reply.header.id == query.header.id
     finally:
         await dns.close()
+        await silent.close()
+
+
+async def test_forwards_beyond_the_limit_in_flight_get_servfail_at_once() -> None:
+    silent = await FakeUpstream(mode="silent").start()
+    dns = DnsServer(ServiceDirectory(), [silent.address], forward_timeout=5.0, max_forwards=1)
+    try:
+        await dns.start([(SERVER_HOST, 0)])
+        async with udp_client(dns.bound[0]) as (transport, protocol):
+            held = DNSRecord.question("held.example.com")
+            transport.sendto(held.pack())
+            await eventually(seen_by(silent), lambda n: n == 1)  # held by the upstream
+            over = DNSRecord.question("over.example.com")
+            transport.sendto(over.pack())
+            async with asyncio.timeout(2.0):  # well before the held one's 5 s
+                reply = DNSRecord.parse(await protocol.replies.get())
+        assert (reply.header.id, reply.header.rcode) == (over.header.id, RCODE.SERVFAIL)
+        assert len(silent.seen) == 1
+    finally:
+        await dns.close()  # also ends the held forward
         await silent.close()
 
 
