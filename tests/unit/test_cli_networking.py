@@ -9,7 +9,7 @@ import pytest
 
 from corral.client.api import CorralError, find_kind
 from corral.client.cli.manifests import load_manifests
-from corral.client.cli.net_views import endpoints_text, service_ports
+from corral.client.cli.net_views import NetView, describe_service, endpoints_text, service_ports
 from corral.client.cli.options import parse_container_port, parse_service_port
 from corral.client.cli.service_commands import declared_port, exposed_ports, parse_selector
 from corral.contract.network_specs import Network, Service
@@ -194,3 +194,25 @@ def test_port_columns_read_as_kubectls() -> None:
     )
     assert endpoints_text(headless) == "10.0.0.1"
     assert endpoints_text(None) == "<none>"
+
+
+def test_describe_shows_a_named_target_port_netmgr_could_not_resolve_yet_by_its_name() -> None:
+    service = msgspec.convert(
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]},
+        },
+        Service,
+    )
+    unresolved = Endpoints(service="web", ports=[EndpointPort(port=80, target_port=0)])
+    view = NetView(services={"web": service}, endpoints={"web": unresolved})
+    text = describe_service(view, "web", [], 0.0)
+    assert "TargetPort:   http/TCP" in text and "Endpoints:    <none>" in text, text
+    resolved = Endpoints(
+        service="web",
+        ports=[EndpointPort(port=80, target_port=8080)],
+        addresses=[EndpointAddress(ip="10.0.0.2", replica="r", node="n1")],
+    )
+    view.endpoints["web"] = resolved
+    text = describe_service(view, "web", [], 0.0)
+    assert "TargetPort:   8080 (http)/TCP" in text and "Endpoints:    10.0.0.2:8080" in text

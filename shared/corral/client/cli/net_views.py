@@ -245,9 +245,10 @@ def describe_service(view: NetView, name: str, events: list[Event], now: float) 
         label = port.name or "<unset>"
         lines.append(f"Port:         {label}  {port.port}/{port.protocol}")
         found = resolved.get((port.port, port.protocol))
-        target = f"{port.target}" if found is None else f"{found.target_port}"
-        if isinstance(port.target, str) and found is not None:
-            target = f"{found.target_port} ({port.target})"
+        target = str(port.target)  # a name netmgr has not resolved (no replica yet)
+        if found is not None and found.target_port:
+            named = isinstance(port.target, str)
+            target = f"{found.target_port} ({port.target})" if named else str(found.target_port)
         lines.append(f"TargetPort:   {target}/{port.protocol}")
         if port.node_port:
             lines.append(f"NodePort:     {label}  {port.node_port}/{port.protocol}")

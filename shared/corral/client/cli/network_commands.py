@@ -40,24 +40,31 @@ def _create(
 
 
 def _create_options(function: Any) -> Any:
-    function = click.argument("name")(function)
-    function = click.option(
-        "--subnet",
-        metavar="CIDR",
-        help="The network's whole range, e.g. 10.50.0.0/16 (default: a free /16 of "
-        "10.128.0.0/9). Each node gets a slice of it.",
-    )(function)
-    function = click.option(
-        "--slice-prefix",
-        type=int,
-        default=DEFAULT_SLICE_PREFIX,
-        show_default=True,
-        metavar="N",
-        help="The prefix length of each node's slice (16-28; a /24 gives a node 253 addresses).",
-    )(function)
-    return click.option(
-        "--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable."
-    )(function)
+    """NAME and the flags of `network create` and `create network` (shown in this order)."""
+    options = [
+        click.argument("name"),
+        click.option(
+            "--subnet",
+            metavar="CIDR",
+            help="The network's whole range, e.g. 10.50.0.0/16 (default: a free /16 of "
+            "10.128.0.0/9). Each node gets a slice of it.",
+        ),
+        click.option(
+            "--slice-prefix",
+            type=int,
+            default=DEFAULT_SLICE_PREFIX,
+            show_default=True,
+            metavar="N",
+            help="The prefix length of each node's slice (16-28; a /24 gives a node 253 "
+            "addresses).",
+        ),
+        click.option(
+            "--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable."
+        ),
+    ]
+    for option in reversed(options):  # click lists the last decorator applied first
+        function = option(function)
+    return function
 
 
 @click.group()

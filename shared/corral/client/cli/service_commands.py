@@ -110,6 +110,7 @@ def service_manifest(
 @click.option(
     "--node-port",
     type=click.IntRange(1, 65535),
+    metavar="N",
     help="NodePort only: the port on every node (default: a free one of 30000-32767).",
 )
 @click.option(
@@ -257,6 +258,7 @@ def _target_port(text: str | None) -> int | str | None:
 @click.option(
     "--port",
     type=click.IntRange(1, 65535),
+    metavar="PORT",
     help="The Service's port (default: the container's port).",
 )
 @click.option(
@@ -268,6 +270,7 @@ def _target_port(text: str | None) -> int | str | None:
 @click.option(
     "--node-port",
     type=click.IntRange(1, 65535),
+    metavar="N",
     help="NodePort only: the port on every node (default: a free one of 30000-32767).",
 )
 @click.option("--name", "service_name", help="The Service's name (default: the deployment's).")

@@ -197,7 +197,10 @@ _file_option = click.option(
 @_file_option
 @click.pass_context
 def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
-    """Create or update the objects of manifests (apiVersion/kind/metadata/spec)."""
+    """Create or update the objects of manifests (apiVersion/kind/metadata/spec).
+
+    Kinds: corral/v1 Deployment, Network and Service, and Kubernetes' v1 Service (the
+    fields corral does not support are dropped, with a warning naming them)."""
     if not files:
         raise click.UsageError("give at least one manifest: corral apply -f FILE")
     manifests = read_manifest_files(files)
