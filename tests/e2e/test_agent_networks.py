@@ -1,0 +1,198 @@
+"""Replicas on corral networks, on a real Docker engine. The test plays the scheduler and
+netmgr: it makes each Docker network as netmgr's node part would (name, subnet, gateway,
+bridge, labels), and removes every network and container it made."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from corral.contract import names
+from corral.contract.specs import ContainerTemplate
+from corral.contract.state import Placement, ReplicaState
+from corral.natsio.kv import NatsBucket
+from tests.e2e.conftest import AgentFactory, remove_node_containers
+from tests.e2e.test_agent_docker import (
+    SLEEP,
+    cluster_id,
+    containers_of,
+    docker,
+    eventually,
+    place,
+    state_is,
+    status_of,
+    unique,
+)
+
+pytestmark = pytest.mark.docker
+
+
+class NetworkMaker:
+    """Makes Docker networks as netmgr's node part does; removes them afterwards."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.made: list[str] = []
+
+    def make(self, network: str, cluster: str) -> ipaddress.IPv4Network:
+        """A /24 no other network of the engine holds (another test's may appear at once:
+        a refused subnet is tried again elsewhere)."""
+        name = names.docker_network_name(network, cluster)
+        error = ""
+        for _ in range(20):
+            second, third = random.randrange(200, 250), random.randrange(256)
+            subnet = ipaddress.IPv4Network(f"10.{second}.{third}.0/24")
+            gateway = str(subnet.network_address + 1)
+            done = subprocess.run(
+                [
+                    "docker", "network", "create", "--driver", "bridge",
+                    "--subnet", str(subnet), "--gateway", gateway,
+                    "--opt", f"com.docker.network.bridge.name="
+                    f"{names.bridge_name(network, self.node, cluster)}",
+                    "--label", f"{names.LABEL_MANAGED}=true",
+                    "--label", f"{names.LABEL_CLUSTER}={cluster}",
+                    "--label", f"{names.LABEL_NETWORK}={network}",
+                    "--label", f"{names.LABEL_NODE}={self.node}",
+                    name,
+                ],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if done.returncode == 0:
+                self.made.append(name)
+                return subnet
+            error = done.stderr.strip()
+            if "overlap" not in error:
+                break
+        raise RuntimeError(f"docker network create {name}: {error}")
+
+    def remove_all(self) -> None:
+        remove_node_containers(self.node)  # a network in use cannot go
+        for name in self.made:
+            subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def networks(node_name: str) -> Iterator[NetworkMaker]:
+    maker = NetworkMaker(node_name)
+    try:
+        yield maker
+    finally:
+        maker.remove_all()
+
+
+def on_networks(node: str, replica: str, image: str, networks: list[str]) -> Placement:
+    template = ContainerTemplate(image=image, command=SLEEP[:2], args=SLEEP[2:], networks=networks)
+    return Placement(
+        replica=replica,
+        deployment="web",
+        node=node,
+        template=template,
+        template_hash=template.template_hash(),
+        generation=1,
+    )
+
+
+def network_name() -> str:
+    return f"e2e{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_replica_joins_its_networks_resolves_through_the_gateway_and_reports_its_ips(
+    buckets: dict[str, NatsBucket],
+    agent_running: AgentFactory,
+    node_name: str,
+    test_image: str,
+    networks: NetworkMaker,
+) -> None:
+    front, back = network_name(), network_name()
+    web = unique("web")
+    async with agent_running("--networks", "on"):
+        cluster = await cluster_id(buckets)
+        front_subnet = networks.make(front, cluster)
+        back_subnet = networks.make(back, cluster)
+        await place(buckets, on_networks(node_name, web, test_image, [front, back]))
+        await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING))
+        status = await status_of(buckets, node_name, web)
+    assert status is not None
+    (container,) = containers_of(node_name)
+    host = container["HostConfig"]
+    assert host["Dns"] == [str(front_subnet.network_address + 1)]  # the first network's gateway
+    assert host["DnsSearch"] == ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    attached = container["NetworkSettings"]["Networks"]
+    assert set(attached) == {
+        names.docker_network_name(front, cluster),
+        names.docker_network_name(back, cluster),
+    }  # not on Docker's default bridge
+    assert set(status.ips) == {front, back}
+    assert ipaddress.IPv4Address(status.ips[front]) in front_subnet
+    assert ipaddress.IPv4Address(status.ips[back]) in back_subnet
+    assert status.ips[front] == attached[names.docker_network_name(front, cluster)]["IPAddress"]
+    # Docker's resolver in the container (127.0.0.11) answers the containers' own names
+    # and forwards every other name to the Dns given: netmgr's DNS at the gateway.
+    resolv = docker("exec", container["Id"], "cat", "/etc/resolv.conf")
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv
+    gateway = str(front_subnet.network_address + 1)
+    asked = names_asked_at(gateway, container["Id"], "probe-svc")
+    assert any(name.startswith("probe-svc") for name in asked), asked
+
+
+def names_asked_at(gateway: str, container: str, name: str) -> list[str]:
+    """The names a DNS server on `gateway`:53 is asked while `container` looks `name` up
+    (nothing answers: the lookup gives up)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((gateway, 53))
+        server.settimeout(0.2)
+        subprocess.run(
+            ["docker", "exec", container, "timeout", "3", "nslookup", name],
+            capture_output=True,
+            timeout=30,
+        )
+        asked: list[str] = []
+        while True:
+            try:
+                query, _ = server.recvfrom(512)
+            except TimeoutError:
+                return asked
+            asked.append(_question(query))
+
+
+def _question(query: bytes) -> str:
+    """The name a DNS query asks about (its first question)."""
+    labels, at = [], 12
+    while at < len(query) and query[at]:
+        length = query[at]
+        labels.append(query[at + 1 : at + 1 + length].decode(errors="replace"))
+        at += 1 + length
+    return ".".join(labels)
+
+
+async def test_a_replica_waits_for_its_network_and_starts_once_it_is_made(
+    buckets: dict[str, NatsBucket],
+    agent_running: AgentFactory,
+    node_name: str,
+    test_image: str,
+    networks: NetworkMaker,
+) -> None:
+    late = network_name()
+    web = unique("web")
+    async with agent_running("--networks", "on"):
+        cluster = await cluster_id(buckets)
+        await place(buckets, on_networks(node_name, web, test_image, [late]))
+        await eventually(state_is(buckets, node_name, web, ReplicaState.CREATING))
+        status = await status_of(buckets, node_name, web)
+        assert status is not None
+        assert status.message == f"waiting for network {late} on this node"
+        assert containers_of(node_name) == []  # nothing made while it waits
+        subnet = networks.make(late, cluster)  # netmgr made it
+        await eventually(state_is(buckets, node_name, web, ReplicaState.RUNNING), within=20)
+        status = await status_of(buckets, node_name, web)
+    assert status is not None and status.restarts == 0
+    assert ipaddress.IPv4Address(status.ips[late]) in subnet
+    inspect = json.loads(docker("network", "inspect", names.docker_network_name(late, cluster)))
+    assert len(inspect[0]["Containers"]) == 1
