@@ -65,8 +65,12 @@ async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = Tr
 async def ip_json(*args: str) -> list[dict[str, Any]]:
     """`ip -j <args>` parsed (a list of objects)."""
     ran = await run(["ip", "-j", *args])
-    text = ran.stdout.strip()
-    if not text:
+    return parse_json_list(ran.stdout)
+
+
+def parse_json_list(text: str) -> list[dict[str, Any]]:
+    """`ip -j` output: a list of objects ([] for nothing)."""
+    if not text.strip():
         return []
     found = json.loads(text)
     return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
@@ -78,6 +82,31 @@ def machine_id(path: Path = MACHINE_ID) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+SYS_NET: Final = Path("/sys/class/net")
+
+
+def set_hairpin(bridge: str, sys_net: Path = SYS_NET) -> int:
+    """Turn hairpin mode on for every port of `bridge` (a container reaching a Service
+    that balances it to itself: with br_netfilter the DNATed frame is bridged back out
+    the port it came in on, which a bridge only does in hairpin mode). How many ports
+    were changed; 0 when the bridge is not there."""
+    changed = 0
+    ports = sys_net / bridge / "brif"
+    try:
+        found = sorted(ports.iterdir())
+    except OSError:
+        return 0
+    for port in found:
+        mode = port / "hairpin_mode"
+        try:
+            if mode.read_text().strip() != "1":
+                mode.write_text("1")
+                changed += 1
+        except OSError:
+            continue  # the port went meanwhile
+    return changed
 
 
 def _ipv4_addresses(links: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:

@@ -1,7 +1,8 @@
 """The node part's controller (docs/networking.md): watches feed mirrors, changes
 enqueue one of a few keys, each reconciled level-triggered and idempotently.
 
-    networks  this node's Docker networks = its NetworkSlices (watched `*.<node>`)
+    networks  this node's Docker networks = its NetworkSlices (watched `*.<node>`), and
+              hairpin mode on their bridges' ports
     rules     the packet filter = networks' ranges + every Endpoints record
     routes    host-gw routes = other hosts' nodes' slices via their addresses
     dns       the DNS server's addresses = this node's slices' gateways
@@ -238,6 +239,10 @@ class NodePart:
                 await self.docker.ensure(want)
             except Exception as error:
                 errors.append(str(error))
+                continue
+            # every container's port on the bridge (the events of each connect bring
+            # this key back): see host.set_hairpin
+            await anyio.to_thread.run_sync(host.set_hairpin, want.bridge)
         for name in sorted(await self.docker.list_ours()):
             if name in wanted_networks:
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,23 +96,25 @@ def plan(
     return RoutePlan(replace, remove)
 
 
-async def read_current() -> dict[str, str]:
-    return current_routes(await host.ip_json("route", "show", "proto", str(host.ROUTE_PROTOCOL)))
+async def read_current(wrapper: Sequence[str] = ()) -> dict[str, str]:
+    """corral's routes now (`wrapper`: e.g. `ip netns exec NAME`, for tests)."""
+    ran = await host.run([*wrapper, "ip", "-j", "route", "show", "proto", str(host.ROUTE_PROTOCOL)])
+    return current_routes(host.parse_json_list(ran.stdout))
 
 
-async def apply_plan(route_plan: RoutePlan) -> list[str]:
+async def apply_plan(route_plan: RoutePlan, wrapper: Sequence[str] = ()) -> list[str]:
     """Carry out `route_plan`; the errors (one per route that failed), [] when all went."""
     errors: list[str] = []
     proto = str(host.ROUTE_PROTOCOL)
     for subnet, via in route_plan.replace.items():
         try:
-            await host.run(["ip", "route", "replace", subnet, "via", via, "proto", proto])
+            await host.run([*wrapper, "ip", "route", "replace", subnet, "via", via, "proto", proto])
             log.info("route %s via %s", subnet, via)
         except host.CommandFailed as error:
             errors.append(str(error))
     for subnet in route_plan.remove:
         try:
-            await host.run(["ip", "route", "del", subnet, "proto", proto])
+            await host.run([*wrapper, "ip", "route", "del", subnet, "proto", proto])
             log.info("route %s removed", subnet)
         except host.CommandFailed as error:
             errors.append(str(error))

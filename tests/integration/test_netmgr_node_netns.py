@@ -1,0 +1,143 @@
+"""The node part's applier and routes against the real kernel, inside a network
+namespace each test makes itself (its own packet filter and routing table: the host's
+are never touched)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
+from corral_netmgr.node import routes
+from corral_netmgr.node.iptables import Iptables
+from corral_netmgr.node.rules import Desired, NetworkRange, render
+
+A = "CRL-aaaaaaaa"
+B = "CRL-bbbbbbbb"
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def netns() -> Iterator[list[str]]:
+    """A network namespace with Docker's DOCKER-USER chain (as Docker makes it) and a
+    veth pair 192.0.2.1/24 <-> 192.0.2.2/24; the command prefix to run in it."""
+    name = f"crl-test-{uuid.uuid4().hex[:8]}"
+    try:
+        sh("ip", "netns", "add", name)
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"cannot make a network namespace: {error}")
+    wrapper = ["ip", "netns", "exec", name]
+    try:
+        sh(*wrapper, "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        sh(*wrapper, "ip", "link", "set", "v0", "up")
+        sh(*wrapper, "ip", "link", "set", "v1", "up")
+        sh(*wrapper, "ip", "addr", "add", "192.0.2.1/24", "dev", "v0")
+        sh(*wrapper, "iptables", "-N", "DOCKER-USER")
+        sh(*wrapper, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
+        sh(*wrapper, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
+        yield wrapper
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def web(ips: list[str], vip: str = "10.96.0.10") -> Endpoints:
+    return Endpoints(
+        service="web",
+        cluster_ip=vip,
+        type="NodePort",
+        ports=[EndpointPort(port=80, target_port=8080, node_port=30080)],
+        addresses=[EndpointAddress(ip=ip, replica=f"r{i}", node="n") for i, ip in enumerate(ips)],
+    )
+
+
+NETS = (NetworkRange("default", "10.128.0.0/16"), NetworkRange("blue", "10.130.0.0/16"))
+
+
+async def test_rules_and_jumps_are_applied_once_and_reapplying_changes_nothing(netns: list[str]):
+    ipt = Iptables(A, wrapper=netns)
+    rendered = render(Desired(A, NETS, (web(["10.128.0.2", "10.128.0.3"]),)), await ipt.chains())
+    assert await ipt.apply(rendered.tables) == 7  # every jump added
+    first = sh(*netns, "iptables-save")
+    assert f"-A DOCKER-USER -j {A}-FWD" in first
+    assert "-A POSTROUTING -j CRL-aaaaaaaa-POST" in first
+    assert "--to-destination 10.128.0.3:8080" in first
+    rendered = render(Desired(A, NETS, (web(["10.128.0.2", "10.128.0.3"]),)), await ipt.chains())
+    assert await ipt.apply(rendered.tables) == 0
+    assert sh(*netns, "iptables-save", "-t", "nat").count(f"-j {A}-SVC") == 2
+    docker_user = sh(*netns, "iptables", "-S", "DOCKER-USER").splitlines()
+    assert docker_user[1:] == [f"-A DOCKER-USER -j {A}-FWD", "-A DOCKER-USER -j RETURN"]
+
+
+async def test_an_endpoint_gone_takes_its_chain_with_it(netns: list[str]):
+    ipt = Iptables(A, wrapper=netns)
+    await ipt.apply(render(Desired(A, NETS, (web(["10.128.0.2", "10.128.0.3"]),))).tables)
+    two = {c for c in (await ipt.chains())["nat"] if c.startswith(f"{A}-E-")}
+    await ipt.apply(render(Desired(A, NETS, (web(["10.128.0.2"]),)), await ipt.chains()).tables)
+    one = {c for c in (await ipt.chains())["nat"] if c.startswith(f"{A}-E-")}
+    assert len(two) == 2 and len(one) == 1 and one < two
+    await ipt.apply(render(Desired(A, NETS), await ipt.chains()).tables)
+    nat = (await ipt.chains())["nat"]
+    assert not {c for c in nat if c.startswith((f"{A}-E-", f"{A}-S-"))}
+
+
+async def test_a_rule_docker_put_before_a_jump_moves_the_jump_first_again(netns: list[str]):
+    ipt = Iptables(A, wrapper=netns)
+    tables = render(Desired(A, NETS)).tables
+    await ipt.apply(tables)
+    # Docker re-inserting its own masquerade first (as on a restart)
+    sh(*netns, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "172.17.0.0/16",
+       "-j", "MASQUERADE")  # fmt: skip
+    assert await ipt.apply(tables) == 1
+    post = sh(*netns, "iptables", "-t", "nat", "-S", "POSTROUTING").splitlines()
+    assert post[1:] == [
+        f"-A POSTROUTING -j {A}-POST",
+        "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE",
+    ]
+
+
+async def test_two_nodes_on_one_host_keep_their_own_chains_and_never_fight(netns: list[str]):
+    a, b = Iptables(A, wrapper=netns), Iptables(B, wrapper=netns)
+    await a.apply(render(Desired(A, NETS)).tables)
+    await b.apply(render(Desired(B, NETS)).tables)
+    # b's jumps are first now; a's come after only corral jumps: nobody moves anything
+    assert await a.apply(render(Desired(A, NETS), await a.chains()).tables) == 0
+    assert await b.apply(render(Desired(B, NETS), await b.chains()).tables) == 0
+    await a.remove_all()
+    saved = sh(*netns, "iptables-save")
+    assert A not in saved
+    assert f"-A DOCKER-USER -j {B}-FWD" in saved and f":{B}-SVC" in saved
+    await b.remove_all()
+    saved = sh(*netns, "iptables-save")
+    assert "CRL-" not in saved
+    assert "-A DOCKER-USER -j RETURN" in saved  # Docker's own rule stays
+
+
+async def test_routes_are_replaced_and_removed_only_with_corral_protocol_inside_its_ranges(
+    netns: list[str],
+):
+    sh(*netns, "ip", "route", "add", "10.128.9.0/24", "via", "192.0.2.9")  # someone else's
+    sh(*netns, "ip", "route", "add", "10.140.0.0/24", "via", "192.0.2.8", "proto", "182")
+    wanted = {"10.128.1.0/24": "192.0.2.11", "10.128.2.0/24": "192.0.2.12"}
+    ranges = ["10.128.0.0/16"]
+    plan = routes.plan(await routes.read_current(netns), wanted, ranges)
+    assert await routes.apply_plan(plan, netns) == []
+    assert await routes.read_current(netns) == {**wanted, "10.140.0.0/24": "192.0.2.8"}
+    plan = routes.plan(await routes.read_current(netns), {}, ranges)
+    assert plan.remove == ["10.128.1.0/24", "10.128.2.0/24"]
+    assert await routes.apply_plan(plan, netns) == []
+    table = sh(*netns, "ip", "route")
+    assert "10.128.9.0/24 via 192.0.2.9" in table  # not corral's: kept
+    assert "10.140.0.0/24" in table  # corral's protocol, outside the cluster's ranges: kept
+    assert "10.128.1.0" not in table
+
+
+async def test_a_route_whose_next_hop_is_unreachable_is_reported_not_raised(netns: list[str]):
+    plan = routes.plan({}, {"10.128.1.0/24": "198.51.100.1"}, ["10.128.0.0/16"])
+    errors = await routes.apply_plan(plan, netns)
+    assert len(errors) == 1 and "10.128.1.0/24" in errors[0]
