@@ -136,7 +136,10 @@ class NodePart:
             resync_keys=lambda: KEYS,
         )
         self.controller.watch(ChangeFeed(self.own_slices), lambda k, o, n: (NETWORKS, DNS))
-        self.controller.watch(ChangeFeed(self.all_slices), lambda k, o, n: (ROUTES, RECORD))
+        all_slice_changes = ChangeFeed(self.all_slices)
+        self.controller.watch(all_slice_changes, lambda k, o, n: (ROUTES, RECORD))
+        # a slice of another node of this host: its bridge's range is corral's, not used
+        all_slice_changes.subscribe(lambda k, o, n: self.forget_facts())
         self.controller.watch(ChangeFeed(self.statuses), lambda k, o, n: (RULES, ROUTES))
         endpoint_changes = ChangeFeed(self.endpoints)
         self.controller.watch(endpoint_changes, lambda k, o, n: (RULES,))
@@ -151,6 +154,10 @@ class NodePart:
         self.done: set[str] = set()  # keys reconciled successfully at least once
         self.problems: dict[str, str] = {}  # key -> what is wrong now
         self._udp: dict[str, tuple[str, tuple[int, ...], frozenset[str]]] = {}
+        # This node's address and used ranges, read at most once a resync (the record is
+        # reconciled after every other key: an endpoints change must not cost `ip` calls).
+        self._facts: tuple[str, list[str]] = ("", [])
+        self._facts_at: float | None = None
         self._rules_applied = RULES_APPLIED.labels(node)
         self._apply_seconds = APPLY_SECONDS.labels(node)
         self._revision_gauge = ENDPOINTS_REVISION.labels(node)
@@ -181,6 +188,7 @@ class NodePart:
                     if event is None:
                         break
                     delays.reset()
+                    self.forget_facts()  # a foreign network may have come or gone
                     self.controller.enqueue_all((NETWORKS, RULES, DNS, RECORD))
                 tg.cancel_scope.cancel()
             await anyio.sleep(delays.next())
@@ -327,9 +335,21 @@ class NodePart:
         ]
         return address, host.used_ranges(table, links, docker_subnets, corral_devices)
 
+    def forget_facts(self) -> None:
+        self._facts_at = None
+
+    async def facts(self) -> tuple[str, list[str]]:
+        """host_facts, read again when older than half a resync, after a Docker event or
+        a slice's change."""
+        now = time.monotonic()
+        if self._facts_at is None or now - self._facts_at >= self.settings.resync_seconds / 2:
+            self._facts = await self.host_facts()
+            self._facts_at = now
+        return self._facts
+
     async def reconcile_record(self) -> str:
         node = self.settings.node
-        address, used = await self.host_facts()
+        address, used = await self.facts()
         problems = [f"{key}: {text}" for key, text in sorted(self.problems.items()) if text]
         if not address:
             problems.append("no address: no default route, and no --node-address")
