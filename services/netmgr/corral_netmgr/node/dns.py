@@ -29,12 +29,16 @@ bytes with a fresh random id, from a fresh socket: a reply must come from there 
 and the same question), each given `forward_timeout` seconds; UDP queries are forwarded
 over UDP, TCP queries over TCP. None answers: SERVFAIL. An upstream that is one of the
 server's own bound addresses is skipped (no loop); `resolv_conf_upstreams` leaves out
-Docker's embedded resolver 127.0.0.11 (it only exists inside containers).
+Docker's embedded resolver 127.0.0.11 (it only exists inside containers). `server.upstreams`
+may be replaced at any time (a re-read resolv.conf). At most `max_forwards` forwards are
+in flight: a query beyond them gets SERVFAIL at once; at most `max_tcp_connections`
+clients' connections are open, each closed after `tcp_idle_timeout` s without a query.
 
 A bad packet never stops the server: unparsable queries with a readable header get FORMERR,
 anything else (responses, runts) is dropped; both are logged at debug level.
 
-Metrics: `corral_dns_queries_total{result}` (answer, nodata, nxdomain, forwarded, servfail,
+Metrics (prometheus_client's default registry: the service's /metrics shows them):
+`corral_dns_queries_total{result}` (answer, nodata, nxdomain, forwarded, servfail,
 formerr, notimp, dropped) and `corral_dns_forward_failures_total{reason}` (timeout, error,
 bad_reply).
 """
@@ -313,7 +317,7 @@ class _UdpServerProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if self.transport is not None:
-            self.server._on_datagram(self.transport, data, addr)
+            self.server.on_datagram(self.transport, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dns: UDP error: %s", exc)
@@ -371,7 +375,7 @@ class DnsServer:
         max_tcp_connections: int = 256,
     ) -> None:
         domain = cluster_domain.strip(".").lower()
-        if not domain or any(not dns_names._is_label(x) for x in domain.split(".")):
+        if not domain or any(not dns_names.is_label(x) for x in domain.split(".")):
             raise ValueError(f"cluster_domain: not a domain name: {cluster_domain!r}")
         self.directory = directory
         self.upstreams: list[tuple[str, int]] = list(upstreams)
@@ -604,9 +608,10 @@ class DnsServer:
         QUERIES.labels("forwarded").inc()
         return reply
 
-    def _on_datagram(
+    def on_datagram(
         self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str | int, ...]
     ) -> None:
+        """One UDP datagram from `addr` on `transport`: answered now, or forwarded."""
         try:
             decision = self.decide(data, tcp=False)
         except Exception:

@@ -107,13 +107,14 @@ class _Entry:
     hosts: dict[str, str] = field(default_factory=dict)
 
 
-def _is_label(text: str) -> bool:
+def is_label(text: str) -> bool:
+    """A DNS label of letters, digits and hyphens (a Service's or a replica's name)."""
     return 0 < len(text) <= 63 and all(c.isalnum() or c == "-" for c in text) and text.isascii()
 
 
 def _host_label(replica: str, ip: str) -> str:
     label = replica.lower()
-    if _is_label(label):
+    if is_label(label):
         return label
     return ip.replace(".", "-").replace(":", "-")
 
