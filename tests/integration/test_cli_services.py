@@ -450,3 +450,16 @@ async def test_create_deployment_takes_ports_and_networks_for_its_template(
             bad = await corral(nats_url, "create", "deployment", "other", "--image", "x:1", *flags)
             assert bad.exit_code in (1, 2) and flag in bad.stderr, bad.output
         assert await keys(buckets[names.DEPLOYMENTS_BUCKET]) == {"default.my-app"}
+
+
+async def test_scaling_a_service_or_network_is_refused_at_once_naming_the_kind(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with netmgr(nats_url, buckets) as responder:
+        for kind in ("service", "network"):
+            started = time.monotonic()
+            result = await corral(nats_url, "scale", kind, "web", "--replicas", "2")
+            assert result.exit_code == 2 and "KIND" in result.stderr, result.output
+            assert "has no replicas" in result.stderr
+            assert time.monotonic() - started < 3  # not a wait for an owner that never answers
+        assert responder.requests == []

@@ -237,6 +237,11 @@ def scale(ctx: click.Context, kind: str, name: str | None, replicas: int) -> Non
     if name is None:
         raise click.UsageError("missing NAME: corral scale deployment NAME --replicas N")
     api_kind = _kind_arg(kind)
+    if api_kind.kind != "Deployment":  # the only kind with replicas
+        raise click.BadParameter(
+            f"corral scales deployments; a {api_kind.subject_kind} has no replicas",
+            param_hint="KIND",
+        )
     raw = _validated({"name": name, "replicas": replicas}, ScaleRequest)
 
     async def send(client: CorralClient) -> Reply:
@@ -259,7 +264,8 @@ def scale(ctx: click.Context, kind: str, name: str | None, replicas: int) -> Non
 def delete(
     ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...]
 ) -> None:
-    """Delete objects: corral delete deployment NAME..., or corral delete -f FILE."""
+    """Delete objects: corral delete deployment|service|network NAME..., or corral delete
+    -f FILE."""
     targets: list[tuple[ApiKind, str]] = []
     if files:
         if kind is not None:
