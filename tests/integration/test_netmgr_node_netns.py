@@ -69,6 +69,7 @@ async def test_rules_and_jumps_are_applied_once_and_reapplying_changes_nothing(n
     assert "--to-destination 10.128.0.3:8080" in first
     rendered = render(Desired(A, NETS, (web(["10.128.0.2", "10.128.0.3"]),)), await ipt.chains())
     assert await ipt.apply(rendered.tables) == 0
+    assert await ipt.apply(rendered.tables, await ipt.save()) == 0
     assert sh(*netns, "iptables-save", "-t", "nat").count(f"-j {A}-SVC") == 2
     docker_user = sh(*netns, "iptables", "-S", "DOCKER-USER").splitlines()
     assert docker_user[1:] == [f"-A DOCKER-USER -j {A}-FWD", "-A DOCKER-USER -j RETURN"]
@@ -93,7 +94,7 @@ async def test_a_rule_docker_put_before_a_jump_moves_the_jump_first_again(netns:
     # Docker re-inserting its own masquerade first (as on a restart)
     sh(*netns, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "172.17.0.0/16",
        "-j", "MASQUERADE")  # fmt: skip
-    assert await ipt.apply(tables) == 1
+    assert await ipt.apply(tables, await ipt.save()) == 1
     post = sh(*netns, "iptables", "-t", "nat", "-S", "POSTROUTING").splitlines()
     assert post[1:] == [
         f"-A POSTROUTING -j {A}-POST",

@@ -25,10 +25,10 @@ class FakeIptables:
         self.applied: list[dict[str, str]] = []
         self.forgotten: list[tuple[str, tuple[int, ...]]] = []
 
-    async def chains(self) -> dict[str, set[str]]:
-        return {}
+    async def save(self) -> str:
+        return ""
 
-    async def apply(self, tables: dict[str, str]) -> int:
+    async def apply(self, tables: dict[str, str], saved: str | None = None) -> int:
         self.applied.append(dict(tables))
         return 0
 

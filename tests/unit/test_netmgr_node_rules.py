@@ -5,11 +5,14 @@ from __future__ import annotations
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral_netmgr.node.rules import (
     Desired,
+    Jump,
     NetworkRange,
     chains_in,
+    in_place,
     jumps,
     removal,
     render,
+    rules_in,
     udp_targets,
 )
 
@@ -242,3 +245,23 @@ def test_udp_targets_change_when_the_ready_endpoints_do():
     assert udp_targets(one) != udp_targets(two)
     assert udp_targets(endpoints("t", "10.96.0.8", ["10.128.0.2"])) is None  # TCP only
     assert udp_targets(endpoints("h", "None", ["10.128.0.2"], ports=udp)) is None
+
+
+def test_a_jump_is_in_place_when_only_corral_jumps_come_before_it():
+    saved = (
+        "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+        "-A POSTROUTING -j CRL-11111111-POST\n"
+        f"-A POSTROUTING -j {P}-POST\n"
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n"
+        "COMMIT\n"
+    )
+    rules = rules_in(saved)
+    post = Jump("nat", "POSTROUTING", f"{P}-POST")
+    assert in_place(post, rules[("nat", "POSTROUTING")])
+    docker_first = [
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        *rules[("nat", "POSTROUTING")],
+    ]
+    assert not in_place(post, docker_first)
+    assert in_place(Jump("nat", "POSTROUTING", f"{P}-POST", first=False), docker_first)
+    assert not in_place(Jump("nat", "OUTPUT", f"{P}-SVC"), rules.get(("nat", "OUTPUT"), []))

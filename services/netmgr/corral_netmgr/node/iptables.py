@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Final
 
 from corral_netmgr.node import host
-from corral_netmgr.node.rules import TABLES, Jump, chains_in, jumps, removal
+from corral_netmgr.node.rules import TABLES, Jump, chains_in, in_place, jumps, removal, rules_in
 
 log = logging.getLogger(__name__)
 
-CORRAL_CHAIN: Final = "CRL-"  # every corral node's chains begin so (names.chain_prefix)
 CONNTRACK_MISSING = (
     "conntrack is not installed: stale UDP flows of a Service whose "
     "endpoints changed are not removed (install Debian's conntrack)"
@@ -69,7 +67,7 @@ class Iptables:
         base = ["iptables", "-w", "-t", jump.table]
         check = await host.run(self._argv(*base, "-C", jump.chain, *jump.spec), check=False)
         if check.code == 0:
-            if not jump.first or await self._first_enough(jump):
+            if not jump.first or in_place(jump, await self._rules(jump)):
                 return False
             # Put a copy first, then delete the later one (never a moment without it).
             await host.run(self._argv(*base, "-I", jump.chain, "1", *jump.spec))
@@ -91,22 +89,24 @@ class Iptables:
         ran = await host.run(self._argv("iptables", "-w", "-t", jump.table, "-S", jump.chain))
         return [line for line in ran.stdout.splitlines() if line.startswith("-A ")]
 
-    async def _first_enough(self, jump: Jump) -> bool:
-        """Only jumps to corral chains come before `jump` in its chain."""
-        mine = f"-A {jump.chain} {' '.join(jump.spec)}"
-        for rule in await self._rules(jump):
-            if rule == mine:
-                return True
-            if f" -j {CORRAL_CHAIN}" not in rule:
-                return False
-        return False
-
-    async def apply(self, tables: Mapping[str, str]) -> int:
+    async def apply(self, tables: Mapping[str, str], saved: str | None = None) -> int:
         """Restore the tables, then make sure of every jump; how many jumps were added or
-        moved (Docker rewrote its chains, or this is the first time)."""
+        moved (Docker rewrote its chains, or this is the first time). `saved`: this
+        node's `save()` just before (its own chains are all `tables` changes): jumps it
+        shows in place are not checked again, one process per table instead of two per
+        jump."""
         await self.restore(tables)
+        if saved is None:
+            wanted = await self.jumps()
+            seen: dict[tuple[str, str], list[str]] = {}
+        else:
+            docker_user = "DOCKER-USER" in chains_in(saved).get("filter", set())
+            wanted = jumps(self.prefix, docker_user=docker_user)
+            seen = rules_in(saved)
         changed = 0
-        for jump in await self.jumps():
+        for jump in wanted:
+            if saved is not None and in_place(jump, seen.get((jump.table, jump.chain), [])):
+                continue
             changed += await self.ensure_jump(jump)
         return changed
 

@@ -34,7 +34,7 @@ from corral.natsio.kv import Bucket, Entry, Mirror, write_record
 from corral_netmgr.node import host, routes
 from corral_netmgr.node.docker_networks import DockerNetworks, NetworkInUse, subnets, wanted
 from corral_netmgr.node.iptables import Iptables
-from corral_netmgr.node.rules import Desired, NetworkRange, render, udp_targets
+from corral_netmgr.node.rules import Desired, NetworkRange, chains_in, render, udp_targets
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -270,9 +270,9 @@ class NodePart:
             for status in self.statuses.values()
         )
         started = time.monotonic()
-        existing = await self.iptables.chains()
-        rendered = render(Desired(self.settings.prefix, networks, endpoints), existing)
-        await self.iptables.apply(rendered.tables)
+        saved = await self.iptables.save()
+        rendered = render(Desired(self.settings.prefix, networks, endpoints), chains_in(saved))
+        await self.iptables.apply(rendered.tables, saved)
         self._apply_seconds.observe(time.monotonic() - started)
         self._rules_applied.inc()
         await self._forget_udp_flows(endpoints)

@@ -337,6 +337,30 @@ def chains_in(saved: str) -> dict[str, set[str]]:
     return found
 
 
+def rules_in(saved: str) -> dict[tuple[str, str], list[str]]:
+    """(table, chain) -> its rules in order (`-A CHAIN ...` lines), from `iptables-save`."""
+    found: dict[tuple[str, str], list[str]] = {}
+    table = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A ") and table:
+            found.setdefault((table, line.split(" ", 2)[1]), []).append(line)
+    return found
+
+
+def in_place(jump: Jump, rules: list[str]) -> bool:
+    """Whether `jump` is among `rules` (its chain's, in order) and, for a jump that must
+    come first, only jumps to corral chains (any node's: `CRL-`) come before it."""
+    mine = f"-A {jump.chain} {' '.join(jump.spec)}"
+    for rule in rules:
+        if rule == mine:
+            return True
+        if jump.first and " -j CRL-" not in rule:
+            return False
+    return False
+
+
 def udp_targets(endpoints: Endpoints) -> tuple[str, tuple[int, ...], frozenset[str]] | None:
     """For a UDP Service with a VIP: (VIP, its UDP node ports, its ready endpoints' IPs),
     what conntrack cleaning compares between two applies; None for any other."""
