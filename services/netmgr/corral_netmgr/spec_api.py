@@ -88,8 +88,9 @@ class SpecAPI(Generic[T]):
 
     # --- replies -------------------------------------------------------------------
 
-    def reply(self, **fields: Any) -> Reply:
-        return Reply(kind=self.kind, **fields)
+    def reply(self, *, ok: bool, reason: str = "", **fields: Any) -> Reply:
+        """A Reply about this kind (a refusal always with its `reason`)."""
+        return Reply(kind=self.kind, ok=ok, reason=reason, **fields)
 
     def invalid(self, name: str, error: str, field: str) -> Reply:
         return self.reply(ok=False, name=name, reason=REASON_INVALID, error=error, field=field)
