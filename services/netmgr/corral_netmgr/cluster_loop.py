@@ -99,6 +99,10 @@ class Mirrors:
         ]
 
 
+def label_pair(namespace: str, key: str, value: str) -> str:
+    return f"{namespace}/{key}={value}"
+
+
 def _without_stamp(record: Any) -> Any:
     return msgspec.structs.replace(record, updated_at=0.0)
 
@@ -136,7 +140,14 @@ class ClusterLoop:
             status_changes, by=lambda key, s: tuple(s.ips) if len(s.ips) > 1 else ()
         )
         placement_changes = ChangeFeed(m.placements)
-        self.placements_by_namespace = Index(placement_changes, by=lambda key, p: (p.namespace,))
+        # "<namespace>/<label>=<value>" -> the placements with it: a Service's candidates
+        # are those under the rarest pair of its selector, not its whole namespace.
+        self.placements_by_label = Index(
+            placement_changes,
+            by=lambda key, p: [
+                label_pair(p.namespace, k, v) for k, v in placement_labels(p).items()
+            ],
+        )
         self.placements_by_node = Index(placement_changes, by=lambda key, p: (p.node,))
         service_changes = ChangeFeed(m.services)
         self.services_by_namespace = Index(
@@ -374,10 +385,21 @@ class ClusterLoop:
 
     # --- the endpoints controller ------------------------------------------------------------
 
-    def candidates(self, namespace: str) -> list[Candidate]:
+    def candidates(self, service: Service) -> list[Candidate]:
+        """The replicas that may be the Service's endpoints: those under the rarest
+        label pair of its selector (compute_endpoints checks the whole selector)."""
         m = self.mirrors
+        namespace = service.metadata.namespace
+        keys = min(
+            (
+                self.placements_by_label.get(label_pair(namespace, k, v))
+                for k, v in service.spec.selector.items()
+            ),
+            key=len,
+            default=frozenset(),
+        )
         found = []
-        for key in self.placements_by_namespace.get(namespace):
+        for key in keys:
             placement = m.placements.get(key)
             if placement is None:
                 continue
@@ -407,7 +429,7 @@ class ClusterLoop:
             if stored is not None and not await self._write(m.endpoints, [Delete(key, stored[1])]):
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
             return None
-        wanted = compute_endpoints(service, self.candidates(service.metadata.namespace))
+        wanted = compute_endpoints(service, self.candidates(service))
         if stored is not None and _without_stamp(stored[0]) == wanted:
             return None
         stamped = msgspec.structs.replace(wanted, updated_at=self.wall_clock())
