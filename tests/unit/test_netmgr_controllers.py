@@ -169,3 +169,16 @@ async def test_the_controllers_run_on_their_own() -> None:
         from tests.waiting import eventually
 
         await eventually(sliced, bool, within=5.0, interval=0.01)
+
+
+async def test_an_unreadable_record_of_its_own_is_replaced_whole() -> None:
+    buckets = memory_buckets()
+    await buckets[names.ENDPOINTS_BUCKET].put("default.web", b"{not json")
+    await buckets[names.NETWORK_STATUS_BUCKET].put("default", b'{"name": 5}')
+    async with netmgr(buckets) as n:
+        ok(await n.services.apply(service("web")))
+        await n.drain()
+        endpoints = await n.record(names.ENDPOINTS_BUCKET, "default.web", Endpoints)
+        assert endpoints.cluster_ip == "10.96.0.2"
+        default = await n.record(names.NETWORK_STATUS_BUCKET, "default", NetworkStatus)
+        assert default.subnet == "10.128.0.0/16"

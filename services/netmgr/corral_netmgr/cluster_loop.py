@@ -35,7 +35,7 @@ from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
 from corral.contract.specs import Deployment
 from corral.contract.state import Node, Placement, ReplicaStatus
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
-from corral.natsio.kv import Create, Delete, Mirror, Update, Write, write_many
+from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
 from corral_netmgr import metrics
 from corral_netmgr.allocator import assign_slices, gateway
 from corral_netmgr.endpoints import Candidate, compute_endpoints, placement_labels, selects
@@ -286,14 +286,23 @@ class ClusterLoop:
         if not writes:
             return True
         outcomes = await write_many(mirror.bucket, writes)
+        written = True
         for outcome in outcomes:
+            write = outcome.write
+            if outcome.conflict and isinstance(write, Create) and write.key in mirror.unreadable:
+                # A record of ours that cannot be read (corrupt, or from a newer corral)
+                # is replaced whole: only this process writes these buckets.
+                revision = await mirror.bucket.put(write.key, write.value)
+                mirror.apply(Entry(write.key, write.value, revision))
+                continue
             entry = outcome.entry
             if entry is not None:
                 mirror.apply(entry)
-        for outcome in outcomes:
-            if outcome.error is not None and not outcome.conflict:
+            elif outcome.error is not None and not outcome.conflict:
                 raise outcome.error
-        return all(outcome.ok for outcome in outcomes)
+            else:
+                written = False
+        return written
 
     # --- the network controller ------------------------------------------------------------
 
