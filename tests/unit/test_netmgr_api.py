@@ -120,7 +120,7 @@ async def test_a_network_in_use_is_not_deleted_and_the_error_lists_its_users() -
         ok(await n.networks.apply(network("blue")))
         ok(await n.services.apply(service("api", network="blue")))
         refused = await n.networks.delete(encode({"name": "blue"}))
-        assert not refused.ok and refused.field == "name"
+        assert not refused.ok and refused.field == "name" and refused.reason == "Conflict"
         assert "deployment default.web" in refused.error
         assert "service default.api" in refused.error
         assert await n.buckets[names.NETWORKS_BUCKET].get("blue") is not None

@@ -19,7 +19,7 @@ import msgspec
 
 from corral.contract import names
 from corral.contract.codec import encode
-from corral.contract.events import REASON_INVALID, Reply
+from corral.contract.events import REASON_CONFLICT, Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import NodeNetwork
 from corral.contract.specs import DEFAULT_NETWORK, Deployment, ObjectMeta, replica_networks
@@ -126,7 +126,7 @@ class NetworkAPI(SpecAPI[Network]):
             return self.reply(
                 ok=False,
                 name=name,
-                reason=REASON_INVALID,
+                reason=REASON_CONFLICT,  # the cluster's state, not the request, is in the way
                 field="name",
                 error=f"network {name!r} is in use by {', '.join(users)}; "
                 "delete them or change them to another network first",
