@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -39,13 +42,18 @@ from corral.contract.network_state import (
 from corral.natsio.kv import NatsBucket
 from corral.natsio.service import ServiceContext, base_parser, run_service
 from corral_netmgr import node as node_part
+from tests.e2e.second_engine import second_engine
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+def sh(
+    *argv: str, check: bool = True, engine: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; `engine`: the DOCKER_HOST its docker commands talk to."""
+    env = None if engine is None else {**os.environ, "DOCKER_HOST": engine}
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60, env=env)
 
 
 def host_state() -> dict[str, list[str]]:
@@ -115,9 +123,9 @@ async def running_node_part(nats_url: str, node: str, *flags: str) -> AsyncItera
             tg.cancel_scope.cancel()
 
 
-async def remove_all(nats_url: str, node: str) -> None:
+async def remove_all(nats_url: str, node: str, *flags: str) -> None:
     args = parser().parse_args(
-        ["--nats", nats_url, "--metrics-port", "0", "--node", node, "--remove-all"]
+        ["--nats", nats_url, "--metrics-port", "0", "--node", node, "--remove-all", *flags]
     )
     with anyio.fail_after(60):
         await run_service("netmgr", node_part.run, args)
@@ -159,40 +167,47 @@ async def add_network(buckets: dict[str, NatsBucket], net: Net, node: str) -> No
     )
 
 
-def docker_network(name: str) -> dict[str, object] | None:
-    done = sh("docker", "network", "inspect", name, "--format", "{{json .}}", check=False)
+def docker_network(name: str, engine: str | None = None) -> dict[str, object] | None:
+    done = sh(
+        "docker", "network", "inspect", name, "--format", "{{json .}}", check=False, engine=engine
+    )
     if done.returncode != 0:
         return None
     found: dict[str, object] = json.loads(done.stdout)
     return found
 
 
-def container(image: str, node: str, network: str, name: str, *command: str) -> str:
+def container(
+    image: str, node: str, network: str, name: str, *command: str, engine: str | None = None
+) -> str:
     """A test container on `network`, labelled as `node`'s (removed with the node)."""
     run = sh(
         "docker", "run", "-d", "--name", name, "--hostname", name, "--network", network,
-        "--label", f"{names.LABEL_NODE}={node}", image, *command,
+        "--label", f"{names.LABEL_NODE}={node}", image, *command, engine=engine,
     )  # fmt: skip
     return run.stdout.strip()
 
 
-def httpd(image: str, node: str, network: str, name: str) -> str:
+def httpd(image: str, node: str, network: str, name: str, engine: str | None = None) -> str:
     return container(
         image, node, network, name,
         "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
+        engine=engine,
     )  # fmt: skip
 
 
-def ip_of(name: str, network: str) -> str:
+def ip_of(name: str, network: str, engine: str | None = None) -> str:
     fmt = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
-    return sh("docker", "inspect", "-f", fmt, name).stdout.strip()
+    return sh("docker", "inspect", "-f", fmt, name, engine=engine).stdout.strip()
 
 
-def fetch(client: str, address: str, port: int = 80, timeout: int = 5) -> tuple[bool, str, float]:
+def fetch(
+    client: str, address: str, port: int = 80, timeout: int = 5, engine: str | None = None
+) -> tuple[bool, str, float]:
     """An HTTP GET from inside `client` (busybox nc): (worked, body or error, seconds)."""
     request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout} {address} {port}"
     started = time.monotonic()
-    done = sh("docker", "exec", client, "sh", "-c", request, check=False)
+    done = sh("docker", "exec", client, "sh", "-c", request, check=False, engine=engine)
     took = time.monotonic() - started
     if done.returncode == 0 and " 200 " in done.stdout.split("\n", 1)[0]:
         return True, done.stdout.split("\n\n", 1)[-1].strip(), took  # text mode: \r\n read as \n
@@ -210,9 +225,9 @@ def rules_applied(node: str) -> float:
     )
 
 
-def remove_containers(*names_: str) -> None:
+def remove_containers(*names_: str, engine: str | None = None) -> None:
     if names_:
-        sh("docker", "rm", "-f", *names_, check=False)
+        sh("docker", "rm", "-f", *names_, check=False, engine=engine)
 
 
 async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_network(
@@ -450,3 +465,104 @@ async def test_isolation_services_node_ports_and_remove_all_on_a_real_engine(
     assert prefix and prefix not in sh("iptables-save").stdout
     listed = sh("docker", "network", "ls", "--format", "{{.Name}}").stdout
     assert cluster and cluster not in listed, listed
+
+
+@pytest.fixture
+def second_host(test_image: str) -> Iterator[str]:
+    # a short path: the engine's unix socket path must stay under ~100 bytes
+    root = Path(tempfile.mkdtemp(prefix="corral-n2-", dir="/tmp"))
+    with second_engine(root, test_image) as host:
+        yield host
+
+
+async def test_two_nodes_on_one_host_join_their_networks_keep_isolation_and_their_own_chains(
+    nats_url: str,
+    buckets: dict[str, NatsBucket],
+    node_name: str,
+    test_image: str,
+    second_host: str,
+    unchanged_host: Guard,
+) -> None:
+    red, blue = two_networks()
+    one, two = node_name, f"{node_name}-b"
+    # node two's slices: the next /24 of each range
+    red_two = Net(
+        "red", red.subnet, red.slice.replace(".3.0/", ".4.0/"), red.gateway.replace(".3.1", ".4.1")
+    )
+    blue_two = Net(
+        "blue",
+        blue.subnet,
+        blue.slice.replace(".3.0/", ".4.0/"),
+        blue.gateway.replace(".3.1", ".4.1"),
+    )
+    made_one: list[str] = []
+    made_two: list[str] = []
+    prefixes: list[str] = []
+    try:
+        async with (
+            running_node_part(nats_url, one) as ctx,
+            running_node_part(nats_url, two, "--docker-host", second_host),
+        ):
+            cluster = ctx.cluster.id
+            prefixes += [names.chain_prefix(cluster, one), names.chain_prefix(cluster, two)]
+            unchanged_host.marks += [cluster, *prefixes]
+            unchanged_host.marks += [n.slice for n in (red, blue, red_two, blue_two)]
+            for net in (red, blue):
+                await add_network(buckets, net, one)
+            for net in (red_two, blue_two):
+                await add_network(buckets, net, two)
+            red_name = names.docker_network_name("red", cluster)
+            blue_name = names.docker_network_name("blue", cluster)
+            for name, engine in (
+                (red_name, None),
+                (blue_name, second_host),
+                (red_name, second_host),
+            ):
+                await eventually(
+                    lambda n=name, e=engine: anyio.to_thread.run_sync(docker_network, n, e),  # type: ignore[misc]
+                    lambda found: found is not None,
+                )
+            records = buckets[names.NODE_NETWORK_BUCKET]
+            for node in (one, two):
+                record = await eventually(
+                    lambda n=node: read_record(records, n),  # type: ignore[misc]
+                    lambda r: r is not None and r.ready,
+                )
+                assert record is not None and record.host_id
+            tag = node_name[-6:]
+            client = f"client-{tag}"
+            made_one.append(client)
+            container(test_image, one, red_name, client, "sleep", "600")
+            web_two, other_two = f"web-two-{tag}", f"other-two-{tag}"
+            made_two += [web_two, other_two]
+            httpd(test_image, two, red_name, web_two, engine=second_host)
+            httpd(test_image, two, blue_name, other_two, engine=second_host)
+            web_ip = ip_of(web_two, red_name, second_host)
+            other_ip = ip_of(other_two, blue_name, second_host)
+            assert web_ip.startswith(red_two.slice.rsplit(".", 1)[0])
+            # the same network across nodes (two bridges of one host): reachable
+            result = await eventually(
+                lambda: anyio.to_thread.run_sync(fetch, client, web_ip, 8080),
+                lambda r: r[0],
+            )
+            assert result[1] == web_two
+            # another network on the other node: rejected at once, both ways
+            worked, said, took = await anyio.to_thread.run_sync(fetch, client, other_ip, 8080)
+            assert not worked and took < 3 and "No route to host" in said, (said, took)
+            client_ip = ip_of(client, red_name)
+            worked, said, took = await anyio.to_thread.run_sync(
+                partial(fetch, other_two, client_ip, 8080, engine=second_host)
+            )
+            assert not worked and took < 3 and "No route to host" in said, (said, took)
+            # nodes of one host need no route
+            assert sh("ip", "route", "show", "proto", "182").stdout.strip() == ""
+    finally:
+        remove_containers(*made_one)
+        remove_containers(*made_two, engine=second_host)
+        await remove_all(nats_url, one)
+    # each node owns its chains: removing one node's leaves the other's
+    saved = sh("iptables-save").stdout
+    if prefixes:
+        assert prefixes[0] not in saved and prefixes[1] in saved
+    await remove_all(nats_url, two, "--docker-host", second_host)
+    assert not any(p in sh("iptables-save").stdout for p in prefixes)
