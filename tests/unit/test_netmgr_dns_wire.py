@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 from dnslib import EDNS0, RCODE, DNSRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral_netmgr.node.dns import DnsServer, _plain_query
@@ -143,3 +145,39 @@ def test_bytes_that_no_client_sends_never_escape_decide(server: DnsServer) -> No
         for value in (0x00, 0x3F, 0xC0, 0xFF):
             mutated = data[:i] + bytes([value]) + data[i + 1 :]
             server.decide(mutated, tcp=False)  # any outcome, but no exception
+
+
+# Deterministic (a seed from each test's name), no example database on disk.
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+QUERY = b"\x12\x34" + bytes(DNSRecord.question("web.default.svc.cluster.local.").pack())[2:]
+
+
+@FUZZ
+@given(data=st.binary(max_size=600))
+def test_any_bytes_get_a_parsable_reply_or_none_and_never_an_exception(
+    server: DnsServer, data: bytes
+) -> None:
+    decision = server.decide(data, tcp=False)
+    for packed in (decision.reply, decision.servfail):
+        if packed is not None:
+            assert DNSRecord.parse(packed).header.qr == 1
+
+
+@FUZZ
+@given(at=st.integers(0, len(QUERY) - 1), value=st.integers(0, 255), tcp=st.booleans())
+def test_a_query_with_any_byte_changed_gets_a_parsable_reply_or_none(
+    server: DnsServer, at: int, value: int, tcp: bool
+) -> None:
+    data = QUERY[:at] + bytes([value]) + QUERY[at + 1 :]
+    decision = server.decide(data, tcp=tcp)
+    for packed in (decision.reply, decision.servfail):
+        if packed is not None:
+            reply = DNSRecord.parse(packed)
+            assert reply.header.qr == 1
+            assert reply.header.id == int.from_bytes(data[:2], "big")
