@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import msgspec
@@ -17,6 +18,8 @@ from corral.contract.network_state import (
     NodeNetwork,
 )
 from corral.natsio.kv import Entry, MemoryBucket
+from corral.natsio.service import RefusedToStart
+from corral_netmgr import node
 from corral_netmgr.node.part import NodePart, NodeSettings
 
 
@@ -152,3 +155,33 @@ async def test_the_record_is_written_when_it_changes_and_not_for_its_time_alone(
     part.forget_facts()
     await part.reconcile_record()
     assert (await stored())[0].used_ranges == ["172.17.0.0/16", "172.18.0.0/16"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--node", "Not_A_Label"], "--node"),
+        (["--node", "n1", "--node-address", "192.0.2"], "--node-address"),
+        (["--node", "n1", "--dns-port", "70000"], "--dns-port"),
+        (["--node", "n1", "--node-resync-seconds", "0"], "--node-resync-seconds"),
+        (["--node", "n1", "--node-resync-seconds", "nan"], "--node-resync-seconds"),
+    ],
+)
+def test_bad_flags_refuse_to_start_naming_the_flag(flags: list[str], named: str) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--node", default="")
+    node.add_arguments(parser)
+    with pytest.raises(RefusedToStart, match=named):
+        node.settings_from_args(parser.parse_args(flags), "c0ffee", "host-a")
+
+
+def test_good_flags_make_the_settings() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--node", default="")
+    node.add_arguments(parser)
+    args = parser.parse_args(["--node", "n1", "--node-address", "192.0.2.7", "--dns-port", "0"])
+    settings = node.settings_from_args(args, "c0ffee", "host-a")
+    assert settings == NodeSettings(
+        node="n1", cluster_id="c0ffee", node_address="192.0.2.7", host_id="host-a", dns_port=0
+    )
+    assert settings.prefix == names.chain_prefix("c0ffee", "n1")

@@ -74,19 +74,10 @@ async def run(
     from corral_netmgr.node.docker_networks import DockerNetworks
     from corral_netmgr.node.host import machine_id
     from corral_netmgr.node.iptables import Iptables
-    from corral_netmgr.node.part import NodePart, NodeSettings
+    from corral_netmgr.node.part import NodePart
 
-    node = str(getattr(args, "node", "") or "")
-    if not DNS_LABEL.fullmatch(node):
-        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
-    settings = NodeSettings(
-        node=node,
-        cluster_id=ctx.cluster.id,
-        node_address=_address(getattr(args, "node_address", "")),
-        host_id=machine_id(),
-        resync_seconds=float(getattr(args, "node_resync_seconds", 30.0)),
-        dns_port=int(getattr(args, "dns_port", 53)),
-    )
+    settings = settings_from_args(args, ctx.cluster.id, machine_id())
+    node = settings.node
     docker = aiodocker.Docker(url=getattr(args, "docker_host", None))
     try:
         networks = DockerNetworks(docker, settings.cluster_id, node)
@@ -141,6 +132,29 @@ async def _run_part(
         if dns is not None:
             with anyio.CancelScope(shield=True):
                 await dns.close()
+
+
+def settings_from_args(args: argparse.Namespace, cluster_id: str, host_id: str) -> NodeSettings:
+    """The node part's settings from its flags; RefusedToStart naming a bad flag."""
+    from corral_netmgr.node.part import NodeSettings
+
+    node = str(getattr(args, "node", "") or "")
+    if not DNS_LABEL.fullmatch(node):
+        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
+    resync = float(getattr(args, "node_resync_seconds", 30.0))
+    if not resync > 0 or resync == float("inf"):
+        raise RefusedToStart(f"--node-resync-seconds {resync:g} must be a number of seconds > 0")
+    dns_port = int(getattr(args, "dns_port", 53))
+    if not 0 <= dns_port <= 65535:
+        raise RefusedToStart(f"--dns-port {dns_port} is not a port (0-65535; 0: no DNS)")
+    return NodeSettings(
+        node=node,
+        cluster_id=cluster_id,
+        node_address=_address(getattr(args, "node_address", "")),
+        host_id=host_id,
+        resync_seconds=resync,
+        dns_port=dns_port,
+    )
 
 
 def _address(text: str) -> str:
