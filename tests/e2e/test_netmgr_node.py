@@ -283,7 +283,10 @@ async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_
                 lambda now: now >= applied + 2,
             )
             again = await read_record(buckets[names.NODE_NETWORK_BUCKET], node_name)
-            assert again is not None and again.updated_at == revision
+            assert again is not None
+            # written again only if something changed (other tests on this machine may
+            # make or remove Docker networks meanwhile: used ranges)
+            assert again.updated_at == revision or again.used_ranges != record.used_ranges
 
             # a container keeps a network whose slice is gone until it leaves
             user = f"crl-test-{node_name}"
