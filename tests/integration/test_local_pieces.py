@@ -9,7 +9,12 @@ import time
 from pathlib import Path
 
 from corral.client.local.child import RestartBackoff
-from corral.client.local.plan import UpOptions, local_node_name, service_children
+from corral.client.local.plan import (
+    UpOptions,
+    local_node_name,
+    node_part_cleanup,
+    service_children,
+)
 from corral.client.local.processes import ProcessRef
 
 
@@ -43,7 +48,7 @@ def test_a_reused_pid_is_not_taken_for_ours() -> None:
 def test_each_service_gets_nats_its_port_and_its_log(tmp_path: Path) -> None:
     options = UpOptions(data_dir=tmp_path, nats_port=14222, metrics_base_port=19100)
     children = {child.name: child for child in service_children(options)}
-    assert list(children) == ["scheduler", "node-agent", "netmgr", "volmgr"]
+    assert list(children) == ["scheduler", "node-agent", "netmgr", "volmgr", "netmgr-node"]
     for offset, child in enumerate(children.values()):
         command = child.command
         assert command[command.index("--nats") + 1] == "nats://127.0.0.1:14222"
@@ -53,3 +58,19 @@ def test_each_service_gets_nats_its_port_and_its_log(tmp_path: Path) -> None:
     agent = children["node-agent"].command
     assert agent[agent.index("--node-name") + 1] == local_node_name()
     assert "." not in local_node_name()
+    node_part = children["netmgr-node"].command
+    assert node_part[0].endswith("corral-netmgr") or node_part[-1] == "corral_netmgr"
+    assert node_part[node_part.index("--node") + 1] == local_node_name()
+
+
+def test_the_node_part_runs_beside_real_containers_only_and_cleans_up_with_the_same_node(
+    tmp_path: Path,
+) -> None:
+    hollow = UpOptions(data_dir=tmp_path, runtime="hollow")
+    assert "netmgr-node" not in {child.name for child in service_children(hollow)}
+    options = UpOptions(data_dir=tmp_path, node_name="n1", docker_host="unix:///tmp/d.sock")
+    cleanup = node_part_cleanup(options)
+    assert cleanup[-1] == "--remove-all"
+    assert cleanup[cleanup.index("--node") + 1] == "n1"
+    assert cleanup[cleanup.index("--docker-host") + 1] == "unix:///tmp/d.sock"
+    assert cleanup[cleanup.index("--nats") + 1] == options.nats_url

@@ -39,7 +39,7 @@ _data_dir_option = click.option(
     type=click.IntRange(1, 65532),
     default=DEFAULT_METRICS_BASE_PORT,
     show_default=True,
-    help="scheduler on it, node-agent +1, netmgr +2, volmgr +3.",
+    help="scheduler on it, node-agent +1, netmgr +2, volmgr +3, netmgr's node part +4.",
 )
 @click.option("--node-name", default="", help="The local node's name (default: the host name).")
 @click.option(

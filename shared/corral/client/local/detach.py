@@ -30,7 +30,7 @@ from corral.client.local.supervisor import (
     stop_leftovers,
 )
 
-SUPERVISOR_STOP_TIMEOUT = 30.0
+SUPERVISOR_STOP_TIMEOUT = 90.0  # services, then the node part's clean-up, then nats-server
 
 
 class DetachFailed(RuntimeError):

@@ -1,7 +1,9 @@
-"""Which processes `corral up` runs: nats-server, then the four services.
+"""Which processes `corral up` runs: nats-server, then the four services, and netmgr's
+node part beside the node agent (docs/networking.md).
 
 Each service gets `--nats` and its own metrics port, counted from a base port
-(9101 scheduler, 9102 node-agent, 9103 netmgr, 9104 volmgr by default).
+(9101 scheduler, 9102 node-agent, 9103 netmgr, 9104 volmgr, 9105 netmgr's node part
+by default).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ DEFAULT_METRICS_BASE_PORT = 9101
 HOST = "127.0.0.1"
 
 # Service name -> offset from the metrics base port. Order is start order.
-SERVICES: dict[str, int] = {"scheduler": 0, "node-agent": 1, "netmgr": 2, "volmgr": 3}
+SERVICES: dict[str, int] = {
+    "scheduler": 0,
+    "node-agent": 1,
+    "netmgr": 2,
+    "volmgr": 3,
+    "netmgr-node": 4,
+}
+# The program each runs: netmgr's node part is `corral-netmgr --node NAME`.
+_PROGRAMS = {"netmgr-node": "netmgr"}
 _MODULES = {
     "scheduler": "corral_scheduler",
     "node-agent": "corral_node_agent",
@@ -72,6 +82,7 @@ def local_node_name() -> str:
 
 def service_command(service: str) -> list[str]:
     """The console script beside this interpreter, else on PATH, else through this interpreter."""
+    service = _PROGRAMS.get(service, service)
     script = f"corral-{service}"
     beside = Path(sys.executable).parent / script
     if beside.exists():
@@ -96,6 +107,8 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
     layout = options.layout
     children = []
     for service in SERVICES:
+        if service == "netmgr-node" and not runs_node_part(options):
+            continue
         port = options.metrics_port(service)
         command = [
             *service_command(service),
@@ -117,6 +130,8 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
                 command += ["--docker-host", options.docker_host]
             if agent_id:
                 command += ["--agent-id", agent_id]
+        if service == "netmgr-node":
+            command += node_part_flags(options)
         base = f"http://{HOST}:{port}"
         children.append(
             ChildSpec(
@@ -128,6 +143,36 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
             )
         )
     return children
+
+
+def runs_node_part(options: UpOptions) -> bool:
+    """netmgr's node part runs beside an agent of real containers (not a hollow one)."""
+    return options.runtime == "docker"
+
+
+def node_part_flags(options: UpOptions) -> list[str]:
+    flags = ["--node", options.node_name or local_node_name()]
+    if options.docker_host:
+        flags += ["--docker-host", options.docker_host]
+    return flags
+
+
+def node_part_cleanup(options: UpOptions) -> list[str]:
+    """The command that removes the node part's chains, routes and Docker networks
+    (run by the supervisor after the services stop, while nats-server still runs)."""
+    return [
+        *service_command("netmgr-node"),
+        "--nats",
+        options.nats_url,
+        "--metrics-host",
+        HOST,
+        "--metrics-port",
+        "0",
+        "--log-level",
+        options.log_level,
+        *node_part_flags(options),
+        "--remove-all",
+    ]
 
 
 def wanted_ports(options: UpOptions) -> dict[str, int]:
@@ -148,7 +193,7 @@ def port_problem(options: UpOptions) -> str | None:
     if shared:
         return (
             f"port(s) wanted twice: {', '.join(shared)}; the services use --metrics-base-port "
-            "to +3, so keep --nats-port outside that range"
+            f"to +{max(SERVICES.values())}, so keep --nats-port outside that range"
         )
     return None
 

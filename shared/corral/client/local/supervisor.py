@@ -4,7 +4,9 @@ Start: refuse ports that can never work; take the data dir's lock (one superviso
 per data dir); refuse when a port is taken; stop the leftovers of a supervisor
 that died; start nats-server and wait until JetStream answers; start the services
 and wait until each /healthz answers 200. Then supervise until SIGINT/SIGTERM, and
-stop in order: services (SIGTERM, then SIGKILL after a timeout), then nats-server,
+stop in order: services (SIGTERM, then SIGKILL after a timeout), then netmgr's node
+part removes its packet-filter rules, routes and unused Docker networks (`corral-netmgr
+--node NAME --remove-all`, which reads the cluster's id from NATS), then nats-server,
 so the services drain cleanly.
 
 A startup that cannot succeed fails with CannotStart after stopping in the same
@@ -31,7 +33,9 @@ from corral.client.local.plan import (
     UpOptions,
     busy_ports,
     nats_child,
+    node_part_cleanup,
     port_problem,
+    runs_node_part,
     service_children,
 )
 from corral.client.local.processes import ProcessRef, start_time, stop_processes
@@ -191,6 +195,9 @@ async def _run_locked(
     await Supervisor(options, agent_id, on_ready).run()
 
 
+CLEANUP_TIMEOUT = 30.0
+
+
 class Supervisor:
     """`corral up`'s process tree, in named steps: nats-server first; once JetStream
     answers, the services; once every one is healthy, ready; on a signal (or a failed
@@ -291,6 +298,22 @@ class Supervisor:
         if self.on_ready is not None:
             self.on_ready(self.record)
 
+    async def remove_node_rules(self) -> None:
+        """netmgr's node part stopped with the services; what it made on this host (its
+        chains, routes, Docker networks no container uses) goes now, while nats-server
+        still answers (the chains are named from the cluster's id)."""
+        if not runs_node_part(self.options):
+            return
+        command = node_part_cleanup(self.options)
+        log.info("removing netmgr's rules, routes and Docker networks of this node")
+        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
+            done = await anyio.run_process(command, check=False)
+            if done.returncode != 0:
+                tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                log.warning("netmgr --remove-all exited %s: %s", done.returncode, " / ".join(tail))
+        if scope.cancelled_caught:
+            log.warning("netmgr --remove-all did not finish within %.0f s", CLEANUP_TIMEOUT)
+
     async def run(self) -> None:
         write_pid(self.layout, self.me.pid)
         self.save()
@@ -308,6 +331,7 @@ class Supervisor:
                         self.save()
                         log.info("stopping services")
                         services_group.cancel_scope.cancel()
+                    await self.remove_node_rules()
                     log.info("stopping nats-server")
                     nats_group.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
