@@ -451,6 +451,22 @@ async def test_isolation_services_node_ports_and_remove_all_on_a_real_engine(
                 partial(sh, *lookup, red.gateway, check=False)
             )
             assert vip in looked_up.stdout, looked_up
+            # UDP through a VIP: a Service on port 53 whose endpoint is that DNS server
+            udp_vip = "10.96.231.13"
+            udp = Endpoints(
+                service="udp",
+                cluster_ip=udp_vip,
+                network="red",
+                ports=[EndpointPort(port=53, target_port=53, protocol="UDP")],
+                addresses=[EndpointAddress(ip=red.gateway, replica="dns", node=node_name)],
+            )
+            written = await put(endpoints_bucket, udp.key, udp)
+            await eventually(
+                lambda: read_record(buckets[names.NODE_NETWORK_BUCKET], node_name),
+                lambda r: r is not None and r.endpoints_revision >= written,
+            )
+            looked_up = await anyio.to_thread.run_sync(partial(sh, *lookup, udp_vip, check=False))
+            assert vip in looked_up.stdout, looked_up
 
             # an endpoint gone: no more requests to it
             web_one = msgspec.structs.replace(web, addresses=web.addresses[1:])

@@ -4,6 +4,7 @@ are never touched)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -142,3 +143,21 @@ async def test_a_route_whose_next_hop_is_unreachable_is_reported_not_raised(netn
     plan = routes.plan({}, {"10.128.1.0/24": "198.51.100.1"}, ["10.128.0.0/16"])
     errors = await routes.apply_plan(plan, netns)
     assert len(errors) == 1 and "10.128.1.0/24" in errors[0]
+
+
+async def test_forgetting_a_udp_services_flows_deletes_its_conntrack_entries_only(
+    netns: list[str],
+):
+    if shutil.which("conntrack") is None:
+        pytest.skip("conntrack is not installed (scripts/ensure-docker installs it)")
+    ipt = Iptables(A, wrapper=netns)
+    await ipt.apply(render(Desired(A, NETS)).tables)  # conntrack is on once rules use it
+    send = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    for address in ("192.0.2.9", "192.0.2.8"):
+        sh(*netns, "python3", "-c", send + f"s.sendto(b'x', ('{address}', 53))")
+    listed = sh(*netns, "conntrack", "-L", "-p", "udp")
+    assert "dst=192.0.2.9" in listed and "dst=192.0.2.8" in listed
+    await ipt.forget_flows("192.0.2.9", ())
+    listed = sh(*netns, "conntrack", "-L", "-p", "udp")
+    assert "dst=192.0.2.9" not in listed and "dst=192.0.2.8" in listed
+    await ipt.forget_flows("192.0.2.9", ())  # nothing left to delete: no error
