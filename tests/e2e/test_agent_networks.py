@@ -12,12 +12,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 from corral.contract import names
 from corral.contract.specs import ContainerTemplate
 from corral.contract.state import Placement, ReplicaState
 from corral.natsio.kv import NatsBucket
+from corral_node_agent.docker_runtime import DockerRuntime
+from corral_node_agent.runtime import NETWORK_APPEARED
 from tests.e2e.conftest import AgentFactory, remove_node_containers
 from tests.e2e.test_agent_docker import (
     SLEEP,
@@ -196,3 +199,18 @@ async def test_a_replica_waits_for_its_network_and_starts_once_it_is_made(
     assert ipaddress.IPv4Address(status.ips[late]) in subnet
     inspect = json.loads(docker("network", "inspect", names.docker_network_name(late, cluster)))
     assert len(inspect[0]["Containers"]) == 1
+
+
+async def test_the_engine_tells_the_agent_when_a_corral_network_is_made(
+    node_name: str, networks: NetworkMaker
+) -> None:
+    runtime = DockerRuntime()
+    heard: list[str] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.watch, node_name, heard.append)
+            networks.make(network_name(), "c0ffee")
+            await eventually(lambda: NETWORK_APPEARED in heard, within=10)
+            tg.cancel_scope.cancel()
+    finally:
+        await runtime.close()

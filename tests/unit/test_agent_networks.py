@@ -3,8 +3,10 @@ agent on the hollow runtime (waiting for a network, addresses, --networks on|off
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -316,6 +318,20 @@ async def test_a_replica_whose_network_is_missing_waits_then_starts_once_it_appe
         await eventually(running, within=10.0)
     assert not seen & {ReplicaState.FAILED, ReplicaState.CRASH_LOOP}
     assert world.runtime.creates == 1  # nothing was made while it waited
+
+
+async def test_a_network_made_on_the_engine_cuts_the_waiting_replicas_back_off_short() -> None:
+    world = World()
+    world.runtime.missing_networks.add("back")
+    async with agent_of(world, NetworksMode.ON) as agent:
+        await world.place(placement("web-a1", ["back"]))
+        await eventually(lambda: world.state("web-a1") == ReplicaState.CREATING)
+        # As after many tries: the next one would be a minute away.
+        agent.tracks["web-a1"] = dataclasses.replace(
+            agent.tracks["web-a1"], not_before=time.time() + 60
+        )
+        world.runtime.add_network("back")  # the engine's network event
+        await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=3.0)
 
 
 async def test_networks_off_puts_replicas_on_the_bridge_with_no_addresses() -> None:

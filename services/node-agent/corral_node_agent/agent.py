@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from corral import __version__
 from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
 from corral.contract.events import Reply
-from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
+from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement, ReplicaState
 from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
@@ -46,7 +46,7 @@ from corral_node_agent.diff import (
     plan_actions,
     remove_all,
 )
-from corral_node_agent.executor import EventSink, Executor
+from corral_node_agent.executor import WAITING_FOR_NETWORK, EventSink, Executor
 from corral_node_agent.heartbeat_link import HeartbeatLink
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
@@ -55,7 +55,13 @@ from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.replica_status import replica_status
-from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
+from corral_node_agent.runtime import (
+    NETWORK_APPEARED,
+    ContainerState,
+    ObservedContainer,
+    Runtime,
+    RuntimeFailure,
+)
 from corral_node_agent.safety import (
     Budget,
     Displacement,
@@ -228,7 +234,17 @@ class NodeAgent:
             self._wakeup.set()
 
     def _on_engine_change(self, replica: str) -> None:
+        if replica == NETWORK_APPEARED:
+            self._network_appeared()
         self.poke()
+
+    def _network_appeared(self) -> None:
+        """A replica waiting for a network tries again now, not at its back-off's end."""
+        for name, track in list(self.tracks.items()):
+            if track.phase == ReplicaState.CREATING and track.message.startswith(
+                WAITING_FOR_NETWORK
+            ):
+                self.tracks[name] = replace(track, not_before=0.0)
 
     # Running.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -14,11 +15,13 @@ from typing import Any
 import aiodocker
 import aiohttp
 import anyio
+from aiodocker.events import DockerEvents
 from aiodocker.networks import DockerNetwork
 from anyio.abc import TaskStatus
 
 from corral.contract import names, time_budget
 from corral_node_agent.runtime import (
+    NETWORK_APPEARED,
     ChangeCallback,
     ContainerGone,
     ContainerSpec,
@@ -423,7 +426,8 @@ class DockerRuntime:
             "event": _WATCHED_EVENTS,
         }
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._stream_events, filters)
+            tg.start_soon(self._stream_events, events, filters)
+            tg.start_soon(self._watch_networks, on_change)
             task_status.started()
             while True:
                 event = await subscriber.get()
@@ -436,11 +440,36 @@ class DockerRuntime:
                     self._changed.add(container_id)
                 on_change(str(attributes.get(names.LABEL_REPLICA, "")))
 
-    async def _stream_events(self, filters: dict[str, list[str]]) -> None:
+    async def _stream_events(
+        self, events: DockerEvents, filters: dict[str, list[str]], since: str = ""
+    ) -> None:
         try:
-            await self._docker.events.run(filters=filters)
+            if since:
+                await events.run(filters=filters, since=since)
+            else:
+                await events.run(filters=filters)
         except Exception:  # the stream's own cleanup tells the subscriber it ended
             log.warning("docker event stream failed", exc_info=True)
+
+    async def _watch_networks(self, on_change: ChangeCallback) -> None:
+        """Tell of every corral network made on the engine: a replica waiting for it
+        starts at once instead of at the end of its back-off. A stream of its own: a
+        network's events carry no labels, so the containers' label filter drops them."""
+        events = DockerEvents(self._docker)  # type: ignore[no-untyped-call] # untyped in aiodocker
+        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call] # as above
+        async with anyio.create_task_group() as tg:
+            # From a second before the watch began: a network made while the stream
+            # connects is told all the same.
+            since = str(int(time.time()) - 1)
+            filters = {"type": ["network"], "event": ["create"]}
+            tg.start_soon(self._stream_events, events, filters, since)
+            while True:
+                event = await subscriber.get()
+                if event is None:
+                    raise EngineUnavailable("the engine's network event stream ended")
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                if str(attributes.get("name", "")).startswith("corral_"):
+                    on_change(NETWORK_APPEARED)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -90,6 +90,9 @@ def container_spec(
     )
 
 
+WAITING_FOR_NETWORK = "waiting for network"  # how a replica's message begins meanwhile
+
+
 async def _networks_off() -> bool:
     return False
 
@@ -293,7 +296,7 @@ class Executor:
                 replica,
                 placement,
                 ReplicaState.CREATING,
-                f"waiting for network {error.network} on this node",
+                f"{WAITING_FOR_NETWORK} {error.network} on this node",
                 reason="NetworkNotReady",
             )
             return False

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from corral.contract import names
 from corral.contract.network_specs import DEFAULT_NETWORK_POOL
 from corral_node_agent.runtime import (
+    NETWORK_APPEARED,
     ChangeCallback,
     ContainerGone,
     ContainerSpec,
@@ -268,6 +269,13 @@ class HollowRuntime:
         container.exit_code = exit_code
         container.finished_at = time.time()
         self._notify(container)
+
+    def add_network(self, network: str) -> None:
+        """netmgr made a missing network: the engine tells its watchers (as Docker's
+        network events do)."""
+        self.missing_networks.discard(network)
+        for _, callback in list(self._watchers):
+            callback(NETWORK_APPEARED)
 
     def remove_behind_back(self, container_id: str) -> None:
         container = self.containers.pop(container_id)

@@ -109,8 +109,10 @@ class ObservedContainer:
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the
-# node changes behind the agent's back (died, removed, started).
+# node changes behind the agent's back (died, removed, started), and with
+# NETWORK_APPEARED when a corral network appeared on the engine (netmgr made it).
 ChangeCallback = Callable[[str], None]
+NETWORK_APPEARED = "*network"  # never a replica's name (a DNS label)
 
 
 class Runtime(Protocol):
