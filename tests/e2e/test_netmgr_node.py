@@ -436,6 +436,17 @@ async def test_isolation_services_node_ports_and_remove_all_on_a_real_engine(
                     return str(response.read().decode().strip())
 
             assert await anyio.to_thread.run_sync(from_host, f"http://{vip}/") in (web_a, web_b)
+            # the node port on the node's own address, from the node; not on 127.0.0.1
+            # (that would need route_localnet: docs/networking.md)
+            reported = await read_record(buckets[names.NODE_NETWORK_BUCKET], node_name)
+            assert reported is not None and reported.address
+            own = reported.address  # the default route's source address
+            assert await anyio.to_thread.run_sync(from_host, f"http://{own}:{node_port}/") in (
+                web_a,
+                web_b,
+            )
+            with pytest.raises(OSError, match="refused"):
+                await anyio.to_thread.run_sync(from_host, f"http://127.0.0.1:{node_port}/")
             # a replica balanced to itself (hairpin)
             assert await anyio.to_thread.run_sync(answers, solo_vip, 80, 3, web_a) == [web_a] * 3
             # isolation holds through the VIP
