@@ -34,7 +34,7 @@ from corral_node_agent.docker_runtime import (
     observed_from_inspect,
 )
 from corral_node_agent.executor import container_spec
-from corral_node_agent.hollow_runtime import HollowRuntime, hollow_ip
+from corral_node_agent.hollow_runtime import HollowAddresses, HollowRuntime, hollow_ip
 from corral_node_agent.main import build_parser
 from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.runtime import NetworkMissing
@@ -385,3 +385,22 @@ def test_the_agents_networks_flag_defaults_to_auto_and_corral_up_passes_on(
         parser.parse_args(["--networks", "sometimes"])
     (agent,) = [c for c in service_children(UpOptions(data_dir=tmp_path)) if c.name == "node-agent"]
     assert agent.command[agent.command.index("--networks") + 1] == "on"  # netmgr runs beside it
+
+
+def test_hollow_addresses_are_stable_per_replica_and_never_shared_on_a_network() -> None:
+    book = HollowAddresses()
+    replicas = [f"web-{i}" for i in range(20_000)]
+    taken = [book.take(CLUSTER_ID, "default", r) for r in replicas]
+    # 20,000 hashes into 2^23 addresses collide ~24 times: each is moved to a free one.
+    assert len(set(taken)) == len(replicas)
+    pool = ipaddress.IPv4Network("10.128.0.0/9")
+    assert all(ipaddress.IPv4Address(a) in pool for a in taken)
+    assert not {a.split(".")[3] for a in taken} & {"0", "1", "255"}  # no gateway, no broadcast
+    assert book.take(CLUSTER_ID, "default", "web-7") == taken[7]  # a second container of it
+    book.release(CLUSTER_ID, "default", "web-7")
+    assert book.take(CLUSTER_ID, "default", "web-7") == taken[7]  # still held by the other
+    assert book.take(CLUSTER_ID, "other", "web-7") == hollow_ip("other", "web-7", CLUSTER_ID)
+    for replica in replicas:
+        book.release(CLUSTER_ID, "default", replica)
+    book.release(CLUSTER_ID, "default", "web-7")
+    assert len(book) == 1  # only web-7 on "other"

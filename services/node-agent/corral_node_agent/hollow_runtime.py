@@ -4,8 +4,8 @@ For scale tests (thousands of fake nodes in one process, like Kubernetes'
 kubemark: corral_node_agent.hollow_cluster) and as the fake engine of unit tests.
 Faults are injected with `crash`, `remove_behind_back`, `unpullable_images`,
 `exit_on_start`, `failing_images`, `unremovable`, `missing_networks` and `available`.
-A running hollow replica reports an address on each of its networks (`hollow_ip`). Engine latency
-is simulated with `pull_seconds`, `start_seconds` (a started container runs only
+A running hollow replica reports an address on each of its networks (`HollowAddresses`).
+Engine latency is simulated with `pull_seconds`, `start_seconds` (a started container runs only
 after it: the start call takes that long, as a slow engine's would) and
 `remove_seconds`.
 """
@@ -53,27 +53,84 @@ class HollowContainer:
     exit_code: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    ips: dict[str, str] = field(default_factory=dict)  # network -> address (its lifetime)
+
+    def key(self, network: str) -> tuple[str, str, str]:
+        labels = self.spec.labels
+        return (
+            labels.get(names.LABEL_CLUSTER, ""),
+            network,
+            labels.get(names.LABEL_REPLICA, self.spec.name),
+        )
 
 
 HOLLOW_POOL = ipaddress.IPv4Network(DEFAULT_NETWORK_POOL)  # 10.128.0.0/9
 
 
-def hollow_ip(network: str, replica: str, cluster_id: str = "") -> str:
+def hollow_ip(network: str, replica: str, cluster_id: str = "", attempt: int = 0) -> str:
     """A plausible address of a hollow replica on a corral network: deterministic per
-    (cluster, network, replica), inside netmgr's default pool, never a subnet's first
-    (gateway) or last address of a /24, so netmgr's endpoints can be exercised at scale
-    without Docker."""
-    digest = hashlib.sha256(f"{cluster_id}/{network}/{replica}".encode()).digest()
+    (cluster, network, replica, attempt), inside netmgr's default pool, never the first
+    (gateway) or last address of a /24."""
+    digest = hashlib.sha256(f"{cluster_id}/{network}/{replica}/{attempt}".encode()).digest()
     span = HOLLOW_POOL.num_addresses // 256  # the /24s of the pool
     block = int.from_bytes(digest[:4], "big") % span
     host = 2 + digest[4] % 253  # 2 .. 254
     return str(HOLLOW_POOL.network_address + block * 256 + host)
 
 
+@dataclass
+class _Held:
+    address: str
+    holders: int = 1  # live containers of the replica holding it
+
+
+class HollowAddresses:
+    """The hollow replicas' addresses, one book per process (a hollow cluster runs every
+    node in one): a replica keeps its address on a network while it lives, and no two
+    live replicas of a network share one, so netmgr's endpoints can be exercised at scale
+    without Docker. Each is `hollow_ip` of the first attempt not taken."""
+
+    def __init__(self) -> None:
+        # (cluster, network, replica) -> its address: an old and a new container of one
+        # replica share it until the last of them goes.
+        self._owned: dict[tuple[str, str, str], _Held] = {}
+        self._taken: set[tuple[str, str, str]] = set()  # (cluster, network, address)
+
+    def take(self, cluster_id: str, network: str, replica: str) -> str:
+        key = (cluster_id, network, replica)
+        found = self._owned.get(key)
+        if found is not None:
+            found.holders += 1
+            return found.address
+        attempt = 0
+        while (cluster_id, network, hollow_ip(network, replica, cluster_id, attempt)) in (
+            self._taken
+        ):
+            attempt += 1
+        address = hollow_ip(network, replica, cluster_id, attempt)
+        self._owned[key] = _Held(address)
+        self._taken.add((cluster_id, network, address))
+        return address
+
+    def release(self, cluster_id: str, network: str, replica: str) -> None:
+        key = (cluster_id, network, replica)
+        found = self._owned.get(key)
+        if found is None:
+            return
+        found.holders -= 1
+        if found.holders <= 0:
+            del self._owned[key]
+            self._taken.discard((cluster_id, network, found.address))
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+
+ADDRESSES = HollowAddresses()  # the process's book
+
+
 def _observed(container: HollowContainer, exposed: dict[str, list[str]]) -> ObservedContainer:
     labels = container.spec.labels
-    replica = labels.get(names.LABEL_REPLICA, "")
-    cluster_id = labels.get(names.LABEL_CLUSTER, "")
     running = container.state == ContainerState.RUNNING
     return ObservedContainer(
         id=container.id,
@@ -88,10 +145,8 @@ def _observed(container: HollowContainer, exposed: dict[str, list[str]]) -> Obse
         finished_at=container.finished_at,
         node=labels.get(names.LABEL_NODE, ""),
         managed=labels.get(names.LABEL_MANAGED) == "true",
-        cluster=cluster_id,
-        ips={n: hollow_ip(n, replica, cluster_id) for n in container.spec.networks}
-        if running
-        else {},
+        cluster=labels.get(names.LABEL_CLUSTER, ""),
+        ips=container.ips if running else {},
         image_ports=tuple(sorted(exposed.get(container.spec.image, []))),
     )
 
@@ -107,6 +162,7 @@ class HollowRuntime:
     # Corral networks not (yet) on this engine: a create joining one fails as Docker's would.
     missing_networks: set[str] = field(default_factory=set)
     exposed_ports: dict[str, list[str]] = field(default_factory=dict)  # image -> "80/tcp" ...
+    addresses: HollowAddresses = field(default_factory=lambda: ADDRESSES)
     pull_seconds: float = 0.0
     start_seconds: float = 0.0  # a start returns (the container running) after this
     remove_seconds: float = 0.0  # a removal returns (the container gone) after this
@@ -196,6 +252,7 @@ class HollowRuntime:
         if any(c.spec.name == spec.name for c in self.containers.values()):
             raise NameConflict(f'Conflict. The container name "/{spec.name}" is already in use')
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
+        container.ips = {n: self.addresses.take(*container.key(n)) for n in spec.networks}
         self.containers[container.id] = container
         self.creates += 1
         if self.record_operations:
@@ -232,6 +289,8 @@ class HollowRuntime:
             await anyio.sleep(self.remove_seconds)  # it runs until then, as a stopping one does
             self._check()
         removed = self.containers.pop(container_id, None)
+        if removed is not None:
+            self._release(removed)
         if removed is not None:
             self.removes += 1
             if self.record_operations:
@@ -270,6 +329,10 @@ class HollowRuntime:
         container.finished_at = time.time()
         self._notify(container)
 
+    def _release(self, container: HollowContainer) -> None:
+        for network in container.ips:
+            self.addresses.release(*container.key(network))
+
     def add_network(self, network: str) -> None:
         """netmgr made a missing network: the engine tells its watchers (as Docker's
         network events do)."""
@@ -279,6 +342,7 @@ class HollowRuntime:
 
     def remove_behind_back(self, container_id: str) -> None:
         container = self.containers.pop(container_id)
+        self._release(container)
         self._notify(container)
 
     def running(self, node: str | None = None) -> list[HollowContainer]:
