@@ -96,6 +96,17 @@ def second_engine(root: Path, image: str) -> Iterator[str]:
                     check=False,
                     env={**os.environ, "DOCKER_HOST": f"unix://{root / 'docker.sock'}"},
                 )
+            # its networks too: dockerd leaves their bridges (and the routes to their
+            # subnets) on the host when it stops, and a later network of that range
+            # would be routed into a dead bridge
+            _run(
+                "docker",
+                "network",
+                "prune",
+                "-f",
+                check=False,
+                env={**os.environ, "DOCKER_HOST": f"unix://{root / 'docker.sock'}"},
+            )
             process.terminate()
             try:
                 process.wait(timeout=30)

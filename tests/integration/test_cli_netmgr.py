@@ -4,31 +4,14 @@ the real scheduler on a real nats-server (replica statuses written as an agent w
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import anyio
 
 from corral.contract import names
 from corral.contract.state import ReplicaState, ReplicaStatus
 from corral.natsio.kv import NatsBucket, write_record
-from corral.natsio.service import ServiceContext, run_service
-from corral_netmgr.main import build_parser, run
+from tests.integration.netmgr_harness import running_netmgr
 from tests.integration.scheduler_harness import placements, running_scheduler
 from tests.integration.test_cli_networks import corral, keys
 from tests.waiting import eventually
-
-
-@asynccontextmanager
-async def running_netmgr(nats_url: str) -> AsyncIterator[ServiceContext]:
-    """netmgr's cluster part in-process (as the scheduler harness runs the scheduler)."""
-    args = build_parser([]).parse_args(["--nats", nats_url, "--metrics-port", "0"])
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "netmgr", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
 
 
 async def table(url: str, *args: str) -> list[list[str]]:

@@ -127,7 +127,8 @@ def test_each_service_has_a_systemd_unit_on_its_port(service: str) -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(DEPLOY / "systemd" / f"corral-{service}.service")
     start = unit["Service"]["ExecStart"]
-    assert start.split()[0].endswith(f"/corral-{service}")
+    program = "netmgr" if service == "netmgr-node" else service  # corral-netmgr --node
+    assert start.split()[0].endswith(f"/corral-{program}")
     assert f"--metrics-port {_default_port(service)}" in start
     assert unit["Service"]["Restart"] == "always"
     assert unit["Install"]["WantedBy"] == "multi-user.target"

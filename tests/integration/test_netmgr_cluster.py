@@ -4,35 +4,21 @@ that follow what the scheduler and the agents write, and one active instance."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import ipaddress
 from typing import Any
 
-import anyio
 from nats.aio.client import Client as NATS
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.events import Reply
 from corral.contract.network_specs import Network, Service
-from corral.contract.network_state import Endpoints, NetworkSlice
+from corral.contract.network_state import Endpoints, NetworkSlice, NodeNetwork
 from corral.natsio.kv import NatsBucket
-from corral.natsio.service import ServiceContext, run_service
 from corral_netmgr.lease import LEASE_KEY, LeaseRecord
-from corral_netmgr.main import build_parser, run
+from tests.integration.netmgr_harness import running_netmgr
 from tests.unit.netmgr_helpers import network, node, placement, service, status, template
 from tests.waiting import eventually
-
-
-@asynccontextmanager
-async def running_netmgr(nats_url: str) -> AsyncIterator[ServiceContext]:
-    args = build_parser([]).parse_args(["--nats", nats_url, "--metrics-port", "0"])
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "netmgr", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
 
 
 async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:
@@ -185,3 +171,23 @@ async def test_one_netmgr_is_active_and_another_takes_over_when_it_stops(
     async with running_netmgr(nats_url) as ctx:
         made = await request(ctx.nc, "network", "apply", network("green"))
         assert made.ok
+
+
+async def test_the_default_network_waits_for_a_node_and_avoids_what_its_host_uses(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    """Another cluster on the same engine has 10.128.0.0/16 already: a default network
+    picked before any node part reported would take it, and its Docker networks could
+    never be made there."""
+    async with running_netmgr(nats_url, "--default-network-wait", "60"):
+        used = NodeNetwork(node="n1", used_ranges=["10.128.0.0/16", "10.129.0.0/24"], ready=True)
+        await buckets[names.NODE_NETWORK_BUCKET].put("n1", encode(used))
+        entry = await eventually(
+            lambda: buckets[names.NETWORKS_BUCKET].get("default"),
+            lambda found: found is not None and found.value is not None,
+            within=20,
+        )
+        assert entry is not None and entry.value is not None
+        subnet = ipaddress.IPv4Network(decode(entry.value, Network).spec.subnet)
+        for taken in used.used_ranges:
+            assert not subnet.overlaps(ipaddress.IPv4Network(taken)), subnet

@@ -47,6 +47,11 @@ RESYNC_SECONDS: Final = 30.0
 CONFLICT_RETRY_SECONDS: Final = 0.05
 # How often the `default` network's presence and the gauges are looked at.
 TICK_SECONDS: Final = 5.0
+# The `default` network's range is picked once a node part has reported the ranges its
+# host already uses (NodeNetwork.usedRanges), or after this long without any: a range
+# picked before would not know another cluster's networks on the same engine.
+DEFAULT_NETWORK_WAIT: Final = 10.0
+HOSTS_POLL_SECONDS: Final = 0.1
 
 
 def slice_key(network: str, node: str) -> str:
@@ -114,9 +119,11 @@ class ClusterLoop:
         *,
         resync_seconds: float = RESYNC_SECONDS,
         wall_clock: Any = time.time,
+        default_network_wait: float = DEFAULT_NETWORK_WAIT,
     ) -> None:
         self.mirrors = m = Mirrors.of(buckets)
         self.wall_clock = wall_clock
+        self.default_network_wait = default_network_wait
         self.lock = anyio.Lock()  # held by every API decision (corral_netmgr.spec_api)
         self.network_controller = Controller(
             "netmgr-network",
@@ -248,19 +255,29 @@ class ClusterLoop:
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Make the `default` network when missing (`ensure_default`, the Network API's),
-        then run both controllers and a tick (the default network, the gauges)."""
-        await self._ensure_default(ensure_default)
+        """Run both controllers, make the `default` network when missing (`ensure_default`,
+        the Network API's) once a node has said which ranges its host uses, and a tick
+        (the default network, the gauges)."""
         async with anyio.create_task_group() as tg:
             await tg.start(self.network_controller.run)
             await tg.start(self.endpoints_controller.run)
             self.network_controller.enqueue_all(self._network_keys())
             self.endpoints_controller.enqueue_all(self._service_keys())
             task_status.started()
+            await self._hosts_known()
+            await self._ensure_default(ensure_default)
             while True:
                 await anyio.sleep(TICK_SECONDS)
                 await self._ensure_default(ensure_default)
                 self.update_gauges()
+
+    async def _hosts_known(self) -> None:
+        """Until a node part reports its host's used ranges (or the wait is over)."""
+        polls = int(self.default_network_wait / HOSTS_POLL_SECONDS)
+        for _ in range(polls):
+            if self.mirrors.node_network.items:
+                return
+            await anyio.sleep(HOSTS_POLL_SECONDS)
 
     async def _ensure_default(self, ensure_default: Any) -> None:
         try:

@@ -28,7 +28,7 @@ from corral.contract import names
 from corral.natsio.bus import consume_spec_stream, serve_spec_requests, spec_stream_position
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral_netmgr import metrics
-from corral_netmgr.cluster_loop import ClusterLoop
+from corral_netmgr.cluster_loop import DEFAULT_NETWORK_WAIT, ClusterLoop
 from corral_netmgr.lease import Lease
 from corral_netmgr.network_api import KIND as NETWORK_KIND
 from corral_netmgr.network_api import NetworkAPI
@@ -64,6 +64,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="run the node part for this node (beside its agent) instead of the cluster part",
     )
     parser.add_argument(
+        "--default-network-wait",
+        type=float,
+        default=DEFAULT_NETWORK_WAIT,
+        metavar="SECONDS",
+        help="the cluster part picks the `default` network's range once a node part has "
+        "reported its host's used ranges, or after this long (default %(default)s)",
+    )
+    parser.add_argument(
         "--docker-host",
         help="with --node: the engine's address (default: $DOCKER_HOST, the local socket)",
     )
@@ -87,13 +95,16 @@ async def run(
         node = _node_part()
         await node.run(ctx, args, task_status=task_status)
         return
-    await run_cluster_part(ctx, task_status=task_status)
+    await run_cluster_part(
+        ctx, default_network_wait=args.default_network_wait, task_status=task_status
+    )
 
 
 async def run_cluster_part(
     ctx: ServiceContext,
     *,
     lease_seconds: float | None = None,
+    default_network_wait: float = DEFAULT_NETWORK_WAIT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hold the lease and run the cluster part under it; stand by while another holds it.
@@ -118,7 +129,7 @@ async def run_cluster_part(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(lease.keep, tg.cancel_scope)
-                    await serve(ctx, tg)
+                    await serve(ctx, tg, default_network_wait=default_network_wait)
                     if not started:
                         task_status.started()
                         started = True
@@ -137,10 +148,12 @@ async def _try(lease: Lease) -> bool:
         return False
 
 
-async def serve(ctx: ServiceContext, tg: TaskGroup) -> ClusterLoop:
+async def serve(
+    ctx: ServiceContext, tg: TaskGroup, *, default_network_wait: float = DEFAULT_NETWORK_WAIT
+) -> ClusterLoop:
     """Start the cluster part in `tg`: watches, durable consumers, request answering,
     then the `default` network and the controllers."""
-    loop = ClusterLoop(dict(ctx.buckets))
+    loop = ClusterLoop(dict(ctx.buckets), default_network_wait=default_network_wait)
     m = loop.mirrors
     leases = ctx.buckets[names.LEASES_BUCKET]
     await tg.start(loop.start_mirrors)
