@@ -52,7 +52,7 @@ class LocalCorral:
         self.data_dir = data_dir
         self.layout = Layout.at(data_dir)
         self.nats_port = _free_block(1)
-        self.metrics_base = _free_block(4)
+        self.metrics_base = _free_block(5)
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
 
     def command(self, verb: str, *extra: str) -> list[str]:
