@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -96,6 +96,27 @@ async def hits(client: str, address: str, port: int, count: int) -> collections.
     return collections.Counter(answers)
 
 
+async def endpoints_in_force(
+    buckets: dict[str, NatsBucket],
+    key: str,
+    nodes: tuple[str, ...],
+    accept: Callable[[Endpoints], bool],
+) -> Endpoints | None:
+    """A Service's Endpoints, when `accept` holds for them and every node reports its
+    rules at their revision or later (NodeNetwork.endpointsRevision); else None."""
+    entry = await buckets[names.ENDPOINTS_BUCKET].get(key)
+    if entry is None or entry.value is None:
+        return None
+    found = decode(entry.value, Endpoints)
+    if not accept(found):
+        return None
+    for node in nodes:
+        seen = await record(buckets[names.NODE_NETWORK_BUCKET], node, NodeNetwork)
+        if not isinstance(seen, NodeNetwork) or seen.endpoints_revision < entry.revision:
+            return None
+    return found
+
+
 @pytest.fixture
 def clients() -> Iterator[list[str]]:
     made: list[str] = []
@@ -115,8 +136,6 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
 ) -> None:
     one, two = node_name, f"{node_name}-b"
     slices = buckets[names.NETWORK_SLICES_BUCKET]
-    endpoints_bucket = buckets[names.ENDPOINTS_BUCKET]
-    node_networks = buckets[names.NODE_NETWORK_BUCKET]
     cluster = ""
     try:
         async with (
@@ -169,23 +188,19 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
                     "--port", "8080:8080", "--cluster-ip", "None",
                 )  # fmt: skip
 
-                async def in_force() -> Endpoints | None:
-                    """The Service's endpoints, once all four are in force on both nodes."""
-                    entry = await endpoints_bucket.get(names.object_key("default", "web"))
-                    if entry is None or entry.value is None:
-                        return None
-                    found = decode(entry.value, Endpoints)
-                    if len([a for a in found.addresses if a.ready]) != 4:
-                        return None
-                    for node in (one, two):
-                        seen = await record(node_networks, node, NodeNetwork)
-                        if not isinstance(seen, NodeNetwork):
-                            return None
-                        if seen.endpoints_revision < entry.revision:
-                            return None
-                    return found
+                async def in_force(accept: Callable[[Endpoints], bool]) -> Endpoints | None:
+                    """The Service's endpoints once `accept`ed and in force on both nodes."""
+                    return await endpoints_in_force(
+                        buckets, names.object_key("default", "web"), (one, two), accept
+                    )
 
-                web = await eventually(in_force, lambda found: found is not None, within=60)
+                web = await eventually(
+                    lambda: in_force(
+                        lambda found: len([a for a in found.addresses if a.ready]) == 4
+                    ),
+                    lambda found: found is not None,
+                    within=60,
+                )
                 assert web is not None
                 node_port = web.ports[0].node_port
                 assert 30000 <= node_port <= 32767
@@ -255,47 +270,25 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
                 victim, victim_id = next(iter(on_two.items()))
                 await run("docker", "rm", "-f", victim_id, engine=second_host)
 
-                async def without_victim() -> Endpoints | None:
-                    entry = await endpoints_bucket.get(names.object_key("default", "web"))
-                    if entry is None or entry.value is None:
-                        return None
-                    found = decode(entry.value, Endpoints)
-                    gone = web.addresses
-                    victim_ips = {a.ip for a in gone if a.node == two} - {
-                        a.ip for a in found.addresses if a.node == two
-                    }
-                    if not victim_ips:
-                        return None
-                    for node in (one, two):
-                        seen = await record(node_networks, node, NodeNetwork)
-                        if not isinstance(seen, NodeNetwork):
-                            return None
-                        if seen.endpoints_revision < entry.revision:
-                            return None
-                    return found
-
-                await eventually(without_victim, lambda found: found is not None, within=30)
+                before = {a.ip for a in web.addresses}
+                await eventually(
+                    lambda: in_force(
+                        lambda found: len(before - {a.ip for a in found.addresses}) == 1
+                    ),
+                    lambda found: found is not None,
+                    within=30,
+                )
                 after = await hits(client, "web", 80, 60)
                 assert victim not in after, after
 
                 # scaled to zero: refused at once, not a hang
                 await ok(nats_url, "scale", "deployment", "web", "--replicas=0")
 
-                async def emptied() -> bool:
-                    entry = await endpoints_bucket.get(names.object_key("default", "web"))
-                    if entry is None or entry.value is None:
-                        return False
-                    if decode(entry.value, Endpoints).addresses:
-                        return False
-                    for node in (one, two):
-                        seen = await record(node_networks, node, NodeNetwork)
-                        if not isinstance(seen, NodeNetwork):
-                            return False
-                        if seen.endpoints_revision < entry.revision:
-                            return False
-                    return True
-
-                await eventually(emptied, lambda done: done, within=60)
+                await eventually(
+                    lambda: in_force(lambda found: not found.addresses),
+                    lambda found: found is not None,
+                    within=60,
+                )
                 started = time.monotonic()
                 assert await hits(client, web.cluster_ip, 80, 1) == collections.Counter()
                 assert time.monotonic() - started < 3.5, "a Service with no endpoints must refuse"
