@@ -1,0 +1,102 @@
+"""The rules every spec API follows (corral.natsio.spec_api), the same for the
+scheduler's Deployments and netmgr's Networks, each reply in its kind's own words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.events import REASON_CONFLICT, REASON_INTERNAL, REASON_NOT_FOUND, Reply
+from corral.natsio.kv import MemoryBucket
+from corral.natsio.spec_api import SpecAPI
+from corral.natsio.spec_progress import progress_key
+from corral_scheduler.deployment_api import DeploymentAPI
+from tests.integration.scheduler_harness import deployment_json
+from tests.unit.netmgr_helpers import memory_buckets, netmgr, network
+
+
+class FailingLeases(MemoryBucket):
+    """A progress bucket whose writes fail (NATS away)."""
+
+    async def create(self, key: str, value: bytes) -> int:
+        raise ConnectionError("NATS is away")
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        raise ConnectionError("NATS is away")
+
+
+async def five() -> int:
+    return 5  # an older spec still waits in the stream
+
+
+def unrecorded(noun: str, name: str, kind: str, brought_back: str) -> str:
+    return (
+        f"{noun} {name!r} was not deleted: the delete could not be recorded in "
+        f"{names.LEASES_BUCKET}/{progress_key(kind)} (ConnectionError: NATS is away), and "
+        f"without it an older spec still waiting in {names.SPEC_STREAM} could bring "
+        f"{brought_back} back; try again"
+    )
+
+
+async def refusals(api: SpecAPI[Any], name: str, apply: bytes) -> list[Reply]:
+    """A delete and a stale delete of a missing object, then an apply and an
+    unrecorded delete (its progress bucket fails)."""
+    return [
+        await api.delete(encode({"name": name})),
+        await api.delete(encode({"name": name, "resourceVersion": 7})),
+        await api.apply(apply),
+        await api.delete(encode({"name": name})),
+    ]
+
+
+def check(replies: list[Reply], noun: str, name: str, brought_back: str, kind: str) -> None:
+    missing, stale, applied, unremembered = replies
+    assert (missing.reason, missing.error, missing.field) == (
+        REASON_NOT_FOUND,
+        f"{noun} {name!r} not found",
+        "name",
+    )
+    assert (stale.reason, stale.error, stale.field, stale.revision) == (
+        REASON_CONFLICT,
+        f"resourceVersion 7 is stale: {noun} {name!r} does not exist",
+        "resourceVersion",
+        0,
+    )
+    assert applied.ok and applied.generation == 1
+    assert unremembered.reason == REASON_INTERNAL and unremembered.kind == kind
+    assert unremembered.error == unrecorded(noun, name, kind, brought_back)
+
+
+async def test_a_deployments_refusals_name_the_deployment() -> None:
+    leases = FailingLeases(names.LEASES_BUCKET)
+    api = DeploymentAPI(MemoryBucket("deployments"), leases, five)
+    check(
+        await refusals(api, "web", deployment_json("web", 1)),
+        "deployment",
+        "web",
+        "the deployment",
+        "Deployment",
+    )
+
+
+async def test_a_networks_refusals_name_the_network_and_say_it() -> None:
+    buckets = memory_buckets()
+    buckets[names.LEASES_BUCKET] = FailingLeases(names.LEASES_BUCKET)
+    async with netmgr(buckets) as n:
+        n.networks.spec_position = five
+        check(
+            await refusals(n.networks, "blue", network("blue")), "network", "blue", "it", "Network"
+        )
+
+
+async def test_a_record_that_cannot_be_read_is_replaced_at_its_next_generation() -> None:
+    deployments = MemoryBucket("deployments")
+    await deployments.put("default.web", b'{"metadata": {"generation": 4}, "spec": 1}')
+    replaced = await DeploymentAPI(deployments).apply(deployment_json("web", 1))
+    assert replaced.ok and replaced.generation == 5
+    async with netmgr() as n:
+        await n.buckets[names.NETWORKS_BUCKET].put("blue", b'{"metadata": {"generation": 2}}')
+        await n.settle()
+        replaced = await n.networks.apply(network("blue"))
+        assert replaced.ok and replaced.generation == 3
