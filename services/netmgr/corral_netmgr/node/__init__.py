@@ -78,7 +78,18 @@ async def run(
 
     settings = settings_from_args(args, ctx.cluster.id, machine_id())
     node = settings.node
-    docker = aiodocker.Docker(url=getattr(args, "docker_host", None))
+    docker_host = getattr(args, "docker_host", None)
+    try:
+        docker = aiodocker.Docker(url=docker_host)
+    except ValueError as error:  # an address aiodocker cannot use ("bogus://...")
+        if getattr(args, "remove_all", False):
+            raise RefusedToStart(f"--docker-host {docker_host!r}: {error}") from None
+        # As the agent does: stay up, unhealthy, saying why (a restart with the flag
+        # fixed is the way out), rather than exit and be restarted for ever.
+        ctx.health["docker"] = False
+        log.error("--docker-host %r: %s; nothing can be done on this node", docker_host, error)
+        task_status.started()
+        await anyio.sleep_forever()
     try:
         networks = DockerNetworks(docker, settings.cluster_id, node)
         iptables = Iptables(settings.prefix)
