@@ -60,7 +60,7 @@ from corral.contract.specs import (
 )
 from corral.contract.state import DeploymentStatus
 from corral.natsio.bus import connect
-from corral.natsio.kv import NatsBucket, is_echo_key
+from corral.natsio.kv import NatsBucket, WatchIncomplete, is_echo_key
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IMAGE = "corral-test/busybox:1"
@@ -223,14 +223,14 @@ async def until(
     check: Callable[[], Awaitable[bool]], limit: float, every: float = 0.25
 ) -> float | None:
     """Seconds until check() holds, or None after `limit`. A check whose NATS request
-    times out (a loaded machine: a watch's consumer not made within 5 s) counts as not
-    yet."""
+    times out (a loaded machine: a watch's consumer not made, or its info not read,
+    within 5 s) counts as not yet."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
         try:
             if await check():
                 return time.monotonic() - started
-        except NatsTimeoutError:
+        except (NatsTimeoutError, WatchIncomplete):
             print("  (a check timed out; again)", flush=True)
         await anyio.sleep(every)
     return None
