@@ -44,6 +44,7 @@ import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 from local_nats import LocalNats
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from corral.client.local.nats_server import jetstream_answers, nats_server_command
 from corral.contract import names
@@ -59,7 +60,7 @@ from corral.contract.specs import (
 )
 from corral.contract.state import DeploymentStatus
 from corral.natsio.bus import connect
-from corral.natsio.kv import NatsBucket, is_echo_key
+from corral.natsio.kv import NatsBucket, WatchIncomplete, is_echo_key
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IMAGE = "corral-test/busybox:1"
@@ -123,10 +124,12 @@ class Cluster:
             ("volmgr", "corral_volmgr"),
         ):
             port = str(self.metrics_ports[service])
-            self.start(
-                service,
-                [sys.executable, "-m", module, "--nats", self.url, "--metrics-port", port],
-            )
+            command = [sys.executable, "-m", module, "--nats", self.url, "--metrics-port", port]
+            if service == "scheduler" and self.args.decide_in:
+                command += ["--decide-in", self.args.decide_in]
+            if service == "scheduler" and self.args.python_gc:
+                command += ["--python-gc"]
+            self.start(service, command)
 
     def start_hollow(self, name: str, nodes: int, prefix: str) -> Proc:
         args = self.args
@@ -219,11 +222,16 @@ async def totals(statuses: NatsBucket) -> tuple[int, int]:
 async def until(
     check: Callable[[], Awaitable[bool]], limit: float, every: float = 0.25
 ) -> float | None:
-    """Seconds until check() holds, or None after `limit`."""
+    """Seconds until check() holds, or None after `limit`. A check whose NATS request
+    times out (a loaded machine: a watch's consumer not made, or its info not read,
+    within 5 s) counts as not yet."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        if await check():
-            return time.monotonic() - started
+        try:
+            if await check():
+                return time.monotonic() - started
+        except (NatsTimeoutError, WatchIncomplete):
+            print("  (a check timed out; again)", flush=True)
         await anyio.sleep(every)
     return None
 
@@ -265,6 +273,9 @@ class Probe:
     nc: NATS
     latencies: list[float] = field(default_factory=list)
     round: int = 0
+    # Probes refused (e.g. "internal error: nats: timeout" when the machine is loaded):
+    # counted, their latency kept; a refusal other than an internal error stops the run.
+    failed: list[str] = field(default_factory=list)
 
     async def run(self, every: float) -> None:
         while True:
@@ -273,12 +284,19 @@ class Probe:
             reply = await apply(self.nc, deployment(PROBE, 0, f"r{self.round}"))
             self.latencies.append(time.perf_counter() - started)
             if not reply.ok:
-                raise RuntimeError(f"probe apply refused: {reply.error}")
+                if "internal error" not in (reply.error or ""):
+                    raise RuntimeError(f"probe apply refused: {reply.error}")
+                self.failed.append(reply.error or "")
+                print(f"  probe {self.round} failed: {reply.error}", flush=True)
             await anyio.sleep(every)
 
     def take(self) -> list[float]:
         taken, self.latencies = self.latencies, []
         return taken
+
+    def take_failed(self) -> str:
+        taken, self.failed = self.failed, []
+        return f", {len(taken)} failed" if taken else ""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -346,7 +364,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             placed = await until(placed_all, args.timeout, every=0.1)
             placed_in = None if placed is None else time.monotonic() - began
-            busy = probe.take()
+            busy, busy_failed = probe.take(), probe.take_failed()
 
             async def ready_all() -> bool:
                 nonlocal last
@@ -370,7 +388,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             results.add(
                 "apply p50 / p99 while placing",
                 f"{percentile(busy, 0.5) * 1000:.1f} / {percentile(busy, 0.99) * 1000:.1f} ms"
-                f" ({len(busy)} requests)",
+                f" ({len(busy)} requests{busy_failed})",
                 "goal p99 ≤ 20 ms; Kubernetes SLO p99 ≤ 1 s",
             )
 
@@ -385,12 +403,12 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )
             cluster.mark_cpu("steady-end")
-            steady = probe.take()
+            steady, steady_failed = probe.take(), probe.take_failed()
             tg.cancel_scope.cancel()
         results.add(
             "apply p50 / p99 while steady",
             f"{percentile(steady, 0.5) * 1000:.1f} / {percentile(steady, 0.99) * 1000:.1f} ms"
-            f" ({len(steady)} requests)",
+            f" ({len(steady)} requests{steady_failed})",
             "goal p99 ≤ 20 ms",
         )
         spent = reconcile_after[0] - reconcile_before[0]
@@ -474,6 +492,14 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=15.0, help="seconds of steady state")
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--decide-in",
+        choices=["loop", "thread"],
+        help="the scheduler's --decide-in (default: the scheduler's own default)",
+    )
+    parser.add_argument(
+        "--python-gc", action="store_true", help="the scheduler's --python-gc (comparisons)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.replicas < args.deployments:
@@ -482,6 +508,10 @@ def main() -> None:
         f"{args.nodes + 1:,} hollow nodes, {args.replicas:,} replicas in "
         f"{args.deployments} Deployments ({os.cpu_count()} cores)"
     )
+    if args.decide_in:
+        title += f", decide in {args.decide_in}"
+    if args.python_gc:
+        title += ", Python's default GC"
     print(title, flush=True)
     results = Results()
     with tempfile.TemporaryDirectory(prefix="corral-scale-") as work:
@@ -498,7 +528,10 @@ def main() -> None:
                     tail = (Path(work) / f"{name}.log").read_text(errors="replace")[-2000:]
                     print(f"--- {name}.log (tail)\n{tail}", file=sys.stderr)
     table = results.table(title)
-    out = args.out or Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}.md"
+    mode = (f"-{args.decide_in}" if args.decide_in else "") + ("-pygc" if args.python_gc else "")
+    out = args.out or (
+        Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}{mode}.md"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print()

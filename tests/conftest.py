@@ -3,6 +3,7 @@ random free port, and a connected client with corral's streams and buckets."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -14,6 +15,18 @@ import pytest
 from corral.client.local.nats_server import nats_server_command
 from corral.natsio.bus import connect, ensure_streams, open_buckets
 from corral.natsio.kv import NatsBucket
+
+
+@pytest.fixture(autouse=True)
+def _decide_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORRAL_TEST_DECIDE_IN=thread|loop runs every scheduler ControlLoop made in a test
+    with its decision there (corral_scheduler.control_loop.DecideIn): the same tests hold
+    both ways."""
+    mode = os.environ.get("CORRAL_TEST_DECIDE_IN")
+    if mode:
+        from corral_scheduler import control_loop
+
+        monkeypatch.setattr(control_loop, "DECIDE_IN", control_loop.DecideIn(mode))
 
 
 def free_port() -> int:

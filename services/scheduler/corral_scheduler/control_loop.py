@@ -43,15 +43,19 @@ that wrote meanwhile keeps its key).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NATS
@@ -68,6 +72,7 @@ from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_ech
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
+from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
@@ -104,6 +109,27 @@ WORKERS: Final = 1
 CONFLICT_RETRY_SECONDS: Final = 0.05
 
 
+class DecideIn(enum.StrEnum):
+    """Where the pure decision (decide.schedule_deployment) runs.
+
+    LOOP: in the event loop, one Deployment per reconcile (a bounded slice: the loop
+    yields before each). THREAD: in one worker thread, on copies of what it reads
+    (node records, liveness clocks, usage per node), while the loop keeps serving
+    requests and applying watches; the plan is committed on the loop. With the GIL the
+    thread only takes turns with the loop (every sys.getswitchinterval(), 5 ms), so a
+    long decision no longer holds the loop in one piece, at the cost of a hand-off per
+    reconcile (bench/README.md, "Deciding off the event loop", has the numbers).
+    """
+
+    LOOP = "loop"
+    THREAD = "thread"
+
+
+# The default (`corral-scheduler --decide-in`); tests may run every ControlLoop in the
+# other mode (CORRAL_TEST_DECIDE_IN, tests/conftest.py).
+DECIDE_IN: DecideIn = DecideIn.LOOP
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -115,8 +141,17 @@ class ControlLoop:
         resync_seconds: float = RESYNC_SECONDS,
         workers: int = WORKERS,
         nc: NATS | None = None,
+        decide_in: DecideIn | None = None,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         self.monotonic = monotonic
+        self.decide_in = DecideIn(DECIDE_IN if decide_in is None else decide_in)
+        self.gc_policy = gc_policy  # None: Python's own collections (tests)
+        # One decision at a time, from its view to its reservations (as on the loop,
+        # where a decision is one step): the next one sees the room this one took.
+        self._deciding = anyio.Lock()
+        self._decider = anyio.CapacityLimiter(1)  # the one thread decisions run in
+        self.redecided = 0  # thread decisions redone on the loop (a name taken meanwhile)
         self.wall_clock = wall_clock
         self.events = events
         self.owner = f"scheduler-{uuid.uuid4().hex[:12]}"
@@ -229,24 +264,31 @@ class ControlLoop:
             self.controller.enqueue_all(self.pending)  # room freed where replicas may go
 
     def _count(self, old: Placement | None, new: Placement | None) -> None:
+        # Usage records are replaced, never changed in place: a shallow copy of `usage`
+        # is a snapshot (what a decision in a thread reads).
         if old is not None:
             usage = self.usage.get(old.node)
             if usage is not None:
-                usage.cpu_millis -= old.cpu_millis
-                usage.memory_bytes -= old.memory_bytes
-                usage.pods -= 1
-                if usage.pods <= 0:
+                if usage.pods <= 1:
                     del self.usage[old.node]
+                else:
+                    self.usage[old.node] = Usage(
+                        usage.cpu_millis - old.cpu_millis,
+                        usage.memory_bytes - old.memory_bytes,
+                        usage.pods - 1,
+                    )
             left = self.taken_names.get(old.replica, 0) - 1
             if left > 0:
                 self.taken_names[old.replica] = left
             else:
                 self.taken_names.pop(old.replica, None)
         if new is not None:
-            usage = self.usage.setdefault(new.node, Usage())
-            usage.cpu_millis += new.cpu_millis
-            usage.memory_bytes += new.memory_bytes
-            usage.pods += 1
+            usage = self.usage.get(new.node) or Usage()
+            self.usage[new.node] = Usage(
+                usage.cpu_millis + new.cpu_millis,
+                usage.memory_bytes + new.memory_bytes,
+                usage.pods + 1,
+            )
             self.taken_names[new.replica] = self.taken_names.get(new.replica, 0) + 1
 
     def _status_changed(
@@ -519,6 +561,8 @@ class ControlLoop:
         metrics.NODES_READY.set(len(self.ready_nodes))
         metrics.NODES_RELEASED.set(len(self.releases.items))
         self.passes += 1
+        if self.gc_policy is not None:
+            self.gc_policy.tick(now)
         self._forget_nodes()
         await self._settle_releases()
         if fresh:
@@ -592,23 +636,13 @@ class ControlLoop:
         # Losses are judged in this decision: on the view's freshness as of now, not as
         # of the last tick (a stall noticed late must not make a node look lost).
         self.update_feed(now)
-        started = time.perf_counter()
-        plan = schedule_deployment(
-            self.view_of(key),
-            key,
-            now,
-            usage=self.usage,
-            taken_names=self.taken_names,
-            ready_nodes=self.ready_nodes,
-            wall_time=self.wall_clock(),
-            new_suffix=random_suffix,
-        )
-        metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
-        result: Result | None = None
-        if not plan.is_empty():
+        async with self._deciding:
+            plan = await self.decide(key, now)
             for placement in plan.place:
                 self._reserved[placement.key] = placement
                 self._count(None, placement)
+        result: Result | None = None
+        if not plan.is_empty():
             try:
                 committed = await self.applier.commit(plan)
             finally:
@@ -629,6 +663,60 @@ class ControlLoop:
         if since is not None:
             metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
         return result
+
+    async def decide(self, key: str, now: float) -> Plan:
+        """Decide Deployment `key` (pure, decide.schedule_deployment), in the event loop or
+        in the decider thread (`decide_in`); hold `_deciding` around it and its
+        reservations."""
+        started = time.perf_counter()
+        view = self.view_of(key)
+        wall_time = self.wall_clock()
+        if self.decide_in is DecideIn.LOOP:
+            plan = self._decide(view, key, now, self.usage, self.ready_nodes, wall_time)
+        else:
+            # What the loop changes while the thread reads it is copied (C-speed, no
+            # O(placements) copy): the node records and liveness clocks, the usage per
+            # node (its Usage records are replaced, never changed), the ready nodes.
+            # `taken_names` is only asked `in`: the names placed are checked again below.
+            view = dataclasses.replace(
+                view,
+                nodes=dict(view.nodes),
+                node_last_seen=dict(view.node_last_seen),
+                node_not_ready_since=dict(view.node_not_ready_since),
+            )
+            usage, ready = dict(self.usage), frozenset(self.ready_nodes)
+            plan = await anyio.to_thread.run_sync(
+                partial(self._decide, view, key, now, usage, ready, wall_time),
+                limiter=self._decider,
+            )
+            if any(placement.replica in self.taken_names for placement in plan.place):
+                # A name taken meanwhile (another writer's placement): decide again here.
+                self.redecided += 1
+                plan = self._decide(
+                    self.view_of(key), key, now, self.usage, self.ready_nodes, wall_time
+                )
+        metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
+        return plan
+
+    def _decide(
+        self,
+        view: Snapshot,
+        key: str,
+        now: float,
+        usage: dict[str, Usage],
+        ready_nodes: set[str] | frozenset[str],
+        wall_time: float,
+    ) -> Plan:
+        return schedule_deployment(
+            view,
+            key,
+            now,
+            usage=usage,
+            taken_names=self.taken_names,
+            ready_nodes=ready_nodes,
+            wall_time=wall_time,
+            new_suffix=random_suffix,
+        )
 
     async def _emit(self, plan: Plan) -> None:
         if self.events is None:
@@ -714,4 +802,4 @@ class ControlLoop:
             del self._collecting[key]
 
 
-__all__ = ["ControlLoop", "random_suffix"]
+__all__ = ["DECIDE_IN", "ControlLoop", "DecideIn", "random_suffix"]

@@ -173,16 +173,20 @@ def schedule_deployment(
     (others in it are ignored), every node and the liveness facts; `usage` counts every
     placement of the cluster per node, `taken_names` every replica name, `ready_nodes`
     the schedulable nodes. None of them is changed: the room this decision takes is
-    counted on copies (O(nodes)), never O(placements of the cluster).
+    counted on copies of the nodes it touches, never O(placements of the cluster); a
+    decision that places nothing costs O(its own placements), not O(nodes).
+
+    Run off the event loop (control_loop.DecideIn.THREAD), its inputs must not change
+    while it runs: the caller passes copies (`usage` of immutable Usage records shallow-
+    copied, the nodes and liveness facts copied), except `taken_names`, only asked
+    `name in taken_names`, which the caller checks again for the names placed.
     """
     plan = Plan()
     if key in view.unreadable_deployments:
         return plan  # left alone: its placements keep running, its status stays
     deployment = view.deployments.get(key)
     after_stop = deployment is not None and deployment.spec.replacement == "AfterStop"
-    mine: defaultdict[str, Usage] = defaultdict(Usage)
-    for node_name, node_usage in usage.items():
-        mine[node_name] = Usage(node_usage.cpu_millis, node_usage.memory_bytes, node_usage.pods)
+    mine = _UsageCopy(usage)  # copied per node as the decision first touches it
     live: list[tuple[str, PlacedReplica]] = []
     for placement_key, placed in sorted(view.placements.items()):
         placement = placed.placement
@@ -200,7 +204,7 @@ def schedule_deployment(
             live.append((placement_key, placed))
     if deployment is not None:
         ready = set(ready_nodes)
-        orphans = _orphans_by_deployment(view, ready).get(key, [])
+        orphans = _orphans_of(view, ready, key)
         run = _Pass(view, ready, mine, _NamesTaken(taken_names), wall_time, new_suffix)
         _reconcile_deployment(run, deployment, live, orphans, plan)
     else:
@@ -233,6 +237,36 @@ def _orphans_by_deployment(
     return found
 
 
+def _orphans_of(
+    snapshot: Snapshot, ready_nodes: set[str], key: str
+) -> list[tuple[str, OrphanReplica]]:
+    """The orphans of Deployment `key` on schedulable nodes, ordered as
+    `_orphans_by_deployment` orders them (nodes without orphans are skipped unsorted)."""
+    nodes = snapshot.nodes
+    found: list[tuple[str, OrphanReplica]] = []
+    for node_name in ready_nodes:
+        for orphan in nodes[node_name].orphans:
+            if object_key(orphan.namespace, orphan.deployment) == key:
+                found.append((node_name, orphan))
+    found.sort(key=lambda entry: (not entry[1].running, entry[0], entry[1].replica))
+    return found
+
+
+class _UsageCopy(dict[str, Usage]):
+    """The caller's usage per node (read only), copied node by node as a decision first
+    reads it: the decision counts the room it takes on its copies only."""
+
+    def __init__(self, base: Mapping[str, Usage]) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, node: str) -> Usage:
+        found = self.base.get(node)
+        mine = Usage() if found is None else Usage(found.cpu_millis, found.memory_bytes, found.pods)
+        self[node] = mine
+        return mine
+
+
 def _count(node_usage: Usage, placement: Placement, sign: int) -> None:
     node_usage.cpu_millis += sign * placement.cpu_millis
     node_usage.memory_bytes += sign * placement.memory_bytes
@@ -255,7 +289,7 @@ class _Pass:
 
     snapshot: Snapshot
     ready_nodes: set[str]
-    usage: defaultdict[str, Usage]
+    usage: dict[str, Usage]  # a defaultdict(Usage) or a _UsageCopy: every node readable
     taken_names: _Names
     wall_time: float
     new_suffix: Callable[[], str]
@@ -513,7 +547,7 @@ class _NodePicker:
         self,
         snapshot: Snapshot,
         ready_nodes: set[str],
-        usage: defaultdict[str, Usage],
+        usage: dict[str, Usage],
         spread: Counter[str],
         cpu: int,
         memory: int,

@@ -19,8 +19,9 @@ from corral.natsio.bus import (
 )
 from corral.natsio.key_migration import SCHEDULER_BUCKETS, move_legacy_keys
 from corral.natsio.service import ServiceContext, base_parser, service_main
-from corral_scheduler.control_loop import ControlLoop
+from corral_scheduler.control_loop import DECIDE_IN, ControlLoop, DecideIn
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
+from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.node_api import KIND as NODE_KIND
 from corral_scheduler.node_api import NodeAPI
 
@@ -29,7 +30,21 @@ DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployme
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return base_parser("scheduler", DEFAULT_PORT)
+    parser = base_parser("scheduler", DEFAULT_PORT)
+    parser.add_argument(
+        "--decide-in",
+        choices=[mode.value for mode in DecideIn],
+        default=DECIDE_IN.value,
+        help="where each Deployment's decision runs: in the event loop that answers "
+        f"requests, or in a worker thread on copies of its inputs (default {DECIDE_IN.value})",
+    )
+    parser.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="leave garbage collection to Python's defaults (no freezing of long-lived "
+        "objects; corral_scheduler.gc_policy): for comparisons",
+    )
+    return parser
 
 
 async def run(
@@ -42,7 +57,13 @@ async def run(
     # them is acted on (corral.natsio.key_migration).
     for bucket, form in SCHEDULER_BUCKETS.items():
         await move_legacy_keys(ctx.buckets[bucket], form)
-    loop = ControlLoop(dict(ctx.buckets), ctx.events, nc=ctx.nc)
+    loop = ControlLoop(
+        dict(ctx.buckets),
+        ctx.events,
+        nc=ctx.nc,
+        decide_in=DecideIn(args.decide_in),
+        gc_policy=None if args.python_gc else GcPolicy(),
+    )
     await ctx.task_group.start(loop.run)
     leases = ctx.buckets[names.LEASES_BUCKET]
     handlers = DeploymentAPI(

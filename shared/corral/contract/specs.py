@@ -145,6 +145,7 @@ class _Public(
     msgspec.Struct,
     frozen=True,
     kw_only=True,
+    gc=False,  # not tracked by the cyclic collector: as state._Record
     forbid_unknown_fields=True,
     omit_defaults=True,
     rename="camel",

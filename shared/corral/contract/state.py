@@ -18,8 +18,12 @@ from corral.contract.names import DEFAULT_NAMESPACE, object_key, placement_key
 from corral.contract.specs import ContainerTemplate
 
 
-class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Base of stored records: immutable, camelCase JSON, tolerant of newer fields."""
+class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
+    """Base of stored records: immutable, camelCase JSON, tolerant of newer fields.
+
+    `gc=False`: not tracked by Python's cyclic collector (frozen, made of strings, numbers
+    and containers of them, a record cannot be part of a cycle), so the tens of thousands
+    a service's mirrors hold do not lengthen its collections (corral_scheduler.gc_policy)."""
 
 
 class Cluster(_Record, frozen=True, kw_only=True):
