@@ -14,7 +14,7 @@ import pytest
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral_netmgr.node import routes
 from corral_netmgr.node.iptables import Iptables
-from corral_netmgr.node.rules import Desired, NetworkRange, render
+from corral_netmgr.node.rules import Desired, Jump, NetworkRange, render
 
 A = "CRL-aaaaaaaa"
 B = "CRL-bbbbbbbb"
@@ -161,3 +161,37 @@ async def test_forgetting_a_udp_services_flows_deletes_its_conntrack_entries_onl
     listed = sh(*netns, "conntrack", "-L", "-p", "udp")
     assert "dst=192.0.2.9" not in listed and "dst=192.0.2.8" in listed
     await ipt.forget_flows("192.0.2.9", ())  # nothing left to delete: no error
+
+
+class _ForeignInserter(Iptables):
+    """Lists a chain, then (as Docker restarting would) inserts a rule of its own at
+    the top before the caller acts on the listing."""
+
+    def __init__(self, prefix: str, wrapper: list[str]) -> None:
+        super().__init__(prefix, wrapper=wrapper)
+        self.inserted = 0
+
+    async def _rules(self, jump: Jump) -> list[str]:
+        listed = await super()._rules(jump)
+        self.inserted += 1
+        sh(*self.wrapper, "iptables", "-t", jump.table, "-I", jump.chain, "1",
+           "-s", f"172.31.{self.inserted}.0/24", "-j", "RETURN")  # fmt: skip
+        return listed
+
+
+async def test_moving_a_jump_first_never_deletes_a_rule_inserted_after_the_listing(
+    netns: list[str],
+):
+    ipt = Iptables(A, wrapper=netns)
+    tables = render(Desired(A, NETS)).tables
+    await ipt.apply(tables)
+    sh(*netns, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "172.17.0.0/16",
+       "-j", "MASQUERADE")  # fmt: skip
+    racing = _ForeignInserter(A, netns)
+    assert await racing.ensure_jump(Jump("nat", "POSTROUTING", f"{A}-POST")) is True
+    post = sh(*netns, "iptables", "-t", "nat", "-S", "POSTROUTING").splitlines()[1:]
+    assert post[0] == f"-A POSTROUTING -j {A}-POST"
+    assert post.count(f"-A POSTROUTING -j {A}-POST") == 1
+    assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in post  # Docker's rule stays
+    for n in range(1, racing.inserted + 1):  # every rule inserted meanwhile stays
+        assert f"-A POSTROUTING -s 172.31.{n}.0/24 -j RETURN" in post

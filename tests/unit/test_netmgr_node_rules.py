@@ -10,6 +10,7 @@ from corral_netmgr.node.rules import (
     chains_in,
     in_place,
     jumps,
+    move_first,
     removal,
     render,
     rules_in,
@@ -265,3 +266,17 @@ def test_a_jump_is_in_place_when_only_corral_jumps_come_before_it():
     assert not in_place(post, docker_first)
     assert in_place(Jump("nat", "POSTROUTING", f"{P}-POST", first=False), docker_first)
     assert not in_place(Jump("nat", "OUTPUT", f"{P}-SVC"), rules.get(("nat", "OUTPUT"), []))
+
+
+def test_moving_a_jump_first_deletes_it_by_rule_text_and_inserts_it_in_one_transaction():
+    jump = Jump("nat", "POSTROUTING", f"{P}-POST")
+    text = move_first(jump, 2)
+    assert text.splitlines() == [
+        "*nat",
+        f"-D POSTROUTING -j {P}-POST",
+        f"-D POSTROUTING -j {P}-POST",
+        f"-I POSTROUTING 1 -j {P}-POST",
+        "COMMIT",
+    ]
+    assert not any(line.split()[2:3] and line.split()[2].isdigit() for line in text.splitlines()
+                   if line.startswith("-D "))  # fmt: skip

@@ -3,9 +3,11 @@
 Both tables are written by one `iptables-restore --noflush` call (the node's chains are
 declared, which empties them, and filled; chains of other owners are never named).
 The jumps from the built-in chains are checked with `iptables -C` and inserted at
-position 1 when missing, or when a rule that is not a jump to a corral chain has come
-before them (Docker puts its own jumps first when it rewrites its chains); jumps of
-other corral nodes ahead of ours are fine, so two node parts on one host never fight.
+position 1 when missing, or moved there (deleted by rule text and inserted, in one
+restore transaction: never by position number) when a rule that is not a jump to a
+corral chain has come before them (Docker puts its own jumps first when it rewrites its
+chains); jumps of other corral nodes ahead of ours are fine, so two node parts on one
+host never fight.
 
 `Iptables(prefix)` does it for one node; `binary` names the tools (tests run them in a
 network namespace of their own).
@@ -17,7 +19,16 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from corral_netmgr.node import host
-from corral_netmgr.node.rules import TABLES, Jump, chains_in, in_place, jumps, removal, rules_in
+from corral_netmgr.node.rules import (
+    TABLES,
+    Jump,
+    chains_in,
+    in_place,
+    jumps,
+    move_first,
+    removal,
+    rules_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +78,19 @@ class Iptables:
         base = ["iptables", "-w", "-t", jump.table]
         check = await host.run(self._argv(*base, "-C", jump.chain, *jump.spec), check=False)
         if check.code == 0:
-            if not jump.first or in_place(jump, await self._rules(jump)):
+            if not jump.first:
                 return False
-            # Put a copy first, then delete the later one (never a moment without it).
-            await host.run(self._argv(*base, "-I", jump.chain, "1", *jump.spec))
             listed = await self._rules(jump)
+            if in_place(jump, listed):
+                return False
+            # Delete by rule text and insert first in one restore transaction: never by
+            # position (another owner inserting meanwhile would shift the numbers).
             mine = f"-A {jump.chain} {' '.join(jump.spec)}"
-            later = [i for i, rule in enumerate(listed) if rule == mine][1:]
-            for index in reversed(later):
-                await host.run(self._argv(*base, "-D", jump.chain, str(index + 1)))
+            copies = sum(rule == mine for rule in listed)
+            await host.run(
+                self._argv("iptables-restore", "--noflush", "--wait"),
+                move_first(jump, max(copies, 1)),
+            )
             log.info("moved the jump %s -> %s (%s) first", jump.chain, jump.target, jump.table)
             return True
         if jump.first:

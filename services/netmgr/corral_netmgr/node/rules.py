@@ -361,6 +361,19 @@ def in_place(jump: Jump, rules: list[str]) -> bool:
     return False
 
 
+def move_first(jump: Jump, copies: int) -> str:
+    """The `iptables-restore --noflush` text that moves `jump` first in one transaction:
+    each of its `copies` deleted by rule text (never by position: a rule another owner
+    inserts meanwhile would shift the numbers and the wrong rule would go), then one
+    inserted at position 1. Applied atomically: the chain is never without the jump, and
+    if the copies are no longer what was listed the whole move fails and nothing changes."""
+    spec = " ".join(jump.spec)
+    lines = [f"*{jump.table}"]
+    lines += [f"-D {jump.chain} {spec}"] * copies
+    lines += [f"-I {jump.chain} 1 {spec}", "COMMIT", ""]
+    return "\n".join(lines)
+
+
 def udp_targets(endpoints: Endpoints) -> tuple[str, tuple[int, ...], frozenset[str]] | None:
     """For a UDP Service with a VIP: (VIP, its UDP node ports, its ready endpoints' IPs),
     what conntrack cleaning compares between two applies; None for any other."""
