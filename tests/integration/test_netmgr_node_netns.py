@@ -195,3 +195,34 @@ async def test_moving_a_jump_first_never_deletes_a_rule_inserted_after_the_listi
     assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in post  # Docker's rule stays
     for n in range(1, racing.inserted + 1):  # every rule inserted meanwhile stays
         assert f"-A POSTROUTING -s 172.31.{n}.0/24 -j RETURN" in post
+
+
+async def test_a_slice_the_host_already_routes_itself_is_reported_and_its_route_left_untouched(
+    netns: list[str],
+):
+    sh(*netns, "ip", "addr", "add", "10.128.1.5/24", "dev", "v1")  # the host's own LAN
+    sh(*netns, "ip", "route", "add", "10.128.2.0/24", "via", "192.0.2.9")  # static
+    sh(*netns, "ip", "route", "add", "10.128.3.0/24", "via", "192.0.2.7", "metric", "100")  # VPN
+    before = sh(*netns, "ip", "route")
+    wanted = {
+        "10.128.1.0/24": "192.0.2.11",
+        "10.128.2.0/24": "192.0.2.12",
+        "10.128.3.0/24": "192.0.2.13",
+        "10.128.4.0/24": "192.0.2.14",
+    }
+    plan = routes.plan(await routes.read_current(netns), wanted, ["10.128.0.0/16"])
+    result = await routes.apply(plan, netns)
+    assert result.errors == []
+    assert [c.subnet for c in result.conflicts] == [
+        "10.128.1.0/24",
+        "10.128.2.0/24",
+        "10.128.3.0/24",
+    ]
+    assert "proto kernel" in result.conflicts[0].theirs
+    assert await routes.read_current(netns) == {"10.128.4.0/24": "192.0.2.14"}
+    after = sh(*netns, "ip", "route")
+    assert after.replace("10.128.4.0/24 via 192.0.2.14 dev v0 proto 182 \n", "") == before
+    messages = await routes.apply_plan(routes.plan(await routes.read_current(netns), wanted,
+                                                   ["10.128.0.0/16"]), netns)  # fmt: skip
+    assert len(messages) == 3 and all("not added" in m for m in messages)
+    assert sh(*netns, "ip", "route") == after

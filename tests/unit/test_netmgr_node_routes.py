@@ -6,7 +6,7 @@ from pathlib import Path
 
 from corral.contract.network_state import NetworkSlice, NodeNetwork
 from corral_netmgr.node.host import default_address, machine_id, used_ranges
-from corral_netmgr.node.routes import current_routes, desired_routes, plan
+from corral_netmgr.node.routes import current_routes, desired_routes, foreign_route, plan
 
 
 def piece(network: str, node: str, subnet: str) -> NetworkSlice:
@@ -54,7 +54,8 @@ def test_missing_routes_and_those_with_a_new_next_hop_are_replaced_stale_ones_in
         "10.130.1.0/24": "192.0.2.11",
     }
     result = plan(current, wanted, ["10.128.0.0/16", "10.130.0.0/16"])
-    assert result.replace == {"10.128.2.0/24": "192.0.2.13", "10.130.1.0/24": "192.0.2.11"}
+    assert result.replace == {"10.128.2.0/24": "192.0.2.13"}  # corral's already: replaced
+    assert result.add == {"10.130.1.0/24": "192.0.2.11"}  # not corral's yet: added, never replaced
     assert result.remove == ["10.128.9.0/24"]
     assert plan(wanted, wanted, ["10.128.0.0/16"]).empty
 
@@ -125,3 +126,14 @@ def test_the_host_id_is_the_machine_id_and_empty_when_unreadable(tmp_path: Path)
     (tmp_path / "machine-id").write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
     assert machine_id(tmp_path / "machine-id") == "3d1219c7c4c5404aaa1f6d2a48adfda4"
     assert machine_id(tmp_path / "none") == ""
+
+
+def test_a_route_to_a_slice_that_is_not_corrals_is_found_and_shown_corrals_own_are_not():
+    assert (
+        foreign_route([{"dst": "10.128.1.0/24", "gateway": "192.0.2.11", "protocol": "182"}]) == ""
+    )
+    shown = [
+        {"dst": "10.128.1.0/24", "gateway": "192.0.2.11", "protocol": "corral"},
+        {"dst": "10.128.1.0/24", "dev": "eth0", "protocol": "kernel", "metric": 100},
+    ]
+    assert foreign_route(shown) == "10.128.1.0/24 dev eth0 proto kernel metric 100"
