@@ -67,7 +67,10 @@ def host_state() -> dict[str, list[str]]:
     )
     return {
         "iptables": rules,
-        "routes": sorted(sh("ip", "route").stdout.splitlines()),
+        # without "linkdown": a bridge's carrier follows whether any container is on it
+        "routes": sorted(
+            line.replace(" linkdown", "") for line in sh("ip", "route").stdout.splitlines()
+        ),
         "networks": sorted(sh("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()),
     }
 
