@@ -106,6 +106,36 @@ async def test_services_get_addresses_and_refusals_change_nothing(
         await absent(buckets[names.ENDPOINTS_BUCKET], "default.web")
 
 
+async def test_a_node_port_a_node_reports_listening_is_refused_naming_the_field(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    """A node port's rules come first on every node: one on sshd's port would send SSH
+    to a replica. The record is there before netmgr starts (its view replays it)."""
+    listens = NodeNetwork(node="n1", listening_ports=["2222/TCP"], ready=True)
+    await buckets[names.NODE_NETWORK_BUCKET].put("n1", encode(listens))
+    services = buckets[names.SERVICES_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        await present(buckets[names.NETWORKS_BUCKET], "default", Network)
+        refused = await request(
+            ctx.nc,
+            "service",
+            "apply",
+            service("ssh", type="NodePort", ports=[{"port": 22, "nodePort": 2222}]),
+        )
+        assert not refused.ok and refused.field == "spec.ports[0].nodePort", refused
+        assert "2222/TCP is in use on node n1 (a process listens there)" in refused.error
+        assert await services.get("default.ssh") is None
+        udp = await request(
+            ctx.nc,
+            "service",
+            "apply",
+            service(
+                "ssh", type="NodePort", ports=[{"port": 22, "nodePort": 2222, "protocol": "UDP"}]
+            ),
+        )
+        assert udp.ok, udp  # nothing listens on 2222/UDP
+
+
 async def test_slices_appear_for_the_nodes_that_register_and_go_with_them(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:

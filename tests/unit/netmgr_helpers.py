@@ -81,7 +81,13 @@ async def netmgr(
         lock=loop.lock,
         progress=progress,
     )
-    service_api = ServiceAPI(m.services, networks=m.networks, lock=loop.lock, progress=progress)
+    service_api = ServiceAPI(
+        m.services,
+        networks=m.networks,
+        node_network=m.node_network,
+        lock=loop.lock,
+        progress=progress,
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(loop.start_mirrors)
         await network_api.ensure_default()

@@ -16,6 +16,7 @@ from corral_netmgr.allocator import (
     assign_slices,
     check_subnet,
     gateway,
+    listening,
     parse_ranges,
     pick_subnet,
 )
@@ -148,3 +149,21 @@ def test_a_node_port_taken_for_its_protocol_is_refused_naming_the_port() -> None
     with pytest.raises(AllocationError) as refused:
         allocate_node_ports([("TCP", 0), ("UDP", 31000)], [("UDP", 31000)])
     assert refused.value.field == "spec.ports[1].nodePort"
+
+
+def test_a_requested_node_port_a_process_listens_on_is_refused_naming_the_node() -> None:
+    listened = listening({"n2": ["22/TCP", "bad", "70000/TCP"], "n1": ["22/TCP", "53/UDP"]})
+    assert listened == {("TCP", 22): "n1", ("UDP", 53): "n1"}
+    with pytest.raises(AllocationError) as refused:
+        allocate_node_ports([("TCP", 0), ("TCP", 22)], [], listened=listened)
+    assert refused.value.field == "spec.ports[1].nodePort"
+    assert "22/TCP is in use on node n1 (a process listens there)" in refused.value.message
+    # the same number for the other protocol is free
+    assert allocate_node_ports([("UDP", 22)], [], listened=listened) == [22]
+
+
+def test_ports_a_process_listens_on_are_skipped_when_picking_from_the_range() -> None:
+    listened = listening({"n1": ["30000/TCP", "30002/TCP"], "n2": ["30001/UDP"]})
+    assert allocate_node_ports(
+        [("TCP", 0), ("TCP", 0), ("UDP", 0)], [("TCP", 30001)], listened=listened
+    ) == [30003, 30004, 30000]

@@ -259,3 +259,34 @@ async def test_bad_service_input_is_refused_whole() -> None:
 
 
 __all__ = ["msgspec"]
+
+
+# --- node ports a process listens on ---------------------------------------------------
+
+
+async def test_a_node_port_a_node_listens_on_is_refused_and_skipped_when_picking() -> None:
+    buckets = memory_buckets()
+    await put(
+        buckets[names.NODE_NETWORK_BUCKET],
+        "n1",
+        NodeNetwork(node="n1", listening_ports=["22/TCP", "30000/TCP"]),
+    )
+    async with netmgr(buckets) as n:
+        before = await snapshot(n.buckets)
+        reply = await n.services.apply(
+            service("ssh", type="NodePort", ports=[{"port": 80, "nodePort": 22}])
+        )
+        assert not reply.ok and reply.field == "spec.ports[0].nodePort"
+        assert "22/TCP is in use on node n1 (a process listens there)" in reply.error
+        assert await snapshot(n.buckets) == before
+        ok(await n.services.apply(service("web", type="NodePort")))
+        web = await stored_service(n.buckets, "web")
+        assert web.spec.ports[0].node_port == 30001
+        # a port the Service has stays its own when a process listens there later
+        await put(
+            n.buckets[names.NODE_NETWORK_BUCKET],
+            "n1",
+            NodeNetwork(node="n1", listening_ports=["30001/TCP"]),
+        )
+        await n.drain()
+        assert ok(await n.services.apply(service("web", type="NodePort"))).unchanged

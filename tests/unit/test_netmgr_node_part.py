@@ -130,6 +130,11 @@ async def test_the_record_is_written_when_it_changes_and_not_for_its_time_alone(
         return facts["value"]  # type: ignore[no-any-return]
 
     monkeypatch.setattr(part, "host_facts", host_facts)
+
+    async def listening_ports() -> list[str]:
+        return []  # not this host's: what it listens on may change meanwhile
+
+    monkeypatch.setattr(part, "listening_ports", listening_ports)
     bucket = buckets[names.NODE_NETWORK_BUCKET]
 
     async def stored() -> tuple[NodeNetwork, int]:
@@ -185,3 +190,36 @@ def test_good_flags_make_the_settings() -> None:
         node="n1", cluster_id="c0ffee", node_address="192.0.2.7", host_id="host-a", dns_port=0
     )
     assert settings.prefix == names.chain_prefix("c0ffee", "n1")
+
+
+async def test_the_record_reports_the_ports_the_host_listens_on_and_is_written_when_they_change(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    part, _, buckets = make_part()
+    ports: dict[str, list[str]] = {"value": ["22/TCP"]}
+
+    async def host_facts() -> tuple[str, list[str]]:
+        return "192.0.2.2", []
+
+    async def listening_ports() -> list[str]:
+        return list(ports["value"])
+
+    monkeypatch.setattr(part, "host_facts", host_facts)
+    monkeypatch.setattr(part, "listening_ports", listening_ports)
+    bucket = buckets[names.NODE_NETWORK_BUCKET]
+
+    async def stored() -> tuple[NodeNetwork, int]:
+        entry = await bucket.get("n1")
+        assert entry is not None and entry.value is not None
+        return decode(entry.value, NodeNetwork), entry.revision
+
+    await part.reconcile_record()
+    first, revision = await stored()
+    assert first.listening_ports == ["22/TCP"]
+    await part.reconcile_record()
+    assert (await stored())[1] == revision  # the same ports: not written
+    ports["value"] = ["22/TCP", "53/UDP"]
+    part.forget_facts()  # as a resync does when half a resync has gone by
+    await part.reconcile_record()
+    changed, changed_revision = await stored()
+    assert changed.listening_ports == ["22/TCP", "53/UDP"] and changed_revision > revision

@@ -4,7 +4,8 @@
   the pool;
 - each node's slice of every network (stable; the lowest free index; its first
   address is the gateway);
-- a Service's cluster IP from the service range, and its node ports.
+- a Service's cluster IP from the service range, and its node ports (free: no other
+  Service has it and no node reports a process listening there).
 
 Every refusal is an AllocationError naming the field, as a Reply's `field`.
 """
@@ -196,16 +197,45 @@ def allocate_cluster_ip(
     )
 
 
+def parse_port(text: str) -> tuple[str, int] | None:
+    """("TCP", 22) for "22/TCP" (what a node reports listening), None when unreadable."""
+    number, _, protocol = text.partition("/")
+    try:
+        port = int(number)
+    except ValueError:
+        return None
+    if not 0 < port < 65536 or protocol not in ("TCP", "UDP"):
+        return None
+    return protocol, port
+
+
+def listening(reports: Mapping[str, Iterable[str]]) -> dict[tuple[str, int], str]:
+    """(protocol, port) -> the first node (by name) that reports a process listening
+    there, from each node's NodeNetwork.listeningPorts."""
+    found: dict[tuple[str, int], str] = {}
+    for node in sorted(reports):
+        for text in reports[node]:
+            parsed = parse_port(text)
+            if parsed is not None:
+                found.setdefault(parsed, node)
+    return found
+
+
 def allocate_node_ports(
     requested: Sequence[tuple[str, int]],
     taken: Iterable[tuple[str, int]],
     *,
+    listened: Mapping[tuple[str, int], str] | None = None,
     port_range: tuple[int, int] = NODE_PORTS,
 ) -> list[int]:
     """A node port per Service port ((protocol, requested port or 0), in order). A
-    requested port may be any of 1-65535 and must be free for its protocol; the others
-    get the lowest free port of `port_range`."""
+    requested port may be any of 1-65535 and must be free for its protocol: no other
+    Service has it (`taken`) and no process listens there on any node (`listened`:
+    (protocol, port) -> a node); the others get the lowest free port of `port_range`.
+    (A node port's rules come first on every node: one on a port a process listens on
+    would send that process's traffic to the Service.)"""
     in_use = set(taken)
+    busy = dict(listened or {})
     result = [0] * len(requested)
     for index, (protocol, port) in enumerate(requested):
         if not port:
@@ -215,6 +245,12 @@ def allocate_node_ports(
                 f"spec.ports[{index}].nodePort",
                 f"`spec.ports[{index}].nodePort` {port}/{protocol} is taken by another Service",
             )
+        if (protocol, port) in busy:
+            raise AllocationError(
+                f"spec.ports[{index}].nodePort",
+                f"`spec.ports[{index}].nodePort` {port}/{protocol} is in use on node "
+                f"{busy[(protocol, port)]} (a process listens there)",
+            )
         in_use.add((protocol, port))
         result[index] = port
     low, high = port_range
@@ -222,7 +258,7 @@ def allocate_node_ports(
         if port:
             continue
         for candidate in range(low, high + 1):
-            if (protocol, candidate) not in in_use:
+            if (protocol, candidate) not in in_use and (protocol, candidate) not in busy:
                 in_use.add((protocol, candidate))
                 result[index] = candidate
                 break

@@ -169,6 +169,7 @@ async def serve(
     service_api = ServiceAPI(
         m.services,
         networks=m.networks,
+        node_network=m.node_network,
         lock=loop.lock,
         progress=leases,
         spec_position=partial(spec_stream_position, ctx.js, SERVICE_KIND),

@@ -5,8 +5,9 @@ At apply the Service's cluster IP (from the service range) and, for a NodePort
 Service, its node ports are allocated and written into the stored spec, as
 Kubernetes does: a re-apply without them keeps them. Refused: a network that does not
 exist, a name that exists with another type (delete it first), a node port or a
-cluster IP that another Service has, a cluster IP out of the range. What a deleted
-Service had is free again at once (the next decision no longer sees it).
+cluster IP that another Service has, a node port a process listens on on some node
+(NodeNetwork.listeningPorts), a cluster IP out of the range. What a
+deleted Service had is free again at once (the next decision no longer sees it).
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import anyio
 import msgspec
 
 from corral.contract.network_specs import HEADLESS, Network, Service, ServicePort
+from corral.contract.network_state import NodeNetwork
 from corral.natsio.kv import Bucket, Mirror
-from corral_netmgr.allocator import AllocationError, allocate_cluster_ip, allocate_node_ports
+from corral_netmgr.allocator import (
+    AllocationError,
+    allocate_cluster_ip,
+    allocate_node_ports,
+    listening,
+)
 from corral_netmgr.network_api import service_network
 from corral_netmgr.spec_api import SpecAPI, SpecPosition, no_stream
 
@@ -47,6 +54,7 @@ class ServiceAPI(SpecAPI[Service]):
         services: Mirror[Service],
         *,
         networks: Mirror[Network],
+        node_network: Mirror[NodeNetwork],
         lock: anyio.Lock,
         progress: Bucket | None = None,
         spec_position: SpecPosition = no_stream,
@@ -54,11 +62,12 @@ class ServiceAPI(SpecAPI[Service]):
         super().__init__(
             services,
             lock=lock,
-            views=[networks],
+            views=[networks, node_network],
             progress=progress,
             spec_position=spec_position,
         )
         self.networks = networks
+        self.node_network = node_network
 
     def decide(self, wanted: Service, current: Service | None) -> Service:
         spec = wanted.spec
@@ -104,7 +113,18 @@ class ServiceAPI(SpecAPI[Service]):
                 (port.protocol, port.node_port or _previous_node_port(port, current))
                 for port in ports
             ]
-            chosen = allocate_node_ports(requested, taken_ports)
+            held: set[tuple[str, int]] = (
+                set()
+                if current is None
+                else {(port.protocol, port.node_port) for port in current.spec.ports}
+            )
+            reports = {
+                node: record.listening_ports
+                for node, (record, _) in self.node_network.items.items()
+            }
+            # A port this Service already has stays its own, whatever listens there since.
+            listened = {pair: node for pair, node in listening(reports).items() if pair not in held}
+            chosen = allocate_node_ports(requested, taken_ports, listened=listened)
             ports = [
                 msgspec.structs.replace(port, node_port=node_port)
                 for port, node_port in zip(ports, chosen, strict=True)

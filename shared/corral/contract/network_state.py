@@ -85,7 +85,7 @@ class Endpoints(_Record, frozen=True, kw_only=True):
 
 class NodeNetwork(_Record, frozen=True, kw_only=True):
     """What a node's netmgr part reports: its address for other nodes' routes, the
-    ranges its host already uses (never allocated), and how far its rules are."""
+    ranges and ports its host already uses (never allocated), and how far its rules are."""
 
     node: str
     address: str = ""  # other nodes route this node's slices via this address
@@ -97,3 +97,6 @@ class NodeNetwork(_Record, frozen=True, kw_only=True):
     ready: bool = False
     message: str = ""
     updated_at: float = 0.0
+    # Ports a process on the host listens on ("22/TCP", "53/UDP"; loopback-only binds
+    # left out): never given as node ports (docs/networking.md, "Node ports").
+    listening_ports: list[str] = []

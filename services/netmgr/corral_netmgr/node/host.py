@@ -1,9 +1,10 @@
-"""What the node part reads of its host: addresses, routes, its host id; and running
-the host's tools (`ip`, `iptables`, `conntrack`).
+"""What the node part reads of its host: addresses, routes, the ports it listens on,
+its host id; and running the host's tools (`ip`, `iptables`, `conntrack`).
 
 Reading only: the node's address comes from the routing table (the default route's
 source address), never from sending anything. The decisions on what was read are pure
-functions (`default_address`, `used_ranges`), tested on recorded `ip -j` output.
+functions (`default_address`, `used_ranges`, `listening_sockets`), tested on recorded
+`ip -j` and /proc/net output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ROUTE_PROTOCOL: Final = (
     182  # corral's routes (docs/networking.md; 186 is the kernel's BGP): only these go
 )
 MACHINE_ID: Final = Path("/etc/machine-id")
+PROC_NET: Final = Path("/proc/net")  # this process's network namespace: the host's
 COMMAND_TIMEOUT: Final = 30.0
 
 
@@ -186,3 +188,64 @@ def used_ranges(
     loopback = ipaddress.IPv4Network("127.0.0.0/8")
     kept = [n for n in found if not n.subnet_of(loopback)]
     return [str(n) for n in sorted(kept)]
+
+
+# /proc/net/{tcp,udp}[6]: the socket state column (include/net/tcp_states.h)
+TCP_LISTEN: Final = "0A"
+UDP_UNCONNECTED: Final = "07"  # TCP_CLOSE: a bound UDP socket with no peer
+PROC_NET_FILES: Final = (("tcp", "TCP"), ("tcp6", "TCP"), ("udp", "UDP"), ("udp6", "UDP"))
+
+
+def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A /proc/net address column's address: 8 hex digits (IPv4) or 32 (IPv6), each
+    32-bit word in the host's byte order (little-endian here, as every host corral runs)."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    if len(raw) not in (4, 16):
+        return None
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words)
+
+
+def _loopback_only(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A bind that only loopback reaches (127.0.0.0/8, ::1, ::ffff:127.x): no node port
+    (whose traffic comes from outside, or from a replica) can reach it."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def listening_sockets(text: str) -> set[int]:
+    """The local ports in a /proc/net/{tcp,tcp6,udp,udp6} table that a process listens
+    on (TCP in LISTEN, UDP bound without a peer), on any address but loopback-only ones."""
+    ports: set[int] = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] not in (TCP_LISTEN, UDP_UNCONNECTED):
+            continue
+        host_part, _, port_part = fields[1].partition(":")
+        address = _proc_address(host_part)
+        try:
+            port = int(port_part, 16)
+        except ValueError:
+            continue
+        if address is None or not port or _loopback_only(address):
+            continue
+        ports.add(port)
+    return ports
+
+
+def listening_ports(proc_net: Path = PROC_NET) -> list[str]:
+    """The ports a process on this host listens on, as NodeNetwork.listeningPorts has
+    them ("22/TCP", "53/UDP"; sorted by protocol then number). A table that cannot be
+    read (no IPv6) adds nothing."""
+    found: set[tuple[str, int]] = set()
+    for name, protocol in PROC_NET_FILES:
+        try:
+            text = (proc_net / name).read_text()
+        except OSError:
+            continue
+        found.update((protocol, port) for port in listening_sockets(text))
+    return [f"{port}/{protocol}" for protocol, port in sorted(found)]

@@ -156,7 +156,7 @@ class NodePart:
         self._udp: dict[str, tuple[str, tuple[int, ...], frozenset[str]]] = {}
         # This node's address and used ranges, read at most once a resync (the record is
         # reconciled after every other key: an endpoints change must not cost `ip` calls).
-        self._facts: tuple[str, list[str]] = ("", [])
+        self._facts: tuple[str, list[str], list[str]] = ("", [], [])
         self._facts_at: float | None = None
         self._rules_applied = RULES_APPLIED.labels(node)
         self._apply_seconds = APPLY_SECONDS.labels(node)
@@ -335,21 +335,26 @@ class NodePart:
         ]
         return address, host.used_ranges(table, links, docker_subnets, corral_devices)
 
+    async def listening_ports(self) -> list[str]:
+        """The ports a process on this host listens on (never given as node ports)."""
+        return await anyio.to_thread.run_sync(host.listening_ports)
+
     def forget_facts(self) -> None:
         self._facts_at = None
 
-    async def facts(self) -> tuple[str, list[str]]:
-        """host_facts, read again when older than half a resync, after a Docker event or
-        a slice's change."""
+    async def facts(self) -> tuple[str, list[str], list[str]]:
+        """host_facts and the listening ports, read again when older than half a resync,
+        after a Docker event or a slice's change."""
         now = time.monotonic()
         if self._facts_at is None or now - self._facts_at >= self.settings.resync_seconds / 2:
-            self._facts = await self.host_facts()
+            address, used = await self.host_facts()
+            self._facts = (address, used, await self.listening_ports())
             self._facts_at = now
         return self._facts
 
     async def reconcile_record(self) -> str:
         node = self.settings.node
-        address, used = await self.facts()
+        address, used, listening = await self.facts()
         problems = [f"{key}: {text}" for key, text in sorted(self.problems.items()) if text]
         if not address:
             problems.append("no address: no default route, and no --node-address")
@@ -360,6 +365,7 @@ class NodePart:
             address=address,
             host_id=self.settings.host_id,
             used_ranges=used,
+            listening_ports=listening,
             endpoints_revision=self.endpoints_revision,
             ready=not problems and not pending,
             message=message,
