@@ -261,7 +261,7 @@ async def test_bad_service_input_is_refused_whole() -> None:
 __all__ = ["msgspec"]
 
 
-# --- node ports a process listens on ---------------------------------------------------
+# --- node ports a process listens on; records that cannot be read ----------------------
 
 
 async def test_a_node_port_a_node_listens_on_is_refused_and_skipped_when_picking() -> None:
@@ -290,3 +290,44 @@ async def test_a_node_port_a_node_listens_on_is_refused_and_skipped_when_picking
         )
         await n.drain()
         assert ok(await n.services.apply(service("web", type="NodePort"))).unchanged
+
+
+async def test_an_unreadable_service_makes_allocating_busy_and_writes_nothing() -> None:
+    async with netmgr() as n:
+        ok(await n.services.apply(service("kept", type="NodePort")))
+        await n.buckets[names.SERVICES_BUCKET].put("default.x", b'{"kind": "Service", "spec": 7}')
+        await n.drain()
+        assert "default.x" in n.services.mirror.unreadable
+        before = await snapshot(n.buckets)
+        for refused in (
+            await n.services.apply(service("new")),
+            await n.services.apply(
+                service(
+                    "kept",
+                    type="NodePort",
+                    ports=[{"port": 80, "name": "a"}, {"port": 81, "name": "b"}],
+                )
+            ),
+        ):
+            assert not refused.ok and refused.reason == "Busy", refused
+            assert "cannot allocate while services default.x cannot be read" in refused.error
+        assert await snapshot(n.buckets) == before
+        # what keeps its allocation goes on; the unreadable record itself may be replaced
+        assert ok(await n.services.apply(service("kept", type="NodePort"))).unchanged
+        ok(await n.services.apply(service("x")))
+        ok(await n.services.apply(service("new")))
+
+
+async def test_an_unreadable_network_makes_making_a_network_busy_and_writes_nothing() -> None:
+    async with netmgr() as n:
+        await n.buckets[names.NETWORKS_BUCKET].put("red", b'{"kind": "Network", "spec": 7}')
+        await n.drain()
+        before = await snapshot(n.buckets)
+        for wanted in (network("blue"), network("blue", subnet="10.50.0.0/16")):
+            refused = await n.networks.apply(wanted)
+            assert not refused.ok and refused.reason == "Busy", refused
+            assert "cannot allocate while networks red cannot be read" in refused.error
+        assert await snapshot(n.buckets) == before
+        assert ok(await n.networks.apply(network("default"))).unchanged
+        ok(await n.networks.apply(network("red")))
+        ok(await n.networks.apply(network("blue")))

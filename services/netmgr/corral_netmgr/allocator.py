@@ -38,6 +38,28 @@ class AllocationError(ValueError):
         self.message = message
 
 
+class Unreadable(Exception):
+    """An allocation that cannot be decided now: a record of the kind it must not collide
+    with cannot be read (corrupt, or from a newer corral), so what it holds is unknown.
+    Refused Busy, nothing written; `message` names the record(s)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def refuse_unreadable(what: str, keys: Iterable[str], *, but: str = "") -> None:
+    """Raise Unreadable when any of `keys` (other than `but`, the record being replaced)
+    cannot be read; `what`: the kind in words, plural ("services")."""
+    blocking = sorted(key for key in keys if key != but)
+    if blocking:
+        raise Unreadable(
+            f"cannot allocate while {what} {', '.join(blocking)} cannot be read (written by "
+            "a newer corral, or corrupt): what they hold is unknown; delete or rewrite them, "
+            "then try again"
+        )
+
+
 def parse_ranges(ranges: Iterable[str]) -> list[IPv4Network]:
     """The IPv4 ranges among `ranges` (what a node reports; anything unreadable or a /0,
     a default route rather than a range, is left out)."""

@@ -5,7 +5,9 @@ A network's range is decided when it is made: the requested `spec.subnet` when i
 overlaps no other network, the service range, or a range a node uses
 (NodeNetwork.usedRanges), else the first free /16 of the pool. It is written into the
 stored spec (a re-apply without it keeps it) and never changes, nor does its
-`slicePrefix`. A delete is refused while a Deployment's template or a Service names
+`slicePrefix`. While another Network record cannot be read (from a newer corral, or
+corrupt), its range is unknown: making a network is refused Busy (a re-apply of one
+that has its range goes on). A delete is refused while a Deployment's template or a Service names
 the network; `default` is never deleted.
 """
 
@@ -19,12 +21,20 @@ import msgspec
 
 from corral.contract import names
 from corral.contract.codec import encode
-from corral.contract.events import REASON_CONFLICT, Reply
+from corral.contract.events import REASON_BUSY, REASON_CONFLICT, Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import NodeNetwork
 from corral.contract.specs import DEFAULT_NETWORK, Deployment, ObjectMeta, replica_networks
 from corral.natsio.kv import Bucket, Mirror
-from corral_netmgr.allocator import AllocationError, Taken, check_subnet, parse_ranges, pick_subnet
+from corral_netmgr.allocator import (
+    AllocationError,
+    Taken,
+    Unreadable,
+    check_subnet,
+    parse_ranges,
+    pick_subnet,
+    refuse_unreadable,
+)
 from corral_netmgr.spec_api import SpecAPI, SpecPosition, no_stream
 
 KIND = "Network"
@@ -73,6 +83,14 @@ class NetworkAPI(SpecAPI[Network]):
         }
         return Taken(networks=ranges, used=used)
 
+    def settle(self, wanted: Network, current: Network | None) -> Network | Reply:
+        try:
+            return super().settle(wanted, current)
+        except Unreadable as error:
+            return self.reply(
+                ok=False, name=wanted.metadata.name, reason=REASON_BUSY, error=error.message
+            )
+
     def decide(self, wanted: Network, current: Network | None) -> Network:
         if current is not None and current.spec.subnet:
             if wanted.spec.subnet and wanted.spec.subnet != current.spec.subnet:
@@ -90,6 +108,7 @@ class NetworkAPI(SpecAPI[Network]):
                     "network and make it again",
                 )
             return msgspec.structs.replace(wanted, spec=current.spec)
+        refuse_unreadable("networks", self.mirror.unreadable, but=wanted.key)
         taken = self.taken(wanted.metadata.name)
         if wanted.spec.subnet:
             check_subnet(IPv4Network(wanted.spec.subnet), taken)

@@ -6,7 +6,9 @@ Service, its node ports are allocated and written into the stored spec, as
 Kubernetes does: a re-apply without them keeps them. Refused: a network that does not
 exist, a name that exists with another type (delete it first), a node port or a
 cluster IP that another Service has, a node port a process listens on on some node
-(NodeNetwork.listeningPorts), a cluster IP out of the range. What a
+(NodeNetwork.listeningPorts), a cluster IP out of the range. While another Service
+record cannot be read (from a newer corral, or corrupt), what it holds is unknown: an
+apply that would allocate is refused Busy (one that keeps what it has goes on). What a
 deleted Service had is free again at once (the next decision no longer sees it).
 """
 
@@ -15,14 +17,17 @@ from __future__ import annotations
 import anyio
 import msgspec
 
+from corral.contract.events import REASON_BUSY, Reply
 from corral.contract.network_specs import HEADLESS, Network, Service, ServicePort
 from corral.contract.network_state import NodeNetwork
 from corral.natsio.kv import Bucket, Mirror
 from corral_netmgr.allocator import (
     AllocationError,
+    Unreadable,
     allocate_cluster_ip,
     allocate_node_ports,
     listening,
+    refuse_unreadable,
 )
 from corral_netmgr.network_api import service_network
 from corral_netmgr.spec_api import SpecAPI, SpecPosition, no_stream
@@ -69,6 +74,18 @@ class ServiceAPI(SpecAPI[Service]):
         self.networks = networks
         self.node_network = node_network
 
+    def settle(self, wanted: Service, current: Service | None) -> Service | Reply:
+        try:
+            return super().settle(wanted, current)
+        except Unreadable as error:
+            return self.reply(
+                ok=False, name=wanted.metadata.name, reason=REASON_BUSY, error=error.message
+            )
+
+    def require_readable(self, wanted: Service) -> None:
+        """Before allocating: every other Service record can be read (else Unreadable)."""
+        refuse_unreadable("services", self.mirror.unreadable, but=wanted.key)
+
     def decide(self, wanted: Service, current: Service | None) -> Service:
         spec = wanted.spec
         name = wanted.metadata.name
@@ -100,6 +117,8 @@ class ServiceAPI(SpecAPI[Service]):
                     "delete the service first",
                 )
             taken = [s.spec.cluster_ip for s, _ in others if s.spec.cluster_ip != HEADLESS]
+            if not kept:
+                self.require_readable(wanted)
             cluster_ip = allocate_cluster_ip(cluster_ip or kept, taken)
         ports = list(spec.ports)
         if spec.type == "NodePort":
@@ -118,6 +137,8 @@ class ServiceAPI(SpecAPI[Service]):
                 if current is None
                 else {(port.protocol, port.node_port) for port in current.spec.ports}
             )
+            if any(pair not in held for pair in requested):
+                self.require_readable(wanted)
             reports = {
                 node: record.listening_ports
                 for node, (record, _) in self.node_network.items.items()
