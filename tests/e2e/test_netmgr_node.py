@@ -294,6 +294,10 @@ async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_
             # a container keeps a network whose slice is gone until it leaves
             user = f"crl-test-{node_name}"
             container("corral-test/busybox:1", node_name, blue_name, user, "sleep", "300")
+            stopped = f"crl-test-{node_name}-stopped"  # Docker lists it in no `Containers`
+            label = f"{names.LABEL_NODE}={node_name}"
+            sh("docker", "create", "--name", stopped, "--network", blue_name,
+               "--label", label, "corral-test/busybox:1", "true")  # fmt: skip
             await buckets[names.NETWORK_SLICES_BUCKET].delete(f"blue.{node_name}")
             record = await eventually(
                 lambda: read_record(buckets[names.NODE_NETWORK_BUCKET], node_name),
@@ -301,6 +305,17 @@ async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_
             )
             assert docker_network(blue_name) is not None
             remove_containers(user)
+            await eventually(  # the stopped container alone keeps the network
+                lambda: read_record(buckets[names.NODE_NETWORK_BUCKET], node_name),
+                lambda r: (
+                    r is not None
+                    and f"{stopped} (created)" in r.message
+                    and f"{user} (running)" not in r.message
+                ),
+            )
+            assert docker_network(blue_name) is not None
+            sh("docker", "start", "-a", stopped)  # it can still start: its network is there
+            remove_containers(stopped)
             await eventually(
                 lambda: anyio.to_thread.run_sync(docker_network, blue_name),
                 lambda found: found is None,
@@ -321,6 +336,7 @@ async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_
                 lambda done: done.returncode == 0,
             )
     finally:
+        remove_containers(f"crl-test-{node_name}", f"crl-test-{node_name}-stopped")
         await remove_all(nats_url, node_name)
 
 

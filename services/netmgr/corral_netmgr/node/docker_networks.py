@@ -9,6 +9,8 @@ Only networks carrying this cluster's and this node's labels are ever removed.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +70,10 @@ def wanted(piece: NetworkSlice, cluster_id: str) -> Wanted:
 
 def matches(shown: dict[str, Any], want: Wanted) -> bool:
     """Whether an inspected Docker network is what `want` says (subnet, gateway,
-    bridge, labels)."""
+    bridge, labels). IPAM configs of another family (an IPv6 one an engine default
+    adds) do not count: only the IPv4 ones must be exactly the slice's."""
     configs = (shown.get("IPAM") or {}).get("Config") or []
-    ipam = [(c.get("Subnet"), c.get("Gateway")) for c in configs]
+    ipam = [(c.get("Subnet"), c.get("Gateway")) for c in configs if not _ipv6(c.get("Subnet"))]
     labels = shown.get("Labels") or {}
     options = shown.get("Options") or {}
     return (
@@ -79,6 +82,13 @@ def matches(shown: dict[str, Any], want: Wanted) -> bool:
         and options.get(BRIDGE_NAME_OPTION) == want.bridge
         and all(labels.get(k) == v for k, v in want.labels.items())
     )
+
+
+def _ipv6(subnet: object) -> bool:
+    try:
+        return ipaddress.ip_network(str(subnet), strict=False).version == 6
+    except ValueError:
+        return False
 
 
 def subnets(shown: dict[str, Any]) -> list[str]:
@@ -156,8 +166,21 @@ class DockerNetworks:
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
         return True
 
+    async def users(self, name: str, shown: dict[str, Any]) -> list[str]:
+        """The containers attached to the network `name`, stopped ones too (Docker's
+        `Containers` lists only running ones; a stopped container whose network was
+        removed never starts again: "network not found")."""
+        found = {str(c.get("Name", cid)): "" for cid, c in (shown.get("Containers") or {}).items()}
+        keys = [name, *([str(shown["Id"])] if shown.get("Id") else [])]  # by name or by id
+        listed = await self.docker.containers.list(all="1", filters=json.dumps({"network": keys}))
+        for container in listed:
+            shown_names = container._container.get("Names") or [container.id]
+            found[str(shown_names[0]).lstrip("/")] = str(container._container.get("State", ""))
+        return [f"{n} ({state})" if state else n for n, state in sorted(found.items())]
+
     async def remove(self, name: str) -> None:
-        """Remove one of this node's Docker networks; NetworkInUse while containers use it."""
+        """Remove one of this node's Docker networks; NetworkInUse while containers,
+        running or stopped, are attached to it."""
         shown = await self.inspect(name)
         if shown is None:
             return
@@ -167,9 +190,7 @@ class DockerNetworks:
             or labels.get(names.LABEL_NODE) != self.node
         ):
             return  # never another's
-        users = sorted(
-            str(c.get("Name", cid)) for cid, c in (shown.get("Containers") or {}).items()
-        )
+        users = await self.users(name, shown)
         if users:
             raise NetworkInUse(
                 f"Docker network {name} still has containers ({', '.join(users)}): "

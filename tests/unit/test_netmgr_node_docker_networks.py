@@ -1,0 +1,152 @@
+"""The node part's Docker networks (corral_netmgr.node.docker_networks) against a fake
+engine: what counts as a network's users, and when a network matches its slice."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiodocker
+import pytest
+
+from corral.contract.network_state import NetworkSlice
+from corral_netmgr.node.docker_networks import DockerNetworks, NetworkInUse, matches, wanted
+
+CLUSTER = "c0ffee00"
+SLICE = NetworkSlice(network="blue", node="n1", subnet="10.130.1.0/24", gateway="10.130.1.1")
+
+
+class FakeContainer:
+    def __init__(self, name: str, state: str, networks: list[str]) -> None:
+        self.id = f"id-{name}"
+        self._container = {"Names": [f"/{name}"], "State": state}
+        self.networks = networks
+
+    def state_of(self, network: str) -> str:
+        return str(self._container["State"]) if network in self.networks else ""
+
+
+class FakeNetwork:
+    def __init__(self, engine: FakeEngine, shown: dict[str, Any]) -> None:
+        self.engine, self.shown = engine, shown
+
+    async def show(self) -> dict[str, Any]:
+        name = self.shown["Name"]
+        running = [c for c in self.engine.containers if c.state_of(name) == "running"]
+        return {**self.shown, "Containers": {c.id: {"Name": c.id[3:]} for c in running}}
+
+    async def delete(self) -> None:
+        del self.engine.networks[self.shown["Name"]]
+
+
+class FakeEngine:
+    """Docker's behaviour that matters: `Containers` in a network's inspect output lists
+    running containers only; containers/json with all and a network filter lists all."""
+
+    def __init__(self) -> None:
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.containers: list[FakeContainer] = []
+        self.list_calls: list[dict[str, Any]] = []
+
+    async def get(self, name: str) -> FakeNetwork:
+        if name not in self.networks:
+            raise aiodocker.DockerError(404, {"message": f"network {name} not found"})
+        return FakeNetwork(self, self.networks[name])
+
+    async def create(self, config: dict[str, Any]) -> None:
+        self.networks[config["Name"]] = {
+            "Name": config["Name"],
+            "Id": f"netid-{config['Name']}",
+            "Driver": config["Driver"],
+            "IPAM": config["IPAM"],
+            "Options": config["Options"],
+            "Labels": config["Labels"],
+        }
+
+    async def list(self, **params: Any) -> list[FakeContainer]:
+        self.list_calls.append(params)
+        keys = json.loads(params["filters"])["network"]
+        every = params.get("all") in ("1", "true", True)
+        return [
+            c
+            for c in self.containers
+            if any(k in (n, f"netid-{n}") for n in c.networks for k in keys)
+            and (every or c._container["State"] == "running")
+        ]
+
+
+class FakeDocker:
+    def __init__(self) -> None:
+        self.engine = FakeEngine()
+        self.networks = self.engine
+        self.containers = _Containers(self.engine)
+
+
+class _Containers:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    async def list(self, **params: Any) -> list[FakeContainer]:
+        return await self.engine.list(**params)
+
+
+@pytest.fixture
+def docker() -> FakeDocker:
+    return FakeDocker()
+
+
+async def test_a_network_whose_only_container_is_stopped_is_not_removed(docker: FakeDocker):
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    want = wanted(SLICE, CLUSTER)
+    assert await networks.ensure(want)
+    docker.engine.containers.append(FakeContainer("web-1", "exited", [want.name]))
+    with pytest.raises(NetworkInUse, match=r"web-1 \(exited\)"):
+        await networks.remove(want.name)
+    assert want.name in docker.engine.networks
+    assert json.loads(docker.engine.list_calls[0]["filters"]) == {
+        "network": [want.name, f"netid-{want.name}"]
+    }
+
+
+async def test_a_network_whose_slice_changed_is_not_remade_while_a_stopped_container_has_it(
+    docker: FakeDocker,
+):
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    await networks.ensure(wanted(SLICE, CLUSTER))
+    name = wanted(SLICE, CLUSTER).name
+    docker.engine.containers.append(FakeContainer("web-1", "created", [name]))
+    moved = NetworkSlice(network="blue", node="n1", subnet="10.130.7.0/24", gateway="10.130.7.1")
+    with pytest.raises(NetworkInUse):
+        await networks.ensure(wanted(moved, CLUSTER))
+    assert docker.engine.networks[name]["IPAM"]["Config"][0]["Subnet"] == "10.130.1.0/24"
+    docker.engine.containers.clear()  # the stopped replica removed: now it is remade
+    assert await networks.ensure(wanted(moved, CLUSTER))
+    assert docker.engine.networks[name]["IPAM"]["Config"][0]["Subnet"] == "10.130.7.0/24"
+
+
+async def test_a_network_without_containers_is_removed(docker: FakeDocker):
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    want = wanted(SLICE, CLUSTER)
+    await networks.ensure(want)
+    docker.engine.containers.append(FakeContainer("other", "exited", ["bridge"]))
+    await networks.remove(want.name)
+    assert want.name not in docker.engine.networks
+
+
+def shown_of(want_config: dict[str, Any], extra: list[dict[str, str]]) -> dict[str, Any]:
+    ipam = {**want_config["IPAM"], "Config": want_config["IPAM"]["Config"] + extra}
+    return {**want_config, "IPAM": ipam}
+
+
+def test_a_network_with_an_extra_ipv6_ipam_config_still_matches_its_slice():
+    want = wanted(SLICE, CLUSTER)
+    v6 = {"Subnet": "fd00:dead:beef::/64", "Gateway": "fd00:dead:beef::1"}
+    assert matches(shown_of(want.config(), [v6]), want)
+    assert matches(shown_of(want.config(), []), want)
+    other_v4 = {"Subnet": "10.131.0.0/24", "Gateway": "10.131.0.1"}
+    assert not matches(shown_of(want.config(), [other_v4]), want)
+    moved = wanted(
+        NetworkSlice(network="blue", node="n1", subnet="10.130.7.0/24", gateway="10.130.7.1"),
+        CLUSTER,
+    )
+    assert not matches(shown_of(want.config(), [v6]), moved)
