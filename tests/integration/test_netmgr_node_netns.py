@@ -226,3 +226,25 @@ async def test_a_slice_the_host_already_routes_itself_is_reported_and_its_route_
                                                    ["10.128.0.0/16"]), netns)  # fmt: skip
     assert len(messages) == 3 and all("not added" in m for m in messages)
     assert sh(*netns, "ip", "route") == after
+
+
+async def test_forgetting_node_port_flows_deletes_only_those_sent_to_a_removed_endpoint(
+    netns: list[str],
+):
+    if shutil.which("conntrack") is None:
+        pytest.skip("conntrack is not installed (scripts/ensure-docker installs it)")
+    ipt = Iptables(A, wrapper=netns)
+    await ipt.apply(render(Desired(A, NETS)).tables)  # conntrack is on once rules use it
+    for node_address, endpoint in (("192.0.2.9", "192.0.2.5"), ("192.0.2.10", "192.0.2.6")):
+        sh(*netns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-d", node_address,
+           "--dport", "30053", "-j", "DNAT", "--to-destination", f"{endpoint}:53")  # fmt: skip
+    send = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    for address in ("192.0.2.9", "192.0.2.10", "192.0.2.8"):  # .8: the host's own service
+        sh(*netns, "python3", "-c", send + f"s.sendto(b'x', ('{address}', 30053))")
+    listed = sh(*netns, "conntrack", "-L", "-p", "udp")
+    assert "src=192.0.2.5" in listed and "src=192.0.2.6" in listed and "dst=192.0.2.8" in listed
+    await ipt.forget_flows("10.96.0.99", (30053,), removed=["192.0.2.5"])
+    listed = sh(*netns, "conntrack", "-L", "-p", "udp")
+    assert "src=192.0.2.5" not in listed  # sent to the removed endpoint: gone
+    assert "src=192.0.2.6" in listed  # an endpoint that stays: kept
+    assert "dst=192.0.2.8 sport" in listed  # the same port, not the Service's: kept
