@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from corral.contract import names
 from corral.contract.codec import encode
-from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
+from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
 from corral.contract.state import ReplicaState
 from tests.unit.netmgr_helpers import (
     memory_buckets,
@@ -182,3 +182,38 @@ async def test_an_unreadable_record_of_its_own_is_replaced_whole() -> None:
         assert endpoints.cluster_ip == "10.96.0.2"
         default = await n.record(names.NETWORK_STATUS_BUCKET, "default", NetworkStatus)
         assert default.subnet == "10.128.0.0/16"
+
+
+async def test_a_node_reporting_later_a_range_over_a_slice_is_named_in_the_network_status() -> None:
+    async with netmgr() as n:
+        nodes = n.buckets[names.NODES_BUCKET]
+        for name in ("n1", "n2", "n3", "n4"):
+            await put(nodes, name, node(name))
+        await n.drain()
+        n3 = await n.record(names.NETWORK_SLICES_BUCKET, "default.n3", NetworkSlice)
+        assert n3.subnet == "10.128.2.0/24"
+        before = await n.record(names.NETWORK_STATUS_BUCKET, "default", NetworkStatus)
+        assert before.message == ""
+        # n3's host got a network on its own slice, n1's one routed over n4's slice
+        await put(
+            n.buckets[names.NODE_NETWORK_BUCKET],
+            "n3",
+            NodeNetwork(node="n3", used_ranges=["10.128.2.0/24", "192.0.2.0/24"]),
+        )
+        await put(
+            n.buckets[names.NODE_NETWORK_BUCKET],
+            "n1",
+            NodeNetwork(node="n1", used_ranges=["10.128.3.128/25"]),
+        )
+        await n.drain()
+        after = await n.record(names.NETWORK_STATUS_BUCKET, "default", NetworkStatus)
+        assert after.message == (
+            "slice 10.128.3.0/24 (node n4's) overlaps 10.128.3.128/25 used on node n1; "
+            "slice 10.128.2.0/24 overlaps 10.128.2.0/24 used on node n3"
+        )
+        # it goes when the host no longer uses it
+        await put(n.buckets[names.NODE_NETWORK_BUCKET], "n3", NodeNetwork(node="n3"))
+        await put(n.buckets[names.NODE_NETWORK_BUCKET], "n1", NodeNetwork(node="n1"))
+        await n.drain()
+        cleared = await n.record(names.NETWORK_STATUS_BUCKET, "default", NetworkStatus)
+        assert cleared.message == ""

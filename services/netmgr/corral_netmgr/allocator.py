@@ -180,6 +180,25 @@ def assign_slices(
     return Slices(assigned, without)
 
 
+def slice_conflicts(
+    slices: Mapping[str, IPv4Network], used: Mapping[str, Sequence[IPv4Network]]
+) -> list[str]:
+    """What a network's slices (node -> slice) overlap among the ranges nodes report
+    using (node -> ranges; reported after the network was made, or its slices could
+    not have been given there), in words, sorted: "slice 10.128.3.0/24 overlaps
+    10.128.3.0/24 used on node n3" (with the slice's node when it is another's: every
+    node routes every slice)."""
+    found: list[str] = []
+    for node, ranges in sorted(used.items()):
+        for range_ in ranges:
+            for owner, slice_ in sorted(slices.items(), key=lambda item: item[1]):
+                if not slice_.overlaps(range_):
+                    continue
+                whose = "" if owner == node else f" (node {owner}'s)"
+                found.append(f"slice {slice_}{whose} overlaps {range_} used on node {node}")
+    return found
+
+
 def allocate_cluster_ip(
     requested: str, taken: Iterable[str], *, service_range: IPv4Network = SERVICE_RANGE
 ) -> str:

@@ -4,8 +4,9 @@
   and node (corral_network_slices, `<network>.<node>`; a node whose record is deleted
   loses its slices) and the network's NetworkStatus (its range, and the extra members:
   the IPs on their other networks of replicas that are on it). A deleted network loses
-  its slices, then its status. A node joining or leaving enqueues every network; a
-  replica status whose IPs change enqueues the networks it is on.
+  its slices, then its status. A node joining or leaving, or a node's used ranges
+  changing (a slice overlapping one is named in NetworkStatus.message), enqueues every
+  network; a replica status whose IPs change enqueues the networks it is on.
 - the endpoints controller (key: a Service's key) keeps each Service's Endpoints
   (corral_netmgr.endpoints), written only when they change. A placement, a replica
   status or a node's readiness changing enqueues only the Services of the replica's
@@ -37,7 +38,7 @@ from corral.contract.state import Node, Placement, ReplicaStatus
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
 from corral_netmgr import metrics
-from corral_netmgr.allocator import assign_slices, gateway
+from corral_netmgr.allocator import assign_slices, gateway, parse_ranges, slice_conflicts
 from corral_netmgr.endpoints import Candidate, compute_endpoints, placement_labels, selects
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class ClusterLoop:
         networks.watch(ChangeFeed(m.network_status))
         networks.watch(node_changes, self._node_joined_or_left)
         networks.watch(status_changes, self._networks_of_replica)
+        networks.watch(ChangeFeed(m.node_network), self._used_ranges_changed)
         endpoints.watch(service_changes)
         endpoints.watch(ChangeFeed(m.endpoints), lambda key, old, new: () if new else (key,))
         endpoints.watch(placement_changes, self._services_of_placement)
@@ -190,6 +192,13 @@ class ClusterLoop:
         if (old is None) == (new is None):
             return ()
         return list(self.mirrors.networks.items)
+
+    def _used_ranges_changed(
+        self, key: str, old: NodeNetwork | None, new: NodeNetwork | None
+    ) -> Iterable[str]:
+        before = [] if old is None else old.used_ranges
+        after = [] if new is None else new.used_ranges
+        return () if before == after else list(self.mirrors.networks.items)
 
     def _networks_of_replica(
         self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None
@@ -390,6 +399,15 @@ class ClusterLoop:
                 f"no slice left in {subnet} for node(s) {', '.join(result.without)}: "
                 f"every /{prefix} is taken"
             )
+        # A node that reports later a range its host uses that overlaps a slice (its own,
+        # or one it routes to another node): said, never silent (docs/networking.md).
+        used = {
+            node: parse_ranges(record.used_ranges)
+            for node, (record, _) in m.node_network.items.items()
+        }
+        conflicts = slice_conflicts(result.assigned, used)
+        if conflicts:
+            message = "; ".join(([message] if message else []) + conflicts)
         wanted_status = NetworkStatus(
             name=name,
             subnet=str(subnet),
