@@ -22,6 +22,9 @@ class FakeContainer:
         self._container = {"Names": [f"/{name}"], "State": state}
         self.networks = networks
 
+    def __getitem__(self, key: str) -> Any:  # as aiodocker's DockerContainer
+        return self._container[key]
+
     def state_of(self, network: str) -> str:
         return str(self._container["State"]) if network in self.networks else ""
 

@@ -173,9 +173,8 @@ class DockerNetworks:
         found = {str(c.get("Name", cid)): "" for cid, c in (shown.get("Containers") or {}).items()}
         keys = [name, *([str(shown["Id"])] if shown.get("Id") else [])]  # by name or by id
         listed = await self.docker.containers.list(all="1", filters=json.dumps({"network": keys}))
-        for container in listed:
-            shown_names = container._container.get("Names") or [container.id]
-            found[str(shown_names[0]).lstrip("/")] = str(container._container.get("State", ""))
+        for container in listed:  # containers/json rows: Names and State are always there
+            found[str(container["Names"][0]).lstrip("/")] = str(container["State"])
         return [f"{n} ({state})" if state else n for n, state in sorted(found.items())]
 
     async def remove(self, name: str) -> None:
