@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -26,7 +27,7 @@ from corral_netmgr.node.part import NodePart, NodeSettings
 class FakeIptables:
     def __init__(self) -> None:
         self.applied: list[dict[str, str]] = []
-        self.forgotten: list[tuple[str, tuple[int, ...]]] = []
+        self.forgotten: list[tuple[str, tuple[int, ...], frozenset[str]]] = []
 
     async def save(self) -> str:
         return ""
@@ -35,8 +36,10 @@ class FakeIptables:
         self.applied.append(dict(tables))
         return 0
 
-    async def forget_flows(self, vip: str, node_ports: tuple[int, ...]) -> None:
-        self.forgotten.append((vip, tuple(node_ports)))
+    async def forget_flows(
+        self, vip: str, node_ports: tuple[int, ...], removed: Iterable[str] = ()
+    ) -> None:
+        self.forgotten.append((vip, tuple(node_ports), frozenset(removed)))
 
 
 def make_part() -> tuple[NodePart, FakeIptables, dict[str, MemoryBucket]]:
@@ -79,11 +82,16 @@ async def test_udp_flows_are_forgotten_when_a_udp_services_endpoints_change_and_
     assert fake.forgotten == []  # the same endpoints
     feed(part, udp_dns("10.128.0.2", "10.128.0.3"))
     await part.reconcile_rules()
-    assert fake.forgotten == [("10.96.0.10", (30053,))]
-    feed(part, None)  # the Service went
+    # the VIP's flows; node-port flows of no endpoint (none went)
+    assert fake.forgotten == [("10.96.0.10", (30053,), frozenset())]
+    feed(part, udp_dns("10.128.0.3"))
     await part.reconcile_rules()
-    assert fake.forgotten == [("10.96.0.10", (30053,))] * 2
-    assert len(fake.applied) == 4
+    assert fake.forgotten[-1] == ("10.96.0.10", (30053,), frozenset({"10.128.0.2"}))
+    feed(part, None)  # the Service went: every endpoint it had
+    await part.reconcile_rules()
+    assert fake.forgotten[-1] == ("10.96.0.10", (30053,), frozenset({"10.128.0.3"}))
+    assert len(fake.forgotten) == 3
+    assert len(fake.applied) == 5
 
 
 async def test_a_tcp_services_endpoints_changing_forgets_no_flow():

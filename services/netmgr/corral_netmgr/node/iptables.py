@@ -137,21 +137,17 @@ class Iptables:
         await self.restore(removal(self.prefix, await self.chains()))
 
     async def forget_flows(
-        self, vip: str, node_ports: Sequence[int], removed: Iterable[str] | None = None
+        self, vip: str, node_ports: Sequence[int], removed: Iterable[str] = ()
     ) -> None:
         """Delete the conntrack entries of UDP flows to `vip` and, as kube-proxy does,
         those to the node ports that were sent to one of the `removed` endpoints
         (`--dst-nat <endpoint>`: a flow to the same port of another service on the host,
-        or to an endpoint that stays, is kept). `removed` None: every UDP flow to the node
-        ports (what callers that do not say which endpoints went get). Without the
+        or to an endpoint that stays, is kept; never every flow to a port). Without the
         conntrack tool: a warning, once."""
         commands = [["conntrack", "-D", "-p", "udp", "--orig-dst", vip]]
         for port in node_ports:
             by_port = ["conntrack", "-D", "-p", "udp", "--orig-port-dst", str(port)]
-            if removed is None:
-                commands.append(by_port)
-            else:
-                commands += [[*by_port, "--dst-nat", ip] for ip in sorted(set(removed))]
+            commands += [[*by_port, "--dst-nat", ip] for ip in sorted(set(removed))]
         for argv in commands:
             try:
                 ran = await host.run(self._argv(*argv), check=False)

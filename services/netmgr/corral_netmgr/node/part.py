@@ -286,7 +286,9 @@ class NodePart:
         for key, before in self._udp.items():
             after = now.get(key)
             if after is None or after[0] != before[0] or after[2] != before[2]:
-                await self.iptables.forget_flows(before[0], before[1])
+                # node-port flows only to the endpoints that went (as kube-proxy does)
+                kept = after[2] if after is not None and after[0] == before[0] else frozenset()
+                await self.iptables.forget_flows(before[0], before[1], before[2] - kept)
         self._udp = now
 
     async def reconcile_routes(self) -> str:
