@@ -15,6 +15,7 @@ from corral.client.cli.net_views import network_object, network_table, read_net
 from corral.client.cli.options import parse_labels
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.runner import run_with_client, settings_of
+from corral.client.cli.write_commands import delete_each
 from corral.contract.network_specs import DEFAULT_SLICE_PREFIX, Network
 from corral.contract.specs import API_VERSION, DeleteRequest
 
@@ -139,20 +140,8 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Delete networks; refused while a Deployment or a Service uses one (the error
     names them)."""
     kind = find_kind("Network")
-    requests = [
-        (name, validated({"name": name}, DeleteRequest, {"name": "NAME"})) for name in names
-    ]
-
-    async def send(client: CorralClient) -> list[str]:
-        refused: list[str] = []
-        for name, raw in requests:
-            reply = await client.request(kind, "delete", raw)
-            if reply.ok:
-                click.echo(f"network/{name} deleted")
-            else:
-                refused.append(reply.error)
-        return refused
-
-    refused = run_with_client(settings_of(ctx), send)
-    if refused:
-        raise click.ClickException("; ".join(refused))
+    delete_each(
+        ctx,
+        [(kind, name) for name in names],
+        lambda name: validated({"name": name}, DeleteRequest, {"name": "NAME"}),
+    )

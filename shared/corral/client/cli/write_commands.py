@@ -7,6 +7,7 @@ leaves the machine), then sends a request to the owner and prints its Reply.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,13 +282,22 @@ def delete(
             raise click.UsageError(f"missing NAME: corral delete {kind} NAME")
         api_kind = _kind_arg(kind)
         targets = [(api_kind, name) for name in names]
-    requests = [
-        (api_kind, name, _validated({"name": name}, DeleteRequest)) for api_kind, name in targets
-    ]
+    delete_each(ctx, targets, lambda name: _validated({"name": name}, DeleteRequest))
+
+
+def delete_each(
+    ctx: click.Context,
+    targets: list[tuple[ApiKind, str]],
+    request_of: Callable[[str], bytes],
+) -> None:
+    """Send a delete for each (kind, name), each tried as kubectl does; the refusals
+    together, exit 1. `request_of`: a name's validated DeleteRequest (raising first, so
+    that bad input sends nothing)."""
+    requests = [(api_kind, name, request_of(name)) for api_kind, name in targets]
 
     async def send(client: CorralClient) -> list[str]:
         refused: list[str] = []
-        for api_kind, name, raw in requests:  # each one is tried, as kubectl does
+        for api_kind, name, raw in requests:
             reply = await client.request(api_kind, "delete", raw)
             if reply.ok:
                 click.echo(f"{api_kind.subject_kind}/{name} deleted")
