@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,6 +28,18 @@ from corral_scheduler.node_api import NodeAPI
 
 DEFAULT_PORT = 9101
 DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
+# The buckets whose Raft leaders the scheduler keeps off its own NATS server: those it
+# writes or watches (netmgr's other buckets are netmgr's to look after).
+LED_BUCKETS: Final = (
+    names.DEPLOYMENTS_BUCKET,
+    names.DEPLOYMENT_STATUS_BUCKET,
+    names.NODES_BUCKET,
+    names.PLACEMENTS_BUCKET,
+    names.REPLICA_STATUS_BUCKET,
+    names.LEASES_BUCKET,
+    names.CLUSTER_BUCKET,
+    names.NETWORKS_BUCKET,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +119,7 @@ async def run(
             keep_leaders_elsewhere,
             ctx.nc,
             ctx.js,
-            [names.SPEC_STREAM, *(bucket_stream(bucket) for bucket in names.ALL_BUCKETS)],
+            [names.SPEC_STREAM, *(bucket_stream(bucket) for bucket in LED_BUCKETS)],
             [(names.SPEC_STREAM, DURABLE)],
         )
     )
