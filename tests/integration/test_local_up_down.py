@@ -4,6 +4,7 @@ processes (the node agent on the hollow runtime, so no Docker is needed)."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,13 +26,11 @@ UP_TIMEOUT = 120
 
 
 def _free_block(size: int) -> int:
-    """A port p with p .. p+size-1 all free on 127.0.0.1."""
+    """A port p with p .. p+size-1 all free on 127.0.0.1, below Linux's ephemeral range
+    (32768-60999): a port picked there may be taken by any outgoing connection before
+    the service binds it."""
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base: int = probe.getsockname()[1]
-        if base + size >= 65535:
-            continue
+        base = random.randrange(20000, 32000 - size)
         held = []
         try:
             for port in range(base, base + size):
