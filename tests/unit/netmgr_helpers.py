@@ -20,6 +20,7 @@ from corral.contract.specs import ContainerPort, ContainerTemplate
 from corral.contract.state import Node, NodeCapacity, Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import MemoryBucket
 from corral_netmgr.cluster_loop import ClusterLoop
+from corral_netmgr.main import build_apis
 from corral_netmgr.network_api import NetworkAPI
 from corral_netmgr.service_api import ServiceAPI
 from tests.waiting import eventually
@@ -71,23 +72,7 @@ async def netmgr(
     made; `controllers`: the controllers' workers run too (else call drain())."""
     buckets = buckets or memory_buckets()
     loop = ClusterLoop(dict(buckets))
-    m = loop.mirrors
-    progress = buckets[names.LEASES_BUCKET]
-    network_api = NetworkAPI(
-        m.networks,
-        deployments=m.deployments,
-        services=m.services,
-        node_network=m.node_network,
-        lock=loop.lock,
-        progress=progress,
-    )
-    service_api = ServiceAPI(
-        m.services,
-        networks=m.networks,
-        node_network=m.node_network,
-        lock=loop.lock,
-        progress=progress,
-    )
+    network_api, service_api = build_apis(loop, buckets[names.LEASES_BUCKET])
     async with anyio.create_task_group() as tg:
         await tg.start(loop.start_mirrors)
         await network_api.ensure_default()

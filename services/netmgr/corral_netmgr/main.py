@@ -26,7 +26,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from corral.contract import names
 from corral.natsio.bus import consume_spec_stream, serve_spec_requests, spec_stream_position
+from corral.natsio.kv import Bucket
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
+from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_netmgr import metrics
 from corral_netmgr.cluster_loop import DEFAULT_NETWORK_WAIT, ClusterLoop
 from corral_netmgr.lease import Lease
@@ -148,31 +150,48 @@ async def _try(lease: Lease) -> bool:
         return False
 
 
-async def serve(
-    ctx: ServiceContext, tg: TaskGroup, *, default_network_wait: float = DEFAULT_NETWORK_WAIT
-) -> ClusterLoop:
-    """Start the cluster part in `tg`: watches, durable consumers, request answering,
-    then the `default` network and the controllers."""
-    loop = ClusterLoop(dict(ctx.buckets), default_network_wait=default_network_wait)
+def build_apis(
+    loop: ClusterLoop,
+    progress: Bucket,
+    *,
+    network_position: SpecPosition = no_stream,
+    service_position: SpecPosition = no_stream,
+) -> tuple[NetworkAPI, ServiceAPI]:
+    """The Network and Service APIs over the loop's mirrors, under its one lock."""
     m = loop.mirrors
-    leases = ctx.buckets[names.LEASES_BUCKET]
-    await tg.start(loop.start_mirrors)
     network_api = NetworkAPI(
         m.networks,
         deployments=m.deployments,
         services=m.services,
         node_network=m.node_network,
         lock=loop.lock,
-        progress=leases,
-        spec_position=partial(spec_stream_position, ctx.js, NETWORK_KIND),
+        progress=progress,
+        spec_position=network_position,
     )
     service_api = ServiceAPI(
         m.services,
         networks=m.networks,
         node_network=m.node_network,
         lock=loop.lock,
-        progress=leases,
-        spec_position=partial(spec_stream_position, ctx.js, SERVICE_KIND),
+        progress=progress,
+        spec_position=service_position,
+    )
+    return network_api, service_api
+
+
+async def serve(
+    ctx: ServiceContext, tg: TaskGroup, *, default_network_wait: float = DEFAULT_NETWORK_WAIT
+) -> ClusterLoop:
+    """Start the cluster part in `tg`: watches, durable consumers, request answering,
+    then the `default` network and the controllers."""
+    loop = ClusterLoop(dict(ctx.buckets), default_network_wait=default_network_wait)
+    leases = ctx.buckets[names.LEASES_BUCKET]
+    await tg.start(loop.start_mirrors)
+    network_api, service_api = build_apis(
+        loop,
+        leases,
+        network_position=partial(spec_stream_position, ctx.js, NETWORK_KIND),
+        service_position=partial(spec_stream_position, ctx.js, SERVICE_KIND),
     )
     # The durable consumers first: an object written by request before one exists
     # would make a first start look like a consumer lost with its progress record.
