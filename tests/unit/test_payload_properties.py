@@ -23,6 +23,12 @@ from corral.contract.specs import (
     NodeReleaseRequest,
     ScaleRequest,
 )
+from corral.contract.volume_specs import (
+    PersistentVolume,
+    PersistentVolumeClaim,
+    StorageClass,
+    VolumeReleaseRequest,
+)
 
 # The bounds, stated here independently of the code under test.
 MAX_CPU_MILLIS = 1024 * 1000
@@ -65,9 +71,54 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
                 "labels": {"app": "web"},
                 "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
                 "networks": ["default", "back-end"],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}},
+                    {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                ],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/data", "subPath": "site"},
+                    {"name": "scratch", "mountPath": "/tmp/scratch", "readOnly": False},
+                ],
             },
         },
     },
+    PersistentVolume: {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1", "labels": {"tier": "fast"}},
+        "spec": {
+            "capacity": {"storage": "100Mi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "manual",
+            "node": "node-1",
+            "hostPath": {"path": "/srv/data", "type": "DirectoryOrCreate"},
+        },
+    },
+    PersistentVolumeClaim: {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "web-data"},
+        "spec": {
+            "resources": {"requests": {"storage": "50Mi"}},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "manual",
+            "selector": {"matchLabels": {"tier": "fast"}},
+        },
+    },
+    StorageClass: {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": "shared",
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "false"},
+        },
+        "provisioner": "corral.io/docker-volume",
+        "parameters": {"driver": "local", "type": "tmpfs", "device": "tmpfs"},
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    },
+    VolumeReleaseRequest: {"name": "pv-1", "node": "node-1"},
     Network: {
         "apiVersion": "corral/v1",
         "kind": "Network",

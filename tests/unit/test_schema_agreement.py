@@ -51,6 +51,8 @@ from corral.contract.state import (
     ReplicaState,
     ReplicaStatus,
 )
+from corral.contract.volume_specs import VolumeReleaseRequest
+from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeAttachment, VolumeStatus
 from tests.unit.test_payload_properties import (
     QUICK,
     SEEDS,
@@ -151,13 +153,23 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
     NodeNetwork: NodeNetwork(
         node="node-1", address="172.17.0.1", used_ranges=["172.17.0.0/16"], ready=True
     ),
+    VolumeStatus: VolumeStatus(
+        name="pv-1", phase="Bound", claim="default.web-data", node="node-1", size_bytes=2**20
+    ),
+    ClaimStatus: ClaimStatus(
+        name="web-data", phase="Bound", volume="pv-1", access_modes=["ReadWriteOnce"]
+    ),
+    NodeVolumes: NodeVolumes(node="node-1", ready=True, loop_devices=True, capacity_bytes=2**30),
+    VolumeAttachment: VolumeAttachment(
+        volume="pv-1", node="node-1", claim="default.web-data", ready=True, docker_volume="v"
+    ),
 }
 DOCUMENTS: dict[type[msgspec.Struct], Any] = {
     **SEEDS,
     **{kind: msgspec.json.decode(encode(seed)) for kind, seed in RECORD_SEEDS.items()},
 }
 # Requests with no rule across fields: the schema says all the decoder checks.
-SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision]
+SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeReleaseRequest]
 # Where a Deployment the schema accepts may still be refused by the rules in code.
 CODE_ONLY_RULES = re.compile(r"^spec\.template\.resources(\.|$)")
 

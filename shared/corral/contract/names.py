@@ -53,6 +53,15 @@ NETWORK_SLICES_BUCKET: Final = "corral_network_slices"
 SERVICES_BUCKET: Final = "corral_services"  # key: namespace.name -> Service
 ENDPOINTS_BUCKET: Final = "corral_endpoints"  # key: namespace.name -> Endpoints
 NODE_NETWORK_BUCKET: Final = "corral_node_network"  # key: node -> NodeNetwork (node part)
+# Storage (volmgr; docs/volumes.md).
+VOLUMES_BUCKET: Final = "corral_volumes"  # key: volume -> PersistentVolume
+VOLUME_STATUS_BUCKET: Final = "corral_volume_status"  # key: volume -> VolumeStatus
+CLAIMS_BUCKET: Final = "corral_claims"  # key: namespace.name -> PersistentVolumeClaim
+CLAIM_STATUS_BUCKET: Final = "corral_claim_status"  # key: namespace.name -> ClaimStatus
+STORAGE_CLASSES_BUCKET: Final = "corral_storage_classes"  # key: class -> StorageClass
+NODE_VOLUMES_BUCKET: Final = "corral_node_volumes"  # key: node -> NodeVolumes (node part)
+# key: node.volume -> VolumeAttachment (node part)
+VOLUME_ATTACHMENTS_BUCKET: Final = "corral_volume_attachments"
 
 ALL_BUCKETS: Final = (
     DEPLOYMENTS_BUCKET,
@@ -68,6 +77,13 @@ ALL_BUCKETS: Final = (
     SERVICES_BUCKET,
     ENDPOINTS_BUCKET,
     NODE_NETWORK_BUCKET,
+    VOLUMES_BUCKET,
+    VOLUME_STATUS_BUCKET,
+    CLAIMS_BUCKET,
+    CLAIM_STATUS_BUCKET,
+    STORAGE_CLASSES_BUCKET,
+    NODE_VOLUMES_BUCKET,
+    VOLUME_ATTACHMENTS_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")
@@ -84,6 +100,22 @@ LABEL_NAMESPACE: Final = "io.corral.namespace"  # the Deployment's (absent: defa
 LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
 LABEL_NETWORK: Final = "io.corral.network"  # on a Docker network: the corral network's name
+LABEL_VOLUME: Final = "io.corral.volume"  # on a Docker volume: the PersistentVolume's name
+
+
+def docker_volume_name(volume: str, cluster_id: str) -> str:
+    """The Docker volume of a PersistentVolume on a node's engine."""
+    return f"corral_pv_{volume}_{cluster_id}"
+
+
+def empty_dir_volume_name(replica: str, volume: str, cluster_id: str) -> str:
+    """The Docker volume of a replica's emptyDir (removed with the replica's container)."""
+    return f"corral_empty_{replica}_{volume}_{cluster_id}"
+
+
+def attachment_key(node: str, volume: str) -> str:
+    """<node>.<volume>: node first, so that an agent watches only its own (placement_prefix)."""
+    return f"{node}.{volume}"
 
 
 def docker_network_name(network: str, cluster_id: str) -> str:
@@ -149,7 +181,7 @@ def rejected_subject(kind: str) -> str:
 
 DEFAULT_NAMESPACE: Final = "default"
 # Kinds whose objects live in a namespace (lower-case, as in subjects).
-NAMESPACED_KINDS: Final = frozenset({"deployment", "service"})
+NAMESPACED_KINDS: Final = frozenset({"deployment", "service", "persistentvolumeclaim"})
 
 
 def object_key(namespace: str, name: str) -> str:

@@ -27,6 +27,7 @@ MIN_MEMORY_LIMIT_BYTES: Final = 6 * 2**20  # Docker refuses a smaller memory lim
 # matches before a final newline.
 CPU_PATTERN: Final = r"^[0-9]+(?:\.[0-9]+)?m?$(?!\n)"
 MEMORY_PATTERN: Final = r"^[0-9]+(?:\.[0-9]+)?(?:[kKMGTPE]|[KMGTPE]i)?$(?!\n)"
+STORAGE_PATTERN: Final = MEMORY_PATTERN  # storage sizes: the same grammar, more than 0
 _CPU = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>m?)\Z")
 _MEMORY = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>|k|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)\Z")
 _MEMORY_FACTOR = {
@@ -96,6 +97,20 @@ def memory_bytes(value: str | int | float) -> int:
         raise ValueError(
             f"{text!r} is more memory than the limit: memory quantities are {MEMORY_BOUNDS}"
         )
+    return size
+
+
+def storage_bytes(value: str | int | float) -> int:
+    """A storage size ('100Mi' -> 104857600): a memory quantity of at least 1 byte."""
+    text = _text(value, "storage", "100Mi, 1Gi, 500M")
+    match = _MEMORY.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a storage quantity (examples: 100Mi, 1Gi, 500M)")
+    size = int(Decimal(match["num"]) * _MEMORY_FACTOR[match["unit"]])
+    if size > MAX_MEMORY_BYTES:
+        raise ValueError(f"{text!r} is too large: storage sizes are at most 1Pi")
+    if size < 1:
+        raise ValueError(f"{text!r} is zero: a storage size is at least 1 byte")
     return size
 
 

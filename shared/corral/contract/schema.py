@@ -29,6 +29,13 @@ from corral.contract.specs import (
     ScaleRequest,
 )
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.volume_specs import (
+    PersistentVolume,
+    PersistentVolumeClaim,
+    StorageClass,
+    VolumeReleaseRequest,
+)
+from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeAttachment, VolumeStatus
 
 PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "Deployment": Deployment,
@@ -48,6 +55,14 @@ PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "NetworkSlice": NetworkSlice,
     "Endpoints": Endpoints,
     "NodeNetwork": NodeNetwork,
+    "PersistentVolume": PersistentVolume,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "StorageClass": StorageClass,
+    "VolumeReleaseRequest": VolumeReleaseRequest,
+    "VolumeStatus": VolumeStatus,
+    "ClaimStatus": ClaimStatus,
+    "NodeVolumes": NodeVolumes,
+    "VolumeAttachment": VolumeAttachment,
 }
 
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"

@@ -175,10 +175,27 @@ ResourceVersion = Annotated[
 ]
 
 
+MAX_ANNOTATIONS: Final = 64
+MAX_ANNOTATION_VALUE: Final = 4096
+Annotations = Annotated[
+    dict[
+        LabelKey,
+        Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_ANNOTATION_VALUE)],
+    ],
+    msgspec.Meta(
+        max_length=MAX_ANNOTATIONS,
+        description=f"Kubernetes annotations: [prefix/]name -> text; at most {MAX_ANNOTATIONS}",
+    ),
+]
+
+
 class ObjectMeta(_Public, frozen=True, kw_only=True):
     name: DnsLabel
     # Kubernetes' label syntax: [prefix/]name = value (see LABEL_KEY_PATTERN)
     labels: Labels = {}
+    # Free text for tools and people; corral reads one: a StorageClass's
+    # storageclass.kubernetes.io/is-default-class (corral.contract.volume_specs).
+    annotations: Annotations = {}
     namespace: Namespace = "default"
     resource_version: ResourceVersion = 0
     # Set by the owner when it stores the object; ignored when a client sends them.
@@ -276,6 +293,83 @@ def check_unique(field: str, values: list[str]) -> None:
         seen.add(value)
 
 
+MAX_VOLUMES: Final = 32
+MAX_MOUNT_PATH: Final = 4096
+
+
+class ClaimSource(_Public, frozen=True):
+    """A PersistentVolumeClaim of the Deployment's namespace (Kubernetes' persistentVolumeClaim)."""
+
+    claim_name: DnsLabel
+    read_only: bool = False
+
+
+class EmptyDirSource(_Public, frozen=True):
+    """A directory that lives and dies with the replica (Kubernetes' emptyDir): a Docker
+    volume on the replica's node, removed with its container. `medium: Memory`: a tmpfs."""
+
+    medium: Literal["", "Memory"] = ""
+    size_limit: Memory | None = None
+
+
+class Volume(_Public, frozen=True):
+    """A volume the template's container may mount: exactly one of `persistentVolumeClaim`
+    and `emptyDir`."""
+
+    name: DnsLabel
+    persistent_volume_claim: ClaimSource | None = None
+    empty_dir: EmptyDirSource | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            f
+            for f, v in (
+                ("persistentVolumeClaim", self.persistent_volume_claim),
+                ("emptyDir", self.empty_dir),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            what = "none" if not given else " and ".join(given)
+            raise ValueError(
+                f"`{self.name}` needs exactly one source (persistentVolumeClaim or emptyDir), "
+                f"not {what}"
+            )
+
+
+class VolumeMount(_Public, frozen=True):
+    """Where a volume appears in the container. `subPath`: a directory inside the volume
+    (relative, no '..') mounted instead of its root."""
+
+    name: DnsLabel
+    mount_path: Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_MOUNT_PATH)]
+    read_only: bool = False
+    sub_path: Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_MOUNT_PATH)] = ""
+
+    def __post_init__(self) -> None:
+        if not self.mount_path.startswith("/"):
+            raise ValueError(f"`mountPath` {self.mount_path!r} is not an absolute path")
+        if self.mount_path.rstrip("/") == "":
+            raise ValueError("`mountPath` '/' would hide the container's whole filesystem")
+        if self.sub_path:
+            parts = self.sub_path.split("/")
+            if self.sub_path.startswith("/") or ".." in parts:
+                raise ValueError(
+                    f"`subPath` {self.sub_path!r} must be a relative path inside the volume "
+                    "(no leading '/', no '..')"
+                )
+
+
+def claim_names(template: ContainerTemplate) -> list[str]:
+    """The claims a template's volumes name, in order, each once."""
+    found: list[str] = []
+    for volume in template.volumes:
+        claim = volume.persistent_volume_claim
+        if claim is not None and claim.claim_name not in found:
+            found.append(claim.claim_name)
+    return found
+
+
 class ContainerTemplate(_Public, frozen=True):
     """The container every replica of a Deployment runs.
 
@@ -295,9 +389,21 @@ class ContainerTemplate(_Public, frozen=True):
     labels: Labels = {}
     ports: Annotated[list[ContainerPort], msgspec.Meta(max_length=MAX_PORTS)] = []
     networks: Annotated[list[DnsLabel], msgspec.Meta(max_length=MAX_NETWORKS)] = []
+    volumes: Annotated[list[Volume], msgspec.Meta(max_length=MAX_VOLUMES)] = []
+    volume_mounts: Annotated[list[VolumeMount], msgspec.Meta(max_length=MAX_VOLUMES)] = []
 
     def __post_init__(self) -> None:
         check_unique("networks", self.networks)
+        check_unique("volumes[].name", [v.name for v in self.volumes])
+        paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
+        check_unique("volumeMounts[].mountPath", paths)
+        defined = {v.name for v in self.volumes}
+        for index, mount in enumerate(self.volume_mounts):
+            if mount.name not in defined:
+                raise ValueError(
+                    f"`volumeMounts[{index}].name` {mount.name!r} is not a volume of the "
+                    f"template (`volumes` has {', '.join(sorted(defined)) or 'none'})"
+                )
         check_unique("ports", [f"{p.container_port}/{p.protocol}" for p in self.ports])
         check_unique("ports[].name", [p.name for p in self.ports if p.name])
 
