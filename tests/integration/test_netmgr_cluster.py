@@ -15,7 +15,7 @@ from corral.contract.events import Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NodeNetwork
 from corral.natsio.kv import NatsBucket
-from corral_netmgr.lease import LEASE_KEY, LeaseRecord
+from corral.natsio.lease import LeaseRecord, lease_key
 from tests.integration.netmgr_harness import running_netmgr
 from tests.unit.netmgr_helpers import network, node, placement, service, status, template
 from tests.waiting import eventually
@@ -188,11 +188,11 @@ async def test_one_netmgr_is_active_and_another_takes_over_when_it_stops(
     networks = buckets[names.NETWORKS_BUCKET]
     leases = buckets[names.LEASES_BUCKET]
     async with running_netmgr(nats_url) as first:
-        holder = await record(leases, LEASE_KEY, LeaseRecord)
+        holder = await record(leases, lease_key("netmgr"), LeaseRecord)
         async with running_netmgr(nats_url):
             # the second stands by (it tried once before it started): the lease is the
             # first's, and the first answers
-            assert (await record(leases, LEASE_KEY, LeaseRecord)).holder == holder.holder
+            assert (await record(leases, lease_key("netmgr"), LeaseRecord)).holder == holder.holder
             made = await request(first.nc, "network", "apply", network("blue"))
             assert made.ok
         made = await request(first.nc, "network", "apply", network("red"))

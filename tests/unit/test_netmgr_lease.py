@@ -1,4 +1,4 @@
-"""netmgr's lease (corral_netmgr.lease): one holder; a standby takes over only after the
+"""netmgr's lease (corral.natsio.lease): one holder; a standby takes over only after the
 record stood still for the lease's length on its own clock; a holder whose record was
 taken stops."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 
 from corral.natsio.kv import MemoryBucket
-from corral_netmgr.lease import Lease
+from corral.natsio.lease import Lease
 
 
 class Clock:
@@ -21,8 +21,8 @@ class Clock:
 async def test_a_standby_takes_over_only_once_the_record_stood_still_for_the_lease() -> None:
     bucket = MemoryBucket("leases")
     clock = Clock()
-    holder = Lease(bucket, "a", lease_seconds=10, clock=clock)
-    standby = Lease(bucket, "b", lease_seconds=10, clock=clock)
+    holder = Lease(bucket, "a", service="netmgr", lease_seconds=10, clock=clock)
+    standby = Lease(bucket, "b", service="netmgr", lease_seconds=10, clock=clock)
     assert await holder.try_acquire()
     assert not await standby.try_acquire()
     clock.now += 9
@@ -39,7 +39,7 @@ async def test_a_standby_takes_over_only_once_the_record_stood_still_for_the_lea
 
 async def test_a_holder_whose_record_was_taken_cancels_what_it_runs() -> None:
     bucket = MemoryBucket("leases")
-    holder = Lease(bucket, "a", renew_seconds=0.01)
+    holder = Lease(bucket, "a", service="netmgr", renew_seconds=0.01)
     assert await holder.try_acquire()
     entry = await bucket.get(holder.key)
     assert entry is not None
@@ -53,8 +53,8 @@ async def test_a_holder_whose_record_was_taken_cancels_what_it_runs() -> None:
 
 async def test_a_released_lease_is_taken_at_the_next_try() -> None:
     bucket = MemoryBucket("leases")
-    holder = Lease(bucket, "a")
-    standby = Lease(bucket, "b")
+    holder = Lease(bucket, "a", service="netmgr")
+    standby = Lease(bucket, "b", service="netmgr")
     assert await holder.try_acquire()
     assert not await standby.try_acquire()
     await holder.release()

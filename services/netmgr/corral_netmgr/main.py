@@ -1,8 +1,8 @@
 """corral-netmgr: owns Networks and Services (docs/networking.md).
 
-Without `--node` it runs the cluster part: one active at a time (corral_netmgr.lease),
-it answers corral.api.network.* and corral.api.service.*, applies the durable specs
-of both kinds from the CORRAL_SPECS stream, and runs the network and endpoints
+Without `--node` it runs the cluster part: one active at a time (corral.natsio.lease,
+key lease.netmgr), it answers corral.api.network.* and corral.api.service.*, applies
+the durable specs of both kinds from the CORRAL_SPECS stream, and runs the network and endpoints
 controllers (corral_netmgr.cluster_loop). A standby waits for the lease, serving only
 /metrics and /healthz.
 
@@ -27,11 +27,11 @@ from anyio.abc import TaskGroup, TaskStatus
 from corral.contract import names
 from corral.natsio.bus import consume_spec_stream, serve_spec_requests, spec_stream_position
 from corral.natsio.kv import Bucket
+from corral.natsio.lease import Lease
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_netmgr import metrics
 from corral_netmgr.cluster_loop import DEFAULT_NETWORK_WAIT, ClusterLoop
-from corral_netmgr.lease import Lease
 from corral_netmgr.network_api import KIND as NETWORK_KIND
 from corral_netmgr.network_api import NetworkAPI
 from corral_netmgr.service_api import KIND as SERVICE_KIND
@@ -112,7 +112,7 @@ async def run_cluster_part(
     """Hold the lease and run the cluster part under it; stand by while another holds it.
     Started once active, or at once as a standby."""
     holder = f"netmgr-{uuid.uuid4().hex[:12]}"
-    lease = Lease(ctx.buckets[names.LEASES_BUCKET], holder)
+    lease = Lease(ctx.buckets[names.LEASES_BUCKET], holder, service="netmgr")
     if lease_seconds is not None:
         lease.lease_seconds = lease_seconds
     ctx.health["cluster_part"] = True

@@ -1,4 +1,5 @@
-"""One active cluster part: a lease in corral_leases (key LEASE_KEY), compare-and-set.
+"""One active instance of a service (netmgr's and volmgr's cluster parts): a lease in
+corral_leases, key `lease.<service>` (lease_key), compare-and-set.
 
 The holder writes the record again every RENEW_SECONDS. A standby takes the lease
 over only once the record has not changed (no new revision) for LEASE_SECONDS on its
@@ -24,9 +25,13 @@ from corral.natsio.kv import Bucket, Conflict
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY: Final = "lease.netmgr"
 LEASE_SECONDS: Final = 10.0
 RENEW_SECONDS: Final = 2.0
+
+
+def lease_key(service: str) -> str:
+    """The key of `service`'s lease in corral_leases (e.g. lease.netmgr)."""
+    return f"lease.{service}"
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -40,14 +45,15 @@ class Lease:
         bucket: Bucket,
         holder: str,
         *,
-        key: str = LEASE_KEY,
+        service: str,
         lease_seconds: float = LEASE_SECONDS,
         renew_seconds: float = RENEW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bucket = bucket
         self.holder = holder
-        self.key = key
+        self.service = service
+        self.key = lease_key(service)
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.clock = clock
@@ -103,7 +109,9 @@ class Lease:
                 self.renewed = self.clock()
                 continue
             except Conflict:
-                log.warning("the lease %s was taken by another netmgr; standing by", self.key)
+                log.warning(
+                    "the lease %s was taken by another %s; standing by", self.key, self.service
+                )
             except Exception as error:
                 if self.clock() - self.renewed < self.lease_seconds / 2:
                     log.warning("could not renew the lease %s (%s); retrying", self.key, error)
