@@ -1,0 +1,313 @@
+"""volmgr's node part without a kernel or an engine: its decisions per volume, and its
+reconciles on in-memory buckets, a fake engine and provisioned volumes as directories
+(the fallback where loop devices are missing) in a tmp folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from corral.contract import names
+from corral.contract.codec import decode
+from corral.contract.volume_state import NodeVolumes, VolumeAttachment
+from corral.natsio.kv import MemoryBucket
+from corral.natsio.service import RefusedToStart
+from corral_volmgr import node as node_part
+from corral_volmgr.node import capacity, decide, host
+from corral_volmgr.node.host_paths import HostPathRules, prepare
+from corral_volmgr.node.loop_volumes import Layout, LoopVolumes
+from corral_volmgr.node.part import NodePart, NodeSettings
+from tests.unit.volmgr_node_helpers import (
+    CLUSTER,
+    FakeDockerVolumes,
+    claim,
+    placement,
+    put,
+    pv,
+    status,
+)
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+def test_a_provisioned_volume_is_made_only_on_the_node_its_status_names():
+    assert decide.decide("n1", pv("a"), status("a", node="n1")).action == decide.PROVISION
+    other = decide.decide("n1", pv("a"), status("a", node="n2"))
+    assert (other.action, other.reason) == (decide.RELEASE, "lives on node n2")
+    assert decide.decide("n1", pv("a"), status("a")).action == decide.RELEASE  # not placed
+    assert decide.decide("n1", pv("a"), None).action == decide.LEAVE  # no status yet
+    assert decide.decide("n1", pv("a", node="n1"), None).action == decide.PROVISION
+
+
+def test_a_host_path_volume_is_made_on_its_spec_node_or_its_status_node():
+    spec_node = pv("h", host_path="/srv/data", node="n1")
+    assert decide.decide("n1", spec_node, None).action == decide.HOST_PATH
+    assert decide.decide("n2", spec_node, None).action == decide.RELEASE
+    first_use = pv("h", host_path="/srv/data")
+    assert decide.decide("n1", first_use, status("h", node="n1")).action == decide.HOST_PATH
+
+
+def test_a_docker_volume_is_made_only_while_a_replica_here_uses_it_and_rwo_only_where_attached():
+    rwo = pv("d", driver="local", options={"type": "tmpfs", "device": "tmpfs"})
+    attached_here = status("d", claim="default.data", attach_node="n1")
+    assert decide.decide("n1", rwo, attached_here).action == decide.RELEASE  # no replica here
+    used = decide.decide("n1", rwo, attached_here, claims_used_here=["default.data"])
+    assert (used.action, used.claim) == (decide.DOCKER_VOLUME, "default.data")
+    elsewhere = decide.decide(
+        "n1", rwo, status("d", claim="default.data", attach_node="n2"), claims_used_here=["x"]
+    )
+    assert elsewhere.action == decide.RELEASE
+    assert "attached to node n2" in elsewhere.reason
+    shared = pv("d", driver="local", modes=("ReadWriteMany",))
+    anywhere = decide.decide(
+        "n1", shared, status("d", claim="default.data"), claims_used_here=["c"]
+    )
+    assert anywhere.action == decide.DOCKER_VOLUME
+
+
+def test_a_deleted_volume_is_removed_and_an_unreadable_one_left_alone():
+    assert decide.decide("n1", None, None).action == decide.REMOVE
+    assert decide.decide("n1", None, None, unreadable=True).action == decide.LEAVE
+
+
+# --- small pieces ----------------------------------------------------------------------------
+
+
+def test_mountinfo_is_parsed_with_its_escapes_and_mounts_under_a_folder_deepest_first():
+    text = (
+        "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext4 /dev/loop3 rw\n"
+        "37 35 98:0 / /var/lib/corral/volumes/c0/x rw shared:2 - ext4 /dev/loop4 rw\n"
+        "38 37 98:0 / /var/lib/corral/volumes/c0/x/sub rw - tmpfs tmpfs rw\n"
+        "39 35 98:0 / /var/lib/corral/volumes/c01 rw - ext4 /dev/loop5 rw\n"
+    )
+    mounts = host.parse_mountinfo(text)
+    assert mounts[0] == host.Mount("/mnt/a b", "/dev/loop3", "ext4")
+    inside = host.under(mounts, "/var/lib/corral/volumes/c0")
+    assert [m.target for m in inside] == [
+        "/var/lib/corral/volumes/c0/x/sub",
+        "/var/lib/corral/volumes/c0/x",
+    ]
+
+
+def test_capacity_is_a_quantity_or_measured_in_whole_mebibytes():
+    assert capacity.parse_capacity("") is None
+    assert capacity.parse_capacity("20Gi") == 20 * 1024**3
+    assert capacity.parse_capacity("1048576") == 1024 * 1024
+    with pytest.raises(ValueError, match="--capacity 'lots'"):
+        capacity.parse_capacity("lots")
+    assert capacity.measured(5 * 1024 * 1024 + 7, 1024 * 1024) == 6 * 1024 * 1024
+
+
+def test_a_host_path_is_refused_in_the_engines_data_root_and_outside_the_allow_list(tmp_path):
+    rules = HostPathRules(forbidden=(str(tmp_path / "docker"),), allowed=(str(tmp_path),))
+    assert "system location" in prepare(str(tmp_path / "docker" / "x"), "", rules)
+    assert "outside the allowed" in prepare("/srv/elsewhere", "", rules)
+    made = tmp_path / "made" / "here"
+    assert prepare(str(made), "DirectoryOrCreate", rules) == ""
+    assert made.is_dir()
+    assert "does not exist" in prepare(str(tmp_path / "missing"), "Directory", rules)
+    (tmp_path / "link").symlink_to("/etc")
+    assert "leads to" in prepare(str(tmp_path / "link"), "", HostPathRules())
+
+
+def parser() -> argparse.ArgumentParser:
+    made = argparse.ArgumentParser()
+    made.add_argument("--node", default="")
+    made.add_argument("--host-path-allow", action="append", default=[])  # the cluster part's
+    node_part.add_arguments(made)
+    return made
+
+
+def test_the_flags_are_checked_naming_the_flag_and_a_flag_main_has_already_is_kept():
+    args = parser().parse_args(["--node", "n1", "--capacity", "1Gi", "--host-path-allow", "/srv"])
+    settings = node_part.settings_from_args(args, CLUSTER)
+    assert settings.capacity_bytes == 1024**3
+    assert settings.host_path_allow == ("/srv",)
+    assert settings.volumes_dir == Path("/var/lib/corral/volumes")
+    for flags, named in (
+        (["--node", "N_1"], "--node"),
+        (["--node", "n1", "--capacity", "0"], "--capacity"),
+        (["--node", "n1", "--volumes-dir", "relative"], "--volumes-dir"),
+        (["--node", "n1", "--host-path-allow", "/srv/../etc"], "--host-path-allow"),
+        (["--node", "n1", "--node-resync-seconds", "0"], "--node-resync-seconds"),
+    ):
+        with pytest.raises(RefusedToStart, match=named):
+            node_part.settings_from_args(parser().parse_args(flags), CLUSTER)
+
+
+# --- reconciles ------------------------------------------------------------------------------
+
+
+def make_part(tmp_path: Path, node: str = "n1") -> tuple[NodePart, FakeDockerVolumes]:
+    buckets = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    docker = FakeDockerVolumes(node=node)
+    settings = NodeSettings(node=node, cluster_id=CLUSTER, volumes_dir=tmp_path / "volumes")
+    loops = LoopVolumes(Layout(settings.volumes_dir, CLUSTER), loop_devices=False)
+    part = NodePart(buckets, settings, docker, loops=loops)  # type: ignore[arg-type]
+    part.loop_problem = "/dev/loop-control is missing"
+    return part, docker
+
+
+def attachment(part: NodePart, volume: str) -> VolumeAttachment | None:
+    return part.attachments.get(names.attachment_key(part.settings.node, volume))
+
+
+async def stored(part: NodePart, volume: str) -> VolumeAttachment | None:
+    entry = await part.attachments_bucket.get(names.attachment_key(part.settings.node, volume))
+    return None if entry is None or entry.value is None else decode(entry.value, VolumeAttachment)
+
+
+async def test_a_provisioned_volume_without_loop_devices_is_a_directory_with_a_bind_volume(
+    tmp_path,
+):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "pv1", pv("pv1"))
+    put(part.statuses, "pv1", status("pv1", node="n1", claim="default.data"))
+    assert await part.reconcile_volume("pv1") is None
+    folder = tmp_path / "volumes" / CLUSTER / "pv1"
+    assert folder.is_dir()
+    label = json.loads((tmp_path / "volumes" / CLUSTER / "pv1.json").read_text())
+    assert label["clusterId"] == CLUSTER and label["volume"] == "pv1"
+    assert label["sizeBytes"] == 20 * 1024 * 1024 and label["sizeEnforced"] is False
+    name = names.docker_volume_name("pv1", CLUSTER)
+    shown = docker.volumes[name]
+    assert shown["Options"] == {"type": "none", "o": "bind", "device": str(folder)}
+    assert shown["Labels"][names.LABEL_VOLUME] == "pv1"
+    assert shown["Labels"][names.LABEL_NODE] == "n1"
+    written = await stored(part, "pv1")
+    assert written is not None and written.ready and written.size_enforced is False
+    assert (written.docker_volume, written.host_path, written.claim) == (
+        name,
+        str(folder),
+        "default.data",
+    )
+
+
+async def test_a_volume_of_another_node_makes_nothing_here(tmp_path):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "pv1", pv("pv1"))
+    put(part.statuses, "pv1", status("pv1", node="n2"))
+    await part.reconcile_volume("pv1")
+    assert docker.volumes == {} and attachment(part, "pv1") is None
+    assert not (tmp_path / "volumes" / CLUSTER / "pv1").exists()
+
+
+async def test_a_deleted_provisioned_volume_loses_its_docker_volume_files_and_attachment_last(
+    tmp_path,
+):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "pv1", pv("pv1"))
+    put(part.statuses, "pv1", status("pv1", node="n1"))
+    await part.reconcile_volume("pv1")
+    name = names.docker_volume_name("pv1", CLUSTER)
+    docker.in_use.add(name)  # a container still has it: Docker refuses
+    put(part.volumes, "pv1", None)
+    retry = await part.reconcile_volume("pv1")
+    assert retry is not None and retry.requeue_after == 0.5
+    kept = await stored(part, "pv1")
+    assert kept is not None and not kept.ready and "being removed" in kept.message
+    assert (tmp_path / "volumes" / CLUSTER / "pv1.json").exists()  # nothing deleted yet
+    assert (await part.reconcile_volume("pv1")).requeue_after == 1.0  # type: ignore[union-attr]
+    docker.in_use.clear()
+    assert await part.reconcile_volume("pv1") is None
+    assert docker.removed == [name]
+    assert sorted(p.name for p in (tmp_path / "volumes" / CLUSTER).iterdir()) == []
+    assert await stored(part, "pv1") is None
+
+
+async def test_files_of_another_cluster_in_the_volumes_folder_are_never_touched(tmp_path):
+    part, _ = make_part(tmp_path)
+    theirs = tmp_path / "volumes" / CLUSTER
+    theirs.mkdir(parents=True)
+    (theirs / "pv1").mkdir()
+    (theirs / "pv1" / "data").write_text("keep")
+    (theirs / "pv1.json").write_text(
+        json.dumps({"clusterId": "other", "volume": "pv1", "sizeBytes": 1})
+    )
+    part.local.add("pv1")
+    await part.reconcile_volume("pv1")  # no record: deleted, as far as this cluster knows
+    assert (theirs / "pv1" / "data").read_text() == "keep"
+
+
+async def test_a_refused_host_path_is_said_in_the_attachment_and_a_good_one_is_made(tmp_path):
+    part, docker = make_part(tmp_path)
+    docker.root = str(tmp_path / "docker-root")
+    put(part.volumes, "h1", pv("h1", host_path=str(tmp_path / "docker-root" / "x"), node="n1"))
+    await part.reconcile_record()  # reads the engine's data root
+    result = await part.reconcile_volume("h1")
+    assert result is not None
+    refused = await stored(part, "h1")
+    assert refused is not None and not refused.ready and "system location" in refused.message
+    assert docker.volumes == {}
+    path = tmp_path / "srv" / "h2"
+    put(part.volumes, "h2", pv("h2", host_path=str(path), node="n1"))
+    assert await part.reconcile_volume("h2") is None
+    made = await stored(part, "h2")
+    assert made is not None and made.ready and made.host_path == str(path)
+    assert made.size_enforced is False and path.is_dir()
+    put(part.volumes, "h2", None)
+    await part.reconcile_volume("h2")
+    assert path.is_dir()  # the operator's directory stays
+    assert names.docker_volume_name("h2", CLUSTER) not in docker.volumes
+    assert await stored(part, "h2") is None
+
+
+async def test_a_docker_volume_follows_the_placements_here_and_goes_only_once_docker_lets_it(
+    tmp_path,
+):
+    part, docker = make_part(tmp_path)
+    tmpfs = pv("d1", driver="local", options={"type": "tmpfs", "device": "tmpfs"})
+    put(part.volumes, "d1", tmpfs)
+    put(part.statuses, "d1", status("d1", claim="default.data", attach_node="n1"))
+    put(part.claims, "default.data", claim("data", "d1"))
+    await part.reconcile_volume("d1")
+    assert docker.volumes == {}  # no replica here uses it
+    put(part.placements, "n1.default.r1", placement("n1", "r1", "data"))
+    assert "d1" in part.controller.queue  # the placement's claim's volume was enqueued
+    await part.reconcile_volume("d1")
+    name = names.docker_volume_name("d1", CLUSTER)
+    assert docker.volumes[name]["Options"] == {"type": "tmpfs", "device": "tmpfs"}
+    ready = await stored(part, "d1")
+    assert ready is not None and ready.ready and ready.claim == "default.data"
+    assert ready.host_path == ""
+    # the replica goes; its stopped container still holds the volume: the attachment stays
+    docker.in_use.add(name)
+    put(part.placements, "n1.default.r1", None)
+    await part.reconcile_volume("d1")
+    assert await stored(part, "d1") is not None
+    docker.in_use.clear()
+    await part.reconcile_volume("d1")
+    assert name not in docker.volumes and await stored(part, "d1") is None
+
+
+async def test_a_rwo_docker_volume_is_not_made_where_it_is_not_attached(tmp_path):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "d1", pv("d1", driver="local"))
+    put(part.statuses, "d1", status("d1", claim="default.data", attach_node="n2"))
+    put(part.claims, "default.data", claim("data", "d1"))
+    put(part.placements, "n1.default.r1", placement("n1", "r1", "data"))
+    await part.reconcile_volume("d1")
+    assert docker.volumes == {} and await stored(part, "d1") is None
+
+
+async def test_the_node_record_says_loop_devices_are_missing_and_offers_the_capacity_flag(
+    tmp_path,
+):
+    part, _ = make_part(tmp_path)
+    part.settings = NodeSettings(
+        node="n1", cluster_id=CLUSTER, volumes_dir=tmp_path / "volumes", capacity_bytes=1 << 30
+    )
+    await part.reconcile_record()
+    entry = await part.node_bucket.get("n1")
+    assert entry is not None and entry.value is not None
+    record = decode(entry.value, NodeVolumes)
+    assert record.ready is False and record.message == "starting"
+    part.started = True
+    await part.reconcile_record()
+    record = decode((await part.node_bucket.get("n1")).value, NodeVolumes)  # type: ignore[union-attr,arg-type]
+    assert record.ready and not record.loop_devices and record.capacity_bytes == 1 << 30
+    assert "loop devices unavailable: /dev/loop-control is missing" in record.message
+    assert "size is not enforced" in record.message
