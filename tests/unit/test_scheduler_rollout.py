@@ -258,3 +258,42 @@ def test_the_deciding_step_places_and_stops_as_the_table_says(row: Row) -> None:
     status = plan.statuses[0][0]
     assert status.placed == row.old + row.new + row.place - len(stopped)
     assert status.updated == row.new - row.stop_new + row.place
+
+
+# --- a ReadWriteOncePod claim: the old replica stops before the new one is placed ------------
+
+
+@pytest.mark.parametrize("replicas", [0, 1, 2, 4, 10])
+@pytest.mark.parametrize(
+    ("surge_setting", "unavailable_setting"), [("25%", "25%"), (3, 0), ("100%", "0%")]
+)
+def test_an_exclusive_template_resolves_to_no_surge_and_one_unavailable_whatever_the_settings(
+    replicas: int, surge_setting: int | str, unavailable_setting: int | str
+) -> None:
+    bounds = resolve_bounds(replicas, surge_setting, unavailable_setting, exclusive=True)
+    assert bounds == Bounds(max_surge=0, max_unavailable=1)
+
+
+EXCLUSIVE = Bounds(max_surge=0, max_unavailable=1)
+
+
+@pytest.mark.parametrize(
+    ("old", "old_ready", "new", "new_ready", "expected"),
+    [
+        # the old replica Running: it stops first, nothing is placed beside it
+        (1, 1, 0, 0, Step(place_new=0, stop_old_ready=1)),
+        # the old one not Running: it stops too, still nothing beside it
+        (1, 0, 0, 0, Step(place_new=0, stop_old_unready=1)),
+        # the old one gone: the new one is placed
+        (0, 0, 0, 0, Step(place_new=1)),
+        # the new one placed, not Running yet: nothing more to do
+        (0, 0, 1, 0, Step()),
+    ],
+)
+def test_an_exclusive_rollout_of_one_replica_never_has_two_placed(
+    old: int, old_ready: int, new: int, new_ready: int, expected: Step
+) -> None:
+    step = rollout_step(1, EXCLUSIVE, old=old, old_ready=old_ready, new=new, new_ready=new_ready)
+    assert step == expected
+    assert old + new + step.place_new - step.stop_old - step.stop_new <= 1
+    assert step.place_new == 0 or old == 0  # placed only once no old one is left

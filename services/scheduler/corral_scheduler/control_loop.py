@@ -6,6 +6,11 @@ change affects (docs/architecture.md, "The controller runtime"):
   Deployment's; a status change of a Deployment that is gone, that key (to forget it);
 - a Network record appearing (or going) enqueues the Deployments whose template names
   it (`deployments_by_network`): one waiting for it is placed at once;
+- a claim's record or status changing enqueues the Deployments whose template names it
+  (`deployments_by_claim`); the nodes where a claim is used changing (`claim_users`, kept
+  per placement change) enqueues them too; a node's volume manager or the room taken on
+  it changing (NodeVolumes, VolumeStatus) enqueues the pending Deployments with claims
+  (docs/volumes.md, "Replicas with volumes");
 - a node's record changing shape (joined, left, capacity, readiness, orphans) or the
   node judged lost / back / schedulable enqueues the Deployments with placements on it
   (`deployments_by_node`, an incremental Index) and the owners of its orphans; a node
@@ -63,9 +68,16 @@ from nats.aio.client import Client as NATS
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.network_specs import Network
-from corral.contract.specs import Deployment
+from corral.contract.specs import Deployment, claim_names
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim
+from corral.contract.volume_state import (
+    CLAIM_PENDING,
+    ClaimStatus,
+    NodeVolumes,
+    VolumeStatus,
+)
 from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
@@ -76,6 +88,11 @@ from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
+from corral_scheduler.volume_fit import (
+    NO_VOLUMES,
+    ClaimFacts,
+    VolumeView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +246,31 @@ class ControlLoop:
             deployment_changes, by=lambda key, d: d.spec.template.networks
         )
         controller.watch(ChangeFeed(self.networks), indexed_under(self.deployments_by_network))
+        # Storage (read only: volmgr owns it). A Deployment naming a claim that does not
+        # exist, or is not bound, stays pending; the claim's (or its status's) change
+        # decides again exactly the Deployments that name it.
+        self.claims = Mirror(buckets[names.CLAIMS_BUCKET], PersistentVolumeClaim)
+        self.claim_statuses = Mirror(buckets[names.CLAIM_STATUS_BUCKET], ClaimStatus)
+        self.volumes = Mirror(buckets[names.VOLUMES_BUCKET], PersistentVolume)
+        self.volume_statuses = Mirror(buckets[names.VOLUME_STATUS_BUCKET], VolumeStatus)
+        self.node_volumes = Mirror(buckets[names.NODE_VOLUMES_BUCKET], NodeVolumes)
+        self.deployments_by_claim = Index(deployment_changes, by=_claim_keys)
+        by_claim = indexed_under(self.deployments_by_claim)
+        controller.watch(ChangeFeed(self.claims), by_claim)
+        claim_status_changes = ChangeFeed(self.claim_statuses)
+        claim_status_changes.subscribe(self._claim_status_changed)
+        controller.watch(claim_status_changes, by_claim)
+        ChangeFeed(self.volumes).subscribe(self._volume_changed)
+        ChangeFeed(self.volume_statuses).subscribe(self._volume_status_changed)
+        ChangeFeed(self.node_volumes).subscribe(self._node_volumes_changed)
+        # Claim key -> node -> replica -> placements using it there (reservations too),
+        # kept per placement change (`_count`), never rebuilt.
+        self.claim_users: dict[str, dict[str, dict[str, int]]] = {}
+        # Node -> bytes of its room taken: provisioned volumes placed there, and claims
+        # waiting for their first consumer whose replica is placed there (`_claim_room`).
+        self.storage_taken: dict[str, int] = {}
+        self._claim_room: dict[str, tuple[str, int]] = {}  # claim -> (node, bytes) taken
+        self._node_volumes: dict[str, NodeVolumes] = {}
         # The watches liveness depends on, each with this scheduler's echo key in it.
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
             (self.nodes, echo_key(self.owner)),
@@ -282,6 +324,8 @@ class ControlLoop:
                 self.taken_names[old.replica] = left
             else:
                 self.taken_names.pop(old.replica, None)
+            if old.template.volumes:
+                self._use_claims(old, -1)
         if new is not None:
             usage = self.usage.get(new.node) or Usage()
             self.usage[new.node] = Usage(
@@ -290,6 +334,149 @@ class ControlLoop:
                 usage.pods + 1,
             )
             self.taken_names[new.replica] = self.taken_names.get(new.replica, 0) + 1
+            if new.template.volumes:
+                self._use_claims(new, +1)
+
+    # --- storage (volmgr's records, read only) ----------------------------------------
+
+    def _use_claims(self, placement: Placement, sign: int) -> None:
+        """Count (sign +1) or uncount a placement under the claims its template names; a
+        claim used on a node more or one less enqueues the Deployments that name it."""
+        for claim in claim_names(placement.template):
+            key = names.object_key(placement.namespace, claim)
+            per_node = self.claim_users.setdefault(key, {})
+            replicas = per_node.setdefault(placement.node, {})
+            count = replicas.get(placement.replica, 0) + sign
+            if count > 0:
+                replicas[placement.replica] = count
+            else:
+                replicas.pop(placement.replica, None)
+            if not replicas:
+                del per_node[placement.node]
+                if not per_node:
+                    del self.claim_users[key]
+            if (sign > 0 and len(replicas) == 1 and count == 1) or not replicas:
+                # Its nodes changed: Deployments pinned to them (or waiting for none to
+                # use it, ReadWriteOncePod) decide again; its first consumer takes room.
+                self._refresh_claim_room(key)
+                self.controller.enqueue_all(self.deployments_by_claim.get(key))
+
+    def _claim_status_changed(
+        self, key: str, old: ClaimStatus | None, new: ClaimStatus | None
+    ) -> None:
+        self._refresh_claim_room(key)
+
+    def _refresh_claim_room(self, claim: str) -> None:
+        """A claim waiting for its first consumer, once a placement uses it, takes its
+        `requestBytes` of that node's room until volmgr provisions it (its VolumeStatus
+        then counts): the next decisions see the room taken."""
+        status = self.claim_statuses.get(claim)
+        users = self.claim_users.get(claim)
+        want: tuple[str, int] | None = None
+        if (
+            users
+            and status is not None
+            and status.phase == CLAIM_PENDING
+            and status.wait_for_first_consumer
+            and status.request_bytes > 0
+        ):
+            want = (min(users), status.request_bytes)
+        have = self._claim_room.get(claim)
+        if have == want:
+            return
+        if have is not None:
+            self._take_room(have[0], -have[1])
+            del self._claim_room[claim]
+        if want is not None:
+            self._take_room(*want)
+            self._claim_room[claim] = want
+
+    def _take_room(self, node: str, size: int) -> None:
+        taken = self.storage_taken.get(node, 0) + size
+        if taken:
+            self.storage_taken[node] = taken
+        else:
+            self.storage_taken.pop(node, None)
+
+    def _volume_status_changed(
+        self, key: str, old: VolumeStatus | None, new: VolumeStatus | None
+    ) -> None:
+        """A provisioned volume takes its size of its node's room."""
+        before = _room_of(old)
+        after = _room_of(new)
+        if before == after:
+            return
+        if before is not None:
+            self._take_room(before[0], -before[1])
+        if after is not None:
+            self._take_room(*after)
+        self.controller.enqueue_all(self.pending_with_claims())
+
+    def _volume_changed(
+        self, key: str, old: PersistentVolume | None, new: PersistentVolume | None
+    ) -> None:
+        """Whether a volume is node-local decides where its claim's replicas may go."""
+        status = self.volume_statuses.get(key)
+        if status is not None and status.claim:
+            self.controller.enqueue_all(self.deployments_by_claim.get(status.claim))
+
+    def _node_volumes_changed(
+        self, key: str, old: NodeVolumes | None, new: NodeVolumes | None
+    ) -> None:
+        if new is None:
+            self._node_volumes.pop(key, None)
+        else:
+            self._node_volumes[key] = new
+        if _offer(old) != _offer(new):
+            self.controller.enqueue_all(self.pending_with_claims())
+
+    def pending_with_claims(self) -> list[str]:
+        """The Deployments with pending replicas whose templates name claims: those a
+        node's room or volume manager may be waited on by (O(pending))."""
+        found = []
+        for key in self.pending:
+            deployment = self.deployments.get(key)
+            if deployment is not None and deployment.spec.template.volumes:
+                found.append(key)
+        return found
+
+    def volume_view(self, deployment: Deployment) -> VolumeView:
+        """What deciding `deployment` reads of storage: the claims its template names
+        (facts and the nodes using them), every node's volume manager and room taken.
+        The live books, not copies (`decide` copies them for a decision in a thread)."""
+        namespace = deployment.metadata.namespace
+        claims: dict[str, ClaimFacts] = {}
+        for claim in claim_names(deployment.spec.template):
+            key = names.object_key(namespace, claim)
+            spec = self.claims.get(key)
+            status = self.claim_statuses.get(key)
+            node_local = True
+            if status is not None and status.volume:
+                volume = self.volumes.get(status.volume)
+                if volume is not None:
+                    node_local = volume.spec.node_local
+            claims[key] = ClaimFacts(
+                exists=spec is not None or key in self.claims.unreadable,
+                access_modes=() if spec is None else tuple(spec.spec.access_modes),
+                status=status,
+                node_local=node_local,
+                users=self.claim_users.get(key, {}),
+            )
+        return VolumeView(claims, self._node_volumes, self.storage_taken)
+
+    def exclusive_claim(self, deployment: Deployment) -> str | None:
+        """The ReadWriteOncePod claim `deployment`'s template names (its spec's or its
+        bound volume's access modes say so), or None: at most one replica may use it."""
+        template = deployment.spec.template
+        if not template.volumes:
+            return None
+        view = self.volume_view(deployment)
+        namespace = deployment.metadata.namespace
+        for claim in claim_names(template):
+            facts = view.claims[names.object_key(namespace, claim)]
+            if facts.exclusive:
+                return claim
+        return None
 
     def _status_changed(
         self, key: str, old: DeploymentStatus | None, new: DeploymentStatus | None
@@ -524,6 +711,11 @@ class ControlLoop:
             self.replica_statuses,
             self.statuses,
             self.networks,
+            self.claims,
+            self.claim_statuses,
+            self.volumes,
+            self.volume_statuses,
+            self.node_volumes,
             self.deployments,
             self.releases,
         ):
@@ -601,6 +793,9 @@ class ControlLoop:
         placements and their replica statuses, and the nodes (the live books)."""
         deployment = self.deployments.get(key)
         status = self.statuses.items.get(key)
+        volumes = NO_VOLUMES
+        if deployment is not None and deployment.spec.template.volumes:
+            volumes = self.volume_view(deployment)
         placements: dict[str, PlacedReplica] = {}
         replica_statuses: dict[str, ReplicaStatus] = {}
         for placement_key in self.placements_by_deployment.get(key):
@@ -625,6 +820,7 @@ class ControlLoop:
             ),
             released=self.released(),
             networks=self.network_names(),
+            volumes=volumes,
         )
 
     async def reconcile(self, key: str) -> Result | None:
@@ -683,6 +879,7 @@ class ControlLoop:
                 nodes=dict(view.nodes),
                 node_last_seen=dict(view.node_last_seen),
                 node_not_ready_since=dict(view.node_not_ready_since),
+                volumes=view.volumes if view.volumes is NO_VOLUMES else view.volumes.copied(),
             )
             usage, ready = dict(self.usage), frozenset(self.ready_nodes)
             plan = await anyio.to_thread.run_sync(
@@ -800,6 +997,27 @@ class ControlLoop:
                 log.info("deleted the echo key %s/%s of a gone owner", mirror.bucket.name, key)
         for key in [key for key in self._collecting if key not in seen_now]:
             del self._collecting[key]
+
+
+def _claim_keys(key: str, deployment: Deployment) -> list[str]:
+    """The claims (keys <namespace>.<claim>) a Deployment's template names."""
+    template = deployment.spec.template
+    if not template.volumes:
+        return []
+    namespace = deployment.metadata.namespace
+    return [names.object_key(namespace, claim) for claim in claim_names(template)]
+
+
+def _room_of(status: VolumeStatus | None) -> tuple[str, int] | None:
+    """The node and bytes a provisioned volume takes of that node's room, or None."""
+    if status is None or not status.provisioned_by or not status.node:
+        return None
+    return (status.node, status.size_bytes)
+
+
+def _offer(record: NodeVolumes | None) -> tuple[bool, int] | None:
+    """What of a node's volume manager placement depends on (not its message or time)."""
+    return None if record is None else (record.ready, record.capacity_bytes)
 
 
 __all__ = ["DECIDE_IN", "ControlLoop", "DecideIn", "random_suffix"]

@@ -7,7 +7,8 @@ cluster-wide facts the caller keeps incrementally (per-node usage, replica names
 schedulable nodes): the running scheduler's controller calls it per changed key.
 
 Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
-feasibility (which Ready nodes have room) -> ranking (spread, then least allocated) -> plan.
+feasibility (which Ready nodes have room, and which the template's claims allow:
+volume_fit.py) -> ranking (spread, then least allocated) -> plan.
 Per Deployment (`_reconcile_deployment`), in named steps: split its replicas by template
 and readiness (`_Replicas`), the rollout arithmetic on those counts (rollout.py, pure),
 what to stop (`_what_to_stop`), what to place (`_what_to_place`), the status (`_status`).
@@ -29,10 +30,11 @@ from typing import Protocol
 import msgspec
 
 from corral.contract.names import object_key
-from corral.contract.specs import Deployment
+from corral.contract.specs import Deployment, claim_names
 from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
+from corral_scheduler.volume_fit import VolumeFit, VolumeTakes, uses_exclusive_claim
 
 MAX_REPLICA_NAME = 63
 SUFFIX_LENGTH = 5
@@ -293,6 +295,8 @@ class _Pass:
     taken_names: _Names
     wall_time: float
     new_suffix: Callable[[], str]
+    # The claims this pass's placements use and the room they take (volume_fit.py).
+    volume_takes: VolumeTakes = field(default_factory=VolumeTakes)
 
 
 @dataclass
@@ -325,11 +329,12 @@ class _Replicas:
                 replicas.old_unready.append(entry)
         return replicas
 
-    def step(self, want: int) -> Step:
-        """The rollout arithmetic (rollout.py) on these counts, with today's settings."""
+    def step(self, want: int, *, exclusive: bool = False) -> Step:
+        """The rollout arithmetic (rollout.py) on these counts, with today's settings
+        (`exclusive`: a ReadWriteOncePod claim, the old replica stops first)."""
         return rollout_step(
             want,
-            resolve_bounds(want),
+            resolve_bounds(want, exclusive=exclusive),
             old=len(self.old_ready) + len(self.old_unready),
             old_ready=len(self.old_ready),
             new=len(self.current),
@@ -356,7 +361,11 @@ def _reconcile_deployment(
     name = deployment.key
     template_hash = deployment.spec.template.template_hash()
     replicas = _Replicas.split(run.snapshot, live, template_hash)
-    step = replicas.step(deployment.spec.replicas)
+    template = deployment.spec.template
+    exclusive = bool(template.volumes) and uses_exclusive_claim(
+        run.snapshot.volumes, deployment.metadata.namespace, template
+    )
+    step = replicas.step(deployment.spec.replicas, exclusive=exclusive)
 
     stops = _what_to_stop(run.snapshot, replicas, step)
     for key, victim, reason in stops:
@@ -417,6 +426,13 @@ def _what_to_place(
     if missing is not None and count:
         # Nothing is placed until netmgr has the network: its appearance decides again.
         return _Placed([], [], count, f"network {missing} does not exist")
+    fit: VolumeFit | None = None
+    if template.volumes and count:  # a template without volumes costs nothing here
+        claims = claim_names(template)
+        if claims:
+            fit = VolumeFit(run.snapshot.volumes, namespace, claims, run.volume_takes)
+            if fit.block:
+                return _Placed([], [], count, fit.block)
     cpu = template.resources.requests.cpu_millis
     memory = template.resources.requests.memory_bytes
     spread = Counter(p.placement.node for _, p in kept)
@@ -443,15 +459,19 @@ def _what_to_place(
             continue
         if _misfit(run.snapshot.nodes[where], run.usage[where], cpu, memory):
             continue
+        if fit is not None and (fit.block or fit.misfit(where)):
+            continue
         run.taken_names.add(orphan.replica)
         adopted.append(placement(orphan.replica, where))
         _count(run.usage[where], adopted[-1], +1)
         spread[where] += 1
+        if fit is not None:
+            fit.took(where, orphan.replica)
     placed_now: list[Placement] = list(adopted)
     pending_reason = ""
     remaining = count - len(adopted)
     if remaining:
-        picker = _NodePicker(run.snapshot, run.ready_nodes, run.usage, spread, cpu, memory)
+        picker = _NodePicker(run.snapshot, run.ready_nodes, run.usage, spread, cpu, memory, fit)
         for _ in range(remaining):
             node = picker.pick()
             if node is None:
@@ -459,6 +479,8 @@ def _what_to_place(
                 break
             replica = _new_replica_name(name, run.taken_names, run.new_suffix)
             placed_now.append(placement(replica, node))
+            if fit is not None:
+                fit.took(node, replica)
     pending = count - len(placed_now)
     return _Placed(adopted, placed_now, pending, pending_reason if pending else "")
 
@@ -540,7 +562,9 @@ class _NodePicker:
     """Ranks the feasible Ready nodes for one Deployment's new replicas in a heap.
 
     Only the node just picked changes, so the other entries stay valid: each pick is
-    O(log nodes) instead of a scan of every node.
+    O(log nodes) instead of a scan of every node. With volumes (`fit`), the rules of
+    volume_fit.py exclude nodes too; within one decision they only ever exclude more
+    (a claim pinned to the node picked, room taken), so an entry they exclude is dropped.
     """
 
     def __init__(
@@ -551,6 +575,7 @@ class _NodePicker:
         spread: Counter[str],
         cpu: int,
         memory: int,
+        fit: VolumeFit | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.ready_nodes = ready_nodes
@@ -558,10 +583,12 @@ class _NodePicker:
         self.spread = spread
         self.cpu = cpu
         self.memory = memory
+        self.fit = fit
         self.heap = [
             self._rank(name)
             for name in ready_nodes
             if not _misfit(snapshot.nodes[name], usage[name], cpu, memory)
+            and (fit is None or not fit.misfit(name))
         ]
         heapq.heapify(self.heap)
 
@@ -575,10 +602,15 @@ class _NodePicker:
 
     def pick(self) -> str | None:
         """The best node (spread first, then least allocated), its usage already counted."""
+        fit = self.fit
+        if fit is not None and fit.block:
+            return None  # a ReadWriteOncePod claim has its one replica now
         while self.heap:
             _, _, name = heapq.heappop(self.heap)
             node_usage = self.usage[name]
             if _misfit(self.snapshot.nodes[name], node_usage, self.cpu, self.memory):
+                continue
+            if fit is not None and fit.misfit(name):
                 continue
             node_usage.cpu_millis += self.cpu
             node_usage.memory_bytes += self.memory
@@ -591,6 +623,9 @@ class _NodePicker:
 
     def why_none_fits(self) -> str:
         """Why no node can take one more replica, in Kubernetes' words."""
+        fit = self.fit
+        if fit is not None and fit.block:
+            return fit.block
         total = len(self.snapshot.nodes)
         if total == 0:
             return "no nodes are registered"
@@ -599,7 +634,10 @@ class _NodePicker:
             if name not in self.ready_nodes:
                 reasons["node(s) not ready"] += 1
             else:
-                reasons[_misfit(node, self.usage[name], self.cpu, self.memory)] += 1
+                reason = _misfit(node, self.usage[name], self.cpu, self.memory)
+                if not reason and fit is not None:
+                    reason = fit.misfit(name)
+                reasons[reason] += 1
         detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
         return f"0/{total} nodes are available: {detail}"
 

@@ -4,9 +4,15 @@ Apply and delete follow the rules every spec API follows (corral.natsio.spec_api
 docs/api.md, "Durable specs"): the payload validated whole, compare-and-set writes
 retried on a conflict, the `resourceVersion` precondition, and durable specs older
 than what is stored skipped. Scale, the Deployment's own verb, follows them too.
+
+A Deployment whose template names a ReadWriteOncePod claim (as the claim asks, or as
+its bound volume says) may have at most one replica: an apply or a scale asking for more
+is refused naming `spec.replicas` (docs/volumes.md, "Replicas with volumes").
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 
@@ -14,8 +20,8 @@ from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_INVALID, Reply
 from corral.contract.specs import Deployment, ScaleRequest
 from corral.natsio.bus import DurableSpecHandler
-from corral.natsio.kv import Conflict
-from corral.natsio.spec_api import SpecAPI
+from corral.natsio.kv import Bucket, Conflict
+from corral.natsio.spec_api import SpecAPI, SpecPosition, no_stream
 from corral.natsio.spec_replies import CAS_ATTEMPTS
 
 KIND = "Deployment"
@@ -25,6 +31,38 @@ class DeploymentAPI(SpecAPI[Deployment]):
     kind = KIND
     type = Deployment
     brought_back = "the deployment"
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        progress: Bucket | None = None,
+        spec_position: SpecPosition = no_stream,
+        *,
+        exclusive_claim: Callable[[Deployment], str | None] | None = None,
+    ) -> None:
+        """`exclusive_claim`: the ReadWriteOncePod claim a Deployment's template names, or
+        None (the scheduler's view of the claims: ControlLoop.exclusive_claim)."""
+        super().__init__(bucket, progress, spec_position)
+        self.exclusive_claim = exclusive_claim
+
+    def one_replica_only(self, deployment: Deployment) -> Reply | None:
+        """The refusal of more than one replica using a ReadWriteOncePod claim, or None."""
+        replicas = deployment.spec.replicas
+        if replicas <= 1 or self.exclusive_claim is None:
+            return None
+        claim = self.exclusive_claim(deployment)
+        if claim is None:
+            return None
+        return self.invalid(
+            deployment.metadata.name,
+            f"`spec.replicas` {replicas}: the template uses persistentvolumeclaim "
+            f"{claim!r}, which is ReadWriteOncePod: only one replica may use it",
+            "spec.replicas",
+        )
+
+    def settle(self, wanted: Deployment, current: Deployment | None) -> Deployment | Reply:
+        refused = self.one_replica_only(wanted)
+        return wanted if refused is None else refused
 
     def handlers(self) -> dict[str, DurableSpecHandler]:
         return {"apply": self.apply, "scale": self.scale, "delete": self.delete}
@@ -71,6 +109,9 @@ class DeploymentAPI(SpecAPI[Deployment]):
                     spec_sequence=max(position, current.metadata.spec_sequence),
                 ),
             )
+            refused = self.one_replica_only(scaled)
+            if refused is not None:
+                return refused
             try:
                 revision = await self.update(request.key, encode(scaled), entry.revision)
             except Conflict:

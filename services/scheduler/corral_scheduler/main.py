@@ -83,6 +83,7 @@ async def run(
         ctx.buckets[names.DEPLOYMENTS_BUCKET],
         progress=leases,
         spec_position=partial(spec_stream_position, ctx.js, KIND),
+        exclusive_claim=loop.exclusive_claim,
     ).handlers()
     # The durable consumer first: a Deployment written by request before it exists
     # would make a first start look like a consumer lost with its progress record.

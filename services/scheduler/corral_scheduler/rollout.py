@@ -32,6 +32,10 @@ at least 8 Running.
 
 With `replicas = 1`: surge ceil(0.25) = 1, unavailable floor(0.25) = 0, so a second
 replica is placed and the old one stops only once the new one is Running.
+
+A template using a ReadWriteOncePod claim (`exclusive`) rolls with surge 0 and
+unavailable 1 instead: with `replicas = 1` the old replica stops first, and the new
+one is placed on a later pass (once no placement uses the claim).
 """
 
 from __future__ import annotations
@@ -96,11 +100,19 @@ def resolve_bounds(
     replicas: int,
     max_surge: int | str = DEFAULT_MAX_SURGE,
     max_unavailable: int | str = DEFAULT_MAX_UNAVAILABLE,
+    *,
+    exclusive: bool = False,
 ) -> Bounds:
     """The settings as counts for `replicas`: surge rounds up, unavailable rounds down.
 
+    `exclusive`: the template uses a ReadWriteOncePod claim, which one replica at a time
+    may use: maxSurge 0 and maxUnavailable 1 whatever the settings (the old replica stops
+    before the new one is placed; docs/volumes.md, "Replicas with volumes").
+
     Raises ValueError naming the setting when one is malformed, or when both are zero.
     """
+    if exclusive:
+        max_surge, max_unavailable = 0, 1
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         raise ValueError(f"replicas: a count of at least 0, not {replicas!r}")
     surge = _scaled("maxSurge", max_surge, replicas, round_up=True)

@@ -32,6 +32,7 @@ from corral.contract.time_budget import (
     NODE_LOST_AFTER_STOP_SECONDS,
     NODE_LOST_SECONDS,
 )
+from corral_scheduler.volume_fit import NO_VOLUMES, VolumeView
 
 # Agent safety modes (Node.mode) in which the agent starts nothing: no new replicas go
 # there. "Held" waits for an operator's decision (`corral node adopt|reset`).
@@ -77,6 +78,9 @@ class Snapshot:
     # The corral networks that exist (records in corral_networks, which netmgr owns).
     # `default` always counts as existing: netmgr makes it when it starts.
     networks: AbstractSet[str] = frozenset()
+    # Claims, their status and the nodes' room (volmgr's records; volume_fit.py): only
+    # those of the claims the templates decided name.
+    volumes: VolumeView = NO_VOLUMES
 
     def missing_network(self, template: ContainerTemplate) -> str | None:
         """The first network `template` names that does not exist, or None."""
