@@ -43,7 +43,8 @@ def test_several_documents_and_empty_ones() -> None:
         ("metadata: {name: x}\n", "missing `kind`: corral knows Deployment"),
         (
             GOOD.replace("Deployment", "Gadget"),
-            "unknown kind 'Gadget': corral knows Deployment, Network, Service",
+            "unknown kind 'Gadget': corral knows Deployment, Network, PersistentVolume, "
+            "PersistentVolumeClaim, Service, StorageClass",
         ),
         (GOOD.replace("replicas: 3", "replicas: three"), "at `spec.replicas`: Expected `int`"),
         (GOOD.replace("replicas: 3", "replicas: -1"), "at `spec.replicas`"),

@@ -35,6 +35,18 @@ from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.volume_specs import (
+    PersistentVolume,
+    PersistentVolumeClaim,
+    StorageClass,
+    VolumeReleaseRequest,
+)
+from corral.contract.volume_state import (
+    ClaimStatus,
+    NodeVolumes,
+    VolumeAttachment,
+    VolumeStatus,
+)
 from corral.contract.time_budget import (
     NATS_MAX_OUTSTANDING_PINGS,
     NATS_PING_SECONDS,
@@ -86,6 +98,15 @@ API_KINDS: Final[dict[str, ApiKind]] = {
         ApiKind("Deployment", Deployment, "scheduler", "deployments", ("deploy",)),
         ApiKind("Network", Network, "netmgr", "networks", ("net",)),
         ApiKind("Service", Service, "netmgr", "services", ("svc",)),
+        ApiKind("PersistentVolume", PersistentVolume, "volmgr", "persistentvolumes", ("pv",)),
+        ApiKind(
+            "PersistentVolumeClaim",
+            PersistentVolumeClaim,
+            "volmgr",
+            "persistentvolumeclaims",
+            ("pvc",),
+        ),
+        ApiKind("StorageClass", StorageClass, "volmgr", "storageclasses", ("sc",)),
     )
 }
 
@@ -223,6 +244,12 @@ class CorralClient:
     async def delete(self, kind: str, name: str) -> Reply:
         return await self._checked(find_kind(kind), "delete", encode(DeleteRequest(name=name)))
 
+    async def release_volume(self, name: str, node: str) -> Reply:
+        """An operator's word that `node` is gone for good: volmgr forgets the volume's
+        attachment there (corral.api.persistentvolume.release; docs/volumes.md)."""
+        request = VolumeReleaseRequest(name=name, node=node)
+        return await self._checked(find_kind("PersistentVolume"), "release", encode(request))
+
     # --- reads: straight from KV --------------------------------------------------
 
     async def _bucket(self, name: str) -> NatsBucket | None:
@@ -343,6 +370,41 @@ class CorralClient:
         """The Endpoints of one namespace's Services, by Service name."""
         stored = await self._values(names.ENDPOINTS_BUCKET, Endpoints)
         return {e.service: e for e in stored.values() if e.namespace == namespace}
+
+    async def volumes(self) -> dict[str, PersistentVolume]:
+        """Every PersistentVolume (cluster-wide), by name."""
+        stored = await self._values(names.VOLUMES_BUCKET, PersistentVolume)
+        return {volume.metadata.name: volume for volume in stored.values()}
+
+    async def volume_statuses(self) -> dict[str, VolumeStatus]:
+        return await self._values(names.VOLUME_STATUS_BUCKET, VolumeStatus)
+
+    async def claims(
+        self, namespace: str = names.DEFAULT_NAMESPACE
+    ) -> dict[str, PersistentVolumeClaim]:
+        """The PersistentVolumeClaims of one namespace, by name."""
+        stored = await self._values(names.CLAIMS_BUCKET, PersistentVolumeClaim)
+        return {c.metadata.name: c for c in stored.values() if c.metadata.namespace == namespace}
+
+    async def claim_statuses(
+        self, namespace: str = names.DEFAULT_NAMESPACE
+    ) -> dict[str, ClaimStatus]:
+        """The statuses of one namespace's claims, by claim name."""
+        stored = await self._values(names.CLAIM_STATUS_BUCKET, ClaimStatus)
+        return {s.name: s for s in stored.values() if s.namespace == namespace}
+
+    async def storage_classes(self) -> dict[str, StorageClass]:
+        stored = await self._values(names.STORAGE_CLASSES_BUCKET, StorageClass)
+        return {sc.metadata.name: sc for sc in stored.values()}
+
+    async def volume_attachments(self) -> list[VolumeAttachment]:
+        """Every node's attachments of volumes, by (volume, node)."""
+        stored = await self._values(names.VOLUME_ATTACHMENTS_BUCKET, VolumeAttachment)
+        return sorted(stored.values(), key=lambda a: (a.volume, a.node))
+
+    async def node_volumes(self) -> dict[str, NodeVolumes]:
+        """What each node's volmgr part reports, by node."""
+        return await self._values(names.NODE_VOLUMES_BUCKET, NodeVolumes)
 
     # --- events: the CORRAL_EVENTS stream ----------------------------------------------
 

@@ -43,6 +43,12 @@ def _mapping(values: dict[str, str]) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(values.items())) or NONE
 
 
+def with_events(item: dict[str, Any], events: list[Event]) -> dict[str, Any]:
+    """An object's data (-o json|yaml of describe) with its recent events."""
+    item["events"] = [to_builtins(event) for event in events]
+    return item
+
+
 def events_table(events: list[Event], now: float) -> list[str]:
     if not events:
         return ["Events:  <none>"]

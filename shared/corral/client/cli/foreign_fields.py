@@ -1,7 +1,9 @@
-"""Plain Kubernetes manifests (`apiVersion: v1`): the fields corral has no use for.
+"""Plain Kubernetes manifests (`apiVersion: v1`, a StorageClass's `storage.k8s.io/v1`):
+the fields corral has no use for.
 
 A Kubernetes Service carries fields corral does not support (sessionAffinity,
-externalTrafficPolicy, status, metadata.annotations, ...). They are dropped before the
+externalTrafficPolicy, status, metadata.annotations, ...), a PersistentVolume
+mountOptions, a StorageClass allowVolumeExpansion. They are dropped before the
 document is decoded, and the caller warns with their paths: never silently. corral's own
 documents (`corral/v1`) stay strict: an unknown field there is an error.
 """
@@ -13,9 +15,23 @@ from typing import Any, Final
 import msgspec
 
 KUBERNETES_API_VERSION: Final = "v1"
-# Of a Kubernetes object's metadata, what corral reads; the rest (annotations, uid,
-# resourceVersion as text, creationTimestamp as text, managedFields...) is the server's.
+# The Kubernetes apiVersion of each kind corral reads plain Kubernetes manifests of.
+KUBERNETES_KINDS: Final = {
+    "Service": KUBERNETES_API_VERSION,
+    "PersistentVolume": KUBERNETES_API_VERSION,
+    "PersistentVolumeClaim": KUBERNETES_API_VERSION,
+    "StorageClass": "storage.k8s.io/v1",
+}
+# Of a Kubernetes object's metadata, what corral reads; the rest (uid, resourceVersion
+# as text, creationTimestamp as text, managedFields...) is the server's. Annotations are
+# kept for the storage kinds (a StorageClass's marks the default class).
 _KUBERNETES_METADATA: Final = frozenset({"name", "namespace", "labels"})
+_WITH_ANNOTATIONS: Final = frozenset({"PersistentVolume", "PersistentVolumeClaim", "StorageClass"})
+
+
+def is_kubernetes(document: dict[str, Any], kind: str) -> bool:
+    """A plain Kubernetes document of a kind corral reads (not corral's own `corral/v1`)."""
+    return kind in KUBERNETES_KINDS and document.get("apiVersion") == KUBERNETES_KINDS[kind]
 
 
 def drop_unsupported(document: dict[str, Any], spec_type: type[msgspec.Struct]) -> list[str]:
@@ -24,10 +40,13 @@ def drop_unsupported(document: dict[str, Any], spec_type: type[msgspec.Struct]) 
     dropped: list[str] = []
     info = msgspec.inspect.type_info(spec_type)
     assert isinstance(info, msgspec.inspect.StructType)
+    kept = _KUBERNETES_METADATA
+    if spec_type.__name__ in _WITH_ANNOTATIONS:
+        kept = kept | {"annotations"}
     metadata = document.get("metadata")
     if isinstance(metadata, dict):
         for key in list(metadata):
-            if key not in _KUBERNETES_METADATA:
+            if key not in kept:
                 del metadata[key]
                 dropped.append(f"metadata.{key}")
     for key in list(document):
@@ -50,9 +69,18 @@ def _field(info: msgspec.inspect.StructType, key: str) -> msgspec.inspect.Type |
 
 
 def _unwrap(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
-    while isinstance(kind, msgspec.inspect.Metadata):
-        kind = kind.type
-    return kind
+    """The type itself: without its constraints, and of an optional struct
+    (`LocalSource | None`) the struct."""
+    while True:
+        if isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        elif isinstance(kind, msgspec.inspect.UnionType):
+            structs = [t for t in kind.types if isinstance(_unwrap(t), msgspec.inspect.StructType)]
+            if len(structs) != 1:
+                return kind
+            kind = structs[0]
+        else:
+            return kind
 
 
 def _walk(value: Any, kind: msgspec.inspect.Type, path: str, dropped: list[str]) -> None:

@@ -12,6 +12,11 @@ SERVICES = "services"
 ENDPOINTS = "endpoints"
 # The kinds netmgr keeps (corral.client.cli.net_views shows them).
 NETWORKING = (NETWORKS, SERVICES, ENDPOINTS)
+VOLUMES = "persistentvolumes"
+CLAIMS = "persistentvolumeclaims"
+STORAGE_CLASSES = "storageclasses"
+# The kinds volmgr keeps (corral.client.cli.vol_views shows them).
+STORAGE = (VOLUMES, CLAIMS, STORAGE_CLASSES)
 
 _READ_KINDS = {
     DEPLOYMENTS: ("deployment", "deployments", "deploy"),
@@ -20,6 +25,9 @@ _READ_KINDS = {
     NETWORKS: ("network", "networks", "net"),
     SERVICES: ("service", "services", "svc"),
     ENDPOINTS: ("endpoints", "endpoint", "ep"),
+    VOLUMES: ("persistentvolume", "persistentvolumes", "pv"),
+    CLAIMS: ("persistentvolumeclaim", "persistentvolumeclaims", "pvc"),
+    STORAGE_CLASSES: ("storageclass", "storageclasses", "sc"),
 }
 SINGULAR = {
     DEPLOYMENTS: "deployment",
@@ -28,6 +36,9 @@ SINGULAR = {
     NETWORKS: "network",
     SERVICES: "service",
     ENDPOINTS: "endpoints",
+    VOLUMES: "persistentvolume",
+    CLAIMS: "persistentvolumeclaim",
+    STORAGE_CLASSES: "storageclass",
 }
 
 

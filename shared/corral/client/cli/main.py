@@ -13,6 +13,12 @@ from corral.client.cli.node_commands import node
 from corral.client.cli.read_commands import describe, events, get, schema
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
 from corral.client.cli.service_commands import create_service, expose
+from corral.client.cli.volume_commands import (
+    create_claim,
+    create_storage_class,
+    create_volume,
+    volume,
+)
 from corral.client.cli.write_commands import apply, create, delete, scale
 
 
@@ -43,7 +49,10 @@ for command in (create, apply, scale, delete, get, describe, events, schema, exp
     cli.add_command(command)
 create.add_command(create_network)
 create.add_command(create_service)
+for command in (create_volume, create_claim, create_storage_class):
+    create.add_command(command)
 cli.add_command(network)
+cli.add_command(volume)
 
 cli.add_command(node)
 cli.add_command(up)

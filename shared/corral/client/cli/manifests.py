@@ -14,7 +14,8 @@ import msgspec
 import yaml
 
 from corral.client.api import API_KINDS, ApiKind, CorralError, find_kind
-from corral.client.cli.foreign_fields import KUBERNETES_API_VERSION, drop_unsupported
+from corral.client.cli.foreign_fields import drop_unsupported, is_kubernetes
+from corral.client.cli.kube_storage import RefusedField, translate_storage
 from corral.contract.codec import InvalidPayload, decode_payload
 
 # A manifest file larger than this is refused before it is parsed (a spec is at most
@@ -115,8 +116,13 @@ def parse_document(document: Any, where: str) -> Manifest:
         raise CorralError(f"{where}: unknown kind {kind_name!r}: corral knows {known}")
     kind = find_kind(kind_name)
     dropped: list[str] = []
-    if document.get("apiVersion") == KUBERNETES_API_VERSION and kind.kind == "Service":
-        dropped = drop_unsupported(document, kind.spec_type)
+    if is_kubernetes(document, kind.kind):
+        try:
+            if kind.kind in ("PersistentVolume", "PersistentVolumeClaim"):
+                dropped = translate_storage(document)
+        except RefusedField as error:
+            raise CorralError(f"{where}: {error}") from None
+        dropped = drop_unsupported(document, kind.spec_type) + dropped
     try:
         raw = msgspec.json.encode(document)
     except (TypeError, msgspec.EncodeError) as error:

@@ -1,8 +1,10 @@
-"""What `corral network ...`, `create service` and `expose` share: checking an object
-built from flags (an error names the flag), and creating it only if it is new."""
+"""What `corral network ...`, `create service|pv|pvc|storageclass` and `expose` share:
+checking an object built from flags (an error names the flag), and creating it only if
+it is new."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import click
@@ -30,9 +32,14 @@ def validated(manifest: dict[str, Any], kind: type[msgspec.Struct], flags: dict[
 
 
 async def exists(client: CorralClient, kind: str, name: str) -> bool:
-    if kind == "Network":
-        return name in await client.networks()
-    return name in await client.services()
+    readers: dict[str, Callable[[], Awaitable[Mapping[str, object]]]] = {
+        "Network": client.networks,
+        "Service": client.services,
+        "PersistentVolume": client.volumes,
+        "PersistentVolumeClaim": client.claims,
+        "StorageClass": client.storage_classes,
+    }
+    return name in await readers[kind]()
 
 
 def create_new(settings: Settings, kind: str, name: str, raw: bytes) -> None:

@@ -19,6 +19,7 @@ from corral.client.cli.describe import (
     describe_node,
     events_table,
     node_description,
+    with_events,
 )
 from corral.client.cli.kinds import (
     DEPLOYMENTS,
@@ -27,6 +28,8 @@ from corral.client.cli.kinds import (
     NODES,
     REPLICAS,
     SINGULAR,
+    STORAGE,
+    STORAGE_CLASSES,
     read_kind,
     split_kind_name,
 )
@@ -59,6 +62,7 @@ from corral.client.cli.views import (
     replica_object,
     replica_row,
 )
+from corral.client.cli.vol_views import VOL_NEEDS, describe_storage, read_vol, render_vol_get
 from corral.contract.events import Event
 from corral.contract.schema import PUBLIC_PAYLOADS, find_payload, schema_of
 from corral.contract.specs import check_dns_label
@@ -149,8 +153,8 @@ def render_get(
 )
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str | None) -> None:
-    """List deployments, replicas, nodes, networks, services or endpoints (or show one
-    by NAME)."""
+    """List deployments, replicas, nodes, networks, services, endpoints, pv (persistent
+    volumes), pvc (claims) or storageclasses (or show one by NAME)."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if node is not None:
@@ -160,16 +164,14 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
             check_dns_label("node", node)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--node") from None
-    if read in NETWORKING:
-
-        async def fetch_net(client: CorralClient) -> str:
-            view = await read_net(client, NET_NEEDS[read])
-            return render_net_get(view, read, name, output, time.time())
-
-        click.echo(run_with_client(settings_of(ctx), fetch_net))
-        return
 
     async def fetch(client: CorralClient) -> str:
+        if read in NETWORKING:
+            net = await read_net(client, NET_NEEDS[read])
+            return render_net_get(net, read, name, output, time.time())
+        if read in STORAGE:
+            vol = await read_vol(client, VOL_NEEDS[read])
+            return render_vol_get(vol, read, name, output, time.time())
         view = await read_cluster(client, what=_NEEDS[read], node=node)
         return render_get(view, read, name, output, time.time(), node)
 
@@ -192,16 +194,27 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
 def describe(
     ctx: click.Context, kind: str, name: str | None, output: str, event_limit: int
 ) -> None:
-    """Show one deployment, node, service or network in full: spec, status, recent events."""
+    """Show one deployment, node, service, network, pv or pvc in full: spec, status,
+    recent events."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if name is None:
         raise click.UsageError(f"missing NAME: corral describe {SINGULAR[read]} NAME")
-    if read in (REPLICAS, "endpoints"):
+    if read in (REPLICAS, "endpoints", STORAGE_CLASSES):
         raise click.BadParameter(
-            "describe shows deployments, nodes, services and networks", param_hint="KIND"
+            "describe shows deployments, nodes, services, networks, pv and pvc",
+            param_hint="KIND",
         )
     target = name
+    if read in STORAGE:
+
+        async def fetch_vol(client: CorralClient) -> str:
+            view = await read_vol(client, (*VOL_NEEDS[read], "attachments", "placements"))
+            events = await client.events(SINGULAR[read], target, event_limit)
+            return describe_storage(view, read, target, events, output, time.time())
+
+        click.echo(run_with_client(settings_of(ctx), fetch_vol))
+        return
     if read in NETWORKING:
 
         async def fetch_net(client: CorralClient) -> str:
@@ -214,9 +227,7 @@ def describe(
             if read == NETWORKS:
                 if output == "text":
                     return describe_network(view, target, events, now)
-                item = network_object(view, target)
-                item["events"] = [to_builtins(event) for event in events]
-                return dump(item, output)
+                return dump(with_events(network_object(view, target), events), output)
             if output == "text":
                 return describe_service(view, target, events, now)
             return dump(service_description(view, target, events), output)

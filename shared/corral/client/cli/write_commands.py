@@ -200,8 +200,10 @@ _file_option = click.option(
 def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
     """Create or update the objects of manifests (apiVersion/kind/metadata/spec).
 
-    Kinds: corral/v1 Deployment, Network and Service, and Kubernetes' v1 Service (the
-    fields corral does not support are dropped, with a warning naming them)."""
+    Kinds: corral/v1 Deployment, Network, Service, PersistentVolume,
+    PersistentVolumeClaim and StorageClass, and Kubernetes' v1 Service, PersistentVolume
+    and PersistentVolumeClaim and storage.k8s.io/v1 StorageClass (the fields corral does
+    not support are dropped, with a warning naming them)."""
     if not files:
         raise click.UsageError("give at least one manifest: corral apply -f FILE")
     manifests = read_manifest_files(files)
@@ -265,8 +267,8 @@ def scale(ctx: click.Context, kind: str, name: str | None, replicas: int) -> Non
 def delete(
     ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...]
 ) -> None:
-    """Delete objects: corral delete deployment|service|network NAME..., or corral delete
-    -f FILE."""
+    """Delete objects: corral delete deployment|service|network|pv|pvc|storageclass
+    NAME..., or corral delete -f FILE."""
     targets: list[tuple[ApiKind, str]] = []
     if files:
         if kind is not None:
@@ -300,7 +302,10 @@ def delete_each(
         for api_kind, name, raw in requests:
             reply = await client.request(api_kind, "delete", raw)
             if reply.ok:
-                click.echo(f"{api_kind.subject_kind}/{name} deleted")
+                # What the owner says of it: e.g. a claim in use is Terminating until
+                # no replica uses it (docs/volumes.md, "Protection and reclaim").
+                said = f" ({reply.message})" if reply.message else ""
+                click.echo(f"{api_kind.subject_kind}/{name} deleted{said}")
             else:
                 refused.append(reply.error)
         return refused
