@@ -51,6 +51,7 @@ from corral_node_agent.heartbeat_link import HeartbeatLink
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.membership import Membership
+from corral_node_agent.mounts import empty_dir_replica, is_volume_in_use, is_volume_wait
 from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
@@ -73,6 +74,7 @@ from corral_node_agent.safety import (
     permissions,
 )
 from corral_node_agent.status_book import StatusBook
+from corral_node_agent.volumes import VolumeBook
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ class NodeAgent:
         started_at: float | None = None,
         heartbeats: HeartbeatLink | None = None,
         networks: Bucket | None = None,
+        attachments: Bucket | None = None,
+        claim_statuses: Bucket | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -182,6 +186,13 @@ class NodeAgent:
         )
         self.record.on_displaced = self._displaced
         self.tracks: dict[str, ReplicaTrack] = {}
+        # This node's volume attachments (watched once a replica has volumes) and the
+        # claims' statuses (a ReadWriteOncePod claim's access mode): docs/volumes.md.
+        self.volumes = VolumeBook(
+            self.node, attachments, claim_statuses, on_change=self._volumes_changed
+        )
+        self._empty_dirs_swept_at: float | None = None  # None: not yet since the start
+        self._sweeping = False
         self.executor = Executor(
             runtime,
             events,
@@ -190,6 +201,7 @@ class NodeAgent:
             clock=clock,
             max_parallel=settings.max_parallel,
             max_pulls=settings.max_pulls,
+            volumes=self.volumes,
         )
         self.executor.may_start = self._may_start
         self.networks_choice = NetworksChoice(settings.networks, networks, self.node)
@@ -236,7 +248,21 @@ class NodeAgent:
     def _on_engine_change(self, replica: str) -> None:
         if replica == NETWORK_APPEARED:
             self._network_appeared()
+        elif self.volumes.watching:
+            # A container went: a replica waiting for it to let a volume go tries again.
+            self._retry_waiting(is_volume_in_use)
         self.poke()
+
+    def _volumes_changed(self) -> None:
+        """An attachment of this node changed: the replicas waiting on volumes try again
+        now, not at their back-off's end."""
+        self._retry_waiting(is_volume_wait)
+        self.poke()
+
+    def _retry_waiting(self, waits_for: Callable[[str], bool]) -> None:
+        for name, track in list(self.tracks.items()):
+            if track.phase == ReplicaState.CREATING and waits_for(track.message):
+                self.tracks[name] = replace(track, not_before=0.0)
 
     def _network_appeared(self) -> None:
         """A replica waiting for a network tries again now, not at its back-off's end."""
@@ -255,6 +281,7 @@ class NodeAgent:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
+                self.volumes.spawn = tg.start_soon
                 # The guard and the passes run from the start: a restarted agent that
                 # cannot reach NATS still stops its replicas at F (docs/safety.md).
                 tg.start_soon(self._guard)
@@ -777,9 +804,46 @@ class NodeAgent:
             self._fence_pending = False
         for action in actions:
             self._dispatch(action)
+        self._sweep_empty_dirs_when_due(set(placements) | held, now)
         self._count_running(plan.kept)
         with_containers = set(group_by_replica(owned.own))
         await self._write_statuses(placements, plan.kept, with_containers, held, now)
+
+    def _sweep_empty_dirs_when_due(self, keep: set[str], now: float) -> None:
+        """Leftover emptyDir volumes of this node that no container uses (their removal
+        failed, or an agent stopped before it): looked for on the first pass that acts,
+        then each resync while this agent has replicas with volumes. Those of replicas
+        still placed (or busy) are kept: a container made again mounts them again."""
+        if self._sweeping or not self.cluster_id:
+            return
+        if self._empty_dirs_swept_at is not None:
+            if not (self.volumes.used or self.executor.volume_leftovers):
+                return
+            if now < self._empty_dirs_swept_at + self.settings.resync_seconds:
+                return
+        self._empty_dirs_swept_at = now
+        self._sweeping = True
+        assert self._task_group is not None
+        self._task_group.start_soon(self._sweep_empty_dirs, frozenset(keep), self.cluster_id)
+
+    async def _sweep_empty_dirs(self, keep: frozenset[str], cluster_id: str) -> None:
+        self.executor.volume_leftovers = False
+        labels = {
+            names.LABEL_MANAGED: "true",
+            names.LABEL_CLUSTER: cluster_id,
+            names.LABEL_NODE: self.node,
+        }
+        try:
+            for volume in await self.runtime.unused_volumes(labels):
+                replica = empty_dir_replica(volume, cluster_id)
+                if replica is not None and replica not in keep:
+                    await self.runtime.remove_volume(volume)
+                    log.info("removed the leftover emptyDir volume %s", volume)
+        except RuntimeFailure as error:
+            self.executor.volume_leftovers = True
+            log.info("sweeping the emptyDir volumes of %s failed: %s", self.node, error)
+        finally:
+            self._sweeping = False
 
     def _keep_tracks(self, plan: Plan, unreadable: set[str]) -> None:
         kept_tracks = {r: t for r, t in self.tracks.items() if r in unreadable}

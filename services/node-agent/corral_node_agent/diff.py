@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from corral.contract.state import Placement
 from corral_node_agent.backoff import ReplicaTrack, after_exit
+from corral_node_agent.mounts import empty_dirs_of
 from corral_node_agent.runtime import ContainerState, ObservedContainer
 
 
@@ -38,6 +39,9 @@ class RemoveContainers:
     deployment: str
     container_ids: tuple[str, ...]
     reason: str
+    # Its emptyDir volumes, removed right after its containers: set only when every
+    # container of the replica goes (mounts.empty_dirs_of).
+    volumes: tuple[str, ...] = ()
 
 
 Action = CreateContainer | StartContainer | RemoveContainers
@@ -56,6 +60,10 @@ def _preference(container: ObservedContainer) -> tuple[int, float]:
     """Keep the running one, else the latest started."""
     running = container.state == ContainerState.RUNNING
     return (1 if running else 0, container.started_at or 0.0)
+
+
+def _empty_dirs(replica: str, group: Iterable[ObservedContainer]) -> tuple[str, ...]:
+    return empty_dirs_of(replica, (volume for c in group for volume in c.volumes))
 
 
 def group_by_replica(
@@ -89,7 +97,9 @@ def remove_all(
             wake_at = at if wake_at is None else min(wake_at, at)
             continue
         ids = tuple(c.id for c in group)
-        actions.append(RemoveContainers(replica, group[0].deployment, ids, reason))
+        actions.append(
+            RemoveContainers(replica, group[0].deployment, ids, reason, _empty_dirs(replica, group))
+        )
     return Plan(actions=actions, tracks=new_tracks, wake_at=wake_at)
 
 
@@ -127,6 +137,7 @@ def plan_actions(
                             group[0].deployment,
                             tuple(c.id for c in group),
                             "not placed on this node",
+                            _empty_dirs(replica, group),
                         )
                     )
             continue
@@ -149,7 +160,10 @@ def plan_actions(
             if now < track.removal_not_before:
                 wake(track.removal_not_before)
             else:
-                actions.append(RemoveContainers(replica, placement.deployment, ids, reason))
+                # Its emptyDirs go too when none of its containers is kept (a new
+                # template: a new emptyDir, as a new Pod's).
+                gone = _empty_dirs(replica, group) if keep is None else ()
+                actions.append(RemoveContainers(replica, placement.deployment, ids, reason, gone))
             if keep is None:
                 track = replace(track, container_id="")
             new_tracks[replica] = track

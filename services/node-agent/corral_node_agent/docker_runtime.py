@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,11 @@ import aiohttp
 import anyio
 from aiodocker.events import DockerEvents
 from aiodocker.networks import DockerNetwork
+from aiodocker.volumes import DockerVolume
 from anyio.abc import TaskStatus
 
 from corral.contract import names, time_budget
+from corral_node_agent.mounts import docker_mounts
 from corral_node_agent.runtime import (
     NETWORK_APPEARED,
     ChangeCallback,
@@ -34,6 +37,7 @@ from corral_node_agent.runtime import (
     NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
+    VolumeUser,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,8 @@ def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
         host_config["NanoCpus"] = spec.cpu_millis * 1_000_000
     if spec.memory_bytes:
         host_config["Memory"] = spec.memory_bytes
+    if spec.mounts:  # none: the body is as it was before volumes
+        host_config["Mounts"] = docker_mounts(spec.mounts)
     config: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{key}={value}" for key, value in spec.env.items()],
@@ -161,6 +167,11 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         cluster=labels.get(names.LABEL_CLUSTER, ""),
         ips=_ips(data, labels.get(names.LABEL_CLUSTER, "")),
         image_ports=tuple(sorted((data.get("Config") or {}).get("ExposedPorts") or {})),
+        volumes=tuple(
+            str(mount["Name"])
+            for mount in data.get("Mounts") or []
+            if mount.get("Type") == "volume" and mount.get("Name")
+        ),
     )
 
 
@@ -410,6 +421,63 @@ class DockerRuntime:
                 if error.status == 409 and "in progress" in error.message:
                     return  # another removal is already under way
                 raise
+
+    async def volume_exists(self, name: str) -> bool:
+        with self._call(f"inspect volume {name}"):
+            try:
+                await DockerVolume(self._docker, name).show()  # type: ignore[no-untyped-call] # untyped in aiodocker
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return False
+                raise
+        return True
+
+    async def volume_users(self, name: str) -> list[VolumeUser]:
+        """`docker ps -a --filter volume=NAME`."""
+        filters = json.dumps({"volume": [name]})
+        with self._call(f"list the users of volume {name}"):
+            listed = await self._docker.containers.list(all="1", filters=filters)
+        users: list[VolumeUser] = []
+        for item in listed:
+            labels: dict[str, str] = (item["Labels"] if "Labels" in item else None) or {}
+            found = item["Names"] if "Names" in item else []
+            users.append(
+                VolumeUser(
+                    id=str(item.id),
+                    name=str(found[0]).lstrip("/") if found else str(item.id)[:12],
+                    cluster=labels.get(names.LABEL_CLUSTER, ""),
+                    replica=labels.get(names.LABEL_REPLICA, ""),
+                )
+            )
+        return users
+
+    async def remove_volume(self, name: str) -> None:
+        with self._call(f"remove volume {name}"):
+            try:
+                await self._docker._query_json(f"volumes/{name}", method="DELETE")
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return
+                raise
+
+    async def unused_volumes(self, labels: Mapping[str, str]) -> list[str]:
+        filters = {
+            "label": [f"{key}={value}" for key, value in labels.items()],
+            "dangling": ["true"],
+        }
+        with self._call("list volumes"):
+            listed = await self._docker.volumes.list(filters=filters)  # type: ignore[no-untyped-call] # untyped in aiodocker
+        return sorted(str(v["Name"]) for v in (listed or {}).get("Volumes") or [])
+
+    async def make_directories(self, paths: tuple[str, ...]) -> None:
+        def make() -> None:
+            for path in paths:
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as error:
+                    raise RuntimeFailure(f"cannot make the directory {path}: {error}") from None
+
+        await anyio.to_thread.run_sync(make)
 
     async def watch(
         self,

@@ -29,11 +29,15 @@ from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, St
 from corral_node_agent.runtime import (
     ContainerSpec,
     ImagePullFailed,
+    Mount,
     NameConflict,
     NetworkMissing,
     Runtime,
     RuntimeFailure,
+    VolumeNotReady,
+    VolumeRefused,
 )
+from corral_node_agent.volumes import VolumeBook, prepare_mounts
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,15 @@ def dns_search(namespace: str) -> tuple[str, ...]:
 
 
 def container_spec(
-    placement: Placement, cluster_id: str, *, networks: bool = False
+    placement: Placement,
+    cluster_id: str,
+    *,
+    networks: bool = False,
+    mounts: tuple[Mount, ...] = (),
 ) -> ContainerSpec:
     """`networks`: the replica joins its template's corral networks (specs.replica_networks)
-    and resolves through netmgr's DNS; else it goes on the engine's default bridge."""
+    and resolves through netmgr's DNS; else it goes on the engine's default bridge.
+    `mounts`: its volumes' (corral_node_agent.volumes.prepare_mounts)."""
     template = placement.template
     return ContainerSpec(
         name=container_name(cluster_id, placement.node, placement.replica),
@@ -87,6 +96,7 @@ def container_spec(
         memory_bytes=template.resources.limits.memory_bytes,
         networks=tuple(replica_networks(template)) if networks else (),
         dns_search=dns_search(placement.namespace) if networks else (),
+        mounts=mounts,
     )
 
 
@@ -153,6 +163,7 @@ class Executor:
         max_parallel: int = 8,
         max_pulls: int = 4,
         cluster_id: str = "",
+        volumes: VolumeBook | None = None,
     ) -> None:
         self.runtime = runtime
         # The cluster whose id new containers carry (the agent changes it when an
@@ -171,6 +182,11 @@ class Executor:
         # --networks; corral_node_agent.agent). Off unless told: the engine's bridge.
         self.uses_networks: Callable[[], Awaitable[bool]] = _networks_off
         self.puller = ImagePuller(runtime, max_pulls)
+        # This node's volume attachments (the agent's); a replica with volumes waits
+        # for them. Without a store, claims are never served.
+        self.volumes = volumes if volumes is not None else VolumeBook("")
+        # An emptyDir volume could not be removed with its container: the agent sweeps.
+        self.volume_leftovers = False
 
     def _track(self, replica: str) -> ReplicaTrack:
         return self.tracks.get(replica, ReplicaTrack())
@@ -290,6 +306,17 @@ class Executor:
         self._set(replica, replace(self._track(replica), phase=ReplicaState.CREATING, message=""))
         try:
             container_id = await self._create_container(placement)
+        except VolumeNotReady as error:
+            # volmgr has not made it usable here (or another container holds it): wait.
+            await self._failed(
+                replica, placement, ReplicaState.CREATING, str(error), reason="VolumeNotReady"
+            )
+            return False
+        except VolumeRefused as error:
+            await self._failed(
+                replica, placement, ReplicaState.FAILED, str(error), reason="FailedMount"
+            )
+            return False
         except NetworkMissing as error:
             # netmgr has not made it here yet (or is not running): wait, never Failed.
             await self._failed(
@@ -309,7 +336,15 @@ class Executor:
     async def _create_container(self, placement: Placement) -> str:
         """Create. A name conflict never removes the holder: when it is this node's own
         container the next pass adopts it; anything else is left alone and reported."""
-        spec = container_spec(placement, self.cluster_id, networks=await self.uses_networks())
+        name = container_name(self.cluster_id, placement.node, placement.replica)
+        mounts: tuple[Mount, ...] = ()
+        if placement.template.volumes:  # never an engine call for a replica without any
+            mounts = await prepare_mounts(
+                placement, self.cluster_id, name, self.volumes, self.runtime
+            )
+        spec = container_spec(
+            placement, self.cluster_id, networks=await self.uses_networks(), mounts=mounts
+        )
         try:
             return await self.runtime.create_container(spec)
         except NameConflict:
@@ -372,3 +407,9 @@ class Executor:
             )
         for container_id in action.container_ids:
             await self.runtime.remove_container(container_id)
+        for volume in action.volumes:  # its emptyDirs go with the replica's containers
+            try:
+                await self.runtime.remove_volume(volume)
+            except RuntimeFailure as error:
+                log.warning("removing volume %s of %s failed: %s", volume, action.replica, error)
+                self.volume_leftovers = True  # the agent's sweep tries again

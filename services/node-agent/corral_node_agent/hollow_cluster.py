@@ -300,6 +300,9 @@ class HollowCluster:
             statuses=pool.buckets[names.REPLICA_STATUS_BUCKET],
             cluster=pool.buckets[names.CLUSTER_BUCKET],
             events=pool.events,
+            # Watched only once a replica with volumes lands on the node (VolumeBook).
+            attachments=pool.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
+            claim_statuses=pool.buckets[names.CLAIM_STATUS_BUCKET],
         )
         # The one part of the agent a hollow node leaves out: noting every acknowledged
         # write in its state dir (cut_off_clock), so that a restarted agent counts its

@@ -3,7 +3,10 @@
 For scale tests (thousands of fake nodes in one process, like Kubernetes'
 kubemark: corral_node_agent.hollow_cluster) and as the fake engine of unit tests.
 Faults are injected with `crash`, `remove_behind_back`, `unpullable_images`,
-`exit_on_start`, `failing_images`, `unremovable`, `missing_networks` and `available`.
+`exit_on_start`, `failing_images`, `unremovable`, `missing_networks`, `missing_volumes`
+and `available`. Volumes: a hollow engine has every PersistentVolume's Docker volume
+(unless in `missing_volumes`); the emptyDirs its containers mount are kept in `volumes`
+(made with the container, as Docker makes them); bind directories are only recorded.
 A running hollow replica reports an address on each of its networks (`HollowAddresses`).
 Engine latency is simulated with `pull_seconds`, `start_seconds` (a started container runs only
 after it: the start call takes that long, as a slow engine's would) and
@@ -17,6 +20,7 @@ import ipaddress
 import itertools
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -38,6 +42,7 @@ from corral_node_agent.runtime import (
     NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
+    VolumeUser,
 )
 
 _ids = itertools.count(1)
@@ -148,7 +153,12 @@ def _observed(container: HollowContainer, exposed: dict[str, list[str]]) -> Obse
         cluster=labels.get(names.LABEL_CLUSTER, ""),
         ips=container.ips if running else {},
         image_ports=tuple(sorted(exposed.get(container.spec.image, []))),
+        volumes=_volumes_of(container),
     )
+
+
+def _volumes_of(container: HollowContainer) -> tuple[str, ...]:
+    return tuple(m.source for m in container.spec.mounts if m.kind == "volume")
 
 
 @dataclass
@@ -161,6 +171,10 @@ class HollowRuntime:
     exit_on_start: dict[str, int] = field(default_factory=dict)  # exit at once with code
     # Corral networks not (yet) on this engine: a create joining one fails as Docker's would.
     missing_networks: set[str] = field(default_factory=set)
+    # Docker volumes not on this engine (a claim's volume volmgr has not made here).
+    missing_volumes: set[str] = field(default_factory=set)
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # made: name -> labels
+    directories: list[str] = field(default_factory=list)  # bind directories asked for
     exposed_ports: dict[str, list[str]] = field(default_factory=dict)  # image -> "80/tcp" ...
     addresses: HollowAddresses = field(default_factory=lambda: ADDRESSES)
     pull_seconds: float = 0.0
@@ -251,6 +265,13 @@ class HollowRuntime:
                 raise NetworkMissing(network)
         if any(c.spec.name == spec.name for c in self.containers.values()):
             raise NameConflict(f'Conflict. The container name "/{spec.name}" is already in use')
+        for mount in spec.mounts:
+            if mount.kind != "volume":
+                continue
+            if not mount.driver and mount.source in self.missing_volumes:
+                raise RuntimeFailure(f"volume {mount.source} is not on this engine")
+            if mount.driver and mount.source not in self.volumes:
+                self.volumes[mount.source] = dict(mount.labels)  # an emptyDir: made with it
         container = HollowContainer(id=f"hollow{next(_ids):012d}", spec=replace(spec))
         container.ips = {n: self.addresses.take(*container.key(n)) for n in spec.networks}
         self.containers[container.id] = container
@@ -296,6 +317,42 @@ class HollowRuntime:
             if self.record_operations:
                 replica = removed.spec.labels.get(names.LABEL_REPLICA, removed.spec.name)
                 self.operations.append(f"remove {replica}")
+
+    async def volume_exists(self, name: str) -> bool:
+        self._check()
+        return name not in self.missing_volumes
+
+    async def volume_users(self, name: str) -> list[VolumeUser]:
+        self._check()
+        return [
+            VolumeUser(
+                id=c.id,
+                name=c.spec.name,
+                cluster=c.spec.labels.get(names.LABEL_CLUSTER, ""),
+                replica=c.spec.labels.get(names.LABEL_REPLICA, ""),
+            )
+            for c in self.containers.values()
+            if name in _volumes_of(c)
+        ]
+
+    async def remove_volume(self, name: str) -> None:
+        self._check()
+        if any(name in _volumes_of(c) for c in self.containers.values()):
+            raise RuntimeFailure(f"remove {name}: volume is in use")
+        self.volumes.pop(name, None)
+
+    async def unused_volumes(self, labels: Mapping[str, str]) -> list[str]:
+        self._check()
+        used = {v for c in self.containers.values() for v in _volumes_of(c)}
+        return sorted(
+            name
+            for name, have in self.volumes.items()
+            if name not in used and all(have.get(k) == v for k, v in labels.items())
+        )
+
+    async def make_directories(self, paths: tuple[str, ...]) -> None:
+        self._check()
+        self.directories.extend(p for p in paths if p not in self.directories)
 
     async def watch(
         self,

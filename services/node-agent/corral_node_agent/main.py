@@ -169,6 +169,8 @@ async def run(
         started_at=counting_from(settings),
         heartbeats=NatsHeartbeats(ctx.nc),
         networks=ctx.buckets[names.NETWORKS_BUCKET],
+        attachments=ctx.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
+        claim_statuses=ctx.buckets[names.CLAIM_STATUS_BUCKET],
     )
     ctx.health["engine"] = False
     try:

@@ -43,6 +43,17 @@ class NetworkMissing(RuntimeFailure):
         self.network = network
 
 
+class VolumeNotReady(RuntimeFailure):
+    """A volume the replica mounts is not usable on this node yet (no attachment, not
+    ready, or held by another container): the replica waits, ContainerCreating, never
+    Failed. The message is what its status says (corral_node_agent.mounts)."""
+
+
+class VolumeRefused(RuntimeFailure):
+    """The template asks for a mount this node cannot give (the message names the
+    field): the replica is Failed, retried on its back-off."""
+
+
 class ContainerGone(RuntimeFailure):
     """The container does not exist (any more)."""
 
@@ -67,6 +78,23 @@ class EngineInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Mount:
+    """One mount of a replica's container (corral_node_agent.mounts makes them).
+
+    kind "volume": the Docker volume `source`; with `driver` set, the engine makes it
+    with these options and labels when it is missing (an emptyDir). kind "bind": the
+    host directory `source`."""
+
+    kind: str  # "volume" | "bind"
+    source: str
+    target: str
+    read_only: bool = False
+    driver: str = ""  # "": the volume must exist (a PersistentVolume's, made by volmgr)
+    driver_options: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """What to create: everything the engine needs for one replica's container."""
 
@@ -83,6 +111,7 @@ class ContainerSpec:
     # default bridge, as before networks existed (docs/networking.md).
     networks: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()  # the resolver's search path (with networks only)
+    mounts: tuple[Mount, ...] = ()  # none: no Mounts in the create body, as before volumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +135,17 @@ class ObservedContainer:
     # Its address on each corral network it is on (network -> IPv4), once it has one.
     ips: Mapping[str, str] = field(default_factory=dict)
     image_ports: tuple[str, ...] = ()  # what its image exposes, as "8080/tcp"
+    volumes: tuple[str, ...] = ()  # the Docker volumes it mounts (by name)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeUser:
+    """A container (of any state) that mounts a given Docker volume."""
+
+    id: str
+    name: str
+    cluster: str = ""  # its io.corral.cluster label
+    replica: str = ""  # its io.corral.replica label
 
 
 # Called with the replica name (or "" when unknown) whenever a container of the
@@ -148,6 +188,28 @@ class Runtime(Protocol):
     async def remove_container(self, container_id: str) -> None:
         """Kill and remove, within time_budget.STOP_SECONDS; a container already gone
         is not an error."""
+        ...
+
+    # Volumes (docs/volumes.md, "Replicas with volumes"): called only for replicas
+    # whose template has volumes, and for the emptyDir sweep.
+
+    async def volume_exists(self, name: str) -> bool: ...
+
+    async def volume_users(self, name: str) -> list[VolumeUser]:
+        """Every container on the engine, running or not, that mounts volume `name`."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """A volume already gone is not an error; one in use raises RuntimeFailure."""
+        ...
+
+    async def unused_volumes(self, labels: Mapping[str, str]) -> list[str]:
+        """The names of the volumes carrying every label given that no container uses."""
+        ...
+
+    async def make_directories(self, paths: tuple[str, ...]) -> None:
+        """Make the host directories that bind mounts need (parents too; never on the
+        event loop). Raises RuntimeFailure naming the path when one cannot be made."""
         ...
 
     async def watch(
