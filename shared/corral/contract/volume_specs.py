@@ -315,6 +315,12 @@ class StorageClass(_Public, frozen=True, kw_only=True, tag_field="kind", tag="St
         return self.metadata.name
 
     @property
+    def spec(self) -> tuple[object, ...]:
+        """What an apply may change besides the metadata (corral.natsio.spec_api compares
+        it): the class's own fields, kept at the top level as Kubernetes has them."""
+        return (self.provisioner, self.parameters, self.reclaim_policy, self.volume_binding_mode)
+
+    @property
     def is_default(self) -> bool:
         return self.metadata.annotations.get(DEFAULT_CLASS_ANNOTATION) == "true"
 

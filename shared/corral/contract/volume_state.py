@@ -42,6 +42,9 @@ class VolumeStatus(_Record, frozen=True, kw_only=True):
     name: str
     phase: str = VOLUME_AVAILABLE
     claim: str = ""  # <namespace>.<name> of the claim bound to it
+    # That claim's metadata.uid: a claim deleted and made again under the same name is
+    # another claim, never bound to the volume the first one had.
+    claim_uid: str = ""
     # The node it lives on: a node-local volume's (set on first use when its spec names
     # none); "" for a dockerVolume (any node) or a node-local one not used yet.
     node: str = ""

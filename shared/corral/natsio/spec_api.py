@@ -221,7 +221,11 @@ class SpecAPI(SpecReplies, Generic[T]):
             return self.accepted(
                 name, await self.update(key, encode(stored), entry.revision), generation
             )
-        if (current.spec, current.metadata.labels) == (decided.spec, decided.metadata.labels):
+        if (current.spec, current.metadata.labels, current.metadata.annotations) == (
+            decided.spec,
+            decided.metadata.labels,
+            decided.metadata.annotations,
+        ):
             return self.accepted(name, entry.revision, current.metadata.generation, unchanged=True)
         metadata = next_metadata(current.metadata, wanted.metadata, position)
         stored = with_metadata(decided, metadata)
@@ -297,10 +301,12 @@ def new_metadata(wanted: ObjectMeta, position: int, generation: int = 1) -> Obje
 
 
 def next_metadata(current: ObjectMeta, wanted: ObjectMeta, position: int) -> ObjectMeta:
-    """The metadata of a changed object: its own, with the new labels, one generation on."""
+    """The metadata of a changed object: its own, with the new labels and annotations,
+    one generation on."""
     return msgspec.structs.replace(
         current,
         labels=wanted.labels,
+        annotations=wanted.annotations,
         generation=current.generation + 1,
         resource_version=0,
         spec_sequence=max(position, current.spec_sequence),

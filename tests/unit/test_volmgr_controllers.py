@@ -1,0 +1,319 @@
+"""volmgr's cluster part on in-memory buckets: binding, provisioning, protection and
+reclaim through its APIs and controllers (docs/volumes.md)."""
+
+from __future__ import annotations
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
+from corral.contract.volume_state import VolumeStatus
+from corral_volmgr.provisioning import provisioned_name
+from tests.unit.volmgr_helpers import (
+    MI,
+    attachment,
+    delete,
+    node_volumes,
+    ok,
+    placement,
+    put,
+    pv,
+    pvc,
+    storage_class,
+    volmgr,
+)
+
+
+async def test_the_seeds_volume_and_claim_bind_to_each_other() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("my-pv", "100Mi")))
+        ok(await v.apis.claims.apply(pvc("my-pvc", "50Mi")))
+        await v.drain()
+        claim = await v.claim("my-pvc")
+        assert claim.phase == "Bound" and claim.volume == "my-pv", claim
+        assert claim.capacity_bytes == 100 * MI and claim.node == ""
+        volume = await v.volume("my-pv")
+        assert volume.phase == "Bound" and volume.claim == "default.my-pvc"
+        assert volume.claim_uid
+
+
+async def test_the_local_class_is_made_at_start_and_marked_default() -> None:
+    async with volmgr() as v:
+        local = await v.record(names.STORAGE_CLASSES_BUCKET, "local", StorageClass)
+        assert local.is_default and local.volume_binding_mode == "WaitForFirstConsumer"
+        assert local.provisioner == "corral.io/local-volume" and local.reclaim_policy == "Delete"
+
+
+async def test_a_claim_without_a_fitting_volume_waits_for_its_first_consumer_then_is_provisioned_there() -> (
+    None
+):
+    async with volmgr() as v:
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 1024 * MI))
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n2", node_volumes("n2", 1024 * MI))
+        ok(await v.apis.claims.apply(pvc("data", "50Mi")))
+        await v.drain()
+        claim = await v.claim("data")
+        assert claim.phase == "Pending" and claim.reason == "WaitForFirstConsumer"
+        assert claim.wait_for_first_consumer and claim.request_bytes == 50 * MI
+        await put(
+            v.buckets[names.PLACEMENTS_BUCKET], "n2.default.app-1", placement("app-1", "n2", "data")
+        )
+        await v.drain()
+        stored = await v.record(names.CLAIMS_BUCKET, "default.data", PersistentVolumeClaim)
+        name = provisioned_name(stored.metadata.uid)
+        volume = await v.volume(name)
+        assert (
+            volume.phase == "Pending" and volume.node == "n2" and volume.provisioned_by == "local"
+        )
+        made = await v.record(names.VOLUMES_BUCKET, name, PersistentVolume)
+        assert made.spec.claim_ref == "default/data" and made.spec.node == "n2"
+        assert made.spec.persistent_volume_reclaim_policy == "Delete"
+        assert (await v.claim("data")).reason == "Provisioning"
+        await put(v.buckets[names.VOLUME_ATTACHMENTS_BUCKET], f"n2.{name}", attachment("n2", name))
+        await v.drain()
+        volume = await v.volume(name)
+        assert volume.phase == "Bound" and volume.size_enforced is True
+        claim = await v.claim("data")
+        assert claim.phase == "Bound" and claim.volume == name and claim.node == "n2"
+
+
+async def test_an_immediate_class_provisions_on_the_node_with_the_most_room_and_counts_what_it_gave() -> (
+    None
+):
+    async with volmgr() as v:
+        ok(await v.apis.classes.apply(storage_class("fast", volumeBindingMode="Immediate")))
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 100 * MI))
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n2", node_volumes("n2", 80 * MI))
+        ok(await v.apis.claims.apply(pvc("a", "60Mi", storageClassName="fast")))
+        await v.drain()
+        a = await v.claim("a")
+        assert a.reason == "Provisioning" and "node n1" in a.message, a
+        ok(await v.apis.claims.apply(pvc("b", "60Mi", storageClassName="fast")))
+        await v.drain()
+        assert "node n2" in (await v.claim("b")).message
+        ok(await v.apis.claims.apply(pvc("c", "60Mi", storageClassName="fast")))
+        await v.drain()
+        c = await v.claim("c")
+        assert c.phase == "Pending" and c.reason == "NodeFull", c
+
+
+async def test_a_node_without_room_for_a_first_consumer_leaves_the_claim_pending_node_full() -> (
+    None
+):
+    async with volmgr() as v:
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 10 * MI))
+        ok(await v.apis.claims.apply(pvc("data", "50Mi")))
+        await put(
+            v.buckets[names.PLACEMENTS_BUCKET], "n1.default.app-1", placement("app-1", "n1", "data")
+        )
+        await v.drain()
+        claim = await v.claim("data")
+        assert claim.reason == "NodeFull" and "node n1 has 10Mi free" in claim.message, claim
+        stored = await v.record(names.CLAIMS_BUCKET, "default.data", PersistentVolumeClaim)
+        name = provisioned_name(stored.metadata.uid)
+        assert await v.record(names.VOLUMES_BUCKET, name, PersistentVolume) is None
+
+
+async def test_deleting_a_claim_a_placement_uses_makes_it_terminating_until_the_placement_goes() -> (
+    None
+):
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("data")))
+        placements = v.buckets[names.PLACEMENTS_BUCKET]
+        await put(placements, "n1.default.app-1", placement("app-1", "n1", "data"))
+        await v.drain()
+        reply = ok(await v.apis.claims.delete(delete("data")))
+        assert "in use by replica(s) app-1" in reply.message and "Terminating" in reply.message
+        await v.drain()
+        assert (await v.claim("data")).phase == "Terminating"
+        assert await v.record(names.CLAIMS_BUCKET, "default.data", PersistentVolumeClaim)
+        again = await v.apis.claims.apply(pvc("data"))
+        assert not again.ok and again.reason == "Conflict", again
+        await placements.delete("n1.default.app-1")
+        await v.drain()
+        assert await v.record(names.CLAIMS_BUCKET, "default.data", PersistentVolumeClaim) is None
+        assert await v.claim("data") is None
+        volume = await v.volume("pv1")
+        assert volume.phase == "Released", volume
+
+
+async def test_a_retain_volume_is_released_and_never_bound_again() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert (await v.volume("pv1")).phase == "Released"
+        ok(await v.apis.claims.apply(pvc("a")))
+        ok(await v.apis.claims.apply(pvc("b", storageClassName="")))
+        await v.drain()
+        b = await v.claim("b")
+        assert b.phase == "Pending" and "released" in b.message, b
+
+
+async def test_a_delete_volume_goes_with_its_claim() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1", persistentVolumeReclaimPolicy="Delete")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        assert (await v.volume("pv1")).phase == "Bound"
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is None
+        assert await v.volume("pv1") is None
+
+
+async def test_deleting_a_bound_volume_makes_it_terminating_until_its_claim_is_gone() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        reply = ok(await v.apis.volumes.delete(delete("pv1")))
+        assert "bound to claim default.a" in reply.message and "Terminating" in reply.message
+        await v.drain()
+        assert (await v.volume("pv1")).phase == "Terminating"
+        assert (await v.claim("a")).phase == "Bound"
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is None
+        assert await v.volume("pv1") is None
+
+
+async def test_a_bound_volumes_spec_cannot_change_but_its_labels_can() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        bigger = await v.apis.volumes.apply(pv("pv1", "200Mi"))
+        assert not bigger.ok and bigger.field == "spec.capacity", bigger
+        assert "bound to claim default.a" in bigger.error
+        ok(await v.apis.volumes.apply(pv("pv1", labels={"tier": "gold"})))
+
+
+async def test_a_bound_claims_size_modes_and_class_cannot_change() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        for payload, field in (
+            (pvc("a", "60Mi"), "spec.resources.requests.storage"),
+            (pvc("a", accessModes=["ReadWriteMany"]), "spec.accessModes"),
+            (pvc("a", storageClassName="gold"), "spec.storageClassName"),
+        ):
+            reply = await v.apis.claims.apply(payload)
+            assert not reply.ok and reply.field == field, reply
+
+
+async def test_a_storage_class_keeps_its_provisioner_and_parameters() -> None:
+    async with volmgr() as v:
+        ok(
+            await v.apis.classes.apply(
+                storage_class("nfs", "corral.io/docker-volume", parameters={"type": "nfs"})
+            )
+        )
+        moved = await v.apis.classes.apply(storage_class("nfs", "kubernetes.io/no-provisioner"))
+        assert not moved.ok and moved.field == "provisioner"
+        other = await v.apis.classes.apply(
+            storage_class("nfs", "corral.io/docker-volume", parameters={"type": "tmpfs"})
+        )
+        assert not other.ok and other.field == "parameters"
+        marked = ok(
+            await v.apis.classes.apply(
+                storage_class(
+                    "nfs",
+                    "corral.io/docker-volume",
+                    parameters={"type": "nfs"},
+                    annotations={"storageclass.kubernetes.io/is-default-class": "true"},
+                )
+            )
+        )
+        assert not marked.unchanged
+        stored = await v.record(names.STORAGE_CLASSES_BUCKET, "nfs", StorageClass)
+        assert stored.is_default
+
+
+async def test_a_system_host_path_is_refused_naming_the_field_and_nothing_is_stored() -> None:
+    async with volmgr(host_path_allow=("/srv/data",)) as v:
+        for path, field, words in (
+            ("/etc", "spec.hostPath.path", "system location"),
+            ("/var/lib/docker/volumes", "spec.hostPath.path", "system location"),
+            ("/home/me", "spec.hostPath.path", "outside the allowed host paths"),
+        ):
+            reply = await v.apis.volumes.apply(pv("hp", hostPath={"path": path}))
+            assert not reply.ok and reply.field == field and words in reply.error, reply
+        local = await v.apis.volumes.apply(pv("hp", local={"path": "/proc/1"}, node="n1"))
+        assert not local.ok and local.field == "spec.local.path"
+        assert await v.record(names.VOLUMES_BUCKET, "hp", PersistentVolume) is None
+        ok(await v.apis.volumes.apply(pv("hp", hostPath={"path": "/srv/data/x"})))
+
+
+async def test_an_unpinned_node_local_volume_is_pinned_to_its_first_placements_node() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        placements = v.buckets[names.PLACEMENTS_BUCKET]
+        await put(placements, "n2.default.r2", placement("r2", "n2", "a", created_at=2.0))
+        await put(placements, "n1.default.r1", placement("r1", "n1", "a", created_at=1.0))
+        await v.drain()
+        assert (await v.volume("pv1")).node == "n1"
+        assert (await v.claim("a")).node == "n1"
+
+
+async def test_a_read_write_once_docker_volume_moves_its_attach_node_only_once_the_old_node_let_go() -> (
+    None
+):
+    async with volmgr() as v:
+        ok(
+            await v.apis.volumes.apply(
+                pv("nfs", dockerVolume={"driver": "local", "options": {"type": "tmpfs"}})
+            )
+        )
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        placements = v.buckets[names.PLACEMENTS_BUCKET]
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        await put(placements, "n1.default.r1", placement("r1", "n1", "a"))
+        await v.drain()
+        assert (await v.volume("nfs")).attach_node == "n1"
+        await put(attachments, "n1.nfs", attachment("n1", "nfs"))
+        await placements.delete("n1.default.r1")
+        await put(placements, "n2.default.r2", placement("r2", "n2", "a"))
+        await v.drain()
+        held = await v.volume("nfs")
+        assert held.attach_node == "n1" and "still attached to node n1" in held.message
+        await attachments.delete("n1.nfs")
+        await v.drain()
+        assert (await v.volume("nfs")).attach_node == "n2"
+
+
+async def test_release_forgets_an_attachment_and_refuses_when_there_is_none() -> None:
+    async with volmgr() as v:
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        await put(attachments, "n2.nfs", attachment("n2", "nfs"))
+        await v.settle()
+        reply = ok(await v.apis.volumes.release(encode({"name": "nfs", "node": "n2"})))
+        assert "n2" in reply.message
+        assert (await attachments.get("n2.nfs")) is None or (
+            await attachments.get("n2.nfs")
+        ).value is None
+        again = await v.apis.volumes.release(encode({"name": "nfs", "node": "n2"}))
+        assert not again.ok and again.field == "node" and "no attachment" in again.error
+
+
+async def test_a_claim_made_again_under_a_released_volumes_old_name_is_another_claim() -> None:
+    """The volume's status names its claim's uid: a new claim of the same name made
+    before the volume controller saw the old one go is not taken for it."""
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        first = (await v.volume("pv1")).claim_uid
+        ok(await v.apis.claims.delete(delete("a")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        volume: VolumeStatus = await v.volume("pv1")
+        assert volume.phase == "Released" and volume.claim_uid == first
+        claim = await v.claim("a")
+        assert claim.phase == "Pending", claim

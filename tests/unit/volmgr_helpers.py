@@ -1,0 +1,168 @@
+"""volmgr's cluster part on in-memory buckets: its mirrors, APIs and controllers, and
+records to write as the scheduler and the node parts would."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.events import Reply
+from corral.contract.specs import ClaimSource, ContainerTemplate, Volume
+from corral.contract.state import Placement
+from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeAttachment, VolumeStatus
+from corral.natsio.kv import MemoryBucket
+from corral_volmgr.cluster_loop import ClusterLoop
+from corral_volmgr.main import APIs, build_apis
+
+MI = 2**20
+
+
+@dataclass
+class Volmgr:
+    buckets: dict[str, MemoryBucket]
+    loop: ClusterLoop
+    apis: APIs
+
+    async def record(self, bucket: str, key: str, kind: type[Any]) -> Any:
+        entry = await self.buckets[bucket].get(key)
+        return None if entry is None or entry.value is None else decode(entry.value, kind)
+
+    async def claim(self, name: str) -> ClaimStatus | None:
+        result: ClaimStatus | None = await self.record(
+            names.CLAIM_STATUS_BUCKET, f"default.{name}", ClaimStatus
+        )
+        return result
+
+    async def volume(self, name: str) -> VolumeStatus | None:
+        result: VolumeStatus | None = await self.record(
+            names.VOLUME_STATUS_BUCKET, name, VolumeStatus
+        )
+        return result
+
+    async def settle(self) -> None:
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        """Let the watches deliver what was written, then reconcile until both
+        controllers' queues are empty and nothing more comes."""
+        for _ in range(100):
+            await self.settle()
+            processed = False
+            for controller in (self.loop.volume_controller, self.loop.claim_controller):
+                while len(controller.queue):
+                    key = await controller.queue.get()
+                    try:
+                        await controller.process(key)
+                    finally:
+                        controller.queue.done(key)
+                    processed = True
+            if not processed:
+                return
+
+
+def memory_buckets() -> dict[str, MemoryBucket]:
+    return {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+
+
+@asynccontextmanager
+async def volmgr(
+    buckets: dict[str, MemoryBucket] | None = None, *, host_path_allow: tuple[str, ...] = ()
+) -> AsyncIterator[Volmgr]:
+    """The cluster part on memory buckets, its mirrors current and the `local` class
+    made; call drain() to run the controllers."""
+    buckets = buckets or memory_buckets()
+    loop = ClusterLoop(dict(buckets))
+    apis = build_apis(loop, buckets[names.LEASES_BUCKET], host_path_allow=host_path_allow)
+    async with anyio.create_task_group() as tg:
+        await tg.start(loop.start_mirrors)
+        await apis.classes.ensure_default()
+        try:
+            yield Volmgr(buckets, loop, apis)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def pv(name: str, size: str = "100Mi", **spec: Any) -> bytes:
+    metadata: dict[str, Any] = {"name": name}
+    if "labels" in spec:
+        metadata["labels"] = spec.pop("labels")
+    return encode(
+        {
+            "kind": "PersistentVolume",
+            "metadata": metadata,
+            "spec": {"capacity": {"storage": size}, **spec},
+        }
+    )
+
+
+def pvc(name: str, size: str = "50Mi", **spec: Any) -> bytes:
+    return encode(
+        {
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name},
+            "spec": {"resources": {"requests": {"storage": size}}, **spec},
+        }
+    )
+
+
+def storage_class(name: str, provisioner: str = "corral.io/local-volume", **fields: Any) -> bytes:
+    metadata: dict[str, Any] = {"name": name}
+    if "annotations" in fields:
+        metadata["annotations"] = fields.pop("annotations")
+    return encode(
+        {"kind": "StorageClass", "metadata": metadata, "provisioner": provisioner, **fields}
+    )
+
+
+def delete(name: str) -> bytes:
+    return encode({"name": name})
+
+
+def node_volumes(node: str, capacity: int, *, ready: bool = True) -> NodeVolumes:
+    return NodeVolumes(node=node, ready=ready, loop_devices=True, capacity_bytes=capacity)
+
+
+def attachment(node: str, volume: str, *, enforced: bool = True) -> VolumeAttachment:
+    return VolumeAttachment(
+        volume=volume,
+        node=node,
+        ready=True,
+        docker_volume=f"corral_pv_{volume}_test",
+        size_enforced=enforced,
+    )
+
+
+def placement(replica: str, node: str, *claims: str, created_at: float = 1.0) -> Placement:
+    template = ContainerTemplate(
+        image="nginx",
+        volumes=[
+            Volume(name=f"v{i}", persistent_volume_claim=ClaimSource(claim_name=claim))
+            for i, claim in enumerate(claims)
+        ],
+    )
+    return Placement(
+        replica=replica,
+        deployment="app",
+        node=node,
+        template=template,
+        template_hash=template.template_hash(),
+        generation=1,
+        created_at=created_at,
+    )
+
+
+async def put(bucket: MemoryBucket, key: str, value: Any) -> None:
+    await bucket.put(key, encode(value))
+
+
+def ok(reply: Reply) -> Reply:
+    assert reply.ok, reply
+    return reply
