@@ -52,13 +52,15 @@ def pv(
     )
 
 
-def status(name: str, *, node: str = "", claim: str = "", attach_node: str = "") -> VolumeStatus:
+def status(
+    name: str, *, node: str = "", claim: str = "", attach_node: str = "", by: str = "local"
+) -> VolumeStatus:
     return VolumeStatus(
         name=name,
         phase="Bound" if claim else "Available",
         claim=claim,
         node=node,
-        provisioned_by="local" if not claim.startswith("x") else "",
+        provisioned_by=by,
         attach_node=attach_node,
     )
 
