@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from corral.client.local.nats_server import nats_server_binary
-from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, SERVICES
+from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, NODE_PARTS, SERVICES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 EXPORTED_METRICS = {
@@ -127,8 +127,10 @@ def test_each_service_has_a_systemd_unit_on_its_port(service: str) -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(DEPLOY / "systemd" / f"corral-{service}.service")
     start = unit["Service"]["ExecStart"]
-    program = "netmgr" if service == "netmgr-node" else service  # corral-netmgr --node
+    program = NODE_PARTS.get(service, service)  # a node part: corral-netmgr --node NAME
     assert start.split()[0].endswith(f"/corral-{program}")
     assert f"--metrics-port {_default_port(service)}" in start
+    if service in NODE_PARTS:
+        assert "--node %l" in start
     assert unit["Service"]["Restart"] == "always"
     assert unit["Install"]["WantedBy"] == "multi-user.target"

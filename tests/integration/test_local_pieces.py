@@ -8,7 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from corral.client.cli.main import cli
 from corral.client.local.child import RestartBackoff
+from corral.client.local.layout import Layout
 from corral.client.local.plan import (
     UpOptions,
     local_node_name,
@@ -16,6 +22,7 @@ from corral.client.local.plan import (
     service_children,
 )
 from corral.client.local.processes import ProcessRef
+from corral.client.local.supervisor import Supervisor
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:
@@ -48,7 +55,9 @@ def test_a_reused_pid_is_not_taken_for_ours() -> None:
 def test_each_service_gets_nats_its_port_and_its_log(tmp_path: Path) -> None:
     options = UpOptions(data_dir=tmp_path, nats_port=14222, metrics_base_port=19100)
     children = {child.name: child for child in service_children(options)}
-    assert list(children) == ["scheduler", "node-agent", "netmgr", "volmgr", "netmgr-node"]
+    assert list(children) == [
+        "scheduler", "node-agent", "netmgr", "volmgr", "netmgr-node", "volmgr-node",
+    ]  # fmt: skip
     for offset, child in enumerate(children.values()):
         command = child.command
         assert command[command.index("--nats") + 1] == "nats://127.0.0.1:14222"
@@ -61,16 +70,65 @@ def test_each_service_gets_nats_its_port_and_its_log(tmp_path: Path) -> None:
     node_part = children["netmgr-node"].command
     assert node_part[0].endswith("corral-netmgr") or node_part[-1] == "corral_netmgr"
     assert node_part[node_part.index("--node") + 1] == local_node_name()
+    volumes = children["volmgr-node"].command
+    assert volumes[0].endswith("corral-volmgr") or volumes[-1] == "corral_volmgr"
+    assert volumes[volumes.index("--node") + 1] == local_node_name()
+    assert volumes[volumes.index("--volumes-dir") + 1] == str(tmp_path.resolve() / "volumes")
 
 
 def test_the_node_part_runs_beside_real_containers_only_and_cleans_up_with_the_same_node(
     tmp_path: Path,
 ) -> None:
     hollow = UpOptions(data_dir=tmp_path, runtime="hollow")
-    assert "netmgr-node" not in {child.name for child in service_children(hollow)}
+    started = {child.name for child in service_children(hollow)}
+    assert "netmgr-node" not in started and "volmgr-node" not in started
     options = UpOptions(data_dir=tmp_path, node_name="n1", docker_host="unix:///tmp/d.sock")
-    cleanup = node_part_cleanup(options)
+    cleanup = node_part_cleanup(options, "netmgr-node")
     assert cleanup[-1] == "--remove-all"
     assert cleanup[cleanup.index("--node") + 1] == "n1"
     assert cleanup[cleanup.index("--docker-host") + 1] == "unix:///tmp/d.sock"
     assert cleanup[cleanup.index("--nats") + 1] == options.nats_url
+    assert "--delete-data" not in node_part_cleanup(options, "netmgr-node", delete_data=True)
+
+
+def test_corral_down_keeps_the_volumes_data_unless_asked_to_delete_it(tmp_path: Path) -> None:
+    options = UpOptions(data_dir=tmp_path, node_name="n1")
+    keep = node_part_cleanup(options, "volmgr-node")
+    assert keep[0].endswith("corral-volmgr") or "corral_volmgr" in keep
+    assert keep[keep.index("--node") + 1] == "n1"
+    assert keep[keep.index("--volumes-dir") + 1] == str(tmp_path.resolve() / "volumes")
+    assert keep[-1] == "--remove-all" and "--delete-data" not in keep
+    delete = node_part_cleanup(options, "volmgr-node", delete_data=True)
+    assert delete[-2:] == ["--remove-all", "--delete-data"]
+
+
+async def test_stopping_deletes_the_volumes_data_only_when_corral_down_asked_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[list[str]] = []
+
+    async def run_process(command: list[str], check: bool) -> subprocess.CompletedProcess[bytes]:
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0, b"", b"")
+
+    monkeypatch.setattr(anyio, "run_process", run_process)
+    supervisor = Supervisor(UpOptions(data_dir=tmp_path, node_name="n1"), "agent-1")
+    supervisor.layout.create()
+    await supervisor.clean_node()
+    assert [command[-1] for command in ran] == ["--remove-all", "--remove-all"]
+    assert any("--volumes-dir" in command for command in ran)
+    ran.clear()
+    supervisor.layout.delete_volumes_file.write_text("asked\n")
+    await supervisor.clean_node()
+    netmgr, volmgr = ran
+    assert "--delete-data" not in netmgr and volmgr[-2:] == ["--remove-all", "--delete-data"]
+    assert not supervisor.layout.delete_volumes_file.exists()  # asked once, done once
+
+
+def test_corral_down_delete_volumes_without_a_running_corral_says_how_and_marks_nothing(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), "--delete-volumes"])
+    assert result.exit_code == 1
+    assert "corral is not running" in result.stderr and "corral up -d" in result.stderr
+    assert not Layout.at(tmp_path).delete_volumes_file.exists()

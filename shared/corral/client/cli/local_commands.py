@@ -16,7 +16,7 @@ from corral.client.local.detach import DetachFailed, start_detached, stop
 from corral.client.local.layout import ENV_DATA_DIR, Layout, default_data_dir
 from corral.client.local.nats_server import NatsServerNotFound
 from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, DEFAULT_NATS_PORT, UpOptions
-from corral.client.local.state_file import SupervisorRecord
+from corral.client.local.state_file import SupervisorRecord, running_supervisor
 from corral.client.local.summary import describe
 from corral.client.local.supervisor import CannotStart, run_supervisor
 
@@ -36,10 +36,11 @@ _data_dir_option = click.option(
 )
 @click.option(
     "--metrics-base-port",
-    type=click.IntRange(1, 65532),
+    type=click.IntRange(1, 65530),
     default=DEFAULT_METRICS_BASE_PORT,
     show_default=True,
-    help="scheduler on it, node-agent +1, netmgr +2, volmgr +3, netmgr's node part +4.",
+    help="scheduler on it, node-agent +1, netmgr +2, volmgr +3, netmgr's node part +4, "
+    "volmgr's node part +5.",
 )
 @click.option("--node-name", default="", help="The local node's name (default: the host name).")
 @click.option(
@@ -107,16 +108,31 @@ def up(
 
 @click.command()
 @_data_dir_option
-def down(data_dir: Path | None) -> None:
-    """Stop what `corral up` started from this data dir."""
+@click.option(
+    "--delete-volumes",
+    is_flag=True,
+    help="Also delete the data of every volume corral provisioned on this node (their "
+    "image files and folders). Without it the data stays, and `corral up` mounts it again.",
+)
+def down(data_dir: Path | None, delete_volumes: bool) -> None:
+    """Stop what `corral up` started from this data dir. Volumes keep their data."""
     layout = Layout.at(data_dir or default_data_dir())
+    if delete_volumes:
+        if running_supervisor(layout) is None:
+            raise click.ClickException(
+                f"corral is not running from {layout.data_dir}: the volumes' data is deleted "
+                "by volmgr's node part as corral stops (it reads the cluster's id from NATS); "
+                "start it (corral up -d), then corral down --delete-volumes"
+            )
+        layout.delete_volumes_file.write_text("asked by corral down --delete-volumes\n")
     report = stop(layout)
     if not report.was_running:
         extra = f" (stopped leftovers: {', '.join(report.leftovers)})" if report.leftovers else ""
         click.echo(f"corral is not running from {layout.data_dir}{extra}")
         return
     forced = f" (had to kill: {', '.join(report.killed)})" if report.killed else ""
-    click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}")
+    deleted = "; the volumes' data deleted" if delete_volumes else ""
+    click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}{deleted}")
 
 
 @click.group()

@@ -69,6 +69,18 @@ class Layout:
         """Where the local node agent records the cluster its node belongs to."""
         return self.data_dir / "node-agent"
 
+    @property
+    def volumes_dir(self) -> Path:
+        """Where volmgr's node part keeps provisioned volumes (image files, their mounts):
+        kept across `corral down`, deleted by `corral down --delete-volumes`."""
+        return self.data_dir / "volumes"
+
+    @property
+    def delete_volumes_file(self) -> Path:
+        """Present when `corral down --delete-volumes` asked the supervisor to delete the
+        volumes' data as it stops."""
+        return self.data_dir / "corral.delete-volumes"
+
     def create(self) -> None:
         self.nats_store.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Which processes `corral up` runs: nats-server, then the four services, and netmgr's
-node part beside the node agent (docs/networking.md).
+and volmgr's node parts beside the node agent (docs/networking.md, docs/volumes.md).
 
 Each service gets `--nats` and its own metrics port, counted from a base port
-(9101 scheduler, 9102 node-agent, 9103 netmgr, 9104 volmgr, 9105 netmgr's node part
-by default).
+(9101 scheduler, 9102 node-agent, 9103 netmgr, 9104 volmgr, 9105 netmgr's node part,
+9106 volmgr's node part by default).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ SERVICES: dict[str, int] = {
     "netmgr": 2,
     "volmgr": 3,
     "netmgr-node": 4,
+    "volmgr-node": 5,
 }
-# The program each runs: netmgr's node part is `corral-netmgr --node NAME`.
-_PROGRAMS = {"netmgr-node": "netmgr"}
+# The program each runs: a node part is its service's program with `--node NAME`.
+NODE_PARTS = {"netmgr-node": "netmgr", "volmgr-node": "volmgr"}
 _MODULES = {
     "scheduler": "corral_scheduler",
     "node-agent": "corral_node_agent",
@@ -82,7 +83,7 @@ def local_node_name() -> str:
 
 def service_command(service: str) -> list[str]:
     """The console script beside this interpreter, else on PATH, else through this interpreter."""
-    service = _PROGRAMS.get(service, service)
+    service = NODE_PARTS.get(service, service)
     script = f"corral-{service}"
     beside = Path(sys.executable).parent / script
     if beside.exists():
@@ -107,7 +108,7 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
     layout = options.layout
     children = []
     for service in SERVICES:
-        if service == "netmgr-node" and not runs_node_part(options):
+        if service in NODE_PARTS and not runs_node_part(options):
             continue
         port = options.metrics_port(service)
         command = [
@@ -130,8 +131,8 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
                 command += ["--docker-host", options.docker_host]
             if agent_id:
                 command += ["--agent-id", agent_id]
-        if service == "netmgr-node":
-            command += node_part_flags(options)
+        if service in NODE_PARTS:
+            command += node_part_flags(options, service)
         base = f"http://{HOST}:{port}"
         children.append(
             ChildSpec(
@@ -146,22 +147,28 @@ def service_children(options: UpOptions, *, agent_id: str | None = None) -> list
 
 
 def runs_node_part(options: UpOptions) -> bool:
-    """netmgr's node part runs beside an agent of real containers (not a hollow one)."""
+    """The node parts run beside an agent of real containers (not a hollow one)."""
     return options.runtime == "docker"
 
 
-def node_part_flags(options: UpOptions) -> list[str]:
+def node_part_flags(options: UpOptions, part: str) -> list[str]:
+    """A node part's own flags: its node, its engine, and for volmgr's the folder of this
+    data dir where provisioned volumes live (their images stay across `corral down`)."""
     flags = ["--node", options.node_name or local_node_name()]
     if options.docker_host:
         flags += ["--docker-host", options.docker_host]
+    if part == "volmgr-node":
+        flags += ["--volumes-dir", str(options.layout.volumes_dir)]
     return flags
 
 
-def node_part_cleanup(options: UpOptions) -> list[str]:
-    """The command that removes the node part's chains, routes and Docker networks
-    (run by the supervisor after the services stop, while nats-server still runs)."""
-    return [
-        *service_command("netmgr-node"),
+def node_part_cleanup(options: UpOptions, part: str, *, delete_data: bool = False) -> list[str]:
+    """The command that removes what a node part made on this host (run by the supervisor
+    after the services stop, while nats-server still runs): netmgr's chains, routes and
+    Docker networks; volmgr's unused Docker volumes, mounts and loop devices (the images
+    and their data stay unless `delete_data`: `corral down --delete-volumes`)."""
+    command = [
+        *service_command(part),
         "--nats",
         options.nats_url,
         "--metrics-host",
@@ -170,9 +177,12 @@ def node_part_cleanup(options: UpOptions) -> list[str]:
         "0",
         "--log-level",
         options.log_level,
-        *node_part_flags(options),
+        *node_part_flags(options, part),
         "--remove-all",
     ]
+    if delete_data and part == "volmgr-node":
+        command.append("--delete-data")
+    return command
 
 
 def wanted_ports(options: UpOptions) -> dict[str, int]:

@@ -6,8 +6,10 @@ that died; start nats-server and wait until JetStream answers; start the service
 and wait until each /healthz answers 200. Then supervise until SIGINT/SIGTERM, and
 stop in order: services (SIGTERM, then SIGKILL after a timeout), then netmgr's node
 part removes its packet-filter rules, routes and unused Docker networks (`corral-netmgr
---node NAME --remove-all`, which reads the cluster's id from NATS), then nats-server,
-so the services drain cleanly.
+--node NAME --remove-all`, which reads the cluster's id from NATS) and volmgr's its
+unused Docker volumes, mounts and loop devices (`corral-volmgr --node NAME --remove-all`,
+with `--delete-data` after `corral down --delete-volumes`), then nats-server, so the
+services drain cleanly.
 
 A startup that cannot succeed fails with CannotStart after stopping in the same
 order: a child that keeps exiting before it was ever healthy (its log's end is in
@@ -30,6 +32,7 @@ from corral.client.local.health import wait_healthy
 from corral.client.local.layout import Layout
 from corral.client.local.nats_server import wait_for_jetstream
 from corral.client.local.plan import (
+    NODE_PARTS,
     UpOptions,
     busy_ports,
     nats_child,
@@ -298,23 +301,34 @@ class Supervisor:
         if self.on_ready is not None:
             self.on_ready(self.record)
 
-    async def remove_node_rules(self) -> None:
-        """netmgr's node part stopped with the services; what it made on this host (its
-        chains, routes, Docker networks no container uses) goes now, while nats-server
-        still answers (the chains are named from the cluster's id)."""
+    async def clean_node(self) -> None:
+        """The node parts stopped with the services; what they made on this host goes
+        now, while nats-server still answers (names carry the cluster's id): netmgr's
+        chains, routes and Docker networks no container uses; volmgr's unused Docker
+        volumes, mounts and loop devices (the volumes' data stays, unless `corral down
+        --delete-volumes` asked for it to go)."""
         if not runs_node_part(self.options):
             return
-        command = node_part_cleanup(self.options)
-        log.info("removing netmgr's rules, routes and Docker networks of this node")
-        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
-            done = await anyio.run_process(command, check=False)
-            if done.returncode != 0:
-                tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
-                log.warning("netmgr --remove-all exited %s: %s", done.returncode, " / ".join(tail))
-        if scope.cancelled_caught:
-            log.warning("netmgr --remove-all did not finish within %.0f s", CLEANUP_TIMEOUT)
+        delete_data = self.layout.delete_volumes_file.exists()
+        for part in NODE_PARTS:
+            command = node_part_cleanup(self.options, part, delete_data=delete_data)
+            what = " and the volumes' data" if delete_data and part == "volmgr-node" else ""
+            log.info("removing what %s made on this node%s", part, what)
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
+                done = await anyio.run_process(command, check=False)
+                if done.returncode != 0:
+                    tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                    log.warning(
+                        "%s --remove-all exited %s: %s", part, done.returncode, " / ".join(tail)
+                    )
+            if scope.cancelled_caught:
+                log.warning("%s --remove-all did not finish within %.0f s", part, CLEANUP_TIMEOUT)
+        self.layout.delete_volumes_file.unlink(missing_ok=True)
 
     async def run(self) -> None:
+        # Only a `corral down --delete-volumes` of this run deletes data, never one that
+        # found no supervisor to stop before.
+        self.layout.delete_volumes_file.unlink(missing_ok=True)
         write_pid(self.layout, self.me.pid)
         self.save()
         try:
@@ -331,7 +345,7 @@ class Supervisor:
                         self.save()
                         log.info("stopping services")
                         services_group.cancel_scope.cancel()
-                    await self.remove_node_rules()
+                    await self.clean_node()
                     log.info("stopping nats-server")
                     nats_group.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
