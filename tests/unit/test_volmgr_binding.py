@@ -233,7 +233,8 @@ CASES: list[tuple[str, PersistentVolumeClaim, list[Candidate], list[StorageClass
         Pending(
             "ProvisionerUnknown",
             'storageclass "odd" names provisioner "example.com/odd", which corral does not run '
-            "(it runs corral.io/local-volume, corral.io/docker-volume, kubernetes.io/no-provisioner)",
+            "(it runs corral.io/local-volume, corral.io/docker-volume, "
+            "kubernetes.io/no-provisioner)",
             "odd",
         ),
     ),

@@ -43,7 +43,7 @@ async def test_the_local_class_is_made_at_start_and_marked_default() -> None:
         assert local.provisioner == "corral.io/local-volume" and local.reclaim_policy == "Delete"
 
 
-async def test_a_claim_without_a_fitting_volume_waits_for_its_first_consumer_then_is_provisioned_there() -> (
+async def test_a_claim_without_a_volume_waits_for_a_first_consumer_then_is_provisioned_there() -> (
     None
 ):
     async with volmgr() as v:
@@ -76,9 +76,7 @@ async def test_a_claim_without_a_fitting_volume_waits_for_its_first_consumer_the
         assert claim.phase == "Bound" and claim.volume == name and claim.node == "n2"
 
 
-async def test_an_immediate_class_provisions_on_the_node_with_the_most_room_and_counts_what_it_gave() -> (
-    None
-):
+async def test_an_immediate_class_provisions_on_the_roomiest_node_and_counts_what_it_gave() -> None:
     async with volmgr() as v:
         ok(await v.apis.classes.apply(storage_class("fast", volumeBindingMode="Immediate")))
         await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 100 * MI))
@@ -113,9 +111,7 @@ async def test_a_node_without_room_for_a_first_consumer_leaves_the_claim_pending
         assert await v.record(names.VOLUMES_BUCKET, name, PersistentVolume) is None
 
 
-async def test_deleting_a_claim_a_placement_uses_makes_it_terminating_until_the_placement_goes() -> (
-    None
-):
+async def test_deleting_a_claim_a_placement_uses_makes_it_terminating_until_it_goes() -> None:
     async with volmgr() as v:
         ok(await v.apis.volumes.apply(pv("pv1")))
         ok(await v.apis.claims.apply(pvc("data")))
@@ -261,9 +257,7 @@ async def test_an_unpinned_node_local_volume_is_pinned_to_its_first_placements_n
         assert (await v.claim("a")).node == "n1"
 
 
-async def test_a_read_write_once_docker_volume_moves_its_attach_node_only_once_the_old_node_let_go() -> (
-    None
-):
+async def test_a_rwo_docker_volume_moves_its_attach_node_only_once_the_old_node_let_go() -> None:
     async with volmgr() as v:
         ok(
             await v.apis.volumes.apply(
