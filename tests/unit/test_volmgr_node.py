@@ -61,6 +61,11 @@ def test_a_docker_volume_is_made_only_while_a_replica_here_uses_it_and_rwo_only_
     )
     assert elsewhere.action == decide.RELEASE
     assert "attached to node n2" in elsewhere.reason
+    both = pv("d", driver="local", modes=("ReadWriteOnce", "ReadWriteMany"))
+    elsewhere = decide.decide(
+        "n1", both, status("d", claim="default.data", attach_node="n2"), claims_used_here=["c"]
+    )
+    assert elsewhere.action == decide.RELEASE  # as the cluster part: any single-node mode
     shared = pv("d", driver="local", modes=("ReadWriteMany",))
     anywhere = decide.decide(
         "n1", shared, status("d", claim="default.data"), claims_used_here=["c"]

@@ -30,8 +30,9 @@ DOCKER_VOLUME: Final = "dockerVolume"
 RELEASE: Final = "release"
 REMOVE: Final = "remove"
 LEAVE: Final = "leave"
-# Access modes that let several nodes mount a volume at once.
-SHARED_MODES: Final = ("ReadWriteMany", "ReadOnlyMany")
+# Access modes that let one node at a time mount a dockerVolume (VolumeStatus.attachNode):
+# a volume with any of them is, as the cluster part sets attachNode for it.
+SINGLE_NODE_MODES: Final = ("ReadWriteOnce", "ReadWriteOncePod")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,9 @@ class Decision:
 
 
 def single_node(pv: PersistentVolume) -> bool:
-    """A volume only one node may mount at a time (ReadWriteOnce, ReadWriteOncePod)."""
-    return not any(mode in SHARED_MODES for mode in pv.spec.access_modes)
+    """A volume only one node may mount at a time (it has ReadWriteOnce or
+    ReadWriteOncePod among its modes)."""
+    return any(mode in SINGLE_NODE_MODES for mode in pv.spec.access_modes)
 
 
 def read_only(pv: PersistentVolume) -> bool:
