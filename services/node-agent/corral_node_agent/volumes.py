@@ -32,7 +32,7 @@ from corral_node_agent.runtime import Mount, Runtime, RuntimeFailure, VolumeNotR
 
 log = logging.getLogger(__name__)
 
-FIRST_READ_SECONDS = 10.0
+FIRST_READ_SECONDS = 5.0
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
 
@@ -50,14 +50,8 @@ class VolumeBook:
         self.claim_statuses = claim_statuses
         self.on_change = on_change
         self.first_read_seconds = first_read_seconds
-        self.mirror: Mirror[VolumeAttachment] | None = None
-        if attachments is not None:
-            self.mirror = Mirror(
-                attachments,
-                VolumeAttachment,
-                prefix=names.placement_prefix(node),
-                on_change=self._changed,
-            )
+        self.attachments = attachments
+        self.mirror: Mirror[VolumeAttachment] | None = None  # made with the watch
         # Where the watch runs (the agent's task group); set by the agent when it runs.
         self.spawn: Spawn | None = None
         self.watching = False  # the watch was started (some replica has volumes)
@@ -90,12 +84,18 @@ class VolumeBook:
     async def current(self) -> None:
         """Start the watch on first use and wait (bounded) for its first read."""
         self.used = True
-        if self.mirror is None:
+        if self.attachments is None:
             return  # no store to read: no attachment is ever found
         if not self.watching:
             if self.spawn is None:
                 raise RuntimeFailure("the volume attachments watch has nowhere to run")
             self.watching = True
+            self.mirror = Mirror(
+                self.attachments,
+                VolumeAttachment,
+                prefix=names.placement_prefix(self.node),
+                on_change=self._changed,
+            )
             self.spawn(self._follow)
         if self._read.is_set():
             return
