@@ -3,6 +3,8 @@ reclaim through its APIs and controllers (docs/volumes.md)."""
 
 from __future__ import annotations
 
+import anyio
+
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
@@ -67,7 +69,9 @@ async def test_a_claim_without_a_volume_waits_for_a_first_consumer_then_is_provi
         made = await v.record(names.VOLUMES_BUCKET, name, PersistentVolume)
         assert made.spec.claim_ref == "default/data" and made.spec.node == "n2"
         assert made.spec.persistent_volume_reclaim_policy == "Delete"
-        assert (await v.claim("data")).reason == "Provisioning"
+        provisioning = await v.claim("data")
+        assert provisioning.reason == "Provisioning" and provisioning.node == "n2"
+        assert not provisioning.wait_for_first_consumer
         await put(v.buckets[names.VOLUME_ATTACHMENTS_BUCKET], f"n2.{name}", attachment("n2", name))
         await v.drain()
         volume = await v.volume(name)
@@ -311,3 +315,42 @@ async def test_a_claim_made_again_under_a_released_volumes_old_name_is_another_c
         assert volume.phase == "Released" and volume.claim_uid == first
         claim = await v.claim("a")
         assert claim.phase == "Pending", claim
+
+
+async def test_a_read_write_many_docker_volume_has_no_attach_node() -> None:
+    async with volmgr() as v:
+        shared = {"driver": "local", "options": {"type": "nfs"}}
+        ok(
+            await v.apis.volumes.apply(
+                pv("nfs", dockerVolume=shared, accessModes=["ReadWriteMany"])
+            )
+        )
+        ok(await v.apis.claims.apply(pvc("a", accessModes=["ReadWriteMany"])))
+        placements = v.buckets[names.PLACEMENTS_BUCKET]
+        await put(placements, "n1.default.r1", placement("r1", "n1", "a"))
+        await put(placements, "n2.default.r2", placement("r2", "n2", "a"))
+        await v.drain()
+        volume = await v.volume("nfs")
+        assert volume.phase == "Bound" and volume.attach_node == "" and volume.node == ""
+
+
+async def test_an_unbound_volumes_status_follows_its_spec_node_and_size() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.volumes.apply(pv("pv1", "10Mi", storageClassName="manual")))
+        await v.drain()
+        ok(await v.apis.volumes.apply(pv("pv1", "20Mi", storageClassName="manual", node="n3")))
+        await v.drain()
+        volume = await v.volume("pv1")
+        assert volume.phase == "Available" and volume.node == "n3" and volume.size_bytes == 20 * MI
+
+
+async def test_the_local_class_is_made_at_start_when_missing_and_a_class_can_be_deleted() -> None:
+    async with volmgr() as v:
+        ok(await v.apis.classes.delete(delete("local")))
+        async with anyio.create_task_group() as tg:
+            await tg.start(v.loop.run_controllers, v.apis.classes.ensure_default)
+            tg.cancel_scope.cancel()
+        assert await v.record(names.STORAGE_CLASSES_BUCKET, "local", StorageClass) is not None
+        ok(await v.apis.classes.delete(delete("local")))
+        await v.drain()
+        assert await v.record(names.STORAGE_CLASSES_BUCKET, "local", StorageClass) is None

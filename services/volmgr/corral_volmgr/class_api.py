@@ -14,7 +14,7 @@ import anyio
 
 from corral.contract.codec import encode
 from corral.contract.events import Reply
-from corral.contract.specs import ObjectMeta
+from corral.contract.specs import DeleteRequest, ObjectMeta
 from corral.contract.volume_specs import (
     DEFAULT_CLASS_ANNOTATION,
     DEFAULT_STORAGE_CLASS,
@@ -68,6 +68,9 @@ class StorageClassAPI(SpecAPI[StorageClass]):
                     f"(it is {getattr(current, field)!r}); delete the class and make it again",
                 )
         return wanted
+
+    def delete_key(self, request: DeleteRequest) -> str:
+        return request.name  # classes are cluster-wide: the namespace is ignored
 
     async def ensure_default(self) -> Reply | None:
         """Make the class `local` when it is missing; the reply when one was made or

@@ -87,9 +87,13 @@ log = logging.getLogger(__name__)
 RESYNC_SECONDS: Final = 30.0
 # A key whose writes conflicted (the state moved meanwhile) is reconciled again this soon.
 CONFLICT_RETRY_SECONDS: Final = 0.05
-# How often the `local` class's presence and the gauges are looked at.
+# How often the gauges are set.
 TICK_SECONDS: Final = 5.0
-SINGLE_WRITER_MODES: Final = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
+# A dockerVolume offering one of these may be mounted on several nodes at once; one
+# offering only ReadWriteOnce/ReadWriteOncePod on one node at a time (attachNode).
+MANY_NODE_MODES: Final = frozenset({"ReadWriteMany", "ReadOnlyMany"})
+# How long to wait before trying again to make the class `local` at start.
+ENSURE_RETRY_SECONDS: Final = 1.0
 
 
 @dataclass
@@ -290,9 +294,13 @@ class ClusterLoop:
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Make the `local` class when missing (`ensure_default`, the StorageClass API's),
-        run both controllers, and a tick (the class, the gauges)."""
-        await self._ensure_default(ensure_default)
+        """Make the `local` class when missing (`ensure_default`, the StorageClass API's;
+        at start only: an operator may delete it), run both controllers, and a tick (the
+        gauges)."""
+        made = await self._ensure_default(ensure_default)
+        while not made:
+            await anyio.sleep(ENSURE_RETRY_SECONDS)
+            made = await self._ensure_default(ensure_default)
         async with anyio.create_task_group() as tg:
             await tg.start(self.claim_controller.run)
             await tg.start(self.volume_controller.run)
@@ -302,18 +310,20 @@ class ClusterLoop:
             while True:
                 self.update_gauges()
                 await anyio.sleep(TICK_SECONDS)
-                await self._ensure_default(ensure_default)
 
-    async def _ensure_default(self, ensure_default: Any) -> None:
+    async def _ensure_default(self, ensure_default: Any) -> bool:
+        """True once the class `local` exists (made now or before)."""
         try:
             reply = await ensure_default()
         except Exception:
             log.exception("could not make the storage class `local`; trying again")
-            return
+            return False
         if reply is not None and not reply.ok:
             log.warning("could not make the storage class `local`: %s", reply.error)
-        elif reply is not None and not reply.unchanged:
+            return not reply.retryable
+        if reply is not None and not reply.unchanged:
             log.info("made the storage class `local` (the default)")
+        return True
 
     def update_gauges(self) -> None:
         m = self.mirrors
@@ -497,6 +507,7 @@ class ClusterLoop:
                 base,
                 phase=CLAIM_PENDING,
                 volume=status.name,
+                node=status.node,
                 storage_class=volume.spec.storage_class_name,
                 reason=PROVISIONING,
                 message=f"volume {status.name} is being made on node {status.node or '?'}",
@@ -665,7 +676,11 @@ class ClusterLoop:
             return await self._delete_volume(name, "deleted while bound; its claim is gone")
         if status.phase in (VOLUME_BOUND, VOLUME_PENDING) and self.claim_gone(status):
             return await self._reclaim(name, volume, status)
-        wanted = status
+        # What the spec says (a bound volume's spec no longer changes; an unbound one's
+        # node and size may).
+        wanted = msgspec.structs.replace(
+            status, size_bytes=volume.spec.size_bytes, node=volume.spec.node or status.node
+        )
         if status.phase == VOLUME_PENDING:
             attachment = m.attachments.get(names.attachment_key(status.node, name))
             if status.node and attachment is not None and attachment.ready:
@@ -696,7 +711,7 @@ class ClusterLoop:
             if not status.node:
                 return msgspec.structs.replace(status, node=users[0].node)
             return status
-        if not SINGLE_WRITER_MODES & set(volume.spec.access_modes):
+        if MANY_NODE_MODES & set(volume.spec.access_modes):
             return status
         nodes = [p.node for p in users]
         current = status.attach_node
