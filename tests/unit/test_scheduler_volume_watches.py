@@ -20,8 +20,11 @@ from corral.contract.specs import (
 )
 from corral.contract.state import DeploymentStatus
 from corral.contract.volume_specs import (
+    DockerVolumeSource,
+    PersistentVolume,
     PersistentVolumeClaim,
     PersistentVolumeClaimSpec,
+    PersistentVolumeSpec,
     StorageRequest,
     VolumeResources,
 )
@@ -285,3 +288,56 @@ async def test_the_api_refuses_more_than_one_replica_of_a_read_write_once_pod_cl
         refused = await api.apply(encode(deployment("db", "logs", replicas=2)))
         assert (refused.ok, refused.field) == (False, "spec.replicas")
         assert (await api.apply(encode(deployment("plain", None, replicas=5)))).ok
+
+
+async def test_a_first_consumer_going_before_it_was_provisioned_frees_the_room_it_took() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        await cluster.heartbeat("a")
+        await cluster.tick(1, beating=("a",))
+        offer = NodeVolumes(node="a", ready=True, capacity_bytes=1024 * MiB)
+        await put(cluster, loop.node_volumes, "a", offer)
+        for name in ("one", "two"):
+            await put(cluster, loop.claims, f"default.{name}", claim(name))
+            await put(cluster, loop.claim_statuses, f"default.{name}", waiting(name, 600 * MiB))
+        await apply(cluster, deployment("first", "one"))
+        await cluster.tick(1, beating=("a",))
+        await apply(cluster, deployment("second", "two"))
+        await cluster.tick(1, beating=("a",))
+        assert placed(loop, "second") == [] and loop.pending == {"default.second"}
+        seen = record_reconciles(loop)
+        await cluster.buckets[names.DEPLOYMENTS_BUCKET].delete("default.first")
+        await loop.drain()
+        assert "default.second" in seen and placed(loop, "second") == ["a"]
+
+
+async def test_a_claim_used_on_a_new_node_decides_again_only_the_pending_ones_naming_it() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        for name in ("a", "b"):
+            await cluster.heartbeat(name)
+        await cluster.tick(1, beating=("a", "b"))
+        await put(cluster, loop.claims, "default.data", claim("data", ("ReadWriteMany",)))
+        nfs = PersistentVolume(
+            metadata=ObjectMeta(name="nfs"),
+            spec=PersistentVolumeSpec(
+                capacity=StorageRequest(storage="1Gi"),
+                access_modes=["ReadWriteMany"],
+                docker_volume=DockerVolumeSource(options={"type": "nfs"}),
+            ),
+        )
+        await put(cluster, loop.volumes, "nfs", nfs)
+        shared = ClaimStatus(
+            name="data", phase="Bound", volume="nfs", access_modes=["ReadWriteMany"]
+        )
+        await put(cluster, loop.claim_statuses, "default.data", shared)
+        await apply(cluster, deployment("web", "data", replicas=1))
+        await cluster.tick(1, beating=("a", "b"))
+        assert placed(loop, "web") != []
+        seen = record_reconciles(loop)
+        await apply(cluster, deployment("api", "data", replicas=2))
+        await loop.drain()
+        assert placed(loop, "api") == ["a", "b"]  # a volume many nodes mount: spread
+        assert "default.web" not in seen  # placed: nothing to decide when others use it
+        # and the whole-cluster view holds the same facts as the per-Deployment ones
+        assert loop.snapshot().volumes.claims["default.data"] == loop.claim_facts("default.data")

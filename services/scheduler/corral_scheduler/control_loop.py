@@ -356,10 +356,11 @@ class ControlLoop:
                 if not per_node:
                     del self.claim_users[key]
             if (sign > 0 and len(replicas) == 1 and count == 1) or not replicas:
-                # Its nodes changed: Deployments pinned to them (or waiting for none to
-                # use it, ReadWriteOncePod) decide again; its first consumer takes room.
+                # Its nodes changed: its first consumer takes room; the pending
+                # Deployments naming it (waiting for its node, or for none to use it,
+                # ReadWriteOncePod) decide again. Placed ones read it when they next place.
                 self._refresh_claim_room(key)
-                self.controller.enqueue_all(self.deployments_by_claim.get(key))
+                self.controller.enqueue_all(self.deployments_by_claim.get(key) & self.pending)
 
     def _claim_status_changed(
         self, key: str, old: ClaimStatus | None, new: ClaimStatus | None
@@ -390,6 +391,8 @@ class ControlLoop:
         if want is not None:
             self._take_room(*want)
             self._claim_room[claim] = want
+        if have is not None:  # room freed (or moved): those waiting for room look again
+            self.controller.enqueue_all(self.pending_with_claims())
 
     def _take_room(self, node: str, size: int) -> None:
         taken = self.storage_taken.get(node, 0) + size
@@ -444,25 +447,26 @@ class ControlLoop:
         """What deciding `deployment` reads of storage: the claims its template names
         (facts and the nodes using them), every node's volume manager and room taken.
         The live books, not copies (`decide` copies them for a decision in a thread)."""
-        namespace = deployment.metadata.namespace
-        claims: dict[str, ClaimFacts] = {}
-        for claim in claim_names(deployment.spec.template):
-            key = names.object_key(namespace, claim)
-            spec = self.claims.get(key)
-            status = self.claim_statuses.get(key)
-            node_local = True
-            if status is not None and status.volume:
-                volume = self.volumes.get(status.volume)
-                if volume is not None:
-                    node_local = volume.spec.node_local
-            claims[key] = ClaimFacts(
-                exists=spec is not None or key in self.claims.unreadable,
-                access_modes=() if spec is None else tuple(spec.spec.access_modes),
-                status=status,
-                node_local=node_local,
-                users=self.claim_users.get(key, {}),
-            )
+        keys = _claim_keys(deployment.key, deployment)
+        claims = {key: self.claim_facts(key) for key in keys}
         return VolumeView(claims, self._node_volumes, self.storage_taken)
+
+    def claim_facts(self, key: str) -> ClaimFacts:
+        """What placement needs of claim `key` (<namespace>.<claim>)."""
+        spec = self.claims.get(key)
+        status = self.claim_statuses.get(key)
+        node_local = True  # unknown: the safe side (one node)
+        if status is not None and status.volume:
+            volume = self.volumes.get(status.volume)
+            if volume is not None:
+                node_local = volume.spec.node_local
+        return ClaimFacts(
+            exists=spec is not None or key in self.claims.unreadable,
+            access_modes=() if spec is None else tuple(spec.spec.access_modes),
+            status=status,
+            node_local=node_local,
+            users=self.claim_users.get(key, {}),
+        )
 
     def exclusive_claim(self, deployment: Deployment) -> str | None:
         """The ReadWriteOncePod claim `deployment`'s template names (its spec's or its
@@ -684,6 +688,11 @@ class ControlLoop:
             unreadable_deployments=frozenset(self.deployments.unreadable),
             released=self.released(),
             networks=self.network_names(),
+            volumes=VolumeView(
+                {key: self.claim_facts(key) for key in self.deployments_by_claim.values()},
+                dict(self._node_volumes),
+                dict(self.storage_taken),
+            ),
         )
 
     def silence(self, node: str, now: float) -> float | None:
