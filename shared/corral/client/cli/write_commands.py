@@ -302,10 +302,9 @@ def delete_each(
         for api_kind, name, raw in requests:
             reply = await client.request(api_kind, "delete", raw)
             if reply.ok:
-                # What the owner says of it: e.g. a claim in use is Terminating until
+                # A deferred delete says why: e.g. a claim in use is Terminating until
                 # no replica uses it (docs/volumes.md, "Protection and reclaim").
-                said = f" ({reply.message})" if reply.message else ""
-                click.echo(f"{api_kind.subject_kind}/{name} deleted{said}")
+                click.echo(reply.message or f"{api_kind.subject_kind}/{name} deleted")
             else:
                 refused.append(reply.error)
         return refused
