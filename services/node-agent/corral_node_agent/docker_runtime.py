@@ -454,7 +454,7 @@ class DockerRuntime:
     async def remove_volume(self, name: str) -> None:
         with self._call(f"remove volume {name}"):
             try:
-                await self._docker._query_json(f"volumes/{name}", method="DELETE")
+                await DockerVolume(self._docker, name).delete()  # type: ignore[no-untyped-call] # untyped in aiodocker
             except aiodocker.DockerError as error:
                 if error.status == 404:
                     return
