@@ -316,12 +316,52 @@ async def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
         ).ok
 
 
-async def test_one_volmgr_is_active_and_the_lease_is_its_own(
+async def test_one_volmgr_is_active_and_another_takes_over_when_it_stops(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
     leases = buckets[names.LEASES_BUCKET]
-    async with running_volmgr(nats_url):
+    async with running_volmgr(nats_url) as first:
         holder = await until(leases, lease_key("volmgr"), LeaseRecord, bool)
         assert holder.holder.startswith("volmgr-")
-        async with running_volmgr(nats_url):
+        async with running_volmgr(nats_url) as second:
+            # the second stands by: the lease stays the first's, the second serves health
             assert (await record(leases, lease_key("volmgr"), LeaseRecord)).holder == holder.holder
+            assert second.health.get("cluster_part") is True
+            assert (await request(first.nc, "persistentvolume", "apply", pv("one"))).ok
+    # the first stopped cleanly and handed the lease back: a new one is active at once
+    async with running_volmgr(nats_url) as ctx:
+        assert (await request(ctx.nc, "persistentvolumeclaim", "apply", pvc("data"))).ok
+        bound = await until(
+            buckets[names.CLAIM_STATUS_BUCKET], "default.data", ClaimStatus, phase("Bound")
+        )
+        assert bound.volume == "one"
+
+
+async def test_durable_claim_and_class_specs_are_applied_and_deleted(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    classes = buckets[names.STORAGE_CLASSES_BUCKET]
+    claims = buckets[names.CLAIMS_BUCKET]
+    async with running_volmgr(nats_url) as ctx:
+        js = ctx.nc.jetstream()
+        gold = storage_class("gold", "kubernetes.io/no-provisioner")
+        await js.publish(names.spec_subject("storageclass", "apply"), gold)
+        stored = await until(classes, "gold", StorageClass, bool)
+        assert stored.metadata.spec_sequence > 0
+        await js.publish(
+            names.spec_subject("persistentvolumeclaim", "apply"), pvc("c", storageClassName="gold")
+        )
+        waiting = await until(
+            buckets[names.CLAIM_STATUS_BUCKET], "default.c", ClaimStatus, phase("Pending")
+        )
+        assert waiting.reason == "NoMatchingVolume" and "provisions nothing" in waiting.message
+        await js.publish(
+            names.spec_subject("persistentvolumeclaim", "delete"), encode({"name": "c"})
+        )
+        await absent(claims, "default.c")
+        await absent(buckets[names.CLAIM_STATUS_BUCKET], "default.c")
+        await js.publish(names.spec_subject("storageclass", "delete"), encode({"name": "gold"}))
+        await absent(classes, "gold")
+        deleted = await request(ctx.nc, "storageclass", "delete", encode({"name": "local"}))
+        assert deleted.ok, deleted
+        await absent(classes, "local")

@@ -72,6 +72,8 @@ async def test_a_claim_without_a_volume_waits_for_a_first_consumer_then_is_provi
         provisioning = await v.claim("data")
         assert provisioning.reason == "Provisioning" and provisioning.node == "n2"
         assert not provisioning.wait_for_first_consumer
+        resized = await v.apis.claims.apply(pvc("data", "80Mi"))
+        assert not resized.ok and resized.field == "spec.resources.requests.storage", resized
         await put(v.buckets[names.VOLUME_ATTACHMENTS_BUCKET], f"n2.{name}", attachment("n2", name))
         await v.drain()
         volume = await v.volume(name)

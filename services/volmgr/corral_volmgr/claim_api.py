@@ -70,8 +70,8 @@ class PersistentVolumeClaimAPI(SpecAPI[PersistentVolumeClaim]):
                 "replica uses it); apply it again once it is gone",
                 REASON_CONFLICT,
             )
-        if status.phase != CLAIM_BOUND:
-            return wanted
+        if status.phase != CLAIM_BOUND and not status.volume:
+            return wanted  # (a claim whose volume is being provisioned is its volume's too)
         before, after = current.spec, wanted.spec
         for field, old, new in (
             ("spec.resources.requests.storage", before.size_bytes, after.size_bytes),
@@ -82,7 +82,8 @@ class PersistentVolumeClaimAPI(SpecAPI[PersistentVolumeClaim]):
                 raise Refusal(
                     field,
                     f"`{field}` of persistentvolumeclaim {name!r} cannot change once it is "
-                    f"bound (to volume {status.volume}); delete the claim and make it again",
+                    f"bound (to volume {status.volume}, {status.phase}); delete the claim and "
+                    "make it again",
                 )
         return wanted
 
