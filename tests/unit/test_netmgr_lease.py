@@ -59,3 +59,13 @@ async def test_a_released_lease_is_taken_at_the_next_try() -> None:
     assert not await standby.try_acquire()
     await holder.release()
     assert await standby.try_acquire()
+
+
+async def test_each_service_has_its_own_lease_key() -> None:
+    """The lease lives in the shared layer (corral.natsio.lease): netmgr's and volmgr's
+    cluster parts each hold their own at once."""
+    bucket = MemoryBucket("leases")
+    netmgr = Lease(bucket, "a", service="netmgr")
+    volmgr = Lease(bucket, "b", service="volmgr")
+    assert (netmgr.key, volmgr.key) == ("lease.netmgr", "lease.volmgr")
+    assert await netmgr.try_acquire() and await volmgr.try_acquire()
