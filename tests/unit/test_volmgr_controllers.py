@@ -356,3 +356,23 @@ async def test_the_local_class_is_made_at_start_when_missing_and_a_class_can_be_
         ok(await v.apis.classes.delete(delete("local")))
         await v.drain()
         assert await v.record(names.STORAGE_CLASSES_BUCKET, "local", StorageClass) is None
+
+
+async def test_a_docker_volume_provisioned_for_a_claim_deleted_before_binding_is_reclaimed() -> (
+    None
+):
+    async with volmgr() as v:
+        nfs = storage_class(
+            "nfs", "corral.io/docker-volume", parameters={"type": "tmpfs"}, reclaimPolicy="Delete"
+        )
+        ok(await v.apis.classes.apply(nfs))
+        ok(await v.apis.claims.apply(pvc("a", storageClassName="nfs")))
+        stored = await v.record(names.CLAIMS_BUCKET, "default.a", PersistentVolumeClaim)
+        name = provisioned_name(stored.metadata.uid)
+        await v.settle()
+        await v.loop.claim_controller.process("default.a")  # provisions; binds next time
+        assert (await v.volume(name)).phase == "Available"
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert await v.record(names.VOLUMES_BUCKET, name, PersistentVolume) is None
+        assert await v.volume(name) is None

@@ -653,6 +653,13 @@ class ClusterLoop:
             return True
         return bool(status.claim_uid) and claim.metadata.uid != status.claim_uid
 
+    def orphaned(self, volume: PersistentVolume, status: VolumeStatus) -> bool:
+        """A volume volmgr provisioned for a claim that no longer exists."""
+        if not status.provisioned_by or not volume.spec.claim_ref:
+            return False
+        key = claim_ref_key(volume.spec.claim_ref)
+        return key not in self.mirrors.claims.items and key not in self.mirrors.claims.unreadable
+
     async def _reconcile_volume(self, name: str) -> Result | None:
         m = self.mirrors
         if name in m.volumes.unreadable or name in m.volume_status.unreadable:
@@ -676,6 +683,13 @@ class ClusterLoop:
             return await self._delete_volume(name, "deleted while bound; its claim is gone")
         if status.phase in (VOLUME_BOUND, VOLUME_PENDING) and self.claim_gone(status):
             return await self._reclaim(name, volume, status)
+        if status.phase == VOLUME_AVAILABLE and self.orphaned(volume, status):
+            # provisioned for a claim deleted before it was bound: reclaimed as if bound
+            return await self._reclaim(
+                name,
+                volume,
+                msgspec.structs.replace(status, claim=claim_ref_key(volume.spec.claim_ref)),
+            )
         # What the spec says (a bound volume's spec no longer changes; an unbound one's
         # node and size may).
         wanted = msgspec.structs.replace(
