@@ -89,9 +89,9 @@ RESYNC_SECONDS: Final = 30.0
 CONFLICT_RETRY_SECONDS: Final = 0.05
 # How often the gauges are set.
 TICK_SECONDS: Final = 5.0
-# A dockerVolume offering one of these may be mounted on several nodes at once; one
-# offering only ReadWriteOnce/ReadWriteOncePod on one node at a time (attachNode).
-MANY_NODE_MODES: Final = frozenset({"ReadWriteMany", "ReadOnlyMany"})
+# A dockerVolume with one of these among its modes is mounted on one node at a time
+# (attachNode), whatever else it offers: the node part reads the modes the same way.
+SINGLE_WRITER_MODES: Final = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
 # How long to wait before trying again to make the class `local` at start.
 ENSURE_RETRY_SECONDS: Final = 1.0
 
@@ -725,7 +725,7 @@ class ClusterLoop:
             if not status.node:
                 return msgspec.structs.replace(status, node=users[0].node)
             return status
-        if MANY_NODE_MODES & set(volume.spec.access_modes):
+        if not SINGLE_WRITER_MODES & set(volume.spec.access_modes):
             return status
         nodes = [p.node for p in users]
         current = status.attach_node
