@@ -319,7 +319,7 @@ async def test_a_claim_made_again_under_a_released_volumes_old_name_is_another_c
         assert claim.phase == "Pending", claim
 
 
-async def test_a_read_write_many_docker_volume_has_no_attach_node() -> None:
+async def test_a_docker_volume_has_an_attach_node_only_with_a_single_writer_mode() -> None:
     async with volmgr() as v:
         shared = {"driver": "local", "options": {"type": "nfs"}}
         ok(
@@ -334,6 +334,13 @@ async def test_a_read_write_many_docker_volume_has_no_attach_node() -> None:
         await v.drain()
         volume = await v.volume("nfs")
         assert volume.phase == "Bound" and volume.attach_node == "" and volume.node == ""
+        both = ["ReadWriteOnce", "ReadWriteMany"]
+        ok(await v.apis.volumes.apply(pv("mixed", dockerVolume=shared, accessModes=both)))
+        ok(await v.apis.claims.apply(pvc("b", accessModes=["ReadWriteMany"])))
+        await put(placements, "n2.default.r3", placement("r3", "n2", "b"))
+        await v.drain()
+        mixed = await v.volume("mixed")
+        assert mixed.claim == "default.b" and mixed.attach_node == "n2"  # as the node part reads it
 
 
 async def test_an_unbound_volumes_status_follows_its_spec_node_and_size() -> None:
