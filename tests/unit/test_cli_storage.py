@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from corral.client.api import CorralClient, CorralError, find_kind
+from corral.client.cli.describe import describe_deployment
 from corral.client.cli.kinds import read_kind
 from corral.client.cli.main import cli
 from corral.client.cli.manifests import load_manifests
+from corral.client.cli.views import ClusterView
 from corral.client.cli.vol_views import (
     VolView,
     default_class,
@@ -21,7 +23,7 @@ from corral.client.cli.vol_views import (
     describe_volume,
     render_vol_get,
 )
-from corral.contract.specs import ContainerTemplate, ObjectMeta
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import Placement
 from corral.contract.volume_specs import (
     DEFAULT_CLASS_ANNOTATION,
@@ -553,3 +555,20 @@ def test_describe_pvc_lists_the_replicas_whose_template_names_it() -> None:
     assert rows[2].split() == ["db-x1", "db", "n1"] and "web-y" not in used
     pending = describe_claim(view, "big", [], NOW)
     assert "Reason:       NoMatchingVolume" in pending and "largest 100Mi" in pending
+
+
+def test_describe_deployment_lists_the_templates_volumes_and_mounts() -> None:
+    deployment = load_manifests(
+        DEPLOYMENT.replace("mountPath: /data}", "mountPath: /data, subPath: db}"), "d.yaml"
+    )[0].spec
+    assert isinstance(deployment, Deployment)
+    text = describe_deployment(ClusterView(deployments={"db": deployment}), "db", [], NOW)
+    assert "  Volumes:    data=pvc:data, scratch=emptyDir(Memory)" in text
+    assert "  Mounts:     /data <- data/db, /tmp/scratch <- scratch (ro)" in text
+    plain = Deployment(
+        metadata=ObjectMeta(name="web"),
+        spec=DeploymentSpec(template=ContainerTemplate(image="nginx:1")),
+    )
+    assert "  Volumes:    <none>" in describe_deployment(
+        ClusterView(deployments={"web": plain}), "web", [], NOW
+    )

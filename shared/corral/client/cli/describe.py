@@ -22,6 +22,7 @@ from corral.client.cli.views import (
 )
 from corral.contract.events import Event
 from corral.contract.quantity import format_cpu, format_memory
+from corral.contract.specs import ContainerTemplate
 
 
 def _when(timestamp: float, now: float) -> str:
@@ -94,6 +95,8 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
             ("Env", _mapping(template.env)),
             ("Requests", format_resources(template.resources.requests)),
             ("Limits", format_resources(template.resources.limits)),
+            ("Volumes", template_volumes(template)),
+            ("Mounts", template_mounts(template)),
             ("Hash", template.template_hash()),
         ],
         indent="  ",
@@ -108,6 +111,29 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
         lines.append("Replicas:     <none>")
     lines += events_table(events, now)
     return "\n".join(lines)
+
+
+def template_volumes(template: ContainerTemplate) -> str:
+    """`data=pvc:data, scratch=emptyDir(Memory)`: each volume and its source."""
+    parts = []
+    for volume in template.volumes:
+        claim = volume.persistent_volume_claim  # else an emptyDir: one source each
+        if claim is not None:
+            source = f"pvc:{claim.claim_name}" + (" (ro)" if claim.read_only else "")
+        else:
+            medium = volume.empty_dir.medium if volume.empty_dir is not None else ""
+            source = f"emptyDir({medium})" if medium else "emptyDir"
+        parts.append(f"{volume.name}={source}")
+    return ", ".join(parts) or NONE
+
+
+def template_mounts(template: ContainerTemplate) -> str:
+    """`/data <- data, /logs <- data/logs (ro)`: where each volume appears."""
+    parts = []
+    for mount in template.volume_mounts:
+        what = f"{mount.name}/{mount.sub_path}" if mount.sub_path else mount.name
+        parts.append(f"{mount.mount_path} <- {what}" + (" (ro)" if mount.read_only else ""))
+    return ", ".join(parts) or NONE
 
 
 def deployment_description(view: ClusterView, name: str, events: list[Event]) -> dict[str, Any]:
