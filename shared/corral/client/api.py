@@ -35,6 +35,11 @@ from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.time_budget import (
+    NATS_MAX_OUTSTANDING_PINGS,
+    NATS_PING_SECONDS,
+    NODE_STALE_SECONDS,
+)
 from corral.contract.volume_specs import (
     PersistentVolume,
     PersistentVolumeClaim,
@@ -46,11 +51,6 @@ from corral.contract.volume_state import (
     NodeVolumes,
     VolumeAttachment,
     VolumeStatus,
-)
-from corral.contract.time_budget import (
-    NATS_MAX_OUTSTANDING_PINGS,
-    NATS_PING_SECONDS,
-    NODE_STALE_SECONDS,
 )
 from corral.natsio.bus import unsubscribe_quietly
 from corral.natsio.config import nats_servers
