@@ -81,6 +81,7 @@ def unchanged_host(docker_engine: str, tmp_path: Path) -> Iterator[Guard]:
             sh("umount", "-l", mount.target, check=False)
         for line in left_loops:
             sh("losetup", "-d", line.split(":", 1)[0], check=False)
+        sh("chattr", "-R", "-i", str(tmp_path), check=False)  # unmounted mount points
     assert not left_volumes and not left_mounts and not left_loops, (
         left_volumes,
         left_mounts,

@@ -63,6 +63,8 @@ def volumes_dir(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", mount.target], capture_output=True, check=False)
         for line in left_loops:
             subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+        # mount points are immutable while unmounted: pytest may delete the folder later
+        subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True, check=False)
     assert not left_mounts and not left_loops, (left_mounts, left_loops)
     assert not [line for line in set(loops()) - before_loops if str(tmp_path) in line]
     assert not [line for line in set(mount_lines()) - before_mounts if str(tmp_path) in line]
@@ -121,6 +123,9 @@ async def test_a_20mi_volume_is_an_ext4_image_where_writing_30mi_fails_with_no_s
     assert not await volumes.mounted("pv1")
     assert image_loops(layout.image("pv1")) == []  # autoclear detached it
     assert layout.image("pv1").exists()  # the data stays
+    # unmounted, the bare mount point takes no write (it would not be the volume's)
+    with pytest.raises(PermissionError):
+        await anyio.to_thread.run_sync((layout.mountpoint("pv1") / "lost").write_text, "x")
 
 
 async def part_on(

@@ -5,6 +5,10 @@
                                       detaches the loop device at `umount`, autoclear)
     <dir>/<clusterId>/<volume>.json   corral's label for the files: cluster id, volume, size
 
+The empty mount point is made immutable (`chattr +i`): while the image is not mounted
+(a reboot, before the node part mounts it again) nothing, a container included, can
+write into the bare folder under it, where the data would silently not be the volume's.
+
 Without working loop devices a volume is the directory alone (its size not enforced);
 the `.json` says which (`sizeEnforced`), and a volume keeps the form it was made in.
 Nothing is touched that has no `.json` of this cluster: files, mounts and loop devices
@@ -220,6 +224,7 @@ class LoopVolumes:
         elif not self.loop_devices:
             raise CommandFailed(f"cannot mount {image}: loop devices are unavailable")
         await anyio.to_thread.run_sync(_make_dir, target)
+        await set_immutable(target, True)
         await host.run(["mount", "-o", "loop", str(image), str(target)])
         log.info("volume %s mounted at %s", volume, target)
         return Prepared(str(target), size_enforced=True, made=made)
@@ -271,6 +276,7 @@ class LoopVolumes:
         if await anyio.to_thread.run_sync(self.read_sidecar, volume) is None:
             return False
         await self.unmount(volume)
+        await set_immutable(self.layout.mountpoint(volume), False)
         await anyio.to_thread.run_sync(self._delete_files, volume)
         log.info("volume %s deleted (image, folder, .json)", volume)
         return True
@@ -306,9 +312,19 @@ class LoopVolumes:
             if host.under(await host.mounts(), str(root)):
                 errors.append(f"{root}: still mounted, its data is kept")
             else:
+                for sidecar in await anyio.to_thread.run_sync(self.ours):
+                    await set_immutable(self.layout.mountpoint(sidecar.volume), False)
                 await anyio.to_thread.run_sync(shutil.rmtree, root)
                 done.append(f"deleted {root}")
         return done, errors
+
+
+async def set_immutable(path: Path, immutable: bool) -> None:
+    """`chattr +i` / `-i` on an (unmounted) mount point; best effort: a filesystem
+    without the attribute (tmpfs, overlay) only loses the guard."""
+    ran = await host.run(["chattr", "+i" if immutable else "-i", str(path)], check=False)
+    if ran.code != 0:
+        log.debug("chattr on %s: %s", path, ran.stderr.strip())
 
 
 def _make_dir(path: Path) -> bool:
