@@ -74,7 +74,7 @@ def test_generated_requests_each_get_a_reply_naming_a_field_and_the_scheduler_ke
         with portal.wrap_async_context_manager(running_scheduler(nats_url)) as ctx:
 
             @settings(
-                max_examples=60,
+                max_examples=100,
                 deadline=None,
                 derandomize=True,
                 database=None,
