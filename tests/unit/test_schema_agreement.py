@@ -171,7 +171,9 @@ DOCUMENTS: dict[type[msgspec.Struct], Any] = {
 # Requests with no rule across fields: the schema says all the decoder checks.
 SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeReleaseRequest]
 # Where a Deployment the schema accepts may still be refused by the rules in code.
-CODE_ONLY_RULES = re.compile(r"^spec\.template\.resources(\.|$)")
+# (volumes and their mounts: exactly one source, names defined once and mounted by name,
+# absolute unique mount paths; docs/volumes.md, "Bad input")
+CODE_ONLY_RULES = re.compile(r"^spec\.template\.(resources|volumes|volumeMounts)(\.|\[|$)")
 
 
 def test_every_public_payload_has_a_committed_schema_and_a_seed() -> None:
