@@ -107,10 +107,10 @@ def flags(nats_url: str, node: str, folder: Path, *extra: str) -> argparse.Names
 
 @asynccontextmanager
 async def running_node_part(
-    nats_url: str, node: str, folder: Path
+    nats_url: str, node: str, folder: Path, *extra: str
 ) -> AsyncIterator[ServiceContext]:
     async with anyio.create_task_group() as tg:
-        args = flags(nats_url, node, folder)
+        args = flags(nats_url, node, folder, *extra)
         ctx: ServiceContext = await tg.start(run_service, "volmgr", node_part.run, args)
         try:
             yield ctx
