@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
-from corral.contract.events import Reply
+from corral.contract.events import Event, Reply
 from corral.contract.volume_specs import PersistentVolumeClaim, StorageClass
 from corral.contract.volume_state import ClaimStatus, VolumeStatus
 from corral.natsio.kv import NatsBucket
@@ -62,6 +62,9 @@ async def test_the_seeds_two_specs_bind_and_a_restart_changes_nothing(
     async with running_volmgr(nats_url) as ctx:
         local = await until(buckets[names.STORAGE_CLASSES_BUCKET], "local", StorageClass, bool)
         assert local.is_default
+        told = await ctx.nc.subscribe(
+            names.event_subject("persistentvolumeclaim", "my-pvc", "default")
+        )
         made = await request(ctx.nc, "persistentvolume", "apply", pv("my-pv", "100Mi"))
         assert made.ok, made
         made = await request(ctx.nc, "persistentvolumeclaim", "apply", pvc("my-pvc", "50Mi"))
@@ -70,6 +73,8 @@ async def test_the_seeds_two_specs_bind_and_a_restart_changes_nothing(
         assert bound.volume == "my-pv" and bound.capacity_bytes == 100 * MI
         volume = await record(statuses, "my-pv", VolumeStatus)
         assert volume.phase == "Bound" and volume.claim == "default.my-pvc"
+        event = decode((await told.next_msg(timeout=5)).data, Event)
+        assert (event.reason, event.message) == ("Bound", "bound to volume my-pv")
     before = {
         key: (await statuses.get(key), await claims.get(key)) for key in ("my-pv", "default.my-pvc")
     }

@@ -12,6 +12,7 @@ from corral.contract.volume_state import VolumeStatus
 from corral_volmgr.provisioning import provisioned_name
 from tests.unit.volmgr_helpers import (
     MI,
+    Told,
     attachment,
     delete,
     node_volumes,
@@ -383,3 +384,25 @@ async def test_a_docker_volume_provisioned_for_a_claim_deleted_before_binding_is
         await v.drain()
         assert await v.record(names.VOLUMES_BUCKET, name, PersistentVolume) is None
         assert await v.volume(name) is None
+
+
+async def test_what_happens_to_claims_and_volumes_is_told_as_events_once() -> None:
+    told = Told()
+    async with volmgr(told=told) as v:
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 10 * MI))
+        ok(await v.apis.classes.apply(storage_class("fast", volumeBindingMode="Immediate")))
+        ok(await v.apis.claims.apply(pvc("big", "50Mi", storageClassName="fast")))
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await v.drain()
+        await v.loop.claim_controller.resync()
+        await v.drain()
+        claim = "PersistentVolumeClaim"
+        assert told.reasons(claim, "a") == ["Bound"]
+        assert told.reasons("PersistentVolume", "pv1") == ["Bound"]
+        assert told.reasons(claim, "big") == ["NodeFull"]  # once, not at every resync
+        full = next(e for e in told.events if e[1] == "big")
+        assert full[4] is True and "0/1 nodes have 50Mi of free volume room" in full[3]
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert told.reasons("PersistentVolume", "pv1") == ["Bound", "Released"]

@@ -72,14 +72,39 @@ def memory_buckets() -> dict[str, MemoryBucket]:
     return {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
 
 
+class Told:
+    """Events the cluster part tells (an EventPublisher's emit), kept in a list."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str, bool]] = []
+
+    async def emit(
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        namespace: str | None = None,
+    ) -> None:
+        self.events.append((kind, name, reason, message, warning))
+
+    def reasons(self, kind: str, name: str) -> list[str]:
+        return [e[2] for e in self.events if (e[0], e[1]) == (kind, name)]
+
+
 @asynccontextmanager
 async def volmgr(
-    buckets: dict[str, MemoryBucket] | None = None, *, host_path_allow: tuple[str, ...] = ()
+    buckets: dict[str, MemoryBucket] | None = None,
+    *,
+    host_path_allow: tuple[str, ...] = (),
+    told: Told | None = None,
 ) -> AsyncIterator[Volmgr]:
     """The cluster part on memory buckets, its mirrors current and the `local` class
-    made; call drain() to run the controllers."""
+    made; call drain() to run the controllers. `told`: collects its events."""
     buckets = buckets or memory_buckets()
-    loop = ClusterLoop(dict(buckets))
+    loop = ClusterLoop(dict(buckets), events=told)  # type: ignore[arg-type]
     apis = build_apis(loop, buckets[names.LEASES_BUCKET], host_path_allow=host_path_allow)
     async with anyio.create_task_group() as tg:
         await tg.start(loop.start_mirrors)

@@ -60,6 +60,7 @@ from corral.contract.volume_state import (
     VolumeAttachment,
     VolumeStatus,
 )
+from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
 from corral_volmgr import metrics
@@ -74,6 +75,7 @@ from corral_volmgr.binding import (
     claim_ref_key,
     decide,
 )
+from corral_volmgr.claim_api import KIND as CLAIM_KIND
 from corral_volmgr.provisioning import (
     pick_node,
     provisioned_class,
@@ -81,6 +83,7 @@ from corral_volmgr.provisioning import (
     room_problem,
     used_room,
 )
+from corral_volmgr.volume_api import KIND as VOLUME_KIND
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +171,13 @@ class ClusterLoop:
         *,
         resync_seconds: float = RESYNC_SECONDS,
         wall_clock: Any = time.time,
+        events: EventPublisher | None = None,
     ) -> None:
+        """`events`: where what it does is told (corral events about each claim and
+        volume, for `corral describe`); None: only logged."""
         self.mirrors = m = Mirrors.of(buckets)
         self.wall_clock = wall_clock
+        self.events = events
         self.lock = anyio.Lock()  # held by every API decision and every reconcile's writes
         self.claim_controller = Controller(
             "volmgr-claim",
@@ -404,6 +411,20 @@ class ClusterLoop:
     def user_names(self, claim: str) -> list[str]:
         return sorted(p.replica for p in self.users(claim))
 
+    async def tell(
+        self, kind: str, key: str, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """An event about claim `key` (kind PersistentVolumeClaim) or volume `key`."""
+        if self.events is None:
+            return
+        if kind == CLAIM_KIND:
+            namespace, name = split_object_key(key)
+            await self.events.emit(
+                kind, name, reason, message, warning=warning, namespace=namespace
+            )
+        else:
+            await self.events.emit(kind, key, reason, message, warning=warning)
+
     # --- the claim controller ------------------------------------------------------------
 
     async def reconcile_claim(self, key: str) -> Result | None:
@@ -443,6 +464,7 @@ class ClusterLoop:
             if not await self._remove(m.claims, key):
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
             log.info("deleted claim %s: no replica uses it any more", key)
+            await self.tell(CLAIM_KIND, key, "Deleted", "deleted: no replica uses it any more")
             return None
         namespace, name = split_object_key(key)
         base = ClaimStatus(
@@ -481,9 +503,23 @@ class ClusterLoop:
         return await self._claim_pending(key, base, decision)
 
     async def _claim_written(self, key: str, wanted: ClaimStatus) -> Result | None:
+        before = self.mirrors.claim_status.get(key)
         if not await self._put_status(self.mirrors.claim_status, key, wanted):
             return Result(requeue_after=CONFLICT_RETRY_SECONDS)
+        said = (wanted.phase, wanted.reason, wanted.volume, wanted.message)
+        if before is None or (before.phase, before.reason, before.volume, before.message) != said:
+            await self._tell_claim(key, wanted)
         return None
+
+    async def _tell_claim(self, key: str, status: ClaimStatus) -> None:
+        if status.phase == CLAIM_BOUND:
+            await self.tell(CLAIM_KIND, key, "Bound", f"bound to volume {status.volume}")
+            await self.tell(VOLUME_KIND, status.volume, "Bound", f"bound to claim {key}")
+        elif status.phase == CLAIM_LOST:
+            await self.tell(CLAIM_KIND, key, "ClaimLost", status.message, warning=True)
+        elif status.phase == CLAIM_PENDING and status.reason:
+            warning = status.reason not in (WAIT_FOR_FIRST_CONSUMER, PROVISIONING)
+            await self.tell(CLAIM_KIND, key, status.reason, status.message, warning=warning)
 
     async def _claim_pending(self, key: str, base: ClaimStatus, why: Pending) -> Result | None:
         wanted = msgspec.structs.replace(
@@ -616,6 +652,13 @@ class ClusterLoop:
             if not await self._write(m.volumes, [Create(name, encode(made))]):
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
             volume = made
+            await self.tell(
+                VOLUME_KIND,
+                name,
+                "Provisioned",
+                f"for claim {key} by storageclass {class_name}"
+                + (f" on node {node}" if node else ""),
+            )
             log.info(
                 "provisioned volume %s for claim %s (class %s%s)",
                 name,
@@ -712,7 +755,11 @@ class ClusterLoop:
                 wanted = msgspec.structs.replace(wanted, size_enforced=attachment.size_enforced)
         if wanted == status:
             return None
-        return await self._volume_written(name, wanted)
+        result = await self._volume_written(name, wanted)
+        if result is None and status.phase == VOLUME_PENDING and wanted.phase != VOLUME_PENDING:
+            enforced = "size enforced" if wanted.size_enforced else "size not enforced"
+            await self.tell(VOLUME_KIND, name, "Made", f"made on node {wanted.node} ({enforced})")
+        return result
 
     def _placed(self, volume: PersistentVolume, status: VolumeStatus) -> VolumeStatus:
         """A bound volume's node (an unpinned node-local one: its first placement's) and
@@ -758,6 +805,7 @@ class ClusterLoop:
             message=f"its claim {status.claim} was deleted; the data is kept (Retain)",
         )
         log.info("volume %s released: its claim %s was deleted", name, status.claim)
+        await self.tell(VOLUME_KIND, name, "Released", released.message)
         return await self._volume_written(name, released)
 
     async def _delete_volume(self, name: str, why: str) -> Result | None:
@@ -767,4 +815,5 @@ class ClusterLoop:
         if not await self._remove(m.volume_status, name):
             return Result(requeue_after=CONFLICT_RETRY_SECONDS)
         log.info("deleted volume %s: %s", name, why)
+        await self.tell(VOLUME_KIND, name, "Deleted", f"deleted: {why}")
         return None

@@ -206,7 +206,7 @@ async def serve(
 ) -> ClusterLoop:
     """Start the cluster part in `tg`: watches, durable consumers, request answering,
     then the `local` class and the controllers."""
-    loop = ClusterLoop(dict(ctx.buckets))
+    loop = ClusterLoop(dict(ctx.buckets), events=ctx.events)
     leases = ctx.buckets[names.LEASES_BUCKET]
     await tg.start(loop.start_mirrors)
     apis = build_apis(
