@@ -101,6 +101,14 @@ LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
 LABEL_NETWORK: Final = "io.corral.network"  # on a Docker network: the corral network's name
 LABEL_VOLUME: Final = "io.corral.volume"  # on a Docker volume: the PersistentVolume's name
+# On a replica's container, one label per PersistentVolume it mounts in any way (a Docker
+# volume mount or a bind of a subPath inside it): `docker ps --filter label=...` finds
+# every user of a volume, which Docker's own volume filter misses for binds.
+LABEL_USES_VOLUME_PREFIX: Final = "io.corral.uses-volume."
+
+
+def uses_volume_label(volume: str) -> str:
+    return f"{LABEL_USES_VOLUME_PREFIX}{volume}"
 
 
 def docker_volume_name(volume: str, cluster_id: str) -> str:

@@ -37,6 +37,18 @@ DEFAULT_STORAGE_CLASS: Final = "local"
 # Kubernetes' annotation that marks the default StorageClass.
 DEFAULT_CLASS_ANNOTATION: Final = "storageclass.kubernetes.io/is-default-class"
 
+# Filesystem types of Docker's `local` driver whose data is not on the node (mount -t).
+NETWORK_TYPES: Final = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs"})
+MULTI_NODE_MODES: Final = frozenset({"ReadWriteMany", "ReadOnlyMany"})
+
+
+def single_node(access_modes: list[str] | tuple[str, ...]) -> bool:
+    """A volume with these modes may be mounted on one node at a time: it offers neither
+    ReadWriteMany nor ReadOnlyMany (the one rule of the scheduler, volmgr's parts and the
+    agent; docs/volumes.md, "Never two writers")."""
+    return not MULTI_NODE_MODES.intersection(access_modes)
+
+
 MAX_ACCESS_MODES: Final = 4
 MAX_PATH: Final = 4096
 MAX_DRIVER_OPTIONS: Final = 32
@@ -231,8 +243,18 @@ class PersistentVolumeSpec(_Public, frozen=True, kw_only=True):
 
     @property
     def node_local(self) -> bool:
-        """Lives on one node (replicas using it are placed there)."""
-        return self.docker_volume is None
+        """Its data lives on one node (replicas using it are placed there): every source
+        but a dockerVolume, and a dockerVolume of the `local` driver whose `type` is not a
+        network filesystem (its data is in that engine's data root, or a tmpfs)."""
+        volume = self.docker_volume
+        if volume is None:
+            return True
+        return volume.driver == "local" and volume.options.get("type", "") not in NETWORK_TYPES
+
+    @property
+    def single_node(self) -> bool:
+        """Mounted on one node at a time (corral.contract.volume_specs.single_node)."""
+        return single_node(self.access_modes)
 
 
 class PersistentVolume(

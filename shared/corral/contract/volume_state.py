@@ -29,6 +29,10 @@ VOLUME_BOUND = "Bound"
 VOLUME_RELEASED = "Released"  # its claim was deleted; Retain keeps the data
 VOLUME_FAILED = "Failed"
 VOLUME_TERMINATING = "Terminating"  # deleted while bound: removed once its claim is gone
+# Being removed: every node part takes it down (deleting its data unless `keepData`)
+# and deletes its attachment; then the cluster part deletes the records. A volume is only
+# ever taken down through this phase: a record that is merely missing is left alone.
+VOLUME_DELETING = "Deleting"
 # ClaimStatus.phase
 CLAIM_PENDING = "Pending"
 CLAIM_BOUND = "Bound"
@@ -58,6 +62,12 @@ class VolumeStatus(_Record, frozen=True, kw_only=True):
     attach_node: str = ""
     # The size is enforced by a filesystem of that size (a loop device); None: unknown.
     size_enforced: bool | None = None
+    # Deleting: keep the data on the node (an image file, a Docker volume) when taking the
+    # volume down (its reclaim policy is Retain, or it was deleted by hand with Retain).
+    keep_data: bool = False
+    # An image (or directory) corral makes on its node for it (a volume with no source,
+    # dynamic or made by hand): its sizeBytes are charged against the node's room.
+    counts_room: bool = False
     message: str = ""
     updated_at: float = 0.0
 
