@@ -13,6 +13,7 @@ cluster-wide; a claim lives in a namespace, like a Deployment.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -42,7 +43,7 @@ NETWORK_TYPES: Final = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gluste
 MULTI_NODE_MODES: Final = frozenset({"ReadWriteMany", "ReadOnlyMany"})
 
 
-def single_node(access_modes: list[str] | tuple[str, ...]) -> bool:
+def single_node(access_modes: Iterable[str]) -> bool:
     """A volume with these modes may be mounted on one node at a time: it offers neither
     ReadWriteMany nor ReadOnlyMany (the one rule of the scheduler, volmgr's parts and the
     agent; docs/volumes.md, "Never two writers")."""
