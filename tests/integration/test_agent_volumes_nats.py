@@ -1,6 +1,8 @@
 """The node agent (hollow runtime) waiting for its node's volume attachments over a real
 NATS: the watch is filtered on its own node's keys, started only once a replica with a
-claim lands, and an attachment written by volmgr's node part starts the replica."""
+claim lands, and the attachment of the volume the claim's status is Bound to, written by
+volmgr's node part, starts the replica (a Released volume's attachment still naming the
+claim never does)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.specs import ClaimSource, ContainerTemplate, Volume, VolumeMount
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
-from corral.contract.volume_state import VolumeAttachment
+from corral.contract.volume_state import ClaimStatus, VolumeAttachment
 from corral.natsio.bus import connect
 from corral.natsio.kv import NatsBucket
 from tests.agents import running_agent
@@ -87,6 +89,14 @@ async def test_a_hollow_agent_waits_for_its_own_nodes_attachment_over_nats(
             ready=True,
             docker_volume=names.docker_volume_name("pv-1", "c"),
         )
+        # The claim is Bound to pv-1; a Released volume's attachment here still names
+        # the claim (deleted and made again under the same name), ready: never used.
+        bound = ClaimStatus(name="data", phase="Bound", volume="pv-1")
+        await buckets[names.CLAIM_STATUS_BUCKET].put("default.data", encode(bound))
+        released = msgspec.structs.replace(
+            ready, volume="pv-old", docker_volume=names.docker_volume_name("pv-old", "c")
+        )
+        await put(released)
         # Another node's attachment of the claim serves nothing here.
         await put(msgspec.structs.replace(ready, node="hollow-vol-2"))
         await put(msgspec.structs.replace(ready, ready=False))

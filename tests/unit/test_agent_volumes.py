@@ -5,10 +5,12 @@ hollow runtime waiting for this node's volume attachments."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,7 +31,11 @@ from corral.contract.volume_state import ClaimStatus, VolumeAttachment
 from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.diff import RemoveContainers, plan_actions, remove_all
-from corral_node_agent.docker_runtime import container_config, observed_from_inspect
+from corral_node_agent.docker_runtime import (
+    container_config,
+    observed_from_inspect,
+    resolve_sub_path,
+)
 from corral_node_agent.executor import container_name, container_spec
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.mounts import (
@@ -92,9 +98,18 @@ def attachment(
     )
 
 
-def served(*found: VolumeAttachment) -> Any:
-    by_claim = {a.claim: a for a in found}
-    return by_claim.get
+def bound(volume: str = PV, modes: tuple[str, ...] = ("ReadWriteOnce",)) -> ClaimStatus:
+    return ClaimStatus(name="data", phase="Bound", volume=volume, access_modes=list(modes))
+
+
+def served(
+    *found: VolumeAttachment, status: ClaimStatus | None = None, unbound: bool = False
+) -> tuple[Callable[[str], ClaimStatus | None], Callable[[str], VolumeAttachment | None]]:
+    """What plan_mounts reads: the claim default.data's status (Bound to PV unless told)
+    and this node's attachments by key."""
+    statuses = {} if unbound else {"default.data": status or bound()}
+    by_key = {names.attachment_key(a.node, a.volume): a for a in found}
+    return statuses.get, by_key.get
 
 
 # --- the translation ---------------------------------------------------------------------
@@ -102,11 +117,11 @@ def served(*found: VolumeAttachment) -> Any:
 
 def test_a_claim_is_mounted_as_its_attachments_docker_volume() -> None:
     tpl = template([claim()], [VolumeMount(name="data", mount_path="/data/")])
-    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served(attachment()))
+    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(attachment()))
     assert docker_mounts(plan.mounts) == [
         {"Type": "volume", "Source": DOCKER_VOLUME, "Target": "/data", "ReadOnly": False}
     ]
-    assert plan.directories == ()
+    assert plan.sub_paths == ()
     (use,) = plan.claims
     assert (use.claim, use.volume, use.docker_volume) == ("default.data", PV, DOCKER_VOLUME)
 
@@ -116,9 +131,9 @@ def test_a_mount_is_read_only_when_the_mount_or_the_claim_source_says_so() -> No
     by_claim = template([claim(read_only=True)], [VolumeMount(name="data", mount_path="/d")])
     neither = template([claim()], [VolumeMount(name="data", mount_path="/d")])
     found = served(attachment())
-    assert plan_mounts(placed("a", by_mount), CLUSTER_ID, found).mounts[0].read_only
-    assert plan_mounts(placed("a", by_claim), CLUSTER_ID, found).mounts[0].read_only
-    assert not plan_mounts(placed("a", neither), CLUSTER_ID, found).mounts[0].read_only
+    assert plan_mounts(placed("a", by_mount), CLUSTER_ID, *found).mounts[0].read_only
+    assert plan_mounts(placed("a", by_claim), CLUSTER_ID, *found).mounts[0].read_only
+    assert not plan_mounts(placed("a", neither), CLUSTER_ID, *found).mounts[0].read_only
 
 
 def test_a_subpath_binds_the_directory_inside_the_volumes_host_path_and_asks_for_it() -> None:
@@ -130,7 +145,7 @@ def test_a_subpath_binds_the_directory_inside_the_volumes_host_path_and_asks_for
         ],
     )
     found = served(attachment(host_path="/srv/volumes/c1/pv-data"))
-    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, found)
+    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *found)
     assert docker_mounts(plan.mounts) == [
         {
             "Type": "bind",
@@ -140,7 +155,13 @@ def test_a_subpath_binds_the_directory_inside_the_volumes_host_path_and_asks_for
         },
         {"Type": "volume", "Source": DOCKER_VOLUME, "Target": "/whole", "ReadOnly": False},
     ]
-    assert plan.directories == ("/srv/volumes/c1/pv-data/app/logs",)
+    (bind,) = plan.sub_paths  # resolved on the host before the create
+    assert (bind.index, bind.host_path, bind.sub_path, bind.field) == (
+        0,
+        "/srv/volumes/c1/pv-data",
+        "app/logs",
+        "volumeMounts[0].subPath",
+    )
 
 
 def test_a_subpath_of_a_volume_without_a_host_directory_is_refused_naming_the_field() -> None:
@@ -152,18 +173,18 @@ def test_a_subpath_of_a_volume_without_a_host_directory_is_refused_naming_the_fi
         ],
     )
     with pytest.raises(VolumeRefused) as refused:
-        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served(attachment(host_path="")))
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(attachment(host_path="")))
     assert "`volumeMounts[1].subPath` 'sub'" in str(refused.value)
     assert "volume pv-data (claim data)" in str(refused.value)
     assert "subpath" in str(refused.value)
     on_empty_dir = template([empty()], [VolumeMount(name="scratch", mount_path="/s", sub_path="x")])
     with pytest.raises(VolumeRefused, match=r"`volumeMounts\[0\].subPath`.*emptyDir scratch"):
-        plan_mounts(placed("web-a1", on_empty_dir), CLUSTER_ID, served())
+        plan_mounts(placed("web-a1", on_empty_dir), CLUSTER_ID, *served())
 
 
 def test_an_empty_dir_is_a_labelled_docker_volume_of_the_replica() -> None:
     tpl = template([empty()], [VolumeMount(name="scratch", mount_path="/scratch")])
-    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served())
+    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served())
     assert docker_mounts(plan.mounts) == [
         {
             "Type": "volume",
@@ -186,32 +207,68 @@ def test_an_empty_dir_is_a_labelled_docker_volume_of_the_replica() -> None:
 
 def test_a_memory_empty_dir_is_a_tmpfs_of_its_size_limit() -> None:
     sized = template([empty(medium="Memory", size="64Mi")], [VolumeMount("scratch", "/m")])
-    (mount,) = docker_mounts(plan_mounts(placed("web-a1", sized), CLUSTER_ID, served()).mounts)
+    (mount,) = docker_mounts(plan_mounts(placed("web-a1", sized), CLUSTER_ID, *served()).mounts)
     assert mount["VolumeOptions"]["DriverConfig"] == {  # type: ignore[index]
         "Name": "local",
         "Options": {"type": "tmpfs", "device": "tmpfs", "o": "size=67108864"},
     }
     unsized = template([empty(medium="Memory")], [VolumeMount("scratch", "/m")])
-    (mount,) = docker_mounts(plan_mounts(placed("web-a1", unsized), CLUSTER_ID, served()).mounts)
+    (mount,) = docker_mounts(plan_mounts(placed("web-a1", unsized), CLUSTER_ID, *served()).mounts)
     assert mount["VolumeOptions"]["DriverConfig"]["Options"] == {  # type: ignore[index]
         "type": "tmpfs",
         "device": "tmpfs",
     }
 
 
-def test_a_claim_without_an_attachment_waits_to_be_bound_and_a_pending_one_for_its_volume() -> None:
+def test_a_claim_not_bound_waits_to_be_bound_and_a_bound_one_for_its_volume() -> None:
     tpl = template([claim()], [VolumeMount(name="data", mount_path="/data")])
     with pytest.raises(VolumeNotReady) as waiting:
-        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served())
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(attachment(), unbound=True))
     assert str(waiting.value) == "waiting for claim data to be bound"
+    pending = ClaimStatus(name="data", phase="Pending", volume=PV)
+    with pytest.raises(VolumeNotReady, match="waiting for claim data to be bound"):
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(attachment(), status=pending))
     with pytest.raises(VolumeNotReady) as waiting:
-        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served(attachment(ready=False)))
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served())
+    assert str(waiting.value) == "waiting for volume pv-data on this node"
+    with pytest.raises(VolumeNotReady) as waiting:
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(attachment(ready=False)))
     assert str(waiting.value) == "waiting for volume pv-data on this node"
     assert is_volume_wait(str(waiting.value))
     # The same claim name in another namespace is another claim.
     other = msgspec.structs.replace(attachment(), claim="team.data")
-    with pytest.raises(VolumeNotReady, match="waiting for claim data"):
-        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, served(other))
+    with pytest.raises(VolumeNotReady, match="waiting for volume pv-data on this node"):
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(other))
+
+
+def test_a_released_volumes_attachment_naming_the_claim_never_serves_a_new_claim() -> None:
+    # my-pvc deleted (Retain: pv-data Released, its attachment still names the claim and
+    # is ready), then made again: the new claim is Bound to pv-new.
+    tpl = template([claim()], [VolumeMount(name="data", mount_path="/data")])
+    old = attachment()
+    with pytest.raises(VolumeNotReady) as waiting:
+        plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(old, status=bound("pv-new")))
+    assert str(waiting.value) == "waiting for volume pv-new on this node"
+    # pv-new's own attachment, once it names the claim, is the one mounted.
+    new = msgspec.structs.replace(
+        attachment(), volume="pv-new", docker_volume=names.docker_volume_name("pv-new", "c")
+    )
+    plan = plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(old, new, status=bound("pv-new")))
+    assert [m.source for m in plan.mounts] == [new.docker_volume]
+    assert plan.volumes == ("pv-new",)
+    # An attachment at the volume's key naming no claim (Released) or another claim, or
+    # naming another volume, serves nothing.
+    for wrong in (
+        msgspec.structs.replace(new, claim=""),
+        msgspec.structs.replace(new, claim="default.other"),
+    ):
+        with pytest.raises(VolumeNotReady, match="waiting for volume pv-new on this node"):
+            plan_mounts(placed("web-a1", tpl), CLUSTER_ID, *served(wrong, status=bound("pv-new")))
+    misfiled = {names.attachment_key(NODE, "pv-new"): old}.get
+    with pytest.raises(VolumeNotReady, match="waiting for volume pv-new on this node"):
+        plan_mounts(
+            placed("web-a1", tpl), CLUSTER_ID, {"default.data": bound("pv-new")}.get, misfiled
+        )
 
 
 def test_a_template_without_volumes_keeps_its_hash_and_its_create_body() -> None:
@@ -220,6 +277,19 @@ def test_a_template_without_volumes_keeps_its_hash_and_its_create_body() -> None
     assert tpl.template_hash() == template().template_hash()
     body = container_config(container_spec(placed("web-a1", tpl), CLUSTER_ID))
     assert body["HostConfig"] == {"RestartPolicy": {"Name": "no"}}
+    assert not any(label.startswith(names.LABEL_USES_VOLUME_PREFIX) for label in body["Labels"])
+
+
+def test_a_container_carries_one_label_per_volume_it_uses_and_keeps_its_template_hash() -> None:
+    p = placed("web-a1", with_claim())
+    plain = container_spec(p, CLUSTER_ID)
+    spec = container_spec(p, CLUSTER_ID, uses_volumes=("pv-data", "pv-logs"))
+    assert spec.labels == {
+        **plain.labels,
+        names.uses_volume_label("pv-data"): "1",
+        names.uses_volume_label("pv-logs"): "1",
+    }
+    assert spec.labels[names.LABEL_TEMPLATE_HASH] == p.template_hash == with_claim().template_hash()
 
 
 def test_the_create_body_carries_the_mounts() -> None:
@@ -287,9 +357,21 @@ class CountingRuntime(HollowRuntime):
         self.volume_calls.append(f"users {name}")
         return await super().volume_users(name)
 
-    async def make_directories(self, paths: tuple[str, ...]) -> None:
-        self.volume_calls.append(f"mkdir {' '.join(paths)}")
-        await super().make_directories(paths)
+    async def labelled_users(self, label: str) -> list[VolumeUser]:
+        self.volume_calls.append(f"labelled {label}")
+        return await super().labelled_users(label)
+
+    async def sub_path_source(self, host_path: str, sub_path: str) -> str:
+        self.volume_calls.append(f"subpath {host_path} {sub_path}")
+        return await super().sub_path_source(host_path, sub_path)
+
+
+class HostRuntime(CountingRuntime):
+    """Resolves subPaths on the real host, as the Docker runtime does."""
+
+    async def sub_path_source(self, host_path: str, sub_path: str) -> str:
+        self.volume_calls.append(f"subpath {host_path} {sub_path}")
+        return resolve_sub_path(host_path, sub_path)
 
 
 class WatchedBucket(MemoryBucket):
@@ -331,6 +413,10 @@ class World:
     async def attach(self, found: VolumeAttachment) -> None:
         await self.attachments.put(names.attachment_key(found.node, found.volume), encode(found))
 
+    async def bind(self, status: ClaimStatus | None = None) -> None:
+        """volmgr bound claim default.data (to PV unless told)."""
+        await self.claims.put("default.data", encode(status or bound()))
+
 
 @asynccontextmanager
 async def agent_of(world: World) -> AsyncIterator[NodeAgent]:
@@ -365,6 +451,7 @@ async def test_a_replica_waits_for_its_claim_then_its_volume_then_starts_with_it
         await eventually(lambda: world.message("web-a1") == "waiting for claim data to be bound")
         assert world.state("web-a1") == ReplicaState.CREATING
         assert "VolumeNotReady" in world.events.reasons()
+        await world.bind()
         await world.attach(attachment(ready=False))
         await eventually(
             lambda: world.message("web-a1") == "waiting for volume pv-data on this node"
@@ -388,12 +475,14 @@ async def test_a_replica_waits_for_its_claim_then_its_volume_then_starts_with_it
         ("volume", DOCKER_VOLUME, "/data"),
         ("volume", scratch, "/scratch"),
     ]
+    assert made.spec.labels[names.uses_volume_label(PV)] == "1"
     assert world.attachments.watched == [names.placement_prefix(NODE)]  # its own node only
 
 
 async def test_an_attachment_appearing_cuts_the_waiting_replicas_back_off_short() -> None:
     world = World()
     async with agent_of(world) as agent:
+        await world.bind()
         await world.place(placed("web-a1", with_claim()))
         await eventually(lambda: world.state("web-a1") == ReplicaState.CREATING)
         await eventually(lambda: "web-a1" in agent.tracks and agent.tracks["web-a1"].failures > 0)
@@ -408,15 +497,39 @@ async def test_an_attachment_appearing_cuts_the_waiting_replicas_back_off_short(
 async def test_an_attachment_of_another_node_serves_nothing_here() -> None:
     world = World()
     async with agent_of(world):
+        await world.bind()
         await world.attach(msgspec.structs.replace(attachment(), node="node-b"))
         await world.place(placed("web-a1", with_claim()))
-        await eventually(lambda: world.message("web-a1") == "waiting for claim data to be bound")
+        await eventually(
+            lambda: world.message("web-a1") == "waiting for volume pv-data on this node"
+        )
+
+
+async def test_a_released_volumes_attachment_is_not_used_for_a_new_claim_of_the_same_name() -> None:
+    world = World()
+    old = msgspec.structs.replace(
+        attachment(), volume="pv-old", docker_volume=names.docker_volume_name("pv-old", CLUSTER_ID)
+    )
+    async with agent_of(world):
+        await world.attach(old)  # Released, still naming default.data, ready
+        await world.bind(bound(PV))  # the new claim data is Bound to another volume
+        await world.place(placed("web-a1", with_claim()))
+        await eventually(
+            lambda: world.message("web-a1") == "waiting for volume pv-data on this node"
+        )
+        assert world.runtime.creates == 0  # never started on the old volume's data
+        await world.attach(attachment())
+        await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING)
+    (made,) = world.runtime.containers.values()
+    assert made.spec.mounts[0].source == DOCKER_VOLUME
+    assert names.uses_volume_label("pv-old") not in made.spec.labels
 
 
 async def test_a_claims_docker_volume_missing_from_the_engine_is_waited_for() -> None:
     world = World()
     world.runtime.missing_volumes.add(DOCKER_VOLUME)
     async with agent_of(world):
+        await world.bind()
         await world.attach(attachment())
         await world.place(placed("web-a1", with_claim()))
         await eventually(lambda: world.message("web-a1").startswith("waiting for volume pv-data"))
@@ -428,6 +541,7 @@ async def test_a_subpath_on_a_docker_volume_fails_the_replica_naming_the_field()
     world = World()
     tpl = template([claim()], [VolumeMount(name="data", mount_path="/d", sub_path="x")])
     async with agent_of(world):
+        await world.bind()
         await world.attach(attachment())
         await world.place(placed("web-a1", tpl))
         await eventually(lambda: world.state("web-a1") == ReplicaState.FAILED)
@@ -439,12 +553,44 @@ async def test_a_subpath_directory_is_made_before_the_create() -> None:
     world = World()
     tpl = template([claim()], [VolumeMount(name="data", mount_path="/d", sub_path="a/b")])
     async with agent_of(world):
+        await world.bind()
         await world.attach(attachment(host_path="/srv/pv-data"))
         await world.place(placed("web-a1", tpl))
         await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING)
     assert world.runtime.directories == ["/srv/pv-data/a/b"]
     (made,) = world.runtime.containers.values()
     assert [(m.kind, m.source) for m in made.spec.mounts] == [("bind", "/srv/pv-data/a/b")]
+    # Held through a bind only, the volume is still labelled on the container.
+    assert made.spec.labels[names.uses_volume_label(PV)] == "1"
+
+
+async def test_a_subpath_through_a_symlink_is_refused_and_no_container_is_made(
+    tmp_path: Path,
+) -> None:
+    volume_dir, outside = tmp_path / "pv-data", tmp_path / "outside"
+    volume_dir.mkdir()
+    outside.mkdir()
+    (volume_dir / "x").symlink_to(outside)  # what a replica's `ln -s` leaves in its volume
+    world = World(runtime=HostRuntime(images={IMAGE}))
+    tpl = template([claim()], [VolumeMount(name="data", mount_path="/d", sub_path="x/logs")])
+    async with agent_of(world):
+        await world.bind()
+        await world.attach(attachment(host_path=str(volume_dir)))
+        await world.place(placed("web-a1", tpl))
+        await eventually(lambda: world.state("web-a1") == ReplicaState.FAILED)
+        message = world.message("web-a1")
+        assert message.startswith("`volumeMounts[0].subPath` 'x/logs': ")
+        assert "symbolic link" in message
+        assert world.runtime.creates == 0
+        assert list(outside.iterdir()) == []  # nothing made through the link
+        assert "FailedMount" in world.events.reasons()
+        # Bad data, not bad input: tried again on the back-off, and once the link is
+        # gone the replica starts, bound to the real directory.
+        (volume_dir / "x").unlink()
+        await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=10.0)
+    (made,) = world.runtime.containers.values()
+    assert made.spec.mounts[0].source == str((volume_dir / "x" / "logs").resolve())
+    assert (volume_dir / "x" / "logs").is_dir()
 
 
 async def rwop(world: World) -> None:
@@ -482,9 +628,44 @@ async def test_a_read_write_once_pod_claim_waits_while_another_container_holds_i
         await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=3.0)
 
 
+async def test_a_read_write_once_pod_claim_waits_while_a_container_binds_a_subpath_of_it() -> None:
+    # The holder binds <hostPath>/logs: Docker's volume filter never sees it; the label
+    # the agent puts on every container using the volume does.
+    world = World()
+    await rwop(world)
+    holder = await world.runtime.create_container(
+        ContainerSpec(
+            name=container_name(CLUSTER_ID, NODE, "old-x1"),
+            image=IMAGE,
+            labels={
+                names.LABEL_CLUSTER: CLUSTER_ID,
+                names.LABEL_NODE: NODE,
+                names.LABEL_REPLICA: "old-x1",
+                names.uses_volume_label(PV): "1",
+            },
+            mounts=(Mount("bind", "/srv/pv-data/logs", "/logs"),),
+        )
+    )
+    assert await world.runtime.volume_users(DOCKER_VOLUME) == []
+    async with agent_of(world) as agent:
+        await world.attach(attachment(host_path="/srv/pv-data"))
+        await world.place(placed("web-a1", with_claim()))
+        holder_name = container_name(CLUSTER_ID, NODE, "old-x1")
+        held = f"volume pv-data is still used by container {holder_name}"
+        await eventually(lambda: world.message("web-a1") == held)
+        assert world.state("web-a1") == ReplicaState.CREATING
+        assert world.runtime.creates == 1  # the holder only
+        agent.tracks["web-a1"] = dataclasses.replace(
+            agent.tracks["web-a1"], not_before=time.time() + 60
+        )
+        world.runtime.remove_behind_back(holder)
+        await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=3.0)
+
+
 async def test_a_read_write_once_claim_is_not_checked_on_the_engine() -> None:
     world = World()
     async with agent_of(world):
+        await world.bind()
         await world.attach(attachment())
         await world.place(placed("web-a1", with_claim()))
         await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING)
@@ -538,3 +719,48 @@ async def test_leftover_empty_dirs_of_this_cluster_and_node_go_at_start() -> Non
         await eventually(lambda: gone not in world.runtime.volumes)
         await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING)
     assert set(world.runtime.volumes) == {placed_one, other_cluster}
+
+
+# --- a subPath on the host (the Docker runtime's resolution) ------------------------------
+
+
+def test_a_subpath_is_made_one_directory_at_a_time_and_its_real_path_returned(
+    tmp_path: Path,
+) -> None:
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    through_link = tmp_path / "link"
+    through_link.symlink_to(real_dir)  # the volume's own path may be reached via a link
+    found = resolve_sub_path(str(through_link), "a/b/")
+    assert found == str(real_dir / "a" / "b")
+    assert (real_dir / "a" / "b").is_dir()
+    assert (os.stat(real_dir / "a").st_mode & 0o777) == 0o755 & ~current_umask()
+    assert resolve_sub_path(str(real_dir), "a/./b") == found  # made already: the same
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("sub_path", ["x", "x/logs", "a/x"])
+def test_a_subpath_with_a_symlink_component_is_refused_and_nothing_made_through_it(
+    tmp_path: Path, sub_path: str
+) -> None:
+    volume_dir, outside = tmp_path / "pv", tmp_path / "outside"
+    (volume_dir / "a").mkdir(parents=True)
+    outside.mkdir()
+    (volume_dir / "x").symlink_to(outside)
+    (volume_dir / "a" / "x").symlink_to("../../outside")
+    with pytest.raises(VolumeRefused, match="is a symbolic link"):
+        resolve_sub_path(str(volume_dir), sub_path)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_subpath_through_a_file_or_with_dot_dot_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(VolumeRefused, match="is not a directory"):
+        resolve_sub_path(str(tmp_path), "f/sub")
+    with pytest.raises(VolumeRefused, match=r"without '\.\.'"):
+        resolve_sub_path(str(tmp_path), "a/../../etc")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -37,6 +39,7 @@ from corral_node_agent.runtime import (
     NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
+    VolumeRefused,
     VolumeUser,
 )
 
@@ -135,6 +138,63 @@ def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
     if spec.args is not None:
         config["Cmd"] = spec.args
     return config
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def resolve_sub_path(host_path: str, sub_path: str) -> str:
+    """The real path of <host_path>/<sub_path> for a subPath bind (docs/volumes.md,
+    "Replicas with volumes"). Walked one component at a time from host_path's real path,
+    each opened relative to its parent without following symlinks (O_NOFOLLOW), a
+    missing one made (0o755): a replica that put a symlink in its volume (`ln -s /etc
+    x`) never gets a bind of what it points at. Refused (VolumeRefused, what is wrong)
+    when a component is a symlink or not a directory, or the result's real path is not
+    inside host_path's; RuntimeFailure when the host fails. Blocking: run in a thread."""
+    root = os.path.realpath(host_path)
+    parts = [part for part in sub_path.split("/") if part not in ("", ".")]
+    if sub_path.startswith("/") or ".." in parts:
+        raise VolumeRefused("must be a relative path without '..'")
+    try:
+        fd = os.open(root, _DIRECTORY_FLAGS)
+    except OSError as error:
+        raise RuntimeFailure(f"cannot open the volume's directory {root}: {error}") from None
+    try:
+        walked = root
+        for part in parts:
+            walked = os.path.join(walked, part)
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)  # never follows a symlink named part
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise RuntimeFailure(f"cannot make the directory {walked}: {error}") from None
+            try:
+                mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                if stat.S_ISLNK(mode):
+                    raise VolumeRefused(
+                        f"{walked} is a symbolic link; a subPath never follows one "
+                        "(it could lead out of the volume)"
+                    )
+                if not stat.S_ISDIR(mode):
+                    raise VolumeRefused(f"{walked} is not a directory")
+                child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped since the stat
+                    raise VolumeRefused(f"{walked} is not a directory (it changed)") from None
+                raise RuntimeFailure(f"cannot open {walked}: {error}") from None
+            os.close(fd)
+            fd = child
+        real = os.path.realpath(walked)
+        try:  # what was opened, as the kernel names it: the same, or something moved
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = real
+    finally:
+        os.close(fd)
+    if real != opened or os.path.commonpath([root, real]) != root:
+        raise VolumeRefused(f"{walked} resolves to {real}, outside the volume's {root}")
+    return real
 
 
 def _state(status: str) -> ContainerState:
@@ -434,8 +494,15 @@ class DockerRuntime:
 
     async def volume_users(self, name: str) -> list[VolumeUser]:
         """`docker ps -a --filter volume=NAME`."""
-        filters = json.dumps({"volume": [name]})
-        with self._call(f"list the users of volume {name}"):
+        return await self._users({"volume": [name]}, f"list the users of volume {name}")
+
+    async def labelled_users(self, label: str) -> list[VolumeUser]:
+        """`docker ps -a --filter label=LABEL`."""
+        return await self._users({"label": [label]}, f"list the containers labelled {label}")
+
+    async def _users(self, filtered: dict[str, list[str]], doing: str) -> list[VolumeUser]:
+        filters = json.dumps(filtered)
+        with self._call(doing):
             listed = await self._docker.containers.list(all="1", filters=filters)
         users: list[VolumeUser] = []
         for item in listed:
@@ -469,15 +536,8 @@ class DockerRuntime:
             listed = await self._docker.volumes.list(filters=filters)  # type: ignore[no-untyped-call] # untyped in aiodocker
         return sorted(str(v["Name"]) for v in (listed or {}).get("Volumes") or [])
 
-    async def make_directories(self, paths: tuple[str, ...]) -> None:
-        def make() -> None:
-            for path in paths:
-                try:
-                    os.makedirs(path, exist_ok=True)
-                except OSError as error:
-                    raise RuntimeFailure(f"cannot make the directory {path}: {error}") from None
-
-        await anyio.to_thread.run_sync(make)
+    async def sub_path_source(self, host_path: str, sub_path: str) -> str:
+        return await anyio.to_thread.run_sync(resolve_sub_path, host_path, sub_path)
 
     async def watch(
         self,

@@ -26,6 +26,7 @@ from corral_node_agent.backoff import (
     after_start,
 )
 from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, StartContainer
+from corral_node_agent.mounts import uses_volume_labels
 from corral_node_agent.runtime import (
     ContainerSpec,
     ImagePullFailed,
@@ -37,7 +38,7 @@ from corral_node_agent.runtime import (
     VolumeNotReady,
     VolumeRefused,
 )
-from corral_node_agent.volumes import VolumeBook, prepare_mounts
+from corral_node_agent.volumes import PreparedMounts, VolumeBook, prepare_mounts
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,14 @@ def container_spec(
     *,
     networks: bool = False,
     mounts: tuple[Mount, ...] = (),
+    uses_volumes: tuple[str, ...] = (),
 ) -> ContainerSpec:
     """`networks`: the replica joins its template's corral networks (specs.replica_networks)
     and resolves through netmgr's DNS; else it goes on the engine's default bridge.
-    `mounts`: its volumes' (corral_node_agent.volumes.prepare_mounts)."""
+    `mounts`: its volumes' (corral_node_agent.volumes.prepare_mounts); `uses_volumes`:
+    the PersistentVolumes they use, one label each (names.uses_volume_label), so that
+    `docker ps --filter label=` finds a bind of a subPath too. Labels are not part of
+    the template hash; a replica without volumes gets none."""
     template = placement.template
     return ContainerSpec(
         name=container_name(cluster_id, placement.node, placement.replica),
@@ -91,6 +96,7 @@ def container_spec(
             names.LABEL_NAMESPACE: placement.namespace,
             names.LABEL_REPLICA: placement.replica,
             names.LABEL_TEMPLATE_HASH: placement.template_hash,
+            **uses_volume_labels(uses_volumes),
         },
         cpu_millis=template.resources.limits.cpu_millis,
         memory_bytes=template.resources.limits.memory_bytes,
@@ -337,13 +343,17 @@ class Executor:
         """Create. A name conflict never removes the holder: when it is this node's own
         container the next pass adopts it; anything else is left alone and reported."""
         name = container_name(self.cluster_id, placement.node, placement.replica)
-        mounts: tuple[Mount, ...] = ()
+        prepared = PreparedMounts()
         if placement.template.volumes:  # never an engine call for a replica without any
-            mounts = await prepare_mounts(
+            prepared = await prepare_mounts(
                 placement, self.cluster_id, name, self.volumes, self.runtime
             )
         spec = container_spec(
-            placement, self.cluster_id, networks=await self.uses_networks(), mounts=mounts
+            placement,
+            self.cluster_id,
+            networks=await self.uses_networks(),
+            mounts=prepared.mounts,
+            uses_volumes=prepared.volumes,
         )
         try:
             return await self.runtime.create_container(spec)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import posixpath
 import secrets
 import time
 from collections.abc import Mapping
@@ -350,9 +351,25 @@ class HollowRuntime:
             if name not in used and all(have.get(k) == v for k, v in labels.items())
         )
 
-    async def make_directories(self, paths: tuple[str, ...]) -> None:
+    async def labelled_users(self, label: str) -> list[VolumeUser]:
         self._check()
-        self.directories.extend(p for p in paths if p not in self.directories)
+        return [
+            VolumeUser(
+                id=c.id,
+                name=c.spec.name,
+                cluster=c.spec.labels.get(names.LABEL_CLUSTER, ""),
+                replica=c.spec.labels.get(names.LABEL_REPLICA, ""),
+            )
+            for c in self.containers.values()
+            if label in c.spec.labels
+        ]
+
+    async def sub_path_source(self, host_path: str, sub_path: str) -> str:
+        self._check()
+        path = posixpath.join(host_path, sub_path)  # the host is not touched: recorded
+        if path not in self.directories:
+            self.directories.append(path)
+        return path
 
     async def watch(
         self,

@@ -1,13 +1,18 @@
 """The pure translation of a replica's volumes into its container's mounts
 (docs/volumes.md, "Replicas with volumes").
 
-A claim is mounted through the `VolumeAttachment` of this node that serves it: its
+A claim is mounted through the `VolumeAttachment` of this node that serves it, found
+through the claim's `ClaimStatus`: Bound, its `volume` -> the attachment
+`names.attachment_key(node, volume)`, which must name that volume and the claim (never
+"any attachment naming the claim": a Released volume keeps its old claim's name). Its
 Docker volume (made by volmgr's node part), or with a `subPath` a bind of
-`<hostPath>/<subPath>`. An emptyDir is a Docker volume of the replica's own
-(`names.empty_dir_volume_name`), made by the engine with the container, with corral's
-labels; `medium: Memory` makes it a tmpfs. Nothing here touches the engine or NATS: what
-is missing raises `VolumeNotReady` (the replica waits) or `VolumeRefused` (a mount this
-node cannot give; the message names the field).
+`<hostPath>/<subPath>`, resolved on the host without following symlinks before the
+create (`SubPathBind`; the runtime's `sub_path_source`). An emptyDir is a Docker
+volume of the replica's own (`names.empty_dir_volume_name`), made by the engine with
+the container, with corral's labels; `medium: Memory` makes it a tmpfs. Nothing here
+touches the engine, the host or NATS: what is missing raises `VolumeNotReady` (the
+replica waits) or `VolumeRefused` (a mount this node cannot give; the message names the
+field).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from dataclasses import dataclass
 
 from corral.contract import names
 from corral.contract.quantity import memory_bytes
-from corral.contract.specs import EmptyDirSource, Volume
+from corral.contract.specs import EmptyDirSource
 from corral.contract.state import Placement
-from corral.contract.volume_state import VolumeAttachment
+from corral.contract.volume_state import CLAIM_BOUND, ClaimStatus, VolumeAttachment
 from corral_node_agent.runtime import Mount, VolumeNotReady, VolumeRefused
 
 WAITING_FOR_VOLUME = "waiting for volume"  # how a waiting replica's message begins
@@ -29,8 +34,10 @@ _STILL_USED = " is still used by container "
 EMPTY_DIR_PREFIX = "corral_empty_"  # names.empty_dir_volume_name
 READ_WRITE_ONCE_POD = "ReadWriteOncePod"
 
-# The attachment on this node serving a claim (key <namespace>.<claim>), or None.
-AttachmentOf = Callable[[str], VolumeAttachment | None]
+# The status of a claim (key <namespace>.<claim>), or None: not known (yet).
+ClaimStatusOf = Callable[[str], ClaimStatus | None]
+# This node's attachment record at a key (names.attachment_key), or None.
+AttachmentAt = Callable[[str], VolumeAttachment | None]
 
 
 def waiting_for_claim(claim: str) -> str:
@@ -68,19 +75,50 @@ class ClaimUse:
 
 
 @dataclass(frozen=True, slots=True)
+class SubPathBind:
+    """mounts[index] binds <host_path>/<sub_path>: its source is replaced by the real
+    path the runtime resolves (without following symlinks) before the create."""
+
+    index: int
+    host_path: str
+    sub_path: str
+    field: str  # volumeMounts[i].subPath
+
+
+@dataclass(frozen=True, slots=True)
 class MountPlan:
     mounts: tuple[Mount, ...] = ()
-    directories: tuple[str, ...] = ()  # host directories the binds need (made if missing)
+    sub_paths: tuple[SubPathBind, ...] = ()
     claims: tuple[ClaimUse, ...] = ()
 
+    @property
+    def volumes(self) -> tuple[str, ...]:
+        """The PersistentVolumes the container uses (one label each on it)."""
+        return tuple(dict.fromkeys(use.volume for use in self.claims))
 
-def _serving(volume: Volume, namespace: str, attachment_of: AttachmentOf) -> VolumeAttachment:
-    """The ready attachment of a claim volume; VolumeNotReady while there is none."""
-    assert volume.persistent_volume_claim is not None
-    claim = volume.persistent_volume_claim.claim_name
-    attachment = attachment_of(names.object_key(namespace, claim))
-    if attachment is None:
-        raise VolumeNotReady(waiting_for_claim(claim))
+
+def serving_attachment(
+    node: str,
+    claim: str,
+    status: ClaimStatus | None,
+    attachment_at: AttachmentAt,
+) -> VolumeAttachment:
+    """The ready attachment of this node serving `claim` (<namespace>.<name>): the
+    claim's status is Bound to a volume, this node's attachment of that volume names
+    that volume and that claim. VolumeNotReady (the replica waits) otherwise."""
+    name = claim.partition(".")[2] or claim
+    if status is None or status.phase != CLAIM_BOUND or not status.volume:
+        raise VolumeNotReady(waiting_for_claim(name))
+    attachment = attachment_at(names.attachment_key(node, status.volume))
+    if (
+        attachment is None
+        or attachment.node != node
+        or attachment.volume != status.volume
+        or attachment.claim != claim
+    ):
+        # Not made here yet, or still another claim's (a Released volume keeps its
+        # old claim's name until the node part clears it): never used for this one.
+        raise VolumeNotReady(waiting_for_volume(status.volume))
     if not attachment.ready or not (attachment.docker_volume or attachment.host_path):
         raise VolumeNotReady(waiting_for_volume(attachment.volume, attachment.message))
     return attachment
@@ -121,10 +159,16 @@ def empty_dir_labels(placement: Placement, cluster_id: str) -> tuple[tuple[str, 
     )
 
 
-def plan_mounts(placement: Placement, cluster_id: str, attachment_of: AttachmentOf) -> MountPlan:
-    """The mounts of placement's container. Every claim of the template must have a
-    ready attachment on this node first (VolumeNotReady names the first that has not);
-    a mount this node cannot give raises VolumeRefused naming the field."""
+def plan_mounts(
+    placement: Placement,
+    cluster_id: str,
+    claim_status_of: ClaimStatusOf,
+    attachment_at: AttachmentAt,
+) -> MountPlan:
+    """The mounts of placement's container. Every claim of the template must be Bound
+    and have a ready attachment on this node first (serving_attachment; VolumeNotReady
+    names the first that has not); a mount this node cannot give raises VolumeRefused
+    naming the field."""
     template = placement.template
     volumes = {volume.name: volume for volume in template.volumes}
     position = {volume.name: index for index, volume in enumerate(template.volumes)}
@@ -133,13 +177,15 @@ def plan_mounts(placement: Placement, cluster_id: str, attachment_of: Attachment
     for volume in template.volumes:
         if volume.persistent_volume_claim is None:
             continue
-        attachment = _serving(volume, placement.namespace, attachment_of)
-        served[volume.name] = attachment
         claim = names.object_key(placement.namespace, volume.persistent_volume_claim.claim_name)
+        attachment = serving_attachment(
+            placement.node, claim, claim_status_of(claim), attachment_at
+        )
+        served[volume.name] = attachment
         if all(use.claim != claim for use in claims):
             claims.append(ClaimUse(claim, attachment.volume, attachment.docker_volume))
     mounts: list[Mount] = []
-    directories: list[str] = []
+    sub_paths: list[SubPathBind] = []
     for index, mount in enumerate(template.volume_mounts):
         volume = volumes[mount.name]  # the template checked that it is one
         target = mount.mount_path.rstrip("/") or "/"
@@ -156,8 +202,9 @@ def plan_mounts(placement: Placement, cluster_id: str, attachment_of: Attachment
                         f"(claim {volume.persistent_volume_claim.claim_name})"
                     )
                     raise _no_subpath(field, mount.sub_path, what)
-                source = posixpath.join(attachment.host_path, mount.sub_path.rstrip("/"))
-                directories.append(source)
+                sub_path = mount.sub_path.rstrip("/")
+                sub_paths.append(SubPathBind(len(mounts), attachment.host_path, sub_path, field))
+                source = posixpath.join(attachment.host_path, sub_path)  # resolved later
                 mounts.append(Mount("bind", source, target, read_only))
             elif attachment.docker_volume:
                 mounts.append(Mount("volume", attachment.docker_volume, target, read_only))
@@ -180,7 +227,14 @@ def plan_mounts(placement: Placement, cluster_id: str, attachment_of: Attachment
                 labels=empty_dir_labels(placement, cluster_id),
             )
         )
-    return MountPlan(tuple(mounts), tuple(dict.fromkeys(directories)), tuple(claims))
+    return MountPlan(tuple(mounts), tuple(sub_paths), tuple(claims))
+
+
+def uses_volume_labels(volumes: Iterable[str]) -> dict[str, str]:
+    """The labels of a container that uses these PersistentVolumes (by a Docker volume
+    mount or a bind inside one): `docker ps --filter label=...` finds it, which Docker's
+    volume filter misses for binds. None for a container without any."""
+    return {names.uses_volume_label(volume): "1" for volume in volumes}
 
 
 def docker_mounts(mounts: Iterable[Mount]) -> list[dict[str, object]]:

@@ -199,6 +199,11 @@ class Runtime(Protocol):
         """Every container on the engine, running or not, that mounts volume `name`."""
         ...
 
+    async def labelled_users(self, label: str) -> list[VolumeUser]:
+        """Every container on the engine, running or not, carrying label `label`
+        (names.uses_volume_label: the users of a PersistentVolume, binds included)."""
+        ...
+
     async def remove_volume(self, name: str) -> None:
         """A volume already gone is not an error; one in use raises RuntimeFailure."""
         ...
@@ -207,9 +212,12 @@ class Runtime(Protocol):
         """The names of the volumes carrying every label given that no container uses."""
         ...
 
-    async def make_directories(self, paths: tuple[str, ...]) -> None:
-        """Make the host directories that bind mounts need (parents too; never on the
-        event loop). Raises RuntimeFailure naming the path when one cannot be made."""
+    async def sub_path_source(self, host_path: str, sub_path: str) -> str:
+        """The real path of <host_path>/<sub_path>, what a subPath bind gives Docker:
+        walked one component at a time without following any symlink, missing
+        directories made (0o755), and inside host_path's real path (never on the event
+        loop). Raises VolumeRefused (a component is a symlink or not a directory: the
+        message says which) or RuntimeFailure (the host failed)."""
         ...
 
     async def watch(

@@ -5,12 +5,15 @@
 on `names.placement_prefix(node)`), started the first time a replica with volumes is
 created: an agent whose replicas have none never watches it. Every change of an
 attachment calls `on_change` (the agent retries the replicas waiting on volumes at once,
-as a network's appearance does). `prepare_mounts` turns a placement into its mounts
-(corral_node_agent.mounts) and checks on the engine what only the engine knows.
+as a network's appearance does). `prepare_mounts` reads each claim's `ClaimStatus`,
+turns a placement into its mounts (corral_node_agent.mounts), checks on the engine what
+only the engine knows, and resolves each subPath on the host (the runtime's
+`sub_path_source`: no symlink followed; the real path is what Docker binds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -24,11 +27,19 @@ from corral.contract.volume_state import ClaimStatus, VolumeAttachment
 from corral.natsio.kv import Bucket, Mirror
 from corral_node_agent.mounts import (
     READ_WRITE_ONCE_POD,
+    MountPlan,
     plan_mounts,
     volume_in_use,
     waiting_for_volume,
 )
-from corral_node_agent.runtime import Mount, Runtime, RuntimeFailure, VolumeNotReady
+from corral_node_agent.runtime import (
+    Mount,
+    Runtime,
+    RuntimeFailure,
+    VolumeNotReady,
+    VolumeRefused,
+    VolumeUser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +68,13 @@ class VolumeBook:
         self.watching = False  # the watch was started (some replica has volumes)
         self.used = False  # some replica with volumes was created by this agent
         self._read = anyio.Event()
-        self._by_claim: dict[str, VolumeAttachment] | None = None
 
     def _changed(self, _key: str) -> None:
-        self._by_claim = None
         self.on_change()
 
-    def attachment_of(self, claim: str) -> VolumeAttachment | None:
-        """This node's attachment serving claim <namespace>.<name>: a ready one first,
-        then the newest."""
-        if self._by_claim is None:
-            index: dict[str, VolumeAttachment] = {}
-            values = self.mirror.values() if self.mirror is not None else []
-            for attachment in values:
-                if attachment.node != self.node or not attachment.claim:
-                    continue
-                known = index.get(attachment.claim)
-                if known is None or (attachment.ready, attachment.updated_at) > (
-                    known.ready,
-                    known.updated_at,
-                ):
-                    index[attachment.claim] = attachment
-            self._by_claim = index
-        return self._by_claim.get(claim)
+    def attachment_at(self, key: str) -> VolumeAttachment | None:
+        """This node's attachment record at `key` (names.attachment_key), or None."""
+        return self.mirror.get(key) if self.mirror is not None else None
 
     async def current(self) -> None:
         """Start the watch on first use and wait (bounded) for its first read."""
@@ -111,13 +106,12 @@ class VolumeBook:
         async with anyio.create_task_group() as tg:
             await tg.start(self.mirror.run)
             self._read.set()
-            self._by_claim = None
             self.on_change()
 
-    async def access_modes(self, claim: str) -> list[str]:
-        """The access modes of the volume bound to claim (its ClaimStatus); [] unknown."""
+    async def claim_status(self, claim: str) -> ClaimStatus | None:
+        """The claim's status as volmgr last wrote it (read afresh); None: none (yet)."""
         if self.claim_statuses is None:
-            return []
+            return None
         try:
             entry = await self.claim_statuses.get(claim)
         except Exception as error:  # retried on the replica's back-off, never guessed
@@ -125,8 +119,32 @@ class VolumeBook:
                 f"reading {names.CLAIM_STATUS_BUCKET}/{claim}: {error or type(error).__name__}"
             ) from None
         if entry is None or entry.value is None:
-            return []
-        return list(decode(entry.value, ClaimStatus).access_modes)
+            return None
+        return decode(entry.value, ClaimStatus)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreparedMounts:
+    mounts: tuple[Mount, ...] = ()
+    volumes: tuple[str, ...] = ()  # the PersistentVolumes used: one label each
+
+
+async def _other_users(
+    runtime: Runtime, docker_volume: str, volume: str, container: str, cluster_id: str
+) -> list[VolumeUser]:
+    """The containers of this cluster but `container` that use the PersistentVolume:
+    by Docker's volume filter, and by corral's label (binds of a subPath inside it,
+    which the volume filter never sees)."""
+    found = await runtime.labelled_users(names.uses_volume_label(volume))
+    if docker_volume:
+        found += await runtime.volume_users(docker_volume)
+    seen: set[str] = set()
+    users: list[VolumeUser] = []
+    for user in found:
+        if user.name != container and user.cluster == cluster_id and user.id not in seen:
+            seen.add(user.id)
+            users.append(user)
+    return users
 
 
 async def prepare_mounts(
@@ -135,30 +153,50 @@ async def prepare_mounts(
     container: str,
     book: VolumeBook,
     runtime: Runtime,
-) -> tuple[Mount, ...]:
+) -> PreparedMounts:
     """The mounts of placement's container (named `container`), once every claim is
-    usable here: its Docker volume is on the engine, and a ReadWriteOncePod claim's is
-    mounted by no other container of this cluster. Raises VolumeNotReady (wait) or
-    VolumeRefused (a field this node cannot serve)."""
-    if any(volume.persistent_volume_claim is not None for volume in placement.template.volumes):
+    usable here: Bound, served by this node's attachment of its volume, its Docker
+    volume on the engine, and a ReadWriteOncePod claim's volume used by no other
+    container of this cluster; each subPath resolved to its real path. Raises
+    VolumeNotReady (wait) or VolumeRefused (a field this node cannot serve; the replica
+    fails and is tried again on its back-off)."""
+    statuses: dict[str, ClaimStatus | None] = {}
+    claims = [v.persistent_volume_claim for v in placement.template.volumes]
+    if any(source is not None for source in claims):
         await book.current()
+        for source in claims:
+            if source is not None:
+                key = names.object_key(placement.namespace, source.claim_name)
+                if key not in statuses:
+                    statuses[key] = await book.claim_status(key)
     else:
         book.used = True
-    plan = plan_mounts(placement, cluster_id, book.attachment_of)
+    plan = plan_mounts(placement, cluster_id, statuses.get, book.attachment_at)
     for use in plan.claims:
-        if not use.docker_volume:
-            continue
-        if not await runtime.volume_exists(use.docker_volume):
+        if use.docker_volume and not await runtime.volume_exists(use.docker_volume):
             # Never let the engine make an empty volume of that name in its place.
             raise VolumeNotReady(
                 waiting_for_volume(
                     use.volume, f"Docker volume {use.docker_volume} is not on this engine"
                 )
             )
-        if READ_WRITE_ONCE_POD in await book.access_modes(use.claim):
-            for user in await runtime.volume_users(use.docker_volume):
-                if user.name != container and user.cluster == cluster_id:
-                    raise VolumeNotReady(volume_in_use(use.volume, user.name))
-    if plan.directories:
-        await runtime.make_directories(plan.directories)
-    return plan.mounts
+        status = statuses.get(use.claim)
+        if status is not None and READ_WRITE_ONCE_POD in status.access_modes:
+            users = await _other_users(
+                runtime, use.docker_volume, use.volume, container, cluster_id
+            )
+            if users:
+                raise VolumeNotReady(volume_in_use(use.volume, users[0].name))
+    return PreparedMounts(await _resolve_sub_paths(plan, runtime), plan.volumes)
+
+
+async def _resolve_sub_paths(plan: MountPlan, runtime: Runtime) -> tuple[Mount, ...]:
+    """The plan's mounts with each subPath bind's source replaced by its real path."""
+    mounts = list(plan.mounts)
+    for bind in plan.sub_paths:
+        try:
+            real = await runtime.sub_path_source(bind.host_path, bind.sub_path)
+        except VolumeRefused as error:
+            raise VolumeRefused(f"`{bind.field}` {bind.sub_path!r}: {error}") from None
+        mounts[bind.index] = dataclasses.replace(mounts[bind.index], source=real)
+    return tuple(mounts)
