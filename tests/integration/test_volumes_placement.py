@@ -14,12 +14,14 @@ from corral.contract.codec import decode, encode
 from corral.contract.specs import ObjectMeta, claim_names
 from corral.contract.state import DeploymentStatus, Placement, ReplicaState, ReplicaStatus
 from corral.contract.volume_specs import (
+    PersistentVolume,
     PersistentVolumeClaim,
     PersistentVolumeClaimSpec,
+    PersistentVolumeSpec,
     StorageRequest,
     VolumeResources,
 )
-from corral.contract.volume_state import ClaimStatus, NodeVolumes
+from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeStatus
 from corral.natsio.kv import NatsBucket
 from tests.integration.scheduler_harness import (
     deployment_json,
@@ -228,3 +230,46 @@ async def test_a_read_write_once_pod_update_never_has_two_placements_using_the_c
         tg.cancel_scope.cancel()
     assert most == 1
     assert len(set(seen)) == 2  # the old template's replica, then the new one's
+
+
+async def test_a_volume_made_by_hand_with_no_source_is_placed_only_where_its_size_fits(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    # n1 offers 2Gi, but a 1.5Gi volume made by hand already lives there (it counts)
+    offers = {
+        "n1": NodeVolumes(node="n1", ready=True, capacity_bytes=2048 * MiB),
+        "n2": NodeVolumes(node="n2", ready=True, capacity_bytes=1024 * MiB),
+    }
+    for node, offer in offers.items():
+        await buckets[names.NODE_VOLUMES_BUCKET].put(node, encode(offer))
+    older = VolumeStatus(
+        name="old", phase="Available", node="n1", size_bytes=1536 * MiB, counts_room=True
+    )
+    await buckets[names.VOLUME_STATUS_BUCKET].put("old", encode(older))
+    volume = PersistentVolume(
+        metadata=ObjectMeta(name="hand"),
+        spec=PersistentVolumeSpec(capacity=StorageRequest(storage="1Gi")),  # no source
+    )
+    await buckets[names.VOLUMES_BUCKET].put("hand", encode(volume))
+    await write_claim(buckets, "data")
+    bound = ClaimStatus(name="data", phase="Bound", volume="hand", capacity_bytes=1024 * MiB)
+    await write_status(buckets, bound)
+    await write_claim(buckets, "gone")
+    await write_status(buckets, ClaimStatus(name="gone", phase="Bound", volume="old", node="n1"))
+    deleting = msgspec.structs.replace(older, phase="Deleting", claim="default.gone")
+    await buckets[names.VOLUME_STATUS_BUCKET].put("old", encode(deleting))
+    async with running_scheduler(nats_url, nodes={**TWO_NODES, "n3": {}}) as ctx:
+        applied = await request(ctx.nc, "deployment", "apply", with_claim("web", 2))
+        assert applied.ok, applied.error
+        found = await eventually(
+            lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 2
+        )
+        assert sorted(p.node for p in found.values()) == ["n2", "n2"]
+        # a claim whose volume is being deleted: nothing placed, and why
+        applied = await request(ctx.nc, "deployment", "apply", with_claim("db", 1, claim="gone"))
+        assert applied.ok, applied.error
+        waiting = await eventually(
+            lambda: status_of(buckets, "db"), lambda s: s is not None and s.pending == 1
+        )
+        assert waiting is not None
+        assert waiting.pending_reason == 'persistentvolumeclaim "gone"\'s volume is being deleted'

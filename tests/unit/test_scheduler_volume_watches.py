@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.specs import (
@@ -225,6 +227,7 @@ async def test_room_is_taken_by_a_first_consumer_until_provisioned_and_then_by_t
             node="a",
             size_bytes=600 * MiB,
             provisioned_by="local",
+            counts_room=True,
         )
         await put(cluster, loop.volume_statuses, "pvc-1", provisioned)
         bound = ClaimStatus(name="one", phase="Bound", volume="pvc-1", node="a")
@@ -341,3 +344,129 @@ async def test_a_claim_used_on_a_new_node_decides_again_only_the_pending_ones_na
         assert "default.web" not in seen  # placed: nothing to decide when others use it
         # and the whole-cluster view holds the same facts as the per-Deployment ones
         assert loop.snapshot().volumes.claims["default.data"] == loop.claim_facts("default.data")
+
+
+def volume(name: str, size: str = "1Gi", **spec: Any) -> PersistentVolume:
+    return PersistentVolume(
+        metadata=ObjectMeta(name=name),
+        spec=PersistentVolumeSpec(capacity=StorageRequest(storage=size), **spec),
+    )
+
+
+async def test_a_volume_made_by_hand_with_no_source_counts_against_its_nodes_room() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        await cluster.heartbeat("a")
+        await cluster.tick(1, beating=("a",))
+        offer = NodeVolumes(node="a", ready=True, capacity_bytes=1024 * MiB)
+        await put(cluster, loop.node_volumes, "a", offer)
+        # made by hand (no provisionedBy), an image on a: volmgr says it counts
+        by_hand = VolumeStatus(
+            name="pv-hand", phase="Available", node="a", size_bytes=600 * MiB, counts_room=True
+        )
+        await put(cluster, loop.volume_statuses, "pv-hand", by_hand)
+        assert loop.storage_taken == {"a": 600 * MiB}
+        await put(cluster, loop.claims, "default.data", claim("data"))
+        await put(cluster, loop.claim_statuses, "default.data", waiting("data", 600 * MiB))
+        await apply(cluster, deployment("web", "data"))
+        await cluster.tick(1, beating=("a",))
+        assert placed(loop, "web") == []
+        assert await pending_reason(cluster, "web") == (
+            "0/1 nodes are available: 1 node(s) did not have enough free storage"
+        )
+        # a volume that does not count (a hostPath, say) takes nothing, provisioned or not
+        not_counted = msgspec.structs.replace(by_hand, counts_room=False)
+        await put(cluster, loop.volume_statuses, "pv-hand", not_counted)
+        assert loop.storage_taken == {}
+        await loop.drain()
+        assert placed(loop, "web") == ["a"]
+
+
+async def test_the_first_replica_of_a_volume_with_no_source_goes_where_its_size_fits() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        for name in ("a", "b", "c"):
+            await cluster.heartbeat(name)
+        await cluster.tick(1, beating=("a", "b", "c"))
+        small = NodeVolumes(node="a", ready=True, capacity_bytes=100 * MiB)
+        await put(cluster, loop.node_volumes, "a", small)
+        await put(cluster, loop.node_volumes, "c", NodeVolumes(node="c", ready=False))
+        await put(cluster, loop.volumes, "pv-hand", volume("pv-hand"))  # 1Gi, no source
+        await put(cluster, loop.claims, "default.data", claim("data"))
+        bound = ClaimStatus(name="data", phase="Bound", volume="pv-hand", capacity_bytes=1024 * MiB)
+        await put(cluster, loop.claim_statuses, "default.data", bound)
+        await apply(cluster, deployment("web", "data", replicas=2))
+        await cluster.tick(1, beating=("a", "b", "c"))
+        assert placed(loop, "web") == []
+        assert await pending_reason(cluster, "web") == (
+            "0/3 nodes are available: 1 node(s) did not have enough free storage, "
+            "2 node(s) had no volume manager running"
+        )
+        big = NodeVolumes(node="b", ready=True, capacity_bytes=2048 * MiB)
+        await put(cluster, loop.node_volumes, "b", big)
+        await loop.drain()
+        assert placed(loop, "web") == ["b", "b"]
+        assert loop.storage_taken == {"b": 1024 * MiB}  # not made yet: reserved
+        # volmgr pins it to b and makes it there: it counts once, not twice
+        made = VolumeStatus(
+            name="pv-hand",
+            phase="Bound",
+            claim="default.data",
+            node="b",
+            size_bytes=1024 * MiB,
+            counts_room=True,
+        )
+        await put(cluster, loop.volume_statuses, "pv-hand", made)
+        assert loop.storage_taken == {"b": 1024 * MiB}
+        pinned = msgspec.structs.replace(bound, node="b")
+        await put(cluster, loop.claim_statuses, "default.data", pinned)
+        assert loop.storage_taken == {"b": 1024 * MiB}
+
+
+async def test_a_claim_whose_volume_becomes_deleting_is_not_placed_with_any_more() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        await cluster.heartbeat("a")
+        await cluster.tick(1, beating=("a",))
+        await put(cluster, loop.volumes, "pv-1", volume("pv-1", node="a"))
+        await put(cluster, loop.claims, "default.data", claim("data"))
+        bound = ClaimStatus(name="data", phase="Bound", volume="pv-1", node="a")
+        await put(cluster, loop.claim_statuses, "default.data", bound)
+        await apply(cluster, deployment("web", "data"), deployment("db", "data", replicas=0))
+        await cluster.tick(1, beating=("a",))
+        assert placed(loop, "web") == ["a"]
+        await apply(cluster, deployment("web", "data", replicas=3))  # queued: decided below
+        seen = record_reconciles(loop)
+        status = VolumeStatus(name="pv-1", phase="Deleting", claim="default.data", node="a")
+        await put(cluster, loop.volume_statuses, "pv-1", status)
+        await loop.drain()
+        assert {"default.web", "default.db"} <= set(seen)
+        await apply(cluster, deployment("db", "data", replicas=1))
+        await loop.drain()
+        deleting = 'persistentvolumeclaim "data"\'s volume is being deleted'
+        assert placed(loop, "db") == [] and await pending_reason(cluster, "db") == deleting
+        assert placed(loop, "web") == ["a"] and await pending_reason(cluster, "web") == deleting
+
+
+async def test_a_local_driver_docker_volume_is_used_on_one_node_a_network_one_spreads() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        for name in ("a", "b"):
+            await cluster.heartbeat(name)
+        await cluster.tick(1, beating=("a", "b"))
+        modes = ["ReadWriteOnce", "ReadWriteMany"]
+        engine_data = volume("engine", access_modes=modes, docker_volume=DockerVolumeSource())
+        nfs = volume(
+            "nfs", access_modes=modes, docker_volume=DockerVolumeSource(options={"type": "nfs"})
+        )
+        for pv, name in ((engine_data, "local"), (nfs, "shared")):
+            await put(cluster, loop.volumes, pv.metadata.name, pv)
+            await put(cluster, loop.claims, f"default.{name}", claim(name, tuple(modes)))
+            status = ClaimStatus(
+                name=name, phase="Bound", volume=pv.metadata.name, access_modes=modes
+            )
+            await put(cluster, loop.claim_statuses, f"default.{name}", status)
+        await apply(cluster, deployment("one", "local", replicas=2), deployment("two", "shared", 2))
+        await cluster.tick(1, beating=("a", "b"))
+        assert len(set(placed(loop, "one"))) == 1 and len(placed(loop, "one")) == 2
+        assert placed(loop, "two") == ["a", "b"]

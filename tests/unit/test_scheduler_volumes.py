@@ -310,6 +310,68 @@ def test_a_shared_docker_volume_many_nodes_may_mount_spreads_as_usual(mode: str)
     assert outcome(decide(deployment(), shared)) == (["n1", "n2", "n3"], 0, "")
 
 
+def test_a_claim_whose_volume_is_being_deleted_places_nothing_and_says_why() -> None:
+    for status in (bound("n1"), bound(""), bound("", modes=("ReadWriteMany",))):
+        deleting = facts(status, volume_deleting=True, users={"n1": {"app-old": 1}})
+        assert outcome(decide(deployment(), deleting)) == (
+            [],
+            3,
+            'persistentvolumeclaim "data"\'s volume is being deleted',
+        )
+
+
+def test_a_volume_with_no_source_and_no_node_goes_first_where_a_volume_manager_has_its_room() -> (
+    None
+):
+    offered = {
+        "n1": ready_volmgr(1000 * MiB),  # 900Mi taken: 100Mi left, the volume is 200Mi
+        "n2": NodeVolumes(node="n2", ready=False, capacity_bytes=10_000 * MiB),
+        "n3": ready_volmgr(1000 * MiB),
+    }
+    made_by_hand = facts(bound(""), first_use_bytes=200 * MiB)
+    placed = outcome(
+        decide(deployment(), made_by_hand, node_volumes=offered, storage_taken={"n1": 900 * MiB})
+    )
+    assert placed == (["n3", "n3", "n3"], 0, "")  # all of them where its volume will be
+    placed = outcome(
+        decide(
+            deployment(),
+            made_by_hand,
+            node_volumes=offered,
+            storage_taken={"n1": 900 * MiB, "n3": 900 * MiB},
+        )
+    )
+    assert placed == (
+        [],
+        3,
+        "0/3 nodes are available: 2 node(s) did not have enough free storage, "
+        "1 node(s) had no volume manager running",
+    )
+    # used already: it is (or is being) made there, no room is asked again
+    used = facts(bound(""), first_use_bytes=200 * MiB, users={"n2": {"app-old": 1}})
+    assert outcome(decide(deployment(), used, node_volumes={})) == (["n2", "n2", "n2"], 0, "")
+
+
+def test_one_pass_counts_the_room_a_volume_with_no_source_took_for_the_next_deployment() -> None:
+    a, b = deployment("a", ("one",), 1), deployment("b", ("two",), 1)
+    view = VolumeView(
+        claims={
+            "default.one": ClaimFacts(status=bound(""), first_use_bytes=600 * MiB),
+            "default.two": ClaimFacts(status=waiting(600 * MiB, "two")),
+        },
+        node_volumes={"n1": ready_volmgr(1024 * MiB), "n2": ready_volmgr(1024 * MiB)},
+    )
+    snapshot = Snapshot(
+        deployments={a.key: a, b.key: b},
+        nodes={"n1": node("n1"), "n2": node("n2")},
+        node_last_seen={"n1": 0.0, "n2": 0.0},
+        volumes=view,
+    )
+    counter = itertools.count()
+    plan = schedule(snapshot, 0.0, wall_time=1.0, new_suffix=lambda: f"{next(counter):05d}")
+    assert sorted(p.node for p in plan.place) == ["n1", "n2"]
+
+
 def test_read_write_once_pod_places_nothing_while_a_placement_uses_the_claim() -> None:
     exclusive = facts(bound("", modes=("ReadWriteOncePod",)), users={"n1": {"other-x": 1}})
     placed = outcome(decide(deployment(replicas=1), exclusive))

@@ -73,7 +73,9 @@ from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStat
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim
 from corral.contract.volume_state import (
+    CLAIM_BOUND,
     CLAIM_PENDING,
+    VOLUME_DELETING,
     ClaimStatus,
     NodeVolumes,
     VolumeStatus,
@@ -266,8 +268,10 @@ class ControlLoop:
         # Claim key -> node -> replica -> placements using it there (reservations too),
         # kept per placement change (`_count`), never rebuilt.
         self.claim_users: dict[str, dict[str, dict[str, int]]] = {}
-        # Node -> bytes of its room taken: provisioned volumes placed there, and claims
-        # waiting for their first consumer whose replica is placed there (`_claim_room`).
+        # Node -> bytes of its room taken: the volumes corral made there (countsRoom), and
+        # claims whose first replica is placed there whose volume is not made there yet
+        # (waiting for their first consumer, or bound to a volume with no source and no
+        # node yet: `_claim_room`).
         self.storage_taken: dict[str, int] = {}
         self._claim_room: dict[str, tuple[str, int]] = {}  # claim -> (node, bytes) taken
         self._node_volumes: dict[str, NodeVolumes] = {}
@@ -368,20 +372,20 @@ class ControlLoop:
         self._refresh_claim_room(key)
 
     def _refresh_claim_room(self, claim: str) -> None:
-        """A claim waiting for its first consumer, once a placement uses it, takes its
-        `requestBytes` of that node's room until volmgr provisions it (its VolumeStatus
+        """A claim waiting for its first consumer (or bound to a volume with no source and
+        no node yet), once a placement uses it, takes its `requestBytes` (its volume's
+        size) of that node's room until volmgr makes the volume there (its VolumeStatus
         then counts): the next decisions see the room taken."""
         status = self.claim_statuses.get(claim)
         users = self.claim_users.get(claim)
         want: tuple[str, int] | None = None
-        if (
-            users
-            and status is not None
-            and status.phase == CLAIM_PENDING
-            and status.wait_for_first_consumer
-            and status.request_bytes > 0
-        ):
-            want = (min(users), status.request_bytes)
+        if users and status is not None:
+            if status.phase == CLAIM_PENDING and status.wait_for_first_consumer:
+                need = status.request_bytes
+            else:
+                need = self.first_use_bytes(status)
+            if need > 0:
+                want = (min(users), need)
         have = self._claim_room.get(claim)
         if have == want:
             return
@@ -404,7 +408,15 @@ class ControlLoop:
     def _volume_status_changed(
         self, key: str, old: VolumeStatus | None, new: VolumeStatus | None
     ) -> None:
-        """A provisioned volume takes its size of its node's room."""
+        """A volume corral made on a node (countsRoom) takes its size of that node's
+        room; the first use's reservation of its claim goes once it has a node; a volume
+        becoming Deleting (or no longer) decides again the Deployments naming its claim."""
+        claims = {status.claim for status in (old, new) if status is not None and status.claim}
+        for claim in claims:
+            self._refresh_claim_room(claim)
+        if _deleting(old) != _deleting(new):
+            for claim in claims:
+                self.controller.enqueue_all(self.deployments_by_claim.get(claim))
         before = _room_of(old)
         after = _room_of(new)
         if before == after:
@@ -418,9 +430,11 @@ class ControlLoop:
     def _volume_changed(
         self, key: str, old: PersistentVolume | None, new: PersistentVolume | None
     ) -> None:
-        """Whether a volume is node-local decides where its claim's replicas may go."""
+        """Whether a volume is node-local (or has no source) decides where its claim's
+        replicas may go."""
         status = self.volume_statuses.get(key)
         if status is not None and status.claim:
+            self._refresh_claim_room(status.claim)
             self.controller.enqueue_all(self.deployments_by_claim.get(status.claim))
 
     def _node_volumes_changed(
@@ -456,17 +470,35 @@ class ControlLoop:
         spec = self.claims.get(key)
         status = self.claim_statuses.get(key)
         node_local = True  # unknown: the safe side (one node)
+        deleting = False
         if status is not None and status.volume:
             volume = self.volumes.get(status.volume)
             if volume is not None:
                 node_local = volume.spec.node_local
+            deleting = _deleting(self.volume_statuses.get(status.volume))
         return ClaimFacts(
             exists=spec is not None or key in self.claims.unreadable,
             access_modes=() if spec is None else tuple(spec.spec.access_modes),
             status=status,
             node_local=node_local,
             users=self.claim_users.get(key, {}),
+            volume_deleting=deleting,
+            first_use_bytes=self.first_use_bytes(status),
         )
+
+    def first_use_bytes(self, status: ClaimStatus | None) -> int:
+        """A bound claim whose volume has no source (an image corral makes on the node of
+        its first use) and no node yet: that volume's size, the room its first replica's
+        node must offer; else 0 (docs/volumes.md, "Replicas with volumes")."""
+        if status is None or status.phase != CLAIM_BOUND or status.node or not status.volume:
+            return 0
+        volume = self.volumes.get(status.volume)
+        if volume is None or volume.spec.source != "provisioned" or volume.spec.node:
+            return 0
+        volume_status = self.volume_statuses.get(status.volume)
+        if volume_status is not None and volume_status.node:
+            return 0
+        return volume.spec.size_bytes
 
     def exclusive_claim(self, deployment: Deployment) -> str | None:
         """The ReadWriteOncePod claim `deployment`'s template names (its spec's or its
@@ -1018,10 +1050,15 @@ def _claim_keys(key: str, deployment: Deployment) -> list[str]:
 
 
 def _room_of(status: VolumeStatus | None) -> tuple[str, int] | None:
-    """The node and bytes a provisioned volume takes of that node's room, or None."""
-    if status is None or not status.provisioned_by or not status.node:
+    """The node and bytes a volume corral made there (countsRoom: one with no source,
+    provisioned or made by hand) takes of that node's room, or None."""
+    if status is None or not status.counts_room or not status.node:
         return None
     return (status.node, status.size_bytes)
+
+
+def _deleting(status: VolumeStatus | None) -> bool:
+    return status is not None and status.phase == VOLUME_DELETING
 
 
 def _offer(record: NodeVolumes | None) -> tuple[bool, int] | None:

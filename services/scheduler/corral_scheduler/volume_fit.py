@@ -8,7 +8,10 @@ A template's claims each constrain where its new replicas may go, in order:
     Pending, not waitForFirstConsumer      none: '... "data" is not bound: <its message>'
     Pending, waitForFirstConsumer          nodes whose volume manager is ready with
                                            `requestBytes` of room; then all on that node
+    Bound, its volume Deleting             none: '... "data"'s volume is being deleted'
     Bound, `node` set                      only that node
+    Bound, no source, `node` empty         where a replica already uses it, else one node
+                                           whose volume manager is ready with its size of room
     Bound, node-local, `node` empty        where a replica already uses it, else one node
     Bound, ReadWriteOnce dockerVolume      where a replica already uses it, else one node
     ReadWriteOncePod                       one replica in the cluster, once none uses it
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 from corral.contract.names import object_key
 from corral.contract.specs import ContainerTemplate, claim_names
+from corral.contract.volume_specs import single_node
 from corral.contract.volume_state import (
     CLAIM_BOUND,
     CLAIM_PENDING,
@@ -36,9 +40,6 @@ from corral.contract.volume_state import (
 )
 
 READ_WRITE_ONCE_POD = "ReadWriteOncePod"
-# A volume with one of these modes may be mounted on several nodes at once (Kubernetes'
-# IsMultiAttachAllowed); without them a shared (dockerVolume) one is used on one node.
-MULTI_NODE_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
 
 # Why a node cannot take a replica, in Kubernetes' words (counted in "0/N nodes are
 # available: ..." next to the resource reasons).
@@ -62,6 +63,11 @@ class ClaimFacts:
     node_local: bool = True
     # The placements that use it: node -> replica name -> how many placements.
     users: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # The bound volume's record is Deleting (VolumeStatus.phase): never placed with.
+    volume_deleting: bool = False
+    # The bound volume has no source (an image corral makes on the node of its first use)
+    # and no node yet: its size, the room its first replica's node must offer (0: none).
+    first_use_bytes: int = 0
 
     @property
     def exclusive(self) -> bool:
@@ -77,9 +83,10 @@ class VolumeView:
 
     claims: Mapping[str, ClaimFacts] = field(default_factory=dict)  # by claim key
     node_volumes: Mapping[str, NodeVolumes] = field(default_factory=dict)  # by node
-    # Bytes of each node's room already taken: its provisioned volumes (VolumeStatus.
-    # sizeBytes with provisionedBy) and the claims waiting for their first consumer
-    # whose replica is placed there (not provisioned yet).
+    # Bytes of each node's room already taken: the volumes corral made there (VolumeStatus.
+    # sizeBytes with countsRoom) and the claims whose first replica is placed there whose
+    # volume is not made there yet (waiting for their first consumer, or bound to a volume
+    # with no source and no node yet).
     storage_taken: Mapping[str, int] = field(default_factory=dict)
 
     def copied(self) -> VolumeView:
@@ -92,6 +99,8 @@ class VolumeView:
                     facts.status,
                     facts.node_local,
                     {node: dict(replicas) for node, replicas in facts.users.items()},
+                    facts.volume_deleting,
+                    facts.first_use_bytes,
                 )
                 for key, facts in self.claims.items()
             },
@@ -128,9 +137,11 @@ class _Rule:
     key: str  # <namespace>.<claim>
     facts: ClaimFacts
     # "node": only `node`; "one": one node for every replica (where it is used, else the
-    # first picked); "room": waiting for its first consumer (one node, with room); "": any.
+    # first picked); "room": as "one", the first picked with `need` bytes of room (waiting
+    # for its first consumer, or bound to a volume with no source and no node yet); "": any.
     kind: str
     node: str = ""
+    need: int = 0  # "room": the bytes the first node must offer
     conflict: str = AFFINITY_CONFLICT  # the reason for the nodes it excludes
     used: set[str] = field(default_factory=set)  # the nodes where placements use it
 
@@ -173,15 +184,19 @@ class VolumeFit:
         if phase == CLAIM_TERMINATING:
             return f"{what} is being deleted"
         if status is not None and phase == CLAIM_PENDING and status.wait_for_first_consumer:
-            self.rules.append(_Rule(claim, key, facts, "room"))
+            self.rules.append(_Rule(claim, key, facts, "room", need=status.request_bytes))
         elif status is None or phase != CLAIM_BOUND:
             message = "" if status is None else status.message
             return f"{what} is not bound" + (f": {message}" if message else "")
+        elif facts.volume_deleting:
+            return f"{what}'s volume is being deleted"
         elif status.node:
             self.rules.append(_Rule(claim, key, facts, "node", node=status.node))
+        elif facts.node_local and facts.first_use_bytes:
+            self.rules.append(_Rule(claim, key, facts, "room", need=facts.first_use_bytes))
         elif facts.node_local:
             self.rules.append(_Rule(claim, key, facts, "one"))
-        elif not MULTI_NODE_MODES.intersection(status.access_modes):
+        elif single_node(status.access_modes):
             conflict = in_use_elsewhere(status.volume)
             self.rules.append(_Rule(claim, key, facts, "one", conflict=conflict))
         elif facts.exclusive:
@@ -220,8 +235,7 @@ class VolumeFit:
                     if node not in rule.used:
                         return rule.conflict
                 elif rule.kind == "room":
-                    assert rule.facts.status is not None
-                    need += rule.facts.status.request_bytes
+                    need += rule.need
         if need:
             offered = self.view.node_volumes.get(node)
             if offered is None or not offered.ready:
@@ -233,13 +247,11 @@ class VolumeFit:
 
     def took(self, node: str, replica: str) -> None:
         """A replica of this Deployment placed on `node`: the claims it uses are used there
-        now (a claim waiting for its first consumer takes its room there, once)."""
+        now (a claim waiting for its first consumer, or bound to a volume with no source
+        and no node yet, takes its room there, once)."""
         for rule in self.rules:
             if rule.kind == "room" and not rule.used:
-                assert rule.facts.status is not None
-                self.takes.room[node] = (
-                    self.takes.room.get(node, 0) + rule.facts.status.request_bytes
-                )
+                self.takes.room[node] = self.takes.room.get(node, 0) + rule.need
             rule.used.add(node)
             per_node = self.takes.users.setdefault(rule.key, {})
             per_node.setdefault(node, []).append(replica)
