@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import subprocess
 import uuid
@@ -150,7 +151,9 @@ async def test_a_provisioned_volume_becomes_a_labelled_docker_volume_on_a_mounte
     node_name: str,
     test_image: str,
     unchanged_host: Guard,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="corral_volmgr.node.part")
     folder = unchanged_host.folder
     async with running_node_part(nats_url, node_name, folder) as ctx:
         cluster = unchanged_host.cluster = ctx.cluster.id
@@ -195,14 +198,38 @@ async def test_a_provisioned_volume_becomes_a_labelled_docker_volume_on_a_mounte
         )  # fmt: skip
         assert done.returncode != 0 and "No space left on device" in done.stderr
         assert (Path(ready.host_path) / "hello").read_text() == "hello\n"
-        # deleted while the stopped container still holds its Docker volume: kept
-        await buckets[names.VOLUMES_BUCKET].delete("pv-e2e")
+        # deleted (the cluster part's tombstone) while the stopped container still holds
+        # its Docker volume: kept
+        await put(
+            buckets[names.VOLUME_STATUS_BUCKET],
+            "pv-e2e",
+            status("pv-e2e", node=node_name, phase="Deleting"),
+        )
         waiting = await eventually(
             lambda: attachment(buckets, key), lambda a: a is not None and not a.ready
         )
         assert waiting is not None and "being removed" in waiting.message
         assert inspect_volume(name) is not None
+        # a container that only binds a subPath of it (Docker's volume filter misses it)
+        # carries the agent's uses-volume label: it holds the volume all the same
+        binder = f"volmgr-e2e-{uuid.uuid4().hex[:8]}"
+        unchanged_host.containers.append(binder)
+        made = sh("docker", "create", "--name", binder, "--label",
+                  f"{names.uses_volume_label('pv-e2e')}=1", "-v",
+                  f"{ready.host_path}/sub:/data", test_image, "true")  # fmt: skip
+        binder_id = made.stdout.strip()
         sh("docker", "rm", "-f", writer)
+        # a take-down tried with the writer gone finds the binder alone, and stops there
+        alone = f"volume pv-e2e: used by container(s) ['{binder_id}']; trying again"
+
+        async def logged() -> str:
+            return caplog.text
+
+        await eventually(logged, lambda text: alone in text, within=20)
+        assert inspect_volume(name) is not None
+        assert (Path(ready.host_path) / "hello").read_text() == "hello\n"
+        assert host.under(host.read_mounts(), str(folder))
+        sh("docker", "rm", "-f", binder)
         await eventually(lambda: attachment(buckets, key), lambda a: a is None, within=20)
         assert inspect_volume(name) is None
         assert not host.under(host.read_mounts(), str(folder))
@@ -210,7 +237,7 @@ async def test_a_provisioned_volume_becomes_a_labelled_docker_volume_on_a_mounte
         assert not (folder / cluster / "pv-e2e.json").exists()
 
 
-async def test_a_docker_volume_is_made_for_a_placement_here_and_removed_once_no_container_has_it(
+async def test_a_docker_volume_is_made_for_a_placement_here_handed_over_once_no_container_has_it(
     nats_url: str,
     buckets: dict[str, NatsBucket],
     node_name: str,
@@ -251,7 +278,15 @@ async def test_a_docker_volume_is_made_for_a_placement_here_and_removed_once_no_
         assert held is not None and inspect_volume(name) is not None
         sh("docker", "rm", "-f", user)
         await eventually(lambda: attachment(buckets, key), lambda a: a is None, within=20)
-        assert inspect_volume(name) is None
+        assert inspect_volume(name) is not None  # the Docker volume is the data: kept
+        await put(
+            buckets[names.VOLUME_STATUS_BUCKET], "scratch", status("scratch", phase="Deleting")
+        )
+        await eventually(
+            lambda: anyio.to_thread.run_sync(inspect_volume, name),
+            lambda shown: shown is None,
+            within=20,
+        )
 
 
 async def test_remove_all_keeps_the_data_and_delete_data_removes_it(

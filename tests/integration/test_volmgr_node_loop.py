@@ -165,7 +165,7 @@ async def test_after_a_restart_the_image_is_mounted_again_before_anything_is_rep
     # a deleted volume: its image, folder and .json go, and its loop device
     layout = second.loops.layout
     image = layout.image("pv1")
-    put(second.volumes, "pv1", None)
+    put(second.statuses, "pv1", status("pv1", node="n1", phase="Deleting"))
     assert await second.reconcile_volume("pv1") is None
     assert image_loops(image) == [] and not await second.loops.mounted("pv1")
     assert not image.exists() and not layout.sidecar("pv1").exists()
@@ -217,3 +217,26 @@ async def test_mounts_and_files_of_another_cluster_in_the_folder_are_left_alone(
         assert theirs.layout.image("pv1").exists()
     finally:
         await theirs.unmount("pv1")
+
+
+async def test_a_volumes_folder_behind_a_symbolic_link_finds_its_mounts_and_takes_them_down(
+    volumes_dir: Path,
+):
+    real = volumes_dir.parent / "real-volumes"
+    await anyio.to_thread.run_sync(lambda: real.mkdir())
+    await anyio.to_thread.run_sync(volumes_dir.symlink_to, real)
+    buckets = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    part, _ = await part_on(volumes_dir, buckets)
+    await part.start()
+    await part.reconcile_volume("pv1")
+    assert await part.loops.mounted("pv1")
+    attachment = part.attachments.get(names.attachment_key("n1", "pv1"))
+    assert attachment is not None and attachment.host_path == str(real / CLUSTER / "pv1")
+    assert len([m for m in host.read_mounts() if m.target == attachment.host_path]) == 1
+    again, _ = await part_on(volumes_dir, buckets)
+    await again.start()  # a restart: found mounted, not mounted a second time over it
+    assert len([m for m in host.read_mounts() if m.target == attachment.host_path]) == 1
+    put(again.statuses, "pv1", status("pv1", node="n1", phase="Deleting"))
+    assert await again.reconcile_volume("pv1") is None
+    assert not host.under(host.read_mounts(), str(real))
+    assert not (real / CLUSTER / "pv1.img").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from corral.natsio.kv import MemoryBucket
 from corral.natsio.service import RefusedToStart
 from corral_volmgr import node as node_part
 from corral_volmgr.node import capacity, decide, host
+from corral_volmgr.node.docker_volumes import bind_volume, driver_volume
 from corral_volmgr.node.host_paths import HostPathRules, prepare
 from corral_volmgr.node.loop_volumes import Layout, LoopVolumes
 from corral_volmgr.node.part import NodePart, NodeSettings
@@ -39,13 +41,14 @@ def test_a_provisioned_volume_is_made_only_on_the_node_its_status_names():
     assert (other.action, other.reason) == (decide.RELEASE, "lives on node n2")
     assert decide.decide("n1", pv("a"), status("a")).action == decide.RELEASE  # not placed
     assert decide.decide("n1", pv("a"), None).action == decide.LEAVE  # no status yet
-    assert decide.decide("n1", pv("a", node="n1"), None).action == decide.PROVISION
+    assert decide.decide("n1", pv("a", node="n1"), None).action == decide.LEAVE
+    assert decide.decide("n1", pv("a", node="n1"), status("a")).action == decide.PROVISION
 
 
 def test_a_host_path_volume_is_made_on_its_spec_node_or_its_status_node():
     spec_node = pv("h", host_path="/srv/data", node="n1")
-    assert decide.decide("n1", spec_node, None).action == decide.HOST_PATH
-    assert decide.decide("n2", spec_node, None).action == decide.RELEASE
+    assert decide.decide("n1", spec_node, status("h")).action == decide.HOST_PATH
+    assert decide.decide("n2", spec_node, status("h")).action == decide.RELEASE
     first_use = pv("h", host_path="/srv/data")
     assert decide.decide("n1", first_use, status("h", node="n1")).action == decide.HOST_PATH
 
@@ -61,11 +64,35 @@ def test_a_docker_volume_is_made_only_while_a_replica_here_uses_it_and_rwo_only_
     )
     assert elsewhere.action == decide.RELEASE
     assert "attached to node n2" in elsewhere.reason
-    both = pv("d", driver="local", modes=("ReadWriteOnce", "ReadWriteMany"))
+    nfs = {"type": "nfs", "o": "addr=10.0.0.1", "device": ":/export"}
+    rwo_nfs = pv("d", driver="local", options=nfs)
     elsewhere = decide.decide(
+        "n1", rwo_nfs, status("d", claim="default.data", attach_node="n2"), claims_used_here=["c"]
+    )
+    assert elsewhere.action == decide.RELEASE
+
+
+def test_a_mixed_mode_shared_docker_volume_is_mounted_wherever_used_as_the_scheduler_spreads_it():
+    # [RWO, RWX] offers ReadWriteMany: not single-node (volume_specs.single_node), so a
+    # replica the scheduler put on n1 gets it although attachNode names n2
+    both = pv(
+        "d",
+        driver="local",
+        options={"type": "nfs", "o": "addr=10.0.0.1", "device": ":/export"},
+        modes=("ReadWriteOnce", "ReadWriteMany"),
+    )
+    used = decide.decide(
         "n1", both, status("d", claim="default.data", attach_node="n2"), claims_used_here=["c"]
     )
-    assert elsewhere.action == decide.RELEASE  # as the cluster part: any single-node mode
+    assert used.action == decide.DOCKER_VOLUME
+
+
+def test_a_local_driver_docker_volume_lives_on_its_node_like_a_provisioned_one():
+    plain = pv("d", driver="local", modes=("ReadWriteMany",))  # its data: the engine's root
+    here = decide.decide("n1", plain, status("d", node="n1", claim="default.data"))
+    assert (here.action, here.claim) == (decide.DOCKER_VOLUME, "default.data")
+    there = decide.decide("n1", plain, status("d", node="n2"), claims_used_here=["c"])
+    assert (there.action, there.reason) == (decide.RELEASE, "lives on node n2")
     shared = pv("d", driver="local", modes=("ReadWriteMany",))
     anywhere = decide.decide(
         "n1", shared, status("d", claim="default.data"), claims_used_here=["c"]
@@ -73,9 +100,24 @@ def test_a_docker_volume_is_made_only_while_a_replica_here_uses_it_and_rwo_only_
     assert anywhere.action == decide.DOCKER_VOLUME
 
 
-def test_a_deleted_volume_is_removed_and_an_unreadable_one_left_alone():
-    assert decide.decide("n1", None, None).action == decide.REMOVE
+def test_only_the_deleting_phase_deletes_and_a_missing_or_unreadable_record_is_left_alone():
+    assert decide.decide("n1", None, None) == decide.Decision(decide.LEAVE, decide.NO_RECORD)
+    assert decide.decide("n1", None, status("a", node="n1")).action == decide.LEAVE
+    deleting = status("a", node="n1", phase="Deleting", keep_data=True)
+    assert decide.decide("n1", pv("a"), deleting) == decide.Decision(
+        decide.DELETE, "deleted", keep_data=True
+    )
+    assert decide.decide("n1", None, deleting).action == decide.DELETE
     assert decide.decide("n1", None, None, unreadable=True).action == decide.LEAVE
+
+
+def test_a_released_volume_is_attached_for_no_claim():
+    released = status("a", node="n1", claim="default.data", phase="Released")
+    assert decide.decide("n1", pv("a"), released) == decide.Decision(decide.PROVISION)
+    shared = pv("d", driver="local", options={"type": "nfs", "device": ":/x"})
+    released = status("d", claim="default.data", attach_node="n1", phase="Released")
+    made = decide.decide("n1", shared, released, claims_used_here=["default.data"])
+    assert (made.action, made.claim) == (decide.DOCKER_VOLUME, "")
 
 
 # --- small pieces ----------------------------------------------------------------------------
@@ -108,14 +150,17 @@ def test_capacity_is_a_quantity_or_measured_in_whole_mebibytes():
 
 def test_a_host_path_is_refused_in_the_engines_data_root_and_outside_the_allow_list(tmp_path):
     rules = HostPathRules(forbidden=(str(tmp_path / "docker"),), allowed=(str(tmp_path),))
-    assert "system location" in prepare(str(tmp_path / "docker" / "x"), "", rules)
-    assert "outside the allowed" in prepare("/srv/elsewhere", "", rules)
+    assert "system location" in prepare(str(tmp_path / "docker" / "x"), "", rules)[0]
+    assert "outside the allowed" in prepare("/srv/elsewhere", "", rules)[0]
     made = tmp_path / "made" / "here"
-    assert prepare(str(made), "DirectoryOrCreate", rules) == ""
+    assert prepare(str(made), "DirectoryOrCreate", rules) == ("", str(made))
     assert made.is_dir()
-    assert "does not exist" in prepare(str(tmp_path / "missing"), "Directory", rules)
+    assert "does not exist" in prepare(str(tmp_path / "missing"), "Directory", rules)[0]
     (tmp_path / "link").symlink_to("/etc")
-    assert "leads to" in prepare(str(tmp_path / "link"), "", HostPathRules())
+    assert "leads to" in prepare(str(tmp_path / "link"), "", HostPathRules())[0]
+    (tmp_path / "to-docker").symlink_to(tmp_path / "docker")
+    assert "leads to" in prepare(str(tmp_path / "to-docker" / "new"), "", rules)[0]
+    assert not (tmp_path / "docker" / "new").exists()  # refused before it is made
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,7 +245,7 @@ async def test_a_volume_of_another_node_makes_nothing_here(tmp_path):
     assert not (tmp_path / "volumes" / CLUSTER / "pv1").exists()
 
 
-async def test_a_deleted_provisioned_volume_loses_its_docker_volume_files_and_attachment_last(
+async def test_a_deleting_provisioned_volume_loses_its_docker_volume_files_and_attachment_last(
     tmp_path,
 ):
     part, docker = make_part(tmp_path)
@@ -209,7 +254,7 @@ async def test_a_deleted_provisioned_volume_loses_its_docker_volume_files_and_at
     await part.reconcile_volume("pv1")
     name = names.docker_volume_name("pv1", CLUSTER)
     docker.in_use.add(name)  # a container still has it: Docker refuses
-    put(part.volumes, "pv1", None)
+    put(part.statuses, "pv1", status("pv1", node="n1", phase="Deleting"))
     retry = await part.reconcile_volume("pv1")
     assert retry is not None and retry.requeue_after == 0.5
     kept = await stored(part, "pv1")
@@ -233,7 +278,8 @@ async def test_files_of_another_cluster_in_the_volumes_folder_are_never_touched(
         json.dumps({"clusterId": "other", "volume": "pv1", "sizeBytes": 1})
     )
     part.local.add("pv1")
-    await part.reconcile_volume("pv1")  # no record: deleted, as far as this cluster knows
+    put(part.statuses, "pv1", status("pv1", node="n1", phase="Deleting"))
+    await part.reconcile_volume("pv1")  # deleted, as far as this cluster knows
     assert (theirs / "pv1" / "data").read_text() == "keep"
 
 
@@ -241,6 +287,7 @@ async def test_a_refused_host_path_is_said_in_the_attachment_and_a_good_one_is_m
     part, docker = make_part(tmp_path)
     docker.root = str(tmp_path / "docker-root")
     put(part.volumes, "h1", pv("h1", host_path=str(tmp_path / "docker-root" / "x"), node="n1"))
+    put(part.statuses, "h1", status("h1"))
     await part.reconcile_record()  # reads the engine's data root
     result = await part.reconcile_volume("h1")
     assert result is not None
@@ -249,18 +296,19 @@ async def test_a_refused_host_path_is_said_in_the_attachment_and_a_good_one_is_m
     assert docker.volumes == {}
     path = tmp_path / "srv" / "h2"
     put(part.volumes, "h2", pv("h2", host_path=str(path), node="n1"))
+    put(part.statuses, "h2", status("h2"))
     assert await part.reconcile_volume("h2") is None
     made = await stored(part, "h2")
     assert made is not None and made.ready and made.host_path == str(path)
     assert made.size_enforced is False and path.is_dir()
-    put(part.volumes, "h2", None)
+    put(part.statuses, "h2", status("h2", phase="Deleting"))
     await part.reconcile_volume("h2")
     assert path.is_dir()  # the operator's directory stays
     assert names.docker_volume_name("h2", CLUSTER) not in docker.volumes
     assert await stored(part, "h2") is None
 
 
-async def test_a_docker_volume_follows_the_placements_here_and_goes_only_once_docker_lets_it(
+async def test_a_docker_volume_follows_the_placements_here_and_is_handed_over_keeping_its_data(
     tmp_path,
 ):
     part, docker = make_part(tmp_path)
@@ -281,11 +329,18 @@ async def test_a_docker_volume_follows_the_placements_here_and_goes_only_once_do
     # the replica goes; its stopped container still holds the volume: the attachment stays
     docker.in_use.add(name)
     put(part.placements, "n1.default.r1", None)
-    await part.reconcile_volume("d1")
+    assert (await part.reconcile_volume("d1")) is not None
     assert await stored(part, "d1") is not None
     docker.in_use.clear()
-    await part.reconcile_volume("d1")
-    assert name not in docker.volumes and await stored(part, "d1") is None
+    assert await part.reconcile_volume("d1") is None
+    # no container uses it: the attachment goes (another node may attach it), the Docker
+    # volume stays: it is the data
+    assert await stored(part, "d1") is None
+    assert name in docker.volumes and docker.removed == []
+    # only Deleting removes it
+    put(part.statuses, "d1", status("d1", phase="Deleting"))
+    assert await part.reconcile_volume("d1") is None
+    assert docker.removed == [name]
 
 
 async def test_a_rwo_docker_volume_is_not_made_where_it_is_not_attached(tmp_path):
@@ -316,3 +371,123 @@ async def test_the_node_record_says_loop_devices_are_missing_and_offers_the_capa
     assert record.ready and not record.loop_devices and record.capacity_bytes == 1 << 30
     assert "loop devices unavailable: /dev/loop-control is missing" in record.message
     assert "size is not enforced" in record.message
+
+
+# --- deletion only through the Deleting phase -------------------------------------------------
+
+
+async def provisioned(tmp_path: Path) -> tuple[NodePart, FakeDockerVolumes, Path]:
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "pv1", pv("pv1"))
+    put(part.statuses, "pv1", status("pv1", node="n1", claim="default.data"))
+    assert await part.reconcile_volume("pv1") is None
+    folder = tmp_path / "volumes" / CLUSTER / "pv1"
+    (folder / "kept").write_text("data")
+    return part, docker, folder
+
+
+async def test_a_volume_whose_records_vanish_is_left_with_its_data_and_said_once(tmp_path, caplog):
+    part, docker, folder = await provisioned(tmp_path)
+    put(part.volumes, "pv1", None)  # a bucket rolled back or emptied: no tombstone
+    put(part.statuses, "pv1", None)
+    for _ in range(2):
+        assert await part.reconcile_volume("pv1") is None
+    assert (folder / "kept").read_text() == "data"
+    assert (folder.parent / "pv1.json").exists()
+    assert names.docker_volume_name("pv1", CLUSTER) in docker.volumes
+    assert await stored(part, "pv1") is not None
+    said = [r.getMessage() for r in caplog.records if "has no record" in r.getMessage()]
+    assert said == [f"volume pv1 has no record: its data is kept at {folder}"]
+    assert "pv1" in part.local and await part.restore() == []  # not mounted again
+
+
+async def test_a_deleting_volume_with_keep_data_keeps_its_image_and_loses_the_rest(tmp_path):
+    part, docker, folder = await provisioned(tmp_path)
+    put(part.statuses, "pv1", status("pv1", node="n1", phase="Deleting", keep_data=True))
+    assert await part.reconcile_volume("pv1") is None
+    assert (folder / "kept").read_text() == "data"
+    assert (folder.parent / "pv1.json").exists()
+    assert docker.volumes == {}  # the bind volume holds nothing
+    assert await stored(part, "pv1") is None
+
+
+async def test_a_local_docker_volume_no_replica_uses_any_more_keeps_its_data(tmp_path):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "d1", pv("d1", driver="local", modes=("ReadWriteMany",)))
+    put(part.statuses, "d1", status("d1", node="n1", claim="default.data"))
+    put(part.claims, "default.data", claim("data", "d1"))
+    put(part.placements, "n1.default.r1", placement("n1", "r1", "data"))
+    assert await part.reconcile_volume("d1") is None
+    name = names.docker_volume_name("d1", CLUSTER)
+    assert name in docker.volumes
+    put(part.placements, "n1.default.r1", None)  # scaled to 0
+    put(part.statuses, "d1", status("d1", node="n2"))  # or moved to another node
+    assert await part.reconcile_volume("d1") is None
+    assert await stored(part, "d1") is None
+    assert name in docker.volumes and docker.removed == []
+    put(part.statuses, "d1", status("d1", phase="Deleting", keep_data=True))
+    assert await part.reconcile_volume("d1") is None
+    assert name in docker.volumes and docker.removed == []  # Retain: still its data
+
+
+async def test_a_container_binding_only_a_sub_path_blocks_the_take_down(tmp_path):
+    part, docker, folder = await provisioned(tmp_path)
+    docker.labelled.add("pv1")  # its uses-volume label; Docker's volume filter misses it
+    put(part.statuses, "pv1", status("pv1", node="n1", phase="Deleting"))
+    assert await part.reconcile_volume("pv1") is not None
+    assert (folder / "kept").read_text() == "data"
+    assert names.docker_volume_name("pv1", CLUSTER) in docker.volumes
+    held = await stored(part, "pv1")
+    assert held is not None and not held.ready
+    docker.labelled.clear()
+    assert await part.reconcile_volume("pv1") is None
+    assert not folder.exists() and await stored(part, "pv1") is None
+
+
+async def test_a_released_volume_is_attached_ready_for_no_claim(tmp_path):
+    part, _, _ = await provisioned(tmp_path)
+    released = status("pv1", node="n1", claim="default.data", phase="Released")
+    put(part.statuses, "pv1", released)
+    assert await part.reconcile_volume("pv1") is None
+    written = await stored(part, "pv1")
+    assert written is not None and written.ready and written.claim == ""
+
+
+async def test_a_host_path_that_is_a_link_to_an_allowed_folder_is_bound_by_its_real_path(
+    tmp_path,
+):
+    part, docker = make_part(tmp_path)
+    allowed = tmp_path / "srv"
+    (allowed / "real").mkdir(parents=True)
+    (allowed / "link").symlink_to(allowed / "real")
+    part.settings = replace(part.settings, host_path_allow=(str(allowed),))
+    put(part.volumes, "h1", pv("h1", host_path=str(allowed / "link"), node="n1"))
+    put(part.statuses, "h1", status("h1"))
+    assert await part.reconcile_volume("h1") is None
+    shown = docker.volumes[names.docker_volume_name("h1", CLUSTER)]
+    assert shown["Options"]["device"] == str(allowed / "real")
+    made = await stored(part, "h1")
+    assert made is not None and made.ready and made.host_path == str(allowed / "real")
+
+
+def test_a_volumes_folder_behind_a_symbolic_link_is_used_by_its_real_path(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    buckets = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    settings = NodeSettings(node="n1", cluster_id=CLUSTER, volumes_dir=tmp_path / "link")
+    part = NodePart(buckets, settings, FakeDockerVolumes())  # type: ignore[arg-type]
+    assert part.settings.volumes_dir == tmp_path / "real"
+    assert part.loops.layout.mountpoint("pv1") == tmp_path / "real" / CLUSTER / "pv1"
+
+
+async def test_corral_down_keeps_a_docker_volume_holding_data_unless_data_is_deleted(tmp_path):
+    part, docker = make_part(tmp_path)
+    data = driver_volume("d1", "local", {}, CLUSTER, "n1")
+    bind = bind_volume("pv1", str(tmp_path), CLUSTER, "n1")
+    await docker.ensure(data)
+    await docker.ensure(bind)
+    report = await part.remove_all(delete_data=False)
+    assert report.errors == [] and docker.removed == [bind.name]
+    assert f"kept Docker volume {data.name}: it holds its volume's data" in report.done
+    report = await part.remove_all(delete_data=True)
+    assert report.errors == [] and docker.removed == [bind.name, data.name]

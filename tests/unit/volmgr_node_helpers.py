@@ -53,11 +53,21 @@ def pv(
 
 
 def status(
-    name: str, *, node: str = "", claim: str = "", attach_node: str = "", by: str = "local"
+    name: str,
+    *,
+    node: str = "",
+    claim: str = "",
+    attach_node: str = "",
+    by: str = "local",
+    phase: str = "",
+    keep_data: bool = False,
 ) -> VolumeStatus:
+    """A volume's status as the cluster part writes it (phase: Bound with a claim,
+    else Available, unless given: "Deleting" with keep_data is its tombstone)."""
     return VolumeStatus(
         name=name,
-        phase="Bound" if claim else "Available",
+        phase=phase or ("Bound" if claim else "Available"),
+        keep_data=keep_data,
         claim=claim,
         node=node,
         provisioned_by=by,
@@ -100,7 +110,8 @@ class FakeDockerVolumes:
         self.cluster_id = cluster_id
         self.node = node
         self.volumes: dict[str, dict[str, Any]] = {}
-        self.in_use: set[str] = set()
+        self.in_use: set[str] = set()  # Docker volumes a container mounts (volume filter)
+        self.labelled: set[str] = set()  # volumes a container carries the uses-volume label of
         self.removed: list[str] = []
         self.root = "/var/lib/docker"
 
@@ -113,6 +124,13 @@ class FakeDockerVolumes:
 
     async def list_ours(self) -> dict[str, dict[str, Any]]:
         return {n: v for n, v in self.volumes.items() if self.ours(v)}
+
+    async def show(self, name: str) -> dict[str, Any] | None:
+        return self.volumes.get(name)
+
+    async def users(self, name: str, volume: str) -> list[str]:
+        found = [f"mounts-{name}"] if name in self.in_use and name in self.volumes else []
+        return found + ([f"labelled-{volume}"] if volume in self.labelled else [])
 
     async def ensure(self, want: WantedVolume) -> bool:
         shown = self.volumes.get(want.name)

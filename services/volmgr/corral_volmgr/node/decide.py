@@ -5,14 +5,19 @@ records, tested without a kernel or an engine.
                   image (or directory), mount, bind Docker volume, attachment
     HOST_PATH     a hostPath/local volume pinned to this node: checked directory, bind
                   Docker volume, attachment
-    DOCKER_VOLUME a dockerVolume a replica on this node uses (ReadWriteOnce: attached
-                  here): Docker volume with its driver and options, attachment
-    RELEASE       the volume exists but has nothing to do here (now): its Docker volume
-                  goes (once no container uses it), then its attachment; data stays
-    REMOVE        the volume was deleted: as RELEASE, and a provisioned volume's image,
-                  folder and .json go too (never a hostPath/local directory)
-    LEAVE         a record of it cannot be read, or the cluster part has not said
-                  where it lives yet: nothing changes
+    DOCKER_VOLUME a dockerVolume a replica on this node uses (single-node: attached
+                  here), or a node-local one that lives here: Docker volume with its
+                  driver and options, attachment
+    RELEASE       the volume exists but has nothing to do here (now): once no container
+                  uses it, a bind Docker volume goes and the image is unmounted, then the
+                  attachment goes; data stays (a dockerVolume's Docker volume IS its data:
+                  kept)
+    DELETE        its VolumeStatus says Deleting: as RELEASE, and the Docker volume and a
+                  provisioned volume's image, folder and .json go too unless `keepData`
+                  (never a hostPath/local directory)
+    LEAVE         a record of it is missing or cannot be read, or the cluster part has
+                  not said where it lives yet: nothing changes (a missing record is never
+                  a reason to delete: only the Deleting phase is)
 """
 
 from __future__ import annotations
@@ -22,30 +27,23 @@ from dataclasses import dataclass
 from typing import Final
 
 from corral.contract.volume_specs import PersistentVolume
-from corral.contract.volume_state import VolumeStatus
+from corral.contract.volume_state import VOLUME_DELETING, VOLUME_RELEASED, VolumeStatus
 
 PROVISION: Final = "provision"
 HOST_PATH: Final = "hostPath"
 DOCKER_VOLUME: Final = "dockerVolume"
 RELEASE: Final = "release"
-REMOVE: Final = "remove"
+DELETE: Final = "delete"
 LEAVE: Final = "leave"
-# Access modes that let one node at a time mount a dockerVolume (VolumeStatus.attachNode):
-# a volume with any of them is, as the cluster part sets attachNode for it.
-SINGLE_NODE_MODES: Final = ("ReadWriteOnce", "ReadWriteOncePod")
+NO_RECORD: Final = "no record"  # LEAVE's reason when the volume's record is gone
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: str
     reason: str = ""
-    claim: str = ""  # the claim the attachment serves (<namespace>.<name>)
-
-
-def single_node(pv: PersistentVolume) -> bool:
-    """A volume only one node may mount at a time (it has ReadWriteOnce or
-    ReadWriteOncePod among its modes)."""
-    return any(mode in SINGLE_NODE_MODES for mode in pv.spec.access_modes)
+    claim: str = ""  # the claim the attachment serves (<namespace>.<name>); "" : none
+    keep_data: bool = False  # DELETE: the data stays (image, .json, a dockerVolume's volume)
 
 
 def read_only(pv: PersistentVolume) -> bool:
@@ -55,6 +53,12 @@ def read_only(pv: PersistentVolume) -> bool:
 def home_node(pv: PersistentVolume, status: VolumeStatus | None) -> str:
     """The node a node-local volume lives on ("" : not decided yet)."""
     return (status.node if status is not None else "") or pv.spec.node
+
+
+def served_claim(status: VolumeStatus) -> str:
+    """The claim an attachment serves: none for a Released volume (its old claim's name
+    may be taken by a new claim, which must never get this volume's data)."""
+    return "" if status.phase == VOLUME_RELEASED else status.claim
 
 
 def decide(
@@ -69,27 +73,31 @@ def decide(
     (ClaimStatus.volume) that a placement on this node uses."""
     if unreadable:
         return Decision(LEAVE, "a record of it cannot be read")
-    if pv is None:
-        return Decision(REMOVE, "deleted")
-    source = pv.spec.source
-    claim = status.claim if status is not None else ""
-    if source == "dockerVolume":
+    if status is not None and status.phase == VOLUME_DELETING:
+        return Decision(DELETE, "deleted", keep_data=status.keep_data)
+    if pv is None or status is None:
+        return Decision(LEAVE, NO_RECORD)
+    claim = served_claim(status)
+    home = home_node(pv, status)
+    if pv.spec.source == "dockerVolume":
+        if pv.spec.node_local and home:
+            if home != node:
+                return Decision(RELEASE, f"lives on node {home}")
+            return Decision(DOCKER_VOLUME, claim=claim)
         used = sorted(claims_used_here)
         if not used:
             return Decision(RELEASE, "no replica on this node uses it")
-        if single_node(pv):
-            attached = status.attach_node if status is not None else ""
-            if attached != node:
-                where = f"attached to node {attached}" if attached else "not attached to a node yet"
-                return Decision(RELEASE, f"{where} (single-node access mode)")
+        if pv.spec.single_node and status.attach_node != node:
+            attached = status.attach_node
+            where = f"attached to node {attached}" if attached else "not attached to a node yet"
+            return Decision(RELEASE, f"{where} (single-node access modes)")
+        if status.phase == VOLUME_RELEASED:
+            return Decision(DOCKER_VOLUME)
         return Decision(DOCKER_VOLUME, claim=claim or used[0])
-    home = home_node(pv, status)
     if not home:
-        if status is None:
-            return Decision(LEAVE, "no status yet")
         return Decision(RELEASE, "not placed on a node yet")
     if home != node:
         return Decision(RELEASE, f"lives on node {home}")
-    if source == "provisioned":
+    if pv.spec.source == "provisioned":
         return Decision(PROVISION, claim=claim)
     return Decision(HOST_PATH, claim=claim)

@@ -6,12 +6,17 @@
                                      labels io.corral.managed, .cluster, .volume, .node
 
 Only Docker volumes carrying this cluster's and this node's labels are ever removed.
-Docker refuses to remove a volume any container (running or stopped) uses: that
-refusal (VolumeInUse) is the proof a replica no longer holds it ("Never two writers").
+No container (running or stopped) may use a volume that is taken down: neither one
+Docker's volume filter finds nor one carrying the label io.corral.uses-volume.<volume>
+(the agent's, also on a container that binds only a subPath of it), and Docker refuses to
+remove a volume a container mounts (VolumeInUse) ("Never two writers"). A dockerVolume's
+Docker volume is its data (driver `local` without options keeps the files in the engine's
+data root): it is only removed when its volume is Deleting without keepData.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +83,14 @@ def driver_volume(
         options=dict(options),
         labels=labels(cluster_id, volume, node),
     )
+
+
+def holds_data(shown: dict[str, Any]) -> bool:
+    """Whether an inspected Docker volume is data rather than a bind of a node directory
+    (corral's bind volumes of provisioned and hostPath/local volumes hold nothing)."""
+    options = shown.get("Options") or {}
+    bind = options.get("type") == "none" and "bind" in options.get("o", "").split(",")
+    return not (shown.get("Driver") == "local" and bind)
 
 
 def matches(shown: dict[str, Any], want: WantedVolume) -> bool:
@@ -170,6 +183,16 @@ class DockerVolumes:
             raise
         log.info("Docker volume %s removed", name)
         return True
+
+    async def users(self, name: str, volume: str) -> list[str]:
+        """The containers (running or stopped) that use Docker volume `name` of volume
+        `volume`: Docker's volume filter, and the label the agent puts on every container
+        that mounts a volume or binds a subPath of it (the filter misses binds)."""
+        found: set[str] = set()
+        for filters in ({"volume": [name]}, {"label": [names.uses_volume_label(volume)]}):
+            listed = await self.docker.containers.list(all="1", filters=json.dumps(filters))
+            found.update(str(container.id) for container in listed)
+        return sorted(found)
 
     async def engine_root(self) -> str:
         """The engine's data root (`docker info` DockerRootDir): never a host path."""

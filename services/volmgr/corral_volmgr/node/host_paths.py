@@ -36,27 +36,37 @@ def refusal(path: str, rules: HostPathRules) -> str:
     return refused_host_path(path, forbidden=rules.forbidden, allowed=rules.allowed)
 
 
-def prepare(path: str, kind: str, rules: HostPathRules) -> str:
-    """Check the path (and where its symbolic links lead), and make the directory when
-    missing (types "" and DirectoryOrCreate); what is wrong ("" : it is ready).
-    Blocking: call in a worker thread."""
-    refused = refusal(path, rules)
-    if refused:
-        return refused
+def _leads_to(path: str, rules: HostPathRules) -> str:
+    """Why where `path`'s symbolic links lead may not be handed out ("" : it may)."""
     resolved = os.path.realpath(path)
-    if resolved != path:
-        refused = refusal(resolved, rules)
-        if refused:
-            return f"{path!r} leads to {refused}"
-    target = Path(path)
-    if target.is_dir():
+    if resolved == path:
         return ""
-    if target.exists() or target.is_symlink():
-        return f"{path!r} exists and is not a directory"
-    if kind == "Directory":
-        return f"{path!r} does not exist (hostPath type Directory: it must)"
-    try:
-        target.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as error:
-        return f"cannot make {path!r}: {error.strerror or error}"
-    return ""
+    refused = refusal(resolved, rules)
+    return f"{path!r} leads to {refused}" if refused else ""
+
+
+def prepare(path: str, kind: str, rules: HostPathRules) -> tuple[str, str]:
+    """Check the path (and where its symbolic links lead), and make the directory when
+    missing (types "" and DirectoryOrCreate): (what is wrong, "" ; the real path, its
+    symbolic links resolved and checked, which is what Docker binds: never the path
+    itself, whose links may change after the check). Blocking: call in a worker thread."""
+    refused = refusal(path, rules) or _leads_to(path, rules)
+    if refused:
+        return refused, ""
+    target = Path(path)
+    if not target.is_dir():
+        if target.exists() or target.is_symlink():
+            return f"{path!r} exists and is not a directory", ""
+        if kind == "Directory":
+            return f"{path!r} does not exist (hostPath type Directory: it must)", ""
+        try:
+            target.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as error:
+            return f"cannot make {path!r}: {error.strerror or error}", ""
+    resolved = os.path.realpath(path)
+    refused = refusal(resolved, rules) if resolved != path else ""
+    if refused:
+        return f"{path!r} leads to {refused}", ""
+    if not Path(resolved).is_dir():
+        return f"{path!r} is not a directory", ""
+    return "", resolved

@@ -9,15 +9,17 @@ Watched: corral_volumes, corral_volume_status, corral_claim_status, this node's
 placements (placement_prefix) and this node's attachments. At start, before any
 attachment is reported, every image of this cluster whose volume still lives here is
 mounted again (a restart, a reboot). Every key is reconciled again every
-`resync_seconds`.
+`resync_seconds`. A volume is only ever deleted when its VolumeStatus says Deleting: one
+whose record is missing (a bucket rolled back or emptied) is left as it is.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +43,7 @@ from corral_volmgr.node.docker_volumes import (
     VolumeInUse,
     bind_volume,
     driver_volume,
+    holds_data,
 )
 from corral_volmgr.node.host_paths import HostPathRules
 from corral_volmgr.node.loop_volumes import Layout, LoopVolumes, probe_loop_devices
@@ -98,6 +101,8 @@ class NodePart:
         loops: LoopVolumes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # resolved once: mounts are found by their real path in the mount table
+        settings = replace(settings, volumes_dir=Path(os.path.realpath(settings.volumes_dir)))
         self.settings = settings
         self.docker = docker
         self.clock = clock
@@ -110,6 +115,7 @@ class NodePart:
         self.started = False
         self.problems: dict[str, str] = {}  # node-wide: what is wrong now
         self.local: set[str] = set()  # volumes with something of them on this node
+        self.kept_noted: set[str] = set()  # volumes with no record whose data was logged
         self.attachments_bucket = buckets[names.VOLUME_ATTACHMENTS_BUCKET]
         self.node_bucket = buckets[names.NODE_VOLUMES_BUCKET]
         self.volumes = Mirror(buckets[names.VOLUMES_BUCKET], PersistentVolume)
@@ -287,8 +293,11 @@ class NodePart:
         decision = self.decision(volume)
         action = decision.action
         if action == decide.LEAVE:
+            if decision.reason == decide.NO_RECORD:
+                await self._note_kept(volume)
             return None
-        if action in (decide.RELEASE, decide.REMOVE):
+        self.kept_noted.discard(volume)
+        if action in (decide.RELEASE, decide.DELETE):
             return await self.take_down(volume, decision)
         self.local.add(volume)
         pv = self.volumes.get(volume)
@@ -330,6 +339,21 @@ class NodePart:
         )
         return None
 
+    async def _note_kept(self, volume: str) -> None:
+        """Say once that a volume with something here has no record: nothing of it is
+        deleted (only the Deleting phase deletes) nor mounted again at start."""
+        if volume not in self.local or volume in self.kept_noted:
+            return
+        self.kept_noted.add(volume)
+        sidecar = await anyio.to_thread.run_sync(self.loops.read_sidecar, volume)
+        layout = self.loops.layout
+        if sidecar is not None:
+            where = layout.image(volume) if sidecar.size_enforced else layout.mountpoint(volume)
+            place = str(where)
+        else:
+            place = f"Docker volume {names.docker_volume_name(volume, self.settings.cluster_id)}"
+        log.warning("volume %s has no record: its data is kept at %s", volume, place)
+
     def host_path_rules(self) -> HostPathRules:
         forbidden = [str(self.settings.volumes_dir)]
         if self.engine_root:
@@ -340,7 +364,8 @@ class NodePart:
         self, volume: str, pv: PersistentVolume, decision: decide.Decision
     ) -> Result | None:
         path, kind = host_paths.host_path_of(pv)
-        problem = await anyio.to_thread.run_sync(
+        # Docker binds the real path, checked, never the path whose links may change
+        problem, real = await anyio.to_thread.run_sync(
             host_paths.prepare, path, kind, self.host_path_rules()
         )
         name = names.docker_volume_name(volume, self.settings.cluster_id)
@@ -351,14 +376,14 @@ class NodePart:
             except VolumeInUse:
                 pass
             return Result(requeue_after=RETRY_SECONDS)
-        want = bind_volume(volume, path, self.settings.cluster_id, self.settings.node)
+        want = bind_volume(volume, real, self.settings.cluster_id, self.settings.node)
         await self.docker.ensure(want)
         await self.write_attachment(
             volume,
             claim=decision.claim,
             ready=True,
             docker_volume=name,
-            host_path=path,
+            host_path=real,
             size_enforced=False,
             read_only=decide.read_only(pv),
         )
@@ -389,9 +414,11 @@ class NodePart:
         return None
 
     async def take_down(self, volume: str, decision: decide.Decision) -> Result | None:
-        """The Docker volume goes (Docker refuses while a container uses it: retried with
-        back-off), then a deleted volume's files or a released one's mount, THEN the
-        attachment record."""
+        """Once no container uses the volume (Docker's volume filter and the agent's
+        uses-volume label, which also marks a container binding only a subPath; retried
+        with back-off): a bind Docker volume goes (a dockerVolume's, which is its data,
+        only when Deleting without keepData), the image is unmounted, a Deleting
+        volume's files go unless keepData, THEN the attachment record."""
         key = names.attachment_key(self.settings.node, volume)
         attachment = self.attachments.get(key)
         if attachment is None and volume not in self.local:
@@ -407,22 +434,28 @@ class NodePart:
                 message=f"being removed from this node: {decision.reason}",
             )
         name = names.docker_volume_name(volume, self.settings.cluster_id)
-        try:
-            await self.docker.remove(name)
-        except VolumeInUse as error:
-            log.info("volume %s: %s; trying again", volume, error)
+        users = await self.docker.users(name, volume)
+        if users:
+            log.info("volume %s: used by container(s) %s; trying again", volume, users)
             return self._retry(volume)
-        if decision.action == decide.REMOVE:
-            deleted = await self.loops.delete(volume)
-            if deleted:
+        delete_data = decision.action == decide.DELETE and not decision.keep_data
+        shown = await self.docker.show(name)
+        if shown is not None and (delete_data or not holds_data(shown)):
+            try:
+                await self.docker.remove(name)
+            except VolumeInUse as error:
+                log.info("volume %s: %s; trying again", volume, error)
+                return self._retry(volume)
+        if delete_data:
+            if await self.loops.delete(volume):
                 self.controller.enqueue(RECORD)
         elif await self.loops.mounted(volume):
             await self.loops.unmount(volume)
             self.controller.enqueue(RECORD)
         await self.delete_attachment(volume)
-        pv = self.volumes.get(volume)
-        if decision.action == decide.REMOVE or (pv is not None and pv.spec.source != "provisioned"):
-            self.local.discard(volume)  # nothing of it is left here (a released image is)
+        left = await anyio.to_thread.run_sync(self.loops.read_sidecar, volume)
+        if left is None and await self.docker.show(name) is None:
+            self.local.discard(volume)  # nothing of it is left here
         return None
 
     # --- records -------------------------------------------------------------------------
@@ -523,12 +556,16 @@ class NodePart:
     # --- removing everything (`corral down`) ----------------------------------------------
 
     async def remove_all(self, *, delete_data: bool) -> Report:
-        """This cluster's Docker volumes on this node that no container uses, every mount
-        and loop device under its volumes folder (with `delete_data`: the folder too);
+        """This cluster's Docker volumes on this node that no container uses (a
+        dockerVolume's, which holds data, only with `delete_data`), every mount and loop
+        device under its volumes folder (with `delete_data`: the folder too);
         then the attachments whose Docker volume is gone, and the node's record says it
         is not ready."""
         report = Report()
-        for name in sorted(await self.docker.list_ours()):
+        for name, shown in sorted((await self.docker.list_ours()).items()):
+            if holds_data(shown) and not delete_data:
+                report.done.append(f"kept Docker volume {name}: it holds its volume's data")
+                continue
             try:
                 if await self.docker.remove(name):
                     report.done.append(f"removed Docker volume {name}")
