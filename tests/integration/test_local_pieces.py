@@ -12,8 +12,10 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
+from corral.client.cli import local_commands
 from corral.client.cli.main import cli
 from corral.client.local.child import RestartBackoff
+from corral.client.local.detach import StopReport
 from corral.client.local.layout import Layout
 from corral.client.local.plan import (
     UpOptions,
@@ -22,7 +24,12 @@ from corral.client.local.plan import (
     service_children,
 )
 from corral.client.local.processes import ProcessRef
-from corral.client.local.supervisor import Supervisor
+from corral.client.local.supervisor import (
+    Supervisor,
+    VolumesReport,
+    read_volumes_report,
+    write_volumes_report,
+)
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:
@@ -132,3 +139,61 @@ def test_corral_down_delete_volumes_without_a_running_corral_says_how_and_marks_
     assert result.exit_code == 1
     assert "corral is not running" in result.stderr and "corral up -d" in result.stderr
     assert not Layout.at(tmp_path).delete_volumes_file.exists()
+
+
+async def test_the_supervisor_writes_what_the_node_part_did_with_the_volumes_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run_process(command: list[str], check: bool) -> subprocess.CompletedProcess[bytes]:
+        if "--delete-data" in command:
+            return subprocess.CompletedProcess(
+                command, 1, b"removed Docker volume corral_pv_a_c\n", b"left pv-b: busy\n"
+            )
+        return subprocess.CompletedProcess(command, 0, b"", b"")
+
+    monkeypatch.setattr(anyio, "run_process", run_process)
+    supervisor = Supervisor(UpOptions(data_dir=tmp_path, node_name="n1"), "agent-1")
+    supervisor.layout.create()
+    await supervisor.clean_node()
+    assert read_volumes_report(supervisor.layout) is None  # not asked: no report
+    supervisor.layout.delete_volumes_file.write_text("asked\n")
+    await supervisor.clean_node()
+    report = read_volumes_report(supervisor.layout)
+    assert report is not None and not report.ok
+    assert report.exit_code == 1 and report.errors == ["left pv-b: busy"]
+    assert report.output == ["removed Docker volume corral_pv_a_c"]
+
+
+@pytest.mark.parametrize(
+    "report, exit_code, words",
+    [
+        (VolumesReport(0, ["deleted /v/c/pv-a.img"], []), 0, "deleted /v/c/pv-a.img"),
+        (VolumesReport(1, [], ["left pv-b: busy"]), 1, "NOT all deleted"),
+        (VolumesReport(None, [], [], "it did not finish within 30 s"), 1, "did not finish"),
+        (None, 1, "did not report"),
+    ],
+)
+def test_corral_down_delete_volumes_says_what_the_node_part_did_not_a_fixed_deleted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    report: VolumesReport | None,
+    exit_code: int,
+    words: str,
+) -> None:
+    layout = Layout.at(tmp_path)
+    layout.create()
+
+    def stopped(layout: Layout) -> StopReport:
+        assert layout.delete_volumes_file.exists()  # asked before stopping
+        if report is not None:
+            write_volumes_report(layout, report)
+        return StopReport(True, 4242, [], [])
+
+    monkeypatch.setattr(local_commands, "running_supervisor", lambda layout: object())
+    monkeypatch.setattr(local_commands, "stop", stopped)
+    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), "--delete-volumes"])
+    assert result.exit_code == exit_code, result.output
+    assert "corral stopped (supervisor pid 4242)" in result.stdout
+    said = result.stdout if exit_code == 0 else result.stderr
+    assert words in said, result.output
+    assert (exit_code == 0) == ("the volumes' data deleted" in result.stdout)

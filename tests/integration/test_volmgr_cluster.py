@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.events import Event, Reply
-from corral.contract.volume_specs import PersistentVolumeClaim, StorageClass
+from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
 from corral.contract.volume_state import ClaimStatus, VolumeStatus
 from corral.natsio.kv import NatsBucket
 from corral.natsio.lease import LeaseRecord, lease_key
@@ -244,10 +244,44 @@ async def test_retain_releases_and_delete_removes_the_volume(
         await absent(buckets[names.CLAIM_STATUS_BUCKET], "default.a")
 
 
+async def test_a_deleted_volume_is_deleting_until_no_node_has_an_attachment_for_it(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    statuses = buckets[names.VOLUME_STATUS_BUCKET]
+    attachments = buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+    async with running_volmgr(nats_url) as ctx:
+        spec = pv("drop", persistentVolumeReclaimPolicy="Delete")
+        assert (await request(ctx.nc, "persistentvolume", "apply", spec)).ok
+        assert (await request(ctx.nc, "persistentvolumeclaim", "apply", pvc("b"))).ok
+        await until(statuses, "drop", VolumeStatus, phase("Bound"))
+        for node in ("n1", "n2"):
+            await attachments.put(f"{node}.drop", encode(attachment(node, "drop")))
+        deleted = await request(ctx.nc, "persistentvolumeclaim", "delete", encode({"name": "b"}))
+        assert deleted.ok, deleted
+        going = await until(statuses, "drop", VolumeStatus, phase("Deleting"))
+        assert not going.keep_data and going.message == "Deleting: deleted with its data"
+        await attachments.delete("n1.drop")
+        assert await record(buckets[names.VOLUMES_BUCKET], "drop", PersistentVolume)
+        assert (await record(statuses, "drop", VolumeStatus)).phase == "Deleting"
+        await attachments.delete("n2.drop")
+        await absent(buckets[names.VOLUMES_BUCKET], "drop")
+        await absent(statuses, "drop")
+        kept = pv("keep", node="n1")
+        assert (await request(ctx.nc, "persistentvolume", "apply", kept)).ok
+        await until(statuses, "keep", VolumeStatus, phase("Available"))
+        await attachments.put("n1.keep", encode(attachment("n1", "keep")))
+        reply = await request(ctx.nc, "persistentvolume", "delete", encode({"name": "keep"}))
+        assert reply.ok and reply.message.startswith("Deleting: its data is kept on node n1")
+        assert (await until(statuses, "keep", VolumeStatus, phase("Deleting"))).keep_data
+        await attachments.delete("n1.keep")
+        await absent(buckets[names.VOLUMES_BUCKET], "keep")
+
+
 async def test_a_claim_in_use_is_terminating_until_its_replica_goes(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
     placements = buckets[names.PLACEMENTS_BUCKET]
+    await buckets[names.NODE_VOLUMES_BUCKET].put("n1", encode(node_volumes("n1", 1024 * MI)))
     async with running_volmgr(nats_url) as ctx:
         assert (await request(ctx.nc, "persistentvolume", "apply", pv("pv1"))).ok
         assert (await request(ctx.nc, "persistentvolumeclaim", "apply", pvc("data"))).ok
@@ -280,7 +314,17 @@ async def test_release_forgets_a_gone_nodes_attachment(
 ) -> None:
     attachments = buckets[names.VOLUME_ATTACHMENTS_BUCKET]
     await attachments.put("n2.nfs", encode(attachment("n2", "nfs")))
+    await buckets[names.NODES_BUCKET].put("n2", b'{"name": "n2"}')
     async with running_volmgr(nats_url) as ctx:
+        alive = await request(
+            ctx.nc, "persistentvolume", "release", encode({"name": "nfs", "node": "n2"})
+        )
+        assert not alive.ok and alive.field == "node", alive
+        assert "run `corral node release n2` first" in alive.error
+        assert await attachments.get("n2.nfs") is not None
+        # what `corral node release n2` leaves (services/scheduler: node_api.py)
+        await buckets[names.LEASES_BUCKET].put("released.n2", encode({"node": "n2"}))
+        await buckets[names.NODES_BUCKET].delete("n2")
         done = await request(
             ctx.nc, "persistentvolume", "release", encode({"name": "nfs", "node": "n2"})
         )

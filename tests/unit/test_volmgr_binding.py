@@ -9,10 +9,19 @@ from typing import Any
 import pytest
 
 from corral.contract.codec import decode, encode
-from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
+from corral.contract.specs import ObjectMeta
+from corral.contract.volume_specs import (
+    HostPathSource,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    PersistentVolumeSpec,
+    StorageClass,
+    StorageRequest,
+)
 from corral.contract.volume_state import NodeVolumes, VolumeStatus
 from corral_volmgr.binding import Bind, Candidate, Pending, Provision, decide, default_class
 from corral_volmgr.provisioning import (
+    initial_status,
     pick_node,
     provisioned_name,
     provisioned_volume,
@@ -185,6 +194,13 @@ CASES: list[tuple[str, PersistentVolumeClaim, list[Candidate], list[StorageClass
         ),
     ),
     (
+        "a volume being deleted is never bound, even reserved for the claim",
+        claim(storageClassName=""),
+        [volume("going", phase="Deleting", claimRef="default/data")],
+        [],
+        Pending("NoMatchingVolume", 'no volume of class "" fits: 1 volume being deleted'),
+    ),
+    (
         "a volume reserved for another claim is not taken",
         claim(storageClassName=""),
         [
@@ -288,6 +304,28 @@ def test_a_provisioned_volumes_name_is_the_hash_of_its_claims_uid() -> None:
     assert made.spec.storage_class_name == "local" and made.spec.size_bytes == 50 * MI
 
 
+def test_a_volume_with_no_source_counts_room_whoever_made_it() -> None:
+    """countsRoom, not provisionedBy, is what room sums read: a volume made by hand
+    with no source takes its node's room as a provisioned one does."""
+    by_hand = PersistentVolume(
+        metadata=ObjectMeta(name="big"),
+        spec=PersistentVolumeSpec(capacity=StorageRequest(storage=100 * MI), node="n1"),
+    )
+    status = initial_status(by_hand)
+    assert status.counts_room and not status.provisioned_by
+    assert used_room([status]) == {"n1": 100 * MI}
+    assert initial_status(provisioned_volume(claim(), LOCAL, "n1")).counts_room
+    host = PersistentVolume(
+        metadata=ObjectMeta(name="hp"),
+        spec=PersistentVolumeSpec(
+            capacity=StorageRequest(storage=100 * MI),
+            node="n1",
+            host_path=HostPathSource(path="/srv/x"),
+        ),
+    )
+    assert not initial_status(host).counts_room
+
+
 def test_a_docker_volume_class_makes_a_docker_volume_with_its_parameters() -> None:
     nfs = klass("nfs", "corral.io/docker-volume", parameters={"driver": "local", "type": "nfs"})
     made = provisioned_volume(claim(), nfs, "n1")
@@ -302,10 +340,13 @@ def nodes(**capacity: int) -> dict[str, NodeVolumes]:
     }
 
 
-def test_room_is_the_capacity_less_the_provisioned_volumes_on_the_node() -> None:
+def test_room_is_the_capacity_less_the_volumes_with_no_source_on_the_node() -> None:
     statuses = [
-        VolumeStatus(name="a", node="n1", size_bytes=60 * MI, provisioned_by="local"),
-        VolumeStatus(name="b", node="n1", size_bytes=500 * MI),  # made by hand: not counted
+        VolumeStatus(
+            name="a", node="n1", size_bytes=40 * MI, provisioned_by="local", counts_room=True
+        ),
+        VolumeStatus(name="b", node="n1", size_bytes=20 * MI, counts_room=True),  # by hand
+        VolumeStatus(name="hp", node="n1", size_bytes=500 * MI),  # a hostPath: not counted
         VolumeStatus(name="c", node="", size_bytes=60 * MI, provisioned_by="local"),
     ]
     used = used_room(statuses)

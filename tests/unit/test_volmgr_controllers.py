@@ -4,11 +4,13 @@ reclaim through its APIs and controllers (docs/volumes.md)."""
 from __future__ import annotations
 
 import anyio
+from msgspec.structs import replace
 
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
 from corral.contract.volume_state import VolumeStatus
+from corral.natsio.controller import Result
 from corral_volmgr.provisioning import provisioned_name
 from tests.unit.volmgr_helpers import (
     MI,
@@ -21,6 +23,7 @@ from tests.unit.volmgr_helpers import (
     put,
     pv,
     pvc,
+    release_node,
     storage_class,
     volmgr,
 )
@@ -253,6 +256,7 @@ async def test_a_system_host_path_is_refused_naming_the_field_and_nothing_is_sto
 
 async def test_an_unpinned_node_local_volume_is_pinned_to_its_first_placements_node() -> None:
     async with volmgr() as v:
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 1024 * MI))
         ok(await v.apis.volumes.apply(pv("pv1")))
         ok(await v.apis.claims.apply(pvc("a")))
         await v.drain()
@@ -268,7 +272,7 @@ async def test_a_rwo_docker_volume_moves_its_attach_node_only_once_the_old_node_
     async with volmgr() as v:
         ok(
             await v.apis.volumes.apply(
-                pv("nfs", dockerVolume={"driver": "local", "options": {"type": "tmpfs"}})
+                pv("nfs", dockerVolume={"driver": "local", "options": {"type": "nfs"}})
             )
         )
         ok(await v.apis.claims.apply(pvc("a")))
@@ -293,6 +297,7 @@ async def test_release_forgets_an_attachment_and_refuses_when_there_is_none() ->
     async with volmgr() as v:
         attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
         await put(attachments, "n2.nfs", attachment("n2", "nfs"))
+        await release_node(v, "n2")
         await v.settle()
         reply = ok(await v.apis.volumes.release(encode({"name": "nfs", "node": "n2"})))
         assert "n2" in reply.message
@@ -341,7 +346,25 @@ async def test_a_docker_volume_has_an_attach_node_only_with_a_single_writer_mode
         await put(placements, "n2.default.r3", placement("r3", "n2", "b"))
         await v.drain()
         mixed = await v.volume("mixed")
-        assert mixed.claim == "default.b" and mixed.attach_node == "n2"  # as the node part reads it
+        # one rule everywhere (volume_specs.single_node): with ReadWriteMany among its modes
+        # it may be mounted on any number of nodes, as the scheduler spreads it
+        assert mixed.claim == "default.b" and mixed.attach_node == "" and mixed.node == ""
+
+
+async def test_a_local_driver_docker_volume_is_pinned_like_a_node_local_volume() -> None:
+    """A dockerVolume of driver `local` that is not a network filesystem keeps its data
+    in its engine: pinned to the node of its first placement, never given an attachNode."""
+    async with volmgr() as v:
+        tmpfs = {"driver": "local", "options": {"type": "tmpfs", "device": "tmpfs"}}
+        ok(await v.apis.volumes.apply(pv("scratch", dockerVolume=tmpfs)))
+        ok(await v.apis.claims.apply(pvc("a")))
+        placements = v.buckets[names.PLACEMENTS_BUCKET]
+        await put(placements, "n2.default.r2", placement("r2", "n2", "a", created_at=2.0))
+        await put(placements, "n1.default.r1", placement("r1", "n1", "a", created_at=1.0))
+        await v.drain()
+        volume = await v.volume("scratch")
+        assert volume.node == "n1" and volume.attach_node == "" and not volume.counts_room
+        assert (await v.claim("a")).node == "n1"
 
 
 async def test_an_unbound_volumes_status_follows_its_spec_node_and_size() -> None:
@@ -406,3 +429,171 @@ async def test_what_happens_to_claims_and_volumes_is_told_as_events_once() -> No
         ok(await v.apis.claims.delete(delete("a")))
         await v.drain()
         assert told.reasons("PersistentVolume", "pv1") == ["Bound", "Released"]
+
+
+async def test_deleting_an_unbound_retain_volume_keeps_data_and_record_till_no_node_has_it() -> (
+    None
+):
+    told = Told()
+    async with volmgr(told=told) as v:
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        ok(await v.apis.volumes.apply(pv("pv1", node="n1")))
+        held = attachment("n1", "pv1")
+        await put(attachments, "n1.pv1", replace(held, host_path="/vols/c/pv1"))
+        await v.drain()
+        reply = ok(await v.apis.volumes.delete(delete("pv1")))
+        assert reply.message == "Deleting: its data is kept on node n1 at /vols/c/pv1.img", reply
+        await v.drain()
+        status = await v.volume("pv1")
+        assert status.phase == "Deleting" and status.keep_data, status
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is not None
+        again = await v.apis.volumes.apply(pv("pv1", node="n1"))
+        assert not again.ok and again.reason == "Conflict", again
+        ok(await v.apis.claims.apply(pvc("a", storageClassName="")))
+        await v.drain()
+        assert (await v.claim("a")).phase == "Pending"  # a Deleting volume is never bound
+        await attachments.delete("n1.pv1")  # the node part took it down
+        await v.drain()
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is None
+        assert await v.volume("pv1") is None
+        assert told.reasons("PersistentVolume", "pv1")[-1] == "Deleted"
+
+
+async def test_a_delete_volume_whose_claim_goes_is_deleting_without_keeping_data() -> None:
+    told = Told()
+    async with volmgr(told=told) as v:
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        ok(await v.apis.volumes.apply(pv("pv1", persistentVolumeReclaimPolicy="Delete")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await put(attachments, "n1.pv1", attachment("n1", "pv1"))
+        await v.drain()
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        status = await v.volume("pv1")
+        assert status.phase == "Deleting" and not status.keep_data, status
+        assert status.message == "Deleting: deleted with its data"
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is not None
+        deleting = next(e for e in told.events if e[1] == "pv1" and e[2] == "Deleting")
+        assert "its claim default.a was deleted" in deleting[3]
+        await attachments.delete("n1.pv1")
+        await v.drain()
+        assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is None
+
+
+async def test_a_terminating_retain_volume_whose_claim_goes_is_deleting_keeping_its_data() -> None:
+    async with volmgr() as v:
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        ok(await v.apis.volumes.apply(pv("pv1")))
+        ok(await v.apis.claims.apply(pvc("a")))
+        await put(attachments, "n1.pv1", attachment("n1", "pv1"))
+        await v.drain()
+        ok(await v.apis.volumes.delete(delete("pv1")))
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        status = await v.volume("pv1")
+        assert status.phase == "Deleting" and status.keep_data, status
+        assert status.message.startswith("Deleting: its data is kept on node n1"), status
+        await attachments.delete("n1.pv1")
+        await v.drain()
+        assert await v.volume("pv1") is None
+
+
+async def test_release_is_refused_until_the_scheduler_released_the_node() -> None:
+    async with volmgr() as v:
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        await put(attachments, "n2.nfs", attachment("n2", "nfs"))
+        await v.buckets[names.NODES_BUCKET].put("n2", b'{"name": "n2"}')
+        await v.settle()
+        refused = await v.apis.volumes.release(encode({"name": "nfs", "node": "n2"}))
+        assert not refused.ok and refused.field == "node", refused
+        assert "run `corral node release n2` first" in refused.error
+        assert (await attachments.get("n2.nfs")) is not None
+        await release_node(v, "n2")
+        ok(await v.apis.volumes.release(encode({"name": "nfs", "node": "n2"})))
+
+
+async def test_a_hand_made_volume_with_no_source_is_pinned_only_to_a_node_with_its_room() -> None:
+    told = Told()
+    async with volmgr(told=told) as v:
+        room = v.buckets[names.NODE_VOLUMES_BUCKET]
+        await put(room, "n1", node_volumes("n1", 10 * MI))
+        ok(await v.apis.volumes.apply(pv("big", "100Mi")))
+        ok(await v.apis.claims.apply(pvc("a", "50Mi")))
+        await put(v.buckets[names.PLACEMENTS_BUCKET], "n1.default.r1", placement("r1", "n1", "a"))
+        await v.drain()
+        volume = await v.volume("big")
+        assert volume.counts_room and volume.node == "", volume
+        claim = await v.claim("a")
+        assert claim.reason == "NodeFull" and "node n1 has 10Mi free" in claim.message, claim
+        assert "volume big needs 100Mi" in claim.message
+        assert "NodeFull" in told.reasons("PersistentVolumeClaim", "a")
+        await put(room, "n1", node_volumes("n1", 200 * MI))  # the operator gave it room
+        await v.drain()
+        assert (await v.volume("big")).node == "n1"
+        claim = await v.claim("a")
+        assert claim.phase == "Bound" and claim.node == "n1" and claim.reason == "", claim
+
+
+async def test_a_docker_volume_class_with_a_bad_parameter_is_refused_naming_it() -> None:
+    async with volmgr() as v:
+        bad = await v.apis.classes.apply(
+            storage_class("odd", "corral.io/docker-volume", parameters={"driver": "no good!"})
+        )
+        assert not bad.ok and bad.field == "parameters.driver", bad
+        assert "not a Docker volume driver name" in bad.error
+        assert await v.record(names.STORAGE_CLASSES_BUCKET, "odd", StorageClass) is None
+        ok(
+            await v.apis.classes.apply(
+                storage_class("nfs", "corral.io/docker-volume", parameters={"type": "nfs"})
+            )
+        )
+
+
+async def test_an_unreadable_provisioned_volume_makes_the_claim_pending_on_back_off() -> None:
+    """A class stored before its parameters were checked makes a volume nobody can read:
+    the claim says ProvisioningFailed, and is retried on the back-off, not every 0.05 s."""
+    async with volmgr() as v:
+        odd = {
+            "kind": "StorageClass",
+            "metadata": {"name": "odd"},
+            "provisioner": "corral.io/docker-volume",
+            "parameters": {"driver": "no good!"},
+        }
+        await v.buckets[names.STORAGE_CLASSES_BUCKET].put("odd", encode(odd))
+        ok(await v.apis.claims.apply(pvc("a", storageClassName="odd")))
+        stored = await v.record(names.CLAIMS_BUCKET, "default.a", PersistentVolumeClaim)
+        name = provisioned_name(stored.metadata.uid)
+        calls = 0
+        reconcile = v.loop.claim_controller.reconcile
+
+        async def counted(key: str) -> Result | None:
+            nonlocal calls
+            calls += key == "default.a"
+            return await reconcile(key)
+
+        v.loop.claim_controller.reconcile = counted
+        async with anyio.create_task_group() as tg:
+            await tg.start(v.loop.claim_controller.run)
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        claim = await v.claim("a")
+        assert claim.phase == "Pending" and claim.reason == "ProvisioningFailed", claim
+        assert "not a Docker volume driver name" in claim.message
+        assert await v.record(names.VOLUMES_BUCKET, name, PersistentVolume) is None
+        assert 1 <= calls <= 8, calls
+        # a volume stored under its name that cannot be read: said too, same back-off
+        await v.buckets[names.VOLUMES_BUCKET].put(name, b'{"kind": "PersistentVolume"}')
+        await v.buckets[names.STORAGE_CLASSES_BUCKET].delete("odd")
+        ok(
+            await v.apis.classes.apply(
+                storage_class("odd", "corral.io/docker-volume", parameters={"type": "nfs"})
+            )
+        )
+        calls = 0
+        async with anyio.create_task_group() as tg:
+            await tg.start(v.loop.claim_controller.run)
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        claim = await v.claim("a")
+        assert claim.reason == "ProvisioningFailed" and "cannot be read" in claim.message, claim
+        assert 1 <= calls <= 8, calls

@@ -191,3 +191,14 @@ async def put(bucket: MemoryBucket, key: str, value: Any) -> None:
 def ok(reply: Reply) -> Reply:
     assert reply.ok, reply
     return reply
+
+
+async def release_node(v: Volmgr, node: str) -> None:
+    """What `corral node release NODE` leaves: the scheduler's release record (its
+    "released.<node>" in corral_leases) and the node's record deleted."""
+    await v.buckets[names.LEASES_BUCKET].put(
+        f"released.{node}", encode({"node": node, "nodeRevision": 0, "releasedAt": 1.0})
+    )
+    nodes = v.buckets[names.NODES_BUCKET]
+    if await nodes.get(node) is not None:
+        await nodes.delete(node)

@@ -26,6 +26,7 @@ from corral.contract.volume_specs import (
 from corral.contract.volume_state import (
     VOLUME_AVAILABLE,
     VOLUME_BOUND,
+    VOLUME_DELETING,
     VOLUME_PENDING,
     VOLUME_RELEASED,
     VolumeStatus,
@@ -100,7 +101,8 @@ def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> boo
 def misfit(claim: PersistentVolumeClaim, key: str, candidate: Candidate) -> str:
     """Why `candidate` cannot take the claim (keyed `key`), as a category word, or ""
     when it can (its class is checked by the caller): "bound", "reserved",
-    "released", "unavailable", "small", "modes", "selector"."""
+    "released", "deleting", "unavailable", "small", "modes", "selector". A Deleting
+    volume is never bound (it is being taken down on its nodes)."""
     status = candidate.status
     spec = candidate.volume.spec
     if status is None:
@@ -109,6 +111,8 @@ def misfit(claim: PersistentVolumeClaim, key: str, candidate: Candidate) -> str:
         return "reserved"
     if status.phase == VOLUME_RELEASED:
         return "released"
+    if status.phase == VOLUME_DELETING:
+        return "deleting"
     if status.phase in (VOLUME_BOUND, VOLUME_PENDING) and status.claim and status.claim != key:
         return "bound"
     if status.phase != VOLUME_AVAILABLE:
@@ -178,6 +182,7 @@ def no_fit_message(
         ("bound", "bound to another claim"),
         ("reserved", "reserved for another claim (claimRef)"),
         ("released", "released (a Retain volume is not bound again)"),
+        ("deleting", "being deleted"),
         ("unavailable", "not available (being made or deleted)"),
     ):
         found = misses.get(word, [])

@@ -5,20 +5,24 @@ As in Kubernetes, a class's provisioner, parameters, reclaimPolicy and
 volumeBindingMode never change once made (its labels and annotations may): volumes
 made by it keep what they were made with. volmgr makes the class `local` at start
 when it is missing (corral.io/local-volume, WaitForFirstConsumer, Delete, marked
-default).
+default). The parameters of a corral.io/docker-volume class are checked at apply as
+the volume it makes would be (its driver and option names and values), naming
+`parameters.<key>`.
 """
 
 from __future__ import annotations
 
 import anyio
 
-from corral.contract.codec import encode
+from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import Reply
 from corral.contract.specs import DeleteRequest, ObjectMeta
 from corral.contract.volume_specs import (
     DEFAULT_CLASS_ANNOTATION,
     DEFAULT_STORAGE_CLASS,
+    PROVISIONER_DOCKER,
     PROVISIONER_LOCAL,
+    PersistentVolume,
     StorageClass,
 )
 from corral.natsio.kv import Bucket, Mirror
@@ -26,6 +30,46 @@ from corral_volmgr.spec_api import Refusal, SpecAPI, SpecPosition, camel, no_str
 
 KIND = "StorageClass"
 IMMUTABLE = ("provisioner", "parameters", "reclaim_policy", "volume_binding_mode")
+
+
+def _trial_volume_problem(docker_volume: dict[str, object]) -> InvalidPayload | None:
+    trial = {
+        "kind": "PersistentVolume",
+        "metadata": {"name": "trial"},
+        "spec": {"capacity": {"storage": 1}, "dockerVolume": docker_volume},
+    }
+    try:
+        decode_payload(encode(trial), PersistentVolume)
+    except InvalidPayload as error:
+        return error
+    return None
+
+
+def check_parameters(storage_class: StorageClass) -> None:
+    """A Refusal naming `parameters.<key>` when a corral.io/docker-volume class's
+    parameters would make a volume that is not valid (as corral_volmgr.provisioning
+    makes it: `driver`, the others its options)."""
+    if storage_class.provisioner != PROVISIONER_DOCKER:
+        return
+    options = dict(storage_class.parameters)
+    driver = options.pop("driver", "local")
+    error = _trial_volume_problem({"driver": driver, "options": options})
+    if error is None:
+        return
+    field = "parameters"
+    if error.field.endswith(".driver"):
+        field = "parameters.driver"
+    else:
+        for key, value in options.items():
+            if _trial_volume_problem({"driver": driver, "options": {key: value}}) is not None:
+                field = f"parameters.{key}"
+                break
+    why = error.message.split(": ", 1)[-1]
+    raise Refusal(
+        field,
+        f"`{field}` of storageclass {storage_class.metadata.name!r}: {why} (the volumes it "
+        "makes could not be read)",
+    )
 
 
 def local_class() -> StorageClass:
@@ -57,6 +101,7 @@ class StorageClassAPI(SpecAPI[StorageClass]):
         )
 
     def decide(self, wanted: StorageClass, current: StorageClass | None) -> StorageClass:
+        check_parameters(wanted)
         if current is None:
             return wanted
         for field in IMMUTABLE:
@@ -82,4 +127,4 @@ class StorageClassAPI(SpecAPI[StorageClass]):
         return await self.apply(encode(local_class()))
 
 
-__all__ = ["KIND", "StorageClassAPI", "local_class"]
+__all__ = ["KIND", "StorageClassAPI", "check_parameters", "local_class"]

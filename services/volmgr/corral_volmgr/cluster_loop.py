@@ -11,10 +11,12 @@
 - the volume controller (key: a volume's name) keeps each volume's VolumeStatus: made
   Available (a provisioned one Pending until its node part's VolumeAttachment is
   ready, then Bound with sizeEnforced), pinned to the node of the first placement that
-  uses an unpinned node-local volume, `attachNode` for a ReadWriteOnce dockerVolume
-  (moved only once the old node has no attachment left), and the reclaim once its
-  claim is gone: Retain -> Released, Delete -> the record and its status deleted (the
-  node parts remove the data). A Terminating volume goes once its claim is gone.
+  uses an unpinned node-local volume (one with no source only when that node has its
+  room), `attachNode` for a single-node dockerVolume that is not node-local (moved only
+  once the old node has no attachment left), and the reclaim once its claim is gone:
+  Retain -> Released, Delete -> Deleting. A Terminating volume becomes Deleting once its
+  claim is gone (keepData: Retain). A Deleting volume's record and status are deleted
+  once no node has an attachment for it (each node part takes it down first).
 
 The mirrors are also what the APIs decide on (corral_volmgr.spec_api); `lock` is the
 one their decisions hold, and the controllers' decisions too. Every key is enqueued
@@ -35,7 +37,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from corral.contract import names
-from corral.contract.codec import encode
+from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.names import object_key, split_object_key
 from corral.contract.specs import claim_names
 from corral.contract.state import Placement
@@ -52,6 +54,7 @@ from corral.contract.volume_state import (
     CLAIM_TERMINATING,
     VOLUME_AVAILABLE,
     VOLUME_BOUND,
+    VOLUME_DELETING,
     VOLUME_PENDING,
     VOLUME_RELEASED,
     VOLUME_TERMINATING,
@@ -77,13 +80,14 @@ from corral_volmgr.binding import (
 )
 from corral_volmgr.claim_api import KIND as CLAIM_KIND
 from corral_volmgr.provisioning import (
+    initial_status,
     pick_node,
-    provisioned_class,
     provisioned_volume,
     room_problem,
     used_room,
 )
 from corral_volmgr.volume_api import KIND as VOLUME_KIND
+from corral_volmgr.volume_api import deleting
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +96,11 @@ RESYNC_SECONDS: Final = 30.0
 CONFLICT_RETRY_SECONDS: Final = 0.05
 # How often the gauges are set.
 TICK_SECONDS: Final = 5.0
-# A dockerVolume with one of these among its modes is mounted on one node at a time
-# (attachNode), whatever else it offers: the node part reads the modes the same way.
-SINGLE_WRITER_MODES: Final = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
+# ClaimStatus.reason of a claim whose provisioned volume cannot be read or written.
+PROVISIONING_FAILED: Final = "ProvisioningFailed"
+# The start of the message of a bound volume with no source whose first placement's
+# node lacks its room (the claim says it with reason NodeFull).
+NODE_FULL_PREFIX: Final = f"{NODE_FULL}: "
 # How long to wait before trying again to make the class `local` at start.
 ENSURE_RETRY_SECONDS: Final = 1.0
 
@@ -143,21 +149,9 @@ def placement_claims(key: str, placement: Placement) -> list[str]:
     return [object_key(placement.namespace, name) for name in claim_names(placement.template)]
 
 
-def initial_status(volume: PersistentVolume, claim_uid: str = "") -> VolumeStatus:
-    """A volume's first VolumeStatus: Available, or for one volmgr provisioned on a node,
-    Pending (the node part makes it) and already its claim's."""
-    spec = volume.spec
-    provisioned_by = provisioned_class(volume)
-    made_on_node = bool(provisioned_by) and spec.source == "provisioned"
-    return VolumeStatus(
-        name=volume.metadata.name,
-        phase=VOLUME_PENDING if made_on_node else VOLUME_AVAILABLE,
-        claim=claim_ref_key(spec.claim_ref) if made_on_node and spec.claim_ref else "",
-        claim_uid=claim_uid if made_on_node else "",
-        node=spec.node,
-        size_bytes=spec.size_bytes,
-        provisioned_by=provisioned_by,
-    )
+class ProvisioningFailed(Exception):
+    """A claim's provisioned volume cannot be made or read: the claim says so (Pending,
+    ProvisioningFailed) and the key is retried on the controller's back-off."""
 
 
 def _without_stamp(record: Any) -> Any:
@@ -175,6 +169,7 @@ class ClusterLoop:
     ) -> None:
         """`events`: where what it does is told (corral events about each claim and
         volume, for `corral describe`); None: only logged."""
+        self.buckets = buckets
         self.mirrors = m = Mirrors.of(buckets)
         self.wall_clock = wall_clock
         self.events = events
@@ -219,10 +214,14 @@ class ClusterLoop:
         volumes.watch(status_changes)
         volumes.watch(claim_changes, self._volumes_of_claim)
         volumes.watch(placement_changes, self._volumes_of_placement)
+        attachment_changes = ChangeFeed(m.attachments)
+        # volume -> the keys of its attachments (one per node that has it)
+        self.attachments_by_volume = Index(attachment_changes, by=lambda key, a: (a.volume,))
         volumes.watch(
-            ChangeFeed(m.attachments),
+            attachment_changes,
             lambda key, old, new: {a.volume for a in (old, new) if a is not None},
         )
+        volumes.watch(ChangeFeed(m.node_volumes), lambda key, old, new: self._waiting_for_room())
 
     # --- what enqueues what ------------------------------------------------------------
 
@@ -233,6 +232,25 @@ class ClusterLoop:
     def _volume_keys(self) -> set[str]:
         m = self.mirrors
         return set(m.volumes.items) | set(m.volume_status.items)
+
+    def _waiting_for_room(self) -> list[str]:
+        """The bound volumes with no source not pinned yet (their node may have room now)."""
+        return [
+            s.name
+            for s in self.mirrors.volume_status.values()
+            if s.counts_room and not s.node and s.message.startswith(NODE_FULL_PREFIX)
+        ]
+
+    def attached_nodes(self, volume: str) -> list[str]:
+        """The nodes with an attachment for `volume` (an unreadable one counts)."""
+        m = self.mirrors
+        found = {key.partition(".")[0] for key in self.attachments_by_volume.get(volume)}
+        found.update(
+            key.partition(".")[0]
+            for key in m.attachments.unreadable
+            if key.partition(".")[2] == volume
+        )
+        return sorted(found)
 
     def _unbound_claims(self) -> list[str]:
         m = self.mirrors
@@ -349,6 +367,7 @@ class ClusterLoop:
                     VOLUME_BOUND,
                     VOLUME_RELEASED,
                     VOLUME_TERMINATING,
+                    VOLUME_DELETING,
                 ),
             ),
         ):
@@ -508,13 +527,16 @@ class ClusterLoop:
             return Result(requeue_after=CONFLICT_RETRY_SECONDS)
         said = (wanted.phase, wanted.reason, wanted.volume, wanted.message)
         if before is None or (before.phase, before.reason, before.volume, before.message) != said:
-            await self._tell_claim(key, wanted)
+            await self._tell_claim(key, wanted, before)
         return None
 
-    async def _tell_claim(self, key: str, status: ClaimStatus) -> None:
+    async def _tell_claim(self, key: str, status: ClaimStatus, before: ClaimStatus | None) -> None:
         if status.phase == CLAIM_BOUND:
-            await self.tell(CLAIM_KIND, key, "Bound", f"bound to volume {status.volume}")
-            await self.tell(VOLUME_KIND, status.volume, "Bound", f"bound to claim {key}")
+            if before is None or (before.phase, before.volume) != (CLAIM_BOUND, status.volume):
+                await self.tell(CLAIM_KIND, key, "Bound", f"bound to volume {status.volume}")
+                await self.tell(VOLUME_KIND, status.volume, "Bound", f"bound to claim {key}")
+            if status.reason:
+                await self.tell(CLAIM_KIND, key, status.reason, status.message, warning=True)
         elif status.phase == CLAIM_LOST:
             await self.tell(CLAIM_KIND, key, "ClaimLost", status.message, warning=True)
         elif status.phase == CLAIM_PENDING and status.reason:
@@ -550,6 +572,10 @@ class ClusterLoop:
             )
             return await self._claim_written(key, wanted)
         previous = m.claim_status.get(key)
+        reason = message = ""
+        if status.message.startswith(NODE_FULL_PREFIX) and not status.node:
+            # its first placement's node lacks the room of this volume with no source
+            reason, message = NODE_FULL, status.message.removeprefix(NODE_FULL_PREFIX)
         wanted = msgspec.structs.replace(
             base,
             phase=CLAIM_BOUND,
@@ -558,6 +584,8 @@ class ClusterLoop:
             access_modes=list(volume.spec.access_modes),
             storage_class=volume.spec.storage_class_name,
             node=status.node or volume.spec.node,
+            reason=reason,
+            message=message,
         )
         result = await self._claim_written(key, wanted)
         if result is None and (previous is None or previous.phase != CLAIM_BOUND):
@@ -628,7 +656,28 @@ class ClusterLoop:
                 return await self._claim_pending(key, base, Pending(NODE_FULL, problem, class_name))
         volume = provisioned_volume(claim, storage_class, node)
         name = volume.metadata.name
+        if name in m.volumes.unreadable:
+            return await self._provisioning_failed(
+                key,
+                base,
+                class_name,
+                f"volume {name} (provisioned for this claim by storageclass {class_name!r}) "
+                "is stored but cannot be read; delete it (corral delete pv "
+                f"{name}) and fix the storageclass",
+            )
         existing = m.volumes.get(name)
+        stored_status = m.volume_status.get(name)
+        if existing is not None and stored_status is not None:
+            if stored_status.phase == VOLUME_DELETING:
+                return await self._claim_pending(
+                    key,
+                    base,
+                    Pending(
+                        "VolumeDeleting",
+                        f"volume {name} (this claim's provisioned name) is being deleted",
+                        class_name,
+                    ),
+                )
         if existing is not None and claim_ref_key(existing.spec.claim_ref) != key:
             return await self._claim_pending(
                 key,
@@ -649,7 +698,18 @@ class ClusterLoop:
                     generation=1,
                 ),
             )
-            if not await self._write(m.volumes, [Create(name, encode(made))]):
+            raw = encode(made)
+            try:
+                decode_payload(raw, PersistentVolume)  # as every reader will
+            except InvalidPayload as error:
+                return await self._provisioning_failed(
+                    key,
+                    base,
+                    class_name,
+                    f"storageclass {class_name!r} makes a volume that is not valid: "
+                    f"{error.message}",
+                )
+            if not await self._write(m.volumes, [Create(name, raw)]):
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
             volume = made
             await self.tell(
@@ -674,6 +734,14 @@ class ClusterLoop:
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
         # The claim follows the volume's status (Provisioning, or bound by claimRef).
         return Result(requeue_after=0)
+
+    async def _provisioning_failed(
+        self, key: str, base: ClaimStatus, class_name: str, message: str
+    ) -> Result | None:
+        """Say why on the claim (Pending, ProvisioningFailed) and fail the reconcile: the
+        key comes back on the controller's back-off, not at once."""
+        await self._claim_pending(key, base, Pending(PROVISIONING_FAILED, message, class_name))
+        raise ProvisioningFailed(f"claim {key}: {message}")
 
     # --- the volume controller -----------------------------------------------------------
 
@@ -720,10 +788,15 @@ class ClusterLoop:
                 uid = "" if claim is None else claim.metadata.uid
             return await self._volume_written(name, initial_status(volume, uid))
         status = stored[0]
+        if status.phase == VOLUME_DELETING:
+            return await self._finish_deleting(name, status)
         if status.phase == VOLUME_TERMINATING:
             if status.claim and not self.claim_gone(status):
                 return None
-            return await self._delete_volume(name, "deleted while bound; its claim is gone")
+            keep = volume.spec.persistent_volume_reclaim_policy == "Retain"
+            return await self._start_deleting(
+                name, volume, status, keep, "deleted while bound; its claim is gone"
+            )
         if status.phase in (VOLUME_BOUND, VOLUME_PENDING) and self.claim_gone(status):
             return await self._reclaim(name, volume, status)
         if status.phase == VOLUME_AVAILABLE and self.orphaned(volume, status):
@@ -736,7 +809,10 @@ class ClusterLoop:
         # What the spec says (a bound volume's spec no longer changes; an unbound one's
         # node and size may).
         wanted = msgspec.structs.replace(
-            status, size_bytes=volume.spec.size_bytes, node=volume.spec.node or status.node
+            status,
+            size_bytes=volume.spec.size_bytes,
+            node=volume.spec.node or status.node,
+            counts_room=volume.spec.source == "provisioned",
         )
         if status.phase == VOLUME_PENDING:
             attachment = m.attachments.get(names.attachment_key(status.node, name))
@@ -762,17 +838,31 @@ class ClusterLoop:
         return result
 
     def _placed(self, volume: PersistentVolume, status: VolumeStatus) -> VolumeStatus:
-        """A bound volume's node (an unpinned node-local one: its first placement's) and
-        attach node (a single-writer dockerVolume: moved only once the old node has no
+        """A bound volume's node (an unpinned node-local one: its first placement's; one
+        with no source only when that node has its room) and attach node (a single-node
+        dockerVolume that is not node-local: moved only once the old node has no
         attachment left)."""
         users = self.users(status.claim)
         if not users:
             return status
         if volume.spec.node_local:
-            if not status.node:
-                return msgspec.structs.replace(status, node=users[0].node)
-            return status
-        if not SINGLE_WRITER_MODES & set(volume.spec.access_modes):
+            if status.node:
+                return status
+            node = users[0].node
+            if status.counts_room:
+                m = self.mirrors
+                offered = {n: record for n, (record, _) in m.node_volumes.items.items()}
+                problem = room_problem(
+                    node,
+                    status.size_bytes,
+                    offered,
+                    used_room(m.volume_status.values()),
+                    needs=f"volume {status.name}",
+                )
+                if problem:
+                    return msgspec.structs.replace(status, message=NODE_FULL_PREFIX + problem)
+            return msgspec.structs.replace(status, node=node, message="")
+        if not volume.spec.single_node:
             return status
         nodes = [p.node for p in users]
         current = status.attach_node
@@ -798,7 +888,9 @@ class ClusterLoop:
     ) -> Result | None:
         policy = volume.spec.persistent_volume_reclaim_policy
         if policy == "Delete":
-            return await self._delete_volume(name, f"its claim {status.claim} was deleted")
+            return await self._start_deleting(
+                name, volume, status, False, f"its claim {status.claim} was deleted"
+            )
         released = msgspec.structs.replace(
             status,
             phase=VOLUME_RELEASED,
@@ -808,12 +900,37 @@ class ClusterLoop:
         await self.tell(VOLUME_KIND, name, "Released", released.message)
         return await self._volume_written(name, released)
 
-    async def _delete_volume(self, name: str, why: str) -> Result | None:
+    async def _start_deleting(
+        self, name: str, volume: PersistentVolume, status: VolumeStatus, keep: bool, why: str
+    ) -> Result | None:
+        """Make the volume Deleting (every node part takes it down; its data stays with
+        `keep`); its records go once no node has an attachment for it."""
         m = self.mirrors
+        attachments = [
+            a
+            for a in (m.attachments.get(key) for key in self.attachments_by_volume.get(name))
+            if a is not None
+        ]
+        wanted = deleting(volume, status, attachments, keep_data=keep)
+        result = await self._volume_written(name, wanted)
+        if result is None:
+            log.info("volume %s is being deleted (%s): %s", name, why, wanted.message)
+            await self.tell(VOLUME_KIND, name, "Deleting", f"{why}; {wanted.message}")
+        return result
+
+    async def _finish_deleting(self, name: str, status: VolumeStatus) -> Result | None:
+        """Delete a Deleting volume's record and status once no node has an attachment
+        for it (an attachment's change enqueues it again)."""
+        m = self.mirrors
+        nodes = self.attached_nodes(name)
+        if nodes:
+            return None
         if not await self._remove(m.volumes, name):
             return Result(requeue_after=CONFLICT_RETRY_SECONDS)
         if not await self._remove(m.volume_status, name):
             return Result(requeue_after=CONFLICT_RETRY_SECONDS)
-        log.info("deleted volume %s: %s", name, why)
-        await self.tell(VOLUME_KIND, name, "Deleted", f"deleted: {why}")
+        log.info("deleted volume %s: %s", name, status.message)
+        await self.tell(
+            VOLUME_KIND, name, "Deleted", f"deleted: no node has it any more; {status.message}"
+        )
         return None

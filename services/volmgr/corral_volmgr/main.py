@@ -183,6 +183,9 @@ def build_apis(
             host_path_allow=host_path_allow,
             progress=progress,
             spec_position=positions.get(VOLUME_KIND, no_stream),
+            leases=progress,
+            nodes=loop.buckets.get(names.NODES_BUCKET),
+            placements=m.placements,
         ),
         claims=PersistentVolumeClaimAPI(
             m.claims,

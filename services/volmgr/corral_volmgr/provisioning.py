@@ -1,8 +1,9 @@
 """Dynamic provisioning decisions (docs/volumes.md, "Dynamic provisioning"): pure
 functions. A provisioned volume is named pvc-<first 12 hex digits of sha256(claim
 uid)>, reserved for its claim (claimRef) and made with its class's reclaim policy. A
-node offers NodeVolumes.capacityBytes; the provisioned volumes placed on it
-(VolumeStatus with provisionedBy and that node) take their full size.
+node offers NodeVolumes.capacityBytes; the volumes with no source placed on it
+(VolumeStatus with countsRoom and that node: provisioned ones and those made by hand)
+take their full size.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from corral.contract.volume_specs import (
     StorageClass,
     StorageRequest,
 )
-from corral.contract.volume_state import NodeVolumes, VolumeStatus
+from corral.contract.volume_state import (
+    VOLUME_AVAILABLE,
+    VOLUME_PENDING,
+    NodeVolumes,
+    VolumeStatus,
+)
+from corral_volmgr.binding import claim_ref_key
 
 # Kubernetes' annotation on a volume a provisioner made: the provisioner's name.
 PROVISIONED_BY_ANNOTATION: Final = "pv.kubernetes.io/provisioned-by"
@@ -40,11 +47,30 @@ def provisioned_class(volume: PersistentVolume) -> str:
     return volume.spec.storage_class_name
 
 
+def initial_status(volume: PersistentVolume, claim_uid: str = "") -> VolumeStatus:
+    """A volume's first VolumeStatus: Available, or for one volmgr provisioned on a node,
+    Pending (the node part makes it) and already its claim's. A volume with no source
+    counts against its node's room (countsRoom), provisioned or made by hand."""
+    spec = volume.spec
+    provisioned_by = provisioned_class(volume)
+    made_on_node = bool(provisioned_by) and spec.source == "provisioned"
+    return VolumeStatus(
+        name=volume.metadata.name,
+        phase=VOLUME_PENDING if made_on_node else VOLUME_AVAILABLE,
+        claim=claim_ref_key(spec.claim_ref) if made_on_node and spec.claim_ref else "",
+        claim_uid=claim_uid if made_on_node else "",
+        node=spec.node,
+        size_bytes=spec.size_bytes,
+        provisioned_by=provisioned_by,
+        counts_room=spec.source == "provisioned",
+    )
+
+
 def used_room(statuses: Iterable[VolumeStatus]) -> dict[str, int]:
-    """Bytes the provisioned volumes take on each node."""
+    """Bytes the volumes with no source (countsRoom) take on each node."""
     used: dict[str, int] = {}
     for status in statuses:
-        if status.provisioned_by and status.node:
+        if status.counts_room and status.node:
             used[status.node] = used.get(status.node, 0) + status.size_bytes
     return used
 
@@ -59,9 +85,15 @@ def free_room(nodes: Mapping[str, NodeVolumes], used: Mapping[str, int]) -> dict
 
 
 def room_problem(
-    node: str, size: int, nodes: Mapping[str, NodeVolumes], used: Mapping[str, int]
+    node: str,
+    size: int,
+    nodes: Mapping[str, NodeVolumes],
+    used: Mapping[str, int],
+    *,
+    needs: str = "the claim",
 ) -> str:
-    """Why `node` cannot take a provisioned volume of `size` bytes ("" : it can)."""
+    """Why `node` cannot take a volume of `size` bytes with no source ("" : it can);
+    `needs`: what asks for the room, in the message."""
     record = nodes.get(node)
     if record is None or not record.ready:
         return f"node {node} has no volume manager running"
@@ -69,7 +101,7 @@ def room_problem(
     if free < size:
         return (
             f"node {node} has {format_memory(max(free, 0))} free of "
-            f"{format_memory(record.capacity_bytes)}; the claim needs {format_memory(size)}"
+            f"{format_memory(record.capacity_bytes)}; {needs} needs {format_memory(size)}"
         )
     return ""
 

@@ -18,7 +18,13 @@ from corral.client.local.nats_server import NatsServerNotFound
 from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, DEFAULT_NATS_PORT, UpOptions
 from corral.client.local.state_file import SupervisorRecord, running_supervisor
 from corral.client.local.summary import describe
-from corral.client.local.supervisor import CannotStart, run_supervisor
+from corral.client.local.supervisor import (
+    CannotStart,
+    VolumesReport,
+    read_volumes_report,
+    run_supervisor,
+    volumes_report_file,
+)
 
 _data_dir_option = click.option(
     "--data-dir",
@@ -124,6 +130,7 @@ def down(data_dir: Path | None, delete_volumes: bool) -> None:
                 "by volmgr's node part as corral stops (it reads the cluster's id from NATS); "
                 "start it (corral up -d), then corral down --delete-volumes"
             )
+        volumes_report_file(layout).unlink(missing_ok=True)  # only this run's is read
         layout.delete_volumes_file.write_text("asked by corral down --delete-volumes\n")
     report = stop(layout)
     if not report.was_running:
@@ -131,8 +138,34 @@ def down(data_dir: Path | None, delete_volumes: bool) -> None:
         click.echo(f"corral is not running from {layout.data_dir}{extra}")
         return
     forced = f" (had to kill: {', '.join(report.killed)})" if report.killed else ""
-    deleted = "; the volumes' data deleted" if delete_volumes else ""
-    click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}{deleted}")
+    click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}")
+    if delete_volumes:
+        done = read_volumes_report(layout)
+        volumes_report_file(layout).unlink(missing_ok=True)
+        click.echo(volumes_outcome(done), err=done is None or not done.ok)
+        if done is None or not done.ok:
+            raise click.exceptions.Exit(1)
+
+
+def volumes_outcome(done: VolumesReport | None) -> str:
+    """What `corral down --delete-volumes` did to the volumes' data, in words: what
+    volmgr's node part reported (its lines and exit code), never more."""
+    if done is None:
+        return (
+            "the volumes' data was NOT deleted, or not all: volmgr's node part did not report "
+            "(the supervisor was stopped before its clean-up ended); run corral up -d, then "
+            "corral down --delete-volumes again"
+        )
+    if done.problem:
+        return f"the volumes' data was NOT deleted, or not all: volmgr's node part {done.problem}"
+    lines = "".join(f"\n  {line}" for line in done.output)
+    if done.ok:
+        return "the volumes' data deleted; volmgr's node part:" + (lines or "\n  (nothing)")
+    errors = " / ".join(done.errors) or "no message"
+    return (
+        f"the volumes' data was NOT all deleted: volmgr's node part exited {done.exit_code} "
+        f"({errors})" + (f"; it did:{lines}" if lines else "")
+    )
 
 
 @click.group()

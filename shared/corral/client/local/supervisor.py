@@ -8,8 +8,9 @@ stop in order: services (SIGTERM, then SIGKILL after a timeout), then netmgr's n
 part removes its packet-filter rules, routes and unused Docker networks (`corral-netmgr
 --node NAME --remove-all`, which reads the cluster's id from NATS) and volmgr's its
 unused Docker volumes, mounts and loop devices (`corral-volmgr --node NAME --remove-all`,
-with `--delete-data` after `corral down --delete-volumes`), then nats-server, so the
-services drain cleanly.
+with `--delete-data` after `corral down --delete-volumes`, whose outcome it writes for
+`corral down` to report: `volumes_report_file`), then nats-server, so the services drain
+cleanly.
 
 A startup that cannot succeed fails with CannotStart after stopping in the same
 order: a child that keeps exiting before it was ever healthy (its log's end is in
@@ -19,10 +20,13 @@ the message), or services without a healthy /healthz within HEALTH_TIMEOUT.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -60,6 +64,48 @@ HEALTH_TIMEOUT = float(os.environ.get("CORRAL_UP_TIMEOUT", "90"))
 
 class CannotStart(RuntimeError):
     """corral up cannot start here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class VolumesReport:
+    """What volmgr's node part did when `corral down --delete-volumes` asked it to
+    delete the volumes' data: its exit code (None: it did not finish, or did not run),
+    the lines it printed (what it removed), the end of its errors, and why it did not
+    run or finish."""
+
+    exit_code: int | None
+    output: list[str]
+    errors: list[str]
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.problem
+
+
+def volumes_report_file(layout: Layout) -> Path:
+    """Where the supervisor leaves the VolumesReport of `corral down --delete-volumes`
+    (beside the request, `Layout.delete_volumes_file`)."""
+    return layout.delete_volumes_file.with_name("corral.delete-volumes.result")
+
+
+def write_volumes_report(layout: Layout, report: VolumesReport) -> None:
+    volumes_report_file(layout).write_text(json.dumps(asdict(report)) + "\n")
+
+
+def read_volumes_report(layout: Layout) -> VolumesReport | None:
+    """The report of the last `--delete-volumes` clean-up, or None when there is none
+    (the supervisor was killed before it wrote one) or it cannot be read."""
+    try:
+        raw = json.loads(volumes_report_file(layout).read_text())
+        return VolumesReport(
+            exit_code=raw["exit_code"] if isinstance(raw["exit_code"], int) else None,
+            output=[str(line) for line in raw["output"]],
+            errors=[str(line) for line in raw["errors"]],
+            problem=str(raw.get("problem", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def stop_leftovers(layout: Layout) -> list[str]:
@@ -306,23 +352,49 @@ class Supervisor:
         now, while nats-server still answers (names carry the cluster's id): netmgr's
         chains, routes and Docker networks no container uses; volmgr's unused Docker
         volumes, mounts and loop devices (the volumes' data stays, unless `corral down
-        --delete-volumes` asked for it to go)."""
-        if not runs_node_part(self.options):
-            return
+        --delete-volumes` asked for it to go; what volmgr's part did then is written for
+        `corral down` to report, volumes_report_file)."""
         delete_data = self.layout.delete_volumes_file.exists()
+        if not runs_node_part(self.options):
+            if delete_data:
+                write_volumes_report(
+                    self.layout,
+                    VolumesReport(
+                        0,
+                        [
+                            f"no node part runs with runtime {self.options.runtime}: no "
+                            "volume was made on this node"
+                        ],
+                        [],
+                    ),
+                )
+                self.layout.delete_volumes_file.unlink(missing_ok=True)
+            return
         for part in NODE_PARTS:
             command = node_part_cleanup(self.options, part, delete_data=delete_data)
-            what = " and the volumes' data" if delete_data and part == "volmgr-node" else ""
+            deleting = delete_data and part == "volmgr-node"
+            what = " and the volumes' data" if deleting else ""
             log.info("removing what %s made on this node%s", part, what)
+            report = VolumesReport(None, [], [], "")
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
                 done = await anyio.run_process(command, check=False)
+                errors = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                report = VolumesReport(
+                    done.returncode,
+                    done.stdout.decode(errors="replace").strip().splitlines()[-50:],
+                    errors,
+                )
                 if done.returncode != 0:
-                    tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
                     log.warning(
-                        "%s --remove-all exited %s: %s", part, done.returncode, " / ".join(tail)
+                        "%s --remove-all exited %s: %s", part, done.returncode, " / ".join(errors)
                     )
             if scope.cancelled_caught:
                 log.warning("%s --remove-all did not finish within %.0f s", part, CLEANUP_TIMEOUT)
+                report = VolumesReport(
+                    None, [], [], f"it did not finish within {CLEANUP_TIMEOUT:.0f} s"
+                )
+            if deleting:
+                write_volumes_report(self.layout, report)
         self.layout.delete_volumes_file.unlink(missing_ok=True)
 
     async def run(self) -> None:
