@@ -392,7 +392,7 @@ class World:
     attachments: WatchedBucket = field(
         default_factory=lambda: WatchedBucket(names.VOLUME_ATTACHMENTS_BUCKET)
     )
-    claims: MemoryBucket = field(default_factory=lambda: MemoryBucket(names.CLAIM_STATUS_BUCKET))
+    claims: WatchedBucket = field(default_factory=lambda: WatchedBucket(names.CLAIM_STATUS_BUCKET))
     events: RecordedEvents = field(default_factory=RecordedEvents)
 
     def status(self, replica: str) -> ReplicaStatus | None:
@@ -492,6 +492,20 @@ async def test_an_attachment_appearing_cuts_the_waiting_replicas_back_off_short(
         )
         await world.attach(attachment())
         await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=3.0)
+
+
+async def test_a_claim_bound_after_its_attachment_was_written_starts_the_replica_at_once() -> None:
+    world = World()
+    async with agent_of(world) as agent:
+        await world.attach(attachment())  # the node part was quicker than the claim's status
+        await world.place(placed("web-a1", with_claim()))
+        await eventually(lambda: world.message("web-a1") == "waiting for claim data to be bound")
+        agent.tracks["web-a1"] = dataclasses.replace(  # as after many tries
+            agent.tracks["web-a1"], not_before=time.time() + 60
+        )
+        await world.bind()
+        await eventually(lambda: world.state("web-a1") == ReplicaState.RUNNING, within=3.0)
+    assert world.claims.watched == ["default.>"]  # its replicas' namespace only
 
 
 async def test_an_attachment_of_another_node_serves_nothing_here() -> None:
@@ -680,6 +694,7 @@ async def test_a_replica_without_volumes_makes_no_volume_call_and_no_attachment_
         assert not agent.volumes.watching
     assert world.runtime.volume_calls == []
     assert world.attachments.watched == []
+    assert world.claims.watched == []
 
 
 async def test_an_empty_dir_goes_right_after_its_replicas_container() -> None:

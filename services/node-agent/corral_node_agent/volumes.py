@@ -68,6 +68,9 @@ class VolumeBook:
         self.watching = False  # the watch was started (some replica has volumes)
         self.used = False  # some replica with volumes was created by this agent
         self._read = anyio.Event()
+        # Namespaces whose claims' statuses are followed (a change retries the waiting
+        # replicas: a claim Bound after its attachment was written starts them at once).
+        self.claim_namespaces: set[str] = set()
 
     def _changed(self, _key: str) -> None:
         self.on_change()
@@ -107,6 +110,23 @@ class VolumeBook:
             await tg.start(self.mirror.run)
             self._read.set()
             self.on_change()
+
+    def follow_claims(self, namespace: str) -> None:
+        """Follow the claims' statuses of `namespace` (`<namespace>.>` only, from the
+        first replica with a claim there): each change calls `on_change`. A trigger only:
+        a claim's status is read afresh at each try (claim_status)."""
+        if self.claim_statuses is None or self.spawn is None:
+            return
+        if namespace in self.claim_namespaces:
+            return
+        self.claim_namespaces.add(namespace)
+        mirror: Mirror[ClaimStatus] = Mirror(
+            self.claim_statuses,
+            ClaimStatus,
+            prefix=names.object_key(namespace, ">"),
+            on_change=self._changed,
+        )
+        self.spawn(mirror.run)
 
     async def claim_status(self, claim: str) -> ClaimStatus | None:
         """The claim's status as volmgr last wrote it (read afresh); None: none (yet)."""
@@ -164,6 +184,7 @@ async def prepare_mounts(
     claims = [v.persistent_volume_claim for v in placement.template.volumes]
     if any(source is not None for source in claims):
         await book.current()
+        book.follow_claims(placement.namespace)
         for source in claims:
             if source is not None:
                 key = names.object_key(placement.namespace, source.claim_name)
