@@ -9,7 +9,8 @@ for the last test), real loop devices, and the CLI as a user types it.
   inside the container with "No space left on device";
 - deleting the claim while a replica uses it leaves it Terminating; once the Deployment
   is gone it goes, and its volume's data (class `local`: Delete) with it;
-- a Retain volume is Released with its data when its claim goes;
+- a Retain volume is Released with its data when its claim goes, and deleting it keeps
+  the data on the node (the node part's --delete-data removes it);
 - a ReadWriteOncePod claim's update never runs two containers;
 - a claim bound to a volume on the second engine's node pulls its replica there.
 """
@@ -267,13 +268,16 @@ async def test_retain_keeps_a_released_volume_and_read_write_once_pod_never_runs
             assert released
             kept = [p for p in folder.rglob("log") if p.is_file()]
             assert kept and len(kept[0].read_text().split()) == 2, kept
-            await ok(nats_url, "delete", "pv", "keep")
+            # deleting a Retain volume keeps its data on the node (corral down
+            # --delete-volumes deletes it)
+            said = await ok(nats_url, "delete", "pv", "keep")
+            assert "kept" in said, said
             await eventually(
-                lambda: anyio.to_thread.run_sync(lambda: list(folder.rglob("*.img"))),
-                lambda found: found == [],
-                within=60,
+                lambda: ok(nats_url, "get", "pv"), lambda text: "keep" not in text, within=60
             )
-        await remove_all(nats_url, node_name, folder)
+            assert [p.name for p in folder.rglob("*.img")] == ["keep.img"]
+        said = await remove_all(nats_url, node_name, folder, "--delete-data")
+        assert list(folder.rglob("*.img")) == [], said
 
 
 async def test_a_claim_on_a_volume_of_the_second_node_pulls_its_replica_there(
@@ -316,9 +320,8 @@ async def test_a_claim_on_a_volume_of_the_second_node_pulls_its_replica_there(
             await ok(nats_url, "delete", "pvc", "far")
             await ok(nats_url, "delete", "pv", "far")
             await eventually(
-                lambda: anyio.to_thread.run_sync(lambda: list(folder_two.rglob("*.img"))),
-                lambda found: found == [],
-                within=60,
+                lambda: ok(nats_url, "get", "pv"), lambda text: "far" not in text, within=60
             )
+            assert [p.name for p in folder_two.rglob("*.img")] == ["far.img"]  # Retain
         await remove_all(nats_url, one, folder)
-        await remove_all(nats_url, two, folder_two, "--docker-host", second_host)
+        await remove_all(nats_url, two, folder_two, "--docker-host", second_host, "--delete-data")
