@@ -1,37 +1,12 @@
-"""`corral-volmgr` (and `python -m corral_volmgr`): the process's entry point.
-
-It first decides what the process needs to load (corral.natsio.lean): aiohttp only for
-the node part (`--node`: aiodocker's transport, imported without importlib.metadata)
-or a ws:// NATS URL; only then imports the service and runs it.
-"""
+"""`corral-volmgr` (and `python -m corral_volmgr`): the entry point. What the process loads
+(aiohttp only for `--node` or a ws:// URL) is decided first: corral.natsio.lean."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from corral.natsio.lean import prepare_cluster_or_node as prepare
+from corral.natsio.lean import run_service_module
 
-from corral.natsio.lean import (
-    import_without_metadata,
-    leave_out_unused,
-    prepare_imports,
-    run_service_module,
-)
-
-
-def node_flag(argv: Sequence[str]) -> str:
-    """The --node the process runs the node part of ("": the cluster part)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--node", default="")
-    known, _ = parser.parse_known_args(list(argv))
-    return str(known.node)
-
-
-def prepare(argv: Sequence[str]) -> None:
-    leave_out_unused()  # before node_flag() parses the command line
-    node = bool(node_flag(argv))
-    prepare_imports(argv, needs_aiohttp=node)
-    if node:
-        import_without_metadata("aiodocker")
+__all__ = ["main", "prepare"]
 
 
 def main() -> None:

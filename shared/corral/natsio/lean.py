@@ -317,3 +317,24 @@ def run_service_module(module: str, prepare: Callable[[Sequence[str]], object]) 
     the command line), then import `module` and run its main()."""
     prepare(sys.argv[1:])
     importlib.import_module(module).main()
+
+
+# --- a service with a cluster part and a node part (`--node`) ---------------------------
+
+
+def node_flag(argv: Sequence[str]) -> str:
+    """The --node the process runs the node part of ("": the cluster part)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--node", default="")
+    known, _ = parser.parse_known_args(list(argv))
+    return str(known.node)
+
+
+def prepare_cluster_or_node(argv: Sequence[str]) -> None:
+    """`prepare` for a service whose node part (`--node`) talks to Docker: aiohttp only
+    then (aiodocker's transport, imported without importlib.metadata) or for a ws:// URL."""
+    leave_out_unused()  # before node_flag() parses the command line
+    node = bool(node_flag(argv))
+    prepare_imports(argv, needs_aiohttp=node)
+    if node:
+        import_without_metadata("aiodocker")
