@@ -16,17 +16,15 @@ reply's message; the object stays until its controller removes it.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
-import anyio
 import msgspec
 
 from corral.contract.codec import encode
-from corral.contract.events import REASON_BUSY, REASON_INVALID, Reply
+from corral.contract.events import REASON_INVALID, Reply
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
 from corral.natsio import spec_api
-from corral.natsio.kv import Bucket, Entry, Mirror
+from corral.natsio.kv import Entry, Mirror
 from corral.natsio.spec_api import SpecPosition, no_stream
 
 T = TypeVar("T", PersistentVolume, PersistentVolumeClaim, StorageClass)
@@ -62,38 +60,10 @@ def changed_fields(before: msgspec.Struct, after: msgspec.Struct, prefix: str) -
     return found
 
 
-class SpecAPI(spec_api.SpecAPI[T]):
+class SpecAPI(spec_api.LockedSpecAPI[T]):
     """What the three APIs share: `kind`, its type, its bucket's mirror."""
 
-    def __init__(
-        self,
-        mirror: Mirror[T],
-        *,
-        lock: anyio.Lock,
-        views: Iterable[Mirror[Any]],
-        progress: Bucket | None = None,
-        spec_position: SpecPosition = no_stream,
-    ) -> None:
-        """`views`: the mirrors a decision reads (it waits, Busy, until they are current);
-        `progress`: the bucket of corral.natsio.spec_progress (corral_leases)."""
-        super().__init__(mirror.bucket, progress, spec_position)
-        self.mirror: Mirror[T] = mirror
-        self.lock = lock
-        self.views: list[Mirror[Any]] = [mirror, *views]
-
-    def serialized(self) -> anyio.Lock:
-        return self.lock
-
-    def not_ready(self, name: str) -> Reply | None:
-        for mirror in self.views:
-            if not mirror.current:
-                return self.reply(
-                    ok=False,
-                    name=name,
-                    reason=REASON_BUSY,
-                    error=f"volmgr's view of {mirror.bucket.name} is not current yet; try again",
-                )
-        return None
+    service = "volmgr"
 
     def settle(self, wanted: T, current: T | None) -> T | Reply:
         try:
@@ -129,17 +99,7 @@ class SpecAPI(spec_api.SpecAPI[T]):
             return msgspec.structs.replace(reply, message=notes[-1])
         return reply
 
-    # --- writing: into the bucket, and at once into the mirror ------------------------
-
-    async def create(self, key: str, raw: bytes) -> int:
-        revision = await super().create(key, raw)
-        self.mirror.apply(Entry(key, raw, revision))
-        return revision
-
-    async def update(self, key: str, raw: bytes, revision: int) -> int:
-        written = await super().update(key, raw, revision)
-        self.mirror.apply(Entry(key, raw, written))
-        return written
+    # --- removing, unless `protect` defers it ---------------------------------------
 
     async def remove(self, key: str, revision: int) -> int:
         deferred = await self.protect(key, revision)
@@ -148,9 +108,7 @@ class SpecAPI(spec_api.SpecAPI[T]):
             if notes is not None:
                 notes.append(deferred)
             return revision
-        marker = await super().remove(key, revision)
-        self.mirror.apply(Entry(key, None, marker))
-        return marker
+        return await super().remove(key, revision)
 
 
 async def write_status(mirror: Mirror[Any], key: str, value: Any) -> None:

@@ -14,7 +14,7 @@ Services), for any object with `.metadata` (ObjectMeta), `.spec` and `.key`
 
 A kind's API subclasses SpecAPI and keeps only what is its own: `settle` (what the
 cluster decides about an apply, or a refusal), `refuse_delete`, other verbs, and
-for a service that decides under a lock on its own view, `serialized`/`not_ready`.
+for a service that decides under a lock on its own view, LockedSpecAPI below.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+import anyio
 import msgspec
 
 from corral.contract import names
@@ -33,7 +34,7 @@ from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
 from corral.contract.events import REASON_BUSY, REASON_INTERNAL, Reply
 from corral.contract.specs import DeleteRequest, ObjectMeta
 from corral.natsio.bus import DurableSpecHandler, is_store_full, store_full_reply
-from corral.natsio.kv import Bucket, Conflict
+from corral.natsio.kv import Bucket, Conflict, Entry, Mirror
 from corral.natsio.spec_progress import progress_key, read_progress, remember_delete
 from corral.natsio.spec_replies import CAS_ATTEMPTS, SpecReplies
 
@@ -286,6 +287,63 @@ class SpecAPI(SpecReplies, Generic[T]):
 
     async def remove(self, key: str, revision: int) -> int:
         return await self.bucket.delete(key, revision=revision)
+
+
+class LockedSpecAPI(SpecAPI[T]):
+    """A kind of a service that decides under one lock on its own view (netmgr,
+    volmgr): a decision reads `views` (mirrors) and waits, Busy, until each is
+    current; every apply and delete of the service's kinds holds `lock`, and each
+    write is put into the kind's own `mirror` at once, so the next decision sees it.
+    The process is the only writer (its lease). `service` names it in Busy replies."""
+
+    service = "this service"
+
+    def __init__(
+        self,
+        mirror: Mirror[T],
+        *,
+        lock: anyio.Lock,
+        views: Iterable[Mirror[Any]],
+        progress: Bucket | None = None,
+        spec_position: SpecPosition = no_stream,
+    ) -> None:
+        """`views`: the mirrors a decision reads (it waits, Busy, until they are current);
+        `progress`: the bucket of corral.natsio.spec_progress (corral_leases)."""
+        super().__init__(mirror.bucket, progress, spec_position)
+        self.mirror: Mirror[T] = mirror
+        self.lock = lock
+        self.views: list[Mirror[Any]] = [mirror, *views]
+
+    def serialized(self) -> anyio.Lock:
+        return self.lock
+
+    def not_ready(self, name: str) -> Reply | None:
+        """Busy while a mirror a decision reads has not replayed (or its watch broke)."""
+        for mirror in self.views:
+            if not mirror.current:
+                return self.reply(
+                    ok=False,
+                    name=name,
+                    reason=REASON_BUSY,
+                    error=f"{self.service}'s view of {mirror.bucket.name} is not current yet; "
+                    "try again",
+                )
+        return None
+
+    async def create(self, key: str, raw: bytes) -> int:
+        revision = await super().create(key, raw)
+        self.mirror.apply(Entry(key, raw, revision))
+        return revision
+
+    async def update(self, key: str, raw: bytes, revision: int) -> int:
+        written = await super().update(key, raw, revision)
+        self.mirror.apply(Entry(key, raw, written))
+        return written
+
+    async def remove(self, key: str, revision: int) -> int:
+        marker = await super().remove(key, revision)
+        self.mirror.apply(Entry(key, None, marker))
+        return marker
 
 
 def new_metadata(wanted: ObjectMeta, position: int, generation: int = 1) -> ObjectMeta:
