@@ -13,22 +13,19 @@ then.
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import sys
-import uuid
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from corral.contract import names
-from corral.natsio.bus import consume_spec_stream, serve_spec_requests, spec_stream_position
+from corral.natsio import cluster_service
+from corral.natsio.bus import spec_stream_position
+from corral.natsio.cluster_service import SpecKind, serve_spec_kinds
 from corral.natsio.kv import Bucket
-from corral.natsio.lease import Lease
-from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
+from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_netmgr import metrics
 from corral_netmgr.cluster_loop import DEFAULT_NETWORK_WAIT, ClusterLoop
@@ -41,30 +38,13 @@ DEFAULT_PORT = 9103
 # netmgr's durable consumers of the specs of each kind.
 NETWORK_DURABLE = "netmgr-network"
 SERVICE_DURABLE = "netmgr-service"
-log = logging.getLogger(__name__)
-
-
-def _node_part() -> Any:
-    """The node part's module, or a clear refusal when it cannot be imported."""
-    try:
-        node = importlib.import_module("corral_netmgr.node")
-    except ImportError as error:
-        raise RefusedToStart(
-            f"--node needs netmgr's node part (corral_netmgr.node), which cannot be "
-            f"imported: {error}"
-        ) from None
-    return node
+NODE_PART = "corral_netmgr.node"
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The flags; with `--node` in `argv` (default: this process's), the node part's too."""
     parser = base_parser("netmgr", DEFAULT_PORT)
-    parser.add_argument(
-        "--node",
-        metavar="NAME",
-        default="",
-        help="run the node part for this node (beside its agent) instead of the cluster part",
-    )
+    cluster_service.add_node_flag(parser)
     parser.add_argument(
         "--default-network-wait",
         type=float,
@@ -73,17 +53,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="the cluster part picks the `default` network's range once a node part has "
         "reported its host's used ranges, or after this long (default %(default)s)",
     )
-    parser.add_argument(
-        "--docker-host",
-        help="with --node: the engine's address (default: $DOCKER_HOST, the local socket)",
-    )
-    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if known.node:
-        try:
-            node = _node_part()
-        except RefusedToStart as error:
-            parser.error(str(error))
-        node.add_arguments(parser)
+    cluster_service.add_docker_host_flag(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    cluster_service.add_node_part_flags(parser, argv, "netmgr", NODE_PART)
     return parser
 
 
@@ -94,7 +66,7 @@ async def run(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     if getattr(args, "node", ""):
-        node = _node_part()
+        node = cluster_service.node_part("netmgr", NODE_PART)
         await node.run(ctx, args, task_status=task_status)
         return
     await run_cluster_part(
@@ -111,43 +83,15 @@ async def run_cluster_part(
 ) -> None:
     """Hold the lease and run the cluster part under it; stand by while another holds it.
     Started once active, or at once as a standby."""
-    holder = f"netmgr-{uuid.uuid4().hex[:12]}"
-    lease = Lease(ctx.buckets[names.LEASES_BUCKET], holder, service="netmgr")
-    if lease_seconds is not None:
-        lease.lease_seconds = lease_seconds
-    ctx.health["cluster_part"] = True
-    started = False
-    try:
-        while True:
-            if not await _try(lease):
-                if not started:
-                    log.info("another netmgr holds the lease; standing by")
-                    task_status.started()
-                    started = True
-                await anyio.sleep(lease.renew_seconds)
-                continue
-            log.info("holding the lease %s: running the cluster part", lease.key)
-            metrics.ACTIVE.set(1)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(lease.keep, tg.cancel_scope)
-                    await serve(ctx, tg, default_network_wait=default_network_wait)
-                    if not started:
-                        task_status.started()
-                        started = True
-            finally:
-                metrics.ACTIVE.set(0)
-            log.warning("lost the lease %s; standing by", lease.key)
-    finally:
-        await lease.release()
-
-
-async def _try(lease: Lease) -> bool:
-    try:
-        return await lease.try_acquire()
-    except Exception as error:  # NATS away: try again
-        log.warning("could not read the lease %s: %s", lease.key, error)
-        return False
+    serve_here = partial(serve, ctx, default_network_wait=default_network_wait)
+    await cluster_service.hold_lease(
+        ctx,
+        "netmgr",
+        serve_here,
+        metrics.ACTIVE,
+        lease_seconds=lease_seconds,
+        task_status=task_status,
+    )
 
 
 def build_apis(
@@ -193,26 +137,11 @@ async def serve(
         network_position=partial(spec_stream_position, ctx.js, NETWORK_KIND),
         service_position=partial(spec_stream_position, ctx.js, SERVICE_KIND),
     )
-    # The durable consumers first: an object written by request before one exists
-    # would make a first start look like a consumer lost with its progress record.
-    for kind, api, durable, bucket in (
-        (NETWORK_KIND, network_api, NETWORK_DURABLE, names.NETWORKS_BUCKET),
-        (SERVICE_KIND, service_api, SERVICE_DURABLE, names.SERVICES_BUCKET),
-    ):
-        await tg.start(
-            partial(
-                consume_spec_stream,
-                ctx.js,
-                kind,
-                api.handlers(),
-                ctx.events,
-                durable=durable,
-                progress=leases,
-                objects_bucket=bucket,
-            )
-        )
-    for kind, api in ((NETWORK_KIND, network_api), (SERVICE_KIND, service_api)):
-        await tg.start(partial(serve_spec_requests, ctx.nc, kind, api.handlers(), queue="netmgr"))
+    kinds = [
+        SpecKind(NETWORK_KIND, NETWORK_DURABLE, names.NETWORKS_BUCKET, network_api.handlers()),
+        SpecKind(SERVICE_KIND, SERVICE_DURABLE, names.SERVICES_BUCKET, service_api.handlers()),
+    ]
+    await serve_spec_kinds(ctx, tg, kinds, queue="netmgr")
     await tg.start(loop.run_controllers, network_api.ensure_default)
     return loop
 

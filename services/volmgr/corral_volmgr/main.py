@@ -15,23 +15,20 @@ then.
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from corral.contract import names
-from corral.natsio.bus import consume_spec_stream, serve_spec_requests, spec_stream_position
+from corral.natsio import cluster_service
+from corral.natsio.bus import spec_stream_position
+from corral.natsio.cluster_service import SpecKind, serve_spec_kinds
 from corral.natsio.kv import Bucket
-from corral.natsio.lease import Lease
-from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
+from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_volmgr import metrics
 from corral_volmgr.claim_api import KIND as CLAIM_KIND
@@ -47,30 +44,13 @@ DEFAULT_PORT = 9104
 VOLUME_DURABLE = "volmgr-persistentvolume"
 CLAIM_DURABLE = "volmgr-persistentvolumeclaim"
 CLASS_DURABLE = "volmgr-storageclass"
-log = logging.getLogger(__name__)
-
-
-def _node_part() -> Any:
-    """The node part's module, or a clear refusal when it cannot be imported."""
-    try:
-        node = importlib.import_module("corral_volmgr.node")
-    except ImportError as error:
-        raise RefusedToStart(
-            f"--node needs volmgr's node part (corral_volmgr.node), which cannot be "
-            f"imported: {error}"
-        ) from None
-    return node
+NODE_PART = "corral_volmgr.node"
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The flags; with `--node` in `argv` (default: this process's), the node part's too."""
     parser = base_parser("volmgr", DEFAULT_PORT)
-    parser.add_argument(
-        "--node",
-        metavar="NAME",
-        default="",
-        help="run the node part for this node (beside its agent) instead of the cluster part",
-    )
+    cluster_service.add_node_flag(parser)
     parser.add_argument(
         "--host-path-allow",
         action="append",
@@ -79,17 +59,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="accept hostPath/local volumes only inside this folder (repeatable; default: "
         "any path that is not a system location)",
     )
-    parser.add_argument(
-        "--docker-host",
-        help="with --node: the engine's address (default: $DOCKER_HOST, the local socket)",
-    )
-    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if known.node:
-        try:
-            node = _node_part()
-        except RefusedToStart as error:
-            parser.error(str(error))
-        node.add_arguments(parser)
+    cluster_service.add_docker_host_flag(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    cluster_service.add_node_part_flags(parser, argv, "volmgr", NODE_PART)
     return parser
 
 
@@ -100,7 +72,7 @@ async def run(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     if getattr(args, "node", ""):
-        node = _node_part()
+        node = cluster_service.node_part("volmgr", NODE_PART)
         await node.run(ctx, args, task_status=task_status)
         return
     await run_cluster_part(
@@ -117,43 +89,15 @@ async def run_cluster_part(
 ) -> None:
     """Hold the lease and run the cluster part under it; stand by while another holds it.
     Started once active, or at once as a standby."""
-    holder = f"volmgr-{uuid.uuid4().hex[:12]}"
-    lease = Lease(ctx.buckets[names.LEASES_BUCKET], holder, service="volmgr")
-    if lease_seconds is not None:
-        lease.lease_seconds = lease_seconds
-    ctx.health["cluster_part"] = True
-    started = False
-    try:
-        while True:
-            if not await _try(lease):
-                if not started:
-                    log.info("another volmgr holds the lease; standing by")
-                    task_status.started()
-                    started = True
-                await anyio.sleep(lease.renew_seconds)
-                continue
-            log.info("holding the lease %s: running the cluster part", lease.key)
-            metrics.ACTIVE.set(1)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(lease.keep, tg.cancel_scope)
-                    await serve(ctx, tg, host_path_allow=host_path_allow)
-                    if not started:
-                        task_status.started()
-                        started = True
-            finally:
-                metrics.ACTIVE.set(0)
-            log.warning("lost the lease %s; standing by", lease.key)
-    finally:
-        await lease.release()
-
-
-async def _try(lease: Lease) -> bool:
-    try:
-        return await lease.try_acquire()
-    except Exception as error:  # NATS away: try again
-        log.warning("could not read the lease %s: %s", lease.key, error)
-        return False
+    serve_here = partial(serve, ctx, host_path_allow=host_path_allow)
+    await cluster_service.hold_lease(
+        ctx,
+        "volmgr",
+        serve_here,
+        metrics.ACTIVE,
+        lease_seconds=lease_seconds,
+        task_status=task_status,
+    )
 
 
 @dataclass
@@ -221,29 +165,18 @@ async def serve(
             for kind in (VOLUME_KIND, CLAIM_KIND, CLASS_KIND)
         },
     )
-    kinds: list[tuple[str, Any, str, str]] = [
-        (VOLUME_KIND, apis.volumes, VOLUME_DURABLE, names.VOLUMES_BUCKET),
-        (CLAIM_KIND, apis.claims, CLAIM_DURABLE, names.CLAIMS_BUCKET),
-        (CLASS_KIND, apis.classes, CLASS_DURABLE, names.STORAGE_CLASSES_BUCKET),
+    kinds = [
+        SpecKind(
+            VOLUME_KIND,
+            VOLUME_DURABLE,
+            names.VOLUMES_BUCKET,
+            apis.volumes.handlers(),
+            requests=apis.volumes.request_handlers(),
+        ),
+        SpecKind(CLAIM_KIND, CLAIM_DURABLE, names.CLAIMS_BUCKET, apis.claims.handlers()),
+        SpecKind(CLASS_KIND, CLASS_DURABLE, names.STORAGE_CLASSES_BUCKET, apis.classes.handlers()),
     ]
-    # The durable consumers first: an object written by request before one exists
-    # would make a first start look like a consumer lost with its progress record.
-    for kind, api, durable, bucket in kinds:
-        await tg.start(
-            partial(
-                consume_spec_stream,
-                ctx.js,
-                kind,
-                api.handlers(),
-                ctx.events,
-                durable=durable,
-                progress=leases,
-                objects_bucket=bucket,
-            )
-        )
-    for kind, api, _, _ in kinds:
-        handlers = api.request_handlers() if api is apis.volumes else api.handlers()
-        await tg.start(partial(serve_spec_requests, ctx.nc, kind, handlers, queue="volmgr"))
+    await serve_spec_kinds(ctx, tg, kinds, queue="volmgr")
     await tg.start(loop.run_controllers, apis.classes.ensure_default)
     return loop
 

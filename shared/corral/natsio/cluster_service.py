@@ -1,0 +1,176 @@
+"""What a service with a cluster part and a node part shares (netmgr, volmgr;
+docs/networking.md, docs/volumes.md): the `--node` flags and the node part imported
+only then, the cluster part held under a lease (one active, the others standing by,
+serving only /metrics and /healthz), and the spec kinds it answers (durable consumers
+of CORRAL_SPECS, then request answering).
+
+Each service keeps only what is its own: its APIs, its controllers' loop, its flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from corral.contract import names
+from corral.natsio.bus import (
+    DurableSpecHandler,
+    SpecHandler,
+    consume_spec_stream,
+    serve_spec_requests,
+)
+from corral.natsio.lease import Lease
+from corral.natsio.service import RefusedToStart, ServiceContext
+
+log = logging.getLogger(__name__)
+
+
+class Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+# --- the node part, imported only with --node --------------------------------------
+
+
+def node_part(service: str, module: str) -> Any:
+    """The node part's module, or a clear refusal when it cannot be imported."""
+    try:
+        node = importlib.import_module(module)
+    except ImportError as error:
+        raise RefusedToStart(
+            f"--node needs {service}'s node part ({module}), which cannot be imported: {error}"
+        ) from None
+    return node
+
+
+def add_node_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node",
+        metavar="NAME",
+        default="",
+        help="run the node part for this node (beside its agent) instead of the cluster part",
+    )
+
+
+def add_docker_host_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--docker-host",
+        help="with --node: the engine's address (default: $DOCKER_HOST, the local socket)",
+    )
+
+
+def add_node_part_flags(
+    parser: argparse.ArgumentParser, argv: Sequence[str], service: str, module: str
+) -> None:
+    """With `--node` in `argv`: the node part's own flags (its `add_arguments`)."""
+    known, _ = parser.parse_known_args(list(argv))
+    if known.node:
+        try:
+            node = node_part(service, module)
+        except RefusedToStart as error:
+            parser.error(str(error))
+        node.add_arguments(parser)
+
+
+# --- the cluster part, under a lease -----------------------------------------------
+
+
+async def hold_lease(
+    ctx: ServiceContext,
+    service: str,
+    serve: Callable[[TaskGroup], Awaitable[object]],
+    active: Gauge,
+    *,
+    lease_seconds: float | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hold the lease (key lease.<service>) and run `serve` under it; stand by while
+    another holds it. Started once active, or at once as a standby. `active` is 1
+    while this process runs the cluster part."""
+    holder = f"{service}-{uuid.uuid4().hex[:12]}"
+    lease = Lease(ctx.buckets[names.LEASES_BUCKET], holder, service=service)
+    if lease_seconds is not None:
+        lease.lease_seconds = lease_seconds
+    ctx.health["cluster_part"] = True
+    started = False
+    try:
+        while True:
+            if not await _try(lease):
+                if not started:
+                    log.info("another %s holds the lease; standing by", service)
+                    task_status.started()
+                    started = True
+                await anyio.sleep(lease.renew_seconds)
+                continue
+            log.info("holding the lease %s: running the cluster part", lease.key)
+            active.set(1)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lease.keep, tg.cancel_scope)
+                    await serve(tg)
+                    if not started:
+                        task_status.started()
+                        started = True
+            finally:
+                active.set(0)
+            log.warning("lost the lease %s; standing by", lease.key)
+    finally:
+        await lease.release()
+
+
+async def _try(lease: Lease) -> bool:
+    try:
+        return await lease.try_acquire()
+    except Exception as error:  # NATS away: try again
+        log.warning("could not read the lease %s: %s", lease.key, error)
+        return False
+
+
+# --- the spec kinds the cluster part answers ---------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecKind:
+    """One kind: its durable consumer of CORRAL_SPECS (`durable`, its objects'
+    `bucket`, `handlers`) and its requests' handlers (`requests`: default the same)."""
+
+    kind: str
+    durable: str
+    bucket: str
+    handlers: Mapping[str, DurableSpecHandler]
+    requests: Mapping[str, SpecHandler] | None = None
+
+
+async def serve_spec_kinds(
+    ctx: ServiceContext, tg: TaskGroup, kinds: Sequence[SpecKind], *, queue: str
+) -> None:
+    """Start, in `tg`, every kind's durable consumer, then answering its requests (in
+    the queue group `queue`)."""
+    leases = ctx.buckets[names.LEASES_BUCKET]
+    # The durable consumers first: an object written by request before one exists
+    # would make a first start look like a consumer lost with its progress record.
+    for spec in kinds:
+        await tg.start(
+            partial(
+                consume_spec_stream,
+                ctx.js,
+                spec.kind,
+                spec.handlers,
+                ctx.events,
+                durable=spec.durable,
+                progress=leases,
+                objects_bucket=spec.bucket,
+            )
+        )
+    for spec in kinds:
+        handlers = spec.handlers if spec.requests is None else spec.requests
+        await tg.start(partial(serve_spec_requests, ctx.nc, spec.kind, handlers, queue=queue))
