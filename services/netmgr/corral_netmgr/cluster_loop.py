@@ -35,6 +35,7 @@ from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
 from corral.contract.specs import Deployment
 from corral.contract.state import Node, Placement, ReplicaStatus
+from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
 from corral_netmgr import metrics
@@ -61,7 +62,7 @@ def slice_key(network: str, node: str) -> str:
 
 
 @dataclass
-class Mirrors:
+class Mirrors(MirrorSet):
     """Every bucket the cluster part reads, kept current by watches."""
 
     networks: Mirror[Network]
@@ -90,30 +91,12 @@ class Mirrors:
             replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus),
         )
 
-    def all(self) -> list[Mirror[Any]]:
-        return [
-            self.networks,
-            self.network_status,
-            self.slices,
-            self.services,
-            self.endpoints,
-            self.deployments,
-            self.nodes,
-            self.node_network,
-            self.placements,
-            self.replica_statuses,
-        ]
-
 
 def label_pair(namespace: str, key: str, value: str) -> str:
     return f"{namespace}/{key}={value}"
 
 
-def _without_stamp(record: Any) -> Any:
-    return msgspec.structs.replace(record, updated_at=0.0)
-
-
-class ClusterLoop:
+class ClusterLoop(MirroredLoop[Mirrors]):
     def __init__(
         self,
         buckets: dict[str, Any],
@@ -248,15 +231,6 @@ class ClusterLoop:
         return found
 
     # --- running -------------------------------------------------------------------------
-
-    async def start_mirrors(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run every watch (started once each has replayed) until cancelled."""
-        async with anyio.create_task_group() as tg:
-            for mirror in self.mirrors.all():
-                await tg.start(mirror.run)
-            task_status.started()
 
     async def run_controllers(
         self,
@@ -417,7 +391,7 @@ class ClusterLoop:
             extra_members=self.extra_members(name),
         )
         stored = m.network_status.items.get(name)
-        if stored is None or _without_stamp(stored[0]) != wanted_status:
+        if stored is None or without_stamp(stored[0]) != wanted_status:
             stamped = msgspec.structs.replace(wanted_status, updated_at=self.wall_clock())
             write: Write = (
                 Create(name, encode(stamped))
@@ -474,7 +448,7 @@ class ClusterLoop:
                 return Result(requeue_after=CONFLICT_RETRY_SECONDS)
             return None
         wanted = compute_endpoints(service, self.candidates(service))
-        if stored is not None and _without_stamp(stored[0]) == wanted:
+        if stored is not None and without_stamp(stored[0]) == wanted:
             return None
         stamped = msgspec.structs.replace(wanted, updated_at=self.wall_clock())
         write: Write = (

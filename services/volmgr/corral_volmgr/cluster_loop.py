@@ -64,6 +64,7 @@ from corral.contract.volume_state import (
     VolumeStatus,
 )
 from corral.natsio.bus import EventPublisher
+from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
 from corral_volmgr import metrics
@@ -106,7 +107,7 @@ ENSURE_RETRY_SECONDS: Final = 1.0
 
 
 @dataclass
-class Mirrors:
+class Mirrors(MirrorSet):
     """Every bucket the cluster part reads, kept current by watches."""
 
     volumes: Mirror[PersistentVolume]
@@ -131,18 +132,6 @@ class Mirrors:
             placements=Mirror(buckets[names.PLACEMENTS_BUCKET], Placement),
         )
 
-    def all(self) -> list[Mirror[Any]]:
-        return [
-            self.volumes,
-            self.volume_status,
-            self.claims,
-            self.claim_status,
-            self.storage_classes,
-            self.node_volumes,
-            self.attachments,
-            self.placements,
-        ]
-
 
 def placement_claims(key: str, placement: Placement) -> list[str]:
     """The keys of the claims a placement's template names."""
@@ -154,11 +143,7 @@ class ProvisioningFailed(Exception):
     ProvisioningFailed) and the key is retried on the controller's back-off."""
 
 
-def _without_stamp(record: Any) -> Any:
-    return msgspec.structs.replace(record, updated_at=0.0)
-
-
-class ClusterLoop:
+class ClusterLoop(MirroredLoop[Mirrors]):
     def __init__(
         self,
         buckets: dict[str, Any],
@@ -304,15 +289,6 @@ class ClusterLoop:
 
     # --- running -------------------------------------------------------------------------
 
-    async def start_mirrors(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run every watch (started once each has replayed) until cancelled."""
-        async with anyio.create_task_group() as tg:
-            for mirror in self.mirrors.all():
-                await tg.start(mirror.run)
-            task_status.started()
-
     async def run_controllers(
         self,
         ensure_default: Any,
@@ -396,7 +372,7 @@ class ClusterLoop:
         if key in mirror.unreadable:
             return await self._replace_unreadable(mirror, key, wanted)
         stored = mirror.items.get(key)
-        if stored is not None and _without_stamp(stored[0]) == _without_stamp(wanted):
+        if stored is not None and without_stamp(stored[0]) == without_stamp(wanted):
             return True
         stamped = msgspec.structs.replace(wanted, updated_at=self.wall_clock())
         write: Write = (

@@ -10,15 +10,16 @@ Each service keeps only what is its own: its APIs, its controllers' loop, its fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from corral.contract import names
@@ -28,6 +29,7 @@ from corral.natsio.bus import (
     consume_spec_stream,
     serve_spec_requests,
 )
+from corral.natsio.kv import Mirror
 from corral.natsio.lease import Lease
 from corral.natsio.service import RefusedToStart, ServiceContext
 
@@ -138,7 +140,7 @@ async def _try(lease: Lease) -> bool:
 # --- the spec kinds the cluster part answers ---------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SpecKind:
     """One kind: its durable consumer of CORRAL_SPECS (`durable`, its objects'
     `bucket`, `handlers`) and its requests' handlers (`requests`: default the same)."""
@@ -174,3 +176,37 @@ async def serve_spec_kinds(
     for spec in kinds:
         handlers = spec.handlers if spec.requests is None else spec.requests
         await tg.start(partial(serve_spec_requests, ctx.nc, spec.kind, handlers, queue=queue))
+
+
+# --- the controllers' loop: mirrors of every bucket the cluster part reads ------------
+
+
+class MirrorSet:
+    """Base of a service's dataclass of Mirrors, one per bucket its cluster part reads."""
+
+    def all(self) -> list[Mirror[Any]]:
+        return [getattr(self, field.name) for field in dataclasses.fields(cast(Any, self))]
+
+
+M = TypeVar("M", bound=MirrorSet)
+
+
+class MirroredLoop(Generic[M]):
+    """Base of a service's cluster loop: `mirrors` (its MirrorSet), watched until
+    cancelled."""
+
+    mirrors: M
+
+    async def start_mirrors(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run every watch (started once each has replayed) until cancelled."""
+        async with anyio.create_task_group() as tg:
+            for mirror in self.mirrors.all():
+                await tg.start(mirror.run)
+            task_status.started()
+
+
+def without_stamp(record: Any) -> Any:
+    """A status record without its time of writing (`updated_at`), to compare."""
+    return msgspec.structs.replace(record, updated_at=0.0)
