@@ -13,11 +13,11 @@ import ipaddress
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import anyio
+from corral.natsio.host_tools import CommandFailed as CommandFailed  # raised by run
+from corral.natsio.host_tools import Ran, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -29,39 +29,9 @@ PROC_NET: Final = Path("/proc/net")  # this process's network namespace: the hos
 COMMAND_TIMEOUT: Final = 30.0
 
 
-class CommandFailed(Exception):
-    """A host tool exited with an error: the command and what it said."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ran:
-    code: int
-    stdout: str
-    stderr: str
-
-
 async def run(argv: Sequence[str], stdin: str | None = None, *, check: bool = True) -> Ran:
     """Run a host tool; CommandFailed when it exits non-zero and `check`."""
-    try:
-        with anyio.fail_after(COMMAND_TIMEOUT):
-            done = await anyio.run_process(
-                list(argv),
-                input=None if stdin is None else stdin.encode(),
-                check=False,
-            )
-    except FileNotFoundError:
-        raise CommandFailed(f"{argv[0]}: not installed") from None
-    except TimeoutError:
-        raise CommandFailed(f"{' '.join(argv)}: no answer within {COMMAND_TIMEOUT:g} s") from None
-    ran = Ran(
-        done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-    )
-    if check and ran.code != 0:
-        said = (ran.stderr or ran.stdout).strip().splitlines()
-        raise CommandFailed(
-            f"`{' '.join(argv)}` exited {ran.code}: {said[-1] if said else 'no message'}"
-        )
-    return ran
+    return await run_tool(argv, stdin, check=check, seconds=COMMAND_TIMEOUT)
 
 
 async def ip_json(*args: str) -> list[dict[str, Any]]:

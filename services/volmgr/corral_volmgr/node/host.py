@@ -16,42 +16,19 @@ from typing import Final
 
 import anyio
 
+from corral.natsio.host_tools import CommandFailed as CommandFailed  # raised by run
+from corral.natsio.host_tools import Ran, run_tool
+
 log = logging.getLogger(__name__)
 
 MOUNTINFO: Final = Path("/proc/self/mountinfo")
 COMMAND_TIMEOUT: Final = 120.0  # mkfs of a large image on a slow disk
 
 
-class CommandFailed(Exception):
-    """A host tool exited with an error: the command and what it said."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ran:
-    code: int
-    stdout: str
-    stderr: str
-
-
 async def run(argv: Sequence[str], *, check: bool = True) -> Ran:
     """Run a host tool; CommandFailed when it is missing, hangs, or exits non-zero
     (with `check`)."""
-    try:
-        with anyio.fail_after(COMMAND_TIMEOUT):
-            done = await anyio.run_process(list(argv), check=False)
-    except FileNotFoundError:
-        raise CommandFailed(f"{argv[0]}: not installed") from None
-    except TimeoutError:
-        raise CommandFailed(f"{' '.join(argv)}: no answer within {COMMAND_TIMEOUT:g} s") from None
-    ran = Ran(
-        done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-    )
-    if check and ran.code != 0:
-        said = (ran.stderr or ran.stdout).strip().splitlines()
-        raise CommandFailed(
-            f"`{' '.join(argv)}` exited {ran.code}: {said[-1] if said else 'no message'}"
-        )
-    return ran
+    return await run_tool(argv, check=check, seconds=COMMAND_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
