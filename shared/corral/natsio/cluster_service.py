@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -81,6 +83,52 @@ def add_node_part_flags(
         except RefusedToStart as error:
             parser.error(str(error))
         node.add_arguments(parser)
+
+
+# --- the node part's common flags and its Docker engine -----------------------------
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def node_name(args: argparse.Namespace) -> str:
+    """`--node`, checked: RefusedToStart unless it is a node name (a DNS label)."""
+    node = str(getattr(args, "node", "") or "")
+    if not DNS_LABEL.fullmatch(node):
+        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
+    return node
+
+
+def node_resync_seconds(args: argparse.Namespace) -> float:
+    """`--node-resync-seconds` (default 30), checked: a finite number of seconds > 0."""
+    resync = float(getattr(args, "node_resync_seconds", 30.0))
+    if not (resync > 0 and math.isfinite(resync)):
+        raise RefusedToStart(f"--node-resync-seconds {resync:g} must be a number of seconds > 0")
+    return resync
+
+
+async def open_docker(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> Any:
+    """An aiodocker.Docker for `--docker-host` (imported here: aiodocker, and aiohttp
+    under it, only in a node part). An address it cannot use refuses `--remove-all`;
+    otherwise, as the agent does, the process stays up, unhealthy, saying why (a restart
+    with the flag fixed is the way out), rather than exit and be restarted for ever."""
+    import aiodocker
+
+    docker_host = getattr(args, "docker_host", None)
+    try:
+        return aiodocker.Docker(url=docker_host)
+    except ValueError as error:  # an address aiodocker cannot use ("bogus://...")
+        if getattr(args, "remove_all", False):
+            raise RefusedToStart(f"--docker-host {docker_host!r}: {error}") from None
+        ctx.health["docker"] = False
+        log.error("--docker-host %r: %s; nothing can be done on this node", docker_host, error)
+        task_status.started()
+        while True:
+            await anyio.sleep_forever()
 
 
 # --- the cluster part, under a lease -----------------------------------------------

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import re
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
 from corral.contract.network_state import Endpoints
+from corral.natsio import cluster_service
 from corral.natsio.service import RefusedToStart, ServiceContext
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from corral_netmgr.node.part import NodeSettings
 
 log = logging.getLogger(__name__)
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,9 +67,6 @@ async def run(
 ) -> None:
     """Run the node part of node `args.node` until cancelled (or, with --remove-all,
     remove what it made and stop the process)."""
-    # Imported here: aiodocker (and aiohttp under it) only in a process that runs it.
-    import aiodocker
-
     from corral_netmgr.node.docker_networks import DockerNetworks
     from corral_netmgr.node.host import machine_id
     from corral_netmgr.node.iptables import Iptables
@@ -78,18 +74,7 @@ async def run(
 
     settings = settings_from_args(args, ctx.cluster.id, machine_id())
     node = settings.node
-    docker_host = getattr(args, "docker_host", None)
-    try:
-        docker = aiodocker.Docker(url=docker_host)
-    except ValueError as error:  # an address aiodocker cannot use ("bogus://...")
-        if getattr(args, "remove_all", False):
-            raise RefusedToStart(f"--docker-host {docker_host!r}: {error}") from None
-        # As the agent does: stay up, unhealthy, saying why (a restart with the flag
-        # fixed is the way out), rather than exit and be restarted for ever.
-        ctx.health["docker"] = False
-        log.error("--docker-host %r: %s; nothing can be done on this node", docker_host, error)
-        task_status.started()
-        await anyio.sleep_forever()
+    docker = await cluster_service.open_docker(ctx, args, task_status=task_status)
     try:
         networks = DockerNetworks(docker, settings.cluster_id, node)
         iptables = Iptables(settings.prefix)
@@ -149,12 +134,8 @@ def settings_from_args(args: argparse.Namespace, cluster_id: str, host_id: str) 
     """The node part's settings from its flags; RefusedToStart naming a bad flag."""
     from corral_netmgr.node.part import NodeSettings
 
-    node = str(getattr(args, "node", "") or "")
-    if not DNS_LABEL.fullmatch(node):
-        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
-    resync = float(getattr(args, "node_resync_seconds", 30.0))
-    if not resync > 0 or resync == float("inf"):
-        raise RefusedToStart(f"--node-resync-seconds {resync:g} must be a number of seconds > 0")
+    node = cluster_service.node_name(args)
+    resync = cluster_service.node_resync_seconds(args)
     dns_port = int(getattr(args, "dns_port", 53))
     if not 0 <= dns_port <= 65535:
         raise RefusedToStart(f"--dns-port {dns_port} is not a port (0-65535; 0: no DNS)")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from corral.contract.volume_specs import check_path
+from corral.natsio import cluster_service
 from corral.natsio.service import RefusedToStart, ServiceContext
 
 if TYPE_CHECKING:
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from corral_volmgr.node.part import NodeSettings
 
 log = logging.getLogger(__name__)
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DEFAULT_VOLUMES_DIR = "/var/lib/corral/volumes"
 
 
@@ -99,23 +97,11 @@ async def run(
 ) -> None:
     """Run the node part of node `args.node` until cancelled (or, with --remove-all,
     remove what it made and stop the process)."""
-    # Imported here: aiodocker (and aiohttp under it) only in a process that runs it.
-    import aiodocker
-
     from corral_volmgr.node.docker_volumes import DockerVolumes
 
     settings = settings_from_args(args, ctx.cluster.id)
-    docker_host = getattr(args, "docker_host", None)
     remove_all = bool(getattr(args, "remove_all", False))
-    try:
-        docker = aiodocker.Docker(url=docker_host)
-    except ValueError as error:  # an address aiodocker cannot use ("bogus://...")
-        if remove_all:
-            raise RefusedToStart(f"--docker-host {docker_host!r}: {error}") from None
-        ctx.health["docker"] = False
-        log.error("--docker-host %r: %s; nothing can be done on this node", docker_host, error)
-        task_status.started()
-        await anyio.sleep_forever()
+    docker = await cluster_service.open_docker(ctx, args, task_status=task_status)
     try:
         volumes = DockerVolumes(docker, settings.cluster_id, settings.node)
         if remove_all:
@@ -172,12 +158,8 @@ def settings_from_args(args: argparse.Namespace, cluster_id: str) -> NodeSetting
     from corral_volmgr.node.capacity import parse_capacity
     from corral_volmgr.node.part import NodeSettings
 
-    node = str(getattr(args, "node", "") or "")
-    if not DNS_LABEL.fullmatch(node):
-        raise RefusedToStart(f"--node {node!r} is not a node name (a DNS label)")
-    resync = float(getattr(args, "node_resync_seconds", 30.0))
-    if not (resync > 0 and math.isfinite(resync)):
-        raise RefusedToStart(f"--node-resync-seconds {resync:g} must be a number of seconds > 0")
+    node = cluster_service.node_name(args)
+    resync = cluster_service.node_resync_seconds(args)
     volumes_dir = str(getattr(args, "volumes_dir", "") or DEFAULT_VOLUMES_DIR)
     try:
         check_path("--volumes-dir", volumes_dir)
