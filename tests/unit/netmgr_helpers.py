@@ -4,7 +4,7 @@ records to write as the scheduler and the agents would."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,54 +14,27 @@ import anyio.lowlevel
 import msgspec
 
 from corral.contract import names
-from corral.contract.codec import decode, encode
-from corral.contract.events import Reply
+from corral.contract.codec import encode
 from corral.contract.specs import ContainerPort, ContainerTemplate
 from corral.contract.state import Node, NodeCapacity, Placement, ReplicaState, ReplicaStatus
+from corral.natsio.controller import Controller
 from corral.natsio.kv import MemoryBucket
 from corral_netmgr.cluster_loop import ClusterLoop
 from corral_netmgr.main import build_apis
 from corral_netmgr.network_api import NetworkAPI
 from corral_netmgr.service_api import ServiceAPI
+from tests.unit.cluster_part_helpers import ClusterPart, memory_buckets, ok, put
 from tests.waiting import eventually
 
 
 @dataclass
-class Netmgr:
-    buckets: dict[str, MemoryBucket]
+class Netmgr(ClusterPart):
     loop: ClusterLoop
     networks: NetworkAPI
     services: ServiceAPI
 
-    async def record(self, bucket: str, key: str, kind: type[Any]) -> Any:
-        entry = await self.buckets[bucket].get(key)
-        return None if entry is None or entry.value is None else decode(entry.value, kind)
-
-    async def settle(self) -> None:
-        """Let the mirrors' watches deliver what was written."""
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-
-    async def drain(self) -> None:
-        """Let the watches deliver what was written, then reconcile until both
-        controllers' queues are empty and nothing more comes."""
-        for _ in range(50):
-            await self.settle()
-            processed = False
-            for controller in (self.loop.network_controller, self.loop.endpoints_controller):
-                while len(controller.queue):
-                    key = await controller.queue.get()
-                    try:
-                        await controller.process(key)
-                    finally:
-                        controller.queue.done(key)
-                    processed = True
-            if not processed:
-                return
-
-
-def memory_buckets() -> dict[str, MemoryBucket]:
-    return {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    def controllers(self) -> Sequence[Controller]:
+        return (self.loop.network_controller, self.loop.endpoints_controller)
 
 
 @asynccontextmanager
@@ -108,10 +81,6 @@ def deployment(name: str, *, networks: list[str] | None = None) -> bytes:
     return payload(kind="Deployment", metadata={"name": name}, spec={"template": template})
 
 
-async def put(bucket: MemoryBucket, key: str, value: Any) -> None:
-    await bucket.put(key, encode(value))
-
-
 def node(name: str, *, ready: bool = True) -> Node:
     return Node(
         name=name,
@@ -156,13 +125,8 @@ def status(
     )
 
 
-def ok(reply: Reply) -> Reply:
-    assert reply.ok, reply
-    return reply
-
-
 async def until(probe: Any, accept: Any) -> Any:
     return await eventually(probe, accept, within=5.0, interval=0.01)
 
 
-__all__ = ["msgspec"]
+__all__ = ["memory_buckets", "msgspec", "ok", "put"]

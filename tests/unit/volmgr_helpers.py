@@ -3,36 +3,38 @@ records to write as the scheduler and the node parts would."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
 
 from corral.contract import names
-from corral.contract.codec import decode, encode
-from corral.contract.events import Reply
+from corral.contract.codec import encode
 from corral.contract.specs import ClaimSource, ContainerTemplate, Volume
 from corral.contract.state import Placement
 from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeAttachment, VolumeStatus
+from corral.natsio.controller import Controller
 from corral.natsio.kv import MemoryBucket
 from corral_volmgr.cluster_loop import ClusterLoop
 from corral_volmgr.main import APIs, build_apis
+from tests.unit.cluster_part_helpers import ClusterPart, memory_buckets
+from tests.unit.cluster_part_helpers import ok as ok  # re-exported for the tests
+from tests.unit.cluster_part_helpers import put as put
 
 MI = 2**20
 
 
 @dataclass
-class Volmgr:
-    buckets: dict[str, MemoryBucket]
+class Volmgr(ClusterPart):
     loop: ClusterLoop
     apis: APIs
+    drain_rounds: ClassVar[int] = 100
 
-    async def record(self, bucket: str, key: str, kind: type[Any]) -> Any:
-        entry = await self.buckets[bucket].get(key)
-        return None if entry is None or entry.value is None else decode(entry.value, kind)
+    def controllers(self) -> Sequence[Controller]:
+        return (self.loop.volume_controller, self.loop.claim_controller)
 
     async def claim(self, name: str) -> ClaimStatus | None:
         result: ClaimStatus | None = await self.record(
@@ -45,31 +47,6 @@ class Volmgr:
             names.VOLUME_STATUS_BUCKET, name, VolumeStatus
         )
         return result
-
-    async def settle(self) -> None:
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-
-    async def drain(self) -> None:
-        """Let the watches deliver what was written, then reconcile until both
-        controllers' queues are empty and nothing more comes."""
-        for _ in range(100):
-            await self.settle()
-            processed = False
-            for controller in (self.loop.volume_controller, self.loop.claim_controller):
-                while len(controller.queue):
-                    key = await controller.queue.get()
-                    try:
-                        await controller.process(key)
-                    finally:
-                        controller.queue.done(key)
-                    processed = True
-            if not processed:
-                return
-
-
-def memory_buckets() -> dict[str, MemoryBucket]:
-    return {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
 
 
 class Told:
@@ -182,15 +159,6 @@ def placement(replica: str, node: str, *claims: str, created_at: float = 1.0) ->
         generation=1,
         created_at=created_at,
     )
-
-
-async def put(bucket: MemoryBucket, key: str, value: Any) -> None:
-    await bucket.put(key, encode(value))
-
-
-def ok(reply: Reply) -> Reply:
-    assert reply.ok, reply
-    return reply
 
 
 async def release_node(v: Volmgr, node: str) -> None:
