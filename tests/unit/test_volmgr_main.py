@@ -1,13 +1,8 @@
 """corral-volmgr's flags: the cluster part by default; `--node` brings the node part's
-own flags, imported only then, and says clearly when it cannot be; `--host-path-allow`
-is one flag for both parts."""
+own flags; `--host-path-allow` is one flag for both parts. What it shares with netmgr:
+tests/unit/test_cluster_or_node_entry.py."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-
-import pytest
 
 from corral_volmgr.main import build_parser
 
@@ -23,35 +18,3 @@ def test_node_adds_the_node_parts_flags_beside_the_shared_host_path_allow() -> N
     argv = ["--node", "n1", "--volumes-dir", "/tmp/v", "--host-path-allow", "/srv"]
     args = build_parser(argv).parse_args(argv)
     assert (args.node, args.volumes_dir, args.host_path_allow) == ("n1", "/tmp/v", ["/srv"])
-
-
-def test_a_node_part_that_cannot_be_imported_is_said_clearly(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "corral_volmgr.node", None)
-    with pytest.raises(SystemExit):
-        build_parser(["--node", "n1"])
-    assert "node part (corral_volmgr.node)" in capsys.readouterr().err
-
-
-def _loads_aiohttp(argv: list[str]) -> bool:
-    code = (
-        "from corral_volmgr.__main__ import prepare\n"
-        f"prepare({argv!r})\n"
-        "try:\n"
-        "    import aiohttp\n"
-        "except ImportError:\n"
-        "    print('absent')\n"
-        "else:\n"
-        "    print('loaded')\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    return done.stdout.strip() == "loaded"
-
-
-def test_the_node_part_keeps_aiohttp_for_docker_and_the_cluster_part_leaves_it_out() -> None:
-    nats = ["--nats", "nats://127.0.0.1:4222"]
-    assert _loads_aiohttp([*nats, "--node", "n1"])
-    assert not _loads_aiohttp(nats)
