@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.client.cli.tables import age_since, format_age, render_table
+from corral.client.cli.tables import age_since, format_age, object_table, render_table
 
 
 def test_columns_align_and_lines_have_no_trailing_blanks() -> None:
@@ -50,3 +50,12 @@ def test_age_since_unset_is_unknown() -> None:
     assert age_since(0.0, 100.0) == "<unknown>"
     assert age_since(None, 100.0) == "<unknown>"
     assert age_since(40.0, 100.0) == "60s"
+
+
+def test_an_object_table_sorts_its_rows_takes_wide_headers_and_says_when_empty() -> None:
+    def row(name: str) -> list[str]:
+        return [name, name.upper()]
+
+    assert object_table("things", [], row, ("NAME",), ("NAME", "UP"), wide=False) == ("No things.")
+    text = object_table("things", {"b", "a"}, row, ("NAME", "X"), ("NAME", "UP"), wide=True)
+    assert text.splitlines() == ["NAME   UP", "a      A", "b      B"]

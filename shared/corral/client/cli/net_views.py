@@ -14,7 +14,7 @@ from corral.client.api import CorralClient, CorralError, to_builtins
 from corral.client.cli.describe import _fields, _mapping, _when, events_table
 from corral.client.cli.kinds import SINGULAR
 from corral.client.cli.output import as_list, dump
-from corral.client.cli.tables import NONE, age_since, render_table
+from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
 from corral.contract.network_specs import HEADLESS, Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
@@ -88,10 +88,14 @@ def network_row(view: NetView, name: str, now: float, *, wide: bool) -> list[str
 
 
 def network_table(view: NetView, now: float, *, wide: bool) -> str:
-    if not view.networks:
-        return "No networks."
-    rows = [network_row(view, name, now, wide=wide) for name in sorted(view.networks)]
-    return render_table(NETWORK_WIDE_HEADERS if wide else NETWORK_HEADERS, rows)
+    return object_table(
+        "networks",
+        view.networks,
+        lambda name: network_row(view, name, now, wide=wide),
+        NETWORK_HEADERS,
+        NETWORK_WIDE_HEADERS,
+        wide=wide,
+    )
 
 
 def network_object(view: NetView, name: str) -> dict[str, Any]:
@@ -166,10 +170,14 @@ def service_row(service: Service, now: float, *, wide: bool) -> list[str]:
 
 
 def service_table(view: NetView, now: float, *, wide: bool) -> str:
-    if not view.services:
-        return "No services."
-    rows = [service_row(view.services[name], now, wide=wide) for name in sorted(view.services)]
-    return render_table(SERVICE_WIDE_HEADERS if wide else SERVICE_HEADERS, rows)
+    return object_table(
+        "services",
+        view.services,
+        lambda name: service_row(view.services[name], now, wide=wide),
+        SERVICE_HEADERS,
+        SERVICE_WIDE_HEADERS,
+        wide=wide,
+    )
 
 
 def service_object(view: NetView, name: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 NONE = "<none>"
 
@@ -18,6 +18,22 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         cells = [cell.ljust(widths[index]) for index, cell in enumerate(row)]
         lines.append("   ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def object_table(
+    plural: str,
+    names: Collection[str],
+    row: Callable[[str], Sequence[str]],
+    headers: Sequence[str],
+    wide_headers: Sequence[str],
+    *,
+    wide: bool,
+) -> str:
+    """One row per name, sorted (`row` makes it; `wide_headers` with -o wide), or
+    "No <plural>." when there are none."""
+    if not names:
+        return f"No {plural}."
+    return render_table(wide_headers if wide else headers, [row(name) for name in sorted(names)])
 
 
 def format_age(seconds: float) -> str:

@@ -15,7 +15,7 @@ from corral.client.api import CorralClient, CorralError, to_builtins
 from corral.client.cli.describe import _fields, _mapping, _when, events_table, with_events
 from corral.client.cli.kinds import CLAIMS, SINGULAR, STORAGE_CLASSES, VOLUMES
 from corral.client.cli.output import as_list, dump
-from corral.client.cli.tables import NONE, age_since, render_table
+from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
 from corral.contract.names import DEFAULT_NAMESPACE, split_object_key
 from corral.contract.quantity import format_memory
@@ -158,10 +158,14 @@ def volume_row(view: VolView, name: str, now: float, *, wide: bool) -> list[str]
 
 
 def volume_table(view: VolView, now: float, *, wide: bool) -> str:
-    if not view.volumes:
-        return "No persistentvolumes."
-    rows = [volume_row(view, name, now, wide=wide) for name in sorted(view.volumes)]
-    return render_table(VOLUME_WIDE_HEADERS if wide else VOLUME_HEADERS, rows)
+    return object_table(
+        "persistentvolumes",
+        view.volumes,
+        lambda name: volume_row(view, name, now, wide=wide),
+        VOLUME_HEADERS,
+        VOLUME_WIDE_HEADERS,
+        wide=wide,
+    )
 
 
 def volume_object(view: VolView, name: str) -> dict[str, Any]:
