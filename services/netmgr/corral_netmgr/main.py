@@ -13,7 +13,6 @@ then.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from functools import partial
 
@@ -25,7 +24,7 @@ from corral.natsio import cluster_service
 from corral.natsio.bus import spec_stream_position
 from corral.natsio.cluster_service import SpecKind, serve_spec_kinds
 from corral.natsio.kv import Bucket
-from corral.natsio.service import ServiceContext, base_parser, service_main
+from corral.natsio.service import ServiceContext, service_main
 from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_netmgr import metrics
 from corral_netmgr.cluster_loop import DEFAULT_NETWORK_WAIT, ClusterLoop
@@ -38,13 +37,15 @@ DEFAULT_PORT = 9103
 # netmgr's durable consumers of the specs of each kind.
 NETWORK_DURABLE = "netmgr-network"
 SERVICE_DURABLE = "netmgr-service"
-NODE_PART = "corral_netmgr.node"
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The flags; with `--node` in `argv` (default: this process's), the node part's too."""
-    parser = base_parser("netmgr", DEFAULT_PORT)
-    cluster_service.add_node_flag(parser)
+    return cluster_service.build_parser("netmgr", DEFAULT_PORT, argv, _add_flags)
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    """netmgr's own flags (cluster_service adds `--node` and `--docker-host`)."""
     parser.add_argument(
         "--default-network-wait",
         type=float,
@@ -53,10 +54,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="the cluster part picks the `default` network's range once a node part has "
         "reported its host's used ranges, or after this long (default %(default)s)",
     )
-    cluster_service.add_docker_host_flag(parser)
-    argv = sys.argv[1:] if argv is None else argv
-    cluster_service.add_node_part_flags(parser, argv, "netmgr", NODE_PART)
-    return parser
 
 
 async def run(
@@ -65,13 +62,8 @@ async def run(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    if getattr(args, "node", ""):
-        node = cluster_service.node_part("netmgr", NODE_PART)
-        await node.run(ctx, args, task_status=task_status)
-        return
-    await run_cluster_part(
-        ctx, default_network_wait=args.default_network_wait, task_status=task_status
-    )
+    cluster_part = partial(run_cluster_part, ctx, default_network_wait=args.default_network_wait)
+    await cluster_service.run(ctx, args, "netmgr", cluster_part, task_status=task_status)
 
 
 async def run_cluster_part(

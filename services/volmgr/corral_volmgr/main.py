@@ -15,7 +15,6 @@ then.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +27,7 @@ from corral.natsio import cluster_service
 from corral.natsio.bus import spec_stream_position
 from corral.natsio.cluster_service import SpecKind, serve_spec_kinds
 from corral.natsio.kv import Bucket
-from corral.natsio.service import ServiceContext, base_parser, service_main
+from corral.natsio.service import ServiceContext, service_main
 from corral.natsio.spec_api import SpecPosition, no_stream
 from corral_volmgr import metrics
 from corral_volmgr.claim_api import KIND as CLAIM_KIND
@@ -44,13 +43,15 @@ DEFAULT_PORT = 9104
 VOLUME_DURABLE = "volmgr-persistentvolume"
 CLAIM_DURABLE = "volmgr-persistentvolumeclaim"
 CLASS_DURABLE = "volmgr-storageclass"
-NODE_PART = "corral_volmgr.node"
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The flags; with `--node` in `argv` (default: this process's), the node part's too."""
-    parser = base_parser("volmgr", DEFAULT_PORT)
-    cluster_service.add_node_flag(parser)
+    return cluster_service.build_parser("volmgr", DEFAULT_PORT, argv, _add_flags)
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    """volmgr's own flags (cluster_service adds `--node` and `--docker-host`)."""
     parser.add_argument(
         "--host-path-allow",
         action="append",
@@ -59,10 +60,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="accept hostPath/local volumes only inside this folder (repeatable; default: "
         "any path that is not a system location)",
     )
-    cluster_service.add_docker_host_flag(parser)
-    argv = sys.argv[1:] if argv is None else argv
-    cluster_service.add_node_part_flags(parser, argv, "volmgr", NODE_PART)
-    return parser
 
 
 async def run(
@@ -71,13 +68,8 @@ async def run(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    if getattr(args, "node", ""):
-        node = cluster_service.node_part("volmgr", NODE_PART)
-        await node.run(ctx, args, task_status=task_status)
-        return
-    await run_cluster_part(
-        ctx, host_path_allow=tuple(args.host_path_allow or ()), task_status=task_status
-    )
+    cluster_part = partial(run_cluster_part, ctx, host_path_allow=tuple(args.host_path_allow or ()))
+    await cluster_service.run(ctx, args, "volmgr", cluster_part, task_status=task_status)
 
 
 async def run_cluster_part(

@@ -15,6 +15,7 @@ import importlib
 import logging
 import math
 import re
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -33,7 +34,7 @@ from corral.natsio.bus import (
 )
 from corral.natsio.kv import Mirror
 from corral.natsio.lease import Lease
-from corral.natsio.service import RefusedToStart, ServiceContext
+from corral.natsio.service import RefusedToStart, ServiceContext, base_parser
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,41 @@ def add_node_part_flags(
         except RefusedToStart as error:
             parser.error(str(error))
         node.add_arguments(parser)
+
+
+def build_parser(
+    service: str,
+    default_port: int,
+    argv: Sequence[str] | None,
+    own_flags: Callable[[argparse.ArgumentParser], object],
+) -> argparse.ArgumentParser:
+    """A service's flags: every service's (base_parser), `--node`, its own (`own_flags`),
+    `--docker-host`; with `--node` in `argv` (default: this process's), the node part's
+    (corral_<service>.node) too."""
+    parser = base_parser(service, default_port)
+    add_node_flag(parser)
+    own_flags(parser)
+    add_docker_host_flag(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    add_node_part_flags(parser, argv, service, f"corral_{service}.node")
+    return parser
+
+
+async def run(
+    ctx: ServiceContext,
+    args: argparse.Namespace,
+    service: str,
+    cluster_part: Callable[..., Awaitable[None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """With `--node`: the node part (corral_<service>.node, imported only then); else
+    `cluster_part(task_status=...)`."""
+    if getattr(args, "node", ""):
+        node = node_part(service, f"corral_{service}.node")
+        await node.run(ctx, args, task_status=task_status)
+        return
+    await cluster_part(task_status=task_status)
 
 
 # --- the node part's common flags and its Docker engine -----------------------------
