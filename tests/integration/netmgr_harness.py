@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-
-from corral.natsio.service import ServiceContext, run_service
+from corral.natsio.service import ServiceContext
 from corral_netmgr.main import build_parser, run
+from tests.integration.cluster_part_harness import running_cluster_part
 
 
 @asynccontextmanager
@@ -18,10 +17,5 @@ async def running_netmgr(nats_url: str, *flags: str) -> AsyncIterator[ServiceCon
     unless `--default-network-wait` is given."""
     if "--default-network-wait" not in flags:
         flags = (*flags, "--default-network-wait", "0")
-    args = build_parser([]).parse_args(["--nats", nats_url, "--metrics-port", "0", *flags])
-    async with anyio.create_task_group() as tg:
-        ctx: ServiceContext = await tg.start(run_service, "netmgr", run, args)
-        try:
-            yield ctx
-        finally:
-            tg.cancel_scope.cancel()
+    async with running_cluster_part("netmgr", build_parser, run, nats_url, flags) as ctx:
+        yield ctx

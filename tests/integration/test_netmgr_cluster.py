@@ -7,36 +7,20 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from nats.aio.client import Client as NATS
-
 from corral.contract import names
 from corral.contract.codec import decode, encode
-from corral.contract.events import Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NodeNetwork
 from corral.natsio.kv import NatsBucket
 from corral.natsio.lease import LeaseRecord, lease_key
+from tests.integration.cluster_part_harness import absent, record, request
 from tests.integration.netmgr_harness import running_netmgr
 from tests.unit.netmgr_helpers import network, node, placement, service, status, template
 from tests.waiting import eventually
 
 
-async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:
-    msg = await nc.request(names.api_subject(kind, verb), payload, timeout=5)
-    return decode(msg.data, Reply)
-
-
-async def record(bucket: NatsBucket, key: str, kind: type[Any]) -> Any:
-    entry = await bucket.get(key)
-    return None if entry is None or entry.value is None else decode(entry.value, kind)
-
-
 async def present(bucket: NatsBucket, key: str, kind: type[Any]) -> Any:
     return await eventually(lambda: record(bucket, key, kind), lambda r: r is not None)
-
-
-async def absent(bucket: NatsBucket, key: str) -> None:
-    await eventually(lambda: bucket.get(key), lambda e: e is None or e.value is None)
 
 
 async def test_networks_are_made_and_deleted_over_requests_and_a_refusal_changes_nothing(

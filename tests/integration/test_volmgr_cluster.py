@@ -8,17 +8,17 @@ from typing import Any
 
 import anyio
 import msgspec
-from nats.aio.client import Client as NATS
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
-from corral.contract.events import Event, Reply
+from corral.contract.events import Event
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
 from corral.contract.volume_state import ClaimStatus, VolumeStatus
 from corral.natsio.kv import NatsBucket
 from corral.natsio.lease import LeaseRecord, lease_key
 from corral_volmgr.cluster_loop import ClusterLoop
 from corral_volmgr.provisioning import provisioned_name
+from tests.integration.cluster_part_harness import absent, record, request
 from tests.integration.volmgr_harness import running_volmgr
 from tests.unit.volmgr_helpers import (
     MI,
@@ -32,22 +32,8 @@ from tests.unit.volmgr_helpers import (
 from tests.waiting import eventually
 
 
-async def request(nc: NATS, kind: str, verb: str, payload: bytes) -> Reply:
-    msg = await nc.request(names.api_subject(kind, verb), payload, timeout=5)
-    return decode(msg.data, Reply)
-
-
-async def record(bucket: NatsBucket, key: str, kind: type[Any]) -> Any:
-    entry = await bucket.get(key)
-    return None if entry is None or entry.value is None else decode(entry.value, kind)
-
-
 async def until(bucket: NatsBucket, key: str, kind: type[Any], accept: Any) -> Any:
     return await eventually(lambda: record(bucket, key, kind), accept)
-
-
-async def absent(bucket: NatsBucket, key: str) -> None:
-    await eventually(lambda: bucket.get(key), lambda e: e is None or e.value is None)
 
 
 def phase(wanted: str) -> Any:
