@@ -74,3 +74,18 @@ async def test_a_loop_starts_once_every_mirror_of_its_set_has_replayed() -> None
         await tg.start(_Loop(mirrors).start_mirrors)
         assert mirrors.first.current and mirrors.second.get("k") == 1
         tg.cancel_scope.cancel()
+
+
+def test_both_services_keep_their_active_and_reconcile_metric_names() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    import corral_netmgr.metrics
+    import corral_volmgr.metrics
+
+    corral_netmgr.metrics.RECONCILE_SECONDS.labels("network").observe(0.001)
+    corral_volmgr.metrics.RECONCILE_SECONDS.labels("claim").observe(0.001)
+    text = generate_latest(REGISTRY).decode()
+    for service in ("netmgr", "volmgr"):
+        assert f"# HELP corral_{service}_active 1 while this {service} holds the lease" in text
+        assert f"corral_{service}_reconcile_seconds_bucket{{controller=" in text
+        assert 'le="0.0025"' in text

@@ -24,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
+from prometheus_client import Gauge, Histogram
 
 from corral.contract import names
 from corral.natsio.bus import (
@@ -39,7 +40,7 @@ from corral.natsio.service import RefusedToStart, ServiceContext, base_parser
 log = logging.getLogger(__name__)
 
 
-class Gauge(Protocol):
+class Settable(Protocol):
     def set(self, value: float) -> None: ...
 
 
@@ -174,7 +175,7 @@ async def hold_lease(
     ctx: ServiceContext,
     service: str,
     serve: Callable[[TaskGroup], Awaitable[object]],
-    active: Gauge,
+    active: Settable,
     *,
     lease_seconds: float | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -219,6 +220,29 @@ async def _try(lease: Lease) -> bool:
     except Exception as error:  # NATS away: try again
         log.warning("could not read the lease %s: %s", lease.key, error)
         return False
+
+
+# --- the cluster part's own metrics ------------------------------------------------
+
+RECONCILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+def active_gauge(service: str) -> Gauge:
+    """corral_<service>_active: what hold_lease sets (`active`)."""
+    return Gauge(
+        f"corral_{service}_active",
+        f"1 while this {service} holds the lease and runs the cluster part",
+    )
+
+
+def reconcile_histogram(service: str) -> Histogram:
+    """corral_<service>_reconcile_seconds, by controller."""
+    return Histogram(
+        f"corral_{service}_reconcile_seconds",
+        "Time one reconcile of one key took",
+        ["controller"],
+        buckets=RECONCILE_BUCKETS,
+    )
 
 
 # --- the spec kinds the cluster part answers ---------------------------------------
