@@ -59,6 +59,12 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
         "spec": {
             "replicas": 2,
             "replacement": "Fast",
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"},
+            },
+            "minReadySeconds": 5,
+            "paused": False,
             "template": {
                 "image": "registry.local:5000/team/web:1.2@sha256:" + "a" * 64,
                 "command": ["httpd", "-f"],

@@ -172,8 +172,11 @@ DOCUMENTS: dict[type[msgspec.Struct], Any] = {
 SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeReleaseRequest]
 # Where a Deployment the schema accepts may still be refused by the rules in code.
 # (volumes and their mounts: exactly one source, names defined once and mounted by name,
-# absolute unique mount paths; docs/volumes.md, "Bad input")
-CODE_ONLY_RULES = re.compile(r"^spec\.template\.(resources|volumes|volumeMounts)(\.|\[|$)")
+# absolute unique mount paths; docs/volumes.md, "Bad input"; a rolling update's bounds
+# not both zero, maxUnavailable at most 100%, rollingUpdate only with type RollingUpdate)
+CODE_ONLY_RULES = re.compile(
+    r"^spec\.(template\.(resources|volumes|volumeMounts)|strategy\.rollingUpdate)(\.|\[|$)"
+)
 
 
 def test_every_public_payload_has_a_committed_schema_and_a_seed() -> None:

@@ -899,6 +899,10 @@ class ControlLoop:
         since = self.changed_at.pop(key, None)
         if since is not None:
             metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
+        if plan.requeue_after is not None:  # a replica reaches its minReadySeconds then
+            if result is None or result.requeue_after is None:
+                return Result(requeue_after=plan.requeue_after)
+            return Result(requeue_after=min(result.requeue_after, plan.requeue_after))
         return result
 
     async def decide(self, key: str, now: float) -> Plan:

@@ -30,7 +30,13 @@ from typing import Protocol
 import msgspec
 
 from corral.contract.names import object_key
-from corral.contract.specs import Deployment, claim_names
+from corral.contract.specs import (
+    DEFAULT_ROLLING_UPDATE,
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    claim_names,
+)
 from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
@@ -69,6 +75,9 @@ class Plan:
     statuses: list[tuple[DeploymentStatus, int | None]] = field(default_factory=list)
     forget_statuses: list[tuple[str, int]] = field(default_factory=list)
     events: list[PlanEvent] = field(default_factory=list)
+    # Decide again after this many seconds even if nothing changes: a new replica will
+    # have run for its Deployment's minReadySeconds by then (None: no such replica).
+    requeue_after: float | None = None
 
     def is_empty(self) -> bool:
         return not (self.place or self.stop or self.statuses or self.forget_statuses)
@@ -275,6 +284,15 @@ def _count(node_usage: Usage, placement: Placement, sign: int) -> None:
     node_usage.pods += sign
 
 
+def _available_in(snapshot: Snapshot, key: str, min_ready: int, wall_time: float) -> float:
+    """Seconds until a Running replica has run `min_ready` seconds (0: it has; a start
+    time the agent did not report counts as long ago)."""
+    status = snapshot.replica_statuses.get(key)
+    if not min_ready or status is None or status.started_at is None:
+        return 0.0
+    return max(0.0, min(float(min_ready), status.started_at + min_ready - wall_time))
+
+
 def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
     status = snapshot.replica_statuses.get(key)
     return (
@@ -302,25 +320,41 @@ class _Pass:
 @dataclass
 class _Replicas:
     """One Deployment's live replicas (in key order): of the current template or old,
-    and which are Running (ready)."""
+    and which are ready: Running, and for those of the current template Running for the
+    Deployment's minReadySeconds (available, as Kubernetes says)."""
 
     current: list[tuple[str, PlacedReplica]]
     current_ready: int
     old_ready: list[tuple[str, PlacedReplica]]
     old_unready: list[tuple[str, PlacedReplica]]
     ready_keys: set[str]
+    # Seconds until the first Running current replica becomes available (None: none waits).
+    available_in: float | None = None
 
     @classmethod
     def split(
-        cls, snapshot: Snapshot, live: list[tuple[str, PlacedReplica]], template_hash: str
+        cls,
+        snapshot: Snapshot,
+        live: list[tuple[str, PlacedReplica]],
+        template_hash: str,
+        *,
+        min_ready: int = 0,
+        wall_time: float = 0.0,
     ) -> _Replicas:
         replicas = cls(current=[], current_ready=0, old_ready=[], old_unready=[], ready_keys=set())
         for entry in live:
             key, placed = entry
             ready = _is_ready(snapshot, key, placed.placement.template_hash)
+            current = placed.placement.template_hash == template_hash
+            if ready and current and min_ready:
+                wait = _available_in(snapshot, key, min_ready, wall_time)
+                if wait > 0:
+                    ready = False
+                    if replicas.available_in is None or wait < replicas.available_in:
+                        replicas.available_in = wait
             if ready:
                 replicas.ready_keys.add(key)
-            if placed.placement.template_hash == template_hash:
+            if current:
                 replicas.current.append(entry)
                 replicas.current_ready += ready
             elif ready:
@@ -329,17 +363,40 @@ class _Replicas:
                 replicas.old_unready.append(entry)
         return replicas
 
-    def step(self, want: int, *, exclusive: bool = False) -> Step:
-        """The rollout arithmetic (rollout.py) on these counts, with today's settings
-        (`exclusive`: a ReadWriteOncePod claim, the old replica stops first)."""
+    def step(self, spec: DeploymentSpec, *, exclusive: bool = False) -> Step:
+        """The rollout arithmetic (rollout.py) on these counts, with the Deployment's
+        settings (`exclusive`: a ReadWriteOncePod claim, the old replica stops first)."""
+        want = spec.replicas
+        recreate = spec.strategy.type == "Recreate"
+        rolling = spec.strategy.rolling_update or DEFAULT_ROLLING_UPDATE
+        if recreate:  # the bounds only matter while no old replica is left: plain scaling
+            bounds = resolve_bounds(want, 0, "100%", exclusive=exclusive)
+        else:
+            surge, unavailable = rolling.max_surge, rolling.max_unavailable
+            bounds = resolve_bounds(want, surge, unavailable, exclusive=exclusive)
         return rollout_step(
             want,
-            resolve_bounds(want, exclusive=exclusive),
+            bounds,
             old=len(self.old_ready) + len(self.old_unready),
             old_ready=len(self.old_ready),
             new=len(self.current),
             new_ready=self.current_ready,
+            recreate=recreate,
+            paused=spec.paused,
         )
+
+    def old_template(self) -> tuple[ContainerTemplate, str] | None:
+        """The old template most old replicas run (the newest on a tie), and its hash: what
+        a paused Deployment scales up with."""
+        old = self.old_ready + self.old_unready
+        if not old:
+            return None
+        counts = Counter(placed.placement.template_hash for _, placed in old)
+        _, chosen = max(
+            old,
+            key=lambda e: (counts[e[1].placement.template_hash], e[1].placement.created_at, e[0]),
+        )
+        return chosen.placement.template, chosen.placement.template_hash
 
 
 @dataclass
@@ -360,12 +417,18 @@ def _reconcile_deployment(
     """One Deployment's share of the plan: what to stop, what to place, its status."""
     name = deployment.key
     template_hash = deployment.spec.template.template_hash()
-    replicas = _Replicas.split(run.snapshot, live, template_hash)
+    min_ready = deployment.spec.min_ready_seconds
+    replicas = _Replicas.split(
+        run.snapshot, live, template_hash, min_ready=min_ready, wall_time=run.wall_time
+    )
+    if replicas.available_in is not None:
+        wait = replicas.available_in + 0.05  # decided again just past the moment
+        plan.requeue_after = wait if plan.requeue_after is None else min(plan.requeue_after, wait)
     template = deployment.spec.template
     exclusive = bool(template.volumes) and uses_exclusive_claim(
         run.snapshot.volumes, deployment.metadata.namespace, template
     )
-    step = replicas.step(deployment.spec.replicas, exclusive=exclusive)
+    step = replicas.step(deployment.spec, exclusive=exclusive)
 
     stops = _what_to_stop(run.snapshot, replicas, step)
     for key, victim, reason in stops:
@@ -374,11 +437,20 @@ def _reconcile_deployment(
     stopped = {key for key, _, _ in stops}
     kept = [(k, p) for k, p in live if k not in stopped] if stopped else live
 
-    placed = _what_to_place(run, deployment, template_hash, kept, step.place_new, orphans)
+    if step.place_old:  # paused: a scale-up with the old template
+        old_template, old_hash = replicas.old_template() or (template, template_hash)
+        placed = _what_to_place(
+            run, deployment, old_hash, kept, step.place_old, orphans, template=old_template
+        )
+        placed_current = 0
+    else:
+        placed = _what_to_place(run, deployment, template_hash, kept, step.place_new, orphans)
+        placed_current = len(placed.new)
     plan.place += placed.new
 
     ready = len(replicas.ready_keys - stopped) if stopped else len(replicas.ready_keys)
-    updated = len(replicas.current) - step.stop_new + len(placed.new)
+    current_stopped = sum(1 for key, _ in replicas.current if key in stopped)
+    updated = len(replicas.current) - current_stopped + placed_current
     _status(run, deployment, len(kept), ready, updated, placed, plan)
     if placed.adopted:
         where = _per_node(placed.adopted)
@@ -401,8 +473,11 @@ def _what_to_stop(
     Running old ones the arithmetic lets go (in key order), then the current ones beyond
     `replicas` (`_victims`)."""
     replaced = "replaced by a new template"
-    stops = [(k, p, replaced) for k, p in replicas.old_unready]
+    stops = [(k, p, replaced) for k, p in replicas.old_unready[: step.stop_old_unready]]
     stops += [(k, p, replaced) for k, p in replicas.old_ready[: step.stop_old_ready]]
+    if step.stop_any:  # paused: a scale-down among old and new alike
+        every = replicas.current + replicas.old_ready + replicas.old_unready
+        stops += [(k, p, "scaled down") for k, p in _victims(snapshot, every, step.stop_any)]
     if step.stop_new:
         victims = _victims(snapshot, replicas.current, step.stop_new)
         stops += [(k, p, "scaled down") for k, p in victims]
@@ -416,12 +491,16 @@ def _what_to_place(
     kept: list[tuple[str, PlacedReplica]],
     count: int,
     orphans: Sequence[tuple[str, OrphanReplica]],
+    *,
+    template: ContainerTemplate | None = None,
 ) -> _Placed:
     """`count` new placements: the Deployment's orphans first (placed where they run,
-    under their own name, they are kept running), then new names on the ranked nodes."""
+    under their own name, they are kept running), then new names on the ranked nodes.
+    `template` (of `template_hash`): an old one (a paused Deployment), else the spec's."""
     name = deployment.metadata.name
     namespace = deployment.metadata.namespace
-    template = deployment.spec.template
+    if template is None:
+        template = deployment.spec.template
     missing = run.snapshot.missing_network(template)
     if missing is not None and count:
         # Nothing is placed until netmgr has the network: its appearance decides again.

@@ -36,6 +36,17 @@ replica is placed and the old one stops only once the new one is Running.
 A template using a ReadWriteOncePod claim (`exclusive`) rolls with surge 0 and
 unavailable 1 instead: with `replicas = 1` the old replica stops first, and the new
 one is placed on a later pass (once no placement uses the claim).
+
+The Deployment's settings (`spec.strategy`, `spec.minReadySeconds`, `spec.paused`):
+
+- **Recreate** (`recreate=True`): while any old replica is placed, every old one stops
+  and nothing new is placed; new ones are placed once none is left.
+- **minReadySeconds**: the caller counts a new replica as ready (available) only once it
+  has been Running that long (decide.py), so old ones wait for it.
+- **paused** (`paused=True`): while old replicas are placed the template change is not
+  rolled out: nothing of the new template is placed and no old replica stops for the
+  rollout; a scale-up places old-template replicas (`place_old`), a scale-down stops
+  the excess among all (`stop_any`), as Kubernetes scales a paused Deployment.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-# Today's rolling update, Kubernetes' defaults. Settings on the Deployment come later.
+# Kubernetes' defaults, a Deployment's when it sets none (corral.contract.specs.RollingUpdate).
 DEFAULT_MAX_SURGE: int | str = "25%"
 DEFAULT_MAX_UNAVAILABLE: int | str = "25%"
 
@@ -67,6 +78,8 @@ class Step:
     stop_old_unready: int = 0
     stop_old_ready: int = 0
     stop_new: int = 0
+    place_old: int = 0  # paused: replicas of the old template, for a scale-up
+    stop_any: int = 0  # paused: the excess of a scale-down, old and new alike
 
     @property
     def stop_old(self) -> int:
@@ -132,17 +145,27 @@ def rollout_step(
     old_ready: int,
     new: int,
     new_ready: int,
+    recreate: bool = False,
+    paused: bool = False,
 ) -> Step:
     """How many new replicas to place and how many to stop, from the counts placed and
     Running (ready) of the old templates and of the current one. See the module's
     worked example. Without old replicas this is plain scaling: place `replicas - new`
-    or stop the excess."""
+    or stop the excess (whatever `recreate` and `paused` say)."""
     if not 0 <= old_ready <= old:
         raise ValueError(f"old_ready: between 0 and old ({old}), got {old_ready}")
     if not 0 <= new_ready <= new:
         raise ValueError(f"new_ready: between 0 and new ({new}), got {new_ready}")
     if replicas < 0:
         raise ValueError(f"replicas: a count of at least 0, not {replicas}")
+    if old and paused:
+        return Step(place_old=max(0, replicas - old - new), stop_any=max(0, old + new - replicas))
+    if old and recreate:
+        return Step(
+            stop_old_unready=old - old_ready,
+            stop_old_ready=old_ready,
+            stop_new=max(0, new - replicas),
+        )
     place_new = max(0, min(replicas - new, replicas + bounds.max_surge - old - new))
     stoppable = max(0, new_ready + old_ready - (replicas - bounds.max_unavailable))
     return Step(

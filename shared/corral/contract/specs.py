@@ -426,9 +426,65 @@ def replica_networks(template: ContainerTemplate) -> list[str]:
     return list(template.networks) if template.networks else [DEFAULT_NETWORK]
 
 
+# A rolling update's bound: a count, or a percentage of the desired replicas (as
+# Kubernetes' IntOrString; maxUnavailable at most 100%, checked in code).
+MAX_ROLLOUT_PERCENT: Final = 999
+ROLLOUT_PERCENT_PATTERN: Final = described_pattern(
+    _whole("(?:0|[1-9][0-9]{0,2})%"), "not a percentage like '25%' (0% to 999%)"
+)
+IntOrPercent = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
+    | Annotated[str, msgspec.Meta(pattern=ROLLOUT_PERCENT_PATTERN, max_length=4)]
+)
+MAX_MIN_READY_SECONDS: Final = 86_400
+
+
+def _is_zero(value: int | str) -> bool:
+    return value == 0 or value == "0%"
+
+
+class RollingUpdate(_Public, frozen=True):
+    """How far a rolling update may go over (`maxSurge`) and under (`maxUnavailable`)
+    the desired replicas, Kubernetes' fields and defaults (25% each; surge rounds up,
+    unavailable down)."""
+
+    max_surge: IntOrPercent = "25%"
+    max_unavailable: IntOrPercent = "25%"
+
+    def __post_init__(self) -> None:
+        if _is_zero(self.max_surge) and _is_zero(self.max_unavailable):
+            raise ValueError(
+                "maxSurge and maxUnavailable must not both be zero: no replica could be replaced"
+            )
+        unavailable = self.max_unavailable
+        if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
+            raise ValueError(f"`maxUnavailable`: at most 100%, got {unavailable!r}")
+
+
+class DeploymentStrategy(_Public, frozen=True):
+    """RollingUpdate (the default): new replicas replace old ones within the bounds of
+    `rollingUpdate`. Recreate: every old replica stops before a new one is placed."""
+
+    type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    rolling_update: RollingUpdate | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "Recreate" and self.rolling_update is not None:
+            raise ValueError("`rollingUpdate`: only allowed with type RollingUpdate, not Recreate")
+
+
+DEFAULT_STRATEGY: Final = DeploymentStrategy()
+DEFAULT_ROLLING_UPDATE: Final = RollingUpdate()
+
+
 class DeploymentSpec(_Public, frozen=True, kw_only=True):
     replicas: Replicas = 1
     template: ContainerTemplate
+    strategy: DeploymentStrategy = DEFAULT_STRATEGY
+    # A new replica counts as available once Running for this long (Kubernetes' field).
+    min_ready_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_MIN_READY_SECONDS)] = 0
+    # A paused Deployment does not roll out a changed template; scaling still applies.
+    paused: bool = False
     # When a node is lost: "Fast" places replacements after R (a cut-off node may run
     # its copies until it stops them at F, so two copies can overlap for F - R);
     # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off

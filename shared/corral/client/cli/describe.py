@@ -22,7 +22,7 @@ from corral.client.cli.views import (
 )
 from corral.contract.events import Event
 from corral.contract.quantity import format_cpu, format_memory
-from corral.contract.specs import ContainerTemplate
+from corral.contract.specs import DEFAULT_ROLLING_UPDATE, ContainerTemplate, DeploymentSpec
 
 
 def _when(timestamp: float, now: float) -> str:
@@ -86,6 +86,7 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
         if status.pending:
             lines.append(f"Pending:      {status.pending_reason or 'not placed yet'}")
         lines.append(f"Observed:     generation {status.observed_generation}")
+    lines += _fields(rollout_settings(deployment.spec))
     lines.append("Template:")
     lines += _fields(
         [
@@ -111,6 +112,24 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
         lines.append("Replicas:     <none>")
     lines += events_table(events, now)
     return "\n".join(lines)
+
+
+def rollout_settings(spec: DeploymentSpec) -> list[tuple[str, str]]:
+    """Strategy, Min ready and Paused, as kubectl describe words them."""
+    strategy = spec.strategy
+    if strategy.type == "Recreate":
+        how = "Recreate"
+    else:
+        rolling = strategy.rolling_update or DEFAULT_ROLLING_UPDATE
+        how = (
+            f"RollingUpdate {rolling.max_surge} max surge, "
+            f"{rolling.max_unavailable} max unavailable"
+        )
+    return [
+        ("Strategy", how),
+        ("Min ready", f"{spec.min_ready_seconds}s"),
+        ("Paused", _yes(spec.paused)),
+    ]
 
 
 def template_volumes(template: ContainerTemplate) -> str:

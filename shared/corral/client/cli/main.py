@@ -11,6 +11,7 @@ from corral.client.cli.local_commands import down, up
 from corral.client.cli.network_commands import create_network, network
 from corral.client.cli.node_commands import node
 from corral.client.cli.read_commands import describe, events, get, schema
+from corral.client.cli.rollout_commands import rollout
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
 from corral.client.cli.service_commands import create_service, expose
 from corral.client.cli.volume_commands import (
@@ -52,6 +53,7 @@ create.add_command(create_service)
 for command in (create_volume, create_claim, create_storage_class):
     create.add_command(command)
 cli.add_command(network)
+cli.add_command(rollout)
 cli.add_command(volume)
 
 cli.add_command(node)
