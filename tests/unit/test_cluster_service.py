@@ -17,8 +17,9 @@ from corral.natsio.cluster_service import (
     node_name,
     node_resync_seconds,
     open_docker,
+    write_into,
 )
-from corral.natsio.kv import MemoryBucket, Mirror
+from corral.natsio.kv import Create, MemoryBucket, Mirror
 from corral.natsio.service import RefusedToStart, ServiceContext
 
 
@@ -89,3 +90,20 @@ def test_both_services_keep_their_active_and_reconcile_metric_names() -> None:
         assert f"# HELP corral_{service}_active 1 while this {service} holds the lease" in text
         assert f"corral_{service}_reconcile_seconds_bucket{{controller=" in text
         assert 'le="0.0025"' in text
+
+
+async def test_written_records_reach_the_mirror_and_an_unreadable_one_is_replaced_only_if_asked() -> (
+    None
+):
+    bucket = MemoryBucket("records")
+    await bucket.put("bad", b"not json")
+    mirror = Mirror(bucket, int)
+    async with anyio.create_task_group() as tg:
+        await tg.start(mirror.run)
+        assert "bad" in mirror.unreadable
+        assert await write_into(mirror, [Create("good", b"1")])
+        assert mirror.get("good") == 1
+        assert not await write_into(mirror, [Create("bad", b"2")])
+        assert await write_into(mirror, [Create("bad", b"2")], replace_unreadable=True)
+        assert mirror.get("bad") == 2
+        tg.cancel_scope.cancel()

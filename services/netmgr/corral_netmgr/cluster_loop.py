@@ -35,9 +35,9 @@ from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
 from corral.contract.specs import Deployment
 from corral.contract.state import Node, Placement, ReplicaStatus
-from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp
+from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
-from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
+from corral.natsio.kv import Create, Delete, Mirror, Update, Write
 from corral_netmgr import metrics
 from corral_netmgr.allocator import assign_slices, gateway, parse_ranges, slice_conflicts
 from corral_netmgr.endpoints import Candidate, compute_endpoints, placement_labels, selects
@@ -281,28 +281,8 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         metrics.ENDPOINTS.set(sum(len(e.addresses) for e in m.endpoints.values()))
 
     async def _write(self, mirror: Mirror[Any], writes: Sequence[Write]) -> bool:
-        """Send `writes`, apply what committed to `mirror`; True when all did. A write that
-        failed for another reason than a conflict is raised (retried with back-off)."""
-        if not writes:
-            return True
-        outcomes = await write_many(mirror.bucket, writes)
-        written = True
-        for outcome in outcomes:
-            write = outcome.write
-            if outcome.conflict and isinstance(write, Create) and write.key in mirror.unreadable:
-                # A record of ours that cannot be read (corrupt, or from a newer corral)
-                # is replaced whole: only this process writes these buckets.
-                revision = await mirror.bucket.put(write.key, write.value)
-                mirror.apply(Entry(write.key, write.value, revision))
-                continue
-            entry = outcome.entry
-            if entry is not None:
-                mirror.apply(entry)
-            elif outcome.error is not None and not outcome.conflict:
-                raise outcome.error
-            else:
-                written = False
-        return written
+        """Send `writes`, apply what committed to `mirror`; True when all did."""
+        return await write_into(mirror, writes, replace_unreadable=True)
 
     # --- the network controller ------------------------------------------------------------
 

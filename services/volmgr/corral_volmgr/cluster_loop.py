@@ -64,9 +64,9 @@ from corral.contract.volume_state import (
     VolumeStatus,
 )
 from corral.natsio.bus import EventPublisher
-from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp
+from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
-from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write, write_many
+from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write
 from corral_volmgr import metrics
 from corral_volmgr.binding import (
     NODE_FULL,
@@ -351,21 +351,8 @@ class ClusterLoop(MirroredLoop[Mirrors]):
                 gauge.labels(phase).set(statuses.count(phase))
 
     async def _write(self, mirror: Mirror[Any], writes: Sequence[Write]) -> bool:
-        """Send `writes`, apply what committed to `mirror`; True when all did. A write that
-        failed for another reason than a conflict is raised (retried with back-off)."""
-        if not writes:
-            return True
-        outcomes = await write_many(mirror.bucket, writes)
-        written = True
-        for outcome in outcomes:
-            entry = outcome.entry
-            if entry is not None:
-                mirror.apply(entry)
-            elif outcome.error is not None and not outcome.conflict:
-                raise outcome.error
-            else:
-                written = False
-        return written
+        """Send `writes`, apply what committed to `mirror`; True when all did."""
+        return await write_into(mirror, writes)
 
     async def _put_status(self, mirror: Mirror[Any], key: str, wanted: Any) -> bool:
         """Write a status record when it differs from the stored one (compare-and-set)."""

@@ -33,7 +33,7 @@ from corral.natsio.bus import (
     consume_spec_stream,
     serve_spec_requests,
 )
-from corral.natsio.kv import Mirror
+from corral.natsio.kv import Create, Entry, Mirror, Write, write_many
 from corral.natsio.lease import Lease
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser
 
@@ -313,6 +313,39 @@ class MirroredLoop(Generic[M]):
             for mirror in self.mirrors.all():
                 await tg.start(mirror.run)
             task_status.started()
+
+
+async def write_into(
+    mirror: Mirror[Any], writes: Sequence[Write], *, replace_unreadable: bool = False
+) -> bool:
+    """Send `writes` to the mirror's bucket, apply what committed to `mirror`; True when
+    all did. A write that failed for another reason than a conflict is raised (the
+    controller retries with back-off). `replace_unreadable`: a Create that conflicts
+    with a record of ours that cannot be read (corrupt, or from a newer corral) replaces
+    it whole (only this process writes these buckets)."""
+    if not writes:
+        return True
+    outcomes = await write_many(mirror.bucket, writes)
+    written = True
+    for outcome in outcomes:
+        write = outcome.write
+        if (
+            replace_unreadable
+            and outcome.conflict
+            and isinstance(write, Create)
+            and write.key in mirror.unreadable
+        ):
+            revision = await mirror.bucket.put(write.key, write.value)
+            mirror.apply(Entry(write.key, write.value, revision))
+            continue
+        entry = outcome.entry
+        if entry is not None:
+            mirror.apply(entry)
+        elif outcome.error is not None and not outcome.conflict:
+            raise outcome.error
+        else:
+            written = False
+    return written
 
 
 def without_stamp(record: Any) -> Any:
