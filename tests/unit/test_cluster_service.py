@@ -92,9 +92,7 @@ def test_both_services_keep_their_active_and_reconcile_metric_names() -> None:
         assert 'le="0.0025"' in text
 
 
-async def test_written_records_reach_the_mirror_and_an_unreadable_one_is_replaced_only_if_asked() -> (
-    None
-):
+async def test_writes_reach_the_mirror_and_an_unreadable_record_is_replaced_if_asked() -> None:
     bucket = MemoryBucket("records")
     await bucket.put("bad", b"not json")
     mirror = Mirror(bucket, int)
