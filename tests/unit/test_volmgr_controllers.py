@@ -597,3 +597,32 @@ async def test_an_unreadable_provisioned_volume_makes_the_claim_pending_on_back_
         claim = await v.claim("a")
         assert claim.reason == "ProvisioningFailed" and "cannot be read" in claim.message, claim
         assert 1 <= calls <= 8, calls
+
+
+async def test_a_volumes_source_cannot_change_once_it_was_made_but_its_labels_can() -> None:
+    async with volmgr() as v:
+        tmpfs = {"driver": "local", "options": {"type": "tmpfs", "device": "tmpfs"}}
+        other = {"driver": "local", "options": {"type": "tmpfs", "device": "other"}}
+        ok(await v.apis.volumes.apply(pv("d1", dockerVolume=tmpfs)))
+        ok(await v.apis.volumes.apply(pv("d1", dockerVolume=other)))  # nothing made yet
+        ok(await v.apis.volumes.apply(pv("d1", dockerVolume=tmpfs)))
+        await put(v.buckets[names.VOLUME_ATTACHMENTS_BUCKET], "n1.d1", attachment("n1", "d1"))
+        await v.settle()
+        moved = await v.apis.volumes.apply(pv("d1", dockerVolume=other))
+        assert not moved.ok and moved.field == "spec.dockerVolume", moved
+        assert "attached on node n1" in moved.error
+        ok(await v.apis.volumes.apply(pv("d1", dockerVolume=tmpfs, labels={"tier": "gold"})))
+        # a Released volume (its claim gone, Retain) keeps its source too
+        ok(await v.apis.volumes.apply(pv("h1", hostPath={"path": "/srv/a"}, node="n1")))
+        ok(await v.apis.claims.apply(pvc("a", volumeName="h1")))
+        await v.drain()
+        ok(await v.apis.claims.delete(delete("a")))
+        await v.drain()
+        assert (await v.volume("h1")).phase == "Released"  # type: ignore[union-attr]
+        for spec, field in (
+            ({"hostPath": {"path": "/srv/b"}, "node": "n1"}, "spec.hostPath"),
+            ({"hostPath": {"path": "/srv/a"}, "node": "n2"}, "spec.node"),
+        ):
+            refused = await v.apis.volumes.apply(pv("h1", **spec))
+            assert not refused.ok and refused.field == field, refused
+            assert "bound to claim default.a" in refused.error

@@ -9,7 +9,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
+from msgspec.structs import replace as replace_struct
 
 from corral.contract import names
 from corral.contract.codec import decode
@@ -491,3 +493,99 @@ async def test_corral_down_keeps_a_docker_volume_holding_data_unless_data_is_del
     assert f"kept Docker volume {data.name}: it holds its volume's data" in report.done
     report = await part.remove_all(delete_data=True)
     assert report.errors == [] and docker.removed == [bind.name, data.name]
+
+
+# --- a Docker volume or an image holding data is never remade (second review) ---------------
+
+
+def with_uid(volume, uid: str):  # type: ignore[no-untyped-def]
+    return replace_struct(volume, metadata=replace_struct(volume.metadata, uid=uid))
+
+
+async def test_a_docker_volume_holding_data_is_never_remade_with_changed_options(tmp_path):
+    part, docker = make_part(tmp_path)
+    put(part.volumes, "d1", pv("d1", driver="local", options={"type": "ext4", "device": "/x"}))
+    put(part.statuses, "d1", status("d1", node="n1"))
+    assert await part.reconcile_volume("d1") is None
+    name = names.docker_volume_name("d1", CLUSTER)
+    made = dict(docker.volumes[name])
+    put(part.volumes, "d1", pv("d1", driver="local", options={"type": "ext4", "device": "/y"}))
+    assert await part.reconcile_volume("d1") is not None
+    assert docker.volumes[name] == made and docker.removed == []
+    said = await stored(part, "d1")
+    assert said is not None and not said.ready
+    assert f"the Docker volume {name} holds data and was made with other options" in said.message
+    assert "delete the volume (Deleting) or restore its options" in said.message
+    put(part.statuses, "d1", status("d1", phase="Deleting", keep_data=True))
+    assert await part.reconcile_volume("d1") is None
+    assert docker.volumes[name] == made  # Retain: still its data
+    put(part.statuses, "d1", status("d1", phase="Deleting"))
+    part.local.add("d1")
+    assert await part.reconcile_volume("d1") is None
+    assert docker.removed == [name]
+
+
+async def test_deleting_removes_the_docker_volume_a_node_handed_over_without_an_attachment(
+    tmp_path,
+):
+    part, docker = make_part(tmp_path)
+    d1 = with_uid(pv("d1", driver="local", options={"type": "tmpfs", "device": "tmpfs"}), "u1")
+    name = names.docker_volume_name("d1", CLUSTER)
+    docker.volumes[name] = {  # kept by a hand-over; this node part restarted since
+        "Name": name,
+        "Driver": "local",
+        "Options": {"type": "tmpfs", "device": "tmpfs"},
+        "Labels": bind_volume("d1", "/x", CLUSTER, "n1").labels,
+    }
+    put(part.volumes, "d1", d1)
+    put(part.statuses, "d1", status("d1", phase="Deleting", keep_data=True))
+    assert await part.reconcile_volume("d1") is None
+    assert name in docker.volumes  # Retain
+    put(part.statuses, "d1", status("d1", phase="Deleting"))
+    assert await part.reconcile_volume("d1") is None
+    assert docker.removed == [name]
+
+
+async def test_a_new_volume_of_a_kept_name_never_adopts_the_old_ones_docker_volume(tmp_path):
+    part, docker = make_part(tmp_path)
+    options = {"type": "tmpfs", "device": "tmpfs"}
+    put(part.volumes, "d1", with_uid(pv("d1", driver="local", options=options), "u1"))
+    put(part.statuses, "d1", status("d1", node="n1"))
+    assert await part.reconcile_volume("d1") is None
+    name = names.docker_volume_name("d1", CLUSTER)
+    assert docker.volumes[name]["Labels"][names.LABEL_VOLUME_UID] == "u1"
+    put(part.volumes, "d1", with_uid(pv("d1", driver="local", options=options), "u2"))
+    assert await part.reconcile_volume("d1") is not None
+    said = await stored(part, "d1")
+    assert said is not None and not said.ready and "holds another volume's data" in said.message
+    assert "u1" in said.message and docker.removed == []
+    put(part.statuses, "d1", status("d1", phase="Deleting"))  # u2 deleted: u1's data stays
+    assert await part.reconcile_volume("d1") is None
+    assert name in docker.volumes and docker.removed == []
+
+
+async def test_the_room_offered_counts_only_images_of_volumes_with_a_record_not_deleting(
+    tmp_path,
+):
+    part, _, _ = await provisioned(tmp_path)
+    loops = part.loops
+    await anyio.to_thread.run_sync(loops._ensure_sidecar, "kept", 1 << 20)  # no record
+    for volume in ("pv1", "kept"):
+        loops.layout.image(volume).write_bytes(b"x" * (1 << 20))
+    one = loops.layout.image("pv1").stat().st_blocks * 512
+    assert one >= 1 << 20
+    assert loops.held_bytes(part.counts_room) == one
+    put(part.statuses, "pv1", status("pv1", node="n1", phase="Deleting", keep_data=True))
+    assert loops.held_bytes(part.counts_room) == 0
+
+
+async def test_a_volume_made_again_under_a_kept_images_name_with_another_size_is_not_mounted(
+    tmp_path,
+):
+    part, _, folder = await provisioned(tmp_path)  # 20Mi, kept after its volume went
+    put(part.volumes, "pv1", pv("pv1", size="30Mi"))
+    assert await part.reconcile_volume("pv1") is not None
+    said = await stored(part, "pv1")
+    assert said is not None and not said.ready and "sizes differ" in said.message
+    assert json.loads((folder.parent / "pv1.json").read_text())["sizeBytes"] == 20 << 20
+    assert (folder / "kept").read_text() == "data"

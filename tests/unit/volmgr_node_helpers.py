@@ -19,7 +19,14 @@ from corral.contract.volume_specs import (
 )
 from corral.contract.volume_state import ClaimStatus, VolumeStatus
 from corral.natsio.kv import Entry, Mirror
-from corral_volmgr.node.docker_volumes import VolumeInUse, VolumeNotOurs, WantedVolume, matches
+from corral_volmgr.node.docker_volumes import (
+    VolumeHoldsData,
+    VolumeInUse,
+    VolumeNotOurs,
+    WantedVolume,
+    matches,
+    refusal,
+)
 
 CLUSTER = "c0ffee"
 _revisions = itertools.count(1)
@@ -139,6 +146,9 @@ class FakeDockerVolumes:
                 return False
             if not self.ours(shown):
                 raise VolumeNotOurs(want.name)
+            why = refusal(shown, want)
+            if why:
+                raise VolumeHoldsData(why)
             await self.remove(want.name)
         self.volumes[want.name] = {
             "Name": want.name,

@@ -3,10 +3,12 @@ durable corral.spec.persistentvolume.*), by the rules of corral_volmgr.spec_api.
 
 Refused: a hostPath or local path that is a system location, or outside the
 operator's allow-list (`--host-path-allow`); a change of a bound volume's spec (only
-its labels may change); an apply of a volume being deleted (Conflict). A delete of a
-volume bound to a claim makes it Terminating: it goes once the claim is gone. Any
-other delete makes it Deleting (keepData: its reclaim policy is Retain): the record
-stays until no node has an attachment for it (docs/volumes.md, "Protection and
+its labels may change); a change of the source (dockerVolume, hostPath, local, node) of a
+volume that was ever made (an attachment on a node, pinned to a node, ever bound), as
+Kubernetes makes a PV's source immutable; an apply of a volume being deleted
+(Conflict). A delete of a volume bound to a claim makes it Terminating: it goes once
+the claim is gone. Any other delete makes it Deleting (keepData: its reclaim policy is
+Retain): the record stays until no node has an attachment for it (docs/volumes.md, "Protection and
 reclaim"). `release` (an operator's word that a node is gone, refused unless the
 scheduler released the node: `corral node release N`) forgets the volume's attachment
 on that node.
@@ -52,6 +54,8 @@ from corral_volmgr.spec_api import (
 )
 
 KIND = "PersistentVolume"
+# the spec fields that say where a volume's data is: never changed once it was made
+SOURCE_FIELDS: Final = ("spec.dockerVolume", "spec.hostPath", "spec.local", "spec.node")
 # The scheduler's record of `corral node release N` in corral_leases: "released.<node>"
 # (services/scheduler: node_api.py), kept until the node has no record and no placements.
 NODE_RELEASE_PREFIX: Final = "released."
@@ -200,7 +204,34 @@ class PersistentVolumeAPI(SpecAPI[PersistentVolume]):
                 f"`{fields[0]}` of persistentvolume {wanted.metadata.name!r} cannot change "
                 f"while it is bound to claim {status.claim} (only its labels may)",
             )
+        if current is not None:
+            made = self.made(current, status)
+            moved = [
+                f for f in changed_fields(current.spec, wanted.spec, "spec.") if f in SOURCE_FIELDS
+            ]
+            if made and moved:
+                raise Refusal(
+                    moved[0],
+                    f"`{moved[0]}` of persistentvolume {wanted.metadata.name!r} cannot change: "
+                    f"the volume was made ({made}) and its data is there; delete the volume "
+                    "and make it again to use another source",
+                )
         return wanted
+
+    def made(self, current: PersistentVolume, status: VolumeStatus | None) -> str:
+        """Why a volume's source is settled ("" : nothing of it was made yet)."""
+        attached = sorted(a.node for a in self.attached(current.metadata.name))
+        if attached:
+            return f"attached on node {', '.join(attached)}"
+        if status is None:
+            return ""
+        if status.claim:
+            return f"bound to claim {status.claim}"
+        if status.attach_node:
+            return f"attached to node {status.attach_node}"
+        if status.node and status.node != current.spec.node:
+            return f"living on node {status.node}"
+        return ""
 
     def delete_key(self, request: DeleteRequest) -> str:
         return request.name  # volumes are cluster-wide: the namespace is ignored

@@ -101,6 +101,9 @@ LABEL_REPLICA: Final = "io.corral.replica"
 LABEL_TEMPLATE_HASH: Final = "io.corral.template-hash"
 LABEL_NETWORK: Final = "io.corral.network"  # on a Docker network: the corral network's name
 LABEL_VOLUME: Final = "io.corral.volume"  # on a Docker volume: the PersistentVolume's name
+# on a Docker volume: the uid of the PersistentVolume it was made for (a volume made again
+# under that name is another volume: it never adopts the old one's Docker volume)
+LABEL_VOLUME_UID: Final = "io.corral.volume-uid"
 # On a replica's container, one label per PersistentVolume it mounts in any way (a Docker
 # volume mount or a bind of a subPath inside it): `docker ps --filter label=...` finds
 # every user of a volume, which Docker's own volume filter misses for binds.

@@ -11,7 +11,10 @@ Docker's volume filter finds nor one carrying the label io.corral.uses-volume.<v
 (the agent's, also on a container that binds only a subPath of it), and Docker refuses to
 remove a volume a container mounts (VolumeInUse) ("Never two writers"). A dockerVolume's
 Docker volume is its data (driver `local` without options keeps the files in the engine's
-data root): it is only removed when its volume is Deleting without keepData.
+data root): it is only removed when its volume is Deleting without keepData, and never
+remade: one that holds data and differs from its volume's spec (driver, options, labels),
+or was made for another volume of the same name (label io.corral.volume-uid), is left as
+it is and its attachment says why (`refusal`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class VolumeNotOurs(Exception):
     """A Docker volume of corral's name exists without this node's labels."""
 
 
+class VolumeHoldsData(Exception):
+    """A Docker volume to remake holds data (or another volume's): never removed."""
+
+
 @dataclass(frozen=True, slots=True)
 class WantedVolume:
     """What one Docker volume must be."""
@@ -54,13 +61,16 @@ class WantedVolume:
         }
 
 
-def labels(cluster_id: str, volume: str, node: str) -> dict[str, str]:
-    return {
+def labels(cluster_id: str, volume: str, node: str, uid: str = "") -> dict[str, str]:
+    found = {
         names.LABEL_MANAGED: "true",
         names.LABEL_CLUSTER: cluster_id,
         names.LABEL_VOLUME: volume,
         names.LABEL_NODE: node,
     }
+    if uid:
+        found[names.LABEL_VOLUME_UID] = uid
+    return found
 
 
 def bind_volume(volume: str, directory: str, cluster_id: str, node: str) -> WantedVolume:
@@ -74,14 +84,15 @@ def bind_volume(volume: str, directory: str, cluster_id: str, node: str) -> Want
 
 
 def driver_volume(
-    volume: str, driver: str, options: dict[str, str], cluster_id: str, node: str
+    volume: str, driver: str, options: dict[str, str], cluster_id: str, node: str, uid: str = ""
 ) -> WantedVolume:
-    """The Docker volume of a dockerVolume source: its driver and options."""
+    """The Docker volume of a dockerVolume source: its driver and options, labelled with
+    the uid of the PersistentVolume it is made for."""
     return WantedVolume(
         name=names.docker_volume_name(volume, cluster_id),
         driver=driver,
         options=dict(options),
-        labels=labels(cluster_id, volume, node),
+        labels=labels(cluster_id, volume, node, uid),
     )
 
 
@@ -94,12 +105,46 @@ def holds_data(shown: dict[str, Any]) -> bool:
 
 
 def matches(shown: dict[str, Any], want: WantedVolume) -> bool:
-    """Whether an inspected Docker volume is what `want` says (driver, options, labels)."""
+    """Whether an inspected Docker volume is what `want` says (driver, options, labels;
+    one made before volumes carried their uid label is taken as its volume's)."""
     shown_labels = shown.get("Labels") or {}
     return (
         shown.get("Driver") == want.driver
         and (shown.get("Options") or {}) == want.options
-        and all(shown_labels.get(k) == v for k, v in want.labels.items())
+        and all(
+            shown_labels.get(k) == v
+            for k, v in want.labels.items()
+            if k != names.LABEL_VOLUME_UID or k in shown_labels
+        )
+    )
+
+
+def other_uid(shown: dict[str, Any], uid: str) -> str:
+    """The uid of the other PersistentVolume an inspected Docker volume was made for
+    ("" : made for `uid`, or not known)."""
+    found = str((shown.get("Labels") or {}).get(names.LABEL_VOLUME_UID) or "")
+    return found if found and uid and found != uid else ""
+
+
+def refusal(shown: dict[str, Any] | None, want: WantedVolume) -> str:
+    """Why the existing Docker volume `shown` may not be removed and made again as `want`
+    says ("" : it may, or it is what `want` says): it holds data, and it was made for
+    another volume of that name, or with other options."""
+    if shown is None or not holds_data(shown):
+        return ""
+    other = other_uid(shown, want.labels.get(names.LABEL_VOLUME_UID, ""))
+    if other:
+        return (
+            f"the Docker volume {want.name} holds another volume's data (made for the "
+            f"volume of uid {other}): delete that Docker volume by hand once its data is "
+            "no longer needed"
+        )
+    if matches(shown, want):
+        return ""
+    return (
+        f"the Docker volume {want.name} holds data and was made with other options "
+        f"(driver {shown.get('Driver')}, options {shown.get('Options') or {}}): delete the "
+        "volume (Deleting) or restore its options"
     )
 
 
@@ -146,7 +191,8 @@ class DockerVolumes:
     async def ensure(self, want: WantedVolume) -> bool:
         """Make the Docker volume `want` says; True when it was made (or remade).
         VolumeNotOurs when one of that name is another's; VolumeInUse when ours differs
-        and a container still uses it."""
+        and a container still uses it; VolumeHoldsData when ours differs and holds data
+        (never removed: `refusal`)."""
         shown = await self.show(want.name)
         if shown is not None:
             if matches(shown, want):
@@ -156,6 +202,9 @@ class DockerVolumes:
                     f"Docker volume {want.name} exists and is not this node's "
                     f"(labels {shown.get('Labels') or {}}); remove it by hand"
                 )
+            why = refusal(shown, want)
+            if why:
+                raise VolumeHoldsData(why)
             log.info("Docker volume %s differs from its volume: remaking it", want.name)
             await self.remove(want.name)
         try:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -39,6 +40,10 @@ LOOP_CONTROL: Final = Path("/dev/loop-control")
 FILESYSTEM_LABEL: Final = "corral"
 PROBE_BYTES: Final = 8 * 1024 * 1024
 MAX_UNMOUNTS: Final = 8  # one target mounted several times over (never by corral)
+
+
+class SizesDiffer(CommandFailed):
+    """A kept image's `.json` gives another size than its volume's spec."""
 
 
 class Sidecar(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -188,10 +193,15 @@ class LoopVolumes:
         found = [self.read_sidecar(path.stem) for path in listed]
         return [sidecar for sidecar in found if sidecar is not None]
 
-    def held_bytes(self) -> int:
-        """The disk this cluster's images take now (they are sparse; blocking)."""
+    def held_bytes(self, counted: Callable[[str], bool]) -> int:
+        """The disk this cluster's images of the volumes `counted` says take now (they are
+        sparse; blocking): those of volumes the cluster part still counts against the
+        node's room. An image kept after its volume went (keepData, a missing record) is
+        not offered again as room."""
         total = 0
         for sidecar in self.ours():
+            if not counted(sidecar.volume):
+                continue
             try:
                 total += self.layout.image(sidecar.volume).stat().st_blocks * 512
             except OSError:
@@ -232,6 +242,13 @@ class LoopVolumes:
     def _ensure_sidecar(self, volume: str, size_bytes: int) -> Sidecar:
         found = self.read_sidecar(volume)
         if found is not None:
+            if found.size_bytes != size_bytes:
+                # a volume made again under a kept one's name: never resized nor formatted
+                raise SizesDiffer(
+                    f"{self.layout.sidecar(volume)} says {found.size_bytes} bytes, the volume "
+                    f"{size_bytes}: the image kept there is another volume's of that name "
+                    "(delete it, or make the volume with its size)"
+                )
             return found
         self.layout.cluster_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         sidecar = Sidecar(

@@ -34,19 +34,28 @@ from corral.contract.codec import encode
 from corral.contract.specs import claim_names
 from corral.contract.state import Placement
 from corral.contract.volume_specs import PersistentVolume
-from corral.contract.volume_state import ClaimStatus, NodeVolumes, VolumeAttachment, VolumeStatus
+from corral.contract.volume_state import (
+    VOLUME_DELETING,
+    ClaimStatus,
+    NodeVolumes,
+    VolumeAttachment,
+    VolumeStatus,
+)
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Bucket, Entry, Mirror, write_record
 from corral_volmgr.node import capacity, decide, host, host_paths
 from corral_volmgr.node.docker_volumes import (
     DockerVolumes,
+    VolumeHoldsData,
     VolumeInUse,
     bind_volume,
     driver_volume,
     holds_data,
+    other_uid,
+    refusal,
 )
 from corral_volmgr.node.host_paths import HostPathRules
-from corral_volmgr.node.loop_volumes import Layout, LoopVolumes, probe_loop_devices
+from corral_volmgr.node.loop_volumes import Layout, LoopVolumes, SizesDiffer, probe_loop_devices
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +203,16 @@ class NodePart:
             if self.placements_by_claim.count(claim) > 0
         )
 
+    def counts_room(self, volume: str) -> bool:
+        """Whether a volume's image here is counted against the node's room by the cluster
+        part: it has a readable record and its status is not Deleting."""
+        status = self.statuses.get(volume)
+        return (
+            self.volumes.get(volume) is not None
+            and status is not None
+            and status.phase != VOLUME_DELETING
+        )
+
     def decision(self, volume: str) -> decide.Decision:
         unreadable = volume in self.volumes.unreadable or volume in self.statuses.unreadable
         return decide.decide(
@@ -318,6 +337,11 @@ class NodePart:
                 volume, prepared.host_path, self.settings.cluster_id, self.settings.node
             )
             await self.docker.ensure(want)
+        except SizesDiffer as error:  # not retried quickly: the operator's to settle
+            await self.write_attachment(
+                volume, claim=decision.claim, message=f"sizes differ: {error}"
+            )
+            return Result(requeue_after=RETRY_SECONDS)
         except Exception as error:
             await self.write_attachment(
                 volume, claim=decision.claim, message=f"{type(error).__name__}: {error}"
@@ -395,10 +419,24 @@ class NodePart:
         source = pv.spec.docker_volume
         assert source is not None
         want = driver_volume(
-            volume, source.driver, source.options, self.settings.cluster_id, self.settings.node
+            volume,
+            source.driver,
+            source.options,
+            self.settings.cluster_id,
+            self.settings.node,
+            pv.metadata.uid,
         )
+        # a Docker volume holding data is never removed to be made again (its options
+        # changed, or it is another volume's of that name): only Deleting removes it
+        why = refusal(await self.docker.show(want.name), want)
+        if why:
+            await self.write_attachment(volume, claim=decision.claim, message=why)
+            return Result(requeue_after=RETRY_SECONDS)
         try:
             await self.docker.ensure(want)
+        except VolumeHoldsData as error:
+            await self.write_attachment(volume, claim=decision.claim, message=str(error))
+            return Result(requeue_after=RETRY_SECONDS)
         except Exception as error:
             await self.write_attachment(
                 volume, claim=decision.claim, message=f"{type(error).__name__}: {error}"
@@ -421,8 +459,13 @@ class NodePart:
         volume's files go unless keepData, THEN the attachment record."""
         key = names.attachment_key(self.settings.node, volume)
         attachment = self.attachments.get(key)
+        name = names.docker_volume_name(volume, self.settings.cluster_id)
+        delete_data = decision.action == decide.DELETE and not decision.keep_data
         if attachment is None and volume not in self.local:
-            return None  # nothing of it was ever made here
+            # a node that handed a dockerVolume over keeps its Docker volume (its data):
+            # Deleting without keepData removes it on every node that has one
+            if not delete_data or await self.docker.show(name) is None:
+                return None  # nothing of it was ever made here
         if attachment is not None and attachment.ready:
             # no new container mounts it from now on
             await self.write_attachment(
@@ -433,13 +476,14 @@ class NodePart:
                 size_enforced=attachment.size_enforced,
                 message=f"being removed from this node: {decision.reason}",
             )
-        name = names.docker_volume_name(volume, self.settings.cluster_id)
         users = await self.docker.users(name, volume)
         if users:
             log.info("volume %s: used by container(s) %s; trying again", volume, users)
             return self._retry(volume)
-        delete_data = decision.action == decide.DELETE and not decision.keep_data
         shown = await self.docker.show(name)
+        pv = self.volumes.get(volume)
+        if shown is not None and pv is not None and other_uid(shown, pv.metadata.uid):
+            shown = None  # another volume's of that name (kept data): never this one's to remove
         if shown is not None and (delete_data or not holds_data(shown)):
             try:
                 await self.docker.remove(name)
@@ -524,7 +568,7 @@ class NodePart:
         if room is None and not problems:
             try:
                 free = await anyio.to_thread.run_sync(capacity.free_bytes, settings.volumes_dir)
-                held = await anyio.to_thread.run_sync(self.loops.held_bytes)
+                held = await anyio.to_thread.run_sync(self.loops.held_bytes, self.counts_room)
                 room = capacity.measured(free, held)
             except OSError as error:
                 problems.append(f"cannot measure {settings.volumes_dir}: {error}")
