@@ -65,8 +65,10 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
             },
             "minReadySeconds": 5,
             "paused": False,
+            "revisionHistoryLimit": 3,
             "template": {
                 "image": "registry.local:5000/team/web:1.2@sha256:" + "a" * 64,
+                "restartedAt": "2026-11-29T05:30:00.000000Z",
                 "command": ["httpd", "-f"],
                 "args": ["-p", "8080"],
                 "env": {"GREETING": "hello", "_X1": ""},

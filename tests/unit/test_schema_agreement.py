@@ -43,6 +43,8 @@ from corral.contract.specs import (
     ScaleRequest,
 )
 from corral.contract.state import (
+    DeploymentHistory,
+    DeploymentRevision,
     DeploymentStatus,
     Node,
     NodeCapacity,
@@ -136,6 +138,18 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
     ),
     DeploymentStatus: DeploymentStatus(
         name="web", observed_generation=2, replicas=3, placed=3, ready=2, updated=3, pending=0
+    ),
+    DeploymentHistory: DeploymentHistory(
+        name="web",
+        revisions=[
+            DeploymentRevision(
+                revision=2,
+                template_hash="abc",
+                template=msgspec.convert(SEEDS[Deployment]["spec"]["template"], ContainerTemplate),
+                change_cause="corral set image deployment/web busybox:2",
+                created_at=1.0,
+            )
+        ],
     ),
     NetworkStatus: NetworkStatus(
         name="default", subnet="10.128.0.0/16", slice_prefix=24, extra_members=["10.129.0.2"]

@@ -88,6 +88,7 @@ from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
 from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
+from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import (
@@ -283,6 +284,11 @@ class ControlLoop:
         ]
         self._collecting: dict[str, int] = {}  # echo key -> revision being deleted
         self.applier = PlanApplier(self.placements, self.statuses)
+        # Each Deployment's revisions (history.py); None: not kept (tests without the bucket).
+        history_bucket = buckets.get(names.DEPLOYMENT_HISTORY_BUCKET)
+        self.history = (
+            None if history_bucket is None else HistoryRecorder(history_bucket, wall_clock)
+        )
         # Heartbeats on core NATS (None: judged from record changes only, as in tests
         # that drive the loop without NATS).
         self.nc = nc
@@ -873,6 +879,7 @@ class ControlLoop:
         # Losses are judged in this decision: on the view's freshness as of now, not as
         # of the last tick (a stall noticed late must not make a node look lost).
         self.update_feed(now)
+        await self._record_revision(key)
         async with self._deciding:
             plan = await self.decide(key, now)
             for placement in plan.place:
@@ -904,6 +911,17 @@ class ControlLoop:
                 return Result(requeue_after=plan.requeue_after)
             return Result(requeue_after=min(result.requeue_after, plan.requeue_after))
         return result
+
+    async def _record_revision(self, key: str) -> None:
+        """Record the Deployment's template as its newest revision, or forget the history
+        of one deleted (history.py); a failure is retried with the reconcile."""
+        if self.history is None or key in self.deployments.unreadable:
+            return
+        deployment = self.deployments.get(key)
+        if deployment is None:
+            await self.history.forget(key)
+        else:
+            await self.history.record(key, deployment)
 
     async def decide(self, key: str, now: float) -> Plan:
         """Decide Deployment `key` (pure, decide.schedule_deployment), in the event loop or

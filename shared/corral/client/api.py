@@ -287,6 +287,29 @@ class CorralClient:
                     log.warning("skipping %s/%s: %s", name, entry.key, error)
         return records
 
+    async def follow_record(self, name: str, kind: type[T], key: str) -> AsyncIterator[T | None]:
+        """One record of a bucket as it changes: its current value (None: there is
+        none), then each new one, until the caller stops reading (a KV watch, no polling)."""
+        bucket = await self._bucket(name)
+        if bucket is None:
+            yield None
+            return
+        seen = False
+        async for entry in bucket.watch(key):
+            if entry is None:  # the end of the current values
+                if not seen:
+                    yield None  # there was none
+                seen = True
+                continue
+            seen = True
+            if entry.value is None:
+                yield None
+                continue
+            try:
+                yield decode(entry.value, kind)
+            except msgspec.DecodeError as error:
+                log.warning("skipping %s/%s: %s", name, key, error)
+
     async def _values(self, name: str, kind: type[T], prefix: str = ">") -> dict[str, T]:
         records = await self.read_bucket(name, kind, prefix)
         return {key: value for key, (value, _) in records.items()}

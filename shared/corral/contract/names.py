@@ -34,6 +34,8 @@ EVENTS_STREAM: Final = "CORRAL_EVENTS"
 DEPLOYMENTS_BUCKET: Final = "corral_deployments"
 # key: namespace.name -> DeploymentStatus (scheduler)
 DEPLOYMENT_STATUS_BUCKET: Final = "corral_deployment_status"
+# key: namespace.name -> DeploymentHistory (scheduler): the templates `rollout undo` offers
+DEPLOYMENT_HISTORY_BUCKET: Final = "corral_deployment_history"
 NODES_BUCKET: Final = "corral_nodes"  # key: node -> Node (its node agent)
 # key: node.namespace.replica -> Placement (scheduler)
 PLACEMENTS_BUCKET: Final = "corral_placements"
@@ -84,6 +86,7 @@ ALL_BUCKETS: Final = (
     STORAGE_CLASSES_BUCKET,
     NODE_VOLUMES_BUCKET,
     VOLUME_ATTACHMENTS_BUCKET,
+    DEPLOYMENT_HISTORY_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")

@@ -28,7 +28,13 @@ from corral.contract.specs import (
     NodeReleaseRequest,
     ScaleRequest,
 )
-from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.state import (
+    DeploymentHistory,
+    DeploymentStatus,
+    Node,
+    Placement,
+    ReplicaStatus,
+)
 from corral.contract.volume_specs import (
     PersistentVolume,
     PersistentVolumeClaim,
@@ -49,6 +55,7 @@ PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "Placement": Placement,
     "ReplicaStatus": ReplicaStatus,
     "DeploymentStatus": DeploymentStatus,
+    "DeploymentHistory": DeploymentHistory,
     "Network": Network,
     "Service": Service,
     "NetworkStatus": NetworkStatus,

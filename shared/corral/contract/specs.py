@@ -391,6 +391,10 @@ class ContainerTemplate(_Public, frozen=True):
     networks: Annotated[list[DnsLabel], msgspec.Meta(max_length=MAX_NETWORKS)] = []
     volumes: Annotated[list[Volume], msgspec.Meta(max_length=MAX_VOLUMES)] = []
     volume_mounts: Annotated[list[VolumeMount], msgspec.Meta(max_length=MAX_VOLUMES)] = []
+    # Set by `corral rollout restart` (a UTC time, as kubectl's restartedAt annotation) so
+    # the template hash changes and every replica is replaced; omitted when empty, so the
+    # hash of a template that was never restarted is what it always was.
+    restarted_at: Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL_PATTERN)] = ""
 
     def __post_init__(self) -> None:
         check_unique("networks", self.networks)
@@ -437,6 +441,10 @@ IntOrPercent = (
     | Annotated[str, msgspec.Meta(pattern=ROLLOUT_PERCENT_PATTERN, max_length=4)]
 )
 MAX_MIN_READY_SECONDS: Final = 86_400
+MAX_REVISION_HISTORY: Final = 100
+# The annotation a client sets to say why it changed a Deployment (kubectl's); the
+# scheduler records it with the template's revision (corral rollout history).
+CHANGE_CAUSE_ANNOTATION: Final = "kubernetes.io/change-cause"
 
 
 def _is_zero(value: int | str) -> bool:
@@ -485,6 +493,9 @@ class DeploymentSpec(_Public, frozen=True, kw_only=True):
     min_ready_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_MIN_READY_SECONDS)] = 0
     # A paused Deployment does not roll out a changed template; scaling still applies.
     paused: bool = False
+    # How many old templates the scheduler keeps for `corral rollout undo` besides the
+    # current one (Kubernetes' field and default; corral_deployment_history).
+    revision_history_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_REVISION_HISTORY)] = 10
     # When a node is lost: "Fast" places replacements after R (a cut-off node may run
     # its copies until it stops them at F, so two copies can overlap for F - R);
     # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off

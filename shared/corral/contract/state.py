@@ -163,3 +163,36 @@ class DeploymentStatus(_Record, frozen=True, kw_only=True):
     @property
     def key(self) -> str:
         return object_key(self.namespace, self.name)
+
+
+class DeploymentRevision(_Record, frozen=True, kw_only=True):
+    """One template a Deployment has had: its revision number (Kubernetes' annotation
+    deployment.kubernetes.io/revision), why it was made (the Deployment's
+    kubernetes.io/change-cause annotation then), and when the scheduler saw it."""
+
+    revision: int
+    template_hash: str
+    template: ContainerTemplate
+    change_cause: str = ""
+    created_at: float = 0.0
+
+
+class DeploymentHistory(_Record, frozen=True, kw_only=True):
+    """The scheduler's record of a Deployment's templates, oldest first, the last being
+    the current one (corral_deployment_history[namespace.name]): at most
+    `spec.revisionHistoryLimit` old ones besides it. `corral rollout history` reads it,
+    `corral rollout undo` applies one of its templates again."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    revisions: list[DeploymentRevision] = []
+
+    @property
+    def key(self) -> str:
+        return object_key(self.namespace, self.name)
+
+    def find(self, revision: int) -> DeploymentRevision | None:
+        for entry in self.revisions:
+            if entry.revision == revision:
+                return entry
+        return None

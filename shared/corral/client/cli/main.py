@@ -14,6 +14,7 @@ from corral.client.cli.read_commands import describe, events, get, schema
 from corral.client.cli.rollout_commands import rollout
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
 from corral.client.cli.service_commands import create_service, expose
+from corral.client.cli.set_commands import set_group
 from corral.client.cli.volume_commands import (
     create_claim,
     create_storage_class,
@@ -54,6 +55,7 @@ for command in (create_volume, create_claim, create_storage_class):
     create.add_command(command)
 cli.add_command(network)
 cli.add_command(rollout)
+cli.add_command(set_group)
 cli.add_command(volume)
 
 cli.add_command(node)

@@ -1,4 +1,6 @@
-"""`corral rollout pause|resume deployment/NAME`: flip a Deployment's `spec.paused`.
+"""`corral rollout pause|resume deployment/NAME`: flip a Deployment's `spec.paused`;
+`rollout history|undo|restart` (the revisions the scheduler keeps in
+corral_deployment_history) and `rollout status` (follows the status record).
 
 A read-modify-apply: the stored Deployment is read with its revision and applied again
 with `paused` changed and `metadata.resourceVersion` set to that revision, so a change
@@ -7,22 +9,31 @@ precondition; the command reads again and retries a few times)."""
 
 from __future__ import annotations
 
+import datetime
+import math
+import re
+from collections.abc import Awaitable, Callable
+
+import anyio
 import click
 import msgspec
+import yaml
 
 from corral.client.api import CorralClient, CorralError, RequestRejected
 from corral.client.cli.kinds import split_kind_name
 from corral.client.cli.runner import run_with_client, settings_of
+from corral.client.cli.tables import render_table
 from corral.contract import names
 from corral.contract.events import REASON_CONFLICT
-from corral.contract.specs import Deployment
+from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, ContainerTemplate, Deployment
+from corral.contract.state import DeploymentHistory, DeploymentRevision, DeploymentStatus
 
 ATTEMPTS = 5
 
 
 @click.group()
 def rollout() -> None:
-    """Manage a Deployment's rollout: pause, resume."""
+    """Manage a Deployment's rollout: status, history, undo, restart, pause, resume."""
 
 
 def _target(kind: str, name: str | None, verb: str) -> str:
@@ -95,3 +106,289 @@ def pause(ctx: click.Context, kind: str, name: str | None) -> None:
 def resume(ctx: click.Context, kind: str, name: str | None) -> None:
     """Roll out a paused Deployment's template again: corral rollout resume deployment/NAME."""
     _flip(ctx, kind, name, False)
+
+
+# --- revisions: history, undo, restart (the scheduler keeps them: corral_scheduler.history)
+
+
+async def read_deployment(client: CorralClient, name: str) -> tuple[Deployment, int]:
+    """The stored Deployment `name` and its KV revision; CorralError when there is none."""
+    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    stored = (await client.read_bucket(names.DEPLOYMENTS_BUCKET, Deployment, key)).get(key)
+    if stored is None:
+        raise CorralError(f"deployment {name!r} not found")
+    return stored
+
+
+async def read_history(client: CorralClient, name: str) -> DeploymentHistory:
+    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    found = (await client.read_bucket(names.DEPLOYMENT_HISTORY_BUCKET, DeploymentHistory, key)).get(
+        key
+    )
+    return DeploymentHistory(name=name) if found is None else found[0]
+
+
+def with_template(
+    deployment: Deployment, revision: int, template: ContainerTemplate, cause: str
+) -> Deployment:
+    """`deployment` with `template` and change cause `cause`, to be applied only over the
+    stored version `revision` (the resourceVersion precondition)."""
+    annotations = dict(deployment.metadata.annotations)
+    annotations[CHANGE_CAUSE_ANNOTATION] = cause
+    return msgspec.structs.replace(
+        deployment,
+        metadata=msgspec.structs.replace(
+            deployment.metadata, resource_version=revision, annotations=annotations
+        ),
+        spec=msgspec.structs.replace(deployment.spec, template=template),
+    )
+
+
+Change = Callable[[Deployment, int], Awaitable[Deployment | None]]
+
+
+async def change_template(client: CorralClient, name: str, change: Change) -> Deployment | None:
+    """Read Deployment `name`, let `change` make its new version (None: nothing to do),
+    apply it with the resourceVersion precondition; read again and retry when it
+    changed meanwhile. Returns what was applied, or None."""
+    for _ in range(ATTEMPTS):
+        deployment, revision = await read_deployment(client, name)
+        changed = await change(deployment, revision)
+        if changed is None:
+            return None
+        try:
+            await client.apply(changed)
+        except RequestRejected as error:
+            if error.reply.reason == REASON_CONFLICT:
+                continue
+            raise
+        return changed
+    raise CorralError(f"deployment {name!r} kept changing; try again")
+
+
+def history_table(history: DeploymentHistory) -> str:
+    """kubectl's `rollout history` table: REVISION and CHANGE-CAUSE, oldest first."""
+    rows = [[str(r.revision), r.change_cause or "<none>"] for r in history.revisions]
+    return render_table(["REVISION", "CHANGE-CAUSE"], rows)
+
+
+def revision_text(history: DeploymentHistory, revision: int) -> str:
+    """One revision's template (kubectl's `rollout history --revision N`), as YAML."""
+    entry = history.find(revision)
+    if entry is None:
+        raise CorralError(
+            f"--revision {revision}: deployment {history.name!r} has no such revision "
+            f"(it has {_numbers(history)})"
+        )
+    body = yaml.safe_dump(
+        {"template": msgspec.to_builtins(entry.template)}, sort_keys=False, default_flow_style=False
+    )
+    lines = [
+        f"deployment/{history.name} with revision #{entry.revision}",
+        f"Template hash: {entry.template_hash}",
+        f"Change cause:  {entry.change_cause or '<none>'}",
+        body.rstrip("\n"),
+    ]
+    return "\n".join(lines)
+
+
+def _numbers(history: DeploymentHistory) -> str:
+    return ", ".join(str(r.revision) for r in history.revisions) or "none"
+
+
+def undo_target(
+    history: DeploymentHistory, current_hash: str, to_revision: int
+) -> DeploymentRevision:
+    """The revision `rollout undo` goes back to: `to_revision`, or (0) the one before the
+    newest. CorralError naming --to-revision when there is no such revision."""
+    if to_revision:
+        entry = history.find(to_revision)
+        if entry is None:
+            raise CorralError(
+                f"--to-revision {to_revision}: deployment {history.name!r} has no such "
+                f"revision (it has {_numbers(history)})"
+            )
+        return entry
+    older = [r for r in history.revisions if r.template_hash != current_hash]
+    if not older:
+        raise CorralError(f"deployment {history.name!r} has no previous revision to go back to")
+    return older[-1]
+
+
+def _refuse_paused(deployment: Deployment, verb: str) -> None:
+    if deployment.spec.paused:
+        raise CorralError(
+            f"deployment {deployment.metadata.name!r} is paused; "
+            f"run `corral rollout resume` before {verb}"
+        )
+
+
+@rollout.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option(
+    "--revision", type=click.IntRange(min=1), default=None, help="Show this revision's template."
+)
+@click.pass_context
+def history(ctx: click.Context, kind: str, name: str | None, revision: int | None) -> None:
+    """A Deployment's revisions and their change causes:
+    corral rollout history deployment/NAME [--revision N]."""
+    target = _target(kind, name, "history")
+
+    async def read(client: CorralClient) -> str:
+        await read_deployment(client, target)
+        found = await read_history(client, target)
+        if revision is not None:
+            return revision_text(found, revision)
+        return f"deployment/{target}\n{history_table(found)}"
+
+    click.echo(run_with_client(settings_of(ctx), read))
+
+
+@rollout.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option(
+    "--to-revision",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The revision to go back to; 0: the previous one.",
+)
+@click.pass_context
+def undo(ctx: click.Context, kind: str, name: str | None, to_revision: int) -> None:
+    """Go back to an earlier template: corral rollout undo deployment/NAME [--to-revision N].
+    The template becomes a new revision, as in Kubernetes."""
+    target = _target(kind, name, "undo")
+    cause = f"corral rollout undo deployment/{target}" + (
+        f" --to-revision={to_revision}" if to_revision else ""
+    )
+    chosen: list[DeploymentRevision] = []
+
+    async def send(client: CorralClient) -> Deployment | None:
+        async def change(deployment: Deployment, revision: int) -> Deployment | None:
+            current = deployment.spec.template.template_hash()
+            entry = undo_target(await read_history(client, target), current, to_revision)
+            _refuse_paused(deployment, "undo")
+            chosen[:] = [entry]
+            if entry.template_hash == current:
+                return None
+            return with_template(deployment, revision, entry.template, cause)
+
+        return await change_template(client, target, change)
+
+    applied = run_with_client(settings_of(ctx), send)
+    if applied is None:
+        click.echo(
+            f"deployment/{target} skipped rollback (current template already matches "
+            f"revision {chosen[0].revision})"
+        )
+        return
+    click.echo(f"deployment/{target} rolled back to revision {chosen[0].revision}")
+
+
+@rollout.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.pass_context
+def restart(ctx: click.Context, kind: str, name: str | None) -> None:
+    """Replace every replica: corral rollout restart deployment/NAME (sets the template's
+    restartedAt, so its hash changes and the rollout settings apply)."""
+    target = _target(kind, name, "restart")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    async def change(deployment: Deployment, revision: int) -> Deployment | None:
+        _refuse_paused(deployment, "restart")
+        template = msgspec.structs.replace(deployment.spec.template, restarted_at=now)
+        return with_template(
+            deployment, revision, template, f"corral rollout restart deployment/{target}"
+        )
+
+    async def send(client: CorralClient) -> Deployment | None:
+        return await change_template(client, target, change)
+
+    run_with_client(settings_of(ctx), send)
+    click.echo(f"deployment/{target} restarted")
+
+
+# --- status: follow the Deployment's status record until the rollout is done
+
+
+def status_line(
+    name: str, generation: int, replicas: int, status: DeploymentStatus | None
+) -> str | None:
+    """kubectl's `rollout status` line for one status of Deployment `name` (its spec
+    asking `replicas` at `generation`), or None when the rollout is done."""
+    if status is None or status.observed_generation < generation:
+        return "Waiting for deployment spec update to be observed..."
+    prefix = f'Waiting for deployment "{name}" rollout to finish: '
+    if status.updated < replicas:
+        return f"{prefix}{status.updated} out of {replicas} new replicas have been updated..."
+    if status.placed > status.updated:
+        return f"{prefix}{status.placed - status.updated} old replicas are pending termination..."
+    if status.ready < status.updated:
+        return f"{prefix}{status.ready} of {status.updated} updated replicas are available..."
+    return None
+
+
+def parse_timeout(text: str) -> float:
+    """A duration like kubectl's: 90, 90s, 2m, 1h, 1m30s; 0: no limit."""
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+(?:\.[0-9]+)?)s)?", text)
+    if not text or parts is None:
+        raise click.BadParameter(
+            f"{text!r} is not a duration like 30s, 5m or 1h", param_hint="--timeout"
+        )
+    hours, minutes, seconds = (float(part or 0) for part in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+async def follow_rollout(
+    client: CorralClient, name: str, limit_seconds: float, echo: Callable[[str], None]
+) -> bool:
+    """Print a line each time the rollout's state changes until it is done (True) or
+    `limit_seconds` pass (False; 0: no limit)."""
+    deployment, _ = await read_deployment(client, name)
+    generation = deployment.metadata.generation
+    replicas = deployment.spec.replicas
+    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    last: str | None = None
+    with anyio.move_on_after(limit_seconds or math.inf):
+        async for status in client.follow_record(
+            names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key
+        ):
+            line = status_line(name, generation, replicas, status)
+            if line is None:
+                echo(f'deployment "{name}" successfully rolled out')
+                return True
+            if line != last:
+                echo(line)
+                last = line
+    return False
+
+
+@rollout.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option(
+    "--timeout",
+    "limit",
+    default="0s",
+    show_default=True,
+    help="Give up (exit 1) after this long: 30s, 5m, 1h; 0s: wait as long as it takes.",
+)
+@click.pass_context
+def status(ctx: click.Context, kind: str, name: str | None, limit: str) -> None:
+    """Follow a rollout until every replica runs the current template and is available
+    (exit 0), or until --timeout (exit 1): corral rollout status deployment/NAME."""
+    target = _target(kind, name, "status")
+    seconds = parse_timeout(limit)
+
+    async def follow(client: CorralClient) -> bool:
+        return await follow_rollout(client, target, seconds, click.echo)
+
+    if not run_with_client(settings_of(ctx), follow):
+        raise click.ClickException(
+            f'timed out waiting for deployment "{target}" rollout to finish ({limit})'
+        )

@@ -1,0 +1,112 @@
+"""A Deployment's revisions: every template it has had gets a number, kept in
+`corral_deployment_history[namespace.name]` (a DeploymentHistory) for `corral rollout
+history` and `corral rollout undo`.
+
+The scheduler owns the record, as it owns the Deployment: when it reconciles a
+Deployment whose template hash is not the newest revision's, it records the template
+(`recorded`, pure) before deciding. As Kubernetes numbers ReplicaSets: a new template
+gets the highest number plus one; a template the history already holds (an undo, or
+an apply of an earlier manifest) moves to that new number, so numbers are never
+reused and the newest is always the current template. The change cause is the
+Deployment's `kubernetes.io/change-cause` annotation at that moment (`corral set image`
+and `corral rollout undo` set it). Old revisions beyond `spec.revisionHistoryLimit`
+go, oldest first; the current one always stays.
+
+A revision is recorded once the Deployment is stored, so a crash between the two is
+repaired by the next reconcile; two template changes close together may be seen as
+one (the later), as a ReplicaSet is made only for a template the controller saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from corral.contract.codec import decode, encode
+from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, Deployment
+from corral.contract.state import DeploymentHistory, DeploymentRevision
+from corral.natsio.kv import Bucket, Conflict
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3
+
+
+def recorded(
+    history: DeploymentHistory | None, deployment: Deployment, now: float
+) -> DeploymentHistory | None:
+    """The history with `deployment`'s template as its newest revision, trimmed to the
+    Deployment's revisionHistoryLimit; None when nothing changes."""
+    template = deployment.spec.template
+    template_hash = template.template_hash()
+    limit = deployment.spec.revision_history_limit
+    revisions = [] if history is None else list(history.revisions)
+    if revisions and revisions[-1].template_hash == template_hash:
+        if len(revisions) <= limit + 1:
+            return None  # recorded already, within the limit
+        kept = revisions[-(limit + 1) :]
+    else:
+        number = max((r.revision for r in revisions), default=0) + 1
+        cause = deployment.metadata.annotations.get(CHANGE_CAUSE_ANNOTATION, "")
+        entry = DeploymentRevision(
+            revision=number,
+            template_hash=template_hash,
+            template=template,
+            change_cause=cause,
+            created_at=now,
+        )
+        others = [r for r in revisions if r.template_hash != template_hash]
+        kept = [*others[max(0, len(others) - limit) :], entry]
+    return DeploymentHistory(
+        name=deployment.metadata.name,
+        namespace=deployment.metadata.namespace,
+        revisions=kept,
+    )
+
+
+class HistoryRecorder:
+    """Keeps `corral_deployment_history` current for the Deployments the loop reconciles.
+    Remembers the template hash recorded per key, so a reconcile that changes no
+    template reads nothing."""
+
+    def __init__(self, bucket: Bucket, wall_clock: Callable[[], float]) -> None:
+        self.bucket = bucket
+        self.wall_clock = wall_clock
+        # key -> (template hash recorded newest, the limit it was trimmed to)
+        self._recorded: dict[str, tuple[str, int]] = {}
+
+    async def record(self, key: str, deployment: Deployment) -> None:
+        done = (deployment.spec.template.template_hash(), deployment.spec.revision_history_limit)
+        if self._recorded.get(key) == done:
+            return
+        for _ in range(ATTEMPTS):
+            entry = await self.bucket.get(key)
+            history: DeploymentHistory | None = None
+            if entry is not None and entry.value:
+                try:
+                    history = decode(entry.value, DeploymentHistory)
+                except Exception:  # unreadable: started again from this template
+                    log.warning("the history of %s cannot be read; starting it again", key)
+            changed = recorded(history, deployment, self.wall_clock())
+            try:
+                if changed is None:
+                    pass
+                elif entry is None or entry.value is None:
+                    await self.bucket.create(key, encode(changed))
+                else:
+                    await self.bucket.update(key, encode(changed), entry.revision)
+            except Conflict:
+                continue
+            self._recorded[key] = done
+            return
+        raise Conflict(f"the history of {key} kept changing")
+
+    async def forget(self, key: str) -> None:
+        """The Deployment is gone: so is its history."""
+        self._recorded.pop(key, None)
+        entry = await self.bucket.get(key)
+        if entry is not None and entry.value is not None:
+            try:
+                await self.bucket.delete(key, entry.revision)
+            except Conflict:
+                pass  # written meanwhile: the next reconcile of the key sees it
