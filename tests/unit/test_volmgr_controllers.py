@@ -626,3 +626,15 @@ async def test_a_volumes_source_cannot_change_once_it_was_made_but_its_labels_ca
             refused = await v.apis.volumes.apply(pv("h1", **spec))
             assert not refused.ok and refused.field == field, refused
             assert "bound to claim default.a" in refused.error
+
+
+def test_deleting_a_volume_never_made_on_a_node_says_no_data_is_kept() -> None:
+    from corral.contract.codec import decode
+    from corral_volmgr.volume_api import deleting
+
+    volume = decode(pv("never-used"), PersistentVolume)
+    status = VolumeStatus(name="never-used")
+    made = deleting(volume, status, [], keep_data=True)
+    assert made.message == "Deleting: it was never made on a node, so no data is kept"
+    placed = deleting(volume, replace(status, node="n1"), [], keep_data=True)
+    assert placed.message == "Deleting: its data is kept on node n1"

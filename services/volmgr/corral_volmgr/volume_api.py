@@ -64,7 +64,8 @@ NODE_RELEASE_PREFIX: Final = "released."
 def kept_where(
     volume: PersistentVolume | None, status: VolumeStatus, attachments: Iterable[VolumeAttachment]
 ) -> str:
-    """Where a volume's data is, in words ("node n1 at /path", one per node)."""
+    """Where a volume's data is, in words ("node n1 at /path", one per node); "" when it
+    was never made on a node."""
     places = []
     for attachment in sorted(attachments, key=lambda a: a.node):
         source = "" if volume is None else volume.spec.source
@@ -85,7 +86,7 @@ def kept_where(
         path = spec.local.path
     if node:
         return f"node {node}" + (f" at {path}" if path else "")
-    return "no node (it was not made on any node)"
+    return ""
 
 
 def deleting(
@@ -99,13 +100,13 @@ def deleting(
     part takes it down (deleting its data unless keepData), then the records go."""
     found = list(attachments)
     source = "" if volume is None else volume.spec.source
-    if source in ("hostPath", "local"):
-        fate = (
-            f"its directory is kept on {kept_where(volume, status, found)} (a host path is "
-            "the operator's)"
-        )
+    where = kept_where(volume, status, found)
+    if not where and (keep_data or source in ("hostPath", "local")):
+        fate = "it was never made on a node, so no data is kept"
+    elif source in ("hostPath", "local"):
+        fate = f"its directory is kept on {where} (a host path is the operator's)"
     elif keep_data:
-        fate = f"its data is kept on {kept_where(volume, status, found)}"
+        fate = f"its data is kept on {where}"
     else:
         fate = "deleted with its data"
     return msgspec.structs.replace(
