@@ -83,6 +83,13 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
                     {"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}},
                     {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                 ],
+                "readinessProbe": {
+                    "httpGet": {"port": "http", "path": "/healthz"},
+                    "periodSeconds": 2,
+                    "failureThreshold": 2,
+                },
+                "livenessProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 5},
+                "startupProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 30},
                 "volumeMounts": [
                     {"name": "data", "mountPath": "/data", "subPath": "site"},
                     {"name": "scratch", "mountPath": "/tmp/scratch", "readOnly": False},

@@ -135,6 +135,9 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
         message="exited",
         started_at=1.0,
         updated_at=2.0,
+        ready=False,
+        probes={"readiness": "HTTP GET /healthz: status 503", "liveness": "ok"},
+        last_probe_failure="readiness: HTTP GET /healthz: status 503",
     ),
     DeploymentStatus: DeploymentStatus(
         name="web", observed_generation=2, replicas=3, placed=3, ready=2, updated=3, pending=0
@@ -189,7 +192,8 @@ SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeR
 # absolute unique mount paths; docs/volumes.md, "Bad input"; a rolling update's bounds
 # not both zero, maxUnavailable at most 100%, rollingUpdate only with type RollingUpdate)
 CODE_ONLY_RULES = re.compile(
-    r"^spec\.(template\.(resources|volumes|volumeMounts)|strategy\.rollingUpdate)(\.|\[|$)"
+    r"^spec\.(template\.(resources|volumes|volumeMounts|livenessProbe|readinessProbe|startupProbe)"
+    r"|strategy\.rollingUpdate)(\.|\[|$)"
 )
 
 

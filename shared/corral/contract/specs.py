@@ -360,6 +360,85 @@ class VolumeMount(_Public, frozen=True):
                 )
 
 
+MAX_PROBE_SECONDS: Final = 3600
+ProbeSeconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_PROBE_SECONDS)]
+ProbePeriod = Annotated[int, msgspec.Meta(ge=1, le=MAX_PROBE_SECONDS)]
+Threshold = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class ExecAction(_Public, frozen=True):
+    """Run `command` in the container (no shell unless it names one): 0 is success."""
+
+    command: Annotated[list[Arg], msgspec.Meta(min_length=1, max_length=MAX_ARGS)]
+
+
+HTTP_PATH_PATTERN: Final = described_pattern(
+    _whole(r"/[^\x00-\x20\x7f]*"),
+    "not an HTTP path: it starts with '/' and has no spaces or control characters",
+)
+
+
+class HTTPGetAction(_Public, frozen=True):
+    """GET http://<replica's address>:<port><path>: a status of 200-399 is success.
+    `port`: a number, or the name of a template port."""
+
+    port: PortNumber | PortName
+    path: Annotated[str, msgspec.Meta(pattern=HTTP_PATH_PATTERN, max_length=2048)] = "/"
+    scheme: Literal["HTTP"] = "HTTP"
+
+
+class TCPSocketAction(_Public, frozen=True):
+    """Open a TCP connection to the replica's address and `port`: connecting is success."""
+
+    port: PortNumber | PortName
+
+
+class Probe(_Public, frozen=True):
+    """A check the node agent runs on a replica (Kubernetes' fields and defaults): exactly
+    one of `exec`, `httpGet`, `tcpSocket`; first `initialDelaySeconds` after the start,
+    then every `periodSeconds`, each given `timeoutSeconds`; `failureThreshold` failures
+    in a row make it fail, `successThreshold` successes in a row make it pass."""
+
+    exec: ExecAction | None = None
+    http_get: HTTPGetAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    initial_delay_seconds: ProbeSeconds = 0
+    period_seconds: ProbePeriod = 10
+    timeout_seconds: ProbePeriod = 1
+    success_threshold: Threshold = 1
+    failure_threshold: Threshold = 3
+
+    def __post_init__(self) -> None:
+        given = [
+            name
+            for name, value in (
+                ("exec", self.exec),
+                ("httpGet", self.http_get),
+                ("tcpSocket", self.tcp_socket),
+            )
+            if value is not None
+        ]
+        if not given:
+            raise ValueError("a probe needs a handler: one of exec, httpGet or tcpSocket")
+        if len(given) > 1:
+            raise ValueError(
+                f"`{given[1]}`: a probe has exactly one handler (exec, httpGet or tcpSocket), "
+                f"not {' and '.join(given)}"
+            )
+
+    @property
+    def port(self) -> int | str | None:
+        """The port its handler names (None for exec)."""
+        if self.http_get is not None:
+            return self.http_get.port
+        if self.tcp_socket is not None:
+            return self.tcp_socket.port
+        return None
+
+
+PROBES: Final = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
 def claim_names(template: ContainerTemplate) -> list[str]:
     """The claims a template's volumes name, in order, each once."""
     found: list[str] = []
@@ -391,6 +470,11 @@ class ContainerTemplate(_Public, frozen=True):
     networks: Annotated[list[DnsLabel], msgspec.Meta(max_length=MAX_NETWORKS)] = []
     volumes: Annotated[list[Volume], msgspec.Meta(max_length=MAX_VOLUMES)] = []
     volume_mounts: Annotated[list[VolumeMount], msgspec.Meta(max_length=MAX_VOLUMES)] = []
+    # Health checks the node agent runs (docs/rollouts.md): readiness decides `ready`,
+    # liveness restarts the container, startup holds the other two back until it passes.
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    startup_probe: Probe | None = None
     # Set by `corral rollout restart` (a UTC time, as kubectl's restartedAt annotation) so
     # the template hash changes and every replica is replaced; omitted when empty, so the
     # hash of a template that was never restarted is what it always was.
@@ -401,6 +485,22 @@ class ContainerTemplate(_Public, frozen=True):
         check_unique("volumes[].name", [v.name for v in self.volumes])
         paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
         check_unique("volumeMounts[].mountPath", paths)
+        port_names = {p.name for p in self.ports if p.name}
+        for field, probe in (
+            ("livenessProbe", self.liveness_probe),
+            ("readinessProbe", self.readiness_probe),
+            ("startupProbe", self.startup_probe),
+        ):
+            if probe is None:
+                continue
+            if isinstance(probe.port, str) and probe.port not in port_names:
+                handler = "httpGet" if probe.http_get is not None else "tcpSocket"
+                raise ValueError(
+                    f"`{field}.{handler}.port` {probe.port!r} is not the name of a port of "
+                    f"the template (`ports` names {', '.join(sorted(port_names)) or 'none'})"
+                )
+            if field != "readinessProbe" and probe.success_threshold != 1:
+                raise ValueError(f"`{field}.successThreshold` must be 1 (as Kubernetes)")
         defined = {v.name for v in self.volumes}
         for index, mount in enumerate(self.volume_mounts):
             if mount.name not in defined:

@@ -140,6 +140,17 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     # The ports the image declares (Dockerfile EXPOSE), as "8080/tcp": what
     # `corral expose` falls back on when the template declares none.
     image_ports: list[str] = []
+    # The readiness probe's verdict (None: the template has none, so Running means ready).
+    ready: bool | None = None
+    # Each probe's last result, "readiness" / "liveness" / "startup" -> "ok" or why it
+    # failed; and the last failure of any probe, for `corral describe`.
+    probes: dict[str, str] = {}
+    last_probe_failure: str = ""
+
+    @property
+    def is_ready(self) -> bool:
+        """Serving: Running, and its readiness probe (if any) passes."""
+        return self.state == ReplicaState.RUNNING and self.ready is not False
 
     @property
     def key(self) -> str:
