@@ -159,10 +159,12 @@ async def test_get_replicas_includes_pending(nats_url: str, buckets: dict[str, N
     result = await corral(nats_url, "get", "replicas")
     assert result.exit_code == 0, result.output
     table = rows(result.stdout)
-    assert table[0] == ["NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE"]
-    assert table[1] == ["web-a", "web", "n1", "0123456789ab", "Running", "2", "2m"]
-    assert table[2] == ["web-b", "web", "n1", "<none>", "Pending", "0", "2m"]
-    assert table[3][:5] == ["<pending>", "web", "<none>", "<none>", "Pending"]
+    assert table[0] == [
+        "NAME", "DEPLOYMENT", "NODE", "CONTAINER", "READY", "STATE", "RESTARTS", "AGE"
+    ]  # fmt: skip
+    assert table[1] == ["web-a", "web", "n1", "0123456789ab", "1/1", "Running", "2", "2m"]
+    assert table[2] == ["web-b", "web", "n1", "<none>", "0/1", "Pending", "0", "2m"]
+    assert table[3][:6] == ["<pending>", "web", "<none>", "<none>", "0/1", "Pending"]
 
     wide = await corral(nats_url, "get", "pods", "-o", "wide")
     assert "no node has 100m cpu free" in wide.stdout

@@ -213,8 +213,12 @@ class ClusterLoop(MirroredLoop[Mirrors]):
     def _services_of_status(
         self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None
     ) -> Iterable[str]:
-        if old is not None and new is not None and (old.state, old.ips) == (new.state, new.ips):
-            return ()
+        if (
+            old is not None
+            and new is not None
+            and (old.is_ready, old.ips) == (new.is_ready, new.ips)
+        ):
+            return ()  # serving as before (state or probe results changed only)
         placement = self.mirrors.placements.get(key)
         return () if placement is None else self._matching_services(placement)
 

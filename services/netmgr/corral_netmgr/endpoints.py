@@ -1,7 +1,10 @@
 """A Service's Endpoints, computed from what the cluster reports (pure; docs/networking.md):
 the replicas whose labels (corral.contract.specs.replica_labels) match its selector, in
-its namespace, that are placed, Running, have an IP on the Service's network
-(ReplicaStatus.ips) and are on a node whose record says ready.
+its namespace, that are placed, ready (ReplicaStatus.is_ready: Running, and passing its
+readiness probe if it has one), have an IP on the Service's network (ReplicaStatus.ips)
+and are on a node whose record says ready. A replica not ready is left out of the
+addresses altogether (Kubernetes lists it under notReadyAddresses; corral's readers only
+ever serve ready ones).
 
 A `targetPort` name is resolved against each replica's template ports; a replica
 without that name is left out. Should replicas resolve a name to different numbers (a
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from corral.contract.network_specs import Service, ServicePort
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral.contract.specs import ContainerTemplate, replica_labels
-from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract.state import Node, Placement, ReplicaStatus
 from corral_netmgr.network_api import service_network
 
 
@@ -62,7 +65,7 @@ def compute_endpoints(service: Service, candidates: Iterable[Candidate]) -> Endp
             continue
         if not selects(service.spec.selector, placement_labels(placement)):
             continue
-        if status is None or status.state != ReplicaState.RUNNING:
+        if status is None or not status.is_ready:  # Running, readiness probe (if any) passing
             continue
         ip = status.ips.get(network)
         if not ip or node is None or not node.ready:

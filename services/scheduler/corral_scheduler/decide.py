@@ -37,7 +37,7 @@ from corral.contract.specs import (
     DeploymentSpec,
     claim_names,
 )
-from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
+from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import VolumeFit, VolumeTakes, uses_exclusive_claim
@@ -294,12 +294,10 @@ def _available_in(snapshot: Snapshot, key: str, min_ready: int, wall_time: float
 
 
 def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
+    """Ready as ReplicaStatus.is_ready says (Running, its readiness probe if any passing),
+    and reported for this template."""
     status = snapshot.replica_statuses.get(key)
-    return (
-        status is not None
-        and status.state == ReplicaState.RUNNING
-        and status.template_hash == template_hash
-    )
+    return status is not None and status.is_ready and status.template_hash == template_hash
 
 
 @dataclass
@@ -320,8 +318,9 @@ class _Pass:
 @dataclass
 class _Replicas:
     """One Deployment's live replicas (in key order): of the current template or old,
-    and which are ready: Running, and for those of the current template Running for the
-    Deployment's minReadySeconds (available, as Kubernetes says)."""
+    and which are ready: ReplicaStatus.is_ready, and for those of the current template
+    started at least the Deployment's minReadySeconds ago (available, as Kubernetes says;
+    counted from the start, the status has no time it became ready)."""
 
     current: list[tuple[str, PlacedReplica]]
     current_ready: int

@@ -9,20 +9,29 @@ from typing import Any
 from corral.client.api import to_builtins
 from corral.client.cli.tables import NONE, age_since, render_table
 from corral.client.cli.views import (
+    REPLICA_HEADERS,
+    REPLICA_WIDE_HEADERS,
     Allocation,
     ClusterView,
+    ReplicaLine,
     allocations,
     deployment_object,
     format_resources,
     node_object,
     node_status,
+    ready_column,
     replica_lines,
     replica_object,
     replica_row,
 )
 from corral.contract.events import Event
 from corral.contract.quantity import format_cpu, format_memory
-from corral.contract.specs import DEFAULT_ROLLING_UPDATE, ContainerTemplate, DeploymentSpec
+from corral.contract.specs import (
+    DEFAULT_ROLLING_UPDATE,
+    ContainerTemplate,
+    DeploymentSpec,
+    Probe,
+)
 
 
 def _when(timestamp: float, now: float) -> str:
@@ -98,6 +107,7 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
             ("Limits", format_resources(template.resources.limits)),
             ("Volumes", template_volumes(template)),
             ("Mounts", template_mounts(template)),
+            *template_probes(template),
             ("Hash", template.template_hash()),
         ],
         indent="  ",
@@ -105,12 +115,106 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
     replicas = replica_lines(view, name)
     if replicas:
         rows = [replica_row(line, now, wide=True) for line in replicas]
-        headers = ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE")
-        table = render_table((*headers, "IMAGE", "MESSAGE"), rows)
+        table = render_table(REPLICA_WIDE_HEADERS, rows)
         lines += ["Replicas:", *("  " + line for line in table.splitlines())]
+        lines += probe_results(replicas)
     else:
         lines.append("Replicas:     <none>")
     lines += events_table(events, now)
+    return "\n".join(lines)
+
+
+PROBE_KINDS = (  # (label, template field, ReplicaStatus.probes key)
+    ("Startup", "startup_probe", "startup"),
+    ("Liveness", "liveness_probe", "liveness"),
+    ("Readiness", "readiness_probe", "readiness"),
+)
+
+
+def probe_text(probe: Probe) -> str:
+    """kubectl describe's words: `http-get http://:8080/healthz delay=0s timeout=1s
+    period=10s #success=1 #failure=3`."""
+    if probe.exec is not None:
+        handler = f"exec [{shlex.join(probe.exec.command)}]"
+    elif probe.http_get is not None:
+        get = probe.http_get
+        handler = f"http-get {get.scheme.lower()}://:{get.port}{get.path}"
+    else:
+        handler = f"tcp-socket :{probe.port}"
+    return (
+        f"{handler} delay={probe.initial_delay_seconds}s timeout={probe.timeout_seconds}s "
+        f"period={probe.period_seconds}s #success={probe.success_threshold} "
+        f"#failure={probe.failure_threshold}"
+    )
+
+
+def template_probes(template: ContainerTemplate) -> list[tuple[str, str]]:
+    """One field per probe the template has (none: nothing shown)."""
+    return [
+        (label, probe_text(probe))
+        for label, field, _ in PROBE_KINDS
+        if (probe := getattr(template, field)) is not None
+    ]
+
+
+def _probe_results(results: dict[str, str]) -> str:
+    known = [key for _, _, key in PROBE_KINDS]
+    order = [k for k in known if k in results] + sorted(k for k in results if k not in known)
+    return ", ".join(f"{key}={results[key]}" for key in order) or NONE
+
+
+def probe_results(replicas: list[ReplicaLine]) -> list[str]:
+    """Each replica's probe results and last probe failure (ReplicaStatus.probes,
+    lastProbeFailure); nothing when no replica reports any."""
+    reported = [
+        line
+        for line in replicas
+        if line.status is not None and (line.status.probes or line.status.last_probe_failure)
+    ]
+    if not reported:
+        return []
+    rows = [
+        [
+            line.name,
+            ready_column(line.status),
+            _probe_results(line.status.probes),
+            line.status.last_probe_failure or NONE,
+        ]
+        for line in reported
+        if line.status is not None
+    ]
+    table = render_table(("REPLICA", "READY", "PROBES", "LAST FAILURE"), rows)
+    return ["Probes:", *("  " + line for line in table.splitlines())]
+
+
+def describe_replica(view: ClusterView, name: str, events: list[Event], now: float) -> str:
+    """One replica: where it runs, its state and readiness, its template's probes with
+    their last results, the last probe failure; its Deployment's events naming it."""
+    line = next(line for line in replica_lines(view) if line.name == name)
+    status, placement = line.status, line.placement
+    fields = [
+        ("Name", line.name),
+        ("Deployment", line.deployment),
+        ("Node", line.node),
+        ("State", line.state),
+        ("Ready", "yes" if status is not None and status.is_ready else "no"),
+        ("Container", line.container or NONE),
+        ("Restarts", str(line.restarts)),
+        ("Started", _when(status.started_at or 0.0, now) if status is not None else NONE),
+        ("Image", line.image),
+        ("Message", line.message or NONE),
+    ]
+    results = status.probes if status is not None else {}
+    if placement is not None:
+        fields.append(("Template", placement.template_hash))
+        for label, field, key in PROBE_KINDS:
+            probe = getattr(placement.template, field)
+            if probe is not None:
+                fields.append((label, f"{probe_text(probe)} (last: {results.get(key, NONE)})"))
+    failure = status.last_probe_failure if status is not None else ""
+    fields.append(("Last probe failure", failure or NONE))
+    lines = _fields(fields)
+    lines += events_table([e for e in events if name in e.message], now)
     return "\n".join(lines)
 
 
@@ -205,8 +309,7 @@ def describe_node(view: ClusterView, name: str, events: list[Event], now: float)
     replicas = [line for line in replica_lines(view) if line.node == name]
     if replicas:
         table = render_table(
-            ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE"),
-            [replica_row(line, now, wide=False) for line in replicas],
+            REPLICA_HEADERS, [replica_row(line, now, wide=False) for line in replicas]
         )
         lines += ["Replicas:", *("  " + line for line in table.splitlines())]
     else:

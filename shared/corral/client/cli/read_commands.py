@@ -17,6 +17,7 @@ from corral.client.cli.describe import (
     deployment_description,
     describe_deployment,
     describe_node,
+    describe_replica,
     events_table,
     node_description,
     with_events,
@@ -194,15 +195,15 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
 def describe(
     ctx: click.Context, kind: str, name: str | None, output: str, event_limit: int
 ) -> None:
-    """Show one deployment, node, service, network, pv or pvc in full: spec, status,
-    recent events."""
+    """Show one deployment, replica, node, service, network, pv or pvc in full: spec,
+    status, recent events."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if name is None:
         raise click.UsageError(f"missing NAME: corral describe {SINGULAR[read]} NAME")
-    if read in (REPLICAS, "endpoints", STORAGE_CLASSES):
+    if read in ("endpoints", STORAGE_CLASSES):
         raise click.BadParameter(
-            "describe shows deployments, nodes, services, networks, pv and pvc",
+            "describe shows deployments, replicas, nodes, services, networks, pv and pvc",
             param_hint="KIND",
         )
     target = name
@@ -245,6 +246,17 @@ def describe(
             if output == "text":
                 return describe_deployment(view, target, events, now)
             return dump(deployment_description(view, target, events), output)
+        if read == REPLICAS:
+            found = [line for line in replica_lines(view) if line.name == target]
+            if not found or found[0].placement is None:
+                raise _not_found(read, target)
+            line = found[0]
+            # The agent's events are its Deployment's; describe keeps those naming it.
+            events = await client.events("deployment", line.deployment, event_limit)
+            if output == "text":
+                return describe_replica(view, target, events, now)
+            naming = [event for event in events if target in event.message]
+            return dump(with_events(replica_object(line), naming), output)
         if target not in view.nodes:
             raise _not_found(read, target)
         events = await client.events("node", target, event_limit)

@@ -153,7 +153,7 @@ def deployment_object(deployment: Deployment, status: DeploymentStatus | None) -
 
 # --- replicas -------------------------------------------------------------------------
 
-REPLICA_HEADERS = ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "STATE", "RESTARTS", "AGE")
+REPLICA_HEADERS = ("NAME", "DEPLOYMENT", "NODE", "CONTAINER", "READY", "STATE", "RESTARTS", "AGE")
 REPLICA_WIDE_HEADERS = (*REPLICA_HEADERS, "IMAGE", "MESSAGE")
 
 
@@ -217,12 +217,19 @@ def replica_lines(view: ClusterView, deployment: str | None = None) -> list[Repl
     return lines
 
 
+def ready_column(status: ReplicaStatus | None) -> str:
+    """kubectl's READY for a replica of one container: 1/1 when ReplicaStatus.is_ready
+    (Running, its readiness probe if any passing), else 0/1."""
+    return "1/1" if status is not None and status.is_ready else "0/1"
+
+
 def replica_row(line: ReplicaLine, now: float, *, wide: bool) -> list[str]:
     row = [
         line.name,
         line.deployment,
         line.node,
         line.container or NONE,
+        ready_column(line.status),
         line.state,
         str(line.restarts),
         age_since(line.since, now),
@@ -238,6 +245,7 @@ def replica_object(line: ReplicaLine) -> dict[str, Any]:
         "deployment": line.deployment,
         "node": None if line.placement is None else line.node,
         "state": line.state,
+        "ready": line.status is not None and line.status.is_ready,
         "message": line.message,
         "placement": to_builtins(line.placement) if line.placement is not None else None,
         "status": to_builtins(line.status) if line.status is not None else None,
