@@ -55,6 +55,7 @@ from corral_node_agent.mounts import empty_dir_replica, is_volume_in_use, is_vol
 from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
 from corral_node_agent.ownership import Ownership, classify
+from corral_node_agent.probes import Prober
 from corral_node_agent.replica_status import replica_status
 from corral_node_agent.runtime import (
     NETWORK_APPEARED,
@@ -204,6 +205,10 @@ class NodeAgent:
             volumes=self.volumes,
         )
         self.executor.may_start = self._may_start
+        # The template's probes of each running replica (docs/rollouts.md, "Probes").
+        self.prober = Prober(
+            runtime, on_change=self.poke, on_restart=self._probe_restart, monotonic=monotonic
+        )
         self.networks_choice = NetworksChoice(settings.networks, networks, self.node)
         self.executor.uses_networks = self.networks_choice
         # What the safety state machine is fed (see _observe).
@@ -776,11 +781,13 @@ class NodeAgent:
                 owned.own, self.tracks, self._busy(listed_at), f"node {mode.lower()}", now
             )
             self._keep_tracks(plan, set())
+            self.prober.stop()
             for action in plan.actions:
                 self._dispatch(action)
             self._count_running({})
             return
         if not allowed.create:
+            self.prober.stop()
             return
         if owned.other_nodes:
             await self.leftovers.sweep(owned.other_nodes, self.engine_id)
@@ -805,6 +812,8 @@ class NodeAgent:
         for action in actions:
             self._dispatch(action)
         self._sweep_empty_dirs_when_due(set(placements) | held, now)
+        assert self._task_group is not None
+        self.prober.sync(placements, plan.kept, self._task_group)
         self._count_running(plan.kept)
         with_containers = set(group_by_replica(owned.own))
         await self._write_statuses(placements, plan.kept, with_containers, held, now)
@@ -917,7 +926,15 @@ class NodeAgent:
                     if self.mode != Mode.ACTIVE:
                         return
                     track = self.tracks.get(replica, ReplicaTrack())
-                    status = replica_status(placement, kept.get(replica), track, now)
+                    container = kept.get(replica)
+                    status = replica_status(
+                        placement,
+                        container,
+                        track,
+                        now,
+                        probes=self.prober.view(replica, container),
+                        last_probe_failure=self.prober.last_failure.get(replica, ""),
+                    )
                     await self.statuses.write(status)
                 for replica in self.statuses.replicas():
                     if replica not in placements and replica not in with_containers:
@@ -925,6 +942,29 @@ class NodeAgent:
                             await self.statuses.delete(replica)
         except Exception:  # NATS trouble: the next pass writes what is still due
             log.warning("writing statuses of %s failed", self.node, exc_info=True)
+
+    async def _probe_restart(
+        self, placement: Placement, container: ObservedContainer, why: str
+    ) -> None:
+        """A liveness (or startup) probe failed its threshold: kill the container, and
+        the next passes restart it through the restart path, on its back-off."""
+        log.info("%s on %s: %s; restarting it", placement.replica, self.node, why)
+        try:
+            await self.runtime.kill_container(container.id)
+        except RuntimeFailure as error:
+            log.warning("killing %s failed: %s", placement.replica, error)
+        try:
+            await self.events.emit(
+                "deployment",
+                placement.deployment,
+                "Unhealthy",
+                f"{placement.replica} on {self.node}: {why}",
+                warning=True,
+                namespace=placement.namespace,
+            )
+        except Exception:
+            log.warning("reporting the probe failure of %s failed", placement.replica)
+        self.poke()
 
     # Operator decisions (corral node adopt|reset).
 

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 
 from corral.contract import names, time_budget
 from corral_node_agent.mounts import docker_mounts
+from corral_node_agent.probes import http_check, tcp_check
 from corral_node_agent.runtime import (
     NETWORK_APPEARED,
     ChangeCallback,
@@ -226,6 +227,7 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         managed=labels.get(names.LABEL_MANAGED) == "true",
         cluster=labels.get(names.LABEL_CLUSTER, ""),
         ips=_ips(data, labels.get(names.LABEL_CLUSTER, "")),
+        bridge_ip=_bridge_ip(data),
         image_ports=tuple(sorted((data.get("Config") or {}).get("ExposedPorts") or {})),
         volumes=tuple(
             str(mount["Name"])
@@ -246,6 +248,13 @@ def _ips(data: dict[str, Any], cluster_id: str) -> dict[str, str]:
         if network is not None and address:
             found[network] = address
     return found
+
+
+def _bridge_ip(data: dict[str, Any]) -> str:
+    """Its address on Docker's default bridge (a replica without corral networks)."""
+    settings = data.get("NetworkSettings") or {}
+    bridge = (settings.get("Networks") or {}).get("bridge") or {}
+    return str(bridge.get("IPAddress") or settings.get("IPAddress") or "")
 
 
 def _failure(error: aiodocker.DockerError, doing: str) -> RuntimeFailure:
@@ -469,6 +478,59 @@ class DockerRuntime:
         self.forget(container_id)
         with self._call("start"):
             await self._docker.containers.container(container_id).start()
+
+    async def kill_container(self, container_id: str) -> None:
+        self.forget(container_id)
+        with self._call("kill"):
+            try:
+                await self._docker.containers.container(container_id).kill()
+            except aiodocker.DockerError as error:
+                if error.status in (404, 409):  # gone, or not running
+                    return
+                raise
+
+    async def exec_probe(
+        self, container_id: str, command: list[str], seconds: float, kind: str
+    ) -> str:
+        """Run `command` through the engine's exec API: exit code 0 passes."""
+        shown = " ".join(command)[:80]
+        output = b""
+        try:
+            with anyio.fail_after(seconds):
+                container = self._docker.containers.container(container_id)
+                execution = await container.exec(command, stdout=True, stderr=True)
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        if len(output) < 1024:
+                            output += message.data
+                inspected = await execution.inspect()
+        except TimeoutError:
+            return f"exec {shown}: no exit within {seconds:g}s"
+        except aiodocker.DockerError as error:
+            return f"exec {shown}: {error.message}"
+        except (aiohttp.ClientError, OSError) as error:
+            return f"exec {shown}: {error or type(error).__name__}"
+        code = inspected.get("ExitCode")
+        if code == 0:
+            return ""
+        said = output.decode(errors="replace").strip().splitlines()
+        tail = f": {said[-1][:80]}" if said else ""
+        return f"exec {shown}: exit code {code}{tail}"
+
+    async def network_probe(
+        self,
+        container: ObservedContainer,
+        address: str,
+        port: int,
+        path: str | None,
+        seconds: float,
+        kind: str,
+    ) -> str:
+        if not address:
+            return "the replica has no address yet"
+        if path is None:
+            return await tcp_check(address, port, seconds)
+        return await http_check(address, port, path, seconds)
 
     async def remove_container(self, container_id: str) -> None:
         self.forget(container_id)

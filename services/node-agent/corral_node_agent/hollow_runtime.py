@@ -182,6 +182,10 @@ class HollowRuntime:
     start_seconds: float = 0.0  # a start returns (the container running) after this
     remove_seconds: float = 0.0  # a removal returns (the container gone) after this
     unremovable: set[str] = field(default_factory=set)  # container ids whose removal fails
+    # Probes pass (at no cost) unless a test says why (replica, kind) fails here.
+    probe_failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    probes_run: int = 0
+    kills: int = 0
     available: bool = True
     name: str = "hollow"
     engine_id: str = field(default_factory=lambda: f"hollow-{secrets.token_hex(6)}")
@@ -393,6 +397,37 @@ class HollowRuntime:
 
     async def close(self) -> None:
         return None
+
+    async def kill_container(self, container_id: str) -> None:
+        self._check()
+        self.kills += 1
+        container = self.containers.get(container_id)
+        if container is not None and container.state == ContainerState.RUNNING:
+            self.crash(container_id, 137)
+
+    def _probe(self, replica: str, kind: str) -> str:
+        self._check()
+        self.probes_run += 1
+        return self.probe_failures.get((replica, kind), "")
+
+    async def exec_probe(
+        self, container_id: str, command: list[str], seconds: float, kind: str
+    ) -> str:
+        container = self.containers.get(container_id)
+        if container is None:
+            raise ContainerGone(f"exec: no container {container_id}")
+        return self._probe(container.spec.labels.get(names.LABEL_REPLICA, ""), kind)
+
+    async def network_probe(
+        self,
+        container: ObservedContainer,
+        address: str,
+        port: int,
+        path: str | None,
+        seconds: float,
+        kind: str,
+    ) -> str:
+        return self._probe(container.replica, kind)
 
     # Faults, as a test or a scale run injects them.
 

@@ -6,6 +6,7 @@ import msgspec
 
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral_node_agent.backoff import ReplicaTrack, backoff_delay
+from corral_node_agent.probes import ProbeView
 from corral_node_agent.runtime import ContainerState, ObservedContainer
 
 
@@ -14,8 +15,12 @@ def replica_status(
     container: ObservedContainer | None,
     track: ReplicaTrack,
     now: float,
+    probes: ProbeView | None = None,
+    last_probe_failure: str = "",
 ) -> ReplicaStatus:
-    """The status as it should read now (updated_at is left 0: the writer stamps it)."""
+    """The status as it should read now (updated_at is left 0: the writer stamps it).
+    `probes`: what the probes of its running container say (corral_node_agent.probes);
+    with a readiness probe it is not ready until they say so."""
     state = ReplicaState.PENDING
     message = ""
     started_at: float | None = None
@@ -35,6 +40,11 @@ def replica_status(
             message = f"{message}: {container.error}" if message else container.error
     elif container is not None:
         state = ReplicaState.CREATING
+    running = state == ReplicaState.RUNNING
+    current = probes if running and probes is not None else None
+    ready: bool | None = None
+    if placement.template.readiness_probe is not None:
+        ready = bool(current is not None and current.ready)
     return ReplicaStatus(
         replica=placement.replica,
         deployment=placement.deployment,
@@ -49,6 +59,9 @@ def replica_status(
         # Addresses once Running (netmgr's endpoints take Running replicas only).
         ips=dict(container.ips) if container is not None and state == ReplicaState.RUNNING else {},
         image_ports=list(container.image_ports) if container is not None else [],
+        ready=ready,
+        probes=dict(current.results) if current is not None else {},
+        last_probe_failure=last_probe_failure,
     )
 
 

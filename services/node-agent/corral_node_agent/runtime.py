@@ -136,6 +136,7 @@ class ObservedContainer:
     ips: Mapping[str, str] = field(default_factory=dict)
     image_ports: tuple[str, ...] = ()  # what its image exposes, as "8080/tcp"
     volumes: tuple[str, ...] = ()  # the Docker volumes it mounts (by name)
+    bridge_ip: str = ""  # its address on the engine's default bridge, if on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,32 @@ class Runtime(Protocol):
         ...
 
     async def start_container(self, container_id: str) -> None: ...
+
+    async def kill_container(self, container_id: str) -> None:
+        """Kill it (it exits; the agent restarts it on its back-off): a failed
+        liveness probe. A container already gone or stopped is not an error."""
+        ...
+
+    # Probes (corral_node_agent.probes): each returns "" when the check passed, else
+    # why not, within about `seconds` seconds; `kind` is "liveness", "readiness" or
+    # "startup" (a hollow engine answers by it).
+
+    async def exec_probe(
+        self, container_id: str, command: list[str], seconds: float, kind: str
+    ) -> str: ...
+
+    async def network_probe(
+        self,
+        container: ObservedContainer,
+        address: str,
+        port: int,
+        path: str | None,
+        seconds: float,
+        kind: str,
+    ) -> str:
+        """GET http://address:port/path (200-399 passes), or with `path` None open a TCP
+        connection to address:port."""
+        ...
 
     async def remove_container(self, container_id: str) -> None:
         """Kill and remove, within time_budget.STOP_SECONDS; a container already gone
