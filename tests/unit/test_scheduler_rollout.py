@@ -5,6 +5,7 @@ and how many stopped; then the same rows through schedule(), so decide.py is hel
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import NamedTuple
 
@@ -297,3 +298,81 @@ def test_an_exclusive_rollout_of_one_replica_never_has_two_placed(
     assert step == expected
     assert old + new + step.place_new - step.stop_old - step.stop_new <= 1
     assert step.place_new == 0 or old == 0  # placed only once no old one is left
+
+
+# --- old replicas Running but not ready (readiness not passing): within maxUnavailable -------
+
+
+@pytest.mark.parametrize(
+    ("replicas", "bounds", "old", "running_unready", "new", "expected"),
+    [
+        # 3 old Running-unready, new never ready, unavailable 0: none stops
+        (3, Bounds(1, 0), 3, 3, 1, Step()),
+        # unavailable 1: one stops, and on the next pass (2 old left) no more
+        (3, Bounds(1, 1), 3, 3, 1, Step(stop_old_unready=1)),
+        (3, Bounds(1, 1), 2, 2, 2, Step()),
+        # 3 old not Running (crashed, pending): all stop at once, as before
+        (3, Bounds(1, 0), 3, 0, 1, Step(stop_old_unready=3)),
+        # mixed: 2 not Running go; the 2 Running-unready are all the floor (3) has left
+        (4, Bounds(1, 1), 4, 2, 1, Step(stop_old_unready=2)),
+        # mixed: 1 not Running goes, of 7 Running-unready only the budget (7 - 6) goes
+        (8, Bounds(2, 2), 8, 7, 0, Step(place_new=2, stop_old_unready=2)),
+    ],
+)
+def test_old_replicas_running_but_not_ready_stop_only_within_max_unavailable(
+    replicas: int, bounds: Bounds, old: int, running_unready: int, new: int, expected: Step
+) -> None:
+    step = rollout_step(
+        replicas,
+        bounds,
+        old=old,
+        old_ready=0,
+        new=new,
+        new_ready=0,
+        old_running_unready=running_unready,
+    )
+    assert step == expected
+
+
+def test_a_rollout_to_a_never_ready_template_never_stops_more_than_max_unavailable() -> None:
+    """Pass after pass (new replicas never ready, old ones Running, readiness failing),
+    the Running old replicas stopped never exceed maxUnavailable in all."""
+    replicas, bounds = 8, resolve_bounds(8)  # surge 2, unavailable 2
+    old, new = replicas, 0
+    for _ in range(10):
+        step = rollout_step(
+            replicas, bounds, old=old, old_ready=0, new=new, new_ready=0, old_running_unready=old
+        )
+        old -= step.stop_old
+        new += step.place_new - step.stop_new
+    assert old == replicas - bounds.max_unavailable
+
+
+def _running_unready(snapshot: Snapshot, keys: list[str]) -> Snapshot:
+    statuses = dict(snapshot.replica_statuses)
+    for key in keys:
+        placed = snapshot.placements[key].placement
+        statuses[key] = ReplicaStatus(
+            replica=placed.replica,
+            deployment="web",
+            node=placed.node,
+            state=ReplicaState.RUNNING,
+            template_hash=placed.template_hash,
+            ready=False,
+        )
+    return dataclasses.replace(snapshot, replica_statuses=statuses)
+
+
+def test_the_deciding_step_keeps_old_replicas_whose_readiness_fails_within_the_budget() -> None:
+    # 8 old placed, none ready: 7 Running with readiness failing, 1 not Running; 25 %:
+    # unavailable 2, so at least 6 stay: the one not Running goes and 1 Running one.
+    snapshot = _situation(Row(8, 8, 0, 0, 0, 0, 0, 0, 0, ""))
+    old_hash = ContainerTemplate(image=OLD_IMAGE).template_hash()
+    old_keys = sorted(
+        k for k, p in snapshot.placements.items() if p.placement.template_hash == old_hash
+    )
+    snapshot = _running_unready(snapshot, old_keys[1:])
+    plan = _decide(snapshot)
+    stopped = {stop.key for stop in plan.stop}
+    assert old_keys[0] in stopped  # the one not Running
+    assert len(stopped & set(old_keys[1:])) == 1

@@ -37,7 +37,7 @@ from corral.contract.specs import (
     DeploymentSpec,
     claim_names,
 )
-from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement
+from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import VolumeFit, VolumeTakes, uses_exclusive_claim
@@ -293,6 +293,16 @@ def _available_in(snapshot: Snapshot, key: str, min_ready: int, wall_time: float
     return max(0.0, min(float(min_ready), status.started_at + min_ready - wall_time))
 
 
+def _is_running(snapshot: Snapshot, key: str, template_hash: str) -> bool:
+    """Running (ready or not), and reported for this template."""
+    status = snapshot.replica_statuses.get(key)
+    return (
+        status is not None
+        and status.state == ReplicaState.RUNNING
+        and status.template_hash == template_hash
+    )
+
+
 def _is_ready(snapshot: Snapshot, key: str, template_hash: str) -> bool:
     """Ready as ReplicaStatus.is_ready says (Running, its readiness probe if any passing),
     and reported for this template."""
@@ -325,8 +335,10 @@ class _Replicas:
     current: list[tuple[str, PlacedReplica]]
     current_ready: int
     old_ready: list[tuple[str, PlacedReplica]]
-    old_unready: list[tuple[str, PlacedReplica]]
+    old_unready: list[tuple[str, PlacedReplica]]  # not Running first, then Running
     ready_keys: set[str]
+    # How many of old_unready are Running (readiness not passing): stopped within budget.
+    old_running_unready: int = 0
     # Seconds until the first Running current replica becomes available (None: none waits).
     available_in: float | None = None
 
@@ -360,6 +372,13 @@ class _Replicas:
                 replicas.old_ready.append(entry)
             else:
                 replicas.old_unready.append(entry)
+        if replicas.old_unready:  # the not Running ones stop first (stable: key order)
+            running = [
+                _is_running(snapshot, k, p.placement.template_hash) for k, p in replicas.old_unready
+            ]
+            replicas.old_running_unready = sum(running)
+            order = sorted(range(len(running)), key=running.__getitem__)
+            replicas.old_unready = [replicas.old_unready[i] for i in order]
         return replicas
 
     def step(self, spec: DeploymentSpec, *, exclusive: bool = False) -> Step:
@@ -382,6 +401,7 @@ class _Replicas:
             new_ready=self.current_ready,
             recreate=recreate,
             paused=spec.paused,
+            old_running_unready=self.old_running_unready,
         )
 
     def old_template(self) -> tuple[ContainerTemplate, str] | None:

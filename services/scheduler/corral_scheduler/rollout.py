@@ -13,9 +13,14 @@ every pass (decide.py), so a rollout advances one step per pass, level-triggered
 
 - **place new**: up to `replicas - new`, but never more than `replicas + max_surge`
   placed in all (old and new, before this pass's stops);
-- **stop old that are not Running**: all of them, at once (they serve nobody);
-- **stop old that are Running**: only as many as keep at least
-  `replicas - max_unavailable` Running (old and new counted alike);
+- **stop old that are not Running** (crashed, pending): all of them, at once (they
+  serve nobody);
+- **stop old that are Running but not ready** (readiness probe not passing yet, an
+  agent restart): only within the budget of Kubernetes' cleanupUnhealthyReplicas,
+  `old Running + new ready - (replicas - max_unavailable)`, so a rollout to a template
+  that never gets ready stops at most `max_unavailable` of them;
+- **stop old that are ready**: what is left of that budget, and only as many as keep
+  at least `replicas - max_unavailable` ready (old and new counted alike);
 - **stop new beyond `replicas`**: a scale-down during or after the rollout.
 
 Worked example, today's settings (25 % and 25 %) and `replicas = 10`:
@@ -147,15 +152,26 @@ def rollout_step(
     new_ready: int,
     recreate: bool = False,
     paused: bool = False,
+    old_running_unready: int = 0,
 ) -> Step:
     """How many new replicas to place and how many to stop, from the counts placed and
     Running (ready) of the old templates and of the current one. See the module's
     worked example. Without old replicas this is plain scaling: place `replicas - new`
-    or stop the excess (whatever `recreate` and `paused` say)."""
+    or stop the excess (whatever `recreate` and `paused` say).
+
+    `old_running_unready`: how many of the `old - old_ready` unready old replicas are
+    Running (their readiness probe not passing yet): those stop only within the
+    maxUnavailable budget, as Kubernetes' cleanupUnhealthyReplicas; the others (crashed,
+    pending) stop at once."""
     if not 0 <= old_ready <= old:
         raise ValueError(f"old_ready: between 0 and old ({old}), got {old_ready}")
     if not 0 <= new_ready <= new:
         raise ValueError(f"new_ready: between 0 and new ({new}), got {new_ready}")
+    if not 0 <= old_running_unready <= old - old_ready:
+        raise ValueError(
+            f"old_running_unready: between 0 and old - old_ready ({old - old_ready}),"
+            f" got {old_running_unready}"
+        )
     if replicas < 0:
         raise ValueError(f"replicas: a count of at least 0, not {replicas}")
     if old and paused:
@@ -167,10 +183,16 @@ def rollout_step(
             stop_new=max(0, new - replicas),
         )
     place_new = max(0, min(replicas - new, replicas + bounds.max_surge - old - new))
-    stoppable = max(0, new_ready + old_ready - (replicas - bounds.max_unavailable))
+    min_available = replicas - bounds.max_unavailable
+    not_running = old - old_ready - old_running_unready  # serve nobody: all stop
+    # Kubernetes' maxScaledDown: the Running old replicas and the ready new ones beyond
+    # the minimum available; Running-unready old ones spend it first, then ready ones.
+    budget = max(0, old_ready + old_running_unready + new_ready - min_available)
+    stop_running_unready = min(old_running_unready, budget)
+    stoppable = max(0, new_ready + old_ready - min_available)
     return Step(
         place_new=place_new,
-        stop_old_unready=old - old_ready,
-        stop_old_ready=min(old_ready, stoppable),
+        stop_old_unready=not_running + stop_running_unready,
+        stop_old_ready=min(old_ready, stoppable, budget - stop_running_unready),
         stop_new=max(0, new - replicas),
     )
