@@ -23,7 +23,7 @@ from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, ContainerTemplate, Deployment
 from corral.contract.state import DeploymentHistory, DeploymentStatus
 from corral.natsio.kv import MemoryBucket
-from corral_scheduler.history import HistoryRecorder, recorded
+from corral_scheduler.history import MAX_RECORD_BYTES, HistoryRecorder, capped, recorded
 
 
 def deployment(version: str, cause: str = "", **spec: Any) -> Deployment:
@@ -191,3 +191,29 @@ def test_set_image_refuses_a_bad_image_and_another_container_naming_them() -> No
     assert other.exit_code == 2 and "container 'db' not found" in other.output
     kind = runner.invoke(cli, ["set", "image", "service/web", "busybox:2"])
     assert kind.exit_code == 2 and "deployments" in kind.output
+
+
+async def test_a_history_of_huge_templates_is_trimmed_under_the_cap_keeping_the_current() -> None:
+    bucket = MemoryBucket("corral_deployment_history")
+    recorder = HistoryRecorder(bucket, lambda: 5.0)
+    big = {f"V{i}": "x" * 30_000 for i in range(2)}  # ~60 KB a revision; 100: ~6 MB
+    for version in range(20):
+        huge = msgspec.structs.replace(
+            deployment(str(version), revisionHistoryLimit=100).spec.template, env=big
+        )
+        base = deployment(str(version), revisionHistoryLimit=100)
+        spec = msgspec.structs.replace(base.spec, template=huge)
+        await recorder.record("default.web", msgspec.structs.replace(base, spec=spec))
+    entry = await bucket.get("default.web")
+    assert entry is not None and entry.value
+    assert len(entry.value) <= MAX_RECORD_BYTES
+    history = msgspec.json.decode(entry.value, type=DeploymentHistory)
+    assert 1 < len(history.revisions) < 20
+    assert history.revisions[-1].template.image == "busybox:19"  # the current one stays
+    assert [r.revision for r in history.revisions] == list(range(21 - len(history.revisions), 21))
+
+
+def test_the_cap_never_drops_the_current_revision() -> None:
+    history = play("1", "2", "3")
+    assert capped(history, max_bytes=1).revisions == history.revisions[-1:]
+    assert capped(history) is history  # small: unchanged

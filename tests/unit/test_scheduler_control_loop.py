@@ -400,3 +400,27 @@ def desired_series() -> dict[str, float]:
 def _no_stale_series() -> None:
     for gauge in (metrics.REPLICAS_DESIRED, metrics.REPLICAS_READY, metrics.REPLICAS_PENDING):
         gauge.clear()
+
+
+# --- recording a revision is best-effort: it never holds up placements -------------------
+
+
+async def test_a_history_write_that_fails_does_not_stop_placements() -> None:
+    async with running() as cluster:
+        assert cluster.loop.history is not None
+        calls = 0
+
+        async def broken_get(key: str) -> None:
+            nonlocal calls
+            calls += 1
+            raise ConnectionError("nats: no responders")
+
+        cluster.loop.history.bucket.get = broken_get  # type: ignore[method-assign]
+        before = metrics.HISTORY_ERRORS._value.get()
+        await cluster.apply("web", 2)
+        await placed_and_running(cluster, "n1")
+        await eventually(lambda: _value(len(cluster.loop.placements.items)), lambda n: n == 2)
+        assert calls > 0
+        assert metrics.HISTORY_ERRORS._value.get() > before
+        result = await cluster.loop.reconcile("default.web")  # asks to try again soon
+        assert result is not None and result.requeue_after is not None

@@ -127,6 +127,7 @@ RESYNC_SECONDS: Final = 30.0
 WORKERS: Final = 1
 # A Deployment whose plan conflicted is decided again after this long (fresher state).
 CONFLICT_RETRY_SECONDS: Final = 0.05
+HISTORY_RETRY_SECONDS: Final = 5.0  # a history write that failed (history.py), tried again
 
 
 class DecideIn(enum.StrEnum):
@@ -879,13 +880,14 @@ class ControlLoop:
         # Losses are judged in this decision: on the view's freshness as of now, not as
         # of the last tick (a stall noticed late must not make a node look lost).
         self.update_feed(now)
-        await self._record_revision(key)
         async with self._deciding:
             plan = await self.decide(key, now)
             for placement in plan.place:
                 self._reserved[placement.key] = placement
                 self._count(None, placement)
         result: Result | None = None
+        if not await self._record_revision(key):  # after deciding: never holds it up
+            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
         if not plan.is_empty():
             try:
                 committed = await self.applier.commit(plan)
@@ -912,16 +914,24 @@ class ControlLoop:
             return Result(requeue_after=min(result.requeue_after, plan.requeue_after))
         return result
 
-    async def _record_revision(self, key: str) -> None:
+    async def _record_revision(self, key: str) -> bool:
         """Record the Deployment's template as its newest revision, or forget the history
-        of one deleted (history.py); a failure is retried with the reconcile."""
+        of one deleted (history.py). Best-effort: a failure is logged and counted, never
+        fails the reconcile (placements go on); False asks for a retry soon (the recorder
+        remembers only what it wrote, so the next reconcile tries again)."""
         if self.history is None or key in self.deployments.unreadable:
-            return
+            return True
         deployment = self.deployments.get(key)
-        if deployment is None:
-            await self.history.forget(key)
-        else:
-            await self.history.record(key, deployment)
+        try:
+            if deployment is None:
+                await self.history.forget(key)
+            else:
+                await self.history.record(key, deployment)
+        except Exception:
+            log.warning("the history of %s could not be recorded; retried", key, exc_info=True)
+            metrics.HISTORY_ERRORS.inc()
+            return False
+        return True
 
     async def decide(self, key: str, now: float) -> Plan:
         """Decide Deployment `key` (pure, decide.schedule_deployment), in the event loop or

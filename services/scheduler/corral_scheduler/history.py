@@ -4,13 +4,20 @@ history` and `corral rollout undo`.
 
 The scheduler owns the record, as it owns the Deployment: when it reconciles a
 Deployment whose template hash is not the newest revision's, it records the template
-(`recorded`, pure) before deciding. As Kubernetes numbers ReplicaSets: a new template
+(`recorded`, pure) after deciding. As Kubernetes numbers ReplicaSets: a new template
 gets the highest number plus one; a template the history already holds (an undo, or
 an apply of an earlier manifest) moves to that new number, so numbers are never
 reused and the newest is always the current template. The change cause is the
 Deployment's `kubernetes.io/change-cause` annotation at that moment (`corral set image`
 and `corral rollout undo` set it). Old revisions beyond `spec.revisionHistoryLimit`
-go, oldest first; the current one always stays.
+go, oldest first; the current one always stays. The record is also capped in size
+(MAX_RECORD_BYTES, 256 KiB, under the KV's max value size): the oldest revisions go
+until it fits, never the current one.
+
+The scheduler records after deciding and committing, best-effort: a failed write
+(NATS error, a Conflict three times) is logged and counted
+(`corral_history_errors_total`) and tried again on a reconcile soon after; it never
+holds up placements.
 
 A revision is recorded once the Deployment is stored, so a crash between the two is
 repaired by the next reconcile; two template changes close together may be seen as
@@ -30,6 +37,25 @@ from corral.natsio.kv import Bucket, Conflict
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
+# The encoded record's cap, under the KV's max value size: the oldest revisions go first
+# (never the current one) until it fits.
+MAX_RECORD_BYTES = 256 * 1024
+
+
+def capped(history: DeploymentHistory, max_bytes: int = MAX_RECORD_BYTES) -> DeploymentHistory:
+    """`history` without its oldest revisions until its encoding is at most `max_bytes`;
+    the newest (current) revision always stays."""
+    revisions = list(history.revisions)
+    sizes = [len(encode(r)) for r in revisions]
+    overhead = len(encode(history)) - sum(sizes)
+    dropped = 0
+    while dropped < len(revisions) - 1 and overhead + sum(sizes[dropped:]) > max_bytes:
+        dropped += 1
+    if not dropped:
+        return history
+    return DeploymentHistory(
+        name=history.name, namespace=history.namespace, revisions=revisions[dropped:]
+    )
 
 
 def recorded(
@@ -88,6 +114,8 @@ class HistoryRecorder:
                 except Exception:  # unreadable: started again from this template
                     log.warning("the history of %s cannot be read; starting it again", key)
             changed = recorded(history, deployment, self.wall_clock())
+            if changed is not None:
+                changed = capped(changed)
             try:
                 if changed is None:
                     pass

@@ -38,3 +38,7 @@ NODES_RELEASED = Gauge(
 ECHOES_COLLECTED = Counter(
     "corral_echo_keys_collected_total", "Echo keys of gone owners deleted by the scheduler"
 )
+HISTORY_ERRORS = Counter(
+    "corral_history_errors_total",
+    "Deployment history writes that failed (retried; scheduling goes on)",
+)
