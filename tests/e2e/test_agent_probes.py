@@ -18,6 +18,8 @@ from corral.contract.specs import (
 )
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import NatsBucket
+from corral_node_agent.docker_runtime import DockerRuntime
+from corral_node_agent.runtime import ContainerState, ObservedContainer, RuntimeFailure
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.test_agent_docker import docker, eventually, place, running_ids, status_of, unique
 
@@ -147,3 +149,23 @@ async def test_exec_liveness_failure_restarts_the_container(
             within=15,
         )
         assert running_ids(node_name)[web] == first
+
+
+async def test_engine_errors_are_unknown_not_failures() -> None:
+    """An exec the engine cannot create (no such container), or a replica with no
+    address yet, is the agent's trouble: RuntimeFailure (unknown), never failure text."""
+    runtime = DockerRuntime()
+    try:
+        with pytest.raises(RuntimeFailure, match="exec true"):
+            await runtime.exec_probe(unique("no-such-container"), ["true"], 5.0, "liveness")
+        with pytest.raises(RuntimeFailure, match="no address yet"):
+            await runtime.network_probe(
+                ObservedContainer("x", "x", "x", "web", "h", ContainerState.RUNNING),
+                "",
+                80,
+                None,
+                1.0,
+                "liveness",
+            )
+    finally:
+        await runtime.close()

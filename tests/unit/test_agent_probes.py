@@ -3,11 +3,14 @@ network checks against local listeners, and the agent's wiring on the hollow run
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import anyio
+import anyio.lowlevel
+import msgspec
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
@@ -22,18 +25,25 @@ from corral.contract.specs import (
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
+from corral_node_agent.backoff import ReplicaTrack
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.probes import (
     LIVENESS,
     OK,
     READINESS,
     STARTUP,
+    UNKNOWN,
+    Prober,
+    ProbeRunner,
     ReplicaProbes,
     http_check,
     probe_address,
     probe_port,
     tcp_check,
 )
+from corral_node_agent.replica_status import replica_status
+from corral_node_agent.runtime import RuntimeFailure
+from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import NODE, cluster_bucket, container, fast_settings
 from tests.unit.test_agent_loop import RecordedEvents, eventually
 
@@ -332,3 +342,211 @@ async def test_probes_stop_with_the_container() -> None:
                 and agent.prober.runners["r4"] is not runner
             )
         )
+
+
+# Review fixes: unknown results, failed kills, kills only while Active, kept verdicts.
+
+
+def test_unknown_is_neither_success_nor_failure() -> None:
+    machine = ReplicaProbes(
+        {LIVENESS: probe(failure_threshold=1), READINESS: probe(success_threshold=1)}, 0.0
+    )
+    assert machine.observe(LIVENESS, UNKNOWN + "engine unreachable", 0.0) is None
+    assert machine.observe(READINESS, UNKNOWN + "engine unreachable", 0.0) is None
+    assert machine.ready is False and not machine.decided
+    assert machine.results == {
+        LIVENESS: "unknown: engine unreachable",
+        READINESS: "unknown: engine unreachable",
+    }
+    machine.observe(READINESS, "", 10.0)
+    assert machine.observe(READINESS, UNKNOWN + "x", 20.0) is None
+    assert machine.ready is True  # an unknown does not undo the verdict
+
+
+class ScriptedRuntime:
+    """exec_probe answers from `answers` (an exception is raised), the last one repeated."""
+
+    def __init__(self, *answers: str | Exception) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def exec_probe(
+        self, container_id: str, command: list[str], seconds: float, kind: str
+    ) -> str:
+        await anyio.lowlevel.checkpoint()
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def ticking() -> Callable[[], float]:
+    """A clock that jumps a long way at each reading: every probe is always due."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * 1000.0
+
+
+async def test_engine_errors_never_kill() -> None:
+    runtime = ScriptedRuntime(RuntimeFailure("exec: engine said 500"))
+    kills: list[str] = []
+
+    async def on_restart(why: str) -> bool:
+        kills.append(why)
+        return True
+
+    runner = ProbeRunner(
+        runtime,  # type: ignore[arg-type]
+        probed("u1", liveness_probe=probe(failure_threshold=1)),
+        container("u1"),
+        on_change=lambda: None,
+        on_restart=on_restart,
+        monotonic=ticking(),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await eventually(lambda: runtime.calls >= 5)
+        runner.scope.cancel()
+    assert kills == []
+    assert runner.machine.results == {LIVENESS: "unknown: exec: engine said 500"}
+
+
+async def test_a_failed_kill_probes_on_and_retries() -> None:
+    runtime = ScriptedRuntime("exit code 1")
+    kills: list[str] = []
+
+    async def on_restart(why: str) -> bool:
+        kills.append(why)
+        return len(kills) >= 3  # the first two kills fail
+
+    runner = ProbeRunner(
+        runtime,  # type: ignore[arg-type]
+        probed("u2", liveness_probe=probe(failure_threshold=2)),
+        container("u2"),
+        on_change=lambda: None,
+        on_restart=on_restart,
+        monotonic=ticking(),
+    )
+    with anyio.fail_after(5):
+        await runner.run()  # ends with the kill that worked
+    assert kills == ["liveness probe failed: exit code 1"] * 3
+    assert runtime.calls == 6  # each kill at the threshold, never a stuck runner
+    assert runner.restarting()
+
+
+def idle_agent(runtime: HollowRuntime) -> NodeAgent:
+    return NodeAgent(
+        fast_settings(),
+        runtime,
+        placements=MemoryBucket("placements"),
+        nodes=MemoryBucket("nodes"),
+        statuses=MemoryBucket("statuses"),
+        cluster=cluster_bucket(),
+        events=RecordedEvents(),
+    )
+
+
+async def test_probes_kill_only_while_active_with_the_engine_up() -> None:
+    runtime = HollowRuntime(images={IMAGE})
+    agent = idle_agent(runtime)
+    placement = probed("u3", liveness_probe=probe())
+    for mode, engine_ok in ((Mode.HELD, True), (Mode.ISOLATED, True), (Mode.ACTIVE, False)):
+        agent.mode, agent.engine_ok = mode, engine_ok
+        assert await agent._probe_restart(placement, container("u3"), "liveness") is False
+    assert runtime.kills == 0
+    agent.mode, agent.engine_ok = Mode.ACTIVE, True
+    assert await agent._probe_restart(placement, container("u3"), "liveness") is True
+    assert runtime.kills == 1
+    runtime.set_available(False)  # the kill itself fails: not killed, probe on
+    assert await agent._probe_restart(placement, container("u3"), "liveness") is False
+
+
+async def test_runners_stop_when_leaving_active_or_the_engine_goes_and_keep_verdicts() -> None:
+    runtime = HollowRuntime(images={IMAGE})
+    # Three successes to be ready: a runner starting afresh would say not ready a while.
+    placement = probed("u4", readiness_probe=probe(period_seconds=1, success_threshold=3))
+    async with running_agent(runtime, placement) as (agent, statuses, _):
+        await eventually(
+            lambda: (s := status_of(statuses, "u4")) is not None and s.ready is True, within=8.0
+        )
+        first = agent.prober.runners["u4"]
+        await agent._enter(Mode.HELD)
+        assert agent.prober.runners == {}  # at once, not on a later pass
+        assert first.scope.cancel_called
+        await agent._enter(Mode.ACTIVE)
+
+        await eventually(lambda: "u4" in agent.prober.runners)
+        second = agent.prober.runners["u4"]
+        assert second is not first
+        view = agent.prober.view("u4", second.container)
+        assert view is not None and view.ready is True  # its last verdict, kept
+
+        runtime.set_available(False)
+        await eventually(lambda: agent.prober.runners == {})
+        assert second.scope.cancel_called
+        runtime.set_available(True)
+        await eventually(lambda: "u4" in agent.prober.runners)
+        view = agent.prober.view("u4", agent.prober.runners["u4"].container)
+        assert view is not None and view.ready is True
+        status = status_of(statuses, "u4")
+        assert status is not None and status.ready is True
+
+
+class NoSpawn:
+    """A task group that starts nothing (the test runs the runner itself)."""
+
+    def start_soon(self, *_: object) -> None:
+        return None
+
+
+async def no_kill(*_: object) -> bool:
+    return False
+
+
+async def test_a_container_running_before_the_agent_keeps_its_stored_ready() -> None:
+    placement = probed("u5", readiness_probe=probe())
+    running = container("u5", started_at=100.0)
+    runtime = ScriptedRuntime("")
+    prober = Prober(
+        runtime,  # type: ignore[arg-type]
+        on_change=lambda: None,
+        on_restart=no_kill,
+        wall=lambda: 200.0,
+    )
+    prober.sync({"u5": placement}, {"u5": running}, NoSpawn())  # type: ignore[arg-type]
+    view = prober.view("u5", running)
+    assert view is not None and view.pending and view.ready is False
+    track = ReplicaTrack()
+    stored = replica_status(placement, running, track, 0.0, probes=view)
+    assert stored.ready is False  # nothing stored: not ready
+    kept = replica_status(
+        placement,
+        running,
+        track,
+        0.0,
+        probes=view,
+        previous=msgspec.structs.replace(stored, ready=True),
+    )
+    assert kept.ready is True  # the stored value, until the first verdict
+    other = msgspec.structs.replace(stored, ready=True, container_id="another")
+    assert (
+        replica_status(placement, running, track, 0.0, probes=view, previous=other).ready is False
+    )
+    # A container started after the agent began: not ready until its probe says so.
+    fresh = Prober(
+        runtime,  # type: ignore[arg-type]
+        on_change=lambda: None,
+        on_restart=no_kill,
+        wall=lambda: 50.0,
+    )
+    fresh.sync({"u5": placement}, {"u5": running}, NoSpawn())  # type: ignore[arg-type]
+    view = fresh.view("u5", running)
+    assert view is not None and not view.pending
+    # The first verdict ends the wait.
+    runner = prober.runners["u5"]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await eventually(lambda: not runner.pending)
+        runner.scope.cancel()
+    view = prober.view("u5", running)
+    assert view is not None and view.ready is True and not view.pending

@@ -207,7 +207,11 @@ class NodeAgent:
         self.executor.may_start = self._may_start
         # The template's probes of each running replica (docs/rollouts.md, "Probes").
         self.prober = Prober(
-            runtime, on_change=self.poke, on_restart=self._probe_restart, monotonic=monotonic
+            runtime,
+            on_change=self.poke,
+            on_restart=self._probe_restart,
+            monotonic=monotonic,
+            wall=clock,
         )
         self.networks_choice = NetworksChoice(settings.networks, networks, self.node)
         self.executor.uses_networks = self.networks_choice
@@ -466,6 +470,8 @@ class NodeAgent:
 
     async def _enter(self, mode: Mode) -> None:
         before, self.mode = self.mode, mode
+        if mode != Mode.ACTIVE:
+            self.prober.stop()  # probes kill only while Active (verdicts are kept)
         if needs_new_watch(mode):
             self._stop_watch()
         message = self._mode_message(mode)
@@ -691,6 +697,7 @@ class NodeAgent:
         if self.engine_ok or self.health.get("engine") is not False:
             log.warning("engine of %s unreachable: %s", self.node, message)
         self.engine_ok = False
+        self.prober.stop()  # nothing to probe through, or kill with: verdicts are kept
         self.health["engine"] = False
         self._engine_message = f"container engine unreachable: {message}"
         self._report_readiness()
@@ -934,6 +941,7 @@ class NodeAgent:
                         now,
                         probes=self.prober.view(replica, container),
                         last_probe_failure=self.prober.last_failure.get(replica, ""),
+                        previous=self.statuses.get(replica),
                     )
                     await self.statuses.write(status)
                 for replica in self.statuses.replicas():
@@ -945,14 +953,26 @@ class NodeAgent:
 
     async def _probe_restart(
         self, placement: Placement, container: ObservedContainer, why: str
-    ) -> None:
+    ) -> bool:
         """A liveness (or startup) probe failed its threshold: kill the container, and
-        the next passes restart it through the restart path, on its back-off."""
+        the next passes restart it through the restart path, on its back-off. Only
+        while Active with the engine up; False when not killed (the runner probes on
+        and retries at the next threshold)."""
+        if self.mode != Mode.ACTIVE or not self.engine_ok:
+            log.info(
+                "%s on %s: %s; not killed (node %s)",
+                placement.replica,
+                self.node,
+                why,
+                self.mode if self.engine_ok else "engine down",
+            )
+            return False
         log.info("%s on %s: %s; restarting it", placement.replica, self.node, why)
         try:
             await self.runtime.kill_container(container.id)
         except RuntimeFailure as error:
             log.warning("killing %s failed: %s", placement.replica, error)
+            return False
         try:
             await self.events.emit(
                 "deployment",
@@ -965,6 +985,7 @@ class NodeAgent:
         except Exception:
             log.warning("reporting the probe failure of %s failed", placement.replica)
         self.poke()
+        return True
 
     # Operator decisions (corral node adopt|reset).
 

@@ -495,21 +495,27 @@ class DockerRuntime:
         """Run `command` through the engine's exec API: exit code 0 passes."""
         shown = " ".join(command)[:80]
         output = b""
+        started = False
         try:
             with anyio.fail_after(seconds):
                 container = self._docker.containers.container(container_id)
                 execution = await container.exec(command, stdout=True, stderr=True)
                 async with execution.start(detach=False) as stream:
+                    started = True
                     while (message := await stream.read_out()) is not None:
                         if len(output) < 1024:
                             output += message.data
                 inspected = await execution.inspect()
         except TimeoutError:
+            if not started:  # the engine, not the command, was slow
+                raise RuntimeFailure(f"exec {shown}: not started within {seconds:g}s") from None
             return f"exec {shown}: no exit within {seconds:g}s"
+        # The exec could not be created, started or inspected: the engine's trouble,
+        # not the probe's verdict (docs/rollouts.md: unknown).
         except aiodocker.DockerError as error:
-            return f"exec {shown}: {error.message}"
+            raise RuntimeFailure(f"exec {shown}: {error.message}") from error
         except (aiohttp.ClientError, OSError) as error:
-            return f"exec {shown}: {error or type(error).__name__}"
+            raise RuntimeFailure(f"exec {shown}: {error or type(error).__name__}") from error
         code = inspected.get("ExitCode")
         if code == 0:
             return ""
@@ -527,7 +533,7 @@ class DockerRuntime:
         kind: str,
     ) -> str:
         if not address:
-            return "the replica has no address yet"
+            raise RuntimeFailure("the replica has no address yet")
         if path is None:
             return await tcp_check(address, port, seconds)
         return await http_check(address, port, path, seconds)

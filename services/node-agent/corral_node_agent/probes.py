@@ -28,6 +28,7 @@ STARTUP = "startup"
 LIVENESS = "liveness"
 READINESS = "readiness"
 OK = "ok"
+UNKNOWN = "unknown: "  # an agent or engine error: neither a success nor a failure
 _MAX_WHY = 200
 
 
@@ -100,6 +101,9 @@ class ReplicaProbes:
         track = self._tracks[kind]
         probe = track.probe
         track.next_at = now + probe.period_seconds
+        if why.startswith(UNKNOWN):  # the agent could not tell: thresholds unchanged
+            track.last = why
+            return None
         if why in ("", OK):
             track.last = OK
             track.failures = 0
@@ -129,6 +133,34 @@ class ReplicaProbes:
         if track is None:
             return None
         return self.started_up and track.passed
+
+    @property
+    def decided(self) -> bool:
+        """Whether readiness has had a verdict (a success or failure, not unknown)."""
+        track = self._tracks.get(READINESS)
+        return track is None or track.passed or track.successes > 0 or track.failures > 0
+
+    def remember(self) -> tuple[bool, bool, dict[str, str]]:
+        startup = self._tracks.get(STARTUP)
+        readiness = self._tracks.get(READINESS)
+        return (
+            startup is None or startup.passed,
+            readiness is not None and readiness.passed,
+            self.results,
+        )
+
+    def recall(self, memory: tuple[bool, bool, dict[str, str]]) -> None:
+        """Start from a previous runner's verdicts on the same container."""
+        started_up, ready, results = memory
+        startup = self._tracks.get(STARTUP)
+        if startup is not None and started_up:
+            startup.passed = True
+        readiness = self._tracks.get(READINESS)
+        if readiness is not None:
+            readiness.passed = ready
+        for kind, why in results.items():
+            if kind in self._tracks:
+                self._tracks[kind].last = why
 
     @property
     def results(self) -> dict[str, str]:
@@ -207,8 +239,10 @@ class ProbeRunner:
         container: ObservedContainer,
         *,
         on_change: Callable[[], None],
-        on_restart: Callable[[str], Awaitable[None]],
+        on_restart: Callable[[str], Awaitable[bool]],
         monotonic: Callable[[], float] = time.monotonic,
+        memory: dict[tuple[str, float | None], tuple[bool, bool, dict[str, str]]] | None = None,
+        pending: bool = False,
     ) -> None:
         self.runtime = runtime
         self.placement = placement
@@ -217,11 +251,24 @@ class ProbeRunner:
         self.on_restart = on_restart
         self.monotonic = monotonic
         self.machine = ReplicaProbes(template_probes(placement.template), monotonic())
+        self.memory = {} if memory is None else memory
+        remembered = self.memory.get(self.container_key)
+        if remembered is not None:
+            self.machine.recall(remembered)
+        # Already running when the agent began, no verdict remembered: `ready` is not
+        # written until the first verdict (the stored value is kept meanwhile).
+        self.pending = pending and remembered is None
         self.scope = anyio.CancelScope()
         self._started_up = anyio.Event()
         if self.machine.started_up:
             self._started_up.set()
         self._restarting = False
+        self._resumed = anyio.Event()
+        self._resumed.set()
+
+    @property
+    def container_key(self) -> tuple[str, float | None]:
+        return (self.container.id, self.container.started_at)
 
     def restarting(self) -> bool:
         return self._restarting
@@ -237,7 +284,8 @@ class ProbeRunner:
                     tg.start_soon(self._run_one, kind)
 
     async def _run_one(self, kind: str) -> None:
-        while not self.restarting():
+        while True:
+            await self._resumed.wait()
             wait = self.machine.wait(kind, self.monotonic())
             if wait is None:
                 if kind == STARTUP:
@@ -248,18 +296,33 @@ class ProbeRunner:
                 await anyio.sleep(wait)
                 continue
             why = await self.check(kind)
-            if self.restarting():  # another probe of it restarts the container
-                return
-            before = (self.machine.ready, self.machine.results)
+            if self.restarting():  # another probe of it is restarting the container
+                continue
+            before = (self.machine.ready, self.machine.results, self.pending)
             restart = self.machine.observe(kind, why, self.monotonic())
+            if self.pending and self.machine.decided:
+                self.pending = False
+            if self.machine.decided:  # an unknown first result is no verdict to keep
+                self.memory[self.container_key] = self.machine.remember()
             if kind == STARTUP and self.machine.started_up:
                 self._started_up.set()
             if restart is not None:
                 self._restarting = True
-                await self.on_restart(restart)
-                self.scope.cancel()
-                return
-            if (self.machine.ready, self.machine.results) != before:
+                self._resumed = anyio.Event()
+                try:
+                    killed = await self.on_restart(restart)
+                finally:
+                    # Not killed (refused, or the kill failed): probe on; the failure
+                    # count starts over, so the kill is retried at the next threshold.
+                    self._restarting = False
+                    self._resumed.set()
+                if killed:
+                    self._restarting = True
+                    self.scope.cancel()
+                    return
+                self.on_change()
+                continue
+            if (self.machine.ready, self.machine.results, self.pending) != before:
                 self.on_change()
 
     async def check(self, kind: str) -> str:
@@ -282,11 +345,11 @@ class ProbeRunner:
                     timeout,
                     kind,
                 )
-        except RuntimeFailure as error:
-            why = str(error) or type(error).__name__
-        except Exception as error:  # a surprise: the probe fails, the agent goes on
+        except RuntimeFailure as error:  # the engine's or agent's trouble, not the probe's
+            why = UNKNOWN + (str(error) or type(error).__name__)
+        except Exception as error:  # a surprise: unknown too, the agent goes on
             log.warning("%s probe of %s failed oddly", kind, self.placement.replica, exc_info=True)
-            why = str(error) or type(error).__name__
+            why = UNKNOWN + (str(error) or type(error).__name__)
         return why[:_MAX_WHY]
 
 
@@ -297,6 +360,7 @@ class ProbeView:
     container_id: str
     ready: bool | None
     results: dict[str, str]
+    pending: bool = False  # no readiness verdict yet: keep the stored `ready`
 
 
 class Prober:
@@ -307,8 +371,9 @@ class Prober:
         runtime: Runtime,
         *,
         on_change: Callable[[], None],
-        on_restart: Callable[[Placement, ObservedContainer, str], Awaitable[None]],
+        on_restart: Callable[[Placement, ObservedContainer, str], Awaitable[bool]],
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.runtime = runtime
         self.on_change = on_change
@@ -316,6 +381,10 @@ class Prober:
         self.monotonic = monotonic
         self.runners: dict[str, ProbeRunner] = {}
         self.last_failure: dict[str, str] = {}  # replica -> its last probe failure
+        # Each container's last verdicts, kept across runner restarts (stop(), mode or
+        # engine changes) within this process: keyed by container id and start.
+        self.memory: dict[tuple[str, float | None], tuple[bool, bool, dict[str, str]]] = {}
+        self.born = wall()  # containers started before this ran since the agent began
 
     def sync(
         self,
@@ -346,6 +415,10 @@ class Prober:
         for replica in list(self.last_failure):
             if replica not in placements:
                 del self.last_failure[replica]
+        seen = {(c.id, c.started_at) for c in kept.values() if c is not None}
+        for key in list(self.memory):
+            if key not in seen:
+                del self.memory[key]
         for replica, (placement, container) in wanted.items():
             if replica not in self.runners:
                 runner = ProbeRunner(
@@ -355,6 +428,8 @@ class Prober:
                     on_change=self._changed(replica),
                     on_restart=self._restart(placement, container),
                     monotonic=self.monotonic,
+                    memory=self.memory,
+                    pending=container.started_at is not None and container.started_at < self.born,
                 )
                 self.runners[replica] = runner
                 spawn.start_soon(runner.run)
@@ -372,13 +447,15 @@ class Prober:
 
     def _restart(
         self, placement: Placement, container: ObservedContainer
-    ) -> Callable[[str], Awaitable[None]]:
-        async def restart(why: str) -> None:
-            # Its runner stays (stopped) until the container is seen gone or restarted,
-            # so a pass that still lists it running starts no new one.
+    ) -> Callable[[str], Awaitable[bool]]:
+        async def restart(why: str) -> bool:
+            # Killed: its runner stays (stopped) until the container is seen gone or
+            # restarted, so a pass that still lists it running starts no new one.
+            # Not killed: the runner probes on.
             self.last_failure[placement.replica] = why
-            await self.on_restart(placement, container, why)
+            killed = await self.on_restart(placement, container, why)
             self.on_change()
+            return killed
 
         return restart
 
@@ -386,7 +463,7 @@ class Prober:
         runner = self.runners.get(replica)
         if runner is None or container is None or runner.container.id != container.id:
             return None
-        return ProbeView(container.id, runner.machine.ready, runner.machine.results)
+        return ProbeView(container.id, runner.machine.ready, runner.machine.results, runner.pending)
 
     def stop(self) -> None:
         for runner in self.runners.values():

@@ -17,10 +17,13 @@ def replica_status(
     now: float,
     probes: ProbeView | None = None,
     last_probe_failure: str = "",
+    previous: ReplicaStatus | None = None,
 ) -> ReplicaStatus:
     """The status as it should read now (updated_at is left 0: the writer stamps it).
     `probes`: what the probes of its running container say (corral_node_agent.probes);
-    with a readiness probe it is not ready until they say so."""
+    with a readiness probe it is not ready until they say so, except that a container
+    already running when the agent began keeps `previous`'s `ready` (same container)
+    until its first verdict."""
     state = ReplicaState.PENDING
     message = ""
     started_at: float | None = None
@@ -45,6 +48,14 @@ def replica_status(
     ready: bool | None = None
     if placement.template.readiness_probe is not None:
         ready = bool(current is not None and current.ready)
+        if (
+            current is not None
+            and current.pending
+            and previous is not None
+            and previous.container_id == current.container_id
+            and previous.ready is not None
+        ):
+            ready = previous.ready
     return ReplicaStatus(
         replica=placement.replica,
         deployment=placement.deployment,

@@ -193,7 +193,8 @@ class Runtime(Protocol):
 
     # Probes (corral_node_agent.probes): each returns "" when the check passed, else
     # why not, within about `seconds` seconds; `kind` is "liveness", "readiness" or
-    # "startup" (a hollow engine answers by it).
+    # "startup" (a hollow engine answers by it). RuntimeFailure when the agent or
+    # engine could not run the check: the result is unknown, never a failure.
 
     async def exec_probe(
         self, container_id: str, command: list[str], seconds: float, kind: str
