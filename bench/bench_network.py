@@ -57,6 +57,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
+from host_report import host_report
 from local_nats import local_nats
 
 from corral.client.api import CorralClient
@@ -741,25 +742,16 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="corral-n2-", dir="/tmp"))  # a short socket path
         with second_engine(root, IMAGE) as second_host:
             anyio.run(bench, nats.url, second_host, args, lines, marks)
-    after = host_state()
     # other corral tests may run on this machine meanwhile (bridges crl..., networks
     # corral_...): only lines of this run's, or of no corral at all, count
-    ours = {kind: [line for line in after[kind] if any(m in line for m in marks)] for kind in after}
-    changed = {
-        kind: [
-            ("+ " if line in after[kind] else "- ") + line
-            for line in set(before[kind]) ^ set(after[kind])
-            if "crl" not in line.lower() and "corral_" not in line
-        ]
-        for kind in after
-    }
-    lines.append("")
-    verdict = "CHANGED" if any(ours.values()) else "nothing of this run left"
-    lines.append(f"host afterwards (iptables-save, ip route, docker network ls): {verdict}")
-    if any(ours.values()):
-        lines.append(f"    left of this run: {ours}")
-    if any(changed.values()):
-        lines.append(f"    other changes meanwhile, naming no corral network: {changed}")
+    lines += host_report(
+        before,
+        host_state(),
+        marks,
+        looked_at="iptables-save, ip route, docker network ls",
+        counts=lambda line: "crl" not in line.lower() and "corral_" not in line,
+        others="other changes meanwhile, naming no corral network",
+    )
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)

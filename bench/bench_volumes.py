@@ -54,6 +54,7 @@ from nats.aio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
+from host_report import host_report
 from local_nats import local_nats
 
 from corral.contract import names
@@ -417,22 +418,9 @@ def main() -> None:
             anyio.run(bench, nats.url, args, root / "volumes", lines, marks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    after = host_state()
-    ours = {kind: [line for line in after[kind] if any(m in line for m in marks)] for kind in after}
-    changed = {
-        kind: [
-            ("+ " if line in after[kind] else "- ") + line
-            for line in set(before[kind]) ^ set(after[kind])
-        ]
-        for kind in after
-    }
-    lines.append("")
-    verdict = "CHANGED" if any(ours.values()) else "nothing of this run left"
-    lines.append(f"host afterwards (losetup -a, mount, docker volume ls, docker ps -a): {verdict}")
-    if any(ours.values()):
-        lines.append(f"    left of this run: {ours}")
-    if any(changed.values()):
-        lines.append(f"    other changes meanwhile (not this run's): {changed}")
+    lines += host_report(
+        before, host_state(), marks, looked_at="losetup -a, mount, docker volume ls, docker ps -a"
+    )
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
