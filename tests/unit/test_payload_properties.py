@@ -66,9 +66,18 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
             "minReadySeconds": 5,
             "paused": False,
             "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 120,
+            "autoRollback": {
+                "onProgressDeadline": True,
+                "onCrashLoop": False,
+                "crashLoopRestarts": 4,
+                "crashLoopWindowSeconds": 60,
+            },
             "template": {
                 "image": "registry.local:5000/team/web:1.2@sha256:" + "a" * 64,
                 "restartedAt": "2026-11-29T05:30:00.000000Z",
+                "terminationGracePeriodSeconds": 10,
+                "stopSignal": "SIGQUIT",
                 "command": ["httpd", "-f"],
                 "args": ["-p", "8080"],
                 "env": {"GREETING": "hello", "_X1": ""},

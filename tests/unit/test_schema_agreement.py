@@ -32,6 +32,7 @@ from corral.contract.network_state import (
     NetworkSlice,
     NetworkStatus,
     NodeNetwork,
+    ReplicaDrain,
 )
 from corral.contract.schema import PUBLIC_PAYLOADS
 from corral.contract.specs import (
@@ -43,6 +44,8 @@ from corral.contract.specs import (
     ScaleRequest,
 )
 from corral.contract.state import (
+    AutoRollbackRecord,
+    DeploymentCondition,
     DeploymentHistory,
     DeploymentRevision,
     DeploymentStatus,
@@ -138,9 +141,31 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
         ready=False,
         probes={"readiness": "HTTP GET /healthz: status 503", "liveness": "ok"},
         last_probe_failure="readiness: HTTP GET /healthz: status 503",
+        restart_times=[1.0, 1.5],
     ),
     DeploymentStatus: DeploymentStatus(
-        name="web", observed_generation=2, replicas=3, placed=3, ready=2, updated=3, pending=0
+        name="web",
+        observed_generation=2,
+        replicas=3,
+        placed=3,
+        ready=2,
+        updated=3,
+        pending=0,
+        available=2,
+        revision=4,
+        conditions=[
+            DeploymentCondition(
+                type="Progressing",
+                status="False",
+                reason="ProgressDeadlineExceeded",
+                message="web has timed out progressing",
+                last_update_time=1.0,
+                last_transition_time=2.0,
+            )
+        ],
+        auto_rollback=AutoRollbackRecord(
+            from_revision=4, to_revision=3, reason="CrashLoop", message="restarted 3 times", at=3.0
+        ),
     ),
     DeploymentHistory: DeploymentHistory(
         name="web",
@@ -151,6 +176,7 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
                 template=msgspec.convert(SEEDS[Deployment]["spec"]["template"], ContainerTemplate),
                 change_cause="corral set image deployment/web busybox:2",
                 created_at=1.0,
+                available_at=2.0,
             )
         ],
     ),
@@ -169,6 +195,9 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
     ),
     NodeNetwork: NodeNetwork(
         node="node-1", address="172.17.0.1", used_ranges=["172.17.0.0/16"], ready=True
+    ),
+    ReplicaDrain: ReplicaDrain(
+        node="node-1", replica="web-1", endpoints_revision=7, in_force_at=1.0, nodes=2
     ),
     VolumeStatus: VolumeStatus(
         name="pv-1", phase="Bound", claim="default.web-data", node="node-1", size_bytes=2**20
@@ -193,7 +222,9 @@ SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeR
 # not both zero, maxUnavailable at most 100%, rollingUpdate only with type RollingUpdate)
 CODE_ONLY_RULES = re.compile(
     r"^spec\.(template\.(resources|volumes|volumeMounts|livenessProbe|readinessProbe|startupProbe)"
-    r"|strategy\.rollingUpdate)(\.|\[|$)"
+    r"|strategy\.rollingUpdate|autoRollback)(\.|\[|$)"
+    # progressDeadlineSeconds must exceed minReadySeconds: a rule across two fields of spec
+    r"|^spec$"
 )
 
 

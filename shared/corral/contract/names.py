@@ -55,6 +55,9 @@ NETWORK_SLICES_BUCKET: Final = "corral_network_slices"
 SERVICES_BUCKET: Final = "corral_services"  # key: namespace.name -> Service
 ENDPOINTS_BUCKET: Final = "corral_endpoints"  # key: namespace.name -> Endpoints
 NODE_NETWORK_BUCKET: Final = "corral_node_network"  # key: node -> NodeNetwork (node part)
+# key: node.namespace.replica -> ReplicaDrain (netmgr's cluster part): a replica going
+# away has left every endpoint on every node, so its agent may signal it.
+REPLICA_DRAINS_BUCKET: Final = "corral_replica_drains"
 # Storage (volmgr; docs/volumes.md).
 VOLUMES_BUCKET: Final = "corral_volumes"  # key: volume -> PersistentVolume
 VOLUME_STATUS_BUCKET: Final = "corral_volume_status"  # key: volume -> VolumeStatus
@@ -87,6 +90,7 @@ ALL_BUCKETS: Final = (
     NODE_VOLUMES_BUCKET,
     VOLUME_ATTACHMENTS_BUCKET,
     DEPLOYMENT_HISTORY_BUCKET,
+    REPLICA_DRAINS_BUCKET,
 )
 
 VERBS: Final = ("apply", "delete", "scale")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
-from corral.contract.names import DEFAULT_NAMESPACE, object_key
+from corral.contract.names import DEFAULT_NAMESPACE, object_key, placement_key
 
 
 class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -100,3 +100,22 @@ class NodeNetwork(_Record, frozen=True, kw_only=True):
     # Ports a process on the host listens on ("22/TCP", "53/UDP"; loopback-only binds
     # left out): never given as node ports (docs/networking.md, "Node ports").
     listening_ports: list[str] = []
+
+
+class ReplicaDrain(_Record, frozen=True, kw_only=True):
+    """netmgr's word that a replica going away has left every Service's endpoints on
+    every node (corral_replica_drains[node.namespace.replica], docs/rollouts.md,
+    "Graceful stops"): the endpoints without it were written at `endpointsRevision`, and
+    every live node part reported that revision or a later one applied. Its agent
+    signals the container only after this (or after its drain timeout)."""
+
+    node: str
+    replica: str
+    namespace: str = DEFAULT_NAMESPACE
+    endpoints_revision: int = 0
+    in_force_at: float = 0.0  # netmgr's clock
+    nodes: int = 0  # how many node parts confirmed
+
+    @property
+    def key(self) -> str:
+        return placement_key(self.node, self.namespace, self.replica)

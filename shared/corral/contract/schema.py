@@ -20,7 +20,13 @@ import msgspec
 
 from corral.contract.events import Event, Reply
 from corral.contract.network_specs import Network, Service
-from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
+from corral.contract.network_state import (
+    Endpoints,
+    NetworkSlice,
+    NetworkStatus,
+    NodeNetwork,
+    ReplicaDrain,
+)
 from corral.contract.specs import (
     DeleteRequest,
     Deployment,
@@ -62,6 +68,7 @@ PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "NetworkSlice": NetworkSlice,
     "Endpoints": Endpoints,
     "NodeNetwork": NodeNetwork,
+    "ReplicaDrain": ReplicaDrain,
     "PersistentVolume": PersistentVolume,
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "StorageClass": StorageClass,

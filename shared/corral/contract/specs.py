@@ -438,6 +438,14 @@ class Probe(_Public, frozen=True):
 
 PROBES: Final = ("livenessProbe", "readinessProbe", "startupProbe")
 
+# Graceful stops: Kubernetes' default grace period, and a bound (an hour).
+DEFAULT_TERMINATION_GRACE_SECONDS: Final = 30
+MAX_TERMINATION_GRACE_SECONDS: Final = 3600
+# The signals a stop may start with (Docker's StopSignal takes these names).
+StopSignal = Literal[
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL"
+]
+
 
 def claim_names(template: ContainerTemplate) -> list[str]:
     """The claims a template's volumes name, in order, each once."""
@@ -479,6 +487,14 @@ class ContainerTemplate(_Public, frozen=True):
     # the template hash changes and every replica is replaced; omitted when empty, so the
     # hash of a template that was never restarted is what it always was.
     restarted_at: Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL_PATTERN)] = ""
+    # Graceful stops (docs/rollouts.md, "Graceful stops"): a replica going away first
+    # leaves its Services' endpoints, then gets `stopSignal` (empty: the image's
+    # STOPSIGNAL, else SIGTERM), then SIGKILL after `terminationGracePeriodSeconds`
+    # (Kubernetes' field and default; a Pod's `lifecycle.stopSignal`).
+    termination_grace_period_seconds: Annotated[
+        int, msgspec.Meta(ge=0, le=MAX_TERMINATION_GRACE_SECONDS)
+    ] = DEFAULT_TERMINATION_GRACE_SECONDS
+    stop_signal: StopSignal | Literal[""] = ""
 
     def __post_init__(self) -> None:
         check_unique("networks", self.networks)
@@ -585,6 +601,35 @@ DEFAULT_STRATEGY: Final = DeploymentStrategy()
 DEFAULT_ROLLING_UPDATE: Final = RollingUpdate()
 
 
+# progressDeadlineSeconds: Kubernetes' default (10 minutes) and a bound (a week).
+DEFAULT_PROGRESS_DEADLINE_SECONDS: Final = 600
+MAX_PROGRESS_DEADLINE_SECONDS: Final = 7 * 86_400
+# The most restarts a crash-loop rule may count (ReplicaStatus.restartTimes keeps as many).
+MAX_CRASH_LOOP_RESTARTS: Final = 10
+MAX_CRASH_LOOP_WINDOW_SECONDS: Final = 86_400
+
+
+class AutoRollback(_Public, frozen=True):
+    """Opt-in automatic rollback (as Nomad's `auto_revert`; docs/rollouts.md): when a new
+    revision misses its progress deadline (`onProgressDeadline`), or one of its replicas
+    restarts `crashLoopRestarts` times within `crashLoopWindowSeconds` (`onCrashLoop`),
+    the scheduler puts back the template of the last revision that was fully available."""
+
+    on_progress_deadline: bool = True
+    on_crash_loop: bool = True
+    crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1, le=MAX_CRASH_LOOP_RESTARTS)] = 3
+    crash_loop_window_seconds: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_CRASH_LOOP_WINDOW_SECONDS)
+    ] = 300
+
+    def __post_init__(self) -> None:
+        if not self.on_progress_deadline and not self.on_crash_loop:
+            raise ValueError(
+                "`autoRollback`: onProgressDeadline and onCrashLoop are both false, so it "
+                "would never roll back (leave autoRollback out instead)"
+            )
+
+
 class DeploymentSpec(_Public, frozen=True, kw_only=True):
     replicas: Replicas = 1
     template: ContainerTemplate
@@ -596,11 +641,27 @@ class DeploymentSpec(_Public, frozen=True, kw_only=True):
     # How many old templates the scheduler keeps for `corral rollout undo` besides the
     # current one (Kubernetes' field and default; corral_deployment_history).
     revision_history_limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_REVISION_HISTORY)] = 10
+    # A rollout that makes no progress for this long is marked failed: the Progressing
+    # condition turns False with reason ProgressDeadlineExceeded (Kubernetes' field and
+    # default); it must exceed minReadySeconds.
+    progress_deadline_seconds: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_PROGRESS_DEADLINE_SECONDS)
+    ] = DEFAULT_PROGRESS_DEADLINE_SECONDS
+    # Opt-in: return to the last fully available revision on a missed deadline or a
+    # crash loop (absent: never roll back by itself).
+    auto_rollback: AutoRollback | None = None
     # When a node is lost: "Fast" places replacements after R (a cut-off node may run
     # its copies until it stops them at F, so two copies can overlap for F - R);
     # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off
     # node's own stop), or until an operator releases the node. See docs/time-budget.md.
     replacement: Literal["Fast", "AfterStop"] = "Fast"
+
+    def __post_init__(self) -> None:
+        if self.progress_deadline_seconds <= self.min_ready_seconds:
+            raise ValueError(
+                f"`progressDeadlineSeconds` ({self.progress_deadline_seconds}) must be greater "
+                f"than `minReadySeconds` ({self.min_ready_seconds}), as Kubernetes requires"
+            )
 
 
 class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Deployment"):

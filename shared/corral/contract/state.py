@@ -146,6 +146,15 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     # failed; and the last failure of any probe, for `corral describe`.
     probes: dict[str, str] = {}
     last_probe_failure: str = ""
+    # When the container was restarted, on the agent's clock, the last
+    # MAX_CRASH_LOOP_RESTARTS of them, oldest first: with `updatedAt` (the same clock)
+    # the scheduler counts restarts within a window without comparing two hosts' clocks.
+    restart_times: list[float] = []
+
+    def restarts_within(self, seconds: float) -> int:
+        """How many restarts happened in the `seconds` before this status was written."""
+        since = self.updated_at - seconds
+        return sum(1 for at in self.restart_times if at > since)
 
     @property
     def is_ready(self) -> bool:
@@ -155,6 +164,45 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
     @property
     def key(self) -> str:
         return placement_key(self.node, self.namespace, self.replica)
+
+
+# DeploymentCondition types and reasons (Kubernetes' names; docs/rollouts.md).
+CONDITION_PROGRESSING = "Progressing"
+CONDITION_AVAILABLE = "Available"
+REASON_NEW_REPLICAS_CREATED = "NewReplicaSetCreated"  # a new template, rollout started
+REASON_REPLICAS_UPDATED = "ReplicaSetUpdated"  # the rollout made progress
+REASON_NEW_REPLICAS_AVAILABLE = "NewReplicaSetAvailable"  # the rollout is complete
+REASON_PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+REASON_PAUSED = "DeploymentPaused"
+REASON_RESUMED = "DeploymentResumed"
+REASON_ROLLED_BACK = "RolledBack"  # corral's: the automatic rollback put an old template back
+REASON_MINIMUM_AVAILABLE = "MinimumReplicasAvailable"
+REASON_MINIMUM_UNAVAILABLE = "MinimumReplicasUnavailable"
+
+
+class DeploymentCondition(_Record, frozen=True, kw_only=True):
+    """One of a Deployment's conditions, as Kubernetes': `status` "True", "False" or
+    "Unknown"; times on the scheduler's clock. lastUpdateTime moves whenever the rollout
+    makes progress; the progress deadline counts from it."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_update_time: float = 0.0
+    last_transition_time: float = 0.0
+
+
+class AutoRollbackRecord(_Record, frozen=True, kw_only=True):
+    """What the automatic rollback did, kept on the status until the next template change
+    that is not a rollback: from which revision to which, why ("ProgressDeadlineExceeded"
+    or "CrashLoop") and when (the scheduler's clock)."""
+
+    from_revision: int
+    to_revision: int
+    reason: str
+    message: str = ""
+    at: float = 0.0
 
 
 class DeploymentStatus(_Record, frozen=True, kw_only=True):
@@ -170,10 +218,20 @@ class DeploymentStatus(_Record, frozen=True, kw_only=True):
     pending: int = 0  # desired but placed nowhere
     pending_reason: str = ""
     updated_at: float = 0.0
+    # Ready for at least minReadySeconds (Kubernetes' availableReplicas).
+    available: int = 0
+    # The current template's revision (corral_deployment_history), 0 before it is known.
+    revision: int = 0
+    conditions: list[DeploymentCondition] = []
+    # Set when the automatic rollback acted; cleared by the next template change.
+    auto_rollback: AutoRollbackRecord | None = None
 
     @property
     def key(self) -> str:
         return object_key(self.namespace, self.name)
+
+    def condition(self, kind: str) -> DeploymentCondition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
 
 
 class DeploymentRevision(_Record, frozen=True, kw_only=True):
@@ -186,6 +244,9 @@ class DeploymentRevision(_Record, frozen=True, kw_only=True):
     template: ContainerTemplate
     change_cause: str = ""
     created_at: float = 0.0
+    # When its rollout first completed (every replica updated and available; the
+    # scheduler's clock): the automatic rollback only returns to such a revision.
+    available_at: float = 0.0
 
 
 class DeploymentHistory(_Record, frozen=True, kw_only=True):

@@ -50,6 +50,11 @@ STOP_SECONDS: Final = 5.0
 
 MARGIN_SECONDS: Final = 5.0
 
+# A cut-off agent's stops at F are graceful too, but short: the stop signal, then SIGKILL
+# after at most this long (whatever the template's terminationGracePeriodSeconds), so
+# that a removal still ends within STOP (docs/rollouts.md, "Graceful stops").
+FENCED_STOP_GRACE_SECONDS: Final = 2.0
+
 # R': when replicas of a Deployment that must never run twice are replaced.
 NODE_LOST_AFTER_STOP_SECONDS: Final = CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS + MARGIN_SECONDS
 
@@ -75,4 +80,5 @@ def check() -> None:
     assert (
         CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS + MARGIN_SECONDS <= NODE_LOST_AFTER_STOP_SECONDS
     ), "a never-two-copies Deployment could run twice"
+    assert FENCED_STOP_GRACE_SECONDS + 1.0 <= STOP_SECONDS, "a fenced stop would outlast STOP"
     assert NATS_PING_SECONDS * (NATS_MAX_OUTSTANDING_PINGS + 1) < CUT_OFF_STOP_SECONDS
