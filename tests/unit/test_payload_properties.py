@@ -78,6 +78,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
                 "restartedAt": "2026-11-29T05:30:00.000000Z",
                 "terminationGracePeriodSeconds": 10,
                 "stopSignal": "SIGQUIT",
+                "nodeSelector": {"disk": "ssd"},
                 "command": ["httpd", "-f"],
                 "args": ["-p", "8080"],
                 "env": {"GREETING": "hello", "_X1": ""},

@@ -495,6 +495,9 @@ class ContainerTemplate(_Public, frozen=True):
         int, msgspec.Meta(ge=0, le=MAX_TERMINATION_GRACE_SECONDS)
     ] = DEFAULT_TERMINATION_GRACE_SECONDS
     stop_signal: StopSignal | Literal[""] = ""
+    # Only nodes whose labels include every one of these (Kubernetes' Pod nodeSelector;
+    # Swarm's `--constraint node.labels.K==V`); none: any node.
+    node_selector: Labels = {}
 
     def __post_init__(self) -> None:
         check_unique("networks", self.networks)
