@@ -16,6 +16,7 @@ from corral.contract.state import (
     DeploymentStatus,
     Node,
     NodeCapacity,
+    OrphanReplica,
     Placement,
     ReplicaState,
     ReplicaStatus,
@@ -261,3 +262,85 @@ def test_replicas_of_an_unreadable_deployment_are_left_alone() -> None:
     )
     plan = decide(unreadable)
     assert not plan.stop and not plan.forget_statuses
+
+
+def selected(name: str, replicas: int, selector: dict[str, str]) -> Deployment:
+    return Deployment(
+        metadata=ObjectMeta(name=name, generation=1),
+        spec=DeploymentSpec(
+            replicas=replicas, template=ContainerTemplate(image="app:1", node_selector=selector)
+        ),
+    )
+
+
+def labelled(name: str, **labels: str) -> Node:
+    return Node(
+        name=name,
+        labels=labels,
+        capacity=NodeCapacity(cpu_millis=4000, memory_bytes=8 * GiB, pods=110),
+    )
+
+
+def test_a_node_selector_places_only_on_nodes_whose_labels_include_every_pair() -> None:
+    nodes = [
+        labelled("a", disk="ssd", zone="1"),
+        labelled("b", disk="hdd", zone="1"),
+        labelled("c", zone="1"),
+        labelled("d", disk="ssd", zone="2"),
+    ]
+    table: list[tuple[dict[str, str], list[str], str]] = [
+        ({}, ["a", "b", "c", "d"], ""),
+        ({"disk": "ssd"}, ["a", "a", "d", "d"], ""),
+        ({"disk": "ssd", "zone": "2"}, ["d", "d", "d", "d"], ""),
+        ({"zone": "1"}, ["a", "b", "c", "a"], ""),
+        ({"disk": "nvme"}, [], "no node has labels disk=nvme"),
+        ({"disk": "hdd", "zone": "2"}, [], "no node has labels disk=hdd,zone=2"),
+    ]
+    for selector, where, reason in table:
+        plan = decide(cluster([selected("web", 4, selector)], nodes))
+        # spread: four replicas over three matching nodes put two on one of them
+        assert set(placed_on(plan)) == set(where), (selector, placed_on(plan))
+        assert len(plan.place) == len(where), selector
+        ((status, _),) = plan.statuses
+        assert status.pending == 4 - len(where), selector
+        assert status.pending_reason == reason, selector
+        if reason:
+            assert any(e.reason == "FailedScheduling" and reason in e.message for e in plan.events)
+
+
+def test_a_node_selector_counts_nodes_without_the_labels_beside_the_other_reasons() -> None:
+    nodes = [labelled("a", disk="ssd"), labelled("b")]
+    big = Deployment(
+        metadata=ObjectMeta(name="big", generation=1),
+        spec=DeploymentSpec(
+            replicas=2,
+            template=ContainerTemplate(
+                image="app:1",
+                node_selector={"disk": "ssd"},
+                resources=Resources(requests=ResourceList(cpu="3")),
+            ),
+        ),
+    )
+    plan = decide(cluster([big], nodes))
+    assert placed_on(plan) == ["a"]
+    ((status, _),) = plan.statuses
+    assert status.pending_reason == (
+        "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) without labels disk=ssd"
+    )
+
+
+def test_an_orphan_on_a_node_without_the_selected_labels_is_not_adopted() -> None:
+    web = selected("web", 1, {"disk": "ssd"})
+    orphan = OrphanReplica(
+        deployment="web", replica="web-old", template_hash=web.spec.template.template_hash()
+    )
+    nodes = [
+        Node(
+            name="b",
+            capacity=NodeCapacity(cpu_millis=4000, memory_bytes=8 * GiB, pods=110),
+            orphans=[orphan],
+        ),
+        labelled("a", disk="ssd"),
+    ]
+    plan = decide(cluster([web], nodes))
+    assert [(p.node, p.replica) for p in plan.place] == [("a", "web-00000")]

@@ -7,8 +7,9 @@ cluster-wide facts the caller keeps incrementally (per-node usage, replica names
 schedulable nodes): the running scheduler's controller calls it per changed key.
 
 Stages, as in Nomad: reconcile (what must be placed or stopped, per Deployment) ->
-feasibility (which Ready nodes have room, and which the template's claims allow:
-volume_fit.py) -> ranking (spread, then least allocated) -> plan.
+feasibility (which Ready nodes have room, carry the template's nodeSelector labels,
+and which the template's claims allow: volume_fit.py) -> ranking (spread, then least
+allocated) -> plan.
 Per Deployment (`_reconcile_deployment`), in named steps: split its replicas by template
 and readiness (`_Replicas`), the rollout arithmetic on those counts (rollout.py, pure),
 what to stop (`_what_to_stop`), what to place (`_what_to_place`), the status (`_status`).
@@ -557,6 +558,8 @@ def _what_to_place(
             continue
         if _misfit(run.snapshot.nodes[where], run.usage[where], cpu, memory):
             continue
+        if _selector_misfit(run.snapshot.nodes[where], template.node_selector):
+            continue
         if fit is not None and (fit.block or fit.misfit(where)):
             continue
         run.taken_names.add(orphan.replica)
@@ -569,7 +572,16 @@ def _what_to_place(
     pending_reason = ""
     remaining = count - len(adopted)
     if remaining:
-        picker = _NodePicker(run.snapshot, run.ready_nodes, run.usage, spread, cpu, memory, fit)
+        picker = _NodePicker(
+            run.snapshot,
+            run.ready_nodes,
+            run.usage,
+            spread,
+            cpu,
+            memory,
+            fit,
+            selector=template.node_selector,
+        )
         for _ in range(remaining):
             node = picker.pick()
             if node is None:
@@ -674,8 +686,12 @@ class _NodePicker:
         cpu: int,
         memory: int,
         fit: VolumeFit | None = None,
+        *,
+        selector: Mapping[str, str] | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # The template's nodeSelector: fixed for the pass, so it only filters the heap.
+        self.selector: Mapping[str, str] = selector or {}
         self.ready_nodes = ready_nodes
         self.usage = usage
         self.spread = spread
@@ -686,6 +702,7 @@ class _NodePicker:
             self._rank(name)
             for name in ready_nodes
             if not _misfit(snapshot.nodes[name], usage[name], cpu, memory)
+            and not _selector_misfit(snapshot.nodes[name], self.selector)
             and (fit is None or not fit.misfit(name))
         ]
         heapq.heapify(self.heap)
@@ -727,12 +744,18 @@ class _NodePicker:
         total = len(self.snapshot.nodes)
         if total == 0:
             return "no nodes are registered"
+        if self.selector and all(
+            _selector_misfit(node, self.selector) for node in self.snapshot.nodes.values()
+        ):
+            return f"no node has labels {_selector_text(self.selector)}"
         reasons: Counter[str] = Counter()
         for name, node in self.snapshot.nodes.items():
             if name not in self.ready_nodes:
                 reasons["node(s) not ready"] += 1
             else:
-                reason = _misfit(node, self.usage[name], self.cpu, self.memory)
+                reason = _selector_misfit(node, self.selector) or _misfit(
+                    node, self.usage[name], self.cpu, self.memory
+                )
                 if not reason and fit is not None:
                     reason = fit.misfit(name)
                 reasons[reason] += 1
@@ -749,6 +772,19 @@ def _misfit(node: Node, node_usage: Usage, cpu: int, memory: int) -> str:
     if node_usage.memory_bytes + memory > capacity.memory_bytes:
         return "Insufficient memory"
     return ""
+
+
+def _selector_text(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def _selector_misfit(node: Node, selector: Mapping[str, str]) -> str:
+    """Why a template's nodeSelector excludes `node` ("" when its labels include every
+    pair: Kubernetes' Pod nodeSelector, Swarm's `--constraint node.labels.K==V`)."""
+    labels = node.labels
+    if all(labels.get(key) == value for key, value in selector.items()):
+        return ""
+    return f"node(s) without labels {_selector_text(selector)}"
 
 
 def _new_replica_name(deployment: str, taken: _Names, new_suffix: Callable[[], str]) -> str:
