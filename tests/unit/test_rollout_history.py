@@ -16,9 +16,9 @@ from corral.client.cli.rollout_commands import (
     history_table,
     parse_timeout,
     revision_text,
-    status_line,
     undo_target,
 )
+from corral.client.cli.progress import status_line
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, ContainerTemplate, Deployment
 from corral.contract.state import DeploymentHistory, DeploymentStatus
@@ -160,20 +160,20 @@ def status(**counts: int) -> DeploymentStatus:
             "termination...",
         ),
         (
-            status(replicas=3, placed=3, updated=3, ready=1),
+            status(replicas=3, placed=3, updated=3, ready=3, available=1),
             'Waiting for deployment "x" rollout to finish: 1 of 3 updated replicas are '
             "available...",
         ),
-        (status(replicas=3, placed=3, updated=3, ready=3), None),
+        (status(replicas=3, placed=3, updated=3, ready=3, available=3), None),
     ],
 )
 def test_status_lines_are_kubectls(value: DeploymentStatus | None, line: str | None) -> None:
-    assert status_line("x", 2, 3, value) == line
+    assert status_line("x", 2, value) == line
 
 
 def test_an_unobserved_generation_waits() -> None:
-    done = status(replicas=3, placed=3, updated=3, ready=3)
-    assert status_line("x", 3, 3, done) == "Waiting for deployment spec update to be observed..."
+    done = status(replicas=3, placed=3, updated=3, ready=3, available=3)
+    assert status_line("x", 3, done) == "Waiting for deployment spec update to be observed..."
 
 
 def test_timeouts_parse_like_kubectls_and_bad_ones_name_the_option() -> None:

@@ -10,23 +10,22 @@ precondition; the command reads again and retries a few times)."""
 from __future__ import annotations
 
 import datetime
-import math
 import re
 from collections.abc import Awaitable, Callable
 
-import anyio
 import click
 import msgspec
 import yaml
 
 from corral.client.api import CorralClient, CorralError, RequestRejected
 from corral.client.cli.kinds import split_kind_name
+from corral.client.cli.progress import RolloutOutcome, follow_rollout
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.client.cli.tables import render_table
 from corral.contract import names
 from corral.contract.events import REASON_CONFLICT
 from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, ContainerTemplate, Deployment
-from corral.contract.state import DeploymentHistory, DeploymentRevision, DeploymentStatus
+from corral.contract.state import DeploymentHistory, DeploymentRevision
 
 ATTEMPTS = 5
 
@@ -314,23 +313,6 @@ def restart(ctx: click.Context, kind: str, name: str | None) -> None:
 # --- status: follow the Deployment's status record until the rollout is done
 
 
-def status_line(
-    name: str, generation: int, replicas: int, status: DeploymentStatus | None
-) -> str | None:
-    """kubectl's `rollout status` line for one status of Deployment `name` (its spec
-    asking `replicas` at `generation`), or None when the rollout is done."""
-    if status is None or status.observed_generation < generation:
-        return "Waiting for deployment spec update to be observed..."
-    prefix = f'Waiting for deployment "{name}" rollout to finish: '
-    if status.updated < replicas:
-        return f"{prefix}{status.updated} out of {replicas} new replicas have been updated..."
-    if status.placed > status.updated:
-        return f"{prefix}{status.placed - status.updated} old replicas are pending termination..."
-    if status.ready < status.updated:
-        return f"{prefix}{status.ready} of {status.updated} updated replicas are available..."
-    return None
-
-
 def parse_timeout(text: str) -> float:
     """A duration like kubectl's: 90, 90s, 2m, 1h, 1m30s; 0: no limit."""
     if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
@@ -342,30 +324,6 @@ def parse_timeout(text: str) -> float:
         )
     hours, minutes, seconds = (float(part or 0) for part in parts.groups())
     return hours * 3600 + minutes * 60 + seconds
-
-
-async def follow_rollout(
-    client: CorralClient, name: str, limit_seconds: float, echo: Callable[[str], None]
-) -> bool:
-    """Print a line each time the rollout's state changes until it is done (True) or
-    `limit_seconds` pass (False; 0: no limit)."""
-    deployment, _ = await read_deployment(client, name)
-    generation = deployment.metadata.generation
-    replicas = deployment.spec.replicas
-    key = names.object_key(names.DEFAULT_NAMESPACE, name)
-    last: str | None = None
-    with anyio.move_on_after(limit_seconds or math.inf):
-        async for status in client.follow_record(
-            names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key
-        ):
-            line = status_line(name, generation, replicas, status)
-            if line is None:
-                echo(f'deployment "{name}" successfully rolled out')
-                return True
-            if line != last:
-                echo(line)
-                last = line
-    return False
 
 
 @rollout.command()
@@ -381,14 +339,15 @@ async def follow_rollout(
 @click.pass_context
 def status(ctx: click.Context, kind: str, name: str | None, limit: str) -> None:
     """Follow a rollout until every replica runs the current template and is available
-    (exit 0), or until --timeout (exit 1): corral rollout status deployment/NAME."""
+    (exit 0); exit 1 when its progress deadline is exceeded, when it was rolled back
+    automatically, or at --timeout: corral rollout status deployment/NAME."""
     target = _target(kind, name, "status")
     seconds = parse_timeout(limit)
 
-    async def follow(client: CorralClient) -> bool:
-        return await follow_rollout(client, target, seconds, click.echo)
+    async def follow(client: CorralClient) -> RolloutOutcome:
+        return await follow_rollout(client, target, timeout=seconds or None)
 
-    if not run_with_client(settings_of(ctx), follow):
-        raise click.ClickException(
-            f'timed out waiting for deployment "{target}" rollout to finish ({limit})'
-        )
+    outcome = run_with_client(settings_of(ctx), follow)
+    if not outcome.ok:
+        click.echo(f"error: {outcome.message}", err=True)
+        ctx.exit(1)
