@@ -34,7 +34,11 @@ class Netmgr(ClusterPart):
     services: ServiceAPI
 
     def controllers(self) -> Sequence[Controller]:
-        return (self.loop.network_controller, self.loop.endpoints_controller)
+        return (
+            self.loop.network_controller,
+            self.loop.endpoints_controller,
+            self.loop.drain_controller,
+        )
 
 
 @asynccontextmanager

@@ -11,6 +11,8 @@
   (corral_netmgr.endpoints), written only when they change. A placement, a replica
   status or a node's readiness changing enqueues only the Services of the replica's
   namespace whose selector matches its labels (indexes by namespace and by node).
+- the drain controller (key: a replica's placement key; corral_netmgr.drains) writes a
+  ReplicaDrain once a replica going away has left every live node part's rules.
 
 The mirrors are also what the APIs decide on (corral_netmgr.spec_api); `lock` is the
 one their decisions hold. Every key is enqueued again every RESYNC_SECONDS.
@@ -32,7 +34,13 @@ from anyio.abc import TaskStatus
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.network_specs import Network, Service
-from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus, NodeNetwork
+from corral.contract.network_state import (
+    Endpoints,
+    NetworkSlice,
+    NetworkStatus,
+    NodeNetwork,
+    ReplicaDrain,
+)
 from corral.contract.specs import Deployment
 from corral.contract.state import Node, Placement, ReplicaStatus
 from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
@@ -40,6 +48,7 @@ from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Mirror, Update, Write
 from corral_netmgr import metrics
 from corral_netmgr.allocator import assign_slices, gateway, parse_ranges, slice_conflicts
+from corral_netmgr.drains import DrainController, EndpointsMirror
 from corral_netmgr.endpoints import Candidate, compute_endpoints, placement_labels, selects
 
 log = logging.getLogger(__name__)
@@ -69,12 +78,13 @@ class Mirrors(MirrorSet):
     network_status: Mirror[NetworkStatus]
     slices: Mirror[NetworkSlice]
     services: Mirror[Service]
-    endpoints: Mirror[Endpoints]
+    endpoints: EndpointsMirror
     deployments: Mirror[Deployment]
     nodes: Mirror[Node]
     node_network: Mirror[NodeNetwork]
     placements: Mirror[Placement]
     replica_statuses: Mirror[ReplicaStatus]
+    drains: Mirror[ReplicaDrain]
 
     @classmethod
     def of(cls, buckets: dict[str, Any]) -> Mirrors:
@@ -83,12 +93,13 @@ class Mirrors(MirrorSet):
             network_status=Mirror(buckets[names.NETWORK_STATUS_BUCKET], NetworkStatus),
             slices=Mirror(buckets[names.NETWORK_SLICES_BUCKET], NetworkSlice),
             services=Mirror(buckets[names.SERVICES_BUCKET], Service),
-            endpoints=Mirror(buckets[names.ENDPOINTS_BUCKET], Endpoints),
+            endpoints=EndpointsMirror(buckets[names.ENDPOINTS_BUCKET], Endpoints),
             deployments=Mirror(buckets[names.DEPLOYMENTS_BUCKET], Deployment),
             nodes=Mirror(buckets[names.NODES_BUCKET], Node),
             node_network=Mirror(buckets[names.NODE_NETWORK_BUCKET], NodeNetwork),
             placements=Mirror(buckets[names.PLACEMENTS_BUCKET], Placement),
             replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus),
+            drains=Mirror(buckets[names.REPLICA_DRAINS_BUCKET], ReplicaDrain),
         )
 
 
@@ -121,6 +132,18 @@ class ClusterLoop(MirroredLoop[Mirrors]):
             resync_seconds=resync_seconds,
             resync_keys=self._service_keys,
         )
+        self.drains = DrainController(
+            statuses=m.replica_statuses,
+            placements=m.placements,
+            endpoints=m.endpoints,
+            node_network=m.node_network,
+            nodes=m.nodes,
+            drains=m.drains,
+            write=self._write,
+            resync_seconds=resync_seconds,
+            wall_clock=wall_clock,
+        )
+        self.drain_controller = self.drains.controller
         networks = self.network_controller
         endpoints = self.endpoints_controller
         # Feeds, indexes, and what enqueues which keys.
@@ -242,14 +265,16 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run both controllers, make the `default` network when missing (`ensure_default`,
+        """Run the controllers, make the `default` network when missing (`ensure_default`,
         the Network API's) once a node has said which ranges its host uses, and a tick
         (the default network, the gauges)."""
         async with anyio.create_task_group() as tg:
             await tg.start(self.network_controller.run)
             await tg.start(self.endpoints_controller.run)
+            await tg.start(self.drain_controller.run)
             self.network_controller.enqueue_all(self._network_keys())
             self.endpoints_controller.enqueue_all(self._service_keys())
+            self.drain_controller.enqueue_all(self.drains.keys())
             task_status.started()
             await self._hosts_known()
             await self._ensure_default(ensure_default)
