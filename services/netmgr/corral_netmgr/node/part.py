@@ -46,6 +46,11 @@ DNS: Final = "dns"
 RECORD: Final = "record"
 KEYS: Final = (NETWORKS, RULES, ROUTES, DNS, RECORD)
 RETRY_SECONDS: Final = 5.0  # a Docker network in use, a route or a bind that failed
+# The record is written at once when the endpoints revision in force moves on, but at
+# most once per this long for that alone: a burst of endpoints changes is a few writes,
+# never one per change, and the cluster part's drains (docs/rollouts.md, "Graceful
+# stops") wait at most this long for the write.
+RECORD_REVISION_SECONDS: Final = 0.1
 
 RULES_APPLIED = Counter(
     "corral_netmgr_node_rules_applied_total",
@@ -106,8 +111,11 @@ class NodePart:
         dns: Any = None,
         on_endpoints: Callable[[str, Endpoints | None], None] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.monotonic = monotonic
+        self._record_written_at: float | None = None  # on `monotonic`
         self.docker = docker
         self.iptables = iptables
         self.dns = dns
@@ -375,11 +383,24 @@ class NodePart:
         old = self.node_networks.get(node)
         if old is not None and same_record(old, record):
             return ""
+        now = self.monotonic()
+        if (
+            old is not None
+            and self._record_written_at is not None
+            and same_record(
+                old, msgspec.structs.replace(record, endpoints_revision=old.endpoints_revision)
+            )
+        ):
+            wait = self._record_written_at + RECORD_REVISION_SECONDS - now
+            if wait > 0:  # only the revision moved on, and the last write is that recent
+                self.controller.enqueue_after(RECORD, wait)
+                return ""
         record = msgspec.structs.replace(record, updated_at=self.clock())
         revision = await write_record(
             self.node_bucket, node, record, self.node_networks.revision(node)
         )
         self.node_networks.apply(Entry(node, encode(record), revision))
+        self._record_written_at = now
         return ""
 
     # --- removing everything (`corral down`) ----------------------------------------------
