@@ -80,6 +80,8 @@ async def test_set_image_undo_and_a_missing_revision(
     async with cluster(nats_url) as scheduler:
         assert (await request(scheduler.nc, "deployment", "apply", manifest(2))).ok
         await eventually(lambda: history(buckets), revisions_of(1))
+        first = await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "20s")
+        assert first.exit_code == 0, first.output  # so revision 1 was fully available
 
         updated = await corral(nats_url, "set", "image", "deployment/web", f"web={IMAGE}-2")
         assert updated.exit_code == 0, updated.output
@@ -98,9 +100,9 @@ async def test_set_image_undo_and_a_missing_revision(
         listed = await corral(nats_url, "rollout", "history", "deployment/web")
         assert listed.exit_code == 0, listed.output
         assert listed.output.splitlines()[1:] == [
-            "REVISION   CHANGE-CAUSE",
-            "1          <none>",
-            f"2          corral set image deployment/web web={IMAGE}-2",
+            "REVISION   AVAILABLE   CHANGE-CAUSE",
+            "1          yes         <none>",
+            f"2          yes         corral set image deployment/web web={IMAGE}-2",
         ]
         one = await corral(nats_url, "rollout", "history", "deployment/web", "--revision", "1")
         assert one.exit_code == 0 and f"image: {IMAGE}\n" in one.output

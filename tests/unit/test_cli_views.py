@@ -16,13 +16,18 @@ from corral.contract.state import DeploymentStatus, Node, NodeCapacity
 NOW = 1_000_000.0
 
 
-def view(pending: int = 0) -> ClusterView:
+def view(pending: int = 0, available: int | None = None) -> ClusterView:
     deployment = Deployment(
         metadata=ObjectMeta(name="web", generation=1, creation_timestamp=NOW - 30),
         spec=DeploymentSpec(replicas=2, template=ContainerTemplate(image="nginx:1.27")),
     )
     status = DeploymentStatus(
-        name="web", replicas=2, ready=2 - pending, updated=2 - pending, pending=pending
+        name="web",
+        replicas=2,
+        ready=2 - pending,
+        updated=2 - pending,
+        pending=pending,
+        available=2 - pending if available is None else available,
     )
     node = Node(
         name="n1",
@@ -39,6 +44,13 @@ def test_deployments_without_pending_have_no_message_column() -> None:
     assert render_get(view(), "deployments", None, "table", NOW).splitlines() == [
         "NAME   READY   UP-TO-DATE   AVAILABLE   AGE",
         "web    2/2     2            2           30s",
+    ]
+
+
+def test_available_counts_replicas_ready_for_min_ready_seconds_not_just_ready() -> None:
+    assert render_get(view(available=1), "deployments", None, "table", NOW).splitlines() == [
+        "NAME   READY   UP-TO-DATE   AVAILABLE   AGE",
+        "web    2/2     2            1           30s",
     ]
 
 

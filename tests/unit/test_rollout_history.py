@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 from corral.client.api import CorralError
 from corral.client.cli.main import cli
+from corral.client.cli.progress import status_line
 from corral.client.cli.rollout_commands import (
     history_table,
     parse_timeout,
     revision_text,
     undo_target,
 )
-from corral.client.cli.progress import status_line
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, ContainerTemplate, Deployment
 from corral.contract.state import DeploymentHistory, DeploymentStatus
@@ -91,13 +91,17 @@ def test_undo_goes_to_the_previous_revision_or_the_one_named() -> None:
 
 def test_history_table_and_one_revision() -> None:
     history = play("1", "2")
+    first = msgspec.structs.replace(history.revisions[0], available_at=1_700_000_000.0)
+    history = msgspec.structs.replace(history, revisions=[first, history.revisions[1]])
     assert history_table(history).splitlines() == [
-        "REVISION   CHANGE-CAUSE",
-        "1          to 1",
-        "2          to 2",
+        "REVISION   AVAILABLE   CHANGE-CAUSE",
+        "1          yes         to 1",
+        "2          no          to 2",
     ]
     text = revision_text(history, 2)
     assert "revision #2" in text and "image: busybox:2" in text
+    assert "Available:     no (never fully available)" in text
+    assert "Available:     2023-11-14 22:13:20 UTC" in revision_text(history, 1)
     with pytest.raises(CorralError, match="--revision 5"):
         revision_text(history, 5)
 
@@ -141,7 +145,7 @@ def test_restarted_at_leaves_the_hash_of_a_template_without_it_unchanged() -> No
     assert restarted.template_hash() != template.template_hash()
 
 
-def status(**counts: int) -> DeploymentStatus:
+def status(**counts: Any) -> DeploymentStatus:
     return DeploymentStatus(name="x", observed_generation=2, **counts)
 
 

@@ -28,10 +28,12 @@ from corral.contract.events import Event
 from corral.contract.quantity import format_cpu, format_memory
 from corral.contract.specs import (
     DEFAULT_ROLLING_UPDATE,
+    AutoRollback,
     ContainerTemplate,
     DeploymentSpec,
     Probe,
 )
+from corral.contract.state import DeploymentStatus
 
 
 def _when(timestamp: float, now: float) -> str:
@@ -90,12 +92,16 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
     else:
         lines.append(
             f"Replicas:     {deployment.spec.replicas} desired | {status.placed} placed | "
-            f"{status.updated} up-to-date | {status.ready} ready | {status.pending} pending"
+            f"{status.updated} up-to-date | {status.ready} ready | {status.pending} pending | "
+            f"{status.available} available"
         )
         if status.pending:
             lines.append(f"Pending:      {status.pending_reason or 'not placed yet'}")
         lines.append(f"Observed:     generation {status.observed_generation}")
+        if status.revision:
+            lines.append(f"Revision:     {status.revision}")
     lines += _fields(rollout_settings(deployment.spec))
+    lines += _fields(failure_settings(deployment.spec))
     lines.append("Template:")
     lines += _fields(
         [
@@ -112,6 +118,10 @@ def describe_deployment(view: ClusterView, name: str, events: list[Event], now: 
         ],
         indent="  ",
     )
+    lines += _fields(stop_settings(template), indent="  ")
+    if status is not None:
+        lines += conditions_table(status)
+        lines += auto_rollback_record(status, now)
     replicas = replica_lines(view, name)
     if replicas:
         rows = [replica_row(line, now, wide=True) for line in replicas]
@@ -233,6 +243,67 @@ def rollout_settings(spec: DeploymentSpec) -> list[tuple[str, str]]:
         ("Strategy", how),
         ("Min ready", f"{spec.min_ready_seconds}s"),
         ("Paused", _yes(spec.paused)),
+    ]
+
+
+def failure_settings(spec: DeploymentSpec) -> list[tuple[str, str]]:
+    """Progress deadline and Auto rollback (docs/rollouts.md)."""
+    return [
+        ("Progress deadline", f"{spec.progress_deadline_seconds}s"),
+        ("Auto rollback", auto_rollback_settings(spec.auto_rollback)),
+    ]
+
+
+def stop_settings(template: ContainerTemplate) -> list[tuple[str, str]]:
+    """How a replica stops (docs/rollouts.md, "Graceful stops") and where it may run."""
+    return [
+        ("Termination grace period", f"{template.termination_grace_period_seconds}s"),
+        ("Stop signal", template.stop_signal or "<the image's STOPSIGNAL, else SIGTERM>"),
+        ("Node selector", _mapping(template.node_selector)),
+    ]
+
+
+def auto_rollback_settings(settings: AutoRollback | None) -> str:
+    """`on progress deadline, on crash loop (3 restarts within 300s)`; off when absent."""
+    if settings is None:
+        return "off"
+    rules = []
+    if settings.on_progress_deadline:
+        rules.append("on progress deadline")
+    if settings.on_crash_loop:
+        rules.append(
+            f"on crash loop ({settings.crash_loop_restarts} restarts within "
+            f"{settings.crash_loop_window_seconds}s)"
+        )
+    return ", ".join(rules)
+
+
+def conditions_table(status: DeploymentStatus) -> list[str]:
+    """kubectl describe's Conditions: Type, Status, Reason (and corral's Message)."""
+    if not status.conditions:
+        return ["Conditions:   <none>"]
+    rows = [[c.type, c.status, c.reason or NONE, c.message] for c in status.conditions]
+    table = render_table(("Type", "Status", "Reason", "Message"), rows)
+    return ["Conditions:", *("  " + line for line in table.splitlines())]
+
+
+def auto_rollback_record(status: DeploymentStatus, now: float) -> list[str]:
+    """What the automatic rollback did (status.autoRollback), when it did something."""
+    record = status.auto_rollback
+    if record is None:
+        return []
+    return [
+        "Last auto rollback:",
+        *_fields(
+            [
+                ("From revision", str(record.from_revision)),
+                ("To revision", str(record.to_revision)),
+                ("Reason", record.reason),
+                ("Message", record.message or NONE),
+                ("At", _when(record.at, now)),
+            ],
+            indent="  ",
+        ),
     ]
 
 

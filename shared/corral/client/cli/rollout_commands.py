@@ -166,9 +166,23 @@ async def change_template(client: CorralClient, name: str, change: Change) -> De
 
 
 def history_table(history: DeploymentHistory) -> str:
-    """kubectl's `rollout history` table: REVISION and CHANGE-CAUSE, oldest first."""
-    rows = [[str(r.revision), r.change_cause or "<none>"] for r in history.revisions]
-    return render_table(["REVISION", "CHANGE-CAUSE"], rows)
+    """kubectl's `rollout history` table: REVISION and CHANGE-CAUSE, oldest first, with
+    AVAILABLE: yes for a revision whose rollout once completed (every replica updated
+    and available: `availableAt`), the ones the automatic rollback may return to."""
+    rows = [
+        [str(r.revision), _yes(r.available_at), r.change_cause or "<none>"]
+        for r in history.revisions
+    ]
+    return render_table(["REVISION", "AVAILABLE", "CHANGE-CAUSE"], rows)
+
+
+def _yes(available_at: float) -> str:
+    return "yes" if available_at else "no"
+
+
+def _moment(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def revision_text(history: DeploymentHistory, revision: int) -> str:
@@ -186,6 +200,8 @@ def revision_text(history: DeploymentHistory, revision: int) -> str:
         f"deployment/{history.name} with revision #{entry.revision}",
         f"Template hash: {entry.template_hash}",
         f"Change cause:  {entry.change_cause or '<none>'}",
+        "Available:     "
+        + (_moment(entry.available_at) if entry.available_at else "no (never fully available)"),
         body.rstrip("\n"),
     ]
     return "\n".join(lines)

@@ -106,14 +106,17 @@ def format_resources(resources: ResourceList) -> str:
 def deployment_row(
     deployment: Deployment, status: DeploymentStatus | None, now: float, *, wide: bool
 ) -> list[str]:
+    """kubectl's columns: READY (ready/desired), UP-TO-DATE (of the current template),
+    AVAILABLE (ready for at least minReadySeconds: status.available), AGE."""
     desired = deployment.spec.replicas
     ready = status.ready if status is not None else 0
     updated = status.updated if status is not None else 0
+    available = status.available if status is not None else 0
     row = [
         deployment.metadata.name,
         f"{ready}/{desired}",
         str(updated),
-        str(ready),
+        str(available),
         age_since(deployment.metadata.creation_timestamp, now),
     ]
     if wide:
