@@ -177,3 +177,20 @@ async def test_with_two_node_parts_a_terminating_replica_is_drained_within_a_sec
             f"({', '.join(f'{s * 1000:.0f}' for s in seconds)})"
         )
         assert max(seconds) < 1.0
+
+
+async def test_a_netmgr_taking_over_writes_the_drain_its_predecessor_was_waiting_for(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    drains = buckets[names.REPLICA_DRAINS_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        await report(buckets, "n1", 0)
+        await serve_web(ctx, buckets, "n1")
+        p = await start_replica(buckets, "web-a")
+        await terminate(buckets, p)
+        revision = await listing(buckets[names.ENDPOINTS_BUCKET], "default.web", "web-a", False)
+    assert await drains.get(p.key) is None  # n1 never reported it
+    async with running_netmgr(nats_url):
+        await report(buckets, "n1", revision)
+        drained = await present(drains, p.key, ReplicaDrain)
+        assert (drained.endpoints_revision, drained.nodes) == (revision, 1)
