@@ -7,6 +7,7 @@ from corral_node_agent.diff import (
     RemoveContainers,
     StartContainer,
     plan_actions,
+    remove_all,
 )
 from corral_node_agent.replica_status import replica_status
 from corral_node_agent.runtime import ContainerState
@@ -33,11 +34,25 @@ def test_a_running_container_of_the_placed_template_is_left_alone() -> None:
 
 
 def test_an_unplaced_container_is_removed() -> None:
-    plan = plan_actions({}, [container("old-x1")], {}, set(), NOW)
+    running = container("old-x1")
+    plan = plan_actions({}, [running], {}, set(), NOW)
+    assert plan.actions == [
+        RemoveContainers(
+            "old-x1", "web", ("id-old-x1",), "not placed on this node", graceful=(running,)
+        )
+    ]
+    assert plan.kept == {}  # tracked only for the back-off of its removal
+
+
+def test_only_the_running_containers_of_a_replica_going_away_stop_gracefully() -> None:
+    exited = container("old-x1", state=ContainerState.EXITED, exit_code=0)
+    plan = plan_actions({}, [exited], {}, set(), NOW)
     assert plan.actions == [
         RemoveContainers("old-x1", "web", ("id-old-x1",), "not placed on this node")
     ]
-    assert plan.kept == {}  # tracked only for the back-off of its removal
+    running = container("old-x1")
+    stopping = remove_all([running, exited], {}, set(), "node stopping", NOW)
+    assert stopping.actions[0].graceful == (running,)  # type: ignore[union-attr]
 
 
 def test_a_failing_removal_is_retried_on_its_back_off_not_at_every_pass() -> None:

@@ -220,7 +220,9 @@ async def test_a_restart_adopts_and_fences(world: World) -> None:
     before = {c.spec.labels[names.LABEL_REPLICA]: c.id for c in world.runtime.running(NODE)}
     assert len(before) == 2  # stopping the agent leaves its containers running
 
-    # While it was down: web-b2 moved away, web-c3 arrived.
+    # While it was down: web-b2 exited and moved away, web-c3 arrived. (A running
+    # replica going away stops gracefully on its own task: test_agent_graceful_stops.)
+    world.runtime.crash(before["web-b2"], 0)
     await world.unplace("web-b2")
     await world.place(placement("web-c3"))
     world.runtime.operations.clear()
@@ -231,7 +233,7 @@ async def test_a_restart_adopts_and_fences(world: World) -> None:
         # Fencing: what is no longer placed here went before anything was created.
         assert world.runtime.operations == ["remove web-b2", "create web-c3"]
         after = {c.spec.labels[names.LABEL_REPLICA]: c.id for c in world.runtime.running(NODE)}
-        assert after["web-a1"] == before["web-a1"]
+        assert after["web-a1"] == before["web-a1"]  # adopted, never stopped
         assert set(after) == {"web-a1", "web-c3"}
         await eventually(lambda: world.status("web-b2") is None)
         tg.cancel_scope.cancel()

@@ -327,7 +327,12 @@ def test_a_replicas_empty_dirs_go_with_its_last_container_never_with_a_duplicate
     plan = plan_actions({}, [mine], {}, set(), 0.0)
     assert plan.actions == [
         RemoveContainers(
-            "web-a1", "web", ("id-web-a1",), "not placed on this node", volumes=(scratch,)
+            "web-a1",
+            "web",
+            ("id-web-a1",),
+            "not placed on this node",
+            volumes=(scratch,),
+            graceful=(mine,),
         )
     ]
     stopping = remove_all([mine], {}, set(), "node stopping", 0.0)

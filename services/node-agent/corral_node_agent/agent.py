@@ -27,13 +27,21 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from corral import __version__
 from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
 from corral.contract.events import Reply
-from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement, ReplicaState
+from corral.contract.state import (
+    Node,
+    NodeCapacity,
+    OrphanReplica,
+    Placement,
+    ReplicaState,
+    ReplicaStatus,
+)
 from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
@@ -46,6 +54,7 @@ from corral_node_agent.diff import (
     plan_actions,
     remove_all,
 )
+from corral_node_agent.drains import DrainBook
 from corral_node_agent.executor import WAITING_FOR_NETWORK, EventSink, Executor
 from corral_node_agent.heartbeat_link import HeartbeatLink
 from corral_node_agent.leftovers import LeftoverSweeper
@@ -83,6 +92,9 @@ _ENGINE_RETRY_SECONDS = 1.0
 _NATS_RETRY_SECONDS = (0.5, 10.0)  # first and longest wait between startup retries
 _WATCH_START_SECONDS = 10.0
 _MAX_ORPHANS_REPORTED = 100
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 10.0
+# Docker's own grace for a container made without a StopTimeout (before graceful stops).
+_ENGINE_DEFAULT_GRACE_SECONDS = 10
 
 __all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
 
@@ -117,6 +129,9 @@ class AgentSettings:
     # Whether replicas join corral networks: on, off, or auto (on once the cluster has
     # networks). corral_node_agent.networks_mode, docs/networking.md.
     networks: NetworksMode = NetworksMode.AUTO
+    # How long a replica going away waits for its drain record before its stop signal
+    # anyway (--drain-timeout; docs/rollouts.md, "Graceful stops").
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
 
 
 class NodeAgent:
@@ -138,6 +153,7 @@ class NodeAgent:
         networks: Bucket | None = None,
         attachments: Bucket | None = None,
         claim_statuses: Bucket | None = None,
+        drains: Bucket | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -192,6 +208,11 @@ class NodeAgent:
         self.volumes = VolumeBook(
             self.node, attachments, claim_statuses, on_change=self._volumes_changed
         )
+        # This node's drain records: a replica going away is signalled after its own
+        # (docs/rollouts.md, "Graceful stops"). Without the bucket: stopped at once.
+        self.drains = DrainBook(self.node, drains)
+        self._stop_scopes: dict[str, anyio.CancelScope] = {}  # replica -> its stop's
+        self.graceful_stops = 0  # graceful stops begun (tests count them)
         self._empty_dirs_swept_at: float | None = None  # None: not yet since the start
         self._sweeping = False
         self.executor = Executor(
@@ -291,6 +312,7 @@ class NodeAgent:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
                 self.volumes.spawn = tg.start_soon
+                self.drains.spawn = tg.start_soon
                 # The guard and the passes run from the start: a restarted agent that
                 # cannot reach NATS still stops its replicas at F (docs/safety.md).
                 tg.start_soon(self._guard)
@@ -472,6 +494,10 @@ class NodeAgent:
         before, self.mode = self.mode, mode
         if mode != Mode.ACTIVE:
             self.prober.stop()  # probes kill only while Active (verdicts are kept)
+        if permissions(mode).remove_all:
+            self._fence_stops()
+        elif mode == Mode.ACTIVE:
+            self.drains.resume()
         if needs_new_watch(mode):
             self._stop_watch()
         message = self._mode_message(mode)
@@ -653,6 +679,7 @@ class NodeAgent:
             if status is not None and replica not in self.tracks:
                 self.tracks[replica] = ReplicaTrack(
                     restarts=status.restarts,
+                    restart_times=tuple(status.restart_times),
                     exit_code=status.exit_code,
                     container_id=status.container_id,
                 )
@@ -810,11 +837,12 @@ class NodeAgent:
             # A removal that fails is retried on its back-off and reported; it never
             # stops the node (the diff never replaces a replica whose old container
             # may still run).
-            removals = [a for a in actions if isinstance(a, RemoveContainers)]
+            # Graceful stops run on their own tasks (_stop_gracefully), never awaited.
+            removals = [a for a in actions if isinstance(a, RemoveContainers) and not a.graceful]
             async with anyio.create_task_group() as tg:
                 for removal in removals:
                     tg.start_soon(self._execute_now, removal)
-            actions = [a for a in actions if not isinstance(a, RemoveContainers)]
+            actions = [a for a in actions if a not in removals]
             self._fence_pending = False
         for action in actions:
             self._dispatch(action)
@@ -895,7 +923,111 @@ class NodeAgent:
     def _dispatch(self, action: Action) -> None:
         assert self._task_group is not None
         self._in_flight.add(action.replica)
-        self._task_group.start_soon(self._execute, action)
+        if isinstance(action, RemoveContainers) and action.graceful:
+            self._task_group.start_soon(self._stop_gracefully, action)
+        else:
+            self._task_group.start_soon(self._execute, action)
+
+    # Graceful stops (docs/rollouts.md, "Graceful stops").
+
+    async def _stop_gracefully(self, action: RemoveContainers) -> None:
+        """A replica going away, its containers running: Terminating (out of every
+        endpoint), its drain record (or the drain timeout), its stop signal, SIGKILL
+        after its grace, then the removal. On its own task, never in the executor's
+        create slots; the replica is busy meanwhile, so no pass stops it twice. A
+        fenced agent waits for no drain and gives at most FENCED_STOP_GRACE_SECONDS."""
+        replica = action.replica
+        self.graceful_stops += 1
+        try:
+            if not permissions(self.mode).remove_all:
+                await self._drain(action)
+            with anyio.CancelScope() as scope:
+                self._stop_scopes[replica] = scope
+                async with anyio.create_task_group() as tg:
+                    for container in action.graceful:
+                        tg.start_soon(self._stop_container, container)
+            if scope.cancelled_caught:
+                log.warning("%s on %s: fenced while stopping; killing it", replica, self.node)
+            await self.executor.execute(action)  # the removal, as any other
+        finally:
+            self._stop_scopes.pop(replica, None)
+            self._settled_now(replica)
+
+    async def _drain(self, action: RemoveContainers) -> None:
+        """Write Terminating, then wait for the drain record, bounded by the drain
+        timeout (counted from the Terminating status of the same container that an
+        earlier run of the agent wrote: a restarted agent resumes the wait)."""
+        first = action.graceful[0]
+        key = names.placement_key(self.node, first.namespace, action.replica)
+        previous = self.statuses.get(action.replica)
+        message = f"stopping: {action.reason}"
+        if previous is not None:
+            status = msgspec.structs.replace(
+                previous, state=ReplicaState.TERMINATING, message=message, container_id=first.id
+            )
+        else:
+            status = ReplicaStatus(
+                replica=action.replica,
+                deployment=first.deployment,
+                node=self.node,
+                namespace=first.namespace,
+                state=ReplicaState.TERMINATING,
+                template_hash=first.template_hash,
+                container_id=first.id,
+                started_at=first.started_at,
+                message=message,
+            )
+        since = self.clock()
+        if (
+            previous is not None
+            and previous.state == ReplicaState.TERMINATING
+            and previous.container_id == first.id
+        ):
+            since = min(since, previous.updated_at)
+        try:
+            with anyio.move_on_after(time_budget.STOP_SECONDS):
+                await self.statuses.write(status)
+        except Exception:  # NATS trouble: no drain comes either; the timeout stops it
+            log.warning("writing Terminating for %s failed", action.replica, exc_info=True)
+        timeout = since + self.settings.drain_timeout - self.clock()
+        if await self.drains.wait(key, timeout) or permissions(self.mode).remove_all:
+            return
+        log.warning("%s on %s: no drain record within the drain timeout", action.replica, self.node)
+        try:
+            await self.events.emit(
+                "deployment",
+                action.deployment,
+                "DrainTimeout",
+                f"{action.replica} on {self.node}: no drain record within "
+                f"{self.settings.drain_timeout:g}s; stopping it anyway",
+                warning=True,
+                namespace=first.namespace,
+            )
+        except Exception:
+            log.warning("reporting the drain timeout of %s failed", action.replica)
+
+    def _grace(self, container: ObservedContainer) -> float:
+        grace = float(
+            container.stop_timeout
+            if container.stop_timeout is not None
+            else _ENGINE_DEFAULT_GRACE_SECONDS
+        )
+        if permissions(self.mode).remove_all:  # fenced: the removal ends within STOP
+            grace = min(grace, time_budget.FENCED_STOP_GRACE_SECONDS)
+        return grace
+
+    async def _stop_container(self, container: ObservedContainer) -> None:
+        try:
+            await self.runtime.stop_container(container.id, self._grace(container))
+        except RuntimeFailure as error:  # the removal (a kill) follows anyway
+            log.warning("stopping %s failed: %s", container.replica, error)
+
+    def _fence_stops(self) -> None:
+        """Fenced: stops waiting for a drain go on now, and those already signalled
+        with a longer grace are killed now (the removal)."""
+        self.drains.cut_short()
+        for scope in self._stop_scopes.values():
+            scope.cancel()
 
     async def _execute(self, action: Action) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from corral.contract.backoff import Backoff
+from corral.contract.specs import MAX_CRASH_LOOP_RESTARTS
 from corral.contract.state import ReplicaState
 
 MAX_BACKOFF_SECONDS = 60.0
@@ -37,6 +38,9 @@ class ReplicaTrack:
     # restart back-off: a crash-looping replica that is unplaced goes at once).
     removal_failures: int = 0
     removal_not_before: float = 0.0
+    # When it was restarted (the agent's clock), the last MAX_CRASH_LOOP_RESTARTS, oldest
+    # first: ReplicaStatus.restart_times (carried over from the stored status at start).
+    restart_times: tuple[float, ...] = ()
 
 
 def after_failure(
@@ -90,6 +94,12 @@ def after_exit(
         seen_exit=(container_id, finished_at),
         container_id=container_id,
     )
+
+
+def after_restart(track: ReplicaTrack, now: float) -> ReplicaTrack:
+    """A restart happened at `now`: counted, and its time kept (the last few)."""
+    times = (*track.restart_times, now)[-MAX_CRASH_LOOP_RESTARTS:]
+    return replace(track, restarts=track.restarts + 1, restart_times=times)
 
 
 def after_start(track: ReplicaTrack, container_id: str) -> ReplicaTrack:

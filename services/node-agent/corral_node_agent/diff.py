@@ -42,6 +42,9 @@ class RemoveContainers:
     # Its emptyDir volumes, removed right after its containers: set only when every
     # container of the replica goes (mounts.empty_dirs_of).
     volumes: tuple[str, ...] = ()
+    # Its running containers, stopped gracefully before the removal (the replica is
+    # going away: docs/rollouts.md, "Graceful stops"); none: removed at once.
+    graceful: tuple[ObservedContainer, ...] = ()
 
 
 Action = CreateContainer | StartContainer | RemoveContainers
@@ -64,6 +67,10 @@ def _preference(container: ObservedContainer) -> tuple[int, float]:
 
 def _empty_dirs(replica: str, group: Iterable[ObservedContainer]) -> tuple[str, ...]:
     return empty_dirs_of(replica, (volume for c in group for volume in c.volumes))
+
+
+def _running(group: Iterable[ObservedContainer]) -> tuple[ObservedContainer, ...]:
+    return tuple(c for c in group if c.state == ContainerState.RUNNING)
 
 
 def group_by_replica(
@@ -98,7 +105,14 @@ def remove_all(
             continue
         ids = tuple(c.id for c in group)
         actions.append(
-            RemoveContainers(replica, group[0].deployment, ids, reason, _empty_dirs(replica, group))
+            RemoveContainers(
+                replica,
+                group[0].deployment,
+                ids,
+                reason,
+                _empty_dirs(replica, group),
+                graceful=_running(group),
+            )
         )
     return Plan(actions=actions, tracks=new_tracks, wake_at=wake_at)
 
@@ -138,6 +152,7 @@ def plan_actions(
                             tuple(c.id for c in group),
                             "not placed on this node",
                             _empty_dirs(replica, group),
+                            graceful=_running(group),
                         )
                     )
             continue

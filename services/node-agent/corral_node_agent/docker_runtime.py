@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import os
 import stat
 import time
@@ -134,6 +135,10 @@ def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
         if spec.dns_search:
             host_config["DnsSearch"] = list(spec.dns_search)
         config["NetworkingConfig"] = {"EndpointsConfig": {first: {}}}
+    if spec.stop_signal:  # docs/rollouts.md, "Graceful stops"
+        config["StopSignal"] = spec.stop_signal
+    if spec.stop_timeout is not None:
+        config["StopTimeout"] = spec.stop_timeout
     if spec.command is not None:
         config["Entrypoint"] = spec.command
     if spec.args is not None:
@@ -209,6 +214,7 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
     labels: dict[str, str] = (data.get("Config") or {}).get("Labels") or {}
     state: dict[str, Any] = data.get("State") or {}
     status = _state(str(state.get("Status", "")))
+    stop_timeout = (data.get("Config") or {}).get("StopTimeout")
     return ObservedContainer(
         id=str(data["Id"]),
         name=str(data.get("Name", "")).lstrip("/"),
@@ -228,6 +234,7 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         cluster=labels.get(names.LABEL_CLUSTER, ""),
         ips=_ips(data, labels.get(names.LABEL_CLUSTER, "")),
         bridge_ip=_bridge_ip(data),
+        stop_timeout=int(stop_timeout) if stop_timeout is not None else None,
         image_ports=tuple(sorted((data.get("Config") or {}).get("ExposedPorts") or {})),
         volumes=tuple(
             str(mount["Name"])
@@ -486,6 +493,20 @@ class DockerRuntime:
                 await self._docker.containers.container(container_id).kill()
             except aiodocker.DockerError as error:
                 if error.status in (404, 409):  # gone, or not running
+                    return
+                raise
+
+    async def stop_container(self, container_id: str, grace: float) -> None:
+        """`docker stop -t grace`: the container's StopSignal, SIGKILL after grace."""
+        self.forget(container_id)
+        seconds = math.ceil(grace)
+        with _engine_call("stop", seconds + time_budget.STOP_SECONDS):
+            try:
+                await self._docker.containers.container(container_id).stop(
+                    t=seconds, timeout=seconds + time_budget.STOP_SECONDS
+                )
+            except aiodocker.DockerError as error:
+                if error.status in (304, 404):  # already stopped, or gone
                     return
                 raise
 

@@ -23,6 +23,7 @@ from corral_node_agent.backoff import (
     ReplicaTrack,
     after_failure,
     after_removal_failure,
+    after_restart,
     after_start,
 )
 from corral_node_agent.diff import Action, CreateContainer, RemoveContainers, StartContainer
@@ -103,6 +104,9 @@ def container_spec(
         networks=tuple(replica_networks(template)) if networks else (),
         dns_search=dns_search(placement.namespace) if networks else (),
         mounts=mounts,
+        # docs/rollouts.md, "Graceful stops": what `docker stop` sends, and when SIGKILL.
+        stop_signal=template.stop_signal,
+        stop_timeout=template.termination_grace_period_seconds,
     )
 
 
@@ -386,7 +390,7 @@ class Executor:
             return False
         track = self._track(replica)
         if restart:  # counted when a start happens, never for a failed attempt
-            track = replace(track, restarts=track.restarts + 1)
+            track = after_restart(track, self.clock())
         self._set(replica, after_start(track, container_id))
         track = self._track(replica)
         metrics.CONTAINER_STARTS.inc()

@@ -111,6 +111,9 @@ class ClusterSettings:
     state_dir: Path | None = None  # None: a temporary folder, removed at exit
     start_parallel: int = DEFAULT_START_PARALLEL
     report_seconds: float = 10.0  # 0: report only at start and at exit
+    # Images whose containers exit at once with this code on every start (a crash loop
+    # for the automatic rollback's tests and benchmark: HollowRuntime.exit_on_start).
+    exit_on_start: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("nodes", "pool", "start_parallel", "pods", "max_parallel"):
@@ -291,6 +294,7 @@ class HollowCluster:
             start_seconds=settings.ready_after,
             remove_seconds=settings.remove_after,
             record_operations=False,
+            exit_on_start=dict(settings.exit_on_start),
         )
         agent = NodeAgent(
             agent_settings,
@@ -303,6 +307,7 @@ class HollowCluster:
             # Watched only once a replica with volumes lands on the node (VolumeBook).
             attachments=pool.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
             claim_statuses=pool.buckets[names.CLAIM_STATUS_BUCKET],
+            drains=pool.buckets[names.REPLICA_DRAINS_BUCKET],
         )
         # The one part of the agent a hollow node leaves out: noting every acknowledged
         # write in its state dir (cut_off_clock), so that a restarted agent counts its
@@ -467,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="print CPU and memory this often (0: only at start and exit)",
     )
+    parser.add_argument(
+        "--exit-on-start",
+        action="append",
+        metavar="IMAGE=CODE",
+        help="containers of IMAGE exit at once with CODE on every start (repeatable)",
+    )
     return parser
 
 
@@ -490,7 +501,19 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         start_parallel=args.start_parallel,
         report_seconds=args.report_seconds,
+        exit_on_start=_exit_codes(args.exit_on_start),
     )
+
+
+def _exit_codes(pairs: list[str] | None) -> dict[str, int]:
+    """`--exit-on-start IMAGE=CODE` pairs; an error naming the flag when malformed."""
+    codes: dict[str, int] = {}
+    for pair in pairs or []:
+        image, sep, code = pair.rpartition("=")
+        if not sep or not image or not code.lstrip("-").isdigit():
+            raise SystemExit(f"--exit-on-start {pair!r}: expected IMAGE=CODE, e.g. app:2=1")
+        codes[image] = int(code)
+    return codes
 
 
 def _say(line: str) -> None:

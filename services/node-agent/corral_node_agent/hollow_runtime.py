@@ -10,7 +10,9 @@ and `available`. Volumes: a hollow engine has every PersistentVolume's Docker vo
 A running hollow replica reports an address on each of its networks (`HollowAddresses`).
 Engine latency is simulated with `pull_seconds`, `start_seconds` (a started container runs only
 after it: the start call takes that long, as a slow engine's would) and
-`remove_seconds`.
+`remove_seconds`; a stopped container's shutdown with `stop_seconds` (killed at its
+grace when longer). `stops` records each stop: the replica, its configured stop signal
+and the grace the agent gave.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def _observed(container: HollowContainer, exposed: dict[str, list[str]]) -> Obse
         ips=container.ips if running else {},
         image_ports=tuple(sorted(exposed.get(container.spec.image, []))),
         volumes=_volumes_of(container),
+        stop_timeout=container.spec.stop_timeout,
     )
 
 
@@ -182,6 +185,10 @@ class HollowRuntime:
     start_seconds: float = 0.0  # a start returns (the container running) after this
     remove_seconds: float = 0.0  # a removal returns (the container gone) after this
     unremovable: set[str] = field(default_factory=set)  # container ids whose removal fails
+    # How long a container takes to exit after its stop signal (SIGKILL at the grace).
+    stop_seconds: float = 0.0
+    # (replica, stop signal as configured, grace given) of every stop, in order.
+    stops: list[tuple[str, str, float]] = field(default_factory=list)
     # Probes pass (at no cost) unless a test says why (replica, kind) fails here.
     probe_failures: dict[tuple[str, str], str] = field(default_factory=dict)
     probes_run: int = 0
@@ -306,6 +313,26 @@ class HollowRuntime:
             container.exit_code = code
             container.finished_at = now
             self._notify(container)
+
+    async def stop_container(self, container_id: str, grace: float) -> None:
+        """The stop signal (recorded), then exit after `stop_seconds`, or SIGKILL at
+        `grace` (exit code 137) when that is sooner."""
+        self._check()
+        container = self.containers.get(container_id)
+        if container is None or container.state != ContainerState.RUNNING:
+            return
+        replica = container.spec.labels.get(names.LABEL_REPLICA, container.spec.name)
+        self.stops.append((replica, container.spec.stop_signal, grace))
+        if self.record_operations:
+            self.operations.append(f"stop {replica}")
+        code = 0
+        if self.stop_seconds:
+            await anyio.sleep(min(self.stop_seconds, grace))
+            code = 0 if self.stop_seconds <= grace else 137
+        if self.containers.get(container_id) is container and container.state == (
+            ContainerState.RUNNING
+        ):
+            self.crash(container_id, code)
 
     async def remove_container(self, container_id: str) -> None:
         self._check()

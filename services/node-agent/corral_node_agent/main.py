@@ -18,7 +18,12 @@ from corral.contract.codec import encode
 from corral.contract.events import REASON_INTERNAL, Reply
 from corral.natsio.bus import unsubscribe_quietly
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
-from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
+from corral_node_agent.agent import (
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    AgentSettings,
+    NodeAgent,
+    NodeNameTaken,
+)
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.local_record import LocalRecordFile
@@ -70,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=NetworksMode.AUTO.value,
         help="replicas join corral networks (made by netmgr): on; off (the engine's default "
         "bridge); auto: on once the cluster has networks (docs/networking.md)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        help="seconds a replica going away waits for netmgr's drain record before its stop "
+        "signal anyway (docs/rollouts.md, 'Graceful stops')",
     )
     return parser
 
@@ -171,6 +183,7 @@ async def run(
         networks=ctx.buckets[names.NETWORKS_BUCKET],
         attachments=ctx.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
         claim_statuses=ctx.buckets[names.CLAIM_STATUS_BUCKET],
+        drains=ctx.buckets[names.REPLICA_DRAINS_BUCKET],
     )
     ctx.health["engine"] = False
     try:

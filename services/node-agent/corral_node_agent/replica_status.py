@@ -65,6 +65,7 @@ def replica_status(
         container_id=container.id if container is not None else track.container_id,
         exit_code=track.exit_code,
         restarts=track.restarts,
+        restart_times=list(track.restart_times),
         message=message,
         started_at=started_at,
         # Addresses once Running (netmgr's endpoints take Running replicas only).

@@ -112,6 +112,11 @@ class ContainerSpec:
     networks: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()  # the resolver's search path (with networks only)
     mounts: tuple[Mount, ...] = ()  # none: no Mounts in the create body, as before volumes
+    # How the container is stopped (docs/rollouts.md, "Graceful stops"): the signal
+    # ("": the image's STOPSIGNAL, else SIGTERM) and the seconds before SIGKILL
+    # (Docker's StopSignal and StopTimeout; None: the engine's default).
+    stop_signal: str = ""
+    stop_timeout: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,7 @@ class ObservedContainer:
     image_ports: tuple[str, ...] = ()  # what its image exposes, as "8080/tcp"
     volumes: tuple[str, ...] = ()  # the Docker volumes it mounts (by name)
     bridge_ip: str = ""  # its address on the engine's default bridge, if on it
+    stop_timeout: int | None = None  # its configured grace (StopTimeout); None: none set
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,12 @@ class Runtime(Protocol):
     ) -> str:
         """GET http://address:port/path (200-399 passes), or with `path` None open a TCP
         connection to address:port."""
+        ...
+
+    async def stop_container(self, container_id: str, grace: float) -> None:
+        """Stop it as `docker stop -t grace` does: its stop signal, then SIGKILL once
+        `grace` seconds have passed; returns once it has exited (bounded by about grace
+        + time_budget.STOP_SECONDS). A container already gone or stopped is not an error."""
         ...
 
     async def remove_container(self, container_id: str) -> None:

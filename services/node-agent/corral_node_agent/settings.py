@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from corral.contract.quantity import cpu_millis, memory_bytes
-from corral_node_agent.agent import AgentSettings
+from corral_node_agent.agent import DEFAULT_DRAIN_TIMEOUT_SECONDS, AgentSettings
 from corral_node_agent.networks_mode import NetworksMode
 
 
@@ -92,4 +92,15 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         max_parallel=args.max_parallel,
         agent_id=agent_id_from_args(args, state_dir),
         networks=NetworksMode(getattr(args, "networks", None) or NetworksMode.AUTO),
+        drain_timeout=drain_timeout_from_args(args),
     )
+
+
+def drain_timeout_from_args(args: argparse.Namespace) -> float:
+    """--drain-timeout: seconds, at least 0 (0: stop without waiting for the drain)."""
+    seconds = getattr(args, "drain_timeout", None)
+    if seconds is None:
+        return DEFAULT_DRAIN_TIMEOUT_SECONDS
+    if not seconds >= 0:  # also NaN
+        raise ValueError(f"--drain-timeout {seconds!r}: expected seconds >= 0")
+    return float(seconds)
