@@ -85,11 +85,13 @@ from corral.natsio.controller import ChangeFeed, Controller, Index, Result, inde
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
+from corral_scheduler.auto_rollback import AutoRollbacks
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
 from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
+from corral_scheduler.progress import is_complete
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import (
     NO_VOLUMES,
@@ -289,6 +291,19 @@ class ControlLoop:
         history_bucket = buckets.get(names.DEPLOYMENT_HISTORY_BUCKET)
         self.history = (
             None if history_bucket is None else HistoryRecorder(history_bucket, wall_clock)
+        )
+        # The automatic rollback (auto_rollback.py): needs the history. Its `store` is the
+        # deployment API's (main.py); without one, the bucket's compare-and-set.
+        self.rollbacks = (
+            None
+            if self.history is None
+            else AutoRollbacks(
+                self.deployments.bucket,
+                self.history,
+                self._emit_one,
+                wall_clock=wall_clock,
+                monotonic=monotonic,
+            )
         )
         # Heartbeats on core NATS (None: judged from record changes only, as in tests
         # that drive the loop without NATS).
@@ -880,14 +895,16 @@ class ControlLoop:
         # Losses are judged in this decision: on the view's freshness as of now, not as
         # of the last tick (a stall noticed late must not make a node look lost).
         self.update_feed(now)
+        result: Result | None = None
+        # Before deciding: the status carries the current template's revision (a new
+        # template's costs one read and write; a failure never holds the decision up).
+        if not await self._record_revision(key):
+            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
         async with self._deciding:
             plan = await self.decide(key, now)
             for placement in plan.place:
                 self._reserved[placement.key] = placement
                 self._count(None, placement)
-        result: Result | None = None
-        if not await self._record_revision(key):  # after deciding: never holds it up
-            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
         if not plan.is_empty():
             try:
                 committed = await self.applier.commit(plan)
@@ -908,11 +925,68 @@ class ControlLoop:
         since = self.changed_at.pop(key, None)
         if since is not None:
             metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
-        if plan.requeue_after is not None:  # a replica reaches its minReadySeconds then
-            if result is None or result.requeue_after is None:
-                return Result(requeue_after=plan.requeue_after)
-            return Result(requeue_after=min(result.requeue_after, plan.requeue_after))
+        if not await self._after_decision(key, plan):
+            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
+        # A replica reaches its minReadySeconds then; the progress deadline passes then.
+        for wait in (plan.requeue_after, plan.deadline_in):
+            if wait is not None:
+                if result is None or result.requeue_after is None:
+                    result = Result(requeue_after=wait)
+                else:
+                    result = Result(requeue_after=min(result.requeue_after, wait))
         return result
+
+    def _revision(self, key: str) -> int:
+        """The current template's revision as the history recorder knows it (0: not)."""
+        deployment = self.deployments.get(key)
+        if self.history is None or deployment is None:
+            return 0
+        return self.history.revision_of(key, deployment.spec.template.template_hash()) or 0
+
+    async def _after_decision(self, key: str, plan: Plan) -> bool:
+        """What follows a decision, per Deployment: a completed rollout's revision marked
+        fully available in the history (history.py), and the automatic rollback
+        (auto_rollback.py). False when a history write failed (retried soon)."""
+        if self.history is None or key in self.deployments.unreadable:
+            return True
+        deployment = self.deployments.get(key)
+        if deployment is None:
+            if self.rollbacks is not None:
+                self.rollbacks.forget(key)
+            return True
+        decided = next((s for s, _ in plan.statuses if s.key == key), None)
+        if decided is None:
+            decided = self.statuses.get(key)
+        if decided is None:
+            return True
+        revision = self._revision(key)
+        ok = True
+        if self.rollbacks is not None:
+            self.rollbacks.observe(key, decided)
+        if (
+            revision
+            and decided.revision == revision
+            and is_complete(decided)
+            and not self.history.known_available(key, revision)
+        ):
+            try:
+                await self.history.mark_available(key, revision, self.wall_clock())
+            except Exception:
+                log.warning("%s: revision %d not marked available; retried", key, revision)
+                metrics.HISTORY_ERRORS.inc()
+                ok = False
+        if self.rollbacks is not None and deployment.spec.auto_rollback is not None:
+            statuses = [
+                found
+                for placement_key in self.placements_by_deployment.get(key)
+                if (found := self.replica_statuses.get(placement_key)) is not None
+            ]
+            try:
+                await self.rollbacks.consider(key, deployment, decided, revision, statuses)
+            except Exception:
+                log.warning("%s: the automatic rollback failed; retried", key, exc_info=True)
+                ok = False
+        return ok
 
     async def _record_revision(self, key: str) -> bool:
         """Record the Deployment's template as its newest revision, or forget the history
@@ -977,6 +1051,8 @@ class ControlLoop:
         ready_nodes: set[str] | frozenset[str],
         wall_time: float,
     ) -> Plan:
+        revision = self._revision(key)
+        rolled_back = None if self.rollbacks is None else self.rollbacks.record_for(key, revision)
         return schedule_deployment(
             view,
             key,
@@ -986,6 +1062,17 @@ class ControlLoop:
             ready_nodes=ready_nodes,
             wall_time=wall_time,
             new_suffix=random_suffix,
+            revision=revision,
+            rolled_back=rolled_back,
+        )
+
+    async def _emit_one(self, key: str, reason: str, message: str, warning: bool) -> None:
+        """An event about Deployment `key` (the automatic rollback's)."""
+        if self.events is None:
+            return
+        namespace, name = names.split_object_key(key)
+        await self.events.emit(
+            "deployment", name, reason, message, warning=warning, namespace=namespace
         )
 
     async def _emit(self, plan: Plan) -> None:

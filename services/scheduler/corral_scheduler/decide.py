@@ -38,7 +38,15 @@ from corral.contract.specs import (
     DeploymentSpec,
     claim_names,
 )
-from corral.contract.state import DeploymentStatus, Node, OrphanReplica, Placement, ReplicaState
+from corral.contract.state import (
+    AutoRollbackRecord,
+    DeploymentStatus,
+    Node,
+    OrphanReplica,
+    Placement,
+    ReplicaState,
+)
+from corral_scheduler.progress import Seen, conditions
 from corral_scheduler.rollout import Step, resolve_bounds, rollout_step
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import VolumeFit, VolumeTakes, uses_exclusive_claim
@@ -79,6 +87,9 @@ class Plan:
     # Decide again after this many seconds even if nothing changes: a new replica will
     # have run for its Deployment's minReadySeconds by then (None: no such replica).
     requeue_after: float | None = None
+    # Decide again after this many seconds: the progress deadline passes then, unless the
+    # rollout progresses meanwhile (progress.py; None: no deadline runs).
+    deadline_in: float | None = None
 
     def is_empty(self) -> bool:
         return not (self.place or self.stop or self.statuses or self.forget_statuses)
@@ -178,6 +189,8 @@ def schedule_deployment(
     ready_nodes: Set[str],
     wall_time: float,
     new_suffix: Callable[[], str],
+    revision: int = 0,
+    rolled_back: AutoRollbackRecord | None = None,
 ) -> Plan:
     """Decide ONE Deployment (`key`): the same Plan `schedule` would make for it.
 
@@ -192,6 +205,10 @@ def schedule_deployment(
     while it runs: the caller passes copies (`usage` of immutable Usage records shallow-
     copied, the nodes and liveness facts copied), except `taken_names`, only asked
     `name in taken_names`, which the caller checks again for the names placed.
+
+    `revision`: the current template's revision (history.py; 0: not known, the stored
+    status's is kept); `rolled_back`: the automatic rollback just wrote that revision
+    (auto_rollback.py). Both feed the status's conditions (progress.py).
     """
     plan = Plan()
     if key in view.unreadable_deployments:
@@ -218,6 +235,7 @@ def schedule_deployment(
         ready = set(ready_nodes)
         orphans = _orphans_of(view, ready, key)
         run = _Pass(view, ready, mine, _NamesTaken(taken_names), wall_time, new_suffix)
+        run.revision, run.rolled_back = revision, rolled_back
         _reconcile_deployment(run, deployment, live, orphans, plan)
     else:
         stored = view.statuses.get(key)
@@ -324,6 +342,10 @@ class _Pass:
     new_suffix: Callable[[], str]
     # The claims this pass's placements use and the room they take (volume_fit.py).
     volume_takes: VolumeTakes = field(default_factory=VolumeTakes)
+    # The current template's revision (0: not known) and an automatic rollback to it just
+    # written (schedule_deployment's arguments; the status's conditions: progress.py).
+    revision: int = 0
+    rolled_back: AutoRollbackRecord | None = None
 
 
 @dataclass
@@ -471,7 +493,17 @@ def _reconcile_deployment(
     ready = len(replicas.ready_keys - stopped) if stopped else len(replicas.ready_keys)
     current_stopped = sum(1 for key, _ in replicas.current if key in stopped)
     updated = len(replicas.current) - current_stopped + placed_current
-    _status(run, deployment, len(kept), ready, updated, placed, plan)
+    rolling = deployment.spec.strategy.rolling_update or DEFAULT_ROLLING_UPDATE
+    if deployment.spec.strategy.type == "Recreate":
+        max_unavailable = deployment.spec.replicas
+    else:
+        max_unavailable = resolve_bounds(
+            deployment.spec.replicas,
+            rolling.max_surge,
+            rolling.max_unavailable,
+            exclusive=exclusive,
+        ).max_unavailable
+    _status(run, deployment, len(kept), ready, updated, placed, plan, max_unavailable)
     if placed.adopted:
         where = _per_node(placed.adopted)
         message = f"kept {len(placed.adopted)} orphan replica(s) ({where})"
@@ -603,27 +635,55 @@ def _status(
     updated: int,
     placed: _Placed,
     plan: Plan,
+    max_unavailable: int = 0,
 ) -> None:
     """The Deployment's status after this pass (`kept`: replicas not stopped, `ready` of
     them Running, `updated`: of the current template, new ones included), written only
-    when it changed; a FailedScheduling event when the reason for pending ones is new."""
+    when it changed; a FailedScheduling event when the reason for pending ones is new.
+    Its conditions, revision and automatic-rollback record: progress.py (with a requeue
+    at the moment the progress deadline would pass, and its Warning event)."""
     name = deployment.key
+    stored = run.snapshot.statuses.get(name)
+    stored_status = None if stored is None else stored[0]
+    placed_count = kept + len(placed.new)
+    seen = Seen(
+        replicas=deployment.spec.replicas,
+        updated=updated,
+        ready=ready,
+        available=ready,  # `ready` counts current replicas only after minReadySeconds
+        old=max(0, placed_count - updated),
+        pending=placed.pending,
+        revision=run.revision,
+        paused=deployment.spec.paused,
+        deadline_seconds=deployment.spec.progress_deadline_seconds,
+        max_unavailable=max_unavailable,
+    )
+    outcome = conditions(stored_status, seen, run.wall_time, rolled_back=run.rolled_back)
+    if outcome.requeue_after is not None:
+        wait = outcome.requeue_after
+        plan.deadline_in = wait if plan.deadline_in is None else min(plan.deadline_in, wait)
+    revision = run.revision or (0 if stored_status is None else stored_status.revision)
     status = DeploymentStatus(
         name=deployment.metadata.name,
         namespace=deployment.metadata.namespace,
         observed_generation=deployment.metadata.generation,
         replicas=deployment.spec.replicas,
-        placed=kept + len(placed.new),
+        placed=placed_count,
         ready=ready,
         updated=updated,
         pending=placed.pending,
         pending_reason=placed.pending_reason,
         updated_at=run.wall_time,
+        available=ready,
+        revision=revision,
+        conditions=outcome.conditions,
+        auto_rollback=outcome.auto_rollback,
     )
-    stored = run.snapshot.statuses.get(name)
     if stored is not None and not _differs(stored[0], status):
         return
     plan.statuses.append((status, None if stored is None else stored[1]))
+    for event in outcome.events:
+        plan.events.append(PlanEvent(name, event.reason, event.message, warning=event.warning))
     if placed.pending and (stored is None or stored[0].pending_reason != status.pending_reason):
         plan.events.append(
             PlanEvent(

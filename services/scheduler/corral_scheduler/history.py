@@ -19,6 +19,12 @@ The scheduler records after deciding and committing, best-effort: a failed write
 (`corral_history_errors_total`) and tried again on a reconcile soon after; it never
 holds up placements.
 
+The scheduler records a new template before deciding the Deployment (the status
+carries its revision number: `revision_of`); a failure there still lets the decision
+go on. When a revision's rollout completes (every replica updated and available, no
+old one), `mark_available` sets its `availableAt`: a revision that was fully
+available, the only kind the automatic rollback returns to (auto_rollback.py).
+
 A revision is recorded once the Deployment is stored, so a crash between the two is
 repaired by the next reconcile; two template changes close together may be seen as
 one (the later), as a ReplicaSet is made only for a template the controller saw.
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+
+import msgspec
 
 from corral.contract.codec import decode, encode
 from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, Deployment
@@ -100,6 +108,61 @@ class HistoryRecorder:
         self.wall_clock = wall_clock
         # key -> (template hash recorded newest, the limit it was trimmed to)
         self._recorded: dict[str, tuple[str, int]] = {}
+        # key -> (the newest template hash, its revision number, its availableAt is set)
+        self._newest: dict[str, tuple[str, int, bool]] = {}
+
+    def revision_of(self, key: str, template_hash: str) -> int | None:
+        """The revision number of `key`'s newest template, when that is `template_hash`
+        and this recorder has recorded or read it; None otherwise (record first)."""
+        found = self._newest.get(key)
+        if found is None or found[0] != template_hash:
+            return None
+        return found[1]
+
+    def known_available(self, key: str, revision: int) -> bool:
+        """This recorder knows `revision` (the newest of `key`) has availableAt set."""
+        found = self._newest.get(key)
+        return found is not None and found[1] == revision and found[2]
+
+    def _remember(self, key: str, history: DeploymentHistory | None) -> None:
+        if history is not None and history.revisions:
+            newest = history.revisions[-1]
+            self._newest[key] = (newest.template_hash, newest.revision, newest.available_at > 0)
+
+    async def read(self, key: str) -> tuple[DeploymentHistory | None, int]:
+        """The stored history of `key` (None: none, or unreadable) and its KV revision
+        (0: none)."""
+        entry = await self.bucket.get(key)
+        if entry is None or entry.value is None:
+            return None, 0
+        try:
+            return decode(entry.value, DeploymentHistory), entry.revision
+        except Exception:
+            log.warning("the history of %s cannot be read", key)
+            return None, entry.revision
+
+    async def mark_available(self, key: str, revision: int, at: float) -> None:
+        """Set `availableAt` of `key`'s revision `revision` (its rollout completed at `at`)
+        unless it is set already or the revision is gone. Compare-and-set, retried."""
+        for _ in range(ATTEMPTS):
+            history, stored_at = await self.read(key)
+            entry = None if history is None else history.find(revision)
+            if history is None or entry is None or entry.available_at > 0:
+                if history is not None:
+                    self._remember(key, history)
+                return
+            revisions = [
+                msgspec.structs.replace(r, available_at=at) if r.revision == revision else r
+                for r in history.revisions
+            ]
+            marked = msgspec.structs.replace(history, revisions=revisions)
+            try:
+                await self.bucket.update(key, encode(marked), stored_at)
+            except Conflict:
+                continue
+            self._remember(key, marked)
+            return
+        raise Conflict(f"the history of {key} kept changing")
 
     async def record(self, key: str, deployment: Deployment) -> None:
         done = (deployment.spec.template.template_hash(), deployment.spec.revision_history_limit)
@@ -116,6 +179,8 @@ class HistoryRecorder:
             changed = recorded(history, deployment, self.wall_clock())
             if changed is not None:
                 changed = capped(changed)
+            else:
+                self._remember(key, history)
             try:
                 if changed is None:
                     pass
@@ -125,6 +190,8 @@ class HistoryRecorder:
                     await self.bucket.update(key, encode(changed), entry.revision)
             except Conflict:
                 continue
+            if changed is not None:
+                self._remember(key, changed)
             self._recorded[key] = done
             return
         raise Conflict(f"the history of {key} kept changing")
@@ -132,6 +199,7 @@ class HistoryRecorder:
     async def forget(self, key: str) -> None:
         """The Deployment is gone: so is its history."""
         self._recorded.pop(key, None)
+        self._newest.pop(key, None)
         entry = await self.bucket.get(key)
         if entry is not None and entry.value is not None:
             try:

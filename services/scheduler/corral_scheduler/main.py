@@ -79,12 +79,15 @@ async def run(
     )
     await ctx.task_group.start(loop.run)
     leases = ctx.buckets[names.LEASES_BUCKET]
-    handlers = DeploymentAPI(
+    api = DeploymentAPI(
         ctx.buckets[names.DEPLOYMENTS_BUCKET],
         progress=leases,
         spec_position=partial(spec_stream_position, ctx.js, KIND),
         exclusive_claim=loop.exclusive_claim,
-    ).handlers()
+    )
+    if loop.rollbacks is not None:  # an automatic rollback stores specs as the API does
+        loop.rollbacks.store = api.update
+    handlers = api.handlers()
     # The durable consumer first: a Deployment written by request before it exists
     # would make a first start look like a consumer lost with its progress record.
     await ctx.task_group.start(

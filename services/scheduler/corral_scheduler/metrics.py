@@ -42,3 +42,14 @@ HISTORY_ERRORS = Counter(
     "corral_history_errors_total",
     "Deployment history writes that failed (retried; scheduling goes on)",
 )
+ROLLBACKS = Counter(
+    "corral_auto_rollbacks_total",
+    "Automatic rollbacks written (reason: ProgressDeadlineExceeded or CrashLoop)",
+    ["reason"],
+)
+ROLLBACK_SECONDS = Histogram(
+    "corral_auto_rollback_seconds",
+    "From an automatic rollback's decision to the rollout of the template it put back "
+    "completing (every replica updated and available)",
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
