@@ -41,15 +41,13 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,20 +57,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
 from host_report import host_report
 from local_nats import local_nats
+from two_nodes import cli, host_state, run, sh, two_nodes
 
 from corral.client.api import CorralClient
 from corral.contract import names
 from corral.contract.codec import decode
 from corral.contract.network_state import Endpoints, NetworkSlice, NodeNetwork
 from corral.contract.state import ReplicaStatus
-from corral.natsio.bus import connect, ensure_streams, open_buckets
 from corral.natsio.kv import NatsBucket
-from corral.natsio.service import ServiceContext, base_parser, run_service
-from corral_netmgr import node as node_part
-from tests.agents import running_agent
 from tests.e2e.second_engine import BRIDGE, BRIDGE_ADDRESS, second_engine
-from tests.integration.netmgr_harness import running_netmgr
-from tests.integration.scheduler_harness import running_scheduler
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "corral-test/busybox:1"
@@ -81,68 +74,8 @@ SERVICE_KEY = names.object_key("default", "web")
 HOST_ONE = "172.17.0.1"  # docker0: the host's address on engine one's bridge
 HOST_TWO = BRIDGE_ADDRESS.split("/")[0]
 GET = "GET / HTTP/1.0\\r\\n\\r\\n"
-CORRAL = str(Path(sys.executable).parent / "corral")
 BULK_ROUNDS = 7
 SLICES = 10  # batches the request loops are cut into, the paths taking turns
-
-
-# --- as tests/e2e/test_netmgr_node.py has them ------------------------------------------
-
-
-def sh(
-    *argv: str, check: bool = True, engine: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; `engine`: the DOCKER_HOST its docker commands talk to."""
-    env = None if engine is None else {**os.environ, "DOCKER_HOST": engine}
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120, env=env)
-
-
-def host_state() -> dict[str, list[str]]:
-    """The packet filter (without counters), the routes, the Docker networks."""
-    rules = sorted(
-        re.sub(r"\[\d+:\d+\]", "", line)
-        for line in sh("iptables-save").stdout.splitlines()
-        if line and not line.startswith("#")
-    )
-    return {
-        "iptables": rules,
-        # " linkdown": docker0 with no container on it, or some
-        "routes": sorted(
-            line.replace(" linkdown", "").strip() for line in sh("ip", "route").stdout.splitlines()
-        ),
-        "networks": sorted(sh("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()),
-    }
-
-
-def node_parser() -> argparse.ArgumentParser:
-    """netmgr's node part's command line as its main.py makes it."""
-    made = base_parser("netmgr", 0)
-    made.add_argument("--node", default="")
-    made.add_argument("--docker-host")
-    node_part.add_arguments(made)
-    return made
-
-
-@asynccontextmanager
-async def running_node_part(nats_url: str, node: str, *flags: str) -> AsyncIterator[None]:
-    args = node_parser().parse_args(
-        ["--nats", nats_url, "--metrics-port", "0", "--node", node, *flags]
-    )
-    async with anyio.create_task_group() as tg:
-        _: ServiceContext = await tg.start(run_service, "netmgr", node_part.run, args)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
-
-
-async def remove_all(nats_url: str, node: str, *flags: str) -> None:
-    """What `corral down` runs once the node part stopped: its chains, networks, routes."""
-    args = node_parser().parse_args(
-        ["--nats", nats_url, "--metrics-port", "0", "--node", node, "--remove-all", *flags]
-    )
-    with anyio.fail_after(60):
-        await run_service("netmgr", node_part.run, args)
 
 
 # --- what the watches saw ---------------------------------------------------------------
@@ -239,11 +172,6 @@ async def until(condition: Callable[[], bool], within: float, what: str) -> None
 # --- commands, in threads: the agents and node parts share this event loop -------------
 
 
-async def run(*argv: str, engine: str | None = None, check: bool = True) -> str:
-    done = await anyio.to_thread.run_sync(lambda: sh(*argv, engine=engine, check=check))
-    return done.stdout
-
-
 async def timed(*argv: str, engine: str | None = None) -> tuple[float, str]:
     """Wall time of a command run from a thread, and its output."""
 
@@ -256,11 +184,6 @@ async def timed(*argv: str, engine: str | None = None) -> tuple[float, str]:
         return time.perf_counter() - started, done.stdout
 
     return await anyio.to_thread.run_sync(call)
-
-
-async def cli(nats_url: str, *args: str) -> str:
-    done = await anyio.to_thread.run_sync(lambda: sh(CORRAL, "--nats", nats_url, *args))
-    return done.stdout
 
 
 def web_containers(engine: str | None) -> list[str]:
@@ -618,97 +541,45 @@ async def bench(
     nats_url: str, second_host: str, args: argparse.Namespace, lines: list[str], marks: list[str]
 ) -> None:
     say = lines.append
-    node = f"bench-{uuid.uuid4().hex[:8]}"
-    one, two = node, f"{node}-b"
-    nodes = [one, two]
-    engines: dict[str, str | None] = {one: None, two: second_host}
-    clients: list[str] = []
-    cluster = ""
-    nc = await connect(nats_url, name="bench")
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        buckets = await open_buckets(js)
+    async with two_nodes(nats_url, second_host, marks) as cluster:
+        one, two = cluster.one, cluster.two
+        nodes = [one, two]
+        buckets = cluster.buckets
         seen = Seen()
         async with anyio.create_task_group() as watches:
             watches.start_soon(follow, buckets, seen)
-            try:
-                async with (
-                    running_scheduler(nats_url),
-                    running_netmgr(nats_url, "--default-network-wait", "30") as netmgr,
-                ):
-                    cluster = netmgr.cluster.id
-                    marks += [cluster, names.chain_prefix(cluster, one)]
-                    marks.append(names.chain_prefix(cluster, two))
-                    async with (
-                        running_node_part(nats_url, one),
-                        running_node_part(nats_url, two, "--docker-host", second_host),
-                        running_agent(
-                            nats_url, one, "--runtime", "docker", "--heartbeat-seconds", "0.5",
-                            "--networks", "on",
-                        ),
-                        running_agent(
-                            nats_url, two, "--docker-host", second_host,
-                            "--heartbeat-seconds", "0.5", "--networks", "on",
-                        ),
-                    ):  # fmt: skip
-                        slice_key = f"default.{one}"
-                        slices = buckets[names.NETWORK_SLICES_BUCKET]
-                        deadline = time.monotonic() + 60
-                        while (entry := await slices.get(slice_key)) is None or not entry.value:
-                            if time.monotonic() > deadline:
-                                raise TimeoutError("no default network slice for node one")
-                            await anyio.sleep(0.1)
-                        slice_one = decode(entry.value, NetworkSlice)
-                        marks.append(slice_one.subnet)
-                        await cli(
-                            nats_url, "create", "deployment", "web", f"--image={IMAGE}",
-                            "--replicas=1", "--port=8080", "--", "sh", "-c", HTTPD,
-                        )  # fmt: skip
-                        await cli(
-                            nats_url, "expose", "deployment", "web", "--type=NodePort",
-                            "--port=80", "--target-port=8080",
-                        )  # fmt: skip
-                        await settled(seen, nodes, 1)
+            await cli(
+                nats_url, "create", "deployment", "web", f"--image={IMAGE}",
+                "--replicas=1", "--port=8080", "--", "sh", "-c", HTTPD,
+            )  # fmt: skip
+            await cli(
+                nats_url, "expose", "deployment", "web", "--type=NodePort",
+                "--port=80", "--target-port=8080",
+            )  # fmt: skip
+            await settled(seen, nodes, 1)
 
-                        samples = Samples()
-                        async with await CorralClient.connect(nats_url, name="bench") as client:
-                            for _ in range(args.rounds):
-                                await propagation_round(
-                                    client, seen, nodes, [second_host, None], samples
-                                )
-                        say("1. endpoint propagation: event -> in force on both nodes")
-                        say(f"    ready      {percentiles(samples.ready)}")
-                        say(f"    kill       {percentiles(samples.kill)}")
-                        say(f"    ready+kill {percentiles(samples.ready + samples.kill)}")
-                        say(f"    scale-down {percentiles(samples.down)}  (from the request)")
-                        say("    (Kubernetes' conformance test allows p50 20 s, p90 50 s)")
+            samples = Samples()
+            async with await CorralClient.connect(nats_url, name="bench") as client:
+                for _ in range(args.rounds):
+                    await propagation_round(client, seen, nodes, [second_host, None], samples)
+            say("1. endpoint propagation: event -> in force on both nodes")
+            say(f"    ready      {percentiles(samples.ready)}")
+            say(f"    kill       {percentiles(samples.kill)}")
+            say(f"    ready+kill {percentiles(samples.ready + samples.kill)}")
+            say(f"    scale-down {percentiles(samples.down)}  (from the request)")
+            say("    (Kubernetes' conformance test allows p50 20 s, p90 50 s)")
 
-                        await settled(seen, nodes, 1)
-                        entry = await buckets[names.ENDPOINTS_BUCKET].get(SERVICE_KEY)
-                        assert entry is not None and entry.value is not None
-                        web = decode(entry.value, Endpoints)
-                        await paths_and_dns(
-                            nats_url, args, one, cluster, web, slice_one, engines, clients, lines
-                        )
-                        await cli(nats_url, "delete", "service", "web")
-                        await cli(nats_url, "delete", "deployment", "web")
-            finally:
-                # containers first: a Docker network goes only once nothing is on it
-                if clients:
-                    await run("docker", "rm", "-f", *clients, check=False)
-                for name, engine in engines.items():
-                    label = f"label={names.LABEL_NODE}={name}"
-                    listed = await run("docker", "ps", "-aq", "--filter", label, engine=engine)
-                    left = listed.split()
-                    if left:
-                        await run("docker", "rm", "-f", *left, engine=engine, check=False)
-                if cluster:  # what `corral down` does once the node parts stopped
-                    await remove_all(nats_url, one)
-                    await remove_all(nats_url, two, "--docker-host", second_host)
-                watches.cancel_scope.cancel()  # last: cancelling it would cancel the cleanup
-    finally:
-        await nc.close()
+            await settled(seen, nodes, 1)
+            entry = await buckets[names.ENDPOINTS_BUCKET].get(SERVICE_KEY)
+            assert entry is not None and entry.value is not None
+            web = decode(entry.value, Endpoints)
+            await paths_and_dns(
+                nats_url, args, one, cluster.cluster, web, cluster.slice_one,
+                cluster.engines, cluster.clients, lines,
+            )  # fmt: skip
+            await cli(nats_url, "delete", "service", "web")
+            await cli(nats_url, "delete", "deployment", "web")
+            watches.cancel_scope.cancel()
 
 
 def main() -> None:
