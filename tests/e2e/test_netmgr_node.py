@@ -258,7 +258,7 @@ async def test_a_slice_makes_a_labelled_docker_network_and_the_node_reports_its_
             assert shown["IPAM"]["Config"] == [  # type: ignore[index]
                 {"Subnet": red.slice, "Gateway": red.gateway}
             ]
-            assert shown["Options"] == {  # type: ignore[comparison-overlap]
+            assert shown["Options"] == {  # type: ignore[comparison-overlap, unused-ignore]
                 "com.docker.network.bridge.name": names.bridge_name("red", node_name, cluster)
             }
             assert shown["Labels"] == {
