@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import click
 import msgspec
 
@@ -127,32 +128,52 @@ def progress_line(status: DeploymentStatus) -> str:
     return line
 
 
+# With automatic rollback on, a missed deadline is followed by the rollback: how long to
+# wait for the scheduler's record of it before reporting the deadline itself (it rolls
+# nothing back when no earlier revision was fully available).
+ROLLBACK_GRACE_SECONDS = 10.0
+
+
 async def wait_converged(
     client: CorralClient, name: str, generation: int, echo: Callable[[str], None]
 ) -> str | None:
     """Follow Deployment `name`'s status (a KV watch) until the spec of `generation` has
     rolled out (None) or failed (why), echoing each new progress line."""
     key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    deployment = await client.deployment(name)
+    rolls_back = deployment is not None and deployment.spec.auto_rollback is not None
     last = ""
     seen = False
-    async for status in client.follow_record(names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key):
-        if status is None:
-            if seen:
-                return f"service {name!r} was removed"
-            continue
-        seen = True
-        if status.observed_generation < generation:
-            continue
-        failure = rollout_failure(status, generation)
-        if failure is not None:
-            return failure
-        line = progress_line(status)
-        if line != last:
-            echo(line)
-            last = line
-        if converged(status, generation):
-            echo("verify: Service converged")
-            return None
+    missed: str | None = None
+    with anyio.CancelScope() as scope:
+        async for status in client.follow_record(
+            names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key
+        ):
+            if status is None:
+                if seen:
+                    return f"service {name!r} was removed"
+                continue
+            seen = True
+            if status.observed_generation < generation:
+                continue
+            failure = rollout_failure(status, generation)
+            if failure is not None:
+                if not rolls_back or status.auto_rollback is not None:
+                    return failure
+                if missed is None:  # the rollback is coming: wait a while for it
+                    echo(f"rollback: {failure}")
+                    missed = failure
+                    scope.deadline = anyio.current_time() + ROLLBACK_GRACE_SECONDS
+                continue
+            line = progress_line(status)
+            if line != last:
+                echo(line)
+                last = line
+            if converged(status, generation):
+                echo("verify: Service converged")
+                return None
+    if missed is not None:
+        return missed
     return f"service {name!r}: its status could not be followed"
 
 
