@@ -9,20 +9,27 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
+import pytest
 
 from corral.contract import names, time_budget
 from corral.contract.codec import decode, encode
 from corral.contract.network_state import ReplicaDrain
-from corral.contract.specs import MAX_CRASH_LOOP_RESTARTS, ContainerTemplate
+from corral.contract.specs import MAX_CRASH_LOOP_RESTARTS, ContainerTemplate, ExecAction, Probe
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.backoff import ReplicaTrack, after_restart
 from corral_node_agent.hollow_runtime import HollowRuntime
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile
+from corral_node_agent.main import build_parser
+from corral_node_agent.offline import stop_if_never_started
+from corral_node_agent.runtime import ContainerSpec
 from corral_node_agent.safety import Mode
-from tests.unit.agent_helpers import NODE, cluster_bucket, fast_settings
+from corral_node_agent.settings import settings_from_args
+from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, fast_settings
 from tests.unit.test_agent_loop import RecordedEvents, eventually
 from tests.unit.test_agent_safety import FlakyBucket
 
@@ -254,3 +261,86 @@ async def test_each_restart_is_stamped_on_the_agents_clock_and_kept_across_agent
         status = rig.status("web-a1")
         assert status is not None and status.restarts == 2
         assert status.restarts_within(5.0) == 1  # updated_at is 1_020, on the same clock
+
+
+async def test_a_liveness_kill_is_a_restart_with_its_time() -> None:
+    now = [2_000.0]
+    rig = Rig(clock=lambda: now[0])
+    probe = Probe(exec=ExecAction(command=["true"]), period_seconds=1, failure_threshold=1)
+    template = ContainerTemplate(image=IMAGE, liveness_probe=probe)
+    await rig.place(
+        Placement(
+            replica="web-a1",
+            deployment="web",
+            node=NODE,
+            template=template,
+            template_hash=template.template_hash(),
+            generation=1,
+        )
+    )
+    async with running_agent(rig):
+        await eventually(lambda: rig.state("web-a1") == ReplicaState.RUNNING)
+        rig.runtime.probe_failures[("web-a1", "liveness")] = "boom"
+        await eventually(lambda: rig.runtime.kills >= 1, within=4)
+        del rig.runtime.probe_failures[("web-a1", "liveness")]
+
+        def restarted() -> bool:
+            status = rig.status("web-a1")
+            return status is not None and status.restart_times[:1] == [2_000.0]
+
+        await eventually(restarted, within=4)
+
+
+async def test_an_agent_that_never_started_stops_its_replicas_within_the_fenced_grace(
+    tmp_path: Path,
+) -> None:
+    runtime = HollowRuntime(images={IMAGE}, stop_seconds=60.0)  # the signal is ignored
+    container_id = await runtime.create_container(
+        ContainerSpec(
+            name="made-web-a1",
+            image=IMAGE,
+            labels={
+                names.LABEL_MANAGED: "true",
+                names.LABEL_CLUSTER: CLUSTER_ID,
+                names.LABEL_NODE: NODE,
+                names.LABEL_DEPLOYMENT: "web",
+                names.LABEL_REPLICA: "web-a1",
+            },
+            stop_signal="SIGINT",
+            stop_timeout=30,
+        )
+    )
+    await runtime.start_container(container_id)
+    record = LocalRecordFile(tmp_path)
+    record.save(LocalRecord(node=NODE, cluster_id=CLUSTER_ID))
+    began = time.monotonic()
+    removed = await stop_if_never_started(
+        runtime, record, NODE, anyio.Event(), stop_after=0.1, counting_from=began
+    )
+    assert removed == 1 and runtime.containers == {}
+    grace = time_budget.FENCED_STOP_GRACE_SECONDS
+    assert runtime.stops == [("web-a1", "SIGINT", grace)]  # signalled first
+    assert time.monotonic() - began < 0.1 + time_budget.STOP_SECONDS
+
+
+def test_the_drain_timeout_flag_defaults_to_10_s_and_refuses_a_negative_one() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args([])).drain_timeout == 10.0
+    assert settings_from_args(parser.parse_args(["--drain-timeout", "2.5"])).drain_timeout == 2.5
+    with pytest.raises(ValueError, match="--drain-timeout"):
+        settings_from_args(parser.parse_args(["--drain-timeout", "-1"]))
+
+
+async def test_a_restarted_agent_counts_the_drain_timeout_from_the_terminating_it_finds() -> None:
+    now = [5_000.0]
+    rig = Rig(clock=lambda: now[0])
+    await rig.place(placed("web-a1", grace=4))
+    async with running_agent(rig, drain_timeout=60.0):
+        await eventually(lambda: rig.state("web-a1") == ReplicaState.RUNNING)
+        await rig.unplace("web-a1")
+        await eventually(lambda: rig.state("web-a1") == ReplicaState.TERMINATING)
+    now[0] += 61.0  # the agent was down past the drain timeout
+    async with running_agent(rig, drain_timeout=60.0):
+        await eventually(lambda: rig.present() == set(), within=3)
+        assert rig.runtime.stops == [("web-a1", "", 4.0)]
+        assert rig.events.reasons().count("DrainTimeout") == 1

@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import anyio
 
+from corral.contract.time_budget import FENCED_STOP_GRACE_SECONDS, STOP_SECONDS
 from corral_node_agent.local_record import LocalRecordFile, UnreadableLocalRecord
 from corral_node_agent.ownership import classify
-from corral_node_agent.runtime import Runtime, RuntimeFailure
+from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,31 @@ async def stop_if_never_started(
     )
     removed = 0
 
-    async def remove(container_id: str) -> None:
+    async def remove(container: ObservedContainer) -> None:
         nonlocal removed
         try:
-            await runtime.remove_container(container_id)  # bounded by STOP
+            if container.state == ContainerState.RUNNING:
+                # Fenced: its stop signal first, but SIGKILL after at most
+                # FENCED_STOP_GRACE_SECONDS, and no drain (docs/rollouts.md).
+                await _stop_fenced(runtime, container)
+            await runtime.remove_container(container.id)  # bounded by STOP
             removed += 1
         except RuntimeFailure as error:
-            log.warning("removing %s failed: %s", container_id[:12], error)
+            log.warning("removing %s failed: %s", container.id[:12], error)
 
     async with anyio.create_task_group() as tg:  # in parallel: the stop takes one STOP
         for container in own:
-            tg.start_soon(remove, container.id)
+            tg.start_soon(remove, container)
     return removed
+
+
+async def _stop_fenced(runtime: Runtime, container: ObservedContainer) -> None:
+    grace = min(
+        float(container.stop_timeout if container.stop_timeout is not None else STOP_SECONDS),
+        FENCED_STOP_GRACE_SECONDS,
+    )
+    try:
+        with anyio.move_on_after(grace + 1.0):  # the kill (the removal) follows anyway
+            await runtime.stop_container(container.id, grace)
+    except RuntimeFailure as error:
+        log.warning("stopping %s failed: %s", container.id[:12], error)
