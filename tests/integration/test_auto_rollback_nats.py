@@ -195,7 +195,7 @@ async def test_a_crash_looping_new_image_is_rolled_back_to_the_last_available_te
     async with cluster(nats_url) as scheduler:
         await first_rollout(scheduler, buckets, autoRollback=CRASH_LOOP)
         good = (await spec_of(buckets)).spec.template
-        before = metrics.ROLLBACK_SECONDS.collect()[0]
+        before = next(iter(metrics.ROLLBACK_SECONDS.collect()))
         count_before = _sample(before, "_count")
         await apply(scheduler, manifest(BAD_IMAGE, autoRollback=CRASH_LOOP))
         started = time.monotonic()
@@ -222,13 +222,13 @@ async def test_a_crash_looping_new_image_is_rolled_back_to_the_last_available_te
         assert [e.type for e in events if e.reason == "RolledBack"] == ["Warning"]
         history = await history_of(buckets)
         assert history is not None and [r.revision for r in history.revisions] == [2, 3]
-        after = metrics.ROLLBACK_SECONDS.collect()[0]
+        after = next(iter(metrics.ROLLBACK_SECONDS.collect()))
         assert _sample(after, "_count") == count_before + 1
         print(f"\ncrash-looping revision applied -> rollback complete: {took:.2f} s")
 
 
 def _sample(metric: Any, suffix: str) -> float:
-    return sum(s.value for s in metric.samples if s.name.endswith(suffix))
+    return float(sum(s.value for s in metric.samples if s.name.endswith(suffix)))
 
 
 async def test_without_auto_rollback_a_crash_loop_is_left_alone(
