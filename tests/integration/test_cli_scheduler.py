@@ -83,9 +83,10 @@ async def test_create_get_scale_delete(nats_url: str, buckets: dict[str, NatsBuc
             (await corral(nats_url, "get", "deploy", "my-app", "-o", "json")).stdout
         )
         template = stored["spec"]["template"]
-        assert template["command"] == ["sh", "-c", "echo hi; sleep 3600"]
-        assert template["env"] == {"GREETING": "hi"}
-        assert template["resources"]["requests"] == {"cpu": "100m", "memory": "64Mi"}
+        container = template["spec"]["containers"][0]  # apps/v1, as kubectl prints it
+        assert container["command"] == ["sh", "-c", "echo hi; sleep 3600"]
+        assert container["env"] == [{"name": "GREETING", "value": "hi"}]
+        assert container["resources"]["requests"] == {"cpu": "100m", "memory": "64Mi"}
 
         async def replicas_listed() -> list[str]:
             result = await corral(nats_url, "get", "replicas")

@@ -376,10 +376,10 @@ async def test_apply_of_kubernetes_services_mixed_with_deployments_warns_of_drop
             "network/backend created",
         ]
         assert applied.stderr.strip() == (
-            f"warning: {path} (document 2): service/my-app: dropped fields corral does not "
-            "support: metadata.annotations, spec.sessionAffinity, spec.externalTrafficPolicy, "
-            "spec.ports[0].appProtocol, status"
-        )
+            f"warning: {path} (document 2) Service/my-app: dropped fields corral does not "
+            "support: spec.sessionAffinity, spec.externalTrafficPolicy, "
+            "spec.ports[0].appProtocol"
+        )  # annotations are kept; the status is the server's, read-only
         service = await stored_service(buckets, "my-app")
         assert service is not None and service.api_version == "v1"
         [port] = service.spec.ports
@@ -435,12 +435,12 @@ async def test_create_deployment_takes_ports_and_networks_for_its_template(
         stored = json.loads(
             (await corral(nats_url, "get", "deploy", "my-app", "-o", "json")).stdout
         )
-        template = stored["spec"]["template"]
-        assert template["ports"] == [
+        template = stored["spec"]["template"]  # apps/v1, as kubectl prints it
+        assert template["spec"]["containers"][0]["ports"] == [
             {"containerPort": 8080},
             {"containerPort": 53, "protocol": "UDP"},
         ]
-        assert template["networks"] == ["backend", "default"]
+        assert template["metadata"]["annotations"]["corral/networks"] == "backend,default"
         for flags, flag in (
             (["--port", "http"], "--port"),
             (["--port", "80/sctp"], "--port"),

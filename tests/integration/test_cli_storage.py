@@ -176,7 +176,7 @@ async def test_a_mixed_kubernetes_file_applies_binds_places_and_deletes_with_pro
             "service/db created",
         ]
         # Every dropped field named, never silently; volumeMode: Filesystem is no warning.
-        assert "storageclass/fast: dropped fields corral does not support: " in applied.stderr
+        assert "StorageClass/fast: dropped fields corral does not support: " in applied.stderr
         assert "allowVolumeExpansion" in applied.stderr and "spec.mountOptions" in applied.stderr
         assert "spec.sessionAffinity" in applied.stderr and "volumeMode" not in applied.stderr
 

@@ -31,7 +31,7 @@ def test_several_documents_and_empty_ones() -> None:
     text = "---\n" + GOOD + "---\n---\n" + GOOD.replace("name: web", "name: api")
     manifests = load_manifests(text, "all.yaml")
     assert [m.name for m in manifests] == ["web", "api"]
-    assert manifests[1].where == "all.yaml (document 2)"
+    assert manifests[1].where == "all.yaml (document 2) Deployment/api"
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_several_documents_and_empty_ones() -> None:
         ("metadata: {name: x}\n", "missing `kind`: corral knows Deployment"),
         (
             GOOD.replace("Deployment", "Gadget"),
-            "unknown kind 'Gadget': corral knows Deployment, Network, PersistentVolume, "
+            "unknown kind 'Gadget' (`kind`): corral knows Deployment, Network, PersistentVolume, "
             "PersistentVolumeClaim, Service, StorageClass",
         ),
         (GOOD.replace("replicas: 3", "replicas: three"), "at `spec.replicas`: Expected `int`"),
@@ -51,7 +51,10 @@ def test_several_documents_and_empty_ones() -> None:
         (GOOD.replace("image: nginx:1.27", "imag: nginx"), "unknown field `imag`"),
         (GOOD.replace("  template:\n    image: nginx:1.27\n", ""), "`spec.template`"),
         (GOOD.replace("name: web", "name: Web"), "not a DNS label"),
-        (GOOD.replace("corral/v1", "apps/v1"), "`apiVersion`"),
+        (
+            GOOD.replace("corral/v1", "apps/v2"),
+            "`apiVersion` 'apps/v2' is unknown: corral reads a Deployment as corral/v1 or apps/v1",
+        ),
         (GOOD.replace("name: web", "name: web\n  created: 2024-01-01"), "unknown field"),
     ],
 )
@@ -63,7 +66,10 @@ def test_bad_manifests(text: str, message: str) -> None:
 
 def test_the_document_is_named_in_a_stream() -> None:
     text = GOOD + "---\n" + GOOD.replace("replicas: 3", "replicas: x")
-    with pytest.raises(CorralError, match=r"web.yaml \(document 2\)"):
+    with pytest.raises(
+        CorralError,
+        match=r"web.yaml \(document 2\) Deployment/web: invalid Deployment at `spec.replicas`",
+    ):
         load_manifests(text, "web.yaml")
 
 

@@ -45,11 +45,10 @@ def test_a_kubernetes_service_keeps_what_corral_supports_and_lists_what_it_drops
         (80, 8080, 30080),
         (81, "admin", 0),
     ]
+    # What the server sets (uid, resourceVersion, creationTimestamp) is read-only, not a
+    # warning; annotations are kept.
+    assert manifest.spec.metadata.annotations == {"a": "b"}
     assert manifest.dropped == (
-        "metadata.uid",
-        "metadata.resourceVersion",
-        "metadata.creationTimestamp",
-        "metadata.annotations",
         "spec.clusterIPs",
         "spec.ipFamilies",
         "spec.ports[1].appProtocol",

@@ -126,8 +126,9 @@ def test_a_kubernetes_local_volume_takes_its_node_from_node_affinity_and_lists_w
     assert volume.spec.persistent_volume_reclaim_policy == "Delete"
     assert volume.spec.storage_class_name == "manual"
     assert volume.metadata.annotations == {"pv.kubernetes.io/provisioned-by": "hand"}
-    # volumeMode: Filesystem is what corral's volumes are: not a warning.
-    assert manifest.dropped == ("metadata.uid", "spec.mountOptions", "spec.local.fsType")
+    # volumeMode: Filesystem is what corral's volumes are, the uid the server's: not a
+    # warning.
+    assert manifest.dropped == ("spec.mountOptions", "spec.local.fsType")
 
 
 def test_a_claim_a_storage_class_and_a_deployment_with_volumes_mix_in_one_file() -> None:

@@ -2,10 +2,13 @@
 the fields corral has no use for.
 
 A Kubernetes Service carries fields corral does not support (sessionAffinity,
-externalTrafficPolicy, status, metadata.annotations, ...), a PersistentVolume
-mountOptions, a StorageClass allowVolumeExpansion. They are dropped before the
-document is decoded, and the caller warns with their paths: never silently. corral's own
-documents (`corral/v1`) stay strict: an unknown field there is an error.
+externalTrafficPolicy, ...), a PersistentVolume mountOptions, a StorageClass
+allowVolumeExpansion. They are dropped before the document is decoded, and the caller
+warns with their paths: never silently. What the server writes (`status`, and of the
+metadata uid, resourceVersion, generation, creationTimestamp, managedFields) is read-only:
+ignored without a warning, as `kubectl apply` ignores it, so what `corral get -o yaml`
+prints applies unchanged (docs/manifests.md). corral's own documents (`corral/v1`) stay
+strict: an unknown field there is an error.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ KUBERNETES_KINDS: Final = {
     "PersistentVolumeClaim": KUBERNETES_API_VERSION,
     "StorageClass": "storage.k8s.io/v1",
 }
-# Of a Kubernetes object's metadata, what corral reads; the rest (uid, resourceVersion
-# as text, creationTimestamp as text, managedFields...) is the server's. Annotations are
-# kept for the storage kinds (a StorageClass's marks the default class).
-_KUBERNETES_METADATA: Final = frozenset({"name", "namespace", "labels"})
-_WITH_ANNOTATIONS: Final = frozenset({"PersistentVolume", "PersistentVolumeClaim", "StorageClass"})
+# Of a Kubernetes object's metadata, what corral reads (annotations are free text for
+# tools and people: kept; a StorageClass's marks the default class).
+_KUBERNETES_METADATA: Final = frozenset({"name", "namespace", "labels", "annotations"})
+# What the server sets: read-only, ignored on the way in (the top-level `status` too).
+SERVER_METADATA: Final = frozenset(
+    {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink"}
+)
 
 
 def is_kubernetes(document: dict[str, Any], kind: str) -> bool:
@@ -40,15 +45,15 @@ def drop_unsupported(document: dict[str, Any], spec_type: type[msgspec.Struct]) 
     dropped: list[str] = []
     info = msgspec.inspect.type_info(spec_type)
     assert isinstance(info, msgspec.inspect.StructType)
-    kept = _KUBERNETES_METADATA
-    if spec_type.__name__ in _WITH_ANNOTATIONS:
-        kept = kept | {"annotations"}
     metadata = document.get("metadata")
     if isinstance(metadata, dict):
         for key in list(metadata):
-            if key not in kept:
+            if key in SERVER_METADATA:
+                del metadata[key]
+            elif key not in _KUBERNETES_METADATA:
                 del metadata[key]
                 dropped.append(f"metadata.{key}")
+    document.pop("status", None)
     for key in list(document):
         if key in ("apiVersion", "kind", "metadata"):
             continue
@@ -58,6 +63,14 @@ def drop_unsupported(document: dict[str, Any], spec_type: type[msgspec.Struct]) 
             dropped.append(key)
         else:
             _walk(document[key], field, key, dropped)
+    return dropped
+
+
+def drop_unknown(value: Any, kind: Any, path: str) -> list[str]:
+    """Remove from `value` (in place) what the type `kind` (a Struct, or e.g.
+    list[Struct]) does not have; return the dotted paths removed, under `path`."""
+    dropped: list[str] = []
+    _walk(value, msgspec.inspect.type_info(kind), path, dropped)
     return dropped
 
 

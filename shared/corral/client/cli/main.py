@@ -22,7 +22,7 @@ from corral.client.cli.volume_commands import (
     create_volume,
     volume,
 )
-from corral.client.cli.write_commands import apply, create, delete, scale
+from corral.client.cli.write_commands import apply, create, delete, diff, scale
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,6 +63,7 @@ cli.add_command(swarm_service)  # Docker Swarm's `service` commands
 cli.add_command(node)
 cli.add_command(up)
 cli.add_command(down)
+cli.add_command(diff)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ the server would give.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,16 @@ import msgspec
 import yaml
 
 from corral.client.api import API_KINDS, ApiKind, CorralError, find_kind
-from corral.client.cli.foreign_fields import drop_unsupported, is_kubernetes
+from corral.client.cli.foreign_fields import KUBERNETES_KINDS, drop_unsupported, is_kubernetes
+from corral.client.cli.kube_apps import (
+    APPS_API_VERSION,
+    deployment_from_apps,
+    is_apps,
+    kubernetes_path,
+)
 from corral.client.cli.kube_storage import RefusedField, translate_storage
 from corral.contract.codec import InvalidPayload, decode_payload
+from corral.contract.specs import API_VERSION
 
 # A manifest file larger than this is refused before it is parsed (a spec is at most
 # 64 KiB on the wire; a file may hold several documents and comments).
@@ -79,14 +87,39 @@ class Manifest:
     kind: ApiKind
     spec: msgspec.Struct
     name: str
-    where: str  # "my-app.yaml" or "my-app.yaml (document 2)", for messages
+    # "my-app.yaml" or "my-app.yaml (document 2) Deployment/web", for messages
+    where: str
     # Fields of a plain Kubernetes document corral does not support, dropped (their
     # dotted paths): the caller warns with them (corral.client.cli.foreign_fields).
     dropped: tuple[str, ...] = ()
+    # The document's apiVersion: corral's own (corral/v1) or Kubernetes' (apps/v1, v1,
+    # storage.k8s.io/v1); `corral diff` shows an object in its file's form.
+    api_version: str = API_VERSION
+    # The document's own metadata.namespace, None when it gives none: then -n, else
+    # $CORRAL_NAMESPACE, decides (corral.client.cli.namespaces.resolve_namespaces).
+    declared_namespace: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Where it is and what it is: `web.yaml: deployment/web`, or of a document of
+        several `all.yaml (document 2) Deployment/web` (its `where` says both)."""
+        if ") " in self.where:
+            return self.where
+        return f"{self.where}: {self.kind.subject_kind}/{self.name}"
+
+    @property
+    def kubernetes(self) -> bool:
+        return self.api_version != API_VERSION
+
+    @property
+    def namespace(self) -> str:
+        metadata = getattr(self.spec, "metadata", None)
+        return str(getattr(metadata, "namespace", "default"))
 
 
 def load_manifests(text: str, source: str) -> list[Manifest]:
-    """Every document of a YAML stream, validated; raises CorralError naming the problem."""
+    """Every document of a YAML stream, validated; raises CorralError naming the problem
+    (the document, and the field)."""
     try:
         documents = [doc for doc in yaml.load_all(text, Loader=_ManifestLoader) if doc is not None]
     except yaml.YAMLError as error:
@@ -96,10 +129,47 @@ def load_manifests(text: str, source: str) -> list[Manifest]:
     if not documents:
         raise CorralError(f"{source}: no manifest in it (expected a YAML document with a kind)")
     several = len(documents) > 1
-    return [
-        parse_document(document, f"{source} (document {index})" if several else source)
+    manifests = [
+        parse_document(document, _where(source, index if several else 0, document))
         for index, document in enumerate(documents, start=1)
     ]
+    check_unique_objects(manifests)
+    return manifests
+
+
+def _where(source: str, index: int, document: Any) -> str:
+    """`source (document 2) Deployment/web`: the document by index, kind and name."""
+    named = ""
+    if isinstance(document, dict):
+        kind = document.get("kind")
+        metadata = document.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        if isinstance(kind, str) and kind:
+            named = f"{kind}/{name}" if isinstance(name, str) and name else kind
+    if not index:  # the only document: the file names it
+        return source
+    return f"{source} (document {index}) {named}" if named else f"{source} (document {index})"
+
+
+def check_unique_objects(manifests: list[Manifest]) -> None:
+    """The same kind, namespace and name twice: refused, naming both documents."""
+    seen: dict[tuple[str, str, str], Manifest] = {}
+    for manifest in manifests:
+        identity = (manifest.kind.kind, manifest.namespace, manifest.name)
+        first = seen.setdefault(identity, manifest)
+        if first is not manifest:
+            raise CorralError(
+                f"{manifest.where}: `metadata.name` {manifest.name!r}: "
+                f"{manifest.kind.kind} {manifest.namespace}/{manifest.name} is also "
+                f"{first.where}: each object once per apply"
+            )
+
+
+def _api_versions(kind: str) -> tuple[str, ...]:
+    if kind == "Deployment":
+        return (API_VERSION, APPS_API_VERSION)
+    other = KUBERNETES_KINDS.get(kind)
+    return (API_VERSION, other) if other else (API_VERSION,)
 
 
 def parse_document(document: Any, where: str) -> Manifest:
@@ -113,16 +183,29 @@ def parse_document(document: Any, where: str) -> Manifest:
     if not isinstance(kind_name, str) or not kind_name:
         raise CorralError(f"{where}: missing `kind`: corral knows {known}")
     if kind_name not in API_KINDS:
-        raise CorralError(f"{where}: unknown kind {kind_name!r}: corral knows {known}")
+        raise CorralError(f"{where}: unknown kind {kind_name!r} (`kind`): corral knows {known}")
     kind = find_kind(kind_name)
+    api_version = document.get("apiVersion", API_VERSION)  # none: corral's own form
+    versions = _api_versions(kind.kind)
+    if api_version not in versions:
+        raise CorralError(
+            f"{where}: `apiVersion` {api_version!r} is unknown: corral reads a {kind.kind} "
+            f"as {' or '.join(versions)}"
+        )
+    # The status is the server's (what `corral get -o yaml` prints): read-only, ignored.
+    document = {key: value for key, value in document.items() if key != "status"}
     dropped: list[str] = []
-    if is_kubernetes(document, kind.kind):
-        try:
+    declared = _declared_namespace(document)
+    apps = is_apps(document)
+    try:
+        if apps:
+            document, dropped = deployment_from_apps(document)
+        elif is_kubernetes(document, kind.kind):
             if kind.kind in ("PersistentVolume", "PersistentVolumeClaim"):
                 dropped = translate_storage(document)
-        except RefusedField as error:
-            raise CorralError(f"{where}: {error}") from None
-        dropped = drop_unsupported(document, kind.spec_type) + dropped
+            dropped = drop_unsupported(document, kind.spec_type) + dropped
+    except RefusedField as error:
+        raise CorralError(f"{where}: {error}") from None
     try:
         raw = msgspec.json.encode(document)
     except (TypeError, msgspec.EncodeError) as error:
@@ -130,8 +213,32 @@ def parse_document(document: Any, where: str) -> Manifest:
     try:
         spec = decode_payload(raw, kind.spec_type)
     except InvalidPayload as error:
-        raise CorralError(f"{where}: {error.message}") from None
-    return Manifest(kind=kind, spec=spec, name=_name_of(spec), where=where, dropped=tuple(dropped))
+        message = error.message
+        if apps:
+            message = re.sub(r"`(spec\.template\.[^`]*)`", _kubernetes_path, message)
+        if "`metadata.namespace`" in message and "Invalid enum value" in message:
+            message += " (corral has one namespace, 'default', for now)"
+        raise CorralError(f"{where}: {message}") from None
+    return Manifest(
+        kind=kind,
+        spec=spec,
+        name=_name_of(spec),
+        where=where,
+        dropped=tuple(dropped),
+        api_version=str(api_version),
+        declared_namespace=declared,
+    )
+
+
+def _declared_namespace(document: dict[str, Any]) -> str | None:
+    """The document's own metadata.namespace (None: it gives none)."""
+    metadata = document.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if isinstance(namespace, str) else None
+
+
+def _kubernetes_path(match: re.Match[str]) -> str:
+    return f"`{kubernetes_path(match.group(1))}`"
 
 
 def _name_of(spec: msgspec.Struct) -> str:

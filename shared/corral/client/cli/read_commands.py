@@ -23,17 +23,21 @@ from corral.client.cli.describe import (
     with_events,
 )
 from corral.client.cli.kinds import (
+    CLAIMS,
     DEPLOYMENTS,
     NETWORKING,
     NETWORKS,
     NODES,
     REPLICAS,
+    SERVICES,
     SINGULAR,
     STORAGE,
     STORAGE_CLASSES,
+    VOLUMES,
     read_kind,
     split_kind_name,
 )
+from corral.client.cli.kube_output import as_kube_list, kubernetes_form, read_objects
 from corral.client.cli.net_views import (
     NET_NEEDS,
     describe_network,
@@ -54,7 +58,6 @@ from corral.client.cli.views import (
     Allocation,
     ClusterView,
     allocations,
-    deployment_object,
     deployment_table,
     node_object,
     node_row,
@@ -99,11 +102,12 @@ def render_get(
                 statuses={k: v for k, v in view.statuses.items() if k == name},
             )
         if machine:
+            # apps/v1, as kubectl prints it: `corral apply -f` takes it back unchanged.
             items = [
-                deployment_object(view.deployments[key], view.statuses.get(key))
+                kubernetes_form(view.deployments[key], view.statuses.get(key))
                 for key in sorted(view.deployments)
             ]
-            return dump(items[0] if name is not None else as_list(items), output)
+            return dump(items[0] if name is not None else as_kube_list(items), output)
         headers, rows = deployment_table(view, now, wide=wide)
         return render_table(headers, rows) if rows else "No deployments."
     if kind == REPLICAS:
@@ -141,6 +145,29 @@ def render_get(
     return render_table(NODE_WIDE_HEADERS if wide else NODE_HEADERS, rows)
 
 
+# The kinds `get -o yaml|json` prints as manifests `corral apply -f` takes back
+# (corral.client.cli.kube_output; docs/manifests.md).
+_MANIFEST_KINDS: dict[str, str] = {
+    DEPLOYMENTS: "Deployment",
+    NETWORKS: "Network",
+    SERVICES: "Service",
+    VOLUMES: "PersistentVolume",
+    CLAIMS: "PersistentVolumeClaim",
+    STORAGE_CLASSES: "StorageClass",
+}
+
+
+async def manifests_of(client: CorralClient, read: str, name: str | None, output: str) -> str:
+    """`get KIND [NAME] -o yaml|json`: the stored objects as manifests, a List when several."""
+    found = await read_objects(
+        client, find_kind(_MANIFEST_KINDS[read]), None if name is None else [name]
+    )
+    if name is not None and name not in found:
+        raise _not_found(read, name)
+    items = [kubernetes_form(obj, status) for obj, status in found.values()]
+    return dump(items[0] if name is not None else as_kube_list(items), output)
+
+
 @click.command()
 @click.argument("kind")
 @click.argument("name", required=False)
@@ -167,6 +194,8 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
             raise click.BadParameter(str(error), param_hint="--node") from None
 
     async def fetch(client: CorralClient) -> str:
+        if output in ("json", "yaml") and read in _MANIFEST_KINDS:
+            return await manifests_of(client, read, name, output)
         if read in NETWORKING:
             net = await read_net(client, NET_NEEDS[read])
             return render_net_get(net, read, name, output, time.time())

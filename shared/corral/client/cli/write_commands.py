@@ -22,6 +22,7 @@ from corral.client.cli.options import (
     parse_labels,
     parse_resource_list,
 )
+from corral.client.cli.options import given_namespace
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
@@ -159,7 +160,12 @@ def create_deployment(
 def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
     """Every document of every file ('-' is stdin), all validated before anything is sent."""
     # Imported here: PyYAML only for `corral apply`.
-    from corral.client.cli.manifests import MAX_MANIFEST_BYTES, load_manifests
+    from corral.client.cli.manifests import (
+        MAX_MANIFEST_BYTES,
+        check_unique_objects,
+        load_manifests,
+    )
+    from corral.client.cli.namespaces import resolve_namespaces
 
     manifests: list[Manifest] = []
     for file_name in files:
@@ -181,6 +187,11 @@ def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
             manifests += load_manifests(text, source)
         except CorralError as error:
             raise click.ClickException(str(error)) from None
+    manifests = resolve_namespaces(manifests, given_namespace(click.get_current_context()))
+    try:
+        check_unique_objects(manifests)  # across files too
+    except CorralError as error:
+        raise click.ClickException(str(error)) from None
     return manifests
 
 
@@ -201,22 +212,25 @@ def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
     """Create or update the objects of manifests (apiVersion/kind/metadata/spec).
 
     Kinds: corral/v1 Deployment, Network, Service, PersistentVolume,
-    PersistentVolumeClaim and StorageClass, and Kubernetes' v1 Service, PersistentVolume
-    and PersistentVolumeClaim and storage.k8s.io/v1 StorageClass (the fields corral does
-    not support are dropped, with a warning naming them)."""
+    PersistentVolumeClaim and StorageClass, and Kubernetes' apps/v1 Deployment, v1
+    Service, PersistentVolume and PersistentVolumeClaim and storage.k8s.io/v1
+    StorageClass (the fields corral does not support are dropped, with one warning per
+    document naming them; see docs/manifests.md). Every document of every file is
+    checked before anything is sent: one bad document refuses them all."""
     if not files:
         raise click.UsageError("give at least one manifest: corral apply -f FILE")
     manifests = read_manifest_files(files)
     for manifest in manifests:
         if manifest.dropped:
             click.echo(
-                f"warning: {manifest.where}: {manifest.kind.subject_kind}/{manifest.name}: "
+                f"warning: {manifest.label}: "
                 f"dropped fields corral does not support: {', '.join(manifest.dropped)}",
                 err=True,
             )
 
     async def send(client: CorralClient) -> None:
         for manifest in manifests:
+            client.namespace = manifest.namespace  # its own, resolved (-n, as kubectl)
             try:
                 reply = await client.apply(manifest.spec)
             except RequestRejected as error:
@@ -273,7 +287,15 @@ def delete(
     if files:
         if kind is not None:
             raise click.UsageError("give either -f FILE or KIND NAME, not both")
-        targets = [(manifest.kind, manifest.name) for manifest in read_manifest_files(files)]
+        # Every object the files name, in its namespace; a missing one is reported and
+        # the others still deleted (exit 1), as kubectl delete -f.
+        manifests = read_manifest_files(files)
+        raws = [
+            _validated({"name": m.name, "namespace": m.namespace}, DeleteRequest) for m in manifests
+        ]
+        targets = [(m.kind, m.name) for m in manifests]
+        delete_each(ctx, targets, lambda name: b"", raws)
+        return
     else:
         if kind is None:
             raise click.UsageError("missing KIND and NAME: corral delete deployment NAME")
@@ -291,11 +313,15 @@ def delete_each(
     ctx: click.Context,
     targets: list[tuple[ApiKind, str]],
     request_of: Callable[[str], bytes],
+    raws: list[bytes] | None = None,
 ) -> None:
-    """Send a delete for each (kind, name), each tried as kubectl does; the refusals
-    together, exit 1. `request_of`: a name's validated DeleteRequest (raising first, so
-    that bad input sends nothing)."""
-    requests = [(api_kind, name, request_of(name)) for api_kind, name in targets]
+    """Send a delete for each (kind, name), each tried as kubectl does: each refusal
+    printed as it comes, exit 1 after the last. `request_of`: a name's validated
+    DeleteRequest (raising first, so that bad input sends nothing); `raws`: instead, one
+    validated request per target."""
+    if raws is None:
+        raws = [request_of(name) for _, name in targets]
+    requests = [(api_kind, name, raw) for (api_kind, name), raw in zip(targets, raws, strict=True)]
 
     async def send(client: CorralClient) -> list[str]:
         refused: list[str] = []
@@ -306,9 +332,80 @@ def delete_each(
                 # no replica uses it (docs/volumes.md, "Protection and reclaim").
                 click.echo(reply.message or f"{api_kind.subject_kind}/{name} deleted")
             else:
+                # Each refusal as it comes (kubectl's `Error from server (NotFound)`),
+                # the others still tried; exit 1 at the end.
+                reason = f" ({reply.reason})" if reply.reason else ""
+                click.echo(f"Error{reason}: {reply.error}", err=True)
                 refused.append(reply.error)
         return refused
 
     refused = run_with_client(settings_of(ctx), send)
     if refused:
-        raise click.ClickException("; ".join(refused))
+        ctx.exit(1)
+
+
+# --- diff -----------------------------------------------------------------------------
+
+
+class DiffError(click.ClickException):
+    """`corral diff` fails with exit 2 (1 means differences, as kubectl diff)."""
+
+    exit_code = 2
+
+
+@click.command()
+@_file_option
+@click.pass_context
+def diff(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Show what `corral apply -f FILE` would change: a unified diff per object of what
+    is stored and what apply would store, in the file's form (apps/v1 or corral/v1).
+
+    Exit 0: no differences; 1: differences; 2: an error (as kubectl diff)."""
+    if not files:
+        raise click.UsageError("give at least one manifest: corral diff -f FILE")
+    try:
+        manifests = read_manifest_files(files)
+        text = run_with_client(settings_of(ctx), lambda client: manifest_diffs(client, manifests))
+    except click.ClickException as error:
+        raise DiffError(error.message) from None
+    if text:
+        click.echo(text, nl=False)
+        ctx.exit(1)
+
+
+async def manifest_diffs(client: CorralClient, manifests: list[Manifest]) -> str:
+    """The unified diffs of every manifest against what is stored ("" when none differ)."""
+    from corral.client.cli.kube_output import read_objects
+
+    stored: dict[tuple[str, str], dict[str, tuple[msgspec.Struct, Any]]] = {}
+    texts = []
+    for manifest in manifests:
+        where = (manifest.kind.kind, manifest.namespace)
+        if where not in stored:
+            stored[where] = await read_objects(client, manifest.kind, None, manifest.namespace)
+        found = stored[where].get(manifest.name)
+        texts.append(object_diff(manifest, None if found is None else found[0]))
+    return "".join(texts)
+
+
+def object_diff(manifest: Manifest, stored: msgspec.Struct | None) -> str:
+    """One object's unified diff, stored (`a/`, /dev/null when none) against what apply
+    would store (`b/`), both in the manifest's form; "" when apply would change nothing."""
+    import difflib
+
+    from corral.client.cli.kube_output import corral_form, kubernetes_form, with_allocations
+    from corral.client.cli.output import dump
+
+    form = kubernetes_form if manifest.kubernetes else corral_form
+    after = dump(form(with_allocations(manifest.spec, stored), server=False), "yaml") + "\n"
+    before = "" if stored is None else dump(form(stored, server=False), "yaml") + "\n"
+    if before == after:
+        return ""
+    label = f"{manifest.kind.subject_kind}/{manifest.name}"
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile="/dev/null" if stored is None else f"a/{label}",
+        tofile=f"b/{label}",
+    )
+    return "".join(lines)
