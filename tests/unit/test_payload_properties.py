@@ -53,6 +53,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
         "kind": "Deployment",
         "metadata": {
             "name": "web",
+            "namespace": "team-a",
             "labels": {"app": "web", "example.com/tier": "front"},
             "resourceVersion": 3,
         },
@@ -123,7 +124,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
     PersistentVolumeClaim: {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "web-data"},
+        "metadata": {"name": "web-data", "namespace": "team-a"},
         "spec": {
             "resources": {"requests": {"storage": "50Mi"}},
             "accessModes": ["ReadWriteOnce"],
@@ -153,7 +154,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
     Service: {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "web"},
+        "metadata": {"name": "web", "namespace": "team-a"},
         "spec": {
             "type": "NodePort",
             "selector": {"app": "web"},
@@ -164,8 +165,8 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
             "network": "default",
         },
     },
-    ScaleRequest: {"name": "web", "replicas": 3},
-    DeleteRequest: {"name": "web"},
+    ScaleRequest: {"name": "web", "replicas": 3, "namespace": "team-a"},
+    DeleteRequest: {"name": "web", "namespace": "team-a"},
     NodeReleaseRequest: {"name": "node-1"},
     NodeDecision: {"node": "node-1", "clusterId": "0123456789abcdef"},
 }

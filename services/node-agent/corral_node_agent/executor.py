@@ -57,10 +57,17 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-def container_name(cluster_id: str, node: str, replica: str) -> str:
-    """corral_<node>_<replica>_<cluster>: node and replica names are DNS labels, which
-    never hold '_', so two (cluster, node, replica) never get the same name."""
-    return f"corral_{node}_{replica}_{cluster_id}"
+def container_name(
+    cluster_id: str, node: str, replica: str, namespace: str = names.DEFAULT_NAMESPACE
+) -> str:
+    """corral_<node>_<replica>_<cluster> for the default namespace (the names of before
+    namespaces, so that those containers are still found), corral_<node>_<namespace>.
+    <replica>_<cluster> for another: node, namespace and replica names are DNS labels,
+    which never hold '_' or '.', so two (cluster, node, namespace, replica) never get
+    the same name."""
+    if namespace == names.DEFAULT_NAMESPACE:
+        return f"corral_{node}_{replica}_{cluster_id}"
+    return f"corral_{node}_{namespace}.{replica}_{cluster_id}"
 
 
 def dns_search(namespace: str) -> tuple[str, ...]:
@@ -84,7 +91,7 @@ def container_spec(
     the template hash; a replica without volumes gets none."""
     template = placement.template
     return ContainerSpec(
-        name=container_name(cluster_id, placement.node, placement.replica),
+        name=container_name(cluster_id, placement.node, placement.replica, placement.namespace),
         image=template.image,
         command=template.command,
         args=template.args,
@@ -346,7 +353,9 @@ class Executor:
     async def _create_container(self, placement: Placement) -> str:
         """Create. A name conflict never removes the holder: when it is this node's own
         container the next pass adopts it; anything else is left alone and reported."""
-        name = container_name(self.cluster_id, placement.node, placement.replica)
+        name = container_name(
+            self.cluster_id, placement.node, placement.replica, placement.namespace
+        )
         prepared = PreparedMounts()
         if placement.template.volumes:  # never an engine call for a replica without any
             prepared = await prepare_mounts(

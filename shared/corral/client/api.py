@@ -14,6 +14,7 @@ user can cause surfaces as a CorralError whose message says what to do.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -143,6 +144,10 @@ class CorralClient:
         self.js = nc.jetstream()
         self.request_timeout = request_timeout
         self._buckets: dict[str, NatsBucket | None] = {}
+        # The namespace this client works in (the CLI's -n, $CORRAL_NAMESPACE): the
+        # reads of namespaced kinds default to it, and a request of a namespaced kind
+        # that names none is sent in it (as kubectl's context namespace).
+        self.namespace: str = names.DEFAULT_NAMESPACE
 
     @classmethod
     async def connect(
@@ -199,8 +204,36 @@ class CorralClient:
 
     # --- writes: requests answered by the kind's owner -------------------------------
 
+    def scope(self, namespace: str | None) -> str:
+        """`namespace`, else the client's own."""
+        return self.namespace if namespace is None else namespace
+
+    def in_namespace(self, kind: ApiKind, verb: str, payload: bytes) -> bytes:
+        """A request of a namespaced kind that names no namespace, in the client's
+        (a default one is left out of the JSON: corral.contract.codec). An object's own
+        metadata.namespace, or a request's namespace, is never changed."""
+        if (
+            self.namespace == names.DEFAULT_NAMESPACE
+            or kind.subject_kind not in names.NAMESPACED_KINDS
+            or verb not in ("apply", "scale", "delete")
+        ):
+            return payload
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            return payload  # the owner answers what is wrong with it
+        if not isinstance(document, dict):
+            return payload
+        holder = document.get("metadata") if verb == "apply" else document
+        if not isinstance(holder, dict) or "namespace" in holder:
+            return payload
+        holder["namespace"] = self.namespace
+        return json.dumps(document).encode()
+
     async def request(self, kind: ApiKind, verb: str, payload: bytes) -> Reply:
-        """Send raw bytes on corral.api.<kind>.<verb>; return the Reply, ok or not."""
+        """Send raw bytes on corral.api.<kind>.<verb>; return the Reply, ok or not.
+        A request of a namespaced kind naming no namespace goes in the client's."""
+        payload = self.in_namespace(kind, verb, payload)
         subject = names.api_subject(kind.subject_kind, verb)
         timeout = self.request_timeout
         deadline = time.monotonic() + timeout
@@ -237,12 +270,23 @@ class CorralClient:
         kind = find_kind(type(spec).__name__)
         return await self._checked(kind, "apply", encode(spec))
 
-    async def scale(self, name: str, replicas: int, kind: str = "Deployment") -> Reply:
-        request = ScaleRequest(name=name, replicas=replicas)
+    async def scale(
+        self,
+        name: str,
+        replicas: int,
+        kind: str = "Deployment",
+        namespace: str | None = None,
+    ) -> Reply:
+        request = ScaleRequest(name=name, replicas=replicas, namespace=self.scope(namespace))
         return await self._checked(find_kind(kind), "scale", encode(request))
 
-    async def delete(self, kind: str, name: str) -> Reply:
-        return await self._checked(find_kind(kind), "delete", encode(DeleteRequest(name=name)))
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> Reply:
+        """`namespace`: of a namespaced kind (names.NAMESPACED_KINDS); others have none."""
+        api_kind = find_kind(kind)
+        namespaced = api_kind.subject_kind in names.NAMESPACED_KINDS
+        scope = self.scope(namespace) if namespaced else names.DEFAULT_NAMESPACE
+        request = DeleteRequest(name=name, namespace=scope)
+        return await self._checked(api_kind, "delete", encode(request))
 
     async def release_volume(self, name: str, node: str) -> Reply:
         """An operator's word that `node` is gone for good: volmgr forgets the volume's
@@ -314,26 +358,30 @@ class CorralClient:
         records = await self.read_bucket(name, kind, prefix)
         return {key: value for key, (value, _) in records.items()}
 
-    async def deployments(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Deployment]:
+    async def deployments(self, namespace: str | None = None) -> dict[str, Deployment]:
         """The Deployments of one namespace, by name."""
         stored = await self._values(names.DEPLOYMENTS_BUCKET, Deployment)
-        return {d.metadata.name: d for d in stored.values() if d.metadata.namespace == namespace}
+        scope = self.scope(namespace)
+        return {d.metadata.name: d for d in stored.values() if d.metadata.namespace == scope}
 
-    async def deployment(
-        self, name: str, namespace: str = names.DEFAULT_NAMESPACE
-    ) -> Deployment | None:
+    async def deployment(self, name: str, namespace: str | None = None) -> Deployment | None:
         bucket = await self._bucket(names.DEPLOYMENTS_BUCKET)
-        entry = None if bucket is None else await bucket.get(names.object_key(namespace, name))
+        entry = (
+            None
+            if bucket is None
+            else await bucket.get(names.object_key(self.scope(namespace), name))
+        )
         if entry is None or not entry.value:
             return None
         return decode(entry.value, Deployment)
 
     async def deployment_statuses(
-        self, namespace: str = names.DEFAULT_NAMESPACE
+        self, namespace: str | None = None
     ) -> dict[str, DeploymentStatus]:
         """The statuses of one namespace's Deployments, by name."""
         stored = await self._values(names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus)
-        return {s.name: s for s in stored.values() if s.namespace == namespace}
+        scope = self.scope(namespace)
+        return {s.name: s for s in stored.values() if s.namespace == scope}
 
     async def nodes(self) -> dict[str, Node]:
         return await self._values(names.NODES_BUCKET, Node)
@@ -384,15 +432,17 @@ class CorralClient:
         stored = await self._values(names.NETWORK_SLICES_BUCKET, NetworkSlice, prefix)
         return sorted(stored.values(), key=lambda s: (s.network, s.node))
 
-    async def services(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Service]:
+    async def services(self, namespace: str | None = None) -> dict[str, Service]:
         """The Services of one namespace, by name."""
         stored = await self._values(names.SERVICES_BUCKET, Service)
-        return {s.metadata.name: s for s in stored.values() if s.metadata.namespace == namespace}
+        scope = self.scope(namespace)
+        return {s.metadata.name: s for s in stored.values() if s.metadata.namespace == scope}
 
-    async def endpoints(self, namespace: str = names.DEFAULT_NAMESPACE) -> dict[str, Endpoints]:
+    async def endpoints(self, namespace: str | None = None) -> dict[str, Endpoints]:
         """The Endpoints of one namespace's Services, by Service name."""
         stored = await self._values(names.ENDPOINTS_BUCKET, Endpoints)
-        return {e.service: e for e in stored.values() if e.namespace == namespace}
+        scope = self.scope(namespace)
+        return {e.service: e for e in stored.values() if e.namespace == scope}
 
     async def volumes(self) -> dict[str, PersistentVolume]:
         """Every PersistentVolume (cluster-wide), by name."""
@@ -402,19 +452,17 @@ class CorralClient:
     async def volume_statuses(self) -> dict[str, VolumeStatus]:
         return await self._values(names.VOLUME_STATUS_BUCKET, VolumeStatus)
 
-    async def claims(
-        self, namespace: str = names.DEFAULT_NAMESPACE
-    ) -> dict[str, PersistentVolumeClaim]:
+    async def claims(self, namespace: str | None = None) -> dict[str, PersistentVolumeClaim]:
         """The PersistentVolumeClaims of one namespace, by name."""
         stored = await self._values(names.CLAIMS_BUCKET, PersistentVolumeClaim)
-        return {c.metadata.name: c for c in stored.values() if c.metadata.namespace == namespace}
+        scope = self.scope(namespace)
+        return {c.metadata.name: c for c in stored.values() if c.metadata.namespace == scope}
 
-    async def claim_statuses(
-        self, namespace: str = names.DEFAULT_NAMESPACE
-    ) -> dict[str, ClaimStatus]:
+    async def claim_statuses(self, namespace: str | None = None) -> dict[str, ClaimStatus]:
         """The statuses of one namespace's claims, by claim name."""
         stored = await self._values(names.CLAIM_STATUS_BUCKET, ClaimStatus)
-        return {s.name: s for s in stored.values() if s.namespace == namespace}
+        scope = self.scope(namespace)
+        return {s.name: s for s in stored.values() if s.namespace == scope}
 
     async def storage_classes(self) -> dict[str, StorageClass]:
         stored = await self._values(names.STORAGE_CLASSES_BUCKET, StorageClass)
@@ -432,21 +480,30 @@ class CorralClient:
     # --- events: the CORRAL_EVENTS stream ----------------------------------------------
 
     async def events(
-        self, kind: str | None = None, name: str | None = None, limit: int = 100
+        self,
+        kind: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        namespace: str | None = None,
     ) -> list[Event]:
-        """The last `limit` events, oldest first; of one kind, or of one object."""
+        """The last `limit` events, oldest first; of one kind, or of one object (of
+        `namespace` when its kind is namespaced)."""
         found: collections.deque[Event] = collections.deque(maxlen=max(limit, 0) or None)
-        async for event in self._event_stream(kind, name, limit, follow=False):
+        async for event in self._event_stream(kind, name, limit, follow=False, namespace=namespace):
             found.append(event)
         return list(found)
 
     async def follow_events(
-        self, kind: str | None = None, name: str | None = None, limit: int = 10
+        self,
+        kind: str | None = None,
+        name: str | None = None,
+        limit: int = 10,
+        namespace: str | None = None,
     ) -> AsyncIterator[Event]:
         """The last `limit` events, then every new one as it comes, until cancelled."""
         backlog: collections.deque[Event] = collections.deque(maxlen=max(limit, 0) or None)
         caught_up = False
-        async for event in self._event_stream(kind, name, limit, follow=True):
+        async for event in self._event_stream(kind, name, limit, follow=True, namespace=namespace):
             if event is _CAUGHT_UP:
                 caught_up = True
                 for old in backlog:
@@ -458,11 +515,17 @@ class CorralClient:
                 backlog.append(event)
 
     async def _event_stream(
-        self, kind: str | None, name: str | None, limit: int, *, follow: bool
+        self,
+        kind: str | None,
+        name: str | None,
+        limit: int,
+        *,
+        follow: bool,
+        namespace: str | None = None,
     ) -> AsyncIterator[Event]:
         """Events matching, through an ordered consumer; with follow, _CAUGHT_UP marks the end
         of the backlog and the stream goes on."""
-        subject = _events_filter(kind, name)
+        subject = _events_filter(kind, name, self.scope(namespace))
         try:
             info = await self.js.stream_info(names.EVENTS_STREAM)
         except js_errors.NotFoundError:
@@ -511,13 +574,13 @@ _CAUGHT_UP: Final = Event(
 )
 
 
-def _events_filter(kind: str | None, name: str | None) -> str:
+def _events_filter(kind: str | None, name: str | None, namespace: str) -> str:
     if kind is None:
         return f"{names.EVENTS_PREFIX}.>"
     namespaced = kind.lower() in names.NAMESPACED_KINDS
     if name is None:
         return f"{names.EVENTS_PREFIX}.{kind.lower()}.{'>' if namespaced else '*'}"
-    return names.event_subject(kind, name, names.DEFAULT_NAMESPACE if namespaced else None)
+    return names.event_subject(kind, name, namespace if namespaced else None)
 
 
 def _decode_event(raw: bytes) -> Event | None:

@@ -24,6 +24,7 @@ from corral.contract.specs import (
     PortNumber,
     Protocol,
     _Public,
+    check_cluster_wide,
     check_unique,
 )
 
@@ -78,6 +79,9 @@ class Network(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Network
     api_version: Literal["corral/v1"] = "corral/v1"
     metadata: ObjectMeta
     spec: NetworkSpec = NetworkSpec()
+
+    def __post_init__(self) -> None:
+        check_cluster_wide("Network", self.metadata)
 
     @property
     def key(self) -> str:

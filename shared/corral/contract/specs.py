@@ -15,7 +15,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from corral.contract.codec import described_pattern
-from corral.contract.names import object_key
+from corral.contract.names import DEFAULT_NAMESPACE, object_key
 from corral.contract.quantity import (
     CPU_PATTERN,
     MAX_CPU_CORES,
@@ -159,9 +159,22 @@ class _Public(
     """
 
 
-# The namespace of an object; "default" is the only one for now (keys carry it already:
-# corral.contract.names.object_key).
-Namespace = Literal["default"]
+# The namespace of an object: a DNS label, as in Kubernetes (at most 63 lowercase letters,
+# digits and '-'). Names are unique per namespace: every bucket key is
+# <namespace>.<name> (corral.contract.names.object_key). Namespaces are implicit: one
+# exists while something is in it (docs/api.md, "Namespaces").
+Namespace = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description=(
+            "The object's namespace: a DNS label (at most 63 lowercase letters, digits "
+            "and '-'); names are unique per namespace. Implicit: it exists while "
+            "something is in it."
+        ),
+    ),
+]
 
 
 # A precondition: the KV revision of the object the writer last saw; 0: none.
@@ -206,6 +219,16 @@ class ObjectMeta(_Public, frozen=True, kw_only=True):
     # request: the stream's last sequence when it was written). A durable spec at or
     # below it is older, and never applied over it (docs/api.md, durable specs).
     spec_sequence: Counter = 0
+
+
+def check_cluster_wide(kind: str, metadata: ObjectMeta) -> None:
+    """A cluster-wide kind (Network, PersistentVolume, StorageClass) lives in no namespace:
+    one other than the default is refused rather than ignored."""
+    if metadata.namespace != DEFAULT_NAMESPACE:
+        raise ValueError(
+            f"`metadata.namespace` {metadata.namespace!r}: a {kind} is cluster-wide, "
+            "in no namespace; leave the namespace out"
+        )
 
 
 class ResourceList(_Public, frozen=True):

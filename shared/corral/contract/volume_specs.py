@@ -21,7 +21,15 @@ import msgspec
 from corral.contract.codec import described_pattern
 from corral.contract.names import object_key
 from corral.contract.quantity import MAX_QUANTITY_CHARS, STORAGE_PATTERN, storage_bytes
-from corral.contract.specs import DnsLabel, Labels, ObjectMeta, _Public, _whole, check_unique
+from corral.contract.specs import (
+    DnsLabel,
+    Labels,
+    ObjectMeta,
+    _Public,
+    _whole,
+    check_cluster_wide,
+    check_unique,
+)
 
 AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
 ACCESS_MODES: Final = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
@@ -265,6 +273,9 @@ class PersistentVolume(
     metadata: ObjectMeta
     spec: PersistentVolumeSpec
 
+    def __post_init__(self) -> None:
+        check_cluster_wide("PersistentVolume", self.metadata)
+
     @property
     def key(self) -> str:
         """Volumes are cluster-wide: the key is the name."""
@@ -330,6 +341,7 @@ class StorageClass(_Public, frozen=True, kw_only=True, tag_field="kind", tag="St
     volume_binding_mode: BindingMode = "Immediate"
 
     def __post_init__(self) -> None:
+        check_cluster_wide("StorageClass", self.metadata)
         if not self.provisioner:
             raise ValueError("`provisioner` is empty")
 

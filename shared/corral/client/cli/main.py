@@ -10,6 +10,7 @@ import click
 from corral.client.cli.local_commands import down, up
 from corral.client.cli.network_commands import create_network, network
 from corral.client.cli.node_commands import node
+from corral.client.cli.options import add_namespace_options
 from corral.client.cli.read_commands import describe, events, get, schema
 from corral.client.cli.rollout_commands import rollout
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
@@ -64,6 +65,31 @@ cli.add_command(node)
 cli.add_command(up)
 cli.add_command(down)
 cli.add_command(diff)
+
+# Keep this after every add_command: -n/--namespace on each namespaced command, -A on
+# the reads of several (corral.client.cli.options; README, "Namespaces").
+add_namespace_options(
+    cli,
+    namespaced=(
+        "create deployment",
+        "create service",
+        "create pvc",
+        "create container",
+        "apply",
+        "diff",
+        "delete",
+        "scale",
+        "get",
+        "describe",
+        "events",
+        "expose",
+        "logs",
+        "rollout",
+        "set",
+        "service",
+    ),
+    all_namespaces_on=("get",),
+)
 
 
 def main() -> None:

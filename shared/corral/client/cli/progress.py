@@ -4,7 +4,7 @@ waits for a rollout (one home for it).
     async def follow_rollout(
         client: CorralClient,
         name: str,
-        namespace: str = "default",
+        namespace: str | None = None,  # None: the client's (-n)
         timeout: float | None = None,
         *,
         out: TextIO | rich.console.Console | None = None,
@@ -190,13 +190,14 @@ def _print(console: Console, line: str) -> None:
 async def follow_rollout(
     client: CorralClient,
     name: str,
-    namespace: str = names.DEFAULT_NAMESPACE,
+    namespace: str | None = None,  # None: the client's
     timeout: float | None = None,  # noqa: ASYNC109 (the command's --timeout, passed on)
     *,
     out: TextIO | Console | None = None,
 ) -> RolloutOutcome:
     """Follow Deployment `name`'s rollout until it completes, fails or `timeout` seconds
     pass (None or 0: no limit), showing it on `out` (see the module docstring)."""
+    namespace = client.scope(namespace)
     deployment = await client.deployment(name, namespace)
     if deployment is None:
         raise CorralError(f"deployment {name!r} not found")

@@ -49,7 +49,7 @@ def _target(kind: str, name: str | None, verb: str) -> str:
 async def set_paused(client: CorralClient, name: str, paused: bool) -> bool:
     """Set `spec.paused` of Deployment `name`; False when it already was so. Raises
     CorralError when it does not exist, or when it kept changing under the write."""
-    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    key = names.object_key(client.namespace, name)
     for _ in range(ATTEMPTS):
         stored = (await client.read_bucket(names.DEPLOYMENTS_BUCKET, Deployment, key)).get(key)
         if stored is None:
@@ -112,7 +112,7 @@ def resume(ctx: click.Context, kind: str, name: str | None) -> None:
 
 async def read_deployment(client: CorralClient, name: str) -> tuple[Deployment, int]:
     """The stored Deployment `name` and its KV revision; CorralError when there is none."""
-    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    key = names.object_key(client.namespace, name)
     stored = (await client.read_bucket(names.DEPLOYMENTS_BUCKET, Deployment, key)).get(key)
     if stored is None:
         raise CorralError(f"deployment {name!r} not found")
@@ -120,7 +120,7 @@ async def read_deployment(client: CorralClient, name: str) -> tuple[Deployment, 
 
 
 async def read_history(client: CorralClient, name: str) -> DeploymentHistory:
-    key = names.object_key(names.DEFAULT_NAMESPACE, name)
+    key = names.object_key(client.namespace, name)
     found = (await client.read_bucket(names.DEPLOYMENT_HISTORY_BUCKET, DeploymentHistory, key)).get(
         key
     )

@@ -4,7 +4,7 @@ every failure a user can cause into a one-line error on stderr with exit code 1.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import anyio
@@ -13,6 +13,7 @@ import nats
 from nats.js import errors as js_errors
 
 from corral.client.api import CorralClient, CorralError
+from corral.client.cli.options import given_namespace, namespace_of
 from corral.natsio.config import resolve_nats_url
 
 T = TypeVar("T")
@@ -25,6 +26,9 @@ CONNECT_TIMEOUT = 3.0
 class Settings:
     nats_flag: str | None
     timeout: float
+    # -n/--namespace of the command (None: $CORRAL_NAMESPACE, else default;
+    # corral.client.cli.options)
+    namespace: str | None = None
 
     def nats_url(self) -> str:
         try:
@@ -36,8 +40,8 @@ class Settings:
 def settings_of(ctx: click.Context) -> Settings:
     settings = ctx.find_object(Settings)
     if settings is None:  # a command invoked without the group (tests)
-        return Settings(None, DEFAULT_TIMEOUT)
-    return settings
+        settings = Settings(None, DEFAULT_TIMEOUT)
+    return replace(settings, namespace=given_namespace(ctx))
 
 
 def _user_error(error: BaseException) -> CorralError | None:
@@ -55,11 +59,13 @@ def _user_error(error: BaseException) -> CorralError | None:
 def run_with_client(settings: Settings, command: Callable[[CorralClient], Awaitable[T]]) -> T:
     """Connect, run the command, close; CorralError becomes a click error (exit 1)."""
     url = settings.nats_url()
+    namespace = namespace_of(settings.namespace)
 
     async def main() -> T:
         client = await CorralClient.connect(
             url, min(CONNECT_TIMEOUT, settings.timeout), request_timeout=settings.timeout
         )
+        client.namespace = namespace
         async with client:
             try:
                 return await command(client)

@@ -17,12 +17,12 @@ import msgspec
 from corral.client.api import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
 from corral.client.cli.kinds import split_kind_name
 from corral.client.cli.options import (
+    given_namespace,
     parse_container_port,
     parse_env,
     parse_labels,
     parse_resource_list,
 )
-from corral.client.cli.options import given_namespace
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
