@@ -54,7 +54,9 @@ def test_a_published_swarm_service_answers_on_exactly_its_port(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert created.returncode == 0, created.stdout + created.stderr
-    assert created.stdout == "web\n" and "verify: Service converged" in created.stderr
+    assert (
+        created.stdout == "web\n" and 'deployment "web" successfully rolled out' in created.stderr
+    )
     replica = sh(
         "docker", "ps", "-q", "--filter", f"label={names.LABEL_NODE}={local.node}"
     ).stdout.strip()  # fmt: skip

@@ -15,11 +15,9 @@ from corral.client.cli.swarm_commands import (
     TemplateFlags,
     UpdateFlags,
     container_template,
-    converged,
     ls_table,
     parse_scale,
     ps_table,
-    rollout_failure,
     swarm_service_manifest,
     updated_manifest,
 )
@@ -40,8 +38,6 @@ from corral.client.cli.swarm_flags import (
 from corral.contract.network_specs import Service
 from corral.contract.specs import Deployment
 from corral.contract.state import (
-    AutoRollbackRecord,
-    DeploymentCondition,
     DeploymentStatus,
     Placement,
     ReplicaState,
@@ -350,27 +346,6 @@ def test_update_changes_only_what_its_flags_say() -> None:
 def status(**fields: Any) -> DeploymentStatus:
     base: dict[str, Any] = {"name": "web", "observed_generation": 2, "replicas": 2}
     return DeploymentStatus(**{**base, **fields})
-
-
-def test_waiting_ends_when_converged_and_fails_on_a_deadline_or_a_rollback() -> None:
-    assert converged(status(placed=2, ready=2, updated=2), 2)
-    assert not converged(status(placed=3, ready=2, updated=2), 2)  # an old one left
-    assert not converged(status(placed=2, ready=1, updated=2), 2)
-    assert not converged(status(observed_generation=1, placed=2, ready=2, updated=2), 2)
-    assert rollout_failure(status(), 2) is None
-    deadline = DeploymentCondition(
-        type="Progressing",
-        status="False",
-        reason="ProgressDeadlineExceeded",
-        message="no progress for 600s",
-    )
-    assert rollout_failure(status(conditions=[deadline]), 2) == (
-        "ProgressDeadlineExceeded: no progress for 600s"
-    )
-    record = AutoRollbackRecord(from_revision=3, to_revision=2, reason="CrashLoop")
-    assert rollout_failure(status(observed_generation=3, auto_rollback=record), 2) == (
-        "rolled back from revision 3 to 2 (CrashLoop)"
-    )
 
 
 def test_ls_and_ps_tables_are_dockers() -> None:

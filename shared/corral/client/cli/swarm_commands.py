@@ -9,20 +9,22 @@ when it fails (its progress deadline passed, or it was rolled back), as Docker d
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import secrets
 import string
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
-import anyio
 import click
 import msgspec
 
 from corral.client.api import CorralClient, CorralError, RequestRejected, find_kind, to_builtins
 from corral.client.cli.net_requests import validated
+from corral.client.cli.progress import follow_rollout
 from corral.client.cli.rollout_commands import read_deployment, read_history, undo_target
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.client.cli.service_commands import service_manifest
@@ -46,7 +48,6 @@ from corral.client.cli.swarm_flags import (
     whole_seconds,
 )
 from corral.client.cli.tables import age_since, render_table
-from corral.contract import names
 from corral.contract.events import REASON_CONFLICT, Reply
 from corral.contract.network_specs import Service
 from corral.contract.specs import (
@@ -59,9 +60,6 @@ from corral.contract.specs import (
     replica_networks,
 )
 from corral.contract.state import (
-    CONDITION_PROGRESSING,
-    REASON_PROGRESS_DEADLINE_EXCEEDED,
-    REASON_ROLLED_BACK,
     DeploymentStatus,
     Placement,
     ReplicaStatus,
@@ -91,95 +89,16 @@ def service() -> None:
     rm). A service is a Deployment, plus a NodePort Service when it publishes ports."""
 
 
-# --- waiting: the rollout's progress ----------------------------------------------------
+# --- waiting: the rollout's progress (corral.client.cli.progress) ------------------------
 
 
-def rollout_failure(status: DeploymentStatus, generation: int) -> str | None:
-    """Why the rollout of `generation` failed, or None while it has not: its progress
-    deadline passed, or the automatic rollback put an older template back."""
-    record = status.auto_rollback
-    if record is not None and status.observed_generation > generation:
-        return (
-            f"rolled back from revision {record.from_revision} to {record.to_revision} "
-            f"({record.reason}{': ' + record.message if record.message else ''})"
-        )
-    progressing = status.condition(CONDITION_PROGRESSING)
-    if progressing is not None and progressing.status == "False":
-        if progressing.reason in (REASON_PROGRESS_DEADLINE_EXCEEDED, REASON_ROLLED_BACK):
-            return f"{progressing.reason}: {progressing.message}".rstrip(": ")
-    return None
-
-
-def converged(status: DeploymentStatus, generation: int) -> bool:
-    """Every replica runs the spec of `generation` (or later) and is ready; no old one left."""
-    return (
-        status.observed_generation >= generation
-        and status.updated >= status.replicas
-        and status.placed <= status.updated
-        and status.ready >= status.updated
-        and not status.pending
-    )
-
-
-def progress_line(status: DeploymentStatus) -> str:
-    line = f"overall progress: {status.ready} out of {status.replicas} tasks running"
-    if status.pending and status.pending_reason:
-        line += f" ({status.pending} pending: {status.pending_reason})"
-    return line
-
-
-# With automatic rollback on, a missed deadline is followed by the rollback: how long to
-# wait for the scheduler's record of it before reporting the deadline itself (it rolls
-# nothing back when no earlier revision was fully available).
-ROLLBACK_GRACE_SECONDS = 10.0
-
-
-async def wait_converged(
-    client: CorralClient, name: str, generation: int, echo: Callable[[str], None]
-) -> str | None:
-    """Follow Deployment `name`'s status (a KV watch) until the spec of `generation` has
-    rolled out (None) or failed (why), echoing each new progress line."""
-    key = names.object_key(names.DEFAULT_NAMESPACE, name)
-    deployment = await client.deployment(name)
-    rolls_back = deployment is not None and deployment.spec.auto_rollback is not None
-    last = ""
-    seen = False
-    missed: str | None = None
-    with anyio.CancelScope() as scope:
-        async for status in client.follow_record(
-            names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key
-        ):
-            if status is None:
-                if seen:
-                    return f"service {name!r} was removed"
-                continue
-            seen = True
-            if status.observed_generation < generation:
-                continue
-            failure = rollout_failure(status, generation)
-            if failure is not None:
-                if not rolls_back or status.auto_rollback is not None:
-                    return failure
-                if missed is None:  # the rollback is coming: wait a while for it
-                    echo(f"rollback: {failure}")
-                    missed = failure
-                    scope.deadline = anyio.current_time() + ROLLBACK_GRACE_SECONDS
-                continue
-            line = progress_line(status)
-            if line != last:
-                echo(line)
-                last = line
-            if converged(status, generation):
-                echo("verify: Service converged")
-                return None
-    if missed is not None:
-        return missed
-    return f"service {name!r}: its status could not be followed"
-
-
-async def _wait(client: CorralClient, name: str, generation: int, quiet: bool) -> str | None:
-    echo: Callable[[str], None] = (lambda _: None) if quiet else _stderr
-    return await wait_converged(client, name, generation, echo)
+async def _wait(client: CorralClient, name: str, quiet: bool) -> str | None:
+    """Follow the rollout of service `name`'s current spec, its progress on stderr (none
+    when `quiet`): None once complete, else why it failed (its progress deadline passed,
+    or it was rolled back automatically)."""
+    out: TextIO = io.StringIO() if quiet else sys.stderr
+    outcome = await follow_rollout(client, name, out=out)
+    return None if outcome.ok else outcome.message
 
 
 def _stderr(line: str) -> None:
@@ -507,7 +426,7 @@ def create(
             # nothing is left behind.
             await _checked(client, "Service", "apply", raw_service)
         try:
-            reply = await _checked(client, "Deployment", "apply", raw)
+            await _checked(client, "Deployment", "apply", raw)
         except CorralError:
             if raw_service is not None:
                 await client.request(find_kind("Service"), "delete", _delete(service_name))
@@ -515,7 +434,7 @@ def create(
         click.echo(service_name)
         if detach:
             return None
-        return await _wait(client, service_name, reply.generation, quiet)
+        return await _wait(client, service_name, quiet)
 
     _failed(service_name, run_with_client(settings, send))
 
@@ -897,10 +816,10 @@ def scale(ctx: click.Context, targets: tuple[str, ...], detach: bool, quiet: boo
                 failures.append(f"{name}: {reply.error}")
                 continue
             click.echo(f"{name} scaled to {count}")
-            waits.append((name, reply.generation))
+            waits.append(name)
         if not detach:
-            for name, generation in waits:
-                why = await _wait(client, name, generation, quiet)
+            for name in waits:
+                why = await _wait(client, name, quiet)
                 if why is not None:
                     failures.append(f"{name}: {why}")
         return failures
@@ -1066,7 +985,6 @@ def update(
     )
 
     async def send(client: CorralClient) -> str | None:
-        generation = 0
         template: dict[str, Any] = {}
         for _ in range(ATTEMPTS):
             deployment, revision = await read_deployment(client, name)
@@ -1074,7 +992,6 @@ def update(
             changed = updated_manifest(stored, flags, now)
             template = changed["spec"]["template"]
             if changed == stored:
-                generation = deployment.metadata.generation
                 break
             changed["metadata"]["resourceVersion"] = revision
             annotations = dict(changed["metadata"].get("annotations") or {})
@@ -1086,7 +1003,6 @@ def update(
                 continue
             if not reply.ok:
                 raise RequestRejected(reply)
-            generation = reply.generation
             break
         else:
             raise CorralError(f"service {name!r} kept changing; try again")
@@ -1103,7 +1019,7 @@ def update(
         click.echo(name)
         if detach:
             return None
-        return await _wait(client, name, generation, quiet)
+        return await _wait(client, name, quiet)
 
     _failed(name, run_with_client(settings_of(ctx), send))
 
@@ -1138,7 +1054,7 @@ def rollback(ctx: click.Context, name: str, detach: bool, quiet: bool) -> None:
                 _stderr(f"rollback: rolling back to revision {entry.revision}")
             if detach:
                 return None
-            return await _wait(client, name, reply.generation, quiet)
+            return await _wait(client, name, quiet)
         raise CorralError(f"service {name!r} kept changing; try again")
 
     _failed(name, run_with_client(settings_of(ctx), send))
