@@ -683,3 +683,14 @@ def test_diff_leaves_what_the_owner_allocates_as_stored() -> None:
     assert with_allocations(wanted, stored) == stored
     assert with_allocations(wanted, None) == wanted
     assert find_kind("svc").kind == "Service"
+
+
+def test_the_two_forms_of_the_example_are_the_same_deployment() -> None:
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    own = one((examples / "my-app.yaml").read_text())
+    kubernetes = one((examples / "my-app-apps-v1.yaml").read_text())
+    assert (own.api_version, kubernetes.api_version) == ("corral/v1", "apps/v1")
+    assert kubernetes.dropped == () and kubernetes.spec == own.spec
+    assert object_diff(kubernetes, own.spec) == "" and object_diff(own, kubernetes.spec) == ""
