@@ -61,6 +61,7 @@ async def seed(buckets: dict[str, NatsBucket], now: float) -> None:
             placed=2,
             ready=1,
             updated=2,
+            available=1,
             pending=1,
             pending_reason="no node has 100m cpu free",
             updated_at=now - 10,
