@@ -229,3 +229,36 @@ async def test_delete_f_deletes_every_object_and_reports_the_missing_one(
         assert "Error (NotFound): service 'web' not found" in removed.stderr
         assert "persistentvolumeclaim" in removed.stdout and "persistentvolume" in removed.stdout
         assert await stored_deployment(buckets, "web") is None
+
+
+async def test_a_kubernetes_deployment_keeps_its_own_namespace_through_apply_get_diff_and_delete(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
+) -> None:
+    path = tmp_path / "shop.yaml"
+    path.write_text(
+        MIXED.split("---\n")[0]
+        .replace("name: web\n", "name: web\n  namespace: shop\n", 1)
+        .replace(
+            "      volumes:\n        - {name: data, persistentVolumeClaim: {claimName: data}}\n", ""
+        )
+        .replace("          volumeMounts:\n            - {name: data, mountPath: /data}\n", "")
+    )
+    async with cluster(nats_url):
+        applied = await corral(nats_url, "apply", "-f", str(path))
+        assert applied.exit_code == 0, applied.output
+        stored = await buckets[names.DEPLOYMENTS_BUCKET].get(names.object_key("shop", "web"))
+        assert stored is not None and stored.value
+        assert await stored_deployment(buckets, "web") is None  # not in default
+
+        printed = await corral(nats_url, "get", "deploy", "web", "-n", "shop", "-o", "yaml")
+        assert printed.exit_code == 0, printed.output
+        assert yaml.safe_load(printed.stdout)["metadata"]["namespace"] == "shop"
+        again = await corral(nats_url, "apply", "-f", "-", stdin=printed.stdout)
+        assert again.stdout.strip() == "deployment/web unchanged", again.output
+        same = await corral(nats_url, "diff", "-f", str(path))
+        assert same.exit_code == 0, same.output
+
+        removed = await corral(nats_url, "delete", "-f", str(path))
+        assert removed.exit_code == 0, removed.output
+        gone = await buckets[names.DEPLOYMENTS_BUCKET].get(names.object_key("shop", "web"))
+        assert gone is None or not gone.value

@@ -103,8 +103,8 @@ async def read_objects(
     namespace: str | None = None,
 ) -> dict[str, tuple[msgspec.Struct, Any]]:
     """The stored objects of `kind` (of `namespace`, else the client's, for the kinds
-    that have one), each
-    with its status record (or None), by name; only `names` when given."""
+    that have one), each with its status record (or None), by name; only `names` when
+    given."""
     objects: dict[str, Any]
     statuses: dict[str, Any] = {}
     if kind.kind == "Deployment":
