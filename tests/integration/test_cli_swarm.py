@@ -137,6 +137,15 @@ async def test_a_swarm_service_is_created_listed_scaled_updated_rolled_back_and_
         assert rolled.stdout == "web\n" and "successfully rolled out" in rolled.stderr
         assert {p.template.image for p in await placed(buckets, "web")} == {IMAGE}
 
+        # --publish-add makes the NodePort Service of a service that had none, and
+        # --publish-rm of its last port deletes it
+        ok(await corral(nats_url, "service", "update", "-d", "--publish-add", "30081:8080", "api"))
+        service = await stored(buckets[names.SERVICES_BUCKET], "default.api", Service)
+        assert isinstance(service, Service) and service.spec.type == "NodePort"
+        assert [(p.port, p.node_port) for p in service.spec.ports] == [(8080, 30081)]
+        ok(await corral(nats_url, "service", "update", "-d", "--publish-rm", "8080", "api"))
+        assert await stored(buckets[names.SERVICES_BUCKET], "default.api", Service) is None
+
         removed = ok(await corral(nats_url, "service", "rm", "web", "api"))
         assert removed.stdout == "web\napi\n"
         await eventually(lambda: placed(buckets, "web"), lambda found: not found)

@@ -284,6 +284,7 @@ def test_an_unsupported_flag_after_the_image_is_the_commands_argument() -> None:
         (["--publish", "8080:80", "--publish", "8081:80"], "--publish"),
         (["--mount", "type=bind,src=/,dst=/host"], "--mount"),
         (["--replicas", "-1"], "--replicas"),
+        (["--mode", "global"], "--mode"),
     ],
 )
 def test_bad_create_flags_are_refused_naming_the_flag(args: list[str], flag: str) -> None:

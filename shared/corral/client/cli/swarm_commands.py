@@ -291,6 +291,12 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 @click.option("--name", help="The service's name (default: the image's name and 5 letters).")
 @click.option("--replicas", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option(
+    "--mode",
+    type=click.Choice(["replicated"]),
+    default="replicated",
+    help="replicated only (corral has no global services or jobs).",
+)
+@click.option(
     "--publish",
     "-p",
     "publish",
@@ -339,6 +345,7 @@ def create(
     ctx: click.Context,
     name: str | None,
     replicas: int,
+    mode: str,
     publish: tuple[str, ...],
     networks: tuple[str, ...],
     env: tuple[str, ...],

@@ -372,7 +372,6 @@ UNSUPPORTED: dict[str, tuple[bool, str]] = {
     "--log-driver": (True, "the node's Docker engine logs as configured"),
     "--log-opt": (True, "the node's Docker engine logs as configured"),
     "--max-concurrent": (True, "jobs are not supported"),
-    "--mode": (True, "corral runs replicated services only (not global or jobs)"),
     "--placement-pref": (True, "corral spreads replicas over nodes by itself"),
     "--replicas-max-per-node": (True, "corral spreads replicas over nodes by itself"),
     "--restart-condition": (True, "a replica is always restarted, with a back-off"),
