@@ -79,8 +79,13 @@ class FakeClient:
         self.found = found
         self.hang = hang
 
-    async def deployment(self, name: str, namespace: str = "default") -> Deployment | None:
-        return deployment() if self.found else None
+    namespace = "default"
+
+    def scope(self, namespace: str | None) -> str:
+        return self.namespace if namespace is None else namespace
+
+    async def deployment(self, name: str, namespace: str | None = None) -> Deployment | None:
+        return deployment() if self.found and self.scope(namespace) == "default" else None
 
     async def follow_record(
         self, bucket: str, kind: type[Any], key: str
@@ -189,6 +194,9 @@ def test_a_missing_deployment_is_an_error() -> None:
     client = cast(CorralClient, FakeClient([], found=False))
     with pytest.raises(CorralError, match="not found"):
         anyio.run(lambda: follow_rollout(client, "x", out=plain()))
+    there = cast(CorralClient, FakeClient([DONE]))
+    with pytest.raises(CorralError, match="deployment 'x' not found in namespace 'team-a'"):
+        anyio.run(lambda: follow_rollout(there, "x", "team-a", out=plain()))
 
 
 @pytest.mark.parametrize(

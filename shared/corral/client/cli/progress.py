@@ -10,8 +10,9 @@ waits for a rollout (one home for it).
         out: TextIO | rich.console.Console | None = None,
     ) -> RolloutOutcome
 
-It reads the Deployment's generation, then watches (a KV watch, no polling) its record
-in corral_deployment_status until the rollout is
+`namespace`: None is the client's own (`client.namespace`: the CLI's -n,
+$CORRAL_NAMESPACE, else "default"). It reads the Deployment's generation, then watches
+(a KV watch, no polling) its record in corral_deployment_status until the rollout is
 
 - complete: `observedGeneration >= generation`, every desired replica updated and
   available, no old one left (`RolloutOutcome.result == COMPLETE`, `.ok`);
@@ -200,7 +201,7 @@ async def follow_rollout(
     namespace = client.scope(namespace)
     deployment = await client.deployment(name, namespace)
     if deployment is None:
-        raise CorralError(f"deployment {name!r} not found")
+        raise CorralError(f"deployment {name!r} not found in namespace {namespace!r}")
     generation = deployment.metadata.generation
     console = console_for(out)
     live = console.is_terminal
