@@ -415,3 +415,16 @@ def test_a_stalled_rollout_is_decided_again_when_its_deadline_passes_and_then_fa
         (REASON_PROGRESS_DEADLINE_EXCEEDED, True)
     ]
     assert late.deadline_in is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "status"),
+    [({"type": "Recreate"}, "False"), ({"rollingUpdate": {"maxUnavailable": 1}}, "True")],
+)
+def test_available_needs_every_replica_under_recreate_and_allows_max_unavailable_otherwise(
+    strategy: dict[str, Any], status: str
+) -> None:
+    spec = deployment("1", strategy=strategy)
+    plan = decide(view(spec, None, {"web-a": "1"}), NOW, revision=1)  # 1 of 2 available
+    found = plan.statuses[0][0].condition(CONDITION_AVAILABLE)
+    assert found is not None and found.status == status

@@ -936,9 +936,11 @@ class ControlLoop:
                     result = Result(requeue_after=min(result.requeue_after, wait))
         return result
 
-    def _revision(self, key: str) -> int:
-        """The current template's revision as the history recorder knows it (0: not)."""
-        deployment = self.deployments.get(key)
+    def _revision(self, key: str, deployment: Deployment | None = None) -> int:
+        """The current template's revision as the history recorder knows it (0: not), of
+        `deployment` (default: the mirror's)."""
+        if deployment is None:
+            deployment = self.deployments.get(key)
         if self.history is None or deployment is None:
             return 0
         return self.history.revision_of(key, deployment.spec.template.template_hash()) or 0
@@ -1051,7 +1053,7 @@ class ControlLoop:
         ready_nodes: set[str] | frozenset[str],
         wall_time: float,
     ) -> Plan:
-        revision = self._revision(key)
+        revision = self._revision(key, view.deployments.get(key))  # the view's template
         rolled_back = None if self.rollbacks is None else self.rollbacks.record_for(key, revision)
         return schedule_deployment(
             view,

@@ -495,7 +495,7 @@ def _reconcile_deployment(
     updated = len(replicas.current) - current_stopped + placed_current
     rolling = deployment.spec.strategy.rolling_update or DEFAULT_ROLLING_UPDATE
     if deployment.spec.strategy.type == "Recreate":
-        max_unavailable = deployment.spec.replicas
+        max_unavailable = 0  # as Kubernetes' MaxUnavailable: every replica, when not rolling
     else:
         max_unavailable = resolve_bounds(
             deployment.spec.replicas,
