@@ -355,6 +355,11 @@ CONTAINER = "spec.template.spec.containers.0"
             "given twice",
         ),
         (
+            _with(f"{CONTAINER}.env", [{"name": "PORT", "value": 8080}]),
+            "spec.template.spec.containers[0].env[0].value",
+            "expected a string, got 8080",
+        ),
+        (
             _with(f"{CONTAINER}.envFrom", [{"configMapRef": {"name": "c"}}]),
             "spec.template.spec.containers[0].envFrom",
             "not supported",

@@ -307,7 +307,11 @@ def _env(items: list[Any]) -> dict[str, Any]:
         if name in env:
             raise RefusedField(f"{where}.name", f"{name!r} is given twice")
         value = item.get("value", "")
-        env[name] = value if isinstance(value, str) else str(value)
+        if not isinstance(value, str):
+            raise RefusedField(
+                f"{where}.value", f"expected a string, got {value!r}: quote it, as Kubernetes"
+            )
+        env[name] = value
     return env
 
 

@@ -216,8 +216,6 @@ def parse_document(document: Any, where: str) -> Manifest:
         message = error.message
         if apps:
             message = re.sub(r"`(spec\.template\.[^`]*)`", _kubernetes_path, message)
-        if "`metadata.namespace`" in message and "Invalid enum value" in message:
-            message += " (corral has one namespace, 'default', for now)"
         raise CorralError(f"{where}: {message}") from None
     return Manifest(
         kind=kind,
