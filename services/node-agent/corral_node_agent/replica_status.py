@@ -60,6 +60,7 @@ def replica_status(
         replica=placement.replica,
         deployment=placement.deployment,
         node=placement.node,
+        namespace=placement.namespace,  # its key is the placement's (names.placement_key)
         state=state,
         template_hash=placement.template_hash,
         container_id=container.id if container is not None else track.container_id,

@@ -11,19 +11,23 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import click
 import msgspec
 
-from corral.client.api import CorralClient
-from corral.client.cli.manifests import Manifest
+from corral.client.api import CorralClient, CorralError
+from corral.client.cli.kinds import CLAIMS, DEPLOYMENTS, ENDPOINTS, REPLICAS, SERVICES
 from corral.client.cli.options import manifest_namespace
+from corral.client.cli.output import as_list, dump
 from corral.client.cli.tables import render_table
 from corral.client.cli.views import ClusterView
 from corral.contract import names
 from corral.contract.network_specs import Service
 from corral.contract.specs import Deployment
 from corral.contract.volume_specs import PersistentVolumeClaim
+
+if TYPE_CHECKING:
+    from corral.client.cli.manifests import Manifest  # PyYAML only for the manifest commands
 
 
 def resolve_namespaces(manifests: list[Manifest], given: str | None) -> list[Manifest]:
@@ -129,6 +133,22 @@ async def all_namespaces_table(
     return render_table(["NAMESPACE", *headers], rows)
 
 
-def not_with_names(name: str | None) -> None:
+# `get` of these lists a namespace's (-A: every namespace's); the others are cluster-wide.
+NAMESPACED_READS = frozenset({DEPLOYMENTS, REPLICAS, SERVICES, ENDPOINTS, CLAIMS})
+NAMESPACE_KINDS = frozenset({"namespaces", "namespace", "ns"})
+
+
+async def namespaces_get(client: CorralClient, name: str | None, output: str) -> str:
+    """`corral get namespaces [NAME]`: the namespaces in use, with what is in each."""
+    found = await namespaces_in_use(client)
     if name is not None:
-        raise click.UsageError("-A/--all-namespaces lists a kind; it takes no NAME")
+        if name not in found:
+            raise CorralError(f"namespace {name!r} not found: nothing is in it")
+        found = {name: found[name]}
+    if output in ("json", "yaml"):
+        items = [
+            {"kind": "Namespace", "metadata": {"name": space}, "objects": dict(counts)}
+            for space, counts in found.items()
+        ]
+        return dump(items[0] if name is not None else as_list(items), output)
+    return namespaces_table(found)

@@ -38,6 +38,14 @@ from corral.client.cli.kinds import (
     split_kind_name,
 )
 from corral.client.cli.kube_output import as_kube_list, kubernetes_form, read_objects
+from corral.client.cli.namespaces import (
+    NAMESPACE_KINDS,
+    NAMESPACED_READS,
+    all_namespaces_table,
+    in_namespace,
+    namespaces_get,
+    namespaces_in_use,
+)
 from corral.client.cli.net_views import (
     NET_NEEDS,
     describe_network,
@@ -47,6 +55,7 @@ from corral.client.cli.net_views import (
     render_net_get,
     service_description,
 )
+from corral.client.cli.options import all_namespaces
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.client.cli.tables import age_since, render_table
@@ -182,9 +191,15 @@ async def manifests_of(client: CorralClient, read: str, name: str | None, output
 @click.pass_context
 def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str | None) -> None:
     """List deployments, replicas, nodes, networks, services, endpoints, pv (persistent
-    volumes), pvc (claims) or storageclasses (or show one by NAME)."""
+    volumes), pvc (claims), storageclasses or namespaces (or show one by NAME)."""
     kind, name = split_kind_name(kind, name)
+    if kind.lower() in NAMESPACE_KINDS:
+        click.echo(run_with_client(settings_of(ctx), lambda c: namespaces_get(c, name, output)))
+        return
     read = read_kind(kind)
+    everywhere = all_namespaces(ctx) and read in NAMESPACED_READS
+    if everywhere and name is not None:
+        raise click.UsageError("-A/--all-namespaces lists a kind: give no NAME")
     if node is not None:
         if read != REPLICAS:
             raise click.UsageError("--node applies to `get replicas` only")
@@ -193,7 +208,8 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--node") from None
 
-    async def fetch(client: CorralClient) -> str:
+    async def one(client: CorralClient, output: str = output) -> str:
+        """What `get` prints of the client's namespace."""
         if output in ("json", "yaml") and read in _MANIFEST_KINDS:
             return await manifests_of(client, read, name, output)
         if read in NETWORKING:
@@ -203,7 +219,25 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
             vol = await read_vol(client, VOL_NEEDS[read])
             return render_vol_get(vol, read, name, output, time.time())
         view = await read_cluster(client, what=_NEEDS[read], node=node)
+        if read != NODES:
+            view = in_namespace(view, client.namespace)
         return render_get(view, read, name, output, time.time(), node)
+
+    async def fetch(client: CorralClient) -> str:
+        if not everywhere:
+            return await one(client)
+        spaces = list(await namespaces_in_use(client))
+        if output in ("json", "yaml"):
+            items: list[Any] = []
+            for namespace in spaces:
+                client.namespace = namespace
+                found = json.loads(await one(client, "json"))
+                for item in found.get("items", []):
+                    if isinstance(item, dict) and "metadata" not in item:
+                        item.setdefault("namespace", namespace)  # a replica's
+                    items.append(item)
+            return dump(as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items), output)
+        return await all_namespaces_table(client, spaces, one, f"No {read} in any namespace.")
 
     click.echo(run_with_client(settings_of(ctx), fetch))
 
@@ -267,6 +301,8 @@ def describe(
 
     async def fetch(client: CorralClient) -> str:
         view = await read_cluster(client)
+        if read != NODES:
+            view = in_namespace(view, client.namespace)
         now = time.time()
         if read == DEPLOYMENTS:
             if target not in view.deployments:
