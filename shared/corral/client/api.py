@@ -209,9 +209,9 @@ class CorralClient:
         return self.namespace if namespace is None else namespace
 
     def in_namespace(self, kind: ApiKind, verb: str, payload: bytes) -> bytes:
-        """A request of a namespaced kind that names no namespace, in the client's
-        (a default one is left out of the JSON: corral.contract.codec). An object's own
-        metadata.namespace, or a request's namespace, is never changed."""
+        """A request of a namespaced kind that names no namespace, in the client's (an
+        object made with the default namespace leaves it out of its JSON). An object's
+        own metadata.namespace, or a request's namespace, is never changed."""
         if (
             self.namespace == names.DEFAULT_NAMESPACE
             or kind.subject_kind not in names.NAMESPACED_KINDS
