@@ -405,7 +405,7 @@ async def test_apply_of_kubernetes_services_mixed_with_deployments_warns_of_drop
             id="empty-selector",
         ),
         pytest.param(
-            ("namespace: default", "namespace: prod"), "metadata.namespace", id="namespace"
+            ("namespace: default", "namespace: Not_A_Label"), "metadata.namespace", id="namespace"
         ),
     ],
 )
