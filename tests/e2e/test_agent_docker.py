@@ -208,10 +208,11 @@ async def test_restart_adopts_its_own_and_removes_what_is_no_longer_placed(
     assert set(before) == {web_a, web_b}  # the agent's stop leaves them running
 
     # While no agent runs: a container of this cluster and node, of a replica placed
-    # nowhere, appears; and one of another cluster, with the same node name.
-    def labelled(name: str, cluster: str) -> str:
+    # nowhere, appears (not running: a running one would stop gracefully, on its own
+    # task, test_graceful_stops.py); and one of another cluster, with the same node name.
+    def labelled(name: str, cluster: str, verb: tuple[str, ...] = ("run", "-d")) -> str:
         return docker(
-            "run", "-d", "--name", name,
+            *verb, "--name", name,
             "--label", f"{names.LABEL_MANAGED}=true",
             "--label", f"{names.LABEL_CLUSTER}={cluster}",
             "--label", f"{names.LABEL_NODE}={node_name}",
@@ -220,7 +221,7 @@ async def test_restart_adopts_its_own_and_removes_what_is_no_longer_placed(
             test_image, "sleep", "3600",
         ).strip()  # fmt: skip
 
-    unplaced = labelled(f"corral-unplaced-{node_name}", await cluster_id(buckets))
+    unplaced = labelled(f"corral-unplaced-{node_name}", await cluster_id(buckets), ("create",))
     foreign = labelled(f"corral-foreign-{node_name}", "0123456789abcdef")
 
     async with agent_running("--resync-seconds", "0.2"):
@@ -239,7 +240,7 @@ async def test_deleted_placement_removes_its_container(
     buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
 ) -> None:
     web_a, web_b = unique("web"), unique("web")
-    async with agent_running():
+    async with agent_running("--drain-timeout", "0"):  # no netmgr here to write the drain
         await place(buckets, make_placement(node_name, web_a, test_image))
         await place(buckets, make_placement(node_name, web_b, test_image))
         await eventually(lambda: len(running_ids(node_name)) == 2)
