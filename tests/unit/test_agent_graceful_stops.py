@@ -22,6 +22,8 @@ from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.backoff import ReplicaTrack, after_restart
+from corral_node_agent.docker_runtime import container_config
+from corral_node_agent.executor import container_spec
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile
 from corral_node_agent.main import build_parser
@@ -344,3 +346,13 @@ async def test_a_restarted_agent_counts_the_drain_timeout_from_the_terminating_i
         await eventually(lambda: rig.present() == set(), within=3)
         assert rig.runtime.stops == [("web-a1", "", 4.0)]
         assert rig.events.reasons().count("DrainTimeout") == 1
+
+
+def test_the_docker_create_body_carries_the_stop_signal_and_grace_only_when_set() -> None:
+    spec = ContainerSpec(name="c", image=IMAGE, stop_signal="SIGINT", stop_timeout=7)
+    body = container_config(spec)
+    assert (body["StopSignal"], body["StopTimeout"]) == ("SIGINT", 7)
+    plain = container_config(ContainerSpec(name="c", image=IMAGE))
+    assert "StopSignal" not in plain and "StopTimeout" not in plain
+    made = container_spec(placed("web-a1", grace=0, signal="SIGQUIT"), CLUSTER_ID)
+    assert (made.stop_signal, made.stop_timeout) == ("SIGQUIT", 0)

@@ -1021,6 +1021,8 @@ class NodeAgent:
             await self.runtime.stop_container(container.id, self._grace(container))
         except RuntimeFailure as error:  # the removal (a kill) follows anyway
             log.warning("stopping %s failed: %s", container.replica, error)
+        except Exception:  # a bug or a surprise: never the agent's end, the removal follows
+            log.exception("stopping %s failed", container.replica)
 
     def _fence_stops(self) -> None:
         """Fenced: stops waiting for a drain go on now, and those already signalled
