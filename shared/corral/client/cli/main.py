@@ -16,6 +16,7 @@ from corral.client.cli.rollout_commands import rollout
 from corral.client.cli.runner import DEFAULT_TIMEOUT, Settings
 from corral.client.cli.service_commands import create_service, expose
 from corral.client.cli.set_commands import set_group
+from corral.client.cli.stack_commands import stack
 from corral.client.cli.swarm_commands import service as swarm_service
 from corral.client.cli.volume_commands import (
     create_claim,
@@ -60,6 +61,7 @@ cli.add_command(rollout)
 cli.add_command(set_group)
 cli.add_command(volume)
 cli.add_command(swarm_service)  # Docker Swarm's `service` commands
+cli.add_command(stack)  # Compose projects, Swarm's `stack` words (docs/compose.md)
 
 cli.add_command(node)
 cli.add_command(up)

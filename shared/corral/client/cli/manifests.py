@@ -120,6 +120,13 @@ class Manifest:
 def load_manifests(text: str, source: str) -> list[Manifest]:
     """Every document of a YAML stream, validated; raises CorralError naming the problem
     (the document, and the field)."""
+    # A Compose file (a top-level `services:` mapping, no apiVersion/kind) is translated
+    # into manifests by corral.client.cli.compose (docs/compose.md).
+    from corral.client.cli.compose import compose_manifests
+
+    compose = compose_manifests(text, source)
+    if compose is not None:
+        return compose
     try:
         documents = [doc for doc in yaml.load_all(text, Loader=_ManifestLoader) if doc is not None]
     except yaml.YAMLError as error:

@@ -1,0 +1,321 @@
+"""`corral stack`: Docker Swarm's words for a Compose project (docs/compose.md).
+
+`stack deploy -c FILE STACK` does what `corral apply -f FILE` does, with STACK as the
+project name; `stack ls`, `stack ps STACK` and `stack rm STACK` find a project's objects
+by the label Compose puts on them (com.docker.compose.project) in the project's
+namespace (its name), and its networks (cluster-wide) by the same label.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import click
+
+from corral.client.api import CorralClient, CorralError, RequestRejected
+from corral.client.cli.namespaces import split_table
+from corral.client.cli.runner import run_with_client, settings_of
+from corral.client.cli.swarm_commands import ps_table, selects
+from corral.client.cli.tables import render_table
+from corral.client.cli.write_commands import applied_verb
+from corral.contract import names
+from corral.contract.specs import Deployment
+
+if TYPE_CHECKING:
+    from corral.client.cli.manifests import Manifest  # PyYAML only for `stack deploy`
+
+# The label Compose puts on a project's objects (corral.client.cli.compose.PROJECT_LABEL,
+# not imported from there: that module loads PyYAML, which only `stack deploy` needs).
+PROJECT_LABEL = "com.docker.compose.project"
+# The largest file `stack deploy` reads (corral.client.cli.manifests.MAX_FILE_BYTES).
+MAX_FILE_BYTES = 1024 * 1024
+
+# How often `stack rm` asks again to delete a network its Deployments still name.
+NETWORK_RETRY_SECONDS = 0.2
+
+
+@click.group("stack")
+def stack() -> None:
+    """Compose projects, with Docker Swarm's words: deploy, ls, ps, rm.
+
+    A project lives in its own namespace (its name): its services' names are unique
+    there and resolve by DNS among its replicas (docs/compose.md)."""
+
+
+def _read_file(file_name: str) -> tuple[str, str]:
+    source = "<stdin>" if file_name == "-" else file_name
+    try:
+        if file_name == "-":
+            raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        else:
+            with Path(file_name).open("rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise click.ClickException(
+                f"{source}: larger than the limit of {MAX_FILE_BYTES} bytes for a file"
+            )
+        return source, raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"cannot read {source}: {error}") from None
+
+
+def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Manifest]]:
+    """The project's name and its manifests, the whole file checked (ClickException)."""
+    from corral.client.cli.compose import ComposeError, read_compose, translate
+
+    source, text = _read_file(file_name)
+    try:
+        document = read_compose(text, source)
+        if document is None:
+            raise ComposeError(
+                f"{source}: not a Compose file (a top-level `services:` mapping, no "
+                "apiVersion or kind): apply manifests with corral apply -f"
+            )
+        translated = translate(document, source, project)
+    except CorralError as error:
+        raise click.ClickException(str(error)) from None
+    if translated.unsupported:
+        click.echo(
+            f"warning: {source} (Compose project {translated.name}): keys corral does not "
+            f"support, ignored: {', '.join(translated.unsupported)}",
+            err=True,
+        )
+    if translated.skipped:
+        click.echo(
+            f"{source}: not deployed (services with profiles, as Compose without "
+            f"--profile): {', '.join(translated.skipped)}",
+            err=True,
+        )
+    return translated.name, translated.manifests
+
+
+async def _check_ownership(client: CorralClient, project: str, manifests: list[Manifest]) -> None:
+    """Nothing of another project, or of no project, is taken over: an object of the
+    same kind and name that exists without this project's label is refused."""
+    networks = await client.networks()
+    deployments = await client.deployments(project)
+    services = await client.services(project)
+    claims = await client.claims(project)
+    stored: dict[str, Mapping[str, Any]] = {
+        "Network": networks,
+        "Deployment": deployments,
+        "Service": services,
+        "PersistentVolumeClaim": claims,
+    }
+    for manifest in manifests:
+        found = stored.get(manifest.kind.kind, {}).get(manifest.name)
+        if found is None:
+            continue
+        owner = found.metadata.labels.get(PROJECT_LABEL)
+        if owner != project:
+            whose = f"of project {owner!r}" if owner else "made outside this project"
+            raise CorralError(
+                f"{manifest.where}: {manifest.kind.subject_kind}/{manifest.name} exists, "
+                f"{whose}: corral does not take it over (rename it in the file, or remove it)"
+            )
+
+
+@stack.command("deploy")
+@click.option(
+    "-c",
+    "--compose-file",
+    "compose_file",
+    required=True,
+    metavar="FILE",
+    help="The Compose file ('-': stdin).",
+)
+@click.option(
+    "-p", "--project-name", "project_flag", metavar="NAME", help="The project name (as STACK)."
+)
+@click.argument("stack_name", metavar="[STACK]", required=False)
+@click.pass_context
+def deploy(
+    ctx: click.Context, compose_file: str, project_flag: str | None, stack_name: str | None
+) -> None:
+    """Create or update a Compose project: each service a Deployment and a Service, the
+    file's networks and named volumes, in the namespace STACK (the same as corral apply
+    -f FILE). STACK, else -p, else $COMPOSE_PROJECT_NAME, else the file's `name:`, else
+    its folder's name."""
+    if stack_name and project_flag and stack_name != project_flag:
+        raise click.UsageError(f"STACK {stack_name!r} and -p {project_flag!r} differ: give one")
+    project, manifests = project_manifests(compose_file, stack_name or project_flag)
+
+    async def send(client: CorralClient) -> None:
+        await _check_ownership(client, project, manifests)
+        for manifest in manifests:
+            client.namespace = manifest.namespace
+            try:
+                reply = await client.apply(manifest.spec)
+            except RequestRejected as error:
+                raise CorralError(f"{manifest.where}: {error}") from None
+            click.echo(f"{manifest.kind.subject_kind}/{manifest.name} {applied_verb(reply)}")
+
+    run_with_client(settings_of(ctx), send)
+
+
+@dataclass(frozen=True)
+class StackRow:
+    name: str
+    services: int
+    namespace: str
+
+
+async def stacks(client: CorralClient) -> list[StackRow]:
+    """Every project that has Deployments, by their project label (any namespace)."""
+    stored = await client.read_bucket(names.DEPLOYMENTS_BUCKET, Deployment)
+    counts: Counter[tuple[str, str]] = Counter()
+    for deployment, _ in stored.values():
+        project = deployment.metadata.labels.get(PROJECT_LABEL)
+        if project:
+            counts[project, deployment.metadata.namespace] += 1
+    return [StackRow(p, n, ns) for (p, ns), n in sorted(counts.items())]
+
+
+def ls_table(rows: list[StackRow]) -> str:
+    if not rows:
+        return "No stacks."
+    return render_table(
+        ["NAME", "SERVICES", "NAMESPACE"], [[r.name, str(r.services), r.namespace] for r in rows]
+    )
+
+
+@stack.command("ls")
+@click.pass_context
+def ls(ctx: click.Context) -> None:
+    """List stacks: NAME SERVICES NAMESPACE."""
+    click.echo(run_with_client(settings_of(ctx), lambda client: _ls(client)))
+
+
+async def _ls(client: CorralClient) -> str:
+    return ls_table(await stacks(client))
+
+
+def _mine(deployments: dict[str, Deployment], project: str) -> dict[str, Deployment]:
+    return {
+        name: d
+        for name, d in deployments.items()
+        if d.metadata.labels.get(PROJECT_LABEL) == project
+    }
+
+
+async def ps_text(client: CorralClient, project: str) -> str:
+    """`stack ps`: every replica of the project's services in one table, as `service ps`."""
+    deployments = _mine(await client.deployments(project), project)
+    if not deployments:
+        raise CorralError(f"nothing found in stack: {project}")
+    statuses = await client.deployment_statuses(project)
+    services = await client.services(project)
+    placements = await client.placements()
+    replica_statuses = await client.replica_statuses()
+    headers: list[str] = []
+    rows: list[list[str]] = []
+    now = time.time()
+    for name in sorted(deployments):
+        deployment = deployments[name]
+        mine = [s for s in services.values() if selects(s, deployment)]
+        table = split_table(
+            ps_table(deployment, statuses.get(name), placements, replica_statuses, mine, now)
+        )
+        if table is None:
+            continue
+        headers = table[0]
+        rows += table[1]
+    if not rows:
+        return f"No replicas in stack {project}."
+    return render_table(headers, rows)
+
+
+@stack.command("ps")
+@click.argument("stack_name", metavar="STACK")
+@click.pass_context
+def ps(ctx: click.Context, stack_name: str) -> None:
+    """List the replicas (tasks) of a stack's services, as `corral service ps`."""
+    click.echo(run_with_client(settings_of(ctx), lambda client: ps_text(client, stack_name)))
+
+
+async def remove_stack(
+    client: CorralClient, project: str, volumes: bool, wait_seconds: float
+) -> list[str]:
+    """Delete a project's Services and Deployments, its claims when `volumes`, then the
+    networks made for it (asked again while its Deployments still name them). The lines
+    to print."""
+    lines: list[str] = []
+    deployments = _mine(await client.deployments(project), project)
+    services = {
+        n: s
+        for n, s in (await client.services(project)).items()
+        if s.metadata.labels.get(PROJECT_LABEL) == project
+    }
+    claims = {
+        n: c
+        for n, c in (await client.claims(project)).items()
+        if c.metadata.labels.get(PROJECT_LABEL) == project
+    }
+    networks = {
+        n: net
+        for n, net in (await client.networks()).items()
+        if net.metadata.labels.get(PROJECT_LABEL) == project
+    }
+    if not (deployments or services or claims or networks):
+        raise CorralError(f"nothing found in stack: {project}")
+    for name in sorted(services):
+        reply = await client.delete("Service", name, project)
+        lines.append(reply.message or f"service/{name} deleted")
+    for name in sorted(deployments):
+        reply = await client.delete("Deployment", name, project)
+        lines.append(reply.message or f"deployment/{name} deleted")
+    for name in sorted(claims):
+        if volumes:
+            reply = await client.delete("PersistentVolumeClaim", name, project)
+            lines.append(reply.message or f"persistentvolumeclaim/{name} deleted")
+        else:
+            lines.append(
+                f"persistentvolumeclaim/{name} kept, with its data (stack rm --volumes "
+                "deletes it, as docker compose down -v)"
+            )
+    deadline = time.monotonic() + wait_seconds
+    for name in sorted(networks):
+        while True:
+            try:
+                reply = await client.delete("Network", name)
+            except RequestRejected as error:
+                # Refused while a Deployment being deleted still names it: ask again.
+                if error.reply.reason != "Conflict" or time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(NETWORK_RETRY_SECONDS)
+                continue
+            lines.append(reply.message or f"network/{name} deleted")
+            break
+    return lines
+
+
+@stack.command("rm")
+@click.argument("stack_names", metavar="STACK...", nargs=-1, required=True)
+@click.option(
+    "-v",
+    "--volumes",
+    is_flag=True,
+    help="Also delete the claims of the stack's named volumes, and their data (kept "
+    "otherwise, as `docker compose down` keeps named volumes without -v).",
+)
+@click.pass_context
+def rm(ctx: click.Context, stack_names: tuple[str, ...], volumes: bool) -> None:
+    """Remove stacks: their Deployments, Services and the networks made for them; claims
+    (and their data) only with --volumes."""
+    settings = settings_of(ctx)
+
+    async def remove(client: CorralClient) -> list[str]:
+        lines = []
+        for name in stack_names:
+            lines += await remove_stack(client, name, volumes, settings.timeout)
+        return lines
+
+    for line in run_with_client(settings, remove):
+        click.echo(line)
