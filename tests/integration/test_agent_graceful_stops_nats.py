@@ -22,6 +22,7 @@ from corral.contract.network_state import ReplicaDrain
 from corral.contract.specs import ContainerTemplate
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import NatsBucket
+from corral.natsio.lease import LeaseRecord, lease_key
 from corral.natsio.service import run_service
 from corral_node_agent import main as agent_main
 from corral_node_agent.hollow_runtime import HollowRuntime
@@ -133,7 +134,12 @@ async def hollow_agent(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     drain_timeout: float,
+    netmgr: bool = True,
 ) -> AsyncIterator[Rig]:
+    """A hollow agent; `netmgr`: a netmgr holds its lease (so stops wait for drains)."""
+    if netmgr:
+        lease = LeaseRecord(holder="netmgr-test", renewed_at=time.time())
+        await buckets[names.LEASES_BUCKET].put(lease_key("netmgr"), encode(lease))
     runtime = StampedRuntime(images={IMAGE}, engine_id=f"hollow-{NODE}")
     runtime.signalled = {}
 
@@ -147,6 +153,25 @@ async def hollow_agent(
         )
         yield Rig(buckets, runtime)
         tg.cancel_scope.cancel()
+    if netmgr:
+        await buckets[names.LEASES_BUCKET].delete(lease_key("netmgr"))
+
+
+async def test_without_netmgr_a_deleted_placement_is_stopped_at_once(
+    nats_url: str,
+    buckets: dict[str, NatsBucket],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No netmgr lease: nothing writes drains and no Service routes to the replica, so
+    its stop waits for nothing (not the 30 s drain timeout)."""
+    async with hollow_agent(nats_url, buckets, tmp_path, monkeypatch, 30.0, netmgr=False) as rig:
+        await rig.place("web-a1")
+        await rig.unplace("web-a1")
+        unplaced = time.monotonic()
+        await eventually(lambda: rig.gone("web-a1"), within=10)
+        assert rig.runtime.signalled["web-a1"] - unplaced < 5.0
+        assert rig.runtime.stops == [("web-a1", "SIGINT", 9.0)]
 
 
 async def test_a_deleted_placement_is_terminating_and_stopped_only_after_its_drain_record(

@@ -154,6 +154,7 @@ class NodeAgent:
         attachments: Bucket | None = None,
         claim_statuses: Bucket | None = None,
         drains: Bucket | None = None,
+        leases: Bucket | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -210,7 +211,7 @@ class NodeAgent:
         )
         # This node's drain records: a replica going away is signalled after its own
         # (docs/rollouts.md, "Graceful stops"). Without the bucket: stopped at once.
-        self.drains = DrainBook(self.node, drains)
+        self.drains = DrainBook(self.node, drains, leases)
         self._stop_scopes: dict[str, anyio.CancelScope] = {}  # replica -> its stop's
         self.graceful_stops = 0  # graceful stops begun (tests count them)
         self._empty_dirs_swept_at: float | None = None  # None: not yet since the start

@@ -6,6 +6,12 @@ signals that replica's container only after it, or after its drain timeout. One 
 per agent, filtered on this node's keys, started when its first graceful stop begins
 (an agent that never stops a replica never watches), kept afterwards and made again
 when it breaks. A fenced agent waits for no drain: `cut_short` ends every wait.
+
+No netmgr, no drain: when netmgr's lease (corral_leases, `lease.netmgr`) is not held,
+nothing writes drain records and no Service sends traffic through corral's rules, so a
+stop waits for nothing (a cluster run without netmgr, the scheduler's own tests). A
+netmgr that died holding its lease still counts as running: its stops wait out the
+drain timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import anyio
 
 from corral.contract import names
 from corral.natsio.kv import Bucket
+from corral.natsio.lease import lease_key
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +34,10 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
 
 class DrainBook:
-    def __init__(self, node: str, bucket: Bucket | None) -> None:
+    def __init__(self, node: str, bucket: Bucket | None, leases: Bucket | None = None) -> None:
         self.node = node
         self.bucket = bucket
+        self.leases = leases  # None: always wait (no way to tell whether netmgr runs)
         # The agent's task group's start_soon (set by the agent when it runs).
         self.spawn: Spawn | None = None
         self.drained: set[str] = set()  # placement keys with a drain record now
@@ -51,7 +59,7 @@ class DrainBook:
         """Wait up to `seconds` for the drain record at `key`; True once it is there.
         Without a drains bucket there is nothing to wait for (True at once); cut short
         (fenced): False at once."""
-        if self.bucket is None:
+        if self.bucket is None or not await self._netmgr_running():
             return True
         self._start_watch()
         with anyio.move_on_after(max(0.0, seconds)):
@@ -59,6 +67,17 @@ class DrainBook:
                 changed = self._changed
                 await changed.wait()
         return key in self.drained and not self._cut_short
+
+    async def _netmgr_running(self) -> bool:
+        """Whether netmgr's lease is held (its record is there); True when it cannot be told."""
+        if self.leases is None:
+            return True
+        try:
+            entry = await self.leases.get(lease_key("netmgr"))
+        except Exception as error:  # NATS trouble: wait, bounded by the drain timeout
+            log.info("could not read netmgr's lease: %s", error)
+            return True
+        return entry is not None and entry.value is not None
 
     def _start_watch(self) -> None:
         if self._watching or self.spawn is None:

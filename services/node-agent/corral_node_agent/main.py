@@ -184,6 +184,7 @@ async def run(
         attachments=ctx.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
         claim_statuses=ctx.buckets[names.CLAIM_STATUS_BUCKET],
         drains=ctx.buckets[names.REPLICA_DRAINS_BUCKET],
+        leases=ctx.buckets[names.LEASES_BUCKET],
     )
     ctx.health["engine"] = False
     try:
