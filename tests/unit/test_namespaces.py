@@ -27,6 +27,7 @@ from corral.contract.network_specs import Network
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
 from corral.contract.volume_specs import PersistentVolume, StorageClass
 from corral_node_agent.backoff import ReplicaTrack
+from corral_node_agent.docker_runtime import container_config
 from corral_node_agent.executor import container_name, container_spec
 from corral_node_agent.replica_status import replica_status
 from tests.unit.agent_helpers import CLUSTER_ID, NODE, placement
@@ -254,3 +255,16 @@ def test_a_table_splits_back_into_its_cells_even_with_spaces_in_them() -> None:
     rows = [["web", "RWO", "not placed yet"], ["a-much-longer-name", "RWO,RWX", ""]]
     assert split_table(render_table(headers, rows)) == (headers, rows)
     assert split_table("No deployments.") is None
+
+
+def test_a_replica_on_networks_looks_names_up_in_its_namespace_first() -> None:
+    # Docker's resolver asks `web.` as it is under its default ndots:0, and the node DNS
+    # answers that with the default namespace's Service: the search path must come first.
+    spec = container_spec(in_namespace("team-a"), CLUSTER_ID, networks=True)
+    host = container_config(spec, "10.128.3.1")["HostConfig"]
+    assert host["DnsSearch"][0] == "team-a.svc.cluster.local"
+    assert host["DnsOptions"] == ["ndots:5"]
+    assert (
+        "DnsOptions"
+        not in container_config(container_spec(in_namespace("team-a"), CLUSTER_ID))["HostConfig"]
+    )

@@ -108,6 +108,11 @@ def network_gateway(data: dict[str, Any]) -> str:
     return ""
 
 
+# A name with fewer dots is looked up through the search path first (Kubernetes' ndots
+# for a Pod; docs/networking.md, "DNS").
+SEARCH_NDOTS = 5
+
+
 def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
     """The Docker API body that creates spec's container. No restart policy: the agent restarts.
 
@@ -134,6 +139,10 @@ def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
             host_config["Dns"] = [gateway]
         if spec.dns_search:
             host_config["DnsSearch"] = list(spec.dns_search)
+            # The search path first, as in a Pod: Docker's resolver would otherwise ask
+            # for `web.` as it is (its ndots:0), which the node DNS answers with the
+            # default namespace's Service, whatever the replica's namespace.
+            host_config["DnsOptions"] = [f"ndots:{SEARCH_NDOTS}"]
         config["NetworkingConfig"] = {"EndpointsConfig": {first: {}}}
     if spec.stop_signal:  # docs/rollouts.md, "Graceful stops"
         config["StopSignal"] = spec.stop_signal
