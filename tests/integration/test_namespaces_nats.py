@@ -15,14 +15,21 @@ from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.network_specs import Service
 from corral.contract.network_state import Endpoints
-from corral.contract.state import ReplicaState, ReplicaStatus
+from corral.contract.specs import ObjectMeta
+from corral.contract.state import DeploymentStatus, ReplicaState, ReplicaStatus
+from corral.contract.volume_specs import (
+    PersistentVolumeClaim,
+    PersistentVolumeClaimSpec,
+    StorageRequest,
+    VolumeResources,
+)
 from corral.contract.volume_state import ClaimStatus
 from corral.natsio.kv import NatsBucket
 from corral.natsio.service import ServiceContext
 from tests.agents import running_agent
 from tests.integration.cluster_part_harness import record
 from tests.integration.netmgr_harness import running_netmgr
-from tests.integration.scheduler_harness import running_scheduler
+from tests.integration.scheduler_harness import placements, request, running_scheduler
 from tests.integration.volmgr_harness import running_volmgr
 from tests.unit.netmgr_helpers import node, placement, status, template
 from tests.waiting import eventually
@@ -252,3 +259,46 @@ async def test_a_claim_of_the_same_name_in_two_namespaces_binds_separately(
         )
         kept = await record(statuses, "default.data", ClaimStatus)
         assert kept.volume == bound["default"]
+
+
+def claim_user(namespace: str, replicas: int = 1) -> bytes:
+    template = {
+        "image": "corral-test/busybox:1",
+        "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}],
+        "volumeMounts": [{"name": "v", "mountPath": "/data"}],
+    }
+    return encode(
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "db", "namespace": namespace},
+            "spec": {"replicas": replicas, "template": template},
+        }
+    )
+
+
+async def test_a_templates_claim_name_is_the_claim_of_the_deployments_own_namespace(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    # The test plays volmgr: one claim `data`, in team-a, bound to a volume on n2.
+    claim = PersistentVolumeClaim(
+        metadata=ObjectMeta(name="data", namespace="team-a"),
+        spec=PersistentVolumeClaimSpec(
+            resources=VolumeResources(requests=StorageRequest(storage="100Mi"))
+        ),
+    )
+    await buckets[names.CLAIMS_BUCKET].put(claim.key, encode(claim))
+    bound = ClaimStatus(name="data", namespace="team-a", phase="Bound", volume="pv-1", node="n2")
+    await buckets[names.CLAIM_STATUS_BUCKET].put(bound.key, encode(bound))
+    async with running_scheduler(nats_url, nodes={"n1": {}, "n2": {}}) as ctx:
+        for namespace in ("team-b", "team-a"):
+            applied = await request(ctx.nc, "deployment", "apply", claim_user(namespace))
+            assert applied.ok, applied.error
+        placed = await eventually(
+            lambda: placements(buckets[names.PLACEMENTS_BUCKET]), lambda p: len(p) == 1
+        )
+        assert [(p.namespace, p.node) for p in placed.values()] == [("team-a", "n2")]
+        waiting = await eventually(
+            lambda: record(buckets[names.DEPLOYMENT_STATUS_BUCKET], "team-b.db", DeploymentStatus),
+            lambda s: s.pending == 1,
+        )
+        assert waiting.pending_reason == 'persistentvolumeclaim "data" not found'
