@@ -9,10 +9,10 @@ Public subjects (what any client may publish, as JSON):
 
 <kind> is the lower-case kind (deployment, ...); <verb> is apply, delete or scale.
 
-Namespaced objects (Deployments today; Services and claims later) are keyed
+Namespaced objects (Deployments, Services, claims: NAMESPACED_KINDS) are keyed
 `<namespace>.<name>` in every bucket, and their replicas `<node>.<namespace>.<replica>`,
-so that a second namespace needs no migration. `default` is the only namespace
-for now. Keys written before namespaces (`<name>`, `<node>.<replica>`) are read as
+so names are unique per namespace (a DNS label: corral.contract.specs.Namespace;
+docs/api.md, "Namespaces"). Keys written before namespaces (`<name>`, `<node>.<replica>`) are read as
 the default namespace's, and moved to the new form by their owner at start
 (corral.natsio.key_migration).
 """
