@@ -12,9 +12,9 @@ Public subjects (what any client may publish, as JSON):
 Namespaced objects (Deployments, Services, claims: NAMESPACED_KINDS) are keyed
 `<namespace>.<name>` in every bucket, and their replicas `<node>.<namespace>.<replica>`,
 so names are unique per namespace (a DNS label: corral.contract.specs.Namespace;
-docs/api.md, "Namespaces"). Keys written before namespaces (`<name>`, `<node>.<replica>`) are read as
-the default namespace's, and moved to the new form by their owner at start
-(corral.natsio.key_migration).
+docs/api.md, "Namespaces"). Keys written before namespaces (`<name>`,
+`<node>.<replica>`) are read as the default namespace's, and moved to the new form
+by their owner at start (corral.natsio.key_migration).
 """
 
 from __future__ import annotations
