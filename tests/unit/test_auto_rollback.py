@@ -317,3 +317,19 @@ async def test_a_completed_rollout_marks_its_revision_available_once() -> None:
     await recorder.mark_available(KEY, 1, 99.0)  # kept: the first completion
     found, _ = await recorder.read(KEY)
     assert found is not None and found.revisions[0].available_at == 77.0
+
+
+async def test_a_template_a_rollback_put_back_is_not_rolled_back_even_without_its_record() -> None:
+    # Revision 3 is the old template the rollback wrote (a scheduler started since: the
+    # status has no record of it); it failing too does not bounce back to anything.
+    back = msgspec.structs.replace(
+        revision(3, "1"), change_cause="automatic rollback from revision 2: boom"
+    )
+    setup = Setup((revision(1, "0", 5.0), revision(2, "2"), back))
+    await setup.start(deployment("1"))
+    done = await setup.rollbacks.consider(
+        KEY, deployment("1"), status(REASON_PROGRESS_DEADLINE_EXCEEDED, revision=3), 3, []
+    )
+    assert not done
+    assert (await setup.stored()).spec.template == deployment("1").spec.template
+    assert setup.events == []

@@ -138,8 +138,11 @@ def rollback_target(
     return max(found, key=lambda entry: entry.revision, default=None)
 
 
+ROLLBACK_CAUSE = "automatic rollback from revision "
+
+
 def change_cause(from_revision: int, why: str) -> str:
-    return f"automatic rollback from revision {from_revision}: {why}"
+    return f"{ROLLBACK_CAUSE}{from_revision}: {why}"
 
 
 def rolled_back(
@@ -224,8 +227,14 @@ class AutoRollbacks:
         started = self.monotonic()
         template_hash = deployment.spec.template.template_hash()
         history, _ = await self.history.read(key)
-        target = rollback_target(history, revision, template_hash)
         decided = self.decided.setdefault(key, set())
+        current = None if history is None else history.find(revision)
+        if current is not None and current.change_cause.startswith(ROLLBACK_CAUSE):
+            # A rollback's own template (written before this scheduler started, so its
+            # record is not in the status): never rolled back by itself.
+            decided.add(revision)
+            return False
+        target = rollback_target(history, revision, template_hash)
         if target is None:
             decided.add(revision)
             await self.emit(
