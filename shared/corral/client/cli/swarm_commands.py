@@ -855,7 +855,6 @@ class UpdateFlags:
     stop_signal: str | None = None
     stop_grace_period: str | None = None
     force: bool = False
-    args: list[str] = field(default_factory=list)  # for the change cause
 
 
 def updated_manifest(stored: dict[str, Any], flags: UpdateFlags, now: str) -> dict[str, Any]:
