@@ -187,6 +187,31 @@ async def test_constraints_place_only_on_labelled_nodes_and_unmet_ones_stay_pend
         assert "Pending" in tasks and tasks.rstrip().endswith("no node has labels disk=nvme")
 
 
+async def test_a_service_in_a_namespace_is_made_waited_on_listed_and_removed_there(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with cluster(nats_url):
+        await eventually(
+            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
+        )
+        made = ok(
+            await corral(
+                nats_url, "service", "create", "-n", "team-a", "--name", "web",
+                "--publish", "30082:80", IMAGE,
+            )
+        )  # fmt: skip
+        assert 'deployment "web" successfully rolled out' in made.stderr
+        assert [p.namespace for p in await placed(buckets, "web")] == ["team-a"]
+        service = await stored(buckets[names.SERVICES_BUCKET], "team-a.web", Service)
+        assert isinstance(service, Service) and service.spec.ports[0].node_port == 30082
+        listed = ok(await corral(nats_url, "service", "ls", "-n", "team-a")).stdout
+        assert "*:30082->80/tcp" in listed and "1/1" in listed
+        assert "web" not in ok(await corral(nats_url, "service", "ls")).stdout
+        assert ok(await corral(nats_url, "service", "rm", "-n", "team-a", "web")).stdout == "web\n"
+        await eventually(lambda: placed(buckets, "web"), lambda found: not found)
+        assert await stored(buckets[names.SERVICES_BUCKET], "team-a.web", Service) is None
+
+
 def slow_manifest() -> bytes:
     return encode(
         {

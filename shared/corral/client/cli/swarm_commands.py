@@ -97,7 +97,7 @@ async def _wait(client: CorralClient, name: str, quiet: bool) -> str | None:
     when `quiet`): None once complete, else why it failed (its progress deadline passed,
     or it was rolled back automatically)."""
     out: TextIO = io.StringIO() if quiet else sys.stderr
-    outcome = await follow_rollout(client, name, out=out)
+    outcome = await follow_rollout(client, name, client.namespace, out=out)
     return None if outcome.ok else outcome.message
 
 
