@@ -8,7 +8,7 @@ the server would give.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -98,12 +98,14 @@ class Manifest:
     # The document's own metadata.namespace, None when it gives none: then -n, else
     # $CORRAL_NAMESPACE, decides (corral.client.cli.namespaces.resolve_namespaces).
     declared_namespace: str | None = None
+    # Its index in a file of several documents (from 1); 0: the file's only one.
+    document: int = 0
 
     @property
     def label(self) -> str:
         """Where it is and what it is: `web.yaml: deployment/web`, or of a document of
         several `all.yaml (document 2) Deployment/web` (its `where` says both)."""
-        if ") " in self.where:
+        if self.document:
             return self.where
         return f"{self.where}: {self.kind.subject_kind}/{self.name}"
 
@@ -137,7 +139,10 @@ def load_manifests(text: str, source: str) -> list[Manifest]:
         raise CorralError(f"{source}: no manifest in it (expected a YAML document with a kind)")
     several = len(documents) > 1
     manifests = [
-        parse_document(document, _where(source, index if several else 0, document))
+        replace(
+            parse_document(document, _where(source, index if several else 0, document)),
+            document=index if several else 0,
+        )
         for index, document in enumerate(documents, start=1)
     ]
     check_unique_objects(manifests)
