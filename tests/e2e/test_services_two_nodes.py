@@ -67,8 +67,11 @@ def running_names(deployment: str, engine: str | None) -> dict[str, str]:
     ).stdout.split()  # fmt: skip
     found = {}
     for cid in ids:
-        host = sh("docker", "inspect", "-f", "{{.Config.Hostname}}", cid, engine=engine)
-        found[host.stdout.strip()] = cid
+        host = sh(
+            "docker", "inspect", "-f", "{{.Config.Hostname}}", cid, engine=engine, check=False
+        )  # fmt: skip
+        if host.returncode == 0:  # else it went meanwhile (a replica stopping)
+            found[host.stdout.strip()] = cid
     return found
 
 
