@@ -80,6 +80,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
                 "terminationGracePeriodSeconds": 10,
                 "stopSignal": "SIGQUIT",
                 "nodeSelector": {"disk": "ssd"},
+                "restartPolicy": "OnFailure",
                 "command": ["httpd", "-f"],
                 "args": ["-p", "8080"],
                 "env": {"GREETING": "hello", "_X1": ""},

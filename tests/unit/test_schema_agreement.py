@@ -222,7 +222,9 @@ SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeR
 # not both zero, maxUnavailable at most 100%, rollingUpdate only with type RollingUpdate)
 CODE_ONLY_RULES = re.compile(
     r"^spec\.(template\.(resources|volumes|volumeMounts|livenessProbe|readinessProbe|startupProbe)"
-    r"|strategy\.rollingUpdate|autoRollback)(\.|\[|$)"
+    r"|strategy\.rollingUpdate|autoRollback"
+    # replicas at most 1 with replacement Never (a container: docs/containers.md)
+    r"|replicas)(\.|\[|$)"
     # progressDeadlineSeconds must exceed minReadySeconds: a rule across two fields of spec
     r"|^spec$"
 )

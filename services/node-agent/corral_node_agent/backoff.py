@@ -2,7 +2,8 @@
 
 A restart happens at once after the first exit, then after 1 s, 2 s, 4 s ...
 capped at 60 s; a container that ran for 60 s or more starts the count afresh.
-The same back-off spaces retries of failed pulls, creates and starts.
+The same back-off spaces retries of failed pulls, creates and starts. Whether an exited
+container restarts at all is its template's restartPolicy (restarts_after_exit).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from corral.contract.backoff import Backoff
-from corral.contract.specs import MAX_CRASH_LOOP_RESTARTS
+from corral.contract.specs import MAX_CRASH_LOOP_RESTARTS, RestartPolicy
 from corral.contract.state import ReplicaState
 
 MAX_BACKOFF_SECONDS = 60.0
@@ -88,6 +89,33 @@ def after_exit(
         track,
         failures=failures + 1,
         not_before=now + backoff_delay(failures),
+        phase=None,
+        message="",
+        exit_code=exit_code,
+        seen_exit=(container_id, finished_at),
+        container_id=container_id,
+    )
+
+
+def restarts_after_exit(policy: RestartPolicy, exit_code: int | None) -> bool:
+    """Whether a container that exited with `exit_code` is started again (Kubernetes'
+    restartPolicy): Always yes, OnFailure after a non-zero exit (an unknown code counts
+    as a failure), Never no."""
+    if policy == "Never":
+        return False
+    if policy == "OnFailure":
+        return exit_code != 0
+    return True
+
+
+def after_final_exit(
+    track: ReplicaTrack, container_id: str, exit_code: int | None, finished_at: float | None
+) -> ReplicaTrack:
+    """A container exited for good (its restartPolicy starts it no more): remembered,
+    with no back-off running."""
+    return replace(
+        track,
+        not_before=0.0,
         phase=None,
         message="",
         exit_code=exit_code,

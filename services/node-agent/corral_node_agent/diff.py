@@ -11,7 +11,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from corral.contract.state import Placement
-from corral_node_agent.backoff import ReplicaTrack, after_exit
+from corral_node_agent.backoff import (
+    ReplicaTrack,
+    after_exit,
+    after_final_exit,
+    restarts_after_exit,
+)
 from corral_node_agent.mounts import empty_dirs_of
 from corral_node_agent.runtime import ContainerState, ObservedContainer
 
@@ -200,6 +205,13 @@ def plan_actions(
                 wake(track.not_before)
             else:
                 actions.append(StartContainer(replica, placement, keep.id, restart=False))
+        elif keep.state in (ContainerState.EXITED, ContainerState.DEAD) and not (
+            restarts_after_exit(placement.template.restart_policy, keep.exit_code)
+        ):
+            # Exited for good (restartPolicy Never, or OnFailure after exit code 0): it
+            # stays Exited with its exit code, and nothing is started again.
+            if track.seen_exit != (keep.id, keep.finished_at):
+                track = after_final_exit(track, keep.id, keep.exit_code, keep.finished_at)
         elif keep.state in (ContainerState.EXITED, ContainerState.DEAD):
             if track.seen_exit != (keep.id, keep.finished_at):
                 track = after_exit(

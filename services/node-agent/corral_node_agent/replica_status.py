@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
-from corral_node_agent.backoff import ReplicaTrack, backoff_delay
+from corral_node_agent.backoff import ReplicaTrack, backoff_delay, restarts_after_exit
 from corral_node_agent.probes import ProbeView
 from corral_node_agent.runtime import ContainerState, ObservedContainer
 
@@ -39,6 +39,12 @@ def replica_status(
             message = f"back-off {delay:g}s restarting failed container"
         else:
             state = ReplicaState.EXITED
+            policy = placement.template.restart_policy
+            if not restarts_after_exit(policy, container.exit_code):
+                message = (
+                    f"exited with code {container.exit_code}; not restarted "
+                    f"(restartPolicy {policy})"
+                )
         if container.error:
             message = f"{message}: {container.error}" if message else container.error
     elif container is not None:

@@ -16,8 +16,9 @@ what to stop (`_what_to_stop`), what to place (`_what_to_place`), the status (`_
 
 Replicas on a lost node are stopped (and so replaced) by the rules of snapshot.py:
 after R for "Fast" Deployments, after R' for "AfterStop" ones, at once on a released
-node. New replicas first claim a node's orphans (containers of an adopted earlier
-cluster with the Deployment's name and current template), so they keep running.
+node; "Never" ones (containers) only on a released node. New replicas first claim a
+node's orphans (containers of an adopted earlier cluster with the Deployment's name and
+current template), so they keep running.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def schedule(
         if deployment is None:
             plan.stop.append(Stop(key, placed.revision, owner, "deployment deleted"))
             continue
-        lost = loss(placement.node, deployment.spec.replacement == "AfterStop")
+        lost = _moving(deployment, loss(placement.node, deployment.spec.replacement == "AfterStop"))
         if lost is not None:
             reason = _LOSS_REASONS[lost].format(node=placement.node)
             plan.stop.append(Stop(key, placed.revision, owner, reason, lost.value))
@@ -224,7 +225,7 @@ def schedule_deployment(
         if deployment is None:
             plan.stop.append(Stop(placement_key, placed.revision, key, "deployment deleted"))
             continue
-        lost = view.loss(placement.node, now, after_stop=after_stop)
+        lost = _moving(deployment, view.loss(placement.node, now, after_stop=after_stop))
         if lost is not None:
             reason = _LOSS_REASONS[lost].format(node=placement.node)
             plan.stop.append(Stop(placement_key, placed.revision, key, reason, lost.value))
@@ -243,6 +244,16 @@ def schedule_deployment(
             plan.forget_statuses.append((key, stored[1]))
     _summarise_stops(plan)
     return plan
+
+
+def _moving(deployment: Deployment, lost: Loss | None) -> Loss | None:
+    """Why a replica of `deployment` on a node judged `lost` is stopped and placed again,
+    or None to keep it: a "Never" Deployment's replica (a container: docs/containers.md)
+    keeps its placement on a lost node, silent or with its engine down, as a bare Pod
+    stays bound to its node; only an operator's release moves it."""
+    if lost is None or deployment.spec.replacement != "Never" or lost == Loss.RELEASED:
+        return lost
+    return None
 
 
 _LOSS_REASONS = {

@@ -7,7 +7,8 @@ than what is stored skipped. Scale, the Deployment's own verb, follows them too.
 
 A Deployment whose template names a ReadWriteOncePod claim (as the claim asks, or as
 its bound volume says) may have at most one replica: an apply or a scale asking for more
-is refused naming `spec.replicas` (docs/volumes.md, "Replicas with volumes").
+is refused naming `spec.replicas` (docs/volumes.md, "Replicas with volumes"). A
+container (the label CONTAINER_LABEL: `corral create container`) is never scaled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import msgspec
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_INVALID, Reply
-from corral.contract.specs import Deployment, ScaleRequest
+from corral.contract.specs import CONTAINER_LABEL, Deployment, ScaleRequest
 from corral.natsio.bus import DurableSpecHandler
 from corral.natsio.kv import Bucket, Conflict
 from corral.natsio.spec_api import SpecAPI, SpecPosition, no_stream
@@ -96,6 +97,13 @@ class DeploymentAPI(SpecAPI[Deployment]):
             older = self.older_than_stored(name, sequence, current)
             if older is not None:
                 return older
+            if CONTAINER_LABEL in current.metadata.labels:
+                return self.invalid(
+                    name,
+                    f"`replicas`: {name!r} is a container (corral create container): it "
+                    "runs one replica, placed once, and is not scaled (docs/containers.md)",
+                    "replicas",
+                )
             if current.spec.replicas == request.replicas:
                 return self.accepted(
                     name, entry.revision, current.metadata.generation, unchanged=True

@@ -465,6 +465,8 @@ PROBES: Final = ("livenessProbe", "readinessProbe", "startupProbe")
 DEFAULT_TERMINATION_GRACE_SECONDS: Final = 30
 MAX_TERMINATION_GRACE_SECONDS: Final = 3600
 # The signals a stop may start with (Docker's StopSignal takes these names).
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+
 StopSignal = Literal[
     "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL"
 ]
@@ -521,6 +523,11 @@ class ContainerTemplate(_Public, frozen=True):
     # Only nodes whose labels include every one of these (Kubernetes' Pod nodeSelector;
     # Swarm's `--constraint node.labels.K==V`); none: any node.
     node_selector: Labels = {}
+    # When the node agent starts an exited container again, on its own node and after its
+    # restart back-off (Kubernetes' Pod restartPolicy): "Always" (the default), "OnFailure"
+    # (only after a non-zero exit), "Never" (an exited container stays Exited: its status
+    # says Exited with its exit code). docs/containers.md.
+    restart_policy: RestartPolicy = "Always"
 
     def __post_init__(self) -> None:
         check_unique("networks", self.networks)
@@ -680,9 +687,17 @@ class DeploymentSpec(_Public, frozen=True, kw_only=True):
     # its copies until it stops them at F, so two copies can overlap for F - R);
     # "AfterStop" never runs two copies: replacements wait until R' (past the cut-off
     # node's own stop), or until an operator releases the node. See docs/time-budget.md.
-    replacement: Literal["Fast", "AfterStop"] = "Fast"
+    # "Never": a placed replica is never moved (a bare Pod's semantics: `corral create
+    # container`, docs/containers.md); it keeps its placement on a lost node, whose
+    # status then shows it lost, and is replaced only when an operator releases the node.
+    replacement: Literal["Fast", "AfterStop", "Never"] = "Fast"
 
     def __post_init__(self) -> None:
+        if self.replacement == "Never" and self.replicas > 1:
+            raise ValueError(
+                f"`replicas` ({self.replicas}): at most 1 with replacement Never (a container "
+                "placed once; never moved)"
+            )
         if self.progress_deadline_seconds <= self.min_ready_seconds:
             raise ValueError(
                 f"`progressDeadlineSeconds` ({self.progress_deadline_seconds}) must be greater "
@@ -690,8 +705,19 @@ class DeploymentSpec(_Public, frozen=True, kw_only=True):
             )
 
 
+# The label of a Deployment that `corral create container` made (a Rancher container, a
+# bare Pod's semantics): replicas 1, replacement "Never", the template's restartPolicy.
+# `corral get containers` lists exactly these; the scheduler refuses to scale them;
+# `corral get deployments` lists them too (they are Deployments). docs/containers.md.
+CONTAINER_LABEL: Final = "corral.io/container"
+
+
 class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Deployment"):
-    """N replicas of one container template, kept at N by the scheduler."""
+    """N replicas of one container template, kept at N by the scheduler.
+
+    A container (`corral create container`, docs/containers.md) is a Deployment too, not
+    a kind of its own: one replica, `replacement: "Never"` and the label CONTAINER_LABEL,
+    so it reuses placement, the agent, Services and status as they are."""
 
     api_version: Literal["corral/v1"] = "corral/v1"
     metadata: ObjectMeta
