@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
+from corral.contract.logs import LogAck, LogRequest
 from corral.contract.network_specs import Network, Service
 from corral.contract.quantity import format_cpu, format_memory
 from corral.contract.specs import (
@@ -170,6 +171,16 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
     DeleteRequest: {"name": "web", "namespace": "team-a"},
     NodeReleaseRequest: {"name": "node-1"},
     NodeDecision: {"node": "node-1", "clusterId": "0123456789abcdef"},
+    LogRequest: {
+        "replica": "web-7f9c2",
+        "namespace": "team-a",
+        "containerId": "8fb38e910acb",
+        "follow": True,
+        "tail": 10,
+        "since": 1764400000.5,
+        "timestamps": True,
+    },
+    LogAck: {"seq": 7, "stop": False},
 }
 KINDS = list(SEEDS)
 

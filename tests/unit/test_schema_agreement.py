@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_CONFLICT, Event, Reply
+from corral.contract.logs import LogAck, LogChunk, LogPiece, LogRequest
 from corral.contract.network_state import (
     EndpointAddress,
     EndpointPort,
@@ -209,13 +210,30 @@ RECORD_SEEDS: dict[type[msgspec.Struct], msgspec.Struct] = {
     VolumeAttachment: VolumeAttachment(
         volume="pv-1", node="node-1", claim="default.web-data", ready=True, docker_volume="v"
     ),
+    LogChunk: LogChunk(
+        seq=0,
+        node="node-1",
+        pieces=[LogPiece(text="hello\n"), LogPiece(text="oops\n", stream="stderr")],
+        control="_INBOX.abc",
+        end=True,
+        error="replica web-1 has no container on node node-1",
+        field="replica",
+    ),
 }
 DOCUMENTS: dict[type[msgspec.Struct], Any] = {
     **SEEDS,
     **{kind: msgspec.json.decode(encode(seed)) for kind, seed in RECORD_SEEDS.items()},
 }
 # Requests with no rule across fields: the schema says all the decoder checks.
-SIMPLE = [ScaleRequest, DeleteRequest, NodeReleaseRequest, NodeDecision, VolumeReleaseRequest]
+SIMPLE = [
+    ScaleRequest,
+    DeleteRequest,
+    NodeReleaseRequest,
+    NodeDecision,
+    VolumeReleaseRequest,
+    LogRequest,
+    LogAck,
+]
 # Where a Deployment the schema accepts may still be refused by the rules in code.
 # (volumes and their mounts: exactly one source, names defined once and mounted by name,
 # absolute unique mount paths; docs/volumes.md, "Bad input"; a rolling update's bounds

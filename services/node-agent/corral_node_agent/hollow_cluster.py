@@ -71,6 +71,7 @@ from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_MEMORY_BYTES,
     HollowRuntime,
 )
+from corral_node_agent.logs import LogService
 from corral_node_agent.main import serve_node_decisions
 from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.runtime import ContainerState
@@ -330,6 +331,7 @@ class HollowCluster:
                         await tg.start(
                             serve_node_decisions, node.pool.nc, node.name, node.agent.decide
                         )
+                        await tg.start(LogService(node.pool.nc, node.name, node.runtime).serve)
                         await tg.start(node.agent.run)
                     node.state = NodeState.STARTED
                     self._started(node)

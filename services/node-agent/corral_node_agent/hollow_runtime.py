@@ -23,8 +23,9 @@ import itertools
 import posixpath
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import anyio
 from anyio.abc import TaskStatus
@@ -41,6 +42,7 @@ from corral_node_agent.runtime import (
     EngineUnavailable,
     ImageMissing,
     ImagePullFailed,
+    LogFrame,
     NameConflict,
     NetworkMissing,
     ObservedContainer,
@@ -62,6 +64,9 @@ class HollowContainer:
     started_at: float | None = None
     finished_at: float | None = None
     ips: dict[str, str] = field(default_factory=dict)  # network -> address (its lifetime)
+    # Its output: (wall clock, "stdout"|"stderr", bytes) per write (HollowRuntime.write_log).
+    log: list[tuple[float, str, bytes]] = field(default_factory=list)
+    log_written: anyio.Event | None = None  # set (and dropped) at each write, for followers
 
     def key(self, network: str) -> tuple[str, str, str]:
         labels = self.spec.labels
@@ -456,6 +461,50 @@ class HollowRuntime:
     ) -> str:
         return self._probe(container.replica, kind)
 
+    # Logs: what a hollow container writes is what a test makes it write.
+
+    def write_log(self, container_id: str, text: str, stream: str = "stdout") -> None:
+        """The container writes `text` (lines end with a newline) on `stream`."""
+        container = self.containers[container_id]
+        container.log.append((time.time(), stream, text.encode()))
+        if container.log_written is not None:
+            container.log_written.set()
+            container.log_written = None
+
+    async def container_logs(
+        self,
+        container_id: str,
+        *,
+        follow: bool,
+        tail: int | None,
+        since: float | None,
+        timestamps: bool,
+    ) -> AsyncIterator[LogFrame]:
+        """One frame per write; a follow ends when the container stops or goes."""
+        self._check()
+        container = self.containers.get(container_id)
+        if container is None:
+            raise ContainerGone(f"No such container: {container_id}")
+        written = [w for w in container.log if since is None or w[0] >= since]
+        if tail is not None:
+            written = _last_lines(written, tail)
+        for frame in written:
+            yield _frame(frame, timestamps)
+        seen = len(container.log)
+        while follow:
+            while seen < len(container.log):
+                yield _frame(container.log[seen], timestamps)
+                seen += 1
+            if container.state != ContainerState.RUNNING or (
+                self.containers.get(container_id) is not container
+            ):
+                return
+            if container.log_written is None:
+                container.log_written = anyio.Event()
+            event = container.log_written
+            with anyio.move_on_after(0.5):  # also notices a stop, which sets no event
+                await event.wait()
+
     # Faults, as a test or a scale run injects them.
 
     def crash(self, container_id: str, exit_code: int = 1) -> None:
@@ -488,3 +537,31 @@ class HollowRuntime:
             if c.state == ContainerState.RUNNING
             and (node is None or c.spec.labels.get(names.LABEL_NODE) == node)
         ]
+
+
+_Written = tuple[float, str, bytes]  # (wall clock, stream, data)
+
+
+def _last_lines(written: list[_Written], lines: int) -> list[_Written]:
+    """The writes holding the last `lines` lines (a write of several lines counts each)."""
+    kept: list[_Written] = []
+    count = 0
+    for when, stream, data in reversed(written):
+        if count >= lines:
+            break
+        parts = data.splitlines(keepends=True)
+        room = lines - count
+        if len(parts) > room:
+            data = b"".join(parts[-room:])
+        kept.append((when, stream, data))
+        count += min(len(parts), room)
+    kept.reverse()
+    return kept
+
+
+def _frame(written: _Written, timestamps: bool) -> LogFrame:
+    when, stream, data = written
+    if timestamps:
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z ").encode()
+        data = b"".join(stamp + line for line in data.splitlines(keepends=True))
+    return LogFrame(stream, data)

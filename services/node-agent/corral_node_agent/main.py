@@ -27,6 +27,7 @@ from corral_node_agent.agent import (
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.logs import LogService
 from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.offline import stop_if_never_started
 from corral_node_agent.runtime import Runtime
@@ -190,6 +191,8 @@ async def run(
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(serve_node_decisions, ctx.nc, settings.node_name, agent.decide)
+            # Its containers' logs, on request (corral_node_agent.logs; docs/api.md, "Logs").
+            await tg.start(LogService(ctx.nc, settings.node_name, agent.runtime).serve)
             await tg.start(agent.run)
             task_status.started()
     except NodeNameTaken as error:

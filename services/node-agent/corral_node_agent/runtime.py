@@ -8,7 +8,7 @@ knows which one it talks to (docs/architecture.md, the rules).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -155,6 +155,14 @@ class VolumeUser:
     replica: str = ""  # its io.corral.replica label
 
 
+@dataclass(frozen=True, slots=True)
+class LogFrame:
+    """Output of a container as the engine gives it: one write, or part of one."""
+
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
 # Called with the replica name (or "" when unknown) whenever a container of the
 # node changes behind the agent's back (died, removed, started), and with
 # NETWORK_APPEARED when a corral network appeared on the engine (netmgr made it).
@@ -271,6 +279,22 @@ class Runtime(Protocol):
 
         Reports started once subscribed; raises EngineUnavailable when the stream breaks.
         """
+        ...
+
+    def container_logs(
+        self,
+        container_id: str,
+        *,
+        follow: bool,
+        tail: int | None,
+        since: float | None,
+        timestamps: bool,
+    ) -> AsyncIterator[LogFrame]:
+        """The container's output, oldest first (`docker logs`): the last `tail` lines
+        (None: all) written at or after `since` (epoch seconds; None: all), each line
+        led by its RFC 3339 time with `timestamps`; with `follow`, new output as it
+        comes until the container stops or the caller stops iterating. Read only as
+        fast as the caller iterates. Raises ContainerGone or RuntimeFailure."""
         ...
 
     async def close(self) -> None: ...

@@ -164,6 +164,16 @@ def node_subject(node: str, verb: str) -> str:
     return f"{NODE_PREFIX}.{node}.{verb}"
 
 
+# Container logs (docs/api.md, "Logs"): a LogRequest to the agent of the replica's
+# node on corral.logs.<node>, answered with LogChunks on the request's reply inbox.
+# Outside corral.node.<node>.* on purpose: that wildcard takes operator decisions.
+LOGS_PREFIX: Final = "corral.logs"
+
+
+def logs_subject(node: str) -> str:
+    return f"{LOGS_PREFIX}.{node}"
+
+
 # Node liveness on core NATS (docs/time-budget.md): every agent requests on
 # corral.heartbeat.<node> every heartbeat; every scheduler hears all of them and
 # acknowledges. Not persisted. `HEARTBEAT_ECHO` is a scheduler's own echo through

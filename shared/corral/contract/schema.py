@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from corral.contract.events import Event, Reply
+from corral.contract.logs import LogAck, LogChunk, LogRequest
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import (
     Endpoints,
@@ -77,6 +78,9 @@ PUBLIC_PAYLOADS: Final[dict[str, type[msgspec.Struct]]] = {
     "ClaimStatus": ClaimStatus,
     "NodeVolumes": NodeVolumes,
     "VolumeAttachment": VolumeAttachment,
+    "LogRequest": LogRequest,
+    "LogChunk": LogChunk,
+    "LogAck": LogAck,
 }
 
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"

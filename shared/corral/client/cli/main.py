@@ -8,6 +8,7 @@ import sys
 import click
 
 from corral.client.cli.local_commands import down, up
+from corral.client.cli.logs_commands import logs
 from corral.client.cli.network_commands import create_network, network
 from corral.client.cli.node_commands import node
 from corral.client.cli.options import add_namespace_options
@@ -67,6 +68,7 @@ cli.add_command(node)
 cli.add_command(up)
 cli.add_command(down)
 cli.add_command(diff)
+cli.add_command(logs)  # containers' logs from their nodes (docs/api.md, "Logs")
 
 # Keep this after every add_command: -n/--namespace on each namespaced command, -A on
 # the reads of several (corral.client.cli.options; README, "Namespaces").
