@@ -17,6 +17,8 @@ CLAIMS = "persistentvolumeclaims"
 STORAGE_CLASSES = "storageclasses"
 # The kinds volmgr keeps (corral.client.cli.vol_views shows them).
 STORAGE = (VOLUMES, CLAIMS, STORAGE_CLASSES)
+# Rancher's containers: Deployments made by `corral create container` (container_commands).
+CONTAINERS = "containers"
 
 _READ_KINDS = {
     DEPLOYMENTS: ("deployment", "deployments", "deploy"),
@@ -28,6 +30,7 @@ _READ_KINDS = {
     VOLUMES: ("persistentvolume", "persistentvolumes", "pv"),
     CLAIMS: ("persistentvolumeclaim", "persistentvolumeclaims", "pvc"),
     STORAGE_CLASSES: ("storageclass", "storageclasses", "sc"),
+    CONTAINERS: ("container", "containers"),
 }
 SINGULAR = {
     DEPLOYMENTS: "deployment",
@@ -39,6 +42,7 @@ SINGULAR = {
     VOLUMES: "persistentvolume",
     CLAIMS: "persistentvolumeclaim",
     STORAGE_CLASSES: "storageclass",
+    CONTAINERS: "container",
 }
 
 

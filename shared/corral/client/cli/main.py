@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from corral.client.cli.container_commands import create_container
 from corral.client.cli.local_commands import down, up
 from corral.client.cli.logs_commands import logs
 from corral.client.cli.network_commands import create_network, network
@@ -55,6 +56,7 @@ for command in (create, apply, scale, delete, get, describe, events, schema, exp
     cli.add_command(command)
 create.add_command(create_network)
 create.add_command(create_service)
+create.add_command(create_container)  # Rancher's containers (docs/containers.md)
 for command in (create_volume, create_claim, create_storage_class):
     create.add_command(command)
 cli.add_command(network)

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from corral.client.api import CorralClient, CorralError
-from corral.client.cli.kinds import CLAIMS, DEPLOYMENTS, ENDPOINTS, REPLICAS, SERVICES
+from corral.client.cli.kinds import (
+    CLAIMS,
+    CONTAINERS,
+    DEPLOYMENTS,
+    ENDPOINTS,
+    REPLICAS,
+    SERVICES,
+)
 from corral.client.cli.options import manifest_namespace
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.tables import render_table
@@ -134,7 +141,7 @@ async def all_namespaces_table(
 
 
 # `get` of these lists a namespace's (-A: every namespace's); the others are cluster-wide.
-NAMESPACED_READS = frozenset({DEPLOYMENTS, REPLICAS, SERVICES, ENDPOINTS, CLAIMS})
+NAMESPACED_READS = frozenset({DEPLOYMENTS, REPLICAS, SERVICES, ENDPOINTS, CLAIMS, CONTAINERS})
 NAMESPACE_KINDS = frozenset({"namespaces", "namespace", "ns"})
 
 

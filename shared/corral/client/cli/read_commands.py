@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from corral.client.api import CorralClient, CorralError, find_kind, to_builtins
+from corral.client.cli.container_commands import describe_container, render_containers
 from corral.client.cli.describe import (
     deployment_description,
     describe_deployment,
@@ -24,6 +25,7 @@ from corral.client.cli.describe import (
 )
 from corral.client.cli.kinds import (
     CLAIMS,
+    CONTAINERS,
     DEPLOYMENTS,
     NETWORKING,
     NETWORKS,
@@ -84,6 +86,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     DEPLOYMENTS: ("deployments", "statuses"),
     REPLICAS: ("deployments", "statuses", "placements", "replica_statuses"),
     NODES: ("nodes", "placements"),
+    CONTAINERS: ("deployments", "statuses", "placements", "replica_statuses", "nodes"),
 }
 
 
@@ -102,6 +105,8 @@ def render_get(
     """The text of `corral get KIND [NAME] -o OUTPUT` for one read of the cluster."""
     wide = output == "wide"
     machine = output in ("json", "yaml")
+    if kind == CONTAINERS:
+        return render_containers(view, name, output, now)
     if kind == DEPLOYMENTS:
         if name is not None and name not in view.deployments:
             raise _not_found(kind, name)
@@ -304,6 +309,10 @@ def describe(
         if read != NODES:
             view = in_namespace(view, client.namespace)
         now = time.time()
+        if read == CONTAINERS:
+            if output == "text":
+                return describe_container(view, target, now)
+            return render_containers(view, target, output, now)
         if read == DEPLOYMENTS:
             if target not in view.deployments:
                 raise _not_found(read, target)

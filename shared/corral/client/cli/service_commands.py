@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from corral.client.api import CorralClient, CorralError
+from corral.client.cli.container_commands import container_service_parts
 from corral.client.cli.kinds import split_kind_name
 from corral.client.cli.net_requests import create_new, validated
 from corral.client.cli.options import parse_labels, parse_pairs, parse_service_port
@@ -91,10 +92,15 @@ def service_manifest(
     "--selector",
     "selectors",
     multiple=True,
-    required=True,
     metavar="KEY=VALUE[,...]",
     help="The replicas' labels the Service balances over, e.g. app=my-app "
     "(a Deployment's replicas carry app=<deployment> unless its template has labels).",
+)
+@click.option(
+    "--container",
+    metavar="NAME",
+    help="Instead of --selector: the container NAME (corral create container), on the "
+    "ports it declares unless --port is given (docs/containers.md).",
 )
 @click.option(
     "--port",
@@ -134,6 +140,7 @@ def create_service(
     ctx: click.Context,
     name: str,
     selectors: tuple[str, ...],
+    container: str | None,
     ports: tuple[str, ...],
     type_: str,
     node_port: int | None,
@@ -144,15 +151,29 @@ def create_service(
 ) -> None:
     """Create Service NAME: a stable virtual IP, DNS name (and with --type NodePort, a port
     on every node) balanced over the ready replicas that --selector matches."""
-    if not ports and cluster_ip != HEADLESS:
+    selector: dict[str, str] | None = None
+    service_ports: list[dict[str, Any]] | None = None
+    if container is not None:
+        if selectors:
+            raise click.UsageError("give either --selector or --container, not both")
+        wanted = container
+        selector, service_ports, found_network = run_with_client(
+            settings_of(ctx), lambda client: container_service_parts(client, wanted, ports)
+        )
+        network = network or found_network
+    elif not selectors:
+        raise click.UsageError("missing --selector KEY=VALUE (or --container NAME)")
+    elif not ports and cluster_ip != HEADLESS:
         raise click.UsageError(
             "missing --port: e.g. --port 80:8080 (only a headless Service, "
             "--cluster-ip None, may have none)"
         )
     manifest = service_manifest(
         name,
-        selector=parse_selector(selectors),
-        ports=[parse_service_port(port) for port in ports],
+        selector=parse_selector(selectors) if selector is None else selector,
+        ports=[parse_service_port(port) for port in ports]
+        if service_ports is None
+        else service_ports,
         type_=_canonical(type_, _TYPES) or "ClusterIP",
         node_port=node_port,
         protocol=_canonical(protocol, _PROTOCOLS),

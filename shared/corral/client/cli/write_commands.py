@@ -15,6 +15,7 @@ import click
 import msgspec
 
 from corral.client.api import ApiKind, CorralClient, CorralError, RequestRejected, find_kind
+from corral.client.cli.container_commands import delete_containers
 from corral.client.cli.kinds import split_kind_name
 from corral.client.cli.options import (
     given_namespace,
@@ -304,6 +305,9 @@ def delete(
             names = (first or "", *names)
         if not names:
             raise click.UsageError(f"missing NAME: corral delete {kind} NAME")
+        if kind.lower() in ("container", "containers"):  # Deployments that are containers
+            delete_containers(ctx, names)
+            return
         api_kind = _kind_arg(kind)
         targets = [(api_kind, name) for name in names]
     delete_each(ctx, targets, lambda name: _validated({"name": name}, DeleteRequest))
