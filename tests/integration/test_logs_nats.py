@@ -73,6 +73,7 @@ async def run_replica(
     runtime: HollowRuntime | None,
     replica: str,
     deployment: str = "web",
+    namespace: str = "default",
 ) -> str:
     """A replica placed on `node`, its container running there (when the node has an
     engine here), and its status as the agent writes it. Returns the container id."""
@@ -84,6 +85,7 @@ async def run_replica(
         template=template,
         template_hash="abc",
         generation=1,
+        namespace=namespace,
     )
     await write_record(buckets[names.PLACEMENTS_BUCKET], placement.key, placement, None)
     container_id = ""
@@ -93,7 +95,7 @@ async def run_replica(
             names.LABEL_NODE: node,
             names.LABEL_REPLICA: replica,
             names.LABEL_DEPLOYMENT: deployment,
-            names.LABEL_NAMESPACE: "default",
+            names.LABEL_NAMESPACE: namespace,
         }
         spec = ContainerSpec(name=f"corral-{replica}", image=IMAGE, labels=labels)
         container_id = await runtime.create_container(spec)
@@ -104,18 +106,27 @@ async def run_replica(
         node=node,
         state=ReplicaState.RUNNING,
         container_id=container_id,
+        namespace=namespace,
     )
     await write_record(buckets[names.REPLICA_STATUS_BUCKET], placement.key, status, None)
     return container_id
 
 
-async def make_deployment(buckets: dict[str, NatsBucket], name: str = "web") -> None:
+async def make_deployment(
+    buckets: dict[str, NatsBucket],
+    name: str = "web",
+    namespace: str = "default",
+    labels: dict[str, str] | None = None,
+) -> None:
     template = msgspec.json.decode(b'{"image":"%s"}' % IMAGE.encode(), type=ContainerTemplate)
     deployment = Deployment(
-        metadata=ObjectMeta(name=name, generation=1, uid="u-1"),
+        metadata=ObjectMeta(
+            name=name, namespace=namespace, generation=1, uid="u-1", labels=labels or {}
+        ),
         spec=DeploymentSpec(replicas=2, template=template),
     )
-    await write_record(buckets[names.DEPLOYMENTS_BUCKET], f"default.{name}", deployment, None)
+    key = names.object_key(namespace, name)
+    await write_record(buckets[names.DEPLOYMENTS_BUCKET], key, deployment, None)
 
 
 async def test_the_logs_of_a_deployment_come_from_both_nodes_prefixed_with_tail_and_stderr(
@@ -302,6 +313,42 @@ async def test_bad_input_is_named_and_exits_1(
         for args, message in cases.items():
             result = await corral(nats_url, "logs", *args)
             assert result.exit_code == 1 and message in result.stderr, (args, result.output)
+
+
+async def test_service_logs_and_stack_logs_lead_lines_with_replica_at_node(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with log_agents(nats_url, "node-1", "node-2") as nodes:
+        await make_deployment(buckets)
+        one = await run_replica(buckets, "node-1", nodes["node-1"].runtime, "web-aaaaa")
+        nodes["node-1"].runtime.write_log(one, "a1\n")
+        project = {"com.docker.compose.project": "shop"}
+        await make_deployment(buckets, "db", "shop", project)
+        await make_deployment(buckets, "api", "shop", project)
+        db = await run_replica(buckets, "node-2", nodes["node-2"].runtime, "db-ddddd", "db", "shop")
+        api = await run_replica(
+            buckets, "node-1", nodes["node-1"].runtime, "api-eeeee", "api", "shop"
+        )
+        nodes["node-2"].runtime.write_log(db, "ready\n")
+        nodes["node-1"].runtime.write_log(api, "listening\n")
+
+        swarm = await corral(nats_url, "service", "logs", "web")
+        assert (swarm.exit_code, swarm.stdout) == (0, "web-aaaaa@node-1    | a1\n"), swarm.output
+        raw = await corral(nats_url, "service", "logs", "--raw", "web")
+        assert (raw.exit_code, raw.stdout) == (0, "a1\n"), raw.output
+        missing = await corral(nats_url, "service", "logs", "nope")
+        assert missing.exit_code == 1 and 'deployment "nope" not found' in missing.stderr
+
+        whole = await corral(nats_url, "stack", "logs", "shop")
+        assert whole.exit_code == 0, whole.output
+        assert sorted(whole.stdout.splitlines()) == [
+            "api-eeeee@node-1    | listening",
+            "db-ddddd@node-2    | ready",
+        ]
+        only = await corral(nats_url, "stack", "logs", "shop", "db")
+        assert (only.exit_code, only.stdout) == (0, "db-ddddd@node-2    | ready\n"), only.output
+        unknown = await corral(nats_url, "stack", "logs", "shop", "web")
+        assert unknown.exit_code == 1 and "no such service in stack shop: web" in unknown.stderr
 
 
 class _Text:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
@@ -287,8 +287,10 @@ def run_logs(
     timestamps: bool,
     prefix: bool | None,
     style: str = "kubectl",
+    find: Callable[[CorralClient], Awaitable[list[ReplicaRef]]] | None = None,
 ) -> None:
-    """The work of `corral logs` and `corral service logs`: exit 1 if a replica failed."""
+    """The work of `corral logs`, `service logs` and `stack logs`: the replicas of
+    `target` (or those `find` gives); exit 1 if a replica failed, 130 on Ctrl-C."""
     check_tail(tail)
     since = None
     if since_text is not None:
@@ -299,7 +301,7 @@ def run_logs(
     settings = settings_of(ctx)
 
     async def command(client: CorralClient) -> list[str]:
-        refs = await find_replicas(client, target)
+        refs = await (find(client) if find is not None else find_replicas(client, target))
         shown = prefix if prefix is not None else len(refs) > 1
         printer = Printer(sys.stdout, sys.stderr, shown, style)
         return await show_logs(
@@ -313,7 +315,14 @@ def run_logs(
             answer_seconds=settings.timeout,
         )
 
-    errors = run_with_client(settings, command)
+    interrupted = False
+    errors: list[str] = []
+    try:
+        errors = run_with_client(settings, command)
+    except* KeyboardInterrupt:  # Ctrl-C while following: the agents were told to stop
+        interrupted = True
+    if interrupted:
+        ctx.exit(130)
     if errors:
         ctx.exit(1)
 

@@ -20,6 +20,7 @@ import anyio
 import click
 
 from corral.client.api import CorralClient, CorralError, RequestRejected
+from corral.client.cli.logs_commands import ReplicaRef, find_replicas, log_options, run_logs
 from corral.client.cli.namespaces import split_table
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.client.cli.swarm_commands import ps_table, selects
@@ -319,3 +320,45 @@ def rm(ctx: click.Context, stack_names: tuple[str, ...], volumes: bool) -> None:
 
     for line in run_with_client(settings, remove):
         click.echo(line)
+
+
+@stack.command("logs")
+@click.argument("stack_name", metavar="STACK")
+@click.argument("service_names", metavar="[SERVICE...]", nargs=-1)
+@log_options
+@click.pass_context
+def logs(
+    ctx: click.Context,
+    stack_name: str,
+    service_names: tuple[str, ...],
+    follow: bool,
+    tail: int | None,
+    since_text: str | None,
+    timestamps: bool,
+) -> None:
+    """The logs of a stack's services (all, or those named), each line led by
+    REPLICA@NODE |, as `docker compose logs` (corral logs, docs/api.md)."""
+
+    async def find(client: CorralClient) -> list[ReplicaRef]:
+        client.namespace = stack_name
+        mine = _mine(await client.deployments(stack_name), stack_name)
+        if not mine:
+            raise CorralError(f"nothing found in stack: {stack_name}")
+        refs: list[ReplicaRef] = []
+        for name in service_names or sorted(mine):
+            if name not in mine:
+                raise CorralError(f"no such service in stack {stack_name}: {name}")
+            refs += await find_replicas(client, f"deployment/{name}")
+        return refs
+
+    run_logs(
+        ctx,
+        stack_name,
+        follow=follow,
+        tail=tail,
+        since_text=since_text,
+        timestamps=timestamps,
+        prefix=True,
+        style="docker",
+        find=find,
+    )

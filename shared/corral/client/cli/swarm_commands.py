@@ -23,6 +23,7 @@ import click
 import msgspec
 
 from corral.client.api import CorralClient, CorralError, RequestRejected, find_kind, to_builtins
+from corral.client.cli.logs_commands import log_options, run_logs
 from corral.client.cli.net_requests import validated
 from corral.client.cli.progress import follow_rollout
 from corral.client.cli.rollout_commands import read_deployment, read_history, undo_target
@@ -1093,3 +1094,31 @@ def rm(ctx: click.Context, service_names: tuple[str, ...]) -> None:
     refused = run_with_client(settings_of(ctx), send)
     if refused:
         raise click.ClickException("; ".join(refused))
+
+
+@service.command("logs")
+@click.argument("name", metavar="SERVICE")
+@log_options
+@click.option("--raw", is_flag=True, help="No NAME@NODE | before each line.")
+@click.pass_context
+def logs(
+    ctx: click.Context,
+    name: str,
+    follow: bool,
+    tail: int | None,
+    since_text: str | None,
+    timestamps: bool,
+    raw: bool,
+) -> None:
+    """The logs of a service's tasks (its Deployment's replicas), from whichever nodes
+    run them, each line led by REPLICA@NODE | as Docker's (corral logs, docs/api.md)."""
+    run_logs(
+        ctx,
+        f"deployment/{name}",
+        follow=follow,
+        tail=tail,
+        since_text=since_text,
+        timestamps=timestamps,
+        prefix=not raw,
+        style="docker",
+    )
