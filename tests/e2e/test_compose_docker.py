@@ -49,9 +49,10 @@ networks:
 """
 
 
-def container_of(local: DockerCorral, service: str) -> str:
+def container_of(local: DockerCorral, service: str, *, stopped: bool = False) -> str:
+    """The service's container (running; `stopped`: also one not running)."""
     return sh(
-        "docker", "ps", "-q",
+        "docker", "ps", "-q", *(["-a"] if stopped else []),
         "--filter", f"label={names.LABEL_NODE}={local.node}",
         "--filter", f"label={names.LABEL_DEPLOYMENT}={service}",
         "--filter", f"label={names.LABEL_NAMESPACE}=e2eshop",
@@ -112,7 +113,7 @@ def test_a_compose_project_runs_and_its_networks_isolate_as_declared(
     removed = local.corral("stack", "rm", "e2eshop")
     assert "network/e2eshop-front deleted" in removed
     until(
-        lambda: not any(container_of(local, s) for s in ("web", "db", "edge")),
+        lambda: not any(container_of(local, s, stopped=True) for s in ("web", "db", "edge")),
         60,
         "the project's containers removed",
     )
