@@ -160,6 +160,9 @@ async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_foll
             "service/db unchanged",
         ]
         assert "dropped fields corral does not support: services.web.depends_on" in again.stderr
+        # and corral diff -f sees nothing to change
+        same = await corral(nats_url, "diff", "-f", str(file))
+        assert same.exit_code == 0 and same.stdout == "", same.output
 
         listed = ok(await corral(nats_url, "stack", "ls"))
         assert [line.split() for line in listed.stdout.splitlines()] == [
