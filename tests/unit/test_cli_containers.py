@@ -8,12 +8,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from corral.client.api import ApiKind, CorralError
 from corral.client.cli import container_commands
 from corral.client.cli.container_commands import container_service_parts, render_containers
+from corral.client.cli.kube_apps import deployment_from_apps, deployment_to_apps
+from corral.client.cli.kube_storage import RefusedField
 from corral.client.cli.main import cli
 from corral.client.cli.runner import Settings
 from corral.client.cli.views import ClusterView
@@ -238,3 +241,25 @@ def test_a_container_whose_node_went_silent_shows_node_lost() -> None:
     assert text.splitlines()[1].split()[3] == "NodeLost"
     with pytest.raises(CorralError, match="'app' is a deployment, not a container"):
         render_containers(silent, "app", "table", NOW)
+
+
+def test_a_container_comes_back_unchanged_through_its_apps_v1_manifest_and_only_it() -> None:
+    container = decode(
+        msgspec.json.encode(
+            container_commands.container_manifest(
+                "job", image="busybox", restart="Never", ports=("8080",), command=("true",)
+            )
+        ),
+        Deployment,
+    )
+    document = deployment_to_apps(container, server=False)
+    assert document["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    back, dropped = deployment_from_apps(document)
+    assert dropped == []
+    assert decode(msgspec.json.encode(back), Deployment) == container
+    # A Deployment that is no container still restarts Always (Kubernetes' rule).
+    document = deployment_to_apps(deployment("app", container=False), server=False)
+    document["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    with pytest.raises(RefusedField) as refused:
+        deployment_from_apps(document)
+    assert refused.value.field == "spec.template.spec.restartPolicy"

@@ -104,6 +104,13 @@ def deployment_from_apps(document: dict[str, Any]) -> tuple[dict[str, Any], list
         out_meta["annotations"] = annotations
     template = _mapping(spec.get("template"), _TEMPLATE)
     out_template = _template(template, dropped)
+    policy = out_template.get("restartPolicy")
+    if policy is not None and out_spec.get("replacement") != "Never":
+        raise RefusedField(
+            f"{_POD}.restartPolicy",
+            f"{policy!r}: a Deployment's Pods restart Always (only a container, annotated "
+            f"{REPLACEMENT_ANNOTATION}: Never, restarts otherwise: docs/containers.md)",
+        )
     labels = out_template.get("labels", {})
     _check_selector(spec.get("selector"), labels)
     name = out_meta.get("name")
@@ -226,7 +233,9 @@ def _template(template: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
             if value:
                 raise RefusedField(where, "corral's replicas have namespaces of their own")
         elif key == "restartPolicy":
-            if value != "Always":
+            if value in ("OnFailure", "Never"):
+                out["restartPolicy"] = value  # a container's only (deployment_from_apps)
+            elif value != "Always":
                 raise RefusedField(where, f"{value!r}: a Deployment's Pods restart Always")
         else:
             dropped.append(where)
@@ -421,6 +430,8 @@ def deployment_to_apps(
     if template.node_selector:
         pod["nodeSelector"] = dict(template.node_selector)
     pod["terminationGracePeriodSeconds"] = template.termination_grace_period_seconds
+    if template.restart_policy != "Always":  # a container's (docs/containers.md)
+        pod["restartPolicy"] = template.restart_policy
     template_meta: dict[str, Any] = {"labels": labels}
     annotations: dict[str, str] = {}
     if template.restarted_at:
