@@ -426,3 +426,13 @@ def test_stack_deploy_refuses_a_file_that_is_no_compose_file(tmp_path: Path) -> 
     file.write_text("kind: Deployment\nmetadata: {name: a}\n")
     result = CliRunner().invoke(cli, ["stack", "deploy", "-c", str(file), "s"])
     assert result.exit_code == 1 and "not a Compose file" in result.stderr
+    file.write_text("services: [\n")
+    result = CliRunner().invoke(cli, ["stack", "deploy", "-c", str(file), "s"])
+    assert result.exit_code == 1 and f"{file}: not valid YAML" in result.stderr
+
+
+def test_a_healthcheck_without_test_is_no_probe_and_is_warned_about() -> None:
+    project = objects("services:\n  s: {image: i, healthcheck: {interval: 5s}}\n", project="p")
+    template = project.manifests[1].spec.spec.template
+    assert template.readiness_probe is None and template.liveness_probe is None
+    assert project.unsupported == ("services.s.healthcheck",)

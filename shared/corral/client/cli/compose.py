@@ -135,14 +135,16 @@ def _count_nodes(value: Any, budget: list[int]) -> None:
             _count_nodes(item, budget)
 
 
-def read_compose(text: str, source: str) -> dict[str, Any] | None:
+def read_compose(text: str, source: str, *, strict: bool = False) -> dict[str, Any] | None:
     """The Compose file in `text` as plain data, or None when it is not one (a manifest:
-    corral.client.cli.manifests reads it). Raises ComposeError for a Compose file that
-    is not valid YAML past its shape."""
+    corral.client.cli.manifests reads it). Text that is not YAML is None too (the
+    manifest reader reports it, as it always did), or with `strict` a ComposeError."""
     try:
         documents = [d for d in yaml.load_all(text, Loader=_ComposeLoader) if d is not None]
-    except (yaml.YAMLError, ValueError):
-        return None  # the manifest reader reports it, as it always did
+    except (yaml.YAMLError, ValueError) as error:
+        if strict:
+            raise ComposeError(f"{source}: not valid YAML: {error}") from None
+        return None
     if len(documents) != 1 or not is_compose(documents[0]):
         return None
     document: dict[str, Any] = documents[0]
@@ -787,10 +789,9 @@ def _probe(ctx: _Context, check: dict[str, Any], path: str) -> dict[str, Any] | 
     if check.get("disable") or test == ["NONE"]:
         return None
     if test is None:
-        raise ctx.fail(
-            f"{path}.test",
-            "corral does not run the image's HEALTHCHECK: give `test` (or `disable: true`)",
-        )
+        # Timings for the image's own HEALTHCHECK, which corral does not run: no probe.
+        ctx.warn(path)
+        return None
     if isinstance(test, str):
         command = ["/bin/sh", "-c", test]
     elif test and test[0] == "CMD" and len(test) > 1:

@@ -73,7 +73,7 @@ def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Ma
 
     source, text = _read_file(file_name)
     try:
-        document = read_compose(text, source)
+        document = read_compose(text, source, strict=True)
         if document is None:
             raise ComposeError(
                 f"{source}: not a Compose file (a top-level `services:` mapping, no "
