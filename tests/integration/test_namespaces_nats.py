@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 
 import anyio
 import msgspec
@@ -207,7 +208,7 @@ async def test_a_service_selects_only_the_replicas_of_its_own_namespace(
             await buckets[names.REPLICA_STATUS_BUCKET].put(p.key, encode(replica_status))
         for namespace, replica in (("default", "web-a"), ("team-a", "web-b")):
             ready = await eventually(
-                lambda n=namespace: record(endpoints, f"{n}.web", Endpoints),
+                partial(record, endpoints, f"{namespace}.web", Endpoints),
                 lambda e: bool(e.addresses),
             )
             assert [(a.ip, a.replica) for a in ready.addresses] == [(ips[namespace], replica)]
@@ -239,7 +240,7 @@ async def test_a_claim_of_the_same_name_in_two_namespaces_binds_separately(
         bound = {}
         for namespace in ("default", "team-a"):
             found = await eventually(
-                lambda n=namespace: record(statuses, f"{n}.data", ClaimStatus),
+                partial(record, statuses, f"{namespace}.data", ClaimStatus),
                 lambda s: bool(s.volume),
             )
             bound[namespace] = found.volume
