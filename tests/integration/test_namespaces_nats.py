@@ -209,7 +209,7 @@ async def test_a_service_selects_only_the_replicas_of_its_own_namespace(
         for namespace, replica in (("default", "web-a"), ("team-a", "web-b")):
             ready = await eventually(
                 partial(record, endpoints, f"{namespace}.web", Endpoints),
-                lambda e: bool(e.addresses),
+                lambda e: e is not None and bool(e.addresses),
             )
             assert [(a.ip, a.replica) for a in ready.addresses] == [(ips[namespace], replica)]
             assert ready.namespace == namespace
@@ -241,7 +241,7 @@ async def test_a_claim_of_the_same_name_in_two_namespaces_binds_separately(
         for namespace in ("default", "team-a"):
             found = await eventually(
                 partial(record, statuses, f"{namespace}.data", ClaimStatus),
-                lambda s: bool(s.volume),
+                lambda s: s is not None and bool(s.volume),
             )
             bound[namespace] = found.volume
         assert sorted(bound.values()) == ["pv-1", "pv-2"]
