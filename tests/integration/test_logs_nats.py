@@ -174,6 +174,14 @@ async def test_the_logs_of_a_deployment_come_from_both_nodes_prefixed_with_tail_
         assert all(line.split(" ")[1].endswith("Z") for line in stamped), stamped
         assert sum(n.service.served for n in nodes.values()) == 6
 
+        # a log longer than one chunk (64 KiB) comes whole and in order
+        long = [f"{n:06d} " + "z" * 200 + "\n" for n in range(2000)]  # ~400 KiB
+        for line in long:
+            nodes["node-2"].runtime.write_log(two, line)
+        whole = await corral(nats_url, "logs", "web-bbbbb", "--tail", "2000")
+        assert whole.exit_code == 0, whole.stderr
+        assert whole.stdout == "".join(long)
+
 
 async def test_follow_receives_new_lines_and_a_stopping_client_ends_the_agents_stream(
     nats_url: str, buckets: dict[str, NatsBucket]

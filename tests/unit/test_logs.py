@@ -102,6 +102,15 @@ def test_docker_multiplexed_frames_are_decoded_as_they_come_with_their_stream() 
         LogFrame("stdout", b"out 2\n"),
     ]
     assert decoder.pending == 0
+    # all at once: consecutive frames of one stream come as one
+    raw += frame(1, b"out 3\n") + frame(2, b"err 2\n") + struct.pack(">BxxxL", 1, 10) + b"out"
+    assert decoder.feed(raw) == [
+        LogFrame("stdout", b"out 1\n"),
+        LogFrame("stderr", b"err 1\n"),
+        LogFrame("stdout", b"out 2\nout 3\n"),
+        LogFrame("stderr", b"err 2\n"),
+    ]
+    assert decoder.pending == 8 + 3  # the last frame's header and what came of it
     assert FrameDecoder(tty=True).feed(b"raw\n") == [LogFrame("stdout", b"raw\n")]
     assert log_params(follow=True, tail=None, since=None, timestamps=False)["tail"] == "all"
     assert log_params(follow=False, tail=2, since=1.5, timestamps=True) == {

@@ -315,20 +315,28 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[LogFrame]:
+        """The frames complete so far; consecutive ones of one stream come as one (a
+        line per frame would cost a frame per line downstream)."""
         if self.tty:
             return [LogFrame("stdout", data)] if data else []
         self._buffer += data
-        frames: list[LogFrame] = []
-        while len(self._buffer) >= _FRAME_HEADER:
-            kind = self._buffer[0]
-            length = int.from_bytes(self._buffer[4:_FRAME_HEADER], "big")
-            if len(self._buffer) < _FRAME_HEADER + length:
+        buffer, at = self._buffer, 0
+        runs: list[tuple[str, list[bytes]]] = []
+        while len(buffer) - at >= _FRAME_HEADER:
+            stream = _STREAMS.get(buffer[at], "stdout")
+            length = int.from_bytes(buffer[at + 4 : at + _FRAME_HEADER], "big")
+            end = at + _FRAME_HEADER + length
+            if len(buffer) < end:
                 break
-            payload = bytes(self._buffer[_FRAME_HEADER : _FRAME_HEADER + length])
-            del self._buffer[: _FRAME_HEADER + length]
-            if payload:
-                frames.append(LogFrame(_STREAMS.get(kind, "stdout"), payload))
-        return frames
+            if length:
+                payload = bytes(buffer[at + _FRAME_HEADER : end])
+                if runs and runs[-1][0] == stream:
+                    runs[-1][1].append(payload)
+                else:
+                    runs.append((stream, [payload]))
+            at = end
+        del buffer[:at]
+        return [LogFrame(stream, b"".join(parts)) for stream, parts in runs]
 
     @property
     def pending(self) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ObjectSendStream, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.aio.client import Client as NATS
@@ -66,7 +67,9 @@ class ChunkPacker:
             stream: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for stream in ("stdout", "stderr")
         }
-        self._pieces: list[LogPiece] = []
+        # The chunk being gathered: runs of one stream's bytes (whole characters), merged
+        # into one piece each when the chunk closes (a line per frame costs no piece).
+        self._runs: list[tuple[Literal["stdout", "stderr"], list[bytes]]] = []
         self._size = 0
         self.full: list[list[LogPiece]] = []  # chunks' pieces ready to send, oldest first
 
@@ -76,12 +79,15 @@ class ChunkPacker:
         while data:
             room = self.limit - self._size
             cut = min(room, len(data))
-            while cut < len(data) and cut > 0 and (data[cut] & 0xC0) == 0x80:
+            while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:
                 cut -= 1  # never inside a character
             if cut == 0:
                 self._close()
                 continue
-            self._pieces.append(LogPiece(stream=stream, text=data[:cut].decode()))
+            if self._runs and self._runs[-1][0] == stream:
+                self._runs[-1][1].append(data[:cut])
+            else:
+                self._runs.append((stream, [data[:cut]]))
             self._size += cut
             data = data[cut:]
             if self._size >= self.limit:
@@ -100,10 +106,20 @@ class ChunkPacker:
         self._close()
         return self.full.pop(0) if self.full else []
 
+    @property
+    def gathered(self) -> int:
+        """Bytes of text gathered for the chunk not closed yet."""
+        return self._size
+
     def _close(self) -> None:
-        if self._pieces:
-            self.full.append(self._pieces)
-            self._pieces, self._size = [], 0
+        if self._runs:
+            self.full.append(
+                [
+                    LogPiece(stream=stream, text=b"".join(parts).decode())
+                    for stream, parts in self._runs
+                ]
+            )
+            self._runs, self._size = [], 0
 
 
 def pick_container(
@@ -348,7 +364,15 @@ class LogService:
                     try:
                         item = receive.receive_nowait()
                     except anyio.WouldBlock:
-                        item = None
+                        # Let the reader hand over what the engine gave already: a chunk
+                        # holds all that is there, not just the frames read ahead.
+                        await anyio.lowlevel.checkpoint()
+                        try:
+                            item = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            item = None
+                        except anyio.EndOfStream:
+                            item, ended = None, True
                     except anyio.EndOfStream:
                         item, ended = None, True
                 if not ended:

@@ -20,12 +20,13 @@ from typing import TextIO
 
 import anyio
 import click
+import msgspec
 from nats.aio.client import Client as NATS
 
 from corral.client.api import CorralClient, CorralError
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract import names
-from corral.contract.codec import InvalidPayload, decode_payload, encode
+from corral.contract.codec import decode, encode
 from corral.contract.logs import LOG_IDLE_SECONDS, LogAck, LogChunk, LogPiece, LogRequest
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -195,9 +196,9 @@ async def stream_replica(
                 raise AgentSilent(f"{where}: the node's agent {said} within {wait:g}s") from None
             if msg.headers and msg.headers.get("Status") == "503":
                 raise AgentSilent(f"{where}: no agent answers for node {ref.node}")
-            try:
-                chunk = decode_payload(msg.data, LogChunk)
-            except InvalidPayload as error:
+            try:  # larger than a spec may be (64 KiB of text, escaped): not decode_payload
+                chunk = decode(msg.data, LogChunk)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
                 raise CorralError(f"{where}: a log chunk the client cannot read: {error}") from None
             if chunk.seq != expected:
                 raise CorralError(f"{where}: log chunk {expected} went missing")
