@@ -266,12 +266,12 @@ def test_the_default_network_is_made_only_when_a_service_names_no_network() -> N
         ("{image: i, user: '1000'}", "services.s.user", "image's user"),
         ("{build: .}", "services.s.build", "does not build"),
         ("{command: x}", "services.s.image", "missing"),
-        ("{image: i, restart: 'no'}", "services.s.restart", "restarts every replica"),
+        ("{image: i, restart: sometimes}", "services.s.restart", "on-failure[:N]"),
         ("{image: i, deploy: {mode: global}}", "services.s.deploy.mode", "replicated"),
         (
-            "{image: i, deploy: {restart_policy: {condition: on-failure}}}",
+            "{image: i, deploy: {restart_policy: {condition: sometimes}}}",
             "services.s.deploy.restart_policy.condition",
-            "condition any",
+            "any, on-failure or none",
         ),
         (
             "{image: i, deploy: {placement: {constraints: ['node.role==manager']}}}",
@@ -436,3 +436,31 @@ def test_a_healthcheck_without_test_is_no_probe_and_is_warned_about() -> None:
     template = project.manifests[1].spec.spec.template
     assert template.readiness_probe is None and template.liveness_probe is None
     assert project.unsupported == ("services.s.healthcheck",)
+
+
+@pytest.mark.parametrize(
+    ("keys", "policy", "warned"),
+    [
+        ("{}", "Always", ()),  # Swarm's default (condition any)
+        ("{restart: always}", "Always", ()),
+        ("{restart: unless-stopped}", "Always", ()),
+        ("{restart: 'no'}", "Never", ()),
+        ("{restart: on-failure}", "OnFailure", ()),
+        (
+            "{restart: 'on-failure:3'}",
+            "OnFailure",
+            ("services.s.restart (on-failure's maximum of 3 restarts)",),
+        ),
+        ("{deploy: {restart_policy: {condition: none}}}", "Never", ()),
+        ("{deploy: {restart_policy: {condition: on-failure}}}", "OnFailure", ()),
+        # Swarm's deploy.restart_policy wins over `restart`, as in Compose
+        ("{restart: 'no', deploy: {restart_policy: {condition: any}}}", "Always", ()),
+    ],
+)
+def test_restart_and_the_restart_policy_become_the_templates_restart_policy(
+    keys: str, policy: str, warned: tuple[str, ...]
+) -> None:
+    service = "{image: i, " + keys[1:] if keys != "{}" else "{image: i}"
+    project = objects(f"services:\n  s: {service}\n", project="p")
+    assert project.manifests[1].spec.spec.template.restart_policy == policy
+    assert project.unsupported == warned

@@ -378,7 +378,16 @@ _REFUSED_SERVICE_KEYS = {
     "models": "corral runs containers only",
     "use_api_socket": "replicas get no Docker API socket",
 }
-_RESTARTING = ("always", "unless-stopped")
+# Compose's `restart` and Swarm's deploy.restart_policy.condition as the template's
+# restartPolicy (the node agent restarts an exited replica on its node by it). Without
+# either: Always, as `docker stack deploy` (Swarm's condition `any`).
+_RESTARTS = {
+    "no": "Never",
+    "always": "Always",
+    "unless-stopped": "Always",
+    "on-failure": "OnFailure",
+}
+_SWARM_RESTARTS = {"any": "Always", "on-failure": "OnFailure", "none": "Never"}
 
 
 @dataclass
@@ -882,14 +891,15 @@ def _deploy(
         spec["replicas"] = _int(ctx, deploy["replicas"], f"{where}.replicas")
     elif "scale" in service:
         spec["replicas"] = _int(ctx, service["scale"], f"{path}.scale")
-    policy = deploy.get("restart_policy") or {}
-    _warn_keys(ctx, policy, f"{where}.restart_policy", frozenset({"condition"}))
-    condition = policy.get("condition", "any")
-    if condition != "any":
-        raise ctx.fail(
-            f"{where}.restart_policy.condition",
-            f"{condition!r}: corral restarts every replica that exits (condition any)",
-        )
+    if "restart_policy" in deploy:  # Swarm's, which wins over `restart` (as Compose)
+        policy = deploy["restart_policy"] or {}
+        _warn_keys(ctx, policy, f"{where}.restart_policy", frozenset({"condition"}))
+        condition = policy.get("condition", "any")
+        if condition not in _SWARM_RESTARTS:
+            raise ctx.fail(
+                f"{where}.restart_policy.condition", f"{condition!r}: any, on-failure or none"
+            )
+        spec["template"]["restartPolicy"] = _SWARM_RESTARTS[condition]
     placement = deploy.get("placement") or {}
     _warn_keys(ctx, placement, f"{where}.placement", frozenset({"constraints"}))
     selector: dict[str, str] = {}
@@ -969,14 +979,22 @@ def _service_objects(
     if "image" not in service:
         raise ctx.fail(f"{path}.image", "missing: corral runs an image")
     restart = service.get("restart")
-    if restart is not None and restart not in _RESTARTING:
-        raise ctx.fail(
-            f"{path}.restart",
-            f"{restart!r}: corral restarts every replica that exits (as `always`)",
-        )
+    policy: str | None = None
+    if restart is not None:
+        word, colon, retries = str(restart).partition(":")
+        policy = _RESTARTS.get(word)
+        if policy is None or (colon and word != "on-failure"):
+            raise ctx.fail(
+                f"{path}.restart",
+                f"{restart!r}: expected no, always, unless-stopped or on-failure[:N]",
+            )
+        if retries:
+            ctx.warn(f"{path}.restart (on-failure's maximum of {retries} restarts)")
     selector = ctx.labels(**{SERVICE_LABEL: name})
     labels = {str(k): v or "" for k, v in _pairs(ctx, service.get("labels"), path).items()}
     template: dict[str, Any] = {"image": service["image"], "labels": {**labels, **selector}}
+    if policy is not None and policy != "Always":
+        template["restartPolicy"] = policy
     if "entrypoint" in service:
         template["command"] = _args(service["entrypoint"])
     if "command" in service:
