@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import pytest
 from click.testing import CliRunner, Result
 from nats.aio.client import Client as NATS
 
@@ -41,8 +42,9 @@ async def corral(url: str, *args: str) -> Result:
 # --- release ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("replacement", ["AfterStop", "Never"])  # Never: a container
 async def test_release_is_refused_while_the_node_is_alive_and_replaces_at_once_after(
-    nats_url: str, buckets: dict[str, NatsBucket]
+    nats_url: str, buckets: dict[str, NatsBucket], replacement: str
 ) -> None:
     nodes = buckets[names.NODES_BUCKET]
     never_twice = encode(
@@ -52,7 +54,7 @@ async def test_release_is_refused_while_the_node_is_alive_and_replaces_at_once_a
             "metadata": {"name": "db"},
             "spec": {
                 "replicas": 1,
-                "replacement": "AfterStop",
+                "replacement": replacement,
                 "template": {"image": "corral-test/busybox:1"},
             },
         }
@@ -78,7 +80,8 @@ async def test_release_is_refused_while_the_node_is_alive_and_replaces_at_once_a
         # ...and its release is refused: the replica may still run until R'...
         early = await corral(nats_url, "node", "release", "doomed")
         assert early.exit_code == 1
-        assert "node 'doomed' has replicas of AfterStop Deployments (db)" in early.stderr
+        assert "node 'doomed' has replicas that must never run twice" in early.stderr
+        assert "(AfterStop Deployments or containers: db)" in early.stderr
         assert "wait " in early.stderr and "corral node release doomed --force" in early.stderr
         assert await nodes.get("doomed") is not None
         # ...but it is replaced at once when the operator knows the containers are gone

@@ -4,7 +4,8 @@ A release is an operator's word that a node is gone for good. It is refused whil
 the node is alive: its record changed within R (NODE_LOST_SECONDS) on the
 scheduler's own clock, or the scheduler cannot tell (its view of NATS is not
 fresh, or it has not watched for R yet). It is refused too while the node has
-replicas of "AfterStop" Deployments and has been silent for less than R'
+replicas that must never run twice ("AfterStop" Deployments, and containers: "Never",
+docs/containers.md) and has been silent for less than R'
 (NODE_LOST_AFTER_STOP_SECONDS): an agent that is only cut off runs them until it
 stops them itself (at F + 2 STOP), so a replacement now would be a second copy;
 `force` (`--force`) is the operator's word that the node's containers are gone.
@@ -149,13 +150,14 @@ class NodeAPI:
 
     def _after_stop_deployments(self, node: str) -> list[str]:
         """The Deployments with replicas placed on `node` that must never run twice:
-        "AfterStop" ones, and those whose stored spec cannot be read (they may be)."""
+        "AfterStop" ones, containers ("Never": a release is what moves them), and those
+        whose stored spec cannot be read (they may be)."""
         deployments = self.loop.deployments
         found = set()
         for key in self.loop.deployments_by_node.get(node):
             deployment = deployments.get(key)
             if key in deployments.unreadable or (
-                deployment is not None and deployment.spec.replacement == "AfterStop"
+                deployment is not None and deployment.spec.replacement in ("AfterStop", "Never")
             ):
                 found.add(names.split_object_key(key)[1])
         return sorted(found)
@@ -165,8 +167,8 @@ def _may_still_run(name: str, deployments: list[str], silence: float) -> str:
     wait = math.ceil(NODE_LOST_AFTER_STOP_SECONDS - silence)
     gone_by = CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS
     return (
-        f"node {name!r} has replicas of AfterStop Deployments ({', '.join(deployments)}) "
-        f"that may still run: if its agent is only cut off, it removes them itself by "
+        f"node {name!r} has replicas that must never run twice (AfterStop Deployments or "
+        f"containers: {', '.join(deployments)}) that may still run: if its agent is only cut off, it removes them itself by "
         f"{gone_by:g} s of silence, and they are replaced after "
         f"{NODE_LOST_AFTER_STOP_SECONDS:g} s. It has been silent {max(silence, 0):.1f} s: "
         f"wait {wait} s more, or release it with force (corral node release {name} "
