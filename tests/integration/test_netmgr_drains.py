@@ -69,8 +69,10 @@ async def terminate(buckets: dict[str, NatsBucket], p: Placement) -> None:
     await buckets[names.REPLICA_STATUS_BUCKET].put(p.key, encode(terminating))
 
 
-async def report(buckets: dict[str, NatsBucket], name: str, revision: int) -> None:
-    record_ = NodeNetwork(node=name, ready=True, endpoints_revision=revision)
+async def report(
+    buckets: dict[str, NatsBucket], name: str, revision: int, *, ready: bool = True
+) -> None:
+    record_ = NodeNetwork(node=name, ready=ready, endpoints_revision=revision)
     await buckets[names.NODE_NETWORK_BUCKET].put(name, encode(record_))
 
 
@@ -97,6 +99,31 @@ async def test_no_drain_until_both_node_parts_report_the_revision_without_the_re
         # the status goes: so does the drain
         await buckets[names.REPLICA_STATUS_BUCKET].delete(p.key)
         await eventually(lambda: drains.get(p.key), lambda e: e is None or e.value is None)
+
+
+async def test_a_node_part_with_a_problem_is_waited_for_not_one_without_a_record_or_ready_node(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    drains = buckets[names.REPLICA_DRAINS_BUCKET]
+    async with running_netmgr(nats_url) as ctx:
+        await report(buckets, "n1", 0)
+        await report(buckets, "n2", 0, ready=False)  # a problem: its old rules in force
+        await report(buckets, "n3", 0)
+        await serve_web(ctx, buckets, "n1", "n2", "n3", "n4")  # n4: no node part record
+        await buckets[names.NODES_BUCKET].put("n3", encode(node("n3", ready=False)))
+        p = await start_replica(buckets, "web-a")
+        await terminate(buckets, p)
+        revision = await listing(buckets[names.ENDPOINTS_BUCKET], "default.web", "web-a", False)
+        await report(buckets, "n1", revision)
+        # a while for netmgr to see it: still no drain (n2's node is ready, its node part
+        # has not applied the endpoints without web-a)
+        with anyio.move_on_after(0.5):
+            await eventually(lambda: drains.get(p.key), lambda e: e is not None, within=1.0)
+            raise AssertionError("drained before n2 applied the endpoints without web-a")
+        await report(buckets, "n2", revision, ready=False)
+        drained = await present(drains, p.key, ReplicaDrain)
+        # n3 (node not ready) and n4 (no NodeNetwork) were never waited for
+        assert (drained.endpoints_revision, drained.nodes) == (revision, 2)
 
 
 class HostlessNodePart(NodePart):

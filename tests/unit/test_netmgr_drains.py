@@ -113,13 +113,39 @@ async def test_a_replica_whose_placement_is_gone_leaves_every_endpoints_and_is_d
         assert drained is not None and (drained.endpoints_revision, drained.nodes) == (revision, 2)
 
 
-async def test_a_node_part_not_live_is_not_waited_for() -> None:
+async def test_a_node_part_with_a_problem_is_waited_for_while_its_node_is_ready() -> None:
+    async with netmgr() as n:
+        p = await serving(n, "n1", "n2")
+        # n2's node part has a problem (ready False) but its node is ready: its last
+        # rules are still in force and may still send connections to web-a
+        await node_part(n, "n2", 0, ready=False)
+        await put(
+            n.buckets[names.REPLICA_STATUS_BUCKET],
+            p.key,
+            status(p, IP, ReplicaState.TERMINATING),
+        )
+        await n.drain()
+        revision = await both_without_it(n)
+        await node_part(n, "n1", revision)
+        await n.drain()
+        assert await drain_of(n, p) is None  # n2 has not applied E yet
+        await node_part(n, "n2", revision - 1, ready=False)
+        await n.drain()
+        assert await drain_of(n, p) is None
+        await node_part(n, "n2", revision, ready=False)
+        await n.drain()
+        drained = await drain_of(n, p)
+        assert drained is not None and (drained.endpoints_revision, drained.nodes) == (revision, 2)
+
+
+async def test_a_node_part_without_a_record_or_whose_node_is_not_ready_is_not_waited_for() -> None:
     async with netmgr() as n:
         p = await serving(n, "n1", "n2", "n3")
-        # n2's node part says it is not ready; n3's node record says not ready: neither
-        # is live, so neither is waited for, however far behind
-        await node_part(n, "n2", 0, ready=False)
-        await put(n.buckets[names.NODES_BUCKET], "n3", node("n3", ready=False))
+        # n2's node record says not ready; n3's node record is gone; n4 is a ready node
+        # whose node part never wrote a NodeNetwork: none is waited for, however far behind
+        await put(n.buckets[names.NODES_BUCKET], "n2", node("n2", ready=False))
+        await n.buckets[names.NODES_BUCKET].delete("n3")
+        await put(n.buckets[names.NODES_BUCKET], "n4", node("n4"))
         await put(
             n.buckets[names.REPLICA_STATUS_BUCKET],
             p.key,
@@ -132,6 +158,26 @@ async def test_a_node_part_not_live_is_not_waited_for() -> None:
         await n.drain()
         drained = await drain_of(n, p)
         assert drained is not None and drained.nodes == 1
+
+
+async def test_an_unreadable_node_part_record_of_a_ready_node_never_confirms() -> None:
+    async with netmgr() as n:
+        p = await serving(n, "n1", "n2")
+        await n.buckets[names.NODE_NETWORK_BUCKET].put("n2", b"{not a record")
+        await put(
+            n.buckets[names.REPLICA_STATUS_BUCKET],
+            p.key,
+            status(p, IP, ReplicaState.TERMINATING),
+        )
+        await n.drain()
+        revision = await both_without_it(n)
+        await node_part(n, "n1", revision)
+        await n.drain()
+        assert await drain_of(n, p) is None  # n2's rules are unknown: never a guess
+        await node_part(n, "n2", revision)
+        await n.drain()
+        drained = await drain_of(n, p)
+        assert drained is not None and drained.nodes == 2
 
 
 async def test_a_replica_in_no_endpoints_is_drained_at_once_and_undrained_with_its_status() -> None:

@@ -13,11 +13,14 @@ takeover) E is the newest corral_endpoints revision the watch delivered: never l
 than the true one, so never a drain too early. While any record still lists the
 replica, nothing is written.
 
-A live node part: its NodeNetwork says ready and its node's record in corral_nodes says
-ready, the rule the endpoints controller uses for a live node (netmgr does not judge
-heartbeats; the scheduler removes a lost node's placements, and an agent waits for no
-drain longer than its drain timeout). The drain is written once every live node part
-reports NodeNetwork.endpointsRevision >= E; `nodes` says how many confirmed.
+A live node part: it has a NodeNetwork record and its node's record in corral_nodes
+says ready (netmgr does not judge heartbeats; the scheduler removes a lost node's
+placements, and an agent waits for no drain longer than its drain timeout). Whatever
+NodeNetwork.ready says: a node part with a problem (ready False) still has its last
+rules in force, which may still send connections to the replica, so it is waited for
+too. The drain is written once every live node part reports
+NodeNetwork.endpointsRevision >= E (one whose record cannot be read never confirms);
+`nodes` says how many confirmed.
 
 Per replica (key: its placement key); everything is recomputed from the mirrors, so a
 restart or a takeover only makes E conservative. Nothing is written while the
@@ -177,12 +180,15 @@ class DrainController:
             return 0
         return self.endpoints.position  # dropped before this process watched: the newest
 
-    def live_node_parts(self) -> dict[str, NodeNetwork]:
-        live = {}
-        for name, (record, _) in self.node_network.items.items():
+    def live_node_parts(self) -> dict[str, NodeNetwork | None]:
+        """The node parts a drain waits for: every one with a NodeNetwork record whose
+        Node is ready, whatever NodeNetwork.ready says (a node part with a problem keeps
+        its last rules in force). None: its record cannot be read (never confirms)."""
+        live: dict[str, NodeNetwork | None] = {}
+        for name in set(self.node_network.items) | self.node_network.unreadable:
             node = self.nodes.get(name)
-            if record.ready and node is not None and node.ready:
-                live[name] = record
+            if node is not None and node.ready:
+                live[name] = self.node_network.get(name)
         return live
 
     async def reconcile(self, key: str) -> Result | None:
@@ -216,7 +222,7 @@ class DrainController:
             return None  # the endpoints controller drops it; that change enqueues it
         revision = self.target_revision(key)
         live = self.live_node_parts()
-        if any(record.endpoints_revision < revision for record in live.values()):
+        if any(record is None or record.endpoints_revision < revision for record in live.values()):
             self.waiting.add(key)
             return None
         self.waiting.discard(key)
