@@ -220,3 +220,114 @@ async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_foll
         )
         gone = await corral(nats_url, "stack", "rm", "shop")
         assert gone.exit_code == 1 and "nothing found in stack: shop" in gone.stderr
+
+
+async def test_apply_of_a_compose_file_sends_nothing_when_it_would_take_over_another_s_object(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
+) -> None:
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    file = folder / "compose.yaml"
+    file.write_text(COMPOSE)
+    deployments = buckets[names.DEPLOYMENTS_BUCKET]
+    networks = buckets[names.NETWORKS_BUCKET]
+    claims = buckets[names.CLAIMS_BUCKET]
+    async with cluster(nats_url):
+        await eventually(
+            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
+        )
+        # a user's own Deployment `web` in the project's namespace, made without Compose
+        mine = "deployment", "web", "-n", "shop", "--image", f"{IMAGE}-mine"
+        ok(await corral(nats_url, "create", *mine))
+        before = await stored(deployments, "shop.web", Deployment)
+        assert isinstance(before, Deployment)
+
+        refused = await corral(nats_url, "apply", "-f", str(file))
+        assert refused.exit_code == 1, refused.output
+        assert "deployment/web exists, made outside this project" in refused.stderr
+        assert refused.stdout == ""
+        # nothing sent: not even the networks and the claim, which come first in the file
+        assert await stored(deployments, "shop.web", Deployment) == before
+        assert await stored(deployments, "shop.db", Deployment) is None
+        for network in ("shop-front", "shop-back"):
+            assert await stored(networks, network, Network) is None
+        assert await stored(claims, "shop.data", PersistentVolumeClaim) is None
+
+        # a network of the file's `name:` that another project made is not taken over
+        first = tmp_path / "first"
+        first.mkdir()
+        (first / "compose.yaml").write_text(
+            "services:\n  a: {image: corral-test/busybox:1, networks: [x]}\n"
+            "networks:\n  x: {name: shared-net}\n"
+        )
+        ok(await corral(nats_url, "apply", "-f", str(first / "compose.yaml")))
+        owned = await stored(networks, "shared-net", Network)
+        assert isinstance(owned, Network)
+        second = tmp_path / "second"
+        second.mkdir()
+        (second / "compose.yaml").write_text(
+            "services:\n  b: {image: corral-test/busybox:1, networks: [y]}\n"
+            "networks:\n  y: {name: shared-net, ipam: {config: [{subnet: 10.177.0.0/16}]}}\n"
+        )
+        taken = await corral(nats_url, "apply", "-f", str(second / "compose.yaml"))
+        assert taken.exit_code == 1, taken.output
+        assert "network/shared-net exists, of project 'first'" in taken.stderr
+        assert await stored(networks, "shared-net", Network) == owned
+        assert await stored(deployments, "second.b", Deployment) is None
+
+
+async def test_delete_f_of_a_compose_file_removes_only_its_project_s_objects_networks_last(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
+) -> None:
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    file = folder / "compose.yaml"
+    file.write_text(COMPOSE)
+    deployments = buckets[names.DEPLOYMENTS_BUCKET]
+    networks = buckets[names.NETWORKS_BUCKET]
+    claims = buckets[names.CLAIMS_BUCKET]
+    async with cluster(nats_url):
+        await eventually(
+            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
+        )
+        ok(await corral(nats_url, "apply", "-f", str(file)))
+        # the user makes shop/db their own (a manifest without the project's label) and
+        # adds shop/extra: neither is the project's any more
+        (tmp_path / "db.yaml").write_text(
+            "apiVersion: corral/v1\nkind: Deployment\n"
+            "metadata: {name: db, namespace: shop}\n"
+            "spec: {replicas: 1, template: {image: corral-test/busybox:1-mine}}\n"
+        )
+        ok(await corral(nats_url, "apply", "-f", str(tmp_path / "db.yaml")))
+        ok(await corral(nats_url, "create", "deployment", "extra", "-n", "shop", "--image", IMAGE))
+        db = await stored(deployments, "shop.db", Deployment)
+        assert isinstance(db, Deployment) and "com.docker.compose.project" not in db.metadata.labels
+        await eventually(lambda: placed(buckets, "shop", "web"), lambda found: len(found) == 2)
+
+        removed = ok(await corral(nats_url, "delete", "-f", str(file)))
+        assert removed.stdout.splitlines() == [
+            "service/db deleted",
+            "service/web deleted",
+            "deployment/web deleted",
+            "persistentvolumeclaim/data kept, with its data (delete -f --volumes deletes it, "
+            "as docker compose down -v)",
+            "network/shop-back deleted",
+            "network/shop-front deleted",
+        ]
+        assert await stored(deployments, "shop.db", Deployment) == db
+        assert isinstance(await stored(deployments, "shop.extra", Deployment), Deployment)
+        for network in ("shop-front", "shop-back"):
+            assert await stored(networks, network, Network) is None
+        assert isinstance(
+            await stored(claims, "shop.data", PersistentVolumeClaim), PersistentVolumeClaim
+        )
+
+        volumes = ok(await corral(nats_url, "delete", "-f", str(file), "--volumes"))
+        assert volumes.stdout.splitlines() == ["persistentvolumeclaim/data deleted"]
+        await eventually(
+            lambda: stored(claims, "shop.data", PersistentVolumeClaim),
+            lambda found: found is None,
+        )
+        gone = await corral(nats_url, "delete", "-f", str(file))
+        assert gone.exit_code == 1 and "nothing found in stack: shop" in gone.stderr
+        assert await stored(deployments, "shop.db", Deployment) == db

@@ -464,3 +464,26 @@ def test_restart_and_the_restart_policy_become_the_templates_restart_policy(
     project = objects(f"services:\n  s: {service}\n", project="p")
     assert project.manifests[1].spec.spec.template.restart_policy == policy
     assert project.unsupported == warned
+
+
+def test_every_object_of_a_compose_file_names_its_project_which_delete_f_removes() -> None:
+    from corral.client.cli.compose import ComposeManifest
+    from corral.client.cli.write_commands import compose_projects
+
+    compose = load_manifests("name: p\nservices:\n  s: {image: i}\n", "c.yaml")
+    assert {m.project for m in compose if isinstance(m, ComposeManifest)} == {"p"}
+    assert len(compose) == 3 and all(isinstance(m, ComposeManifest) for m in compose)
+    plain = load_manifests("kind: Network\nmetadata: {name: n}\n", "m.yaml")
+    assert compose_projects([*plain, *compose, *compose]) == ["p"]
+    assert compose_projects(plain) == []
+
+
+def test_delete_volumes_is_refused_without_a_compose_file(tmp_path: Path) -> None:
+    file = tmp_path / "m.yaml"
+    file.write_text("kind: Network\nmetadata: {name: n}\n")
+    for args in (["-f", str(file)], ["network", "n"]):
+        result = CliRunner().invoke(
+            cli, ["--nats", "nats://127.0.0.1:1", "delete", "--volumes", *args]
+        )
+        assert result.exit_code == 2, result.output
+        assert "--volumes is for Compose files" in result.output

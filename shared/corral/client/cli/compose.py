@@ -1088,9 +1088,13 @@ class ComposeProject:
 
 @dataclass(frozen=True)
 class ComposeManifest(Manifest):
-    """A manifest made from a Compose file; `shown` is how warnings name the file."""
+    """A manifest made from a Compose file; `shown` is how warnings name the file,
+    `project` the Compose project it belongs to (`corral apply -f` checks that the
+    project owns what it updates, `corral delete -f` removes the project as `corral
+    stack rm` does: corral.client.cli.stack_commands)."""
 
     shown: str = ""
+    project: str = ""
 
     @property
     def label(self) -> str:
@@ -1151,6 +1155,7 @@ def translate(
                 api_version=manifest.api_version,
                 declared_namespace=manifest.declared_namespace,
                 shown=shown if index == 0 else "",
+                project=name,
             )
         )
     check_unique_objects(manifests)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,9 +97,24 @@ def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Ma
     return translated.name, translated.manifests
 
 
-async def _check_ownership(client: CorralClient, project: str, manifests: list[Manifest]) -> None:
+async def check_compose_ownership(client: CorralClient, manifests: Sequence[Manifest]) -> None:
+    """Before anything is sent (`stack deploy`, `corral apply -f`): each Compose
+    project among `manifests` (corral.client.cli.compose.ComposeManifest.project) checked
+    once by check_ownership over its own manifests; other manifests are not."""
+    from corral.client.cli.compose import ComposeManifest
+
+    projects: dict[str, list[Manifest]] = {}
+    for manifest in manifests:
+        if isinstance(manifest, ComposeManifest) and manifest.project:
+            projects.setdefault(manifest.project, []).append(manifest)
+    for project, mine in projects.items():
+        await check_ownership(client, project, mine)
+
+
+async def check_ownership(client: CorralClient, project: str, manifests: list[Manifest]) -> None:
     """Nothing of another project, or of no project, is taken over: an object of the
-    same kind and name that exists without this project's label is refused."""
+    same kind and name that exists without this project's label is refused (a
+    CorralError naming the first)."""
     networks = await client.networks()
     deployments = await client.deployments(project)
     services = await client.services(project)
@@ -149,7 +164,7 @@ def deploy(
     project, manifests = project_manifests(compose_file, stack_name or project_flag)
 
     async def send(client: CorralClient) -> None:
-        await _check_ownership(client, project, manifests)
+        await check_ownership(client, project, manifests)
         for manifest in manifests:
             client.namespace = manifest.namespace
             try:
@@ -242,11 +257,16 @@ def ps(ctx: click.Context, stack_name: str) -> None:
 
 
 async def remove_stack(
-    client: CorralClient, project: str, volumes: bool, wait_seconds: float
+    client: CorralClient,
+    project: str,
+    volumes: bool,
+    wait_seconds: float,
+    volumes_hint: str = "stack rm --volumes",
 ) -> list[str]:
     """Delete a project's Services and Deployments, its claims when `volumes`, then the
-    networks made for it (asked again while its Deployments still name them). The lines
-    to print."""
+    networks made for it (asked again while its Deployments still name them): only
+    objects with the project's label (`stack rm`, and `corral delete -f` of a Compose
+    file). The lines to print; `volumes_hint`: what deletes a kept claim."""
     lines: list[str] = []
     deployments = _mine(await client.deployments(project), project)
     services = {
@@ -278,7 +298,7 @@ async def remove_stack(
             lines.append(reply.message or f"persistentvolumeclaim/{name} deleted")
         else:
             lines.append(
-                f"persistentvolumeclaim/{name} kept, with its data (stack rm --volumes "
+                f"persistentvolumeclaim/{name} kept, with its data ({volumes_hint} "
                 "deletes it, as docker compose down -v)"
             )
     deadline = time.monotonic() + wait_seconds

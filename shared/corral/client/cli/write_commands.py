@@ -230,6 +230,12 @@ def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
             )
 
     async def send(client: CorralClient) -> None:
+        # Imported here: stack_commands imports this module.
+        from corral.client.cli.stack_commands import check_compose_ownership
+
+        # A Compose project takes over nothing another project, or no project, made
+        # (as `corral stack deploy`): checked for each before anything is sent.
+        await check_compose_ownership(client, manifests)
         for manifest in manifests:
             client.namespace = manifest.namespace  # its own, resolved (-n, as kubectl)
             try:
@@ -278,26 +284,46 @@ def scale(ctx: click.Context, kind: str, name: str | None, replicas: int) -> Non
 @click.argument("kind", required=False)
 @click.argument("names", nargs=-1)
 @_file_option
+@click.option(
+    "--volumes",
+    is_flag=True,
+    help="With -f of a Compose file: also delete the claims of its named volumes, and "
+    "their data (kept otherwise, as `docker compose down` without -v).",
+)
 @click.pass_context
 def delete(
-    ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...]
+    ctx: click.Context,
+    kind: str | None,
+    names: tuple[str, ...],
+    files: tuple[str, ...],
+    volumes: bool,
 ) -> None:
     """Delete objects: corral delete deployment|service|network|pv|pvc|storageclass
-    NAME..., or corral delete -f FILE."""
+    NAME..., or corral delete -f FILE (a Compose file: its project, as corral stack rm;
+    its claims only with --volumes)."""
     targets: list[tuple[ApiKind, str]] = []
     if files:
         if kind is not None:
             raise click.UsageError("give either -f FILE or KIND NAME, not both")
-        # Every object the files name, in its namespace; a missing one is reported and
-        # the others still deleted (exit 1), as kubectl delete -f.
         manifests = read_manifest_files(files)
-        raws = [
-            _validated({"name": m.name, "namespace": m.namespace}, DeleteRequest) for m in manifests
-        ]
-        targets = [(m.kind, m.name) for m in manifests]
-        delete_each(ctx, targets, lambda name: b"", raws)
+        projects = compose_projects(manifests)
+        if volumes and not projects:
+            raise click.UsageError("--volumes is for Compose files: corral delete -f FILE")
+        refused = remove_compose_projects(ctx, projects, volumes) if projects else False
+        # Every other object the files name, in its namespace; a missing one is reported
+        # and the others still deleted (exit 1), as kubectl delete -f.
+        plain = [m for m in manifests if not _project_of(m)]
+        if plain:
+            raws = [
+                _validated({"name": m.name, "namespace": m.namespace}, DeleteRequest) for m in plain
+            ]
+            delete_each(ctx, [(m.kind, m.name) for m in plain], lambda name: b"", raws)
+        if refused:
+            ctx.exit(1)
         return
     else:
+        if volumes:
+            raise click.UsageError("--volumes is for Compose files: corral delete -f FILE")
         if kind is None:
             raise click.UsageError("missing KIND and NAME: corral delete deployment NAME")
         if "/" in kind:
@@ -311,6 +337,45 @@ def delete(
         api_kind = _kind_arg(kind)
         targets = [(api_kind, name) for name in names]
     delete_each(ctx, targets, lambda name: _validated({"name": name}, DeleteRequest))
+
+
+def _project_of(manifest: Manifest) -> str:
+    """The Compose project a manifest was made for ("": a plain manifest)."""
+    from corral.client.cli.compose import ComposeManifest
+
+    return manifest.project if isinstance(manifest, ComposeManifest) else ""
+
+
+def compose_projects(manifests: list[Manifest]) -> list[str]:
+    """The Compose projects among `manifests`, in file order, each once."""
+    return list(dict.fromkeys(p for p in map(_project_of, manifests) if p))
+
+
+def remove_compose_projects(ctx: click.Context, projects: list[str], volumes: bool) -> bool:
+    """`corral delete -f` of Compose files: each project removed as `corral stack rm`
+    removes it (only objects with its label; Services, Deployments, claims only when
+    `volumes`, networks last). Each failure printed as it comes, the other projects
+    still tried; True when one failed."""
+    from corral.client.cli.stack_commands import remove_stack
+
+    settings = settings_of(ctx)
+
+    async def send(client: CorralClient) -> bool:
+        failed = False
+        for project in projects:
+            try:
+                lines = await remove_stack(
+                    client, project, volumes, settings.timeout, "delete -f --volumes"
+                )
+            except CorralError as error:
+                click.echo(f"Error: {error}", err=True)
+                failed = True
+                continue
+            for line in lines:
+                click.echo(line)
+        return failed
+
+    return run_with_client(settings, send)
 
 
 def delete_each(
