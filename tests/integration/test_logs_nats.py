@@ -3,7 +3,9 @@ on hollow engines of two nodes, the replicas' placements and statuses seeded as 
 scheduler and the agents write them. Two replicas on two nodes, --tail, stderr kept
 apart, --follow (new lines arrive; a client that stops, or falls silent, ends the
 agent's stream), the window (a client that never acknowledges gets no more than it),
-a node without an agent named while the others are shown, and bad input."""
+a node without an agent named while the others are shown, bad input, and only this
+cluster's containers (an engine shared with another cluster; an agent that does not
+know its cluster yet serves nothing)."""
 
 from __future__ import annotations
 
@@ -28,11 +30,22 @@ from corral.natsio.kv import NatsBucket, write_record
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.logs import LogService
 from corral_node_agent.runtime import ContainerSpec
+from corral_node_agent.safety import Identity
 from tests.integration.test_cli_reads import corral
 from tests.waiting import eventually
 
 IMAGE = "corral-test/busybox:1"
+CLUSTER = "c0ffee"  # the cluster the agents here belong to
 T = TypeVar("T")
+
+
+@dataclass
+class Membership:
+    """What the log service reads of its agent (NodeAgent's properties)."""
+
+    identity: Identity = Identity.RECOGNISED
+    cluster_id: str = CLUSTER
+    adopted: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -40,13 +53,18 @@ class HollowNode:
     name: str
     runtime: HollowRuntime
     service: LogService
+    membership: Membership
 
 
 @asynccontextmanager
 async def log_agents(
-    nats_url: str, *nodes: str, idle_seconds: float = 10.0
+    nats_url: str,
+    *nodes: str,
+    idle_seconds: float = 10.0,
+    runtime: HollowRuntime | None = None,
 ) -> AsyncIterator[dict[str, HollowNode]]:
-    """The log service of each node's agent, on its own connection and hollow engine."""
+    """The log service of each node's agent, on its own connection and hollow engine
+    (or all on `runtime`, one engine)."""
     running: dict[str, HollowNode] = {}
     connections: list[NATS] = []
     try:
@@ -54,17 +72,46 @@ async def log_agents(
             for node in nodes:
                 nc = await connect(nats_url, name=f"agent-{node}")
                 connections.append(nc)
-                runtime = HollowRuntime(images={IMAGE})
+                engine = runtime or HollowRuntime(images={IMAGE})
+                membership = Membership()
                 service = LogService(
-                    nc, node, runtime, idle_seconds=idle_seconds, keepalive_seconds=0.2
+                    nc,
+                    node,
+                    engine,
+                    membership,
+                    idle_seconds=idle_seconds,
+                    keepalive_seconds=0.2,
                 )
                 await tg.start(service.serve)
-                running[node] = HollowNode(node, runtime, service)
+                running[node] = HollowNode(node, engine, service, membership)
             yield running
             tg.cancel_scope.cancel()
     finally:
         for nc in connections:
             await nc.close()
+
+
+async def start_container(
+    runtime: HollowRuntime,
+    node: str,
+    replica: str,
+    deployment: str = "web",
+    namespace: str = "default",
+    cluster: str = CLUSTER,
+) -> str:
+    """A replica's container, labelled as the agent of `cluster` labels it, running."""
+    labels = {
+        names.LABEL_MANAGED: "true",
+        names.LABEL_CLUSTER: cluster,
+        names.LABEL_NODE: node,
+        names.LABEL_REPLICA: replica,
+        names.LABEL_DEPLOYMENT: deployment,
+        names.LABEL_NAMESPACE: namespace,
+    }
+    spec = ContainerSpec(name=f"corral-{cluster}-{replica}", image=IMAGE, labels=labels)
+    container_id = await runtime.create_container(spec)
+    await runtime.start_container(container_id)
+    return container_id
 
 
 async def run_replica(
@@ -74,9 +121,11 @@ async def run_replica(
     replica: str,
     deployment: str = "web",
     namespace: str = "default",
+    cluster: str = CLUSTER,
 ) -> str:
-    """A replica placed on `node`, its container running there (when the node has an
-    engine here), and its status as the agent writes it. Returns the container id."""
+    """A replica placed on `node`, its container (of `cluster`) running there (when the
+    node has an engine here), and its status as the agent writes it. Returns the
+    container id."""
     template = msgspec.json.decode(b'{"image":"%s"}' % IMAGE.encode(), type=ContainerTemplate)
     placement = Placement(
         replica=replica,
@@ -90,16 +139,7 @@ async def run_replica(
     await write_record(buckets[names.PLACEMENTS_BUCKET], placement.key, placement, None)
     container_id = ""
     if runtime is not None:
-        labels = {
-            names.LABEL_MANAGED: "true",
-            names.LABEL_NODE: node,
-            names.LABEL_REPLICA: replica,
-            names.LABEL_DEPLOYMENT: deployment,
-            names.LABEL_NAMESPACE: namespace,
-        }
-        spec = ContainerSpec(name=f"corral-{replica}", image=IMAGE, labels=labels)
-        container_id = await runtime.create_container(spec)
-        await runtime.start_container(container_id)
+        container_id = await start_container(runtime, node, replica, deployment, namespace, cluster)
     status = ReplicaStatus(
         replica=replica,
         deployment=deployment,
@@ -282,6 +322,82 @@ async def test_acknowledged_chunks_keep_a_long_log_flowing_in_order(
             assert text == "".join(lines)
         finally:
             await nc.close()
+
+
+async def ask_logs(nats_url: str, node: str, request: LogRequest) -> list[LogChunk]:
+    """One request, as a client sends it: the chunks the agent answers, to the last."""
+    nc = await connect(nats_url, name="client")
+    try:
+        inbox = nc.new_inbox()
+        subscription = await nc.subscribe(inbox)
+        await nc.publish(names.logs_subject(node), encode(request), reply=inbox)
+        chunks: list[LogChunk] = []
+        with anyio.fail_after(5):
+            async for msg in subscription.messages:
+                chunk = decode(msg.data, LogChunk)
+                chunks.append(chunk)
+                if chunk.end or chunk.error:
+                    break
+                if chunk.control:
+                    await nc.publish(chunk.control, encode(LogAck(seq=chunk.seq)))
+        return chunks
+    finally:
+        await nc.close()
+
+
+async def test_another_clusters_container_on_the_same_engine_is_never_streamed(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    engine = HollowRuntime(images={IMAGE})
+    async with log_agents(nats_url, "node-1", runtime=engine) as nodes:
+        # Another cluster's agent on the same engine runs a replica of the same name
+        # (same node name, namespace and replica): its container is listed here too.
+        theirs = await start_container(engine, "node-1", "web-aaaaa", cluster="beef")
+        engine.write_log(theirs, "their secret\n")
+        for asked in (LogRequest(replica="web-aaaaa"),
+                      LogRequest(replica="web-aaaaa", container_id=theirs)):  # fmt: skip
+            chunks = await ask_logs(nats_url, "node-1", asked)
+            assert [c.seq for c in chunks] == [0] and chunks[0].pieces == []
+            assert chunks[0].error == (
+                "replica web-aaaaa of namespace default has no container on node node-1"
+            )
+        # Once this cluster's own container runs beside it, only that one is served,
+        # even when the other's id is asked for.
+        ours = await run_replica(buckets, "node-1", engine, "web-aaaaa")
+        engine.write_log(ours, "our line\n")
+        for asked in (LogRequest(replica="web-aaaaa"),
+                      LogRequest(replica="web-aaaaa", container_id=theirs)):  # fmt: skip
+            chunks = await ask_logs(nats_url, "node-1", asked)
+            text = "".join(p.text for c in chunks for p in c.pieces)
+            assert (text, chunks[-1].end, chunks[-1].error) == ("our line\n", True, "")
+        # An adopted cluster's containers are this node's: served.
+        nodes["node-1"].membership.adopted = frozenset({"beef"})
+        chunks = await ask_logs(nats_url, "node-1", LogRequest(replica="web-aaaaa",
+                                                               container_id=theirs))  # fmt: skip
+        assert "".join(p.text for c in chunks for p in c.pieces) == "their secret\n"
+
+
+async def test_an_agent_that_does_not_know_its_cluster_refuses_every_request(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with log_agents(nats_url, "node-1") as nodes:
+        node = nodes["node-1"]
+        container = await run_replica(buckets, "node-1", node.runtime, "web-aaaaa")
+        node.runtime.write_log(container, "hello\n")
+        # At start (nothing read yet), and facing a store of another cluster (its local
+        # record names the cluster it belongs to, which is not the store's).
+        for identity, cluster_id in ((Identity.UNKNOWN, ""), (Identity.MISMATCH, CLUSTER)):
+            node.membership.identity, node.membership.cluster_id = identity, cluster_id
+            chunks = await ask_logs(nats_url, "node-1", LogRequest(replica="web-aaaaa"))
+            assert [c.seq for c in chunks] == [0] and chunks[0].pieces == []
+            assert chunks[0].error == (
+                "node node-1 does not know yet that it belongs to this cluster (its "
+                f"identity: {identity}): no logs until it does; try again later"
+            )
+            assert not chunks[0].end
+        node.membership.identity = Identity.RECOGNISED
+        shown = await corral(nats_url, "logs", "web-aaaaa")
+        assert (shown.exit_code, shown.stdout) == (0, "hello\n"), shown.output
 
 
 async def test_a_node_whose_agent_does_not_answer_is_named_and_the_others_shown(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -16,8 +17,9 @@ from corral.contract.logs import MAX_LOG_CHUNK_BYTES, LogChunk, LogPiece, LogReq
 from corral.contract.names import logs_subject, node_subject
 from corral_node_agent.docker_runtime import FrameDecoder, log_params
 from corral_node_agent.hollow_runtime import HollowRuntime
-from corral_node_agent.logs import ChunkPacker, pick_container
+from corral_node_agent.logs import ChunkPacker, pick_container, serving_cluster
 from corral_node_agent.runtime import ContainerSpec, ContainerState, LogFrame, ObservedContainer
+from corral_node_agent.safety import Identity
 
 NOW = 1_764_400_000.0
 
@@ -158,30 +160,71 @@ def test_a_log_request_is_validated_naming_the_field() -> None:
         assert refused.value.field == field or "unknown field" in refused.value.message
 
 
-def test_the_agent_picks_the_replicas_running_container_on_its_own_node() -> None:
-    def seen(id: str, node: str, state: ContainerState, started: float) -> ObservedContainer:
-        return ObservedContainer(
-            id=id,
-            name=id,
-            replica="web-1",
-            deployment="web",
-            template_hash="h",
-            state=state,
-            started_at=started,
-            node=node,
-        )
+def seen(
+    id: str, node: str, state: ContainerState, started: float, cluster: str = "c1"
+) -> ObservedContainer:
+    return ObservedContainer(
+        id=id,
+        name=id,
+        replica="web-1",
+        deployment="web",
+        template_hash="h",
+        state=state,
+        started_at=started,
+        node=node,
+        cluster=cluster,
+    )
 
+
+def test_the_agent_picks_the_replicas_running_container_on_its_own_node() -> None:
     containers = [
         seen("old", "n1", ContainerState.EXITED, 5.0),
         seen("live", "n1", ContainerState.RUNNING, 1.0),
         seen("elsewhere", "n2", ContainerState.RUNNING, 9.0),
     ]
-    picked = pick_container(containers, LogRequest(replica="web-1"), "n1")
+    picked = pick_container(containers, LogRequest(replica="web-1"), "n1", "c1")
     assert picked is not None and picked.id == "live"
-    asked = pick_container(containers, LogRequest(replica="web-1", container_id="ol"), "n1")
+    asked = pick_container(containers, LogRequest(replica="web-1", container_id="ol"), "n1", "c1")
     assert asked is not None and asked.id == "old"
-    assert pick_container(containers, LogRequest(replica="web-2"), "n1") is None
-    assert pick_container(containers, LogRequest(replica="web-1", namespace="x"), "n1") is None
+    assert pick_container(containers, LogRequest(replica="web-2"), "n1", "c1") is None
+    assert (
+        pick_container(containers, LogRequest(replica="web-1", namespace="x"), "n1", "c1") is None
+    )
+
+
+def test_the_agent_never_picks_another_clusters_container_on_its_engine() -> None:
+    theirs = seen("theirs", "n1", ContainerState.RUNNING, 9.0, cluster="c2")
+    unlabelled = seen("unlabelled", "n1", ContainerState.RUNNING, 8.0, cluster="")
+    ours = seen("ours", "n1", ContainerState.EXITED, 1.0)
+    request = LogRequest(replica="web-1")
+    by_id = LogRequest(replica="web-1", container_id="theirs")
+    assert pick_container([theirs, unlabelled], request, "n1", "c1") is None
+    assert pick_container([theirs, unlabelled], by_id, "n1", "c1") is None
+    # this cluster's stopped container over another's running one, even asked by id
+    assert pick_container([theirs, unlabelled, ours], request, "n1", "c1") is ours
+    assert pick_container([theirs, unlabelled, ours], by_id, "n1", "c1") is ours
+    # an adopted cluster's container is this node's
+    assert pick_container([theirs, ours], by_id, "n1", "c1", {"c2"}) is theirs
+    # no cluster id known: nothing at all, not even containers without the label
+    assert pick_container([theirs, unlabelled, ours], request, "n1", "") is None
+    assert pick_container([unlabelled], request, "n1", "", {""}) is None
+
+
+@dataclass
+class Membership:
+    identity: Identity
+    cluster_id: str
+    adopted: frozenset[str] = frozenset()
+
+
+def test_logs_are_served_only_once_the_agent_recognised_its_cluster() -> None:
+    assert serving_cluster(Membership(Identity.RECOGNISED, "c1")) == "c1"
+    for identity in Identity:
+        if identity != Identity.RECOGNISED:
+            # its local record may name a cluster: not the store's (Mismatch), or not
+            # known to be (Unknown, Lost, Unreadable)
+            assert serving_cluster(Membership(identity, "c1")) == "", identity
+    assert serving_cluster(Membership(Identity.UNKNOWN, "")) == ""
 
 
 def test_the_logs_subject_is_outside_the_agents_decision_wildcard() -> None:

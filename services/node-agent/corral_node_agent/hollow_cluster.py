@@ -331,7 +331,9 @@ class HollowCluster:
                         await tg.start(
                             serve_node_decisions, node.pool.nc, node.name, node.agent.decide
                         )
-                        await tg.start(LogService(node.pool.nc, node.name, node.runtime).serve)
+                        await tg.start(
+                            LogService(node.pool.nc, node.name, node.runtime, node.agent).serve
+                        )
                         await tg.start(node.agent.run)
                     node.state = NodeState.STARTED
                     self._started(node)

@@ -6,6 +6,12 @@ the inbox (corral.contract.logs: the protocol, its flow control and how either s
 notices the other went away; docs/api.md, "Logs"). Memory stays bounded whatever the
 client does: at most LOG_WINDOW_CHUNKS chunks unacknowledged, a few engine frames
 read ahead, and at most `max_streams` streams at once.
+
+Only this cluster's containers are served: an engine may run the containers of
+several clusters (docs/safety.md), so a container is picked only when its cluster
+label is the agent's cluster id (or a cluster the node adopted); while the agent has
+not recognised the store's cluster as its own (at start, or a store of another
+cluster), every request is answered with an error.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Collection, Iterable
+from typing import Literal, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -46,6 +52,7 @@ from corral_node_agent.runtime import (
     Runtime,
     RuntimeFailure,
 )
+from corral_node_agent.safety import Identity
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +129,46 @@ class ChunkPacker:
             self._runs, self._size = [], 0
 
 
+class ClusterMembership(Protocol):
+    """What the log service needs of the agent (NodeAgent): whose containers it serves."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def adopted(self) -> frozenset[str]: ...
+
+
+def serving_cluster(membership: ClusterMembership) -> str:
+    """The cluster whose containers' logs may be served: the agent's, once it has
+    recognised the store's cluster as its own; '' until then (nothing is served)."""
+    if membership.identity != Identity.RECOGNISED:
+        return ""
+    return membership.cluster_id
+
+
 def pick_container(
-    containers: Iterable[ObservedContainer], request: LogRequest, node: str
+    containers: Iterable[ObservedContainer],
+    request: LogRequest,
+    node: str,
+    cluster_id: str,
+    adopted: Collection[str] = frozenset(),
 ) -> ObservedContainer | None:
-    """The replica's container on this node: the one of the id asked for (a prefix will
-    do), else the running one, else the latest started."""
+    """The replica's container on this node and of this cluster (`cluster_id`, or a
+    cluster the node adopted; none at all when `cluster_id` is ''): the one of the id
+    asked for (a prefix will do), else the running one, else the latest started."""
+    if not cluster_id:
+        return None
     mine = [
         c
         for c in containers
-        if c.replica == request.replica and c.namespace == request.namespace and c.node == node
+        if c.replica == request.replica
+        and c.namespace == request.namespace
+        and c.node == node
+        and (c.cluster == cluster_id or (c.cluster != "" and c.cluster in adopted))
     ]
     if request.container_id:
         mine = [c for c in mine if c.id.startswith(request.container_id)] or mine
@@ -190,13 +228,15 @@ class _Stream:
 
 
 class LogService:
-    """Serves corral.logs.<node> from `runtime` until cancelled."""
+    """Serves corral.logs.<node> from `runtime` until cancelled: the containers of the
+    cluster `membership` (the agent) belongs to, none while it does not know it."""
 
     def __init__(
         self,
         nc: NATS,
         node: str,
         runtime: Runtime,
+        membership: ClusterMembership,
         *,
         window: int = LOG_WINDOW_CHUNKS,
         idle_seconds: float = LOG_IDLE_SECONDS,
@@ -206,6 +246,7 @@ class LogService:
         self.nc = nc
         self.node = node
         self.runtime = runtime
+        self.membership = membership
         self.window = window
         self.idle_seconds = idle_seconds
         self.keepalive_seconds = keepalive_seconds
@@ -260,8 +301,24 @@ class LogService:
         except InvalidPayload as invalid:
             await stream.send([], last=True, error=invalid.message, field=invalid.field)
             return
+        cluster_id = serving_cluster(self.membership)
+        if not cluster_id:
+            await stream.send(
+                [],
+                last=True,
+                error=f"node {self.node} does not know yet that it belongs to this cluster "
+                f"(its identity: {self.membership.identity}): no logs until it does; try "
+                "again later",
+            )
+            return
         try:
-            container = pick_container(await self.runtime.list_containers(), request, self.node)
+            container = pick_container(
+                await self.runtime.list_containers(),
+                request,
+                self.node,
+                cluster_id,
+                self.membership.adopted,
+            )
         except RuntimeFailure as failure:
             await stream.send([], last=True, error=f"node {self.node}: {failure}")
             return

@@ -192,7 +192,8 @@ async def run(
         async with anyio.create_task_group() as tg:
             await tg.start(serve_node_decisions, ctx.nc, settings.node_name, agent.decide)
             # Its containers' logs, on request (corral_node_agent.logs; docs/api.md, "Logs").
-            await tg.start(LogService(ctx.nc, settings.node_name, agent.runtime).serve)
+            # Only this cluster's containers, once the agent knows its cluster id.
+            await tg.start(LogService(ctx.nc, settings.node_name, agent.runtime, agent).serve)
             await tg.start(agent.run)
             task_status.started()
     except NodeNameTaken as error:
