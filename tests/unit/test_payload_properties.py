@@ -156,7 +156,7 @@ SEEDS: dict[type[msgspec.Struct], dict[str, Any]] = {
     Service: {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "web", "namespace": "team-a"},
+        "metadata": {"name": "web", "namespace": "team-a", "createOnly": True},
         "spec": {
             "type": "NodePort",
             "selector": {"app": "web"},
@@ -426,6 +426,7 @@ valid_deployments = st.fixed_dictionaries(
             optional={
                 "labels": st.dictionaries(label_key, st.just("") | label_name, max_size=6),
                 "resourceVersion": st.integers(min_value=0, max_value=2**63 - 1),
+                "createOnly": st.booleans(),
             },
         ),
         "spec": st.fixed_dictionaries(

@@ -211,6 +211,9 @@ class ObjectMeta(_Public, frozen=True, kw_only=True):
     annotations: Annotations = {}
     namespace: Namespace = "default"
     resource_version: ResourceVersion = 0
+    # A precondition of an apply: the object must not exist yet (kubectl create); one
+    # that does is refused Conflict, left as it is. Never stored (docs/api.md).
+    create_only: bool = False
     # Set by the owner when it stores the object; ignored when a client sends them.
     generation: Counter = 0
     uid: Annotated[str, msgspec.Meta(pattern=_whole("[-A-Za-z0-9_.]*"), max_length=MAX_UID)] = ""

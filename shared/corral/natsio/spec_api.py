@@ -6,6 +6,9 @@ Services), for any object with `.metadata` (ObjectMeta), `.spec` and `.key`
 - writes are compare-and-set, retried on a conflict (CAS_ATTEMPTS, then Busy);
 - a precondition: `resourceVersion` (metadata.resourceVersion of an apply, or of a
   request naming a stored object), when not 0, must be the stored KV revision;
+  metadata.createOnly of an apply: nothing may be stored under its key (Conflict
+  naming it otherwise); the write is the KV create, so of two racing creates of
+  one name exactly one is stored;
 - a durable spec (from the CORRAL_SPECS stream, `sequence` > 0) older than what is
   stored is skipped: every stored object records the stream sequence it came from
   (metadata.specSequence; a request records the stream's newest sequence at the
@@ -31,7 +34,7 @@ import msgspec
 
 from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
-from corral.contract.events import REASON_BUSY, REASON_INTERNAL, Reply
+from corral.contract.events import REASON_BUSY, REASON_CONFLICT, REASON_INTERNAL, Reply
 from corral.contract.specs import DeleteRequest, ObjectMeta
 from corral.natsio.bus import DurableSpecHandler, is_store_full, store_full_reply
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror
@@ -152,6 +155,17 @@ class SpecAPI(SpecReplies, Generic[T]):
             )
         return None
 
+    def exists(self, name: str, revision: int) -> Reply:
+        """The refusal of a create-only apply (metadata.createOnly) of a stored object."""
+        return self.reply(
+            ok=False,
+            name=name,
+            reason=REASON_CONFLICT,
+            error=f"{self.noun} {name!r} already exists (revision {revision}): "
+            "metadata.createOnly asks that it does not; it is left as it is",
+            field="metadata.createOnly",
+        )
+
     # --- what each kind decides (the defaults: nothing) -----------------------------
 
     def serialized(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -208,6 +222,8 @@ class SpecAPI(SpecReplies, Generic[T]):
         stale = self.stale(name, precondition, entry, "metadata.resourceVersion")
         if stale is not None:
             return stale
+        if wanted.metadata.create_only and entry is not None and entry.value is not None:
+            return self.exists(name, entry.revision)
         decided = self.settle(wanted, current)
         if isinstance(decided, Reply):
             return decided
@@ -354,6 +370,7 @@ def new_metadata(wanted: ObjectMeta, position: int, generation: int = 1) -> Obje
         uid=str(uuid.uuid4()),
         creation_timestamp=time.time(),
         resource_version=0,
+        create_only=False,
         spec_sequence=position,
     )
 

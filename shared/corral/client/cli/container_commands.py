@@ -158,6 +158,8 @@ def create_container(
         networks=networks,
         command=command,
     )
+    # createOnly: one made after the check below is refused too, not replaced.
+    manifest["metadata"]["createOnly"] = True
     raw = validated(manifest, Deployment, _FLAGS)
     kind = find_kind("Deployment")
 

@@ -42,10 +42,20 @@ async def exists(client: CorralClient, kind: str, name: str) -> bool:
     return name in await readers[kind]()
 
 
+def create_only(raw: bytes) -> bytes:
+    """The apply `raw` with metadata.createOnly: its owner refuses it (Conflict) when
+    the object exists, however recently it was made (docs/api.md)."""
+    document = msgspec.json.decode(raw)
+    document["metadata"] = {**document.get("metadata", {}), "createOnly": True}
+    return msgspec.json.encode(document)
+
+
 def create_new(settings: Settings, kind: str, name: str, raw: bytes) -> None:
     """Send an apply for an object that must not exist yet (as kubectl create): an
-    existing one is refused and left as it is. Prints `<kind>/<name> created`."""
+    existing one is refused and left as it is, also one made after the check (the
+    apply's metadata.createOnly). Prints `<kind>/<name> created`."""
     api_kind = find_kind(kind)
+    raw = create_only(raw)
 
     async def send(client: CorralClient) -> Reply:
         if await exists(client, kind, name):

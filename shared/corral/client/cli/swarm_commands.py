@@ -24,7 +24,7 @@ import msgspec
 
 from corral.client.api import CorralClient, CorralError, RequestRejected, find_kind, to_builtins
 from corral.client.cli.logs_commands import log_options, run_logs
-from corral.client.cli.net_requests import validated
+from corral.client.cli.net_requests import create_only, validated
 from corral.client.cli.progress import follow_rollout
 from corral.client.cli.rollout_commands import read_deployment, read_history, undo_target
 from corral.client.cli.runner import run_with_client, settings_of
@@ -49,6 +49,7 @@ from corral.client.cli.swarm_flags import (
     whole_seconds,
 )
 from corral.client.cli.tables import age_since, render_table
+from corral.contract import names
 from corral.contract.events import REASON_CONFLICT, Reply
 from corral.contract.network_specs import Service
 from corral.contract.specs import (
@@ -411,10 +412,15 @@ def create(
         auto_rollback=update_failure_action == "rollback",
         labels=env_pairs(labels, "--label"),
     )
+    # createOnly (docs/api.md): a Deployment or Service of this name made by someone else
+    # between the checks below and the applies is refused, never replaced.
+    manifest["metadata"]["createOnly"] = True
     raw = validated(manifest, Deployment, DEPLOYMENT_FLAGS)
     ports = published_ports(publish)
     raw_service = (
-        validated(swarm_service_manifest(service_name, template, ports), Service, SERVICE_FLAGS)
+        create_only(
+            validated(swarm_service_manifest(service_name, template, ports), Service, SERVICE_FLAGS)
+        )
         if ports
         else None
     )
@@ -432,12 +438,15 @@ def create(
                 )
             # The Service first: a node port taken is the likely refusal, and then
             # nothing is left behind.
-            await _checked(client, "Service", "apply", raw_service)
+            made = await _checked(client, "Service", "apply", raw_service)
         try:
             await _checked(client, "Deployment", "apply", raw)
         except CorralError:
             if raw_service is not None:
-                await client.request(find_kind("Service"), "delete", _delete(service_name))
+                # Only the Service this command made, as it made it (its revision).
+                await client.request(
+                    find_kind("Service"), "delete", _delete(service_name, made.revision)
+                )
             raise
         click.echo(service_name)
         if detach:
@@ -447,18 +456,20 @@ def create(
     _failed(service_name, run_with_client(settings, send))
 
 
-def _delete(name: str) -> bytes:
-    return msgspec.json.encode(DeleteRequest(name=name))
+def _delete(name: str, revision: int = 0) -> bytes:
+    return msgspec.json.encode(DeleteRequest(name=name, resource_version=revision))
 
 
 async def _checked(client: CorralClient, kind: str, verb: str, raw: bytes) -> Reply:
     reply = await client.request(find_kind(kind), verb, raw)
     if not reply.ok:
-        where = (
-            f" (field `{reply.field}`)" if reply.field and reply.field not in reply.error else ""
-        )
-        raise CorralError(f"{reply.error}{where}")
+        raise CorralError(_reply_error(reply))
     return reply
+
+
+def _reply_error(reply: Reply) -> str:
+    where = f" (field `{reply.field}`)" if reply.field and reply.field not in reply.error else ""
+    return f"{reply.error}{where}"
 
 
 # --- ls, ps, inspect ----------------------------------------------------------------------
@@ -479,6 +490,19 @@ def selects(service: Service, deployment: Deployment) -> bool:
         bool(selector)
         and all(labels.get(k) == v for k, v in selector.items())
         and network == replica_networks(deployment.spec.template)[0]
+    )
+
+
+def swarm_shaped(service: Service, deployment: Deployment) -> bool:
+    """The Service is what `service create --publish` makes for this Deployment: of its
+    name, NodePort, selecting exactly its replicas' labels on their first network. Only
+    such a Service is changed or deleted by `service update --publish-add/--publish-rm`."""
+    return (
+        service.metadata.name == deployment.metadata.name
+        and service.spec.type == "NodePort"
+        and dict(service.spec.selector)
+        == replica_labels(deployment.metadata.name, deployment.spec.template)
+        and selects(service, deployment)
     )
 
 
@@ -917,14 +941,22 @@ def _published_service(
     template: dict[str, Any],
     added: Sequence[Published],
     removed: Sequence[int],
+    revision: int = 0,
 ) -> dict[str, Any] | None:
-    """The Service after --publish-add / --publish-rm (None: delete it)."""
+    """The Service after --publish-add / --publish-rm (None: delete it): a new one is
+    create-only, a changed one carries `revision` (the stored one's) as its
+    resourceVersion, so a change made meanwhile is a Conflict rather than lost."""
     if existing is None:
-        return swarm_service_manifest(name, template, added) if added else None
+        if not added:
+            return None
+        made = swarm_service_manifest(name, template, added)
+        made["metadata"]["createOnly"] = True
+        return made
     data: dict[str, Any] = to_builtins(existing)
     data["metadata"] = {
         "name": name,
         **{k: v for k, v in data["metadata"].items() if k in ("labels", "annotations")},
+        "resourceVersion": revision,
     }
     ports: list[dict[str, Any]] = [
         p for p in data["spec"]["ports"] if (p.get("targetPort") or p["port"]) not in removed
@@ -940,6 +972,51 @@ def _published_service(
     data["spec"]["ports"] = ports
     data["spec"]["type"] = "NodePort"
     return data
+
+
+async def publish_change(
+    client: CorralClient,
+    deployment: Deployment,
+    template: dict[str, Any],
+    added: Sequence[Published],
+    removed: Sequence[int],
+) -> None:
+    """Apply --publish-add / --publish-rm to the Service of swarm service `deployment`
+    (`template`: its template as updated). Only a Service of the swarm shape
+    (swarm_shaped) is changed or deleted, at the revision read (a Conflict: read again);
+    another Service of that name is left as it is: --publish-rm says so on stderr,
+    --publish-add is refused."""
+    name = deployment.metadata.name
+    key = names.object_key(client.namespace, name)
+    for _ in range(ATTEMPTS):
+        found = (await client.read_bucket(names.SERVICES_BUCKET, Service, key)).get(key)
+        existing, revision = found if found is not None else (None, 0)
+        if existing is not None and not swarm_shaped(existing, deployment):
+            why = (
+                f"Service {name!r} is not the one service {name!r} publishes its ports "
+                "with (not a NodePort Service selecting exactly its replicas), so it is "
+                "left as it is"
+            )
+            if added:
+                raise CorralError(
+                    f"cannot publish ports: {why} (delete or rename it first: "
+                    f"corral delete service {name})"
+                )
+            _stderr(f"service {name}: {why}; no port was unpublished")
+            return
+        wanted = _published_service(existing, name, template, added, removed, revision)
+        if wanted is None:
+            if existing is None:
+                return
+            reply = await client.request(find_kind("Service"), "delete", _delete(name, revision))
+        else:
+            raw = validated(wanted, Service, {**SERVICE_FLAGS, "spec.ports": "--publish-add"})
+            reply = await client.request(find_kind("Service"), "apply", raw)
+        if reply.ok:
+            return
+        if reply.reason != REASON_CONFLICT:
+            raise CorralError(_reply_error(reply))
+    raise CorralError(f"Service {name!r} kept changing; try again")
 
 
 @service.command("update", cls=_DockerCommand, context_settings={"allow_interspersed_args": True})
@@ -992,7 +1069,6 @@ def update(
     )
 
     async def send(client: CorralClient) -> str | None:
-        template: dict[str, Any] = {}
         for _ in range(ATTEMPTS):
             deployment, revision = await read_deployment(client, name)
             stored = to_builtins(deployment)
@@ -1014,15 +1090,7 @@ def update(
         else:
             raise CorralError(f"service {name!r} kept changing; try again")
         if added or removed:
-            existing = (await client.services()).get(name)
-            wanted = _published_service(existing, name, template, added, removed)
-            if wanted is None and existing is not None:
-                await _checked(client, "Service", "delete", _delete(name))
-            elif wanted is not None:
-                raw_service = validated(
-                    wanted, Service, {**SERVICE_FLAGS, "spec.ports": "--publish-add"}
-                )
-                await _checked(client, "Service", "apply", raw_service)
+            await publish_change(client, deployment, template, added, removed)
         click.echo(name)
         if detach:
             return None

@@ -130,7 +130,8 @@ def create_deployment(
         resources["limits"] = parse_resource_list(limits, "--limits")
     if resources:
         template["resources"] = resources
-    metadata: dict[str, Any] = {"name": name}
+    # createOnly: one made after the check below is refused too, not replaced.
+    metadata: dict[str, Any] = {"name": name, "createOnly": True}
     if labels:
         metadata["labels"] = parse_labels(labels)
     manifest = {
