@@ -223,7 +223,8 @@ async def test_a_node_whose_after_stop_replicas_may_still_run_is_released_only_w
         assert not refused.ok and refused.field == "force"
         wait = int(NODE_LOST_AFTER_STOP_SECONDS - (NODE_LOST_SECONDS + 2))
         assert refused.error.startswith(
-            "node 'a' has replicas of AfterStop Deployments (db) that may still run"
+            "node 'a' has replicas that must never run twice (AfterStop Deployments or "
+            "containers: db) that may still run"
         )
         assert f"wait {wait} s more" in refused.error and "--force" in refused.error
         assert await cluster.nodes.get("a") is not None and not cluster.loop.releases.items

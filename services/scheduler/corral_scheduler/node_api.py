@@ -168,8 +168,8 @@ def _may_still_run(name: str, deployments: list[str], silence: float) -> str:
     gone_by = CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS
     return (
         f"node {name!r} has replicas that must never run twice (AfterStop Deployments or "
-        f"containers: {', '.join(deployments)}) that may still run: if its agent is only cut off, it removes them itself by "
-        f"{gone_by:g} s of silence, and they are replaced after "
+        f"containers: {', '.join(deployments)}) that may still run: if its agent is only "
+        f"cut off, it removes them itself by {gone_by:g} s of silence, and they are replaced after "
         f"{NODE_LOST_AFTER_STOP_SECONDS:g} s. It has been silent {max(silence, 0):.1f} s: "
         f"wait {wait} s more, or release it with force (corral node release {name} "
         "--force) if you know the node's containers are gone"
