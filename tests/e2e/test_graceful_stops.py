@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from corral.contract.network_state import ReplicaDrain
 from corral.contract.specs import ContainerTemplate
 from corral.contract.state import Placement, ReplicaState
 from corral.natsio.kv import NatsBucket
+from corral.natsio.lease import LeaseRecord, lease_key
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.test_agent_docker import (
     containers_of,
@@ -88,13 +90,27 @@ def died(events: list[dict[str, Any]]) -> tuple[str, float]:
     return die["Actor"]["Attributes"].get("exitCode", ""), die["timeNano"] / 1e9
 
 
+@pytest.fixture
+async def netmgr_lease(buckets: dict[str, NatsBucket]) -> AsyncIterator[None]:
+    """netmgr's lease, held (a record in corral_leases): the agent's stops wait for
+    their drain record, as in a cluster where netmgr runs (without it they stop at once)."""
+    lease = LeaseRecord(holder="netmgr-e2e", renewed_at=time.time())
+    await buckets[names.LEASES_BUCKET].put(lease_key("netmgr"), encode(lease))
+    yield
+    await buckets[names.LEASES_BUCKET].delete(lease_key("netmgr"))
+
+
 async def write_drain(buckets: dict[str, NatsBucket], node: str, replica: str) -> None:
     record = ReplicaDrain(node=node, replica=replica, endpoints_revision=1, nodes=1)
     await buckets[names.REPLICA_DRAINS_BUCKET].put(record.key, encode(record))
 
 
 async def test_the_stop_signal_comes_only_after_the_drain_and_a_prompt_exit_is_never_killed(
-    buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
+    buckets: dict[str, NatsBucket],
+    agent_running: AgentFactory,
+    node_name: str,
+    test_image: str,
+    netmgr_lease: None,
 ) -> None:
     replica = unique("web")
     p = trapping(node_name, replica, test_image, on_int=f"sleep 1; exit {INT_EXIT}", grace=6)
@@ -124,7 +140,11 @@ async def test_the_stop_signal_comes_only_after_the_drain_and_a_prompt_exit_is_n
 
 
 async def test_a_replica_ignoring_its_stop_signal_is_killed_when_its_grace_ends(
-    buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
+    buckets: dict[str, NatsBucket],
+    agent_running: AgentFactory,
+    node_name: str,
+    test_image: str,
+    netmgr_lease: None,
 ) -> None:
     replica = unique("web")
     p = trapping(node_name, replica, test_image, on_int="", grace=2)  # INT ignored
