@@ -100,3 +100,42 @@ async def test_a_record_that_cannot_be_read_is_replaced_at_its_next_generation()
         await n.settle()
         replaced = await n.networks.apply(network("blue"))
         assert replaced.ok and replaced.generation == 3
+
+
+class CreatedMeanwhile(MemoryBucket):
+    """Another writer stores `other` under a key just before this one's first create."""
+
+    def __init__(self, name: str, other: bytes) -> None:
+        super().__init__(name)
+        self.other: bytes | None = other
+
+    async def create(self, key: str, value: bytes) -> int:
+        if self.other is not None:
+            other, self.other = self.other, None
+            await super().create(key, other)
+        return await super().create(key, value)
+
+
+async def test_a_create_only_apply_racing_another_create_is_refused_and_keeps_it() -> None:
+    import msgspec
+
+    def create_only(raw: bytes) -> bytes:
+        document = msgspec.json.decode(raw)
+        document["metadata"]["createOnly"] = True
+        return encode(document)
+
+    others = deployment_json("web", 1, image="theirs:1")
+    bucket = CreatedMeanwhile("deployments", others)
+    api = DeploymentAPI(bucket)
+    refused = await api.apply(create_only(deployment_json("web", 1, image="mine:1")))
+    assert (refused.ok, refused.reason, refused.field) == (
+        False,
+        REASON_CONFLICT,
+        "metadata.createOnly",
+    )
+    assert refused.error.startswith("deployment 'web' already exists (revision 1)")
+    entry = await bucket.get("default.web")
+    assert entry is not None and entry.value == others and entry.revision == 1
+    # without the race it is created, and createOnly is not stored
+    made = await DeploymentAPI(MemoryBucket("d2")).apply(create_only(deployment_json("x", 1)))
+    assert made.ok and made.generation == 1
