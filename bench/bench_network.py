@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -55,9 +53,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
-from host_report import host_report
-from local_nats import local_nats
-from two_nodes import cli, host_state, run, sh, two_nodes
+from two_nodes import cli, run, run_bench, sh, two_nodes
 
 from corral.client.api import CorralClient
 from corral.contract import names
@@ -65,7 +61,7 @@ from corral.contract.codec import decode
 from corral.contract.network_state import Endpoints, NetworkSlice, NodeNetwork
 from corral.contract.state import ReplicaStatus
 from corral.natsio.kv import NatsBucket
-from tests.e2e.second_engine import BRIDGE, BRIDGE_ADDRESS, second_engine
+from tests.e2e.second_engine import BRIDGE_ADDRESS
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "corral-test/busybox:1"
@@ -589,44 +585,14 @@ def main() -> None:
     parser.add_argument("--bulk-mb", type=int, default=50)
     parser.add_argument("--dns-queries", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "network.txt")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    built = subprocess.run(
-        [str(REPO / "scripts" / "build-test-image"), IMAGE], capture_output=True, text=True
+    run_bench(
+        "bench/bench_network.py",
+        parser.parse_args(),
+        bench,
+        IMAGE,
+        "corral-bench-net-",
+        "corral-n2-",
     )
-    if built.returncode != 0:
-        sys.exit(f"scripts/build-test-image failed: {built.stderr.strip()}")
-
-    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
-        sys.exit(f"bridge {BRIDGE} exists: another second engine (an e2e test?) is running")
-    before = host_state()
-    engine = sh("docker", "version", "-f", "{{.Server.Version}}").stdout.strip()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"bench/bench_network.py {' '.join(sys.argv[1:])}".rstrip()
-        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
-        + f"{os.getloadavg()[0]:.1f} at the start)",
-        "",
-    ]
-    marks: list[str] = [BRIDGE, HOST_TWO.rsplit(".", 1)[0] + "."]
-    with local_nats("corral-bench-net-") as nats:
-        root = Path(tempfile.mkdtemp(prefix="corral-n2-", dir="/tmp"))  # a short socket path
-        with second_engine(root, IMAGE) as second_host:
-            anyio.run(bench, nats.url, second_host, args, lines, marks)
-    # other corral tests may run on this machine meanwhile (bridges crl..., networks
-    # corral_...): only lines of this run's, or of no corral at all, count
-    lines += host_report(
-        before,
-        host_state(),
-        marks,
-        looked_at="iptables-save, ip route, docker network ls",
-        counts=lambda line: "crl" not in line.lower() and "corral_" not in line,
-        others="other changes meanwhile, naming no corral network",
-    )
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
 
 
 if __name__ == "__main__":

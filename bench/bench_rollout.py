@@ -30,10 +30,8 @@ networks are compared with before. Needs root, dockerd and the test image.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,14 +43,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
-from host_report import host_report
-from local_nats import local_nats
-from two_nodes import TwoNodes, cli, host_state, run, sh, two_nodes
+from two_nodes import TwoNodes, cli, run, run_bench, two_nodes
 
 from corral.contract import names
 from corral.contract.codec import decode
 from corral.contract.state import DeploymentStatus
-from tests.e2e.second_engine import BRIDGE, BRIDGE_ADDRESS, second_engine
 from tests.e2e.test_zero_downtime_rollout import (
     CLIENT_LOOP,
     LOG,
@@ -64,7 +59,6 @@ from tests.e2e.test_zero_downtime_rollout import (
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "corral-test/busybox:1"
 KEY = names.object_key("default", "web")
-HOST_TWO = BRIDGE_ADDRESS.split("/")[0]
 ROLLBACK_SPEC = """\
   progressDeadlineSeconds: 600
   autoRollback:
@@ -212,41 +206,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rollout.txt")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    built = subprocess.run(
-        [str(REPO / "scripts" / "build-test-image"), IMAGE], capture_output=True, text=True
+    run_bench(
+        "bench/bench_rollout.py",
+        parser.parse_args(),
+        bench,
+        IMAGE,
+        "corral-bench-rollout-",
+        "corral-r2-",
     )
-    if built.returncode != 0:
-        sys.exit(f"scripts/build-test-image failed: {built.stderr.strip()}")
-    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
-        sys.exit(f"bridge {BRIDGE} exists: another second engine (an e2e test?) is running")
-    before = host_state()
-    engine = sh("docker", "version", "-f", "{{.Server.Version}}").stdout.strip()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"bench/bench_rollout.py {' '.join(sys.argv[1:])}".rstrip()
-        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
-        + f"{os.getloadavg()[0]:.1f} at the start)",
-        "",
-    ]
-    marks: list[str] = [BRIDGE, HOST_TWO.rsplit(".", 1)[0] + "."]
-    with local_nats("corral-bench-rollout-") as nats:
-        root = Path(tempfile.mkdtemp(prefix="corral-r2-", dir="/tmp"))  # a short socket path
-        with second_engine(root, IMAGE) as second_host:
-            anyio.run(bench, nats.url, second_host, args, lines, marks)
-    lines += host_report(
-        before,
-        host_state(),
-        marks,
-        looked_at="iptables-save, ip route, docker network ls",
-        counts=lambda line: "crl" not in line.lower() and "corral_" not in line,
-        others="other changes meanwhile, naming no corral network",
-    )
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
 
 
 if __name__ == "__main__":

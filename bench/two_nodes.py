@@ -11,18 +11,22 @@ networks and routes (`--remove-all`, as `corral down` does).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from host_report import host_report
+from local_nats import local_nats
 
 from corral.contract import names
 from corral.contract.codec import decode
@@ -32,10 +36,12 @@ from corral.natsio.kv import NatsBucket
 from corral.natsio.service import ServiceContext, base_parser, run_service
 from corral_netmgr import node as node_part
 from tests.agents import running_agent
+from tests.e2e.second_engine import BRIDGE, BRIDGE_ADDRESS, second_engine
 from tests.integration.netmgr_harness import running_netmgr
 from tests.integration.scheduler_harness import running_scheduler
 
 CORRAL = str(Path(sys.executable).parent / "corral")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def sh(
@@ -189,3 +195,56 @@ async def two_nodes(
             await remove_all(nats_url, one)
             await remove_all(nats_url, two, "--docker-host", second_host)
         await nc.close()
+
+
+Bench = Callable[[str, str, argparse.Namespace, list[str], list[str]], Awaitable[None]]
+
+
+def run_bench(
+    script: str,
+    args: argparse.Namespace,
+    bench: Bench,
+    image: str,
+    nats_prefix: str,
+    root_prefix: str,
+) -> None:
+    """A two-node bench's main() around `bench(nats_url, second_host, args, lines, marks)`:
+    the test image built, the second engine's bridge checked free, the header line, a
+    nats-server and a second engine of its own, the host report after; the text printed
+    and written to args.out."""
+    logging.basicConfig(level=logging.WARNING)
+    built = subprocess.run(
+        [str(REPO / "scripts" / "build-test-image"), image], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        sys.exit(f"scripts/build-test-image failed: {built.stderr.strip()}")
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        sys.exit(f"bridge {BRIDGE} exists: another second engine (an e2e test?) is running")
+    before = host_state()
+    engine = sh("docker", "version", "-f", "{{.Server.Version}}").stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"{script} {' '.join(sys.argv[1:])}".rstrip()
+        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
+        + f"{os.getloadavg()[0]:.1f} at the start)",
+        "",
+    ]
+    marks: list[str] = [BRIDGE, BRIDGE_ADDRESS.split("/")[0].rsplit(".", 1)[0] + "."]
+    with local_nats(nats_prefix) as nats:
+        root = Path(tempfile.mkdtemp(prefix=root_prefix, dir="/tmp"))  # a short socket path
+        with second_engine(root, image) as second_host:
+            anyio.run(bench, nats.url, second_host, args, lines, marks)
+    # other corral tests may run on this machine meanwhile (bridges crl..., networks
+    # corral_...): only lines of this run's, or of no corral at all, count
+    lines += host_report(
+        before,
+        host_state(),
+        marks,
+        looked_at="iptables-save, ip route, docker network ls",
+        counts=lambda line: "crl" not in line.lower() and "corral_" not in line,
+        others="other changes meanwhile, naming no corral network",
+    )
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
