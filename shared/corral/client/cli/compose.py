@@ -31,8 +31,7 @@ import yaml
 
 from corral.client.api import CorralError
 from corral.client.cli.manifests import (
-    MAX_INTEGER_CHARS,
-    MAX_MANIFEST_DEPTH,
+    BoundedLoader,
     Manifest,
     check_unique_objects,
     parse_document,
@@ -77,39 +76,12 @@ class ComposeError(CorralError):
 # --- reading ---------------------------------------------------------------------------
 
 
-class _ComposeLoader(yaml.SafeLoader):
+class _ComposeLoader(BoundedLoader):
     """YAML as Compose files use it: anchors, aliases and merge keys (`<<: *common`)
     allowed (their expansion is bounded by MAX_COMPOSE_NODES after loading); nesting and
     integers bounded as for manifests."""
 
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self._depth >= MAX_MANIFEST_DEPTH and self.check_event(
-            yaml.SequenceStartEvent, yaml.MappingStartEvent
-        ):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"mappings and lists nest deeper than {MAX_MANIFEST_DEPTH} levels",
-                event.start_mark,
-            )
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_yaml_int(self, node: Any) -> Any:
-        if len(node.value) > MAX_INTEGER_CHARS:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"an integer of {len(node.value)} characters", node.start_mark
-            )
-        return super().construct_yaml_int(node)
-
-
-_ComposeLoader.add_constructor("tag:yaml.org,2002:int", _ComposeLoader.construct_yaml_int)
+    what = "a Compose file"
 
 
 def is_compose(document: Any) -> bool:

@@ -51,9 +51,10 @@ _FLAGS = {
 
 
 def validated(manifest: dict[str, Any], kind: type[msgspec.Struct], flags: dict[str, str]) -> bytes:
-    """The JSON the owner will get, decoded as the owner will; a refused field that came
-    from a flag names the flag (as corral.client.cli.net_requests.validated, which this
-    module cannot import: write_commands imports this one)."""
+    """The JSON the owner will get, decoded as the owner will; an error about a field
+    that came from a flag (`flags`: field path prefix -> flag) names the flag first.
+    Also corral.client.cli.net_requests.validated (this module is the lower one:
+    write_commands, which net_requests imports, imports this one)."""
     raw = msgspec.json.encode(manifest)
     try:
         decode_payload(raw, kind)

@@ -37,19 +37,14 @@ MAX_MANIFEST_DEPTH = 64
 MAX_INTEGER_CHARS = 64
 
 
-class _ManifestLoader(yaml.SafeLoader):
-    """YAML for manifests: no anchors and aliases (a few hundred bytes of nested aliases
-    expand to gigabytes, a "billion laughs", and manifests have no need of them), and
-    nesting bounded by MAX_MANIFEST_DEPTH, checked as each node is entered."""
+class BoundedLoader(yaml.SafeLoader):
+    """YAML with nesting bounded by MAX_MANIFEST_DEPTH, checked as each node is entered,
+    and integers by MAX_INTEGER_CHARS; `what`: the file it reads, for messages."""
 
+    what = "a manifest"
     _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not supported in manifests", event.start_mark
-            )
         if self._depth >= MAX_MANIFEST_DEPTH and self.check_event(
             yaml.SequenceStartEvent, yaml.MappingStartEvent
         ):
@@ -58,7 +53,7 @@ class _ManifestLoader(yaml.SafeLoader):
                 None,
                 None,
                 f"mappings and lists nest deeper than {MAX_MANIFEST_DEPTH} levels, "
-                "the limit for a manifest",
+                f"the limit for {self.what}",
                 event.start_mark,
             )
         self._depth += 1
@@ -73,13 +68,27 @@ class _ManifestLoader(yaml.SafeLoader):
                 None,
                 None,
                 f"an integer of {len(node.value)} characters: "
-                f"at most {MAX_INTEGER_CHARS} in a manifest",
+                f"at most {MAX_INTEGER_CHARS} in {self.what}",
                 node.start_mark,
             )
         return super().construct_yaml_int(node)
 
 
-_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _ManifestLoader.construct_yaml_int)
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+
+
+class _ManifestLoader(BoundedLoader):
+    """YAML for manifests: bounded (BoundedLoader), and no anchors and aliases (a few
+    hundred bytes of nested aliases expand to gigabytes, a "billion laughs", and
+    manifests have no need of them)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not supported in manifests", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)

@@ -5,30 +5,15 @@ it is new."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import click
 import msgspec
 
 from corral.client.api import CorralClient, CorralError, RequestRejected, find_kind
+from corral.client.cli.container_commands import validated as validated  # one home, re-exported
 from corral.client.cli.runner import Settings, run_with_client
 from corral.client.cli.write_commands import _rejected, applied_verb
-from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
-
-
-def validated(manifest: dict[str, Any], kind: type[msgspec.Struct], flags: dict[str, str]) -> bytes:
-    """The JSON the owner will get, decoded as the owner will; an error about a field
-    that came from a flag (`flags`: field path prefix -> flag) names the flag first."""
-    raw = msgspec.json.encode(manifest)
-    try:
-        decode_payload(raw, kind)
-    except InvalidPayload as error:
-        for prefix, flag in flags.items():
-            if error.field == prefix or error.field.startswith((f"{prefix}.", f"{prefix}[")):
-                raise click.BadParameter(error.message, param_hint=flag) from None
-        raise click.ClickException(error.message) from None
-    return raw
 
 
 async def exists(client: CorralClient, kind: str, name: str) -> bool:

@@ -8,12 +8,10 @@ namespace (its name), and its networks (cluster-wide) by the same label.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +23,7 @@ from corral.client.cli.namespaces import split_table
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.client.cli.swarm_commands import ps_table, selects
 from corral.client.cli.tables import render_table
-from corral.client.cli.write_commands import applied_verb
+from corral.client.cli.write_commands import applied_verb, read_input_file
 from corral.contract import names
 from corral.contract.specs import Deployment
 
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
 # The label Compose puts on a project's objects (corral.client.cli.compose.PROJECT_LABEL,
 # not imported from there: that module loads PyYAML, which only `stack deploy` needs).
 PROJECT_LABEL = "com.docker.compose.project"
-# The largest file `stack deploy` reads (corral.client.cli.manifests.MAX_FILE_BYTES).
+# The largest file `stack deploy` reads (corral.client.cli.manifests.MAX_MANIFEST_BYTES).
 MAX_FILE_BYTES = 1024 * 1024
 
 # How often `stack rm` asks again to delete a network its Deployments still name.
@@ -50,28 +48,11 @@ def stack() -> None:
     there and resolve by DNS among its replicas (docs/compose.md)."""
 
 
-def _read_file(file_name: str) -> tuple[str, str]:
-    source = "<stdin>" if file_name == "-" else file_name
-    try:
-        if file_name == "-":
-            raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
-        else:
-            with Path(file_name).open("rb") as handle:
-                raw = handle.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise click.ClickException(
-                f"{source}: larger than the limit of {MAX_FILE_BYTES} bytes for a file"
-            )
-        return source, raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise click.ClickException(f"cannot read {source}: {error}") from None
-
-
 def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Manifest]]:
     """The project's name and its manifests, the whole file checked (ClickException)."""
     from corral.client.cli.compose import ComposeError, read_compose, translate
 
-    source, text = _read_file(file_name)
+    source, text = read_input_file(file_name, MAX_FILE_BYTES, "a file")
     try:
         document = read_compose(text, source, strict=True)
         if document is None:

@@ -159,6 +159,25 @@ def create_deployment(
 # --- apply ----------------------------------------------------------------------------
 
 
+def read_input_file(file_name: str, limit: int, what: str) -> tuple[str, str]:
+    """Where it came from ('<stdin>' for '-') and the text of a UTF-8 file of at most
+    `limit` bytes; ClickException naming the file otherwise ("... for `what`")."""
+    source = "<stdin>" if file_name == "-" else file_name
+    try:
+        if file_name == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with Path(file_name).open("rb") as handle:
+                raw = handle.read(limit + 1)
+        if len(raw) > limit:
+            raise click.ClickException(
+                f"{source}: larger than the limit of {limit} bytes for {what}"
+            )
+        return source, raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"cannot read {source}: {error}") from None
+
+
 def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
     """Every document of every file ('-' is stdin), all validated before anything is sent."""
     # Imported here: PyYAML only for `corral apply`.
@@ -171,20 +190,7 @@ def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
 
     manifests: list[Manifest] = []
     for file_name in files:
-        source = "<stdin>" if file_name == "-" else file_name
-        try:
-            if file_name == "-":
-                raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
-            else:
-                with Path(file_name).open("rb") as handle:
-                    raw = handle.read(MAX_MANIFEST_BYTES + 1)
-            if len(raw) > MAX_MANIFEST_BYTES:
-                raise click.ClickException(
-                    f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes for a manifest"
-                )
-            text = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise click.ClickException(f"cannot read {source}: {error}") from None
+        source, text = read_input_file(file_name, MAX_MANIFEST_BYTES, "a manifest")
         try:
             manifests += load_manifests(text, source)
         except CorralError as error:
