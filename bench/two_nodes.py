@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,12 @@ from corral.contract.codec import decode
 from corral.contract.network_state import NetworkSlice
 from corral.natsio.bus import connect, ensure_streams, open_buckets
 from corral.natsio.kv import NatsBucket
-from corral.natsio.service import ServiceContext, base_parser, run_service
+from corral.natsio.service import ServiceContext, run_service
 from corral_netmgr import node as node_part
 from tests.agents import running_agent
 from tests.e2e.second_engine import BRIDGE, BRIDGE_ADDRESS, second_engine
+from tests.e2e.test_netmgr_node import host_state, remove_all
+from tests.e2e.test_netmgr_node import parser as node_parser
 from tests.integration.netmgr_harness import running_netmgr
 from tests.integration.scheduler_harness import running_scheduler
 
@@ -52,32 +53,6 @@ def sh(
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120, env=env)
 
 
-def host_state() -> dict[str, list[str]]:
-    """The packet filter (without counters), the routes, the Docker networks."""
-    rules = sorted(
-        re.sub(r"\[\d+:\d+\]", "", line)
-        for line in sh("iptables-save").stdout.splitlines()
-        if line and not line.startswith("#")
-    )
-    return {
-        "iptables": rules,
-        # " linkdown": docker0 with no container on it, or some
-        "routes": sorted(
-            line.replace(" linkdown", "").strip() for line in sh("ip", "route").stdout.splitlines()
-        ),
-        "networks": sorted(sh("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()),
-    }
-
-
-def node_parser() -> argparse.ArgumentParser:
-    """netmgr's node part's command line as its main.py makes it."""
-    made = base_parser("netmgr", 0)
-    made.add_argument("--node", default="")
-    made.add_argument("--docker-host")
-    node_part.add_arguments(made)
-    return made
-
-
 @asynccontextmanager
 async def running_node_part(nats_url: str, node: str, *flags: str) -> AsyncIterator[None]:
     args = node_parser().parse_args(
@@ -89,15 +64,6 @@ async def running_node_part(nats_url: str, node: str, *flags: str) -> AsyncItera
             yield
         finally:
             tg.cancel_scope.cancel()
-
-
-async def remove_all(nats_url: str, node: str, *flags: str) -> None:
-    """What `corral down` runs once the node part stopped: its chains, networks, routes."""
-    args = node_parser().parse_args(
-        ["--nats", nats_url, "--metrics-port", "0", "--node", node, "--remove-all", *flags]
-    )
-    with anyio.fail_after(60):
-        await run_service("netmgr", node_part.run, args)
 
 
 # --- commands, in threads: the agents and node parts share this event loop -------------
