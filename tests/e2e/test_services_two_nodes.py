@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -127,16 +128,20 @@ def clients() -> Iterator[list[str]]:
     remove_containers(*made)
 
 
-async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_isolation(
+@asynccontextmanager
+async def two_node_cluster(
     nats_url: str,
     buckets: dict[str, NatsBucket],
     node_name: str,
-    test_image: str,
     second_host: str,
     agent_running: AgentFactory,
     unchanged_host: Guard,
     clients: list[str],
-) -> None:
+) -> AsyncIterator[tuple[str, str, str, NetworkSlice]]:
+    """The scheduler, netmgr's cluster part, and netmgr's node part and a node agent on
+    each engine (node two on the second one), once node one's default slice is made:
+    (node one, node two, the cluster id, that slice). On the way out every container of
+    both nodes goes (`clients` first), then what `corral down` removes."""
     one, two = node_name, f"{node_name}-b"
     slices = buckets[names.NETWORK_SLICES_BUCKET]
     cluster = ""
@@ -167,138 +172,7 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
                 )
                 assert isinstance(slice_one, NetworkSlice)
                 unchanged_host.marks.append(slice_one.subnet)
-                await ok(
-                    nats_url, "create", "deployment", "web", f"--image={test_image}",
-                    "--replicas=4", "--port=8080", "--", "sh", "-c", HTTPD,
-                )  # fmt: skip
-                on_one = await eventually(
-                    lambda: anyio.to_thread.run_sync(running_names, "web", None),
-                    lambda found: len(found) == 2,
-                    within=90,
-                )
-                on_two = await eventually(
-                    lambda: anyio.to_thread.run_sync(running_names, "web", second_host),
-                    lambda found: len(found) == 2,
-                    within=90,
-                )
-                replicas = set(on_one) | set(on_two)
-                await ok(
-                    nats_url, "expose", "deployment", "web", "--type=NodePort",
-                    "--port=80", "--target-port=8080",
-                )  # fmt: skip
-                await ok(
-                    nats_url, "create", "service", "web-direct", "--selector", "app=web",
-                    "--port", "8080:8080", "--cluster-ip", "None",
-                )  # fmt: skip
-
-                async def in_force(accept: Callable[[Endpoints], bool]) -> Endpoints | None:
-                    """The Service's endpoints once `accept`ed and in force on both nodes."""
-                    return await endpoints_in_force(
-                        buckets, names.object_key("default", "web"), (one, two), accept
-                    )
-
-                web = await eventually(
-                    lambda: in_force(
-                        lambda found: len([a for a in found.addresses if a.ready]) == 4
-                    ),
-                    lambda found: found is not None,
-                    within=60,
-                )
-                assert web is not None
-                node_port = web.ports[0].node_port
-                assert 30000 <= node_port <= 32767
-
-                # a client on node one, on the default network, resolving as replicas do
-                gateway = slice_one.gateway
-                client = f"client-{uuid.uuid4().hex[:8]}"
-                clients.append(client)
-                await run(
-                    "docker", "run", "-d", "--name", client,
-                    "--label", f"{names.LABEL_NODE}={one}",
-                    "--network", names.docker_network_name("default", cluster),
-                    "--dns", gateway, "--dns-search", "default.svc.cluster.local",
-                    "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
-                    test_image, "sleep", "3600",
-                )  # fmt: skip
-
-                by_name = await hits(client, "web", 80, REQUESTS)
-                assert set(by_name) == replicas, by_name
-                assert sum(by_name.values()) == REQUESTS
-                by_vip = await hits(client, web.cluster_ip, 80, 40)
-                assert set(by_vip) <= replicas and len(by_vip) >= 2, by_vip
-                host_one = "172.17.0.1"  # docker0: the host's address on engine one's bridge
-                host_two = BRIDGE_ADDRESS.split("/")[0]
-                for address in (host_one, host_two):
-                    through_port = await hits(client, address, node_port, 40)
-                    assert set(through_port) <= replicas and len(through_port) >= 2, through_port
-
-                # headless: the name resolves to the replicas themselves
-                looked_up = await in_client(client, "nslookup web-direct.default.svc.cluster.local")
-                addresses = {a.ip for a in web.addresses}
-                assert addresses <= set(looked_up.split()), looked_up
-
-                # another network: neither the VIP nor a replica answers, and at once
-                await ok(nats_url, "network", "create", "blue")
-                await eventually(
-                    lambda: record(slices, f"blue.{one}", NetworkSlice),
-                    lambda found: found is not None,
-                    within=30,
-                )
-                blue_client = f"blue-{uuid.uuid4().hex[:8]}"
-                clients.append(blue_client)
-                blue = names.docker_network_name("blue", cluster)
-                await eventually(
-                    lambda: anyio.to_thread.run_sync(
-                        lambda: sh("docker", "network", "inspect", blue, check=False).returncode
-                    ),
-                    lambda code: code == 0,
-                    within=30,
-                )
-                await run(
-                    "docker", "run", "-d", "--name", blue_client,
-                    "--label", f"{names.LABEL_NODE}={one}", "--network", blue,
-                    test_image, "sleep", "3600",
-                )  # fmt: skip
-                for address, port in [(web.cluster_ip, 80), *((a.ip, 8080) for a in web.addresses)]:
-                    started = time.monotonic()
-                    assert await hits(blue_client, address, port, 1) == collections.Counter(), (
-                        address
-                    )
-                    assert time.monotonic() - started < 3.5, f"{address}: not refused at once"
-                await run("docker", "rm", "-f", blue_client)
-                clients.remove(blue_client)
-                await ok(nats_url, "network", "rm", "blue")
-
-                # a replica killed leaves the endpoints; once in force, it gets nothing
-                victim, victim_id = next(iter(on_two.items()))
-                await run("docker", "rm", "-f", victim_id, engine=second_host)
-
-                before = {a.ip for a in web.addresses}
-                await eventually(
-                    lambda: in_force(
-                        lambda found: len(before - {a.ip for a in found.addresses}) == 1
-                    ),
-                    lambda found: found is not None,
-                    within=30,
-                )
-                after = await hits(client, "web", 80, 60)
-                assert victim not in after, after
-
-                # scaled to zero: refused at once, not a hang
-                await ok(nats_url, "scale", "deployment", "web", "--replicas=0")
-
-                await eventually(
-                    lambda: in_force(lambda found: not found.addresses),
-                    lambda found: found is not None,
-                    within=60,
-                )
-                started = time.monotonic()
-                assert await hits(client, web.cluster_ip, 80, 1) == collections.Counter()
-                assert time.monotonic() - started < 3.5, "a Service with no endpoints must refuse"
-
-                await ok(nats_url, "delete", "service", "web")
-                await ok(nats_url, "delete", "service", "web-direct")
-                await ok(nats_url, "delete", "deployment", "web")
+                yield one, two, cluster, slice_one
     finally:
         # containers first: a Docker network goes only once nothing is on it
         remove_containers(*clients)
@@ -312,3 +186,145 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
         if cluster:  # what `corral down` does once the node parts stopped
             await remove_all(nats_url, one)
             await remove_all(nats_url, two, "--docker-host", second_host)
+
+
+async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_isolation(
+    nats_url: str,
+    buckets: dict[str, NatsBucket],
+    node_name: str,
+    test_image: str,
+    second_host: str,
+    agent_running: AgentFactory,
+    unchanged_host: Guard,
+    clients: list[str],
+) -> None:
+    slices = buckets[names.NETWORK_SLICES_BUCKET]
+    async with two_node_cluster(
+        nats_url, buckets, node_name, second_host, agent_running, unchanged_host, clients
+    ) as (one, two, cluster, slice_one):
+        await ok(
+            nats_url, "create", "deployment", "web", f"--image={test_image}",
+            "--replicas=4", "--port=8080", "--", "sh", "-c", HTTPD,
+        )  # fmt: skip
+        on_one = await eventually(
+            lambda: anyio.to_thread.run_sync(running_names, "web", None),
+            lambda found: len(found) == 2,
+            within=90,
+        )
+        on_two = await eventually(
+            lambda: anyio.to_thread.run_sync(running_names, "web", second_host),
+            lambda found: len(found) == 2,
+            within=90,
+        )
+        replicas = set(on_one) | set(on_two)
+        await ok(
+            nats_url, "expose", "deployment", "web", "--type=NodePort",
+            "--port=80", "--target-port=8080",
+        )  # fmt: skip
+        await ok(
+            nats_url, "create", "service", "web-direct", "--selector", "app=web",
+            "--port", "8080:8080", "--cluster-ip", "None",
+        )  # fmt: skip
+
+        async def in_force(accept: Callable[[Endpoints], bool]) -> Endpoints | None:
+            """The Service's endpoints once `accept`ed and in force on both nodes."""
+            return await endpoints_in_force(
+                buckets, names.object_key("default", "web"), (one, two), accept
+            )
+
+        web = await eventually(
+            lambda: in_force(lambda found: len([a for a in found.addresses if a.ready]) == 4),
+            lambda found: found is not None,
+            within=60,
+        )
+        assert web is not None
+        node_port = web.ports[0].node_port
+        assert 30000 <= node_port <= 32767
+
+        # a client on node one, on the default network, resolving as replicas do
+        gateway = slice_one.gateway
+        client = f"client-{uuid.uuid4().hex[:8]}"
+        clients.append(client)
+        await run(
+            "docker", "run", "-d", "--name", client,
+            "--label", f"{names.LABEL_NODE}={one}",
+            "--network", names.docker_network_name("default", cluster),
+            "--dns", gateway, "--dns-search", "default.svc.cluster.local",
+            "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
+            test_image, "sleep", "3600",
+        )  # fmt: skip
+
+        by_name = await hits(client, "web", 80, REQUESTS)
+        assert set(by_name) == replicas, by_name
+        assert sum(by_name.values()) == REQUESTS
+        by_vip = await hits(client, web.cluster_ip, 80, 40)
+        assert set(by_vip) <= replicas and len(by_vip) >= 2, by_vip
+        host_one = "172.17.0.1"  # docker0: the host's address on engine one's bridge
+        host_two = BRIDGE_ADDRESS.split("/")[0]
+        for address in (host_one, host_two):
+            through_port = await hits(client, address, node_port, 40)
+            assert set(through_port) <= replicas and len(through_port) >= 2, through_port
+
+        # headless: the name resolves to the replicas themselves
+        looked_up = await in_client(client, "nslookup web-direct.default.svc.cluster.local")
+        addresses = {a.ip for a in web.addresses}
+        assert addresses <= set(looked_up.split()), looked_up
+
+        # another network: neither the VIP nor a replica answers, and at once
+        await ok(nats_url, "network", "create", "blue")
+        await eventually(
+            lambda: record(slices, f"blue.{one}", NetworkSlice),
+            lambda found: found is not None,
+            within=30,
+        )
+        blue_client = f"blue-{uuid.uuid4().hex[:8]}"
+        clients.append(blue_client)
+        blue = names.docker_network_name("blue", cluster)
+        await eventually(
+            lambda: anyio.to_thread.run_sync(
+                lambda: sh("docker", "network", "inspect", blue, check=False).returncode
+            ),
+            lambda code: code == 0,
+            within=30,
+        )
+        await run(
+            "docker", "run", "-d", "--name", blue_client,
+            "--label", f"{names.LABEL_NODE}={one}", "--network", blue,
+            test_image, "sleep", "3600",
+        )  # fmt: skip
+        for address, port in [(web.cluster_ip, 80), *((a.ip, 8080) for a in web.addresses)]:
+            started = time.monotonic()
+            assert await hits(blue_client, address, port, 1) == collections.Counter(), address
+            assert time.monotonic() - started < 3.5, f"{address}: not refused at once"
+        await run("docker", "rm", "-f", blue_client)
+        clients.remove(blue_client)
+        await ok(nats_url, "network", "rm", "blue")
+
+        # a replica killed leaves the endpoints; once in force, it gets nothing
+        victim, victim_id = next(iter(on_two.items()))
+        await run("docker", "rm", "-f", victim_id, engine=second_host)
+
+        before = {a.ip for a in web.addresses}
+        await eventually(
+            lambda: in_force(lambda found: len(before - {a.ip for a in found.addresses}) == 1),
+            lambda found: found is not None,
+            within=30,
+        )
+        after = await hits(client, "web", 80, 60)
+        assert victim not in after, after
+
+        # scaled to zero: refused at once, not a hang
+        await ok(nats_url, "scale", "deployment", "web", "--replicas=0")
+
+        await eventually(
+            lambda: in_force(lambda found: not found.addresses),
+            lambda found: found is not None,
+            within=60,
+        )
+        started = time.monotonic()
+        assert await hits(client, web.cluster_ip, 80, 1) == collections.Counter()
+        assert time.monotonic() - started < 3.5, "a Service with no endpoints must refuse"
+
+        await ok(nats_url, "delete", "service", "web")
+        await ok(nats_url, "delete", "service", "web-direct")
+        await ok(nats_url, "delete", "deployment", "web")

@@ -21,18 +21,13 @@ import anyio
 import pytest
 
 from corral.contract import names
-from corral.contract.network_state import Endpoints, NetworkSlice
+from corral.contract.network_state import Endpoints
 from corral.contract.state import DeploymentStatus
 from corral.natsio.kv import NatsBucket
-from tests.agents import running_agent
 from tests.e2e.conftest import AgentFactory
 from tests.e2e.test_netmgr_node import (
     Guard,
-    remove_all,
-    remove_containers,
-    running_node_part,
     second_host,
-    sh,
     unchanged_host,
 )
 from tests.e2e.test_services_two_nodes import (
@@ -43,9 +38,8 @@ from tests.e2e.test_services_two_nodes import (
     record,
     run,
     running_names,
+    two_node_cluster,
 )
-from tests.integration.netmgr_harness import running_netmgr
-from tests.integration.scheduler_harness import running_scheduler
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
@@ -148,99 +142,56 @@ async def test_a_rolling_update_behind_a_service_loses_no_request(
     clients: list[str],
     tmp_path: Path,
 ) -> None:
-    one, two = node_name, f"{node_name}-b"
     engines: list[str | None] = [None, second_host]
-    slices = buckets[names.NETWORK_SLICES_BUCKET]
-    cluster = ""
-    try:
-        async with (
-            running_scheduler(nats_url),
-            running_netmgr(nats_url, "--default-network-wait", "30") as netmgr,
-        ):
-            cluster = netmgr.cluster.id
-            unchanged_host.marks += [
-                cluster,
-                names.chain_prefix(cluster, one),
-                names.chain_prefix(cluster, two),
-            ]
-            async with (
-                running_node_part(nats_url, one),
-                running_node_part(nats_url, two, "--docker-host", second_host),
-                agent_running("--networks", "on"),
-                running_agent(
-                    nats_url, two, "--docker-host", second_host, "--heartbeat-seconds", "0.5",
-                    "--networks", "on",
-                ),
-            ):  # fmt: skip
-                slice_one = await eventually(
-                    lambda: record(slices, f"default.{one}", NetworkSlice),
-                    lambda found: found is not None,
-                    within=30,
-                )
-                assert isinstance(slice_one, NetworkSlice)
-                unchanged_host.marks.append(slice_one.subnet)
-                first = tmp_path / "v1.yaml"
-                first.write_text(manifest(test_image, "1"))
-                await ok(nats_url, "apply", "-f", str(first))
-                await ok(nats_url, "expose", "deployment", "web", "--port=80", "--target-port=8080")
-                await eventually(lambda: rolled_out(buckets, engines), bool, within=90)
-                on_two = await anyio.to_thread.run_sync(running_names, "web", second_host)
-                assert on_two, "the replicas are spread over both nodes"
-                await eventually(
-                    lambda: endpoints_in_force(
-                        buckets,
-                        names.object_key("default", "web"),
-                        (one, two),
-                        lambda found: len([a for a in found.addresses if a.ready]) == 4,
-                    ),
-                    lambda found: isinstance(found, Endpoints),
-                    within=60,
-                )
+    async with two_node_cluster(
+        nats_url, buckets, node_name, second_host, agent_running, unchanged_host, clients
+    ) as (one, two, cluster, slice_one):
+        first = tmp_path / "v1.yaml"
+        first.write_text(manifest(test_image, "1"))
+        await ok(nats_url, "apply", "-f", str(first))
+        await ok(nats_url, "expose", "deployment", "web", "--port=80", "--target-port=8080")
+        await eventually(lambda: rolled_out(buckets, engines), bool, within=90)
+        on_two = await anyio.to_thread.run_sync(running_names, "web", second_host)
+        assert on_two, "the replicas are spread over both nodes"
+        await eventually(
+            lambda: endpoints_in_force(
+                buckets,
+                names.object_key("default", "web"),
+                (one, two),
+                lambda found: len([a for a in found.addresses if a.ready]) == 4,
+            ),
+            lambda found: isinstance(found, Endpoints),
+            within=60,
+        )
 
-                client = f"client-{uuid.uuid4().hex[:8]}"
-                clients.append(client)
-                await run(
-                    "docker", "run", "-d", "--name", client,
-                    "--label", f"{names.LABEL_NODE}={one}",
-                    "--network", names.docker_network_name("default", cluster),
-                    "--dns", slice_one.gateway, "--dns-search", "default.svc.cluster.local",
-                    "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
-                    test_image, "sleep", "3600",
-                )  # fmt: skip
-                await run("docker", "exec", "-d", client, "sh", "-c", CLIENT_LOOP)
-                before = await eventually(
-                    lambda: counts(client), lambda seen: seen[0] >= 20, within=30
-                )
-                assert before[1] == 0, f"requests failed before the update: {before}"
+        client = f"client-{uuid.uuid4().hex[:8]}"
+        clients.append(client)
+        await run(
+            "docker", "run", "-d", "--name", client,
+            "--label", f"{names.LABEL_NODE}={one}",
+            "--network", names.docker_network_name("default", cluster),
+            "--dns", slice_one.gateway, "--dns-search", "default.svc.cluster.local",
+            "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
+            test_image, "sleep", "3600",
+        )  # fmt: skip
+        await run("docker", "exec", "-d", client, "sh", "-c", CLIENT_LOOP)
+        before = await eventually(lambda: counts(client), lambda seen: seen[0] >= 20, within=30)
+        assert before[1] == 0, f"requests failed before the update: {before}"
 
-                second = tmp_path / "v2.yaml"
-                second.write_text(manifest(test_image, "2"))
-                await ok(nats_url, "apply", "-f", str(second))
-                await eventually(lambda: rolled_out(buckets, engines), bool, within=120)
-                during = await counts(client)
-                # a little more traffic after the last old replica went, then stop
-                await eventually(
-                    lambda: counts(client), lambda seen: seen[0] >= during[0] + 20, within=30
-                )
-                await run("docker", "exec", client, "touch", STOP)
-                final = await counts(client)
-                sent_during_update = during[0] + during[1] - before[0] - before[1]
-                assert final[1] == 0, (
-                    f"{final[1]} of {sum(final)} requests failed "
-                    f"({sent_during_update} sent during the update)"
-                )
-                assert sent_during_update >= 30, f"too little traffic: {sent_during_update}"
-                await ok(nats_url, "delete", "service", "web")
-                await ok(nats_url, "delete", "deployment", "web")
-    finally:
-        remove_containers(*clients)
-        clients.clear()
-        for node, engine in ((one, None), (two, second_host)):
-            left = sh(
-                "docker", "ps", "-aq", "--filter", f"label={names.LABEL_NODE}={node}",
-                engine=engine,
-            ).stdout.split()  # fmt: skip
-            remove_containers(*left, engine=engine)
-        if cluster:  # what `corral down` does once the node parts stopped
-            await remove_all(nats_url, one)
-            await remove_all(nats_url, two, "--docker-host", second_host)
+        second = tmp_path / "v2.yaml"
+        second.write_text(manifest(test_image, "2"))
+        await ok(nats_url, "apply", "-f", str(second))
+        await eventually(lambda: rolled_out(buckets, engines), bool, within=120)
+        during = await counts(client)
+        # a little more traffic after the last old replica went, then stop
+        await eventually(lambda: counts(client), lambda seen: seen[0] >= during[0] + 20, within=30)
+        await run("docker", "exec", client, "touch", STOP)
+        final = await counts(client)
+        sent_during_update = during[0] + during[1] - before[0] - before[1]
+        assert final[1] == 0, (
+            f"{final[1]} of {sum(final)} requests failed "
+            f"({sent_during_update} sent during the update)"
+        )
+        assert sent_during_update >= 30, f"too little traffic: {sent_during_update}"
+        await ok(nats_url, "delete", "service", "web")
+        await ok(nats_url, "delete", "deployment", "web")
