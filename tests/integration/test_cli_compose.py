@@ -54,6 +54,7 @@ volumes:
 
 @asynccontextmanager
 async def cluster(nats_url: str) -> AsyncIterator[None]:
+    """Two hollow nodes with the scheduler, netmgr and volmgr, once the default network is."""
     flags = ("--runtime", "hollow", "--cpu", "2", "--memory", "4Gi", "--heartbeat-seconds", "0.5")
     async with (
         running_scheduler(nats_url),
@@ -62,7 +63,18 @@ async def cluster(nats_url: str) -> AsyncIterator[None]:
         running_agent(nats_url, "node-1", *flags),
         running_agent(nats_url, "node-2", *flags),
     ):
+        await eventually(
+            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
+        )
         yield
+
+
+def compose_file(folder: Path, text: str) -> Path:
+    """`text` as folder/compose.yaml: the folder's name is the project's."""
+    folder.mkdir()
+    file = folder / "compose.yaml"
+    file.write_text(text)
+    return file
 
 
 def ok(result: Result) -> Result:
@@ -90,15 +102,9 @@ async def placed(buckets: dict[str, NatsBucket], namespace: str, name: str) -> l
 async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_follow_it(
     nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    file = folder / "compose.yaml"
-    file.write_text(COMPOSE)
+    file = compose_file(tmp_path / "shop", COMPOSE)
     deployments = buckets[names.DEPLOYMENTS_BUCKET]
     async with cluster(nats_url):
-        await eventually(
-            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
-        )
         ok(await corral(nats_url, "create", "deployment", "web", "--image", f"{IMAGE}-old"))
         before = await stored(deployments, "default.web", Deployment)
         assert isinstance(before, Deployment)
@@ -179,13 +185,12 @@ async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_foll
         assert "*:30088->8080/tcp" in tasks.stdout
 
         # a project's object is never taken over by another's
-        other = tmp_path / "other"
-        other.mkdir()
-        (other / "compose.yaml").write_text(
+        other = compose_file(
+            tmp_path / "other",
             "services:\n  a: {image: corral-test/busybox:1, networks: [x]}\n"
-            "networks:\n  x: {name: shop-front}\n"
+            "networks:\n  x: {name: shop-front}\n",
         )
-        refused = await corral(nats_url, "stack", "deploy", "-c", str(other / "compose.yaml"))
+        refused = await corral(nats_url, "stack", "deploy", "-c", str(other))
         assert refused.exit_code == 1
         assert "network/shop-front exists, of project 'shop'" in refused.stderr
         assert await stored(deployments, "other.a", Deployment) is None
@@ -225,17 +230,11 @@ async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_foll
 async def test_apply_of_a_compose_file_sends_nothing_when_it_would_take_over_another_s_object(
     nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    file = folder / "compose.yaml"
-    file.write_text(COMPOSE)
+    file = compose_file(tmp_path / "shop", COMPOSE)
     deployments = buckets[names.DEPLOYMENTS_BUCKET]
     networks = buckets[names.NETWORKS_BUCKET]
     claims = buckets[names.CLAIMS_BUCKET]
     async with cluster(nats_url):
-        await eventually(
-            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
-        )
         # a user's own Deployment `web` in the project's namespace, made without Compose
         mine = "deployment", "web", "-n", "shop", "--image", f"{IMAGE}-mine"
         ok(await corral(nats_url, "create", *mine))
@@ -254,22 +253,20 @@ async def test_apply_of_a_compose_file_sends_nothing_when_it_would_take_over_ano
         assert await stored(claims, "shop.data", PersistentVolumeClaim) is None
 
         # a network of the file's `name:` that another project made is not taken over
-        first = tmp_path / "first"
-        first.mkdir()
-        (first / "compose.yaml").write_text(
+        first = compose_file(
+            tmp_path / "first",
             "services:\n  a: {image: corral-test/busybox:1, networks: [x]}\n"
-            "networks:\n  x: {name: shared-net}\n"
+            "networks:\n  x: {name: shared-net}\n",
         )
-        ok(await corral(nats_url, "apply", "-f", str(first / "compose.yaml")))
+        ok(await corral(nats_url, "apply", "-f", str(first)))
         owned = await stored(networks, "shared-net", Network)
         assert isinstance(owned, Network)
-        second = tmp_path / "second"
-        second.mkdir()
-        (second / "compose.yaml").write_text(
+        second = compose_file(
+            tmp_path / "second",
             "services:\n  b: {image: corral-test/busybox:1, networks: [y]}\n"
-            "networks:\n  y: {name: shared-net, ipam: {config: [{subnet: 10.177.0.0/16}]}}\n"
+            "networks:\n  y: {name: shared-net, ipam: {config: [{subnet: 10.177.0.0/16}]}}\n",
         )
-        taken = await corral(nats_url, "apply", "-f", str(second / "compose.yaml"))
+        taken = await corral(nats_url, "apply", "-f", str(second))
         assert taken.exit_code == 1, taken.output
         assert "network/shared-net exists, of project 'first'" in taken.stderr
         assert await stored(networks, "shared-net", Network) == owned
@@ -279,17 +276,11 @@ async def test_apply_of_a_compose_file_sends_nothing_when_it_would_take_over_ano
 async def test_delete_f_of_a_compose_file_removes_only_its_project_s_objects_networks_last(
     nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    file = folder / "compose.yaml"
-    file.write_text(COMPOSE)
+    file = compose_file(tmp_path / "shop", COMPOSE)
     deployments = buckets[names.DEPLOYMENTS_BUCKET]
     networks = buckets[names.NETWORKS_BUCKET]
     claims = buckets[names.CLAIMS_BUCKET]
     async with cluster(nats_url):
-        await eventually(
-            lambda: corral(nats_url, "get", "networks"), lambda r: "default" in r.stdout
-        )
         ok(await corral(nats_url, "apply", "-f", str(file)))
         # the user makes shop/db their own (a manifest without the project's label) and
         # adds shop/extra: neither is the project's any more
