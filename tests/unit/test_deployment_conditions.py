@@ -92,172 +92,111 @@ DONE = replace(UNDER_WAY, updated=3, ready=3, available=3, old=0)
 RECORD = AutoRollbackRecord(from_revision=2, to_revision=3, reason="CrashLoop", message="boom")
 
 
+def case(
+    before: DeploymentStatus | None,
+    reason: str,
+    status: str = "True",
+    *,
+    seen: Seen = UNDER_WAY,
+    now: float = NOW,
+    moved: bool = True,
+    requeue: float | None = DEADLINE,
+) -> tuple[DeploymentStatus | None, Seen, float, str, str, bool, float | None]:
+    """A row of the table below: the stored status, then the condition expected (its
+    reason and status; `moved`: lastUpdateTime is `now`) and the requeue (None: no timer),
+    for a rollout UNDER_WAY seen at NOW unless told."""
+    return before, seen, now, reason, status, moved, requeue
+
+
 @pytest.mark.parametrize(
     ("before", "seen", "now", "reason", "status", "moved", "requeue"),
     [
         # A first status, and a new revision: NewReplicaSetCreated, the deadline ahead.
-        (None, UNDER_WAY, NOW, REASON_NEW_REPLICAS_CREATED, "True", True, DEADLINE),
-        (
-            stored(REASON_NEW_REPLICAS_AVAILABLE, revision=1),
-            UNDER_WAY,
-            NOW,
-            REASON_NEW_REPLICAS_CREATED,
-            "True",
-            True,
-            DEADLINE,
-        ),
+        case(None, REASON_NEW_REPLICAS_CREATED),
+        case(stored(REASON_NEW_REPLICAS_AVAILABLE, revision=1), REASON_NEW_REPLICAS_CREATED),
         # Progress (one more updated, one more ready, one old fewer): lastUpdateTime moves.
-        (
-            stored(REASON_NEW_REPLICAS_CREATED, updated=0),
-            UNDER_WAY,
-            NOW,
-            REASON_REPLICAS_UPDATED,
-            "True",
-            True,
-            DEADLINE,
-        ),
-        (
-            stored(REASON_REPLICAS_UPDATED, ready=2, available=2),
-            UNDER_WAY,
-            NOW,
-            REASON_REPLICAS_UPDATED,
-            "True",
-            True,
-            DEADLINE,
-        ),
-        (
-            stored(REASON_REPLICAS_UPDATED, placed=5),
-            UNDER_WAY,
-            NOW,
-            REASON_REPLICAS_UPDATED,
-            "True",
-            True,
-            DEADLINE,
-        ),
+        case(stored(REASON_NEW_REPLICAS_CREATED, updated=0), REASON_REPLICAS_UPDATED),
+        case(stored(REASON_REPLICAS_UPDATED, ready=2, available=2), REASON_REPLICAS_UPDATED),
+        case(stored(REASON_REPLICAS_UPDATED, placed=5), REASON_REPLICAS_UPDATED),
         # No progress, deadline not passed: unchanged, decided again when it passes.
-        (
+        case(
             stored(REASON_REPLICAS_UPDATED, at=960.0),
-            UNDER_WAY,
-            NOW,
             REASON_REPLICAS_UPDATED,
-            "True",
-            False,
-            20.0,
+            moved=False,
+            requeue=20.0,
         ),
         # Passed (at 940 + 60 <= 1000): False ProgressDeadlineExceeded, no further timer.
-        (
+        case(
             stored(REASON_REPLICAS_UPDATED, at=940.0),
-            UNDER_WAY,
-            NOW,
             REASON_PROGRESS_DEADLINE_EXCEEDED,
             "False",
-            True,
-            None,
+            requeue=None,
         ),
         # Exceeded stays exceeded without progress; progress makes it True again.
-        (
+        case(
             stored(REASON_PROGRESS_DEADLINE_EXCEEDED, status="False"),
-            UNDER_WAY,
-            NOW,
             REASON_PROGRESS_DEADLINE_EXCEEDED,
             "False",
-            False,
-            None,
+            moved=False,
+            requeue=None,
         ),
-        (
+        case(
             stored(REASON_PROGRESS_DEADLINE_EXCEEDED, status="False", updated=0),
-            UNDER_WAY,
-            NOW,
             REASON_REPLICAS_UPDATED,
-            "True",
-            True,
-            DEADLINE,
         ),
         # Complete: NewReplicaSetAvailable, no deadline; kept once so.
-        (
-            stored(REASON_REPLICAS_UPDATED),
-            DONE,
-            NOW,
-            REASON_NEW_REPLICAS_AVAILABLE,
-            "True",
-            True,
-            None,
+        case(
+            stored(REASON_REPLICAS_UPDATED), REASON_NEW_REPLICAS_AVAILABLE, seen=DONE, requeue=None
         ),
-        (
+        case(
             stored(REASON_NEW_REPLICAS_AVAILABLE, updated=3, placed=3),
-            replace(DONE, ready=2, available=2),
-            NOW + 10_000,
             REASON_NEW_REPLICAS_AVAILABLE,
-            "True",
-            False,
-            None,
+            seen=replace(DONE, ready=2, available=2),
+            now=NOW + 10_000,
+            moved=False,
+            requeue=None,
         ),
         # Paused: Unknown, no deadline even long after; resumed: True, the deadline again.
-        (
+        case(
             stored(REASON_REPLICAS_UPDATED, at=0.0),
-            replace(UNDER_WAY, paused=True),
-            NOW,
             REASON_PAUSED,
             "Unknown",
-            True,
-            None,
+            seen=replace(UNDER_WAY, paused=True),
+            requeue=None,
         ),
-        (
+        case(
             stored(REASON_PAUSED, status="Unknown", at=0.0),
-            replace(UNDER_WAY, paused=True),
-            NOW,
             REASON_PAUSED,
             "Unknown",
-            False,
-            None,
+            seen=replace(UNDER_WAY, paused=True),
+            moved=False,
+            requeue=None,
         ),
-        (
-            stored(REASON_PAUSED, status="Unknown", at=0.0),
-            UNDER_WAY,
-            NOW,
-            REASON_RESUMED,
-            "True",
-            True,
-            DEADLINE,
-        ),
+        case(stored(REASON_PAUSED, status="Unknown", at=0.0), REASON_RESUMED),
         # A stored time in this scheduler's future counts from now.
-        (
-            stored(REASON_REPLICAS_UPDATED, at=5000.0),
-            UNDER_WAY,
-            NOW,
-            REASON_REPLICAS_UPDATED,
-            "True",
-            True,
-            DEADLINE,
-        ),
+        case(stored(REASON_REPLICAS_UPDATED, at=5000.0), REASON_REPLICAS_UPDATED),
         # The automatic rollback wrote revision 3: False RolledBack, no deadline, until
         # its rollout completes.
-        (
+        case(
             stored(REASON_PROGRESS_DEADLINE_EXCEEDED, status="False"),
-            replace(UNDER_WAY, revision=3),
-            NOW,
             REASON_ROLLED_BACK,
             "False",
-            True,
-            None,
+            seen=replace(UNDER_WAY, revision=3),
+            requeue=None,
         ),
-        (
+        case(
             stored(REASON_ROLLED_BACK, status="False", revision=3, record=RECORD, at=0.0),
-            replace(UNDER_WAY, revision=3),
-            NOW,
             REASON_ROLLED_BACK,
             "False",
-            False,
-            None,
+            seen=replace(UNDER_WAY, revision=3),
+            moved=False,
+            requeue=None,
         ),
-        (
+        case(
             stored(REASON_ROLLED_BACK, status="False", revision=3, record=RECORD),
-            replace(DONE, revision=3),
-            NOW,
             REASON_NEW_REPLICAS_AVAILABLE,
-            "True",
-            True,
-            None,
+            seen=replace(DONE, revision=3),
+            requeue=None,
         ),
     ],
 )
