@@ -33,6 +33,20 @@ async def drain_of(n: Netmgr, p: Placement) -> ReplicaDrain | None:
     return found
 
 
+async def written_drain(n: Netmgr, p: Placement) -> ReplicaDrain:
+    drained = await drain_of(n, p)
+    assert drained is not None, f"no drain of {p.key}"
+    return drained
+
+
+async def terminating(n: Netmgr, p: Placement) -> None:
+    """The replica's status says Terminating (its stop has begun); netmgr looks."""
+    await put(
+        n.buckets[names.REPLICA_STATUS_BUCKET], p.key, status(p, IP, ReplicaState.TERMINATING)
+    )
+    await n.drain()
+
+
 async def revision_of(bucket: MemoryBucket, key: str) -> int:
     entry = await bucket.get(key)
     assert entry is not None
@@ -73,12 +87,7 @@ async def both_without_it(n: Netmgr) -> int:
 async def test_a_terminating_replica_leaves_the_endpoints_and_waits_for_the_slowest_node() -> None:
     async with netmgr() as n:
         p = await serving(n, "n1", "n2")
-        await put(
-            n.buckets[names.REPLICA_STATUS_BUCKET],
-            p.key,
-            status(p, IP, ReplicaState.TERMINATING),
-        )
-        await n.drain()
+        await terminating(n, p)
         revision = await both_without_it(n)
         assert await drain_of(n, p) is None  # neither node part has it yet
         await node_part(n, "n1", revision + 5)
@@ -87,8 +96,7 @@ async def test_a_terminating_replica_leaves_the_endpoints_and_waits_for_the_slow
         assert await drain_of(n, p) is None
         await node_part(n, "n2", revision)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None
+        drained = await written_drain(n, p)
         assert (drained.node, drained.namespace, drained.replica) == ("n1", "default", "web-a")
         assert (drained.endpoints_revision, drained.nodes) == (revision, 2)
         # idempotent: looked at again, nothing is rewritten
@@ -109,8 +117,8 @@ async def test_a_replica_whose_placement_is_gone_leaves_every_endpoints_and_is_d
         await node_part(n, "n1", revision)
         await node_part(n, "n2", revision)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and (drained.endpoints_revision, drained.nodes) == (revision, 2)
+        drained = await written_drain(n, p)
+        assert (drained.endpoints_revision, drained.nodes) == (revision, 2)
 
 
 async def test_a_node_part_with_a_problem_is_waited_for_while_its_node_is_ready() -> None:
@@ -119,12 +127,7 @@ async def test_a_node_part_with_a_problem_is_waited_for_while_its_node_is_ready(
         # n2's node part has a problem (ready False) but its node is ready: its last
         # rules are still in force and may still send connections to web-a
         await node_part(n, "n2", 0, ready=False)
-        await put(
-            n.buckets[names.REPLICA_STATUS_BUCKET],
-            p.key,
-            status(p, IP, ReplicaState.TERMINATING),
-        )
-        await n.drain()
+        await terminating(n, p)
         revision = await both_without_it(n)
         await node_part(n, "n1", revision)
         await n.drain()
@@ -134,8 +137,8 @@ async def test_a_node_part_with_a_problem_is_waited_for_while_its_node_is_ready(
         assert await drain_of(n, p) is None
         await node_part(n, "n2", revision, ready=False)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and (drained.endpoints_revision, drained.nodes) == (revision, 2)
+        drained = await written_drain(n, p)
+        assert (drained.endpoints_revision, drained.nodes) == (revision, 2)
 
 
 async def test_a_node_part_without_a_record_or_whose_node_is_not_ready_is_not_waited_for() -> None:
@@ -146,38 +149,28 @@ async def test_a_node_part_without_a_record_or_whose_node_is_not_ready_is_not_wa
         await put(n.buckets[names.NODES_BUCKET], "n2", node("n2", ready=False))
         await n.buckets[names.NODES_BUCKET].delete("n3")
         await put(n.buckets[names.NODES_BUCKET], "n4", node("n4"))
-        await put(
-            n.buckets[names.REPLICA_STATUS_BUCKET],
-            p.key,
-            status(p, IP, ReplicaState.TERMINATING),
-        )
-        await n.drain()
+        await terminating(n, p)
         revision = await both_without_it(n)
         assert await drain_of(n, p) is None
         await node_part(n, "n1", revision)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and drained.nodes == 1
+        drained = await written_drain(n, p)
+        assert drained.nodes == 1
 
 
 async def test_an_unreadable_node_part_record_of_a_ready_node_never_confirms() -> None:
     async with netmgr() as n:
         p = await serving(n, "n1", "n2")
         await n.buckets[names.NODE_NETWORK_BUCKET].put("n2", b"{not a record")
-        await put(
-            n.buckets[names.REPLICA_STATUS_BUCKET],
-            p.key,
-            status(p, IP, ReplicaState.TERMINATING),
-        )
-        await n.drain()
+        await terminating(n, p)
         revision = await both_without_it(n)
         await node_part(n, "n1", revision)
         await n.drain()
         assert await drain_of(n, p) is None  # n2's rules are unknown: never a guess
         await node_part(n, "n2", revision)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and drained.nodes == 2
+        drained = await written_drain(n, p)
+        assert drained.nodes == 2
 
 
 async def test_a_replica_in_no_endpoints_is_drained_at_once_and_undrained_with_its_status() -> None:
@@ -190,14 +183,9 @@ async def test_a_replica_in_no_endpoints_is_drained_at_once_and_undrained_with_i
         await put(n.buckets[names.REPLICA_STATUS_BUCKET], p.key, status(p, IP))
         await n.drain()
         assert await drain_of(n, p) is None  # not going away: nothing
-        await put(
-            n.buckets[names.REPLICA_STATUS_BUCKET],
-            p.key,
-            status(p, IP, ReplicaState.TERMINATING),
-        )
-        await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and (drained.endpoints_revision, drained.nodes) == (0, 1)
+        await terminating(n, p)
+        drained = await written_drain(n, p)
+        assert (drained.endpoints_revision, drained.nodes) == (0, 1)
         await n.buckets[names.REPLICA_STATUS_BUCKET].delete(p.key)
         await n.drain()
         assert await drain_of(n, p) is None
@@ -207,10 +195,7 @@ async def test_after_a_restart_the_revision_waited_for_is_never_lower_than_the_d
     buckets = memory_buckets()
     async with netmgr(buckets) as n:
         p = await serving(n, "n1", "n2")
-        await put(
-            buckets[names.REPLICA_STATUS_BUCKET], p.key, status(p, IP, ReplicaState.TERMINATING)
-        )
-        await n.drain()
+        await terminating(n, p)
         dropped = await both_without_it(n)
         # another Service changes later, at a higher revision
         ok(await n.services.apply(service("db")))
@@ -227,8 +212,8 @@ async def test_after_a_restart_the_revision_waited_for_is_never_lower_than_the_d
         await node_part(n, "n1", newest)
         await node_part(n, "n2", newest)
         await n.drain()
-        drained = await drain_of(n, p)
-        assert drained is not None and drained.endpoints_revision == newest
+        drained = await written_drain(n, p)
+        assert drained.endpoints_revision == newest
 
 
 async def test_a_drain_already_written_is_kept_by_a_new_process_and_deleted_with_the_status() -> (
@@ -237,10 +222,7 @@ async def test_a_drain_already_written_is_kept_by_a_new_process_and_deleted_with
     buckets = memory_buckets()
     async with netmgr(buckets) as n:
         p = await serving(n, "n1")
-        await put(
-            buckets[names.REPLICA_STATUS_BUCKET], p.key, status(p, IP, ReplicaState.TERMINATING)
-        )
-        await n.drain()
+        await terminating(n, p)
         await node_part(n, "n1", await both_without_it(n))
         await n.drain()
         written = await revision_of(buckets[names.REPLICA_DRAINS_BUCKET], p.key)
