@@ -65,31 +65,41 @@ async def stored(buckets: dict[str, NatsBucket], status: bytes) -> None:
     await buckets[names.DEPLOYMENT_STATUS_BUCKET].put(KEY, status)
 
 
-async def test_a_completed_rollout_exits_0_once_every_replica_is_available(
-    nats_url: str, buckets: dict[str, NatsBucket]
-) -> None:
-    await stored(buckets, record(placed=2, ready=2, updated=2, available=1))
+async def rollout_status(url: str, within: str) -> Result:
+    return await corral(url, "rollout", "status", "deployment/web", "--timeout", within)
+
+
+async def following_until(nats_url: str, buckets: dict[str, NatsBucket], then: bytes) -> Result:
+    """`rollout status` followed over the record stored; once it watches (and has not
+    ended), the record becomes `then`: the command's result."""
     assert await _consumers(nats_url) == 0
     results: list[Result] = []
     async with anyio.create_task_group() as tg:
 
         async def follow() -> None:
-            results.append(
-                await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "20s")
-            )
+            results.append(await rollout_status(nats_url, "20s"))
 
         tg.start_soon(follow)
         await eventually(lambda: _consumers(nats_url), lambda count: count > 0)
-        assert not results  # ready is not available: still following
-        done = record(
-            placed=2,
-            ready=2,
-            updated=2,
-            available=2,
-            conditions=progressing(REASON_NEW_REPLICAS_AVAILABLE, "True"),
-        )
-        await buckets[names.DEPLOYMENT_STATUS_BUCKET].put(KEY, done)
+        assert not results, "it ended before the record changed"
+        await buckets[names.DEPLOYMENT_STATUS_BUCKET].put(KEY, then)
     (result,) = results
+    return result
+
+
+async def test_a_completed_rollout_exits_0_once_every_replica_is_available(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    await stored(buckets, record(placed=2, ready=2, updated=2, available=1))
+    # ready is not available: still following until the record says so
+    done = record(
+        placed=2,
+        ready=2,
+        updated=2,
+        available=2,
+        conditions=progressing(REASON_NEW_REPLICAS_AVAILABLE, "True"),
+    )
+    result = await following_until(nats_url, buckets, done)
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         'Waiting for deployment "web" rollout to finish: 1 of 2 updated replicas are available...',
@@ -101,7 +111,7 @@ async def test_ready_but_not_yet_available_replicas_wait_for_available(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
     await stored(buckets, record(placed=2, ready=2, updated=2, available=1))
-    result = await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "1s")
+    result = await rollout_status(nats_url, "1s")
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == [
         'Waiting for deployment "web" rollout to finish: 1 of 2 updated replicas are available...',
@@ -119,7 +129,7 @@ async def test_a_missed_progress_deadline_exits_1_with_kubectls_words(
         conditions=progressing(REASON_PROGRESS_DEADLINE_EXCEEDED, "False"),
     )
     await stored(buckets, late)
-    result = await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "10s")
+    result = await rollout_status(nats_url, "10s")
     assert result.exit_code == 1, result.output
     assert result.output.endswith('error: deployment "web" exceeded its progress deadline\n')
 
@@ -136,7 +146,7 @@ async def test_a_rollback_under_way_exits_1_naming_the_revisions_and_why(
         conditions=progressing(REASON_ROLLED_BACK, "False"),
     )
     await stored(buckets, going_back)
-    result = await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "10s")
+    result = await rollout_status(nats_url, "10s")
     assert result.exit_code == 1, result.output
     assert (
         'error: deployment "web" was rolled back automatically from revision 3 to revision 2 '
@@ -153,32 +163,17 @@ async def test_a_rollback_while_following_exits_1(
             placed=3, ready=2, updated=1, conditions=progressing(REASON_REPLICAS_UPDATED, "True")
         ),
     )
-    assert await _consumers(nats_url) == 0
-    results: list[Result] = []
-    async with anyio.create_task_group() as tg:
-
-        async def follow() -> None:
-            results.append(
-                await corral(nats_url, "rollout", "status", "deployment/web", "--timeout", "20s")
-            )
-
-        tg.start_soon(follow)
-        # the command is watching once it printed its first line; then the rollback lands
-        # (the record keeps Progressing True, so only autoRollback says it)
-        watchers = buckets[names.DEPLOYMENT_STATUS_BUCKET]
-        await eventually(lambda: _consumers(nats_url), lambda count: count > 0)
-        await watchers.put(
-            KEY,
-            record(
-                placed=2,
-                ready=2,
-                updated=2,
-                available=2,
-                auto_rollback=ROLLBACK,
-                conditions=progressing(REASON_NEW_REPLICAS_AVAILABLE, "True"),
-            ),
-        )
-    (result,) = results
+    # the rollback lands while the command watches (the record keeps Progressing True,
+    # so only autoRollback says it)
+    rolled_back = record(
+        placed=2,
+        ready=2,
+        updated=2,
+        available=2,
+        auto_rollback=ROLLBACK,
+        conditions=progressing(REASON_NEW_REPLICAS_AVAILABLE, "True"),
+    )
+    result = await following_until(nats_url, buckets, rolled_back)
     assert result.exit_code == 1, result.output
     assert "from revision 3 to revision 2" in result.output
     assert "successfully rolled out" not in result.output
