@@ -17,6 +17,7 @@ from typing import TypeVar
 import anyio
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from corral.client.api import CorralClient
 from corral.client.cli.logs_commands import Printer, ReplicaRef, show_logs
@@ -169,6 +170,22 @@ async def make_deployment(
     await write_record(buckets[names.DEPLOYMENTS_BUCKET], key, deployment, None)
 
 
+@asynccontextmanager
+async def asked(
+    nats_url: str, node: str, request: LogRequest, name: str = "client"
+) -> AsyncIterator[tuple[NATS, Subscription]]:
+    """A client's connection that sent `request` to `node`'s agent, and the subscription
+    its answers come on; closed on the way out."""
+    nc = await connect(nats_url, name=name)
+    try:
+        inbox = nc.new_inbox()
+        subscription = await nc.subscribe(inbox)
+        await nc.publish(names.logs_subject(node), encode(request), reply=inbox)
+        yield nc, subscription
+    finally:
+        await nc.close()
+
+
 async def test_the_logs_of_a_deployment_come_from_both_nodes_prefixed_with_tail_and_stderr(
     nats_url: str, buckets: dict[str, NatsBucket]
 ) -> None:
@@ -278,12 +295,8 @@ async def test_a_client_that_never_acknowledges_gets_one_window_and_the_agent_gi
         container = await run_replica(buckets, "node-1", node.runtime, "web-aaaaa")
         for number in range(4000):  # ~4 MiB: 64 chunks' worth
             node.runtime.write_log(container, f"{number:06d} " + "x" * 1000 + "\n")
-        nc = await connect(nats_url, name="stuck-client")
-        try:
-            inbox = nc.new_inbox()
-            subscription = await nc.subscribe(inbox)
-            request = LogRequest(replica="web-aaaaa", follow=True)
-            await nc.publish(names.logs_subject("node-1"), encode(request), reply=inbox)
+        request = LogRequest(replica="web-aaaaa", follow=True)
+        async with asked(nats_url, "node-1", request, "stuck-client") as (_, subscription):
             chunks = []
             with anyio.move_on_after(2.5):  # past the idle bound: the agent gave up
                 async for msg in subscription.messages:
@@ -291,8 +304,6 @@ async def test_a_client_that_never_acknowledges_gets_one_window_and_the_agent_gi
             assert [c.seq for c in chunks] == list(range(LOG_WINDOW_CHUNKS))
             assert all(len(encode(c)) <= 64 * 1024 + 4096 for c in chunks)
             assert node.service.active == 0 and node.service.stopped_by_client == 1
-        finally:
-            await nc.close()
 
 
 async def test_acknowledged_chunks_keep_a_long_log_flowing_in_order(
@@ -304,12 +315,8 @@ async def test_acknowledged_chunks_keep_a_long_log_flowing_in_order(
         lines = [f"{number:06d} " + "y" * 500 + "\n" for number in range(3000)]
         for line in lines:
             node.runtime.write_log(container, line)
-        nc = await connect(nats_url, name="client")
-        try:
-            inbox = nc.new_inbox()
-            subscription = await nc.subscribe(inbox)
-            request = LogRequest(replica="web-aaaaa")
-            await nc.publish(names.logs_subject("node-1"), encode(request), reply=inbox)
+        request = LogRequest(replica="web-aaaaa")
+        async with asked(nats_url, "node-1", request) as (nc, subscription):
             text, control = "", ""
             with anyio.fail_after(10):
                 async for msg in subscription.messages:
@@ -320,18 +327,12 @@ async def test_acknowledged_chunks_keep_a_long_log_flowing_in_order(
                         break
                     await nc.publish(control, encode(LogAck(seq=chunk.seq)))
             assert text == "".join(lines)
-        finally:
-            await nc.close()
 
 
 async def ask_logs(nats_url: str, node: str, request: LogRequest) -> list[LogChunk]:
     """One request, as a client sends it: the chunks the agent answers, to the last."""
-    nc = await connect(nats_url, name="client")
-    try:
-        inbox = nc.new_inbox()
-        subscription = await nc.subscribe(inbox)
-        await nc.publish(names.logs_subject(node), encode(request), reply=inbox)
-        chunks: list[LogChunk] = []
+    chunks: list[LogChunk] = []
+    async with asked(nats_url, node, request) as (nc, subscription):
         with anyio.fail_after(5):
             async for msg in subscription.messages:
                 chunk = decode(msg.data, LogChunk)
@@ -340,9 +341,7 @@ async def ask_logs(nats_url: str, node: str, request: LogRequest) -> list[LogChu
                     break
                 if chunk.control:
                     await nc.publish(chunk.control, encode(LogAck(seq=chunk.seq)))
-        return chunks
-    finally:
-        await nc.close()
+    return chunks
 
 
 async def test_another_clusters_container_on_the_same_engine_is_never_streamed(
