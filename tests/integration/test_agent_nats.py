@@ -147,9 +147,10 @@ async def test_a_second_agent_of_the_same_name_refuses_to_start(
         ]
         done = await anyio.run_process(command, check=False)
         stderr = done.stderr.decode()
-        assert done.returncode != 0
+        assert done.returncode == 1
         assert f"node {NODE!r} is already run by another node agent" in stderr
         assert "--node-name" in stderr
+        assert "Traceback" not in stderr, stderr  # one line saying why, not a crash
         first = await _node(nodes)
         assert first is not None and first.ready  # the first agent's record is untouched
         tg.cancel_scope.cancel()

@@ -208,8 +208,10 @@ async def test_a_mixed_kubernetes_file_applies_binds_places_and_deletes_with_pro
         refused = await corral(nats_url, "delete", "pvc", "data")
         assert refused.exit_code == 0, refused.output
         assert f"in use by replica(s) {replica.replica}: Terminating" in refused.stdout
+        assert refused.stdout.startswith("persistentvolumeclaim/data: "), refused.output
         kept = await corral(nats_url, "delete", "pv", "disk1")
         assert "bound to claim default.data: Terminating" in kept.stdout, kept.output
+        assert kept.stdout.startswith("persistentvolume/disk1: "), kept.output  # which one
         # Once no replica uses it, both go.
         assert (await corral(nats_url, "delete", "deployment", "db")).exit_code == 0
         await eventually(

@@ -187,3 +187,48 @@ async def _consumers(nats_url: str) -> int:
     finally:
         await nc.close()
     return info.state.consumer_count
+
+
+async def test_a_missed_deadline_with_auto_rollback_waits_to_say_the_rollback_that_follows(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    """The scheduler marks the deadline missed, then rolls back in the same reconcile:
+    the command says both, not only the deadline (an operator wants to know the old
+    template is back)."""
+    guarded = encode(
+        {
+            "apiVersion": "corral/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 3},
+            "spec": {
+                "replicas": 2,
+                "autoRollback": {"onCrashLoop": False},
+                "template": {"image": "busybox:1"},
+            },
+        }
+    )
+    late = record(
+        placed=3,
+        ready=2,
+        updated=1,
+        conditions=progressing(REASON_PROGRESS_DEADLINE_EXCEEDED, "False"),
+    )
+    await buckets[names.DEPLOYMENTS_BUCKET].put(KEY, guarded)
+    await buckets[names.DEPLOYMENT_STATUS_BUCKET].put(KEY, late)
+    deadline = AutoRollbackRecord(
+        from_revision=3, to_revision=2, reason=REASON_PROGRESS_DEADLINE_EXCEEDED, at=1.0
+    )
+    rolled = record(
+        placed=3,
+        ready=2,
+        updated=0,
+        revision=4,
+        auto_rollback=deadline,
+        conditions=progressing(REASON_ROLLED_BACK, "False"),
+    )
+    result = await following_until(nats_url, buckets, rolled)
+    assert result.exit_code == 1, result.output
+    assert (
+        'error: deployment "web" exceeded its progress deadline and was rolled back '
+        "automatically from revision 3 to revision 2 (ProgressDeadlineExceeded)"
+    ) in result.output

@@ -408,8 +408,13 @@ class Executor:
             await self._about(
                 placement,
                 "BackOff",
-                f"restarted {replica} on {placement.node} after exit code {track.exit_code} "
-                f"(restart {track.restarts})",
+                f"restarted {replica} on {placement.node} "
+                + (
+                    f"after exit code {track.exit_code} "
+                    if track.exit_code is not None
+                    else "after its container went "  # removed or killed behind corral's back
+                )
+                + f"(restart {track.restarts})",
                 warning=True,
             )
         else:

@@ -22,7 +22,6 @@ from corral_node_agent.agent import (
     DEFAULT_DRAIN_TIMEOUT_SECONDS,
     AgentSettings,
     NodeAgent,
-    NodeNameTaken,
 )
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.heartbeat_link import NatsHeartbeats
@@ -188,17 +187,15 @@ async def run(
         leases=ctx.buckets[names.LEASES_BUCKET],
     )
     ctx.health["engine"] = False
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(serve_node_decisions, ctx.nc, settings.node_name, agent.decide)
-            # Its containers' logs, on request (corral_node_agent.logs; docs/api.md, "Logs").
-            # Only this cluster's containers, once the agent knows its cluster id.
-            await tg.start(LogService(ctx.nc, settings.node_name, agent.runtime, agent).serve)
-            await tg.start(agent.run)
-            task_status.started()
-    except NodeNameTaken as error:
-        log.error("refusing to start: %s", error)
-        raise  # the service exits non-zero
+    # A NodeNameTaken (another live agent runs this node) ends the process with one line
+    # and exit code 1 (it is a RefusedToStart).
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve_node_decisions, ctx.nc, settings.node_name, agent.decide)
+        # Its containers' logs, on request (corral_node_agent.logs; docs/api.md, "Logs").
+        # Only this cluster's containers, once the agent knows its cluster id.
+        await tg.start(LogService(ctx.nc, settings.node_name, agent.runtime, agent).serve)
+        await tg.start(agent.run)
+        task_status.started()
 
 
 def counting_from(settings: AgentSettings) -> float:

@@ -34,13 +34,15 @@ from corral.contract.codec import decode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
 from corral.natsio.kv import Bucket, Conflict, Entry, write_record
+from corral.natsio.service import RefusedToStart
 from corral_node_agent.heartbeat_link import HeartbeatLink, enough, is_other_agent
 
 log = logging.getLogger(__name__)
 
 
-class NodeNameTaken(Exception):
-    """Another live agent runs a node of this name."""
+class NodeNameTaken(RefusedToStart):
+    """Another live agent runs a node of this name: the process says so in one line and
+    exits 1 (corral.natsio.service.service_main), no traceback."""
 
     def __init__(self, message: str, *, same_engine: bool) -> None:
         super().__init__(message)

@@ -48,6 +48,7 @@ from rich.text import Text
 
 from corral.client.api import CorralClient, CorralError
 from corral.contract import names
+from corral.contract.specs import Deployment
 from corral.contract.state import (
     CONDITION_PROGRESSING,
     REASON_PROGRESS_DEADLINE_EXCEEDED,
@@ -106,10 +107,11 @@ def status_line(name: str, generation: int, status: DeploymentStatus | None) -> 
     return None
 
 
-def rollback_message(name: str, record: AutoRollbackRecord) -> str:
+def rollback_message(name: str, record: AutoRollbackRecord, *, after_deadline: bool = False) -> str:
     why = record.reason + (f": {record.message}" if record.message else "")
+    missed = " exceeded its progress deadline and" if after_deadline else ""
     return (
-        f'deployment "{name}" was rolled back automatically from revision '
+        f'deployment "{name}"{missed} was rolled back automatically from revision '
         f"{record.from_revision} to revision {record.to_revision} ({why})"
     )
 
@@ -245,6 +247,8 @@ async def follow_rollout(
         finally:
             if display is not None:
                 display.stop()
+    if outcome is not None and outcome.result == DEADLINE_EXCEEDED and _rolls_back(deployment):
+        outcome = await _rollback_after_deadline(client, name, key, outcome, rollback_at_start)
     if outcome is None:
         waited = f" ({timeout:g} s)" if timeout else ""
         outcome = RolloutOutcome(
@@ -255,3 +259,33 @@ async def follow_rollout(
     if outcome.ok:
         _print(console, outcome.message)
     return outcome
+
+
+# How long a missed deadline waits for the automatic rollback it triggers (the
+# scheduler decides both in the same reconcile; this covers its writes and the watch).
+ROLLBACK_WAIT_SECONDS = 10.0
+
+
+def _rolls_back(deployment: Deployment) -> bool:
+    rule = deployment.spec.auto_rollback
+    return rule is not None and rule.on_progress_deadline and not deployment.spec.paused
+
+
+async def _rollback_after_deadline(
+    client: CorralClient,
+    name: str,
+    key: str,
+    missed: RolloutOutcome,
+    rollback_at_start: AutoRollbackRecord | None,
+) -> RolloutOutcome:
+    """The deadline passed on a Deployment with autoRollback: say the rollback that
+    follows when it comes within ROLLBACK_WAIT_SECONDS, else the missed deadline."""
+    with anyio.move_on_after(ROLLBACK_WAIT_SECONDS):
+        async for status in client.follow_record(
+            names.DEPLOYMENT_STATUS_BUCKET, DeploymentStatus, key
+        ):
+            record = None if status is None else status.auto_rollback
+            if record is not None and record != rollback_at_start:
+                message = rollback_message(name, record, after_deadline=True)
+                return RolloutOutcome(ROLLED_BACK, message, status)
+    return missed

@@ -406,7 +406,9 @@ def delete_each(
             if reply.ok:
                 # A deferred delete says why: e.g. a claim in use is Terminating until
                 # no replica uses it (docs/volumes.md, "Protection and reclaim").
-                click.echo(reply.message or f"{api_kind.subject_kind}/{name} deleted")
+                # Several names deleted at once: each answer says which object it is about.
+                what = f"{api_kind.subject_kind}/{name}"
+                click.echo(f"{what}: {reply.message}" if reply.message else f"{what} deleted")
             else:
                 # Each refusal as it comes (kubectl's `Error from server (NotFound)`),
                 # the others still tried; exit 1 at the end.
