@@ -128,6 +128,24 @@ def clients() -> Iterator[list[str]]:
     remove_containers(*made)
 
 
+async def start_client(
+    one: str, cluster: str, slice_one: NetworkSlice, image: str, clients: list[str]
+) -> str:
+    """A client container on node one, on the default network, resolving Service names
+    as replicas do (removed with `clients`): its name."""
+    client = f"client-{uuid.uuid4().hex[:8]}"
+    clients.append(client)
+    await run(
+        "docker", "run", "-d", "--name", client,
+        "--label", f"{names.LABEL_NODE}={one}",
+        "--network", names.docker_network_name("default", cluster),
+        "--dns", slice_one.gateway, "--dns-search", "default.svc.cluster.local",
+        "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
+        image, "sleep", "3600",
+    )  # fmt: skip
+    return client
+
+
 @asynccontextmanager
 async def two_node_cluster(
     nats_url: str,
@@ -241,18 +259,7 @@ async def test_a_service_over_two_nodes_by_name_vip_node_port_and_headless_with_
         node_port = web.ports[0].node_port
         assert 30000 <= node_port <= 32767
 
-        # a client on node one, on the default network, resolving as replicas do
-        gateway = slice_one.gateway
-        client = f"client-{uuid.uuid4().hex[:8]}"
-        clients.append(client)
-        await run(
-            "docker", "run", "-d", "--name", client,
-            "--label", f"{names.LABEL_NODE}={one}",
-            "--network", names.docker_network_name("default", cluster),
-            "--dns", gateway, "--dns-search", "default.svc.cluster.local",
-            "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
-            test_image, "sleep", "3600",
-        )  # fmt: skip
+        client = await start_client(one, cluster, slice_one, test_image, clients)
 
         by_name = await hits(client, "web", 80, REQUESTS)
         assert set(by_name) == replicas, by_name

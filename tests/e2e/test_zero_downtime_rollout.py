@@ -14,7 +14,6 @@ Traffic goes only to the test's own containers.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import anyio
@@ -38,6 +37,7 @@ from tests.e2e.test_services_two_nodes import (
     record,
     run,
     running_names,
+    start_client,
     two_node_cluster,
 )
 from tests.waiting import eventually
@@ -164,16 +164,7 @@ async def test_a_rolling_update_behind_a_service_loses_no_request(
             within=60,
         )
 
-        client = f"client-{uuid.uuid4().hex[:8]}"
-        clients.append(client)
-        await run(
-            "docker", "run", "-d", "--name", client,
-            "--label", f"{names.LABEL_NODE}={one}",
-            "--network", names.docker_network_name("default", cluster),
-            "--dns", slice_one.gateway, "--dns-search", "default.svc.cluster.local",
-            "--dns-search", "svc.cluster.local", "--dns-search", "cluster.local",
-            test_image, "sleep", "3600",
-        )  # fmt: skip
+        client = await start_client(one, cluster, slice_one, test_image, clients)
         await run("docker", "exec", "-d", client, "sh", "-c", CLIENT_LOOP)
         before = await eventually(lambda: counts(client), lambda seen: seen[0] >= 20, within=30)
         assert before[1] == 0, f"requests failed before the update: {before}"
