@@ -394,6 +394,21 @@ def test_nested_aliases_that_expand_without_bound_are_refused() -> None:
         read_compose("\n".join(lines) + "\n", "bomb.yaml")
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[" * 70 + "]" * 70, "nest deeper than 64 levels, the limit for a Compose file"),
+        ("9" * 100, "an integer of 100 characters: at most 64 in a Compose file"),
+    ],
+    ids=["nesting", "integer"],
+)
+def test_a_compose_file_past_the_yaml_limits_is_refused_naming_the_limit(
+    value: str, message: str
+) -> None:
+    with pytest.raises(ComposeError, match=message):
+        read_compose(f"services: {{s: {{image: i, x-deep: {value}}}}}\n", "c.yaml", strict=True)
+
+
 def test_apply_prints_one_warning_naming_the_unsupported_keys_before_sending(
     tmp_path: Path,
 ) -> None:
