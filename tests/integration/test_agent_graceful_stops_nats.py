@@ -238,3 +238,24 @@ async def test_with_its_drain_record_written_at_once_the_replica_is_signalled_pr
             delays.append(rig.runtime.signalled[replica] - unplaced)
         print(f"placement deleted -> stop signal: {[round(d * 1000) for d in delays]} ms")
         assert max(delays) < 2.0  # far from the 30 s drain timeout
+
+
+async def test_while_netmgr_restarts_with_its_lease_handed_back_stops_still_wait_for_drains(
+    nats_url: str,
+    buckets: dict[str, NatsBucket],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A netmgr stopped cleanly leaves its lease record with no holder (a restart or a
+    failover is under way, the node parts' rules still in force): stops still wait for
+    their drain record, not go at once as in a cluster that never ran netmgr."""
+    handed_back = LeaseRecord(holder="", renewed_at=time.time())
+    await buckets[names.LEASES_BUCKET].put(lease_key("netmgr"), encode(handed_back))
+    async with hollow_agent(nats_url, buckets, tmp_path, monkeypatch, 30.0, netmgr=False) as rig:
+        await rig.place("web-a1")
+        await rig.unplace("web-a1")
+        await eventually(lambda: rig.state_is("web-a1", ReplicaState.TERMINATING))
+        await rig.beats(3)
+        assert rig.runtime.stops == [] and len(rig.runtime.running(NODE)) == 1
+        await rig.drain("web-a1")
+        await eventually(lambda: rig.gone("web-a1"))

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import anyio
 
+from corral.contract.codec import decode
 from corral.natsio.kv import MemoryBucket
-from corral.natsio.lease import Lease
+from corral.natsio.lease import Lease, LeaseRecord
 
 
 class Clock:
@@ -69,3 +70,17 @@ async def test_each_service_has_its_own_lease_key() -> None:
     volmgr = Lease(bucket, "b", service="volmgr")
     assert (netmgr.key, volmgr.key) == ("lease.netmgr", "lease.volmgr")
     assert await netmgr.try_acquire() and await volmgr.try_acquire()
+
+
+async def test_a_released_lease_leaves_its_record_with_no_holder_and_is_taken_at_once() -> None:
+    """A clean stop hands the lease back without deleting it: the service still shows
+    as part of the cluster while it restarts or fails over (the node agents go on
+    waiting for netmgr's drain records), and a standby takes it at its next try."""
+    bucket = MemoryBucket("leases")
+    holder = Lease(bucket, "a", service="netmgr")
+    assert await holder.try_acquire()
+    await holder.release()
+    entry = await bucket.get(holder.key)
+    assert entry is not None and entry.value is not None
+    assert decode(entry.value, LeaseRecord).holder == ""
+    assert await Lease(bucket, "b", service="netmgr").try_acquire()

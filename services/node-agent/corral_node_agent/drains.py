@@ -7,11 +7,13 @@ per agent, filtered on this node's keys, started when its first graceful stop be
 (an agent that never stops a replica never watches), kept afterwards and made again
 when it breaks. A fenced agent waits for no drain: `cut_short` ends every wait.
 
-No netmgr, no drain: when netmgr's lease (corral_leases, `lease.netmgr`) is not held,
-nothing writes drain records and no Service sends traffic through corral's rules, so a
-stop waits for nothing (a cluster run without netmgr, the scheduler's own tests). A
-netmgr that died holding its lease still counts as running: its stops wait out the
-drain timeout.
+No netmgr, no drain: when netmgr's lease record (corral_leases, `lease.netmgr`) was
+never written, no netmgr ever ran, nothing writes drain records and no Service sends
+traffic through corral's rules, so a stop waits for nothing (a cluster run without
+netmgr, the scheduler's own tests). A netmgr that stopped cleanly leaves the record with
+no holder and one that died leaves it held: both count as running (it is restarting or
+failing over, and the node parts' rules are still in force), so stops wait for their
+drain, at most the drain timeout.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class DrainBook:
         return key in self.drained and not self._cut_short
 
     async def _netmgr_running(self) -> bool:
-        """Whether netmgr's lease is held (its record is there); True when it cannot be told."""
+        """Whether netmgr is part of the cluster (its lease record is there, held or handed
+        back); True when it cannot be told."""
         if self.leases is None:
             return True
         try:

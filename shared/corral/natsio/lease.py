@@ -77,7 +77,8 @@ class Lease:
                 revision = await self.bucket.create(self.key, self._record())
             else:
                 holder = _holder(entry.value)
-                if holder != self.holder:
+                # "": handed back by a clean stop (release), free to take at once
+                if holder and holder != self.holder:
                     if self._seen is None or self._seen[0] != entry.revision:
                         self._seen = (entry.revision, now)
                         return False
@@ -122,13 +123,18 @@ class Lease:
             return
 
     async def release(self) -> None:
-        """Hand the lease back (on a clean stop), shielded; failures are logged."""
+        """Hand the lease back (on a clean stop), shielded; failures are logged. The
+        record stays, with no holder: the next to try takes it at once, and the service
+        still shows as part of the cluster while it restarts or fails over (a node
+        agent waits for netmgr's drain records while netmgr's lease record is there;
+        docs/rollouts.md, "Graceful stops")."""
         revision, self.revision = self.revision, None
         if revision is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             try:
-                await self.bucket.delete(self.key, revision=revision)
+                handed_back = encode(LeaseRecord(holder="", renewed_at=time.time()))
+                await self.bucket.update(self.key, handed_back, revision)
             except Exception as error:
                 log.debug("could not release the lease %s: %s", self.key, error)
 
