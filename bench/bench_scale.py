@@ -151,6 +151,10 @@ class Cluster:
                 str(args.ready_after),
                 "--report-seconds",
                 "0",
+                # its nodes' state in this run's folder, removed with it: the victim is
+                # killed, so a temporary folder of its own would be left behind
+                "--state-dir",
+                str(self.workdir / f"hollow-{name}"),
             ],
         )
 
