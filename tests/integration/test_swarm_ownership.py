@@ -227,3 +227,49 @@ async def test_creates_racing_an_apply_of_the_same_name_refuse_and_overwrite_not
         assert made.exit_code == 1 and "already exists" in made.stderr, made.output
         assert await entry_of(buckets[names.SERVICES_BUCKET]) == service
         assert await entry_of(buckets[names.DEPLOYMENTS_BUCKET]) == deployment
+
+
+async def test_service_rm_leaves_a_users_service_of_the_same_name_that_selects_it(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    async with apis(nats_url) as client:
+        made = await corral(nats_url, "service", "create", "-d", "--name", "web", IMAGE)
+        assert made.exit_code == 0, made.output
+        # selects the swarm service's replicas, but ClusterIP: not the one it publishes with
+        assert (await apply(client, "Service", a_service({"app": "web"}))).ok
+        before = await entry_of(buckets[names.SERVICES_BUCKET])
+
+        removed = await corral(nats_url, "service", "rm", "web")
+        assert removed.exit_code == 0, removed.output
+        assert "left as it is" in removed.stderr, removed.output
+        assert (await entry_of(buckets[names.DEPLOYMENTS_BUCKET]))[0] is None
+        assert await entry_of(buckets[names.SERVICES_BUCKET]) == before
+
+
+async def test_service_rm_refuses_to_delete_its_service_changed_after_it_was_read(
+    nats_url: str, buckets: dict[str, NatsBucket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with apis(nats_url):
+        made = await corral(
+            nats_url, "service", "create", "-d", "--name", "web", "-p", "30090:80", IMAGE
+        )
+        assert made.exit_code == 0, made.output
+        read_bucket = CorralClient.read_bucket
+
+        async def read_then_changed(self: CorralClient, *args: Any) -> Any:
+            # Someone else changes the Service right after the command reads it (on the
+            # command's own connection: it runs its own event loop).
+            found = await read_bucket(self, *args)
+            if args[0] == names.SERVICES_BUCKET and "default.web" in found:
+                data = msgspec.to_builtins(found["default.web"][0])
+                data["metadata"] = {"name": "web", "annotations": {"owner": "ops"}}
+                assert (await apply(self, "Service", data)).ok
+            return found
+
+        monkeypatch.setattr(CorralClient, "read_bucket", read_then_changed)
+        removed = await corral(nats_url, "service", "rm", "web")
+        assert removed.exit_code == 1, removed.output
+        assert "changed since it was read" in removed.stderr, removed.output
+        raw, _ = await entry_of(buckets[names.SERVICES_BUCKET])
+        assert raw is not None
+        assert decode(raw, Service).metadata.annotations == {"owner": "ops"}

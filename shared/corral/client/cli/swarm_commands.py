@@ -50,7 +50,7 @@ from corral.client.cli.swarm_flags import (
 )
 from corral.client.cli.tables import age_since, render_table
 from corral.contract import names
-from corral.contract.events import REASON_CONFLICT, Reply
+from corral.contract.events import REASON_CONFLICT, REASON_NOT_FOUND, Reply
 from corral.contract.network_specs import Service
 from corral.contract.specs import (
     CHANGE_CAUSE_ANNOTATION,
@@ -1139,24 +1139,44 @@ def rollback(ctx: click.Context, name: str, detach: bool, quiet: bool) -> None:
 @click.argument("service_names", metavar="SERVICE...", nargs=-1, required=True)
 @click.pass_context
 def rm(ctx: click.Context, service_names: tuple[str, ...]) -> None:
-    """Remove services: each Deployment and the Service publishing its ports."""
+    """Remove services: each Deployment and the Service publishing its ports (only one
+    of the swarm shape, swarm_shaped, deleted at the revision read: a change made
+    meanwhile is refused; another Service of that name is left, and said so)."""
 
     async def send(client: CorralClient) -> list[str]:
         refused = []
-        services = await client.services()
         for name in service_names:
             deployment = await client.deployment(name)
             if deployment is None:
                 refused.append(f"no such service: {name}")
                 continue
+            key = names.object_key(client.namespace, name)
+            found = (await client.read_bucket(names.SERVICES_BUCKET, Service, key)).get(key)
             reply = await client.request(find_kind("Deployment"), "delete", _delete(name))
             if not reply.ok:
                 refused.append(reply.error)
                 continue
-            for svc_name, svc in services.items():
-                if svc_name == name and selects(svc, deployment):
-                    await _checked(client, "Service", "delete", _delete(svc_name))
             click.echo(name)
+            if found is None:
+                continue
+            existing, revision = found
+            if not swarm_shaped(existing, deployment):
+                _stderr(
+                    f"service {name}: Service {name!r} is not the one it publishes its ports "
+                    "with (not a NodePort Service selecting exactly its replicas), so it is "
+                    "left as it is"
+                )
+                continue
+            reply = await client.request(find_kind("Service"), "delete", _delete(name, revision))
+            if reply.ok or reply.reason == REASON_NOT_FOUND:
+                continue
+            if reply.reason == REASON_CONFLICT:
+                refused.append(
+                    f"Service {name!r} changed since it was read: not deleted "
+                    f"(check it, then: corral delete service {name})"
+                )
+            else:
+                refused.append(_reply_error(reply))
         return refused
 
     refused = run_with_client(settings_of(ctx), send)
