@@ -6,12 +6,16 @@ was, and `corral stack ls|ps|rm` list, show and remove the project."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import msgspec
+import pytest
 from click.testing import Result
 
+from corral.client.api import CorralClient, find_kind
 from corral.contract import names
 from corral.contract.codec import decode
 from corral.contract.network_specs import Network, Service
@@ -322,3 +326,88 @@ async def test_delete_f_of_a_compose_file_removes_only_its_project_s_objects_net
         gone = await corral(nats_url, "delete", "-f", str(file))
         assert gone.exit_code == 1 and "nothing found in stack: shop" in gone.stderr
         assert await stored(deployments, "shop.db", Deployment) == db
+
+
+SMALL = "services:\n  web: {image: corral-test/busybox:1}\n"
+
+
+def on_first_read(
+    monkeypatch: pytest.MonkeyPatch, bucket: str, then: Callable[[CorralClient], Awaitable[None]]
+) -> None:
+    """`then` runs (on the command's own client: it has its own event loop) right after
+    the command's first read of `bucket`: another writer between its check and its write."""
+    read_bucket = CorralClient.read_bucket
+    done = False
+
+    async def read_then(self: CorralClient, *args: Any) -> Any:
+        nonlocal done
+        found = await read_bucket(self, *args)
+        if args[0] == bucket and not done:
+            done = True
+            await then(self)
+        return found
+
+    monkeypatch.setattr(CorralClient, "read_bucket", read_then)
+
+
+def deployment_document(deployment: Deployment, **metadata: Any) -> bytes:
+    data = msgspec.to_builtins(deployment)
+    data["metadata"] = {
+        "name": deployment.metadata.name,
+        "namespace": deployment.metadata.namespace,
+        "labels": dict(deployment.metadata.labels),
+        **metadata,
+    }
+    return msgspec.json.encode(data)
+
+
+async def test_apply_of_a_compose_file_overwrites_nothing_made_after_its_ownership_check(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = compose_file(tmp_path / "shop", SMALL)
+    deployments = buckets[names.DEPLOYMENTS_BUCKET]
+    async with cluster(nats_url):
+
+        async def user_makes_web(client: CorralClient) -> None:
+            made = {
+                "apiVersion": "corral/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"replicas": 0, "template": {"image": f"{IMAGE}-mine"}},
+            }
+            reply = await client.request(
+                find_kind("Deployment"), "apply", msgspec.json.encode(made)
+            )
+            assert reply.ok, reply
+
+        on_first_read(monkeypatch, names.DEPLOYMENTS_BUCKET, user_makes_web)
+        refused = await corral(nats_url, "apply", "-f", str(file))
+        assert refused.exit_code == 1, refused.output
+        assert "deployment/web changed since it was checked: run it again" in refused.stderr
+        mine = await stored(deployments, "shop.web", Deployment)
+        assert isinstance(mine, Deployment)
+        assert mine.spec.template.image == f"{IMAGE}-mine"
+        assert "com.docker.compose.project" not in mine.metadata.labels
+
+
+async def test_delete_f_of_a_compose_file_refuses_to_delete_what_changed_after_it_was_read(
+    nats_url: str, buckets: dict[str, NatsBucket], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = compose_file(tmp_path / "shop", SMALL)
+    deployments = buckets[names.DEPLOYMENTS_BUCKET]
+    async with cluster(nats_url):
+        ok(await corral(nats_url, "apply", "-f", str(file)))
+
+        async def someone_changes_web(client: CorralClient) -> None:
+            web = await client.deployment("web", "shop")
+            assert web is not None
+            changed = deployment_document(web, annotations={"owner": "ops"})
+            assert (await client.request(find_kind("Deployment"), "apply", changed)).ok
+
+        # the Deployments are read first, then the Services: web changes in between
+        on_first_read(monkeypatch, names.SERVICES_BUCKET, someone_changes_web)
+        refused = await corral(nats_url, "delete", "-f", str(file))
+        assert refused.exit_code == 1, refused.output
+        assert "deployment/web changed since it was checked: run it again" in refused.stderr
+        web = await stored(deployments, "shop.web", Deployment)
+        assert isinstance(web, Deployment) and web.metadata.annotations == {"owner": "ops"}

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
+import msgspec
 
-from corral.client.api import CorralClient, CorralError, RequestRejected
+from corral.client.api import CorralClient, CorralError, RequestRejected, find_kind
 from corral.client.cli.logs_commands import ReplicaRef, find_replicas, log_options, run_logs
 from corral.client.cli.namespaces import split_table
 from corral.client.cli.runner import run_with_client, settings_of
@@ -25,7 +26,11 @@ from corral.client.cli.swarm_commands import ps_table, selects
 from corral.client.cli.tables import render_table
 from corral.client.cli.write_commands import applied_verb, read_input_file
 from corral.contract import names
-from corral.contract.specs import Deployment
+from corral.contract.codec import encode
+from corral.contract.events import REASON_CONFLICT, Reply
+from corral.contract.network_specs import Network, Service
+from corral.contract.specs import DeleteRequest, Deployment
+from corral.contract.volume_specs import PersistentVolumeClaim
 
 if TYPE_CHECKING:
     from corral.client.cli.manifests import Manifest  # PyYAML only for `stack deploy`
@@ -78,7 +83,7 @@ def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Ma
     return translated.name, translated.manifests
 
 
-async def check_compose_ownership(client: CorralClient, manifests: Sequence[Manifest]) -> None:
+async def check_compose_ownership(client: CorralClient, manifests: Sequence[Manifest]) -> Checked:
     """Before anything is sent (`stack deploy`, `corral apply -f`): each Compose
     project among `manifests` (corral.client.cli.compose.ComposeManifest.project) checked
     once by check_ownership over its own manifests; other manifests are not."""
@@ -88,28 +93,54 @@ async def check_compose_ownership(client: CorralClient, manifests: Sequence[Mani
     for manifest in manifests:
         if isinstance(manifest, ComposeManifest) and manifest.project:
             projects.setdefault(manifest.project, []).append(manifest)
+    checked: Checked = {}
     for project, mine in projects.items():
-        await check_ownership(client, project, mine)
+        checked.update(await check_ownership(client, project, mine))
+    return checked
 
 
-async def check_ownership(client: CorralClient, project: str, manifests: list[Manifest]) -> None:
+# What check_ownership saw of each manifest's object, by (kind, namespace, name): its KV
+# revision (0: absent). send_checked makes the write conditional on it.
+Checked = dict[tuple[str, str, str], int]
+
+_STORED: dict[str, tuple[str, type[Any]]] = {
+    "Network": (names.NETWORKS_BUCKET, Network),
+    "Deployment": (names.DEPLOYMENTS_BUCKET, Deployment),
+    "Service": (names.SERVICES_BUCKET, Service),
+    "PersistentVolumeClaim": (names.CLAIMS_BUCKET, PersistentVolumeClaim),
+}
+
+
+async def _stored_with_revisions(
+    client: CorralClient, kind: str, namespace: str
+) -> dict[str, tuple[Any, int]]:
+    bucket, type_ = _STORED[kind]
+    records: dict[str, tuple[Any, int]] = await client.read_bucket(bucket, type_)
+    return {
+        value.metadata.name: (value, revision)
+        for value, revision in records.values()
+        if kind == "Network" or value.metadata.namespace == namespace
+    }
+
+
+async def check_ownership(client: CorralClient, project: str, manifests: list[Manifest]) -> Checked:
     """Nothing of another project, or of no project, is taken over: an object of the
     same kind and name that exists without this project's label is refused (a
-    CorralError naming the first)."""
-    networks = await client.networks()
-    deployments = await client.deployments(project)
-    services = await client.services(project)
-    claims = await client.claims(project)
-    stored: dict[str, Mapping[str, Any]] = {
-        "Network": networks,
-        "Deployment": deployments,
-        "Service": services,
-        "PersistentVolumeClaim": claims,
+    CorralError naming the first). What it saw is returned for send_checked."""
+    stored: dict[str, Mapping[str, tuple[Any, int]]] = {
+        kind: await _stored_with_revisions(client, kind, client.scope(project)) for kind in _STORED
     }
+    checked: Checked = {}
     for manifest in manifests:
-        found = stored.get(manifest.kind.kind, {}).get(manifest.name)
-        if found is None:
+        if manifest.kind.kind not in stored:
             continue
+        seen = stored[manifest.kind.kind].get(manifest.name)
+        checked[manifest.kind.kind, manifest.namespace, manifest.name] = (
+            0 if seen is None else seen[1]
+        )
+        if seen is None:
+            continue
+        found = seen[0]
         owner = found.metadata.labels.get(PROJECT_LABEL)
         if owner != project:
             whose = f"of project {owner!r}" if owner else "made outside this project"
@@ -117,6 +148,30 @@ async def check_ownership(client: CorralClient, project: str, manifests: list[Ma
                 f"{manifest.where}: {manifest.kind.subject_kind}/{manifest.name} exists, "
                 f"{whose}: corral does not take it over (rename it in the file, or remove it)"
             )
+    return checked
+
+
+async def send_checked(client: CorralClient, manifest: Manifest, checked: Checked) -> Reply:
+    """Apply `manifest` on the condition check_ownership saw: absent, create-only; owned,
+    at the revision read. A Conflict (it changed since) is a CorralError naming it."""
+    seen = checked.get((manifest.kind.kind, manifest.namespace, manifest.name))
+    spec = manifest.spec
+    if seen is not None:
+        meta: Any = getattr(spec, "metadata")  # noqa: B009 (every applied kind has one)
+        condition: dict[str, Any] = (
+            {"create_only": True} if seen == 0 else {"resource_version": seen}
+        )
+        spec = msgspec.structs.replace(spec, metadata=msgspec.structs.replace(meta, **condition))
+    client.namespace = manifest.namespace
+    reply = await client.request(manifest.kind, "apply", encode(spec))
+    if not reply.ok and reply.reason == REASON_CONFLICT and seen is not None:
+        raise CorralError(
+            f"{manifest.where}: {manifest.kind.subject_kind}/{manifest.name} changed since "
+            "it was checked: run it again"
+        )
+    if not reply.ok:
+        raise CorralError(f"{manifest.where}: {RequestRejected(reply)}")
+    return reply
 
 
 @stack.command("deploy")
@@ -145,13 +200,9 @@ def deploy(
     project, manifests = project_manifests(compose_file, stack_name or project_flag)
 
     async def send(client: CorralClient) -> None:
-        await check_ownership(client, project, manifests)
+        checked = await check_ownership(client, project, manifests)
         for manifest in manifests:
-            client.namespace = manifest.namespace
-            try:
-                reply = await client.apply(manifest.spec)
-            except RequestRejected as error:
-                raise CorralError(f"{manifest.where}: {error}") from None
+            reply = await send_checked(client, manifest, checked)
             click.echo(f"{manifest.kind.subject_kind}/{manifest.name} {applied_verb(reply)}")
 
     run_with_client(settings_of(ctx), send)
@@ -249,17 +300,10 @@ async def remove_stack(
     objects with the project's label (`stack rm`, and `corral delete -f` of a Compose
     file). The lines to print; `volumes_hint`: what deletes a kept claim."""
     lines: list[str] = []
-    deployments = _mine(await client.deployments(project), project)
-    services = {
-        n: s
-        for n, s in (await client.services(project)).items()
-        if s.metadata.labels.get(PROJECT_LABEL) == project
-    }
-    claims = {
-        n: c
-        for n, c in (await client.claims(project)).items()
-        if c.metadata.labels.get(PROJECT_LABEL) == project
-    }
+    # each read with its revision: a delete refuses an object changed since (_delete_read)
+    deployments = await _owned_revisions(client, "Deployment", project)
+    services = await _owned_revisions(client, "Service", project)
+    claims = await _owned_revisions(client, "PersistentVolumeClaim", project)
     networks = {
         n: net
         for n, net in (await client.networks()).items()
@@ -268,14 +312,14 @@ async def remove_stack(
     if not (deployments or services or claims or networks):
         raise CorralError(f"nothing found in stack: {project}")
     for name in sorted(services):
-        reply = await client.delete("Service", name, project)
+        reply = await _delete_read(client, "Service", name, project, services[name])
         lines.append(reply.message or f"service/{name} deleted")
     for name in sorted(deployments):
-        reply = await client.delete("Deployment", name, project)
+        reply = await _delete_read(client, "Deployment", name, project, deployments[name])
         lines.append(reply.message or f"deployment/{name} deleted")
     for name in sorted(claims):
         if volumes:
-            reply = await client.delete("PersistentVolumeClaim", name, project)
+            reply = await _delete_read(client, "PersistentVolumeClaim", name, project, claims[name])
             lines.append(reply.message or f"persistentvolumeclaim/{name} deleted")
         else:
             lines.append(
@@ -296,6 +340,30 @@ async def remove_stack(
             lines.append(reply.message or f"network/{name} deleted")
             break
     return lines
+
+
+async def _owned_revisions(client: CorralClient, kind: str, project: str) -> dict[str, int]:
+    stored = await _stored_with_revisions(client, kind, client.scope(project))
+    return {
+        name: revision
+        for name, (value, revision) in stored.items()
+        if value.metadata.labels.get(PROJECT_LABEL) == project
+    }
+
+
+async def _delete_read(
+    client: CorralClient, kind: str, name: str, namespace: str, revision: int
+) -> Reply:
+    """Delete an object at the revision it was read at (a Conflict: it changed since)."""
+    request = DeleteRequest(name=name, namespace=namespace, resource_version=revision)
+    reply = await client.request(find_kind(kind), "delete", encode(request))
+    if not reply.ok and reply.reason == REASON_CONFLICT:
+        raise CorralError(
+            f"{find_kind(kind).subject_kind}/{name} changed since it was checked: run it again"
+        )
+    if not reply.ok:
+        raise RequestRejected(reply)
+    return reply
 
 
 @stack.command("rm")

@@ -238,17 +238,15 @@ def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
 
     async def send(client: CorralClient) -> None:
         # Imported here: stack_commands imports this module.
-        from corral.client.cli.stack_commands import check_compose_ownership
+        from corral.client.cli.stack_commands import check_compose_ownership, send_checked
 
         # A Compose project takes over nothing another project, or no project, made
-        # (as `corral stack deploy`): checked for each before anything is sent.
-        await check_compose_ownership(client, manifests)
+        # (as `corral stack deploy`): checked for each before anything is sent, and
+        # each write conditional on what the check saw (send_checked).
+        checked = await check_compose_ownership(client, manifests)
         for manifest in manifests:
             client.namespace = manifest.namespace  # its own, resolved (-n, as kubectl)
-            try:
-                reply = await client.apply(manifest.spec)
-            except RequestRejected as error:
-                raise CorralError(f"{manifest.where}: {error}") from None
+            reply = await send_checked(client, manifest, checked)
             click.echo(f"{manifest.kind.subject_kind}/{manifest.name} {applied_verb(reply)}")
 
     run_with_client(settings_of(ctx), send)
