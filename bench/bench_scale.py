@@ -127,6 +127,8 @@ class Cluster:
             command = [sys.executable, "-m", module, "--nats", self.url, "--metrics-port", port]
             if service == "scheduler" and self.args.decide_in:
                 command += ["--decide-in", self.args.decide_in]
+            if service == "scheduler" and self.args.answer_in:
+                command += ["--answer-in", self.args.answer_in]
             if service == "scheduler" and self.args.python_gc:
                 command += ["--python-gc"]
             self.start(service, command)
@@ -502,6 +504,11 @@ def main() -> None:
         help="the scheduler's --decide-in (default: the scheduler's own default)",
     )
     parser.add_argument(
+        "--answer-in",
+        choices=["loop", "thread"],
+        help="the scheduler's --answer-in (default: the scheduler's own default)",
+    )
+    parser.add_argument(
         "--python-gc", action="store_true", help="the scheduler's --python-gc (comparisons)"
     )
     parser.add_argument("--out", type=Path)
@@ -514,6 +521,8 @@ def main() -> None:
     )
     if args.decide_in:
         title += f", decide in {args.decide_in}"
+    if args.answer_in:
+        title += f", answer in {args.answer_in}"
     if args.python_gc:
         title += ", Python's default GC"
     print(title, flush=True)
@@ -532,7 +541,11 @@ def main() -> None:
                     tail = (Path(work) / f"{name}.log").read_text(errors="replace")[-2000:]
                     print(f"--- {name}.log (tail)\n{tail}", file=sys.stderr)
     table = results.table(title)
-    mode = (f"-{args.decide_in}" if args.decide_in else "") + ("-pygc" if args.python_gc else "")
+    mode = (
+        (f"-{args.decide_in}" if args.decide_in else "")
+        + (f"-answer-{args.answer_in}" if args.answer_in else "")
+        + ("-pygc" if args.python_gc else "")
+    )
     out = args.out or (
         Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}{mode}.md"
     )

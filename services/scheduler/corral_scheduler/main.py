@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import enum
 from functools import partial
 from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from corral.contract import names
 from corral.natsio.bus import (
@@ -18,7 +21,10 @@ from corral.natsio.bus import (
     serve_spec_requests,
     spec_stream_position,
 )
+from corral.natsio.config import resolve_nats_url
 from corral.natsio.key_migration import SCHEDULER_BUCKETS, move_legacy_keys
+from corral.natsio.kv import NatsBucket
+from corral.natsio.request_thread import serve_in_thread
 from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral_scheduler.control_loop import DECIDE_IN, ControlLoop, DecideIn
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
@@ -27,6 +33,18 @@ from corral_scheduler.node_api import KIND as NODE_KIND
 from corral_scheduler.node_api import NodeAPI
 
 DEFAULT_PORT = 9101
+
+
+class AnswerIn(enum.Enum):
+    """Where Deployment requests (apply, scale, delete) are answered: on the event loop
+    that reconciles, or on a thread with its own loop and NATS connection
+    (corral.natsio.request_thread; bench/README.md, "Requests while placing")."""
+
+    LOOP = "loop"
+    THREAD = "thread"
+
+
+ANSWER_IN: Final = AnswerIn.THREAD
 DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
 # The buckets whose Raft leaders the scheduler keeps off its own NATS server: those it
 # writes or watches (netmgr's other buckets are netmgr's to look after).
@@ -50,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DECIDE_IN.value,
         help="where each Deployment's decision runs: in the event loop that answers "
         f"requests, or in a worker thread on copies of its inputs (default {DECIDE_IN.value})",
+    )
+    parser.add_argument(
+        "--answer-in",
+        choices=[mode.value for mode in AnswerIn],
+        default=ANSWER_IN.value,
+        help="where Deployment requests are answered: on a thread with its own event loop "
+        "and NATS connection, so they never wait on reconciling, or on the loop that "
+        f"reconciles (default {ANSWER_IN.value})",
     )
     parser.add_argument(
         "--python-gc",
@@ -102,9 +128,42 @@ async def run(
             objects_bucket=names.DEPLOYMENTS_BUCKET,
         )
     )
-    await ctx.task_group.start(
-        partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
-    )
+    if AnswerIn(args.answer_in) is AnswerIn.THREAD:
+
+        async def answer_deployments(
+            nc: NATS,
+            js: JetStreamContext,
+            *,
+            task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        ) -> None:
+            # The thread's own connection and buckets; of the loop's state only the
+            # claims' lookups (exclusive_claim reads by key, never iterates).
+            own = {
+                bucket: NatsBucket(await js.key_value(bucket), bucket)
+                for bucket in (names.DEPLOYMENTS_BUCKET, names.LEASES_BUCKET)
+            }
+            thread_api = DeploymentAPI(
+                own[names.DEPLOYMENTS_BUCKET],
+                progress=own[names.LEASES_BUCKET],
+                spec_position=partial(spec_stream_position, js, KIND),
+                exclusive_claim=loop.exclusive_claim,
+            )
+            await serve_spec_requests(
+                nc, KIND, thread_api.handlers(), queue="scheduler", task_status=task_status
+            )
+
+        await ctx.task_group.start(
+            partial(
+                serve_in_thread,
+                resolve_nats_url(args.nats),
+                f"corral-{ctx.name}-requests",
+                answer_deployments,
+            )
+        )
+    else:
+        await ctx.task_group.start(
+            partial(serve_spec_requests, ctx.nc, KIND, handlers, queue="scheduler")
+        )
     await ctx.task_group.start(
         partial(
             serve_spec_requests,
