@@ -59,6 +59,7 @@ from corral.contract.specs import (
     Resources,
 )
 from corral.contract.state import DeploymentStatus
+from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.bus import connect
 from corral.natsio.kv import NatsBucket, WatchIncomplete, is_echo_key
 
@@ -105,9 +106,14 @@ class Cluster:
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, Proc] = {}
 
-    def start(self, name: str, command: list[str]) -> Proc:
+    def start(self, name: str, command: list[str], *, nice: int = 0) -> Proc:
         log = open(self.workdir / f"{name}.log", "wb")  # kept open for the process
-        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
         proc = Proc(name, popen)
         self.procs[name] = proc
         return proc
@@ -158,6 +164,7 @@ class Cluster:
                 "--state-dir",
                 str(self.workdir / f"hollow-{name}"),
             ],
+            nice=args.simulator_nice,
         )
 
     def stop(self) -> None:
@@ -356,11 +363,24 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         want: int = per * args.deployments
         async with anyio.create_task_group() as tg:
             tg.start_soon(probe.run, args.probe_every)
+            worker_before = histogram_mean(
+                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+            )[0]
             began = time.monotonic()
-            for index in range(args.deployments):
-                reply = await apply(nc, deployment(f"app-{index}", per))
+            # The Deployments arrive as a burst from several clients (--apply-parallel
+            # requests in flight), not one after another: what the scheduler can place,
+            # not how fast one client can ask.
+            submitting = anyio.CapacityLimiter(args.apply_parallel)
+
+            async def submit(index: int) -> None:
+                async with submitting:
+                    reply = await apply(nc, deployment(f"app-{index}", per))
                 if not reply.ok:
                     raise RuntimeError(f"apply app-{index} refused: {reply.error}")
+
+            async with anyio.create_task_group() as applying:
+                for index in range(args.deployments):
+                    applying.start_soon(submit, index)
             last: tuple[int, int] = (0, 0)
 
             async def placed_all() -> bool:
@@ -370,6 +390,12 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             placed = await until(placed_all, args.timeout, every=0.1)
             placed_in = None if placed is None else time.monotonic() - began
+            worker_busy = (
+                histogram_mean(cluster.metrics("scheduler"), "corral_controller_reconcile_seconds")[
+                    0
+                ]
+                - worker_before
+            )
             busy, busy_failed = probe.take(), probe.take_failed()
 
             async def ready_all() -> bool:
@@ -387,6 +413,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 "placements committed per second",
                 f"{rate:,.0f}/s ({want:,} in {placed_in:.1f} s)",
                 "goal ≥ 5,000/s; kube-scheduler_perf 810 pods/s at 5,000 nodes; Nomad C1M 3,750/s",
+            )
+            results.add(
+                "scheduler's worker busy while placing (reconciling / wall time)",
+                f"{worker_busy / placed_in * 100:.0f}%",
             )
             results.add(
                 f"time to all {want:,} Running (from the first apply)", f"{running_in:.1f} s"
@@ -455,7 +485,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add(
             f"one node lost ({on_victim} replicas): running elsewhere after",
             "not within 120 s" if back is None else f"{back:.1f} s",
-            "goal ≤ 5 s (R = 5 s of silence is the budget's own share)",
+            f"goal ≤ 5 s (R = {NODE_LOST_SECONDS:g} s of silence is the budget's own share)",
         )
         for name, proc in cluster.procs.items():
             if name == "victim":
@@ -504,6 +534,19 @@ def main() -> None:
         help="the scheduler's --decide-in (default: the scheduler's own default)",
     )
     parser.add_argument(
+        "--apply-parallel",
+        type=int,
+        default=16,
+        help="the Deployments' apply requests in flight at once (default 16)",
+    )
+    parser.add_argument(
+        "--simulator-nice",
+        type=int,
+        default=0,
+        help="run the hollow clusters at this nice value (the control plane at 0), as "
+        "if they ran on machines of their own, as kubemark's hollow nodes do (default 0)",
+    )
+    parser.add_argument(
         "--answer-in",
         choices=["loop", "thread"],
         help="the scheduler's --answer-in (default: the scheduler's own default)",
@@ -523,6 +566,8 @@ def main() -> None:
         title += f", decide in {args.decide_in}"
     if args.answer_in:
         title += f", answer in {args.answer_in}"
+    if args.simulator_nice:
+        title += f", simulator at nice {args.simulator_nice}"
     if args.python_gc:
         title += ", Python's default GC"
     print(title, flush=True)

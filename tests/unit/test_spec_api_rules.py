@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import REASON_CONFLICT, REASON_INTERNAL, REASON_NOT_FOUND, Reply
-from corral.natsio.kv import MemoryBucket
+from corral.natsio.kv import Entry, MemoryBucket
 from corral.natsio.spec_api import SpecAPI
 from corral.natsio.spec_progress import progress_key
 from corral_scheduler.deployment_api import DeploymentAPI
@@ -139,3 +142,49 @@ async def test_a_create_only_apply_racing_another_create_is_refused_and_keeps_it
     # without the race it is created, and createOnly is not stored
     made = await DeploymentAPI(MemoryBucket("d2")).apply(create_only(deployment_json("x", 1)))
     assert made.ok and made.generation == 1
+
+
+class GetSeen(MemoryBucket):
+    """A bucket that says when a read of it is under way."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.reading = anyio.Event()
+
+    async def get(self, key: str) -> Entry | None:
+        self.reading.set()
+        return await super().get(key)
+
+
+async def test_an_apply_reads_the_stream_position_and_the_stored_object_at_once() -> None:
+    # Two round trips in the time of one: the position is still being read (it waits
+    # here until the object's read has begun) when the object is read.
+    deployments = GetSeen("deployments")
+
+    async def position_waiting_for_the_read() -> int:
+        await deployments.reading.wait()
+        return 5
+
+    api = DeploymentAPI(deployments, spec_position=position_waiting_for_the_read)
+    with anyio.fail_after(5):
+        first = await api.apply(deployment_json("web", 1))
+    assert first.ok and first.generation == 1
+    stored = await deployments.get(names.object_key("default", "web"))
+    assert stored is not None and b'"specSequence":5' in stored.value.replace(b" ", b"")
+
+
+async def test_an_apply_whose_early_read_went_stale_reads_again_and_writes() -> None:
+    deployments = MemoryBucket("deployments")
+    api = DeploymentAPI(deployments)
+    assert (await api.apply(deployment_json("web", 1))).ok
+    real_position = api.spec_position
+
+    async def position_while_another_writes() -> int:
+        # Another writer changes the object after this apply's early read of it.
+        await anyio.lowlevel.checkpoint()
+        assert (await DeploymentAPI(deployments).apply(deployment_json("web", 2))).ok
+        return await real_position()
+
+    api.spec_position = position_while_another_writes
+    third = await api.apply(deployment_json("web", 3))
+    assert third.ok and third.generation == 3, third

@@ -22,6 +22,7 @@ for a service that decides under a lock on its own view, LockedSpecAPI below.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -199,21 +200,45 @@ class SpecAPI(SpecReplies, Generic[T]):
         skipped = await self.handled_before(wanted.key, name, sequence)
         if skipped is not None:
             return skipped
-        position = await self.position(sequence)
+        position, read = await self.position_and_entry(sequence, wanted.key)
         async with self.serialized():
             waiting = self.not_ready(name)
             if waiting is not None:
                 return waiting
             for _ in range(CAS_ATTEMPTS):
                 try:
-                    return await self._apply_once(wanted, sequence, position)
+                    return await self._apply_once(wanted, sequence, position, read)
                 except Conflict:
+                    read = None  # changed meanwhile: read it again
                     continue
             return self.busy(name)
 
-    async def _apply_once(self, wanted: T, sequence: int, position: int) -> Reply:
+    async def position_and_entry(
+        self, sequence: int, key: str
+    ) -> tuple[int, tuple[Entry | None] | None]:
+        """The stream position a write records and the stored entry of `key`, read at
+        once (two round trips in the time of one: what an apply waits for). The entry
+        may be older than the lock taken after it: the write is compare-and-set, so a
+        change in between is a Conflict and the entry is read again."""
+        if sequence:  # a durable spec: its own sequence, nothing to read
+            return sequence, None
+        position = asyncio.ensure_future(self.spec_position())
+        try:
+            entry = await self.bucket.get(key)
+        except BaseException:
+            position.cancel()
+            with contextlib.suppress(BaseException):
+                await position
+            raise
+        return await position, (entry,)
+
+    async def _apply_once(
+        self, wanted: T, sequence: int, position: int, read: tuple[Entry | None] | None
+    ) -> Reply:
+        """`read`: the entry of the key as read just before (in a 1-tuple), or None to
+        read it now."""
         name, key = wanted.metadata.name, wanted.key
-        entry = await self.bucket.get(key)
+        entry = await self.bucket.get(key) if read is None else read[0]
         current = None if entry is None else self.readable(entry.value)
         older = self.older_than_stored(name, sequence, current)
         if older is not None:
