@@ -16,7 +16,7 @@ import anyio
 
 from corral.client.api import CorralClient
 from corral.contract import names
-from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.time_budget import HEARTBEAT_SECONDS, NODE_LOST_SECONDS
 from corral.natsio.bus import connect, ensure_streams, open_buckets
 from corral.natsio.cluster import ensure_cluster_identity
 from corral.natsio.kv import NatsBucket
@@ -172,10 +172,14 @@ async def test_a_killed_agent_is_judged_lost_within_r(nats_url: str, tmp_path: P
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
 
-            async def lost() -> bool:
-                return loop.snapshot().lost("hb-kill", loop.monotonic())
+            async def judged_lost() -> bool:  # by the loop's own passes
+                return "hb-kill" not in loop.ready_nodes
 
-            await eventually(lost, bool, within=NODE_LOST_SECONDS + 3, interval=0.1)
+            await eventually(judged_lost, bool, within=NODE_LOST_SECONDS + 3, interval=0.1)
             took = time.monotonic() - killed
-            # Judged from its last heartbeat (up to 1 s before the kill), on a 1 s tick.
-            assert NODE_LOST_SECONDS - 1.5 <= took <= NODE_LOST_SECONDS + 1.5, took
+            assert loop.snapshot().lost("hb-kill", loop.monotonic())
+            # Judged from its last heartbeat (up to a heartbeat before the kill), by a pass
+            # the loop wakes for when the silence passes R, not on its next 1 s tick (the
+            # slack: this poll, and a busy machine).
+            low = NODE_LOST_SECONDS - HEARTBEAT_SECONDS - 0.5
+            assert low <= took <= NODE_LOST_SECONDS + 1.0, took

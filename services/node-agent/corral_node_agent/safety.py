@@ -54,7 +54,7 @@ class Displacement(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    isolated_after: float = 3 * time_budget.HEARTBEAT_SECONDS
+    isolated_after: float = time_budget.ISOLATED_AFTER_SECONDS  # I: before R (time_budget)
     stop_after: float = time_budget.CUT_OFF_STOP_SECONDS  # F
 
 

@@ -24,8 +24,13 @@ placements of each Deployment (`placements_by_deployment`). The deciding step st
 pure (decide.schedule_deployment); one worker decides and commits key after key, so
 every decision sees the room the previous one took.
 
-A tick every second (TICK_SECONDS) re-judges every node's liveness (O(nodes)) and
-enqueues the Deployments of those whose state changed, and does the housekeeping.
+A tick re-judges every node's liveness (O(nodes)) and enqueues the Deployments of
+those whose state changed, and does the housekeeping. It comes every second
+(TICK_SECONDS), and sooner when a judgement falls due: the pass notes the earliest
+moment a node's judgement changes with time alone (its silence passing R or R', its
+engine down for E: Snapshot.next_change), and the loop wakes just after it
+(`next_wake`), so a node is judged lost when its silence passes R, not up to a tick
+later.
 Liveness is judged only on a fresh view. The loop writes an echo key (corral.natsio.kv
 echo_key) every second into every bucket a judgement depends on: corral_nodes
 (who is alive), corral_placements (what runs where) and corral_leases (the nodes
@@ -102,11 +107,17 @@ from corral_scheduler.volume_fit import (
 log = logging.getLogger(__name__)
 
 TICK_SECONDS: Final = 1.0
+# A pass due for a judgement runs this long after its moment (the rules compare
+# strictly: at the moment itself nothing has changed yet)...
+JUDGE_AFTER_SECONDS: Final = 0.001
+# ...but at least this long after the previous pass: nodes that fell silent together
+# fall due spread over a heartbeat, and each pass is O(nodes).
+JUDGE_MIN_WAIT_SECONDS: Final = 0.05
 ECHO_SECONDS: Final = 1.0
 # An echo not back within this long makes the view stale. The last echo seen before a
-# watch stalls is at most ECHO_SECONDS old, so a stall is noticed before any node's
-# silence (heartbeats every second) can pass R.
-ECHO_LATE_SECONDS: Final = 3.0
+# watch stalls is at most ECHO_SECONDS old, so a stall is noticed (each pass judges the
+# view before the nodes) before any node's silence (heartbeats every second) can pass R.
+ECHO_LATE_SECONDS: Final = 2.5
 # Echo keys of other owners that have not changed for this long are deleted.
 ECHO_GC_SECONDS: Final = 60.0
 # Another scheduler whose echo in corral_nodes came back within this long is a judge
@@ -115,6 +126,13 @@ JUDGE_ALIVE_SECONDS: Final = 2 * ECHO_LATE_SECONDS
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes: no vowels, no look-alikes
 
 assert ECHO_SECONDS + ECHO_LATE_SECONDS < NODE_LOST_SECONDS, "a stalled watch would lose nodes"
+
+
+def next_wake(now: float, due: float, tick: float = TICK_SECONDS) -> float:
+    """How long the loop waits before its next pass: until just after `due` (the earliest
+    moment a node's judgement changes, on the loop's clock; inf: none), at most a tick,
+    and never less than JUDGE_MIN_WAIT_SECONDS."""
+    return min(tick, max(JUDGE_MIN_WAIT_SECONDS, due - now + JUDGE_AFTER_SECONDS))
 
 
 def random_suffix() -> str:
@@ -189,6 +207,8 @@ class ControlLoop:
         self._nodes_replayed = False
         self.changed_at: dict[str, float] = {}
         self._wake = anyio.Event()
+        # The earliest moment a node's judgement changes with time alone (the last pass).
+        self.next_judgement_at = float("inf")
         self.feed_fresh_since: float | None = None
         self.controller = Controller(
             "scheduler",
@@ -683,11 +703,20 @@ class ControlLoop:
                 )
 
     def judge_nodes(self, now: float) -> None:
-        """Judge every node's liveness now (O(nodes)): the tick."""
+        """Judge every node's liveness now (O(nodes)): the tick. Notes the earliest moment
+        one of these judgements changes with time alone (`next_judgement_at`): what is
+        heard or changes meanwhile only moves a node's moment later, or to R or E from
+        then (over a tick away)."""
         view = self._liveness_view()
         known = set(self._nodes) | set(self.deployments_by_node.values()) | view.released
+        due = float("inf")
+        next_change = view.next_change
         for name in known:
             self._judge_node(name, view, now)
+            at = next_change(name, now)
+            if at < due:
+                due = at
+        self.next_judgement_at = due
         for name in [name for name in self._node_states if name not in known]:
             del self._node_states[name]
             self.ready_nodes.discard(name)
@@ -796,7 +825,7 @@ class ControlLoop:
             await tg.start(self.controller.run)
             task_status.started()
             while True:
-                with anyio.move_on_after(TICK_SECONDS):
+                with anyio.move_on_after(self.wait_seconds()):
                     await self._wake.wait()
                 self._wake = anyio.Event()
                 try:
@@ -804,6 +833,10 @@ class ControlLoop:
                 except Exception:  # a bad tick must not stop the scheduler
                     log.exception("scheduler tick failed; retrying")
                     await anyio.sleep(TICK_SECONDS)
+
+    def wait_seconds(self) -> float:
+        """How long to wait for the next pass from now (a wake() comes sooner)."""
+        return next_wake(self.monotonic(), self.next_judgement_at)
 
     # --- the tick: liveness and housekeeping, O(nodes) ------------------------------------
 

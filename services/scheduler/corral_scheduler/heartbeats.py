@@ -35,12 +35,16 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
+from corral.contract.time_budget import HEARTBEAT_SECONDS, NODE_LOST_SECONDS
 from corral.natsio import bus
 
 log = logging.getLogger(__name__)
 
 ECHO_SECONDS: Final = 1.0
-ECHO_LATE_SECONDS: Final = 3.0
+# The echo not heard for this long makes the feed stale: at most this long after the
+# feed stalled. A node heard until the stall beat at most a heartbeat before it, so its
+# silence passes R no sooner than R - HEARTBEAT after the stall: later (the assert).
+ECHO_LATE_SECONDS: Final = 2.5
 # Sequence gaps of this share of the nodes heard (and at least GAP_MIN_NODES) within
 # GAP_WINDOW_SECONDS make the feed stale for GAP_STALE_SECONDS.
 GAP_WINDOW_SECONDS: Final = 2.0
@@ -55,6 +59,10 @@ PENDING_BYTES: Final = 512 * 1024 * 1024
 AGENT_LIVE_SECONDS: Final = 3.0
 # What is forgotten of nodes not heard for this long.
 FORGET_SECONDS: Final = 120.0
+
+assert max(ECHO_SECONDS, HEARTBEAT_SECONDS) + ECHO_LATE_SECONDS < NODE_LOST_SECONDS, (
+    "a stalled heartbeat feed would lose nodes"
+)
 
 
 @dataclass(slots=True)

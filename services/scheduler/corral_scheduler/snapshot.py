@@ -138,3 +138,37 @@ class Snapshot:
 
     def lost(self, name: str, now: float, *, after_stop: bool = False) -> bool:
         return self.loss(name, now, after_stop=after_stop) is not None
+
+    def next_change(self, name: str, now: float) -> float:
+        """The earliest moment from `now` on after which the node's judgement (whether it
+        is schedulable, its loss for Fast and for AfterStop replicas) changes with time
+        alone: its silence passing R or R', its engine down for E. Anything else (a sign
+        of life, a record change, a release, the view going stale or fresh) comes with
+        an event or a tick. inf: nothing changes with time alone."""
+        if name in self.released:
+            return INF  # lost for good until the release ends (an event)
+        seen = self.node_last_seen.get(name)
+        fresh = self.feed_fresh_since
+        # Each moment after which a rule's strict comparison flips.
+        soonest = INF
+        if seen is not None:
+            soonest = _first_due(seen + NODE_LOST_SECONDS, now, soonest)  # schedulable
+        if fresh is None:
+            return soonest  # no loss is judged on a stale view
+        heard = fresh if seen is None or seen < fresh else seen
+        soonest = _first_due(heard + NODE_LOST_SECONDS, now, soonest)
+        soonest = _first_due(heard + NODE_LOST_AFTER_STOP_SECONDS, now, soonest)
+        node = self.nodes.get(name)
+        if node is not None and not node.ready and node.mode not in KEEPS_REPLICAS_MODES:
+            since = max(self.node_not_ready_since.get(name, now), fresh)
+            soonest = _first_due(since + ENGINE_DOWN_EVICTION_SECONDS, now, soonest)
+        return soonest
+
+
+INF = float("inf")
+
+
+def _first_due(moment: float, now: float, soonest: float) -> float:
+    """`soonest`, or `moment` when it is sooner and not past (`now` itself counts: a
+    comparison that holds now flips right after it)."""
+    return moment if now <= moment < soonest else soonest

@@ -4,6 +4,7 @@ Each side measures on its own clock; no rule here compares two hosts' clocks.
 
     t = 0        an agent's last proof of being heard: a heartbeat every scheduler
                  acknowledged, or a record write NATS acknowledged (then it is cut off)
+    t = I        the agent is Isolated: it starts nothing more
     t = R        the scheduler, which no longer hears the node's heartbeats nor sees
                  its record change,
                  judges the node lost and places its replicas elsewhere
@@ -17,6 +18,7 @@ Each side measures on its own clock; no rule here compares two hosts' clocks.
 
     WORST_FAILOVER  <  F      a NATS failover never makes a healthy agent stop work
     R               <  F      replacements come before the old copies go (availability)
+    I + ISOLATION_MARGIN  <=  R   an agent starts nothing once it may be judged lost
     F + 2 STOP + MARGIN  <=  R'  "never two copies"
 
 docs/time-budget.md explains each number and how it was measured.
@@ -38,8 +40,23 @@ WORST_FAILOVER_SECONDS: Final = 11.0
 
 # R: a node not heard for this long (no heartbeat, no record change; on the
 # scheduler's clock, while its view is fresh) is lost, and its replicas are placed
-# elsewhere.
-NODE_LOST_SECONDS: Final = 5.0
+# elsewhere. The scheduler judges it at that moment (it wakes when a node's silence
+# passes R, not on its next tick), so "a node is lost -> its replicas run elsewhere"
+# takes R plus a placement and a start: 4 s leaves about a second of the 5 s goal.
+NODE_LOST_SECONDS: Final = 4.0
+
+# I: an agent not proven heard (neither a heartbeat every judge acknowledged nor a
+# record write NATS acknowledged) for this long is Isolated: it starts nothing, and
+# keeps what runs. Not less than 3 heartbeats: an agent whose beats go unacknowledged
+# (one judge does not hear it, or a scheduler just died and is still counted) proves
+# itself by a record write after the beat's wait for acks (half a heartbeat), so its
+# proofs can lie two heartbeats and a write apart without anything being wrong.
+ISOLATED_AFTER_SECONDS: Final = 3 * HEARTBEAT_SECONDS
+
+# What I leaves before R: a create or start already under way when the agent became
+# Isolated ends, and the record write an unacknowledged agent sends still lands, before
+# the scheduler may judge the node lost and place its replicas elsewhere.
+ISOLATION_MARGIN_SECONDS: Final = 1.0
 
 # F: an agent cut off this long (from its last proof of being heard) removes its replicas.
 CUT_OFF_STOP_SECONDS: Final = 20.0
@@ -77,6 +94,10 @@ def check() -> None:
     assert WORST_FAILOVER_SECONDS < CUT_OFF_STOP_SECONDS, "a failover would stop healthy agents"
     assert NODE_LOST_SECONDS < CUT_OFF_STOP_SECONDS, "replacements would come after the stop"
     assert NODE_LOST_SECONDS > 3 * HEARTBEAT_SECONDS, "one late heartbeat would lose a node"
+    assert ISOLATED_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS, "a write fallback would isolate"
+    assert ISOLATED_AFTER_SECONDS + ISOLATION_MARGIN_SECONDS <= NODE_LOST_SECONDS, (
+        "an agent could still start replicas after it was judged lost"
+    )
     assert (
         CUT_OFF_STOP_SECONDS + 2 * STOP_SECONDS + MARGIN_SECONDS <= NODE_LOST_AFTER_STOP_SECONDS
     ), "a never-two-copies Deployment could run twice"
