@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from corral.contract import names
 from corral.contract.codec import decode
 from corral.contract.events import Reply
+from corral.natsio.bus import serve_spec_requests
 from corral.natsio.request_thread import REQUEST_SWITCH_SECONDS, serve_in_thread
 from tests.integration.scheduler_harness import deployment_json, running_scheduler
 from tests.waiting import eventually
@@ -135,3 +136,28 @@ async def test_the_scheduler_answers_an_apply_while_its_event_loop_cannot_run(
             )
 
         await eventually(stored, bool)
+
+
+async def test_a_request_sent_the_moment_the_api_started_finds_it(nats_url: str) -> None:
+    # Started means the server has the subscription, not that it is queued to be sent:
+    # a client on another connection asks at once, again and again.
+    async def answer(nc: NATS, js: JetStreamContext, *, task_status: TaskStatus[None]) -> None:
+        async def applied(raw: bytes, sequence: int = 0) -> Reply:
+            return Reply(ok=True, kind="Deployment", name="web")
+
+        await serve_spec_requests(
+            nc, "Deployment", {"apply": applied}, queue="test", task_status=task_status
+        )
+
+    client = await nats.connect(nats_url)
+    try:
+        for _ in range(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(serve_in_thread, nats_url, "test-requests", answer)
+                msg = await client.request(
+                    names.api_subject("deployment", "apply"), b"{}", timeout=5
+                )
+                assert decode(msg.data, Reply).ok
+                tg.cancel_scope.cancel()
+    finally:
+        await client.close()

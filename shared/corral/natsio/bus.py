@@ -617,6 +617,9 @@ async def serve_spec_requests(
     compare-and-set), so one stuck on a server that just died holds no other up.
     """
     subscription = await nc.subscribe(f"{names.API_PREFIX}.{kind.lower()}.*", queue=queue)
+    # Started once the server has the subscription (a round trip), not once it is queued
+    # to be sent: a request right after must find a responder.
+    await nc.flush()
     limiter = anyio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
 
     async def answer(msg: Msg) -> None:

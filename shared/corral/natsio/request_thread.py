@@ -65,6 +65,7 @@ async def serve_in_thread(
                 js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                 async with anyio.create_task_group() as tg:
                     await tg.start(serve, nc, js)
+                    await nc.flush()  # what `serve` subscribed to is the server's now
                     _settle(started, None)
             finally:
                 with anyio.CancelScope(shield=True):
