@@ -41,8 +41,8 @@ from corral.contract.network_state import (
     NodeNetwork,
     ReplicaDrain,
 )
-from corral.contract.specs import Deployment
-from corral.contract.state import Node, Placement, ReplicaStatus
+from corral.contract.state import Node
+from corral.contract.views import EndpointsPlacement, EndpointsStatus, NetworksDeployment
 from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Mirror, Update, Write
@@ -72,18 +72,19 @@ def slice_key(network: str, node: str) -> str:
 
 @dataclass
 class Mirrors(MirrorSet):
-    """Every bucket the cluster part reads, kept current by watches."""
+    """Every bucket the cluster part reads, kept current by watches: the records of
+    other services as views holding only what it reads (corral.contract.views)."""
 
     networks: Mirror[Network]
     network_status: Mirror[NetworkStatus]
     slices: Mirror[NetworkSlice]
     services: Mirror[Service]
     endpoints: EndpointsMirror
-    deployments: Mirror[Deployment]
+    deployments: Mirror[NetworksDeployment]
     nodes: Mirror[Node]
     node_network: Mirror[NodeNetwork]
-    placements: Mirror[Placement]
-    replica_statuses: Mirror[ReplicaStatus]
+    placements: Mirror[EndpointsPlacement]
+    replica_statuses: Mirror[EndpointsStatus]
     drains: Mirror[ReplicaDrain]
 
     @classmethod
@@ -94,11 +95,11 @@ class Mirrors(MirrorSet):
             slices=Mirror(buckets[names.NETWORK_SLICES_BUCKET], NetworkSlice),
             services=Mirror(buckets[names.SERVICES_BUCKET], Service),
             endpoints=EndpointsMirror(buckets[names.ENDPOINTS_BUCKET], Endpoints),
-            deployments=Mirror(buckets[names.DEPLOYMENTS_BUCKET], Deployment),
+            deployments=Mirror(buckets[names.DEPLOYMENTS_BUCKET], NetworksDeployment),
             nodes=Mirror(buckets[names.NODES_BUCKET], Node),
             node_network=Mirror(buckets[names.NODE_NETWORK_BUCKET], NodeNetwork),
-            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], Placement),
-            replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus),
+            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], EndpointsPlacement),
+            replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], EndpointsStatus),
             drains=Mirror(buckets[names.REPLICA_DRAINS_BUCKET], ReplicaDrain),
         )
 
@@ -207,7 +208,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         return () if before == after else list(self.mirrors.networks.items)
 
     def _networks_of_replica(
-        self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None
+        self, key: str, old: EndpointsStatus | None, new: EndpointsStatus | None
     ) -> Iterable[str]:
         before = {} if old is None else old.ips
         after = {} if new is None else new.ips
@@ -215,7 +216,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
             return ()
         return set(before) | set(after)
 
-    def _matching_services(self, placement: Placement) -> set[str]:
+    def _matching_services(self, placement: EndpointsPlacement) -> set[str]:
         labels = placement_labels(placement)
         found = set()
         for key in self.services_by_namespace.get(placement.namespace):
@@ -225,7 +226,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         return found
 
     def _services_of_placement(
-        self, key: str, old: Placement | None, new: Placement | None
+        self, key: str, old: EndpointsPlacement | None, new: EndpointsPlacement | None
     ) -> Iterable[str]:
         found: set[str] = set()
         for placement in (old, new):
@@ -234,7 +235,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         return found
 
     def _services_of_status(
-        self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None
+        self, key: str, old: EndpointsStatus | None, new: EndpointsStatus | None
     ) -> Iterable[str]:
         if (
             old is not None

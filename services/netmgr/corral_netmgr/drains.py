@@ -37,7 +37,8 @@ from typing import Any, Final
 from corral.contract.codec import encode
 from corral.contract.names import placement_key
 from corral.contract.network_state import Endpoints, NodeNetwork, ReplicaDrain
-from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
+from corral.contract.state import Node, ReplicaState
+from corral.contract.views import EndpointsPlacement, EndpointsStatus
 from corral.natsio.controller import ChangeFeed, Controller, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Write
 from corral_netmgr import metrics
@@ -92,7 +93,7 @@ class EndpointsMirror(Mirror[Endpoints]):
         self.dropped.pop(replica, None)
 
 
-def going_away(status: ReplicaStatus, placement: Placement | None) -> bool:
+def going_away(status: EndpointsStatus, placement: EndpointsPlacement | None) -> bool:
     return status.state == ReplicaState.TERMINATING or placement is None
 
 
@@ -100,8 +101,8 @@ class DrainController:
     def __init__(
         self,
         *,
-        statuses: Mirror[ReplicaStatus],
-        placements: Mirror[Placement],
+        statuses: Mirror[EndpointsStatus],
+        placements: Mirror[EndpointsPlacement],
         endpoints: EndpointsMirror,
         node_network: Mirror[NodeNetwork],
         nodes: Mirror[Node],
@@ -148,12 +149,14 @@ class DrainController:
 
     # --- what enqueues what ------------------------------------------------------------
 
-    def _status_seen(self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None) -> None:
+    def _status_seen(
+        self, key: str, old: EndpointsStatus | None, new: EndpointsStatus | None
+    ) -> None:
         if old is None and new is not None and self.statuses.current and self.endpoints.current:
             self.born_watched.add(key)
 
     def _status_changed(
-        self, key: str, old: ReplicaStatus | None, new: ReplicaStatus | None
+        self, key: str, old: EndpointsStatus | None, new: EndpointsStatus | None
     ) -> Iterable[str]:
         if old is not None and new is not None and old.state == new.state:
             return ()

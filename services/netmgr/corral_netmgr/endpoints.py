@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from corral.contract.network_specs import Service, ServicePort
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
-from corral.contract.specs import ContainerTemplate, replica_labels
-from corral.contract.state import Node, Placement, ReplicaStatus
+from corral.contract.specs import replica_labels
+from corral.contract.state import Node
+from corral.contract.views import EndpointsPlacement, EndpointsStatus, EndpointsTemplate
 from corral_netmgr.network_api import service_network
 
 
@@ -29,11 +30,11 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
 
-def placement_labels(placement: Placement) -> dict[str, str]:
+def placement_labels(placement: EndpointsPlacement) -> dict[str, str]:
     return replica_labels(placement.deployment, placement.template)
 
 
-def resolve_port(port: ServicePort, template: ContainerTemplate) -> int | None:
+def resolve_port(port: ServicePort, template: EndpointsTemplate) -> int | None:
     """A Service port's target as a number for a replica of `template` (None: it has no
     port of that name)."""
     target = port.target
@@ -49,8 +50,8 @@ def resolve_port(port: ServicePort, template: ContainerTemplate) -> int | None:
 class Candidate:
     """One replica as the cluster reports it: its placement, status and node's record."""
 
-    placement: Placement
-    status: ReplicaStatus | None
+    placement: EndpointsPlacement
+    status: EndpointsStatus | None
     node: Node | None
 
 

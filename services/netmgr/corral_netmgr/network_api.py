@@ -24,7 +24,8 @@ from corral.contract.codec import encode
 from corral.contract.events import REASON_BUSY, REASON_CONFLICT, Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import NodeNetwork
-from corral.contract.specs import DEFAULT_NETWORK, Deployment, ObjectMeta, replica_networks
+from corral.contract.specs import DEFAULT_NETWORK, ObjectMeta, replica_networks
+from corral.contract.views import NetworksDeployment
 from corral.natsio.kv import Bucket, Mirror
 from corral_netmgr.allocator import (
     AllocationError,
@@ -53,7 +54,7 @@ class NetworkAPI(SpecAPI[Network]):
         self,
         networks: Mirror[Network],
         *,
-        deployments: Mirror[Deployment],
+        deployments: Mirror[NetworksDeployment],
         services: Mirror[Service],
         node_network: Mirror[NodeNetwork],
         lock: anyio.Lock,

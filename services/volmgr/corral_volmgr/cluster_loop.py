@@ -40,7 +40,7 @@ from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.names import object_key, split_object_key
 from corral.contract.specs import claim_names
-from corral.contract.state import Placement
+from corral.contract.views import ClaimsPlacement
 from corral.contract.volume_specs import (
     PROVISIONER_LOCAL,
     PersistentVolume,
@@ -117,7 +117,7 @@ class Mirrors(MirrorSet):
     storage_classes: Mirror[StorageClass]
     node_volumes: Mirror[NodeVolumes]
     attachments: Mirror[VolumeAttachment]
-    placements: Mirror[Placement]
+    placements: Mirror[ClaimsPlacement]  # a view: what it reads (corral.contract.views)
 
     @classmethod
     def of(cls, buckets: dict[str, Any]) -> Mirrors:
@@ -129,11 +129,11 @@ class Mirrors(MirrorSet):
             storage_classes=Mirror(buckets[names.STORAGE_CLASSES_BUCKET], StorageClass),
             node_volumes=Mirror(buckets[names.NODE_VOLUMES_BUCKET], NodeVolumes),
             attachments=Mirror(buckets[names.VOLUME_ATTACHMENTS_BUCKET], VolumeAttachment),
-            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], Placement),
+            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], ClaimsPlacement),
         )
 
 
-def placement_claims(key: str, placement: Placement) -> list[str]:
+def placement_claims(key: str, placement: ClaimsPlacement) -> list[str]:
     """The keys of the claims a placement's template names."""
     return [object_key(placement.namespace, name) for name in claim_names(placement.template)]
 
@@ -266,7 +266,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         return found
 
     def _claims_of_placement(
-        self, key: str, old: Placement | None, new: Placement | None
+        self, key: str, old: ClaimsPlacement | None, new: ClaimsPlacement | None
     ) -> Iterable[str]:
         found: set[str] = set()
         for placement in (old, new):
@@ -280,7 +280,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         return self.volumes_by_claim.get(key) | self.reserved_volumes.get(key)
 
     def _volumes_of_placement(
-        self, key: str, old: Placement | None, new: Placement | None
+        self, key: str, old: ClaimsPlacement | None, new: ClaimsPlacement | None
     ) -> Iterable[str]:
         found: set[str] = set()
         for claim in self._claims_of_placement(key, old, new):
@@ -383,7 +383,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
             return True
         return await self._write(mirror, [Delete(key, stored[1])])
 
-    def users(self, claim: str) -> list[Placement]:
+    def users(self, claim: str) -> list[ClaimsPlacement]:
         """The placements that use claim `claim`, oldest first."""
         m = self.mirrors
         found = [m.placements.get(key) for key in self.placements_by_claim.get(claim)]

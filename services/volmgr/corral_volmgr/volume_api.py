@@ -26,7 +26,7 @@ from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import REASON_CONFLICT, REASON_NOT_FOUND, Reply
 from corral.contract.specs import DeleteRequest
-from corral.contract.state import Placement
+from corral.contract.views import ClaimsPlacement
 from corral.contract.volume_specs import (
     PersistentVolume,
     PersistentVolumeClaim,
@@ -156,7 +156,7 @@ class PersistentVolumeAPI(SpecAPI[PersistentVolume]):
         spec_position: SpecPosition = no_stream,
         leases: Bucket | None = None,
         nodes: Bucket | None = None,
-        placements: Mirror[Placement] | None = None,
+        placements: Mirror[ClaimsPlacement] | None = None,
     ) -> None:
         """`leases`, `nodes`, `placements` (corral_leases, corral_nodes and the
         placements' mirror): what `release` checks (the node released by the scheduler);

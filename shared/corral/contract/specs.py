@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -475,7 +477,15 @@ StopSignal = Literal[
 ]
 
 
-def claim_names(template: ContainerTemplate) -> list[str]:
+class WithVolumes(typing.Protocol):
+    """What claim_names reads of a template (a ContainerTemplate, or a view of one:
+    corral.contract.views)."""
+
+    @property
+    def volumes(self) -> Sequence[Volume]: ...
+
+
+def claim_names(template: WithVolumes) -> list[str]:
     """The claims a template's volumes name, in order, each once."""
     found: list[str] = []
     for volume in template.volumes:
@@ -571,13 +581,27 @@ class ContainerTemplate(_Public, frozen=True):
 DEFAULT_NETWORK: Final = "default"
 
 
-def replica_labels(deployment: str, template: ContainerTemplate) -> dict[str, str]:
+class WithLabels(typing.Protocol):
+    """What replica_labels reads of a template (or of a view of one: corral.contract.views)."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+class WithNetworks(typing.Protocol):
+    """What replica_networks reads of a template (or of a view of one)."""
+
+    @property
+    def networks(self) -> Sequence[str]: ...
+
+
+def replica_labels(deployment: str, template: WithLabels) -> dict[str, str]:
     """The labels a Service's selector matches on a replica: the template's own, or
     `app: <deployment>` when it has none (what `corral create deployment` sets)."""
     return dict(template.labels) if template.labels else {"app": deployment}
 
 
-def replica_networks(template: ContainerTemplate) -> list[str]:
+def replica_networks(template: WithNetworks) -> list[str]:
     """The corral networks a replica joins, in order (the first carries its default route)."""
     return list(template.networks) if template.networks else [DEFAULT_NETWORK]
 

@@ -85,7 +85,21 @@ class Node(_Record, frozen=True, kw_only=True):
     failing_removals: int = 0
 
 
-class Placement(_Record, frozen=True, kw_only=True):
+class ReplicaKeyed:
+    """The key of a replica's records (`<node>.<namespace>.<replica>`, as placement_key):
+    shared by Placement, ReplicaStatus and their views (corral.contract.views)."""
+
+    __slots__ = ()
+    replica: str
+    node: str
+    namespace: str
+
+    @property
+    def key(self) -> str:
+        return placement_key(self.node, self.namespace, self.replica)
+
+
+class Placement(_Record, ReplicaKeyed, frozen=True, kw_only=True):
     """The scheduler's decision: this replica runs on this node."""
 
     replica: str
@@ -98,10 +112,6 @@ class Placement(_Record, frozen=True, kw_only=True):
     cpu_millis: int = 0  # requests, reserved on the node
     memory_bytes: int = 0
     created_at: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return placement_key(self.node, self.namespace, self.replica)
 
     @property
     def deployment_key(self) -> str:
@@ -120,7 +130,21 @@ class ReplicaState(enum.StrEnum):
     TERMINATING = "Terminating"
 
 
-class ReplicaStatus(_Record, frozen=True, kw_only=True):
+class Serving:
+    """Whether a replica serves, from its status's `state` and `ready`: shared by
+    ReplicaStatus and its views (corral.contract.views)."""
+
+    __slots__ = ()
+    state: ReplicaState
+    ready: bool | None
+
+    @property
+    def is_ready(self) -> bool:
+        """Serving: Running, and its readiness probe (if any) passes."""
+        return self.state == ReplicaState.RUNNING and self.ready is not False
+
+
+class ReplicaStatus(_Record, ReplicaKeyed, Serving, frozen=True, kw_only=True):
     """What a node agent observes of one replica's container."""
 
     replica: str
@@ -155,15 +179,6 @@ class ReplicaStatus(_Record, frozen=True, kw_only=True):
         """How many restarts happened in the `seconds` before this status was written."""
         since = self.updated_at - seconds
         return sum(1 for at in self.restart_times if at > since)
-
-    @property
-    def is_ready(self) -> bool:
-        """Serving: Running, and its readiness probe (if any) passes."""
-        return self.state == ReplicaState.RUNNING and self.ready is not False
-
-    @property
-    def key(self) -> str:
-        return placement_key(self.node, self.namespace, self.replica)
 
 
 # DeploymentCondition types and reasons (Kubernetes' names; docs/rollouts.md).

@@ -32,7 +32,7 @@ from corral.contract import names
 from corral.contract.backoff import Backoff
 from corral.contract.codec import encode
 from corral.contract.specs import claim_names
-from corral.contract.state import Placement
+from corral.contract.views import ClaimsPlacement
 from corral.contract.volume_specs import PersistentVolume
 from corral.contract.volume_state import (
     VOLUME_DELETING,
@@ -131,7 +131,9 @@ class NodePart:
         self.statuses = Mirror(buckets[names.VOLUME_STATUS_BUCKET], VolumeStatus)
         self.claims = Mirror(buckets[names.CLAIM_STATUS_BUCKET], ClaimStatus)
         self.placements = Mirror(
-            buckets[names.PLACEMENTS_BUCKET], Placement, prefix=names.placement_prefix(node)
+            buckets[names.PLACEMENTS_BUCKET],
+            ClaimsPlacement,  # a view: what it reads (corral.contract.views)
+            prefix=names.placement_prefix(node),
         )
         self.attachments = Mirror(
             self.attachments_bucket, VolumeAttachment, prefix=names.placement_prefix(node)
@@ -178,7 +180,7 @@ class NodePart:
     # --- what to reconcile ---------------------------------------------------------------
 
     def _volumes_of_placement(
-        self, key: str, old: Placement | None, new: Placement | None
+        self, key: str, old: ClaimsPlacement | None, new: ClaimsPlacement | None
     ) -> set[str]:
         found = set()
         for placement in (old, new):

@@ -1,0 +1,192 @@
+"""The views of stored records (corral.contract.views) read what the full records do:
+decoded from a full record's JSON, every field a view holds equals the record's, and what
+the services call on them (key, is_ready, replica_labels, claim_names, replica_networks)
+gives the same answers. Property-based over the Deployment seed of the payload properties
+(tests/unit/test_payload_properties.py): every template corral accepts."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral.contract import views
+from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
+from corral.contract.specs import Deployment, claim_names, replica_labels, replica_networks
+from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral.contract.views import (
+    ClaimsPlacement,
+    EndpointsPlacement,
+    EndpointsStatus,
+    NetworksDeployment,
+)
+from tests.unit.test_payload_properties import (
+    QUICK,
+    SEEDS,
+    dns_label,
+    label_key,
+    label_name,
+    mutated,
+)
+
+VIEWS = [
+    kind
+    for _, kind in inspect.getmembers(views, inspect.isclass)
+    if issubclass(kind, msgspec.Struct) and kind.__module__ == views.__name__
+]
+
+texts = st.text(max_size=12)
+statuses = st.builds(
+    ReplicaStatus,
+    replica=texts,
+    deployment=texts,
+    node=texts,
+    namespace=texts,
+    state=st.sampled_from(ReplicaState),
+    template_hash=texts,
+    container_id=texts,
+    exit_code=st.none() | st.integers(-1, 255),
+    restarts=st.integers(0, 100),
+    message=texts,
+    started_at=st.none() | st.floats(0, 2e9),
+    updated_at=st.floats(0, 2e9),
+    ips=st.dictionaries(texts, texts, max_size=3),
+    image_ports=st.lists(texts, max_size=2),
+    ready=st.none() | st.booleans(),
+    probes=st.dictionaries(st.sampled_from(["readiness", "liveness", "startup"]), texts),
+    last_probe_failure=texts,
+    restart_times=st.lists(st.floats(0, 2e9), max_size=3),
+)
+
+
+@st.composite
+def templates_varied(draw: st.DrawFn) -> Deployment:
+    """The seed Deployment with other labels, ports, networks and volumes."""
+    document = json.loads(json.dumps(SEEDS[Deployment]))
+    template = document["spec"]["template"]
+    for probe_or_mount in ("readinessProbe", "livenessProbe", "startupProbe", "volumeMounts"):
+        del template[probe_or_mount]  # they name ports and volumes of the seed
+    template["labels"] = draw(st.dictionaries(label_key, st.just("") | label_name, max_size=4))
+    numbers = draw(st.lists(st.integers(1, 65535), unique=True, max_size=3))
+    port_names = draw(st.lists(st.from_regex(r"[a-z]{1,15}", fullmatch=True), unique=True))
+    template["ports"] = [
+        {"containerPort": number, **({"name": port_names[i]} if i < len(port_names) else {})}
+        for i, number in enumerate(numbers)
+    ]
+    template["networks"] = draw(st.lists(dns_label, unique=True, max_size=3))
+    claims = draw(st.lists(dns_label, max_size=3))  # a claim named twice is one claim
+    template["volumes"] = [
+        {"name": f"v{i}", "persistentVolumeClaim": {"claimName": claim}}
+        for i, claim in enumerate(claims)
+    ] + draw(st.lists(st.just({"name": "scratch", "emptyDir": {}}), max_size=1))
+    return decode_payload(encode(document), Deployment)
+
+
+def assert_same(view: Any, full: Any, where: str) -> None:
+    """Every field of `view` (and of the views it holds) equals the full record's."""
+    for name in view.__struct_fields__:
+        mine, theirs = getattr(view, name), getattr(full, name)
+        if type(mine).__module__ == views.__name__:
+            assert_same(mine, theirs, f"{where}.{name}")
+        else:
+            assert mine == theirs, f"{where}.{name}: {mine!r} != {theirs!r}"
+
+
+def check_placement(placement: Placement) -> None:
+    raw = encode(placement)
+    for kind in (EndpointsPlacement, ClaimsPlacement):
+        view = decode(raw, kind)
+        assert_same(view, placement, kind.__name__)
+        assert view.key == placement.key
+    endpoints = decode(raw, EndpointsPlacement)
+    assert replica_labels(endpoints.deployment, endpoints.template) == replica_labels(
+        placement.deployment, placement.template
+    )
+    assert claim_names(decode(raw, ClaimsPlacement).template) == claim_names(placement.template)
+
+
+def placed(deployment: Deployment, created_at: float = 0.0) -> Placement:
+    template = deployment.spec.template
+    return Placement(
+        replica=f"{deployment.metadata.name}-00001",
+        deployment=deployment.metadata.name,
+        node="n1",
+        namespace=deployment.metadata.namespace,
+        template=template,
+        template_hash=template.template_hash(),
+        generation=deployment.metadata.generation,
+        created_at=created_at,
+    )
+
+
+def check_deployment(deployment: Deployment) -> None:
+    view = decode(encode(deployment), NetworksDeployment)
+    assert_same(view, deployment, "NetworksDeployment")
+    assert replica_networks(view.spec.template) == replica_networks(deployment.spec.template)
+
+
+def test_the_views_read_the_seed_deployments_template_as_the_full_records_do() -> None:
+    deployment = decode_payload(encode(SEEDS[Deployment]), Deployment)
+    assert deployment.spec.template.ports and claim_names(deployment.spec.template)
+    check_placement(placed(deployment, created_at=12.5))
+    check_deployment(deployment)
+
+
+@QUICK
+@given(data=st.data(), created_at=st.floats(0, 2e9))
+def test_every_accepted_template_reads_alike_in_the_views_and_the_full_records(
+    data: st.DataObject, created_at: float
+) -> None:
+    try:
+        deployment = decode_payload(data.draw(mutated(Deployment)), Deployment)
+    except InvalidPayload:
+        return  # refused: never stored, never mirrored
+    check_placement(placed(deployment, created_at))
+    check_deployment(deployment)
+
+
+@QUICK
+@given(deployment=templates_varied(), created_at=st.floats(0, 2e9))
+def test_templates_of_every_shape_read_alike_in_the_views_and_the_full_records(
+    deployment: Deployment, created_at: float
+) -> None:
+    check_placement(placed(deployment, created_at))
+    check_deployment(deployment)
+
+
+@QUICK
+@given(status=statuses)
+def test_a_replica_status_reads_alike_in_its_view(status: ReplicaStatus) -> None:
+    view = decode(encode(status), EndpointsStatus)
+    assert_same(view, status, "EndpointsStatus")
+    assert (view.key, view.is_ready) == (status.key, status.is_ready)
+
+
+def test_every_view_is_frozen_untracked_by_the_collector_and_tolerant_of_other_fields() -> None:
+    assert len(VIEWS) >= 8
+    for kind in VIEWS:
+        config = kind.__struct_config__
+        assert config.frozen and not config.gc and not config.forbid_unknown_fields, kind
+
+
+def test_a_view_holds_none_of_what_its_reader_does_not_read() -> None:
+    placement = placed(decode_payload(encode(SEEDS[Deployment]), Deployment))
+    for kind in (EndpointsPlacement, ClaimsPlacement):
+        assert "template_hash" not in kind.__struct_fields__
+        template = decode(encode(placement), kind).template
+        assert not hasattr(template, "image") and not hasattr(template, "env")
+    assert not {"probes", "restart_times", "message"} & set(EndpointsStatus.__struct_fields__)
+
+
+def test_a_record_missing_a_field_a_view_holds_or_not_json_does_not_decode_as_the_view() -> None:
+    for raw in (b"not json", b'{"replica": "a", "node": "n1"}', b"[]"):
+        for kind in (EndpointsPlacement, ClaimsPlacement, EndpointsStatus, NetworksDeployment):
+            try:
+                decode(raw, kind)
+            except msgspec.DecodeError:
+                continue
+            raise AssertionError(f"{raw!r} decoded as {kind.__name__}")
