@@ -106,14 +106,9 @@ class Cluster:
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, Proc] = {}
 
-    def start(self, name: str, command: list[str], *, nice: int = 0) -> Proc:
+    def start(self, name: str, command: list[str]) -> Proc:
         log = open(self.workdir / f"{name}.log", "wb")  # kept open for the process
-        popen = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
+        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         proc = Proc(name, popen)
         self.procs[name] = proc
         return proc
@@ -164,7 +159,6 @@ class Cluster:
                 "--state-dir",
                 str(self.workdir / f"hollow-{name}"),
             ],
-            nice=args.simulator_nice,
         )
 
     def stop(self) -> None:
@@ -540,13 +534,6 @@ def main() -> None:
         help="the Deployments' apply requests in flight at once (default 16)",
     )
     parser.add_argument(
-        "--simulator-nice",
-        type=int,
-        default=0,
-        help="run the hollow clusters at this nice value (the control plane at 0), as "
-        "if they ran on machines of their own, as kubemark's hollow nodes do (default 0)",
-    )
-    parser.add_argument(
         "--answer-in",
         choices=["loop", "thread"],
         help="the scheduler's --answer-in (default: the scheduler's own default)",
@@ -566,8 +553,6 @@ def main() -> None:
         title += f", decide in {args.decide_in}"
     if args.answer_in:
         title += f", answer in {args.answer_in}"
-    if args.simulator_nice:
-        title += f", simulator at nice {args.simulator_nice}"
     if args.python_gc:
         title += ", Python's default GC"
     print(title, flush=True)
