@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 import anyio
 
 from corral.contract import names
+from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.natsio.kv import echo_key
 from tests.unit.test_scheduler_control_loop import Cluster, _value
 from tests.waiting import eventually
 
@@ -137,3 +139,37 @@ async def test_a_decision_between_ticks_judges_losses_on_the_views_freshness_now
         await cluster.loop.reconcile("default.web")
         assert cluster.loop.feed_fresh_since is None
         assert cluster.placed_on() == ["a", "b"]
+
+
+async def echo_only_in(cluster: HeardCluster, mirror_name: str) -> None:
+    """A second passes; the scheduler's echo comes back through one watch only (the
+    others lag), and the heartbeat feed's own echo comes back."""
+    loop = cluster.loop
+    mirror = {"nodes": loop.nodes, "placements": loop.placements}[mirror_name]
+    cluster.clock.now += 1
+    cluster.echo_back()
+    key = echo_key(loop.owner)
+    await mirror.bucket.put(key, encode(loop.wall_clock()))
+    await eventually(lambda: _value(mirror.echo_age(key, cluster.clock.now)), lambda a: a == 0)
+    loop.update_feed(cluster.clock.now)  # as the loop's passes do
+
+
+async def test_a_judge_whose_placements_watch_lags_still_acknowledges_heartbeats() -> None:
+    # Acks read only the nodes watch: a placements watch behind a burst of placements
+    # must not make every agent write its record each beat (the nodes watch would lag
+    # too, and the view stay stale).
+    async with heard_cluster(2, "a", "b") as cluster:
+        for _ in range(4):
+            await echo_only_in(cluster, "nodes")
+            cluster.beat("a")
+        assert not cluster.loop.update_feed(cluster.clock.now)  # stale: nothing judged lost
+        assert cluster.acks["a"] is not None  # but "a" is told it was heard
+
+
+async def test_a_judge_whose_nodes_watch_lags_acknowledges_nothing() -> None:
+    # What an ack says of the node's record comes from the nodes watch: late, no ack.
+    async with heard_cluster(2, "a", "b") as cluster:
+        for _ in range(4):
+            await echo_only_in(cluster, "placements")
+            cluster.beat("a")
+        assert cluster.acks["a"] is None

@@ -301,7 +301,7 @@ class ControlLoop:
         self._node_volumes: dict[str, NodeVolumes] = {}
         # The watches liveness depends on, each with this scheduler's echo key in it.
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
-            (self.nodes, echo_key(self.owner)),
+            (self.nodes, echo_key(self.owner)),  # first: what acks read (may_vouch)
             (self.placements, echo_key(self.owner)),
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
@@ -639,7 +639,7 @@ class ControlLoop:
             on_heard=self._heard,
             record_of=self._record_of,
             judges=self.judges_alive,
-            may_ack=lambda: self.feed_fresh_since is not None,
+            may_ack=self.may_vouch,
             monotonic=self.monotonic,
         )
 
@@ -721,9 +721,24 @@ class ControlLoop:
             del self._node_states[name]
             self.ready_nodes.discard(name)
 
-    def _late_watch(self, now: float) -> str | None:
-        """Why the view is stale now (a watch broken, an echo late), or None: fresh."""
-        for mirror, key in self.echo_watches:
+    def may_vouch(self) -> bool:
+        """Whether this judge acknowledges heartbeats now. An ack says the node was heard
+        (true whenever a heartbeat arrives), its record as the nodes watch has it and the
+        judges alive (echo keys in that same watch): so that watch and the heartbeat feed
+        must be fresh, not the others. A placements watch lagging behind a burst of
+        placements stops losses being judged and replicas being placed, but acknowledging
+        on makes agents write no records: were every agent to write its record each
+        beat, the nodes watch would lag too, and the view stay stale (5,000 hollow nodes
+        did so; services/scheduler/README.md, "Judging liveness on a fresh view only")."""
+        return self._late_watch(self.monotonic(), self.echo_watches[:1]) is None
+
+    def _late_watch(
+        self, now: float, watches: list[tuple[Mirror[Any], str]] | None = None
+    ) -> str | None:
+        """Why the view is stale now (a watch broken, an echo late), or None: fresh.
+        `watches`: only these (default: every watch the view depends on), and the
+        heartbeat feed."""
+        for mirror, key in self.echo_watches if watches is None else watches:
             where = f"{mirror.bucket.name}/{mirror.prefix}"
             if not mirror.current:
                 return f"watch of {where} is not current ({mirror.last_error or 'starting'})"
