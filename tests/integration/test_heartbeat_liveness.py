@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 
 from corral.client.api import CorralClient
 from corral.contract import names
@@ -67,14 +68,18 @@ async def agent_process(nats_url: str, node: str, state_dir: Path) -> AsyncItera
 
 
 @asynccontextmanager
-async def scheduler_loop(nats_url: str) -> AsyncIterator[ControlLoop]:
+async def scheduler_loop(nats_url: str, *, threaded: bool = False) -> AsyncIterator[ControlLoop]:
+    """The control loop; `threaded`: its heartbeats judged on a thread of their own, with
+    their own connection (as the scheduler runs it by default)."""
     nc = await connect(nats_url, name="test-scheduler")
     try:
         js = nc.jetstream()
         await ensure_streams(js)
         buckets = await open_buckets(js)
         await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
-        loop = ControlLoop(dict(buckets), None, nc=nc)
+        loop = ControlLoop(
+            dict(buckets), None, nc=nc, heartbeats_url=nats_url if threaded else None
+        )
         async with anyio.create_task_group() as tg:
             await tg.start(loop.run)
             await eventually(lambda: _value(loop.feed_fresh_since), lambda at: at is not None)
@@ -89,10 +94,11 @@ async def record_revision(nodes: NatsBucket, node: str) -> int:
     return 0 if entry is None else entry.revision
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["on-the-loop", "on-a-thread"])
 async def test_the_schedulers_acks_drive_an_idle_agents_clock_and_no_record_is_written(
-    nats_url: str, tmp_path: Path
+    nats_url: str, tmp_path: Path, threaded: bool
 ) -> None:
-    async with scheduler_loop(nats_url) as loop:
+    async with scheduler_loop(nats_url, threaded=threaded) as loop:
         nc = await connect(nats_url, name="test-agent")
         try:
             buckets = await open_buckets(nc.jetstream())
@@ -158,8 +164,11 @@ async def test_with_no_scheduler_to_hear_it_an_agent_proves_itself_alive_by_reco
         await nc.close()
 
 
-async def test_a_killed_agent_is_judged_lost_within_r(nats_url: str, tmp_path: Path) -> None:
-    async with scheduler_loop(nats_url) as loop:
+@pytest.mark.parametrize("threaded", [False, True], ids=["on-the-loop", "on-a-thread"])
+async def test_a_killed_agent_is_judged_lost_within_r(
+    nats_url: str, tmp_path: Path, threaded: bool
+) -> None:
+    async with scheduler_loop(nats_url, threaded=threaded) as loop:
         nodes = loop.nodes
         async with agent_process(nats_url, "hb-kill", tmp_path / "agent") as pid:
             await eventually(lambda: _value("hb-kill" in loop.ready_nodes), bool, within=20)

@@ -15,11 +15,12 @@ import pytest
 from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from corral.contract import names
-from corral.contract.codec import decode
-from corral.contract.events import Reply
+from corral.contract.codec import decode, encode
+from corral.contract.events import Heartbeat, HeartbeatAck, Reply
 from corral.natsio.bus import serve_spec_requests
 from corral.natsio.request_thread import REQUEST_SWITCH_SECONDS, serve_in_thread
 from tests.integration.scheduler_harness import deployment_json, running_scheduler
@@ -161,3 +162,28 @@ async def test_a_request_sent_the_moment_the_api_started_finds_it(nats_url: str)
                 tg.cancel_scope.cancel()
     finally:
         await client.close()
+
+
+async def test_the_scheduler_acknowledges_a_heartbeat_while_its_event_loop_cannot_run(
+    nats_url: str,
+) -> None:
+    # Agents count themselves cut off when heartbeats go unacknowledged for 3 s: a loop
+    # busy placing (or held, here) must not make every node isolate itself.
+    async with running_scheduler(nats_url) as ctx:
+        subject = names.heartbeat_subject("node-1")
+
+        async def acked(seq: int) -> HeartbeatAck | None:
+            beat = encode(Heartbeat(node="node-1", agent_id="agent-1", seq=seq))
+            try:
+                msg = await ctx.nc.request(subject, beat, timeout=1)
+            except NatsTimeoutError:
+                return None  # the view is not fresh yet: no judge vouches
+            return decode(msg.data, HeartbeatAck)
+
+        seqs = iter(range(1, 1000))
+        await eventually(lambda: acked(next(seqs)), lambda ack: ack is not None)
+        during, data = await answered_while_blocked(
+            nats_url, subject, encode(Heartbeat(node="node-1", agent_id="agent-1", seq=999))
+        )
+        assert decode(data, HeartbeatAck).judges >= 1
+        assert during, "the heartbeat waited for the scheduler's event loop"

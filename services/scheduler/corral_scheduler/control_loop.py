@@ -53,6 +53,7 @@ that wrote meanwhile keeps its key).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import logging
@@ -88,6 +89,7 @@ from corral.contract.volume_state import (
 from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
+from corral.natsio.request_thread import serve_in_thread
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.auto_rollback import AutoRollbacks
@@ -107,6 +109,9 @@ from corral_scheduler.volume_fit import (
 log = logging.getLogger(__name__)
 
 TICK_SECONDS: Final = 1.0
+# A node heard after this long without a heartbeat (new, or back) is judged at once, not
+# at the next pass: only such a heartbeat can change its judgement.
+HEARD_AGAIN_SECONDS: Final = 1.5
 # A pass due for a judgement runs this long after its moment (the rules compare
 # strictly: at the moment itself nothing has changed yet)...
 JUDGE_AFTER_SECONDS: Final = 0.001
@@ -184,7 +189,10 @@ class ControlLoop:
         nc: NATS | None = None,
         decide_in: DecideIn | None = None,
         gc_policy: GcPolicy | None = None,
+        heartbeats_url: str | None = None,
     ) -> None:
+        """`heartbeats_url`: judge heartbeats on a thread of their own, with its own
+        connection to these NATS servers (None: on this loop, through `nc`)."""
         self.monotonic = monotonic
         self.decide_in = DecideIn(DECIDE_IN if decide_in is None else decide_in)
         self.gc_policy = gc_policy  # None: Python's own collections (tests)
@@ -328,7 +336,12 @@ class ControlLoop:
         # Heartbeats on core NATS (None: judged from record changes only, as in tests
         # that drive the loop without NATS).
         self.nc = nc
+        self.heartbeats_url = heartbeats_url
         self.heartbeats = None if nc is None else self.make_judge()
+        # What the heartbeat thread reads of this loop's books (a plain value, set each
+        # tick) and how it asks this loop to judge a node heard again (None: no thread).
+        self._judges_alive = 1
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self.passes = 0  # ticks
         self.reconciles = 0
 
@@ -633,12 +646,16 @@ class ControlLoop:
         self._judge_node(key, self._liveness_view(), now)
 
     def make_judge(self) -> HeartbeatJudge:
-        """The judge of heartbeats, wired to this loop's liveness books."""
+        """The judge of heartbeats, wired to this loop's liveness books: called on this
+        loop, or (heartbeats_url) on a thread of its own, where it only sets a node's
+        clock and reads plain values (services/scheduler/README.md, "Requests and
+        heartbeats on threads of their own")."""
+        threaded = self.heartbeats_url is not None
         return HeartbeatJudge(
             self.owner,
-            on_heard=self._heard,
+            on_heard=self._heard_on_thread if threaded else self._heard,
             record_of=self._record_of,
-            judges=self.judges_alive,
+            judges=(lambda: self._judges_alive) if threaded else self.judges_alive,
             may_ack=self.may_vouch,
             monotonic=self.monotonic,
         )
@@ -648,6 +665,20 @@ class ControlLoop:
         anything)."""
         self.node_last_seen[node] = now
         self._judge_node(node, self._liveness_view(), now)
+
+    def _heard_on_thread(self, node: str, now: float) -> None:
+        """`_heard` on the heartbeat thread: the clock set (a dict item: atomic), and a
+        node heard after a silence (new, or back) judged on this loop at once; the others
+        are judged at the next pass, where only time passing changes them."""
+        before = self.node_last_seen.get(node)
+        self.node_last_seen[node] = now
+        if before is None or now - before > HEARD_AGAIN_SECONDS:
+            loop = self._event_loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self._judge_heard, node)
+
+    def _judge_heard(self, node: str) -> None:
+        self._judge_node(node, self._liveness_view(), self.monotonic())
 
     def _record_of(self, node: str) -> tuple[Node | None, int | None]:
         return self._nodes.get(node), self._node_revisions.get(node)
@@ -807,8 +838,17 @@ class ControlLoop:
 
     async def start(self, tg: TaskGroup, *, echoes: bool = True) -> None:
         """Start the watches (returning once each has replayed) and the echo writers."""
-        if self.heartbeats is not None and self.nc is not None:
+        if self.heartbeats is not None and self.heartbeats_url is not None:
             # Heard before the view can be fresh: no node is judged on a feed not there.
+            self._event_loop = asyncio.get_running_loop()
+            self._judges_alive = self.judges_alive()
+            await tg.start(
+                serve_in_thread,
+                self.heartbeats_url,
+                f"corral-{self.owner}-heartbeats",
+                self._judge_heartbeats,
+            )
+        elif self.heartbeats is not None and self.nc is not None:
             await tg.start(self.heartbeats.run, self.nc)
             tg.start_soon(self.heartbeats.keep_echoing, self.nc)
         await tg.start(self.nodes.run)
@@ -830,6 +870,21 @@ class ControlLoop:
         if echoes:
             for mirror, key in self.echo_watches:
                 tg.start_soon(self._echo, mirror.bucket, key)
+
+    async def _judge_heartbeats(
+        self,
+        nc: NATS,
+        js: object,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """On the heartbeat thread: judge and acknowledge, and echo, on its connection."""
+        judge = self.heartbeats
+        assert judge is not None
+        async with anyio.create_task_group() as tg:
+            await tg.start(judge.run, nc)
+            tg.start_soon(judge.keep_echoing, nc)
+            task_status.started()
 
     async def _echo(self, bucket: Bucket, key: str) -> None:
         await keep_echoing(bucket, key, interval=ECHO_SECONDS, wall_clock=self.wall_clock)
@@ -860,6 +915,7 @@ class ControlLoop:
         fresh = self.update_feed(now)
         metrics.VIEW_FRESH.set(1 if fresh else 0)
         self.judge_nodes(now)
+        self._judges_alive = self.judges_alive()
         metrics.NODES.set(len(self._nodes))
         metrics.NODES_READY.set(len(self.ready_nodes))
         metrics.NODES_RELEASED.set(len(self.releases.items))
@@ -1150,7 +1206,7 @@ class ControlLoop:
         ):
             gone = [
                 node
-                for node in book
+                for node in list(book)  # a copy at once: the heartbeat thread adds clocks
                 if node not in records
                 and node not in self.nodes.unreadable
                 and node not in self.deployments_by_node

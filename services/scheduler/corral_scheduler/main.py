@@ -36,9 +36,9 @@ DEFAULT_PORT = 9101
 
 
 class AnswerIn(enum.Enum):
-    """Where Deployment requests (apply, scale, delete) are answered: on the event loop
-    that reconciles, or on a thread with its own loop and NATS connection
-    (corral.natsio.request_thread; bench/README.md, "Requests while placing")."""
+    """Where Deployment requests (apply, scale, delete) and node heartbeats are
+    answered: on the event loop that reconciles, or on threads with their own loops and
+    NATS connections (corral.natsio.request_thread; services/scheduler/README.md)."""
 
     LOOP = "loop"
     THREAD = "thread"
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--answer-in",
         choices=[mode.value for mode in AnswerIn],
         default=ANSWER_IN.value,
-        help="where Deployment requests are answered: on a thread with its own event loop "
-        "and NATS connection, so they never wait on reconciling, or on the loop that "
-        f"reconciles (default {ANSWER_IN.value})",
+        help="where Deployment requests and node heartbeats are answered: on threads with "
+        "their own event loops and NATS connections, so they never wait on reconciling, or "
+        f"on the loop that reconciles (default {ANSWER_IN.value})",
     )
     parser.add_argument(
         "--python-gc",
@@ -96,10 +96,12 @@ async def run(
     # them is acted on (corral.natsio.key_migration).
     for bucket, form in SCHEDULER_BUCKETS.items():
         await move_legacy_keys(ctx.buckets[bucket], form)
+    threads = AnswerIn(args.answer_in) is AnswerIn.THREAD
     loop = ControlLoop(
         dict(ctx.buckets),
         ctx.events,
         nc=ctx.nc,
+        heartbeats_url=resolve_nats_url(args.nats) if threads else None,
         decide_in=DecideIn(args.decide_in),
         gc_policy=None if args.python_gc else GcPolicy(),
     )
@@ -128,7 +130,7 @@ async def run(
             objects_bucket=names.DEPLOYMENTS_BUCKET,
         )
     )
-    if AnswerIn(args.answer_in) is AnswerIn.THREAD:
+    if threads:
 
         async def answer_deployments(
             nc: NATS,
