@@ -10,7 +10,13 @@ import anyio.lowlevel
 
 from corral.contract import names
 from corral.contract.codec import encode
-from corral.contract.events import REASON_CONFLICT, REASON_INTERNAL, REASON_NOT_FOUND, Reply
+from corral.contract.events import (
+    REASON_CONFLICT,
+    REASON_INTERNAL,
+    REASON_NOT_FOUND,
+    REASON_SUPERSEDED,
+    Reply,
+)
 from corral.natsio.kv import Entry, MemoryBucket
 from corral.natsio.spec_api import SpecAPI
 from corral.natsio.spec_progress import progress_key
@@ -188,3 +194,25 @@ async def test_an_apply_whose_early_read_went_stale_reads_again_and_writes() -> 
     api.spec_position = position_while_another_writes
     third = await api.apply(deployment_json("web", 3))
     assert third.ok and third.generation == 3, third
+
+
+async def test_an_unchanged_apply_records_its_position_so_an_older_durable_spec_is_skipped() -> (
+    None
+):
+    # A durable spec D is published (stream sequence 7) before a request asks for what is
+    # stored already; D is applied after the request's answer. D is older: skipped.
+    deployments = MemoryBucket("deployments")
+    position = {"now": 5}
+
+    async def stream_position() -> int:
+        return position["now"]
+
+    api = DeploymentAPI(deployments, spec_position=stream_position)
+    assert (await api.apply(deployment_json("web", 2))).ok  # recorded at sequence 5
+    position["now"] = 7  # D published
+    same = await api.apply(deployment_json("web", 2))
+    assert same.ok and same.unchanged
+    durable = await api.apply(deployment_json("web", 3), sequence=7)
+    assert durable.reason == REASON_SUPERSEDED, durable
+    stored = await deployments.get(names.object_key("default", "web"))
+    assert stored is not None and b'"replicas":2' in stored.value.replace(b" ", b"")

@@ -363,7 +363,7 @@ class NodeRecord:
         while True:
             try:
                 with anyio.fail_after(max(interval * 2, 1.0)):
-                    await self.beat(wait=min(0.5, interval / 2))
+                    await self.beat(wait=min(time_budget.ACK_WAIT_SECONDS, interval / 2))
             except Exception as error:
                 log.debug("heartbeat of %s failed: %s", self.node.name, error)
             if not started:

@@ -76,7 +76,7 @@ from corral.contract.codec import encode
 from corral.contract.network_specs import Network
 from corral.contract.specs import Deployment, claim_names
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
-from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.time_budget import ECHO_LATE_SECONDS, NODE_LOST_SECONDS
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim
 from corral.contract.volume_state import (
     CLAIM_BOUND,
@@ -109,9 +109,9 @@ from corral_scheduler.volume_fit import (
 log = logging.getLogger(__name__)
 
 TICK_SECONDS: Final = 1.0
-# A node heard after this long without a heartbeat (new, or back) is judged at once, not
-# at the next pass: only such a heartbeat can change its judgement.
-HEARD_AGAIN_SECONDS: Final = 1.5
+# A node heard after a silence longer than this (new, or back) is judged at once, not at
+# the next pass: a node heard within R of its last sign keeps its judgement.
+HEARD_AGAIN_SECONDS: Final = NODE_LOST_SECONDS
 # A pass due for a judgement runs this long after its moment (the rules compare
 # strictly: at the moment itself nothing has changed yet)...
 JUDGE_AFTER_SECONDS: Final = 0.001
@@ -119,10 +119,9 @@ JUDGE_AFTER_SECONDS: Final = 0.001
 # fall due spread over a heartbeat, and each pass is O(nodes).
 JUDGE_MIN_WAIT_SECONDS: Final = 0.05
 ECHO_SECONDS: Final = 1.0
-# An echo not back within this long makes the view stale. The last echo seen before a
-# watch stalls is at most ECHO_SECONDS old, so a stall is noticed (each pass judges the
-# view before the nodes) before any node's silence (heartbeats every second) can pass R.
-ECHO_LATE_SECONDS: Final = 2.5
+# An echo not back within ECHO_LATE_SECONDS makes the view stale (time_budget: each pass
+# judges the view before the nodes, so a stall is noticed before a live node's silence
+# can pass R).
 # Echo keys of other owners that have not changed for this long are deleted.
 ECHO_GC_SECONDS: Final = 60.0
 # Another scheduler whose echo in corral_nodes came back within this long is a judge
@@ -338,9 +337,7 @@ class ControlLoop:
         self.nc = nc
         self.heartbeats_url = heartbeats_url
         self.heartbeats = None if nc is None else self.make_judge()
-        # What the heartbeat thread reads of this loop's books (a plain value, set each
-        # tick) and how it asks this loop to judge a node heard again (None: no thread).
-        self._judges_alive = 1
+        # How the heartbeat thread asks this loop to judge a node heard again (None: none).
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self.passes = 0  # ticks
         self.reconciles = 0
@@ -655,7 +652,7 @@ class ControlLoop:
             self.owner,
             on_heard=self._heard_on_thread if threaded else self._heard,
             record_of=self._record_of,
-            judges=(lambda: self._judges_alive) if threaded else self.judges_alive,
+            judges=self.judges_alive,
             may_ack=self.may_vouch,
             monotonic=self.monotonic,
         )
@@ -689,7 +686,8 @@ class ControlLoop:
         now = self.monotonic()
         others = sum(
             1
-            for key, seen in self.nodes.echoes.items()
+            # a copy at once (C): the heartbeat thread counts while the watch changes it
+            for key, seen in list(self.nodes.echoes.items())
             if key != echo_key(self.owner)
             and key.rsplit(".", 1)[-1].startswith("scheduler-")
             and now - seen.seen_at <= JUDGE_ALIVE_SECONDS
@@ -841,7 +839,6 @@ class ControlLoop:
         if self.heartbeats is not None and self.heartbeats_url is not None:
             # Heard before the view can be fresh: no node is judged on a feed not there.
             self._event_loop = asyncio.get_running_loop()
-            self._judges_alive = self.judges_alive()
             await tg.start(
                 serve_in_thread,
                 self.heartbeats_url,
@@ -915,7 +912,6 @@ class ControlLoop:
         fresh = self.update_feed(now)
         metrics.VIEW_FRESH.set(1 if fresh else 0)
         self.judge_nodes(now)
-        self._judges_alive = self.judges_alive()
         metrics.NODES.set(len(self._nodes))
         metrics.NODES_READY.set(len(self.ready_nodes))
         metrics.NODES_RELEASED.set(len(self.releases.items))

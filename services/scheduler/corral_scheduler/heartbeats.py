@@ -35,16 +35,16 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
-from corral.contract.time_budget import HEARTBEAT_SECONDS, NODE_LOST_SECONDS
+from corral.contract.time_budget import ECHO_LATE_SECONDS, HEARTBEAT_SECONDS, NODE_LOST_SECONDS
 from corral.natsio import bus
 
 log = logging.getLogger(__name__)
 
 ECHO_SECONDS: Final = 1.0
-# The echo not heard for this long makes the feed stale: at most this long after the
-# feed stalled. A node heard until the stall beat at most a heartbeat before it, so its
-# silence passes R no sooner than R - HEARTBEAT after the stall: later (the assert).
-ECHO_LATE_SECONDS: Final = 2.5
+# The echo not heard for ECHO_LATE_SECONDS (time_budget) makes the feed stale: at most
+# that long after the feed stalled. A node heard until the stall beat at most a heartbeat
+# before it, so its silence passes R no sooner than R - HEARTBEAT after the stall: later
+# (the assert).
 # Sequence gaps of this share of the nodes heard (and at least GAP_MIN_NODES) within
 # GAP_WINDOW_SECONDS make the feed stale for GAP_STALE_SECONDS.
 GAP_WINDOW_SECONDS: Final = 2.0

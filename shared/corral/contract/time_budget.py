@@ -58,6 +58,22 @@ ISOLATED_AFTER_SECONDS: Final = 3 * HEARTBEAT_SECONDS
 # the scheduler may judge the node lost and place its replicas elsewhere.
 ISOLATION_MARGIN_SECONDS: Final = 1.0
 
+# How long an agent waits for its judges' acknowledgements of a beat before it proves
+# itself by a record write instead (half a heartbeat), and what a write is allowed.
+ACK_WAIT_SECONDS: Final = 0.5 * HEARTBEAT_SECONDS
+WRITE_ALLOWANCE_SECONDS: Final = 0.5
+# The longest two proofs of life of a healthy agent may lie apart as a judge sees them:
+# a beat, the wait for acks, a record write (a judge that does not hear its beats sees
+# only its writes).
+PROOF_GAP_SECONDS: Final = HEARTBEAT_SECONDS + ACK_WAIT_SECONDS + WRITE_ALLOWANCE_SECONDS
+
+# A judge whose echo (written every second into each bucket its judgements read, and
+# published on its heartbeat feed) has not come back for this long has a stale view and
+# judges no node lost. A watch that stalls just after an echo came back is noticed this
+# long after the stall; a live node's last proof before it is at most PROOF_GAP old, so
+# its silence passes R only later (the rule below).
+ECHO_LATE_SECONDS: Final = 1.9
+
 # F: an agent cut off this long (from its last proof of being heard) removes its replicas.
 CUT_OFF_STOP_SECONDS: Final = 20.0
 
@@ -95,6 +111,9 @@ def check() -> None:
     assert NODE_LOST_SECONDS < CUT_OFF_STOP_SECONDS, "replacements would come after the stop"
     assert NODE_LOST_SECONDS > 3 * HEARTBEAT_SECONDS, "one late heartbeat would lose a node"
     assert ISOLATED_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS, "a write fallback would isolate"
+    assert PROOF_GAP_SECONDS + ECHO_LATE_SECONDS < NODE_LOST_SECONDS, (
+        "a stalled watch would be noticed after a live node's silence passed R"
+    )
     assert ISOLATED_AFTER_SECONDS + ISOLATION_MARGIN_SECONDS <= NODE_LOST_SECONDS, (
         "an agent could still start replicas after it was judged lost"
     )

@@ -268,7 +268,15 @@ class SpecAPI(SpecReplies, Generic[T]):
             decided.metadata.labels,
             decided.metadata.annotations,
         ):
-            return self.accepted(name, entry.revision, current.metadata.generation, unchanged=True)
+            revision = entry.revision
+            if position > current.metadata.spec_sequence:
+                # Nothing to change but the position: recorded all the same, so that a
+                # durable spec published before this request (at or below it) and
+                # applied after it is skipped as older, as after a write.
+                recorded = msgspec.structs.replace(current.metadata, spec_sequence=position)
+                stored = with_metadata(current, recorded)
+                revision = await self.update(key, encode(stored), entry.revision)
+            return self.accepted(name, revision, current.metadata.generation, unchanged=True)
         metadata = next_metadata(current.metadata, wanted.metadata, position)
         stored = with_metadata(decided, metadata)
         revision = await self.update(key, encode(stored), entry.revision)
