@@ -187,3 +187,39 @@ async def test_the_scheduler_acknowledges_a_heartbeat_while_its_event_loop_canno
         )
         assert decode(data, HeartbeatAck).judges >= 1
         assert during, "the heartbeat waited for the scheduler's event loop"
+
+
+async def test_two_threads_stopped_out_of_order_put_the_switch_interval_back(
+    nats_url: str,
+) -> None:
+    before = sys.getswitchinterval()
+
+    async def idle(nc: NATS, js: JetStreamContext, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    scopes = {"first": anyio.CancelScope(), "second": anyio.CancelScope()}
+    ended = {"first": anyio.Event(), "second": anyio.Event()}
+
+    async def run(name: str, *, task_status: TaskStatus[None]) -> None:
+        with scopes[name]:
+            await serve_in_thread(nats_url, f"test-{name}", idle, task_status=task_status)
+        ended[name].set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run, "first")
+        await tg.start(run, "second")
+        scopes["first"].cancel()  # the first stops while the second runs
+        await ended["first"].wait()
+        assert sys.getswitchinterval() == min(before, REQUEST_SWITCH_SECONDS)
+        scopes["second"].cancel()
+        await ended["second"].wait()
+    assert sys.getswitchinterval() == before
+
+
+async def test_a_thread_whose_work_ends_on_its_own_makes_its_task_raise(nats_url: str) -> None:
+    async def returns(nc: NATS, js: JetStreamContext, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+
+    with pytest.raises(RuntimeError, match="stopped by itself"):
+        await serve_in_thread(nats_url, "test-requests", returns)

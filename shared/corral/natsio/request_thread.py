@@ -82,11 +82,12 @@ async def serve_in_thread(
             _settle(done, error)
         else:
             _settle(started, RuntimeError(f"{name}: stopped before it started"))
-            _settle(done, None)
+            # Only a stop ends it well: `serve` returning on its own would leave
+            # requests unanswered without a word.
+            _settle(done, None if stop.requested else RuntimeError(f"{name}: stopped by itself"))
 
     thread = threading.Thread(target=run_thread, name=name, daemon=True)
-    previous_switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous_switch, REQUEST_SWITCH_SECONDS))
+    _SWITCH.enter()
     thread.start()
     try:
         await asyncio.wrap_future(started)
@@ -98,7 +99,33 @@ async def serve_in_thread(
             await anyio.to_thread.run_sync(thread.join, JOIN_SECONDS)
         if thread.is_alive():
             log.warning("%s did not stop within %.0f s", name, JOIN_SECONDS)
-        sys.setswitchinterval(previous_switch)
+        _SWITCH.leave()
+
+
+class _SwitchInterval:
+    """REQUEST_SWITCH_SECONDS while any request thread runs; the interval found before
+    the first is put back when the last stops (in whatever order they stop)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._previous = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._previous = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._previous, REQUEST_SWITCH_SECONDS))
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                sys.setswitchinterval(self._previous)
+
+
+_SWITCH = _SwitchInterval()
 
 
 def _settle(future: concurrent.futures.Future[None], error: BaseException | None) -> None:
@@ -126,6 +153,10 @@ class _Stop:
             self._loop, self._scope = loop, scope
             if self._requested:
                 scope.cancel()
+
+    @property
+    def requested(self) -> bool:
+        return self._requested
 
     def request(self) -> None:
         with self._lock:
