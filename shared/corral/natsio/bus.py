@@ -660,6 +660,17 @@ async def unsubscribe_quietly(subscription: Any) -> None:
             log.debug("unsubscribe failed", exc_info=True)
 
 
+async def close_quietly(nc: NATS) -> None:
+    """Close a connection, shielded from cancellation (it runs in `finally` blocks),
+    without draining: its subsystems are cancelled by then (a watch whose reader is gone
+    would hold a drain until its timeout). A failure is logged, never raised."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await nc.close()
+        except Exception:
+            log.debug("close failed", exc_info=True)
+
+
 async def spec_stream_position(js: JetStreamContext, kind: str) -> int:
     """The CORRAL_SPECS sequence of the newest durable spec of `kind` (0: none), read
     from any replica. A request-path write records it: every durable spec at or below

@@ -30,7 +30,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskStatus
 
-from corral.natsio.bus import JS_API_TIMEOUT_SECONDS, connect
+from corral.natsio.bus import JS_API_TIMEOUT_SECONDS, close_quietly, connect
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ async def serve_in_thread(
                     await nc.flush()  # what `serve` subscribed to is the server's now
                     _settle(started, None)
             finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await nc.close()
-                    except Exception:
-                        log.debug("closing the request thread's connection failed", exc_info=True)
+                await close_quietly(nc)
 
     def run_thread() -> None:
         try:

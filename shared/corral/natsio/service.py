@@ -25,6 +25,7 @@ from corral.natsio.bus import (
     JS_API_TIMEOUT_SECONDS,
     EventPublisher,
     StoreSettings,
+    close_quietly,
     connect,
     ensure_streams,
     open_buckets,
@@ -127,13 +128,7 @@ async def run_service(
             task_status.started(ctx)
             tg.start_soon(release_memory_now_and_then, MEMORY_RELEASE_INTERVAL_SECONDS)
     finally:
-        with anyio.CancelScope(shield=True):
-            # Every subsystem is cancelled by now, so there is nothing left to drain
-            # (and a watch whose reader is gone would hold a drain until its timeout).
-            try:
-                await nc.close()
-            except Exception:
-                log.debug("close failed", exc_info=True)
+        await close_quietly(nc)  # every subsystem is cancelled by now: nothing to drain
 
 
 def release_free_memory() -> bool:
