@@ -66,6 +66,7 @@ from corral.natsio.kv import NatsBucket
 from corral.natsio.service import SETUP_TIMEOUT_SECONDS, base_parser
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile
+from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.hollow_runtime import (
     HOLLOW_DEFAULT_CPU_MILLIS,
     HOLLOW_DEFAULT_MEMORY_BYTES,
@@ -309,6 +310,10 @@ class HollowCluster:
             attachments=pool.buckets[names.VOLUME_ATTACHMENTS_BUCKET],
             claim_statuses=pool.buckets[names.CLAIM_STATUS_BUCKET],
             drains=pool.buckets[names.REPLICA_DRAINS_BUCKET],
+            # Heartbeats on core NATS as an agent process sends them (its own reply
+            # subscription: a link matches acks by its beats' sequence numbers), so its
+            # record is written only on change, not every beat.
+            heartbeats=NatsHeartbeats(pool.nc),
         )
         # The one part of the agent a hollow node leaves out: noting every acknowledged
         # write in its state dir (cut_off_clock), so that a restarted agent counts its
