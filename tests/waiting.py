@@ -26,3 +26,9 @@ async def eventually(
                 return last
             await anyio.sleep(interval)
     raise AssertionError(f"condition not met within {within} s; last value: {last!r}")
+
+
+async def current(value: T) -> T:
+    """`value` as a probe for `eventually`, read each time the lambda around it runs:
+    `eventually(lambda: current(loop.passes), lambda n: n > 2)`."""
+    return value

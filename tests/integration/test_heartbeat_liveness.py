@@ -28,16 +28,13 @@ from corral_node_agent.safety import Mode
 from corral_scheduler.control_loop import ControlLoop
 from tests.conftest import free_port
 from tests.integration.test_service_processes import console_script, healthz
+from tests.waiting import current as _value
 from tests.waiting import eventually
 
 
 class NoEvents:
     async def emit(self, *args: object, **kwargs: object) -> None:
         return None
-
-
-async def _value(value: object) -> object:
-    return value
 
 
 @asynccontextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import anyio
 import msgspec
@@ -33,11 +32,11 @@ from corral_node_agent.logs import LogService
 from corral_node_agent.runtime import ContainerSpec
 from corral_node_agent.safety import Identity
 from tests.integration.test_cli_reads import corral
+from tests.waiting import current as _value
 from tests.waiting import eventually
 
 IMAGE = "corral-test/busybox:1"
 CLUSTER = "c0ffee"  # the cluster the agents here belong to
-T = TypeVar("T")
 
 
 @dataclass
@@ -484,7 +483,3 @@ class _Text:
 
     def flush(self) -> None:
         return None
-
-
-async def _value(value: T) -> T:
-    return value

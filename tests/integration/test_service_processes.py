@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from tests.conftest import free_port
+from tests.waiting import current as _value
 from tests.waiting import eventually
 
 # Mapped into no idle service process: OpenSSL's hashlib binding, the bz2 and lzma
@@ -68,10 +69,6 @@ async def service_process(
 
 def mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
-
-
-async def _value(value: int) -> int:
-    return value
 
 
 def threads(pid: int) -> int:

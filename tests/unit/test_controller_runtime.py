@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from corral.contract.backoff import Backoff
 from corral.natsio.controller import Controller, Result
+from tests.waiting import current as _value
 from tests.waiting import eventually
 
 
@@ -69,10 +70,6 @@ async def test_one_key_is_never_reconciled_by_two_workers_and_a_change_meanwhile
         tg.cancel_scope.cancel()
     assert calls == {"a": 2, "b": 1}  # the five changes: one more reconcile, not five
     assert most_at_once["a"] == 1
-
-
-async def _value(value: int) -> int:
-    return value
 
 
 async def test_a_raising_reconcile_is_retried_and_never_stops_the_controller() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import anyio
 import pytest
@@ -21,9 +20,8 @@ from corral.natsio.kv import MemoryBucket, echo_key, write_record
 from corral_scheduler import metrics
 from corral_scheduler.control_loop import ECHO_GC_SECONDS, ControlLoop
 from corral_scheduler.node_api import NodeAPI, NodeRelease, release_key
+from tests.waiting import current as _value
 from tests.waiting import eventually
-
-T = TypeVar("T")
 
 
 class Clock:
@@ -47,10 +45,6 @@ class StallingBucket(MemoryBucket):
             return super()._write(key, value)
         finally:
             self._watchers = watchers
-
-
-async def _value(value: T) -> T:
-    return value
 
 
 class Cluster:
