@@ -54,7 +54,7 @@ from nats.aio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
-from host_report import host_report
+from host_report import host_report, report_header
 from local_nats import local_nats
 
 from corral.contract import names
@@ -403,14 +403,7 @@ def main() -> None:
         sys.exit(f"scripts/build-test-image failed: {built.stderr.strip()}")
 
     before = host_state()
-    engine = sh("docker", "version", "-f", "{{.Server.Version}}").stdout.strip()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"bench/bench_volumes.py {' '.join(sys.argv[1:])}".rstrip()
-        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
-        + f"{os.getloadavg()[0]:.1f} at the start)",
-        "",
-    ]
+    lines = report_header("bench/bench_volumes.py")
     root = Path(tempfile.mkdtemp(prefix="corral-bench-vol-"))
     marks: list[str] = [str(root)]
     try:

@@ -1,10 +1,32 @@
-"""What a benchmark left on the host: the lines of `host_state()` snapshots (one list
-per command) that name this run (`marks`), and other changes meanwhile (other tests may
-run on the machine), as lines for the benchmark's report."""
+"""What a benchmark ran on and left on the host: the first lines of its report (the
+command, the time, the cores, the Docker engine, the load), and the lines of
+`host_state()` snapshots (one list per command) that name this run (`marks`) with other
+changes meanwhile (other tests may run on the machine)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+
+
+def report_header(script: str) -> list[str]:
+    """The report's first lines: `script` as run, when, on what, under what load."""
+    engine = subprocess.run(
+        ["docker", "version", "-f", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [
+        f"{script} {' '.join(sys.argv[1:])}".rstrip()
+        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
+        + f"{os.getloadavg()[0]:.1f} at the start)",
+        "",
+    ]
 
 
 def host_report(

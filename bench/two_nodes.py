@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from host_report import host_report
+from host_report import host_report, report_header
 from local_nats import local_nats
 
 from corral.contract import names
@@ -187,14 +187,7 @@ def run_bench(
     if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         sys.exit(f"bridge {BRIDGE} exists: another second engine (an e2e test?) is running")
     before = host_state()
-    engine = sh("docker", "version", "-f", "{{.Server.Version}}").stdout.strip()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"{script} {' '.join(sys.argv[1:])}".rstrip()
-        + f"   ({when}; {os.cpu_count()} cores, Docker {engine}; load average "
-        + f"{os.getloadavg()[0]:.1f} at the start)",
-        "",
-    ]
+    lines = report_header(script)
     marks: list[str] = [BRIDGE, BRIDGE_ADDRESS.split("/")[0].rsplit(".", 1)[0] + "."]
     with local_nats(nats_prefix) as nats:
         root = Path(tempfile.mkdtemp(prefix=root_prefix, dir="/tmp"))  # a short socket path
