@@ -46,7 +46,11 @@ from local_nats import LocalNats
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from corral.client.local.nats_server import jetstream_answers, nats_server_command
+from corral.client.local.nats_server import (
+    jetstream_answers,
+    nats_server_command,
+    nats_server_env,
+)
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.events import Reply
@@ -106,9 +110,11 @@ class Cluster:
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, Proc] = {}
 
-    def start(self, name: str, command: list[str]) -> Proc:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Proc:
         log = open(self.workdir / f"{name}.log", "wb")  # kept open for the process
-        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         proc = Proc(name, popen)
         self.procs[name] = proc
         return proc
@@ -116,7 +122,8 @@ class Cluster:
     async def start_control_plane(self) -> None:
         store = self.workdir / "nats"
         command = nats_server_command("127.0.0.1", self.nats_port, store)
-        self.start("nats-server", [*command, "-m", str(self.monitor_port)])
+        # As `corral up` runs it (its GOGC): the memory measured is what users get.
+        self.start("nats-server", [*command, "-m", str(self.monitor_port)], nats_server_env())
         if await until(lambda: jetstream_answers(self.url), 30, every=0.2) is None:
             raise RuntimeError("nats-server did not answer within 30 s")
         for service, module in (

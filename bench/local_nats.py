@@ -4,6 +4,7 @@ store; ready when it yields, stopped and its store removed after."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,11 @@ from pathlib import Path
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 
-from corral.client.local.nats_server import jetstream_answers, nats_server_command
+from corral.client.local.nats_server import (
+    jetstream_answers,
+    nats_server_command,
+    nats_server_env,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,10 @@ def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
     url = f"nats://127.0.0.1:{port}"
     command = nats_server_command("127.0.0.1", port, store / "jetstream")
     server = subprocess.Popen(
-        [*command, "-m", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*command, "-m", str(port + 1)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **nats_server_env()},
     )
     try:
         deadline = time.monotonic() + 15

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corral.client.local.nats_server import nats_server_binary
+from corral.client.local.nats_server import NATS_SERVER_GOGC, nats_server_binary
 from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, NODE_PARTS, SERVICES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -134,3 +134,14 @@ def test_each_service_has_a_systemd_unit_on_its_port(service: str) -> None:
         assert "--node %l" in start
     assert unit["Service"]["Restart"] == "always"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_nats_unit_runs_the_server_with_corrals_gogc_that_its_env_file_may_override() -> None:
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "systemd" / "nats.service")
+    service = unit["Service"]
+    assert service["Environment"] == f"GOGC={NATS_SERVER_GOGC}"
+    # systemd applies EnvironmentFile= after Environment=: the operator's file wins.
+    keys = list(service)
+    assert keys.index("Environment") < keys.index("EnvironmentFile")

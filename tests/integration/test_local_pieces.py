@@ -14,16 +14,19 @@ from click.testing import CliRunner
 
 from corral.client.cli import local_commands
 from corral.client.cli.main import cli
-from corral.client.local.child import RestartBackoff
+from corral.client.local.child import ChildState, RestartBackoff, supervise_child
 from corral.client.local.detach import StopReport
 from corral.client.local.layout import Layout
+from corral.client.local.nats_server import NATS_SERVER_GOGC
 from corral.client.local.plan import (
     UpOptions,
     local_node_name,
+    nats_child,
     node_part_cleanup,
     service_children,
 )
 from corral.client.local.processes import ProcessRef
+from tests.conftest import free_port
 from corral.client.local.supervisor import (
     Supervisor,
     VolumesReport,
@@ -197,3 +200,30 @@ def test_corral_down_delete_volumes_says_what_the_node_part_did_not_a_fixed_dele
     said = result.stdout if exit_code == 0 else result.stderr
     assert words in said, result.output
     assert (exit_code == 0) == ("the volumes' data deleted" in result.stdout)
+
+
+async def _environment_of_supervised_nats(tmp_path: Path, port: int) -> dict[str, str]:
+    """Start the plan's nats-server child as `corral up` does, read its environment from
+    /proc, stop it."""
+    spec = nats_child(UpOptions(data_dir=tmp_path, nats_port=port))
+    spec.log.parent.mkdir(parents=True, exist_ok=True)
+    state = ChildState(spec)
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervise_child, state, lambda: None)
+        assert state.pid is not None
+        raw = Path(f"/proc/{state.pid}/environ").read_bytes()
+        tg.cancel_scope.cancel()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+async def test_nats_server_runs_with_corrals_gogc_unless_the_operator_set_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOGC", raising=False)
+    environment = await _environment_of_supervised_nats(tmp_path / "a", free_port())
+    assert environment["GOGC"] == NATS_SERVER_GOGC == "50"
+    assert environment["PATH"] == os.environ["PATH"]  # added to, not replaced
+
+    monkeypatch.setenv("GOGC", "80")
+    environment = await _environment_of_supervised_nats(tmp_path / "b", free_port())
+    assert environment["GOGC"] == "80"

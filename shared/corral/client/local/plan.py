@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.client.local.layout import Layout
-from corral.client.local.nats_server import nats_server_command
+from corral.client.local.nats_server import nats_server_command, nats_server_env
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_METRICS_BASE_PORT = 9101
@@ -100,6 +100,7 @@ def nats_child(options: UpOptions) -> ChildSpec:
         name="nats",
         command=nats_server_command(HOST, options.nats_port, layout.nats_store),
         log=layout.log_of("nats"),
+        env=nats_server_env(),
     )
 
 
