@@ -69,6 +69,9 @@ from corral.natsio.kv import NatsBucket, WatchIncomplete, is_echo_key
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IMAGE = "corral-test/busybox:1"
+# A simulator loop this late delays its nodes' heartbeats by half of one (1 s apart): its
+# nodes start to look cut off, and the run measures the simulator (bench/README.md).
+SIMULATOR_LATE_SECONDS = 0.5
 PROBE = "probe"
 
 
@@ -106,7 +109,12 @@ class Cluster:
         self.workdir = workdir
         base = free_port_block(8)
         self.nats_port, self.monitor_port = base, base + 1
-        self.metrics_ports = {"scheduler": base + 2, "netmgr": base + 3, "volmgr": base + 4}
+        self.metrics_ports = {
+            "scheduler": base + 2,
+            "netmgr": base + 3,
+            "volmgr": base + 4,
+            "hollow-cluster": base + 5,
+        }
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, Proc] = {}
 
@@ -165,6 +173,8 @@ class Cluster:
                 # killed, so a temporary folder of its own would be left behind
                 "--state-dir",
                 str(self.workdir / f"hollow-{name}"),
+                "--metrics-port",
+                str(self.metrics_ports.get(name, -1)),  # the victim's: none
             ],
         )
 
@@ -259,6 +269,27 @@ def histogram_mean(text: str, metric: str) -> tuple[float, float]:
         elif line.startswith(f"{metric}_count"):
             count += float(line.rsplit(" ", 1)[1])
     return total, count
+
+
+def histogram_buckets(text: str, metric: str) -> dict[float, float]:
+    """The cumulative bucket counts of a histogram, by upper bound (+Inf as inf)."""
+    buckets: dict[float, float] = {}
+    prefix = f'{metric}_bucket{{le="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            bound = line[len(prefix) :].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def late_samples(before: dict[float, float], after: dict[float, float], over: float) -> str:
+    """Of the loop-lateness samples taken between two readings: how many were later than
+    `over`, and the bucket bound the latest one stayed under."""
+    counts = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in after}
+    total = counts.get(float("inf"), 0.0)
+    late = total - counts.get(over, total)
+    worst = min((bound for bound, count in counts.items() if count >= total), default=0.0)
+    return f"{late:.0f} of {total:.0f} samples (the latest ≤ {worst:g} s)"
 
 
 # --- the requests ----------------------------------------------------------------------
@@ -367,6 +398,27 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             worker_before = histogram_mean(
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
+            late_before = histogram_buckets(
+                cluster.metrics("hollow-cluster"), "corral_event_loop_late_seconds"
+            )
+            fewest_ready = [nodes + 1]
+
+            async def nodes_ready_while_placing() -> None:
+                while True:  # read on a thread: the probes' latency is measured in this loop
+                    text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
+                    for line in text.splitlines():
+                        if line.startswith("corral_nodes_ready "):
+                            ready_now = int(float(line.rsplit(" ", 1)[1]))
+                            fewest_ready[0] = min(fewest_ready[0], ready_now)
+                    await anyio.sleep(0.5)
+
+            sampling = anyio.CancelScope()
+
+            async def sample_nodes_ready() -> None:
+                with sampling:
+                    await nodes_ready_while_placing()
+
+            tg.start_soon(sample_nodes_ready)
             began = time.monotonic()
             # The Deployments arrive as a burst from several clients (--apply-parallel
             # requests in flight), not one after another: what the scheduler can place,
@@ -398,6 +450,14 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 - worker_before
             )
             busy, busy_failed = probe.take(), probe.take_failed()
+            sampling.cancel()
+            late_while_placing = late_samples(
+                late_before,
+                histogram_buckets(
+                    cluster.metrics("hollow-cluster"), "corral_event_loop_late_seconds"
+                ),
+                SIMULATOR_LATE_SECONDS,
+            )
 
             async def ready_all() -> bool:
                 nonlocal last
@@ -421,6 +481,15 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             )
             results.add(
                 f"time to all {want:,} Running (from the first apply)", f"{running_in:.1f} s"
+            )
+            results.add(
+                f"simulator's event loop late over {SIMULATOR_LATE_SECONDS:g} s while placing",
+                late_while_placing,
+                "a simulator behind sends heartbeats late: nodes look cut off",
+            )
+            results.add(
+                "nodes ready, fewest while placing (the scheduler's count)",
+                f"{fewest_ready[0]:,} of {nodes + 1:,}",
             )
             results.add(
                 "apply p50 / p99 while placing",

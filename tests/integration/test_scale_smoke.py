@@ -29,6 +29,8 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "placements committed per second",
         "time to all 5,000 Running",
         "apply p50 / p99 while steady",
+        "simulator's event loop late over 0.5 s while placing",
+        "nodes ready, fewest while placing",
         "running elsewhere after",
         "control plane + nats-server resident memory",
     ):

@@ -63,6 +63,7 @@ from corral.natsio.cluster import ensure_cluster_identity
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
+from corral.natsio.loop_lateness import measure_loop_lateness
 from corral.natsio.service import SETUP_TIMEOUT_SECONDS, base_parser
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile
@@ -552,6 +553,7 @@ async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
                         return
 
                 tg.start_soon(until_signal)
+                tg.start_soon(measure_loop_lateness)  # a simulator behind shows here
                 await tg.start(cluster.run)
                 gc.freeze()  # what every node made at start is never scanned again
                 counts = cluster.counts()
