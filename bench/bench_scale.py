@@ -107,14 +107,16 @@ class Cluster:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        base = free_port_block(8)
+        shards: int = args.simulator_processes
+        base = free_port_block(5 + shards)
         self.nats_port, self.monitor_port = base, base + 1
-        self.metrics_ports = {
-            "scheduler": base + 2,
-            "netmgr": base + 3,
-            "volmgr": base + 4,
-            "hollow-cluster": base + 5,
-        }
+        self.metrics_ports = {"scheduler": base + 2, "netmgr": base + 3, "volmgr": base + 4}
+        # The simulator's processes: one by default, named as before.
+        self.simulators = (
+            ["hollow-cluster"] if shards == 1 else [f"hollow-cluster-{i}" for i in range(shards)]
+        )
+        for index, name in enumerate(self.simulators):
+            self.metrics_ports[name] = base + 5 + index
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, Proc] = {}
 
@@ -193,6 +195,15 @@ class Cluster:
     def mark_cpu(self, phase: str) -> None:
         for proc in self.procs.values():
             proc.cpu_marks[phase] = proc.cpu_seconds()
+
+    def simulator_lateness(self) -> dict[float, float]:
+        """The simulator's loop-lateness histogram, summed over its processes."""
+        summed: dict[float, float] = {}
+        for name in self.simulators:
+            found = histogram_buckets(self.metrics(name), "corral_event_loop_late_seconds")
+            for bound, count in found.items():
+                summed[bound] = summed.get(bound, 0.0) + count
+        return summed
 
     def varz(self) -> dict[str, int]:
         return LocalNats(self.url, self.monitor_port).varz()
@@ -371,7 +382,10 @@ class Results:
 async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) -> None:
     await cluster.start_control_plane()
     nodes: int = args.nodes
-    cluster.start_hollow("hollow-cluster", nodes, "hollow-")
+    shards = len(cluster.simulators)
+    for index, name in enumerate(cluster.simulators):
+        share = nodes // shards + (1 if index < nodes % shards else 0)
+        cluster.start_hollow(name, share, "hollow-" if shards == 1 else f"hollow-{index}-")
     victim = cluster.start_hollow("victim", 1, "victim-")
     nc = await connect(cluster.url, name="bench-scale")
     try:
@@ -398,9 +412,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             worker_before = histogram_mean(
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
-            late_before = histogram_buckets(
-                cluster.metrics("hollow-cluster"), "corral_event_loop_late_seconds"
-            )
+            late_before = cluster.simulator_lateness()
             fewest_ready = [nodes + 1]
 
             async def nodes_ready_while_placing() -> None:
@@ -452,11 +464,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             busy, busy_failed = probe.take(), probe.take_failed()
             sampling.cancel()
             late_while_placing = late_samples(
-                late_before,
-                histogram_buckets(
-                    cluster.metrics("hollow-cluster"), "corral_event_loop_late_seconds"
-                ),
-                SIMULATOR_LATE_SECONDS,
+                late_before, cluster.simulator_lateness(), SIMULATOR_LATE_SECONDS
             )
 
             async def ready_all() -> bool:
@@ -617,13 +625,27 @@ def main() -> None:
     parser.add_argument(
         "--python-gc", action="store_true", help="the scheduler's --python-gc (comparisons)"
     )
+    parser.add_argument(
+        "--simulator-processes",
+        type=int,
+        default=1,
+        help="hollow-cluster processes sharing the nodes (default 1): one process is one "
+        "core at most, and a simulator that falls behind makes its nodes look cut off",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.replicas < args.deployments:
         parser.error("--replicas must be at least --deployments")
+    if not 1 <= args.simulator_processes <= args.nodes:
+        parser.error("--simulator-processes must be between 1 and --nodes")
     title = (
         f"{args.nodes + 1:,} hollow nodes, {args.replicas:,} replicas in "
-        f"{args.deployments} Deployments ({os.cpu_count()} cores)"
+        f"{args.deployments} Deployments ({os.cpu_count()} cores"
+        + (
+            f", the simulator in {args.simulator_processes} processes)"
+            if args.simulator_processes > 1
+            else ")"
+        )
     )
     if args.decide_in:
         title += f", decide in {args.decide_in}"
