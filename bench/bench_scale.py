@@ -5,9 +5,10 @@
 
 Starts, on free loopback ports: a nats-server (JetStream, monitoring on), the
 scheduler, netmgr and volmgr (as `corral up` runs them: one process each), a hollow
-cluster of --nodes nodes in one process (`python -m corral_node_agent.hollow_cluster`:
-the real node agent on in-memory engines, containers Running --ready-after seconds
-after their start) and a second hollow cluster of one node, the victim. Then:
+cluster of --nodes nodes (`python -m corral_node_agent.hollow_cluster`: the real node
+agent on in-memory engines, containers Running --ready-after seconds after their start;
+one process per 500 nodes, at most one per core, or --simulator-processes) and a second
+hollow cluster of one node, the victim. Then:
 
 1. applies --deployments Deployments (--replicas in all) by raw NATS requests and
    measures placements committed per second (the scheduler's placed count) and the
@@ -20,7 +21,11 @@ after their start) and a second hollow cluster of one node, the victim. Then:
    /varz (and per node);
 5. kills the victim (SIGKILL: a node lost) and measures until its replicas run
    elsewhere;
-6. reads each process's resident memory and CPU (percent of one core, per phase).
+6. reads each process's resident memory and CPU (percent of one core, per phase);
+7. while placing: how often the simulator's event loop ran over 0.5 s late (its
+   corral_event_loop_late_seconds) and the fewest nodes the scheduler had ready: a
+   simulator that fell behind makes its nodes look cut off, and such a run measures
+   the simulator.
 
 It prints a table with the anchors and saves it (--out, default
 bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.
@@ -72,6 +77,10 @@ IMAGE = "corral-test/busybox:1"
 # A simulator loop this late delays its nodes' heartbeats by half of one (1 s apart): its
 # nodes start to look cut off, and the run measures the simulator (bench/README.md).
 SIMULATOR_LATE_SECONDS = 0.5
+# One simulator process per this many nodes by default: at 1,000 nodes in one process its
+# loop ran over 0.5 s late in 7-14 of 35-53 samples while placing and up to 990 nodes
+# looked cut off; in two, 4-5 of 140 and none (bench/README.md).
+NODES_PER_SIMULATOR = 500
 PROBE = "probe"
 
 
@@ -628,14 +637,17 @@ def main() -> None:
     parser.add_argument(
         "--simulator-processes",
         type=int,
-        default=1,
-        help="hollow-cluster processes sharing the nodes (default 1): one process is one "
-        "core at most, and a simulator that falls behind makes its nodes look cut off",
+        help="hollow-cluster processes sharing the nodes (default: one per "
+        f"{NODES_PER_SIMULATOR} nodes, at most one per core): one process is one core at "
+        "most, and a simulator that falls behind makes its nodes look cut off",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.replicas < args.deployments:
         parser.error("--replicas must be at least --deployments")
+    if args.simulator_processes is None:
+        wanted = -(-args.nodes // NODES_PER_SIMULATOR)
+        args.simulator_processes = max(1, min(wanted, os.cpu_count() or 1))
     if not 1 <= args.simulator_processes <= args.nodes:
         parser.error("--simulator-processes must be between 1 and --nodes")
     title = (

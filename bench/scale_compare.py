@@ -20,6 +20,9 @@ COLUMNS = (
     ("reconcile (ms)", "reconcile cost per change", r"^([\d.]+) ms"),
     ("all Running (s)", "time to all", r"^([\d.]+) s"),
     ("scheduler CPU placing / steady", "scheduler: resident memory", r"(\d+% / \d+%)"),
+    ("nats-server RSS (MiB)", "nats-server: resident memory", r"^(\d+) MiB"),
+    ("fewest nodes ready placing", "nodes ready, fewest while placing", r"^([\d,]+) of"),
+    ("node lost (s)", "one node lost", r"^([\d.]+) s"),
 )
 
 
