@@ -34,9 +34,9 @@ def nats_server_binary() -> str:
 # nats-server's Go collector runs when its heap has grown by GOGC percent since the last
 # collection (Go's default 100: the heap may reach twice what is live). corral's state is
 # long-lived and small beside the churn of messages passing through, so the server runs
-# with 50: at 1,001 hollow nodes and 20,000 replicas its resident memory fell from
-# 308-639 MiB to 187 MiB, for about 5 % more of a core while placing
-# (bench/README.md, "nats-server's memory"). An operator's own GOGC is kept.
+# with 50: at 1,001 hollow nodes and 20,000 replicas it held 194-247 MiB instead of
+# 270-320 MiB, for 4-6 % more of a core while placing (bench/README.md, "nats-server's
+# memory"). An operator's own GOGC is kept.
 NATS_SERVER_GOGC: Final = "50"
 
 
