@@ -78,8 +78,8 @@ IMAGE = "corral-test/busybox:1"
 # nodes start to look cut off, and the run measures the simulator (bench/README.md).
 SIMULATOR_LATE_SECONDS = 0.5
 # One simulator process per this many nodes by default: at 1,000 nodes in one process its
-# loop ran over 0.5 s late in 7-14 of 35-53 samples while placing and up to 990 nodes
-# looked cut off; in two, 4-5 of 140 and none (bench/README.md).
+# loop ran over 0.5 s late in 7-14 of 35-53 samples while placing and as few as 11 nodes
+# stayed ready; in two, 4-12 of 122-143 and at least 769 (bench/README.md).
 NODES_PER_SIMULATOR = 500
 PROBE = "probe"
 
@@ -307,8 +307,12 @@ def late_samples(before: dict[float, float], after: dict[float, float], over: fl
     `over`, and the bucket bound the latest one stayed under."""
     counts = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in after}
     total = counts.get(float("inf"), 0.0)
-    late = total - counts.get(over, total)
-    worst = min((bound for bound, count in counts.items() if count >= total), default=0.0)
+    if not total:
+        return "no samples"
+    if over not in counts:
+        raise ValueError(f"{over} s is not a bucket bound of the lateness histogram")
+    late = total - counts[over]
+    worst = min(bound for bound, count in counts.items() if count >= total)
     return f"{late:.0f} of {total:.0f} samples (the latest ≤ {worst:g} s)"
 
 
@@ -421,16 +425,18 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             worker_before = histogram_mean(
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
-            late_before = cluster.simulator_lateness()
-            fewest_ready = [nodes + 1]
+            late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
+            ready_seen: list[int] = []  # the scheduler's count of ready nodes, sampled
 
             async def nodes_ready_while_placing() -> None:
                 while True:  # read on a thread: the probes' latency is measured in this loop
-                    text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
+                    try:
+                        text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
+                    except OSError:  # a busy scheduler's /metrics timed out: a sample less
+                        text = ""
                     for line in text.splitlines():
                         if line.startswith("corral_nodes_ready "):
-                            ready_now = int(float(line.rsplit(" ", 1)[1]))
-                            fewest_ready[0] = min(fewest_ready[0], ready_now)
+                            ready_seen.append(int(float(line.rsplit(" ", 1)[1])))
                     await anyio.sleep(0.5)
 
             sampling = anyio.CancelScope()
@@ -473,7 +479,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             busy, busy_failed = probe.take(), probe.take_failed()
             sampling.cancel()
             late_while_placing = late_samples(
-                late_before, cluster.simulator_lateness(), SIMULATOR_LATE_SECONDS
+                late_before,
+                await anyio.to_thread.run_sync(cluster.simulator_lateness),
+                SIMULATOR_LATE_SECONDS,
             )
 
             async def ready_all() -> bool:
@@ -506,7 +514,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             )
             results.add(
                 "nodes ready, fewest while placing (the scheduler's count)",
-                f"{fewest_ready[0]:,} of {nodes + 1:,}",
+                f"{min(ready_seen):,} of {nodes + 1:,} ({len(ready_seen)} samples)"
+                if ready_seen
+                else "no samples",
             )
             results.add(
                 "apply p50 / p99 while placing",
@@ -647,7 +657,7 @@ def main() -> None:
         parser.error("--replicas must be at least --deployments")
     if args.simulator_processes is None:
         wanted = -(-args.nodes // NODES_PER_SIMULATOR)
-        args.simulator_processes = max(1, min(wanted, os.cpu_count() or 1))
+        args.simulator_processes = max(1, min(wanted, len(os.sched_getaffinity(0))))
     if not 1 <= args.simulator_processes <= args.nodes:
         parser.error("--simulator-processes must be between 1 and --nodes")
     title = (

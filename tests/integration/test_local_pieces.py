@@ -26,13 +26,13 @@ from corral.client.local.plan import (
     service_children,
 )
 from corral.client.local.processes import ProcessRef
-from tests.conftest import free_port
 from corral.client.local.supervisor import (
     Supervisor,
     VolumesReport,
     read_volumes_report,
     write_volumes_report,
 )
+from tests.conftest import free_port
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:
@@ -211,7 +211,7 @@ async def _environment_of_supervised_nats(tmp_path: Path, port: int) -> dict[str
     async with anyio.create_task_group() as tg:
         await tg.start(supervise_child, state, lambda: None)
         assert state.pid is not None
-        raw = Path(f"/proc/{state.pid}/environ").read_bytes()
+        raw = await anyio.Path(f"/proc/{state.pid}/environ").read_bytes()
         tg.cancel_scope.cancel()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 

@@ -4,6 +4,7 @@ checks that every step completes and the table is written."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,12 @@ BENCH = Path(__file__).parents[2] / "bench" / "bench_scale.py"
 def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path: Path) -> None:
     out = tmp_path / "scale.md"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--steady", "3", "--timeout", "200", "--out", str(out)],
+        [
+            sys.executable,
+            str(BENCH),
+            *("--steady", "3", "--timeout", "200", "--out", str(out)),
+            *("--simulator-processes", "2"),  # the nodes shared: summed lateness, ports
+        ],
         capture_output=True,
         text=True,
         timeout=280,
@@ -36,3 +42,10 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     ):
         assert row in table, table
     assert "not within" not in table, table
+    assert "the simulator in 2 processes" in table, table
+    for name in ("hollow-cluster-0", "hollow-cluster-1"):
+        assert f"| {name}: resident memory" in table, table
+    # Samples were read from both simulators and from the scheduler, not defaults.
+    assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
+    fewest = r"fewest while placing \(the scheduler's count\) \| [\d,]+ of 201 \([1-9]"
+    assert re.search(fewest, table), table

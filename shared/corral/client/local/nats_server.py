@@ -35,14 +35,17 @@ def nats_server_binary() -> str:
 # collection (Go's default 100: the heap may reach twice what is live). corral's state is
 # long-lived and small beside the churn of messages passing through, so the server runs
 # with 50: at 1,001 hollow nodes and 20,000 replicas it held 194-247 MiB instead of
-# 270-320 MiB, for 4-6 % more of a core while placing (bench/README.md, "nats-server's
-# memory"). An operator's own GOGC is kept.
+# 270-320 MiB, for 2-6 % more of a core while placing (bench/README.md, "nats-server's
+# memory"). An operator's own GOGC, or memory limit (GOMEMLIMIT), is kept as it is.
 NATS_SERVER_GOGC: Final = "50"
 
 
 def nats_server_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """What corral adds to nats-server's environment: GOGC, unless `environ` sets it."""
-    return {} if "GOGC" in environ else {"GOGC": NATS_SERVER_GOGC}
+    """What corral adds to nats-server's environment: GOGC, unless `environ` tunes Go's
+    collector itself (GOGC, or GOMEMLIMIT: a limit chosen with Go's default pacing)."""
+    if "GOGC" in environ or "GOMEMLIMIT" in environ:
+        return {}
+    return {"GOGC": NATS_SERVER_GOGC}
 
 
 def nats_server_command(host: str, port: int, store: Path) -> list[str]:
