@@ -44,6 +44,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
@@ -316,6 +317,43 @@ def late_samples(before: dict[float, float], after: dict[float, float], over: fl
     return f"{late:.0f} of {total:.0f} samples (the latest ≤ {worst:g} s)"
 
 
+TIMELINE_EVERY_SECONDS = 0.5
+
+
+@dataclass
+class Timeline:
+    """The scheduler's counts from the first apply until all replicas run, sampled from
+    its /metrics every TIMELINE_EVERY_SECONDS: saved beside the table (a CSV) for
+    bench/plot_scale.py."""
+
+    # seconds since the first apply, placements made, replicas ready, nodes ready
+    rows: list[tuple[float, int, int, int]] = field(default_factory=list)
+
+    HEADER: ClassVar[str] = "seconds,placements_made,replicas_ready,nodes_ready"
+
+    def add(self, seconds: float, metrics_text: str) -> None:
+        """One sample from the scheduler's /metrics text (none when a count is missing)."""
+        placements = nodes_ready = None
+        replicas_ready = 0
+        for line in metrics_text.splitlines():
+            if line.startswith("corral_placements_total "):
+                placements = int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("corral_nodes_ready "):
+                nodes_ready = int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("corral_replicas_ready{"):
+                replicas_ready += int(float(line.rsplit(" ", 1)[1]))
+        if placements is not None and nodes_ready is not None:
+            self.rows.append((round(seconds, 2), placements, replicas_ready, nodes_ready))
+
+    def fewest_nodes_ready(self, until: float, of: int) -> str:
+        seen = [row[3] for row in self.rows if row[0] <= until]
+        return f"{min(seen):,} of {of:,} ({len(seen)} samples)" if seen else "no samples"
+
+    def write_csv(self, path: Path) -> None:
+        lines = [self.HEADER, *(",".join(str(value) for value in row) for row in self.rows)]
+        path.write_text("\n".join(lines) + "\n")
+
+
 # --- the requests ----------------------------------------------------------------------
 
 
@@ -381,6 +419,7 @@ def percentile(values: list[float], q: float) -> float:
 @dataclass
 class Results:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=Timeline)
 
     def add(self, what: str, value: str, anchor: str = "") -> None:
         self.rows.append((what, value, anchor))
@@ -426,27 +465,20 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
             late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
-            ready_seen: list[int] = []  # the scheduler's count of ready nodes, sampled
-
-            async def nodes_ready_while_placing() -> None:
-                while True:  # read on a thread: the probes' latency is measured in this loop
-                    try:
-                        text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
-                    except OSError:  # a busy scheduler's /metrics timed out: a sample less
-                        text = ""
-                    for line in text.splitlines():
-                        if line.startswith("corral_nodes_ready "):
-                            ready_seen.append(int(float(line.rsplit(" ", 1)[1])))
-                    await anyio.sleep(0.5)
-
+            began = time.monotonic()
             sampling = anyio.CancelScope()
 
-            async def sample_nodes_ready() -> None:
+            async def sample_timeline() -> None:
                 with sampling:
-                    await nodes_ready_while_placing()
+                    while True:  # read on a thread: the probes' latency is measured here
+                        try:
+                            text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
+                        except OSError:  # a busy scheduler's /metrics timed out: none
+                            text = ""
+                        results.timeline.add(time.monotonic() - began, text)
+                        await anyio.sleep(TIMELINE_EVERY_SECONDS)
 
-            tg.start_soon(sample_nodes_ready)
-            began = time.monotonic()
+            tg.start_soon(sample_timeline)
             # The Deployments arrive as a burst from several clients (--apply-parallel
             # requests in flight), not one after another: what the scheduler can place,
             # not how fast one client can ask.
@@ -477,7 +509,6 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 - worker_before
             )
             busy, busy_failed = probe.take(), probe.take_failed()
-            sampling.cancel()
             late_while_placing = late_samples(
                 late_before,
                 await anyio.to_thread.run_sync(cluster.simulator_lateness),
@@ -491,6 +522,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             ready = await until(ready_all, args.timeout, every=0.25)
             running_in = None if ready is None else time.monotonic() - began
+            sampling.cancel()
             cluster.mark_cpu("steady")
             if placed_in is None or running_in is None:
                 raise RuntimeError(f"not converged in {args.timeout} s: placed/ready {last}")
@@ -514,9 +546,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             )
             results.add(
                 "nodes ready, fewest while placing (the scheduler's count)",
-                f"{min(ready_seen):,} of {nodes + 1:,} ({len(ready_seen)} samples)"
-                if ready_seen
-                else "no samples",
+                results.timeline.fewest_nodes_ready(placed_in, nodes + 1),
             )
             results.add(
                 "apply p50 / p99 while placing",
@@ -701,9 +731,11 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
+    timeline = out.with_suffix(".csv")
+    results.timeline.write_csv(timeline)
     print()
     print(table)
-    print(f"saved {out}")
+    print(f"saved {out} and {timeline.name} (bench/plot_scale.py draws it)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).parents[2] / "bench" / "bench_scale.py"
+PLOT = BENCH.with_name("plot_scale.py")
 
 
 @pytest.mark.timeout(300)
@@ -49,3 +50,15 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
     fewest = r"fewest while placing \(the scheduler's count\) \| [\d,]+ of 201 \([1-9]"
     assert re.search(fewest, table), table
+    # The timeline beside it has samples, and draws.
+    timeline = out.with_suffix(".csv").read_text().splitlines()
+    assert timeline[0] == "seconds,placements_made,replicas_ready,nodes_ready"
+    assert len(timeline) >= 3, timeline
+    drawn = subprocess.run(
+        [sys.executable, str(PLOT), str(out.with_suffix(".csv")), "--out", str(tmp_path / "t.svg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert drawn.returncode == 0, drawn.stderr
