@@ -34,6 +34,7 @@ bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import signal
 import subprocess
@@ -335,13 +336,16 @@ class Timeline:
         """One sample from the scheduler's /metrics text (none when a count is missing)."""
         placements = nodes_ready = None
         replicas_ready = 0
-        for line in metrics_text.splitlines():
-            if line.startswith("corral_placements_total "):
-                placements = int(float(line.rsplit(" ", 1)[1]))
-            elif line.startswith("corral_nodes_ready "):
-                nodes_ready = int(float(line.rsplit(" ", 1)[1]))
-            elif line.startswith("corral_replicas_ready{"):
-                replicas_ready += int(float(line.rsplit(" ", 1)[1]))
+        try:
+            for line in metrics_text.splitlines():
+                if line.startswith("corral_placements_total "):
+                    placements = int(float(line.rsplit(" ", 1)[1]))
+                elif line.startswith("corral_nodes_ready "):
+                    nodes_ready = int(float(line.rsplit(" ", 1)[1]))
+                elif line.startswith("corral_replicas_ready{"):
+                    replicas_ready += int(float(line.rsplit(" ", 1)[1]))
+        except (ValueError, OverflowError):  # a cut-off or odd exposition: no sample
+            return
         if placements is not None and nodes_ready is not None:
             self.rows.append((round(seconds, 2), placements, replicas_ready, nodes_ready))
 
@@ -473,7 +477,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                     while True:  # read on a thread: the probes' latency is measured here
                         try:
                             text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
-                        except OSError:  # a busy scheduler's /metrics timed out: none
+                        except (OSError, http.client.HTTPException):  # busy: a sample less
                             text = ""
                         results.timeline.add(time.monotonic() - began, text)
                         await anyio.sleep(TIMELINE_EVERY_SECONDS)
@@ -707,11 +711,24 @@ def main() -> None:
         title += ", Python's default GC"
     print(title, flush=True)
     results = Results()
+    mode = (
+        (f"-{args.decide_in}" if args.decide_in else "")
+        + (f"-answer-{args.answer_in}" if args.answer_in else "")
+        + ("-pygc" if args.python_gc else "")
+    )
+    out = args.out or (
+        Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}{mode}.md"
+    )
+    if out.suffix == ".csv":
+        parser.error("--out names the table (.md); its timeline goes beside it as .csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    timeline = out.with_suffix(".csv")
     with tempfile.TemporaryDirectory(prefix="corral-scale-") as work:
         cluster = Cluster(args, Path(work))
         try:
             anyio.run(measure, cluster, args, results)
         finally:
+            results.timeline.write_csv(timeline)  # a failed run's too: it tells why
             cluster.stop()
             if any(
                 p.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
@@ -721,18 +738,7 @@ def main() -> None:
                     tail = (Path(work) / f"{name}.log").read_text(errors="replace")[-2000:]
                     print(f"--- {name}.log (tail)\n{tail}", file=sys.stderr)
     table = results.table(title)
-    mode = (
-        (f"-{args.decide_in}" if args.decide_in else "")
-        + (f"-answer-{args.answer_in}" if args.answer_in else "")
-        + ("-pygc" if args.python_gc else "")
-    )
-    out = args.out or (
-        Path(__file__).parent / "results" / f"scale-{args.nodes}x{args.replicas}{mode}.md"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    timeline = out.with_suffix(".csv")
-    results.timeline.write_csv(timeline)
     print()
     print(table)
     print(f"saved {out} and {timeline.name} (bench/plot_scale.py draws it)")

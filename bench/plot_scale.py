@@ -2,7 +2,7 @@
 the placements made and the replicas ready (left axis) and the nodes ready (right axis)
 from the first apply until every replica runs.
 
-    .venv/bin/pip install -e '.[bench]'       # matplotlib
+    CORRAL_EXTRAS=dev,bench scripts/ensure-venv   # matplotlib (scripts/test does it too)
     .venv/bin/python bench/plot_scale.py bench/results/simulator/*.csv --out timeline.svg
 
 Panels keep the order given, titled by the file names.
@@ -20,15 +20,29 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # after the backend is chosen
 
+# Text drawn as paths (the same picture on every machine, whatever its fonts), and the
+# same file from the same data: no date, fixed ids.
+matplotlib.rcParams["svg.fonttype"] = "path"
+matplotlib.rcParams["svg.hashsalt"] = "corral-bench"
+
+
+COLUMNS = ("seconds", "placements_made", "replicas_ready", "nodes_ready")
+
 
 def read_timeline(path: Path) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
+        for number, row in enumerate(csv.DictReader(handle), start=2):
             for name, value in row.items():
-                columns.setdefault(name, []).append(float(value))
+                try:
+                    columns.setdefault(name, []).append(float(value))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}:{number}: {name} is not a number") from None
     if not columns.get("seconds"):
         raise ValueError(f"{path}: no samples (is it a bench_scale.py timeline?)")
+    missing = [name for name in COLUMNS if name not in columns]
+    if missing:
+        raise ValueError(f"{path}: no column {', '.join(missing)}")
     return columns
 
 
@@ -51,7 +65,7 @@ def plot(paths: list[Path], out: Path) -> None:
         axis.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
     axes[-1, 0].set_xlabel("seconds from the first apply")
     figure.tight_layout()
-    figure.savefig(out)
+    figure.savefig(out, metadata={"Date": None} if out.suffix == ".svg" else None)
     plt.close(figure)
 
 
@@ -62,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         plot(args.timelines, args.out)
-    except (OSError, ValueError, KeyError) as error:  # a missing file or column, no samples
+    except (OSError, ValueError) as error:  # a missing file, a bad row or column, no samples
         parser.exit(1, f"plot_scale: {error}\n")
     print(f"saved {args.out}")
 

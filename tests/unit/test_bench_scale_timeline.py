@@ -1,0 +1,70 @@
+"""bench_scale.py's timeline reads the scheduler's /metrics as prometheus_client exposes
+them (a counter's _total beside its _created, labelled gauges summed); a sample missing a
+count, or unreadable, is no row rather than a wrong one."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+BENCH = Path(__file__).parents[2] / "bench"
+
+
+@pytest.fixture
+def bench_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH))  # its sibling modules, as when run as a script
+    return importlib.import_module("bench_scale")
+
+
+def _exposition(*, nodes: bool = True) -> str:
+    registry = CollectorRegistry()
+    placements = Counter("corral_placements", "placed", registry=registry)
+    ready = Gauge("corral_replicas_ready", "ready", ["deployment"], registry=registry)
+    placements.inc(7)
+    ready.labels("default/app-1").set(3)
+    ready.labels("default/app-2").set(2)
+    ready.labels("default/probe").set(0)
+    if nodes:
+        Gauge("corral_nodes_ready", "nodes", registry=registry).set(201)
+    return generate_latest(registry).decode()
+
+
+def test_a_sample_holds_the_placements_the_ready_replicas_summed_and_the_nodes(
+    bench_scale: ModuleType,
+) -> None:
+    timeline = bench_scale.Timeline()
+    timeline.add(1.234, _exposition())
+    assert timeline.rows == [(1.23, 7, 5, 201)]
+    assert timeline.fewest_nodes_ready(2.0, 201) == "201 of 201 (1 samples)"
+    assert timeline.fewest_nodes_ready(1.0, 201) == "no samples"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # a timed-out read
+        _exposition(nodes=False),
+        "corral_placements_total NaN\ncorral_nodes_ready 3.0\n",
+        "corral_placements_total 1.0\ncorral_nodes_ready +Inf\n",
+    ],
+)
+def test_a_sample_missing_a_count_or_unreadable_is_no_row(
+    bench_scale: ModuleType, text: str
+) -> None:
+    timeline = bench_scale.Timeline()
+    timeline.add(0.5, text)
+    assert timeline.rows == []
+
+
+def test_the_csv_has_the_header_plot_scale_reads(bench_scale: ModuleType, tmp_path: Path) -> None:
+    timeline = bench_scale.Timeline()
+    timeline.add(0.5, _exposition())
+    timeline.write_csv(tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "seconds,placements_made,replicas_ready,nodes_ready",
+        "0.5,7,5,201",
+    ]
