@@ -272,3 +272,50 @@ async def test_a_placement_that_conflicts_is_decided_again_and_placed_under_a_ne
         ]
         stored = await cluster.placements.get(theirs.key)
         assert stored is not None and decode(stored.value or b"", Placement) == theirs
+
+
+class GatedStatusBucket(MemoryBucket):
+    """Creates wait until `gate` is set: a Deployment's first status in flight."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = anyio.Event()
+        self.waiting = 0
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().create(key, value)
+
+
+async def test_room_that_appears_while_a_pending_decision_commits_gets_it_decided_again() -> None:
+    clock = Clock()
+    buckets: dict[str, Bucket] = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
+    statuses = GatedStatusBucket(names.DEPLOYMENT_STATUS_BUCKET)
+    buckets[names.DEPLOYMENT_STATUS_BUCKET] = statuses
+    loop = ControlLoop(buckets, None, monotonic=clock, wall_clock=lambda: 1.0)
+    queue = loop.controller.queue
+    async with anyio.create_task_group() as tg:
+        await loop.start(tg, echoes=False)
+        small = Node(name="a", capacity=NodeCapacity(cpu_millis=1000, memory_bytes=2**33))
+        await buckets[names.NODES_BUCKET].put("a", encode(small))
+        big = _deployment("big", 1, cpu="3")  # fits on no node yet
+        await buckets[names.DEPLOYMENTS_BUCKET].put(big.key, encode(big))
+        await eventually(lambda: _value(loop.ready_nodes), lambda r: r == {"a"})
+        await eventually(lambda: _value(big.key in queue), lambda queued: queued)
+        while len(queue):  # taken, as a worker would, and reconciled below by hand
+            queue.done(await queue.get())
+        async with anyio.create_task_group() as workers:
+            # decided pending; its status (pending 1) waits to be written
+            workers.start_soon(loop.reconcile, big.key)
+            await eventually(lambda: _value(statuses.waiting), lambda n: n == 1)
+            assert big.key not in loop.pending  # not yet: its status says so once written
+            roomy = Node(name="b", capacity=NodeCapacity(cpu_millis=4000, memory_bytes=2**33))
+            await buckets[names.NODES_BUCKET].put("b", encode(roomy))  # room appears
+            await eventually(lambda: _value(loop.ready_nodes), lambda r: r == {"a", "b"})
+            statuses.gate.set()
+        assert big.key in loop.pending
+        assert big.key in queue  # to be decided again, now that b has room
+        await loop.reconcile(big.key)
+        assert [p.node for p in loop.placements.values()] == ["b"]
+        tg.cancel_scope.cancel()

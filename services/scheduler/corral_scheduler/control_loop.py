@@ -60,7 +60,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Final
 
@@ -259,6 +259,9 @@ class ControlLoop:
         self._reserved: dict[str, Placement] = {}
         placement_changes.subscribe(self._count_placement)
         self.pending: set[str] = set()  # Deployments with replicas placed nowhere
+        # How many times room may have appeared for pending replicas (_wake_pending): a
+        # decision that saw none, committed after such a wake, is made again (reconcile).
+        self.room_wakes = 0
         status_changes = ChangeFeed(self.statuses)
         status_changes.subscribe(self._status_changed)
         # What enqueues which Deployments.
@@ -359,7 +362,7 @@ class ControlLoop:
             return  # a reservation committed: counted since it was decided
         self._count(old, new)
         if old is not None and new is None and old.node in self.ready_nodes:
-            self.controller.enqueue_all(self.pending)  # room freed where replicas may go
+            self._wake_pending(self.pending)  # room freed where replicas may go
 
     def _count(self, old: Placement | None, new: Placement | None) -> None:
         # Usage records are replaced, never changed in place: a shallow copy of `usage`
@@ -416,7 +419,7 @@ class ControlLoop:
                 # Deployments naming it (waiting for its node, or for none to use it,
                 # ReadWriteOncePod) decide again. Placed ones read it when they next place.
                 self._refresh_claim_room(key)
-                self.controller.enqueue_all(self.deployments_by_claim.get(key) & self.pending)
+                self._wake_pending(self.deployments_by_claim.get(key) & self.pending)
 
     def _claim_status_changed(
         self, key: str, old: ClaimStatus | None, new: ClaimStatus | None
@@ -448,7 +451,7 @@ class ControlLoop:
             self._take_room(*want)
             self._claim_room[claim] = want
         if have is not None:  # room freed (or moved): those waiting for room look again
-            self.controller.enqueue_all(self.pending_with_claims())
+            self._wake_pending(self.pending_with_claims())
 
     def _take_room(self, node: str, size: int) -> None:
         taken = self.storage_taken.get(node, 0) + size
@@ -477,7 +480,7 @@ class ControlLoop:
             self._take_room(before[0], -before[1])
         if after is not None:
             self._take_room(*after)
-        self.controller.enqueue_all(self.pending_with_claims())
+        self._wake_pending(self.pending_with_claims())
 
     def _volume_changed(
         self, key: str, old: PersistentVolume | None, new: PersistentVolume | None
@@ -497,7 +500,14 @@ class ControlLoop:
         else:
             self._node_volumes[key] = new
         if _offer(old) != _offer(new):
-            self.controller.enqueue_all(self.pending_with_claims())
+            self._wake_pending(self.pending_with_claims())
+
+    def _wake_pending(self, keys: Iterable[str]) -> None:
+        """Room may have appeared for pending replicas: decide `keys` (pending Deployments)
+        again. Counted: a Deployment decided before this wake and committed after it was
+        not yet in `pending` when it came, so its reconcile decides it again."""
+        self.room_wakes += 1
+        self.controller.enqueue_all(keys)
 
     def pending_with_claims(self) -> list[str]:
         """The Deployments with pending replicas whose templates name claims: those a
@@ -639,7 +649,7 @@ class ControlLoop:
                 self.controller.enqueue_all(
                     names.object_key(o.namespace, o.deployment) for o in record.orphans
                 )
-        self.controller.enqueue_all(self.pending)
+        self._wake_pending(self.pending)
         self._judge_node(key, self._liveness_view(), now)
 
     def make_judge(self) -> HeartbeatJudge:
@@ -724,7 +734,7 @@ class ControlLoop:
             self.ready_nodes.discard(name)
         self.controller.enqueue_all(self.deployments_by_node.get(name))
         if schedulable and (known is None or not known[0]):
-            self.controller.enqueue_all(self.pending)
+            self._wake_pending(self.pending)
             node = self._nodes.get(name)
             if node is not None:
                 self.controller.enqueue_all(
@@ -1000,6 +1010,7 @@ class ControlLoop:
         # template's costs one read and write; a failure never holds the decision up).
         if not await self._record_revision(key):
             result = Result(requeue_after=HISTORY_RETRY_SECONDS)
+        wakes_before = self.room_wakes
         async with self._deciding:
             plan = await self.decide(key, now)
             for placement in plan.place:
@@ -1022,6 +1033,11 @@ class ControlLoop:
                 raise committed.errors[0]  # retried with back-off
             if committed.retry:
                 result = Result(requeue_after=CONFLICT_RETRY_SECONDS)  # from fresher state
+        if self.room_wakes != wakes_before and key in self.pending:
+            # Room appeared (a node ready, replicas gone) while this decision, which left
+            # replicas pending, was made or committed: the wake enqueued the Deployments
+            # pending then, and this one's status said so only now. Decide it again.
+            self.controller.enqueue(key)
         since = self.changed_at.pop(key, None)
         if since is not None:
             metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
