@@ -274,24 +274,10 @@ async def test_a_placement_that_conflicts_is_decided_again_and_placed_under_a_ne
         assert stored is not None and decode(stored.value or b"", Placement) == theirs
 
 
-class GatedStatusBucket(MemoryBucket):
-    """Creates wait until `gate` is set: a Deployment's first status in flight."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.gate = anyio.Event()
-        self.waiting = 0
-
-    async def create(self, key: str, value: bytes) -> int:
-        self.waiting += 1
-        await self.gate.wait()
-        return await super().create(key, value)
-
-
 async def test_room_that_appears_while_a_pending_decision_commits_gets_it_decided_again() -> None:
     clock = Clock()
     buckets: dict[str, Bucket] = {name: MemoryBucket(name) for name in names.ALL_BUCKETS}
-    statuses = GatedStatusBucket(names.DEPLOYMENT_STATUS_BUCKET)
+    statuses = GatedBucket(names.DEPLOYMENT_STATUS_BUCKET)  # its first status in flight
     buckets[names.DEPLOYMENT_STATUS_BUCKET] = statuses
     loop = ControlLoop(buckets, None, monotonic=clock, wall_clock=lambda: 1.0)
     queue = loop.controller.queue
