@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -52,6 +52,8 @@ from bench_deploy import free_port_block  # the same free-port search as the dep
 from local_nats import LocalNats
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from corral.client.local.nats_server import (
     jetstream_answers,
@@ -282,26 +284,31 @@ async def until(
     return None
 
 
+def samples(text: str) -> Iterator[Sample]:
+    """The samples of a Prometheus text exposition (prometheus_client's own parser; a
+    cut-off text raises ValueError)."""
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
+
+
 def histogram_mean(text: str, metric: str) -> tuple[float, float]:
     """(sum, count) of a histogram in a Prometheus text exposition."""
     total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{metric}_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{metric}_count"):
-            count += float(line.rsplit(" ", 1)[1])
+    for sample in samples(text):
+        if sample.name == f"{metric}_sum":
+            total += sample.value
+        elif sample.name == f"{metric}_count":
+            count += sample.value
     return total, count
 
 
 def histogram_buckets(text: str, metric: str) -> dict[float, float]:
     """The cumulative bucket counts of a histogram, by upper bound (+Inf as inf)."""
-    buckets: dict[float, float] = {}
-    prefix = f'{metric}_bucket{{le="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            bound = line[len(prefix) :].split('"', 1)[0]
-            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
+    return {
+        float(sample.labels["le"]): sample.value
+        for sample in samples(text)
+        if sample.name == f"{metric}_bucket"
+    }
 
 
 def late_samples(before: dict[float, float], after: dict[float, float], over: float) -> str:
@@ -337,13 +344,13 @@ class Timeline:
         placements = nodes_ready = None
         replicas_ready = 0
         try:
-            for line in metrics_text.splitlines():
-                if line.startswith("corral_placements_total "):
-                    placements = int(float(line.rsplit(" ", 1)[1]))
-                elif line.startswith("corral_nodes_ready "):
-                    nodes_ready = int(float(line.rsplit(" ", 1)[1]))
-                elif line.startswith("corral_replicas_ready{"):
-                    replicas_ready += int(float(line.rsplit(" ", 1)[1]))
+            for sample in samples(metrics_text):
+                if sample.name == "corral_placements_total":
+                    placements = int(sample.value)
+                elif sample.name == "corral_nodes_ready":
+                    nodes_ready = int(sample.value)
+                elif sample.name == "corral_replicas_ready":
+                    replicas_ready += int(sample.value)
         except (ValueError, OverflowError):  # a cut-off or odd exposition: no sample
             return
         if placements is not None and nodes_ready is not None:
