@@ -8,15 +8,18 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from nats.aio.client import Client as NATS
 
 from corral.client.api import CorralClient
 from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.time_budget import HEARTBEAT_SECONDS, NODE_LOST_SECONDS
 from corral.natsio.bus import connect, ensure_streams, open_buckets
 from corral.natsio.cluster import ensure_cluster_identity
@@ -35,6 +38,25 @@ from tests.waiting import eventually
 class NoEvents:
     async def emit(self, *args: object, **kwargs: object) -> None:
         return None
+
+
+def hollow_agent(
+    nc: NATS,
+    buckets: Mapping[str, NatsBucket],
+    settings: AgentSettings,
+    runtime: HollowRuntime | None = None,
+) -> NodeAgent:
+    """A node agent in this process on a hollow engine, heard through `nc`."""
+    return NodeAgent(
+        settings,
+        runtime or HollowRuntime(),
+        placements=buckets[names.PLACEMENTS_BUCKET],
+        nodes=buckets[names.NODES_BUCKET],
+        statuses=buckets[names.REPLICA_STATUS_BUCKET],
+        cluster=buckets[names.CLUSTER_BUCKET],
+        events=NoEvents(),  # type: ignore[arg-type]
+        heartbeats=NatsHeartbeats(nc),
+    )
 
 
 @asynccontextmanager
@@ -99,15 +121,8 @@ async def test_the_schedulers_acks_drive_an_idle_agents_clock_and_no_record_is_w
         nc = await connect(nats_url, name="test-agent")
         try:
             buckets = await open_buckets(nc.jetstream())
-            agent = NodeAgent(
-                AgentSettings(node_name="hb-1", state_dir=tmp_path / "agent"),
-                HollowRuntime(),
-                placements=buckets[names.PLACEMENTS_BUCKET],
-                nodes=buckets[names.NODES_BUCKET],
-                statuses=buckets[names.REPLICA_STATUS_BUCKET],
-                cluster=buckets[names.CLUSTER_BUCKET],
-                events=NoEvents(),  # type: ignore[arg-type]
-                heartbeats=NatsHeartbeats(nc),
+            agent = hollow_agent(
+                nc, buckets, AgentSettings(node_name="hb-1", state_dir=tmp_path / "agent")
             )
             nodes = buckets[names.NODES_BUCKET]
             async with anyio.create_task_group() as tg:
@@ -141,15 +156,10 @@ async def test_with_no_scheduler_to_hear_it_an_agent_proves_itself_alive_by_reco
         await ensure_streams(js)
         buckets = await open_buckets(js)
         await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
-        agent = NodeAgent(
+        agent = hollow_agent(
+            nc,
+            buckets,
             AgentSettings(node_name="hb-2", state_dir=tmp_path / "agent", heartbeat_seconds=0.2),
-            HollowRuntime(),
-            placements=buckets[names.PLACEMENTS_BUCKET],
-            nodes=buckets[names.NODES_BUCKET],
-            statuses=buckets[names.REPLICA_STATUS_BUCKET],
-            cluster=buckets[names.CLUSTER_BUCKET],
-            events=NoEvents(),  # type: ignore[arg-type]
-            heartbeats=NatsHeartbeats(nc),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(agent.run)
@@ -189,3 +199,53 @@ async def test_a_killed_agent_is_judged_lost_within_r(
             # slack: this poll, and a busy machine).
             low = NODE_LOST_SECONDS - HEARTBEAT_SECONDS - 0.5
             assert low <= took <= NODE_LOST_SECONDS + 1.0, took
+
+
+async def test_the_acks_tell_the_agent_its_placements_revision_and_it_writes_no_echo(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The scheduler's acks name the newest revision of the node's placements (its own
+    writes and deletes included); the agent's watch proves itself by delivering it,
+    with no echo key written (corral_node_agent.watch_proof)."""
+    async with scheduler_loop(nats_url) as loop:
+        nc = await connect(nats_url, name="test-agent")
+        try:
+            buckets = await open_buckets(nc.jetstream())
+            placements = buckets[names.PLACEMENTS_BUCKET]
+            agent = hollow_agent(
+                nc,
+                buckets,
+                AgentSettings(node_name="hb-4", state_dir=tmp_path / "agent"),
+                HollowRuntime(images={"app:1"}),
+            )
+            deployments = buckets[names.DEPLOYMENTS_BUCKET]
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.run)
+                await eventually(lambda: _value("hb-4" in loop.ready_nodes), bool)
+                for generation, replicas in ((1, 2), (2, 1)):  # placed, then one deleted
+                    deployment = Deployment(
+                        metadata=ObjectMeta(name="told", generation=generation),
+                        spec=DeploymentSpec(
+                            replicas=replicas, template=ContainerTemplate(image="app:1")
+                        ),
+                    )
+                    await deployments.put(deployment.key, encode(deployment))
+                    await eventually(
+                        lambda: _value(len(agent.placements.items)), lambda n, r=replicas: n == r
+                    )
+                    newest = loop.placements.newest("hb-4")
+                    assert newest > 0
+                    # Told by the next ack: the watch proof owes it, and the watch has it.
+                    await eventually(
+                        lambda: _value(agent.watch_proof.mark()), lambda t, n=newest: t >= n
+                    )
+                    assert agent.placements.delivered >= newest
+                seq = agent.record.seq
+                await eventually(lambda: _value(agent.record.seq), lambda s: s >= seq + 3)
+                assert await placements.get(agent.echo_key) is None  # no echo written
+                assert agent.watches == 1  # and no watch taken for stalled
+                await deployments.delete(deployment.key)
+                tg.cancel_scope.cancel()
+        finally:
+            await nc.close()

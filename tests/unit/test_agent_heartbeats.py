@@ -5,13 +5,17 @@ a live successor displaces it, and a name whose agent heartbeats is refused."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
+from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node, NodeCapacity, ReplicaState
+from corral.natsio.kv import is_echo_key
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.heartbeat_link import is_other_agent
 from corral_node_agent.node_record import NodeRecord, stored_node
@@ -27,12 +31,29 @@ from tests.unit.test_agent_safety import (
 )
 
 
+class TellingBucket(FlakyBucket):
+    """A placements bucket that knows the newest revision of each node's keys, deletes
+    included, as a scheduler's grouped mirror does (echo keys aside)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.newest: dict[str, int] = {}
+
+    def _write(self, key: str, value: bytes | None) -> int:
+        revision = super()._write(key, value)
+        if not is_echo_key(key):
+            self.newest[names.split_placement_key(key)[0]] = revision
+        return revision
+
+
 class FakeJudges:
     """Judges as the agent meets them through its HeartbeatLink: each answers with
-    the node's record as it sees it (read from the nodes bucket)."""
+    the node's record as it sees it (read from the nodes bucket) and, given a
+    TellingBucket (`tells`), the newest revision of the node's placements."""
 
-    def __init__(self, nodes: FlakyBucket) -> None:
+    def __init__(self, nodes: FlakyBucket, tells: TellingBucket | None = None) -> None:
         self.nodes = nodes
+        self.tells = tells
         self.answering = True
         self.judges = 1  # how many judges the acks say are alive
         self.answered_by = ("judge-1",)
@@ -54,6 +75,9 @@ class FakeJudges:
                 record_engine_id=stored.engine_id if stored else "",
                 record_agent_live=self.successor_live,
                 judges=self.judges,
+                placements_revision=-1
+                if self.tells is None
+                else self.tells.newest.get(heartbeat.node, 0),
             )
             for judge in self.answered_by
         ]
@@ -265,3 +289,69 @@ async def test_a_claim_whose_listen_fails_is_refused_not_taken_over() -> None:
     second = NodeRecord(nodes, same_id_node("E2"), link=Deaf(nodes), takeover_window=0.3)
     with pytest.raises(NodeNameTaken, match="could not be listened to"):
         await second.beat(0.1)
+
+
+# The placements watch proven by the judges' acks (corral_node_agent.watch_proof).
+
+
+def echo_writes(bucket: FlakyBucket) -> int:
+    """Echo keys in the bucket now (the agent deletes its echo when it stops)."""
+    return sum(1 for key in bucket.items if is_echo_key(key))
+
+
+@asynccontextmanager
+async def told_agent() -> AsyncIterator[tuple[NodeAgent, Rig, FakeJudges, TellingBucket]]:
+    """An agent whose judges tell its placements' revision (stale_watch_after 0.5 s)."""
+    placements = TellingBucket("placements")
+    rig = Rig(placements=placements)
+    judges = FakeJudges(rig.nodes, tells=placements)
+    async with running(heard_agent(rig, judges, stale_watch_after=0.5)) as agent:
+        yield agent, rig, judges, placements
+
+
+async def test_told_its_placements_revision_an_agent_writes_no_echo_and_restarts_no_watch() -> None:
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        for n in range(6):  # placements written while the acks tell their revisions
+            await world.place(placement(f"web-a{n}"))
+            await judges.beats(2)
+        await eventually(lambda: len(rig.runtime.running(NODE)) == 6)
+        before = placements.revision
+        await judges.beats(30)  # 30 x 50 ms: three times the staleness limit
+        assert placements.revision == before  # nothing written to prove the watch
+        assert echo_writes(placements) == 0
+        assert agent.watches == 1  # a current watch is never taken for a stalled one
+
+
+async def test_a_stalled_watch_is_read_afresh_once_a_told_revision_does_not_come() -> None:
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        placements.stalled = True  # connected, the acks come, the watch delivers nothing
+        await judges.beats(20)
+        assert agent.watches == 1  # nothing owed: a stalled watch that misses nothing
+        await world.unplace("web-a1")  # told at the next beat, never delivered
+        await world.place(placement("web-b2"))
+        await eventually(lambda: agent.watches >= 2)  # read afresh: the replay brought both
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+        await eventually(lambda: len(rig.runtime.running(NODE)) == 1)  # web-a1 stopped
+        assert echo_writes(placements) == 0
+
+
+async def test_judges_that_stop_telling_the_revision_leave_the_agent_echoing_again() -> None:
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        assert echo_writes(placements) == 0
+        judges.tells = None  # an older scheduler: its acks do not say
+        await eventually(lambda: echo_writes(placements) == 1)
+        placements.stalled = True  # the echo stops coming back: read afresh
+        watches = agent.watches
+        await world.place(placement("web-b2"))
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+        assert agent.watches > watches
+        judges.tells = placements  # telling again: the echo key goes
+        placements.stalled = False
+        await eventually(lambda: echo_writes(placements) == 0)

@@ -1,5 +1,6 @@
 """What an idle node agent costs, and what it watches: its guard decides when something
-changed or a time limit is due (not four times a second), its echo is written a few
+changed or a time limit is due (not four times a second), its echo (written only while
+no judge's ack tells its placements' revision: no judge answers here) is written a few
 times per staleness window (not every heartbeat), and its placements watch covers
 only its own keys (names.placement_prefix), so other nodes' placements never reach it.
 These are what let thousands of hollow nodes share one process (hollow_cluster)."""

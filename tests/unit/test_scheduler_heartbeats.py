@@ -89,6 +89,9 @@ async def test_heartbeats_alone_keep_idle_nodes_alive_and_each_is_acknowledged()
         ack = cluster.acks["a"]
         assert ack is not None and ack.judge == cluster.loop.owner
         assert ack.record_revision == revision and ack.judges == 1
+        # The newest revision of a's placements (its agent's watch must bring it).
+        (key,) = [k for k in cluster.loop.placements.items if k.startswith("a.")]
+        assert ack.placements_revision == cluster.loop.placements.revision(key) > 0
         await cluster.pass_seconds(NODE_LOST_SECONDS + 2, beating=("a",))  # b falls silent
         assert cluster.placed_on() == ["a", "a"]
 

@@ -74,6 +74,19 @@ def test_mirror_ignores_entries_older_than_what_it_applied() -> None:
     assert mirror.get("k") is None
 
 
+def test_mirror_keeps_the_newest_revision_per_group_and_what_its_watch_delivered() -> None:
+    mirror = Mirror(MemoryBucket(), NodeCapacity, group_of=lambda key: key.partition(".")[0])
+    value = encode(NodeCapacity(cpu_millis=1, memory_bytes=1))
+    mirror.apply(Entry("a.x", value, 4), from_watch=True)
+    mirror.apply(Entry("b.x", value, 5), from_watch=True)
+    mirror.apply(Entry("a.y", value, 7))  # this process's own write
+    mirror.apply(Entry("a.x", None, 9), from_watch=True)  # a deletion counts too
+    mirror.apply(Entry("a.y", value, 6), from_watch=True)  # older: not newer for a
+    mirror.apply(Entry(echo_key("me", prefix="b."), value, 12), from_watch=True)
+    assert (mirror.newest("a"), mirror.newest("b"), mirror.newest("c")) == (9, 5, 0)
+    assert mirror.delivered == 12  # echo keys are delivered too; own writes are not
+
+
 class FlakyBucket(MemoryBucket):
     """A bucket whose first watch breaks after replaying, like a lost consumer."""
 

@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from corral import __version__
 from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
-from corral.contract.events import Reply
+from corral.contract.events import HeartbeatAck, Reply
 from corral.contract.state import (
     Node,
     NodeCapacity,
@@ -85,6 +85,7 @@ from corral_node_agent.safety import (
 )
 from corral_node_agent.status_book import StatusBook
 from corral_node_agent.volumes import VolumeBook
+from corral_node_agent.watch_proof import WatchProof
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,9 @@ class AgentSettings:
     identity_check_seconds: float = 5.0
     # Leftovers of another node on this engine go when its record is silent this long.
     leftovers_after: float = time_budget.NODE_LOST_AFTER_STOP_SECONDS
-    # The placements watch counts as stalled when the agent's echo is this late.
+    # The placements watch counts as stalled when a revision of this node's placements
+    # a judge told of has not come through it for this long (or, when no judge tells,
+    # the agent's echo is this late): corral_node_agent.watch_proof.
     stale_watch_after: float = 5 * time_budget.HEARTBEAT_SECONDS
     # Where the agent records the cluster this node belongs to; None: in memory only.
     state_dir: Path | None = None
@@ -203,6 +206,8 @@ class NodeAgent:
             link=heartbeats,
         )
         self.record.on_displaced = self._displaced
+        self.record.on_acks = self._told
+        self.watch_proof = WatchProof()
         self.tracks: dict[str, ReplicaTrack] = {}
         # This node's volume attachments (watched once a replica has volumes) and the
         # claims' statuses (a ReadWriteOncePod claim's access mode): docs/volumes.md.
@@ -336,6 +341,7 @@ class NodeAgent:
                         self.echo_key,
                         interval=self._echo_interval(),
                         wall_clock=self.clock,
+                        when=self._echoing,
                     )
                 )
                 tg.start_soon(self._check_identity_forever)
@@ -442,8 +448,8 @@ class NodeAgent:
                 self._task_group.start_soon(self._watch_placements)
             if mode == Mode.ACTIVE and self._watch_is_stale():
                 log.warning(
-                    "the placements watch of %s stopped delivering (its echo is late): "
-                    "reading the placements afresh",
+                    "the placements watch of %s stopped delivering (a revision the judges "
+                    "told of, or its echo, did not come): reading the placements afresh",
                     self.node,
                 )
                 self._stop_watch()
@@ -468,28 +474,75 @@ class NodeAgent:
         since = acked if acked is not None else self.started_at
         deadlines = [since + budget.isolated_after, since + budget.stop_after]
         if mode == Mode.ACTIVE:
-            seen = self.placements.echoes.get(self.echo_key)
-            echoed = seen.seen_at if seen is not None else self._watch_started
-            deadlines.append(echoed + self.settings.stale_watch_after)
+            deadlines.append(self._stale_watch_deadline(now))
         if self.last_ack_file.path is not None:
             deadlines.append(now + self.settings.heartbeat_seconds)
         # A little past the deadline: the state machine's limits are strict (">").
         return max(0.02, min(deadlines) - now + 0.01)
 
+    # Proving the placements watch current (docs/safety.md, "Placements must be current").
+
+    def _told(self, acks: list[HeartbeatAck]) -> None:
+        """A beat's acks: the newest revision of this node's placements they name is
+        owed by the watch (watch_proof)."""
+        revision = max((ack.placements_revision for ack in acks), default=-1)
+        if self.watch_proof.told(revision, self.monotonic()):
+            self._wake_guard()  # a deadline earlier than the guard's sleep
+
     def _echo_interval(self) -> float:
-        """How often the echo key is written: often enough that a current watch always
-        brings one back well within `stale_watch_after` (2.5 echoes per window), and no
-        more often than the heartbeat. With the defaults every 2 s (a KV write per node
-        every heartbeat before): an idle node's writes to say its watch is current."""
+        """How often the echo key is written while no judge tells the placements'
+        revision: often enough that a current watch always brings one back well within
+        `stale_watch_after` (2.5 echoes per window), and no more often than the
+        heartbeat (every 2 s with the defaults)."""
         return max(self.settings.heartbeat_seconds, self.settings.stale_watch_after / 2.5)
 
+    def _told_within(self) -> float:
+        """No revision told for this long (two beats' acks): the agent echoes."""
+        return 2 * self.settings.heartbeat_seconds
+
+    def _echoing(self) -> bool:
+        """No judge told this node's placements' revision lately (no acks, or only
+        judges that do not say): its watch is proven by an echo key instead."""
+        return not self.watch_proof.telling(self.monotonic(), self._told_within())
+
+    def _echo_watched_since(self) -> float:
+        """Since when the echo proves the watch: the present watch's start, or the end
+        of the last revision told, whichever is later (an echo from an earlier spell
+        of echoing says nothing of the watch now)."""
+        told_at = self.watch_proof.told_at
+        if told_at is None:
+            return self._watch_started
+        return max(self._watch_started, told_at + self._told_within())
+
+    def _stale_watch_deadline(self, now: float) -> float:
+        """The first moment _watch_is_stale could say yes with time alone."""
+        limit = self.settings.stale_watch_after
+        deadlines = [self._echo_watched_since() + limit]
+        if self._echoing():
+            seen = self.placements.echoes.get(self.echo_key)
+            if seen is not None:
+                deadlines = [max(deadlines[0], seen.seen_at + limit)]
+        owed = self.watch_proof.owed_since(self.placements.delivered)
+        if owed is not None:
+            deadlines.append(owed + limit)
+        return min(deadlines)
+
     def _watch_is_stale(self) -> bool:
-        """The agent's own echo key, written beside its placements, did not come back
-        through the watch in time: the watch stalled while writes still succeed."""
+        """The watch stalled while the agent's writes still succeed: a revision a judge
+        told of has not come through it for `stale_watch_after`, or (no judge tells)
+        its own echo key, written beside its placements, did not come back in time."""
         now = self.monotonic()
+        limit = self.settings.stale_watch_after
+        owed = self.watch_proof.owed_since(self.placements.delivered)
+        if owed is not None and now - owed > limit:
+            return True
+        if not self._echoing():
+            return False
         age = self.placements.echo_age(self.echo_key, now)
-        since = now - self._watch_started if age is None else age
-        return since > self.settings.stale_watch_after
+        since = now - self._echo_watched_since()
+        if age is not None:
+            since = min(since, age)
+        return since > limit
 
     async def _enter(self, mode: Mode) -> None:
         before, self.mode = self.mode, mode
@@ -620,6 +673,7 @@ class NodeAgent:
                 clock=self.monotonic,
             )
             started = self.monotonic()
+            told = self.watch_proof.mark()  # revisions told until now: in the replay
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
@@ -633,6 +687,7 @@ class NodeAgent:
             self._seed_tracks()
             self.watches += 1
             self._watch_started = started
+            self.watch_proof.restarted(told)
             self._fence_pending = True
             self.placements_current = True
             self.poke()

@@ -234,7 +234,14 @@ class ControlLoop:
         self.nodes = Mirror(
             buckets[names.NODES_BUCKET], Node, on_change=self._node_changed, clock=monotonic
         )
-        self.placements = Mirror(buckets[names.PLACEMENTS_BUCKET], Placement, clock=monotonic)
+        # Grouped by node: each heartbeat ack tells the node the newest revision of its
+        # placements, which its agent's watch must deliver (docs/safety.md).
+        self.placements = Mirror(
+            buckets[names.PLACEMENTS_BUCKET],
+            Placement,
+            clock=monotonic,
+            group_of=lambda key: names.split_placement_key(key)[0],
+        )
         self.replica_statuses = Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus)
         self.releases = Mirror(
             buckets[names.LEASES_BUCKET],
@@ -664,6 +671,7 @@ class ControlLoop:
             record_of=self._record_of,
             judges=self.judges_alive,
             may_ack=self.may_vouch,
+            placements_revision_of=self.placements.newest,
             monotonic=self.monotonic,
         )
 

@@ -3,9 +3,10 @@
 Every agent requests on corral.heartbeat.<node> every heartbeat; every scheduler
 subscribes to all of them (no queue group: each judge hears every node), notes when
 it heard each node on its own clock, and answers with a HeartbeatAck: the node's
-record as it sees it, and how many judges it knows alive, so an agent counts itself
+record as it sees it, how many judges it knows alive, so an agent counts itself
 heard only when all of them answered (otherwise it writes its record, which every
-judge sees through its nodes watch).
+judge sees through its nodes watch), and the newest revision of the node's placements
+it has seen or written, which the agent's placements watch must bring it soon.
 
 A judge that misses heartbeats must not take the silence for dead nodes. Its view of
 this feed is stale while:
@@ -81,9 +82,11 @@ class HeartbeatJudge:
         record_of: Callable[[str], tuple[Node | None, int | None]],
         judges: Callable[[], int],
         may_ack: Callable[[], bool],
+        placements_revision_of: Callable[[str], int] = lambda _node: -1,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.owner = owner
+        self.placements_revision_of = placements_revision_of
         self.on_heard = on_heard
         self.record_of = record_of
         self.judges = judges
@@ -133,6 +136,7 @@ class HeartbeatJudge:
             record_engine_id=record.engine_id if record is not None else "",
             record_agent_live=live_at is not None and now - live_at <= AGENT_LIVE_SECONDS,
             judges=self.judges(),
+            placements_revision=self.placements_revision_of(node),
         )
 
     def _agent_heard(self, node: str, agent: str, engine: str) -> float | None:

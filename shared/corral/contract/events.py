@@ -95,7 +95,14 @@ class HeartbeatAck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     `record_agent_live` says this judge also hears that agent heartbeat (a successor
     that took the node over, not a stale record). `judges` is how many schedulers this
     judge knows alive (itself included): an agent counts itself heard only when that
-    many answered."""
+    many answered.
+
+    `placements_revision` is the newest revision of the node's placements (its keys in
+    corral_placements, deletions included) this judge has seen or written: the agent's
+    placements watch must deliver it soon, or the watch has stalled
+    (docs/safety.md, "Placements must be current"). -1: this judge does not say (an
+    older scheduler), and the agent proves its watch current with an echo instead.
+    """
 
     judge: str
     record_agent_id: str = ""
@@ -103,3 +110,4 @@ class HeartbeatAck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     record_engine_id: str = ""
     record_agent_live: bool = False
     judges: int = 1
+    placements_revision: int = -1

@@ -97,24 +97,38 @@ async def keep_echoing(
     *,
     interval: float = 1.0,
     wall_clock: Callable[[], float] = time.time,
+    when: Callable[[], bool] | None = None,
 ) -> None:
     """Write `key` (the owner's wall-clock time, for people reading the bucket) every
     `interval` until cancelled, then delete it. Failures are logged and retried: a
-    write that does not arrive leaves the echo late, as it should."""
+    write that does not arrive leaves the echo late, as it should. Given `when`, only
+    while it says yes; the key is deleted when it stops saying so."""
+    written = False
+
+    async def delete() -> None:
+        try:
+            await bucket.delete(key)
+        except Exception:
+            log.debug("echo %s/%s not deleted", bucket.name, key, exc_info=True)
+
     try:
         while True:
-            try:
-                with anyio.fail_after(max(interval, 1.0) * 2):
-                    await bucket.put(key, encode(wall_clock()))
-            except Exception as error:
-                log.debug("echo %s/%s not written: %s", bucket.name, key, error)
+            if when is None or when():
+                try:
+                    written = True
+                    with anyio.fail_after(max(interval, 1.0) * 2):
+                        await bucket.put(key, encode(wall_clock()))
+                except Exception as error:
+                    log.debug("echo %s/%s not written: %s", bucket.name, key, error)
+            elif written:
+                written = False
+                with anyio.move_on_after(max(interval, 1.0) * 2):
+                    await delete()
             await anyio.sleep(interval)
     finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            try:
-                await bucket.delete(key)
-            except Exception:
-                log.debug("echo %s/%s not deleted", bucket.name, key, exc_info=True)
+        if written:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await delete()
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +354,11 @@ class Mirror(Generic[T]):
     `broken` is True from a failure (or an end) until a new watch's replay is
     complete; `failures` counts them, `last_error` tells the last, and
     `on_broken(error)` is called at each (error None: the watch ended).
+
+    `delivered` is the newest revision a watch delivered (echo keys included). Given
+    `group_of` (a key -> its group, e.g. the node of a placement key), `newest(group)`
+    is the newest revision of any key of that group this process saw delivered or
+    wrote, deletions included: what a reader of only that group must have seen.
     """
 
     def __init__(
@@ -351,6 +370,7 @@ class Mirror(Generic[T]):
         *,
         on_broken: Callable[[BaseException | None], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        group_of: Callable[[str], str] | None = None,
     ) -> None:
         self.bucket = bucket
         self.kind = kind
@@ -376,6 +396,9 @@ class Mirror(Generic[T]):
         self._own_writes: list[tuple[int, str]] = []
         self._live = False  # the present watch's replay is complete
         self._position = 0  # the newest revision the live watch delivered
+        self.delivered = 0
+        self.group_of = group_of
+        self._newest: dict[str, int] = {}  # group -> newest revision (group_of)
 
     def values(self) -> list[T]:
         return [value for value, _ in self.items.values()]
@@ -388,6 +411,10 @@ class Mirror(Generic[T]):
         found = self.items.get(key)
         return None if found is None else found[1]
 
+    def newest(self, group: str) -> int:
+        """The newest revision of a key of `group` seen or written (0: none; group_of)."""
+        return self._newest.get(group, 0)
+
     def echo_age(self, key: str, now: float | None = None) -> float | None:
         """Seconds (on `clock`) since a new revision of echo `key` came back; None: never."""
         seen = self.echoes.get(key)
@@ -397,11 +424,17 @@ class Mirror(Generic[T]):
 
     def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
         """Apply a change: from the watch, or a write this process just made."""
+        if from_watch and entry.revision > self.delivered:
+            self.delivered = entry.revision
         if is_echo_key(entry.key):
             self._apply_echo(entry)
             if from_watch and self._live:
                 self._passed(entry.revision)
             return
+        if self.group_of is not None:
+            group = self.group_of(entry.key)
+            if entry.revision > self._newest.get(group, 0):
+                self._newest[group] = entry.revision
         if entry.revision < self._applied.get(entry.key, 0):
             return
         if from_watch:
