@@ -42,7 +42,7 @@ class TellingBucket(FlakyBucket):
     def _write(self, key: str, value: bytes | None) -> int:
         revision = super()._write(key, value)
         if not is_echo_key(key):
-            self.newest[names.split_placement_key(key)[0]] = revision
+            self.newest[names.placement_node(key)] = revision
         return revision
 
 

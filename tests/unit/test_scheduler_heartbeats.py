@@ -176,3 +176,11 @@ async def test_a_judge_whose_nodes_watch_lags_acknowledges_nothing() -> None:
             await echo_only_in(cluster, "placements")
             cluster.beat("a")
         assert cluster.acks["a"] is None
+
+
+def test_the_revision_told_to_a_node_counts_only_keys_its_agent_watches() -> None:
+    # An agent watches <node>.> (names.placement_prefix): a key without a '.' (written
+    # by hand into the bucket) is no node's, so no agent is told a revision it never sees.
+    assert names.placement_node("n1.default.web-abcde") == "n1"
+    assert names.placement_node("n1.web-abcde") == "n1"  # from before namespaces
+    assert names.placement_node("n1") == ""

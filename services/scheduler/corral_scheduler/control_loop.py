@@ -240,7 +240,7 @@ class ControlLoop:
             buckets[names.PLACEMENTS_BUCKET],
             Placement,
             clock=monotonic,
-            group_of=lambda key: names.split_placement_key(key)[0],
+            group_of=names.placement_node,
         )
         self.replica_statuses = Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus)
         self.releases = Mirror(

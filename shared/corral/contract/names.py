@@ -234,6 +234,13 @@ def placement_prefix(node: str) -> str:
     return f"{node}.>"
 
 
+def placement_node(key: str) -> str:
+    """The node whose agent watches `key` (placement_prefix); "" for a key without a
+    '.', which no agent's watch covers."""
+    node, dot, _ = key.partition(".")
+    return node if dot else ""
+
+
 def split_placement_key(key: str) -> tuple[str, str, str]:
     """(node, namespace, replica) of a placement key; a key from before namespaces
     (<node>.<replica>) is the default namespace's."""
