@@ -87,6 +87,19 @@ def test_mirror_keeps_the_newest_revision_per_group_and_what_its_watch_delivered
     assert mirror.delivered == 12  # echo keys are delivered too; own writes are not
 
 
+def test_an_own_write_coming_back_through_the_watch_is_neither_decoded_nor_told_again() -> None:
+    told: list[str] = []
+    mirror = Mirror(MemoryBucket(), NodeCapacity, on_change=told.append)
+    raw = encode(NodeCapacity(cpu_millis=1, memory_bytes=1))
+    mirror.apply(Entry("mine", raw, 5))  # this process's write
+    value = mirror.get("mine")
+    mirror.apply(Entry("mine", raw, 5), from_watch=True)  # the watch brings it back
+    assert told == ["mine"] and mirror.get("mine") is value  # the same object: not decoded
+    assert mirror._unconfirmed == {}  # confirmed all the same
+    mirror.apply(Entry("mine", None, 6), from_watch=True)  # anything newer is applied
+    assert told == ["mine", "mine"] and mirror.get("mine") is None
+
+
 class FlakyBucket(MemoryBucket):
     """A bucket whose first watch breaks after replaying, like a lost consumer."""
 

@@ -435,7 +435,17 @@ class Mirror(Generic[T]):
             group = self.group_of(entry.key)
             if entry.revision > self._newest.get(group, 0):
                 self._newest[group] = entry.revision
-        if entry.revision < self._applied.get(entry.key, 0):
+        applied = self._applied.get(entry.key, 0)
+        if entry.revision < applied:
+            return
+        if from_watch and entry.revision == applied and entry.value is not None:
+            # This very value is applied already (this process wrote it, or a new
+            # watch's replay brought it again): the same bytes, nothing to decode or
+            # tell. (A scheduler's own placements come back this way, one per replica.)
+            if self._unconfirmed.get(entry.key) == applied:
+                del self._unconfirmed[entry.key]
+            if self._live:
+                self._passed(entry.revision)
             return
         if from_watch:
             if entry.revision >= self._unconfirmed.get(entry.key, entry.revision + 1):
