@@ -4,6 +4,7 @@ a partial snapshot, and echo keys never reach readers as records."""
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from nats.js.client import JetStreamContext
 from corral.client.api import CorralClient
 from corral.contract import names
 from corral.contract.codec import encode
+from corral.natsio.bus import connect
 from corral.natsio.kv import Entry, NatsBucket, WatchIncomplete, echo_key
 from tests.integration.scheduler_harness import register_node
 
@@ -77,3 +79,29 @@ async def test_readers_of_whole_buckets_never_see_echo_keys(
         assert await client.placements() == {}
         raw = await client.read_bucket(names.NODES_BUCKET, object)  # decodes anything
         assert set(raw) == {"node-a"}
+
+
+async def test_a_stopped_watch_deletes_its_consumer_at_once(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    """Not after its 60 s of inactivity: agents that watch again after every isolation
+    would leave thousands behind (NatsBucket._delete_consumer)."""
+    placements = buckets[names.PLACEMENTS_BUCKET]
+    await placements.put("node-a.default.web-1", b"{}")
+    nc = await connect(nats_url, name="test-consumers")
+    try:
+        js = nc.jetstream()
+        stream = f"KV_{names.PLACEMENTS_BUCKET}"
+
+        async def consumers() -> set[str]:
+            return {info.name for info in await js.consumers_info(stream)}
+
+        before = await consumers()
+        async with aclosing(placements.watch(names.placement_prefix("node-a"))) as watch:
+            async for entry in watch:
+                if entry is None:  # the snapshot is in: the watch is live
+                    assert len(await consumers() - before) == 1
+                    break
+        assert await consumers() == before
+    finally:
+        await nc.close()

@@ -355,3 +355,14 @@ async def test_judges_that_stop_telling_the_revision_leave_the_agent_echoing_aga
         judges.tells = placements  # telling again: the echo key goes
         placements.stalled = False
         await eventually(lambda: echo_writes(placements) == 0)
+
+
+def test_revisions_told_of_another_store_are_forgotten_when_the_agent_changes_store() -> None:
+    agent = Rig().agent()
+    agent.watch_proof.told(50, now=1.0)  # told by the judges of the store before
+    agent.executor.cluster_id = "another-store"  # adopted into a new one (membership)
+    agent._membership_changed()
+    assert agent.watch_proof.mark() == 0  # its revisions start low again: all are owed
+    agent.watch_proof.told(7, now=2.0)
+    agent._membership_changed()  # the same store: nothing forgotten
+    assert agent.watch_proof.mark() == 7

@@ -178,6 +178,20 @@ async def test_a_judge_whose_nodes_watch_lags_acknowledges_nothing() -> None:
         assert cluster.acks["a"] is None
 
 
+async def test_while_its_placements_echo_is_late_a_judge_acks_but_tells_no_revision() -> None:
+    # Its newest revision may be behind another scheduler's writes: -1 leaves the agent
+    # proving its watch by its own echo (docs/safety.md, "Placements must be current").
+    async with heard_cluster(2, "a", "b") as cluster:
+        cluster.placements.stalled = True  # the placements watch hears nothing
+        await cluster.pass_seconds(3, beating=("a", "b"))
+        ack = cluster.acks["a"]
+        assert ack is not None and ack.placements_revision == -1  # heard, vouched for
+        cluster.placements.stalled = False
+        await cluster.pass_seconds(2, beating=("a", "b"))  # the echo back, then a beat
+        ack = cluster.acks["a"]
+        assert ack is not None and ack.placements_revision > 0
+
+
 def test_the_revision_told_to_a_node_counts_only_keys_its_agent_watches() -> None:
     # An agent watches <node>.> (names.placement_prefix): a key without a '.' (written
     # by hand into the bucket) is no node's, so no agent is told a revision it never sees.

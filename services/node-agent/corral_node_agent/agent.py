@@ -400,6 +400,9 @@ class NodeAgent:
         return self.mode == Mode.ACTIVE and self.placements_current
 
     def _membership_changed(self) -> None:
+        if self.executor.cluster_id != self.membership.cluster_id:
+            # Another store (adopted): revisions told of the old one say nothing of it.
+            self.watch_proof = WatchProof()
         self.executor.cluster_id = self.membership.cluster_id
         self._wake_guard()
         self.poke()
@@ -673,7 +676,8 @@ class NodeAgent:
                 clock=self.monotonic,
             )
             started = self.monotonic()
-            told = self.watch_proof.mark()  # revisions told until now: in the replay
+            proof = self.watch_proof
+            told = proof.mark()  # revisions told until now: in the replay
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
@@ -687,7 +691,7 @@ class NodeAgent:
             self._seed_tracks()
             self.watches += 1
             self._watch_started = started
-            self.watch_proof.restarted(told)
+            proof.restarted(told)
             self._fence_pending = True
             self.placements_current = True
             self.poke()

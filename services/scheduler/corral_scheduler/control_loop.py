@@ -677,7 +677,7 @@ class ControlLoop:
             record_of=self._record_of,
             judges=self.judges_alive,
             may_ack=self.may_vouch,
-            placements_revision_of=self.placements.newest,
+            placements_revision_of=self._placements_revision_of,
             monotonic=self.monotonic,
         )
 
@@ -700,6 +700,17 @@ class ControlLoop:
 
     def _judge_heard(self, node: str) -> None:
         self._judge_node(node, self._liveness_view(), self.monotonic())
+
+    def _placements_revision_of(self, node: str) -> int:
+        """What an ack tells a node of its placements (docs/safety.md, "Placements must
+        be current"): the newest revision of them this scheduler saw or wrote, while its
+        own placements watch is current and its echo back in time; otherwise -1 (it does
+        not say), so that the agent proves its watch by its own echo, not by a revision
+        that may be behind another scheduler's writes. Called on the heartbeat thread
+        too: it reads plain values, as may_vouch does."""
+        if self._late_watch(self.monotonic(), self.echo_watches[1:2]) is not None:
+            return -1
+        return self.placements.newest(node)
 
     def _record_of(self, node: str) -> tuple[Node | None, int | None]:
         return self._nodes.get(node), self._node_revisions.get(node)
