@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -53,6 +54,18 @@ def test_a_watcher_still_keeps_its_consumer_subscription() -> None:
         JetStreamContext.PushSubscription,
     )
     assert inspect.iscoroutinefunction(JetStreamContext.PushSubscription.consumer_info)
+
+
+def test_a_push_subscription_still_keeps_its_stream_and_current_consumer() -> None:
+    nc = Client()
+    inner = Subscription(nc, 1, "_INBOX.x")
+    subscription = JetStreamContext.PushSubscription(nc.jetstream(), inner, "KV_nodes", "c-1")
+    assert nats_internals.subscription_consumer(subscription) == ("KV_nodes", "c-1")
+    # An ordered consumer made again under a new name is the one read from after it.
+    assert "self._psub._consumer = cinfo.name" in inspect.getsource(JetStreamContext)
+    subscription._consumer = None  # type: ignore[assignment]
+    with pytest.raises(nats_internals.LibraryChanged, match=r"PushSubscription\._consumer"):
+        nats_internals.subscription_consumer(subscription)
 
 
 def test_a_client_still_keeps_the_servers_info_as_a_dict() -> None:

@@ -14,6 +14,7 @@ from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.kv import echo_key
+from corral_scheduler.control_loop import TELL_LATE_SECONDS
 from tests.unit.test_scheduler_control_loop import Cluster, _value
 from tests.waiting import eventually
 
@@ -183,7 +184,10 @@ async def test_while_its_placements_echo_is_late_a_judge_acks_but_tells_no_revis
     # proving its watch by its own echo (docs/safety.md, "Placements must be current").
     async with heard_cluster(2, "a", "b") as cluster:
         cluster.placements.stalled = True  # the placements watch hears nothing
-        await cluster.pass_seconds(3, beating=("a", "b"))
+        await cluster.pass_seconds(TELL_LATE_SECONDS - 1, beating=("a", "b"))
+        ack = cluster.acks["a"]
+        assert ack is not None and ack.placements_revision > 0  # a little late: still told
+        await cluster.pass_seconds(2, beating=("a", "b"))
         ack = cluster.acks["a"]
         assert ack is not None and ack.placements_revision == -1  # heard, vouched for
         cluster.placements.stalled = False

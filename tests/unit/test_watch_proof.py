@@ -24,9 +24,13 @@ def test_an_older_or_unsaid_revision_is_not_owed_but_a_said_one_counts_as_tellin
     assert not proof.told(-1, now=5.0)  # a judge that does not say
     assert not proof.telling(5.0, within=2.0)
     proof.told(4, now=6.0)
-    assert not proof.told(3, now=6.5)  # a lagging judge: nothing newer
+    # A judge behind, or a store gone back: nothing owed, and not telling either (the
+    # agent echoes until the revisions told pass the newest again).
+    assert not proof.told(3, now=6.5)
     assert proof.owed_since(0) == 6.0
-    assert proof.telling(8.4, within=2.0) and not proof.telling(8.6, within=2.0)  # 6.5: told
+    assert proof.telling(7.9, within=2.0) and not proof.telling(8.1, within=2.0)  # from 6.0
+    assert not proof.told(4, now=7.0)  # the same again: owed already, but telling
+    assert proof.telling(8.9, within=2.0)
 
 
 def test_revisions_told_before_a_new_watch_started_are_in_its_replay() -> None:

@@ -402,7 +402,8 @@ class NodeAgent:
     def _membership_changed(self) -> None:
         if self.executor.cluster_id != self.membership.cluster_id:
             # Another store (adopted): revisions told of the old one say nothing of it.
-            self.watch_proof = WatchProof()
+            # Counted as told now, so the watch is not judged unproven at once.
+            self.watch_proof = WatchProof(told_at=self.monotonic())
         self.executor.cluster_id = self.membership.cluster_id
         self._wake_guard()
         self.poke()

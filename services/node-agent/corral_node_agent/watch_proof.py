@@ -24,17 +24,19 @@ MOST_OWED: Final = 64
 
 
 class WatchProof:
-    def __init__(self) -> None:
+    def __init__(self, told_at: float | None = None) -> None:
         self._owed: deque[tuple[int, float]] = deque()  # (revision, told at), ascending
         self._newest_told = 0
         self._baseline = 0  # told before the present watch started: in its replay
-        self.told_at: float | None = None  # when a judge last told a revision
+        self.told_at = told_at  # when a judge last told a revision (not below the newest)
 
     def told(self, revision: int, now: float) -> bool:
         """A judge's ack said the placements are at `revision` (-1: it did not say).
         True when the watch owes a revision now and owed none before (the guard should
         look at its new deadline)."""
-        if revision < 0:
+        if revision < self._newest_told:
+            # A judge behind the others, or a store that went back (restored under the
+            # same identity): not telling, so the agent echoes until revisions pass it.
             return False
         self.told_at = now
         if revision <= max(self._newest_told, self._baseline):

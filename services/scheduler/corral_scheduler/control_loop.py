@@ -127,6 +127,11 @@ ECHO_GC_SECONDS: Final = 60.0
 # Another scheduler whose echo in corral_nodes came back within this long is a judge
 # every agent must be heard by (corral_scheduler.heartbeats).
 JUDGE_ALIVE_SECONDS: Final = 2 * ECHO_LATE_SECONDS
+# A placements echo later than this: the acks name no placements revision (-1), and
+# agents prove their watches by their own echoes (_placements_revision_of). Twice the
+# lateness that makes the view stale: a burst of placements that delays the echo a
+# little does not set every agent writing echoes into the same lagging bucket.
+TELL_LATE_SECONDS: Final = 2 * ECHO_LATE_SECONDS
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes: no vowels, no look-alikes
 
 assert ECHO_SECONDS + ECHO_LATE_SECONDS < NODE_LOST_SECONDS, "a stalled watch would lose nodes"
@@ -323,9 +328,10 @@ class ControlLoop:
         self._claim_room: dict[str, tuple[str, int]] = {}  # claim -> (node, bytes) taken
         self._node_volumes: dict[str, NodeVolumes] = {}
         # The watches liveness depends on, each with this scheduler's echo key in it.
+        self.placements_echo = echo_key(self.owner)
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
             (self.nodes, echo_key(self.owner)),  # first: what acks read (may_vouch)
-            (self.placements, echo_key(self.owner)),
+            (self.placements, self.placements_echo),
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
         self._collecting: dict[str, int] = {}  # echo key -> revision being deleted
@@ -704,11 +710,12 @@ class ControlLoop:
     def _placements_revision_of(self, node: str) -> int:
         """What an ack tells a node of its placements (docs/safety.md, "Placements must
         be current"): the newest revision of them this scheduler saw or wrote, while its
-        own placements watch is current and its echo back in time; otherwise -1 (it does
-        not say), so that the agent proves its watch by its own echo, not by a revision
-        that may be behind another scheduler's writes. Called on the heartbeat thread
-        too: it reads plain values, as may_vouch does."""
-        if self._late_watch(self.monotonic(), self.echo_watches[1:2]) is not None:
+        own placements watch is current and its echo back within TELL_LATE_SECONDS;
+        otherwise -1 (it does not say), so that the agent proves its watch by its own
+        echo, not by a revision that may be behind another scheduler's writes. Called on
+        the heartbeat thread too: it reads plain values, as may_vouch does."""
+        age = self.placements.echo_age(self.placements_echo)
+        if not self.placements.current or age is None or age > TELL_LATE_SECONDS:
             return -1
         return self.placements.newest(node)
 

@@ -231,27 +231,35 @@ class NatsBucket:
                     current_done = True
                     yield None
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * CONSUMER_INFO_TIMEOUT):
                 try:
                     await watcher.stop()  # type: ignore[no-untyped-call]
                 except Exception:  # the connection may already be gone
                     log.debug("watcher stop failed", exc_info=True)
-                if consumer is not None:
-                    await self._delete_consumer(*consumer)
+                await self._delete_consumers(subscription, consumer)
 
-    async def _delete_consumer(self, stream: str, name: str) -> None:
-        """Delete a stopped watch's consumer now rather than after WATCH_INACTIVE_SECONDS:
-        agents that watch again and again (each isolation starts a new watch) otherwise
-        leave thousands behind, and every message stored is matched against each of them
-        (9,180 on the placements stream of 2,001 hollow nodes, nats-server at 1 GB).
-        Best effort: one that cannot be deleted still goes when it has been idle that long.
-        """
-        js = nats_internals.key_value_jetstream(self._kv)
+    async def _delete_consumers(self, subscription: Any, first: tuple[str, str] | None) -> None:
+        """Delete a stopped watch's consumers now rather than after WATCH_INACTIVE_SECONDS:
+        the one its replay ended on, and the one it read from last (nats-py makes a new
+        one when an ordered consumer falls behind). Agents that watch again and again
+        (each isolation starts a new watch) otherwise leave thousands behind, and every
+        message stored is matched against each of them (9,180 on the placements stream
+        of 2,001 hollow nodes, nats-server at 1 GB). Best effort: one that cannot be
+        deleted (NATS away, or nats-py was making a new one as the watch stopped) still
+        goes when it has been idle that long."""
         try:
-            with anyio.fail_after(CONSUMER_INFO_TIMEOUT):
-                await js.delete_consumer(stream, name)
-        except Exception as error:  # gone already (nats-py made a new one), NATS away
-            log.debug("consumer %s of %s not deleted: %s", name, stream, error)
+            js = nats_internals.key_value_jetstream(self._kv)
+            consumers = {first} if first is not None else set()
+            if subscription is not None:
+                consumers.add(nats_internals.subscription_consumer(subscription))
+            for stream, name in consumers:
+                try:
+                    with anyio.fail_after(CONSUMER_INFO_TIMEOUT):
+                        await js.delete_consumer(stream, name)
+                except Exception as error:  # gone already, NATS away
+                    log.debug("consumer %s of %s not deleted: %s", name, stream, error)
+        except Exception:  # never instead of what ended the watch
+            log.debug("the consumers of a watch of %s not deleted", self.name, exc_info=True)
 
     async def _delivered(self, subscription: Any) -> tuple[int, tuple[str, str]]:
         """How many messages the watch's consumer has delivered, asked a few times, and

@@ -10,6 +10,9 @@ what these give, so corral reads them here and nowhere else:
 - `KeyValue.KeyWatcher._sub`: the watch's ordered consumer. nats-py marks the end of
   the current entries too early (see `NatsBucket.watch`); the consumer's info says
   how many messages it had delivered, which is where they really end.
+- `PushSubscription._stream`, `._consumer`: the consumer a watch reads from now (nats-py
+  makes a new one under a new name when an ordered consumer falls behind), deleted
+  when the watch stops (`NatsBucket.watch`).
 - `Client._server_info`: the INFO the connected server sent (`server_name`,
   `cluster`), for the Raft leader step-down; the client exposes only its version.
 
@@ -65,6 +68,18 @@ def watch_subscription(watcher: KeyValue.KeyWatcher) -> JetStreamContext.PushSub
     if subscription is not None and not isinstance(subscription, JetStreamContext.PushSubscription):
         raise _changed("KeyWatcher._sub", subscription)
     return subscription
+
+
+def subscription_consumer(subscription: JetStreamContext.PushSubscription) -> tuple[str, str]:
+    """(stream, consumer name) a push subscription reads from now (`_stream`,
+    `_consumer`)."""
+    stream = getattr(subscription, "_stream", None)
+    consumer = getattr(subscription, "_consumer", None)
+    if not isinstance(stream, str):
+        raise _changed("PushSubscription._stream", stream)
+    if not isinstance(consumer, str):
+        raise _changed("PushSubscription._consumer", consumer)
+    return stream, consumer
 
 
 def server_info(nc: Client) -> Mapping[str, Any]:
