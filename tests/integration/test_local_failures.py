@@ -133,9 +133,9 @@ def test_a_killed_node_agent_recognises_its_own_record_on_restart(local: LocalCo
     now = read_state(local.layout)
     assert now is not None
     assert next(child for child in now.children if child.name == "node-agent").restarts == 1
-    text = Path(agent.log).read_text()
-    assert "already run by another node agent" not in text
-    assert "this agent's own" in text
+    # The supervisor copies the child's output into its log as it comes: wait for it.
+    _until(lambda: "this agent's own" in Path(agent.log).read_text(), 5, "the restart's log")
+    assert "already run by another node agent" not in Path(agent.log).read_text()
 
 
 def test_two_racing_detached_ups_on_one_data_dir_leave_one_running(local: LocalCorral) -> None:
