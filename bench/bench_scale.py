@@ -104,6 +104,10 @@ class Proc:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
+    def cpu_between(self, start: str, end: str) -> float:
+        """CPU seconds spent between two marks (mark_cpu); 0 for a mark not taken."""
+        return self.cpu_marks.get(end, 0.0) - self.cpu_marks.get(start, 0.0)
+
     def rss_mib(self) -> float:
         try:
             for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
@@ -633,10 +637,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 print(f"--- {name} exited early ({proc.popen.returncode}):\n{log}", flush=True)
                 results.add(f"{name}", f"EXITED during the run (code {proc.popen.returncode})")
                 continue
-            marks = proc.cpu_marks
             converging = running_in or 0.0
-            placing = marks.get("steady", 0.0) - marks.get("placing", 0.0)
-            steady_cpu = marks.get("steady-end", 0.0) - marks.get("steady", 0.0)
+            placing = proc.cpu_between("placing", "steady")
+            steady_cpu = proc.cpu_between("steady", "steady-end")
             results.add(
                 f"{name}: resident memory, CPU placing / steady",
                 f"{proc.rss_mib():.0f} MiB, {placing / max(converging, 1e-9) * 100:.0f}%"
@@ -652,9 +655,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         ]
         # CPU spent from the first apply to all Running, per replica: what the machine's
         # share of the simulator does not blur (it is not counted here).
-        spent = sum(
-            p.cpu_marks.get("steady", 0.0) - p.cpu_marks.get("placing", 0.0) for p in control_plane
-        )
+        spent = sum(proc.cpu_between("placing", "steady") for proc in control_plane)
         results.add(
             "control plane + nats-server CPU per replica, first apply to all Running",
             f"{spent / max(want, 1) * 1000:.2f} ms ({spent:.1f} s of CPU for {want:,} replicas)",

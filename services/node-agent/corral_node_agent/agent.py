@@ -478,7 +478,7 @@ class NodeAgent:
         since = acked if acked is not None else self.started_at
         deadlines = [since + budget.isolated_after, since + budget.stop_after]
         if mode == Mode.ACTIVE:
-            deadlines.append(self._stale_watch_deadline(now))
+            deadlines.append(self._stale_watch_deadline())
         if self.last_ack_file.path is not None:
             deadlines.append(now + self.settings.heartbeat_seconds)
         # A little past the deadline: the state machine's limits are strict (">").
@@ -509,44 +509,33 @@ class NodeAgent:
         judges that do not say): its watch is proven by an echo key instead."""
         return not self.watch_proof.telling(self.monotonic(), self._told_within())
 
-    def _echo_watched_since(self) -> float:
-        """Since when the echo proves the watch: the present watch's start, or the end
-        of the last revision told, whichever is later (an echo from an earlier spell
-        of echoing says nothing of the watch now)."""
-        told_at = self.watch_proof.told_at
-        if told_at is None:
-            return self._watch_started
-        return max(self._watch_started, told_at + self._told_within())
-
-    def _stale_watch_deadline(self, now: float) -> float:
-        """The first moment _watch_is_stale could say yes with time alone."""
+    def _stale_watch_deadline(self) -> float:
+        """When the watch counts as stalled while the agent's writes still succeed
+        (_watch_is_stale): `stale_watch_after` after a judge told a revision the watch has
+        not delivered since; or, while no judge tells, after the echo last came back
+        (counted from when echoing began: an echo of an earlier spell says nothing)."""
         limit = self.settings.stale_watch_after
-        deadlines = [self._echo_watched_since() + limit]
+        # The echo proves the watch from its start, or from the end of the last revision
+        # told (later than now while judges tell), whichever is later.
+        told_at = self.watch_proof.told_at
+        echo_since = self._watch_started
+        if told_at is not None:
+            echo_since = max(echo_since, told_at + self._told_within())
         if self._echoing():
             seen = self.placements.echoes.get(self.echo_key)
             if seen is not None:
-                deadlines = [max(deadlines[0], seen.seen_at + limit)]
+                echo_since = max(echo_since, seen.seen_at)
+        deadlines = [echo_since + limit]
         owed = self.watch_proof.owed_since(self.placements.delivered)
         if owed is not None:
             deadlines.append(owed + limit)
         return min(deadlines)
 
     def _watch_is_stale(self) -> bool:
-        """The watch stalled while the agent's writes still succeed: a revision a judge
-        told of has not come through it for `stale_watch_after`, or (no judge tells)
-        its own echo key, written beside its placements, did not come back in time."""
-        now = self.monotonic()
-        limit = self.settings.stale_watch_after
-        owed = self.watch_proof.owed_since(self.placements.delivered)
-        if owed is not None and now - owed > limit:
-            return True
-        if not self._echoing():
-            return False
-        age = self.placements.echo_age(self.echo_key, now)
-        since = now - self._echo_watched_since()
-        if age is not None:
-            since = min(since, age)
-        return since > limit
+        """The watch stalled: a revision a judge told of has not come through it for
+        `stale_watch_after`, or (no judge tells) its own echo key, written beside its
+        placements, did not come back in time."""
+        return self.monotonic() > self._stale_watch_deadline()
 
     async def _enter(self, mode: Mode) -> None:
         before, self.mode = self.mode, mode
