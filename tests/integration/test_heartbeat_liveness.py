@@ -27,10 +27,11 @@ from corral.natsio.kv import NatsBucket
 from corral_node_agent.agent import AgentSettings, NodeAgent
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.hollow_runtime import HollowRuntime
-from corral_node_agent.safety import Mode
+from corral_node_agent.safety import Budget, Mode
 from corral_scheduler.control_loop import ControlLoop
-from tests.conftest import free_port
+from tests.conftest import NatsServer, free_port
 from tests.integration.test_service_processes import console_script, healthz
+from tests.partition_proxy import partition_proxy
 from tests.waiting import current as _value
 from tests.waiting import eventually
 
@@ -246,6 +247,56 @@ async def test_the_acks_tell_the_agent_its_placements_revision_and_it_writes_no_
                 assert await placements.get(agent.echo_key) is None  # no echo written
                 assert agent.watches == 1  # and no watch taken for stalled
                 await deployments.delete(deployment.key)
+                tg.cancel_scope.cancel()
+        finally:
+            await nc.close()
+
+
+async def test_an_agent_cut_off_from_nats_keeps_its_watch_when_the_acks_prove_it_current(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The agent's connection is cut (a proxy closes it and refuses new ones) until it is
+    Isolated; meanwhile the Deployment is scaled down, deleting one of its placements.
+    Back, the scheduler's ack names that delete; the watch, which ran on through the
+    reconnect, delivers it, so the placements are current again with no new watch (no
+    consumer made), and the replica scaled away is removed."""
+    async with scheduler_loop(nats_server.url) as loop, partition_proxy(nats_server.port) as proxy:
+        nc = await connect(proxy.url, name="test-agent")
+        try:
+            buckets = await open_buckets(nc.jetstream())
+            settings = AgentSettings(
+                node_name="hb-5",
+                state_dir=tmp_path / "agent",
+                budget=Budget(isolated_after=1.0, stop_after=20.0),
+            )
+            runtime = HollowRuntime(images={"app:1"})
+            agent = hollow_agent(nc, buckets, settings, runtime)
+            deployments = loop.deployments.bucket
+
+            async def scale(replicas: int, generation: int) -> None:
+                deployment = Deployment(
+                    metadata=ObjectMeta(name="kept", generation=generation),
+                    spec=DeploymentSpec(
+                        replicas=replicas, template=ContainerTemplate(image="app:1")
+                    ),
+                )
+                await deployments.put(deployment.key, encode(deployment))
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.run)
+                await eventually(lambda: _value("hb-5" in loop.ready_nodes), bool)
+                await scale(2, 1)
+                await eventually(lambda: _value(len(runtime.running("hb-5"))), lambda n: n == 2)
+                proxy.cut()
+                await eventually(lambda: _value(agent.mode), lambda m: m == Mode.ISOLATED)
+                await scale(1, 2)  # the scheduler deletes one of hb-5's placements
+                await eventually(lambda: _value(len(loop.placements.items)), lambda n: n == 1)
+                assert len(runtime.running("hb-5")) == 2  # cut off: nothing removed yet
+                proxy.heal()
+                await eventually(lambda: _value(agent.mode), lambda m: m == Mode.ACTIVE)
+                assert (agent.watches, agent.watches_kept) == (1, 1)
+                await eventually(lambda: _value(len(runtime.running("hb-5"))), lambda n: n == 1)
+                await deployments.delete("default.kept")
                 tg.cancel_scope.cancel()
         finally:
             await nc.close()

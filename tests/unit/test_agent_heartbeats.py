@@ -26,6 +26,7 @@ from tests.unit.test_agent_safety import (
     FlakyBucket,
     Rig,
     other_agents_node,
+    passes_after,
     raised,
     running,
 )
@@ -366,3 +367,73 @@ def test_revisions_told_of_another_store_are_forgotten_when_the_agent_changes_st
     agent.watch_proof.told(7, now=2.0)
     agent._membership_changed()  # the same store: nothing forgotten
     assert agent.watch_proof.mark() == 7
+
+
+# Back from an isolation: the watch kept when the acks prove it current.
+
+
+async def isolate(agent: NodeAgent, rig: Rig, judges: FakeJudges) -> None:
+    judges.answering = False  # no judge hears the beats, the record writes fail
+    rig.nodes.failing_writes = True
+    await eventually(lambda: agent.mode == Mode.ISOLATED)
+
+
+def end_isolation(rig: Rig, judges: FakeJudges) -> None:
+    judges.answering = True
+    rig.nodes.failing_writes = False
+
+
+async def test_back_from_isolation_a_watch_the_acks_prove_current_is_kept() -> None:
+    async with told_agent() as (agent, rig, judges, _placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await isolate(agent, rig, judges)
+        # Meanwhile the scheduler moved web-a1 away and placed web-b2 here: the watch,
+        # still running, delivers both.
+        await world.unplace("web-a1")
+        await world.place(placement("web-b2"))
+        await passes_after(agent)
+        assert rig.runtime.creates == 1  # nothing started while isolated
+        end_isolation(rig, judges)
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert (agent.watches, agent.watches_kept) == (1, 1)  # no new watch was made
+        assert rig.placements.watches == 1
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+        await eventually(lambda: len(rig.runtime.running(NODE)) == 1)  # web-a1 removed
+
+
+async def test_back_from_isolation_a_kept_watch_that_missed_a_change_is_read_afresh() -> None:
+    """The watch stalled while the agent was cut off, and missed that web-a1 moved
+    away (after its container died). Trusting the kept watch would start web-a1 again
+    here while it runs elsewhere; the acks name the delete, the watch owes it, so the
+    placements are read afresh first."""
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        (container,) = rig.runtime.running(NODE)
+        await isolate(agent, rig, judges)
+        placements.stalled = True  # connected again later, but this watch delivers nothing
+        rig.runtime.crash(container.id)
+        await world.unplace("web-a1")  # moved away: never delivered by this watch
+        starts = rig.runtime.starts
+        end_isolation(rig, judges)
+        await eventually(lambda: agent.watches == 2)  # not proven: a new watch
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert agent.watches_kept == 0
+        await passes_after(agent)
+        assert rig.runtime.starts == starts  # web-a1 was never started again
+        assert not rig.runtime.running(NODE)
+
+
+async def test_back_from_isolation_without_a_judge_telling_the_placements_are_read_afresh() -> None:
+    async with told_agent() as (agent, rig, judges, _placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await isolate(agent, rig, judges)
+        judges.tells = None  # back, heard, but no judge names a revision
+        end_isolation(rig, judges)
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert (agent.watches, agent.watches_kept) == (2, 0)

@@ -12,6 +12,7 @@ from corral_node_agent.safety import (
     Mode,
     Observation,
     decide_mode,
+    doubts_placements,
     needs_new_watch,
     permissions,
 )
@@ -83,14 +84,17 @@ def test_only_an_active_agent_creates_and_only_stopping_or_retired_ones_remove_a
         assert permissions(mode) == permissions(Mode.HELD)
 
 
-def test_leaving_isolation_or_a_foreign_store_means_reading_the_placements_afresh() -> None:
+def test_a_foreign_store_means_reading_the_placements_afresh() -> None:
     assert {mode for mode in Mode if needs_new_watch(mode)} == {
-        Mode.ISOLATED,
-        Mode.STOPPING,
         Mode.HELD,
         Mode.HANDED_OVER,
         Mode.RETIRED,
     }
+
+
+def test_cut_off_the_watch_runs_on_but_the_placements_are_in_doubt() -> None:
+    assert {mode for mode in Mode if doubts_placements(mode)} == {Mode.ISOLATED, Mode.STOPPING}
+    assert not any(needs_new_watch(mode) and doubts_placements(mode) for mode in Mode)
 
 
 def test_the_written_time_budget_keeps_its_own_rules() -> None:

@@ -56,3 +56,18 @@ def test_many_owed_revisions_fold_into_the_newest_keeping_the_oldest_time() -> N
     # The newest folded into the last place, with that place's time: owed until it comes.
     assert proof.owed_since(3 * MOST_OWED - 2) == float(MOST_OWED)
     assert proof.owed_since(3 * MOST_OWED - 1) is None
+
+
+def test_a_kept_watch_is_proven_only_by_an_ack_to_a_beat_sent_after_the_doubt_began() -> None:
+    proof = WatchProof(told_at=0.0)  # a reset (another store) proves nothing
+    assert not proof.proves(since=0.0, delivered=0)
+    proof.told(4, now=1.0, sent=0.9)  # told before the isolation began at 2.0
+    assert not proof.proves(since=2.0, delivered=4)
+    proof.told(6, now=3.2, sent=3.0)  # answering a beat sent after it
+    assert not proof.proves(since=2.0, delivered=4)  # revision 6 not delivered yet
+    assert proof.proves(since=2.0, delivered=6)
+    late = WatchProof()
+    late.told(6, now=2.5, sent=1.5)  # received after 2.0, but for a beat sent before it
+    assert not late.proves(since=2.0, delivered=6)
+    late.told(-1, now=3.5, sent=3.4)  # a judge that does not say proves nothing
+    assert not late.proves(since=2.0, delivered=6)

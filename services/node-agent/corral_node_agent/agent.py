@@ -80,6 +80,7 @@ from corral_node_agent.safety import (
     Mode,
     Observation,
     decide_mode,
+    doubts_placements,
     needs_new_watch,
     permissions,
 )
@@ -256,11 +257,15 @@ class NodeAgent:
         self.passes = 0  # passes completed (tests wait on it)
         self.guard_looks = 0  # decisions of the guard (tests count them)
         self.watches = 0  # placements watches started
+        self.watches_kept = 0  # watches kept through an isolation and proven current again
         self.removal_failures = 0
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
         self._watch_started = 0.0
+        # Since when the running watch may have missed changes (cut off): until a judge's
+        # ack proves it current again (_confirm_kept_watch). None: not in doubt.
+        self._doubted_since: float | None = None
         self._decided = anyio.Event()  # active and fenced, or held: run() reports started
         # Written beside this node's placements and watched coming back (kv.echo_key).
         owner = "agent-" + hashlib.sha256(self.agent_id.encode()).hexdigest()[:12]
@@ -404,6 +409,8 @@ class NodeAgent:
             # Another store (adopted): revisions told of the old one say nothing of it.
             # Counted as told now, so the watch is not judged unproven at once.
             self.watch_proof = WatchProof(told_at=self.monotonic())
+            if not self.placements_current:
+                self._stop_watch()  # a watch kept through an isolation: read afresh
         self.executor.cluster_id = self.membership.cluster_id
         self._wake_guard()
         self.poke()
@@ -449,7 +456,10 @@ class NodeAgent:
             if mode == Mode.SYNCING and not self._watching:
                 self._watching = True
                 assert self._task_group is not None
-                self._task_group.start_soon(self._watch_placements)
+                if self._kept_watch() is not None:
+                    self._task_group.start_soon(self._confirm_kept_watch)
+                else:
+                    self._task_group.start_soon(self._watch_placements)
             if mode == Mode.ACTIVE and self._watch_is_stale():
                 log.warning(
                     "the placements watch of %s stopped delivering (a revision the judges "
@@ -486,11 +496,11 @@ class NodeAgent:
 
     # Proving the placements watch current (docs/safety.md, "Placements must be current").
 
-    def _told(self, acks: list[HeartbeatAck]) -> None:
-        """A beat's acks: the newest revision of this node's placements they name is
-        owed by the watch (watch_proof)."""
+    def _told(self, acks: list[HeartbeatAck], sent: float) -> None:
+        """A beat's acks (the beat sent at `sent`): the newest revision of this node's
+        placements they name is owed by the watch (watch_proof)."""
         revision = max((ack.placements_revision for ack in acks), default=-1)
-        if self.watch_proof.told(revision, self.monotonic()):
+        if self.watch_proof.told(revision, self.monotonic(), sent):
             self._wake_guard()  # a deadline earlier than the guard's sleep
 
     def _echo_interval(self) -> float:
@@ -547,6 +557,11 @@ class NodeAgent:
             self.drains.resume()
         if needs_new_watch(mode):
             self._stop_watch()
+        elif doubts_placements(mode):
+            # Cut off: the watch runs on, but may miss changes from now until proven by
+            # an ack to a beat sent after this (the latest isolation, never an earlier one).
+            self.placements_current = False
+            self._doubted_since = self.monotonic()
         message = self._mode_message(mode)
         level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
         log.log(
@@ -642,10 +657,12 @@ class NodeAgent:
         except RuntimeFailure as failure:
             log.error("removing this engine's copies of node %s failed: %s", self.node, failure)
 
-    # The placements watch, started afresh after every isolation.
+    # The placements watch: kept through an isolation when the acks prove it current,
+    # read afresh otherwise.
 
     def _stop_watch(self) -> None:
         self.placements_current = False
+        self._doubted_since = None
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
@@ -709,6 +726,7 @@ class NodeAgent:
                     if entry is None:
                         if not started:
                             started = True
+                            mirror.current = True
                             task_status.started(scope)
                         continue
                     mirror.apply(entry, from_watch=True)
@@ -718,9 +736,59 @@ class NodeAgent:
                 log.warning("placements watch of %s broke: %s", self.node, error)
             if not started:
                 raise RuntimeError("the placements watch ended before its snapshot")
+            mirror.current = False
             if mirror is self.placements:
                 self.placements_current = False
                 self._wake_guard()
+
+    def _kept_watch(self) -> float | None:
+        """Since when the running watch is in doubt, when it runs on through an
+        isolation (None: no such watch; a new one is needed)."""
+        if self._watch_scope is None or not self.placements.current:
+            return None
+        return self._doubted_since
+
+    async def _confirm_kept_watch(self) -> None:
+        """Back from an isolation with the watch still running: the placements are
+        current again once the store is still this node's and a judge, answering a beat
+        sent after the isolation began, names a revision the watch has delivered (it
+        missed nothing: WatchProof.proves). Not proven within two heartbeats (no judge
+        tells, or the watch owes what it was told), the watch is dropped and the
+        placements read afresh, as after every isolation before. No consumer is made
+        for a proof: at 2,000 nodes coming back at once that was thousands."""
+        try:
+            since = self._kept_watch()
+            if since is None:
+                return
+            await self.membership.check()
+            give_up = self.monotonic() + self._told_within()
+            while self.mode == Mode.SYNCING and self._kept_watch() == since:
+                if self.identity != Identity.RECOGNISED:
+                    self._stop_watch()
+                    return
+                if self.watch_proof.proves(since, self.placements.delivered):
+                    self._doubted_since = None
+                    self.watches_kept += 1
+                    self._fence_pending = True
+                    self.placements_current = True
+                    log.info("the placements watch of %s is current again (acks)", self.node)
+                    self.poke()
+                    return
+                if self.monotonic() > give_up:
+                    log.info(
+                        "no ack proved the placements watch of %s current after the "
+                        "isolation: reading the placements afresh",
+                        self.node,
+                    )
+                    self._stop_watch()
+                    return
+                await anyio.sleep(self.settings.heartbeat_seconds / 10)
+        except Exception as error:  # the identity read failed: the next look retries
+            log.info("confirming the placements watch of %s failed: %s", self.node, error)
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+        finally:
+            self._watching = False
+            self._wake_guard()  # Syncing goes on to Active, or starts a new watch
 
     def _seed_tracks(self) -> None:
         """Carry restart counts over from the statuses an earlier run wrote."""

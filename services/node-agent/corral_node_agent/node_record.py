@@ -120,9 +120,9 @@ class NodeRecord:
         self.last_acked: float | None = None  # monotonic() of the last write NATS acknowledged
         self.displaced_by: Takeover | None = None
         self.on_displaced: Callable[[Takeover], None] = lambda _takeover: None
-        # Every beat's acks, enough or not (the agent reads what they say of its
-        # placements: corral_node_agent.watch_proof).
-        self.on_acks: Callable[[list[HeartbeatAck]], None] = lambda _acks: None
+        # Every beat's acks, enough or not, and when the beat was sent (monotonic): the
+        # agent reads what they say of its placements (corral_node_agent.watch_proof).
+        self.on_acks: Callable[[list[HeartbeatAck], float], None] = lambda _acks, _sent: None
 
     def update(self, **changes: object) -> None:
         """Change what the next heartbeat reports (fields of Node)."""
@@ -246,7 +246,7 @@ class NodeRecord:
             except Exception as error:  # NATS trouble: the record write below decides
                 log.debug("heartbeat of %s not sent: %s", self.node.name, error)
                 acks = []
-            self.on_acks(acks)
+            self.on_acks(acks, sent)
             proven = self._judged(acks)
             if proven and (self.last_acked is None or sent > self.last_acked):
                 # Proof counts from the sending: every judge heard it after that.

@@ -9,7 +9,7 @@ two hosts' clocks).
     SYNCING ---placements watch delivered a current snapshot---> ACTIVE
     ACTIVE/SYNCING ---no acknowledged write for `isolated_after`---> ISOLATED
     ISOLATED ---still none after F (`stop_after`)---> STOPPING (removes its replicas)
-    ISOLATED/STOPPING ---a write acknowledged again---> SYNCING (a new watch)
+    ISOLATED/STOPPING ---a write acknowledged again---> SYNCING (the watch proven, or a new one)
     any ---the store is not the one this node belongs to---> HELD (until an operator decides)
     any ---another agent on this engine took the node over---> HANDED_OVER
     any ---another agent on another engine took the node over---> RETIRED (removes its copies)
@@ -64,7 +64,9 @@ class Observation:
     started_at: float  # when this agent process started (monotonic)
     last_ack: float | None  # the last write NATS acknowledged (monotonic); None: none yet
     identity: Identity
-    placements_current: bool  # a watch delivered its snapshot since the last isolation
+    # A watch delivered its snapshot, or a kept watch was proven current, since the
+    # last isolation.
+    placements_current: bool
     displacement: Displacement = Displacement.NONE
 
 
@@ -109,6 +111,14 @@ def permissions(mode: Mode) -> Permissions:
 
 
 def needs_new_watch(mode: Mode) -> bool:
-    """Outside these modes the placements watch may miss changes (isolation) or belong
-    to a store that is not this node's: it is dropped, and read afresh to go on."""
-    return mode not in (Mode.ACTIVE, Mode.SYNCING, Mode.STARTING)
+    """In these modes the placements watch belongs to a store that is not this node's,
+    or to an agent that no longer runs the node: it is dropped, and read afresh to go
+    on."""
+    return mode in (Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED)
+
+
+def doubts_placements(mode: Mode) -> bool:
+    """In these modes (cut off) the placements watch may miss changes: it runs on, but
+    the placements are not current until it is proven again (a judge's ack told after
+    the isolation began names a revision the watch has delivered), or read afresh."""
+    return mode in (Mode.ISOLATED, Mode.STOPPING)

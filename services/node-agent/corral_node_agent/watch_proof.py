@@ -8,6 +8,10 @@ and the agent reads its placements afresh. The revisions told before a new watch
 started are in that watch's replay (or were purged, being old), so they are not
 owed by it. Nothing is written for this: the acks come anyway.
 
+A watch kept through an isolation is proven current again (`proves`) by a revision
+told after the isolation began that the watch has delivered: everything the judges
+had seen or written of this node by then came through it.
+
 When no judge has told a revision for a while (no acks, or only from judges too old
 to say), the agent proves its watch with an echo key instead (kv.keep_echoing): see
 NodeAgent._watch_is_stale.
@@ -29,16 +33,20 @@ class WatchProof:
         self._newest_told = 0
         self._baseline = 0  # told before the present watch started: in its replay
         self.told_at = told_at  # when a judge last told a revision (not below the newest)
+        # When the beat a judge last told a revision to was sent (never from a reset):
+        # the judge's answer is newer than that moment.
+        self.acked_at: float | None = None
 
-    def told(self, revision: int, now: float) -> bool:
-        """A judge's ack said the placements are at `revision` (-1: it did not say).
-        True when the watch owes a revision now and owed none before (the guard should
-        look at its new deadline)."""
+    def told(self, revision: int, now: float, sent: float | None = None) -> bool:
+        """A judge's ack to a beat sent at `sent` (default: `now`) said the placements
+        are at `revision` (-1: it did not say). True when the watch owes a revision now
+        and owed none before (the guard should look at its new deadline)."""
         if revision < self._newest_told:
             # A judge behind the others, or a store that went back (restored under the
             # same identity): not telling, so the agent echoes until revisions pass it.
             return False
         self.told_at = now
+        self.acked_at = now if sent is None else sent
         if revision <= max(self._newest_told, self._baseline):
             return False
         self._newest_told = revision
@@ -65,6 +73,16 @@ class WatchProof:
         up to `delivered`) was told; None: the watch owes nothing."""
         self._settle(delivered)
         return self._owed[0][1] if self._owed else None
+
+    def proves(self, since: float, delivered: int) -> bool:
+        """A judge told a revision in answer to a beat sent after `since` (strictly),
+        and the watch, having delivered up to `delivered`, owes none: it missed nothing
+        the judges had seen or written of this node after `since`."""
+        return (
+            self.acked_at is not None
+            and self.acked_at > since
+            and self.owed_since(delivered) is None
+        )
 
     def telling(self, now: float, within: float) -> bool:
         """A judge told a revision within the last `within` seconds."""
