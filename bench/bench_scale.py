@@ -21,6 +21,11 @@ hollow cluster of one node, the victim. Then:
    /varz (and per node);
 5. kills the victim (SIGKILL: a node lost) and measures until its replicas run
    elsewhere;
+5b. pauses nats-server (SIGSTOP) for --outage seconds, longer than an agent waits
+   before it counts itself cut off, so every agent is Isolated at once, then resumes
+   it (SIGCONT): the time until every node is ready and every replica Running again,
+   the JetStream API requests and consumers that recovery cost, and the replicas
+   placed meanwhile (none should move: the scheduler's view was stale too);
 6. reads each process's resident memory and CPU (percent of one core, per phase);
 7. while placing: how often the simulator's event loop ran over 0.5 s late (its
    corral_event_loop_late_seconds) and the fewest nodes the scheduler had ready: a
@@ -224,6 +229,9 @@ class Cluster:
 
     def varz(self) -> dict[str, int]:
         return LocalNats(self.url, self.monitor_port).varz()
+
+    def jetstream(self) -> dict[str, int]:
+        return LocalNats(self.url, self.monitor_port).jetstream()
 
     def metrics(self, service: str) -> str:
         port = self.metrics_ports[service]
@@ -629,6 +637,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             "not within 120 s" if back is None else f"{back:.1f} s",
             f"goal ≤ 5 s (R = {NODE_LOST_SECONDS:g} s of silence is the budget's own share)",
         )
+        if args.outage > 0:
+            await every_node_cut_off(cluster, args.outage, nodes, want, statuses, results)
         for name, proc in cluster.procs.items():
             if name == "victim":
                 continue
@@ -667,6 +677,66 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         await nc.close()
 
 
+def scheduler_counts(cluster: Cluster) -> tuple[int, int]:
+    """(nodes ready, placements made so far) from the scheduler's /metrics."""
+    timeline = Timeline()
+    try:
+        timeline.add(0.0, cluster.metrics("scheduler"))
+    except (OSError, http.client.HTTPException):
+        return (-1, -1)
+    if not timeline.rows:
+        return (-1, -1)
+    _, placements, _, ready = timeline.rows[0]
+    return (ready, placements)
+
+
+async def every_node_cut_off(
+    cluster: Cluster,
+    outage: float,
+    nodes: int,
+    want: int,
+    statuses: NatsBucket,
+    results: Results,
+) -> None:
+    """nats-server paused for `outage` seconds: every agent counts itself cut off
+    (Isolated) at once; then the recovery."""
+    server = cluster.procs["nats-server"].popen
+    before = await anyio.to_thread.run_sync(cluster.jetstream)
+    placed_before = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[1]
+    server.send_signal(signal.SIGSTOP)
+    try:
+        await anyio.sleep(outage)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+
+    async def recovered() -> bool:
+        ready_nodes = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[0]
+        return ready_nodes >= nodes and (await totals(statuses))[1] >= want
+
+    back = await until(recovered, 120, every=0.25)
+    after = await anyio.to_thread.run_sync(cluster.jetstream)
+    placed_after = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[1]
+    results.add(
+        f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
+        "replicas Running again after",
+        "not within 120 s" if back is None else f"{time.monotonic() - resumed:.1f} s",
+        "from the resume",
+    )
+    results.add(
+        "  that recovery: JetStream API requests / errors, consumers after",
+        f"{after['api_requests'] - before['api_requests']:,} / "
+        f"{after['api_errors'] - before['api_errors']:,}, "
+        f"{after['consumers']:,} (were {before['consumers']:,})",
+        "a new placements watch and statuses read per agent would be 2 per node",
+    )
+    results.add(
+        "  replicas placed anew meanwhile",
+        f"{placed_after - placed_before:,}" if min(placed_before, placed_after) >= 0 else "?",
+        "none should move: the scheduler's own view was stale too",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
@@ -703,6 +773,13 @@ def main() -> None:
         help="hollow-cluster processes sharing the nodes (default: one per "
         f"{NODES_PER_SIMULATOR} nodes, at most one per core): one process is one core at "
         "most, and a simulator that falls behind makes its nodes look cut off",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=5.0,
+        help="seconds nats-server is paused after the node-loss phase (0: skip): every "
+        "agent cut off at once, then the recovery",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

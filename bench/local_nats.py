@@ -37,6 +37,18 @@ class LocalNats:
             document = json.loads(answer.read())
         return {k: int(document[k]) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
 
+    def jetstream(self) -> dict[str, int]:
+        """JetStream's consumers now and its API requests so far (/jsz)."""
+        address = f"http://127.0.0.1:{self.monitor_port}/jsz"
+        with urllib.request.urlopen(address, timeout=5) as answer:
+            document = json.loads(answer.read())
+        api = document.get("api", {})
+        return {
+            "consumers": int(document.get("consumers", 0)),
+            "api_requests": int(api.get("total", 0)),
+            "api_errors": int(api.get("errors", 0)),
+        }
+
 
 @contextmanager
 def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
