@@ -427,13 +427,19 @@ async def test_back_from_isolation_a_kept_watch_that_missed_a_change_is_read_afr
         assert not rig.runtime.running(NODE)
 
 
-async def test_back_from_isolation_without_a_judge_telling_the_placements_are_read_afresh() -> None:
-    async with told_agent() as (agent, rig, judges, _placements):
+async def test_back_from_isolation_without_a_judge_telling_its_echo_proves_the_kept_watch() -> None:
+    """No judge names a revision after the outage (each says -1 while its own view
+    catches up): the agent writes its echo key once, and the kept watch delivering it
+    proves it missed nothing before it."""
+    async with told_agent() as (agent, rig, judges, placements):
         world = rig.world()
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         await isolate(agent, rig, judges)
+        await world.unplace("web-a1")  # moved away meanwhile: the watch delivers it
         judges.tells = None  # back, heard, but no judge names a revision
         end_isolation(rig, judges)
         await eventually(lambda: agent.mode == Mode.ACTIVE)
-        assert (agent.watches, agent.watches_kept) == (2, 0)
+        assert (agent.watches, agent.watches_kept) == (1, 1)
+        assert placements.watches == 1
+        await eventually(lambda: not rig.runtime.running(NODE))

@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from corral import __version__
 from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
+from corral.contract.codec import encode
 from corral.contract.events import HeartbeatAck, Reply
 from corral.contract.state import (
     Node,
@@ -750,45 +751,76 @@ class NodeAgent:
 
     async def _confirm_kept_watch(self) -> None:
         """Back from an isolation with the watch still running: the placements are
-        current again once the store is still this node's and a judge, answering a beat
-        sent after the isolation began, names a revision the watch has delivered (it
-        missed nothing: WatchProof.proves). Not proven within two heartbeats (no judge
-        tells, or the watch owes what it was told), the watch is dropped and the
-        placements read afresh, as after every isolation before. No consumer is made
-        for a proof: at 2,000 nodes coming back at once that was thousands."""
+        current again once the store is still this node's and the watch is proven to
+        have missed nothing since the isolation began, by either of:
+
+        - a judge, answering a beat sent after the isolation began, names a revision
+          of this node's placements the watch has delivered (WatchProof.proves): free,
+          the acks come anyway;
+        - no such ack within a heartbeat (a judge's own view is catching up after the
+          same outage, and says -1): the agent writes its echo key once and the watch
+          delivers it back; the watch is in order, so it delivered every change of
+          this node's keys before that write, as a new watch's snapshot would.
+
+        Not proven within `stale_watch_after`, the watch is dropped and the placements
+        read afresh. Either proof costs no consumer: when an outage leaves every agent
+        cut off at once, a new watch (and statuses read) per agent was thousands of
+        JetStream requests at 1,000 nodes."""
+        echo_revision: int | None = None
         try:
             since = self._kept_watch()
             if since is None:
                 return
             await self.membership.check()
-            give_up = self.monotonic() + self._told_within()
+            began = self.monotonic()
             while self.mode == Mode.SYNCING and self._kept_watch() == since:
                 if self.identity != Identity.RECOGNISED:
                     self._stop_watch()
                     return
-                if self.watch_proof.proves(since, self.placements.delivered):
+                delivered = self.placements.delivered
+                by_ack = self.watch_proof.proves(since, delivered)
+                if by_ack or (echo_revision is not None and delivered >= echo_revision):
                     self._doubted_since = None
                     self.watches_kept += 1
                     self._fence_pending = True
                     self.placements_current = True
-                    log.info("the placements watch of %s is current again (acks)", self.node)
+                    log.info(
+                        "the placements watch of %s is current again (%s)",
+                        self.node,
+                        "acks" if by_ack else "echo",
+                    )
                     self.poke()
                     return
-                if self.monotonic() > give_up:
+                now = self.monotonic()
+                if now > began + self.settings.stale_watch_after:
                     log.info(
-                        "no ack proved the placements watch of %s current after the "
+                        "the placements watch of %s was not proven current after the "
                         "isolation: reading the placements afresh",
                         self.node,
                     )
                     self._stop_watch()
                     return
+                if echo_revision is None and now > began + self.settings.heartbeat_seconds:
+                    with anyio.fail_after(self.settings.stale_watch_after):
+                        echo_revision = await self._placements_bucket.put(
+                            self.echo_key, encode(self.clock())
+                        )
+                    continue
                 await anyio.sleep(self.settings.heartbeat_seconds / 10)
-        except Exception as error:  # the identity read failed: the next look retries
+        except Exception as error:  # the identity read or the echo failed: retried
             log.info("confirming the placements watch of %s failed: %s", self.node, error)
             await anyio.sleep(_ENGINE_RETRY_SECONDS)
         finally:
             self._watching = False
             self._wake_guard()  # Syncing goes on to Active, or starts a new watch
+            if echo_revision is not None and not self._echoing():
+                # Written once for the proof; the echo loop (kv.keep_echoing) does not
+                # know it. Deleted on its revision: an echo written since stays.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    try:
+                        await self._placements_bucket.delete(self.echo_key, echo_revision)
+                    except Exception as error:
+                        log.debug("echo of %s not deleted: %s", self.node, error)
 
     def _seed_tracks(self) -> None:
         """Carry restart counts over from the statuses an earlier run wrote."""
