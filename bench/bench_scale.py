@@ -710,9 +710,17 @@ async def every_node_cut_off(
         server.send_signal(signal.SIGCONT)
     resumed = time.monotonic()
 
+    nodes_back: float | None = None
+    fewest = nodes
+
     async def recovered() -> bool:
+        nonlocal nodes_back, fewest
         ready_nodes = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[0]
-        return ready_nodes >= nodes and (await totals(statuses))[1] >= want
+        if ready_nodes >= 0:
+            fewest = min(fewest, ready_nodes)
+        if ready_nodes >= nodes and nodes_back is None:
+            nodes_back = time.monotonic() - resumed
+        return nodes_back is not None and (await totals(statuses))[1] >= want
 
     back = await until(recovered, 120, every=0.25)
     after = await anyio.to_thread.run_sync(cluster.jetstream)
@@ -722,6 +730,11 @@ async def every_node_cut_off(
         "replicas Running again after",
         "not within 120 s" if back is None else f"{time.monotonic() - resumed:.1f} s",
         "from the resume",
+    )
+    results.add(
+        "  all nodes ready again after (fewest ready seen)",
+        "not within 120 s" if nodes_back is None else f"{nodes_back:.1f} s ({fewest:,})",
+        "the scheduler's count",
     )
     results.add(
         "  that recovery: JetStream API requests / errors, consumers after",

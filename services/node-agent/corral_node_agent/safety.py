@@ -119,6 +119,7 @@ def needs_new_watch(mode: Mode) -> bool:
 
 def doubts_placements(mode: Mode) -> bool:
     """In these modes (cut off) the placements watch may miss changes: it runs on, but
-    the placements are not current until it is proven again (a judge's ack told after
-    the isolation began names a revision the watch has delivered), or read afresh."""
+    the placements are not current until it is proven to have missed nothing since
+    (NodeAgent._confirm_kept_watch: an ack to a beat sent after the isolation began
+    names a revision it delivered, or an echo written then comes back), or read afresh."""
     return mode in (Mode.ISOLATED, Mode.STOPPING)

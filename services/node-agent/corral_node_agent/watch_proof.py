@@ -9,8 +9,9 @@ started are in that watch's replay (or were purged, being old), so they are not
 owed by it. Nothing is written for this: the acks come anyway.
 
 A watch kept through an isolation is proven current again (`proves`) by a revision
-told after the isolation began that the watch has delivered: everything the judges
-had seen or written of this node by then came through it.
+told in answer to a beat sent after the isolation began that the watch has
+delivered: everything the judges had seen or written of this node by then came
+through it (or by an echo: NodeAgent._confirm_kept_watch).
 
 When no judge has told a revision for a while (no acks, or only from judges too old
 to say), the agent proves its watch with an echo key instead (kv.keep_echoing): see
