@@ -23,6 +23,10 @@ COLUMNS = (
     ("nats-server RSS (MiB)", "nats-server: resident memory", r"^(\d+) MiB"),
     ("fewest nodes ready placing", "nodes ready, fewest while placing", r"^([\d,]+) of"),
     ("node lost (s)", "one node lost", r"^([\d.]+) s"),
+    ("outage: all back (s)", "nats-server paused", r"^([\d.]+) s"),
+    ("outage: JetStream API requests", "that recovery", r"^([\d,]+) /"),
+    ("outage: consumers after", "that recovery", r", ([\d,]+) \(were"),
+    ("control plane + nats RSS (MiB)", "control plane + nats-server resident", r"^(\d+) MiB"),
 )
 
 
