@@ -31,6 +31,7 @@ from corral_node_agent.safety import Budget, Mode
 from corral_scheduler.control_loop import ControlLoop
 from tests.conftest import NatsServer, free_port
 from tests.integration.test_service_processes import console_script, healthz
+from tests.partition_proxy import Mode as ProxyMode
 from tests.partition_proxy import partition_proxy
 from tests.waiting import current as _value
 from tests.waiting import eventually
@@ -252,14 +253,23 @@ async def test_the_acks_tell_the_agent_its_placements_revision_and_it_writes_no_
             await nc.close()
 
 
-async def test_an_agent_cut_off_from_nats_keeps_its_watch_when_the_acks_prove_it_current(
-    nats_server: NatsServer, tmp_path: Path
+@pytest.mark.parametrize(
+    ("cut", "watches"),
+    [(ProxyMode.CLOSED, 1), (ProxyMode.BLACKHOLE, 2)],
+    ids=["closed-kept", "blackholed-read-afresh"],
+)
+async def test_an_agent_cut_off_from_nats_keeps_its_watch_only_when_it_missed_nothing(
+    nats_server: NatsServer, tmp_path: Path, cut: ProxyMode, watches: int
 ) -> None:
-    """The agent's connection is cut (a proxy closes it and refuses new ones) until it is
-    Isolated; meanwhile the Deployment is scaled down, deleting one of its placements.
-    Back, the scheduler's ack names that delete; the watch, which ran on through the
-    reconnect, delivers it, so the placements are current again with no new watch (no
-    consumer made), and the replica scaled away is removed."""
+    """The agent's connection is cut until it is Isolated; meanwhile the Deployment is
+    scaled down, deleting one of its placements. Closed (connections refused): the
+    server holds the delete back until the agent is connected again, the scheduler's
+    ack names it, the watch that ran on delivers it, so the placements are current
+    again with no new watch (no consumer made). Blackholed (bytes dropped): the
+    delete is lost on the way, nats-py re-makes the watch's consumer from after the
+    last entry it delivered, and the agent reads its placements afresh rather than
+    trust a watch that may have skipped purged entries. Either way the replica scaled
+    away is removed, and nothing else."""
     async with scheduler_loop(nats_server.url) as loop, partition_proxy(nats_server.port) as proxy:
         nc = await connect(proxy.url, name="test-agent")
         try:
@@ -287,14 +297,15 @@ async def test_an_agent_cut_off_from_nats_keeps_its_watch_when_the_acks_prove_it
                 await eventually(lambda: _value("hb-5" in loop.ready_nodes), bool)
                 await scale(2, 1)
                 await eventually(lambda: _value(len(runtime.running("hb-5"))), lambda n: n == 2)
-                proxy.cut()
+                proxy.cut(cut)
                 await eventually(lambda: _value(agent.mode), lambda m: m == Mode.ISOLATED)
                 await scale(1, 2)  # the scheduler deletes one of hb-5's placements
                 await eventually(lambda: _value(len(loop.placements.items)), lambda n: n == 1)
                 assert len(runtime.running("hb-5")) == 2  # cut off: nothing removed yet
                 proxy.heal()
                 await eventually(lambda: _value(agent.mode), lambda m: m == Mode.ACTIVE)
-                assert (agent.watches, agent.watches_kept) == (1, 1)
+                assert agent.watches == watches
+                assert sum(agent.watches_kept.values()) == 2 - watches  # kept, or afresh
                 await eventually(lambda: _value(len(runtime.running("hb-5"))), lambda n: n == 1)
                 await deployments.delete("default.kept")
                 tg.cancel_scope.cancel()

@@ -7,15 +7,19 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 import pytest
 from nats.js.client import JetStreamContext
 
 from corral.client.api import CorralClient
 from corral.contract import names
 from corral.contract.codec import encode
-from corral.natsio.bus import connect
+from corral.natsio.bus import connect, open_buckets
 from corral.natsio.kv import Entry, NatsBucket, WatchIncomplete, echo_key
+from tests.conftest import NatsServer
 from tests.integration.scheduler_harness import register_node
+from tests.partition_proxy import Mode as ProxyMode
+from tests.partition_proxy import partition_proxy
 
 
 def failing_consumer_info(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
@@ -105,3 +109,35 @@ async def test_a_stopped_watch_deletes_its_consumer_at_once(
         assert await consumers() == before
     finally:
         await nc.close()
+
+
+async def test_a_watch_says_when_it_goes_on_from_a_new_consumer(
+    nats_server: NatsServer, buckets: dict[str, NatsBucket]
+) -> None:
+    """Bytes to the watcher are lost (a blackholed connection), so nats-py re-makes its
+    ordered consumer from after the last entry it delivered: the watch says so with a
+    None before what follows (old delete markers purged in between would have been
+    skipped: a node agent back from an isolation then reads its placements afresh)."""
+    writer = buckets[names.PLACEMENTS_BUCKET]
+    await writer.put("node-a.default.web-1", b"1")
+    async with partition_proxy(nats_server.port) as proxy:
+        nc = await connect(proxy.url, name="test-reset")
+        try:
+            placements = (await open_buckets(nc.jetstream()))[names.PLACEMENTS_BUCKET]
+            seen: list[str | None] = []
+            async with aclosing(placements.watch(names.placement_prefix("node-a"))) as watch:
+                iterator = aiter(watch)
+                with anyio.fail_after(30):
+                    assert (await anext(iterator)).key == "node-a.default.web-1"  # type: ignore[union-attr]
+                    assert await anext(iterator) is None  # the snapshot is in
+                    proxy.cut(ProxyMode.BLACKHOLE)
+                    await writer.put("node-a.default.web-2", b"2")  # lost on the way
+                    proxy.heal()  # the connection is closed: the client connects again
+                    await writer.put("node-a.default.web-3", b"3")
+                    while "node-a.default.web-3" not in seen:
+                        entry = await anext(iterator)
+                        seen.append(None if entry is None else entry.key)
+            assert seen[0] is None, seen  # said before anything of the new consumer
+            assert "node-a.default.web-2" in seen, seen  # from after the last delivered
+        finally:
+            await nc.close()

@@ -397,7 +397,10 @@ async def test_back_from_isolation_a_watch_the_acks_prove_current_is_kept() -> N
         assert rig.runtime.creates == 1  # nothing started while isolated
         end_isolation(rig, judges)
         await eventually(lambda: agent.mode == Mode.ACTIVE)
-        assert (agent.watches, agent.watches_kept) == (1, 1)  # no new watch was made
+        assert agent.watches == 1  # no new watch was made: the acks proved this one
+        assert agent.watches_kept == {"acks": 1, "echo": 0}
+        # The echo written while no judge told (cut off) goes once they tell again.
+        await eventually(lambda: echo_writes(rig.placements) == 0)
         assert rig.placements.watches == 1
         await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
         await eventually(lambda: len(rig.runtime.running(NODE)) == 1)  # web-a1 removed
@@ -421,7 +424,7 @@ async def test_back_from_isolation_a_kept_watch_that_missed_a_change_is_read_afr
         end_isolation(rig, judges)
         await eventually(lambda: agent.watches == 2)  # not proven: a new watch
         await eventually(lambda: agent.mode == Mode.ACTIVE)
-        assert agent.watches_kept == 0
+        assert agent.watches_kept == {"acks": 0, "echo": 0}
         await passes_after(agent)
         assert rig.runtime.starts == starts  # web-a1 was never started again
         assert not rig.runtime.running(NODE)
@@ -440,6 +443,73 @@ async def test_back_from_isolation_without_a_judge_telling_its_echo_proves_the_k
         judges.tells = None  # back, heard, but no judge names a revision
         end_isolation(rig, judges)
         await eventually(lambda: agent.mode == Mode.ACTIVE)
-        assert (agent.watches, agent.watches_kept) == (1, 1)
+        assert agent.watches == 1
+        assert agent.watches_kept == {"acks": 0, "echo": 1}
         assert placements.watches == 1
         await eventually(lambda: not rig.runtime.running(NODE))
+
+
+async def test_acks_during_an_isolation_from_only_some_judges_prove_nothing() -> None:
+    """Two judges alive, only one answers: its acks (naming a revision) come all through
+    the isolation, but a judge that does not hear the agent may have moved its
+    replicas: only the echo proves the kept watch."""
+    async with told_agent() as (agent, rig, judges, _placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        judges.judges = 2  # a second judge is alive and never answers
+        rig.nodes.failing_writes = True
+        await eventually(lambda: agent.mode == Mode.ISOLATED)
+        await judges.beats(3)  # judge-1 answers these, naming the revision
+        rig.nodes.failing_writes = False  # heard again through the record
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert agent.watches == 1
+        assert agent.watches_kept == {"acks": 0, "echo": 1}
+
+
+def test_only_a_beat_every_judge_answered_with_a_revision_can_prove_a_kept_watch() -> None:
+    agent = Rig().agent()
+
+    def ack(judge: str, revision: int) -> HeartbeatAck:
+        return HeartbeatAck(judge=judge, judges=2, placements_revision=revision)
+
+    agent._told([ack("a", 5)], 1.0)  # one judge of two
+    assert agent.watch_proof.acked_at is None
+    agent._told([ack("a", 5), ack("b", -1)], 2.0)  # one of them does not say
+    assert agent.watch_proof.acked_at is None
+    agent._told([ack("a", 5), ack("b", 3)], 3.0)
+    assert agent.watch_proof.acked_at == 3.0
+
+
+async def test_a_kept_watch_that_went_on_from_a_new_consumer_is_read_afresh() -> None:
+    """While the agent was cut off its watch was re-made from after the last entry it
+    delivered: delete markers purged in between would have been skipped."""
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        await isolate(agent, rig, judges)
+        placements.resets = 1
+        await world.place(placement("web-b2"))  # comes through the new consumer
+        end_isolation(rig, judges)
+        await eventually(lambda: agent.watches == 2)
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert agent.watches_kept == {"acks": 0, "echo": 0}
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+
+
+async def test_a_kept_watch_of_a_store_that_went_back_is_read_afresh() -> None:
+    """Restored from a backup under the same identity while the agent was cut off: the
+    echo's revision is not past what the watch had delivered, so it proves nothing."""
+    async with told_agent() as (agent, rig, judges, placements):
+        world = rig.world()
+        for n in range(4):
+            await world.place(placement(f"web-a{n}"))
+        await eventually(lambda: len(rig.runtime.running(NODE)) == 4)
+        await isolate(agent, rig, judges)
+        judges.tells = None
+        placements.revision = 1  # the store's sequence went back
+        end_isolation(rig, judges)
+        await eventually(lambda: agent.watches == 2)
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+        assert agent.watches_kept == {"acks": 0, "echo": 0}

@@ -84,8 +84,9 @@ def test_only_an_active_agent_creates_and_only_stopping_or_retired_ones_remove_a
         assert permissions(mode) == permissions(Mode.HELD)
 
 
-def test_a_foreign_store_means_reading_the_placements_afresh() -> None:
+def test_a_foreign_store_or_a_cut_off_past_f_means_reading_the_placements_afresh() -> None:
     assert {mode for mode in Mode if needs_new_watch(mode)} == {
+        Mode.STOPPING,
         Mode.HELD,
         Mode.HANDED_OVER,
         Mode.RETIRED,
@@ -93,7 +94,7 @@ def test_a_foreign_store_means_reading_the_placements_afresh() -> None:
 
 
 def test_cut_off_the_watch_runs_on_but_the_placements_are_in_doubt() -> None:
-    assert {mode for mode in Mode if doubts_placements(mode)} == {Mode.ISOLATED, Mode.STOPPING}
+    assert {mode for mode in Mode if doubts_placements(mode)} == {Mode.ISOLATED}
     assert not any(needs_new_watch(mode) and doubts_placements(mode) for mode in Mode)
 
 

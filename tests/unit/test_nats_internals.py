@@ -83,3 +83,21 @@ def test_an_attribute_that_changed_type_is_named_in_the_error() -> None:
     del nc._server_info
     with pytest.raises(nats_internals.LibraryChanged, match=r"Client\._server_info"):
         nats_internals.server_info(nc)
+
+
+def test_an_ordered_consumer_made_again_gets_a_new_subscription_id_at_once() -> None:
+    nc = Client()
+    inner = Subscription(nc, 7, "_INBOX.x")
+    subscription = JetStreamContext.PushSubscription(nc.jetstream(), inner, "KV_nodes", "c-1")
+    assert nats_internals.subscription_id(subscription) == 7
+    # Set in reset_ordered_consumer itself, before the new consumer is asked for.
+    source = inspect.getsource(JetStreamContext)
+    reset = source[source.index("async def reset_ordered_consumer") :]
+    reset = reset[: reset.index("async def recreate_consumer")]
+    assert "self._psub._id = nsid" in reset
+    assert reset.index("self._psub._id = nsid") < reset.index(
+        "create_task(self.recreate_consumer())"
+    )
+    subscription._id = None  # type: ignore[assignment]
+    with pytest.raises(nats_internals.LibraryChanged, match=r"PushSubscription\._id"):
+        nats_internals.subscription_id(subscription)

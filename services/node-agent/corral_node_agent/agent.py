@@ -57,7 +57,7 @@ from corral_node_agent.diff import (
 )
 from corral_node_agent.drains import DrainBook
 from corral_node_agent.executor import WAITING_FOR_NETWORK, EventSink, Executor
-from corral_node_agent.heartbeat_link import HeartbeatLink
+from corral_node_agent.heartbeat_link import HeartbeatLink, enough
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.membership import Membership
@@ -258,7 +258,9 @@ class NodeAgent:
         self.passes = 0  # passes completed (tests wait on it)
         self.guard_looks = 0  # decisions of the guard (tests count them)
         self.watches = 0  # placements watches started
-        self.watches_kept = 0  # watches kept through an isolation and proven current again
+        # Watches kept through an isolation and proven current again, by the acks or by
+        # an echo.
+        self.watches_kept = {"acks": 0, "echo": 0}
         self.removal_failures = 0
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
         self._watch_scope: anyio.CancelScope | None = None
@@ -267,6 +269,7 @@ class NodeAgent:
         # Since when the running watch may have missed changes (cut off): until a judge's
         # ack proves it current again (_confirm_kept_watch). None: not in doubt.
         self._doubted_since: float | None = None
+        self._reset_in_doubt = False  # the watch went on from a new consumer meanwhile
         self._decided = anyio.Event()  # active and fenced, or held: run() reports started
         # Written beside this node's placements and watched coming back (kv.echo_key).
         owner = "agent-" + hashlib.sha256(self.agent_id.encode()).hexdigest()[:12]
@@ -499,9 +502,13 @@ class NodeAgent:
 
     def _told(self, acks: list[HeartbeatAck], sent: float) -> None:
         """A beat's acks (the beat sent at `sent`): the newest revision of this node's
-        placements they name is owed by the watch (watch_proof)."""
+        placements they name is owed by the watch (watch_proof). Only a beat every judge
+        answered, each naming a revision, can prove a kept watch (WatchProof.proves):
+        a judge behind the others, or one that did not hear the beat, may not know the
+        writes of another."""
         revision = max((ack.placements_revision for ack in acks), default=-1)
-        if self.watch_proof.told(revision, self.monotonic(), sent):
+        complete = enough(acks) and all(ack.placements_revision >= 0 for ack in acks)
+        if self.watch_proof.told(revision, self.monotonic(), sent if complete else None):
             self._wake_guard()  # a deadline earlier than the guard's sleep
 
     def _echo_interval(self) -> float:
@@ -563,6 +570,7 @@ class NodeAgent:
             # an ack to a beat sent after this (the latest isolation, never an earlier one).
             self.placements_current = False
             self._doubted_since = self.monotonic()
+            self._reset_in_doubt = False
         message = self._mode_message(mode)
         level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
         log.log(
@@ -664,6 +672,7 @@ class NodeAgent:
     def _stop_watch(self) -> None:
         self.placements_current = False
         self._doubted_since = None
+        self._reset_in_doubt = False
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
@@ -729,6 +738,10 @@ class NodeAgent:
                             started = True
                             mirror.current = True
                             task_status.started(scope)
+                        elif mirror is self.placements and self._doubted_since is not None:
+                            # A new consumer, from after the last entry delivered: old
+                            # delete markers purged meanwhile were skipped (Bucket.watch).
+                            self._reset_in_doubt = True
                         continue
                     mirror.apply(entry, from_watch=True)
             except Exception as error:
@@ -754,19 +767,22 @@ class NodeAgent:
         current again once the store is still this node's and the watch is proven to
         have missed nothing since the isolation began, by either of:
 
-        - a judge, answering a beat sent after the isolation began, names a revision
-          of this node's placements the watch has delivered (WatchProof.proves): free,
-          the acks come anyway;
-        - no such ack within a heartbeat (a judge's own view is catching up after the
-          same outage, and says -1): the agent writes its echo key once and the watch
+        - a beat sent after the isolation began that every judge answered, each naming
+          a revision of this node's placements, the newest of which the watch has
+          delivered (WatchProof.proves): free, the acks come anyway;
+        - no such beat within a heartbeat (a judge's own view catching up after the
+          same outage says -1): the agent writes its echo key once and the watch
           delivers it back; the watch is in order, so it delivered every change of
-          this node's keys before that write, as a new watch's snapshot would.
+          this node's keys written before it, as a new watch's snapshot would.
 
-        Not proven within `stale_watch_after`, the watch is dropped and the placements
-        read afresh. Either proof costs no consumer: when an outage leaves every agent
-        cut off at once, a new watch (and statuses read) per agent was thousands of
-        JetStream requests at 1,000 nodes."""
+        Read afresh instead when the watch went on from a new consumer meanwhile (old
+        delete markers purged in between would have been skipped), when the echo's
+        revision is not past what the watch had delivered (the store went back), on
+        any failure, or when nothing proves it within `stale_watch_after`. Either proof
+        costs no consumer: when an outage leaves every agent cut off at once, a new
+        watch (and statuses read) per agent was thousands of JetStream requests."""
         echo_revision: int | None = None
+        echo_written = False
         try:
             since = self._kept_watch()
             if since is None:
@@ -774,48 +790,66 @@ class NodeAgent:
             await self.membership.check()
             began = self.monotonic()
             while self.mode == Mode.SYNCING and self._kept_watch() == since:
-                if self.identity != Identity.RECOGNISED:
-                    self._stop_watch()
-                    return
+                afresh = ""
                 delivered = self.placements.delivered
-                by_ack = self.watch_proof.proves(since, delivered)
-                if by_ack or (echo_revision is not None and delivered >= echo_revision):
+                by_acks = self.watch_proof.proves(since, delivered)
+                by_echo = echo_revision is not None and delivered >= echo_revision
+                if self.identity != Identity.RECOGNISED:
+                    afresh = "the store is not this node's"
+                elif self._reset_in_doubt:
+                    afresh = "it went on from a new consumer while cut off"
+                elif by_acks or by_echo:
                     self._doubted_since = None
-                    self.watches_kept += 1
+                    self.watches_kept["acks" if by_acks else "echo"] += 1
                     self._fence_pending = True
                     self.placements_current = True
                     log.info(
                         "the placements watch of %s is current again (%s)",
                         self.node,
-                        "acks" if by_ack else "echo",
+                        "acks" if by_acks else "echo",
                     )
                     self.poke()
                     return
-                now = self.monotonic()
-                if now > began + self.settings.stale_watch_after:
+                elif self.monotonic() > began + self.settings.stale_watch_after:
+                    afresh = "nothing proved it current"
+                if afresh:
                     log.info(
-                        "the placements watch of %s was not proven current after the "
-                        "isolation: reading the placements afresh",
+                        "reading the placements of %s afresh after the isolation: %s",
                         self.node,
+                        afresh,
                     )
                     self._stop_watch()
                     return
-                if echo_revision is None and now > began + self.settings.heartbeat_seconds:
+                if not echo_written and self.monotonic() > began + self.settings.heartbeat_seconds:
+                    echo_written = True
                     with anyio.fail_after(self.settings.stale_watch_after):
                         echo_revision = await self._placements_bucket.put(
                             self.echo_key, encode(self.clock())
                         )
+                    if echo_revision <= delivered:
+                        echo_revision = None
+                        log.info(
+                            "reading the placements of %s afresh after the isolation: the "
+                            "store is behind what its watch delivered",
+                            self.node,
+                        )
+                        self._stop_watch()
+                        return
                     continue
                 await anyio.sleep(self.settings.heartbeat_seconds / 10)
-        except Exception as error:  # the identity read or the echo failed: retried
-            log.info("confirming the placements watch of %s failed: %s", self.node, error)
-            await anyio.sleep(_ENGINE_RETRY_SECONDS)
+        except Exception as error:  # the identity read or the echo failed
+            log.info(
+                "proving the placements watch of %s current failed (%s): reading afresh",
+                self.node,
+                error,
+            )
+            self._stop_watch()  # the new watch's own retries take it from here
         finally:
             self._watching = False
             self._wake_guard()  # Syncing goes on to Active, or starts a new watch
-            if echo_revision is not None and not self._echoing():
+            if echo_written and not self._echoing():
                 # Written once for the proof; the echo loop (kv.keep_echoing) does not
-                # know it. Deleted on its revision: an echo written since stays.
+                # know it. On its revision when known: an echo written since stays.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     try:
                         await self._placements_bucket.delete(self.echo_key, echo_revision)

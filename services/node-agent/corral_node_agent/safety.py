@@ -9,7 +9,8 @@ two hosts' clocks).
     SYNCING ---placements watch delivered a current snapshot---> ACTIVE
     ACTIVE/SYNCING ---no acknowledged write for `isolated_after`---> ISOLATED
     ISOLATED ---still none after F (`stop_after`)---> STOPPING (removes its replicas)
-    ISOLATED/STOPPING ---a write acknowledged again---> SYNCING (the watch proven, or a new one)
+    ISOLATED ---a write acknowledged again---> SYNCING (the watch proven, or a new one)
+    STOPPING ---a write acknowledged again---> SYNCING (a new watch)
     any ---the store is not the one this node belongs to---> HELD (until an operator decides)
     any ---another agent on this engine took the node over---> HANDED_OVER
     any ---another agent on another engine took the node over---> RETIRED (removes its copies)
@@ -112,14 +113,13 @@ def permissions(mode: Mode) -> Permissions:
 
 def needs_new_watch(mode: Mode) -> bool:
     """In these modes the placements watch belongs to a store that is not this node's,
-    or to an agent that no longer runs the node: it is dropped, and read afresh to go
-    on."""
-    return mode in (Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED)
+    or to an agent that no longer runs the node, or it has been cut off for F (long
+    enough for old delete markers to matter): it is dropped, and read afresh to go on."""
+    return mode in (Mode.STOPPING, Mode.HELD, Mode.HANDED_OVER, Mode.RETIRED)
 
 
 def doubts_placements(mode: Mode) -> bool:
-    """In these modes (cut off) the placements watch may miss changes: it runs on, but
-    the placements are not current until it is proven to have missed nothing since
-    (NodeAgent._confirm_kept_watch: an ack to a beat sent after the isolation began
-    names a revision it delivered, or an echo written then comes back), or read afresh."""
-    return mode in (Mode.ISOLATED, Mode.STOPPING)
+    """In this mode (cut off, not yet for F) the placements watch may miss changes: it
+    runs on, but the placements are not current until it is proven to have missed
+    nothing since (NodeAgent._confirm_kept_watch), or read afresh."""
+    return mode == Mode.ISOLATED

@@ -34,20 +34,23 @@ class WatchProof:
         self._newest_told = 0
         self._baseline = 0  # told before the present watch started: in its replay
         self.told_at = told_at  # when a judge last told a revision (not below the newest)
-        # When the beat a judge last told a revision to was sent (never from a reset):
-        # the judge's answer is newer than that moment.
+        # When the last beat every judge answered with a revision was sent (never from
+        # a reset): their answers are newer than that moment.
         self.acked_at: float | None = None
 
     def told(self, revision: int, now: float, sent: float | None = None) -> bool:
-        """A judge's ack to a beat sent at `sent` (default: `now`) said the placements
-        are at `revision` (-1: it did not say). True when the watch owes a revision now
-        and owed none before (the guard should look at its new deadline)."""
+        """A judge's ack said the placements are at `revision` (-1: it did not say);
+        `sent`: when the beat was sent, given only when every judge answered it naming
+        a revision (only such a beat proves a kept watch: `proves`). True when the
+        watch owes a revision now and owed none before (the guard should look at its
+        new deadline)."""
         if revision < self._newest_told:
             # A judge behind the others, or a store that went back (restored under the
             # same identity): not telling, so the agent echoes until revisions pass it.
             return False
         self.told_at = now
-        self.acked_at = now if sent is None else sent
+        if sent is not None:
+            self.acked_at = sent
         if revision <= max(self._newest_told, self._baseline):
             return False
         self._newest_told = revision

@@ -154,7 +154,10 @@ class Bucket(Protocol):
         ...
 
     def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
-        """Current entries, then None once they are all delivered, then every change."""
+        """Current entries, then None once they are all delivered, then every change.
+        A None after the first says the watch went on from a new consumer (NATS
+        re-made it after a gap): entries purged in between (old delete markers) may
+        have been skipped. Readers that only follow changes ignore it."""
         ...
 
 
@@ -216,10 +219,20 @@ class NatsBucket:
         delivered: int | None = None  # messages the server had sent when it said "no more"
         current_done = False
         consumer: tuple[str, str] | None = None  # (stream, name), once its info was read
+        reading: int | None = None  # the subscription delivering, after the replay
         try:
             async for item in watcher:
                 if item is not None:
                     read += 1
+                    if reading is not None and subscription is not None:
+                        now_reading = nats_internals.subscription_id(subscription)
+                        if now_reading != reading:
+                            # nats-py re-made the ordered consumer (a gap, missed
+                            # heartbeats: after a reconnect) from the stream sequence
+                            # after the last it delivered: entries purged meanwhile were
+                            # skipped. Said with a None before the entry (see Bucket.watch).
+                            reading = now_reading
+                            yield None
                     deleted = item.operation in (KV_DEL, KV_PURGE)
                     value = None if deleted else (item.value or b"")
                     yield Entry(item.key, value, item.revision or 0)
@@ -229,6 +242,8 @@ class NatsBucket:
                     delivered, consumer = await self._delivered(subscription)
                 if not current_done and delivered is not None and read >= delivered:
                     current_done = True
+                    if subscription is not None:
+                        reading = nats_internals.subscription_id(subscription)
                     yield None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2 * CONSUMER_INFO_TIMEOUT):

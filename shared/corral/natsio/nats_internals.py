@@ -13,6 +13,9 @@ what these give, so corral reads them here and nowhere else:
 - `PushSubscription._stream`, `._consumer`: the consumer a watch reads from now (nats-py
   makes a new one under a new name when an ordered consumer falls behind), deleted
   when the watch stops (`NatsBucket.watch`).
+- `PushSubscription._id`: changed, synchronously, when nats-py re-makes an ordered
+  consumer after a gap: `NatsBucket.watch` says so to its reader (entries purged
+  meanwhile may have been skipped).
 - `Client._server_info`: the INFO the connected server sent (`server_name`,
   `cluster`), for the Raft leader step-down; the client exposes only its version.
 
@@ -80,6 +83,17 @@ def subscription_consumer(subscription: JetStreamContext.PushSubscription) -> tu
     if not isinstance(consumer, str):
         raise _changed("PushSubscription._consumer", consumer)
     return stream, consumer
+
+
+def subscription_id(subscription: JetStreamContext.PushSubscription) -> int:
+    """The client-side id of the subscription delivering a push consumer's messages now
+    (`PushSubscription._id`). nats-py gives it a new one, before any message of the new
+    consumer can arrive, when it re-makes an ordered consumer after a gap (the new
+    consumer's name is only set later, when the server has answered)."""
+    sid = getattr(subscription, "_id", None)
+    if not isinstance(sid, int):
+        raise _changed("PushSubscription._id", sid)
+    return sid
 
 
 def server_info(nc: Client) -> Mapping[str, Any]:
