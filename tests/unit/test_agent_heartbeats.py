@@ -513,3 +513,18 @@ async def test_a_kept_watch_of_a_store_that_went_back_is_read_afresh() -> None:
         await eventually(lambda: agent.watches == 2)
         await eventually(lambda: agent.mode == Mode.ACTIVE)
         assert agent.watches_kept == {"acks": 0, "echo": 0}
+
+
+async def test_an_active_watch_that_went_on_from_a_new_consumer_is_read_afresh() -> None:
+    """Not cut off for long enough to be Isolated, but bytes were lost and the watch
+    went on from a new consumer: a purged delete marker could have been skipped, and
+    no later proof would tell, so the placements are read afresh."""
+    async with told_agent() as (agent, rig, _judges, placements):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        placements.resets = 1
+        await world.place(placement("web-b2"))
+        await eventually(lambda: agent.watches == 2)
+        assert agent.watch_resets == 1
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)

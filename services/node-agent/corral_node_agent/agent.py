@@ -269,7 +269,11 @@ class NodeAgent:
         # Since when the running watch may have missed changes (cut off): until a judge's
         # ack proves it current again (_confirm_kept_watch). None: not in doubt.
         self._doubted_since: float | None = None
-        self._reset_in_doubt = False  # the watch went on from a new consumer meanwhile
+        # The last proof of being heard when the doubt began (monotonic): a silence past F
+        # since then is read afresh, whatever proves the watch.
+        self._heard_before_doubt = 0.0
+        self._isolations = 0  # times cut off: a watch begun before one is not installed
+        self.watch_resets = 0  # watches that went on from a new consumer (then ended)
         self._decided = anyio.Event()  # active and fenced, or held: run() reports started
         # Written beside this node's placements and watched coming back (kv.echo_key).
         owner = "agent-" + hashlib.sha256(self.agent_id.encode()).hexdigest()[:12]
@@ -570,7 +574,10 @@ class NodeAgent:
             # an ack to a beat sent after this (the latest isolation, never an earlier one).
             self.placements_current = False
             self._doubted_since = self.monotonic()
-            self._reset_in_doubt = False
+            acked = self.record.last_acked
+            self._heard_before_doubt = acked if acked is not None else self.started_at
+        if mode in (Mode.ISOLATED, Mode.STOPPING):
+            self._isolations += 1
         message = self._mode_message(mode)
         level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
         log.log(
@@ -672,7 +679,6 @@ class NodeAgent:
     def _stop_watch(self) -> None:
         self.placements_current = False
         self._doubted_since = None
-        self._reset_in_doubt = False
         if self._watch_scope is not None:
             self._watch_scope.cancel()
             self._watch_scope = None
@@ -695,11 +701,17 @@ class NodeAgent:
             started = self.monotonic()
             proof = self.watch_proof
             told = proof.mark()  # revisions told until now: in the replay
+            isolations = self._isolations
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
             await self.membership.check()
-            if self.identity != Identity.RECOGNISED or self.mode != Mode.SYNCING:
+            if (
+                self.identity != Identity.RECOGNISED
+                or self.mode != Mode.SYNCING
+                or self._isolations != isolations  # cut off meanwhile: its snapshot is old
+                or not mirror.current  # it ended already
+            ):
                 scope.cancel()
                 return
             self._stop_watch()
@@ -738,10 +750,18 @@ class NodeAgent:
                             started = True
                             mirror.current = True
                             task_status.started(scope)
-                        elif mirror is self.placements and self._doubted_since is not None:
-                            # A new consumer, from after the last entry delivered: old
-                            # delete markers purged meanwhile were skipped (Bucket.watch).
-                            self._reset_in_doubt = True
+                        else:
+                            # The watch went on from a new consumer, from after the last
+                            # entry it delivered: delete markers purged in between were
+                            # skipped, and no proof (acks, echo) would tell. It ends here;
+                            # the placements are read afresh (Bucket.watch).
+                            self.watch_resets += 1
+                            log.info(
+                                "the placements watch of %s went on from a new consumer: "
+                                "reading the placements afresh",
+                                self.node,
+                            )
+                            break
                         continue
                     mirror.apply(entry, from_watch=True)
             except Exception as error:
@@ -775,10 +795,11 @@ class NodeAgent:
           delivers it back; the watch is in order, so it delivered every change of
           this node's keys written before it, as a new watch's snapshot would.
 
-        Read afresh instead when the watch went on from a new consumer meanwhile (old
-        delete markers purged in between would have been skipped), when the echo's
-        revision is not past what the watch had delivered (the store went back), on
-        any failure, or when nothing proves it within `stale_watch_after`. Either proof
+        Read afresh instead when the agent was silent past F after all (an ack that
+        came just after it), when the echo's revision is not past what the watch had
+        delivered (the store went back), on any failure, or when nothing proves it
+        within `stale_watch_after`; and a watch that went on from a new consumer has
+        ended already (_follow). Either proof
         costs no consumer: when an outage leaves every agent cut off at once, a new
         watch (and statuses read) per agent was thousands of JetStream requests."""
         echo_revision: int | None = None
@@ -796,8 +817,10 @@ class NodeAgent:
                 by_echo = echo_revision is not None and delivered >= echo_revision
                 if self.identity != Identity.RECOGNISED:
                     afresh = "the store is not this node's"
-                elif self._reset_in_doubt:
-                    afresh = "it went on from a new consumer while cut off"
+                elif (self.record.last_acked or 0.0) - self._heard_before_doubt > (
+                    self.settings.budget.stop_after
+                ):
+                    afresh = "it was cut off past F"
                 elif by_acks or by_echo:
                     self._doubted_since = None
                     self.watches_kept["acks" if by_acks else "echo"] += 1
