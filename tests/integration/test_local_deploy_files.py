@@ -28,6 +28,7 @@ EXPORTED_METRICS = {
     "corral_container_restarts_total",
     "corral_replicas_running",
     "corral_image_pulls_total",
+    "corral_placement_watches_total",
     "corral_agent_reconcile_seconds_bucket",
     "up",
 }

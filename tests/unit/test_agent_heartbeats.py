@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from prometheus_client import REGISTRY
 
 from corral.contract import names
 from corral.contract.codec import encode
@@ -383,7 +384,12 @@ def end_isolation(rig: Rig, judges: FakeJudges) -> None:
     rig.nodes.failing_writes = False
 
 
+def watches_counted(how: str) -> float:
+    return REGISTRY.get_sample_value("corral_placement_watches_total", {"how": how}) or 0.0
+
+
 async def test_back_from_isolation_a_watch_the_acks_prove_current_is_kept() -> None:
+    kept = watches_counted("kept_by_acks")
     async with told_agent() as (agent, rig, judges, _placements):
         world = rig.world()
         await world.place(placement("web-a1"))
@@ -399,6 +405,7 @@ async def test_back_from_isolation_a_watch_the_acks_prove_current_is_kept() -> N
         await eventually(lambda: agent.mode == Mode.ACTIVE)
         assert agent.watches == 1  # no new watch was made: the acks proved this one
         assert agent.watches_kept == {"acks": 1, "echo": 0}
+        assert watches_counted("kept_by_acks") == kept + 1  # corral_placement_watches_total
         # The echo written while no judge told (cut off) goes once they tell again.
         await eventually(lambda: echo_writes(rig.placements) == 0)
         assert rig.placements.watches == 1

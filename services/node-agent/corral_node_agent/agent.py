@@ -719,6 +719,7 @@ class NodeAgent:
             self.placements = mirror
             self._seed_tracks()
             self.watches += 1
+            metrics.PLACEMENT_WATCHES.labels(how="new").inc()
             self._watch_started = started
             proof.restarted(told)
             self._fence_pending = True
@@ -823,14 +824,12 @@ class NodeAgent:
                     afresh = "it was cut off past F"
                 elif by_acks or by_echo:
                     self._doubted_since = None
-                    self.watches_kept["acks" if by_acks else "echo"] += 1
+                    how = "acks" if by_acks else "echo"
+                    self.watches_kept[how] += 1
+                    metrics.PLACEMENT_WATCHES.labels(how=f"kept_by_{how}").inc()
                     self._fence_pending = True
                     self.placements_current = True
-                    log.info(
-                        "the placements watch of %s is current again (%s)",
-                        self.node,
-                        "acks" if by_acks else "echo",
-                    )
+                    log.info("the placements watch of %s is current again (%s)", self.node, how)
                     self.poke()
                     return
                 elif self.monotonic() > began + self.settings.stale_watch_after:

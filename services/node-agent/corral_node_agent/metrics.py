@@ -12,6 +12,12 @@ CONTAINER_RESTARTS = Counter(
     "corral_container_restarts_total", "Containers restarted after they exited or vanished"
 )
 REPLICAS_RUNNING = Gauge("corral_replicas_running", "Placed replicas whose container runs")
+PLACEMENT_WATCHES = Counter(
+    "corral_placement_watches_total",
+    "Times an agent's placements became current: a new watch (how=new), or a watch kept "
+    "through an isolation and proven by the acks (kept_by_acks) or an echo (kept_by_echo)",
+    ["how"],
+)
 IMAGE_PULLS = Counter("corral_image_pulls_total", "Image pulls by result", ["result"])
 RECONCILE_SECONDS = Histogram(
     "corral_agent_reconcile_seconds",
