@@ -800,9 +800,9 @@ class NodeAgent:
         came just after it), when the echo's revision is not past what the watch had
         delivered (the store went back), on any failure, or when nothing proves it
         within `stale_watch_after`; and a watch that went on from a new consumer has
-        ended already (_follow). Either proof
-        costs no consumer: when an outage leaves every agent cut off at once, a new
-        watch (and statuses read) per agent was thousands of JetStream requests."""
+        ended already (_follow). Either proof costs no consumer: when an outage leaves
+        every agent cut off at once, a new watch (and statuses read) per agent was
+        thousands of JetStream requests."""
         echo_revision: int | None = None
         echo_written = False
         try:
