@@ -353,20 +353,9 @@ class Timeline:
 
     def add(self, seconds: float, metrics_text: str) -> None:
         """One sample from the scheduler's /metrics text (none when a count is missing)."""
-        placements = nodes_ready = None
-        replicas_ready = 0
-        try:
-            for sample in samples(metrics_text):
-                if sample.name == "corral_placements_total":
-                    placements = int(sample.value)
-                elif sample.name == "corral_nodes_ready":
-                    nodes_ready = int(sample.value)
-                elif sample.name == "corral_replicas_ready":
-                    replicas_ready += int(sample.value)
-        except (ValueError, OverflowError):  # a cut-off or odd exposition: no sample
-            return
-        if placements is not None and nodes_ready is not None:
-            self.rows.append((round(seconds, 2), placements, replicas_ready, nodes_ready))
+        counts = scheduler_counts(metrics_text)
+        if counts is not None:
+            self.rows.append((round(seconds, 2), *counts))
 
     def fewest_nodes_ready(self, until: float, of: int) -> str:
         seen = [row[3] for row in self.rows if row[0] <= until]
@@ -375,6 +364,26 @@ class Timeline:
     def write_csv(self, path: Path) -> None:
         lines = [self.HEADER, *(",".join(str(value) for value in row) for row in self.rows)]
         path.write_text("\n".join(lines) + "\n")
+
+
+def scheduler_counts(metrics_text: str) -> tuple[int, int, int] | None:
+    """(placements made, replicas ready, nodes ready) from the scheduler's /metrics text;
+    None when a count is missing or the text is cut off."""
+    placements = nodes_ready = None
+    replicas_ready = 0
+    try:
+        for sample in samples(metrics_text):
+            if sample.name == "corral_placements_total":
+                placements = int(sample.value)
+            elif sample.name == "corral_nodes_ready":
+                nodes_ready = int(sample.value)
+            elif sample.name == "corral_replicas_ready":
+                replicas_ready += int(sample.value)
+    except (ValueError, OverflowError):  # a cut-off or odd exposition
+        return None
+    if placements is None or nodes_ready is None:
+        return None
+    return placements, replicas_ready, nodes_ready
 
 
 # --- the requests ----------------------------------------------------------------------
@@ -677,16 +686,16 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         await nc.close()
 
 
-def scheduler_counts(cluster: Cluster) -> tuple[int, int]:
-    """(nodes ready, placements made so far) from the scheduler's /metrics."""
-    timeline = Timeline()
+def nodes_ready_and_placed(cluster: Cluster) -> tuple[int, int]:
+    """(nodes ready, placements made so far) from the scheduler's /metrics; (-1, -1)
+    when they cannot be read."""
     try:
-        timeline.add(0.0, cluster.metrics("scheduler"))
+        counts = scheduler_counts(cluster.metrics("scheduler"))
     except (OSError, http.client.HTTPException):
         return (-1, -1)
-    if not timeline.rows:
+    if counts is None:
         return (-1, -1)
-    _, placements, _, ready = timeline.rows[0]
+    placements, _, ready = counts
     return (ready, placements)
 
 
@@ -702,7 +711,7 @@ async def every_node_cut_off(
     (Isolated) at once; then the recovery."""
     server = cluster.procs["nats-server"].popen
     before = await anyio.to_thread.run_sync(cluster.jetstream)
-    placed_before = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[1]
+    placed_before = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     server.send_signal(signal.SIGSTOP)
     try:
         await anyio.sleep(outage)
@@ -715,7 +724,7 @@ async def every_node_cut_off(
 
     async def recovered() -> bool:
         nonlocal nodes_back, fewest
-        ready_nodes = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[0]
+        ready_nodes = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[0]
         if ready_nodes >= 0:
             fewest = min(fewest, ready_nodes)
         if ready_nodes >= nodes and nodes_back is None:
@@ -724,7 +733,7 @@ async def every_node_cut_off(
 
     back = await until(recovered, 120, every=0.25)
     after = await anyio.to_thread.run_sync(cluster.jetstream)
-    placed_after = (await anyio.to_thread.run_sync(scheduler_counts, cluster))[1]
+    placed_after = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",

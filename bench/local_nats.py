@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
@@ -30,18 +31,21 @@ class LocalNats:
     url: str
     monitor_port: int  # its HTTP monitoring port (-m)
 
+    def _monitor(self, page: str) -> dict[str, Any]:
+        """One page of the server's HTTP monitoring, decoded."""
+        address = f"http://127.0.0.1:{self.monitor_port}/{page}"
+        with urllib.request.urlopen(address, timeout=5) as answer:
+            document: dict[str, Any] = json.loads(answer.read())
+        return document
+
     def varz(self) -> dict[str, int]:
         """The server's message and byte counters (/varz)."""
-        address = f"http://127.0.0.1:{self.monitor_port}/varz"
-        with urllib.request.urlopen(address, timeout=5) as answer:
-            document = json.loads(answer.read())
+        document = self._monitor("varz")
         return {k: int(document[k]) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
 
     def jetstream(self) -> dict[str, int]:
         """JetStream's consumers now and its API requests so far (/jsz)."""
-        address = f"http://127.0.0.1:{self.monitor_port}/jsz"
-        with urllib.request.urlopen(address, timeout=5) as answer:
-            document = json.loads(answer.read())
+        document = self._monitor("jsz")
         api = document.get("api", {})
         return {
             "consumers": int(document.get("consumers", 0)),
