@@ -846,8 +846,10 @@ def main() -> None:
         try:
             anyio.run(measure, cluster, args, results)
         finally:
-            results.timeline.write_csv(timeline)  # a failed run's too: it tells why
-            cluster.stop()
+            try:
+                results.timeline.write_csv(timeline)  # a failed run's too: it tells why
+            finally:
+                cluster.stop()  # whatever failed: no process of the run outlives it
             if any(
                 p.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
                 for p in cluster.procs.values()
