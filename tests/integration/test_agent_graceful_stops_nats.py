@@ -24,6 +24,8 @@ from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import NatsBucket
 from corral.natsio.lease import LeaseRecord, lease_key
 from corral.natsio.service import run_service
+from corral.natsio.bus import bucket_stream
+from corral_node_agent import drains as drains_module
 from corral_node_agent import main as agent_main
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.main import build_parser, run
@@ -238,6 +240,38 @@ async def test_with_its_drain_record_written_at_once_the_replica_is_signalled_pr
             delays.append(rig.runtime.signalled[replica] - unplaced)
         print(f"placement deleted -> stop signal: {[round(d * 1000) for d in delays]} ms")
         assert max(delays) < 2.0  # far from the 30 s drain timeout
+
+
+async def test_the_drains_watch_and_its_consumer_go_when_no_stop_waits_and_come_back_with_one(
+    nats_url: str,
+    buckets: dict[str, NatsBucket],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(drains_module, "IDLE_SECONDS", 0.5)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+
+    async def consumers(count: int) -> bool:
+        infos = await js.consumers_info(bucket_stream(names.REPLICA_DRAINS_BUCKET))
+        return len(infos) == count
+
+    try:
+        async with hollow_agent(nats_url, buckets, tmp_path, monkeypatch, 30.0) as rig:
+            await rig.place("web-a1")
+            await rig.unplace("web-a1")
+            await eventually(lambda: consumers(1))  # the first stop's wait watches
+            await rig.drain("web-a1")
+            await eventually(lambda: rig.gone("web-a1"))
+            await eventually(lambda: consumers(0))  # no stop waits: no watch, no consumer
+            await rig.place("web-b2")
+            await rig.unplace("web-b2")
+            unplaced = time.monotonic()
+            await rig.drain("web-b2")
+            await eventually(lambda: rig.gone("web-b2"))
+            assert rig.runtime.signalled["web-b2"] - unplaced < 5.0  # a new watch saw it
+    finally:
+        await nc.close()
 
 
 async def test_while_netmgr_restarts_with_its_lease_handed_back_stops_still_wait_for_drains(

@@ -144,6 +144,32 @@ async def test_terminating_is_written_then_no_stop_until_the_drain_then_its_sign
         assert agent.drains.watches == 1  # one watch per agent
 
 
+async def test_the_drains_watch_ends_when_no_stop_waits_and_a_later_stop_makes_it_again() -> (
+    None
+):
+    # Kept for good, it was a consumer per node on the server (954 at 2,001 hollow nodes).
+    rig = Rig()
+    await rig.place(placed("web-a1", grace=3))
+    async with running_agent(rig, drain_timeout=60.0) as agent:
+        agent.drains.idle_seconds = 0.3
+        await eventually(lambda: rig.running() == {"web-a1"})
+        await rig.unplace("web-a1")
+        await eventually(lambda: rig.state("web-a1") == ReplicaState.TERMINATING)
+        assert agent.drains.watching
+        await rig.drain("web-a1")
+        await eventually(lambda: rig.present() == set())
+        await eventually(lambda: not agent.drains.watching)
+        assert agent.drains.watches == 1
+        await rig.place(placed("web-b2", grace=3))
+        await eventually(lambda: rig.running() == {"web-b2"})
+        await rig.unplace("web-b2")
+        await eventually(lambda: rig.state("web-b2") == ReplicaState.TERMINATING)
+        await rig.drain("web-b2")  # seen by a new watch: stopped long before the timeout
+        await eventually(lambda: rig.present() == set(), within=5)
+        assert agent.drains.watches == 2
+        assert "DrainTimeout" not in rig.events.reasons()
+
+
 async def test_without_a_drain_record_it_stops_at_the_drain_timeout_with_a_warning() -> None:
     rig = Rig()
     await rig.place(placed("web-a1", grace=3))

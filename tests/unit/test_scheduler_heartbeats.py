@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+from nats.aio.msg import Msg
 
 from corral.contract import names
 from corral.contract.codec import encode
@@ -15,8 +16,9 @@ from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.kv import echo_key
 from corral_scheduler.control_loop import TELL_LATE_SECONDS
+from corral_scheduler.heartbeats import HeartbeatJudge
 from tests.unit.test_scheduler_control_loop import Cluster, _value
-from tests.waiting import eventually
+from tests.waiting import current, eventually
 
 
 class HeardCluster(Cluster):
@@ -202,3 +204,66 @@ def test_the_revision_told_to_a_node_counts_only_keys_its_agent_watches() -> Non
     assert names.placement_node("n1.default.web-abcde") == "n1"
     assert names.placement_node("n1.web-abcde") == "n1"  # from before namespaces
     assert names.placement_node("n1") == ""
+
+
+class _Subscription:
+    """A heartbeat subscription fed by the test."""
+
+    def __init__(self) -> None:
+        self.send, receive = anyio.create_memory_object_stream[Msg](100)
+        self.messages = receive
+
+    async def unsubscribe(self) -> None:
+        pass
+
+
+class _Connection:
+    """What HeartbeatJudge.run uses of a NATS client; counts the event loop's turns so
+    a test can tell acks published in one go (nats-py's flusher then writes them at
+    once) from acks published one by one."""
+
+    def __init__(self) -> None:
+        self.subscription = _Subscription()
+        self.turn = 0
+        self.published: list[tuple[str, int]] = []  # (reply subject, turn)
+
+    async def subscribe(self, subject: str, **_: object) -> _Subscription:
+        return self.subscription
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.published.append((subject, self.turn))
+
+    async def count_turns(self) -> None:
+        while True:
+            self.turn += 1
+            await anyio.sleep(0)
+
+
+async def test_acks_made_within_a_batch_window_are_published_in_one_go() -> None:
+    # One socket write per batch instead of one per ack (a third of the heartbeat
+    # thread's time at 1,001 nodes, bench/README.md): on the old code each ack was
+    # published as its beat was read, a turn of the event loop apart.
+    judge = HeartbeatJudge(
+        "scheduler-test",
+        on_heard=lambda node, at: None,
+        record_of=lambda node: (None, None),
+        judges=lambda: 1,
+        may_ack=lambda: True,
+        ack_batch_seconds=0.5,
+    )
+    nc = _Connection()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(nc.count_turns)
+        await tg.start(judge.run, nc)
+        for seq in range(1, 21):
+            beat = Heartbeat(node=f"n{seq}", agent_id="agent", seq=seq)
+            msg = Msg(nc, names.heartbeat_subject(beat.node), f"_INBOX.x.{seq}", encode(beat))  # type: ignore[arg-type]
+            await nc.subscription.send.send(msg)
+            for _ in range(3):
+                await anyio.sleep(0)  # the beat is read before the next arrives
+        assert nc.published == []  # none sent before the window closes
+        await eventually(lambda: current(len(nc.published)), lambda n: n == 20)
+        replies = sorted(reply for reply, _ in nc.published)
+        assert replies == sorted(f"_INBOX.x.{seq}" for seq in range(1, 21))
+        assert len({turn for _, turn in nc.published}) == 1  # in one go
+        tg.cancel_scope.cancel()
