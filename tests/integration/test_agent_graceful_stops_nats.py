@@ -21,10 +21,10 @@ from corral.contract.events import Event
 from corral.contract.network_state import ReplicaDrain
 from corral.contract.specs import ContainerTemplate
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral.natsio.bus import bucket_stream
 from corral.natsio.kv import NatsBucket
 from corral.natsio.lease import LeaseRecord, lease_key
 from corral.natsio.service import run_service
-from corral.natsio.bus import bucket_stream
 from corral_node_agent import drains as drains_module
 from corral_node_agent import main as agent_main
 from corral_node_agent.hollow_runtime import HollowRuntime

@@ -144,9 +144,7 @@ async def test_terminating_is_written_then_no_stop_until_the_drain_then_its_sign
         assert agent.drains.watches == 1  # one watch per agent
 
 
-async def test_the_drains_watch_ends_when_no_stop_waits_and_a_later_stop_makes_it_again() -> (
-    None
-):
+async def test_the_drains_watch_ends_when_no_stop_waits_and_a_later_stop_makes_it_again() -> None:
     # Kept for good, it was a consumer per node on the server (954 at 2,001 hollow nodes).
     rig = Rig()
     await rig.place(placed("web-a1", grace=3))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from nats.aio.msg import Msg
 
 from corral.contract import names
@@ -236,7 +237,7 @@ class _Connection:
     async def count_turns(self) -> None:
         while True:
             self.turn += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
 
 async def test_acks_made_within_a_batch_window_are_published_in_one_go() -> None:
@@ -260,7 +261,7 @@ async def test_acks_made_within_a_batch_window_are_published_in_one_go() -> None
             msg = Msg(nc, names.heartbeat_subject(beat.node), f"_INBOX.x.{seq}", encode(beat))  # type: ignore[arg-type]
             await nc.subscription.send.send(msg)
             for _ in range(3):
-                await anyio.sleep(0)  # the beat is read before the next arrives
+                await anyio.lowlevel.checkpoint()  # the beat is read before the next arrives
         assert nc.published == []  # none sent before the window closes
         await eventually(lambda: current(len(nc.published)), lambda n: n == 20)
         replies = sorted(reply for reply, _ in nc.published)
