@@ -400,8 +400,13 @@ def deployment(name: str, replicas: int, label: str = "") -> Deployment:
     )
 
 
+APPLY_TIMEOUT = 30.0
+
+
 async def apply(nc: NATS, spec: Deployment) -> Reply:
-    msg = await nc.request(names.api_subject("deployment", "apply"), encode(spec), timeout=30)
+    msg = await nc.request(
+        names.api_subject("deployment", "apply"), encode(spec), timeout=APPLY_TIMEOUT
+    )
     return decode(msg.data, Reply)
 
 
@@ -420,7 +425,10 @@ class Probe:
         while True:
             self.round += 1
             started = time.perf_counter()
-            reply = await apply(self.nc, deployment(PROBE, 0, f"r{self.round}"))
+            try:
+                reply = await apply(self.nc, deployment(PROBE, 0, f"r{self.round}"))
+            except NatsTimeoutError:
+                reply = Reply(ok=False, error=f"internal error: no answer within {APPLY_TIMEOUT} s")
             self.latencies.append(time.perf_counter() - started)
             if not reply.ok:
                 if "internal error" not in (reply.error or ""):

@@ -4,6 +4,7 @@ a partial snapshot, and echo keys never reach readers as records."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import aclosing
 from typing import Any
 
@@ -141,3 +142,48 @@ async def test_a_watch_says_when_it_goes_on_from_a_new_consumer(
             assert "node-a.default.web-2" in seen, seen  # from after the last delivered
         finally:
             await nc.close()
+
+
+async def test_a_watch_answers_flow_control_as_it_comes_without_nats_pys_poller(
+    nats_url: str,
+) -> None:
+    """NatsBucket.watch stops nats-py's flow-control poller (four wake-ups a second per
+    watch: a hollow cluster runs one per node). A burst bigger than the consumer's
+    flow-control window still comes through whole: each request is answered on arrival."""
+    nc = await connect(nats_url, name="test-flow-control")
+    writer = await connect(nats_url, name="test-flow-control-writer")
+    answered: list[str] = []
+    publish = nc.publish
+
+    async def counting_publish(subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+        if subject.startswith("$JS.FC."):
+            answered.append(subject)
+        await publish(subject, payload, **kwargs)
+
+    nc.publish = counting_publish  # type: ignore[method-assign]
+    try:
+        kv = await nc.jetstream().create_key_value(bucket="test_flow_control")
+        bucket = NatsBucket(kv, "test_flow_control")
+        source = await writer.jetstream().key_value("test_flow_control")
+        count, value = 400, b"x" * 64 * 1024  # 25 MiB
+        got = 0
+        async with aclosing(bucket.watch("burst.>")) as watch:
+            async for entry in watch:
+                if entry is None and got == 0:
+                    pollers = [
+                        task
+                        for task in asyncio.all_tasks()
+                        if "check_flow_control_response" in repr(task.get_coro())
+                    ]
+                    assert pollers == []
+                    for i in range(count):
+                        await source.put(f"burst.{i}", value)
+                    continue
+                assert entry is not None and entry.value == value
+                got += 1
+                if got == count:
+                    break
+        assert answered  # the burst made the server ask, and the asks were answered
+    finally:
+        await nc.close()
+        await writer.close()

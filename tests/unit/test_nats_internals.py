@@ -101,3 +101,22 @@ def test_an_ordered_consumer_made_again_gets_a_new_subscription_id_at_once() -> 
     subscription._id = None  # type: ignore[assignment]
     with pytest.raises(nats_internals.LibraryChanged, match=r"PushSubscription\._id"):
         nats_internals.subscription_id(subscription)
+
+
+def test_flow_control_is_still_answered_on_arrival_for_a_subscription_with_a_callback() -> None:
+    # Why stopping the poller of a watch changes nothing (stop_flow_control_polling):
+    # with a callback the delivered count is the count received, which includes every
+    # message before a flow-control request, so the request is answered as it comes.
+    process = inspect.getsource(Client._process_msg)
+    assert process.index("sub._received += 1") < process.index('ctrl_msg.startswith("Flow")')
+    assert "if sub._jsi.get_js_delivered() >= sub._jsi._fciseq:" in process
+    assert "await self.publish(fc_reply)" in process
+    delivered = inspect.getsource(JetStreamContext._JSI.get_js_delivered)
+    assert " ".join(delivered.split()[2:6]) == "if self._sub._cb: return self._sub.delivered"
+    assert "return self._received" in inspect.getsource(Subscription.delivered.fget)  # type: ignore[attr-defined]
+    assert "sub._jsi._fctask = asyncio.create_task(" in inspect.getsource(
+        JetStreamContext.subscribe_bind
+    )
+    assert "self._sub._jsi._fctask.cancel()" in inspect.getsource(
+        JetStreamContext.PushSubscription.unsubscribe
+    )

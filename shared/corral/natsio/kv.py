@@ -215,6 +215,8 @@ class NatsBucket:
         # When the consumer's info cannot be read, the watch raises WatchIncomplete.
         watcher = await self._kv.watch(prefix, inactive_threshold=WATCH_INACTIVE_SECONDS)
         subscription = nats_internals.watch_subscription(watcher)
+        if subscription is not None:
+            nats_internals.stop_flow_control_polling(subscription)
         read = 0
         delivered: int | None = None  # messages the server had sent when it said "no more"
         current_done = False

@@ -16,6 +16,13 @@ what these give, so corral reads them here and nowhere else:
 - `PushSubscription._id`: changed, synchronously, when nats-py re-makes an ordered
   consumer after a gap: `NatsBucket.watch` says so to its reader (entries purged
   meanwhile may have been skipped).
+- `PushSubscription._sub`, `Subscription._cb`, `Subscription._jsi._fctask`: nats-py
+  polls every ordered consumer for a flow-control reply to send, four times a second,
+  in a task of its own. For a subscription with a callback (every KV watch) it never
+  has one to send: the delivered count it compares (`Subscription._received`) counts
+  each message on arrival, so `Client._process_msg` answers each flow-control request
+  as it comes. `NatsBucket.watch` stops the task (a hollow cluster runs a watch per
+  node: 2,000 wake-ups a second in a 500-node process).
 - `Client._server_info`: the INFO the connected server sent (`server_name`,
   `cluster`), for the Raft leader step-down; the client exposes only its version.
 
@@ -27,6 +34,7 @@ source (nats/js/kv.py, nats/aio/client.py), add it to `CHECKED_VERSIONS`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -94,6 +102,26 @@ def subscription_id(subscription: JetStreamContext.PushSubscription) -> int:
     if not isinstance(sid, int):
         raise _changed("PushSubscription._id", sid)
     return sid
+
+
+def stop_flow_control_polling(subscription: JetStreamContext.PushSubscription) -> bool:
+    """Cancel the flow-control poller of a push subscription with a callback (see the
+    module's docstring); True when cancelled, False when there is none or the
+    subscription has no callback (its poller can act: left running)."""
+    inner = getattr(subscription, "_sub", None)
+    jsi = getattr(inner, "_jsi", None)
+    if jsi is None:
+        raise _changed("PushSubscription._sub._jsi", jsi)
+    if getattr(inner, "_cb", None) is None:
+        return False
+    task = getattr(jsi, "_fctask", None)
+    if task is None:
+        return False
+    if not isinstance(task, asyncio.Task):
+        raise _changed("Subscription._jsi._fctask", task)
+    task.cancel()
+    jsi._fctask = None
+    return True
 
 
 def server_info(nc: Client) -> Mapping[str, Any]:
