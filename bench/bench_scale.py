@@ -600,8 +600,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )
             varz_before, varz_at = cluster.varz(), time.monotonic()
+            api_before = cluster.jetstream()["api_requests"]
             await anyio.sleep(args.steady)
             varz_after, varz_end = cluster.varz(), time.monotonic()
+            api_after = cluster.jetstream()["api_requests"]
             reconcile_after = histogram_mean(
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )
@@ -637,6 +639,12 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 f"NATS {label} per second (steady)",
                 f"{value / 1024:,.0f} KiB/s ({value / per_node:,.0f} B per node)",
             )
+        value = (api_after - api_before) / seconds
+        results.add(
+            "JetStream API requests per second (steady)",
+            f"{value:,.0f}/s ({value / per_node:.2f} per node)",
+            "queued on the server: consumer creations wait behind them",
+        )
 
         # one node lost
         on_victim = await count_keys(placements, names.placement_prefix("victim-1"))

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
 
@@ -154,3 +156,39 @@ async def test_a_bucket_the_identity_does_not_list_is_made_and_listed_by_two_ser
         await js.delete_stream(bucket_stream(names.LEASES_BUCKET))
         with pytest.raises(StateStoreLost, match=f"lost bucket {names.LEASES_BUCKET} "):
             await open_buckets(js)
+
+
+async def test_the_identity_is_read_by_direct_get_and_not_found_is_asked_of_the_leader(
+    nats_url: str,
+) -> None:
+    """Every agent reads the identity every few seconds: direct gets keep those reads
+    off the JetStream API's queue. What a direct get does not find (a key not there, a
+    stream deleted: no replica answers) is asked again through the API, so a wiped
+    store still reads as one without an identity, as before."""
+    async with service(nats_url) as first:
+        cluster = first.cluster
+    stream = bucket_stream(names.CLUSTER_BUCKET)
+    nc = await connect(nats_url, name="test-requests")
+    asked: list[str] = []  # the reads' request subjects, direct or through the API
+    request = nc.request
+
+    async def noting_request(subject: str, *args: Any, **kwargs: Any) -> Msg:
+        if subject.startswith((f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}")):
+            asked.append("direct" if ".DIRECT." in subject else "api")
+        return await request(subject, *args, **kwargs)
+
+    nc.request = noting_request  # type: ignore[method-assign]
+    try:
+        js = nc.jetstream()
+        assert (await js.stream_info(stream)).config.allow_direct
+        bucket = NatsBucket(await js.key_value(names.CLUSTER_BUCKET), names.CLUSTER_BUCKET)
+        found = await read_cluster_identity(bucket)
+        assert found is not None and found.id == cluster.id
+        assert asked == ["direct"]
+        assert await bucket.get("not-there") is None
+        assert asked == ["direct", "direct", "api"]
+        await js.delete_stream(stream)  # wiped: no replica answers a direct get
+        assert await read_cluster_identity(bucket) is None
+        assert asked == ["direct", "direct", "api", "direct", "api"]
+    finally:
+        await nc.close()

@@ -120,3 +120,13 @@ def test_flow_control_is_still_answered_on_arrival_for_a_subscription_with_a_cal
     assert "self._sub._jsi._fctask.cancel()" in inspect.getsource(
         JetStreamContext.PushSubscription.unsubscribe
     )
+
+
+def test_a_bucket_says_if_it_reads_by_direct_get_and_a_copy_reads_through_the_api() -> None:
+    js = Client().jetstream()
+    direct = KeyValue(name="cluster", stream="KV_cluster", pre="$KV.cluster.", js=js, direct=True)
+    assert nats_internals.key_value_direct(direct)
+    leader = nats_internals.key_value_through_api(direct)
+    assert not nats_internals.key_value_direct(leader) and nats_internals.key_value_direct(direct)
+    assert nats_internals.key_value_subject(leader, "identity") == "$KV.cluster.identity"
+    assert "direct=self._direct" in inspect.getsource(KeyValue._get)

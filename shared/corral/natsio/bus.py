@@ -346,7 +346,8 @@ async def open_buckets(
                 # Another service made it meanwhile (services start together on a new
                 # store), and raised its limits already: the same bucket, opened.
                 kv = await js.key_value(bucket)
-        await _raise_bucket(js, bucket, settings)
+        if await _raise_bucket(js, bucket, settings):
+            kv = await js.key_value(bucket)  # nats-py reads allow_direct when opening
         buckets[bucket] = NatsBucket(kv, bucket)
     if identity is not None:
         # Made first, listed after: a crash between the two leaves an unlisted
@@ -363,7 +364,16 @@ _STREAM_NAME_IN_USE: Final = 10058
 BUCKET_MAX_CONSUMERS: Final = 100_000
 
 
-async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettings) -> None:
+# Buckets read with direct gets (allow_direct: any replica answers, outside the
+# JetStream API's request queue). The cluster identity: every agent reads it every few
+# seconds (200 API requests a second at 1,001 nodes, queued behind consumer creations
+# when many agents watch anew), and it changes only with the whole store; a replica a
+# moment behind answers as the store was a moment ago.
+DIRECT_READ_BUCKETS: Final = frozenset({names.CLUSTER_BUCKET})
+
+
+async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettings) -> bool:
+    """Bring a bucket's stream to `settings`; True when its configuration changed."""
     stream = bucket_stream(bucket)
     config = (await js.stream_info(stream)).config
     replicas = _floor(
@@ -382,22 +392,30 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
     consumers = config.max_consumers
     if consumers is None or consumers < 0 or consumers < BUCKET_MAX_CONSUMERS:
         consumers = BUCKET_MAX_CONSUMERS
-    current = (config.num_replicas, config.max_bytes, config.max_consumers)
-    if (replicas, max_bytes, consumers) != current:
-        log.info(
-            "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d",
-            bucket,
-            config.num_replicas,
-            replicas,
-            config.max_bytes,
-            max_bytes,
-            config.max_consumers,
-            consumers,
-        )
-        config.num_replicas = replicas
-        config.max_bytes = max_bytes
-        config.max_consumers = consumers
-        await js.update_stream(config)
+    stored = bool(config.allow_direct)
+    direct = stored or bucket in DIRECT_READ_BUCKETS  # never turned off
+    current = (config.num_replicas, config.max_bytes, config.max_consumers, stored)
+    if (replicas, max_bytes, consumers, direct) == current:
+        return False
+    log.info(
+        "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d, "
+        "allow_direct %s -> %s",
+        bucket,
+        config.num_replicas,
+        replicas,
+        config.max_bytes,
+        max_bytes,
+        config.max_consumers,
+        consumers,
+        stored,
+        direct,
+    )
+    config.num_replicas = replicas
+    config.max_bytes = max_bytes
+    config.max_consumers = consumers
+    config.allow_direct = direct
+    await js.update_stream(config)
+    return True
 
 
 # JetStream's answers when a stream or bucket (or the server's store) is full.

@@ -165,10 +165,31 @@ class NatsBucket:
     def __init__(self, kv: KeyValue, name: str) -> None:
         self._kv = kv
         self.name = name
+        # Read with direct gets (the stream's allow_direct: any replica answers, outside
+        # the JetStream API's request queue): a value found is used (a replica is at
+        # most a moment behind); "not there", or no replica answering (a stream whose
+        # servers are away, or one deleted), is asked again of the stream's leader,
+        # whose answer is what a bucket without direct gets gives.
+        direct = nats_internals.key_value_direct(kv)
+        self._leader = nats_internals.key_value_through_api(kv) if direct else None
 
     async def get(self, key: str) -> Entry | None:
         try:
             entry = await self._kv.get(key)
+        except js_errors.KeyNotFoundError:
+            if self._leader is None:
+                return None
+            return await self._leader_get(key)
+        except nats_errors.NoRespondersError:
+            if self._leader is None:
+                raise
+            return await self._leader_get(key)
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def _leader_get(self, key: str) -> Entry | None:
+        assert self._leader is not None
+        try:
+            entry = await self._leader.get(key)
         except js_errors.KeyNotFoundError:
             return None
         return Entry(key, entry.value or b"", entry.revision or 0)

@@ -23,6 +23,10 @@ what these give, so corral reads them here and nowhere else:
   each message on arrival, so `Client._process_msg` answers each flow-control request
   as it comes. `NatsBucket.watch` stops the task (a hollow cluster runs a watch per
   node: 2,000 wake-ups a second in a 500-node process).
+- `KeyValue._direct`: whether nats-py reads a bucket with direct gets (any replica
+  answers; set from the stream's `allow_direct` when the bucket is opened). A direct
+  get that finds nothing is asked again of the stream's leader through the JetStream
+  API (`NatsBucket.get`), on a copy of the bucket with `_direct` off.
 - `Client._server_info`: the INFO the connected server sent (`server_name`,
   `cluster`), for the Raft leader step-down; the client exposes only its version.
 
@@ -35,6 +39,7 @@ source (nats/js/kv.py, nats/aio/client.py), add it to `CHECKED_VERSIONS`.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -71,6 +76,23 @@ def key_value_subject(kv: KeyValue, key: str) -> str:
     if not isinstance(prefix, str):
         raise _changed("KeyValue._pre", prefix)
     return f"{prefix}{key}"
+
+
+def key_value_direct(kv: KeyValue) -> bool:
+    """Whether the bucket is read with direct gets (`KeyValue._direct`)."""
+    direct = getattr(kv, "_direct", None)
+    if not isinstance(direct, bool):
+        raise _changed("KeyValue._direct", direct)
+    return direct
+
+
+def key_value_through_api(kv: KeyValue) -> KeyValue:
+    """The same bucket, read through the JetStream API (the stream's leader) rather
+    than with direct gets."""
+    key_value_direct(kv)
+    leader = copy.copy(kv)
+    leader._direct = False
+    return leader
 
 
 def watch_subscription(watcher: KeyValue.KeyWatcher) -> JetStreamContext.PushSubscription | None:
