@@ -106,7 +106,7 @@ async def _log_nats_error(error: Exception) -> None:
     if isinstance(error, nats.errors.SlowConsumerError):
         for hook in list(SLOW_CONSUMER_HOOKS):
             hook(error.sub)
-    log.warning("NATS: %s", error or type(error).__name__)
+    log.warning("NATS: %s", str(error) or type(error).__name__)
 
 
 async def _log_disconnect() -> None:
