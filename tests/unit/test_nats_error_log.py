@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import nats.errors
 import pytest
 
@@ -13,7 +11,7 @@ from corral.natsio import bus
 @pytest.mark.parametrize(
     ("error", "said"),
     [
-        (asyncio.TimeoutError(), "NATS: TimeoutError"),  # no text of its own: its type
+        (TimeoutError(), "NATS: TimeoutError"),  # no text of its own: its type
         (nats.errors.TimeoutError(), "NATS: nats: timeout"),
     ],
 )
