@@ -167,22 +167,23 @@ async def test_a_watch_answers_flow_control_as_it_comes_without_nats_pys_poller(
         source = await writer.jetstream().key_value("test_flow_control")
         count, value = 400, b"x" * 64 * 1024  # 25 MiB
         got = 0
-        async with aclosing(bucket.watch("burst.>")) as watch:
-            async for entry in watch:
-                if entry is None and got == 0:
-                    pollers = [
-                        task
-                        for task in asyncio.all_tasks()
-                        if "check_flow_control_response" in repr(task.get_coro())
-                    ]
-                    assert pollers == []
-                    for i in range(count):
-                        await source.put(f"burst.{i}", value)
-                    continue
-                assert entry is not None and entry.value == value
-                got += 1
-                if got == count:
-                    break
+        with anyio.fail_after(60):  # a stalled watch fails here, not at the suite's timeout
+            async with aclosing(bucket.watch("burst.>")) as watch:
+                async for entry in watch:
+                    if entry is None and got == 0:
+                        pollers = [
+                            task
+                            for task in asyncio.all_tasks()
+                            if "check_flow_control_response" in repr(task.get_coro())
+                        ]
+                        assert pollers == []
+                        for i in range(count):
+                            await source.put(f"burst.{i}", value)
+                        continue
+                    assert entry is not None and entry.value == value
+                    got += 1
+                    if got == count:
+                        break
         assert answered  # the burst made the server ask, and the asks were answered
     finally:
         await nc.close()

@@ -153,7 +153,7 @@ async def test_the_drains_watch_ends_when_no_stop_waits_and_a_later_stop_makes_i
         await eventually(lambda: rig.running() == {"web-a1"})
         await rig.unplace("web-a1")
         await eventually(lambda: rig.state("web-a1") == ReplicaState.TERMINATING)
-        assert agent.drains.watching
+        await eventually(lambda: agent.drains.watching)
         await rig.drain("web-a1")
         await eventually(lambda: rig.present() == set())
         await eventually(lambda: not agent.drains.watching)

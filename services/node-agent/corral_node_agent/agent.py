@@ -339,7 +339,8 @@ class NodeAgent:
                 await self._first_engine_look()
                 tg.start_soon(self._watch_engine)
                 tg.start_soon(self._follow_engine_events)
-                await self._retrying("checking the cluster identity", self.membership.check)
+                check_identity = partial(self.membership.check, from_leader=True)
+                await self._retrying("checking the cluster identity", check_identity)
                 try:
                     await self._retrying("reading the node record", self.record.claim)
                 except NodeNameTaken as error:
@@ -688,7 +689,9 @@ class NodeAgent:
         then are the placements current (a store swapped meanwhile is never acted on)."""
         assert self._task_group is not None
         try:
-            await self.membership.check()
+            # From the leader, as every identity read the placements are then acted on
+            # after: a replica cut off from it could still say a wiped store's old id.
+            await self.membership.check(from_leader=True)
             if self.identity != Identity.RECOGNISED:
                 return
             mirror = Mirror(
@@ -705,7 +708,7 @@ class NodeAgent:
             with anyio.fail_after(_WATCH_START_SECONDS):
                 scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
-            await self.membership.check()
+            await self.membership.check(from_leader=True)
             if (
                 self.identity != Identity.RECOGNISED
                 or self.mode != Mode.SYNCING
@@ -809,7 +812,7 @@ class NodeAgent:
             since = self._kept_watch()
             if since is None:
                 return
-            await self.membership.check()
+            await self.membership.check(from_leader=True)
             began = self.monotonic()
             while self.mode == Mode.SYNCING and self._kept_watch() == since:
                 afresh = ""

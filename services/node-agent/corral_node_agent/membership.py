@@ -70,23 +70,47 @@ class Membership:
         if record is not None:
             self._accept(record)
 
-    async def check(self) -> None:
+    async def check(self, *, from_leader: bool = False) -> None:
         """Read the store's identity and compare. Raises on timeouts and disconnects
         (nothing was learnt). A store that answers without an identity is believed
         only when it says so LOST_READS times in a row (a clustered KV can answer
-        "not found" for a moment)."""
+        "not found" for a moment).
+
+        The identity is read with a direct get, which any replica may answer, one cut
+        off from its leader included: its answer is taken only when it is this node's
+        own cluster, as before. Anything else (another id, none, unreadable, a first
+        read) is read again from the stream's leader, and so is everything when
+        `from_leader` (the checks around a new read of the placements, which the agent
+        then acts on: a replica behind a wiped store would still say the old id)."""
         for attempt in range(LOST_READS):
             if attempt:
                 await anyio.sleep(LOST_READ_SPACING)
-            lost = await self._check_once()
+            lost = await self._check_once(from_leader)
             if not lost:
                 return
         self._set(Identity.LOST, lost)
 
-    async def _check_once(self) -> str:
-        """One read; returns why the store seems lost ('' when it is not)."""
+    async def _confirmed_by_replica(self) -> LocalRecord | None:
+        """This node's local record when a replica's answer is its own cluster; None
+        otherwise, a failure included (the leader's read then decides, as before)."""
         try:
             stored = await read_cluster_identity(self.cluster_bucket)
+            local = self.local.load()
+        except Exception:
+            return None
+        if stored is not None and local is not None and stored.id == local.cluster_id:
+            return local
+        return None
+
+    async def _check_once(self, from_leader: bool) -> str:
+        """One read; returns why the store seems lost ('' when it is not)."""
+        confirmed = None if from_leader else await self._confirmed_by_replica()
+        if confirmed is not None:
+            self._accept(confirmed)
+            self._set(Identity.RECOGNISED, "")
+            return ""
+        try:
+            stored = await read_cluster_identity(self.cluster_bucket, from_leader=True)
         except UnreadableIdentity as error:
             self._set(Identity.UNREADABLE, str(error))
             return ""
@@ -167,7 +191,7 @@ class Membership:
                 f"unknown decision {verb!r}: expected one of {names.NODE_VERBS}", REASON_INVALID
             )
         try:
-            stored = await read_cluster_identity(self.cluster_bucket)
+            stored = await read_cluster_identity(self.cluster_bucket, from_leader=True)
             local = self.local.load()
         except Exception as error:
             return self._refuse(f"cannot read the cluster identities: {error}", REASON_INTERNAL)

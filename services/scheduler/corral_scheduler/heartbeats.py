@@ -216,6 +216,7 @@ class HeartbeatJudge:
                     if ack is not None and msg.reply:
                         self._outbox.append((msg.reply, encode(ack)))
                         self._acks_waiting.set()
+                tg.cancel_scope.cancel()  # the subscription ended (its connection closed)
         finally:
             bus.SLOW_CONSUMER_HOOKS.remove(self._on_slow_consumer)
             await bus.unsubscribe_quietly(subscription)

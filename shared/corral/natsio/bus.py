@@ -322,7 +322,9 @@ async def open_buckets(
     identity = None
     if names.CLUSTER_BUCKET in found:
         cluster_bucket = NatsBucket(found[names.CLUSTER_BUCKET], names.CLUSTER_BUCKET)
-        identity = await read_cluster_identity(cluster_bucket)
+        # From the leader: a replica behind could miss a bucket listed since, and a lost
+        # bucket would then look new (made again, empty).
+        identity = await read_cluster_identity(cluster_bucket, from_leader=True)
     if identity is not None:
         lost = lost_buckets(identity, missing)
         if lost:

@@ -76,7 +76,7 @@ async def list_buckets(bucket: Bucket, present: Sequence[str]) -> Cluster | None
     identity from before the list): compare-and-set, so two services starting at
     once both end with every bucket listed. None: there is no identity (yet)."""
     for _ in range(CAS_ATTEMPTS):
-        entry = await bucket.get(names.CLUSTER_KEY)
+        entry = await bucket.leader_get(names.CLUSTER_KEY)  # the revision a CAS needs
         if entry is None or entry.value is None:
             return None
         identity = _decode(bucket, entry.value)
@@ -106,8 +106,10 @@ def new_cluster_id() -> str:
     return secrets.token_hex(8)
 
 
-async def read_cluster_identity(bucket: Bucket) -> Cluster | None:
-    entry = await bucket.get(names.CLUSTER_KEY)
+async def read_cluster_identity(bucket: Bucket, *, from_leader: bool = False) -> Cluster | None:
+    """The stored identity (None: there is none). `from_leader`: never from a replica
+    behind the stream's leader (corral_cluster is read with direct gets)."""
+    entry = await (bucket.leader_get if from_leader else bucket.get)(names.CLUSTER_KEY)
     if entry is None or entry.value is None:
         return None
     return _decode(bucket, entry.value)
@@ -118,7 +120,7 @@ async def ensure_cluster_identity(bucket: Bucket) -> Cluster:
     listing every bucket of names.ALL_BUCKETS: call it after corral.natsio.bus.open_buckets
     made them (buckets first, then the identity that says they exist)."""
     for _ in range(5):
-        found = await read_cluster_identity(bucket)
+        found = await read_cluster_identity(bucket, from_leader=True)
         if found is not None:
             return found
         made = Cluster(id=new_cluster_id(), created_at=time.time(), buckets=list(names.ALL_BUCKETS))

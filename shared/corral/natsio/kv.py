@@ -141,7 +141,16 @@ class Entry:
 class Bucket(Protocol):
     name: str
 
-    async def get(self, key: str) -> Entry | None: ...
+    async def get(self, key: str) -> Entry | None:
+        """The key's entry; None when absent or deleted. From any replica of a bucket
+        read with direct gets (what a replica finds may be old: see NatsBucket)."""
+        ...
+
+    async def leader_get(self, key: str) -> Entry | None:
+        """As `get`, from the stream's leader, never a replica behind it: for a read an
+        agent acts on (the cluster identity before it trusts a new read of its
+        placements)."""
+        ...
 
     async def create(self, key: str, value: bytes) -> int: ...
 
@@ -166,10 +175,11 @@ class NatsBucket:
         self._kv = kv
         self.name = name
         # Read with direct gets (the stream's allow_direct: any replica answers, outside
-        # the JetStream API's request queue): a value found is used (a replica is at
-        # most a moment behind); "not there", or no replica answering (a stream whose
-        # servers are away, or one deleted), is asked again of the stream's leader,
-        # whose answer is what a bucket without direct gets gives.
+        # the JetStream API's request queue): a value found is used, though a replica
+        # may be behind (a moment, or as long as it is cut off from its leader); "not
+        # there", or no replica answering (a stream whose servers are away, or one
+        # deleted), is asked again of the stream's leader, whose answer is what a
+        # bucket without direct gets gives. leader_get never asks a replica.
         direct = nats_internals.key_value_direct(kv)
         self._leader = nats_internals.key_value_through_api(kv) if direct else None
 
@@ -179,17 +189,16 @@ class NatsBucket:
         except js_errors.KeyNotFoundError:
             if self._leader is None:
                 return None
-            return await self._leader_get(key)
+            return await self.leader_get(key)
         except nats_errors.NoRespondersError:
             if self._leader is None:
                 raise
-            return await self._leader_get(key)
+            return await self.leader_get(key)
         return Entry(key, entry.value or b"", entry.revision or 0)
 
-    async def _leader_get(self, key: str) -> Entry | None:
-        assert self._leader is not None
+    async def leader_get(self, key: str) -> Entry | None:
         try:
-            entry = await self._leader.get(key)
+            entry = await (self._leader or self._kv).get(key)
         except js_errors.KeyNotFoundError:
             return None
         return Entry(key, entry.value or b"", entry.revision or 0)
@@ -236,14 +245,14 @@ class NatsBucket:
         # When the consumer's info cannot be read, the watch raises WatchIncomplete.
         watcher = await self._kv.watch(prefix, inactive_threshold=WATCH_INACTIVE_SECONDS)
         subscription = nats_internals.watch_subscription(watcher)
-        if subscription is not None:
-            nats_internals.stop_flow_control_polling(subscription)
         read = 0
         delivered: int | None = None  # messages the server had sent when it said "no more"
         current_done = False
         consumer: tuple[str, str] | None = None  # (stream, name), once its info was read
         reading: int | None = None  # the subscription delivering, after the replay
         try:
+            if subscription is not None:
+                nats_internals.stop_flow_control_polling(subscription)
             async for item in watcher:
                 if item is not None:
                     read += 1
@@ -368,6 +377,9 @@ class MemoryBucket:
 
     async def get(self, key: str) -> Entry | None:
         return self.items.get(key)
+
+    async def leader_get(self, key: str) -> Entry | None:
+        return await self.get(key)  # one copy: the leader's (a subclass's get included)
 
     async def create(self, key: str, value: bytes) -> int:
         if key in self.items:

@@ -1,0 +1,72 @@
+"""The identity read by direct get (any replica of corral_cluster answers, one cut off
+from its leader included): a replica's answer is taken only when it is the node's own
+cluster; anything else is read again from the stream's leader, and the checks the
+agent acts on (around a new read of its placements) read the leader only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.contract import names
+from corral.contract.codec import encode
+from corral.contract.state import Cluster
+from corral.natsio.kv import Entry, MemoryBucket
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile
+from corral_node_agent.membership import Membership
+from corral_node_agent.safety import Identity
+
+NODE = "node-a"
+
+
+class LaggingReplica(MemoryBucket):
+    """A bucket whose replica answers an old identity; its leader holds the current."""
+
+    def __init__(self, replica_says: str, leader_says: str) -> None:
+        super().__init__("cluster")
+        self.replica = Entry(names.CLUSTER_KEY, encode(Cluster(id=replica_says)), 1)
+        self._write(names.CLUSTER_KEY, encode(Cluster(id=leader_says)))
+        self.reads: list[str] = []
+
+    async def get(self, key: str) -> Entry | None:
+        self.reads.append("replica")
+        return self.replica
+
+    async def leader_get(self, key: str) -> Entry | None:
+        self.reads.append("leader")
+        return self.items.get(key)
+
+
+def member_of(tmp_path: Path, cluster_id: str, bucket: MemoryBucket) -> Membership:
+    local = LocalRecordFile(tmp_path)
+    local.save(LocalRecord(node=NODE, cluster_id=cluster_id))
+    return Membership(NODE, bucket, local)
+
+
+async def test_a_replica_confirming_the_nodes_cluster_is_enough_for_the_periodic_check(
+    tmp_path: Path,
+) -> None:
+    bucket = LaggingReplica("c-new", "c-new")
+    membership = member_of(tmp_path, "c-new", bucket)
+    await membership.check()
+    assert membership.identity == Identity.RECOGNISED and bucket.reads == ["replica"]
+
+
+async def test_a_replica_behind_that_says_another_id_holds_nothing_the_leader_decides(
+    tmp_path: Path,
+) -> None:
+    # Adopted into the new store; a replica cut off since the wipe still says the old id.
+    # Taken alone it made the node Held (which never stops its replicas at F).
+    bucket = LaggingReplica("c-old", "c-new")
+    membership = member_of(tmp_path, "c-new", bucket)
+    await membership.check()
+    assert membership.identity == Identity.RECOGNISED
+    assert bucket.reads == ["replica", "leader"]
+
+
+async def test_before_acting_on_a_new_read_only_the_leader_is_asked(tmp_path: Path) -> None:
+    # The store was wiped and made anew (c-new); a replica behind still says c-old, the
+    # node's own: taken, the node would act on the new store's empty placements.
+    bucket = LaggingReplica("c-old", "c-new")
+    membership = member_of(tmp_path, "c-old", bucket)
+    await membership.check(from_leader=True)
+    assert membership.identity == Identity.MISMATCH and bucket.reads == ["leader"]
