@@ -77,11 +77,13 @@ class Membership:
         "not found" for a moment).
 
         The identity is read with a direct get, which any replica may answer, one cut
-        off from its leader included: its answer is taken only when it is this node's
-        own cluster, as before. Anything else (another id, none, unreadable, a first
-        read) is read again from the stream's leader, and so is everything when
-        `from_leader` (the checks around a new read of the placements, which the agent
-        then acts on: a replica behind a wiped store would still say the old id)."""
+        off from its leader included (for as long as it is cut off). A replica's answer
+        only confirms a verdict that is Recognised already, with this node's own
+        cluster; it never lifts Mismatch or Lost (a replica behind a wiped store still
+        says the old id, the node's own). Anything else (another verdict, another id,
+        none, unreadable) is read from the stream's leader, and so is everything when
+        `from_leader` (at start and around a new read of the placements, which the
+        agent then acts on)."""
         for attempt in range(LOST_READS):
             if attempt:
                 await anyio.sleep(LOST_READ_SPACING)
@@ -91,14 +93,19 @@ class Membership:
         self._set(Identity.LOST, lost)
 
     async def _confirmed_by_replica(self) -> LocalRecord | None:
-        """This node's local record when a replica's answer is its own cluster; None
-        otherwise, a failure included (the leader's read then decides, as before)."""
+        """This node's local record when the verdict is Recognised and a replica's answer
+        is still the node's own cluster; None otherwise, a failure included (the leader's
+        read then decides, as before)."""
+        if self.identity != Identity.RECOGNISED:
+            return None
         try:
             stored = await read_cluster_identity(self.cluster_bucket)
             local = self.local.load()
         except Exception:
             return None
-        if stored is not None and local is not None and stored.id == local.cluster_id:
+        if stored is None or local is None:
+            return None
+        if stored.id == local.cluster_id == self.cluster_id:
             return local
         return None
 
