@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from corral.contract import names
@@ -85,3 +86,35 @@ async def test_a_replica_never_lifts_a_verdict_the_leader_gave(tmp_path: Path) -
     bucket.reads.clear()
     await membership.check()
     assert membership.identity == Identity.MISMATCH and bucket.reads == ["leader"]
+
+
+async def test_a_replica_read_spanning_another_checks_verdict_is_void(tmp_path: Path) -> None:
+    # The periodic check asks a replica (Recognised then); meanwhile the store is wiped
+    # and a check before a new watch reads Mismatch from the leader. The replica, behind
+    # the wipe, then answers the node's old id: that must not lift the Mismatch.
+    bucket = GatedReplica("c-old", "c-old")
+    membership = member_of(tmp_path, "c-old", bucket)
+    await membership.check(from_leader=True)
+    assert membership.identity == Identity.RECOGNISED
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(membership.check)  # the periodic check: waits on the replica
+        await bucket.asked.wait()
+        bucket._write(names.CLUSTER_KEY, encode(Cluster(id="c-new")))  # wiped, made anew
+        await membership.check(from_leader=True)
+        assert membership.identity == Identity.MISMATCH
+        bucket.answer.set()
+    assert membership.identity == Identity.MISMATCH
+
+
+class GatedReplica(LaggingReplica):
+    """A replica that answers only when the test lets it."""
+
+    def __init__(self, replica_says: str, leader_says: str) -> None:
+        super().__init__(replica_says, leader_says)
+        self.asked = anyio.Event()
+        self.answer = anyio.Event()
+
+    async def get(self, key: str) -> Entry | None:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().get(key)

@@ -53,6 +53,7 @@ class Membership:
         self.cluster_bucket = cluster_bucket
         self.local = local
         self.identity = Identity.UNKNOWN
+        self._verdicts = 0  # changes of `identity`: a replica read spanning one is void
         self.problem = ""  # why the store is not recognised, in words
         self.cluster_id = ""  # the cluster this node belongs to (its local record)
         self.adopted: frozenset[str] = frozenset()
@@ -98,11 +99,14 @@ class Membership:
         read then decides, as before)."""
         if self.identity != Identity.RECOGNISED:
             return None
+        verdicts = self._verdicts
         try:
             stored = await read_cluster_identity(self.cluster_bucket)
             local = self.local.load()
         except Exception:
             return None
+        if self._verdicts != verdicts:
+            return None  # another check decided meanwhile (a leader's Mismatch, say)
         if stored is None or local is None:
             return None
         if stored.id == local.cluster_id == self.cluster_id:
@@ -176,6 +180,8 @@ class Membership:
     def _set(self, identity: Identity, problem: str) -> None:
         if (identity, problem) != (self.identity, self.problem) and problem:
             log.error("node %s: %s", self.node, problem)
+        if identity != self.identity:
+            self._verdicts += 1
         self.identity, self.problem = identity, problem
 
     async def decide(self, verb: str, raw: bytes, remove_cluster: RemoveCluster) -> Reply:
