@@ -643,7 +643,6 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add(
             "JetStream API requests per second (steady)",
             f"{value:,.0f}/s ({value / per_node:.2f} per node)",
-            "queued on the server: consumer creations wait behind them",
         )
 
         # one node lost

@@ -689,8 +689,8 @@ class NodeAgent:
         then are the placements current (a store swapped meanwhile is never acted on)."""
         assert self._task_group is not None
         try:
-            # From the leader, as every identity read the placements are then acted on
-            # after: a replica cut off from it could still say a wiped store's old id.
+            # From the leader, as every identity read the agent then acts on: a replica
+            # cut off from it could still say a wiped store's old id.
             await self.membership.check(from_leader=True)
             if self.identity != Identity.RECOGNISED:
                 return

@@ -61,7 +61,8 @@ GAP_STALE_SECONDS: Final = 3.0
 PENDING_MSGS: Final = 1_000_000
 PENDING_BYTES: Final = 512 * 1024 * 1024
 # Acks made within this long are sent together. An ack is at most this much later: an
-# agent counts itself heard from when it sent the beat, and waits a heartbeat for acks.
+# agent counts itself heard from when it sent the beat, and waits half a heartbeat for
+# its acks (time_budget.ACK_WAIT_SECONDS).
 ACK_BATCH_SECONDS: Final = 0.01
 # An agent heard within this long is live (a successor that took a node over).
 AGENT_LIVE_SECONDS: Final = 3.0

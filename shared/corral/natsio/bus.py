@@ -366,11 +366,11 @@ _STREAM_NAME_IN_USE: Final = 10058
 BUCKET_MAX_CONSUMERS: Final = 100_000
 
 
-# Buckets read with direct gets (allow_direct: any replica answers, outside the
-# JetStream API's request queue). The cluster identity: every agent reads it every few
-# seconds (200 API requests a second at 1,001 nodes, queued behind consumer creations
-# when many agents watch anew), and it changes only with the whole store; a replica a
-# moment behind answers as the store was a moment ago.
+# Buckets read with direct gets (allow_direct: any replica answers, without a JetStream
+# API request). The cluster identity: every agent reads it every 5 s, 200 reads a second
+# at 1,001 nodes. A replica may be behind its leader, for as long as it is cut off from
+# it: an agent takes its answer only to confirm what it holds already, and the reads it
+# acts on go to the leader (NatsBucket.leader_get, corral_node_agent.membership).
 DIRECT_READ_BUCKETS: Final = frozenset({names.CLUSTER_BUCKET})
 
 
