@@ -4,7 +4,9 @@
     corral_<network>_<clusterid>   driver bridge, the slice's subnet and gateway,
                                    bridge names.bridge_name(...), labels io.corral.*
 
-Only networks carrying this cluster's and this node's labels are ever removed.
+Only networks carrying this cluster's and this node's labels are ever removed, and only
+a bridge of this cluster's, network's and node's own name that no Docker network uses
+(a leftover of a create dockerd failed half-way).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 
 from corral.contract import names
 from corral.contract.network_state import NetworkSlice
+from corral_netmgr.node import host
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +159,7 @@ class DockerNetworks:
                 "Docker network %s differs from its slice (%s): remaking it", want.name, want.subnet
             )
             await self.remove(want.name)
+        await self._remove_leftover_bridge(want)
         try:
             await self.docker.networks.create(want.config())
         except aiodocker.DockerError as error:
@@ -165,6 +170,26 @@ class DockerNetworks:
             ) from None
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
         return True
+
+    async def _remove_leftover_bridge(self, want: Wanted, sys_net: Path = host.SYS_NET) -> None:
+        """dockerd can fail a create after it made the network's bridge (two creates at
+        once on Docker 20.10 with nftables: "unable to remove jump to
+        DOCKER-ISOLATION-STAGE-1 rule in FORWARD chain"), leaving the link, and its
+        route, without a network. Made again, the network would take that bridge as one
+        dockerd did not make, and leave it behind when removed. The name is this
+        cluster's, network's and node's own (names.bridge_name): the link is deleted
+        when no Docker network names it."""
+        if not (sys_net / want.bridge).exists():
+            return
+        for shown in await self.list_all():
+            if (shown.get("Options") or {}).get(BRIDGE_NAME_OPTION) == want.bridge:
+                return  # a network uses it (under another name): never touched
+        log.warning(
+            "bridge %s is left from a create that failed: deleted before %s is made",
+            want.bridge,
+            want.name,
+        )
+        await host.run(["ip", "link", "del", want.bridge])
 
     async def users(self, name: str, shown: dict[str, Any]) -> list[str]:
         """The containers attached to the network `name`, stopped ones too (Docker's
