@@ -6,6 +6,7 @@ on the host after the network is removed."""
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import aiodocker
@@ -16,7 +17,7 @@ from corral_netmgr.node.docker_networks import DockerNetworks, wanted
 
 pytestmark = pytest.mark.docker
 
-CLUSTER = "e2e-leftover-bridge"
+CLUSTER = f"e2e-leftover-{uuid.uuid4().hex[:8]}"  # two runs on one engine never meet
 SLICE = NetworkSlice(network="left", node="n1", subnet="10.251.77.0/24", gateway="10.251.77.1")
 
 
@@ -33,17 +34,47 @@ async def test_a_leftover_bridge_of_the_networks_own_name_is_deleted_before_the_
     docker_engine: str,
 ) -> None:
     want = wanted(SLICE, CLUSTER)
-    ip("link", "add", want.bridge, "type", "bridge")  # as dockerd leaves it
     docker = aiodocker.Docker()
     networks = DockerNetworks(docker, CLUSTER, "n1")
     try:
+        ip("link", "add", want.bridge, "type", "bridge")  # as dockerd leaves it
         assert await networks.ensure(want)
         assert link_exists(want.bridge)  # dockerd's own bridge now
         await networks.remove(want.name)
         assert not link_exists(want.bridge)  # removed with its network: nothing left
         assert want.bridge not in ip("route")
     finally:
-        await networks.remove(want.name)
-        await docker.close()
-        if link_exists(want.bridge):
-            ip("link", "del", want.bridge, check=False)
+        try:
+            await networks.remove(want.name)
+        finally:
+            await docker.close()
+            if link_exists(want.bridge):
+                ip("link", "del", want.bridge, check=False)
+
+
+async def test_a_bridge_of_that_name_with_something_attached_is_left_alone(
+    docker_engine: str,
+) -> None:
+    """Another engine of the same host shares its links: a bridge in use is never
+    deleted, even under this network's name (the create then fails, and says so)."""
+    want = wanted(SLICE, CLUSTER)
+    port = f"crlt{uuid.uuid4().hex[:8]}"
+    docker = aiodocker.Docker()
+    networks = DockerNetworks(docker, CLUSTER, "n1")
+    try:
+        ip("link", "add", want.bridge, "type", "bridge")
+        ip("link", "add", port, "type", "veth", "peer", "name", f"{port}p")
+        ip("link", "set", port, "master", want.bridge)
+        try:
+            await networks.ensure(want)
+        except RuntimeError:
+            pass  # dockerd may refuse a bridge with a port, or take it: either way
+        assert link_exists(f"{want.bridge}/brif/{port}")  # still the bridge's port
+    finally:
+        try:
+            await networks.remove(want.name)
+        finally:
+            await docker.close()
+            ip("link", "del", port, check=False)
+            if link_exists(want.bridge):
+                ip("link", "del", want.bridge, check=False)

@@ -178,8 +178,17 @@ class DockerNetworks:
         route, without a network. Made again, the network would take that bridge as one
         dockerd did not make, and leave it behind when removed. The name is this
         cluster's, network's and node's own (names.bridge_name): the link is deleted
-        when no Docker network names it."""
-        if not (sys_net / want.bridge).exists():
+        when no Docker network of this engine names it and nothing is attached to it
+        (an engine of the same host sharing its links, wrongly configured with this
+        node's name, keeps a bridge its containers use)."""
+        link = sys_net / want.bridge
+        if not link.exists():
+            return
+        try:
+            attached = any((link / "brif").iterdir())
+        except OSError:
+            return  # not a bridge, or gone meanwhile: not ours to judge
+        if attached:
             return
         for shown in await self.list_all():
             if (shown.get("Options") or {}).get(BRIDGE_NAME_OPTION) == want.bridge:
@@ -189,7 +198,12 @@ class DockerNetworks:
             want.bridge,
             want.name,
         )
-        await host.run(["ip", "link", "del", want.bridge])
+        deleted = await host.run(["ip", "link", "del", want.bridge], check=False)
+        if deleted.code != 0 and link.exists():
+            raise RuntimeError(
+                f"bridge {want.bridge} is left from a create that failed and could not be "
+                f"deleted: {deleted.stderr.strip()}"
+            )
 
     async def users(self, name: str, shown: dict[str, Any]) -> list[str]:
         """The containers attached to the network `name`, stopped ones too (Docker's
