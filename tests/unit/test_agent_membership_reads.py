@@ -66,23 +66,17 @@ async def test_a_replica_is_believed_only_when_it_says_the_nodes_own_cluster(
     assert membership.identity == Identity.RECOGNISED and bucket.reads == reads
 
 
-async def test_before_acting_on_a_new_read_only_the_leader_is_asked(tmp_path: Path) -> None:
+async def test_before_acting_only_the_leader_is_asked_and_no_replica_lifts_its_verdict(
+    tmp_path: Path,
+) -> None:
     # The store was wiped and made anew (c-new); a replica behind still says c-old, the
-    # node's own: taken, the node would act on the new store's empty placements.
+    # node's own: taken, the node would act on the new store's empty placements. And
+    # once the leader said Mismatch (Held: nothing removed, even cut off), that replica
+    # believed would lift Held, and the agent cut off later removed its replicas at F.
     bucket = LaggingReplica("c-old", "c-new")
     membership = member_of(tmp_path, "c-old", bucket)
     await membership.check(from_leader=True)
     assert membership.identity == Identity.MISMATCH and bucket.reads == ["leader"]
-
-
-async def test_a_replica_never_lifts_a_verdict_the_leader_gave(tmp_path: Path) -> None:
-    # The leader says the store is another cluster's (Held: nothing removed, even cut
-    # off). A replica behind the wipe says the node's own old id: believed, it lifted
-    # Held, and the agent cut off later removed its replicas at F.
-    bucket = LaggingReplica("c-old", "c-new")
-    membership = member_of(tmp_path, "c-old", bucket)
-    await membership.check(from_leader=True)
-    assert membership.identity == Identity.MISMATCH
     bucket.reads.clear()
     await membership.check()
     assert membership.identity == Identity.MISMATCH and bucket.reads == ["leader"]

@@ -15,7 +15,6 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -171,7 +170,7 @@ class DockerNetworks:
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
         return True
 
-    async def _remove_leftover_bridge(self, want: Wanted, sys_net: Path = host.SYS_NET) -> None:
+    async def _remove_leftover_bridge(self, want: Wanted) -> None:
         """dockerd can fail a create after it made the network's bridge (two creates at
         once on Docker 20.10 with nftables: "unable to remove jump to
         DOCKER-ISOLATION-STAGE-1 rule in FORWARD chain"), leaving the link, and its
@@ -181,7 +180,7 @@ class DockerNetworks:
         when no Docker network of this engine names it and nothing is attached to it
         (an engine of the same host sharing its links, wrongly configured with this
         node's name, keeps a bridge its containers use)."""
-        link = sys_net / want.bridge
+        link = host.SYS_NET / want.bridge
         if not link.exists():
             return
         try:
