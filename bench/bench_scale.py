@@ -227,6 +227,17 @@ class Cluster:
                 summed[bound] = summed.get(bound, 0.0) + count
         return summed
 
+    def simulator_isolations(self) -> float:
+        """How often the simulator's agents entered Isolated, summed over its processes
+        (0 from an agent without the counter)."""
+        return sum(
+            sample.value
+            for name in self.simulators
+            for sample in samples(self.metrics(name))
+            if sample.name == "corral_agent_mode_entries_total"
+            and sample.labels.get("mode") == "Isolated"
+        )
+
     def varz(self) -> dict[str, int]:
         return LocalNats(self.url, self.monitor_port).varz()
 
@@ -505,6 +516,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
             late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
+            isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             began = time.monotonic()
             sampling = anyio.CancelScope()
 
@@ -562,6 +574,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             ready = await until(ready_all, args.timeout, every=0.25)
             running_in = None if ready is None else time.monotonic() - began
+            isolated_running = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             sampling.cancel()
             cluster.mark_cpu("steady")
             if placed_in is None or running_in is None:
@@ -585,6 +598,11 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 "a simulator behind sends heartbeats late: nodes look cut off",
             )
             results.add(
+                "agents isolated (entries to Isolated), first apply to all Running",
+                f"{isolated_running - isolated_before:,.0f}",
+                "an agent not proven heard for 3 heartbeats isolates: starts nothing",
+            )
+            results.add(
                 "nodes ready, fewest while placing (the scheduler's count)",
                 results.timeline.fewest_nodes_ready(placed_in, nodes + 1),
             )
@@ -601,7 +619,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             )
             varz_before, varz_at = cluster.varz(), time.monotonic()
             api_before = cluster.jetstream()["api_requests"]
+            isolated_steady = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             await anyio.sleep(args.steady)
+            isolated_steady_end = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             varz_after, varz_end = cluster.varz(), time.monotonic()
             api_after = cluster.jetstream()["api_requests"]
             reconcile_after = histogram_mean(
@@ -643,6 +663,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add(
             "JetStream API requests per second (steady)",
             f"{value:,.0f}/s ({value / per_node:.2f} per node)",
+        )
+        results.add(
+            "agents isolated (entries to Isolated), steady",
+            f"{isolated_steady_end - isolated_steady:,.0f}",
         )
 
         # one node lost
@@ -727,6 +751,7 @@ async def every_node_cut_off(
     server = cluster.procs["nats-server"].popen
     before = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_before = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
+    isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
     server.send_signal(signal.SIGSTOP)
     try:
         await anyio.sleep(outage)
@@ -749,6 +774,7 @@ async def every_node_cut_off(
     back = await until(recovered, 120, every=0.25)
     after = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_after = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
+    isolated = await anyio.to_thread.run_sync(cluster.simulator_isolations) - isolated_before
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -766,6 +792,11 @@ async def every_node_cut_off(
         f"{after['api_errors'] - before['api_errors']:,}, "
         f"{after['consumers']:,} (were {before['consumers']:,})",
         "a new placements watch and statuses read per agent would be 2 per node",
+    )
+    results.add(
+        "  agents isolated (entries to Isolated), from the pause to all back",
+        f"{isolated:,.0f}",
+        "each simulated agent once: every one was cut off",
     )
     results.add(
         "  replicas placed anew meanwhile",

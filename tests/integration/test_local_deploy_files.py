@@ -29,6 +29,7 @@ EXPORTED_METRICS = {
     "corral_replicas_running",
     "corral_image_pulls_total",
     "corral_placement_watches_total",
+    "corral_agent_mode_entries_total",
     "corral_agent_reconcile_seconds_bucket",
     "up",
 }

@@ -33,6 +33,11 @@ from tests.unit.test_agent_safety import (
 )
 
 
+def entries(mode: str) -> float:
+    """corral_agent_mode_entries_total{mode} (shared by every agent of the process)."""
+    return REGISTRY.get_sample_value("corral_agent_mode_entries_total", {"mode": mode}) or 0.0
+
+
 class TellingBucket(FlakyBucket):
     """A placements bucket that knows the newest revision of each node's keys, deletes
     included, as a scheduler's grouped mirror does (echo keys aside)."""
@@ -142,8 +147,10 @@ async def test_unheard_by_the_judges_and_its_writes_failing_it_isolates_then_sto
         judges.answering = False  # the heartbeats go out (publishes succeed), no judge hears
         rig.nodes.failing_writes = True
         sent = len(judges.sent)
+        isolated, stopping = entries("Isolated"), entries("Stopping")
         await eventually(lambda: agent.mode == Mode.ISOLATED)
         await eventually(lambda: agent.mode == Mode.STOPPING)
+        assert (entries("Isolated"), entries("Stopping")) == (isolated + 1, stopping + 1)
         await eventually(lambda: not rig.runtime.containers)
         assert len(judges.sent) > sent + 10  # it kept heartbeating all along
         judges.answering = True

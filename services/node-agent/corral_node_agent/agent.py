@@ -579,6 +579,7 @@ class NodeAgent:
             self._heard_before_doubt = acked if acked is not None else self.started_at
         if mode in (Mode.ISOLATED, Mode.STOPPING):
             self._isolations += 1
+        metrics.MODE_ENTRIES.labels(mode=mode.value).inc()
         message = self._mode_message(mode)
         level = logging.INFO if mode in (Mode.ACTIVE, Mode.SYNCING) else logging.WARNING
         log.log(

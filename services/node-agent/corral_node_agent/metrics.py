@@ -24,3 +24,9 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one reconcile pass of the node agent",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MODE_ENTRIES = Counter(
+    "corral_agent_mode_entries_total",
+    "Times an agent entered a mode of its safety state machine (Isolated: not proven "
+    "heard for isolated_after)",
+    ["mode"],
+)
