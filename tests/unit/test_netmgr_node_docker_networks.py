@@ -4,13 +4,20 @@ engine: what counts as a network's users, and when a network matches its slice."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import pytest
 
 from corral.contract.network_state import NetworkSlice
-from corral_netmgr.node.docker_networks import DockerNetworks, NetworkInUse, matches, wanted
+from corral_netmgr.node.docker_networks import (
+    DockerNetworks,
+    NetworkInUse,
+    bridge_lost,
+    matches,
+    wanted,
+)
 
 CLUSTER = "c0ffee00"
 SLICE = NetworkSlice(network="blue", node="n1", subnet="10.130.1.0/24", gateway="10.130.1.1")
@@ -153,3 +160,11 @@ def test_a_network_with_an_extra_ipv6_ipam_config_still_matches_its_slice():
         CLUSTER,
     )
     assert not matches(shown_of(want.config(), [v6]), moved)
+
+
+def test_a_bridge_is_lost_only_where_the_hosts_links_can_be_read(tmp_path: Path) -> None:
+    assert not bridge_lost("crl-x", tmp_path)  # no lo: not the host's links, no verdict
+    (tmp_path / "lo").mkdir()
+    assert bridge_lost("crl-x", tmp_path)
+    (tmp_path / "crl-x").mkdir()
+    assert not bridge_lost("crl-x", tmp_path)

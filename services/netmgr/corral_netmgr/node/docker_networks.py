@@ -6,7 +6,8 @@
 
 Only networks carrying this cluster's and this node's labels are ever removed, and only
 a bridge of this cluster's, network's and node's own name that no Docker network uses
-(a leftover of a create dockerd failed half-way).
+(a leftover of a create dockerd failed half-way). A network whose bridge is gone from
+the host is remade (`bridge_lost`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -87,6 +89,15 @@ def matches(shown: dict[str, Any], want: Wanted) -> bool:
     )
 
 
+def bridge_lost(bridge: str, sys_net: Path = host.SYS_NET) -> bool:
+    """The bridge of a Docker network that exists is not on the host: deleted behind
+    dockerd's back (by hand, or by a leftover sweep racing a create of another start of
+    this node part), which dockerd does not notice. Never True where the host's links
+    cannot be read at all (no /sys/class/net/lo: the node part runs in the host's
+    network namespace, as its rules and routes need)."""
+    return (sys_net / "lo").exists() and not (sys_net / bridge).exists()
+
+
 def _ipv6(subnet: object) -> bool:
     try:
         return ipaddress.ip_network(str(subnet), strict=False).version == 6
@@ -144,20 +155,38 @@ class DockerNetworks:
         shown = await self.inspect(want.name)
         if shown is not None:
             if matches(shown, want):
-                return False
-            labels = shown.get("Labels") or {}
-            if (
-                labels.get(names.LABEL_CLUSTER) != self.cluster_id
-                or labels.get(names.LABEL_NODE) != self.node
-            ):
-                raise RuntimeError(
-                    f"Docker network {want.name} exists and is not this node's "
-                    f"(labels {labels}); remove it by hand"
+                if not bridge_lost(want.bridge):
+                    return False
+                log.warning(
+                    "Docker network %s lost its bridge %s (deleted behind dockerd's back): "
+                    "remaking it",
+                    want.name,
+                    want.bridge,
                 )
-            log.info(
-                "Docker network %s differs from its slice (%s): remaking it", want.name, want.subnet
-            )
-            await self.remove(want.name)
+                try:
+                    await self.remove(want.name)
+                except NetworkInUse as error:
+                    raise RuntimeError(
+                        f"Docker network {want.name} lost its bridge {want.bridge} (deleted "
+                        f"behind dockerd's back), so its containers have no network; it is "
+                        f"remade once they are gone ({error})"
+                    ) from None
+            else:
+                labels = shown.get("Labels") or {}
+                if (
+                    labels.get(names.LABEL_CLUSTER) != self.cluster_id
+                    or labels.get(names.LABEL_NODE) != self.node
+                ):
+                    raise RuntimeError(
+                        f"Docker network {want.name} exists and is not this node's "
+                        f"(labels {labels}); remove it by hand"
+                    )
+                log.info(
+                    "Docker network %s differs from its slice (%s): remaking it",
+                    want.name,
+                    want.subnet,
+                )
+                await self.remove(want.name)
         await self._remove_leftover_bridge(want)
         try:
             await self.docker.networks.create(want.config())
