@@ -15,9 +15,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiodocker
 
@@ -28,6 +29,9 @@ from corral_netmgr.node import host
 log = logging.getLogger(__name__)
 
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+DEFAULT_BRIDGE_NETWORK: Final = "bridge"  # every engine's own, on docker0 by default
+# A network remade for a lost bridge is not remade for that again this soon.
+REMAKE_AGAIN_AFTER_SECONDS: Final = 300.0
 
 
 class NetworkInUse(Exception):
@@ -89,13 +93,18 @@ def matches(shown: dict[str, Any], want: Wanted) -> bool:
     )
 
 
-def bridge_lost(bridge: str, sys_net: Path = host.SYS_NET) -> bool:
+def bridge_lost(bridge: str, engine_bridge: str, sys_net: Path) -> bool:
     """The bridge of a Docker network that exists is not on the host: deleted behind
     dockerd's back (by hand, or by a leftover sweep racing a create of another start of
-    this node part), which dockerd does not notice. Never True where the host's links
-    cannot be read at all (no /sys/class/net/lo: the node part runs in the host's
-    network namespace, as its rules and routes need)."""
-    return (sys_net / "lo").exists() and not (sys_net / bridge).exists()
+    this node part), which dockerd does not notice. Only where the engine's own default
+    bridge (`engine_bridge`, e.g. docker0) is seen, which proves this process sees the
+    engine's links (not so for an engine in another network namespace or machine: a
+    rootless engine, one in a VM): never without that proof."""
+    return (
+        bool(engine_bridge)
+        and (sys_net / engine_bridge).exists()
+        and not (sys_net / bridge).exists()
+    )
 
 
 def _ipv6(subnet: object) -> bool:
@@ -117,6 +126,8 @@ class DockerNetworks:
         self.docker = docker
         self.cluster_id = cluster_id
         self.node = node
+        self.sys_net = host.SYS_NET  # the host's links (tests point it elsewhere)
+        self._remade: dict[str, float] = {}  # network name -> when remade for a lost bridge
 
     def ours_filter(self) -> dict[str, list[str]]:
         return {
@@ -155,7 +166,7 @@ class DockerNetworks:
         shown = await self.inspect(want.name)
         if shown is not None:
             if matches(shown, want):
-                if not bridge_lost(want.bridge):
+                if not await self._bridge_lost(want):
                     return False
                 log.warning(
                     "Docker network %s lost its bridge %s (deleted behind dockerd's back): "
@@ -171,6 +182,7 @@ class DockerNetworks:
                         f"behind dockerd's back), so its containers have no network; it is "
                         f"remade once they are gone ({error})"
                     ) from None
+                self._remade[want.name] = time.monotonic()
             else:
                 labels = shown.get("Labels") or {}
                 if (
@@ -199,6 +211,25 @@ class DockerNetworks:
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
         return True
 
+    async def _bridge_lost(self, want: Wanted) -> bool:
+        """`want`'s network (there, and as its slice says) lost its bridge and is to be
+        remade: at most once in REMAKE_AGAIN_AFTER_SECONDS (a bridge deleted again at
+        once is an error to look into, not a loop of remakes)."""
+        if (self.sys_net / want.bridge).exists():
+            return False  # the usual case: no call to the engine
+        default = await self.inspect(DEFAULT_BRIDGE_NETWORK)
+        engine_bridge = str(((default or {}).get("Options") or {}).get(BRIDGE_NAME_OPTION, ""))
+        if not bridge_lost(want.bridge, engine_bridge, self.sys_net):
+            return False
+        remade = self._remade.get(want.name)
+        if remade is not None and time.monotonic() - remade < REMAKE_AGAIN_AFTER_SECONDS:
+            raise RuntimeError(
+                f"Docker network {want.name} lost its bridge {want.bridge} again within "
+                f"{REMAKE_AGAIN_AFTER_SECONDS:.0f} s of being remade for that: left as it "
+                "is (what deletes it?)"
+            )
+        return True
+
     async def _remove_leftover_bridge(self, want: Wanted) -> None:
         """dockerd can fail a create after it made the network's bridge (two creates at
         once on Docker 20.10 with nftables: "unable to remove jump to
@@ -209,7 +240,7 @@ class DockerNetworks:
         when no Docker network of this engine names it and nothing is attached to it
         (an engine of the same host sharing its links, wrongly configured with this
         node's name, keeps a bridge its containers use)."""
-        link = host.SYS_NET / want.bridge
+        link = self.sys_net / want.bridge
         if not link.exists():
             return
         try:
