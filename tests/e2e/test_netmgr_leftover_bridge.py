@@ -89,7 +89,7 @@ async def test_a_network_whose_bridge_was_deleted_is_remade(docker_engine: str) 
     and no container could use: ensure remakes it."""
     async with node_networks() as (want, networks):
         assert await networks.ensure(want)
-        assert not await networks.ensure(want)  # there and whole: nothing to do
+        assert not await networks.ensure(want)  # there and whole (its bridge seen)
         ip("link", "del", want.bridge)
         assert await networks.ensure(want)  # remade
         assert link_exists(want.bridge)
@@ -101,6 +101,7 @@ async def test_a_network_that_lost_its_bridge_under_a_container_says_so(
 ) -> None:
     async with node_networks() as (want, networks):
         assert await networks.ensure(want)
+        assert not await networks.ensure(want)  # its bridge seen on the host
         container = await networks.docker.containers.create(
             {
                 "Image": test_image,

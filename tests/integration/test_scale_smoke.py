@@ -55,13 +55,13 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
     fewest = r"fewest while placing \(the scheduler's count\) \| [\d,]+ of 201 \([1-9]"
     assert re.search(fewest, table), table
-    # Agents isolated in the outage, read from the simulators (about one per simulated
-    # agent: entries, so one already Isolated at the pause counts none, one that flaps
-    # counts twice).
+    # Agents isolated in the outage, read from both simulators: about one entry per
+    # simulated agent (200; one already Isolated at the pause counts none, one that
+    # flaps counts twice), so at least 150, more than either process holds.
     isolated = re.search(
         r"agents isolated \(entries to Isolated\), from the pause[^|]*\| ([\d,]+)", table
     )
-    assert isolated is not None and int(isolated.group(1).replace(",", "")) > 0, table
+    assert isolated is not None and int(isolated.group(1).replace(",", "")) >= 150, table
     # The timeline beside it has samples, and draws.
     timeline = out.with_suffix(".csv").read_text().splitlines()
     assert timeline[0] == "seconds,placements_made,replicas_ready,nodes_ready"

@@ -14,7 +14,6 @@ from corral.contract.network_state import NetworkSlice
 from corral_netmgr.node.docker_networks import (
     DockerNetworks,
     NetworkInUse,
-    bridge_lost,
     matches,
     wanted,
 )
@@ -162,35 +161,44 @@ def test_a_network_with_an_extra_ipv6_ipam_config_still_matches_its_slice():
     assert not matches(shown_of(want.config(), [v6]), moved)
 
 
-def test_a_bridge_is_lost_only_where_the_engines_own_bridge_is_seen(tmp_path: Path) -> None:
-    assert not bridge_lost("crl-x", "", tmp_path)  # no default bridge on the engine
-    assert not bridge_lost("crl-x", "docker0", tmp_path)  # its links are not ours to see
-    (tmp_path / "docker0").mkdir()
-    assert bridge_lost("crl-x", "docker0", tmp_path)
-    (tmp_path / "crl-x").mkdir()
-    assert not bridge_lost("crl-x", "docker0", tmp_path)
-
-
-async def test_a_network_without_its_bridge_is_remade_only_with_proof_and_not_again_soon(
+async def test_a_network_without_its_bridge_is_remade_only_once_seen_and_not_again_soon(
     docker: FakeDocker, tmp_path: Path
 ) -> None:
     networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
     networks.sys_net = tmp_path  # the host's links as this test lays them out
     want = wanted(SLICE, CLUSTER)
     assert await networks.ensure(want)
-    # The bridge is not seen, but neither is the engine's own: its links are elsewhere
-    # (an engine in a VM, a rootless one). Never remade, however often looked at.
+    # Its bridge never seen: the engine's links are elsewhere (an engine in a VM, a
+    # rootless one; a host docker0 proves nothing). Never remade, however often looked at.
+    (tmp_path / "docker0").mkdir()
     for _ in range(3):
         assert not await networks.ensure(want)
-    docker.engine.networks["bridge"] = {
-        "Name": "bridge",
-        "Options": {"com.docker.network.bridge.name": "docker0"},
-    }
-    assert not await networks.ensure(want)
-    (tmp_path / "docker0").mkdir()  # now the engine's links are seen, and ours is gone
+    link = tmp_path / want.bridge
+    link.mkdir()
+    assert not await networks.ensure(want)  # seen: this process sees the engine's links
+    link.rmdir()  # deleted behind dockerd's back
     assert await networks.ensure(want)  # remade
     with pytest.raises(RuntimeError, match=r"lost its bridge .* again within 300 s"):
         await networks.ensure(want)  # gone again at once: said, not remade in a loop
     assert want.name in docker.engine.networks
-    (tmp_path / want.bridge).mkdir()
+    link.mkdir()
     assert not await networks.ensure(want)
+
+
+async def test_a_network_without_its_bridge_under_a_container_stays_and_is_not_counted_remade(
+    docker: FakeDocker, tmp_path: Path
+) -> None:
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    networks.sys_net = tmp_path
+    want = wanted(SLICE, CLUSTER)
+    link = tmp_path / want.bridge
+    link.mkdir()
+    assert await networks.ensure(want)
+    assert not await networks.ensure(want)
+    docker.engine.containers.append(FakeContainer("web-1", "exited", [want.name]))
+    link.rmdir()
+    with pytest.raises(RuntimeError, match=r"lost its bridge .*containers have no network.*web-1"):
+        await networks.ensure(want)
+    assert want.name in docker.engine.networks
+    docker.engine.containers.clear()
+    assert await networks.ensure(want)  # remade once it is free: no "again within"

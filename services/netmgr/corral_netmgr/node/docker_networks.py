@@ -6,8 +6,8 @@
 
 Only networks carrying this cluster's and this node's labels are ever removed, and only
 a bridge of this cluster's, network's and node's own name that no Docker network uses
-(a leftover of a create dockerd failed half-way). A network whose bridge is gone from
-the host is remade (`bridge_lost`).
+(a leftover of a create dockerd failed half-way). A network whose bridge, seen on the
+host before, is gone is remade (`DockerNetworks._bridge_lost`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import aiodocker
@@ -29,7 +28,6 @@ from corral_netmgr.node import host
 log = logging.getLogger(__name__)
 
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
-DEFAULT_BRIDGE_NETWORK: Final = "bridge"  # every engine's own, on docker0 by default
 # A network remade for a lost bridge is not remade for that again this soon.
 REMAKE_AGAIN_AFTER_SECONDS: Final = 300.0
 
@@ -93,20 +91,6 @@ def matches(shown: dict[str, Any], want: Wanted) -> bool:
     )
 
 
-def bridge_lost(bridge: str, engine_bridge: str, sys_net: Path) -> bool:
-    """The bridge of a Docker network that exists is not on the host: deleted behind
-    dockerd's back (by hand, or by a leftover sweep racing a create of another start of
-    this node part), which dockerd does not notice. Only where the engine's own default
-    bridge (`engine_bridge`, e.g. docker0) is seen, which proves this process sees the
-    engine's links (not so for an engine in another network namespace or machine: a
-    rootless engine, one in a VM): never without that proof."""
-    return (
-        bool(engine_bridge)
-        and (sys_net / engine_bridge).exists()
-        and not (sys_net / bridge).exists()
-    )
-
-
 def _ipv6(subnet: object) -> bool:
     try:
         return ipaddress.ip_network(str(subnet), strict=False).version == 6
@@ -128,6 +112,7 @@ class DockerNetworks:
         self.node = node
         self.sys_net = host.SYS_NET  # the host's links (tests point it elsewhere)
         self._remade: dict[str, float] = {}  # network name -> when remade for a lost bridge
+        self._seen: set[str] = set()  # bridges of our networks seen on the host
 
     def ours_filter(self) -> dict[str, list[str]]:
         return {
@@ -213,13 +198,17 @@ class DockerNetworks:
 
     async def _bridge_lost(self, want: Wanted) -> bool:
         """`want`'s network (there, and as its slice says) lost its bridge and is to be
-        remade: at most once in REMAKE_AGAIN_AFTER_SECONDS (a bridge deleted again at
-        once is an error to look into, not a loop of remakes)."""
+        remade: its link, which this node part saw on the host before, is gone (deleted
+        behind dockerd's back, by hand or by a leftover sweep racing the create of
+        another start of this node part; dockerd does not notice). Having seen it is the
+        proof that this process sees the engine's links: one that never does (an
+        engine in a VM, a rootless one) never remakes anything. At most once in
+        REMAKE_AGAIN_AFTER_SECONDS: a bridge deleted again at once is an error to look
+        into, not a loop of remakes."""
         if (self.sys_net / want.bridge).exists():
-            return False  # the usual case: no call to the engine
-        default = await self.inspect(DEFAULT_BRIDGE_NETWORK)
-        engine_bridge = str(((default or {}).get("Options") or {}).get(BRIDGE_NAME_OPTION, ""))
-        if not bridge_lost(want.bridge, engine_bridge, self.sys_net):
+            self._seen.add(want.bridge)
+            return False
+        if want.bridge not in self._seen:
             return False
         remade = self._remade.get(want.name)
         if remade is not None and time.monotonic() - remade < REMAKE_AGAIN_AFTER_SECONDS:
