@@ -11,9 +11,12 @@ import aiodocker
 import pytest
 
 from corral.contract.network_state import NetworkSlice
+from corral.natsio.host_tools import Ran
+from corral_netmgr.node import docker_networks
 from corral_netmgr.node.docker_networks import (
     DockerNetworks,
     NetworkInUse,
+    Wanted,
     matches,
     wanted,
 )
@@ -56,6 +59,8 @@ class FakeEngine:
         self.networks: dict[str, dict[str, Any]] = {}
         self.containers: list[FakeContainer] = []
         self.list_calls: list[dict[str, Any]] = []
+        self.links: Path | None = None  # where a create makes the network's bridge link
+        self.raced = False  # the next create meets another's create of the same name
 
     async def get(self, name: str) -> FakeNetwork:
         if name not in self.networks:
@@ -71,8 +76,15 @@ class FakeEngine:
             "Options": config["Options"],
             "Labels": config["Labels"],
         }
+        if self.raced:  # the other create made it (its bridge swept away meanwhile)
+            self.raced = False
+            raise aiodocker.DockerError(409, {"message": "network already exists"})
+        if self.links is not None:
+            (self.links / config["Options"]["com.docker.network.bridge.name"]).mkdir()
 
-    async def list(self, **params: Any) -> list[FakeContainer]:
+    async def list(self, **params: Any) -> list[Any]:
+        if "filters" not in params:  # networks/json: every network
+            return list(self.networks.values())
         self.list_calls.append(params)
         keys = json.loads(params["filters"])["network"]
         every = params.get("all") in ("1", "true", True)
@@ -173,11 +185,14 @@ async def test_a_network_without_its_bridge_is_remade_only_once_seen_and_not_aga
     (tmp_path / "docker0").mkdir()
     for _ in range(3):
         assert not await networks.ensure(want)
+    docker.engine.links = tmp_path  # from now on the engine's links are the host's
     link = tmp_path / want.bridge
     link.mkdir()
     assert not await networks.ensure(want)  # seen: this process sees the engine's links
     link.rmdir()  # deleted behind dockerd's back
-    assert await networks.ensure(want)  # remade
+    assert await networks.ensure(want)  # remade, with its bridge
+    assert link.exists()
+    link.rmdir()
     with pytest.raises(RuntimeError, match=r"lost its bridge .* again within 300 s"):
         await networks.ensure(want)  # gone again at once: said, not remade in a loop
     assert want.name in docker.engine.networks
@@ -185,18 +200,63 @@ async def test_a_network_without_its_bridge_is_remade_only_once_seen_and_not_aga
     assert not await networks.ensure(want)
 
 
+async def seen_then_lost(docker: FakeDocker, links: Path) -> tuple[DockerNetworks, Wanted, Path]:
+    """The slice's network made, its bridge seen on the host (`links`), then deleted
+    behind dockerd's back: the node part, the network and the (gone) link."""
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    networks.sys_net = links
+    want = wanted(SLICE, CLUSTER)
+    link = links / want.bridge
+    link.mkdir()
+    assert await networks.ensure(want)
+    assert not await networks.ensure(want)  # seen
+    link.rmdir()
+    return networks, want, link
+
+
+async def test_a_remade_network_whose_new_bridge_is_not_seen_either_loses_the_proof(
+    docker: FakeDocker, tmp_path: Path
+) -> None:
+    """A link of that name on the host that was not the engine's (its links are in a
+    VM): the remade network's bridge is not seen either, so nothing is remade again."""
+    networks, want, _ = await seen_then_lost(docker, tmp_path)
+    assert await networks.ensure(want)  # remade: its new bridge is not on this host
+    for _ in range(3):
+        assert not await networks.ensure(want)  # no proof any more: no error, no remake
+
+
+async def test_a_bridge_swept_while_another_start_made_the_network_is_remade(
+    docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts of this node part: this one sweeps the bridge of the other's create
+    in progress (made, its network not yet listed), then finds the network made. The
+    sweep saw the link: the network without it is remade at the next look."""
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    networks.sys_net = tmp_path
+    docker.engine.links = tmp_path
+    want = wanted(SLICE, CLUSTER)
+    link = tmp_path / want.bridge
+    (link / "brif").mkdir(parents=True)  # the other start's create, half-way
+
+    async def ip_link_del(argv: list[str], check: bool = True) -> Ran:
+        assert argv == ["ip", "link", "del", want.bridge]
+        (link / "brif").rmdir()
+        link.rmdir()
+        return Ran(0, "", "")
+
+    monkeypatch.setattr(docker_networks.host, "run", ip_link_del)
+    docker.engine.raced = True
+    assert not await networks.ensure(want)  # made meanwhile, by the other start
+    assert not link.exists()
+    assert await networks.ensure(want)  # remade, with its bridge
+    assert link.exists()
+
+
 async def test_a_network_without_its_bridge_under_a_container_stays_and_is_not_counted_remade(
     docker: FakeDocker, tmp_path: Path
 ) -> None:
-    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
-    networks.sys_net = tmp_path
-    want = wanted(SLICE, CLUSTER)
-    link = tmp_path / want.bridge
-    link.mkdir()
-    assert await networks.ensure(want)
-    assert not await networks.ensure(want)
+    networks, want, _ = await seen_then_lost(docker, tmp_path)
     docker.engine.containers.append(FakeContainer("web-1", "exited", [want.name]))
-    link.rmdir()
     with pytest.raises(RuntimeError, match=r"lost its bridge .*containers have no network.*web-1"):
         await networks.ensure(want)
     assert want.name in docker.engine.networks

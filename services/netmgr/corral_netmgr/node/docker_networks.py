@@ -194,6 +194,16 @@ class DockerNetworks:
                 f"creating Docker network {want.name} ({want.subnet}): {error.message}"
             ) from None
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
+        if want.name in self._remade and not (self.sys_net / want.bridge).exists():
+            # Remade, and its new bridge is not seen either: what was seen was not the
+            # engine's (its links are elsewhere). No proof any more: never again.
+            self._seen.discard(want.bridge)
+            log.warning(
+                "Docker network %s was remade for a lost bridge, and its new bridge %s is "
+                "not on this host either: this node part does not see the engine's links",
+                want.name,
+                want.bridge,
+            )
         return True
 
     async def _bridge_lost(self, want: Wanted) -> bool:
@@ -232,6 +242,10 @@ class DockerNetworks:
         link = self.sys_net / want.bridge
         if not link.exists():
             return
+        # Seen: this process sees the engine's links. Should this sweep race the create
+        # of another start of this node part (its bridge made, its network not yet
+        # listed), the network that create makes lacks its bridge: remade next time.
+        self._seen.add(want.bridge)
         try:
             attached = any((link / "brif").iterdir())
         except OSError:
