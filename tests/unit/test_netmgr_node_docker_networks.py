@@ -4,6 +4,7 @@ engine: what counts as a network's users, and when a network matches its slice."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,13 @@ class FakeEngine:
         self.list_calls: list[dict[str, Any]] = []
         self.links: Path | None = None  # where a create makes the network's bridge link
         self.raced = False  # the next create meets another's create of the same name
+        self.meanwhile: Callable[[], None] | None = None
 
-    async def get(self, name: str) -> FakeNetwork:
-        if name not in self.networks:
-            raise aiodocker.DockerError(404, {"message": f"network {name} not found"})
-        return FakeNetwork(self, self.networks[name])
+    async def get(self, name_or_id: str) -> FakeNetwork:
+        for shown in self.networks.values():
+            if name_or_id in (shown["Name"], shown["Id"]):
+                return FakeNetwork(self, shown)
+        raise aiodocker.DockerError(404, {"message": f"network {name_or_id} not found"})
 
     async def create(self, config: dict[str, Any]) -> None:
         self.networks[config["Name"]] = {
@@ -86,6 +89,9 @@ class FakeEngine:
         if "filters" not in params:  # networks/json: every network
             return list(self.networks.values())
         self.list_calls.append(params)
+        if self.meanwhile is not None:  # something happens while containers are listed
+            self.meanwhile()
+            self.meanwhile = None
         keys = json.loads(params["filters"])["network"]
         every = params.get("all") in ("1", "true", True)
         return [
@@ -143,6 +149,23 @@ async def test_a_network_whose_slice_changed_is_not_remade_while_a_stopped_conta
     docker.engine.containers.clear()  # the stopped replica removed: now it is remade
     assert await networks.ensure(wanted(moved, CLUSTER))
     assert docker.engine.networks[name]["IPAM"]["Config"][0]["Subnet"] == "10.130.7.0/24"
+
+
+async def test_a_network_made_again_meanwhile_is_not_the_one_removed(docker: FakeDocker):
+    """Between the check for its users and the delete, another start of this node part
+    removed the network and made it again: the one inspected is gone, the new one
+    stays (deleted by name, it would go)."""
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    want = wanted(SLICE, CLUSTER)
+    await networks.ensure(want)
+
+    def made_again() -> None:
+        shown = docker.engine.networks[want.name]
+        docker.engine.networks[want.name] = {**shown, "Id": "netid-made-again"}
+
+    docker.engine.meanwhile = made_again
+    await networks.remove(want.name)
+    assert docker.engine.networks[want.name]["Id"] == "netid-made-again"
 
 
 async def test_a_network_without_containers_is_removed(docker: FakeDocker):

@@ -280,7 +280,9 @@ class DockerNetworks:
 
     async def remove(self, name: str) -> None:
         """Remove one of this node's Docker networks; NetworkInUse while containers,
-        running or stopped, are attached to it."""
+        running or stopped, are attached to it. The network inspected is the one
+        deleted (by its id): one made again under that name meanwhile (another start
+        of this node part) is not."""
         shown = await self.inspect(name)
         if shown is None:
             return
@@ -297,11 +299,11 @@ class DockerNetworks:
                 "it is removed once they are gone"
             )
         try:
-            network = await self.docker.networks.get(name)
+            network = await self.docker.networks.get(str(shown.get("Id") or name))
             await network.delete()
         except aiodocker.DockerError as error:
             if error.status == 404:
-                return
+                return  # gone meanwhile
             if error.status in (403, 409) or "active endpoints" in error.message:
                 raise NetworkInUse(f"Docker network {name}: {error.message}") from None
             raise
