@@ -48,8 +48,11 @@ class FakeNetwork:
         running = [c for c in self.engine.containers if c.state_of(name) == "running"]
         return {**self.shown, "Containers": {c.id: {"Name": c.id[3:]} for c in running}}
 
-    async def delete(self) -> None:
-        del self.engine.networks[self.shown["Name"]]
+    async def delete(self) -> None:  # this network, by its id, as Docker does
+        name = self.shown["Name"]
+        if self.engine.networks.get(name, {}).get("Id") != self.shown["Id"]:
+            raise aiodocker.DockerError(404, {"message": f"network {self.shown['Id']} not found"})
+        del self.engine.networks[name]
 
 
 class FakeEngine:
@@ -248,6 +251,40 @@ async def test_a_remade_network_whose_new_bridge_is_not_seen_either_loses_the_pr
         assert not await networks.ensure(want)  # no proof any more: no error, no remake
 
 
+def deleting_links(monkeypatch: pytest.MonkeyPatch, link: Path) -> None:
+    """`ip link del <bridge>` (the leftover sweep's) deletes `link`, a bridge laid out
+    as a directory with an empty brif/."""
+
+    def delete() -> None:
+        (link / "brif").rmdir()
+        link.rmdir()
+
+    async def ip_link_del(argv: list[str], check: bool = True) -> Ran:
+        assert argv == ["ip", "link", "del", link.name]
+        delete()
+        return Ran(0, "", "")
+
+    monkeypatch.setattr(docker_networks.host, "run", ip_link_del)
+
+
+async def test_a_leftover_link_on_the_host_is_no_proof_when_the_engines_links_are_elsewhere(
+    docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine runs in a VM; a link of the network's bridge name is left on the host
+    (an engine that ran there before). The sweep deletes it, the network is made in the
+    VM, its bridge never seen here: nothing is remade."""
+    networks = DockerNetworks(docker, CLUSTER, "n1")  # type: ignore[arg-type]
+    networks.sys_net = tmp_path  # docker.engine.links stays None: the VM's links
+    want = wanted(SLICE, CLUSTER)
+    link = tmp_path / want.bridge
+    (link / "brif").mkdir(parents=True)
+
+    deleting_links(monkeypatch, link)
+    assert await networks.ensure(want)
+    for _ in range(3):
+        assert not await networks.ensure(want)
+
+
 async def test_a_bridge_swept_while_another_start_made_the_network_is_remade(
     docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,13 +298,7 @@ async def test_a_bridge_swept_while_another_start_made_the_network_is_remade(
     link = tmp_path / want.bridge
     (link / "brif").mkdir(parents=True)  # the other start's create, half-way
 
-    async def ip_link_del(argv: list[str], check: bool = True) -> Ran:
-        assert argv == ["ip", "link", "del", want.bridge]
-        (link / "brif").rmdir()
-        link.rmdir()
-        return Ran(0, "", "")
-
-    monkeypatch.setattr(docker_networks.host, "run", ip_link_del)
+    deleting_links(monkeypatch, link)
     docker.engine.raced = True
     assert not await networks.ensure(want)  # made meanwhile, by the other start
     assert not link.exists()

@@ -194,13 +194,13 @@ class DockerNetworks:
                 f"creating Docker network {want.name} ({want.subnet}): {error.message}"
             ) from None
         log.info("Docker network %s made (%s, bridge %s)", want.name, want.subnet, want.bridge)
-        if want.name in self._remade and not (self.sys_net / want.bridge).exists():
-            # Remade, and its new bridge is not seen either: what was seen was not the
-            # engine's (its links are elsewhere). No proof any more: never again.
+        if want.bridge in self._seen and not (self.sys_net / want.bridge).exists():
+            # Made, and its bridge is not seen: what was seen (a link of that name left
+            # on the host) was not the engine's, whose links are elsewhere. No proof.
             self._seen.discard(want.bridge)
             log.warning(
-                "Docker network %s was remade for a lost bridge, and its new bridge %s is "
-                "not on this host either: this node part does not see the engine's links",
+                "Docker network %s was made and its bridge %s is not on this host: this "
+                "node part does not see the engine's links",
                 want.name,
                 want.bridge,
             )
