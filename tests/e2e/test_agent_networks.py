@@ -90,8 +90,12 @@ def networks(node_name: str) -> Iterator[NetworkMaker]:
         maker.remove_all()
 
 
-def on_networks(node: str, replica: str, image: str, networks: list[str]) -> Placement:
-    template = ContainerTemplate(image=image, command=SLEEP[:2], args=SLEEP[2:], networks=networks)
+def on_networks(
+    node: str, replica: str, image: str, networks: list[str], command: list[str] = SLEEP
+) -> Placement:
+    template = ContainerTemplate(
+        image=image, command=command[:2], args=command[2:], networks=networks
+    )
     return Placement(
         replica=replica,
         deployment="web",
@@ -214,3 +218,54 @@ async def test_the_engine_tells_the_agent_when_a_corral_network_is_made(
             tg.cancel_scope.cancel()
     finally:
         await runtime.close()
+
+
+def replica_containers(node: str, replica: str) -> list[str]:
+    return [
+        c["Id"]
+        for c in containers_of(node)
+        if c["Config"]["Labels"].get(names.LABEL_REPLICA) == replica
+    ]
+
+
+def network_removed(name: str) -> bool:
+    """`docker network rm`: refused while a container runs on it (a restart came
+    first), so the caller tries again."""
+    done = subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+async def test_a_stopped_replica_whose_network_was_removed_gets_a_new_container(
+    buckets: dict[str, NatsBucket],
+    agent_running: AgentFactory,
+    node_name: str,
+    test_image: str,
+    networks: NetworkMaker,
+) -> None:
+    """Docker lets a network go while only stopped containers are on it, and such a
+    container never starts again ("network ... not found"): the agent removes it and,
+    once the network is back, runs a new one."""
+    net = network_name()
+    web = unique("web")
+    crashing = on_networks(node_name, web, test_image, [net], ["sh", "-c", "sleep 1; exit 1"])
+    async with agent_running("--networks", "on"):
+        cluster = await cluster_id(buckets)
+        networks.make(net, cluster)
+        await place(buckets, crashing)
+
+        async def backing_off() -> bool:  # exited, its next start seconds away
+            status = await status_of(buckets, node_name, web)
+            return (
+                status is not None
+                and status.state == ReplicaState.CRASH_LOOP
+                and (status.restarts >= 2)
+            )
+
+        await eventually(backing_off, within=30)
+        (old,) = replica_containers(node_name, web)
+        await eventually(lambda: network_removed(names.docker_network_name(net, cluster)))
+        # Its start fails for good: removed, and a new one waits for the network.
+        await eventually(lambda: old not in replica_containers(node_name, web), within=30)
+        networks.make(net, cluster)  # netmgr makes it again
+        await eventually(lambda: bool(replica_containers(node_name, web)), within=30)
+        assert old not in replica_containers(node_name, web)

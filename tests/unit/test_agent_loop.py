@@ -16,6 +16,7 @@ from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
 from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
+from corral_node_agent.runtime import StartNetworkGone
 from tests.unit.agent_helpers import NODE, cluster_bucket, fast_settings, placement
 
 IMAGE = "corral-test/busybox:1"
@@ -160,6 +161,31 @@ async def test_a_crash_restarts_at_once_then_backs_off(world: World) -> None:
         assert status is not None and status.exit_code == 7 and status.restarts == 1
         await eventually(lambda: world.runtime.starts == 3, within=3)  # after one second
         await eventually(lambda: (world.status("web-a1") or status).restarts == 2)
+
+
+async def test_a_container_whose_network_is_gone_is_made_anew(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its network removed while it was stopped (Docker lets that happen), a container
+    can never start again: the agent removes it and makes a new one."""
+    async with agent_running(world):
+        await world.place(placement("web-a1"))
+        await eventually(lambda: len(world.runtime.running(NODE)) == 1)
+        (container,) = world.runtime.running(NODE)
+        start = world.runtime.start_container
+
+        async def start_container(container_id: str) -> None:
+            if container_id == container.id:
+                raise StartNetworkGone("start: network corral_default_x not found")
+            await start(container_id)
+
+        monkeypatch.setattr(world.runtime, "start_container", start_container)
+        world.runtime.crash(container.id, exit_code=1)
+        await eventually(lambda: container.id not in world.runtime.containers)
+        await eventually(lambda: len(world.runtime.running(NODE)) == 1)
+        assert world.runtime.running(NODE)[0].id != container.id
+        assert state_of(world, "web-a1") == ReplicaState.RUNNING
+        assert "NetworkNotReady" in world.events.reasons()
 
 
 async def test_a_container_removed_behind_its_back_is_recreated(world: World) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -42,6 +43,7 @@ from corral_node_agent.runtime import (
     NetworkMissing,
     ObservedContainer,
     RuntimeFailure,
+    StartNetworkGone,
     VolumeRefused,
     VolumeUser,
 )
@@ -272,6 +274,10 @@ def _bridge_ip(data: dict[str, Any]) -> str:
     settings = data.get("NetworkSettings") or {}
     bridge = (settings.get("Networks") or {}).get("bridge") or {}
     return str(bridge.get("IPAddress") or settings.get("IPAddress") or "")
+
+
+# Docker's answer to starting a container created on a network removed since.
+_NETWORK_NOT_FOUND = re.compile(r"\bnetwork \S+ not found")
 
 
 def _failure(error: aiodocker.DockerError, doing: str) -> RuntimeFailure:
@@ -553,7 +559,12 @@ class DockerRuntime:
     async def start_container(self, container_id: str) -> None:
         self.forget(container_id)
         with self._call("start"):
-            await self._docker.containers.container(container_id).start()
+            try:
+                await self._docker.containers.container(container_id).start()
+            except aiodocker.DockerError as error:
+                if error.status == 404 and _NETWORK_NOT_FOUND.search(error.message):
+                    raise StartNetworkGone(f"start: {error.message}") from None
+                raise
 
     async def kill_container(self, container_id: str) -> None:
         self.forget(container_id)

@@ -36,6 +36,7 @@ from corral_node_agent.runtime import (
     NetworkMissing,
     Runtime,
     RuntimeFailure,
+    StartNetworkGone,
     VolumeNotReady,
     VolumeRefused,
 )
@@ -394,6 +395,22 @@ class Executor:
             return False  # no longer allowed: the next pass decides again
         try:
             await self.runtime.start_container(container_id)
+        except StartNetworkGone as error:
+            # Made on a network removed since (by hand while it was stopped): it can
+            # never start again. Removed, so the next pass makes a new one on the
+            # networks as they are now (waiting for netmgr to make them again).
+            try:
+                await self.runtime.remove_container(container_id)
+            except RuntimeFailure as removal:
+                log.warning("removing %s of %s failed: %s", container_id, replica, removal)
+            await self._failed(
+                replica,
+                placement,
+                ReplicaState.CREATING,
+                f"its container's network is gone ({error}): making a new one",
+                reason="NetworkNotReady",
+            )
+            return False
         except RuntimeFailure as error:
             await self._failed(replica, placement, ReplicaState.FAILED, f"start: {error}")
             return False

@@ -58,6 +58,12 @@ class ContainerGone(RuntimeFailure):
     """The container does not exist (any more)."""
 
 
+class StartNetworkGone(RuntimeFailure):
+    """The container cannot start: a network it was created on was removed from the
+    engine since (Docker lets a network go while only stopped containers are on it).
+    Only a new container can run."""
+
+
 class NameConflict(RuntimeFailure):
     """A container of that name exists already (the engine's 409 on create)."""
 
