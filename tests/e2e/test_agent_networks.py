@@ -263,9 +263,17 @@ async def test_a_stopped_replica_whose_network_was_removed_gets_a_new_container(
 
         await eventually(backing_off, within=30)
         (old,) = replica_containers(node_name, web)
+        before = await status_of(buckets, node_name, web)
+        assert before is not None
         await eventually(lambda: network_removed(names.docker_network_name(net, cluster)))
         # Its start fails for good: removed, and a new one waits for the network.
         await eventually(lambda: old not in replica_containers(node_name, web), within=30)
         networks.make(net, cluster)  # netmgr makes it again
         await eventually(lambda: bool(replica_containers(node_name, web)), within=30)
         assert old not in replica_containers(node_name, web)
+
+        async def started_anew() -> bool:  # the new container ran: a restart counted
+            status = await status_of(buckets, node_name, web)
+            return status is not None and status.restarts > before.restarts
+
+        await eventually(started_anew, within=30)

@@ -36,7 +36,7 @@ async def test_starting_a_container_whose_network_was_removed_says_so(
             name=name,
         )
         await network.delete()  # allowed: the container never ran
-        with pytest.raises(StartNetworkGone, match=f"network {name} not found"):
+        with pytest.raises(StartNetworkGone, match=r"network \S+ not found"):
             await runtime.start_container(container.id)
     finally:
         try:

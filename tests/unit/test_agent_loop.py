@@ -184,7 +184,7 @@ async def test_a_container_whose_network_is_gone_is_made_anew(
         await eventually(lambda: container.id not in world.runtime.containers)
         await eventually(lambda: len(world.runtime.running(NODE)) == 1)
         assert world.runtime.running(NODE)[0].id != container.id
-        assert state_of(world, "web-a1") == ReplicaState.RUNNING
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         assert "NetworkNotReady" in world.events.reasons()
 
 

@@ -277,7 +277,7 @@ def _bridge_ip(data: dict[str, Any]) -> str:
 
 
 # Docker's answer to starting a container created on a network removed since.
-_NETWORK_NOT_FOUND = re.compile(r"\bnetwork \S+ not found")
+_NETWORK_NOT_FOUND = re.compile(r"\bnetwork \S+ not found", re.IGNORECASE)
 
 
 def _failure(error: aiodocker.DockerError, doing: str) -> RuntimeFailure:

@@ -399,6 +399,8 @@ class Executor:
             # Made on a network removed since (by hand while it was stopped): it can
             # never start again. Removed, so the next pass makes a new one on the
             # networks as they are now (waiting for netmgr to make them again).
+            if not self.may_start():
+                return False  # no longer Active: removes nothing; the next pass decides
             try:
                 await self.runtime.remove_container(container_id)
             except RuntimeFailure as removal:
