@@ -17,6 +17,7 @@ its transitions; the pass only asks `permissions(mode)`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -476,8 +477,15 @@ class NodeAgent:
                     self.node,
                 )
                 self._stop_watch()
-            with anyio.move_on_after(self._guard_sleep(mode, interval)):
+            # A timer sets the event when the sleep is over: no cancel scope to time out
+            # (a scope's timeout is delivered as a cancellation, about every other
+            # second per idle agent: a share of a hollow cluster's work).
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._guard_sleep(mode, interval), self._guard_wakeup.set)
+            try:
                 await self._guard_wakeup.wait()
+            finally:
+                timer.cancel()
 
     def _guard_sleep(self, mode: Mode, interval: float) -> float:
         """How long the guard may sleep. While Active or Syncing (the steady state) it

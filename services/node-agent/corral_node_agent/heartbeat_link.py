@@ -12,6 +12,7 @@ and listen to a node's heartbeats for a while (is another agent of this name ali
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -53,6 +54,11 @@ def is_other_agent(agent_id: str, engine_id: str, mine: str, my_engine: str) -> 
     return bool(engine_id and my_engine and engine_id != my_engine)
 
 
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 def enough(acks: list[HeartbeatAck]) -> bool:
     """Heard by every judge alive (as the judges count them), and by at least one."""
     return bool(acks) and len({ack.judge for ack in acks}) >= max(ack.judges for ack in acks)
@@ -60,12 +66,18 @@ def enough(acks: list[HeartbeatAck]) -> bool:
 
 class NatsHeartbeats:
     """HeartbeatLink over a nats-py connection: one reply subscription for all beats
-    (the reply subject carries the beat's sequence number)."""
+    (the reply subject carries the beat's sequence number).
+
+    A beat waits on a plain asyncio future that its last ack or a timer settles: no
+    cancel scope, event or exception per beat. nats-py runs on asyncio only, and a
+    hollow cluster runs a beat per node every second in one loop, where anyio's
+    per-call backend lookups and a timed-out scope's cancellation were a large share
+    of an idle agent's work (bench/README.md)."""
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self._inbox = ""
-        self._waiting: dict[int, tuple[list[HeartbeatAck], anyio.Event]] = {}
+        self._waiting: dict[int, tuple[list[HeartbeatAck], asyncio.Future[None]]] = {}
 
     async def _reply_to(self, seq: int) -> str:
         if not self._inbox:
@@ -87,20 +99,24 @@ class NatsHeartbeats:
         if all(known.judge != ack.judge for known in acks):
             acks.append(ack)
         if enough(acks):
-            done.set()
+            _settle(done)
 
     async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
         reply = await self._reply_to(heartbeat.seq)
         acks: list[HeartbeatAck] = []
-        done = anyio.Event()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         self._waiting[heartbeat.seq] = (acks, done)
+        timer: asyncio.TimerHandle | None = None
         try:
             await self.nc.publish(
                 names.heartbeat_subject(heartbeat.node), encode(heartbeat), reply=reply
             )
-            with anyio.move_on_after(wait):
-                await done.wait()
+            timer = loop.call_later(wait, _settle, done)
+            await done  # cancelled from outside (the beat's bound, a stop): forgotten below
         finally:
+            if timer is not None:
+                timer.cancel()
             del self._waiting[heartbeat.seq]
         return list(acks)
 

@@ -226,7 +226,6 @@ class NodeRecord:
             return
         link = self.link
         wrote = False
-        proven = False
 
         async def write_change() -> None:
             nonlocal wrote
@@ -236,26 +235,33 @@ class NodeRecord:
             except Exception as error:  # the fallback below, or the next beat, retries
                 log.debug("writing the record of %s failed: %s", self.node.name, error)
 
-        async with anyio.create_task_group() as tg:
-            if self.node != self.written:
+        if self.node != self.written:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(write_change)
-            self.seq += 1
-            sent = self.monotonic()
-            try:
-                acks = await link.beat(self._heartbeat(), wait)
-            except Exception as error:  # NATS trouble: the record write below decides
-                log.debug("heartbeat of %s not sent: %s", self.node.name, error)
-                acks = []
-            self.on_acks(acks, sent)
-            proven = self._judged(acks)
-            if proven and (self.last_acked is None or sent > self.last_acked):
-                # Proof counts from the sending: every judge heard it after that.
-                self.last_acked = sent
+                proven = await self._send(link, wait)
+        else:  # the usual beat: no task group to make (a hollow cluster beats per node)
+            proven = await self._send(link, wait)
         if proven or self.displaced_by is not None:
             return
         if self._take_back or not wrote:
             self._take_back = False
             await self.write()
+
+    async def _send(self, link: HeartbeatLink, wait: float) -> bool:
+        """One heartbeat and its acks: is this agent proven heard (last_acked set)?"""
+        self.seq += 1
+        sent = self.monotonic()
+        try:
+            acks = await link.beat(self._heartbeat(), wait)
+        except Exception as error:  # NATS trouble: the record write decides
+            log.debug("heartbeat of %s not sent: %s", self.node.name, error)
+            acks = []
+        self.on_acks(acks, sent)
+        proven = self._judged(acks)
+        if proven and (self.last_acked is None or sent > self.last_acked):
+            # Proof counts from the sending: every judge heard it after that.
+            self.last_acked = sent
+        return proven
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
