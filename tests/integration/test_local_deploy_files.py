@@ -31,6 +31,7 @@ EXPORTED_METRICS = {
     "corral_placement_watches_total",
     "corral_agent_mode_entries_total",
     "corral_agent_reconcile_seconds_bucket",
+    "corral_api_request_seconds_bucket",
     "up",
 }
 

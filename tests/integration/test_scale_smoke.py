@@ -53,9 +53,11 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert "not within" not in table, table
     assert "the simulator in 2 processes at nice 10" in table, table
 
-    for phase in ("placing", "steady"):  # timed writes, not an empty list's nan
+    for phase in ("placing", "steady"):  # timed writes and answers, not an empty list's nan
         written = rf"the store's own write p50 / p99 while {phase} \| [\d.]+ / [\d.]+ ms \([1-9]"
         assert re.search(written, table), table
+        answers = rf"own answer to apply, p50 / p99 while {phase} \| [\d.]+ / [\d.]+ ms \([1-9]"
+        assert re.search(answers, table), table
 
     # The simulator's processes ran nicer than the control plane's, as the kernel had it.
     def niceness(name: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BENCH = Path(__file__).parents[2] / "bench"
 
@@ -68,3 +68,51 @@ def test_the_csv_has_the_header_plot_scale_reads(bench_scale: ModuleType, tmp_pa
         "seconds,placements_made,replicas_ready,nodes_ready",
         "0.5,7,5,201",
     ]
+
+
+def _requests(observed: dict[tuple[str, str], list[float]]) -> str:
+    registry = CollectorRegistry()
+    seconds = Histogram(
+        "corral_api_request_seconds",
+        "answered",
+        ["kind", "verb", "result"],
+        buckets=(0.001, 0.01, 0.1, 1.0),
+        registry=registry,
+    )
+    for (verb, result), values in observed.items():
+        for value in values:
+            seconds.labels("deployment", verb, result).observe(value)
+    return generate_latest(registry).decode()
+
+
+def test_the_answers_to_apply_are_summed_over_results_and_other_verbs_left_out(
+    bench_scale: ModuleType,
+) -> None:
+    text = _requests(
+        {
+            ("apply", "ok"): [0.005] * 8,
+            ("apply", "Busy"): [0.05, 0.05],
+            ("delete", "ok"): [0.5] * 100,
+        }
+    )
+    applies = bench_scale.histogram_buckets(
+        text, "corral_api_request_seconds", {"kind": "deployment", "verb": "apply"}
+    )
+    assert applies == {0.001: 0, 0.01: 8, 0.1: 10, 1.0: 10, float("inf"): 10}
+    everything = bench_scale.histogram_buckets(text, "corral_api_request_seconds")
+    assert everything[float("inf")] == 110
+
+
+def test_quantiles_of_the_answers_between_two_readings_interpolate_as_prometheus(
+    bench_scale: ModuleType,
+) -> None:
+    before = {0.001: 0.0, 0.01: 8.0, 0.1: 10.0, 1.0: 10.0, float("inf"): 10.0}
+    # Since: 90 more within 1-10 ms, 8 within 10-100 ms (98 in all).
+    after = {0.001: 0.0, 0.01: 98.0, 0.1: 108.0, 1.0: 108.0, float("inf"): 108.0}
+    quantile = bench_scale.bucket_quantile
+    assert quantile(before, after, 0.5) == pytest.approx(0.001 + 0.009 * (49 / 90))
+    assert quantile(before, after, 0.99) == pytest.approx(0.01 + 0.09 * ((0.99 * 98 - 90) / 8))
+    assert quantile(before, before, 0.99) != quantile(before, before, 0.99)  # none: nan
+    beyond = {0.001: 0.0, 0.01: 0.0, 0.1: 0.0, 1.0: 0.0, float("inf"): 5.0}
+    assert quantile({}, beyond, 0.99) == 1.0  # past the last bound: that bound
+    assert bench_scale.answered(before, after) == "5.9 / 89.0 ms (98 answers)"

@@ -35,7 +35,7 @@ from corral.contract.events import (
     Event,
     Reply,
 )
-from corral.natsio import nats_internals
+from corral.natsio import api_metrics, nats_internals
 from corral.natsio.cluster import StateStoreLost, list_buckets, lost_buckets, read_cluster_identity
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import Bucket, NatsBucket
@@ -644,6 +644,7 @@ async def serve_spec_requests(
 
     async def answer(msg: Msg) -> None:
         async with limiter:
+            started = time.perf_counter()
             verb = msg.subject.rsplit(".", 1)[-1]
             handler = handlers.get(verb)
             if handler is None:
@@ -657,6 +658,12 @@ async def serve_spec_requests(
                 reply = await _answer(handler, msg.subject, msg.data)
             if msg.reply:
                 await _quietly(msg.respond(encode(reply)))
+            api_metrics.observe(
+                kind,
+                verb if handler is not None else api_metrics.UNKNOWN_VERB,
+                reply,
+                time.perf_counter() - started,
+            )
 
     task_status.started()
     try:
