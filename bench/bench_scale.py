@@ -56,6 +56,7 @@ import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 from local_nats import LocalNats
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,7 +119,7 @@ class Proc:
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def nice(self) -> int | None:
-        """Its niceness as the kernel has it (None once it has exited)."""
+        """Its main thread's niceness as the kernel has it (None once it has exited)."""
         try:
             fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -165,12 +166,13 @@ class Cluster:
         popen = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
+        proc = Proc(name, popen)
+        self.procs[name] = proc  # first: stopped with the rest whatever follows
         if nice:
             # Set from here rather than in the child (no preexec_fn beside threads): the
             # child runs its first milliseconds of imports at this process's priority.
+            # Its main thread's: the threads it starts later inherit it.
             os.setpriority(os.PRIO_PROCESS, popen.pid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
-        proc = Proc(name, popen)
-        self.procs[name] = proc
         return proc
 
     async def start_control_plane(self) -> None:
@@ -490,8 +492,9 @@ def answered(before: dict[float, float], after: dict[float, float]) -> str:
 
 
 STORE_PROBE_ANCHOR = (
-    "a KV put of the probe's record from this client after each apply: one of apply's "
-    "steps (a request, a read of the stored spec, a conditional write, the reply)"
+    "a KV put of the probe's record from this client after each apply, in series (one "
+    "write more per probe): one of apply's steps (a request, a read of the stored spec, "
+    "a conditional write, the reply)"
 )
 # The bench's own bucket, made as corral makes its buckets (file storage, history 5):
 # the store's write round trip beside apply's, under the same load.
@@ -519,6 +522,7 @@ class Probe:
     # Probes refused (e.g. "internal error: nats: timeout" when the machine is loaded):
     # counted, their latency kept; a refusal other than an internal error stops the run.
     failed: list[str] = field(default_factory=list)
+    store_failed: list[str] = field(default_factory=list)  # the store writes', apart
 
     async def run(self, every: float) -> None:
         while True:
@@ -538,8 +542,8 @@ class Probe:
             started = time.perf_counter()
             try:
                 await self.store.put(PROBE, encode(spec))
-            except NatsTimeoutError:
-                self.failed.append("store write timed out")
+            except NatsError as error:  # a timeout, or JetStream's refusal: counted apart
+                self.store_failed.append(f"{type(error).__name__}: {error}")
             self.store_latencies.append(time.perf_counter() - started)
             await anyio.sleep(every)
 
@@ -549,9 +553,15 @@ class Probe:
         stored, self.store_latencies = self.store_latencies, []
         return taken, stored
 
-    def take_failed(self) -> str:
+    def take_failed(self) -> tuple[str, str]:
+        """ ", N failed" for the applies and for the store writes since the last take."""
         taken, self.failed = self.failed, []
-        return f", {len(taken)} failed" if taken else ""
+        stored, self.store_failed = self.store_failed, []
+        return _failed(taken), _failed(stored)
+
+
+def _failed(failures: list[str]) -> str:
+    return f", {len(failures)} failed" if failures else ""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -658,7 +668,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 ]
                 - worker_before
             )
-            (busy, busy_stored), busy_failed = probe.take(), probe.take_failed()
+            (busy, busy_stored), (busy_failed, busy_store_failed) = (
+                probe.take(),
+                probe.take_failed(),
+            )
             answered_placed = scheduler_applies(cluster)
             late_while_placing = late_samples(
                 late_before,
@@ -719,7 +732,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             results.add(
                 "the store's own write p50 / p99 while placing",
                 f"{percentile(busy_stored, 0.5) * 1000:.1f} / "
-                f"{percentile(busy_stored, 0.99) * 1000:.1f} ms ({len(busy_stored)} writes)",
+                f"{percentile(busy_stored, 0.99) * 1000:.1f} ms"
+                f" ({len(busy_stored)} writes{busy_store_failed})",
                 STORE_PROBE_ANCHOR,
             )
 
@@ -738,7 +752,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )
             cluster.mark_cpu("steady-end")
-            (steady, steady_stored), steady_failed = probe.take(), probe.take_failed()
+            (steady, steady_stored), (steady_failed, steady_store_failed) = (
+                probe.take(),
+                probe.take_failed(),
+            )
             answered_steady = scheduler_applies(cluster)
             tg.cancel_scope.cancel()
         results.add(
@@ -755,7 +772,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add(
             "the store's own write p50 / p99 while steady",
             f"{percentile(steady_stored, 0.5) * 1000:.1f} / "
-            f"{percentile(steady_stored, 0.99) * 1000:.1f} ms ({len(steady_stored)} writes)",
+            f"{percentile(steady_stored, 0.99) * 1000:.1f} ms"
+            f" ({len(steady_stored)} writes{steady_store_failed})",
             STORE_PROBE_ANCHOR,
         )
         spent = reconcile_after[0] - reconcile_before[0]

@@ -1,0 +1,57 @@
+"""bench_scale.py's processes: the simulator's run as much nicer as --simulator-nice
+says (read back from the kernel), and a process started is stopped with the rest."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench"
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def bench_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH))  # its sibling modules, as when run as a script
+    return importlib.import_module("bench_scale")
+
+
+def _args(nice: int) -> argparse.Namespace:
+    return argparse.Namespace(simulator_processes=2, simulator_nice=nice, pods=110, ready_after=0.5)
+
+
+def test_a_process_started_nicer_is_that_much_nicer_and_is_stopped_with_the_rest(
+    bench_scale: ModuleType, tmp_path: Path
+) -> None:
+    cluster = bench_scale.Cluster(_args(7), tmp_path)
+    try:
+        nicer = cluster.start("nicer", SLEEPER, nice=7)
+        same = cluster.start("same", SLEEPER)
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert nicer.nice() == min(own + 7, 19)
+        assert same.nice() == own
+    finally:
+        cluster.stop()
+    assert nicer.popen.poll() is not None and same.popen.poll() is not None
+    assert nicer.nice() is None  # gone
+
+
+def test_the_simulators_processes_and_the_victim_get_the_simulator_nice(
+    bench_scale: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = bench_scale.Cluster(_args(5), tmp_path)
+    started: dict[str, int] = {}
+
+    def start(name: str, command: list[str], env: object = None, nice: int = 0) -> None:
+        started[name] = nice
+
+    monkeypatch.setattr(cluster, "start", start)
+    cluster.start_hollow("hollow-cluster-0", 10, "hollow-0-")
+    cluster.start_hollow("victim", 1, "victim-")
+    assert started == {"hollow-cluster-0": 5, "victim": 5}
