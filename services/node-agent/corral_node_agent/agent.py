@@ -285,7 +285,9 @@ class NodeAgent:
         self._sequence = 0
         self._wakeup: anyio.Event | None = None
         self._wake_at: float | None = None
-        self._guard_wakeup = anyio.Event()  # set by every change the guard must see at once
+        # Set by every change the guard must see at once, and by the guard's own timer (a
+        # loop callback: an asyncio Event, whose set() is documented for that).
+        self._guard_wakeup = asyncio.Event()
         self._task_group: TaskGroup | None = None
 
     # Triggers.
@@ -454,7 +456,7 @@ class NodeAgent:
         budget = self.settings.budget
         interval = max(0.02, min(0.25, budget.isolated_after / 4))
         while True:
-            self._guard_wakeup = anyio.Event()
+            self._guard_wakeup = asyncio.Event()
             self.guard_looks += 1
             acked = self.record.last_acked
             if acked is not None and acked != self._noted_ack:
