@@ -539,3 +539,20 @@ def test_every_schema_pattern_matches_alike_in_python_and_ecma_262() -> None:
         for flags, answer in zip(("u", "none"), ecma[pattern], strict=True):
             differ = [text for text, a, b in zip(strings, python, answer, strict=True) if a != b]
             assert not differ, f"{pattern} (ECMA flags {flags}) reads {differ[:5]!r} otherwise"
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        (LogRequest, b'{"replica": "web-1", "tail": 99999999999999999999}'),
+        (LogChunk, b'{"seq": 99999999999999999999}'),
+        (LogAck, b'{"seq": 99999999999999999999}'),
+        (LogRequest, b'{"replica": "web-1", "since": 1' + b"0" * 400 + b"}"),  # a double's overflow
+    ],
+)
+def test_a_number_beyond_what_the_decoder_holds_is_refused_by_the_schema_too(
+    kind: type[msgspec.Struct], raw: bytes
+) -> None:
+    # Found by the corpus above: the schema said only "an integer from 0".
+    assert not accepted_by_decoder(raw, kind)
+    assert schema_errors(raw, NAMES[kind])

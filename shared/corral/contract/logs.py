@@ -22,7 +22,7 @@ import msgspec
 
 from corral.contract.codec import described_pattern
 from corral.contract.names import DEFAULT_NAMESPACE
-from corral.contract.specs import DnsLabel
+from corral.contract.specs import MAX_COUNTER, MAX_EPOCH_SECONDS, Counter, DnsLabel
 
 MAX_LOG_CHUNK_BYTES: Final = 64 * 1024  # the text of one chunk, in UTF-8 bytes
 LOG_WINDOW_CHUNKS: Final = 8  # chunks out without an acknowledgement, at most
@@ -57,8 +57,9 @@ class LogRequest(_Message, frozen=True):
     # one on this node); a prefix of the id is enough.
     container_id: _ContainerId = ""
     follow: bool = False  # keep streaming new output until the client stops
-    tail: Annotated[int, msgspec.Meta(ge=0)] | None = None  # the last N lines; None: all
-    since: Annotated[float, msgspec.Meta(ge=0)] | None = None  # epoch seconds; None: all
+    tail: Counter | None = None  # the last N lines; None: all (at most what an int64 holds)
+    # Epoch seconds; None: all.
+    since: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None = None
     timestamps: bool = False  # each line starts with its RFC 3339 time, as Docker's
 
 
@@ -73,7 +74,7 @@ class LogPiece(_Message, frozen=True):
 class LogChunk(_Message, frozen=True):
     """One answer of a log stream, on the request's reply inbox."""
 
-    seq: Annotated[int, msgspec.Meta(ge=0)]  # 0, 1, 2 ... with no gap
+    seq: Counter  # 0, 1, 2 ... with no gap
     node: str = ""  # the node whose agent answers
     pieces: list[LogPiece] = []  # empty: a keepalive
     control: str = ""  # on chunk 0: where the client sends its LogAcks
@@ -86,5 +87,5 @@ class LogAck(_Message, frozen=True):
     """The client's acknowledgement, on the stream's `control` subject: every chunk up to
     `seq` arrived. `stop`: the client is done, the agent ends the stream now."""
 
-    seq: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    seq: Annotated[int, msgspec.Meta(ge=-1, le=MAX_COUNTER)] = -1
     stop: bool = False

@@ -48,6 +48,7 @@ MAX_ARG: Final = 4096  # characters of one item
 MAX_IMAGE_REFERENCE: Final = 255
 MAX_UID: Final = 64
 MAX_COUNTER: Final = 2**63 - 1  # generation, resourceVersion
+MAX_EPOCH_SECONDS: Final = 253402300799.0  # 9999-12-31T23:59:59Z, as RFC 3339 reaches
 
 
 def _whole(regex: str) -> str:
@@ -219,7 +220,7 @@ class ObjectMeta(_Public, frozen=True, kw_only=True):
     # Set by the owner when it stores the object; ignored when a client sends them.
     generation: Counter = 0
     uid: Annotated[str, msgspec.Meta(pattern=_whole("[-A-Za-z0-9_.]*"), max_length=MAX_UID)] = ""
-    creation_timestamp: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    creation_timestamp: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] = 0.0
     # Set by the owner: the CORRAL_SPECS stream sequence this version came from (a
     # request: the stream's last sequence when it was written). A durable spec at or
     # below it is older, and never applied over it (docs/api.md, durable specs).
