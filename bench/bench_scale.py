@@ -473,19 +473,29 @@ async def apply(nc: NATS, spec: Deployment) -> Reply:
 
 
 ANSWERED_ANCHOR = (
-    "its corral_api_request_seconds (all applies it answered, the Deployments' among "
-    "them), interpolated within buckets: apply's time in the scheduler, without the "
-    "hops through nats-server"
+    "its corral_api_request_seconds{kind=deployment,verb=apply}: the probe's applies and, "
+    "while placing, the run's Deployments' too; interpolated within its buckets, as "
+    "Prometheus' histogram_quantile"
 )
 
 
-def scheduler_applies(cluster: Cluster) -> dict[float, float]:
-    """The scheduler's histogram of the apply requests it answered, as it reads now."""
+def scheduler_applies(cluster: Cluster) -> dict[float, float] | None:
+    """The scheduler's histogram of the apply requests it answered, as it reads now (None:
+    /metrics did not answer). Blocking: called on a thread, the probes' latency being
+    measured on this loop."""
     labels = {"kind": "deployment", "verb": "apply"}
-    return histogram_buckets(cluster.metrics("scheduler"), "corral_api_request_seconds", labels)
+    try:
+        text = cluster.metrics("scheduler")
+    except (OSError, http.client.HTTPException):
+        return None
+    return histogram_buckets(text, "corral_api_request_seconds", labels)
 
 
-def answered(before: dict[float, float], after: dict[float, float]) -> str:
+def answered(before: dict[float, float] | None, after: dict[float, float] | None) -> str:
+    if before is None or after is None:
+        return "not read (the scheduler's /metrics did not answer)"
+    if after.get(float("inf"), 0.0) < before.get(float("inf"), 0.0):
+        before = {}  # the counts began again (a restart): all of them are since
     count = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
     p50, p99 = (bucket_quantile(before, after, q) * 1000 for q in (0.5, 0.99))
     return f"{p50:.1f} / {p99:.1f} ms ({count:.0f} answers)"
@@ -623,7 +633,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
             )[0]
             late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
-            answered_before = scheduler_applies(cluster)
+            answered_before = await anyio.to_thread.run_sync(scheduler_applies, cluster)
             isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             began = time.monotonic()
             sampling = anyio.CancelScope()
@@ -672,7 +682,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 probe.take(),
                 probe.take_failed(),
             )
-            answered_placed = scheduler_applies(cluster)
+            answered_placed = await anyio.to_thread.run_sync(scheduler_applies, cluster)
             late_while_placing = late_samples(
                 late_before,
                 await anyio.to_thread.run_sync(cluster.simulator_lateness),
@@ -756,7 +766,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 probe.take(),
                 probe.take_failed(),
             )
-            answered_steady = scheduler_applies(cluster)
+            answered_steady = await anyio.to_thread.run_sync(scheduler_applies, cluster)
             tg.cancel_scope.cancel()
         results.add(
             "apply p50 / p99 while steady",

@@ -36,6 +36,15 @@ EXPORTED_METRICS = {
 }
 
 
+def test_the_exported_names_the_dashboard_may_use_are_the_metrics_themselves() -> None:
+    """The list above is written by hand: its entries for the shared layer's metrics are
+    checked against the metric objects, so a name misspelt in both places is caught."""
+    from corral.natsio.api_metrics import API_REQUEST_SECONDS
+
+    (family,) = API_REQUEST_SECONDS.describe()
+    assert f"{family.name}_bucket" in EXPORTED_METRICS
+
+
 def _default_port(service: str) -> int:
     return DEFAULT_METRICS_BASE_PORT + SERVICES[service]
 

@@ -116,3 +116,26 @@ def test_quantiles_of_the_answers_between_two_readings_interpolate_as_prometheus
     beyond = {0.001: 0.0, 0.01: 0.0, 0.1: 0.0, 1.0: 0.0, float("inf"): 5.0}
     assert quantile({}, beyond, 0.99) == 1.0  # past the last bound: that bound
     assert bench_scale.answered(before, after) == "5.9 / 89.0 ms (98 answers)"
+
+
+def test_answers_read_across_a_restart_or_a_new_series_count_from_zero(
+    bench_scale: ModuleType,
+) -> None:
+    labels = {"kind": "deployment", "verb": "apply"}
+    first = bench_scale.histogram_buckets(
+        _requests({("apply", "ok"): [0.005] * 50}), "corral_api_request_seconds", labels
+    )
+    # A series that appears between the readings (the first Busy) counts from zero.
+    grown = bench_scale.histogram_buckets(
+        _requests({("apply", "ok"): [0.005] * 50, ("apply", "Busy"): [0.5] * 2}),
+        "corral_api_request_seconds",
+        labels,
+    )
+    assert bench_scale.answered(first, grown).endswith("(2 answers)")
+    # After a restart the counts are lower than before: all of them are since.
+    restarted = bench_scale.histogram_buckets(
+        _requests({("apply", "ok"): [0.005] * 3}), "corral_api_request_seconds", labels
+    )
+    assert bench_scale.answered(first, restarted) == bench_scale.answered({}, restarted)
+    assert bench_scale.answered(first, restarted).endswith("(3 answers)")
+    assert bench_scale.answered(None, restarted).startswith("not read")
