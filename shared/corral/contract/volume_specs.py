@@ -20,9 +20,13 @@ import msgspec
 
 from corral.contract.codec import described_pattern
 from corral.contract.names import object_key
-from corral.contract.quantity import MAX_QUANTITY_CHARS, STORAGE_PATTERN, storage_bytes
+from corral.contract.quantity import (
+    MAX_MEMORY_BYTES,
+    MAX_QUANTITY_CHARS,
+    STORAGE_PATTERN,
+    storage_bytes,
+)
 from corral.contract.specs import (
-    MAX_COUNTER,
     DnsLabel,
     Labels,
     ObjectMeta,
@@ -69,7 +73,7 @@ _STORAGE_TEXT_PATTERN: Final = described_pattern(
 )
 Storage = (
     Annotated[str, msgspec.Meta(pattern=_STORAGE_TEXT_PATTERN, max_length=MAX_QUANTITY_CHARS)]
-    | Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNTER)]  # bytes, at most an int64
+    | Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMORY_BYTES)]  # bytes, at most 1 PiB as a quantity
 )
 AccessModes = Annotated[list[AccessMode], msgspec.Meta(max_length=MAX_ACCESS_MODES)]
 AbsolutePath = Annotated[str, msgspec.Meta(max_length=MAX_PATH)]
