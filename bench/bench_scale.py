@@ -479,6 +479,12 @@ ANSWERED_ANCHOR = (
 )
 
 
+async def scheduler_metrics(cluster: Cluster) -> str:
+    """The scheduler's /metrics, read on a thread: the probes' latency is measured on this
+    loop, and a blocking read here would add to the one in flight."""
+    return await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
+
+
 def scheduler_applies(cluster: Cluster) -> dict[float, float] | None:
     """The scheduler's histogram of the apply requests it answered, as it reads now (None:
     /metrics did not answer). Blocking: called on a thread, the probes' latency being
@@ -630,7 +636,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         async with anyio.create_task_group() as tg:
             tg.start_soon(probe.run, args.probe_every)
             worker_before = histogram_mean(
-                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+                await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )[0]
             late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
             answered_before = await anyio.to_thread.run_sync(scheduler_applies, cluster)
@@ -672,12 +678,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             placed = await until(placed_all, args.timeout, every=0.1)
             placed_in = None if placed is None else time.monotonic() - began
-            worker_busy = (
-                histogram_mean(cluster.metrics("scheduler"), "corral_controller_reconcile_seconds")[
-                    0
-                ]
-                - worker_before
+            reconciled = histogram_mean(
+                await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )
+            worker_busy = reconciled[0] - worker_before
             (busy, busy_stored), (busy_failed, busy_store_failed) = (
                 probe.take(),
                 probe.take_failed(),
@@ -749,17 +753,19 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             # steady state: probes go on; the control plane does nothing else
             reconcile_before = histogram_mean(
-                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+                await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )
-            varz_before, varz_at = cluster.varz(), time.monotonic()
-            api_before = cluster.jetstream()["api_requests"]
+            varz_before = await anyio.to_thread.run_sync(cluster.varz)
+            varz_at = time.monotonic()
+            api_before = (await anyio.to_thread.run_sync(cluster.jetstream))["api_requests"]
             isolated_steady = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             await anyio.sleep(args.steady)
             isolated_steady_end = await anyio.to_thread.run_sync(cluster.simulator_isolations)
-            varz_after, varz_end = cluster.varz(), time.monotonic()
-            api_after = cluster.jetstream()["api_requests"]
+            varz_after = await anyio.to_thread.run_sync(cluster.varz)
+            varz_end = time.monotonic()
+            api_after = (await anyio.to_thread.run_sync(cluster.jetstream))["api_requests"]
             reconcile_after = histogram_mean(
-                cluster.metrics("scheduler"), "corral_controller_reconcile_seconds"
+                await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )
             cluster.mark_cpu("steady-end")
             (steady, steady_stored), (steady_failed, steady_store_failed) = (

@@ -151,7 +151,7 @@ async def test_a_request_waiting_for_a_place_counts_its_wait(
             await eventually(lambda: current(server.stats["in_msgs"]), lambda n: n >= arrived + 1)
             tg.start_soon(ask, b"quick")  # read at once, then waits for the only place
             await eventually(lambda: current(server.stats["in_msgs"]), lambda n: n >= arrived + 2)
-            await anyio.sleep(0.3)  # the first answer holds the place this long
+            await anyio.sleep(0.6)  # the first answer holds the place this long
             release.set()
             await eventually(lambda: current(count("scale", "ok")), lambda n: n >= count_before + 2)
             # Neither answer took under 0.25 s: the quick one waited for its place.
