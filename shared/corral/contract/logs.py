@@ -22,7 +22,7 @@ import msgspec
 
 from corral.contract.codec import described_pattern
 from corral.contract.names import DEFAULT_NAMESPACE
-from corral.contract.specs import MAX_COUNTER, MAX_EPOCH_SECONDS, Counter, DnsLabel
+from corral.contract.specs import MAX_COUNTER, Counter, DnsLabel, EpochSeconds
 
 MAX_LOG_CHUNK_BYTES: Final = 64 * 1024  # the text of one chunk, in UTF-8 bytes
 LOG_WINDOW_CHUNKS: Final = 8  # chunks out without an acknowledgement, at most
@@ -59,7 +59,7 @@ class LogRequest(_Message, frozen=True):
     follow: bool = False  # keep streaming new output until the client stops
     tail: Counter | None = None  # the last N lines; None: all (at most what an int64 holds)
     # Epoch seconds; None: all.
-    since: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None = None
+    since: EpochSeconds | None = None
     timestamps: bool = False  # each line starts with its RFC 3339 time, as Docker's
 
 

@@ -124,6 +124,7 @@ EnvValue = Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_EN
 Arg = Annotated[str, msgspec.Meta(pattern=NO_NUL_PATTERN, max_length=MAX_ARG)]
 Args = Annotated[list[Arg], msgspec.Meta(max_length=MAX_ARGS)]
 Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+EpochSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)]
 Replicas = Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
 # A quantity: text with a unit, or a JSON number (cores; bytes). The bounds of the
 # value itself are checked by corral.contract.quantity (a unit multiplies the text's number).
@@ -220,7 +221,7 @@ class ObjectMeta(_Public, frozen=True, kw_only=True):
     # Set by the owner when it stores the object; ignored when a client sends them.
     generation: Counter = 0
     uid: Annotated[str, msgspec.Meta(pattern=_whole("[-A-Za-z0-9_.]*"), max_length=MAX_UID)] = ""
-    creation_timestamp: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] = 0.0
+    creation_timestamp: EpochSeconds = 0.0
     # Set by the owner: the CORRAL_SPECS stream sequence this version came from (a
     # request: the stream's last sequence when it was written). A durable spec at or
     # below it is older, and never applied over it (docs/api.md, durable specs).
