@@ -14,7 +14,7 @@ from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.events import Reply
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
-from corral.contract.state import Node, NodeCapacity
+from corral.contract.state import Node, NodeCapacity, OrphanReplica
 from corral.contract.time_budget import NODE_LOST_AFTER_STOP_SECONDS, NODE_LOST_SECONDS
 from corral.natsio.kv import MemoryBucket, echo_key, write_record
 from corral_scheduler import metrics
@@ -54,6 +54,8 @@ class Cluster:
         self.loop = ControlLoop(
             dict(self.buckets), None, monotonic=self.clock, wall_clock=lambda: 1.0
         )
+        # What each node's record lists as orphans (written with every heartbeat).
+        self.orphans: dict[str, list[OrphanReplica]] = {}
 
     @property
     def nodes(self) -> StallingBucket:
@@ -64,7 +66,11 @@ class Cluster:
         return self.buckets[names.PLACEMENTS_BUCKET]
 
     async def heartbeat(self, name: str) -> None:
-        node = Node(name=name, capacity=NodeCapacity(cpu_millis=4000, memory_bytes=2**33))
+        node = Node(
+            name=name,
+            capacity=NodeCapacity(cpu_millis=4000, memory_bytes=2**33),
+            orphans=self.orphans.get(name, []),
+        )
         entry = await self.nodes.get(name)
         await write_record(self.nodes, name, node, None if entry is None else entry.revision)
 

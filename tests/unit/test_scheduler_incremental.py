@@ -20,7 +20,13 @@ from corral.contract.specs import (
     ResourceList,
     Resources,
 )
-from corral.contract.state import DeploymentStatus, Node, NodeCapacity, Placement
+from corral.contract.state import (
+    DeploymentStatus,
+    Node,
+    NodeCapacity,
+    OrphanReplica,
+    Placement,
+)
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.controller import Result
 from corral.natsio.kv import Bucket, MemoryBucket
@@ -100,6 +106,37 @@ async def test_a_node_joining_decides_the_pending_deployments_and_not_the_conver
         await cluster.tick(1, beating=("a", "c"))
         assert "default.huge" in seen  # a new node may have room: pending ones look again
         assert "default.web" not in seen  # converged, on no changed node
+
+
+async def test_orphans_are_found_through_an_index_of_the_nodes_that_hold_them() -> None:
+    """A decision looks for its Deployment's orphans only on the nodes whose records list
+    some (kept per record change), not on every node: and still adopts them."""
+    web = _deployment("web", 2, cpu="100m")
+
+    def orphan(replica: str, deployment: str = "web") -> OrphanReplica:
+        template_hash = web.spec.template.template_hash()
+        return OrphanReplica(
+            deployment=deployment, replica=replica, template_hash=template_hash, running=True
+        )
+
+    async with running() as cluster:
+        loop = cluster.loop
+        cluster.orphans = {"b": [orphan("web-kept1")], "c": [orphan("api-kept1", "api")]}
+        for name in ("a", "b", "c"):
+            await cluster.heartbeat(name)
+        await cluster.tick(1, beating=("a", "b", "c"))
+        assert loop.orphan_holders.get("default.web") == {"b"}
+        assert loop.orphan_holders.get("default.api") == {"c"}
+        assert loop.view_of("default.web").orphan_holders == {"b"}
+        await _apply(cluster, web)
+        await cluster.tick(1, beating=("a", "b", "c"))
+        await eventually(lambda: _value(len(loop.placements.items)), lambda n: n == 2)
+        adopted = [p for p in loop.placements.values() if p.replica == "web-kept1"]
+        assert [p.node for p in adopted] == ["b"]  # kept where it runs, under its name
+        cluster.orphans = {"c": [orphan("api-kept1", "api")]}  # b's record lists none now
+        await cluster.tick(1, beating=("a", "b", "c"))
+        assert loop.orphan_holders.get("default.web") == frozenset()
+        assert loop.orphan_holders.get("default.api") == {"c"}
 
 
 async def _apply(cluster: Cluster, deployment: Deployment) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import Node, NodeCapacity, OrphanReplica, Placement
-from corral_scheduler.decide import Plan, schedule
+from corral_scheduler.decide import Plan, schedule, schedule_deployment
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 
 NOW = 500.0
@@ -113,3 +113,38 @@ def test_an_orphan_whose_name_is_placed_elsewhere_is_not_placed_twice() -> None:
     )
     plan = decide(snapshot([d], [node("a", orphan("web-o1")), node("b")], [elsewhere]))
     assert [p.replica for p in plan.place] == ["web-n0000"]
+
+
+def decide_one(s: Snapshot, ready: set[str]) -> Plan:
+    """One Deployment's decision (`schedule_deployment`, as the control loop makes it)."""
+    counter = itertools.count()
+    return schedule_deployment(
+        s,
+        "default.web",
+        NOW,
+        usage={},
+        taken_names=set(),
+        ready_nodes=ready,
+        wall_time=1.0,
+        new_suffix=lambda: f"n{next(counter):04d}",
+    )
+
+
+def test_one_deployments_decision_looks_for_orphans_only_on_the_nodes_named_as_holding_them() -> (
+    None
+):
+    held_elsewhere = node("b", orphan("web-o2"))
+    s = snapshot([web(2)], [node("a", orphan("web-o1")), held_elsewhere, node("c")])
+    ready = {"a", "b", "c"}
+    every_node = decide_one(s, ready)
+    assert sorted((p.node, p.replica) for p in every_node.place) == [
+        ("a", "web-o1"),
+        ("b", "web-o2"),
+    ]
+    # Named: the same plan; a holder not ready or unknown is skipped, as before.
+    named = dataclasses.replace(s, orphan_holders=frozenset({"a", "b", "gone"}))
+    assert decide_one(named, ready).place == every_node.place
+    assert [p.replica for p in decide_one(named, {"a", "c"}).place] == ["web-o1", "web-n0000"]
+    # Only the named nodes are looked at: an orphan on a node not named stays unclaimed.
+    only_a = dataclasses.replace(s, orphan_holders=frozenset({"a"}))
+    assert [p.replica for p in decide_one(only_a, ready).place] == ["web-o1", "web-n0000"]

@@ -245,6 +245,14 @@ class ControlLoop:
         self.nodes = Mirror(
             buckets[names.NODES_BUCKET], Node, on_change=self._node_changed, clock=monotonic
         )
+        # Deployment key -> the nodes whose records list orphans of it: a decision looks
+        # at those, not at every node's record (decide._orphans_of).
+        self.orphan_holders = Index(
+            ChangeFeed(self.nodes),
+            by=lambda key, node: {
+                names.object_key(o.namespace, o.deployment) for o in node.orphans
+            },
+        )
         # Grouped by node: each heartbeat ack tells the node the newest revision of its
         # placements, which its agent's watch must deliver (docs/safety.md).
         self.placements = Mirror(
@@ -1026,6 +1034,7 @@ class ControlLoop:
             released=self.released(),
             networks=self.network_names(),
             volumes=volumes,
+            orphan_holders=self.orphan_holders.get(key),
         )
 
     async def reconcile(self, key: str) -> Result | None:

@@ -233,9 +233,8 @@ def schedule_deployment(
         else:
             live.append((placement_key, placed))
     if deployment is not None:
-        ready = set(ready_nodes)
-        orphans = _orphans_of(view, ready, key)
-        run = _Pass(view, ready, mine, _NamesTaken(taken_names), wall_time, new_suffix)
+        orphans = _orphans_of(view, ready_nodes, key)
+        run = _Pass(view, ready_nodes, mine, _NamesTaken(taken_names), wall_time, new_suffix)
         run.revision, run.rolled_back = revision, rolled_back
         _reconcile_deployment(run, deployment, live, orphans, plan)
     else:
@@ -279,14 +278,19 @@ def _orphans_by_deployment(
 
 
 def _orphans_of(
-    snapshot: Snapshot, ready_nodes: set[str], key: str
+    snapshot: Snapshot, ready_nodes: Set[str], key: str
 ) -> list[tuple[str, OrphanReplica]]:
     """The orphans of Deployment `key` on schedulable nodes, ordered as
-    `_orphans_by_deployment` orders them (nodes without orphans are skipped unsorted)."""
+    `_orphans_by_deployment` orders them: from the nodes the snapshot names as holding
+    some (`orphan_holders`, O(those)), or else from every schedulable node (O(nodes))."""
     nodes = snapshot.nodes
+    holders = snapshot.orphan_holders
     found: list[tuple[str, OrphanReplica]] = []
-    for node_name in ready_nodes:
-        for orphan in nodes[node_name].orphans:
+    for node_name in ready_nodes if holders is None else holders:
+        node = nodes.get(node_name)
+        if node is None or node_name not in ready_nodes:
+            continue
+        for orphan in node.orphans:
             if object_key(orphan.namespace, orphan.deployment) == key:
                 found.append((node_name, orphan))
     found.sort(key=lambda entry: (not entry[1].running, entry[0], entry[1].replica))
@@ -346,7 +350,7 @@ class _Pass:
     `usage` and `taken_names`, so the next Deployment sees the room it took."""
 
     snapshot: Snapshot
-    ready_nodes: set[str]
+    ready_nodes: Set[str]
     usage: dict[str, Usage]  # a defaultdict(Usage) or a _UsageCopy: every node readable
     taken_names: _Names
     wall_time: float
@@ -751,7 +755,7 @@ class _NodePicker:
     def __init__(
         self,
         snapshot: Snapshot,
-        ready_nodes: set[str],
+        ready_nodes: Set[str],
         usage: dict[str, Usage],
         spread: Counter[str],
         cpu: int,

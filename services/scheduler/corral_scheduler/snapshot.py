@@ -81,6 +81,10 @@ class Snapshot:
     # Claims, their status and the nodes' room (volmgr's records; volume_fit.py): only
     # those of the claims the templates decided name.
     volumes: VolumeView = NO_VOLUMES
+    # The nodes whose records list orphans of the Deployment decided (the scheduler's
+    # incremental index: its decision then looks at those, not at every node); None:
+    # not known, every node's orphans are looked at.
+    orphan_holders: AbstractSet[str] | None = None
 
     def missing_network(self, template: ContainerTemplate) -> str | None:
         """The first network `template` names that does not exist, or None."""
