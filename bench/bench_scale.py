@@ -962,7 +962,18 @@ async def every_node_cut_off(
     )
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (timeout(1), a CI runner, `kill`) ends the run as Ctrl-C does: through
+    the `finally` that stops every process it started, not around it."""
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=5000)
