@@ -269,6 +269,9 @@ class Cluster:
     def jetstream(self) -> dict[str, int]:
         return LocalNats(self.url, self.monitor_port).jetstream()
 
+    def stream_writes(self) -> dict[str, int]:
+        return LocalNats(self.url, self.monitor_port).stream_writes()
+
     def metrics(self, service: str) -> str:
         port = self.metrics_ports[service]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -629,6 +632,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add("nodes registered", f"{nodes + 1} in {time.monotonic() - started:.1f} s")
         await anyio.sleep(args.settle)  # every node heard from: schedulable
         cluster.mark_cpu("placing")
+        writes_before = await anyio.to_thread.run_sync(cluster.stream_writes)
+        varz_placing = await anyio.to_thread.run_sync(cluster.varz)
 
         probe = Probe(nc, await store_probe_bucket(nc))
         per: int = args.replicas // args.deployments
@@ -703,6 +708,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             isolated_running = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             sampling.cancel()
             cluster.mark_cpu("steady")
+            writes_after = await anyio.to_thread.run_sync(cluster.stream_writes)
+            varz_placed = await anyio.to_thread.run_sync(cluster.varz)
             if placed_in is None or running_in is None:
                 raise RuntimeError(f"not converged in {args.timeout} s: placed/ready {last}")
             rate = want / placed_in
@@ -876,10 +883,34 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             f"{spent / max(want, 1) * 1000:.2f} ms ({spent:.1f} s of CPU for {want:,} replicas)",
             "at 5,000/s two cores allow 0.4 ms",
         )
+        results.add(
+            "NATS messages in / out per replica, first apply to all Running",
+            " / ".join(
+                f"{(varz_placed[key] - varz_placing[key]) / max(want, 1):.1f}"
+                for key in ("in_msgs", "out_msgs")
+            ),
+            "what nats-server handles for each replica placed (probes and heartbeats too)",
+        )
+        results.add(
+            "stream writes per replica, first apply to all Running",
+            per_replica_writes(writes_before, writes_after, want),
+            "each stream's messages written meanwhile (KV_ names the buckets)",
+        )
         plane = sum(proc.rss_mib() for proc in control_plane)
         results.add("control plane + nats-server resident memory", f"{plane:.0f} MiB", "≤ 400 MiB")
     finally:
         await nc.close()
+
+
+def per_replica_writes(before: dict[str, int], after: dict[str, int], replicas: int) -> str:
+    """The streams written to between two readings, most first, per replica."""
+    grown = {name: after[name] - before.get(name, 0) for name in after}
+    shown = [
+        f"{name} {count / max(replicas, 1):.2f}"
+        for name, count in sorted(grown.items(), key=lambda item: (-item[1], item[0]))
+        if count > 0
+    ]
+    return ", ".join(shown) or "none"
 
 
 def nodes_ready_and_placed(cluster: Cluster) -> tuple[int, int]:

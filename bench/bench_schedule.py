@@ -4,7 +4,9 @@
 
 Prints the time of one deciding pass for: placing every replica from scratch,
 a pass with nothing to do (the steady state, run every second), and re-placing
-the replicas of one lost node.
+the replicas of one lost node; then the time of one Deployment's decision, as the
+control loop makes it on a change (`schedule_deployment`, with the usage per node and
+the names taken kept per change): with nothing to do, and scaled up by one replica.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import itertools
 import statistics
 import time
+
+import msgspec
 
 from corral.contract.specs import (
     ContainerTemplate,
@@ -23,7 +27,7 @@ from corral.contract.specs import (
     Resources,
 )
 from corral.contract.state import Node, NodeCapacity
-from corral_scheduler.decide import Plan, schedule
+from corral_scheduler.decide import Plan, Usage, schedule, schedule_deployment
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 
 NOW = 10_000.0
@@ -78,7 +82,7 @@ def main() -> None:
     print(f"place all from scratch : {seconds * 1000:8.1f} ms  ({len(placed)} placements)")
 
     placements = {p.key: PlacedReplica(revision=i + 1, placement=p) for i, p in enumerate(placed)}
-    statuses = {status.name: (status, 1) for status, _ in plan.statuses}
+    statuses = {status.key: (status, 1) for status, _ in plan.statuses}
     steady = Snapshot(**{**empty.__dict__, "placements": placements, "statuses": statuses})
     steady_runs = [timed(steady)[0] for _ in range(args.repeat)]
     print(f"steady state (no-op)   : {statistics.median(steady_runs) * 1000:8.1f} ms")
@@ -88,6 +92,55 @@ def main() -> None:
     loss_seconds, loss_plan = timed(node_loss)
     moved = len(loss_plan.place)
     print(f"one node lost          : {loss_seconds * 1000:8.1f} ms  ({moved} replicas re-placed)")
+
+    usage: dict[str, Usage] = {}
+    for placement in placed:
+        found = usage.setdefault(placement.node, Usage())
+        found.cpu_millis += placement.cpu_millis
+        found.memory_bytes += placement.memory_bytes
+        found.pods += 1
+    taken = {placement.replica for placement in placed}
+    ready = set(steady.nodes)
+    key = "default.app-0"
+
+    def one(view: Snapshot) -> tuple[float, Plan]:
+        counter = itertools.count()
+        started = time.perf_counter()
+        plan = schedule_deployment(
+            view,
+            key,
+            NOW,
+            usage=usage,
+            taken_names=taken,
+            ready_nodes=ready,
+            wall_time=0.0,
+            new_suffix=lambda: f"new{next(counter):05d}",
+        )
+        return time.perf_counter() - started, plan
+
+    mine = {k: p for k, p in placements.items() if p.placement.deployment_key == key}
+    view = Snapshot(
+        **{
+            **steady.__dict__,
+            "deployments": {key: steady.deployments[key]},
+            "statuses": {key: statuses[key]},
+            "placements": mine,
+            "orphan_holders": frozenset(),  # as the control loop's index says: none
+        }
+    )
+    repeat = max(args.repeat, 20)
+    noop = statistics.median(one(view)[0] for _ in range(repeat))
+    print(f"one Deployment, no-op  : {noop * 1000:8.2f} ms")
+    deployment = view.deployments[key]
+    grown = msgspec.structs.replace(
+        deployment, spec=msgspec.structs.replace(deployment.spec, replicas=len(mine) + 1)
+    )
+    scaled = Snapshot(**{**view.__dict__, "deployments": {key: grown}})
+    runs = [one(scaled) for _ in range(repeat)]
+    assert len(runs[0][1].place) == 1
+    scale = statistics.median(r[0] for r in runs)
+    among = f"1 placement among {len(ready)} nodes"
+    print(f"one Deployment, +1     : {scale * 1000:8.2f} ms  ({among})")
 
 
 if __name__ == "__main__":

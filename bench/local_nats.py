@@ -53,6 +53,15 @@ class LocalNats:
             "api_errors": int(api.get("errors", 0)),
         }
 
+    def stream_writes(self) -> dict[str, int]:
+        """Each stream's last sequence: how many messages were ever written to it (/jsz)."""
+        document = self._monitor("jsz?accounts=true&streams=true")
+        return {
+            stream["name"]: int(stream.get("state", {}).get("last_seq", 0))
+            for account in document.get("account_details") or []
+            for stream in account.get("stream_detail") or []
+        }
+
 
 @contextmanager
 def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:

@@ -47,6 +47,8 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "that recovery: JetStream API requests / errors, consumers after",
         "replicas placed anew meanwhile",
         "control plane + nats-server resident memory",
+        "NATS messages in / out per replica, first apply to all Running",
+        "stream writes per replica, first apply to all Running | KV_corral_",
     ):
         assert row in table, table
     assert "not within" not in table, table

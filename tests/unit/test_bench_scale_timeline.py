@@ -139,3 +139,26 @@ def test_answers_read_across_a_restart_or_a_new_series_count_from_zero(
     assert bench_scale.answered(first, restarted) == bench_scale.answered({}, restarted)
     assert bench_scale.answered(first, restarted).endswith("(3 answers)")
     assert bench_scale.answered(None, restarted).startswith("not read")
+
+
+def test_stream_writes_per_replica_are_the_growth_of_each_stream_most_first(
+    bench_scale: ModuleType,
+) -> None:
+    before = {
+        "KV_corral_placements": 10,
+        "KV_corral_replica_status": 4,
+        "CORRAL_EVENTS": 0,
+        "KV_corral_nodes": 7,
+    }
+    after = {
+        "KV_corral_placements": 410,
+        "KV_corral_replica_status": 804,
+        "CORRAL_EVENTS": 400,
+        "KV_corral_nodes": 7,  # unchanged: not shown
+        "KV_corral_new": 2,  # made meanwhile: counted from zero
+    }
+    assert bench_scale.per_replica_writes(before, after, 400) == (
+        "KV_corral_replica_status 2.00, CORRAL_EVENTS 1.00, KV_corral_placements 1.00, "
+        "KV_corral_new 0.01"
+    )
+    assert bench_scale.per_replica_writes(before, before, 400) == "none"
