@@ -1278,26 +1278,27 @@ class NodeAgent:
         busy: set[str],
         now: float,
     ) -> None:
-        """Write the statuses that changed; delete those of replicas gone for good.
-        Bounded, and cut short when the agent leaves Active: a pass stuck on writes
-        to a NATS that went away must never delay the next decision (docs/safety.md)."""
+        """Write the statuses that changed (together, in one round trip); delete those
+        of replicas gone for good. Bounded, and only while Active (the deletes are cut
+        short when the agent leaves it): a pass stuck on writes to a NATS that went away
+        must never delay the next decision (docs/safety.md)."""
         try:
             with anyio.move_on_after(time_budget.STOP_SECONDS):
-                for replica, placement in placements.items():
-                    if self.mode != Mode.ACTIVE:
-                        return
-                    track = self.tracks.get(replica, ReplicaTrack())
-                    container = kept.get(replica)
-                    status = replica_status(
+                if self.mode != Mode.ACTIVE:
+                    return
+                # Together: one round trip for the pass's changes (StatusBook.write_all).
+                await self.statuses.write_all(
+                    replica_status(
                         placement,
-                        container,
-                        track,
+                        kept.get(replica),
+                        self.tracks.get(replica, ReplicaTrack()),
                         now,
-                        probes=self.prober.view(replica, container),
+                        probes=self.prober.view(replica, kept.get(replica)),
                         last_probe_failure=self.prober.last_failure.get(replica, ""),
                         previous=self.statuses.get(replica),
                     )
-                    await self.statuses.write(status)
+                    for replica, placement in placements.items()
+                )
                 for replica in self.statuses.replicas():
                     if replica not in placements and replica not in with_containers:
                         if replica not in busy and self.mode == Mode.ACTIVE:

@@ -1,22 +1,25 @@
-"""Writes this node's ReplicaStatus records, compare-and-set, only when they change."""
+"""Writes this node's ReplicaStatus records, compare-and-set, only when they change: a
+pass's changes together, pipelined (many in flight, each still conditional)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import anyio
 import msgspec
 
 from corral.contract import names
-from corral.contract.codec import decode
+from corral.contract.codec import decode, encode
 from corral.contract.state import ReplicaStatus
-from corral.natsio.kv import Bucket, Conflict, write_record
+from corral.natsio.kv import Bucket, Conflict, Create, Update, Write, write_many, write_record
 from corral_node_agent.replica_status import same_status
 
 log = logging.getLogger(__name__)
 _LOAD_TIMEOUT = 10.0
+# Rounds of a write that conflicts (another writer changed the key): read, try again.
+_WRITE_ATTEMPTS = 3
 
 
 class StatusBook:
@@ -80,7 +83,7 @@ class StatusBook:
             return False
         stamped = msgspec.structs.replace(status, updated_at=self.clock())
         revision = None if known is None else known[1]
-        for _ in range(3):
+        for _ in range(_WRITE_ATTEMPTS):
             try:
                 new_revision = await write_record(self.bucket, key, stamped, revision)
             except Conflict:
@@ -92,6 +95,55 @@ class StatusBook:
         log.warning("status %s kept conflicting; will retry next pass", key)
         self.written.pop(status.replica, None)
         return False
+
+    async def write_all(self, statuses: Iterable[ReplicaStatus]) -> int:
+        """Store each status that is not already what is stored, as `write` does, the
+        writes sent together (kv.write_many: one round trip for a pass's changes, not
+        one per replica). A write that conflicts is read again and retried in the next
+        round, up to _WRITE_ATTEMPTS rounds; one that still conflicts is forgotten (the
+        next pass reads it). Another failure is raised once what committed is recorded.
+        Returns how many were written."""
+        due: dict[str, ReplicaStatus] = {}
+        revisions: dict[str, int | None] = {}
+        for status in statuses:
+            known = self.written.get(status.replica)
+            if known is not None and same_status(known[0], status):
+                continue
+            due[status.replica] = msgspec.structs.replace(status, updated_at=self.clock())
+            revisions[status.replica] = None if known is None else known[1]
+        written = 0
+        failure: BaseException | None = None
+        for _ in range(_WRITE_ATTEMPTS):
+            if not due:
+                break
+            writes: list[Write] = []
+            for replica, stamped in due.items():
+                raw, revision = encode(stamped), revisions[replica]
+                key = stamped.key
+                writes.append(Create(key, raw) if revision is None else Update(key, raw, revision))
+            outcomes = await write_many(self.bucket, writes)
+            conflicted: dict[str, ReplicaStatus] = {}
+            for (replica, stamped), outcome in zip(due.items(), outcomes, strict=True):
+                if outcome.ok:
+                    assert outcome.revision is not None
+                    self.written[replica] = (stamped, outcome.revision)
+                    written += 1
+                elif outcome.conflict:
+                    conflicted[replica] = stamped
+                elif failure is None:
+                    failure = outcome.error
+            if failure is not None:
+                raise failure
+            for replica, stamped in conflicted.items():
+                entry = await self.bucket.get(stamped.key)  # re-read, then retry
+                revisions[replica] = (
+                    None if entry is None or entry.value is None else entry.revision
+                )
+            due = conflicted
+        for replica, stamped in due.items():
+            log.warning("status %s kept conflicting; will retry next pass", stamped.key)
+            self.written.pop(replica, None)
+        return written
 
     async def delete(self, replica: str) -> None:
         """Delete the stored status. It is forgotten only once the delete succeeded:
