@@ -998,6 +998,7 @@ def exit_on_sigterm() -> None:
     the `finally` that stops every process it started, not around it."""
 
     def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut it short
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)

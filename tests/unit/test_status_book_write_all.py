@@ -5,6 +5,9 @@ committed is recorded."""
 
 from __future__ import annotations
 
+import contextlib
+
+import anyio
 import msgspec
 import pytest
 
@@ -111,3 +114,56 @@ async def test_the_stamp_is_the_books_clock_and_the_status_is_otherwise_as_given
     given = msgspec.structs.replace(status("web-9"), message="started", restarts=2)
     await book.write_all([given])
     assert stored(bucket, "web-9") == msgspec.structs.replace(given, updated_at=42.0)
+
+
+class LostReplies(MemoryBucket):
+    """Commits the writes to `lost` keys, then loses the reply: a timeout, or (`hang`)
+    no answer until the caller gives up."""
+
+    def __init__(self) -> None:
+        super().__init__("statuses")
+        self.lost: set[str] = set()
+        self.hang = False
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        committed = await super().update(key, value, revision)
+        if key in self.lost:
+            if self.hang:
+                await anyio.sleep_forever()
+            raise TimeoutError(f"nats: timeout (the write of {key} committed)")
+        return committed
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["timed out", "cut short"])
+async def test_a_write_whose_outcome_was_not_seen_is_written_again_next_pass(hang: bool) -> None:
+    bucket = LostReplies()
+    book = StatusBook(bucket, NODE)
+    ready = status("web-0")
+    await book.write_all([ready, status("web-1")])
+    failing = msgspec.structs.replace(ready, state=ReplicaState.FAILED, message="exited 1")
+    bucket.lost, bucket.hang = {key("web-0")}, hang
+    with anyio.move_on_after(0.2):
+        with contextlib.suppress(TimeoutError):
+            await book.write_all([failing])
+    after = stored(bucket, "web-0")
+    assert after is not None and after.state == ReplicaState.FAILED  # committed, unseen
+    bucket.lost = set()
+    # Back to what the book last saw stored: written all the same (the store says Failed).
+    assert await book.write_all([ready, status("web-1")]) == 1
+    back = stored(bucket, "web-0")
+    assert back is not None and back.state == ReplicaState.RUNNING
+    assert book.uncertain == set()
+    assert await book.write_all([ready, status("web-1")]) == 0
+
+
+async def test_conflicts_are_not_retried_once_the_agent_stops_acting() -> None:
+    bucket = Moody()
+    book = StatusBook(bucket, NODE)
+    await book.write_all([status("web-0", ReplicaState.PENDING)])
+    bucket.conflicting = {key("web-0"): 1}
+    acting = iter([False])
+    assert await book.write_all([status("web-0")], go_on=lambda: next(acting)) == 0
+    pending = stored(bucket, "web-0")
+    assert pending is not None and pending.state == ReplicaState.PENDING  # not retried
+    assert book.uncertain == {"web-0"}  # the next pass writes it
+    assert await book.write_all([status("web-0")]) == 1

@@ -1286,8 +1286,7 @@ class NodeAgent:
             with anyio.move_on_after(time_budget.STOP_SECONDS):
                 if self.mode != Mode.ACTIVE:
                     return
-                # Together: one round trip for the pass's changes (StatusBook.write_all).
-                await self.statuses.write_all(
+                statuses = [
                     replica_status(
                         placement,
                         kept.get(replica),
@@ -1298,7 +1297,9 @@ class NodeAgent:
                         previous=self.statuses.get(replica),
                     )
                     for replica, placement in placements.items()
-                )
+                ]
+                # Together: one round trip for the pass's changes (StatusBook.write_all).
+                await self.statuses.write_all(statuses, go_on=lambda: self.mode == Mode.ACTIVE)
                 for replica in self.statuses.replicas():
                     if replica not in placements and replica not in with_containers:
                         if replica not in busy and self.mode == Mode.ACTIVE:

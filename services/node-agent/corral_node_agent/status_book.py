@@ -35,10 +35,24 @@ class StatusBook:
         self.node = node
         self.clock = clock
         self.written: dict[str, tuple[ReplicaStatus, int]] = {}
+        # Replicas whose last write may have committed unseen (cut short, timed out, the
+        # connection lost): `written` may not be what is stored, so their next status is
+        # written even if it equals `written` (its compare-and-set then tells).
+        self.uncertain: set[str] = set()
+
+    def _stored(self, status: ReplicaStatus) -> bool:
+        """Whether `status` is known to be what is stored already (no write needed)."""
+        known = self.written.get(status.replica)
+        return (
+            known is not None
+            and status.replica not in self.uncertain
+            and same_status(known[0], status)
+        )
 
     async def load(self) -> None:
         """Read the statuses already stored for this node (an earlier run of the agent)."""
         self.written.clear()
+        self.uncertain.clear()
         legacy: list[tuple[str, ReplicaStatus, int]] = []
         with anyio.fail_after(_LOAD_TIMEOUT):
             async for entry in self.bucket.watch(names.placement_prefix(self.node)):
@@ -78,11 +92,12 @@ class StatusBook:
     async def write(self, status: ReplicaStatus) -> bool:
         """Store status unless it is already what is stored; True when written."""
         key = status.key
-        known = self.written.get(status.replica)
-        if known is not None and same_status(known[0], status):
+        if self._stored(status):
             return False
+        known = self.written.get(status.replica)
         stamped = msgspec.structs.replace(status, updated_at=self.clock())
         revision = None if known is None else known[1]
+        self.uncertain.add(status.replica)
         for _ in range(_WRITE_ATTEMPTS):
             try:
                 new_revision = await write_record(self.bucket, key, stamped, revision)
@@ -91,31 +106,38 @@ class StatusBook:
                 revision = None if entry is None or entry.value is None else entry.revision
                 continue
             self.written[status.replica] = (stamped, new_revision)
+            self.uncertain.discard(status.replica)
             return True
         log.warning("status %s kept conflicting; will retry next pass", key)
         self.written.pop(status.replica, None)
+        self.uncertain.discard(status.replica)
         return False
 
-    async def write_all(self, statuses: Iterable[ReplicaStatus]) -> int:
+    async def write_all(
+        self, statuses: Iterable[ReplicaStatus], *, go_on: Callable[[], bool] = lambda: True
+    ) -> int:
         """Store each status that is not already what is stored, as `write` does, the
         writes sent together (kv.write_many: one round trip for a pass's changes, not
         one per replica). A write that conflicts is read again and retried in the next
-        round, up to _WRITE_ATTEMPTS rounds; one that still conflicts is forgotten (the
-        next pass reads it). Another failure is raised once what committed is recorded.
+        round, up to _WRITE_ATTEMPTS rounds, while `go_on()` (the agent still acts on
+        its placements); one that still conflicts is forgotten (the next pass reads it).
+        Another failure is raised once what committed is recorded. Until its outcome is
+        recorded a write is `uncertain`: cut short, it is written again next pass.
         Returns how many were written."""
         due: dict[str, ReplicaStatus] = {}
         revisions: dict[str, int | None] = {}
         for status in statuses:
-            known = self.written.get(status.replica)
-            if known is not None and same_status(known[0], status):
+            if self._stored(status):
                 continue
+            known = self.written.get(status.replica)
             due[status.replica] = msgspec.structs.replace(status, updated_at=self.clock())
             revisions[status.replica] = None if known is None else known[1]
+        self.uncertain.update(due)
         written = 0
         failure: BaseException | None = None
-        for _ in range(_WRITE_ATTEMPTS):
-            if not due:
-                break
+        for attempt in range(_WRITE_ATTEMPTS):
+            if not due or (attempt and not go_on()):
+                return written  # what is left stays uncertain: written next pass
             writes: list[Write] = []
             for replica, stamped in due.items():
                 raw, revision = encode(stamped), revisions[replica]
@@ -127,6 +149,7 @@ class StatusBook:
                 if outcome.ok:
                     assert outcome.revision is not None
                     self.written[replica] = (stamped, outcome.revision)
+                    self.uncertain.discard(replica)
                     written += 1
                 elif outcome.conflict:
                     conflicted[replica] = stamped
@@ -142,7 +165,8 @@ class StatusBook:
             due = conflicted
         for replica, stamped in due.items():
             log.warning("status %s kept conflicting; will retry next pass", stamped.key)
-            self.written.pop(replica, None)
+            self.written.pop(replica, None)  # not known: the next write reads it afresh
+            self.uncertain.discard(replica)
         return written
 
     async def delete(self, replica: str) -> None:
@@ -165,3 +189,4 @@ class StatusBook:
                     self.written[replica] = (known[0], entry.revision)
                     return
         self.written.pop(replica, None)
+        self.uncertain.discard(replica)
