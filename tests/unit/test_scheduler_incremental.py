@@ -33,6 +33,7 @@ from corral.natsio.kv import Bucket, MemoryBucket
 from corral_scheduler import control_loop
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.decide import Usage, schedule_deployment
+from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 from tests.unit.test_scheduler_control_loop import (
     Clock,
@@ -65,6 +66,19 @@ def usage_rebuilt(loop: ControlLoop) -> dict[str, Usage]:
         found.memory_bytes += placement.memory_bytes
         found.pods += 1
     return usage
+
+
+def ranking_rebuilt(loop: ControlLoop) -> list[list[tuple[int, str]]]:
+    """The loop's ranking of nodes as it would be built from its books now."""
+    rebuilt = NodeRanking()
+    for name, node in loop._nodes.items():
+        usage = loop.usage.get(name) or Usage()
+        rebuilt.update(name, node.capacity, usage.cpu_millis, usage.memory_bytes)
+    return [list(entries) for entries in rebuilt.classes()]
+
+
+def ranking_kept(loop: ControlLoop) -> list[list[tuple[int, str]]]:
+    return [list(entries) for entries in loop.node_ranking.classes()]
 
 
 def placed_by(cluster: Cluster, deployment: str) -> list[str]:
@@ -139,6 +153,22 @@ async def test_orphans_are_found_through_an_index_of_the_nodes_that_hold_them() 
         assert loop.orphan_holders.get("default.api") == {"c"}
 
 
+async def test_the_ranking_of_nodes_follows_records_joining_changing_and_leaving() -> None:
+    async with running() as cluster:
+        loop = cluster.loop
+        await _apply(cluster, _deployment("web", 3, cpu="1"))
+        await placed_and_running(cluster, "a", "b", "c")
+        assert sorted(name for entries in ranking_kept(loop) for _, name in entries) == [
+            "a",
+            "b",
+            "c",
+        ]
+        await cluster.nodes.delete("c")  # its record is gone: it ranks no more
+        await cluster.tick(1, beating=("a", "b"))
+        await eventually(lambda: _value("c" in loop.node_ranking), lambda there: not there)
+        assert ranking_kept(loop) == ranking_rebuilt(loop)
+
+
 async def _apply(cluster: Cluster, deployment: Deployment) -> None:
     await cluster.buckets[names.DEPLOYMENTS_BUCKET].put(deployment.key, encode(deployment))
 
@@ -150,6 +180,7 @@ async def test_usage_names_and_indexes_follow_every_placement_change() -> None:
         loop = cluster.loop
         assert loop.usage == usage_rebuilt(loop)
         assert loop.usage["a"].cpu_millis == 1500 and loop.usage["b"].pods == 3
+        assert ranking_kept(loop) == ranking_rebuilt(loop) and len(loop.node_ranking) == 2
         assert set(loop.taken_names) == {p.replica for p in loop.placements.values()}
         assert loop.placements_by_deployment.get("default.web") == set(loop.placements.items)
         await _apply(cluster, _deployment("web", 2, cpu="500m"))  # scale down
@@ -157,9 +188,11 @@ async def test_usage_names_and_indexes_follow_every_placement_change() -> None:
         assert loop.usage == usage_rebuilt(loop)
         assert sum(u.pods for u in loop.usage.values()) == 2
         assert set(loop.taken_names) == {p.replica for p in loop.placements.values()}
+        assert ranking_kept(loop) == ranking_rebuilt(loop)
         await cluster.buckets[names.DEPLOYMENTS_BUCKET].delete("default.web")
         await cluster.tick(1, beating=("a", "b"))
         assert loop.usage == {} and loop.taken_names == {}
+        assert ranking_kept(loop) == ranking_rebuilt(loop)
         assert "a" not in loop.deployments_by_node and len(loop.placements_by_deployment) == 0
 
 

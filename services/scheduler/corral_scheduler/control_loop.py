@@ -98,6 +98,7 @@ from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
+from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.progress import is_complete
 from corral_scheduler.snapshot import Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import (
@@ -278,6 +279,9 @@ class ControlLoop:
             placement_changes, by=lambda key, p: (p.node,), primary=lambda key, p: p.deployment_key
         )
         self.usage: dict[str, Usage] = {}  # node -> what its placements reserve
+        # Every node with a record in order of its usage (node_ranking.py): a decision
+        # on this loop places a few replicas off its head instead of ranking every node.
+        self.node_ranking = NodeRanking()
         self.taken_names: dict[str, int] = {}  # replica name -> placements with it
         # Placements decided but not committed yet, by key: counted in `usage` and
         # `taken_names` from the decision on, so a decision made meanwhile (another
@@ -391,6 +395,13 @@ class ControlLoop:
         if old is not None and new is None and old.node in self.ready_nodes:
             self._wake_pending(self.pending)  # room freed where replicas may go
 
+    def _rank_node(self, node: str) -> None:
+        """Keep `node_ranking` at the node's record and usage now."""
+        record = self._nodes.get(node)
+        usage = self.usage.get(node) or Usage()
+        capacity = None if record is None else record.capacity
+        self.node_ranking.update(node, capacity, usage.cpu_millis, usage.memory_bytes)
+
     def _count(self, old: Placement | None, new: Placement | None) -> None:
         # Usage records are replaced, never changed in place: a shallow copy of `usage`
         # is a snapshot (what a decision in a thread reads).
@@ -422,6 +433,9 @@ class ControlLoop:
             self.taken_names[new.replica] = self.taken_names.get(new.replica, 0) + 1
             if new.template.volumes:
                 self._use_claims(new, +1)
+        for placement in (old, new):
+            if placement is not None and (placement.cpu_millis or placement.memory_bytes):
+                self._rank_node(placement.node)
 
     # --- storage (volmgr's records, read only) ----------------------------------------
 
@@ -654,10 +668,13 @@ class ControlLoop:
         old = self._node_shapes.get(key)
         if node is None:
             self._nodes.pop(key, None)
+            self._rank_node(key)
             self._node_shapes.pop(key, None)
             self.node_not_ready_since.pop(key, None)
         else:
             self._nodes[key] = node
+            if old is None or old.capacity != node.capacity:
+                self._rank_node(key)
             if node.ready:
                 self.node_not_ready_since.pop(key, None)
             else:
@@ -1189,7 +1206,7 @@ class ControlLoop:
             )
             usage, ready = dict(self.usage), frozenset(self.ready_nodes)
             plan = await anyio.to_thread.run_sync(
-                partial(self._decide, view, key, now, usage, ready, wall_time),
+                partial(self._decide, view, key, now, usage, ready, wall_time, on_loop=False),
                 limiter=self._decider,
             )
             if any(placement.replica in self.taken_names for placement in plan.place):
@@ -1209,7 +1226,11 @@ class ControlLoop:
         usage: dict[str, Usage],
         ready_nodes: set[str] | frozenset[str],
         wall_time: float,
+        *,
+        on_loop: bool = True,
     ) -> Plan:
+        """`on_loop`: made on this loop, which keeps `node_ranking` (not copied: a
+        decision in the decider thread ranks every node)."""
         revision = self._revision(key, view.deployments.get(key))  # the view's template
         rolled_back = None if self.rollbacks is None else self.rollbacks.record_for(key, revision)
         return schedule_deployment(
@@ -1223,6 +1244,7 @@ class ControlLoop:
             new_suffix=random_suffix,
             revision=revision,
             rolled_back=rolled_back,
+            ranking=self.node_ranking if on_loop else None,
         )
 
     async def _emit_one(self, key: str, reason: str, message: str, warning: bool) -> None:
@@ -1266,6 +1288,8 @@ class ControlLoop:
             ]
             for node in gone:
                 del book[node]
+                if book is self._nodes:
+                    self._rank_node(node)
         for node in [node for node in self._node_revisions if node not in records]:
             del self._node_revisions[node]
 
