@@ -28,6 +28,7 @@ from corral.contract.specs import (
 )
 from corral.contract.state import Node, NodeCapacity
 from corral_scheduler.decide import Plan, Usage, schedule, schedule_deployment
+from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 
 NOW = 10_000.0
@@ -103,7 +104,12 @@ def main() -> None:
     ready = set(steady.nodes)
     key = "default.app-0"
 
-    def one(view: Snapshot) -> tuple[float, Plan]:
+    ranking = NodeRanking()  # as the control loop keeps it
+    for name, node in steady.nodes.items():
+        used = usage.get(name) or Usage()
+        ranking.update(name, node.capacity, used.cpu_millis, used.memory_bytes)
+
+    def one(view: Snapshot, ranked: NodeRanking | None = ranking) -> tuple[float, Plan]:
         counter = itertools.count()
         started = time.perf_counter()
         plan = schedule_deployment(
@@ -115,6 +121,7 @@ def main() -> None:
             ready_nodes=ready,
             wall_time=0.0,
             new_suffix=lambda: f"new{next(counter):05d}",
+            ranking=ranked,
         )
         return time.perf_counter() - started, plan
 
@@ -140,7 +147,19 @@ def main() -> None:
     assert len(runs[0][1].place) == 1
     scale = statistics.median(r[0] for r in runs)
     among = f"1 placement among {len(ready)} nodes"
-    print(f"one Deployment, +1     : {scale * 1000:8.2f} ms  ({among})")
+    print(f"one Deployment, +1     : {scale * 1000:8.2f} ms  ({among}, off the ranking)")
+    every = [one(scaled, None) for _ in range(repeat)]
+    assert [p.node for p in every[0][1].place] == [p.node for p in runs[0][1].place]
+    scale = statistics.median(r[0] for r in every)
+    print(f"  ranking every node   : {scale * 1000:8.2f} ms")
+    many = len(ready) // 2
+    wide = msgspec.structs.replace(
+        deployment, spec=msgspec.structs.replace(deployment.spec, replicas=len(mine) + many)
+    )
+    widened = Snapshot(**{**view.__dict__, "deployments": {key: wide}})
+    for label, ranked in (("off the ranking", ranking), ("ranking every node", None)):
+        seconds = statistics.median(one(widened, ranked)[0] for _ in range(max(args.repeat, 5)))
+        print(f"one Deployment, +{many:<5}: {seconds * 1000:8.2f} ms  ({label})")
 
 
 if __name__ == "__main__":

@@ -190,3 +190,26 @@ def test_many_ready_nodes_of_two_classes_are_picked_as_ranking_every_node_picks(
         return [picker.pick() for _ in range(picks)]
 
     assert picked(ranking) == picked(None)
+
+
+def test_loads_too_large_to_tell_apart_still_tie_by_name() -> None:
+    """A class whose loads round to one value though the allocations differ (capacities
+    far beyond any machine's): the ranking's order (by allocation) is then not the order
+    by name among equal loads, and every such node is looked at before a pick."""
+    capacity = NodeCapacity(cpu_millis=2**40, memory_bytes=2**60, pods=110)
+    used = {  # allocations b < c < a, loads all 0.5 once rounded
+        "b": Usage(cpu_millis=2**39, memory_bytes=0, pods=1),
+        "c": Usage(cpu_millis=2**39, memory_bytes=1, pods=1),
+        "a": Usage(cpu_millis=2**39, memory_bytes=2, pods=1),
+    }
+    snapshot = Snapshot(nodes={name: Node(name=name, capacity=capacity) for name in used})
+    ranking = ranking_of(snapshot, used)
+    assert [name for entries in ranking.classes() for _, name in entries] == ["b", "c", "a"]
+
+    def first(ranked: NodeRanking | None) -> str | None:
+        return _NodePicker(
+            snapshot, set(used), _UsageCopy(used), Counter(), 0, 0, ranking=ranked
+        ).pick()
+
+    assert first(None) == "a"
+    assert first(ranking) == "a"

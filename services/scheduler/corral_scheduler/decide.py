@@ -108,8 +108,20 @@ class Usage:
 
 
 _NO_USAGE = Usage()  # a node nothing is placed on, when only read (never changed)
-# Beyond rounding: a node whose load is this much higher cannot rank before another.
-_LOAD_MARGIN = 1e-9
+# Below this a load's numerator is exact enough that two nodes of one class of capacity
+# have the same load only if they have the same allocation (node_ranking.py).
+_EXACT_NUMERATOR = 2**52
+
+
+def _load(capacity: NodeCapacity, cpu_millis: int, memory_bytes: int) -> float:
+    """How much of a node's room `cpu_millis` and `memory_bytes` take: the CPU and the
+    memory fractions summed, computed as one exact integer over the capacities' product
+    (one rounding): nodes of one class of capacity then order by load exactly as by
+    allocation (node_ranking.allocation), ties included."""
+    cpu_capacity = max(capacity.cpu_millis, 1)
+    memory_capacity = max(capacity.memory_bytes, 1)
+    numerator = cpu_millis * memory_capacity + memory_bytes * cpu_capacity
+    return numerator / (cpu_capacity * memory_capacity)
 
 
 class _Names(Protocol):
@@ -800,9 +812,9 @@ class _NodePicker:
         self.fit = fit
         # With a ranking, nodes are pulled off the head of each class of it as picks need
         # them (`_fill`): the frontier holds each class's next node not pulled yet, by
-        # its load (load, class, position).
+        # its load and name (load, name, class, position).
         self._classes = [] if ranking is None else list(ranking.classes())
-        self._frontier: list[tuple[float, int, int]] = []
+        self._frontier: list[tuple[float, str, int, int]] = []
         if ranking is None:
             self.heap = self._ranked(ready_nodes)
             heapq.heapify(self.heap)
@@ -813,33 +825,38 @@ class _NodePicker:
 
     def _reach(self, index: int, position: int) -> None:
         """Put class `index`'s node at `position` (or the next one with a record) on the
-        frontier, by its load now."""
+        frontier, by its load now and its name. Along a class, loads never fall, and
+        nodes of equal load come by name: the frontier's entry is less than every node
+        of its class not pulled yet. Where loads are too large to be exact, another
+        node of the class may have an equal load and a lesser name: its entry then
+        carries the least name, "", so that only a higher load counts as past it."""
         entries = self._classes[index]
         nodes = self.snapshot.nodes
         while position < len(entries):
-            node = nodes.get(entries[position][1])
+            name = entries[position][1]
+            node = nodes.get(name)
             if node is not None:
-                load = self._load(node.capacity, entries[position][1])
-                heapq.heappush(self._frontier, (load, index, position))
+                used = self.usage.get(name) or _NO_USAGE
+                cpu, memory = used.cpu_millis + self.cpu, used.memory_bytes + self.memory
+                capacity = node.capacity
+                load = _load(capacity, cpu, memory)
+                exact = (
+                    cpu * max(capacity.memory_bytes, 1) + memory * max(capacity.cpu_millis, 1)
+                    < _EXACT_NUMERATOR
+                )
+                heapq.heappush(self._frontier, (load, name if exact else "", index, position))
                 return
             position += 1
-
-    def _load(self, capacity: NodeCapacity, name: str) -> float:
-        used = self.usage.get(name) or _NO_USAGE
-        return (used.cpu_millis + self.cpu) / max(capacity.cpu_millis, 1) + (
-            used.memory_bytes + self.memory
-        ) / max(capacity.memory_bytes, 1)
 
     def _fill(self) -> None:
         """Pull nodes off the ranking until none not pulled yet can rank before the best
         one pulled: the best has no replica of this Deployment (spread 0: it wins over
-        any with one) and the next node of every class has a higher load. Loads grow
-        along a class (the ranking's order, exact); the margin covers rounding only."""
+        any with one) and comes before the next node of every class (`_reach`)."""
         frontier, heap = self._frontier, self.heap
         while frontier:
-            if heap and heap[0][0] == 0 and frontier[0][0] > heap[0][1] + _LOAD_MARGIN:
+            if heap and heap[0][0] == 0 and frontier[0][:2] > heap[0][1:]:
                 return
-            _, index, position = heapq.heappop(frontier)
+            _, _, index, position = heapq.heappop(frontier)
             name = self._classes[index][position][1]
             self._reach(index, position + 1)
             candidate = self._candidate(name)
@@ -858,7 +875,8 @@ class _NodePicker:
             return None
         if self.fit is not None and self.fit.misfit(name):
             return None
-        return (self.spread[name], self._load(node.capacity, name), name)
+        load = _load(node.capacity, used.cpu_millis + self.cpu, used.memory_bytes + self.memory)
+        return (self.spread[name], load, name)
 
     def _ranked(self, ready_nodes: Set[str]) -> list[tuple[int, float, str]]:
         """Every feasible node's `_rank`, as `_misfit`, `_selector_misfit` and `fit` judge
@@ -889,18 +907,20 @@ class _NodePicker:
                 continue
             if fit is not None and fit.misfit(name):
                 continue
-            load = used_cpu / max(capacity.cpu_millis, 1) + used_memory / max(
-                capacity.memory_bytes, 1
-            )
+            cpu_capacity = max(capacity.cpu_millis, 1)
+            memory_capacity = max(capacity.memory_bytes, 1)
+            load = (used_cpu * memory_capacity + used_memory * cpu_capacity) / (
+                cpu_capacity * memory_capacity
+            )  # _load, written out
             ranked.append((spread[name], load, name))
         return ranked
 
     def _rank(self, name: str) -> tuple[int, float, str]:
         capacity = self.snapshot.nodes[name].capacity
         node_usage = self.usage[name]
-        load = (node_usage.cpu_millis + self.cpu) / max(capacity.cpu_millis, 1) + (
-            node_usage.memory_bytes + self.memory
-        ) / max(capacity.memory_bytes, 1)
+        load = _load(
+            capacity, node_usage.cpu_millis + self.cpu, node_usage.memory_bytes + self.memory
+        )
         return (self.spread[name], load, name)
 
     def pick(self) -> str | None:
