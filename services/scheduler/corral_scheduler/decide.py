@@ -27,7 +27,7 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -111,6 +111,8 @@ _NO_USAGE = Usage()  # a node nothing is placed on, when only read (never change
 # Below this a load's numerator is exact enough that two nodes of one class of capacity
 # have the same load only if they have the same allocation (node_ranking.py).
 _EXACT_NUMERATOR = 2**52
+# The fewest nodes a decision pulls off the ranking before it ranks every node instead.
+_MIN_PULLS = 64
 
 
 def _load(capacity: NodeCapacity, cpu_millis: int, memory_bytes: int) -> float:
@@ -813,15 +815,35 @@ class _NodePicker:
         # With a ranking, nodes are pulled off the head of each class of it as picks need
         # them (`_fill`): the frontier holds each class's next node not pulled yet, by
         # its load and name (load, name, class, position).
-        self._classes = [] if ranking is None else list(ranking.classes())
+        self._classes: list[Any] = []
         self._frontier: list[tuple[float, str, int, int]] = []
-        if ranking is None:
-            self.heap = self._ranked(ready_nodes)
-            heapq.heapify(self.heap)
+        # Nodes whose usage this decision changed before ranking (its stops, its adopted
+        # orphans: the copies in a _UsageCopy): the ranking's order does not hold for
+        # them, so they are candidates from the start and skipped on the ranking.
+        self._touched: set[str] = set()
+        # Pulling one by one costs several times ranking a node in `_ranked`: past this
+        # many pulls (ties, spread everywhere, few nodes ready or fitting) every node is
+        # ranked instead, which picks the same.
+        self._pulls_left = max(_MIN_PULLS, len(ready_nodes) // 8)
+        if ranking is None or not isinstance(usage, _UsageCopy):
+            self._rank_every_node()
         else:
             self.heap = []
+            self._classes = list(ranking.classes())
+            self._touched = set(dict.keys(usage))
+            for name in self._touched:
+                candidate = self._candidate(name)
+                if candidate is not None:
+                    self.heap.append(candidate)
+            heapq.heapify(self.heap)
             for index in range(len(self._classes)):
                 self._reach(index, 0)
+
+    def _rank_every_node(self) -> None:
+        """The heap of every ready node that fits, at its rank now (and no ranking)."""
+        self.heap = self._ranked(self.ready_nodes)
+        heapq.heapify(self.heap)
+        self._classes, self._frontier = [], []
 
     def _reach(self, index: int, position: int) -> None:
         """Put class `index`'s node at `position` (or the next one with a record) on the
@@ -835,7 +857,7 @@ class _NodePicker:
         while position < len(entries):
             name = entries[position][1]
             node = nodes.get(name)
-            if node is not None:
+            if node is not None and name not in self._touched:
                 used = self.usage.get(name) or _NO_USAGE
                 cpu, memory = used.cpu_millis + self.cpu, used.memory_bytes + self.memory
                 capacity = node.capacity
@@ -856,6 +878,10 @@ class _NodePicker:
         while frontier:
             if heap and heap[0][0] == 0 and frontier[0][:2] > heap[0][1:]:
                 return
+            if self._pulls_left <= 0:
+                self._rank_every_node()
+                return
+            self._pulls_left -= 1
             _, _, index, position = heapq.heappop(frontier)
             name = self._classes[index][position][1]
             self._reach(index, position + 1)
