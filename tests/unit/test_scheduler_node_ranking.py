@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from dataclasses import dataclass
 from unittest import mock
 
 from hypothesis import given, settings
@@ -69,6 +70,35 @@ coarse_usages = st.builds(
 MANY = [f"n{i:02}" for i in range(24)]
 
 
+@dataclass
+class Request:
+    """What one decision ranks nodes for: the ready nodes, the Deployment's spread, the
+    replica's request, its selector and the nodes its volumes exclude (None: none)."""
+
+    ready: set[str]
+    spread: dict[str, int]
+    cpu: int
+    memory: int
+    selector: dict[str, str]
+    excluded: set[str] | None
+
+    def picker(
+        self, snapshot: Snapshot, usage: _UsageCopy, ranking: NodeRanking | None
+    ) -> _NodePicker:
+        fit = None if self.excluded is None else Misfits(self.excluded)
+        return _NodePicker(
+            snapshot,
+            self.ready,
+            usage,
+            Counter(self.spread),
+            self.cpu,
+            self.memory,
+            fit,  # type: ignore[arg-type]
+            selector=self.selector,
+            ranking=ranking,
+        )
+
+
 class Misfits:
     """A stand-in for volume_fit.VolumeFit: the nodes its rules exclude."""
 
@@ -124,19 +154,8 @@ def test_the_ranking_is_the_definitions_and_picks_off_the_kept_ranking_are_the_s
         ranking: NodeRanking | None, usage: _UsageCopy | None = None
     ) -> tuple[_NodePicker, _UsageCopy]:
         usage = _UsageCopy(used) if usage is None else usage
-        fit = None if excluded is None else Misfits(excluded)
-        made = _NodePicker(
-            snapshot,
-            ready,
-            usage,
-            Counter(spread),
-            cpu,
-            memory,
-            fit,  # type: ignore[arg-type]
-            selector=selector,
-            ranking=ranking,
-        )
-        return made, usage
+        request = Request(ready, spread, cpu, memory, selector, excluded)
+        return request.picker(snapshot, usage, ranking), usage
 
     every, usage = picker(None)
     assert dict(usage) == {}  # nothing copied: ranking only reads
@@ -287,17 +306,8 @@ def _random_case(seed: int) -> tuple[list[str | None], list[str | None]]:
             now = usage[name]
             now.cpu_millis = max(0, now.cpu_millis + cpu_change)
             now.memory_bytes = max(0, now.memory_bytes + memory_change)
-        fit = None if excluded is None else Misfits(excluded)
-        picker = _NodePicker(
-            snapshot,
-            ready,
-            usage,
-            Counter(spread),
-            cpu,
-            memory,
-            fit,  # type: ignore[arg-type]
-            selector=selector,
-            ranking=ranking,
+        picker = Request(ready, spread, cpu, memory, selector, excluded).picker(
+            snapshot, usage, ranking
         )
         return [picker.pick() for _ in range(picks)]
 
