@@ -381,3 +381,13 @@ def test_a_decision_that_frees_or_takes_room_before_placing_places_as_ranking_ev
     nodes = [holder, d.node("b", cpu=8000), d.node("x", cpu=16000, memory=16 * d.GiB)]
     every, kept = _decided(d.cluster([api, fill], nodes, filled), "default.api")
     assert every == ["a", "b"] and kept == every  # the orphan on a, then the least allocated
+
+
+def test_a_ready_node_whose_record_is_gone_is_skipped_either_way() -> None:
+    """`ready_nodes` judged before a record went: no error, no pick there."""
+    capacity = NodeCapacity(cpu_millis=4000, memory_bytes=2**33, pods=110)
+    snapshot = Snapshot(nodes={"a": Node(name="a", capacity=capacity)})
+    request = Request({"a", "gone"}, {}, 100, 0, {}, None)
+    for ranking in (None, ranking_of(snapshot, {})):
+        picker = request.picker(snapshot, _UsageCopy({}), ranking)
+        assert [picker.pick(), picker.pick()] == ["a", "a"]

@@ -918,7 +918,9 @@ class _NodePicker:
         cpu, memory = self.cpu, self.memory
         ranked: list[tuple[int, float, str]] = []
         for name in ready_nodes:
-            node = nodes[name]
+            node = nodes.get(name)
+            if node is None:
+                continue  # its record went since it was judged ready: nothing to rank
             capacity = node.capacity
             used = usage.get(name) or _NO_USAGE
             used_cpu = used.cpu_millis + cpu
