@@ -33,7 +33,6 @@ from corral.natsio.kv import Bucket, MemoryBucket
 from corral_scheduler import control_loop
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.decide import Usage, schedule_deployment
-from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
 from tests.unit.test_scheduler_control_loop import (
     Clock,
@@ -42,6 +41,7 @@ from tests.unit.test_scheduler_control_loop import (
     placed_and_running,
     running,
 )
+from tests.unit.test_scheduler_node_ranking import ranking_of
 from tests.waiting import eventually
 
 
@@ -70,10 +70,7 @@ def usage_rebuilt(loop: ControlLoop) -> dict[str, Usage]:
 
 def ranking_rebuilt(loop: ControlLoop) -> list[list[tuple[int, str]]]:
     """The loop's ranking of nodes as it would be built from its books now."""
-    rebuilt = NodeRanking()
-    for name, node in loop._nodes.items():
-        usage = loop.usage.get(name) or Usage()
-        rebuilt.update(name, node.capacity, usage.cpu_millis, usage.memory_bytes)
+    rebuilt = ranking_of(Snapshot(nodes=dict(loop._nodes)), loop.usage)
     return [list(entries) for entries in rebuilt.classes()]
 
 

@@ -13,7 +13,7 @@ import msgspec
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.state import ReplicaStatus
-from corral.natsio.kv import Bucket, Conflict, Create, Update, Write, write_many, write_record
+from corral.natsio.kv import Bucket, Conflict, Create, Update, Write, write_many
 from corral_node_agent.replica_status import same_status
 
 log = logging.getLogger(__name__)
@@ -90,33 +90,15 @@ class StatusBook:
         return list(self.written)
 
     async def write(self, status: ReplicaStatus) -> bool:
-        """Store status unless it is already what is stored; True when written."""
-        key = status.key
-        if self._stored(status):
-            return False
-        known = self.written.get(status.replica)
-        stamped = msgspec.structs.replace(status, updated_at=self.clock())
-        revision = None if known is None else known[1]
-        self.uncertain.add(status.replica)
-        for _ in range(_WRITE_ATTEMPTS):
-            try:
-                new_revision = await write_record(self.bucket, key, stamped, revision)
-            except Conflict:
-                entry = await self.bucket.get(key)  # re-read, then retry
-                revision = None if entry is None or entry.value is None else entry.revision
-                continue
-            self.written[status.replica] = (stamped, new_revision)
-            self.uncertain.discard(status.replica)
-            return True
-        log.warning("status %s kept conflicting; will retry next pass", key)
-        self.written.pop(status.replica, None)
-        self.uncertain.discard(status.replica)
-        return False
+        """Store status unless it is already what is stored; True when written (one
+        status: `write_all`, whose rules hold for it)."""
+        return await self.write_all([status]) == 1
 
     async def write_all(
         self, statuses: Iterable[ReplicaStatus], *, go_on: Callable[[], bool] = lambda: True
     ) -> int:
-        """Store each status that is not already what is stored, as `write` does, the
+        """Store each status that is not already what is stored (stamped with the book's
+        clock; a new key created, a known one compare-and-set on its revision), the
         writes sent together (kv.write_many: one round trip for a pass's changes, not
         one per replica). A write that conflicts is read again and retried in the next
         round, up to _WRITE_ATTEMPTS rounds, while `go_on()` (the agent still acts on

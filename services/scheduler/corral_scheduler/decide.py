@@ -120,10 +120,16 @@ def _load(capacity: NodeCapacity, cpu_millis: int, memory_bytes: int) -> float:
     memory fractions summed, computed as one exact integer over the capacities' product
     (one rounding): nodes of one class of capacity then order by load exactly as by
     allocation (node_ranking.allocation), ties included."""
+    return _exact_load(capacity, cpu_millis, memory_bytes)[0]
+
+
+def _exact_load(capacity: NodeCapacity, cpu_millis: int, memory_bytes: int) -> tuple[float, bool]:
+    """`_load`, and whether it is exact enough that another node of the class has the
+    same load only with the same allocation (its numerator below _EXACT_NUMERATOR)."""
     cpu_capacity = max(capacity.cpu_millis, 1)
     memory_capacity = max(capacity.memory_bytes, 1)
     numerator = cpu_millis * memory_capacity + memory_bytes * cpu_capacity
-    return numerator / (cpu_capacity * memory_capacity)
+    return numerator / (cpu_capacity * memory_capacity), numerator < _EXACT_NUMERATOR
 
 
 class _Names(Protocol):
@@ -859,12 +865,8 @@ class _NodePicker:
             node = nodes.get(name)
             if node is not None and name not in self._touched:
                 used = self.usage.get(name) or _NO_USAGE
-                cpu, memory = used.cpu_millis + self.cpu, used.memory_bytes + self.memory
-                capacity = node.capacity
-                load = _load(capacity, cpu, memory)
-                exact = (
-                    cpu * max(capacity.memory_bytes, 1) + memory * max(capacity.cpu_millis, 1)
-                    < _EXACT_NUMERATOR
+                load, exact = _exact_load(
+                    node.capacity, used.cpu_millis + self.cpu, used.memory_bytes + self.memory
                 )
                 heapq.heappush(self._frontier, (load, name if exact else "", index, position))
                 return
