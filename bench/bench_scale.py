@@ -217,6 +217,11 @@ class Cluster:
                 str(args.ready_after),
                 "--report-seconds",
                 "0",
+                *(
+                    ["--passes-parallel", str(args.simulator_passes)]
+                    if args.simulator_passes is not None
+                    else []
+                ),
                 # its nodes' state in this run's folder, removed with it: the victim is
                 # killed, so a temporary folder of its own would be left behind
                 "--state-dir",
@@ -245,10 +250,17 @@ class Cluster:
 
     def simulator_lateness(self) -> dict[float, float]:
         """The simulator's loop-lateness histogram, summed over its processes."""
+        return self.simulator_histogram("corral_event_loop_late_seconds")
+
+    def simulator_pass_waits(self) -> dict[float, float]:
+        """How long the simulator's passes waited for their turn (PassGate), summed
+        over its processes (empty from a simulator without the gate)."""
+        return self.simulator_histogram("corral_hollow_pass_wait_seconds")
+
+    def simulator_histogram(self, metric: str) -> dict[float, float]:
         summed: dict[float, float] = {}
         for name in self.simulators:
-            found = histogram_buckets(self.metrics(name), "corral_event_loop_late_seconds")
-            for bound, count in found.items():
+            for bound, count in histogram_buckets(self.metrics(name), metric).items():
                 summed[bound] = summed.get(bound, 0.0) + count
         return summed
 
@@ -400,6 +412,15 @@ def late_samples(before: dict[float, float], after: dict[float, float], over: fl
     late = total - counts[over]
     worst = min(bound for bound, count in counts.items() if count >= total)
     return f"{late:.0f} of {total:.0f} samples (the latest ≤ {worst:g} s)"
+
+
+def pass_waits(before: dict[float, float], after: dict[float, float]) -> str:
+    """The simulator's pass waits between two readings: p50 / p99 and how many."""
+    passes = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    if not passes:
+        return "no passes gated"
+    p50, p99 = (bucket_quantile(before, after, q) * 1000 for q in (0.5, 0.99))
+    return f"{p50:.1f} / {p99:.1f} ms ({passes:,.0f} passes)"
 
 
 TIMELINE_EVERY_SECONDS = 0.5
@@ -646,6 +667,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
             answered_before = await anyio.to_thread.run_sync(scheduler_applies, cluster)
             isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
+            waits_before = await anyio.to_thread.run_sync(cluster.simulator_pass_waits)
             began = time.monotonic()
             sampling = anyio.CancelScope()
 
@@ -706,6 +728,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             ready = await until(ready_all, args.timeout, every=0.25)
             running_in = None if ready is None else time.monotonic() - began
             isolated_running = await anyio.to_thread.run_sync(cluster.simulator_isolations)
+            waits_running = await anyio.to_thread.run_sync(cluster.simulator_pass_waits)
             sampling.cancel()
             cluster.mark_cpu("steady")
             writes_after = await anyio.to_thread.run_sync(cluster.stream_writes)
@@ -729,6 +752,13 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 f"simulator's event loop late over {SIMULATOR_LATE_SECONDS:g} s while placing",
                 late_while_placing,
                 "a simulator behind sends heartbeats late: nodes look cut off",
+            )
+            results.add(
+                "simulator's passes: wait for their turn p50 / p99, first apply to all Running",
+                pass_waits(waits_before, waits_running),
+                "a simulator process's nodes take turns at their reconcile passes "
+                "(--simulator-passes at once): a burst of placements waits, their heartbeats "
+                "do not",
             )
             results.add(
                 "agents isolated (entries to Isolated), first apply to all Running",
@@ -1052,6 +1082,12 @@ def main() -> None:
         "and they starve (their nodes look lost)",
     )
     parser.add_argument(
+        "--simulator-passes",
+        type=int,
+        help="reconcile passes at once in each simulator process, its nodes in turn "
+        "(the hollow cluster's --passes-parallel; default: its own default)",
+    )
+    parser.add_argument(
         "--outage",
         type=float,
         default=5.0,
@@ -1069,6 +1105,8 @@ def main() -> None:
         parser.error("--simulator-processes must be between 1 and --nodes")
     if not 0 <= args.simulator_nice <= 19:
         parser.error("--simulator-nice must be between 0 and 19")
+    if args.simulator_passes is not None and args.simulator_passes < 0:
+        parser.error("--simulator-passes must not be negative (0: every pass at once)")
     simulator = (
         f"the simulator in {args.simulator_processes} processes"
         if args.simulator_processes > 1
@@ -1087,6 +1125,8 @@ def main() -> None:
         title += f", answer in {args.answer_in}"
     if args.python_gc:
         title += ", Python's default GC"
+    if args.simulator_passes is not None:
+        title += f", simulator passes {args.simulator_passes or 'all'} at once"
     print(title, flush=True)
     results = Results()
     mode = (

@@ -30,6 +30,7 @@ from corral.client.local.nats_server import (
 class LocalNats:
     url: str
     monitor_port: int  # its HTTP monitoring port (-m)
+    pid: int = 0  # its process (0: not started here)
 
     def _monitor(self, page: str) -> dict[str, Any]:
         """One page of the server's HTTP monitoring, decoded."""
@@ -82,7 +83,7 @@ def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start within 15 s")
             time.sleep(0.1)
-        yield LocalNats(url, port + 1)
+        yield LocalNats(url, port + 1, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=10)

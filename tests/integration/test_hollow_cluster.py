@@ -47,16 +47,23 @@ async def test_twenty_hollow_nodes_run_a_hundred_replicas_and_a_stopped_ones_mov
 ) -> None:
     async with (
         running_scheduler(nats_url) as scheduler,
-        hollow_cluster(nats_url, 20, pool=6, ready_after=0.2, remove_after=0.1) as cluster,
+        hollow_cluster(
+            nats_url, 20, pool=6, ready_after=0.2, remove_after=0.1, passes_parallel=2
+        ) as cluster,
     ):
         assert len(cluster.pools) == 4  # 20 nodes, 6 to a NATS connection
         assert cluster.counts()["active"] == 20
+        # The nodes take turns at their passes, two at a time (pass_gate.PassGate).
+        gate = cluster.pass_gate
+        assert gate is not None and gate.parallel == 2
+        assert all(node.agent.pass_gate is gate for node in cluster.nodes.values())
         assert (await request(scheduler.nc, "deployment", "apply", deployment_json("web", 100))).ok
         running = await eventually(
             lambda: running_on(buckets), lambda r: len(r) == 100, within=30, interval=0.2
         )
         assert set(running.values()) == set(cluster.nodes)  # every node took some
         assert cluster.running_replicas() == 100  # the hollow engines agree
+        assert gate.passes >= 20 and gate.waiting == 0
 
         victim = "hollow-3"
         await cluster.stop_node(victim)

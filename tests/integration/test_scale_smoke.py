@@ -40,6 +40,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "the store's own write p50 / p99 while placing",
         "the store's own write p50 / p99 while steady",
         "simulator's event loop late over 0.5 s while placing",
+        "simulator's passes: wait for their turn p50 / p99, first apply to all Running",
         "nodes ready, fewest while placing",
         "running elsewhere after",
         "nats-server paused 5 s (every agent cut off)",
@@ -66,6 +67,11 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
     fewest = r"fewest while placing \(the scheduler's count\) \| [\d,]+ of 201 \([1-9]"
     assert re.search(fewest, table), table
+    # The simulator's passes took turns (its default gate), read from both processes.
+    waits = (
+        r"wait for their turn p50 / p99, first apply to all Running \| [\d.]+ / [\d.]+ ms \([1-9]"
+    )
+    assert re.search(waits, table), table
     # Agents isolated in the outage, read from both simulators: about one entry per
     # simulated agent (200; one already Isolated at the pause counts none, one that
     # flaps counts twice), so at least 150, more than either process holds.

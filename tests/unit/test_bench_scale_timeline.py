@@ -118,6 +118,17 @@ def test_quantiles_of_the_answers_between_two_readings_interpolate_as_prometheus
     assert bench_scale.answered(before, after) == "5.9 / 89.0 ms (98 answers)"
 
 
+def test_the_simulators_pass_waits_are_read_between_two_readings(
+    bench_scale: ModuleType,
+) -> None:
+    before = {0.01: 10.0, 1.0: 10.0, 10.0: 10.0, float("inf"): 10.0}
+    # Since: 50 waits within 0.01-1 s, 50 within 1-10 s.
+    after = {0.01: 10.0, 1.0: 60.0, 10.0: 110.0, float("inf"): 110.0}
+    assert bench_scale.pass_waits(before, after) == "1000.0 / 9820.0 ms (100 passes)"
+    assert bench_scale.pass_waits(before, before) == "no passes gated"
+    assert bench_scale.pass_waits({}, {}) == "no passes gated"  # a simulator without the gate
+
+
 def test_answers_read_across_a_restart_or_a_new_series_count_from_zero(
     bench_scale: ModuleType,
 ) -> None:

@@ -11,7 +11,13 @@ import anyio
 import pytest
 
 from corral.contract import names
-from corral_node_agent.hollow_cluster import ClusterSettings, build_parser, settings_from_args
+from corral_node_agent.hollow_cluster import (
+    DEFAULT_PASSES_PARALLEL,
+    ClusterSettings,
+    HollowCluster,
+    build_parser,
+    settings_from_args,
+)
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.runtime import ContainerGone, ContainerSpec, ContainerState
 
@@ -73,6 +79,19 @@ def test_flags_become_settings() -> None:
     assert (settings.ready_after, settings.remove_after) == (0.5, 0.25)
     assert settings.state_dir == Path("/tmp/x")
     assert settings.node_names()[:2] == ["h-7", "h-8"] and len(settings.node_names()) == 300
+    assert settings.passes_parallel == DEFAULT_PASSES_PARALLEL
+
+
+def test_the_nodes_of_a_cluster_share_one_pass_gate_unless_told_none() -> None:
+    args = build_parser().parse_args(["--nodes", "3", "--passes-parallel", "2"])
+    settings = settings_from_args(args)
+    assert settings.passes_parallel == 2
+    gate = HollowCluster(settings).pass_gate
+    assert gate is not None and gate.parallel == 2
+    ungated = settings_from_args(
+        build_parser().parse_args(["--nodes", "3", "--passes-parallel", "0"])
+    )
+    assert HollowCluster(ungated).pass_gate is None
 
 
 @pytest.mark.parametrize(
@@ -85,6 +104,7 @@ def test_flags_become_settings() -> None:
         ({"name_prefix": "Hollow_"}, "name_prefix"),
         ({"name_prefix": "h" * 70}, "name_prefix"),
         ({"first": -3}, "first"),
+        ({"passes_parallel": -1}, "passes_parallel"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(changes: dict[str, object], field: str) -> None:

@@ -18,11 +18,13 @@ its transitions; the pass only asks `permissions(mode)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -161,8 +163,15 @@ class NodeAgent:
         claim_statuses: Bucket | None = None,
         drains: Bucket | None = None,
         leases: Bucket | None = None,
+        pass_gate: AbstractAsyncContextManager[object] | None = None,
     ) -> None:
         self.settings = settings
+        # Shared by agents that share a process's cores (a hollow cluster's nodes): a
+        # few passes at once, in turn, so that a burst of work for
+        # every node queues behind the gate instead of making the process's event loop
+        # late for all of them (their heartbeats, acks and guards). None: an agent with
+        # a machine of its own passes whenever it is asked to.
+        self.pass_gate = pass_gate
         self.node = settings.node_name
         self.runtime = runtime
         self.clock = clock
@@ -978,11 +987,18 @@ class NodeAgent:
             assert self._wakeup is not None
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-            try:
-                await self.reconcile_once()
-            except Exception:  # never die of one bad pass: the next one retries
-                log.exception("reconcile pass of %s failed", self.node)
+            async with self.pass_gate or contextlib.nullcontext():
+                # Reset once this pass's turn has come: what asked for a pass while it
+                # waited is seen by this one, not by one more after it.
+                self._wakeup = anyio.Event()
+                try:
+                    await self.reconcile_once()
+                except Exception:  # never die of one bad pass: the next one retries
+                    log.exception("reconcile pass of %s failed", self.node)
+                    failed = True
+                else:
+                    failed = False
+            if failed:
                 await anyio.sleep(_ENGINE_RETRY_SECONDS)
 
     def _busy(self, listed_at: int) -> set[str]:

@@ -3,7 +3,7 @@
     python -m corral_node_agent.hollow_cluster --nodes 1000 [--nats URL] [--pool 100]
         [--name-prefix hollow-] [--first 1] [--cpu 4 --memory 8Gi --pods 110]
         [--label KEY=VALUE] [--ready-after 0] [--remove-after 0] [--pull-seconds 0]
-        [--state-dir DIR] [--report-seconds 10]
+        [--state-dir DIR] [--report-seconds 10] [--passes-parallel 8]
 
 Each hollow node is the real node agent (`NodeAgent`, every task of it: the guard,
 the heartbeat, the echo, the placements watch, the passes, the operator decisions
@@ -18,10 +18,13 @@ The process reports its own CPU and resident memory every `--report-seconds` and
 at exit, one line each on stdout, so that a benchmark can put the simulator's
 cost beside the control plane's:
 
-    hollow-cluster t=30.0s nodes=1000 starting=0 started=1000 failed=0 stopped=0
-        active=1000 running=0 cpu=41.2% cpu_total=14.31s rss=148.1MiB peak_rss=148.3MiB
+    hollow-cluster t=10.9s nodes=200 starting=0 started=200 failed=0 stopped=0
+        active=200 running=0 cpu=2.8% cpu_total=1.11s rss=69.8MiB peak_rss=69.8MiB
+        passes=932 waiting=0 wait_mean=11.9ms
 
-(one line in fact; `cpu` over the last period, as a share of one core).
+(one line in fact; `cpu` over the last period, as a share of one core; `passes`,
+`waiting` and `wait_mean`: the nodes' reconcile passes, which take turns, at most
+`--passes-parallel` at once: pass_gate.py).
 SIGINT/SIGTERM stop every node as a stopped agent stops (its Node record
 released), then the process exits; each node's state dir lives under
 `--state-dir` (kept) or a temporary folder (removed at exit). Where a hollow node
@@ -76,6 +79,7 @@ from corral_node_agent.hollow_runtime import (
 from corral_node_agent.logs import LogService
 from corral_node_agent.main import serve_node_decisions
 from corral_node_agent.networks_mode import NetworksMode
+from corral_node_agent.pass_gate import PassGate
 from corral_node_agent.runtime import ContainerState
 from corral_node_agent.safety import Budget, Mode
 from corral_node_agent.settings import agent_id_from_args, dns_label, parse_labels
@@ -85,6 +89,10 @@ log = logging.getLogger(__name__)
 SERVICE = "hollow-cluster"
 DEFAULT_POOL = 100  # hollow nodes per NATS connection
 DEFAULT_START_PARALLEL = 100  # nodes starting at once
+# Reconcile passes at once among a process's nodes (PassGate): enough that a pass
+# waiting on NATS does not hold the others up, few enough that a burst of placements
+# for every node cannot make the event loop late for their heartbeats.
+DEFAULT_PASSES_PARALLEL = 8
 
 
 class NodeState(enum.StrEnum):
@@ -111,6 +119,7 @@ class ClusterSettings:
     heartbeat_seconds: float = time_budget.HEARTBEAT_SECONDS
     resync_seconds: float = 10.0
     max_parallel: int = 8
+    passes_parallel: int = DEFAULT_PASSES_PARALLEL  # 0: no gate (every pass at once)
     state_dir: Path | None = None  # None: a temporary folder, removed at exit
     start_parallel: int = DEFAULT_START_PARALLEL
     report_seconds: float = 10.0  # 0: report only at start and at exit
@@ -122,7 +131,13 @@ class ClusterSettings:
         for name in ("nodes", "pool", "start_parallel", "pods", "max_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("ready_after", "remove_after", "pull_seconds", "report_seconds"):
+        for name in (
+            "ready_after",
+            "remove_after",
+            "pull_seconds",
+            "report_seconds",
+            "passes_parallel",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
         if self.first < 0:
@@ -198,6 +213,7 @@ class HollowCluster:
         self._pending = settings.nodes
         self._all_started = anyio.Event()
         self._last_usage = (self._began, Usage.now())
+        self.pass_gate = PassGate(settings.passes_parallel) if settings.passes_parallel else None
 
     # Running.
 
@@ -315,6 +331,8 @@ class HollowCluster:
             # subscription: a link matches acks by its beats' sequence numbers), so its
             # record is written only on change, not every beat.
             heartbeats=NatsHeartbeats(pool.nc),
+            # The process's cores are shared: passes take turns (pass_gate.py).
+            pass_gate=self.pass_gate,
         )
         # The one part of the agent a hollow node leaves out: noting every acknowledged
         # write in its state dir (cut_off_clock), so that a restarted agent counts its
@@ -409,8 +427,15 @@ class HollowCluster:
             + " ".join(f"{state}={count}" for state, count in counts.items())
             + f" running={self.running_replicas()} cpu={100 * share:.1f}%"
             f" cpu_total={usage.cpu_seconds:.2f}s rss={usage.rss_mib:.1f}MiB"
-            f" peak_rss={usage.peak_rss_mib:.1f}MiB"
+            f" peak_rss={usage.peak_rss_mib:.1f}MiB" + self._gate_report()
         )
+
+    def _gate_report(self) -> str:
+        gate = self.pass_gate
+        if gate is None:
+            return ""
+        mean = 1000 * gate.waited_seconds / gate.passes if gate.passes else 0.0
+        return f" passes={gate.passes} waiting={gate.waiting} wait_mean={mean:.1f}ms"
 
     def healthy(self) -> tuple[bool, str]:
         counts = self.counts()
@@ -471,6 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resync-seconds", type=float, default=10.0)
     parser.add_argument("--max-parallel", type=int, default=8, help="container operations at once")
     parser.add_argument(
+        "--passes-parallel",
+        type=int,
+        default=DEFAULT_PASSES_PARALLEL,
+        help="reconcile passes at once among all the process's nodes, in turn (0: no "
+        "limit; a burst for every node then makes the event loop late for their "
+        "heartbeats)",
+    )
+    parser.add_argument(
         "--start-parallel",
         type=int,
         default=DEFAULT_START_PARALLEL,
@@ -508,6 +541,7 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         heartbeat_seconds=args.heartbeat_seconds,
         resync_seconds=args.resync_seconds,
         max_parallel=args.max_parallel,
+        passes_parallel=args.passes_parallel,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         start_parallel=args.start_parallel,
         report_seconds=args.report_seconds,

@@ -1,0 +1,136 @@
+"""Agents sharing a process's cores take turns at their passes (pass_gate.PassGate)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from corral.contract import names
+from corral.contract.codec import decode, encode
+from corral.contract.state import ReplicaState, ReplicaStatus
+from corral_node_agent.agent import NodeAgent
+from corral_node_agent.pass_gate import PassGate
+from tests.unit.agent_helpers import placement
+from tests.unit.test_agent_loop import World, eventually, state_of, world  # noqa: F401
+
+
+async def test_a_gate_lets_its_parallel_through_in_the_order_they_came() -> None:
+    gate = PassGate(2)
+    inside = 0
+    most = 0
+    order: list[int] = []
+    release = anyio.Event()
+
+    async def one_pass(number: int) -> None:
+        nonlocal inside, most
+        async with gate:
+            order.append(number)
+            inside += 1
+            most = max(most, inside)
+            await release.wait()
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for number in range(6):
+            tg.start_soon(one_pass, number)
+            await anyio.wait_all_tasks_blocked()  # each asks in turn
+        assert (inside, gate.waiting, order) == (2, 4, [0, 1])
+        release.set()
+    assert order == list(range(6))
+    assert (most, gate.waiting, gate.passes) == (2, 0, 6)
+    assert gate.waited_seconds > 0
+
+
+def test_a_gate_lets_at_least_one_pass_through() -> None:
+    with pytest.raises(ValueError, match="at least 1 pass"):
+        PassGate(0)
+
+
+def counting_passes(agent: NodeAgent, counts: dict[str, int]) -> None:
+    """Count `agent`'s passes in progress at once, across agents (`counts`)."""
+    original: Callable[[], Awaitable[None]] = agent._reconcile
+
+    async def counted() -> None:
+        counts["now"] += 1
+        counts["most"] = max(counts["most"], counts["now"])
+        try:
+            await anyio.sleep(0.005)  # a pass that waits on NATS lets others run
+            await original()
+        finally:
+            counts["now"] -= 1
+
+    agent._reconcile = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("gate", [PassGate(1), None], ids=["gated", "ungated"])
+async def test_agents_sharing_a_gate_pass_one_at_a_time(
+    world: World,  # noqa: F811
+    gate: PassGate | None,
+) -> None:
+    counts = {"now": 0, "most": 0}
+    agents = []
+    for node in ("node-a", "node-b", "node-c"):
+        agent = world.agent(node_name=node)
+        agent.pass_gate = gate
+        counting_passes(agent, counts)
+        agents.append(agent)
+    async with anyio.create_task_group() as tg:
+        for agent in agents:
+            await tg.start(agent.run)
+        for node in ("node-a", "node-b", "node-c"):
+            for index in range(3):
+                p = placement(f"{node}-r{index}", node=node)
+                await world.placements.put(p.key, encode(p))
+        replicas = [(n, f"{n}-r{i}") for n in ("node-a", "node-b", "node-c") for i in range(3)]
+        await eventually(
+            lambda: all(state_of_on(world, n, r) == ReplicaState.RUNNING for n, r in replicas)
+        )
+        tg.cancel_scope.cancel()
+    if gate is None:
+        assert counts["most"] > 1  # the agents' passes do overlap without a gate
+    else:
+        assert counts["most"] == 1
+        assert gate.passes >= 3 and gate.waiting == 0
+
+
+def state_of_on(agents: World, node: str, replica: str) -> ReplicaState | None:
+    entry = agents.statuses.items.get(names.placement_key(node, "default", replica))
+    if entry is None or entry.value is None:
+        return None
+    return decode(entry.value, ReplicaStatus).state
+
+
+async def test_what_asks_for_a_pass_while_it_waits_is_seen_by_that_pass(
+    world: World,  # noqa: F811
+) -> None:
+    """Pokes that come while an agent waits for its turn make one pass, not two."""
+    gate = PassGate(1)
+    agent = world.agent(resync_seconds=3600.0)  # no periodic pass meanwhile
+    agent.pass_gate = gate
+    async with anyio.create_task_group() as tg:
+        await tg.start(agent.run)
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        held = anyio.Event()
+        let_go = anyio.Event()
+
+        async def hold_the_gate() -> None:
+            async with gate:
+                held.set()
+                await let_go.wait()
+
+        tg.start_soon(hold_the_gate)
+        await held.wait()
+        await anyio.wait_all_tasks_blocked()
+        passes = agent.passes
+        for _ in range(5):
+            agent.poke()
+            await anyio.wait_all_tasks_blocked()
+        assert gate.waiting == 1 and agent.passes == passes  # it waits its turn
+        let_go.set()
+        await eventually(lambda: agent.passes == passes + 1)
+        await anyio.wait_all_tasks_blocked()
+        assert agent.passes == passes + 1 and gate.waiting == 0
+        tg.cancel_scope.cancel()
