@@ -54,7 +54,7 @@ from typing import ClassVar
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
-from local_nats import LocalNats
+from local_nats import LocalNats, exit_on_sigterm
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -1021,17 +1021,6 @@ async def every_node_cut_off(
         f"{placed_after - placed_before:,}" if min(placed_before, placed_after) >= 0 else "?",
         "none should move: the scheduler's own view was stale too",
     )
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (timeout(1), a CI runner, `kill`) ends the run as Ctrl-C does: through
-    the `finally` that stops every process it started, not around it."""
-
-    def terminated(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut it short
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
 
 
 def main() -> None:

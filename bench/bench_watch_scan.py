@@ -1,15 +1,16 @@
 """What nats-server spends per placement written, as the nodes watching grow.
 
     .venv/bin/python bench/bench_watch_scan.py [--watchers 100,1000,3000] [--writes 10000]
-        [--shards 1,16] [--value-bytes 600] [--late-watches 50]
+        [--shards 1,16] [--value-bytes 600] [--late-watches 50] [--timeout 300]
 
 Every node agent watches its own placements: one consumer on the placements bucket,
 filtered on its node's keys (`<node>.>`). A replica's key is its own subject, so the
 bucket holds one subject per replica. This benchmark makes such a bucket on a
 nats-server of its own and starts --watchers watches as agents do (`NatsBucket.watch`,
 100 to a connection, as a hollow cluster pools them); then it writes --writes keys
-spread evenly over the watchers' nodes (`kv.write_many`, each a create) and waits until
-every watch has delivered its own. It prints, for each count of watchers:
+spread evenly over the watchers' nodes (`kv.write_many`, each a create, 64 in flight
+in all) and waits (--timeout at most) until every watch has delivered its own. It
+prints, for each count of watchers:
 
 - nats-server's CPU (user + system, /proc) per key written, from the first write until
   every watch delivered its keys;
@@ -31,12 +32,12 @@ from dataclasses import dataclass, field
 
 import anyio
 from bench_dns import cpu_seconds
-from local_nats import local_nats
+from local_nats import exit_on_sigterm, local_nats
 from nats.aio.client import Client as NATS
 from nats.js import api as js_api
 
 from corral.natsio.bus import BUCKET_MAX_CONSUMERS, connect
-from corral.natsio.kv import Create, NatsBucket, write_many
+from corral.natsio.kv import WRITES_IN_FLIGHT, Create, NatsBucket, write_many
 
 WATCHERS_PER_CONNECTION = 100
 WATCHES_STARTING_AT_ONCE = 50
@@ -134,21 +135,32 @@ async def measure(url: str, pid: int, count: int, shards: int, args: argparse.Na
             watchers[n % count].wanted += 1
             writes[shard_of[node]].append(Create(f"{node}.default.r-{n}", value))
         async with anyio.create_task_group() as tg:
-            await start_watches(tg, pools, watchers, shard_of)
+            with anyio.fail_after(args.timeout):
+                await start_watches(tg, pools, watchers, shard_of)
             cpu_before, began = cpu_seconds(pid), time.monotonic()
+            # As many writes in flight in all as to one bucket alone, however many.
+            in_flight = max(1, WRITES_IN_FLIGHT // shards)
+
+            async def write(bucket: NatsBucket, batch: list[Create]) -> None:
+                for outcome in await write_many(bucket, batch, max_in_flight=in_flight):
+                    if not outcome.ok:
+                        raise RuntimeError(f"{outcome.write.key} not written: {outcome.error}")
+
             async with anyio.create_task_group() as writing:
                 for bucket, batch in zip(writer_buckets, writes, strict=True):
-                    writing.start_soon(write_many, bucket, batch)
-            for watcher in watchers:
-                if watcher.wanted:
-                    await watcher.done.wait()
+                    writing.start_soon(write, bucket, batch)
+            with anyio.fail_after(args.timeout):
+                for watcher in watchers:
+                    if watcher.wanted:
+                        await watcher.done.wait()
             delivered_in = time.monotonic() - began
             cpu_writes = cpu_seconds(pid) - cpu_before
             # New watches of nodes already watched, on the full buckets: an agent that
             # reads its placements afresh (restarted, or cut off and back).
             late = [Watcher(node_name(i % count)) for i in range(args.late_watches)]
             cpu_before = cpu_seconds(pid)
-            await start_watches(tg, pools, late, shard_of, first=count)
+            with anyio.fail_after(args.timeout):
+                await start_watches(tg, pools, late, shard_of, first=count)
             cpu_late = cpu_seconds(pid) - cpu_before
             tg.cancel_scope.cancel()
         return Row(
@@ -166,17 +178,23 @@ async def measure(url: str, pid: int, count: int, shards: int, args: argparse.Na
 
 
 def main() -> None:
+    exit_on_sigterm()  # its nats-server stopped and its store removed all the same
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--watchers", default="100,1000,3000", help="comma-separated counts")
     parser.add_argument("--writes", type=int, default=10_000)
     parser.add_argument("--shards", default="1,16", help="comma-separated bucket counts")
     parser.add_argument("--value-bytes", type=int, default=600, help="a placement's size")
     parser.add_argument("--late-watches", type=int, default=50)
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds for each phase of a row at most"
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.watchers.split(",")]
     shard_counts = [int(s) for s in args.shards.split(",")]
-    if min(counts) < 1 or min(shard_counts) < 1 or args.writes < 1 or args.late_watches < 0:
+    if min(counts) < 1 or min(shard_counts) < 1 or args.writes < 1:
         parser.error("--watchers, --shards and --writes must be at least 1")
+    if args.late_watches < 0 or args.timeout <= 0:
+        parser.error("--late-watches must not be negative, --timeout must be positive")
     print(
         f"nats-server's work per key written, {args.writes:,} keys of {args.value_bytes} B "
         "spread over the watchers' nodes, each watcher a consumer filtered on its node:"

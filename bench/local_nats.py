@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -62,6 +63,17 @@ class LocalNats:
             for account in document.get("account_details") or []
             for stream in account.get("stream_detail") or []
         }
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (timeout(1), a CI runner, `kill`) ends the run as Ctrl-C does: through
+    the `finally` that stops every process it started, not around it."""
+
+    def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut it short
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 @contextmanager

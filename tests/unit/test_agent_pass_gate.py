@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.state import ReplicaState, ReplicaStatus
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.pass_gate import PassGate
+from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import placement
 from tests.unit.test_agent_loop import World, eventually, state_of, world  # noqa: F401
 
@@ -64,11 +67,12 @@ def counting_passes(agent: NodeAgent, counts: dict[str, int]) -> None:
     agent._reconcile = counted  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("gate", [PassGate(1), None], ids=["gated", "ungated"])
+@pytest.mark.parametrize("parallel", [1, 0], ids=["gated", "ungated"])
 async def test_agents_sharing_a_gate_pass_one_at_a_time(
     world: World,  # noqa: F811
-    gate: PassGate | None,
+    parallel: int,
 ) -> None:
+    gate = PassGate(parallel) if parallel else None
     counts = {"now": 0, "most": 0}
     agents = []
     for node in ("node-a", "node-b", "node-c"):
@@ -113,24 +117,94 @@ async def test_what_asks_for_a_pass_while_it_waits_is_seen_by_that_pass(
         await tg.start(agent.run)
         await world.place(placement("web-a1"))
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
-        held = anyio.Event()
-        let_go = anyio.Event()
-
-        async def hold_the_gate() -> None:
-            async with gate:
-                held.set()
-                await let_go.wait()
-
-        tg.start_soon(hold_the_gate)
-        await held.wait()
-        await anyio.wait_all_tasks_blocked()
-        passes = agent.passes
-        for _ in range(5):
-            agent.poke()
+        async with held(gate, tg):
             await anyio.wait_all_tasks_blocked()
-        assert gate.waiting == 1 and agent.passes == passes  # it waits its turn
-        let_go.set()
-        await eventually(lambda: agent.passes == passes + 1)
+            passes = agent.passes
+            for _ in range(5):
+                agent.poke()
+                await anyio.wait_all_tasks_blocked()
+            assert gate.waiting == 1 and agent.passes == passes  # it waits its turn
+        await eventually(lambda: agent.passes > passes)
         await anyio.wait_all_tasks_blocked()
         assert agent.passes == passes + 1 and gate.waiting == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_pass_cancelled_while_it_waits_leaves_no_place_taken() -> None:
+    gate = PassGate(1)
+    await gate.__aenter__()  # the one place, held by this task
+
+    async def waits() -> None:
+        async with gate:
+            raise AssertionError("it never gets the place")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waits)
+        await anyio.wait_all_tasks_blocked()
+        assert (gate.waiting, gate.borrowed) == (1, 1)
+        tg.cancel_scope.cancel()  # the agent stopped while its pass waited
+    assert (gate.waiting, gate.borrowed) == (0, 1)
+    await gate.__aexit__()
+    assert gate.borrowed == 0
+    async with gate:  # the place is free again
+        assert gate.borrowed == 1
+
+
+async def test_a_pass_that_removes_every_replica_never_waits_for_a_turn(
+    world: World,  # noqa: F811
+) -> None:
+    """Stopping (cut off past F) removes the node's replicas at once: the time budget
+    counts on it, whatever other nodes' passes queue at the gate."""
+    gate = PassGate(1)
+    agent = world.agent()
+    agent.pass_gate = gate
+    async with anyio.create_task_group() as tg, held(gate, tg):
+        agent.mode = Mode.STOPPING
+        with anyio.fail_after(2):
+            async with agent._pass_turn():
+                pass
+        agent.mode = Mode.ACTIVE
+        with anyio.move_on_after(0.2) as waited:  # an ordinary pass waits its turn
+            async with agent._pass_turn():
+                raise AssertionError("not while the place is held")
+        assert waited.cancelled_caught
+
+
+@asynccontextmanager
+async def held(gate: PassGate, tg: TaskGroup) -> AsyncIterator[None]:
+    """The gate's places all held, by another task (another node's passes)."""
+    taken = anyio.Event()
+    let_go = anyio.Event()
+
+    async def hold() -> None:
+        async with gate:
+            taken.set()
+            await let_go.wait()
+
+    tg.start_soon(hold)
+    await taken.wait()
+    try:
+        yield
+    finally:
+        let_go.set()
+
+
+async def test_a_pass_waiting_for_its_turn_goes_at_once_when_its_agent_starts_removing(
+    world: World,  # noqa: F811
+) -> None:
+    gate = PassGate(1)
+    agent = world.agent(resync_seconds=3600.0)
+    agent.pass_gate = gate
+    async with anyio.create_task_group() as tg:
+        await tg.start(agent.run)
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        async with held(gate, tg):  # another node's pass holds the only place
+            await anyio.wait_all_tasks_blocked()
+            passes = agent.passes
+            agent.poke()
+            await eventually(lambda: gate.waiting == 1)
+            await agent._enter(Mode.STOPPING)
+            await eventually(lambda: agent.passes > passes)  # while the place is held
+            assert gate.waiting == 0
         tg.cancel_scope.cancel()

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -172,6 +172,7 @@ class NodeAgent:
         # late for all of them (their heartbeats, acks and guards). None: an agent with
         # a machine of its own passes whenever it is asked to.
         self.pass_gate = pass_gate
+        self._gate_wait: anyio.CancelScope | None = None  # a pass waiting at the gate
         self.node = settings.node_name
         self.runtime = runtime
         self.clock = clock
@@ -585,6 +586,8 @@ class NodeAgent:
             self.prober.stop()  # probes kill only while Active (verdicts are kept)
         if permissions(mode).remove_all:
             self._fence_stops()
+            if self._gate_wait is not None:
+                self._gate_wait.cancel()  # its removals go now (_pass_turn)
         elif mode == Mode.ACTIVE:
             self.drains.resume()
         if needs_new_watch(mode):
@@ -987,7 +990,7 @@ class NodeAgent:
             assert self._wakeup is not None
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
-            async with self.pass_gate or contextlib.nullcontext():
+            async with self._pass_turn():
                 # Reset once this pass's turn has come: what asked for a pass while it
                 # waited is seen by this one, not by one more after it.
                 self._wakeup = anyio.Event()
@@ -1000,6 +1003,31 @@ class NodeAgent:
                     failed = False
             if failed:
                 await anyio.sleep(_ENGINE_RETRY_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def _pass_turn(self) -> AsyncIterator[None]:
+        """This pass's turn at the shared pass gate. A pass that removes every replica
+        (Stopping, Retired: permissions(mode).remove_all) never waits for one: the
+        budget counts on those removals at F (docs/safety.md), and a queue of other
+        nodes' passes must not delay them. One that waits when its agent enters such a
+        mode stops waiting and goes at once."""
+        gate = self.pass_gate
+        if gate is None or permissions(self.mode).remove_all:
+            yield
+            return
+        with anyio.CancelScope() as waiting:
+            self._gate_wait = waiting
+            try:
+                await gate.__aenter__()
+            finally:
+                self._gate_wait = None
+        if waiting.cancelled_caught:  # entered a removing mode meanwhile
+            yield
+            return
+        try:
+            yield
+        finally:
+            await gate.__aexit__(None, None, None)
 
     def _busy(self, listed_at: int) -> set[str]:
         for replica in [r for r, at in self._settled.items() if at <= listed_at]:

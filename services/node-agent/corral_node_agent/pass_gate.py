@@ -38,13 +38,23 @@ class PassGate:
         self.passes = 0  # passes let through
         self.waited_seconds = 0.0  # their waits, in all
 
+    @property
+    def borrowed(self) -> int:
+        """Passes holding a place now."""
+        return int(self._limiter.borrowed_tokens)
+
     async def __aenter__(self) -> None:
-        self.waiting += 1
         began = time.monotonic()
+        # A free place is taken at once: anyio's acquire yields to the loop even then,
+        # and that turn would count the loop's lateness as a wait for a turn.
         try:
-            await self._limiter.acquire()
-        finally:
-            self.waiting -= 1
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            self.waiting += 1
+            try:
+                await self._limiter.acquire()
+            finally:
+                self.waiting -= 1
         waited = time.monotonic() - began
         self.passes += 1
         self.waited_seconds += waited
