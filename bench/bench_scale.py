@@ -30,7 +30,8 @@ hollow cluster of one node, the victim. Then:
 7. while placing: how often the simulator's event loop ran over 0.5 s late (its
    corral_event_loop_late_seconds) and the fewest nodes the scheduler had ready: a
    simulator that fell behind makes its nodes look cut off, and such a run measures
-   the simulator.
+   the simulator; and how long the simulator's reconcile passes waited for their turn
+   (its nodes take turns, --simulator-passes at once: corral_hollow_pass_wait_seconds).
 
 It prints a table with the anchors and saves it (--out, default
 bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.

@@ -22,8 +22,14 @@ def bench_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return importlib.import_module("bench_scale")
 
 
-def _args(nice: int) -> argparse.Namespace:
-    return argparse.Namespace(simulator_processes=2, simulator_nice=nice, pods=110, ready_after=0.5)
+def _args(nice: int, passes: int | None = None) -> argparse.Namespace:
+    return argparse.Namespace(
+        simulator_processes=2,
+        simulator_nice=nice,
+        simulator_passes=passes,
+        pods=110,
+        ready_after=0.5,
+    )
 
 
 def test_a_process_started_nicer_is_that_much_nicer_and_is_stopped_with_the_rest(
@@ -55,3 +61,24 @@ def test_the_simulators_processes_and_the_victim_get_the_simulator_nice(
     cluster.start_hollow("hollow-cluster-0", 10, "hollow-0-")
     cluster.start_hollow("victim", 1, "victim-")
     assert started == {"hollow-cluster-0": 5, "victim": 5}
+
+
+@pytest.mark.parametrize(("passes", "flag"), [(None, []), (0, ["0"]), (3, ["3"])])
+def test_the_simulators_passes_at_once_are_given_only_when_asked(
+    bench_scale: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    passes: int | None,
+    flag: list[str],
+) -> None:
+    cluster = bench_scale.Cluster(_args(0, passes), tmp_path)
+    commands: dict[str, list[str]] = {}
+
+    def start(name: str, command: list[str], env: object = None, nice: int = 0) -> None:
+        commands[name] = command
+
+    monkeypatch.setattr(cluster, "start", start)
+    cluster.start_hollow("hollow-cluster-0", 10, "hollow-0-")
+    command = commands["hollow-cluster-0"]
+    given = command[command.index("--passes-parallel") + 1 :][:1] if flag else []
+    assert given == flag and ("--passes-parallel" in command) == bool(flag)

@@ -167,10 +167,10 @@ class NodeAgent:
     ) -> None:
         self.settings = settings
         # Shared by agents that share a process's cores (a hollow cluster's nodes): a
-        # few passes at once, in turn, so that a burst of work for
-        # every node queues behind the gate instead of making the process's event loop
-        # late for all of them (their heartbeats, acks and guards). None: an agent with
-        # a machine of its own passes whenever it is asked to.
+        # few passes at once, in turn, so that a burst of work for every node queues
+        # behind the gate instead of making the process's event loop late for all of
+        # them (their heartbeats, acks and guards). None: an agent with a machine of its
+        # own passes whenever it is asked to (_pass_turn).
         self.pass_gate = pass_gate
         self._gate_wait: anyio.CancelScope | None = None  # a pass waiting at the gate
         self.node = settings.node_name
