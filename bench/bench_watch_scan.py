@@ -8,8 +8,8 @@ filtered on its node's keys (`<node>.>`). A replica's key is its own subject, so
 bucket holds one subject per replica. This benchmark makes such a bucket on a
 nats-server of its own and starts --watchers watches as agents do (`NatsBucket.watch`,
 100 to a connection, as a hollow cluster pools them); then it writes --writes keys
-spread evenly over the watchers' nodes (`kv.write_many`, each a create, 64 in flight
-in all) and waits (--timeout at most) until every watch has delivered its own. It
+spread evenly over the watchers' nodes (`kv.write_many`, each a create, 64 // K in flight
+per bucket) and waits (--timeout at most) until every watch has delivered its own. It
 prints, for each count of watchers:
 
 - nats-server's CPU (user + system, /proc) per key written, from the first write until

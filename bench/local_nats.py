@@ -80,16 +80,17 @@ def exit_on_sigterm() -> None:
 def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
     """Start one (not from inside a running event loop: it waits with anyio.run)."""
     store = Path(tempfile.mkdtemp(prefix=prefix))
-    port = free_port_block(2)
-    url = f"nats://127.0.0.1:{port}"
-    command = nats_server_command("127.0.0.1", port, store / "jetstream")
-    server = subprocess.Popen(
-        [*command, "-m", str(port + 1)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **nats_server_env()},
-    )
+    server: subprocess.Popen[bytes] | None = None
     try:
+        port = free_port_block(2)
+        url = f"nats://127.0.0.1:{port}"
+        command = nats_server_command("127.0.0.1", port, store / "jetstream")
+        server = subprocess.Popen(
+            [*command, "-m", str(port + 1)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **nats_server_env()},
+        )
         deadline = time.monotonic() + 15
         while not anyio.run(jetstream_answers, url):
             if server.poll() is not None or time.monotonic() > deadline:
@@ -97,6 +98,13 @@ def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
             time.sleep(0.1)
         yield LocalNats(url, port + 1, server.pid)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
+        try:
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+        finally:
+            shutil.rmtree(store, ignore_errors=True)

@@ -3,6 +3,7 @@ watchers and buckets (sizes too small to mean anything: the path is what is test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,10 +28,22 @@ def test_the_watch_scan_benchmark_prints_a_row_per_shape() -> None:
     try:
         stdout, stderr = bench.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        os.killpg(bench.pid, signal.SIGTERM)
-        stdout, stderr = bench.communicate(timeout=30)
+        stop_group(bench, signal.SIGTERM)
+        try:
+            stdout, stderr = bench.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", ""
         raise AssertionError(f"the benchmark did not end in 120 s: {stdout}{stderr}") from None
+    finally:
+        if bench.poll() is None:
+            stop_group(bench, signal.SIGKILL)
+            bench.wait()
     assert bench.returncode == 0, stderr[-3000:]
     rows = [line for line in stdout.splitlines() if line.startswith("| ") and "µs" in line]
     shapes = [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows]
     assert shapes == [("3", "1"), ("120", "1"), ("3", "2"), ("120", "2")], stdout
+
+
+def stop_group(process: subprocess.Popen[str], how: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, how)

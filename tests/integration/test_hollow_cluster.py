@@ -25,7 +25,7 @@ from tests.integration.scheduler_harness import (
 )
 from tests.integration.test_cluster_hollow import running_on
 from tests.unit.agent_helpers import placement
-from tests.waiting import eventually
+from tests.waiting import current, eventually
 
 
 @asynccontextmanager
@@ -64,6 +64,7 @@ async def test_twenty_hollow_nodes_run_a_hundred_replicas_and_a_stopped_ones_mov
         assert set(running.values()) == set(cluster.nodes)  # every node took some
         assert cluster.running_replicas() == 100  # the hollow engines agree
         assert gate.passes >= 20
+        await eventually(lambda: current(gate.waiting), lambda n: n == 0, within=10)
 
         victim = "hollow-3"
         await cluster.stop_node(victim)

@@ -46,6 +46,17 @@ async def test_a_gate_lets_its_parallel_through_in_the_order_they_came() -> None
     assert gate.waited_seconds > 0
 
 
+async def test_a_free_place_is_taken_without_a_turn_of_the_loop() -> None:
+    """A pass that finds a place free does not wait, not even a turn of the event loop
+    (whose lateness would then be counted as a wait for its turn)."""
+    gate = PassGate(1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # any wait at all would end here
+        async with gate:
+            assert gate.borrowed == 1
+    assert gate.passes == 1 and gate.borrowed == 0
+
+
 def test_a_gate_lets_at_least_one_pass_through() -> None:
     with pytest.raises(ValueError, match="at least 1 pass"):
         PassGate(0)
@@ -207,4 +218,29 @@ async def test_a_pass_waiting_for_its_turn_goes_at_once_when_its_agent_starts_re
             await agent._enter(Mode.STOPPING)
             await eventually(lambda: agent.passes > passes)  # while the place is held
             assert gate.waiting == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_wait_let_go_for_a_removing_mode_that_has_passed_waits_again(
+    world: World,  # noqa: F811
+) -> None:
+    gate = PassGate(1)
+    agent = world.agent(resync_seconds=3600.0)
+    agent.pass_gate = gate
+    async with anyio.create_task_group() as tg:
+        await tg.start(agent.run)
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        async with held(gate, tg):
+            await anyio.wait_all_tasks_blocked()
+            passes = agent.passes
+            agent.poke()
+            await eventually(lambda: gate.waiting == 1)
+            assert agent._gate_wait is not None
+            # Let go as entering Stopping does, the mode back to Active before the
+            # waiting pass runs again: it waits its turn again.
+            agent._gate_wait.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert gate.waiting == 1 and agent.passes == passes
+        await eventually(lambda: agent.passes > passes)
         tg.cancel_scope.cancel()

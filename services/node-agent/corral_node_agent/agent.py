@@ -24,10 +24,10 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -91,6 +91,9 @@ from corral_node_agent.safety import (
 from corral_node_agent.status_book import StatusBook
 from corral_node_agent.volumes import VolumeBook
 from corral_node_agent.watch_proof import WatchProof
+
+if TYPE_CHECKING:  # a hollow cluster's; an agent process never imports it (nor its metric)
+    from corral_node_agent.pass_gate import PassGate
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +166,7 @@ class NodeAgent:
         claim_statuses: Bucket | None = None,
         drains: Bucket | None = None,
         leases: Bucket | None = None,
-        pass_gate: AbstractAsyncContextManager[object] | None = None,
+        pass_gate: PassGate | None = None,
     ) -> None:
         self.settings = settings
         # Shared by agents that share a process's cores (a hollow cluster's nodes): a
@@ -1012,22 +1015,23 @@ class NodeAgent:
         nodes' passes must not delay them. One that waits when its agent enters such a
         mode stops waiting and goes at once."""
         gate = self.pass_gate
-        if gate is None or permissions(self.mode).remove_all:
-            yield
-            return
-        with anyio.CancelScope() as waiting:
-            self._gate_wait = waiting
+        while gate is not None and not permissions(self.mode).remove_all:
+            with anyio.CancelScope() as waiting:
+                self._gate_wait = waiting
+                try:
+                    await gate.__aenter__()
+                finally:
+                    self._gate_wait = None
+            if waiting.cancelled_caught:
+                # It entered a removing mode meanwhile: it goes now, unless the mode
+                # has moved on before this task ran again (then it waits again).
+                continue
             try:
-                await gate.__aenter__()
+                yield
             finally:
-                self._gate_wait = None
-        if waiting.cancelled_caught:  # entered a removing mode meanwhile
-            yield
+                await gate.__aexit__()
             return
-        try:
-            yield
-        finally:
-            await gate.__aexit__(None, None, None)
+        yield
 
     def _busy(self, listed_at: int) -> set[str]:
         for replica in [r for r, at in self._settled.items() if at <= listed_at]:

@@ -24,7 +24,7 @@ cost beside the control plane's:
 
 (one line in fact; `cpu` over the last period, as a share of one core; `passes`,
 `waiting` and `wait_mean`: the nodes' reconcile passes, which take turns, at most
-`--passes-parallel` at once: pass_gate.py).
+`--passes-parallel` at once, those that remove every replica aside: pass_gate.py).
 SIGINT/SIGTERM stop every node as a stopped agent stops (its Node record
 released), then the process exits; each node's state dir lives under
 `--state-dir` (kept) or a temporary folder (removed at exit). Where a hollow node

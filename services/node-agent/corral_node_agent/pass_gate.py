@@ -8,6 +8,8 @@ agents counted themselves cut off 11,185 times while placing (bench/README.md, "
 simulator's passes in turn"). Through the gate, at most `parallel` passes run at
 once, in the order they asked (FIFO); the rest wait their turn, as the work of a slow
 engine would, while the small, timely work (beats, acks, guards) runs between them.
+A pass that removes every replica (Stopping, Retired) does not go through the gate at
+all (NodeAgent._pass_turn): the time budget counts on those removals.
 
 An agent on a machine of its own has no gate (`NodeAgent(pass_gate=None)`).
 """
