@@ -121,13 +121,7 @@ async def test_what_asks_for_a_pass_while_it_waits_is_seen_by_that_pass(
     world: World,  # noqa: F811
 ) -> None:
     """Pokes that come while an agent waits for its turn make one pass, not two."""
-    gate = PassGate(1)
-    agent = world.agent(resync_seconds=3600.0)  # no periodic pass meanwhile
-    agent.pass_gate = gate
-    async with anyio.create_task_group() as tg:
-        await tg.start(agent.run)
-        await world.place(placement("web-a1"))
-        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+    async with a_settled_agent(world) as (agent, gate, tg):
         async with held(gate, tg):
             await anyio.wait_all_tasks_blocked()
             passes = agent.passes
@@ -138,7 +132,6 @@ async def test_what_asks_for_a_pass_while_it_waits_is_seen_by_that_pass(
         await eventually(lambda: agent.passes > passes)
         await anyio.wait_all_tasks_blocked()
         assert agent.passes == passes + 1 and gate.waiting == 0
-        tg.cancel_scope.cancel()
 
 
 async def test_a_pass_cancelled_while_it_waits_leaves_no_place_taken() -> None:
@@ -203,13 +196,7 @@ async def held(gate: PassGate, tg: TaskGroup) -> AsyncIterator[None]:
 async def test_a_pass_waiting_for_its_turn_goes_at_once_when_its_agent_starts_removing(
     world: World,  # noqa: F811
 ) -> None:
-    gate = PassGate(1)
-    agent = world.agent(resync_seconds=3600.0)
-    agent.pass_gate = gate
-    async with anyio.create_task_group() as tg:
-        await tg.start(agent.run)
-        await world.place(placement("web-a1"))
-        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+    async with a_settled_agent(world) as (agent, gate, tg):
         async with held(gate, tg):  # another node's pass holds the only place
             await anyio.wait_all_tasks_blocked()
             passes = agent.passes
@@ -218,19 +205,12 @@ async def test_a_pass_waiting_for_its_turn_goes_at_once_when_its_agent_starts_re
             await agent._enter(Mode.STOPPING)
             await eventually(lambda: agent.passes > passes)  # while the place is held
             assert gate.waiting == 0
-        tg.cancel_scope.cancel()
 
 
 async def test_a_wait_let_go_for_a_removing_mode_that_has_passed_waits_again(
     world: World,  # noqa: F811
 ) -> None:
-    gate = PassGate(1)
-    agent = world.agent(resync_seconds=3600.0)
-    agent.pass_gate = gate
-    async with anyio.create_task_group() as tg:
-        await tg.start(agent.run)
-        await world.place(placement("web-a1"))
-        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+    async with a_settled_agent(world) as (agent, gate, tg):
         async with held(gate, tg):
             await anyio.wait_all_tasks_blocked()
             passes = agent.passes
@@ -243,4 +223,20 @@ async def test_a_wait_let_go_for_a_removing_mode_that_has_passed_waits_again(
             await anyio.wait_all_tasks_blocked()
             assert gate.waiting == 1 and agent.passes == passes
         await eventually(lambda: agent.passes > passes)
+
+
+@asynccontextmanager
+async def a_settled_agent(
+    world: World,  # noqa: F811
+) -> AsyncIterator[tuple[NodeAgent, PassGate, TaskGroup]]:
+    """An agent at a gate of one place, running one replica, with no periodic pass
+    meanwhile (its task group: for the tasks that hold the gate)."""
+    gate = PassGate(1)
+    agent = world.agent(resync_seconds=3600.0)
+    agent.pass_gate = gate
+    async with anyio.create_task_group() as tg:
+        await tg.start(agent.run)
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        yield agent, gate, tg
         tg.cancel_scope.cancel()
