@@ -1010,10 +1010,10 @@ class NodeAgent:
     @contextlib.asynccontextmanager
     async def _pass_turn(self) -> AsyncIterator[None]:
         """This pass's turn at the shared pass gate. A pass that removes every replica
-        (Stopping, Retired: permissions(mode).remove_all) never waits for one: the
-        budget counts on those removals at F (docs/safety.md), and a queue of other
-        nodes' passes must not delay them. One that waits when its agent enters such a
-        mode stops waiting and goes at once."""
+        (Stopping, Retired: permissions(mode).remove_all) never waits for one: the time
+        budget counts on those removals (Stopping's at F, docs/safety.md), and a queue
+        of other nodes' passes must not delay them. One that waits when its agent
+        enters such a mode stops waiting and goes at once."""
         gate = self.pass_gate
         while gate is not None and not permissions(self.mode).remove_all:
             with anyio.CancelScope() as waiting:
