@@ -55,7 +55,7 @@ from typing import ClassVar
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
-from local_nats import LocalNats, exit_on_sigterm
+from local_nats import LocalNats, exit_on_sigterm, sigterm_held
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -164,11 +164,12 @@ class Cluster:
         self, name: str, command: list[str], env: dict[str, str] | None = None, nice: int = 0
     ) -> Proc:
         log = open(self.workdir / f"{name}.log", "wb")  # kept open for the process
-        popen = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        proc = Proc(name, popen)
-        self.procs[name] = proc  # first: stopped with the rest whatever follows
+        with sigterm_held():  # started, then registered, before a SIGTERM ends the run
+            popen = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+            proc = Proc(name, popen)
+            self.procs[name] = proc  # first: stopped with the rest whatever follows
         if nice:
             # Set from here rather than in the child (no preexec_fn beside threads): the
             # child runs its first milliseconds of imports at this process's priority.

@@ -65,15 +65,37 @@ class LocalNats:
         }
 
 
+_sigterm = {"holding": False, "held": 0}  # see sigterm_held
+
+
 def exit_on_sigterm() -> None:
     """SIGTERM (timeout(1), a CI runner, `kill`) ends the run as Ctrl-C does: through
-    the `finally` that stops every process it started, not around it."""
+    the `finally` that stops every process it started, not around it (and not inside
+    a `sigterm_held` block: right after it)."""
 
     def terminated(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut it short
+        if _sigterm["holding"]:
+            _sigterm["held"] = signum
+            return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
+
+
+@contextmanager
+def sigterm_held() -> Iterator[None]:
+    """A SIGTERM that comes during the block ends the run when the block is done: a
+    process started in it is registered for the clean-up before the run ends (ended
+    between the start and the registration, it would run on)."""
+    _sigterm["holding"] = True
+    try:
+        yield
+    finally:
+        _sigterm["holding"] = False
+        held, _sigterm["held"] = _sigterm["held"], 0
+        if held:
+            raise SystemExit(128 + held)
 
 
 @contextmanager

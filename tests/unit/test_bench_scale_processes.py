@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -82,3 +84,32 @@ def test_the_simulators_passes_at_once_are_given_only_when_asked(
     command = commands["hollow-cluster-0"]
     given = command[command.index("--passes-parallel") + 1 :][:1] if flag else []
     assert given == flag and ("--passes-parallel" in command) == bool(flag)
+
+
+def test_a_sigterm_while_a_process_starts_ends_the_run_once_it_is_registered(
+    bench_scale: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ended between its start and its registration, a process would run on after the
+    run (the clean-up stops only what it knows)."""
+    local_nats = importlib.import_module("local_nats")
+    before = signal.getsignal(signal.SIGTERM)
+    cluster = bench_scale.Cluster(_args(0), tmp_path)
+    real_popen = subprocess.Popen
+
+    def popen_then_sigterm(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        started: subprocess.Popen[bytes] = real_popen(*args, **kwargs)  # type: ignore[call-overload]
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before Popen returns
+        return started
+
+    try:
+        local_nats.exit_on_sigterm()
+        monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
+        with pytest.raises(SystemExit) as ended:
+            cluster.start("sleeper", SLEEPER)
+        assert ended.value.code == 128 + signal.SIGTERM
+        assert "sleeper" in cluster.procs  # registered: stopped with the rest
+    finally:
+        monkeypatch.undo()
+        cluster.stop()
+        signal.signal(signal.SIGTERM, before)
+    assert cluster.procs["sleeper"].popen.poll() is not None
