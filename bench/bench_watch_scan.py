@@ -55,7 +55,6 @@ class Watcher:
 class Row:
     watchers: int
     shards: int
-    writes: int
     cpu_per_write_us: float
     delivered_in: float
     cpu_per_late_watch_ms: float
@@ -166,7 +165,6 @@ async def measure(url: str, pid: int, count: int, shards: int, args: argparse.Na
         return Row(
             watchers=count,
             shards=shards,
-            writes=args.writes,
             cpu_per_write_us=cpu_writes / args.writes * 1e6,
             delivered_in=delivered_in,
             cpu_per_late_watch_ms=cpu_late / max(1, args.late_watches) * 1000,

@@ -70,8 +70,8 @@ class World:
     async def unplace(self, replica: str) -> None:
         await self.placements.delete(names.placement_key(NODE, "default", replica))
 
-    def status(self, replica: str) -> ReplicaStatus | None:
-        entry = self.statuses.items.get(names.placement_key(NODE, "default", replica))
+    def status(self, replica: str, node: str = NODE) -> ReplicaStatus | None:
+        entry = self.statuses.items.get(names.placement_key(node, "default", replica))
         return None if entry is None or entry.value is None else decode(entry.value, ReplicaStatus)
 
     def node(self) -> Node | None:
@@ -109,8 +109,8 @@ async def agent_running(world: World) -> AsyncIterator[NodeAgent]:
         tg.cancel_scope.cancel()
 
 
-def state_of(world: World, replica: str) -> ReplicaState | None:
-    status = world.status(replica)
+def state_of(world: World, replica: str, node: str = NODE) -> ReplicaState | None:
+    status = world.status(replica, node)
     return None if status is None else status.state
 
 

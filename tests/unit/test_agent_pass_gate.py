@@ -9,9 +9,8 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from corral.contract import names
-from corral.contract.codec import decode, encode
-from corral.contract.state import ReplicaState, ReplicaStatus
+from corral.contract.codec import encode
+from corral.contract.state import ReplicaState
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.pass_gate import PassGate
 from corral_node_agent.safety import Mode
@@ -100,7 +99,7 @@ async def test_agents_sharing_a_gate_pass_one_at_a_time(
                 await world.placements.put(p.key, encode(p))
         replicas = [(n, f"{n}-r{i}") for n in ("node-a", "node-b", "node-c") for i in range(3)]
         await eventually(
-            lambda: all(state_of_on(world, n, r) == ReplicaState.RUNNING for n, r in replicas)
+            lambda: all(state_of(world, r, n) == ReplicaState.RUNNING for n, r in replicas)
         )
         tg.cancel_scope.cancel()
     if gate is None:
@@ -108,13 +107,6 @@ async def test_agents_sharing_a_gate_pass_one_at_a_time(
     else:
         assert counts["most"] == 1
         assert gate.passes >= 3 and gate.waiting == 0
-
-
-def state_of_on(agents: World, node: str, replica: str) -> ReplicaState | None:
-    entry = agents.statuses.items.get(names.placement_key(node, "default", replica))
-    if entry is None or entry.value is None:
-        return None
-    return decode(entry.value, ReplicaStatus).state
 
 
 async def test_what_asks_for_a_pass_while_it_waits_is_seen_by_that_pass(
@@ -198,10 +190,7 @@ async def test_a_pass_waiting_for_its_turn_goes_at_once_when_its_agent_starts_re
 ) -> None:
     async with a_settled_agent(world) as (agent, gate, tg):
         async with held(gate, tg):  # another node's pass holds the only place
-            await anyio.wait_all_tasks_blocked()
-            passes = agent.passes
-            agent.poke()
-            await eventually(lambda: gate.waiting == 1)
+            passes = await a_pass_waiting(agent, gate)
             await agent._enter(Mode.STOPPING)
             await eventually(lambda: agent.passes > passes)  # while the place is held
             assert gate.waiting == 0
@@ -212,10 +201,7 @@ async def test_a_wait_let_go_for_a_removing_mode_that_has_passed_waits_again(
 ) -> None:
     async with a_settled_agent(world) as (agent, gate, tg):
         async with held(gate, tg):
-            await anyio.wait_all_tasks_blocked()
-            passes = agent.passes
-            agent.poke()
-            await eventually(lambda: gate.waiting == 1)
+            passes = await a_pass_waiting(agent, gate)
             assert agent._gate_wait is not None
             # Let go as entering Stopping does, the mode back to Active before the
             # waiting pass runs again: it waits its turn again.
@@ -240,3 +226,13 @@ async def a_settled_agent(
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         yield agent, gate, tg
         tg.cancel_scope.cancel()
+
+
+async def a_pass_waiting(agent: NodeAgent, gate: PassGate) -> int:
+    """Poke `agent` while `gate` is held elsewhere: its pass waits for its turn. The
+    passes it had made before."""
+    await anyio.wait_all_tasks_blocked()
+    passes = agent.passes
+    agent.poke()
+    await eventually(lambda: gate.waiting == 1)
+    return passes
