@@ -643,7 +643,10 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
     try:
         node_bucket = await bound(nc, names.NODES_BUCKET)
         statuses = await bound(nc, names.DEPLOYMENT_STATUS_BUCKET)
-        placements = await bound(nc, names.PLACEMENTS_BUCKET)
+        # The victim's shard of the placements: what is placed on it is counted there.
+        placements = await bound(
+            nc, names.placements_bucket(names.placement_shard("victim-1", args.placement_shards))
+        )
         started = time.monotonic()
 
         async def all_nodes() -> bool:
@@ -1079,6 +1082,13 @@ def main() -> None:
         "(the hollow cluster's --passes-parallel; default: its own default)",
     )
     parser.add_argument(
+        "--placement-shards",
+        type=int,
+        default=1,
+        help="buckets the cluster's placements are split into, by node "
+        "(CORRAL_PLACEMENT_SHARDS; default 1: the one bucket)",
+    )
+    parser.add_argument(
         "--outage",
         type=float,
         default=5.0,
@@ -1098,6 +1108,12 @@ def main() -> None:
         parser.error("--simulator-nice must be between 0 and 19")
     if args.simulator_passes is not None and args.simulator_passes < 0:
         parser.error("--simulator-passes must not be negative (0: every pass at once)")
+    try:
+        names.check_placement_shards(args.placement_shards)
+    except ValueError as error:
+        parser.error(f"--placement-shards: {error}")
+    # Every process of the run makes the cluster with these shards (whichever is first).
+    os.environ["CORRAL_PLACEMENT_SHARDS"] = str(args.placement_shards)
     simulator = (
         f"the simulator in {args.simulator_processes} processes"
         if args.simulator_processes > 1
@@ -1118,6 +1134,8 @@ def main() -> None:
         title += ", Python's default GC"
     if args.simulator_passes is not None:
         title += f", simulator passes {args.simulator_passes or 'all'} at once"
+    if args.placement_shards > 1:
+        title += f", placements in {args.placement_shards} shards"
     print(title, flush=True)
     results = Results()
     mode = (

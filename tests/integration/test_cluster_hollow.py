@@ -25,9 +25,12 @@ def hollow_agent(nats_url: str, node: str) -> AbstractAsyncContextManager[Servic
     return running_agent(nats_url, node, *flags)
 
 
-async def running_on(buckets: dict[str, NatsBucket]) -> dict[str, str]:
-    """replica -> node, for placed replicas whose agent reports them Running."""
-    placed = await placements(buckets[names.PLACEMENTS_BUCKET])
+async def running_on(buckets: dict[str, NatsBucket], placement_shards: int = 1) -> dict[str, str]:
+    """replica -> node, for placed replicas (in any shard of the placements) whose agent
+    reports them Running."""
+    placed: dict[str, object] = {}
+    for shard in names.placements_buckets(placement_shards):
+        placed.update(await placements(buckets[shard]))
     found: dict[str, str] = {}
     async for entry in buckets[names.REPLICA_STATUS_BUCKET].watch():
         if entry is None:

@@ -16,6 +16,7 @@ from corral.contract.events import Reply
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.state import Node, NodeCapacity, OrphanReplica
 from corral.contract.time_budget import NODE_LOST_AFTER_STOP_SECONDS, NODE_LOST_SECONDS
+from corral.natsio.cluster import cluster_buckets
 from corral.natsio.kv import MemoryBucket, echo_key, write_record
 from corral_scheduler import metrics
 from corral_scheduler.control_loop import ECHO_GC_SECONDS, ControlLoop
@@ -48,11 +49,15 @@ class StallingBucket(MemoryBucket):
 
 
 class Cluster:
-    def __init__(self) -> None:
+    def __init__(self, placement_shards: int = 1) -> None:
         self.clock = Clock()
-        self.buckets = {name: StallingBucket(name) for name in names.ALL_BUCKETS}
+        self.buckets = {name: StallingBucket(name) for name in cluster_buckets(placement_shards)}
         self.loop = ControlLoop(
-            dict(self.buckets), None, monotonic=self.clock, wall_clock=lambda: 1.0
+            dict(self.buckets),
+            None,
+            monotonic=self.clock,
+            wall_clock=lambda: 1.0,
+            placement_shards=placement_shards,
         )
         # What each node's record lists as orphans (written with every heartbeat).
         self.orphans: dict[str, list[OrphanReplica]] = {}
@@ -109,8 +114,8 @@ class Cluster:
 
 
 @asynccontextmanager
-async def running() -> AsyncIterator[Cluster]:
-    cluster = Cluster()
+async def running(placement_shards: int = 1) -> AsyncIterator[Cluster]:
+    cluster = Cluster(placement_shards)
     async with anyio.create_task_group() as tg:
         await cluster.loop.start(tg, echoes=False)
         try:
@@ -335,7 +340,8 @@ async def test_echo_keys_of_gone_owners_are_collected_and_live_ones_kept() -> No
         await cluster.nodes.put(dead, encode(1.0))
         await cluster.placements.put(agent, encode(1.0))
         await cluster.tick(1)
-        assert dead in cluster.loop.nodes.echoes and agent in cluster.loop.placements.echoes
+        assert dead in cluster.loop.nodes.echoes
+        assert agent in cluster.loop.placements.shard(agent).echoes
         # the agent keeps writing (its clock may be anywhere: only revisions count)
         for _ in range(int(ECHO_GC_SECONDS / 10) + 1):
             await cluster.tick(10)
@@ -345,6 +351,24 @@ async def test_echo_keys_of_gone_owners_are_collected_and_live_ones_kept() -> No
         assert await cluster.placements.get(agent) is not None
         own = echo_key(cluster.loop.owner)
         assert await cluster.nodes.get(own) is not None
+
+
+async def test_a_gone_owners_echo_is_collected_from_every_shard_of_the_placements() -> None:
+    # The same echo key is in each shard, at the same revision here: asking one shard
+    # to delete it must not count as asking the others.
+    async with running(placement_shards=2) as cluster:
+        dead = echo_key("scheduler-dead")
+        shards = [cluster.buckets[name] for name in names.placements_buckets(2)]
+        for shard in shards:
+            await shard.put(dead, encode(1.0))
+        assert {shard.items[dead].revision for shard in shards} == {1}
+        await cluster.tick(1)
+        await cluster.tick(ECHO_GC_SECONDS + 1)
+        await cluster.tick(1)
+        for shard in shards:
+            await eventually(lambda shard=shard: shard.get(dead), lambda e: e is None)
+        own = echo_key(cluster.loop.owner)
+        assert all(own in mirror.echoes for mirror in cluster.loop.placements.shards)
 
 
 async def test_an_echo_key_written_again_meanwhile_is_not_deleted() -> None:

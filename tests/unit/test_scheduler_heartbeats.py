@@ -25,8 +25,8 @@ from tests.waiting import current, eventually
 class HeardCluster(Cluster):
     """A Cluster whose nodes beat on the judge instead of rewriting their records."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, placement_shards: int = 1) -> None:
+        super().__init__(placement_shards)
         self.judge = self.loop.make_judge()
         self.loop.heartbeats = self.judge
         self.seq: dict[str, int] = {}
@@ -64,10 +64,12 @@ class HeardCluster(Cluster):
 
 
 @asynccontextmanager
-async def heard_cluster(replicas: int, *nodes: str) -> AsyncIterator[HeardCluster]:
+async def heard_cluster(
+    replicas: int, *nodes: str, placement_shards: int = 1
+) -> AsyncIterator[HeardCluster]:
     """`nodes` registered once (a record each), then heard only by heartbeats; a
     Deployment of `replicas` placed on them."""
-    cluster = HeardCluster()
+    cluster = HeardCluster(placement_shards)
     async with anyio.create_task_group() as tg:
         await cluster.loop.start(tg, echoes=False)
         try:
@@ -152,7 +154,7 @@ async def echo_only_in(cluster: HeardCluster, mirror_name: str) -> None:
     """A second passes; the scheduler's echo comes back through one watch only (the
     others lag), and the heartbeat feed's own echo comes back."""
     loop = cluster.loop
-    mirror = {"nodes": loop.nodes, "placements": loop.placements}[mirror_name]
+    mirror = {"nodes": loop.nodes, "placements": loop.placements.shards[0]}[mirror_name]
     cluster.clock.now += 1
     cluster.echo_back()
     key = echo_key(loop.owner)
@@ -197,6 +199,27 @@ async def test_while_its_placements_echo_is_late_a_judge_acks_but_tells_no_revis
         await cluster.pass_seconds(2, beating=("a", "b"))  # the echo back, then a beat
         ack = cluster.acks["a"]
         assert ack is not None and ack.placements_revision > 0
+
+
+async def test_a_lagging_shard_of_the_placements_stops_telling_its_own_nodes_only() -> None:
+    # Each node is told the newest revision of its keys in its own shard, while that
+    # shard's watch is current: another shard's revisions say nothing of its keys.
+    in_0, in_1 = "d", "a"  # names.placement_shard: 0 and 1 of 2
+    assert [names.placement_shard(n, 2) for n in (in_0, in_1)] == [0, 1]
+    async with heard_cluster(2, in_0, in_1, placement_shards=2) as cluster:
+        loop = cluster.loop
+        await cluster.pass_seconds(2, beating=(in_0, in_1))
+        for node, shard in ((in_0, 0), (in_1, 1)):
+            (key,) = [k for k in loop.placements.items if k.startswith(f"{node}.")]
+            ack = cluster.acks[node]
+            revision = loop.placements.shards[shard].revision(key)
+            assert ack is not None and ack.placements_revision == revision
+            assert revision is not None and revision > 0
+        cluster.buckets[names.placements_bucket(1)].stalled = True
+        await cluster.pass_seconds(TELL_LATE_SECONDS + 1, beating=(in_0, in_1))
+        acks = cluster.acks
+        assert acks[in_1] is not None and acks[in_1].placements_revision == -1
+        assert acks[in_0] is not None and acks[in_0].placements_revision > 0
 
 
 def test_the_revision_told_to_a_node_counts_only_keys_its_agent_watches() -> None:

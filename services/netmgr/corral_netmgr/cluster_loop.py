@@ -46,6 +46,7 @@ from corral.contract.views import EndpointsPlacement, EndpointsStatus, NetworksD
 from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Mirror, Update, Write
+from corral.natsio.sharded import ShardedMirror, shard_buckets
 from corral_netmgr import metrics
 from corral_netmgr.allocator import assign_slices, gateway, parse_ranges, slice_conflicts
 from corral_netmgr.drains import DrainController, EndpointsMirror
@@ -83,12 +84,12 @@ class Mirrors(MirrorSet):
     deployments: Mirror[NetworksDeployment]
     nodes: Mirror[Node]
     node_network: Mirror[NodeNetwork]
-    placements: Mirror[EndpointsPlacement]
+    placements: ShardedMirror[EndpointsPlacement]
     replica_statuses: Mirror[EndpointsStatus]
     drains: Mirror[ReplicaDrain]
 
     @classmethod
-    def of(cls, buckets: dict[str, Any]) -> Mirrors:
+    def of(cls, buckets: dict[str, Any], placement_shards: int = 1) -> Mirrors:
         return cls(
             networks=Mirror(buckets[names.NETWORKS_BUCKET], Network),
             network_status=Mirror(buckets[names.NETWORK_STATUS_BUCKET], NetworkStatus),
@@ -98,7 +99,7 @@ class Mirrors(MirrorSet):
             deployments=Mirror(buckets[names.DEPLOYMENTS_BUCKET], NetworksDeployment),
             nodes=Mirror(buckets[names.NODES_BUCKET], Node),
             node_network=Mirror(buckets[names.NODE_NETWORK_BUCKET], NodeNetwork),
-            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], EndpointsPlacement),
+            placements=ShardedMirror(shard_buckets(buckets, placement_shards), EndpointsPlacement),
             replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], EndpointsStatus),
             drains=Mirror(buckets[names.REPLICA_DRAINS_BUCKET], ReplicaDrain),
         )
@@ -115,9 +116,10 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         *,
         resync_seconds: float = RESYNC_SECONDS,
         wall_clock: Any = time.time,
+        placement_shards: int = 1,
         default_network_wait: float = DEFAULT_NETWORK_WAIT,
     ) -> None:
-        self.mirrors = m = Mirrors.of(buckets)
+        self.mirrors = m = Mirrors.of(buckets, placement_shards)
         self.wall_clock = wall_clock
         self.default_network_wait = default_network_wait
         self.lock = anyio.Lock()  # held by every API decision (corral_netmgr.spec_api)

@@ -41,6 +41,7 @@ from corral.contract.state import Node, ReplicaState
 from corral.contract.views import EndpointsPlacement, EndpointsStatus
 from corral.natsio.controller import ChangeFeed, Controller, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Write
+from corral.natsio.sharded import ShardedMirror
 from corral_netmgr import metrics
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class DrainController:
         self,
         *,
         statuses: Mirror[EndpointsStatus],
-        placements: Mirror[EndpointsPlacement],
+        placements: ShardedMirror[EndpointsPlacement],
         endpoints: EndpointsMirror,
         node_network: Mirror[NodeNetwork],
         nodes: Mirror[Node],

@@ -120,7 +120,11 @@ async def serve(
 ) -> ClusterLoop:
     """Start the cluster part in `tg`: watches, durable consumers, request answering,
     then the `default` network and the controllers."""
-    loop = ClusterLoop(dict(ctx.buckets), default_network_wait=default_network_wait)
+    loop = ClusterLoop(
+        dict(ctx.buckets),
+        default_network_wait=default_network_wait,
+        placement_shards=ctx.cluster.placement_shards,
+    )
     leases = ctx.buckets[names.LEASES_BUCKET]
     await tg.start(loop.start_mirrors)
     network_api, service_api = build_apis(

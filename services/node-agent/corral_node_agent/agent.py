@@ -167,7 +167,11 @@ class NodeAgent:
         drains: Bucket | None = None,
         leases: Bucket | None = None,
         pass_gate: PassGate | None = None,
+        placement_shards: int = 1,
     ) -> None:
+        """`placements`: the bucket of this node's shard of the placements, of a cluster
+        of `placement_shards` shards (corral.natsio.sharded.node_placements_bucket); a
+        store whose identity says another number is not acted on (Membership)."""
         self.settings = settings
         # Shared by agents that share a process's cores (a hollow cluster's nodes): a
         # few passes at once, in turn, so that a burst of work for every node queues
@@ -184,7 +188,9 @@ class NodeAgent:
         self.health = health if health is not None else {}
         self.agent_id = settings.agent_id
         self._placements_bucket = placements
-        self.membership = Membership(self.node, cluster, LocalRecordFile(settings.state_dir))
+        self.membership = Membership(
+            self.node, cluster, LocalRecordFile(settings.state_dir), placement_shards
+        )
         self.membership.on_change = self._membership_changed
         self.last_ack_file = LastAckFile(settings.state_dir)
         self._noted_ack: float | None = None

@@ -62,12 +62,13 @@ from corral.natsio.bus import (
     ensure_streams,
     open_buckets,
 )
-from corral.natsio.cluster import ensure_cluster_identity
+from corral.natsio.cluster import cluster_buckets, ensure_cluster_identity
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
 from corral.natsio.loop_lateness import measure_loop_lateness
 from corral.natsio.service import SETUP_TIMEOUT_SECONDS, base_parser
+from corral.natsio.sharded import node_placements_bucket
 from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile
 from corral_node_agent.heartbeat_link import NatsHeartbeats
@@ -208,6 +209,7 @@ class HollowCluster:
         self.settings = settings
         self.nodes: dict[str, HollowNode] = {}
         self.pools: list[Pool] = []
+        self.placement_shards = 1  # the cluster's, once connected (_connect)
         self.started_in: float | None = None  # seconds from run() to every node started
         self._began = time.monotonic()
         self._pending = settings.nodes
@@ -260,12 +262,17 @@ class HollowCluster:
                     await ensure_streams(setup, store)
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                     buckets = await open_buckets(js, store)
-                    await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
+                    cluster = await ensure_cluster_identity(
+                        buckets[names.CLUSTER_BUCKET], store.placement_shards
+                    )
+                    self.placement_shards = cluster.placement_shards
+                    if not set(cluster_buckets(self.placement_shards)) <= set(buckets):
+                        buckets = await open_buckets(js, store)  # made meanwhile, by another
                 else:
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                     buckets = {
                         name: NatsBucket(await js.key_value(name), name)
-                        for name in names.ALL_BUCKETS
+                        for name in cluster_buckets(self.placement_shards)
                     }
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -318,7 +325,8 @@ class HollowCluster:
         agent = NodeAgent(
             agent_settings,
             runtime,
-            placements=pool.buckets[names.PLACEMENTS_BUCKET],
+            placements=node_placements_bucket(pool.buckets, self.placement_shards, name),
+            placement_shards=self.placement_shards,
             nodes=pool.buckets[names.NODES_BUCKET],
             statuses=pool.buckets[names.REPLICA_STATUS_BUCKET],
             cluster=pool.buckets[names.CLUSTER_BUCKET],

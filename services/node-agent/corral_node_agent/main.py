@@ -18,6 +18,7 @@ from corral.contract.codec import encode
 from corral.contract.events import REASON_INTERNAL, Reply
 from corral.natsio.bus import unsubscribe_quietly
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
+from corral.natsio.sharded import node_placements_bucket
 from corral_node_agent.agent import (
     DEFAULT_DRAIN_TIMEOUT_SECONDS,
     AgentSettings,
@@ -172,7 +173,10 @@ async def run(
     agent = NodeAgent(
         settings,
         build_runtime(args),
-        placements=ctx.buckets[names.PLACEMENTS_BUCKET],
+        placements=node_placements_bucket(
+            ctx.buckets, ctx.cluster.placement_shards, settings.node_name
+        ),
+        placement_shards=ctx.cluster.placement_shards,
         nodes=ctx.buckets[names.NODES_BUCKET],
         statuses=ctx.buckets[names.REPLICA_STATUS_BUCKET],
         cluster=ctx.buckets[names.CLUSTER_BUCKET],

@@ -27,6 +27,7 @@ from corral.contract.events import (
     Reply,
 )
 from corral.contract.specs import NodeDecision
+from corral.contract.state import Cluster
 from corral.natsio.cluster import UnreadableIdentity, read_cluster_identity
 from corral.natsio.kv import Bucket
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
@@ -48,8 +49,14 @@ def store_missing(error: Exception) -> bool:
 
 
 class Membership:
-    def __init__(self, node: str, cluster_bucket: Bucket, local: LocalRecordFile) -> None:
+    def __init__(
+        self, node: str, cluster_bucket: Bucket, local: LocalRecordFile, placement_shards: int = 1
+    ) -> None:
+        """`placement_shards`: the shards of the placements this agent's bucket is one of;
+        a store whose identity has another number keeps this node's placements in another
+        bucket, and is not acted on (Unreadable) until the agent is started again."""
         self.node = node
+        self.placement_shards = placement_shards
         self.cluster_bucket = cluster_bucket
         self.local = local
         self.identity = Identity.UNKNOWN
@@ -109,7 +116,7 @@ class Membership:
             return None  # another check decided meanwhile (a leader's Mismatch, say)
         if stored is None or local is None:
             return None
-        if stored.id == local.cluster_id == self.cluster_id:
+        if stored.id == local.cluster_id == self.cluster_id and not self._other_shards(stored):
             return local
         return None
 
@@ -136,6 +143,10 @@ class Membership:
             return ""
         if stored is None:
             return "the state store has no cluster identity"
+        other_shards = self._other_shards(stored)
+        if other_shards and (local is None or local.cluster_id == stored.id):
+            self._set(Identity.UNREADABLE, other_shards)
+            return ""
         if local is None:
             first = LocalRecord(node=self.node, cluster_id=stored.id)
             self.local.save(first)
@@ -153,6 +164,17 @@ class Membership:
                 f"`corral node adopt {self.node}` or `corral node reset {self.node}`",
             )
         return ""
+
+    def _other_shards(self, stored: Cluster) -> str:
+        """Why this agent cannot read the placements of `stored` ('' when it can): they
+        are in another number of shards than it was started for (a store made anew)."""
+        if stored.placement_shards == self.placement_shards:
+            return ""
+        return (
+            f"cluster {stored.id} keeps its placements in {stored.placement_shards} "
+            f"shard(s), and this agent was started for {self.placement_shards}: its "
+            "containers are left alone until the agent is started again"
+        )
 
     def _accept(self, record: LocalRecord) -> None:
         changed = (record.cluster_id, frozenset(record.adopted)) != (self.cluster_id, self.adopted)
@@ -257,7 +279,8 @@ class Membership:
         )
         self.local.save(record)
         self._accept(record)
-        self._set(Identity.RECOGNISED, "")
+        other_shards = self._other_shards(stored)
+        self._set(Identity.UNREADABLE if other_shards else Identity.RECOGNISED, other_shards)
         return Reply(ok=True, kind="Node", name=self.node, message=message)
 
     def _refuse(self, error: str, reason: str, *, field: str = "") -> Reply:

@@ -21,6 +21,7 @@ import anyio
 from corral.contract.codec import encode
 from corral.contract.state import DeploymentStatus, Placement
 from corral.natsio.kv import Create, Delete, Mirror, Outcome, Update, Write, write_many
+from corral.natsio.sharded import ShardedMirror
 from corral_scheduler.decide import Plan, Stop
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Committed:
 class PlanApplier:
     def __init__(
         self,
-        placements: Mirror[Placement],
+        placements: Mirror[Placement] | ShardedMirror[Placement],
         statuses: Mirror[DeploymentStatus],
     ) -> None:
         self.placements = placements
@@ -64,7 +65,9 @@ class PlanApplier:
 
         results: dict[str, list[Outcome]] = {}
 
-        async def send(which: str, mirror: Mirror[Any], writes: list[Write]) -> None:
+        async def send(
+            which: str, mirror: Mirror[Any] | ShardedMirror[Any], writes: list[Write]
+        ) -> None:
             if writes:
                 results[which] = await write_many(mirror.bucket, writes)
 
@@ -85,7 +88,7 @@ class PlanApplier:
 
     @staticmethod
     def _settle(
-        mirror: Mirror[Any],
+        mirror: Mirror[Any] | ShardedMirror[Any],
         outcome: Outcome,
         owner: str,
         committed: Committed,

@@ -90,6 +90,7 @@ from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral.natsio.request_thread import serve_in_thread
+from corral.natsio.sharded import ShardedMirror, shard_buckets
 from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.auto_rollback import AutoRollbacks
@@ -201,9 +202,12 @@ class ControlLoop:
         decide_in: DecideIn | None = None,
         gc_policy: GcPolicy | None = None,
         heartbeats_url: str | None = None,
+        placement_shards: int = 1,
     ) -> None:
         """`heartbeats_url`: judge heartbeats on a thread of their own, with its own
-        connection to these NATS servers (None: on this loop, through `nc`)."""
+        connection to these NATS servers (None: on this loop, through `nc`).
+        `placement_shards`: the cluster's (Cluster.placement_shards); `buckets` has
+        every shard's bucket."""
         self.monotonic = monotonic
         self.decide_in = DecideIn(DECIDE_IN if decide_in is None else decide_in)
         self.gc_policy = gc_policy  # None: Python's own collections (tests)
@@ -255,12 +259,10 @@ class ControlLoop:
             },
         )
         # Grouped by node: each heartbeat ack tells the node the newest revision of its
-        # placements, which its agent's watch must deliver (docs/safety.md).
-        self.placements = Mirror(
-            buckets[names.PLACEMENTS_BUCKET],
-            Placement,
-            clock=monotonic,
-            group_of=names.placement_node,
+        # placements, which its agent's watch must deliver (docs/safety.md). One watch
+        # per shard of the placements (corral.natsio.sharded), each with its echo.
+        self.placements = ShardedMirror(
+            shard_buckets(buckets, placement_shards), Placement, clock=monotonic
         )
         self.replica_statuses = Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus)
         self.releases = Mirror(
@@ -343,10 +345,11 @@ class ControlLoop:
         self.placements_echo = echo_key(self.owner)
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
             (self.nodes, echo_key(self.owner)),  # first: what acks read (may_vouch)
-            (self.placements, self.placements_echo),
+            *((shard, self.placements_echo) for shard in self.placements.shards),
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
-        self._collecting: dict[str, int] = {}  # echo key -> revision being deleted
+        # (bucket, echo key) -> revision being deleted (one key may be in every shard)
+        self._collecting: dict[tuple[str, str], int] = {}
         self.applier = PlanApplier(self.placements, self.statuses)
         # Each Deployment's revisions (history.py); None: not kept (tests without the bucket).
         history_bucket = buckets.get(names.DEPLOYMENT_HISTORY_BUCKET)
@@ -737,12 +740,14 @@ class ControlLoop:
         be current"): the newest revision of them this scheduler saw or wrote, while its
         own placements watch is current and its echo back within TELL_LATE_SECONDS;
         otherwise -1 (it does not say), so that the agent proves its watch by its own
-        echo, not by a revision that may be behind another scheduler's writes. Called on
-        the heartbeat thread too: it reads plain values, as may_vouch does."""
-        age = self.placements.echo_age(self.placements_echo)
-        if not self.placements.current or age is None or age > TELL_LATE_SECONDS:
+        echo, not by a revision that may be behind another scheduler's writes. Of the
+        node's shard of the placements: revisions of other shards say nothing of it.
+        Called on the heartbeat thread too: it reads plain values, as may_vouch does."""
+        shard = self.placements.shard_of_node(node)
+        age = shard.echo_age(self.placements_echo)
+        if not shard.current or age is None or age > TELL_LATE_SECONDS:
             return -1
-        return self.placements.newest(node)
+        return shard.newest(node)
 
     def _record_of(self, node: str) -> tuple[Node | None, int | None]:
         return self._nodes.get(node), self._node_revisions.get(node)
@@ -1320,15 +1325,16 @@ class ControlLoop:
     async def _collect_echoes(self, now: float) -> None:
         """Delete other owners' echo keys that have not changed for ECHO_GC_SECONDS."""
         own = {key for _, key in self.echo_watches}
-        seen_now: set[str] = set()
+        seen_now: set[tuple[str, str]] = set()
         for mirror, _ in self.echo_watches:
             for key, seen in list(mirror.echoes.items()):
-                seen_now.add(key)
+                where = (mirror.bucket.name, key)
+                seen_now.add(where)
                 if key in own or now - seen.seen_at <= ECHO_GC_SECONDS:
                     continue
-                if self._collecting.get(key) == seen.revision:
+                if self._collecting.get(where) == seen.revision:
                     continue  # asked already; the watch will tell
-                self._collecting[key] = seen.revision
+                self._collecting[where] = seen.revision
                 try:
                     await mirror.bucket.delete(key, revision=seen.revision)
                 except Conflict:
@@ -1338,8 +1344,8 @@ class ControlLoop:
                     continue
                 metrics.ECHOES_COLLECTED.inc()
                 log.info("deleted the echo key %s/%s of a gone owner", mirror.bucket.name, key)
-        for key in [key for key in self._collecting if key not in seen_now]:
-            del self._collecting[key]
+        for where in [where for where in self._collecting if where not in seen_now]:
+            del self._collecting[where]
 
 
 def _claim_keys(key: str, deployment: Deployment) -> list[str]:

@@ -104,6 +104,7 @@ async def run(
         heartbeats_url=resolve_nats_url(args.nats) if threads else None,
         decide_in=DecideIn(args.decide_in),
         gc_policy=None if args.python_gc else GcPolicy(),
+        placement_shards=ctx.cluster.placement_shards,
     )
     await ctx.task_group.start(loop.run)
     leases = ctx.buckets[names.LEASES_BUCKET]
@@ -176,7 +177,7 @@ async def run(
         )
     )
     # Delete markers older than their retention go, so watches replay a bounded history.
-    ctx.task_group.start_soon(keep_purging_delete_markers, ctx.js)
+    ctx.task_group.start_soon(keep_purging_delete_markers, ctx.js, tuple(ctx.buckets))
     # The Raft leaders of what the scheduler writes stay off the NATS server it is
     # connected to: that server's death then costs a reconnect, not an election.
     ctx.task_group.start_soon(
@@ -184,7 +185,14 @@ async def run(
             keep_leaders_elsewhere,
             ctx.nc,
             ctx.js,
-            [names.SPEC_STREAM, *(bucket_stream(bucket) for bucket in LED_BUCKETS)],
+            [
+                names.SPEC_STREAM,
+                *(bucket_stream(bucket) for bucket in LED_BUCKETS),
+                *(
+                    bucket_stream(bucket)
+                    for bucket in names.placements_buckets(ctx.cluster.placement_shards)[1:]
+                ),
+            ],
             [(names.SPEC_STREAM, DURABLE)],
         )
     )

@@ -67,6 +67,7 @@ from corral.natsio.bus import EventPublisher
 from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Create, Delete, Entry, Mirror, Update, Write
+from corral.natsio.sharded import ShardedMirror, shard_buckets
 from corral_volmgr import metrics
 from corral_volmgr.binding import (
     NODE_FULL,
@@ -117,10 +118,10 @@ class Mirrors(MirrorSet):
     storage_classes: Mirror[StorageClass]
     node_volumes: Mirror[NodeVolumes]
     attachments: Mirror[VolumeAttachment]
-    placements: Mirror[ClaimsPlacement]  # a view: what it reads (corral.contract.views)
+    placements: ShardedMirror[ClaimsPlacement]  # a view: what it reads (corral.contract.views)
 
     @classmethod
-    def of(cls, buckets: dict[str, Any]) -> Mirrors:
+    def of(cls, buckets: dict[str, Any], placement_shards: int = 1) -> Mirrors:
         return cls(
             volumes=Mirror(buckets[names.VOLUMES_BUCKET], PersistentVolume),
             volume_status=Mirror(buckets[names.VOLUME_STATUS_BUCKET], VolumeStatus),
@@ -129,7 +130,7 @@ class Mirrors(MirrorSet):
             storage_classes=Mirror(buckets[names.STORAGE_CLASSES_BUCKET], StorageClass),
             node_volumes=Mirror(buckets[names.NODE_VOLUMES_BUCKET], NodeVolumes),
             attachments=Mirror(buckets[names.VOLUME_ATTACHMENTS_BUCKET], VolumeAttachment),
-            placements=Mirror(buckets[names.PLACEMENTS_BUCKET], ClaimsPlacement),
+            placements=ShardedMirror(shard_buckets(buckets, placement_shards), ClaimsPlacement),
         )
 
 
@@ -150,12 +151,13 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         *,
         resync_seconds: float = RESYNC_SECONDS,
         wall_clock: Any = time.time,
+        placement_shards: int = 1,
         events: EventPublisher | None = None,
     ) -> None:
         """`events`: where what it does is told (corral events about each claim and
         volume, for `corral describe`); None: only logged."""
         self.buckets = buckets
-        self.mirrors = m = Mirrors.of(buckets)
+        self.mirrors = m = Mirrors.of(buckets, placement_shards)
         self.wall_clock = wall_clock
         self.events = events
         self.lock = anyio.Lock()  # held by every API decision and every reconcile's writes

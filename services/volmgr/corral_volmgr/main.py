@@ -145,7 +145,9 @@ async def serve(
 ) -> ClusterLoop:
     """Start the cluster part in `tg`: watches, durable consumers, request answering,
     then the `local` class and the controllers."""
-    loop = ClusterLoop(dict(ctx.buckets), events=ctx.events)
+    loop = ClusterLoop(
+        dict(ctx.buckets), events=ctx.events, placement_shards=ctx.cluster.placement_shards
+    )
     leases = ctx.buckets[names.LEASES_BUCKET]
     await tg.start(loop.start_mirrors)
     apis = build_apis(

@@ -43,6 +43,7 @@ from corral.contract.volume_state import (
 )
 from corral.natsio.bus import DurableSpecHandler, SpecHandler
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror
+from corral.natsio.sharded import ShardedMirror
 from corral_volmgr.provisioning import initial_status
 from corral_volmgr.spec_api import (
     Refusal,
@@ -156,7 +157,7 @@ class PersistentVolumeAPI(SpecAPI[PersistentVolume]):
         spec_position: SpecPosition = no_stream,
         leases: Bucket | None = None,
         nodes: Bucket | None = None,
-        placements: Mirror[ClaimsPlacement] | None = None,
+        placements: ShardedMirror[ClaimsPlacement] | None = None,
     ) -> None:
         """`leases`, `nodes`, `placements` (corral_leases, corral_nodes and the
         placements' mirror): what `release` checks (the node released by the scheduler);

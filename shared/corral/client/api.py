@@ -54,6 +54,7 @@ from corral.contract.volume_state import (
     VolumeStatus,
 )
 from corral.natsio.bus import unsubscribe_quietly
+from corral.natsio.cluster import UnreadableIdentity, read_cluster_identity
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import NatsBucket, is_echo_key
 
@@ -144,6 +145,7 @@ class CorralClient:
         self.js = nc.jetstream()
         self.request_timeout = request_timeout
         self._buckets: dict[str, NatsBucket | None] = {}
+        self._placement_shards: int | None = None  # the cluster's, once read
         # The namespace this client works in (the CLI's -n, $CORRAL_NAMESPACE): the
         # reads of namespaced kinds default to it, and a request of a namespaced kind
         # that names none is sent in it (as kubectl's context namespace).
@@ -408,10 +410,35 @@ class CorralClient:
         return heard
 
     async def placements(self, node: str | None = None) -> dict[str, Placement]:
-        """By key <node>.<namespace>.<replica> (names.placement_key); of one node only
-        (a subject-filtered read: the server sends that node's records alone)."""
-        prefix = ">" if node is None else names.placement_prefix(node)
-        return await self._values(names.PLACEMENTS_BUCKET, Placement, prefix)
+        """By key <node>.<namespace>.<replica> (names.placement_key), from every shard of
+        the placements; of one node only (a subject-filtered read of its shard: the
+        server sends that node's records alone)."""
+        shards = await self.placement_shards()
+        if node is not None:
+            shard = names.placements_bucket(names.placement_shard(node, shards))
+            return await self._values(shard, Placement, names.placement_prefix(node))
+        found: dict[str, Placement] = {}
+        for name in names.placements_buckets(shards):
+            found.update(await self._values(name, Placement))
+        return found
+
+    async def placement_shards(self) -> int:
+        """How many shards the cluster's placements are in (its identity; 1 before it
+        has one)."""
+        if self._placement_shards is None:
+            bucket = await self._bucket(names.CLUSTER_BUCKET)
+            try:
+                identity = None if bucket is None else await read_cluster_identity(bucket)
+            except UnreadableIdentity as error:
+                raise CorralError(str(error)) from None
+            except (nats.errors.Error, js_errors.Error) as error:
+                raise CorralError(
+                    f"cannot read the cluster identity at {self.url}: {error}"
+                ) from None
+            if identity is None:
+                return 1  # not cached: the cluster is not made yet
+            self._placement_shards = identity.placement_shards
+        return self._placement_shards
 
     async def replica_statuses(self, node: str | None = None) -> dict[str, ReplicaStatus]:
         """By key <node>.<namespace>.<replica>, the same key as the Placement."""

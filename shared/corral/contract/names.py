@@ -20,6 +20,7 @@ by their owner at start (corral.natsio.key_migration).
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Final
 
 API_PREFIX: Final = "corral.api"
@@ -67,6 +68,48 @@ STORAGE_CLASSES_BUCKET: Final = "corral_storage_classes"  # key: class -> Storag
 NODE_VOLUMES_BUCKET: Final = "corral_node_volumes"  # key: node -> NodeVolumes (node part)
 # key: node.volume -> VolumeAttachment (node part)
 VOLUME_ATTACHMENTS_BUCKET: Final = "corral_volume_attachments"
+
+# The placements may be split into shards, one bucket each, chosen by node
+# (placement_shard): an agent's watch is filtered on its node's keys, and nats-server
+# reads past every other key of its bucket to find them, so that work per placement
+# grows with the nodes watching one bucket (docs/architecture.md, "How far one
+# placements bucket goes"). Shard 0 is corral_placements itself: a cluster of one shard
+# (the default, and every cluster made before shards) has the one bucket it always had.
+# The number is fixed when a cluster is made (Cluster.placement_shards).
+MAX_PLACEMENT_SHARDS: Final = 64
+
+
+def placements_bucket(shard: int) -> str:
+    """The bucket of placements shard `shard` (0: corral_placements)."""
+    if not 0 <= shard < MAX_PLACEMENT_SHARDS:
+        raise ValueError(f"placements shard must be 0 to {MAX_PLACEMENT_SHARDS - 1}, got {shard}")
+    return PLACEMENTS_BUCKET if shard == 0 else f"{PLACEMENTS_BUCKET}_{shard}"
+
+
+def placements_buckets(shards: int) -> tuple[str, ...]:
+    """Every placements bucket of a cluster of `shards` shards, shard 0 first."""
+    check_placement_shards(shards)
+    return tuple(placements_bucket(shard) for shard in range(shards))
+
+
+def placement_shard(node: str, shards: int) -> int:
+    """The shard holding `node`'s placements (a hash every process computes alike)."""
+    return zlib.crc32(node.encode()) % shards
+
+
+def check_placement_shards(shards: object) -> int:
+    """`shards` when it is a valid number of placements shards; else ValueError naming it."""
+    if (
+        not isinstance(shards, int)
+        or isinstance(shards, bool)
+        or not 1 <= shards <= MAX_PLACEMENT_SHARDS
+    ):
+        raise ValueError(
+            f"placement shards must be a whole number from 1 to {MAX_PLACEMENT_SHARDS}, "
+            f"got {shards!r}"
+        )
+    return shards
+
 
 ALL_BUCKETS: Final = (
     DEPLOYMENTS_BUCKET,

@@ -35,6 +35,10 @@ class Cluster(_Record, frozen=True, kw_only=True):
     # missing from the store was lost, and is never made again empty. Empty in an
     # identity made before the list existed (corral.natsio.cluster.listed_buckets).
     buckets: list[str] = []
+    # How many buckets the placements are split into, by node (names.placement_shard):
+    # chosen when the cluster is made ($CORRAL_PLACEMENT_SHARDS), never changed. 1 in
+    # an identity made before shards: the one bucket, corral_placements.
+    placement_shards: int = 1
 
 
 class OrphanReplica(_Record, frozen=True, kw_only=True):

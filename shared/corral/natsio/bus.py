@@ -36,7 +36,13 @@ from corral.contract.events import (
     Reply,
 )
 from corral.natsio import api_metrics, nats_internals
-from corral.natsio.cluster import StateStoreLost, list_buckets, lost_buckets, read_cluster_identity
+from corral.natsio.cluster import (
+    StateStoreLost,
+    cluster_buckets,
+    list_buckets,
+    lost_buckets,
+    read_cluster_identity,
+)
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import Bucket, NatsBucket
 from corral.natsio.spec_progress import advance, progress_key, recorded_progress, start_progress
@@ -145,6 +151,17 @@ def kv_replicas() -> int:
     return int(raw)
 
 
+def placement_shards_setting() -> int:
+    """$CORRAL_PLACEMENT_SHARDS (1 to names.MAX_PLACEMENT_SHARDS; default 1)."""
+    raw = os.environ.get("CORRAL_PLACEMENT_SHARDS", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= names.MAX_PLACEMENT_SHARDS:
+        raise ValueError(
+            f"CORRAL_PLACEMENT_SHARDS must be a whole number from 1 to "
+            f"{names.MAX_PLACEMENT_SHARDS}, not {raw!r}"
+        )
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """How corral's streams and buckets are kept (docs/api.md, "Limits and retention").
@@ -164,6 +181,9 @@ class StoreSettings:
     events_max_age: float = 1 * DAY
     # CORRAL_KV_MARKER_RETENTION_SECONDS: a delete marker older than this is purged.
     marker_retention: float = 1 * DAY
+    # CORRAL_PLACEMENT_SHARDS: how many buckets the placements of a cluster made now
+    # are split into (names.placement_shard); a cluster keeps the number it was made with.
+    placement_shards: int = 1
 
     @property
     def specs_expiry_margin(self) -> float:
@@ -190,6 +210,7 @@ class StoreSettings:
             marker_retention=_env_number(
                 "CORRAL_KV_MARKER_RETENTION_SECONDS", cls.marker_retention, 0.1, 365 * DAY
             ),
+            placement_shards=placement_shards_setting(),
         )
 
 
@@ -314,23 +335,32 @@ async def open_buckets(
     settings = settings or StoreSettings.from_env()
     found: dict[str, KeyValue] = {}
     missing: list[str] = []
-    for bucket in names.ALL_BUCKETS:
+
+    async def look_for(bucket: str) -> None:
         try:
             found[bucket] = await js.key_value(bucket)
         except js_errors.BucketNotFoundError:
             missing.append(bucket)
+
+    for bucket in names.ALL_BUCKETS:
+        await look_for(bucket)
     identity = None
     if names.CLUSTER_BUCKET in found:
         cluster_bucket = NatsBucket(found[names.CLUSTER_BUCKET], names.CLUSTER_BUCKET)
         # From the leader: a replica behind could miss a bucket listed since, and a lost
         # bucket would then look new (made again, empty).
         identity = await read_cluster_identity(cluster_bucket, from_leader=True)
+    # The placements' shards: the cluster's, or for a new one the setting.
+    shards = settings.placement_shards if identity is None else identity.placement_shards
+    every_bucket = cluster_buckets(shards)
+    for bucket in every_bucket[len(names.ALL_BUCKETS) :]:
+        await look_for(bucket)
     if identity is not None:
         lost = lost_buckets(identity, missing)
         if lost:
             raise StateStoreLost(identity.id, lost)
     buckets: dict[str, NatsBucket] = {}
-    for bucket in names.ALL_BUCKETS:
+    for bucket in every_bucket:
         kv = found.get(bucket)
         if kv is None:
             log.info("making bucket %s (not in the cluster's state yet)", bucket)
@@ -354,7 +384,7 @@ async def open_buckets(
     if identity is not None:
         # Made first, listed after: a crash between the two leaves an unlisted
         # bucket, listed at the next start.
-        await list_buckets(buckets[names.CLUSTER_BUCKET], names.ALL_BUCKETS)
+        await list_buckets(buckets[names.CLUSTER_BUCKET], every_bucket)
     return buckets
 
 

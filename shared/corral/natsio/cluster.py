@@ -95,11 +95,18 @@ async def list_buckets(bucket: Bucket, present: Sequence[str]) -> Cluster | None
 
 def _decode(bucket: Bucket, raw: bytes) -> Cluster:
     try:
-        return decode(raw, Cluster)
-    except msgspec.DecodeError as error:
+        identity = decode(raw, Cluster)
+        names.check_placement_shards(identity.placement_shards)
+    except (msgspec.DecodeError, ValueError) as error:
         raise UnreadableIdentity(
             f"{bucket.name}/{names.CLUSTER_KEY} cannot be read: {error}"
         ) from None
+    return identity
+
+
+def cluster_buckets(placement_shards: int) -> tuple[str, ...]:
+    """Every bucket of a cluster whose placements are in `placement_shards` shards."""
+    return (*names.ALL_BUCKETS, *names.placements_buckets(placement_shards)[1:])
 
 
 def new_cluster_id() -> str:
@@ -115,15 +122,22 @@ async def read_cluster_identity(bucket: Bucket, *, from_leader: bool = False) ->
     return _decode(bucket, entry.value)
 
 
-async def ensure_cluster_identity(bucket: Bucket) -> Cluster:
+async def ensure_cluster_identity(bucket: Bucket, placement_shards: int = 1) -> Cluster:
     """The stored identity; made (compare-and-set create) when the state has none yet,
-    listing every bucket of names.ALL_BUCKETS: call it after corral.natsio.bus.open_buckets
-    made them (buckets first, then the identity that says they exist)."""
+    with `placement_shards` and listing every bucket (cluster_buckets): call it after
+    corral.natsio.bus.open_buckets made them (buckets first, then the identity that says
+    they exist). An identity found has its own number of shards, whatever is asked."""
+    names.check_placement_shards(placement_shards)
     for _ in range(5):
         found = await read_cluster_identity(bucket, from_leader=True)
         if found is not None:
             return found
-        made = Cluster(id=new_cluster_id(), created_at=time.time(), buckets=list(names.ALL_BUCKETS))
+        made = Cluster(
+            id=new_cluster_id(),
+            created_at=time.time(),
+            buckets=list(cluster_buckets(placement_shards)),
+            placement_shards=placement_shards,
+        )
         try:
             await bucket.create(names.CLUSTER_KEY, encode(made))
         except Conflict:

@@ -36,6 +36,7 @@ from corral.natsio.bus import (
 from corral.natsio.kv import Create, Entry, Mirror, Write, write_many
 from corral.natsio.lease import Lease
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser
+from corral.natsio.sharded import ShardedMirror
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ async def serve_spec_kinds(
 class MirrorSet:
     """Base of a service's dataclass of Mirrors, one per bucket its cluster part reads."""
 
-    def all(self) -> list[Mirror[Any]]:
+    def all(self) -> list[Mirror[Any] | ShardedMirror[Any]]:
         return [getattr(self, field.name) for field in dataclasses.fields(cast(Any, self))]
 
 
@@ -316,7 +317,10 @@ class MirroredLoop(Generic[M]):
 
 
 async def write_into(
-    mirror: Mirror[Any], writes: Sequence[Write], *, replace_unreadable: bool = False
+    mirror: Mirror[Any] | ShardedMirror[Any],
+    writes: Sequence[Write],
+    *,
+    replace_unreadable: bool = False,
 ) -> bool:
     """Send `writes` to the mirror's bucket, apply what committed to `mirror`; True when
     all did. A write that failed for another reason than a conflict is raised (the

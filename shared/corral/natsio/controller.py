@@ -2,7 +2,7 @@
 reconcile one key at a time (docs/architecture.md, "The controller runtime").
 
     deployments = Mirror(buckets[names.DEPLOYMENTS_BUCKET], Deployment)
-    placements = Mirror(buckets[names.PLACEMENTS_BUCKET], Placement)
+    placements = ShardedMirror(shard_buckets(buckets, cluster.placement_shards), Placement)
     nodes = Mirror(buckets[names.NODES_BUCKET], Node)
     placement_changes = ChangeFeed(placements)
     # node -> the Deployments with a placement there (counted: one of two going keeps it)
@@ -51,6 +51,7 @@ from prometheus_client import Counter, Histogram
 
 from corral.contract.backoff import Backoff
 from corral.natsio.kv import Mirror
+from corral.natsio.sharded import ShardedMirror
 from corral.natsio.workqueue import QueueShutDown, WorkQueue, add_in_slices
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ class ChangeFeed(Generic[T]):
     raises is logged and never stops the mirror or the other handlers.
     """
 
-    def __init__(self, mirror: Mirror[T]) -> None:
+    def __init__(self, mirror: Mirror[T] | ShardedMirror[T]) -> None:
         self.mirror = mirror
         self._previous = mirror.on_change
         # The value each handler last saw per key: the same objects the mirror holds.

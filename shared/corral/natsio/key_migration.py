@@ -43,7 +43,8 @@ PLACEMENT_KEYS = KeyForm(
     lambda key: names.placement_key(*names.split_placement_key(key)),
 )
 
-# What the scheduler owns, and the form of each bucket's keys.
+# What the scheduler owns, and the form of each bucket's keys. Placements from before
+# namespaces are in corral_placements only: their clusters have one shard.
 SCHEDULER_BUCKETS = {
     names.DEPLOYMENTS_BUCKET: OBJECT_KEYS,
     names.DEPLOYMENT_STATUS_BUCKET: OBJECT_KEYS,

@@ -30,7 +30,12 @@ from corral.natsio.bus import (
     ensure_streams,
     open_buckets,
 )
-from corral.natsio.cluster import StateStoreLost, UnreadableIdentity, ensure_cluster_identity
+from corral.natsio.cluster import (
+    StateStoreLost,
+    UnreadableIdentity,
+    cluster_buckets,
+    ensure_cluster_identity,
+)
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
@@ -108,7 +113,12 @@ async def run_service(
         await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
         buckets = await open_buckets(js, settings)
-        cluster = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET])
+        cluster = await ensure_cluster_identity(
+            buckets[names.CLUSTER_BUCKET], settings.placement_shards
+        )
+        if not set(cluster_buckets(cluster.placement_shards)) <= set(buckets):
+            # Another service made the cluster meanwhile, with other shards: open its.
+            buckets = await open_buckets(js, settings)
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,

@@ -99,7 +99,7 @@ async def run(
     remove what it made and stop the process)."""
     from corral_volmgr.node.docker_volumes import DockerVolumes
 
-    settings = settings_from_args(args, ctx.cluster.id)
+    settings = settings_from_args(args, ctx.cluster.id, ctx.cluster.placement_shards)
     remove_all = bool(getattr(args, "remove_all", False))
     docker = await cluster_service.open_docker(ctx, args, task_status=task_status)
     try:
@@ -153,7 +153,9 @@ async def _run_part(
         task_status.started()
 
 
-def settings_from_args(args: argparse.Namespace, cluster_id: str) -> NodeSettings:
+def settings_from_args(
+    args: argparse.Namespace, cluster_id: str, placement_shards: int = 1
+) -> NodeSettings:
     """The node part's settings from its flags; RefusedToStart naming a bad flag."""
     from corral_volmgr.node.capacity import parse_capacity
     from corral_volmgr.node.part import NodeSettings
@@ -181,6 +183,7 @@ def settings_from_args(args: argparse.Namespace, cluster_id: str) -> NodeSetting
     return NodeSettings(
         node=node,
         cluster_id=cluster_id,
+        placement_shards=placement_shards,
         volumes_dir=Path(volumes_dir),
         capacity_bytes=room,
         host_path_allow=tuple(allowed),

@@ -43,6 +43,7 @@ from corral.contract.volume_state import (
 )
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result
 from corral.natsio.kv import Bucket, Entry, Mirror, write_record
+from corral.natsio.sharded import node_placements_bucket
 from corral_volmgr.node import capacity, decide, host, host_paths
 from corral_volmgr.node.docker_volumes import (
     DockerVolumes,
@@ -83,6 +84,7 @@ class NodeSettings:
     capacity_bytes: int | None = None  # None: measured
     host_path_allow: tuple[str, ...] = ()
     resync_seconds: float = 30.0
+    placement_shards: int = 1  # the cluster's (Cluster.placement_shards)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -131,7 +133,7 @@ class NodePart:
         self.statuses = Mirror(buckets[names.VOLUME_STATUS_BUCKET], VolumeStatus)
         self.claims = Mirror(buckets[names.CLAIM_STATUS_BUCKET], ClaimStatus)
         self.placements = Mirror(
-            buckets[names.PLACEMENTS_BUCKET],
+            node_placements_bucket(buckets, settings.placement_shards, node),
             ClaimsPlacement,  # a view: what it reads (corral.contract.views)
             prefix=names.placement_prefix(node),
         )

@@ -1,0 +1,199 @@
+"""The placements split into shards, one bucket each, read and written as one.
+
+A cluster's placements may be kept in several buckets (`Cluster.placement_shards`), each
+node's in one of them (`names.placement_shard`): an agent watches its own node's keys
+with a subject filter, and nats-server reads past every other key of the bucket to find
+them, so the work per placement grows with the nodes watching one bucket
+(docs/architecture.md, "How far one placements bucket goes").
+
+Each key belongs to the shard of its node (`names.placement_node`: the key's first
+token), so every revision of one node's keys is of one stream, and what an agent is
+told of its placements (a revision, docs/safety.md) is comparable with what its watch
+delivered. Revisions of two shards are not: a watch of every shard is one watch per
+shard (`ShardedMirror`, one `Mirror` each, each with its own echo), never one stream.
+
+    placements = ShardedMirror(shard_buckets(buckets, cluster.placement_shards), Placement)
+    placements.get(key)            # from its node's shard
+    placements.newest(node)        # the newest revision of that node's keys
+    await write_many(placements.bucket, writes)   # each write to its key's shard
+    for mirror in placements.shards: ...          # one watch per shard: current, echoes
+
+A cluster of one shard has one bucket, corral_placements, as before shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from corral.contract import names
+from corral.natsio.kv import Bucket, Entry, Mirror
+
+T = TypeVar("T")
+B = TypeVar("B", bound=Bucket)
+
+
+def shard_buckets(buckets: Mapping[str, B], shards: int) -> list[B]:
+    """The placements' buckets of a cluster of `shards` shards, shard 0 first, from the
+    buckets a service opened (corral.natsio.bus.open_buckets)."""
+    return [buckets[name] for name in names.placements_buckets(shards)]
+
+
+def node_placements_bucket(buckets: Mapping[str, B], shards: int, node: str) -> B:
+    """The bucket holding `node`'s placements (what its agent watches)."""
+    return buckets[names.placements_bucket(names.placement_shard(node, shards))]
+
+
+class ShardedBucket:
+    """The shards' buckets as one Bucket: each key read or written in its node's shard.
+
+    A watch is of one node's keys (prefix "<node>.>"), or of every key when there is one
+    shard: a watch of every shard would mix revisions of different streams."""
+
+    def __init__(self, shards: Sequence[Bucket]) -> None:
+        if not shards:
+            raise ValueError("a sharded bucket needs at least one shard")
+        self.shards = list(shards)
+        self.name = shards[0].name if len(shards) == 1 else f"{shards[0].name}[{len(shards)}]"
+
+    def shard_of(self, key: str) -> Bucket:
+        """The bucket of `key` (a placement key, an agent's echo key, or a node prefix)."""
+        node = names.placement_node(key)
+        return self.shards[names.placement_shard(node, len(self.shards))]
+
+    async def get(self, key: str) -> Entry | None:
+        return await self.shard_of(key).get(key)
+
+    async def leader_get(self, key: str) -> Entry | None:
+        return await self.shard_of(key).leader_get(key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        return await self.shard_of(key).create(key, value)
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        return await self.shard_of(key).update(key, value, revision)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.shard_of(key).put(key, value)
+
+    async def delete(self, key: str, revision: int | None = None) -> int:
+        return await self.shard_of(key).delete(key, revision=revision)
+
+    def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        if len(self.shards) == 1:
+            return self.shards[0].watch(prefix)
+        if not names.placement_node(prefix) or "*" in names.placement_node(prefix):
+            raise ValueError(
+                f"{self.name}: a watch of {prefix!r} would span shards; watch one node's "
+                "keys (<node>.>) or each shard's Mirror"
+            )
+        return self.shard_of(prefix).watch(prefix)
+
+
+class _ShardedItems(Mapping[str, tuple[T, int]]):
+    """Every shard's items as one read-only mapping (the shards' keys never overlap)."""
+
+    def __init__(self, owner: ShardedMirror[T]) -> None:
+        self._owner = owner
+
+    def __getitem__(self, key: str) -> tuple[T, int]:
+        return self._owner.shard(key).items[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._owner.shard(key).items
+
+    def __iter__(self) -> Iterator[str]:
+        for shard in self._owner.shards:
+            yield from shard.items
+
+    def __len__(self) -> int:
+        return sum(len(shard.items) for shard in self._owner.shards)
+
+
+class ShardedMirror(Generic[T]):
+    """A Mirror of every placements shard: one Mirror per shard (`shards`), read as one.
+
+    Reads by key and by node go to the key's shard; `items` spans them all; `current`
+    is True while every shard's watch is; `on_change(key)` is called for a change in any.
+    `bucket` writes each key to its shard (for kv.write_many). What is per watch (its
+    echo, how far it delivered) is read of each Mirror in `shards`.
+    """
+
+    def __init__(
+        self,
+        buckets: Sequence[Bucket],
+        kind: type[T],
+        on_change: Callable[[str], Any] | None = None,
+        *,
+        on_broken: Callable[[BaseException | None], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bucket = ShardedBucket(buckets)
+        self.kind = kind
+        self.on_change = on_change
+        self.shards: list[Mirror[T]] = [
+            Mirror(
+                bucket,
+                kind,
+                on_change=self._changed,
+                on_broken=on_broken,
+                clock=clock,
+                group_of=names.placement_node,
+            )
+            for bucket in buckets
+        ]
+        self.items: Mapping[str, tuple[T, int]] = _ShardedItems(self)
+
+    def _changed(self, key: str) -> None:
+        if self.on_change is not None:
+            self.on_change(key)
+
+    def shard(self, key: str) -> Mirror[T]:
+        """The Mirror of `key`'s shard (by its node: names.placement_node)."""
+        return self.shard_of_node(names.placement_node(key))
+
+    def shard_of_node(self, node: str) -> Mirror[T]:
+        return self.shards[names.placement_shard(node, len(self.shards))]
+
+    @property
+    def current(self) -> bool:
+        return all(shard.current for shard in self.shards)
+
+    @property
+    def broken(self) -> bool:
+        return any(shard.broken for shard in self.shards)
+
+    @property
+    def failures(self) -> int:
+        return sum(shard.failures for shard in self.shards)
+
+    @property
+    def unreadable(self) -> frozenset[str]:
+        return frozenset().union(*(shard.unreadable for shard in self.shards))
+
+    def values(self) -> list[T]:
+        return [value for shard in self.shards for value in shard.values()]
+
+    def get(self, key: str) -> T | None:
+        return self.shard(key).get(key)
+
+    def revision(self, key: str) -> int | None:
+        return self.shard(key).revision(key)
+
+    def newest(self, node: str) -> int:
+        """The newest revision of `node`'s keys seen or written (0: none), in its shard."""
+        return self.shard_of_node(node).newest(node)
+
+    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
+        self.shard(entry.key).apply(entry, from_watch=from_watch)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow every shard forever; started once each has replayed."""
+        async with anyio.create_task_group() as tg:
+            for shard in self.shards:
+                await tg.start(shard.run)
+            task_status.started()

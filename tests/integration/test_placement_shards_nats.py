@@ -1,0 +1,109 @@
+"""A cluster whose placements are split by node into shards (CORRAL_PLACEMENT_SHARDS),
+against a real nats-server: the buckets are made and listed with the cluster, a lost
+shard is refused, and the real scheduler places replicas on hollow nodes of every
+shard, each node's in its own shard, told and watched there, and moved when a node
+stops; the client reads them all."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.client.api import CorralClient
+from corral.contract import names
+from corral.natsio.bus import connect, open_buckets
+from corral.natsio.cluster import StateStoreLost, ensure_cluster_identity
+from corral.natsio.sharded import shard_buckets
+from tests.integration.scheduler_harness import (
+    deployment_json,
+    placements,
+    request,
+    running_scheduler,
+)
+from tests.integration.test_cluster_hollow import running_on
+from tests.integration.test_hollow_cluster import hollow_cluster
+from tests.waiting import eventually
+
+SHARDS = 4
+
+
+async def test_a_cluster_keeps_the_shards_it_was_made_with_and_a_lost_one_is_refused(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = await connect(nats_url, name="test-shards")
+    try:
+        js = nc.jetstream()
+        monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
+        buckets = await open_buckets(js)
+        identity = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET], SHARDS)
+        assert identity.placement_shards == SHARDS
+        assert set(names.placements_buckets(SHARDS)) <= set(identity.buckets)
+        # A service started with another setting opens the cluster's shards.
+        monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "1")
+        again = await open_buckets(js)
+        assert set(names.placements_buckets(SHARDS)) <= set(again)
+        await js.delete_stream("KV_corral_placements_2")
+        with pytest.raises(StateStoreLost, match="corral_placements_2"):
+            await open_buckets(js)
+        # Refused before anything was made again (an empty shard would remove replicas).
+        streams = {info.config.name for info in await js.streams_info()}
+        assert "KV_corral_placements_2" not in streams
+        assert "KV_corral_placements_3" in streams
+    finally:
+        await nc.close()
+
+
+async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
+    async with (
+        running_scheduler(nats_url) as scheduler,
+        hollow_cluster(
+            nats_url, 20, pool=6, ready_after=0.2, remove_after=0.1, passes_parallel=4
+        ) as cluster,
+    ):
+        assert scheduler.cluster.placement_shards == SHARDS
+        assert cluster.placement_shards == SHARDS
+        shards = shard_buckets(scheduler.buckets, SHARDS)
+        assert (await request(scheduler.nc, "deployment", "apply", deployment_json("web", 100))).ok
+
+        async def running() -> dict[str, str]:
+            return await running_on(scheduler.buckets, SHARDS)
+
+        placed = await eventually(running, lambda r: len(r) == 100, within=30, interval=0.2)
+        assert set(placed.values()) == set(cluster.nodes)  # every node took some
+        # Each node's placements are in its own shard only, and every shard has some.
+        for index, shard in enumerate(shards):
+            nodes = {p.node for p in (await placements(shard)).values()}
+            assert nodes, f"shard {index} holds no placements"
+            assert {names.placement_shard(node, SHARDS) for node in nodes} == {index}
+        # Each agent watches its own shard, and was told a revision of its keys there
+        # that its watch delivered (the scheduler's acks read the node's shard).
+        for name, node in cluster.nodes.items():
+            assert node.agent._placements_bucket.name == names.placements_bucket(
+                names.placement_shard(name, SHARDS)
+            )
+
+        async def untold() -> list[str]:
+            return [
+                name
+                for name, node in cluster.nodes.items()
+                if not 0 < node.agent.watch_proof.mark() <= node.agent.placements.delivered
+            ]
+
+        await eventually(untold, lambda names_left: not names_left, within=10, interval=0.2)
+
+        async with await CorralClient.connect(nats_url) as client:
+            assert len(await client.placements()) == 100
+            one = await client.placements("hollow-5")
+            assert one and {p.node for p in one.values()} == {"hollow-5"}
+
+        victim = "hollow-3"
+        await cluster.stop_node(victim)
+        moved = await eventually(
+            running,
+            lambda r: len(r) == 100 and victim not in r.values(),
+            within=30,
+            interval=0.2,
+        )
+        assert len(set(moved.values())) == 19
