@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -644,9 +645,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         node_bucket = await bound(nc, names.NODES_BUCKET)
         statuses = await bound(nc, names.DEPLOYMENT_STATUS_BUCKET)
         # The victim's shard of the placements: what is placed on it is counted there.
-        placements = await bound(
-            nc, names.placements_bucket(names.placement_shard("victim-1", args.placement_shards))
-        )
+        placements = await bound(nc, names.placements_bucket_of("victim-1", args.placement_shards))
         started = time.monotonic()
 
         async def all_nodes() -> bool:
@@ -938,8 +937,20 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
 
 def per_replica_writes(before: dict[str, int], after: dict[str, int], replicas: int) -> str:
-    """The streams written to between two readings, most first, per replica."""
-    grown = {name: after[name] - before.get(name, 0) for name in after}
+    """The streams written to between two readings, most first, per replica; the
+    placements' shards as one (with their number)."""
+    grown: dict[str, int] = {}
+    shards = 0
+    for name in after:
+        shown_as = name
+        if re.fullmatch(rf"KV_{names.PLACEMENTS_BUCKET}(_[0-9]+)?", name):
+            shards += 1
+            shown_as = f"KV_{names.PLACEMENTS_BUCKET}"
+        grown[shown_as] = grown.get(shown_as, 0) + after[name] - before.get(name, 0)
+    if shards > 1:
+        grown[f"KV_{names.PLACEMENTS_BUCKET} ({shards} shards)"] = grown.pop(
+            f"KV_{names.PLACEMENTS_BUCKET}"
+        )
     shown = [
         f"{name} {count / max(replicas, 1):.2f}"
         for name, count in sorted(grown.items(), key=lambda item: (-item[1], item[0]))

@@ -189,7 +189,8 @@ class Failover:
 async def leaders_of(js: JetStreamContext, durable: str) -> list[str]:
     """The Raft leaders of everything the scheduler writes: its buckets, the spec
     stream and its consumer."""
-    infos = [await js.stream_info(bucket_stream(bucket)) for bucket in LED_BUCKETS]
+    led = (*LED_BUCKETS, names.PLACEMENTS_BUCKET)  # a cluster of one shard here
+    infos = [await js.stream_info(bucket_stream(bucket)) for bucket in led]
     infos.append(await js.stream_info(names.SPEC_STREAM))
     clusters = [info.cluster for info in infos]
     clusters.append((await js.consumer_info(names.SPEC_STREAM, durable)).cluster)

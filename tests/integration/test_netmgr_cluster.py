@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
+
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.network_specs import Network, Service
@@ -205,3 +207,47 @@ async def test_the_default_network_waits_for_a_node_and_avoids_what_its_host_use
         subnet = ipaddress.IPv4Network(decode(entry.value, Network).spec.subnet)
         for taken in used.used_ranges:
             assert not subnet.overlaps(ipaddress.IPv4Network(taken)), subnet
+
+
+async def test_endpoints_follow_placements_in_every_shard_and_none_in_another_nodes(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cluster made with its placements in 3 shards: netmgr watches each of them.
+    monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "3")
+    nodes = {names.placement_shard(f"n{i}", 3): f"n{i}" for i in range(20)}
+    assert len(nodes) == 3
+    async with running_netmgr(nats_url) as ctx:
+        buckets = ctx.buckets
+        endpoints = buckets[names.ENDPOINTS_BUCKET]
+        for name in nodes.values():
+            await buckets[names.NODES_BUCKET].put(name, encode(node(name)))
+        await present(buckets[names.NETWORKS_BUCKET], "default", Network)
+        assert (await request(ctx.nc, "service", "apply", service("web"))).ok
+        for shard, name in nodes.items():
+            p = placement(f"web-{shard}", "web", name, template(("http", 8080)))
+            await buckets[names.placements_buckets(3)[shard]].put(p.key, encode(p))
+            await buckets[names.REPLICA_STATUS_BUCKET].put(
+                p.key, encode(status(p, {"default": f"10.128.0.{shard + 1}"}))
+            )
+        # One in a shard that is not its node's: no agent watches it there, no endpoint.
+        stray = placement("web-stray", "web", nodes[0], template(("http", 8080)))
+        await buckets[names.placements_buckets(3)[1]].put(stray.key, encode(stray))
+        await buckets[names.REPLICA_STATUS_BUCKET].put(
+            stray.key, encode(status(stray, {"default": "10.128.0.9"}))
+        )
+        # Written after the stray into the same shard: once it shows, the stray was read.
+        late = placement("web-late", "web", nodes[1], template(("http", 8080)))
+        await buckets[names.placements_buckets(3)[1]].put(late.key, encode(late))
+        await buckets[names.REPLICA_STATUS_BUCKET].put(
+            late.key, encode(status(late, {"default": "10.128.0.8"}))
+        )
+        ready = await eventually(
+            lambda: record(endpoints, "default.web", Endpoints),
+            lambda e: len(e.addresses) >= 4,
+        )
+        assert sorted(a.replica for a in ready.addresses) == [
+            "web-0",
+            "web-1",
+            "web-2",
+            "web-late",
+        ]

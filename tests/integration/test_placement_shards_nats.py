@@ -6,12 +6,17 @@ stops; the client reads them all."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import pytest
 
 from corral.client.api import CorralClient
 from corral.contract import names
-from corral.natsio.bus import connect, open_buckets
-from corral.natsio.cluster import StateStoreLost, ensure_cluster_identity
+from corral.contract.state import Cluster
+from corral.natsio import bus
+from corral.natsio.bus import StoreSettings, connect, open_buckets, open_cluster
+from corral.natsio.cluster import StateStoreLost, lost_buckets
 from corral.natsio.sharded import shard_buckets
 from tests.integration.scheduler_harness import (
     deployment_json,
@@ -27,29 +32,68 @@ SHARDS = 4
 
 
 async def test_a_cluster_keeps_the_shards_it_was_made_with_and_a_lost_one_is_refused(
-    nats_url: str, monkeypatch: pytest.MonkeyPatch
+    nats_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     nc = await connect(nats_url, name="test-shards")
     try:
         js = nc.jetstream()
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
-        buckets = await open_buckets(js)
-        identity = await ensure_cluster_identity(buckets[names.CLUSTER_BUCKET], SHARDS)
+        buckets, identity = await open_cluster(js)
         assert identity.placement_shards == SHARDS
         assert set(names.placements_buckets(SHARDS)) <= set(identity.buckets)
-        # A service started with another setting opens the cluster's shards.
+        assert set(names.placements_buckets(SHARDS)) <= set(buckets)
+        streams = await stream_names(js)
+        assert {f"KV_{name}" for name in names.placements_buckets(SHARDS)} <= streams
+        # corral_placements is listed, never made: a corral from before shards looks for
+        # it, finds it missing and listed, and refuses the store (StateStoreLost) rather
+        # than read no placements from it.
+        assert names.PLACEMENTS_FENCE in identity.buckets
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in streams
+        assert lost_buckets(identity, [names.PLACEMENTS_BUCKET]) == [names.PLACEMENTS_BUCKET]
+        # A service started with another setting opens the cluster's shards, and says so.
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "1")
-        again = await open_buckets(js)
-        assert set(names.placements_buckets(SHARDS)) <= set(again)
+        with caplog.at_level(logging.WARNING, logger="corral.natsio.bus"):
+            again, same = await open_cluster(js)
+        assert same == identity and set(again) == set(buckets)
+        assert "keeps its placements in 4 shard(s)" in caplog.text
         await js.delete_stream("KV_corral_placements_2")
         with pytest.raises(StateStoreLost, match="corral_placements_2"):
             await open_buckets(js)
         # Refused before anything was made again (an empty shard would remove replicas).
-        streams = {info.config.name for info in await js.streams_info()}
+        streams = await stream_names(js)
         assert "KV_corral_placements_2" not in streams
         assert "KV_corral_placements_3" in streams
     finally:
         await nc.close()
+
+
+async def test_a_service_that_loses_the_race_to_make_the_cluster_opens_the_winners_shards(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This service opens the buckets of a new store for one shard; before it makes the
+    # identity, another makes the cluster with 4. It works with the cluster's 4.
+    nc = await connect(nats_url, name="test-race")
+    try:
+        js = nc.jetstream()
+        monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "1")
+        made_first = bus.ensure_cluster_identity
+
+        async def the_other_service_first(bucket: Any, placement_shards: int = 1) -> Cluster:
+            other = StoreSettings(placement_shards=SHARDS)
+            await open_buckets(js, other)  # its buckets, then its identity
+            await made_first(bucket, SHARDS)
+            return await made_first(bucket, placement_shards)
+
+        monkeypatch.setattr(bus, "ensure_cluster_identity", the_other_service_first)
+        buckets, cluster = await open_cluster(js)
+        assert cluster.placement_shards == SHARDS
+        assert set(names.placements_buckets(SHARDS)) <= set(buckets)
+    finally:
+        await nc.close()
+
+
+async def stream_names(js: Any) -> set[str]:
+    return {info.config.name for info in await js.streams_info()}
 
 
 async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
@@ -80,9 +124,7 @@ async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
         # Each agent watches its own shard, and was told a revision of its keys there
         # that its watch delivered (the scheduler's acks read the node's shard).
         for name, node in cluster.nodes.items():
-            assert node.agent._placements_bucket.name == names.placements_bucket(
-                names.placement_shard(name, SHARDS)
-            )
+            assert node.agent._placements_bucket.name == names.placements_bucket_of(name, SHARDS)
 
         async def untold() -> list[str]:
             return [

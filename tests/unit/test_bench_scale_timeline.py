@@ -173,3 +173,18 @@ def test_stream_writes_per_replica_are_the_growth_of_each_stream_most_first(
         "KV_corral_new 0.01"
     )
     assert bench_scale.per_replica_writes(before, before, 400) == "none"
+
+
+def test_the_placements_shards_are_written_as_one_stream_with_their_number(
+    bench_scale: ModuleType,
+) -> None:
+    before = {"KV_corral_placements": 10, "KV_corral_placements_1": 0}
+    after = {
+        "KV_corral_placements": 210,
+        "KV_corral_placements_1": 100,
+        "KV_corral_placements_2": 100,  # made meanwhile: counted from zero
+        "KV_corral_placements_extra": 50,  # another bucket: not a shard
+    }
+    assert bench_scale.per_replica_writes(before, after, 400) == (
+        "KV_corral_placements (3 shards) 1.00, KV_corral_placements_extra 0.12"
+    )

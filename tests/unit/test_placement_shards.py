@@ -4,6 +4,7 @@ number it was made with, and an agent acts on no store whose number is not its o
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import anyio
@@ -14,8 +15,10 @@ from corral.contract.codec import encode
 from corral.contract.state import Cluster, Placement
 from corral.natsio.cluster import (
     UnreadableIdentity,
+    buckets_to_list,
     cluster_buckets,
     ensure_cluster_identity,
+    lost_buckets,
     read_cluster_identity,
 )
 from corral.natsio.kv import Create, Entry, MemoryBucket, write_many
@@ -24,6 +27,7 @@ from corral_node_agent.local_record import LocalRecord, LocalRecordFile
 from corral_node_agent.membership import Membership
 from corral_node_agent.safety import Identity
 from tests.unit.agent_helpers import placement
+from tests.waiting import current, eventually
 
 SHARDS = 4
 
@@ -48,7 +52,9 @@ def key_of(node: str, replica: str) -> str:
 
 def test_the_shard_of_a_node_is_the_same_everywhere_and_spreads_nodes() -> None:
     # crc32, not Python's hash(): every process (and every run) picks the same shard.
-    assert names.placement_shard("node-1", 16) == names.placement_shard("node-1", 16)
+    assert zlib.crc32(b"node-1") == 0x13F21C5F
+    assert names.placement_shard("node-1", 16) == 0x13F21C5F % 16 == 15
+    assert names.placements_bucket_of("node-1", 16) == "corral_placements_15"
     assert names.placement_shard("hollow-7", 1) == 0
     counts = [0] * 16
     for index in range(1600):
@@ -56,15 +62,31 @@ def test_the_shard_of_a_node_is_the_same_everywhere_and_spreads_nodes() -> None:
     assert min(counts) >= 60  # about 100 each
 
 
-def test_shard_zero_is_the_one_bucket_of_before() -> None:
+def test_one_shard_is_the_one_bucket_of_before_and_shards_fence_it() -> None:
     assert names.placements_buckets(1) == (names.PLACEMENTS_BUCKET,)
+    assert cluster_buckets(1) == buckets_to_list(1) == names.ALL_BUCKETS
     assert names.placements_buckets(3) == (
-        "corral_placements",
+        "corral_placements_0",
         "corral_placements_1",
         "corral_placements_2",
     )
-    assert cluster_buckets(1) == names.ALL_BUCKETS
-    assert cluster_buckets(3)[-2:] == ("corral_placements_1", "corral_placements_2")
+    made = cluster_buckets(3)
+    assert names.PLACEMENTS_BUCKET not in made
+    assert made[-3:] == names.placements_buckets(3)
+    # Listed but never made: a corral from before shards finds it missing and refuses
+    # the store, instead of reading an empty corral_placements.
+    assert buckets_to_list(3) == (*made, names.PLACEMENTS_FENCE)
+    identity = Cluster(id="c0ffee", buckets=list(buckets_to_list(3)), placement_shards=3)
+    before_shards_finds_missing = [names.PLACEMENTS_BUCKET]
+    assert lost_buckets(identity, before_shards_finds_missing) == [names.PLACEMENTS_BUCKET]
+
+
+def test_a_shard_missing_is_lost_even_when_the_identity_does_not_list_it() -> None:
+    # An identity edited by hand, or restored in part: its shards are its shards.
+    identity = Cluster(id="c0ffee", buckets=list(names.ALL_BUCKETS), placement_shards=4)
+    assert lost_buckets(identity, ["corral_placements_3", "corral_other"]) == [
+        "corral_placements_3"
+    ]
 
 
 @pytest.mark.parametrize("bad", [0, -1, names.MAX_PLACEMENT_SHARDS + 1, "4", True, 2.0])
@@ -88,7 +110,7 @@ async def test_an_identity_made_now_keeps_its_shards_and_one_from_before_has_one
     bucket = MemoryBucket(names.CLUSTER_BUCKET)
     made = await ensure_cluster_identity(bucket, 8)
     assert made.placement_shards == 8
-    assert "corral_placements_7" in made.buckets
+    assert made.buckets == list(buckets_to_list(8))
     # Asked again with another number, the cluster keeps its own.
     assert (await ensure_cluster_identity(bucket, 2)).placement_shards == 8
     old = MemoryBucket(names.CLUSTER_BUCKET)
@@ -219,3 +241,37 @@ async def test_adopting_a_store_of_other_shards_does_not_make_it_recognised(
     assert reply.ok
     assert membership.identity == Identity.UNREADABLE
     assert "2 shard(s)" in membership.problem
+
+
+async def test_a_key_in_another_nodes_shard_is_no_placement() -> None:
+    # Written by hand, or by a writer that routes otherwise: no agent watches it there,
+    # so it is read as absent everywhere (and what it would have placed is placed again).
+    buckets = shard_buckets_in_memory()
+    nodes = nodes_in_every_shard()
+    changed: list[str] = []
+    mirror = ShardedMirror(buckets, Placement, on_change=changed.append)
+    right = key_of(nodes[1], "right")
+    wrong = key_of(nodes[1], "wrong")
+    await buckets[1].create(right, encode(placement("right", node=nodes[1])))
+    await buckets[2].create(wrong, encode(placement("wrong", node=nodes[1])))
+    await buckets[3].create(right, encode(placement("right", node=nodes[1])))  # a copy
+    await buckets[2].create(key_of(nodes[1], "bad"), b"{not json")
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            await tg.start(mirror.run)
+        assert list(mirror.items) == [right]
+        assert len(mirror.items) == 1
+        assert [p.replica for p in mirror.values()] == ["right"]
+        assert mirror.get(wrong) is None and wrong not in mirror.items
+        assert changed == [right]
+        assert mirror.unreadable == frozenset()
+        assert set(mirror.misplaced) == {wrong, key_of(nodes[1], "bad"), right}
+        assert mirror.misplaced[right] == 3  # the copy; shard 1's is the placement
+        await buckets[2].delete(wrong)
+        await buckets[3].delete(right)
+        await eventually(
+            lambda: current(set(mirror.misplaced)), lambda found: not {wrong, right} & found
+        )
+        assert list(mirror.items) == [right]
+        assert changed == [right]
+        tg.cancel_scope.cancel()

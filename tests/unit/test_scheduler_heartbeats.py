@@ -215,7 +215,7 @@ async def test_a_lagging_shard_of_the_placements_stops_telling_its_own_nodes_onl
             revision = loop.placements.shards[shard].revision(key)
             assert ack is not None and ack.placements_revision == revision
             assert revision is not None and revision > 0
-        cluster.buckets[names.placements_bucket(1)].stalled = True
+        cluster.buckets[names.placements_buckets(2)[1]].stalled = True
         await cluster.pass_seconds(TELL_LATE_SECONDS + 1, beating=(in_0, in_1))
         acks = cluster.acks
         assert acks[in_1] is not None and acks[in_1].placements_revision == -1

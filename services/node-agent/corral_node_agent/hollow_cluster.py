@@ -61,8 +61,9 @@ from corral.natsio.bus import (
     connect,
     ensure_streams,
     open_buckets,
+    open_cluster,
 )
-from corral.natsio.cluster import cluster_buckets, ensure_cluster_identity
+from corral.natsio.cluster import cluster_buckets
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
@@ -261,13 +262,8 @@ class HollowCluster:
                     await open_buckets(setup, store)
                     await ensure_streams(setup, store)
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-                    buckets = await open_buckets(js, store)
-                    cluster = await ensure_cluster_identity(
-                        buckets[names.CLUSTER_BUCKET], store.placement_shards
-                    )
+                    buckets, cluster = await open_cluster(js, store)
                     self.placement_shards = cluster.placement_shards
-                    if not set(cluster_buckets(self.placement_shards)) <= set(buckets):
-                        buckets = await open_buckets(js, store)  # made meanwhile, by another
                 else:
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                     buckets = {

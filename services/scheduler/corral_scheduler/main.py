@@ -47,12 +47,12 @@ class AnswerIn(enum.Enum):
 ANSWER_IN: Final = AnswerIn.THREAD
 DURABLE = "scheduler-deployment"  # the scheduler's durable consumer of Deployment specs
 # The buckets whose Raft leaders the scheduler keeps off its own NATS server: those it
-# writes or watches (netmgr's other buckets are netmgr's to look after).
+# writes or watches (netmgr's other buckets are netmgr's to look after), and every
+# shard of the placements (names.placements_buckets).
 LED_BUCKETS: Final = (
     names.DEPLOYMENTS_BUCKET,
     names.DEPLOYMENT_STATUS_BUCKET,
     names.NODES_BUCKET,
-    names.PLACEMENTS_BUCKET,
     names.REPLICA_STATUS_BUCKET,
     names.LEASES_BUCKET,
     names.CLUSTER_BUCKET,
@@ -95,7 +95,8 @@ async def run(
     # Records stored before keys carried the namespace move first, before any of
     # them is acted on (corral.natsio.key_migration).
     for bucket, form in SCHEDULER_BUCKETS.items():
-        await move_legacy_keys(ctx.buckets[bucket], form)
+        if bucket in ctx.buckets:  # corral_placements: not in a cluster of shards
+            await move_legacy_keys(ctx.buckets[bucket], form)
     threads = AnswerIn(args.answer_in) is AnswerIn.THREAD
     loop = ControlLoop(
         dict(ctx.buckets),
@@ -190,7 +191,7 @@ async def run(
                 *(bucket_stream(bucket) for bucket in LED_BUCKETS),
                 *(
                     bucket_stream(bucket)
-                    for bucket in names.placements_buckets(ctx.cluster.placement_shards)[1:]
+                    for bucket in names.placements_buckets(ctx.cluster.placement_shards)
                 ),
             ],
             [(names.SPEC_STREAM, DURABLE)],

@@ -415,7 +415,7 @@ class CorralClient:
         server sends that node's records alone)."""
         shards = await self.placement_shards()
         if node is not None:
-            shard = names.placements_bucket(names.placement_shard(node, shards))
+            shard = names.placements_bucket_of(node, shards)
             return await self._values(shard, Placement, names.placement_prefix(node))
         found: dict[str, Placement] = {}
         for name in names.placements_buckets(shards):

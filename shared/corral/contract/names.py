@@ -73,28 +73,32 @@ VOLUME_ATTACHMENTS_BUCKET: Final = "corral_volume_attachments"
 # (placement_shard): an agent's watch is filtered on its node's keys, and nats-server
 # reads past every other key of its bucket to find them, so that work per placement
 # grows with the nodes watching one bucket (docs/architecture.md, "How far one
-# placements bucket goes"). Shard 0 is corral_placements itself: a cluster of one shard
-# (the default, and every cluster made before shards) has the one bucket it always had.
-# The number is fixed when a cluster is made (Cluster.placement_shards).
+# placements bucket goes"). A cluster of one shard (the default, and every cluster made
+# before shards) has the one bucket it always had, corral_placements. A cluster of more
+# has corral_placements_0 ... _<n-1>, and no corral_placements: its identity lists that
+# name all the same (PLACEMENTS_FENCE), so that a corral from before shards, which
+# would read the one bucket and find it empty, refuses the store as one that lost a
+# bucket instead. The number is fixed when a cluster is made (Cluster.placement_shards).
 MAX_PLACEMENT_SHARDS: Final = 64
-
-
-def placements_bucket(shard: int) -> str:
-    """The bucket of placements shard `shard` (0: corral_placements)."""
-    if not 0 <= shard < MAX_PLACEMENT_SHARDS:
-        raise ValueError(f"placements shard must be 0 to {MAX_PLACEMENT_SHARDS - 1}, got {shard}")
-    return PLACEMENTS_BUCKET if shard == 0 else f"{PLACEMENTS_BUCKET}_{shard}"
+PLACEMENTS_FENCE: Final = PLACEMENTS_BUCKET
 
 
 def placements_buckets(shards: int) -> tuple[str, ...]:
     """Every placements bucket of a cluster of `shards` shards, shard 0 first."""
     check_placement_shards(shards)
-    return tuple(placements_bucket(shard) for shard in range(shards))
+    if shards == 1:
+        return (PLACEMENTS_BUCKET,)
+    return tuple(f"{PLACEMENTS_BUCKET}_{shard}" for shard in range(shards))
 
 
 def placement_shard(node: str, shards: int) -> int:
     """The shard holding `node`'s placements (a hash every process computes alike)."""
     return zlib.crc32(node.encode()) % shards
+
+
+def placements_bucket_of(node: str, shards: int) -> str:
+    """The bucket of `node`'s placements in a cluster of `shards` shards."""
+    return placements_buckets(shards)[placement_shard(node, shards)]
 
 
 def check_placement_shards(shards: object) -> int:

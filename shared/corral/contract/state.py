@@ -2,7 +2,7 @@
 
 Each kind has one owner (docs/architecture.md, the pieces and their owners):
     Node              its node agent        corral_nodes[node]
-    Placement         the scheduler         corral_placements[node.replica]
+    Placement         the scheduler         corral_placements[node.replica] (or the node's shard)
     ReplicaStatus     the node agent        corral_replica_status[node.replica]
     DeploymentStatus  the scheduler         corral_deployment_status[name]
 New fields always get defaults; a field's type never changes.

@@ -35,10 +35,12 @@ from corral.contract.events import (
     Event,
     Reply,
 )
+from corral.contract.state import Cluster
 from corral.natsio import api_metrics, nats_internals
 from corral.natsio.cluster import (
     StateStoreLost,
     cluster_buckets,
+    ensure_cluster_identity,
     list_buckets,
     lost_buckets,
     read_cluster_identity,
@@ -342,8 +344,7 @@ async def open_buckets(
         except js_errors.BucketNotFoundError:
             missing.append(bucket)
 
-    for bucket in names.ALL_BUCKETS:
-        await look_for(bucket)
+    await look_for(names.CLUSTER_BUCKET)
     identity = None
     if names.CLUSTER_BUCKET in found:
         cluster_bucket = NatsBucket(found[names.CLUSTER_BUCKET], names.CLUSTER_BUCKET)
@@ -353,8 +354,9 @@ async def open_buckets(
     # The placements' shards: the cluster's, or for a new one the setting.
     shards = settings.placement_shards if identity is None else identity.placement_shards
     every_bucket = cluster_buckets(shards)
-    for bucket in every_bucket[len(names.ALL_BUCKETS) :]:
-        await look_for(bucket)
+    for bucket in every_bucket:
+        if bucket != names.CLUSTER_BUCKET:
+            await look_for(bucket)
     if identity is not None:
         lost = lost_buckets(identity, missing)
         if lost:
@@ -386,6 +388,35 @@ async def open_buckets(
         # bucket, listed at the next start.
         await list_buckets(buckets[names.CLUSTER_BUCKET], every_bucket)
     return buckets
+
+
+async def open_cluster(
+    js: JetStreamContext, settings: StoreSettings | None = None
+) -> tuple[dict[str, NatsBucket], Cluster]:
+    """Every bucket of the cluster and its identity: made when the store has none
+    (buckets first, then the identity that lists them; open_buckets). When another
+    process made the cluster meanwhile with other placement shards, its buckets are
+    opened. A CORRAL_PLACEMENT_SHARDS other than the cluster's is logged: a cluster
+    keeps the number it was made with."""
+    settings = settings or StoreSettings.from_env()
+    buckets = await open_buckets(js, settings)
+    cluster = await ensure_cluster_identity(
+        buckets[names.CLUSTER_BUCKET], settings.placement_shards
+    )
+    if not set(cluster_buckets(cluster.placement_shards)) <= set(buckets):
+        buckets = await open_buckets(js, settings)
+    if (
+        "CORRAL_PLACEMENT_SHARDS" in os.environ
+        and settings.placement_shards != cluster.placement_shards
+    ):
+        log.warning(
+            "CORRAL_PLACEMENT_SHARDS is %d, but cluster %s keeps its placements in %d "
+            "shard(s), chosen when it was made: the cluster's number is used",
+            settings.placement_shards,
+            cluster.id,
+            cluster.placement_shards,
+        )
+    return buckets, cluster
 
 
 # JetStream's answer when a stream of that name exists with another configuration.

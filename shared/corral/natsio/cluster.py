@@ -66,8 +66,11 @@ def listed_buckets(identity: Cluster) -> tuple[str, ...]:
 
 
 def lost_buckets(identity: Cluster, missing: Sequence[str]) -> list[str]:
-    """Which of the `missing` buckets the cluster had (lost), in the order given."""
-    listed = set(listed_buckets(identity))
+    """Which of the `missing` buckets the cluster had (lost), in the order given: those
+    its identity lists, and every shard of its placements whether listed or not."""
+    listed = set(listed_buckets(identity)) | set(
+        names.placements_buckets(identity.placement_shards)
+    )
     return [bucket for bucket in missing if bucket in listed]
 
 
@@ -105,8 +108,20 @@ def _decode(bucket: Bucket, raw: bytes) -> Cluster:
 
 
 def cluster_buckets(placement_shards: int) -> tuple[str, ...]:
-    """Every bucket of a cluster whose placements are in `placement_shards` shards."""
-    return (*names.ALL_BUCKETS, *names.placements_buckets(placement_shards)[1:])
+    """Every bucket of a cluster whose placements are in `placement_shards` shards (what
+    its services open); its identity lists names.PLACEMENTS_FENCE too (listed_buckets)."""
+    shards = names.placements_buckets(placement_shards)
+    if placement_shards == 1:
+        return names.ALL_BUCKETS
+    others = (bucket for bucket in names.ALL_BUCKETS if bucket != names.PLACEMENTS_BUCKET)
+    return (*others, *shards)
+
+
+def buckets_to_list(placement_shards: int) -> tuple[str, ...]:
+    """What a new identity lists: the cluster's buckets, and for a cluster of shards the
+    fence (names.PLACEMENTS_FENCE) that a corral from before shards finds missing."""
+    made = cluster_buckets(placement_shards)
+    return made if placement_shards == 1 else (*made, names.PLACEMENTS_FENCE)
 
 
 def new_cluster_id() -> str:
@@ -135,7 +150,7 @@ async def ensure_cluster_identity(bucket: Bucket, placement_shards: int = 1) -> 
         made = Cluster(
             id=new_cluster_id(),
             created_at=time.time(),
-            buckets=list(cluster_buckets(placement_shards)),
+            buckets=list(buckets_to_list(placement_shards)),
             placement_shards=placement_shards,
         )
         try:

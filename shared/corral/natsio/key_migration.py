@@ -44,7 +44,8 @@ PLACEMENT_KEYS = KeyForm(
 )
 
 # What the scheduler owns, and the form of each bucket's keys. Placements from before
-# namespaces are in corral_placements only: their clusters have one shard.
+# namespaces are in corral_placements only: their clusters have one shard (a cluster of
+# shards has no corral_placements bucket).
 SCHEDULER_BUCKETS = {
     names.DEPLOYMENTS_BUCKET: OBJECT_KEYS,
     names.DEPLOYMENT_STATUS_BUCKET: OBJECT_KEYS,

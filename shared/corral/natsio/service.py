@@ -19,7 +19,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from corral.contract import names
 from corral.contract.state import Cluster
 from corral.natsio.bus import (
     JS_API_TIMEOUT_SECONDS,
@@ -29,12 +28,11 @@ from corral.natsio.bus import (
     connect,
     ensure_streams,
     open_buckets,
+    open_cluster,
 )
 from corral.natsio.cluster import (
     StateStoreLost,
     UnreadableIdentity,
-    cluster_buckets,
-    ensure_cluster_identity,
 )
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
@@ -112,13 +110,7 @@ async def run_service(
         await open_buckets(setup_js, settings)
         await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-        buckets = await open_buckets(js, settings)
-        cluster = await ensure_cluster_identity(
-            buckets[names.CLUSTER_BUCKET], settings.placement_shards
-        )
-        if not set(cluster_buckets(cluster.placement_shards)) <= set(buckets):
-            # Another service made the cluster meanwhile, with other shards: open its.
-            buckets = await open_buckets(js, settings)
+        buckets, cluster = await open_cluster(js, settings)
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,

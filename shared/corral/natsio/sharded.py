@@ -18,13 +18,16 @@ shard (`ShardedMirror`, one `Mirror` each, each with its own echo), never one st
     await write_many(placements.bucket, writes)   # each write to its key's shard
     for mirror in placements.shards: ...          # one watch per shard: current, echoes
 
-A cluster of one shard has one bucket, corral_placements, as before shards.
+A cluster of one shard has one bucket, corral_placements, as before shards; a cluster
+of more has corral_placements_0 ... _<n-1> (names.placements_buckets).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -33,6 +36,7 @@ from anyio.abc import TaskStatus
 from corral.contract import names
 from corral.natsio.kv import Bucket, Entry, Mirror
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 B = TypeVar("B", bound=Bucket)
 
@@ -45,7 +49,7 @@ def shard_buckets(buckets: Mapping[str, B], shards: int) -> list[B]:
 
 def node_placements_bucket(buckets: Mapping[str, B], shards: int, node: str) -> B:
     """The bucket holding `node`'s placements (what its agent watches)."""
-    return buckets[names.placements_bucket(names.placement_shard(node, shards))]
+    return buckets[names.placements_bucket_of(node, shards)]
 
 
 class ShardedBucket:
@@ -95,7 +99,8 @@ class ShardedBucket:
 
 
 class _ShardedItems(Mapping[str, tuple[T, int]]):
-    """Every shard's items as one read-only mapping (the shards' keys never overlap)."""
+    """Every shard's items as one read-only mapping: each key as its node's shard has it
+    (a key found in another shard is in none: ShardedMirror.misplaced)."""
 
     def __init__(self, owner: ShardedMirror[T]) -> None:
         self._owner = owner
@@ -107,11 +112,20 @@ class _ShardedItems(Mapping[str, tuple[T, int]]):
         return isinstance(key, str) and key in self._owner.shard(key).items
 
     def __iter__(self) -> Iterator[str]:
-        for shard in self._owner.shards:
-            yield from shard.items
+        misplaced = self._owner.misplaced
+        for index, shard in enumerate(self._owner.shards):
+            if misplaced:
+                yield from (key for key in shard.items if misplaced.get(key) != index)
+            else:
+                yield from shard.items
 
     def __len__(self) -> int:
-        return sum(len(shard.items) for shard in self._owner.shards)
+        total = sum(len(shard.items) for shard in self._owner.shards)
+        return total - sum(
+            1
+            for key in self._owner.misplaced
+            if key in self._owner.shards[self._owner.misplaced[key]].items
+        )
 
 
 class ShardedMirror(Generic[T]):
@@ -139,16 +153,33 @@ class ShardedMirror(Generic[T]):
             Mirror(
                 bucket,
                 kind,
-                on_change=self._changed,
+                on_change=partial(self._changed, index),
                 on_broken=on_broken,
                 clock=clock,
                 group_of=names.placement_node,
             )
-            for bucket in buckets
+            for index, bucket in enumerate(buckets)
         ]
         self.items: Mapping[str, tuple[T, int]] = _ShardedItems(self)
+        # Keys found in a shard that is not their node's (written by hand, or by a
+        # writer that routes otherwise) -> that shard. No agent watches them there, so
+        # they are no placement: read as absent everywhere (never run, placed again).
+        self.misplaced: dict[str, int] = {}
 
-    def _changed(self, key: str) -> None:
+    def _changed(self, shard: int, key: str) -> None:
+        if names.placement_shard(names.placement_node(key), len(self.shards)) != shard:
+            here = self.shards[shard]
+            if key in here.items or key in here.unreadable:
+                if key not in self.misplaced:
+                    log.warning(
+                        "%s/%s is not in its node's shard of the placements: ignored",
+                        here.bucket.name,
+                        key,
+                    )
+                self.misplaced[key] = shard
+            else:
+                self.misplaced.pop(key, None)
+            return
         if self.on_change is not None:
             self.on_change(key)
 
@@ -173,10 +204,22 @@ class ShardedMirror(Generic[T]):
 
     @property
     def unreadable(self) -> frozenset[str]:
-        return frozenset().union(*(shard.unreadable for shard in self.shards))
+        misplaced = self.misplaced
+        return frozenset(
+            key
+            for index, shard in enumerate(self.shards)
+            for key in shard.unreadable
+            if misplaced.get(key) != index
+        )
 
     def values(self) -> list[T]:
-        return [value for shard in self.shards for value in shard.values()]
+        misplaced = self.misplaced
+        return [
+            value
+            for index, shard in enumerate(self.shards)
+            for key, (value, _) in shard.items.items()
+            if misplaced.get(key) != index
+        ]
 
     def get(self, key: str) -> T | None:
         return self.shard(key).get(key)
