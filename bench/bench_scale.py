@@ -59,6 +59,7 @@ from bench_deploy import free_port_block  # the same free-port search as the dep
 from local_nats import LocalNats, exit_on_sigterm, sigterm_held
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 from prometheus_client.parser import text_string_to_metric_families
@@ -576,6 +577,8 @@ class Probe:
                 reply = await apply(self.nc, spec)
             except NatsTimeoutError:
                 reply = Reply(ok=False, error=f"internal error: no answer within {APPLY_TIMEOUT} s")
+            except NoRespondersError:  # the scheduler's requests thread reconnecting
+                reply = Reply(ok=False, error="internal error: no responders (none subscribed)")
             self.latencies.append(time.perf_counter() - started)
             if not reply.ok:
                 if "internal error" not in (reply.error or ""):

@@ -8,6 +8,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
+import anyio
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -188,3 +189,38 @@ def test_the_placements_shards_are_written_as_one_stream_with_their_number(
     assert bench_scale.per_replica_writes(before, after, 400) == (
         "KV_corral_placements (3 shards) 1.00, KV_corral_placements_extra 0.12"
     )
+
+
+async def test_a_probe_with_no_responders_is_a_failed_probe_and_the_run_goes_on(
+    bench_scale: ModuleType,
+) -> None:
+    # The scheduler's requests thread reconnecting under load answers no one for a moment:
+    # counted as a failed probe, as a timeout is, not the end of the run.
+    from nats.errors import NoRespondersError
+
+    from corral.contract.codec import encode
+    from corral.contract.events import Reply
+    from corral.natsio.kv import MemoryBucket
+
+    class Answers:
+        def __init__(self) -> None:
+            self.requests = 0
+
+        async def request(self, subject: str, payload: bytes, **_: float) -> object:
+            self.requests += 1
+            if self.requests == 1:
+                raise NoRespondersError
+            if self.requests == 3:
+                raise anyio.get_cancelled_exc_class()  # ends the run after two probes
+
+            class Msg:
+                data = encode(Reply(ok=True, kind="Deployment", name="probe"))
+
+            return Msg()
+
+    answers = Answers()
+    probe = bench_scale.Probe(answers, MemoryBucket("probe"))
+    with pytest.raises(anyio.get_cancelled_exc_class()):
+        await probe.run(0)
+    assert probe.round == 3
+    assert probe.failed == ["internal error: no responders (none subscribed)"]

@@ -34,10 +34,10 @@ later.
 Liveness is judged only on a fresh view. The loop writes an echo key (corral.natsio.kv
 echo_key) every second into every bucket a judgement depends on: corral_nodes
 (who is alive), corral_placements or each of its shards (what runs where) and
-corral_leases (the nodes
-an operator released). Each must come back through that bucket's own watch: while
-any is late or its watch is broken, the view is stale and no node is judged lost,
-since a stalled nodes watch would otherwise make every node look silent.
+corral_leases (the nodes an operator released). Each must come back through that
+bucket's own watch: while any is late or its watch is broken, the view is stale and
+no node is judged lost, since a stalled nodes watch would otherwise make every node
+look silent.
 
 Nodes prove themselves alive by heartbeats on core NATS (corral_scheduler.heartbeats,
 docs/time-budget.md): a node is heard when a heartbeat of it arrives or its record

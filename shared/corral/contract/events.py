@@ -99,10 +99,10 @@ class HeartbeatAck(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     `placements_revision` is the newest revision of the node's placements (its keys in
     corral_placements, or in its node's shard of them; deletions included) this judge
-    has seen or written: the agent's
-    placements watch must deliver it soon, or the watch has stalled
-    (docs/safety.md, "Placements must be current"). -1: this judge does not say (an
-    older scheduler), and the agent proves its watch current with an echo instead.
+    has seen or written: the agent's placements watch must deliver it soon, or the
+    watch has stalled (docs/safety.md, "Placements must be current"). -1: this judge
+    does not say (an older scheduler), and the agent proves its watch current with an
+    echo instead.
     """
 
     judge: str
