@@ -6,6 +6,7 @@ stops; the client reads them all."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.integration.scheduler_harness import (
     request,
     running_scheduler,
 )
+from tests.integration.test_cli_reads import corral
 from tests.integration.test_cluster_hollow import running_on
 from tests.integration.test_hollow_cluster import hollow_cluster
 from tests.waiting import eventually
@@ -149,3 +151,29 @@ async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
             interval=0.2,
         )
         assert len(set(moved.values())) == 19
+
+
+async def test_cluster_info_tells_the_cluster_and_how_its_placements_are_kept(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    none_yet = await corral(nats_url, "cluster-info")
+    assert none_yet.exit_code == 1
+    assert "no cluster at" in none_yet.output and "no corral service has started" in none_yet.output
+    monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "16")
+    nc = await connect(nats_url, name="test-cluster-info")
+    try:
+        _, identity = await open_cluster(nc.jetstream())
+    finally:
+        await nc.close()
+    shown = await corral(nats_url, "cluster-info")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == f"Cluster:    {identity.id}"
+    assert lines[2] == f"NATS:       {nats_url}"
+    assert lines[3] == (
+        "Placements: 16 shards by node (corral_placements_0 ... corral_placements_15)"
+    )
+    document = json.loads((await corral(nats_url, "cluster-info", "-o", "json")).output)
+    assert document["kind"] == "Cluster" and document["id"] == identity.id
+    assert document["placementShards"] == 16
+    assert document["placementBuckets"][-1] == "corral_placements_15"

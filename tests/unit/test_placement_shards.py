@@ -275,3 +275,18 @@ async def test_a_key_in_another_nodes_shard_is_no_placement() -> None:
         assert list(mirror.items) == [right]
         assert changed == [right]
         tg.cancel_scope.cancel()
+
+
+def test_cluster_info_says_how_the_placements_are_kept() -> None:
+    from corral.client.cli.cluster_commands import identity_table, placements_line
+
+    assert placements_line(1) == "1 bucket (corral_placements)"
+    assert placements_line(2) == "2 shards by node (corral_placements_0 ... corral_placements_1)"
+    table = identity_table(Cluster(id="c0ffee", created_at=0.0, buckets=["a", "b"]), "nats://x")
+    assert table.splitlines() == [
+        "Cluster:    c0ffee",
+        "Made:       1970-01-01 00:00:00 UTC",
+        "NATS:       nats://x",
+        "Placements: 1 bucket (corral_placements)",
+        "Buckets:    2",
+    ]

@@ -35,7 +35,7 @@ from corral.contract.events import Event, Reply
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
 from corral.contract.specs import DeleteRequest, Deployment, ScaleRequest
-from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.state import Cluster, DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import (
     NATS_MAX_OUTSTANDING_PINGS,
     NATS_PING_SECONDS,
@@ -422,19 +422,22 @@ class CorralClient:
             found.update(await self._values(name, Placement))
         return found
 
+    async def cluster_identity(self) -> Cluster | None:
+        """The cluster's identity (corral_cluster): its id, when it was made, its buckets
+        and its placements' shards; None before a service has made the cluster."""
+        bucket = await self._bucket(names.CLUSTER_BUCKET)
+        try:
+            return None if bucket is None else await read_cluster_identity(bucket)
+        except UnreadableIdentity as error:
+            raise CorralError(str(error)) from None
+        except (nats.errors.Error, js_errors.Error) as error:
+            raise CorralError(f"cannot read the cluster identity at {self.url}: {error}") from None
+
     async def placement_shards(self) -> int:
         """How many shards the cluster's placements are in (its identity; 1 before it
         has one)."""
         if self._placement_shards is None:
-            bucket = await self._bucket(names.CLUSTER_BUCKET)
-            try:
-                identity = None if bucket is None else await read_cluster_identity(bucket)
-            except UnreadableIdentity as error:
-                raise CorralError(str(error)) from None
-            except (nats.errors.Error, js_errors.Error) as error:
-                raise CorralError(
-                    f"cannot read the cluster identity at {self.url}: {error}"
-                ) from None
+            identity = await self.cluster_identity()
             if identity is None:
                 return 1  # not cached: the cluster is not made yet
             self._placement_shards = identity.placement_shards

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from corral.client.cli.cluster_commands import cluster_info
 from corral.client.cli.container_commands import create_container
 from corral.client.cli.local_commands import down, up
 from corral.client.cli.logs_commands import logs
@@ -71,6 +72,7 @@ cli.add_command(up)
 cli.add_command(down)
 cli.add_command(diff)
 cli.add_command(logs)  # containers' logs from their nodes (docs/api.md, "Logs")
+cli.add_command(cluster_info)
 
 # Keep this after every add_command: -n/--namespace on each namespaced command, -A on
 # the reads of several (corral.client.cli.options; README, "Namespaces").
