@@ -10,14 +10,16 @@ import json
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral.client.api import CorralClient
 from corral.contract import names
-from corral.contract.state import Cluster
+from corral.contract.codec import encode
+from corral.contract.state import Cluster, Placement
 from corral.natsio import bus
 from corral.natsio.bus import StoreSettings, connect, open_buckets, open_cluster
-from corral.natsio.cluster import StateStoreLost, lost_buckets
+from corral.natsio.cluster import StateStoreLost, StoreInconsistent, lost_buckets
 from corral.natsio.sharded import shard_buckets
 from tests.integration.scheduler_harness import (
     deployment_json,
@@ -90,6 +92,32 @@ async def test_a_service_that_loses_the_race_to_make_the_cluster_opens_the_winne
         buckets, cluster = await open_cluster(js)
         assert cluster.placement_shards == SHARDS
         assert set(names.placements_buckets(SHARDS)) <= set(buckets)
+        # The corral_placements it made for one shard is gone: the fence holds (a corral
+        # from before shards finds it missing).
+        assert names.PLACEMENTS_BUCKET not in buckets
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await stream_names(js)
+    finally:
+        await nc.close()
+
+
+async def test_a_corral_placements_with_records_in_a_cluster_of_shards_is_refused(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = await connect(nats_url, name="test-fence")
+    try:
+        js = nc.jetstream()
+        monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
+        await open_cluster(js)
+        # Made empty (a service that lost the race, then crashed): removed at the next start.
+        await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
+        await open_cluster(js)
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await stream_names(js)
+        # Written to (a corral from before shards got past the fence): refused, kept.
+        kv = await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
+        await kv.put("n1.default.web-1", b"{}")
+        with pytest.raises(StoreInconsistent, match="corral_placements with records"):
+            await open_cluster(js)
+        assert f"KV_{names.PLACEMENTS_BUCKET}" in await stream_names(js)
     finally:
         await nc.close()
 
@@ -137,10 +165,17 @@ async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
 
         await eventually(untold, lambda names_left: not names_left, within=10, interval=0.2)
 
+        # A record in a shard that is not its node's is no placement, for the client too.
+        home = names.placement_shard("hollow-5", SHARDS)
+        one_of_its = placed_on_node(await placements(shards[home]), "hollow-5")[0]
+        stray = msgspec.structs.replace(one_of_its, replica="stray")
+        elsewhere = shards[(home + 1) % SHARDS]
+        await elsewhere.put(names.placement_key("hollow-5", "default", "stray"), encode(stray))
         async with await CorralClient.connect(nats_url) as client:
             assert len(await client.placements()) == 100
             one = await client.placements("hollow-5")
             assert one and {p.node for p in one.values()} == {"hollow-5"}
+            assert all(p.replica != "stray" for p in one.values())
 
         victim = "hollow-3"
         await cluster.stop_node(victim)
@@ -177,3 +212,7 @@ async def test_cluster_info_tells_the_cluster_and_how_its_placements_are_kept(
     assert document["kind"] == "Cluster" and document["id"] == identity.id
     assert document["placementShards"] == 16
     assert document["placementBuckets"][-1] == "corral_placements_15"
+
+
+def placed_on_node(found: dict[str, Placement], node: str) -> list[Placement]:
+    return [placement for placement in found.values() if placement.node == node]

@@ -79,8 +79,8 @@ class World:
         return None if entry is None or entry.value is None else decode(entry.value, Node)
 
 
-@pytest.fixture
-def world() -> World:
+def a_world() -> World:
+    """Empty buckets, an engine that has IMAGE, the default cluster's identity."""
     return World(
         runtime=HollowRuntime(images={IMAGE}),
         placements=MemoryBucket("placements"),
@@ -89,6 +89,11 @@ def world() -> World:
         events=RecordedEvents(),
         health={},
     )
+
+
+@pytest.fixture
+def world() -> World:
+    return a_world()
 
 
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:

@@ -179,9 +179,9 @@ def test_stream_writes_per_replica_are_the_growth_of_each_stream_most_first(
 def test_the_placements_shards_are_written_as_one_stream_with_their_number(
     bench_scale: ModuleType,
 ) -> None:
-    before = {"KV_corral_placements": 10, "KV_corral_placements_1": 0}
+    before = {"KV_corral_placements_0": 10, "KV_corral_placements_1": 0}
     after = {
-        "KV_corral_placements": 210,
+        "KV_corral_placements_0": 210,
         "KV_corral_placements_1": 100,
         "KV_corral_placements_2": 100,  # made meanwhile: counted from zero
         "KV_corral_placements_extra": 50,  # another bucket: not a shard

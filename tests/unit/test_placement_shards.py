@@ -126,6 +126,16 @@ async def test_an_identity_with_an_impossible_number_of_shards_is_unreadable() -
         await read_cluster_identity(bucket)
 
 
+async def test_an_identity_listing_shards_but_saying_one_is_unreadable() -> None:
+    # A corral from before shards that rewrote the identity drops the number it does
+    # not know: read as one shard, every placement in the shards would be missed.
+    bucket = MemoryBucket(names.CLUSTER_BUCKET)
+    rewritten = Cluster(id="c0ffee", buckets=list(buckets_to_list(4)), placement_shards=1)
+    bucket._write(names.CLUSTER_KEY, encode(rewritten))
+    with pytest.raises(UnreadableIdentity, match="lists placement shards' buckets"):
+        await read_cluster_identity(bucket)
+
+
 async def test_reads_and_writes_go_to_the_shard_of_the_keys_node() -> None:
     buckets = shard_buckets_in_memory()
     sharded = ShardedBucket(buckets)
@@ -255,6 +265,7 @@ async def test_a_key_in_another_nodes_shard_is_no_placement() -> None:
     await buckets[1].create(right, encode(placement("right", node=nodes[1])))
     await buckets[2].create(wrong, encode(placement("wrong", node=nodes[1])))
     await buckets[3].create(right, encode(placement("right", node=nodes[1])))  # a copy
+    await buckets[0].create(right, encode(placement("right", node=nodes[1])))  # another
     await buckets[2].create(key_of(nodes[1], "bad"), b"{not json")
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(5):
@@ -265,14 +276,14 @@ async def test_a_key_in_another_nodes_shard_is_no_placement() -> None:
         assert mirror.get(wrong) is None and wrong not in mirror.items
         assert changed == [right]
         assert mirror.unreadable == frozenset()
-        assert set(mirror.misplaced) == {wrong, key_of(nodes[1], "bad"), right}
-        assert mirror.misplaced[right] == 3  # the copy; shard 1's is the placement
+        bad = key_of(nodes[1], "bad")
+        assert mirror.misplaced == {(2, wrong), (2, bad), (3, right), (0, right)}
         await buckets[2].delete(wrong)
         await buckets[3].delete(right)
         await eventually(
-            lambda: current(set(mirror.misplaced)), lambda found: not {wrong, right} & found
+            lambda: current(set(mirror.misplaced)), lambda m: m == {(2, bad), (0, right)}
         )
-        assert list(mirror.items) == [right]
+        assert list(mirror.items) == [right] and len(mirror.items) == 1
         assert changed == [right]
         tg.cancel_scope.cancel()
 
@@ -290,3 +301,33 @@ def test_cluster_info_says_how_the_placements_are_kept() -> None:
         "Placements: 1 bucket (corral_placements)",
         "Buckets:    2",
     ]
+
+
+async def test_an_agent_whose_cluster_changes_shards_stops_and_leaves_its_containers() -> None:
+    # The store is made anew with 4 shards while the agent runs on 1: this node's
+    # placements are now in another bucket. The agent removes nothing and exits (a
+    # supervisor starts it again, on the cluster's shards).
+    from corral_node_agent.membership import PlacementShardsChanged
+    from tests.unit.agent_helpers import CLUSTER_ID
+    from tests.unit.test_agent_loop import IMAGE, a_world
+
+    world = a_world()
+    await world.place(placement("web-1", IMAGE))
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with anyio.create_task_group() as tg:
+            await tg.start(world.agent().run)
+            await eventually(lambda: current(len(world.runtime.running())), lambda n: n == 1)
+            made_anew = Cluster(id=CLUSTER_ID, placement_shards=4)
+            world.cluster._write(names.CLUSTER_KEY, encode(made_anew))
+            with anyio.fail_after(5):
+                await anyio.sleep_forever()
+    (stopped,) = leaves(raised.value)
+    assert isinstance(stopped, PlacementShardsChanged)
+    assert "keeps its placements in 4 shard(s)" in str(stopped)
+    assert len(world.runtime.running()) == 1  # left running
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]

@@ -63,7 +63,7 @@ from corral_node_agent.executor import WAITING_FOR_NETWORK, EventSink, Executor
 from corral_node_agent.heartbeat_link import HeartbeatLink, enough
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
-from corral_node_agent.membership import Membership
+from corral_node_agent.membership import Membership, PlacementShardsChanged
 from corral_node_agent.mounts import empty_dir_replica, is_volume_in_use, is_volume_wait
 from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
@@ -453,6 +453,9 @@ class NodeAgent:
                 await self.membership.check()
             except Exception as error:  # timeouts: the cut-off clock speaks for them
                 log.debug("identity check of %s failed: %s", self.node, error)
+            if self.membership.shards_changed:
+                # Its placements are in another bucket now: started again, it reads it.
+                raise PlacementShardsChanged(self.membership.shards_changed)
             self._wake_guard()  # the identity may have changed: decide now
 
     # The guard: feeds the safety state machine and acts on its transitions.

@@ -30,6 +30,7 @@ from corral.contract.specs import NodeDecision
 from corral.contract.state import Cluster
 from corral.natsio.cluster import UnreadableIdentity, read_cluster_identity
 from corral.natsio.kv import Bucket
+from corral.natsio.service import RefusedToStart
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
 from corral_node_agent.safety import Identity
 
@@ -48,6 +49,13 @@ def store_missing(error: Exception) -> bool:
     return isinstance(error, NotFoundError | NoRespondersError)
 
 
+class PlacementShardsChanged(RefusedToStart):
+    """The cluster in the store keeps its placements in another number of shards than
+    the agent was started for (a store made anew, or adopted): the process says so in
+    one line and exits 1, its containers left running; a supervisor starts it again on
+    the cluster's shards."""
+
+
 class Membership:
     def __init__(
         self, node: str, cluster_bucket: Bucket, local: LocalRecordFile, placement_shards: int = 1
@@ -57,6 +65,9 @@ class Membership:
         bucket, and is not acted on (Unreadable) until the agent is started again."""
         self.node = node
         self.placement_shards = placement_shards
+        # Why the store keeps this node's placements in another bucket than the one the
+        # agent watches ('' when it does not): the agent then stops (PlacementShardsChanged).
+        self.shards_changed = ""
         self.cluster_bucket = cluster_bucket
         self.local = local
         self.identity = Identity.UNKNOWN
@@ -145,6 +156,7 @@ class Membership:
             return "the state store has no cluster identity"
         other_shards = self._other_shards(stored)
         if other_shards and (local is None or local.cluster_id == stored.id):
+            self.shards_changed = other_shards
             self._set(Identity.UNREADABLE, other_shards)
             return ""
         if local is None:
@@ -172,8 +184,8 @@ class Membership:
             return ""
         return (
             f"cluster {stored.id} keeps its placements in {stored.placement_shards} "
-            f"shard(s), and this agent was started for {self.placement_shards}: its "
-            "containers are left alone until the agent is started again"
+            f"shard(s), and this agent was started for {self.placement_shards}: it "
+            "leaves its containers alone and stops; started again, it reads the cluster's"
         )
 
     def _accept(self, record: LocalRecord) -> None:
@@ -280,6 +292,7 @@ class Membership:
         self.local.save(record)
         self._accept(record)
         other_shards = self._other_shards(stored)
+        self.shards_changed = other_shards
         self._set(Identity.UNREADABLE if other_shards else Identity.RECOGNISED, other_shards)
         return Reply(ok=True, kind="Node", name=self.node, message=message)
 

@@ -419,7 +419,10 @@ class CorralClient:
             return await self._values(shard, Placement, names.placement_prefix(node))
         found: dict[str, Placement] = {}
         for name in names.placements_buckets(shards):
-            found.update(await self._values(name, Placement))
+            for key, placed in (await self._values(name, Placement)).items():
+                # One in another node's shard is no placement (no agent watches it there).
+                if names.placements_bucket_of(names.placement_node(key), shards) == name:
+                    found[key] = placed
         return found
 
     async def cluster_identity(self) -> Cluster | None:

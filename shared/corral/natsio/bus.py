@@ -39,6 +39,7 @@ from corral.contract.state import Cluster
 from corral.natsio import api_metrics, nats_internals
 from corral.natsio.cluster import (
     StateStoreLost,
+    StoreInconsistent,
     cluster_buckets,
     ensure_cluster_identity,
     list_buckets,
@@ -321,7 +322,7 @@ _MANAGED_STREAM_FIELDS = (
 
 
 async def open_buckets(
-    js: JetStreamContext, settings: StoreSettings | None = None
+    js: JetStreamContext, settings: StoreSettings | None = None, *, made: list[str] | None = None
 ) -> dict[str, NatsBucket]:
     """Open every corral bucket by name, creating missing ones, and bring existing ones
     up to `settings` (replicas, size limit), never lowering them.
@@ -333,6 +334,7 @@ async def open_buckets(
     the identity does not list yet (one a newer corral added) is made, then listed.
     A store without an identity (new, or wholly wiped) gets every bucket; the
     identity is made after them (corral.natsio.cluster.ensure_cluster_identity).
+    `made`: the names of the buckets this call made are appended to it.
     """
     settings = settings or StoreSettings.from_env()
     found: dict[str, KeyValue] = {}
@@ -374,6 +376,8 @@ async def open_buckets(
                     replicas=settings.replicas,
                     max_bytes=settings.bucket_max_bytes,
                 )
+                if made is not None:
+                    made.append(bucket)
             except js_errors.BadRequestError as error:
                 if error.err_code != _STREAM_NAME_IN_USE:
                     raise
@@ -399,12 +403,22 @@ async def open_cluster(
     opened. A CORRAL_PLACEMENT_SHARDS other than the cluster's is logged: a cluster
     keeps the number it was made with."""
     settings = settings or StoreSettings.from_env()
-    buckets = await open_buckets(js, settings)
+    made: list[str] = []
+    buckets = await open_buckets(js, settings, made=made)
     cluster = await ensure_cluster_identity(
         buckets[names.CLUSTER_BUCKET], settings.placement_shards
     )
     if not set(cluster_buckets(cluster.placement_shards)) <= set(buckets):
-        buckets = await open_buckets(js, settings)
+        buckets = await open_buckets(js, settings, made=made)
+    # Made for another number of shards than the cluster's (this process lost the race
+    # to make the cluster): not the cluster's buckets, removed while empty.
+    theirs = set(cluster_buckets(cluster.placement_shards))
+    for bucket in made:
+        if bucket not in theirs:
+            await _remove_if_empty(js, bucket, cluster)
+            buckets.pop(bucket, None)
+    if cluster.placement_shards > 1:
+        await _keep_fence(js, cluster)
     if (
         "CORRAL_PLACEMENT_SHARDS" in os.environ
         and settings.placement_shards != cluster.placement_shards
@@ -417,6 +431,38 @@ async def open_cluster(
             cluster.placement_shards,
         )
     return buckets, cluster
+
+
+async def _remove_if_empty(js: JetStreamContext, bucket: str, cluster: Cluster) -> bool:
+    """Delete `bucket`, not one of `cluster`'s, when it holds nothing; True if it held
+    something (left as it is)."""
+    try:
+        info = await js.stream_info(bucket_stream(bucket))
+    except js_errors.NotFoundError:
+        return False
+    if info.state.messages:
+        return True
+    try:
+        await js.delete_stream(bucket_stream(bucket))
+    except js_errors.NotFoundError:
+        return False
+    log.info("removed bucket %s: cluster %s does not have it", bucket, cluster.id)
+    return False
+
+
+async def _keep_fence(js: JetStreamContext, cluster: Cluster) -> None:
+    """A cluster of shards has no corral_placements (names.PLACEMENTS_FENCE): a corral
+    from before shards finds it missing and refuses the store. One made empty by a
+    service that lost the race to make the cluster is removed, at every start; one with
+    anything in it was written by something that reads placements there: refused."""
+    if await _remove_if_empty(js, names.PLACEMENTS_FENCE, cluster):
+        raise StoreInconsistent(
+            f"cluster {cluster.id} keeps its placements in {cluster.placement_shards} "
+            f"shards, but the store has a bucket {names.PLACEMENTS_FENCE} with records in "
+            "it (written by a corral from before shards?): corral will not start on it; "
+            "stop every older corral, and remove that bucket once its records are known "
+            "to be of no use"
+        )
 
 
 # JetStream's answer when a stream of that name exists with another configuration.

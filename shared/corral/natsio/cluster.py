@@ -13,6 +13,7 @@ A bucket a newer corral adds is made, then listed (compare-and-set).
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ BUCKETS_BEFORE_THE_LIST: Final = (
 )
 
 CAS_ATTEMPTS = 10
+# A placements shard's bucket (names.placements_buckets with more than one shard).
+_SHARD_BUCKET: Final = re.compile(rf"{names.PLACEMENTS_BUCKET}_[0-9]+")
 
 
 class StateStoreLost(Exception):
@@ -58,6 +61,11 @@ class StateStoreLost(Exception):
             "recreate it empty, which would remove every replica; restore it from a "
             "backup, or start a new cluster with an empty store"
         )
+
+
+class StoreInconsistent(Exception):
+    """The store holds what the cluster's identity says it cannot (corral_placements in
+    a cluster of shards, with records in it): corral refuses to start on it."""
 
 
 def listed_buckets(identity: Cluster) -> tuple[str, ...]:
@@ -100,6 +108,12 @@ def _decode(bucket: Bucket, raw: bytes) -> Cluster:
     try:
         identity = decode(raw, Cluster)
         names.check_placement_shards(identity.placement_shards)
+        if identity.placement_shards == 1 and any(
+            _SHARD_BUCKET.fullmatch(listed) for listed in identity.buckets
+        ):
+            # Rewritten by a corral from before shards, which drops the number it does
+            # not know: read as one shard, the cluster's placements would be missed.
+            raise ValueError("it lists placement shards' buckets but says one shard")
     except (msgspec.DecodeError, ValueError) as error:
         raise UnreadableIdentity(
             f"{bucket.name}/{names.CLUSTER_KEY} cannot be read: {error}"

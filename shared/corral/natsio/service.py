@@ -32,6 +32,7 @@ from corral.natsio.bus import (
 )
 from corral.natsio.cluster import (
     StateStoreLost,
+    StoreInconsistent,
     UnreadableIdentity,
 )
 from corral.natsio.config import resolve_nats_url
@@ -211,7 +212,7 @@ def service_main(
 
     try:
         anyio.run(main)
-    except* (StateStoreLost, UnreadableIdentity, RefusedToStart) as refused:
+    except* (StateStoreLost, StoreInconsistent, UnreadableIdentity, RefusedToStart) as refused:
         # Not a crash: the store (or the host) cannot be trusted; say why in one line.
         for error in _leaves(refused):
             log.critical("%s refuses to start: %s", service, error)

@@ -115,17 +115,14 @@ class _ShardedItems(Mapping[str, tuple[T, int]]):
         misplaced = self._owner.misplaced
         for index, shard in enumerate(self._owner.shards):
             if misplaced:
-                yield from (key for key in shard.items if misplaced.get(key) != index)
+                yield from (key for key in shard.items if (index, key) not in misplaced)
             else:
                 yield from shard.items
 
     def __len__(self) -> int:
-        total = sum(len(shard.items) for shard in self._owner.shards)
-        return total - sum(
-            1
-            for key in self._owner.misplaced
-            if key in self._owner.shards[self._owner.misplaced[key]].items
-        )
+        shards = self._owner.shards
+        total = sum(len(shard.items) for shard in shards)
+        return total - sum(1 for index, key in self._owner.misplaced if key in shards[index].items)
 
 
 class ShardedMirror(Generic[T]):
@@ -161,24 +158,24 @@ class ShardedMirror(Generic[T]):
             for index, bucket in enumerate(buckets)
         ]
         self.items: Mapping[str, tuple[T, int]] = _ShardedItems(self)
-        # Keys found in a shard that is not their node's (written by hand, or by a
-        # writer that routes otherwise) -> that shard. No agent watches them there, so
+        # (shard, key) of keys found in a shard that is not their node's (written by
+        # hand, or by a writer that routes otherwise). No agent watches them there, so
         # they are no placement: read as absent everywhere (never run, placed again).
-        self.misplaced: dict[str, int] = {}
+        self.misplaced: set[tuple[int, str]] = set()
 
     def _changed(self, shard: int, key: str) -> None:
         if names.placement_shard(names.placement_node(key), len(self.shards)) != shard:
             here = self.shards[shard]
             if key in here.items or key in here.unreadable:
-                if key not in self.misplaced:
+                if (shard, key) not in self.misplaced:
                     log.warning(
                         "%s/%s is not in its node's shard of the placements: ignored",
                         here.bucket.name,
                         key,
                     )
-                self.misplaced[key] = shard
+                self.misplaced.add((shard, key))
             else:
-                self.misplaced.pop(key, None)
+                self.misplaced.discard((shard, key))
             return
         if self.on_change is not None:
             self.on_change(key)
@@ -209,7 +206,7 @@ class ShardedMirror(Generic[T]):
             key
             for index, shard in enumerate(self.shards)
             for key in shard.unreadable
-            if misplaced.get(key) != index
+            if (index, key) not in misplaced
         )
 
     def values(self) -> list[T]:
@@ -218,7 +215,7 @@ class ShardedMirror(Generic[T]):
             value
             for index, shard in enumerate(self.shards)
             for key, (value, _) in shard.items.items()
-            if misplaced.get(key) != index
+            if (index, key) not in misplaced
         ]
 
     def get(self, key: str) -> T | None:
