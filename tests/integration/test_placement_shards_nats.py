@@ -19,7 +19,12 @@ from corral.contract.codec import encode
 from corral.contract.state import Cluster, Placement
 from corral.natsio import bus
 from corral.natsio.bus import StoreSettings, connect, open_buckets, open_cluster
-from corral.natsio.cluster import StateStoreLost, StoreInconsistent, lost_buckets
+from corral.natsio.cluster import (
+    StateStoreLost,
+    StoreInconsistent,
+    cluster_buckets,
+    lost_buckets,
+)
 from corral.natsio.sharded import shard_buckets
 from tests.integration.scheduler_harness import (
     deployment_json,
@@ -112,12 +117,59 @@ async def test_a_corral_placements_with_records_in_a_cluster_of_shards_is_refuse
         await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
         await open_cluster(js)
         assert f"KV_{names.PLACEMENTS_BUCKET}" not in await stream_names(js)
-        # Written to (a corral from before shards got past the fence): refused, kept.
+        # Watched (a corral from before shards got past the fence): refused, kept.
         kv = await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
+        watcher = await kv.watchall()
+        with pytest.raises(StoreInconsistent, match="corral_placements that was written"):
+            await open_cluster(js)
+        await watcher.stop()
+        # Written to, even if purged since: refused, kept.
         await kv.put("n1.default.web-1", b"{}")
-        with pytest.raises(StoreInconsistent, match="corral_placements with records"):
+        await js.purge_stream(f"KV_{names.PLACEMENTS_BUCKET}")
+        with pytest.raises(StoreInconsistent, match="corral_placements that was written"):
             await open_cluster(js)
         assert f"KV_{names.PLACEMENTS_BUCKET}" in await stream_names(js)
+    finally:
+        await nc.close()
+
+
+async def test_buckets_made_for_other_shards_than_the_clusters_are_removed(
+    nats_url: str,
+) -> None:
+    # A service starting on an empty store with 4 shards makes every bucket for 4; before
+    # it makes the identity, another makes the cluster with one. The first one's shards
+    # go (never used), as run_service opens them: buckets, then the cluster.
+    nc = await connect(nats_url, name="test-strays")
+    try:
+        js = nc.jetstream()
+        made: list[str] = []
+        four = StoreSettings(placement_shards=4)
+        await open_buckets(js, four, made=made)
+        assert set(names.placements_buckets(4)) <= set(made)
+        await open_cluster(js, StoreSettings(placement_shards=1))  # the other service
+        buckets, cluster = await open_cluster(js, four, made=made)
+        assert cluster.placement_shards == 1
+        assert set(buckets) == set(cluster_buckets(1))
+        streams = await stream_names(js)
+        assert not {f"KV_{name}" for name in names.placements_buckets(4)} & streams
+        assert f"KV_{names.PLACEMENTS_BUCKET}" in streams
+    finally:
+        await nc.close()
+
+
+async def test_a_store_without_identity_but_with_one_buckets_placements_is_not_sharded(
+    nats_url: str,
+) -> None:
+    # A cluster of one shard that lost its identity: made again with 4 shards, its
+    # placements would be in no shard. Refused before anything is made.
+    nc = await connect(nats_url, name="test-no-identity")
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
+        await kv.put("n1.default.web-1", b"{}")
+        with pytest.raises(StoreInconsistent, match="no cluster identity but has placements"):
+            await open_cluster(js, StoreSettings(placement_shards=4))
+        assert await stream_names(js) == {f"KV_{names.PLACEMENTS_BUCKET}"}
     finally:
         await nc.close()
 

@@ -363,6 +363,7 @@ class NodeAgent:
                 tg.start_soon(self._follow_engine_events)
                 check_identity = partial(self.membership.check, from_leader=True)
                 await self._retrying("checking the cluster identity", check_identity)
+                self._stop_if_shards_changed()
                 try:
                     await self._retrying("reading the node record", self.record.claim)
                 except NodeNameTaken as error:
@@ -453,10 +454,15 @@ class NodeAgent:
                 await self.membership.check()
             except Exception as error:  # timeouts: the cut-off clock speaks for them
                 log.debug("identity check of %s failed: %s", self.node, error)
-            if self.membership.shards_changed:
-                # Its placements are in another bucket now: started again, it reads it.
-                raise PlacementShardsChanged(self.membership.shards_changed)
+            self._stop_if_shards_changed()
             self._wake_guard()  # the identity may have changed: decide now
+
+    def _stop_if_shards_changed(self) -> None:
+        """The store keeps this node's placements in another bucket than the one this
+        agent watches (its cluster's number of shards is not the one the agent was
+        started for): stop, leaving the containers running; started again, it reads it."""
+        if self.membership.shards_changed:
+            raise PlacementShardsChanged(self.membership.shards_changed)
 
     # The guard: feeds the safety state machine and acts on its transitions.
 

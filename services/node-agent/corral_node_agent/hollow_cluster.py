@@ -80,6 +80,7 @@ from corral_node_agent.hollow_runtime import (
 )
 from corral_node_agent.logs import LogService
 from corral_node_agent.main import serve_node_decisions
+from corral_node_agent.membership import PlacementShardsChanged
 from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.pass_gate import PassGate
 from corral_node_agent.runtime import ContainerState
@@ -259,10 +260,11 @@ class HollowCluster:
                 if index == 0:
                     setup = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
                     store = StoreSettings.from_env()
-                    await open_buckets(setup, store)
+                    made: list[str] = []
+                    await open_buckets(setup, store, made=made)
                     await ensure_streams(setup, store)
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-                    buckets, cluster = await open_cluster(js, store)
+                    buckets, cluster = await open_cluster(js, store, made=made)
                     self.placement_shards = cluster.placement_shards
                 else:
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
@@ -368,6 +370,11 @@ class HollowCluster:
         except* NodeNameTaken as taken:
             node.state, node.error = NodeState.FAILED, str(taken.exceptions[0])
             log.error("hollow node %s refused to start: %s", node.name, node.error)
+        except* PlacementShardsChanged:
+            # Every node of the process reads the old shards: the process ends (exit 1),
+            # to be started again on the cluster's.
+            node.state = NodeState.FAILED
+            raise
         except* Exception as failed:
             node.state, node.error = NodeState.FAILED, repr(failed.exceptions[0])
             log.error("hollow node %s failed: %s", node.name, node.error)
@@ -630,6 +637,15 @@ def main() -> None:
         anyio.run(serve, settings, args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseExceptionGroup as group:
+        changed, rest = group.split(PlacementShardsChanged)
+        if changed is None or rest is not None:
+            raise
+        leaf: BaseException = changed
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        log.critical("%s stops: %s", SERVICE, leaf)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ def store_missing(error: Exception) -> bool:
 
 class PlacementShardsChanged(RefusedToStart):
     """The cluster in the store keeps its placements in another number of shards than
-    the agent was started for (a store made anew, or adopted): the process says so in
-    one line and exits 1, its containers left running; a supervisor starts it again on
-    the cluster's shards."""
+    the agent was started for (a store made anew with another number, accepted by
+    `corral node adopt` or `reset`, or first met without a local record): the process
+    says so in one line and exits 1, its containers left running; a supervisor starts
+    it again on the cluster's shards."""
 
 
 class Membership:

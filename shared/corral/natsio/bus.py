@@ -355,6 +355,8 @@ async def open_buckets(
         identity = await read_cluster_identity(cluster_bucket, from_leader=True)
     # The placements' shards: the cluster's, or for a new one the setting.
     shards = settings.placement_shards if identity is None else identity.placement_shards
+    if identity is None and shards > 1:
+        await _refuse_placements_without_identity(js, shards)
     every_bucket = cluster_buckets(shards)
     for bucket in every_bucket:
         if bucket != names.CLUSTER_BUCKET:
@@ -384,8 +386,14 @@ async def open_buckets(
                 # Another service made it meanwhile (services start together on a new
                 # store), and raised its limits already: the same bucket, opened.
                 kv = await js.key_value(bucket)
-        if await _raise_bucket(js, bucket, settings):
-            kv = await js.key_value(bucket)  # nats-py reads allow_direct when opening
+        try:
+            if await _raise_bucket(js, bucket, settings):
+                kv = await js.key_value(bucket)  # nats-py reads allow_direct when opening
+        except js_errors.NotFoundError:
+            # Removed meanwhile: made by this process for a number of placement shards
+            # that the cluster another process made meanwhile does not have (open_cluster).
+            log.info("bucket %s was removed meanwhile: not the cluster's", bucket)
+            continue
         buckets[bucket] = NatsBucket(kv, bucket)
     if identity is not None:
         # Made first, listed after: a crash between the two leaves an unlisted
@@ -395,28 +403,31 @@ async def open_buckets(
 
 
 async def open_cluster(
-    js: JetStreamContext, settings: StoreSettings | None = None
+    js: JetStreamContext,
+    settings: StoreSettings | None = None,
+    *,
+    made: list[str] | None = None,
 ) -> tuple[dict[str, NatsBucket], Cluster]:
-    """Every bucket of the cluster and its identity: made when the store has none
-    (buckets first, then the identity that lists them; open_buckets). When another
-    process made the cluster meanwhile with other placement shards, its buckets are
-    opened. A CORRAL_PLACEMENT_SHARDS other than the cluster's is logged: a cluster
-    keeps the number it was made with."""
+    """The cluster's buckets and its identity: made when the store has none (buckets
+    first, then the identity that lists them; open_buckets). When another process made
+    the cluster meanwhile with other placement shards, its buckets are opened, and those
+    this process made for its own number (`made`: also by an open_buckets before this
+    call) are removed while unused. A CORRAL_PLACEMENT_SHARDS other than the cluster's
+    is logged: a cluster keeps the number it was made with."""
     settings = settings or StoreSettings.from_env()
-    made: list[str] = []
+    made = [] if made is None else made
     buckets = await open_buckets(js, settings, made=made)
     cluster = await ensure_cluster_identity(
         buckets[names.CLUSTER_BUCKET], settings.placement_shards
     )
-    if not set(cluster_buckets(cluster.placement_shards)) <= set(buckets):
+    theirs = cluster_buckets(cluster.placement_shards)
+    if not set(theirs) <= set(buckets):
         buckets = await open_buckets(js, settings, made=made)
     # Made for another number of shards than the cluster's (this process lost the race
-    # to make the cluster): not the cluster's buckets, removed while empty.
-    theirs = set(cluster_buckets(cluster.placement_shards))
+    # to make the cluster): not the cluster's buckets, removed while unused.
     for bucket in made:
-        if bucket not in theirs:
-            await _remove_if_empty(js, bucket, cluster)
-            buckets.pop(bucket, None)
+        if bucket not in theirs and await _remove_if_unused(js, bucket, cluster):
+            log.warning("bucket %s is not cluster %s's, and is in use: left", bucket, cluster.id)
     if cluster.placement_shards > 1:
         await _keep_fence(js, cluster)
     if (
@@ -430,17 +441,18 @@ async def open_cluster(
             cluster.id,
             cluster.placement_shards,
         )
-    return buckets, cluster
+    return {bucket: buckets[bucket] for bucket in theirs}, cluster
 
 
-async def _remove_if_empty(js: JetStreamContext, bucket: str, cluster: Cluster) -> bool:
-    """Delete `bucket`, not one of `cluster`'s, when it holds nothing; True if it held
-    something (left as it is)."""
+async def _remove_if_unused(js: JetStreamContext, bucket: str, cluster: Cluster) -> bool:
+    """Delete `bucket`, not one of `cluster`'s, when it was never written and nothing
+    watches it; True when it is in use (left as it is). A bucket emptied by purges
+    still has its sequence: in use."""
     try:
         info = await js.stream_info(bucket_stream(bucket))
     except js_errors.NotFoundError:
         return False
-    if info.state.messages:
+    if info.state.last_seq or info.state.consumer_count:
         return True
     try:
         await js.delete_stream(bucket_stream(bucket))
@@ -450,18 +462,36 @@ async def _remove_if_empty(js: JetStreamContext, bucket: str, cluster: Cluster) 
     return False
 
 
+async def _refuse_placements_without_identity(js: JetStreamContext, shards: int) -> None:
+    """A store with no identity but placements in corral_placements was a cluster of one
+    shard that lost its identity: made again with `shards`, its placements would be in
+    no shard (and the fence refuses the store from then on). Refused before anything is
+    made."""
+    try:
+        info = await js.stream_info(bucket_stream(names.PLACEMENTS_BUCKET))
+    except js_errors.NotFoundError:
+        return
+    if info.state.last_seq:
+        raise StoreInconsistent(
+            f"the store has no cluster identity but has placements in "
+            f"{names.PLACEMENTS_BUCKET} (a cluster of one shard): corral will not make a "
+            f"cluster of {shards} shards on it; start without CORRAL_PLACEMENT_SHARDS to "
+            "make it a cluster of one shard again, or start on an empty store"
+        )
+
+
 async def _keep_fence(js: JetStreamContext, cluster: Cluster) -> None:
     """A cluster of shards has no corral_placements (names.PLACEMENTS_FENCE): a corral
-    from before shards finds it missing and refuses the store. One made empty by a
-    service that lost the race to make the cluster is removed, at every start; one with
-    anything in it was written by something that reads placements there: refused."""
-    if await _remove_if_empty(js, names.PLACEMENTS_FENCE, cluster):
+    from before shards finds it missing and refuses the store. One made and never used
+    by a service that lost the race to make the cluster is removed, at every start; one
+    written to or watched is in use by something that reads placements there: refused."""
+    if await _remove_if_unused(js, names.PLACEMENTS_FENCE, cluster):
         raise StoreInconsistent(
             f"cluster {cluster.id} keeps its placements in {cluster.placement_shards} "
-            f"shards, but the store has a bucket {names.PLACEMENTS_FENCE} with records in "
-            "it (written by a corral from before shards?): corral will not start on it; "
-            "stop every older corral, and remove that bucket once its records are known "
-            "to be of no use"
+            f"shards, but the store has a bucket {names.PLACEMENTS_FENCE} that was written "
+            "to or is watched (by a corral from before shards?): corral will not start on "
+            "it; stop every older corral, and remove that bucket once its records are "
+            "known to be of no use"
         )
 
 

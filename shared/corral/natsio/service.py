@@ -108,10 +108,11 @@ async def run_service(
         settings = StoreSettings.from_env()
         # Buckets first: a store that lost a bucket of its cluster is refused before
         # anything is made (corral.natsio.bus.open_buckets).
-        await open_buckets(setup_js, settings)
+        made: list[str] = []
+        await open_buckets(setup_js, settings, made=made)
         await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-        buckets, cluster = await open_cluster(js, settings)
+        buckets, cluster = await open_cluster(js, settings, made=made)
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,

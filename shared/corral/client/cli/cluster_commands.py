@@ -20,6 +20,7 @@ from corral.client.cli.output import API_VERSION, dump
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract import names
 from corral.contract.state import Cluster
+from corral.natsio.cluster import cluster_buckets
 
 
 def placements_line(shards: int) -> str:
@@ -36,7 +37,7 @@ def identity_table(identity: Cluster, url: str) -> str:
         ("Made", made),
         ("NATS", url),
         ("Placements", placements_line(identity.placement_shards)),
-        ("Buckets", str(len(identity.buckets))),
+        ("Buckets", str(len(cluster_buckets(identity.placement_shards)))),
     ]
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label + ':':<{width}}{value}" for label, value in rows)
