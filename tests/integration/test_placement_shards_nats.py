@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -25,7 +26,9 @@ from corral.natsio.cluster import (
     cluster_buckets,
     lost_buckets,
 )
+from corral.natsio.kv import NatsBucket
 from corral.natsio.sharded import shard_buckets
+from corral_node_agent.membership import PlacementShardsChanged
 from tests.integration.scheduler_harness import (
     deployment_json,
     placements,
@@ -268,3 +271,23 @@ async def test_cluster_info_tells_the_cluster_and_how_its_placements_are_kept(
 
 def placed_on_node(found: dict[str, Placement], node: str) -> list[Placement]:
     return [placement for placement in found.values() if placement.node == node]
+
+
+async def test_a_hollow_cluster_ends_when_its_cluster_changes_shards(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    # Its nodes read the old shards: the process ends (exit 1 from its main), to be
+    # started again on the cluster's, and its nodes' containers are left running.
+    cluster_bucket = buckets[names.CLUSTER_BUCKET]
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with hollow_cluster(nats_url, 2, name_prefix="sh-") as cluster:
+            assert cluster.placement_shards == 1
+            entry = await cluster_bucket.leader_get(names.CLUSTER_KEY)
+            assert entry is not None and entry.value is not None
+            identity = msgspec.json.decode(entry.value, type=Cluster)
+            resharded = msgspec.structs.replace(identity, placement_shards=4)
+            await cluster_bucket.update(names.CLUSTER_KEY, encode(resharded), entry.revision)
+            with anyio.fail_after(15):
+                await anyio.sleep_forever()
+    changed, _ = raised.value.split(PlacementShardsChanged)
+    assert changed is not None
