@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 
 from corral.contract import names
 from corral.contract.codec import decode, encode
@@ -400,3 +401,27 @@ async def test_durable_claim_and_class_specs_are_applied_and_deleted(
         deleted = await request(ctx.nc, "storageclass", "delete", encode({"name": "local"}))
         assert deleted.ok, deleted
         await absent(classes, "local")
+
+
+async def test_a_placement_in_its_nodes_shard_provisions_its_claim_there(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cluster made with its placements in 3 shards: volmgr watches each of them.
+    monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "3")
+    node = next(f"n{i}" for i in range(1, 20) if names.placement_shard(f"n{i}", 3) == 2)
+    async with running_volmgr(nats_url) as ctx:
+        buckets = ctx.buckets
+        await buckets[names.NODE_VOLUMES_BUCKET].put(node, encode(node_volumes(node, 1024 * MI)))
+        assert (await request(ctx.nc, "persistentvolumeclaim", "apply", pvc("data"))).ok
+        await until(
+            buckets[names.CLAIM_STATUS_BUCKET], "default.data", ClaimStatus, phase("Pending")
+        )
+        await buckets[names.placements_bucket_of(node, 3)].put(
+            f"{node}.default.app-1", encode(placement("app-1", node, "data"))
+        )
+        claim = await record(buckets[names.CLAIMS_BUCKET], "default.data", PersistentVolumeClaim)
+        name = provisioned_name(claim.metadata.uid)
+        status = await until(
+            buckets[names.VOLUME_STATUS_BUCKET], name, VolumeStatus, phase("Pending")
+        )
+        assert status.node == node and status.claim == "default.data"
