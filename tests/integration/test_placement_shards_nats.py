@@ -19,7 +19,7 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.state import Cluster, Placement
 from corral.natsio import bus
-from corral.natsio.bus import StoreSettings, connect, open_buckets, open_cluster
+from corral.natsio.bus import StoreSettings, open_buckets, open_cluster
 from corral.natsio.cluster import (
     StateStoreLost,
     StoreInconsistent,
@@ -38,6 +38,7 @@ from tests.integration.scheduler_harness import (
 from tests.integration.test_cli_reads import corral
 from tests.integration.test_cluster_hollow import running_on
 from tests.integration.test_hollow_cluster import hollow_cluster
+from tests.integration.test_state_store_loss import jetstream, streams
 from tests.waiting import eventually
 
 SHARDS = 4
@@ -46,21 +47,19 @@ SHARDS = 4
 async def test_a_cluster_keeps_the_shards_it_was_made_with_and_a_lost_one_is_refused(
     nats_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    nc = await connect(nats_url, name="test-shards")
-    try:
-        js = nc.jetstream()
+    async with jetstream(nats_url) as js:
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
         buckets, identity = await open_cluster(js)
         assert identity.placement_shards == SHARDS
         assert set(names.placements_buckets(SHARDS)) <= set(identity.buckets)
         assert set(names.placements_buckets(SHARDS)) <= set(buckets)
-        streams = await stream_names(js)
-        assert {f"KV_{name}" for name in names.placements_buckets(SHARDS)} <= streams
+        present = await streams(js)
+        assert {f"KV_{name}" for name in names.placements_buckets(SHARDS)} <= present
         # corral_placements is listed, never made: a corral from before shards looks for
         # it, finds it missing and listed, and refuses the store (StateStoreLost) rather
         # than read no placements from it.
         assert names.PLACEMENTS_FENCE in identity.buckets
-        assert f"KV_{names.PLACEMENTS_BUCKET}" not in streams
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in present
         assert lost_buckets(identity, [names.PLACEMENTS_BUCKET]) == [names.PLACEMENTS_BUCKET]
         # A service started with another setting opens the cluster's shards, and says so.
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "1")
@@ -72,11 +71,9 @@ async def test_a_cluster_keeps_the_shards_it_was_made_with_and_a_lost_one_is_ref
         with pytest.raises(StateStoreLost, match="corral_placements_2"):
             await open_buckets(js)
         # Refused before anything was made again (an empty shard would remove replicas).
-        streams = await stream_names(js)
-        assert "KV_corral_placements_2" not in streams
-        assert "KV_corral_placements_3" in streams
-    finally:
-        await nc.close()
+        present = await streams(js)
+        assert "KV_corral_placements_2" not in present
+        assert "KV_corral_placements_3" in present
 
 
 async def test_a_service_that_loses_the_race_to_make_the_cluster_opens_the_winners_shards(
@@ -84,9 +81,7 @@ async def test_a_service_that_loses_the_race_to_make_the_cluster_opens_the_winne
 ) -> None:
     # This service opens the buckets of a new store for one shard; before it makes the
     # identity, another makes the cluster with 4. It works with the cluster's 4.
-    nc = await connect(nats_url, name="test-race")
-    try:
-        js = nc.jetstream()
+    async with jetstream(nats_url) as js:
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "1")
         made_first = bus.ensure_cluster_identity
 
@@ -103,23 +98,19 @@ async def test_a_service_that_loses_the_race_to_make_the_cluster_opens_the_winne
         # The corral_placements it made for one shard is gone: the fence holds (a corral
         # from before shards finds it missing).
         assert names.PLACEMENTS_BUCKET not in buckets
-        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await stream_names(js)
-    finally:
-        await nc.close()
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await streams(js)
 
 
 async def test_a_corral_placements_with_records_in_a_cluster_of_shards_is_refused(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nc = await connect(nats_url, name="test-fence")
-    try:
-        js = nc.jetstream()
+    async with jetstream(nats_url) as js:
         monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", str(SHARDS))
         await open_cluster(js)
         # Made empty (a service that lost the race, then crashed): removed at the next start.
         await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
         await open_cluster(js)
-        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await stream_names(js)
+        assert f"KV_{names.PLACEMENTS_BUCKET}" not in await streams(js)
         # Watched (a corral from before shards got past the fence): refused, kept.
         kv = await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
         watcher = await kv.watchall()
@@ -131,9 +122,7 @@ async def test_a_corral_placements_with_records_in_a_cluster_of_shards_is_refuse
         await js.purge_stream(f"KV_{names.PLACEMENTS_BUCKET}")
         with pytest.raises(StoreInconsistent, match="corral_placements that was written"):
             await open_cluster(js)
-        assert f"KV_{names.PLACEMENTS_BUCKET}" in await stream_names(js)
-    finally:
-        await nc.close()
+        assert f"KV_{names.PLACEMENTS_BUCKET}" in await streams(js)
 
 
 async def test_buckets_made_for_other_shards_than_the_clusters_are_removed(
@@ -142,9 +131,7 @@ async def test_buckets_made_for_other_shards_than_the_clusters_are_removed(
     # A service starting on an empty store with 4 shards makes every bucket for 4; before
     # it makes the identity, another makes the cluster with one. The first one's shards
     # go (never used), as run_service opens them: buckets, then the cluster.
-    nc = await connect(nats_url, name="test-strays")
-    try:
-        js = nc.jetstream()
+    async with jetstream(nats_url) as js:
         made: list[str] = []
         four = StoreSettings(placement_shards=4)
         await open_buckets(js, four, made=made)
@@ -153,11 +140,9 @@ async def test_buckets_made_for_other_shards_than_the_clusters_are_removed(
         buckets, cluster = await open_cluster(js, four, made=made)
         assert cluster.placement_shards == 1
         assert set(buckets) == set(cluster_buckets(1))
-        streams = await stream_names(js)
-        assert not {f"KV_{name}" for name in names.placements_buckets(4)} & streams
-        assert f"KV_{names.PLACEMENTS_BUCKET}" in streams
-    finally:
-        await nc.close()
+        present = await streams(js)
+        assert not {f"KV_{name}" for name in names.placements_buckets(4)} & present
+        assert f"KV_{names.PLACEMENTS_BUCKET}" in present
 
 
 async def test_a_store_without_identity_but_with_one_buckets_placements_is_not_sharded(
@@ -165,20 +150,12 @@ async def test_a_store_without_identity_but_with_one_buckets_placements_is_not_s
 ) -> None:
     # A cluster of one shard that lost its identity: made again with 4 shards, its
     # placements would be in no shard. Refused before anything is made.
-    nc = await connect(nats_url, name="test-no-identity")
-    try:
-        js = nc.jetstream()
+    async with jetstream(nats_url) as js:
         kv = await js.create_key_value(bucket=names.PLACEMENTS_BUCKET)
         await kv.put("n1.default.web-1", b"{}")
         with pytest.raises(StoreInconsistent, match="no cluster identity but has placements"):
             await open_cluster(js, StoreSettings(placement_shards=4))
-        assert await stream_names(js) == {f"KV_{names.PLACEMENTS_BUCKET}"}
-    finally:
-        await nc.close()
-
-
-async def stream_names(js: Any) -> set[str]:
-    return {info.config.name for info in await js.streams_info()}
+        assert await streams(js) == {f"KV_{names.PLACEMENTS_BUCKET}"}
 
 
 async def test_replicas_on_hollow_nodes_of_every_shard_run_are_told_and_move(
@@ -250,11 +227,8 @@ async def test_cluster_info_tells_the_cluster_and_how_its_placements_are_kept(
     assert none_yet.exit_code == 1
     assert "no cluster at" in none_yet.output and "no corral service has started" in none_yet.output
     monkeypatch.setenv("CORRAL_PLACEMENT_SHARDS", "16")
-    nc = await connect(nats_url, name="test-cluster-info")
-    try:
-        _, identity = await open_cluster(nc.jetstream())
-    finally:
-        await nc.close()
+    async with jetstream(nats_url) as js:
+        _, identity = await open_cluster(js)
     shown = await corral(nats_url, "cluster-info")
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()

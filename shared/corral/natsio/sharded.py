@@ -164,7 +164,8 @@ class ShardedMirror(Generic[T]):
         self.misplaced: set[tuple[int, str]] = set()
 
     def _changed(self, shard: int, key: str) -> None:
-        if names.placement_shard(names.placement_node(key), len(self.shards)) != shard:
+        shards = len(self.shards)  # one shard: every key is in its node's
+        if shards > 1 and names.placement_shard(names.placement_node(key), shards) != shard:
             here = self.shards[shard]
             if key in here.items or key in here.unreadable:
                 if (shard, key) not in self.misplaced:
