@@ -91,6 +91,19 @@ IMAGE = "corral-test/busybox:1"
 # A simulator loop this late delays its nodes' heartbeats by half of one (1 s apart): its
 # nodes start to look cut off, and the run measures the simulator (bench/README.md).
 SIMULATOR_LATE_SECONDS = 0.5
+
+
+class NotConverged(RuntimeError):
+    """The run did not converge: its table still says why (main saves it, exits 1)."""
+
+
+def _is_not_converged(error: BaseException) -> bool:
+    """`error` is NotConverged, alone or as the only error of (nested) task groups."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return isinstance(error, NotConverged)
+
+
 # One simulator process per this many nodes by default: at 1,000 nodes in one process its
 # loop ran over 0.5 s late in 7-14 of 35-53 samples while placing and as few as 11 nodes
 # stayed ready; in two, 4-12 of 122-143 and at least 769 (bench/README.md).
@@ -290,7 +303,7 @@ class Cluster:
 
     def metrics(self, service: str) -> str:
         port = self.metrics_ports[service]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
             text: str = response.read().decode()
         return text
 
@@ -660,6 +673,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add("nodes registered", f"{nodes + 1} in {time.monotonic() - started:.1f} s")
         await anyio.sleep(args.settle)  # every node heard from: schedulable
         cluster.mark_cpu("placing")
+        marked_placing = time.monotonic()
         writes_before = await anyio.to_thread.run_sync(cluster.stream_writes)
         varz_placing = await anyio.to_thread.run_sync(cluster.varz)
 
@@ -741,7 +755,30 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             writes_after = await anyio.to_thread.run_sync(cluster.stream_writes)
             varz_placed = await anyio.to_thread.run_sync(cluster.varz)
             if placed_in is None or running_in is None:
-                raise RuntimeError(f"not converged in {args.timeout} s: placed/ready {last}")
+                # What tells why, in the table too (the timeline is saved beside it).
+                results.add(
+                    f"NOT CONVERGED (placed, then ready, each within {args.timeout:g} s)",
+                    f"Deployments' statuses: {last[0]:,} placed, {last[1]:,} ready of {want:,}",
+                )
+                results.add(
+                    f"simulator's event loop late over {SIMULATOR_LATE_SECONDS:g} s while placing",
+                    late_while_placing,
+                )
+                results.add(
+                    "agents isolated (entries to Isolated), first apply to the end",
+                    f"{isolated_running - isolated_before:,.0f}",
+                )
+                results.add(
+                    "nodes ready, fewest (the scheduler's count)",
+                    results.timeline.fewest_nodes_ready(float("inf"), nodes + 1),
+                )
+                spent = time.monotonic() - marked_placing
+                cpu = ", ".join(
+                    f"{name} {proc.cpu_between('placing', 'steady') / spent:.0%}"
+                    for name, proc in cluster.procs.items()
+                )
+                results.add("CPU, share of a core, from just before the first apply", cpu)
+                raise NotConverged(f"not converged in {args.timeout} s: placed/ready {last}")
             rate = want / placed_in
             results.add(
                 "placements committed per second",
@@ -1164,10 +1201,15 @@ def main() -> None:
         parser.error("--out names the table (.md); its timeline goes beside it as .csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     timeline = out.with_suffix(".csv")
+    failed = False
     with tempfile.TemporaryDirectory(prefix="corral-scale-") as work:
         cluster = Cluster(args, Path(work))
         try:
             anyio.run(measure, cluster, args, results)
+        except BaseException as error:
+            if not _is_not_converged(error):
+                raise
+            failed = True  # the table says why: saved and printed below
         finally:
             try:
                 results.timeline.write_csv(timeline)  # a failed run's too: it tells why
@@ -1185,6 +1227,8 @@ def main() -> None:
     print()
     print(table)
     print(f"saved {out} and {timeline.name} (bench/plot_scale.py draws it)")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

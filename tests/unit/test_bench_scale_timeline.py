@@ -224,3 +224,19 @@ async def test_a_probe_with_no_responders_is_a_failed_probe_and_the_run_goes_on(
         await probe.run(0)
     assert probe.round == 3
     assert probe.failed == ["internal error: no responders (none subscribed)"]
+
+
+def test_a_run_that_did_not_converge_is_told_apart_from_any_other_failure(
+    bench_scale: ModuleType,
+) -> None:
+    # A run that did not converge still saves and prints its table (why it did not);
+    # any other failure is raised as it is.
+    not_converged = bench_scale.NotConverged("not converged in 120 s")
+    assert bench_scale._is_not_converged(not_converged)
+    assert bench_scale._is_not_converged(BaseExceptionGroup("run", [not_converged]))
+    nested = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [not_converged])])
+    assert bench_scale._is_not_converged(nested)
+    assert not bench_scale._is_not_converged(RuntimeError("the hollow nodes did not register"))
+    assert not bench_scale._is_not_converged(
+        BaseExceptionGroup("run", [not_converged, RuntimeError("a probe crashed")])
+    )

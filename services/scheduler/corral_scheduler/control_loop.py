@@ -34,9 +34,9 @@ change, or a node heard after a silence, judges it at once. What changes every n
 judgement at once (the view going fresh or stale, a release) makes the next pass judge
 every node, as does every FULL_JUDGEMENT_SECONDS (a safety net). A pass enqueues the
 Deployments of the nodes whose state changed; the housekeeping runs at most once per
-tick (TICK_SECONDS). With 5,001 nodes the pass of every node each tick was 16 % of the
-scheduler's main thread while placing (bench/README.md, "Judging liveness
-incrementally").
+tick (TICK_SECONDS). With 5,001 nodes the pass of every node each tick was on the
+stack in 16 % of the scheduler's samples as the nodes dropped out (bench/README.md,
+"Judging liveness incrementally").
 Liveness is judged only on a fresh view. The loop writes an echo key (corral.natsio.kv
 echo_key) every second into every bucket a judgement depends on: corral_nodes
 (who is alive), corral_placements or each of its shards (what runs where) and
@@ -749,10 +749,16 @@ class ControlLoop:
     def _heard_on_thread(self, node: str, now: float) -> None:
         """`_heard` on the heartbeat thread: the clock set (a dict item: atomic), and a
         node heard after a silence (new, or back) judged on this loop at once; the others
-        are judged at the next pass, where only time passing changes them."""
+        are judged when their moment comes, where only time passing changes them.
+
+        The silence is measured up to the clock read after the write, not up to `now`
+        (read before it): a pass that ran in between read the old clock, and judged the
+        node lost when it ran past `before` + R, which that later read is past too. So
+        such a node is always judged again at once, never left lost until the next pass
+        of every node while it beats."""
         before = self.node_last_seen.get(node)
         self.node_last_seen[node] = now
-        if before is None or now - before > HEARD_AGAIN_SECONDS:
+        if before is None or self.monotonic() - before > HEARD_AGAIN_SECONDS:
             loop = self._event_loop
             if loop is not None:
                 loop.call_soon_threadsafe(self._judge_heard, node)
@@ -810,6 +816,9 @@ class ControlLoop:
         if at < self._judge_due_at.get(name, INF):
             self._judge_due_at[name] = at
             heapq.heappush(self._judge_due, (at, name))
+            # Between passes too (a record change, a node heard again): the next wait
+            # ends by then (one under way ends at the tick, at most a second away).
+            self.next_judgement_at = min(self.next_judgement_at, at)
         schedulable = view.schedulable(name, now)
         state = (
             schedulable,
@@ -1032,7 +1041,7 @@ class ControlLoop:
         """How long to wait for the next pass from now (a wake() comes sooner)."""
         return next_wake(self.monotonic(), self.next_judgement_at)
 
-    # --- the tick: liveness and housekeeping, O(nodes) ------------------------------------
+    # --- a pass: the nodes due, then (once a second) the housekeeping ----------------------
 
     async def tick(self) -> None:
         """A pass: judge the nodes due (every node when something changed them all, and
@@ -1042,9 +1051,10 @@ class ControlLoop:
         fresh = self.update_feed(now)
         metrics.VIEW_FRESH.set(1 if fresh else 0)
         if self._judge_every_node or now >= self._next_full_judgement:
+            self.judge_nodes(now)
+            # Only once it is done: a pass that failed part-way is made again.
             self._judge_every_node = False
             self._next_full_judgement = now + FULL_JUDGEMENT_SECONDS
-            self.judge_nodes(now)
         else:
             self.judge_due_nodes(now)
         self.passes += 1

@@ -9,9 +9,10 @@ measures:
 - stored records (the contract's msgspec Structs) are not tracked by the collector at all
   (`gc=False`: frozen, made of strings, numbers and containers of them, they cannot be
   part of a reference cycle);
-- every tick, the young generations are collected (cheap: only what was made since) and
-  what survived is frozen (`gc.freeze()`): long-lived objects are then never scanned by
-  the automatic collections, which stay short. Reference counting still frees frozen
+- once a second (the control loop's housekeeping), the young generations are
+  collected (cheap: only what was made since) and what survived is frozen
+  (`gc.freeze()`): long-lived objects are then never scanned by the automatic
+  collections, which stay short. Reference counting still frees frozen
   objects as usual; only cyclic garbage among them would wait, so every
   FULL_SECONDS everything is unfrozen and collected once.
 """
@@ -32,7 +33,7 @@ class GcPolicy:
         self.full_collections = 0
 
     def tick(self, now: float) -> None:
-        """Called every tick with the monotonic clock."""
+        """Called once a second (the housekeeping) with the monotonic clock."""
         if self._last_full is None:
             self._last_full = now
         if now - self._last_full >= self.full_seconds:
