@@ -32,9 +32,6 @@ EXPORTED_METRICS = {
     "corral_agent_mode_entries_total",
     "corral_agent_reconcile_seconds_bucket",
     "corral_api_request_seconds_bucket",
-    "corral_nodes_lost",
-    "corral_nodes_lost_waiting",
-    "corral_replacements_paused",
     "up",
 }
 

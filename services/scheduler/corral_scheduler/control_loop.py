@@ -103,7 +103,6 @@ from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.auto_rollback import AutoRollbacks
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
-from corral_scheduler.evictions import EvictionGate
 from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.history import HistoryRecorder
@@ -239,8 +238,6 @@ class ControlLoop:
         # Each node's judged state: (schedulable, loss for Fast, loss for AfterStop).
         self._node_states: dict[str, tuple[bool, Loss | None, Loss | None]] = {}
         self.ready_nodes: set[str] = set()  # the schedulable nodes, as last judged
-        # The lost nodes whose replicas may be replaced now (evictions.py).
-        self.evictions = EvictionGate()
         self._nodes_replayed = False
         self.changed_at: dict[str, float] = {}
         self._wake = anyio.Event()
@@ -423,15 +420,6 @@ class ControlLoop:
         if new is not None and new.node not in self._node_states:
             # A node known by its placements only (no record seen): judged from now on.
             self._judge_node(new.node, self._liveness_view(), self.monotonic())
-        elif (
-            new is None
-            and old is not None
-            and old.node not in self._nodes
-            and old.node not in self.deployments_by_node  # updated first: subscribed first
-            and old.node not in self.released()
-        ):
-            # Its last placement gone, no record: no longer a node (nor a lost one).
-            self._forget_judgement(old.node)
         if old is not None and new is None and old.node in self.ready_nodes:
             self._wake_pending(self.pending)  # room freed where replicas may go
 
@@ -841,7 +829,6 @@ class ControlLoop:
         if known == state:
             return
         self._node_states[name] = state
-        self.evictions.judged(name, state[1] in (Loss.SILENT, Loss.ENGINE_DOWN))
         if schedulable:
             self.ready_nodes.add(name)
         else:
@@ -857,7 +844,6 @@ class ControlLoop:
 
     def _forget_judgement(self, name: str) -> None:
         self._node_states.pop(name, None)
-        self.evictions.forget(name)
         self.ready_nodes.discard(name)
         self._judge_due_at.pop(name, None)  # its entry in the heap is void
 
@@ -873,7 +859,8 @@ class ControlLoop:
             self._judge_node(name, view, now)
         self.next_judgement_at = self._judge_due[0][0] if self._judge_due else INF
         for name in [name for name in self._node_states if name not in known]:
-            self._forget_judgement(name)
+            del self._node_states[name]
+            self.ready_nodes.discard(name)
 
     def judge_due_nodes(self, now: float) -> int:
         """Judge the nodes whose judgement may have changed with time alone by now (their
@@ -896,29 +883,6 @@ class ControlLoop:
                 self._forget_judgement(name)
         self.next_judgement_at = heap[0][0] if heap else INF
         return judged
-
-    def _admit_evictions(self, now: float) -> None:
-        """Admit the lost nodes whose replicas may be replaced now (evictions.py) and
-        decide their Deployments again; say when a disruption begins or ends."""
-        released = self.released()
-        nodes = len(self._node_states) - len(released & self._node_states.keys())
-        gate = self.evictions
-        was_paused = gate.paused
-        for node in gate.admit(now, nodes):
-            self.controller.enqueue_all(self.deployments_by_node.get(node))
-        if gate.paused and not was_paused:
-            log.warning(
-                "%d of %d nodes are lost at once: their replicas are not replaced while "
-                "so many are (a disruption, likely between them and the control plane); "
-                "`corral node release NODE` replaces one node's",
-                len(gate.lost),
-                nodes,
-            )
-        elif was_paused and not gate.paused:
-            log.info("the disruption ended: %d of %d nodes lost", len(gate.lost), nodes)
-        metrics.REPLACEMENTS_PAUSED.set(1 if gate.paused else 0)
-        metrics.NODES_LOST.set(len(gate.lost))
-        metrics.NODES_LOST_WAITING.set(gate.waiting)
 
     def may_vouch(self) -> bool:
         """Whether this judge acknowledges heartbeats now. An ack says the node was heard
@@ -986,7 +950,6 @@ class ControlLoop:
             },
             unreadable_deployments=frozenset(self.deployments.unreadable),
             released=self.released(),
-            evictable=frozenset(self.evictions.admitted),
             networks=self.network_names(),
             volumes=VolumeView(
                 {key: self.claim_facts(key) for key in self.deployments_by_claim.values()},
@@ -1094,7 +1057,6 @@ class ControlLoop:
             self._next_full_judgement = now + FULL_JUDGEMENT_SECONDS
         else:
             self.judge_due_nodes(now)
-        self._admit_evictions(now)
         self.passes += 1
         if now < self._next_housekeeping:
             return
@@ -1170,7 +1132,6 @@ class ControlLoop:
             released=self.released(),
             networks=self.network_names(),
             volumes=volumes,
-            evictable=self.evictions.admitted,
             orphan_holders=self.orphan_holders.get(key),
         )
 
@@ -1323,7 +1284,6 @@ class ControlLoop:
                 node_last_seen=dict(view.node_last_seen),
                 node_not_ready_since=dict(view.node_not_ready_since),
                 volumes=view.volumes if view.volumes is NO_VOLUMES else view.volumes.copied(),
-                evictable=frozenset(self.evictions.admitted),
             )
             usage, ready = dict(self.usage), frozenset(self.ready_nodes)
             plan = await anyio.to_thread.run_sync(

@@ -35,19 +35,6 @@ VIEW_FRESH = Gauge(
 NODES_RELEASED = Gauge(
     "corral_nodes_released", "Nodes an operator released whose replicas are still being moved"
 )
-NODES_LOST = Gauge(
-    "corral_nodes_lost",
-    "Nodes judged lost (silent past R, or their engine down past E), admitted or not",
-)
-NODES_LOST_WAITING = Gauge(
-    "corral_nodes_lost_waiting",
-    "Lost nodes whose replicas wait to be replaced (the replacement rate limit, or a disruption)",
-)
-REPLACEMENTS_PAUSED = Gauge(
-    "corral_replacements_paused",
-    "1 while so many nodes are lost at once that no lost node's replicas are replaced "
-    "(a disruption)",
-)
 ECHOES_COLLECTED = Counter(
     "corral_echo_keys_collected_total", "Echo keys of gone owners deleted by the scheduler"
 )

@@ -13,7 +13,6 @@ The rules follow from the time budget (corral.contract.time_budget, docs/time-bu
     R < silence <= R'                replaced               kept (its agent stops them at F)
     > R'                             replaced               replaced
     released by an operator          replaced at once       replaced at once
-    lost, not admitted (evictions)   kept                   kept
     engine down (heartbeating) > E   replaced               kept (the copies may still run)
     not ready because Held           kept                   kept (its agent keeps them running)
 
@@ -82,10 +81,6 @@ class Snapshot:
     # Claims, their status and the nodes' room (volmgr's records; volume_fit.py): only
     # those of the claims the templates decided name.
     volumes: VolumeView = NO_VOLUMES
-    # The lost nodes whose replicas may be replaced now (the scheduler's EvictionGate:
-    # a rate limit, and none while most nodes are lost at once); None: every lost node's.
-    # An operator's release counts at once either way.
-    evictable: AbstractSet[str] | None = None
     # The nodes whose records list orphans of the Deployment decided (the scheduler's
     # incremental index: its decision then looks at those, not at every node); None:
     # not known, every node's orphans are looked at.
@@ -127,8 +122,6 @@ class Snapshot:
         """
         if name in self.released:
             return Loss.RELEASED
-        if self.evictable is not None and name not in self.evictable:
-            return None  # lost, perhaps, but not admitted yet (evictions.py)
         silence = self.silence(name, now)
         if silence is None:
             return None
