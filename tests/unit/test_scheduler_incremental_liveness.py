@@ -83,8 +83,9 @@ class Driven:
     def delete_record(self, name: str) -> None:
         self.loop.nodes.apply(Entry(name, None, self._next_revision()))
 
-    def place(self, name: str) -> None:
-        placement = Placement(
+    @staticmethod
+    def _placement(name: str) -> Placement:
+        return Placement(
             replica=f"r-{name}",
             deployment="web",
             node=name,
@@ -92,10 +93,14 @@ class Driven:
             template_hash="h",
             generation=1,
         )
+
+    def place(self, name: str) -> None:
+        placement = self._placement(name)
         self.loop.placements.apply(Entry(placement.key, encode(placement), self._next_revision()))
 
     def unplace(self, name: str) -> None:
-        self.loop.placements.apply(Entry(f"{name}.r-{name}", None, self._next_revision()))
+        key = self._placement(name).key
+        self.loop.placements.apply(Entry(key, None, self._next_revision()))
 
     def release(self, name: str, on: bool) -> None:
         value = encode(NodeRelease(node=name)) if on else None
@@ -199,6 +204,8 @@ async def _replay(events: list[tuple[Any, ...]]) -> Driven:
 @example([("advance", 2.0), ("advance", 3.0), ("advance", 1.0), ("delete", "a"), ("place", "a")])
 # ... and a released node without record or placements lost its judgement with its clocks.
 @example([("delete", "a"), ("advance", 1.0), ("release", "a", True)])
+# A node known by its placements only, lost, then without placements.
+@example([("place", "c"), ("advance", 5.0), ("unplace", "c"), ("advance", 40.0)])
 def test_after_every_pass_each_node_is_judged_as_judging_it_afresh_would(
     events: list[tuple[Any, ...]],
 ) -> None:
