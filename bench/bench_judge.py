@@ -3,7 +3,7 @@ every pass (as before) vs only the nodes whose moment came (the heap of moments,
 control_loop.py).
 
     .venv/bin/python bench/bench_judge.py [--nodes 5000] [--seconds 30] [--silent 50]
-                                          [--out table.txt]
+                                          [--heard-every 1] [--out table.txt]
 
 In this process, on in-memory buckets and a simulated clock: `--nodes` nodes with a
 record each, every one heard every `--heard-every` seconds at its own moment (its clock set, as

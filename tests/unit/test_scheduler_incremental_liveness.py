@@ -288,3 +288,32 @@ def test_a_pass_of_every_node_that_failed_is_made_again_at_the_next_pass() -> No
         driven.check()
 
     anyio.run(scenario)
+
+
+def test_nodes_due_whose_pass_failed_are_judged_at_the_next_pass() -> None:
+    async def scenario() -> None:
+        driven = Driven()
+        loop, clock = driven.loop, driven.cluster.clock
+        for name in ("a", "b"):
+            driven.record(name, True, "Active")
+        await driven.tick()
+        loop._next_full_judgement = math.inf  # no safety-net pass in this test
+        clock.now += NODE_LOST_SECONDS + 0.5  # both silent past R: both due
+        judge = loop._judge_node
+        failures = []
+
+        def failing_once(name: str, view: Any, now: float) -> None:
+            if not failures:
+                failures.append(name)
+                raise RuntimeError("a record that cannot be judged")
+            judge(name, view, now)
+
+        loop._judge_node = failing_once  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            await driven.tick()  # the first node due was taken off the heap, not judged
+        clock.now += 0.1
+        await driven.tick()
+        assert loop.ready_nodes == set()
+        driven.check()
+
+    anyio.run(scenario)

@@ -1050,13 +1050,18 @@ class ControlLoop:
         now = self.monotonic()
         fresh = self.update_feed(now)
         metrics.VIEW_FRESH.set(1 if fresh else 0)
-        if self._judge_every_node or now >= self._next_full_judgement:
-            self.judge_nodes(now)
-            # Only once it is done: a pass that failed part-way is made again.
-            self._judge_every_node = False
-            self._next_full_judgement = now + FULL_JUDGEMENT_SECONDS
-        else:
-            self.judge_due_nodes(now)
+        try:
+            if self._judge_every_node or now >= self._next_full_judgement:
+                self.judge_nodes(now)
+                # Only once it is done: a pass that failed part-way is made again.
+                self._judge_every_node = False
+                self._next_full_judgement = now + FULL_JUDGEMENT_SECONDS
+            else:
+                self.judge_due_nodes(now)
+        except BaseException:
+            # Nodes taken off the heap and not judged have no moment now.
+            self._judge_every_node = True
+            raise
         self.passes += 1
         if now < self._next_housekeeping:
             return
