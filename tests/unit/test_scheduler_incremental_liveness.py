@@ -141,6 +141,19 @@ class Driven:
                 assert loop._judge_due_at.get(name, math.inf) <= moment, (name, moment)
 
 
+def failing_once(call: Callable[..., None], calls: list[object]) -> Callable[..., None]:
+    """`call`, but the first time it raises (a record that cannot be judged); `calls`
+    gets each call's arguments."""
+
+    def wrapper(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("a record that cannot be judged")
+        call(*args)
+
+    return wrapper
+
+
 node = st.sampled_from(NODES)
 event = st.one_of(
     # Up to past R' and E: every rule of the judgement falls due in some runs.
@@ -269,16 +282,8 @@ def test_a_pass_of_every_node_that_failed_is_made_again_at_the_next_pass() -> No
     async def scenario() -> None:
         driven = Driven()
         loop, clock = driven.loop, driven.cluster.clock
-        full_passes: list[float] = []
-        judge_nodes = loop.judge_nodes
-
-        def failing_once(now: float) -> None:
-            full_passes.append(now)
-            if len(full_passes) == 1:
-                raise RuntimeError("a record that cannot be judged")
-            judge_nodes(now)
-
-        loop.judge_nodes = failing_once  # type: ignore[method-assign]
+        full_passes: list[object] = []
+        loop.judge_nodes = failing_once(loop.judge_nodes, full_passes)  # type: ignore[method-assign]
         driven.record("a", True, "Active")
         with pytest.raises(RuntimeError):
             await driven.tick()
@@ -299,16 +304,7 @@ def test_nodes_due_whose_pass_failed_are_judged_at_the_next_pass() -> None:
         await driven.tick()
         loop._next_full_judgement = math.inf  # no safety-net pass in this test
         clock.now += NODE_LOST_SECONDS + 0.5  # both silent past R: both due
-        judge = loop._judge_node
-        failures = []
-
-        def failing_once(name: str, view: Any, now: float) -> None:
-            if not failures:
-                failures.append(name)
-                raise RuntimeError("a record that cannot be judged")
-            judge(name, view, now)
-
-        loop._judge_node = failing_once  # type: ignore[method-assign]
+        loop._judge_node = failing_once(loop._judge_node, [])  # type: ignore[method-assign]
         with pytest.raises(RuntimeError):
             await driven.tick()  # the first node due was taken off the heap, not judged
         clock.now += 0.1

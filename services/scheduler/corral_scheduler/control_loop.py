@@ -859,8 +859,7 @@ class ControlLoop:
             self._judge_node(name, view, now)
         self.next_judgement_at = self._judge_due[0][0] if self._judge_due else INF
         for name in [name for name in self._node_states if name not in known]:
-            del self._node_states[name]
-            self.ready_nodes.discard(name)
+            self._forget_judgement(name)
 
     def judge_due_nodes(self, now: float) -> int:
         """Judge the nodes whose judgement may have changed with time alone by now (their
