@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -53,13 +54,29 @@ BENCH_LABEL = "io.corral.bench"
 
 
 def free_port_block(size: int) -> int:
+    """`size` consecutive free ports on loopback, below the kernel's ephemeral range when
+    there is room: a block inside it can lose a port before its process binds it, to the
+    source port of one of the many connections a run opens (a hollow cluster's metrics
+    port was taken so, and the run failed on a refused connection)."""
+    low = _ephemeral_low()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base: int = probe.getsockname()[1]
+        if low - size > 10_000:
+            base = random.randrange(10_000, low - size)
+        else:  # no room below: any free port the kernel gives, as before
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                base = probe.getsockname()[1]
         if base + size < 65535 and all(_free(port) for port in range(base, base + size)):
             return base
     raise RuntimeError("no block of free ports")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (connections' source ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _free(port: int) -> bool:

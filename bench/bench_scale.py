@@ -97,6 +97,21 @@ class NotConverged(RuntimeError):
     """The run did not converge: its table still says why (main saves it, exits 1)."""
 
 
+CAP_SYS_NICE = 23  # linux/capability.h: the capability to raise a priority
+
+
+def _may_raise_priority() -> bool:
+    """Whether this process may give a process a higher priority than its own (a
+    negative --simulator-nice): CAP_SYS_NICE among its effective capabilities."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
 def _is_not_converged(error: BaseException) -> bool:
     """`error` is NotConverged, alone or as the only error of (nested) task groups."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -113,7 +128,9 @@ NODES_PER_SIMULATOR = 500
 # core against a process at 0 when both want it), which shows what the control plane
 # does with the cores to itself. Not by default: at 2,001 nodes a simulator that yields
 # starves, its nodes look lost and their replicas are placed again and again
-# (bench/README.md, "The simulator at a lower priority").
+# (bench/README.md, "The simulator at a lower priority"). A negative value (root only)
+# gives the simulator the cores first, as machines of their own would have them: the
+# control plane is measured on what is left (bench/README.md, "The simulator first").
 DEFAULT_SIMULATOR_NICE = 0
 PROBE = "probe"
 
@@ -1123,8 +1140,9 @@ def main() -> None:
         default=DEFAULT_SIMULATOR_NICE,
         help="the simulator's processes run this much nicer than the control plane "
         f"(default {DEFAULT_SIMULATOR_NICE}: the same priority): the control plane gets "
-        "the cores first, as if the hollow nodes ran on machines of their own; too nice "
-        "and they starve (their nodes look lost)",
+        "the cores first; too nice and they starve (their nodes look lost). Negative "
+        "(root only, -20 to -1): the simulator gets them first, as hollow nodes on "
+        "machines of their own would, and the control plane is measured on what is left",
     )
     parser.add_argument(
         "--simulator-passes",
@@ -1155,8 +1173,13 @@ def main() -> None:
         args.simulator_processes = max(1, min(wanted, len(os.sched_getaffinity(0))))
     if not 1 <= args.simulator_processes <= args.nodes:
         parser.error("--simulator-processes must be between 1 and --nodes")
-    if not 0 <= args.simulator_nice <= 19:
-        parser.error("--simulator-nice must be between 0 and 19")
+    if not -20 <= args.simulator_nice <= 19:
+        parser.error("--simulator-nice must be between -20 and 19")
+    if args.simulator_nice < 0 and not _may_raise_priority():
+        parser.error(
+            f"--simulator-nice {args.simulator_nice} raises the simulator's priority, "
+            "which only root (CAP_SYS_NICE) may do"
+        )
     if args.simulator_passes is not None and args.simulator_passes < 0:
         parser.error("--simulator-passes must not be negative (0: every pass at once)")
     try:
