@@ -321,9 +321,13 @@ class ControlLoop:
         deployment_changes = ChangeFeed(self.deployments)
         controller.watch(deployment_changes)
         controller.watch(placement_changes, owners(lambda key, p: p.deployment_key))
+        # What runs changed: ahead of a burst of placing (WorkQueue's prompt lane), so
+        # that a Deployment's ready count, and a failed replica's replacement, do not
+        # wait until a hundred Deployments applied at once are placed.
         controller.watch(
             ChangeFeed(self.replica_statuses),
             owners(lambda key, s: names.object_key(s.namespace, s.deployment)),
+            prompt=True,
         )
         controller.watch(status_changes, self._orphaned_status)
         # Networks (read only: netmgr owns them). A Deployment naming one that does not
@@ -833,7 +837,8 @@ class ControlLoop:
             self.ready_nodes.add(name)
         else:
             self.ready_nodes.discard(name)
-        self.controller.enqueue_all(self.deployments_by_node.get(name))
+        # A node lost or back: its replicas are replaced (or kept) ahead of a burst.
+        self.controller.enqueue_all(self.deployments_by_node.get(name), prompt=True)
         if schedulable and (known is None or not known[0]):
             self._wake_pending(self.pending)
             node = self._nodes.get(name)

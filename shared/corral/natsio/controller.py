@@ -289,32 +289,36 @@ class Controller:
 
     # --- feeding ---------------------------------------------------------------------
 
-    def enqueue(self, key: str) -> None:
-        """Reconcile `key` soon (sync: callable from any callback)."""
-        self.queue.add(key)
+    def enqueue(self, key: str, *, prompt: bool = False) -> None:
+        """Reconcile `key` soon (sync: callable from any callback); `prompt`: in the
+        queue's prompt lane (WorkQueue), for a change in what runs."""
+        self.queue.add(key, prompt=prompt)
 
-    def enqueue_all(self, keys: Iterable[str]) -> None:
+    def enqueue_all(self, keys: Iterable[str], *, prompt: bool = False) -> None:
         """Reconcile each of `keys` soon (e.g. the Deployments on a node judged lost)."""
-        self.queue.add_all(keys)
+        self.queue.add_all(keys, prompt=prompt)
 
     def enqueue_after(self, key: str, delay: float) -> None:
         self.queue.add_after(key, delay)
 
-    def watch(self, feed: ChangeFeed[T], to_keys: KeyMapper[T] | None = None) -> None:
+    def watch(
+        self, feed: ChangeFeed[T], to_keys: KeyMapper[T] | None = None, *, prompt: bool = False
+    ) -> None:
         """Enqueue on every change in `feed`: the changed key itself (the primary kind), or
-        the primary keys `to_keys(key, old, new)` names (a secondary kind)."""
+        the primary keys `to_keys(key, old, new)` names (a secondary kind); `prompt`: in
+        the queue's prompt lane (a feed of what runs, e.g. replica statuses)."""
         queue = self.queue
         if to_keys is None:
 
             def own_key(key: str, old: T | None, new: T | None) -> None:
-                queue.add(key)
+                queue.add(key, prompt=prompt)
 
             feed.subscribe(own_key)
         else:
             mapper = to_keys
 
             def mapped(key: str, old: T | None, new: T | None) -> None:
-                queue.add_all(mapper(key, old, new))
+                queue.add_all(mapper(key, old, new), prompt=prompt)
 
             feed.subscribe(mapped)
 

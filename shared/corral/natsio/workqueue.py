@@ -18,6 +18,14 @@ The rules (docs/architecture.md, "The controller runtime"):
   (corral.contract.backoff: first, first*factor, ... capped), and `forget(key)` resets
   that back-off once the key succeeds.
 - `shut_down()` stops taking keys; workers get what is queued, then QueueShutDown.
+- Two lanes. `add(key, prompt=True)` queues a key in the prompt lane: changes in what
+  runs (a replica's status, a node judged lost), which must not wait behind a burst of
+  new work (a hundred Deployments applied at once, each placing a thousand replicas).
+  While both lanes hold keys, a worker takes from the lane that has had less of the
+  workers' time since both began to hold keys (time-fair, not key-fair: a prompt key is
+  mostly a status to count, a normal one may place a thousand replicas), so neither
+  lane starves the other; a lone lane has every turn. A key is queued once, in the
+  lane it was first added to while it waits.
 
 Delays are measured on `clock` (monotonic by default). A waiting `get` sleeps until the
 next delayed key is due, or until `wake()`: a test with a fake clock advances it and
@@ -88,8 +96,14 @@ class WorkQueue:
         self.backoff = backoff if backoff is not None else Backoff(first=0.05, most=30.0)
         self.clock = clock
         self._queue: deque[str] = deque()  # ready keys in order; each at most once
+        self._prompt_queue: deque[str] = deque()  # the prompt lane's, likewise
         self._dirty: dict[str, float] = {}  # keys to process -> since when they wait
-        self._processing: dict[str, float] = {}  # keys a worker has -> since when
+        self._prompt: set[str] = set()  # of `_dirty`, those in the prompt lane
+        # keys a worker has -> since when, and whether it took them from the prompt lane
+        self._processing: dict[str, tuple[float, bool]] = {}
+        # The workers' seconds on each lane's keys (normal, prompt) since both lanes
+        # last began to hold keys: a worker takes from the lane with fewer.
+        self._lane_seconds = [0.0, 0.0]
         self._failures: dict[str, int] = {}  # consecutive failures per key
         self._due: dict[str, float] = {}  # delayed keys -> when they are due
         self._timers: list[tuple[float, int, str]] = []  # heap of (due, order, key)
@@ -99,7 +113,7 @@ class WorkQueue:
         self._adds = ADDS.labels(name)
         self._retries = RETRIES.labels(name)
         self._queue_seconds = QUEUE_SECONDS.labels(name)
-        DEPTH.labels(name).set_function(lambda: len(self._queue))
+        DEPTH.labels(name).set_function(lambda: len(self))
         DELAYED.labels(name).set_function(lambda: len(self._due))
         HEAD_AGE.labels(name).set_function(self.head_age)
         LONGEST_RUNNING.labels(name).set_function(self.longest_running)
@@ -108,7 +122,11 @@ class WorkQueue:
 
     def __len__(self) -> int:
         """Keys queued and ready for a worker (not those being processed or delayed)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._prompt_queue)
+
+    def prompt_waiting(self) -> int:
+        """Keys queued and ready in the prompt lane."""
+        return len(self._prompt_queue)
 
     def __contains__(self, key: object) -> bool:
         """True while `key` waits to be processed (queued, or added during processing)."""
@@ -127,16 +145,18 @@ class WorkQueue:
         return self._failures.get(key, 0)
 
     def head_age(self) -> float:
-        """Seconds the key at the head of the queue has waited; 0 when empty."""
-        if not self._queue:
+        """Seconds the key at the head of the queue (of either lane, the longer waiting)
+        has waited; 0 when empty."""
+        heads = [self._dirty[lane[0]] for lane in (self._queue, self._prompt_queue) if lane]
+        if not heads:
             return 0.0
-        return max(0.0, self.clock() - self._dirty[self._queue[0]])
+        return max(0.0, self.clock() - min(heads))
 
     def longest_running(self) -> float:
         """Seconds the key processed longest so far has been processed; 0 when none."""
         if not self._processing:
             return 0.0
-        return max(0.0, self.clock() - min(self._processing.values()))
+        return max(0.0, self.clock() - min(since for since, _ in self._processing.values()))
 
     @property
     def shutting_down(self) -> bool:
@@ -144,22 +164,25 @@ class WorkQueue:
 
     # --- adding ----------------------------------------------------------------------
 
-    def add(self, key: str) -> None:
-        """Queue `key` now, once however often it is added before a worker takes it."""
+    def add(self, key: str, *, prompt: bool = False) -> None:
+        """Queue `key` now, once however often it is added before a worker takes it;
+        `prompt`: in the prompt lane, unless it waits in the other already."""
         if self._shut_down:
             return
         self._adds.inc()
         if key in self._dirty:
             return
         self._dirty[key] = self.clock()
+        if prompt:
+            self._prompt.add(key)
         if key in self._processing:
             return  # queued again by done(key)
-        self._queue.append(key)
+        self._lane(key).append(key)
         self._notify()
 
-    def add_all(self, keys: Iterable[str]) -> None:
+    def add_all(self, keys: Iterable[str], *, prompt: bool = False) -> None:
         for key in keys:
-            self.add(key)
+            self.add(key, prompt=prompt)
 
     def add_after(self, key: str, delay: float) -> None:
         """Queue `key` once `delay` seconds have passed; at once when delay <= 0. Of several
@@ -204,12 +227,14 @@ class WorkQueue:
         Raises QueueShutDown once the queue is shut down and empty."""
         while True:
             self._promote_due()
-            if self._queue:
-                key = self._queue.popleft()
+            if self._queue or self._prompt_queue:
+                prompt = self._take_prompt()
+                key = (self._prompt_queue if prompt else self._queue).popleft()
+                self._prompt.discard(key)
                 now = self.clock()
                 self._queue_seconds.observe(max(0.0, now - self._dirty.pop(key)))
-                self._processing[key] = now
-                if self._queue:
+                self._processing[key] = (now, prompt)
+                if self._queue or self._prompt_queue:
                     self._notify()  # more ready: let the next getter go too
                 return key
             if self._shut_down:
@@ -231,10 +256,13 @@ class WorkQueue:
 
     def done(self, key: str) -> None:
         """The worker finished `key`: if it was added meanwhile, it is queued again."""
-        if self._processing.pop(key, None) is None:
+        taken = self._processing.pop(key, None)
+        if taken is None:
             return  # not taken by get(): it may be queued already, never queue it twice
+        since, prompt = taken
+        self._lane_seconds[prompt] += max(0.0, self.clock() - since)
         if key in self._dirty and not self._shut_down:
-            self._queue.append(key)
+            self._lane(key).append(key)
             self._notify()
 
     def shut_down(self) -> None:
@@ -256,6 +284,19 @@ class WorkQueue:
     def _notify(self) -> None:
         if self._getters:
             self._getters.popleft().set()
+
+    def _lane(self, key: str) -> deque[str]:
+        return self._prompt_queue if key in self._prompt else self._queue
+
+    def _take_prompt(self) -> bool:
+        """Whether the next key comes from the prompt lane (one of the lanes holds keys):
+        a lone lane has the turn, and the workers' time since both lanes last began to
+        hold keys starts from nothing; of two, the one that has had less of it."""
+        if not (self._queue and self._prompt_queue):
+            self._lane_seconds = [0.0, 0.0]
+            return bool(self._prompt_queue)
+        normal, prompt = self._lane_seconds
+        return prompt <= normal
 
     def _promote_due(self) -> None:
         if not self._timers:

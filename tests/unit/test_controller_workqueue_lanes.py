@@ -1,0 +1,180 @@
+"""The work queue's two lanes: a key added `prompt` (a change in what runs) is not kept
+waiting behind a burst of other work; while both lanes hold keys, the workers' time is
+shared between them (time-fair, so neither starves); a key is queued once, in one lane."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from corral.contract.codec import encode
+from corral.natsio.controller import ChangeFeed, Controller, owners
+from corral.natsio.kv import Entry, MemoryBucket, Mirror
+from corral.natsio.workqueue import WorkQueue
+from tests.unit.test_controller_workqueue import FakeClock, unique_name
+
+
+class Pod(msgspec.Struct, frozen=True):
+    owner: str
+
+
+async def take(queue: WorkQueue, clock: FakeClock, seconds: float) -> str:
+    """A worker takes the next key and spends `seconds` of the clock on it."""
+    key = await queue.get()
+    clock.advance(seconds)
+    queue.done(key)
+    return key
+
+
+async def test_a_prompt_key_is_taken_before_the_keys_queued_ahead_of_it() -> None:
+    queue = WorkQueue(unique_name())
+    queue.add_all(["burst-1", "burst-2", "burst-3"])
+    queue.add("web", prompt=True)
+    assert len(queue) == 4 and queue.prompt_waiting() == 1
+    assert [await queue.get() for _ in range(4)] == ["web", "burst-1", "burst-2", "burst-3"]
+
+
+async def test_cheap_prompt_keys_get_the_time_one_long_key_took_then_the_burst_goes_on() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(unique_name(), clock=clock)
+    queue.add_all(f"burst-{n}" for n in range(3))
+    assert await take(queue, clock, 1.0) == "burst-0"  # placing a thousand replicas
+    queue.add_all((f"status-{n}" for n in range(150)), prompt=True)
+    taken = [await take(queue, clock, 0.01) for _ in range(102)]
+    # 1 s of prompt keys at 0.01 s each (the first at 0 s counted), then the burst's turn
+    assert taken[:101] == [f"status-{n}" for n in range(101)]
+    assert taken[101] == "burst-1"
+
+
+async def test_while_both_lanes_hold_long_keys_they_take_turns() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(unique_name(), clock=clock)
+    queue.add_all(["n1", "n2", "n3"])
+    queue.add_all(["p1", "p2", "p3"], prompt=True)
+    taken = [await take(queue, clock, 1.0) for _ in range(6)]
+    assert taken == ["p1", "n1", "p2", "n2", "p3", "n3"]
+
+
+async def test_a_prompt_lane_busy_all_along_leaves_the_other_lane_its_half() -> None:
+    """A storm of status changes (each key added again as it is done) never starves the
+    keys of the other lane."""
+    clock = FakeClock()
+    queue = WorkQueue(unique_name(), clock=clock)
+    queue.add_all([f"n{n}" for n in range(5)])
+    storm = [f"p{n}" for n in range(5)]
+    queue.add_all(storm, prompt=True)
+    normal_taken: list[str] = []
+    for _ in range(40):
+        key = await take(queue, clock, 0.5)
+        if key in storm:
+            queue.add(key, prompt=True)  # its status changed again
+        else:
+            normal_taken.append(key)
+    assert normal_taken == [f"n{n}" for n in range(5)]
+
+
+async def test_a_key_waiting_in_one_lane_stays_there_when_added_to_the_other() -> None:
+    queue = WorkQueue(unique_name())
+    queue.add("a")
+    queue.add("b", prompt=True)
+    queue.add("a", prompt=True)  # waits in the normal lane already: once, there
+    queue.add("b")  # waits in the prompt lane already
+    assert len(queue) == 2 and queue.prompt_waiting() == 1
+    assert [await queue.get(), await queue.get()] == ["b", "a"]
+
+
+async def test_a_prompt_key_added_while_processed_is_queued_again_in_the_prompt_lane() -> None:
+    queue = WorkQueue(unique_name())
+    queue.add("web")
+    assert await queue.get() == "web"
+    queue.add("burst")
+    queue.add("web", prompt=True)
+    assert queue.prompt_waiting() == 0  # not handed out twice while processed
+    queue.done("web")
+    assert queue.prompt_waiting() == 1
+    assert await queue.get() == "web"
+
+
+async def test_depth_and_head_age_count_both_lanes() -> None:
+    clock = FakeClock()
+    name = unique_name()
+    queue = WorkQueue(name, clock=clock)
+    queue.add("status", prompt=True)
+    clock.advance(2.0)
+    queue.add("burst")
+    clock.advance(1.0)
+    assert REGISTRY.get_sample_value("corral_workqueue_depth", {"name": name}) == 2
+    assert queue.head_age() == 3.0  # the prompt lane's head waited longest
+
+
+async def test_a_feed_watched_prompt_queues_its_keys_in_the_prompt_lane() -> None:
+    async def reconcile(key: str) -> None:
+        return None
+
+    controller = Controller(unique_name(), reconcile)
+    statuses = Mirror(MemoryBucket("statuses"), Pod)
+    specs = Mirror(MemoryBucket("specs"), Pod)
+    controller.watch(ChangeFeed(statuses), owners(lambda key, pod: pod.owner), prompt=True)
+    controller.watch(ChangeFeed(specs))
+    specs.apply(Entry("burst", encode(Pod(owner="")), 1))
+    statuses.apply(Entry("web-1", encode(Pod(owner="web")), 1))
+    assert len(controller.queue) == 2 and controller.queue.prompt_waiting() == 1
+    assert await controller.queue.get() == "web"
+    controller.enqueue("burst-2", prompt=True)
+    controller.enqueue_all(["burst-3"], prompt=True)
+    assert controller.queue.prompt_waiting() == 2
+
+
+# --- the property -----------------------------------------------------------------------
+
+# One step of a single worker: keys added (which, in which lane), then the next key
+# taken and processed for some time.
+_steps = st.lists(
+    st.tuples(
+        st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans()), max_size=4),
+        st.floats(min_value=0.0, max_value=2.0, allow_nan=False),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_steps)
+async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
+    steps: list[tuple[list[tuple[str, bool]], float]],
+) -> None:
+    """Whatever is added in whichever lane: a key waits in one lane at most once; every
+    key added is taken; and over any stretch in which both lanes held keys throughout,
+    the time each lane had differs by at most the longest single key's time."""
+    clock = FakeClock()
+    queue = WorkQueue(unique_name(), clock=clock)
+    waiting: set[str] = set()
+    lane_of: dict[str, bool] = {}
+    had = [0.0, 0.0]  # each lane's time (normal, prompt) since both last held keys
+    longest = 0.0  # the longest key's time since then
+    for adds, seconds in steps:
+        for key, prompt in adds:
+            if key not in waiting:
+                lane_of[key] = prompt
+            waiting.add(key)
+            queue.add(key, prompt=prompt)
+        assert len(queue) == len(waiting)
+        assert queue.prompt_waiting() == sum(lane_of[k] for k in waiting)
+        if not waiting:
+            continue
+        if queue.prompt_waiting() in (0, len(queue)):  # one lane alone: a new stretch
+            had, longest = [0.0, 0.0], 0.0
+        key = await queue.get()
+        assert key in waiting
+        waiting.discard(key)
+        clock.advance(seconds)
+        queue.done(key)
+        had[lane_of[key]] += seconds
+        longest = max(longest, seconds)
+        assert abs(had[0] - had[1]) <= longest + 1e-9
+    while waiting:  # drained: every key added is handed out
+        waiting.discard(await queue.get())
+    assert len(queue) == 0
