@@ -7,12 +7,14 @@ Starts, on free loopback ports: a nats-server (JetStream, monitoring on), the
 scheduler, netmgr and volmgr (as `corral up` runs them: one process each), a hollow
 cluster of --nodes nodes (`python -m corral_node_agent.hollow_cluster`: the real node
 agent on in-memory engines, containers Running --ready-after seconds after their start;
-one process per 500 nodes, at most one per core, or --simulator-processes) and a second
-hollow cluster of one node, the victim. Then:
+one process per 500 nodes, at most one per core, or --simulator-processes) and two
+hollow clusters of one node each, the victim and the midburst node. Then:
 
 1. applies --deployments Deployments (--replicas in all) by raw NATS requests and
    measures placements committed per second (the scheduler's placed count) and the
-   time until all are Running (its ready count);
+   time until all are Running (its ready count); when half are placed it kills the
+   midburst node (SIGKILL) and measures until nothing is placed on it any more: a
+   node lost while the scheduler is busy placing;
 2. meanwhile and afterwards sends `apply` requests of a probe Deployment (0
    replicas, a new label each time: a real write) one after another: latency p50/p99
    while placing and while steady;
@@ -133,6 +135,7 @@ NODES_PER_SIMULATOR = 500
 # control plane is measured on what is left (bench/README.md, "The simulator first").
 DEFAULT_SIMULATOR_NICE = 0
 PROBE = "probe"
+MIDBURST = "midburst"  # the one-node cluster lost halfway through placing
 
 
 # --- processes ------------------------------------------------------------------------
@@ -673,6 +676,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         share = nodes // shards + (1 if index < nodes % shards else 0)
         cluster.start_hollow(name, share, "hollow-" if shards == 1 else f"hollow-{index}-")
     victim = cluster.start_hollow("victim", 1, "victim-")
+    # A second one-node cluster, killed when half the replicas are placed (a node lost
+    # while placing): is its Deployments' replacement held back until the burst is placed?
+    midburst = cluster.start_hollow(MIDBURST, 1, f"{MIDBURST}-")
     nc = await connect(cluster.url, name="bench-scale")
     try:
         node_bucket = await bound(nc, names.NODES_BUCKET)
@@ -682,12 +688,12 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         started = time.monotonic()
 
         async def all_nodes() -> bool:
-            return await count_keys(node_bucket) >= nodes + 1
+            return await count_keys(node_bucket) >= nodes + 2
 
         joined = await until(all_nodes, args.timeout, every=1.0)
         if joined is None:
-            raise RuntimeError(f"the {nodes + 1} hollow nodes did not register")
-        results.add("nodes registered", f"{nodes + 1} in {time.monotonic() - started:.1f} s")
+            raise RuntimeError(f"the {nodes + 2} hollow nodes did not register")
+        results.add("nodes registered", f"{nodes + 2} in {time.monotonic() - started:.1f} s")
         await anyio.sleep(args.settle)  # every node heard from: schedulable
         cluster.mark_cpu("placing")
         marked_placing = time.monotonic()
@@ -720,6 +726,31 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                         await anyio.sleep(TIMELINE_EVERY_SECONDS)
 
             tg.start_soon(sample_timeline)
+            # (replicas it held, when it was killed, seconds until none was placed on it)
+            lost_while_placing: list[tuple[int, float, float | None]] = []
+
+            async def lose_one_while_placing() -> None:
+                async def half_placed() -> bool:
+                    return (await totals(statuses))[0] >= want // 2
+
+                if await until(half_placed, args.timeout, every=0.1) is None:
+                    return
+                node = f"{MIDBURST}-1"
+                bucket = await bound(nc, names.placements_bucket_of(node, args.placement_shards))
+                held = await count_keys(bucket, names.placement_prefix(node))
+                midburst.popen.kill()
+                midburst.popen.wait()
+                lost_at = time.monotonic()
+
+                async def gone() -> bool:
+                    return not await count_keys(bucket, names.placement_prefix(node))
+
+                lost_while_placing.append((held, lost_at, await until(gone, args.timeout)))
+                midburst_told.set()
+
+            midburst_told = anyio.Event()
+
+            tg.start_soon(lose_one_while_placing)
             # The Deployments arrive as a burst from several clients (--apply-parallel
             # requests in flight), not one after another: what the scheduler can place,
             # not how fast one client can ask.
@@ -787,7 +818,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 )
                 results.add(
                     "nodes ready, fewest (the scheduler's count)",
-                    results.timeline.fewest_nodes_ready(float("inf"), nodes + 1),
+                    results.timeline.fewest_nodes_ready(float("inf"), nodes + 2),
                 )
                 spent = time.monotonic() - marked_placing
                 cpu = ", ".join(
@@ -809,6 +840,18 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             results.add(
                 f"time to all {want:,} Running (from the first apply)", f"{running_in:.1f} s"
             )
+            with anyio.move_on_after(args.timeout):
+                await midburst_told.wait()
+            for held, lost_at, moved in lost_while_placing:
+                placing_on = max(0.0, began + placed_in - lost_at)
+                results.add(
+                    f"one node lost halfway through placing ({held} replicas): placed "
+                    "elsewhere after",
+                    ("not within the timeout" if moved is None else f"{moved:.1f} s")
+                    + f" (placing went on for {placing_on:.1f} s after the loss)",
+                    "its Deployments decided ahead of the burst, not after it "
+                    f"(goal ≤ 5 s; R = {NODE_LOST_SECONDS:g} s of silence is the budget's share)",
+                )
             results.add(
                 f"simulator's event loop late over {SIMULATOR_LATE_SECONDS:g} s while placing",
                 late_while_placing,
@@ -827,8 +870,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 "an agent not proven heard for 3 heartbeats isolates: starts nothing",
             )
             results.add(
-                "nodes ready, fewest while placing (the scheduler's count)",
-                results.timeline.fewest_nodes_ready(placed_in, nodes + 1),
+                "nodes ready, fewest while placing (the scheduler's count; one of them lost "
+                "on purpose halfway)",
+                results.timeline.fewest_nodes_ready(placed_in, nodes + 2),
             )
             results.add(
                 "apply p50 / p99 while placing",
@@ -942,7 +986,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         if args.outage > 0:
             await every_node_cut_off(cluster, args.outage, nodes, want, statuses, results)
         for name, proc in cluster.procs.items():
-            if name == "victim":
+            if name in ("victim", MIDBURST):
                 continue
             if proc.popen.poll() is not None:
                 log = (cluster.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -1194,7 +1238,7 @@ def main() -> None:
         else "the simulator in 1 process"
     )
     title = (
-        f"{args.nodes + 1:,} hollow nodes, {args.replicas:,} replicas in "
+        f"{args.nodes + 2:,} hollow nodes, {args.replicas:,} replicas in "
         f"{args.deployments} Deployments ({os.cpu_count()} cores"
         + (f", {simulator}" if args.simulator_processes > 1 or args.simulator_nice else "")
         + (f" at nice {args.simulator_nice}" if args.simulator_nice else "")

@@ -1,5 +1,6 @@
 """The scale benchmark's small version, as a smoke test of the same code path: a
-hollow cluster of 200 nodes, 5,000 replicas, a node lost, every agent cut off at once
+hollow cluster of 200 nodes, 5,000 replicas, a node lost while placing and one after,
+every agent cut off at once
 (nats-server paused) and back. No timing assertion: it
 checks that every step completes and the table is written."""
 
@@ -42,6 +43,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "simulator's event loop late over 0.5 s while placing",
         "simulator's passes: wait for their turn p50 / p99, first apply to all Running",
         "nodes ready, fewest while placing",
+        "one node lost halfway through placing",
         "running elsewhere after",
         "nats-server paused 5 s (every agent cut off)",
         "all nodes ready again after",
@@ -65,7 +67,9 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         assert f"| {name}: resident memory" in table, table
     # Samples were read from both simulators and from the scheduler, not defaults.
     assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
-    fewest = r"fewest while placing \(the scheduler's count\) \| [\d,]+ of 201 \([1-9]"
+    midburst = r"halfway through placing \(\d+ replicas\): placed elsewhere after \| [\d.]+ s \("
+    assert re.search(midburst, table), table
+    fewest = r"fewest while placing \(the scheduler's count; [^|]*\| [\d,]+ of 202 \([1-9]"
     assert re.search(fewest, table), table
     # The simulator's passes took turns (its default gate), read from both processes.
     waits = (
@@ -84,7 +88,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert timeline[0] == "seconds,placements_made,replicas_ready,nodes_ready"
     assert len(timeline) >= 3, timeline
     columns = list(zip(*(map(float, line.split(",")) for line in timeline[1:]), strict=True))
-    assert max(columns[1]) > 0 and max(columns[3]) == 201, timeline  # placements, nodes
+    assert max(columns[1]) > 0 and max(columns[3]) == 202, timeline  # placements, nodes
     drawn = subprocess.run(
         [sys.executable, str(PLOT), str(out.with_suffix(".csv")), "--out", str(tmp_path / "t.svg")],
         capture_output=True,

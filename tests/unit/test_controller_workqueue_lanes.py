@@ -75,14 +75,41 @@ async def test_a_prompt_lane_busy_all_along_leaves_the_other_lane_its_half() -> 
     assert normal_taken == [f"n{n}" for n in range(5)]
 
 
-async def test_a_key_waiting_in_one_lane_stays_there_when_added_to_the_other() -> None:
+async def test_a_key_added_prompt_while_it_waits_in_the_other_lane_moves_to_the_prompt_lane() -> (
+    None
+):
+    """In a busy cluster every Deployment waits in the normal lane for its own changes: a
+    node lost must still get its Deployments decided at the next turn."""
+    queue = WorkQueue(unique_name())
+    queue.add_all(["a", "b", "c"])
+    queue.add("b", prompt=True)  # moves
+    queue.add("c")  # stays
+    assert len(queue) == 3 and queue.prompt_waiting() == 1
+    assert [await queue.get() for _ in range(3)] == ["b", "a", "c"]
+    assert len(queue) == 0
+
+
+async def test_a_key_in_the_prompt_lane_stays_there_when_added_without() -> None:
     queue = WorkQueue(unique_name())
     queue.add("a")
     queue.add("b", prompt=True)
-    queue.add("a", prompt=True)  # waits in the normal lane already: once, there
-    queue.add("b")  # waits in the prompt lane already
+    queue.add("b")
     assert len(queue) == 2 and queue.prompt_waiting() == 1
     assert [await queue.get(), await queue.get()] == ["b", "a"]
+
+
+async def test_a_moved_key_is_handed_out_once_even_when_added_again_after() -> None:
+    """The entry a key left in the normal lane when it moved is void: taken from the
+    prompt lane and added again, the key is handed out once more, not twice."""
+    queue = WorkQueue(unique_name())
+    queue.add_all(["a", "b"])
+    queue.add("b", prompt=True)
+    assert await queue.get() == "b"
+    queue.done("b")
+    queue.add("b")  # behind a
+    assert len(queue) == 2
+    assert [await queue.get(), await queue.get()] == ["a", "b"]
+    assert len(queue) == 0 and queue.head_age() == 0.0
 
 
 async def test_a_prompt_key_added_while_processed_is_queued_again_in_the_prompt_lane() -> None:
@@ -146,9 +173,10 @@ _steps = st.lists(
 async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
     steps: list[tuple[list[tuple[str, bool]], float]],
 ) -> None:
-    """Whatever is added in whichever lane: a key waits in one lane at most once; every
-    key added is taken; and over any stretch in which both lanes held keys throughout,
-    the time each lane had differs by at most the longest single key's time."""
+    """Whatever is added in whichever lane: a key waits once, in the prompt lane once
+    added there; every key added is taken; and over any stretch in which both lanes
+    held keys throughout, the time each lane had differs by at most the longest single
+    key's time."""
     clock = FakeClock()
     queue = WorkQueue(unique_name(), clock=clock)
     waiting: set[str] = set()
@@ -157,8 +185,8 @@ async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
     longest = 0.0  # the longest key's time since then
     for adds, seconds in steps:
         for key, prompt in adds:
-            if key not in waiting:
-                lane_of[key] = prompt
+            if key not in waiting or prompt:  # a prompt add moves a waiting key
+                lane_of[key] = prompt or (key in waiting and lane_of[key])
             waiting.add(key)
             queue.add(key, prompt=prompt)
         assert len(queue) == len(waiting)
@@ -178,3 +206,20 @@ async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
     while waiting:  # drained: every key added is handed out
         waiting.discard(await queue.get())
     assert len(queue) == 0
+
+
+async def test_a_feed_may_queue_only_some_changes_in_the_prompt_lane() -> None:
+    async def reconcile(key: str) -> None:
+        return None
+
+    controller = Controller(unique_name(), reconcile)
+    statuses = Mirror(MemoryBucket("statuses"), Pod)
+    controller.watch(
+        ChangeFeed(statuses),
+        owners(lambda key, pod: pod.owner),
+        prompt=lambda key, old, new: new is not None and new.owner == "urgent",
+    )
+    statuses.apply(Entry("w-1", encode(Pod(owner="web")), 1))
+    statuses.apply(Entry("u-1", encode(Pod(owner="urgent")), 2))
+    assert len(controller.queue) == 2 and controller.queue.prompt_waiting() == 1
+    assert await controller.queue.get() == "urgent"

@@ -376,15 +376,12 @@ async def test_room_that_appears_while_a_pending_decision_commits_gets_it_decide
         tg.cancel_scope.cancel()
 
 
-async def _report_running(cluster: Cluster, deployment: str) -> None:
-    """The agent of each of `deployment`'s replicas reports it Running."""
+async def _report(cluster: Cluster, deployment: str, state: ReplicaState) -> None:
+    """The agent of each of `deployment`'s replicas reports it in `state`."""
     for placement in list(cluster.loop.placements.values()):
         if placement.deployment == deployment:
             status = ReplicaStatus(
-                replica=placement.replica,
-                deployment=deployment,
-                node=placement.node,
-                state=ReplicaState.RUNNING,
+                replica=placement.replica, deployment=deployment, node=placement.node, state=state
             )
             await cluster.buckets[names.REPLICA_STATUS_BUCKET].put(
                 names.placement_key(placement.node, placement.namespace, placement.replica),
@@ -392,34 +389,42 @@ async def _report_running(cluster: Cluster, deployment: str) -> None:
             )
 
 
-async def test_what_runs_is_decided_again_ahead_of_deployments_waiting_to_be_placed() -> None:
-    """A replica's status, and a node judged lost, enqueue their Deployments in the work
-    queue's prompt lane: a burst of new Deployments queued before them waits its turn
-    (a ready count, a replacement, is not held back until the burst is placed)."""
+async def test_what_goes_down_is_decided_ahead_of_deployments_waiting_to_be_placed() -> None:
+    """A replica going down, and a node judged lost, enqueue their Deployments in the
+    work queue's prompt lane: a burst of new Deployments queued before them waits its
+    turn (a replacement is not held back until the burst is placed). A replica coming
+    up waits its turn behind the burst (counted with the others in one decision)."""
     async with running() as cluster:
         await _apply(cluster, _deployment("web", 1, cpu="1"))
         await placed_and_running(cluster, "a", "b")
         await _apply(cluster, _deployment("db", 1, cpu="1"))
         await cluster.tick(1, beating=("a", "b"))
         queue = cluster.loop.controller.queue
-        for n in range(3):
-            await _apply(cluster, _deployment(f"burst-{n}", 1, cpu="1"))
-        await eventually(lambda: current(len(queue)), lambda n: n == 3, interval=0.001)
-        await _report_running(cluster, "web")
-        await eventually(lambda: current(queue.prompt_waiting()), lambda n: n == 1, interval=0.001)
         seen = record_reconciles(cluster.loop)
-        await cluster.loop.drain()
-        assert seen[:4] == ["default.web", *(f"default.burst-{n}" for n in range(3))]
-        # a node judged lost: its Deployment goes ahead of the burst queued before it
+        for state, burst in ((ReplicaState.RUNNING, "up"), (ReplicaState.EXITED, "down")):
+            for n in range(3):
+                await _apply(cluster, _deployment(f"{burst}-{n}", 1, cpu="100m"))
+            await eventually(lambda: current(len(queue)), lambda n: n == 3, interval=0.001)
+            await _report(cluster, "web", state)
+            await eventually(lambda: current(len(queue)), lambda n: n == 4, interval=0.001)
+            seen.clear()
+            await cluster.loop.drain()
+            order = [*(f"default.{burst}-{n}" for n in range(3)), "default.web"]
+            if state == ReplicaState.EXITED:
+                order = order[-1:] + order[:-1]
+            assert seen[:4] == order
+        # a node judged lost: its Deployment goes ahead of the burst queued before it,
+        # even from behind it in the other lane
         db_node = placed_by(cluster, "db")[0]
         live = "a" if db_node == "b" else "b"
         for step in range(int(NODE_LOST_SECONDS) + 3):
             for n in range(3):
                 await _apply(cluster, _deployment(f"burst-{step}-{n}", 1, cpu="100m"))
             await eventually(lambda: current(len(queue)), lambda n: n == 3, interval=0.001)
+            queue.add("default.db")  # waits behind the burst, for a change of its own
             seen.clear()
             await cluster.tick(1, beating=(live,))  # db's node silent
-            if "default.db" in seen:
+            if db_node not in cluster.loop.ready_nodes:
                 break
         # (with the other Deployments that had replicas there: all of them prompt)
         queued_before = [seen.index(f"default.burst-{step}-{n}") for n in range(3)]

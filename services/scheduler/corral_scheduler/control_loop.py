@@ -109,6 +109,7 @@ from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.progress import is_complete
+from corral_scheduler.prompt_changes import went_down
 from corral_scheduler.snapshot import INF, Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import (
     NO_VOLUMES,
@@ -321,13 +322,15 @@ class ControlLoop:
         deployment_changes = ChangeFeed(self.deployments)
         controller.watch(deployment_changes)
         controller.watch(placement_changes, owners(lambda key, p: p.deployment_key))
-        # What runs changed: ahead of a burst of placing (WorkQueue's prompt lane), so
-        # that a Deployment's ready count, and a failed replica's replacement, do not
-        # wait until a hundred Deployments applied at once are placed.
+        # A replica going down is decided ahead of a burst of placing (the work queue's
+        # prompt lane): its replacement does not wait until a hundred Deployments
+        # applied at once are placed. Replicas coming up are counted in turn: a
+        # Deployment decided once for many of them, not once each (bench/README.md,
+        # "A prompt lane").
         controller.watch(
             ChangeFeed(self.replica_statuses),
             owners(lambda key, s: names.object_key(s.namespace, s.deployment)),
-            prompt=True,
+            prompt=went_down,
         )
         controller.watch(status_changes, self._orphaned_status)
         # Networks (read only: netmgr owns them). A Deployment naming one that does not

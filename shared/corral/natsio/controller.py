@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 ChangeHandler = Callable[[str, T | None, T | None], Any]
 # A change of a watched kind -> the primary keys to reconcile.
 KeyMapper = Callable[[str, T | None, T | None], Iterable[str]]
+# Whether a change (key, old, new) is of a kind that goes in a queue's prompt lane.
+ChangeTest = Callable[[str, T | None, T | None], bool]
 
 RECONCILES = Counter(
     "corral_controller_reconciles_total",
@@ -302,23 +304,29 @@ class Controller:
         self.queue.add_after(key, delay)
 
     def watch(
-        self, feed: ChangeFeed[T], to_keys: KeyMapper[T] | None = None, *, prompt: bool = False
+        self,
+        feed: ChangeFeed[T],
+        to_keys: KeyMapper[T] | None = None,
+        *,
+        prompt: bool | ChangeTest[T] = False,
     ) -> None:
         """Enqueue on every change in `feed`: the changed key itself (the primary kind), or
-        the primary keys `to_keys(key, old, new)` names (a secondary kind); `prompt`: in
-        the queue's prompt lane (a feed of what runs, e.g. replica statuses)."""
+        the primary keys `to_keys(key, old, new)` names (a secondary kind). `prompt`: in
+        the queue's prompt lane (WorkQueue), every change or those `prompt(key, old, new)`
+        says (a replica going down must not wait behind a burst of placing)."""
         queue = self.queue
+        is_prompt: ChangeTest[T] = prompt if callable(prompt) else (lambda *_: prompt)
         if to_keys is None:
 
             def own_key(key: str, old: T | None, new: T | None) -> None:
-                queue.add(key, prompt=prompt)
+                queue.add(key, prompt=is_prompt(key, old, new))
 
             feed.subscribe(own_key)
         else:
             mapper = to_keys
 
             def mapped(key: str, old: T | None, new: T | None) -> None:
-                queue.add_all(mapper(key, old, new), prompt=prompt)
+                queue.add_all(mapper(key, old, new), prompt=is_prompt(key, old, new))
 
             feed.subscribe(mapped)
 

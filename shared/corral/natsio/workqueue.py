@@ -24,8 +24,10 @@ The rules (docs/architecture.md, "The controller runtime"):
   While both lanes hold keys, a worker takes from the lane that has had less of the
   workers' time since both began to hold keys (time-fair, not key-fair: a prompt key is
   mostly a status to count, a normal one may place a thousand replicas), so neither
-  lane starves the other; a lone lane has every turn. A key is queued once, in the
-  lane it was first added to while it waits.
+  lane starves the other; a lone lane has every turn. A key is queued once: added
+  `prompt` while it waits in the other lane, it moves to the prompt lane (in a busy
+  cluster every Deployment waits in the other lane for its own changes, and a node
+  lost must not leave its Deployments there); added without, it stays where it is.
 
 Delays are measured on `clock` (monotonic by default). A waiting `get` sleeps until the
 next delayed key is due, or until `wake()`: a test with a fake clock advances it and
@@ -95,8 +97,13 @@ class WorkQueue:
         # The back-off rule per key (its first, most and factor; the state is a count).
         self.backoff = backoff if backoff is not None else Backoff(first=0.05, most=30.0)
         self.clock = clock
-        self._queue: deque[str] = deque()  # ready keys in order; each at most once
-        self._prompt_queue: deque[str] = deque()  # the prompt lane's, likewise
+        # The two lanes (normal, prompt): ready keys in order, as (entry, key). A key
+        # ready has one live entry (`_entry`); one that moved to the prompt lane leaves
+        # a void entry behind, skipped when it comes up.
+        self._lanes: tuple[deque[tuple[int, str]], deque[tuple[int, str]]] = (deque(), deque())
+        self._entry: dict[str, int] = {}  # ready key -> its live entry
+        self._live = [0, 0]  # live entries per lane
+        self._entries = 0  # entries made: the next one's number
         self._dirty: dict[str, float] = {}  # keys to process -> since when they wait
         self._prompt: set[str] = set()  # of `_dirty`, those in the prompt lane
         # keys a worker has -> since when, and whether it took them from the prompt lane
@@ -122,11 +129,11 @@ class WorkQueue:
 
     def __len__(self) -> int:
         """Keys queued and ready for a worker (not those being processed or delayed)."""
-        return len(self._queue) + len(self._prompt_queue)
+        return len(self._entry)
 
     def prompt_waiting(self) -> int:
         """Keys queued and ready in the prompt lane."""
-        return len(self._prompt_queue)
+        return self._live[1]
 
     def __contains__(self, key: object) -> bool:
         """True while `key` waits to be processed (queued, or added during processing)."""
@@ -147,7 +154,7 @@ class WorkQueue:
     def head_age(self) -> float:
         """Seconds the key at the head of the queue (of either lane, the longer waiting)
         has waited; 0 when empty."""
-        heads = [self._dirty[lane[0]] for lane in (self._queue, self._prompt_queue) if lane]
+        heads = [self._dirty[key] for key in map(self._head, (False, True)) if key is not None]
         if not heads:
             return 0.0
         return max(0.0, self.clock() - min(heads))
@@ -171,13 +178,18 @@ class WorkQueue:
             return
         self._adds.inc()
         if key in self._dirty:
+            if prompt and key not in self._prompt:  # it moves to the prompt lane
+                self._prompt.add(key)
+                if key in self._entry:  # ready (else queued again by done(key))
+                    self._live[0] -= 1
+                    self._enter(key)
             return
         self._dirty[key] = self.clock()
         if prompt:
             self._prompt.add(key)
         if key in self._processing:
             return  # queued again by done(key)
-        self._lane(key).append(key)
+        self._enter(key)
         self._notify()
 
     def add_all(self, keys: Iterable[str], *, prompt: bool = False) -> None:
@@ -227,14 +239,18 @@ class WorkQueue:
         Raises QueueShutDown once the queue is shut down and empty."""
         while True:
             self._promote_due()
-            if self._queue or self._prompt_queue:
+            if self._entry:
                 prompt = self._take_prompt()
-                key = (self._prompt_queue if prompt else self._queue).popleft()
+                key = self._head(prompt)
+                assert key is not None  # the lane taken has a live entry
+                self._lanes[prompt].popleft()
+                del self._entry[key]
+                self._live[prompt] -= 1
                 self._prompt.discard(key)
                 now = self.clock()
                 self._queue_seconds.observe(max(0.0, now - self._dirty.pop(key)))
                 self._processing[key] = (now, prompt)
-                if self._queue or self._prompt_queue:
+                if self._entry:
                     self._notify()  # more ready: let the next getter go too
                 return key
             if self._shut_down:
@@ -262,7 +278,7 @@ class WorkQueue:
         since, prompt = taken
         self._lane_seconds[prompt] += max(0.0, self.clock() - since)
         if key in self._dirty and not self._shut_down:
-            self._lane(key).append(key)
+            self._enter(key)
             self._notify()
 
     def shut_down(self) -> None:
@@ -285,16 +301,32 @@ class WorkQueue:
         if self._getters:
             self._getters.popleft().set()
 
-    def _lane(self, key: str) -> deque[str]:
-        return self._prompt_queue if key in self._prompt else self._queue
+    def _enter(self, key: str) -> None:
+        """Make `key` ready, in its lane: a new live entry (one it had is void now)."""
+        lane = key in self._prompt
+        self._entries += 1
+        self._entry[key] = self._entries
+        self._lanes[lane].append((self._entries, key))
+        self._live[lane] += 1
+
+    def _head(self, prompt: bool) -> str | None:
+        """The key first in a lane (None: none), its void entries dropped on the way."""
+        lane = self._lanes[prompt]
+        while lane:
+            entry, key = lane[0]
+            if self._entry.get(key) == entry:
+                return key
+            lane.popleft()
+        return None
 
     def _take_prompt(self) -> bool:
         """Whether the next key comes from the prompt lane (one of the lanes holds keys):
         a lone lane has the turn, and the workers' time since both lanes last began to
         hold keys starts from nothing; of two, the one that has had less of it."""
-        if not (self._queue and self._prompt_queue):
+        normal_waiting, prompt_waiting = self._live
+        if not (normal_waiting and prompt_waiting):
             self._lane_seconds = [0.0, 0.0]
-            return bool(self._prompt_queue)
+            return bool(prompt_waiting)
         normal, prompt = self._lane_seconds
         return prompt <= normal
 
@@ -311,7 +343,7 @@ class WorkQueue:
                 continue
             self._dirty[key] = due  # it has waited since it was due
             if key not in self._processing:
-                self._queue.append(key)
+                self._enter(key)
 
 
 async def add_in_slices(queue: WorkQueue, keys: Iterable[str]) -> int:
