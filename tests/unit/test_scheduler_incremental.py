@@ -32,7 +32,7 @@ from corral.contract.state import (
 from corral.contract.time_budget import NODE_LOST_SECONDS
 from corral.natsio.controller import Result
 from corral.natsio.kv import Bucket, MemoryBucket
-from corral_scheduler import control_loop
+from corral_scheduler import control_loop, prompt_changes
 from corral_scheduler.control_loop import ControlLoop
 from corral_scheduler.decide import Usage, schedule_deployment
 from corral_scheduler.snapshot import PlacedReplica, Snapshot
@@ -429,3 +429,29 @@ async def test_what_goes_down_is_decided_ahead_of_deployments_waiting_to_be_plac
         # (with the other Deployments that had replicas there: all of them prompt)
         queued_before = [seen.index(f"default.burst-{step}-{n}") for n in range(3)]
         assert seen.index("default.db") < min(queued_before)
+
+
+async def test_many_nodes_lost_at_once_leave_all_but_a_few_deployments_in_turn() -> None:
+    """A disruption (many nodes judged lost together): only the first few nodes' Deployments
+    go in the prompt lane; the rest take their turn behind what is queued, so that
+    replacing thousands of replicas does not take every next turn."""
+    nodes = ("a", "b", "c", "d", "e", "f")
+    async with running() as cluster:
+        for name in nodes:
+            await _apply(cluster, _deployment(f"app-{name}", 1, cpu="3"))  # one per node
+        await placed_and_running(cluster, *nodes)
+        await cluster.tick(2, beating=nodes)
+        assert sorted(p.node for p in cluster.loop.placements.values()) == list(nodes)
+        queue = cluster.loop.controller.queue
+        assert len(queue) == 0
+        clock = cluster.clock
+        for _ in range(int(NODE_LOST_SECONDS) + 2):  # five fall silent together
+            clock.now += 1
+            await cluster.heartbeat("a")
+            await cluster.echo()
+            await cluster.loop.tick()  # judged, not decided
+            if len(cluster.loop.ready_nodes) == 1:
+                break
+        assert cluster.loop.ready_nodes == {"a"}
+        assert len(queue) == 5
+        assert queue.prompt_waiting() == prompt_changes.DISRUPTION_NODES  # 1 % of 6 is less

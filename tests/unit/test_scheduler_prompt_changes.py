@@ -1,12 +1,13 @@
-"""Which replica status changes the scheduler decides ahead of a burst of placing: a
-replica going down (from up, or first seen down), not one coming up or staying down."""
+"""Which changes the scheduler decides ahead of a burst of placing: a replica going down
+(from up, or first seen down), not one coming up or staying down; a node judged lost
+or back when few nodes change at once, not in a disruption."""
 
 from __future__ import annotations
 
 import pytest
 
 from corral.contract.state import ReplicaState, ReplicaStatus
-from corral_scheduler.prompt_changes import went_down
+from corral_scheduler.prompt_changes import DISRUPTION_SECONDS, NodeChanges, went_down
 
 S = ReplicaState
 
@@ -37,3 +38,16 @@ def test_a_replica_going_down_is_prompt_and_one_coming_up_is_not(
     old: ReplicaStatus | None, new: ReplicaStatus | None, prompt: bool
 ) -> None:
     assert went_down("a.default.web-1", old, new) is prompt
+
+
+def test_a_few_nodes_changing_are_prompt_and_more_at_once_are_a_disruption() -> None:
+    changes = NodeChanges()
+    assert [changes.few(10.0, nodes=100) for _ in range(5)] == [True, True, True, False, False]
+    # the window passes: one node alone is prompt again
+    assert changes.few(10.0 + DISRUPTION_SECONDS + 0.1, nodes=100)
+
+
+def test_in_a_large_cluster_a_share_of_its_nodes_is_still_few() -> None:
+    changes = NodeChanges()
+    verdicts = [changes.few(10.0 + n * 0.01, nodes=5_000) for n in range(60)]
+    assert verdicts == [True] * 50 + [False] * 10  # 1 % of 5,000

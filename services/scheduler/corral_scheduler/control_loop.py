@@ -109,7 +109,7 @@ from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease
 from corral_scheduler.node_ranking import NodeRanking
 from corral_scheduler.progress import is_complete
-from corral_scheduler.prompt_changes import went_down
+from corral_scheduler.prompt_changes import NodeChanges, went_down
 from corral_scheduler.snapshot import INF, Loss, PlacedReplica, Snapshot
 from corral_scheduler.volume_fit import (
     NO_VOLUMES,
@@ -312,6 +312,8 @@ class ControlLoop:
         self._reserved: dict[str, Placement] = {}
         placement_changes.subscribe(self._count_placement)
         self.pending: set[str] = set()  # Deployments with replicas placed nowhere
+        # Nodes whose judgement changed lately: few, and their Deployments are prompt.
+        self._node_changes = NodeChanges()
         # How many times room may have appeared for pending replicas (_wake_pending): a
         # decision that saw none, committed after such a wake, is made again (reconcile).
         self.room_wakes = 0
@@ -840,8 +842,10 @@ class ControlLoop:
             self.ready_nodes.add(name)
         else:
             self.ready_nodes.discard(name)
-        # A node lost or back: its replicas are replaced (or kept) ahead of a burst.
-        self.controller.enqueue_all(self.deployments_by_node.get(name), prompt=True)
+        # A node lost or back: its replicas are replaced (or kept) ahead of a burst,
+        # unless many nodes change at once (prompt_changes.py).
+        prompt = self._node_changes.few(now, len(self._node_states))
+        self.controller.enqueue_all(self.deployments_by_node.get(name), prompt=prompt)
         if schedulable and (known is None or not known[0]):
             self._wake_pending(self.pending)
             node = self._nodes.get(name)
