@@ -348,7 +348,8 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    local = LocalCorral(data_dir, free_port_block(1), free_port_block(4))
+    ports = free_port_block(5)  # one block: two searches could pick overlapping ones
+    local = LocalCorral(data_dir, ports, ports + 1)
     try:
         print(f"starting corral (data {data_dir}, nats {local.nats_url})", flush=True)
         local.up()

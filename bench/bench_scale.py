@@ -45,6 +45,7 @@ import argparse
 import http.client
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -102,9 +103,14 @@ class NotConverged(RuntimeError):
 CAP_SYS_NICE = 23  # linux/capability.h: the capability to raise a priority
 
 
-def _may_raise_priority() -> bool:
-    """Whether this process may give a process a higher priority than its own (a
-    negative --simulator-nice): CAP_SYS_NICE among its effective capabilities."""
+def _may_raise_priority(nice: int) -> bool:
+    """Whether this process may give a process `nice` more than its own niceness (a
+    negative --simulator-nice): CAP_SYS_NICE among its effective capabilities, or a
+    RLIMIT_NICE that allows it."""
+    target = os.getpriority(os.PRIO_PROCESS, 0) + nice
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    if soft == resource.RLIM_INFINITY or 20 - soft <= target:
+        return True
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
@@ -730,23 +736,44 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             lost_while_placing: list[tuple[int, float, float | None]] = []
 
             async def lose_one_while_placing() -> None:
+                try:
+                    await lose_midburst()
+                finally:
+                    midburst_told.set()
+
+            async def lose_midburst() -> None:
                 async def half_placed() -> bool:
                     return (await totals(statuses))[0] >= want // 2
 
                 if await until(half_placed, args.timeout, every=0.1) is None:
-                    return
+                    return  # no row: the run does not converge either
                 node = f"{MIDBURST}-1"
-                bucket = await bound(nc, names.placements_bucket_of(node, args.placement_shards))
-                held = await count_keys(bucket, names.placement_prefix(node))
+                found: list[NatsBucket] = []  # its shard of the placements, once bound
+                held = 0
+
+                async def count_held() -> bool:
+                    nonlocal held
+                    if not found:
+                        shard = names.placements_bucket_of(node, args.placement_shards)
+                        found.append(await bound(nc, shard))
+                    held = await count_keys(found[0], names.placement_prefix(node))
+                    return True
+
+                # Read again when a read times out under load (until's rule), for at most
+                # 30 s: the node is killed whatever it held.
+                await until(count_held, 30)
                 midburst.popen.kill()
                 midburst.popen.wait()
                 lost_at = time.monotonic()
 
-                async def gone() -> bool:
-                    return not await count_keys(bucket, names.placement_prefix(node))
+                before = held
 
-                lost_while_placing.append((held, lost_at, await until(gone, args.timeout)))
-                midburst_told.set()
+                async def gone() -> bool:
+                    await count_held()
+                    return held == 0
+
+                moved = await until(gone, args.timeout)
+                lost_while_placing.append((before, lost_at, moved))
 
             midburst_told = anyio.Event()
 
@@ -1219,10 +1246,10 @@ def main() -> None:
         parser.error("--simulator-processes must be between 1 and --nodes")
     if not -20 <= args.simulator_nice <= 19:
         parser.error("--simulator-nice must be between -20 and 19")
-    if args.simulator_nice < 0 and not _may_raise_priority():
+    if args.simulator_nice < 0 and not _may_raise_priority(args.simulator_nice):
         parser.error(
             f"--simulator-nice {args.simulator_nice} raises the simulator's priority, "
-            "which only root (CAP_SYS_NICE) may do"
+            "which only root (CAP_SYS_NICE) or a RLIMIT_NICE allowing it may do"
         )
     if args.simulator_passes is not None and args.simulator_passes < 0:
         parser.error("--simulator-passes must not be negative (0: every pass at once)")

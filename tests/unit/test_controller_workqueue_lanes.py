@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from corral.contract.codec import encode
-from corral.natsio.controller import ChangeFeed, Controller, owners
+from corral.natsio.controller import ChangeFeed, Controller, Result, owners
 from corral.natsio.kv import Entry, MemoryBucket, Mirror
 from corral.natsio.workqueue import WorkQueue
 from tests.unit.test_controller_workqueue import FakeClock, unique_name
@@ -133,6 +133,7 @@ async def test_depth_and_head_age_count_both_lanes() -> None:
     queue.add("burst")
     clock.advance(1.0)
     assert REGISTRY.get_sample_value("corral_workqueue_depth", {"name": name}) == 2
+    assert REGISTRY.get_sample_value("corral_workqueue_prompt_depth", {"name": name}) == 1
     assert queue.head_age() == 3.0  # the prompt lane's head waited longest
 
 
@@ -174,15 +175,15 @@ async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
     steps: list[tuple[list[tuple[str, bool]], float]],
 ) -> None:
     """Whatever is added in whichever lane: a key waits once, in the prompt lane once
-    added there; every key added is taken; and over any stretch in which both lanes
-    held keys throughout, the time each lane had differs by at most the longest single
-    key's time."""
+    added there; every key added is taken; while both lanes hold keys the prompt lane
+    has the turn exactly when it is not ahead in time, and neither is ever ahead by
+    more than the longest a key took."""
     clock = FakeClock()
     queue = WorkQueue(unique_name(), clock=clock)
     waiting: set[str] = set()
     lane_of: dict[str, bool] = {}
-    had = [0.0, 0.0]  # each lane's time (normal, prompt) since both last held keys
-    longest = 0.0  # the longest key's time since then
+    ahead = 0.0  # the prompt lane's seconds less the other's, as the rule keeps them
+    longest = 0.0
     for adds, seconds in steps:
         for key, prompt in adds:
             if key not in waiting or prompt:  # a prompt add moves a waiting key
@@ -193,19 +194,42 @@ async def test_every_key_is_taken_once_per_wait_and_the_lanes_share_the_time(
         assert queue.prompt_waiting() == sum(lane_of[k] for k in waiting)
         if not waiting:
             continue
-        if queue.prompt_waiting() in (0, len(queue)):  # one lane alone: a new stretch
-            had, longest = [0.0, 0.0], 0.0
+        both = queue.prompt_waiting() not in (0, len(queue))
         key = await queue.get()
         assert key in waiting
         waiting.discard(key)
+        if both:
+            assert lane_of[key] == (ahead <= 0)
+        began = clock.now
         clock.advance(seconds)
         queue.done(key)
-        had[lane_of[key]] += seconds
-        longest = max(longest, seconds)
-        assert abs(had[0] - had[1]) <= longest + 1e-9
+        took = clock.now - began  # as the queue reads it off the clock
+        longest = max(longest, took)
+        ahead += took if lane_of[key] else -took
+        ahead = max(-longest, min(longest, ahead))
+        assert abs(ahead) <= longest
     while waiting:  # drained: every key added is handed out
         waiting.discard(await queue.get())
     assert len(queue) == 0
+
+
+async def test_a_lane_whose_keys_come_one_at_a_time_does_not_starve_the_other() -> None:
+    """Long prompt keys that arrive one at a time (the prompt lane empty after each)
+    still leave the busy normal lane about half of the workers' time."""
+    clock = FakeClock()
+    queue = WorkQueue(unique_name(), clock=clock)
+    queue.add_all(f"n{n}" for n in range(1000))
+    spent = {True: 0.0, False: 0.0}
+    for n in range(400):
+        if queue.prompt_waiting() == 0 and n % 2 == 0:
+            queue.add(f"p{n}", prompt=True)  # one at a time
+        key = await queue.get()
+        prompt = key.startswith("p")
+        took = 10.0 if prompt else 0.1
+        clock.advance(took)
+        queue.done(key)
+        spent[prompt] += took
+    assert spent[False] >= 0.45 * (spent[True] + spent[False])
 
 
 async def test_a_feed_may_queue_only_some_changes_in_the_prompt_lane() -> None:
@@ -223,3 +247,26 @@ async def test_a_feed_may_queue_only_some_changes_in_the_prompt_lane() -> None:
     statuses.apply(Entry("u-1", encode(Pod(owner="urgent")), 2))
     assert len(controller.queue) == 2 and controller.queue.prompt_waiting() == 1
     assert await controller.queue.get() == "urgent"
+
+
+async def test_a_prompt_keys_retry_and_requeue_go_back_to_the_prompt_lane() -> None:
+    """A key taken from the prompt lane that fails (back-off) or asks to be looked at
+    again (requeue_after) comes back in the prompt lane, not behind the burst."""
+    clock = FakeClock()
+
+    async def reconcile(key: str) -> Result | None:
+        if key == "fails":
+            raise RuntimeError("a conflict")
+        return Result(requeue_after=1.0)
+
+    controller = Controller(unique_name(), reconcile, clock=clock)
+    queue = controller.queue
+    controller.enqueue("burst")
+    controller.enqueue_all(["again", "fails"], prompt=True)
+    for _ in range(2):  # the prompt lane's first
+        key = await queue.get()
+        await controller.process(key)
+        queue.done(key)
+    clock.advance(60.0)  # every delay has passed
+    taken = [await queue.get() for _ in range(3)]
+    assert sorted(taken[:2]) == ["again", "fails"] and taken[2] == "burst"

@@ -455,3 +455,28 @@ async def test_many_nodes_lost_at_once_leave_all_but_a_few_deployments_in_turn()
         assert cluster.loop.ready_nodes == {"a"}
         assert len(queue) == 5
         assert queue.prompt_waiting() == prompt_changes.DISRUPTION_NODES  # 1 % of 6 is less
+
+
+async def test_nodes_joining_meanwhile_do_not_make_a_lost_node_a_disruption() -> None:
+    """Only judged losses count towards a disruption: nodes judged for the first time
+    (joining, or every node when a scheduler starts) do not."""
+    async with running() as cluster:
+        await _apply(cluster, _deployment("web", 1, cpu="3"))
+        await placed_and_running(cluster, "a", "b")
+        await cluster.tick(2, beating=("a", "b"))
+        web_node = placed_by(cluster, "web")[0]
+        live = "a" if web_node == "b" else "b"
+        queue = cluster.loop.controller.queue
+        clock = cluster.clock
+        for step in range(int(NODE_LOST_SECONDS) + 2):
+            clock.now += 1
+            await cluster.heartbeat(live)
+            if step >= 2:  # four nodes join just before web's node is judged lost
+                for name in ("c", "d", "e", "f"):
+                    await cluster.heartbeat(name)
+            await cluster.echo()
+            await cluster.loop.tick()
+            if web_node not in cluster.loop.ready_nodes:
+                break
+        assert {"c", "d", "e", "f"} <= cluster.loop.ready_nodes
+        assert queue.prompt_waiting() == 1  # web's Deployment

@@ -371,8 +371,9 @@ class Controller:
 
     async def process(self, key: str) -> None:
         """Reconcile `key` once and queue what follows (a worker calls this with a key it
-        took from the queue)."""
+        took from the queue). A retry or requeue goes back to the lane it came from."""
         started = self.clock()
+        prompt = self.queue.taken_prompt(key)
         try:
             if self.reconcile_timeout is None:
                 result = await self.reconcile(key)
@@ -380,7 +381,7 @@ class Controller:
                 with anyio.fail_after(self.reconcile_timeout):
                     result = await self.reconcile(key)
         except Exception as error:
-            delay = self.queue.add_rate_limited(key)
+            delay = self.queue.add_rate_limited(key, prompt=prompt)
             failures = self.queue.failures(key)
             self._error.inc()
             log.warning(
@@ -399,6 +400,6 @@ class Controller:
         self.queue.forget(key)
         if isinstance(result, Result) and result.requeue_after is not None:
             self._requeue.inc()
-            self.queue.add_after(key, result.requeue_after)
+            self.queue.add_after(key, result.requeue_after, prompt=prompt)
         else:
             self._ok.inc()

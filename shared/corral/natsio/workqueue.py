@@ -21,10 +21,12 @@ The rules (docs/architecture.md, "The controller runtime"):
 - Two lanes. `add(key, prompt=True)` queues a key in the prompt lane: changes in what
   runs (a replica's status, a node judged lost), which must not wait behind a burst of
   new work (a hundred Deployments applied at once, each placing a thousand replicas).
-  While both lanes hold keys, a worker takes from the lane that has had less of the
-  workers' time since both began to hold keys (time-fair, not key-fair: a prompt key is
-  mostly a status to count, a normal one may place a thousand replicas), so neither
-  lane starves the other; a lone lane has every turn. A key is queued once: added
+  While both lanes hold keys, a worker takes from the lane that is owed time: the
+  workers' seconds on each lane are kept as a balance (time-fair, not key-fair: a
+  prompt key may be a status to count, a normal one may place a thousand replicas),
+  carried over while a lane is empty (a lane whose keys come one at a time still gets
+  its half), and bounded by the longest any key took (neither lane saves up a credit
+  that would starve the other); a lone lane has every turn. A key is queued once: added
   `prompt` while it waits in the other lane, it moves to the prompt lane (in a busy
   cluster every Deployment waits in the other lane for its own changes, and a node
   lost must not leave its Deployments there); added without, it stays where it is.
@@ -54,6 +56,9 @@ from corral.contract.backoff import Backoff
 
 _NAME: Final = ["name"]
 DEPTH = Gauge("corral_workqueue_depth", "Keys queued and ready for a worker", _NAME)
+PROMPT_DEPTH = Gauge(
+    "corral_workqueue_prompt_depth", "Of the keys queued and ready, those in the prompt lane", _NAME
+)
 DELAYED = Gauge("corral_workqueue_delayed", "Keys waiting for a delay (back-off, requeue)", _NAME)
 ADDS = Counter("corral_workqueue_adds_total", "Keys added (before de-duplication)", _NAME)
 RETRIES = Counter("corral_workqueue_retries_total", "Keys requeued with back-off", _NAME)
@@ -108,11 +113,14 @@ class WorkQueue:
         self._prompt: set[str] = set()  # of `_dirty`, those in the prompt lane
         # keys a worker has -> since when, and whether it took them from the prompt lane
         self._processing: dict[str, tuple[float, bool]] = {}
-        # The workers' seconds on each lane's keys (normal, prompt) since both lanes
-        # last began to hold keys: a worker takes from the lane with fewer.
-        self._lane_seconds = [0.0, 0.0]
+        # The workers' seconds on the prompt lane's keys less those on the other's,
+        # within +-_longest (the longest a key took): the prompt lane has the next turn
+        # while it is not ahead.
+        self._balance = 0.0
+        self._longest = 0.0
         self._failures: dict[str, int] = {}  # consecutive failures per key
         self._due: dict[str, float] = {}  # delayed keys -> when they are due
+        self._due_prompt: set[str] = set()  # of `_due`, those due in the prompt lane
         self._timers: list[tuple[float, int, str]] = []  # heap of (due, order, key)
         self._order = 0
         self._getters: deque[anyio.Event] = deque()  # one Event per waiting get()
@@ -121,6 +129,7 @@ class WorkQueue:
         self._retries = RETRIES.labels(name)
         self._queue_seconds = QUEUE_SECONDS.labels(name)
         DEPTH.labels(name).set_function(lambda: len(self))
+        PROMPT_DEPTH.labels(name).set_function(self.prompt_waiting)
         DELAYED.labels(name).set_function(lambda: len(self._due))
         HEAD_AGE.labels(name).set_function(self.head_age)
         LONGEST_RUNNING.labels(name).set_function(self.longest_running)
@@ -141,6 +150,12 @@ class WorkQueue:
 
     def processing(self, key: str) -> bool:
         return key in self._processing
+
+    def taken_prompt(self, key: str) -> bool:
+        """Whether a worker took `key`, being processed, from the prompt lane (its
+        requeue goes back there)."""
+        taken = self._processing.get(key)
+        return taken is not None and taken[1]
 
     def due_in(self, key: str) -> float | None:
         """Seconds until a delayed `key` is due (0 when overdue); None: not delayed."""
@@ -178,11 +193,8 @@ class WorkQueue:
             return
         self._adds.inc()
         if key in self._dirty:
-            if prompt and key not in self._prompt:  # it moves to the prompt lane
-                self._prompt.add(key)
-                if key in self._entry:  # ready (else queued again by done(key))
-                    self._live[0] -= 1
-                    self._enter(key)
+            if prompt:
+                self._move_to_prompt(key)
             return
         self._dirty[key] = self.clock()
         if prompt:
@@ -196,14 +208,17 @@ class WorkQueue:
         for key in keys:
             self.add(key, prompt=prompt)
 
-    def add_after(self, key: str, delay: float) -> None:
+    def add_after(self, key: str, delay: float, *, prompt: bool = False) -> None:
         """Queue `key` once `delay` seconds have passed; at once when delay <= 0. Of several
-        pending delays of one key, the earliest counts."""
+        pending delays of one key, the earliest counts; `prompt` (of any of them): then
+        in the prompt lane."""
         if self._shut_down:
             return
         if delay <= 0:
-            self.add(key)
+            self.add(key, prompt=prompt)
             return
+        if prompt:
+            self._due_prompt.add(key)
         due = self.clock() + delay
         known = self._due.get(key)
         if known is not None and known <= due:
@@ -214,8 +229,9 @@ class WorkQueue:
         if self._timers[0][2] == key and self._timers[0][0] == due:
             self.wake()  # sooner than what the getters sleep for
 
-    def add_rate_limited(self, key: str) -> float:
-        """Queue `key` after its next back-off (one more failure); returns the delay."""
+    def add_rate_limited(self, key: str, *, prompt: bool = False) -> float:
+        """Queue `key` after its next back-off (one more failure), in the prompt lane if
+        `prompt`; returns the delay."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         delay = Backoff.after_failures(
@@ -225,7 +241,7 @@ class WorkQueue:
             factor=self.backoff.factor,
         )
         self._retries.inc()
-        self.add_after(key, delay)
+        self.add_after(key, delay, prompt=prompt)
         return delay
 
     def forget(self, key: str) -> None:
@@ -276,7 +292,10 @@ class WorkQueue:
         if taken is None:
             return  # not taken by get(): it may be queued already, never queue it twice
         since, prompt = taken
-        self._lane_seconds[prompt] += max(0.0, self.clock() - since)
+        took = max(0.0, self.clock() - since)
+        self._longest = max(self._longest, took)
+        balance = self._balance + (took if prompt else -took)
+        self._balance = max(-self._longest, min(self._longest, balance))
         if key in self._dirty and not self._shut_down:
             self._enter(key)
             self._notify()
@@ -286,6 +305,7 @@ class WorkQueue:
         what is queued has been taken."""
         self._shut_down = True
         self._due.clear()
+        self._due_prompt.clear()
         self._timers.clear()
         while self._getters:
             self._getters.popleft().set()
@@ -300,6 +320,15 @@ class WorkQueue:
     def _notify(self) -> None:
         if self._getters:
             self._getters.popleft().set()
+
+    def _move_to_prompt(self, key: str) -> None:
+        """A key waiting (dirty) goes to the prompt lane, unless it is there already."""
+        if key in self._prompt:
+            return
+        self._prompt.add(key)
+        if key in self._entry:  # ready (else queued again by done(key))
+            self._live[0] -= 1
+            self._enter(key)
 
     def _enter(self, key: str) -> None:
         """Make `key` ready, in its lane: a new live entry (one it had is void now)."""
@@ -321,14 +350,11 @@ class WorkQueue:
 
     def _take_prompt(self) -> bool:
         """Whether the next key comes from the prompt lane (one of the lanes holds keys):
-        a lone lane has the turn, and the workers' time since both lanes last began to
-        hold keys starts from nothing; of two, the one that has had less of it."""
+        a lone lane has the turn; of two, the prompt lane unless it is ahead."""
         normal_waiting, prompt_waiting = self._live
         if not (normal_waiting and prompt_waiting):
-            self._lane_seconds = [0.0, 0.0]
             return bool(prompt_waiting)
-        normal, prompt = self._lane_seconds
-        return prompt <= normal
+        return self._balance <= 0
 
     def _promote_due(self) -> None:
         if not self._timers:
@@ -339,9 +365,15 @@ class WorkQueue:
             if self._due.get(key) != due:
                 continue  # superseded by an earlier delay of the same key
             del self._due[key]
+            prompt = key in self._due_prompt
+            self._due_prompt.discard(key)
             if key in self._dirty:
+                if prompt:
+                    self._move_to_prompt(key)
                 continue
             self._dirty[key] = due  # it has waited since it was due
+            if prompt:
+                self._prompt.add(key)
             if key not in self._processing:
                 self._enter(key)
 
