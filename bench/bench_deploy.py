@@ -56,8 +56,8 @@ BENCH_LABEL = "io.corral.bench"
 def free_port_block(size: int) -> int:
     """`size` consecutive free ports on loopback, below the kernel's ephemeral range when
     there is room: a block inside it can lose a port before its process binds it, to the
-    source port of one of the many connections a run opens (a hollow cluster's metrics
-    port was taken so, and the run failed on a refused connection)."""
+    source port of one of the many connections a run opens (thousands at 5,000 hollow
+    nodes)."""
     low = _ephemeral_low()
     for _ in range(200):
         if low - size > 10_000:

@@ -700,6 +700,19 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         if joined is None:
             raise RuntimeError(f"the {nodes + 2} hollow nodes did not register")
         results.add("nodes registered", f"{nodes + 2} in {time.monotonic() - started:.1f} s")
+
+        async def simulators_serve() -> bool:
+            """Each simulator process serves its /metrics once all its nodes started,
+            which can come after their records are written (read here before placing)."""
+            for name in cluster.simulators:
+                try:
+                    await anyio.to_thread.run_sync(cluster.metrics, name)
+                except (OSError, http.client.HTTPException):
+                    return False
+            return True
+
+        if await until(simulators_serve, args.timeout, every=0.5) is None:
+            raise RuntimeError("the simulator's processes did not serve their /metrics")
         await anyio.sleep(args.settle)  # every node heard from: schedulable
         cluster.mark_cpu("placing")
         marked_placing = time.monotonic()
