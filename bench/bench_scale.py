@@ -884,11 +884,16 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                 await midburst_told.wait()
             for held, lost_at, moved in lost_while_placing:
                 placing_on = max(0.0, began + placed_in - lost_at)
+                if held == 0:
+                    told = "not measured: it held no replica when it was killed"
+                elif moved is None:
+                    told = "not within the timeout"
+                else:
+                    told = f"{moved:.1f} s"
                 results.add(
                     f"one node lost halfway through placing ({held} replicas): placed "
                     "elsewhere after",
-                    ("not within the timeout" if moved is None else f"{moved:.1f} s")
-                    + f" (placing went on for {placing_on:.1f} s after the loss)",
+                    told + f" (placing went on for {placing_on:.1f} s after the loss)",
                     "its Deployments decided ahead of the burst, not after it "
                     f"(goal ≤ 5 s; R = {NODE_LOST_SECONDS:g} s of silence is the budget's share)",
                 )

@@ -1,6 +1,6 @@
 """Which changes the scheduler decides ahead of a burst of placing: a replica going down
-(from up, or first seen down), not one coming up or staying down; a node judged lost
-or back when few nodes change at once, not in a disruption."""
+(from anything else), not one coming up, staying down or first seen; the Deployments
+of a node judged lost or back while few were lately, not in a disruption."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def status(state: ReplicaState, ready: bool | None = None) -> ReplicaStatus:
         (status(S.RUNNING), status(S.TERMINATING), False),  # stopped by a decision
         (status(S.RUNNING, ready=True), status(S.RUNNING, ready=False), True),
         (status(S.RUNNING), status(S.RUNNING, ready=False), True),  # served, and not now
-        (None, status(S.FAILED), True),
+        (None, status(S.FAILED), False),  # first seen (a scheduler starting): in turn
         (status(S.EXITED), status(S.CRASH_LOOP), False),  # down already: decided then
         (status(S.RUNNING), None, False),  # gone with its placement
     ],
@@ -43,21 +43,25 @@ def test_a_replica_going_down_is_prompt_and_one_coming_up_is_not(
     assert went_down("a.default.web-1", old, new) is prompt
 
 
-def test_a_few_nodes_judged_are_prompt_and_more_at_once_are_a_disruption() -> None:
+def test_the_deployments_of_a_few_nodes_are_prompt_and_more_at_once_a_disruption() -> None:
     changes = NodeChanges()
-    verdicts = [changes.few(f"n{n}", 10.0, nodes=100) for n in range(5)]
-    assert verdicts == [True, True, True, False, False]
-    # the window passes: one node alone is prompt again
-    assert changes.few("n9", 10.0 + DISRUPTION_SECONDS + 0.1, nodes=100)
+    nodes = [{f"app-{n}-{k}" for k in range(8)} for n in range(4)]  # 8 Deployments each
+    verdicts = [changes.few(keys, 10.0, of=100) for keys in nodes]
+    assert verdicts == [True, True, False, False]  # 16 of at most 20; 24 would be more
+    # the window passes: a node alone is prompt again
+    assert changes.few(nodes[3], 10.0 + DISRUPTION_SECONDS + 0.1, of=100)
 
 
-def test_a_node_that_flaps_counts_once() -> None:
+def test_a_node_holding_more_than_the_bound_alone_is_still_prompt() -> None:
+    assert NodeChanges().few({f"app-{k}" for k in range(50)}, 10.0, of=100)
+
+
+def test_a_deployment_counts_once_however_many_of_its_nodes_flap() -> None:
     changes = NodeChanges()
-    assert all(changes.few("flapping", 10.0 + n * 0.1, nodes=10) for n in range(10))
-    assert changes.few("lost", 11.0, nodes=10)  # 2 nodes, not 11 judgements
+    assert all(changes.few({"web", "db"}, 10.0 + n * 0.1, of=10) for n in range(30))
 
 
-def test_in_a_large_cluster_a_share_of_its_nodes_is_still_few() -> None:
+def test_in_a_cluster_of_many_deployments_a_share_of_them_is_still_few() -> None:
     changes = NodeChanges()
-    verdicts = [changes.few(f"n{n}", 10.0 + n * 0.01, nodes=5_000) for n in range(60)]
+    verdicts = [changes.few({f"app-{n}"}, 10.0 + n * 0.01, of=5_000) for n in range(60)]
     assert verdicts == [True] * 50 + [False] * 10  # 1 % of 5,000

@@ -325,8 +325,9 @@ class ControlLoop:
         controller.watch(deployment_changes)
         controller.watch(placement_changes, owners(lambda key, p: p.deployment_key))
         # A replica going down is decided ahead of a burst of placing (the work queue's
-        # prompt lane): its replacement does not wait until a hundred Deployments
-        # applied at once are placed. Replicas coming up are counted in turn: a
+        # prompt lane): its Deployment's availability, rollout and automatic rollback do
+        # not wait until a hundred Deployments applied at once are placed (the agent
+        # restarts the container itself). Replicas coming up are counted in turn: a
         # Deployment decided once for many of them, not once each (bench/README.md,
         # "A prompt lane; the simulator first; 5,001 nodes and 100,000 replicas").
         controller.watch(
@@ -843,11 +844,15 @@ class ControlLoop:
         else:
             self.ready_nodes.discard(name)
         # A node judged lost or back: its replicas are replaced (or kept) ahead of a
-        # burst, unless many nodes are at once (prompt_changes.py). Its first judgement
-        # (a scheduler starting, a node joining) and a readiness flip take their turn.
+        # burst, unless many Deployments were lately (a disruption: prompt_changes.py).
+        # Its first judgement (a scheduler starting, a node joining) and a readiness
+        # flip take their turn.
         judged_loss = known is not None and known[1:] != state[1:]
-        prompt = judged_loss and self._node_changes.few(name, now, len(self._node_states))
-        self.controller.enqueue_all(self.deployments_by_node.get(name), prompt=prompt)
+        deployments = self.deployments_by_node.get(name)
+        prompt = judged_loss and self._node_changes.few(
+            deployments, now, len(self.deployments.items)
+        )
+        self.controller.enqueue_all(deployments, prompt=prompt)
         if schedulable and (known is None or not known[0]):
             self._wake_pending(self.pending)
             node = self._nodes.get(name)
@@ -1166,7 +1171,7 @@ class ControlLoop:
         # Before deciding: the status carries the current template's revision (a new
         # template's costs one read and write; a failure never holds the decision up).
         if not await self._record_revision(key):
-            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
+            result = Result(requeue_after=HISTORY_RETRY_SECONDS, prompt=False)
         wakes_before = self.room_wakes
         async with self._deciding:
             plan = await self.decide(key, now)
@@ -1199,14 +1204,14 @@ class ControlLoop:
         if since is not None:
             metrics.SCHEDULING_LATENCY.observe(self.monotonic() - since)
         if not await self._after_decision(key, plan):
-            result = Result(requeue_after=HISTORY_RETRY_SECONDS)
+            result = Result(requeue_after=HISTORY_RETRY_SECONDS, prompt=False)
         # A replica reaches its minReadySeconds then; the progress deadline passes then.
         for wait in (plan.requeue_after, plan.deadline_in):
             if wait is not None:
                 if result is None or result.requeue_after is None:
-                    result = Result(requeue_after=wait)
-                else:
-                    result = Result(requeue_after=min(result.requeue_after, wait))
+                    result = Result(requeue_after=wait, prompt=False)
+                elif wait < result.requeue_after:
+                    result = Result(requeue_after=wait, prompt=False)
         return result
 
     def _revision(self, key: str, deployment: Deployment | None = None) -> int:

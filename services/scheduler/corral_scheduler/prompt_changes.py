@@ -7,9 +7,12 @@ wait: a node judged lost or back (ControlLoop._judge_node), and a replica going 
 (`went_down`). A replica coming up waits its turn in the other lane, where the many
 statuses of one Deployment are counted in one decision rather than one decision each.
 
-A node is prompt when it is one of few whose loss was judged lately (`NodeChanges`).
-When many are (more than the larger of DISRUPTION_NODES and DISRUPTION_SHARE of the
-nodes, within DISRUPTION_SECONDS), that is a disruption (the cores overloaded, a
+A node's Deployments are prompt while few Deployments were made prompt by nodes
+judged lost or back lately (`NodeChanges`: the first node's always; then up to the
+larger of DISRUPTION_DEPLOYMENTS and DISRUPTION_SHARE of the Deployments within
+DISRUPTION_SECONDS). Counting Deployments, not nodes: in a cluster of few, wide
+Deployments the first three nodes lost already touch most of them. More is a
+disruption (the cores overloaded, a
 partition): replacing thousands of replicas at the next turn would load the nodes and
 the store further, as the nodes come back. Their Deployments then take their turn
 behind the work queued before, as they did before the lane existed (bench/README.md,
@@ -18,14 +21,16 @@ behind the work queued before, as they did before the lane existed (bench/README
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
 from corral.contract.state import ReplicaState, ReplicaStatus
 from corral.contract.time_budget import NODE_LOST_SECONDS
 
-# Nodes whose judgement changed within DISRUPTION_SECONDS: at most the larger of these
-# two is "few" (nodes that fall silent together are judged over about a heartbeat).
-DISRUPTION_NODES: Final = 3
+# Deployments made prompt by node judgements within DISRUPTION_SECONDS: at most the
+# larger of these two is "few" (nodes that fall silent together are judged over about
+# a heartbeat; a node of a large cluster holds replicas of a score of Deployments).
+DISRUPTION_DEPLOYMENTS: Final = 20
 DISRUPTION_SHARE: Final = 0.01
 DISRUPTION_SECONDS: Final = NODE_LOST_SECONDS
 
@@ -45,12 +50,14 @@ _DOWN: Final = frozenset(
 def went_down(key: str, old: ReplicaStatus | None, new: ReplicaStatus | None) -> bool:
     """A replica's status that turned down (exited, crashing, failed) from anything else,
     or a Running replica that was ready and is not any more (its readiness probe failed):
-    a change its Deployment must decide on soon. A replica coming up is not, readiness
-    probe or not (its status says ready=false until the probe first passes)."""
-    if new is None:
+    its Deployment's availability, a rollout's progress and the automatic rollback see
+    it at the next turn. A replica coming up is not, readiness probe or not (its status
+    says ready=false until the probe first passes); nor is a status seen for the first
+    time (a scheduler starting replays every status: they take their turn)."""
+    if new is None or old is None:
         return False
     if new.state in _DOWN:
-        return old is None or old.state not in _DOWN
+        return old.state not in _DOWN
     lost_readiness = new.state == ReplicaState.RUNNING and new.ready is False
     return (
         lost_readiness
@@ -61,20 +68,26 @@ def went_down(key: str, old: ReplicaStatus | None, new: ReplicaStatus | None) ->
 
 
 class NodeChanges:
-    """The nodes whose loss was judged (lost, or back) lately: when, on the loop's clock."""
+    """The Deployments made prompt lately by nodes judged lost or back: when, on the
+    loop's clock (oldest first)."""
 
     def __init__(self) -> None:
-        self._at: dict[str, float] = {}  # node -> its last such judgement (oldest first)
+        self._at: dict[str, float] = {}
 
-    def few(self, node: str, now: float, nodes: int) -> bool:
-        """`node`'s loss was judged now: is it one of few nodes (its Deployments prompt),
-        rather than of a disruption? `nodes`: the nodes judged. A node counts once
-        however often it flaps."""
+    def few(self, deployments: Collection[str], now: float, of: int) -> bool:
+        """A node was judged lost or back now, with replicas of `deployments`: are they
+        prompt (few so far), rather than part of a disruption? `of`: the Deployments
+        in all. A Deployment counts once however many of its nodes are judged."""
         at = self._at
-        at.pop(node, None)
-        at[node] = now
-        for oldest, when in list(at.items()):
-            if when >= now - DISRUPTION_SECONDS:
+        while at:
+            oldest = next(iter(at))
+            if at[oldest] >= now - DISRUPTION_SECONDS:
                 break
             del at[oldest]
-        return len(at) <= max(DISRUPTION_NODES, DISRUPTION_SHARE * nodes)
+        more = sum(1 for key in deployments if key not in at)
+        if at and len(at) + more > max(DISRUPTION_DEPLOYMENTS, DISRUPTION_SHARE * of):
+            return False
+        for key in deployments:
+            at.pop(key, None)
+            at[key] = now
+        return True

@@ -229,9 +229,13 @@ def indexed_under(index: Index[Any]) -> KeyMapper[Any]:
 @dataclass(frozen=True, slots=True)
 class Result:
     """What a reconcile asks for: None, done until the next change; else look again after
-    `requeue_after` seconds (a timer of its own, e.g. a replica's grace period)."""
+    `requeue_after` seconds (a timer of its own, e.g. a replica's grace period), in the
+    lane the key came from (`prompt` None: a retry of the same work, e.g. after a
+    conflict) or the one `prompt` says (False for a timer of its own: a deadline is
+    not urgent because the change that set it was)."""
 
     requeue_after: float | None = None
+    prompt: bool | None = None
 
     def __post_init__(self) -> None:
         if self.requeue_after is not None and not (
@@ -400,6 +404,7 @@ class Controller:
         self.queue.forget(key)
         if isinstance(result, Result) and result.requeue_after is not None:
             self._requeue.inc()
-            self.queue.add_after(key, result.requeue_after, prompt=prompt)
+            lane = prompt if result.prompt is None else result.prompt
+            self.queue.add_after(key, result.requeue_after, prompt=lane)
         else:
             self._ok.inc()

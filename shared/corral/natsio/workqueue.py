@@ -22,11 +22,12 @@ The rules (docs/architecture.md, "The controller runtime"):
   runs (a replica's status, a node judged lost), which must not wait behind a burst of
   new work (a hundred Deployments applied at once, each placing a thousand replicas).
   While both lanes hold keys, a worker takes from the lane that is owed time: the
-  workers' seconds on each lane are kept as a balance (time-fair, not key-fair: a
-  prompt key may be a status to count, a normal one may place a thousand replicas),
-  carried over while a lane is empty (a lane whose keys come one at a time still gets
-  its half), and bounded by the longest any key took (neither lane saves up a credit
-  that would starve the other); a lone lane has every turn. A key is queued once: added
+  workers' seconds on keys taken while both lanes held keys are kept as a balance
+  (time-fair, not key-fair: a prompt key may be a status to count, a normal one may
+  place a thousand replicas), carried over while a lane is empty (a lane whose keys
+  come one at a time still gets its half), and bounded by the longest such key (neither
+  lane saves up a credit that would starve the other; a lane alone saves up none); a
+  lone lane has every turn. A key is queued once: added
   `prompt` while it waits in the other lane, it moves to the prompt lane (in a busy
   cluster every Deployment waits in the other lane for its own changes, and a node
   lost must not leave its Deployments there); added without, it stays where it is.
@@ -111,11 +112,13 @@ class WorkQueue:
         self._entries = 0  # entries made: the next one's number
         self._dirty: dict[str, float] = {}  # keys to process -> since when they wait
         self._prompt: set[str] = set()  # of `_dirty`, those in the prompt lane
-        # keys a worker has -> since when, and whether it took them from the prompt lane
-        self._processing: dict[str, tuple[float, bool]] = {}
-        # The workers' seconds on the prompt lane's keys less those on the other's,
-        # within +-_longest (the longest a key took): the prompt lane has the next turn
-        # while it is not ahead.
+        # keys a worker has -> since when, whether it took them from the prompt lane, and
+        # whether the other lane held keys then (its time counts towards the balance)
+        self._processing: dict[str, tuple[float, bool, bool]] = {}
+        # The workers' seconds on the prompt lane's keys less those on the other's, each
+        # counted only when taken while the other lane held keys too, within +-_longest
+        # (the longest such a key took): the prompt lane has the next turn while it is
+        # not ahead.
         self._balance = 0.0
         self._longest = 0.0
         self._failures: dict[str, int] = {}  # consecutive failures per key
@@ -178,7 +181,7 @@ class WorkQueue:
         """Seconds the key processed longest so far has been processed; 0 when none."""
         if not self._processing:
             return 0.0
-        return max(0.0, self.clock() - min(since for since, _ in self._processing.values()))
+        return max(0.0, self.clock() - min(taken[0] for taken in self._processing.values()))
 
     @property
     def shutting_down(self) -> bool:
@@ -256,6 +259,7 @@ class WorkQueue:
         while True:
             self._promote_due()
             if self._entry:
+                contended = all(self._live)
                 prompt = self._take_prompt()
                 key = self._head(prompt)
                 assert key is not None  # the lane taken has a live entry
@@ -265,7 +269,7 @@ class WorkQueue:
                 self._prompt.discard(key)
                 now = self.clock()
                 self._queue_seconds.observe(max(0.0, now - self._dirty.pop(key)))
-                self._processing[key] = (now, prompt)
+                self._processing[key] = (now, prompt, contended)
                 if self._entry:
                     self._notify()  # more ready: let the next getter go too
                 return key
@@ -291,11 +295,12 @@ class WorkQueue:
         taken = self._processing.pop(key, None)
         if taken is None:
             return  # not taken by get(): it may be queued already, never queue it twice
-        since, prompt = taken
-        took = max(0.0, self.clock() - since)
-        self._longest = max(self._longest, took)
-        balance = self._balance + (took if prompt else -took)
-        self._balance = max(-self._longest, min(self._longest, balance))
+        since, prompt, contended = taken
+        if contended:  # a lane alone owes the other nothing
+            took = max(0.0, self.clock() - since)
+            self._longest = max(self._longest, took)
+            balance = self._balance + (took if prompt else -took)
+            self._balance = max(-self._longest, min(self._longest, balance))
         if key in self._dirty and not self._shut_down:
             self._enter(key)
             self._notify()
