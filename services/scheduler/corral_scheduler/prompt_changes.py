@@ -12,11 +12,11 @@ judged lost or back lately (`NodeChanges`: the first node's always; then up to t
 larger of DISRUPTION_DEPLOYMENTS and DISRUPTION_SHARE of the Deployments within
 DISRUPTION_SECONDS). Counting Deployments, not nodes: in a cluster of few, wide
 Deployments the first three nodes lost already touch most of them. More is a
-disruption (the cores overloaded, a
-partition): replacing thousands of replicas at the next turn would load the nodes and
-the store further, as the nodes come back. Their Deployments then take their turn
-behind the work queued before, as they did before the lane existed (bench/README.md,
-"A prompt lane; the simulator first; 5,001 nodes and 100,000 replicas").
+disruption (the cores overloaded, a partition): replacing thousands of replicas at the
+next turn would load the nodes and the store further, as the nodes come back. Their
+Deployments then take their turn behind the work queued before, as they did before the
+lane existed (bench/README.md, "A prompt lane; the simulator first; 5,001 nodes and
+100,000 replicas").
 """
 
 from __future__ import annotations
@@ -59,12 +59,7 @@ def went_down(key: str, old: ReplicaStatus | None, new: ReplicaStatus | None) ->
     if new.state in _DOWN:
         return old.state not in _DOWN
     lost_readiness = new.state == ReplicaState.RUNNING and new.ready is False
-    return (
-        lost_readiness
-        and old is not None
-        and old.state == ReplicaState.RUNNING
-        and old.ready is not False
-    )
+    return lost_readiness and old.state == ReplicaState.RUNNING and old.ready is not False
 
 
 class NodeChanges:
