@@ -191,7 +191,7 @@ class WorkQueue:
 
     def add(self, key: str, *, prompt: bool = False) -> None:
         """Queue `key` now, once however often it is added before a worker takes it;
-        `prompt`: in the prompt lane, unless it waits in the other already."""
+        `prompt`: in the prompt lane (a key waiting in the other lane moves there)."""
         if self._shut_down:
             return
         self._adds.inc()
