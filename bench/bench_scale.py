@@ -138,7 +138,8 @@ NODES_PER_SIMULATOR = 500
 # starves, its nodes look lost and their replicas are placed again and again
 # (bench/README.md, "The simulator at a lower priority"). A negative value (root only)
 # gives the simulator the cores first, as machines of their own would have them: the
-# control plane is measured on what is left (bench/README.md, "The simulator first").
+# control plane is measured on what is left (bench/README.md, "A prompt lane; the
+# simulator first; 5,001 nodes and 100,000 replicas").
 DEFAULT_SIMULATOR_NICE = 0
 PROBE = "probe"
 MIDBURST = "midburst"  # the one-node cluster lost halfway through placing
@@ -747,6 +748,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             tg.start_soon(sample_timeline)
             # (replicas it held, when it was killed, seconds until none was placed on it)
             lost_while_placing: list[tuple[int, float, float | None]] = []
+            midburst_told = anyio.Event()  # its row is known (or will not be)
 
             async def lose_one_while_placing() -> None:
                 try:
@@ -787,8 +789,6 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
                 moved = await until(gone, args.timeout)
                 lost_while_placing.append((before, lost_at, moved))
-
-            midburst_told = anyio.Event()
 
             tg.start_soon(lose_one_while_placing)
             # The Deployments arrive as a burst from several clients (--apply-parallel

@@ -312,7 +312,8 @@ class ControlLoop:
         self._reserved: dict[str, Placement] = {}
         placement_changes.subscribe(self._count_placement)
         self.pending: set[str] = set()  # Deployments with replicas placed nowhere
-        # Nodes whose judgement changed lately: few, and their Deployments are prompt.
+        # The Deployments made prompt lately by nodes judged lost or back (a disruption
+        # when many: prompt_changes.py).
         self._node_changes = NodeChanges()
         # How many times room may have appeared for pending replicas (_wake_pending): a
         # decision that saw none, committed after such a wake, is made again (reconcile).
@@ -1208,9 +1209,7 @@ class ControlLoop:
         # A replica reaches its minReadySeconds then; the progress deadline passes then.
         for wait in (plan.requeue_after, plan.deadline_in):
             if wait is not None:
-                if result is None or result.requeue_after is None:
-                    result = Result(requeue_after=wait, prompt=False)
-                elif wait < result.requeue_after:
+                if result is None or result.requeue_after is None or wait < result.requeue_after:
                     result = Result(requeue_after=wait, prompt=False)
         return result
 

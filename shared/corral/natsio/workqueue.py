@@ -27,10 +27,10 @@ The rules (docs/architecture.md, "The controller runtime"):
   place a thousand replicas), carried over while a lane is empty (a lane whose keys
   come one at a time still gets its half), and bounded by the longest such key (neither
   lane saves up a credit that would starve the other; a lane alone saves up none); a
-  lone lane has every turn. A key is queued once: added
-  `prompt` while it waits in the other lane, it moves to the prompt lane (in a busy
-  cluster every Deployment waits in the other lane for its own changes, and a node
-  lost must not leave its Deployments there); added without, it stays where it is.
+  lone lane has every turn. A key is queued once: added `prompt` while it waits in the
+  other lane, it moves to the prompt lane (in a busy cluster every Deployment waits in
+  the other lane for its own changes, and a node lost must not leave its Deployments
+  there); added without, it stays where it is.
 
 Delays are measured on `clock` (monotonic by default). A waiting `get` sleeps until the
 next delayed key is due, or until `wake()`: a test with a fake clock advances it and
