@@ -1,7 +1,11 @@
-"""What netmgr's and volmgr's mirrors cost per record: the full types against the views.
+"""What the mirrors cost per record: full types, full types shared, and views.
 
 netmgr mirrors every Placement and ReplicaStatus, volmgr every Placement, as views that
-hold only the fields they read (corral.contract.views). This builds N records of each as
+hold only the fields they read (corral.contract.views). The scheduler holds the full
+types, passed through corral.contract.sharing: a placement holds its Deployment
+revision's one template, and both hold one copy of each name they repeat (the rows
+marked "..."; the names as bench_scale.py's: a Deployment's 200 replicas, 20 to a
+node). This builds N records of each as
 a hollow cluster's scheduler and agents write them (a template with an image, command,
 env, resources, labels, a named port, readiness and liveness probes; statuses Running
 with an IP, probe results and restart times), encodes them with corral's encoder, then
@@ -26,10 +30,12 @@ import argparse
 import gc
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from corral.contract.codec import decode, encode
+from corral.contract.sharing import TemplatePool, intern_replica_names
 from corral.contract.specs import (
     ContainerPort,
     ContainerTemplate,
@@ -130,27 +136,39 @@ class Row:
     record: str
     kind: type[Any]
     reader: str
+    # What a mirror passes each decoded record through (corral.contract.sharing): a
+    # callable that makes the function, so each pass starts from an empty pool.
+    share: Callable[[], Callable[[Any], Any]] | None = None
     micros: float = 0.0
     bytes_each: float = 0.0
 
+    def decoder(self) -> Callable[[bytes], Any]:
+        kind = self.kind
+        if self.share is None:
+            return lambda raw: decode(raw, kind)
+        share = self.share()
+        return lambda raw: share(decode(raw, kind))
 
-def decode_seconds(raws: list[bytes], kind: type[Any], repeat: int) -> float:
+
+def decode_seconds(raws: list[bytes], row: Row, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
+        read = row.decoder()
         started = time.perf_counter()
         for raw in raws:
-            decode(raw, kind)
+            read(raw)
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def held_bytes(raws: list[bytes], kind: type[Any]) -> int:
+def held_bytes(raws: list[bytes], row: Row) -> int:
     """What decoding every record and keeping it allocates (tracemalloc)."""
+    read = row.decoder()
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        kept = [decode(raw, kind) for raw in raws]
+        kept = [read(raw) for raw in raws]
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -184,17 +202,19 @@ def main() -> None:
     }
     rows = [
         Row("Placement", Placement, "scheduler, node agent (full)"),
+        Row("Placement", Placement, "... shared (TEMPLATES.share)", lambda: TemplatePool().share),
         Row("Placement", EndpointsPlacement, "netmgr"),
         Row("Placement", ClaimsPlacement, "volmgr"),
         Row("ReplicaStatus", ReplicaStatus, "scheduler (full)"),
+        Row("ReplicaStatus", ReplicaStatus, "... names interned", lambda: intern_replica_names),
         Row("ReplicaStatus", EndpointsStatus, "netmgr"),
         Row("Deployment", DeploymentRecord, "scheduler (full)"),
         Row("Deployment", NetworksDeployment, "netmgr"),
     ]
     for row in rows:
         raws = encoded[row.record]
-        row.micros = decode_seconds(raws, row.kind, args.repeat) / len(raws) * 1e6
-        row.bytes_each = held_bytes(raws, row.kind) / len(raws)
+        row.micros = decode_seconds(raws, row, args.repeat) / len(raws) * 1e6
+        row.bytes_each = held_bytes(raws, row) / len(raws)
 
     sizes = {record: sum(map(len, raws)) / len(raws) for record, raws in encoded.items()}
     print(
@@ -212,16 +232,23 @@ def main() -> None:
             f"{row.record:<14} {row.kind.__name__:<19} {row.reader:<29} {row.micros:9.2f} "
             f"{row.bytes_each:9.0f} {mib(held):>9}"
         )
-    by = {(row.record, row.kind): row for row in rows}
-    full = by["Placement", Placement].bytes_each + by["ReplicaStatus", ReplicaStatus].bytes_each
-    net = by["Placement", EndpointsPlacement].bytes_each
-    net += by["ReplicaStatus", EndpointsStatus].bytes_each
+    by = {(row.record, row.kind, row.share is not None): row for row in rows}
+    full = by["Placement", Placement, False].bytes_each
+    full += by["ReplicaStatus", ReplicaStatus, False].bytes_each
+    shared = by["Placement", Placement, True].bytes_each
+    shared += by["ReplicaStatus", ReplicaStatus, True].bytes_each
+    print(
+        f"scheduler at {n:,} replicas (placements + statuses): "
+        f"decoded {mib(full * n)} MiB, shared {mib(shared * n)} MiB"
+    )
+    net = by["Placement", EndpointsPlacement, False].bytes_each
+    net += by["ReplicaStatus", EndpointsStatus, False].bytes_each
     print(
         f"netmgr at {n:,} replicas (placements + statuses): full {mib(full * n)} MiB, "
         f"views {mib(net * n)} MiB"
     )
-    vol_full = by["Placement", Placement].bytes_each
-    vol = by["Placement", ClaimsPlacement].bytes_each
+    vol_full = by["Placement", Placement, False].bytes_each
+    vol = by["Placement", ClaimsPlacement, False].bytes_each
     print(
         f"volmgr at {n:,} replicas (placements):            full {mib(vol_full * n)} MiB, "
         f"views {mib(vol * n)} MiB"

@@ -63,6 +63,10 @@ async def test_twenty_hollow_nodes_run_a_hundred_replicas_and_a_stopped_ones_mov
         )
         assert set(running.values()) == set(cluster.nodes)  # every node took some
         assert cluster.running_replicas() == 100  # the hollow engines agree
+        # Their placements, decoded node by node, hold one template among them
+        # (corral.contract.sharing): not 100 copies in one process.
+        held = [p for node in cluster.nodes.values() for p in node.agent.placements.values()]
+        assert len(held) == 100 and len({id(p.template) for p in held}) == 1
         assert gate.passes >= 20
         await eventually(lambda: current(gate.waiting), lambda n: n == 0, within=10)
 

@@ -70,9 +70,11 @@ class EndpointsMirror(Mirror[Endpoints]):
         self.dropped: dict[str, int] = {}
         self.position = 0
 
-    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
+    def apply(
+        self, entry: Entry, *, from_watch: bool = False, value: Endpoints | None = None
+    ) -> None:
         before = listed(self.get(entry.key))
-        super().apply(entry, from_watch=from_watch)
+        super().apply(entry, from_watch=from_watch, value=value)
         if from_watch:
             self.position = max(self.position, entry.revision)
         after = listed(self.get(entry.key))

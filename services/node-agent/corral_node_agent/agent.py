@@ -38,6 +38,7 @@ from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
 from corral.contract.codec import encode
 from corral.contract.events import HeartbeatAck, Reply
+from corral.contract.sharing import TEMPLATES
 from corral.contract.state import (
     Node,
     NodeCapacity,
@@ -201,6 +202,9 @@ class NodeAgent:
             look_every=settings.heartbeat_seconds,
             monotonic=monotonic,
         )
+        # Replaced by each watch's own (_watch_placements), which shares templates with
+        # the process's other mirrors: a hollow cluster's nodes hold one template per
+        # Deployment revision among them (corral.contract.sharing).
         self.placements: Mirror[Placement] = Mirror(placements, Placement)
         self.statuses = StatusBook(statuses, self.node, clock)
         self.record = NodeRecord(
@@ -741,6 +745,7 @@ class NodeAgent:
                 prefix=names.placement_prefix(self.node),
                 on_change=lambda _k: self.poke(),
                 clock=self.monotonic,
+                share=TEMPLATES.share,
             )
             started = self.monotonic()
             proof = self.watch_proof

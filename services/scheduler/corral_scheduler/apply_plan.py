@@ -77,11 +77,14 @@ class PlanApplier:
 
         stops = len(plan.stop)
         for index, outcome in enumerate(results.get("placements", [])):
-            if self._settle(self.placements, outcome, placement_owners[index], committed):
-                if index < stops:
+            # A new placement is held as the object written, not decoded again: no
+            # validation of its template, which is its Deployment's, not a copy.
+            placed = plan.place[index - stops] if index >= stops else None
+            if self._settle(self.placements, outcome, placement_owners[index], committed, placed):
+                if placed is None:
                     committed.stopped.append(plan.stop[index])
                 else:
-                    committed.placed.append(plan.place[index - stops])
+                    committed.placed.append(placed)
         for index, outcome in enumerate(results.get("statuses", [])):
             self._settle(self.statuses, outcome, status_owners[index], committed)
         return committed
@@ -92,10 +95,11 @@ class PlanApplier:
         outcome: Outcome,
         owner: str,
         committed: Committed,
+        value: Any = None,
     ) -> bool:
         entry = outcome.entry
         if entry is not None:
-            mirror.apply(entry)
+            mirror.apply(entry, value=value)
             return True
         committed.retry.add(owner)
         if outcome.conflict:

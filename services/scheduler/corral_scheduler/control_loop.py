@@ -82,6 +82,7 @@ from nats.aio.client import Client as NATS
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.network_specs import Network
+from corral.contract.sharing import TEMPLATES, intern_replica_names
 from corral.contract.specs import Deployment, claim_names
 from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
 from corral.contract.time_budget import ECHO_LATE_SECONDS, NODE_LOST_SECONDS
@@ -283,9 +284,14 @@ class ControlLoop:
         # placements, which its agent's watch must deliver (docs/safety.md). One watch
         # per shard of the placements (corral.natsio.sharded), each with its echo.
         self.placements = ShardedMirror(
-            shard_buckets(buckets, placement_shards), Placement, clock=monotonic
+            shard_buckets(buckets, placement_shards),
+            Placement,
+            clock=monotonic,
+            share=TEMPLATES.share,  # one template per Deployment revision, not per replica
         )
-        self.replica_statuses = Mirror(buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus)
+        self.replica_statuses = Mirror(
+            buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus, share=intern_replica_names
+        )
         self.releases = Mirror(
             buckets[names.LEASES_BUCKET],
             NodeRelease,

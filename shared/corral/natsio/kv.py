@@ -435,6 +435,10 @@ class Mirror(Generic[T]):
     `group_of` (a key -> its group, e.g. the node of a placement key), `newest(group)`
     is the newest revision of any key of that group this process saw delivered or
     wrote, deletions included: what a reader of only that group must have seen.
+
+    `share` is given each value just decoded, and returns what to hold: the value, or
+    it holding parts shared with other records (placements: their template,
+    corral.contract.sharing).
     """
 
     def __init__(
@@ -447,9 +451,11 @@ class Mirror(Generic[T]):
         on_broken: Callable[[BaseException | None], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         group_of: Callable[[str], str] | None = None,
+        share: Callable[[T], T] | None = None,
     ) -> None:
         self.bucket = bucket
         self.kind = kind
+        self.share = share
         self.prefix = prefix
         self.on_change = on_change
         self.on_broken = on_broken
@@ -498,8 +504,10 @@ class Mirror(Generic[T]):
             return None
         return (self.clock() if now is None else now) - seen.seen_at
 
-    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
-        """Apply a change: from the watch, or a write this process just made."""
+    def apply(self, entry: Entry, *, from_watch: bool = False, value: T | None = None) -> None:
+        """Apply a change: from the watch, or a write this process just made. `value`:
+        the object this process encoded as `entry.value` (its own write), held as it
+        is rather than decoded again; it must decode from those bytes to its equal."""
         if from_watch and entry.revision > self.delivered:
             self.delivered = entry.revision
         if is_echo_key(entry.key):
@@ -540,7 +548,11 @@ class Mirror(Generic[T]):
             self.items.pop(entry.key, None)
         else:
             try:
-                self.items[entry.key] = (decode(entry.value, self.kind), entry.revision)
+                if value is None:
+                    value = decode(entry.value, self.kind)
+                    if self.share is not None:
+                        value = self.share(value)
+                self.items[entry.key] = (value, entry.revision)
             except msgspec.DecodeError as error:
                 log.warning("cannot read %s/%s: %s", self.bucket.name, entry.key, error)
                 self.items.pop(entry.key, None)

@@ -142,6 +142,7 @@ class ShardedMirror(Generic[T]):
         *,
         on_broken: Callable[[BaseException | None], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        share: Callable[[T], T] | None = None,
     ) -> None:
         self.bucket = ShardedBucket(buckets)
         self.kind = kind
@@ -154,6 +155,7 @@ class ShardedMirror(Generic[T]):
                 on_broken=on_broken,
                 clock=clock,
                 group_of=names.placement_node,
+                share=share,
             )
             for index, bucket in enumerate(buckets)
         ]
@@ -229,8 +231,8 @@ class ShardedMirror(Generic[T]):
         """The newest revision of `node`'s keys seen or written (0: none), in its shard."""
         return self.shard_of_node(node).newest(node)
 
-    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
-        self.shard(entry.key).apply(entry, from_watch=from_watch)
+    def apply(self, entry: Entry, *, from_watch: bool = False, value: T | None = None) -> None:
+        self.shard(entry.key).apply(entry, from_watch=from_watch, value=value)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow every shard forever; started once each has replayed."""

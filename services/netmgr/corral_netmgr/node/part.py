@@ -76,10 +76,10 @@ class RevisionMirror(Mirror[T]):
 
     position: int = 0
 
-    def apply(self, entry: Entry, *, from_watch: bool = False) -> None:
+    def apply(self, entry: Entry, *, from_watch: bool = False, value: T | None = None) -> None:
         if from_watch:
             self.position = max(self.position, entry.revision)
-        super().apply(entry, from_watch=from_watch)
+        super().apply(entry, from_watch=from_watch, value=value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,91 @@
+"""What many decoded records hold alike, held once in a process.
+
+A scheduler mirrors every Placement and ReplicaStatus: 100,000 of each at 100,000
+replicas. Each one decoded from the store holds copies of its own of what is the same
+for many: a Placement its replica's whole ContainerTemplate (image, command, env,
+resources, probes: 1-3 KiB), both their Deployment's name, namespace and template hash,
+and their node's name (about 60 bytes a string). bench/bench_mirror_memory.py measures
+it: a Placement with a thin template held 1,270 bytes, 229 once shared here; a
+ReplicaStatus 1,356 bytes, 1,158.
+
+A Mirror given `share=` passes each value it decodes through it:
+
+- `TEMPLATES.share` (placements): the template becomes the one already held for its
+  Deployment revision (namespace, Deployment, template hash) when the two are equal,
+  and the names are interned;
+- `intern_replica_names` (replica statuses): the names are interned.
+
+Only an equal template is shared (msgspec compares field by field): a record whose hash
+names another template (written by hand, or by a corral that hashed otherwise) keeps
+its own. A template held only by the pool is dropped at the next sweep, which comes
+when the pool has doubled since the last one: the pool holds what the process's records
+hold, and a few revisions more. Interned strings go when nothing holds them any more.
+Each change is made in place, with equal values (nothing a reader can tell apart), on
+a record just decoded that nothing else holds yet.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Final, TypeVar
+
+import msgspec
+
+from corral.contract.specs import ContainerTemplate
+from corral.contract.state import Placement, ReplicaStatus
+
+# The pool's size at which it first looks for templates nothing else holds.
+FIRST_SWEEP: Final = 256
+
+# The names a replica's records repeat: its Deployment's, and its node's.
+REPLICA_NAMES: Final = ("namespace", "deployment", "node", "template_hash")
+
+R = TypeVar("R", Placement, ReplicaStatus)
+
+
+def intern_replica_names(record: R) -> R:
+    """`record` (just decoded) holding the one copy of each name it repeats."""
+    for name in REPLICA_NAMES:
+        msgspec.structs.force_setattr(record, name, sys.intern(getattr(record, name)))
+    return record
+
+
+class TemplatePool:
+    """The templates of the Deployment revisions this process's placements hold."""
+
+    def __init__(self, first_sweep: int = FIRST_SWEEP) -> None:
+        self._templates: dict[tuple[str, str, str], ContainerTemplate] = {}
+        self._first_sweep = first_sweep
+        self._sweep_at = first_sweep
+        self.shared = 0  # placements given a template held already
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def share(self, placement: Placement) -> Placement:
+        """`placement` (just decoded) holding its revision's template if it holds an
+        equal copy, and the one copy of each name."""
+        intern_replica_names(placement)
+        key = (placement.namespace, placement.deployment, placement.template_hash)
+        known = self._templates.get(key)
+        if known is None:
+            self._templates[key] = placement.template
+            if len(self._templates) >= self._sweep_at:
+                self.sweep()
+        elif known is not placement.template and known == placement.template:
+            msgspec.structs.force_setattr(placement, "template", known)
+            self.shared += 1
+        return placement
+
+    def sweep(self) -> None:
+        """Drop the templates nothing but the pool holds (CPython's reference count: the
+        pool's dict and getrefcount's own argument make 2)."""
+        templates = self._templates
+        for key in [key for key in templates if sys.getrefcount(templates[key]) <= 2]:
+            del templates[key]
+        self._sweep_at = max(self._first_sweep, 2 * len(templates))
+
+
+# The process's pool: every mirror of full Placements shares it (a hollow cluster's
+# nodes too, whose placements of one revision are then one template among them all).
+TEMPLATES: Final = TemplatePool()
