@@ -204,10 +204,13 @@ def main() -> None:
         Row("Placement", Placement, "scheduler, node agent (full)"),
         Row("Placement", Placement, "... shared (TEMPLATES.share)", lambda: TemplatePool().share),
         Row("Placement", EndpointsPlacement, "netmgr"),
+        Row("Placement", EndpointsPlacement, "... shared", lambda: TemplatePool().share),
         Row("Placement", ClaimsPlacement, "volmgr"),
+        Row("Placement", ClaimsPlacement, "... names interned", lambda: intern_replica_names),
         Row("ReplicaStatus", ReplicaStatus, "scheduler (full)"),
         Row("ReplicaStatus", ReplicaStatus, "... names interned", lambda: intern_replica_names),
         Row("ReplicaStatus", EndpointsStatus, "netmgr"),
+        Row("ReplicaStatus", EndpointsStatus, "... names interned", lambda: intern_replica_names),
         Row("Deployment", DeploymentRecord, "scheduler (full)"),
         Row("Deployment", NetworksDeployment, "netmgr"),
     ]
@@ -241,17 +244,22 @@ def main() -> None:
         f"scheduler at {n:,} replicas (placements + statuses): "
         f"decoded {mib(full * n)} MiB, shared {mib(shared * n)} MiB"
     )
-    net = by["Placement", EndpointsPlacement, False].bytes_each
-    net += by["ReplicaStatus", EndpointsStatus, False].bytes_each
+    views = {
+        shared: by["Placement", EndpointsPlacement, shared].bytes_each
+        + by["ReplicaStatus", EndpointsStatus, shared].bytes_each
+        for shared in (False, True)
+    }
     print(
         f"netmgr at {n:,} replicas (placements + statuses): full {mib(full * n)} MiB, "
-        f"views {mib(net * n)} MiB"
+        f"views {mib(views[False] * n)} MiB, shared {mib(views[True] * n)} MiB"
     )
     vol_full = by["Placement", Placement, False].bytes_each
-    vol = by["Placement", ClaimsPlacement, False].bytes_each
+    claims = {
+        shared: by["Placement", ClaimsPlacement, shared].bytes_each for shared in (False, True)
+    }
     print(
         f"volmgr at {n:,} replicas (placements):            full {mib(vol_full * n)} MiB, "
-        f"views {mib(vol * n)} MiB"
+        f"views {mib(claims[False] * n)} MiB, shared {mib(claims[True] * n)} MiB"
     )
 
 

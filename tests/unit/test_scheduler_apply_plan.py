@@ -69,6 +69,8 @@ async def test_a_stop_on_a_stale_revision_conflicts_while_the_rest_of_the_plan_c
     committed = await plan_applier.commit(plan)
     assert [stop.key for stop in committed.stopped] == [old.key]
     assert [p.replica for p in committed.placed] == ["web-3"]
+    # Held as written, behind the stops of the same plan: not decoded again.
+    assert plan_applier.placements.get(plan.place[0].key) is plan.place[0]
     assert committed.conflicts == 1 and committed.retry == {"default.web"}
     assert await placements.get(old.key) is None
     assert await placements.get(moved.key) is not None

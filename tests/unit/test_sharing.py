@@ -5,11 +5,14 @@ wrote as the objects it wrote, not decoded again."""
 
 from __future__ import annotations
 
-import gc
-
 from corral.contract import names
 from corral.contract.codec import decode, encode
-from corral.contract.sharing import TEMPLATES, TemplatePool, intern_replica_names
+from corral.contract.sharing import (
+    ENDPOINTS_TEMPLATES,
+    TEMPLATES,
+    TemplatePool,
+    intern_replica_names,
+)
 from corral.contract.specs import (
     ContainerPort,
     ContainerTemplate,
@@ -22,6 +25,8 @@ from corral.contract.specs import (
     Resources,
 )
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral.contract.views import ClaimsPlacement, EndpointsPlacement, EndpointsStatus
+from corral.natsio.cluster import cluster_buckets
 from corral.natsio.kv import Entry, MemoryBucket, Mirror
 from corral.natsio.sharded import ShardedMirror
 from tests.unit.test_scheduler_control_loop import placed_and_running, running
@@ -89,6 +94,32 @@ def test_decoded_records_hold_one_copy_of_each_name() -> None:
     assert statuses[0].replica == "web-1" and statuses[1].replica == "web-2"  # their own
 
 
+def test_views_hold_one_template_a_revision_and_one_copy_of_the_names_they_have() -> None:
+    pool: TemplatePool[EndpointsPlacement] = TemplatePool()
+    first, second = (pool.share(decode(stored(f"web-{i}"), EndpointsPlacement)) for i in (1, 2))
+    assert first.template is second.template and first.template.labels == TEMPLATE.labels
+    assert first.deployment is second.deployment and first.template_hash is second.template_hash
+    claims = [intern_replica_names(decode(stored(f"web-{i}"), ClaimsPlacement)) for i in (1, 2)]
+    assert claims[0].namespace is claims[1].namespace  # no deployment field: not asked for
+    status = ReplicaStatus(
+        replica="web-1", deployment="web", node="n-1", state=ReplicaState.RUNNING
+    )
+    views = [intern_replica_names(decode(encode(status), EndpointsStatus)) for _ in (1, 2)]
+    assert views[0].node is views[1].node and views[0].namespace is views[1].namespace
+
+
+def test_netmgr_and_volmgr_hold_their_views_shared() -> None:
+    from corral_netmgr.cluster_loop import Mirrors as NetMirrors
+    from corral_volmgr.cluster_loop import Mirrors as VolMirrors
+
+    buckets = {name: MemoryBucket(name) for name in cluster_buckets(2)}
+    net = NetMirrors.of(buckets, placement_shards=2)
+    assert all(shard.share == ENDPOINTS_TEMPLATES.share for shard in net.placements.shards)
+    assert net.replica_statuses.share is intern_replica_names
+    vol = VolMirrors.of(buckets, placement_shards=2)
+    assert all(shard.share is intern_replica_names for shard in vol.placements.shards)
+
+
 def test_a_template_that_differs_under_the_same_hash_keeps_its_own() -> None:
     pool = TemplatePool()
     first = pool.share(decode(stored("web-1"), Placement))
@@ -109,7 +140,6 @@ def test_a_sweep_drops_only_the_templates_nothing_else_holds() -> None:
     pool = TemplatePool(first_sweep=1000)
     kept = pool.share(decode(stored("web-1"), Placement))
     pool.share(decode(stored("gone-1", deployment="gone"), Placement))  # held by nothing
-    gc.collect()
     pool.sweep()
     assert len(pool) == 1
     again = pool.share(decode(stored("web-2"), Placement))
@@ -155,7 +185,26 @@ def test_a_value_given_with_its_own_write_is_held_as_it_is() -> None:
     assert not mirror.unreadable
 
 
-async def test_the_scheduler_holds_what_it_placed_as_stored_and_one_template_per_revision() -> None:
+def test_a_value_given_with_its_own_write_is_shared_too() -> None:
+    mirror = Mirror(MemoryBucket(names.PLACEMENTS_BUCKET), Placement, share=TemplatePool().share)
+    mirror.apply(Entry("node-web-1.default.web-1", stored("web-1"), 1))
+    written = decode(stored("web-2"), Placement)
+    mirror.apply(Entry("node-web-2.default.web-2", b"not json", 2), value=written)
+    first, second = mirror.values()
+    assert second is written and second.template is first.template
+
+
+def test_sharing_that_fails_holds_the_value_as_decoded() -> None:
+    def broken(placement: Placement) -> Placement:
+        raise RuntimeError("a bug in sharing")
+
+    mirror = Mirror(MemoryBucket(names.PLACEMENTS_BUCKET), Placement, share=broken)
+    mirror.apply(Entry("node-web-1.default.web-1", stored("web-1"), 1), from_watch=True)
+    held = mirror.get("node-web-1.default.web-1")
+    assert held is not None and held.template == TEMPLATE and not mirror.unreadable
+
+
+async def test_the_scheduler_holds_its_placements_as_stored_and_one_template_a_revision() -> None:
     async with running() as cluster:
         web = Deployment(
             metadata=ObjectMeta(name="web", generation=1),
@@ -169,9 +218,6 @@ async def test_the_scheduler_holds_what_it_placed_as_stored_and_one_template_per
             entry = await placements.shard(key).bucket.get(key)
             assert entry is not None and entry.value is not None
             assert decode(entry.value, Placement) == held  # what a decode would give
-        # Held as written: the Deployment's own template, not a decoded copy of it.
-        deployment = cluster.loop.deployments.get(web.key)
-        assert deployment is not None
-        assert all(p.template is deployment.spec.template for p in placements.values())
+        assert len({id(p.template) for p in placements.values()}) == 1
         assert placements.shards[0].share == TEMPLATES.share
         assert cluster.loop.replica_statuses.share is intern_replica_names

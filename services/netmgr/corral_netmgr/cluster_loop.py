@@ -41,6 +41,7 @@ from corral.contract.network_state import (
     NodeNetwork,
     ReplicaDrain,
 )
+from corral.contract.sharing import ENDPOINTS_TEMPLATES, intern_replica_names
 from corral.contract.state import Node
 from corral.contract.views import EndpointsPlacement, EndpointsStatus, NetworksDeployment
 from corral.natsio.cluster_service import MirroredLoop, MirrorSet, without_stamp, write_into
@@ -99,8 +100,16 @@ class Mirrors(MirrorSet):
             deployments=Mirror(buckets[names.DEPLOYMENTS_BUCKET], NetworksDeployment),
             nodes=Mirror(buckets[names.NODES_BUCKET], Node),
             node_network=Mirror(buckets[names.NODE_NETWORK_BUCKET], NodeNetwork),
-            placements=ShardedMirror(shard_buckets(buckets, placement_shards), EndpointsPlacement),
-            replica_statuses=Mirror(buckets[names.REPLICA_STATUS_BUCKET], EndpointsStatus),
+            # Held shared: one template per Deployment revision, one copy of each name
+            # (corral.contract.sharing).
+            placements=ShardedMirror(
+                shard_buckets(buckets, placement_shards),
+                EndpointsPlacement,
+                share=ENDPOINTS_TEMPLATES.share,
+            ),
+            replica_statuses=Mirror(
+                buckets[names.REPLICA_STATUS_BUCKET], EndpointsStatus, share=intern_replica_names
+            ),
             drains=Mirror(buckets[names.REPLICA_DRAINS_BUCKET], ReplicaDrain),
         )
 

@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus
 from corral.contract import names
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.names import object_key, split_object_key
+from corral.contract.sharing import intern_replica_names
 from corral.contract.specs import claim_names
 from corral.contract.views import ClaimsPlacement
 from corral.contract.volume_specs import (
@@ -130,7 +131,11 @@ class Mirrors(MirrorSet):
             storage_classes=Mirror(buckets[names.STORAGE_CLASSES_BUCKET], StorageClass),
             node_volumes=Mirror(buckets[names.NODE_VOLUMES_BUCKET], NodeVolumes),
             attachments=Mirror(buckets[names.VOLUME_ATTACHMENTS_BUCKET], VolumeAttachment),
-            placements=ShardedMirror(shard_buckets(buckets, placement_shards), ClaimsPlacement),
+            placements=ShardedMirror(
+                shard_buckets(buckets, placement_shards),
+                ClaimsPlacement,
+                share=intern_replica_names,  # one copy of each name (corral.contract.sharing)
+            ),
         )
 
 

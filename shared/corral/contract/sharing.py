@@ -5,8 +5,8 @@ replicas. Each one decoded from the store holds copies of its own of what is the
 for many: a Placement its replica's whole ContainerTemplate (image, command, env,
 resources, probes: 1-3 KiB), both their Deployment's name, namespace and template hash,
 and their node's name (about 60 bytes a string). bench/bench_mirror_memory.py measures
-it: a Placement with a thin template held 1,270 bytes, 229 once shared here; a
-ReplicaStatus 1,356 bytes, 1,158.
+it: a Placement held 1,270 bytes with a thin template and 3,071 with a full one, about
+220-235 once shared here; a ReplicaStatus 1,356 bytes, 1,129.
 
 A Mirror given `share=` passes each value it decodes through it:
 
@@ -21,18 +21,20 @@ its own. A template held only by the pool is dropped at the next sweep, which co
 when the pool has doubled since the last one: the pool holds what the process's records
 hold, and a few revisions more. Interned strings go when nothing holds them any more.
 Each change is made in place, with equal values (nothing a reader can tell apart), on
-a record just decoded that nothing else holds yet.
+a record just decoded (or just written) that nothing else holds yet. A pool is used
+from one thread: the thread of the mirrors that share it (the event loop's).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Final, TypeVar
+from functools import cache
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from corral.contract.specs import ContainerTemplate
-from corral.contract.state import Placement, ReplicaStatus
+from corral.contract.state import Placement
+from corral.contract.views import EndpointsPlacement
 
 # The pool's size at which it first looks for templates nothing else holds.
 FIRST_SWEEP: Final = 256
@@ -40,21 +42,29 @@ FIRST_SWEEP: Final = 256
 # The names a replica's records repeat: its Deployment's, and its node's.
 REPLICA_NAMES: Final = ("namespace", "deployment", "node", "template_hash")
 
-R = TypeVar("R", Placement, ReplicaStatus)
+R = TypeVar("R", bound=msgspec.Struct)
+P = TypeVar("P", Placement, EndpointsPlacement)
+
+
+@cache
+def _names_of(kind: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(name for name in REPLICA_NAMES if name in kind.__struct_fields__)
 
 
 def intern_replica_names(record: R) -> R:
-    """`record` (just decoded) holding the one copy of each name it repeats."""
-    for name in REPLICA_NAMES:
+    """`record` (just decoded) holding the one copy of each name it repeats (those of
+    REPLICA_NAMES its type has: a view may hold fewer)."""
+    for name in _names_of(type(record)):
         msgspec.structs.force_setattr(record, name, sys.intern(getattr(record, name)))
     return record
 
 
-class TemplatePool:
-    """The templates of the Deployment revisions this process's placements hold."""
+class TemplatePool(Generic[P]):
+    """The templates of the Deployment revisions this process's placements (of one
+    type: full records, or netmgr's views) hold."""
 
     def __init__(self, first_sweep: int = FIRST_SWEEP) -> None:
-        self._templates: dict[tuple[str, str, str], ContainerTemplate] = {}
+        self._templates: dict[tuple[str, str, str], Any] = {}
         self._first_sweep = first_sweep
         self._sweep_at = first_sweep
         self.shared = 0  # placements given a template held already
@@ -62,9 +72,9 @@ class TemplatePool:
     def __len__(self) -> int:
         return len(self._templates)
 
-    def share(self, placement: Placement) -> Placement:
-        """`placement` (just decoded) holding its revision's template if it holds an
-        equal copy, and the one copy of each name."""
+    def share(self, placement: P) -> P:
+        """`placement` (just decoded or written) holding its revision's template if it
+        holds an equal copy, and the one copy of each name."""
         intern_replica_names(placement)
         key = (placement.namespace, placement.deployment, placement.template_hash)
         known = self._templates.get(key)
@@ -78,14 +88,20 @@ class TemplatePool:
         return placement
 
     def sweep(self) -> None:
-        """Drop the templates nothing but the pool holds (CPython's reference count: the
-        pool's dict and getrefcount's own argument make 2)."""
+        """Drop the templates nothing but the pool holds. CPython's reference count
+        (the Python this project runs on): the pool's dict, `held` and getrefcount's
+        own argument make 3. A count read too high keeps a template a sweep longer; one
+        read too low only stops its sharing: what a record holds never changes."""
         templates = self._templates
-        for key in [key for key in templates if sys.getrefcount(templates[key]) <= 2]:
-            del templates[key]
+        for key in list(templates):
+            held = templates.get(key)
+            if held is not None and sys.getrefcount(held) <= 3:
+                templates.pop(key, None)
         self._sweep_at = max(self._first_sweep, 2 * len(templates))
 
 
-# The process's pool: every mirror of full Placements shares it (a hollow cluster's
-# nodes too, whose placements of one revision are then one template among them all).
-TEMPLATES: Final = TemplatePool()
+# The process's pools: every mirror of full Placements shares TEMPLATES (a hollow
+# cluster's nodes too, whose placements of one revision are then one template among
+# them all); netmgr's mirror of placement views ENDPOINTS_TEMPLATES.
+TEMPLATES: Final[TemplatePool[Placement]] = TemplatePool()
+ENDPOINTS_TEMPLATES: Final[TemplatePool[EndpointsPlacement]] = TemplatePool()

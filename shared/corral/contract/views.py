@@ -51,9 +51,11 @@ class EndpointsPlacement(_ReplicaView, frozen=True, kw_only=True):
     """What netmgr's cluster part reads of a Placement: the replica, its node and
     namespace (the endpoints it may be in; `key`), its Deployment (the labels of a template
     without any) and its template's labels and ports. Its drain controller reads only
-    that the placement is there."""
+    that the placement is there. The template hash is held so that the placements of one
+    Deployment revision hold one template (corral.contract.sharing)."""
 
     deployment: str
+    template_hash: str = ""
     template: EndpointsTemplate
 
 

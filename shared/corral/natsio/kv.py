@@ -436,9 +436,10 @@ class Mirror(Generic[T]):
     is the newest revision of any key of that group this process saw delivered or
     wrote, deletions included: what a reader of only that group must have seen.
 
-    `share` is given each value just decoded, and returns what to hold: the value, or
-    it holding parts shared with other records (placements: their template,
-    corral.contract.sharing).
+    `share` is given each value just decoded (or handed over with its own write), and
+    returns what to hold: the value, or it holding parts shared with other records
+    (placements: their template, corral.contract.sharing). Sharing that fails is logged
+    and the value held as it is.
     """
 
     def __init__(
@@ -506,8 +507,9 @@ class Mirror(Generic[T]):
 
     def apply(self, entry: Entry, *, from_watch: bool = False, value: T | None = None) -> None:
         """Apply a change: from the watch, or a write this process just made. `value`:
-        the object this process encoded as `entry.value` (its own write), held as it
-        is rather than decoded again; it must decode from those bytes to its equal."""
+        the object this process encoded as `entry.value` (its own write), held rather
+        than decoded again (through `share` too: the caller hands it over); it must
+        decode from those bytes to its equal."""
         if from_watch and entry.revision > self.delivered:
             self.delivered = entry.revision
         if is_echo_key(entry.key):
@@ -550,9 +552,7 @@ class Mirror(Generic[T]):
             try:
                 if value is None:
                     value = decode(entry.value, self.kind)
-                    if self.share is not None:
-                        value = self.share(value)
-                self.items[entry.key] = (value, entry.revision)
+                self.items[entry.key] = (self._shared(value), entry.revision)
             except msgspec.DecodeError as error:
                 log.warning("cannot read %s/%s: %s", self.bucket.name, entry.key, error)
                 self.items.pop(entry.key, None)
@@ -561,6 +561,16 @@ class Mirror(Generic[T]):
             self._passed(entry.revision)
         if self.on_change is not None:
             self.on_change(entry.key)
+
+    def _shared(self, value: T) -> T:
+        """`value` through `share`; as it is if sharing fails (memory, not meaning)."""
+        if self.share is None:
+            return value
+        try:
+            return self.share(value)
+        except Exception:
+            log.exception("sharing a value of %s failed: held as decoded", self.bucket.name)
+            return value
 
     def _apply_echo(self, entry: Entry) -> None:
         known = self.echoes.get(entry.key)
