@@ -199,9 +199,12 @@ def test_sharing_that_fails_holds_the_value_as_decoded() -> None:
         raise RuntimeError("a bug in sharing")
 
     mirror = Mirror(MemoryBucket(names.PLACEMENTS_BUCKET), Placement, share=broken)
-    mirror.apply(Entry("node-web-1.default.web-1", stored("web-1"), 1), from_watch=True)
-    held = mirror.get("node-web-1.default.web-1")
-    assert held is not None and held.template == TEMPLATE and not mirror.unreadable
+    for revision, replica in enumerate(("web-1", "web-2"), start=1):
+        key = f"node-{replica}.default.{replica}"
+        mirror.apply(Entry(key, stored(replica), revision), from_watch=True)
+        held = mirror.get(key)
+        assert held is not None and held.template == TEMPLATE and not mirror.unreadable
+    assert mirror.share_failures == 2  # counted; logged once
 
 
 async def test_the_scheduler_holds_its_placements_as_stored_and_one_template_a_revision() -> None:

@@ -80,8 +80,7 @@ class PlanApplier:
             # A new placement is held as the object written, not decoded again: no
             # validation of its template, which is its Deployment's, not a copy.
             placed = plan.place[index - stops] if index >= stops else None
-            held = placed if placed is not None and placed.key == outcome.write.key else None
-            if self._settle(self.placements, outcome, placement_owners[index], committed, held):
+            if self._settle(self.placements, outcome, placement_owners[index], committed, placed):
                 if placed is None:
                     committed.stopped.append(plan.stop[index])
                 else:

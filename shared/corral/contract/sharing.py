@@ -10,10 +10,12 @@ it: a Placement held 1,270 bytes with a thin template and 3,071 with a full one,
 
 A Mirror given `share=` passes each value it decodes through it:
 
-- `TEMPLATES.share` (placements): the template becomes the one already held for its
-  Deployment revision (namespace, Deployment, template hash) when the two are equal,
-  and the names are interned;
-- `intern_replica_names` (replica statuses): the names are interned.
+- `TEMPLATES.share` (the scheduler's and agents' placements) and
+  `ENDPOINTS_TEMPLATES.share` (netmgr's placement views): the template becomes the one
+  already held for its Deployment revision (namespace, Deployment, template hash) when
+  the two are equal, and the names are interned;
+- `intern_replica_names` (the scheduler's and netmgr's replica statuses, volmgr's
+  placement views): the names the record has are interned.
 
 Only an equal template is shared (msgspec compares field by field): a record whose hash
 names another template (written by hand, or by a corral that hashed otherwise) keeps
@@ -88,16 +90,31 @@ class TemplatePool(Generic[P]):
         return placement
 
     def sweep(self) -> None:
-        """Drop the templates nothing but the pool holds. CPython's reference count
-        (the Python this project runs on): the pool's dict, `held` and getrefcount's
-        own argument make 3. A count read too high keeps a template a sweep longer; one
-        read too low only stops its sharing: what a record holds never changes."""
+        """Drop the templates nothing but the pool holds: those whose reference count is
+        what this Python reads of an object only a dict holds (POOL_ONLY). A count read
+        too high keeps a template a sweep longer; one read too low only stops its
+        sharing: what a record holds never changes."""
         templates = self._templates
-        for key in list(templates):
-            held = templates.get(key)
-            if held is not None and sys.getrefcount(held) <= 3:
+        for key, count in _references(templates):
+            if count <= POOL_ONLY:
                 templates.pop(key, None)
         self._sweep_at = max(self._first_sweep, 2 * len(templates))
+
+
+def _references(held_by: dict[Any, Any]) -> list[tuple[Any, int]]:
+    """Each key of `held_by` and the reference count of its value, read the same way
+    for the pool's templates and for POOL_ONLY's measure."""
+    counts = []
+    for key in list(held_by):
+        value = held_by.get(key)
+        if value is not None:
+            counts.append((key, sys.getrefcount(value)))
+    return counts
+
+
+# The count `_references` reads of an object nothing but its dict holds, measured on
+# this Python at import (CPython 3.11: the dict, `value` and getrefcount's argument).
+POOL_ONLY: Final = _references({0: object()})[0][1]
 
 
 # The process's pools: every mirror of full Placements shares TEMPLATES (a hollow

@@ -11,7 +11,8 @@ measures both.
 
 A view is not a wire type: nothing writes it, no JSON Schema describes it, and the
 records keep their one home (corral.contract.state, corral.contract.specs). Each field a
-view has bears the record's name, type and default, so it decodes to the same value; the
+view has bears the record's name, type and default (none where the record has none), so
+it decodes to the same value; the
 logic the services call on a record (its `key`, `is_ready`, replica_labels(), ...) is the
 record's own, shared through corral.contract.state.ReplicaKeyed and Serving and the
 template protocols of corral.contract.specs. The scheduler keeps the full types.
@@ -55,7 +56,7 @@ class EndpointsPlacement(_ReplicaView, frozen=True, kw_only=True):
     Deployment revision hold one template (corral.contract.sharing)."""
 
     deployment: str
-    template_hash: str = ""
+    template_hash: str
     template: EndpointsTemplate
 
 

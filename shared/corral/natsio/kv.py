@@ -457,6 +457,7 @@ class Mirror(Generic[T]):
         self.bucket = bucket
         self.kind = kind
         self.share = share
+        self.share_failures = 0  # values held unshared: sharing raised (logged once)
         self.prefix = prefix
         self.on_change = on_change
         self.on_broken = on_broken
@@ -569,7 +570,9 @@ class Mirror(Generic[T]):
         try:
             return self.share(value)
         except Exception:
-            log.exception("sharing a value of %s failed: held as decoded", self.bucket.name)
+            self.share_failures += 1
+            if self.share_failures == 1:  # the same bug would say it for every record
+                log.exception("sharing a value of %s failed: held as decoded", self.bucket.name)
             return value
 
     def _apply_echo(self, entry: Entry) -> None:
