@@ -77,8 +77,8 @@ class PlanApplier:
 
         stops = len(plan.stop)
         for index, outcome in enumerate(results.get("placements", [])):
-            # A new placement is held as the object written, not decoded again: no
-            # validation of its template, which is its Deployment's, not a copy.
+            # A new placement is held as the object written (through the mirror's
+            # sharing), not decoded again: its template is not validated again.
             placed = plan.place[index - stops] if index >= stops else None
             if self._settle(self.placements, outcome, placement_owners[index], committed, placed):
                 if placed is None:

@@ -12,10 +12,10 @@ measures both.
 A view is not a wire type: nothing writes it, no JSON Schema describes it, and the
 records keep their one home (corral.contract.state, corral.contract.specs). Each field a
 view has bears the record's name, type and default (none where the record has none), so
-it decodes to the same value; the
-logic the services call on a record (its `key`, `is_ready`, replica_labels(), ...) is the
-record's own, shared through corral.contract.state.ReplicaKeyed and Serving and the
-template protocols of corral.contract.specs. The scheduler keeps the full types.
+it decodes to the same value; the logic the services call on a record (its `key`,
+`is_ready`, replica_labels(), ...) is the record's own, shared through
+corral.contract.state.ReplicaKeyed and Serving and the template protocols of
+corral.contract.specs. The scheduler keeps the full types.
 
 A view is tolerant of every field it does not hold (as corral.contract.state's records
 are of newer fields): a record the full type would refuse for such a field alone (a
