@@ -33,7 +33,10 @@ hollow clusters of one node each, the victim and the midburst node. Then:
    corral_event_loop_late_seconds) and the fewest nodes the scheduler had ready: a
    simulator that fell behind makes its nodes look cut off, and such a run measures
    the simulator; and how long the simulator's reconcile passes waited for their turn
-   (its nodes take turns, --simulator-passes at once: corral_hollow_pass_wait_seconds).
+   (its nodes take turns, --simulator-passes at once: corral_hollow_pass_wait_seconds);
+8. last, what nats-server's memory is made of, read from its profiling port (go_memory:
+   its heap, block buffers and goroutine stacks), then again after forced collections:
+   what is live.
 
 It prints a table with the anchors and saves it (--out, default
 bench/results/scale-<nodes>x<replicas>.md). No assertion: numbers only.
@@ -54,11 +57,13 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
+from go_memory import FREEING_COLLECTIONS, describe, read_go_memory
 from local_nats import LocalNats, exit_on_sigterm, sigterm_held
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -190,8 +195,9 @@ class Cluster:
         self.args = args
         self.workdir = workdir
         shards: int = args.simulator_processes
-        base = free_port_block(5 + shards)
+        base = free_port_block(6 + shards)
         self.nats_port, self.monitor_port = base, base + 1
+        self.profile_port = base + 5 + shards  # nats-server's pprof (go_memory), loopback
         self.metrics_ports = {"scheduler": base + 2, "netmgr": base + 3, "volmgr": base + 4}
         # The simulator's processes: one by default, named as before.
         self.simulators = (
@@ -223,7 +229,11 @@ class Cluster:
         store = self.workdir / "nats"
         command = nats_server_command("127.0.0.1", self.nats_port, store)
         # As `corral up` runs it (its GOGC): the memory measured is what users get.
-        self.start("nats-server", [*command, "-m", str(self.monitor_port)], nats_server_env())
+        self.start(
+            "nats-server",
+            [*command, "-m", str(self.monitor_port), "--profile", str(self.profile_port)],
+            nats_server_env(),
+        )
         if await until(lambda: jetstream_answers(self.url), 30, every=0.2) is None:
             raise RuntimeError("nats-server did not answer within 30 s")
         for service, module in (
@@ -1078,6 +1088,8 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         )
         plane = sum(proc.rss_mib() for proc in control_plane)
         results.add("control plane + nats-server resident memory", f"{plane:.0f} MiB", "≤ 400 MiB")
+        if "nats-server" in cluster.procs:  # last: it forces collections
+            await nats_server_memory(cluster.procs["nats-server"], cluster.profile_port, results)
     finally:
         await nc.close()
 
@@ -1116,6 +1128,47 @@ def nodes_ready_and_placed(cluster: Cluster) -> tuple[int, int]:
         return (-1, -1)
     placements, _, ready = counts
     return (ready, placements)
+
+
+async def settled_rss(proc: Proc, limit: float = 30.0) -> float:
+    """The process's resident memory once it has stopped falling for 3 s (Go returns
+    freed pages to the system in the background), or as it is after `limit`."""
+    lowest, since = proc.rss_mib(), time.monotonic()
+    started = since
+    while time.monotonic() - since < 3.0 and time.monotonic() - started < limit:
+        await anyio.sleep(0.5)
+        if (now := proc.rss_mib()) < lowest - 1.0:
+            lowest, since = now, time.monotonic()
+    return min(lowest, proc.rss_mib())
+
+
+async def nats_server_memory(proc: Proc, profile_port: int, results: Results) -> None:
+    """What nats-server's memory is made of at the end of the run, as Go counts it
+    (go_memory), then once forced collections have freed all that Go can free and the
+    pages have gone back to the system: the live part. Last, since it forces
+    collections."""
+    resident = proc.rss_mib()
+    try:
+        now = await anyio.to_thread.run_sync(read_go_memory, profile_port)
+        await anyio.to_thread.run_sync(partial(read_go_memory, profile_port, collect=True))
+        settled = await settled_rss(proc)
+        live = await anyio.to_thread.run_sync(read_go_memory, profile_port)
+    except (OSError, ValueError) as error:
+        results.add("nats-server's memory as Go counts it", f"not read ({error})")
+        return
+    results.add(
+        "nats-server's memory as Go counts it, at the end",
+        f"resident {resident:.0f} MiB: {describe(now)}",
+        "read from its profiling port (--profile, loopback); block buffers: the file "
+        "store's caches of message blocks (256 KiB-8 MiB each), estimated from the heap "
+        "profile's samples",
+    )
+    results.add(
+        "nats-server after forced collections (live)",
+        f"resident {settled:.0f} MiB: {describe(live)}",
+        f"{FREEING_COLLECTIONS} collections (pprof gc=1), then the pages returned: what no "
+        "collection frees. Left to itself, Go keeps about half the live heap again (GOGC=50)",
+    )
 
 
 async def every_node_cut_off(

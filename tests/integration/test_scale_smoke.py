@@ -65,6 +65,13 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
 
     for name in ("hollow-cluster-0", "hollow-cluster-1"):
         assert f"| {name}: resident memory" in table, table
+    # nats-server's memory read from its profiling port, before and after collections.
+    go = (
+        r"resident \d+ MiB: heap \d+ MiB \(block buffers \d+ MiB\), free heap kept \d+ MiB,"
+        r" stacks \d+ MiB for [1-9][\d,]* goroutines"
+    )
+    assert re.search(rf"nats-server's memory as Go counts it, at the end \| {go}", table), table
+    assert re.search(rf"nats-server after forced collections \(live\) \| {go}", table), table
     # Samples were read from both simulators and from the scheduler, not defaults.
     assert re.search(r"while placing \| \d+ of [1-9]\d* samples \(the latest", table), table
     midburst = r"halfway through placing \(\d+ replicas\): placed elsewhere after \| [\d.]+ s \("
