@@ -1,11 +1,12 @@
 """What the mirrors cost per record: full types, full types shared, and views.
 
 netmgr mirrors every Placement and ReplicaStatus, volmgr every Placement, as views that
-hold only the fields they read (corral.contract.views). The scheduler holds the full
-types, passed through corral.contract.sharing: a placement holds its Deployment
-revision's one template, and both hold one copy of each name they repeat (the rows
-marked "..."; the names as bench_scale.py's: a Deployment's 200 replicas, 20 to a
-node). This builds N records of each as
+hold only the fields they read (corral.contract.views), and the scheduler every
+ReplicaStatus (SchedulingStatus). The scheduler holds full Placements, passed through
+corral.contract.sharing: a placement holds its Deployment revision's one template, and
+records hold one copy of each name they repeat (the rows marked "..."; the names as
+bench_scale.py's: a Deployment's 200 replicas, 20 to a node). This builds N records of
+each as
 a hollow cluster's scheduler and agents write them (a template with an image, command,
 env, resources, labels, a named port, readiness and liveness probes; statuses Running
 with an IP, probe results and restart times), encodes them with corral's encoder, then
@@ -54,6 +55,7 @@ from corral.contract.views import (
     EndpointsPlacement,
     EndpointsStatus,
     NetworksDeployment,
+    SchedulingStatus,
 )
 
 IMAGE = "registry.local:5000/team/web:1.4.2"
@@ -207,8 +209,10 @@ def main() -> None:
         Row("Placement", EndpointsPlacement, "... shared", lambda: TemplatePool().share),
         Row("Placement", ClaimsPlacement, "volmgr"),
         Row("Placement", ClaimsPlacement, "... names interned", lambda: intern_replica_names),
-        Row("ReplicaStatus", ReplicaStatus, "scheduler (full)"),
+        Row("ReplicaStatus", ReplicaStatus, "full"),
         Row("ReplicaStatus", ReplicaStatus, "... names interned", lambda: intern_replica_names),
+        Row("ReplicaStatus", SchedulingStatus, "scheduler"),
+        Row("ReplicaStatus", SchedulingStatus, "... names interned", lambda: intern_replica_names),
         Row("ReplicaStatus", EndpointsStatus, "netmgr"),
         Row("ReplicaStatus", EndpointsStatus, "... names interned", lambda: intern_replica_names),
         Row("Deployment", DeploymentRecord, "scheduler (full)"),
@@ -239,10 +243,11 @@ def main() -> None:
     full = by["Placement", Placement, False].bytes_each
     full += by["ReplicaStatus", ReplicaStatus, False].bytes_each
     shared = by["Placement", Placement, True].bytes_each
-    shared += by["ReplicaStatus", ReplicaStatus, True].bytes_each
+    shared_full = shared + by["ReplicaStatus", ReplicaStatus, True].bytes_each
+    shared += by["ReplicaStatus", SchedulingStatus, True].bytes_each
     print(
-        f"scheduler at {n:,} replicas (placements + statuses): "
-        f"decoded {mib(full * n)} MiB, shared {mib(shared * n)} MiB"
+        f"scheduler at {n:,} replicas (placements + statuses): decoded {mib(full * n)} MiB, "
+        f"shared {mib(shared_full * n)} MiB, shared with status views {mib(shared * n)} MiB"
     )
     views = {
         shared: by["Placement", EndpointsPlacement, shared].bytes_each

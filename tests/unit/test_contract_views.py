@@ -23,6 +23,7 @@ from corral.contract.views import (
     EndpointsPlacement,
     EndpointsStatus,
     NetworksDeployment,
+    SchedulingStatus,
 )
 from tests.unit.test_payload_properties import (
     QUICK,
@@ -160,10 +161,15 @@ def test_templates_of_every_shape_read_alike_in_the_views_and_the_full_records(
 
 @QUICK
 @given(status=statuses)
-def test_a_replica_status_reads_alike_in_its_view(status: ReplicaStatus) -> None:
+def test_a_replica_status_reads_alike_in_its_views(status: ReplicaStatus) -> None:
     view = decode(encode(status), EndpointsStatus)
     assert_same(view, status, "EndpointsStatus")
     assert (view.key, view.is_ready) == (status.key, status.is_ready)
+    scheduling = decode(encode(status), SchedulingStatus)
+    assert_same(scheduling, status, "SchedulingStatus")
+    assert (scheduling.key, scheduling.is_ready) == (status.key, status.is_ready)
+    for window in (0.0, 1.0, 60.0, 3e9):
+        assert scheduling.restarts_within(window) == status.restarts_within(window)
 
 
 def test_every_view_is_frozen_untracked_by_the_collector_and_tolerant_of_other_fields() -> None:
@@ -181,11 +187,21 @@ def test_a_view_holds_none_of_what_its_reader_does_not_read() -> None:
         template = decode(encode(placement), kind).template
         assert not hasattr(template, "image") and not hasattr(template, "env")
     assert not {"probes", "restart_times", "message"} & set(EndpointsStatus.__struct_fields__)
+    # The scheduler: not the container, its addresses, ports, probes or messages.
+    unread = {"container_id", "exit_code", "restarts", "message", "ips", "image_ports"}
+    unread |= {"probes", "last_probe_failure"}
+    assert not unread & set(SchedulingStatus.__struct_fields__)
 
 
 def test_a_record_missing_a_field_a_view_holds_or_not_json_does_not_decode_as_the_view() -> None:
     for raw in (b"not json", b'{"replica": "a", "node": "n1"}', b"[]"):
-        for kind in (EndpointsPlacement, ClaimsPlacement, EndpointsStatus, NetworksDeployment):
+        for kind in (
+            EndpointsPlacement,
+            ClaimsPlacement,
+            EndpointsStatus,
+            SchedulingStatus,
+            NetworksDeployment,
+        ):
             try:
                 decode(raw, kind)
             except msgspec.DecodeError:

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 import pytest
 
 from corral.contract import names
@@ -30,6 +31,7 @@ from corral.contract.state import (
     ReplicaStatus,
 )
 from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.views import SchedulingStatus
 from corral.natsio.controller import Result
 from corral.natsio.kv import Bucket, MemoryBucket
 from corral_scheduler import control_loop, prompt_changes
@@ -483,3 +485,45 @@ async def test_nodes_joining_meanwhile_do_not_make_a_lost_node_a_disruption() ->
                 break
         assert {"c", "d", "e", "f"} <= cluster.loop.ready_nodes
         assert queue.prompt_waiting() == 1  # web's Deployment
+
+
+async def test_a_status_change_the_scheduler_does_not_read_decides_nothing() -> None:
+    """The scheduler holds replica statuses as the view it reads (SchedulingStatus): a
+    status rewritten with only its container, addresses, ports, probes or message
+    changed is no change to it and decides nothing; one whose readiness changed decides
+    its Deployment again."""
+    async with running() as cluster:
+        await _apply(cluster, _deployment("web", 2, cpu="100m"))
+        await placed_and_running(cluster, "a", "b")
+        await _report(cluster, "web", ReplicaState.RUNNING)
+        statuses = cluster.loop.replica_statuses
+        await eventually(lambda: current(len(statuses.items)), lambda n: n == 2)
+        assert all(type(held) is SchedulingStatus for held, _ in statuses.items.values())
+        await cluster.loop.drain()
+        seen = record_reconciles(cluster.loop)
+        bucket = cluster.buckets[names.REPLICA_STATUS_BUCKET]
+
+        async def rewrite(key: str, **changes: object) -> None:
+            entry = await bucket.get(key)
+            assert entry is not None and entry.value is not None
+            changed = msgspec.structs.replace(decode(entry.value, ReplicaStatus), **changes)
+            revision = await bucket.put(key, encode(changed))
+            await eventually(lambda: current(statuses.items[key][1]), lambda r: r == revision)
+
+        first, second = sorted(statuses.items)
+        await rewrite(
+            first,
+            container_id="c0ffee",
+            message="probed",
+            ips={"default": "10.0.0.9"},
+            image_ports=["8080/tcp"],
+            probes={"readiness": "ok"},
+            last_probe_failure="timed out",
+            restarts=0,
+            exit_code=None,
+        )
+        await cluster.loop.drain()
+        assert seen == []
+        await rewrite(second, ready=False)  # Running, and its readiness probe fails
+        await cluster.loop.drain()
+        assert seen == ["default.web"]

@@ -43,8 +43,8 @@ from corral.contract.state import (
     DeploymentHistory,
     DeploymentRevision,
     DeploymentStatus,
-    ReplicaStatus,
 )
+from corral.contract.views import SchedulingStatus
 from corral.natsio.kv import Bucket, Conflict
 from corral_scheduler import metrics
 from corral_scheduler.history import HistoryRecorder
@@ -65,8 +65,8 @@ Store = Callable[[str, bytes, int], Awaitable[int]]  # (key, raw, revision) -> n
 
 
 def crash_looping(
-    statuses: Iterable[ReplicaStatus], template_hash: str, rule: AutoRollback
-) -> tuple[ReplicaStatus, int] | None:
+    statuses: Iterable[SchedulingStatus], template_hash: str, rule: AutoRollback
+) -> tuple[SchedulingStatus, int] | None:
     """The first replica of the current template (`template_hash`) whose restarts within
     the rule's window reach its count, with that count; None when none does."""
     for status in statuses:
@@ -88,7 +88,7 @@ def failure(
     deployment: Deployment,
     status: DeploymentStatus,
     revision: int,
-    statuses: Iterable[ReplicaStatus],
+    statuses: Iterable[SchedulingStatus],
 ) -> Failure | None:
     """Why the rollout of the current revision `revision` must be rolled back, or None:
     not opted in, paused, the revision not known, its rollout complete, or the template a
@@ -217,7 +217,7 @@ class AutoRollbacks:
         deployment: Deployment,
         status: DeploymentStatus,
         revision: int,
-        statuses: Iterable[ReplicaStatus],
+        statuses: Iterable[SchedulingStatus],
     ) -> bool:
         """Roll `key` back when its current revision `revision` has failed; True when the
         spec was written back."""

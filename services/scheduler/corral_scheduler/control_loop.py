@@ -84,8 +84,9 @@ from corral.contract.codec import encode
 from corral.contract.network_specs import Network
 from corral.contract.sharing import TEMPLATES, intern_replica_names
 from corral.contract.specs import Deployment, claim_names
-from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.state import DeploymentStatus, Node, Placement
 from corral.contract.time_budget import ECHO_LATE_SECONDS, NODE_LOST_SECONDS
+from corral.contract.views import SchedulingStatus
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim
 from corral.contract.volume_state import (
     CLAIM_BOUND,
@@ -290,7 +291,7 @@ class ControlLoop:
             share=TEMPLATES.share,  # one template per Deployment revision, not per replica
         )
         self.replica_statuses = Mirror(
-            buckets[names.REPLICA_STATUS_BUCKET], ReplicaStatus, share=intern_replica_names
+            buckets[names.REPLICA_STATUS_BUCKET], SchedulingStatus, share=intern_replica_names
         )
         self.releases = Mirror(
             buckets[names.LEASES_BUCKET],
@@ -1138,7 +1139,7 @@ class ControlLoop:
         if deployment is not None and deployment.spec.template.volumes:
             volumes = self.volume_view(deployment)
         placements: dict[str, PlacedReplica] = {}
-        replica_statuses: dict[str, ReplicaStatus] = {}
+        replica_statuses: dict[str, SchedulingStatus] = {}
         for placement_key in self.placements_by_deployment.get(key):
             found = self.placements.items.get(placement_key)
             if found is None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
-from corral.contract.state import ReplicaState, ReplicaStatus
+from corral.contract.state import ReplicaState
 from corral.contract.time_budget import NODE_LOST_SECONDS
+from corral.contract.views import SchedulingStatus
 
 # Deployments made prompt by node judgements within DISRUPTION_SECONDS: at most the
 # larger of these two is "few" (nodes that fall silent together are judged over about
@@ -47,7 +48,7 @@ _DOWN: Final = frozenset(
 )
 
 
-def went_down(key: str, old: ReplicaStatus | None, new: ReplicaStatus | None) -> bool:
+def went_down(key: str, old: SchedulingStatus | None, new: SchedulingStatus | None) -> bool:
     """A replica's status that turned down (exited, crashing, failed) from anything else,
     or a Running replica that was ready and is not any more (its readiness probe failed):
     its Deployment's availability, a rollout's progress and the automatic rollback see

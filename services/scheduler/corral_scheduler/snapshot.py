@@ -26,12 +26,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from corral.contract.specs import DEFAULT_NETWORK, ContainerTemplate, Deployment
-from corral.contract.state import DeploymentStatus, Node, Placement, ReplicaStatus
+from corral.contract.state import DeploymentStatus, Node, Placement
 from corral.contract.time_budget import (
     ENGINE_DOWN_EVICTION_SECONDS,
     NODE_LOST_AFTER_STOP_SECONDS,
     NODE_LOST_SECONDS,
 )
+from corral.contract.views import SchedulingStatus
 from corral_scheduler.volume_fit import NO_VOLUMES, VolumeView
 
 # Agent safety modes (Node.mode) in which the agent starts nothing: no new replicas go
@@ -70,7 +71,7 @@ class Snapshot:
     # Since when the scheduler's own view of KV has been fresh without a gap; None: not now.
     feed_fresh_since: float | None = 0.0
     placements: dict[str, PlacedReplica] = field(default_factory=dict)  # key node.replica
-    replica_statuses: dict[str, ReplicaStatus] = field(default_factory=dict)  # same key
+    replica_statuses: dict[str, SchedulingStatus] = field(default_factory=dict)  # same key
     # Keys whose records could not be read (corrupt, or from a newer corral): left alone.
     unreadable_deployments: frozenset[str] = frozenset()
     # Nodes an operator released (`corral node release`): gone for good.

@@ -148,7 +148,22 @@ class Serving:
         return self.state == ReplicaState.RUNNING and self.ready is not False
 
 
-class ReplicaStatus(_Record, ReplicaKeyed, Serving, frozen=True, kw_only=True):
+class Restarting:
+    """How often a replica's container restarted lately, from its status's
+    `restart_times` and `updated_at`: shared by ReplicaStatus and its view
+    (corral.contract.views)."""
+
+    __slots__ = ()
+    updated_at: float
+    restart_times: list[float]
+
+    def restarts_within(self, seconds: float) -> int:
+        """How many restarts happened in the `seconds` before this status was written."""
+        since = self.updated_at - seconds
+        return sum(1 for at in self.restart_times if at > since)
+
+
+class ReplicaStatus(_Record, ReplicaKeyed, Serving, Restarting, frozen=True, kw_only=True):
     """What a node agent observes of one replica's container."""
 
     replica: str
@@ -178,11 +193,6 @@ class ReplicaStatus(_Record, ReplicaKeyed, Serving, frozen=True, kw_only=True):
     # MAX_CRASH_LOOP_RESTARTS of them, oldest first: with `updatedAt` (the same clock)
     # the scheduler counts restarts within a window without comparing two hosts' clocks.
     restart_times: list[float] = []
-
-    def restarts_within(self, seconds: float) -> int:
-        """How many restarts happened in the `seconds` before this status was written."""
-        since = self.updated_at - seconds
-        return sum(1 for at in self.restart_times if at > since)
 
 
 # DeploymentCondition types and reasons (Kubernetes' names; docs/rollouts.md).

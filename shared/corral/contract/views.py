@@ -1,10 +1,11 @@
 """Views: what one service reads of a stored record, decoded from the same JSON.
 
 netmgr and volmgr mirror whole buckets that the scheduler and the node agents write
-(corral_placements, corral_replica_status, corral_deployments), but read a few fields of
-each record: a Placement carries its replica's whole ContainerTemplate (image, command,
-env, resources, probes...), a ReplicaStatus its probes, messages and restart times. As
-client-go's metadata-only informers, those services decode each record as a view that
+(corral_placements, corral_replica_status, corral_deployments), and the scheduler the
+replica statuses the agents write, but each reads a few fields of each record: a
+Placement carries its replica's whole ContainerTemplate (image, command, env,
+resources, probes...), a ReplicaStatus its container, addresses, probes and messages.
+As client-go's metadata-only informers, those services decode each record as a view that
 holds only the fields they read: less memory per record (tens of thousands of them) and
 less work per change (no validation of what is not kept). bench/bench_mirror_memory.py
 measures both.
@@ -14,8 +15,9 @@ records keep their one home (corral.contract.state, corral.contract.specs). Each
 view has bears the record's name, type and default (none where the record has none), so
 it decodes to the same value; the logic the services call on a record (its `key`,
 `is_ready`, replica_labels(), ...) is the record's own, shared through
-corral.contract.state.ReplicaKeyed and Serving and the template protocols of
-corral.contract.specs. The scheduler keeps the full types.
+corral.contract.state.ReplicaKeyed, Serving and Restarting and the template protocols
+of corral.contract.specs. The scheduler keeps the full types of what it writes
+(Placement, DeploymentStatus) and decides from (Deployment, Node).
 
 A view is tolerant of every field it does not hold (as corral.contract.state's records
 are of newer fields): a record the full type would refuse for such a field alone (a
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from corral.contract.names import DEFAULT_NAMESPACE
 from corral.contract.specs import ContainerPort, Volume
-from corral.contract.state import ReplicaKeyed, ReplicaState, Serving, _Record
+from corral.contract.state import ReplicaKeyed, ReplicaState, Restarting, Serving, _Record
 
 
 class _ReplicaView(_Record, ReplicaKeyed, frozen=True, kw_only=True):
@@ -69,6 +71,22 @@ class EndpointsStatus(_ReplicaView, Serving, frozen=True, kw_only=True):
     state: ReplicaState
     ready: bool | None = None
     ips: dict[str, str] = {}
+
+
+class SchedulingStatus(_ReplicaView, Serving, Restarting, frozen=True, kw_only=True):
+    """What the scheduler reads of a ReplicaStatus: who and where the replica is, of which
+    Deployment revision (`template_hash`), whether it serves (`is_ready`) and since when
+    (`started_at`, its availability), and its restarts lately (`restarts_within`, the
+    automatic rollback's crash loop). Not its container, addresses, ports, probes or
+    messages: a change of those alone is no change to the scheduler."""
+
+    deployment: str
+    state: ReplicaState
+    template_hash: str = ""
+    started_at: float | None = None
+    updated_at: float = 0.0
+    ready: bool | None = None
+    restart_times: list[float] = []
 
 
 class ClaimsTemplate(_Record, frozen=True, kw_only=True):
