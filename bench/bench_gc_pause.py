@@ -3,11 +3,11 @@
     .venv/bin/python bench/bench_gc_pause.py [--replicas 20000]
 
 Decodes --replicas placements and as many replica statuses into dicts of
-(record, revision), as the scheduler's mirrors hold them, then times: objects the
-collector tracks per replica, a full collection (what CPython runs now and then on
-its own, scanning every tracked object at once), and the scheduler's tick under
-corral_scheduler.gc_policy (collect the young generations, freeze the survivors),
-then a full collection after it.
+(record, revision), as the scheduler's mirrors hold them (the statuses as its view of
+them), then times: objects the collector tracks per replica, a full collection (what
+CPython runs now and then on its own, scanning every tracked object at once), and the
+scheduler's tick under corral_scheduler.gc_policy (collect the young generations,
+freeze the survivors), then a full collection after it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from corral.contract.codec import decode, encode
 from corral.contract.specs import ContainerTemplate, ResourceList, Resources
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
+from corral.contract.views import SchedulingStatus
 from corral_scheduler.gc_policy import GcPolicy
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     gc.collect()
     before = len(gc.get_objects())
     placements: dict[str, tuple[Placement, int]] = {}
-    statuses: dict[str, tuple[ReplicaStatus, int]] = {}
+    statuses: dict[str, tuple[SchedulingStatus, int]] = {}
     for index in range(args.replicas):
         placement = Placement(
             replica=f"app-{index % 100}-{index:05d}",
@@ -60,7 +61,7 @@ def main() -> None:
             template_hash=digest,
         )
         placements[placement.key] = (decode(encode(placement), Placement), index)
-        statuses[placement.key] = (decode(encode(status), ReplicaStatus), index)
+        statuses[placement.key] = (decode(encode(status), SchedulingStatus), index)
     tracked = (len(gc.get_objects()) - before) / args.replicas
     print(f"{args.replicas:,} placements and replica statuses, as the mirrors hold them")
     print(f"  objects tracked by the collector per replica: {tracked:.1f}")

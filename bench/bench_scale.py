@@ -1144,30 +1144,32 @@ async def settled_rss(proc: Proc, limit: float = 30.0) -> float:
 
 async def nats_server_memory(proc: Proc, profile_port: int, results: Results) -> None:
     """What nats-server's memory is made of at the end of the run, as Go counts it
-    (go_memory), then once forced collections have freed all that Go can free and the
-    pages have gone back to the system: the live part. Last, since it forces
-    collections."""
+    (go_memory); then, once forced collections have freed all that Go can free and the
+    freed pages have gone back to the system, its resident memory, and the heap right
+    after more forced collections: the live part. Last, since it forces collections;
+    a failure here costs these two rows, never the run's table."""
     resident = proc.rss_mib()
     try:
         now = await anyio.to_thread.run_sync(read_go_memory, profile_port)
         await anyio.to_thread.run_sync(partial(read_go_memory, profile_port, collect=True))
         settled = await settled_rss(proc)
-        live = await anyio.to_thread.run_sync(read_go_memory, profile_port)
-    except (OSError, ValueError) as error:
-        results.add("nats-server's memory as Go counts it", f"not read ({error})")
+        live = await anyio.to_thread.run_sync(partial(read_go_memory, profile_port, collect=True))
+    except Exception as error:  # an HTTP or parsing failure alike
+        results.add("nats-server's memory as Go counts it", f"not read ({error!r})")
         return
     results.add(
         "nats-server's memory as Go counts it, at the end",
         f"resident {resident:.0f} MiB: {describe(now)}",
         "read from its profiling port (--profile, loopback); block buffers: the file "
         "store's caches of message blocks (256 KiB-8 MiB each), estimated from the heap "
-        "profile's samples",
+        "profile's samples as of Go's last collection (a lower bound)",
     )
     results.add(
         "nats-server after forced collections (live)",
         f"resident {settled:.0f} MiB: {describe(live)}",
-        f"{FREEING_COLLECTIONS} collections (pprof gc=1), then the pages returned: what no "
-        "collection frees. Left to itself, Go keeps about half the live heap again (GOGC=50)",
+        f"{FREEING_COLLECTIONS} collections (pprof gc=1), the pages returned (resident), "
+        f"and {FREEING_COLLECTIONS} more (heap): what no collection frees. Left to itself, "
+        "Go keeps up to half the live heap again (GOGC=50)",
     )
 
 

@@ -30,6 +30,9 @@ _FRAME = re.compile(r"^#\t0x[0-9a-f]+\t(\S+)\+0x", re.MULTILINE)
 _STAT = re.compile(r"^# (\w+) = (\d+)", re.MULTILINE)
 _STACK = re.compile(r"^# Stack = (\d+) / (\d+)", re.MULTILINE)
 _GOROUTINES = re.compile(r"^goroutine profile: total (\d+)", re.MULTILINE)
+_GOROUTINE_RECORD = re.compile(r"^(\d+) @", re.MULTILINE)
+# Every JetStream consumer runs one goroutine here (server/consumer.go), and one more.
+CONSUMER_SITE: Final = "server.(*consumer).processInboundAcks"
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,12 @@ class GoMemory:
     heap_alloc: int  # bytes of heap objects not yet freed (live, or garbage not collected)
     heap_kept: int  # bytes of heap spans resident but not in use (idle, not released)
     stacks: int  # bytes of goroutine stacks
-    block_buffers: int  # estimated bytes of the file store's block buffers among heap_alloc
+    # estimated bytes of the file store's block buffers among the heap, as of the last
+    # collection (the heap profile's time); a lower bound (a buffer grown by append is
+    # counted where it grew)
+    block_buffers: int
     goroutines: int
+    consumers: int  # JetStream consumers (their goroutines in CONSUMER_SITE)
     collections: int  # Go's collections so far (NumGC)
 
 
@@ -79,11 +86,19 @@ def parse_heap(text: str) -> tuple[dict[str, int], float]:
     return stats, blocks
 
 
-def parse_goroutines(text: str) -> int:
+def parse_goroutines(text: str) -> tuple[int, int]:
+    """The goroutines in all, and those of JetStream consumers (one each)."""
     found = _GOROUTINES.search(text)
     if found is None:
         raise ValueError("not a goroutine profile in text form (no 'total N' header)")
-    return int(found.group(1))
+    records = list(_GOROUTINE_RECORD.finditer(text))
+    consumers = 0
+    for index, record in enumerate(records):
+        end = records[index + 1].start() if index + 1 < len(records) else len(text)
+        frames = _FRAME.findall(text, record.end(), end)
+        if any(frame.endswith(CONSUMER_SITE) for frame in frames):
+            consumers += int(record.group(1))
+    return int(found.group(1)), consumers
 
 
 def _get(port: int, page: str) -> str:
@@ -98,12 +113,14 @@ def read_go_memory(port: int, *, collect: bool = False) -> GoMemory:
     for _ in range(FREEING_COLLECTIONS - 1 if collect else 0):
         _get(port, page)
     stats, blocks = parse_heap(_get(port, page))
+    goroutines, consumers = parse_goroutines(_get(port, "goroutine?debug=1"))
     return GoMemory(
         heap_alloc=stats["HeapAlloc"],
         heap_kept=stats["HeapIdle"] - stats["HeapReleased"],
         stacks=stats.get("Stack", 0),
         block_buffers=round(blocks),
-        goroutines=parse_goroutines(_get(port, "goroutine?debug=1")),
+        goroutines=goroutines,
+        consumers=consumers,
         collections=stats["NumGC"],
     )
 
@@ -118,11 +135,13 @@ def describe(memory: GoMemory) -> str:
         f"heap {mib(memory.heap_alloc)} (block buffers {mib(memory.block_buffers)}),"
         f" free heap kept {mib(memory.heap_kept)},"
         f" stacks {mib(memory.stacks)} for {memory.goroutines:,} goroutines"
+        f" ({memory.consumers:,} consumers)"
     )
 
 
 __all__ = [
     "BLOCK_BUFFER_SITE",
+    "CONSUMER_SITE",
     "FREEING_COLLECTIONS",
     "GoMemory",
     "describe",

@@ -68,7 +68,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     # nats-server's memory read from its profiling port, before and after collections.
     go = (
         r"resident \d+ MiB: heap \d+ MiB \(block buffers \d+ MiB\), free heap kept \d+ MiB,"
-        r" stacks \d+ MiB for [1-9][\d,]* goroutines"
+        r" stacks \d+ MiB for [1-9][\d,]* goroutines \([1-9][\d,]* consumers\)"
     )
     assert re.search(rf"nats-server's memory as Go counts it, at the end \| {go}", table), table
     assert re.search(rf"nats-server after forced collections \(live\) \| {go}", table), table

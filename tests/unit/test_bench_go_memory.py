@@ -38,7 +38,14 @@ HEAP = """heap profile: 11: 4195304 [20: 9000000] @ heap/1048576
 
 GOROUTINES = """goroutine profile: total 4446
 2121 @ 0x48bb2a 0x464077
-#\t0x8e56e5\tgithub.com/nats-io/nats-server/v2/server.(*consumer).processInboundAcks+0x1
+# labels: {"account":"$G", "consumer":"018ROKhw", "type":"consumer"}
+#\t0x8e56e5\tgithub.com/nats-io/nats-server/v2/server.(*consumer).processInboundAcks+0x1\tc.go:1
+
+2121 @ 0x48bb2a 0x464078
+#\t0x8e56e6\tgithub.com/nats-io/nats-server/v2/server.(*consumer).loopAndGatherMsgs+0x1\tc.go:2
+
+6 @ 0x48bb2a 0x464079
+#\t0x8e56e7\tgithub.com/nats-io/nats-server/v2/server.(*client).readLoop+0x1\tclient.go:3
 """
 
 
@@ -56,7 +63,7 @@ def test_statistics_and_block_buffers_are_read(go_memory: ModuleType) -> None:
     assert stats["NumGC"] == 80
     # Only the block buffer's record counts, scaled by 1 / (1 - exp(-4 MiB / 512 KiB)).
     assert blocks == pytest.approx(4194304 / (1 - math.exp(-8)))
-    assert go_memory.parse_goroutines(GOROUTINES) == 4446
+    assert go_memory.parse_goroutines(GOROUTINES) == (4446, 2121)  # all, consumers
 
 
 def test_samples_are_scaled_as_pprof_scales_them(go_memory: ModuleType) -> None:
@@ -93,9 +100,36 @@ def test_describe_names_each_part(go_memory: ModuleType) -> None:
         stacks=24 * 2**20,
         block_buffers=64 * 2**20,
         goroutines=4446,
+        consumers=2121,
         collections=80,
     )
     assert go_memory.describe(memory) == (
         "heap 163 MiB (block buffers 64 MiB), free heap kept 88 MiB,"
-        " stacks 24 MiB for 4,446 goroutines"
+        " stacks 24 MiB for 4,446 goroutines (2,121 consumers)"
+    )
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_a_reading_asks_for_the_collections_it_needs_and_no_more(
+    go_memory: ModuleType, monkeypatch: pytest.MonkeyPatch, collect: bool
+) -> None:
+    pages: list[tuple[int, str]] = []
+
+    def get(port: int, page: str) -> str:
+        pages.append((port, page))
+        return GOROUTINES if page.startswith("goroutine") else HEAP
+
+    monkeypatch.setattr(go_memory, "_get", get)
+    memory = go_memory.read_go_memory(6061, collect=collect)
+    heap = "heap?debug=1&gc=1" if collect else "heap?debug=1"
+    forced = go_memory.FREEING_COLLECTIONS if collect else 1
+    assert pages == [(6061, heap)] * forced + [(6061, "goroutine?debug=1")]
+    assert memory == go_memory.GoMemory(
+        heap_alloc=163107632,
+        heap_kept=138149888 - 45449216,  # idle and not released
+        stacks=24674304,
+        block_buffers=round(4194304 / (1 - math.exp(-8))),
+        goroutines=4446,
+        consumers=2121,
+        collections=80,
     )

@@ -6,8 +6,12 @@ gives the same answers. Property-based over the Deployment seed of the payload p
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import operator
+import types
+import typing
 from typing import Any
 
 import msgspec
@@ -16,7 +20,14 @@ from hypothesis import strategies as st
 
 from corral.contract import views
 from corral.contract.codec import InvalidPayload, decode, decode_payload, encode
-from corral.contract.specs import Deployment, claim_names, replica_labels, replica_networks
+from corral.contract.specs import (
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    claim_names,
+    replica_labels,
+    replica_networks,
+)
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.contract.views import (
     ClaimsPlacement,
@@ -170,6 +181,59 @@ def test_a_replica_status_reads_alike_in_its_views(status: ReplicaStatus) -> Non
     assert (scheduling.key, scheduling.is_ready) == (status.key, status.is_ready)
     for window in (0.0, 1.0, 60.0, 3e9):
         assert scheduling.restarts_within(window) == status.restarts_within(window)
+
+
+# The record each view reads (and each view a view holds).
+RECORD_OF: dict[str, type[msgspec.Struct]] = {
+    "EndpointsPlacement": Placement,
+    "ClaimsPlacement": Placement,
+    "EndpointsStatus": ReplicaStatus,
+    "SchedulingStatus": ReplicaStatus,
+    "NetworksDeployment": Deployment,
+    "NetworksSpec": DeploymentSpec,
+    "EndpointsTemplate": ContainerTemplate,
+    "ClaimsTemplate": ContainerTemplate,
+    "NetworksTemplate": ContainerTemplate,
+}
+
+
+def _unconstrained(kind: Any) -> Any:
+    """A type without its constraints (Annotated metadata), at every level: a view
+    validates nothing it reads (the records' writers did)."""
+    if typing.get_origin(kind) is typing.Annotated:
+        return _unconstrained(typing.get_args(kind)[0])
+    arguments = typing.get_args(kind)
+    if not arguments:
+        return kind
+    origin = typing.get_origin(kind)
+    if origin is types.UnionType or origin is typing.Union:
+        return functools.reduce(operator.or_, map(_unconstrained, arguments))
+    return origin[tuple(map(_unconstrained, arguments))]
+
+
+def _default(field: msgspec.structs.FieldInfo) -> object:
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return field.default
+
+
+def test_every_field_of_a_view_has_the_records_name_type_and_default() -> None:
+    """Field by field, not only by decoding: a default (decoded only when the record
+    lacks the field) that differs from the record's would read another value."""
+    assert set(RECORD_OF) == {kind.__name__ for kind in VIEWS if not kind.__name__.startswith("_")}
+    for kind in VIEWS:
+        if kind.__name__.startswith("_"):
+            continue
+        record = {field.name: field for field in msgspec.structs.fields(RECORD_OF[kind.__name__])}
+        for field in msgspec.structs.fields(kind):
+            theirs = record.get(field.name)
+            where = f"{kind.__name__}.{field.name}"
+            assert theirs is not None, f"{where}: not a field of the record"
+            assert field.encode_name == theirs.encode_name, where
+            assert field.required == theirs.required, where
+            assert _default(field) == _default(theirs), where
+            if getattr(field.type, "__module__", None) != views.__name__:
+                assert _unconstrained(field.type) == _unconstrained(theirs.type), where
 
 
 def test_every_view_is_frozen_untracked_by_the_collector_and_tolerant_of_other_fields() -> None:

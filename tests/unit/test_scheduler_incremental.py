@@ -487,11 +487,11 @@ async def test_nodes_joining_meanwhile_do_not_make_a_lost_node_a_disruption() ->
         assert queue.prompt_waiting() == 1  # web's Deployment
 
 
-async def test_a_status_change_the_scheduler_does_not_read_decides_nothing() -> None:
+async def test_the_scheduler_holds_replica_statuses_as_the_view_it_reads() -> None:
     """The scheduler holds replica statuses as the view it reads (SchedulingStatus): a
-    status rewritten with only its container, addresses, ports, probes or message
-    changed is no change to it and decides nothing; one whose readiness changed decides
-    its Deployment again."""
+    rewrite that changes none of what it reads (only the container, addresses, ports,
+    probes and message; an agent's own writes change `updatedAt` too) is no change to
+    it and decides nothing; one whose readiness changed decides its Deployment again."""
     async with running() as cluster:
         await _apply(cluster, _deployment("web", 2, cpu="100m"))
         await placed_and_running(cluster, "a", "b")

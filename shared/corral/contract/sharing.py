@@ -7,7 +7,7 @@ ContainerTemplate (image, command, env, resources, probes: 1-3 KiB), both their
 Deployment's name, namespace and template hash, and their node's name (about 60 bytes
 a string). bench/bench_mirror_memory.py measures it: a Placement held 1,270 bytes with
 a thin template and 3,071 with a full one, about 220-235 once shared here; a
-ReplicaStatus 1,356 bytes, 1,177 (the scheduler's view of it 549 bytes, 370).
+ReplicaStatus 1,356 bytes, 1,129-1,177 (the scheduler's view of it 549, 321-370).
 
 A Mirror given `share=` passes each value it decodes through it:
 

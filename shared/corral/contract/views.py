@@ -16,8 +16,7 @@ view has bears the record's name, type and default (none where the record has no
 it decodes to the same value; the logic the services call on a record (its `key`,
 `is_ready`, replica_labels(), ...) is the record's own, shared through
 corral.contract.state.ReplicaKeyed, Serving and Restarting and the template protocols
-of corral.contract.specs. The scheduler keeps the full types of what it writes
-(Placement, DeploymentStatus) and decides from (Deployment, Node).
+of corral.contract.specs. Every other record a service mirrors is held whole.
 
 A view is tolerant of every field it does not hold (as corral.contract.state's records
 are of newer fields): a record the full type would refuse for such a field alone (a
@@ -78,7 +77,7 @@ class SchedulingStatus(_ReplicaView, Serving, Restarting, frozen=True, kw_only=T
     Deployment revision (`template_hash`), whether it serves (`is_ready`) and since when
     (`started_at`, its availability), and its restarts lately (`restarts_within`, the
     automatic rollback's crash loop). Not its container, addresses, ports, probes or
-    messages: a change of those alone is no change to the scheduler."""
+    messages."""
 
     deployment: str
     state: ReplicaState
