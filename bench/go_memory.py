@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +62,16 @@ def scaled(count: int, size: int, rate: int) -> float:
     return size / (1 - math.exp(-average / rate))
 
 
+def _records_at(text: str, header: re.Pattern[str], site: str) -> Iterator[re.Match[str]]:
+    """The profile's records (their header lines, matched by `header`) whose stack has a
+    frame in the function `site`."""
+    records = list(header.finditer(text))
+    for index, record in enumerate(records):
+        end = records[index + 1].start() if index + 1 < len(records) else len(text)
+        if any(frame.endswith(site) for frame in _FRAME.findall(text, record.end(), end)):
+            yield record
+
+
 def parse_heap(text: str) -> tuple[dict[str, int], float]:
     """The runtime's memory statistics (name -> bytes or count, `Stack` as in use) and
     the estimated bytes in use allocated by the block buffers' call site."""
@@ -73,13 +84,10 @@ def parse_heap(text: str) -> tuple[dict[str, int], float]:
     stack = _STACK.search(text)
     if stack is not None:
         stats["Stack"] = int(stack.group(1))
-    records = list(_RECORD.finditer(text))
-    blocks = 0.0
-    for index, record in enumerate(records):
-        end = records[index + 1].start() if index + 1 < len(records) else len(text)
-        frames = _FRAME.findall(text, record.end(), end)
-        if any(frame.endswith(BLOCK_BUFFER_SITE) for frame in frames):
-            blocks += scaled(int(record.group(1)), int(record.group(2)), rate)
+    blocks = sum(
+        scaled(int(record.group(1)), int(record.group(2)), rate)
+        for record in _records_at(text, _RECORD, BLOCK_BUFFER_SITE)
+    )
     for needed in ("HeapAlloc", "HeapIdle", "HeapReleased", "NumGC"):
         if needed not in stats:
             raise ValueError(f"the heap profile has no runtime.MemStats {needed}")
@@ -91,13 +99,9 @@ def parse_goroutines(text: str) -> tuple[int, int]:
     found = _GOROUTINES.search(text)
     if found is None:
         raise ValueError("not a goroutine profile in text form (no 'total N' header)")
-    records = list(_GOROUTINE_RECORD.finditer(text))
-    consumers = 0
-    for index, record in enumerate(records):
-        end = records[index + 1].start() if index + 1 < len(records) else len(text)
-        frames = _FRAME.findall(text, record.end(), end)
-        if any(frame.endswith(CONSUMER_SITE) for frame in frames):
-            consumers += int(record.group(1))
+    consumers = sum(
+        int(record.group(1)) for record in _records_at(text, _GOROUTINE_RECORD, CONSUMER_SITE)
+    )
     return int(found.group(1)), consumers
 
 
