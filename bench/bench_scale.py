@@ -1162,7 +1162,7 @@ async def nats_server_memory(proc: Proc, profile_port: int, results: Results) ->
         f"resident {resident:.0f} MiB: {describe(now)}",
         "read from its profiling port (--profile, loopback); block buffers: the file "
         "store's caches of message blocks (256 KiB-8 MiB each), estimated from the heap "
-        "profile's samples as of Go's last collection (a lower bound)",
+        "profile's samples as of Go's last collection (a lower bound, up to sampling error)",
     )
     results.add(
         "nats-server after forced collections (live)",

@@ -42,8 +42,8 @@ class GoMemory:
     heap_kept: int  # bytes of heap spans resident but not in use (idle, not released)
     stacks: int  # bytes of goroutine stacks
     # estimated bytes of the file store's block buffers among the heap, as of the last
-    # collection (the heap profile's time); a lower bound (a buffer grown by append is
-    # counted where it grew)
+    # collection (the heap profile's time); a lower bound up to sampling error (a buffer
+    # grown by append is counted where it grew)
     block_buffers: int
     goroutines: int
     consumers: int  # JetStream consumers (their goroutines in CONSUMER_SITE)

@@ -113,3 +113,25 @@ def test_a_sigterm_while_a_process_starts_ends_the_run_once_it_is_registered(
         cluster.stop()
         signal.signal(signal.SIGTERM, before)
     assert cluster.procs["sleeper"].popen.poll() is not None
+
+
+class _Resident:
+    """A process as nats_server_memory reads it: its resident memory only."""
+
+    def rss_mib(self) -> float:
+        return 300.0
+
+
+async def test_a_failed_read_of_nats_servers_memory_costs_its_rows_not_the_table(
+    bench_scale: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.client
+
+    def broken(port: int, *, collect: bool = False) -> None:
+        raise http.client.IncompleteRead(b"heap profile: 1")  # not an OSError
+
+    monkeypatch.setattr(bench_scale, "read_go_memory", broken)
+    results = bench_scale.Results()
+    await bench_scale.nats_server_memory(_Resident(), 1, results)
+    assert [what for what, _, _ in results.rows] == ["nats-server's memory as Go counts it"]
+    assert results.rows[0][1].startswith("not read (IncompleteRead(")

@@ -232,8 +232,11 @@ def test_every_field_of_a_view_has_the_records_name_type_and_default() -> None:
             assert field.encode_name == theirs.encode_name, where
             assert field.required == theirs.required, where
             assert _default(field) == _default(theirs), where
+            assert _unconstrained(field.type) == field.type, f"{where}: a constraint"
             if getattr(field.type, "__module__", None) != views.__name__:
                 assert _unconstrained(field.type) == _unconstrained(theirs.type), where
+            else:  # a view of the record's own field type
+                assert RECORD_OF[field.type.__name__] is _unconstrained(theirs.type), where
 
 
 def test_every_view_is_frozen_untracked_by_the_collector_and_tolerant_of_other_fields() -> None:
