@@ -760,6 +760,21 @@ async def _answer(handler: Callable[..., Awaitable[Reply]], subject: str, *args:
 MAX_CONCURRENT_REQUESTS = 16
 
 
+async def flush_subscriptions(nc: NATS) -> None:
+    """Return once the server has every subscription this connection made so far: a
+    request from another connection right after finds them.
+
+    `nc.flush()` alone does not prove it: nats-py (2.16) writes flush's PING straight to
+    the socket, ahead of the commands still in its pending buffer, such as the SUB of a
+    subscription just made, so the server can answer PONG before it has read that SUB
+    (and, on a loaded machine, serve another connection's request first: no responders).
+    While the first flush waits for its PONG, nats-py's flusher task, woken when the SUB
+    was queued, writes it; the second flush's PING then follows it, and its PONG comes
+    only once the server has read the SUB."""
+    await nc.flush()
+    await nc.flush()
+
+
 async def serve_spec_requests(
     nc: NATS,
     kind: str,
@@ -774,9 +789,9 @@ async def serve_spec_requests(
     compare-and-set), so one stuck on a server that just died holds no other up.
     """
     subscription = await nc.subscribe(f"{names.API_PREFIX}.{kind.lower()}.*", queue=queue)
-    # Started once the server has the subscription (a round trip), not once it is queued
-    # to be sent: a request right after must find a responder.
-    await nc.flush()
+    # Started once the server has the subscription, not once it is queued to be sent: a
+    # request right after must find a responder.
+    await flush_subscriptions(nc)
     limiter = anyio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
 
     async def answer(msg: Msg, received: float) -> None:

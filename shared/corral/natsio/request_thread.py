@@ -30,7 +30,12 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskStatus
 
-from corral.natsio.bus import JS_API_TIMEOUT_SECONDS, close_quietly, connect
+from corral.natsio.bus import (
+    JS_API_TIMEOUT_SECONDS,
+    close_quietly,
+    connect,
+    flush_subscriptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,7 @@ async def serve_in_thread(
                 js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                 async with anyio.create_task_group() as tg:
                     await tg.start(serve, nc, js)
-                    await nc.flush()  # what `serve` subscribed to is the server's now
+                    await flush_subscriptions(nc)  # what `serve` subscribed to
                     _settle(started, None)
             finally:
                 await close_quietly(nc)
