@@ -21,6 +21,7 @@ from corral.contract.events import REASON_CONFLICT, REASON_INVALID, REASON_NOT_F
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import NetworkSlice, NetworkStatus
 from corral.contract.specs import DeleteRequest
+from corral.natsio.bus import flush_subscriptions
 from corral.natsio.kv import NatsBucket, write_record
 
 NODES = ("n1", "n2")
@@ -157,7 +158,7 @@ async def netmgr_responder(nc: NATS, buckets: dict[str, NatsBucket]) -> AsyncIte
         for kind in ("network", "service")
         for verb in ("apply", "delete")
     ]
-    await nc.flush()
+    await flush_subscriptions(nc)
     try:
         yield responder
     finally:

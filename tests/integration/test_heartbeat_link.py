@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
-from corral.natsio.bus import connect
+from corral.natsio.bus import connect, flush_subscriptions
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 
 
@@ -48,7 +48,7 @@ async def judges(
 
     try:
         await nc.subscribe(names.heartbeat_subject("hb-link"), cb=on_beat)
-        await nc.flush()
+        await flush_subscriptions(nc)
         yield heard
     finally:
         await nc.close()

@@ -20,7 +20,7 @@ from corral.contract.events import Reply
 from corral.contract.specs import NodeDecision
 from corral.contract.state import Node, NodeCapacity, OrphanReplica
 from corral.contract.time_budget import NODE_LOST_SECONDS
-from corral.natsio.bus import connect
+from corral.natsio.bus import connect, flush_subscriptions
 from corral.natsio.kv import NatsBucket, echo_key, write_record
 from tests.integration.scheduler_harness import (
     eventually,
@@ -137,7 +137,7 @@ async def fake_agent(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
-            await nc.flush()
+            await flush_subscriptions(nc)
             yield got
             tg.cancel_scope.cancel()
     finally:

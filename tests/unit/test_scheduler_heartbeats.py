@@ -254,6 +254,9 @@ class _Connection:
     async def subscribe(self, subject: str, **_: object) -> _Subscription:
         return self.subscription
 
+    async def flush(self) -> None:
+        """The server has the subscription (corral.natsio.bus.flush_subscriptions)."""
+
     async def publish(self, subject: str, payload: bytes) -> None:
         self.published.append((subject, self.turn))
 

@@ -44,7 +44,7 @@ from corral.contract.logs import (
     LogPiece,
     LogRequest,
 )
-from corral.natsio.bus import unsubscribe_quietly
+from corral.natsio.bus import flush_subscriptions, unsubscribe_quietly
 from corral_node_agent.runtime import (
     ContainerState,
     LogFrame,
@@ -258,6 +258,7 @@ class LogService:
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         subscription = await self.nc.subscribe(names.logs_subject(self.node))
+        await flush_subscriptions(self.nc)  # started: a log request right after is heard
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from corral.contract import names, time_budget
 from corral.contract.codec import encode
 from corral.contract.events import REASON_INTERNAL, Reply
-from corral.natsio.bus import unsubscribe_quietly
+from corral.natsio.bus import flush_subscriptions, unsubscribe_quietly
 from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, service_main
 from corral.natsio.sharded import node_placements_bucket
 from corral_node_agent.agent import (
@@ -96,6 +96,7 @@ async def serve_node_decisions(
 ) -> None:
     """Answer an operator's decisions on corral.node.<node>.<verb> (adopt, reset)."""
     subscription = await nc.subscribe(names.node_subject(node, "*"))
+    await flush_subscriptions(nc)  # started: an operator's decision right after is heard
     task_status.started()
     try:
         async for msg in subscription.messages:

@@ -202,6 +202,7 @@ class HeartbeatJudge:
             pending_bytes_limit=PENDING_BYTES,
         )
         self._subscription = subscription
+        await bus.flush_subscriptions(nc)  # started: hearing the heartbeats sent from now on
         bus.SLOW_CONSUMER_HOOKS.append(self._on_slow_consumer)
         try:
             async with anyio.create_task_group() as tg:

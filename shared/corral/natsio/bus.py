@@ -761,16 +761,21 @@ MAX_CONCURRENT_REQUESTS = 16
 
 
 async def flush_subscriptions(nc: NATS) -> None:
-    """Return once the server has every subscription this connection made so far: a
-    request from another connection right after finds them.
+    """Return once the server this connection is on has every subscription it made so
+    far: a request from another connection to that server right after finds them (a
+    cluster's other servers learn of them a moment later). While disconnected, nats-py's
+    flush returns at once; the subscriptions are made again on reconnecting.
 
     `nc.flush()` alone does not prove it: nats-py (2.16) writes flush's PING straight to
     the socket, ahead of the commands still in its pending buffer, such as the SUB of a
     subscription just made, so the server can answer PONG before it has read that SUB
-    (and, on a loaded machine, serve another connection's request first: no responders).
-    While the first flush waits for its PONG, nats-py's flusher task, woken when the SUB
-    was queued, writes it; the second flush's PING then follows it, and its PONG comes
-    only once the server has read the SUB."""
+    and serve another connection's request first: no responders (seen in CI, right
+    after a service started). While the first flush waits for its PONG, nats-py's
+    flusher task, woken when the SUB was queued, writes it (it runs before any PONG can
+    be read, and a flusher waiting on a full socket writes it as soon as the PING has
+    left); the second flush's PING then follows it, and its PONG comes only once the
+    server has read the SUB. tests/integration/test_flush_subscriptions.py pins the
+    order."""
     await nc.flush()
     await nc.flush()
 
