@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import msgspec
+import pytest
+from click.testing import Result
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -483,3 +486,37 @@ class _Text:
 
     def flush(self) -> None:
         return None
+
+
+async def test_an_agent_that_subscribes_after_the_request_is_asked_again_and_streams(
+    nats_url: str, buckets: dict[str, NatsBucket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's agent not subscribed yet when the client asks (starting, reconnecting,
+    or on another server of a cluster): "no responders" comes back, the client asks
+    again until its timeout, and the log is shown."""
+    sent = 0
+    original = NATS.publish
+
+    async def spied(self: NATS, subject: str, *args: Any, **kwargs: Any) -> None:
+        nonlocal sent
+        if subject == names.logs_subject("node-1"):
+            sent += 1
+        await original(self, subject, *args, **kwargs)
+
+    monkeypatch.setattr(NATS, "publish", spied)
+    runtime = HollowRuntime(images={IMAGE})
+    container = await run_replica(buckets, "node-1", runtime, "web-aaaaa")
+    runtime.write_log(container, "hello\n")
+    results: list[Result] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            results.append(await corral(nats_url, "logs", "web-aaaaa"))
+
+        tg.start_soon(run)
+        # Asked again: the first request found nobody.
+        await eventually(lambda: _value(sent >= 2 or bool(results)), bool)
+        assert not results, results[0].output  # it gave up at the first "no responders"
+        async with log_agents(nats_url, "node-1", runtime=runtime):
+            await eventually(lambda: _value(bool(results)), bool)
+    assert (results[0].exit_code, results[0].stdout) == (0, "hello\n"), results[0].output

@@ -3,14 +3,17 @@ in-process scheduler, adopt and reset by a small fake node agent on corral.node.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 from click.testing import CliRunner, Result
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from corral.client.api import CorralClient
 from corral.client.cli.main import cli
@@ -30,6 +33,7 @@ from tests.integration.scheduler_harness import (
     request,
     running_scheduler,
 )
+from tests.waiting import current
 
 
 async def corral(url: str, *args: str) -> Result:
@@ -216,3 +220,37 @@ async def test_get_and_describe_show_a_nodes_mode_foreign_containers_and_orphans
     assert "2 container(s) of another cluster on this engine (left alone)" in text
     assert "1 container(s) could not be removed" in text
     assert "web-abcde" in text and "1234567890" in text
+
+
+async def test_an_agent_that_subscribes_after_the_request_is_asked_again_and_answers(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent starting, reconnecting, or on a cluster's server that has not told the
+    client's server of its subscription yet: the request finds no responders at first,
+    and is sent again until the timeout rather than failing at once."""
+    no_responders = threading.Event()
+    original = NATS.request
+
+    async def spied(self: NATS, subject: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, subject, *args, **kwargs)
+        except NoRespondersError:
+            no_responders.set()
+            raise
+
+    monkeypatch.setattr(NATS, "request", spied)
+    answer = Reply(ok=True, kind="Node", name="n4", message="reset")
+    async with anyio.create_task_group() as tg:
+        results: list[Result] = []
+
+        async def run() -> None:
+            results.append(await corral(nats_url, "node", "reset", "n4"))
+
+        tg.start_soon(run)
+        await eventually(lambda: current(no_responders.is_set() or bool(results)), bool)
+        assert not results, results[0].output  # it gave up at the first "no responders"
+        async with fake_agent(nats_url, "n4", answer) as got:
+            await eventually(lambda: current(bool(results)), bool)
+    assert results[0].exit_code == 0, results[0].output
+    assert results[0].stdout.strip() == "node/n4 reset: reset"
+    assert got == [(names.node_subject("n4", "reset"), NodeDecision(node="n4"))]

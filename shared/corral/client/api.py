@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 3.0
 DEFAULT_REQUEST_TIMEOUT: Final = 5.0
-_NO_RESPONDER_RETRY: Final = 0.2
+NO_RESPONDER_RETRY: Final = 0.2
 
 
 class CorralError(Exception):
@@ -76,6 +76,43 @@ class RequestRejected(CorralError):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.error or "rejected")
         self.reply = reply
+
+
+class Unanswered(Exception):
+    """`ask` had no answer in time. `no_responders`: nobody was subscribed at the last
+    try (as against a responder that did not answer)."""
+
+    def __init__(self, no_responders: bool) -> None:
+        super().__init__("no responders" if no_responders else "timed out")
+        self.no_responders = no_responders
+
+
+async def ask(nc: NATS, subject: str, payload: bytes, within: float, answerer: str) -> Reply:
+    """A request on `subject`, its Reply (from `answerer`, as the errors name it) within
+    `within` seconds, else Unanswered.
+
+    "No responders" is tried again until the deadline: a responder that is just
+    starting, or reconnecting, or whose subscription the client's NATS server of a
+    cluster has not learnt of yet, gets its chance. Nobody received such a request, so
+    sending it again repeats nothing. CorralError for any other NATS failure."""
+    deadline = time.monotonic() + within
+    no_responders = False
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            msg = await nc.request(subject, payload, timeout=remaining)
+        except nats.errors.NoRespondersError:
+            no_responders = True
+            await anyio.sleep(min(NO_RESPONDER_RETRY, max(0.0, deadline - time.monotonic())))
+            continue
+        except nats.errors.TimeoutError:
+            raise Unanswered(no_responders=False) from None
+        except nats.errors.Error as error:
+            raise CorralError(f"request on {subject} failed: {error}") from None
+        try:
+            return decode(msg.data, Reply)
+        except msgspec.DecodeError as error:
+            raise CorralError(f"the {answerer} answered on {subject} with {error}") from None
+    raise Unanswered(no_responders)
 
 
 @dataclass(frozen=True)
@@ -238,28 +275,12 @@ class CorralClient:
         payload = self.in_namespace(kind, verb, payload)
         subject = names.api_subject(kind.subject_kind, verb)
         timeout = self.request_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                msg = await self.nc.request(subject, payload, timeout=remaining)
-            except nats.errors.NoRespondersError:
-                # Nobody subscribed (yet): an owner that is just starting gets its chance.
-                await anyio.sleep(min(_NO_RESPONDER_RETRY, max(0.0, deadline - time.monotonic())))
-                continue
-            except nats.errors.TimeoutError:
-                break
-            except nats.errors.Error as error:
-                raise CorralError(f"request on {subject} failed: {error}") from None
-            try:
-                return decode(msg.data, Reply)
-            except msgspec.DecodeError as error:
-                raise CorralError(f"the {kind.owner} answered on {subject} with {error}") from None
-        raise CorralError(
-            f"no {kind.owner} answered on {subject} within {timeout:g} s: is it running?"
-        )
+        try:
+            return await ask(self.nc, subject, payload, timeout, kind.owner)
+        except Unanswered:
+            raise CorralError(
+                f"no {kind.owner} answered on {subject} within {timeout:g} s: is it running?"
+            ) from None
 
     async def _checked(self, kind: ApiKind, verb: str, payload: bytes) -> Reply:
         reply = await self.request(kind, verb, payload)

@@ -23,7 +23,7 @@ import click
 import msgspec
 from nats.aio.client import Client as NATS
 
-from corral.client.api import CorralClient, CorralError
+from corral.client.api import NO_RESPONDER_RETRY, CorralClient, CorralError
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract import names
 from corral.contract.codec import decode, encode
@@ -183,19 +183,34 @@ async def stream_replica(
     done = False
     where = f"replica {ref.replica} on node {ref.node}"
     try:
-        await nc.publish(names.logs_subject(ref.node), encode(request), reply=inbox)
+        subject, raw = names.logs_subject(ref.node), encode(request)
+        await nc.publish(subject, raw, reply=inbox)
+        answer_by = time.monotonic() + answer_seconds
+        nobody = False  # the last request found no agent subscribed
         expected = 0
         messages = subscription.messages.__aiter__()
         while True:
-            wait = answer_seconds if expected == 0 else idle_seconds
+            wait = max(0.0, answer_by - time.monotonic()) if expected == 0 else idle_seconds
             try:
                 with anyio.fail_after(wait):
                     msg = await messages.__anext__()
             except TimeoutError:
-                said = "did not answer" if expected == 0 else "stopped answering"
-                raise AgentSilent(f"{where}: the node's agent {said} within {wait:g}s") from None
+                if nobody:
+                    said = f"no agent answers for node {ref.node} within {answer_seconds:g}s"
+                elif expected == 0:
+                    said = f"the node's agent did not answer within {answer_seconds:g}s"
+                else:
+                    said = f"the node's agent stopped answering within {idle_seconds:g}s"
+                raise AgentSilent(f"{where}: {said}") from None
             if msg.headers and msg.headers.get("Status") == "503":
-                raise AgentSilent(f"{where}: no agent answers for node {ref.node}")
+                # Nobody received it: an agent starting or reconnecting, or one whose
+                # subscription this cluster's server has not learnt of yet, gets until
+                # the answer's deadline (as requests do: corral.client.api.ask).
+                nobody = True
+                await anyio.sleep(min(NO_RESPONDER_RETRY, max(0.0, answer_by - time.monotonic())))
+                await nc.publish(subject, raw, reply=inbox)
+                continue
+            nobody = False
             try:  # larger than a spec may be (64 KiB of text, escaped): not decode_payload
                 chunk = decode(msg.data, LogChunk)
             except (msgspec.DecodeError, msgspec.ValidationError) as error:

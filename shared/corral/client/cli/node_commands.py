@@ -22,12 +22,11 @@ from typing import Any
 
 import click
 import msgspec
-import nats
 
-from corral.client.api import ApiKind, CorralClient, CorralError
+from corral.client.api import ApiKind, CorralClient, CorralError, Unanswered, ask
 from corral.client.cli.runner import run_with_client, settings_of
 from corral.contract import names
-from corral.contract.codec import InvalidPayload, decode, decode_payload
+from corral.contract.codec import InvalidPayload, decode_payload
 from corral.contract.events import Reply
 from corral.contract.specs import NodeDecision, NodeReleaseRequest
 from corral.contract.time_budget import NODE_LOST_AFTER_STOP_SECONDS
@@ -91,24 +90,21 @@ def release(ctx: click.Context, name: str, force: bool) -> None:
 
 
 async def ask_node_agent(client: CorralClient, node_name: str, verb: str, payload: bytes) -> Reply:
-    """Send a request to the agent of `node_name` on corral.node.<node>.<verb>."""
+    """Send a request to the agent of `node_name` on corral.node.<node>.<verb>; an agent
+    not subscribed yet (starting, reconnecting) is asked again until the timeout."""
     subject = names.node_subject(node_name, verb)
     timeout = client.request_timeout
     try:
-        msg = await client.nc.request(subject, payload, timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise CorralError(
-            f"no node agent answers for node {node_name!r} on {subject}: "
-            "is its agent running and connected to this NATS?"
-        ) from None
-    except nats.errors.TimeoutError:
+        return await ask(client.nc, subject, payload, timeout, "node agent")
+    except Unanswered as silent:
+        if silent.no_responders:
+            raise CorralError(
+                f"no node agent answers for node {node_name!r} on {subject} within "
+                f"{timeout:g} s: is its agent running and connected to this NATS?"
+            ) from None
         raise CorralError(
             f"the node agent of {node_name!r} did not answer on {subject} within {timeout:g} s"
         ) from None
-    try:
-        return decode(msg.data, Reply)
-    except msgspec.DecodeError as error:
-        raise CorralError(f"the node agent answered on {subject} with {error}") from None
 
 
 def _decision(verb: str, what: str, fallback: str) -> click.Command:
