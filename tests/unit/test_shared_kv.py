@@ -74,6 +74,26 @@ def test_mirror_ignores_entries_older_than_what_it_applied() -> None:
     assert mirror.get("k") is None
 
 
+def test_mirrors_of_one_process_hold_one_copy_of_a_key_they_share() -> None:
+    """A replica's placement and its status are stored under the same key: the scheduler
+    and netmgr mirror both, and hold the key once (100,000 keys of about 70 bytes each),
+    whether it came from the watch or from a write of their own, at every revision."""
+    value = encode(NodeCapacity(cpu_millis=1, memory_bytes=1))
+
+    def fresh(key: str) -> str:
+        return "".join(list(key))  # equal, and not the same object
+
+    placements = Mirror(MemoryBucket("placements"), NodeCapacity)
+    statuses = Mirror(MemoryBucket("statuses"), NodeCapacity)
+    placements.apply(Entry(fresh("n1.default.web-a"), value, 3))  # its own write
+    statuses.apply(Entry(fresh("n1.default.web-a"), value, 5), from_watch=True)
+    statuses.apply(Entry(fresh("n1.default.web-a"), value, 6), from_watch=True)
+    (held,) = placements.items
+    (also,) = statuses.items
+    assert held is also
+    assert fresh("n1.default.web-a") is not held  # (the test makes new strings)
+
+
 def test_mirror_keeps_the_newest_revision_per_group_and_what_its_watch_delivered() -> None:
     mirror = Mirror(MemoryBucket(), NodeCapacity, group_of=lambda key: key.partition(".")[0])
     value = encode(NodeCapacity(cpu_millis=1, memory_bytes=1))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -518,50 +519,53 @@ class Mirror(Generic[T]):
             if from_watch and self._live:
                 self._passed(entry.revision)
             return
+        # One copy of a key for every mirror of this process that holds it (a replica's
+        # placement and its status share their key), and for every revision of it.
+        key = sys.intern(entry.key)
         if self.group_of is not None:
-            group = self.group_of(entry.key)
+            group = self.group_of(key)
             if entry.revision > self._newest.get(group, 0):
                 self._newest[group] = entry.revision
-        applied = self._applied.get(entry.key, 0)
+        applied = self._applied.get(key, 0)
         if entry.revision < applied:
             return
         if from_watch and entry.revision == applied and entry.value is not None:
             # This very value is applied already (this process wrote it, or a new
             # watch's replay brought it again): the same bytes, nothing to decode or
             # tell. (A scheduler's own placements come back this way, one per replica.)
-            if self._unconfirmed.get(entry.key) == applied:
-                del self._unconfirmed[entry.key]
+            if self._unconfirmed.get(key) == applied:
+                del self._unconfirmed[key]
             if self._live:
                 self._passed(entry.revision)
             return
         if from_watch:
-            if entry.revision >= self._unconfirmed.get(entry.key, entry.revision + 1):
-                del self._unconfirmed[entry.key]
+            if entry.revision >= self._unconfirmed.get(key, entry.revision + 1):
+                del self._unconfirmed[key]
             if entry.value is None:
                 # The watch is in order: nothing older of this key can follow its deletion.
-                self._applied.pop(entry.key, None)
+                self._applied.pop(key, None)
             else:
-                self._applied[entry.key] = entry.revision
+                self._applied[key] = entry.revision
         else:
-            self._applied[entry.key] = entry.revision
-            self._unconfirmed[entry.key] = entry.revision
-            heapq.heappush(self._own_writes, (entry.revision, entry.key))
-        self.unreadable.discard(entry.key)
+            self._applied[key] = entry.revision
+            self._unconfirmed[key] = entry.revision
+            heapq.heappush(self._own_writes, (entry.revision, key))
+        self.unreadable.discard(key)
         if entry.value is None:
-            self.items.pop(entry.key, None)
+            self.items.pop(key, None)
         else:
             try:
                 if value is None:
                     value = decode(entry.value, self.kind)
-                self.items[entry.key] = (self._shared(value), entry.revision)
+                self.items[key] = (self._shared(value), entry.revision)
             except msgspec.DecodeError as error:
-                log.warning("cannot read %s/%s: %s", self.bucket.name, entry.key, error)
-                self.items.pop(entry.key, None)
-                self.unreadable.add(entry.key)
+                log.warning("cannot read %s/%s: %s", self.bucket.name, key, error)
+                self.items.pop(key, None)
+                self.unreadable.add(key)
         if from_watch and self._live:
             self._passed(entry.revision)
         if self.on_change is not None:
-            self.on_change(entry.key)
+            self.on_change(key)
 
     def _shared(self, value: T) -> T:
         """`value` through `share`; as it is if sharing fails (memory, not meaning)."""
