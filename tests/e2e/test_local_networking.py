@@ -67,6 +67,17 @@ def local(tmp_path: Path, test_image: str) -> Iterator[DockerCorral]:
             sh("docker", "rm", "-f", *left, check=False)
 
 
+def cluster_of(node: str) -> str:
+    """The cluster id on the Docker networks netmgr made for `node`."""
+    networks = sh(
+        "docker", "network", "ls", "--filter", f"label={names.LABEL_NODE}={node}",
+        "--format", "{{.Labels}}",
+    ).stdout  # fmt: skip
+    found = re.search(rf"{names.LABEL_CLUSTER}=([0-9a-f]{{16}})", networks)
+    assert found is not None, networks
+    return found.group(1)
+
+
 def until(check: object, timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -92,14 +103,9 @@ def test_corral_up_serves_a_node_port_and_corral_down_removes_every_rule_and_net
     local.up()
     cluster = json.loads(local.corral("network", "inspect", "default"))
     assert cluster  # the default network exists once the node part reported its host
-    networks = sh(
-        "docker", "network", "ls", "--filter", f"label={names.LABEL_NODE}={local.node}",
-        "--format", "{{.Labels}}",
-    ).stdout  # fmt: skip
-    cluster_id = re.search(rf"{names.LABEL_CLUSTER}=([0-9a-f]{{16}})", networks)
-    assert cluster_id is not None, networks
-    prefix = names.chain_prefix(cluster_id.group(1), local.node)
-    unchanged_host.marks += [cluster_id.group(1), prefix]
+    cluster_id = cluster_of(local.node)
+    prefix = names.chain_prefix(cluster_id, local.node)
+    unchanged_host.marks += [cluster_id, prefix]
     assert prefix in sh("iptables-save").stdout
 
     local.corral(
@@ -137,7 +143,7 @@ def test_corral_up_serves_a_node_port_and_corral_down_removes_every_rule_and_net
     down = local.run("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert prefix not in sh("iptables-save").stdout
-    assert cluster_id.group(1) not in sh("docker", "network", "ls", "--format", "{{.Name}}").stdout
+    assert cluster_id not in sh("docker", "network", "ls", "--format", "{{.Name}}").stdout
 
 
 def _try_get(address: str, port: int) -> str:

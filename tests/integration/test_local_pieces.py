@@ -15,11 +15,12 @@ from click.testing import CliRunner
 from corral.client.cli import local_commands
 from corral.client.cli.main import cli
 from corral.client.local.child import ChildState, RestartBackoff, supervise_child
-from corral.client.local.detach import StopReport
+from corral.client.local.detach import SUPERVISOR_STOP_TIMEOUT, StopReport
 from corral.client.local.layout import Layout
 from corral.client.local.nats_server import NATS_SERVER_GOGC
 from corral.client.local.plan import (
     UpOptions,
+    agent_cleanup,
     local_node_name,
     nats_child,
     node_part_cleanup,
@@ -27,10 +28,11 @@ from corral.client.local.plan import (
 )
 from corral.client.local.processes import ProcessRef
 from corral.client.local.supervisor import (
+    REPLICAS_CLEANUP_TIMEOUT,
+    CleanupReport,
     Supervisor,
-    VolumesReport,
-    read_volumes_report,
-    write_volumes_report,
+    read_report,
+    write_report,
 )
 from tests.conftest import free_port
 
@@ -158,48 +160,128 @@ async def test_the_supervisor_writes_what_the_node_part_did_with_the_volumes_dat
     supervisor = Supervisor(UpOptions(data_dir=tmp_path, node_name="n1"), "agent-1")
     supervisor.layout.create()
     await supervisor.clean_node()
-    assert read_volumes_report(supervisor.layout) is None  # not asked: no report
+    assert read_report(supervisor.layout.delete_volumes_file) is None  # not asked: no report
     supervisor.layout.delete_volumes_file.write_text("asked\n")
     await supervisor.clean_node()
-    report = read_volumes_report(supervisor.layout)
+    report = read_report(supervisor.layout.delete_volumes_file)
     assert report is not None and not report.ok
     assert report.exit_code == 1 and report.errors == ["left pv-b: busy"]
     assert report.output == ["removed Docker volume corral_pv_a_c"]
 
 
+def test_the_agents_clean_up_names_its_node_engine_and_state_dir_and_needs_no_nats(
+    tmp_path: Path,
+) -> None:
+    options = UpOptions(data_dir=tmp_path, node_name="n1", docker_host="unix:///tmp/d.sock")
+    command = agent_cleanup(options)
+    assert command[0].endswith("corral-node-agent") or "corral_node_agent" in command
+    assert command[command.index("--node-name") + 1] == "n1"
+    assert command[command.index("--runtime") + 1] == "docker"
+    assert command[command.index("--state-dir") + 1] == str(tmp_path.resolve() / "node-agent")
+    assert command[command.index("--docker-host") + 1] == "unix:///tmp/d.sock"
+    assert "--remove-all" in command and "--nats" not in command
+    # The agent's own flags take them: the same parser as the agent's.
+    from corral_node_agent.main import build_parser
+
+    args = build_parser().parse_args(command[command.index("--log-level") :])
+    assert (
+        args.remove_all
+        and args.node_name == "n1"
+        and args.state_dir == str(tmp_path.resolve() / "node-agent")
+    )
+
+
+async def test_stopping_removes_the_replicas_first_and_only_when_corral_down_asked_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[list[str]] = []
+
+    async def run_process(command: list[str], check: bool) -> subprocess.CompletedProcess[bytes]:
+        ran.append(command)
+        out = b"removed corral-web-a (0123456789ab)\n" if "--node-name" in command else b""
+        return subprocess.CompletedProcess(command, 0, out, b"")
+
+    monkeypatch.setattr(anyio, "run_process", run_process)
+    supervisor = Supervisor(UpOptions(data_dir=tmp_path, node_name="n1"), "agent-1")
+    supervisor.layout.create()
+    request = supervisor.layout.remove_replicas_file
+    await supervisor.clean_node()
+    assert not any("--node-name" in command for command in ran)  # not asked: kept running
+    assert read_report(request) is None
+    ran.clear()
+    request.write_text("asked\n")
+    await supervisor.clean_node()
+    agent, netmgr, volmgr = ran  # the replicas first: then their networks and volumes go
+    assert agent == agent_cleanup(supervisor.options)
+    assert "--node" in netmgr and "--volumes-dir" in volmgr
+    assert not request.exists()  # asked once, done once
+    report = read_report(request)
+    assert report is not None and report.ok
+    assert report.output == ["removed corral-web-a (0123456789ab)"]
+
+
+REPLICAS = ("--remove-replicas", "remove_replicas_file", "the replicas removed")
+VOLUMES = ("--delete-volumes", "delete_volumes_file", "the volumes' data deleted")
+
+
 @pytest.mark.parametrize(
-    "report, exit_code, words",
+    "asked, report, exit_code, words",
     [
-        (VolumesReport(0, ["deleted /v/c/pv-a.img"], []), 0, "deleted /v/c/pv-a.img"),
-        (VolumesReport(1, [], ["left pv-b: busy"]), 1, "NOT all deleted"),
-        (VolumesReport(None, [], [], "it did not finish within 30 s"), 1, "did not finish"),
-        (None, 1, "did not report"),
+        (REPLICAS, CleanupReport(0, ["removed corral-web-a (0123)"], []), 0, "corral-web-a"),
+        (REPLICAS, CleanupReport(0, [], []), 0, "(none ran)"),
+        (REPLICAS, CleanupReport(1, [], ["not removed: corral-web-b"]), 1, "NOT all removed"),
+        (REPLICAS, CleanupReport(None, [], [], "it did not finish within 90 s"), 1, "finish"),
+        (REPLICAS, None, 1, "did not report"),
+        (VOLUMES, CleanupReport(0, ["deleted /v/c/pv-a.img"], []), 0, "deleted /v/c/pv-a.img"),
+        (VOLUMES, CleanupReport(1, [], ["left pv-b: busy"]), 1, "NOT all deleted"),
+        (VOLUMES, CleanupReport(None, [], [], "it did not finish within 30 s"), 1, "finish"),
+        (VOLUMES, None, 1, "did not report"),
     ],
 )
-def test_corral_down_delete_volumes_says_what_the_node_part_did_not_a_fixed_deleted(
+def test_corral_down_says_what_the_clean_up_it_asked_for_did_not_a_fixed_done(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    report: VolumesReport | None,
+    asked: tuple[str, str, str],
+    report: CleanupReport | None,
     exit_code: int,
     words: str,
 ) -> None:
+    flag, request_file, done = asked
     layout = Layout.at(tmp_path)
     layout.create()
+    request: Path = getattr(layout, request_file)
+    waited: list[float] = []
 
-    def stopped(layout: Layout) -> StopReport:
-        assert layout.delete_volumes_file.exists()  # asked before stopping
+    def stopped(layout: Layout, timeout: float) -> StopReport:
+        assert request.exists()  # asked before stopping
+        waited.append(timeout)
         if report is not None:
-            write_volumes_report(layout, report)
+            write_report(request, report)
         return StopReport(True, 4242, [], [])
 
     monkeypatch.setattr(local_commands, "running_supervisor", lambda layout: object())
     monkeypatch.setattr(local_commands, "stop", stopped)
-    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), "--delete-volumes"])
+    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), flag])
     assert result.exit_code == exit_code, result.output
     assert "corral stopped (supervisor pid 4242)" in result.stdout
     said = result.stdout if exit_code == 0 else result.stderr
     assert words in said, result.output
-    assert (exit_code == 0) == ("the volumes' data deleted" in result.stdout)
+    assert (exit_code == 0) == (done in result.stdout)
+    # Long enough for the replicas' stops too, beside the rest of the stop.
+    extra = REPLICAS_CLEANUP_TIMEOUT if flag == "--remove-replicas" else 0.0
+    assert waited == [SUPERVISOR_STOP_TIMEOUT + extra]
+
+
+def test_corral_down_remove_replicas_without_a_running_corral_says_how_and_marks_nothing(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["down", "--data-dir", str(tmp_path), "--remove-replicas", "--delete-volumes"]
+    )
+    assert result.exit_code == 1
+    assert "corral down --remove-replicas --delete-volumes" in result.stderr
+    layout = Layout.at(tmp_path)
+    assert not layout.remove_replicas_file.exists() and not layout.delete_volumes_file.exists()
 
 
 async def _environment_of_supervised_nats(tmp_path: Path, port: int) -> dict[str, str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TextIO
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,10 +28,10 @@ from corral_node_agent.agent import (
 )
 from corral_node_agent.cut_off_clock import LastAckFile, cut_off_since
 from corral_node_agent.heartbeat_link import NatsHeartbeats
-from corral_node_agent.local_record import LocalRecordFile
+from corral_node_agent.local_record import LocalRecordFile, UnreadableLocalRecord
 from corral_node_agent.logs import LogService
 from corral_node_agent.networks_mode import NetworksMode
-from corral_node_agent.offline import stop_if_never_started
+from corral_node_agent.offline import remove_own, stop_if_never_started
 from corral_node_agent.runtime import Runtime
 from corral_node_agent.settings import ENV_AGENT_ID, ENV_STATE_DIR, settings_from_args
 
@@ -83,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DRAIN_TIMEOUT_SECONDS,
         help="seconds a replica going away waits for netmgr's drain record before its stop "
         "signal anyway (docs/rollouts.md, 'Graceful stops')",
+    )
+    parser.add_argument(
+        "--remove-all",
+        action="store_true",
+        help="stop and remove this node's replica containers on its engine (those of the "
+        "cluster its state dir records; each with its own stop grace period), then exit "
+        "(`corral down --remove-replicas`). Nothing stored changes: the agent's next start "
+        "runs them again. Needs no NATS",
     )
     return parser
 
@@ -230,8 +240,43 @@ async def stop_if_cut_off_at_start(args: argparse.Namespace, started: anyio.Even
         await runtime.close()
 
 
+async def remove_all(args: argparse.Namespace, out: TextIO) -> int:
+    """`--remove-all`: stop and remove this node's own containers (offline.remove_own),
+    one line each on `out`; returns the exit code: 1 when one could not be removed or
+    the state dir's record cannot be read (then nothing is removed)."""
+    settings = settings_from_args(args)
+    try:
+        record = LocalRecordFile(settings.state_dir).load()
+    except UnreadableLocalRecord as error:
+        print(f"removing nothing: {error}", file=sys.stderr)
+        return 1
+    if record is None:
+        node = settings.node_name
+        print(f"node {node} never belonged to a cluster: no container is its own", file=out)
+        return 0
+    runtime = build_runtime(args)
+    try:
+        removed, failed = await remove_own(runtime, record, settings.node_name)
+    finally:
+        await runtime.close()
+    for container in sorted(removed, key=lambda c: c.name):
+        print(f"removed {container.name} ({container.id[:12]})", file=out)
+    for failure in failed:
+        print(f"not removed: {failure}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main() -> None:
-    service_main(SERVICE, build_parser(), run, alongside=stop_if_cut_off_at_start)
+    parser = build_parser()
+    args, _ = parser.parse_known_args()
+    if args.remove_all:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format=f"%(asctime)s {SERVICE} %(levelname)s %(name)s: %(message)s",
+        )
+        args = parser.parse_args()  # every flag checked, as a service's are
+        sys.exit(anyio.run(remove_all, args, sys.stdout))
+    service_main(SERVICE, parser, run, alongside=stop_if_cut_off_at_start)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import anyio
 
 from corral.contract.time_budget import FENCED_STOP_GRACE_SECONDS, STOP_SECONDS
-from corral_node_agent.local_record import LocalRecordFile, UnreadableLocalRecord
+from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
 from corral_node_agent.ownership import classify
 from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
 
@@ -48,11 +48,31 @@ async def stop_if_never_started(
         return 0
     if record is None:
         return 0  # this node never belonged to a cluster: nothing is its own
+    log.warning(
+        "node %s: no NATS for %gs since the agent started: removing its replicas "
+        "(the scheduler has placed them elsewhere)",
+        node,
+        stop_after,
+    )
+    # Fenced: each one's stop signal first, but SIGKILL after at most
+    # FENCED_STOP_GRACE_SECONDS, and no drain (docs/rollouts.md).
+    removed, failed = await remove_own(runtime, record, node, most_grace=FENCED_STOP_GRACE_SECONDS)
+    for failure in failed:
+        log.error("node %s: cut off at start, removing its replicas: %s", node, failure)
+    return len(removed)
+
+
+async def remove_own(
+    runtime: Runtime, record: LocalRecord, node: str, *, most_grace: float | None = None
+) -> tuple[list[ObservedContainer], list[str]]:
+    """Stop and remove this node's own containers (of the cluster its local record names,
+    `classify`), all at once: a running one gets its stop signal and its own grace period
+    (capped at `most_grace`), then the removal kills it. Returns those removed and what
+    failed, in words; never raises for the engine."""
     try:
         containers = await runtime.list_containers()
     except RuntimeFailure as error:
-        log.error("node %s: cut off at start, and the engine fails: %s", node, error)
-        return 0
+        return [], [f"the engine fails: {error}"]
     own = classify(
         containers,
         node=node,
@@ -61,38 +81,29 @@ async def stop_if_never_started(
         placements={},
         claimed=record.claimed,
     ).own
-    log.warning(
-        "node %s: no NATS for %gs since the agent started: removing its %d replicas "
-        "(the scheduler has placed them elsewhere)",
-        node,
-        stop_after,
-        len(own),
-    )
-    removed = 0
+    removed: list[ObservedContainer] = []
+    failed: list[str] = []
 
     async def remove(container: ObservedContainer) -> None:
-        nonlocal removed
         try:
             if container.state == ContainerState.RUNNING:
-                # Fenced: its stop signal first, but SIGKILL after at most
-                # FENCED_STOP_GRACE_SECONDS, and no drain (docs/rollouts.md).
-                await _stop_fenced(runtime, container)
+                await _stop(runtime, container, most_grace)
             await runtime.remove_container(container.id)  # bounded by STOP
-            removed += 1
+            removed.append(container)
         except RuntimeFailure as error:
             log.warning("removing %s failed: %s", container.id[:12], error)
+            failed.append(f"{container.name} ({container.id[:12]}): {error}")
 
-    async with anyio.create_task_group() as tg:  # in parallel: the stop takes one STOP
+    async with anyio.create_task_group() as tg:  # in parallel: the stop takes one grace
         for container in own:
             tg.start_soon(remove, container)
-    return removed
+    return removed, failed
 
 
-async def _stop_fenced(runtime: Runtime, container: ObservedContainer) -> None:
-    grace = min(
-        float(container.stop_timeout if container.stop_timeout is not None else STOP_SECONDS),
-        FENCED_STOP_GRACE_SECONDS,
-    )
+async def _stop(runtime: Runtime, container: ObservedContainer, most_grace: float | None) -> None:
+    grace = float(container.stop_timeout if container.stop_timeout is not None else STOP_SECONDS)
+    if most_grace is not None:
+        grace = min(grace, most_grace)
     try:
         with anyio.move_on_after(grace + 1.0):  # the kill (the removal) follows anyway
             await runtime.stop_container(container.id, grace)

@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import click
 
-from corral.client.local.detach import DetachFailed, start_detached, stop
+from corral.client.local.detach import (
+    SUPERVISOR_STOP_TIMEOUT,
+    DetachFailed,
+    start_detached,
+    stop,
+)
 from corral.client.local.layout import ENV_DATA_DIR, Layout, default_data_dir
 from corral.client.local.nats_server import NatsServerNotFound
 from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, DEFAULT_NATS_PORT, UpOptions
 from corral.client.local.state_file import SupervisorRecord, running_supervisor
 from corral.client.local.summary import describe
 from corral.client.local.supervisor import (
+    REPLICAS_CLEANUP_TIMEOUT,
     CannotStart,
-    VolumesReport,
-    read_volumes_report,
+    CleanupReport,
+    read_report,
+    report_file,
     run_supervisor,
-    volumes_report_file,
 )
 
 _data_dir_option = click.option(
@@ -115,57 +122,103 @@ def up(
 @click.command()
 @_data_dir_option
 @click.option(
+    "--remove-replicas",
+    is_flag=True,
+    help="Also stop and remove this node's replica containers (each with its stop grace "
+    "period), so nothing of corral's runs or stays mounted. Without it they keep running. "
+    "The Deployments stay stored: `corral up` runs them again.",
+)
+@click.option(
     "--delete-volumes",
     is_flag=True,
     help="Also delete the data of every volume corral provisioned on this node (their "
-    "image files and folders). Without it the data stays, and `corral up` mounts it again.",
+    "image files and folders). Without it the data stays, and `corral up` mounts it again. "
+    "A volume a running replica still uses is left: with --remove-replicas none is.",
 )
-def down(data_dir: Path | None, delete_volumes: bool) -> None:
-    """Stop what `corral up` started from this data dir. Volumes keep their data."""
+def down(data_dir: Path | None, remove_replicas: bool, delete_volumes: bool) -> None:
+    """Stop what `corral up` started from this data dir. Replicas keep running and volumes
+    keep their data, unless asked."""
     layout = Layout.at(data_dir or default_data_dir())
-    if delete_volumes:
-        if running_supervisor(layout) is None:
-            raise click.ClickException(
-                f"corral is not running from {layout.data_dir}: the volumes' data is deleted "
-                "by volmgr's node part as corral stops (it reads the cluster's id from NATS); "
-                "start it (corral up -d), then corral down --delete-volumes"
-            )
-        volumes_report_file(layout).unlink(missing_ok=True)  # only this run's is read
-        layout.delete_volumes_file.write_text("asked by corral down --delete-volumes\n")
-    report = stop(layout)
+    asked = [
+        (cleanup, request)
+        for cleanup, request, wanted in (
+            (REMOVE_REPLICAS, layout.remove_replicas_file, remove_replicas),
+            (DELETE_VOLUMES, layout.delete_volumes_file, delete_volumes),
+        )
+        if wanted
+    ]
+    if asked and running_supervisor(layout) is None:
+        flags = " ".join(cleanup.flag for cleanup, _ in asked)
+        raise click.ClickException(
+            f"corral is not running from {layout.data_dir}: {flags} is carried out by its "
+            "node parts as corral stops (they find what is corral's through the cluster's "
+            f"id); start it (corral up -d), then corral down {flags}"
+        )
+    for _, request in asked:
+        report_file(request).unlink(missing_ok=True)  # only this run's is read
+        request.write_text("asked by corral down\n")
+    timeout = SUPERVISOR_STOP_TIMEOUT + (REPLICAS_CLEANUP_TIMEOUT if remove_replicas else 0.0)
+    report = stop(layout, timeout)
     if not report.was_running:
         extra = f" (stopped leftovers: {', '.join(report.leftovers)})" if report.leftovers else ""
         click.echo(f"corral is not running from {layout.data_dir}{extra}")
         return
     forced = f" (had to kill: {', '.join(report.killed)})" if report.killed else ""
     click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}")
-    if delete_volumes:
-        done = read_volumes_report(layout)
-        volumes_report_file(layout).unlink(missing_ok=True)
-        click.echo(volumes_outcome(done), err=done is None or not done.ok)
-        if done is None or not done.ok:
-            raise click.exceptions.Exit(1)
+    failed = False
+    for cleanup, request in asked:
+        done = read_report(request)
+        report_file(request).unlink(missing_ok=True)
+        click.echo(cleanup.outcome(done), err=done is None or not done.ok)
+        failed = failed or done is None or not done.ok
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
-def volumes_outcome(done: VolumesReport | None) -> str:
-    """What `corral down --delete-volumes` did to the volumes' data, in words: what
-    volmgr's node part reported (its lines and exit code), never more."""
-    if done is None:
+@dataclass(frozen=True)
+class Cleanup:
+    """A clean-up `corral down` can ask for, as its outcome is told."""
+
+    flag: str
+    what: str  # "the replicas"
+    was: str  # "were"
+    done: str  # "removed"
+    who: str  # "the node agent's clean-up"
+    none: str  # said when it did nothing
+
+    def outcome(self, report: CleanupReport | None) -> str:
+        """What it did, in words: what `who` reported (its lines and exit code), never
+        more."""
+        not_done = f"{self.what} {self.was} NOT {self.done}"
+        if report is None:
+            return (
+                f"{not_done}, or not all: {self.who} did not report (the supervisor was "
+                "stopped before its clean-up ended); run corral up -d, then corral down "
+                f"{self.flag} again"
+            )
+        if report.problem:
+            return f"{not_done}, or not all: {self.who} {report.problem}"
+        lines = "".join(f"\n  {line}" for line in report.output)
+        if report.ok:
+            return f"{self.what} {self.done}; {self.who}:" + (lines or f"\n  ({self.none})")
+        errors = " / ".join(report.errors) or "no message"
         return (
-            "the volumes' data was NOT deleted, or not all: volmgr's node part did not report "
-            "(the supervisor was stopped before its clean-up ended); run corral up -d, then "
-            "corral down --delete-volumes again"
+            f"{self.what} {self.was} NOT all {self.done}: {self.who} exited "
+            f"{report.exit_code} ({errors})" + (f"; it did:{lines}" if lines else "")
         )
-    if done.problem:
-        return f"the volumes' data was NOT deleted, or not all: volmgr's node part {done.problem}"
-    lines = "".join(f"\n  {line}" for line in done.output)
-    if done.ok:
-        return "the volumes' data deleted; volmgr's node part:" + (lines or "\n  (nothing)")
-    errors = " / ".join(done.errors) or "no message"
-    return (
-        f"the volumes' data was NOT all deleted: volmgr's node part exited {done.exit_code} "
-        f"({errors})" + (f"; it did:{lines}" if lines else "")
-    )
+
+
+REMOVE_REPLICAS = Cleanup(
+    "--remove-replicas", "the replicas", "were", "removed", "the node agent's clean-up", "none ran"
+)
+DELETE_VOLUMES = Cleanup(
+    "--delete-volumes", "the volumes' data", "was", "deleted", "volmgr's node part", "nothing"
+)
+
+
+def volumes_outcome(report: CleanupReport | None) -> str:
+    """What `corral down --delete-volumes` did to the volumes' data, in words."""
+    return DELETE_VOLUMES.outcome(report)
 
 
 @click.group()

@@ -81,6 +81,12 @@ class Layout:
         volumes' data as it stops."""
         return self.data_dir / "corral.delete-volumes"
 
+    @property
+    def remove_replicas_file(self) -> Path:
+        """Present when `corral down --remove-replicas` asked the supervisor to stop and
+        remove this node's replica containers as it stops."""
+        return self.data_dir / "corral.remove-replicas"
+
     def create(self) -> None:
         self.nats_store.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -186,6 +186,28 @@ def node_part_cleanup(options: UpOptions, part: str, *, delete_data: bool = Fals
     return command
 
 
+def agent_cleanup(options: UpOptions) -> list[str]:
+    """The command that stops and removes this node's replica containers (run by the
+    supervisor after the services stop, before the node parts' clean-up, when `corral
+    down --remove-replicas` asked for it): the node agent's `--remove-all`, which finds
+    them through the cluster its state dir records."""
+    command = [
+        *service_command("node-agent"),
+        "--log-level",
+        options.log_level,
+        "--node-name",
+        options.node_name or local_node_name(),
+        "--runtime",
+        options.runtime,
+        "--state-dir",
+        str(options.layout.agent_state_dir),
+        "--remove-all",
+    ]
+    if options.docker_host:
+        command += ["--docker-host", options.docker_host]
+    return command
+
+
 def wanted_ports(options: UpOptions) -> dict[str, int]:
     """Each process' port: nats-server's, then each service's metrics port."""
     return {"nats": options.nats_port, **{s: options.metrics_port(s) for s in SERVICES}}

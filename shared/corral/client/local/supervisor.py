@@ -4,13 +4,14 @@ Start: refuse ports that can never work; take the data dir's lock (one superviso
 per data dir); refuse when a port is taken; stop the leftovers of a supervisor
 that died; start nats-server and wait until JetStream answers; start the services
 and wait until each /healthz answers 200. Then supervise until SIGINT/SIGTERM, and
-stop in order: services (SIGTERM, then SIGKILL after a timeout), then netmgr's node
-part removes its packet-filter rules, routes and unused Docker networks (`corral-netmgr
---node NAME --remove-all`, which reads the cluster's id from NATS) and volmgr's its
-unused Docker volumes, mounts and loop devices (`corral-volmgr --node NAME --remove-all`,
-with `--delete-data` after `corral down --delete-volumes`, whose outcome it writes for
-`corral down` to report: `volumes_report_file`), then nats-server, so the services drain
-cleanly.
+stop in order: services (SIGTERM, then SIGKILL after a timeout), then (when `corral
+down --remove-replicas` asked) the node agent's `--remove-all` stops and removes this
+node's replica containers, then netmgr's node part removes its packet-filter rules,
+routes and unused Docker networks (`corral-netmgr --node NAME --remove-all`, which
+reads the cluster's id from NATS) and volmgr's its unused Docker volumes, mounts and
+loop devices (`corral-volmgr --node NAME --remove-all`, with `--delete-data` after
+`corral down --delete-volumes`); what an asked-for clean-up did is written for `corral
+down` to report (`report_file`); then nats-server, so the services drain cleanly.
 
 A startup that cannot succeed fails with CannotStart after stopping in the same
 order: a child that keeps exiting before it was ever healthy (its log's end is in
@@ -38,6 +39,7 @@ from corral.client.local.nats_server import wait_for_jetstream
 from corral.client.local.plan import (
     NODE_PARTS,
     UpOptions,
+    agent_cleanup,
     busy_ports,
     nats_child,
     node_part_cleanup,
@@ -67,11 +69,12 @@ class CannotStart(RuntimeError):
 
 
 @dataclass(frozen=True)
-class VolumesReport:
-    """What volmgr's node part did when `corral down --delete-volumes` asked it to
-    delete the volumes' data: its exit code (None: it did not finish, or did not run),
-    the lines it printed (what it removed), the end of its errors, and why it did not
-    run or finish."""
+class CleanupReport:
+    """What a clean-up `corral down` asked for did (the node agent's removal of the
+    replicas, `--remove-replicas`; volmgr's node part deleting the volumes' data,
+    `--delete-volumes`): its exit code (None: it did not finish, or did not run), the
+    lines it printed (what it removed), the end of its errors, and why it did not run or
+    finish."""
 
     exit_code: int | None
     output: list[str]
@@ -83,22 +86,22 @@ class VolumesReport:
         return self.exit_code == 0 and not self.problem
 
 
-def volumes_report_file(layout: Layout) -> Path:
-    """Where the supervisor leaves the VolumesReport of `corral down --delete-volumes`
-    (beside the request, `Layout.delete_volumes_file`)."""
-    return layout.delete_volumes_file.with_name("corral.delete-volumes.result")
+def report_file(request: Path) -> Path:
+    """Where the supervisor leaves the CleanupReport of the clean-up `request` asked for
+    (`Layout.delete_volumes_file`, `Layout.remove_replicas_file`), beside it."""
+    return request.with_name(f"{request.name}.result")
 
 
-def write_volumes_report(layout: Layout, report: VolumesReport) -> None:
-    volumes_report_file(layout).write_text(json.dumps(asdict(report)) + "\n")
+def write_report(request: Path, report: CleanupReport) -> None:
+    report_file(request).write_text(json.dumps(asdict(report)) + "\n")
 
 
-def read_volumes_report(layout: Layout) -> VolumesReport | None:
-    """The report of the last `--delete-volumes` clean-up, or None when there is none
+def read_report(request: Path) -> CleanupReport | None:
+    """The report of the last clean-up `request` asked for, or None when there is none
     (the supervisor was killed before it wrote one) or it cannot be read."""
     try:
-        raw = json.loads(volumes_report_file(layout).read_text())
-        return VolumesReport(
+        raw = json.loads(report_file(request).read_text())
+        return CleanupReport(
             exit_code=raw["exit_code"] if isinstance(raw["exit_code"], int) else None,
             output=[str(line) for line in raw["output"]],
             errors=[str(line) for line in raw["errors"]],
@@ -245,6 +248,28 @@ async def _run_locked(
 
 
 CLEANUP_TIMEOUT = 30.0
+# Stopping the replicas takes their grace periods (all at once), then their removal.
+REPLICAS_CLEANUP_TIMEOUT = 90.0
+
+
+async def _clean_up(part: str, command: list[str], within: float) -> CleanupReport:
+    """Run one clean-up command to its end (shielded: the supervisor is stopping),
+    within `within` seconds; what it did."""
+    report = CleanupReport(None, [], [], "")
+    with anyio.move_on_after(within, shield=True) as scope:
+        done = await anyio.run_process(command, check=False)
+        errors = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        report = CleanupReport(
+            done.returncode,
+            done.stdout.decode(errors="replace").strip().splitlines()[-50:],
+            errors,
+        )
+        if done.returncode != 0:
+            log.warning("%s --remove-all exited %s: %s", part, done.returncode, " / ".join(errors))
+    if scope.cancelled_caught:
+        log.warning("%s --remove-all did not finish within %.0f s", part, within)
+        report = CleanupReport(None, [], [], f"it did not finish within {within:.0f} s")
+    return report
 
 
 class Supervisor:
@@ -349,17 +374,37 @@ class Supervisor:
 
     async def clean_node(self) -> None:
         """The node parts stopped with the services; what they made on this host goes
-        now, while nats-server still answers (names carry the cluster's id): netmgr's
-        chains, routes and Docker networks no container uses; volmgr's unused Docker
-        volumes, mounts and loop devices (the volumes' data stays, unless `corral down
-        --delete-volumes` asked for it to go; what volmgr's part did then is written for
-        `corral down` to report, volumes_report_file)."""
+        now, while nats-server still answers (names carry the cluster's id): first, when
+        `corral down --remove-replicas` asked, this node's replica containers (the node
+        agent's `--remove-all`); then netmgr's chains, routes and Docker networks no
+        container uses; volmgr's unused Docker volumes, mounts and loop devices (the
+        volumes' data stays, unless `corral down --delete-volumes` asked for it to go).
+        What an asked-for clean-up did is written for `corral down` to report
+        (report_file)."""
+        replicas = self.layout.remove_replicas_file
         delete_data = self.layout.delete_volumes_file.exists()
+        if replicas.exists():
+            if runs_node_part(self.options):
+                log.info("removing this node's replicas")
+                report = await _clean_up(
+                    "node-agent", agent_cleanup(self.options), REPLICAS_CLEANUP_TIMEOUT
+                )
+            else:
+                report = CleanupReport(
+                    0,
+                    [
+                        f"no container runs on an engine with runtime {self.options.runtime}: "
+                        "the replicas ended with the node agent"
+                    ],
+                    [],
+                )
+            write_report(replicas, report)
+            replicas.unlink(missing_ok=True)
         if not runs_node_part(self.options):
             if delete_data:
-                write_volumes_report(
-                    self.layout,
-                    VolumesReport(
+                write_report(
+                    self.layout.delete_volumes_file,
+                    CleanupReport(
                         0,
                         [
                             f"no node part runs with runtime {self.options.runtime}: no "
@@ -375,32 +420,16 @@ class Supervisor:
             deleting = delete_data and part == "volmgr-node"
             what = " and the volumes' data" if deleting else ""
             log.info("removing what %s made on this node%s", part, what)
-            report = VolumesReport(None, [], [], "")
-            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
-                done = await anyio.run_process(command, check=False)
-                errors = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
-                report = VolumesReport(
-                    done.returncode,
-                    done.stdout.decode(errors="replace").strip().splitlines()[-50:],
-                    errors,
-                )
-                if done.returncode != 0:
-                    log.warning(
-                        "%s --remove-all exited %s: %s", part, done.returncode, " / ".join(errors)
-                    )
-            if scope.cancelled_caught:
-                log.warning("%s --remove-all did not finish within %.0f s", part, CLEANUP_TIMEOUT)
-                report = VolumesReport(
-                    None, [], [], f"it did not finish within {CLEANUP_TIMEOUT:.0f} s"
-                )
+            report = await _clean_up(part, command, CLEANUP_TIMEOUT)
             if deleting:
-                write_volumes_report(self.layout, report)
+                write_report(self.layout.delete_volumes_file, report)
         self.layout.delete_volumes_file.unlink(missing_ok=True)
 
     async def run(self) -> None:
-        # Only a `corral down --delete-volumes` of this run deletes data, never one that
-        # found no supervisor to stop before.
+        # Only a `corral down --delete-volumes` (or `--remove-replicas`) of this run
+        # deletes data (removes replicas), never one that found no supervisor to stop.
         self.layout.delete_volumes_file.unlink(missing_ok=True)
+        self.layout.remove_replicas_file.unlink(missing_ok=True)
         write_pid(self.layout, self.me.pid)
         self.save()
         try:
