@@ -124,8 +124,8 @@ async def test_a_compose_file_deploys_into_its_namespace_and_stack_ls_ps_rm_foll
             "service/db created",
         ]
         assert deployed.stderr.splitlines() == [
-            f"warning: {file} (Compose project shop): keys corral does not support, "
-            "ignored: services.web.depends_on"
+            f"warning: {file} (Compose project shop): dropped fields corral does not "
+            "support: services.web.depends_on"
         ]
 
         # the Compose service `web` is shop/web: default/web is untouched

@@ -70,8 +70,8 @@ def project_manifests(file_name: str, project: str | None) -> tuple[str, list[Ma
         raise click.ClickException(str(error)) from None
     if translated.unsupported:
         click.echo(
-            f"warning: {source} (Compose project {translated.name}): keys corral does not "
-            f"support, ignored: {', '.join(translated.unsupported)}",
+            f"warning: {source} (Compose project {translated.name}): dropped fields corral "
+            f"does not support: {', '.join(translated.unsupported)}",
             err=True,
         )
     if translated.skipped:
