@@ -16,7 +16,9 @@ for each type that reads them prints:
 - the memory one decoded record holds (tracemalloc: what decoding all N into a list
   allocated and kept, over N; the mirror's own dict entry and (value, revision) tuple,
   the same for every type, are not counted);
-- the memory N of them hold, and each service's total at N replicas.
+- the memory N of them hold, and each service's total at N replicas;
+- what the keys of two mirrors hold (a replica's placement and status are stored under
+  one key), apart or interned as a Mirror holds them.
 
     .venv/bin/python bench/bench_mirror_memory.py [--records 20000] [--repeat 3] [--thin]
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -178,6 +181,25 @@ def held_bytes(raws: list[bytes], row: Row) -> int:
     return after - before - (kept.__sizeof__() if kept else 0)
 
 
+def keys_bytes(keys: list[str], interned: bool) -> int:
+    """What two mirrors' keys hold (a replica's placement and status share their key,
+    <node>.<namespace>.<replica>), each arriving as its own string: kept apart, or
+    interned as corral.natsio.kv.Mirror holds them (one string, and interning's table)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held: list[list[str]] = [[], []]
+        for mirror in held:
+            for key in keys:
+                fresh = "".join([key])[:-1] + key[-1]  # equal, never the same object
+                mirror.append(sys.intern(fresh) if interned else fresh)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return after - before - sum(mirror.__sizeof__() for mirror in held)
+
+
 def mib(value: float) -> str:
     return f"{value / 2**20:7.1f}"
 
@@ -265,6 +287,13 @@ def main() -> None:
     print(
         f"volmgr at {n:,} replicas (placements):            full {mib(vol_full * n)} MiB, "
         f"views {mib(claims[False] * n)} MiB, shared {mib(claims[True] * n)} MiB"
+    )
+    keys = [p.key for p in placements]
+    apart, interned = keys_bytes(keys, False), keys_bytes(keys, True)
+    print(
+        f"keys of two mirrors at {n:,} replicas (placements + statuses, the scheduler's and "
+        f"netmgr's): apart {mib(apart)} MiB, interned {mib(interned)} MiB "
+        f"({(apart - interned) / n:.0f} B less a replica)"
     )
 
 
