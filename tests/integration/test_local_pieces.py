@@ -309,3 +309,31 @@ async def test_nats_server_runs_with_corrals_gogc_unless_the_operator_set_one(
     monkeypatch.setenv("GOGC", "80")
     environment = await _environment_of_supervised_nats(tmp_path / "b", free_port())
     assert environment["GOGC"] == "80"
+
+
+def test_a_down_that_did_not_stop_corral_leaves_no_request_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request left behind would be carried out by the next stop, which nobody asked
+    it of (a plain `corral down`, a Ctrl-C in the foreground)."""
+    layout = Layout.at(tmp_path)
+    layout.create()
+
+    def refused(layout: Layout, timeout: float) -> StopReport:
+        raise PermissionError("signal refused")
+
+    monkeypatch.setattr(local_commands, "running_supervisor", lambda layout: object())
+    monkeypatch.setattr(local_commands, "stop", refused)
+    flags = ["--remove-replicas", "--delete-volumes"]
+    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), *flags])
+    assert isinstance(result.exception, PermissionError)
+    assert not layout.remove_replicas_file.exists() and not layout.delete_volumes_file.exists()
+
+    def gone_meanwhile(layout: Layout, timeout: float) -> StopReport:
+        return StopReport(False, None, [], [])
+
+    monkeypatch.setattr(local_commands, "stop", gone_meanwhile)
+    result = CliRunner().invoke(cli, ["down", "--data-dir", str(tmp_path), "--remove-replicas"])
+    assert result.exit_code == 1
+    assert "--remove-replicas: not done, corral had stopped meanwhile" in result.stderr
+    assert not layout.remove_replicas_file.exists()

@@ -16,14 +16,14 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.specs import NodeDecision
 from corral.contract.state import Node, NodeCapacity, ReplicaState
-from corral.contract.time_budget import STOP_SECONDS
+from corral_node_agent import main as main_module
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile
-from corral_node_agent.main import build_parser, remove_all
+from corral_node_agent.main import REMOVE_ALL_MOST_GRACE, build_parser, remove_all
 from corral_node_agent.node_record import NodeNameTaken
-from corral_node_agent.offline import remove_own, stop_if_never_started
-from corral_node_agent.runtime import ContainerSpec
+from corral_node_agent.offline import stop_if_never_started
+from corral_node_agent.runtime import ENGINE_DEFAULT_GRACE_SECONDS, ContainerSpec
 from corral_node_agent.safety import Budget, Mode
 from tests.unit.agent_helpers import CLUSTER_ID, NODE, cluster_bucket, placement
 from tests.unit.test_agent_loop import IMAGE, eventually, state_of
@@ -380,19 +380,25 @@ async def test_an_agent_that_reached_nats_in_time_leaves_the_stopping_to_its_gua
 # --- corral down --remove-replicas: the agent's --remove-all ---------------------------------
 
 
+def remove_all_args(state_dir: Path) -> argparse.Namespace:
+    flags = ["--node-name", NODE, "--runtime", "hollow", "--state-dir", str(state_dir)]
+    return build_parser().parse_args([*flags, "--remove-all"])
+
+
 async def test_remove_all_stops_each_own_replica_with_its_own_grace_and_leaves_the_rest(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`corral down --remove-replicas`: this node's containers of its cluster go, each
-    stopped with its own grace period (not the fenced cap); another cluster's on the
-    same engine, another node's and a container corral never made stay."""
+    stopped with its own grace period (not the fenced cap; at most REMOVE_ALL_MOST_GRACE);
+    another cluster's on the same engine, another node's and a container corral never
+    made stay. Nothing is written in the state dir."""
     runtime = HollowRuntime(images={IMAGE})
     ours = await made_by(runtime, "web-a1")
     patient = await runtime.create_container(
         ContainerSpec(
             name="corral-db-b2",
             image=IMAGE,
-            stop_timeout=30,
+            stop_timeout=3600,
             labels={
                 names.LABEL_MANAGED: "true",
                 names.LABEL_CLUSTER: CLUSTER_ID,
@@ -409,31 +415,33 @@ async def test_remove_all_stops_each_own_replica_with_its_own_grace_and_leaves_t
     other_cluster = await made_by(runtime, "web-zz", cluster=OLD_CLUSTER)
     other_node = await made_by(runtime, "web-yy", node="node-b")
     stranger = await runtime.create_container(ContainerSpec(name="someones-db", image=IMAGE))
-    record = LocalRecordFile(belonging_to(tmp_path, CLUSTER_ID)).load()
-    assert record is not None
-    removed, failed = await remove_own(runtime, record, NODE)
-    assert failed == []
-    assert {c.id for c in removed} == {ours, patient, exited}
+    state_dir = belonging_to(tmp_path, CLUSTER_ID)
+    written = sorted(state_dir.iterdir())
+    monkeypatch.setattr(main_module, "build_runtime", lambda args: runtime)
+    going = {i: runtime.containers[i].spec.name for i in (ours, patient, exited)}
+    out = io.StringIO()
+    assert await remove_all(remove_all_args(state_dir), out) == 0
+    assert sorted(out.getvalue().splitlines()) == sorted(
+        f"removed {name} ({i[:12]})" for i, name in going.items()
+    )
     assert set(runtime.containers) == {other_cluster, other_node, stranger}
-    # Each running one got its stop signal and its own grace: 30 s, not the fenced 2 s.
+    assert sorted(state_dir.iterdir()) == written  # no agent id made, nothing else
+    # Each running one got its stop signal and its own grace, not the fenced 2 s; an
+    # hour's capped.
     assert sorted((replica, grace) for replica, _, grace in runtime.stops) == [
-        ("db-b2", 30.0),
-        ("web-a1", float(STOP_SECONDS)),
+        ("db-b2", REMOVE_ALL_MOST_GRACE),
+        ("web-a1", float(ENGINE_DEFAULT_GRACE_SECONDS)),  # made without a StopTimeout
     ]
 
 
 async def test_remove_all_without_a_cluster_removes_nothing_and_an_unreadable_record_fails(
     tmp_path: Path,
 ) -> None:
-    def args(state_dir: Path) -> argparse.Namespace:
-        flags = ["--node-name", NODE, "--runtime", "hollow", "--state-dir", str(state_dir)]
-        return build_parser().parse_args([*flags, "--remove-all"])
-
     out = io.StringIO()
-    assert await remove_all(args(tmp_path / "never"), out) == 0
+    assert await remove_all(remove_all_args(tmp_path / "never"), out) == 0
     assert out.getvalue() == f"node {NODE} never belonged to a cluster: no container is its own\n"
     broken = tmp_path / "broken"
     belonging_to(broken, CLUSTER_ID)
     for record in broken.iterdir():
         record.write_text("{not json")
-    assert await remove_all(args(broken), io.StringIO()) == 1
+    assert await remove_all(remove_all_args(broken), io.StringIO()) == 1

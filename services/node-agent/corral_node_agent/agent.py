@@ -72,6 +72,7 @@ from corral_node_agent.ownership import Ownership, classify
 from corral_node_agent.probes import Prober
 from corral_node_agent.replica_status import replica_status
 from corral_node_agent.runtime import (
+    ENGINE_DEFAULT_GRACE_SECONDS,
     NETWORK_APPEARED,
     ContainerState,
     ObservedContainer,
@@ -104,8 +105,6 @@ _WATCH_START_SECONDS = 10.0
 _WATCH_RETRY_MOST = 5.0
 _MAX_ORPHANS_REPORTED = 100
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 10.0
-# Docker's own grace for a container made without a StopTimeout (before graceful stops).
-_ENGINE_DEFAULT_GRACE_SECONDS = 10
 
 __all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
 
@@ -1310,7 +1309,7 @@ class NodeAgent:
         grace = float(
             container.stop_timeout
             if container.stop_timeout is not None
-            else _ENGINE_DEFAULT_GRACE_SECONDS
+            else ENGINE_DEFAULT_GRACE_SECONDS
         )
         if permissions(self.mode).remove_all:  # fenced: the removal ends within STOP
             grace = min(grace, time_budget.FENCED_STOP_GRACE_SECONDS)

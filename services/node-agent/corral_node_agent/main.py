@@ -33,7 +33,14 @@ from corral_node_agent.logs import LogService
 from corral_node_agent.networks_mode import NetworksMode
 from corral_node_agent.offline import remove_own, stop_if_never_started
 from corral_node_agent.runtime import Runtime
-from corral_node_agent.settings import ENV_AGENT_ID, ENV_STATE_DIR, settings_from_args
+from corral_node_agent.settings import (
+    ENV_AGENT_ID,
+    ENV_STATE_DIR,
+    default_node_name,
+    dns_label,
+    settings_from_args,
+    state_dir_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,9 @@ SERVICE = "node-agent"
 # The agent's cut-off clock starts with the process, not once NATS answers.
 PROCESS_STARTED = time.monotonic()
 DEFAULT_METRICS_PORT = 9102
+# `--remove-all` gives each replica its own stop grace period, but at most this long
+# (a template may ask for up to an hour): `corral down` waits for it.
+REMOVE_ALL_MOST_GRACE = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove-all",
         action="store_true",
         help="stop and remove this node's replica containers on its engine (those of the "
-        "cluster its state dir records; each with its own stop grace period), then exit "
+        "cluster its state dir records; each with its own stop grace period, at most "
+        f"{REMOVE_ALL_MOST_GRACE:g} s), then exit "
         "(`corral down --remove-replicas`). Nothing stored changes: the agent's next start "
         "runs them again. Needs no NATS",
     )
@@ -244,19 +255,19 @@ async def remove_all(args: argparse.Namespace, out: TextIO) -> int:
     """`--remove-all`: stop and remove this node's own containers (offline.remove_own),
     one line each on `out`; returns the exit code: 1 when one could not be removed or
     the state dir's record cannot be read (then nothing is removed)."""
-    settings = settings_from_args(args)
+    # Not settings_from_args: it would make the state dir's agent id when there is none.
+    node = dns_label(args.node_name) if args.node_name else default_node_name()
     try:
-        record = LocalRecordFile(settings.state_dir).load()
+        record = LocalRecordFile(state_dir_from_args(args, node)).load()
     except UnreadableLocalRecord as error:
         print(f"removing nothing: {error}", file=sys.stderr)
         return 1
     if record is None:
-        node = settings.node_name
         print(f"node {node} never belonged to a cluster: no container is its own", file=out)
         return 0
     runtime = build_runtime(args)
     try:
-        removed, failed = await remove_own(runtime, record, settings.node_name)
+        removed, failed = await remove_own(runtime, record, node, most_grace=REMOVE_ALL_MOST_GRACE)
     finally:
         await runtime.close()
     for container in sorted(removed, key=lambda c: c.name):

@@ -17,10 +17,16 @@ from collections.abc import Callable
 
 import anyio
 
-from corral.contract.time_budget import FENCED_STOP_GRACE_SECONDS, STOP_SECONDS
+from corral.contract.time_budget import FENCED_STOP_GRACE_SECONDS
 from corral_node_agent.local_record import LocalRecord, LocalRecordFile, UnreadableLocalRecord
 from corral_node_agent.ownership import classify
-from corral_node_agent.runtime import ContainerState, ObservedContainer, Runtime, RuntimeFailure
+from corral_node_agent.runtime import (
+    ENGINE_DEFAULT_GRACE_SECONDS,
+    ContainerState,
+    ObservedContainer,
+    Runtime,
+    RuntimeFailure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,7 @@ async def stop_if_never_started(
     # Fenced: each one's stop signal first, but SIGKILL after at most
     # FENCED_STOP_GRACE_SECONDS, and no drain (docs/rollouts.md).
     removed, failed = await remove_own(runtime, record, node, most_grace=FENCED_STOP_GRACE_SECONDS)
-    for failure in failed:
-        log.error("node %s: cut off at start, removing its replicas: %s", node, failure)
+    log.warning("node %s: removed %d replicas, %d not", node, len(removed), len(failed))
     return len(removed)
 
 
@@ -101,7 +106,8 @@ async def remove_own(
 
 
 async def _stop(runtime: Runtime, container: ObservedContainer, most_grace: float | None) -> None:
-    grace = float(container.stop_timeout if container.stop_timeout is not None else STOP_SECONDS)
+    own = container.stop_timeout
+    grace = float(own if own is not None else ENGINE_DEFAULT_GRACE_SECONDS)
     if most_grace is not None:
         grace = min(grace, most_grace)
     try:

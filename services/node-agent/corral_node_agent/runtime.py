@@ -17,6 +17,9 @@ from anyio.abc import TaskStatus
 
 from corral.contract.names import DEFAULT_NAMESPACE
 
+# Docker's own grace for a container made without a StopTimeout (before graceful stops).
+ENGINE_DEFAULT_GRACE_SECONDS = 10
+
 
 class RuntimeFailure(Exception):
     """The engine refused or failed an operation; the message says why."""

@@ -22,7 +22,10 @@ Only an equal template is shared (msgspec compares field by field): a record who
 names another template (written by hand, or by a corral that hashed otherwise) keeps
 its own. A template held only by the pool is dropped at the next sweep, which comes
 when the pool has doubled since the last one: the pool holds what the process's records
-hold, and a few revisions more. Interned strings go when nothing holds them any more.
+hold, and a few revisions more. Interned strings go when nothing holds them any more
+(not on Python 3.12, which keeps them for good: these names are few, a Deployment's,
+a node's, a revision's; a Mirror interns its keys, one per replica, only where they go:
+corral.natsio.kv.INTERN_KEYS).
 Each change is made in place, with equal values (nothing a reader can tell apart), on
 a record just decoded (or just written) that nothing else holds yet. A pool is used
 from one thread: the thread of the mirrors that share it (the event loop's).

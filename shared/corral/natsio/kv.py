@@ -132,6 +132,12 @@ async def keep_echoing(
                 await delete()
 
 
+# Python 3.12 makes interned strings immortal (PEP 683; 3.11 and 3.13 free them with
+# their last reference): there a key interned would outlive its records, every replica
+# name ever seen held for good, so keys are held as they arrive.
+INTERN_KEYS: Final = sys.version_info[:2] != (3, 12)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     key: str
@@ -521,7 +527,7 @@ class Mirror(Generic[T]):
             return
         # One copy of a key for every mirror of this process that holds it (a replica's
         # placement and its status share their key), and for every revision of it.
-        key = sys.intern(entry.key)
+        key = sys.intern(entry.key) if INTERN_KEYS else entry.key
         if self.group_of is not None:
             group = self.group_of(key)
             if entry.revision > self._newest.get(group, 0):

@@ -82,7 +82,8 @@ def up(
 ) -> None:
     """Run corral here: nats-server with JetStream, the scheduler, a node agent, netmgr, volmgr.
 
-    In the foreground, Ctrl-C stops everything. With -d it runs in the background
+    In the foreground, Ctrl-C stops it (the replicas keep running, as with `corral down`).
+    With -d it runs in the background
     and returns once every service answers /healthz. A start that fails (a port
     taken, a service that keeps exiting or never answers) stops what it started
     and exits 1.
@@ -133,7 +134,7 @@ def up(
     is_flag=True,
     help="Also delete the data of every volume corral provisioned on this node (their "
     "image files and folders). Without it the data stays, and `corral up` mounts it again. "
-    "A volume a running replica still uses is left: with --remove-replicas none is.",
+    "With replicas still running on those volumes, add --remove-replicas.",
 )
 def down(data_dir: Path | None, remove_replicas: bool, delete_volumes: bool) -> None:
     """Stop what `corral up` started from this data dir. Replicas keep running and volumes
@@ -158,10 +159,22 @@ def down(data_dir: Path | None, remove_replicas: bool, delete_volumes: bool) -> 
         report_file(request).unlink(missing_ok=True)  # only this run's is read
         request.write_text("asked by corral down\n")
     timeout = SUPERVISOR_STOP_TIMEOUT + (REPLICAS_CLEANUP_TIMEOUT if remove_replicas else 0.0)
-    report = stop(layout, timeout)
+    try:
+        report = stop(layout, timeout)
+    except BaseException:
+        # Not stopped (Ctrl-C, a signal refused): a request left behind would be carried
+        # out by a later stop nobody asked it of.
+        for _, request in asked:
+            request.unlink(missing_ok=True)
+        raise
     if not report.was_running:
+        for cleanup, request in asked:
+            request.unlink(missing_ok=True)
+            click.echo(f"{cleanup.flag}: not done, corral had stopped meanwhile", err=True)
         extra = f" (stopped leftovers: {', '.join(report.leftovers)})" if report.leftovers else ""
         click.echo(f"corral is not running from {layout.data_dir}{extra}")
+        if asked:
+            raise click.exceptions.Exit(1)
         return
     forced = f" (had to kill: {', '.join(report.killed)})" if report.killed else ""
     click.echo(f"corral stopped (supervisor pid {report.supervisor_pid}){forced}")

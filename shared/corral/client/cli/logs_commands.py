@@ -207,7 +207,11 @@ async def stream_replica(
                 # subscription this cluster's server has not learnt of yet, gets until
                 # the answer's deadline (as requests do: corral.client.api.ask).
                 nobody = True
-                await anyio.sleep(min(NO_RESPONDER_RETRY, max(0.0, answer_by - time.monotonic())))
+                left = answer_by - time.monotonic()
+                if left <= NO_RESPONDER_RETRY:  # no time for another answer: asked no more
+                    await anyio.sleep(max(0.0, left))
+                    continue  # (the wait then ends at once, naming the missing agent)
+                await anyio.sleep(NO_RESPONDER_RETRY)
                 await nc.publish(subject, raw, reply=inbox)
                 continue
             nobody = False
