@@ -82,11 +82,10 @@ def up(
 ) -> None:
     """Run corral here: nats-server with JetStream, the scheduler, a node agent, netmgr, volmgr.
 
-    In the foreground, Ctrl-C stops it (the replicas keep running, as with `corral down`).
-    With -d it runs in the background
-    and returns once every service answers /healthz. A start that fails (a port
-    taken, a service that keeps exiting or never answers) stops what it started
-    and exits 1.
+    In the foreground, Ctrl-C stops it (the replicas keep running, as with `corral
+    down`). With -d it runs in the background and returns once every service answers
+    /healthz. A start that fails (a port taken, a service that keeps exiting or never
+    answers) stops what it started and exits 1.
     """
     options = UpOptions(
         data_dir=Layout.at(data_dir or default_data_dir()).data_dir,
@@ -126,8 +125,8 @@ def up(
     "--remove-replicas",
     is_flag=True,
     help="Also stop and remove this node's replica containers (each with its stop grace "
-    "period), so nothing of corral's runs or stays mounted. Without it they keep running. "
-    "The Deployments stay stored: `corral up` runs them again.",
+    "period, at most 60 s), so nothing of corral's runs or stays mounted. Without it they "
+    "keep running. The Deployments stay stored: `corral up` runs them again.",
 )
 @click.option(
     "--delete-volumes",
@@ -151,9 +150,9 @@ def down(data_dir: Path | None, remove_replicas: bool, delete_volumes: bool) -> 
     if asked and running_supervisor(layout) is None:
         flags = " ".join(cleanup.flag for cleanup, _ in asked)
         raise click.ClickException(
-            f"corral is not running from {layout.data_dir}: {flags} is carried out by its "
-            "node parts as corral stops (they find what is corral's through the cluster's "
-            f"id); start it (corral up -d), then corral down {flags}"
+            f"corral is not running from {layout.data_dir}: {flags} is carried out as "
+            "corral stops (what is corral's is found through the cluster's id); start it "
+            f"(corral up -d), then corral down {flags}"
         )
     for _, request in asked:
         report_file(request).unlink(missing_ok=True)  # only this run's is read
@@ -227,11 +226,6 @@ REMOVE_REPLICAS = Cleanup(
 DELETE_VOLUMES = Cleanup(
     "--delete-volumes", "the volumes' data", "was", "deleted", "volmgr's node part", "nothing"
 )
-
-
-def volumes_outcome(report: CleanupReport | None) -> str:
-    """What `corral down --delete-volumes` did to the volumes' data, in words."""
-    return DELETE_VOLUMES.outcome(report)
 
 
 @click.group()
