@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,10 +11,9 @@ import anyio
 import pytest
 
 from corral.contract import names
-from corral.contract.backoff import HERD_SPREAD
 from corral.contract.codec import decode, encode
 from corral.contract.state import Node, Placement, ReplicaState, ReplicaStatus
-from corral.natsio.kv import Entry, MemoryBucket
+from corral.natsio.kv import MemoryBucket
 from corral_node_agent.agent import NodeAgent
 from corral_node_agent.hollow_runtime import HollowRuntime
 from corral_node_agent.runtime import StartNetworkGone
@@ -284,41 +282,3 @@ async def test_an_engine_outage_makes_the_node_not_ready(world: World) -> None:
         world.runtime.set_available(True)
         await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
         await eventually(lambda: bool(world.node() and world.node().ready))  # type: ignore[union-attr]
-
-
-class WatchFailsAtFirst(MemoryBucket):
-    """A status bucket whose first `failures` watches fail, as when NATS is away."""
-
-    def __init__(self, name: str, failures: int) -> None:
-        super().__init__(name)
-        self.failures = failures
-        self.tries: list[float] = []  # when each watch was asked for (monotonic)
-
-    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
-        self.tries.append(time.monotonic())
-        if len(self.tries) <= self.failures:
-            raise ConnectionError("nats: connection closed")
-        async for entry in super().watch(prefix):
-            yield entry
-
-
-async def test_a_watch_that_cannot_start_is_tried_again_later_each_time_then_goes_on() -> None:
-    """Every node's watch fails at once when their server goes: the retries wait longer
-    each time (and scattered), not a fixed second, and start afresh once one works."""
-    world = a_world()
-    world.statuses = statuses = WatchFailsAtFirst("statuses", failures=3)
-    await world.place(placement("web-1"))
-    async with anyio.create_task_group() as tg:
-        agent = world.agent(watch_retry_seconds=0.1)
-        assert agent._watch_retries.spread == HERD_SPREAD  # scattered, not in step
-        await tg.start(agent.run)
-        await eventually(lambda: state_of(world, "web-1") == ReplicaState.RUNNING)
-        assert agent._watch_retries.current == 0.0  # reset by the watch that started
-        tg.cancel_scope.cancel()
-    waits = [later - earlier for earlier, later in itertools.pairwise(statuses.tries)]
-    assert len(waits) == 3, waits
-    # 0.1, 0.2, 0.4 s, each from half to one and a half times that: the third never
-    # below 0.2 s (a fixed wait would give about 0.1 s); the upper bound leaves room for
-    # a busy machine.
-    assert waits[2] >= 0.2 and waits[0] >= 0.05
-    assert waits[0] < 0.15 + 0.3

@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from corral import __version__
 from corral.contract import names, time_budget
-from corral.contract.backoff import HERD_SPREAD, Backoff
+from corral.contract.backoff import Backoff
 from corral.contract.codec import encode
 from corral.contract.events import HeartbeatAck, Reply
 from corral.contract.sharing import TEMPLATES
@@ -102,7 +102,6 @@ log = logging.getLogger(__name__)
 _ENGINE_RETRY_SECONDS = 1.0
 _NATS_RETRY_SECONDS = (0.5, 10.0)  # first and longest wait between startup retries
 _WATCH_START_SECONDS = 10.0
-_WATCH_RETRY_MOST = 5.0
 _MAX_ORPHANS_REPORTED = 100
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 10.0
 
@@ -144,11 +143,6 @@ class AgentSettings:
     # How long a replica going away waits for its drain record before its stop signal
     # anyway (--drain-timeout; docs/rollouts.md, "Graceful stops").
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
-    # A placements watch that could not start is tried again after this long, doubling
-    # up to _WATCH_RETRY_MOST while it keeps failing, each wait scattered (HERD_SPREAD):
-    # every node's watch fails at once when their server goes, and a saturated server
-    # met by all of them again each second only falls further behind.
-    watch_retry_seconds: float = _ENGINE_RETRY_SECONDS
 
 
 class NodeAgent:
@@ -294,11 +288,6 @@ class NodeAgent:
         self._fence_pending = True  # the first ACTIVE pass removes before it creates
         self._watch_scope: anyio.CancelScope | None = None
         self._watching = False
-        self._watch_retries = Backoff(
-            first=settings.watch_retry_seconds,
-            most=max(_WATCH_RETRY_MOST, settings.watch_retry_seconds),
-            spread=HERD_SPREAD,
-        )
         self._watch_started = 0.0
         # Since when the running watch may have missed changes (cut off): until a judge's
         # ack proves it current again (_confirm_kept_watch). None: not in doubt.
@@ -783,11 +772,10 @@ class NodeAgent:
             proof.restarted(told)
             self._fence_pending = True
             self.placements_current = True
-            self._watch_retries.reset()
             self.poke()
         except Exception as error:
             log.info("watching the placements of %s failed: %s", self.node, error)
-            await anyio.sleep(self._watch_retries.next())
+            await anyio.sleep(_ENGINE_RETRY_SECONDS)
         finally:
             self._watching = False
             self._wake_guard()  # Syncing goes on to Active, or starts another watch

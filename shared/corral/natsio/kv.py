@@ -44,7 +44,7 @@ from nats.js import errors as js_errors
 from nats.js.api import Header
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from corral.contract.backoff import HERD_SPREAD, Backoff
+from corral.contract.backoff import Backoff
 from corral.contract.codec import decode, encode
 from corral.natsio import nats_internals
 
@@ -611,13 +611,11 @@ class Mirror(Generic[T]):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the bucket forever; reports started once the current entries are in.
 
-        A watch that fails or ends is started again (with back-off, scattered: every
-        node's watches fail together when their server goes, and must not come back
-        together); the keys its fresh replay no longer has were deleted meanwhile, and
-        are dropped.
+        A watch that fails or ends is started again (with back-off); the keys its
+        fresh replay no longer has were deleted meanwhile, and are dropped.
         """
         started = False
-        delays = Backoff(first=0.5, most=5.0, spread=HERD_SPREAD)
+        delays = Backoff(first=0.5, most=5.0)
         while True:
             replayed: set[str] | None = set()
             newest = 0
