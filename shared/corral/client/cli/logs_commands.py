@@ -186,7 +186,6 @@ async def stream_replica(
         subject, raw = names.logs_subject(ref.node), encode(request)
         await nc.publish(subject, raw, reply=inbox)
         answer_by = time.monotonic() + answer_seconds
-        nobody = False  # the last request found no agent subscribed
         expected = 0
         messages = subscription.messages.__aiter__()
         while True:
@@ -195,9 +194,7 @@ async def stream_replica(
                 with anyio.fail_after(wait):
                     msg = await messages.__anext__()
             except TimeoutError:
-                if nobody:
-                    said = f"no agent answers for node {ref.node} within {answer_seconds:g}s"
-                elif expected == 0:
+                if expected == 0:
                     said = f"the node's agent did not answer within {answer_seconds:g}s"
                 else:
                     said = f"the node's agent stopped answering within {idle_seconds:g}s"
@@ -206,15 +203,13 @@ async def stream_replica(
                 # Nobody received it: an agent starting or reconnecting, or one whose
                 # subscription this cluster's server has not learnt of yet, gets until
                 # the answer's deadline (as requests do: corral.client.api.ask).
-                nobody = True
-                left = answer_by - time.monotonic()
-                if left <= NO_RESPONDER_RETRY:  # no time for another answer: asked no more
-                    await anyio.sleep(max(0.0, left))
-                    continue  # (the wait then ends at once, naming the missing agent)
+                if answer_by - time.monotonic() <= NO_RESPONDER_RETRY:  # no time to ask again
+                    raise AgentSilent(
+                        f"{where}: no agent answers for node {ref.node} within {answer_seconds:g}s"
+                    )
                 await anyio.sleep(NO_RESPONDER_RETRY)
                 await nc.publish(subject, raw, reply=inbox)
                 continue
-            nobody = False
             try:  # larger than a spec may be (64 KiB of text, escaped): not decode_payload
                 chunk = decode(msg.data, LogChunk)
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
