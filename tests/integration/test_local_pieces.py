@@ -220,6 +220,33 @@ async def test_stopping_removes_the_replicas_first_and_only_when_corral_down_ask
     assert report.output == ["removed corral-web-a (0123456789ab)"]
 
 
+async def test_a_supervisor_forgets_requests_an_earlier_run_left_before_it_starts_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request file left behind (the earlier supervisor was killed before its stop, or
+    a `corral down` raced its end) is not this run's: kept, the run's next ordinary stop
+    would remove every replica and delete the volumes' data."""
+    supervisor = Supervisor(UpOptions(data_dir=tmp_path, node_name="n1"), "agent-1")
+    supervisor.layout.create()
+    requests = (supervisor.layout.remove_replicas_file, supervisor.layout.delete_volumes_file)
+    for request in requests:
+        request.write_text("asked\n")
+    seen: list[bool] = []
+
+    class Started(Exception):
+        pass
+
+    async def first_start(*args: object, **kwargs: object) -> None:
+        seen.extend(request.exists() for request in requests)
+        raise Started
+
+    monkeypatch.setattr(supervisor, "supervise", first_start)
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await supervisor.run()
+    assert raised.group_contains(Started)
+    assert seen == [False, False]
+
+
 REPLICAS = ("--remove-replicas", "remove_replicas_file", "the replicas removed")
 VOLUMES = ("--delete-volumes", "delete_volumes_file", "the volumes' data deleted")
 

@@ -165,3 +165,30 @@ def test_describe_replica_shows_readiness_probe_results_and_last_failure() -> No
     readiness = next(x for x in text.splitlines() if x.startswith("Readiness:"))
     assert readiness.endswith("(last: HTTP 503)")
     assert text.splitlines()[-2].endswith("readiness probe failed: HTTP 503")
+
+
+def restarted_view() -> ClusterView:
+    """The replica's container was restarted after a liveness failure: the new container
+    has no probe results yet, the last failure is kept."""
+    view = probed_view(None)
+    (key,) = view.replica_statuses
+    status = view.replica_statuses[key]
+    view.replica_statuses[key] = msgspec.structs.replace(
+        status,
+        container_id="fedcba9876543210",
+        ready=False,
+        restarts=1,
+        probes={},
+        last_probe_failure="liveness probe failed: exit code 1",
+    )
+    return view
+
+
+def test_describe_shows_probes_not_yet_reported_by_a_restarted_container_as_pending() -> None:
+    text = describe_deployment(restarted_view(), "web", [], NOW)
+    row = text[text.index("Probes:") :].splitlines()[2]
+    assert "startup=pending, liveness=pending, readiness=pending" in row
+    assert row.endswith("liveness probe failed: exit code 1")
+    replica = describe_replica(restarted_view(), "web-a", [], NOW).splitlines()
+    assert next(x for x in replica if x.startswith("Liveness:")).endswith("(last: pending)")
+    assert replica[-2].endswith("liveness probe failed: exit code 1")

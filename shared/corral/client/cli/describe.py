@@ -167,10 +167,22 @@ def template_probes(template: ContainerTemplate) -> list[tuple[str, str]]:
     ]
 
 
-def _probe_results(results: dict[str, str]) -> str:
+# What a probe the template has shows before the current container reported on it (just
+# started or restarted, or not running): the last container's results are not its own.
+PROBE_PENDING = "pending"
+
+
+def _probe_results(results: dict[str, str], template: ContainerTemplate | None) -> str:
+    """Each probe's last result, in the template's order; a probe the template has and
+    the current container has not reported on yet is pending."""
+    shown = dict(results)
+    if template is not None:
+        for _, field, key in PROBE_KINDS:
+            if getattr(template, field) is not None:
+                shown.setdefault(key, PROBE_PENDING)
     known = [key for _, _, key in PROBE_KINDS]
-    order = [k for k in known if k in results] + sorted(k for k in results if k not in known)
-    return ", ".join(f"{key}={results[key]}" for key in order) or NONE
+    order = [k for k in known if k in shown] + sorted(k for k in shown if k not in known)
+    return ", ".join(f"{key}={shown[key]}" for key in order) or NONE
 
 
 def probe_results(replicas: list[ReplicaLine]) -> list[str]:
@@ -187,7 +199,10 @@ def probe_results(replicas: list[ReplicaLine]) -> list[str]:
         [
             line.name,
             ready_column(line.status),
-            _probe_results(line.status.probes),
+            _probe_results(
+                line.status.probes,
+                line.placement.template if line.placement is not None else None,
+            ),
             line.status.last_probe_failure or NONE,
         ]
         for line in reported
@@ -220,7 +235,8 @@ def describe_replica(view: ClusterView, name: str, events: list[Event], now: flo
         for label, field, key in PROBE_KINDS:
             probe = getattr(placement.template, field)
             if probe is not None:
-                fields.append((label, f"{probe_text(probe)} (last: {results.get(key, NONE)})"))
+                last = results.get(key, PROBE_PENDING)
+                fields.append((label, f"{probe_text(probe)} (last: {last})"))
     failure = status.last_probe_failure if status is not None else ""
     fields.append(("Last probe failure", failure or NONE))
     lines = _fields(fields)
