@@ -17,9 +17,11 @@ Numbers only, no assertion.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskGroup
 from local_nats import LocalNats, local_nats
 
 from corral.contract import names
@@ -46,6 +48,37 @@ async def settled_mib(pid: int) -> float:
     return last
 
 
+async def open_watches(
+    tg: TaskGroup,
+    bucket: NatsBucket,
+    nodes: list[str],
+    changed: Callable[[int], None] = lambda index: None,
+) -> None:
+    """Start a watch of each node's placements in `tg` (the agents' code path), and
+    return once every one has delivered the bucket's current entries; `changed(index)`
+    is called for each entry a node's watch delivers after that."""
+    current = 0
+    all_current = anyio.Event()
+
+    async def watch(index: int) -> None:
+        nonlocal current
+        seen_current = False
+        async for entry in bucket.watch(names.placement_prefix(nodes[index])):
+            if entry is not None:
+                if seen_current:
+                    changed(index)
+            elif not seen_current:
+                seen_current = True
+                current += 1
+                if current == len(nodes):
+                    all_current.set()
+
+    for index in range(len(nodes)):
+        tg.start_soon(watch, index)
+    with anyio.fail_after(300):
+        await all_current.wait()
+
+
 async def held(server: LocalNats, nodes: int, kind: str) -> tuple[float, float]:
     """The server's memory before and with `nodes` watches ("watch") or core
     subscriptions ("subscription") on the nodes' placement subjects."""
@@ -63,22 +96,8 @@ async def held(server: LocalNats, nodes: int, kind: str) -> tuple[float, float]:
                 await nc.subscribe(f"$KV.{names.PLACEMENTS_BUCKET}.{prefix}")
             await nc.flush()
             return before, await settled_mib(server.pid)
-        current = 0
-        all_current = anyio.Event()
-
-        async def watch(node: str) -> None:
-            nonlocal current
-            async for entry in placements.watch(names.placement_prefix(node)):
-                if entry is None:
-                    current += 1
-                    if current == nodes:
-                        all_current.set()
-
         async with anyio.create_task_group() as tg:
-            for index in range(nodes):
-                tg.start_soon(watch, f"node-{index}")
-            with anyio.fail_after(300):
-                await all_current.wait()
+            await open_watches(tg, placements, [f"node-{index}" for index in range(nodes)])
             after = await settled_mib(server.pid)
             tg.cancel_scope.cancel()
         return before, after
