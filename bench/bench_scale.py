@@ -276,6 +276,8 @@ class Cluster:
                     if args.simulator_passes is not None
                     else []
                 ),
+                "--placements-watch",
+                args.placements_watch,
                 # its nodes' state in this run's folder, removed with it: the victim is
                 # killed, so a temporary folder of its own would be left behind
                 "--state-dir",
@@ -1295,6 +1297,12 @@ def main() -> None:
         "(the hollow cluster's --passes-parallel; default: its own default)",
     )
     parser.add_argument(
+        "--placements-watch",
+        choices=("reads", "consumer"),
+        default="reads",
+        help="how the hollow nodes follow their placements (the node agent's flag)",
+    )
+    parser.add_argument(
         "--placement-shards",
         type=int,
         default=1,
@@ -1354,6 +1362,8 @@ def main() -> None:
         title += f", simulator passes {args.simulator_passes or 'all'} at once"
     if args.placement_shards > 1:
         title += f", placements in {args.placement_shards} shards"
+    if args.placements_watch != "reads":
+        title += f", each node's placements watch a {args.placements_watch}"
     print(title, flush=True)
     results = Results()
     mode = (

@@ -21,7 +21,7 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
 from corral.contract.time_budget import HEARTBEAT_SECONDS, NODE_LOST_SECONDS
-from corral.natsio.bus import connect, ensure_streams, open_buckets
+from corral.natsio.bus import bucket_stream, connect, ensure_streams, open_buckets
 from corral.natsio.cluster import ensure_cluster_identity
 from corral.natsio.kv import NatsBucket
 from corral_node_agent.agent import AgentSettings, NodeAgent
@@ -253,23 +253,68 @@ async def test_the_acks_tell_the_agent_its_placements_revision_and_it_writes_no_
             await nc.close()
 
 
+async def test_a_placement_whose_told_write_was_lost_is_read_when_an_ack_names_it(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The agent follows its placements by reads the bucket's republished writes wake
+    (NatsBucket.follow). With none arriving (taken off the stream: every wake-up lost),
+    the next ack naming the placements' revision wakes the read: the placement arrives
+    through the same watch, not a new one taken after it stalled."""
+    async with scheduler_loop(nats_url) as loop:
+        nc = await connect(nats_url, name="test-agent")
+        try:
+            js = nc.jetstream()
+            buckets = await open_buckets(js)
+            config = (await js.stream_info(bucket_stream(names.PLACEMENTS_BUCKET))).config
+            config.republish = None
+            await js.update_stream(config)
+            agent = hollow_agent(
+                nc,
+                buckets,
+                AgentSettings(node_name="hb-6", state_dir=tmp_path / "agent"),
+                HollowRuntime(images={"app:1"}),
+            )
+            deployments = buckets[names.DEPLOYMENTS_BUCKET]
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.run)
+                await eventually(lambda: _value("hb-6" in loop.ready_nodes), bool)
+                deployment = Deployment(
+                    metadata=ObjectMeta(name="untold", generation=1),
+                    spec=DeploymentSpec(replicas=2, template=ContainerTemplate(image="app:1")),
+                )
+                await deployments.put(deployment.key, encode(deployment))
+                await eventually(lambda: _value(len(agent.placements.items)), lambda n: n == 2)
+                assert agent.watches == 1
+                await deployments.delete(deployment.key)
+                tg.cancel_scope.cancel()
+        finally:
+            await nc.close()
+
+
 @pytest.mark.parametrize(
-    ("cut", "watches"),
-    [(ProxyMode.CLOSED, 1), (ProxyMode.BLACKHOLE, 2)],  # kept, or read afresh
-    ids=["closed-kept", "blackholed-read-afresh"],
+    ("cut", "how", "watches"),
+    [
+        (ProxyMode.CLOSED, "consumer", 1),  # kept
+        (ProxyMode.BLACKHOLE, "consumer", 2),  # read afresh
+        (ProxyMode.CLOSED, "reads", 1),
+        (ProxyMode.BLACKHOLE, "reads", 1),  # kept: nothing of it was skipped
+    ],
+    ids=["closed-kept", "blackholed-read-afresh", "reads-closed-kept", "reads-blackholed-kept"],
 )
 async def test_an_agent_cut_off_from_nats_keeps_its_watch_only_when_it_missed_nothing(
-    nats_server: NatsServer, tmp_path: Path, cut: ProxyMode, watches: int
+    nats_server: NatsServer, tmp_path: Path, cut: ProxyMode, how: str, watches: int
 ) -> None:
     """The agent's connection is cut until it is Isolated; meanwhile the Deployment is
     scaled down, deleting one of its placements. Closed (connections refused): the
     server holds the delete back until the agent is connected again, the scheduler's
     ack names it, the watch that ran on delivers it, so the placements are current
     again with no new watch (no consumer made). Blackholed (bytes dropped): the
-    delete is lost on the way, nats-py re-makes the watch's consumer from after the
-    last entry it delivered, and the agent reads its placements afresh rather than
-    trust a watch that may have skipped purged entries. Either way the replica scaled
-    away is removed, and nothing else."""
+    delete is lost on the way; a watch that keeps its consumer (`consumer`) is re-made
+    by nats-py from after the last entry it delivered, and the agent reads its
+    placements afresh rather than trust a watch that may have skipped purged entries;
+    one that reads the bucket by sequence (`reads`) lost only the wake-up, and reads
+    the delete when the ack names it: kept. Either way the replica scaled away is
+    removed, and nothing else."""
     async with scheduler_loop(nats_server.url) as loop, partition_proxy(nats_server.port) as proxy:
         nc = await connect(proxy.url, name="test-agent")
         try:
@@ -278,6 +323,7 @@ async def test_an_agent_cut_off_from_nats_keeps_its_watch_only_when_it_missed_no
                 node_name="hb-5",
                 state_dir=tmp_path / "agent",
                 budget=Budget(isolated_after=1.0, stop_after=20.0),
+                placements_watch=how,
             )
             runtime = HollowRuntime(images={"app:1"})
             agent = hollow_agent(nc, buckets, settings, runtime)

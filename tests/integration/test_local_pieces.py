@@ -35,6 +35,7 @@ from corral.client.local.supervisor import (
     write_report,
 )
 from tests.conftest import free_port
+from tests.waiting import eventually
 
 
 def test_backoff_doubles_up_to_a_ceiling_and_resets_after_a_stable_run() -> None:
@@ -320,7 +321,15 @@ async def _environment_of_supervised_nats(tmp_path: Path, port: int) -> dict[str
     async with anyio.create_task_group() as tg:
         await tg.start(supervise_child, state, lambda: None)
         assert state.pid is not None
-        raw = await anyio.Path(f"/proc/{state.pid}/environ").read_bytes()
+        proc = anyio.Path(f"/proc/{state.pid}")
+
+        async def program() -> str:
+            return Path(await (proc / "exe").readlink()).name
+
+        # Until the child has exec'd nats-server, /proc shows the environment this
+        # process started with (without what the test set since, or what the plan adds).
+        await eventually(program, lambda name: name == "nats-server")
+        raw = await (proc / "environ").read_bytes()
         tg.cancel_scope.cancel()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
@@ -47,7 +47,7 @@ from corral.contract.state import (
     ReplicaState,
     ReplicaStatus,
 )
-from corral.natsio.kv import Bucket, Mirror, echo_key, keep_echoing
+from corral.natsio.kv import Bucket, Mirror, Wakeups, echo_key, keep_echoing
 from corral_node_agent import metrics
 from corral_node_agent.backoff import ReplicaTrack
 from corral_node_agent.cut_off_clock import LastAckFile
@@ -108,6 +108,10 @@ DEFAULT_DRAIN_TIMEOUT_SECONDS = 10.0
 __all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
 
 
+# --placements-watch: how an agent follows its placements once read (AgentSettings).
+PLACEMENTS_WATCHES: Final = ("reads", "consumer")
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     node_name: str
@@ -132,6 +136,10 @@ class AgentSettings:
     # a judge told of has not come through it for this long (or, when no judge tells,
     # the agent's echo is this late): corral_node_agent.watch_proof.
     stale_watch_after: float = 5 * time_budget.HEARTBEAT_SECONDS
+    # How the placements are followed once read (--placements-watch): "reads", the
+    # bucket read by sequence when told of a write (no consumer kept on the server), or
+    # "consumer", a watch's consumer kept for as long as the watch runs.
+    placements_watch: str = PLACEMENTS_WATCHES[0]
     # Where the agent records the cluster this node belongs to; None: in memory only.
     state_dir: Path | None = None
     # Who writes this node's record: random per process unless given (--agent-id), so a
@@ -233,6 +241,7 @@ class NodeAgent:
         self.record.on_displaced = self._displaced
         self.record.on_acks = self._told
         self.watch_proof = WatchProof()
+        self._placement_wakeups: Wakeups | None = None  # the latest follow's
         self.tracks: dict[str, ReplicaTrack] = {}
         # This node's volume attachments (watched once a replica has volumes) and the
         # claims' statuses (a ReadWriteOncePod claim's access mode): docs/volumes.md.
@@ -556,6 +565,8 @@ class NodeAgent:
         complete = enough(acks) and all(ack.placements_revision >= 0 for ack in acks)
         if self.watch_proof.told(revision, self.monotonic(), sent if complete else None):
             self._wake_guard()  # a deadline earlier than the guard's sleep
+        if revision > self.placements.delivered and self._placement_wakeups is not None:
+            self._placement_wakeups.wake()  # a write whose republished headers were lost
 
     def _echo_interval(self) -> float:
         """How often the echo key is written while no judge tells the placements'
@@ -789,11 +800,21 @@ class NodeAgent:
         """Feed `mirror` from one watch. A watch that fails or ends is never resumed
         here: the placements are no longer current, and the guard starts a new one."""
         started = False
+        wakeups = Wakeups()
         with anyio.CancelScope() as scope:
             try:
-                # Only this node's placements: a subject-filtered watch (one consumer
-                # whose filter is the node's key prefix), never the whole bucket.
-                async for entry in self._placements_bucket.watch(names.placement_prefix(self.node)):
+                # Only this node's placements, never the whole bucket: a snapshot from a
+                # subject-filtered watch, then (Bucket.follow, no consumer kept) every
+                # change read in the bucket's order from after the last one read, when
+                # the bucket tells of a write of the node's keys or an ack of a revision
+                # not read yet (_told).
+                prefix = names.placement_prefix(self.node)
+                if self.settings.placements_watch == "consumer":
+                    feed = self._placements_bucket.watch(prefix)
+                else:
+                    self._placement_wakeups = wakeups
+                    feed = self._placements_bucket.follow(prefix, wakeups)
+                async for entry in feed:
                     if entry is None:
                         if not started:
                             started = True

@@ -70,7 +70,7 @@ from corral.natsio.kv import NatsBucket
 from corral.natsio.loop_lateness import measure_loop_lateness
 from corral.natsio.service import SETUP_TIMEOUT_SECONDS, base_parser
 from corral.natsio.sharded import node_placements_bucket
-from corral_node_agent.agent import AgentSettings, NodeAgent, NodeNameTaken
+from corral_node_agent.agent import PLACEMENTS_WATCHES, AgentSettings, NodeAgent, NodeNameTaken
 from corral_node_agent.cut_off_clock import LastAckFile
 from corral_node_agent.heartbeat_link import NatsHeartbeats
 from corral_node_agent.hollow_runtime import (
@@ -129,6 +129,7 @@ class ClusterSettings:
     # Images whose containers exit at once with this code on every start (a crash loop
     # for the automatic rollback's tests and benchmark: HollowRuntime.exit_on_start).
     exit_on_start: dict[str, int] = field(default_factory=dict)
+    placements_watch: str = PLACEMENTS_WATCHES[0]  # as the node agent's --placements-watch
 
     def __post_init__(self) -> None:
         for name in ("nodes", "pool", "start_parallel", "pods", "max_parallel"):
@@ -297,6 +298,7 @@ class HollowCluster:
             # Hollow engines have every network: replicas report addresses on theirs
             # (hollow_runtime.hollow_ip), for netmgr's endpoints at scale.
             networks=NetworksMode.ON,
+            placements_watch=settings.placements_watch,
         )
         if settings.heartbeat_seconds > time_budget.HEARTBEAT_SECONDS:
             # Slower heartbeats (a cheaper run): the agent's own limits keep counting in
@@ -527,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print CPU and memory this often (0: only at start and exit)",
     )
     parser.add_argument(
+        "--placements-watch",
+        choices=PLACEMENTS_WATCHES,
+        default=PLACEMENTS_WATCHES[0],
+        help="how each node follows its placements once read (the node agent's flag)",
+    )
+    parser.add_argument(
         "--exit-on-start",
         action="append",
         metavar="IMAGE=CODE",
@@ -557,6 +565,7 @@ def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         start_parallel=args.start_parallel,
         report_seconds=args.report_seconds,
         exit_on_start=_exit_codes(args.exit_on_start),
+        placements_watch=args.placements_watch,
     )
 
 

@@ -23,6 +23,7 @@ from corral.natsio.service import RefusedToStart, ServiceContext, base_parser, s
 from corral.natsio.sharded import node_placements_bucket
 from corral_node_agent.agent import (
     DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    PLACEMENTS_WATCHES,
     AgentSettings,
     NodeAgent,
 )
@@ -95,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DRAIN_TIMEOUT_SECONDS,
         help="seconds a replica going away waits for netmgr's drain record before its stop "
         "signal anyway (docs/rollouts.md, 'Graceful stops')",
+    )
+    parser.add_argument(
+        "--placements-watch",
+        choices=PLACEMENTS_WATCHES,
+        default=PLACEMENTS_WATCHES[0],
+        help="how the node's placements are followed once read: reads (the bucket read in "
+        "order when a write of them is told; nothing kept on the NATS server) or consumer "
+        "(a JetStream consumer kept for the watch's life, about 50 KiB of nats-server's "
+        "memory per node)",
     )
     parser.add_argument(
         "--remove-all",

@@ -10,7 +10,11 @@ import socket
 from pathlib import Path
 
 from corral.contract.quantity import cpu_millis, memory_bytes
-from corral_node_agent.agent import DEFAULT_DRAIN_TIMEOUT_SECONDS, AgentSettings
+from corral_node_agent.agent import (
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    PLACEMENTS_WATCHES,
+    AgentSettings,
+)
 from corral_node_agent.networks_mode import NetworksMode
 
 
@@ -93,6 +97,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         agent_id=agent_id_from_args(args, state_dir),
         networks=NetworksMode(getattr(args, "networks", None) or NetworksMode.AUTO),
         drain_timeout=drain_timeout_from_args(args),
+        placements_watch=getattr(args, "placements_watch", None) or PLACEMENTS_WATCHES[0],
     )
 
 

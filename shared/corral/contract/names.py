@@ -91,6 +91,25 @@ def placements_buckets(shards: int) -> tuple[str, ...]:
     return tuple(f"{PLACEMENTS_BUCKET}_{shard}" for shard in range(shards))
 
 
+def is_placements_bucket(bucket: str) -> bool:
+    """A bucket of placements: the one of a cluster of one shard, or a shard's."""
+    if bucket == PLACEMENTS_BUCKET:
+        return True
+    shard = bucket.removeprefix(f"{PLACEMENTS_BUCKET}_")
+    return shard != bucket and shard.isdigit()
+
+
+# Each write to a placements bucket is republished by its stream, headers only, on
+# corral.kv-written.<bucket>.<key> (core NATS, not stored): a node agent reads its
+# placements by stream sequence when one of its own keys' arrives (kv.NatsBucket.follow).
+KV_WRITTEN_PREFIX: Final = "corral.kv-written"
+
+
+def kv_written_subject(bucket: str, key_filter: str) -> str:
+    """Where writes of `bucket`'s keys matching `key_filter` ("node-1.>") are told."""
+    return f"{KV_WRITTEN_PREFIX}.{bucket}.{key_filter}"
+
+
 def placement_shard(node: str, shards: int) -> int:
     """The shard holding `node`'s placements (a hash every process computes alike)."""
     return zlib.crc32(node.encode()) % shards

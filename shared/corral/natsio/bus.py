@@ -394,6 +394,10 @@ async def open_buckets(
             # that the cluster another process made meanwhile does not have (open_cluster).
             log.info("bucket %s was removed meanwhile: not the cluster's", bucket)
             continue
+        if names.is_placements_bucket(bucket):
+            # Direct gets are for the agents' reads of their own placements in order
+            # (NatsBucket.follow); a single key is read from the leader, as before.
+            kv = nats_internals.key_value_through_api(kv)
         buckets[bucket] = NatsBucket(kv, bucket)
     if identity is not None:
         # Made first, listed after: a crash between the two leaves an unlisted
@@ -532,13 +536,17 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
     if consumers is None or consumers < 0 or consumers < BUCKET_MAX_CONSUMERS:
         consumers = BUCKET_MAX_CONSUMERS
     stored = bool(config.allow_direct)
-    direct = stored or bucket in DIRECT_READ_BUCKETS  # never turned off
-    current = (config.num_replicas, config.max_bytes, config.max_consumers, stored)
-    if (replicas, max_bytes, consumers, direct) == current:
+    placements = names.is_placements_bucket(bucket)
+    # never turned off; placements: node agents read theirs with direct gets (follow)
+    direct = stored or bucket in DIRECT_READ_BUCKETS or placements
+    told = _told_writes(config.republish)
+    republish = told or (bucket if placements else None)
+    current = (config.num_replicas, config.max_bytes, config.max_consumers, stored, told)
+    if (replicas, max_bytes, consumers, direct, republish) == current:
         return False
     log.info(
         "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d, "
-        "allow_direct %s -> %s",
+        "allow_direct %s -> %s, writes told %s -> %s",
         bucket,
         config.num_replicas,
         replicas,
@@ -548,13 +556,33 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
         consumers,
         stored,
         direct,
+        told is not None,
+        republish is not None,
     )
     config.num_replicas = replicas
     config.max_bytes = max_bytes
     config.max_consumers = consumers
     config.allow_direct = direct
+    if republish is not None and told is None:
+        config.republish = js_api.RePublish(
+            src=f"$KV.{bucket}.>",
+            dest=names.kv_written_subject(bucket, ">"),
+            headers_only=True,
+        )
     await js.update_stream(config)
     return True
+
+
+def _told_writes(republish: js_api.RePublish | None) -> str | None:
+    """The bucket whose writes a stream's `republish` tells on corral.kv-written
+    (names.kv_written_subject, headers only); None when it tells none that way."""
+    if republish is None or not republish.headers_only or not republish.dest:
+        return None
+    prefix = f"{names.KV_WRITTEN_PREFIX}."
+    if not (republish.dest.startswith(prefix) and republish.dest.endswith(".>")):
+        return None
+    bucket = republish.dest[len(prefix) : -2]
+    return bucket if republish.src == f"$KV.{bucket}.>" else None
 
 
 # JetStream's answers when a stream or bucket (or the server's store) is full.

@@ -31,7 +31,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -44,6 +45,7 @@ from nats.js import errors as js_errors
 from nats.js.api import Header
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from corral.contract import names
 from corral.contract.backoff import Backoff
 from corral.contract.codec import decode, encode
 from corral.natsio import nats_internals
@@ -145,6 +147,22 @@ class Entry:
     revision: int
 
 
+class Wakeups:
+    """Tells a follow (Bucket.follow) to read its keys again: a write of one of them was
+    republished, or its owner learnt of one another way (a revision a heartbeat ack
+    told). Wake-ups coalesce: many before a read make one read."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = anyio.Event()
+
+
 class Bucket(Protocol):
     name: str
 
@@ -174,6 +192,14 @@ class Bucket(Protocol):
         A None after the first says the watch went on from a new consumer (NATS
         re-made it after a gap): entries purged in between (old delete markers) may
         have been skipped. Readers that only follow changes ignore it."""
+        ...
+
+    def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+        """As `watch` (the current entries, then None, then every change in the
+        bucket's order, none skipped), holding no consumer on the server once current:
+        later changes are read from the bucket itself, from the revision after the last
+        one read, whenever `wakeups` says so (a write of one of the keys, told by the
+        bucket, wakes it too). A wake-up that is lost delays a change, never skips it."""
         ...
 
 
@@ -245,15 +271,20 @@ class NatsBucket:
                 raise Conflict(f"{self.name}/{key} changed since revision {revision}") from error
             raise
 
-    async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+    async def watch(
+        self, prefix: str = ">", *, covered: list[int] | None = None
+    ) -> AsyncGenerator[Entry | None, None]:
         # nats-py marks the end of the current entries when the consumer has nothing
         # pending, which can come before entries the server already sent are read.
         # So the end is where the count read reaches what the consumer had delivered.
         # When the consumer's info cannot be read, the watch raises WatchIncomplete.
+        # `covered` gets the stream sequence the snapshot covers (every entry of the
+        # prefix up to it was delivered, or superseded by one that was), before the None.
         watcher = await self._kv.watch(prefix, inactive_threshold=WATCH_INACTIVE_SECONDS)
         subscription = nats_internals.watch_subscription(watcher)
         read = 0
         delivered: int | None = None  # messages the server had sent when it said "no more"
+        position = 0  # the stream sequence the consumer had looked up to then
         current_done = False
         consumer: tuple[str, str] | None = None  # (stream, name), once its info was read
         reading: int | None = None  # the subscription delivering, after the replay
@@ -278,9 +309,11 @@ class NatsBucket:
                 elif not current_done:
                     # Never fall back on nats-py's early marker: a partial snapshot would
                     # make its reader act on keys that only seem deleted.
-                    delivered, consumer = await self._delivered(subscription)
+                    delivered, consumer, position = await self._delivered(subscription)
                 if not current_done and delivered is not None and read >= delivered:
                     current_done = True
+                    if covered is not None:
+                        covered.append(position)
                     if subscription is not None:
                         reading = nats_internals.subscription_id(subscription)
                     yield None
@@ -291,6 +324,99 @@ class NatsBucket:
                 except Exception:  # the connection may already be gone
                     log.debug("watcher stop failed", exc_info=True)
                 await self._delete_consumers(subscription, consumer)
+
+    async def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+        # The snapshot is a watch's (its consumer on the stream's leader), deleted once
+        # current; from then on, batched direct gets of the prefix's subjects from the
+        # sequence after the last entry read: the stream's own order, nothing skipped
+        # (any replica may answer: each holds a prefix of the one log, so a replica
+        # behind only delays). The bucket's stream republishes each write's headers
+        # (bus.open_buckets: placements buckets), which wakes the follow.
+        js = nats_internals.key_value_jetstream(self._kv)
+        nc = nats_internals.jetstream_client(js)
+        request_subject = (
+            f"{nats_internals.jetstream_api_prefix(js)}.DIRECT.GET.{STREAM_PREFIX}{self.name}"
+        )
+        key_subjects = nats_internals.key_value_subject(self._kv, prefix)
+        key_start = len(nats_internals.key_value_subject(self._kv, ""))
+
+        async def woken(msg: Any) -> None:
+            wakeups.wake()
+
+        told = await nc.subscribe(names.kv_written_subject(self.name, prefix), cb=woken)
+        replies = await nc.subscribe(nc.new_inbox())
+        try:
+            read = 0  # the newest revision delivered
+            covered: list[int] = []
+            async with aclosing(self.watch(prefix, covered=covered)) as snapshot:
+                async for entry in snapshot:
+                    if entry is None:
+                        break  # its consumer is deleted as the watch closes
+                    read = max(read, entry.revision)
+                    yield entry
+            if not covered:
+                raise WatchIncomplete(f"watch of {self.name}: it ended before its snapshot")
+            after = max(read, covered[0])
+            yield None
+            wakeups.wake()  # what was written since the snapshot's end
+            while True:
+                await wakeups.wait()
+                pending = True
+                while pending:
+                    entries, pending = await self._read_after(
+                        nc, request_subject, replies, key_subjects, key_start, after
+                    )
+                    for entry in entries:
+                        after = entry.revision
+                        yield entry
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CONSUMER_INFO_TIMEOUT):
+                for subscription in (told, replies):
+                    try:
+                        await subscription.unsubscribe()
+                    except Exception:  # the connection may be gone
+                        log.debug("follow subscription not removed", exc_info=True)
+
+    async def _read_after(
+        self,
+        nc: Any,
+        request_subject: str,
+        replies: Any,
+        key_subjects: str,
+        key_start: int,
+        after: int,
+    ) -> tuple[list[Entry], bool]:
+        """The entries of `key_subjects` after revision `after`, in order, up to
+        FOLLOW_BATCH of them, and whether more are pending. Raises when the bucket does
+        not answer in time, or answers anything but entries and an end."""
+        request = msgspec.json.encode(
+            {"seq": after + 1, "next_by_subj": key_subjects, "batch": FOLLOW_BATCH}
+        )
+        await nc.publish(request_subject, request, reply=replies.subject)
+        entries: list[Entry] = []
+        while True:
+            msg = await replies.next_msg(timeout=FOLLOW_READ_TIMEOUT)
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":  # nothing after it
+                return entries, False
+            if status == "204":  # the end of the batch
+                return entries, int(headers.get("Nats-Num-Pending") or 0) > 0
+            if status is not None:
+                raise FollowFailed(
+                    f"reading {self.name} after revision {after}: status {status} "
+                    f"{headers.get('Description', '')}".rstrip()
+                )
+            revision = int(headers["Nats-Sequence"])
+            if revision <= after or (entries and revision <= entries[-1].revision):
+                raise FollowFailed(
+                    f"reading {self.name} after revision {after}: revision {revision} out of order"
+                )
+            key = headers["Nats-Subject"][key_start:]
+            if INTERN_KEYS:
+                key = sys.intern(key)
+            deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE)
+            entries.append(Entry(key, None if deleted else msg.data, revision))
 
     async def _delete_consumers(self, subscription: Any, first: tuple[str, str] | None) -> None:
         """Delete a stopped watch's consumers now rather than after WATCH_INACTIVE_SECONDS:
@@ -315,9 +441,10 @@ class NatsBucket:
         except Exception:  # never instead of what ended the watch
             log.debug("the consumers of a watch of %s not deleted", self.name, exc_info=True)
 
-    async def _delivered(self, subscription: Any) -> tuple[int, tuple[str, str]]:
-        """How many messages the watch's consumer has delivered, asked a few times, and
-        the consumer (stream, name)."""
+    async def _delivered(self, subscription: Any) -> tuple[int, tuple[str, str], int]:
+        """How many messages the watch's consumer has delivered, asked a few times, the
+        consumer (stream, name), and the stream sequence it had delivered up to (its
+        next sequence to look at, less one: what it skipped before there did not match)."""
         failure: BaseException | None = None
         for attempt in range(CONSUMER_INFO_ATTEMPTS):
             if attempt:
@@ -327,7 +454,11 @@ class NatsBucket:
                     raise RuntimeError("the watch has no subscription")
                 with anyio.fail_after(CONSUMER_INFO_TIMEOUT):
                     info = await subscription.consumer_info()
-                return int(info.delivered.consumer_seq or 0), (info.stream_name, info.name)
+                return (
+                    int(info.delivered.consumer_seq or 0),
+                    (info.stream_name, info.name),
+                    int(info.delivered.stream_seq or 0),
+                )
             except Exception as error:
                 failure = error
         raise WatchIncomplete(
@@ -344,6 +475,17 @@ class NatsBucket:
 # window of the time budget (R' = 35 s), so a partition the budget plans for heals
 # without it.
 WATCH_INACTIVE_SECONDS: Final = 60.0
+
+
+class FollowFailed(Exception):
+    """A follow's read of its keys got an answer it cannot use: the follow ends."""
+
+
+# The stream behind a bucket, and a follow's reads of it: entries a read asks for at
+# most (more pending: read again at once), and how long it waits for each reply.
+STREAM_PREFIX: Final = "KV_"
+FOLLOW_BATCH: Final = 256
+FOLLOW_READ_TIMEOUT: Final = 5.0
 
 # Reading a watch consumer's info: attempts, and the bound on each.
 CONSUMER_INFO_ATTEMPTS: Final = 3
@@ -407,6 +549,11 @@ class MemoryBucket:
         if revision is not None and (current is None or current.revision != revision):
             raise Conflict(f"{self.name}/{key} changed since revision {revision}")
         return self._write(key, None)
+
+    async def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+        """The watch: a bucket in memory holds no consumers."""
+        async for item in self.watch(prefix):
+            yield item
 
     async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
         send, receive = anyio.create_memory_object_stream[Entry | None](10_000)

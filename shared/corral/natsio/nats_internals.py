@@ -70,6 +70,22 @@ def key_value_jetstream(kv: KeyValue) -> JetStreamContext:
     return js
 
 
+def jetstream_client(js: JetStreamContext) -> Client:
+    """The connection a JetStream context talks through (`JetStreamContext._nc`)."""
+    nc = getattr(js, "_nc", None)
+    if not isinstance(nc, Client):
+        raise _changed("JetStreamContext._nc", nc)
+    return nc
+
+
+def jetstream_api_prefix(js: JetStreamContext) -> str:
+    """The context's JetStream API subject prefix (`_prefix`: "$JS.API", or a domain's)."""
+    prefix = getattr(js, "_prefix", None)
+    if not isinstance(prefix, str):
+        raise _changed("JetStreamContext._prefix", prefix)
+    return prefix
+
+
 def key_value_subject(kv: KeyValue, key: str) -> str:
     """The subject `key` is stored under (`KeyValue._pre` + key)."""
     prefix = getattr(kv, "_pre", None)

@@ -34,7 +34,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from corral.contract import names
-from corral.natsio.kv import Bucket, Entry, Mirror
+from corral.natsio.kv import Bucket, Entry, Mirror, Wakeups
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,14 +88,21 @@ class ShardedBucket:
         return await self.shard_of(key).delete(key, revision=revision)
 
     def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
+        return self._one_shard(prefix, "watch").watch(prefix)
+
+    def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+        return self._one_shard(prefix, "follow").follow(prefix, wakeups)
+
+    def _one_shard(self, prefix: str, how: str) -> Bucket:
+        """The shard holding every key of `prefix` (one node's keys)."""
         if len(self.shards) == 1:
-            return self.shards[0].watch(prefix)
+            return self.shards[0]
         if not names.placement_node(prefix) or "*" in names.placement_node(prefix):
             raise ValueError(
-                f"{self.name}: a watch of {prefix!r} would span shards; watch one node's "
+                f"{self.name}: a {how} of {prefix!r} would span shards; {how} one node's "
                 "keys (<node>.>) or each shard's Mirror"
             )
-        return self.shard_of(prefix).watch(prefix)
+        return self.shard_of(prefix)
 
 
 class _ShardedItems(Mapping[str, tuple[T, int]]):
