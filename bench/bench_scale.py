@@ -1298,8 +1298,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--placements-watch",
-        choices=("reads", "consumer"),
-        default="reads",
+        choices=("consumer", "reads"),
+        default="consumer",
         help="how the hollow nodes follow their placements (the node agent's flag)",
     )
     parser.add_argument(
@@ -1362,8 +1362,8 @@ def main() -> None:
         title += f", simulator passes {args.simulator_passes or 'all'} at once"
     if args.placement_shards > 1:
         title += f", placements in {args.placement_shards} shards"
-    if args.placements_watch != "reads":
-        title += f", each node's placements watch a {args.placements_watch}"
+    if args.placements_watch != "consumer":
+        title += f", each node's placements followed by {args.placements_watch}"
     print(title, flush=True)
     results = Results()
     mode = (

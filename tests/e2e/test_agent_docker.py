@@ -159,7 +159,7 @@ async def test_runs_placements_with_labels_and_limits(
         assert labels[names.LABEL_REPLICA] == web
         assert labels[names.LABEL_TEMPLATE_HASH] == placement.template_hash
         host = container["HostConfig"]
-        assert host["NanoCpus"] == 250_000_000
+        assert (host["CpuQuota"], host["CpuPeriod"]) == (25_000, 100_000)  # 250m
         assert host["Memory"] == 64 * 2**20
         assert host["RestartPolicy"]["Name"] in ("no", "")
         assert container["Config"]["Entrypoint"] == SLEEP[:2]
@@ -167,6 +167,21 @@ async def test_runs_placements_with_labels_and_limits(
         status = await status_of(buckets, node_name, web)
         assert status is not None and status.container_id == container["Id"]
         assert status.started_at is not None
+
+
+async def test_a_cpu_limit_above_the_hosts_cpus_runs_as_a_cap(
+    buckets: dict[str, NatsBucket], agent_running: AgentFactory, node_name: str, test_image: str
+) -> None:
+    """A limit is a cap, not a reservation: 64 cores on a smaller host runs (as a pod's
+    does under the kubelet); Docker would refuse it as NanoCpus ("Range of CPUs is from
+    0.01 to 2.00")."""
+    wide = unique("wide")
+    limits = Resources(limits=ResourceList(cpu="64"))
+    async with agent_running():
+        await place(buckets, make_placement(node_name, wide, test_image, resources=limits))
+        await eventually(state_is(buckets, node_name, wide, ReplicaState.RUNNING))
+        (container,) = containers_of(node_name)
+        assert container["HostConfig"]["CpuQuota"] == 64 * 100_000
 
 
 async def test_killed_is_restarted_and_removed_is_recreated(

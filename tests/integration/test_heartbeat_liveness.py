@@ -271,7 +271,9 @@ async def test_a_placement_whose_told_write_was_lost_is_read_when_an_ack_names_i
             agent = hollow_agent(
                 nc,
                 buckets,
-                AgentSettings(node_name="hb-6", state_dir=tmp_path / "agent"),
+                AgentSettings(
+                    node_name="hb-6", state_dir=tmp_path / "agent", placements_watch="reads"
+                ),
                 HollowRuntime(images={"app:1"}),
             )
             deployments = buckets[names.DEPLOYMENTS_BUCKET]

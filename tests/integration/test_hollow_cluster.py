@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import pytest
 
 from corral.contract import names
 from corral.contract.codec import encode
@@ -84,10 +85,13 @@ async def test_twenty_hollow_nodes_run_a_hundred_replicas_and_a_stopped_ones_mov
         assert all(p.node != victim for p in placed.values())
 
 
+@pytest.mark.parametrize("how", ["consumer", "reads"])
 async def test_each_hollow_node_watches_only_its_own_placements(
-    nats_url: str, buckets: dict[str, NatsBucket]
+    nats_url: str, buckets: dict[str, NatsBucket], how: str
 ) -> None:
-    async with hollow_cluster(nats_url, 3, pool=2, name_prefix="h-") as cluster:
+    async with hollow_cluster(
+        nats_url, 3, pool=2, name_prefix="h-", placements_watch=how
+    ) as cluster:
         bucket = buckets[names.PLACEMENTS_BUCKET]
         for name in cluster.nodes:
             for index in range(3):
@@ -109,9 +113,14 @@ async def test_each_hollow_node_watches_only_its_own_placements(
                 name
             }
 
-        # On the server: no consumer left on the bucket (each node's snapshot consumer,
-        # filtered on its keys, goes once current; later changes are read by sequence,
-        # NatsBucket.follow), none on the whole bucket.
+        # On the server: with `consumer`, one consumer per node, filtered on that node's
+        # keys; with `reads`, none left (each node's snapshot consumer, filtered as well,
+        # goes once current; later changes are read by sequence, NatsBucket.follow);
+        # never one on the whole bucket.
+        expected = sorted(
+            f"$KV.{names.PLACEMENTS_BUCKET}.{names.placement_prefix(name)}"
+            for name in cluster.nodes
+        )
         nc = await connect(nats_url, name="test-consumers")
         try:
             js = nc.jetstream()
@@ -121,7 +130,9 @@ async def test_each_hollow_node_watches_only_its_own_placements(
                 infos = await js.consumers_info(stream)
                 return sorted(info.config.filter_subject or "" for info in infos)
 
-            await eventually(filters, lambda found: found == [])
+            await eventually(
+                filters, lambda found: found == (expected if how == "consumer" else [])
+            )
         finally:
             await nc.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from corral.contract import names
 from corral.contract.specs import ContainerTemplate, ResourceList, Resources
@@ -43,7 +44,7 @@ def test_create_body_has_labels_limits_and_no_restart_policy() -> None:
     }
 
 
-def test_limits_become_nano_cpus_and_memory() -> None:
+def test_limits_become_a_cfs_quota_and_memory() -> None:
     template = ContainerTemplate(
         image="app:1",
         command=["run"],
@@ -53,7 +54,11 @@ def test_limits_become_nano_cpus_and_memory() -> None:
     p = placement("web-a1")
     p = msgspec.structs.replace(p, template=template)
     body = container_config(container_spec(p, CLUSTER_ID))
-    assert body["HostConfig"]["NanoCpus"] == 1_500_000_000
+    # 1.5 CPUs: 150 ms of every 100 ms period (the kubelet's CFS quota; NanoCpus above
+    # the host's CPUs would be refused by the engine)
+    assert body["HostConfig"]["CpuPeriod"] == 100_000
+    assert body["HostConfig"]["CpuQuota"] == 150_000
+    assert "NanoCpus" not in body["HostConfig"]
     assert body["HostConfig"]["Memory"] == 128 * 2**20
     assert body["Entrypoint"] == ["run"]
     assert body["Env"] == ["A=1"]
@@ -85,3 +90,13 @@ def test_inspect_data_becomes_an_observed_container() -> None:
     assert (observed.exit_code, observed.started_at, observed.finished_at) == (137, 10.0, 20.0)
     paused = observed_from_inspect({"Id": "x", "State": {"Status": "paused"}})
     assert paused.state == ContainerState.OTHER and paused.exit_code is None
+
+
+@pytest.mark.parametrize(("cpu", "quota"), [("1m", 1_000), ("10m", 1_000), ("1024", 102_400_000)])
+def test_a_cpu_limit_is_a_quota_of_at_least_1_ms_and_may_exceed_the_hosts_cpus(
+    cpu: str, quota: int
+) -> None:
+    template = ContainerTemplate(image="app:1", resources=Resources(limits=ResourceList(cpu=cpu)))
+    p = msgspec.structs.replace(placement("web-a1"), template=template)
+    body = container_config(container_spec(p, CLUSTER_ID))
+    assert body["HostConfig"]["CpuQuota"] == quota

@@ -31,7 +31,7 @@ def _args(nice: int, passes: int | None = None) -> argparse.Namespace:
         simulator_passes=passes,
         pods=110,
         ready_after=0.5,
-        placements_watch="reads",
+        placements_watch="consumer",
     )
 
 

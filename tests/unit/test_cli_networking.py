@@ -11,7 +11,13 @@ from corral.client.api import CorralError, find_kind
 from corral.client.cli.manifests import load_manifests
 from corral.client.cli.net_views import NetView, describe_service, endpoints_text, service_ports
 from corral.client.cli.options import parse_container_port, parse_service_port
-from corral.client.cli.service_commands import declared_port, exposed_ports, parse_selector
+from corral.client.cli.service_commands import (
+    declared_port,
+    exposed_ports,
+    parse_selector,
+    service_manifest,
+)
+from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.network_specs import Network, Service
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
 from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
@@ -215,3 +221,18 @@ def test_describe_shows_a_named_target_port_netmgr_could_not_resolve_yet_by_its_
     view.endpoints["web"] = resolved
     text = describe_service(view, "web", [], 0.0)
     assert "TargetPort:   8080 (http)/TCP" in text and "Endpoints:    10.0.0.2:8080" in text
+
+
+def test_the_same_port_given_twice_is_named_as_given_not_by_a_made_up_port_name() -> None:
+    """`--port 80:8080 --port 80:8081`: the CLI names unnamed ports (tcp-80), so two
+    ports 80 would be two names 'tcp-80'; the refusal names the port the user gave."""
+    document = service_manifest(
+        "multi",
+        selector={"app": "web"},
+        ports=[parse_service_port("80:8080"), parse_service_port("80:8081")],
+        type_="ClusterIP",
+        node_port=None,
+        protocol=None,
+    )
+    with pytest.raises(InvalidPayload, match=r"`ports` names '80/TCP' twice"):
+        decode_payload(encode(document), Service)

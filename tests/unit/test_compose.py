@@ -282,6 +282,8 @@ def test_the_default_network_is_made_only_when_a_service_names_no_network() -> N
         ("{image: i, stop_grace_period: soon}", "services.s.stop_grace_period", "duration"),
         ("{image: i, secrets: [x]}", "services.s.secrets", "no secrets"),
         ("{image: i, healthcheck: {test: [WHAT, x]}}", "services.s.healthcheck.test", "CMD"),
+        ("{image: i, command: 'sh -c \"open'}", "services.s.command", "No closing quotation"),
+        ('{image: i, entrypoint: "a \'b"}', "services.s.entrypoint", "No closing quotation"),
         # the Compose Specification's schema names what it refuses
         ("{image: i, imagee: x}", "services.s", "imagee"),
         ("{image: i, ports: 80}", "services.s.ports", "not of type"),
@@ -294,6 +296,11 @@ def test_a_key_that_would_change_meaning_is_refused_naming_it(
         objects(f"services:\n  s: {service}\n", project="p")
     assert f"`{key}`" in str(caught.value) and why in str(caught.value)
     assert str(caught.value).startswith("/srv/shop/compose.yaml: ")
+
+
+def test_a_file_with_no_services_is_refused_rather_than_deploying_nothing_silently() -> None:
+    with pytest.raises(ComposeError, match=r"`services`: no services: the file deploys nothing"):
+        objects("services: {}\n", project="p")
 
 
 def test_a_service_name_that_is_no_dns_label_is_refused() -> None:

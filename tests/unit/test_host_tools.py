@@ -18,9 +18,12 @@ async def test_a_tool_gets_its_stdin_and_its_output_is_returned() -> None:
     assert (ran.code, ran.stdout.strip()) == (0, "HELLO")
 
 
-async def test_a_failing_tool_is_refused_with_its_last_line_unless_not_checked() -> None:
-    argv = [sys.executable, "-c", "import sys; print('first\\nlast', file=sys.stderr); exit(3)"]
-    with pytest.raises(CommandFailed, match="exited 3: last"):
+async def test_a_failing_tool_is_refused_with_its_last_lines_unless_not_checked() -> None:
+    """mkfs.ext4 says why over two lines; the last alone ("or lower inode count (-N).")
+    says nothing."""
+    said = "'zero\\nfirst\\n\\n  too big\\n\\tor lower (-N).\\n'"
+    argv = [sys.executable, "-c", f"import sys; print({said}, file=sys.stderr); exit(3)"]
+    with pytest.raises(CommandFailed, match=r"exited 3: first / too big / or lower \(-N\)\.$"):
         await run_tool(argv, seconds=30)
     assert (await run_tool(argv, check=False, seconds=30)).code == 3
 

@@ -46,6 +46,13 @@ def refused(document: dict[str, Any] | bytes, kind: type = Deployment) -> Invali
     return raised.value
 
 
+def MOUNT(path: str) -> dict[str, Any]:
+    return {
+        "volumes": [{"name": "d", "emptyDir": {}}],
+        "volumeMounts": [{"name": "d", "mountPath": path}],
+    }
+
+
 ACCEPTED = [
     pytest.param({"labels": {"app": "web", "tier": ""}}, None, id="plain-labels"),
     pytest.param({"labels": {"example.com/team": "a.b_c-d"}}, None, id="prefixed-label"),
@@ -58,6 +65,10 @@ ACCEPTED = [
     pytest.param(None, resources(limits={"memory": "1Pi", "cpu": 1024}), id="most-limits"),
     pytest.param(None, resources(requests={"memory": 0, "cpu": "0"}), id="zero-requests"),
     pytest.param(None, resources(limits={"memory": 2**50, "cpu": 1024.0}), id="numbers"),
+    pytest.param(None, {"image": "localhost/app:1"}, id="localhost-registry"),
+    pytest.param(None, {"image": "Registry.Example.com:5000/team/app:1"}, id="registry-case"),
+    pytest.param(None, {"command": ["sh", ""], "args": [""]}, id="empty-arguments"),
+    pytest.param(None, MOUNT("/data/"), id="mount-path-trailing-slash"),
 ]
 
 
@@ -104,6 +115,18 @@ REFUSED = [
     # the image: ASCII only, and no trailing newline
     (None, {"image": "nginx:\u00e9t\u00e9"}, "spec.template.image", "not a valid image"),
     (None, {"image": "nginx\n"}, "spec.template.image", "not a valid image reference"),
+    # a first part with capitals and no '.' or ':' is no registry: Docker refuses it
+    (None, {"image": "UPPER/app:1"}, "spec.template.image", "not a valid image reference"),
+    (None, {"command": [""]}, "spec.template.command[0]", "`command[0]` names the program"),
+    # mount paths: '/data/..' is '/' to the engine, '/data/../etc' is '/etc'
+    (None, MOUNT("/data/.."), "spec.template.volumeMounts[0].mountPath", "not a normalised path"),
+    (
+        None,
+        MOUNT("/data/../etc"),
+        "spec.template.volumeMounts[0].mountPath",
+        "not a normalised path",
+    ),
+    (None, MOUNT("//data"), "spec.template.volumeMounts[0].mountPath", "not a normalised path"),
 ]
 
 

@@ -21,9 +21,11 @@ from corral.contract.volume_specs import (
 from corral.contract.volume_state import NodeVolumes, VolumeStatus
 from corral_volmgr.binding import Bind, Candidate, Pending, Provision, decide, default_class
 from corral_volmgr.provisioning import (
+    LOCAL_VOLUME_LEAST_BYTES,
     initial_status,
     pick_node,
     provisioned_name,
+    provisioned_size,
     provisioned_volume,
     room_problem,
     used_room,
@@ -302,6 +304,15 @@ def test_a_provisioned_volumes_name_is_the_hash_of_its_claims_uid() -> None:
     assert made.spec.claim_ref == "default/data" and made.spec.node == "n1"
     assert made.spec.persistent_volume_reclaim_policy == "Delete"
     assert made.spec.storage_class_name == "local" and made.spec.size_bytes == 50 * MI
+
+
+def test_a_node_local_volume_is_made_with_the_least_room_its_file_system_needs() -> None:
+    """mkfs.ext4 cannot make a file system of 1 KiB: the claim gets a volume of 1 MiB,
+    which satisfies it (at least what it asks), as a cloud disk is rounded up."""
+    tiny = claim("1Ki")
+    assert provisioned_size(tiny, LOCAL) == LOCAL_VOLUME_LEAST_BYTES == MI
+    assert provisioned_volume(tiny, LOCAL, "n1").spec.size_bytes == MI
+    assert provisioned_size(claim(), LOCAL) == 50 * MI  # more than the least: as asked
 
 
 def test_a_volume_with_no_source_counts_room_whoever_made_it() -> None:

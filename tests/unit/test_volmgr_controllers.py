@@ -7,11 +7,12 @@ import anyio
 from msgspec.structs import replace
 
 from corral.contract import names
-from corral.contract.codec import encode
+from corral.contract.codec import decode, encode
 from corral.contract.volume_specs import PersistentVolume, PersistentVolumeClaim, StorageClass
 from corral.contract.volume_state import VolumeStatus
 from corral.natsio.controller import Result
 from corral_volmgr.provisioning import provisioned_name
+from corral_volmgr.volume_api import deleting
 from tests.unit.volmgr_helpers import (
     MI,
     Told,
@@ -84,6 +85,41 @@ async def test_a_claim_without_a_volume_waits_for_a_first_consumer_then_is_provi
         assert volume.phase == "Bound" and volume.size_enforced is True
         claim = await v.claim("data")
         assert claim.phase == "Bound" and claim.volume == name and claim.node == "n2"
+
+
+async def test_a_claim_whose_volume_the_node_could_not_make_says_why_and_is_bound_once_made() -> (
+    None
+):
+    """The node part's failure (its attachment, not ready, with a message) is the claim's
+    reason, not "being made"; a 1 KiB claim gets a volume of the least size (1 MiB)."""
+    async with volmgr() as v:
+        ok(await v.apis.classes.apply(storage_class("fast", volumeBindingMode="Immediate")))
+        await put(v.buckets[names.NODE_VOLUMES_BUCKET], "n1", node_volumes("n1", 100 * MI))
+        ok(await v.apis.claims.apply(pvc("tiny", "1Ki", storageClassName="fast")))
+        await v.drain()
+        stored = await v.record(names.CLAIMS_BUCKET, "default.tiny", PersistentVolumeClaim)
+        name = provisioned_name(stored.metadata.uid)
+        made = await v.record(names.VOLUMES_BUCKET, name, PersistentVolume)
+        assert made.spec.size_bytes == MI
+        assert (await v.claim("tiny")).reason == "Provisioning"
+        failed = replace(
+            attachment("n1", name),
+            claim="default.tiny",
+            ready=False,
+            docker_volume="",
+            message="CommandFailed: `mkfs.ext4 ...` exited 1: too big / or lower (-N).",
+        )
+        attachments = v.buckets[names.VOLUME_ATTACHMENTS_BUCKET]
+        await put(attachments, f"n1.{name}", failed)
+        await v.drain()
+        claim = await v.claim("tiny")
+        assert claim.phase == "Pending" and claim.reason == "ProvisioningFailed", claim
+        assert claim.message == (
+            f"volume {name} could not be made on node n1 (retried): {failed.message}"
+        )
+        await put(attachments, f"n1.{name}", attachment("n1", name))
+        await v.drain()
+        assert (await v.claim("tiny")).phase == "Bound"
 
 
 async def test_an_immediate_class_provisions_on_the_roomiest_node_and_counts_what_it_gave() -> None:
@@ -457,6 +493,22 @@ async def test_deleting_an_unbound_retain_volume_keeps_data_and_record_till_no_n
         assert await v.record(names.VOLUMES_BUCKET, "pv1", PersistentVolume) is None
         assert await v.volume("pv1") is None
         assert told.reasons("PersistentVolume", "pv1")[-1] == "Deleted"
+
+
+def test_deleting_a_host_path_volume_its_node_refused_names_the_directory_not_a_docker_volume() -> (
+    None
+):
+    """The node part refused the path (an attachment not ready, with no Docker volume and
+    no directory of its own): the data is where the operator put it, on that node."""
+    volume = decode(pv("hp", node="n1", hostPath={"path": "/srv/hp"}), PersistentVolume)
+    refused = replace(
+        attachment("n1", "hp"), ready=False, docker_volume="", message="the path is refused"
+    )
+    status = VolumeStatus(name="hp", phase="Available", node="n1")
+    gone = deleting(volume, status, [refused], keep_data=True)
+    assert gone.message == (
+        "Deleting: its directory is kept on node n1 at /srv/hp (a host path is the operator's)"
+    )
 
 
 async def test_a_delete_volume_whose_claim_goes_is_deleting_without_keeping_data() -> None:

@@ -108,8 +108,9 @@ DEFAULT_DRAIN_TIMEOUT_SECONDS = 10.0
 __all__ = ["AgentSettings", "NodeAgent", "NodeNameTaken"]
 
 
-# --placements-watch: how an agent follows its placements once read (AgentSettings).
-PLACEMENTS_WATCHES: Final = ("reads", "consumer")
+# --placements-watch: how an agent follows its placements once read (AgentSettings); the
+# first is the default (bench/README.md, "A node's placements read by sequence").
+PLACEMENTS_WATCHES: Final = ("consumer", "reads")
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,9 @@ class AgentSettings:
     # a judge told of has not come through it for this long (or, when no judge tells,
     # the agent's echo is this late): corral_node_agent.watch_proof.
     stale_watch_after: float = 5 * time_budget.HEARTBEAT_SECONDS
-    # How the placements are followed once read (--placements-watch): "reads", the
-    # bucket read by sequence when told of a write (no consumer kept on the server), or
-    # "consumer", a watch's consumer kept for as long as the watch runs.
+    # How the placements are followed once read (--placements-watch): "consumer", a
+    # watch's consumer kept for as long as the watch runs, or "reads", the bucket read by
+    # sequence when told of a write (no consumer kept on the server).
     placements_watch: str = PLACEMENTS_WATCHES[0]
     # Where the agent records the cluster this node belongs to; None: in memory only.
     state_dir: Path | None = None
@@ -566,7 +567,7 @@ class NodeAgent:
         if self.watch_proof.told(revision, self.monotonic(), sent if complete else None):
             self._wake_guard()  # a deadline earlier than the guard's sleep
         if revision > self.placements.delivered and self._placement_wakeups is not None:
-            self._placement_wakeups.wake()  # a write whose republished headers were lost
+            self._placement_wakeups.wake(revision)  # its republished headers were lost
 
     def _echo_interval(self) -> float:
         """How often the echo key is written while no judge tells the placements'

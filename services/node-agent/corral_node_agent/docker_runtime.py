@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import aiodocker
 import aiohttp
@@ -116,6 +116,11 @@ def network_gateway(data: dict[str, Any]) -> str:
 SEARCH_NDOTS = 5
 
 
+# A CPU limit's period and least quota, in microseconds (the kubelet's: 100 ms, 1 ms).
+CFS_PERIOD_MICROSECONDS: Final = 100_000
+CFS_LEAST_QUOTA_MICROSECONDS: Final = 1_000
+
+
 def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
     """The Docker API body that creates spec's container. No restart policy: the agent restarts.
 
@@ -124,7 +129,14 @@ def container_config(spec: ContainerSpec, gateway: str = "") -> dict[str, Any]:
     gateway on this engine, where netmgr's DNS answers (docs/networking.md)."""
     host_config: dict[str, Any] = {"RestartPolicy": {"Name": "no"}}
     if spec.cpu_millis:
-        host_config["NanoCpus"] = spec.cpu_millis * 1_000_000
+        # A CFS quota per period, as the kubelet sets a CPU limit: the engine refuses
+        # NanoCpus above the host's CPUs ("Range of CPUs is from 0.01 to 2.00"), which a
+        # limit may well be (a limit is a cap, not a reservation); the kernel takes any
+        # quota from 1 ms.
+        host_config["CpuPeriod"] = CFS_PERIOD_MICROSECONDS
+        host_config["CpuQuota"] = max(
+            CFS_LEAST_QUOTA_MICROSECONDS, spec.cpu_millis * CFS_PERIOD_MICROSECONDS // 1000
+        )
     if spec.memory_bytes:
         host_config["Memory"] = spec.memory_bytes
     if spec.mounts:  # none: the body is as it was before volumes

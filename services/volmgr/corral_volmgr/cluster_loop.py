@@ -85,6 +85,7 @@ from corral_volmgr.claim_api import KIND as CLAIM_KIND
 from corral_volmgr.provisioning import (
     initial_status,
     pick_node,
+    provisioned_size,
     provisioned_volume,
     room_problem,
     used_room,
@@ -212,6 +213,11 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         volumes.watch(
             attachment_changes,
             lambda key, old, new: {a.volume for a in (old, new) if a is not None},
+        )
+        # a claim Pending on its volume says why the node part could not make it
+        claims.watch(
+            attachment_changes,
+            lambda key, old, new: {a.claim for a in (old, new) if a is not None and a.claim},
         )
         volumes.watch(ChangeFeed(m.node_volumes), lambda key, old, new: self._waiting_for_room())
 
@@ -531,14 +537,28 @@ class ClusterLoop(MirroredLoop[Mirrors]):
         volume = m.volumes.get(status.name)
         assert volume is not None
         if status.phase == VOLUME_PENDING:
+            reason = PROVISIONING
+            message = f"volume {status.name} is being made on node {status.node or '?'}"
+            attachment = (
+                m.attachments.get(names.attachment_key(status.node, status.name))
+                if status.node
+                else None
+            )
+            if attachment is not None and not attachment.ready and attachment.message:
+                # the node part tried and failed (it retries): say why, not "being made"
+                reason = PROVISIONING_FAILED
+                message = (
+                    f"volume {status.name} could not be made on node {status.node} "
+                    f"(retried): {attachment.message}"
+                )
             wanted = msgspec.structs.replace(
                 base,
                 phase=CLAIM_PENDING,
                 volume=status.name,
                 node=status.node,
                 storage_class=volume.spec.storage_class_name,
-                reason=PROVISIONING,
-                message=f"volume {status.name} is being made on node {status.node or '?'}",
+                reason=reason,
+                message=message,
             )
             return await self._claim_written(key, wanted)
         previous = m.claim_status.get(key)
@@ -599,7 +619,7 @@ class ClusterLoop(MirroredLoop[Mirrors]):
     ) -> Result | None:
         m = self.mirrors
         class_name = storage_class.metadata.name
-        size = claim.spec.size_bytes
+        size = provisioned_size(claim, storage_class)
         node = ""
         if storage_class.provisioner == PROVISIONER_LOCAL:
             statuses = m.volume_status.values()

@@ -16,6 +16,7 @@ from corral.contract.quantity import format_memory
 from corral.contract.specs import ObjectMeta
 from corral.contract.volume_specs import (
     PROVISIONER_DOCKER,
+    PROVISIONER_LOCAL,
     DockerVolumeSource,
     PersistentVolume,
     PersistentVolumeClaim,
@@ -124,6 +125,20 @@ def pick_node(
     )
 
 
+# The least a node-local volume is made with: its ext4 file system needs room of its own
+# (mkfs.ext4 fails on an image of 64 KiB: "inode_size (256) * inodes_count (0) too big").
+# A claim asking for less gets this much, as a cloud disk is rounded up to its least size.
+LOCAL_VOLUME_LEAST_BYTES: Final = 1 << 20
+
+
+def provisioned_size(claim: PersistentVolumeClaim, storage_class: StorageClass) -> int:
+    """The capacity `storage_class` provisions for `claim`: what it asks for, at least
+    LOCAL_VOLUME_LEAST_BYTES for a node-local volume."""
+    if storage_class.provisioner == PROVISIONER_LOCAL:
+        return max(claim.spec.size_bytes, LOCAL_VOLUME_LEAST_BYTES)
+    return claim.spec.size_bytes
+
+
 def provisioned_volume(
     claim: PersistentVolumeClaim, storage_class: StorageClass, node: str
 ) -> PersistentVolume:
@@ -141,7 +156,7 @@ def provisioned_volume(
             annotations={PROVISIONED_BY_ANNOTATION: storage_class.provisioner},
         ),
         spec=PersistentVolumeSpec(
-            capacity=StorageRequest(storage=claim.spec.size_bytes),
+            capacity=StorageRequest(storage=provisioned_size(claim, storage_class)),
             access_modes=list(claim.spec.access_modes),
             persistent_volume_reclaim_policy=storage_class.reclaim_policy,
             storage_class_name=storage_class.metadata.name,

@@ -69,6 +69,8 @@ def kept_where(
     was never made on a node."""
     places = []
     for attachment in sorted(attachments, key=lambda a: a.node):
+        if not attachment.docker_volume and not attachment.host_path:
+            continue  # never made there (refused, or failed before): no data on that node
         source = "" if volume is None else volume.spec.source
         if source == "dockerVolume" or not attachment.host_path:
             places.append(f"node {attachment.node} in Docker volume {attachment.docker_volume}")

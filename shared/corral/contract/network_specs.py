@@ -140,8 +140,9 @@ class ServiceSpec(_Public, frozen=True, kw_only=True):
                 raise ValueError(
                     f"`ports[{missing[0]}].name` is required when a Service has several ports"
                 )
-        check_unique("ports[].name", [p.name for p in self.ports if p.name])
+        # the same port twice first: the CLI names unnamed ports after them (tcp-80)
         check_unique("ports", [f"{p.port}/{p.protocol}" for p in self.ports])
+        check_unique("ports[].name", [p.name for p in self.ports if p.name])
         for index, port in enumerate(self.ports):
             if port.node_port and self.type != "NodePort":
                 raise ValueError(

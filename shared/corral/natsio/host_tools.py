@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import anyio
 
@@ -42,8 +43,21 @@ async def run_tool(
         done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     )
     if check and ran.code != 0:
-        said = (ran.stderr or ran.stdout).strip().splitlines()
-        raise CommandFailed(
-            f"`{' '.join(argv)}` exited {ran.code}: {said[-1] if said else 'no message'}"
-        )
+        raise CommandFailed(f"`{' '.join(argv)}` exited {ran.code}: {_said(ran)}")
     return ran
+
+
+# What a failed tool said, in a message: its last lines, each trimmed, at most this much
+# (a tool's reason often spans lines: mkfs.ext4's "... too big" then "... -N").
+SAID_LINES: Final = 3
+SAID_CHARACTERS: Final = 400
+
+
+def _said(ran: Ran) -> str:
+    lines = [line.strip() for line in (ran.stderr or ran.stdout).splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    said = " / ".join(lines[-SAID_LINES:])
+    if len(said) > SAID_CHARACTERS:
+        said = "..." + said[-SAID_CHARACTERS:]
+    return said

@@ -150,17 +150,31 @@ class Entry:
 class Wakeups:
     """Tells a follow (Bucket.follow) to read its keys again: a write of one of them was
     republished, or its owner learnt of one another way (a revision a heartbeat ack
-    told). Wake-ups coalesce: many before a read make one read."""
+    told). Wake-ups coalesce: many before a read make one read, and a wake-up naming a
+    revision the follow has read already makes none (each read scans the bucket from the
+    last entry read: one that finds nothing costs the server as much as one that finds)."""
 
     def __init__(self) -> None:
         self._event = anyio.Event()
+        self._wanted = 0  # the newest revision a wake-up named
+        self._anyway = False  # a wake-up that named none
 
-    def wake(self) -> None:
+    def wake(self, revision: int | None = None) -> None:
+        """Read again; up to `revision` at least, when it is known."""
+        if revision is None:
+            self._anyway = True
+        else:
+            self._wanted = max(self._wanted, revision)
         self._event.set()
 
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = anyio.Event()
+    async def wait(self, read: int) -> None:
+        """Until a wake-up names a revision after `read`, or none."""
+        while True:
+            await self._event.wait()
+            self._event = anyio.Event()
+            if self._anyway or self._wanted > read:
+                self._anyway = False
+                return
 
 
 class Bucket(Protocol):
@@ -341,7 +355,10 @@ class NatsBucket:
         key_start = len(nats_internals.key_value_subject(self._kv, ""))
 
         async def woken(msg: Any) -> None:
-            wakeups.wake()
+            try:  # the write's own revision, when the republished headers say it
+                wakeups.wake(int((msg.headers or {})["Nats-Sequence"]))
+            except (KeyError, ValueError):
+                wakeups.wake()
 
         told = await nc.subscribe(names.kv_written_subject(self.name, prefix), cb=woken)
         replies = await nc.subscribe(nc.new_inbox())
@@ -360,7 +377,7 @@ class NatsBucket:
             yield None
             wakeups.wake()  # what was written since the snapshot's end
             while True:
-                await wakeups.wait()
+                await wakeups.wait(after)
                 pending = True
                 while pending:
                     entries, pending = await self._read_after(

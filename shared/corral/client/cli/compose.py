@@ -436,11 +436,14 @@ def _constraint(ctx: _Context, text: str, path: str) -> tuple[str, str]:
     return _flag(ctx, path, lambda: parse_constraint(text, path))
 
 
-def _args(value: Any) -> list[str]:
+def _args(ctx: _Context, value: Any, path: str) -> list[str]:
     """`command`/`entrypoint`: a list as it is, a string split as a shell would."""
     if isinstance(value, list):
         return [_text(item) for item in value]
-    return shlex.split(str(value))
+    try:
+        return shlex.split(str(value))
+    except ValueError as error:  # "No closing quotation", "No escaped character"
+        raise ctx.fail(path, f"{value!r} does not split as a shell would: {error}") from None
 
 
 def _warn_keys(ctx: _Context, value: Any, path: str, known: frozenset[str]) -> None:
@@ -968,9 +971,9 @@ def _service_objects(
     if policy is not None and policy != "Always":
         template["restartPolicy"] = policy
     if "entrypoint" in service:
-        template["command"] = _args(service["entrypoint"])
+        template["command"] = _args(ctx, service["entrypoint"], f"{path}.entrypoint")
     if "command" in service:
-        template["args"] = _args(service["command"])
+        template["args"] = _args(ctx, service["command"], f"{path}.command")
     env = _environment(ctx, service, path)
     if env:
         template["env"] = env
@@ -1097,6 +1100,8 @@ def translate(
             key
         ).startswith("x-"):
             ctx.warn(key)
+    if not document["services"]:
+        raise ctx.fail("services", "no services: the file deploys nothing")
     services: dict[str, Any] = {}
     skipped = []
     for service_name, service in document["services"].items():
