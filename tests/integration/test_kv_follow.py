@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import pytest
 
 from corral.contract import names
 from corral.natsio import nats_internals
 from corral.natsio.bus import bucket_stream, connect, open_buckets
-from corral.natsio.kv import FOLLOW_BATCH, Entry, NatsBucket, Wakeups
+from corral.natsio.kv import FOLLOW_BATCH, Entry, NatsBucket, Wakeups, WatchIncomplete
 from tests.waiting import eventually
 
 BUCKET = names.PLACEMENTS_BUCKET
@@ -133,3 +134,21 @@ async def test_placements_buckets_tell_their_writes_and_an_older_store_is_raised
         assert raised.republish.dest == names.kv_written_subject(BUCKET, ">")
     finally:
         await nc.close()
+
+
+async def test_a_follow_whose_snapshot_consumer_was_made_again_during_it_reads_nothing_on(
+    buckets: dict[str, NatsBucket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py re-makes an ordered consumer after a gap (a new subscription id): the
+    entries read then span two consumers, and the second one's count and position say
+    nothing of what the first delivered. The follow ends before going on by reads."""
+    placements = buckets[BUCKET]
+    await placements.put("node-1.default.a", b"a1")
+    ids = iter(range(100))
+    monkeypatch.setattr(nats_internals, "subscription_id", lambda subscription: next(ids))
+    feed = placements.follow("node-1.>", Wakeups())
+    try:
+        with pytest.raises(WatchIncomplete, match="made again during it"):
+            await take(feed, 2)
+    finally:
+        await feed.aclose()  # type: ignore[attr-defined]

@@ -434,10 +434,7 @@ valid_deployments = st.fixed_dictionaries(
                 "template": st.fixed_dictionaries(
                     {"image": st.sampled_from(["nginx", "nginx:1.27", "a.b:5000/c/d_e:v1.0"])},
                     optional={
-                        # command[0] names the program: never empty
-                        "command": st.lists(no_nul_text, max_size=4).filter(
-                            lambda command: command[:1] != [""]
-                        ),
+                        "command": st.lists(no_nul_text, max_size=4),
                         "args": st.lists(no_nul_text, max_size=4),
                         "env": st.dictionaries(
                             st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True),

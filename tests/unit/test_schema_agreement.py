@@ -236,12 +236,10 @@ SIMPLE = [
 ]
 # Where a Deployment the schema accepts may still be refused by the rules in code.
 # (volumes and their mounts: exactly one source, names defined once and mounted by name,
-# absolute, normalised, unique mount paths; docs/volumes.md, "Bad input"; a rolling
-# update's bounds not both zero, maxUnavailable at most 100%, rollingUpdate only with type
-# RollingUpdate; a command's first element, the program, not empty)
+# absolute unique mount paths; docs/volumes.md, "Bad input"; a rolling update's bounds
+# not both zero, maxUnavailable at most 100%, rollingUpdate only with type RollingUpdate)
 CODE_ONLY_RULES = re.compile(
-    r"^spec\.(template\.(resources|volumes|volumeMounts|livenessProbe|readinessProbe|startupProbe"
-    r"|command\[0\])"
+    r"^spec\.(template\.(resources|volumes|volumeMounts|livenessProbe|readinessProbe|startupProbe)"
     r"|strategy\.rollingUpdate|autoRollback"
     # replicas at most 1 with replacement Never (a container: docs/containers.md)
     r"|replicas)(\.|\[|$)"

@@ -67,12 +67,19 @@ def kept_where(
 ) -> str:
     """Where a volume's data is, in words ("node n1 at /path", one per node); "" when it
     was never made on a node."""
+    spec_path = ""
+    if volume is not None and volume.spec.host_path is not None:
+        spec_path = volume.spec.host_path.path
+    elif volume is not None and volume.spec.local is not None:
+        spec_path = volume.spec.local.path
     places = []
     for attachment in sorted(attachments, key=lambda a: a.node):
-        if not attachment.docker_volume and not attachment.host_path:
-            continue  # never made there (refused, or failed before): no data on that node
         source = "" if volume is None else volume.spec.source
-        if source == "dockerVolume" or not attachment.host_path:
+        if not attachment.docker_volume and not attachment.host_path:
+            # not ready (refused, or failed): it names no Docker volume, but data may be
+            # on the node all the same (a volume made before, or the operator's path)
+            places.append(f"node {attachment.node}" + (f" at {spec_path}" if spec_path else ""))
+        elif source == "dockerVolume" or not attachment.host_path:
             places.append(f"node {attachment.node} in Docker volume {attachment.docker_volume}")
         elif source == "provisioned" and attachment.size_enforced:
             places.append(f"node {attachment.node} at {attachment.host_path}.img")
@@ -80,15 +87,9 @@ def kept_where(
             places.append(f"node {attachment.node} at {attachment.host_path}")
     if places:
         return ", ".join(places)
-    spec = None if volume is None else volume.spec
-    node = status.node or (spec.node if spec is not None else "")
-    path = ""
-    if spec is not None and spec.host_path is not None:
-        path = spec.host_path.path
-    elif spec is not None and spec.local is not None:
-        path = spec.local.path
+    node = status.node or (volume.spec.node if volume is not None else "")
     if node:
-        return f"node {node}" + (f" at {path}" if path else "")
+        return f"node {node}" + (f" at {spec_path}" if spec_path else "")
     return ""
 
 

@@ -9,7 +9,6 @@ payload that fails it is rejected whole, with an error that names the field.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -88,16 +87,12 @@ ENV_NAME_PATTERN: Final = described_pattern(
 NO_NUL_PATTERN: Final = described_pattern(
     r"^[^\x00]*$", "contains a NUL character, which no process can receive"
 )
-# The grammar of github.com/distribution/reference, without the IPv6 host form. As
-# Docker reads a name (its splitDockerDomain), a first part is a registry only when it
-# has a '.' or a ':' or is localhost; any other is the name's own first part, lowercase
-# ("UPPER/app" is refused: the engine would say "repository name must be lowercase").
+# The grammar of github.com/distribution/reference, without the IPv6 host form.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 IMAGE_REFERENCE_PATTERN: Final = described_pattern(
     _whole(
-        rf"(?:(?:(?=[^/]*[.:]){_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
-        r"|localhost(?::[0-9]+)?)/)?"
+        rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?"
         rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
         r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
         r"(?:@sha256:[a-f0-9]{64})?"
@@ -384,15 +379,8 @@ class VolumeMount(_Public, frozen=True):
     def __post_init__(self) -> None:
         if not self.mount_path.startswith("/"):
             raise ValueError(f"`mountPath` {self.mount_path!r} is not an absolute path")
-        trimmed = self.mount_path.rstrip("/")
-        if trimmed == "":
+        if self.mount_path.rstrip("/") == "":
             raise ValueError("`mountPath` '/' would hide the container's whole filesystem")
-        if posixpath.normpath(trimmed) != trimmed or "//" in trimmed:
-            # '/data/..' is '/' to the engine, '/data/../etc' is '/etc'; duplicates are
-            # told apart by the path as written
-            raise ValueError(
-                f"`mountPath` {self.mount_path!r} is not a normalised path (no '..', '.' or '//')"
-            )
         if self.sub_path:
             parts = self.sub_path.split("/")
             if self.sub_path.startswith("/") or ".." in parts:
@@ -557,8 +545,6 @@ class ContainerTemplate(_Public, frozen=True):
     restart_policy: RestartPolicy = "Always"
 
     def __post_init__(self) -> None:
-        if self.command and self.command[0] == "":
-            raise ValueError("`command[0]` names the program to run: it cannot be empty")
         check_unique("networks", self.networks)
         check_unique("volumes[].name", [v.name for v in self.volumes])
         paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]

@@ -168,7 +168,12 @@ class Wakeups:
         self._event.set()
 
     async def wait(self, read: int) -> None:
-        """Until a wake-up names a revision after `read`, or none."""
+        """Until a wake-up names a revision after `read`, or none. A revision named and
+        still not read (the replica that answered was a moment behind the leader, which
+        told of the write) is read again after FOLLOW_RETRY_SECONDS."""
+        if self._wanted > read:
+            await anyio.sleep(FOLLOW_RETRY_SECONDS)
+            return
         while True:
             await self._event.wait()
             self._event = anyio.Event()
@@ -302,6 +307,9 @@ class NatsBucket:
         current_done = False
         consumer: tuple[str, str] | None = None  # (stream, name), once its info was read
         reading: int | None = None  # the subscription delivering, after the replay
+        # the subscription the replay began on: re-made before it ends (a gap), what was
+        # read spans two consumers and its count says nothing of `covered`
+        replaying = None if subscription is None else nats_internals.subscription_id(subscription)
         try:
             if subscription is not None:
                 nats_internals.stop_flow_control_polling(subscription)
@@ -326,7 +334,11 @@ class NatsBucket:
                     delivered, consumer, position = await self._delivered(subscription)
                 if not current_done and delivered is not None and read >= delivered:
                     current_done = True
-                    if covered is not None:
+                    if (
+                        covered is not None
+                        and subscription is not None
+                        and nats_internals.subscription_id(subscription) == replaying
+                    ):
                         covered.append(position)
                     if subscription is not None:
                         reading = nats_internals.subscription_id(subscription)
@@ -372,7 +384,10 @@ class NatsBucket:
                     read = max(read, entry.revision)
                     yield entry
             if not covered:
-                raise WatchIncomplete(f"watch of {self.name}: it ended before its snapshot")
+                raise WatchIncomplete(
+                    f"watch of {self.name}: it ended before its snapshot, or its consumer was "
+                    "made again during it (what it read may have a gap)"
+                )
             after = max(read, covered[0])
             yield None
             wakeups.wake()  # what was written since the snapshot's end
@@ -503,6 +518,7 @@ class FollowFailed(Exception):
 STREAM_PREFIX: Final = "KV_"
 FOLLOW_BATCH: Final = 256
 FOLLOW_READ_TIMEOUT: Final = 5.0
+FOLLOW_RETRY_SECONDS: Final = 0.1
 
 # Reading a watch consumer's info: attempts, and the bound on each.
 CONSUMER_INFO_ATTEMPTS: Final = 3
