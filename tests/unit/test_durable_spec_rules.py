@@ -243,3 +243,47 @@ async def test_the_progress_record_is_made_with_the_consumer_and_an_unreadable_o
     kept = await start_progress(leases, "Deployment", 18)  # never lowers, keeps deletes
     assert kept == SpecProgress(applied=18, deleted={"web": 20})
     assert await start_progress(leases, "Deployment", 3) == kept
+
+
+MOUNTED = {"volumes": [{"name": "d", "emptyDir": {}}]}
+
+
+@pytest.mark.parametrize(
+    ("image", "extra", "field", "words"),
+    [
+        ("UPPER/app:1", {}, "spec.template.image", "repository name must be lowercase"),
+        ("busybox", {"command": [""]}, "spec.template.command[0]", "cannot be empty"),
+        (
+            "busybox",
+            {**MOUNTED, "volumeMounts": [{"name": "d", "mountPath": "/data/.."}]},
+            "spec.template.volumeMounts[0].mountPath",
+            "not a normalised path",
+        ),
+        (
+            "busybox",
+            {**MOUNTED, "volumeMounts": [{"name": "d", "mountPath": "/srv//x"}]},
+            "spec.template.volumeMounts[0].mountPath",
+            "not a normalised path",
+        ),
+    ],
+)
+async def test_a_template_the_engine_would_refuse_is_refused_at_apply_yet_one_stored_still_reads(
+    image: str, extra: dict[str, object], field: str, words: str
+) -> None:
+    """Checked where a Deployment is applied, not in the decode type: a record stored
+    before these rules (a Deployment, its Placements, its history) still decodes, so the
+    controllers can stop what it runs."""
+    handler, deployments, _, _ = api()
+    raw = deployment_json("web", 1, image, **extra)
+    reply = await handler.apply(raw)
+    assert not reply.ok and reply.reason == REASON_INVALID and reply.field == field, reply
+    assert words in reply.error
+    assert await deployments.get("default.web") is None  # nothing changed
+    assert decode(raw, Deployment).spec.template.image == image  # a stored one reads
+
+
+async def test_a_registry_with_capitals_localhost_and_a_trailing_slash_are_applied() -> None:
+    handler, *_ = api()
+    for image in ("Registry.Example.com:5000/team/app:1", "localhost/app:1", "app:1"):
+        mount = {**MOUNTED, "volumeMounts": [{"name": "d", "mountPath": "/data/"}]}
+        assert (await handler.apply(deployment_json("web", 1, image, **mount))).ok

@@ -19,7 +19,12 @@ import msgspec
 
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_INVALID, Reply
-from corral.contract.specs import CONTAINER_LABEL, Deployment, ScaleRequest
+from corral.contract.specs import (
+    CONTAINER_LABEL,
+    Deployment,
+    ScaleRequest,
+    new_template_problem,
+)
 from corral.natsio.bus import DurableSpecHandler
 from corral.natsio.kv import Bucket, Conflict
 from corral.natsio.spec_api import SpecAPI, SpecPosition, no_stream
@@ -63,7 +68,13 @@ class DeploymentAPI(SpecAPI[Deployment]):
 
     def settle(self, wanted: Deployment, current: Deployment | None) -> Deployment | Reply:
         refused = self.one_replica_only(wanted)
-        return wanted if refused is None else refused
+        if refused is not None:
+            return refused
+        problem = new_template_problem(wanted.spec.template)
+        if problem is not None:
+            field, why = problem
+            return self.invalid(wanted.metadata.name, why, f"spec.template.{field}")
+        return wanted
 
     def handlers(self) -> dict[str, DurableSpecHandler]:
         return {"apply": self.apply, "scale": self.scale, "delete": self.delete}

@@ -9,6 +9,7 @@ payload that fails it is rejected whole, with an error that names the field.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -739,6 +740,31 @@ class DeploymentSpec(_Public, frozen=True, kw_only=True):
 # `corral get containers` lists exactly these; the scheduler refuses to scale them;
 # `corral get deployments` lists them too (they are Deployments). docs/containers.md.
 CONTAINER_LABEL: Final = "corral.io/container"
+
+
+def new_template_problem(template: ContainerTemplate) -> tuple[str, str] | None:
+    """(field under `spec.template`, why) for what a template may no longer be given,
+    though a record already stored with it still decodes (the rules came after it: a
+    stored Placement or history revision refused on reading would be one a controller
+    can neither stop nor keep). Checked where a Deployment is applied, never on decode."""
+    if template.command and template.command[0] == "":
+        return "command[0]", "`command[0]` names the program to run: it cannot be empty"
+    first, slash, _ = template.image.partition("/")
+    if slash and first != first.lower() and not ("." in first or ":" in first):
+        # Docker reads a first part as a registry only when it has a '.' or a ':' (or is
+        # localhost): any other is the name's own, which must be lowercase
+        return "image", (
+            f"`image` {template.image!r}: {first!r} is no registry (no '.' or ':') and a "
+            "repository name must be lowercase"
+        )
+    for index, mount in enumerate(template.volume_mounts):
+        trimmed = mount.mount_path.rstrip("/")
+        if posixpath.normpath(trimmed) != trimmed or "//" in trimmed:
+            # '/data/..' is '/' to the engine, '/data/../etc' is '/etc'
+            return f"volumeMounts[{index}].mountPath", (
+                f"`mountPath` {mount.mount_path!r} is not a normalised path (no '..', '.' or '//')"
+            )
+    return None
 
 
 class Deployment(_Public, frozen=True, kw_only=True, tag_field="kind", tag="Deployment"):
