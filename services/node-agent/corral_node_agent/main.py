@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the node's placements are followed once read: consumer (a JetStream "
         "consumer kept for the watch's life, about 50 KiB of nats-server's memory per node) "
         "or reads (experimental: the bucket read in order when a write of them is told, "
-        "nothing kept on the NATS server; needs nats-server 2.11; measured better at 2,000 "
-        "nodes, overloading the server at 5,000; docs/safety.md says what it misses)",
+        "nothing kept on the NATS server; needs nats-server 2.11; docs/safety.md says what "
+        "it misses)",
     )
     parser.add_argument(
         "--remove-all",
