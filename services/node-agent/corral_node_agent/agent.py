@@ -804,11 +804,12 @@ class NodeAgent:
         wakeups = Wakeups()
         with anyio.CancelScope() as scope:
             try:
-                # Only this node's placements, never the whole bucket: a snapshot from a
-                # subject-filtered watch, then (Bucket.follow, no consumer kept) every
-                # change read in the bucket's order from after the last one read, when
-                # the bucket tells of a write of the node's keys or an ack of a revision
-                # not read yet (_told).
+                # Only this node's placements, never the whole bucket: a subject-filtered
+                # watch (one consumer whose filter is the node's key prefix). With
+                # --placements-watch reads, that consumer only for the snapshot, then
+                # (Bucket.follow) every change read in the bucket's order from after the
+                # last one read, when the bucket tells of a write of the node's keys or an
+                # ack names a revision not read yet (_told).
                 prefix = names.placement_prefix(self.node)
                 if self.settings.placements_watch == "consumer":
                     feed = self._placements_bucket.watch(prefix)
