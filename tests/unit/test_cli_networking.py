@@ -236,3 +236,33 @@ def test_the_same_port_given_twice_is_named_as_given_not_by_a_made_up_port_name(
     )
     with pytest.raises(InvalidPayload, match=r"`ports` names '80/TCP' twice"):
         decode_payload(encode(document), Service)
+
+
+def test_describe_says_why_a_service_has_no_endpoints_when_the_deployments_tell() -> None:
+    """A Service on a network its selected replicas are not on showed `<none>` and no
+    more; it now names the Deployments and the networks they join."""
+    service = msgspec.convert(
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}], "network": "backend"},
+        },
+        Service,
+    )
+    web = Deployment(
+        metadata=ObjectMeta(name="web"),
+        spec=DeploymentSpec(template=ContainerTemplate(image="app:1")),
+    )
+    view = NetView(services={"web": service}, deployments={"web": web})
+    text = describe_service(view, "web", [], 0.0)
+    assert (
+        "Why none:     the replicas the selector matches are not on network backend "
+        "(deployment/web joins default)"
+    ) in text, text
+    view.deployments = {"api": msgspec.structs.replace(web, metadata=ObjectMeta(name="api"))}
+    text = describe_service(view, "web", [], 0.0)
+    assert "Why none:     no Deployment in namespace default has replicas the selector" in text
+    on_backend = ContainerTemplate(image="app:1", networks=["backend"])
+    view.deployments = {
+        "web": msgspec.structs.replace(web, spec=DeploymentSpec(template=on_backend))
+    }
+    assert "Why none" not in describe_service(view, "web", [], 0.0)  # not ready yet: no guess

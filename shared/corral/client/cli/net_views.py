@@ -18,6 +18,7 @@ from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
 from corral.contract.network_specs import HEADLESS, Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
+from corral.contract.specs import DEFAULT_NETWORK, Deployment, replica_labels, replica_networks
 
 PENDING = "<pending>"
 # `get endpoints` shows this many addresses, then "+ N more..." (as kubectl does).
@@ -33,6 +34,8 @@ class NetView:
     slices: list[NetworkSlice] = field(default_factory=list)
     services: dict[str, Service] = field(default_factory=dict)
     endpoints: dict[str, Endpoints] = field(default_factory=dict)
+    # the Service's namespace's Deployments, read for `describe service` (why no endpoints)
+    deployments: dict[str, Deployment] = field(default_factory=dict)
 
 
 async def read_net(client: CorralClient, what: tuple[str, ...]) -> NetView:
@@ -264,6 +267,9 @@ def describe_service(view: NetView, name: str, events: list[Event], now: float) 
         lines.append(f"Endpoints:    {','.join(pairs) or NONE}")
     if not spec.ports:
         lines.append(f"Endpoints:    {','.join(a.ip for a in ready) or NONE}")
+    why = "" if ready else why_no_endpoints(view, service)
+    if why:
+        lines.append(f"Why none:     {why}")
     not_ready = [a for a in endpoints.addresses if not a.ready] if endpoints else []
     if not_ready:
         lines.append(f"NotReady:     {','.join(a.ip for a in not_ready)}")
@@ -274,6 +280,36 @@ def describe_service(view: NetView, name: str, events: list[Event], now: float) 
         lines += ["Addresses:", *("  " + line for line in table.splitlines())]
     lines += events_table(events, now)
     return "\n".join(lines)
+
+
+def why_no_endpoints(view: NetView, service: Service) -> str:
+    """What the Deployments of the Service's namespace say of its having no endpoints,
+    as netmgr chooses them (labels the selector matches, on the Service's network): none
+    selected, or those selected not on its network; "" when neither explains it (replicas
+    not ready or not placed yet), or the Deployments were not read."""
+    selector = service.spec.selector
+    if not selector or not view.deployments:
+        return ""
+    network = service.spec.network or DEFAULT_NETWORK
+    selected = {
+        name: replica_networks(deployment.spec.template)
+        for name, deployment in sorted(view.deployments.items())
+        if all(
+            replica_labels(name, deployment.spec.template).get(key) == value
+            for key, value in selector.items()
+        )
+    }
+    if not selected:
+        return (
+            f"no Deployment in namespace {service.metadata.namespace} has replicas the "
+            f"selector {selector_text(selector)} matches"
+        )
+    if all(network not in networks for networks in selected.values()):
+        joined = "; ".join(
+            f"deployment/{name} joins {', '.join(networks)}" for name, networks in selected.items()
+        )
+        return f"the replicas the selector matches are not on network {network} ({joined})"
+    return ""
 
 
 def service_description(view: NetView, name: str, events: list[Event]) -> dict[str, Any]:

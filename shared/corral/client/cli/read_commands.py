@@ -298,6 +298,8 @@ def describe(
                     return describe_network(view, target, events, now)
                 return dump(with_events(network_object(view, target), events), output)
             if output == "text":
+                namespace = view.services[target].metadata.namespace
+                view.deployments = await client.deployments(namespace)
                 return describe_service(view, target, events, now)
             return dump(service_description(view, target, events), output)
 
