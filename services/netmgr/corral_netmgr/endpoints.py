@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from corral.contract.network_specs import Service, ServicePort
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
-from corral.contract.specs import replica_labels
+from corral.contract.specs import labels_match, replica_labels
 from corral.contract.state import Node
 from corral.contract.views import EndpointsPlacement, EndpointsStatus, EndpointsTemplate
 from corral_netmgr.network_api import service_network
@@ -27,7 +27,7 @@ from corral_netmgr.network_api import service_network
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Every label of a (non-empty) selector is among `labels`, with the same value."""
-    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+    return bool(selector) and labels_match(selector, labels)
 
 
 def placement_labels(placement: EndpointsPlacement) -> dict[str, str]:

@@ -38,6 +38,7 @@ from corral.contract.specs import (
     Deployment,
     DeploymentSpec,
     claim_names,
+    labels_match,
 )
 from corral.contract.state import (
     AutoRollbackRecord,
@@ -1021,8 +1022,7 @@ def _selector_text(selector: Mapping[str, str]) -> str:
 def _selector_misfit(node: Node, selector: Mapping[str, str]) -> str:
     """Why a template's nodeSelector excludes `node` ("" when its labels include every
     pair: Kubernetes' Pod nodeSelector, Swarm's `--constraint node.labels.K==V`)."""
-    labels = node.labels
-    if all(labels.get(key) == value for key, value in selector.items()):
+    if labels_match(selector, node.labels):
         return ""
     return f"node(s) without labels {_selector_text(selector)}"
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from corral.contract.quantity import format_memory
+from corral.contract.specs import labels_match
 from corral.contract.volume_specs import (
     NO_PROVISIONER,
     PROVISIONERS,
@@ -94,10 +95,6 @@ def default_class(classes: Iterable[StorageClass]) -> StorageClass | None:
     return max(marked, key=lambda c: (c.metadata.creation_timestamp, c.metadata.name))
 
 
-def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
-
-
 def misfit(claim: PersistentVolumeClaim, key: str, candidate: Candidate) -> str:
     """Why `candidate` cannot take the claim (keyed `key`), as a category word, or ""
     when it can (its class is checked by the caller): "bound", "reserved",
@@ -122,7 +119,7 @@ def misfit(claim: PersistentVolumeClaim, key: str, candidate: Candidate) -> str:
     if not set(claim.spec.access_modes) <= set(spec.access_modes):
         return "modes"
     selector = claim.spec.selector
-    if selector is not None and not _labels_match(
+    if selector is not None and not labels_match(
         selector.match_labels, candidate.volume.metadata.labels
     ):
         return "selector"

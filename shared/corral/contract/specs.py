@@ -604,6 +604,12 @@ def replica_labels(deployment: str, template: WithLabels) -> dict[str, str]:
     return dict(template.labels) if template.labels else {"app": deployment}
 
 
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Every pair of `selector` is among `labels` (an empty selector matches anything:
+    Kubernetes' matchLabels; a Service's empty selector selects nothing, netmgr's rule)."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
 def replica_networks(template: WithNetworks) -> list[str]:
     """The corral networks a replica joins, in order (the first carries its default route)."""
     return list(template.networks) if template.networks else [DEFAULT_NETWORK]

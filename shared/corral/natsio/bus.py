@@ -48,6 +48,7 @@ from corral.natsio.cluster import (
 )
 from corral.natsio.config import nats_servers
 from corral.natsio.kv import Bucket, NatsBucket
+from corral.natsio.kv import bucket_stream as bucket_stream  # its home; said here too
 from corral.natsio.spec_progress import advance, progress_key, recorded_progress, start_progress
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,6 @@ class StoreSettings:
             ),
             placement_shards=placement_shards_setting(),
         )
-
-
-def bucket_stream(bucket: str) -> str:
-    """The JetStream stream behind a KV bucket."""
-    return f"KV_{bucket}"
 
 
 async def ensure_streams(js: JetStreamContext, settings: StoreSettings | None = None) -> None:

@@ -147,6 +147,11 @@ class Entry:
     revision: int
 
 
+def bucket_stream(bucket: str) -> str:
+    """The JetStream stream behind a KV bucket."""
+    return f"KV_{bucket}"
+
+
 class Wakeups:
     """Tells a follow (Bucket.follow) to read its keys again: a write of one of them was
     republished, or its owner learnt of one another way (a revision a heartbeat ack
@@ -361,7 +366,7 @@ class NatsBucket:
         js = nats_internals.key_value_jetstream(self._kv)
         nc = nats_internals.jetstream_client(js)
         request_subject = (
-            f"{nats_internals.jetstream_api_prefix(js)}.DIRECT.GET.{STREAM_PREFIX}{self.name}"
+            f"{nats_internals.jetstream_api_prefix(js)}.DIRECT.GET.{bucket_stream(self.name)}"
         )
         key_subjects = nats_internals.key_value_subject(self._kv, prefix)
         key_start = len(nats_internals.key_value_subject(self._kv, ""))
@@ -513,9 +518,8 @@ class FollowFailed(Exception):
     """A follow's read of its keys got an answer it cannot use: the follow ends."""
 
 
-# The stream behind a bucket, and a follow's reads of it: entries a read asks for at
-# most (more pending: read again at once), and how long it waits for each reply.
-STREAM_PREFIX: Final = "KV_"
+# A follow's reads of its bucket: entries a read asks for at most (more pending: read
+# again at once), and how long it waits for each reply.
 FOLLOW_BATCH: Final = 256
 FOLLOW_READ_TIMEOUT: Final = 5.0
 FOLLOW_RETRY_SECONDS: Final = 0.1

@@ -18,7 +18,13 @@ from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
 from corral.contract.network_specs import HEADLESS, Network, Service
 from corral.contract.network_state import Endpoints, NetworkSlice, NetworkStatus
-from corral.contract.specs import DEFAULT_NETWORK, Deployment, replica_labels, replica_networks
+from corral.contract.specs import (
+    DEFAULT_NETWORK,
+    Deployment,
+    labels_match,
+    replica_labels,
+    replica_networks,
+)
 
 PENDING = "<pending>"
 # `get endpoints` shows this many addresses, then "+ N more..." (as kubectl does).
@@ -294,10 +300,7 @@ def why_no_endpoints(view: NetView, service: Service) -> str:
     selected = {
         name: replica_networks(deployment.spec.template)
         for name, deployment in sorted(view.deployments.items())
-        if all(
-            replica_labels(name, deployment.spec.template).get(key) == value
-            for key, value in selector.items()
-        )
+        if labels_match(selector, replica_labels(name, deployment.spec.template))
     }
     if not selected:
         return (

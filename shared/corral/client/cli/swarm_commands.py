@@ -58,6 +58,7 @@ from corral.contract.specs import (
     DeleteRequest,
     Deployment,
     ScaleRequest,
+    labels_match,
     replica_labels,
     replica_networks,
 )
@@ -488,7 +489,7 @@ def selects(service: Service, deployment: Deployment) -> bool:
     network = service.spec.network or DEFAULT_NETWORK
     return (
         bool(selector)
-        and all(labels.get(k) == v for k, v in selector.items())
+        and labels_match(selector, labels)
         and network == replica_networks(deployment.spec.template)[0]
     )
 
