@@ -64,6 +64,7 @@ from typing import ClassVar
 import anyio
 from bench_deploy import free_port_block  # the same free-port search as the deploy bench
 from go_memory import FREEING_COLLECTIONS, describe, read_go_memory
+from js_api_requests import ApiRequestCounter, per_second
 from local_nats import LocalNats, exit_on_sigterm, sigterm_held
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -278,6 +279,7 @@ class Cluster:
                 ),
                 "--placements-watch",
                 args.placements_watch,
+                *(["--pool", str(args.simulator_pool)] if args.simulator_pool else []),
                 # its nodes' state in this run's folder, removed with it: the victim is
                 # killed, so a temporary folder of its own would be left behind
                 "--state-dir",
@@ -592,6 +594,10 @@ STORE_PROBE_ANCHOR = (
     "write more per probe): one of apply's steps (a request, a read of the stored spec, "
     "a conditional write, the reply)"
 )
+API_KINDS_ANCHOR = (
+    "every request on $JS.API.> as this client's subscription saw it (direct gets and "
+    "requests the server dropped included; bench/js_api_requests.py), per second, most first"
+)
 # The bench's own bucket, made as corral makes its buckets (file storage, history 5):
 # the store's write round trip beside apply's, under the same load.
 STORE_PROBE_BUCKET = "corral_bench_probe"
@@ -689,6 +695,11 @@ class Results:
 
 async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) -> None:
     await cluster.start_control_plane()
+    # Its own connection: the copies of every API request do not queue before the probes'.
+    api_nc = await connect(cluster.url, name="bench-scale-api-requests")
+    api_requests = ApiRequestCounter()
+    await api_requests.start(api_nc)
+    api_requests.take()  # the control plane's own start is not the nodes'
     nodes: int = args.nodes
     shards = len(cluster.simulators)
     for index, name in enumerate(cluster.simulators):
@@ -726,9 +737,18 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
         if await until(simulators_serve, args.timeout, every=0.5) is None:
             raise RuntimeError("the simulator's processes did not serve their /metrics")
+        started_nodes = api_requests.take()
+        results.add(
+            "JetStream API requests per node started, by kind",
+            per_second(started_nodes, nodes + 2, unit=" per node"),
+            "from the hollow processes' start to all their nodes started, divided by the "
+            "nodes: what a node's start asks of the API (a cluster restarting at once asks "
+            "it of every node together)",
+        )
         await anyio.sleep(args.settle)  # every node heard from: schedulable
         cluster.mark_cpu("placing")
         marked_placing = time.monotonic()
+        api_requests.take()
         writes_before = await anyio.to_thread.run_sync(cluster.stream_writes)
         varz_placing = await anyio.to_thread.run_sync(cluster.varz)
 
@@ -826,6 +846,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
 
             placed = await until(placed_all, args.timeout, every=0.1)
             placed_in = None if placed is None else time.monotonic() - began
+            api_placing = per_second(api_requests.take(), time.monotonic() - marked_placing)
             reconciled = histogram_mean(
                 await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )
@@ -957,12 +978,14 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             varz_before = await anyio.to_thread.run_sync(cluster.varz)
             varz_at = time.monotonic()
             api_before = (await anyio.to_thread.run_sync(cluster.jetstream))["api_requests"]
+            api_requests.take()
             isolated_steady = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             await anyio.sleep(args.steady)
             isolated_steady_end = await anyio.to_thread.run_sync(cluster.simulator_isolations)
             varz_after = await anyio.to_thread.run_sync(cluster.varz)
             varz_end = time.monotonic()
             api_after = (await anyio.to_thread.run_sync(cluster.jetstream))["api_requests"]
+            api_steady = per_second(api_requests.take(), time.monotonic() - varz_at)
             reconcile_after = histogram_mean(
                 await scheduler_metrics(cluster), "corral_controller_reconcile_seconds"
             )
@@ -1018,7 +1041,14 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
         results.add(
             "JetStream API requests per second (steady)",
             f"{value:,.0f}/s ({value / per_node:.2f} per node)",
+            "nats-server's own count (/jsz api.total): direct gets are not in it",
         )
+        results.add(
+            "JetStream API requests by kind, first apply to all placed",
+            api_placing,
+            API_KINDS_ANCHOR,
+        )
+        results.add("JetStream API requests by kind (steady)", api_steady, API_KINDS_ANCHOR)
         results.add(
             "agents isolated (entries to Isolated), steady",
             f"{isolated_steady_end - isolated_steady:,.0f}",
@@ -1094,6 +1124,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
             await nats_server_memory(cluster.procs["nats-server"], cluster.profile_port, results)
     finally:
         await nc.close()
+        await api_nc.close()
 
 
 def per_replica_writes(before: dict[str, int], after: dict[str, int], replicas: int) -> str:
@@ -1295,6 +1326,12 @@ def main() -> None:
         type=int,
         help="reconcile passes at once in each simulator process, its nodes in turn "
         "(the hollow cluster's --passes-parallel; default: its own default)",
+    )
+    parser.add_argument(
+        "--simulator-pool",
+        type=int,
+        help="hollow nodes per NATS connection (the hollow cluster's --pool; 1: a "
+        "connection per node, as real agents have; default: its own default)",
     )
     parser.add_argument(
         "--placements-watch",

@@ -36,7 +36,9 @@ class LocalNats:
     def _monitor(self, page: str) -> dict[str, Any]:
         """One page of the server's HTTP monitoring, decoded."""
         address = f"http://127.0.0.1:{self.monitor_port}/{page}"
-        with urllib.request.urlopen(address, timeout=5) as answer:
+        # As long as a busy server may take: a run that does not converge still saves
+        # its table.
+        with urllib.request.urlopen(address, timeout=30) as answer:
             document: dict[str, Any] = json.loads(answer.read())
         return document
 

@@ -192,3 +192,51 @@ async def test_the_identity_is_read_by_direct_get_and_not_found_is_asked_of_the_
         assert asked == ["direct", "direct", "api", "direct", "api"]
     finally:
         await nc.close()
+
+
+async def test_a_service_starting_on_a_store_that_has_everything_asks_once_per_bucket(
+    nats_url: str,
+) -> None:
+    """A service's start (every node agent's too) reads each bucket's stream once and
+    changes no stream that is as it should be: a cluster whose agents all start at once
+    asks nats-server's JetStream API (which queues at most 10,000 requests) little. It
+    read each twice in each of two passes, and updated the events stream every time."""
+    async with service(nats_url):
+        pass  # the store made, as the first service makes it
+    nc = await connect(nats_url, name="test-requests")
+    asked: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        asked.append(msg.subject)
+
+    await nc.subscribe("$JS.API.>", cb=note)
+    await nc.flush()
+    try:
+        async with service(nats_url) as ctx:
+            await nc.flush()
+            assert set(ctx.buckets) == set(names.ALL_BUCKETS)
+            infos = [s.removeprefix("$JS.API.STREAM.INFO.") for s in asked if ".STREAM.INFO." in s]
+            every_stream = [bucket_stream(b) for b in names.ALL_BUCKETS]
+            assert sorted(infos) == sorted([*every_stream, names.SPEC_STREAM, names.EVENTS_STREAM])
+            assert not [s for s in asked if ".STREAM.UPDATE." in s or ".STREAM.CREATE." in s]
+            # the buckets read with direct gets still are (their streams' allow_direct)
+            cluster = ctx.buckets[names.CLUSTER_BUCKET]
+            assert isinstance(cluster, NatsBucket) and cluster._leader is not None
+    finally:
+        await nc.close()
+
+
+async def test_a_bucket_raised_at_start_is_read_as_raised(nats_url: str) -> None:
+    """An older store's cluster bucket without direct gets is raised at start, and the
+    bucket the service uses reads with them (from the stream's configuration after the
+    raise, not the one read before it)."""
+    async with service(nats_url):
+        pass
+    async with jetstream(nats_url) as js:
+        stream = bucket_stream(names.CLUSTER_BUCKET)
+        config = (await js.stream_info(stream)).config
+        config.allow_direct = False
+        await js.update_stream(config)
+        buckets = await open_buckets(js)
+        assert (await js.stream_info(stream)).config.allow_direct
+        assert buckets[names.CLUSTER_BUCKET]._leader is not None  # direct, the leader after

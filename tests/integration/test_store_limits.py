@@ -188,11 +188,11 @@ async def test_services_starting_together_on_a_new_store_share_the_buckets_one_m
             def __getattr__(self, name: str) -> object:
                 return getattr(js, name)
 
-            async def key_value(self, bucket: str) -> object:
-                if bucket not in self.seen:
-                    self.seen.add(bucket)
-                    raise js_errors.BucketNotFoundError
-                return await js.key_value(bucket)
+            async def stream_info(self, stream: str) -> object:
+                if stream not in self.seen:
+                    self.seen.add(stream)
+                    raise js_errors.NotFoundError
+                return await js.stream_info(stream)
 
             seen: set[str] = set()
 

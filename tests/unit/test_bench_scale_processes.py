@@ -32,6 +32,7 @@ def _args(nice: int, passes: int | None = None) -> argparse.Namespace:
         pods=110,
         ready_after=0.5,
         placements_watch="consumer",
+        simulator_pool=None,
     )
 
 

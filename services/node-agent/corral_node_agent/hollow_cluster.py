@@ -63,7 +63,6 @@ from corral.natsio.bus import (
     open_buckets,
     open_cluster,
 )
-from corral.natsio.cluster import cluster_buckets
 from corral.natsio.config import resolve_nats_url
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
@@ -262,16 +261,15 @@ class HollowCluster:
                     setup = nc.jetstream(timeout=SETUP_TIMEOUT_SECONDS)
                     store = StoreSettings.from_env()
                     made: list[str] = []
-                    await open_buckets(setup, store, made=made)
+                    opened = await open_buckets(setup, store, made=made)
                     await ensure_streams(setup, store)
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-                    buckets, cluster = await open_cluster(js, store, made=made)
+                    buckets, cluster = await open_cluster(js, store, made=made, opened=opened)
                     self.placement_shards = cluster.placement_shards
-                else:
+                else:  # the first pool's buckets, through this connection: no request
                     js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
                     buckets = {
-                        name: NatsBucket(await js.key_value(name), name)
-                        for name in cluster_buckets(self.placement_shards)
+                        name: bucket.through(js) for name, bucket in self.pools[0].buckets.items()
                     }
             except BaseException:
                 with anyio.CancelScope(shield=True):

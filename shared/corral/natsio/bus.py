@@ -4,6 +4,7 @@ a kind's spec subjects (request/reply, and durable through CORRAL_SPECS)."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
@@ -249,6 +250,9 @@ async def ensure_streams(js: JetStreamContext, settings: StoreSettings | None = 
             max_msgs_per_subject=100,
             max_bytes=settings.events_max_bytes,
             discard=js_api.DiscardPolicy.OLD,  # events are history: the oldest go first
+            # Said, not left unset: the server stores False, and an unset (None) one
+            # differed from it, so every service's start updated the stream.
+            allow_direct=False,
             storage=js_api.StorageType.FILE,
             num_replicas=settings.replicas,
         ),
@@ -333,19 +337,22 @@ async def open_buckets(
     `made`: the names of the buckets this call made are appended to it.
     """
     settings = settings or StoreSettings.from_env()
-    found: dict[str, KeyValue] = {}
+    found: dict[str, js_api.StreamConfig] = {}  # one stream info per bucket, no more
     missing: list[str] = []
 
     async def look_for(bucket: str) -> None:
         try:
-            found[bucket] = await js.key_value(bucket)
-        except js_errors.BucketNotFoundError:
+            found[bucket] = (await js.stream_info(bucket_stream(bucket))).config
+        except js_errors.NotFoundError:
             missing.append(bucket)
 
     await look_for(names.CLUSTER_BUCKET)
     identity = None
     if names.CLUSTER_BUCKET in found:
-        cluster_bucket = NatsBucket(found[names.CLUSTER_BUCKET], names.CLUSTER_BUCKET)
+        cluster_bucket = NatsBucket(
+            _key_value(js, names.CLUSTER_BUCKET, found[names.CLUSTER_BUCKET]),
+            names.CLUSTER_BUCKET,
+        )
         # From the leader: a replica behind could miss a bucket listed since, and a lost
         # bucket would then look new (made again, empty).
         identity = await read_cluster_identity(cluster_bucket, from_leader=True)
@@ -363,11 +370,11 @@ async def open_buckets(
             raise StateStoreLost(identity.id, lost)
     buckets: dict[str, NatsBucket] = {}
     for bucket in every_bucket:
-        kv = found.get(bucket)
-        if kv is None:
+        config = found.get(bucket)
+        if config is None:
             log.info("making bucket %s (not in the cluster's state yet)", bucket)
             try:
-                kv = await js.create_key_value(
+                await js.create_key_value(
                     bucket=bucket,
                     history=5,
                     storage=js_api.StorageType.FILE,
@@ -380,16 +387,15 @@ async def open_buckets(
                 if error.err_code != _STREAM_NAME_IN_USE:
                     raise
                 # Another service made it meanwhile (services start together on a new
-                # store), and raised its limits already: the same bucket, opened.
-                kv = await js.key_value(bucket)
+                # store), and raised its limits already: the same bucket, read below.
         try:
-            if await _raise_bucket(js, bucket, settings):
-                kv = await js.key_value(bucket)  # nats-py reads allow_direct when opening
+            config = await _raise_bucket(js, bucket, settings, config)
         except js_errors.NotFoundError:
             # Removed meanwhile: made by this process for a number of placement shards
             # that the cluster another process made meanwhile does not have (open_cluster).
             log.info("bucket %s was removed meanwhile: not the cluster's", bucket)
             continue
+        kv = _key_value(js, bucket, config)
         if names.is_placements_bucket(bucket):
             # Direct gets are for the agents' reads of their own placements in order
             # (NatsBucket.follow); a single key is read from the leader, as before.
@@ -407,16 +413,24 @@ async def open_cluster(
     settings: StoreSettings | None = None,
     *,
     made: list[str] | None = None,
+    opened: Mapping[str, NatsBucket] | None = None,
 ) -> tuple[dict[str, NatsBucket], Cluster]:
     """The cluster's buckets and its identity: made when the store has none (buckets
     first, then the identity that lists them; open_buckets). When another process made
     the cluster meanwhile with other placement shards, its buckets are opened, and those
     this process made for its own number (`made`: also by an open_buckets before this
     call) are removed while unused. A CORRAL_PLACEMENT_SHARDS other than the cluster's
-    is logged: a cluster keeps the number it was made with."""
+    is logged: a cluster keeps the number it was made with. `opened`: what an
+    open_buckets call returned just before (through a JetStream context for setting
+    up): used through `js`, not opened again (a service's start asks the server once
+    per bucket; bench/bench_agent_start.py)."""
     settings = settings or StoreSettings.from_env()
     made = [] if made is None else made
-    buckets = await open_buckets(js, settings, made=made)
+    buckets = (
+        {name: bucket.through(js) for name, bucket in opened.items()}
+        if opened is not None
+        else await open_buckets(js, settings, made=made)
+    )
     cluster = await ensure_cluster_identity(
         buckets[names.CLUSTER_BUCKET], settings.placement_shards
     )
@@ -511,10 +525,32 @@ BUCKET_MAX_CONSUMERS: Final = 100_000
 DIRECT_READ_BUCKETS: Final = frozenset({names.CLUSTER_BUCKET})
 
 
-async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettings) -> bool:
-    """Bring a bucket's stream to `settings`; True when its configuration changed."""
+def _key_value(js: JetStreamContext, bucket: str, config: js_api.StreamConfig) -> KeyValue:
+    """The bucket as `JetStreamContext.key_value` opens it, from its stream's
+    configuration read already: a service's start asks the server once per bucket
+    (bench/bench_agent_start.py)."""
+    if config.max_msgs_per_subject is None or config.max_msgs_per_subject < 1:
+        raise js_errors.BadBucketError
+    return KeyValue(
+        name=bucket,
+        stream=bucket_stream(bucket),
+        pre=f"$KV.{bucket}.",
+        js=js,
+        direct=bool(config.allow_direct),  # as nats-py sets it when opening
+    )
+
+
+async def _raise_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    settings: StoreSettings,
+    config: js_api.StreamConfig | None = None,
+) -> js_api.StreamConfig:
+    """Bring a bucket's stream to `settings`; returns its configuration now. `config`:
+    the stream's, read already (else it is read here)."""
     stream = bucket_stream(bucket)
-    config = (await js.stream_info(stream)).config
+    if config is None:
+        config = (await js.stream_info(stream)).config
     replicas = _floor(
         f"bucket {bucket}", "replicas", config.num_replicas, settings.replicas, "CORRAL_KV_REPLICAS"
     )
@@ -539,7 +575,8 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
     republish = told or (bucket if placements else None)
     current = (config.num_replicas, config.max_bytes, config.max_consumers, stored, told)
     if (replicas, max_bytes, consumers, direct, republish) == current:
-        return False
+        return config
+    config = copy.copy(config)  # the caller's is left as it was read
     log.info(
         "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d, "
         "allow_direct %s -> %s, writes told %s -> %s",
@@ -565,8 +602,7 @@ async def _raise_bucket(js: JetStreamContext, bucket: str, settings: StoreSettin
             dest=names.kv_written_subject(bucket, ">"),
             headers_only=True,
         )
-    await js.update_stream(config)
-    return True
+    return (await js.update_stream(config)).config
 
 
 def _told_writes(republish: js_api.RePublish | None) -> str | None:

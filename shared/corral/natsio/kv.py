@@ -41,6 +41,7 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 from nats import errors as nats_errors
+from nats.js import JetStreamContext
 from nats.js import errors as js_errors
 from nats.js.api import Header
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
@@ -239,6 +240,11 @@ class NatsBucket:
         # bucket without direct gets gives. leader_get never asks a replica.
         direct = nats_internals.key_value_direct(kv)
         self._leader = nats_internals.key_value_through_api(kv) if direct else None
+
+    def through(self, js: JetStreamContext) -> NatsBucket:
+        """The same bucket through another JetStream context (its timeouts), opened
+        once: no request to the server."""
+        return NatsBucket(nats_internals.key_value_on(self._kv, js), self.name)
 
     async def get(self, key: str) -> Entry | None:
         try:

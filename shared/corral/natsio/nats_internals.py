@@ -27,6 +27,9 @@ what these give, so corral reads them here and nowhere else:
   answers; set from the stream's `allow_direct` when the bucket is opened). A direct
   get that finds nothing is asked again of the stream's leader through the JetStream
   API (`NatsBucket.get`), on a copy of the bucket with `_direct` off.
+- `KeyValue._js` again: a bucket opened through one JetStream context (a service's
+  setup, with long timeouts) is used through another (`key_value_on`) on a copy, as
+  `nats.js.JetStreamContext.key_value` would open it, without its stream info request.
 - `Client._server_info`: the INFO the connected server sent (`server_name`,
   `cluster`), for the Raft leader step-down; the client exposes only its version.
 
@@ -100,6 +103,16 @@ def key_value_direct(kv: KeyValue) -> bool:
     if not isinstance(direct, bool):
         raise _changed("KeyValue._direct", direct)
     return direct
+
+
+def key_value_on(kv: KeyValue, js: JetStreamContext) -> KeyValue:
+    """The same bucket through another JetStream context (`KeyValue._js`): opened once
+    with a context for setting up, used with the service's own, without asking the
+    server about the stream again."""
+    key_value_jetstream(kv)
+    moved = copy.copy(kv)
+    moved._js = js
+    return moved
 
 
 def key_value_through_api(kv: KeyValue) -> KeyValue:

@@ -109,10 +109,10 @@ async def run_service(
         # Buckets first: a store that lost a bucket of its cluster is refused before
         # anything is made (corral.natsio.bus.open_buckets).
         made: list[str] = []
-        await open_buckets(setup_js, settings, made=made)
+        opened = await open_buckets(setup_js, settings, made=made)
         await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-        buckets, cluster = await open_cluster(js, settings, made=made)
+        buckets, cluster = await open_cluster(js, settings, made=made, opened=opened)
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,
