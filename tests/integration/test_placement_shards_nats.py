@@ -125,19 +125,23 @@ async def test_a_corral_placements_with_records_in_a_cluster_of_shards_is_refuse
         assert f"KV_{names.PLACEMENTS_BUCKET}" in await streams(js)
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["opened again", "setup's buckets"])
 async def test_buckets_made_for_other_shards_than_the_clusters_are_removed(
-    nats_url: str,
+    nats_url: str, reused: bool
 ) -> None:
     # A service starting on an empty store with 4 shards makes every bucket for 4; before
     # it makes the identity, another makes the cluster with one. The first one's shards
-    # go (never used), as run_service opens them: buckets, then the cluster.
+    # go (never used), as run_service opens them: buckets, then the cluster (from the
+    # buckets its setup opened: the cluster's one shard is opened then).
     async with jetstream(nats_url) as js:
         made: list[str] = []
         four = StoreSettings(placement_shards=4)
-        await open_buckets(js, four, made=made)
+        opened = await open_buckets(js, four, made=made)
         assert set(names.placements_buckets(4)) <= set(made)
         await open_cluster(js, StoreSettings(placement_shards=1))  # the other service
-        buckets, cluster = await open_cluster(js, four, made=made)
+        buckets, cluster = await open_cluster(
+            js, four, made=made, opened=opened if reused else None
+        )
         assert cluster.placement_shards == 1
         assert set(buckets) == set(cluster_buckets(1))
         present = await streams(js)

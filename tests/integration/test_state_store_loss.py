@@ -23,6 +23,7 @@ from nats.js import errors as js_errors
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.state import Cluster
+from corral.natsio import nats_internals
 from corral.natsio.bus import bucket_stream, connect, open_buckets
 from corral.natsio.cluster import StateStoreLost, read_cluster_identity
 from corral.natsio.kv import NatsBucket
@@ -222,6 +223,14 @@ async def test_a_service_starting_on_a_store_that_has_everything_asks_once_per_b
             # the buckets read with direct gets still are (their streams' allow_direct)
             cluster = ctx.buckets[names.CLUSTER_BUCKET]
             assert isinstance(cluster, NatsBucket) and cluster._leader is not None
+            for bucket in ctx.buckets.values():  # through the service's context, not setup's
+                assert isinstance(bucket, NatsBucket)
+                assert nats_internals.key_value_jetstream(bucket._kv) is ctx.js
+                if bucket._leader is not None:
+                    assert nats_internals.key_value_jetstream(bucket._leader) is ctx.js
+            placements = ctx.buckets[names.PLACEMENTS_BUCKET]
+            assert isinstance(placements, NatsBucket)  # single keys from the leader still
+            assert not nats_internals.key_value_direct(placements._kv)
     finally:
         await nc.close()
 
@@ -240,3 +249,13 @@ async def test_a_bucket_raised_at_start_is_read_as_raised(nats_url: str) -> None
         buckets = await open_buckets(js)
         assert (await js.stream_info(stream)).config.allow_direct
         assert buckets[names.CLUSTER_BUCKET]._leader is not None  # direct, the leader after
+
+
+async def test_a_stream_named_as_a_bucket_that_is_no_bucket_is_refused_before_anything_is_made(
+    nats_url: str,
+) -> None:
+    async with jetstream(nats_url) as js:
+        await js.add_stream(name=bucket_stream(names.SERVICES_BUCKET), subjects=["not.kv.>"])
+        with pytest.raises(js_errors.BadBucketError):
+            await open_buckets(js)
+        assert await streams(js) == {bucket_stream(names.SERVICES_BUCKET)}

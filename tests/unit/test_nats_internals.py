@@ -5,12 +5,15 @@ first, loudly, not in production."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 
 import pytest
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadBucketError
 from nats.js.kv import KeyValue
 
 from corral.natsio import nats_internals
@@ -130,3 +133,34 @@ def test_a_bucket_says_if_it_reads_by_direct_get_and_a_copy_reads_through_the_ap
     assert not nats_internals.key_value_direct(leader) and nats_internals.key_value_direct(direct)
     assert nats_internals.key_value_subject(leader, "identity") == "$KV.cluster.identity"
     assert "direct=self._direct" in inspect.getsource(KeyValue._get)
+
+
+async def test_a_bucket_opened_from_its_streams_config_is_the_one_key_value_opens() -> None:
+    """A service reads each bucket's stream once and opens the bucket from it: the same
+    KeyValue, field for field, as `JetStreamContext.key_value` makes from its own read."""
+    js = Client().jetstream()
+    for direct in (True, False, None):
+        config = js_api.StreamConfig(name="KV_nodes", max_msgs_per_subject=5, allow_direct=direct)
+        js.stream_info = _answering(config)  # type: ignore[method-assign,assignment]
+        opened = await js.key_value("nodes")
+        ours = nats_internals.key_value_from_config(js, "nodes", config)
+        assert vars(ours) == vars(opened)
+    with pytest.raises(BadBucketError):  # a stream that keeps no value per key
+        nats_internals.key_value_from_config(js, "events", js_api.StreamConfig(name="KV_events"))
+    other = Client().jetstream()
+    moved = nats_internals.key_value_on(ours, other)
+    assert nats_internals.key_value_jetstream(moved) is other
+    assert nats_internals.key_value_jetstream(ours) is js
+    assert {k: v for k, v in vars(moved).items() if k != "_js"} == {
+        k: v for k, v in vars(ours).items() if k != "_js"
+    }
+
+
+def _answering(config: js_api.StreamConfig) -> Callable[..., Awaitable[js_api.StreamInfo]]:
+    """A stream_info that answers `config` for KV_nodes, without a server."""
+
+    async def stream_info(name: str, *args: object, **kwargs: object) -> js_api.StreamInfo:
+        assert name == "KV_nodes"
+        return js_api.StreamInfo(config=config, state=None)  # type: ignore[arg-type]
+
+    return stream_info

@@ -23,7 +23,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
-from nats.js.kv import KeyValue
 
 from corral.contract import names, time_budget
 from corral.contract.backoff import Backoff
@@ -342,15 +341,22 @@ async def open_buckets(
 
     async def look_for(bucket: str) -> None:
         try:
-            found[bucket] = (await js.stream_info(bucket_stream(bucket))).config
+            config = (await js.stream_info(bucket_stream(bucket))).config
         except js_errors.NotFoundError:
             missing.append(bucket)
+            return
+        # A stream of that name that is no bucket is refused here, before anything is
+        # made or raised (as js.key_value refuses it).
+        nats_internals.key_value_from_config(js, bucket, config)
+        found[bucket] = config
 
     await look_for(names.CLUSTER_BUCKET)
     identity = None
     if names.CLUSTER_BUCKET in found:
         cluster_bucket = NatsBucket(
-            _key_value(js, names.CLUSTER_BUCKET, found[names.CLUSTER_BUCKET]),
+            nats_internals.key_value_from_config(
+                js, names.CLUSTER_BUCKET, found[names.CLUSTER_BUCKET]
+            ),
             names.CLUSTER_BUCKET,
         )
         # From the leader: a replica behind could miss a bucket listed since, and a lost
@@ -395,7 +401,7 @@ async def open_buckets(
             # that the cluster another process made meanwhile does not have (open_cluster).
             log.info("bucket %s was removed meanwhile: not the cluster's", bucket)
             continue
-        kv = _key_value(js, bucket, config)
+        kv = nats_internals.key_value_from_config(js, bucket, config)
         if names.is_placements_bucket(bucket):
             # Direct gets are for the agents' reads of their own placements in order
             # (NatsBucket.follow); a single key is read from the leader, as before.
@@ -525,21 +531,6 @@ BUCKET_MAX_CONSUMERS: Final = 100_000
 DIRECT_READ_BUCKETS: Final = frozenset({names.CLUSTER_BUCKET})
 
 
-def _key_value(js: JetStreamContext, bucket: str, config: js_api.StreamConfig) -> KeyValue:
-    """The bucket as `JetStreamContext.key_value` opens it, from its stream's
-    configuration read already: a service's start asks the server once per bucket
-    (bench/bench_agent_start.py)."""
-    if config.max_msgs_per_subject is None or config.max_msgs_per_subject < 1:
-        raise js_errors.BadBucketError
-    return KeyValue(
-        name=bucket,
-        stream=bucket_stream(bucket),
-        pre=f"$KV.{bucket}.",
-        js=js,
-        direct=bool(config.allow_direct),  # as nats-py sets it when opening
-    )
-
-
 async def _raise_bucket(
     js: JetStreamContext,
     bucket: str,
@@ -547,10 +538,55 @@ async def _raise_bucket(
     config: js_api.StreamConfig | None = None,
 ) -> js_api.StreamConfig:
     """Bring a bucket's stream to `settings`; returns its configuration now. `config`:
-    the stream's, read already (else it is read here)."""
+    the stream's, read already at this start (else it is read here). A change is made
+    from the configuration read just before it: another service may have raised the
+    stream since the earlier read, and that is never written back lower."""
     stream = bucket_stream(bucket)
+    read_before = config is not None
     if config is None:
         config = (await js.stream_info(stream)).config
+    change = _bucket_change(bucket, config, settings)
+    if change is not None and read_before:
+        config = (await js.stream_info(stream)).config
+        change = _bucket_change(bucket, config, settings)
+    if change is None:
+        return config
+    replicas, max_bytes, consumers, direct, republish = change
+    told = _told_writes(config.republish)
+    log.info(
+        "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d, "
+        "allow_direct %s -> %s, writes told %s -> %s",
+        bucket,
+        config.num_replicas,
+        replicas,
+        config.max_bytes,
+        max_bytes,
+        config.max_consumers,
+        consumers,
+        bool(config.allow_direct),
+        direct,
+        told is not None,
+        republish is not None,
+    )
+    config = copy.copy(config)  # the caller's is left as it was read
+    config.num_replicas = replicas
+    config.max_bytes = max_bytes
+    config.max_consumers = consumers
+    config.allow_direct = direct
+    if republish is not None and told is None:
+        config.republish = js_api.RePublish(
+            src=f"$KV.{bucket}.>",
+            dest=names.kv_written_subject(bucket, ">"),
+            headers_only=True,
+        )
+    return (await js.update_stream(config)).config
+
+
+def _bucket_change(
+    bucket: str, config: js_api.StreamConfig, settings: StoreSettings
+) -> tuple[int, int, int, bool, str | None] | None:
+    """What a bucket's stream should have (replicas, max_bytes, max_consumers,
+    allow_direct, the bucket whose writes it tells), or None when it has it."""
     replicas = _floor(
         f"bucket {bucket}", "replicas", config.num_replicas, settings.replicas, "CORRAL_KV_REPLICAS"
     )
@@ -574,35 +610,8 @@ async def _raise_bucket(
     told = _told_writes(config.republish)
     republish = told or (bucket if placements else None)
     current = (config.num_replicas, config.max_bytes, config.max_consumers, stored, told)
-    if (replicas, max_bytes, consumers, direct, republish) == current:
-        return config
-    config = copy.copy(config)  # the caller's is left as it was read
-    log.info(
-        "bucket %s: replicas %s -> %d, max_bytes %s -> %d, max_consumers %s -> %d, "
-        "allow_direct %s -> %s, writes told %s -> %s",
-        bucket,
-        config.num_replicas,
-        replicas,
-        config.max_bytes,
-        max_bytes,
-        config.max_consumers,
-        consumers,
-        stored,
-        direct,
-        told is not None,
-        republish is not None,
-    )
-    config.num_replicas = replicas
-    config.max_bytes = max_bytes
-    config.max_consumers = consumers
-    config.allow_direct = direct
-    if republish is not None and told is None:
-        config.republish = js_api.RePublish(
-            src=f"$KV.{bucket}.>",
-            dest=names.kv_written_subject(bucket, ">"),
-            headers_only=True,
-        )
-    return (await js.update_stream(config)).config
+    wanted = (replicas, max_bytes, consumers, direct, republish)
+    return None if wanted == current else wanted
 
 
 def _told_writes(republish: js_api.RePublish | None) -> str | None:

@@ -27,6 +27,10 @@ what these give, so corral reads them here and nowhere else:
   answers; set from the stream's `allow_direct` when the bucket is opened). A direct
   get that finds nothing is asked again of the stream's leader through the JetStream
   API (`NatsBucket.get`), on a copy of the bucket with `_direct` off.
+- `nats.js.client.KV_STREAM_TEMPLATE`, `KV_PRE_TEMPLATE` and what `JetStreamContext.key_value`
+  does with a stream's info: a service reads each bucket's stream once at start and
+  opens the bucket from it (`key_value_from_config`), where `key_value` would read it
+  again.
 - `KeyValue._js` again: a bucket opened through one JetStream context (a service's
   setup, with long timeouts) is used through another (`key_value_on`) on a copy, as
   `nats.js.JetStreamContext.key_value` would open it, without its stream info request.
@@ -48,6 +52,9 @@ from typing import Any, Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
+from nats.js.errors import BadBucketError
 from nats.js.kv import KeyValue
 
 LIBRARY: Final = "nats-py"
@@ -103,6 +110,22 @@ def key_value_direct(kv: KeyValue) -> bool:
     if not isinstance(direct, bool):
         raise _changed("KeyValue._direct", direct)
     return direct
+
+
+def key_value_from_config(js: JetStreamContext, bucket: str, config: StreamConfig) -> KeyValue:
+    """The bucket as `JetStreamContext.key_value` opens it (its stream `KV_<bucket>`,
+    subjects `$KV.<bucket>.`, direct gets as the stream's `allow_direct`), from the
+    stream's configuration read already, without asking the server again. Raises
+    BadBucketError, as it does, for a stream that keeps no value per key."""
+    if config.max_msgs_per_subject is None or config.max_msgs_per_subject < 1:
+        raise BadBucketError
+    return KeyValue(
+        name=bucket,
+        stream=KV_STREAM_TEMPLATE.format(bucket=bucket),
+        pre=KV_PRE_TEMPLATE.format(bucket=bucket),
+        js=js,
+        direct=bool(config.allow_direct),
+    )
 
 
 def key_value_on(kv: KeyValue, js: JetStreamContext) -> KeyValue:
