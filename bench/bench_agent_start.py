@@ -24,6 +24,7 @@ import collections
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -41,6 +42,7 @@ READY_TIMEOUT_SECONDS = 60.0
 
 
 async def main(server: LocalNats, agents: int) -> None:
+    from corral_node_agent.main import buckets_used
     from corral_node_agent.main import build_parser as agent_parser
     from corral_node_agent.main import run as run_agent
     from corral_scheduler.main import build_parser as scheduler_parser
@@ -69,7 +71,10 @@ async def main(server: LocalNats, agents: int) -> None:
                 await nc.flush()
                 counter.take()
                 began = time.monotonic()
-                await tg.start(run_service, "node-agent", run_agent, args)
+                # the buckets it reads, as `corral-node-agent` opens them (service_main)
+                await tg.start(
+                    partial(run_service, "node-agent", run_agent, args, uses=buckets_used)
+                )
                 with anyio.fail_after(READY_TIMEOUT_SECONDS):
                     while True:
                         entry = await nodes.get(name)

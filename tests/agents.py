@@ -5,11 +5,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 
 from corral.natsio.service import ServiceContext, run_service
-from corral_node_agent.main import build_parser, run
+from corral_node_agent.main import buckets_used, build_parser, run
 
 
 @asynccontextmanager
@@ -24,7 +25,10 @@ async def running_agent(nats_url: str, node: str, *flags: str) -> AsyncIterator[
             ["--nats", nats_url, "--metrics-port", "0", "--node-name", node, *flags]
         )
         async with anyio.create_task_group() as tg:
-            ctx: ServiceContext = await tg.start(run_service, "node-agent", run, args)
+            # The buckets it reads only, as `corral-node-agent` opens them.
+            ctx: ServiceContext = await tg.start(
+                partial(run_service, "node-agent", run, args, uses=buckets_used)
+            )
             try:
                 yield ctx
             finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
@@ -28,6 +29,10 @@ from corral.natsio.bus import bucket_stream, connect, open_buckets
 from corral.natsio.cluster import StateStoreLost, read_cluster_identity
 from corral.natsio.kv import NatsBucket
 from corral.natsio.service import ServiceContext, run_idle, run_service
+from corral_node_agent.main import buckets_used
+from corral_node_agent.main import build_parser as agent_parser
+from corral_node_agent.main import run as agent_run
+from tests.agents import running_agent
 
 PLACEMENTS_STREAM = bucket_stream(names.PLACEMENTS_BUCKET)
 
@@ -56,6 +61,19 @@ async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
         yield nc.jetstream()
     finally:
         await nc.close()
+
+
+async def api_requests(nc: NATS) -> list[str]:
+    """The subjects of the JetStream API requests anyone makes from now on (a copy of
+    each reaches this subscription)."""
+    asked: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        asked.append(msg.subject)
+
+    await nc.subscribe("$JS.API.>", cb=note)
+    await nc.flush()
+    return asked
 
 
 async def streams(js: JetStreamContext) -> set[str]:
@@ -205,13 +223,7 @@ async def test_a_service_starting_on_a_store_that_has_everything_asks_once_per_b
     async with service(nats_url):
         pass  # the store made, as the first service makes it
     nc = await connect(nats_url, name="test-requests")
-    asked: list[str] = []
-
-    async def note(msg: Msg) -> None:
-        asked.append(msg.subject)
-
-    await nc.subscribe("$JS.API.>", cb=note)
-    await nc.flush()
+    asked = await api_requests(nc)
     try:
         async with service(nats_url) as ctx:
             await nc.flush()
@@ -259,3 +271,51 @@ async def test_a_stream_named_as_a_bucket_that_is_no_bucket_is_refused_before_an
         with pytest.raises(js_errors.BadBucketError):
             await open_buckets(js)
         assert await streams(js) == {bucket_stream(names.SERVICES_BUCKET)}
+
+
+async def test_an_agent_on_a_store_that_has_every_bucket_opens_only_those_it_reads(
+    nats_url: str,
+) -> None:
+    """A node agent's start reads the streams of its own buckets only (a dozen fewer
+    requests per agent when a whole cluster starts); it needs no bucket it does not read,
+    so one lost that it does not read is not its to refuse (the services that read it
+    refuse the store), while one it reads is."""
+    async with service(nats_url):
+        pass  # the store made, every bucket listed
+    nc = await connect(nats_url, name="test-requests")
+    asked = await api_requests(nc)
+    used = buckets_used(agent_parser().parse_args(["--node-name", "n1"]), 1)
+    try:
+        async with running_agent(nats_url, "n1", "--runtime", "hollow") as ctx:
+            await nc.flush()
+            assert set(ctx.buckets) == used
+            infos = {s.removeprefix("$JS.API.STREAM.INFO.") for s in asked if ".STREAM.INFO." in s}
+            assert infos == {bucket_stream(b) for b in used} | {
+                names.SPEC_STREAM,
+                names.EVENTS_STREAM,
+            }
+        async with jetstream(nats_url) as js:
+            await js.delete_stream(bucket_stream(names.SERVICES_BUCKET))  # not the agent's
+        async with running_agent(nats_url, "n1", "--runtime", "hollow") as ctx:
+            assert set(ctx.buckets) == used
+        with pytest.raises(StateStoreLost, match=f"lost bucket {names.SERVICES_BUCKET} "):
+            await run_service("netmgr", run_idle, service_args(nats_url))  # it reads it
+        async with jetstream(nats_url) as js:
+            await js.delete_stream(bucket_stream(names.NODES_BUCKET))  # the agent's own
+        args = agent_parser().parse_args(
+            ["--nats", nats_url, "--node-name", "n1", "--runtime", "hollow"]
+        )
+        with pytest.raises(StateStoreLost, match=f"lost bucket {names.NODES_BUCKET} "):
+            await run_service("node-agent", agent_run, args, uses=buckets_used)
+    finally:
+        await nc.close()
+
+
+async def test_an_agent_first_on_a_new_store_makes_every_bucket(nats_url: str) -> None:
+    async with running_agent(nats_url, "n1", "--runtime", "hollow") as ctx:
+        used = buckets_used(agent_parser().parse_args(["--node-name", "n1"]), 1)
+        assert set(ctx.buckets) == used
+        async with jetstream(nats_url) as js:
+            assert {bucket_stream(b) for b in names.ALL_BUCKETS} <= await streams(js)
+            identity = await identity_of(js)
+            assert identity is not None and set(names.ALL_BUCKETS) <= set(identity.buckets)

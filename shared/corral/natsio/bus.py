@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -321,7 +321,11 @@ _MANAGED_STREAM_FIELDS = (
 
 
 async def open_buckets(
-    js: JetStreamContext, settings: StoreSettings | None = None, *, made: list[str] | None = None
+    js: JetStreamContext,
+    settings: StoreSettings | None = None,
+    *,
+    made: list[str] | None = None,
+    uses: Callable[[int], Collection[str]] | None = None,
 ) -> dict[str, NatsBucket]:
     """Open every corral bucket by name, creating missing ones, and bring existing ones
     up to `settings` (replicas, size limit), never lowering them.
@@ -333,7 +337,11 @@ async def open_buckets(
     the identity does not list yet (one a newer corral added) is made, then listed.
     A store without an identity (new, or wholly wiped) gets every bucket; the
     identity is made after them (corral.natsio.cluster.ensure_cluster_identity).
-    `made`: the names of the buckets this call made are appended to it.
+    `made`: the names of the buckets this call made are appended to it. `uses`: the
+    buckets the caller reads, given the cluster's number of placement shards (a node
+    agent: a few, and its own shard of the placements); when the store's identity lists
+    every bucket already (nothing to make or list), only those are opened, checked and
+    raised, and the others are left to the services that use them.
     """
     settings = settings or StoreSettings.from_env()
     found: dict[str, js_api.StreamConfig] = {}  # one stream info per bucket, no more
@@ -367,6 +375,8 @@ async def open_buckets(
     if identity is None and shards > 1:
         await _refuse_placements_without_identity(js, shards)
     every_bucket = cluster_buckets(shards)
+    complete = identity is not None and set(every_bucket) <= set(identity.buckets)
+    every_bucket = _buckets_used(every_bucket, identity, uses)
     for bucket in every_bucket:
         if bucket != names.CLUSTER_BUCKET:
             await look_for(bucket)
@@ -407,11 +417,22 @@ async def open_buckets(
             # (NatsBucket.follow); a single key is read from the leader, as before.
             kv = nats_internals.key_value_through_api(kv)
         buckets[bucket] = NatsBucket(kv, bucket)
-    if identity is not None:
+    if identity is not None and not complete:
         # Made first, listed after: a crash between the two leaves an unlisted
         # bucket, listed at the next start.
         await list_buckets(buckets[names.CLUSTER_BUCKET], every_bucket)
     return buckets
+
+
+def _buckets_used(
+    every: Sequence[str], identity: Cluster | None, uses: Callable[[int], Collection[str]] | None
+) -> tuple[str, ...]:
+    """`every` bucket; or, when the caller says which it reads (`uses`) and the store's
+    identity lists every one already (nothing to make or list), those and the cluster's."""
+    if uses is None or identity is None or not set(every) <= set(identity.buckets):
+        return tuple(every)
+    used = {*uses(identity.placement_shards), names.CLUSTER_BUCKET}
+    return tuple(bucket for bucket in every if bucket in used)
 
 
 async def open_cluster(
@@ -420,6 +441,7 @@ async def open_cluster(
     *,
     made: list[str] | None = None,
     opened: Mapping[str, NatsBucket] | None = None,
+    uses: Callable[[int], Collection[str]] | None = None,
 ) -> tuple[dict[str, NatsBucket], Cluster]:
     """The cluster's buckets and its identity: made when the store has none (buckets
     first, then the identity that lists them; open_buckets). When another process made
@@ -429,7 +451,8 @@ async def open_cluster(
     is logged: a cluster keeps the number it was made with. `opened`: what an
     open_buckets call returned just before (through a JetStream context for setting
     up): used through `js`, not opened again (a service's start asks the server once
-    per bucket; bench/bench_agent_start.py)."""
+    per bucket; bench/bench_agent_start.py). `uses`: as open_buckets'; only those
+    buckets are returned when the identity lists every one."""
     settings = settings or StoreSettings.from_env()
     made = [] if made is None else made
     buckets = (
@@ -441,8 +464,9 @@ async def open_cluster(
         buckets[names.CLUSTER_BUCKET], settings.placement_shards
     )
     theirs = cluster_buckets(cluster.placement_shards)
-    if not set(theirs) <= set(buckets):
-        buckets = await open_buckets(js, settings, made=made)
+    needed = _buckets_used(theirs, cluster, uses)
+    if not set(needed) <= set(buckets):
+        buckets = await open_buckets(js, settings, made=made, uses=uses)
     # Made for another number of shards than the cluster's (this process lost the race
     # to make the cluster): not the cluster's buckets, removed while unused.
     for bucket in made:
@@ -461,7 +485,7 @@ async def open_cluster(
             cluster.id,
             cluster.placement_shards,
         )
-    return {bucket: buckets[bucket] for bucket in theirs}, cluster
+    return {bucket: buckets[bucket] for bucket in needed}, cluster
 
 
 async def _remove_if_unused(js: JetStreamContext, bucket: str, cluster: Cluster) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -70,6 +71,11 @@ class ServiceContext:
 ServiceRun = Callable[..., Coroutine[Any, Any, None]]
 """async def run(ctx: ServiceContext, args: argparse.Namespace, *, task_status: TaskStatus[None])"""
 
+BucketsUsed = Callable[[argparse.Namespace, int], Collection[str]]
+"""The buckets a service reads, given its flags and the cluster's number of placement
+shards: on a store that has every bucket already, it opens only those (ServiceContext.
+buckets holds them); otherwise it prepares every bucket, as a service without one does."""
+
 
 def base_parser(service: str, default_port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"corral-{service}")
@@ -96,9 +102,11 @@ async def run_service(
     run: ServiceRun,
     args: argparse.Namespace,
     *,
+    uses: BucketsUsed | None = None,
     task_status: TaskStatus[ServiceContext] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Connect, prepare streams and buckets, serve HTTP, then run the service until cancelled."""
+    """Connect, prepare streams and buckets (those it `uses`, on a store that has them
+    all), serve HTTP, then run the service until cancelled."""
     nc = await connect(resolve_nats_url(args.nats), name=f"corral-{service}")
     try:
         # Making streams and buckets on a cluster can take a Raft election: a longer
@@ -109,10 +117,11 @@ async def run_service(
         # Buckets first: a store that lost a bucket of its cluster is refused before
         # anything is made (corral.natsio.bus.open_buckets).
         made: list[str] = []
-        opened = await open_buckets(setup_js, settings, made=made)
+        used = None if uses is None else partial(uses, args)
+        opened = await open_buckets(setup_js, settings, made=made, uses=used)
         await ensure_streams(setup_js, settings)
         js = nc.jetstream(timeout=JS_API_TIMEOUT_SECONDS)
-        buckets, cluster = await open_cluster(js, settings, made=made, opened=opened)
+        buckets, cluster = await open_cluster(js, settings, made=made, opened=opened, uses=used)
         async with anyio.create_task_group() as tg:
             ctx = ServiceContext(
                 name=service,
@@ -189,6 +198,7 @@ def service_main(
     run: ServiceRun,
     *,
     alongside: Alongside | None = None,
+    uses: BucketsUsed | None = None,
 ) -> None:
     """The console entry point of a service: parse flags, run until SIGINT/SIGTERM."""
     args = parser.parse_args()
@@ -199,7 +209,7 @@ def service_main(
 
     async def serve(started: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(run_service, service, run, args)
+            await tg.start(partial(run_service, service, run, args, uses=uses))
             started.set()
 
     async def main() -> None:
