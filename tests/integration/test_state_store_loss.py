@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -25,11 +26,11 @@ from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.state import Cluster
 from corral.natsio import nats_internals
-from corral.natsio.bus import bucket_stream, connect, open_buckets
+from corral.natsio.bus import StoreSettings, bucket_stream, connect, open_buckets, open_cluster
 from corral.natsio.cluster import StateStoreLost, read_cluster_identity
 from corral.natsio.kv import NatsBucket
 from corral.natsio.service import ServiceContext, run_idle, run_service
-from corral_node_agent.main import buckets_used
+from corral_node_agent.main import AGENT_BUCKETS, buckets_used
 from corral_node_agent.main import build_parser as agent_parser
 from corral_node_agent.main import run as agent_run
 from tests.agents import running_agent
@@ -319,3 +320,31 @@ async def test_an_agent_first_on_a_new_store_makes_every_bucket(nats_url: str) -
             assert {bucket_stream(b) for b in names.ALL_BUCKETS} <= await streams(js)
             identity = await identity_of(js)
             assert identity is not None and set(names.ALL_BUCKETS) <= set(identity.buckets)
+
+
+async def test_an_agent_of_a_cluster_of_shards_opens_its_own_shard(nats_url: str) -> None:
+    async with jetstream(nats_url) as js:
+        await open_cluster(js, StoreSettings(placement_shards=4))  # the store, made
+    async with running_agent(nats_url, "n2", "--runtime", "hollow") as ctx:
+        assert ctx.cluster.placement_shards == 4
+        shard = names.placements_bucket_of("n2", 4)
+        assert shard != names.placements_buckets(4)[0]
+        assert set(ctx.buckets) == {*AGENT_BUCKETS, shard}
+
+
+async def test_an_agent_on_a_store_missing_a_newer_bucket_makes_and_lists_it(
+    nats_url: str,
+) -> None:
+    """A store from a corral before a bucket was added: the agent, on this corral, is the
+    first service to start, and makes and lists it as any service does."""
+    async with service(nats_url) as first:
+        cluster = first.cluster
+    async with jetstream(nats_url) as js:
+        await js.delete_stream(bucket_stream(names.LEASES_BUCKET))
+        older = [name for name in names.ALL_BUCKETS if name != names.LEASES_BUCKET]
+        kv = await js.key_value(names.CLUSTER_BUCKET)
+        await kv.put(names.CLUSTER_KEY, encode(msgspec.structs.replace(cluster, buckets=older)))
+        async with running_agent(nats_url, "n1", "--runtime", "hollow"):
+            assert bucket_stream(names.LEASES_BUCKET) in await streams(js)
+            identity = await identity_of(js)
+            assert identity is not None and identity.buckets == [*older, names.LEASES_BUCKET]

@@ -458,7 +458,7 @@ async def open_cluster(
     buckets = (
         {name: bucket.through(js) for name, bucket in opened.items()}
         if opened is not None
-        else await open_buckets(js, settings, made=made)
+        else await open_buckets(js, settings, made=made, uses=uses)
     )
     cluster = await ensure_cluster_identity(
         buckets[names.CLUSTER_BUCKET], settings.placement_shards
