@@ -5,6 +5,7 @@ has been applied past it."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from nats.js import api as js_api
 
@@ -17,7 +18,7 @@ from corral.contract.events import (
     REASON_SUPERSEDED,
     Reply,
 )
-from corral.contract.specs import Deployment
+from corral.contract.specs import CHANGE_CAUSE_ANNOTATION, Deployment
 from corral.natsio.bus import consumer_start
 from corral.natsio.kv import MemoryBucket
 from corral.natsio.spec_progress import (
@@ -287,3 +288,51 @@ async def test_a_registry_with_capitals_localhost_and_a_trailing_slash_are_appli
     for image in ("Registry.Example.com:5000/team/app:1", "localhost/app:1", "app:1"):
         mount = {**MOUNTED, "volumeMounts": [{"name": "d", "mountPath": "/data/"}]}
         assert (await handler.apply(deployment_json("web", 1, image, **mount))).ok
+
+
+ROLLED_BACK = "automatic rollback from revision 2 to the template of revision 1: x"
+
+
+def with_cause(replicas: int, image: str) -> bytes:
+    """A Deployment as `get -o yaml` gives one an automatic rollback wrote back."""
+    return encode(
+        {
+            "apiVersion": "corral/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "annotations": {CHANGE_CAUSE_ANNOTATION: ROLLED_BACK}},
+            "spec": {"replicas": replicas, "template": {"image": image}},
+        }
+    )
+
+
+async def stored_web(deployments: MemoryBucket) -> Deployment:
+    entry = await deployments.get("default.web")
+    assert entry is not None and entry.value is not None
+    return decode(entry.value, Deployment)
+
+
+async def test_a_rollbacks_cause_read_back_with_the_spec_is_dropped_with_a_new_template() -> None:
+    """`get -o yaml`, edit the template, apply: the automatic rollback's change cause came
+    along; kept, the new template would pass for a rollback's own and never be rolled
+    back. It is dropped; on the same template it stays."""
+    handler, deployments, _, _ = api()
+    assert (await handler.apply(with_cause(1, "app:1"))).ok  # a new Deployment: dropped
+    stored = await stored_web(deployments)
+    assert CHANGE_CAUSE_ANNOTATION not in stored.metadata.annotations
+    # The scheduler's own rollback write (straight to the store) puts it on the template.
+    rolled = msgspec.structs.replace(
+        stored,
+        metadata=msgspec.structs.replace(
+            stored.metadata, annotations={CHANGE_CAUSE_ANNOTATION: ROLLED_BACK}
+        ),
+    )
+    entry = await deployments.get("default.web")
+    assert entry is not None
+    await deployments.update("default.web", encode(rolled), entry.revision)
+    assert (await handler.apply(with_cause(3, "app:1"))).ok  # scaled, the same template
+    kept = await stored_web(deployments)
+    assert kept.metadata.annotations[CHANGE_CAUSE_ANNOTATION] == ROLLED_BACK
+    assert (await handler.apply(with_cause(3, "app:2"))).ok  # the user's own template
+    edited = await stored_web(deployments)
+    assert edited.spec.template.image == "app:2"
+    assert CHANGE_CAUSE_ANNOTATION not in edited.metadata.annotations

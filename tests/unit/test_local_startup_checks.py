@@ -188,3 +188,16 @@ def test_leftovers_stop_the_services_first_and_nats_last(
         for process in sleepers.values():
             process.kill()
             process.wait()
+
+
+def test_a_bad_store_setting_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every service reads the store's settings from the environment: a bad one made each
+    of them exit until the supervisor gave up, with a traceback. Named once, at `up`."""
+    monkeypatch.setenv("CORRAL_KV_MAX_BYTES", "lots")
+    result = CliRunner().invoke(local_cli, ["up", "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert "CORRAL_KV_MAX_BYTES must be a size from 1Ki to 1Pi" in result.output
+    assert "nothing was started" in result.output
+    assert not (tmp_path / "d").exists()

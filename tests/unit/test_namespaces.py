@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from corral.client.api import CorralClient, _events_filter, find_kind
 from corral.client.cli.main import cli
-from corral.client.cli.namespaces import split_table
+from corral.client.cli.namespaces import all_namespaces_table, split_table
 from corral.client.cli.options import (
     NAMESPACE_ENV,
     manifest_namespace,
@@ -267,4 +267,27 @@ def test_a_replica_on_networks_looks_names_up_in_its_namespace_first() -> None:
     assert (
         "DnsOptions"
         not in container_config(container_spec(in_namespace("team-a"), CLUSTER_ID))["HostConfig"]
+    )
+
+
+async def test_every_namespace_table_keeps_the_columns_only_some_namespaces_have() -> None:
+    """`get pvc -A`: one namespace's claim is Pending (REASON, MESSAGE), the last one's
+    is not; its rows were cut to the last table's columns and the rendering failed."""
+    tables = {
+        "a": render_table(
+            ["NAME", "STATUS", "REASON", "MESSAGE"], [["p1", "Pending", "NoVolume", "waiting"]]
+        ),
+        "b": render_table(["NAME", "STATUS"], [["p2", "Bound"]]),
+    }
+
+    class Client:
+        namespace = ""
+
+    async def render(client: Any) -> str:
+        return tables[client.namespace]
+
+    text = await all_namespaces_table(Client(), ["a", "b"], render, "none")  # type: ignore[arg-type]
+    assert split_table(text) == (
+        ["NAMESPACE", "NAME", "STATUS", "REASON", "MESSAGE"],
+        [["a", "p1", "Pending", "NoVolume", "waiting"], ["b", "p2", "Bound", "", ""]],
     )

@@ -59,6 +59,26 @@ def test_a_requested_subnet_that_overlaps_is_refused_with_what_it_overlaps(
     assert named in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("subnet", "named"),
+    [
+        ("127.0.0.0/16", "loopback"),
+        ("224.0.0.0/16", "multicast"),
+        ("169.254.0.0/16", "link-local"),
+        ("0.0.0.0/8", "this network"),
+        ("255.255.0.0/16", "broadcast"),
+        ("126.0.0.0/8", None),  # beside loopback: fine
+    ],
+)
+def test_a_requested_subnet_in_a_special_range_is_refused(subnet: str, named: str | None) -> None:
+    if named is None:
+        check_subnet(N(subnet), Taken())
+        return
+    with pytest.raises(AllocationError) as refused:
+        check_subnet(N(subnet), Taken())
+    assert refused.value.field == "spec.subnet" and named in refused.value.message
+
+
 def test_a_free_requested_subnet_is_accepted() -> None:
     check_subnet(N("10.50.0.0/16"), Taken(networks={"a": N("10.51.0.0/16")}))
 

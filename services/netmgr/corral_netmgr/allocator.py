@@ -97,8 +97,24 @@ class Taken:
         return None
 
 
+# Ranges no network may use: a bridge given one would route them on every host
+# (127.0.0.0/24 on a bridge takes the host's own loopback traffic for those addresses).
+SPECIAL_RANGES: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network', never a destination"),
+    (IPv4Network("127.0.0.0/8"), "the hosts' loopback"),
+    (IPv4Network("169.254.0.0/16"), "link-local addresses"),
+    (IPv4Network("224.0.0.0/4"), "multicast"),
+    (IPv4Network("240.0.0.0/4"), "reserved addresses and the broadcast address"),
+)
+
+
 def check_subnet(subnet: IPv4Network, taken: Taken) -> None:
-    """Refuse a requested range that overlaps anything taken."""
+    """Refuse a requested range that overlaps a special range or anything taken."""
+    for special, what in SPECIAL_RANGES:
+        if subnet.overlaps(special):
+            raise AllocationError(
+                "spec.subnet", f"`spec.subnet` {subnet} overlaps {special} ({what})"
+            )
     overlap = taken.overlap(subnet)
     if overlap is not None:
         raise AllocationError("spec.subnet", f"`spec.subnet` {subnet} overlaps {overlap}")

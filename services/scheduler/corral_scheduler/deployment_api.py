@@ -20,6 +20,7 @@ import msgspec
 from corral.contract.codec import InvalidPayload, decode_payload, encode
 from corral.contract.events import REASON_INVALID, Reply
 from corral.contract.specs import (
+    CHANGE_CAUSE_ANNOTATION,
     CONTAINER_LABEL,
     Deployment,
     ScaleRequest,
@@ -29,6 +30,7 @@ from corral.natsio.bus import DurableSpecHandler
 from corral.natsio.kv import Bucket, Conflict
 from corral.natsio.spec_api import SpecAPI, SpecPosition, no_stream
 from corral.natsio.spec_replies import CAS_ATTEMPTS
+from corral_scheduler.auto_rollback import ROLLBACK_CAUSE
 
 KIND = "Deployment"
 
@@ -74,7 +76,7 @@ class DeploymentAPI(SpecAPI[Deployment]):
         if problem is not None:
             field, why = problem
             return self.invalid(wanted.metadata.name, why, f"spec.template.{field}")
-        return wanted
+        return without_copied_rollback_cause(wanted, current)
 
     def handlers(self) -> dict[str, DurableSpecHandler]:
         return {"apply": self.apply, "scale": self.scale, "delete": self.delete}
@@ -137,3 +139,22 @@ class DeploymentAPI(SpecAPI[Deployment]):
                 continue
             return self.accepted(name, revision, scaled.metadata.generation)
         return self.busy(name)
+
+
+def without_copied_rollback_cause(wanted: Deployment, current: Deployment | None) -> Deployment:
+    """`wanted` without an automatic rollback's change cause when it brings a template of
+    its own: the cause came with a spec read back (`get -o yaml`, edited, applied), and
+    kept it would make the user's template pass for a rollback's, which is never rolled
+    back (auto_rollback: no ping-pong). Only the scheduler's own rollback write, which
+    does not come through here, puts that cause on a new template."""
+    annotations = wanted.metadata.annotations
+    if not annotations.get(CHANGE_CAUSE_ANNOTATION, "").startswith(ROLLBACK_CAUSE):
+        return wanted
+    if current is not None and (
+        current.spec.template.template_hash() == wanted.spec.template.template_hash()
+    ):
+        return wanted  # the same template: the cause still says how it came
+    kept = {key: value for key, value in annotations.items() if key != CHANGE_CAUSE_ANNOTATION}
+    return msgspec.structs.replace(
+        wanted, metadata=msgspec.structs.replace(wanted.metadata, annotations=kept)
+    )

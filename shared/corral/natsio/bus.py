@@ -35,6 +35,7 @@ from corral.contract.events import (
     Event,
     Reply,
 )
+from corral.contract.quantity import storage_bytes
 from corral.contract.state import Cluster
 from corral.natsio import api_metrics, nats_internals
 from corral.natsio.cluster import (
@@ -201,7 +202,20 @@ class StoreSettings:
     @classmethod
     def from_env(cls) -> StoreSettings:
         def size(name: str, default: int) -> int:
-            return int(_env_number(name, default, 1024, 2**50))
+            """Bytes, or a quantity (320Mi, 2Gi), as the docs write sizes."""
+            raw = os.environ.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = storage_bytes(raw)
+            except ValueError:
+                value = 0
+            if not 1024 <= value <= 2**50:
+                raise ValueError(
+                    f"{name} must be a size from 1Ki to 1Pi (bytes, or a quantity such as "
+                    f"320Mi or 2Gi), not {raw!r}"
+                )
+            return value
 
         return cls(
             replicas=kv_replicas(),
@@ -264,7 +278,9 @@ def _floor(name: str, what: str, stored: int | None, wanted: int, setting: str) 
     if stored is None or stored < 0:
         return wanted
     if stored > wanted:
-        log.warning(
+        # Info, not a warning: once raised, every later start of a service set lower says
+        # it (a line per bucket and process), and nothing is wrong.
+        log.info(
             "%s keeps %s %d: this service is set to %d (%s), and never lowers it",
             name,
             what,

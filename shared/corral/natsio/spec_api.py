@@ -178,8 +178,8 @@ class SpecAPI(SpecReplies, Generic[T]):
         return None
 
     def settle(self, wanted: T, current: T | None) -> T | Reply:
-        """The object to store for `wanted` (`current`: what is stored, if readable),
-        or the refusal."""
+        """The object to store for `wanted` (`current`: what is stored, if readable; its
+        labels and annotations are stored as settled too), or the refusal."""
         return wanted
 
     def delete_key(self, request: DeleteRequest) -> str:
@@ -253,13 +253,13 @@ class SpecAPI(SpecReplies, Generic[T]):
         if isinstance(decided, Reply):
             return decided
         if entry is None or entry.value is None:
-            stored = with_metadata(decided, new_metadata(wanted.metadata, position))
+            stored = with_metadata(decided, new_metadata(decided.metadata, position))
             return self.accepted(name, await self.create(key, encode(stored)), 1)
         if current is None:
             # What is stored cannot be read (corrupt, or from a newer corral):
             # a whole new spec replaces it, at the next generation.
             generation = stored_generation(entry.value) + 1
-            stored = with_metadata(decided, new_metadata(wanted.metadata, position, generation))
+            stored = with_metadata(decided, new_metadata(decided.metadata, position, generation))
             return self.accepted(
                 name, await self.update(key, encode(stored), entry.revision), generation
             )
@@ -277,7 +277,7 @@ class SpecAPI(SpecReplies, Generic[T]):
                 stored = with_metadata(current, recorded)
                 revision = await self.update(key, encode(stored), entry.revision)
             return self.accepted(name, revision, current.metadata.generation, unchanged=True)
-        metadata = next_metadata(current.metadata, wanted.metadata, position)
+        metadata = next_metadata(current.metadata, decided.metadata, position)
         stored = with_metadata(decided, metadata)
         revision = await self.update(key, encode(stored), entry.revision)
         return self.accepted(name, revision, metadata.generation)

@@ -32,6 +32,7 @@ from corral.client.local.supervisor import (
     report_file,
     run_supervisor,
 )
+from corral.natsio.bus import StoreSettings
 
 _data_dir_option = click.option(
     "--data-dir",
@@ -87,6 +88,10 @@ def up(
     /healthz. A start that fails (a port taken, a service that keeps exiting or never
     answers) stops what it started and exits 1.
     """
+    try:
+        StoreSettings.from_env()  # every service reads these: a bad one named once, here
+    except ValueError as error:
+        raise click.ClickException(f"{error}; nothing was started") from None
     options = UpOptions(
         data_dir=Layout.at(data_dir or default_data_dir()).data_dir,
         nats_port=nats_port,

@@ -127,14 +127,21 @@ async def all_namespaces_table(
     """`get KIND -A`: `render` (a table of the client's namespace) run in each namespace,
     the rows joined under a NAMESPACE column first, as kubectl prints them."""
     headers: list[str] = []
-    rows: list[list[str]] = []
+    tables: list[tuple[str, list[str], list[list[str]]]] = []
     for namespace in namespaces:
         client.namespace = namespace
         table = split_table(await render(client))
         if table is None:
             continue
-        headers = table[0]
-        rows += [[namespace, *row] for row in table[1]]
+        # A namespace's table may have columns another's has not (REASON and MESSAGE
+        # while something is pending): every column any of them has, in order.
+        headers += [header for header in table[0] if header not in headers]
+        tables.append((namespace, table[0], table[1]))
+    rows = [
+        [namespace, *(dict(zip(own, row, strict=False)).get(header, "") for header in headers)]
+        for namespace, own, table_rows in tables
+        for row in table_rows
+    ]
     if not rows:
         return nothing
     return render_table(["NAMESPACE", *headers], rows)
