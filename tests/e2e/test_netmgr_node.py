@@ -474,6 +474,13 @@ async def test_isolation_services_node_ports_and_remove_all_on_a_real_engine(
             # no endpoints: refused at once
             worked, said, took = await get(client, empty_vip, 80)
             assert not worked and took < 3 and "refused" in said, (said, took)
+            # a port the Service does not serve: refused at once too (it left by the
+            # host's default route). The rule is looked for first: a regression sends
+            # nothing off the host.
+            rules = sh("iptables-save", "-t", "filter").stdout
+            assert f"-d {vip}/32 -j REJECT --reject-with icmp-port-unreachable" in rules
+            worked, said, took = await get(client, vip, 81)
+            assert not worked and took < 3 and "refused" in said, (said, took)
             # the DNS server on the gateway answers the Service's name
             # (in a thread: the server runs on this test's event loop)
             lookup = ("docker", "exec", client, "nslookup", "web.default.svc.cluster.local")

@@ -16,7 +16,8 @@ filter table:
                    range -> <prefix>-XNET
     <prefix>-XNET  to a corral range -> REJECT icmp-admin-prohibited
     <prefix>-NOEP  (from INPUT, FORWARD, OUTPUT, first) a Service port with no ready
-                   endpoint -> REJECT icmp-port-unreachable
+                   endpoint, or a VIP on a port its Service does not serve ->
+                   REJECT icmp-port-unreachable
 nat table:
     <prefix>-SVC   (from PREROUTING and OUTPUT, first) VIP:port -> <prefix>-S-<hash>;
                    node port on a local address (not 127.0.0.0/8) -> mark, same chain
@@ -238,6 +239,11 @@ def render(desired: Desired, existing: Mapping[str, Iterable[str]] | None = None
             filter_rules.append(
                 f"-A {noep} -m addrtype --dst-type LOCAL ! -d {LOOPBACK} {node_match} {reject}"
             )
+    # Still addressed to a VIP in the filter table: a port the Service does not serve
+    # (a served one was DNAT-ed to an endpoint before). Refused here, as a port with no
+    # endpoint is; else it left by the host's default route, to whatever answers there.
+    for vip in sorted({port.vip for port in ports}):
+        filter_rules.append(f"-A {noep} -d {vip}/32 {reject}")
 
     # --- nat ---------------------------------------------------------------------------
     svc, post, masq = chain(prefix, "SVC"), chain(prefix, "POST"), chain(prefix, "MASQ")
