@@ -56,6 +56,11 @@ def test_several_documents_and_empty_ones() -> None:
             "`apiVersion` 'apps/v2' is unknown: corral reads a Deployment as corral/v1 or apps/v1",
         ),
         (GOOD.replace("name: web", "name: web\n  created: 2024-01-01"), "unknown field"),
+        (  # the last one taken would apply another object than the one read
+            GOOD + "metadata:\n  name: other\n",
+            "the key 'metadata' is given twice in a manifest",
+        ),
+        (GOOD.replace("replicas: 3", "replicas: 3\n  replicas: 4"), "'replicas' is given twice"),
     ],
 )
 def test_bad_manifests(text: str, message: str) -> None:

@@ -509,3 +509,13 @@ def test_delete_volumes_is_refused_without_a_compose_file(tmp_path: Path) -> Non
         )
         assert result.exit_code == 2, result.output
         assert "--volumes is for Compose files" in result.output
+
+
+def test_a_key_given_twice_is_refused_but_one_beside_a_merge_overrides_it() -> None:
+    with pytest.raises(ComposeError, match="the key 'image' is given twice in a Compose file"):
+        read_compose("services:\n  web:\n    image: a:1\n    image: b:1\n", "c.yaml", strict=True)
+    document = read_compose(
+        "x: &common\n  image: a:1\nservices:\n  web:\n    <<: *common\n    image: b:1\n",
+        "c.yaml",
+    )
+    assert document is not None and document["services"]["web"]["image"] == "b:1"

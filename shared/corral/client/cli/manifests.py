@@ -62,6 +62,26 @@ class BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        """A mapping, refused when it names a key twice (kubectl and Compose refuse it;
+        taking the last would apply another object than the one read). Checked as
+        written, before merge keys (`<<: *common`) are expanded: a key given beside a
+        merge overrides it, as YAML says."""
+        node = super().compose_mapping_node(anchor)
+        seen: dict[str, Any] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key.value in seen:
+                raise yaml.composer.ComposerError(
+                    "while reading a mapping",
+                    seen[key.value],
+                    f"the key {key.value!r} is given twice in {self.what}",
+                    key.start_mark,
+                )
+            seen[key.value] = key.start_mark
+        return node
+
     def construct_yaml_int(self, node: Any) -> Any:
         if len(node.value) > MAX_INTEGER_CHARS:
             raise yaml.constructor.ConstructorError(
