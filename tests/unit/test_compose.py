@@ -519,3 +519,16 @@ def test_a_key_given_twice_is_refused_but_one_beside_a_merge_overrides_it() -> N
         "c.yaml",
     )
     assert document is not None and document["services"]["web"]["image"] == "b:1"
+
+
+def test_two_services_publishing_one_node_port_are_refused_before_anything_is_sent() -> None:
+    """The whole file is checked first: the network, `a` and `b`'s Deployment were
+    applied before netmgr refused `b`'s Service."""
+    text = """
+    services:
+      a: {image: "app:1", ports: ["31000:80"]}
+      b: {image: "app:1", ports: ["31000:8080"]}
+    """
+    with pytest.raises(CorralError, match=r"nodePort` 31000/TCP is also Service a's"):
+        objects(text)
+    objects(text.replace('"31000:8080"', '"31001:8080"'))  # two ports: fine

@@ -24,6 +24,7 @@ from corral.client.cli.kube_apps import (
 )
 from corral.client.cli.kube_storage import RefusedField, translate_storage
 from corral.contract.codec import InvalidPayload, decode_payload
+from corral.contract.network_specs import Service
 from corral.contract.specs import API_VERSION
 
 # A manifest file larger than this is refused before it is parsed (a spec is at most
@@ -193,8 +194,11 @@ def _where(source: str, index: int, document: Any) -> str:
 
 
 def check_unique_objects(manifests: list[Manifest]) -> None:
-    """The same kind, namespace and name twice: refused, naming both documents."""
+    """The same kind, namespace and name twice, or one node port given to two Services:
+    refused, naming both documents, before anything is sent (netmgr would refuse the
+    second Service after the objects before it were applied)."""
     seen: dict[tuple[str, str, str], Manifest] = {}
+    node_ports: dict[tuple[int, str], Manifest] = {}
     for manifest in manifests:
         identity = (manifest.kind.kind, manifest.namespace, manifest.name)
         first = seen.setdefault(identity, manifest)
@@ -204,6 +208,18 @@ def check_unique_objects(manifests: list[Manifest]) -> None:
                 f"{manifest.kind.kind} {manifest.namespace}/{manifest.name} is also "
                 f"{first.where}: each object once per apply"
             )
+        if not isinstance(manifest.spec, Service):
+            continue
+        for index, port in enumerate(manifest.spec.spec.ports):
+            if not port.node_port:
+                continue
+            taken = node_ports.setdefault((port.node_port, port.protocol), manifest)
+            if taken is not manifest:
+                raise CorralError(
+                    f"{manifest.where}: `spec.ports[{index}].nodePort` "
+                    f"{port.node_port}/{port.protocol} is also Service {taken.name}'s "
+                    f"({taken.where}): a node port serves one Service"
+                )
 
 
 def _api_versions(kind: str) -> tuple[str, ...]:
