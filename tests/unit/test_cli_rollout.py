@@ -79,3 +79,21 @@ def test_rollout_pause_refuses_other_kinds_and_a_missing_name() -> None:
     assert result.exit_code == 2 and "deployments" in result.output
     result = runner.invoke(cli, ["rollout", "resume", "deployment"])
     assert result.exit_code == 2 and "missing NAME" in result.output
+
+
+def test_a_directory_gives_its_manifest_files_and_one_without_any_is_named(
+    tmp_path: Path,
+) -> None:
+    bad = MANIFEST.replace("maxSurge: 0,", "maxSurge: 0%,").replace("25%}", "0}")
+    (tmp_path / "web.yaml").write_text(bad, encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not a manifest", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "other.yaml").write_text("kind: [oops", encoding="utf-8")
+    args = ["--nats", "nats://127.0.0.1:1", "apply", "-f", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1  # web.yaml read (its bad field), not notes.txt nor sub/
+    assert "web.yaml" in result.output and "spec.strategy.rollingUpdate" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, [*args[:-1], str(empty)])
+    assert result.exit_code == 1 and "a directory with no .yaml, .yml, .json file" in result.output

@@ -178,8 +178,34 @@ def read_input_file(file_name: str, limit: int, what: str) -> tuple[str, str]:
         raise click.ClickException(f"cannot read {source}: {error}") from None
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_file_names(files: tuple[str, ...]) -> list[str]:
+    """The files `-f` names: a directory gives its .yaml, .yml and .json files (not its
+    subdirectories'), in name order, as kubectl reads one; one with none is an error."""
+    names: list[str] = []
+    for file_name in files:
+        path = Path(file_name)
+        if file_name == "-" or not path.is_dir():
+            names.append(file_name)
+            continue
+        found = sorted(
+            str(child)
+            for child in path.iterdir()
+            if child.suffix in MANIFEST_SUFFIXES and child.is_file()
+        )
+        if not found:
+            raise click.ClickException(
+                f"{file_name}: a directory with no {', '.join(MANIFEST_SUFFIXES)} file in it"
+            )
+        names += found
+    return names
+
+
 def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
-    """Every document of every file ('-' is stdin), all validated before anything is sent."""
+    """Every document of every file ('-' is stdin; a directory's files), all validated
+    before anything is sent."""
     # Imported here: PyYAML only for `corral apply`.
     from corral.client.cli.manifests import (
         MAX_MANIFEST_BYTES,
@@ -189,7 +215,7 @@ def read_manifest_files(files: tuple[str, ...]) -> list[Manifest]:
     from corral.client.cli.namespaces import resolve_namespaces
 
     manifests: list[Manifest] = []
-    for file_name in files:
+    for file_name in manifest_file_names(files):
         source, text = read_input_file(file_name, MAX_MANIFEST_BYTES, "a manifest")
         try:
             manifests += load_manifests(text, source)
@@ -209,7 +235,8 @@ _file_option = click.option(
     "files",
     multiple=True,
     metavar="FILE",
-    help="A YAML manifest; '-' reads stdin. Repeatable; a file may hold several documents.",
+    help="A YAML manifest; '-' reads stdin; a directory, its .yaml, .yml and .json files. "
+    "Repeatable; a file may hold several documents.",
 )
 
 
