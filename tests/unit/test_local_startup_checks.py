@@ -201,3 +201,19 @@ def test_a_bad_store_setting_is_named_before_anything_starts(
     assert "CORRAL_KV_MAX_BYTES must be a size from 1Ki to 1Pi" in result.output
     assert "nothing was started" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_that_ran_another_node_is_warned_of(tmp_path: Path) -> None:
+    """`corral up --node-name vm2` on a data dir that ran `vm`: vm's replicas stay on the
+    engine with no agent, and vm2's are made beside them; said, not silently."""
+    (tmp_path / "node-agent").mkdir()
+    (tmp_path / "node-agent" / "cluster.json").write_text(
+        '{"node": "vm", "clusterId": "c1"}', encoding="utf-8"
+    )
+    refused = ["--nats-port", "19232", "--metrics-base-port", "19231"]  # stops at once
+    base = ["up", "--data-dir", str(tmp_path), *refused]
+    result = CliRunner().invoke(local_cli, [*base, "--node-name", "vm2"])
+    assert "warning: this data dir ran node 'vm' before" in result.output
+    assert "`corral up --node-name vm`" in result.output
+    result = CliRunner().invoke(local_cli, [*base, "--node-name", "vm"])
+    assert "warning" not in result.output

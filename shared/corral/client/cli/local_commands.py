@@ -5,6 +5,7 @@ The CLI registers them with `cli.add_command(up)` and `cli.add_command(down)`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -92,8 +93,18 @@ def up(
         StoreSettings.from_env()  # every service reads these: a bad one named once, here
     except ValueError as error:
         raise click.ClickException(f"{error}; nothing was started") from None
+    layout = Layout.at(data_dir or default_data_dir())
+    before = node_run_before(layout)
+    if before is not None and before != node_name:
+        click.echo(
+            f"warning: this data dir ran node {before!r} before; its replicas stay on this "
+            f"engine with no agent running them until `corral up --node-name {before}` (or "
+            f"`corral down --remove-replicas` from it), and node {node_name!r} starts beside "
+            "them",
+            err=True,
+        )
     options = UpOptions(
-        data_dir=Layout.at(data_dir or default_data_dir()).data_dir,
+        data_dir=layout.data_dir,
         nats_port=nats_port,
         metrics_base_port=metrics_base_port,
         node_name=node_name,
@@ -122,6 +133,17 @@ def up(
         anyio.run(lambda: run_supervisor(options, on_ready=on_ready))
     except (CannotStart, NatsServerNotFound) as error:
         raise click.ClickException(str(error)) from None
+
+
+def node_run_before(layout: Layout) -> str | None:
+    """The node the local agent of this data dir last recorded it belongs to (its
+    cluster.json), or None (none yet, or unreadable: the agent says so itself)."""
+    try:
+        record = json.loads((layout.agent_state_dir / "cluster.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    node = record.get("node") if isinstance(record, dict) else None
+    return node if isinstance(node, str) and node else None
 
 
 @click.command()
