@@ -18,9 +18,15 @@ from corral.client.cli.service_commands import (
     service_manifest,
 )
 from corral.contract.codec import InvalidPayload, decode_payload, encode
-from corral.contract.network_specs import Network, Service
+from corral.contract.network_specs import Network, Service, ServicePort
 from corral.contract.network_state import EndpointAddress, EndpointPort, Endpoints
-from corral.contract.specs import ContainerTemplate, Deployment, DeploymentSpec, ObjectMeta
+from corral.contract.specs import (
+    ContainerPort,
+    ContainerTemplate,
+    Deployment,
+    DeploymentSpec,
+    ObjectMeta,
+)
 from corral.contract.state import ReplicaState, ReplicaStatus
 
 KUBERNETES_SERVICE = """\
@@ -266,3 +272,29 @@ def test_describe_says_why_a_service_has_no_endpoints_when_the_deployments_tell(
         "web": msgspec.structs.replace(web, spec=DeploymentSpec(template=on_backend))
     }
     assert "Why none" not in describe_service(view, "web", [], 0.0)  # not ready yet: no guess
+    # a named targetPort no replica names (a typo): said, with the names they have
+    named = ContainerTemplate(
+        image="app:1", networks=["backend"], ports=[ContainerPort(container_port=80, name="http")]
+    )
+    view.deployments = {"web": msgspec.structs.replace(web, spec=DeploymentSpec(template=named))}
+    typo = msgspec.structs.replace(
+        service,
+        spec=msgspec.structs.replace(
+            service.spec, ports=[msgspec.convert({"port": 80, "targetPort": "htpp"}, ServicePort)]
+        ),
+    )
+    view.services = {"web": typo}
+    assert (
+        "Why none:     `ports[0].targetPort` 'htpp' is no port name of the replicas the "
+        "selector matches (deployment/web names http)"
+    ) in describe_service(view, "web", [], 0.0)
+    view.services = {
+        "web": msgspec.structs.replace(
+            typo,
+            spec=msgspec.structs.replace(
+                typo.spec,
+                ports=[msgspec.convert({"port": 80, "targetPort": "http"}, ServicePort)],
+            ),
+        )
+    }
+    assert "Why none" not in describe_service(view, "web", [], 0.0)

@@ -290,3 +290,22 @@ def test_moving_a_jump_first_deletes_it_by_rule_text_and_inserts_it_in_one_trans
     ]
     assert not any(line.split()[2:3] and line.split()[2].isdigit() for line in text.splitlines()
                    if line.startswith("-D "))  # fmt: skip
+
+
+def test_a_named_target_port_not_resolved_yet_is_refused_as_having_no_endpoint():
+    """Its targetPort is 0 until a ready endpoint names the port (a typo: never): the
+    Service was skipped as out of range, with no rule, and its VIP left by the host's
+    default route; it is refused at once as any Service with no endpoint."""
+    typo = endpoints(
+        "typo", "10.96.0.77", [], ports=[EndpointPort(port=80, target_port=0, name="web")]
+    )
+    rendered = render(Desired(P, endpoints=(typo,)))
+    assert rendered.problems == []
+    assert (
+        f"-A {P}-NOEP -d 10.96.0.77/32 -p tcp -m tcp --dport 80 -j REJECT"
+        in (rendered.tables["filter"])
+    )
+    ready = endpoints(
+        "typo", "10.96.0.77", ["10.128.0.3"], ports=[EndpointPort(port=80, target_port=0)]
+    )
+    assert "out of range" in render(Desired(P, endpoints=(ready,))).problems[0]

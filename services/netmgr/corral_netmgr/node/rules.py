@@ -159,7 +159,9 @@ def _service_ports(endpoints: Endpoints, problems: list[str]) -> list[_ServicePo
     for index, port in enumerate(endpoints.ports):
         for field_name, value, low in (
             ("port", port.port, 1),
-            ("targetPort", port.target_port, 1),
+            # 0 while no ready endpoint resolved a named targetPort: unused then (the
+            # port is rejected as one with no endpoint), not a reason to skip the Service
+            ("targetPort", port.target_port, 1 if ready else 0),
             ("nodePort", port.node_port, 0),
         ):
             if not low <= value <= 65535:

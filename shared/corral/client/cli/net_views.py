@@ -312,6 +312,24 @@ def why_no_endpoints(view: NetView, service: Service) -> str:
             f"deployment/{name} joins {', '.join(networks)}" for name, networks in selected.items()
         )
         return f"the replicas the selector matches are not on network {network} ({joined})"
+    on_network = [name for name, networks in selected.items() if network in networks]
+    for index, port in enumerate(service.spec.ports):
+        wanted = port.target_port
+        if not isinstance(wanted, str):
+            continue
+        named = {
+            name: sorted(p.name for p in view.deployments[name].spec.template.ports if p.name)
+            for name in on_network
+        }
+        if all(wanted not in names_ for names_ in named.values()):
+            listed = "; ".join(
+                f"deployment/{name} names {', '.join(names_) or 'no port'}"
+                for name, names_ in named.items()
+            )
+            return (
+                f"`ports[{index}].targetPort` {wanted!r} is no port name of the replicas "
+                f"the selector matches ({listed})"
+            )
     return ""
 
 
