@@ -521,14 +521,21 @@ def test_a_key_given_twice_is_refused_but_one_beside_a_merge_overrides_it() -> N
     assert document is not None and document["services"]["web"]["image"] == "b:1"
 
 
-def test_two_services_publishing_one_node_port_are_refused_before_anything_is_sent() -> None:
+def test_two_services_publishing_one_node_port_are_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
     """The whole file is checked first: the network, `a` and `b`'s Deployment were
-    applied before netmgr refused `b`'s Service."""
-    text = """
-    services:
-      a: {image: "app:1", ports: ["31000:80"]}
-      b: {image: "app:1", ports: ["31000:8080"]}
-    """
-    with pytest.raises(CorralError, match=r"nodePort` 31000/TCP is also Service a's"):
-        objects(text)
-    objects(text.replace('"31000:8080"', '"31001:8080"'))  # two ports: fine
+    applied before netmgr refused `b`'s Service. Deleting such a file is not refused."""
+    file = tmp_path / "compose.yaml"
+    file.write_text(
+        'name: shop\nservices:\n  a: {image: "app:1", ports: ["31000:80"]}\n'
+        '  b: {image: "app:1", ports: ["31000:8080"]}\n'
+    )
+    nats = ["--nats", "nats://127.0.0.1:1", "--timeout", "0.2"]
+    for verb in (["apply", "-f"], ["stack", "deploy", "-c"]):
+        result = CliRunner().invoke(cli, [*nats, *verb, str(file)])
+        assert result.exit_code == 1, result.output
+        assert "nodePort` 31000/TCP is also Service a's" in result.output, result.output
+    result = CliRunner().invoke(cli, [*nats, "delete", "-f", str(file)])
+    assert "nodePort" not in result.output  # it goes on, to the (absent) server
+    assert objects(file.read_text()).manifests  # translated alike

@@ -134,6 +134,8 @@ def test_store_settings_come_from_the_environment_and_bad_ones_are_named(
     assert settings.bucket_max_bytes == 4096 and settings.marker_retention == 0.5
     monkeypatch.setenv("CORRAL_KV_MAX_BYTES", "320Mi")  # a quantity, as the docs write sizes
     assert StoreSettings.from_env().bucket_max_bytes == 320 * 2**20
+    monkeypatch.setenv("CORRAL_KV_MAX_BYTES", "1e9")  # a number as read before quantities
+    assert StoreSettings.from_env().bucket_max_bytes == 10**9
     monkeypatch.setenv("CORRAL_SPECS_MAX_BYTES", "lots")
     with pytest.raises(ValueError, match="CORRAL_SPECS_MAX_BYTES must be a size from 1Ki to 1Pi"):
         StoreSettings.from_env()

@@ -19,7 +19,13 @@ from corral.client.local import supervisor
 from corral.client.local.child import ChildState, RestartBackoff, supervise_child
 from corral.client.local.detach import DetachFailed, _failed, start_detached
 from corral.client.local.layout import Layout
-from corral.client.local.plan import ChildSpec, UpOptions, port_problem, service_children
+from corral.client.local.plan import (
+    ChildSpec,
+    UpOptions,
+    local_node_name,
+    port_problem,
+    service_children,
+)
 from corral.client.local.processes import ProcessRef
 from corral.client.local.state_file import ChildRecord, SupervisorRecord, write_state
 from corral.client.local.supervisor import CannotStart, create_layout, read_failure, take_lock
@@ -217,3 +223,8 @@ def test_a_data_dir_that_ran_another_node_is_warned_of(tmp_path: Path) -> None:
     assert "`corral up --node-name vm`" in result.output
     result = CliRunner().invoke(local_cli, [*base, "--node-name", "vm"])
     assert "warning" not in result.output
+    # without --node-name the host's name is the node's, as the agent is started
+    (tmp_path / "node-agent" / "cluster.json").write_text(
+        f'{{"node": "{local_node_name()}", "clusterId": "c1"}}', encoding="utf-8"
+    )
+    assert "warning" not in CliRunner().invoke(local_cli, base).output

@@ -128,7 +128,8 @@ def test_a_nodeport_service_balances_over_its_ready_endpoints_with_falling_proba
         if f"-A {P}-NOEP" in line
     ]
     assert noep == [
-        f"-A {P}-NOEP -d {web.cluster_ip}/32 -j REJECT --reject-with icmp-port-unreachable"
+        f"-A {P}-NOEP -d {web.cluster_ip}/32 -m conntrack --ctstate INVALID -j DROP",
+        f"-A {P}-NOEP -d {web.cluster_ip}/32 -j REJECT --reject-with icmp-port-unreachable",
     ]
 
 
@@ -148,6 +149,7 @@ def test_a_service_without_ready_endpoints_is_rejected_on_its_vip_and_node_port_
         "-j REJECT --reject-with icmp-port-unreachable",
         f"-A {P}-NOEP -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -p udp -m udp --dport 30053 "
         "-j REJECT --reject-with icmp-port-unreachable",
+        f"-A {P}-NOEP -d 10.96.0.53/32 -m conntrack --ctstate INVALID -j DROP",
         f"-A {P}-NOEP -d 10.96.0.53/32 -j REJECT --reject-with icmp-port-unreachable",
     ]
     assert f"-A {P}-SVC" not in rendered.tables["nat"]

@@ -209,7 +209,10 @@ class StoreSettings:
             try:
                 value = storage_bytes(raw)
             except ValueError:
-                value = 0
+                try:  # a number as it was read before quantities (1e9, 1_000_000)
+                    value = int(float(raw))
+                except (ValueError, OverflowError):
+                    value = 0
             if not 1024 <= value <= 2**50:
                 raise ValueError(
                     f"{name} must be a size from 1Ki to 1Pi (bytes, or a quantity such as "

@@ -84,7 +84,9 @@ async def run(
             errors = await part.remove_all()
             if errors:
                 raise RefusedToStart("--remove-all left some behind: " + "; ".join(errors))
-            log.info("removed node %s's rules, routes and Docker networks", node)
+            log.info(
+                "removed node %s's rules, routes and the Docker networks no container uses", node
+            )
             ctx.task_group.cancel_scope.cancel()
             return
         await _run_part(ctx, settings, networks, iptables, task_status)

@@ -245,6 +245,9 @@ def render(desired: Desired, existing: Mapping[str, Iterable[str]] | None = None
     # (a served one was DNAT-ed to an endpoint before). Refused here, as a port with no
     # endpoint is; else it left by the host's default route, to whatever answers there.
     for vip in sorted({port.vip for port in ports}):
+        # A packet conntrack finds INVALID (an out-of-window retransmit of a served
+        # connection) skips the nat table: dropped, as kube-proxy drops it, not refused.
+        filter_rules.append(f"-A {noep} -d {vip}/32 -m conntrack --ctstate INVALID -j DROP")
         filter_rules.append(f"-A {noep} -d {vip}/32 {reject}")
 
     # --- nat ---------------------------------------------------------------------------

@@ -22,7 +22,12 @@ from corral.client.local.detach import (
 )
 from corral.client.local.layout import ENV_DATA_DIR, Layout, default_data_dir
 from corral.client.local.nats_server import NatsServerNotFound
-from corral.client.local.plan import DEFAULT_METRICS_BASE_PORT, DEFAULT_NATS_PORT, UpOptions
+from corral.client.local.plan import (
+    DEFAULT_METRICS_BASE_PORT,
+    DEFAULT_NATS_PORT,
+    UpOptions,
+    local_node_name,
+)
 from corral.client.local.state_file import SupervisorRecord, running_supervisor
 from corral.client.local.summary import describe
 from corral.client.local.supervisor import (
@@ -95,11 +100,12 @@ def up(
         raise click.ClickException(f"{error}; nothing was started") from None
     layout = Layout.at(data_dir or default_data_dir())
     before = node_run_before(layout)
-    if before is not None and before != node_name:
+    running = node_name or local_node_name()  # as the agent is started (plan)
+    if before is not None and before != running:
         click.echo(
             f"warning: this data dir ran node {before!r} before; its replicas stay on this "
             f"engine with no agent running them until `corral up --node-name {before}` (or "
-            f"`corral down --remove-replicas` from it), and node {node_name!r} starts beside "
+            f"`corral down --remove-replicas` from it), and node {running!r} starts beside "
             "them",
             err=True,
         )

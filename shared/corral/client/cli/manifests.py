@@ -194,11 +194,8 @@ def _where(source: str, index: int, document: Any) -> str:
 
 
 def check_unique_objects(manifests: list[Manifest]) -> None:
-    """The same kind, namespace and name twice, or one node port given to two Services:
-    refused, naming both documents, before anything is sent (netmgr would refuse the
-    second Service after the objects before it were applied)."""
+    """The same kind, namespace and name twice: refused, naming both documents."""
     seen: dict[tuple[str, str, str], Manifest] = {}
-    node_ports: dict[tuple[int, str], Manifest] = {}
     for manifest in manifests:
         identity = (manifest.kind.kind, manifest.namespace, manifest.name)
         first = seen.setdefault(identity, manifest)
@@ -208,6 +205,15 @@ def check_unique_objects(manifests: list[Manifest]) -> None:
                 f"{manifest.kind.kind} {manifest.namespace}/{manifest.name} is also "
                 f"{first.where}: each object once per apply"
             )
+
+
+def check_node_ports(manifests: list[Manifest]) -> None:
+    """One node port given to two Services of what is applied: refused naming both
+    before anything is sent (netmgr would refuse the second Service after the objects
+    before it were applied). For apply and stack deploy only: delete and diff take the
+    same files whatever they hold."""
+    node_ports: dict[tuple[int, str], Manifest] = {}
+    for manifest in manifests:
         if not isinstance(manifest.spec, Service):
             continue
         for index, port in enumerate(manifest.spec.spec.ports):

@@ -198,6 +198,12 @@ def deploy(
     if stack_name and project_flag and stack_name != project_flag:
         raise click.UsageError(f"STACK {stack_name!r} and -p {project_flag!r} differ: give one")
     project, manifests = project_manifests(compose_file, stack_name or project_flag)
+    from corral.client.cli.manifests import check_node_ports
+
+    try:
+        check_node_ports(manifests)  # what is deployed together: before anything is sent
+    except CorralError as error:
+        raise click.ClickException(str(error)) from None
 
     async def send(client: CorralClient) -> None:
         checked = await check_ownership(client, project, manifests)

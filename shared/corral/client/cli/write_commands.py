@@ -255,6 +255,12 @@ def apply(ctx: click.Context, files: tuple[str, ...]) -> None:
     if not files:
         raise click.UsageError("give at least one manifest: corral apply -f FILE")
     manifests = read_manifest_files(files)
+    from corral.client.cli.manifests import check_node_ports
+
+    try:
+        check_node_ports(manifests)  # what is applied together: before anything is sent
+    except CorralError as error:
+        raise click.ClickException(str(error)) from None
     for manifest in manifests:
         if manifest.dropped:
             click.echo(
