@@ -134,17 +134,37 @@ MIB = 1024 * 1024
 DAY = 24 * 3600.0
 
 
-def _env_number(name: str, default: float, minimum: float, maximum: float) -> float:
+def _env_number(
+    name: str,
+    default: float,
+    minimum: float,
+    maximum: float,
+    *,
+    parse: Callable[[str], float] = float,
+    expected: str = "",
+) -> float:
+    """$name read with `parse` (default: `default`); a value it refuses, or outside
+    minimum..maximum, is a ValueError naming it ("must be `expected`")."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
-    except ValueError:
+        value = parse(raw)
+    except (ValueError, OverflowError):
         value = float("nan")
     if not minimum <= value <= maximum:  # NaN fails this too
-        raise ValueError(f"{name} must be a number from {minimum:g} to {maximum:g}, not {raw!r}")
+        wanted = expected or f"a number from {minimum:g} to {maximum:g}"
+        raise ValueError(f"{name} must be {wanted}, not {raw!r}")
     return value
+
+
+def _size(raw: str) -> float:
+    """Bytes, or a quantity (320Mi, 2Gi), as the docs write sizes; a number as it was read
+    before quantities (1e9, 1_000_000) too."""
+    try:
+        return storage_bytes(raw)
+    except ValueError:
+        return int(float(raw))
 
 
 def kv_replicas() -> int:
@@ -202,23 +222,16 @@ class StoreSettings:
     @classmethod
     def from_env(cls) -> StoreSettings:
         def size(name: str, default: int) -> int:
-            """Bytes, or a quantity (320Mi, 2Gi), as the docs write sizes."""
-            raw = os.environ.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = storage_bytes(raw)
-            except ValueError:
-                try:  # a number as it was read before quantities (1e9, 1_000_000)
-                    value = int(float(raw))
-                except (ValueError, OverflowError):
-                    value = 0
-            if not 1024 <= value <= 2**50:
-                raise ValueError(
-                    f"{name} must be a size from 1Ki to 1Pi (bytes, or a quantity such as "
-                    f"320Mi or 2Gi), not {raw!r}"
+            return int(
+                _env_number(
+                    name,
+                    default,
+                    1024,
+                    2**50,
+                    parse=_size,
+                    expected="a size from 1Ki to 1Pi (bytes, or a quantity such as 320Mi or 2Gi)",
                 )
-            return value
+            )
 
         return cls(
             replicas=kv_replicas(),

@@ -312,15 +312,15 @@ def why_no_endpoints(view: NetView, service: Service) -> str:
             f"deployment/{name} joins {', '.join(networks)}" for name, networks in selected.items()
         )
         return f"the replicas the selector matches are not on network {network} ({joined})"
-    on_network = [name for name, networks in selected.items() if network in networks]
+    named = {  # the port names of the replicas on its network, by Deployment
+        name: sorted(p.name for p in view.deployments[name].spec.template.ports if p.name)
+        for name, networks in selected.items()
+        if network in networks
+    }
     for index, port in enumerate(service.spec.ports):
         wanted = port.target_port
         if not isinstance(wanted, str):
             continue
-        named = {
-            name: sorted(p.name for p in view.deployments[name].spec.template.ports if p.name)
-            for name in on_network
-        }
         if all(wanted not in names_ for names_ in named.values()):
             listed = "; ".join(
                 f"deployment/{name} names {', '.join(names_) or 'no port'}"
