@@ -302,3 +302,35 @@ async def test_get_machine_output_on_empty(nats_url: str, output: str) -> None:
     assert result.exit_code == 0, result.output
     loaded = json.loads(result.stdout) if output == "json" else yaml.safe_load(result.stdout)
     assert loaded["items"] == []
+
+
+async def test_get_several_names_shows_each_and_says_which_are_missing(
+    nats_url: str, buckets: dict[str, NatsBucket]
+) -> None:
+    await seed(buckets, time.time())
+    both = await corral(nats_url, "get", "nodes", "n2", "n1")
+    assert both.exit_code == 0, both.output
+    table = rows(both.stdout)
+    assert table[0][0] == "NAME" and [row[0] for row in table[1:]] == ["n2", "n1"]
+    assert table[0].count("NAME") == 1  # one header over both rows
+
+    pods = json.loads(
+        (await corral(nats_url, "get", "pods", "web-a", "web-b", "-o", "json")).stdout
+    )
+    assert pods["kind"] == "List"
+    assert [item["name"] for item in pods["items"]] == ["web-a", "web-b"]
+
+    one_missing = await corral(nats_url, "get", "nodes", "n1", "nope")
+    assert one_missing.exit_code == 1
+    assert [row[0] for row in rows(one_missing.stdout)[1:]] == ["n1"]  # the found one shown
+    assert "node 'nope' not found" in one_missing.stderr
+
+    manifests = yaml.safe_load(
+        (await corral(nats_url, "get", "deployments", "web", "-o", "yaml")).stdout
+    )
+    assert manifests["kind"] == "Deployment"  # one name: the object itself, as before
+
+    twice = await corral(nats_url, "get", "nodes", "n1", "n1")
+    assert twice.exit_code == 2 and "given twice" in twice.stderr
+    mixed = await corral(nats_url, "get", "node/n1", "n2")
+    assert mixed.exit_code == 2 and "not both" in mixed.stderr

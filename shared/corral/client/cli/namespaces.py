@@ -118,6 +118,27 @@ def split_table(text: str) -> tuple[list[str], list[list[str]]] | None:
     return headers, rows
 
 
+def join_tables(
+    tables: Sequence[tuple[Sequence[str], tuple[list[str], list[list[str]]]]],
+    lead: Sequence[str] = (),
+) -> str | None:
+    """Tables render_table made, as one, each row after the cells its table brings for
+    the `lead` columns; None when they have no row. One table may have columns another
+    has not (REASON and MESSAGE while something is pending): every column any of them
+    has, in order, empty where a table has none."""
+    headers: list[str] = []
+    for _, (own, _) in tables:
+        headers += [header for header in own if header not in headers]
+    rows = [
+        [*cells, *(dict(zip(own, row, strict=False)).get(header, "") for header in headers)]
+        for cells, (own, table_rows) in tables
+        for row in table_rows
+    ]
+    if not rows:
+        return None
+    return render_table([*lead, *headers], rows)
+
+
 async def all_namespaces_table(
     client: CorralClient,
     namespaces: Sequence[str],
@@ -126,25 +147,13 @@ async def all_namespaces_table(
 ) -> str:
     """`get KIND -A`: `render` (a table of the client's namespace) run in each namespace,
     the rows joined under a NAMESPACE column first, as kubectl prints them."""
-    headers: list[str] = []
-    tables: list[tuple[str, list[str], list[list[str]]]] = []
+    tables: list[tuple[Sequence[str], tuple[list[str], list[list[str]]]]] = []
     for namespace in namespaces:
         client.namespace = namespace
         table = split_table(await render(client))
-        if table is None:
-            continue
-        # A namespace's table may have columns another's has not (REASON and MESSAGE
-        # while something is pending): every column any of them has, in order.
-        headers += [header for header in table[0] if header not in headers]
-        tables.append((namespace, table[0], table[1]))
-    rows = [
-        [namespace, *(dict(zip(own, row, strict=False)).get(header, "") for header in headers)]
-        for namespace, own, table_rows in tables
-        for row in table_rows
-    ]
-    if not rows:
-        return nothing
-    return render_table(["NAMESPACE", *headers], rows)
+        if table is not None:
+            tables.append(([namespace], table))
+    return join_tables(tables, ["NAMESPACE"]) or nothing
 
 
 # `get` of these lists a namespace's (-A: every namespace's); the others are cluster-wide.

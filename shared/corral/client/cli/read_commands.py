@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import click
@@ -45,8 +46,10 @@ from corral.client.cli.namespaces import (
     NAMESPACED_READS,
     all_namespaces_table,
     in_namespace,
+    join_tables,
     namespaces_get,
     namespaces_in_use,
+    split_table,
 )
 from corral.client.cli.net_views import (
     NET_NEEDS,
@@ -184,7 +187,7 @@ async def manifests_of(client: CorralClient, read: str, name: str | None, output
 
 @click.command()
 @click.argument("kind")
-@click.argument("name", required=False)
+@click.argument("names", nargs=-1)
 @click.option(
     "-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]), default="table"
 )
@@ -194,16 +197,28 @@ async def manifests_of(client: CorralClient, read: str, name: str | None, output
     help="replicas: only those placed on NODE (read from that node's keys alone).",
 )
 @click.pass_context
-def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str | None) -> None:
+def get(
+    ctx: click.Context, kind: str, names: tuple[str, ...], output: str, node: str | None
+) -> None:
     """List deployments, replicas, nodes, networks, services, endpoints, pv (persistent
-    volumes), pvc (claims), storageclasses or namespaces (or show one by NAME)."""
-    kind, name = split_kind_name(kind, name)
+    volumes), pvc (claims), storageclasses or namespaces (or show those NAMES)."""
+    if "/" in kind and names:
+        raise click.UsageError(f"give either {kind!r} or NAMES, not both")
+    kind, name = split_kind_name(kind, names[0] if len(names) == 1 else None)
+    wanted: list[str | None] = list(names) if len(names) > 1 else [name]
+    if len(set(wanted)) < len(wanted):
+        raise click.UsageError("a NAME is given twice")
     if kind.lower() in NAMESPACE_KINDS:
-        click.echo(run_with_client(settings_of(ctx), lambda c: namespaces_get(c, name, output)))
+        click.echo(
+            run_with_client(
+                settings_of(ctx),
+                lambda c: several(c, wanted, output, "namespaces", namespaces_get),
+            )
+        )
         return
     read = read_kind(kind)
     everywhere = all_namespaces(ctx) and read in NAMESPACED_READS
-    if everywhere and name is not None:
+    if everywhere and wanted != [None]:
         raise click.UsageError("-A/--all-namespaces lists a kind: give no NAME")
     if node is not None:
         if read != REPLICAS:
@@ -213,8 +228,8 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--node") from None
 
-    async def one(client: CorralClient, output: str = output) -> str:
-        """What `get` prints of the client's namespace."""
+    async def one(client: CorralClient, name: str | None, output: str) -> str:
+        """What `get` prints of the client's namespace: all of the kind, or one."""
         if output in ("json", "yaml") and read in _MANIFEST_KINDS:
             return await manifests_of(client, read, name, output)
         if read in NETWORKING:
@@ -230,21 +245,64 @@ def get(ctx: click.Context, kind: str, name: str | None, output: str, node: str 
 
     async def fetch(client: CorralClient) -> str:
         if not everywhere:
-            return await one(client)
+            return await several(client, wanted, output, read, one)
         spaces = list(await namespaces_in_use(client))
         if output in ("json", "yaml"):
             items: list[Any] = []
             for namespace in spaces:
                 client.namespace = namespace
-                found = json.loads(await one(client, "json"))
+                found = json.loads(await one(client, None, "json"))
                 for item in found.get("items", []):
                     if isinstance(item, dict) and "metadata" not in item:
                         item.setdefault("namespace", namespace)  # a replica's
                     items.append(item)
             return dump(as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items), output)
-        return await all_namespaces_table(client, spaces, one, f"No {read} in any namespace.")
+
+        async def table(client: CorralClient) -> str:
+            return await one(client, None, output)
+
+        return await all_namespaces_table(client, spaces, table, f"No {read} in any namespace.")
 
     click.echo(run_with_client(settings_of(ctx), fetch))
+
+
+async def several(
+    client: CorralClient,
+    names: list[str | None],
+    output: str,
+    read: str,
+    one: Callable[[CorralClient, str | None, str], Awaitable[str]],
+) -> str:
+    """`get KIND NAME NAME...`: each one as `get KIND NAME` shows it, together (a table's
+    rows under one header, a List of the objects), as kubectl shows several. Any that is
+    not found is said after the others are shown (exit 1), as kubectl says it."""
+    if len(names) == 1:
+        return await one(client, names[0], output)
+    machine = output in ("json", "yaml")
+    items: list[Any] = []
+    tables: list[tuple[Sequence[str], tuple[list[str], list[list[str]]]]] = []
+    missing: list[str] = []
+    for name in names:
+        try:
+            shown = await one(client, name, "json" if machine else output)
+        except CorralError as error:
+            missing.append(str(error))
+            continue
+        if machine:
+            items.append(json.loads(shown))
+        else:
+            table = split_table(shown)
+            if table is not None:
+                tables.append(((), table))
+    if machine:
+        found = dump(as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items), output)
+    else:
+        found = join_tables(tables) or ""
+    if missing:
+        if found and (items or tables):
+            click.echo(found)
+        raise CorralError("\n".join(missing))
+    return found
 
 
 @click.command()
