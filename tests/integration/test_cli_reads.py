@@ -320,17 +320,35 @@ async def test_get_several_names_shows_each_and_says_which_are_missing(
     assert pods["kind"] == "List"
     assert [item["name"] for item in pods["items"]] == ["web-a", "web-b"]
 
-    one_missing = await corral(nats_url, "get", "nodes", "n1", "nope")
+    one_missing = await corral(nats_url, "get", "nodes", "n1", "nope", "gone")
     assert one_missing.exit_code == 1
     assert [row[0] for row in rows(one_missing.stdout)[1:]] == ["n1"]  # the found one shown
-    assert "node 'nope' not found" in one_missing.stderr
+    assert one_missing.stderr.splitlines() == [
+        "Error (NotFound): node 'nope' not found",
+        "Error (NotFound): node 'gone' not found",
+    ]
+    none_found = await corral(nats_url, "get", "deployments", "a", "b", "-o", "yaml")
+    assert none_found.exit_code == 1  # still a List, empty: several names give one always
+    assert yaml.safe_load(none_found.stdout)["items"] == []
+    assert "deployment 'b' not found" in none_found.stderr
 
     manifests = yaml.safe_load(
         (await corral(nats_url, "get", "deployments", "web", "-o", "yaml")).stdout
     )
     assert manifests["kind"] == "Deployment"  # one name: the object itself, as before
+    listed = yaml.safe_load(
+        (await corral(nats_url, "get", "deployments", "web", "nope", "-o", "yaml")).stdout
+    )
+    assert listed["kind"] == "List" and listed["apiVersion"] == "v1"
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["web"]
+
+    spaces = await corral(nats_url, "get", "namespaces", "default", "nope")
+    assert spaces.exit_code == 1 and rows(spaces.stdout)[1][0] == "default"
+    assert "namespace 'nope' not found" in spaces.stderr
 
     twice = await corral(nats_url, "get", "nodes", "n1", "n1")
     assert twice.exit_code == 2 and "given twice" in twice.stderr
     mixed = await corral(nats_url, "get", "node/n1", "n2")
     assert mixed.exit_code == 2 and "not both" in mixed.stderr
+    everywhere = await corral(nats_url, "get", "pods", "web-a", "web-b", "-A")
+    assert everywhere.exit_code == 2 and "give no NAME" in everywhere.stderr

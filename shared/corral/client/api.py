@@ -70,6 +70,10 @@ class CorralError(Exception):
     """A failure to tell the user as is: the message says what is wrong."""
 
 
+class NotFound(CorralError):
+    """No object of the kind and name asked for (a read's answer, not a failure to read)."""
+
+
 class RequestRejected(CorralError):
     """The owner answered, and said no."""
 

@@ -14,7 +14,14 @@ from typing import Any
 import click
 import msgspec
 
-from corral.client.api import CorralClient, CorralError, find_kind, node_is_ready, to_builtins
+from corral.client.api import (
+    CorralClient,
+    CorralError,
+    NotFound,
+    find_kind,
+    node_is_ready,
+    to_builtins,
+)
 from corral.client.cli.options import parse_container_port, parse_env, parse_service_port
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.runner import run_with_client, settings_of
@@ -249,11 +256,9 @@ def container_object(view: ClusterView, name: str, now: float) -> dict[str, Any]
 def _checked_name(view: ClusterView, name: str) -> None:
     deployment = view.deployments.get(name)
     if deployment is None:
-        raise CorralError(f"container {name!r} not found")
+        raise NotFound(f"container {name!r} not found")
     if not is_container(deployment):
-        raise CorralError(
-            f"{name!r} is a deployment, not a container (corral get deployment {name})"
-        )
+        raise NotFound(f"{name!r} is a deployment, not a container (corral get deployment {name})")
 
 
 def render_containers(view: ClusterView, name: str | None, output: str, now: float) -> str:

@@ -1,4 +1,4 @@
-"""Stored objects as manifests: `corral get KIND [NAME] -o yaml|json` (kubectl-style:
+"""Stored objects as manifests: `corral get KIND [NAME...] -o yaml|json` (kubectl-style:
 a List when several) and the two sides of `corral diff` (docs/manifests.md).
 
 Each kind prints in its Kubernetes form (apps/v1 Deployment, v1 Service,

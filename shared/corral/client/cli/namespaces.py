@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from corral.client.api import CorralClient, CorralError
+from corral.client.api import CorralClient, NotFound
 from corral.client.cli.kinds import (
     CLAIMS,
     CONTAINERS,
@@ -161,12 +161,11 @@ NAMESPACED_READS = frozenset({DEPLOYMENTS, REPLICAS, SERVICES, ENDPOINTS, CLAIMS
 NAMESPACE_KINDS = frozenset({"namespaces", "namespace", "ns"})
 
 
-async def namespaces_get(client: CorralClient, name: str | None, output: str) -> str:
-    """`corral get namespaces [NAME]`: the namespaces in use, with what is in each."""
-    found = await namespaces_in_use(client)
+def render_namespaces(found: dict[str, Counter[str]], name: str | None, output: str) -> str:
+    """The namespaces in use (`namespaces_in_use`), or the one named, as `get` prints them."""
     if name is not None:
         if name not in found:
-            raise CorralError(f"namespace {name!r} not found: nothing is in it")
+            raise NotFound(f"namespace {name!r} not found: nothing is in it")
         found = {name: found[name]}
     if output in ("json", "yaml"):
         items = [

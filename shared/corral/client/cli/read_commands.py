@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from corral.client.api import CorralClient, CorralError, find_kind, to_builtins
+from corral.client.api import CorralClient, CorralError, NotFound, find_kind, to_builtins
 from corral.client.cli.container_commands import describe_container, render_containers
 from corral.client.cli.describe import (
     deployment_description,
@@ -47,8 +47,8 @@ from corral.client.cli.namespaces import (
     all_namespaces_table,
     in_namespace,
     join_tables,
-    namespaces_get,
     namespaces_in_use,
+    render_namespaces,
     split_table,
 )
 from corral.client.cli.net_views import (
@@ -93,8 +93,8 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _not_found(kind: str, name: str) -> CorralError:
-    return CorralError(f"{SINGULAR[kind]} {name!r} not found")
+def _not_found(kind: str, name: str) -> NotFound:
+    return NotFound(f"{SINGULAR[kind]} {name!r} not found")
 
 
 def render_get(
@@ -174,15 +174,23 @@ _MANIFEST_KINDS: dict[str, str] = {
 }
 
 
-async def manifests_of(client: CorralClient, read: str, name: str | None, output: str) -> str:
-    """`get KIND [NAME] -o yaml|json`: the stored objects as manifests, a List when several."""
-    found = await read_objects(
-        client, find_kind(_MANIFEST_KINDS[read]), None if name is None else [name]
-    )
-    if name is not None and name not in found:
-        raise _not_found(read, name)
-    items = [kubernetes_form(obj, status) for obj, status in found.values()]
-    return dump(items[0] if name is not None else as_kube_list(items), output)
+# What `get` shows of one name (None: all of the kind) in an output format, from what
+# it read once for every name.
+Render = Callable[[str | None, str], str]
+
+
+def manifests_from(found: dict[str, Any], read: str) -> Render:
+    """`get KIND [NAME...] -o yaml|json` of what read_objects found: the stored objects
+    as manifests, a List when several."""
+
+    def render(name: str | None, output: str) -> str:
+        if name is not None and name not in found:
+            raise _not_found(read, name)
+        chosen = list(found.values()) if name is None else [found[name]]
+        items = [kubernetes_form(obj, status) for obj, status in chosen]
+        return dump(items[0] if name is not None else as_kube_list(items), output)
+
+    return render
 
 
 @click.command()
@@ -203,24 +211,17 @@ def get(
     """List deployments, replicas, nodes, networks, services, endpoints, pv (persistent
     volumes), pvc (claims), storageclasses or namespaces (or show those NAMES)."""
     if "/" in kind and names:
-        raise click.UsageError(f"give either {kind!r} or NAMES, not both")
+        raise click.UsageError(f"give either {kind!r} or a KIND and NAMES, not both")
     kind, name = split_kind_name(kind, names[0] if len(names) == 1 else None)
-    wanted: list[str | None] = list(names) if len(names) > 1 else [name]
+    wanted: list[str] = list(names) if len(names) > 1 else [] if name is None else [name]
     if len(set(wanted)) < len(wanted):
         raise click.UsageError("a NAME is given twice")
-    if kind.lower() in NAMESPACE_KINDS:
-        click.echo(
-            run_with_client(
-                settings_of(ctx),
-                lambda c: several(c, wanted, output, "namespaces", namespaces_get),
-            )
-        )
-        return
-    read = read_kind(kind)
-    everywhere = all_namespaces(ctx) and read in NAMESPACED_READS
-    if everywhere and wanted != [None]:
+    namespaces = kind.lower() in NAMESPACE_KINDS
+    read = "namespaces" if namespaces else read_kind(kind)
+    everywhere = not namespaces and all_namespaces(ctx) and read in NAMESPACED_READS
+    if everywhere and wanted:
         raise click.UsageError("-A/--all-namespaces lists a kind: give no NAME")
-    if node is not None:
+    if node is not None and not namespaces:
         if read != REPLICAS:
             raise click.UsageError("--node applies to `get replicas` only")
         try:
@@ -228,64 +229,74 @@ def get(
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--node") from None
 
-    async def one(client: CorralClient, name: str | None, output: str) -> str:
-        """What `get` prints of the client's namespace: all of the kind, or one."""
+    async def reader(client: CorralClient, output: str = output) -> Render:
+        """Read what `get` shows of the client's namespace, once for every name."""
+        now = time.time()
+        if namespaces:
+            in_use = await namespaces_in_use(client)
+            return lambda name, output: render_namespaces(in_use, name, output)
         if output in ("json", "yaml") and read in _MANIFEST_KINDS:
-            return await manifests_of(client, read, name, output)
+            found = await read_objects(client, find_kind(_MANIFEST_KINDS[read]), wanted or None)
+            return manifests_from(found, read)
         if read in NETWORKING:
             net = await read_net(client, NET_NEEDS[read])
-            return render_net_get(net, read, name, output, time.time())
+            return lambda name, output: render_net_get(net, read, name, output, now)
         if read in STORAGE:
             vol = await read_vol(client, VOL_NEEDS[read])
-            return render_vol_get(vol, read, name, output, time.time())
+            return lambda name, output: render_vol_get(vol, read, name, output, now)
         view = await read_cluster(client, what=_NEEDS[read], node=node)
         if read != NODES:
             view = in_namespace(view, client.namespace)
-        return render_get(view, read, name, output, time.time(), node)
+        return lambda name, output: render_get(view, read, name, output, now, node)
 
-    async def fetch(client: CorralClient) -> str:
+    async def fetch(client: CorralClient) -> tuple[str, list[str]]:
         if not everywhere:
-            return await several(client, wanted, output, read, one)
+            render = await reader(client)
+            if len(wanted) <= 1:  # as it always was: a missing one is the command's error
+                return render(wanted[0] if wanted else None, output), []
+            return several(render, wanted, output, read)
         spaces = list(await namespaces_in_use(client))
         if output in ("json", "yaml"):
             items: list[Any] = []
             for namespace in spaces:
                 client.namespace = namespace
-                found = json.loads(await one(client, None, "json"))
+                found = json.loads((await reader(client, "json"))(None, "json"))
                 for item in found.get("items", []):
                     if isinstance(item, dict) and "metadata" not in item:
                         item.setdefault("namespace", namespace)  # a replica's
                     items.append(item)
-            return dump(as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items), output)
+            listed = as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items)
+            return dump(listed, output), []
 
         async def table(client: CorralClient) -> str:
-            return await one(client, None, output)
+            return (await reader(client))(None, output)
 
-        return await all_namespaces_table(client, spaces, table, f"No {read} in any namespace.")
+        nothing = f"No {read} in any namespace."
+        return await all_namespaces_table(client, spaces, table, nothing), []
 
-    click.echo(run_with_client(settings_of(ctx), fetch))
+    shown, missing = run_with_client(settings_of(ctx), fetch)
+    if shown:
+        click.echo(shown)
+    for refusal in missing:
+        click.echo(f"Error (NotFound): {refusal}", err=True)
+    if missing:
+        ctx.exit(1)
 
 
-async def several(
-    client: CorralClient,
-    names: list[str | None],
-    output: str,
-    read: str,
-    one: Callable[[CorralClient, str | None, str], Awaitable[str]],
-) -> str:
+def several(render: Render, names: Sequence[str], output: str, read: str) -> tuple[str, list[str]]:
     """`get KIND NAME NAME...`: each one as `get KIND NAME` shows it, together (a table's
-    rows under one header, a List of the objects), as kubectl shows several. Any that is
-    not found is said after the others are shown (exit 1), as kubectl says it."""
-    if len(names) == 1:
-        return await one(client, names[0], output)
+    rows under one header, a List of the objects), as kubectl shows several; and what is
+    said of those not found, each on a line of its own after the others are shown (exit
+    1), as kubectl says it. Only "not found" is said so: any other failure is the
+    command's."""
     machine = output in ("json", "yaml")
     items: list[Any] = []
     tables: list[tuple[Sequence[str], tuple[list[str], list[list[str]]]]] = []
     missing: list[str] = []
     for name in names:
         try:
-            shown = await one(client, name, "json" if machine else output)
-        except CorralError as error:
+            shown = render(name, "json" if machine else output)
+        except NotFound as error:
             missing.append(str(error))
             continue
         if machine:
@@ -295,14 +306,9 @@ async def several(
             if table is not None:
                 tables.append(((), table))
     if machine:
-        found = dump(as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items), output)
-    else:
-        found = join_tables(tables) or ""
-    if missing:
-        if found and (items or tables):
-            click.echo(found)
-        raise CorralError("\n".join(missing))
-    return found
+        listed = as_kube_list(items) if read in _MANIFEST_KINDS else as_list(items)
+        return dump(listed, output), missing
+    return join_tables(tables) or "", missing
 
 
 @click.command()

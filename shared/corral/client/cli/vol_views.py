@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from corral.client.api import CorralClient, CorralError, to_builtins
+from corral.client.api import CorralClient, NotFound, to_builtins
 from corral.client.cli.describe import _fields, _mapping, _when, events_table, with_events
 from corral.client.cli.kinds import CLAIMS, SINGULAR, STORAGE_CLASSES, VOLUMES
 from corral.client.cli.output import as_list, dump
@@ -459,8 +459,8 @@ def _known(view: VolView, kind: str) -> dict[str, Any]:
     return view.classes
 
 
-def not_found(kind: str, name: str) -> CorralError:
-    return CorralError(f"{SINGULAR[kind]} {name!r} not found")
+def not_found(kind: str, name: str) -> NotFound:
+    return NotFound(f"{SINGULAR[kind]} {name!r} not found")
 
 
 def render_vol_get(view: VolView, kind: str, name: str | None, output: str, now: float) -> str:
