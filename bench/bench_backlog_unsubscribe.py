@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,7 @@ import anyio
 import nats
 from bench_deploy import free_port_block
 from bench_dns import cpu_seconds
+from local_nats import stop_and_remove
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api as js_api
@@ -165,16 +165,7 @@ def main() -> None:
                 f"{without / args.consumers * 1000:>6.2f} ms"
             )
         finally:
-            try:
-                if server is not None:
-                    server.terminate()
-                    try:
-                        server.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        server.kill()
-                        server.wait()
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+            stop_and_remove(server, workdir)
 
 
 if __name__ == "__main__":

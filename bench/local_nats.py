@@ -122,13 +122,19 @@ def local_nats(prefix: str = "corral-bench-") -> Iterator[LocalNats]:
             time.sleep(0.1)
         yield LocalNats(url, port + 1, server.pid)
     finally:
-        try:
-            if server is not None:
-                server.terminate()
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-        finally:
-            shutil.rmtree(store, ignore_errors=True)
+        stop_and_remove(server, store)
+
+
+def stop_and_remove(server: subprocess.Popen[bytes] | None, store: Path) -> None:
+    """Stop a server started here (killed when it has not stopped within 10 s), then
+    remove its store, whatever the stop did."""
+    try:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
