@@ -231,7 +231,6 @@ def get(
 
     async def reader(client: CorralClient, output: str = output) -> Render:
         """Read what `get` shows of the client's namespace, once for every name."""
-        now = time.time()
         if namespaces:
             in_use = await namespaces_in_use(client)
             return lambda name, output: render_namespaces(in_use, name, output)
@@ -240,13 +239,16 @@ def get(
             return manifests_from(found, read)
         if read in NETWORKING:
             net = await read_net(client, NET_NEEDS[read])
+            now = time.time()  # ages from when the read is done, as always
             return lambda name, output: render_net_get(net, read, name, output, now)
         if read in STORAGE:
             vol = await read_vol(client, VOL_NEEDS[read])
+            now = time.time()
             return lambda name, output: render_vol_get(vol, read, name, output, now)
         view = await read_cluster(client, what=_NEEDS[read], node=node)
         if read != NODES:
             view = in_namespace(view, client.namespace)
+        now = time.time()
         return lambda name, output: render_get(view, read, name, output, now, node)
 
     async def fetch(client: CorralClient) -> tuple[str, list[str]]:
