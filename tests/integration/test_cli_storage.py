@@ -234,6 +234,21 @@ async def test_a_storage_class_is_created_from_flags_and_deleted(nats_url: str) 
         got = await corral(nats_url, "get", "sc", "nfs", "-o", "wide")
         assert row_of(got, "nfs")[1:4] == ["corral.io/docker-volume", "Retain", "Immediate"]
         assert row_of(got, "nfs")[-1] == "type=nfs"
+        described = await corral(nats_url, "describe", "storageclass", "nfs")
+        assert described.exit_code == 0, described.output
+        fields = dict(
+            re.split(r":\s+", line, maxsplit=1)
+            for line in described.stdout.splitlines()
+            if re.match(r"^[A-Za-z]+:\s+\S", line)
+        )
+        assert fields["Provisioner"] == "corral.io/docker-volume"
+        assert fields["Parameters"] == "type=nfs"
+        assert fields["ReclaimPolicy"] == "Retain" and fields["VolumeBindingMode"] == "Immediate"
+        assert fields["IsDefaultClass"] == "No"
+        default = await corral(nats_url, "describe", "sc", "local", "-o", "json")
+        assert json.loads(default.stdout)["default"] is True, default.output
+        missing = await corral(nats_url, "describe", "sc", "nope")
+        assert missing.exit_code == 1 and "storageclass 'nope' not found" in missing.stderr
         gone = await corral(nats_url, "delete", "storageclass", "nfs")
         assert gone.stdout.strip() == "storageclass/nfs deleted", gone.output
         listed = await corral(nats_url, "get", "sc")

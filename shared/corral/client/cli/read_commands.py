@@ -329,22 +329,25 @@ def several(render: Render, names: Sequence[str], output: str, read: str) -> tup
 def describe(
     ctx: click.Context, kind: str, name: str | None, output: str, event_limit: int
 ) -> None:
-    """Show one deployment, replica, node, service, network, pv or pvc in full: spec,
-    status, recent events."""
+    """Show one deployment, replica, node, service, network, pv, pvc or storageclass in
+    full: spec, status, recent events."""
     kind, name = split_kind_name(kind, name)
     read = read_kind(kind)
     if name is None:
         raise click.UsageError(f"missing NAME: corral describe {SINGULAR[read]} NAME")
-    if read in ("endpoints", STORAGE_CLASSES):
+    if read == "endpoints":
         raise click.BadParameter(
-            "describe shows deployments, replicas, nodes, services, networks, pv and pvc",
+            "describe shows deployments, replicas, nodes, services, networks, pv, pvc and "
+            "storageclasses",
             param_hint="KIND",
         )
     target = name
     if read in STORAGE:
+        # a volume's and a claim's description say who uses them
+        users = () if read == STORAGE_CLASSES else ("attachments", "placements")
 
         async def fetch_vol(client: CorralClient) -> str:
-            view = await read_vol(client, (*VOL_NEEDS[read], "attachments", "placements"))
+            view = await read_vol(client, (*VOL_NEEDS[read], *users))
             events = await client.events(SINGULAR[read], target, event_limit)
             return describe_storage(view, read, target, events, output, time.time())
 

@@ -435,6 +435,26 @@ def class_table(view: VolView, now: float, *, wide: bool, only: str | None = Non
     return render_table(CLASS_WIDE_HEADERS if wide else CLASS_HEADERS, rows)
 
 
+def describe_class(view: VolView, name: str, events: list[Event], now: float) -> str:
+    """kubectl describe storageclass: whether it is the default, how it provisions, and
+    what becomes of the volumes it made."""
+    sc = view.classes[name]
+    lines = _fields(
+        [
+            ("Name", name),
+            ("IsDefaultClass", "Yes" if name == default_class(view.classes) else "No"),
+            ("Created", _when(sc.metadata.creation_timestamp, now)),
+            ("Labels", _mapping(sc.metadata.labels)),
+            ("Provisioner", sc.provisioner),
+            ("Parameters", _mapping(dict(sc.parameters))),
+            ("ReclaimPolicy", sc.reclaim_policy),
+            ("VolumeBindingMode", sc.volume_binding_mode),
+        ]
+    )
+    lines += events_table(events, now)
+    return "\n".join(lines)
+
+
 def class_object(view: VolView, name: str) -> dict[str, Any]:
     item: dict[str, Any] = to_builtins(view.classes[name])
     item["default"] = name == default_class(view.classes)
@@ -498,9 +518,13 @@ def _only(view: VolView, kind: str, name: str) -> VolView:
 def describe_storage(
     view: VolView, kind: str, name: str, events: list[Event], output: str, now: float
 ) -> str:
-    """`corral describe pv|pvc NAME` as text, or as data (-o json|yaml)."""
+    """`corral describe pv|pvc|storageclass NAME` as text, or as data (-o json|yaml)."""
     if name not in _known(view, kind):
         raise not_found(kind, name)
+    if kind == STORAGE_CLASSES:
+        if output == "text":
+            return describe_class(view, name, events, now)
+        return dump(with_events(class_object(view, name), events), output)
     if kind == VOLUMES:
         if output == "text":
             return describe_volume(view, name, events, now)
