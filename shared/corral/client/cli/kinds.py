@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from corral.client.api import NotFound
+
 DEPLOYMENTS = "deployments"
 REPLICAS = "replicas"
 NODES = "nodes"
@@ -44,6 +46,11 @@ SINGULAR = {
     STORAGE_CLASSES: "storageclass",
     CONTAINERS: "container",
 }
+
+
+def not_found(kind: str, name: str) -> NotFound:
+    """The error of a read of `name`, of `kind` (any spelling SINGULAR knows), not found."""
+    return NotFound(f"{SINGULAR[kind]} {name!r} not found")
 
 
 def read_kind(text: str) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 
 import anyio
 
-from corral.client.api import CorralClient, NotFound, to_builtins
+from corral.client.api import CorralClient, to_builtins
 from corral.client.cli.describe import _fields, _mapping, _when, events_table
-from corral.client.cli.kinds import SINGULAR
+from corral.client.cli.kinds import not_found
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
@@ -360,7 +360,7 @@ def render_net_get(view: NetView, kind: str, name: str | None, output: str, now:
     else:
         known = set(view.services) | set(view.endpoints)
     if name is not None and name not in known:
-        raise NotFound(f"{SINGULAR[kind]} {name!r} not found")
+        raise not_found(kind, name)
     selected = sorted(known) if name is None else [name]
     if output in ("json", "yaml"):
         objects = [_object(view, kind, key) for key in selected]

@@ -37,6 +37,7 @@ from corral.client.cli.kinds import (
     STORAGE,
     STORAGE_CLASSES,
     VOLUMES,
+    not_found,
     read_kind,
     split_kind_name,
 )
@@ -93,10 +94,6 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _not_found(kind: str, name: str) -> NotFound:
-    return NotFound(f"{SINGULAR[kind]} {name!r} not found")
-
-
 def render_get(
     view: ClusterView,
     kind: str,
@@ -112,7 +109,7 @@ def render_get(
         return render_containers(view, name, output, now)
     if kind == DEPLOYMENTS:
         if name is not None and name not in view.deployments:
-            raise _not_found(kind, name)
+            raise not_found(kind, name)
         if name is not None:
             view = ClusterView(
                 deployments={name: view.deployments[name]},
@@ -134,7 +131,7 @@ def render_get(
         if name is not None:
             lines = [line for line in lines if line.name == name]
             if not lines:
-                raise _not_found(kind, name)
+                raise not_found(kind, name)
         if machine:
             items = [replica_object(line) for line in lines]
             return dump(items[0] if name is not None else as_list(items), output)
@@ -145,7 +142,7 @@ def render_get(
     nodes = view.nodes
     if name is not None:
         if name not in nodes:
-            raise _not_found(kind, name)
+            raise not_found(kind, name)
         nodes = {name: nodes[name]}
     allocated = allocations(view.placements)
     if machine:
@@ -185,7 +182,7 @@ def manifests_from(found: dict[str, Any], read: str) -> Render:
 
     def render(name: str | None, output: str) -> str:
         if name is not None and name not in found:
-            raise _not_found(read, name)
+            raise not_found(read, name)
         chosen = list(found.values()) if name is None else [found[name]]
         items = [kubernetes_form(obj, status) for obj, status in chosen]
         return dump(items[0] if name is not None else as_kube_list(items), output)
@@ -359,7 +356,7 @@ def describe(
             view = await read_net(client, NET_NEEDS[read])
             known = view.networks if read == NETWORKS else view.services
             if target not in known:
-                raise _not_found(read, target)
+                raise not_found(read, target)
             events = await client.events(SINGULAR[read], target, event_limit)
             now = time.time()
             if read == NETWORKS:
@@ -386,7 +383,7 @@ def describe(
             return render_containers(view, target, output, now)
         if read == DEPLOYMENTS:
             if target not in view.deployments:
-                raise _not_found(read, target)
+                raise not_found(read, target)
             events = await client.events("deployment", target, event_limit)
             if output == "text":
                 return describe_deployment(view, target, events, now)
@@ -394,7 +391,7 @@ def describe(
         if read == REPLICAS:
             found = [line for line in replica_lines(view) if line.name == target]
             if not found or found[0].placement is None:
-                raise _not_found(read, target)
+                raise not_found(read, target)
             line = found[0]
             # The agent's events are its Deployment's; describe keeps those naming it.
             events = await client.events("deployment", line.deployment, event_limit)
@@ -403,7 +400,7 @@ def describe(
             naming = [event for event in events if target in event.message]
             return dump(with_events(replica_object(line), naming), output)
         if target not in view.nodes:
-            raise _not_found(read, target)
+            raise not_found(read, target)
         events = await client.events("node", target, event_limit)
         if output == "text":
             return describe_node(view, target, events, now)

@@ -11,9 +11,9 @@ from typing import Any
 
 import anyio
 
-from corral.client.api import CorralClient, NotFound, to_builtins
+from corral.client.api import CorralClient, to_builtins
 from corral.client.cli.describe import _fields, _mapping, _when, events_table, with_events
-from corral.client.cli.kinds import CLAIMS, SINGULAR, STORAGE_CLASSES, VOLUMES
+from corral.client.cli.kinds import CLAIMS, STORAGE_CLASSES, VOLUMES, not_found
 from corral.client.cli.output import as_list, dump
 from corral.client.cli.tables import NONE, age_since, object_table, render_table
 from corral.contract.events import Event
@@ -477,10 +477,6 @@ def _known(view: VolView, kind: str) -> dict[str, Any]:
     if kind == CLAIMS:
         return view.claims
     return view.classes
-
-
-def not_found(kind: str, name: str) -> NotFound:
-    return NotFound(f"{SINGULAR[kind]} {name!r} not found")
 
 
 def render_vol_get(view: VolView, kind: str, name: str | None, output: str, now: float) -> str:
