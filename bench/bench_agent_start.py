@@ -8,7 +8,7 @@ watched, its statuses read, judged alive), with a subscriber on `$JS.API.>`
 (js_api_requests.py: direct gets included). The scheduler's own requests meanwhile
 (its watches and acks are not requests; a resync may be) are counted too.
 
-    .venv/bin/python bench/bench_agent_start.py [--agents 5]
+    .venv/bin/python bench/bench_agent_start.py [--agents 5] [--placements-watch reads]
 
 Why it matters: a cluster restarting at once (nats-server back after an outage, a
 power cut) starts every agent together, and nats-server queues at most 10,000
@@ -41,7 +41,7 @@ from corral.natsio.service import run_service
 READY_TIMEOUT_SECONDS = 60.0
 
 
-async def main(server: LocalNats, agents: int) -> None:
+async def main(server: LocalNats, agents: int, placements_watch: str) -> None:
     from corral_node_agent.main import buckets_used
     from corral_node_agent.main import build_parser as agent_parser
     from corral_node_agent.main import run as run_agent
@@ -66,6 +66,7 @@ async def main(server: LocalNats, agents: int) -> None:
                     [
                         *("--nats", url, "--metrics-port", "0", "--runtime", "hollow"),
                         *("--node-name", name, "--state-dir", str(Path(scratch) / name)),
+                        *("--placements-watch", placements_watch),
                     ]
                 )
                 await nc.flush()
@@ -100,6 +101,11 @@ async def main(server: LocalNats, agents: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=5)
+    parser.add_argument(
+        "--placements-watch",
+        default="consumer",
+        help="as the node agent's --placements-watch (consumer or reads)",
+    )
     cli = parser.parse_args()
     with local_nats() as server:
-        anyio.run(main, server, cli.agents)
+        anyio.run(main, server, cli.agents, cli.placements_watch)

@@ -214,6 +214,67 @@ async def test_the_identity_is_read_by_direct_get_and_not_found_is_asked_of_the_
         await nc.close()
 
 
+async def test_on_a_stream_of_one_replica_a_key_is_read_from_its_leader_by_direct_get(
+    nats_url: str,
+) -> None:
+    """On a store of one server (the embedded default) a stream's direct gets are its
+    leader's answers: a service's reads of single keys, those from the leader too (the
+    identity, an agent's Node record and placements, a status), ask nothing of the
+    JetStream API's queue, where each request waiting costs nats-server at every watch's
+    end (bench/README.md). Only a get nobody answers (the stream deleted) is asked
+    through the API, which tells a wiped store."""
+    async with service(nats_url):
+        pass  # the store made, as the first service makes it
+    nc = await connect(nats_url, name="test-requests")
+    asked: list[str] = []  # the reads' request subjects (a subscriber to them would answer)
+    request = nc.request
+
+    async def noting_request(subject: str, *args: Any, **kwargs: Any) -> Msg:
+        if subject.startswith(("$JS.API.DIRECT.GET.", "$JS.API.STREAM.MSG.GET.")):
+            asked.append(subject)
+        return await request(subject, *args, **kwargs)
+
+    nc.request = noting_request  # type: ignore[method-assign]
+    try:
+        js = nc.jetstream()
+        buckets = await open_buckets(js)
+        read = [
+            names.CLUSTER_BUCKET,
+            names.NODES_BUCKET,
+            names.PLACEMENTS_BUCKET,
+            names.REPLICA_STATUS_BUCKET,
+        ]
+        revision = await buckets[names.NODES_BUCKET].put("n1", b"{}")
+        asked.clear()
+        for name in read:
+            assert await buckets[name].get("not-there") is None
+            assert await buckets[name].leader_get("not-there") is None
+        found = await buckets[names.NODES_BUCKET].leader_get("n1")
+        assert found is not None and found.revision == revision
+        assert await read_cluster_identity(buckets[names.CLUSTER_BUCKET], from_leader=True)
+        assert len(asked) == 2 * len(read) + 2
+        assert all(".DIRECT.GET." in subject for subject in asked), asked
+        asked.clear()
+        await js.delete_stream(bucket_stream(names.NODES_BUCKET))  # wiped: nobody answers
+        assert await buckets[names.NODES_BUCKET].leader_get("n1") is None
+        assert [subject.split(".")[2:4] for subject in asked] == [
+            ["DIRECT", "GET"],
+            ["STREAM", "MSG"],
+        ]
+        # With more replicas a replica behind could answer: from the leader through the
+        # API, as before (the stream's configuration as a cluster of three has it).
+        config = (await js.stream_info(bucket_stream(names.CLUSTER_BUCKET))).config
+        config.num_replicas = 3
+        cluster = buckets[names.CLUSTER_BUCKET]
+        replicated = NatsBucket(cluster._kv, names.CLUSTER_BUCKET, stream=config)
+        asked.clear()
+        assert await replicated.leader_get("not-there") is None
+        assert await replicated.get("not-there") is None
+        assert [subject.split(".")[2] for subject in asked] == ["STREAM", "DIRECT", "STREAM"]
+    finally:
+        await nc.close()
+
+
 async def test_a_service_starting_on_a_store_that_has_everything_asks_once_per_bucket(
     nats_url: str,
 ) -> None:
@@ -242,8 +303,9 @@ async def test_a_service_starting_on_a_store_that_has_everything_asks_once_per_b
                 if bucket._leader is not None:
                     assert nats_internals.key_value_jetstream(bucket._leader) is ctx.js
             placements = ctx.buckets[names.PLACEMENTS_BUCKET]
-            assert isinstance(placements, NatsBucket)  # single keys from the leader still
-            assert not nats_internals.key_value_direct(placements._kv)
+            assert isinstance(placements, NatsBucket)  # one replica: its leader's direct gets
+            assert nats_internals.key_value_direct(placements._kv)
+            assert placements._direct_is_leader
     finally:
         await nc.close()
 

@@ -1,6 +1,7 @@
 """A node agent's replica statuses written together on JetStream KV (StatusBook.write_all):
 a pass's changes in flight at once, each compare-and-set, what another writer changed
-meanwhile read again and written on its new revision, and a watch sees every write."""
+meanwhile read again and written on its new revision, and a watch sees every write; and
+read back at once, never from a store older than what the book wrote."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from corral.contract.codec import decode
 from corral.contract.state import ReplicaState, ReplicaStatus
 from corral.natsio.kv import NatsBucket
 from corral_node_agent.status_book import StatusBook
+from tests.api_requests import CONSUMER_REQUESTS, api_requests
 
 NODE = "node-a"
 
@@ -49,3 +51,26 @@ async def test_a_pass_of_statuses_is_written_together_and_each_write_stays_condi
         entry = await bucket.get(status_.key)
         known = book.written[status_.replica]
         assert entry is not None and entry.revision == known[1]  # revisions as stored
+
+
+async def test_statuses_are_loaded_at_once_and_never_from_a_store_older_than_the_book(
+    buckets: dict[str, NatsBucket], nats_url: str
+) -> None:
+    """A load is one direct get of the node's statuses (no consumer made), unless the
+    store answering is older than a status the book wrote: then it is read with a watch."""
+    bucket = buckets[names.REPLICA_STATUS_BUCKET]
+    book = StatusBook(bucket, NODE)
+    assert await book.write_all(status(n, ReplicaState.RUNNING) for n in range(5)) == 5
+    await bucket.put(names.placement_key("node-b", "default", "other"), b"{}")  # not this node's
+    written = dict(book.written)
+    async with api_requests(nats_url, CONSUMER_REQUESTS) as requests:
+        await book.load()
+    assert requests == []
+    assert book.written == written
+    # The book wrote a revision the store has not (a replica behind): read with a watch.
+    newest = max(revision for _, revision in written.values())
+    book.written["web-000"] = (written["web-000"][0], newest + 10)
+    async with api_requests(nats_url, CONSUMER_REQUESTS) as requests:
+        await book.load()
+    assert any(".CREATE." in subject for subject in requests)
+    assert book.written == written

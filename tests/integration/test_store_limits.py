@@ -13,6 +13,7 @@ from nats.js import errors as js_errors
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import REASON_STORE_FULL
+from corral.natsio import nats_internals
 from corral.natsio.bus import (
     BUCKET_MAX_CONSUMERS,
     StoreSettings,
@@ -115,6 +116,15 @@ async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
         yield cluster
 
 
+# Buckets read with direct gets, a single key of which is also read from the leader.
+READ_FROM_LEADER = (
+    names.CLUSTER_BUCKET,
+    names.NODES_BUCKET,
+    names.PLACEMENTS_BUCKET,
+    names.REPLICA_STATUS_BUCKET,
+)
+
+
 @pytest.mark.timeout(90)
 async def test_replicas_are_never_lowered_by_a_service_and_buckets_are_raised(
     cluster: NatsCluster,
@@ -123,16 +133,25 @@ async def test_replicas_are_never_lowered_by_a_service_and_buckets_are_raised(
     try:
         js = nc.jetstream(timeout=15)
         await ensure_streams(js, StoreSettings(replicas=3))
-        await open_buckets(js, StoreSettings(replicas=1))  # buckets made R1 (an older setup)
+        # buckets made R1 (an older setup): a key is read from its one server directly
+        opened = await open_buckets(js, StoreSettings(replicas=1))
+        assert all(opened[name]._direct_is_leader for name in READ_FROM_LEADER)
         # A service started without CORRAL_KV_REPLICAS=3 keeps the streams at R3 ...
         await ensure_streams(js, StoreSettings(replicas=1))
         for stream in (names.SPEC_STREAM, names.EVENTS_STREAM):
             assert (await js.stream_info(stream)).config.num_replicas == 3
         assert (await js.stream_info(bucket_stream(names.NODES_BUCKET))).config.num_replicas == 1
         # ... and one started with it raises the buckets to R3.
-        await open_buckets(js, StoreSettings(replicas=3))
+        opened = await open_buckets(js, StoreSettings(replicas=3))
         for bucket in names.ALL_BUCKETS:
             assert (await js.stream_info(bucket_stream(bucket))).config.num_replicas == 3
+        # Any of three replicas answers a direct get, one behind too: a key read from
+        # the leader is asked through the API (the agents' buckets read through it).
+        for name in READ_FROM_LEADER:
+            assert not opened[name]._direct_is_leader
+        assert opened[names.CLUSTER_BUCKET]._leader is not None  # the leader asked by the API
+        for name in READ_FROM_LEADER[1:]:  # the agents' buckets: every key through the API
+            assert not nats_internals.key_value_direct(opened[name]._kv)
         await open_buckets(js, StoreSettings(replicas=1))
         assert (await js.stream_info(bucket_stream(names.NODES_BUCKET))).config.num_replicas == 3
     finally:

@@ -542,3 +542,26 @@ async def test_an_active_watch_that_went_on_from_a_new_consumer_is_read_afresh()
         await eventually(lambda: agent.watches == 2)
         assert agent.watch_resets == 1
         await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+
+
+async def test_a_new_watchs_snapshot_is_never_of_a_store_older_than_what_the_agent_saw() -> None:
+    """`--placements-watch reads`: each new watch's snapshot, and each statuses load, asks
+    for a store at least as new as the newest revision of the node's keys the agent was
+    told or read, or wrote (Bucket.snapshot's floor): a replica behind is not acted on."""
+    placements = TellingBucket("placements")
+    rig = Rig(placements=placements)
+    judges = FakeJudges(rig.nodes, tells=placements)
+    agent = heard_agent(rig, judges, stale_watch_after=0.5, placements_watch="reads")
+    async with running(agent):
+        world = rig.world()
+        await world.place(placement("web-a1"))
+        await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+        seen = max(agent.placements.delivered, agent.watch_proof.mark())
+        wrote = max(revision for _, revision in agent.statuses.written.values())
+        placements.resets = 1  # the watch went on from a new consumer: read afresh
+        await world.place(placement("web-b2"))
+        await eventually(lambda: agent.watches == 2)
+        await eventually(lambda: state_of(world, "web-b2") == ReplicaState.RUNNING)
+    assert placements.floors[0] == 0 and seen > 0
+    assert placements.floors[1] >= seen
+    assert rig.statuses.floors[0] == 0 and rig.statuses.floors[1] >= wrote > 0

@@ -16,7 +16,7 @@ import pytest
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.state import Node, NodeCapacity, ReplicaState
-from corral.natsio.kv import Entry, MemoryBucket
+from corral.natsio.kv import Entry, MemoryBucket, Snapshot, Wakeups
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.diff import StartContainer
 from corral_node_agent.docker_runtime import DockerRuntime
@@ -44,7 +44,8 @@ class FlakyBucket(MemoryBucket):
         self.stalled = False  # watches deliver their replay, then nothing
         self.failing_deletes = 0
         self.failing_watches = 0
-        self.watches = 0
+        self.watches = 0  # watches begun, and snapshots read (a read of what is current)
+        self.floors: list[int] = []  # the floor of each snapshot and follow asked for
         self.resets = 0  # watches say this many times that they went on from a new consumer
 
     def _fail(self) -> None:
@@ -69,6 +70,21 @@ class FlakyBucket(MemoryBucket):
             self.failing_deletes -= 1
             raise TimeoutError("nats: timeout")
         return await super().delete(key, revision)
+
+    async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
+        self.watches += 1
+        self.floors.append(floor)
+        if self.failing_watches:
+            self.failing_watches -= 1
+            raise TimeoutError("nats: timeout")
+        return await super().snapshot(prefix, floor=floor)
+
+    async def follow(
+        self, prefix: str, wakeups: Wakeups, *, floor: int = 0
+    ) -> AsyncIterator[Entry | None]:
+        self.floors.append(floor)
+        async for item in super().follow(prefix, wakeups, floor=floor):
+            yield item
 
     async def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
         self.watches += 1

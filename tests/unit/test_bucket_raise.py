@@ -42,7 +42,7 @@ def _config(replicas: int = 1, max_bytes: int = 1 << 20) -> js_api.StreamConfig:
         max_bytes=max_bytes,
         max_consumers=BUCKET_MAX_CONSUMERS,
         max_msgs_per_subject=5,
-        allow_direct=False,
+        allow_direct=True,  # its agents read their Node records with direct gets
     )
 
 

@@ -13,7 +13,7 @@ import msgspec
 from corral.contract import names
 from corral.contract.codec import decode, encode
 from corral.contract.state import ReplicaStatus
-from corral.natsio.kv import Bucket, Conflict, Create, Update, Write, write_many
+from corral.natsio.kv import Bucket, Conflict, Create, Entry, Update, Write, write_many
 from corral_node_agent.replica_status import same_status
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,17 @@ class StatusBook:
         )
 
     async def load(self) -> None:
-        """Read the statuses already stored for this node (an earlier run of the agent)."""
+        """Read the statuses already stored for this node (an earlier run of the agent):
+        at once when the bucket can (Bucket.snapshot, from a store not older than what
+        this book wrote), with a watch otherwise."""
+        floor = max((revision for _, revision in self.written.values()), default=0)
         self.written.clear()
         self.uncertain.clear()
         legacy: list[tuple[str, ReplicaStatus, int]] = []
         with anyio.fail_after(_LOAD_TIMEOUT):
-            async for entry in self.bucket.watch(names.placement_prefix(self.node)):
-                if entry is None:
-                    break
+            prefix = names.placement_prefix(self.node)
+            snapshot = await self.bucket.snapshot(prefix, floor=floor)
+            for entry in snapshot.entries if snapshot else await _watched(self.bucket, prefix):
                 if entry.value is None:
                     continue
                 try:
@@ -172,3 +175,13 @@ class StatusBook:
                     return
         self.written.pop(replica, None)
         self.uncertain.discard(replica)
+
+
+async def _watched(bucket: Bucket, prefix: str) -> list[Entry]:
+    """The prefix's current entries, read with a watch."""
+    entries: list[Entry] = []
+    async for entry in bucket.watch(prefix):
+        if entry is None:
+            break  # the watch's consumer is deleted as it closes
+        entries.append(entry)
+    return entries

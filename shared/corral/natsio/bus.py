@@ -48,7 +48,7 @@ from corral.natsio.cluster import (
     read_cluster_identity,
 )
 from corral.natsio.config import nats_servers
-from corral.natsio.kv import Bucket, NatsBucket
+from corral.natsio.kv import Bucket, NatsBucket, answered_by_its_leader
 from corral.natsio.kv import bucket_stream as bucket_stream  # its home; said here too
 from corral.natsio.spec_progress import advance, progress_key, recorded_progress, start_progress
 
@@ -398,6 +398,7 @@ async def open_buckets(
                 js, names.CLUSTER_BUCKET, found[names.CLUSTER_BUCKET]
             ),
             names.CLUSTER_BUCKET,
+            stream=found[names.CLUSTER_BUCKET],
         )
         # From the leader: a replica behind could miss a bucket listed since, and a lost
         # bucket would then look new (made again, empty).
@@ -444,11 +445,12 @@ async def open_buckets(
             log.info("bucket %s was removed meanwhile: not the cluster's", bucket)
             continue
         kv = nats_internals.key_value_from_config(js, bucket, config)
-        if names.is_placements_bucket(bucket):
-            # Direct gets are for the agents' reads of their own placements in order
-            # (NatsBucket.follow); a single key is read from the leader, as before.
+        if _read_by_agents(bucket) and not answered_by_its_leader(config):
+            # Direct gets are for the agents' reads of their own keys (NatsBucket.snapshot,
+            # NatsBucket.follow); a single key is read from the leader, as before, but on
+            # a stream of one replica, whose one server is its leader, with direct gets.
             kv = nats_internals.key_value_through_api(kv)
-        buckets[bucket] = NatsBucket(kv, bucket)
+        buckets[bucket] = NatsBucket(kv, bucket, stream=config)
     if identity is not None and not complete:
         # Made first, listed after: a crash between the two leaves an unlisted
         # bucket, listed at the next start.
@@ -587,6 +589,19 @@ BUCKET_MAX_CONSUMERS: Final = 100_000
 DIRECT_READ_BUCKETS: Final = frozenset({names.CLUSTER_BUCKET})
 
 
+def _read_by_agents(bucket: str) -> bool:
+    """A bucket of which each node agent reads its own keys with direct gets: at once or
+    in order (NatsBucket.snapshot, NatsBucket.follow: no consumer on the server), the
+    placements and the replica statuses; and its Node record, one key read at its start,
+    at each write that conflicts and around an isolation. A single key of them is read
+    from the stream's leader: through the API when the stream has more replicas, with a
+    direct get when it has one (kv.answered_by_its_leader)."""
+    return names.is_placements_bucket(bucket) or bucket in (
+        names.REPLICA_STATUS_BUCKET,
+        names.NODES_BUCKET,
+    )
+
+
 async def _raise_bucket(
     js: JetStreamContext,
     bucket: str,
@@ -661,8 +676,7 @@ def _bucket_change(
         consumers = BUCKET_MAX_CONSUMERS
     stored = bool(config.allow_direct)
     placements = names.is_placements_bucket(bucket)
-    # never turned off; placements: node agents read theirs with direct gets (follow)
-    direct = stored or bucket in DIRECT_READ_BUCKETS or placements
+    direct = stored or bucket in DIRECT_READ_BUCKETS or _read_by_agents(bucket)  # never off
     told = _told_writes(config.republish)
     republish = told or (bucket if placements else None)
     current = (config.num_replicas, config.max_bytes, config.max_consumers, stored, told)

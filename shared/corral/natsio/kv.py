@@ -43,7 +43,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
-from nats.js.api import Header
+from nats.js.api import Header, StreamConfig
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from corral.contract import names
@@ -148,6 +148,25 @@ class Entry:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A prefix's current entries read at once (Bucket.snapshot): the newest entry of
+    each key, delete markers as deleted entries, in revision order, and the stream
+    sequence they are as of: every entry of the prefix up to `covered` is in `entries`
+    or superseded by one that is."""
+
+    entries: list[Entry]
+    covered: int
+
+
+def answered_by_its_leader(stream: StreamConfig | None) -> bool:
+    """Whether every direct get of the stream is its leader's answer: a stream of one
+    replica that answers direct gets (its one server; corral makes no mirrors of its
+    buckets, whose direct gets a mirror could answer too). The replicas are as read when
+    the bucket was opened: a service opens its buckets again at each start."""
+    return stream is not None and bool(stream.allow_direct) and (stream.num_replicas or 1) == 1
+
+
 def bucket_stream(bucket: str) -> str:
     """The JetStream stream behind a KV bucket."""
     return f"KV_{bucket}"
@@ -219,47 +238,72 @@ class Bucket(Protocol):
         have been skipped. Readers that only follow changes ignore it."""
         ...
 
-    def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+    async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
+        """The prefix's current entries read at once, holding no consumer on the server;
+        None when this read cannot give them (read them with a watch then): more keys
+        than one read answers, a bucket not read with direct gets, or a store older
+        than `floor` (a revision its reader has seen already: a replica behind its
+        leader answered). With `floor` 0, any replica's answer will do."""
+        ...
+
+    def follow(
+        self, prefix: str, wakeups: Wakeups, *, floor: int = 0
+    ) -> AsyncIterator[Entry | None]:
         """As `watch` (the current entries, then None, then every change in the
-        bucket's order, none skipped), holding no consumer on the server once current:
-        later changes are read from the bucket itself, from the revision after the last
-        one read, whenever `wakeups` says so (a write of one of the keys, told by the
+        bucket's order, none skipped), holding no consumer on the server: the current
+        entries a `snapshot` (`floor` as there), or a watch's when it gives none, and
+        later changes read from the bucket itself, from the revision after the last one
+        read, whenever `wakeups` says so (a write of one of the keys, told by the
         bucket, wakes it too). A wake-up that is lost delays a change, never skips it."""
         ...
 
 
 class NatsBucket:
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    def __init__(self, kv: KeyValue, name: str, *, stream: StreamConfig | None = None) -> None:
         self._kv = kv
         self.name = name
+        # The stream's configuration as read when the bucket was opened (None: not read):
+        # whether its replicas answer direct gets, and how many there are (`snapshot`).
+        self._stream = stream
         # Read with direct gets (the stream's allow_direct: any replica answers, outside
         # the JetStream API's request queue): a value found is used, though a replica
         # may be behind (a moment, or as long as it is cut off from its leader); "not
         # there", or no replica answering (a stream whose servers are away, or one
         # deleted), is asked again of the stream's leader, whose answer is what a
-        # bucket without direct gets gives. leader_get never asks a replica.
+        # bucket without direct gets gives. leader_get never asks a replica. On a
+        # stream of one replica its one server is its leader: its direct gets are the
+        # leader's answers, "not there" included, and none waits in the API's queue
+        # (bench/README.md, "Why 5,001 nodes collapse here"); only a get nobody
+        # answers (the stream deleted) is asked of the API, which says so.
         direct = nats_internals.key_value_direct(kv)
         self._leader = nats_internals.key_value_through_api(kv) if direct else None
+        self._direct_is_leader = direct and answered_by_its_leader(stream)
 
     def through(self, js: JetStreamContext) -> NatsBucket:
         """The same bucket through another JetStream context (its timeouts), opened
         once: no request to the server."""
-        return NatsBucket(nats_internals.key_value_on(self._kv, js), self.name)
+        return NatsBucket(nats_internals.key_value_on(self._kv, js), self.name, stream=self._stream)
 
     async def get(self, key: str) -> Entry | None:
         try:
             entry = await self._kv.get(key)
         except js_errors.KeyNotFoundError:
-            if self._leader is None:
+            if self._leader is None or self._direct_is_leader:
                 return None
-            return await self.leader_get(key)
+            return await self._api_get(key)
         except nats_errors.NoRespondersError:
             if self._leader is None:
                 raise
-            return await self.leader_get(key)
+            return await self._api_get(key)
         return Entry(key, entry.value or b"", entry.revision or 0)
 
     async def leader_get(self, key: str) -> Entry | None:
+        if self._direct_is_leader:
+            return await self.get(key)
+        return await self._api_get(key)
+
+    async def _api_get(self, key: str) -> Entry | None:
+        """The key as the stream's leader has it, asked through the JetStream API."""
         try:
             entry = await (self._leader or self._kv).get(key)
         except js_errors.KeyNotFoundError:
@@ -362,13 +406,75 @@ class NatsBucket:
                     log.debug("watcher stop failed", exc_info=True)
                 await self._delete_consumers(subscription, consumer)
 
-    async def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
-        # The snapshot is a watch's (its consumer on the stream's leader), deleted once
-        # current; from then on, batched direct gets of the prefix's subjects from the
-        # sequence after the last entry read: the stream's own order, nothing skipped
-        # (any replica may answer: each holds a prefix of the one log, so a replica
-        # behind only delays). The bucket's stream republishes each write's headers
-        # (bus.open_buckets: placements buckets), which wakes the follow.
+    async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
+        # One direct get of the last entry of every subject of the prefix (multi_last,
+        # nats-server 2.11+), answered by one replica from its store at one moment, up to
+        # its last sequence, which the end of the batch says (Nats-UpTo-Sequence): no
+        # consumer made, listed, or deleted, and nothing waiting in the JetStream API's
+        # queue (bench/README.md, "Why 5,001 nodes collapse here"). The server answers at
+        # most 1,024 subjects (413, then) and stops at its max pending bytes (entries
+        # still pending at the end): either is read with a watch instead. "No results"
+        # (404) says no entry of the prefix is stored, but not as of when: it will do only
+        # when the reader has seen none (`floor` 0). Without a floor, only a stream of one
+        # replica is read so (its one server is its leader): a replica cut off from its
+        # leader still answers, from a store of any age.
+        stream = self._stream
+        if stream is None or not stream.allow_direct:
+            return None
+        if floor <= 0 and not answered_by_its_leader(stream):
+            return None
+        js = nats_internals.key_value_jetstream(self._kv)
+        nc = nats_internals.jetstream_client(js)
+        request_subject = (
+            f"{nats_internals.jetstream_api_prefix(js)}.DIRECT.GET.{bucket_stream(self.name)}"
+        )
+        key_start = len(nats_internals.key_value_subject(self._kv, ""))
+        request = msgspec.json.encode(
+            {"multi_last": [nats_internals.key_value_subject(self._kv, prefix)]}
+        )
+        replies = await nc.subscribe(nc.new_inbox())
+        try:
+            await nc.publish(request_subject, request, reply=replies.subject)
+            entries: list[Entry] = []
+            while True:
+                msg, headers, status = await _direct_reply(replies)
+                if status == "404":
+                    return Snapshot([], 0) if floor <= 0 else None
+                if status == "413":
+                    return None
+                if status == "204":
+                    covered = int(headers.get("Nats-UpTo-Sequence") or 0)
+                    if int(headers.get("Nats-Num-Pending") or 0) > 0 or covered < max(floor, 1):
+                        return None
+                    return Snapshot(entries, covered)
+                if status is not None:
+                    raise FollowFailed(
+                        f"reading {self.name} {prefix}: status {status} "
+                        f"{headers.get('Description', '')}".rstrip()
+                    )
+                entry = _direct_entry(msg, key_start)
+                if entries and entry.revision <= entries[-1].revision:
+                    raise FollowFailed(
+                        f"reading {self.name} {prefix}: revision {entry.revision} out of order"
+                    )
+                entries.append(entry)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CONSUMER_INFO_TIMEOUT):
+                try:
+                    await replies.unsubscribe()
+                except Exception:  # the connection may be gone
+                    log.debug("snapshot subscription not removed", exc_info=True)
+
+    async def follow(
+        self, prefix: str, wakeups: Wakeups, *, floor: int = 0
+    ) -> AsyncIterator[Entry | None]:
+        # The snapshot is `snapshot`'s, or when it gives none a watch's (its consumer on
+        # the stream's leader, deleted once current); from then on, batched direct gets
+        # of the prefix's subjects from the sequence after the last entry read: the
+        # stream's own order, nothing skipped (any replica may answer: each holds a
+        # prefix of the one log, so a replica behind only delays). The bucket's stream
+        # republishes each write's headers (bus.open_buckets: placements buckets), which
+        # wakes the follow.
         js = nats_internals.key_value_jetstream(self._kv)
         nc = nats_internals.jetstream_client(js)
         request_subject = (
@@ -388,12 +494,19 @@ class NatsBucket:
         try:
             read = 0  # the newest revision delivered
             covered: list[int] = []
-            async with aclosing(self.watch(prefix, covered=covered)) as snapshot:
-                async for entry in snapshot:
-                    if entry is None:
-                        break  # its consumer is deleted as the watch closes
-                    read = max(read, entry.revision)
-                    yield entry
+            current = await self.snapshot(prefix, floor=floor)
+            if current is not None:
+                covered.append(current.covered)
+                for item in current.entries:
+                    read = item.revision
+                    yield item
+            else:
+                async with aclosing(self.watch(prefix, covered=covered)) as watched:
+                    async for entry in watched:
+                        if entry is None:
+                            break  # its consumer is deleted as the watch closes
+                        read = max(read, entry.revision)
+                        yield entry
             if not covered:
                 raise WatchIncomplete(
                     f"watch of {self.name}: it ended before its snapshot, or its consumer was "
@@ -438,9 +551,7 @@ class NatsBucket:
         await nc.publish(request_subject, request, reply=replies.subject)
         entries: list[Entry] = []
         while True:
-            msg = await replies.next_msg(timeout=FOLLOW_READ_TIMEOUT)
-            headers = msg.headers or {}
-            status = headers.get("Status")
+            msg, headers, status = await _direct_reply(replies)
             if status == "404":  # nothing after it
                 return entries, False
             if status == "204":  # the end of the batch
@@ -450,16 +561,13 @@ class NatsBucket:
                     f"reading {self.name} after revision {after}: status {status} "
                     f"{headers.get('Description', '')}".rstrip()
                 )
-            revision = int(headers["Nats-Sequence"])
-            if revision <= after or (entries and revision <= entries[-1].revision):
+            entry = _direct_entry(msg, key_start)
+            if entry.revision <= after or (entries and entry.revision <= entries[-1].revision):
                 raise FollowFailed(
-                    f"reading {self.name} after revision {after}: revision {revision} out of order"
+                    f"reading {self.name} after revision {after}: "
+                    f"revision {entry.revision} out of order"
                 )
-            key = headers["Nats-Subject"][key_start:]
-            if INTERN_KEYS:
-                key = sys.intern(key)
-            deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE)
-            entries.append(Entry(key, None if deleted else msg.data, revision))
+            entries.append(entry)
 
     async def _delete_consumers(self, subscription: Any, first: tuple[str, str] | None) -> None:
         """Delete a stopped watch's consumers now rather than after WATCH_INACTIVE_SECONDS:
@@ -521,7 +629,27 @@ WATCH_INACTIVE_SECONDS: Final = 60.0
 
 
 class FollowFailed(Exception):
-    """A follow's read of its keys got an answer it cannot use: the follow ends."""
+    """A follow's or snapshot's read of its keys got an answer it cannot use: the
+    follow ends, the snapshot is not taken."""
+
+
+async def _direct_reply(replies: Any) -> tuple[Any, dict[str, str], str | None]:
+    """The next answer to a batched direct get: the message, its headers and its status
+    (None: an entry). Raises when none comes within FOLLOW_READ_TIMEOUT."""
+    msg = await replies.next_msg(timeout=FOLLOW_READ_TIMEOUT)
+    headers = msg.headers or {}
+    return msg, headers, headers.get("Status")
+
+
+def _direct_entry(msg: Any, key_start: int) -> Entry:
+    """The entry a direct get answered with (its key after `key_start` characters of
+    its subject; a delete or purge marker as a deleted entry)."""
+    headers = msg.headers or {}
+    key = headers["Nats-Subject"][key_start:]
+    if INTERN_KEYS:
+        key = sys.intern(key)
+    deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE)
+    return Entry(key, None if deleted else msg.data, int(headers["Nats-Sequence"]))
 
 
 # A follow's reads of its bucket: entries a read asks for at most (more pending: read
@@ -593,7 +721,19 @@ class MemoryBucket:
             raise Conflict(f"{self.name}/{key} changed since revision {revision}")
         return self._write(key, None)
 
-    async def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
+    async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
+        """The prefix's entries now (a bucket in memory keeps no delete markers)."""
+        if self.revision < floor:
+            return None
+        entries = sorted(
+            (e for key, e in self.items.items() if _matches(prefix, key)),
+            key=lambda entry: entry.revision,
+        )
+        return Snapshot(entries, self.revision)
+
+    async def follow(
+        self, prefix: str, wakeups: Wakeups, *, floor: int = 0
+    ) -> AsyncIterator[Entry | None]:
         """The watch: a bucket in memory holds no consumers."""
         async for item in self.watch(prefix):
             yield item

@@ -34,7 +34,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from corral.contract import names
-from corral.natsio.kv import Bucket, Entry, Mirror, Wakeups
+from corral.natsio.kv import Bucket, Entry, Mirror, Snapshot, Wakeups
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +90,13 @@ class ShardedBucket:
     def watch(self, prefix: str = ">") -> AsyncIterator[Entry | None]:
         return self._one_shard(prefix, "watch").watch(prefix)
 
-    def follow(self, prefix: str, wakeups: Wakeups) -> AsyncIterator[Entry | None]:
-        return self._one_shard(prefix, "follow").follow(prefix, wakeups)
+    async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
+        return await self._one_shard(prefix, "snapshot").snapshot(prefix, floor=floor)
+
+    def follow(
+        self, prefix: str, wakeups: Wakeups, *, floor: int = 0
+    ) -> AsyncIterator[Entry | None]:
+        return self._one_shard(prefix, "follow").follow(prefix, wakeups, floor=floor)
 
     def _one_shard(self, prefix: str, how: str) -> Bucket:
         """The shard holding every key of `prefix` (one node's keys)."""
