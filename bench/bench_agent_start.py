@@ -58,6 +58,7 @@ async def main(server: LocalNats, agents: int, placements_watch: str) -> None:
             await tg.start(run_service, "scheduler", run_scheduler, args)
             nodes = NatsBucket(await nc.jetstream().key_value(names.NODES_BUCKET), "nodes")
             totals: list[int] = []
+            queued: list[int] = []  # of each start's requests, those through the API's queue
             every: collections.Counter[str] = collections.Counter()
             seconds: list[float] = []
             for index in range(agents):
@@ -86,6 +87,7 @@ async def main(server: LocalNats, agents: int, placements_watch: str) -> None:
                 await nc.flush()
                 counts = counter.take()
                 totals.append(sum(counts.values()))
+                queued.append(sum(n for kind, n in counts.items() if not is_direct(kind)))
                 every.update(counts)
                 print(f"agent {index}: {per_second(counts, 1, top=6, unit='')}", flush=True)
             tg.cancel_scope.cancel()
@@ -95,7 +97,16 @@ async def main(server: LocalNats, agents: int, placements_watch: str) -> None:
         f"{statistics.mean(totals):.1f} (each: {', '.join(map(str, totals))}), "
         f"ready after {statistics.median(seconds):.2f} s (median)"
     )
+    print(
+        "of them through the API's queue (direct gets left out: they wait in no queue and "
+        f"leave no entry): {statistics.mean(queued):.1f} (each: {', '.join(map(str, queued))})"
+    )
     print(f"by kind, per start: {per_second(every, agents, top=40, unit='')}")
+
+
+def is_direct(kind: str) -> bool:
+    """Whether a request of this kind (js_api_requests.request_kind) is a direct get."""
+    return kind.startswith("direct get")
 
 
 if __name__ == "__main__":

@@ -547,7 +547,8 @@ async def test_an_active_watch_that_went_on_from_a_new_consumer_is_read_afresh()
 async def test_a_new_watchs_snapshot_is_never_of_a_store_older_than_what_the_agent_saw() -> None:
     """`--placements-watch reads`: each new watch's snapshot, and each statuses load, asks
     for a store at least as new as the newest revision of the node's keys the agent was
-    told or read, or wrote (Bucket.snapshot's floor): a replica behind is not acted on."""
+    told or read, or wrote (Bucket.snapshot's floor): a store that went back is not
+    acted on."""
     placements = TellingBucket("placements")
     rig = Rig(placements=placements)
     judges = FakeJudges(rig.nodes, tells=placements)

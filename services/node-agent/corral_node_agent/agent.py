@@ -815,9 +815,10 @@ class NodeAgent:
                     feed = self._placements_bucket.watch(prefix)
                 else:
                     self._placement_wakeups = wakeups
-                    # Its snapshot is read without a consumer only from a store not older
-                    # than what this agent has read or been told of its keys (a replica
-                    # behind its leader is not acted on: Bucket.snapshot).
+                    # Its snapshot is read without a consumer only from the stream's leader
+                    # (one replica) and a store not older than what this agent has read or
+                    # been told of its keys (a store that went back is not acted on:
+                    # Bucket.snapshot).
                     floor = max(self.watch_proof.mark(), self.placements.delivered)
                     feed = self._placements_bucket.follow(prefix, wakeups, floor=floor)
                 async for entry in feed:

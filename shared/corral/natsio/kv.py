@@ -31,7 +31,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
@@ -239,11 +239,11 @@ class Bucket(Protocol):
         ...
 
     async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
-        """The prefix's current entries read at once, holding no consumer on the server;
-        None when this read cannot give them (read them with a watch then): more keys
-        than one read answers, a bucket not read with direct gets, or a store older
-        than `floor` (a revision its reader has seen already: a replica behind its
-        leader answered). With `floor` 0, any replica's answer will do."""
+        """The prefix's current entries read at once from the stream's leader, holding no
+        consumer on the server; None when this read cannot give them (read them with a
+        watch then): a stream of more than one replica (any replica would answer) or not
+        read with direct gets, more keys than one read answers, or a store older than
+        `floor` (a revision its reader has seen already: a store that went back)."""
         ...
 
     def follow(
@@ -408,56 +408,40 @@ class NatsBucket:
 
     async def snapshot(self, prefix: str = ">", *, floor: int = 0) -> Snapshot | None:
         # One direct get of the last entry of every subject of the prefix (multi_last,
-        # nats-server 2.11+), answered by one replica from its store at one moment, up to
-        # its last sequence, which the end of the batch says (Nats-UpTo-Sequence): no
-        # consumer made, listed, or deleted, and nothing waiting in the JetStream API's
-        # queue (bench/README.md, "Why 5,001 nodes collapse here"). The server answers at
-        # most 1,024 subjects (413, then) and stops at its max pending bytes (entries
-        # still pending at the end): either is read with a watch instead. "No results"
-        # (404) says no entry of the prefix is stored, but not as of when: it will do only
-        # when the reader has seen none (`floor` 0). Without a floor, only a stream of one
-        # replica is read so (its one server is its leader): a replica cut off from its
-        # leader still answers, from a store of any age.
+        # nats-server 2.11+), answered from the store at one moment, up to its last
+        # sequence, which the end of the batch says (Nats-UpTo-Sequence): no consumer
+        # made, listed, or deleted, and nothing waiting in the JetStream API's queue
+        # (bench/README.md, "Why 5,001 nodes collapse here"). Only on a stream of one
+        # replica, whose one server is its leader: on more, any replica answers, one cut
+        # off from its leader too, and a store behind the leader but not behind `floor`
+        # would still hold what the leader no longer does (replicas moved away while the
+        # agent was cut off with that replica). What the answers make: SnapshotAnswers.
         stream = self._stream
-        if stream is None or not stream.allow_direct:
-            return None
-        if floor <= 0 and not answered_by_its_leader(stream):
+        if not answered_by_its_leader(stream):
             return None
         js = nats_internals.key_value_jetstream(self._kv)
         nc = nats_internals.jetstream_client(js)
         request_subject = (
             f"{nats_internals.jetstream_api_prefix(js)}.DIRECT.GET.{bucket_stream(self.name)}"
         )
-        key_start = len(nats_internals.key_value_subject(self._kv, ""))
+        answers = SnapshotAnswers(
+            bucket_stream(self.name),
+            len(nats_internals.key_value_subject(self._kv, "")),
+            floor,
+        )
         request = msgspec.json.encode(
             {"multi_last": [nats_internals.key_value_subject(self._kv, prefix)]}
         )
         replies = await nc.subscribe(nc.new_inbox())
         try:
             await nc.publish(request_subject, request, reply=replies.subject)
-            entries: list[Entry] = []
             while True:
                 msg, headers, status = await _direct_reply(replies)
-                if status == "404":
-                    return Snapshot([], 0) if floor <= 0 else None
-                if status == "413":
-                    return None
-                if status == "204":
-                    covered = int(headers.get("Nats-UpTo-Sequence") or 0)
-                    if int(headers.get("Nats-Num-Pending") or 0) > 0 or covered < max(floor, 1):
-                        return None
-                    return Snapshot(entries, covered)
-                if status is not None:
-                    raise FollowFailed(
-                        f"reading {self.name} {prefix}: status {status} "
-                        f"{headers.get('Description', '')}".rstrip()
-                    )
-                entry = _direct_entry(msg, key_start)
-                if entries and entry.revision <= entries[-1].revision:
-                    raise FollowFailed(
-                        f"reading {self.name} {prefix}: revision {entry.revision} out of order"
-                    )
-                entries.append(entry)
+                done = answers.take(msg, headers, status)
+                if done:
+                    if answers.refused:
+                        log.debug("%s %s not read at once: %s", self.name, prefix, answers.refused)
+                    return answers.snapshot
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CONSUMER_INFO_TIMEOUT):
                 try:
@@ -633,7 +617,59 @@ class FollowFailed(Exception):
     follow ends, the snapshot is not taken."""
 
 
-async def _direct_reply(replies: Any) -> tuple[Any, dict[str, str], str | None]:
+class SnapshotAnswers:
+    """What the answers to one multi_last direct get make (NatsBucket.snapshot), taken
+    one at a time: the snapshot, or None (`refused` says why) when they do not make a
+    whole one, and the caller reads with a watch instead. Anything but a clean end
+    refuses: more than 1,024 keys (413), bytes still pending at the end (the server's
+    max pending), a store older than `floor`, an answer from another stream (a mirror
+    answering direct gets for it), entries out of order, a 404 after entries ("Message
+    Not Found": one failed to load) or any other status (408 from a server without
+    multi_last). "No Results" (404 first) says no entry of the prefix is stored, but not
+    as of which sequence: taken only when the reader has seen none (`floor` 0)."""
+
+    def __init__(self, stream: str, key_start: int, floor: int) -> None:
+        self._stream = stream
+        self._key_start = key_start
+        self._floor = floor
+        self._entries: list[Entry] = []
+        self._pending = 0  # what the last entry said was still to come
+        self.snapshot: Snapshot | None = None
+        self.refused = ""
+
+    def take(self, msg: Any, headers: Mapping[str, str], status: str | None) -> bool:
+        """Take one answer; True when it is the last (`snapshot` then says)."""
+        if status is None:
+            entry = _direct_entry(msg, self._key_start)
+            if headers.get("Nats-Stream", self._stream) != self._stream:
+                return self._refuse(f"answered by stream {headers.get('Nats-Stream')}")
+            if self._entries and entry.revision <= self._entries[-1].revision:
+                return self._refuse(f"revision {entry.revision} out of order")
+            self._entries.append(entry)
+            self._pending = int(headers.get("Nats-Num-Pending") or 0)
+            return False
+        description = headers.get("Description", "")
+        if status == "404" and description == "No Results" and not self._entries:
+            if self._floor > 0:
+                return self._refuse("no entries, as of an unknown sequence")
+            self.snapshot = Snapshot([], 0)
+            return True
+        if status != "204":
+            return self._refuse(f"status {status} {description}".rstrip())
+        covered = int(headers.get("Nats-UpTo-Sequence") or 0)
+        if int(headers.get("Nats-Num-Pending") or 0) > 0 or self._pending > 0:
+            return self._refuse("entries still pending at the end")
+        if covered < max(self._floor, 1):
+            return self._refuse(f"a store as of {covered}, older than {self._floor}")
+        self.snapshot = Snapshot(self._entries, covered)
+        return True
+
+    def _refuse(self, why: str) -> bool:
+        self.refused = why
+        return True
+
+
+async def _direct_reply(replies: Any) -> tuple[Any, Mapping[str, str], str | None]:
     """The next answer to a batched direct get: the message, its headers and its status
     (None: an entry). Raises when none comes within FOLLOW_READ_TIMEOUT."""
     msg = await replies.next_msg(timeout=FOLLOW_READ_TIMEOUT)
