@@ -47,6 +47,7 @@ class FlakyBucket(MemoryBucket):
         self.watches = 0  # watches begun, and snapshots read (a read of what is current)
         self.floors: list[int] = []  # the floor of each snapshot and follow asked for
         self.resets = 0  # watches say this many times that they went on from a new consumer
+        self.live = 0  # watches running now
 
     def _fail(self) -> None:
         if self.failing_writes:
@@ -91,6 +92,14 @@ class FlakyBucket(MemoryBucket):
         if self.failing_watches:
             self.failing_watches -= 1
             raise TimeoutError("nats: timeout")
+        self.live += 1
+        try:
+            async for item in self._replay(prefix):
+                yield item
+        finally:
+            self.live -= 1
+
+    async def _replay(self, prefix: str) -> AsyncIterator[Entry | None]:
         replayed = False
         async for item in super().watch(prefix):
             if self.stalled and replayed:
@@ -320,6 +329,8 @@ async def test_startup_survives_nats_timeouts_and_a_failing_first_pass() -> None
     with anyio.fail_after(10):
         async with running(rig.agent()):
             await eventually(lambda: state_of(world, "web-a1") == ReplicaState.RUNNING)
+            # each failed start cancelled the placements watch it had begun: one runs
+            await eventually(lambda: rig.placements.live == 1)
     assert rig.statuses.watches == 3
 
 

@@ -79,11 +79,17 @@ def test_answers_that_do_not_make_a_whole_snapshot_refuse_it() -> None:
     cases = {
         "more than 1,024 keys": [status("413", "Too Many Results")],
         "a server without multi_last": [status("408", "Empty Request")],
-        "bytes pending at the end": [entry("n1.a", 3, 1), end(9, pending=1)],
+        "bytes pending at the end": [entry("n1.a", 3, 0), end(9, pending=1)],
         "the last entry says more is to come": [entry("n1.a", 3, 1), end(9)],
         "a store older than the floor": [entry("n1.a", 3), end(9)],
         "entries out of order": [entry("n1.a", 7, 1), entry("n1.b", 3), end(9)],
         "a mirror answering": [entry("n1.a", 3, stream="KV_mirror"), end(9)],
+        "no results after entries": [entry("n1.a", 3, 1), status("404", "No Results")],
+        "an entry without its sequence": [Answer({"Nats-Subject": PREFIX + "n1.a"}), end(9)],
+        "an end without a number": [
+            entry("n1.a", 3),
+            Answer({"Status": "204", "Nats-UpTo-Sequence": "x"}),
+        ],
     }
     for case, answers in cases.items():
         floor = 10 if case == "a store older than the floor" else 0

@@ -744,6 +744,7 @@ class NodeAgent:
         """Check the identity, watch, read the statuses, check the identity again; only
         then are the placements current (a store swapped meanwhile is never acted on)."""
         assert self._task_group is not None
+        scope: anyio.CancelScope | None = None  # the new watch's, once started
         try:
             # From the leader, as every identity read the agent then acts on: a replica
             # cut off from it could still say a wiped store's old id.
@@ -763,7 +764,7 @@ class NodeAgent:
             told = proof.mark()  # revisions told until now: in the replay
             isolations = self._isolations
             with anyio.fail_after(_WATCH_START_SECONDS):
-                scope: anyio.CancelScope = await self._task_group.start(self._follow, mirror)
+                scope = await self._task_group.start(self._follow, mirror)
                 await self.statuses.load()
             await self.membership.check(from_leader=True)
             if (
@@ -786,6 +787,8 @@ class NodeAgent:
             self.placements_current = True
             self.poke()
         except Exception as error:
+            if scope is not None and scope is not self._watch_scope:
+                scope.cancel()  # started, never the agent's (the statuses' read failed)
             log.info("watching the placements of %s failed: %s", self.node, error)
             await anyio.sleep(_ENGINE_RETRY_SECONDS)
         finally:

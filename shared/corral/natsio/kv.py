@@ -436,7 +436,11 @@ class NatsBucket:
         try:
             await nc.publish(request_subject, request, reply=replies.subject)
             while True:
-                msg, headers, status = await _direct_reply(replies)
+                try:
+                    msg, headers, status = await _direct_reply(replies)
+                except nats_errors.TimeoutError:
+                    log.debug("%s %s not read at once: no answer in time", self.name, prefix)
+                    return None
                 done = answers.take(msg, headers, status)
                 if done:
                     if answers.refused:
@@ -625,8 +629,10 @@ class SnapshotAnswers:
     max pending), a store older than `floor`, an answer from another stream (a mirror
     answering direct gets for it), entries out of order, a 404 after entries ("Message
     Not Found": one failed to load) or any other status (408 from a server without
-    multi_last). "No Results" (404 first) says no entry of the prefix is stored, but not
-    as of which sequence: taken only when the reader has seen none (`floor` 0)."""
+    multi_last), an answer without its headers. "No Results" (404 first) says no entry of
+    the prefix is stored, but not as of which sequence: taken only when the reader has
+    seen none (`floor` 0). (Corral makes no mirrors of its buckets; a mirror's "No
+    Results" would name no stream.)"""
 
     def __init__(self, stream: str, key_start: int, floor: int) -> None:
         self._stream = stream
@@ -639,10 +645,16 @@ class SnapshotAnswers:
 
     def take(self, msg: Any, headers: Mapping[str, str], status: str | None) -> bool:
         """Take one answer; True when it is the last (`snapshot` then says)."""
+        try:
+            return self._take(msg, headers, status)
+        except (KeyError, ValueError) as error:  # headers missing or not numbers
+            return self._refuse(f"an answer without its headers: {error!r}")
+
+    def _take(self, msg: Any, headers: Mapping[str, str], status: str | None) -> bool:
         if status is None:
-            entry = _direct_entry(msg, self._key_start)
             if headers.get("Nats-Stream", self._stream) != self._stream:
                 return self._refuse(f"answered by stream {headers.get('Nats-Stream')}")
+            entry = _direct_entry(msg, self._key_start)
             if self._entries and entry.revision <= self._entries[-1].revision:
                 return self._refuse(f"revision {entry.revision} out of order")
             self._entries.append(entry)
