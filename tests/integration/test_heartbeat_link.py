@@ -1,7 +1,7 @@
 """NatsHeartbeats, the agent's side of a heartbeat, through a real nats-server: a beat
 returns its acks once enough judges answered, or what came when its wait is over; a
 beat cancelled from outside leaves nothing behind, and acks that come late change
-nothing."""
+nothing, unless the beat asked for them (`late`): then they reach it once enough."""
 
 from __future__ import annotations
 
@@ -104,3 +104,26 @@ async def test_a_beat_cancelled_from_outside_leaves_nothing_and_late_acks_change
         acks = await link.beat(heartbeat(3), wait=5.0)
         assert sorted(ack.judge for ack in acks) == ["judge-a", "judge-b"]
         assert [beat.seq for beat in heard] == [1, 2, 3]
+
+
+async def test_acks_after_the_wait_reach_late_and_only_for_a_beat_that_asked(
+    nats_url: str,
+) -> None:
+    late = [(0.3, ack_of("judge-a", 2)), (0.4, ack_of("judge-b", 2))]
+    async with judges(nats_url, lambda beat: late), agent_link(nats_url) as (_, link):
+        came: list[list[str]] = []
+        arrived = anyio.Event()
+
+        def late_acks(got: list[HeartbeatAck]) -> None:
+            came.append(sorted(a.judge for a in got))
+            arrived.set()
+
+        acks = await link.beat(heartbeat(1), wait=0.1, late=late_acks)
+        assert acks == []  # none within the wait
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert came == [["judge-a", "judge-b"]]  # both judges, once
+        assert link._late == {}
+        # A beat that did not ask (the cancelled case above) listens for nothing.
+        assert await link.beat(heartbeat(2), wait=0.1) == []
+        assert link._late == {}

@@ -4,6 +4,7 @@ a live successor displaces it, and a name whose agent heartbeats is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,8 @@ from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node, NodeCapacity, ReplicaState
 from corral.natsio.kv import is_echo_key
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
-from corral_node_agent.heartbeat_link import is_other_agent
+from corral_node_agent.heartbeat_link import LateAcks, is_other_agent
+from corral_node_agent.mode_events import ModeEventBudget
 from corral_node_agent.node_record import NodeRecord, stored_node
 from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import NODE, fast_settings, placement
@@ -67,11 +69,22 @@ class FakeJudges:
         self.successor_live = False  # the judges hear the agent the record names
         self.other: Heartbeat | None = None  # another agent heartbeating on the subject
         self.sent: list[Heartbeat] = []
+        self.late = False  # the acks come only after the beat's wait (to `late`)
 
-    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
         self.sent.append(heartbeat)  # the publish itself always succeeds here
         if not self.answering:
             return []
+        if self.late:
+            acks = self._acks(heartbeat)
+            if late is not None:
+                asyncio.get_running_loop().call_later(wait / 2, late, acks)
+            return []
+        return self._acks(heartbeat)
+
+    def _acks(self, heartbeat: Heartbeat) -> list[HeartbeatAck]:
         entry = self.nodes.items.get(heartbeat.node)
         stored = stored_node(entry)
         return [
@@ -136,6 +149,53 @@ async def test_an_idle_agent_every_judge_hears_never_rewrites_its_record() -> No
         rig.nodes.failing_writes = False
         agent.record.update(labels={"zone": "b"})  # a change is written at the next beat
         await eventually(lambda: stored_node(rig.nodes.items[NODE]).labels == {"zone": "b"})  # type: ignore[union-attr]
+
+
+async def test_acks_that_come_after_the_wait_keep_the_agent_heard() -> None:
+    """A judge (or this agent's loop) slowed down: every ack comes after the beat's wait.
+    The beat is not proven in time, so the record is written (here: failing), but the
+    late acks still prove the agent heard from the beat's sending: it stays Active."""
+    rig = Rig()
+    judges = FakeJudges(rig.nodes)
+    async with running(heard_agent(rig, judges)) as agent:
+        await rig.world().place(placement("web-a1"))
+        await eventually(lambda: state_of(rig.world(), "web-a1") == ReplicaState.RUNNING)
+        judges.late = True
+        rig.nodes.failing_writes = True
+        isolated = entries("Isolated")
+        await judges.beats(20)  # 20 x 50 ms: far past isolated_after (0.3 s)
+        assert agent.mode == Mode.ACTIVE and entries("Isolated") == isolated
+        assert agent.record.late_proofs >= 15
+        assert state_of(rig.world(), "web-a1") == ReplicaState.RUNNING
+
+
+async def test_a_flapping_agent_reports_a_burst_of_mode_changes_then_holds_and_counts_them() -> (
+    None
+):
+    rig = Rig()
+    judges = FakeJudges(rig.nodes)
+
+    async def cut_off_and_back(agent: NodeAgent) -> None:
+        judges.answering = False
+        rig.nodes.failing_writes = True
+        await eventually(lambda: agent.mode == Mode.ISOLATED)
+        judges.answering = True
+        rig.nodes.failing_writes = False
+        await eventually(lambda: agent.mode == Mode.ACTIVE)
+
+    async with running(heard_agent(rig, judges)) as agent:
+        agent._mode_events = ModeEventBudget(burst=2, every=3_600.0)
+        held = REGISTRY.get_sample_value("corral_agent_mode_events_held_total") or 0.0
+        reported = len(rig.events.seen)
+        await cut_off_and_back(agent)  # Isolated, Syncing (back from it): the burst
+        assert rig.events.reasons()[reported:] == ["Isolated", "Syncing"]
+        await cut_off_and_back(agent)  # held: logged, counted, not sent
+        assert len(rig.events.seen) == reported + 2
+        assert REGISTRY.get_sample_value("corral_agent_mode_events_held_total") == held + 2
+        agent._mode_events.tokens = 1.0  # as 30 s of quiet would give back
+        await cut_off_and_back(agent)
+        _, reason, message = rig.events.seen[reported + 2]
+        assert reason == "Isolated" and "(2 earlier mode changes not reported" in message
 
 
 async def test_unheard_by_the_judges_and_its_writes_failing_it_isolates_then_stops() -> None:
@@ -228,7 +288,9 @@ class SameIdJudges:
     def __init__(self, nodes: FlakyBucket) -> None:
         self.nodes = nodes
 
-    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
         entry = self.nodes.items.get(heartbeat.node)
         stored = stored_node(entry)
         return [

@@ -92,3 +92,43 @@ async def test_a_beat_whose_wait_is_over_returns_what_came() -> None:
     link = NatsHeartbeats(nc)  # type: ignore[arg-type]
     assert await link.beat(beat(1), wait=0.0) == []
     assert link._waiting == {}
+
+
+async def test_acks_after_the_wait_are_handed_to_late_once_enough_and_only_once() -> None:
+    nc = FakeNats()
+    link = NatsHeartbeats(nc)  # type: ignore[arg-type]
+    came: list[list[str]] = []
+    assert (
+        await link.beat(beat(1), wait=0.0, late=lambda acks: came.append([a.judge for a in acks]))
+        == []
+    )
+    await nc.ack(1)  # after the wait: still heard
+    assert came == [["judge-a"]]
+    await nc.ack(1)  # again: the beat is answered, nothing more
+    assert came == [["judge-a"]] and link._late == {}
+
+
+async def test_late_acks_wait_for_every_judge_and_are_forgotten_after_the_window() -> None:
+    nc = FakeNats()
+    link = NatsHeartbeats(nc, late_window=0.05)  # type: ignore[arg-type]
+    came: list[list[HeartbeatAck]] = []
+    assert await link.beat(beat(1), wait=0.0, late=came.append) == []
+    assert nc.callback is not None
+    two = HeartbeatAck(judge="judge-a", judges=2)
+    await nc.callback(FakeMsg("_INBOX.test.1", encode(two)))
+    assert came == []  # one of two judges: not enough
+    await asyncio.sleep(0.1)  # the window is over
+    assert link._late == {}
+    await nc.callback(FakeMsg("_INBOX.test.1", encode(HeartbeatAck(judge="judge-b", judges=2))))
+    assert came == []
+
+
+async def test_a_beat_answered_in_time_or_without_late_leaves_nothing_listening() -> None:
+    nc = FakeNats()
+    link = NatsHeartbeats(nc)  # type: ignore[arg-type]
+    assert await link.beat(beat(1), wait=0.0) == []  # no `late`
+    task = asyncio.ensure_future(link.beat(beat(2), wait=60.0, late=lambda _acks: None))
+    await sent(nc, 2)
+    await nc.ack(2)
+    assert [ack.judge for ack in await task] == ["judge-a"]
+    assert link._late == {} and link._waiting == {}

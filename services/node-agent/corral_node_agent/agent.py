@@ -65,6 +65,7 @@ from corral_node_agent.heartbeat_link import HeartbeatLink, enough
 from corral_node_agent.leftovers import LeftoverSweeper
 from corral_node_agent.local_record import LocalRecordFile
 from corral_node_agent.membership import Membership, PlacementShardsChanged
+from corral_node_agent.mode_events import ModeEventBudget
 from corral_node_agent.mounts import empty_dir_replica, is_volume_in_use, is_volume_wait
 from corral_node_agent.networks_mode import NetworksChoice, NetworksMode
 from corral_node_agent.node_record import NodeNameTaken, NodeRecord, Takeover
@@ -242,6 +243,7 @@ class NodeAgent:
         self.record.on_displaced = self._displaced
         self.record.on_acks = self._told
         self.watch_proof = WatchProof()
+        self._mode_events = ModeEventBudget()  # mode changes reported as Events
         self._placement_wakeups: Wakeups | None = None  # the latest follow's
         self.tracks: dict[str, ReplicaTrack] = {}
         # This node's volume attachments (watched once a replica has volumes) and the
@@ -649,13 +651,20 @@ class NodeAgent:
             Mode.STOPPING,
             Mode.HELD,
         ):
-            await self.events.emit(
-                "node",
-                self.node,
-                mode.value,
-                message or f"{before} -> {mode}",
-                warning=mode not in (Mode.ACTIVE, Mode.SYNCING),
-            )
+            held = self._mode_events.take(self.monotonic())
+            if held is None:
+                metrics.MODE_EVENTS_HELD.inc()
+            else:
+                text = message or f"{before} -> {mode}"
+                if held:
+                    text += f" ({held} earlier mode changes not reported: see the agent's log)"
+                await self.events.emit(
+                    "node",
+                    self.node,
+                    mode.value,
+                    text,
+                    warning=mode not in (Mode.ACTIVE, Mode.SYNCING),
+                )
         self.poke()
 
     def _mode_message(self, mode: Mode) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Final, Protocol
 
 import anyio
 import msgspec
@@ -28,11 +29,21 @@ from corral.natsio.bus import unsubscribe_quietly
 
 log = logging.getLogger(__name__)
 
+# How long after its wait a beat's acks still count when they come late (LateAcks).
+LATE_ACKS_SECONDS: Final = 2.0
+
+# Called with a beat's acks once enough of them came after its wait was over.
+LateAcks = Callable[[list[HeartbeatAck]], None]
+
 
 class HeartbeatLink(Protocol):
-    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
         """Send `heartbeat`; the acks of distinct judges that came within `wait` (it
-        returns early once as many judges answered as the acks say exist)."""
+        returns early once as many judges answered as the acks say exist). When they
+        were not enough by then, `late` is called with them once they are, within
+        LATE_ACKS_SECONDS after the wait (never otherwise)."""
         ...
 
     async def other_agent(
@@ -74,10 +85,13 @@ class NatsHeartbeats:
     per-call backend lookups and a timed-out scope's cancellation were a large share
     of an idle agent's work (bench/README.md)."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, late_window: float = LATE_ACKS_SECONDS) -> None:
         self.nc = nc
+        self.late_window = late_window
         self._inbox = ""
         self._waiting: dict[int, tuple[list[HeartbeatAck], asyncio.Future[None]]] = {}
+        # Beats whose wait is over without enough acks, still listened to (`late`).
+        self._late: dict[int, tuple[list[HeartbeatAck], LateAcks]] = {}
 
     async def _reply_to(self, seq: int) -> str:
         if not self._inbox:
@@ -94,30 +108,55 @@ class NatsHeartbeats:
             return
         waiting = self._waiting.get(seq)
         if waiting is None:
-            return  # late: that beat is over
+            self._on_late_ack(seq, ack)
+            return
         acks, done = waiting
         if all(known.judge != ack.judge for known in acks):
             acks.append(ack)
         if enough(acks):
             _settle(done)
 
-    async def beat(self, heartbeat: Heartbeat, wait: float) -> list[HeartbeatAck]:
-        reply = await self._reply_to(heartbeat.seq)
+    def _on_late_ack(self, seq: int, ack: HeartbeatAck) -> None:
+        late = self._late.get(seq)
+        if late is None:
+            return  # that beat is over (or was answered in time)
+        acks, call = late
+        if all(known.judge != ack.judge for known in acks):
+            acks.append(ack)
+        if enough(acks):
+            del self._late[seq]
+            try:
+                call(list(acks))
+            except Exception:  # a service never dies of a message
+                log.exception("handling the late acks of heartbeat %d failed", seq)
+
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
+        seq = heartbeat.seq
+        reply = await self._reply_to(seq)
         acks: list[HeartbeatAck] = []
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._waiting[heartbeat.seq] = (acks, done)
+        self._waiting[seq] = (acks, done)
         timer: asyncio.TimerHandle | None = None
+        published = False
         try:
             await self.nc.publish(
                 names.heartbeat_subject(heartbeat.node), encode(heartbeat), reply=reply
             )
+            published = True
             timer = loop.call_later(wait, _settle, done)
             await done  # cancelled from outside (the beat's bound, a stop): forgotten below
         finally:
             if timer is not None:
                 timer.cancel()
-            del self._waiting[heartbeat.seq]
+            del self._waiting[seq]
+        if late is not None and published and not enough(acks) and self.late_window > 0:
+            # Acks delayed on the way (a busy judge, a busy loop here) still prove the
+            # beat heard: listen for them a while longer (the caller has moved on).
+            self._late[seq] = (acks, late)
+            loop.call_later(self.late_window, self._late.pop, seq, None)
         return list(acks)
 
     async def other_agent(

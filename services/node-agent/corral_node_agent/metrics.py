@@ -30,3 +30,13 @@ MODE_ENTRIES = Counter(
     "heard for isolated_after)",
     ["mode"],
 )
+HEARTBEATS_PROVEN_LATE = Counter(
+    "corral_agent_heartbeats_proven_late_total",
+    "Heartbeats whose acks came after the agent's wait (half a heartbeat) but within "
+    "2 s more: the agent counts itself heard from that beat's sending all the same",
+)
+MODE_EVENTS_HELD = Counter(
+    "corral_agent_mode_events_held_total",
+    "Mode changes not reported as Events (a burst of 6 per agent, then one per 30 s: "
+    "mode_events.py); the agent's log has every one",
+)

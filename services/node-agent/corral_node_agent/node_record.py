@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import msgspec
@@ -35,6 +36,7 @@ from corral.contract.events import Heartbeat, HeartbeatAck
 from corral.contract.state import Node
 from corral.natsio.kv import Bucket, Conflict, Entry, write_record
 from corral.natsio.service import RefusedToStart
+from corral_node_agent import metrics
 from corral_node_agent.heartbeat_link import HeartbeatLink, enough, is_other_agent
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class NodeRecord:
         self.seq = 0  # heartbeats sent by this process
         self.written: Node | None = None  # the content last written (heartbeat_at aside)
         self.writes = 0  # record writes acknowledged (tests, benchmarks)
+        self.late_proofs = 0  # beats proven by acks that came after the wait (_proven_late)
         self._take_back = False  # the judges' acks say: write the record back now
         self.node = node
         self.clock = clock
@@ -252,7 +255,7 @@ class NodeRecord:
         self.seq += 1
         sent = self.monotonic()
         try:
-            acks = await link.beat(self._heartbeat(), wait)
+            acks = await link.beat(self._heartbeat(), wait, partial(self._proven_late, sent))
         except Exception as error:  # NATS trouble: the record write decides
             log.debug("heartbeat of %s not sent: %s", self.node.name, error)
             acks = []
@@ -262,6 +265,21 @@ class NodeRecord:
             # Proof counts from the sending: every judge heard it after that.
             self.last_acked = sent
         return proven
+
+    def _proven_late(self, sent: float, acks: list[HeartbeatAck]) -> None:
+        """Enough acks of the beat sent at `sent` came after the wait: every judge heard
+        it after `sent`, which is all the cut-off clock needs (its other news, a
+        contest or a revision told, waits for a beat answered in time). So a judge or
+        a loop slowed down for a moment costs a record write, not the agent's proof."""
+        if self.displaced_by is not None or not enough(acks):
+            return
+        me, my_engine = self.node.agent_id, self.node.engine_id
+        if any(is_other_agent(a.record_agent_id, a.record_engine_id, me, my_engine) for a in acks):
+            return
+        if self.last_acked is None or sent > self.last_acked:
+            self.last_acked = sent
+            self.late_proofs += 1
+            metrics.HEARTBEATS_PROVEN_LATE.inc()
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
