@@ -21,7 +21,7 @@ from corral.natsio.kv import is_echo_key
 from corral_node_agent.agent import NodeAgent, NodeNameTaken
 from corral_node_agent.heartbeat_link import LateAcks, is_other_agent
 from corral_node_agent.mode_events import ModeEventBudget
-from corral_node_agent.node_record import NodeRecord, stored_node
+from corral_node_agent.node_record import NodeRecord, Takeover, stored_node
 from corral_node_agent.safety import Mode
 from tests.unit.agent_helpers import NODE, fast_settings, placement
 from tests.unit.test_agent_loop import eventually, state_of
@@ -80,7 +80,7 @@ class FakeJudges:
         if self.late:
             acks = self._acks(heartbeat)
             if late is not None:
-                asyncio.get_running_loop().call_later(wait / 2, late, acks)
+                asyncio.get_running_loop().call_later(wait * 1.5, late, acks)  # after the wait
             return []
         return self._acks(heartbeat)
 
@@ -628,3 +628,69 @@ async def test_a_new_watchs_snapshot_is_never_of_a_store_older_than_what_the_age
     assert placements.floors[0] == 0 and seen > 0
     assert placements.floors[1] >= seen
     assert rig.statuses.floors[0] == 0 and rig.statuses.floors[1] >= wrote > 0
+
+
+# --- acks that come after the wait: the proof is the beat's sending -------------------
+
+
+class LateLink:
+    """Answers nothing within the wait; keeps each beat's `late` for the test to call."""
+
+    def __init__(self) -> None:
+        self.late: list[LateAcks] = []
+
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
+        assert late is not None
+        self.late.append(late)
+        return []
+
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
+        return None
+
+
+def ack(judge: str = "j1", judges: int = 1, agent: str = "a", engine: str = "E1") -> HeartbeatAck:
+    return HeartbeatAck(judge=judge, record_agent_id=agent, record_engine_id=engine, judges=judges)
+
+
+async def test_late_acks_prove_the_agent_heard_from_the_beats_sending_never_later_or_back() -> None:
+    now = [100.0]
+    link = LateLink()
+    nodes = FlakyBucket("nodes")
+    record = NodeRecord(nodes, same_id_node("E1"), monotonic=lambda: now[0], link=link)
+    await record.claim()
+    nodes.failing_writes = True  # no proof but the late acks
+    for sent in (100.0, 101.0):
+        now[0] = sent
+        with pytest.raises(ConnectionError):
+            await record.beat(wait=0.5)  # unanswered: its record write fails
+    assert record.last_acked is None
+    now[0] = 102.4  # the acks of both come now, the second beat's first
+    link.late[1]([ack()])
+    assert record.last_acked == 101.0  # its sending, not 102.4
+    link.late[0]([ack()])
+    assert record.last_acked == 101.0  # an older beat never moves the clock back
+    assert record.late_proofs == 1
+
+
+async def test_late_acks_of_too_few_judges_or_naming_another_agent_prove_nothing() -> None:
+    link = LateLink()
+    nodes = FlakyBucket("nodes")
+    record = NodeRecord(nodes, same_id_node("E1"), monotonic=lambda: 5.0, link=link)
+    await record.claim()
+    nodes.failing_writes = True  # no proof but the late acks
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            await record.beat(wait=0.5)
+    before = record.last_acked
+    assert before is None
+    link.late[0]([ack(judges=2)])  # one of two judges
+    link.late[1]([ack(agent="b")])  # the record names another agent
+    link.late[2]([ack(engine="E2")])  # the same id on another engine: another agent
+    assert record.last_acked == before and record.late_proofs == 0
+    record.displaced_by = Takeover(agent_id="b", same_engine=True)
+    link.late[3]([ack()])
+    assert record.last_acked == before and record.late_proofs == 0

@@ -32,3 +32,13 @@ def test_a_quiet_agent_gets_its_whole_burst_back_and_no_more() -> None:
 def test_a_budget_that_could_never_report_is_refused(burst: int, every: float) -> None:
     with pytest.raises(ValueError, match="burst"):
         ModeEventBudget(burst=burst, every=every)
+
+
+def test_a_change_that_must_be_reported_always_is_and_says_what_was_held() -> None:
+    budget = ModeEventBudget(burst=1, every=30.0)
+    assert budget.take(0.0) == 0
+    assert budget.take(1.0) is None
+    assert budget.take(2.0, spend_only=True) == 1  # Stopping: reported, with the count
+    assert budget.take(2.5, spend_only=True) == 0  # no token, reported all the same
+    assert budget.tokens == 0.0
+    assert budget.take(3.0) is None  # the flaps stay held

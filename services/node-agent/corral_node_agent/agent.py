@@ -651,7 +651,10 @@ class NodeAgent:
             Mode.STOPPING,
             Mode.HELD,
         ):
-            held = self._mode_events.take(self.monotonic())
+            # The modes an agent flaps between are budgeted; one that asks for action
+            # (Stopping, Held, handed over, retired: rare) is always reported.
+            flap = mode in (Mode.ISOLATED, Mode.SYNCING, Mode.ACTIVE)
+            held = self._mode_events.take(self.monotonic(), spend_only=not flap)
             if held is None:
                 metrics.MODE_EVENTS_HELD.inc()
             else:

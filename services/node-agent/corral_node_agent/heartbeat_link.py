@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -25,12 +25,10 @@ from nats.aio.msg import Msg
 from corral.contract import names
 from corral.contract.codec import encode
 from corral.contract.events import Heartbeat, HeartbeatAck
+from corral.contract.time_budget import LATE_ACKS_SECONDS
 from corral.natsio.bus import unsubscribe_quietly
 
 log = logging.getLogger(__name__)
-
-# How long after its wait a beat's acks still count when they come late (LateAcks).
-LATE_ACKS_SECONDS: Final = 2.0
 
 # Called with a beat's acks once enough of them came after its wait was over.
 LateAcks = Callable[[list[HeartbeatAck]], None]

@@ -8,7 +8,10 @@ keeps them, which is more work for the very servers that are behind: the overloa
 feeds itself. As Kubernetes' event spam filter does (a token bucket per source and
 object: a burst, then one event per interval), each agent reports a burst of
 `burst` mode changes, then one per `every` seconds; the first reported after some
-were held back says how many (`held`). The log keeps every change.
+were held back says how many (`held`). Only the modes a node flaps between (Isolated,
+Syncing, Active) are held back: Stopping, Held, handed over and retired ask for action
+and are always reported. The log keeps every change, and the Node record always says
+the node's mode as it is.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ class ModeEventBudget:
             raise ValueError("a mode event budget needs a burst >= 1 and every > 0")
         self.tokens = float(self.burst)
 
-    def take(self, now: float) -> int | None:
+    def take(self, now: float, *, spend_only: bool = False) -> int | None:
         """May a mode change at `now` (monotonic) be reported? None: not now (it is
-        counted); otherwise how many were held back before it (0 mostly)."""
+        counted); otherwise how many were held back before it (0 mostly). With
+        `spend_only` (a change that must be reported: Stopping, Held) always yes,
+        spending a token when there is one."""
         if self.at is not None:
             self.tokens = min(float(self.burst), self.tokens + (now - self.at) / self.every)
         self.at = now
-        if self.tokens < 1.0:
+        if self.tokens < 1.0 and not spend_only:
             self.held += 1
             return None
-        self.tokens -= 1.0
+        self.tokens = max(0.0, self.tokens - 1.0)
         held, self.held = self.held, 0
         return held

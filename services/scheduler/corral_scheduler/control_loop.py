@@ -381,8 +381,9 @@ class ControlLoop:
         self._node_volumes: dict[str, NodeVolumes] = {}
         # The watches liveness depends on, each with this scheduler's echo key in it.
         self.placements_echo = echo_key(self.owner)
+        self.nodes_echo = echo_key(self.owner)  # read at every ack (judges_alive): made once
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
-            (self.nodes, echo_key(self.owner)),  # first: what acks read (may_vouch)
+            (self.nodes, self.nodes_echo),  # first: what acks read (may_vouch)
             *((shard, self.placements_echo) for shard in self.placements.shards),
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
@@ -805,11 +806,12 @@ class ControlLoop:
         """This scheduler and the others whose echo in corral_nodes came back lately:
         an agent counts itself heard only when that many judges acknowledged it."""
         now = self.monotonic()
+        own = self.nodes_echo
         others = sum(
             1
             # a copy at once (C): the heartbeat thread counts while the watch changes it
             for key, seen in list(self.nodes.echoes.items())
-            if key != echo_key(self.owner)
+            if key != own
             and key.rsplit(".", 1)[-1].startswith("scheduler-")
             and now - seen.seen_at <= JUDGE_ALIVE_SECONDS
         )

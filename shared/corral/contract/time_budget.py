@@ -62,6 +62,10 @@ ISOLATION_MARGIN_SECONDS: Final = 1.0
 # itself by a record write instead (half a heartbeat), and what a write is allowed.
 ACK_WAIT_SECONDS: Final = 0.5 * HEARTBEAT_SECONDS
 WRITE_ALLOWANCE_SECONDS: Final = 0.5
+# Acks that come after the wait (a judge or the agent's own loop slowed down) still
+# prove the beat heard, from its sending, for this long after the wait: the record
+# write of that beat goes out all the same (docs/time-budget.md, "Liveness").
+LATE_ACKS_SECONDS: Final = 2.0
 # The longest two proofs of life of a healthy agent may lie apart as a judge sees them:
 # a beat, the wait for acks, a record write (a judge that does not hear its beats sees
 # only its writes).
