@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -10,6 +11,7 @@ from functools import partial
 import anyio
 
 from corral.natsio.service import ServiceContext, run_service
+from corral_node_agent import main as agent_main
 from corral_node_agent.main import buckets_used, build_parser, run
 
 
@@ -24,6 +26,11 @@ async def running_agent(nats_url: str, node: str, *flags: str) -> AsyncIterator[
         args = build_parser().parse_args(
             ["--nats", nats_url, "--metrics-port", "0", "--node-name", node, *flags]
         )
+        # A new agent process: its cut-off clock counts from its own start when it has
+        # no acknowledged write noted (main.counting_from), not from when the test
+        # process imported the agent. Else an agent started more than F into a test
+        # session goes Stopping at once, until its first write is acknowledged.
+        agent_main.PROCESS_STARTED = time.monotonic()  # undone after the test (conftest.py)
         async with anyio.create_task_group() as tg:
             # The buckets it reads only, as `corral-node-agent` opens them.
             ctx: ServiceContext = await tg.start(

@@ -29,6 +29,20 @@ def _decide_in(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(control_loop, "DECIDE_IN", control_loop.DecideIn(mode))
 
 
+@pytest.fixture(autouse=True)
+def _agent_process_starts_with_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node agents run in-process here: each test is a new agent process, whose cut-off
+    clock counts from its start when it has no acknowledged write noted
+    (corral_node_agent.main.counting_from), not from when the test session imported
+    the agent. Else an agent started more than F (20 s) into the session goes Stopping
+    at once, removing its replicas until its first write is acknowledged (a restart
+    "adopting its own" then made them anew). tests/agents.py resets it at each agent
+    start too, for a test that starts one more than F into itself."""
+    from corral_node_agent import main
+
+    monkeypatch.setattr(main, "PROCESS_STARTED", time.monotonic())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
