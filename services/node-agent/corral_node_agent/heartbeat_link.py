@@ -138,21 +138,20 @@ class NatsHeartbeats:
         done: asyncio.Future[None] = loop.create_future()
         self._waiting[seq] = (acks, done)
         timer: asyncio.TimerHandle | None = None
-        published = False
         try:
             await self.nc.publish(
                 names.heartbeat_subject(heartbeat.node), encode(heartbeat), reply=reply
             )
-            published = True
             timer = loop.call_later(wait, _settle, done)
             await done  # cancelled from outside (the beat's bound, a stop): forgotten below
         finally:
             if timer is not None:
                 timer.cancel()
             del self._waiting[seq]
-        if late is not None and published and not enough(acks) and self.late_window > 0:
-            # Acks delayed on the way (a busy judge, a busy loop here) still prove the
-            # beat heard: listen for them a while longer (the caller has moved on).
+        if late is not None and not enough(acks) and self.late_window > 0:
+            # Sent (a failed publish raised above), not answered in time: acks delayed on
+            # the way (a busy judge, a busy loop here) still prove the beat heard;
+            # listen for them a while longer (the caller has moved on).
             self._late[seq] = (acks, late)
             loop.call_later(self.late_window, self._late.pop, seq, None)
         return list(acks)

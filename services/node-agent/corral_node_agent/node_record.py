@@ -271,10 +271,7 @@ class NodeRecord:
         it after `sent`, which is all the cut-off clock needs (its other news, a
         contest or a revision told, waits for a beat answered in time). So a judge or
         a loop slowed down for a moment costs a record write, not the agent's proof."""
-        if self.displaced_by is not None or not enough(acks):
-            return
-        me, my_engine = self.node.agent_id, self.node.engine_id
-        if any(is_other_agent(a.record_agent_id, a.record_engine_id, me, my_engine) for a in acks):
+        if self.displaced_by is not None or not enough(acks) or self._naming_others(acks):
             return
         if self.last_acked is None or sent > self.last_acked:
             self.last_acked = sent
@@ -291,6 +288,13 @@ class NodeRecord:
             mode=self.node.mode,
         )
 
+    def _naming_others(self, acks: list[HeartbeatAck]) -> list[HeartbeatAck]:
+        """The acks whose judge sees another agent in this node's record."""
+        me, my_engine = self.node.agent_id, self.node.engine_id
+        return [
+            a for a in acks if is_other_agent(a.record_agent_id, a.record_engine_id, me, my_engine)
+        ]
+
     def _judged(self, acks: list[HeartbeatAck]) -> bool:
         """What the judges' acks say: True when every judge heard this agent and the
         record is its own as they see it. An ack naming another agent in the record
@@ -298,10 +302,7 @@ class NodeRecord:
         record change; taken back after the liveness window)."""
         if not enough(acks):
             return False
-        me, my_engine = self.node.agent_id, self.node.engine_id
-        others = [
-            a for a in acks if is_other_agent(a.record_agent_id, a.record_engine_id, me, my_engine)
-        ]
+        others = self._naming_others(acks)
         if not others:
             self._contest = None
             return True

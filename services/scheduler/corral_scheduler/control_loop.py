@@ -380,11 +380,12 @@ class ControlLoop:
         self._claim_room: dict[str, tuple[str, int]] = {}  # claim -> (node, bytes) taken
         self._node_volumes: dict[str, NodeVolumes] = {}
         # The watches liveness depends on, each with this scheduler's echo key in it.
-        self.placements_echo = echo_key(self.owner)
-        self.nodes_echo = echo_key(self.owner)  # read at every ack (judges_alive): made once
+        # This scheduler's echo key in the buckets it echoes in without a prefix (nodes,
+        # placements), made once: acks read it on every heartbeat.
+        self.own_echo = echo_key(self.owner)
         self.echo_watches: list[tuple[Mirror[Any], str]] = [
-            (self.nodes, self.nodes_echo),  # first: what acks read (may_vouch)
-            *((shard, self.placements_echo) for shard in self.placements.shards),
+            (self.nodes, self.own_echo),  # first: what acks read (may_vouch)
+            *((shard, self.own_echo) for shard in self.placements.shards),
             (self.releases, echo_key(self.owner, prefix=RELEASE_PREFIX)),
         ]
         # (bucket, echo key) -> revision being deleted (one key may be in every shard)
@@ -794,7 +795,7 @@ class ControlLoop:
         node's shard of the placements: revisions of other shards say nothing of it.
         Called on the heartbeat thread too: it reads plain values, as may_vouch does."""
         shard = self.placements.shard_of_node(node)
-        age = shard.echo_age(self.placements_echo)
+        age = shard.echo_age(self.own_echo)
         if not shard.current or age is None or age > TELL_LATE_SECONDS:
             return -1
         return shard.newest(node)
@@ -806,7 +807,7 @@ class ControlLoop:
         """This scheduler and the others whose echo in corral_nodes came back lately:
         an agent counts itself heard only when that many judges acknowledged it."""
         now = self.monotonic()
-        own = self.nodes_echo
+        own = self.own_echo
         others = sum(
             1
             # a copy at once (C): the heartbeat thread counts while the watch changes it
