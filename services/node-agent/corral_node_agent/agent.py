@@ -464,7 +464,7 @@ class NodeAgent:
 
     async def _check_identity_forever(self) -> None:
         while True:
-            await anyio.sleep(self.settings.identity_check_seconds)
+            await asyncio.sleep(self.settings.identity_check_seconds)
             try:
                 await self.membership.check()
             except Exception as error:  # timeouts: the cut-off clock speaks for them
@@ -992,7 +992,7 @@ class NodeAgent:
     async def _watch_engine(self) -> None:
         """Engine health beside the heartbeat, never in its way."""
         while True:
-            await anyio.sleep(self.settings.heartbeat_seconds)
+            await asyncio.sleep(self.settings.heartbeat_seconds)  # as NodeRecord.heartbeat
             await self._check_engine()
 
     async def _check_engine(self) -> None:
@@ -1053,8 +1053,14 @@ class NodeAgent:
             if self._wake_at is not None:
                 delay = max(0.0, min(delay, self._wake_at - self.clock()))
             assert self._wakeup is not None
-            with anyio.move_on_after(delay):
-                await self._wakeup.wait()
+            # A timer wakes the resync, as it does the guard: a scope's timeout would be
+            # delivered as a cancellation every resync of every idle agent.
+            wakeup = self._wakeup
+            timer = asyncio.get_running_loop().call_later(delay, wakeup.set)
+            try:
+                await wakeup.wait()
+            finally:
+                timer.cancel()
             async with self._pass_turn():
                 # Reset once this pass's turn has come: what asked for a pass while it
                 # waited is seen by this one, not by one more after it.

@@ -20,6 +20,7 @@ beside it, by the agent).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -391,11 +392,15 @@ class NodeRecord:
         started = False
         while True:
             try:
-                with anyio.fail_after(max(interval * 2, 1.0)):
+                # asyncio's own timeout and sleep, not anyio's: nats-py runs on asyncio
+                # only, and a hollow cluster beats once a second per node in one loop,
+                # where anyio's cancel scope and backend lookups were a tenth of an idle
+                # node's cost (bench/README.md, "What a node costs when nothing changes").
+                async with asyncio.timeout(max(interval * 2, 1.0)):
                     await self.beat(wait=min(time_budget.ACK_WAIT_SECONDS, interval / 2))
             except Exception as error:
                 log.debug("heartbeat of %s failed: %s", self.node.name, error)
             if not started:
                 started = True
                 task_status.started()
-            await anyio.sleep(interval)
+            await asyncio.sleep(interval)

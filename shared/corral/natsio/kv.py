@@ -26,6 +26,7 @@ echo keys that stopped changing long ago): `put` writes it again.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import re
@@ -128,7 +129,7 @@ async def keep_echoing(
                 written = False
                 with anyio.move_on_after(max(interval, 1.0) * 2):
                     await delete()
-            await anyio.sleep(interval)
+            await asyncio.sleep(interval)  # nats-py is asyncio's: no anyio lookup per node
     finally:
         if written:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
