@@ -394,8 +394,9 @@ class NodeRecord:
             try:
                 # asyncio's own timeout and sleep, not anyio's: nats-py runs on asyncio
                 # only, and a hollow cluster beats once a second per node in one loop,
-                # where anyio's cancel scope and backend lookups were a tenth of an idle
-                # node's cost (bench/README.md, "What a node costs when nothing changes").
+                # where anyio's cancel scope and backend lookups were about a seventh of an
+                # idle node's busy time (bench/README.md, "What a node costs when nothing
+                # changes"). The bound cancels once, as asyncio's do.
                 async with asyncio.timeout(max(interval * 2, 1.0)):
                     await self.beat(wait=min(time_budget.ACK_WAIT_SECONDS, interval / 2))
             except Exception as error:
