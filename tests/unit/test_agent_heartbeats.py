@@ -694,3 +694,52 @@ async def test_late_acks_of_too_few_judges_or_naming_another_agent_prove_nothing
     record.displaced_by = Takeover(agent_id="b", same_engine=True)
     link.late[3]([ack()])
     assert record.last_acked == before and record.late_proofs == 0
+
+
+class HangingLink:
+    """A link whose first beat never returns (a connection hung mid-publish); the
+    beats after it come back unanswered at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def beat(
+        self, heartbeat: Heartbeat, wait: float, late: LateAcks | None = None
+    ) -> list[HeartbeatAck]:
+        self.sent.append(heartbeat.seq)
+        if len(self.sent) == 1:
+            await asyncio.Event().wait()
+        return []
+
+    async def other_agent(
+        self, node: str, agent_id: str, engine_id: str, window: float
+    ) -> Heartbeat | None:
+        return None
+
+
+def record_on(link: HangingLink, agent_id: str) -> NodeRecord:
+    capacity = NodeCapacity(cpu_millis=1000, memory_bytes=2**30)
+    node = Node(name=NODE, agent_id=agent_id, capacity=capacity)
+    return NodeRecord(FlakyBucket(names.NODES_BUCKET), node, link=link)
+
+
+async def test_a_hung_beat_is_cut_at_its_bound_the_next_goes_out_and_a_stop_still_ends_it() -> None:
+    """The heartbeat's bound (asyncio's own timeout inside anyio's task group) cuts a
+    beat that hangs, so the next beat is not held up; cancelling the task group ends
+    the loop, whether it is in a beat or between two."""
+    link = HangingLink()
+    record = record_on(link, "agent-1")
+    began = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(record.heartbeat, 0.2)  # bound: max(0.4, 1.0) = 1 s
+        await eventually(lambda: len(link.sent) >= 3, within=10)
+        assert time.monotonic() - began >= 1.0  # the first beat held on to its bound
+        tg.cancel_scope.cancel()
+    assert link.sent[:3] == [1, 2, 3]
+    with anyio.fail_after(5):  # and a stop while a beat hangs ends it too
+        async with anyio.create_task_group() as tg:
+            hung = HangingLink()
+            tg.start_soon(record_on(hung, "agent-2").heartbeat, 0.2)
+            await eventually(lambda: len(hung.sent) == 1)
+            tg.cancel_scope.cancel()
+    assert hung.sent == [1]
