@@ -6,7 +6,7 @@ Decodes --replicas placements and as many replica statuses into dicts of
 (record, revision), as the scheduler's mirrors hold them (the statuses as its view of
 them), then times: objects the collector tracks per replica, a full collection (what
 CPython runs now and then on its own, scanning every tracked object at once), and the
-scheduler's tick under corral_scheduler.gc_policy (collect the young generations,
+scheduler's tick under corral.natsio.gc_policy (collect the young generations,
 freeze the survivors), then a full collection after it.
 """
 
@@ -20,7 +20,7 @@ from corral.contract.codec import decode, encode
 from corral.contract.specs import ContainerTemplate, ResourceList, Resources
 from corral.contract.state import Placement, ReplicaState, ReplicaStatus
 from corral.contract.views import SchedulingStatus
-from corral_scheduler.gc_policy import GcPolicy
+from corral.natsio.gc_policy import GcPolicy
 
 
 def timed(action: object) -> float:

@@ -49,6 +49,7 @@ import http.client
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +288,7 @@ class Cluster:
                 "--placements-watch",
                 args.placements_watch,
                 *(["--pool", str(args.simulator_pool)] if args.simulator_pool else []),
+                *(["--python-gc"] if args.simulator_python_gc else []),
                 # its nodes' state in this run's folder, removed with it: the victim is
                 # killed, so a temporary folder of its own would be left behind
                 "--state-dir",
@@ -332,12 +334,16 @@ class Cluster:
     def simulator_isolations(self) -> float:
         """How often the simulator's agents entered Isolated, summed over its processes
         (0 from an agent without the counter)."""
+        return self.simulator_mode_entries("Isolated")
+
+    def simulator_mode_entries(self, mode: str) -> float:
+        """How often the simulator's agents entered `mode`, summed over its processes."""
         return sum(
             sample.value
             for name in self.simulators
             for sample in samples(self.metrics(name))
             if sample.name == "corral_agent_mode_entries_total"
-            and sample.labels.get("mode") == "Isolated"
+            and sample.labels.get("mode") == mode
         )
 
     def varz(self) -> dict[str, int]:
@@ -530,19 +536,25 @@ TIMELINE_EVERY_SECONDS = 0.5
 @dataclass
 class Timeline:
     """The scheduler's counts from the first apply until all replicas run, sampled from
-    its /metrics every TIMELINE_EVERY_SECONDS: saved beside the table (a CSV) for
-    bench/plot_scale.py."""
+    its /metrics every TIMELINE_EVERY_SECONDS, with the store's longest write meanwhile
+    (the probe's): saved beside the table (a CSV) for bench/plot_scale.py. A collapse
+    shows what came first: the store stalling, the scheduler's view going stale, or
+    the nodes."""
 
-    # seconds since the first apply, placements made, replicas ready, nodes ready
-    rows: list[tuple[float, int, int, int]] = field(default_factory=list)
+    # seconds since the first apply, placements made, replicas ready, nodes ready, the
+    # scheduler's view fresh (1/0), the store's longest write since the last sample (ms)
+    rows: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
 
-    HEADER: ClassVar[str] = "seconds,placements_made,replicas_ready,nodes_ready"
+    HEADER: ClassVar[str] = (
+        "seconds,placements_made,replicas_ready,nodes_ready,view_fresh,store_write_ms"
+    )
 
-    def add(self, seconds: float, metrics_text: str) -> None:
+    def add(self, seconds: float, metrics_text: str, store_write: float = 0.0) -> None:
         """One sample from the scheduler's /metrics text (none when a count is missing)."""
         counts = scheduler_counts(metrics_text)
         if counts is not None:
-            self.rows.append((round(seconds, 2), *counts))
+            fresh = scheduler_view_fresh(metrics_text)
+            self.rows.append((round(seconds, 2), *counts, fresh, round(store_write * 1e3, 1)))
 
     def fewest_nodes_ready(self, until: float, of: int) -> str:
         seen = [row[3] for row in self.rows if row[0] <= until]
@@ -571,6 +583,17 @@ def scheduler_counts(metrics_text: str) -> tuple[int, int, int] | None:
     if placements is None or nodes_ready is None:
         return None
     return placements, replicas_ready, nodes_ready
+
+
+def scheduler_view_fresh(metrics_text: str) -> int:
+    """corral_scheduler_view_fresh from the scheduler's /metrics text (0 when missing)."""
+    try:
+        for sample in samples(metrics_text):
+            if sample.name == "corral_scheduler_view_fresh":
+                return int(sample.value)
+    except (ValueError, OverflowError):
+        pass
+    return 0
 
 
 # --- the requests ----------------------------------------------------------------------
@@ -668,6 +691,10 @@ class Probe:
     # counted, their latency kept; a refusal other than an internal error stops the run.
     failed: list[str] = field(default_factory=list)
     store_failed: list[str] = field(default_factory=list)  # the store writes', apart
+    # The longest store write since `longest_write` was last asked (one still under way
+    # counts for as long as it has taken so far): the timeline's store_write_ms.
+    _longest_write: float = 0.0
+    _writing_since: float | None = None
 
     async def run(self, every: float) -> None:
         while True:
@@ -686,13 +713,24 @@ class Probe:
                     raise RuntimeError(f"probe apply refused: {reply.error}")
                 self.failed.append(reply.error or "")
                 print(f"  probe {self.round} failed: {reply.error}", flush=True)
-            started = time.perf_counter()
+            started = self._writing_since = time.perf_counter()
             try:
                 await self.store.put(PROBE, encode(spec))
             except NatsError as error:  # a timeout, or JetStream's refusal: counted apart
                 self.store_failed.append(f"{type(error).__name__}: {error}")
-            self.store_latencies.append(time.perf_counter() - started)
+            finally:
+                self._writing_since = None
+            took = time.perf_counter() - started
+            self.store_latencies.append(took)
+            self._longest_write = max(self._longest_write, took)
             await anyio.sleep(every)
+
+    def longest_write(self) -> float:
+        """The longest store write since the last call (seconds)."""
+        longest, self._longest_write = self._longest_write, 0.0
+        if self._writing_since is not None:
+            longest = max(longest, time.perf_counter() - self._writing_since)
+        return longest
 
     def take(self) -> tuple[list[float], list[float]]:
         """The apply latencies and the store's write latencies since the last take."""
@@ -821,7 +859,9 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                                 text = await anyio.to_thread.run_sync(cluster.metrics, "scheduler")
                             except (OSError, http.client.HTTPException):  # busy: a sample less
                                 text = ""
-                            results.timeline.add(time.monotonic() - began, text)
+                            results.timeline.add(
+                                time.monotonic() - began, text, probe.longest_write()
+                            )
                             await anyio.sleep(TIMELINE_EVERY_SECONDS)
 
                 tg.start_soon(sample_timeline)
@@ -1275,6 +1315,7 @@ async def every_node_cut_off(
     before = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_before = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
+    stopping_before = await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping")
     server.send_signal(signal.SIGSTOP)
     try:
         await anyio.sleep(outage)
@@ -1298,6 +1339,9 @@ async def every_node_cut_off(
     after = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_after = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     isolated = await anyio.to_thread.run_sync(cluster.simulator_isolations) - isolated_before
+    stopping = (
+        await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping") - stopping_before
+    )
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -1320,6 +1364,11 @@ async def every_node_cut_off(
         "  agents isolated (entries to Isolated), from the pause to all back",
         f"{isolated:,.0f}",
         "each simulated agent once: every one was cut off",
+    )
+    results.add(
+        "  agents that stopped their replicas (entries to Stopping), from the pause on",
+        f"{stopping:,.0f}",
+        "none should: an agent stops its replicas only when not heard for F (20 s)",
     )
     results.add(
         "  replicas placed anew meanwhile",
@@ -1383,6 +1432,12 @@ def main() -> None:
         "(the hollow cluster's --passes-parallel; default: its own default)",
     )
     parser.add_argument(
+        "--simulator-python-gc",
+        action="store_true",
+        help="the hollow clusters' --python-gc: Python's own collections once their "
+        "nodes run (comparisons)",
+    )
+    parser.add_argument(
         "--simulator-pool",
         type=int,
         help="hollow nodes per NATS connection (the hollow cluster's --pool; 1: a "
@@ -1409,6 +1464,12 @@ def main() -> None:
         "agent cut off at once, then the recovery",
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        help="copy every process's log (scheduler, hollow clusters, nats-server...) here "
+        "at the end: why a run went as it did",
+    )
     args = parser.parse_args()
     if args.replicas < args.deployments:
         parser.error("--replicas must be at least --deployments")
@@ -1450,6 +1511,8 @@ def main() -> None:
         title += f", answer in {args.answer_in}"
     if args.python_gc:
         title += ", Python's default GC"
+    if args.simulator_python_gc:
+        title += ", the simulator on Python's default GC"
     if args.simulator_passes is not None:
         title += f", simulator passes {args.simulator_passes or 'all'} at once"
     if args.placement_shards > 1:
@@ -1484,6 +1547,10 @@ def main() -> None:
                 results.timeline.write_csv(timeline)  # a failed run's too: it tells why
             finally:
                 cluster.stop()  # whatever failed: no process of the run outlives it
+                if args.keep_logs is not None:
+                    args.keep_logs.mkdir(parents=True, exist_ok=True)
+                    for log in Path(work).glob("*.log"):
+                        shutil.copy(log, args.keep_logs / log.name)
             if any(
                 p.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
                 for p in cluster.procs.values()

@@ -25,6 +25,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
             sys.executable,
             str(BENCH),
             *("--steady", "3", "--timeout", "200", "--out", str(out)),
+            *("--keep-logs", str(tmp_path / "logs")),
             *("--simulator-processes", "2"),  # the nodes shared: summed lateness, ports
         ],
         capture_output=True,
@@ -49,6 +50,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "all nodes ready again after",
         "that recovery: JetStream API requests / errors, consumers after",
         "replicas placed anew meanwhile",
+        "agents that stopped their replicas (entries to Stopping), from the pause on | 0 |",
         "control plane + nats-server resident memory",
         "NATS messages in / out per replica, first apply to all Running",
         "stream writes per replica, first apply to all Running | KV_corral_",
@@ -92,10 +94,17 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
     assert isolated is not None and int(isolated.group(1).replace(",", "")) >= 150, table
     # The timeline beside it has samples, and draws.
     timeline = out.with_suffix(".csv").read_text().splitlines()
-    assert timeline[0] == "seconds,placements_made,replicas_ready,nodes_ready"
+    assert timeline[0] == (
+        "seconds,placements_made,replicas_ready,nodes_ready,view_fresh,store_write_ms"
+    )
     assert len(timeline) >= 3, timeline
     columns = list(zip(*(map(float, line.split(",")) for line in timeline[1:]), strict=True))
     assert max(columns[1]) > 0 and max(columns[3]) == 202, timeline  # placements, nodes
+    assert max(columns[4]) == 1 and max(columns[5]) > 0, timeline  # the view, the store
+    # Every process's log was kept, the simulators' with their collections policy on.
+    logs = tmp_path / "logs"
+    for name in ("scheduler", "nats-server", "hollow-cluster-0", "hollow-cluster-1"):
+        assert (logs / f"{name}.log").stat().st_size > 0, name
     drawn = subprocess.run(
         [sys.executable, str(PLOT), str(out.with_suffix(".csv")), "--out", str(tmp_path / "t.svg")],
         capture_output=True,

@@ -24,7 +24,7 @@ def bench_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return importlib.import_module("bench_scale")
 
 
-def _args(nice: int, passes: int | None = None) -> argparse.Namespace:
+def _args(nice: int, passes: int | None = None, python_gc: bool = False) -> argparse.Namespace:
     return argparse.Namespace(
         simulator_processes=2,
         simulator_nice=nice,
@@ -33,6 +33,7 @@ def _args(nice: int, passes: int | None = None) -> argparse.Namespace:
         ready_after=0.5,
         placements_watch="consumer",
         simulator_pool=None,
+        simulator_python_gc=python_gc,
     )
 
 
@@ -86,6 +87,21 @@ def test_the_simulators_passes_at_once_are_given_only_when_asked(
     command = commands["hollow-cluster-0"]
     given = command[command.index("--passes-parallel") + 1 :][:1] if flag else []
     assert given == flag and ("--passes-parallel" in command) == bool(flag)
+
+
+@pytest.mark.parametrize("python_gc", [False, True])
+def test_the_simulators_collections_are_left_to_python_only_when_asked(
+    bench_scale: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_gc: bool
+) -> None:
+    cluster = bench_scale.Cluster(_args(0, python_gc=python_gc), tmp_path)
+    commands: dict[str, list[str]] = {}
+
+    def start(name: str, command: list[str], env: object = None, nice: int = 0) -> None:
+        commands[name] = command
+
+    monkeypatch.setattr(cluster, "start", start)
+    cluster.start_hollow("hollow-cluster-0", 10, "hollow-0-")
+    assert ("--python-gc" in commands["hollow-cluster-0"]) is python_gc
 
 
 def test_a_sigterm_while_a_process_starts_ends_the_run_once_it_is_registered(

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -21,7 +22,7 @@ def bench_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return importlib.import_module("bench_scale")
 
 
-def _exposition(*, nodes: bool = True) -> str:
+def _exposition(*, nodes: bool = True, fresh: bool = True) -> str:
     registry = CollectorRegistry()
     placements = Counter("corral_placements", "placed", registry=registry)
     ready = Gauge("corral_replicas_ready", "ready", ["deployment"], registry=registry)
@@ -31,15 +32,17 @@ def _exposition(*, nodes: bool = True) -> str:
     ready.labels("default/probe").set(0)
     if nodes:
         Gauge("corral_nodes_ready", "nodes", registry=registry).set(201)
+    Gauge("corral_scheduler_view_fresh", "fresh", registry=registry).set(int(fresh))
     return generate_latest(registry).decode()
 
 
-def test_a_sample_holds_the_placements_the_ready_replicas_summed_and_the_nodes(
+def test_a_sample_holds_the_placements_the_ready_replicas_summed_the_nodes_and_the_view(
     bench_scale: ModuleType,
 ) -> None:
     timeline = bench_scale.Timeline()
-    timeline.add(1.234, _exposition())
-    assert timeline.rows == [(1.23, 7, 5, 201)]
+    timeline.add(1.234, _exposition(), 0.0123)
+    timeline.add(2.5, _exposition(fresh=False))
+    assert timeline.rows == [(1.23, 7, 5, 201, 1, 12.3), (2.5, 7, 5, 201, 0, 0.0)]
     assert timeline.fewest_nodes_ready(2.0, 201) == "201 of 201 (1 samples)"
     assert timeline.fewest_nodes_ready(1.0, 201) == "no samples"
 
@@ -66,8 +69,8 @@ def test_the_csv_has_the_header_plot_scale_reads(bench_scale: ModuleType, tmp_pa
     timeline.add(0.5, _exposition())
     timeline.write_csv(tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().splitlines() == [
-        "seconds,placements_made,replicas_ready,nodes_ready",
-        "0.5,7,5,201",
+        "seconds,placements_made,replicas_ready,nodes_ready,view_fresh,store_write_ms",
+        "0.5,7,5,201,1,0.0",
     ]
 
 
@@ -224,6 +227,48 @@ async def test_a_probe_with_no_responders_is_a_failed_probe_and_the_run_goes_on(
         await probe.run(0)
     assert probe.round == 3
     assert probe.failed == ["internal error: no responders (none subscribed)"]
+
+
+async def test_the_probe_tells_its_longest_store_write_since_it_was_last_asked(
+    bench_scale: ModuleType,
+) -> None:
+    # The timeline's store_write_ms: a stalled store shows while the write still hangs.
+    from corral.natsio.kv import MemoryBucket
+
+    class Answers:
+        async def request(self, subject: str, payload: bytes, **_: float) -> object:
+            from corral.contract.codec import encode
+            from corral.contract.events import Reply
+
+            class Msg:
+                data = encode(Reply(ok=True, kind="Deployment", name="probe"))
+
+            return Msg()
+
+    release = anyio.Event()
+    writing = anyio.Event()
+
+    class Hanging(MemoryBucket):
+        async def put(self, key: str, value: bytes) -> int:
+            writing.set()
+            await release.wait()
+            return await super().put(key, value)
+
+    probe = bench_scale.Probe(Answers(), Hanging("probe"))
+    assert probe.longest_write() == 0.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(probe.run, 0)
+        await writing.wait()
+        await anyio.sleep(0.05)
+        assert probe.longest_write() >= 0.05  # the write under way, so far
+        release.set()
+        while probe.round < 3:
+            await anyio.lowlevel.checkpoint()
+        assert probe.longest_write() >= 0.05  # the hung write, now done, counted once
+        while probe.round < 5:
+            await anyio.lowlevel.checkpoint()
+        assert 0 < probe.longest_write() < 0.05  # since the last look: the quick ones
+        tg.cancel_scope.cancel()
 
 
 def test_a_run_that_did_not_converge_is_told_apart_from_any_other_failure(

@@ -1,10 +1,9 @@
 """The scheduler's decision in the event loop or in a worker thread (control_loop.DecideIn):
 the same placements either way, requests answered while a long decision runs in the
-thread, a name taken meanwhile decided again; and the garbage-collection policy."""
+thread, and a name taken meanwhile decided again."""
 
 from __future__ import annotations
 
-import gc
 import itertools
 import threading
 from typing import Any
@@ -29,7 +28,6 @@ from corral_scheduler import control_loop
 from corral_scheduler.control_loop import ControlLoop, DecideIn
 from corral_scheduler.decide import Plan
 from corral_scheduler.deployment_api import DeploymentAPI
-from corral_scheduler.gc_policy import GcPolicy
 from tests.unit.test_scheduler_control_loop import Cluster, _value, running
 from tests.waiting import eventually
 
@@ -194,17 +192,3 @@ def test_the_loop_replaces_usage_records_so_a_shallow_copy_is_a_snapshot() -> No
     loop._count(placement, None)
     loop._count(placement, None)
     assert loop.usage == {} and copy["a"].pods == 1
-
-
-def test_the_gc_policy_freezes_what_survived_and_collects_all_now_and_then() -> None:
-    policy = GcPolicy(full_seconds=10)
-    try:
-        policy.tick(0.0)
-        assert gc.get_freeze_count() > 0 and policy.full_collections == 0
-        policy.tick(5.0)
-        assert policy.full_collections == 0
-        policy.tick(10.0)
-        assert policy.full_collections == 1
-        assert gc.get_freeze_count() > 0  # frozen again after the full collection
-    finally:
-        gc.unfreeze()

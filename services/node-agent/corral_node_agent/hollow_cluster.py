@@ -64,6 +64,7 @@ from corral.natsio.bus import (
     open_cluster,
 )
 from corral.natsio.config import resolve_nats_url
+from corral.natsio.gc_policy import GcPolicy, keep_collecting, log_long_pauses
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
 from corral.natsio.loop_lateness import measure_loop_lateness
@@ -533,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how each node follows its placements once read (the node agent's flag)",
     )
     parser.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="leave the collections to Python once the nodes run (no young "
+        "collection and freeze once a second; corral.natsio.gc_policy): for comparisons",
+    )
+    parser.add_argument(
         "--exit-on-start",
         action="append",
         metavar="IMAGE=CODE",
@@ -582,17 +589,18 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-# The collector's thresholds for this process (CPython's are 700, 10, 10). Thousands
-# of agents keep a large, long-lived heap, and at the default thresholds a full
-# collection, which scans all of it, ran every second or two and took 0.4-0.9 s at
-# 1,000 nodes: a stall longer than a heartbeat, which isolated hundreds of nodes at
-# once (README, "A hollow cluster"). A single agent's heap is a thousandth of it.
+# The collector's thresholds while the nodes start (CPython's are 700, 10, 10):
+# thousands of agents make a large heap at once, and at the defaults a full collection,
+# which scans all of it, ran every second or two and took 0.4-0.9 s at 1,000 nodes: a
+# stall longer than a heartbeat, which isolated hundreds of nodes at once (README, "A
+# hollow cluster"). Once they run, corral.natsio.gc_policy takes over.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
     """Run the cluster until SIGINT/SIGTERM, reporting; a last report at exit."""
     gc.set_threshold(*GC_THRESHOLDS)
+    log_long_pauses()
     cluster = HollowCluster(settings)
     try:
         async with anyio.create_task_group() as tg:
@@ -608,6 +616,13 @@ async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
                 tg.start_soon(measure_loop_lateness)  # a simulator behind shows here
                 await tg.start(cluster.run)
                 gc.freeze()  # what every node made at start is never scanned again
+                if not args.python_gc:
+                    # What the nodes make later (placements, statuses: 50,000 replicas
+                    # in a process of 2,500 nodes) is frozen too, once a second: the
+                    # longest collection while placing was 0.29 s with it, 0.81 s left
+                    # to Python (bench/README.md, "5,002 nodes and 100,000 replicas
+                    # converge here").
+                    tg.start_soon(keep_collecting, GcPolicy())
                 counts = cluster.counts()
                 _say(
                     f"{SERVICE}: {counts['active']} of {len(cluster.nodes)} nodes active "

@@ -98,6 +98,7 @@ from corral.contract.volume_state import (
 )
 from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
+from corral.natsio.gc_policy import GcPolicy
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral.natsio.request_thread import serve_in_thread
 from corral.natsio.sharded import ShardedMirror, shard_buckets
@@ -105,7 +106,6 @@ from corral_scheduler import metrics
 from corral_scheduler.apply_plan import PlanApplier
 from corral_scheduler.auto_rollback import AutoRollbacks
 from corral_scheduler.decide import Plan, Usage, schedule_deployment
-from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.heartbeats import HeartbeatJudge
 from corral_scheduler.history import HistoryRecorder
 from corral_scheduler.node_api import RELEASE_PREFIX, NodeRelease

@@ -22,13 +22,13 @@ from corral.natsio.bus import (
     spec_stream_position,
 )
 from corral.natsio.config import resolve_nats_url
+from corral.natsio.gc_policy import GcPolicy, log_long_pauses
 from corral.natsio.key_migration import SCHEDULER_BUCKETS, move_legacy_keys
 from corral.natsio.kv import NatsBucket
 from corral.natsio.request_thread import serve_in_thread
 from corral.natsio.service import ServiceContext, base_parser, service_main
 from corral_scheduler.control_loop import DECIDE_IN, ControlLoop, DecideIn
 from corral_scheduler.deployment_api import KIND, DeploymentAPI
-from corral_scheduler.gc_policy import GcPolicy
 from corral_scheduler.node_api import KIND as NODE_KIND
 from corral_scheduler.node_api import NodeAPI
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--python-gc",
         action="store_true",
         help="leave garbage collection to Python's defaults (no freezing of long-lived "
-        "objects; corral_scheduler.gc_policy): for comparisons",
+        "objects; corral.natsio.gc_policy): for comparisons",
     )
     return parser
 
@@ -98,6 +98,7 @@ async def run(
         if bucket in ctx.buckets:  # corral_placements: not in a cluster of shards
             await move_legacy_keys(ctx.buckets[bucket], form)
     threads = AnswerIn(args.answer_in) is AnswerIn.THREAD
+    log_long_pauses()  # the one pause left, or any under --python-gc, shows in the log
     loop = ControlLoop(
         dict(ctx.buckets),
         ctx.events,

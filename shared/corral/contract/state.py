@@ -23,7 +23,7 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=Fals
 
     `gc=False`: not tracked by Python's cyclic collector (frozen, made of strings, numbers
     and containers of them, a record cannot be part of a cycle), so the tens of thousands
-    a service's mirrors hold do not lengthen its collections (corral_scheduler.gc_policy)."""
+    a service's mirrors hold do not lengthen its collections (corral.natsio.gc_policy)."""
 
 
 class Cluster(_Record, frozen=True, kw_only=True):

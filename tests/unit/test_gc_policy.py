@@ -1,0 +1,78 @@
+"""The garbage-collection policy of long-lived processes (corral.natsio.gc_policy):
+survivors frozen once a second, a full collection now and then, long pauses logged."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from functools import partial
+
+import anyio
+import pytest
+
+from corral.natsio import gc_policy
+from corral.natsio.gc_policy import GcPolicy, PauseLog, keep_collecting, log_long_pauses
+
+
+def test_the_gc_policy_freezes_what_survived_and_collects_all_now_and_then() -> None:
+    policy = GcPolicy(full_seconds=10)
+    try:
+        policy.tick(0.0)
+        assert gc.get_freeze_count() > 0 and policy.full_collections == 0
+        policy.tick(5.0)
+        assert policy.full_collections == 0
+        policy.tick(10.0)
+        assert policy.full_collections == 1
+        assert gc.get_freeze_count() > 0  # frozen again after the full collection
+    finally:
+        gc.unfreeze()
+
+
+async def test_keep_collecting_ticks_until_cancelled() -> None:
+    ticks: list[float] = []
+    three = anyio.Event()
+
+    class Counting(GcPolicy):
+        def tick(self, now: float) -> None:
+            ticks.append(now)
+            if len(ticks) == 3:
+                three.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(keep_collecting, Counting(), every=0.01))
+            await three.wait()
+            tg.cancel_scope.cancel()
+    assert len(ticks) == 3 and ticks == sorted(ticks)
+
+
+def test_a_long_collection_is_logged_with_its_generation_and_a_short_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    pauses = PauseLog(threshold=0.2, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger=gc_policy.__name__)
+    pauses("start", {"generation": 0})
+    now[0] += 0.05
+    pauses("stop", {"generation": 0, "collected": 3})
+    assert caplog.records == []
+    pauses("start", {"generation": 2})
+    now[0] += 1.5
+    pauses("stop", {"generation": 2, "collected": 7})
+    (record,) = caplog.records
+    assert "generation 2 held this process 1.50 s (7 objects collected)" in record.getMessage()
+    assert pauses.longest == pytest.approx(1.5)
+    pauses("stop", {"generation": 1, "collected": 0})  # a stop without its start: nothing
+    assert len(caplog.records) == 1
+
+
+def test_pauses_are_logged_by_one_callback_however_often_registered() -> None:
+    before = list(gc.callbacks)
+    try:
+        first = log_long_pauses()
+        assert log_long_pauses() is first
+        assert sum(isinstance(c, PauseLog) for c in gc.callbacks) == 1
+        gc.collect()  # a real collection goes through it
+        assert first.longest > 0
+    finally:
+        gc.callbacks[:] = before
