@@ -1316,6 +1316,7 @@ async def every_node_cut_off(
     placed_before = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
     stopping_before = await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping")
+    late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
     server.send_signal(signal.SIGSTOP)
     try:
         await anyio.sleep(outage)
@@ -1342,6 +1343,11 @@ async def every_node_cut_off(
     stopping = (
         await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping") - stopping_before
     )
+    late = late_samples(
+        late_before,
+        await anyio.to_thread.run_sync(cluster.simulator_lateness),
+        SIMULATOR_LATE_SECONDS,
+    )
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -1364,6 +1370,11 @@ async def every_node_cut_off(
         "  agents isolated (entries to Isolated), from the pause to all back",
         f"{isolated:,.0f}",
         "each simulated agent once: every one was cut off",
+    )
+    results.add(
+        "  simulator's event loop late over 0.5 s, from the pause on",
+        late,
+        "a simulator behind (its own work on the way back) would isolate its nodes again",
     )
     results.add(
         "  agents that stopped their replicas (entries to Stopping), from the pause on",

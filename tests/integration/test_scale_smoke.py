@@ -51,6 +51,7 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "that recovery: JetStream API requests / errors, consumers after",
         "replicas placed anew meanwhile",
         "agents that stopped their replicas (entries to Stopping), from the pause on | 0 |",
+        "simulator's event loop late over 0.5 s, from the pause on",
         "control plane + nats-server resident memory",
         "NATS messages in / out per replica, first apply to all Running",
         "stream writes per replica, first apply to all Running | KV_corral_",
