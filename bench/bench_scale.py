@@ -542,26 +542,39 @@ class Timeline:
     the nodes."""
 
     # seconds since the first apply, placements made, replicas ready, nodes ready, the
-    # scheduler's view fresh (1/0), the store's longest write since the last sample (ms)
-    rows: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
+    # scheduler's view fresh (1/0), the store's longest write since the last sample (ms;
+    # None, an empty cell: no write made meanwhile)
+    rows: list[tuple[float, int, int, int, int, float | None]] = field(default_factory=list)
 
     HEADER: ClassVar[str] = (
         "seconds,placements_made,replicas_ready,nodes_ready,view_fresh,store_write_ms"
     )
 
-    def add(self, seconds: float, metrics_text: str, store_write: float = 0.0) -> None:
-        """One sample from the scheduler's /metrics text (none when a count is missing)."""
+    def add(
+        self,
+        seconds: float,
+        metrics_text: str,
+        store_write: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        """One sample from the scheduler's /metrics text (none when a count is missing);
+        `store_write` is asked only for a sample taken, so a longest write is never lost
+        with an unread one."""
         counts = scheduler_counts(metrics_text)
         if counts is not None:
             fresh = scheduler_view_fresh(metrics_text)
-            self.rows.append((round(seconds, 2), *counts, fresh, round(store_write * 1e3, 1)))
+            longest = store_write()
+            ms = None if longest is None else round(longest * 1e3, 1)
+            self.rows.append((round(seconds, 2), *counts, fresh, ms))
 
     def fewest_nodes_ready(self, until: float, of: int) -> str:
         seen = [row[3] for row in self.rows if row[0] <= until]
         return f"{min(seen):,} of {of:,} ({len(seen)} samples)" if seen else "no samples"
 
     def write_csv(self, path: Path) -> None:
-        lines = [self.HEADER, *(",".join(str(value) for value in row) for row in self.rows)]
+        lines = [
+            self.HEADER,
+            *(",".join("" if v is None else str(v) for v in row) for row in self.rows),
+        ]
         path.write_text("\n".join(lines) + "\n")
 
 
@@ -693,7 +706,7 @@ class Probe:
     store_failed: list[str] = field(default_factory=list)  # the store writes', apart
     # The longest store write since `longest_write` was last asked (one still under way
     # counts for as long as it has taken so far): the timeline's store_write_ms.
-    _longest_write: float = 0.0
+    _longest_write: float | None = None
     _writing_since: float | None = None
 
     async def run(self, every: float) -> None:
@@ -722,14 +735,16 @@ class Probe:
                 self._writing_since = None
             took = time.perf_counter() - started
             self.store_latencies.append(took)
-            self._longest_write = max(self._longest_write, took)
+            self._longest_write = max(self._longest_write or 0.0, took)
             await anyio.sleep(every)
 
-    def longest_write(self) -> float:
-        """The longest store write since the last call (seconds)."""
-        longest, self._longest_write = self._longest_write, 0.0
+    def longest_write(self) -> float | None:
+        """The longest store write since the last call (seconds); None when none was
+        made or under way meanwhile (an apply that hangs holds the next write back: no
+        write is no news of the store)."""
+        longest, self._longest_write = self._longest_write, None
         if self._writing_since is not None:
-            longest = max(longest, time.perf_counter() - self._writing_since)
+            longest = max(longest or 0.0, time.perf_counter() - self._writing_since)
         return longest
 
     def take(self) -> tuple[list[float], list[float]]:
@@ -860,7 +875,7 @@ async def measure(cluster: Cluster, args: argparse.Namespace, results: Results) 
                             except (OSError, http.client.HTTPException):  # busy: a sample less
                                 text = ""
                             results.timeline.add(
-                                time.monotonic() - began, text, probe.longest_write()
+                                time.monotonic() - began, text, probe.longest_write
                             )
                             await anyio.sleep(TIMELINE_EVERY_SECONDS)
 
@@ -1340,14 +1355,16 @@ async def every_node_cut_off(
     after = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_after = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
     isolated = await anyio.to_thread.run_sync(cluster.simulator_isolations) - isolated_before
-    stopping = (
-        await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping") - stopping_before
-    )
-    late = late_samples(
-        late_before,
-        await anyio.to_thread.run_sync(cluster.simulator_lateness),
-        SIMULATOR_LATE_SECONDS,
-    )
+    try:  # a simulator still saturated may not answer: "?", not the run's table lost
+        entries = await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping")
+        stopping = f"{entries - stopping_before:,.0f}"
+        late = late_samples(
+            late_before,
+            await anyio.to_thread.run_sync(cluster.simulator_lateness),
+            SIMULATOR_LATE_SECONDS,
+        )
+    except (OSError, http.client.HTTPException):
+        stopping = late = "?"
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -1378,7 +1395,7 @@ async def every_node_cut_off(
     )
     results.add(
         "  agents that stopped their replicas (entries to Stopping), from the pause on",
-        f"{stopping:,.0f}",
+        stopping,
         "none should: an agent stops its replicas only when not heard for F (20 s)",
     )
     results.add(
@@ -1559,9 +1576,12 @@ def main() -> None:
             finally:
                 cluster.stop()  # whatever failed: no process of the run outlives it
                 if args.keep_logs is not None:
-                    args.keep_logs.mkdir(parents=True, exist_ok=True)
-                    for log in Path(work).glob("*.log"):
-                        shutil.copy(log, args.keep_logs / log.name)
+                    try:
+                        args.keep_logs.mkdir(parents=True, exist_ok=True)
+                        for log in Path(work).glob("*.log"):
+                            shutil.copy(log, args.keep_logs / log.name)
+                    except OSError as error:  # the table matters more than the logs
+                        print(f"  the logs were not kept: {error}", file=sys.stderr)
             if any(
                 p.popen.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
                 for p in cluster.procs.values()

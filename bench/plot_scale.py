@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +35,9 @@ def read_timeline(path: Path) -> dict[str, list[float]]:
     with path.open(newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             for name, value in row.items():
+                if value == "" and name not in COLUMNS:  # no store write in that sample
+                    columns.setdefault(name, []).append(math.nan)
+                    continue
                 try:
                     columns.setdefault(name, []).append(float(value))
                 except (TypeError, ValueError):

@@ -40,9 +40,12 @@ def test_a_sample_holds_the_placements_the_ready_replicas_summed_the_nodes_and_t
     bench_scale: ModuleType,
 ) -> None:
     timeline = bench_scale.Timeline()
-    timeline.add(1.234, _exposition(), 0.0123)
-    timeline.add(2.5, _exposition(fresh=False))
-    assert timeline.rows == [(1.23, 7, 5, 201, 1, 12.3), (2.5, 7, 5, 201, 0, 0.0)]
+    timeline.add(1.234, _exposition(), lambda: 0.0123)
+    timeline.add(2.5, _exposition(fresh=False))  # no write meanwhile: None
+    assert timeline.rows == [(1.23, 7, 5, 201, 1, 12.3), (2.5, 7, 5, 201, 0, None)]
+    asked: list[str] = []
+    timeline.add(3.0, "", lambda: asked.append("asked") or 1.0)  # a sample not taken
+    assert asked == [] and len(timeline.rows) == 2  # its longest write kept for the next
     assert timeline.fewest_nodes_ready(2.0, 201) == "201 of 201 (1 samples)"
     assert timeline.fewest_nodes_ready(1.0, 201) == "no samples"
 
@@ -67,10 +70,12 @@ def test_a_sample_missing_a_count_or_unreadable_is_no_row(
 def test_the_csv_has_the_header_plot_scale_reads(bench_scale: ModuleType, tmp_path: Path) -> None:
     timeline = bench_scale.Timeline()
     timeline.add(0.5, _exposition())
+    timeline.add(1.0, _exposition(), lambda: 0.25)
     timeline.write_csv(tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().splitlines() == [
         "seconds,placements_made,replicas_ready,nodes_ready,view_fresh,store_write_ms",
-        "0.5,7,5,201,1,0.0",
+        "0.5,7,5,201,1,",  # no store write in that sample: an empty cell
+        "1.0,7,5,201,1,250.0",
     ]
 
 
@@ -255,7 +260,7 @@ async def test_the_probe_tells_its_longest_store_write_since_it_was_last_asked(
             return await super().put(key, value)
 
     probe = bench_scale.Probe(Answers(), Hanging("probe"))
-    assert probe.longest_write() == 0.0
+    assert probe.longest_write() is None  # no write yet: no news of the store
     async with anyio.create_task_group() as tg:
         tg.start_soon(probe.run, 0)
         await writing.wait()
@@ -264,7 +269,7 @@ async def test_the_probe_tells_its_longest_store_write_since_it_was_last_asked(
         release.set()
         while probe.round < 3:
             await anyio.lowlevel.checkpoint()
-        assert probe.longest_write() >= 0.05  # the hung write, now done, counted once
+        assert probe.longest_write() >= 0.05  # the hung write, done: its whole length
         while probe.round < 5:
             await anyio.lowlevel.checkpoint()
         assert 0 < probe.longest_write() < 0.05  # since the last look: the quick ones

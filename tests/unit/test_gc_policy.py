@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from functools import partial
 
 import anyio
@@ -28,7 +29,17 @@ def test_the_gc_policy_freezes_what_survived_and_collects_all_now_and_then() -> 
         gc.unfreeze()
 
 
-async def test_keep_collecting_ticks_until_cancelled() -> None:
+def test_a_policy_without_full_collections_never_unfreezes() -> None:
+    policy = GcPolicy(full_seconds=math.inf)
+    try:
+        for now in (0.0, 1e6, 1e9):
+            policy.tick(now)
+        assert policy.full_collections == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+async def test_keep_collecting_ticks_every_given_seconds_until_cancelled() -> None:
     ticks: list[float] = []
     three = anyio.Event()
 
@@ -38,7 +49,7 @@ async def test_keep_collecting_ticks_until_cancelled() -> None:
             if len(ticks) == 3:
                 three.set()
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(0.9):  # not the default second between two ticks
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(keep_collecting, Counting(), every=0.01))
             await three.wait()
@@ -46,7 +57,12 @@ async def test_keep_collecting_ticks_until_cancelled() -> None:
     assert len(ticks) == 3 and ticks == sorted(ticks)
 
 
-def test_a_long_collection_is_logged_with_its_generation_and_a_short_one_is_not(
+def _ours(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """This test's own pause lines (a PauseLog of the test process may log real ones)."""
+    return [r.getMessage() for r in caplog.records if "objects collected" in r.getMessage()]
+
+
+def test_a_long_collection_is_noted_and_reported_with_its_generation_a_short_one_is_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [0.0]
@@ -55,24 +71,34 @@ def test_a_long_collection_is_logged_with_its_generation_and_a_short_one_is_not(
     pauses("start", {"generation": 0})
     now[0] += 0.05
     pauses("stop", {"generation": 0, "collected": 3})
-    assert caplog.records == []
+    pauses.report()
+    assert "(3 objects collected)" not in " ".join(_ours(caplog))
     pauses("start", {"generation": 2})
     now[0] += 1.5
     pauses("stop", {"generation": 2, "collected": 7})
-    (record,) = caplog.records
-    assert "generation 2 held this process 1.50 s (7 objects collected)" in record.getMessage()
+    assert "(7 objects collected)" not in " ".join(_ours(caplog))  # noted, not logged yet
+    pauses.report()
+    assert "generation 2 held this process 1.50 s (7 objects collected)" in _ours(caplog)[-1]
     assert pauses.longest == pytest.approx(1.5)
     pauses("stop", {"generation": 1, "collected": 0})  # a stop without its start: nothing
-    assert len(caplog.records) == 1
+    pauses.report()
+    assert sum("(7 objects collected)" in line for line in _ours(caplog)) == 1  # once
 
 
-def test_pauses_are_logged_by_one_callback_however_often_registered() -> None:
+def test_pauses_are_noted_by_one_callback_however_often_registered_and_a_tick_reports(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     before = list(gc.callbacks)
+    caplog.set_level(logging.WARNING, logger=gc_policy.__name__)
     try:
-        first = log_long_pauses()
+        gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, PauseLog)]
+        first = log_long_pauses(threshold=0.0)  # every collection is long
         assert log_long_pauses() is first
         assert sum(isinstance(c, PauseLog) for c in gc.callbacks) == 1
         gc.collect()  # a real collection goes through it
-        assert first.longest > 0
+        assert first.longest > 0 and first.pauses
+        GcPolicy(full_seconds=math.inf).tick(0.0)  # logs what was noted
+        assert any("generation 2 held this process" in line for line in _ours(caplog))
     finally:
         gc.callbacks[:] = before
+        gc.unfreeze()

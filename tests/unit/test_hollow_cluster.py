@@ -4,6 +4,7 @@ goes after --remove-after)."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from corral_node_agent.hollow_cluster import (
     ClusterSettings,
     HollowCluster,
     build_parser,
+    collections_policy,
     settings_from_args,
 )
 from corral_node_agent.hollow_runtime import HollowRuntime
@@ -80,6 +82,13 @@ def test_flags_become_settings() -> None:
     assert settings.state_dir == Path("/tmp/x")
     assert settings.node_names()[:2] == ["h-7", "h-8"] and len(settings.node_names()) == 300
     assert settings.passes_parallel == DEFAULT_PASSES_PARALLEL
+
+
+def test_the_collections_policy_runs_without_full_collections_unless_python_gc() -> None:
+    policy = collections_policy(build_parser().parse_args(["--nodes", "3"]))
+    # A full collection would unfreeze every node's state and scan it at once.
+    assert policy is not None and policy.full_seconds == math.inf
+    assert collections_policy(build_parser().parse_args(["--nodes", "3", "--python-gc"])) is None
 
 
 def test_the_nodes_of_a_cluster_share_one_pass_gate_unless_told_none() -> None:

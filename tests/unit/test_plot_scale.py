@@ -73,3 +73,17 @@ def test_the_same_data_draws_the_same_file(tmp_path: Path) -> None:
     assert _run(tmp_path, str(data), "--out", str(first)).returncode == 0
     assert _run(tmp_path, str(data), "--out", str(second)).returncode == 0
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_timeline_with_the_view_and_the_store_draws_an_empty_store_cell_too(
+    tmp_path: Path,
+) -> None:
+    # bench_scale.py leaves store_write_ms empty when no store write ran in a sample.
+    data = tmp_path / "run.csv"
+    data.write_text(f"{HEADER},view_fresh,store_write_ms\n0.5,0,0,3,1,2.5\n1.0,10,5,3,0,\n")
+    done = _run(tmp_path, str(data), "--out", str(tmp_path / "x.svg"))
+    assert done.returncode == 0, done.stderr
+    emptied = tmp_path / "bad.csv"
+    emptied.write_text(f"{HEADER},view_fresh,store_write_ms\n0.5,0,,3,1,2.5\n")
+    done = _run(tmp_path, str(emptied), "--out", str(tmp_path / "y.svg"))
+    assert done.stderr.strip().splitlines()[-1].endswith("replicas_ready is not a number")

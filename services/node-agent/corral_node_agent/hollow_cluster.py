@@ -39,6 +39,7 @@ import dataclasses
 import enum
 import gc
 import logging
+import math
 import resource
 import shutil
 import signal
@@ -64,7 +65,12 @@ from corral.natsio.bus import (
     open_cluster,
 )
 from corral.natsio.config import resolve_nats_url
-from corral.natsio.gc_policy import GcPolicy, keep_collecting, log_long_pauses
+from corral.natsio.gc_policy import (
+    GcPolicy,
+    keep_collecting,
+    log_long_pauses,
+    report_long_pauses,
+)
 from corral.natsio.http_endpoint import serve_http
 from corral.natsio.kv import NatsBucket
 from corral.natsio.loop_lateness import measure_loop_lateness
@@ -597,6 +603,23 @@ def _say(line: str) -> None:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+def collections_policy(args: argparse.Namespace) -> GcPolicy | None:
+    """What the nodes make once they run (placements, statuses: 50,000 replicas in a
+    process of 2,500 nodes) is frozen too, once a second: the longest collection while
+    placing was 0.29 s with it, 0.81 s left to Python (bench/README.md, "5,002 nodes and
+    100,000 replicas converge here"). Never a full collection: it would unfreeze the
+    nodes' whole state and scan it at once (about a second at 2,500 nodes); cyclic
+    garbage among frozen objects waits for the process's exit. None: `--python-gc`."""
+    return None if args.python_gc else GcPolicy(full_seconds=math.inf)
+
+
+async def keep_reporting_pauses(every: float = 1.0) -> None:
+    """Under --python-gc: log the long collections once a second all the same."""
+    while True:
+        report_long_pauses()
+        await anyio.sleep(every)
+
+
 async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
     """Run the cluster until SIGINT/SIGTERM, reporting; a last report at exit."""
     gc.set_threshold(*GC_THRESHOLDS)
@@ -616,13 +639,11 @@ async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
                 tg.start_soon(measure_loop_lateness)  # a simulator behind shows here
                 await tg.start(cluster.run)
                 gc.freeze()  # what every node made at start is never scanned again
-                if not args.python_gc:
-                    # What the nodes make later (placements, statuses: 50,000 replicas
-                    # in a process of 2,500 nodes) is frozen too, once a second: the
-                    # longest collection while placing was 0.29 s with it, 0.81 s left
-                    # to Python (bench/README.md, "5,002 nodes and 100,000 replicas
-                    # converge here").
-                    tg.start_soon(keep_collecting, GcPolicy())
+                policy = collections_policy(args)
+                if policy is not None:
+                    tg.start_soon(keep_collecting, policy)
+                else:
+                    tg.start_soon(keep_reporting_pauses)
                 counts = cluster.counts()
                 _say(
                     f"{SERVICE}: {counts['active']} of {len(cluster.nodes)} nodes active "

@@ -6,7 +6,7 @@ replicas. CPython's automatic full collection scans all of it at once: 170-480 m
 in one piece in the scheduler at 1,000 nodes and 20,000 replicas, the largest single
 wait of a request (bench/README.md, "Deciding off the event loop"); 0.4-0.9 s in a
 hollow cluster of 1,000 nodes at start, and up to 0.8 s in one of 2,500 nodes holding
-50,000 replicas, close to the half heartbeat an agent waits for its acks. Two cheap
+50,000 replicas, more than the half heartbeat an agent waits for its acks. Two cheap
 measures:
 
 - stored records (the contract's msgspec Structs) are not tracked by the collector at all
@@ -19,16 +19,24 @@ measures:
   objects as usual; only cyclic garbage among them would wait, so every
   FULL_SECONDS everything is unfrozen and collected once.
 
-`log_long_pauses` makes any collection that holds the process longer than
-LONG_PAUSE_SECONDS a warning: the one pause left shows in the log, where a stall that
-isolated nodes is looked for.
+A process whose heap is mostly made at start and never turns into cyclic garbage (a
+hollow cluster) may skip the full collection (`full_seconds=math.inf`): unfreezing
+brings everything frozen back to be scanned at once, about a second for 2,500 agents.
+
+`log_long_pauses` notes any collection that holds the process LONG_PAUSE_SECONDS or
+more, and `report_long_pauses` (called by every tick) logs them as warnings: the one
+pause left shows in the log, where a stall that isolated nodes is looked for. The
+callback only notes: a collection can run at any allocation, where writing a log
+record could re-enter a stream's write.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -40,6 +48,8 @@ log = logging.getLogger(__name__)
 FULL_SECONDS: Final = 600.0
 # A collection that holds the process this long is logged.
 LONG_PAUSE_SECONDS: Final = 0.2
+# Long pauses noted and not yet logged, at most (the oldest dropped first).
+PAUSES_KEPT: Final = 100
 
 
 class GcPolicy:
@@ -50,9 +60,10 @@ class GcPolicy:
 
     def tick(self, now: float) -> None:
         """Called once a second (the housekeeping) with the monotonic clock."""
+        report_long_pauses()
         if self._last_full is None:
             self._last_full = now
-        if now - self._last_full >= self.full_seconds:
+        if math.isfinite(self.full_seconds) and now - self._last_full >= self.full_seconds:
             self._last_full = now
             gc.unfreeze()
             gc.collect()
@@ -71,7 +82,9 @@ async def keep_collecting(policy: GcPolicy, *, every: float = 1.0) -> None:
 
 
 class PauseLog:
-    """A gc callback: logs each collection longer than `threshold` seconds."""
+    """A gc callback: notes each collection of `threshold` seconds or more; `report`
+    logs them. CPython runs one collection at a time (one started while another runs,
+    on any thread, is skipped without callbacks), so a start and its stop pair up."""
 
     def __init__(
         self,
@@ -81,6 +94,7 @@ class PauseLog:
         self.threshold = threshold
         self.clock = clock
         self.longest = 0.0
+        self.pauses: deque[tuple[Any, float, Any]] = deque(maxlen=PAUSES_KEPT)
         self._started: float | None = None
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
@@ -93,23 +107,43 @@ class PauseLog:
         self._started = None
         self.longest = max(self.longest, took)
         if took >= self.threshold:
+            self.pauses.append((info.get("generation"), took, info.get("collected")))
+
+    def report(self) -> None:
+        """Log the long pauses noted since the last report."""
+        while self.pauses:
+            generation, took, collected = self.pauses.popleft()
             log.warning(
                 "a garbage collection of generation %s held this process %.2f s "
                 "(%s objects collected)",
-                info.get("generation"),
+                generation,
                 took,
-                info.get("collected"),
+                collected,
             )
 
 
 def log_long_pauses(threshold: float = LONG_PAUSE_SECONDS) -> PauseLog:
     """Register (once per process) a PauseLog; returns it."""
-    for callback in gc.callbacks:
-        if isinstance(callback, PauseLog):
-            return callback
+    registered = _registered()
+    if registered is not None:
+        return registered
     pauses = PauseLog(threshold)
     gc.callbacks.append(pauses)
     return pauses
+
+
+def report_long_pauses() -> None:
+    """Log the long pauses the process's PauseLog noted (none registered: nothing)."""
+    registered = _registered()
+    if registered is not None:
+        registered.report()
+
+
+def _registered() -> PauseLog | None:
+    for callback in gc.callbacks:
+        if isinstance(callback, PauseLog):
+            return callback
+    return None
 
 
 __all__ = [
@@ -119,4 +153,5 @@ __all__ = [
     "PauseLog",
     "keep_collecting",
     "log_long_pauses",
+    "report_long_pauses",
 ]
