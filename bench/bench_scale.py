@@ -336,6 +336,17 @@ class Cluster:
         (0 from an agent without the counter)."""
         return self.simulator_mode_entries("Isolated")
 
+    def simulator_watches(self) -> dict[str, float]:
+        """How the simulator's agents' placements became current, by `how` (new, kept_by_
+        acks, kept_by_echo), summed over its processes."""
+        summed: dict[str, float] = {}
+        for name in self.simulators:
+            for sample in samples(self.metrics(name)):
+                if sample.name == "corral_placement_watches_total":
+                    how = sample.labels.get("how", "")
+                    summed[how] = summed.get(how, 0.0) + sample.value
+        return summed
+
     def simulator_mode_entries(self, mode: str) -> float:
         """How often the simulator's agents entered `mode`, summed over its processes."""
         return sum(
@@ -1332,6 +1343,8 @@ async def every_node_cut_off(
     isolated_before = await anyio.to_thread.run_sync(cluster.simulator_isolations)
     stopping_before = await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping")
     late_before = await anyio.to_thread.run_sync(cluster.simulator_lateness)
+    watches_before = await anyio.to_thread.run_sync(cluster.simulator_watches)
+    writes_before = await anyio.to_thread.run_sync(cluster.stream_writes)
     server.send_signal(signal.SIGSTOP)
     try:
         await anyio.sleep(outage)
@@ -1363,8 +1376,16 @@ async def every_node_cut_off(
             await anyio.to_thread.run_sync(cluster.simulator_lateness),
             SIMULATOR_LATE_SECONDS,
         )
+        watches_after = await anyio.to_thread.run_sync(cluster.simulator_watches)
+        watches = ", ".join(
+            f"{how} {watches_after[how] - watches_before.get(how, 0.0):,.0f}"
+            for how in sorted(watches_after)
+        )
+        writes = per_replica_writes(
+            writes_before, await anyio.to_thread.run_sync(cluster.stream_writes), nodes
+        )
     except (OSError, http.client.HTTPException):
-        stopping = late = "?"
+        stopping = late = watches = writes = "?"
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -1387,6 +1408,18 @@ async def every_node_cut_off(
         "  agents isolated (entries to Isolated), from the pause to all back",
         f"{isolated:,.0f}",
         "each simulated agent once: every one was cut off",
+    )
+    results.add(
+        "  how the agents' placements became current again, from the pause on",
+        watches or "none",
+        "new: a watch read afresh (a consumer, the statuses read); kept_by_acks / "
+        "kept_by_echo: the watch kept through the isolation, proven",
+    )
+    results.add(
+        "  stream writes per node, from the pause on",
+        writes,
+        "what the agents (and the scheduler) wrote on the way back: KV_corral_nodes are "
+        "record writes, the placements' shards echoes",
     )
     results.add(
         "  simulator's event loop late over 0.5 s, from the pause on",

@@ -53,6 +53,8 @@ def test_the_small_scale_benchmark_places_runs_and_replaces_everything(tmp_path:
         "replicas placed anew meanwhile",
         "agents that stopped their replicas (entries to Stopping), from the pause on | 0 |",
         "simulator's event loop late over 0.5 s, from the pause on",
+        "how the agents' placements became current again, from the pause on | kept_by_",
+        "stream writes per node, from the pause on | KV_corral_",
         "control plane + nats-server resident memory",
         "NATS messages in / out per replica, first apply to all Running",
         "stream writes per replica, first apply to all Running | KV_corral_",
