@@ -1367,25 +1367,43 @@ async def every_node_cut_off(
     back = await until(recovered, 120, every=0.25)
     after = await anyio.to_thread.run_sync(cluster.jetstream)
     placed_after = (await anyio.to_thread.run_sync(nodes_ready_and_placed, cluster))[1]
-    isolated = await anyio.to_thread.run_sync(cluster.simulator_isolations) - isolated_before
-    try:  # a simulator still saturated may not answer: "?", not the run's table lost
+    # A simulator still saturated may not answer, or cut its exposition short: that
+    # value reads "?", the others and the run's table stay.
+    readable = (OSError, http.client.HTTPException, ValueError)
+
+    async def read(value: Callable[[], Awaitable[str]]) -> str:
+        try:
+            return await value()
+        except readable:
+            return "?"
+
+    async def isolated_read() -> str:
+        entries = await anyio.to_thread.run_sync(cluster.simulator_isolations)
+        return f"{entries - isolated_before:,.0f}"
+
+    async def stopping_read() -> str:
         entries = await anyio.to_thread.run_sync(cluster.simulator_mode_entries, "Stopping")
-        stopping = f"{entries - stopping_before:,.0f}"
-        late = late_samples(
-            late_before,
-            await anyio.to_thread.run_sync(cluster.simulator_lateness),
-            SIMULATOR_LATE_SECONDS,
-        )
-        watches_after = await anyio.to_thread.run_sync(cluster.simulator_watches)
-        watches = ", ".join(
-            f"{how} {watches_after[how] - watches_before.get(how, 0.0):,.0f}"
-            for how in sorted(watches_after)
-        )
-        writes = per_replica_writes(
-            writes_before, await anyio.to_thread.run_sync(cluster.stream_writes), nodes
-        )
-    except (OSError, http.client.HTTPException):
-        stopping = late = watches = writes = "?"
+        return f"{entries - stopping_before:,.0f}"
+
+    async def late_read() -> str:
+        lateness = await anyio.to_thread.run_sync(cluster.simulator_lateness)
+        return late_samples(late_before, lateness, SIMULATOR_LATE_SECONDS)
+
+    async def watches_read() -> str:
+        after = await anyio.to_thread.run_sync(cluster.simulator_watches)
+        since = {how: after[how] - watches_before.get(how, 0.0) for how in sorted(after)}
+        counts = [f"{how} {count:,.0f}" for how, count in since.items()]
+        return ", ".join(counts) or "none"
+
+    async def writes_read() -> str:
+        written = await anyio.to_thread.run_sync(cluster.stream_writes)
+        return per_replica_writes(writes_before, written, nodes)
+
+    isolated = await read(isolated_read)
+    stopping = await read(stopping_read)
+    late = await read(late_read)
+    watches = await read(watches_read)
+    writes = await read(writes_read)
     results.add(
         f"nats-server paused {outage:g} s (every agent cut off): all nodes ready and "
         "replicas Running again after",
@@ -1406,12 +1424,12 @@ async def every_node_cut_off(
     )
     results.add(
         "  agents isolated (entries to Isolated), from the pause to all back",
-        f"{isolated:,.0f}",
+        isolated,
         "each simulated agent once: every one was cut off",
     )
     results.add(
         "  how the agents' placements became current again, from the pause on",
-        watches or "none",
+        watches,
         "new: a watch read afresh (a consumer, the statuses read); kept_by_acks / "
         "kept_by_echo: the watch kept through the isolation, proven",
     )

@@ -662,6 +662,7 @@ async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
                     else:
                         await anyio.sleep_forever()
     finally:
+        report_long_pauses()  # those of the last second
         _say(cluster.report() + " (exit)")
 
 

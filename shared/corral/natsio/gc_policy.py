@@ -94,7 +94,8 @@ class PauseLog:
         self.threshold = threshold
         self.clock = clock
         self.longest = 0.0
-        self.pauses: deque[tuple[Any, float, Any]] = deque(maxlen=PAUSES_KEPT)
+        # (generation, seconds held, objects collected, when it ended: the wall clock)
+        self.pauses: deque[tuple[Any, float, Any, float]] = deque(maxlen=PAUSES_KEPT)
         self._started: float | None = None
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
@@ -107,18 +108,20 @@ class PauseLog:
         self._started = None
         self.longest = max(self.longest, took)
         if took >= self.threshold:
-            self.pauses.append((info.get("generation"), took, info.get("collected")))
+            pause = (info.get("generation"), took, info.get("collected"), time.time())
+            self.pauses.append(pause)
 
     def report(self) -> None:
         """Log the long pauses noted since the last report."""
         while self.pauses:
-            generation, took, collected = self.pauses.popleft()
+            generation, took, collected, ended = self.pauses.popleft()
             log.warning(
                 "a garbage collection of generation %s held this process %.2f s "
-                "(%s objects collected)",
+                "(%s objects collected), ending at %s",
                 generation,
                 took,
                 collected,
+                time.strftime("%H:%M:%S", time.localtime(ended)) + f".{int(ended % 1 * 1000):03d}",
             )
 
 
