@@ -515,12 +515,14 @@ async def test_isolation_services_node_ports_and_remove_all_on_a_real_engine(
             seen = await anyio.to_thread.run_sync(answers, vip, 80, 10)
             assert set(seen) == {web_b}, seen
             assert prefix in sh("iptables-save").stdout
-            # replicas left running (a plain `corral down`): --remove-all removes the
-            # node's rules and leaves the networks they are on, and does not fail
-            await remove_all(nats_url, node_name)
-            assert prefix not in sh("iptables-save").stdout
-            listed = sh("docker", "network", "ls", "--format", "{{.Name}}").stdout
-            assert cluster and cluster in listed, listed
+        # The node part stopped first, as `corral down` stops it (a running one puts its
+        # rules back, racing the removal: a chain still jumped to cannot be deleted).
+        # Replicas left running (a plain `corral down`): --remove-all removes the
+        # node's rules and leaves the networks they are on, and does not fail.
+        await remove_all(nats_url, node_name)
+        assert prefix not in sh("iptables-save").stdout
+        listed = sh("docker", "network", "ls", "--format", "{{.Name}}").stdout
+        assert cluster and cluster in listed, listed
     finally:
         remove_containers(*made)
         await remove_all(nats_url, node_name)
