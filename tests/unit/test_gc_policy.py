@@ -12,7 +12,13 @@ import anyio
 import pytest
 
 from corral.natsio import gc_policy
-from corral.natsio.gc_policy import GcPolicy, PauseLog, keep_collecting, log_long_pauses
+from corral.natsio.gc_policy import (
+    GcPolicy,
+    PauseLog,
+    collect_now,
+    keep_collecting,
+    log_long_pauses,
+)
 
 
 def test_the_gc_policy_freezes_what_survived_and_collects_all_now_and_then() -> None:
@@ -101,6 +107,10 @@ def test_pauses_are_noted_by_one_callback_however_often_registered_and_a_tick_re
         gc.collect()  # a real collection goes through it
         assert first.longest > 0 and first.pauses
         GcPolicy(full_seconds=math.inf).tick(0.0)  # logs what was noted
+        assert any("generation 2 held this process" in line for line in _ours(caplog))
+        caplog.clear()
+        gc.collect()
+        collect_now(None, 0.0)  # Python's own collections: the pauses reported all the same
         assert any("generation 2 held this process" in line for line in _ours(caplog))
     finally:
         gc.callbacks[:] = before

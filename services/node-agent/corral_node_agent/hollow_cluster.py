@@ -613,13 +613,6 @@ def collections_policy(args: argparse.Namespace) -> GcPolicy | None:
     return None if args.python_gc else GcPolicy(full_seconds=math.inf)
 
 
-async def keep_reporting_pauses(every: float = 1.0) -> None:
-    """Under --python-gc: log the long collections once a second all the same."""
-    while True:
-        report_long_pauses()
-        await anyio.sleep(every)
-
-
 async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
     """Run the cluster until SIGINT/SIGTERM, reporting; a last report at exit."""
     gc.set_threshold(*GC_THRESHOLDS)
@@ -639,11 +632,7 @@ async def serve(settings: ClusterSettings, args: argparse.Namespace) -> None:
                 tg.start_soon(measure_loop_lateness)  # a simulator behind shows here
                 await tg.start(cluster.run)
                 gc.freeze()  # what every node made at start is never scanned again
-                policy = collections_policy(args)
-                if policy is not None:
-                    tg.start_soon(keep_collecting, policy)
-                else:
-                    tg.start_soon(keep_reporting_pauses)
+                tg.start_soon(keep_collecting, collections_policy(args))
                 counts = cluster.counts()
                 _say(
                     f"{SERVICE}: {counts['active']} of {len(cluster.nodes)} nodes active "

@@ -98,7 +98,7 @@ from corral.contract.volume_state import (
 )
 from corral.natsio.bus import EventPublisher
 from corral.natsio.controller import ChangeFeed, Controller, Index, Result, indexed_under, owners
-from corral.natsio.gc_policy import GcPolicy, report_long_pauses
+from corral.natsio.gc_policy import GcPolicy, collect_now
 from corral.natsio.kv import Bucket, Conflict, Entry, Mirror, echo_key, keep_echoing
 from corral.natsio.request_thread import serve_in_thread
 from corral.natsio.sharded import ShardedMirror, shard_buckets
@@ -1098,10 +1098,7 @@ class ControlLoop:
         metrics.NODES.set(len(self._nodes))
         metrics.NODES_READY.set(len(self.ready_nodes))
         metrics.NODES_RELEASED.set(len(self.releases.items))
-        if self.gc_policy is not None:
-            self.gc_policy.tick(now)  # it logs the long pauses noted, too
-        else:
-            report_long_pauses()
+        collect_now(self.gc_policy, now)  # and the long pauses noted, logged
         self._forget_nodes()
         await self._settle_releases()
         if fresh:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,7 +62,7 @@ class GcPolicy:
         report_long_pauses()
         if self._last_full is None:
             self._last_full = now
-        if math.isfinite(self.full_seconds) and now - self._last_full >= self.full_seconds:
+        if now - self._last_full >= self.full_seconds:  # never when full_seconds is inf
             self._last_full = now
             gc.unfreeze()
             gc.collect()
@@ -73,11 +72,20 @@ class GcPolicy:
         gc.freeze()
 
 
-async def keep_collecting(policy: GcPolicy, *, every: float = 1.0) -> None:
-    """Tick `policy` every `every` seconds until cancelled (a process with no
+def collect_now(policy: GcPolicy | None, now: float) -> None:
+    """A housekeeping's once a second: the policy's tick, or (None: Python's own
+    collections, for comparisons) only the long pauses reported."""
+    if policy is None:
+        report_long_pauses()
+    else:
+        policy.tick(now)
+
+
+async def keep_collecting(policy: GcPolicy | None, *, every: float = 1.0) -> None:
+    """`collect_now` every `every` seconds until cancelled (a process with no
     housekeeping of its own to call it from)."""
     while True:
-        policy.tick(time.monotonic())
+        collect_now(policy, time.monotonic())
         await anyio.sleep(every)
 
 
@@ -154,6 +162,7 @@ __all__ = [
     "LONG_PAUSE_SECONDS",
     "GcPolicy",
     "PauseLog",
+    "collect_now",
     "keep_collecting",
     "log_long_pauses",
     "report_long_pauses",
